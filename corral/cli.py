@@ -1,0 +1,156 @@
+"""The `corral` command: one entry point for every component.
+
+Each subcommand builds its frozen config once (YAML file, CORRAL_* environment, flags) and
+hands it to the component. Components are imported lazily so `corral agent` never loads
+the edge, and so on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from corral import __version__
+from corral.config import ConfigError, CorralConfig, load
+from corral.runtime import configure_logging, run_until_signal
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (a section per component)")
+    parser.add_argument("--log-level", default=os.environ.get("CORRAL_LOG_LEVEL", "INFO"))
+
+
+def _controlplane_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", help="gRPC address (default 127.0.0.1:7701)")
+    p.add_argument("--store", choices=["etcd", "memory"], help="state store (default etcd)")
+    p.add_argument("--etcd", dest="etcd_endpoints", type=_csv, help="etcd URL[,URL...]")
+    p.add_argument("--etcd-prefix")
+    p.add_argument("--etcd-ca-file")
+    p.add_argument("--etcd-cert-file")
+    p.add_argument("--etcd-key-file")
+    p.add_argument("--lease-ttl", dest="lease_ttl_seconds", type=float)
+    p.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics")
+    p.add_argument("--agent-token-file")
+    p.add_argument("--admin-token-file")
+    p.add_argument("--edge-token-file")
+    p.add_argument("--tls-cert-file")
+    p.add_argument("--tls-key-file")
+    p.add_argument("--tls-client-ca-file")
+    p.add_argument("--replica-id")
+
+
+def _edge_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--controlplane", type=_csv, help="HOST:PORT[,HOST:PORT...]")
+    p.add_argument("--listen", help="HTTP address (default 127.0.0.1:7700)")
+    p.add_argument("--state-dir", help="persist the last snapshot here")
+    p.add_argument("--api-key-file", dest="api_keys_file", help="client API keys, one a line")
+    p.add_argument("--controlplane-token-file")
+    p.add_argument("--controlplane-ca-file")
+    p.add_argument("--workers", type=int, help="worker processes sharing the port")
+    p.add_argument("--edge-id")
+
+
+def _agent_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--controlplane", type=_csv, help="HOST:PORT[,HOST:PORT...]")
+    p.add_argument("--backend", help="the inference server's base URL")
+    p.add_argument(
+        "--type",
+        choices=["auto", "ollama", "vllm", "sglang", "llamacpp", "lmstudio", "openai"],
+    )
+    p.add_argument("--name")
+    p.add_argument("--priority", type=int)
+    p.add_argument("--weight", type=float)
+    p.add_argument("--max-concurrency", type=int)
+    p.add_argument("--label", dest="labels", action="append", metavar="KEY=VALUE")
+    p.add_argument("--backend-api-key-file")
+    p.add_argument("--controlplane-token-file")
+    p.add_argument("--controlplane-ca-file")
+    p.add_argument("--metrics-listen", help="HOST:PORT for /healthz and /metrics")
+    p.add_argument("--probe-interval", dest="probe_interval_seconds", type=float)
+    p.add_argument("--agent-id")
+
+
+def _up_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", help="edge HTTP address (default 127.0.0.1:7700)")
+    p.add_argument("--controlplane-listen", help="gRPC address (default 127.0.0.1:7701)")
+    p.add_argument("--backend", dest="backends", action="append", metavar="URL")
+    p.add_argument("--no-discover", dest="discover", action="store_const", const=False)
+    p.add_argument("--demo", action="store_const", const=True, help="start demo backends too")
+
+
+SECTION_FLAGS = {
+    "controlplane": _controlplane_flags,
+    "edge": _edge_flags,
+    "agent": _agent_flags,
+    "up": _up_flags,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="corral", description="A distributed LLM proxy.")
+    parser.add_argument("--version", action="version", version=f"corral {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    helps = {
+        "controlplane": "run a control-plane replica (gRPC, state in etcd)",
+        "edge": "run an edge (OpenAI-compatible HTTP)",
+        "agent": "run an agent beside one inference server",
+        "up": "run everything in one process for this machine",
+    }
+    for name, add_flags in SECTION_FLAGS.items():
+        p = sub.add_parser(name, help=helps[name], description=helps[name])
+        _common(p)
+        add_flags(p)
+    status = sub.add_parser("status", help="show backends and edges from a control plane")
+    status.add_argument("--controlplane", default="127.0.0.1:7701")
+    status.add_argument("--admin-token-file")
+    status.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    return parser
+
+
+_NOT_CONFIG = {"command", "config", "log_level", "json"}
+
+
+def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> CorralConfig:
+    flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    return load(config_file=args.config, environ=environ, flags={args.command: flags})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "status":
+        from corral.status import run_status
+
+        return run_status(args)
+    try:
+        config = config_from_args(args, dict(os.environ))
+    except ConfigError as exc:
+        print(f"corral {args.command}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level)
+
+    if args.command == "controlplane":
+        import controlplane
+
+        return run_until_signal(lambda: controlplane.serve(config.controlplane))
+    if args.command == "edge":
+        import edge
+
+        return edge.main(config.edge)
+    if args.command == "agent":
+        import agent
+
+        return run_until_signal(lambda: agent.serve(config.agent))
+    from corral import embedded
+
+    return run_until_signal(lambda: embedded.serve(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,368 @@
+"""Configuration: frozen dataclasses, built once at the entry point.
+
+Sources, weakest first: the dataclass defaults, one YAML file (a section per component),
+``CORRAL_<SECTION>_<FIELD>`` environment variables, then command-line flags. Nothing below
+the entry point reads the environment or files for configuration: components get one of
+these objects and nothing else.
+
+A secret field ``x`` may also be given as ``x_file`` (a path whose contents, stripped, are
+the secret), so secrets never need to sit on a command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+
+class ConfigError(Exception):
+    """A configuration value is missing, unknown or malformed; the message names it."""
+
+
+class Secret:
+    """A string that never shows itself in reprs, logs or metrics."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class ModelAliasConfig:
+    name: str
+    targets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ControlPlaneConfig:
+    listen: str = "127.0.0.1:7701"
+    # "etcd" for a cluster, "memory" for one process.
+    store: str = "etcd"
+    etcd_endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    etcd_prefix: str = "/corral/"
+    etcd_ca_file: str | None = None
+    etcd_cert_file: str | None = None
+    etcd_key_file: str | None = None
+    # A dead agent's backend leaves routing within this.
+    lease_ttl_seconds: float = 10.0
+    # How often agents report when nothing changes.
+    heartbeat_interval_seconds: float = 3.0
+    # Volatile load is written at most this often per backend (health changes go at once).
+    load_write_interval_seconds: float = 2.0
+    metrics_listen: str | None = None
+    agent_token: Secret | None = None
+    admin_token: Secret | None = None
+    edge_token: Secret | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # Set to require client certificates (mutual TLS).
+    tls_client_ca_file: str | None = None
+    # Empty means hostname:pid.
+    replica_id: str = ""
+    max_connection_age_seconds: float = 600.0
+    max_connection_age_grace_seconds: float = 30.0
+    shutdown_grace_seconds: float = 5.0
+    aliases: tuple[ModelAliasConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    listen: str = "127.0.0.1:7700"
+    controlplane: tuple[str, ...] = ("127.0.0.1:7701",)
+    controlplane_token: Secret | None = None
+    controlplane_ca_file: str | None = None
+    controlplane_cert_file: str | None = None
+    controlplane_key_file: str | None = None
+    # Where the last applied snapshot is persisted; None keeps it in memory only.
+    state_dir: str | None = None
+    # Client API keys; empty means no authentication.
+    api_keys: tuple[Secret, ...] = ()
+    session_headers: tuple[str, ...] = ("X-Corral-Session",)
+    # Bounded-load factor for sticky routing: skip backends above (1 + e) x average load.
+    bounded_load_epsilon: float = 0.25
+    queue_depth: int = 1024
+    queue_wait_seconds: float = 10.0
+    max_attempts: int = 3
+    connect_timeout_seconds: float = 5.0
+    first_byte_timeout_seconds: float = 300.0
+    idle_timeout_seconds: float = 120.0
+    max_body_bytes: int = 16 * 1024 * 1024
+    eject_after_failures: int = 3
+    eject_base_seconds: float = 5.0
+    eject_max_seconds: float = 60.0
+    workers: int = 1
+    # Empty means hostname:pid.
+    edge_id: str = ""
+    shutdown_grace_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    controlplane: tuple[str, ...] = ("127.0.0.1:7701",)
+    backend: str = ""
+    # auto, ollama, vllm, sglang, llamacpp, lmstudio or openai.
+    type: str = "auto"
+    # Empty means derived from the backend URL's host and port.
+    name: str = ""
+    priority: int = 0
+    weight: float = 1.0
+    max_concurrency: int = 0
+    labels: tuple[tuple[str, str], ...] = ()
+    backend_api_key: Secret | None = None
+    controlplane_token: Secret | None = None
+    controlplane_ca_file: str | None = None
+    controlplane_cert_file: str | None = None
+    controlplane_key_file: str | None = None
+    metrics_listen: str | None = None
+    probe_interval_seconds: float = 2.0
+    probe_timeout_seconds: float = 1.5
+    # Empty means hostname:pid.
+    agent_id: str = ""
+    shutdown_grace_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class UpConfig:
+    """`corral up`: everything in one process with an in-memory store."""
+
+    listen: str = "127.0.0.1:7700"
+    controlplane_listen: str = "127.0.0.1:7701"
+    backends: tuple[str, ...] = ()
+    # Look for inference servers on this machine's usual ports.
+    discover: bool = True
+    demo: bool = False
+    demo_listen_host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class CorralConfig:
+    controlplane: ControlPlaneConfig = field(default_factory=ControlPlaneConfig)
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    up: UpConfig = field(default_factory=UpConfig)
+
+
+T = TypeVar("T")
+
+SECTIONS: dict[str, type[Any]] = {
+    "controlplane": ControlPlaneConfig,
+    "edge": EdgeConfig,
+    "agent": AgentConfig,
+    "up": UpConfig,
+}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file: a mapping from section name to that section's keys."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown section {unknown[0]!r} "
+            f"(known: {', '.join(sorted(SECTIONS))})"
+        )
+    for name, section in data.items():
+        if section is not None and not isinstance(section, dict):
+            raise ConfigError(f"config file {path}: section {name!r} must be a mapping")
+    return {k: (v or {}) for k, v in data.items()}
+
+
+def build(
+    cls: type[T],
+    section: str,
+    *,
+    file_values: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> T:
+    """Build one section's config from its sources; flags whose value is None are unset."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+
+    def take(key: str, raw: Any, origin: str, from_text: bool) -> None:
+        name = key.replace("-", "_")
+        if (
+            name.endswith("_file")
+            and name[: -len("_file")] in fields
+            and (_is_secret_type(hints[name[: -len("_file")]]))
+        ):
+            target = name[: -len("_file")]
+            values[target] = _read_secret_file(hints[target], str(raw), f"{origin} {key}")
+            return
+        if name not in fields:
+            raise ConfigError(f"{origin}: unknown key {key!r} in section {section!r}")
+        values[name] = _convert(hints[name], raw, f"{origin} {section}.{name}", from_text)
+
+    for key, raw in (file_values or {}).items():
+        take(key, raw, "config file", from_text=False)
+    prefix = f"CORRAL_{section.upper()}_"
+    for env_key, raw in sorted((environ or {}).items()):
+        if env_key.startswith(prefix):
+            take(env_key[len(prefix) :].lower(), raw, f"environment {env_key}", from_text=True)
+    for key, raw in (flags or {}).items():
+        if raw is not None:
+            take(key, raw, f"flag --{key.replace('_', '-')}", from_text=False)
+    return cls(**values)
+
+
+def load(
+    *,
+    config_file: str | None,
+    environ: Mapping[str, str],
+    flags: Mapping[str, Mapping[str, Any]] | None = None,
+) -> CorralConfig:
+    """Build every section: the file, then CORRAL_* variables, then flags per section."""
+    file_data = load_yaml(config_file) if config_file else {}
+    flags = flags or {}
+    built = {
+        name: build(
+            cls,
+            name,
+            file_values=file_data.get(name),
+            environ=environ,
+            flags=flags.get(name),
+        )
+        for name, cls in SECTIONS.items()
+    }
+    return CorralConfig(**built)
+
+
+def _is_secret_type(hint: Any) -> bool:
+    return Secret in _flatten(hint)
+
+
+def _flatten(hint: Any) -> set[Any]:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType, tuple):
+        out: set[Any] = set()
+        for arg in typing.get_args(hint):
+            if arg is not Ellipsis:
+                out |= _flatten(arg)
+        return out
+    return {hint}
+
+
+def _read_secret_file(hint: Any, path: str, where: str) -> Any:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
+    if typing.get_origin(hint) is tuple:
+        keys = [line.strip() for line in text.splitlines()]
+        keys = [k for k in keys if k and not k.startswith("#")]
+        if not keys:
+            raise ConfigError(f"{where}: {path} holds no keys")
+        return tuple(Secret(k) for k in keys)
+    secret = text.strip()
+    if not secret:
+        raise ConfigError(f"{where}: {path} is empty")
+    return Secret(secret)
+
+
+def _convert(hint: Any, raw: Any, where: str, from_text: bool) -> Any:
+    """Turn a raw value (YAML scalar, env text or flag value) into the field's type."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if raw is None or (from_text and raw == ""):
+            return None
+        return _convert(inner[0], raw, where, from_text)
+    if hint is Secret:
+        if isinstance(raw, Secret):
+            return raw
+        if not isinstance(raw, str) or not raw:
+            raise ConfigError(f"{where}: expected a non-empty string")
+        return Secret(raw)
+    if hint is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(raw, str) and raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {raw!r}")
+    if hint is int:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{where}: expected an integer, got {raw!r}")
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {raw!r}") from None
+    if hint is float:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{where}: expected a number, got {raw!r}")
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
+    if hint is str:
+        if isinstance(raw, (dict, list)):
+            raise ConfigError(f"{where}: expected a string, got {raw!r}")
+        return str(raw)
+    if origin is tuple:
+        return _convert_tuple(args, raw, where, from_text)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+        return build(typing.cast(type[Any], hint), where, file_values=raw)
+    raise ConfigError(f"{where}: unsupported field type {hint!r}")  # pragma: no cover
+
+
+def _convert_tuple(args: tuple[Any, ...], raw: Any, where: str, from_text: bool) -> Any:
+    item = args[0]
+    if item == tuple[str, str]:
+        # Labels: "k=v,k2=v2" in text, a mapping in YAML, a list of "k=v" from flags.
+        pairs: list[tuple[str, str]] = []
+        if isinstance(raw, Mapping):
+            pairs = [(str(k), str(v)) for k, v in raw.items()]
+        else:
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            for entry in items:
+                if isinstance(entry, (tuple, list)) and len(entry) == 2:
+                    pairs.append((str(entry[0]), str(entry[1])))
+                    continue
+                key, sep, value = str(entry).partition("=")
+                if not sep or not key.strip():
+                    raise ConfigError(f"{where}: expected key=value, got {entry!r}")
+                pairs.append((key.strip(), value.strip()))
+        return tuple(pairs)
+    if isinstance(raw, str):
+        raw = [part.strip() for part in raw.split(",") if part.strip()] if from_text else [raw]
+    if not isinstance(raw, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list, got {raw!r}")
+    return tuple(_convert(item, entry, where, from_text) for entry in raw)
