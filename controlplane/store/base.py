@@ -1,0 +1,160 @@
+"""The store interface: a small slice of etcd's data model, so both stores share semantics.
+
+Keys and values are bytes. Every write bumps one cluster-wide revision; watchers see events
+in revision order. Keys may be attached to a lease, and vanish when the lease expires or is
+revoked. The control plane's domain logic (controlplane/state.py) is written against this
+interface only.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+
+class StoreError(Exception):
+    """Root of every error a store raises; foreign errors are translated at the boundary."""
+
+
+class StoreUnavailableError(StoreError):
+    """No store endpoint answered (all etcd members down or unreachable)."""
+
+
+class CompactedError(StoreError):
+    """A watch asked for a revision that was compacted away; re-list and watch again."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted (oldest available {compact_revision})")
+        self.compact_revision = compact_revision
+
+
+class LeaseNotFoundError(StoreError):
+    """The lease expired or was revoked."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: bytes
+    value: bytes
+    # Revision of the last write to this key.
+    mod_revision: int
+    create_revision: int
+    # 0 when the key has no lease.
+    lease: int = 0
+
+
+class EventType(enum.Enum):
+    PUT = "put"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    type: EventType
+    kv: KeyValue  # for DELETE: value is empty, mod_revision is the deletion's revision
+
+
+@dataclass(frozen=True, slots=True)
+class WatchBatch:
+    """Events of one or more revisions, in order, and the store revision they bring us to."""
+
+    events: Sequence[WatchEvent]
+    revision: int
+
+
+class Store(abc.ABC):
+    """What the control plane needs from its state store.
+
+    Lifecycle: `await store.start()` (connects; raises StoreUnavailableError if it cannot),
+    `await store.close()`. Usable as `async with store:`.
+    """
+
+    @property
+    @abc.abstractmethod
+    def cluster_id(self) -> str:
+        """Identity of the data set: etcd's cluster id, or a random id per MemoryStore."""
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Store:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # Reads and writes -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_prefix(self, prefix: bytes) -> tuple[int, list[KeyValue]]:
+        """All keys under prefix, sorted by key, with the store revision they were read at."""
+
+    @abc.abstractmethod
+    async def get(self, key: bytes) -> KeyValue | None: ...
+
+    @abc.abstractmethod
+    async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
+        """Write key; return the new revision."""
+
+    @abc.abstractmethod
+    async def put_if(
+        self,
+        key: bytes,
+        value: bytes,
+        *,
+        lease: int = 0,
+        expect_absent_or_lease: int | None = None,
+        expect_mod_revision: int | None = None,
+    ) -> bool:
+        """Write key only if a condition holds, atomically (an etcd transaction).
+
+        - expect_mod_revision=N: the key's mod_revision is N (0 means the key is absent).
+        - expect_absent_or_lease=L: the key is absent, or is attached to lease L (so an
+          agent can claim a backend name, and re-claim it with its own lease, but not take
+          another agent's).
+        Returns whether the write happened.
+        """
+
+    @abc.abstractmethod
+    async def delete(self, key: bytes) -> int:
+        """Delete key (no error when absent); return the revision after."""
+
+    @abc.abstractmethod
+    async def delete_prefix(self, prefix: bytes) -> int: ...
+
+    # Leases -----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def grant_lease(self, ttl_seconds: int) -> int:
+        """A new lease; the store keeps it alive until release_lease or revoke_lease."""
+
+    @abc.abstractmethod
+    async def keep_lease(self, lease_id: int) -> int:
+        """Start keeping an existing lease alive (taking over an agent's session on another
+        replica); return its remaining TTL. Raises LeaseNotFoundError if it has expired."""
+
+    @abc.abstractmethod
+    def release_lease(self, lease_id: int) -> None:
+        """Stop keeping the lease alive: its keys vanish when the TTL runs out."""
+
+    @abc.abstractmethod
+    async def revoke_lease(self, lease_id: int) -> None:
+        """End the lease now: its keys vanish at once. No error if already gone."""
+
+    # Watching ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def watch_prefix(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
+        """Events under prefix from start_revision on (inclusive), in order, forever.
+
+        Raises CompactedError when start_revision (or a later resume point) was compacted:
+        the caller re-lists with get_prefix and watches from that revision + 1. Reconnects to
+        other endpoints internally, resuming from the last seen revision + 1, so callers never
+        see a gap or a repeat.
+        """
