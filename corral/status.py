@@ -1,0 +1,242 @@
+"""`corral status`: backends and edges as a control plane sees them, for people.
+
+One short-lived, synchronous gRPC channel to AdminService; two calls (ListBackends,
+ListEdges). gRPC failures become one-line ``StatusError`` messages at this boundary, so a
+person never sees a traceback for an unreachable control plane or a wrong token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+
+from corral.v1 import admin_pb2, admin_pb2_grpc, types_pb2
+
+# Long enough for a busy replica, short enough that a person is not left waiting.
+CALL_TIMEOUT_SECONDS = 5.0
+# Models listed per backend before the rest are counted ("+3").
+MODELS_SHOWN = 3
+
+
+class StatusError(Exception):
+    """`corral status` could not get an answer; the message says why, in one line."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    """What one control-plane replica reports."""
+
+    version: int
+    backends: tuple[types_pb2.Backend, ...]
+    edges: tuple[admin_pb2.EdgeInfo, ...]
+
+
+def read_token(path: str) -> str:
+    """The bearer token in a file (stripped); StatusError (exit 2) when unusable."""
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise StatusError(f"cannot read admin token file {path}: {exc.strerror}", 2) from None
+    if not token:
+        raise StatusError(f"admin token file {path} is empty", 2)
+    return token
+
+
+def fetch(
+    target: str, token: str | None, *, timeout: float = CALL_TIMEOUT_SECONDS
+) -> ClusterStatus:
+    """Ask the control plane at target (HOST:PORT) for its backends and edges."""
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub = admin_pb2_grpc.AdminServiceStub(channel)
+            backends = stub.ListBackends(
+                admin_pb2.ListBackendsRequest(), timeout=timeout, metadata=metadata
+            )
+            edges = stub.ListEdges(admin_pb2.ListEdgesRequest(), timeout=timeout, metadata=metadata)
+    except grpc.RpcError as exc:
+        raise _translate(exc, target) from None
+    return ClusterStatus(
+        version=backends.version,
+        backends=tuple(sorted(backends.backends, key=lambda b: b.spec.name)),
+        edges=tuple(sorted(edges.edges, key=lambda e: e.edge_id)),
+    )
+
+
+def _translate(exc: grpc.RpcError, target: str) -> StatusError:
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    details = (exc.details() if isinstance(exc, grpc.Call) else None) or ""
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        return StatusError(
+            f"the control plane at {target} refused the admin token "
+            "(give the right one with --admin-token-file)"
+        )
+    if code is grpc.StatusCode.PERMISSION_DENIED:
+        return StatusError(f"the control plane at {target} denied access: {details}")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        why = details.splitlines()[0] if details else code.name
+        return StatusError(f"cannot reach the control plane at {target}: {why}")
+    name = code.name if code is not None else "error"
+    return StatusError(f"the control plane at {target} answered {name}: {details}")
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def _enum_word(value: int, enum: type[types_pb2.HealthState] | type[types_pb2.BackendType]) -> str:
+    """HEALTH_STATE_HEALTHY -> healthy; BACKEND_TYPE_VLLM -> vllm; unknown numbers kept."""
+    try:
+        name = enum.Name(value)  # type: ignore[arg-type]  # both enums take their own int
+    except ValueError:
+        return str(value)
+    prefix = "HEALTH_STATE_" if enum is types_pb2.HealthState else "BACKEND_TYPE_"
+    word = name.removeprefix(prefix).lower()
+    return "-" if word == "unspecified" else word
+
+
+def _models(status: types_pb2.BackendStatus) -> str:
+    # A trailing * marks a model resident in memory now, where the server tells.
+    ids = [m.id + ("*" if m.loaded else "") for m in status.models]
+    if not ids:
+        return "-"
+    shown = ", ".join(ids[:MODELS_SHOWN])
+    rest = len(ids) - MODELS_SHOWN
+    return f"{shown} +{rest}" if rest > 0 else shown
+
+
+def _load(load: types_pb2.BackendLoad) -> str:
+    kv = f"{load.kv_cache_usage * 100:.0f}%" if load.HasField("kv_cache_usage") else "-"
+    return f"{load.running}/{load.waiting}/{kv}"
+
+
+def _weight(weight: float) -> str:
+    return f"{weight or 1.0:g}"
+
+
+def _age(unix_ms: int, now: float) -> str:
+    if unix_ms <= 0:
+        return "-"
+    seconds = max(0, int(now - unix_ms / 1000))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns two spaces apart, header first."""
+    widths = [len(h) for h in header]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in (header, *rows)
+    ]
+    return "\n".join(lines)
+
+
+def render_text(status: ClusterStatus, *, now: float | None = None) -> str:
+    """The human view: a table of backends, a table of edges, the snapshot version."""
+    now = time.time() if now is None else now
+    out = [f"snapshot version {status.version}", ""]
+    backend_rows = [
+        (
+            b.spec.name,
+            _enum_word(b.spec.type, types_pb2.BackendType),
+            _enum_word(b.status.health, types_pb2.HealthState),
+            _models(b.status),
+            _load(b.status.load),
+            str(b.spec.priority),
+            _weight(b.spec.weight),
+            "yes" if b.drained else "no",
+            b.agent_id or "-",
+        )
+        for b in status.backends
+    ]
+    out.append(f"BACKENDS ({len(status.backends)})")
+    if backend_rows:
+        out.append(
+            table(
+                (
+                    "NAME",
+                    "TYPE",
+                    "STATE",
+                    "MODELS",
+                    "LOAD run/wait/kv",
+                    "PRIO",
+                    "WEIGHT",
+                    "DRAINED",
+                    "AGENT",
+                ),
+                backend_rows,
+            )
+        )
+    else:
+        out.append("  (no backends registered)")
+    # Why a backend is not healthy is the first thing an operator asks next.
+    reasons = [
+        (b.spec.name, b.status.reason)
+        for b in status.backends
+        if b.status.health != types_pb2.HEALTH_STATE_HEALTHY and b.status.reason
+    ]
+    if reasons:
+        out.append("")
+        out.extend(f"  {name}: {reason}" for name, reason in reasons)
+    out.append("")
+    out.append(f"EDGES ({len(status.edges)})")
+    if status.edges:
+        out.append(
+            table(
+                ("ID", "ADDRESS", "APPLIED", "REPLICA", "CONNECTED"),
+                [
+                    (
+                        e.edge_id,
+                        e.listen_address or "-",
+                        str(e.applied_version),
+                        e.controlplane_id or "-",
+                        _age(e.connected_unix_ms, now),
+                    )
+                    for e in status.edges
+                ],
+            )
+        )
+    else:
+        out.append("  (no edges connected)")
+    return "\n".join(out)
+
+
+def render_json(status: ClusterStatus) -> str:
+    """The machine view: proto messages as protobuf's canonical JSON mapping."""
+    doc = {
+        "version": status.version,
+        "backends": [json_format.MessageToDict(b) for b in status.backends],
+        "edges": [json_format.MessageToDict(e) for e in status.edges],
+    }
+    return json.dumps(doc, indent=2, sort_keys=True)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Entry point of `corral status`: print the cluster's state; 0, or 1/2 with a message."""
+    try:
+        token = read_token(args.admin_token_file) if args.admin_token_file else None
+        status = fetch(args.controlplane, token)
+    except StatusError as exc:
+        print(f"corral status: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(render_json(status) if args.json else render_text(status))
+    return 0
