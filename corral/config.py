@@ -236,6 +236,15 @@ def build(
     for key, raw in (flags or {}).items():
         if raw is not None:
             take(key, raw, f"flag --{key.replace('_', '-')}", from_text=False)
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{section}: missing key {missing[0]!r}")
     return cls(**values)
 
 
@@ -317,7 +326,7 @@ def _convert(hint: Any, raw: Any, where: str, from_text: bool) -> Any:
             return False
         raise ConfigError(f"{where}: expected true or false, got {raw!r}")
     if hint is int:
-        if isinstance(raw, bool):
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
             raise ConfigError(f"{where}: expected an integer, got {raw!r}")
         try:
             return int(raw)
@@ -331,7 +340,7 @@ def _convert(hint: Any, raw: Any, where: str, from_text: bool) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
     if hint is str:
-        if isinstance(raw, (dict, list)):
+        if raw is None or isinstance(raw, (dict, list)):
             raise ConfigError(f"{where}: expected a string, got {raw!r}")
         return str(raw)
     if origin is tuple:
@@ -350,6 +359,8 @@ def _convert_tuple(args: tuple[Any, ...], raw: Any, where: str, from_text: bool)
         pairs: list[tuple[str, str]] = []
         if isinstance(raw, Mapping):
             pairs = [(str(k), str(v)) for k, v in raw.items()]
+        elif not isinstance(raw, (str, list, tuple)):
+            raise ConfigError(f"{where}: expected key=value pairs, got {raw!r}")
         else:
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             for entry in items:
