@@ -6,20 +6,26 @@ replicas over one etcd cluster. Both pass tests/controlplane/test_store_contract
 
 from controlplane.store.base import (
     CompactedError,
+    EventType,
     KeyValue,
     LeaseNotFoundError,
     Store,
+    StoreClosedError,
     StoreError,
     StoreUnavailableError,
     WatchBatch,
     WatchEvent,
 )
+from controlplane.store.memory import MemoryStore
 
 __all__ = [
     "CompactedError",
+    "EventType",
     "KeyValue",
     "LeaseNotFoundError",
+    "MemoryStore",
     "Store",
+    "StoreClosedError",
     "StoreError",
     "StoreUnavailableError",
     "WatchBatch",

@@ -22,6 +22,10 @@ class StoreUnavailableError(StoreError):
     """No store endpoint answered (all etcd members down or unreachable)."""
 
 
+class StoreClosedError(StoreError):
+    """The store was closed by its owner (not a failure of the store's backend)."""
+
+
 class CompactedError(StoreError):
     """A watch asked for a revision that was compacted away; re-list and watch again."""
 
