@@ -174,6 +174,13 @@ SECTIONS: dict[str, type[Any]] = {
 }
 
 
+# Keys that take one of a few words; anything else is refused at load time.
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("controlplane", "store"): ("etcd", "memory"),
+    ("agent", "type"): ("auto", "ollama", "vllm", "sglang", "llamacpp", "lmstudio", "openai"),
+}
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file: a mapping from section name to that section's keys."""
     try:
@@ -226,6 +233,11 @@ def build(
         if name not in fields:
             raise ConfigError(f"{origin}: unknown key {key!r} in section {section!r}")
         values[name] = _convert(hints[name], raw, f"{origin} {section}.{name}", from_text)
+        allowed = CHOICES.get((section, name))
+        if allowed is not None and values[name] not in allowed:
+            raise ConfigError(
+                f"{origin} {section}.{name}: expected one of {', '.join(allowed)}, got {raw!r}"
+            )
 
     for key, raw in (file_values or {}).items():
         take(key, raw, "config file", from_text=False)
