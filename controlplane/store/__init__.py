@@ -16,10 +16,12 @@ from controlplane.store.base import (
     WatchBatch,
     WatchEvent,
 )
+from controlplane.store.etcd import EtcdStore
 from controlplane.store.memory import MemoryStore
 
 __all__ = [
     "CompactedError",
+    "EtcdStore",
     "EventType",
     "KeyValue",
     "LeaseNotFoundError",

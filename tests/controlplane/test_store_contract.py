@@ -19,7 +19,7 @@ from controlplane.store import (
     WatchEvent,
 )
 
-STORES = ["memory"]  # etcd joins once EtcdStore lands
+STORES = ["memory", "etcd"]
 WAIT = 15.0  # generous bound on waits for events; tests finish as soon as they arrive
 
 

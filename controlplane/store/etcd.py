@@ -1,0 +1,339 @@
+"""The etcd v3 store: several control-plane replicas share one etcd cluster through it.
+
+Our own grpc.aio channels with the generated stubs from `aetcd.rpc` (docs/DECISIONS.md,
+"etcd client"). Calls go to one endpoint at a time and fail over to the next when it stops
+answering; leases are kept alive over one stream (controlplane/store/etcd_lease.py); watches
+reconnect and resume after the last delivered revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from aetcd import rpc
+
+from controlplane.store.base import (
+    CompactedError,
+    EventType,
+    KeyValue,
+    LeaseNotFoundError,
+    Store,
+    StoreClosedError,
+    StoreError,
+    StoreUnavailableError,
+    WatchBatch,
+    WatchEvent,
+)
+from controlplane.store.etcd_conn import (
+    REQUIRE_LEADER,
+    RETRYABLE_CODES,
+    Backoff,
+    Endpoint,
+    EndpointPool,
+    Stubs,
+    prefix_end,
+    translate,
+)
+from controlplane.store.etcd_lease import LeaseKeeper
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_EQUAL = rpc.Compare.CompareResult.Value("EQUAL")
+_MOD = rpc.Compare.CompareTarget.Value("MOD")
+_CREATE = rpc.Compare.CompareTarget.Value("CREATE")
+_LEASE = rpc.Compare.CompareTarget.Value("LEASE")
+_PUT = rpc.Event.EventType.Value("PUT")
+
+
+def _kv(kv: Any) -> KeyValue:
+    return KeyValue(
+        key=kv.key,
+        value=kv.value,
+        mod_revision=kv.mod_revision,
+        create_revision=kv.create_revision,
+        lease=kv.lease,
+    )
+
+
+class EtcdStore(Store):
+    """A Store over a real etcd v3 cluster (3.4+).
+
+    endpoints: client URLs (`http://host:port`, `https://host:port`, or `host:port`, which
+    uses TLS only when a CA file is given). Key prefixes are the caller's business.
+    connect_timeout bounds how long a call looks for an answering endpoint before raising
+    StoreUnavailableError; request_timeout bounds one RPC on one endpoint.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        connect_timeout: float = 5.0,
+        request_timeout: float = 10.0,
+    ) -> None:
+        if isinstance(endpoints, str):
+            endpoints = [e for e in endpoints.split(",") if e]
+        tls_default = ca_file is not None
+        self._pool = EndpointPool(
+            [Endpoint.parse(e.strip(), tls_default=tls_default) for e in endpoints],
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+        )
+        self._connect_timeout = connect_timeout
+        self._request_timeout = request_timeout
+        self._leases = LeaseKeeper(self._pool, connect_timeout=connect_timeout)
+        self._cluster_id = ""
+        self._started = False
+
+    @property
+    def cluster_id(self) -> str:
+        return self._cluster_id
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint calls go to now."""
+        return self._pool.endpoints[self._pool.current].url
+
+    @property
+    def lease_keeper(self) -> LeaseKeeper:
+        return self._leases
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        status = await self._call(
+            "status", lambda s, t: s.maintenance.Status(rpc.StatusRequest(), timeout=t)
+        )
+        self._cluster_id = format(status.header.cluster_id, "x")
+        self._leases.start()
+        self._started = True
+
+    async def close(self) -> None:
+        if self._pool.closed:
+            return
+        try:
+            await self._leases.close()
+        finally:
+            await self._pool.close()
+
+    # Reads and writes -------------------------------------------------------------------
+
+    async def get_prefix(self, prefix: bytes) -> tuple[int, list[KeyValue]]:
+        request = rpc.RangeRequest(key=prefix or b"\0", range_end=prefix_end(prefix))
+        response = await self._call("get_prefix", lambda s, t: s.kv.Range(request, timeout=t))
+        return response.header.revision, [_kv(kv) for kv in response.kvs]
+
+    async def get(self, key: bytes) -> KeyValue | None:
+        response = await self._call(
+            "get", lambda s, t: s.kv.Range(rpc.RangeRequest(key=key), timeout=t)
+        )
+        return _kv(response.kvs[0]) if response.kvs else None
+
+    async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
+        request = rpc.PutRequest(key=key, value=value, lease=lease)
+        response = await self._call("put", lambda s, t: s.kv.Put(request, timeout=t))
+        return int(response.header.revision)
+
+    async def put_if(
+        self,
+        key: bytes,
+        value: bytes,
+        *,
+        lease: int = 0,
+        expect_absent_or_lease: int | None = None,
+        expect_mod_revision: int | None = None,
+    ) -> bool:
+        put = rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
+        base: list[Any] = []
+        if expect_mod_revision is not None:
+            base.append(
+                rpc.Compare(key=key, target=_MOD, result=_EQUAL, mod_revision=expect_mod_revision)
+            )
+        if expect_absent_or_lease is None:
+            request = rpc.TxnRequest(compare=base, success=[put])
+        else:
+            # etcd ANDs the compares of one transaction; "absent OR held by this lease" is an
+            # outer transaction on absence whose failure branch tries the lease.
+            absent = rpc.Compare(key=key, target=_CREATE, result=_EQUAL, create_revision=0)
+            same_lease = rpc.Compare(
+                key=key, target=_LEASE, result=_EQUAL, lease=expect_absent_or_lease
+            )
+            inner = rpc.TxnRequest(compare=[*base, same_lease], success=[put])
+            request = rpc.TxnRequest(
+                compare=[*base, absent],
+                success=[put],
+                failure=[rpc.RequestOp(request_txn=inner)],
+            )
+        # A transaction on mod_revision must not run twice: a retry after a lost answer
+        # would report failure for our own write.
+        response = await self._call(
+            "put_if",
+            lambda s, t: s.kv.Txn(request, timeout=t),
+            idempotent=expect_mod_revision is None,
+        )
+        if response.succeeded:
+            return True
+        if expect_absent_or_lease is not None and response.responses:
+            return bool(response.responses[0].response_txn.succeeded)
+        return False
+
+    async def delete(self, key: bytes) -> int:
+        request = rpc.DeleteRangeRequest(key=key)
+        response = await self._call("delete", lambda s, t: s.kv.DeleteRange(request, timeout=t))
+        return int(response.header.revision)
+
+    async def delete_prefix(self, prefix: bytes) -> int:
+        request = rpc.DeleteRangeRequest(key=prefix or b"\0", range_end=prefix_end(prefix))
+        response = await self._call(
+            "delete_prefix", lambda s, t: s.kv.DeleteRange(request, timeout=t)
+        )
+        return int(response.header.revision)
+
+    # Leases -----------------------------------------------------------------------------
+
+    async def grant_lease(self, ttl_seconds: int) -> int:
+        request = rpc.LeaseGrantRequest(TTL=ttl_seconds)
+        response = await self._call(
+            "grant_lease", lambda s, t: s.lease.LeaseGrant(request, timeout=t)
+        )
+        if response.error:
+            raise StoreError(f"grant_lease: {response.error}")
+        self._leases.keep(response.ID, int(response.TTL), refresh_now=False)
+        return int(response.ID)
+
+    async def keep_lease(self, lease_id: int) -> int:
+        request = rpc.LeaseTimeToLiveRequest(ID=lease_id)
+        response = await self._call(
+            "keep_lease", lambda s, t: s.lease.LeaseTimeToLive(request, timeout=t)
+        )
+        # etcd answers TTL -1 for a lease it does not know (expired or revoked).
+        if response.TTL < 0:
+            raise LeaseNotFoundError(f"lease {lease_id:x} not found")
+        self._leases.keep(lease_id, int(response.grantedTTL), refresh_now=True)
+        # TTL counts whole seconds down; 0 means "under a second left", still alive.
+        return max(1, int(response.TTL))
+
+    def release_lease(self, lease_id: int) -> None:
+        self._leases.release(lease_id)
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        self._leases.release(lease_id)
+        request = rpc.LeaseRevokeRequest(ID=lease_id)
+        with contextlib.suppress(LeaseNotFoundError):
+            await self._call("revoke_lease", lambda s, t: s.lease.LeaseRevoke(request, timeout=t))
+
+    # Watching ---------------------------------------------------------------------------
+
+    async def watch_prefix(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
+        create = rpc.WatchCreateRequest(key=prefix or b"\0", range_end=prefix_end(prefix))
+        next_revision = start_revision
+        backoff = Backoff()
+        while True:
+            index = self._pool.current
+            stubs = await self._pool.ready(index, self._connect_timeout)
+            if stubs is None:
+                self._pool.rotate(index)
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            create.start_revision = next_revision
+            call = stubs.watch.Watch(metadata=REQUIRE_LEADER)
+            try:
+                await call.write(rpc.WatchRequest(create_request=create))
+                async for response in call:
+                    if response.compact_revision > 0:
+                        raise CompactedError(response.compact_revision)
+                    if response.canceled:
+                        log.warning("etcd cancelled a watch: %s", response.cancel_reason)
+                        break
+                    if response.created:
+                        backoff.reset()
+                    if not response.events:
+                        continue
+                    events = [
+                        WatchEvent(EventType.PUT if e.type == _PUT else EventType.DELETE, _kv(e.kv))
+                        for e in response.events
+                    ]
+                    next_revision = events[-1].kv.mod_revision + 1
+                    yield WatchBatch(events=events, revision=int(response.header.revision))
+            except grpc.aio.AioRpcError as exc:
+                if self._pool.closed:
+                    raise StoreClosedError("etcd store closed") from None
+                if exc.code() not in RETRYABLE_CODES | {grpc.StatusCode.CANCELLED}:
+                    raise translate(exc, "watch") from None
+                log.warning(
+                    "etcd watch on %s broke (%s %s); resuming at revision %d",
+                    self._pool.endpoints[index].url,
+                    exc.code().name,
+                    exc.details(),
+                    next_revision,
+                )
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if self._pool.closed and current is not None and not current.cancelling():
+                    raise StoreClosedError("etcd store closed") from None
+                raise
+            finally:
+                call.cancel()
+            if self._pool.closed:
+                raise StoreClosedError("etcd store closed")
+            self._pool.rotate(index)
+            await asyncio.sleep(backoff.next_delay())
+
+    # Calls ------------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        what: str,
+        invoke: Callable[[Stubs, float], Awaitable[T]],
+        *,
+        idempotent: bool = True,
+    ) -> T:
+        """Run one unary call, failing over between endpoints until connect_timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._connect_timeout
+        n = len(self._pool.endpoints)
+        tried = 0
+        last = "no endpoint connected"
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise StoreUnavailableError(
+                    f"{what}: no etcd endpoint answered within {self._connect_timeout:g}s ({last})"
+                )
+            index = self._pool.current
+            if tried and tried % n == 0:
+                # Every endpoint failed once: pause before the next round.
+                await asyncio.sleep(min(remaining, 0.05 * 2 ** min(tried // n, 4)))
+            tried += 1
+            stubs = await self._pool.ready(index, remaining)
+            if stubs is None:
+                last = f"{self._pool.endpoints[index].url} did not connect"
+                self._pool.rotate(index)
+                continue
+            try:
+                return await invoke(stubs, self._request_timeout)
+            except grpc.aio.AioRpcError as exc:
+                if self._pool.closed:
+                    raise StoreClosedError("etcd store closed") from None
+                if exc.code() not in RETRYABLE_CODES:
+                    raise translate(exc, what) from None
+                self._pool.rotate(index)
+                if not idempotent:
+                    raise translate(exc, what) from None
+                last = f"{self._pool.endpoints[index].url}: {exc.code().name} {exc.details()}"
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if self._pool.closed and current is not None and not current.cancelling():
+                    raise StoreClosedError("etcd store closed") from None
+                raise
