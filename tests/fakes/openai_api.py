@@ -1,0 +1,440 @@
+"""OpenAI-compatible endpoints (chat, completions, embeddings, models) as each kind serves them."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from tests.fakes.models import (
+    EMBEDDING_DIM,
+    FakeModel,
+    Reply,
+    count_tokens,
+    embedding_base64,
+    embedding_vector,
+    messages_tokens,
+    plan_reply,
+    split_pieces,
+    truncate_words,
+)
+from tests.fakes.server import BODY_KEY, FAKE_KEY, FakeServer, RequestRejected
+
+DONE = b"data: [DONE]\n\n"
+
+_OWNED_BY = {
+    "vllm": "vllm",
+    "sglang": "sglang",
+    "llamacpp": "llamacpp",
+    "ollama": "library",
+    "lmstudio": "organization_owner",
+    "openai": "openai",
+}
+
+
+def sse(payload: Any) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def json_body(request: web.Request) -> dict[str, Any]:
+    body = request[BODY_KEY]
+    if not isinstance(body, dict):
+        raise RequestRejected(400, "request body must be a JSON object")
+    return body
+
+
+def require_model(fake: FakeServer, body: dict[str, Any]) -> FakeModel:
+    """The served model named in the body; a missing or unknown model is refused."""
+    name = body.get("model")
+    if name is None and fake.kind == "llamacpp" and fake.models:
+        return fake.models[0]  # llama.cpp serves its one model whatever the name
+    if not isinstance(name, str) or not name:
+        raise RequestRejected(400, "you must provide a model parameter")
+    model = fake.model(name)
+    if model is None:
+        if fake.kind == "ollama":
+            message = f'model "{name}" not found, try pulling it first'
+        else:
+            message = f"The model `{name}` does not exist."
+        raise RequestRejected(404, message, code="model_not_found")
+    if fake.kind in ("ollama", "lmstudio"):
+        model.loaded = True  # both load a model on demand
+    return model
+
+
+def check_context(fake: FakeServer, model: FakeModel, prompt_tokens: int, max_tokens: Any) -> None:
+    """vLLM-style refusal when prompt plus completion exceed the model's context."""
+    if fake.kind == "ollama":
+        return  # Ollama truncates the prompt instead
+    wanted = max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else 0
+    if prompt_tokens + wanted > model.context_length:
+        raise RequestRejected(
+            400,
+            f"This model's maximum context length is {model.context_length} tokens. However, "
+            f"you requested {prompt_tokens + wanted} tokens ({prompt_tokens} in the messages, "
+            f"{wanted} in the completion). Please reduce the length of the messages or "
+            "completion.",
+            code="context_length_exceeded",
+        )
+
+
+def _max_tokens(body: dict[str, Any]) -> Any:
+    return body.get("max_completion_tokens", body.get("max_tokens"))
+
+
+def chat_reply(fake: FakeServer, body: dict[str, Any]) -> Reply:
+    tools = body.get("tools")
+    names = [
+        t["function"]["name"]
+        for t in tools or []
+        if isinstance(t, dict) and isinstance(t.get("function"), dict) and "name" in t["function"]
+    ]
+    choice = body.get("tool_choice", "auto")
+    forced = None
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        forced = choice["function"].get("name")
+    return plan_reply(fake.name, body["messages"], names, forced, choice != "none")
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    fake = request.app[FAKE_KEY]
+    body = json_body(request)
+    model = require_model(fake, body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestRejected(400, "messages must be a non-empty list")
+    prompt_tokens = messages_tokens(messages)
+    check_context(fake, model, prompt_tokens, _max_tokens(body))
+    reply = chat_reply(fake, body)
+    text, cut = truncate_words(reply.text, _max_tokens(body))
+    finish = "tool_calls" if reply.tool_name else ("length" if cut else "stop")
+    arguments = orjson.dumps(reply.tool_arguments).decode() if reply.tool_name else ""
+    completion_tokens = count_tokens(text or arguments)
+    usage = _usage(prompt_tokens, completion_tokens)
+    completion_id = f"chatcmpl-{secrets.token_hex(12)}"
+    created = int(time.time())
+    model_name = body.get("model") or model.id
+
+    if not body.get("stream"):
+        message: dict[str, Any] = {"role": "assistant", "content": text or None}
+        if reply.tool_name:
+            message["tool_calls"] = [
+                {
+                    "id": f"call_{reply.tool_call_id}",
+                    "type": "function",
+                    "function": {"name": reply.tool_name, "arguments": arguments},
+                }
+            ]
+        else:
+            message["content"] = text
+        payload: dict[str, Any] = {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model_name,
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            ],
+            "usage": usage,
+            "system_fingerprint": None,
+        }
+        if request.path.startswith("/api/v0/"):
+            payload.update(_lmstudio_extras(fake, model, completion_tokens))
+        return fake.json(payload)
+
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        payload = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model_name,
+            "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            ],
+        }
+        if include_usage:
+            payload["usage"] = None
+        return sse(payload)
+
+    def chunks() -> Iterator[bytes]:
+        yield chunk({"role": "assistant", "content": ""})
+        if reply.tool_name:
+            yield chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": f"call_{reply.tool_call_id}",
+                            "type": "function",
+                            "function": {"name": reply.tool_name, "arguments": ""},
+                        }
+                    ]
+                }
+            )
+            for piece in split_pieces(arguments, fake.stream_chunks):
+                yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+        else:
+            for piece in split_pieces(text, fake.stream_chunks):
+                yield chunk({"content": piece})
+        yield chunk({}, finish)
+        if include_usage:
+            yield sse(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model_name,
+                    "choices": [],
+                    "usage": usage,
+                }
+            )
+        yield DONE
+
+    return await fake.stream(request, chunks())
+
+
+def _lmstudio_extras(fake: FakeServer, model: FakeModel, tokens: int) -> dict[str, Any]:
+    return {
+        "stats": {
+            "tokens_per_second": 100.0,
+            "time_to_first_token": 0.01,
+            "generation_time": tokens / 100.0,
+            "stop_reason": "eosFound",
+        },
+        "model_info": {
+            "arch": model.family,
+            "quant": model.quantization,
+            "format": "gguf",
+            "context_length": model.context_length,
+        },
+        "runtime": {
+            "name": "llama.cpp-linux-x86_64-avx2",
+            "version": fake.version,
+            "supported_formats": ["gguf"],
+        },
+    }
+
+
+def _prompts(prompt: Any) -> list[str]:
+    """OpenAI's prompt forms: a string, strings, a token list, or token lists."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return list(prompt)
+        if all(isinstance(p, int) for p in prompt):
+            return [" ".join(str(p) for p in prompt)]
+        if all(isinstance(p, list) for p in prompt):
+            return [" ".join(str(t) for t in p) for p in prompt]
+    raise RequestRejected(400, "prompt must be a string, a list of strings or token ids")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    fake = request.app[FAKE_KEY]
+    body = json_body(request)
+    model = require_model(fake, body)
+    prompts = _prompts(body.get("prompt"))
+    prompt_tokens = sum(count_tokens(p) for p in prompts)
+    check_context(fake, model, max(count_tokens(p) for p in prompts), _max_tokens(body))
+    texts: list[tuple[str, str]] = []
+    for prompt in prompts:
+        text, cut = truncate_words(f"[{fake.name}] {prompt}", _max_tokens(body))
+        texts.append((text, "length" if cut else "stop"))
+    usage = _usage(prompt_tokens, sum(count_tokens(t) for t, _ in texts))
+    completion_id = f"cmpl-{secrets.token_hex(12)}"
+    created = int(time.time())
+    model_name = body.get("model") or model.id
+
+    def envelope(choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": model_name,
+            "choices": choices,
+        }
+
+    if not body.get("stream"):
+        payload = envelope(
+            [
+                {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
+                for i, (text, finish) in enumerate(texts)
+            ]
+        )
+        payload["usage"] = usage
+        return fake.json(payload)
+
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+    def chunk(index: int, text: str, finish: str | None) -> bytes:
+        payload = envelope(
+            [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}]
+        )
+        if include_usage:
+            payload["usage"] = None
+        return sse(payload)
+
+    def chunks() -> Iterator[bytes]:
+        for index, (text, finish) in enumerate(texts):
+            for piece in split_pieces(text, fake.stream_chunks):
+                yield chunk(index, piece, None)
+            yield chunk(index, "", finish)
+        if include_usage:
+            payload = envelope([])
+            payload["usage"] = usage
+            yield sse(payload)
+        yield DONE
+
+    return await fake.stream(request, chunks())
+
+
+def embedding_inputs(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value:
+        if all(isinstance(v, int) for v in value):
+            return [value]
+        if all(isinstance(v, str | list) for v in value):
+            return list(value)
+    raise RequestRejected(400, "input must be a string, a list of strings or token ids")
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    fake = request.app[FAKE_KEY]
+    body = json_body(request)
+    model = require_model(fake, body)
+    inputs = embedding_inputs(body.get("input"))
+    dim = body.get("dimensions") or EMBEDDING_DIM
+    if not isinstance(dim, int) or dim <= 0:
+        raise RequestRejected(400, "dimensions must be a positive integer")
+    base64 = body.get("encoding_format") == "base64"
+    data = []
+    for index, item in enumerate(inputs):
+        vector = embedding_vector(item, dim)
+        data.append(
+            {
+                "object": "embedding",
+                "index": index,
+                "embedding": embedding_base64(vector) if base64 else vector,
+            }
+        )
+    tokens = sum(count_tokens(i) if isinstance(i, str) else len(i) for i in inputs)
+    return fake.json(
+        {
+            "object": "list",
+            "data": data,
+            "model": body.get("model") or model.id,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
+
+
+def model_entry(fake: FakeServer, model: FakeModel) -> dict[str, Any]:
+    """One `/v1/models` entry in the kind's own shape."""
+    entry: dict[str, Any] = {
+        "id": model.id,
+        "object": "model",
+        "created": int(fake.started_at),
+        "owned_by": _OWNED_BY[fake.kind],
+    }
+    if fake.kind in ("vllm", "sglang"):
+        entry.update({"root": model.id, "parent": None, "max_model_len": model.context_length})
+    if fake.kind == "vllm":
+        entry["permission"] = [
+            {
+                "id": f"modelperm-{model.digest[:16]}",
+                "object": "model_permission",
+                "created": int(fake.started_at),
+                "allow_create_engine": False,
+                "allow_sampling": True,
+                "allow_logprobs": True,
+                "allow_search_indices": False,
+                "allow_view": True,
+                "allow_fine_tuning": False,
+                "organization": "*",
+                "group": None,
+                "is_blocking": False,
+            }
+        ]
+    if fake.kind == "llamacpp":
+        entry["meta"] = {
+            "vocab_type": 2,
+            "n_vocab": 128256,
+            "n_ctx_train": model.context_length,
+            "n_embd": 4096,
+            "n_params": 8030261248,
+            "size": model.size,
+        }
+    return entry
+
+
+async def list_models(request: web.Request) -> web.StreamResponse:
+    fake = request.app[FAKE_KEY]
+    payload: dict[str, Any] = {
+        "object": "list",
+        "data": [model_entry(fake, m) for m in fake.models],
+    }
+    if fake.kind == "llamacpp":
+        payload["models"] = [
+            {
+                "name": m.id,
+                "model": m.id,
+                "modified_at": "",
+                "size": "",
+                "digest": "",
+                "type": "model",
+                "description": "",
+                "tags": [""],
+                "capabilities": ["completion"],
+                "parameters": "",
+                "details": {
+                    "parent_model": "",
+                    "format": "gguf",
+                    "family": "",
+                    "families": [""],
+                    "parameter_size": "",
+                    "quantization_level": "",
+                },
+            }
+            for m in fake.models
+        ]
+    return fake.json(payload)
+
+
+async def retrieve_model(request: web.Request) -> web.StreamResponse:
+    fake = request.app[FAKE_KEY]
+    name = request.match_info["model"]
+    model = fake.model(name)
+    if model is None:
+        raise RequestRejected(404, f"The model `{name}` does not exist.", code="model_not_found")
+    return fake.json(model_entry(fake, model))
+
+
+def add_routes(app: web.Application, fake: FakeServer) -> None:
+    prefixes = ["/v1"]
+    if fake.kind == "llamacpp":
+        prefixes.append("")  # llama.cpp also serves the OpenAI routes without /v1
+    for prefix in prefixes:
+        app.router.add_post(f"{prefix}/chat/completions", chat_completions)
+        app.router.add_post(f"{prefix}/completions", completions)
+        app.router.add_post(f"{prefix}/embeddings", embeddings)
+        app.router.add_get(f"{prefix}/models", list_models)
+    app.router.add_get("/v1/models/{model:.+}", retrieve_model)
+    if fake.kind == "lmstudio":
+        app.router.add_post("/api/v0/chat/completions", chat_completions)
+        app.router.add_post("/api/v0/completions", completions)
+        app.router.add_post("/api/v0/embeddings", embeddings)
