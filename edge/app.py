@@ -1,0 +1,331 @@
+"""The edge's aiohttp application: routes, error middleware, resources, and serve()."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from corral.config import EdgeConfig
+from corral.v1 import types_pb2
+from edge.balancer import Balancer
+from edge.errors import ApiError, EdgeError, SnapshotError, error_body
+from edge.inbound import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
+from edge.metrics import EdgeMetrics
+from edge.proxy import Proxy
+from edge.state import load_snapshot, save_snapshot
+from edge.subscriber import SnapshotSubscriber
+
+log = logging.getLogger("corral.edge")
+
+
+@dataclass
+class SnapshotStatus:
+    """Where the snapshot in force came from, and whether a control plane is streaming."""
+
+    source: str = ""
+    applied_monotonic: float = 0.0
+    connected: bool = False
+
+
+CONFIG = web.AppKey("config", EdgeConfig)
+EDGE_ID = web.AppKey("edge_id", str)
+BALANCER = web.AppKey("balancer", Balancer)
+METRICS = web.AppKey("metrics", EdgeMetrics)
+STATUS = web.AppKey("snapshot_status", SnapshotStatus)
+PROXY = web.AppKey("proxy", Proxy)
+
+_JSON = "application/json"
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every failure answered in OpenAI's error shape; never a traceback."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        return _http_error(request, exc)
+    except ConnectionResetError:
+        raise  # the client went away; nobody to answer
+    except Exception:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return web.Response(
+            status=500,
+            body=error_body("Internal error in the edge.", "server_error", None, "internal_error"),
+            content_type=_JSON,
+        )
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    status = exc.status
+    headers: dict[str, str] = {}
+    if status == 404:
+        message, code = f"Unknown path: {request.path}", "unknown_path"
+    elif status == 405:
+        message, code = (
+            f"Method {request.method} not allowed on {request.path}",
+            "method_not_allowed",
+        )
+        allow = exc.headers.get("Allow")
+        if allow:
+            headers["Allow"] = allow
+    elif status == 413:
+        message, code = "The request body is too large.", "request_too_large"
+    else:
+        message, code = exc.reason or "HTTP error", None
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return web.Response(
+        status=status,
+        body=error_body(message, kind, None, code),
+        content_type=_JSON,
+        headers=headers,
+    )
+
+
+# -- handlers -------------------------------------------------------------------------------
+
+
+def _post(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await request.app[PROXY].handle(request, endpoint)
+
+    return handler
+
+
+async def list_models(request: web.Request) -> web.Response:
+    request.app[PROXY].check_auth(request)
+    table = request.app[BALANCER].table
+    body = table.models_body if table is not None else b'{"object":"list","data":[]}'
+    return web.Response(body=body, content_type=_JSON)
+
+
+async def get_model(request: web.Request) -> web.Response:
+    request.app[PROXY].check_auth(request)
+    model = request.match_info["model"]
+    table = request.app[BALANCER].table
+    body = table.model_bodies.get(model) if table is not None else None
+    if body is None:
+        raise ApiError(
+            404,
+            f"The model `{model}` does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
+    return web.Response(body=body, content_type=_JSON)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(body=b'{"status":"ok"}', content_type=_JSON)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    app = request.app
+    table = app[BALANCER].table
+    status = app[STATUS]
+    info: dict[str, object] = {
+        "ready": table is not None,
+        "edge_id": app[EDGE_ID],
+        "controlplane_connected": status.connected,
+    }
+    if table is not None:
+        info.update(
+            snapshot_version=table.version,
+            cluster_id=table.cluster_id,
+            snapshot_source=status.source,
+            snapshot_age_seconds=_age(table.created_unix_ms),
+            applied_seconds_ago=round(time.monotonic() - status.applied_monotonic, 3),
+            models=len(table.routes),
+            backends=len(app[BALANCER].states),
+        )
+    return web.Response(
+        status=200 if table is not None else 503, body=orjson.dumps(info), content_type=_JSON
+    )
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    metrics.queued.set(request.app[BALANCER].queued)
+    return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})
+
+
+def _age(created_unix_ms: int) -> float | None:
+    if not created_unix_ms:
+        return None
+    return round(max(0.0, time.time() - created_unix_ms / 1000.0), 3)
+
+
+# -- resources ------------------------------------------------------------------------------
+
+
+async def _client_session(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    connector = aiohttp.TCPConnector(
+        limit=0,  # no small cap: backends decide their own concurrency
+        limit_per_host=0,
+        ttl_dns_cache=300,
+        keepalive_timeout=60,
+    )
+    session = aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=config.connect_timeout_seconds
+        ),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+    app[PROXY] = Proxy(config, app[BALANCER], app[METRICS], session)
+    try:
+        yield
+    finally:
+        await session.close()
+
+
+def apply_snapshot(app: web.Application, snapshot: types_pb2.Snapshot, source: str) -> bool:
+    """Apply unless it is older than (or the same as) the snapshot in force, same cluster."""
+    balancer = app[BALANCER]
+    metrics = app[METRICS]
+    current = balancer.table
+    if current is not None and snapshot.cluster_id == current.cluster_id:
+        if snapshot.version < current.version:
+            metrics.snapshots_refused.inc()
+            log.warning(
+                "refused snapshot %d from %s: older than %d",
+                snapshot.version,
+                source,
+                current.version,
+            )
+            return False
+        if snapshot.version == current.version:
+            return False
+    balancer.apply(snapshot)
+    status = app[STATUS]
+    status.source = source
+    status.applied_monotonic = time.monotonic()
+    metrics.snapshot_version.set(snapshot.version)
+    metrics.snapshots_applied.labels(source).inc()
+    log.info(
+        "applied snapshot %d (cluster %s, %d backends) from %s",
+        snapshot.version,
+        snapshot.cluster_id or "-",
+        len(snapshot.backends),
+        source,
+    )
+    return True
+
+
+async def _snapshots(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    state_dir = config.state_dir
+    if state_dir:
+        try:
+            persisted = await asyncio.to_thread(load_snapshot, state_dir)
+        except SnapshotError as exc:
+            log.warning("ignoring the persisted snapshot: %s", exc)
+            persisted = None
+        if persisted is not None:
+            apply_snapshot(app, persisted, "state")
+
+    async def on_snapshot(snapshot: types_pb2.Snapshot) -> None:
+        if apply_snapshot(app, snapshot, "controlplane") and state_dir:
+            try:
+                await asyncio.to_thread(save_snapshot, state_dir, snapshot)
+            except SnapshotError as exc:
+                log.warning("%s", exc)
+
+    def current() -> tuple[int, str]:
+        table = app[BALANCER].table
+        return (0, "") if table is None else (table.version, table.cluster_id)
+
+    def on_connected(connected: bool) -> None:
+        app[STATUS].connected = connected
+        app[METRICS].controlplane_connected.set(1 if connected else 0)
+
+    subscriber = SnapshotSubscriber(
+        config, app[EDGE_ID], current=current, on_snapshot=on_snapshot, on_connected=on_connected
+    )
+    task = asyncio.create_task(subscriber.run(), name="edge-snapshot-subscriber")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+# -- the application ------------------------------------------------------------------------
+
+
+def default_edge_id(config: EdgeConfig) -> str:
+    return config.edge_id or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def build_app(config: EdgeConfig) -> web.Application:
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_middleware])
+    app[CONFIG] = config
+    app[EDGE_ID] = default_edge_id(config)
+    app[BALANCER] = Balancer(config)
+    app[METRICS] = metrics = EdgeMetrics()
+    app[STATUS] = SnapshotStatus()
+
+    def created_ms() -> int:
+        table = app[BALANCER].table
+        return table.created_unix_ms if table is not None else 0
+
+    metrics.bind_snapshot_age(created_ms)
+    for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS):
+        app.router.add_post(endpoint.path, _post(endpoint))
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model:.+}", get_model)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.cleanup_ctx.append(_client_session)
+    app.cleanup_ctx.append(_snapshots)
+    return app
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise EdgeError(f"listen address must be HOST:PORT, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def serve(config: EdgeConfig, *, ready: asyncio.Event | None = None) -> None:
+    """Serve until cancelled; then stop accepting, let requests finish within the grace."""
+    host, port = split_listen(config.listen)
+    app = build_app(config)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,  # a client that hangs up cancels its upstream request
+        access_log=None,
+        shutdown_timeout=config.shutdown_grace_seconds,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_port=config.workers > 1, backlog=2048)
+        await site.start()
+        log.info("edge %s serving on %s", app[EDGE_ID], config.listen)
+        if ready is not None:
+            ready.set()
+        await asyncio.Future()  # until cancelled
+    finally:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(config.shutdown_grace_seconds + 2):
+                await runner.cleanup()

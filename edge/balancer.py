@@ -1,0 +1,222 @@
+"""Choosing a backend for a request: tiers, sticky or least-connections, the wait queue,
+and passive health (ejection with backoff)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import deque
+from typing import Final
+
+from corral.config import EdgeConfig
+from corral.v1 import types_pb2
+from edge.errors import ApiError
+from edge.routing import least_loaded, sticky_choice
+from edge.table import BackendState, ModelRoute, RoutingTable, build_table
+
+STICKY: Final = "sticky"
+SPILL: Final = "spill"
+LEAST: Final = "least-connections"
+RETRY: Final = "retry"
+
+
+class Full:
+    """Every usable candidate is at its max concurrency."""
+
+
+FULL: Final = Full()
+
+Pick = tuple[BackendState, str]
+
+
+class Balancer:
+    """The routing table in force plus each backend's local counters."""
+
+    def __init__(self, config: EdgeConfig, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.states: dict[str, BackendState] = {}
+        self.table: RoutingTable | None = None
+        self.rng = rng or random.Random()
+        self._eps = config.bounded_load_epsilon
+        self._waiters: deque[tuple[frozenset[str], asyncio.Future[None]]] = deque()
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def apply(self, snapshot: types_pb2.Snapshot) -> RoutingTable:
+        """Make snapshot the table in force, in one assignment; wake every queued request."""
+        table = build_table(snapshot, self.states)
+        self.table = table
+        while self._waiters:
+            _, fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+        return table
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def route_for(self, model: str) -> ModelRoute:
+        table = self.table
+        if table is None:
+            raise ApiError(
+                503,
+                "the edge has no routing snapshot yet",
+                kind="service_unavailable",
+                code="no_snapshot",
+                headers={"Retry-After": "1"},
+            )
+        route = table.routes.get(model)
+        if route is not None:
+            return route
+        if model in table.known:
+            raise no_backend(model)
+        raise ApiError(
+            404,
+            f"The model `{model}` does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
+
+    def pick(
+        self, route: ModelRoute, key: bytes | None, excluded: frozenset[str] | set[str]
+    ) -> Pick | Full | None:
+        """A backend for one attempt, FULL when all usable ones are busy, None when none."""
+        now = time.monotonic()
+        any_usable = False
+        first = True
+        for tier in route.tiers:
+            usable = [b for b in tier if b.ejected_until <= now and b.name not in excluded]
+            if usable:
+                any_usable = True
+                chosen = self._choose(tier, usable, key, first)
+                if chosen is not None:
+                    return chosen
+            first = False
+        usable = [b for b in route.degraded if b.ejected_until <= now and b.name not in excluded]
+        if usable:
+            any_usable = True
+            chosen = self._choose(route.degraded, usable, key, False)
+            if chosen is not None:
+                return chosen
+        if any_usable:
+            return FULL
+        # Panic: every candidate is ejected; trying one beats refusing the request.
+        for group in (*route.tiers, route.degraded):
+            usable = [b for b in group if b.name not in excluded]
+            if usable:
+                chosen = self._choose(group, usable, key, False)
+                if chosen is not None:
+                    return chosen
+                any_usable = True
+        return FULL if any_usable else None
+
+    def _choose(
+        self,
+        ranked: tuple[BackendState, ...],
+        usable: list[BackendState],
+        key: bytes | None,
+        first_tier: bool,
+    ) -> Pick | None:
+        if key is not None:
+            found = sticky_choice(key, ranked, usable, self._eps)
+            if found is None:
+                return None
+            backend, position = found
+            return backend, STICKY if position == 0 and first_tier else SPILL
+        chosen = least_loaded(usable, self.rng)
+        return None if chosen is None else (chosen, LEAST)
+
+    async def wait_pick(
+        self, route: ModelRoute, key: bytes | None, excluded: frozenset[str] | set[str]
+    ) -> Pick | None:
+        """Wait in the bounded FIFO queue until a slot frees; 429 past depth or wait."""
+        if len(self._waiters) >= self.config.queue_depth:
+            raise too_busy(route.name)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.queue_wait_seconds
+        front = False
+        while True:
+            fut: asyncio.Future[None] = loop.create_future()
+            entry = (route.names, fut)
+            if front:
+                self._waiters.appendleft(entry)
+            else:
+                self._waiters.append(entry)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await fut
+            except TimeoutError:
+                raise too_busy(route.name) from None
+            finally:
+                if not fut.done():
+                    fut.cancel()
+                    self._discard(entry)
+            route = self.route_for(route.name)
+            found = self.pick(route, key, excluded)
+            if not isinstance(found, Full):
+                return found
+            front = True  # lost the race for the slot: keep our place in line
+
+    def _discard(self, entry: tuple[frozenset[str], asyncio.Future[None]]) -> None:
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(entry)
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    # -- accounting ------------------------------------------------------------------------
+
+    def acquire(self, backend: BackendState) -> None:
+        backend.inflight += 1
+
+    def release(self, backend: BackendState) -> None:
+        backend.inflight -= 1
+        if self._waiters:
+            name = backend.name
+            for entry in self._waiters:
+                names, fut = entry
+                if name in names and not fut.done():
+                    self._waiters.remove(entry)
+                    fut.set_result(None)
+                    return
+
+    def succeeded(self, backend: BackendState) -> None:
+        backend.failures = 0
+        backend.ejections = 0
+
+    def failed(self, backend: BackendState) -> bool:
+        """Count a failure; True when it got the backend ejected."""
+        backend.failures += 1
+        if backend.failures < self.config.eject_after_failures:
+            return False
+        seconds = min(
+            self.config.eject_base_seconds * (2**backend.ejections),
+            self.config.eject_max_seconds,
+        )
+        backend.ejected_until = time.monotonic() + seconds
+        backend.ejections += 1
+        backend.failures = 0
+        return True
+
+
+def no_backend(model: str) -> ApiError:
+    return ApiError(
+        503,
+        f"No backend can serve the model `{model}` right now.",
+        kind="service_unavailable",
+        param="model",
+        code="no_backend_available",
+        headers={"Retry-After": "1"},
+    )
+
+
+def too_busy(model: str) -> ApiError:
+    return ApiError(
+        429,
+        f"Every backend serving `{model}` is busy; retry shortly.",
+        kind="rate_limit_error",
+        code="backends_busy",
+        headers={"Retry-After": "1"},
+    )

@@ -1,0 +1,159 @@
+"""Parsing and checking request bodies: once, with orjson, and only what routing needs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from edge.errors import ApiError, bad_request
+
+Check = Callable[[Any], bool]
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_list(v: Any) -> bool:
+    return isinstance(v, list)
+
+
+def _is_object(v: Any) -> bool:
+    return isinstance(v, dict)
+
+
+def _is_str_or_list(v: Any) -> bool:
+    return isinstance(v, (str, list))
+
+
+_TYPE_NAMES: dict[Check, str] = {
+    _is_str: "a string",
+    _is_bool: "a boolean",
+    _is_int: "an integer",
+    _is_number: "a number",
+    _is_list: "an array",
+    _is_object: "an object",
+    _is_str_or_list: "a string or an array",
+}
+
+_COMMON: dict[str, Check] = {
+    "stream": _is_bool,
+    "stream_options": _is_object,
+    "user": _is_str,
+    "n": _is_int,
+    "max_tokens": _is_int,
+    "temperature": _is_number,
+    "top_p": _is_number,
+    "seed": _is_int,
+    "stop": _is_str_or_list,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One POST endpoint: its path, the field holding the input, and optional field types."""
+
+    name: str
+    path: str
+    input_field: str
+    input_check: Check
+    optional: dict[str, Check]
+    streams: bool
+    sticky: bool
+
+
+CHAT = Endpoint(
+    "chat",
+    "/v1/chat/completions",
+    "messages",
+    _is_list,
+    {
+        **_COMMON,
+        "max_completion_tokens": _is_int,
+        "tools": _is_list,
+        "response_format": _is_object,
+        "presence_penalty": _is_number,
+        "frequency_penalty": _is_number,
+    },
+    streams=True,
+    sticky=True,
+)
+COMPLETIONS = Endpoint(
+    "completions",
+    "/v1/completions",
+    "prompt",
+    _is_str_or_list,
+    {**_COMMON, "echo": _is_bool, "suffix": _is_str, "best_of": _is_int},
+    streams=True,
+    sticky=True,
+)
+EMBEDDINGS = Endpoint(
+    "embeddings",
+    "/v1/embeddings",
+    "input",
+    _is_str_or_list,
+    {"encoding_format": _is_str, "dimensions": _is_int, "user": _is_str},
+    streams=False,
+    sticky=False,
+)
+
+
+def parse(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
+    """The body as a dict, or a 400 in OpenAI's shape naming what is wrong."""
+    if not raw:
+        raise bad_request("The request body is empty; expected a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.")
+    model = body.get("model")
+    if model is None:
+        raise bad_request("you must provide a model parameter", param="model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' must be a non-empty string.", param="model")
+    field = endpoint.input_field
+    value = body.get(field)
+    if value is None:
+        raise bad_request(f"Missing required parameter: '{field}'.", param=field)
+    if not endpoint.input_check(value):
+        raise _wrong_type(field, endpoint.input_check)
+    if endpoint is CHAT:
+        _check_messages(value)
+    for name, check in endpoint.optional.items():
+        v = body.get(name)
+        if v is not None and not check(v):
+            raise _wrong_type(name, check)
+    return body
+
+
+def _check_messages(messages: list[Any]) -> None:
+    if not messages:
+        raise bad_request("'messages' must contain at least one message.", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise bad_request(f"'messages[{i}]' must be an object.", param=f"messages[{i}]")
+        if not isinstance(message.get("role"), str):
+            raise bad_request(
+                f"'messages[{i}].role' must be a string.", param=f"messages[{i}].role"
+            )
+
+
+def _wrong_type(name: str, check: Check) -> ApiError:
+    return bad_request(f"'{name}' must be {_TYPE_NAMES[check]}.", param=name)

@@ -1,0 +1,359 @@
+"""The hot path: one OpenAI request in, one backend attempt (or a few) out, bytes relayed.
+
+Per request: read and parse the body once, pick a backend from precomputed candidate lists,
+send the original bytes, and relay the answer. Non-streaming answers are read whole (small;
+lets a backend that breaks mid-body be retried); streams go out chunk by chunk, with the
+response headers written together with the first chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from typing import Any, Final
+
+import aiohttp
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from corral.config import EdgeConfig
+from edge.balancer import RETRY, Balancer, Full
+from edge.errors import ApiError, error_body
+from edge.inbound import CHAT, Endpoint, parse
+from edge.metrics import EdgeMetrics
+from edge.routing import chat_key, completion_key, session_header_key
+from edge.table import BackendState
+
+log = logging.getLogger("corral.edge.proxy")
+
+BACKEND_HEADER: Final = "X-Corral-Backend"
+ROUTE_HEADER: Final = "X-Corral-Route"
+_UPSTREAM_HEADERS: Final = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+_UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError)
+# Set by aiohttp for our own response, or meaningless past this hop.
+_DROPPED_HEADERS: Final = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "date",
+        "server",
+        "proxy-connection",
+        "upgrade",
+        "trailer",
+        "te",
+    )
+)
+
+
+class _RelayResponse(web.StreamResponse):
+    # Keep the headers buffered until the first chunk, so both leave in one segment
+    # (a lone header segment can wait for a delayed ACK before the first chunk follows).
+    _send_headers_immediately = False
+
+
+class Failure:
+    """One attempt that failed before anything reached the client; retryable elsewhere."""
+
+    __slots__ = ("body", "content_type", "reason", "status")
+
+    def __init__(
+        self, reason: str, status: int = 0, body: bytes = b"", content_type: str = ""
+    ) -> None:
+        self.reason = reason
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+
+
+class Proxy:
+    """Serves the POST endpoints against the balancer's table."""
+
+    def __init__(
+        self,
+        config: EdgeConfig,
+        balancer: Balancer,
+        metrics: EdgeMetrics,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.config = config
+        self.balancer = balancer
+        self.metrics = metrics
+        self.session = session
+        self._keys = tuple(k.reveal().encode() for k in config.api_keys)
+        self._max_body = config.max_body_bytes
+        self._attempts = max(1, config.max_attempts)
+        self._first_byte = config.first_byte_timeout_seconds
+        self._idle = config.idle_timeout_seconds
+        self._session_headers = config.session_headers
+
+    # -- admission -------------------------------------------------------------------------
+
+    def check_auth(self, request: web.Request) -> None:
+        if not self._keys:
+            return
+        token = ""
+        auth = request.headers.get("Authorization")
+        if auth and auth[:7].lower() == "bearer ":
+            token = auth[7:].strip()
+        if not token:
+            token = request.headers.get("x-api-key", "").strip()
+        if not token:
+            raise ApiError(
+                401,
+                "You didn't provide an API key (Authorization: Bearer KEY or x-api-key).",
+                code="missing_api_key",
+            )
+        given = token.encode("utf-8", "surrogateescape")
+        ok = False
+        for key in self._keys:  # compare with every key: no early exit to time
+            ok |= hmac.compare_digest(given, key)
+        if not ok:
+            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+    async def read_body(self, request: web.Request) -> bytes:
+        length = request.content_length
+        if length is not None and length > self._max_body:
+            raise too_large(self._max_body)
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large(self._max_body) from None
+
+    # -- the request -----------------------------------------------------------------------
+
+    async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+        started = time.monotonic()
+        self.check_auth(request)
+        raw = await self.read_body(request)
+        body = parse(raw, endpoint)
+        model: str = body["model"]
+        route = self.balancer.route_for(model)
+        stream = endpoint.streams and body.get("stream") is True
+        key: bytes | None = None
+        if endpoint.sticky:
+            key = session_header_key(request.headers, self._session_headers)
+            if key is None:
+                if endpoint is CHAT:
+                    key = chat_key(model, body["messages"])
+                else:
+                    key = completion_key(model, body["prompt"])
+
+        balancer = self.balancer
+        metrics = self.metrics
+        excluded: set[str] = set()
+        failure: Failure | None = None
+        status = 0
+        backend_name = "-"
+        try:
+            for attempt in range(self._attempts):
+                found = balancer.pick(route, key, excluded)
+                if isinstance(found, Full):
+                    found = await balancer.wait_pick(route, key, excluded)
+                if found is None:
+                    break
+                backend, label = found
+                if attempt:
+                    label = RETRY
+                excluded.add(backend.name)
+                backend_name = backend.name
+                metrics.decision(label)
+                payload = raw
+                rewrite = route.rewrites.get(backend.name)
+                if rewrite is not None:
+                    payload = orjson.dumps({**body, "model": rewrite})
+                balancer.acquire(backend)
+                gauge = metrics.inflight_gauge(backend.name)
+                gauge.inc()
+                try:
+                    result = await self._attempt(
+                        request, endpoint, backend, label, payload, stream, started, model
+                    )
+                finally:
+                    balancer.release(backend)
+                    gauge.dec()
+                if isinstance(result, Failure):
+                    failure = result
+                    metrics.retries.labels(backend.name, result.reason).inc()
+                    continue
+                status = result.status
+                return result
+            response = self._give_up(route.name, failure)
+            status = response.status
+            return response
+        except ApiError as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = 499  # the client went away
+            raise
+        finally:
+            metrics.request(
+                route.name, backend_name, status, endpoint.name, time.monotonic() - started
+            )
+
+    async def _attempt(
+        self,
+        request: web.Request,
+        endpoint: Endpoint,
+        backend: BackendState,
+        label: str,
+        payload: bytes,
+        stream: bool,
+        started: float,
+        model: str,
+    ) -> web.StreamResponse | Failure:
+        balancer = self.balancer
+        try:
+            async with asyncio.timeout(self._first_byte):
+                upstream = await self.session.post(
+                    backend.base_url + endpoint.path, data=payload, headers=_UPSTREAM_HEADERS
+                )
+        except _UPSTREAM_ERRORS as exc:
+            self._failed(backend)
+            reason = "timeout" if isinstance(exc, TimeoutError) else "connect"
+            log.debug("backend %s failed before answering: %r", backend.name, exc)
+            return Failure(reason)
+        done = False
+        try:
+            status = upstream.status
+            content_type = upstream.headers.get("Content-Type", "")
+            if stream and status == 200 and content_type.startswith("text/event-stream"):
+                relayed = await self._relay(request, upstream, backend, label, started, model)
+                done = upstream.content.is_eof()
+                return relayed
+            try:
+                async with asyncio.timeout(self._idle):
+                    data = await upstream.read()
+            except _UPSTREAM_ERRORS:
+                self._failed(backend)
+                return Failure("read")
+            done = True
+            if status == 429 or status >= 500:
+                if status >= 500:
+                    self._failed(backend)
+                return Failure(f"status_{status}", status, data, content_type)
+            balancer.succeeded(backend)
+            return web.Response(
+                status=status, body=data, headers=_relay_headers(upstream, backend, label)
+            )
+        finally:
+            if done:
+                upstream.release()
+            else:
+                # Cancelled or failed mid-way: drop the connection so the backend stops.
+                upstream.close()
+
+    async def _relay(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        backend: BackendState,
+        label: str,
+        started: float,
+        model: str,
+    ) -> web.StreamResponse | Failure:
+        content = upstream.content
+        try:
+            async with asyncio.timeout(self._first_byte):
+                first = await content.readany()
+        except _UPSTREAM_ERRORS:
+            self._failed(backend)
+            return Failure("read")
+        if not first:
+            self._failed(backend)
+            return Failure("empty")
+        headers = _relay_headers(upstream, backend, label)
+        headers.setdefault("Cache-Control", "no-cache")
+        response = _RelayResponse(status=200, headers=headers)
+        await response.prepare(request)
+        await response.write(first)
+        self.metrics.first_token(model, time.monotonic() - started)
+        loop = asyncio.get_running_loop()
+        idle = self._idle
+        try:
+            async with asyncio.timeout(idle) as deadline:
+                while True:
+                    chunk = await content.readany()
+                    if not chunk:
+                        break
+                    await response.write(chunk)
+                    deadline.reschedule(loop.time() + idle)
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, TimeoutError) as exc:
+            # The backend broke after bytes reached the client: no retry, end the stream
+            # cleanly with an error event the client can see.
+            self._failed(backend)
+            log.warning("stream from backend %s cut mid-way: %r", backend.name, exc)
+            await response.write(_stream_error(backend.name, exc))
+        else:
+            self.balancer.succeeded(backend)
+        await response.write_eof()
+        return response
+
+    def _failed(self, backend: BackendState) -> None:
+        if self.balancer.failed(backend):
+            self.metrics.ejections.labels(backend.name).inc()
+            log.warning("backend %s ejected after repeated failures", backend.name)
+
+    def _give_up(self, model: str, failure: Failure | None) -> web.Response:
+        if failure is None:
+            raise ApiError(
+                503,
+                f"No backend can serve the model `{model}` right now.",
+                kind="service_unavailable",
+                param="model",
+                code="no_backend_available",
+                headers={"Retry-After": "1"},
+            )
+        if failure.status:
+            headers = {"Content-Type": failure.content_type or "application/json"}
+            if failure.status in (429, 503):
+                headers["Retry-After"] = "1"
+            return web.Response(status=failure.status, body=failure.body, headers=headers)
+        if failure.reason == "timeout":
+            status, message = 504, "The backend did not answer in time."
+        else:
+            status, message = 502, "Could not reach a backend for this model."
+        return web.Response(
+            status=status,
+            body=error_body(message, "upstream_error", None, f"backend_{failure.reason}"),
+            content_type="application/json",
+            headers={"Retry-After": "1"},
+        )
+
+
+def _relay_headers(
+    upstream: aiohttp.ClientResponse, backend: BackendState, label: str
+) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.headers.items():
+        if name.lower() not in _DROPPED_HEADERS:
+            headers.add(name, value)
+    headers[BACKEND_HEADER] = backend.name
+    headers[ROUTE_HEADER] = label
+    return headers
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        f"The request body is larger than the limit of {limit} bytes.",
+        code="request_too_large",
+    )
+
+
+def _stream_error(backend: str, exc: BaseException) -> bytes:
+    kind = "timeout" if isinstance(exc, TimeoutError) else "disconnected"
+    payload: dict[str, Any] = {
+        "error": {
+            "message": f"The backend stream was interrupted ({kind}); the answer is incomplete.",
+            "type": "upstream_error",
+            "param": None,
+            "code": "stream_interrupted",
+        }
+    }
+    return b"data: " + orjson.dumps(payload) + b"\n\n"

@@ -1,0 +1,157 @@
+"""Routing decisions as pure functions: sticky keys, rendezvous order, bounded load, p2c.
+
+Every edge with the same snapshot computes the same sticky choice for the same key, because
+the choice depends only on the key, the backend names and their weights (and, for the
+bounded-load spill, on load).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from hashlib import blake2b
+from typing import Any, Protocol, TypeVar
+
+import orjson
+
+_KEY_BYTES = 16
+_TWO_64 = float(2**64)
+# Completions have no turns; the head of the prompt stands in for "the conversation".
+_PROMPT_PREFIX_CHARS = 4096
+
+
+class Candidate(Protocol):
+    """What routing needs to know about a backend."""
+
+    @property
+    def name_bytes(self) -> bytes: ...
+    @property
+    def weight(self) -> float: ...
+    def load(self) -> int: ...
+    def has_capacity(self) -> bool: ...
+
+
+C = TypeVar("C", bound=Candidate)
+
+
+def key_from_header(value: str) -> bytes:
+    """A sticky key from a session header value."""
+    return blake2b(b"s\0" + value.encode("utf-8", "surrogatepass"), digest_size=_KEY_BYTES).digest()
+
+
+def session_header_key(headers: Mapping[str, str], names: Sequence[str]) -> bytes | None:
+    """The key from the first present, non-empty session header, else None."""
+    for name in names:
+        value = headers.get(name)
+        if value:
+            return key_from_header(value)
+    return None
+
+
+def chat_key(model: str, messages: Sequence[Any]) -> bytes | None:
+    """A key shared by every turn of one conversation: model, system prompt, first user turn.
+
+    Later turns only append messages, so the key stays put; two conversations sharing a
+    system prompt differ in their first user message. None when there is no user message.
+    """
+    system: list[Any] = []
+    for message in messages:
+        if not isinstance(message, dict):
+            return None
+        role = message.get("role")
+        if role == "user":
+            canonical = orjson.dumps(
+                [model, system, message.get("content")], option=orjson.OPT_SORT_KEYS
+            )
+            return blake2b(b"c\0" + canonical, digest_size=_KEY_BYTES).digest()
+        if role in ("system", "developer"):
+            system.append(message.get("content"))
+    return None
+
+
+def completion_key(model: str, prompt: Any) -> bytes | None:
+    """A key from the head of a completions prompt (its first element when a list)."""
+    if isinstance(prompt, list):
+        if not prompt:
+            return None
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        if not prompt:
+            return None
+        head: Any = prompt[:_PROMPT_PREFIX_CHARS]
+    elif isinstance(prompt, list):  # token ids
+        head = prompt[:_PROMPT_PREFIX_CHARS]
+    else:
+        return None
+    canonical = orjson.dumps([model, head])
+    return blake2b(b"p\0" + canonical, digest_size=_KEY_BYTES).digest()
+
+
+def hash01(key: bytes, name: bytes) -> float:
+    """A uniform number in the open interval (0, 1) from a key and a backend name."""
+    digest = blake2b(name, digest_size=8, key=key).digest()
+    return (int.from_bytes(digest, "big") + 0.5) / _TWO_64
+
+
+def rendezvous_score(key: bytes, name: bytes, weight: float) -> float:
+    """Weighted rendezvous (highest random weight) score: -w / ln(u)."""
+    return -weight / math.log(hash01(key, name))
+
+
+def rendezvous_order(key: bytes, candidates: Sequence[C]) -> list[C]:
+    """Candidates best first; independent of the order they are given in."""
+    return sorted(
+        candidates,
+        key=lambda c: (rendezvous_score(key, c.name_bytes, c.weight), c.name_bytes),
+        reverse=True,
+    )
+
+
+def within_bound(candidate: Candidate, total_load: int, total_weight: float, eps: float) -> bool:
+    """Bounded load: may the candidate take one more request?
+
+    Its share of (all load + this request) is capped at ceil((1 + eps) x its weighted share),
+    so the least-loaded backend always fits and no backend runs far above the average.
+    """
+    cap = math.ceil((1.0 + eps) * (total_load + 1) * candidate.weight / total_weight)
+    return candidate.load() + 1 <= cap
+
+
+def sticky_choice(
+    key: bytes, ranked: Sequence[C], usable: Sequence[C], eps: float
+) -> tuple[C, int] | None:
+    """The first backend in rendezvous order that is usable, has capacity and is in bound.
+
+    ranked: every routable backend of the tier (so the order does not change when one is
+    briefly unusable); usable: the subset that may take traffic now. Returns the choice and
+    its position in rendezvous order (0: the sticky home; more: a spill), or None when all
+    usable backends are full.
+    """
+    if not usable:
+        return None
+    total_load = 0
+    total_weight = 0.0
+    for c in usable:
+        total_load += c.load()
+        total_weight += c.weight
+    order = rendezvous_order(key, ranked)
+    for position, c in enumerate(order):
+        if c in usable and c.has_capacity() and within_bound(c, total_load, total_weight, eps):
+            return c, position
+    return None
+
+
+def least_loaded(usable: Sequence[C], rng: random.Random) -> C | None:
+    """Power of two choices on load / weight among backends with capacity; ties at random."""
+    open_ = [c for c in usable if c.has_capacity()]
+    if not open_:
+        return None
+    if len(open_) == 1:
+        return open_[0]
+    a, b = rng.sample(open_, 2)
+    load_a = a.load() / a.weight
+    load_b = b.load() / b.weight
+    if load_b < load_a:
+        return b
+    return a  # the sample order is random, so ties fall either way

@@ -1,0 +1,134 @@
+"""Following the control plane: one WatchSnapshots stream at a time, rotating on failure."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+from grpc import aio
+
+from corral.config import EdgeConfig
+from corral.v1 import routing_pb2, routing_pb2_grpc, types_pb2
+
+log = logging.getLogger("corral.edge.subscriber")
+
+BACKOFF_BASE = 1.0
+BACKOFF_FACTOR = 1.6
+BACKOFF_JITTER = 0.2
+BACKOFF_CAP = 10.0
+
+_CHANNEL_OPTIONS = (
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    # We rotate between addresses ourselves.
+    ("grpc.enable_retries", 0),
+)
+
+
+def backoff_delays(rng: random.Random) -> Callable[[], float]:
+    """1 s, x1.6 each time, +-20 % jitter, capped; reset by creating a new one."""
+    delay = BACKOFF_BASE
+
+    def next_delay() -> float:
+        nonlocal delay
+        value = delay * (1 + rng.uniform(-BACKOFF_JITTER, BACKOFF_JITTER))
+        delay = min(delay * BACKOFF_FACTOR, BACKOFF_CAP)
+        return value
+
+    return next_delay
+
+
+class SnapshotSubscriber:
+    """Feeds every snapshot from the control plane to on_snapshot, forever."""
+
+    def __init__(
+        self,
+        config: EdgeConfig,
+        edge_id: str,
+        *,
+        current: Callable[[], tuple[int, str]],
+        on_snapshot: Callable[[types_pb2.Snapshot], Awaitable[None]],
+        on_connected: Callable[[bool], None],
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._edge_id = edge_id
+        self._current = current
+        self._on_snapshot = on_snapshot
+        self._on_connected = on_connected
+        self._rng = rng or random.Random()
+        self._credentials = _credentials(config)
+        metadata: list[tuple[str, str]] = []
+        if config.controlplane_token is not None:
+            metadata.append(("authorization", f"Bearer {config.controlplane_token.reveal()}"))
+        self._metadata = tuple(metadata)
+
+    async def run(self) -> None:
+        addresses = [a for a in self._config.controlplane if a]
+        if not addresses:
+            log.warning("no control-plane address configured; serving the persisted snapshot only")
+            return
+        index = self._rng.randrange(len(addresses))
+        next_delay = backoff_delays(self._rng)
+        while True:
+            address = addresses[index % len(addresses)]
+            received = await self._follow(address)
+            if received:
+                next_delay = backoff_delays(self._rng)
+            index += 1
+            await asyncio.sleep(next_delay())
+
+    async def _follow(self, address: str) -> bool:
+        """Stream from one address until it fails; True when it delivered anything."""
+        received = False
+        if self._credentials is None:
+            channel = aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        else:
+            channel = aio.secure_channel(address, self._credentials, options=_CHANNEL_OPTIONS)
+        try:
+            stub = routing_pb2_grpc.RoutingServiceStub(channel)
+            version, cluster_id = self._current()
+            request = routing_pb2.WatchSnapshotsRequest(
+                edge_id=self._edge_id,
+                last_applied_version=version,
+                cluster_id=cluster_id,
+                listen_address=self._config.listen,
+            )
+            call = stub.WatchSnapshots(request, metadata=self._metadata or None)
+            async for response in call:
+                if not received:
+                    received = True
+                    self._on_connected(True)
+                    log.info("following snapshots from %s", address)
+                await self._on_snapshot(response.snapshot)
+            log.info("snapshot stream from %s ended", address)
+        except aio.AioRpcError as exc:
+            log.warning(
+                "snapshot stream from %s failed: %s %s",
+                address,
+                exc.code().name,
+                exc.details() or "",
+            )
+        finally:
+            if received:
+                self._on_connected(False)
+            await channel.close(grace=None)
+        return received
+
+
+def _credentials(config: EdgeConfig) -> grpc.ChannelCredentials | None:
+    if not config.controlplane_ca_file:
+        return None
+    root = Path(config.controlplane_ca_file).read_bytes()
+    key = Path(config.controlplane_key_file).read_bytes() if config.controlplane_key_file else None
+    cert = (
+        Path(config.controlplane_cert_file).read_bytes() if config.controlplane_cert_file else None
+    )
+    return grpc.ssl_channel_credentials(root, key, cert)

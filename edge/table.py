@@ -1,0 +1,183 @@
+"""The routing table: a snapshot turned into per-model candidate lists, built once per apply.
+
+Backend runtime state (this edge's in-flight count, passive-health failures, ejection) lives
+in BackendState objects that outlive snapshots, so a new snapshot never resets the counts
+of requests already in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import orjson
+
+from corral.v1 import types_pb2
+
+HEALTHY = types_pb2.HEALTH_STATE_HEALTHY
+DEGRADED = types_pb2.HEALTH_STATE_DEGRADED
+
+
+class BackendState:
+    """One backend as this edge sees it: spec and reported status plus local counters."""
+
+    __slots__ = (
+        "base_url",
+        "ejected_until",
+        "ejections",
+        "failures",
+        "health",
+        "inflight",
+        "max_concurrency",
+        "name",
+        "name_bytes",
+        "priority",
+        "reported",
+        "weight",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.name_bytes = name.encode()
+        self.base_url = ""
+        self.weight = 1.0
+        self.priority = 0
+        self.max_concurrency = 0
+        self.health = types_pb2.HEALTH_STATE_UNSPECIFIED
+        # running + waiting as the backend itself reports them.
+        self.reported = 0
+        self.inflight = 0
+        self.failures = 0
+        self.ejections = 0
+        self.ejected_until = 0.0
+
+    def update(self, backend: types_pb2.Backend) -> None:
+        spec = backend.spec
+        self.base_url = spec.url.rstrip("/")
+        self.weight = spec.weight if spec.weight > 0 else 1.0
+        self.priority = spec.priority
+        self.max_concurrency = spec.max_concurrency
+        self.health = backend.status.health
+        load = backend.status.load
+        self.reported = load.running + load.waiting
+
+    def load(self) -> int:
+        return self.inflight + self.reported
+
+    def has_capacity(self) -> bool:
+        return self.max_concurrency == 0 or self.inflight < self.max_concurrency
+
+    def __repr__(self) -> str:
+        return f"BackendState({self.name!r}, inflight={self.inflight})"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRoute:
+    """Where one public model name can go."""
+
+    name: str
+    # HEALTHY, undrained backends grouped by priority, best tier first.
+    tiers: tuple[tuple[BackendState, ...], ...]
+    # DEGRADED, undrained backends: a last resort.
+    degraded: tuple[BackendState, ...]
+    # Backend name -> the model id to send it, only where it differs (aliases).
+    rewrites: dict[str, str] = field(default_factory=dict)
+    names: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    version: int
+    cluster_id: str
+    created_unix_ms: int
+    routes: dict[str, ModelRoute]
+    # Every model id any registered backend reports, and every alias: a request for one of
+    # these with no route is a 503, anything else a 404.
+    known: frozenset[str]
+    models_body: bytes
+    model_bodies: dict[str, bytes]
+
+
+def _routable(backend: types_pb2.Backend) -> bool:
+    return not backend.drained and backend.status.health in (HEALTHY, DEGRADED)
+
+
+def build_table(snapshot: types_pb2.Snapshot, states: dict[str, BackendState]) -> RoutingTable:
+    """Update states from the snapshot (creating new ones) and precompute every route."""
+    seen: set[str] = set()
+    # model id -> [(backend state, upstream model id)]
+    serving: dict[str, list[tuple[BackendState, str]]] = {}
+    known: set[str] = set()
+    for backend in snapshot.backends:
+        name = backend.spec.name
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        state = states.get(name)
+        if state is None:
+            state = states[name] = BackendState(name)
+        state.update(backend)
+        ids = [m.id for m in backend.status.models if m.id]
+        known.update(ids)
+        if _routable(backend):
+            for model_id in dict.fromkeys(ids):
+                serving.setdefault(model_id, []).append((state, model_id))
+    # Forget backends that left, unless requests to them are still in flight.
+    for name in [n for n, s in states.items() if n not in seen and s.inflight == 0]:
+        del states[name]
+
+    by_model = {k: list(v) for k, v in serving.items()}
+    for alias in snapshot.aliases:
+        if not alias.name:
+            continue
+        known.add(alias.name)
+        entries = by_model.setdefault(alias.name, [])
+        present = {s.name for s, _ in entries}
+        for target in alias.targets:
+            for state, model_id in serving.get(target, ()):
+                if state.name not in present:
+                    present.add(state.name)
+                    entries.append((state, model_id))
+
+    routes: dict[str, ModelRoute] = {}
+    for model, entries in by_model.items():
+        if entries:
+            routes[model] = _route(model, entries)
+    listed = sorted(routes)
+    objects = {m: _model_object(m, snapshot.created_unix_ms) for m in listed}
+    return RoutingTable(
+        version=snapshot.version,
+        cluster_id=snapshot.cluster_id,
+        created_unix_ms=snapshot.created_unix_ms,
+        routes=routes,
+        known=frozenset(known),
+        models_body=orjson.dumps({"object": "list", "data": [objects[m] for m in listed]}),
+        model_bodies={m: orjson.dumps(o) for m, o in objects.items()},
+    )
+
+
+def _route(model: str, entries: Iterable[tuple[BackendState, str]]) -> ModelRoute:
+    by_priority: dict[int, list[BackendState]] = {}
+    degraded: list[BackendState] = []
+    rewrites: dict[str, str] = {}
+    names: set[str] = set()
+    for state, model_id in entries:
+        names.add(state.name)
+        if model_id != model:
+            rewrites[state.name] = model_id
+        if state.health == HEALTHY:
+            by_priority.setdefault(state.priority, []).append(state)
+        else:
+            degraded.append(state)
+    tiers = tuple(tuple(by_priority[p]) for p in sorted(by_priority, reverse=True))
+    degraded.sort(key=lambda s: -s.priority)
+    return ModelRoute(model, tiers, tuple(degraded), rewrites, frozenset(names))
+
+
+def _model_object(model_id: str, created_unix_ms: int) -> dict[str, object]:
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": created_unix_ms // 1000,
+        "owned_by": "corral",
+    }

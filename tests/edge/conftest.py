@@ -1,0 +1,117 @@
+"""Edge test fixtures: a snapshot server, edges run in-process, HTTP helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from openai import AsyncOpenAI
+
+import edge
+from corral.config import EdgeConfig
+from tests.edge.snapshot_server import SnapshotServer
+from tests.support.net import eventually, free_port
+
+
+@dataclasses.dataclass
+class RunningEdge:
+    """An edge served by edge.serve() in this event loop."""
+
+    config: EdgeConfig
+    task: asyncio.Task[None]
+    http: aiohttp.ClientSession
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.listen}"
+
+    def client(self, api_key: str = "unused", **kwargs: Any) -> AsyncOpenAI:
+        """The official OpenAI client pointed at this edge (no client-side retries)."""
+        return AsyncOpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, **kwargs)
+
+    async def readyz(self) -> dict[str, Any]:
+        async with self.http.get(f"{self.url}/readyz") as resp:
+            data: dict[str, Any] = await resp.json()
+            return data
+
+    async def wait_version(self, version: int) -> dict[str, Any]:
+        """Wait until the edge has applied snapshot `version` (or newer)."""
+
+        async def check() -> dict[str, Any] | None:
+            info = await self.readyz()
+            return info if info.get("snapshot_version", -1) >= version else None
+
+        result: dict[str, Any] = await eventually(check)
+        return result
+
+    async def metrics(self) -> str:
+        async with self.http.get(f"{self.url}/metrics") as resp:
+            return await resp.text()
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+StartEdge = Callable[..., Awaitable[RunningEdge]]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain HTTP client for raw requests."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def snapshots() -> AsyncIterator[SnapshotServer]:
+    """A running snapshot server (RoutingService) the test publishes to."""
+    server = SnapshotServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def start_edge(tmp_path: Path, http: aiohttp.ClientSession) -> AsyncIterator[StartEdge]:
+    """Start edges in-process: start_edge(snapshots, **EdgeConfig overrides)."""
+    running: list[RunningEdge] = []
+
+    async def start(server: SnapshotServer | None = None, **overrides: Any) -> RunningEdge:
+        values: dict[str, Any] = {
+            "listen": f"127.0.0.1:{free_port()}",
+            "controlplane": (server.address,) if server is not None else (),
+            "state_dir": str(tmp_path / f"edge-{len(running)}"),
+            "queue_wait_seconds": 5.0,
+            "first_byte_timeout_seconds": 10.0,
+            "idle_timeout_seconds": 10.0,
+            "shutdown_grace_seconds": 1.0,
+        }
+        values.update(overrides)
+        config = EdgeConfig(**values)
+        ready = asyncio.Event()
+        task = asyncio.create_task(edge.serve(config, ready=ready))
+        waiter = asyncio.create_task(ready.wait())
+        done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            waiter.cancel()
+            task.result()
+            raise RuntimeError("edge.serve returned before it was ready")
+        result = RunningEdge(config, task, http)
+        running.append(result)
+        return result
+
+    try:
+        yield start
+    finally:
+        for running_edge in reversed(running):
+            await running_edge.stop()

@@ -1,0 +1,105 @@
+"""The OpenAI API through the edge, with the official client, in front of fake backends."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.edge.conftest import StartEdge
+from tests.edge.snapshot_server import SnapshotServer, backend, from_fake, snapshot
+from tests.fakes import FakeServer, running_fakes
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+EMBED = "BAAI/bge-small-en-v1.5"
+
+
+async def test_chat_non_streaming(snapshots: SnapshotServer, start_edge: StartEdge) -> None:
+    """A non-streaming chat completion is answered by the only backend, with routing headers."""
+    async with running_fakes(FakeServer("vllm", [MODEL], "vllm-a")) as (fake,):
+        snapshots.publish(snapshot(1, [from_fake(fake)]))
+        running = await start_edge(snapshots)
+        await running.wait_version(1)
+        raw = await running.client().chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": "hello there"}]
+        )
+        completion = raw.parse()
+        assert completion.choices[0].message.content == "[vllm-a] hello there"
+        assert raw.headers["x-corral-backend"] == "vllm-a"
+        assert raw.headers["x-corral-route"] == "sticky"
+        assert raw.headers["x-fake-backend"] == "vllm-a"
+        assert fake.requests[-1].body_json["messages"][0]["content"] == "hello there"
+
+
+async def test_chat_streaming(snapshots: SnapshotServer, start_edge: StartEdge) -> None:
+    """A streaming chat completion arrives as several chunks that add up to the echo."""
+    async with running_fakes(FakeServer("vllm", [MODEL], "vllm-a")) as (fake,):
+        fake.stream_chunks = 6
+        snapshots.publish(snapshot(1, [from_fake(fake)]))
+        running = await start_edge(snapshots)
+        await running.wait_version(1)
+        stream = await running.client().chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "stream me a reply"}], stream=True
+        )
+        pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+        assert len(pieces) > 2
+        assert "".join(pieces) == "[vllm-a] stream me a reply"
+
+
+async def test_completions_and_embeddings(snapshots: SnapshotServer, start_edge: StartEdge) -> None:
+    """Legacy completions (plain and streaming) and embeddings go to backends serving them."""
+    async with running_fakes(
+        FakeServer("vllm", [MODEL], "vllm-a"), FakeServer("openai", [EMBED], "emb-a")
+    ) as (chat_fake, emb_fake):
+        snapshots.publish(snapshot(1, [from_fake(chat_fake), from_fake(emb_fake)]))
+        running = await start_edge(snapshots)
+        await running.wait_version(1)
+        client = running.client()
+        completion = await client.completions.create(model=MODEL, prompt="once upon a time")
+        assert completion.choices[0].text
+        stream = await client.completions.create(model=MODEL, prompt="once upon", stream=True)
+        texts = [c.choices[0].text async for c in stream if c.choices]
+        assert "".join(texts)
+        embedding = await client.embeddings.create(model=EMBED, input=["a", "b"])
+        assert len(embedding.data) == 2
+        assert len(embedding.data[0].embedding) > 0
+        assert emb_fake.requests_to("/v1/embeddings")
+        assert not chat_fake.requests_to("/v1/embeddings")
+
+
+async def test_models_union_and_aliases(snapshots: SnapshotServer, start_edge: StartEdge) -> None:
+    """/v1/models lists models of routable backends plus aliases; drained/unhealthy are left out."""
+    snap = snapshot(
+        3,
+        [
+            backend("a", "http://127.0.0.1:1", ["m1", "m2"]),
+            backend("b", "http://127.0.0.1:2", ["m2", "m3"]),
+            backend("c", "http://127.0.0.1:3", ["hidden-drained"], drained=True),
+            backend("d", "http://127.0.0.1:4", ["hidden-down"], health=4),
+        ],
+        aliases={"fast": ["m1"]},
+    )
+    snapshots.publish(snap)
+    running = await start_edge(snapshots)
+    await running.wait_version(3)
+    client = running.client()
+    ids = sorted([m.id async for m in client.models.list()])
+    assert ids == ["fast", "m1", "m2", "m3"]
+    model = await client.models.retrieve("m3")
+    assert model.id == "m3"
+    with pytest.raises(openai.NotFoundError) as info:
+        await client.models.retrieve("hidden-down")
+    assert info.value.code == "model_not_found"
+
+
+async def test_alias_rewrites_model(snapshots: SnapshotServer, start_edge: StartEdge) -> None:
+    """A request for an alias reaches the backend with the backend's own model name."""
+    async with running_fakes(FakeServer("ollama", ["llama3.1:8b"], "ollama-a")) as (fake,):
+        canonical = fake.models[0].id
+        snapshots.publish(snapshot(1, [from_fake(fake)], aliases={"llama": [canonical]}))
+        running = await start_edge(snapshots)
+        await running.wait_version(1)
+        completion = await running.client().chat.completions.create(
+            model="llama", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert completion.choices[0].message.content == "[ollama-a] hi"
+        assert fake.requests[-1].body_json["model"] == canonical
