@@ -1,0 +1,131 @@
+"""EtcdStore against real etcd failures: restarts, killed members, a cluster that is all down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from controlplane.store import EtcdStore, EventType, StoreUnavailableError
+from tests.controlplane.test_store_contract import Watcher, deleted, watching
+from tests.support.etcd import EtcdCluster, EtcdMember
+from tests.support.net import eventually
+
+
+def member_for(cluster: EtcdCluster, store: EtcdStore) -> EtcdMember:
+    """The member the store is talking to now."""
+    return next(m for m in cluster.members if m.client_url == store.endpoint)
+
+
+async def restart_member(member: EtcdMember) -> None:
+    """SIGKILL a member, start it again, wait until it is healthy."""
+
+    def crash_and_recover() -> None:
+        member.kill()
+        member.start()
+        member.wait_healthy()
+
+    await asyncio.to_thread(crash_and_recover)
+
+
+def puts(watcher: Watcher) -> list[tuple[bytes, int]]:
+    return [(e.kv.key, e.kv.mod_revision) for e in watcher.events if e.type is EventType.PUT]
+
+
+async def test_watch_resumes_across_etcd_crash(etcd: EtcdCluster) -> None:
+    """A watch survives an etcd crash and restart: it resumes with no lost or repeated events."""
+    async with EtcdStore(etcd.endpoints) as store:
+        first = await store.put(b"/w/0", b"before")
+        async with watching(store, b"/w/", first) as watcher:
+            second = await store.put(b"/w/1", b"before")
+            await watcher.wait_for(lambda ev: len(ev) == 2)
+            await restart_member(etcd.members[0])
+            # Written by someone else while our watch may still be reconnecting.
+            await asyncio.to_thread(etcd.etcdctl, "put", "/w/2", "after")
+            third = await store.put(b"/w/3", b"after")
+            await watcher.wait_for(lambda ev: any(e.kv.key == b"/w/3" for e in ev))
+            assert puts(watcher) == [
+                (b"/w/0", first),
+                (b"/w/1", second),
+                (b"/w/2", third - 1),
+                (b"/w/3", third),
+            ]
+
+
+async def test_failover_when_member_in_use_is_killed(etcd3: EtcdCluster) -> None:
+    """Killing the member a store talks to moves reads, writes and watches to another member."""
+    async with EtcdStore(etcd3.endpoints) as store:
+        start = await store.put(b"/f/a", b"1")
+        async with watching(store, b"/f/", start) as watcher:
+            await watcher.wait_for(bool)
+            victim = member_for(etcd3, store)
+            await asyncio.to_thread(victim.kill)
+            after = await store.put(b"/f/b", b"2")
+            assert store.endpoint != victim.client_url
+            kv = await store.get(b"/f/b")
+            assert kv is not None and kv.mod_revision == after
+            await watcher.wait_for(lambda ev: any(e.kv.key == b"/f/b" for e in ev))
+            assert puts(watcher) == [(b"/f/a", start), (b"/f/b", after)]
+
+
+async def test_lease_kept_alive_across_member_kill(etcd3: EtcdCluster) -> None:
+    """A kept lease outlives its TTL although the member carrying its keepalives was killed."""
+    async with EtcdStore(etcd3.endpoints) as store:
+        kept = await store.grant_lease(2)
+        await store.put(b"/l/kept", b"1", lease=kept)
+        await eventually(lambda: store.lease_keeper.refreshes >= 1)
+        streams_before = store.lease_keeper.streams_opened
+        await asyncio.to_thread(member_for(etcd3, store).kill)
+        # A lease with the same TTL granted after the kill, and not kept, runs out first.
+        doomed = await store.grant_lease(2)
+        start = await store.put(b"/l/doomed", b"1", lease=doomed)
+        async with watching(store, b"/l/", start + 1) as watcher:
+            store.release_lease(doomed)
+            events = await watcher.wait_for(deleted(b"/l/doomed"))
+        assert not deleted(b"/l/kept")(events)
+        kv = await store.get(b"/l/kept")
+        assert kv is not None and kv.lease == kept
+        assert store.lease_keeper.streams_opened > streams_before
+
+
+async def test_one_keepalive_stream_for_all_leases(etcd: EtcdCluster) -> None:
+    """Many leases are refreshed over one keepalive stream, not a new stream per heartbeat."""
+    async with EtcdStore(etcd.endpoints) as store:
+        leases = [await store.grant_lease(1) for _ in range(5)]
+        await eventually(lambda: store.lease_keeper.refreshes >= 3 * len(leases))
+        assert store.lease_keeper.streams_opened == 1
+        assert sorted(store.lease_keeper.kept()) == sorted(leases)
+
+
+async def test_another_replica_takes_over_a_lease(etcd: EtcdCluster) -> None:
+    """A second store keeps a lease the first one let go; both see the same cluster id."""
+    async with EtcdStore(etcd.endpoints) as first, EtcdStore(etcd.endpoints) as second:
+        status = json.loads(etcd.etcdctl("endpoint", "status", "--write-out=json"))
+        expected = format(status[0]["Status"]["header"]["cluster_id"], "x")
+        assert first.cluster_id == second.cluster_id == expected
+        lease = await first.grant_lease(2)
+        await first.put(b"/t/session", b"s", lease=lease)
+        assert 0 < await second.keep_lease(lease) <= 2
+        first.release_lease(lease)
+        await first.close()
+        doomed = await second.grant_lease(2)
+        start = await second.put(b"/t/doomed", b"1", lease=doomed)
+        async with watching(second, b"/t/", start + 1) as watcher:
+            second.release_lease(doomed)
+            await watcher.wait_for(deleted(b"/t/doomed"))
+        kv = await second.get(b"/t/session")
+        assert kv is not None and kv.lease == lease
+
+
+async def test_unavailable_when_every_member_is_down(etcd3: EtcdCluster) -> None:
+    """With every member down, calls raise StoreUnavailableError after connect_timeout."""
+    async with EtcdStore(etcd3.endpoints, connect_timeout=1.0) as store:
+        await store.put(b"/u/a", b"1")
+        await asyncio.to_thread(lambda: [m.kill() for m in etcd3.members])
+        with pytest.raises(StoreUnavailableError):
+            await store.put(b"/u/b", b"2")
+        with pytest.raises(StoreUnavailableError):
+            await store.get(b"/u/a")
+        with pytest.raises(StoreUnavailableError):
+            await EtcdStore(etcd3.endpoints, connect_timeout=0.5).start()
