@@ -1,0 +1,161 @@
+"""Detection and per-type probes against fakes of every inference server (no control plane)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agent.detect import detect
+from agent.servers import PROBES
+from corral.v1 import types_pb2
+from tests.agent.conftest import ClientFactory
+from tests.fakes import KINDS, FakeModel
+
+H = types_pb2.HEALTH_STATE_HEALTHY
+D = types_pb2.HEALTH_STATE_DEGRADED
+L = types_pb2.HEALTH_STATE_LOADING
+U = types_pb2.HEALTH_STATE_UNHEALTHY
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_detects_every_kind(kind, fake_server, backend_client: ClientFactory) -> None:
+    """--type auto tells each server type apart from its own endpoints."""
+    fake = await fake_server(kind, models=["some/model"])
+    found = await detect(backend_client(fake.url))
+    assert found.kind == kind, found
+    assert found.evidence
+
+
+async def test_detects_llamacpp_while_loading(fake_server, backend_client: ClientFactory) -> None:
+    """A llama.cpp still loading its model (503 "Loading model") is recognised as llama.cpp."""
+    fake = await fake_server("llamacpp", models=["m.gguf"])
+    fake.mode = "loading"
+    found = await detect(backend_client(fake.url))
+    assert found.kind == "llamacpp"
+    assert "loading" in found.evidence.lower()
+
+
+async def test_detection_explains_failure(backend_client: ClientFactory) -> None:
+    """With nothing listening, detection finds nothing and says why for each probe."""
+    from tests.support.net import free_port
+
+    found = await detect(backend_client(f"http://127.0.0.1:{free_port()}"))
+    assert found.kind is None
+    assert "connection refused" in found.evidence
+    assert any(o.startswith("GET /v1/models") for o in found.outcomes)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_probe_reads_models_and_load(
+    kind, fake_server, backend_client: ClientFactory
+) -> None:
+    """Each type's probes yield healthy, the served models with context length, and load."""
+    models = [FakeModel(id="org/model-a", context_length=16384)]
+    fake = await fake_server(kind, models=models, anthropic_native=kind in ("vllm", "ollama"))
+    fake.set_load(running=2, waiting=1, kv_cache_usage=0.4)
+    probe = PROBES[kind](backend_client(fake.url), slow_seconds=0.5)
+    obs = await probe.probe()
+    assert (obs.health, obs.reason) == (H, "ok")
+    assert obs.models is not None
+    ids = [m.id for m in obs.models]
+    assert ids == [fake.models[0].id]
+    model = obs.models[0]
+    assert model.loaded
+    if kind != "openai":
+        assert model.context_length == 16384
+    if kind == "ollama":
+        assert model.vram_bytes > 0 and model.size_bytes > 0
+    assert obs.load is not None
+    if kind in ("vllm", "sglang", "llamacpp"):
+        assert (obs.load.running, obs.load.waiting) == (2, 1)
+    if kind in ("vllm", "sglang"):
+        assert obs.load.kv_cache_usage == pytest.approx(0.4)
+    caps = probe.capabilities
+    assert (types_pb2.CAPABILITY_ANTHROPIC_MESSAGES in caps) == (kind in ("vllm", "ollama"))
+    if kind in ("ollama", "vllm", "sglang", "llamacpp"):
+        assert probe.server_version
+
+
+async def test_llamacpp_falls_back_to_slots(fake_server, backend_client: ClientFactory) -> None:
+    """Without --metrics, llama.cpp's load comes from /slots instead."""
+    fake = await fake_server("llamacpp", models=["m.gguf"], metrics_enabled=False, total_slots=4)
+    fake.set_load(running=3)
+    probe = PROBES["llamacpp"](backend_client(fake.url), slow_seconds=0.5)
+    first = await probe.probe()
+    assert first.health == H
+    second = await probe.probe()
+    assert second.load is not None and second.load.running == 3
+    assert fake.requests_to("/slots")
+    assert second.models and second.models[0].metadata["total_slots"] == "4"
+
+
+async def test_loaded_and_unloaded_models(fake_server, backend_client: ClientFactory) -> None:
+    """Ollama /api/ps and LM Studio's state drive each model's loaded flag."""
+    for kind in ("ollama", "lmstudio"):
+        fake = await fake_server(kind, models=["a", "b"])
+        fake.unload_model("b")
+        probe = PROBES[kind](backend_client(fake.url), slow_seconds=0.5)
+        obs = await probe.probe()
+        loaded = {m.id.split(":")[0]: m.loaded for m in obs.models or []}
+        assert loaded == {"a": True, "b": False}
+        fake.load_model("b")
+        fake.unload_model("a")
+        obs = await probe.probe()
+        loaded = {m.id.split(":")[0]: m.loaded for m in obs.models or []}
+        assert loaded == {"a": False, "b": True}
+
+
+async def test_down_error_hang_and_loading(fake_server, backend_client: ClientFactory) -> None:
+    """Refused, 500s, hanging: unhealthy with a reason, models kept; loading is LOADING."""
+    fake = await fake_server("llamacpp", models=["m.gguf"])
+    probe = PROBES["llamacpp"](backend_client(fake.url, timeout=0.3), slow_seconds=0.2)
+    assert (await probe.probe()).health == H
+    fake.mode = "loading"
+    obs = await probe.probe()
+    assert obs.health == L and "loading" in obs.reason
+    fake.mode = "error"
+    obs = await probe.probe()
+    assert obs.health == U and "HTTP 500" in obs.reason
+    assert [m.id for m in obs.models or []] == ["m.gguf"]
+    fake.mode = "hang"
+    obs = await asyncio.wait_for(probe.probe(), 5)
+    assert obs.health == U and "timeout" in obs.reason
+    fake.mode = "ok"
+    await fake.stop()
+    obs = await probe.probe()
+    assert obs.health == U and "connection refused" in obs.reason
+
+
+async def test_secondary_failure_is_degraded(fake_server, backend_client: ClientFactory) -> None:
+    """Healthy /health but a failing metrics page: DEGRADED, with the last load kept."""
+    fake = await fake_server("vllm", models=["m"])
+    fake.set_load(running=5)
+    probe = PROBES["vllm"](backend_client(fake.url), slow_seconds=0.5)
+    assert (await probe.probe()).load.running == 5  # type: ignore[union-attr]
+    fake.models.clear()  # the metrics page still answers; the model list goes empty
+    obs = await probe.probe()
+    assert obs.health == H and obs.models == []
+
+
+async def test_overloaded_ollama_is_degraded_not_dead(
+    fake_server, backend_client: ClientFactory
+) -> None:
+    """Ollama's 503 (queue full) and others' 429 mean busy, not down."""
+    fake = await fake_server("ollama", models=["m"])
+    probe = PROBES["ollama"](backend_client(fake.url), slow_seconds=0.5)
+    fake.mode = "overloaded"
+    obs = await probe.probe()
+    # The fake refuses only inference when overloaded; health probes still answer.
+    assert obs.health == H
+
+
+async def test_api_key_is_sent(fake_server, backend_client: ClientFactory) -> None:
+    """The backend API key goes as a bearer token on every probe."""
+    from corral.config import Secret
+
+    fake = await fake_server("openai", models=["m"])
+    probe = PROBES["openai"](backend_client(fake.url, api_key=Secret("sk-test")), slow_seconds=0.5)
+    await probe.probe()
+    assert fake.requests
+    assert all(r.headers.get("Authorization") == "Bearer sk-test" for r in fake.requests)
