@@ -51,14 +51,25 @@ ERROR_TYPES: Final[Mapping[int, str]] = {
 class AnthropicError(Exception):
     """A failure answered in Anthropic's shape: `{"type":"error","error":{"type","message"}}`."""
 
-    def __init__(self, status: int, message: str, error_type: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        error_type: str | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.error_type = error_type or error_type_for_status(status)
+        self.request_id = request_id
 
     def payload(self) -> JSON:
-        return {"type": "error", "error": {"type": self.error_type, "message": self.message}}
+        out: JSON = {"type": "error", "error": {"type": self.error_type, "message": self.message}}
+        if self.request_id:
+            out["request_id"] = self.request_id
+        return out
 
     def body(self) -> bytes:
         """The JSON body of a non-streaming error response."""
@@ -502,6 +513,23 @@ def to_openai_request(
     if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
         out["user"] = metadata["user_id"]
     return out
+
+
+def conversation_head(body: Mapping[str, Any]) -> list[JSON]:
+    """The system prompt and first user turn, as OpenAI-role messages, for sticky routing.
+
+    Every turn of one conversation shares them, so a key computed from them (the edge's
+    `chat_key`) sends the whole conversation to the backend that holds its KV cache.
+    """
+    head: list[JSON] = []
+    system = _system_text(body.get("system"))
+    if system:
+        head.append({"role": "system", "content": system})
+    for message in body.get("messages") or ():
+        if isinstance(message, dict) and message.get("role") == "user":
+            head.append({"role": "user", "content": message.get("content")})
+            break
+    return head
 
 
 def thinking_requested(body: Mapping[str, Any]) -> bool:

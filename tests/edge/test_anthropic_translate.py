@@ -27,6 +27,7 @@ from edge.anthropic import (
     StreamTranslator,
     api_error,
     authentication_error,
+    conversation_head,
     count_tokens,
     count_tokens_response,
     error_from_openai,
@@ -42,6 +43,7 @@ from edge.anthropic import (
     validate_count_tokens_request,
     validate_messages_request,
 )
+from tests.fakes import FakeKind, FakeServer, running_fakes
 
 MODEL = "claude-local"
 EVENTS = pydantic.TypeAdapter(RawMessageStreamEvent)
@@ -893,8 +895,11 @@ class Backend:
         return response
 
 
-def translating_app(backend: Backend) -> web.Application:
-    """What the edge does for a backend without native Messages: translate both ways."""
+def translating_app(backend: Any, backend_model: str = "backend-model") -> web.Application:
+    """What the edge does for a backend without native Messages: translate both ways.
+
+    backend: anything with the `url` of an OpenAI-compatible server (read per request).
+    """
     session_key = web.AppKey("session", ClientSession)
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -905,7 +910,7 @@ def translating_app(backend: Backend) -> web.Application:
     async def messages(request: web.Request) -> web.StreamResponse:
         try:
             payload = validate_messages_request(await request.json())
-            upstream_body = to_openai_request(payload, model="backend-model")
+            upstream_body = to_openai_request(payload, model=backend_model)
         except AnthropicError as error:
             return web.Response(
                 status=error.status, body=error.body(), content_type="application/json"
@@ -1161,3 +1166,106 @@ async def test_sdk_count_tokens(sdk: SdkFixture) -> None:
         model=MODEL, system="s" * 8, messages=[{"role": "user", "content": "x" * 40}]
     )
     assert result.input_tokens == 12 + 4
+
+
+def test_request_id_and_conversation_head() -> None:
+    """Errors may carry a request_id; the conversation head is the system and first user turn."""
+    payload = json.loads(api_error("boom").body())
+    assert "request_id" not in payload
+    with_id = AnthropicError(500, "boom", request_id="req_1").payload()
+    assert with_id == {
+        "type": "error",
+        "error": {"type": "api_error", "message": "boom"},
+        "request_id": "req_1",
+    }
+    first = {"role": "user", "content": [{"type": "text", "text": "Q1"}]}
+    turns = [first, {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}]
+    head = conversation_head(body(system="S", messages=turns))
+    assert head == [{"role": "system", "content": "S"}, first]
+    assert conversation_head(body(messages=turns[:1])) == [first]
+
+
+# -- the same requests against fakes: translated (OpenAI chat) versus native Messages -----------
+
+
+async def _final(client: anthropic.AsyncAnthropic, stream: bool, **params: Any) -> Message:
+    if not stream:
+        return await client.messages.create(**params)
+    async with client.messages.stream(**params) as live:
+        return await live.get_final_message()
+
+
+@pytest.mark.parametrize("kind", ["vllm", "ollama", "llamacpp", "sglang"])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_translation_matches_native_messages_on_fakes(kind: FakeKind, stream: bool) -> None:
+    """Through translation, a fake answers what the same fake answers natively (text and tools)."""
+    model_id = "gemma4:4b" if kind == "ollama" else "google/gemma-4-4b-it"
+    async with running_fakes(FakeServer(kind, [model_id], f"{kind}-a")) as (fake,):
+        fake.stream_chunks = 4
+        await _compare_on_fake(fake, kind, model_id, stream)
+
+
+async def _compare_on_fake(fake: FakeServer, kind: str, model_id: str, stream: bool) -> None:
+    proxy_runner, proxy_url = await serve(translating_app(fake, backend_model=model_id))
+    translated_client = anthropic.AsyncAnthropic(base_url=proxy_url, api_key="k", max_retries=0)
+    native_client = anthropic.AsyncAnthropic(base_url=fake.url, api_key="k", max_retries=0)
+    try:
+        question: Any = {"role": "user", "content": "what is the weather in Oslo"}
+        asks: list[dict[str, Any]] = [
+            {"messages": [question]},
+            {"messages": [question], "tools": WEATHER_TOOLS, "tool_choice": {"type": "auto"}},
+        ]
+        for ask in asks:
+            fake.anthropic_native = False
+            via_translation = await _final(
+                translated_client, stream, model=model_id, max_tokens=64, **ask
+            )
+            fake.anthropic_native = True
+            native = await _final(native_client, stream, model=model_id, max_tokens=64, **ask)
+            assert via_translation.stop_reason == native.stop_reason
+            assert via_translation.model == native.model == model_id
+
+            def shape(message: Message) -> list[Any]:
+                return [
+                    (b.type, b.text) if b.type == "text" else (b.type, b.name, b.input)  # type: ignore[union-attr]
+                    for b in message.content
+                ]
+
+            assert shape(via_translation) == shape(native)
+            assert via_translation.usage.input_tokens > 0
+            assert via_translation.usage.output_tokens > 0
+        # The tool call's result goes back through translation and is echoed.
+        fake.anthropic_native = False
+        called = await _final(
+            translated_client,
+            stream,
+            model=model_id,
+            max_tokens=64,
+            tools=WEATHER_TOOLS,
+            messages=[question],
+        )
+        assert called.stop_reason == "tool_use"
+        tool_use = called.content[-1]
+        answer = await _final(
+            translated_client,
+            stream,
+            model=model_id,
+            max_tokens=64,
+            tools=WEATHER_TOOLS,
+            messages=[
+                question,
+                called.to_param(),
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": tool_use.id, "content": "3C"}  # type: ignore[union-attr]
+                    ],
+                },
+            ],
+        )
+        assert answer.stop_reason == "end_turn"
+        assert answer.content[0].text == f"[{kind}-a] 3C"  # type: ignore[union-attr]
+    finally:
+        await translated_client.close()
+        await native_client.close()
+        await proxy_runner.cleanup()
