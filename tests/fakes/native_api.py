@@ -186,6 +186,8 @@ async def llamacpp_slots(request: web.Request) -> web.StreamResponse:
     fake = request.app[FAKE_KEY]
     model = fake.models[0] if fake.models else FakeModel(id="")
     busy = min(fake.running_requests, fake.total_slots)
+    if request.query.get("fail_on_no_slot") in ("1", "true") and busy >= fake.total_slots:
+        raise RequestRejected(503, "no slot available")
     slots = []
     for slot_id in range(fake.total_slots):
         slot = _generation_settings(model)
@@ -220,13 +222,6 @@ async def llamacpp_metrics(request: web.Request) -> web.StreamResponse:
                 "Number of generation tokens processed.",
                 "",
                 fake.completed,
-            ),
-            (
-                "llamacpp:kv_cache_usage_ratio",
-                "gauge",
-                "KV-cache usage. 1 means 100 percent usage.",
-                "",
-                fake.kv_cache_usage,
             ),
             (
                 "llamacpp:requests_processing",

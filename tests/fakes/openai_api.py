@@ -371,6 +371,7 @@ def model_entry(fake: FakeServer, model: FakeModel) -> dict[str, Any]:
             }
         ]
     if fake.kind == "llamacpp":
+        entry["architecture"] = {"input_modalities": ["text"], "output_modalities": ["text"]}
         entry["meta"] = {
             "vocab_type": 2,
             "n_vocab": 128256,
@@ -425,14 +426,15 @@ async def retrieve_model(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application, fake: FakeServer) -> None:
-    prefixes = ["/v1"]
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", list_models)
     if fake.kind == "llamacpp":
-        prefixes.append("")  # llama.cpp also serves the OpenAI routes without /v1
-    for prefix in prefixes:
-        app.router.add_post(f"{prefix}/chat/completions", chat_completions)
-        app.router.add_post(f"{prefix}/completions", completions)
-        app.router.add_post(f"{prefix}/embeddings", embeddings)
-        app.router.add_get(f"{prefix}/models", list_models)
+        # llama.cpp also serves these two without /v1 (its /completions and /embeddings
+        # without /v1 are its own non-OpenAI formats, which the fake does not serve).
+        app.router.add_post("/chat/completions", chat_completions)
+        app.router.add_get("/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", retrieve_model)
     if fake.kind == "lmstudio":
         app.router.add_post("/api/v0/chat/completions", chat_completions)

@@ -64,8 +64,11 @@ def error_response(
     return fake.json(payload, status=status)
 
 
-def _is_inference(fake: FakeServer, path: str) -> bool:
-    return path in INFERENCE_PATHS
+def _is_inference(fake: FakeServer, request: web.Request) -> bool:
+    """An inference request this fake serves (not a probe, not a 404)."""
+    if request.path not in INFERENCE_PATHS or request.match_info.http_exception is not None:
+        return False
+    return request.path != "/v1/messages" or fake.anthropic_native
 
 
 @web.middleware
@@ -87,7 +90,7 @@ async def fake_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if fake.mode == "hang":
         await fake._hang()
     mode = fake.mode
-    inference = _is_inference(fake, request.path)
+    inference = _is_inference(fake, request)
     if mode == "error":
         return error_response(request, 500, f"fake backend {fake.name} failed on purpose")
     if mode == "loading":

@@ -8,6 +8,7 @@ connection is aborted (RST), so a client mid-stream sees a broken connection.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -42,6 +43,7 @@ INFERENCE_PATHS = frozenset(
         "/v1/completions",
         "/v1/embeddings",
         "/v1/messages",
+        "/chat/completions",
         "/api/chat",
         "/api/generate",
         "/api/embed",
@@ -49,12 +51,6 @@ INFERENCE_PATHS = frozenset(
         "/api/v0/chat/completions",
         "/api/v0/completions",
         "/api/v0/embeddings",
-        "/completion",
-        "/completions",
-        "/chat/completions",
-        "/embeddings",
-        "/embedding",
-        "/generate",
     }
 )
 
@@ -92,9 +88,7 @@ class FakeServer:
             raise FakeServerError(f"unknown fake kind {kind!r}; expected one of {KINDS}")
         self.kind: FakeKind = kind
         self.name = name or f"{kind}-{next(_counter)}"
-        self.models: list[FakeModel] = [
-            m if isinstance(m, FakeModel) else FakeModel(id=self._canonical(m)) for m in models
-        ]
+        self.models: list[FakeModel] = [self._spec(m) for m in models]
         self.port = port
         self.host = "127.0.0.1"
         self.anthropic_native = anthropic_native
@@ -240,7 +234,7 @@ class FakeServer:
         self.model(model, required=True).loaded = False  # type: ignore[union-attr]
 
     def add_model(self, model: str | FakeModel) -> FakeModel:
-        spec = model if isinstance(model, FakeModel) else FakeModel(id=self._canonical(model))
+        spec = self._spec(model)
         self.models.append(spec)
         return spec
 
@@ -257,6 +251,11 @@ class FakeServer:
         if required:
             raise FakeServerError(f"fake {self.name} does not serve model {model!r}")
         return None
+
+    def _spec(self, model: str | FakeModel) -> FakeModel:
+        if isinstance(model, FakeModel):
+            return dataclasses.replace(model, id=self._canonical(model.id))
+        return FakeModel(id=self._canonical(model))
 
     def _canonical(self, model: str) -> str:
         return ollama_name(model) if self.kind == "ollama" else model
