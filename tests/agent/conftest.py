@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest_asyncio
 
+from agent import Agent
 from agent.http import BackendClient
 from agent.metrics import AgentMetrics
-from corral.config import Secret
+from corral.config import AgentConfig, Secret
 from tests.fakes.pytest_plugin import fake_server  # noqa: F401  # a fixture, used by name
 
 ClientFactory = Callable[..., BackendClient]
@@ -28,3 +31,37 @@ async def backend_client() -> AsyncIterator[ClientFactory]:
         yield make
     finally:
         await session.close()
+
+
+AgentFactory = Callable[..., Awaitable[Agent]]
+
+
+@pytest_asyncio.fixture
+async def start_agent() -> AsyncIterator[AgentFactory]:
+    """Run agents in the background (as `corral agent` would); cancel them after the test."""
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start(**settings: object) -> Agent:
+        settings.setdefault("probe_interval_seconds", 0.2)
+        settings.setdefault("probe_timeout_seconds", 1.0)
+        settings.setdefault("shutdown_grace_seconds", 3.0)
+        agent = Agent(AgentConfig(**settings))  # type: ignore[arg-type]
+        ready = asyncio.Event()
+        task = asyncio.create_task(agent.run(ready))
+        tasks.append(task)
+        agent.task = task  # type: ignore[attr-defined]
+        waiter = asyncio.ensure_future(ready.wait())
+        await asyncio.wait({waiter, task}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()
+        assert ready.is_set()
+        return agent
+
+    try:
+        yield start
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

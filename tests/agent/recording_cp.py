@@ -1,0 +1,112 @@
+"""A small AgentService that records what agents send, for protocol tests of the agent.
+
+It follows the protocol (Registered, ReportAck, ends the stream OK after Goodbye) but keeps no
+leases; the tests that count run against the real control plane over real etcd.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+import grpc.aio
+
+from corral.v1 import agent_pb2, agent_pb2_grpc
+from tests.support.net import free_port
+
+_ids = itertools.count(0x1000)
+
+
+@dataclass
+class Stream:
+    metadata: dict[str, str]
+    register: agent_pb2.Register
+    session_id: str
+    resumed: bool
+    reports: list[agent_pb2.Report] = field(default_factory=list)
+    goodbye: agent_pb2.Goodbye | None = None
+    ended: bool = False
+
+
+class RecordingControlPlane(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, name: str = "rec", heartbeat: int = 1) -> None:
+        self.name = name
+        self.heartbeat = heartbeat
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.streams: list[Stream] = []
+        # Refuse the next N registrations with this code.
+        self.reject: tuple[grpc.StatusCode, str] | None = None
+        self.reject_count = 0
+        self.known_sessions: set[str] = set()
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> RecordingControlPlane:
+        server = grpc.aio.server()
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(self, server)
+        server.add_insecure_port(self.address)
+        await server.start()
+        self._server = server
+        return self
+
+    async def stop(self) -> None:
+        """Die abruptly: open streams break without a status."""
+        if self._server is not None:
+            await self._server.stop(grace=None)
+            self._server = None
+
+    @property
+    def last(self) -> Stream:
+        return self.streams[-1]
+
+    def all_reports(self) -> list[agent_pb2.Report]:
+        return [r for s in self.streams for r in s.reports]
+
+    async def Connect(  # the gRPC method name
+        self,
+        request_iterator: AsyncIterator[agent_pb2.ConnectRequest],
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> AsyncIterator[agent_pb2.ConnectResponse]:
+        messages = aiter(request_iterator)
+        first = await anext(messages)
+        assert first.WhichOneof("message") == "register"
+        if self.reject is not None and self.reject_count > 0:
+            self.reject_count -= 1
+            await context.abort(*self.reject)
+        reg = first.register
+        resumed = reg.resume_session_id in self.known_sessions
+        session_id = reg.resume_session_id if resumed else f"{next(_ids):x}"
+        self.known_sessions.add(session_id)
+        stream = Stream(
+            metadata={str(k): str(v) for k, v in context.invocation_metadata() or ()},
+            register=reg,
+            session_id=session_id,
+            resumed=resumed,
+        )
+        self.streams.append(stream)
+        yield agent_pb2.ConnectResponse(
+            registered=agent_pb2.Registered(
+                session_id=session_id,
+                lease_ttl_seconds=10,
+                heartbeat_interval_seconds=self.heartbeat,
+                controlplane_id=self.name,
+                resumed=resumed,
+            )
+        )
+        try:
+            async for message in messages:
+                kind = message.WhichOneof("message")
+                if kind == "report":
+                    stream.reports.append(message.report)
+                    yield agent_pb2.ConnectResponse(ack=agent_pb2.ReportAck(seq=message.report.seq))
+                elif kind == "goodbye":
+                    stream.goodbye = message.goodbye
+                    self.known_sessions.discard(session_id)
+                    # Wait for the half-close, as the real control plane does.
+                    async for _ in messages:
+                        pass
+                    return
+        finally:
+            stream.ended = True

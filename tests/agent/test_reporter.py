@@ -1,0 +1,181 @@
+"""The agent's stream protocol against a recording AgentService: register, report, heartbeat,
+goodbye, reconnect with resume across replicas, rejections, and its own /healthz and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+import grpc
+import pytest
+import pytest_asyncio
+
+from corral.config import Secret
+from corral.v1 import types_pb2
+from tests.agent.conftest import AgentFactory
+from tests.agent.recording_cp import RecordingControlPlane
+from tests.support.net import eventually, free_port
+
+H = types_pb2.HEALTH_STATE_HEALTHY
+U = types_pb2.HEALTH_STATE_UNHEALTHY
+
+
+@pytest_asyncio.fixture
+async def recorder() -> AsyncIterator[RecordingControlPlane]:
+    rec = await RecordingControlPlane("rec-a").start()
+    try:
+        yield rec
+    finally:
+        await rec.stop()
+
+
+async def test_register_then_reports_on_change_and_heartbeat(
+    fake_server, recorder: RecordingControlPlane, start_agent: AgentFactory
+) -> None:
+    """Register carries spec and first status; changes are reported; heartbeats keep coming."""
+    fake = await fake_server("vllm", models=["m"])
+    await start_agent(
+        controlplane=(recorder.address,),
+        backend=fake.url,
+        name="vllm-a",
+        priority=2,
+        weight=3.0,
+        max_concurrency=8,
+        labels=(("zone", "a"),),
+        controlplane_token=Secret("agent-secret"),
+    )
+    await eventually(lambda: recorder.streams)
+    reg = recorder.last.register
+    assert reg.backend.name == "vllm-a" and reg.backend.url == fake.url
+    assert reg.backend.type == types_pb2.BACKEND_TYPE_VLLM
+    assert (reg.backend.priority, reg.backend.weight, reg.backend.max_concurrency) == (2, 3.0, 8)
+    assert dict(reg.backend.labels) == {"zone": "a"}
+    assert reg.status.health == H and [m.id for m in reg.status.models] == ["m"]
+    assert reg.agent_id and not reg.resume_session_id
+    assert recorder.last.metadata["authorization"] == "Bearer agent-secret"
+
+    fake.set_load(running=4, waiting=2, kv_cache_usage=0.5)
+    report = await eventually(
+        lambda: next((r for r in recorder.last.reports if r.status.load.running == 4), None)
+    )
+    assert report.status.load.waiting == 2
+    # Nothing changes now; heartbeats (every 1 s here) still arrive with increasing seqs.
+    count = len(recorder.last.reports)
+    await eventually(lambda: len(recorder.last.reports) >= count + 2)
+    seqs = [r.seq for r in recorder.last.reports]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+async def test_cancel_says_goodbye_and_half_closes(
+    fake_server, recorder: RecordingControlPlane, start_agent: AgentFactory
+) -> None:
+    """Cancelling the agent (SIGTERM) sends Goodbye and ends the stream cleanly."""
+    fake = await fake_server("ollama", models=["m"])
+    agent = await start_agent(controlplane=(recorder.address,), backend=fake.url)
+    await eventually(lambda: recorder.streams)
+    agent.task.cancel()  # type: ignore[attr-defined]
+    with pytest.raises(asyncio.CancelledError):
+        await agent.task  # type: ignore[attr-defined]
+    assert recorder.last.goodbye is not None
+    await eventually(lambda: recorder.last.ended)
+
+
+async def test_reconnects_to_next_replica_and_resumes(
+    fake_server, recorder: RecordingControlPlane, start_agent: AgentFactory
+) -> None:
+    """When its replica dies, the agent registers at the next one with resume_session_id."""
+    other = await RecordingControlPlane("rec-b").start()
+    other.known_sessions = recorder.known_sessions  # one shared store, as with etcd
+    try:
+        fake = await fake_server("sglang", models=["m"])
+        agent = await start_agent(controlplane=(recorder.address, other.address), backend=fake.url)
+        await eventually(lambda: recorder.streams)
+        first_session = recorder.last.session_id
+        await recorder.stop()
+        await eventually(lambda: other.streams)
+        assert other.last.register.resume_session_id == first_session
+        assert other.last.resumed
+        await eventually(lambda: agent.reporter.controlplane_id == "rec-b")
+        assert agent.reporter.session_id == first_session
+        # Reports keep their sequence across the move.
+        await eventually(lambda: other.last.reports)
+        assert other.last.reports[0].seq > max((r.seq for r in recorder.last.reports), default=0)
+    finally:
+        await other.stop()
+
+
+async def test_rejection_is_logged_and_retried(
+    fake_server, recorder: RecordingControlPlane, start_agent: AgentFactory, caplog
+) -> None:
+    """UNAUTHENTICATED is reported as our configuration's fault, then retried with backoff."""
+    caplog.set_level(logging.ERROR, logger="agent")
+    recorder.reject = (grpc.StatusCode.UNAUTHENTICATED, "missing or wrong agent token")
+    recorder.reject_count = 1
+    fake = await fake_server("openai", models=["m"])
+    agent = await start_agent(controlplane=(recorder.address,), backend=fake.url)
+    await eventually(lambda: recorder.streams, within=10)
+    assert "UNAUTHENTICATED" in caplog.text and "--controlplane-token-file" in caplog.text
+    assert agent.metrics.reconnects._value.get() >= 1
+
+
+async def test_waits_for_detection_while_backend_is_down(
+    recorder: RecordingControlPlane, start_agent: AgentFactory, caplog
+) -> None:
+    """With --type auto and nothing listening, the agent keeps detecting and registers later."""
+    from tests.fakes import FakeServer
+
+    caplog.set_level(logging.INFO, logger="agent")
+    port = free_port()
+    agent = await start_agent(controlplane=(recorder.address,), backend=f"http://127.0.0.1:{port}")
+    await eventually(lambda: "no inference server type detected" in caplog.text)
+    assert not recorder.streams and agent.kind is None
+    fake = FakeServer("llamacpp", models=["m.gguf"], port=port)
+    await fake.start()
+    try:
+        await eventually(lambda: recorder.streams)
+        assert recorder.last.register.backend.type == types_pb2.BACKEND_TYPE_LLAMACPP
+        assert "detected llamacpp" in caplog.text
+    finally:
+        await fake.stop()
+
+
+async def test_healthz_and_metrics(
+    fake_server, recorder: RecordingControlPlane, start_agent: AgentFactory
+) -> None:
+    """The agent serves its view of the backend on /healthz and Prometheus text on /metrics."""
+    fake = await fake_server("lmstudio", models=["m"])
+    port = free_port()
+    await start_agent(
+        controlplane=(recorder.address,), backend=fake.url, metrics_listen=f"127.0.0.1:{port}"
+    )
+    await eventually(lambda: recorder.streams)
+    async with aiohttp.ClientSession() as http:
+
+        async def healthy() -> dict | None:
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                assert resp.status == 200
+                data = await resp.json()
+            return data if data["controlplane"]["connected"] else None
+
+        data = await eventually(healthy)
+        assert data["health"] == "healthy" and data["backend"]["type"] == "lmstudio"
+        assert data["status"]["models"][0]["id"] == "m"
+        await fake.stop()
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            assert resp.status == 200
+            text = await resp.text()
+    assert 'corral_agent_probe_duration_seconds_bucket{endpoint="/v1/models"' in text
+    assert 'corral_agent_health_state{state="healthy"} 1.0' in text
+    assert "corral_agent_reconnects_total" in text
+
+    async def refused_counted() -> bool:
+        async with (
+            aiohttp.ClientSession() as http2,
+            http2.get(f"http://127.0.0.1:{port}/metrics") as resp,
+        ):
+            body = await resp.text()
+        return 'kind="connect"' in body
+
+    await eventually(refused_counted)
