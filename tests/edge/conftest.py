@@ -31,9 +31,17 @@ class RunningEdge:
     def url(self) -> str:
         return f"http://{self.config.listen}"
 
-    def client(self, api_key: str = "unused", **kwargs: Any) -> AsyncOpenAI:
-        """The official OpenAI client pointed at this edge (no client-side retries)."""
-        return AsyncOpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, **kwargs)
+    clients: dict[str, AsyncOpenAI] = dataclasses.field(default_factory=dict)
+
+    def client(self, api_key: str = "unused") -> AsyncOpenAI:
+        """The official OpenAI client pointed at this edge (no client-side retries); one per
+        key, reused (building a client is costly)."""
+        client = self.clients.get(api_key)
+        if client is None:
+            client = self.clients[api_key] = AsyncOpenAI(
+                base_url=f"{self.url}/v1", api_key=api_key, max_retries=0
+            )
+        return client
 
     async def readyz(self) -> dict[str, Any]:
         async with self.http.get(f"{self.url}/readyz") as resp:
@@ -55,6 +63,8 @@ class RunningEdge:
             return await resp.text()
 
     async def stop(self) -> None:
+        for client in self.clients.values():
+            await client.close()
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
