@@ -251,6 +251,17 @@ async def test_ollama_client_chat_stream_and_list(fake_server) -> None:  # noqa:
     with pytest.raises(ollama.ResponseError) as caught:
         await api.chat(model="missing", messages=[{"role": "user", "content": "x"}])
     assert caught.value.status_code == 404
+    fake.unload_model("qwen3:8b")
+    running = await api.ps()
+    assert [m.model for m in running.models] == ["llama3.2:latest"]
+    assert running.models[0].size_vram and running.models[0].context_length
+    tool = {"type": "function", "function": {"name": "clock", "parameters": {}}}
+    called = await api.chat(
+        model="llama3.2", messages=[{"role": "user", "content": "time?"}], tools=[tool]
+    )
+    assert called.message.tool_calls is not None
+    assert called.message.tool_calls[0].function.name == "clock"
+    assert called.message.tool_calls[0].function.arguments == {"text": "time?"}
 
 
 async def test_anthropic_sdk_messages(fake_server) -> None:  # noqa: F811 (fixture)
