@@ -6,6 +6,7 @@ on loopback: the SDK's own parser and stream accumulator are the judges of the e
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -1269,3 +1270,83 @@ async def _compare_on_fake(fake: FakeServer, kind: str, model_id: str, stream: b
         await translated_client.close()
         await native_client.close()
         await proxy_runner.cleanup()
+
+
+# -- any chunk stream, any read split: the SDK's accumulator rebuilds the answer ----------------
+
+_text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+_args = st.dictionaries(
+    st.text(alphabet="abcxyz", min_size=1, max_size=4),
+    st.one_of(st.integers(-5, 5), _text, st.booleans()),
+    max_size=3,
+)
+_segments = st.lists(
+    st.one_of(
+        st.tuples(st.just("text"), _text.filter(bool)),
+        st.tuples(st.just("tool"), st.text(alphabet="fgh_", min_size=1, max_size=6), _args),
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+def _split(text: str, cuts: list[int]) -> list[str]:
+    points = sorted({c % (len(text) + 1) for c in cuts})
+    bounds = [0, *points, len(text)]
+    return [text[a:b] for a, b in itertools.pairwise(bounds) if text[a:b]]
+
+
+@settings(max_examples=150, deadline=None)
+@given(_segments, st.lists(st.integers(0, 200), max_size=6), st.integers(1, 97))
+def test_any_stream_accumulates_to_the_same_message(
+    segments: list[tuple[Any, ...]], cuts: list[int], read_size: int
+) -> None:
+    """Random text and tool-call fragments, read in any sizes, rebuild into the right Message."""
+    from anthropic.lib.streaming._messages import accumulate_event  # the SDK's own accumulator
+
+    chunks = [chunk({"role": "assistant", "content": ""})]
+    expected: list[Any] = []
+    tool_index = 0
+    for segment in segments:
+        if segment[0] == "text":
+            for piece in _split(segment[1], cuts):
+                chunks.append(chunk({"content": piece}))
+            if expected and expected[-1][0] == "text":
+                expected[-1] = ("text", expected[-1][1] + segment[1])
+            else:
+                expected.append(("text", segment[1]))
+        else:
+            _, name, arguments = segment
+            encoded = json.dumps(arguments)
+            call_id = f"call_{tool_index}"
+            head = {"index": tool_index, "id": call_id, "type": "function"}
+            chunks.append(chunk({"tool_calls": [{**head, "function": {"name": name}}]}))
+            for piece in _split(encoded, cuts):
+                fragment = {"index": tool_index, "function": {"arguments": piece}}
+                chunks.append(chunk({"tool_calls": [fragment]}))
+            expected.append(("tool_use", call_id, name, arguments))
+            tool_index += 1
+    chunks += [chunk({}, "tool_calls" if tool_index else "stop"), usage_chunk(3, 5)]
+    raw = sse_bytes(chunks)
+
+    translator = StreamTranslator(model=MODEL)
+    out = bytearray()
+    for offset in range(0, len(raw), read_size):
+        out += translator.feed_bytes(raw[offset : offset + read_size])
+    out += translator.feed_end()
+    assert translator.done
+
+    snapshot = None
+    json_bufs: dict[int, bytes] = {}
+    for name, payload in parse_events(bytes(out)):
+        assert name != "error"
+        event = EVENTS.validate_python(payload)
+        snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs=json_bufs)
+    assert snapshot is not None
+    got = [
+        ("text", b.text) if b.type == "text" else ("tool_use", b.id, b.name, b.input)
+        for b in snapshot.content
+    ]
+    assert got == expected
+    assert snapshot.stop_reason == ("tool_use" if tool_index else "end_turn")
+    assert (snapshot.usage.input_tokens, snapshot.usage.output_tokens) == (3, 5)
