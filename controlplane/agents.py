@@ -1,0 +1,414 @@
+"""Agent sessions: registration, leases, status writes, commands. No gRPC in here.
+
+A session is one agent stream on this replica. It holds (or shares, after a resume) a store
+lease; every key it writes (spec, status, presence) is attached to that lease, so a dead
+agent's backend vanishes by itself. A Goodbye revokes the lease (the backend leaves at once);
+a broken stream only stops keeping it alive (the backend leaves within the TTL unless the
+agent resumes the session, here or on another replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from controlplane.errors import (
+    ControlPlaneError,
+    NameTakenError,
+    SessionLostError,
+    translate_store_error,
+)
+from controlplane.keys import DrainFlag, KeyLayout
+from controlplane.metrics import Metrics
+from controlplane.store.base import LeaseNotFoundError, Store, StoreError
+from controlplane.validation import check_register, check_status
+from corral.v1 import admin_pb2, agent_pb2, types_pb2
+
+log = logging.getLogger(__name__)
+
+# A load change worth writing: the KV-cache fraction moved this much (queue changes always).
+KV_CACHE_STEP = 0.05
+
+
+def lease_ttl(config_ttl: float) -> int:
+    return max(1, math.ceil(config_ttl))
+
+
+def session_id_of(lease: int) -> str:
+    return f"{lease:x}"
+
+
+def lease_of(session_id: str) -> int | None:
+    try:
+        lease = int(session_id, 16)
+    except ValueError:
+        return None
+    return lease if 0 < lease < 2**63 else None
+
+
+class LeaseBook:
+    """How many sessions on this replica use each lease, so it is released exactly once."""
+
+    def __init__(self, store: Store, ttl: int) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._users: dict[int, int] = {}
+
+    async def acquire(self, resume_session_id: str) -> tuple[int, bool]:
+        """A lease for a new session: the resumed one if it is alive, else a fresh one."""
+        lease = lease_of(resume_session_id) if resume_session_id else None
+        if lease is not None:
+            if lease in self._users:
+                self._users[lease] += 1
+                return lease, True
+            try:
+                await self._store.keep_lease(lease)
+            except LeaseNotFoundError:
+                log.info("session %s has expired; starting a new one", resume_session_id)
+            else:
+                self._users[lease] = 1
+                return lease, True
+        lease = await self._store.grant_lease(self._ttl)
+        self._users[lease] = self._users.get(lease, 0) + 1
+        return lease, False
+
+    def release(self, lease: int) -> None:
+        """One session stops using the lease; the last one stops keeping it alive."""
+        count = self._users.get(lease, 0) - 1
+        if count > 0:
+            self._users[lease] = count
+            return
+        self._users.pop(lease, None)
+        self._store.release_lease(lease)
+
+    async def revoke(self, lease: int) -> None:
+        self._users.pop(lease, None)
+        await self._store.revoke_lease(lease)
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+
+class Action(enum.Enum):
+    WRITE = "write"
+    DEFER = "defer"
+    SKIP = "skip"
+
+
+def _same_apart_from_load(a: types_pb2.BackendStatus, b: types_pb2.BackendStatus) -> bool:
+    return (
+        a.health == b.health
+        and a.reason == b.reason
+        and a.server_version == b.server_version
+        and list(a.capabilities) == list(b.capabilities)
+        and list(a.models) == list(b.models)
+    )
+
+
+def load_moved(a: types_pb2.BackendLoad, b: types_pb2.BackendLoad) -> bool:
+    """Whether the load changed enough to tell every edge."""
+    if a.running != b.running or a.waiting != b.waiting:
+        return True
+    if a.HasField("kv_cache_usage") != b.HasField("kv_cache_usage"):
+        return True
+    return abs(a.kv_cache_usage - b.kv_cache_usage) > KV_CACHE_STEP
+
+
+class StatusThrottle:
+    """Decides which reported statuses reach the store.
+
+    Health, reason, models, capabilities and version changes are written at once. Load-only
+    changes are written when they matter (queue counts changed, KV-cache use moved by more
+    than KV_CACHE_STEP since the last write) and at most once per interval; a deferred one
+    is kept (the latest wins) and written when the interval is up.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self.written: types_pb2.BackendStatus | None = None
+        self._written_at = -math.inf
+        self.pending: types_pb2.BackendStatus | None = None
+
+    def offer(self, status: types_pb2.BackendStatus, now: float) -> Action:
+        last = self.written
+        if last is None or not _same_apart_from_load(status, last):
+            return Action.WRITE
+        if not load_moved(status.load, last.load):
+            self.pending = None  # back to what the store holds: nothing to flush
+            return Action.SKIP
+        if now - self._written_at >= self._interval:
+            return Action.WRITE
+        self.pending = status
+        return Action.DEFER
+
+    def mark_written(self, status: types_pb2.BackendStatus, now: float) -> None:
+        self.written = status
+        self._written_at = now
+        self.pending = None
+
+    def due_at(self) -> float | None:
+        """When the pending status may be written; None when nothing is pending."""
+        if self.pending is None:
+            return None
+        return self._written_at + self._interval
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    replica_id: str
+    lease_ttl: int
+    heartbeat_interval: float
+    load_write_interval: float
+
+
+class AgentHub:
+    """Every agent session on this replica, by backend name."""
+
+    def __init__(
+        self,
+        store: Store,
+        layout: KeyLayout,
+        settings: SessionSettings,
+        metrics: Metrics,
+    ) -> None:
+        self.store = store
+        self.layout = layout
+        self.settings = settings
+        self.metrics = metrics
+        self.leases = LeaseBook(store, settings.lease_ttl)
+        self._sessions: dict[str, AgentSession] = {}
+
+    def session(self, peer: str) -> AgentSession:
+        return AgentSession(self, peer)
+
+    def attach(self, session: AgentSession) -> None:
+        previous = self._sessions.get(session.name)
+        if previous is not None and previous is not session:
+            previous.stop(SessionLostError("a newer stream took over this session"))
+        self._sessions[session.name] = session
+        self.metrics.agents_connected.set(len(self._sessions))
+
+    def detach(self, session: AgentSession) -> None:
+        if self._sessions.get(session.name) is session:
+            del self._sessions[session.name]
+        self.metrics.agents_connected.set(len(self._sessions))
+
+    def on_drain(self, name: str, flag: DrainFlag | None) -> None:
+        """The view saw a drain flag change: tell the agent whose backend it is."""
+        session = self._sessions.get(name)
+        if session is None:
+            return
+        command = agent_pb2.Command(
+            type=agent_pb2.COMMAND_TYPE_DRAIN if flag else agent_pb2.COMMAND_TYPE_UNDRAIN,
+            reason=flag.reason if flag else "",
+        )
+        session.send(agent_pb2.ConnectResponse(command=command))
+
+    def stop_all(self, error: ControlPlaneError) -> None:
+        for session in list(self._sessions.values()):
+            session.stop(error)
+
+
+class AgentSession:
+    def __init__(self, hub: AgentHub, peer: str) -> None:
+        self._hub = hub
+        self._peer = peer
+        self.name = ""
+        self.agent_id = ""
+        self.lease = 0
+        self.outbound: asyncio.Queue[agent_pb2.ConnectResponse] = asyncio.Queue()
+        # Set when the replica ends the session (shutdown, superseded); `stop_error` says why.
+        self.stopped = asyncio.Event()
+        self.stop_error: ControlPlaneError | None = None
+        self._throttle = StatusThrottle(hub.settings.load_write_interval)
+        self._write_lock = asyncio.Lock()
+        self._pending = asyncio.Event()
+        self._registered = False
+        self._ended = False
+
+    # Lifecycle --------------------------------------------------------------------------
+
+    async def register(self, register: agent_pb2.Register) -> agent_pb2.Registered:
+        """Validate, claim the backend name under a (new or resumed) lease, write it all."""
+        check_register(register)
+        hub = self._hub
+        spec = register.backend
+        self.name = spec.name
+        self.agent_id = register.agent_id
+        try:
+            lease, resumed = await hub.leases.acquire(register.resume_session_id)
+        except StoreError as exc:
+            raise translate_store_error(exc, "granting a session lease") from exc
+        try:
+            replaced = await self._claim(register, lease)
+            await self._write_status(register.status, lease)
+            info = admin_pb2.AgentInfo(
+                agent_id=register.agent_id,
+                backend_name=spec.name,
+                session_id=session_id_of(lease),
+                controlplane_id=hub.settings.replica_id,
+                peer=self._peer,
+                connected_unix_ms=int(time.time() * 1000),
+                agent_version=register.agent_version,
+            )
+            await hub.store.put(hub.layout.agent(spec.name), info.SerializeToString(), lease=lease)
+            hub.metrics.store_writes.labels("presence").inc()
+            drained = await hub.store.get(hub.layout.drain(spec.name)) is not None
+            if replaced:
+                # The same agent registered again with a fresh session: the old session's
+                # lease now holds none of this backend's keys; end it.
+                await hub.leases.revoke(replaced)
+        except StoreError as exc:
+            hub.leases.release(lease)
+            raise translate_store_error(exc, f"registering backend {spec.name!r}") from exc
+        except BaseException:
+            hub.leases.release(lease)
+            raise
+        self.lease = lease
+        self._registered = True
+        hub.attach(self)
+        log.info(
+            "agent %s registered backend %s (session %s%s) from %s",
+            register.agent_id,
+            spec.name,
+            session_id_of(lease),
+            ", resumed" if resumed else "",
+            self._peer,
+        )
+        return agent_pb2.Registered(
+            session_id=session_id_of(lease),
+            lease_ttl_seconds=hub.settings.lease_ttl,
+            heartbeat_interval_seconds=max(1, math.ceil(hub.settings.heartbeat_interval)),
+            controlplane_id=hub.settings.replica_id,
+            resumed=resumed,
+            drained=drained,
+        )
+
+    async def _claim(self, register: agent_pb2.Register, lease: int) -> int:
+        """Take the backend name for this lease; return a lease we took it over from, or 0."""
+        hub = self._hub
+        key = hub.layout.spec(register.backend.name)
+        value = types_pb2.Backend(
+            spec=register.backend, agent_id=register.agent_id
+        ).SerializeToString()
+        for _ in range(3):
+            if await hub.store.put_if(key, value, lease=lease, expect_absent_or_lease=lease):
+                hub.metrics.store_writes.labels("spec").inc()
+                return 0
+            current = await hub.store.get(key)
+            if current is None:
+                continue  # the holder's lease ended in between: try again
+            holder = types_pb2.Backend()
+            try:
+                holder.ParseFromString(current.value)
+            except DecodeError:
+                holder.agent_id = "(unreadable)"
+            if holder.agent_id != register.agent_id:
+                raise NameTakenError(
+                    f"backend name {register.backend.name!r} is already registered by agent "
+                    f"{holder.agent_id!r}, whose session is alive; give this backend another "
+                    "name, or stop that agent (its registration lapses within "
+                    f"{hub.settings.lease_ttl}s of it stopping)"
+                )
+            # The same agent again (restarted without resuming): take over its record.
+            if await hub.store.put_if(
+                key, value, lease=lease, expect_mod_revision=current.mod_revision
+            ):
+                hub.metrics.store_writes.labels("spec").inc()
+                return current.lease if current.lease != lease else 0
+        raise NameTakenError(
+            f"backend name {register.backend.name!r} is contended; try again in a moment"
+        )
+
+    async def report(self, report: agent_pb2.Report) -> agent_pb2.ReportAck:
+        check_status(report.status, self.name)
+        self._hub.metrics.reports.inc()
+        async with self._write_lock:
+            action = self._throttle.offer(report.status, _now())
+            if action is Action.WRITE:
+                await self._write_status(report.status, self.lease)
+            elif action is Action.DEFER:
+                self._pending.set()
+        return agent_pb2.ReportAck(seq=report.seq)
+
+    async def flush_loop(self) -> None:
+        """Write deferred load updates when their interval is up; runs for the session."""
+        try:
+            await self._flush_forever()
+        except ControlPlaneError as exc:
+            self.stop(exc)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._pending.wait()
+            self._pending.clear()
+            while (due := self._throttle.due_at()) is not None:
+                delay = due - _now()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # rate limit, not synchronisation
+                    continue
+                async with self._write_lock:
+                    pending = self._throttle.pending
+                    if pending is not None:
+                        await self._write_status(pending, self.lease, kind="load")
+
+    async def _write_status(
+        self, status: types_pb2.BackendStatus, lease: int, kind: str = "status"
+    ) -> None:
+        hub = self._hub
+        try:
+            await hub.store.put(
+                hub.layout.status(self.name), status.SerializeToString(), lease=lease
+            )
+        except StoreError as exc:
+            raise translate_store_error(exc, f"writing the status of {self.name!r}") from exc
+        hub.metrics.store_writes.labels(kind).inc()
+        self._throttle.mark_written(status, _now())
+
+    async def goodbye(self, reason: str) -> None:
+        """The agent is leaving: its backend leaves routing now."""
+        if self._ended:
+            return
+        self._ended = True
+        self._hub.detach(self)
+        log.info("agent %s said goodbye for %s: %s", self.agent_id, self.name, reason or "-")
+        try:
+            await self._hub.leases.revoke(self.lease)
+        except StoreError as exc:
+            raise translate_store_error(exc, f"removing backend {self.name!r}") from exc
+        self._hub.metrics.store_writes.labels("revoke").inc()
+
+    def abandon(self) -> None:
+        """The stream ended without a goodbye: the backend lapses unless the agent resumes."""
+        if self._ended or not self._registered:
+            return
+        self._ended = True
+        self._hub.detach(self)
+        self._hub.leases.release(self.lease)
+        log.info(
+            "agent %s stream for %s ended without goodbye; session %s lapses in %ss",
+            self.agent_id,
+            self.name,
+            session_id_of(self.lease),
+            self._hub.settings.lease_ttl,
+        )
+
+    # Replica side -----------------------------------------------------------------------
+
+    def send(self, message: agent_pb2.ConnectResponse) -> None:
+        self.outbound.put_nowait(message)
+
+    def stop(self, error: ControlPlaneError) -> None:
+        if self.stop_error is None:
+            self.stop_error = error
+        self.stopped.set()
+
+
+def _now() -> float:
+    return time.monotonic()

@@ -1,0 +1,126 @@
+"""corral.v1.RoutingService: routing snapshots streamed to edges.
+
+Each subscriber has its own coroutine that sends the view's newest snapshot whenever the
+version moves: latest-only, so a slow edge skips versions and never holds up the others.
+Snapshots are serialized once per version and sent as bytes to every subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from typing import Any
+
+import grpc
+
+from controlplane.errors import ControlPlaneError, ShuttingDownError
+from controlplane.replica import Replica
+from controlplane.store.base import StoreError
+from controlplane.validation import MAX_AGENT_ID, check_text
+from corral.v1 import admin_pb2, routing_pb2
+
+log = logging.getLogger(__name__)
+
+SERVICE = "corral.v1.RoutingService"
+
+Context = grpc.aio.ServicerContext[routing_pb2.WatchSnapshotsRequest, bytes]
+
+
+def _identity(payload: bytes) -> bytes:
+    return payload
+
+
+class RoutingService:
+    def __init__(self, replica: Replica, *, presence_interval: float) -> None:
+        self._replica = replica
+        # An edge's presence record (its applied version) is rewritten at most this often.
+        self._presence_interval = presence_interval
+        self._streams = itertools.count(1)
+
+    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "WatchSnapshots": grpc.unary_stream_rpc_method_handler(
+                    self.watch_snapshots,
+                    request_deserializer=routing_pb2.WatchSnapshotsRequest.FromString,
+                    response_serializer=_identity,
+                )
+            },
+        )
+
+    async def watch_snapshots(
+        self, request: routing_pb2.WatchSnapshotsRequest, context: Context
+    ) -> None:
+        replica = self._replica
+        try:
+            parts = replica.parts()
+            check_text(request.edge_id, "edge_id", MAX_AGENT_ID)
+            check_text(request.listen_address, "listen_address", MAX_AGENT_ID)
+            check_text(request.cluster_id, "cluster_id", MAX_AGENT_ID)
+        except ControlPlaneError as exc:
+            replica.metrics.rejections.labels(exc.reason).inc()
+            await context.abort(exc.code, str(exc))
+            return
+        view = parts.view
+        wanted = request.last_applied_version
+        # Versions compare only within one cluster; another cluster (or none) gets ours.
+        floor_cluster = request.cluster_id if wanted > 0 else ""
+        if floor_cluster == view.cluster_id and view.version < wanted:
+            try:
+                await view.catch_up(wanted)
+            except StoreError as exc:
+                log.info("catch-up listing failed (%s); waiting for the watch instead", exc)
+        peer = context.peer()
+        edge_id = request.edge_id or peer
+        key = replica.layout.edge(edge_id, f"{replica.replica_id}#{next(self._streams)}")
+        info = admin_pb2.EdgeInfo(
+            edge_id=edge_id,
+            listen_address=request.listen_address,
+            controlplane_id=replica.replica_id,
+            peer=peer,
+            applied_version=wanted,
+            connected_unix_ms=int(time.time() * 1000),
+        )
+        await parts.edges.put(key, info)
+        replica.metrics.edges_connected.inc()
+        sent_cluster, sent_version = "", 0
+        recorded_version = wanted
+        next_record = 0.0
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if replica.stopping.is_set():
+                    raise ShuttingDownError("this control-plane replica is shutting down")
+                changed = view.version_event()
+                built = view.current()
+                behind = built.cluster_id == floor_cluster and built.version < wanted
+                if not behind and (
+                    built.cluster_id != sent_cluster or built.version > sent_version
+                ):
+                    await context.write(built.payload)
+                    replica.metrics.snapshots_sent.inc()
+                    sent_cluster, sent_version = built.cluster_id, built.version
+                    continue  # the view may have moved while we wrote
+                timeout = None
+                if sent_version != recorded_version:
+                    wait = next_record - loop.time()
+                    if wait <= 0:
+                        info.applied_version = sent_version
+                        await parts.edges.put(key, info)
+                        recorded_version = sent_version
+                        next_record = loop.time() + self._presence_interval
+                    else:
+                        timeout = wait
+                try:
+                    async with asyncio.timeout(timeout):
+                        await changed.wait()
+                except TimeoutError:
+                    pass
+        except ControlPlaneError as exc:
+            await context.abort(exc.code, str(exc))
+        finally:
+            replica.metrics.edges_connected.dec()
+            parts.edges.forget(key)

@@ -1,0 +1,380 @@
+"""Each replica's view of the routing state: list, then watch, then snapshots from it.
+
+The view lists the routing prefix at revision R and watches from R + 1. It never goes back
+in time: events at or below the view's revision are ignored, and a listing older than the
+view is dropped. On compaction it re-lists.
+
+Snapshot versions come from the store, never from a local counter, so an edge can move
+between replicas:
+
+- a watched event that changes the routing content sets the version to that event's
+  revision; events that change nothing (a rewrite of identical bytes) keep it. Every replica
+  that applies the same events therefore gives the same state the same version, whatever
+  batches the events arrived in;
+- a listing at revision R sets the version to R when the content differs from the view (or
+  on the first listing), and keeps it when the content is the same.
+
+Either way, version X always means "the store's routing content at revision X", so two
+replicas that give a version to a state agree on the content, and a replica can always catch
+up to a version an edge already has by listing the store again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from controlplane.backoff import Backoff
+from controlplane.keys import DrainFlag, KeyLayout, RoutingKind
+from controlplane.store.base import (
+    CompactedError,
+    EventType,
+    KeyValue,
+    Store,
+    StoreClosedError,
+    StoreUnavailableError,
+    WatchBatch,
+)
+from corral.v1 import routing_pb2, types_pb2
+
+log = logging.getLogger(__name__)
+
+DrainListener = Callable[[str, DrainFlag | None], None]
+SyncListener = Callable[[bool], Awaitable[None]]
+VersionListener = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class BuiltSnapshot:
+    """One snapshot, built and serialized once, however many edges it goes to."""
+
+    snapshot: types_pb2.Snapshot
+    # A serialized WatchSnapshotsResponse carrying the snapshot.
+    payload: bytes
+
+    @property
+    def version(self) -> int:
+        return self.snapshot.version
+
+    @property
+    def cluster_id(self) -> str:
+        return self.snapshot.cluster_id
+
+
+Records = dict[RoutingKind, dict[str, bytes]]
+
+
+def _empty_records() -> Records:
+    return {kind: {} for kind in RoutingKind}
+
+
+class RoutingView:
+    def __init__(
+        self,
+        store: Store,
+        layout: KeyLayout,
+        *,
+        on_sync: SyncListener | None = None,
+        on_drain: DrainListener | None = None,
+        on_version: VersionListener | None = None,
+        on_listing: Callable[[], None] | None = None,
+        probe_interval: float = 2.0,
+    ) -> None:
+        self._store = store
+        self._layout = layout
+        self._on_sync = on_sync
+        self._on_drain = on_drain
+        self._on_version = on_version
+        self._on_listing = on_listing
+        self._probe_interval = probe_interval
+        self._records = _empty_records()
+        self._backend_cache: dict[str, types_pb2.Backend | None] = {}
+        self._built: BuiltSnapshot | None = None
+        self.cluster_id = ""
+        # The store revision the view reflects; it only grows (within one cluster id).
+        self.revision = 0
+        # The revision at which the content last changed; what snapshots carry.
+        self.version = 0
+        # Synced: listed and watching, and the store answered its last probe.
+        self.synced = False
+        self._watching = False
+        self._store_ok = True
+        self.listings = 0
+        self._version_event = asyncio.Event()
+        self._progress_event = asyncio.Event()
+        self._relist_lock = asyncio.Lock()
+
+    # Running ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Keep the view in sync with the store (and say whether it is), until cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._follow(), name="routing watch")
+            tasks.create_task(self._probe(), name="store probe")
+
+    async def _follow(self) -> None:
+        """List then watch, forever; re-list on compaction, retry while the store is down."""
+        backoff = Backoff()
+        while True:
+            try:
+                revision, kvs = await self._store.get_prefix(self._layout.routing)
+                self.apply_listing(revision, kvs, self._store.cluster_id)
+                self._store_ok = True
+                await self._set_watching(True)
+                backoff.reset()
+                stream = self._store.watch_prefix(self._layout.routing, self.revision + 1)
+                try:
+                    async for batch in stream:
+                        self.apply_batch(batch)
+                finally:
+                    aclose = getattr(stream, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+                log.warning("the routing watch ended; listing again")
+            except CompactedError as exc:
+                log.info("routing watch compacted (%s); listing again", exc)
+            except StoreUnavailableError as exc:
+                await self._set_watching(False)
+                delay = backoff.next_delay()
+                log.warning("store unavailable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+            except StoreClosedError:
+                await self._set_watching(False)
+                raise
+
+    async def _probe(self) -> None:
+        """Ask the store something small now and then: a watch that waits through an
+        outage says nothing, but health must say when the store is gone."""
+        while True:
+            await asyncio.sleep(self._probe_interval)
+            try:
+                await self._store.get(self._layout.routing)
+            except StoreUnavailableError as exc:
+                if self._store_ok:
+                    log.warning("store probe failed: %s", exc)
+                self._store_ok = False
+            else:
+                self._store_ok = True
+            await self._update_synced()
+
+    async def _set_watching(self, watching: bool) -> None:
+        self._watching = watching
+        await self._update_synced()
+
+    async def catch_up(self, at_least: int) -> None:
+        """Re-list the store so the version reaches at_least, if the store has got there.
+
+        For an edge that applied version `at_least` from another replica: the store's
+        revision is at least that, so after a listing this view is too.
+        """
+        async with self._relist_lock:
+            if self.version >= at_least:
+                return
+            revision, kvs = await self._store.get_prefix(self._layout.routing)
+            self.apply_listing(revision, kvs, self._store.cluster_id, at_least=at_least)
+
+    async def _update_synced(self) -> None:
+        synced = self._watching and self._store_ok
+        if synced == self.synced:
+            return
+        self.synced = synced
+        if self._on_sync is not None:
+            await self._on_sync(synced)
+
+    # Applying store data ----------------------------------------------------------------
+
+    def apply_listing(
+        self, revision: int, kvs: Sequence[KeyValue], cluster_id: str, *, at_least: int = 0
+    ) -> None:
+        self.listings += 1
+        if self._on_listing is not None:
+            self._on_listing()
+        if cluster_id != self.cluster_id:
+            if self.cluster_id:
+                log.warning(
+                    "store cluster id changed from %s to %s; starting over",
+                    self.cluster_id,
+                    cluster_id,
+                )
+            self.cluster_id = cluster_id
+            self.revision = 0
+            self.version = 0
+        elif revision <= self.revision:
+            # Older than what we have: never go back. Our content at self.revision equals
+            # the content at self.version, so a catch-up may name it by the later revision.
+            if self.version < at_least:
+                self._set_version(self.revision)
+            self._progress()
+            return
+        records = _empty_records()
+        for kv in kvs:
+            parsed = self._layout.parse_routing(kv.key)
+            if parsed is not None:
+                records[parsed[0]][parsed[1]] = kv.value
+        old = self._records
+        changed = records != old
+        self._records = records
+        first = self.version == 0
+        self.revision = revision
+        if changed:
+            self._backend_cache.clear()
+            self._built = None
+        if changed or first or self.version < at_least:
+            self._set_version(revision)
+        self._progress()
+        if changed:
+            self._notify_drains(old[RoutingKind.DRAIN], records[RoutingKind.DRAIN])
+
+    def apply_batch(self, batch: WatchBatch) -> None:
+        last_change = 0
+        # An event-less batch (a progress notice) vouches for every revision up to its own;
+        # otherwise trust only the events themselves, so a later batch can never hold an
+        # event we would take for one already applied.
+        reached = batch.revision if not batch.events else 0
+        drains_before: dict[str, bytes] | None = None
+        for event in batch.events:
+            kv = event.kv
+            reached = max(reached, kv.mod_revision)
+            if kv.mod_revision <= self.revision:
+                continue  # already in the view (we listed after it): never go back
+            parsed = self._layout.parse_routing(kv.key)
+            if parsed is None:
+                continue
+            kind, name = parsed
+            if kind is RoutingKind.DRAIN and drains_before is None:
+                drains_before = dict(self._records[RoutingKind.DRAIN])
+            value = kv.value if event.type is EventType.PUT else None
+            if self._apply_record(kind, name, value):
+                last_change = kv.mod_revision
+        self.revision = max(self.revision, reached)
+        if last_change:
+            self._built = None
+            self._set_version(last_change)
+        self._progress()
+        if drains_before is not None:
+            self._notify_drains(drains_before, self._records[RoutingKind.DRAIN])
+
+    def _apply_record(self, kind: RoutingKind, name: str, value: bytes | None) -> bool:
+        table = self._records[kind]
+        old = table.get(name)
+        if value is None:
+            if old is None:
+                return False
+            del table[name]
+        else:
+            if old == value:
+                return False
+            table[name] = value
+        if kind is not RoutingKind.ALIAS:
+            self._backend_cache.pop(name, None)
+        return True
+
+    def _notify_drains(self, before: dict[str, bytes], after: dict[str, bytes]) -> None:
+        if self._on_drain is None:
+            return
+        for name in sorted(before.keys() | after.keys()):
+            old, new = before.get(name), after.get(name)
+            if (old is None) != (new is None):
+                self._on_drain(name, DrainFlag.decode(new) if new is not None else None)
+
+    def _set_version(self, version: int) -> None:
+        if version == self.version:
+            return
+        self.version = version
+        self._built = None
+        event, self._version_event = self._version_event, asyncio.Event()
+        event.set()
+        if self._on_version is not None:
+            self._on_version(version)
+
+    def _progress(self) -> None:
+        event, self._progress_event = self._progress_event, asyncio.Event()
+        event.set()
+
+    # Waiting ----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Wake everyone waiting on the version (shutdown), without changing it."""
+        event, self._version_event = self._version_event, asyncio.Event()
+        event.set()
+
+    def version_event(self) -> asyncio.Event:
+        """Set when the version next changes; take it before reading the version."""
+        return self._version_event
+
+    async def wait_revision(self, revision: int) -> None:
+        """Wait until the view reflects store revision `revision` (read-your-writes)."""
+        while self.revision < revision:
+            await self._progress_event.wait()
+
+    # Reading ----------------------------------------------------------------------------
+
+    def backend(self, name: str) -> types_pb2.Backend | None:
+        if name in self._backend_cache:
+            return self._backend_cache[name]
+        raw_spec = self._records[RoutingKind.SPEC].get(name)
+        backend: types_pb2.Backend | None = None
+        if raw_spec is not None:
+            backend = types_pb2.Backend()
+            try:
+                backend.ParseFromString(raw_spec)
+                raw_status = self._records[RoutingKind.STATUS].get(name)
+                if raw_status is not None:
+                    backend.status.ParseFromString(raw_status)
+            except DecodeError:
+                log.warning("backend %r: undecodable record in the store; left out", name)
+                backend = None
+            else:
+                # The key is authoritative for the name.
+                backend.spec.name = name
+                backend.drained = name in self._records[RoutingKind.DRAIN]
+        self._backend_cache[name] = backend
+        return backend
+
+    def backend_names(self) -> list[str]:
+        return sorted(self._records[RoutingKind.SPEC])
+
+    def backends(self) -> list[types_pb2.Backend]:
+        found = (self.backend(name) for name in self.backend_names())
+        return [b for b in found if b is not None]
+
+    def drain_flag(self, name: str) -> DrainFlag | None:
+        raw = self._records[RoutingKind.DRAIN].get(name)
+        return DrainFlag.decode(raw) if raw is not None else None
+
+    def aliases(self) -> list[types_pb2.ModelAlias]:
+        out: list[types_pb2.ModelAlias] = []
+        for name, raw in sorted(self._records[RoutingKind.ALIAS].items()):
+            alias = types_pb2.ModelAlias()
+            try:
+                alias.ParseFromString(raw)
+            except DecodeError:
+                log.warning("alias %r: undecodable record in the store; left out", name)
+                continue
+            alias.name = name
+            out.append(alias)
+        return out
+
+    def alias(self, name: str) -> types_pb2.ModelAlias | None:
+        return next((a for a in self.aliases() if a.name == name), None)
+
+    def current(self) -> BuiltSnapshot:
+        """The snapshot at the view's version, built once per version."""
+        built = self._built
+        if built is None or built.version != self.version or built.cluster_id != self.cluster_id:
+            snapshot = types_pb2.Snapshot(
+                version=self.version,
+                cluster_id=self.cluster_id,
+                backends=self.backends(),
+                aliases=self.aliases(),
+                created_unix_ms=int(time.time() * 1000),
+            )
+            payload = routing_pb2.WatchSnapshotsResponse(snapshot=snapshot).SerializeToString()
+            built = BuiltSnapshot(snapshot=snapshot, payload=payload)
+            self._built = built
+        return built
