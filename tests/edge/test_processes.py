@@ -1,0 +1,148 @@
+"""Edges as real processes (`corral edge`): agreement between edges, workers, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from openai import AsyncOpenAI
+
+from tests.edge.snapshot_server import SnapshotServer, from_fake, snapshot
+from tests.fakes import FakeServer, running_fakes
+from tests.support.net import eventually, free_port
+
+MODEL = "m"
+CORRAL = str(Path(sys.executable).with_name("corral"))
+
+
+class EdgeProcess:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.proc, self.port, self.log = proc, port, log
+        self.url = f"http://127.0.0.1:{port}"
+        self.client = AsyncOpenAI(base_url=f"{self.url}/v1", api_key="x", max_retries=0)
+
+    async def wait_version(self, http: aiohttp.ClientSession, version: int) -> None:
+        async def check() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"edge exited: {self.log.read_text()}")
+            try:
+                async with http.get(f"{self.url}/readyz") as resp:
+                    return bool((await resp.json()).get("snapshot_version", -1) >= version)
+            except aiohttp.ClientConnectionError:
+                return False
+
+        await eventually(check, within=30)
+
+    async def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(self.proc.wait, 20)
+        await self.client.close()
+        return code
+
+
+@pytest.fixture
+async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., EdgeProcess]]:
+    """Start `corral edge` processes; all are stopped at the end."""
+    started: list[EdgeProcess] = []
+
+    def start(server: SnapshotServer, *extra: str) -> EdgeProcess:
+        port = free_port()
+        n = len(started)
+        log = tmp_path / f"edge-{n}.log"
+        args = [
+            CORRAL,
+            "edge",
+            "--controlplane",
+            server.address,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--state-dir",
+            str(tmp_path / f"state-{n}"),
+            *extra,
+        ]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        edge = EdgeProcess(proc, port, log)
+        started.append(edge)
+        return edge
+
+    try:
+        yield start
+    finally:
+        for edge in started:
+            if edge.proc.poll() is None:
+                edge.proc.kill()
+                edge.proc.wait()
+
+
+async def backend_of(client: AsyncOpenAI, **kwargs: Any) -> str:
+    raw = await client.chat.completions.with_raw_response.create(model=MODEL, **kwargs)
+    raw.parse()
+    return raw.headers["x-corral-backend"]
+
+
+async def test_two_edges_agree_on_sticky_backends(
+    snapshots: SnapshotServer, spawn: Callable[..., EdgeProcess]
+) -> None:
+    """Two separate edge processes send each session and each conversation to the same
+    backend, without talking to each other."""
+    fakes = [FakeServer("vllm", [MODEL], name) for name in ("a", "b", "c", "d")]
+    async with running_fakes(*fakes), aiohttp.ClientSession() as http:
+        snapshots.publish(snapshot(1, [from_fake(f) for f in fakes]))
+        one, two = spawn(snapshots), spawn(snapshots)
+        await one.wait_version(http, 1)
+        await two.wait_version(http, 1)
+        homes = set()
+        for i in range(12):
+            kwargs: dict[str, Any] = {
+                "messages": [{"role": "user", "content": "same question"}],
+                "extra_headers": {"X-Corral-Session": f"session-{i}"},
+            }
+            first = await backend_of(one.client, **kwargs)
+            assert await backend_of(two.client, **kwargs) == first
+            homes.add(first)
+            conversation = [
+                {"role": "system", "content": "shared system prompt"},
+                {"role": "user", "content": f"conversation {i}"},
+            ]
+            a = await backend_of(one.client, messages=conversation)
+            conversation += [
+                {"role": "assistant", "content": "an answer"},
+                {"role": "user", "content": "and then?"},
+            ]
+            assert await backend_of(two.client, messages=conversation) == a
+        assert len(homes) >= 3
+        assert await one.terminate() == 0
+        assert await two.terminate() == 0
+
+
+async def test_workers_share_one_port(
+    snapshots: SnapshotServer, spawn: Callable[..., EdgeProcess]
+) -> None:
+    """--workers 2 serves on one port from two processes and stops cleanly on SIGTERM."""
+    async with (
+        running_fakes(FakeServer("vllm", [MODEL], "w")) as (fake,),
+        aiohttp.ClientSession() as http,
+    ):
+        snapshots.publish(snapshot(1, [from_fake(fake)]))
+        edge = spawn(snapshots, "--workers", "2", "--edge-id", "multi")
+        await edge.wait_version(http, 1)
+        await eventually(lambda: snapshots.watchers >= 2, within=30)
+        ids = {request.edge_id for request, _ in snapshots.requests}
+        assert ids == {"multi/0", "multi/1"}
+        results = await asyncio.gather(
+            *(
+                backend_of(edge.client, messages=[{"role": "user", "content": f"{i}"}])
+                for i in range(20)
+            )
+        )
+        assert set(results) == {"w"}
+        assert await edge.terminate() == 0
+        assert "Traceback" not in edge.log.read_text()
