@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard
 
@@ -336,23 +336,17 @@ def _document_part(block: Mapping[str, Any], where: str) -> JSON:
     raise invalid_request(f"{where}: only plain-text documents can be forwarded to this backend")
 
 
-def _user_parts(blocks: Iterable[Mapping[str, Any]], where: str) -> list[JSON]:
-    parts: list[JSON] = []
-    for j, block in enumerate(blocks):
-        kind = block["type"]
-        if kind == "text":
-            parts.append({"type": "text", "text": block["text"]})
-        elif kind == "image":
-            parts.append(_image_part(block, f"{where}.{j}"))
-        elif kind == "document":
-            parts.append(_document_part(block, f"{where}.{j}"))
-        elif kind in ("thinking", "redacted_thinking"):
-            continue
-        else:
-            raise invalid_request(
-                f"{where}.{j}.type: content blocks of type {kind!r} cannot be forwarded here"
-            )
-    return parts
+def _user_part(block: Mapping[str, Any], where: str) -> JSON | None:
+    kind = block["type"]
+    if kind == "text":
+        return {"type": "text", "text": block["text"]}
+    if kind == "image":
+        return _image_part(block, where)
+    if kind == "document":
+        return _document_part(block, where)
+    if kind in ("thinking", "redacted_thinking"):
+        return None
+    raise invalid_request(f"{where}.type: content blocks of type {kind!r} cannot be forwarded here")
 
 
 def _parts_content(parts: list[JSON]) -> str | list[JSON]:
@@ -424,22 +418,16 @@ def _translate_message(message: Mapping[str, Any], where: str) -> list[JSON]:
     # A user turn: tool results first (OpenAI wants them right after the assistant's calls),
     # then whatever else the turn says, as one user message.
     tool_messages: list[JSON] = []
-    result_images: list[JSON] = []
-    rest: list[Mapping[str, Any]] = []
-    rest_at: list[int] = []
+    images: list[JSON] = []  # from tool results: tool messages carry text only
+    parts: list[JSON] = []
     for j, block in enumerate(content):
         if block["type"] == "tool_result":
-            tool_message, images = _tool_result_messages(block, f"{where}.{j}")
+            tool_message, result_images = _tool_result_messages(block, f"{where}.{j}")
             tool_messages.append(tool_message)
-            result_images.extend(images)
-        else:
-            rest.append(block)
-            rest_at.append(j)
-    parts = result_images + [
-        part
-        for j, block in zip(rest_at, rest, strict=True)
-        for part in _user_parts([block], f"{where}.{j}")
-    ]
+            images.extend(result_images)
+        elif (part := _user_part(block, f"{where}.{j}")) is not None:
+            parts.append(part)
+    parts = images + parts
     if not tool_messages:
         return [{"role": "user", "content": _parts_content(parts) if parts else ""}]
     if parts:
@@ -760,7 +748,9 @@ class StreamTranslator:
     content_block_stop (one block open at a time, indices 0, 1, 2...), then message_delta
     (stop_reason, usage) and message_stop. Text becomes `text_delta`s, each OpenAI tool call
     (keyed by its `index`) a tool_use block fed by `input_json_delta` fragments, and, when the
-    client asked for thinking, backend reasoning a thinking block.
+    client asked for thinking, backend reasoning a thinking block. A late fragment of an earlier
+    tool call (from a backend interleaving parallel calls) still goes to that call's block index,
+    which the SDK's accumulator handles; no backend we know of does that.
 
     The closing pair is sent at the upstream `[DONE]` (after the usage-only chunk that
     `stream_options.include_usage` makes backends send), or by `finish()` when the upstream
