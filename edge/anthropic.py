@@ -460,13 +460,21 @@ def _translate_tool_choice(choice: Mapping[str, Any]) -> str | JSON:
 
 
 def to_openai_request(
-    body: Mapping[str, Any], *, model: str | None = None, top_k: bool = True
+    body: Mapping[str, Any],
+    *,
+    model: str | None = None,
+    top_k: bool = True,
+    max_tokens_limit: int | None = None,
 ) -> JSON:
     """The `/v1/chat/completions` body for a validated Messages body.
 
     `model` replaces the requested name (the backend's own name for an alias). `top_k` is not an
     OpenAI field; vLLM, SGLang, llama.cpp and Ollama accept it as an extra, strict
     OpenAI servers reject it: pass `top_k=False` for those and it is dropped.
+    `max_tokens_limit` caps max_tokens (at least 1): Anthropic clients ask for far more than a
+    small local context holds (Claude Code asks for 32,000), and vLLM refuses a request whose
+    prompt plus max_tokens exceeds its context; the edge can pass the context length minus
+    the estimated prompt.
     """
     messages: list[JSON] = []
     system = _system_text(body.get("system"))
@@ -479,6 +487,8 @@ def to_openai_request(
         "messages": messages,
         "max_tokens": body["max_tokens"],
     }
+    if max_tokens_limit is not None:
+        out["max_tokens"] = max(1, min(body["max_tokens"], max_tokens_limit))
     for name in ("temperature", "top_p"):
         if body.get(name) is not None:
             out[name] = body[name]

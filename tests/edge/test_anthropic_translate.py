@@ -321,6 +321,10 @@ def test_sampling_stop_stream_and_metadata_fields_translate() -> None:
     assert "top_k" not in strict
     assert strict["model"] == "backend/name"
     assert "stream" not in translated(stream=False)
+    capped = validate_messages_request(body(max_tokens=32_000))
+    assert to_openai_request(capped, max_tokens_limit=4096)["max_tokens"] == 4096
+    assert to_openai_request(capped, max_tokens_limit=-7)["max_tokens"] == 1
+    assert to_openai_request(body(max_tokens=100), max_tokens_limit=4096)["max_tokens"] == 100
 
 
 def test_multi_part_content_and_images() -> None:
