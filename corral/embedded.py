@@ -142,6 +142,8 @@ async def serve(config: CorralConfig) -> None:
                     controlplane=(up.controlplane_listen,),
                     backend=url,
                     name=name,
+                    # One process holds every agent: keep their identities apart.
+                    agent_id=f"{config.agent.agent_id or 'up'}/{name}",
                     type="openai" if name.startswith("demo-") else config.agent.type,
                     # Only agents serve their own HTTP; in one process they share ours.
                     metrics_listen=None,

@@ -1,0 +1,76 @@
+"""`corral up --demo`: the newcomer's first command, run as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+
+from tests.support.net import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CORRAL = str(Path(sys.executable).with_name("corral"))
+
+
+async def _read_until(stream: asyncio.StreamReader, marker: bytes, within: float) -> bytes:
+    seen = b""
+    async with asyncio.timeout(within):
+        while marker not in seen:
+            line = await stream.readline()
+            if not line:
+                raise AssertionError(f"corral up exited before {marker!r}; output:\n{seen!r}")
+            seen += line
+    return seen
+
+
+async def test_up_demo_serves_chat_and_streams_then_stops_cleanly() -> None:
+    """`corral up --demo` prints its banner, answers chat (plain and streamed), exits on SIGTERM."""
+    edge_port, cp_port = free_port(), free_port()
+    proc = await asyncio.create_subprocess_exec(
+        CORRAL, "up", "--demo", "--no-discover",
+        "--listen", f"127.0.0.1:{edge_port}",
+        "--controlplane-listen", f"127.0.0.1:{cp_port}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env={**os.environ, "CORRAL_LOG_LEVEL": "WARNING"},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        banner = await _read_until(proc.stdout, b"Stop with Ctrl-C.", within=60)
+        assert b"corral-demo-echo" in banner
+        assert f"http://127.0.0.1:{edge_port}/v1/chat/completions".encode() in banner
+
+        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{edge_port}/v1", api_key="x")
+        async with client:
+            reply = await client.chat.completions.create(
+                model="corral-demo-echo",
+                messages=[{"role": "user", "content": "Hello, Corral!"}],
+            )
+            assert reply.choices[0].message.content is not None
+            assert reply.choices[0].message.content.endswith("you said: Hello, Corral!")
+
+            pieces = []
+            stream = await client.chat.completions.create(
+                model="corral-demo-echo",
+                messages=[{"role": "user", "content": "stream me"}],
+                stream=True,
+            )
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    pieces.append(chunk.choices[0].delta.content)
+            assert len(pieces) > 1, "the answer should arrive in several chunks"
+            assert "".join(pieces).endswith("you said: stream me")
+
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
