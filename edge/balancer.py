@@ -29,6 +29,8 @@ class Full:
 FULL: Final = Full()
 
 Pick = tuple[BackendState, str]
+# (ticket, names of the backends it could use, future set when a slot may be free)
+_Waiter = tuple[int, frozenset[str], "asyncio.Future[None]"]
 
 
 class Balancer:
@@ -40,7 +42,8 @@ class Balancer:
         self.table: RoutingTable | None = None
         self.rng = rng or random.Random()
         self._eps = config.bounded_load_epsilon
-        self._waiters: deque[tuple[frozenset[str], asyncio.Future[None]]] = deque()
+        self._waiters: deque[_Waiter] = deque()
+        self._tickets = 0
 
     # -- snapshots -------------------------------------------------------------------------
 
@@ -49,7 +52,7 @@ class Balancer:
         table = build_table(snapshot, self.states)
         self.table = table
         while self._waiters:
-            _, fut = self._waiters.popleft()
+            _, _, fut = self._waiters.popleft()
             if not fut.done():
                 fut.set_result(None)
         return table
@@ -135,30 +138,53 @@ class Balancer:
             raise too_busy(route.name)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.queue_wait_seconds
-        front = False
+        self._tickets += 1
+        ticket = self._tickets
         while True:
             fut: asyncio.Future[None] = loop.create_future()
-            entry = (route.names, fut)
-            if front:
-                self._waiters.appendleft(entry)
-            else:
-                self._waiters.append(entry)
+            entry = (ticket, route.names, fut)
+            self._enqueue(entry)
+            woken = False
             try:
                 async with asyncio.timeout_at(deadline):
                     await fut
+                woken = True
             except TimeoutError:
                 raise too_busy(route.name) from None
             finally:
-                if not fut.done():
-                    fut.cancel()
-                    self._discard(entry)
+                if not woken:
+                    if fut.done() and not fut.cancelled():
+                        # Woken, but leaving anyway (timeout or client gone): pass it on.
+                        self._wake(route.names)
+                    else:
+                        fut.cancel()
+                        self._discard(entry)
             route = self.route_for(route.name)
             found = self.pick(route, key, excluded)
             if not isinstance(found, Full):
                 return found
-            front = True  # lost the race for the slot: keep our place in line
+            # Lost the race for the slot: back in line, in our original place.
 
-    def _discard(self, entry: tuple[frozenset[str], asyncio.Future[None]]) -> None:
+    def _enqueue(self, entry: _Waiter) -> None:
+        waiters = self._waiters
+        if not waiters or waiters[-1][0] < entry[0]:
+            waiters.append(entry)
+            return
+        for index, other in enumerate(waiters):
+            if other[0] > entry[0]:
+                waiters.insert(index, entry)
+                return
+        waiters.append(entry)
+
+    def _wake(self, names: frozenset[str]) -> None:
+        """Wake the first waiter that could use one of these backends."""
+        for entry in self._waiters:
+            if not names.isdisjoint(entry[1]) and not entry[2].done():
+                self._waiters.remove(entry)
+                entry[2].set_result(None)
+                return
+
+    def _discard(self, entry: _Waiter) -> None:
         with contextlib.suppress(ValueError):
             self._waiters.remove(entry)
 
@@ -176,10 +202,9 @@ class Balancer:
         if self._waiters:
             name = backend.name
             for entry in self._waiters:
-                names, fut = entry
-                if name in names and not fut.done():
+                if name in entry[1] and not entry[2].done():
                     self._waiters.remove(entry)
-                    fut.set_result(None)
+                    entry[2].set_result(None)
                     return
 
     def succeeded(self, backend: BackendState) -> None:

@@ -189,8 +189,13 @@ class Proxy:
             status = exc.status
             raise
         except asyncio.CancelledError:
-            status = 499  # the client went away
+            status = 499  # the client went away (aiohttp cancels its handler)
             raise
+        except ConnectionResetError:
+            # The client went away while we wrote to it; the upstream request is already
+            # closed. aiohttp drops this response quietly on the dead connection.
+            status = 499
+            return web.Response(status=499)
         finally:
             metrics.request(
                 route.name, backend_name, status, endpoint.name, time.monotonic() - started
