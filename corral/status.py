@@ -197,6 +197,8 @@ def render_text(status: ClusterStatus, *, now: float | None = None) -> str:
     if reasons:
         out.append("")
         out.extend(f"  {name}: {reason}" for name, reason in reasons)
+    if any(m.loaded for b in status.backends for m in b.status.models):
+        out.append("  (* loaded in memory now)")
     out.append("")
     out.append(f"EDGES ({len(status.edges)})")
     if status.edges:

@@ -94,6 +94,7 @@ def test_render_text_columns_line_up_and_say_what_is_missing() -> None:
     assert "1/0/-" in row_b  # no KV-cache figure from this server
     assert row_b[header.index("DRAINED") :].startswith("yes")
     assert "  b: probe /: connection refused" in lines  # why b is down
+    assert "  (* loaded in memory now)" in lines
     assert "(no edges connected)" in text
 
 
@@ -101,6 +102,7 @@ def test_render_text_with_nothing_registered() -> None:
     """An empty cluster says so instead of printing bare headers."""
     text = render_text(ClusterStatus(version=0, backends=(), edges=()))
     assert "(no backends registered)" in text
+    assert "loaded in memory" not in text
     assert "(no edges connected)" in text
 
 
