@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import openai
+import orjson
 import pytest
 
 from tests.edge.conftest import StartEdge
@@ -103,3 +106,38 @@ async def test_alias_rewrites_model(snapshots: SnapshotServer, start_edge: Start
         )
         assert completion.choices[0].message.content == "[ollama-a] hi"
         assert fake.requests[-1].body_json["model"] == canonical
+
+
+async def test_first_chunk_is_not_held_back(
+    snapshots: SnapshotServer, start_edge: StartEdge
+) -> None:
+    """The first streamed chunk reaches the client with the headers while the backend is
+    still streaming: nothing is buffered."""
+    async with running_fakes(FakeServer("vllm", [MODEL], "vllm-a")) as (fake,):
+        fake.stream_chunks = 3
+        fake.chunk_delay = 1.0  # later chunks are far behind the first
+        snapshots.publish(snapshot(1, [from_fake(fake)]))
+        running = await start_edge(snapshots)
+        await running.wait_version(1)
+        body = orjson.dumps(
+            {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "a b c"}]}
+        )
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", int(running.config.listen.split(":")[1])
+        )
+        try:
+            writer.write(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\n"
+                b"Content-Type: application/json\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
+                + body
+            )
+            await writer.drain()
+            first = await reader.read(65536)
+            head, _, rest = first.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            assert b"data: " in rest  # the first chunk came in the same read as the headers
+            assert fake.inflight == 1  # and the stream is still going
+        finally:
+            writer.close()
