@@ -36,6 +36,7 @@ from corral import __version__
 from corral.cli import build_parser, config_from_args
 from corral.config import SECTIONS, ConfigError, load
 from corral.v1 import types_pb2
+from tests.support.etcd import etcd_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -953,3 +954,32 @@ def test_every_agent_in_deploy_registers_a_spec_the_control_plane_accepts(tmp_pa
         assert agent.name, f"{where}: name the backend explicitly"
         seen += 1
     assert seen == 5  # compose: ollama, vllm; k8s: sidecar, DaemonSet; systemd template
+
+
+# ---------------------------------------------------------------- etcd flags
+
+
+def etcd_command_lines() -> Iterator[tuple[str, list[str]]]:
+    for name, service in compose_services().items():
+        if service["image"].startswith("quay.io/coreos/etcd:"):
+            yield f"compose {name}", service["command"]
+    for workload in workloads():
+        for container in containers(workload):
+            if container["image"].startswith("quay.io/coreos/etcd:"):
+                yield k8s_id(workload), [*container["command"], *container["args"]]
+
+
+def test_etcd_flags_are_real_etcd_flags() -> None:
+    """Every flag given to etcd in deploy/ is one the real etcd 3.5 binary documents."""
+    result = subprocess.run(
+        [etcd_binary(), "--help"], capture_output=True, text=True, timeout=30, check=False
+    )
+    known = set(re.findall(r"(?m)^\s+(--[a-z0-9-]+)", result.stdout + result.stderr))
+    assert "--initial-cluster" in known  # the help text was read
+    lines = list(etcd_command_lines())
+    assert len(lines) == 4  # three compose members and the StatefulSet
+    for where, argv in lines:
+        assert argv[0] == "/usr/local/bin/etcd", where
+        for arg in argv[1:]:
+            flag = arg.split("=", 1)[0]
+            assert flag in known, f"{where}: etcd has no flag {flag}"
