@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--controlplane", default="127.0.0.1:7701")
     status.add_argument("--admin-token-file")
     status.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    status.add_argument("--ca-file", help="speak TLS, trusting this CA bundle")
+    status.add_argument("--cert-file", help="client certificate for mutual TLS")
+    status.add_argument("--key-file", help="client key for mutual TLS")
     return parser
 
 

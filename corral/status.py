@@ -54,13 +54,50 @@ def read_token(path: str) -> str:
     return token
 
 
+@dataclass(frozen=True)
+class Tls:
+    """TLS towards the control plane: the CA to trust, and a client pair for mutual TLS."""
+
+    ca_file: str
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """Channel credentials from the files; StatusError (exit 2) when one is unusable."""
+        if (self.cert_file is None) != (self.key_file is None):
+            raise StatusError("--cert-file and --key-file go together", 2)
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read_file(self.ca_file, "CA file"),
+            private_key=_read_file(self.key_file, "key file") if self.key_file else None,
+            certificate_chain=_read_file(self.cert_file, "certificate file")
+            if self.cert_file
+            else None,
+        )
+
+
+def _read_file(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise StatusError(f"cannot read {what} {path}: {exc.strerror}", 2) from None
+
+
 def fetch(
-    target: str, token: str | None, *, timeout: float = CALL_TIMEOUT_SECONDS
+    target: str,
+    token: str | None,
+    *,
+    tls: Tls | None = None,
+    timeout: float = CALL_TIMEOUT_SECONDS,
 ) -> ClusterStatus:
     """Ask the control plane at target (HOST:PORT) for its backends and edges."""
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    channel = (
+        grpc.secure_channel(target, tls.credentials())
+        if tls is not None
+        else grpc.insecure_channel(target)
+    )
     try:
-        with grpc.insecure_channel(target) as channel:
+        with channel:
             stub = admin_pb2_grpc.AdminServiceStub(channel)
             backends = stub.ListBackends(
                 admin_pb2.ListBackendsRequest(), timeout=timeout, metadata=metadata
@@ -234,9 +271,15 @@ def render_json(status: ClusterStatus) -> str:
 
 def run_status(args: argparse.Namespace) -> int:
     """Entry point of `corral status`: print the cluster's state; 0, or 1/2 with a message."""
+    ca_file = getattr(args, "ca_file", None)
+    cert_file = getattr(args, "cert_file", None)
+    key_file = getattr(args, "key_file", None)
     try:
+        if (cert_file or key_file) and not ca_file:
+            raise StatusError("--cert-file and --key-file need --ca-file", 2)
+        tls = Tls(ca_file, cert_file, key_file) if ca_file else None
         token = read_token(args.admin_token_file) if args.admin_token_file else None
-        status = fetch(args.controlplane, token)
+        status = fetch(args.controlplane, token, tls=tls)
     except StatusError as exc:
         print(f"corral status: {exc}", file=sys.stderr)
         return exc.exit_code

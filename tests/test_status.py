@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -25,6 +26,7 @@ from corral.v1 import (
     routing_pb2_grpc,
     types_pb2,
 )
+from tests.support.etcd import make_tls_files
 from tests.support.net import eventually, free_port
 
 CORRAL = str(Path(sys.executable).parent / "corral")
@@ -127,8 +129,8 @@ class ControlPlane:
     config: ControlPlaneConfig
 
 
-@pytest.fixture
-async def controlplane() -> AsyncIterator[ControlPlane]:
+@contextlib.asynccontextmanager
+async def running_controlplane(**overrides: Any) -> AsyncIterator[ControlPlane]:
     """One control-plane replica with an in-memory store and tokens for every door."""
     import controlplane as cp
 
@@ -140,6 +142,7 @@ async def controlplane() -> AsyncIterator[ControlPlane]:
         edge_token=Secret(EDGE_TOKEN),
         replica_id=REPLICA,
         shutdown_grace_seconds=1.0,
+        **overrides,
     )
     ready = asyncio.Event()
     task = asyncio.create_task(cp.serve(config, ready=ready))
@@ -157,6 +160,13 @@ async def controlplane() -> AsyncIterator[ControlPlane]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@pytest.fixture
+async def controlplane() -> AsyncIterator[ControlPlane]:
+    """A plain-text control plane for one test."""
+    async with running_controlplane() as cp:
+        yield cp
 
 
 def _spec() -> types_pb2.BackendSpec:
@@ -385,4 +395,47 @@ async def test_unreadable_token_file_exits_2(tmp_path: Path) -> None:
     )
     assert rc == 2
     assert "cannot read admin token file" in err
+    assert "Traceback" not in err
+
+
+async def test_status_over_tls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--ca-file speaks TLS to a TLS control plane; without it the same call fails clearly."""
+    tls = make_tls_files(tmp_path / "tls")
+    token_file = _token_file(tmp_path, ADMIN_TOKEN)
+    async with running_controlplane(
+        tls_cert_file=str(tls.server_cert), tls_key_file=str(tls.server_key)
+    ) as cp:
+        args = _args(cp.address, token_file, as_json=False)
+        args.ca_file, args.cert_file, args.key_file = str(tls.ca), None, None
+        rc = await asyncio.to_thread(run_status, args)
+        assert rc == 0
+        assert "BACKENDS (0)" in capsys.readouterr().out
+
+        rc, out, err = await _run_cli(
+            "status", "--controlplane", cp.address, "--admin-token-file", token_file
+        )
+        assert rc == 1
+        assert out == ""
+        assert f"cannot reach the control plane at {cp.address}" in err
+        assert err.count("\n") == 1
+
+
+async def test_mutual_tls_needs_ca_and_pair(tmp_path: Path) -> None:
+    """A client pair without --ca-file, or half a pair, is a usage error (exit 2)."""
+    address = f"127.0.0.1:{free_port()}"
+    rc, _, err = await _run_cli("status", "--controlplane", address, "--cert-file", "c.pem")
+    assert rc == 2
+    assert "need --ca-file" in err
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not a certificate")
+    rc, _, err = await _run_cli(
+        "status", "--controlplane", address, "--ca-file", str(ca), "--cert-file", "c.pem"
+    )
+    assert rc == 2
+    assert "--cert-file and --key-file go together" in err
+    rc, _, err = await _run_cli(
+        "status", "--controlplane", address, "--ca-file", str(tmp_path / "absent.pem")
+    )
+    assert rc == 2
+    assert "cannot read CA file" in err
     assert "Traceback" not in err
