@@ -107,7 +107,7 @@ def check_spec(spec: types_pb2.BackendSpec) -> None:
         )
     if not math.isfinite(spec.weight) or not 0 <= spec.weight <= MAX_WEIGHT:
         raise InvalidArgumentError(
-            f"backend {spec.name!r}: weight {spec.weight} is outside 0..{MAX_WEIGHT:g}"
+            f"backend {spec.name!r}: weight {spec.weight:g} is outside 0..{MAX_WEIGHT:g}"
         )
     if spec.max_concurrency > MAX_CONCURRENCY:
         raise InvalidArgumentError(

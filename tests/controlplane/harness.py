@@ -1,0 +1,426 @@
+"""Control-plane test harness: replicas in-process or as processes, raw agents and edges.
+
+Everything talks real gRPC over loopback. The agent and edge clients here are deliberately
+small and dumb (no reconnects of their own), so tests control every step of the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from corral.config import ControlPlaneConfig, Secret
+from corral.v1 import (
+    admin_pb2_grpc,
+    agent_pb2,
+    agent_pb2_grpc,
+    routing_pb2,
+    routing_pb2_grpc,
+    types_pb2,
+)
+from tests.support.net import free_port
+
+CORRAL = str(Path(sys.executable).parent / "corral")
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def config(**overrides: Any) -> ControlPlaneConfig:
+    """A test replica: free port, short TTL, quick shutdown."""
+    base = ControlPlaneConfig(
+        listen=f"127.0.0.1:{free_port()}",
+        store="memory",
+        lease_ttl_seconds=2.0,
+        # Test agents report only when told to: the silence limit (2 heartbeats) is far off.
+        heartbeat_interval_seconds=10.0,
+        load_write_interval_seconds=0.5,
+        shutdown_grace_seconds=1.0,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+def etcd_config(endpoints: Sequence[str], **overrides: Any) -> ControlPlaneConfig:
+    return config(store="etcd", etcd_endpoints=tuple(endpoints), **overrides)
+
+
+@contextlib.asynccontextmanager
+async def running(cfg: ControlPlaneConfig, *, wait_ready: bool = True) -> AsyncIterator[str]:
+    """Run controlplane.serve(cfg) as a task; yield its address; cancel it on exit."""
+    import controlplane
+
+    ready = asyncio.Event()
+    task = asyncio.create_task(controlplane.serve(cfg, ready=ready))
+    try:
+        if wait_ready:
+            waiter = asyncio.create_task(ready.wait())
+            done, _ = await asyncio.wait(
+                {task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED
+            )
+            if waiter not in done:
+                waiter.cancel()
+                if task in done:
+                    task.result()  # the control plane's own error
+                raise TimeoutError("control plane did not become ready")
+        yield cfg.listen
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def bearer(token: str | Secret | None) -> tuple[tuple[str, str], ...]:
+    if token is None:
+        return ()
+    text = token.reveal() if isinstance(token, Secret) else token
+    return (("authorization", f"Bearer {text}"),)
+
+
+def spec(
+    name: str,
+    *,
+    url: str | None = None,
+    type: int = types_pb2.BACKEND_TYPE_VLLM,
+    priority: int = 0,
+    weight: float = 1.0,
+) -> types_pb2.BackendSpec:
+    return types_pb2.BackendSpec(
+        name=name,
+        url=f"http://127.0.0.1:{free_port()}" if url is None else url,
+        type=type,  # type: ignore[arg-type]  # the enum's int value
+        priority=priority,
+        weight=weight,
+    )
+
+
+def status(
+    *,
+    models: Sequence[str] = (MODEL,),
+    health: int = types_pb2.HEALTH_STATE_HEALTHY,
+    running: int = 0,
+    waiting: int = 0,
+    kv: float | None = None,
+    reason: str = "probe ok",
+) -> types_pb2.BackendStatus:
+    load = types_pb2.BackendLoad(running=running, waiting=waiting)
+    if kv is not None:
+        load.kv_cache_usage = kv
+    return types_pb2.BackendStatus(
+        health=health,  # type: ignore[arg-type]  # the enum's int value
+        reason=reason,
+        models=[types_pb2.ModelInfo(id=m, loaded=True) for m in models],
+        load=load,
+    )
+
+
+def register(
+    name: str,
+    *,
+    agent_id: str | None = None,
+    resume: str = "",
+    backend: types_pb2.BackendSpec | None = None,
+    first_status: types_pb2.BackendStatus | None = None,
+) -> agent_pb2.Register:
+    return agent_pb2.Register(
+        agent_id=agent_id or f"agent-{name}",
+        backend=backend or spec(name),
+        resume_session_id=resume,
+        agent_version="test",
+        status=first_status or status(),
+    )
+
+
+class AgentClient:
+    """One raw AgentService.Connect stream."""
+
+    def __init__(self, address: str, *, token: str | Secret | None = None) -> None:
+        self.address = address
+        self._metadata = bearer(token)
+        self._channel = grpc.aio.insecure_channel(address)
+        self._outbox: asyncio.Queue[agent_pb2.ConnectRequest | None] = asyncio.Queue()
+        self._call: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._registered: asyncio.Future[agent_pb2.Registered] | None = None
+        self._acks: dict[int, asyncio.Future[agent_pb2.ReportAck]] = {}
+        self.commands: asyncio.Queue[agent_pb2.Command] = asyncio.Queue()
+        self.ended: asyncio.Future[grpc.StatusCode] = asyncio.get_running_loop().create_future()
+        self.error_details = ""
+        self._seq = 0
+
+    async def _requests(self) -> AsyncIterator[agent_pb2.ConnectRequest]:
+        while (message := await self._outbox.get()) is not None:
+            yield message
+
+    def open(self, first: agent_pb2.ConnectRequest) -> None:
+        """Open the stream with any first message (tests of protocol errors)."""
+        stub = agent_pb2_grpc.AgentServiceStub(self._channel)
+        self._call = stub.Connect(self._requests(), metadata=self._metadata)
+        self._registered = asyncio.get_running_loop().create_future()
+        # A refusal may never be awaited (tests that watch `ended` instead): mark it seen.
+        self._registered.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._outbox.put_nowait(first)
+        self._reader = asyncio.create_task(self._read())
+
+    async def connect(self, message: agent_pb2.Register) -> agent_pb2.Registered:
+        """Open the stream and register; raises grpc.aio.AioRpcError when refused."""
+        self.open(agent_pb2.ConnectRequest(register=message))
+        assert self._registered is not None
+        return await asyncio.wait_for(asyncio.shield(self._registered), 30)
+
+    async def _read(self) -> None:
+        assert self._registered is not None
+        try:
+            async for response in self._call:
+                kind = response.WhichOneof("message")
+                if kind == "registered":
+                    self._registered.set_result(response.registered)
+                elif kind == "ack":
+                    future = self._acks.pop(response.ack.seq, None)
+                    if future is not None and not future.done():
+                        future.set_result(response.ack)
+                elif kind == "command":
+                    self.commands.put_nowait(response.command)
+            code = grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            self.error_details = exc.details() or ""
+            if not self._registered.done():
+                self._registered.set_exception(exc)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+        if not self._registered.done():
+            self._registered.set_exception(RuntimeError("stream ended before registered"))
+        for future in self._acks.values():
+            if not future.done():
+                future.set_exception(RuntimeError(f"stream ended: {code}"))
+        if not self.ended.done():
+            self.ended.set_result(code)
+
+    async def report(self, new_status: types_pb2.BackendStatus) -> agent_pb2.ReportAck:
+        self._seq += 1
+        future = asyncio.get_running_loop().create_future()
+        self._acks[self._seq] = future
+        self._outbox.put_nowait(
+            agent_pb2.ConnectRequest(report=agent_pb2.Report(seq=self._seq, status=new_status))
+        )
+        return await asyncio.wait_for(future, 30)
+
+    def send(self, message: agent_pb2.ConnectRequest) -> None:
+        self._outbox.put_nowait(message)
+
+    async def goodbye(self, reason: str = "stopping") -> grpc.StatusCode:
+        self._outbox.put_nowait(agent_pb2.ConnectRequest(goodbye=agent_pb2.Goodbye(reason=reason)))
+        self._outbox.put_nowait(None)
+        code = await asyncio.wait_for(self.ended, 30)
+        await self._channel.close()
+        return code
+
+    async def kill(self) -> None:
+        """Break the stream without a goodbye, as a crashed agent would."""
+        self._outbox.put_nowait(None)
+        if self._call is not None:
+            self._call.cancel()
+        await self._channel.close(grace=None)
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.kill()
+
+
+class SnapshotWatcher:
+    """One raw RoutingService.WatchSnapshots stream, recording every snapshot."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | Secret | None = None,
+        edge_id: str = "edge-test",
+        last_applied_version: int = 0,
+        cluster_id: str = "",
+    ) -> None:
+        self.address = address
+        self.snapshots: list[types_pb2.Snapshot] = []
+        self._changed = asyncio.Event()
+        self._channel = grpc.aio.insecure_channel(address)
+        stub = routing_pb2_grpc.RoutingServiceStub(self._channel)
+        self._call = stub.WatchSnapshots(
+            routing_pb2.WatchSnapshotsRequest(
+                edge_id=edge_id,
+                last_applied_version=last_applied_version,
+                cluster_id=cluster_id,
+                listen_address="127.0.0.1:7700",
+            ),
+            metadata=bearer(token),
+        )
+        self.error: grpc.aio.AioRpcError | None = None
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for response in self._call:
+                self.snapshots.append(response.snapshot)
+                self._changed.set()
+        except grpc.aio.AioRpcError as exc:
+            self.error = exc
+        finally:
+            self._changed.set()
+
+    @property
+    def latest(self) -> types_pb2.Snapshot | None:
+        return self.snapshots[-1] if self.snapshots else None
+
+    async def until(
+        self, predicate: Callable[[types_pb2.Snapshot], bool], within: float = 15.0
+    ) -> types_pb2.Snapshot:
+        """Wait for a snapshot satisfying predicate (checks the latest, then each new one)."""
+        async with asyncio.timeout(within):
+            while True:
+                self._changed.clear()
+                latest = self.latest
+                if latest is not None and predicate(latest):
+                    return latest
+                if self._task.done():
+                    raise AssertionError(f"snapshot stream ended: {self.error}")
+                await self._changed.wait()
+
+    async def close(self) -> None:
+        self._call.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._channel.close()
+
+
+def names(snapshot: types_pb2.Snapshot) -> list[str]:
+    return [b.spec.name for b in snapshot.backends]
+
+
+def has(name: str) -> Callable[[types_pb2.Snapshot], bool]:
+    return lambda snap: name in names(snap)
+
+
+def lacks(name: str) -> Callable[[types_pb2.Snapshot], bool]:
+    return lambda snap: name not in names(snap)
+
+
+@contextlib.asynccontextmanager
+async def admin(address: str, token: str | Secret | None = None) -> AsyncIterator[Any]:
+    """An AdminService stub whose calls carry the token."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        metadata = bearer(token)
+
+        class _Admin:
+            def __getattr__(self, name: str) -> Any:
+                method = getattr(stub, name)
+
+                async def call(request: Any) -> Any:
+                    return await method(request, metadata=metadata, timeout=15)
+
+                return call
+
+        yield _Admin()
+
+
+async def health_status(address: str, service: str = "") -> int | None:
+    """The standard health service's answer, or None while nothing answers."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+        except grpc.aio.AioRpcError:
+            return None
+        return int(response.status)
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class ControlPlaneProcess:
+    """`corral controlplane` as a real process, so a test can SIGKILL it."""
+
+    def __init__(self, cfg: ControlPlaneConfig, log_path: Path) -> None:
+        self.config = cfg
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return self.config.listen
+
+    def args(self) -> list[str]:
+        cfg = self.config
+        args = [
+            CORRAL,
+            "controlplane",
+            "--listen",
+            cfg.listen,
+            "--store",
+            cfg.store,
+            "--lease-ttl",
+            str(cfg.lease_ttl_seconds),
+        ]
+        if cfg.store == "etcd":
+            args += ["--etcd", ",".join(cfg.etcd_endpoints)]
+        if cfg.replica_id:
+            args += ["--replica-id", cfg.replica_id]
+        if cfg.metrics_listen:
+            args += ["--metrics-listen", cfg.metrics_listen]
+        return args
+
+    def start(self) -> None:
+        assert self.process is None or self.process.poll() is not None
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "CORRAL_CONTROLPLANE_HEARTBEAT_INTERVAL_SECONDS": str(
+                self.config.heartbeat_interval_seconds
+            ),
+            "CORRAL_CONTROLPLANE_SHUTDOWN_GRACE_SECONDS": str(self.config.shutdown_grace_seconds),
+            "CORRAL_CONTROLPLANE_LOAD_WRITE_INTERVAL_SECONDS": str(
+                self.config.load_write_interval_seconds
+            ),
+        }
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+
+    async def wait_serving(self, within: float = 30.0) -> None:
+        async with asyncio.timeout(within):
+            while await health_status(self.address) != SERVING:
+                if self.process is not None and self.process.poll() is not None:
+                    raise AssertionError(f"control plane exited: {self.log_tail()}")
+                await asyncio.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: the replica dies without any cleanup."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> int | None:
+        """SIGTERM, then wait: a graceful shutdown."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"

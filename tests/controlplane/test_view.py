@@ -1,0 +1,169 @@
+"""The routing view: versions from store revisions, never back in time, same events same versions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from controlplane.keys import DrainFlag, KeyLayout
+from controlplane.state import RoutingView
+from controlplane.store.base import EventType, KeyValue, WatchBatch, WatchEvent
+from controlplane.store.memory import MemoryStore
+from corral.v1 import routing_pb2, types_pb2
+from tests.support.net import eventually
+
+LAYOUT = KeyLayout.from_prefix("/corral/")
+
+
+def _spec_value(name: str) -> bytes:
+    return types_pb2.Backend(
+        spec=types_pb2.BackendSpec(name=name, url="http://h:1", type=types_pb2.BACKEND_TYPE_VLLM),
+        agent_id="a",
+    ).SerializeToString()
+
+
+@contextlib.asynccontextmanager
+async def _running(view: RoutingView) -> AsyncIterator[RoutingView]:
+    task = asyncio.create_task(view.run())
+    try:
+        await eventually(lambda: view.synced)
+        yield view
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_version_is_the_revision_of_the_last_routing_change() -> None:
+    """A put under routing/ sets the version to its revision; presence writes do not."""
+    store = MemoryStore()
+    async with _running(RoutingView(store, LAYOUT)) as view:
+        first = view.version
+        assert first > 0
+        revision = await store.put(LAYOUT.spec("a"), _spec_value("a"))
+        await eventually(lambda: view.version == revision)
+        await store.put(LAYOUT.agent("a"), b"presence")  # outside routing/
+        await store.put(LAYOUT.alias("x"), types_pb2.ModelAlias(name="x").SerializeToString())
+        await eventually(lambda: view.aliases())
+        assert view.version > revision
+        snapshot = view.current().snapshot
+        assert snapshot.cluster_id == store.cluster_id
+        assert [b.spec.name for b in snapshot.backends] == ["a"]
+
+
+async def test_rewriting_identical_bytes_keeps_the_version() -> None:
+    """A put of the same value changes nothing an edge sees, so the version stays."""
+    store = MemoryStore()
+    async with _running(RoutingView(store, LAYOUT)) as view:
+        revision = await store.put(LAYOUT.spec("a"), _spec_value("a"))
+        await eventually(lambda: view.version == revision)
+        again = await store.put(LAYOUT.spec("a"), _spec_value("a"))
+        await view.wait_revision(again)
+        assert view.version == revision
+
+
+async def test_two_views_of_one_store_agree_on_every_version() -> None:
+    """Views applying the same events (whatever the batching) give identical snapshots."""
+    store = MemoryStore()
+    async with (
+        _running(RoutingView(store, LAYOUT)) as one,
+        _running(RoutingView(store, LAYOUT)) as two,
+    ):
+        for i in range(5):
+            await store.put(LAYOUT.spec(f"b{i}"), _spec_value(f"b{i}"))
+        last = await store.delete(LAYOUT.spec("b2"))
+        await one.wait_revision(last)
+        await two.wait_revision(last)
+        assert one.version == two.version == last
+        a, b = one.current().snapshot, two.current().snapshot
+        a.created_unix_ms = b.created_unix_ms = 0
+        assert a == b
+        assert [x.spec.name for x in a.backends] == ["b0", "b1", "b3", "b4"]
+
+
+def test_events_at_or_below_the_view_revision_are_ignored() -> None:
+    """A replayed or stale event never takes the view back in time."""
+    view = RoutingView(MemoryStore(), LAYOUT)
+    key = LAYOUT.spec("a")
+    view.apply_listing(10, [KeyValue(key, _spec_value("a"), 9, 9)], "c1")
+    assert view.version == 10
+    stale = WatchEvent(EventType.DELETE, KeyValue(key, b"", 8, 0))
+    view.apply_batch(WatchBatch(events=[stale], revision=8))
+    assert view.backend_names() == ["a"]
+    assert view.version == 10
+    fresh = WatchEvent(EventType.DELETE, KeyValue(key, b"", 11, 0))
+    view.apply_batch(WatchBatch(events=[fresh], revision=11))
+    assert view.backend_names() == []
+    assert view.version == 11
+
+
+def test_relisting_keeps_the_version_when_nothing_changed_and_never_goes_back() -> None:
+    """A re-list with equal content keeps the version; an older listing is dropped."""
+    view = RoutingView(MemoryStore(), LAYOUT)
+    kv = KeyValue(LAYOUT.spec("a"), _spec_value("a"), 5, 5)
+    view.apply_listing(7, [kv], "c1")
+    view.apply_batch(WatchBatch([WatchEvent(EventType.PUT, KeyValue(kv.key, b"x", 8, 5))], 8))
+    assert view.version == 8
+    view.apply_listing(12, [KeyValue(kv.key, b"x", 8, 5)], "c1")  # same content (compaction)
+    assert (view.version, view.revision) == (8, 12)
+    view.apply_listing(9, [], "c1")  # older than the view: ignored
+    assert view.backend_names() == ["a"] and view.revision == 12
+    view.apply_listing(15, [], "c1")  # the backend went while we were not watching
+    assert view.backend_names() == [] and view.version == 15
+
+
+def test_catch_up_names_unchanged_content_by_a_later_revision() -> None:
+    """An edge holding version V from another replica gets V or later from a lagging view."""
+    view = RoutingView(MemoryStore(), LAYOUT)
+    view.apply_listing(7, [KeyValue(LAYOUT.spec("a"), _spec_value("a"), 5, 5)], "c1")
+    view.apply_batch(WatchBatch([], 20))  # progress: nothing changed up to 20
+    assert view.version == 7
+    view.apply_listing(20, [KeyValue(LAYOUT.spec("a"), _spec_value("a"), 5, 5)], "c1", at_least=18)
+    assert view.version == 20
+
+
+def test_a_new_cluster_id_starts_over() -> None:
+    """A store with another identity (etcd wiped) is taken as is, even with lower revisions."""
+    view = RoutingView(MemoryStore(), LAYOUT)
+    view.apply_listing(100, [KeyValue(LAYOUT.spec("a"), _spec_value("a"), 90, 90)], "old")
+    view.apply_listing(3, [], "new")
+    assert (view.cluster_id, view.version, view.backend_names()) == ("new", 3, [])
+
+
+def test_drain_flags_and_aliases_show_in_snapshots_and_notify() -> None:
+    """Drain flags mark backends drained and call the drain listener on each change."""
+    seen: list[tuple[str, bool]] = []
+    view = RoutingView(
+        MemoryStore(), LAYOUT, on_drain=lambda name, flag: seen.append((name, flag is not None))
+    )
+    spec = KeyValue(LAYOUT.spec("a"), _spec_value("a"), 2, 2)
+    view.apply_listing(2, [spec], "c")
+    flag = DrainFlag(reason="maintenance", since_unix_ms=1).encode()
+    view.apply_batch(
+        WatchBatch([WatchEvent(EventType.PUT, KeyValue(LAYOUT.drain("a"), flag, 3, 3))], 3)
+    )
+    backend = view.backend("a")
+    assert backend is not None and backend.drained
+    view.apply_batch(
+        WatchBatch([WatchEvent(EventType.DELETE, KeyValue(LAYOUT.drain("a"), b"", 4, 0))], 4)
+    )
+    assert seen == [("a", True), ("a", False)]
+    payload = routing_pb2.WatchSnapshotsResponse.FromString(view.current().payload)
+    assert not payload.snapshot.backends[0].drained
+    assert payload.snapshot.version == 4
+
+
+def test_foreign_and_corrupt_records_are_left_out() -> None:
+    """Keys the control plane does not know, and undecodable values, never break a snapshot."""
+    view = RoutingView(MemoryStore(), LAYOUT)
+    view.apply_listing(
+        5,
+        [
+            KeyValue(LAYOUT.spec("bad"), b"\xff\xff\xff", 2, 2),
+            KeyValue(LAYOUT.spec("good"), _spec_value("good"), 3, 3),
+            KeyValue(LAYOUT.routing + b"something/else", b"?", 4, 4),
+        ],
+        "c",
+    )
+    assert [b.spec.name for b in view.current().snapshot.backends] == ["good"]
