@@ -88,14 +88,14 @@ def spec(
     name: str,
     *,
     url: str | None = None,
-    type: int = types_pb2.BACKEND_TYPE_VLLM,
+    kind: int = types_pb2.BACKEND_TYPE_VLLM,
     priority: int = 0,
     weight: float = 1.0,
 ) -> types_pb2.BackendSpec:
     return types_pb2.BackendSpec(
         name=name,
         url=f"http://127.0.0.1:{free_port()}" if url is None else url,
-        type=type,  # type: ignore[arg-type]  # the enum's int value
+        type=kind,  # type: ignore[arg-type]  # the enum's int value
         priority=priority,
         weight=weight,
     )

@@ -35,7 +35,7 @@ async def test_models_map_to_backends_and_aliases(cp: str) -> None:
     await ollama.connect(
         h.register(
             "ollama-a",
-            backend=h.spec("ollama-a", type=types_pb2.BACKEND_TYPE_OLLAMA),
+            backend=h.spec("ollama-a", kind=types_pb2.BACKEND_TYPE_OLLAMA),
             first_status=h.status(models=("llama3.1:8b", "qwen2.5:7b")),
         )
     )

@@ -188,7 +188,7 @@ async def test_bad_register_is_invalid_argument_and_others_keep_working(
         "backend url is empty": h.spec("bad", url=""),
         "must start with http:// or https://": h.spec("bad", url="ftp://10.0.0.1/"),
         "has no host": h.spec("bad", url="http:///v1"),
-        "type is unspecified": h.spec("bad", type=types_pb2.BACKEND_TYPE_UNSPECIFIED),
+        "type is unspecified": h.spec("bad", kind=types_pb2.BACKEND_TYPE_UNSPECIFIED),
         "weight -1 is outside": h.spec("bad", weight=-1.0),
         "priority -5 is outside": h.spec("bad", priority=-5),
         "characters outside": h.spec("bad name"),

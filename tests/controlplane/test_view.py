@@ -1,4 +1,4 @@
-"""The routing view: versions from store revisions, never back in time, same events same versions."""
+"""The routing view: versions from store revisions, never back in time, same events alike."""
 
 from __future__ import annotations
 

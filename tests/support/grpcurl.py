@@ -41,7 +41,7 @@ class GrpcurlResult:
         return json.loads(self.stdout)
 
 
-async def grpcurl(*args: str, timeout: float = 30.0) -> GrpcurlResult:
+async def grpcurl(*args: str, within: float = 30.0) -> GrpcurlResult:
     """Run grpcurl with args (e.g. "-plaintext", "127.0.0.1:7701", "list")."""
     proc = await asyncio.create_subprocess_exec(
         grpcurl_binary(),
@@ -50,7 +50,7 @@ async def grpcurl(*args: str, timeout: float = 30.0) -> GrpcurlResult:
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             out, err = await proc.communicate()
     except TimeoutError:
         proc.kill()
