@@ -983,3 +983,15 @@ def test_etcd_flags_are_real_etcd_flags() -> None:
         for arg in argv[1:]:
             flag = arg.split("=", 1)[0]
             assert flag in known, f"{where}: etcd has no flag {flag}"
+
+
+def test_guide_corral_commands_parse() -> None:
+    """Every `corral ...` command in deploy/README.md's code blocks parses with the real CLI."""
+    commands = [
+        line.strip()
+        for line in (DEPLOY / "README.md").read_text().splitlines()
+        if line.startswith("    ") and line.strip().startswith("corral ")
+    ]
+    assert commands
+    for command in commands:
+        parse_corral(shlex.split(command)[1:], "deploy/README.md")
