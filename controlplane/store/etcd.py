@@ -67,8 +67,13 @@ class EtcdStore(Store):
 
     endpoints: client URLs (`http://host:port`, `https://host:port`, or `host:port`, which
     uses TLS only when a CA file is given). Key prefixes are the caller's business.
-    connect_timeout bounds how long a call looks for an answering endpoint before raising
-    StoreUnavailableError; request_timeout bounds one RPC on one endpoint.
+    Failover and give-up times, in seconds:
+    - connect_timeout: a call (and start) raises StoreUnavailableError when no endpoint
+      connects for this long;
+    - request_timeout: the whole budget of one call, retries on other endpoints included;
+    - attempt_timeout: the deadline of one attempt. Below etcd's own request timeout (5 s +
+      2 election timeouts), so a write whose proposal was lost when the leader died is retried
+      instead of waiting for etcd to give up on it.
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class EtcdStore(Store):
         key_file: str | None = None,
         connect_timeout: float = 5.0,
         request_timeout: float = 10.0,
+        attempt_timeout: float = 2.0,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e]
@@ -92,6 +98,7 @@ class EtcdStore(Store):
         )
         self._connect_timeout = connect_timeout
         self._request_timeout = request_timeout
+        self._attempt_timeout = attempt_timeout
         self._leases = LeaseKeeper(self._pool, connect_timeout=connect_timeout)
         self._cluster_id = ""
         self._started = False
@@ -112,9 +119,14 @@ class EtcdStore(Store):
     async def start(self) -> None:
         if self._started:
             return
-        status = await self._call(
-            "status", lambda s, t: s.maintenance.Status(rpc.StatusRequest(), timeout=t)
-        )
+        try:
+            status = await self._call(
+                "status", lambda s, t: s.maintenance.Status(rpc.StatusRequest(), timeout=t)
+            )
+        except StoreError:
+            # Leave nothing open behind a failed start (`async with` will not call close).
+            await self._pool.close_channels()
+            raise
         self._cluster_id = format(status.header.cluster_id, "x")
         self._leases.start()
         self._started = True
@@ -299,30 +311,42 @@ class EtcdStore(Store):
         *,
         idempotent: bool = True,
     ) -> T:
-        """Run one unary call, failing over between endpoints until connect_timeout."""
+        """Run one unary call, failing over between endpoints.
+
+        Gives up with StoreUnavailableError when no endpoint connects for connect_timeout,
+        or when no attempt succeeds within request_timeout.
+        """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._connect_timeout
+        now = loop.time()
+        deadline = now + self._request_timeout
+        unconnected_since: float | None = None
         n = len(self._pool.endpoints)
         tried = 0
         last = "no endpoint connected"
         while True:
-            remaining = deadline - loop.time()
+            now = loop.time()
+            remaining = deadline - now
+            if unconnected_since is not None:
+                remaining = min(remaining, unconnected_since + self._connect_timeout - now)
             if remaining <= 0:
-                raise StoreUnavailableError(
-                    f"{what}: no etcd endpoint answered within {self._connect_timeout:g}s ({last})"
-                )
+                raise StoreUnavailableError(f"{what}: no etcd endpoint answered ({last})")
             index = self._pool.current
             if tried and tried % n == 0:
                 # Every endpoint failed once: pause before the next round.
                 await asyncio.sleep(min(remaining, 0.05 * 2 ** min(tried // n, 4)))
             tried += 1
-            stubs = await self._pool.ready(index, remaining)
+            # A member that swallows packets must not use up the budget of the others.
+            per_endpoint = max(0.25, self._connect_timeout / n) if n > 1 else remaining
+            stubs = await self._pool.ready(index, min(remaining, per_endpoint))
             if stubs is None:
                 last = f"{self._pool.endpoints[index].url} did not connect"
+                if unconnected_since is None:
+                    unconnected_since = now
                 self._pool.rotate(index)
                 continue
+            unconnected_since = None
             try:
-                return await invoke(stubs, self._request_timeout)
+                return await invoke(stubs, min(self._attempt_timeout, max(remaining, 0.05)))
             except grpc.aio.AioRpcError as exc:
                 if self._pool.closed:
                     raise StoreClosedError("etcd store closed") from None
@@ -332,6 +356,7 @@ class EtcdStore(Store):
                 if not idempotent:
                     raise translate(exc, what) from None
                 last = f"{self._pool.endpoints[index].url}: {exc.code().name} {exc.details()}"
+                log.info("etcd %s failed on %s; trying the next endpoint", what, last)
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if self._pool.closed and current is not None and not current.cancelling():

@@ -200,8 +200,12 @@ class EndpointPool:
         except TimeoutError:
             return None
 
-    async def close(self) -> None:
-        self.closed = True
+    async def close_channels(self) -> None:
+        """Close every open channel; later calls open new ones."""
         stubs, self._stubs = list(self._stubs.values()), {}
         for s in stubs:
             await s.channel.close(grace=None)
+
+    async def close(self) -> None:
+        self.closed = True
+        await self.close_channels()

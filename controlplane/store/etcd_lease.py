@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from aetcd import rpc
@@ -113,7 +114,7 @@ class LeaseKeeper:
         self.refreshes += 1
         kept.ttl = int(response.TTL)
 
-    async def _send(self, call: grpc.aio.StreamStreamCall) -> None:  # type: ignore[type-arg]  # generated stubs are untyped
+    async def _send(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
         loop = asyncio.get_running_loop()
         try:
             while True:

@@ -67,7 +67,7 @@ class Watcher:
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        async with contextlib.aclosing(self._stream) as stream:  # type: ignore[type-var]
+        async with contextlib.aclosing(self._stream) as stream:
             async for batch in stream:
                 self.batches.append(batch)
                 self._arrived.set()
@@ -238,7 +238,7 @@ async def test_watch_compacted_revision_raises(harness: Harness) -> None:
     last = await store.put(b"/c/a", b"3")
     await harness.compact(last)
     with pytest.raises(CompactedError) as caught:
-        async with contextlib.aclosing(store.watch_prefix(b"/c/", first)) as stream:  # type: ignore[type-var]
+        async with contextlib.aclosing(store.watch_prefix(b"/c/", first)) as stream:
             async with asyncio.timeout(WAIT):
                 await anext(stream)
     assert caught.value.compact_revision == last

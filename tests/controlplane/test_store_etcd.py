@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 
 import pytest
 
@@ -11,6 +12,24 @@ from controlplane.store import EtcdStore, EventType, StoreUnavailableError
 from tests.controlplane.test_store_contract import Watcher, deleted, watching
 from tests.support.etcd import EtcdCluster, EtcdMember
 from tests.support.net import eventually
+
+
+@pytest.fixture
+def etcd_tls() -> Iterator[EtcdCluster]:
+    """A single-member etcd that only speaks TLS and requires client certificates."""
+    cluster = EtcdCluster.create(1, tls=True).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def leader_first(cluster: EtcdCluster) -> list[str]:
+    """The cluster's endpoints, the leader's first (so killing the member in use is harder)."""
+    status = json.loads(cluster.etcdctl("endpoint", "status", "--write-out=json"))
+    leader = status[0]["Status"]["leader"]
+    ordered = sorted(status, key=lambda s: s["Status"]["header"]["member_id"] != leader)
+    return [s["Endpoint"] for s in ordered]
 
 
 def member_for(cluster: EtcdCluster, store: EtcdStore) -> EtcdMember:
@@ -54,8 +73,8 @@ async def test_watch_resumes_across_etcd_crash(etcd: EtcdCluster) -> None:
 
 
 async def test_failover_when_member_in_use_is_killed(etcd3: EtcdCluster) -> None:
-    """Killing the member a store talks to moves reads, writes and watches to another member."""
-    async with EtcdStore(etcd3.endpoints) as store:
+    """Killing the member a store talks to (the leader) moves reads, writes and watches on."""
+    async with EtcdStore(leader_first(etcd3)) as store:
         start = await store.put(b"/f/a", b"1")
         async with watching(store, b"/f/", start) as watcher:
             await watcher.wait_for(bool)
@@ -70,8 +89,8 @@ async def test_failover_when_member_in_use_is_killed(etcd3: EtcdCluster) -> None
 
 
 async def test_lease_kept_alive_across_member_kill(etcd3: EtcdCluster) -> None:
-    """A kept lease outlives its TTL although the member carrying its keepalives was killed."""
-    async with EtcdStore(etcd3.endpoints) as store:
+    """A kept lease outlives its TTL although the member (leader) carrying its keepalives died."""
+    async with EtcdStore(leader_first(etcd3)) as store:
         kept = await store.grant_lease(2)
         await store.put(b"/l/kept", b"1", lease=kept)
         await eventually(lambda: store.lease_keeper.refreshes >= 1)
@@ -129,3 +148,21 @@ async def test_unavailable_when_every_member_is_down(etcd3: EtcdCluster) -> None
             await store.get(b"/u/a")
         with pytest.raises(StoreUnavailableError):
             await EtcdStore(etcd3.endpoints, connect_timeout=0.5).start()
+
+
+async def test_tls_with_client_certificate(etcd_tls: EtcdCluster) -> None:
+    """https:// endpoints use TLS with our CA and client certificate; without it etcd refuses."""
+    tls = etcd_tls.members[0].tls
+    assert tls is not None and etcd_tls.endpoints[0].startswith("https://")
+    async with EtcdStore(
+        etcd_tls.endpoints,
+        ca_file=str(tls.ca),
+        cert_file=str(tls.client_cert),
+        key_file=str(tls.client_key),
+    ) as store:
+        revision = await store.put(b"/tls/k", b"v")
+        async with watching(store, b"/tls/", revision) as watcher:
+            events = await watcher.wait_for(bool)
+        assert [(e.kv.key, e.kv.value) for e in events] == [(b"/tls/k", b"v")]
+    with pytest.raises(StoreUnavailableError):
+        await EtcdStore(etcd_tls.endpoints, ca_file=str(tls.ca), connect_timeout=1.0).start()

@@ -30,7 +30,7 @@ async def test_close_ends_watches_with_closed_error() -> None:
     store = MemoryStore()
     await store.start()
     stream = store.watch_prefix(b"/", store.revision + 1)
-    waiting = asyncio.create_task(anext(stream))  # type: ignore[arg-type]
+    waiting = asyncio.create_task(anext(stream))
     await asyncio.sleep(0)  # let the watch reach its wait
     await store.close()
     with pytest.raises(StoreClosedError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
@@ -34,6 +35,48 @@ def etcd_binary() -> str:
     return str(path)
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """Create TlsFiles in directory with the real openssl binary (a missing one fails)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("openssl is needed to make test certificates")
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, cwd=directory)
+
+    key_args = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *key_args, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=corral-test-ca")  # fmt: skip
+    for name, usage in (("server", "serverAuth,clientAuth"), ("client", "clientAuth")):
+        (directory / f"{name}.ext").write_text(
+            f"subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage={usage}\n"
+        )
+        run("req", *key_args, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN=corral-test-{name}")  # fmt: skip
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.crt", "-days", "2",
+            "-extfile", f"{name}.ext")  # fmt: skip
+    return TlsFiles(
+        ca=directory / "ca.crt",
+        server_cert=directory / "server.crt",
+        server_key=directory / "server.key",
+        client_cert=directory / "client.crt",
+        client_key=directory / "client.key",
+    )
+
+
 @dataclass
 class EtcdMember:
     name: str
@@ -44,10 +87,13 @@ class EtcdMember:
     process: subprocess.Popen[bytes] | None = None
     initial_cluster: str = ""
     cluster_state: str = "new"
+    # When set, clients must speak TLS and present a certificate signed by the test CA.
+    tls: TlsFiles | None = None
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -71,6 +117,13 @@ class EtcdMember:
             "--election-timeout", "500",
             "--log-level", "warn",
         ]  # fmt: skip
+        if self.tls is not None:
+            args += [
+                "--cert-file", str(self.tls.server_cert),
+                "--key-file", str(self.tls.server_key),
+                "--trusted-ca-file", str(self.tls.ca),
+                "--client-cert-auth",
+            ]  # fmt: skip
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -82,8 +135,14 @@ class EtcdMember:
         while True:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"etcd {self.name} exited: {self.log_tail()}")
+            context = None
+            if self.tls is not None:
+                context = ssl.create_default_context(cafile=str(self.tls.ca))
+                context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
             try:
-                with urllib.request.urlopen(f"{self.client_url}/health", timeout=1) as resp:
+                with urllib.request.urlopen(
+                    f"{self.client_url}/health", timeout=1, context=context
+                ) as resp:
                     if b'"health":"true"' in resp.read():
                         return
             except OSError:
@@ -120,8 +179,9 @@ class EtcdCluster:
     base_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="corral-etcd-")))
 
     @classmethod
-    def create(cls, size: int = 1) -> EtcdCluster:
+    def create(cls, size: int = 1, *, tls: bool = False) -> EtcdCluster:
         cluster = cls()
+        tls_files = make_tls_files(cluster.base_dir / "tls") if tls else None
         for i in range(size):
             name = f"etcd{i}"
             cluster.members.append(
@@ -131,6 +191,7 @@ class EtcdCluster:
                     peer_port=free_port(),
                     data_dir=cluster.base_dir / name,
                     log_path=cluster.base_dir / f"{name}.log",
+                    tls=tls_files,
                 )
             )
         initial = ",".join(f"{m.name}={m.peer_url}" for m in cluster.members)
@@ -165,8 +226,14 @@ class EtcdCluster:
     def etcdctl(self, *args: str) -> str:
         """Run the real etcdctl against this cluster (for compaction and inspection)."""
         binary = str(Path(etcd_binary()).with_name("etcdctl"))
+        tls = self.members[0].tls if self.members else None
+        tls_args = (
+            [f"--cacert={tls.ca}", f"--cert={tls.client_cert}", f"--key={tls.client_key}"]
+            if tls is not None
+            else []
+        )
         out = subprocess.run(
-            [binary, f"--endpoints={','.join(self.endpoints)}", *args],
+            [binary, f"--endpoints={','.join(self.endpoints)}", *tls_args, *args],
             check=True,
             capture_output=True,
             env={**os.environ, "ETCDCTL_API": "3"},
