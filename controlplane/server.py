@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 SERVICES = (agent_service.SERVICE, routing_service.SERVICE, admin_service.SERVICE)
 MAX_RECEIVE_BYTES = 4 * 1024 * 1024
+# How often a replica checks that its store answers (health goes NOT_SERVING when not).
+STORE_PROBE_SECONDS = 1.0
 # How long an admin write waits for this replica's view to show it.
 ADMIN_WRITE_WAIT_SECONDS = 5.0
 
@@ -266,7 +268,7 @@ async def serve(config: ControlPlaneConfig, *, ready: asyncio.Event | None = Non
                 on_drain=hub.on_drain,
                 on_version=metrics.snapshot_version.set,
                 on_listing=metrics.relists.inc,
-                probe_interval=config.heartbeat_interval_seconds,
+                probe_interval=STORE_PROBE_SECONDS,
             )
             replica.install(Parts(store, view, hub, EdgeBook(store, layout, ttl, metrics)))
             async with asyncio.TaskGroup() as tasks:
