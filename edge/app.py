@@ -48,60 +48,80 @@ _JSON = "application/json"
 
 
 # -- errors ---------------------------------------------------------------------------------
+# No middleware: it would cost every request a wrapper. Each handler is guarded instead, and
+# a catch-all route answers unknown paths (404) and wrong methods (405).
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def error_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+def guarded(handler: Handler) -> Handler:
     """Every failure answered in OpenAI's error shape; never a traceback."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return exc.response()
-    except web.HTTPException as exc:
-        return _http_error(request, exc)
-    except ConnectionResetError:
-        raise  # the client went away; nobody to answer
-    except Exception:
-        log.exception("unexpected error serving %s %s", request.method, request.path)
-        return web.Response(
-            status=500,
-            body=error_body("Internal error in the edge.", "server_error", None, "internal_error"),
-            content_type=_JSON,
-        )
+
+    async def guard(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return exc.response()
+        except web.HTTPException as exc:
+            return _http_error(request, exc.status, exc.reason)
+        except Exception:
+            log.exception("unexpected error serving %s %s", request.method, request.path)
+            return web.Response(
+                status=500,
+                body=error_body(
+                    "Internal error in the edge.", "server_error", None, "internal_error"
+                ),
+                content_type=_JSON,
+            )
+
+    return guard
 
 
-def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
-    status = exc.status
-    headers: dict[str, str] = {}
-    if status == 404:
-        message, code = f"Unknown path: {request.path}", "unknown_path"
-    elif status == 405:
-        message, code = (
-            f"Method {request.method} not allowed on {request.path}",
-            "method_not_allowed",
-        )
-        allow = exc.headers.get("Allow")
-        if allow:
-            headers["Allow"] = allow
-    elif status == 413:
+def _http_error(request: web.Request, status: int, reason: str) -> web.Response:
+    if status == 413:
         message, code = "The request body is too large.", "request_too_large"
     else:
-        message, code = exc.reason or "HTTP error", None
+        message, code = reason or "HTTP error", None
     kind = "invalid_request_error" if status < 500 else "server_error"
     return web.Response(
-        status=status,
-        body=error_body(message, kind, None, code),
+        status=status, body=error_body(message, kind, None, code), content_type=_JSON
+    )
+
+
+_POST_PATHS = frozenset((CHAT.path, COMPLETIONS.path, EMBEDDINGS.path))
+_GET_PATHS = frozenset(("/v1/models", "/healthz", "/readyz", "/metrics"))
+
+
+async def fallback(request: web.Request) -> web.Response:
+    """Unknown path: 404; known path, wrong method: 405 with Allow."""
+    path = request.path
+    if path in _POST_PATHS:
+        allow = "POST"
+    elif path in _GET_PATHS or path.startswith("/v1/models/"):
+        allow = "GET, HEAD"
+    else:
+        return web.Response(
+            status=404,
+            body=error_body(f"Unknown path: {path}", "invalid_request_error", None, "unknown_path"),
+            content_type=_JSON,
+        )
+    return web.Response(
+        status=405,
+        body=error_body(
+            f"Method {request.method} not allowed on {path}",
+            "invalid_request_error",
+            None,
+            "method_not_allowed",
+        ),
         content_type=_JSON,
-        headers=headers,
+        headers={"Allow": allow},
     )
 
 
 # -- handlers -------------------------------------------------------------------------------
 
 
-def _post(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _post(endpoint: Endpoint) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         return await request.app[PROXY].handle(request, endpoint)
 
@@ -276,7 +296,7 @@ def default_edge_id(config: EdgeConfig) -> str:
 
 
 def build_app(config: EdgeConfig) -> web.Application:
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_middleware])
+    app = web.Application(client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[EDGE_ID] = default_edge_id(config)
     app[BALANCER] = Balancer(config)
@@ -289,12 +309,13 @@ def build_app(config: EdgeConfig) -> web.Application:
 
     metrics.bind_snapshot_age(created_ms)
     for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS):
-        app.router.add_post(endpoint.path, _post(endpoint))
-    app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/v1/models/{model:.+}", get_model)
+        app.router.add_post(endpoint.path, guarded(_post(endpoint)))
+    app.router.add_get("/v1/models", guarded(list_models))
+    app.router.add_get("/v1/models/{model:.+}", guarded(get_model))
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/readyz", guarded(readyz))
+    app.router.add_get("/metrics", guarded(metrics_handler))
+    app.router.add_route("*", "/{tail:.*}", fallback)
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_snapshots)
     return app

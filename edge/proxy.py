@@ -9,6 +9,7 @@ response headers written together with the first chunk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -21,7 +22,7 @@ from multidict import CIMultiDict
 
 from corral.config import EdgeConfig
 from edge.balancer import RETRY, Balancer, Full
-from edge.errors import ApiError, error_body
+from edge.errors import ApiError, EdgeError, error_body
 from edge.inbound import CHAT, Endpoint, parse
 from edge.metrics import EdgeMetrics
 from edge.routing import chat_key, completion_key, session_header_key
@@ -191,7 +192,7 @@ class Proxy:
         except asyncio.CancelledError:
             status = 499  # the client went away (aiohttp cancels its handler)
             raise
-        except ConnectionResetError:
+        except ClientGone:
             # The client went away while we wrote to it; the upstream request is already
             # closed. aiohttp drops this response quietly on the dead connection.
             status = 499
@@ -212,92 +213,74 @@ class Proxy:
         started: float,
         model: str,
     ) -> web.StreamResponse | Failure:
-        balancer = self.balancer
+        """One try on one backend, under one deadline: time to first byte until the answer
+        starts, then the idle limit, pushed forward by every chunk."""
+        loop = asyncio.get_running_loop()
+        upstream: aiohttp.ClientResponse | None = None
+        relay: _RelayResponse | None = None  # set once bytes went to the client
+        clean = False
         try:
-            async with asyncio.timeout(self._first_byte):
+            async with asyncio.timeout(self._first_byte) as deadline:
                 upstream = await self.session.post(
                     backend.base_url + endpoint.path, data=payload, headers=_UPSTREAM_HEADERS
                 )
-        except _UPSTREAM_ERRORS as exc:
-            self._failed(backend)
-            reason = "timeout" if isinstance(exc, TimeoutError) else "connect"
-            log.debug("backend %s failed before answering: %r", backend.name, exc)
-            return Failure(reason)
-        done = False
-        try:
-            status = upstream.status
-            content_type = upstream.headers.get("Content-Type", "")
-            if stream and status == 200 and content_type.startswith("text/event-stream"):
-                relayed = await self._relay(request, upstream, backend, label, started, model)
-                done = upstream.content.is_eof()
-                return relayed
-            try:
-                async with asyncio.timeout(self._idle):
+                status = upstream.status
+                content_type = upstream.headers.get("Content-Type", "")
+                if not (stream and status == 200 and content_type.startswith("text/event-stream")):
+                    deadline.reschedule(loop.time() + self._idle)
                     data = await upstream.read()
-            except _UPSTREAM_ERRORS:
-                self._failed(backend)
-                return Failure("read")
-            done = True
-            if status == 429 or status >= 500:
-                if status >= 500:
-                    self._failed(backend)
-                return Failure(f"status_{status}", status, data, content_type)
-            balancer.succeeded(backend)
-            return web.Response(
-                status=status, body=data, headers=_relay_headers(upstream, backend, label)
-            )
-        finally:
-            if done:
-                upstream.release()
-            else:
-                # Cancelled or failed mid-way: drop the connection so the backend stops.
-                upstream.close()
-
-    async def _relay(
-        self,
-        request: web.Request,
-        upstream: aiohttp.ClientResponse,
-        backend: BackendState,
-        label: str,
-        started: float,
-        model: str,
-    ) -> web.StreamResponse | Failure:
-        content = upstream.content
-        try:
-            async with asyncio.timeout(self._first_byte):
+                    clean = True
+                    if status == 429 or status >= 500:
+                        if status >= 500:
+                            self._failed(backend)
+                        return Failure(f"status_{status}", status, data, content_type)
+                    self.balancer.succeeded(backend)
+                    return web.Response(
+                        status=status, body=data, headers=_relay_headers(upstream, backend, label)
+                    )
+                content = upstream.content
                 first = await content.readany()
-        except _UPSTREAM_ERRORS:
-            self._failed(backend)
-            return Failure("read")
-        if not first:
-            self._failed(backend)
-            return Failure("empty")
-        headers = _relay_headers(upstream, backend, label)
-        headers.setdefault("Cache-Control", "no-cache")
-        response = _RelayResponse(status=200, headers=headers)
-        await response.prepare(request)
-        await response.write(first)
-        self.metrics.first_token(model, time.monotonic() - started)
-        loop = asyncio.get_running_loop()
-        idle = self._idle
-        try:
-            async with asyncio.timeout(idle) as deadline:
+                if not first:
+                    self._failed(backend)
+                    return Failure("empty")
+                headers = _relay_headers(upstream, backend, label)
+                headers.setdefault("Cache-Control", "no-cache")
+                relay = _RelayResponse(status=200, headers=headers)
+                await _to_client(relay, first, request)
+                self.metrics.first_token(model, time.monotonic() - started)
+                idle = self._idle
                 while True:
+                    deadline.reschedule(loop.time() + idle)
                     chunk = await content.readany()
                     if not chunk:
                         break
-                    await response.write(chunk)
-                    deadline.reschedule(loop.time() + idle)
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, TimeoutError) as exc:
-            # The backend broke after bytes reached the client: no retry, end the stream
-            # cleanly with an error event the client can see.
-            self._failed(backend)
-            log.warning("stream from backend %s cut mid-way: %r", backend.name, exc)
-            await response.write(_stream_error(backend.name, exc))
-        else:
+                    await _to_client(relay, chunk)
+                clean = True
             self.balancer.succeeded(backend)
-        await response.write_eof()
-        return response
+            await _to_client(relay, None)
+            return relay
+        except _UPSTREAM_ERRORS as exc:
+            self._failed(backend)
+            if relay is None:
+                log.debug("backend %s failed before answering: %r", backend.name, exc)
+                if upstream is None:
+                    return Failure("timeout" if isinstance(exc, TimeoutError) else "connect")
+                return Failure("timeout" if isinstance(exc, TimeoutError) else "read")
+            # The backend broke after bytes reached the client: no retry; end the stream
+            # cleanly with an error event the client can see.
+            log.warning("stream from backend %s cut mid-way: %r", backend.name, exc)
+            with contextlib.suppress(TimeoutError, ClientGone):
+                async with asyncio.timeout(self._idle):
+                    await _to_client(relay, _stream_error(exc))
+                    await _to_client(relay, None)
+            return relay
+        finally:
+            if upstream is not None:
+                if clean:
+                    upstream.release()
+                else:
+                    # Cancelled or broken mid-way: drop the connection so the backend stops.
+                    upstream.close()
 
     def _failed(self, backend: BackendState) -> None:
         if self.balancer.failed(backend):
@@ -351,7 +334,27 @@ def too_large(limit: int) -> ApiError:
     )
 
 
-def _stream_error(backend: str, exc: BaseException) -> bytes:
+class ClientGone(EdgeError):
+    """The client hung up while we wrote to it."""
+
+
+async def _to_client(
+    relay: _RelayResponse, data: bytes | None, request: web.Request | None = None
+) -> None:
+    """Write to the client (prepare first when given the request; None ends the stream);
+    a dead client connection becomes ClientGone, never mistaken for a backend failure."""
+    try:
+        if request is not None:
+            await relay.prepare(request)
+        if data is None:
+            await relay.write_eof()
+        else:
+            await relay.write(data)
+    except ConnectionResetError:
+        raise ClientGone from None
+
+
+def _stream_error(exc: BaseException) -> bytes:
     kind = "timeout" if isinstance(exc, TimeoutError) else "disconnected"
     payload: dict[str, Any] = {
         "error": {

@@ -254,3 +254,19 @@ async def test_no_snapshot_yet(http: aiohttp.ClientSession, start_edge: StartEdg
     assert status == 503
     assert headers["Retry-After"]
     assert_error_shape(data, code="no_snapshot")
+
+
+async def test_unexpected_errors_are_json_500(
+    http: aiohttp.ClientSession, running: RunningEdge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug inside the edge is a logged 500 in OpenAI's shape, never a traceback."""
+    from edge.balancer import Balancer
+
+    def broken(self: Balancer, model: str) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Balancer, "route_for", broken)
+    status, data, _ = await post(http, running, CHAT, orjson.dumps(GOOD_CHAT))
+    assert status == 500
+    assert_error_shape(data, code="internal_error")
+    assert "a bug" not in data["error"]["message"]
