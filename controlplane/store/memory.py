@@ -271,8 +271,9 @@ class MemoryStore(Store):
         if not self._history:
             return []
         first = self._history[0].revision
-        # Revisions are consecutive: every commit appends exactly one entry.
-        return list(self._history)[max(0, revision - first) :]
+        # Revisions are consecutive: every commit appends exactly one entry. Indexing a
+        # deque near its end is cheap, and watchers mostly read the last few entries.
+        return [self._history[i] for i in range(max(0, revision - first), len(self._history))]
 
     def _expire(self, lease_id: int) -> None:
         if not self._closed:

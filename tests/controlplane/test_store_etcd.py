@@ -166,3 +166,14 @@ async def test_tls_with_client_certificate(etcd_tls: EtcdCluster) -> None:
         assert [(e.kv.key, e.kv.value) for e in events] == [(b"/tls/k", b"v")]
     with pytest.raises(StoreUnavailableError):
         await EtcdStore(etcd_tls.endpoints, ca_file=str(tls.ca), connect_timeout=1.0).start()
+
+
+async def test_keeper_drops_a_lease_revoked_elsewhere(etcd: EtcdCluster) -> None:
+    """When another replica revokes a lease we keep, the keepalive answer (TTL 0) drops it."""
+    async with EtcdStore(etcd.endpoints) as mine, EtcdStore(etcd.endpoints) as other:
+        lease = await mine.grant_lease(1)
+        survivor = await mine.grant_lease(1)
+        await other.revoke_lease(lease)
+        await eventually(lambda: lease not in mine.lease_keeper.kept())
+        assert mine.lease_keeper.kept() == [survivor]
+        assert mine.lease_keeper.streams_opened == 1
