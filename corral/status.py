@@ -132,15 +132,24 @@ def _translate(exc: grpc.RpcError, target: str) -> StatusError:
 # ---------------------------------------------------------------------------- rendering
 
 
-def _enum_word(value: int, enum: type[types_pb2.HealthState] | type[types_pb2.BackendType]) -> str:
-    """HEALTH_STATE_HEALTHY -> healthy; BACKEND_TYPE_VLLM -> vllm; unknown numbers kept."""
-    try:
-        name = enum.Name(value)  # type: ignore[arg-type]  # both enums take their own int
-    except ValueError:
-        return str(value)
-    prefix = "HEALTH_STATE_" if enum is types_pb2.HealthState else "BACKEND_TYPE_"
+def _word(name: str, prefix: str) -> str:
+    """HEALTH_STATE_HEALTHY -> healthy; the zero value -> '-'."""
     word = name.removeprefix(prefix).lower()
     return "-" if word == "unspecified" else word
+
+
+def _health(value: types_pb2.HealthState.ValueType) -> str:
+    try:
+        return _word(types_pb2.HealthState.Name(value), "HEALTH_STATE_")
+    except ValueError:  # a newer control plane's state: show the number
+        return str(value)
+
+
+def _type(value: types_pb2.BackendType.ValueType) -> str:
+    try:
+        return _word(types_pb2.BackendType.Name(value), "BACKEND_TYPE_")
+    except ValueError:
+        return str(value)
 
 
 def _models(status: types_pb2.BackendStatus) -> str:
@@ -194,8 +203,8 @@ def render_text(status: ClusterStatus, *, now: float | None = None) -> str:
     backend_rows = [
         (
             b.spec.name,
-            _enum_word(b.spec.type, types_pb2.BackendType),
-            _enum_word(b.status.health, types_pb2.HealthState),
+            _type(b.spec.type),
+            _health(b.status.health),
             _models(b.status),
             _load(b.status.load),
             str(b.spec.priority),

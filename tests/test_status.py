@@ -100,6 +100,20 @@ def test_render_text_columns_line_up_and_say_what_is_missing() -> None:
     assert "(no edges connected)" in text
 
 
+def test_render_text_shows_unknown_enum_numbers() -> None:
+    """A state or type this client does not know (a newer control plane) shows as its number."""
+    backend = _backend("n", health=99)
+    backend.spec.type = 42
+    row = next(
+        line
+        for line in render_text(
+            ClusterStatus(version=1, backends=(backend,), edges=())
+        ).splitlines()
+        if line.startswith("n ")
+    )
+    assert row.split()[1:3] == ["42", "99"]
+
+
 def test_render_text_with_nothing_registered() -> None:
     """An empty cluster says so instead of printing bare headers."""
     text = render_text(ClusterStatus(version=0, backends=(), edges=()))
@@ -257,7 +271,7 @@ async def _wait_registered(address: str) -> ClusterStatus:
         status = fetch(address, ADMIN_TOKEN)
         return status if status.backends and status.edges else None
 
-    return await eventually(lambda: asyncio.to_thread(check))  # type: ignore[no-any-return]
+    return await eventually(lambda: asyncio.to_thread(check))  # type: ignore[no-any-return]  # eventually() is untyped
 
 
 async def test_status_table_shows_backend_and_edge(
