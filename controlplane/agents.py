@@ -242,7 +242,7 @@ class AgentSession:
         self.name = spec.name
         self.agent_id = register.agent_id
         try:
-            lease, resumed = await hub.leases.acquire(register.resume_session_id)
+            lease, resumed = await self._acquire(register)
         except StoreError as exc:
             raise translate_store_error(exc, "granting a session lease") from exc
         try:
@@ -289,6 +289,29 @@ class AgentSession:
             resumed=resumed,
             drained=drained,
         )
+
+    async def _acquire(self, register: agent_pb2.Register) -> tuple[int, bool]:
+        """The session's lease: the one to resume if it still holds this backend, else new."""
+        leases = self._hub.leases
+        lease, resumed = await leases.acquire(register.resume_session_id)
+        if not resumed:
+            return lease, False
+        try:
+            current = await self._hub.store.get(self._hub.layout.spec(register.backend.name))
+        except BaseException:
+            leases.release(lease)
+            raise
+        if current is not None and current.lease == lease:
+            return lease, True
+        # Alive, but not holding this backend (its record lapsed, or the id is another
+        # session's): not ours to take over.
+        leases.release(lease)
+        log.info(
+            "session %s does not hold backend %s; starting a new session",
+            register.resume_session_id,
+            register.backend.name,
+        )
+        return await leases.acquire("")
 
     async def _claim(self, register: agent_pb2.Register, lease: int) -> int:
         """Take the backend name for this lease; return a lease we took it over from, or 0."""

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from controlplane.agents import AgentHub
+from controlplane.backoff import Backoff
 from controlplane.errors import NotSyncedError, ShuttingDownError
 from controlplane.keys import KeyLayout
 from controlplane.metrics import Metrics
@@ -25,8 +26,10 @@ log = logging.getLogger(__name__)
 class EdgeBook:
     """Presence records of the edges subscribed here, leased to this replica.
 
-    Presence is informational (ListEdges), so failures are logged and never end a stream.
-    The lease is the replica's own: if the replica dies, its edges' records lapse with it.
+    Presence is informational (ListEdges), so it never delays a snapshot: records are
+    queued (latest per key wins) and written by one owned task; failures are logged and
+    retried, never passed to a stream. The lease is the replica's own: if the replica dies,
+    its edges' records lapse with it.
     """
 
     def __init__(self, store: Store, layout: KeyLayout, ttl: int, metrics: Metrics) -> None:
@@ -35,47 +38,59 @@ class EdgeBook:
         self._ttl = ttl
         self._metrics = metrics
         self._lease = 0
-        self._lease_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
+        # key -> serialized EdgeInfo to write, or None to delete.
+        self._pending: dict[bytes, bytes | None] = {}
+        self._wake = asyncio.Event()
 
-    async def _current_lease(self, *, renew: bool = False) -> int:
-        async with self._lease_lock:
-            if renew:
-                self._lease = 0
-            if not self._lease:
-                self._lease = await self._store.grant_lease(self._ttl)
-            return self._lease
-
-    async def put(self, key: bytes, info: admin_pb2.EdgeInfo) -> None:
-        value = info.SerializeToString()
-        try:
-            lease = await self._current_lease()
-            try:
-                await self._store.put(key, value, lease=lease)
-            except LeaseNotFoundError:
-                # The replica lease lapsed (a store outage longer than its TTL): a new one.
-                await self._store.put(key, value, lease=await self._current_lease(renew=True))
-            self._metrics.store_writes.labels("presence").inc()
-        except StoreError as exc:
-            log.warning("could not record edge presence: %s", exc)
+    def record(self, key: bytes, info: admin_pb2.EdgeInfo) -> None:
+        self._pending[key] = info.SerializeToString()
+        self._wake.set()
 
     def forget(self, key: bytes) -> None:
-        """Delete a record without making the ending stream wait for the store."""
-        task = asyncio.create_task(self._delete(key))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._pending[key] = None
+        self._wake.set()
 
-    async def _delete(self, key: bytes) -> None:
-        try:
-            await self._store.delete(key)
+    async def run(self) -> None:
+        """Write queued records until cancelled."""
+        backoff = Backoff(cap=5.0)
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._flush()
+                backoff.reset()
+            except StoreError as exc:
+                delay = backoff.next_delay()
+                log.warning("could not record edge presence (%s); retry in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                self._wake.set()
+
+    async def _flush(self) -> None:
+        while self._pending:
+            key, value = next(iter(self._pending.items()))
+            if value is None:
+                await self._store.delete(key)
+            else:
+                await self._put(key, value)
             self._metrics.store_writes.labels("presence").inc()
-        except StoreError as exc:
-            log.info("could not delete edge presence (it lapses with the lease): %s", exc)
+            # Drop the entry unless a newer record for the key came in meanwhile.
+            if self._pending.get(key, b"") is value:
+                del self._pending[key]
+
+    async def _put(self, key: bytes, value: bytes) -> None:
+        if not self._lease:
+            self._lease = await self._store.grant_lease(self._ttl)
+        try:
+            await self._store.put(key, value, lease=self._lease)
+        except LeaseNotFoundError:
+            # The replica lease lapsed (a store outage longer than its TTL): a new one.
+            self._lease = await self._store.grant_lease(self._ttl)
+            await self._store.put(key, value, lease=self._lease)
 
     async def close(self) -> None:
-        """Finish pending deletes, then end the replica lease (its records go with it)."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Write what is queued (deletes of ended streams), then end the replica lease."""
+        with contextlib.suppress(StoreError):
+            await self._flush()
         if self._lease:
             with contextlib.suppress(StoreError):
                 await self._store.revoke_lease(self._lease)

@@ -84,7 +84,7 @@ class RoutingService:
             applied_version=wanted,
             connected_unix_ms=int(time.time() * 1000),
         )
-        await parts.edges.put(key, info)
+        parts.edges.record(key, info)
         replica.metrics.edges_connected.inc()
         sent_cluster, sent_version = "", 0
         recorded_version = wanted
@@ -109,7 +109,7 @@ class RoutingService:
                     wait = next_record - loop.time()
                     if wait <= 0:
                         info.applied_version = sent_version
-                        await parts.edges.put(key, info)
+                        parts.edges.record(key, info)
                         recorded_version = sent_version
                         next_record = loop.time() + self._presence_interval
                     else:

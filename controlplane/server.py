@@ -270,9 +270,11 @@ async def serve(config: ControlPlaneConfig, *, ready: asyncio.Event | None = Non
                 on_listing=metrics.relists.inc,
                 probe_interval=STORE_PROBE_SECONDS,
             )
-            replica.install(Parts(store, view, hub, EdgeBook(store, layout, ttl, metrics)))
+            edges = EdgeBook(store, layout, ttl, metrics)
+            replica.install(Parts(store, view, hub, edges))
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(view.run(), name="routing view")
+                tasks.create_task(edges.run(), name="edge presence")
                 await synced_once.wait()
                 if ready is not None:
                     ready.set()
