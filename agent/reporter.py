@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 import grpc.aio
@@ -75,6 +75,8 @@ class Reporter:
         self._ready = asyncio.Event()
         self._seq = 0
         self._last_heard = 0.0
+        self._register_written = False
+        self._last_write: asyncio.Future[None] | None = None
         # Visible state, for /healthz and tests.
         self.session_id = ""
         self.controlplane_id = ""
@@ -129,24 +131,56 @@ class Reporter:
             await asyncio.sleep(delay)
 
     async def _session(self, address: str) -> float:
-        """One stream to one replica; ends by raising why it ended."""
+        """One stream to one replica; ends by raising why it ended.
+
+        No gRPC operation is awaited directly by this (cancellable) task: grpc.aio cancels the
+        whole call when a coroutine awaiting read() or write() is cancelled, and on shutdown
+        the call must survive the cancellation to carry our Goodbye. Reads happen in a reader
+        task; writes are shielded.
+        """
         if self._credentials is not None:
             channel = grpc.aio.secure_channel(address, self._credentials, options=_OPTIONS)
         else:
             channel = grpc.aio.insecure_channel(address, options=_OPTIONS)
         try:
             call = _connect(channel)(None, metadata=self._metadata)
+            first: asyncio.Future[agent_pb2.ConnectResponse] = (
+                asyncio.get_running_loop().create_future()
+            )
+            reader = asyncio.create_task(self._read(call, first), name="agent-stream-reader")
+            self._last_write = None
+            self._register_written = False
             try:
-                registered_at = await self._register(call, address)
-                await self._stream(call, registered_at)
+                registered_at = await self._register(call, reader, first, address)
+                await self._stream(call, reader, registered_at)
+            except asyncio.CancelledError:
+                # Shutting down: once Register is on the wire, the replica will hold a
+                # lease for us; Goodbye releases it now rather than at its expiry.
+                if self._register_written:
+                    await self._goodbye(call, reader)
+                raise
             finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
                 if not call.done():
                     call.cancel()
         finally:
             await channel.close(grace=None)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _register(self, call: _Call, address: str) -> float:
+    async def _write(self, call: _Call, request: agent_pb2.ConnectRequest) -> None:
+        write = asyncio.ensure_future(call.write(request))
+        self._last_write = write
+        await asyncio.shield(write)
+
+    async def _register(
+        self,
+        call: _Call,
+        reader: asyncio.Task[None],
+        first: asyncio.Future[agent_pb2.ConnectResponse],
+        address: str,
+    ) -> float:
         assert self._spec is not None and self._status is not None
         status = self._status
         register = agent_pb2.Register(
@@ -158,17 +192,19 @@ class Reporter:
         )
         try:
             async with asyncio.timeout(REGISTER_TIMEOUT_SECONDS):
-                await call.write(agent_pb2.ConnectRequest(register=register))
-                response = await call.read()
+                await self._write(call, agent_pb2.ConnectRequest(register=register))
+                self._register_written = True
+                waiters: set[asyncio.Future[Any]] = {first, reader}
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
             raise ControlPlaneUnavailableError(
                 f"no Registered within {REGISTER_TIMEOUT_SECONDS:g}s"
             ) from None
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
             raise await _translate(call, exc) from None
-        if response is _EOF:
-            raise await _translate(call, None)
-        assert isinstance(response, agent_pb2.ConnectResponse)
+        if not first.done():
+            await self._reader_ended(call, reader, None)
+        response = first.result()
         if response.WhichOneof("message") != "registered":
             raise ControlPlaneUnavailableError(
                 f"protocol error: expected Registered, got {response.WhichOneof('message')}"
@@ -197,46 +233,36 @@ class Reporter:
         )
         return time.monotonic()
 
-    async def _stream(self, call: _Call, registered_at: float) -> None:
-        reader = asyncio.create_task(self._read(call), name="agent-stream-reader")
-        try:
-            last_sent = time.monotonic()
-            while True:
-                if reader.done():
-                    await self._reader_ended(call, reader, registered_at)
-                now = time.monotonic()
-                if now - self._last_heard > self._silence_limit:
-                    raise _SessionEnded(
-                        f"no answer from the control plane for {self._silence_limit:g}s",
-                        registered_at,
-                    )
-                due = last_sent + self._heartbeat - now
-                if self._status != self._sent or due <= 0:
-                    await self._report(call, reader, registered_at)
-                    last_sent = time.monotonic()
-                    continue
-                self._changed.clear()
-                changed = asyncio.ensure_future(self._changed.wait())
-                try:
-                    await asyncio.wait({reader, changed}, timeout=due)
-                finally:
-                    changed.cancel()
-        except asyncio.CancelledError:
-            await self._goodbye(call, reader)
-            raise
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+    async def _stream(self, call: _Call, reader: asyncio.Task[None], registered_at: float) -> None:
+        last_sent = time.monotonic()
+        while True:
+            if reader.done():
+                await self._reader_ended(call, reader, registered_at)
+            now = time.monotonic()
+            if now - self._last_heard > self._silence_limit:
+                raise _SessionEnded(
+                    f"no answer from the control plane for {self._silence_limit:g}s",
+                    registered_at,
+                )
+            due = last_sent + self._heartbeat - now
+            if self._status != self._sent or due <= 0:
+                await self._report(call, reader, registered_at)
+                last_sent = time.monotonic()
+                continue
+            self._changed.clear()
+            changed = asyncio.ensure_future(self._changed.wait())
+            try:
+                await asyncio.wait({reader, changed}, timeout=due)
+            finally:
+                changed.cancel()
 
     async def _report(self, call: _Call, reader: asyncio.Task[None], registered_at: float) -> None:
         assert self._status is not None
         status = self._status
         self._seq += 1
+        request = agent_pb2.ConnectRequest(report=agent_pb2.Report(seq=self._seq, status=status))
         try:
-            await call.write(
-                agent_pb2.ConnectRequest(report=agent_pb2.Report(seq=self._seq, status=status))
-            )
+            await self._write(call, request)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
             if reader.done():
                 await self._reader_ended(call, reader, registered_at)
@@ -244,13 +270,16 @@ class Reporter:
         self._sent = status
         self._metrics.reports.inc()
 
-    async def _read(self, call: _Call) -> None:
+    async def _read(self, call: _Call, first: asyncio.Future[agent_pb2.ConnectResponse]) -> None:
         while True:
             response = await call.read()
             if response is _EOF:
                 return
             assert isinstance(response, agent_pb2.ConnectResponse)
             self._last_heard = time.monotonic()
+            if not first.done():
+                first.set_result(response)
+                continue
             kind = response.WhichOneof("message")
             if kind == "ack":
                 self.acked_seq = max(self.acked_seq, response.ack.seq)
@@ -270,14 +299,14 @@ class Reporter:
             log.warning("unknown command %s from the control plane; ignored", command.type)
 
     async def _reader_ended(
-        self, call: _Call, reader: asyncio.Task[None], registered_at: float
-    ) -> None:
+        self, call: _Call, reader: asyncio.Task[None], registered_at: float | None
+    ) -> NoReturn:
         exc = reader.exception()
         if isinstance(exc, (grpc.aio.AioRpcError, asyncio.InvalidStateError)) or exc is None:
             error = await _translate(call, exc)
         else:
             error = ControlPlaneUnavailableError(f"stream reader failed: {exc!r}")
-        if isinstance(error, ControlPlaneRejectedError):
+        if isinstance(error, ControlPlaneRejectedError) or registered_at is None:
             raise error
         raise _SessionEnded(str(error), registered_at)
 
@@ -286,12 +315,11 @@ class Reporter:
         grace = self._config.shutdown_grace_seconds
         try:
             async with asyncio.timeout(grace):
-                await call.write(
-                    agent_pb2.ConnectRequest(
-                        goodbye=agent_pb2.Goodbye(reason="agent shutting down")
-                    )
-                )
-                await call.done_writing()
+                if self._last_write is not None and not self._last_write.done():
+                    await asyncio.wait({self._last_write})
+                goodbye = agent_pb2.Goodbye(reason="agent shutting down")
+                await self._write(call, agent_pb2.ConnectRequest(goodbye=goodbye))
+                await asyncio.shield(call.done_writing())
                 # The replica revokes the lease and ends the stream; wait for that.
                 await asyncio.shield(reader)
             log.info("said goodbye to the control plane; backend %s left routing", self._name)

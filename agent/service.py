@@ -26,6 +26,7 @@ from agent.detect import Detection, detect
 from agent.errors import AgentConfigError
 from agent.health import HealthTracker
 from agent.http import BackendClient
+from agent.limits import bounded_status
 from agent.metrics import AgentMetrics, state_name
 from agent.reporter import Reporter
 from agent.servers import PROBES, ServerProbe
@@ -103,13 +104,15 @@ class Agent:
             if self.tracker.observe(observation.health, observation.reason):
                 self._log_health(before)
             self.metrics.set_health(self.tracker.state)
-            status = types_pb2.BackendStatus(
-                health=self.tracker.state,
-                reason=self.tracker.reason,
-                models=observation.models or [],
-                load=observation.load,
-                capabilities=probe.capabilities,
-                server_version=probe.server_version,
+            status = bounded_status(
+                types_pb2.BackendStatus(
+                    health=self.tracker.state,
+                    reason=self.tracker.reason,
+                    models=observation.models or [],
+                    load=observation.load,
+                    capabilities=probe.capabilities,
+                    server_version=probe.server_version,
+                )
             )
             self.status = status
             self.reporter.update(status)

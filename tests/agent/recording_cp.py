@@ -6,6 +6,7 @@ leases; the tests that count run against the real control plane over real etcd.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ class RecordingControlPlane(agent_pb2_grpc.AgentServiceServicer):
         self.reject: tuple[grpc.StatusCode, str] | None = None
         self.reject_count = 0
         self.known_sessions: set[str] = set()
+        # When set, Registered waits until this event is set.
+        self.hold_registered: asyncio.Event | None = None
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> RecordingControlPlane:
@@ -86,6 +89,8 @@ class RecordingControlPlane(agent_pb2_grpc.AgentServiceServicer):
             resumed=resumed,
         )
         self.streams.append(stream)
+        if self.hold_registered is not None:
+            await self.hold_registered.wait()
         yield agent_pb2.ConnectResponse(
             registered=agent_pb2.Registered(
                 session_id=session_id,

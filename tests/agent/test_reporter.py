@@ -82,6 +82,22 @@ async def test_cancel_says_goodbye_and_half_closes(
     await eventually(lambda: recorder.last.ended)
 
 
+async def test_cancel_while_registering_still_says_goodbye(
+    fake_server, recorder: RecordingControlPlane, start_agent: AgentFactory
+) -> None:
+    """Shutdown before Registered arrived: Goodbye follows the Register on the same stream."""
+    recorder.hold_registered = asyncio.Event()
+    fake = await fake_server("vllm", models=["m"])
+    agent = await start_agent(controlplane=(recorder.address,), backend=fake.url)
+    await eventually(lambda: recorder.streams)
+    agent.task.cancel()  # type: ignore[attr-defined]
+    # The cancellation is delivered before the replica answers (the task runs first).
+    asyncio.get_running_loop().call_soon(recorder.hold_registered.set)
+    with pytest.raises(asyncio.CancelledError):
+        await agent.task  # type: ignore[attr-defined]
+    assert recorder.last.goodbye is not None
+
+
 async def test_reconnects_to_next_replica_and_resumes(
     fake_server, recorder: RecordingControlPlane, start_agent: AgentFactory
 ) -> None:

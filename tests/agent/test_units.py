@@ -172,3 +172,23 @@ def test_config_is_checked_and_defaults_derived() -> None:
         resolve(AgentConfig(backend="ftp://x"))
     with pytest.raises(AgentConfigError, match="unknown backend type"):
         resolve(AgentConfig(backend="http://x:1", type="triton"))
+
+
+def test_status_is_bounded_for_the_control_plane() -> None:
+    """Odd characters, long text and duplicate models are trimmed before they are reported."""
+    from agent.limits import bounded_status
+
+    status = types_pb2.BackendStatus(
+        health=H,
+        reason="line one\nline two " + "x" * 5000,
+        models=[
+            types_pb2.ModelInfo(id="a", metadata={"k": "v\x00" * 2000}),
+            types_pb2.ModelInfo(id="a"),
+            types_pb2.ModelInfo(id="bad\nid"),
+            types_pb2.ModelInfo(id=""),
+        ],
+    )
+    out = bounded_status(status)
+    assert out.reason.isprintable() and len(out.reason) <= 1000
+    assert [m.id for m in out.models] == ["a"]
+    assert len(out.models[0].metadata["k"]) <= 1024 and out.models[0].metadata["k"].isprintable()
