@@ -1,0 +1,359 @@
+"""What every benchmark needs: pinned child processes, /proc readings, tools, the results file."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "BENCHMARKS.md"
+PYTHON = sys.executable
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# The proxy under test gets CPU 0; backends and load generators share CPU 1.
+PROXY_CPU = "0"
+LOAD_CPU = "1"
+
+
+class BenchError(Exception):
+    """A benchmark could not run (a tool is missing, a process did not start)."""
+
+
+# ---------------------------------------------------------------- machine and load
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_gib = 0.0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        first = Path("/proc/meminfo").read_text().splitlines()[0]
+        mem_gib = int(first.split()[1]) / 1024 / 1024
+    return (
+        f"{os.cpu_count()} CPUs ({model}), {mem_gib:.1f} GiB RAM, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def cpu_times() -> list[tuple[int, int]]:
+    """(total, idle) jiffies per CPU since boot."""
+    out = []
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3:4].isdigit():
+            fields = [int(x) for x in line.split()[1:]]
+            idle = fields[3] + fields[4]
+            out.append((sum(fields), idle))
+    return out
+
+
+def cpu_busy(seconds: float = 1.0) -> list[float]:
+    """Per-CPU busy fraction over the next `seconds` (what else runs on this machine)."""
+    before = cpu_times()
+    time.sleep(seconds)
+    after = cpu_times()
+    busy = []
+    for (t0, i0), (t1, i1) in zip(before, after, strict=True):
+        total = max(t1 - t0, 1)
+        busy.append(1.0 - (i1 - i0) / total)
+    return busy
+
+
+def load_note() -> str:
+    """Background load before the run: busy % per CPU over 2 s and the 1-minute load average."""
+    busy = cpu_busy(2.0)
+    load1 = Path("/proc/loadavg").read_text().split()[0]
+    per_cpu = ", ".join(f"cpu{i} {b * 100:.0f}%" for i, b in enumerate(busy))
+    return f"background before the run: {per_cpu} busy; load average {load1}"
+
+
+def now_utc() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+# ---------------------------------------------------------------- processes
+
+
+def process_group_pids(pgid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the parenthesised command name: state, ppid, pgrp, ...
+        rest = stat.rsplit(")", 1)[1].split()
+        if int(rest[2]) == pgid:
+            pids.append(int(entry.name))
+    return pids
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # utime and stime are fields 14 and 15 of stat (11 and 12 after the command name).
+    return (int(rest[11]) + int(rest[12])) / CLK_TCK
+
+
+class Proc:
+    """A child process in its own process group, pinned to CPUs, logged to a file."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        cpus: str | None,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        full = ["taskset", "-c", cpus, *argv] if cpus is not None else list(argv)
+        with self.log_path.open("ab") as log:
+            self.popen = subprocess.Popen(
+                full,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+                cwd=str(cwd or REPO),
+            )
+        self.pid = self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            raise BenchError(f"{self.name} exited ({self.popen.returncode}): {self.log_tail()}")
+
+    def pids(self) -> list[int]:
+        return process_group_pids(self.pid)
+
+    def rss_mib(self) -> float:
+        """Resident memory of the whole process group (master and workers), in MiB."""
+        return sum(rss_kib(p) for p in self.pids()) / 1024
+
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(p) for p in self.pids())
+
+    def log_tail(self, lines: int = 15) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return "(no log)"
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM the group, then SIGKILL what is left after `grace` seconds."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(grace)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(5)
+
+
+class Procs:
+    """Owns every process a benchmark starts; stops them all, last started first."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.items: list[Proc] = []
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        cpus: str | None,
+        env: dict[str, str] | None = None,
+    ) -> Proc:
+        proc = Proc(name, argv, cpus=cpus, log_dir=self.log_dir, env=env)
+        self.items.append(proc)
+        return proc
+
+    def stop(self, proc: Proc) -> None:
+        proc.stop()
+        if proc in self.items:
+            self.items.remove(proc)
+
+    def stop_all(self) -> None:
+        while self.items:
+            self.items.pop().stop()
+
+
+@contextlib.contextmanager
+def workspace(prefix: str) -> Iterator[tuple[Path, Procs]]:
+    """A temp directory and a process owner; everything is removed/stopped on the way out."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"corral-bench-{prefix}-"))
+    procs = Procs(tmp)
+    try:
+        yield tmp, procs
+    finally:
+        procs.stop_all()
+        if os.environ.get("CORRAL_BENCH_KEEP") is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"(kept {tmp})")
+
+
+def pin_self(cpus: str) -> None:
+    """Pin this (orchestrating, load-generating) process."""
+    os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+
+
+# ---------------------------------------------------------------- network
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, proc: Proc | None = None, timeout: float = 30.0) -> None:
+    """Until url answers 2xx (any HTTP answer when accept_any)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc is not None:
+            proc.check_alive()
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if 200 <= resp.status < 300:
+                    return
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.05)
+    tail = proc.log_tail() if proc is not None else ""
+    raise BenchError(f"{url} not ready after {timeout}s ({last}) {tail}")
+
+
+def wait_port(port: int, proc: Proc | None = None, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None:
+            proc.check_alive()
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise BenchError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+# ---------------------------------------------------------------- tools
+
+
+def ensure_tools(*names: str) -> None:
+    """apt-get install the missing tools (root is available on the bench machines)."""
+    missing = [n for n in names if shutil.which(n) is None]
+    if not missing:
+        return
+    print(f"installing {', '.join(missing)} with apt-get ...", flush=True)
+    cmd = ["apt-get", "install", "-y", "-q", *missing]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BenchError(f"apt-get install {missing} failed: {done.stderr[-800:]}")
+    still = [n for n in names if shutil.which(n) is None]
+    if still:
+        raise BenchError(f"still missing after install: {still}")
+
+
+def edge_available() -> bool:
+    """Whether the edge component exists in this tree yet."""
+    try:
+        import edge
+    except ImportError:
+        return False
+    return hasattr(edge, "main") and hasattr(edge, "serve")
+
+
+# ---------------------------------------------------------------- results
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+_HEADER = """# Benchmarks
+
+Produced by `./dev bench NAME` (see `bench/README.md` for what each one does and how).
+Each section is rewritten by its benchmark; the baselines are measured in the same run, so
+compare ratios more than absolute numbers (the machine may be shared).
+"""
+
+ORDER = ["overhead", "streaming", "controlplane", "routing"]
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or add) the section of docs/BENCHMARKS.md belonging to one benchmark."""
+    text = RESULTS.read_text() if RESULTS.exists() else _HEADER
+    sections: dict[str, str] = {}
+    for other in ORDER:
+        start, end = f"<!-- bench:{other}:start -->", f"<!-- bench:{other}:end -->"
+        if start in text and end in text:
+            i, j = text.index(start), text.index(end)
+            sections[other] = text[i + len(start) : j].strip("\n")
+            text = text[:i] + text[j + len(end) :]
+    sections[name] = body.strip("\n")
+    parts = [text.rstrip("\n") + "\n"]
+    for other in ORDER:
+        if other in sections:
+            parts.append(f"\n<!-- bench:{other}:start -->\n{sections[other]}\n")
+            parts.append(f"<!-- bench:{other}:end -->\n")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text("".join(parts))
+    print(f"results written to {RESULTS.relative_to(REPO)} (section {name!r})")
+
+
+def fmt_ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    return f"{seconds * 1000:.2f} ms"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
+    return ordered[rank - 1]
