@@ -113,7 +113,7 @@ class BackendClient:
                     method, url, data=data, headers=headers, allow_redirects=False
                 ) as resp:
                     status = resp.status
-                    body = await resp.content.read(MAX_BODY_BYTES)
+                    body = await _read_body(resp)
         except TimeoutError:
             error, detail = m.TIMEOUT, f"timeout after {self.timeout:g}s"
         except aiohttp.ClientConnectorError as exc:
@@ -131,6 +131,18 @@ class BackendClient:
         if error is not None and (status is None or status not in expected):
             self._metrics.probe_error(path, error)
         return ProbeResponse(method, path, status, body, seconds, error, detail)
+
+
+async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
+    """The whole body, or its first MAX_BODY_BYTES (which then fails to parse, as it should)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= MAX_BODY_BYTES:
+            break
+    return b"".join(chunks)[:MAX_BODY_BYTES]
 
 
 def _connect_detail(exc: aiohttp.ClientConnectorError) -> str:

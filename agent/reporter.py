@@ -23,6 +23,7 @@ import grpc.aio
 
 from agent.backoff import Backoff
 from agent.errors import (
+    AgentConfigError,
     ControlPlaneError,
     ControlPlaneRejectedError,
     ControlPlaneUnavailableError,
@@ -388,7 +389,12 @@ def _credentials(config: AgentConfig) -> grpc.ChannelCredentials | None:
         return None
 
     def read(path: str | None) -> bytes | None:
-        return Path(path).read_bytes() if path else None
+        if not path:
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise AgentConfigError(f"cannot read {path}: {exc.strerror}") from None
 
     return grpc.ssl_channel_credentials(
         root_certificates=read(config.controlplane_ca_file),

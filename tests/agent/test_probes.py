@@ -159,3 +159,32 @@ async def test_api_key_is_sent(fake_server, backend_client: ClientFactory) -> No
     await probe.probe()
     assert fake.requests
     assert all(r.headers.get("Authorization") == "Bearer sk-test" for r in fake.requests)
+
+
+async def test_large_model_list_is_read_whole(backend_client: ClientFactory) -> None:
+    """A model list far larger than one read chunk is read whole, then capped for reporting."""
+    from aiohttp import web
+
+    from agent.limits import bounded_status
+    from tests.support.net import free_port
+
+    ids = [f"org/model-{i:05d}-with-a-long-name" for i in range(3000)]
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": i} for i in ids]})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        probe = PROBES["openai"](backend_client(f"http://127.0.0.1:{port}"), slow_seconds=0.5)
+        obs = await probe.probe()
+        assert obs.health == H
+        assert [m.id for m in obs.models or []] == ids
+        status = bounded_status(types_pb2.BackendStatus(models=obs.models))
+        assert len(status.models) == 1024
+    finally:
+        await runner.cleanup()

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -401,3 +404,55 @@ async def _is_absent(cp: Replica, name: str) -> bool:
 def _probe_errors(agent: object, endpoint: str, kind: str) -> float:
     counter = agent.metrics.probe_errors.labels(endpoint=endpoint, kind=kind)  # type: ignore[attr-defined]
     return float(counter._value.get())
+
+
+async def test_sigterm_to_the_agent_process_says_goodbye(
+    replicas: ReplicaFactory, fake_server, tmp_path
+) -> None:
+    """`corral agent` as a process: SIGTERM makes it say goodbye, leave routing and exit 0."""
+    cp = await replicas("cp-a")
+    fake = await fake_server("vllm", models=["m"], name="proc")
+    key_file = tmp_path / "backend.key"
+    key_file.write_text("sk-backend\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "corral.cli", "agent",
+        "--controlplane", cp.address,
+        "--backend", fake.url,
+        "--name", "proc-1",
+        "--label", "zone=a",
+        "--backend-api-key-file", str(key_file),
+        "--probe-interval", "0.2",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")},
+    )  # fmt: skip
+    try:
+        backend = await eventually(lambda: cp.backend("proc-1"), within=30)
+        assert dict(backend.spec.labels) == {"zone": "a"}
+        assert fake.requests[-1].headers.get("Authorization") == "Bearer sk-backend"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+        await eventually(lambda: _is_absent(cp, "proc-1"), within=3)
+        assert proc.stderr is not None
+        log = (await proc.stderr.read()).decode()
+        assert "said goodbye" in log
+        assert "sk-backend" not in log
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_drain_command_reaches_the_agent(
+    replicas: ReplicaFactory, fake_server, start_agent: AgentFactory
+) -> None:
+    """An operator's drain and undrain arrive at the agent as commands (and in /healthz data)."""
+    cp = await replicas("cp-a")
+    fake = await fake_server("openai", models=["m"], name="drain")
+    agent = await start_agent(**agent_settings(cp, fake.url, "drain-1"))
+    await eventually(lambda: agent.reporter.connected_to)
+    await cp.admin().DrainBackend(admin_pb2.DrainBackendRequest(name="drain-1", reason="test"))
+    await eventually(lambda: agent.reporter.drained)
+    assert agent.describe()["controlplane"]["drained"] is True
+    await cp.admin().UndrainBackend(admin_pb2.UndrainBackendRequest(name="drain-1"))
+    await eventually(lambda: not agent.reporter.drained)
