@@ -90,7 +90,8 @@ def completion_key(model: str, prompt: Any) -> bytes | None:
 
 def hash01(key: bytes, name: bytes) -> float:
     """A uniform number in the open interval (0, 1) from a key and a backend name."""
-    digest = blake2b(name, digest_size=8, key=key).digest()
+    # The key always has _KEY_BYTES bytes, so key + name is unambiguous.
+    digest = blake2b(key + name, digest_size=8).digest()
     return (int.from_bytes(digest, "big") + 0.5) / _TWO_64
 
 
@@ -99,13 +100,25 @@ def rendezvous_score(key: bytes, name: bytes, weight: float) -> float:
     return -weight / math.log(hash01(key, name))
 
 
+def _scored(key: bytes, candidates: Sequence[C]) -> list[tuple[float, bytes, C]]:
+    log = math.log
+    out = []
+    for c in candidates:
+        name = c.name_bytes
+        u = (int.from_bytes(blake2b(key + name, digest_size=8).digest(), "big") + 0.5) / _TWO_64
+        out.append((-c.weight / log(u), name, c))
+    return out
+
+
 def rendezvous_order(key: bytes, candidates: Sequence[C]) -> list[C]:
-    """Candidates best first; independent of the order they are given in."""
-    return sorted(
-        candidates,
-        key=lambda c: (rendezvous_score(key, c.name_bytes, c.weight), c.name_bytes),
-        reverse=True,
-    )
+    """Candidates best first; independent of the order they are given in (names are unique)."""
+    scored = _scored(key, candidates)
+    scored.sort(key=_score_and_name, reverse=True)
+    return [c for _, _, c in scored]
+
+
+def _score_and_name(item: tuple[float, bytes, object]) -> tuple[float, bytes]:
+    return item[0], item[1]
 
 
 def within_bound(candidate: Candidate, total_load: int, total_weight: float, eps: float) -> bool:
@@ -135,8 +148,12 @@ def sticky_choice(
     for c in usable:
         total_load += c.load()
         total_weight += c.weight
-    order = rendezvous_order(key, ranked)
-    for position, c in enumerate(order):
+    scored = _scored(key, ranked)
+    home = max(scored, key=_score_and_name)[2]
+    if home in usable and home.has_capacity() and within_bound(home, total_load, total_weight, eps):
+        return home, 0  # the common case: no sort needed
+    scored.sort(key=_score_and_name, reverse=True)
+    for position, (_, _, c) in enumerate(scored):
         if c in usable and c.has_capacity() and within_bound(c, total_load, total_weight, eps):
             return c, position
     return None
@@ -149,9 +166,14 @@ def least_loaded(usable: Sequence[C], rng: random.Random) -> C | None:
         return None
     if len(open_) == 1:
         return open_[0]
-    a, b = rng.sample(open_, 2)
+    n = len(open_)
+    i = int(rng.random() * n)
+    j = int(rng.random() * (n - 1))
+    if j >= i:
+        j += 1  # two distinct candidates, uniformly
+    a, b = open_[i], open_[j]
     load_a = a.load() / a.weight
     load_b = b.load() / b.weight
     if load_b < load_a:
         return b
-    return a  # the sample order is random, so ties fall either way
+    return a  # the pair's order is random, so ties fall either way
