@@ -247,6 +247,9 @@ class AgentSession:
             raise translate_store_error(exc, "granting a session lease") from exc
         try:
             replaced = await self._claim(register, lease)
+            # Attached before the drain flag is read, so no drain command can fall between.
+            self.lease = lease
+            hub.attach(self)
             await self._write_status(register.status, lease)
             info = admin_pb2.AgentInfo(
                 agent_id=register.agent_id,
@@ -265,14 +268,14 @@ class AgentSession:
                 # lease now holds none of this backend's keys; end it.
                 await hub.leases.revoke(replaced)
         except StoreError as exc:
+            hub.detach(self)
             hub.leases.release(lease)
             raise translate_store_error(exc, f"registering backend {spec.name!r}") from exc
         except BaseException:
+            hub.detach(self)
             hub.leases.release(lease)
             raise
-        self.lease = lease
         self._registered = True
-        hub.attach(self)
         log.info(
             "agent %s registered backend %s (session %s%s) from %s",
             register.agent_id,
@@ -404,6 +407,8 @@ class AgentSession:
         try:
             await self._hub.leases.revoke(self.lease)
         except StoreError as exc:
+            # At least stop keeping it alive: the backend leaves within the TTL.
+            self._hub.store.release_lease(self.lease)
             raise translate_store_error(exc, f"removing backend {self.name!r}") from exc
         self._hub.metrics.store_writes.labels("revoke").inc()
 

@@ -37,7 +37,7 @@ from controlplane.store.base import (
     KeyValue,
     Store,
     StoreClosedError,
-    StoreUnavailableError,
+    StoreError,
     WatchBatch,
 )
 from corral.v1 import routing_pb2, types_pb2
@@ -138,14 +138,16 @@ class RoutingView:
                 log.warning("the routing watch ended; listing again")
             except CompactedError as exc:
                 log.info("routing watch compacted (%s); listing again", exc)
-            except StoreUnavailableError as exc:
-                await self._set_watching(False)
-                delay = backoff.next_delay()
-                log.warning("store unavailable (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
             except StoreClosedError:
                 await self._set_watching(False)
                 raise
+            except StoreError as exc:
+                # Unavailable, or something odd the store could not classify: either way,
+                # keep serving the last view and try again rather than end the replica.
+                await self._set_watching(False)
+                delay = backoff.next_delay()
+                log.warning("routing watch failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
 
     async def _probe(self) -> None:
         """Ask the store something small now and then: a watch that waits through an
@@ -154,7 +156,9 @@ class RoutingView:
             await asyncio.sleep(self._probe_interval)
             try:
                 await self._store.get(self._layout.routing)
-            except StoreUnavailableError as exc:
+            except StoreClosedError:
+                raise
+            except StoreError as exc:
                 if self._store_ok:
                     log.warning("store probe failed: %s", exc)
                 self._store_ok = False
