@@ -50,6 +50,15 @@ _MOD = rpc.Compare.CompareTarget.Value("MOD")
 _CREATE = rpc.Compare.CompareTarget.Value("CREATE")
 _LEASE = rpc.Compare.CompareTarget.Value("LEASE")
 _PUT = rpc.Event.EventType.Value("PUT")
+# What a stream's read() returns at the end (missing from the grpc type stubs).
+_EOF: object = getattr(grpc.aio, "EOF")  # noqa: B009 - the stubs lack it; getattr keeps mypy quiet
+_PROGRESS_REQUEST = rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a background read's outcome as seen (we act on it elsewhere, or not at all)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _kv(kv: Any) -> KeyValue:
@@ -74,6 +83,10 @@ class EtcdStore(Store):
     - attempt_timeout: the deadline of one attempt. Below etcd's own request timeout (5 s +
       2 election timeouts), so a write whose proposal was lost when the leader died is retried
       instead of waiting for etcd to give up on it.
+    - probe_interval, stall_timeout: a watch quiet for probe_interval asks etcd for a progress
+      report, and a watch or keepalive stream that leaves a request unanswered for
+      stall_timeout (or a third of a lease's TTL) is reopened on another endpoint: a frozen
+      or cut-off member can hold a TCP connection open without ever answering.
     """
 
     def __init__(
@@ -86,6 +99,8 @@ class EtcdStore(Store):
         connect_timeout: float = 5.0,
         request_timeout: float = 10.0,
         attempt_timeout: float = 2.0,
+        probe_interval: float = 5.0,
+        stall_timeout: float = 3.0,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e]
@@ -99,7 +114,11 @@ class EtcdStore(Store):
         self._connect_timeout = connect_timeout
         self._request_timeout = request_timeout
         self._attempt_timeout = attempt_timeout
-        self._leases = LeaseKeeper(self._pool, connect_timeout=connect_timeout)
+        self._probe_interval = probe_interval
+        self._stall_timeout = stall_timeout
+        self._leases = LeaseKeeper(
+            self._pool, connect_timeout=connect_timeout, stall_timeout=stall_timeout
+        )
         self._cluster_id = ""
         self._started = False
 
@@ -253,6 +272,7 @@ class EtcdStore(Store):
         backoff = Backoff()
         while True:
             index = self._pool.current
+            url = self._pool.endpoints[index].url
             stubs = await self._pool.ready(index, self._connect_timeout)
             if stubs is None:
                 self._pool.rotate(index)
@@ -260,9 +280,28 @@ class EtcdStore(Store):
                 continue
             create.start_revision = next_revision
             call = stubs.watch.Watch(metadata=REQUIRE_LEADER)
+            reading: asyncio.Future[Any] | None = None
+            probing = False
             try:
                 await call.write(rpc.WatchRequest(create_request=create))
-                async for response in call:
+                while True:
+                    if reading is None:
+                        reading = asyncio.ensure_future(call.read())
+                        reading.add_done_callback(_retrieve)
+                    wait = self._stall_timeout if probing else self._probe_interval
+                    done, _ = await asyncio.wait({reading}, timeout=wait)
+                    if not done:
+                        if probing:
+                            log.warning("etcd watch on %s stopped answering", url)
+                            break
+                        # Quiet for a while: ask for a progress report to prove it is alive.
+                        await call.write(_PROGRESS_REQUEST)
+                        probing = True
+                        continue
+                    response, reading, probing = reading.result(), None, False
+                    if response is _EOF:
+                        log.warning("etcd ended the watch stream on %s", url)
+                        break
                     if response.compact_revision > 0:
                         raise CompactedError(response.compact_revision)
                     if response.canceled:
@@ -283,13 +322,7 @@ class EtcdStore(Store):
                     raise StoreClosedError("etcd store closed") from None
                 if exc.code() not in RETRYABLE_CODES | {grpc.StatusCode.CANCELLED}:
                     raise translate(exc, "watch") from None
-                log.warning(
-                    "etcd watch on %s broke (%s %s); resuming at revision %d",
-                    self._pool.endpoints[index].url,
-                    exc.code().name,
-                    exc.details(),
-                    next_revision,
-                )
+                log.warning("etcd watch on %s broke (%s %s)", url, exc.code().name, exc.details())
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if self._pool.closed and current is not None and not current.cancelling():
@@ -297,8 +330,11 @@ class EtcdStore(Store):
                 raise
             finally:
                 call.cancel()
+                if reading is not None:
+                    reading.cancel()
             if self._pool.closed:
                 raise StoreClosedError("etcd store closed")
+            log.info("resuming the watch on %s at revision %d", prefix, next_revision)
             self._pool.rotate(index)
             await asyncio.sleep(backoff.next_delay())
 

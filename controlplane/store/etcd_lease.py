@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from asyncio import FIRST_COMPLETED
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 
 # Never refresh more often than this, whatever the TTL.
 _MIN_INTERVAL = 0.1
+# Never call a stream stalled sooner than this after a refresh went unanswered.
+_MIN_STALL = 0.3
 
 
 @dataclass(eq=False)
@@ -29,14 +32,17 @@ class _Kept:
     id: int
     ttl: int
     due: float  # loop time of the next refresh
+    # Loop time of a refresh sent and not yet answered; too long means the stream stalled.
+    waiting_since: float | None = None
 
 
 class LeaseKeeper:
     """Owns the keepalive task; `keep`/`release` say which leases it refreshes."""
 
-    def __init__(self, pool: EndpointPool, *, connect_timeout: float) -> None:
+    def __init__(self, pool: EndpointPool, *, connect_timeout: float, stall_timeout: float) -> None:
         self._pool = pool
         self._connect_timeout = connect_timeout
+        self._stall_timeout = stall_timeout
         self._leases: dict[int, _Kept] = {}
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -73,6 +79,7 @@ class LeaseKeeper:
                 self._changed.clear()
                 await self._changed.wait()
             index = self._pool.current
+            url = self._pool.endpoints[index].url
             stubs = await self._pool.ready(index, self._connect_timeout)
             if stubs is None:
                 self._pool.rotate(index)
@@ -83,29 +90,36 @@ class LeaseKeeper:
             now = asyncio.get_running_loop().time()
             for kept in self._leases.values():
                 kept.due = now  # TTLs may have reset on another member: refresh at once
-            sender = asyncio.create_task(self._send(call), name="etcd-lease-keepalive-send")
+                kept.waiting_since = None
+            receiver = asyncio.create_task(self._receive(call, backoff), name="etcd-keepalive-recv")
+            sender = asyncio.create_task(self._send(call), name="etcd-keepalive-send")
             try:
-                async for response in call:
-                    backoff.reset()
-                    self._answered(response)
-                log.warning("etcd keepalive stream on %s ended", self._pool.endpoints[index].url)
-            except grpc.aio.AioRpcError as exc:
-                log.warning(
-                    "etcd keepalive stream on %s broke: %s %s",
-                    self._pool.endpoints[index].url,
-                    exc.code().name,
-                    exc.details(),
-                )
+                done, _ = await asyncio.wait({receiver, sender}, return_when=FIRST_COMPLETED)
             finally:
                 call.cancel()
                 await cancel_and_wait(sender)
+                await cancel_and_wait(receiver)
+            for task in done:
+                reason = task.result()  # a bug in our code surfaces here
+                log.warning("etcd keepalive stream on %s: %s; reconnecting", url, reason)
             self._pool.rotate(index)
             await asyncio.sleep(backoff.next_delay())
+
+    async def _receive(self, call: grpc.aio.StreamStreamCall[Any, Any], backoff: Backoff) -> str:
+        """Apply answers until the stream ends; say why it did."""
+        try:
+            async for response in call:
+                backoff.reset()
+                self._answered(response)
+        except grpc.aio.AioRpcError as exc:
+            return f"broke ({exc.code().name} {exc.details()})"
+        return "ended by etcd"
 
     def _answered(self, response: rpc.LeaseKeepAliveResponse) -> None:
         kept = self._leases.get(response.ID)
         if kept is None:
             return
+        kept.waiting_since = None
         if response.TTL <= 0:
             # etcd no longer knows the lease: it expired or was revoked elsewhere.
             log.warning("etcd lease %x is gone; no longer keeping it", response.ID)
@@ -114,23 +128,35 @@ class LeaseKeeper:
         self.refreshes += 1
         kept.ttl = int(response.TTL)
 
-    async def _send(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
+    def _stall_limit(self, kept: _Kept) -> float:
+        # Notice an unanswered refresh while the lease still has most of its TTL left.
+        return max(_MIN_STALL, min(self._stall_timeout, kept.ttl / 3))
+
+    async def _send(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> str:
+        """Write refreshes when due; return when the stream breaks or stops answering."""
         loop = asyncio.get_running_loop()
         try:
             while True:
                 now = loop.time()
                 for kept in list(self._leases.values()):
-                    if kept.due <= now:
+                    if kept.waiting_since is not None:
+                        if now - kept.waiting_since > self._stall_limit(kept):
+                            waited = now - kept.waiting_since
+                            return f"no answer for lease {kept.id:x} in {waited:.1f}s"
+                    elif kept.due <= now:
                         kept.due = now + max(_MIN_INTERVAL, kept.ttl / 3)
+                        kept.waiting_since = now
                         await call.write(rpc.LeaseKeepAliveRequest(ID=kept.id))
-                next_due = min((k.due for k in self._leases.values()), default=None)
+                wake = [
+                    k.waiting_since + self._stall_limit(k) if k.waiting_since is not None else k.due
+                    for k in self._leases.values()
+                ]
                 self._changed.clear()
-                if next_due is None:
+                if not wake:
                     await self._changed.wait()
-                else:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(max(0.0, next_due - loop.time())):
-                            await self._changed.wait()
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            # The stream broke; the reader sees it too and opens a new one.
-            return
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, min(wake) - loop.time())):
+                        await self._changed.wait()
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            return f"write failed ({exc})"

@@ -177,3 +177,29 @@ async def test_keeper_drops_a_lease_revoked_elsewhere(etcd: EtcdCluster) -> None
         await eventually(lambda: lease not in mine.lease_keeper.kept())
         assert mine.lease_keeper.kept() == [survivor]
         assert mine.lease_keeper.streams_opened == 1
+
+
+async def test_frozen_member_is_left_behind(etcd3: EtcdCluster) -> None:
+    """A member that freezes (SIGSTOP: connections open, no answers) is abandoned by calls,
+    the watch and the keepalive stream; the kept lease survives and no event is lost."""
+    async with EtcdStore(leader_first(etcd3), probe_interval=0.5, stall_timeout=0.5) as store:
+        kept = await store.grant_lease(2)
+        start = await store.put(b"/z/kept", b"1", lease=kept)
+        frozen = member_for(etcd3, store)
+        async with watching(store, b"/z/", start) as watcher:
+            await watcher.wait_for(bool)
+            frozen.pause()
+            try:
+                after = await store.put(b"/z/after", b"2")
+                await watcher.wait_for(lambda ev: any(e.kv.key == b"/z/after" for e in ev))
+                assert puts(watcher) == [(b"/z/kept", start), (b"/z/after", after)]
+                # A lease granted now, and not kept, runs out; the kept one does not.
+                doomed = await store.grant_lease(2)
+                await store.put(b"/z/doomed", b"1", lease=doomed)
+                store.release_lease(doomed)
+                await watcher.wait_for(deleted(b"/z/doomed"))
+                assert not deleted(b"/z/kept")(watcher.events)
+                kv = await store.get(b"/z/kept")
+                assert kv is not None and kv.lease == kept
+            finally:
+                frozen.resume()
