@@ -232,6 +232,7 @@ def apply_snapshot(app: web.Application, snapshot: types_pb2.Snapshot, source: s
             )
             return False
         if snapshot.version == current.version:
+            app[STATUS].source = source  # confirmed by the control plane: same content
             return False
     balancer.apply(snapshot)
     status = app[STATUS]

@@ -80,9 +80,12 @@ class SnapshotSubscriber:
         while True:
             address = addresses[index % len(addresses)]
             received = await self._follow(address)
-            if received:
-                next_delay = backoff_delays(self._rng)
             index += 1
+            if received:
+                # The stream worked (it may have ended for max connection age): reconnect at
+                # once, to the next address; failures from there on back off.
+                next_delay = backoff_delays(self._rng)
+                continue
             await asyncio.sleep(next_delay())
 
     async def _follow(self, address: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -146,3 +147,47 @@ async def test_workers_share_one_port(
         assert set(results) == {"w"}
         assert await edge.terminate() == 0
         assert "Traceback" not in edge.log.read_text()
+
+
+def _workers_of(pid: int) -> set[int]:
+    """Worker processes of an edge supervisor (spawned interpreters, not the resource
+    tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    workers = set()
+    for child in children:
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"spawn_main" in cmdline:
+            workers.add(int(child))
+    return workers
+
+
+async def test_supervisor_restarts_a_dead_worker(
+    snapshots: SnapshotServer, spawn: Callable[..., EdgeProcess]
+) -> None:
+    """A worker that dies is replaced, and the edge keeps serving on its port."""
+    async with (
+        running_fakes(FakeServer("vllm", [MODEL], "w")) as (fake,),
+        aiohttp.ClientSession() as http,
+    ):
+        snapshots.publish(snapshot(1, [from_fake(fake)]))
+        edge = spawn(snapshots, "--workers", "2")
+        await edge.wait_version(http, 1)
+        workers = await eventually(
+            lambda: len(_workers_of(edge.proc.pid)) == 2 and _workers_of(edge.proc.pid)
+        )
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        replaced = await eventually(
+            lambda: (w := _workers_of(edge.proc.pid)) and len(w) == 2 and victim not in w and w,
+            within=30,
+        )
+        assert victim not in replaced
+        await eventually(lambda: snapshots.watchers >= 2, within=30)
+        for i in range(6):
+            assert (
+                await backend_of(edge.client, messages=[{"role": "user", "content": f"{i}"}]) == "w"
+            )
+        assert await edge.terminate() == 0
