@@ -49,7 +49,7 @@ class EdgeMetrics:
         )
         self.retries = Counter(
             "corral_edge_retries",
-            "Attempts retried on another backend, by the backend that failed.",
+            "Attempts retried on another backend, by the backend that failed and why.",
             ["backend", "reason"],
             registry=r,
         )

@@ -129,37 +129,40 @@ class Proxy:
 
     async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         started = time.monotonic()
-        self.check_auth(request)
-        raw = await self.read_body(request)
-        body = parse(raw, endpoint)
-        model: str = body["model"]
-        route = self.balancer.route_for(model)
-        stream = endpoint.streams and body.get("stream") is True
-        key: bytes | None = None
-        if endpoint.sticky:
-            key = session_header_key(request.headers, self._session_headers)
-            if key is None:
-                if endpoint is CHAT:
-                    key = chat_key(model, body["messages"])
-                else:
-                    key = completion_key(model, body["prompt"])
-
-        balancer = self.balancer
         metrics = self.metrics
-        excluded: set[str] = set()
-        failure: Failure | None = None
-        status = 0
+        model_label = "-"  # a model name only once it routes: unknown names are unbounded
         backend_name = "-"
+        status = 0
         try:
-            for attempt in range(self._attempts):
+            self.check_auth(request)
+            raw = await self.read_body(request)
+            body = parse(raw, endpoint)
+            model: str = body["model"]
+            route = self.balancer.route_for(model)
+            model_label = route.name
+            stream = endpoint.streams and body.get("stream") is True
+            key: bytes | None = None
+            if endpoint.sticky:
+                key = session_header_key(request.headers, self._session_headers)
+                if key is None:
+                    if endpoint is CHAT:
+                        key = chat_key(model, body["messages"])
+                    else:
+                        key = completion_key(model, body["prompt"])
+
+            balancer = self.balancer
+            excluded: set[str] = set()
+            failure: Failure | None = None
+            for _ in range(self._attempts):
                 found = balancer.pick(route, key, excluded)
                 if isinstance(found, Full):
                     found = await balancer.wait_pick(route, key, excluded)
                 if found is None:
                     break
                 backend, label = found
-                if attempt:
+                if failure is not None:
                     label = RETRY
+                    metrics.retries.labels(backend_name, failure.reason).inc()
                 excluded.add(backend.name)
                 backend_name = backend.name
                 metrics.decision(label)
@@ -179,7 +182,6 @@ class Proxy:
                     gauge.dec()
                 if isinstance(result, Failure):
                     failure = result
-                    metrics.retries.labels(backend.name, result.reason).inc()
                     continue
                 status = result.status
                 return result
@@ -199,7 +201,7 @@ class Proxy:
             return web.Response(status=499)
         finally:
             metrics.request(
-                route.name, backend_name, status, endpoint.name, time.monotonic() - started
+                model_label, backend_name, status, endpoint.name, time.monotonic() - started
             )
 
     async def _attempt(
