@@ -188,3 +188,34 @@ async def test_large_model_list_is_read_whole(backend_client: ClientFactory) -> 
         assert len(status.models) == 1024
     finally:
         await runner.cleanup()
+
+
+async def test_slow_answers_are_degraded(backend_client: ClientFactory) -> None:
+    """Answers slower than the slow threshold (but inside the timeout) make a DEGRADED verdict."""
+    from aiohttp import web
+
+    from tests.support.net import free_port
+
+    delay = asyncio.Event()
+
+    async def models(request: web.Request) -> web.Response:
+        if delay.is_set():
+            await asyncio.sleep(0.3)  # the server under test is slow on purpose
+        return web.json_response({"object": "list", "data": [{"id": "m"}]})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        client = backend_client(f"http://127.0.0.1:{port}", timeout=2.0)
+        probe = PROBES["openai"](client, slow_seconds=0.2)
+        assert (await probe.probe()).health == H
+        delay.set()
+        obs = await probe.probe()
+        assert obs.health == D and "slow" in obs.reason
+        assert [m.id for m in obs.models or []] == ["m"]
+    finally:
+        await runner.cleanup()

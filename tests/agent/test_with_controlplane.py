@@ -456,3 +456,22 @@ async def test_drain_command_reaches_the_agent(
     assert agent.describe()["controlplane"]["drained"] is True
     await cp.admin().UndrainBackend(admin_pb2.UndrainBackendRequest(name="drain-1"))
     await eventually(lambda: not agent.reporter.drained)
+
+
+async def test_duplicate_name_is_refused_and_logged(
+    replicas: ReplicaFactory, fake_server, start_agent: AgentFactory, caplog
+) -> None:
+    """A second agent claiming a live backend's name is refused (ALREADY_EXISTS), clearly."""
+    import logging
+
+    caplog.set_level(logging.ERROR, logger="agent")
+    cp = await replicas("cp-a")
+    first = await fake_server("vllm", models=["m"], name="dup-a")
+    second = await fake_server("vllm", models=["m"], name="dup-b")
+    await start_agent(**agent_settings(cp, first.url, "dup") | {"agent_id": "agent-1"})
+    await eventually(lambda: _is_present(cp, "dup"))
+    await start_agent(**agent_settings(cp, second.url, "dup") | {"agent_id": "agent-2"})
+    await eventually(lambda: "ALREADY_EXISTS" in caplog.text)
+    assert "give this agent its own --name" in caplog.text
+    backend = await cp.backend("dup")
+    assert backend is not None and backend.spec.url == first.url
