@@ -1,0 +1,294 @@
+"""Streaming: time to first chunk and per-chunk transit through each proxy versus direct.
+
+``./dev bench streaming [--chunks 50] [--gap-ms 10] [--no-write]``
+
+An aiohttp backend (bench/stream_backend.py, CPU 1) streams 50 SSE chunks 10 ms apart,
+stamping each with the CLOCK_MONOTONIC time it was written. The client (this process, asyncio
++ aiohttp, CPU 1) stamps arrival, so transit = arrival - written is measured per chunk, proxy
+included, with no clock skew (one machine, one monotonic clock). Proxies run alone on CPU 0.
+At 1 stream (sequential requests) and 64 concurrent streams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+import orjson
+
+from bench import nginx
+from bench.common import (
+    LOAD_CPU,
+    PROXY_CPU,
+    PYTHON,
+    BenchError,
+    edge_available,
+    ensure_tools,
+    free_port,
+    load_note,
+    machine,
+    md_table,
+    now_utc,
+    percentile,
+    pin_self,
+    wait_http,
+    workspace,
+    write_section,
+)
+
+REQUEST = orjson.dumps(
+    {
+        "model": "bench-model",
+        "stream": True,
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Count to fifty."},
+        ],
+    }
+)
+
+
+@dataclass
+class StreamStats:
+    ttfc: list[float] = field(default_factory=list)  # seconds, request start -> first chunk
+    transit: list[float] = field(default_factory=list)  # seconds, written -> arrived
+    gaps: list[float] = field(default_factory=list)  # seconds between arrivals
+    incomplete: int = 0
+    failed: int = 0
+
+
+async def one_stream(
+    session: aiohttp.ClientSession, url: str, chunks: int, st: StreamStats
+) -> None:
+    start = time.monotonic_ns()
+    seen = 0
+    last = 0
+    try:
+        async with session.post(
+            url, data=REQUEST, headers={"Content-Type": "application/json"}
+        ) as resp:
+            if resp.status != 200:
+                st.failed += 1
+                await resp.read()
+                return
+            async for line in resp.content:
+                now = time.monotonic_ns()
+                if not line.startswith(b"data: {"):
+                    continue
+                sent = orjson.loads(line[6:])["bench_sent_ns"]
+                if seen == 0:
+                    st.ttfc.append((now - start) / 1e9)
+                else:
+                    st.gaps.append((now - last) / 1e9)
+                st.transit.append((now - sent) / 1e9)
+                last = now
+                seen += 1
+    except (aiohttp.ClientError, TimeoutError):
+        st.failed += 1
+        return
+    if seen != chunks:
+        st.incomplete += 1
+
+
+async def measure_target(
+    url: str, chunks: int, gap: float, seq: int, conc: int, seconds: float
+) -> dict[str, StreamStats]:
+    out = {"1": StreamStats(), str(conc): StreamStats()}
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        # Warm-up: open every connection (and the proxy's upstream pool) once.
+        await asyncio.gather(
+            *(one_stream(session, url, chunks, StreamStats()) for _ in range(conc))
+        )
+        for _ in range(seq):
+            await one_stream(session, url, chunks, out["1"])
+        # Steady state: conc streams open at all times, started at spread-out moments.
+        rng = random.Random(1)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds + chunks * gap
+
+        async def worker(offset: float) -> None:
+            await asyncio.sleep(offset)
+            while loop.time() < end:
+                await one_stream(session, url, chunks, out[str(conc)])
+
+        await asyncio.gather(*(worker(rng.uniform(0, chunks * gap)) for _ in range(conc)))
+    return out
+
+
+def run(
+    chunks: int, gap_ms: float, seq: int, conc: int, seconds: float
+) -> tuple[list[tuple[str, dict[str, StreamStats] | str]], dict[str, str]]:
+    ensure_tools("nginx")
+    pin_self(LOAD_CPU)
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    info = {"machine": machine(), "load": load_note(), "date": now_utc()}
+    print(f"{info['machine']}\n{info['load']}", flush=True)
+    results: list[tuple[str, dict[str, StreamStats] | str]] = []
+    chat = "/v1/chat/completions"
+    with workspace("streaming") as (_tmp, procs):
+        bport = free_port()
+        backend_proc = procs.start(
+            "stream-backend",
+            [PYTHON, "-m", "bench.stream_backend", "--listen", f"127.0.0.1:{bport}",
+             "--chunks", str(chunks), "--gap-ms", str(gap_ms)],
+            cpus=LOAD_CPU,
+        )  # fmt: skip
+        backend = f"http://127.0.0.1:{bport}"
+        wait_http(backend + "/health", backend_proc)
+
+        def measure(name: str, base: str) -> None:
+            print(f"  {name} ...", end="", flush=True)
+            try:
+                stats = asyncio.run(
+                    measure_target(base + chat, chunks, gap_ms / 1000, seq, conc, seconds)
+                )
+            except (BenchError, OSError) as exc:
+                results.append((name, f"failed: {exc}"))
+                print(" failed", flush=True)
+                return
+            results.append((name, stats))
+            s1 = stats["1"]
+            print(
+                f" ttfc p50 {percentile(s1.ttfc, 50) * 1e3:.2f} ms, "
+                f"transit p50 {percentile(s1.transit, 50) * 1e3:.2f} ms",
+                flush=True,
+            )
+
+        measure("direct", backend)
+
+        nport = free_port()
+        ngx = nginx.start(
+            procs,
+            "nginx-proxy",
+            lambda d: nginx.proxy_conf(d, nport, [f"127.0.0.1:{bport}"]),
+            PROXY_CPU,
+            None,
+        )
+        wait_http(f"http://127.0.0.1:{nport}/health", ngx)
+        measure("nginx reverse proxy", f"http://127.0.0.1:{nport}")
+        procs.stop(ngx)
+
+        rport = free_port()
+        relay = procs.start(
+            "relay",
+            [PYTHON, "-m", "bench.relay", "--listen", f"127.0.0.1:{rport}", "--upstream", backend],
+            cpus=PROXY_CPU,
+        )
+        wait_http(f"http://127.0.0.1:{rport}/health", relay)
+        measure("bare aiohttp relay", f"http://127.0.0.1:{rport}")
+        procs.stop(relay)
+
+        if edge_available():
+            sport = free_port()
+            procs.start(
+                "snapshots",
+                [PYTHON, "-m", "bench.snapshot_server", "--listen", f"127.0.0.1:{sport}",
+                 "--model", "bench-model", "--backend", f"stream={backend}"],
+                cpus=LOAD_CPU,
+            )  # fmt: skip
+            eport = free_port()
+            edge = procs.start(
+                "edge",
+                [PYTHON, "-m", "corral.cli", "edge", "--listen", f"127.0.0.1:{eport}",
+                 "--controlplane", f"127.0.0.1:{sport}", "--log-level", "WARNING"],
+                cpus=PROXY_CPU,
+            )  # fmt: skip
+            wait_http(f"http://127.0.0.1:{eport}/readyz", edge, timeout=60)
+            measure("Corral edge", f"http://127.0.0.1:{eport}")
+        else:
+            results.append(("Corral edge", "not in this tree yet"))
+    return results, info
+
+
+def report(
+    results: list[tuple[str, dict[str, StreamStats] | str]],
+    info: dict[str, str],
+    args: argparse.Namespace,
+) -> str:
+    direct = results[0][1]
+    rows = []
+    gaps_lines = []
+    for name, stats in results:
+        if isinstance(stats, str):
+            rows.append([name, stats, "", "", "", "", "", ""])
+            continue
+        for level, st in stats.items():
+            if not st.ttfc:
+                rows.append([name, level, "no chunks", "", "", "", "", ""])
+                continue
+            ttfc50, ttfc99 = percentile(st.ttfc, 50), percentile(st.ttfc, 99)
+            tr50, tr99 = percentile(st.transit, 50), percentile(st.transit, 99)
+            gap99 = percentile(st.gaps, 99) if st.gaps else 0.0
+            added = ""
+            if name != "direct" and isinstance(direct, dict) and direct[level].ttfc:
+                d = direct[level]
+                a_ttfc = ttfc50 - percentile(d.ttfc, 50)
+                a_tr = tr50 - percentile(d.transit, 50)
+                a_tr99 = tr99 - percentile(d.transit, 99)
+                added = f"{a_ttfc * 1e3:+.2f} / {a_tr * 1e3:+.2f} / {a_tr99 * 1e3:+.2f}"
+                if name == "Corral edge":
+                    gaps_lines.append(
+                        f"- {level} stream(s): added time to first chunk {a_ttfc * 1e3:+.2f} ms, "
+                        f"added per-chunk transit p50 {a_tr * 1e3:+.2f} ms, p99 "
+                        f"{a_tr99 * 1e3:+.2f} ms (target ≤ 1 ms): "
+                        f"{'met' if max(a_ttfc, a_tr) <= 0.001 else 'NOT met'}."
+                    )
+            rows.append([
+                name, level, f"{ttfc50 * 1e3:.2f} / {ttfc99 * 1e3:.2f}",
+                f"{tr50 * 1e3:.2f} / {tr99 * 1e3:.2f}", f"{gap99 * 1e3:.1f}",
+                added or "—", f"{len(st.ttfc)}", f"{st.failed + st.incomplete}",
+            ])  # fmt: skip
+    table = md_table(
+        ["target", "streams", "TTFC p50 / p99 ms", "chunk transit p50 / p99 ms",
+         "arrival gap p99 ms", "added TTFC / transit p50 / transit p99 ms", "streams measured",
+         "failed or cut"],
+        rows,
+    )  # fmt: skip
+    return f"""## Streaming
+
+Command: `./dev bench streaming` — {info["date"]}
+
+Machine: {info["machine"]}. Load: {info["load"]}.
+
+Setup: an aiohttp SSE backend (`bench/stream_backend.py`, CPU 1) writes {args.chunks} chunks
+{args.gap_ms:g} ms apart, each stamped with its CLOCK_MONOTONIC write time; the asyncio/aiohttp
+client (CPU 1) stamps arrivals, so "transit" is the time each chunk spent between the
+backend's write and the client's read, proxy included. TTFC is request start to first chunk.
+1 stream: {args.seq} sequential requests; {args.concurrency} streams: {args.concurrency}
+clients each streaming back to back for {args.seconds:g} s, started at spread-out moments (a
+steady {args.concurrency} open streams, after a warm-up that opened every connection).
+Proxies alone on CPU 0. "Arrival gap p99" near {args.gap_ms:g} ms means chunks arrive as
+they are produced (a buffering proxy would show gaps near 0 and huge transit).
+
+{table}
+
+### Against the target (≤ 1 ms added)
+{chr(10).join(gaps_lines) or "- The edge was not measured in this run."}
+"""
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="./dev bench streaming", description=__doc__)
+    parser.add_argument("--chunks", type=int, default=50)
+    parser.add_argument("--gap-ms", type=float, default=10.0)
+    parser.add_argument("--seq", type=int, default=20, help="sequential single streams")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=4.0, help="steady concurrent phase")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    results, info = run(args.chunks, args.gap_ms, args.seq, args.concurrency, args.seconds)
+    text = report(results, info, args)
+    print(text)
+    if not args.no_write:
+        write_section("streaming", text)
+    return 0
