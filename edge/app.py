@@ -195,6 +195,8 @@ def _age(created_unix_ms: int) -> float | None:
 
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    # aiohttp sets TCP_NODELAY on every connection it makes or accepts, so a small chunk
+    # never waits for a delayed ACK.
     connector = aiohttp.TCPConnector(
         limit=0,  # no small cap: backends decide their own concurrency
         limit_per_host=0,
