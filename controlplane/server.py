@@ -46,6 +46,8 @@ SERVICES = (agent_service.SERVICE, routing_service.SERVICE, admin_service.SERVIC
 MAX_RECEIVE_BYTES = 4 * 1024 * 1024
 # How often a replica checks that its store answers (health goes NOT_SERVING when not).
 STORE_PROBE_SECONDS = 1.0
+# Edges are woken for a new snapshot at most this often (each wake carries the newest).
+SNAPSHOT_PUBLISH_SECONDS = 0.1
 # How long an admin write waits for this replica's view to show it.
 ADMIN_WRITE_WAIT_SECONDS = 5.0
 
@@ -269,6 +271,7 @@ async def serve(config: ControlPlaneConfig, *, ready: asyncio.Event | None = Non
                 on_version=metrics.snapshot_version.set,
                 on_listing=metrics.relists.inc,
                 probe_interval=STORE_PROBE_SECONDS,
+                publish_interval=SNAPSHOT_PUBLISH_SECONDS,
             )
             edges = EdgeBook(store, layout, ttl, metrics)
             replica.install(Parts(store, view, hub, edges))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ class RoutingView:
         on_version: VersionListener | None = None,
         on_listing: Callable[[], None] | None = None,
         probe_interval: float = 2.0,
+        publish_interval: float = 0.0,
     ) -> None:
         self._store = store
         self._layout = layout
@@ -106,6 +108,9 @@ class RoutingView:
         self._store_ok = True
         self.listings = 0
         self._version_event = asyncio.Event()
+        self._publish_interval = publish_interval
+        self._publish_handle: asyncio.TimerHandle | None = None
+        self._last_publish = -math.inf
         self._progress_event = asyncio.Event()
         self._relist_lock = asyncio.Lock()
 
@@ -291,10 +296,27 @@ class RoutingView:
             return
         self.version = version
         self._built = None
-        event, self._version_event = self._version_event, asyncio.Event()
-        event.set()
+        self._schedule_publish()
         if self._on_version is not None:
             self._on_version(version)
+
+    def _schedule_publish(self) -> None:
+        """Wake subscribers now, or, after a recent wake, once the publish interval is up.
+
+        With a thousand agents, versions can change hundreds of times a second; each wake
+        means one snapshot build and a send to every edge, so wakes are rate-limited and
+        each one carries the newest version.
+        """
+        if self._publish_handle is not None:
+            return
+        loop = asyncio.get_running_loop()
+        due = max(loop.time(), self._last_publish + self._publish_interval)
+        self._publish_handle = loop.call_at(due, self._publish)
+
+    def _publish(self) -> None:
+        self._publish_handle = None
+        self._last_publish = asyncio.get_running_loop().time()
+        self.wake()
 
     def _progress(self) -> None:
         event, self._progress_event = self._progress_event, asyncio.Event()
@@ -303,7 +325,7 @@ class RoutingView:
     # Waiting ----------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Wake everyone waiting on the version (shutdown), without changing it."""
+        """Wake everyone waiting on the version (also at shutdown, to make them look)."""
         event, self._version_event = self._version_event, asyncio.Event()
         event.set()
 

@@ -82,7 +82,7 @@ async def test_two_views_of_one_store_agree_on_every_version() -> None:
         assert [x.spec.name for x in a.backends] == ["b0", "b1", "b3", "b4"]
 
 
-def test_events_at_or_below_the_view_revision_are_ignored() -> None:
+async def test_events_at_or_below_the_view_revision_are_ignored() -> None:
     """A replayed or stale event never takes the view back in time."""
     view = RoutingView(MemoryStore(), LAYOUT)
     key = LAYOUT.spec("a")
@@ -98,7 +98,7 @@ def test_events_at_or_below_the_view_revision_are_ignored() -> None:
     assert view.version == 11
 
 
-def test_relisting_keeps_the_version_when_nothing_changed_and_never_goes_back() -> None:
+async def test_relisting_keeps_the_version_when_nothing_changed_and_never_goes_back() -> None:
     """A re-list with equal content keeps the version; an older listing is dropped."""
     view = RoutingView(MemoryStore(), LAYOUT)
     kv = KeyValue(LAYOUT.spec("a"), _spec_value("a"), 5, 5)
@@ -113,7 +113,7 @@ def test_relisting_keeps_the_version_when_nothing_changed_and_never_goes_back() 
     assert view.backend_names() == [] and view.version == 15
 
 
-def test_catch_up_names_unchanged_content_by_a_later_revision() -> None:
+async def test_catch_up_names_unchanged_content_by_a_later_revision() -> None:
     """An edge holding version V from another replica gets V or later from a lagging view."""
     view = RoutingView(MemoryStore(), LAYOUT)
     view.apply_listing(7, [KeyValue(LAYOUT.spec("a"), _spec_value("a"), 5, 5)], "c1")
@@ -123,7 +123,7 @@ def test_catch_up_names_unchanged_content_by_a_later_revision() -> None:
     assert view.version == 20
 
 
-def test_a_new_cluster_id_starts_over() -> None:
+async def test_a_new_cluster_id_starts_over() -> None:
     """A store with another identity (etcd wiped) is taken as is, even with lower revisions."""
     view = RoutingView(MemoryStore(), LAYOUT)
     view.apply_listing(100, [KeyValue(LAYOUT.spec("a"), _spec_value("a"), 90, 90)], "old")
@@ -131,7 +131,7 @@ def test_a_new_cluster_id_starts_over() -> None:
     assert (view.cluster_id, view.version, view.backend_names()) == ("new", 3, [])
 
 
-def test_drain_flags_and_aliases_show_in_snapshots_and_notify() -> None:
+async def test_drain_flags_and_aliases_show_in_snapshots_and_notify() -> None:
     """Drain flags mark backends drained and call the drain listener on each change."""
     seen: list[tuple[str, bool]] = []
     view = RoutingView(
@@ -154,7 +154,7 @@ def test_drain_flags_and_aliases_show_in_snapshots_and_notify() -> None:
     assert payload.snapshot.version == 4
 
 
-def test_foreign_and_corrupt_records_are_left_out() -> None:
+async def test_foreign_and_corrupt_records_are_left_out() -> None:
     """Keys the control plane does not know, and undecodable values, never break a snapshot."""
     view = RoutingView(MemoryStore(), LAYOUT)
     view.apply_listing(
@@ -167,3 +167,26 @@ def test_foreign_and_corrupt_records_are_left_out() -> None:
         "c",
     )
     assert [b.spec.name for b in view.current().snapshot.backends] == ["good"]
+
+
+async def test_a_burst_of_changes_wakes_subscribers_once_with_the_newest() -> None:
+    """Many versions in a row wake waiting subscribers once, carrying the last version."""
+    view = RoutingView(MemoryStore(), LAYOUT, publish_interval=0.05)
+    view.apply_listing(1, [], "c")
+    woken = view.version_event()
+    for revision in range(2, 52):
+        key = LAYOUT.spec(f"b{revision}")
+        view.apply_batch(
+            WatchBatch([WatchEvent(EventType.PUT, KeyValue(key, _spec_value("x"), revision, 1))], 0)
+        )
+        assert not woken.is_set()  # the wake is scheduled, not immediate
+    await woken.wait()
+    assert view.version == 51
+    assert len(view.current().snapshot.backends) == 50
+    # The next wake waits for the publish interval and then comes by itself.
+    later = view.version_event()
+    view.apply_batch(
+        WatchBatch([WatchEvent(EventType.DELETE, KeyValue(LAYOUT.spec("b2"), b"", 52, 0))], 0)
+    )
+    await later.wait()
+    assert view.version == 52
