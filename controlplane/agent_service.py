@@ -85,26 +85,31 @@ class AgentService:
             log.info("refused a registration from %s: %s", context.peer(), exc)
             await self._refuse(context, exc)
             return
-        await context.write(agent_pb2.ConnectResponse(registered=registered))
-
-        writer = asyncio.create_task(self._write_loop(context, session))
-        flusher = asyncio.create_task(session.flush_loop())
+        # From here on the session holds a lease: whatever happens, the finally lets it go.
+        writer: asyncio.Task[None] | None = None
+        flusher: asyncio.Task[None] | None = None
         failure: ControlPlaneError | None = None
         ending: Ending | None = None
         try:
+            await context.write(agent_pb2.ConnectResponse(registered=registered))
+            writer = asyncio.create_task(self._write_loop(context, session))
+            flusher = asyncio.create_task(session.flush_loop())
             ending = await self._read_loop(messages, session)
         except ControlPlaneError as exc:
             failure = exc
         finally:
             if ending != "goodbye":
                 session.abandon()
-            flusher.cancel()
+            tasks = [t for t in (flusher, writer) if t is not None]
+            if flusher is not None:
+                flusher.cancel()
             # Let the writer send what is queued (the last acks), then end it.
             session.outbound.put_nowait(_END)
             try:
-                await asyncio.wait({flusher, writer}, timeout=WRITER_DRAIN_SECONDS)
+                if tasks:
+                    await asyncio.wait(tasks, timeout=WRITER_DRAIN_SECONDS)
             finally:
-                for task in (flusher, writer):
+                for task in tasks:
                     task.cancel()
         if failure is not None:
             log.info("agent stream for %s ended: %s", session.name, failure)
