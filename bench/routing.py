@@ -1,0 +1,548 @@
+"""Routing quality: cache hit rate, time to first token and balance, per routing policy.
+
+``./dev bench routing [--skip-real] [--skip-sim] [--no-write]``
+
+Three simulated prefix-KV-cache backends (bench/kvcache.py, bench/kvcache_backend.py), a
+workload of many concurrent multi-turn conversations with growing context, groups of them
+sharing a long system prompt. Policies: round-robin, least-connections, sticky without bounds
+and sticky with bounded load (eps = 0.25), each behind 1 and 3 edges.
+
+Two parts:
+- **simulation**: a discrete-event run of the same cache and cost model, routing through the
+  edge's own code (``edge.balancer.Balancer`` with ``edge.routing.chat_key``; one Balancer per
+  edge, snapshots with the backends' reported load every second as agents would send them).
+  Round-robin is a counter per edge (the edge has no such mode).
+- **real**: HTTP through real processes: Corral edges (``corral edge``, fed by
+  bench/snapshot_server.py polling the backends' vLLM-style /metrics) for the sticky modes,
+  and nginx (round robin, ``least_conn``) as the baselines for the others, because the edge
+  has no knob to turn sticky routing off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import heapq
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.kvcache import (
+    REPLY_TOKENS,
+    CostModel,
+    IdealCache,
+    PrefixCache,
+    Workload,
+    block_hashes,
+    reply_words,
+    tokens_of,
+)
+
+MODEL = "bench-model"
+POLICIES = ("round-robin", "least-connections", "sticky", "sticky-bounded")
+EPS = {"sticky": 1e9, "sticky-bounded": 0.25}
+
+
+@dataclass
+class RunStats:
+    policy: str
+    edges: int
+    ttft: list[float] = field(default_factory=list)
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    ideal_cached_tokens: int = 0
+    per_backend: Counter[str] = field(default_factory=Counter)
+    conv_backends: dict[int, set[str]] = field(default_factory=dict)
+    failed: int = 0
+    wall_seconds: float = 0.0
+
+    def record(
+        self, cid: int, backend: str, ttft: float, prompt: int, cached: int, ideal: int
+    ) -> None:
+        self.ttft.append(ttft)
+        self.prompt_tokens += prompt
+        self.cached_tokens += cached
+        self.ideal_cached_tokens += ideal
+        self.per_backend[backend] += 1
+        self.conv_backends.setdefault(cid, set()).add(backend)
+
+    @property
+    def requests(self) -> int:
+        return len(self.ttft)
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    @property
+    def ideal_hit_rate(self) -> float:
+        return self.ideal_cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    def imbalance(self, backends: int) -> float:
+        if not self.per_backend:
+            return 0.0
+        counts = [self.per_backend.get(f"kv{i}", 0) for i in range(backends)]
+        return max(counts) / (sum(counts) / backends)
+
+    @property
+    def single_backend_share(self) -> float:
+        """Conversations whose every turn went to one backend."""
+        if not self.conv_backends:
+            return 0.0
+        return sum(1 for s in self.conv_backends.values() if len(s) == 1) / len(self.conv_backends)
+
+
+def sized_cost(workload: Workload, base: CostModel, share: float = 0.45) -> CostModel:
+    """Each backend's cache holds `share` of the whole working set: enough for a third of the
+    conversations with room to spare, far too little for all of them."""
+    blocks = max(8, math.ceil(workload.working_set_blocks() * share))
+    return CostModel(
+        slots=base.slots,
+        prefill_ms_per_token=base.prefill_ms_per_token,
+        cached_ms_per_token=base.cached_ms_per_token,
+        base_ms=base.base_ms,
+        decode_ms=base.decode_ms,
+        capacity_blocks=blocks,
+    )
+
+
+# ---------------------------------------------------------------- simulation
+
+
+class _SimBackend:
+    def __init__(self, name: str, cost: CostModel) -> None:
+        self.name = name
+        self.cache = PrefixCache(cost.capacity_blocks)
+        self.free = cost.slots
+        self.queue: list[Any] = []
+        self.running = 0
+
+    @property
+    def waiting(self) -> int:
+        return len(self.queue)
+
+
+def _snapshot(backends: list[_SimBackend], version: int) -> Any:
+    from corral.v1 import types_pb2
+
+    snap = types_pb2.Snapshot(version=version, cluster_id="sim")
+    for b in backends:
+        snap.backends.append(
+            types_pb2.Backend(
+                spec=types_pb2.BackendSpec(
+                    name=b.name, url=f"http://{b.name}", type=types_pb2.BACKEND_TYPE_VLLM, weight=1
+                ),
+                status=types_pb2.BackendStatus(
+                    health=types_pb2.HEALTH_STATE_HEALTHY,
+                    models=[types_pb2.ModelInfo(id=MODEL, loaded=True)],
+                    load=types_pb2.BackendLoad(running=b.running, waiting=b.waiting),
+                ),
+            )
+        )
+    return snap
+
+
+def simulate(
+    policy: str,
+    edges: int,
+    workload: Workload,
+    cost: CostModel,
+    *,
+    backends: int = 3,
+    report_interval: float = 1.0,
+    seed: int = 0,
+) -> RunStats:
+    """Run the workload through `edges` edges to `backends` simulated backends (virtual time)."""
+    from corral.config import EdgeConfig
+    from edge.balancer import Balancer, Full
+    from edge.routing import chat_key
+
+    rng = random.Random(seed)
+    sims = [_SimBackend(f"kv{i}", cost) for i in range(backends)]
+    by_name = {b.name: b for b in sims}
+    eps = EPS.get(policy, 0.25)
+    balancers = [
+        Balancer(EdgeConfig(bounded_load_epsilon=eps), rng=random.Random(seed * 31 + e))
+        for e in range(edges)
+    ]
+    version = 1
+    for bal in balancers:
+        bal.apply(_snapshot(sims, version))
+    rr = list(range(edges))  # a round-robin counter per edge
+    stats = RunStats(policy, edges)
+    ideal = IdealCache()
+    convs = workload.all()
+    events: list[tuple[float, int, str, Any]] = []
+    seq = 0
+
+    def push(t: float, kind: str, payload: Any) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(events, (t, seq, kind, payload))
+
+    for conv in convs:
+        push(rng.uniform(0, 1.0), "send", (conv, 0))
+    push(report_interval, "report", None)
+    pending = len(convs)
+
+    def start(b: _SimBackend, now: float, req: dict[str, Any]) -> None:
+        b.free -= 1
+        b.running += 1
+        cached = min(b.cache.lookup(req["hashes"]), len(req["tokens"]))
+        req["cached"] = cached
+        push(now + cost.prefill_seconds(len(req["tokens"]), cached), "first", req)
+
+    while events:
+        now, _, kind, payload = heapq.heappop(events)
+        if kind == "report":
+            if pending == 0:
+                continue
+            version += 1
+            for bal in balancers:
+                bal.apply(_snapshot(sims, version))
+            push(now + report_interval, "report", None)
+        elif kind == "send":
+            conv, turn = payload
+            messages = conv.request_messages(turn)
+            tokens = tokens_of(messages)
+            hashes = block_hashes(tokens)
+            e = rng.randrange(edges)
+            bal = balancers[e]
+            state = None
+            if policy == "round-robin":
+                rr[e] = (rr[e] + 1) % backends
+                name = sims[rr[e]].name
+            else:
+                route = bal.route_for(MODEL)
+                key = chat_key(MODEL, messages) if policy.startswith("sticky") else None
+                found = bal.pick(route, key, set())
+                assert found is not None and not isinstance(found, Full)
+                state = found[0]
+                bal.acquire(state)
+                name = state.name
+            req = {
+                "conv": conv,
+                "turn": turn,
+                "tokens": tokens,
+                "hashes": hashes,
+                "sent": now,
+                "backend": name,
+                "bal": bal,
+                "state": state,
+                "ideal": ideal.cached(hashes),
+            }
+            b = by_name[name]
+            if b.free > 0:
+                start(b, now, req)
+            else:
+                b.queue.append(req)
+        elif kind == "first":
+            req = payload
+            b = by_name[req["backend"]]
+            b.cache.insert(req["hashes"])
+            stats.record(
+                req["conv"].cid,
+                b.name,
+                now - req["sent"],
+                len(req["tokens"]),
+                req["cached"],
+                req["ideal"],
+            )
+            push(now + cost.decode_ms / 1000, "done", req)
+        elif kind == "done":
+            req = payload
+            b = by_name[req["backend"]]
+            reply = reply_words(req["tokens"][-1] + str(len(req["tokens"])), REPLY_TOKENS)
+            full = block_hashes([*req["tokens"], "<assistant>", *reply.split()])
+            b.cache.insert(full)
+            ideal.finished(full)
+            b.free += 1
+            b.running -= 1
+            if b.queue:
+                start(b, now, b.queue.pop(0))
+            if req["state"] is not None:
+                req["bal"].release(req["state"])
+            conv, turn = req["conv"], req["turn"]
+            conv.add_reply(reply)
+            if turn + 1 < len(conv.user_turns):
+                push(now + conv.think[turn + 1], "send", (conv, turn + 1))
+            else:
+                pending -= 1
+        stats.wall_seconds = now
+    return stats
+
+
+# ---------------------------------------------------------------- real HTTP run
+
+
+async def _drive(
+    urls: list[str], workload: Workload, stats: RunStats, seed: int, start_spread: float
+) -> None:
+    import aiohttp
+    import orjson
+
+    rng = random.Random(seed)
+    ideal = IdealCache()
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=120)
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def conversation(conv: Any) -> None:
+            await asyncio.sleep(rng.uniform(0, start_spread))
+            for turn in conv.turns():
+                if turn:
+                    await asyncio.sleep(conv.think[turn])
+                messages = conv.request_messages(turn)
+                tokens = tokens_of(messages)
+                hashes = block_hashes(tokens)
+                ideal_cached = ideal.cached(hashes)
+                url = urls[rng.randrange(len(urls))]
+                body = orjson.dumps({"model": MODEL, "messages": messages, "stream": True})
+                sent = time.monotonic()
+                ttft = None
+                parts: list[str] = []
+                try:
+                    async with session.post(
+                        url, data=body, headers={"Content-Type": "application/json"}
+                    ) as resp:
+                        if resp.status != 200:
+                            stats.failed += 1
+                            await resp.read()
+                            return
+                        async for line in resp.content:
+                            if not line.startswith(b"data: {"):
+                                continue
+                            if ttft is None:
+                                ttft = time.monotonic() - sent
+                            delta = orjson.loads(line[6:])["choices"][0]["delta"]
+                            parts.append(delta.get("content") or "")
+                        backend = resp.headers.get("X-Bench-Backend", "?")
+                        cached = int(resp.headers.get("X-Bench-Cached-Tokens", "0"))
+                except (aiohttp.ClientError, TimeoutError):
+                    stats.failed += 1
+                    return
+                reply = "".join(parts).strip()
+                stats.record(conv.cid, backend, ttft or 0.0, len(tokens), cached, ideal_cached)
+                conv.add_reply(reply)
+                ideal.finished(block_hashes([*tokens, "<assistant>", *reply.split()]))
+
+        await asyncio.gather(*(conversation(c) for c in workload.all()))
+
+
+def real_run(policy: str, edges: int, workload: Workload, cost: CostModel, seed: int) -> RunStats:
+    from bench import nginx
+    from bench.common import (
+        LOAD_CPU,
+        PROXY_CPU,
+        PYTHON,
+        free_port,
+        wait_http,
+        workspace,
+    )
+
+    stats = RunStats(policy, edges)
+    with workspace(f"routing-{policy}-{edges}") as (_tmp, procs):
+        ports = [free_port() for _ in range(3)]
+        argv = [PYTHON, "-m", "bench.kvcache_backend"]
+        for p in ports:
+            argv += ["--listen", f"127.0.0.1:{p}"]
+        argv += [
+            "--slots", str(cost.slots), "--capacity-blocks", str(cost.capacity_blocks),
+            "--prefill-ms-per-token", str(cost.prefill_ms_per_token),
+            "--decode-ms", str(cost.decode_ms),
+        ]  # fmt: skip
+        backend = procs.start("kv-backends", argv, cpus=LOAD_CPU)
+        for p in ports:
+            wait_http(f"http://127.0.0.1:{p}/health", backend)
+        urls: list[str] = []
+        if policy in ("round-robin", "least-connections"):
+            balance = "least_conn;" if policy == "least-connections" else ""
+            for e in range(edges):
+                port = free_port()
+                proc = nginx.start(
+                    procs,
+                    f"nginx{e}",
+                    lambda d, port=port: nginx.proxy_conf(  # type: ignore[misc]
+                        d, port, [f"127.0.0.1:{p}" for p in ports], balance=balance
+                    ),
+                    PROXY_CPU,
+                    None,
+                )
+                wait_http(f"http://127.0.0.1:{port}/health", proc)
+                urls.append(f"http://127.0.0.1:{port}/v1/chat/completions")
+        else:
+            sport = free_port()
+            procs.start(
+                "snapshots",
+                [PYTHON, "-m", "bench.snapshot_server", "--listen", f"127.0.0.1:{sport}",
+                 "--model", MODEL, "--poll-metrics", "1.0"]
+                + [a for i, p in enumerate(ports)
+                   for a in ("--backend", f"kv{i}=http://127.0.0.1:{p}")],
+                cpus=LOAD_CPU,
+            )  # fmt: skip
+            for e in range(edges):
+                port = free_port()
+                proc = procs.start(
+                    f"edge{e}",
+                    [PYTHON, "-m", "corral.cli", "edge", "--listen", f"127.0.0.1:{port}",
+                     "--controlplane", f"127.0.0.1:{sport}", "--edge-id", f"bench-edge-{e}",
+                     "--log-level", "WARNING"],
+                    cpus=PROXY_CPU,
+                    env={"CORRAL_EDGE_BOUNDED_LOAD_EPSILON": str(EPS[policy])},
+                )  # fmt: skip
+                wait_http(f"http://127.0.0.1:{port}/readyz", proc, timeout=60)
+                urls.append(f"http://127.0.0.1:{port}/v1/chat/completions")
+        t0 = time.monotonic()
+        asyncio.run(_drive(urls, workload, stats, seed, start_spread=1.0))
+        stats.wall_seconds = time.monotonic() - t0
+    return stats
+
+
+# ---------------------------------------------------------------- report
+
+
+def _row(s: RunStats, backends: int = 3) -> list[str]:
+    from bench.common import percentile
+
+    if not s.ttft:
+        return [s.policy, str(s.edges), "no requests", "", "", "", "", "", ""]
+    mean = sum(s.ttft) / len(s.ttft)
+    p99 = percentile(s.ttft, 99)
+    of_ideal = s.hit_rate / s.ideal_hit_rate if s.ideal_hit_rate else 0.0
+    return [
+        s.policy,
+        str(s.edges),
+        f"{mean * 1000:.0f}",
+        f"{p99 * 1000:.0f}",
+        f"{s.hit_rate * 100:.1f}% ({of_ideal * 100:.0f}% of {s.ideal_hit_rate * 100:.1f}%)",
+        f"{s.imbalance(backends):.2f}",
+        f"{s.single_backend_share * 100:.0f}%",
+        str(s.requests),
+        str(s.failed),
+    ]
+
+
+HEADERS = [
+    "policy", "edges", "TTFT mean ms", "TTFT p99 ms", "cache hit rate (of ideal)",
+    "imbalance max/mean", "conversations on one backend", "requests", "failed",
+]  # fmt: skip
+
+
+def _verdict(runs: list[RunStats]) -> list[str]:
+    lines = []
+    bounded = {s.edges: s for s in runs if s.policy == "sticky-bounded" and s.ttft}
+    for edges, s in sorted(bounded.items()):
+        of_ideal = s.hit_rate / s.ideal_hit_rate if s.ideal_hit_rate else 0.0
+        ok = of_ideal >= 0.9 and s.imbalance(3) <= 1.3
+        lines.append(
+            f"sticky-bounded, {edges} edge(s): {of_ideal * 100:.0f}% of the ideal hit rate "
+            f"(target ≥ 90%), imbalance {s.imbalance(3):.2f} (target ≤ 1.3): "
+            f"{'met' if ok else 'NOT met'}."
+        )
+    if 1 in bounded and 3 in bounded:
+        a, b = bounded[1], bounded[3]
+        lines.append(
+            f"1 vs 3 edges: hit rate {a.hit_rate * 100:.1f}% vs {b.hit_rate * 100:.1f}%, "
+            f"imbalance {a.imbalance(3):.2f} vs {b.imbalance(3):.2f}, conversations kept on "
+            f"one backend {a.single_backend_share * 100:.0f}% vs "
+            f"{b.single_backend_share * 100:.0f}%."
+        )
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    from bench.common import load_note, machine, md_table, now_utc, pin_self, write_section
+
+    parser = argparse.ArgumentParser(prog="./dev bench routing", description=__doc__)
+    parser.add_argument("--skip-sim", action="store_true")
+    parser.add_argument("--skip-real", action="store_true")
+    parser.add_argument("--sim-conversations", type=int, default=120)
+    parser.add_argument("--sim-turns", type=int, default=8)
+    parser.add_argument("--real-conversations", type=int, default=36)
+    parser.add_argument("--real-turns", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    info = {"machine": machine(), "load": load_note(), "date": now_utc()}
+    print(f"{info['machine']}\n{info['load']}", flush=True)
+    sections = []
+    base = CostModel()
+
+    sim_w = Workload(conversations=args.sim_conversations, turns=args.sim_turns)
+    sim_cost = sized_cost(sim_w, base)
+    sim_runs: list[RunStats] = []
+    if not args.skip_sim:
+        for edges in (1, 3):
+            for policy in POLICIES:
+                s = simulate(policy, edges, sim_w, sim_cost, seed=args.seed)
+                sim_runs.append(s)
+                print(f"  sim {policy:18} edges={edges}: " + " | ".join(_row(s)[2:]), flush=True)
+        sections.append(
+            f"### Simulation (the edge's own routing code, virtual time)\n\n"
+            f"{_describe(sim_w, sim_cost)}\n\n{md_table(HEADERS, [_row(s) for s in sim_runs])}\n\n"
+            + "\n".join(f"- {line}" for line in _verdict(sim_runs))
+        )
+
+    real_w = Workload(conversations=args.real_conversations, turns=args.real_turns)
+    real_cost = sized_cost(real_w, base)
+    real_runs: list[RunStats] = []
+    if not args.skip_real:
+        from bench.common import LOAD_CPU, edge_available, ensure_tools
+
+        ensure_tools("nginx")
+        pin_self(LOAD_CPU)
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        for edges in (1, 3):
+            for policy in POLICIES:
+                if policy.startswith("sticky") and not edge_available():
+                    continue
+                s = real_run(policy, edges, real_w, real_cost, seed=args.seed)
+                real_runs.append(s)
+                print(f"  real {policy:18} edges={edges}: " + " | ".join(_row(s)[2:]), flush=True)
+        sections.append(
+            "### Real processes over HTTP (Corral edges for the sticky modes; nginx round robin "
+            "and least_conn as the other policies)\n\n"
+            f"{_describe(real_w, real_cost)} Requests stream; TTFT is measured by the client "
+            "(first SSE chunk), so it includes the proxy, the queue and the prefill.\n\n"
+            f"{md_table(HEADERS, [_row(s) for s in real_runs])}\n\n"
+            + "\n".join(f"- {line}" for line in _verdict(real_runs))
+        )
+
+    text = f"""## Routing quality
+
+Command: `./dev bench routing` — {info["date"]}
+
+Machine: {info["machine"]}. Load: {info["load"]}.
+
+Three backends simulate a prefix KV cache (`bench/kvcache.py`): prompts are cut into
+{16}-token blocks named by chained hashes (as vLLM's automatic prefix caching does), each
+backend keeps an LRU of blocks, a request's cached tokens are its leading blocks present,
+prefill costs {base.prefill_ms_per_token} ms per uncached token ({base.cached_ms_per_token} ms
+per cached one) and decode a fixed {base.decode_ms:g} ms, {base.slots} slots per backend with a
+FIFO queue. The ideal hit rate is what one unbounded cache that had seen every finished request
+would give. Imbalance is max/mean requests per backend. Requests go to a random edge.
+
+{chr(10).join(sections)}
+"""
+    print(text)
+    if not args.no_write:
+        write_section("routing", text)
+    return 0
+
+
+def _describe(w: Workload, cost: CostModel) -> str:
+    return (
+        f"Workload: {w.conversations} conversations x {w.turns} turns, {w.groups} groups each "
+        f"sharing a {w.system_tokens}-token system prompt, a {w.first_user_tokens}-token first "
+        f"user message, {w.user_tokens}-token later turns, {REPLY_TOKENS}-token answers, "
+        f"think time ~{w.think_ms:g} ms; cache {cost.capacity_blocks} blocks per backend "
+        f"(45% of the {w.working_set_blocks()}-block working set)."
+    )
