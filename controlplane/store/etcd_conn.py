@@ -143,11 +143,14 @@ class EndpointPool:
         self.endpoints = endpoints
         self._credentials: grpc.ChannelCredentials | None = None
         if any(e.tls for e in endpoints):
-            self._credentials = grpc.ssl_channel_credentials(
-                root_certificates=Path(ca_file).read_bytes() if ca_file else None,
-                private_key=Path(key_file).read_bytes() if key_file else None,
-                certificate_chain=Path(cert_file).read_bytes() if cert_file else None,
-            )
+            try:
+                self._credentials = grpc.ssl_channel_credentials(
+                    root_certificates=Path(ca_file).read_bytes() if ca_file else None,
+                    private_key=Path(key_file).read_bytes() if key_file else None,
+                    certificate_chain=Path(cert_file).read_bytes() if cert_file else None,
+                )
+            except OSError as exc:
+                raise StoreError(f"cannot read an etcd TLS file: {exc}") from exc
         self._stubs: dict[int, Stubs] = {}
         self._current = 0
         self.closed = False

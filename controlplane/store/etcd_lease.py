@@ -27,6 +27,12 @@ _MIN_INTERVAL = 0.1
 _MIN_STALL = 0.3
 
 
+def _report_crash(task: asyncio.Task[None]) -> None:
+    # Only a bug ends the keeper other than close(); say so at once, not at shutdown.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("etcd lease keeper crashed; leases are no longer kept", exc_info=task.exception())
+
+
 @dataclass(eq=False)
 class _Kept:
     id: int
@@ -53,6 +59,7 @@ class LeaseKeeper:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="etcd-lease-keepalive")
+            self._task.add_done_callback(_report_crash)
 
     async def close(self) -> None:
         task, self._task = self._task, None

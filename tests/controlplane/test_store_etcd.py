@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from controlplane.store import EtcdStore, EventType, StoreUnavailableError
+from controlplane.store import EtcdStore, EventType, StoreError, StoreUnavailableError
 from tests.controlplane.test_store_contract import Watcher, deleted, watching
 from tests.support.etcd import EtcdCluster, EtcdMember
 from tests.support.net import eventually
@@ -203,3 +204,13 @@ async def test_frozen_member_is_left_behind(etcd3: EtcdCluster) -> None:
                 assert kv is not None and kv.lease == kept
             finally:
                 frozen.resume()
+
+
+def test_bad_configuration_is_a_store_error(tmp_path: Path) -> None:
+    """A malformed endpoint or an unreadable TLS file is a clear StoreError at construction."""
+    with pytest.raises(StoreError, match="bad etcd endpoint"):
+        EtcdStore(["ftp://127.0.0.1:2379"])
+    with pytest.raises(StoreError, match="no etcd endpoints"):
+        EtcdStore([])
+    with pytest.raises(StoreError, match="TLS file"):
+        EtcdStore(["https://127.0.0.1:2379"], ca_file=str(tmp_path / "missing.pem"))
