@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import grpc
+import pytest
 
 from controlplane.store import EtcdStore
 from corral.config import ModelAliasConfig
@@ -308,3 +309,36 @@ def _scrape(port: int) -> str:
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         return resp.read().decode()
+
+
+async def test_etcd_outage_keeps_snapshots_flowing_and_refuses_writes(etcd: EtcdCluster) -> None:
+    """With etcd down: NOT_SERVING, writes UNAVAILABLE with a message, edges still served."""
+    async with h.running(h.etcd_config(etcd.endpoints, lease_ttl_seconds=30.0)) as address:
+        agent = h.AgentClient(address)
+        await agent.connect(h.register("b"))
+        watcher = h.SnapshotWatcher(address)
+        last = await watcher.until(h.has("b"))
+        await asyncio.to_thread(etcd.members[0].stop)
+        try:
+            await eventually(lambda: _is(address, h.NOT_SERVING), within=30)
+            async with h.admin(address) as admin:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await admin.DrainBackend(admin_pb2.DrainBackendRequest(name="b"))
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "state store is unavailable" in (caught.value.details() or "")
+                # Reads are served from the replica's view.
+                snapshot = (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest())).snapshot
+                assert snapshot.version == last.version
+            # A new edge still gets the last snapshot (static stability).
+            late = h.SnapshotWatcher(address, edge_id="late")
+            assert h.names(await late.until(lambda s: True)) == ["b"]
+            await late.close()
+        finally:
+            await asyncio.to_thread(etcd.members[0].start)
+        await eventually(lambda: _is(address, h.SERVING), within=30)
+        await agent.report(h.status(health=types_pb2.HEALTH_STATE_DEGRADED))
+        await watcher.until(
+            lambda s: s.backends[0].status.health == types_pb2.HEALTH_STATE_DEGRADED
+        )
+        await agent.close()
+        await watcher.close()
