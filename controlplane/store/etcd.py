@@ -309,6 +309,9 @@ class EtcdStore(Store):
                         break
                     if response.created:
                         backoff.reset()
+                        if next_revision <= 0:
+                            # "From now on": pin "now", so a reconnect misses nothing.
+                            next_revision = int(response.header.revision) + 1
                     if not response.events:
                         continue
                     events = [
