@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.netns import Host, Netns, Process, namespaces
+from tests.support.netns import Host, Netns, Process, namespaces, sweep_stale
 
 pytestmark = pytest.mark.netns
 
@@ -140,3 +141,17 @@ def test_cleanup_when_the_test_body_fails(tmp_path: Path) -> None:
         raise RuntimeError("the test failed")
     assert prefix
     assert not [n for n in namespaces() if n.startswith(prefix + "-")]
+
+
+def test_sweep_removes_what_a_killed_run_left(tmp_path: Path) -> None:
+    """Namespaces (and their processes) of a run whose test process died are swept away."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = Netns.create(prefix=f"crl{dead.pid}-0")
+    orphan = left.add_host("a").spawn(
+        [sys.executable, "-c", "import time; time.sleep(600)"], tmp_path / "a.log"
+    )
+    sweep_stale()
+    assert not [n for n in namespaces() if n.startswith(left.prefix + "-")]
+    orphan.popen.wait(10)
+    left.destroy()

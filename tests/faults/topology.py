@@ -339,11 +339,12 @@ class Cluster:
         result: dict[str, Any] = json.loads(out["body"])
         return result
 
-    def etcd_status(self, node: EtcdNode) -> dict[str, Any] | None:
-        """`etcdctl endpoint status` of one member from the client host; None if unreachable."""
+    def etcd_status(self, node: EtcdNode, *, via: Host | None = None) -> dict[str, Any] | None:
+        """`etcdctl endpoint status` of one member, asked from the client host (or `via`);
+        None if unreachable. `leader` is 0 while the member knows no leader."""
         assert self.client is not None
         etcdctl = str(Path(etcd_binary()).with_name("etcdctl"))
-        out = self.client.run(
+        out = (via or self.client).run(
             [etcdctl, f"--endpoints={node.client_url}", "--command-timeout=1s",
              "--dial-timeout=1s", "endpoint", "status", "-w", "json"],
             timeout=10, env={"ETCDCTL_API": "3"},
@@ -356,9 +357,9 @@ class Cluster:
         status = entries[0]["Status"]
         return {
             "member": status["header"]["member_id"],
-            "leader": status["leader"],
-            "raft_index": status["raftIndex"],
-            "revision": status["header"]["revision"],
+            "leader": status.get("leader", 0),
+            "raft_index": status.get("raftIndex", 0),
+            "revision": status["header"].get("revision", 0),
         }
 
     def etcd_leader(self, among: list[EtcdNode] | None = None) -> EtcdNode | None:

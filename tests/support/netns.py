@@ -292,14 +292,13 @@ class Netns:
         self.destroy()
 
 
-def _delete_namespace(name: str, *, kill: bool = True) -> None:
-    # Our own namespaces: whatever still runs inside (grandchildren of what we spawned) is
-    # killed first, since a namespace with live processes outlives its name.
-    if kill:
-        with contextlib.suppress(NetnsError):
-            for pid in _ip("netns", "pids", name).split():
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
+def _delete_namespace(name: str) -> None:
+    # Whatever still runs inside (what a run spawned, and their children) is killed first:
+    # a namespace with live processes outlives its name, and they would keep running.
+    with contextlib.suppress(NetnsError):
+        for pid in _ip("netns", "pids", name).split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
     with contextlib.suppress(NetnsError):
         _ip("netns", "del", name)
 
@@ -311,8 +310,10 @@ def namespaces() -> list[str]:
 
 
 def sweep_stale() -> None:
-    """Delete namespaces left by runs of this module whose process is gone."""
+    """Remove what runs of this module left when they were killed outright (no finalizer
+    ran): their namespaces, named after a test process that no longer exists, and whatever
+    still runs inside them."""
     for name in namespaces():
         head = name.split("-", 1)[0]
         if head.startswith("crl") and head[3:].isdigit() and not _pid_alive(int(head[3:])):
-            _delete_namespace(name, kill=False)
+            _delete_namespace(name)
