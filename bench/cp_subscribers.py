@@ -1,0 +1,117 @@
+"""Many snapshot subscribers in one process, for the control-plane benchmark.
+
+``python -m bench.cp_subscribers --target HOST:PORT --count 50 --expect 1000 --watch NAME,...``
+
+Each subscriber holds one RoutingService/WatchSnapshots stream, as an edge does. It prints
+JSON lines: ``{"ready": true}`` once every subscriber holds a snapshot with at least --expect
+routable backends; then, for every watched backend, ``{"gone": NAME, "sub": I, "t": NS}`` the
+first time subscriber I holds a snapshot where that backend is absent or not HEALTHY (t is
+CLOCK_MONOTONIC, comparable with the agents' clock on this machine); finally, on SIGTERM,
+``{"snapshots": N, "bytes": B}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+
+import grpc
+import orjson
+
+from corral.v1 import routing_pb2, routing_pb2_grpc, types_pb2
+
+HEALTHY = types_pb2.HEALTH_STATE_HEALTHY
+
+
+def emit(obj: dict[str, object]) -> None:
+    sys.stdout.buffer.write(orjson.dumps(obj) + b"\n")
+    sys.stdout.flush()
+
+
+async def subscriber(
+    index: int,
+    channel: grpc.aio.Channel,
+    expect: int,
+    watch: frozenset[str],
+    ready: list[bool],
+    totals: list[int],
+) -> None:
+    stub = routing_pb2_grpc.RoutingServiceStub(channel)
+    present_before: set[str] = set()
+    reported: set[str] = set()
+    request = routing_pb2.WatchSnapshotsRequest(edge_id=f"bench-sub-{index}")
+    async for response in stub.WatchSnapshots(request):
+        now = time.monotonic_ns()
+        snap = response.snapshot
+        totals[0] += 1
+        totals[1] += response.ByteSize()
+        routable = {
+            b.spec.name for b in snap.backends if b.status.health == HEALTHY and not b.drained
+        }
+        if not ready[index] and len(routable) >= expect:
+            ready[index] = True
+            if all(ready):
+                emit({"ready": True})
+        for name in watch:
+            if name in routable:
+                present_before.add(name)
+            elif name in present_before and name not in reported:
+                reported.add(name)
+                emit({"gone": name, "sub": index, "t": now})
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    options = [
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.keepalive_time_ms", 30_000),
+    ]
+    # A few channels, as separate edges would have separate connections.
+    channels = [
+        grpc.aio.insecure_channel(
+            args.target, options=[*options, ("grpc.use_local_subchannel_pool", 1)]
+        )
+        for _ in range(args.channels)
+    ]
+    ready = [False] * args.count
+    totals = [0, 0]
+    watch = frozenset(n for n in (args.watch or "").split(",") if n)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [
+        asyncio.create_task(
+            subscriber(i, channels[i % len(channels)], args.expect, watch, ready, totals)
+        )
+        for i in range(args.count)
+    ]
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await t
+    waiter.cancel()
+    emit({"snapshots": totals[0], "bytes": totals[1]})
+    for ch in channels:
+        await ch.close(None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--count", type=int, default=50)
+    parser.add_argument("--channels", type=int, default=5)
+    parser.add_argument("--expect", type=int, required=True)
+    parser.add_argument("--watch", default="", help="NAME[,NAME...]")
+    args = parser.parse_args()
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
