@@ -37,8 +37,11 @@ log = logging.getLogger(__name__)
 # Client keepalive: a dead replica or path is noticed within ~30 s even with no traffic.
 KEEPALIVE_MS = 20_000
 KEEPALIVE_TIMEOUT_MS = 10_000
-# How long a replica may take to answer Register.
-REGISTER_TIMEOUT_SECONDS = 10.0
+# How long a replica may take to answer Register (connecting included). Once a lease TTL is
+# known it shrinks to half of it, so an unreachable replica costs less than the lease: the
+# next one is tried while the session is still alive to be resumed.
+REGISTER_TIMEOUT_SECONDS = 5.0
+MIN_REGISTER_TIMEOUT_SECONDS = 1.5
 # A session shorter than this, even if registered, counts as a failed attempt (no spinning).
 STABLE_SESSION_SECONDS = 2.0
 
@@ -77,6 +80,7 @@ class Reporter:
         self._seq = 0
         self._last_heard = 0.0
         self._register_written = False
+        self._register_timeout = REGISTER_TIMEOUT_SECONDS
         self._last_write: asyncio.Future[None] | None = None
         # Visible state, for /healthz and tests.
         self.session_id = ""
@@ -192,14 +196,14 @@ class Reporter:
             status=status,
         )
         try:
-            async with asyncio.timeout(REGISTER_TIMEOUT_SECONDS):
+            async with asyncio.timeout(self._register_timeout):
                 await self._write(call, agent_pb2.ConnectRequest(register=register))
                 self._register_written = True
                 waiters: set[asyncio.Future[Any]] = {first, reader}
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
             raise ControlPlaneUnavailableError(
-                f"no Registered within {REGISTER_TIMEOUT_SECONDS:g}s"
+                f"no Registered within {self._register_timeout:g}s"
             ) from None
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
             raise await _translate(call, exc) from None
@@ -220,7 +224,11 @@ class Reporter:
         self.sessions += 1
         self._sent = status
         self._heartbeat = float(reg.heartbeat_interval_seconds or 3)
-        self._silence_limit = max(float(reg.lease_ttl_seconds or 10), 2 * self._heartbeat)
+        ttl = float(reg.lease_ttl_seconds or 10)
+        self._silence_limit = max(ttl, 2 * self._heartbeat)
+        self._register_timeout = min(
+            REGISTER_TIMEOUT_SECONDS, max(MIN_REGISTER_TIMEOUT_SECONDS, ttl / 2)
+        )
         self._last_heard = time.monotonic()
         self._metrics.connected.set(1)
         log.info(
