@@ -434,7 +434,10 @@ def report(res: Result, info: dict[str, str], args: argparse.Namespace) -> str:
                 f"{res.sub_cpu * 100:.0f}% / {res.agents_cpu * 100:.0f}%",
             ],
             ["snapshot size (mean bytes)", f"{res.snapshot_bytes:,.0f}"],
-            [f"snapshots received by {args.subscribers} subscribers (whole run)", f"{res.snapshots_total:,.0f}"],
+            [
+                f"snapshots received by {args.subscribers} subscribers (whole run)",
+                f"{res.snapshots_total:,.0f}",
+            ],
             ["registration of all agents", f"{res.registration_seconds:.1f} s"],
         ],
     )  # fmt: skip

@@ -169,7 +169,7 @@ class Conversation:
 
 
 class IdealCache:
-    """The upper bound: one unbounded cache that has seen every finished request."""
+    """The upper bound: one unbounded cache holding every block any backend has computed."""
 
     def __init__(self) -> None:
         self.cache = PrefixCache(None)

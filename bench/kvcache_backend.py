@@ -7,8 +7,10 @@ One process serves several independent backends (one per --listen). Each speaks 
 completions (streaming or not): it waits for one of its slots, looks the prompt up in its
 LRU prefix cache, sleeps the prefill time of the uncached tokens, sends the first token,
 sleeps the fixed decode time, sends the rest. Every answer carries ``X-Bench-Backend``,
-``X-Bench-Prompt-Tokens`` and ``X-Bench-Cached-Tokens``; ``/metrics`` has vLLM's load gauges
-(``vllm:num_requests_running``, ``vllm:num_requests_waiting``) and hit/miss counters.
+``X-Bench-Prompt-Tokens``, ``X-Bench-Cached-Tokens`` and
+``X-Bench-Ideal-Cached-Tokens`` (what one unbounded cache shared by all the process's
+backends would have had); ``/metrics`` has vLLM's load gauges (``vllm:num_requests_running``,
+``vllm:num_requests_waiting``) and hit/miss counters.
 """
 
 from __future__ import annotations
@@ -22,15 +24,24 @@ import time
 import orjson
 from aiohttp import web
 
-from bench.kvcache import REPLY_TOKENS, CostModel, PrefixCache, block_hashes, reply_words, tokens_of
+from bench.kvcache import (
+    REPLY_TOKENS,
+    CostModel,
+    IdealCache,
+    PrefixCache,
+    block_hashes,
+    reply_words,
+    tokens_of,
+)
 
 MODEL = "bench-model"
 
 
 class SimBackend:
-    def __init__(self, name: str, cost: CostModel) -> None:
+    def __init__(self, name: str, cost: CostModel, ideal: IdealCache) -> None:
         self.name = name
         self.cost = cost
+        self.ideal = ideal
         self.cache = PrefixCache(cost.capacity_blocks)
         self.slots = asyncio.Semaphore(cost.slots)
         self.running = 0
@@ -69,6 +80,7 @@ class SimBackend:
         arrived: float,
     ) -> web.StreamResponse:
         cached = min(self.cache.lookup(hashes), len(tokens))
+        ideal = min(self.ideal.cached(hashes), len(tokens))
         self.requests += 1
         self.prompt_tokens += len(tokens)
         self.cached_tokens += cached
@@ -76,15 +88,18 @@ class SimBackend:
             "X-Bench-Backend": self.name,
             "X-Bench-Prompt-Tokens": str(len(tokens)),
             "X-Bench-Cached-Tokens": str(cached),
+            "X-Bench-Ideal-Cached-Tokens": str(ideal),
             "X-Bench-Queue-Ms": f"{(time.monotonic() - arrived) * 1000:.1f}",
         }
         await asyncio.sleep(self.cost.prefill_seconds(len(tokens), cached))
         self.cache.insert(hashes)
+        self.ideal.finished(hashes)
         first, _, rest = reply.partition(" ")
         full = block_hashes([*tokens, "<assistant>", *reply.split()])
         if not stream:
             await asyncio.sleep(self.cost.decode_ms / 1000)
             self.cache.insert(full)
+            self.ideal.finished(full)
             return web.json_response(
                 {
                     "id": "chatcmpl-kv",
@@ -112,6 +127,7 @@ class SimBackend:
         await response.write(_chunk(first + " ", None))
         await asyncio.sleep(self.cost.decode_ms / 1000)
         self.cache.insert(full)
+        self.ideal.finished(full)
         await response.write(_chunk(rest, "stop") + b"data: [DONE]\n\n")
         await response.write_eof()
         return response
@@ -155,10 +171,12 @@ def _chunk(content: str, finish: str | None) -> bytes:
 
 async def serve(listens: list[str], cost: CostModel) -> None:
     runners = []
+    # The upper bound: one unbounded cache that sees what every backend computes.
+    ideal = IdealCache()
     for i, listen in enumerate(listens):
         host, port = listen.rsplit(":", 1)
         runner = web.AppRunner(
-            SimBackend(f"kv{i}", cost).app(), access_log=None, handle_signals=False
+            SimBackend(f"kv{i}", cost, ideal).app(), access_log=None, handle_signals=False
         )
         await runner.setup()
         await web.TCPSite(runner, host, int(port), backlog=1024).start()

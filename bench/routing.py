@@ -194,6 +194,7 @@ def simulate(
         b.running += 1
         cached = min(b.cache.lookup(req["hashes"]), len(req["tokens"]))
         req["cached"] = cached
+        req["ideal"] = min(ideal.cached(req["hashes"]), len(req["tokens"]))
         push(now + cost.prefill_seconds(len(req["tokens"]), cached), "first", req)
 
     while events:
@@ -233,7 +234,6 @@ def simulate(
                 "backend": name,
                 "bal": bal,
                 "state": state,
-                "ideal": ideal.cached(hashes),
             }
             b = by_name[name]
             if b.free > 0:
@@ -244,6 +244,7 @@ def simulate(
             req = payload
             b = by_name[req["backend"]]
             b.cache.insert(req["hashes"])
+            ideal.finished(req["hashes"])
             stats.record(
                 req["conv"].cid,
                 b.name,
@@ -286,7 +287,6 @@ async def _drive(
     import orjson
 
     rng = random.Random(seed)
-    ideal = IdealCache()
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=120)
 
@@ -299,8 +299,6 @@ async def _drive(
                     await asyncio.sleep(conv.think[turn])
                 messages = conv.request_messages(turn)
                 tokens = tokens_of(messages)
-                hashes = block_hashes(tokens)
-                ideal_cached = ideal.cached(hashes)
                 url = urls[rng.randrange(len(urls))]
                 body = orjson.dumps({"model": MODEL, "messages": messages, "stream": True})
                 sent = time.monotonic()
@@ -323,13 +321,13 @@ async def _drive(
                             parts.append(delta.get("content") or "")
                         backend = resp.headers.get("X-Bench-Backend", "?")
                         cached = int(resp.headers.get("X-Bench-Cached-Tokens", "0"))
+                        ideal_cached = int(resp.headers.get("X-Bench-Ideal-Cached-Tokens", "0"))
                 except (aiohttp.ClientError, TimeoutError):
                     stats.failed += 1
                     return
                 reply = "".join(parts).strip()
                 stats.record(conv.cid, backend, ttft or 0.0, len(tokens), cached, ideal_cached)
                 conv.add_reply(reply)
-                ideal.finished(block_hashes([*tokens, "<assistant>", *reply.split()]))
 
         await asyncio.gather(*(conversation(c) for c in workload.all()))
 
@@ -527,8 +525,9 @@ Three backends simulate a prefix KV cache (`bench/kvcache.py`): prompts are cut 
 backend keeps an LRU of blocks, a request's cached tokens are its leading blocks present,
 prefill costs {base.prefill_ms_per_token} ms per uncached token ({base.cached_ms_per_token} ms
 per cached one) and decode a fixed {base.decode_ms:g} ms, {base.slots} slots per backend with a
-FIFO queue. The ideal hit rate is what one unbounded cache that had seen every finished request
-would give. Imbalance is max/mean requests per backend. Requests go to a random edge.
+FIFO queue. The ideal hit rate is what one unbounded cache holding every block any backend
+had computed would give at the same moments (so no policy can beat it). Imbalance is max/mean
+requests per backend. Requests go to a random edge.
 
 {chr(10).join(sections)}
 """

@@ -1,0 +1,100 @@
+"""Smoke tests of the benchmarks' own accounting (never of speed): the prefix-cache model and
+the routing simulation on a tiny workload, routed through the edge's real Balancer."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.common import percentile
+from bench.kvcache import BLOCK, CostModel, PrefixCache, Workload, block_hashes, tokens_of
+from bench.routing import POLICIES, simulate, sized_cost
+from bench.wrk import parse
+
+TINY = Workload(conversations=12, turns=3, groups=2, system_tokens=64, first_user_tokens=48)
+
+
+def test_prefix_cache_counts_leading_blocks_and_evicts_least_recent() -> None:
+    """Cached tokens are the leading blocks present; the LRU drops the least recently used."""
+    a = [f"a{i}" for i in range(4 * BLOCK)]
+    b = a[: 2 * BLOCK] + [f"b{i}" for i in range(2 * BLOCK)]
+    cache = PrefixCache(capacity_blocks=4)
+    assert cache.lookup(block_hashes(a)) == 0
+    cache.insert(block_hashes(a))
+    assert cache.lookup(block_hashes(a)) == 4 * BLOCK
+    # b shares a's first two blocks only: chained hashes stop at the first difference.
+    assert cache.lookup(block_hashes(b)) == 2 * BLOCK
+    cache.insert(block_hashes(b))  # two new blocks evict a's two least recently used
+    assert cache.lookup(block_hashes(a)) == 2 * BLOCK
+    assert len(cache.blocks) == 4
+
+
+def test_tokens_of_marks_roles() -> None:
+    """A prompt's tokens are a role marker per message followed by its words."""
+    assert tokens_of([{"role": "system", "content": "x y"}, {"role": "user", "content": "z"}]) == [
+        "<system>",
+        "x",
+        "y",
+        "<user>",
+        "z",
+    ]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_simulation_accounts_every_request(policy: str) -> None:
+    """Every turn is served once; cached tokens never exceed the ideal or the prompt."""
+    cost = sized_cost(TINY, CostModel())
+    stats = simulate(policy, 3, TINY, cost, seed=3)
+    assert stats.requests == TINY.conversations * TINY.turns
+    assert sum(stats.per_backend.values()) == stats.requests
+    assert set(stats.per_backend) <= {"kv0", "kv1", "kv2"}
+    assert 0 <= stats.cached_tokens <= stats.ideal_cached_tokens <= stats.prompt_tokens
+    assert all(t > 0 for t in stats.ttft)
+    assert len(stats.conv_backends) == TINY.conversations
+
+
+def test_sticky_without_bounds_keeps_each_conversation_on_one_backend() -> None:
+    """With an unbounded sticky policy every turn of a conversation goes to one backend."""
+    stats = simulate("sticky", 3, TINY, sized_cost(TINY, CostModel()), seed=5)
+    assert stats.single_backend_share == 1.0
+
+
+def test_one_backend_makes_every_policy_equal() -> None:
+    """With a single backend routing cannot matter: all policies see the same cache hits."""
+    cost = sized_cost(TINY, CostModel())
+    hits = {simulate(p, 1, TINY, cost, backends=1, seed=2).cached_tokens for p in POLICIES}
+    assert len(hits) == 1
+
+
+def test_simulation_is_deterministic() -> None:
+    """The same seed gives the same run, so reported differences come from the policy."""
+    cost = sized_cost(TINY, CostModel())
+    a = simulate("least-connections", 3, TINY, cost, seed=9)
+    b = simulate("least-connections", 3, TINY, cost, seed=9)
+    assert (a.ttft, a.per_backend, a.cached_tokens) == (b.ttft, b.per_backend, b.cached_tokens)
+
+
+def test_wrk_report_parsing() -> None:
+    """wrk's text report is read into req/s, percentiles (in seconds) and error counts."""
+    out = """Running 3s test @ http://127.0.0.1:1/v1/chat/completions
+  1 threads and 32 connections
+  Latency Distribution
+     50%  412.00us
+     75%    1.20ms
+     90%    2.50ms
+     99%   10.01ms
+  22802 requests in 3.00s, 11.85MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:   7600.12
+"""
+    r = parse(out, 32)
+    assert r.requests == 22802 and r.rps == pytest.approx(7600.12)
+    assert r.p50 == pytest.approx(412e-6) and r.p99 == pytest.approx(10.01e-3)
+    assert r.errors == 7
+
+
+def test_percentile_nearest_rank() -> None:
+    """Nearest-rank percentiles: p50 of 1..10 is 5, p99 is 10."""
+    values = [float(v) for v in range(1, 11)]
+    assert percentile(values, 50) == 5.0
+    assert percentile(values, 99) == 10.0
