@@ -102,6 +102,7 @@ class AgentFleet:
         self.agents = [Agent(f"bench-{i:04d}", i) for i in range(count)]
         self.reports = 0
         self.errors: list[str] = []
+        self.ended: list[str] = []
 
     async def run_agent(self, agent: Agent) -> None:
         stub = agent_pb2_grpc.AgentServiceStub(self.channels[agent.index % len(self.channels)])
@@ -152,6 +153,12 @@ class AgentFleet:
                 )
             )
 
+    async def _ended(self, agent: Agent) -> None:
+        """The control plane ended this agent's stream: remember how (a benchmark error)."""
+        code = await agent.call.code()
+        details = await agent.call.details()
+        self.ended.append(f"{agent.name}: {code.name} {details}")
+
     async def _drain(self, call: Any) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
             while True:
@@ -159,20 +166,25 @@ class AgentFleet:
                 if msg is EOF:
                     return
 
-    async def goodbye(self, agent: Agent) -> None:
+    async def goodbye(self, agent: Agent) -> bool:
         agent.stop.set()
         if agent.task is not None:
             await agent.task
+        if agent.call.done():
+            return False
         await agent.call.write(
             agent_pb2.ConnectRequest(goodbye=agent_pb2.Goodbye(reason="bench trial"))
         )
         agent.down_at = time.monotonic_ns()
         await agent.call.done_writing()
+        return True
 
-    async def report_down(self, agent: Agent) -> None:
+    async def report_down(self, agent: Agent) -> bool:
         agent.stop.set()
         if agent.task is not None:
             await agent.task
+        if agent.call.done():
+            return False
         agent.seq += 1
         await agent.call.write(
             agent_pb2.ConnectRequest(
@@ -180,6 +192,7 @@ class AgentFleet:
             )
         )
         agent.down_at = time.monotonic_ns()
+        return True
 
     async def start(self) -> None:
         for a in self.agents:
@@ -195,7 +208,9 @@ class AgentFleet:
         for a in self.agents:
             for t in (a.task, a.reader):
                 if t is not None:
-                    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                    with contextlib.suppress(
+                        asyncio.CancelledError, asyncio.InvalidStateError, grpc.aio.AioRpcError
+                    ):
                         await t
         for ch in self.channels:
             await ch.close(None)
@@ -251,6 +266,7 @@ class Result:
     snapshot_bytes: float = 0.0
     steady_seconds: float = 0.0
     registration_seconds: float = 0.0
+    streams_ended: list[str] = field(default_factory=list)
 
 
 async def scenario(
@@ -298,6 +314,7 @@ async def scenario(
         res.puts_per_s = (etcd_metric(etcd_url, "etcd_mvcc_put_total") - puts0) / wall
         res.reports_per_s = (fleet.reports - rep0) / wall
         res.cp_rss = peak
+        res.streams_ended = list(fleet.ended)
         print(
             f"  steady: control plane CPU {res.cp_cpu * 100:.0f}%, RSS {peak:.0f} MiB, "
             f"etcd {res.writes_per_s:.0f} revisions/s, {res.reports_per_s:.0f} reports/s",
@@ -310,10 +327,12 @@ async def scenario(
             missing = 0
             for _ in range(args.trials):
                 agent = next(victims)
-                if kind == "goodbye":
-                    await fleet.goodbye(agent)
-                else:
-                    await fleet.report_down(agent)
+                sent = await (
+                    fleet.goodbye(agent) if kind == "goodbye" else fleet.report_down(agent)
+                )
+                if not sent:
+                    missing += 1
+                    continue
 
                 def seen(name: str = agent.name) -> list[dict[str, Any]]:
                     return [e for e in read_events(sub_log) if e.get("gone") == name]
@@ -336,6 +355,7 @@ async def scenario(
                     f"{percentile([s[1] for s in samples], 99) * 1e3:.0f} ms",
                     flush=True,
                 )
+        res.streams_ended = list(fleet.ended)
     finally:
         await fleet.close()
     return res
@@ -417,6 +437,9 @@ def report(res: Result, info: dict[str, str], args: argparse.Namespace) -> str:
          "all subscribers p99 ms", "trials not seen by all within 10 s"],
         rows,
     )  # fmt: skip
+    ended = f"{len(res.streams_ended)}" + (
+        f" (e.g. {res.streams_ended[0]})" if res.streams_ended else ""
+    )
     steady = md_table(
         ["measure", "value"],
         [
@@ -462,6 +485,8 @@ message to the moment each subscriber holds a snapshot where that backend is not
 {table}
 
 {steady}
+
+Agent streams the control plane ended during the run (should be none): {ended}
 
 ### Against the target
 {chr(10).join(lines) or "- no trial completed"}
