@@ -331,3 +331,27 @@ async def test_agent_presence_lists_the_replica_and_session(cp: str) -> None:
     assert info.controlplane_id == registered.controlplane_id
     assert info.agent_version == "test"
     await agent.close()
+
+
+async def test_max_connection_age_moves_streams_without_losing_the_backend() -> None:
+    """An aged-out connection ends the agent's stream; resuming keeps the backend in routing."""
+    cfg = h.config(
+        lease_ttl_seconds=30.0,
+        max_connection_age_seconds=1.0,
+        max_connection_age_grace_seconds=0.5,
+    )
+    async with h.running(cfg) as address:
+        watcher = h.SnapshotWatcher(address)
+        agent = h.AgentClient(address)
+        registered = await agent.connect(h.register("b"))
+        await watcher.until(h.has("b"))
+        # The server closes the old connection after its age and grace; the stream ends.
+        assert await asyncio.wait_for(agent.ended, 20) != grpc.StatusCode.OK
+        await agent.close()
+        again = h.AgentClient(address)
+        resumed = await again.connect(h.register("b", resume=registered.session_id))
+        assert resumed.resumed
+        seen = [s for s in watcher.snapshots if s.version > 1]
+        assert seen and all(h.has("b")(s) for s in seen)
+        await again.goodbye()
+        await watcher.close()
