@@ -75,7 +75,7 @@ async def test_models_union_and_aliases(snapshots: SnapshotServer, start_edge: S
         3,
         [
             backend("a", "http://127.0.0.1:1", ["m1", "m2"]),
-            backend("b", "http://127.0.0.1:2", ["m2", "m3"]),
+            backend("b", "http://127.0.0.1:2", ["m2", "org/m3"]),
             backend("c", "http://127.0.0.1:3", ["hidden-drained"], drained=True),
             backend("d", "http://127.0.0.1:4", ["hidden-down"], health=4),
         ],
@@ -86,9 +86,9 @@ async def test_models_union_and_aliases(snapshots: SnapshotServer, start_edge: S
     await running.wait_version(3)
     client = running.client()
     ids = sorted([m.id async for m in client.models.list()])
-    assert ids == ["fast", "m1", "m2", "m3"]
-    model = await client.models.retrieve("m3")
-    assert model.id == "m3"
+    assert ids == ["fast", "m1", "m2", "org/m3"]
+    model = await client.models.retrieve("org/m3")
+    assert model.id == "org/m3" and model.object == "model"
     with pytest.raises(openai.NotFoundError) as info:
         await client.models.retrieve("hidden-down")
     assert info.value.code == "model_not_found"
