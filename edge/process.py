@@ -20,27 +20,37 @@ log = logging.getLogger("corral.edge")
 
 # A worker that dies is restarted, but not faster than this.
 _RESTART_BACKOFF_SECONDS = 1.0
+# A worker dying this soon after its start, this many times in a row, stops the edge.
+_QUICK_DEATH_SECONDS = 5.0
+_MAX_QUICK_DEATHS = 3
 
 
 def main(config: EdgeConfig) -> int:
     """Run the edge until SIGINT/SIGTERM; exit code for the process."""
     if config.workers <= 1:
-        from edge.app import serve
-
-        return run_until_signal(lambda: serve(config))
+        return _serve_here(config)
     return _supervise(config)
+
+
+def _serve_here(config: EdgeConfig) -> int:
+    from edge.app import serve
+    from edge.errors import EdgeError
+
+    try:
+        return run_until_signal(lambda: serve(config))
+    except (OSError, EdgeError) as exc:
+        log.error("edge cannot serve on %s: %s", config.listen, exc)
+        return 1
 
 
 def _worker(config: EdgeConfig, index: int, log_level: int) -> None:
     """Entry point of one worker process (spawned: a fresh interpreter)."""
     configure_logging(logging.getLevelName(log_level))
-    from edge.app import serve
-
     base = config.edge_id or None
     worker_config = (
         config if base is None else dataclasses.replace(config, edge_id=f"{base}/{index}")
     )
-    raise SystemExit(run_until_signal(lambda: serve(worker_config)))
+    raise SystemExit(_serve_here(worker_config))
 
 
 def _supervise(config: EdgeConfig) -> int:
@@ -62,15 +72,29 @@ def _supervise(config: EdgeConfig) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     workers = {i: start(i) for i in range(config.workers)}
+    started = dict.fromkeys(workers, time.monotonic())
+    quick_deaths = dict.fromkeys(workers, 0)
+    exit_code = 0
     log.info("edge supervising %d workers on %s", config.workers, config.listen)
     try:
-        while not stopping.wait(0.2):
+        while exit_code == 0 and not stopping.wait(0.2):
             for index, proc in list(workers.items()):
-                if not proc.is_alive():
-                    log.warning("edge worker %d exited with %s; restarting", index, proc.exitcode)
-                    if stopping.wait(_RESTART_BACKOFF_SECONDS):
-                        break
-                    workers[index] = start(index)
+                if proc.is_alive():
+                    continue
+                lived = time.monotonic() - started[index]
+                quick_deaths[index] = quick_deaths[index] + 1 if lived < _QUICK_DEATH_SECONDS else 0
+                if quick_deaths[index] >= _MAX_QUICK_DEATHS:
+                    # A crash loop (port taken, bad config): restarting will not help.
+                    log.error(
+                        "edge worker %d keeps exiting (code %s); stopping", index, proc.exitcode
+                    )
+                    exit_code = 1
+                    break
+                log.warning("edge worker %d exited with %s; restarting", index, proc.exitcode)
+                if stopping.wait(_RESTART_BACKOFF_SECONDS):
+                    break
+                workers[index] = start(index)
+                started[index] = time.monotonic()
     finally:
         for proc in workers.values():
             if proc.is_alive() and proc.pid is not None:
@@ -85,4 +109,4 @@ def _supervise(config: EdgeConfig) -> int:
                 proc.join()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 0
+    return exit_code

@@ -191,3 +191,33 @@ async def test_supervisor_restarts_a_dead_worker(
                 await backend_of(edge.client, messages=[{"role": "user", "content": f"{i}"}]) == "w"
             )
         assert await edge.terminate() == 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_taken_port_is_a_clear_error(tmp_path: Path, workers: str) -> None:
+    """An edge that cannot bind its port exits 1 with a clear message, also with workers
+    (the supervisor gives up on a crash loop instead of restarting forever)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                CORRAL,
+                "edge",
+                "--controlplane",
+                "",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--workers",
+                workers,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"edge cannot serve on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
