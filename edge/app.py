@@ -1,4 +1,4 @@
-"""The edge's aiohttp application: routes, error middleware, resources, and serve()."""
+"""The edge's aiohttp application: routes, error answers, resources, and serve()."""
 
 from __future__ import annotations
 
