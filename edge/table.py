@@ -16,6 +16,7 @@ from corral.v1 import types_pb2
 
 HEALTHY = types_pb2.HEALTH_STATE_HEALTHY
 DEGRADED = types_pb2.HEALTH_STATE_DEGRADED
+_MAX_WEIGHT = 1e6
 
 
 class BackendState:
@@ -54,7 +55,9 @@ class BackendState:
     def update(self, backend: types_pb2.Backend) -> None:
         spec = backend.spec
         self.base_url = spec.url.rstrip("/")
-        self.weight = spec.weight if spec.weight > 0 else 1.0
+        weight = spec.weight
+        # 0 means the default; NaN, negative or absurd weights must not break the arithmetic.
+        self.weight = min(weight, _MAX_WEIGHT) if weight > 0 else 1.0
         self.priority = spec.priority
         self.max_concurrency = spec.max_concurrency
         self.health = backend.status.health
