@@ -141,3 +141,33 @@ async def test_first_chunk_is_not_held_back(
             assert fake.inflight == 1  # and the stream is still going
         finally:
             writer.close()
+
+
+async def test_many_concurrent_streams(snapshots: SnapshotServer, start_edge: StartEdge) -> None:
+    """Sixty-four concurrent streams over two backends all arrive whole and in order."""
+    async with running_fakes(
+        FakeServer("vllm", [MODEL], "vllm-a"), FakeServer("sglang", [MODEL], "sglang-b")
+    ) as fakes:
+        for fake in fakes:
+            fake.stream_chunks = 8
+        snapshots.publish(snapshot(1, [from_fake(f) for f in fakes]))
+        running = await start_edge(snapshots)
+        await running.wait_version(1)
+        client = running.client()
+
+        async def one(i: int) -> tuple[str, str]:
+            stream = await client.chat.completions.with_raw_response.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": f"stream number {i} please"}],
+                stream=True,
+            )
+            backend = stream.headers["x-corral-backend"]
+            text = "".join(
+                [c.choices[0].delta.content or "" async for c in stream.parse() if c.choices]
+            )
+            return backend, text
+
+        results = await asyncio.gather(*(one(i) for i in range(64)))
+        for i, (backend, text) in enumerate(results):
+            assert text == f"[{backend}] stream number {i} please"
+        assert {b for b, _ in results} == {"vllm-a", "sglang-b"}
