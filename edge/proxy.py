@@ -154,6 +154,11 @@ class Proxy:
             excluded: set[str] = set()
             failure: Failure | None = None
             for _ in range(self._attempts):
+                if failure is not None:
+                    try:  # the table may have changed since (a backend went down)
+                        route = balancer.route_for(model)
+                    except ApiError:
+                        break
                 found = balancer.pick(route, key, excluded)
                 if isinstance(found, Full):
                     found = await balancer.wait_pick(route, key, excluded)
@@ -220,9 +225,11 @@ class Proxy:
         loop = asyncio.get_running_loop()
         upstream: aiohttp.ClientResponse | None = None
         relay: _RelayResponse | None = None  # set once bytes went to the client
+        deadline: asyncio.Timeout | None = None
         clean = False
         try:
             async with asyncio.timeout(self._first_byte) as deadline:
+                backend.awaiting.add(deadline)
                 upstream = await self.session.post(
                     backend.base_url + endpoint.path, data=payload, headers=_UPSTREAM_HEADERS
                 )
@@ -231,6 +238,7 @@ class Proxy:
                 if not (stream and status == 200 and content_type.startswith("text/event-stream")):
                     deadline.reschedule(loop.time() + self._idle)
                     data = await upstream.read()
+                    backend.awaiting.discard(deadline)
                     clean = True
                     if status == 429 or status >= 500:
                         if status >= 500:
@@ -242,6 +250,7 @@ class Proxy:
                     )
                 content = upstream.content
                 first = await content.readany()
+                backend.awaiting.discard(deadline)
                 if not first:
                     self._failed(backend)
                     return Failure("empty")
@@ -262,6 +271,10 @@ class Proxy:
             await _to_client(relay, None)
             return relay
         except _UPSTREAM_ERRORS as exc:
+            if relay is None and not backend.alive:
+                # Its agent reported it down while we waited: not a failure of its own
+                # to count, just a request to place elsewhere.
+                return Failure("backend_down")
             self._failed(backend)
             if relay is None:
                 log.debug("backend %s failed before answering: %r", backend.name, exc)
@@ -277,6 +290,8 @@ class Proxy:
                     await _to_client(relay, None)
             return relay
         finally:
+            if deadline is not None:
+                backend.awaiting.discard(deadline)
             if upstream is not None:
                 if clean:
                     upstream.release()

@@ -7,6 +7,7 @@ of requests already in flight.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -23,6 +24,8 @@ class BackendState:
     """One backend as this edge sees it: spec and reported status plus local counters."""
 
     __slots__ = (
+        "alive",
+        "awaiting",
         "base_url",
         "ejected_until",
         "ejections",
@@ -51,6 +54,11 @@ class BackendState:
         self.failures = 0
         self.ejections = 0
         self.ejected_until = 0.0
+        # Up (healthy or degraded) and present in the snapshot in force, drained or not.
+        self.alive = False
+        # Deadlines of attempts still waiting for the first byte from this backend: expired
+        # at once when the backend goes down, so they are retried elsewhere.
+        self.awaiting: set[asyncio.Timeout] = set()
 
     def update(self, backend: types_pb2.Backend) -> None:
         spec = backend.spec
@@ -61,6 +69,7 @@ class BackendState:
         self.priority = spec.priority
         self.max_concurrency = spec.max_concurrency
         self.health = backend.status.health
+        self.alive = self.health in (HEALTHY, DEGRADED)
         load = backend.status.load
         self.reported = load.running + load.waiting
 
@@ -126,8 +135,10 @@ def build_table(snapshot: types_pb2.Snapshot, states: dict[str, BackendState]) -
             for model_id in dict.fromkeys(ids):
                 serving.setdefault(model_id, []).append((state, model_id))
     # Forget backends that left, unless requests to them are still in flight.
-    for name in [n for n, s in states.items() if n not in seen and s.inflight == 0]:
-        del states[name]
+    for name in [n for n, s in states.items() if n not in seen]:
+        states[name].alive = False
+        if states[name].inflight == 0:
+            del states[name]
 
     by_model = {k: list(v) for k, v in serving.items()}
     for alias in snapshot.aliases:

@@ -216,3 +216,29 @@ async def test_client_disconnect_cancels_upstream(
         await eventually(lambda: fake.cancelled == 2)
         await eventually(lambda: fake.inflight == 0)
         fake.release()
+
+
+async def test_requests_waiting_on_a_backend_that_goes_down_move(
+    snapshots: SnapshotServer, start_edge: StartEdge
+) -> None:
+    """A request waiting for its first byte from a backend that its agent reports down is
+    retried elsewhere at once, not at the time-to-first-byte deadline."""
+    async with running_fakes(
+        FakeServer("vllm", [MODEL], "a"), FakeServer("vllm", [MODEL], "b")
+    ) as (
+        a,
+        b,
+    ):
+        a.mode = "hang"
+        snapshots.publish(snapshot(1, [from_fake(a, priority=1), from_fake(b)]))
+        running = await start_edge(snapshots, first_byte_timeout_seconds=300.0)
+        await running.wait_version(1)
+        waiting = asyncio.create_task(ask(running, "are you there?"))
+        await a.wait_requests(1)
+        assert not waiting.done()
+        snapshots.publish(snapshot(2, [from_fake(a, priority=1, health=4), from_fake(b)]))
+        backend, route = await asyncio.wait_for(waiting, 30)  # far below the 300 s deadline
+        assert (backend, route) == ("b", "retry")
+        metrics = await running.metrics()
+        assert 'corral_edge_retries_total{backend="a",reason="backend_down"} 1.0' in metrics
+        assert 'corral_edge_ejections_total{backend="a"}' not in metrics  # not its own fault
