@@ -51,11 +51,11 @@ class Balancer:
         """Make snapshot the table in force, in one assignment; wake every queued request."""
         table = build_table(snapshot, self.states)
         self.table = table
-        now = asyncio.get_running_loop().time() if self.states else 0.0
         for state in self.states.values():
             if not state.alive and state.awaiting:
                 # Down or gone: requests still waiting for its first byte go elsewhere now
                 # rather than at their time-to-first-byte deadline.
+                now = asyncio.get_running_loop().time()
                 for deadline in state.awaiting:
                     if not deadline.expired():
                         deadline.reschedule(now)
