@@ -93,7 +93,7 @@ class AgentService:
         try:
             await context.write(agent_pb2.ConnectResponse(registered=registered))
             writer = asyncio.create_task(self._write_loop(context, session))
-            flusher = asyncio.create_task(session.flush_loop())
+            flusher = asyncio.create_task(session.run())
             ending = await self._read_loop(messages, session)
         except ControlPlaneError as exc:
             failure = exc

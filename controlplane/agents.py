@@ -210,6 +210,17 @@ class AgentHub:
         )
         session.send(agent_pb2.ConnectResponse(command=command))
 
+    def on_removed(self, name: str) -> None:
+        """The view saw a backend's record vanish: if a session here holds it, check it.
+
+        A lease can expire just as an agent resumes it (the agent came back a moment too
+        late); the session must then end, so the agent registers afresh at once instead of
+        reporting into a session whose backend is gone.
+        """
+        session = self._sessions.get(name)
+        if session is not None:
+            session.verify()
+
     def stop_all(self, error: ControlPlaneError) -> None:
         for session in list(self._sessions.values()):
             session.stop(error)
@@ -229,6 +240,7 @@ class AgentSession:
         self._throttle = StatusThrottle(hub.settings.load_write_interval)
         self._write_lock = asyncio.Lock()
         self._pending = asyncio.Event()
+        self._verify = asyncio.Event()
         self._registered = False
         self._ended = False
 
@@ -363,12 +375,32 @@ class AgentSession:
                 self._pending.set()
         return agent_pb2.ReportAck(seq=report.seq)
 
-    async def flush_loop(self) -> None:
-        """Write deferred load updates when their interval is up; runs for the session."""
+    async def run(self) -> None:
+        """The session's background work, until cancelled: deferred load writes, and
+        checking that the session still holds its backend when asked to."""
         try:
-            await self._flush_forever()
-        except ControlPlaneError as exc:
-            self.stop(exc)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._flush_forever())
+                tasks.create_task(self._verify_forever())
+        except* ControlPlaneError as group:
+            self.stop(group.exceptions[0])  # type: ignore[arg-type]  # only ours are caught
+
+    def verify(self) -> None:
+        self._verify.set()
+
+    async def _verify_forever(self) -> None:
+        while True:
+            await self._verify.wait()
+            self._verify.clear()
+            try:
+                current = await self._hub.store.get(self._hub.layout.spec(self.name))
+            except StoreError as exc:
+                raise translate_store_error(exc, f"checking backend {self.name!r}") from exc
+            if current is None or current.lease != self.lease:
+                raise SessionLostError(
+                    f"the registration of {self.name!r} lapsed (its session lease expired); "
+                    "register again"
+                )
 
     async def _flush_forever(self) -> None:
         while True:

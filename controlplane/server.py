@@ -268,6 +268,7 @@ async def serve(config: ControlPlaneConfig, *, ready: asyncio.Event | None = Non
                 layout,
                 on_sync=on_sync,
                 on_drain=hub.on_drain,
+                on_removed=hub.on_removed,
                 on_version=metrics.snapshot_version.set,
                 on_listing=metrics.relists.inc,
                 probe_interval=STORE_PROBE_SECONDS,

@@ -46,6 +46,7 @@ from corral.v1 import routing_pb2, types_pb2
 log = logging.getLogger(__name__)
 
 DrainListener = Callable[[str, DrainFlag | None], None]
+RemovalListener = Callable[[str], None]
 SyncListener = Callable[[bool], Awaitable[None]]
 VersionListener = Callable[[int], None]
 
@@ -82,6 +83,7 @@ class RoutingView:
         *,
         on_sync: SyncListener | None = None,
         on_drain: DrainListener | None = None,
+        on_removed: RemovalListener | None = None,
         on_version: VersionListener | None = None,
         on_listing: Callable[[], None] | None = None,
         probe_interval: float = 2.0,
@@ -91,6 +93,7 @@ class RoutingView:
         self._layout = layout
         self._on_sync = on_sync
         self._on_drain = on_drain
+        self._on_removed = on_removed
         self._on_version = on_version
         self._on_listing = on_listing
         self._probe_interval = probe_interval
@@ -238,6 +241,8 @@ class RoutingView:
         self._progress()
         if changed:
             self._notify_drains(old[RoutingKind.DRAIN], records[RoutingKind.DRAIN])
+            gone = old[RoutingKind.SPEC].keys() - records[RoutingKind.SPEC].keys()
+            self._notify_removed(sorted(gone))
 
     def apply_batch(self, batch: WatchBatch) -> None:
         last_change = 0
@@ -246,6 +251,7 @@ class RoutingView:
         # event we would take for one already applied.
         reached = batch.revision if not batch.events else 0
         drains_before: dict[str, bytes] | None = None
+        removed: list[str] = []
         for event in batch.events:
             kv = event.kv
             reached = max(reached, kv.mod_revision)
@@ -260,6 +266,8 @@ class RoutingView:
             value = kv.value if event.type is EventType.PUT else None
             if self._apply_record(kind, name, value):
                 last_change = kv.mod_revision
+                if kind is RoutingKind.SPEC and value is None:
+                    removed.append(name)
         self.revision = max(self.revision, reached)
         if last_change:
             self._built = None
@@ -267,6 +275,12 @@ class RoutingView:
         self._progress()
         if drains_before is not None:
             self._notify_drains(drains_before, self._records[RoutingKind.DRAIN])
+        self._notify_removed(removed)
+
+    def _notify_removed(self, names: list[str]) -> None:
+        if self._on_removed is not None:
+            for name in names:
+                self._on_removed(name)
 
     def _apply_record(self, kind: RoutingKind, name: str, value: bytes | None) -> bool:
         table = self._records[kind]

@@ -342,3 +342,23 @@ async def test_etcd_outage_keeps_snapshots_flowing_and_refuses_writes(etcd: Etcd
         )
         await agent.close()
         await watcher.close()
+
+
+async def test_a_session_whose_lease_vanishes_is_ended_at_once(etcd: EtcdCluster) -> None:
+    """If the session lease dies under a live stream, the agent is told to register again."""
+    async with h.running(h.etcd_config(etcd.endpoints, lease_ttl_seconds=30.0)) as address:
+        watcher = h.SnapshotWatcher(address)
+        agent = h.AgentClient(address)
+        registered = await agent.connect(h.register("b"))
+        await watcher.until(h.has("b"))
+        # As when a lease expires just as its agent resumes it on this replica.
+        await asyncio.to_thread(etcd.etcdctl, "lease", "revoke", registered.session_id)
+        assert await asyncio.wait_for(agent.ended, 15) == grpc.StatusCode.ABORTED
+        assert "register again" in agent.error_details
+        await agent.close()
+        again = h.AgentClient(address)
+        fresh = await again.connect(h.register("b"))
+        assert fresh.session_id != registered.session_id
+        await watcher.until(h.has("b"))
+        await again.close()
+        await watcher.close()

@@ -190,3 +190,18 @@ async def test_a_burst_of_changes_wakes_subscribers_once_with_the_newest() -> No
     )
     await later.wait()
     assert view.version == 52
+
+
+async def test_removed_backends_are_reported_from_events_and_listings() -> None:
+    """The removal listener hears of each backend whose record vanished, however it is seen."""
+    removed: list[str] = []
+    view = RoutingView(MemoryStore(), LAYOUT, on_removed=removed.append)
+    a = KeyValue(LAYOUT.spec("a"), _spec_value("a"), 2, 2)
+    b = KeyValue(LAYOUT.spec("b"), _spec_value("b"), 3, 3)
+    view.apply_listing(3, [a, b], "c")
+    status_gone = WatchEvent(EventType.DELETE, KeyValue(LAYOUT.status("a"), b"", 4, 0))
+    spec_gone = WatchEvent(EventType.DELETE, KeyValue(LAYOUT.spec("a"), b"", 4, 0))
+    view.apply_batch(WatchBatch([status_gone, spec_gone], 4))
+    assert removed == ["a"]
+    view.apply_listing(9, [], "c")  # b went while the view was re-listing
+    assert removed == ["a", "b"]
