@@ -267,10 +267,13 @@ class Proxy:
                         break
                     await _to_client(relay, chunk)
                 clean = True
-            self.balancer.succeeded(backend)
-            await _to_client(relay, None)
+                self.balancer.succeeded(backend)
+                deadline.reschedule(loop.time() + idle)
+                await _to_client(relay, None)
             return relay
         except _UPSTREAM_ERRORS as exc:
+            if clean and relay is not None:
+                return relay  # the backend finished; only the client was too slow to take it
             if relay is None and not backend.alive:
                 # Its agent reported it down while we waited: not a failure of its own
                 # to count, just a request to place elsewhere.
