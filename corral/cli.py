@@ -8,6 +8,7 @@ the edge, and so on.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -137,16 +138,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"corral {args.command}: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(args.log_level)
+    try:
+        return _run(args.command, config)
+    except Exception as exc:
+        # The process boundary: a component that cannot run (a port in use, a bad
+        # certificate, a store that never answers) is reported in one line, not a traceback.
+        logging.getLogger("corral").debug("%s failed", args.command, exc_info=True)
+        print(f"corral {args.command}: error: {_describe(exc)}", file=sys.stderr)
+        return 1
 
-    if args.command == "controlplane":
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(inner) for inner in exc.exceptions)
+    return str(exc) or type(exc).__name__
+
+
+def _run(command: str, config: CorralConfig) -> int:
+    if command == "controlplane":
         import controlplane
 
         return run_until_signal(lambda: controlplane.serve(config.controlplane))
-    if args.command == "edge":
+    if command == "edge":
         import edge
 
         return edge.main(config.edge)
-    if args.command == "agent":
+    if command == "agent":
         import agent
 
         return run_until_signal(lambda: agent.serve(config.agent))
