@@ -4,7 +4,8 @@
 
 Each subscriber holds one RoutingService/WatchSnapshots stream, as an edge does. It prints
 JSON lines: ``{"ready": true}`` once every subscriber holds a snapshot with at least --expect
-routable backends; then, for every watched backend, ``{"gone": NAME, "sub": I, "t": NS}`` the
+routable backends; ``{"routable": N, "t": NS}`` whenever subscriber 0's count of routable
+backends changes; for every watched backend, ``{"gone": NAME, "sub": I, "t": NS}`` the
 first time subscriber I holds a snapshot where that backend is absent or not HEALTHY (t is
 CLOCK_MONOTONIC, comparable with the agents' clock on this machine); finally, on SIGTERM,
 ``{"snapshots": N, "bytes": B}``.
@@ -52,6 +53,9 @@ async def subscriber(
         routable = {
             b.spec.name for b in snap.backends if b.status.health == HEALTHY and not b.drained
         }
+        if index == 0 and len(routable) != totals[2]:
+            totals[2] = len(routable)
+            emit({"routable": len(routable), "t": now})
         if not ready[index] and len(routable) >= expect:
             ready[index] = True
             if all(ready):
@@ -77,7 +81,7 @@ async def main_async(args: argparse.Namespace) -> None:
         for _ in range(args.channels)
     ]
     ready = [False] * args.count
-    totals = [0, 0]
+    totals = [0, 0, -1]  # snapshots, bytes, routable backends seen by subscriber 0
     watch = frozenset(n for n in (args.watch or "").split(",") if n)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
