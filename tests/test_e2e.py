@@ -26,7 +26,7 @@ from tests.support.net import eventually, free_port, wait_for_port
 from tests.support.procs import CorralProcess, ProcessGroup
 
 SHARED = "m-shared"
-LEASE_TTL = "3"
+LEASE_TTL = "10"
 
 
 @dataclass
