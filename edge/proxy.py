@@ -34,6 +34,9 @@ BACKEND_HEADER: Final = "X-Corral-Backend"
 ROUTE_HEADER: Final = "X-Corral-Route"
 _UPSTREAM_HEADERS: Final = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
 _UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError)
+# Tried elsewhere but not held against the backend: overloaded (429), or it no longer has
+# the model or endpoint the snapshot says it has (404, a stale snapshot).
+_RETRYABLE: Final = frozenset((404, 429))
 # Set by aiohttp for our own response, or meaningless past this hop.
 _DROPPED_HEADERS: Final = frozenset(
     (
@@ -240,7 +243,7 @@ class Proxy:
                     data = await upstream.read()
                     backend.awaiting.discard(deadline)
                     clean = True
-                    if status == 429 or status >= 500:
+                    if status in _RETRYABLE or status >= 500:
                         if status >= 500:
                             self._failed(backend)
                         return Failure(f"status_{status}", status, data, content_type)

@@ -242,3 +242,19 @@ async def test_requests_waiting_on_a_backend_that_goes_down_move(
         metrics = await running.metrics()
         assert 'corral_edge_retries_total{backend="a",reason="backend_down"} 1.0' in metrics
         assert 'corral_edge_ejections_total{backend="a"}' not in metrics  # not its own fault
+
+
+async def test_backend_that_lost_the_model_is_skipped(
+    snapshots: SnapshotServer, start_edge: StartEdge
+) -> None:
+    """A backend answering 404 for a model the snapshot still lists (stale snapshot) is
+    skipped for one that has it."""
+    async with running_fakes(
+        FakeServer("vllm", [MODEL], "stale"), FakeServer("vllm", [MODEL], "fresh")
+    ) as (stale, fresh):
+        snapshots.publish(snapshot(1, [from_fake(stale, priority=1), from_fake(fresh)]))
+        stale.remove_model(MODEL)
+        running = await start_edge(snapshots)
+        await running.wait_version(1)
+        assert await ask(running, "hello") == ("fresh", "retry")
+        assert len(stale.requests_to("/v1/chat/completions")) == 1
