@@ -8,6 +8,7 @@ import contextlib
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 from corral.config import EdgeConfig
@@ -140,9 +141,16 @@ class Balancer:
         return None if chosen is None else (chosen, LEAST)
 
     async def wait_pick(
-        self, route: ModelRoute, key: bytes | None, excluded: frozenset[str] | set[str]
+        self,
+        route: ModelRoute,
+        key: bytes | None,
+        excluded: frozenset[str] | set[str],
+        lookup: Callable[[], ModelRoute] | None = None,
     ) -> Pick | None:
-        """Wait in the bounded FIFO queue until a slot frees; 429 past depth or wait."""
+        """Wait in the bounded FIFO queue until a slot frees; 429 past depth or wait.
+
+        `lookup` finds the route again after a wake (default: route_for(route.name)).
+        """
         if len(self._waiters) >= self.config.queue_depth:
             raise too_busy(route.name)
         loop = asyncio.get_running_loop()
@@ -168,7 +176,7 @@ class Balancer:
                     else:
                         fut.cancel()
                         self._discard(entry)
-            route = self.route_for(route.name)
+            route = lookup() if lookup is not None else self.route_for(route.name)
             found = self.pick(route, key, excluded)
             if not isinstance(found, Full):
                 return found

@@ -13,6 +13,8 @@ import contextlib
 import hmac
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
@@ -26,7 +28,7 @@ from edge.errors import ApiError, EdgeError, error_body
 from edge.inbound import CHAT, Endpoint, parse
 from edge.metrics import EdgeMetrics
 from edge.routing import chat_key, completion_key, session_header_key
-from edge.table import BackendState
+from edge.table import BackendState, ModelRoute
 
 log = logging.getLogger("corral.edge.proxy")
 
@@ -74,6 +76,88 @@ class Failure:
         self.content_type = content_type
 
 
+class Exchange:
+    """How one request goes upstream and how its answer comes back: as it is (OpenAI).
+
+    Subclasses change the dialect: the upstream path and body per backend, which answers
+    stream, how bytes are translated on the way back, and the shape of errors.
+    """
+
+    method = "POST"
+
+    __slots__ = ("body", "path", "raw", "stream")
+
+    def __init__(self, path: str, raw: bytes | None, body: dict[str, Any], stream: bool) -> None:
+        self.path = path
+        self.raw = raw
+        self.body = body
+        self.stream = stream
+
+    def upstream(self, backend: BackendState, rewrite: str | None) -> tuple[str, bytes | None]:
+        """The path and body to send this backend (`rewrite`: its own name for the model)."""
+        if rewrite is None:
+            return self.path, self.raw
+        return self.path, orjson.dumps({**self.body, "model": rewrite})
+
+    def streams(self, status: int, content_type: str) -> bool:
+        """Whether the answer is relayed chunk by chunk (else read whole, retryable)."""
+        return self.stream and status == 200 and content_type.startswith("text/event-stream")
+
+    def whole(
+        self, status: int, data: bytes, headers: CIMultiDict[str], backend: BackendState
+    ) -> web.StreamResponse:
+        return web.Response(status=status, body=data, headers=headers)
+
+    def first(self, chunk: bytes, backend: BackendState) -> bytes:
+        return chunk
+
+    def chunk(self, chunk: bytes) -> bytes:
+        return chunk
+
+    def end(self) -> bytes:
+        return b""
+
+    def cut(self, exc: BaseException) -> bytes:
+        """What ends a stream the backend broke mid-way."""
+        return _stream_error(exc)
+
+    def give_up(self, model: str, failure: Failure | None) -> web.Response:
+        """The answer when every attempt failed (None: no backend could be tried)."""
+        if failure is None:
+            raise ApiError(
+                503,
+                f"No backend can serve the model `{model}` right now.",
+                kind="service_unavailable",
+                param="model",
+                code="no_backend_available",
+                headers={"Retry-After": "1"},
+            )
+        if failure.status:
+            headers = {"Content-Type": failure.content_type or "application/json"}
+            if failure.status in (429, 503):
+                headers["Retry-After"] = "1"
+            return web.Response(status=failure.status, body=failure.body, headers=headers)
+        if failure.reason == "timeout":
+            status, message = 504, "The backend did not answer in time."
+        else:
+            status, message = 502, "Could not reach a backend for this model."
+        return web.Response(
+            status=status,
+            body=error_body(message, "upstream_error", None, f"backend_{failure.reason}"),
+            content_type="application/json",
+            headers={"Retry-After": "1"},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """An admitted request: how to exchange it, how to (re)look up its route, its sticky key."""
+
+    exchange: Exchange
+    route: Callable[[], ModelRoute]
+    key: bytes | None
+
+
 class Proxy:
     """Serves the POST endpoints against the balancer's table."""
 
@@ -90,6 +174,7 @@ class Proxy:
         self.session = session
         self._keys = tuple(k.reveal().encode() for k in config.api_keys)
         self._max_body = config.max_body_bytes
+        self._client_timeout = config.client_timeout_seconds
         self._attempts = max(1, config.max_attempts)
         self._first_byte = config.first_byte_timeout_seconds
         self._idle = config.idle_timeout_seconds
@@ -124,26 +209,29 @@ class Proxy:
         if length is not None and length > self._max_body:
             raise too_large(self._max_body)
         try:
-            return await request.read()
+            async with asyncio.timeout(self._client_timeout):
+                return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise too_large(self._max_body) from None
+        except TimeoutError:
+            # A client trickling its body (slowloris) must not hold a handler forever.
+            raise ApiError(
+                408,
+                f"The request body did not arrive within {self._client_timeout:g}s.",
+                code="request_timeout",
+                headers={"Connection": "close"},
+            ) from None
 
     # -- the request -----------------------------------------------------------------------
 
     async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
-        started = time.monotonic()
-        metrics = self.metrics
-        model_label = "-"  # a model name only once it routes: unknown names are unbounded
-        backend_name = "-"
-        status = 0
-        try:
+        """An OpenAI request: parsed, routed by its model, relayed as the backend answers."""
+
+        async def admit() -> Admission:
             self.check_auth(request)
             raw = await self.read_body(request)
             body = parse(raw, endpoint)
             model: str = body["model"]
-            route = self.balancer.route_for(model)
-            model_label = route.name
-            stream = endpoint.streams and body.get("stream") is True
             key: bytes | None = None
             if endpoint.sticky:
                 key = session_header_key(request.headers, self._session_headers)
@@ -152,19 +240,47 @@ class Proxy:
                         key = chat_key(model, body["messages"])
                     else:
                         key = completion_key(model, body["prompt"])
+            stream = endpoint.streams and body.get("stream") is True
+            exchange = Exchange(endpoint.path, raw, body, stream)
+            return Admission(exchange, lambda: self.balancer.route_for(model), key)
 
+        return await self.run(request, endpoint.name, admit)
+
+    async def run(
+        self,
+        request: web.Request,
+        endpoint_name: str,
+        admit: Callable[[], Awaitable[Admission]],
+    ) -> web.StreamResponse:
+        """The attempt loop every endpoint shares: admit (auth, body, route), then pick a
+        backend, try it, and on a retryable failure pick another, up to max_attempts."""
+        started = time.monotonic()
+        metrics = self.metrics
+        model_label = "-"  # a model name only once it routes: unknown names are unbounded
+        backend_name = "-"
+        status = 0
+        try:
+            admission = await admit()
+            exchange = admission.exchange
+            lookup = admission.route
+            key = admission.key
+            route = lookup()
+            model_label = route.name or endpoint_name
             balancer = self.balancer
             excluded: set[str] = set()
             failure: Failure | None = None
             for _ in range(self._attempts):
                 if failure is not None:
                     try:  # the table may have changed since (a backend went down)
-                        route = balancer.route_for(model)
+                        route = lookup()
                     except ApiError:
                         break
                 found = balancer.pick(route, key, excluded)
                 if isinstance(found, Full):
-                    found = await balancer.wait_pick(route, key, excluded)
+                    found = await balancer.wait_pick(route, key, excluded, lookup)
+                    if found is not None:
+                        with contextlib.suppress(ApiError):
+                            route = lookup()  # the table may have changed while we waited
                 if found is None:
                     break
                 backend, label = found
@@ -174,16 +290,13 @@ class Proxy:
                 excluded.add(backend.name)
                 backend_name = backend.name
                 metrics.decision(label)
-                payload = raw
-                rewrite = route.rewrites.get(backend.name)
-                if rewrite is not None:
-                    payload = orjson.dumps({**body, "model": rewrite})
+                path, payload = exchange.upstream(backend, route.rewrites.get(backend.name))
                 balancer.acquire(backend)
                 gauge = metrics.inflight_gauge(backend.name)
                 gauge.inc()
                 try:
                     result = await self._attempt(
-                        request, endpoint, backend, label, payload, stream, started, model
+                        request, exchange, backend, label, path, payload, started, model_label
                     )
                 finally:
                     balancer.release(backend)
@@ -193,7 +306,7 @@ class Proxy:
                     continue
                 status = result.status
                 return result
-            response = self._give_up(route.name, failure)
+            response = exchange.give_up(route.name or endpoint_name, failure)
             status = response.status
             return response
         except ApiError as exc:
@@ -209,17 +322,17 @@ class Proxy:
             return web.Response(status=499)
         finally:
             metrics.request(
-                model_label, backend_name, status, endpoint.name, time.monotonic() - started
+                model_label, backend_name, status, endpoint_name, time.monotonic() - started
             )
 
     async def _attempt(
         self,
         request: web.Request,
-        endpoint: Endpoint,
+        exchange: Exchange,
         backend: BackendState,
         label: str,
-        payload: bytes,
-        stream: bool,
+        path: str,
+        payload: bytes | None,
         started: float,
         model: str,
     ) -> web.StreamResponse | Failure:
@@ -233,12 +346,15 @@ class Proxy:
         try:
             async with asyncio.timeout(self._first_byte) as deadline:
                 backend.awaiting.add(deadline)
-                upstream = await self.session.post(
-                    backend.base_url + endpoint.path, data=payload, headers=_UPSTREAM_HEADERS
+                upstream = await self.session.request(
+                    exchange.method,
+                    backend.base_url + path,
+                    data=payload,
+                    headers=_UPSTREAM_HEADERS,
                 )
                 status = upstream.status
                 content_type = upstream.headers.get("Content-Type", "")
-                if not (stream and status == 200 and content_type.startswith("text/event-stream")):
+                if not exchange.streams(status, content_type):
                     deadline.reschedule(loop.time() + self._idle)
                     data = await upstream.read()
                     backend.awaiting.discard(deadline)
@@ -248,8 +364,8 @@ class Proxy:
                             self._failed(backend)
                         return Failure(f"status_{status}", status, data, content_type)
                     self.balancer.succeeded(backend)
-                    return web.Response(
-                        status=status, body=data, headers=_relay_headers(upstream, backend, label)
+                    return exchange.whole(
+                        status, data, _relay_headers(upstream, backend, label), backend
                     )
                 content = upstream.content
                 first = await content.readany()
@@ -260,18 +376,24 @@ class Proxy:
                 headers = _relay_headers(upstream, backend, label)
                 headers.setdefault("Cache-Control", "no-cache")
                 relay = _RelayResponse(status=200, headers=headers)
-                await _to_client(relay, first, request)
+                await _to_client(relay, exchange.first(first, backend), request)
                 self.metrics.first_token(model, time.monotonic() - started)
                 idle = self._idle
+                chunk_of = exchange.chunk
                 while True:
                     deadline.reschedule(loop.time() + idle)
                     chunk = await content.readany()
                     if not chunk:
                         break
-                    await _to_client(relay, chunk)
+                    out = chunk_of(chunk)
+                    if out:
+                        await _to_client(relay, out)
                 clean = True
                 self.balancer.succeeded(backend)
                 deadline.reschedule(loop.time() + idle)
+                tail = exchange.end()
+                if tail:
+                    await _to_client(relay, tail)
                 await _to_client(relay, None)
             return relay
         except _UPSTREAM_ERRORS as exc:
@@ -292,7 +414,7 @@ class Proxy:
             log.warning("stream from backend %s cut mid-way: %r", backend.name, exc)
             with contextlib.suppress(TimeoutError, ClientGone):
                 async with asyncio.timeout(self._idle):
-                    await _to_client(relay, _stream_error(exc))
+                    await _to_client(relay, exchange.cut(exc))
                     await _to_client(relay, None)
             return relay
         finally:
@@ -309,32 +431,6 @@ class Proxy:
         if self.balancer.failed(backend):
             self.metrics.ejections.labels(backend.name).inc()
             log.warning("backend %s ejected after repeated failures", backend.name)
-
-    def _give_up(self, model: str, failure: Failure | None) -> web.Response:
-        if failure is None:
-            raise ApiError(
-                503,
-                f"No backend can serve the model `{model}` right now.",
-                kind="service_unavailable",
-                param="model",
-                code="no_backend_available",
-                headers={"Retry-After": "1"},
-            )
-        if failure.status:
-            headers = {"Content-Type": failure.content_type or "application/json"}
-            if failure.status in (429, 503):
-                headers["Retry-After"] = "1"
-            return web.Response(status=failure.status, body=failure.body, headers=headers)
-        if failure.reason == "timeout":
-            status, message = 504, "The backend did not answer in time."
-        else:
-            status, message = 502, "Could not reach a backend for this model."
-        return web.Response(
-            status=status,
-            body=error_body(message, "upstream_error", None, f"backend_{failure.reason}"),
-            content_type="application/json",
-            headers={"Retry-After": "1"},
-        )
 
 
 def _relay_headers(

@@ -17,6 +17,7 @@ from corral.v1 import types_pb2
 
 HEALTHY = types_pb2.HEALTH_STATE_HEALTHY
 DEGRADED = types_pb2.HEALTH_STATE_DEGRADED
+CAPABILITY_ANTHROPIC_MESSAGES = types_pb2.CAPABILITY_ANTHROPIC_MESSAGES
 _MAX_WEIGHT = 1e6
 
 
@@ -32,9 +33,11 @@ class BackendState:
         "failures",
         "health",
         "inflight",
+        "kind",
         "max_concurrency",
         "name",
         "name_bytes",
+        "native_messages",
         "priority",
         "reported",
         "weight",
@@ -48,6 +51,9 @@ class BackendState:
         self.priority = 0
         self.max_concurrency = 0
         self.health = types_pb2.HEALTH_STATE_UNSPECIFIED
+        # The server type (types_pb2.BackendType), and whether it answers /v1/messages itself.
+        self.kind = types_pb2.BACKEND_TYPE_UNSPECIFIED
+        self.native_messages = False
         # running + waiting as the backend itself reports them.
         self.reported = 0
         self.inflight = 0
@@ -68,6 +74,8 @@ class BackendState:
         self.weight = min(weight, _MAX_WEIGHT) if weight > 0 else 1.0
         self.priority = spec.priority
         self.max_concurrency = spec.max_concurrency
+        self.kind = spec.type
+        self.native_messages = CAPABILITY_ANTHROPIC_MESSAGES in backend.status.capabilities
         self.health = backend.status.health
         self.alive = self.health in (HEALTHY, DEGRADED)
         load = backend.status.load
@@ -108,6 +116,8 @@ class RoutingTable:
     known: frozenset[str]
     models_body: bytes
     model_bodies: dict[str, bytes]
+    # Server type -> every routable backend of that type (native pass-through without a model).
+    by_kind: dict[int, ModelRoute] = field(default_factory=dict)
 
 
 def _routable(backend: types_pb2.Backend) -> bool:
@@ -117,6 +127,7 @@ def _routable(backend: types_pb2.Backend) -> bool:
 def build_table(snapshot: types_pb2.Snapshot, states: dict[str, BackendState]) -> RoutingTable:
     """Update states from the snapshot (creating new ones) and precompute every route."""
     seen: set[str] = set()
+    kinds: dict[int, list[tuple[BackendState, str]]] = {}
     # model id -> [(backend state, upstream model id)]
     serving: dict[str, list[tuple[BackendState, str]]] = {}
     known: set[str] = set()
@@ -132,6 +143,7 @@ def build_table(snapshot: types_pb2.Snapshot, states: dict[str, BackendState]) -
         ids = [m.id for m in backend.status.models if m.id]
         known.update(ids)
         if _routable(backend):
+            kinds.setdefault(state.kind, []).append((state, ""))
             for model_id in dict.fromkeys(ids):
                 serving.setdefault(model_id, []).append((state, model_id))
     # Forget backends that left, unless requests to them are still in flight.
@@ -167,7 +179,19 @@ def build_table(snapshot: types_pb2.Snapshot, states: dict[str, BackendState]) -
         known=frozenset(known),
         models_body=orjson.dumps({"object": "list", "data": [objects[m] for m in listed]}),
         model_bodies={m: orjson.dumps(o) for m, o in objects.items()},
+        by_kind={kind: _route("", entries) for kind, entries in kinds.items()},
     )
+
+
+def of_kind(route: ModelRoute, kind: int) -> ModelRoute:
+    """The route restricted to backends of one server type (native pass-through)."""
+    tiers = tuple(
+        t for t in (tuple(b for b in tier if b.kind == kind) for tier in route.tiers) if t
+    )
+    degraded = tuple(b for b in route.degraded if b.kind == kind)
+    names = frozenset(b.name for tier in (*tiers, degraded) for b in tier)
+    rewrites = {n: m for n, m in route.rewrites.items() if n in names}
+    return ModelRoute(route.name, tiers, degraded, rewrites, names)
 
 
 def _route(model: str, entries: Iterable[tuple[BackendState, str]]) -> ModelRoute:
