@@ -316,7 +316,8 @@ class Cluster:
         return out["response"]
 
     def snapshot(self, cp: str) -> dict[str, Any]:
-        """The replica's current snapshot: version and, per backend, health and drain."""
+        """The replica's current snapshot: version and, per backend, health, drain and how
+        many requests it reports running or waiting."""
         snap = self.admin(cp, "GetSnapshot")["snapshot"]
         return {
             "version": int(snap.get("version", 0)),
@@ -324,6 +325,8 @@ class Cluster:
                 b["spec"]["name"]: {
                     "health": b.get("status", {}).get("health", "HEALTH_STATE_UNSPECIFIED"),
                     "drained": bool(b.get("drained", False)),
+                    "busy": int(b.get("status", {}).get("load", {}).get("running", 0))
+                    + int(b.get("status", {}).get("load", {}).get("waiting", 0)),
                 }
                 for b in snap.get("backends", [])
             },
@@ -403,14 +406,24 @@ class Cluster:
         return snap["version"] if ok else 0
 
     def wait_settled(self, within: float = 30) -> int:
-        """Every backend healthy and undrained, and both edges have applied that state."""
-        version = until(self.all_healthy, within, "every backend healthy and undrained")
+        """Every backend healthy and undrained on every live replica, and both edges have
+        applied that state; the lowest version the replicas give it."""
+
+        def replicas_healthy() -> int:
+            versions = [self.all_healthy(cp) for cp, s in self.cps.items() if s.alive()]
+            return min(versions) if versions else 0
+
+        # The lowest: a replica restarted with nothing changed since may give the same state a
+        # higher version (the store's revision at its start) than the one edges applied.
+        version = until(replicas_healthy, within, "every backend healthy and undrained")
 
         def edges_caught_up() -> bool:
-            return all(
-                int(self.readyz(edge).get("snapshot_version") or 0) >= version
-                for edge in self.edges
+            applied = {e: int(self.readyz(e).get("snapshot_version") or 0) for e in self.edges}
+            replicas = {cp: self.snapshot(cp)["version"] for cp, s in self.cps.items() if s.alive()}
+            assert all(v >= version for v in applied.values()), (
+                f"edges applied {applied}; replicas' snapshot versions {replicas}"
             )
+            return True
 
         until(edges_caught_up, within, f"both edges at snapshot version >= {version}")
         return version
