@@ -27,6 +27,8 @@ class LoadSummary:
     stream_outcomes: dict[str, int]
     failures: list[dict[str, Any]]
     broken_streams: list[dict[str, Any]]
+    # Client-side latency of the non-streaming requests, in milliseconds.
+    latency_ms: dict[str, float] = field(default_factory=dict)
 
 
 def summarize(records: list[dict[str, Any]]) -> LoadSummary:
@@ -36,6 +38,12 @@ def summarize(records: list[dict[str, Any]]) -> LoadSummary:
     failures = [r for r in requests if not r["ok"]]
     outcomes = Counter(r["outcome"] for r in streams)
     broken = [r for r in streams if r["outcome"] not in ("complete", "sse_error")]
+    latencies = sorted((r["t1"] - r["t0"]) * 1000 for r in requests)
+    latency_ms = {}
+    if latencies:
+        for name, q in (("p50", 0.5), ("p99", 0.99)):
+            latency_ms[name] = round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1)
+        latency_ms["max"] = round(latencies[-1], 1)
     return LoadSummary(
         sent=len(requests),
         failed=len(failures),
@@ -43,6 +51,7 @@ def summarize(records: list[dict[str, Any]]) -> LoadSummary:
         stream_outcomes=dict(outcomes),
         failures=failures[:5],
         broken_streams=broken[:5],
+        latency_ms=latency_ms,
     )
 
 
@@ -148,6 +157,9 @@ def render(items: list[ScenarioResult]) -> str:
             f"| streams | {_streams(r.load)} |",
             f"| time until traffic moved | {_seconds(r.moved_seconds)} ({r.moved_meaning}) |",
         ]
+        if r.load.latency_ms:
+            shown = ", ".join(f"{k} {v:g} ms" for k, v in r.load.latency_ms.items())
+            lines.append(f"| non-streaming latency seen by clients | {shown} |")
         for name, value in r.measures.items():
             shown = _seconds(value) if isinstance(value, float) or value is None else str(value)
             lines.append(f"| {name} | {shown} |")
