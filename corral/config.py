@@ -109,6 +109,9 @@ class EdgeConfig:
     first_byte_timeout_seconds: float = 300.0
     idle_timeout_seconds: float = 120.0
     max_body_bytes: int = 16 * 1024 * 1024
+    # A client must send a request's headers, and then its body, within this; an idle
+    # keep-alive connection is closed after it (slow or idle clients cannot pin sockets).
+    client_timeout_seconds: float = 60.0
     eject_after_failures: int = 3
     eject_base_seconds: float = 5.0
     eject_max_seconds: float = 60.0

@@ -338,6 +338,9 @@ async def serve(config: EdgeConfig, *, ready: asyncio.Event | None = None) -> No
     runner = web.AppRunner(
         app,
         handler_cancellation=True,  # a client that hangs up cancels its upstream request
+        # aiohttp closes a connection whose request headers are not complete by then (its
+        # keep-alive timer also runs before the first request): a slowloris cannot wait it out.
+        keepalive_timeout=config.client_timeout_seconds,
         access_log=None,
         shutdown_timeout=config.shutdown_grace_seconds,
     )
