@@ -17,6 +17,7 @@ from aiohttp import web
 
 from corral.config import EdgeConfig
 from corral.v1 import types_pb2
+from edge import messages, passthrough
 from edge.balancer import Balancer
 from edge.errors import ApiError, EdgeError, SnapshotError, error_body
 from edge.inbound import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
@@ -88,7 +89,15 @@ def _http_error(request: web.Request, status: int, reason: str) -> web.Response:
     )
 
 
-_POST_PATHS = frozenset((CHAT.path, COMPLETIONS.path, EMBEDDINGS.path))
+_POST_PATHS = frozenset(
+    (
+        CHAT.path,
+        COMPLETIONS.path,
+        EMBEDDINGS.path,
+        messages.MESSAGES_PATH,
+        messages.COUNT_TOKENS_PATH,
+    )
+)
 _GET_PATHS = frozenset(("/v1/models", "/healthz", "/readyz", "/metrics"))
 
 
@@ -124,6 +133,13 @@ async def fallback(request: web.Request) -> web.Response:
 def _post(endpoint: Endpoint) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         return await request.app[PROXY].handle(request, endpoint)
+
+    return handler
+
+
+def _with_proxy(serve: Callable[[Proxy, web.Request], Awaitable[web.StreamResponse]]) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await serve(request.app[PROXY], request)
 
     return handler
 
@@ -313,6 +329,11 @@ def build_app(config: EdgeConfig) -> web.Application:
     metrics.bind_snapshot_age(created_ms)
     for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS):
         app.router.add_post(endpoint.path, guarded(_post(endpoint)))
+    app.router.add_post(messages.MESSAGES_PATH, guarded(_with_proxy(messages.handle_messages)))
+    app.router.add_post(
+        messages.COUNT_TOKENS_PATH, guarded(_with_proxy(messages.handle_count_tokens))
+    )
+    app.router.add_route("*", passthrough.ROUTE_PATTERN, guarded(_with_proxy(passthrough.handle)))
     app.router.add_get("/v1/models", guarded(list_models))
     app.router.add_get("/v1/models/{model:.+}", guarded(get_model))
     app.router.add_get("/healthz", healthz)

@@ -1,0 +1,220 @@
+"""Anthropic's Messages API at the edge: `POST /v1/messages` and `/v1/messages/count_tokens`.
+
+A request is validated once, then goes through the same attempt loop as every OpenAI request
+(Proxy.run: sticky or least-connections, retries, ejection, streaming relay). Per attempt, a
+backend that speaks Messages itself (its agent reports CAPABILITY_ANTHROPIC_MESSAGES) gets the
+body as it is (with its own name for an aliased model); any other backend gets the
+translation to `/v1/chat/completions`, and its answer is translated back (edge/anthropic.py).
+Every error, the edge's own included, is answered in Anthropic's shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from corral.v1 import types_pb2
+from edge import anthropic
+from edge.anthropic import AnthropicError, StreamTranslator
+from edge.errors import ApiError
+from edge.proxy import Admission, Exchange, Failure, Proxy
+from edge.routing import chat_key, session_header_key
+from edge.table import BackendState, ModelRoute
+
+MESSAGES_PATH: Final = "/v1/messages"
+COUNT_TOKENS_PATH: Final = "/v1/messages/count_tokens"
+_CHAT_PATH: Final = "/v1/chat/completions"
+_JSON: Final = "application/json"
+# Strict OpenAI-compatible servers refuse `top_k`; the local servers accept it as an extra.
+_NO_TOP_K: Final = frozenset((types_pb2.BACKEND_TYPE_OPENAI,))
+
+
+class Refused(ApiError):
+    """A request refused with an Anthropic error (validation, untranslatable content)."""
+
+    def __init__(self, error: AnthropicError) -> None:
+        super().__init__(error.status, error.message, kind=error.error_type)
+        self.error = error
+
+
+def error_response(error: AnthropicError, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=error.status, body=error.body(), content_type=_JSON, headers=headers)
+
+
+def from_api_error(exc: ApiError) -> web.Response:
+    """The edge's own OpenAI-shaped error (auth, unknown model, busy) in Anthropic's shape."""
+    if isinstance(exc, Refused):
+        return error_response(exc.error, exc.headers)
+    error = anthropic.error_from_openai(exc.status, exc.body())
+    if exc.status == 503:
+        error = anthropic.overloaded_error(error.message, 503)
+    return error_response(error, exc.headers)
+
+
+def _load(raw: bytes) -> Any:
+    if not raw:
+        raise Refused(anthropic.invalid_request("The request body is empty; expected JSON."))
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Refused(
+            anthropic.invalid_request(f"The request body is not valid JSON: {exc}")
+        ) from None
+
+
+class MessagesExchange(Exchange):
+    """One Messages request: native to some backends, translated for the others."""
+
+    __slots__ = ("model", "openai", "thinking", "translating", "translator")
+
+    def __init__(self, raw: bytes, body: dict[str, Any], openai: dict[str, Any] | None) -> None:
+        super().__init__(MESSAGES_PATH, raw, body, body.get("stream") is True)
+        self.model: str = body["model"]
+        # The OpenAI chat body (None when every candidate speaks Messages natively).
+        self.openai = openai
+        self.thinking = anthropic.thinking_requested(body)
+        self.translating = False
+        self.translator: StreamTranslator | None = None
+
+    def upstream(self, backend: BackendState, rewrite: str | None) -> tuple[str, bytes | None]:
+        if backend.native_messages or self.openai is None:
+            self.translating = False
+            return super().upstream(backend, rewrite)
+        self.translating = True
+        payload = dict(self.openai)
+        payload["model"] = rewrite or self.model
+        if backend.kind in _NO_TOP_K:
+            payload.pop("top_k", None)
+        return _CHAT_PATH, orjson.dumps(payload)
+
+    def whole(
+        self, status: int, data: bytes, headers: CIMultiDict[str], backend: BackendState
+    ) -> web.StreamResponse:
+        if not self.translating:
+            return web.Response(status=status, body=data, headers=headers)
+        headers["Content-Type"] = _JSON
+        if status != 200:
+            return web.Response(
+                status=status,
+                body=anthropic.error_from_openai(status, data).body(),
+                headers=headers,
+            )
+        try:
+            answer = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict):
+            error = AnthropicError(502, "The backend sent a malformed answer.", "api_error")
+            return web.Response(status=502, body=error.body(), headers=headers)
+        message = anthropic.from_openai_response(
+            answer,
+            model=self.model,
+            stop_sequences=self.body.get("stop_sequences") or (),
+            thinking=self.thinking,
+        )
+        return web.Response(status=200, body=orjson.dumps(message), headers=headers)
+
+    def first(self, chunk: bytes, backend: BackendState) -> bytes:
+        if not self.translating:
+            return chunk
+        self.translator = translator = StreamTranslator(
+            model=self.model,
+            stop_sequences=self.body.get("stop_sequences") or (),
+            input_tokens=anthropic.count_tokens(self.body),
+            thinking=self.thinking,
+        )
+        return translator.start() + translator.feed_bytes(chunk)
+
+    def chunk(self, chunk: bytes) -> bytes:
+        translator = self.translator
+        if translator is None:
+            return chunk
+        return translator.feed_bytes(chunk)
+
+    def end(self) -> bytes:
+        translator = self.translator
+        if translator is None:
+            return b""
+        out = translator.feed_end()
+        if not translator.done:  # ended before any finish_reason: the answer is cut short
+            out += translator.error(
+                anthropic.api_error("The backend stream ended before the answer was complete.")
+            )
+        return out
+
+    def cut(self, exc: BaseException) -> bytes:
+        kind = "timeout" if isinstance(exc, TimeoutError) else "disconnected"
+        error = anthropic.api_error(
+            f"The backend stream was interrupted ({kind}); the answer is incomplete."
+        )
+        if self.translator is not None:
+            return self.translator.error(error)
+        return error.sse()
+
+    def give_up(self, model: str, failure: Failure | None) -> web.Response:
+        retry = {"Retry-After": "1"}
+        if failure is None:
+            error = anthropic.overloaded_error(
+                f"No backend can serve the model `{model}` right now.", 503
+            )
+        elif failure.status:
+            error = anthropic.error_from_openai(failure.status, failure.body)
+            if failure.status == 503:
+                error = anthropic.overloaded_error(error.message, 503)
+        elif failure.reason == "timeout":
+            error = AnthropicError(504, "The backend did not answer in time.", "timeout_error")
+        else:
+            error = AnthropicError(502, "Could not reach a backend for this model.", "api_error")
+        return error_response(error, retry)
+
+
+def _all_native(route: ModelRoute) -> bool:
+    return all(b.native_messages for group in (*route.tiers, route.degraded) for b in group)
+
+
+async def handle_messages(proxy: Proxy, request: web.Request) -> web.StreamResponse:
+    """POST /v1/messages."""
+
+    async def admit() -> Admission:
+        proxy.check_auth(request)
+        raw = await proxy.read_body(request)
+        try:
+            body = anthropic.validate_messages_request(_load(raw))
+        except AnthropicError as exc:
+            raise Refused(exc) from None
+        model: str = body["model"]
+        route = proxy.balancer.route_for(model)
+        openai: dict[str, Any] | None = None
+        if not _all_native(route):
+            try:
+                openai = anthropic.to_openai_request(body)
+            except AnthropicError as exc:
+                raise Refused(exc) from None
+        key = session_header_key(request.headers, proxy.config.session_headers)
+        if key is None:
+            key = chat_key(model, anthropic.conversation_head(body))
+        exchange = MessagesExchange(raw, body, openai)
+        return Admission(exchange, lambda: proxy.balancer.route_for(model), key)
+
+    try:
+        return await proxy.run(request, "messages", admit)
+    except ApiError as exc:
+        return from_api_error(exc)
+
+
+async def handle_count_tokens(proxy: Proxy, request: web.Request) -> web.StreamResponse:
+    """POST /v1/messages/count_tokens, answered by the edge (an estimate, no backend)."""
+    try:
+        proxy.check_auth(request)
+        raw = await proxy.read_body(request)
+        body = anthropic.validate_count_tokens_request(_load(raw))
+    except ApiError as exc:
+        return from_api_error(exc)
+    except AnthropicError as exc:
+        return error_response(exc)
+    return web.Response(
+        body=orjson.dumps(anthropic.count_tokens_response(body)), content_type=_JSON
+    )

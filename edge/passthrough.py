@@ -1,0 +1,259 @@
+"""Native pass-through: `/ollama/...`, `/vllm/...`, `/llamacpp/...`, `/lmstudio/...`, `/sglang/...`.
+
+The prefix picks the server type; the rest of the path (and the query) goes to a backend of
+that type as it is. A body that names a model is routed by it (aliases rewritten for the
+chosen backend, sticky by the conversation for chats); anything else goes to any routable
+backend of the type. Answers are relayed as they come, streams (SSE, Ollama's NDJSON) chunk by
+chunk, through the same attempt loop as every other request (Proxy.run).
+
+Ollama's model lists (`/api/tags`, `/api/ps`) are merged across every Ollama backend, and its
+model management (pull, push, create, copy, delete, blobs) is refused with a 403 in Ollama's
+error shape. For the other types, reads (GET) pass, and writes pass only on inference paths:
+their admin endpoints (LoRA loading, sleep, cache flushes, weight updates) manage one server,
+which is done on that server, not through the edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Final
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from corral.v1 import types_pb2
+from edge import ollama_native as ollama
+from edge.balancer import no_backend
+from edge.errors import ApiError
+from edge.proxy import Admission, Exchange, Failure, Proxy, _stream_error
+from edge.routing import chat_key, session_header_key
+from edge.table import BackendState, ModelRoute, of_kind
+
+OLLAMA: Final = types_pb2.BACKEND_TYPE_OLLAMA
+KINDS: Final = {
+    "ollama": OLLAMA,
+    "vllm": types_pb2.BACKEND_TYPE_VLLM,
+    "llamacpp": types_pb2.BACKEND_TYPE_LLAMACPP,
+    "lmstudio": types_pb2.BACKEND_TYPE_LMSTUDIO,
+    "sglang": types_pb2.BACKEND_TYPE_SGLANG,
+}
+ROUTE_PATTERN: Final = "/{prefix:" + "|".join(KINDS) + "}{tail:(?:/.*)?}"
+
+# Writes the OpenAI-style servers take through the edge: inference only.
+INFERENCE_WRITES: Final = frozenset(
+    {
+        # OpenAI-compatible (vLLM, SGLang, llama.cpp, LM Studio)
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/rerank",
+        "/v2/rerank",
+        "/v1/score",
+        "/chat/completions",
+        "/completions",
+        "/embeddings",
+        # vLLM
+        "/tokenize",
+        "/detokenize",
+        "/pooling",
+        "/classify",
+        "/score",
+        "/rerank",
+        "/invocations",
+        # llama.cpp
+        "/completion",
+        "/embedding",
+        "/infill",
+        "/reranking",
+        "/apply-template",
+        # SGLang
+        "/generate",
+        "/encode",
+        # LM Studio's REST API
+        "/api/v0/chat/completions",
+        "/api/v0/completions",
+        "/api/v0/embeddings",
+    }
+)
+_READS: Final = frozenset(("GET", "HEAD"))
+_STREAM_TYPES: Final = ("text/event-stream", "application/x-ndjson")
+_MERGE_TIMEOUT_SECONDS: Final = 10.0
+
+
+class NativeExchange(Exchange):
+    """A native request relayed as it is; Ollama's errors in Ollama's shape."""
+
+    __slots__ = ("kind", "method")
+
+    def __init__(
+        self, method: str, path: str, raw: bytes | None, body: dict[str, Any], kind: int
+    ) -> None:
+        super().__init__(path, raw, body, True)
+        self.method = method  # per request here; a class constant in Exchange
+        self.kind = kind
+
+    def upstream(self, backend: BackendState, rewrite: str | None) -> tuple[str, bytes | None]:
+        if rewrite is None:
+            return self.path, self.raw
+        if self.kind == OLLAMA:
+            return self.path, orjson.dumps(ollama.with_model(self.body, rewrite))
+        return self.path, orjson.dumps({**self.body, "model": rewrite})
+
+    def streams(self, status: int, content_type: str) -> bool:
+        return status == 200 and content_type.startswith(_STREAM_TYPES)
+
+    def cut(self, exc: BaseException) -> bytes:
+        if self.kind != OLLAMA:
+            return _stream_error(exc)
+        kind = "timeout" if isinstance(exc, TimeoutError) else "disconnected"
+        return ollama.stream_error_line(
+            f"the backend stream was interrupted ({kind}); the answer is incomplete"
+        )
+
+    def give_up(self, model: str, failure: Failure | None) -> web.Response:
+        if self.kind != OLLAMA:
+            return super().give_up(model, failure)
+        retry = {"Retry-After": "1"}
+        if failure is None:
+            return _ollama(503, ollama.error_body(f"no backend can serve {model} right now"), retry)
+        if failure.status:
+            headers = {"Content-Type": failure.content_type or "application/json", **retry}
+            return web.Response(status=failure.status, body=failure.body, headers=headers)
+        if failure.reason == "timeout":
+            return _ollama(504, ollama.error_body("the backend did not answer in time"), retry)
+        return _ollama(502, ollama.error_body("could not reach a backend"), retry)
+
+
+def _ollama(status: int, body: bytes, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+def _error(kind: int, exc: ApiError) -> web.Response:
+    if kind != OLLAMA:
+        return exc.response()
+    return _ollama(exc.status, ollama.error_from_openai(exc.status, exc.body()), exc.headers)
+
+
+def _kind_route(proxy: Proxy, kind: int, name: str) -> ModelRoute:
+    table = proxy.balancer.table
+    route = table.by_kind.get(kind) if table is not None else None
+    if route is None:
+        raise no_backend(name)
+    return route
+
+
+def _model_route(proxy: Proxy, kind: int, model: str) -> ModelRoute:
+    """The route for a model, restricted to backends of the type; Ollama names are also
+    looked up with their implicit `:latest` tag."""
+    names = ollama.lookup_names(model) if kind == OLLAMA else (model,)
+    found: ApiError | None = None
+    for name in names:
+        try:
+            route = of_kind(proxy.balancer.route_for(name), kind)
+        except ApiError as exc:
+            found = found if found is not None and found.status == 503 else exc
+            continue
+        if route.names:
+            return route
+    if found is not None and found.status == 503:
+        raise found
+    if kind == OLLAMA:
+        raise ApiError(404, f'model "{model}" not found, try pulling it first', param="model")
+    raise ApiError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+async def handle(proxy: Proxy, request: web.Request) -> web.StreamResponse:
+    """Any method on /<type>/...: forward, merge, or refuse."""
+    prefix = request.match_info["prefix"]
+    kind = KINDS[prefix]
+    path = request.match_info["tail"] or "/"
+    method = request.method
+    try:
+        proxy.check_auth(request)
+        if kind == OLLAMA:
+            served = ollama.classify(path)
+            if served == "refused":
+                return _ollama(403, ollama.refused(path))
+            if served == "merged" and method in _READS:
+                return await _merged(proxy, path)
+            if served == "unknown" and method not in _READS:
+                return _ollama(404, ollama.error_body(f"unknown path {path}"))
+        elif method not in _READS and path not in INFERENCE_WRITES:
+            raise ApiError(
+                403,
+                f"{method} {path} manages one server; call that {prefix} backend directly, "
+                "not through Corral.",
+                kind="permission_error",
+                code="not_forwarded",
+            )
+    except ApiError as exc:
+        return _error(kind, exc)
+
+    async def admit() -> Admission:
+        raw: bytes | None = None
+        body: dict[str, Any] = {}
+        if request.body_exists:
+            raw = await proxy.read_body(request)
+            parsed: object = None
+            if raw.strip():
+                try:
+                    parsed = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    parsed = None
+            if isinstance(parsed, dict):
+                body = parsed
+        model = ollama.requested_model(body) if kind == OLLAMA else body.get("model")
+        key: bytes | None = None
+        if isinstance(model, str) and model:
+            requested = model
+            key = session_header_key(request.headers, proxy.config.session_headers)
+            messages = body.get("messages")
+            if key is None and isinstance(messages, list):
+                key = chat_key(requested, messages)
+
+            def lookup() -> ModelRoute:
+                return _model_route(proxy, kind, requested)
+
+        else:
+
+            def lookup() -> ModelRoute:
+                return _kind_route(proxy, kind, prefix)
+
+        query = request.query_string
+        target = f"{path}?{query}" if query else path
+        return Admission(NativeExchange(method, target, raw, body, kind), lookup, key)
+
+    try:
+        return await proxy.run(request, prefix, admit)
+    except ApiError as exc:
+        return _error(kind, exc)
+
+
+async def _merged(proxy: Proxy, path: str) -> web.Response:
+    """`/api/tags` or `/api/ps` from every routable Ollama backend, merged."""
+    table = proxy.balancer.table
+    route = table.by_kind.get(OLLAMA) if table is not None else None
+    backends = [b for group in (*route.tiers, route.degraded) for b in group] if route else []
+
+    async def one(backend: BackendState) -> object:
+        try:
+            async with asyncio.timeout(_MERGE_TIMEOUT_SECONDS):
+                async with proxy.session.get(backend.base_url + path) as resp:
+                    if resp.status != 200:
+                        return None
+                    return orjson.loads(await resp.read())
+        except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError):
+            return None  # a backend mid-restart: list the others
+
+    answers = await asyncio.gather(*(one(b) for b in backends))
+    merged = ollama.merge_model_lists(answers)
+    return web.Response(body=orjson.dumps(merged), content_type="application/json")

@@ -1,0 +1,269 @@
+"""Anthropic's Messages API through the edge, with the official `anthropic` SDK, in front of
+fakes that speak it natively and fakes that need the translation to OpenAI chat."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import anthropic
+import pytest
+
+from corral.config import Secret
+from corral.v1 import types_pb2
+from tests.edge.conftest import RunningEdge, StartEdge
+from tests.edge.snapshot_server import SnapshotServer, from_fake, snapshot
+from tests.fakes import FakeServer, running_fakes
+
+TYPES = {
+    "ollama": types_pb2.BACKEND_TYPE_OLLAMA,
+    "vllm": types_pb2.BACKEND_TYPE_VLLM,
+    "sglang": types_pb2.BACKEND_TYPE_SGLANG,
+    "llamacpp": types_pb2.BACKEND_TYPE_LLAMACPP,
+    "lmstudio": types_pb2.BACKEND_TYPE_LMSTUDIO,
+    "openai": types_pb2.BACKEND_TYPE_OPENAI,
+}
+TOOL = {
+    "name": "lookup",
+    "description": "Look a word up.",
+    "input_schema": {
+        "type": "object",
+        "properties": {"text": {"type": "string"}},
+        "required": ["text"],
+    },
+}
+
+
+def typed(fake: FakeServer, **kwargs: Any) -> types_pb2.Backend:
+    """The fake's Backend with its server type, and the Messages capability when it has it."""
+    message = from_fake(fake, kind=TYPES[fake.kind], **kwargs)
+    if fake.anthropic_native:
+        message.status.capabilities.append(types_pb2.CAPABILITY_ANTHROPIC_MESSAGES)
+    return message
+
+
+@asynccontextmanager
+async def sdk(
+    running: RunningEdge, api_key: str = "unused"
+) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    client = anthropic.AsyncAnthropic(base_url=running.url, api_key=api_key, max_retries=0)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def edge_for(
+    snapshots: SnapshotServer,
+    start_edge: StartEdge,
+    backends: list[types_pb2.Backend],
+    aliases: dict[str, list[str]] | None = None,
+    **overrides: Any,
+) -> RunningEdge:
+    snapshots.publish(snapshot(1, backends, aliases=aliases))
+    running = await start_edge(snapshots, **overrides)
+    await running.wait_version(1)
+    return running
+
+
+async def test_native_and_translated_backends(
+    snapshots: SnapshotServer, start_edge: StartEdge
+) -> None:
+    """Plain and streamed messages: a native backend gets /v1/messages, another gets the
+    OpenAI translation, and the SDK reads both answers the same way."""
+    async with running_fakes(
+        FakeServer("llamacpp", ["native-m"], "llamacpp-n", anthropic_native=True),
+        FakeServer("vllm", ["openai-m"], "vllm-t"),
+    ) as (native, translated):
+        translated.stream_chunks = 5
+        running = await edge_for(snapshots, start_edge, [typed(native), typed(translated)])
+        async with sdk(running) as client:
+            for fake, model in ((native, "native-m"), (translated, "openai-m")):
+                message = await client.messages.create(
+                    model=model,
+                    max_tokens=100,
+                    system="be brief",
+                    messages=[{"role": "user", "content": "hello there"}],
+                )
+                assert message.content[0].type == "text"
+                assert message.content[0].text == f"[{fake.name}] hello there"
+                assert message.stop_reason == "end_turn"
+                assert message.usage.output_tokens > 0
+
+                async with client.messages.stream(
+                    model=model,
+                    max_tokens=100,
+                    messages=[{"role": "user", "content": "stream this reply"}],
+                ) as stream:
+                    pieces = [text async for text in stream.text_stream]
+                    final = await stream.get_final_message()
+                assert "".join(pieces) == f"[{fake.name}] stream this reply"
+                assert final.stop_reason == "end_turn"
+                assert final.model == model
+        assert [r.path for r in native.requests if r.method == "POST"] == ["/v1/messages"] * 2
+        assert [r.path for r in translated.requests if r.method == "POST"] == [
+            "/v1/chat/completions"
+        ] * 2
+        sent = translated.requests_to("/v1/chat/completions")[0].body_json
+        assert sent["messages"][0] == {"role": "system", "content": "be brief"}
+        assert sent["max_tokens"] == 100
+        assert len(pieces) > 1
+
+
+@pytest.mark.parametrize("native", [False, True])
+async def test_tool_use_round_trip(
+    snapshots: SnapshotServer, start_edge: StartEdge, native: bool
+) -> None:
+    """A tool call comes back as a tool_use block (plain and streamed), and the tool result
+    sent back gets the final text answer."""
+    async with running_fakes(FakeServer("vllm", ["m"], "vllm-a", anthropic_native=native)) as (
+        fake,
+    ):
+        running = await edge_for(snapshots, start_edge, [typed(fake)])
+        async with sdk(running) as client:
+            ask: list[Any] = [{"role": "user", "content": "define corral"}]
+            message = await client.messages.create(
+                model="m", max_tokens=200, tools=[TOOL], messages=ask
+            )
+            assert message.stop_reason == "tool_use"
+            (call,) = [b for b in message.content if b.type == "tool_use"]
+            assert call.name == "lookup"
+            assert call.input == {"text": "define corral"}
+
+            async with client.messages.stream(
+                model="m", max_tokens=200, tools=[TOOL], messages=ask
+            ) as stream:
+                streamed = await stream.get_final_message()
+            assert streamed.stop_reason == "tool_use"
+            (streamed_call,) = [b for b in streamed.content if b.type == "tool_use"]
+            assert streamed_call.input == {"text": "define corral"}
+
+            follow_up = [
+                *ask,
+                {"role": "assistant", "content": [b.model_dump() for b in message.content]},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": call.id, "content": "a pen"}
+                    ],
+                },
+            ]
+            answer = await client.messages.create(
+                model="m", max_tokens=200, tools=[TOOL], messages=follow_up
+            )
+            assert answer.stop_reason == "end_turn"
+            assert answer.content[0].type == "text"
+            assert answer.content[0].text.startswith("[vllm-a]")
+        path = "/v1/messages" if native else "/v1/chat/completions"
+        assert len(fake.requests_to(path)) == 3
+
+
+async def test_errors_are_anthropic_shaped(
+    snapshots: SnapshotServer, start_edge: StartEdge, http: aiohttp.ClientSession
+) -> None:
+    """Unknown model, bad body, missing key and a backend error all come back in Anthropic's
+    error shape, which the SDK raises as its own exception types."""
+    async with running_fakes(FakeServer("vllm", ["m"], "vllm-a")) as (fake,):
+        running = await edge_for(
+            snapshots, start_edge, [typed(fake)], api_keys=(Secret("sk-edge"),)
+        )
+        async with sdk(running, "sk-edge") as client:
+            with pytest.raises(anthropic.NotFoundError) as missing:
+                await client.messages.create(
+                    model="nope", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+                )
+            assert missing.value.body["type"] == "error"  # type: ignore[index]
+            assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+
+            fake.mode = "error"
+            with pytest.raises(anthropic.InternalServerError):
+                await client.messages.create(
+                    model="m", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+                )
+            fake.mode = "ok"
+
+            counted = await client.messages.count_tokens(
+                model="m", messages=[{"role": "user", "content": "count these words please"}]
+            )
+            assert counted.input_tokens > 0
+        async with sdk(running, "wrong") as client:
+            with pytest.raises(anthropic.AuthenticationError):
+                await client.messages.create(
+                    model="m", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+                )
+        async with http.post(
+            f"{running.url}/v1/messages",
+            json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+            headers={"x-api-key": "sk-edge"},
+        ) as resp:
+            assert resp.status == 400
+            body = await resp.json()
+        assert body["type"] == "error"
+        assert body["error"]["type"] == "invalid_request_error"
+        assert "max_tokens" in body["error"]["message"]
+
+
+async def test_failover_when_a_backend_is_dead(
+    snapshots: SnapshotServer, start_edge: StartEdge
+) -> None:
+    """With one of two backends dead, every message (plain and streamed, whichever backend
+    its conversation would stick to) is answered by the live one."""
+    async with running_fakes(
+        FakeServer("vllm", ["m"], "vllm-a"),
+        FakeServer("llamacpp", ["m"], "llamacpp-b", anthropic_native=True),
+    ) as (dead, live):
+        running = await edge_for(snapshots, start_edge, [typed(dead), typed(live)])
+        await dead.stop()
+        async with sdk(running) as client:
+            for i in range(6):
+                ask = [{"role": "user", "content": f"conversation {i}"}]
+                message = await client.messages.create(model="m", max_tokens=50, messages=ask)
+                assert message.content[0].text == f"[llamacpp-b] conversation {i}"  # type: ignore[union-attr]
+                async with client.messages.stream(model="m", max_tokens=50, messages=ask) as s:
+                    final = await s.get_final_message()
+                assert final.content[0].text == f"[llamacpp-b] conversation {i}"  # type: ignore[union-attr]
+        assert len(live.requests_to("/v1/messages")) == 12
+
+
+async def test_alias_across_native_and_translated(
+    snapshots: SnapshotServer, start_edge: StartEdge
+) -> None:
+    """An alias spanning a native and a translating backend: each gets its own model name,
+    conversations stick to one backend, and both backends get conversations."""
+    async with running_fakes(
+        FakeServer("ollama", ["gemma3:4b"], "ollama-a", anthropic_native=True),
+        FakeServer("vllm", ["google/gemma-3-4b-it"], "vllm-b"),
+    ) as (ollama_fake, vllm_fake):
+        running = await edge_for(
+            snapshots,
+            start_edge,
+            [typed(ollama_fake), typed(vllm_fake)],
+            aliases={"gemma": ["gemma3:4b", "google/gemma-3-4b-it"]},
+        )
+        served: dict[int, str] = {}
+        async with sdk(running) as client:
+            for i in range(12):
+                ask = [{"role": "user", "content": f"topic {i}"}]
+                for _turn in range(2):
+                    raw = await client.messages.with_raw_response.create(
+                        model="gemma", max_tokens=50, messages=ask
+                    )
+                    message = await raw.parse()
+                    backend = raw.headers["x-corral-backend"]
+                    assert served.setdefault(i, backend) == backend  # sticky
+                    said = ask[-1]["content"]
+                    assert message.content[0].text == f"[{backend}] {said}"  # type: ignore[union-attr]
+                    ask = [
+                        *ask,
+                        {"role": "assistant", "content": message.content[0].text},  # type: ignore[union-attr]
+                        {"role": "user", "content": "go on"},
+                    ]
+        assert set(served.values()) == {"ollama-a", "vllm-b"}
+        assert {r.body_json["model"] for r in ollama_fake.requests_to("/v1/messages")} == {
+            "gemma3:4b"
+        }
+        assert {r.body_json["model"] for r in vllm_fake.requests_to("/v1/chat/completions")} == {
+            "google/gemma-3-4b-it"
+        }
