@@ -48,6 +48,11 @@ CHAT_REQUEST = (
 )
 
 
+def c1_seconds(seconds: float) -> int:
+    """The one-connection run: shorter than the others, at least 3 s (wrk takes whole s)."""
+    return max(3, round(seconds * 0.6))
+
+
 class Sampled(Protocol):
     """A process (or group of processes) whose memory and CPU time can be read."""
 
@@ -107,7 +112,7 @@ def measure(
         # Warm-up: connections, pools, caches.
         wrk.run(url, script, connections=32, seconds=2, cpus=LOAD_CPU)
         m.rss_rest = proc.rss_mib() if proc is not None else None
-        m.c1 = wrk.run(url, script, connections=1, seconds=max(3.0, seconds * 0.6), cpus=LOAD_CPU)
+        m.c1 = wrk.run(url, script, connections=1, seconds=c1_seconds(seconds), cpus=LOAD_CPU)
         print(f"c1 p50 {m.c1.p50 * 1e3:.3f} ms; ", end="", flush=True)
         with RssSampler(proc) as sampler:
             cpu0 = proc.cpu_seconds() if proc is not None else 0.0
@@ -142,12 +147,15 @@ def start_edge(procs: Procs, name: str, cp_port: int, workers: int, cpus: str) -
     return proc, base
 
 
-def run(seconds: float) -> tuple[list[Measured], dict[str, str]]:
+def run(
+    seconds: float, rounds: int
+) -> tuple[list[Measured], dict[str, str], list[tuple[float, float]]]:
     ensure_tools("nginx", "wrk")
     pin_self(LOAD_CPU)
     info = {"machine": machine(), "load": load_note(), "date": now_utc()}
     print(f"{info['machine']}\n{info['load']}", flush=True)
     results: list[Measured] = []
+    paired: list[tuple[float, float]] = []
     with workspace("overhead") as (tmp, procs):
         script = wrk.post_script(tmp / "post.lua", CHAT_REQUEST)
         backend_port = free_port()
@@ -220,6 +228,7 @@ def run(seconds: float) -> tuple[list[Measured], dict[str, str]]:
                 lambda: start_edge(procs, "edge1", snap_port, 1, PROXY_CPU),
                 "corral edge --workers 1",
             )
+            paired.extend(paired_rounds(procs, backend, snap_port, script, rounds))
             one(
                 "Corral edge (--workers 2, CPUs 0-1)",
                 lambda: start_edge(procs, "edge2", snap_port, 2, f"{PROXY_CPU},{LOAD_CPU}"),
@@ -235,7 +244,43 @@ def run(seconds: float) -> tuple[list[Measured], dict[str, str]]:
         results.append(
             measure("direct to nginx backend (again)", backend + chat, None, script, seconds)
         )
-    return results, info
+    return results, info, paired
+
+
+def paired_rounds(
+    procs: Procs, backend: str, snap_port: int, script: Path, rounds: int
+) -> list[tuple[float, float]]:
+    """Relay and edge both up on CPU 0, loaded in turn at 32 connections, `rounds` times:
+    the ratio of neighbours in time is robust to load that comes and goes on the machine."""
+    if rounds <= 0:
+        return []
+    print("  paired relay/edge rounds at 32 connections: ", end="", flush=True)
+    port = free_port()
+    relay = procs.start(
+        "relay-paired",
+        [PYTHON, "-m", "bench.relay", "--listen", f"127.0.0.1:{port}", "--upstream", backend],
+        cpus=PROXY_CPU,
+    )
+    wait_http(f"http://127.0.0.1:{port}/health", relay)
+    edge, base = start_edge(procs, "edge-paired", snap_port, 1, PROXY_CPU)
+    chat = "/v1/chat/completions"
+    relay_url, edge_url = f"http://127.0.0.1:{port}{chat}", base + chat
+    out = []
+    try:
+        for url in (relay_url, edge_url):
+            wrk.run(url, script, connections=32, seconds=2, cpus=LOAD_CPU)
+        for _ in range(rounds):
+            r = wrk.run(relay_url, script, connections=32, seconds=5, cpus=LOAD_CPU)
+            e = wrk.run(edge_url, script, connections=32, seconds=5, cpus=LOAD_CPU)
+            out.append((r.rps, e.rps))
+            print(f"{e.rps / r.rps:.2f} ", end="", flush=True)
+    except BenchError as exc:
+        print(f"failed: {exc}", flush=True)
+    finally:
+        procs.stop(edge)
+        procs.stop(relay)
+    print(flush=True)
+    return out
 
 
 class _Group:
@@ -255,7 +300,12 @@ def _ms(x: float | None) -> str:
     return "n/a" if x is None else f"{x * 1e3:.2f}"
 
 
-def report(results: list[Measured], info: dict[str, str], seconds: float) -> str:
+def report(
+    results: list[Measured],
+    info: dict[str, str],
+    seconds: float,
+    paired: list[tuple[float, float]],
+) -> str:
     direct = results[0]
     relay = next((r for r in results if r.name.startswith("bare") and r.c32), None)
     rows = []
@@ -287,17 +337,17 @@ def report(results: list[Measured], info: dict[str, str], seconds: float) -> str
         ],
         rows,
     )  # fmt: skip
-    gaps = _gaps(results)
+    gaps = _gaps(results, paired)
     return f"""## Edge overhead
 
-Command: `./dev bench overhead --seconds {seconds:g}` — {info["date"]}
+Command: `./dev bench overhead --seconds {seconds:g} --rounds {len(paired)}` — {info["date"]}
 
 Machine: {info["machine"]}. Load: {info["load"]}.
 
 Setup: nginx (1 worker) answers a fixed {len(nginx.chat_completion_body())}-byte
 chat.completion on CPU 1; `wrk -t1` with a POST script (chat body) also on CPU 1; the proxy
 under test alone on CPU 0 (`taskset`). Each target: 2 s warm-up, then 1 connection
-({max(3.0, seconds * 0.6):g} s), 32 and 64 connections ({seconds:g} s each). "Added" is p50 at
+({c1_seconds(seconds)} s), 32 and 64 connections ({seconds:g} s each). "Added" is p50 at
 one connection minus direct's. RSS is the whole process group (VmRSS), at rest after warm-up
 and peak under load. "CPU c32" is the proxy's CPU time per wall second at 32 connections
 (100% = its core is saturated, so req/s is the proxy's own limit); in brackets how busy CPU 0
@@ -311,7 +361,7 @@ measured first and again last, to show drift during the run.
 """
 
 
-def _gaps(results: list[Measured]) -> str:
+def _gaps(results: list[Measured], paired: list[tuple[float, float]]) -> str:
     by = {r.name: r for r in results}
     relay = by.get("bare aiohttp+uvloop relay")
     edge = by.get("Corral edge (1 worker)")
@@ -326,6 +376,15 @@ def _gaps(results: list[Measured]) -> str:
         lines.append(
             f"- req/s at 32 connections: {ratio * 100:.0f}% of the bare relay "
             f"(target ≥ 80%): {'met' if ratio >= 0.8 else 'NOT met'}."
+        )
+    if paired:
+        ratios = sorted(e / r for r, e in paired)
+        median = ratios[len(ratios) // 2]
+        pairs = ", ".join(f"{e:,.0f}/{r:,.0f}" for r, e in paired)
+        lines.append(
+            f"- paired rounds (relay and edge loaded in turn, 5 s each, edge/relay req/s: "
+            f"{pairs}): median ratio {median * 100:.0f}% (target ≥ 80%): "
+            f"{'met' if median >= 0.8 else 'NOT met'}."
         )
     if direct.c1:
         added = (edge.c1.p50 - direct.c1.p50) * 1e3
@@ -351,10 +410,11 @@ def _gaps(results: list[Measured]) -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="./dev bench overhead", description=__doc__)
     parser.add_argument("--seconds", type=float, default=8.0, help="per load level (default 8)")
+    parser.add_argument("--rounds", type=int, default=3, help="paired relay/edge rounds")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args(argv)
-    results, info = run(args.seconds)
-    text = report(results, info, args.seconds)
+    results, info, paired = run(args.seconds, args.rounds)
+    text = report(results, info, args.seconds, paired)
     print(text)
     if not args.no_write:
         write_section("overhead", text)

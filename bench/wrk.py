@@ -76,7 +76,7 @@ def run(
     url: str, script: Path, *, connections: int, seconds: float, cpus: str, timeout_s: int = 10
 ) -> WrkResult:
     argv = [
-        "taskset", "-c", cpus, "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s",
+        "taskset", "-c", cpus, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
         f"--timeout={timeout_s}s", "--latency", "-s", str(script), url,
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
