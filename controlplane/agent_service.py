@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from controlplane.agents import AgentSession
 from controlplane.errors import (
@@ -47,7 +48,7 @@ class AgentService:
             {
                 "Connect": grpc.stream_stream_rpc_method_handler(
                     self.connect,
-                    request_deserializer=agent_pb2.ConnectRequest.FromString,
+                    request_deserializer=_decode,
                     response_serializer=agent_pb2.ConnectResponse.SerializeToString,
                 )
             },
@@ -72,6 +73,9 @@ class AgentService:
             await self._refuse(context, SilentAgentError("no Register message in time"))
             return
         if first is None:
+            return
+        if first is _UNDECODABLE:
+            await self._refuse(context, InvalidArgumentError(_UNDECODABLE_MESSAGE))
             return
         if first.WhichOneof("message") != "register":
             await self._refuse(
@@ -141,6 +145,8 @@ class AgentService:
                 message = incoming.result()
                 if message is None:
                     return "eof"
+                if message is _UNDECODABLE:
+                    raise InvalidArgumentError(_UNDECODABLE_MESSAGE)
                 kind = message.WhichOneof("message")
                 if kind == "report":
                     ack = await session.report(message.report)
@@ -183,3 +189,15 @@ class AgentService:
 
 # Queued after the last message to end the writer.
 _END = agent_pb2.ConnectResponse()
+
+# Stands in for bytes that are not a ConnectRequest, so the stream ends with INVALID_ARGUMENT
+# and a clear message (grpc would otherwise answer UNKNOWN with the parser's exception).
+_UNDECODABLE = agent_pb2.ConnectRequest()
+_UNDECODABLE_MESSAGE = "a message on the stream is not a corral.v1.ConnectRequest (corrupt bytes)"
+
+
+def _decode(data: bytes) -> agent_pb2.ConnectRequest:
+    try:
+        return agent_pb2.ConnectRequest.FromString(data)
+    except DecodeError:
+        return _UNDECODABLE

@@ -30,6 +30,7 @@ from controlplane.agent_service import AgentService
 from controlplane.agents import AgentHub, SessionSettings, lease_ttl
 from controlplane.auth import TokenAuthInterceptor
 from controlplane.backoff import Backoff
+from controlplane.decoding import DecodeGuardInterceptor
 from controlplane.errors import ControlPlaneError, ShuttingDownError
 from controlplane.keys import KeyLayout
 from controlplane.metrics import Metrics, serve_metrics
@@ -105,7 +106,9 @@ def _build_server(
         },
         on_reject=lambda reason: metrics.rejections.labels(reason).inc(),
     )
-    server = grpc.aio.server(interceptors=[interceptor], options=server_options(config))
+    server = grpc.aio.server(
+        interceptors=[interceptor, DecodeGuardInterceptor()], options=server_options(config)
+    )
     silence = max(2 * config.heartbeat_interval_seconds, config.lease_ttl_seconds)
     server.add_generic_rpc_handlers(
         (
