@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.faults.conftest import failed
 from tests.faults.report import Results, ScenarioResult, last_touch, summarize
 from tests.faults.topology import Cluster, LoadRun, until
 
@@ -59,14 +60,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def c(cluster: Cluster) -> Iterator[Cluster]:
+def c(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """The cluster repaired and settled before the scenario; logs printed if it fails."""
     repair(cluster)
-    try:
-        yield cluster
-    except BaseException:
+    yield cluster
+    if failed(request.node):
         print(cluster.explain())
-        raise
 
 
 def repair(cluster: Cluster) -> None:
