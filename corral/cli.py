@@ -54,6 +54,8 @@ def _edge_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key-file", dest="api_keys_file", help="client API keys, one a line")
     p.add_argument("--controlplane-token-file")
     p.add_argument("--controlplane-ca-file")
+    p.add_argument("--controlplane-cert-file", help="client certificate for mutual TLS")
+    p.add_argument("--controlplane-key-file", help="client key for mutual TLS")
     p.add_argument("--workers", type=int, help="worker processes sharing the port")
     p.add_argument("--edge-id")
 
@@ -73,6 +75,8 @@ def _agent_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend-api-key-file")
     p.add_argument("--controlplane-token-file")
     p.add_argument("--controlplane-ca-file")
+    p.add_argument("--controlplane-cert-file", help="client certificate for mutual TLS")
+    p.add_argument("--controlplane-key-file", help="client key for mutual TLS")
     p.add_argument("--metrics-listen", help="HOST:PORT for /healthz and /metrics")
     p.add_argument("--probe-interval", dest="probe_interval_seconds", type=float)
     p.add_argument("--agent-id")

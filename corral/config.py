@@ -12,6 +12,7 @@ the secret), so secrets never need to sit on a command line.
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import types
 import typing
 from collections.abc import Mapping
@@ -43,7 +44,10 @@ class Secret:
     __str__ = __repr__
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
+        # Constant time, like every comparison of a secret.
+        return isinstance(other, Secret) and hmac.compare_digest(
+            other._value.encode(), self._value.encode()
+        )
 
     def __hash__(self) -> int:
         return hash(self._value)

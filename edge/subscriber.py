@@ -13,6 +13,7 @@ from grpc import aio
 
 from corral.config import EdgeConfig
 from corral.v1 import routing_pb2, routing_pb2_grpc, types_pb2
+from edge.errors import EdgeError
 
 log = logging.getLogger("corral.edge.subscriber")
 
@@ -127,11 +128,22 @@ class SnapshotSubscriber:
 
 
 def _credentials(config: EdgeConfig) -> grpc.ChannelCredentials | None:
-    if not config.controlplane_ca_file:
+    """TLS when a CA or a client certificate is configured (no CA: the system's roots)."""
+    if not (config.controlplane_ca_file or config.controlplane_cert_file):
         return None
-    root = Path(config.controlplane_ca_file).read_bytes()
-    key = Path(config.controlplane_key_file).read_bytes() if config.controlplane_key_file else None
-    cert = (
-        Path(config.controlplane_cert_file).read_bytes() if config.controlplane_cert_file else None
+    if bool(config.controlplane_cert_file) != bool(config.controlplane_key_file):
+        raise EdgeError("controlplane_cert_file and controlplane_key_file go together")
+
+    def read(path: str | None) -> bytes | None:
+        if not path:
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise EdgeError(f"cannot read {path}: {exc.strerror}") from None
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(config.controlplane_ca_file),
+        private_key=read(config.controlplane_key_file),
+        certificate_chain=read(config.controlplane_cert_file),
     )
-    return grpc.ssl_channel_credentials(root, key, cert)

@@ -27,15 +27,15 @@ from openai import AsyncOpenAI
 from edge.errors import ApiError
 from edge.inbound import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, parse
 from edge.routing import chat_key, completion_key
-from tests.edge.conftest import (  # noqa: F401  (pytest fixtures used by name)
-    RunningEdge,
-    StartEdge,
-    http,
-    snapshots,
-    start_edge,
-)
+from tests.edge import conftest as edge_fixtures
+from tests.edge.conftest import RunningEdge, StartEdge
 from tests.edge.snapshot_server import SnapshotServer, from_fake, snapshot
 from tests.fakes import FakeServer, running_fakes
+
+# The edge tests' fixtures, shared by name.
+http = edge_fixtures.http
+snapshots = edge_fixtures.snapshots
+start_edge = edge_fixtures.start_edge
 
 MODEL = "m"
 LIMIT = 64 * 1024  # the edge's max_body_bytes in these tests
@@ -52,7 +52,7 @@ async def fake() -> AsyncIterator[FakeServer]:
 
 
 @pytest.fixture
-async def edge_(snapshots: SnapshotServer, start_edge: StartEdge, fake: FakeServer) -> RunningEdge:  # noqa: F811  (the fixtures imported above)
+async def edge_(snapshots: SnapshotServer, start_edge: StartEdge, fake: FakeServer) -> RunningEdge:
     snapshots.publish(snapshot(1, [from_fake(fake)]))
     running = await start_edge(
         snapshots, max_body_bytes=LIMIT, client_timeout_seconds=CLIENT_TIMEOUT
