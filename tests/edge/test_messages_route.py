@@ -267,3 +267,32 @@ async def test_alias_across_native_and_translated(
         assert {r.body_json["model"] for r in vllm_fake.requests_to("/v1/chat/completions")} == {
             "google/gemma-3-4b-it"
         }
+
+
+@pytest.mark.parametrize("native", [False, True])
+async def test_stream_cut_midway_ends_with_error_event(
+    snapshots: SnapshotServer, start_edge: StartEdge, native: bool
+) -> None:
+    """A backend dying mid-stream is not retried: the SDK gets an Anthropic `error` event
+    and raises, rather than taking a short answer for a whole one."""
+    async with running_fakes(
+        FakeServer("vllm", ["m"], "a", anthropic_native=native),
+        FakeServer("vllm", ["m"], "b", anthropic_native=native),
+    ) as fakes:
+        for fake in fakes:
+            fake.stream_chunks = 20
+            fake.chunk_delay = 0.05
+        running = await edge_for(snapshots, start_edge, [typed(f) for f in fakes])
+        async with sdk(running) as client:
+            with pytest.raises(anthropic.APIError) as cut:
+                async with client.messages.stream(
+                    model="m",
+                    max_tokens=100,
+                    messages=[{"role": "user", "content": "one two three four five six"}],
+                ) as stream:
+                    victim = {f.name: f for f in fakes}[stream.response.headers["x-corral-backend"]]
+                    async for event in stream:
+                        if event.type == "content_block_delta":
+                            await victim.stop()
+            assert "interrupted" in str(cut.value)
+        assert sum(len(f.requests) for f in fakes) == 1  # nothing was retried

@@ -157,3 +157,27 @@ async def test_no_backend_of_the_type(
             assert resp.status == 503
             assert (await resp.json())["error"]["code"] == "no_backend_available"
         assert not fake.requests_to("/api/chat")
+
+
+async def test_ollama_stream_cut_midway(snapshots: SnapshotServer, start_edge: StartEdge) -> None:
+    """An Ollama backend dying mid-stream ends the NDJSON stream with an error line, which
+    the official client raises as ResponseError."""
+    async with running_fakes(FakeServer("ollama", ["gemma4:4b"], "ollama-a")) as (fake,):
+        fake.stream_chunks = 20
+        fake.chunk_delay = 0.05
+        snapshots.publish(snapshot(1, [typed(fake)]))
+        running = await start_edge(snapshots)
+        await running.wait_version(1)
+        client = ollama.AsyncClient(host=f"{running.url}/ollama")
+        parts = []
+        with pytest.raises(ollama.ResponseError) as cut:
+            async for part in await client.chat(
+                model="gemma4:4b",
+                messages=[{"role": "user", "content": "one two three four five six"}],
+                stream=True,
+            ):
+                parts.append(part)
+                if len(parts) == 1:
+                    await fake.stop()
+        assert "interrupted" in cut.value.error
+        assert not parts[-1].done
