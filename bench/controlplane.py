@@ -38,6 +38,7 @@ from bench.common import (
     PYTHON,
     BenchError,
     Proc,
+    cpu_times,
     free_port,
     load_note,
     machine,
@@ -279,6 +280,9 @@ class Result:
     registration_seconds: float = 0.0
     streams_ended: list[str] = field(default_factory=list)
     never_ready: bool = False
+    age_p50: float = 0.0
+    age_p99: float = 0.0
+    cpu_busy: tuple[float, float] = (0.0, 0.0)
     routable_min: int = 0
     routable_max: int = 0
 
@@ -325,12 +329,16 @@ async def scenario(
         rev0, puts0 = etcd_revision(etcd_url), etcd_metric(etcd_url, "etcd_mvcc_put_total")
         rep0 = fleet.reports
         events0 = len(read_events(sub_log))
+        stat0 = cpu_times()
         w0 = time.monotonic()
         peak = 0.0
         while time.monotonic() - w0 < args.steady:
             await asyncio.sleep(0.5)
             peak = max(peak, cp.rss_mib())
         wall = time.monotonic() - w0
+        stat1 = cpu_times()
+        busy = [1 - (b[1] - a[1]) / max(1, b[0] - a[0]) for a, b in zip(stat0, stat1, strict=True)]
+        res.cpu_busy = (busy[0], busy[1])
         res.steady_seconds = wall
         res.cp_cpu = (cp.cpu_seconds() - cpu0) / wall
         res.sub_cpu = (subs.cpu_seconds() - scpu0) / wall
@@ -441,6 +449,8 @@ def run(args: argparse.Namespace) -> tuple[Result, dict[str, str]]:
             if "snapshots" in e:
                 res.snapshots_total = e["snapshots"]
                 res.snapshot_bytes = e["bytes"] / max(1, e["snapshots"])
+                res.age_p50 = e.get("age_p50_ms") or 0.0
+                res.age_p99 = e.get("age_p99_ms") or 0.0
         cp.check_alive()
     return res, info
 
@@ -490,6 +500,14 @@ def report(res: Result, info: dict[str, str], args: argparse.Namespace) -> str:
                 f"{res.sub_cpu * 100:.0f}% / {res.agents_cpu * 100:.0f}%",
             ],
             ["snapshot size (mean bytes)", f"{res.snapshot_bytes:,.0f}"],
+            [
+                "snapshot age on arrival at subscribers p50 / p99 (whole run)",
+                f"{res.age_p50:.0f} / {res.age_p99:.0f} ms",
+            ],
+            [
+                "CPU 0 / CPU 1 busy in steady state (all processes)",
+                f"{res.cpu_busy[0] * 100:.0f}% / {res.cpu_busy[1] * 100:.0f}%",
+            ],
             [
                 f"snapshots received by {args.subscribers} subscribers (whole run)",
                 f"{res.snapshots_total:,.0f}",

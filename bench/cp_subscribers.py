@@ -8,7 +8,8 @@ routable backends; ``{"registered": N, "t": NS}`` whenever the number of backend
 snapshot changes; for every watched backend, ``{"gone": NAME, "sub": I, "t": NS}`` the
 first time subscriber I holds a snapshot where that backend is absent or not HEALTHY (t is
 CLOCK_MONOTONIC, comparable with the agents' clock on this machine); finally, on SIGTERM,
-``{"snapshots": N, "bytes": B}``.
+``{"snapshots": N, "bytes": B, "age_p50_ms": A, "age_p99_ms": A}`` (a snapshot's age on
+arrival: from its created_unix_ms to the moment this process read it).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ async def subscriber(
     watch: frozenset[str],
     ready: list[bool],
     totals: list[int],
+    ages: list[float],
 ) -> None:
     stub = routing_pb2_grpc.RoutingServiceStub(channel)
     present_before: set[str] = set()
@@ -51,6 +53,8 @@ async def subscriber(
         snap = response.snapshot
         totals[0] += 1
         totals[1] += response.ByteSize()
+        if snap.created_unix_ms:
+            ages.append(time.time() * 1000 - snap.created_unix_ms)
         backends = snap.backends
         if not ready[index]:
             routable = sum(1 for b in backends if b.status.health == HEALTHY and not b.drained)
@@ -91,6 +95,7 @@ async def main_async(args: argparse.Namespace) -> None:
     ]
     ready = [False] * args.count
     totals = [0, 0, -1]  # snapshots, bytes, backends in subscriber 0's last snapshot
+    ages: list[float] = []  # ms from a snapshot's creation to its arrival
     watch = frozenset(n for n in (args.watch or "").split(",") if n)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -98,7 +103,7 @@ async def main_async(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     tasks = [
         asyncio.create_task(
-            subscriber(i, channels[i % len(channels)], args.expect, watch, ready, totals)
+            subscriber(i, channels[i % len(channels)], args.expect, watch, ready, totals, ages)
         )
         for i in range(args.count)
     ]
@@ -110,7 +115,15 @@ async def main_async(args: argparse.Namespace) -> None:
         with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
             await t
     waiter.cancel()
-    emit({"snapshots": totals[0], "bytes": totals[1]})
+    ages.sort()
+    emit(
+        {
+            "snapshots": totals[0],
+            "bytes": totals[1],
+            "age_p50_ms": ages[len(ages) // 2] if ages else None,
+            "age_p99_ms": ages[int(len(ages) * 0.99)] if ages else None,
+        }
+    )
     for ch in channels:
         await ch.close(None)
 
