@@ -105,7 +105,8 @@ async def test_alias_set_through_the_real_control_plane(
 ) -> None:
     """An alias set with AdminService SetAlias (etcd store, real agents) shows up in the
     edge's /v1/models and routes to the backends' own names."""
-    cfg = h.etcd_config(etcd.endpoints)
+    # Agents report every second; a lease outlives three missed reports.
+    cfg = h.etcd_config(etcd.endpoints, lease_ttl_seconds=6.0, heartbeat_interval_seconds=1.0)
     async with running_fakes(*_fakes()) as fakes, h.running(cfg) as address:
         agents = [
             asyncio.create_task(

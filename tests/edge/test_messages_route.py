@@ -3,6 +3,7 @@ fakes that speak it natively and fakes that need the translation to OpenAI chat.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,11 +12,14 @@ import aiohttp
 import anthropic
 import pytest
 
-from corral.config import Secret
+import agent
+from corral.config import AgentConfig, Secret
 from corral.v1 import types_pb2
+from tests.controlplane import harness as h
 from tests.edge.conftest import RunningEdge, StartEdge
 from tests.edge.snapshot_server import SnapshotServer, from_fake, snapshot
 from tests.fakes import FakeServer, running_fakes
+from tests.support.etcd import EtcdCluster
 
 TYPES = {
     "ollama": types_pb2.BACKEND_TYPE_OLLAMA,
@@ -296,3 +300,73 @@ async def test_stream_cut_midway_ends_with_error_event(
                             await victim.stop()
             assert "interrupted" in str(cut.value)
         assert sum(len(f.requests) for f in fakes) == 1  # nothing was retried
+
+
+async def test_agents_learn_who_speaks_messages(etcd: EtcdCluster, start_edge: StartEdge) -> None:
+    """Through the real control plane (etcd) and real agents: the agent of a backend that
+    answers /v1/messages reports it, and the edge forwards Messages to it natively while it
+    translates for the other."""
+    # Agents report every second; a lease outlives three missed reports.
+    cfg = h.etcd_config(etcd.endpoints, lease_ttl_seconds=6.0, heartbeat_interval_seconds=1.0)
+    async with (
+        running_fakes(
+            FakeServer("llamacpp", ["native-m"], "llamacpp-n", anthropic_native=True),
+            FakeServer("vllm", ["openai-m"], "vllm-t"),
+        ) as fakes,
+        h.running(cfg) as address,
+    ):
+        agents = [
+            asyncio.create_task(
+                agent.serve(
+                    AgentConfig(
+                        controlplane=(address,),
+                        backend=fake.url,
+                        name=fake.name,
+                        probe_interval_seconds=0.2,
+                        shutdown_grace_seconds=1.0,
+                    )
+                )
+            )
+            for fake in fakes
+        ]
+        try:
+            running = await start_edge(None, controlplane=(address,))
+            watcher = h.SnapshotWatcher(address)
+            try:
+                learnt = await watcher.until(_native_learnt)
+            finally:
+                await watcher.close()
+            await running.wait_version(learnt.version)
+            native, translated = fakes
+            async with sdk(running) as client:
+                for fake, model in ((native, "native-m"), (translated, "openai-m")):
+                    message = await client.messages.create(
+                        model=model,
+                        max_tokens=50,
+                        messages=[{"role": "user", "content": "through the agents"}],
+                    )
+                    assert message.content[0].text == f"[{fake.name}] through the agents"  # type: ignore[union-attr]
+
+            def asked(fake: FakeServer, path: str) -> int:
+                return sum("through the agents" in str(r.body_json) for r in fake.requests_to(path))
+
+            assert asked(native, "/v1/messages") == 1
+            assert asked(native, "/v1/chat/completions") == 0
+            assert asked(translated, "/v1/chat/completions") == 1
+            assert asked(translated, "/v1/messages") == 0
+        finally:
+            for task in agents:
+                task.cancel()
+            await asyncio.gather(*agents, return_exceptions=True)
+
+
+def _native_learnt(snap: types_pb2.Snapshot) -> bool:
+    """Both backends healthy, and the native one reported as speaking Messages."""
+    by_name = {b.spec.name: b for b in snap.backends}
+    healthy = all(
+        name in by_name and by_name[name].status.health == types_pb2.HEALTH_STATE_HEALTHY
+        for name in ("llamacpp-n", "vllm-t")
+    )
+    return healthy and (
+        types_pb2.CAPABILITY_ANTHROPIC_MESSAGES in by_name["llamacpp-n"].status.capabilities
+    )
