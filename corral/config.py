@@ -115,7 +115,8 @@ class EdgeConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     # A client must send a request's headers, and then its body, within this; an idle
     # keep-alive connection is closed after it (slow or idle clients cannot pin sockets).
-    client_timeout_seconds: float = 60.0
+    # Longer than nginx's upstream keep-alive (60 s), so a proxy in front closes first.
+    client_timeout_seconds: float = 75.0
     eject_after_failures: int = 3
     eject_base_seconds: float = 5.0
     eject_max_seconds: float = 60.0
