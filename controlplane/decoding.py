@@ -43,7 +43,8 @@ class DecodeGuardInterceptor(_Interceptor):
         if behavior is None or inspect.isasyncgenfunction(behavior):
             return handler  # generator-style handlers are left as grpc serves them
         parse = handler.request_deserializer
-        serve: Callable[[Any, Any], Awaitable[Any]] = behavior  # type: ignore[assignment]  # grpc.aio handlers are coroutines; the stubs say sync
+        # grpc.aio handlers are coroutine functions; grpc's stubs type them as plain ones.
+        serve: Callable[[Any, Any], Awaitable[Any]] = behavior  # type: ignore[assignment]  # see above
         method = handler_call_details.method or "this method"
 
         def lenient(data: bytes) -> Any:
