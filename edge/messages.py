@@ -68,7 +68,7 @@ def _load(raw: bytes) -> Any:
 class MessagesExchange(Exchange):
     """One Messages request: native to some backends, translated for the others."""
 
-    __slots__ = ("model", "openai", "thinking", "translating", "translator")
+    __slots__ = ("input_tokens", "model", "openai", "thinking", "translating", "translator")
 
     def __init__(self, raw: bytes, body: dict[str, Any], openai: dict[str, Any] | None) -> None:
         super().__init__(MESSAGES_PATH, raw, body, body.get("stream") is True)
@@ -78,14 +78,37 @@ class MessagesExchange(Exchange):
         self.thinking = anthropic.thinking_requested(body)
         self.translating = False
         self.translator: StreamTranslator | None = None
+        self.input_tokens = -1  # estimated once, when first needed
+
+    def _estimate(self) -> int:
+        if self.input_tokens < 0:
+            self.input_tokens = anthropic.count_tokens(self.body)
+        return self.input_tokens
+
+    def _max_tokens(self, backend: BackendState, model: str) -> int | None:
+        """max_tokens capped to what the backend's context leaves after the prompt (None:
+        unchanged). Anthropic clients ask for far more than a small local context holds,
+        and servers refuse a prompt plus max_tokens over their context."""
+        context = backend.contexts.get(model)
+        asked: int = self.body["max_tokens"]
+        if not context:
+            return None
+        limit = max(1, context - self._estimate())
+        return limit if asked > limit else None
 
     def upstream(self, backend: BackendState, rewrite: str | None) -> tuple[str, bytes | None]:
+        model = rewrite or self.model
+        capped = self._max_tokens(backend, model)
         if backend.native_messages or self.openai is None:
             self.translating = False
-            return super().upstream(backend, rewrite)
+            if capped is None:
+                return super().upstream(backend, rewrite)
+            return MESSAGES_PATH, orjson.dumps({**self.body, "model": model, "max_tokens": capped})
         self.translating = True
         payload = dict(self.openai)
-        payload["model"] = rewrite or self.model
+        payload["model"] = model
+        if capped is not None:
+            payload["max_tokens"] = capped
         if backend.kind in _NO_TOP_K:
             payload.pop("top_k", None)
         return _CHAT_PATH, orjson.dumps(payload)
@@ -123,7 +146,7 @@ class MessagesExchange(Exchange):
         self.translator = translator = StreamTranslator(
             model=self.model,
             stop_sequences=self.body.get("stop_sequences") or (),
-            input_tokens=anthropic.count_tokens(self.body),
+            input_tokens=self._estimate(),
             thinking=self.thinking,
         )
         return translator.start() + translator.feed_bytes(chunk)

@@ -28,6 +28,7 @@ class BackendState:
         "alive",
         "awaiting",
         "base_url",
+        "contexts",
         "ejected_until",
         "ejections",
         "failures",
@@ -54,6 +55,8 @@ class BackendState:
         # The server type (types_pb2.BackendType), and whether it answers /v1/messages itself.
         self.kind = types_pb2.BACKEND_TYPE_UNSPECIFIED
         self.native_messages = False
+        # Model id -> context window in tokens, where the backend reports one.
+        self.contexts: dict[str, int] = {}
         # running + waiting as the backend itself reports them.
         self.reported = 0
         self.inflight = 0
@@ -76,6 +79,7 @@ class BackendState:
         self.max_concurrency = spec.max_concurrency
         self.kind = spec.type
         self.native_messages = CAPABILITY_ANTHROPIC_MESSAGES in backend.status.capabilities
+        self.contexts = {m.id: m.context_length for m in backend.status.models if m.context_length}
         self.health = backend.status.health
         self.alive = self.health in (HEALTHY, DEGRADED)
         load = backend.status.load

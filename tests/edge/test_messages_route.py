@@ -360,6 +360,30 @@ async def test_agents_learn_who_speaks_messages(etcd: EtcdCluster, start_edge: S
             await asyncio.gather(*agents, return_exceptions=True)
 
 
+@pytest.mark.parametrize("native", [False, True])
+async def test_max_tokens_capped_to_the_context(
+    snapshots: SnapshotServer, start_edge: StartEdge, native: bool
+) -> None:
+    """A client asking for more tokens than the backend's context leaves after the prompt
+    (Claude Code asks for 32,000) gets the rest of the context instead of a refusal."""
+    async with running_fakes(FakeServer("vllm", ["small"], "vllm-a", anthropic_native=native)) as (
+        fake,
+    ):
+        backend = typed(fake)
+        backend.status.models[0].context_length = 4096
+        running = await edge_for(snapshots, start_edge, [backend])
+        async with sdk(running) as client:
+            for asked in (32_000, 100):
+                async with client.messages.stream(
+                    model="small", max_tokens=asked, messages=[{"role": "user", "content": "hi"}]
+                ) as stream:
+                    await stream.get_final_message()
+        path = "/v1/messages" if native else "/v1/chat/completions"
+        capped, untouched = (r.body_json["max_tokens"] for r in fake.requests_to(path))
+        assert 4000 < capped < 4096
+        assert untouched == 100
+
+
 def _native_learnt(snap: types_pb2.Snapshot) -> bool:
     """Both backends healthy, and the native one reported as speaking Messages."""
     by_name = {b.spec.name: b for b in snap.backends}
