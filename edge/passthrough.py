@@ -256,4 +256,25 @@ async def _merged(proxy: Proxy, path: str) -> web.Response:
 
     answers = await asyncio.gather(*(one(b) for b in backends))
     merged = ollama.merge_model_lists(answers)
+    if path == "/api/tags" and table is not None:
+        merged["models"] = _with_aliases(merged["models"], table.routes)
     return web.Response(body=orjson.dumps(merged), content_type="application/json")
+
+
+def _with_aliases(
+    models: list[dict[str, Any]], routes: dict[str, ModelRoute]
+) -> list[dict[str, Any]]:
+    """The model list plus every alias that reaches an Ollama model in it (listed like that
+    model, under the alias's name), so Ollama clients can pick aliases from the list."""
+    by_name = {ollama.canonical_name(str(m.get("name") or m.get("model"))): m for m in models}
+    out = list(models)
+    for name, route in routes.items():
+        if ollama.canonical_name(name) in by_name:
+            continue
+        for target in of_kind(route, OLLAMA).rewrites.values():
+            entry = by_name.get(ollama.canonical_name(target))
+            if entry is not None:
+                out.append({**entry, "name": name, "model": name})
+                break
+    out.sort(key=lambda m: ollama.canonical_name(str(m.get("name"))))
+    return out

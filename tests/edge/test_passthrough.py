@@ -31,7 +31,9 @@ async def test_official_ollama_client(snapshots: SnapshotServer, start_edge: Sta
         client = ollama.AsyncClient(host=f"{running.url}/ollama")
 
         listed = await client.list()
-        assert [m.model for m in listed.models] == ["gemma4:4b", "llama3:latest", "qwen3:8b"]
+        names = [m.model for m in listed.models]
+        assert names == ["gemma", "gemma4:4b", "llama3:latest", "qwen3:8b"]  # with the alias
+        assert listed.models[0].details == listed.models[1].details
         running_models = await client.ps()
         assert {m.model for m in running_models.models} <= {
             "gemma4:4b",
