@@ -40,6 +40,7 @@ class AgentService:
     def __init__(self, replica: Replica, *, silence_timeout: float) -> None:
         self._replica = replica
         # An agent reports at least every heartbeat; this much silence means it is gone.
+        # (Its lease does not wait for this: it runs out a TTL after the last message.)
         self._silence = silence_timeout
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
@@ -149,6 +150,9 @@ class AgentService:
                     raise InvalidArgumentError(_UNDECODABLE_MESSAGE)
                 kind = message.WhichOneof("message")
                 if kind == "report":
+                    # The agent is alive: its lease lasts a TTL from now (not from a timer
+                    # of ours, so a cut-off agent leaves within the TTL of its last word).
+                    session.touch()
                     ack = await session.report(message.report)
                     session.send(agent_pb2.ConnectResponse(ack=ack))
                 elif kind == "goodbye":

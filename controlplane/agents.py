@@ -2,9 +2,12 @@
 
 A session is one agent stream on this replica. It holds (or shares, after a resume) a store
 lease; every key it writes (spec, status, presence) is attached to that lease, so a dead
-agent's backend vanishes by itself. A Goodbye revokes the lease (the backend leaves at once);
-a broken stream only stops keeping it alive (the backend leaves within the TTL unless the
-agent resumes the session, here or on another replica).
+agent's backend vanishes by itself. Nothing keeps a session lease alive on a timer: every
+message from the agent (Register, Report) refreshes it once, so it runs out one TTL after the
+agent's last message, whatever the replica does. A silent agent (host cut off, stream broken)
+therefore leaves routing within the TTL of its last word; a Goodbye revokes the lease (the
+backend leaves at once); an agent that resumes the session, here or on another replica,
+refreshes it with its Register and its backend never leaves.
 """
 
 from __future__ import annotations
@@ -40,6 +43,27 @@ def lease_ttl(config_ttl: float) -> int:
     return max(1, math.ceil(config_ttl))
 
 
+def heartbeat_seconds(config_heartbeat: float) -> int:
+    """The heartbeat agents are told (whole seconds, as Registered carries it)."""
+    return max(1, math.ceil(config_heartbeat))
+
+
+# An agent's lease must outlive this many heartbeats, so one late report never expires it.
+HEARTBEATS_PER_TTL = 3
+
+
+def check_timing(config_ttl: float, config_heartbeat: float) -> None:
+    """Refuse a heartbeat too slow for the lease: sessions live on the agent's messages."""
+    ttl, heartbeat = lease_ttl(config_ttl), heartbeat_seconds(config_heartbeat)
+    if heartbeat * HEARTBEATS_PER_TTL > ttl:
+        raise ControlPlaneError(
+            f"heartbeat_interval_seconds ({config_heartbeat:g}, i.e. {heartbeat}s) must be at "
+            f"most a third of lease_ttl_seconds ({config_ttl:g}, i.e. {ttl}s): an agent's "
+            "session lives only as long as its messages keep coming; raise lease_ttl_seconds "
+            f"to at least {heartbeat * HEARTBEATS_PER_TTL} or lower the heartbeat"
+        )
+
+
 def session_id_of(lease: int) -> str:
     return f"{lease:x}"
 
@@ -53,7 +77,11 @@ def lease_of(session_id: str) -> int | None:
 
 
 class LeaseBook:
-    """How many sessions on this replica use each lease, so it is released exactly once."""
+    """How many sessions on this replica use each lease; refreshes them as agents speak.
+
+    Session leases are granted without a keepalive: `touch` (once per agent message)
+    refreshes a lease once, over the store's one keepalive stream.
+    """
 
     def __init__(self, store: Store, ttl: int) -> None:
         self._store = store
@@ -66,26 +94,32 @@ class LeaseBook:
         if lease is not None:
             if lease in self._users:
                 self._users[lease] += 1
+                self.touch(lease)
                 return lease, True
             try:
-                await self._store.keep_lease(lease)
+                await self._store.check_lease(lease)
             except LeaseNotFoundError:
                 log.info("session %s has expired; starting a new one", resume_session_id)
             else:
                 self._users[lease] = 1
+                self.touch(lease)
                 return lease, True
-        lease = await self._store.grant_lease(self._ttl)
+        lease = await self._store.grant_lease(self._ttl, keep=False)
         self._users[lease] = self._users.get(lease, 0) + 1
         return lease, False
 
+    def touch(self, lease: int) -> None:
+        """The agent spoke: its lease runs out a full TTL from now."""
+        self._store.refresh_lease(lease)
+
     def release(self, lease: int) -> None:
-        """One session stops using the lease; the last one stops keeping it alive."""
+        """One session stops using the lease. Nothing keeps it alive: it runs out a TTL
+        after the agent's last message unless the agent resumes it."""
         count = self._users.get(lease, 0) - 1
         if count > 0:
             self._users[lease] = count
             return
         self._users.pop(lease, None)
-        self._store.release_lease(lease)
 
     async def revoke(self, lease: int) -> None:
         self._users.pop(lease, None)
@@ -299,7 +333,7 @@ class AgentSession:
         return agent_pb2.Registered(
             session_id=session_id_of(lease),
             lease_ttl_seconds=hub.settings.lease_ttl,
-            heartbeat_interval_seconds=max(1, math.ceil(hub.settings.heartbeat_interval)),
+            heartbeat_interval_seconds=heartbeat_seconds(hub.settings.heartbeat_interval),
             controlplane_id=hub.settings.replica_id,
             resumed=resumed,
             drained=drained,
@@ -363,6 +397,11 @@ class AgentSession:
         raise NameTakenError(
             f"backend name {register.backend.name!r} is contended; try again in a moment"
         )
+
+    def touch(self) -> None:
+        """A message from the agent arrived: keep its session alive one more TTL."""
+        if self.lease:
+            self._hub.leases.touch(self.lease)
 
     async def report(self, report: agent_pb2.Report) -> agent_pb2.ReportAck:
         check_status(report.status, self.name)
@@ -439,8 +478,7 @@ class AgentSession:
         try:
             await self._hub.leases.revoke(self.lease)
         except StoreError as exc:
-            # At least stop keeping it alive: the backend leaves within the TTL.
-            self._hub.store.release_lease(self.lease)
+            # Nothing keeps the lease alive: the backend leaves within the TTL anyway.
             raise translate_store_error(exc, f"removing backend {self.name!r}") from exc
         self._hub.metrics.store_writes.labels("revoke").inc()
 

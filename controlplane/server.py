@@ -4,8 +4,8 @@ Start-up: the server listens at once with health NOT_SERVING; the store is opene
 until it answers), configured aliases are seeded, the routing view lists and watches, and
 only then is health SERVING and `ready` set. Shutdown (cancellation): health NOT_SERVING,
 long-lived streams told to move to another replica, the server stopped within the grace
-period, then the store closed. Agent leases are released, not revoked, so agents that
-resume elsewhere within the TTL keep their backends in routing.
+period, then the store closed. Agent leases are left to run out, not revoked, so agents that
+resume elsewhere within the TTL of their last message keep their backends in routing.
 """
 
 from __future__ import annotations
@@ -27,7 +27,13 @@ from grpc_reflection.v1alpha import reflection
 from controlplane import admin_service, agent_service, routing_service
 from controlplane.admin_service import AdminService
 from controlplane.agent_service import AgentService
-from controlplane.agents import AgentHub, SessionSettings, lease_ttl
+from controlplane.agents import (
+    AgentHub,
+    SessionSettings,
+    check_timing,
+    heartbeat_seconds,
+    lease_ttl,
+)
 from controlplane.auth import TokenAuthInterceptor
 from controlplane.backoff import Backoff
 from controlplane.decoding import DecodeGuardInterceptor
@@ -109,7 +115,9 @@ def _build_server(
     server = grpc.aio.server(
         interceptors=[interceptor, DecodeGuardInterceptor()], options=server_options(config)
     )
-    silence = max(2 * config.heartbeat_interval_seconds, config.lease_ttl_seconds)
+    # Two missed heartbeats end the stream (the lease has already been running out since
+    # the agent's last message; this only frees the stream).
+    silence = 2 * heartbeat_seconds(config.heartbeat_interval_seconds)
     server.add_generic_rpc_handlers(
         (
             AgentService(replica, silence_timeout=silence).handler(),
@@ -228,6 +236,7 @@ async def _maybe_metrics(metrics: Metrics, address: str | None) -> AsyncIterator
 
 async def serve(config: ControlPlaneConfig, *, ready: asyncio.Event | None = None) -> None:
     """Run one control-plane replica until cancelled; set `ready` once it serves."""
+    check_timing(config.lease_ttl_seconds, config.heartbeat_interval_seconds)
     replica_id = config.replica_id or f"{socket.gethostname()}:{os.getpid()}"
     layout = KeyLayout.from_prefix(config.etcd_prefix)
     metrics = Metrics()

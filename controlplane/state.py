@@ -5,18 +5,26 @@ in time: events at or below the view's revision are ignored, and a listing older
 view is dropped. On compaction it re-lists.
 
 Snapshot versions come from the store, never from a local counter, so an edge can move
-between replicas:
+between replicas. The version is the revision of the last event under the routing prefix
+(any write or delete there, even a rewrite of identical bytes), so it is a function of the
+store's history alone and every replica gives the same state the same version, however it
+learnt it:
 
-- a watched event that changes the routing content sets the version to that event's
-  revision; events that change nothing (a rewrite of identical bytes) keep it. Every replica
-  that applies the same events therefore gives the same state the same version, whatever
-  batches the events arrived in;
-- a listing at revision R sets the version to R when the content differs from the view (or
-  on the first listing), and keeps it when the content is the same.
+- a watched event sets the version to its revision;
+- a listing at revision R learns the last routing event at or below R: the listed keys'
+  largest mod_revision M, unless something under the prefix happened in (M, R] (a delete,
+  or a write to a key since deleted). Those events are read with a watch from M + 1 up to
+  R; they only tell the version, never change the listed content. Writes outside routing
+  (presence) therefore never change the version, on a replica that watched them go by or
+  on one that just started;
+- when (M, R] was compacted away, the last routing event in what is left decides; when
+  nothing under the prefix is left there either, the version falls back to R (the same
+  content, named by a later revision; it never goes back in time). Replicas agree again at
+  the next routing event.
 
-Either way, version X always means "the store's routing content at revision X", so two
-replicas that give a version to a state agree on the content, and a replica can always catch
-up to a version an edge already has by listing the store again.
+Version X always means "the store's routing content at revision X", so two replicas that
+give a version to a state agree on the content, and a replica can always catch up to a
+version an edge already has by listing the store again.
 """
 
 from __future__ import annotations
@@ -44,6 +52,10 @@ from controlplane.store.base import (
 from corral.v1 import routing_pb2, types_pb2
 
 log = logging.getLogger(__name__)
+
+# How long a listing may spend reading the routing events between its keys' last write and
+# its revision before it settles for naming the content by the listing's revision.
+REPLAY_TIMEOUT_SECONDS = 10.0
 
 DrainListener = Callable[[str, DrainFlag | None], None]
 RemovalListener = Callable[[str], None]
@@ -103,6 +115,9 @@ class RoutingView:
         self.cluster_id = ""
         # The store revision the view reflects; it only grows (within one cluster id).
         self.revision = 0
+        # The newest revision whose events are applied (a listing's, or an event's): events
+        # at or below it are already in the view. Progress notices move `revision` only.
+        self._applied = 0
         # The revision at which the content last changed; what snapshots carry.
         self.version = 0
         # Synced: listed and watching, and the store answered its last probe.
@@ -131,11 +146,12 @@ class RoutingView:
         while True:
             try:
                 revision, kvs = await self._store.get_prefix(self._layout.routing)
-                self.apply_listing(revision, kvs, self._store.cluster_id)
+                version = await self.last_event_revision(revision, kvs)
+                self.apply_listing(revision, kvs, self._store.cluster_id, version=version)
                 self._store_ok = True
                 await self._set_watching(True)
                 backoff.reset()
-                stream = self._store.watch_prefix(self._layout.routing, self.revision + 1)
+                stream = self._store.watch_prefix(self._layout.routing, self._applied + 1)
                 try:
                     async for batch in stream:
                         self.apply_batch(batch)
@@ -188,7 +204,50 @@ class RoutingView:
             if self.version >= at_least:
                 return
             revision, kvs = await self._store.get_prefix(self._layout.routing)
-            self.apply_listing(revision, kvs, self._store.cluster_id, at_least=at_least)
+            version = await self.last_event_revision(revision, kvs)
+            self.apply_listing(
+                revision, kvs, self._store.cluster_id, version=version, at_least=at_least
+            )
+
+    async def last_event_revision(self, revision: int, kvs: Sequence[KeyValue]) -> int:
+        """The revision of the last event under the routing prefix at or below `revision`,
+        for a listing at `revision` that found `kvs` (see the module docstring)."""
+        floor = max((kv.mod_revision for kv in kvs), default=0)
+        if floor >= revision:
+            return revision
+        try:
+            found = await self._replay(floor + 1, revision)
+            return max(found, floor, 1)  # 1: nothing under the prefix, ever
+        except CompactedError as exc:
+            oldest = exc.compact_revision
+        if oldest <= revision:
+            try:
+                found = await self._replay(oldest, revision)
+            except CompactedError:
+                found = 0
+            if found > floor:
+                return found
+        log.info(
+            "routing history before revision %d is compacted; naming the listed content by "
+            "the listing's revision %d",
+            oldest,
+            revision,
+        )
+        return revision
+
+    async def _replay(self, start: int, revision: int) -> int:
+        """The last routing event in [start, revision], or 0."""
+        try:
+            async with asyncio.timeout(REPLAY_TIMEOUT_SECONDS):
+                return await self._store.last_event_revision(self._layout.routing, start, revision)
+        except TimeoutError:
+            log.warning(
+                "reading routing events up to revision %d took over %gs; naming the listed "
+                "content by that revision",
+                revision,
+                REPLAY_TIMEOUT_SECONDS,
+            )
+            return revision
 
     async def _update_synced(self) -> None:
         synced = self._watching and self._store_ok
@@ -201,8 +260,16 @@ class RoutingView:
     # Applying store data ----------------------------------------------------------------
 
     def apply_listing(
-        self, revision: int, kvs: Sequence[KeyValue], cluster_id: str, *, at_least: int = 0
+        self,
+        revision: int,
+        kvs: Sequence[KeyValue],
+        cluster_id: str,
+        *,
+        version: int | None = None,
+        at_least: int = 0,
     ) -> None:
+        """Take a listing at `revision`. version: the revision of the last routing event at
+        or below it (last_event_revision); None names the content by `revision`."""
         self.listings += 1
         if self._on_listing is not None:
             self._on_listing()
@@ -215,8 +282,9 @@ class RoutingView:
                 )
             self.cluster_id = cluster_id
             self.revision = 0
+            self._applied = 0
             self.version = 0
-        elif revision <= self.revision:
+        elif revision <= self._applied:
             # Older than what we have: never go back. Our content at self.revision equals
             # the content at self.version, so a catch-up may name it by the later revision.
             if self.version < at_least:
@@ -231,13 +299,17 @@ class RoutingView:
         old = self._records
         changed = records != old
         self._records = records
-        first = self.version == 0
-        self.revision = revision
+        self._applied = revision
+        self.revision = max(self.revision, revision)
         if changed:
             self._backend_cache.clear()
             self._built = None
-        if changed or first or self.version < at_least:
-            self._set_version(revision)
+        # Never back: a lower true version than ours means ours named this same content
+        # by a later revision (a compacted listing).
+        new_version = max(revision if version is None else version, self.version)
+        if new_version < at_least:
+            new_version = revision  # the edge's version names the content at `revision`
+        self._set_version(new_version)
         self._progress()
         if changed:
             self._notify_drains(old[RoutingKind.DRAIN], records[RoutingKind.DRAIN])
@@ -245,18 +317,23 @@ class RoutingView:
             self._notify_removed(sorted(gone))
 
     def apply_batch(self, batch: WatchBatch) -> None:
-        last_change = 0
+        last_event = 0
         # An event-less batch (a progress notice) vouches for every revision up to its own;
         # otherwise trust only the events themselves, so a later batch can never hold an
         # event we would take for one already applied.
         reached = batch.revision if not batch.events else 0
         drains_before: dict[str, bytes] | None = None
         removed: list[str] = []
+        changed = False
+        floor = self._applied  # events of one revision (a transaction) share it
         for event in batch.events:
             kv = event.kv
             reached = max(reached, kv.mod_revision)
-            if kv.mod_revision <= self.revision:
+            if kv.mod_revision <= floor:
                 continue  # already in the view (we listed after it): never go back
+            self._applied = max(self._applied, kv.mod_revision)
+            # Every event under the prefix names a version, as a listing would name it.
+            last_event = kv.mod_revision
             parsed = self._layout.parse_routing(kv.key)
             if parsed is None:
                 continue
@@ -265,13 +342,14 @@ class RoutingView:
                 drains_before = dict(self._records[RoutingKind.DRAIN])
             value = kv.value if event.type is EventType.PUT else None
             if self._apply_record(kind, name, value):
-                last_change = kv.mod_revision
+                changed = True
                 if kind is RoutingKind.SPEC and value is None:
                     removed.append(name)
-        self.revision = max(self.revision, reached)
-        if last_change:
+        self.revision = max(self.revision, reached, self._applied)
+        if changed:
             self._built = None
-            self._set_version(last_change)
+        if last_event > self.version:
+            self._set_version(last_event)
         self._progress()
         if drains_before is not None:
             self._notify_drains(drains_before, self._records[RoutingKind.DRAIN])

@@ -135,13 +135,30 @@ class Store(abc.ABC):
     # Leases -----------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def grant_lease(self, ttl_seconds: int) -> int:
-        """A new lease; the store keeps it alive until release_lease or revoke_lease."""
+    async def grant_lease(self, ttl_seconds: int, *, keep: bool = True) -> int:
+        """A new lease. keep=True: the store keeps it alive until release_lease or
+        revoke_lease. keep=False: it runs out ttl_seconds after the last refresh_lease
+        (or the grant), unless someone keeps or refreshes it."""
 
     @abc.abstractmethod
     async def keep_lease(self, lease_id: int) -> int:
-        """Start keeping an existing lease alive (taking over an agent's session on another
-        replica); return its remaining TTL. Raises LeaseNotFoundError if it has expired."""
+        """Start keeping an existing lease alive continuously; return its remaining TTL.
+        Raises LeaseNotFoundError if it has expired."""
+
+    @abc.abstractmethod
+    async def check_lease(self, lease_id: int) -> int:
+        """The lease's remaining TTL (at least 1 while it lives), without keeping it.
+        Raises LeaseNotFoundError if it has expired or was revoked."""
+
+    @abc.abstractmethod
+    def refresh_lease(self, lease_id: int) -> None:
+        """Refresh the lease once, soon: it now runs out a full TTL from about now.
+
+        Does not wait. Refreshes asked for together are coalesced (one per lease); the etcd
+        store sends them on its one keepalive stream. A lease that is gone stays gone (no
+        error). Used for agent sessions: refreshed once per message from the agent, so a
+        silent agent's lease runs out a TTL after its last message.
+        """
 
     @abc.abstractmethod
     def release_lease(self, lease_id: int) -> None:
@@ -162,3 +179,10 @@ class Store(abc.ABC):
         other endpoints internally, resuming from the last seen revision + 1, so callers never
         see a gap or a repeat.
         """
+
+    @abc.abstractmethod
+    async def last_event_revision(self, prefix: bytes, start_revision: int, revision: int) -> int:
+        """The revision of the last event (write or delete) under prefix in
+        [start_revision, revision], or 0 if there was none. Raises CompactedError when
+        start_revision was compacted away. (The etcd store writes the one key just past the
+        prefix to learn that its watch has delivered the range; keep that key free.)"""

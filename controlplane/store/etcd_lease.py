@@ -1,8 +1,11 @@
 """Keeping etcd leases alive over ONE long-lived LeaseKeepAlive stream per store.
 
 A new stream per heartbeat burns etcd CPU; one bidirectional stream carries every kept lease's
-refresh about every ttl/3. When the stream breaks (member down, leader lost), a new one is
-opened on the next endpoint and every lease is refreshed at once.
+refresh about every ttl/3, and the one-shot refreshes asked for with `refresh` (agent sessions:
+one per message from the agent; several asked for one lease before the sender gets to them go
+out as one). When the stream breaks (member down, leader lost), a new one is opened on the next
+endpoint; every kept lease is refreshed at once, and one-shot refreshes still unanswered are
+sent again.
 """
 
 from __future__ import annotations
@@ -50,6 +53,12 @@ class LeaseKeeper:
         self._connect_timeout = connect_timeout
         self._stall_timeout = stall_timeout
         self._leases: dict[int, _Kept] = {}
+        # One-shot refreshes: asked for and not yet sent (an ordered set) ...
+        self._oneshot: dict[int, None] = {}
+        # ... and sent, not yet answered (loop time sent).
+        self._oneshot_sent: dict[int, float] = {}
+        # The smallest TTL seen in answers to one-shot refreshes (bounds the stall limit).
+        self._oneshot_ttl = float("inf")
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Refreshes answered by etcd since start (tests and metrics watch it move).
@@ -79,10 +88,23 @@ class LeaseKeeper:
     def release(self, lease_id: int) -> None:
         self._leases.pop(lease_id, None)
 
+    def refresh(self, lease_id: int) -> None:
+        """Send one keepalive for the lease soon (coalesced); kept leases need none."""
+        if lease_id in self._leases or lease_id in self._oneshot:
+            return
+        self._oneshot[lease_id] = None
+        self._changed.set()
+
+    def forget(self, lease_id: int) -> None:
+        """Drop a lease from every list (it was revoked)."""
+        self._leases.pop(lease_id, None)
+        self._oneshot.pop(lease_id, None)
+        self._oneshot_sent.pop(lease_id, None)
+
     async def _run(self) -> None:
         backoff = Backoff()
         while True:
-            while not self._leases:
+            while not self._leases and not self._oneshot:
                 self._changed.clear()
                 await self._changed.wait()
             index = self._pool.current
@@ -98,6 +120,10 @@ class LeaseKeeper:
             for kept in self._leases.values():
                 kept.due = now  # TTLs may have reset on another member: refresh at once
                 kept.waiting_since = None
+            # One-shot refreshes lost with the old stream go out again on this one.
+            for lease_id in self._oneshot_sent:
+                self._oneshot[lease_id] = None
+            self._oneshot_sent.clear()
             receiver = asyncio.create_task(self._receive(call, backoff), name="etcd-keepalive-recv")
             sender = asyncio.create_task(self._send(call), name="etcd-keepalive-send")
             try:
@@ -123,6 +149,9 @@ class LeaseKeeper:
         return "ended by etcd"
 
     def _answered(self, response: rpc.LeaseKeepAliveResponse) -> None:
+        if self._oneshot_sent.pop(response.ID, None) is not None and response.TTL > 0:
+            self.refreshes += 1
+            self._oneshot_ttl = min(self._oneshot_ttl, float(response.TTL))
         kept = self._leases.get(response.ID)
         if kept is None:
             return
@@ -137,13 +166,18 @@ class LeaseKeeper:
 
     def _stall_limit(self, kept: _Kept) -> float:
         # Notice an unanswered refresh while the lease still has most of its TTL left.
-        return max(_MIN_STALL, min(self._stall_timeout, kept.ttl / 3))
+        return self._stall_limit_for(kept.ttl)
+
+    def _stall_limit_for(self, ttl: float) -> float:
+        return max(_MIN_STALL, min(self._stall_timeout, ttl / 3))
 
     async def _send(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> str:
         """Write refreshes when due; return when the stream breaks or stops answering."""
         loop = asyncio.get_running_loop()
         try:
             while True:
+                # Cleared before looking, so a lease or refresh added meanwhile wakes us.
+                self._changed.clear()
                 now = loop.time()
                 for kept in list(self._leases.values()):
                     if kept.waiting_since is not None:
@@ -154,11 +188,21 @@ class LeaseKeeper:
                         kept.due = now + max(_MIN_INTERVAL, kept.ttl / 3)
                         kept.waiting_since = now
                         await call.write(rpc.LeaseKeepAliveRequest(ID=kept.id))
+                oneshot_limit = self._stall_limit_for(self._oneshot_ttl)
+                for lease_id, sent in self._oneshot_sent.items():
+                    if now - sent > oneshot_limit:
+                        return f"no answer for lease {lease_id:x} in {now - sent:.1f}s"
+                while self._oneshot:
+                    lease_id = next(iter(self._oneshot))
+                    del self._oneshot[lease_id]
+                    self._oneshot_sent[lease_id] = now
+                    await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
                 wake = [
                     k.waiting_since + self._stall_limit(k) if k.waiting_since is not None else k.due
                     for k in self._leases.values()
                 ]
-                self._changed.clear()
+                if self._oneshot_sent:
+                    wake.append(min(self._oneshot_sent.values()) + oneshot_limit)
                 if not wake:
                     await self._changed.wait()
                     continue

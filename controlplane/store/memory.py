@@ -155,13 +155,37 @@ class MemoryStore(Store):
 
     # Leases -----------------------------------------------------------------------------
 
-    async def grant_lease(self, ttl_seconds: int) -> int:
+    async def grant_lease(self, ttl_seconds: int, *, keep: bool = True) -> int:
         self._check_open()
         lease_id = secrets.randbits(62) + 1
         while lease_id in self._leases:
             lease_id = secrets.randbits(62) + 1
         self._leases[lease_id] = _Lease(id=lease_id, ttl=max(1, int(ttl_seconds)))
+        if not keep:
+            self.release_lease(lease_id)
         return lease_id
+
+    async def check_lease(self, lease_id: int) -> int:
+        self._check_open()
+        lease = self._live_lease(lease_id)
+        if lease.deadline is None:
+            return lease.ttl
+        return max(1, math.ceil(lease.deadline - asyncio.get_running_loop().time()))
+
+    def refresh_lease(self, lease_id: int) -> None:
+        lease = self._leases.get(lease_id)
+        if lease is None or lease.deadline is None or self._closed:
+            return  # gone, or kept alive anyway
+        if lease.timer is not None:
+            lease.timer.cancel()
+        loop = asyncio.get_running_loop()
+        lease.deadline = loop.time() + lease.ttl
+        lease.timer = loop.call_at(lease.deadline, self._expire, lease_id)
+
+    def lease_deadline(self, lease_id: int) -> float | None:
+        """Loop time at which the lease runs out; None while kept alive (tests)."""
+        lease = self._live_lease(lease_id)
+        return lease.deadline
 
     async def keep_lease(self, lease_id: int) -> int:
         self._check_open()
@@ -211,6 +235,18 @@ class MemoryStore(Store):
                 yield WatchBatch(events=events, revision=self._revision)
                 continue
             await self._changed.wait()
+
+    async def last_event_revision(self, prefix: bytes, start_revision: int, revision: int) -> int:
+        self._check_open()
+        if start_revision < self._compact_revision:
+            raise CompactedError(self._compact_revision)
+        last = 0
+        for entry in self._since(start_revision):
+            if entry.revision > revision:
+                break
+            if any(e.kv.key.startswith(prefix) for e in entry.events):
+                last = entry.revision
+        return last
 
     # Internals --------------------------------------------------------------------------
 

@@ -35,13 +35,14 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 
 def config(**overrides: Any) -> ControlPlaneConfig:
-    """A test replica: free port, short TTL, quick shutdown."""
+    """A test replica: free port, short TTL (3 s: the shortest a 1 s heartbeat allows),
+    quick shutdown."""
     base = ControlPlaneConfig(
         listen=f"127.0.0.1:{free_port()}",
         store="memory",
-        lease_ttl_seconds=2.0,
-        # Test agents report only when told to: the silence limit (2 heartbeats) is far off.
-        heartbeat_interval_seconds=10.0,
+        lease_ttl_seconds=3.0,
+        # Sessions live on the agent's messages: test agents heartbeat (AgentClient).
+        heartbeat_interval_seconds=1.0,
         load_write_interval_seconds=0.5,
         shutdown_grace_seconds=1.0,
     )
@@ -138,11 +139,29 @@ def register(
     )
 
 
-class AgentClient:
-    """One raw AgentService.Connect stream."""
+# Heartbeat reports carry sequence numbers from here, apart from the tests' own reports.
+HEARTBEAT_SEQ = 1_000_000
 
-    def __init__(self, address: str, *, token: str | Secret | None = None) -> None:
+
+class AgentClient:
+    """One raw AgentService.Connect stream.
+
+    After registering it repeats its last status every heartbeat_interval_seconds the
+    replica asked for (as a real agent does, so its session lives on), unless
+    heartbeat=False: then it says nothing unless told to, like an agent whose host was cut
+    off with the stream still open.
+    """
+
+    def __init__(
+        self, address: str, *, token: str | Secret | None = None, heartbeat: bool = True
+    ) -> None:
         self.address = address
+        self._heartbeat = heartbeat
+        self._beats: asyncio.Task[None] | None = None
+        self._status: types_pb2.BackendStatus | None = None
+        self._beat_seq = HEARTBEAT_SEQ
+        # Loop time at which the last report's ack arrived (the replica had the report).
+        self.last_ack_at: float | None = None
         self._metadata = bearer(token)
         self._channel = grpc.aio.insecure_channel(address)
         self._outbox: asyncio.Queue[agent_pb2.ConnectRequest | None] = asyncio.Queue()
@@ -173,7 +192,25 @@ class AgentClient:
         """Open the stream and register; raises grpc.aio.AioRpcError when refused."""
         self.open(agent_pb2.ConnectRequest(register=message))
         assert self._registered is not None
-        return await asyncio.wait_for(asyncio.shield(self._registered), 30)
+        registered = await asyncio.wait_for(asyncio.shield(self._registered), 30)
+        self._status = message.status
+        if self._heartbeat:
+            self._beats = asyncio.create_task(self._beat(registered.heartbeat_interval_seconds))
+        return registered
+
+    async def _beat(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)  # the protocol's pace, not synchronisation
+            self._beat_seq += 1
+            report = agent_pb2.Report(seq=self._beat_seq, status=self._status)
+            self._outbox.put_nowait(agent_pb2.ConnectRequest(report=report))
+
+    async def stop_heartbeat(self) -> None:
+        """Say nothing more (the stream stays open): a frozen or cut-off agent."""
+        if self._beats is not None:
+            self._beats.cancel()
+            await asyncio.gather(self._beats, return_exceptions=True)
+            self._beats = None
 
     async def _read(self) -> None:
         assert self._registered is not None
@@ -183,6 +220,7 @@ class AgentClient:
                 if kind == "registered":
                     self._registered.set_result(response.registered)
                 elif kind == "ack":
+                    self.last_ack_at = asyncio.get_running_loop().time()
                     future = self._acks.pop(response.ack.seq, None)
                     if future is not None and not future.done():
                         future.set_result(response.ack)
@@ -205,6 +243,7 @@ class AgentClient:
             self.ended.set_result(code)
 
     async def report(self, new_status: types_pb2.BackendStatus) -> agent_pb2.ReportAck:
+        self._status = new_status
         self._seq += 1
         future = asyncio.get_running_loop().create_future()
         self._acks[self._seq] = future
@@ -217,6 +256,7 @@ class AgentClient:
         self._outbox.put_nowait(message)
 
     async def goodbye(self, reason: str = "stopping") -> grpc.StatusCode:
+        await self.stop_heartbeat()
         self._outbox.put_nowait(agent_pb2.ConnectRequest(goodbye=agent_pb2.Goodbye(reason=reason)))
         self._outbox.put_nowait(None)
         code = await asyncio.wait_for(self.ended, 30)
@@ -225,6 +265,7 @@ class AgentClient:
 
     async def kill(self) -> None:
         """Break the stream without a goodbye, as a crashed agent would."""
+        await self.stop_heartbeat()
         self._outbox.put_nowait(None)
         if self._call is not None:
             self._call.cancel()

@@ -155,7 +155,8 @@ async def test_metrics_endpoint_counts_agents_edges_and_writes() -> None:
     metrics_port = free_port()
     cfg = h.config(metrics_listen=f"127.0.0.1:{metrics_port}")
     async with h.running(cfg) as address:
-        agent = h.AgentClient(address)
+        # No heartbeats: exactly one report is counted.
+        agent = h.AgentClient(address, heartbeat=False)
         await agent.connect(h.register("b"))
         watcher = h.SnapshotWatcher(address)
         snapshot = await watcher.until(h.has("b"))

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from controlplane.errors import ControlPlaneError
 from corral.v1 import admin_pb2, agent_pb2, types_pb2
 from tests.controlplane import harness as h
 from tests.support.net import eventually
@@ -15,7 +16,7 @@ from tests.support.net import eventually
 
 @pytest.fixture
 async def cp() -> AsyncIterator[str]:
-    """One replica with an in-memory store and a 2 s lease TTL."""
+    """One replica with an in-memory store, a 3 s lease TTL and a 1 s heartbeat."""
     async with h.running(h.config()) as address:
         yield address
 
@@ -46,7 +47,8 @@ async def test_registered_backend_appears_with_its_spec_and_status(
         h.register("gpu-a", first_status=h.status(running=2, waiting=1, kv=0.25))
     )
     assert registered.session_id and not registered.resumed and not registered.drained
-    assert registered.lease_ttl_seconds == 2
+    assert registered.lease_ttl_seconds == 3
+    assert registered.heartbeat_interval_seconds == 1
     snapshot = await watcher.until(h.has("gpu-a"))
     [backend] = snapshot.backends
     assert backend.spec.type == types_pb2.BACKEND_TYPE_VLLM
@@ -103,7 +105,7 @@ async def test_goodbye_removes_the_backend_at_once() -> None:
 
 
 async def test_broken_stream_lets_the_backend_lapse(cp: str, watcher: h.SnapshotWatcher) -> None:
-    """A stream cut without goodbye: the backend leaves when its 2 s lease runs out."""
+    """A stream cut without goodbye: the backend leaves when its 3 s lease runs out."""
     agent = h.AgentClient(cp)
     await agent.connect(h.register("b"))
     await watcher.until(h.has("b"))
@@ -308,13 +310,34 @@ async def test_drain_commands_reach_the_agent_and_persist_in_registered(cp: str)
 
 async def test_silent_agent_is_cut_off() -> None:
     """An agent that sends nothing for two heartbeats loses its stream (DEADLINE_EXCEEDED)."""
-    async with h.running(
-        h.config(heartbeat_interval_seconds=0.5, lease_ttl_seconds=1.0)
-    ) as address:
-        agent = h.AgentClient(address)
+    async with h.running(h.config()) as address:
+        agent = h.AgentClient(address, heartbeat=False)
         await agent.connect(h.register("quiet"))
         assert await asyncio.wait_for(agent.ended, 15) == grpc.StatusCode.DEADLINE_EXCEEDED
         await agent.close()
+
+
+async def test_heartbeats_keep_the_session_and_silence_lets_it_lapse(
+    cp: str, watcher: h.SnapshotWatcher
+) -> None:
+    """A heartbeating agent outlives its TTL many times over; once silent, it lapses."""
+    agent = h.AgentClient(cp)
+    await agent.connect(h.register("b"))
+    await watcher.until(h.has("b"))
+    lapsed = asyncio.ensure_future(watcher.until(h.lacks("b"), within=2 * 3.0))
+    # Two TTLs of heartbeats: the backend never left.
+    with pytest.raises(TimeoutError):
+        await lapsed
+    await agent.stop_heartbeat()
+    await watcher.until(h.lacks("b"), within=15)
+    await agent.close()
+
+
+async def test_too_slow_a_heartbeat_for_the_ttl_is_refused_at_start() -> None:
+    """heartbeat_interval_seconds above a third of lease_ttl_seconds: a clear startup error."""
+    with pytest.raises(ControlPlaneError, match="at most a third of lease_ttl_seconds"):
+        async with h.running(h.config(heartbeat_interval_seconds=2.0, lease_ttl_seconds=5.0)):
+            pass
 
 
 async def test_agent_presence_lists_the_replica_and_session(cp: str) -> None:

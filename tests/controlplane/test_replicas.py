@@ -44,6 +44,71 @@ async def test_killed_agent_leaves_every_replica_within_the_ttl(etcd: EtcdCluste
         await on_b.close()
 
 
+# etcd checks lease expiry every 500 ms; the snapshot then reaches the watcher.
+EXPIRY_SLACK = 1.5
+
+
+async def test_a_silent_agent_leaves_within_the_ttl_of_its_last_message(
+    etcd: EtcdCluster,
+) -> None:
+    """An agent gone quiet with its stream open (host cut off): gone a TTL after its last word."""
+    ttl = 3.0
+    async with h.running(h.etcd_config(etcd.endpoints, lease_ttl_seconds=ttl)) as a:
+        watcher = h.SnapshotWatcher(a)
+        agent = h.AgentClient(a)
+        await agent.connect(h.register("quiet"))
+        await watcher.until(h.has("quiet"))
+        # Heartbeats for longer than the TTL keep it; then it falls silent.
+        for _ in range(4):
+            await agent.report(h.status())
+            await asyncio.sleep(1.0)  # the agent's pace
+        await agent.stop_heartbeat()
+        await agent.report(h.status())
+        last_word = agent.last_ack_at
+        assert last_word is not None
+        await watcher.until(h.lacks("quiet"), within=15)
+        left_after = asyncio.get_running_loop().time() - last_word
+        # Kept alive until the stream is declared silent, then left to expire, it would
+        # take silence + TTL (over 5 s here).
+        assert left_after < ttl + EXPIRY_SLACK, left_after
+        await agent.close()
+        await watcher.close()
+
+
+async def test_a_restarted_replica_names_the_same_state_by_the_same_version(
+    etcd: EtcdCluster,
+) -> None:
+    """A replica started after deletes and presence writes serves the identical snapshot."""
+    async with h.running(h.etcd_config(etcd.endpoints)) as a:
+        on_a = h.SnapshotWatcher(a, edge_id="edge-one")
+        staying, leaving = h.AgentClient(a), h.AgentClient(a)
+        await staying.connect(h.register("staying"))
+        await leaving.connect(h.register("leaving"))
+        await on_a.until(h.has("leaving"))
+        assert await leaving.goodbye() == grpc.StatusCode.OK
+        settled = await on_a.until(lambda s: h.names(s) == ["staying"])
+        # Presence writes (edges subscribing, agents heartbeating) after the last change.
+        second = h.SnapshotWatcher(a, edge_id="edge-two")
+        await second.until(lambda s: True)
+        async with h.admin(a) as admin:
+
+            async def both_edges_recorded() -> bool:
+                edges = await admin.ListEdges(admin_pb2.ListEdgesRequest())
+                return {e.edge_id for e in edges.edges} >= {"edge-one", "edge-two"}
+
+            await eventually(both_edges_recorded, within=10)
+        assert on_a.latest is not None and on_a.latest.version == settled.version
+        async with h.running(h.etcd_config(etcd.endpoints)) as b:
+            on_b = h.SnapshotWatcher(b, edge_id="edge-three")
+            first = await on_b.until(lambda s: True)
+            assert _content(first) == _content(settled)
+            await on_b.close()
+        assert on_a.latest.version == settled.version
+        await staying.close()
+        for watcher in (on_a, second):
+            await watcher.close()
+
+
 async def test_two_replicas_stream_identical_versions_and_content(etcd: EtcdCluster) -> None:
     """Whatever each subscriber sees, a version means the same snapshot on both replicas."""
     async with (

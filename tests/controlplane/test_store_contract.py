@@ -318,3 +318,71 @@ async def test_cluster_id_stable(store: Store) -> None:
     assert first and int(first, 16) >= 0
     await store.put(b"/id", b"1")
     assert store.cluster_id == first
+
+
+async def test_refreshed_lease_runs_out_a_ttl_after_its_last_refresh(store: Store) -> None:
+    """A lease granted without keepalive lives on refresh_lease alone, then runs out."""
+    refreshed = await store.grant_lease(2, keep=False)
+    await store.put(b"/o/refreshed", b"1", lease=refreshed)
+    # Granted after `refreshed` with the same TTL: without refreshes it would outlive it.
+    doomed = await store.grant_lease(2, keep=False)
+    start = await store.put(b"/o/doomed", b"1", lease=doomed)
+
+    async def refresh_forever() -> None:
+        while True:
+            store.refresh_lease(refreshed)
+            await asyncio.sleep(0.3)  # an agent's pace, not synchronisation
+
+    refresher = asyncio.create_task(refresh_forever())
+    try:
+        async with watching(store, b"/o/", start + 1) as watcher:
+            events = await watcher.wait_for(deleted(b"/o/doomed"))
+            assert not deleted(b"/o/refreshed")(events)
+            assert await store.check_lease(refreshed) >= 1
+            refresher.cancel()
+            await asyncio.gather(refresher, return_exceptions=True)
+            await watcher.wait_for(deleted(b"/o/refreshed"))
+    finally:
+        refresher.cancel()
+    with pytest.raises(LeaseNotFoundError):
+        await store.check_lease(refreshed)
+    # Refreshing a lease that is gone is harmless and does not bring it back.
+    store.refresh_lease(refreshed)
+    with pytest.raises(LeaseNotFoundError):
+        await store.check_lease(refreshed)
+
+
+async def test_check_lease_does_not_keep_it(store: Store) -> None:
+    """check_lease reports a live lease's TTL without keeping it; a gone one raises."""
+    lease = await store.grant_lease(1, keep=False)
+    start = await store.put(b"/v/k", b"1", lease=lease)
+    assert await store.check_lease(lease) == 1
+    async with watching(store, b"/v/", start + 1) as watcher:
+        while not deleted(b"/v/k")(watcher.events):
+            with contextlib.suppress(LeaseNotFoundError):
+                await store.check_lease(lease)
+            await asyncio.sleep(0.1)  # polling pace; the watcher decides when it is over
+    with pytest.raises(LeaseNotFoundError):
+        await store.check_lease(lease)
+
+
+async def test_last_event_revision_sees_deletes_and_ignores_other_prefixes(
+    harness: Harness,
+) -> None:
+    """last_event_revision: the last write or delete under a prefix in a revision range."""
+    store = harness.store
+    first = await store.put(b"/e/a", b"1")
+    await store.put(b"/f/x", b"1")
+    deleted_at = await store.delete(b"/e/a")
+    outside = await store.put(b"/f/y", b"1")
+    assert await store.last_event_revision(b"/e/", first, outside) == deleted_at
+    assert await store.last_event_revision(b"/e/", first, deleted_at - 1) == first
+    assert await store.last_event_revision(b"/e/", deleted_at + 1, outside) == 0
+    assert await store.last_event_revision(b"/none/", first, outside) == 0
+    # The range may end at the current revision, and later writes do not count.
+    later = await store.put(b"/e/b", b"1")
+    assert await store.last_event_revision(b"/e/", first, outside) == deleted_at
+    assert await store.last_event_revision(b"/e/", first, later) == later
+    await harness.compact(outside)
+    with pytest.raises(CompactedError):
+        await store.last_event_revision(b"/e/", first, later)

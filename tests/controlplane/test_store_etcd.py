@@ -118,6 +118,26 @@ async def test_one_keepalive_stream_for_all_leases(etcd: EtcdCluster) -> None:
         assert sorted(store.lease_keeper.kept()) == sorted(leases)
 
 
+async def test_one_shot_refreshes_share_the_one_keepalive_stream(etcd: EtcdCluster) -> None:
+    """refresh_lease sends keepalives on the store's one stream; a burst is coalesced."""
+    async with EtcdStore(etcd.endpoints) as store:
+        kept = await store.grant_lease(30)
+        leases = [await store.grant_lease(30, keep=False) for _ in range(5)]
+        assert store.lease_keeper.kept() == [kept]
+        await eventually(lambda: store.lease_keeper.refreshes >= 1)
+        before = store.lease_keeper.refreshes
+        for _ in range(10):  # arrive together: one keepalive per lease
+            for lease in leases:
+                store.refresh_lease(lease)
+        await eventually(lambda: store.lease_keeper.refreshes >= before + len(leases))
+        assert store.lease_keeper.refreshes < before + 2 * len(leases)
+        for lease in leases:
+            store.refresh_lease(lease)
+        await eventually(lambda: store.lease_keeper.refreshes >= before + 2 * len(leases))
+        assert store.lease_keeper.streams_opened == 1
+        assert store.lease_keeper.kept() == [kept]
+
+
 async def test_another_replica_takes_over_a_lease(etcd: EtcdCluster) -> None:
     """A second store keeps a lease the first one let go; both see the same cluster id."""
     async with EtcdStore(etcd.endpoints) as first, EtcdStore(etcd.endpoints) as second:

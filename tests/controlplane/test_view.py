@@ -52,15 +52,59 @@ async def test_version_is_the_revision_of_the_last_routing_change() -> None:
         assert [b.spec.name for b in snapshot.backends] == ["a"]
 
 
-async def test_rewriting_identical_bytes_keeps_the_version() -> None:
-    """A put of the same value changes nothing an edge sees, so the version stays."""
+async def test_rewriting_identical_bytes_moves_the_version_on_every_view() -> None:
+    """A rewrite of the same bytes is a routing event: watching and fresh views both name it."""
     store = MemoryStore()
     async with _running(RoutingView(store, LAYOUT)) as view:
         revision = await store.put(LAYOUT.spec("a"), _spec_value("a"))
         await eventually(lambda: view.version == revision)
         again = await store.put(LAYOUT.spec("a"), _spec_value("a"))
-        await view.wait_revision(again)
-        assert view.version == revision
+        await eventually(lambda: view.version == again)
+        async with _running(RoutingView(store, LAYOUT)) as fresh:
+            assert fresh.version == again
+
+
+def _same_snapshot(one: RoutingView, two: RoutingView) -> bool:
+    a, b = one.current().snapshot, two.current().snapshot
+    a.created_unix_ms = b.created_unix_ms = 0
+    return a == b
+
+
+async def test_a_fresh_view_gives_the_state_the_version_a_watching_one_gave() -> None:
+    """A view started late (after deletes and presence writes) names the state as a watcher did."""
+    store = MemoryStore()
+    async with _running(RoutingView(store, LAYOUT)) as watching:
+        await store.put(LAYOUT.spec("a"), _spec_value("a"))
+        await store.put(LAYOUT.spec("b"), _spec_value("b"))
+        await store.put(LAYOUT.status("b"), b"")
+        gone = await store.delete(LAYOUT.spec("b"))
+        await store.delete(LAYOUT.status("b"))
+        last = await store.put(LAYOUT.agent("a"), b"presence")  # outside routing/
+        await store.put(LAYOUT.agent("a"), b"presence again")
+        await watching.wait_revision(gone + 1)
+        assert watching.version == gone + 1
+        async with _running(RoutingView(store, LAYOUT)) as fresh:
+            assert fresh.revision >= last
+            assert fresh.version == watching.version
+            assert _same_snapshot(fresh, watching)
+            # Presence writes move neither.
+            await store.put(LAYOUT.agent("a"), b"presence, once more")
+            assert fresh.version == watching.version == gone + 1
+
+
+async def test_a_compacted_history_names_the_state_by_what_is_left() -> None:
+    """With (last key write, listing] compacted: the last routing event left, else the listing."""
+    store = MemoryStore()
+    await store.put(LAYOUT.spec("a"), _spec_value("a"))
+    await store.put(LAYOUT.spec("b"), _spec_value("b"))
+    gone = await store.delete(LAYOUT.spec("b"))
+    presence = await store.put(LAYOUT.agent("a"), b"presence")
+    store.compact(gone)  # the delete is still in the history
+    async with _running(RoutingView(store, LAYOUT)) as view:
+        assert view.version == gone
+    store.compact(presence)  # only a presence write is left after a's write
+    async with _running(RoutingView(store, LAYOUT)) as view:
+        assert view.version == presence  # the listing's revision: never older than the truth
 
 
 async def test_two_views_of_one_store_agree_on_every_version() -> None:
@@ -105,12 +149,15 @@ async def test_relisting_keeps_the_version_when_nothing_changed_and_never_goes_b
     view.apply_listing(7, [kv], "c1")
     view.apply_batch(WatchBatch([WatchEvent(EventType.PUT, KeyValue(kv.key, b"x", 8, 5))], 8))
     assert view.version == 8
-    view.apply_listing(12, [KeyValue(kv.key, b"x", 8, 5)], "c1")  # same content (compaction)
+    # Same content, last routing event still 8 (only presence writes since).
+    view.apply_listing(12, [KeyValue(kv.key, b"x", 8, 5)], "c1", version=8)
     assert (view.version, view.revision) == (8, 12)
     view.apply_listing(9, [], "c1")  # older than the view: ignored
     assert view.backend_names() == ["a"] and view.revision == 12
-    view.apply_listing(15, [], "c1")  # the backend went while we were not watching
-    assert view.backend_names() == [] and view.version == 15
+    view.apply_listing(15, [], "c1", version=14)  # the backend went (at 14) while away
+    assert view.backend_names() == [] and view.version == 14
+    view.apply_listing(20, [], "c1")  # last event unknown (compacted): the listing names it
+    assert view.version == 20
 
 
 async def test_catch_up_names_unchanged_content_by_a_later_revision() -> None:
