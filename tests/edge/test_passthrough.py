@@ -32,8 +32,9 @@ async def test_official_ollama_client(snapshots: SnapshotServer, start_edge: Sta
 
         listed = await client.list()
         names = [m.model for m in listed.models]
-        assert names == ["gemma", "gemma4:4b", "llama3:latest", "qwen3:8b"]  # with the alias
-        assert listed.models[0].details == listed.models[1].details
+        # With the alias; ordered by full name ("gemma" is "gemma:latest"), like Ollama.
+        assert names == ["gemma4:4b", "gemma", "llama3:latest", "qwen3:8b"]
+        assert listed.models[1].details == listed.models[0].details
         running_models = await client.ps()
         assert {m.model for m in running_models.models} <= {
             "gemma4:4b",
