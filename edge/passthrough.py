@@ -40,7 +40,7 @@ KINDS: Final = {
 }
 ROUTE_PATTERN: Final = "/{prefix:" + "|".join(KINDS) + "}{tail:(?:/.*)?}"
 
-# Writes the OpenAI-style servers take through the edge: inference only.
+# Writes the OpenAI-style servers (and Ollama's OpenAI API) take through the edge: inference only.
 INFERENCE_WRITES: Final = frozenset(
     {
         # OpenAI-compatible (vLLM, SGLang, llama.cpp, LM Studio)
@@ -185,7 +185,7 @@ async def handle(proxy: Proxy, request: web.Request) -> web.StreamResponse:
                 return _ollama(403, ollama.refused(path))
             if served == "merged" and method in _READS:
                 return await _merged(proxy, path)
-            if served == "unknown" and method not in _READS:
+            if served == "unknown" and method not in _READS and path not in INFERENCE_WRITES:
                 return _ollama(404, ollama.error_body(f"unknown path {path}"))
         elif method not in _READS and path not in INFERENCE_WRITES:
             raise ApiError(

@@ -61,6 +61,18 @@ async def test_official_ollama_client(snapshots: SnapshotServer, start_edge: Sta
         sent = [r.body_json["model"] for f in (a, b) for r in f.requests_to("/api/chat")]
         assert "gemma4:4b" in sent and "gemma" not in sent
 
+        # Ollama's OpenAI-compatible API below the same prefix.
+        compat = openai.AsyncOpenAI(
+            base_url=f"{running.url}/ollama/v1", api_key="unused", max_retries=0
+        )
+        try:
+            done = await compat.chat.completions.create(
+                model="llama3:latest", messages=[{"role": "user", "content": "compat"}]
+            )
+            assert done.choices[0].message.content == "[ollama-a] compat"
+        finally:
+            await compat.close()
+
         shown = await client.show("qwen3:8b")
         assert shown.details is not None
 
