@@ -54,6 +54,22 @@ def from_api_error(exc: ApiError) -> web.Response:
     return error_response(error, exc.headers)
 
 
+def parse_messages(raw: bytes) -> dict[str, Any]:
+    """A `/v1/messages` body, validated; anything else is a Refused (400, Anthropic shape)."""
+    try:
+        return anthropic.validate_messages_request(_load(raw))
+    except AnthropicError as exc:
+        raise Refused(exc) from None
+
+
+def translate(body: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAI chat body; content with no OpenAI equivalent is a Refused (400)."""
+    try:
+        return anthropic.to_openai_request(body)
+    except AnthropicError as exc:
+        raise Refused(exc) from None
+
+
 def _load(raw: bytes) -> Any:
     if not raw:
         raise Refused(anthropic.invalid_request("The request body is empty; expected JSON."))
@@ -204,18 +220,10 @@ async def handle_messages(proxy: Proxy, request: web.Request) -> web.StreamRespo
     async def admit() -> Admission:
         proxy.check_auth(request)
         raw = await proxy.read_body(request)
-        try:
-            body = anthropic.validate_messages_request(_load(raw))
-        except AnthropicError as exc:
-            raise Refused(exc) from None
+        body = parse_messages(raw)
         model: str = body["model"]
         route = proxy.balancer.route_for(model)
-        openai: dict[str, Any] | None = None
-        if not _all_native(route):
-            try:
-                openai = anthropic.to_openai_request(body)
-            except AnthropicError as exc:
-                raise Refused(exc) from None
+        openai = None if _all_native(route) else translate(body)
         key = session_header_key(request.headers, proxy.config.session_headers)
         if key is None:
             key = chat_key(model, anthropic.conversation_head(body))
