@@ -98,3 +98,27 @@ def test_percentile_nearest_rank() -> None:
     values = [float(v) for v in range(1, 11)]
     assert percentile(values, 50) == 5.0
     assert percentile(values, 99) == 10.0
+
+
+def test_snapshot_view_reads_what_protobuf_parses() -> None:
+    """The subscribers' hand-walked snapshot view agrees with a full protobuf parse."""
+    from bench.cp_subscribers import SnapshotView
+    from corral.v1 import routing_pb2, types_pb2
+
+    snap = types_pb2.Snapshot(version=7, cluster_id="c", created_unix_ms=1763769600123)
+    for i in range(50):
+        snap.backends.append(
+            types_pb2.Backend(
+                spec=types_pb2.BackendSpec(name=f"b{i:03d}", url="http://127.0.0.1:1", weight=1.5),
+                status=types_pb2.BackendStatus(
+                    health=types_pb2.HEALTH_STATE_HEALTHY if i % 3 else 4,
+                    models=[types_pb2.ModelInfo(id="m", context_length=4096)],
+                ),
+                drained=i % 7 == 0,
+            )
+        )
+    snap.aliases.append(types_pb2.ModelAlias(name="a", targets=["m"]))
+    view = SnapshotView(routing_pb2.WatchSnapshotsResponse(snapshot=snap).SerializeToString())
+    assert view.count == 50
+    assert view.created_unix_ms == 1763769600123
+    assert list(view.backends()) == list(snap.backends)
