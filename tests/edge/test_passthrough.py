@@ -7,6 +7,7 @@ import aiohttp
 import ollama
 import openai
 import pytest
+from yarl import URL
 
 from tests.edge.conftest import StartEdge
 from tests.edge.snapshot_server import SnapshotServer, snapshot
@@ -196,3 +197,37 @@ async def test_ollama_stream_cut_midway(snapshots: SnapshotServer, start_edge: S
                     await fake.stop()
         assert "interrupted" in cut.value.error
         assert not parts[-1].done
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/vllm/v1/chat/completions/../../v1/load_lora_adapter"),
+        ("POST", "/vllm/v1/load_lora_adapter?x=/v1/chat/completions"),
+        ("POST", "/vllm/sleep"),
+        ("POST", "/ollama/api/chat/../pull"),
+        ("DELETE", "/ollama/api/../api/delete"),
+        ("POST", "/ollama/api/blobs/sha256:abc"),
+        ("POST", "/ollama/api/create"),
+    ],
+)
+async def test_admin_writes_never_reach_a_backend(
+    snapshots: SnapshotServer,
+    start_edge: StartEdge,
+    http: aiohttp.ClientSession,
+    method: str,
+    path: str,
+) -> None:
+    """Writes outside inference paths, dot segments and queries included, are refused at
+    the edge (403, or 404 for an unknown Ollama path) and never forwarded."""
+    async with running_fakes(
+        FakeServer("vllm", ["m"], "vllm-a"), FakeServer("ollama", ["g:1b"], "ollama-b")
+    ) as fakes:
+        snapshots.publish(snapshot(1, [typed(f) for f in fakes]))
+        running = await start_edge(snapshots)
+        await running.wait_version(1)
+        url = URL(running.url + path, encoded=True)  # sent as written: no dot-segment folding
+        async with http.request(method, url, json={"model": "m", "name": "g:1b"}) as resp:
+            assert resp.status in (403, 404)
+            assert "error" in await resp.json()
+        assert not [r for f in fakes for r in f.requests if r.method != "GET"]
