@@ -149,13 +149,13 @@ def start_edge(procs: Procs, name: str, cp_port: int, workers: int, cpus: str) -
 
 def run(
     seconds: float, rounds: int
-) -> tuple[list[Measured], dict[str, str], list[tuple[float, float]]]:
+) -> tuple[list[Measured], dict[str, str], list[tuple[float, float, float, float]]]:
     ensure_tools("nginx", "wrk")
     pin_self(LOAD_CPU)
     info = {"machine": machine(), "load": load_note(), "date": now_utc()}
     print(f"{info['machine']}\n{info['load']}", flush=True)
     results: list[Measured] = []
-    paired: list[tuple[float, float]] = []
+    paired: list[tuple[float, float, float, float]] = []
     with workspace("overhead") as (tmp, procs):
         script = wrk.post_script(tmp / "post.lua", CHAT_REQUEST)
         backend_port = free_port()
@@ -249,7 +249,7 @@ def run(
 
 def paired_rounds(
     procs: Procs, backend: str, snap_port: int, script: Path, rounds: int
-) -> list[tuple[float, float]]:
+) -> list[tuple[float, float, float, float]]:
     """Relay and edge both up on CPU 0, loaded in turn at 32 connections, `rounds` times:
     the ratio of neighbours in time is robust to load that comes and goes on the machine."""
     if rounds <= 0:
@@ -270,9 +270,13 @@ def paired_rounds(
         for url in (relay_url, edge_url):
             wrk.run(url, script, connections=32, seconds=2, cpus=LOAD_CPU)
         for _ in range(rounds):
+            c0 = relay.cpu_seconds()
             r = wrk.run(relay_url, script, connections=32, seconds=5, cpus=LOAD_CPU)
+            relay_cpu = relay.cpu_seconds() - c0
+            c0 = edge.cpu_seconds()
             e = wrk.run(edge_url, script, connections=32, seconds=5, cpus=LOAD_CPU)
-            out.append((r.rps, e.rps))
+            edge_cpu = edge.cpu_seconds() - c0
+            out.append((r.rps, e.rps, relay_cpu / r.requests, edge_cpu / e.requests))
             print(f"{e.rps / r.rps:.2f} ", end="", flush=True)
     except BenchError as exc:
         print(f"failed: {exc}", flush=True)
@@ -304,14 +308,14 @@ def report(
     results: list[Measured],
     info: dict[str, str],
     seconds: float,
-    paired: list[tuple[float, float]],
+    paired: list[tuple[float, float, float, float]],
 ) -> str:
     direct = results[0]
     relay = next((r for r in results if r.name.startswith("bare") and r.c32), None)
     rows = []
     for r in results:
         if r.error or r.c32 is None or r.c64 is None or r.c1 is None:
-            rows.append([r.name, f"failed: {r.error}", "", "", "", "", "", "", "", ""])
+            rows.append([r.name, f"failed: {r.error}", "", "", "", "", "", "", "", "", ""])
             continue
         added = (
             "—" if r.name.startswith("direct") or direct.c1 is None
@@ -323,16 +327,18 @@ def report(
         cpu = "—" if r.cpu_c32 is None else f"{r.cpu_c32 * 100:.0f}%"
         if r.cpu0_busy is not None:
             cpu += f" ({r.cpu0_busy * 100:.0f}%)"
+        per_req = "—" if r.cpu_c32 is None else f"{r.cpu_c32 / r.c32.rps * 1e6:.0f}"
         errs = r.c1.errors + r.c32.errors + r.c64.errors
         rows.append([
             r.name, f"{r.c32.rps:,.0f}", f"{r.c64.rps:,.0f}",
             f"{_ms(r.c32.p50)} / {_ms(r.c32.p99)}", f"{_ms(r.c64.p50)} / {_ms(r.c64.p99)}",
-            f"{_ms(r.c1.p50)} ({added})", rss, cpu, f"{vs_relay} / {vs_direct}", str(errs),
+            f"{_ms(r.c1.p50)} ({added})", rss, cpu, per_req, f"{vs_relay} / {vs_direct}",
+            str(errs),
         ])  # fmt: skip
     table = md_table(
         [
             "target", "req/s c32", "req/s c64", "p50 / p99 c32 (ms)", "p50 / p99 c64 (ms)",
-            "p50 c1 (added) ms", "RSS rest / peak MiB", "CPU c32 (cpu0 busy)",
+            "p50 c1 (added) ms", "RSS rest / peak MiB", "CPU c32 (cpu0 busy)", "CPU µs/req",
             "c32 vs relay / direct", "errors",
         ],
         rows,
@@ -351,8 +357,10 @@ under test alone on CPU 0 (`taskset`). Each target: 2 s warm-up, then 1 connecti
 one connection minus direct's. RSS is the whole process group (VmRSS), at rest after warm-up
 and peak under load. "CPU c32" is the proxy's CPU time per wall second at 32 connections
 (100% = its core is saturated, so req/s is the proxy's own limit); in brackets how busy CPU 0
-was in total (more than the proxy's share means other processes ran there too). Direct is
-measured first and again last, to show drift during the run.
+was in total (more than the proxy's share means other processes ran there too). "CPU µs/req"
+is the proxy's CPU time per request at 32 connections: the cost of one request, which other
+load on the machine changes far less than req/s. Direct is measured first and again last, to
+show drift during the run.
 
 {table}
 
@@ -361,7 +369,7 @@ measured first and again last, to show drift during the run.
 """
 
 
-def _gaps(results: list[Measured], paired: list[tuple[float, float]]) -> str:
+def _gaps(results: list[Measured], paired: list[tuple[float, float, float, float]]) -> str:
     by = {r.name: r for r in results}
     relay = by.get("bare aiohttp+uvloop relay")
     edge = by.get("Corral edge (1 worker)")
@@ -377,14 +385,26 @@ def _gaps(results: list[Measured], paired: list[tuple[float, float]]) -> str:
             f"- req/s at 32 connections: {ratio * 100:.0f}% of the bare relay "
             f"(target ≥ 80%): {'met' if ratio >= 0.8 else 'NOT met'}."
         )
+    if relay and relay.cpu_c32 and relay.c32 and edge.cpu_c32:
+        e_us = edge.cpu_c32 / edge.c32.rps * 1e6
+        r_us = relay.cpu_c32 / relay.c32.rps * 1e6
+        lines.append(
+            f"- CPU per request at 32 connections: edge {e_us:.0f} µs, relay {r_us:.0f} µs: "
+            f"the edge does {r_us / e_us * 100:.0f}% of the relay's work per CPU second "
+            f"(target ≥ 80%): {'met' if r_us / e_us >= 0.8 else 'NOT met'}."
+        )
     if paired:
-        ratios = sorted(e / r for r, e in paired)
+        ratios = sorted(e / r for r, e, _, _ in paired)
         median = ratios[len(ratios) // 2]
-        pairs = ", ".join(f"{e:,.0f}/{r:,.0f}" for r, e in paired)
+        pairs = ", ".join(f"{e:,.0f}/{r:,.0f}" for r, e, _, _ in paired)
+        cpu_ratios = sorted(rc / ec for _, _, rc, ec in paired if ec > 0)
+        cpu_median = cpu_ratios[len(cpu_ratios) // 2] if cpu_ratios else 0.0
         lines.append(
             f"- paired rounds (relay and edge loaded in turn, 5 s each, edge/relay req/s: "
             f"{pairs}): median ratio {median * 100:.0f}% (target ≥ 80%): "
-            f"{'met' if median >= 0.8 else 'NOT met'}."
+            f"{'met' if median >= 0.8 else 'NOT met'}; by CPU per request (relay/edge, "
+            f"{', '.join(f'{rc * 1e6:.0f}/{ec * 1e6:.0f} µs' for _, _, rc, ec in paired)}): "
+            f"median {cpu_median * 100:.0f}%."
         )
     if direct.c1:
         added = (edge.c1.p50 - direct.c1.p50) * 1e3
