@@ -84,7 +84,15 @@ def _load(raw: bytes) -> Any:
 class MessagesExchange(Exchange):
     """One Messages request: native to some backends, translated for the others."""
 
-    __slots__ = ("input_tokens", "model", "openai", "thinking", "translating", "translator")
+    __slots__ = (
+        "input_tokens",
+        "model",
+        "openai",
+        "rewritten",
+        "thinking",
+        "translating",
+        "translator",
+    )
 
     def __init__(self, raw: bytes, body: dict[str, Any], openai: dict[str, Any] | None) -> None:
         super().__init__(MESSAGES_PATH, raw, body, body.get("stream") is True)
@@ -95,6 +103,9 @@ class MessagesExchange(Exchange):
         self.translating = False
         self.translator: StreamTranslator | None = None
         self.input_tokens = -1  # estimated once, when first needed
+        # A native backend's own name for an aliased model, JSON-encoded: its answer names
+        # that model, and the client is told the name it asked for.
+        self.rewritten: bytes | None = None
 
     def _estimate(self) -> int:
         if self.input_tokens < 0:
@@ -117,6 +128,7 @@ class MessagesExchange(Exchange):
         capped = self._max_tokens(backend, model)
         if backend.native_messages or self.openai is None:
             self.translating = False
+            self.rewritten = orjson.dumps(model) if model != self.model else None
             if capped is None:
                 return super().upstream(backend, rewrite)
             return MESSAGES_PATH, orjson.dumps({**self.body, "model": model, "max_tokens": capped})
@@ -133,6 +145,8 @@ class MessagesExchange(Exchange):
         self, status: int, data: bytes, headers: CIMultiDict[str], backend: BackendState
     ) -> web.StreamResponse:
         if not self.translating:
+            if status == 200 and self.rewritten is not None:
+                data = self._renamed(data)
             return web.Response(status=status, body=data, headers=headers)
         headers["Content-Type"] = _JSON
         if status != 200:
@@ -156,8 +170,26 @@ class MessagesExchange(Exchange):
         )
         return web.Response(status=200, body=orjson.dumps(message), headers=headers)
 
+    def _renamed(self, data: bytes) -> bytes:
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return data
+        if not isinstance(message, dict) or "model" not in message:
+            return data
+        message["model"] = self.model
+        return orjson.dumps(message)
+
     def first(self, chunk: bytes, backend: BackendState) -> bytes:
         if not self.translating:
+            if self.rewritten is not None:
+                # message_start (in the first chunk) names the model; servers write compact
+                # JSON, some with a space after the colon.
+                asked = orjson.dumps(self.model)
+                for sep in (b":", b": "):
+                    chunk = chunk.replace(
+                        b'"model"' + sep + self.rewritten, b'"model"' + sep + asked, 1
+                    )
             return chunk
         self.translator = translator = StreamTranslator(
             model=self.model,

@@ -257,6 +257,7 @@ async def test_alias_across_native_and_translated(
                     message = await raw.parse()
                     backend = raw.headers["x-corral-backend"]
                     assert served.setdefault(i, backend) == backend  # sticky
+                    assert message.model == "gemma"  # the name asked for, from either
                     said = ask[-1]["content"]
                     assert message.content[0].text == f"[{backend}] {said}"  # type: ignore[union-attr]
                     ask = [
@@ -264,6 +265,15 @@ async def test_alias_across_native_and_translated(
                         {"role": "assistant", "content": message.content[0].text},  # type: ignore[union-attr]
                         {"role": "user", "content": "go on"},
                     ]
+            streamed_by = set()
+            for i in range(8):
+                async with client.messages.stream(
+                    model="gemma", max_tokens=50, messages=[{"role": "user", "content": f"s {i}"}]
+                ) as stream:
+                    final = await stream.get_final_message()
+                    streamed_by.add(stream.response.headers["x-corral-backend"])
+                assert final.model == "gemma"
+            assert streamed_by == {"ollama-a", "vllm-b"}
         assert set(served.values()) == {"ollama-a", "vllm-b"}
         assert {r.body_json["model"] for r in ollama_fake.requests_to("/v1/messages")} == {
             "gemma3:4b"
