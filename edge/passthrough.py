@@ -26,7 +26,7 @@ from corral.v1 import types_pb2
 from edge import ollama_native as ollama
 from edge.balancer import no_backend
 from edge.errors import ApiError
-from edge.proxy import Admission, Exchange, Failure, Proxy, _stream_error
+from edge.proxy import Admission, Exchange, Failure, Proxy, stream_error
 from edge.routing import chat_key, session_header_key
 from edge.table import BackendState, ModelRoute, of_kind
 
@@ -108,7 +108,7 @@ class NativeExchange(Exchange):
 
     def cut(self, exc: BaseException) -> bytes:
         if self.kind != OLLAMA:
-            return _stream_error(exc)
+            return stream_error(exc)
         kind = "timeout" if isinstance(exc, TimeoutError) else "disconnected"
         return ollama.stream_error_line(
             f"the backend stream was interrupted ({kind}); the answer is incomplete"

@@ -119,7 +119,7 @@ class Exchange:
 
     def cut(self, exc: BaseException) -> bytes:
         """What ends a stream the backend broke mid-way."""
-        return _stream_error(exc)
+        return stream_error(exc)
 
     def give_up(self, model: str, failure: Failure | None) -> web.Response:
         """The answer when every attempt failed (None: no backend could be tried)."""
@@ -159,7 +159,7 @@ class Admission:
 
 
 class Proxy:
-    """Serves the POST endpoints against the balancer's table."""
+    """Serves every proxied request (OpenAI, Messages, native) against the balancer's table."""
 
     def __init__(
         self,
@@ -473,7 +473,7 @@ async def _to_client(
         raise ClientGone from None
 
 
-def _stream_error(exc: BaseException) -> bytes:
+def stream_error(exc: BaseException) -> bytes:
     kind = "timeout" if isinstance(exc, TimeoutError) else "disconnected"
     payload: dict[str, Any] = {
         "error": {
