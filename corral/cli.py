@@ -57,6 +57,11 @@ def _edge_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--controlplane-cert-file", help="client certificate for mutual TLS")
     p.add_argument("--controlplane-key-file", help="client key for mutual TLS")
     p.add_argument("--workers", type=int, help="worker processes sharing the port")
+    p.add_argument(
+        "--balancing",
+        choices=["sticky", "least-connections", "round-robin"],
+        help="how a backend is chosen (default sticky)",
+    )
     p.add_argument("--edge-id")
 
 

@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 
 class ConfigError(Exception):
     """A configuration value is missing, unknown or malformed; the message names it."""
@@ -75,6 +73,8 @@ class ControlPlaneConfig:
     heartbeat_interval_seconds: float = 3.0
     # Volatile load is written at most this often per backend (health changes go at once).
     load_write_interval_seconds: float = 2.0
+    # Snapshots whose only change is load go to edges at most this often (others at once).
+    snapshot_load_interval_seconds: float = 1.0
     metrics_listen: str | None = None
     agent_token: Secret | None = None
     admin_token: Secret | None = None
@@ -106,6 +106,9 @@ class EdgeConfig:
     session_headers: tuple[str, ...] = ("X-Corral-Session",)
     # Bounded-load factor for sticky routing: skip backends above (1 + e) x average load.
     bounded_load_epsilon: float = 0.25
+    # sticky (by session/conversation key, else least-connections), least-connections or
+    # round-robin (per model).
+    balancing: str = "sticky"
     queue_depth: int = 1024
     queue_wait_seconds: float = 10.0
     max_attempts: int = 3
@@ -185,6 +188,7 @@ SECTIONS: dict[str, type[Any]] = {
 # Keys that take one of a few words; anything else is refused at load time.
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("controlplane", "store"): ("etcd", "memory"),
+    ("edge", "balancing"): ("sticky", "least-connections", "round-robin"),
     ("agent", "type"): ("auto", "ollama", "vllm", "sglang", "llamacpp", "lmstudio", "openai"),
 }
 
@@ -195,6 +199,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    import yaml  # only where a config file is read: edge workers never load it
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

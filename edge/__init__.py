@@ -1,6 +1,25 @@
 """The edge: the OpenAI-compatible front door that routes each request to a backend."""
 
-from edge.app import serve
-from edge.process import main
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edge.app import serve
+    from edge.process import main
 
 __all__ = ["main", "serve"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: a `--workers` supervisor needs only edge.process, not aiohttp,
+    # gRPC and the application its workers load.
+    if name == "serve":
+        from edge import app
+
+        return app.serve
+    if name == "main":
+        from edge import process
+
+        return process.main
+    raise AttributeError(f"module 'edge' has no attribute {name!r}")

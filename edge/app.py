@@ -17,7 +17,6 @@ from aiohttp import web
 
 from corral.config import EdgeConfig
 from corral.v1 import types_pb2
-from edge import messages, passthrough
 from edge.balancer import Balancer
 from edge.errors import ApiError, EdgeError, SnapshotError, error_body
 from edge.inbound import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
@@ -46,6 +45,11 @@ STATUS = web.AppKey("snapshot_status", SnapshotStatus)
 PROXY = web.AppKey("proxy", Proxy)
 
 _JSON = "application/json"
+# edge.messages (and the Anthropic translation behind it) loads on the first Messages request.
+MESSAGES_PATH = "/v1/messages"
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+# The native pass-through's prefixes (edge.passthrough.KINDS), also loaded on first use.
+NATIVE_ROUTE = "/{prefix:ollama|vllm|llamacpp|lmstudio|sglang}{tail:(?:/.*)?}"
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -94,8 +98,8 @@ _POST_PATHS = frozenset(
         CHAT.path,
         COMPLETIONS.path,
         EMBEDDINGS.path,
-        messages.MESSAGES_PATH,
-        messages.COUNT_TOKENS_PATH,
+        MESSAGES_PATH,
+        COUNT_TOKENS_PATH,
     )
 )
 _GET_PATHS = frozenset(("/v1/models", "/healthz", "/readyz", "/metrics"))
@@ -142,6 +146,24 @@ def _with_proxy(serve: Callable[[Proxy, web.Request], Awaitable[web.StreamRespon
         return await serve(request.app[PROXY], request)
 
     return handler
+
+
+async def _handle_messages(proxy: Proxy, request: web.Request) -> web.StreamResponse:
+    from edge import messages
+
+    return await messages.handle_messages(proxy, request)
+
+
+async def _handle_count_tokens(proxy: Proxy, request: web.Request) -> web.StreamResponse:
+    from edge import messages
+
+    return await messages.handle_count_tokens(proxy, request)
+
+
+async def _handle_native(proxy: Proxy, request: web.Request) -> web.StreamResponse:
+    from edge import passthrough
+
+    return await passthrough.handle(proxy, request)
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -329,11 +351,9 @@ def build_app(config: EdgeConfig) -> web.Application:
     metrics.bind_snapshot_age(created_ms)
     for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS):
         app.router.add_post(endpoint.path, guarded(_post(endpoint)))
-    app.router.add_post(messages.MESSAGES_PATH, guarded(_with_proxy(messages.handle_messages)))
-    app.router.add_post(
-        messages.COUNT_TOKENS_PATH, guarded(_with_proxy(messages.handle_count_tokens))
-    )
-    app.router.add_route("*", passthrough.ROUTE_PATTERN, guarded(_with_proxy(passthrough.handle)))
+    app.router.add_post(MESSAGES_PATH, guarded(_with_proxy(_handle_messages)))
+    app.router.add_post(COUNT_TOKENS_PATH, guarded(_with_proxy(_handle_count_tokens)))
+    app.router.add_route("*", NATIVE_ROUTE, guarded(_with_proxy(_handle_native)))
     app.router.add_get("/v1/models", guarded(list_models))
     app.router.add_get("/v1/models/{model:.+}", guarded(get_model))
     app.router.add_get("/healthz", healthz)

@@ -20,6 +20,7 @@ from edge.table import BackendState, ModelRoute, RoutingTable, build_table
 STICKY: Final = "sticky"
 SPILL: Final = "spill"
 LEAST: Final = "least-connections"
+ROUND_ROBIN: Final = "round-robin"
 RETRY: Final = "retry"
 
 
@@ -43,6 +44,10 @@ class Balancer:
         self.table: RoutingTable | None = None
         self.rng = rng or random.Random()
         self._eps = config.bounded_load_epsilon
+        # "sticky" (by key when the request has one), "least-connections" or "round-robin".
+        self._sticky = config.balancing == STICKY
+        self._round_robin = config.balancing == ROUND_ROBIN
+        self._turns: dict[str, int] = {}  # round robin: the next turn per model
         self._waiters: deque[_Waiter] = deque()
         self._tickets = 0
 
@@ -56,10 +61,8 @@ class Balancer:
             if not state.alive and state.awaiting:
                 # Down or gone: requests still waiting for its first byte go elsewhere now
                 # rather than at their time-to-first-byte deadline.
-                now = asyncio.get_running_loop().time()
                 for deadline in state.awaiting:
-                    if not deadline.expired():
-                        deadline.reschedule(now)
+                    deadline.expire()
                 state.awaiting.clear()
         while self._waiters:
             _, _, fut = self._waiters.popleft()
@@ -95,6 +98,8 @@ class Balancer:
         self, route: ModelRoute, key: bytes | None, excluded: frozenset[str] | set[str]
     ) -> Pick | Full | None:
         """A backend for one attempt, FULL when all usable ones are busy, None when none."""
+        if not self._sticky:
+            key = None
         now = time.monotonic()
         any_usable = False
         first = True
@@ -102,14 +107,14 @@ class Balancer:
             usable = [b for b in tier if b.ejected_until <= now and b.name not in excluded]
             if usable:
                 any_usable = True
-                chosen = self._choose(tier, usable, key, first)
+                chosen = self._choose(route.name, tier, usable, key, first)
                 if chosen is not None:
                     return chosen
             first = False
         usable = [b for b in route.degraded if b.ejected_until <= now and b.name not in excluded]
         if usable:
             any_usable = True
-            chosen = self._choose(route.degraded, usable, key, False)
+            chosen = self._choose(route.name, route.degraded, usable, key, False)
             if chosen is not None:
                 return chosen
         if any_usable:
@@ -118,7 +123,7 @@ class Balancer:
         for group in (*route.tiers, route.degraded):
             usable = [b for b in group if b.name not in excluded]
             if usable:
-                chosen = self._choose(group, usable, key, False)
+                chosen = self._choose(route.name, group, usable, key, False)
                 if chosen is not None:
                     return chosen
                 any_usable = True
@@ -126,6 +131,7 @@ class Balancer:
 
     def _choose(
         self,
+        model: str,
         ranked: tuple[BackendState, ...],
         usable: list[BackendState],
         key: bytes | None,
@@ -137,6 +143,13 @@ class Balancer:
                 return None
             backend, position = found
             return backend, STICKY if position == 0 and first_tier else SPILL
+        if self._round_robin:
+            open_ = [b for b in usable if b.has_capacity()]
+            if not open_:
+                return None
+            turn = self._turns.get(model, 0)
+            self._turns[model] = turn + 1
+            return open_[turn % len(open_)], ROUND_ROBIN
         chosen = least_loaded(usable, self.rng)
         return None if chosen is None else (chosen, LEAST)
 

@@ -24,6 +24,7 @@ from multidict import CIMultiDict
 
 from corral.config import EdgeConfig
 from edge.balancer import RETRY, Balancer, Full
+from edge.deadlines import Deadlines
 from edge.errors import ApiError, EdgeError, error_body
 from edge.inbound import CHAT, Endpoint, parse
 from edge.metrics import EdgeMetrics
@@ -149,6 +150,90 @@ class Exchange:
         )
 
 
+class OpenAIExchange(Exchange):
+    """An OpenAI request: as it is, except that an answer from a backend that was sent its
+    own name for an aliased model names the model the client asked for."""
+
+    __slots__ = ("renamer",)
+
+    def __init__(self, path: str, raw: bytes | None, body: dict[str, Any], stream: bool) -> None:
+        super().__init__(path, raw, body, stream)
+        self.renamer: ModelRenamer | None = None
+
+    def upstream(self, backend: BackendState, rewrite: str | None) -> tuple[str, bytes | None]:
+        if rewrite is None:
+            self.renamer = None
+            return self.path, self.raw
+        self.renamer = ModelRenamer(self.body["model"])
+        return self.path, orjson.dumps({**self.body, "model": rewrite})
+
+    def whole(
+        self, status: int, data: bytes, headers: CIMultiDict[str], backend: BackendState
+    ) -> web.StreamResponse:
+        renamer = self.renamer
+        if renamer is not None and status == 200:
+            data = renamer.json(data)
+        return web.Response(status=status, body=data, headers=headers)
+
+    def first(self, chunk: bytes, backend: BackendState) -> bytes:
+        renamer = self.renamer
+        return chunk if renamer is None else renamer.feed(chunk)
+
+    def chunk(self, chunk: bytes) -> bytes:
+        renamer = self.renamer
+        return chunk if renamer is None else renamer.feed(chunk)
+
+    def end(self) -> bytes:
+        renamer = self.renamer
+        return b"" if renamer is None else renamer.flush()
+
+
+class ModelRenamer:
+    """Puts the client's model name back into answers (a JSON object, or SSE events)."""
+
+    __slots__ = ("asked", "pending")
+
+    def __init__(self, asked: str) -> None:
+        self.asked = asked
+        self.pending = b""  # the start of an SSE line whose end has not arrived yet
+
+    def json(self, data: bytes) -> bytes:
+        """A JSON object's "model" field renamed; anything else as it is."""
+        try:
+            answer = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return data
+        if not isinstance(answer, dict) or "model" not in answer:
+            return data
+        answer["model"] = self.asked
+        return orjson.dumps(answer)
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Whole SSE lines renamed; an incomplete last line is held until it ends."""
+        data = self.pending + chunk if self.pending else chunk
+        cut = data.rfind(b"\n") + 1
+        self.pending = data[cut:]
+        if not cut:
+            return b""
+        return b"\n".join([self._line(line) for line in data[:cut].split(b"\n")])
+
+    def flush(self) -> bytes:
+        tail, self.pending = self.pending, b""
+        return self._line(tail) if tail else b""
+
+    def _line(self, line: bytes) -> bytes:
+        if not line.startswith(b"data:"):
+            return line
+        cr = line.endswith(b"\r")
+        payload = line[5:-1] if cr else line[5:]
+        if not payload.lstrip().startswith(b"{"):
+            return line  # [DONE], or not JSON
+        renamed = self.json(payload)
+        if renamed is payload:
+            return line
+        return b"data: " + renamed + (b"\r" if cr else b"")
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
     """An admitted request: how to exchange it, how to (re)look up its route, its sticky key."""
@@ -179,6 +264,7 @@ class Proxy:
         self._first_byte = config.first_byte_timeout_seconds
         self._idle = config.idle_timeout_seconds
         self._session_headers = config.session_headers
+        self._deadlines = Deadlines()
 
     # -- admission -------------------------------------------------------------------------
 
@@ -209,6 +295,8 @@ class Proxy:
         if length is not None and length > self._max_body:
             raise too_large(self._max_body)
         try:
+            if request.content.is_eof():  # the whole body came with the headers: no timer
+                return await request.read()
             async with asyncio.timeout(self._client_timeout):
                 return await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -241,7 +329,7 @@ class Proxy:
                     else:
                         key = completion_key(model, body["prompt"])
             stream = endpoint.streams and body.get("stream") is True
-            exchange = Exchange(endpoint.path, raw, body, stream)
+            exchange = OpenAIExchange(endpoint.path, raw, body, stream)
             return Admission(exchange, lambda: self.balancer.route_for(model), key)
 
         return await self.run(request, endpoint.name, admit)
@@ -338,26 +426,27 @@ class Proxy:
     ) -> web.StreamResponse | Failure:
         """One try on one backend, under one deadline: time to first byte until the answer
         starts, then the idle limit, pushed forward by every chunk."""
-        loop = asyncio.get_running_loop()
         upstream: aiohttp.ClientResponse | None = None
         relay: _RelayResponse | None = None  # set once bytes went to the client
-        deadline: asyncio.Timeout | None = None
+        deadlines = self._deadlines
+        deadline = deadlines.start(self._first_byte)
         clean = False
         try:
-            async with asyncio.timeout(self._first_byte) as deadline:
-                backend.awaiting.add(deadline)
+            try:
+                awaiting = backend.awaiting
+                awaiting.add(deadline)
                 upstream = await self.session.request(
                     exchange.method,
-                    backend.base_url + path,
+                    backend.url(path),
                     data=payload,
                     headers=_UPSTREAM_HEADERS,
                 )
                 status = upstream.status
                 content_type = upstream.headers.get("Content-Type", "")
                 if not exchange.streams(status, content_type):
-                    deadline.reschedule(loop.time() + self._idle)
+                    deadlines.push(deadline, self._idle)
                     data = await upstream.read()
-                    backend.awaiting.discard(deadline)
+                    awaiting.discard(deadline)
                     clean = True
                     if status in _RETRYABLE or status >= 500:
                         if status >= 500:
@@ -369,7 +458,7 @@ class Proxy:
                     )
                 content = upstream.content
                 first = await content.readany()
-                backend.awaiting.discard(deadline)
+                awaiting.discard(deadline)
                 if not first:
                     self._failed(backend)
                     return Failure("empty")
@@ -381,7 +470,7 @@ class Proxy:
                 idle = self._idle
                 chunk_of = exchange.chunk
                 while True:
-                    deadline.reschedule(loop.time() + idle)
+                    deadlines.push(deadline, idle)
                     chunk = await content.readany()
                     if not chunk:
                         break
@@ -390,13 +479,18 @@ class Proxy:
                         await _to_client(relay, out)
                 clean = True
                 self.balancer.succeeded(backend)
-                deadline.reschedule(loop.time() + idle)
+                deadlines.push(deadline, idle)
                 tail = exchange.end()
                 if tail:
                     await _to_client(relay, tail)
                 await _to_client(relay, None)
-            return relay
+                return relay
+            except asyncio.CancelledError:
+                if deadline.timed_out():
+                    raise TimeoutError from None
+                raise
         except _UPSTREAM_ERRORS as exc:
+            deadline.close()
             if clean and relay is not None:
                 return relay  # the backend finished; only the client was too slow to take it
             if relay is None and not backend.alive:
@@ -405,7 +499,8 @@ class Proxy:
                 return Failure("backend_down")
             self._failed(backend)
             if relay is None:
-                log.debug("backend %s failed before answering: %r", backend.name, exc)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("backend %s failed before answering: %r", backend.name, exc)
                 if upstream is None:
                     return Failure("timeout" if isinstance(exc, TimeoutError) else "connect")
                 return Failure("timeout" if isinstance(exc, TimeoutError) else "read")
@@ -418,8 +513,8 @@ class Proxy:
                     await _to_client(relay, None)
             return relay
         finally:
-            if deadline is not None:
-                backend.awaiting.discard(deadline)
+            deadline.close()
+            backend.awaiting.discard(deadline)
             if upstream is not None:
                 if clean:
                     upstream.release()

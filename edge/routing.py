@@ -143,6 +143,16 @@ def sticky_choice(
     """
     if not usable:
         return None
+    if len(ranked) == 1:
+        # One backend: it is the rendezvous home whatever the key; nothing to hash.
+        only = ranked[0]
+        if (
+            only in usable
+            and only.has_capacity()
+            and within_bound(only, only.load(), 1.0 * only.weight, eps)
+        ):
+            return only, 0
+        return None
     total_load = 0
     total_weight = 0.0
     for c in usable:

@@ -7,18 +7,23 @@ of requests already in flight.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import orjson
+from yarl import URL
 
 from corral.v1 import types_pb2
+
+if TYPE_CHECKING:
+    from edge.deadlines import Deadline
 
 HEALTHY = types_pb2.HEALTH_STATE_HEALTHY
 DEGRADED = types_pb2.HEALTH_STATE_DEGRADED
 CAPABILITY_ANTHROPIC_MESSAGES = types_pb2.CAPABILITY_ANTHROPIC_MESSAGES
 _MAX_WEIGHT = 1e6
+_MAX_CACHED_URLS = 64
 
 
 class BackendState:
@@ -41,6 +46,7 @@ class BackendState:
         "native_messages",
         "priority",
         "reported",
+        "urls",
         "weight",
     )
 
@@ -48,6 +54,8 @@ class BackendState:
         self.name = name
         self.name_bytes = name.encode()
         self.base_url = ""
+        # Upstream path -> parsed URL (aiohttp would parse the string on every request).
+        self.urls: dict[str, URL] = {}
         self.weight = 1.0
         self.priority = 0
         self.max_concurrency = 0
@@ -67,11 +75,14 @@ class BackendState:
         self.alive = False
         # Deadlines of attempts still waiting for the first byte from this backend: expired
         # at once when the backend goes down, so they are retried elsewhere.
-        self.awaiting: set[asyncio.Timeout] = set()
+        self.awaiting: set[Deadline] = set()
 
     def update(self, backend: types_pb2.Backend) -> None:
         spec = backend.spec
-        self.base_url = spec.url.rstrip("/")
+        base_url = spec.url.rstrip("/")
+        if base_url != self.base_url:
+            self.base_url = base_url
+            self.urls = {}
         weight = spec.weight
         # 0 means the default; NaN, negative or absurd weights must not break the arithmetic.
         self.weight = min(weight, _MAX_WEIGHT) if weight > 0 else 1.0
@@ -87,6 +98,16 @@ class BackendState:
 
     def load(self) -> int:
         return self.inflight + self.reported
+
+    def url(self, path: str) -> URL:
+        """The backend's URL for a path, parsed once (native pass-through paths vary, so
+        the cache is bounded)."""
+        url = self.urls.get(path)
+        if url is None:
+            url = URL(self.base_url + path)
+            if len(self.urls) < _MAX_CACHED_URLS:
+                self.urls[path] = url
+        return url
 
     def has_capacity(self) -> bool:
         return self.max_concurrency == 0 or self.inflight < self.max_concurrency
