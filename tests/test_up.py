@@ -74,3 +74,34 @@ async def test_up_demo_serves_chat_and_streams_then_stops_cleanly() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_up_routes_to_a_backend_given_by_url() -> None:
+    """`corral up --backend URL` detects the server type and serves its models and chat."""
+    from tests.fakes import FakeServer
+
+    edge_port, cp_port = free_port(), free_port()
+    async with FakeServer(kind="ollama", models=["llama3.2:1b"], name="ollama-local") as fake:
+        proc = await asyncio.create_subprocess_exec(
+            CORRAL, "up", "--no-discover", "--backend", fake.url,
+            "--listen", f"127.0.0.1:{edge_port}",
+            "--controlplane-listen", f"127.0.0.1:{cp_port}",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "CORRAL_LOG_LEVEL": "WARNING"},
+        )  # fmt: skip
+        assert proc.stdout is not None
+        try:
+            banner = await _read_until(proc.stdout, b"Stop with Ctrl-C.", within=60)
+            assert b"llama3.2:1b" in banner
+            client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{edge_port}/v1", api_key="x")
+            async with client:
+                reply = await client.chat.completions.create(
+                    model="llama3.2:1b", messages=[{"role": "user", "content": "hi"}]
+                )
+            assert reply.choices[0].message.content == "[ollama-local] hi"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                await proc.wait()
