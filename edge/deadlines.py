@@ -15,7 +15,7 @@ An expired deadline cancels its task; the attempt turns that cancellation into T
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+from typing import Any, Final
 
 _INF: Final = float("inf")
 
@@ -25,7 +25,7 @@ class Deadline:
 
     __slots__ = ("_cancelling", "_queue", "_task", "fired", "when")
 
-    def __init__(self, task: asyncio.Task[object]) -> None:
+    def __init__(self, task: asyncio.Task[Any]) -> None:
         self._task = task
         self._cancelling = task.cancelling()
         self._queue: _Queue | None = None
@@ -107,11 +107,8 @@ class Deadlines:
         self._handle: asyncio.TimerHandle | None = None
         self._armed = _INF
 
-    def start(self, length: float) -> Deadline:
-        """A deadline `length` seconds from now for the current task."""
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError("a deadline needs a task")
+    def start(self, task: asyncio.Task[Any], length: float) -> Deadline:
+        """A deadline `length` seconds from now for `task` (the one that will wait on it)."""
         deadline = Deadline(task)
         self.push(deadline, length)
         return deadline

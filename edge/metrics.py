@@ -2,51 +2,131 @@
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 _LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 )  # fmt: skip
+_BOUNDS = (*_LATENCY_BUCKETS, math.inf)
+# The `le` labels exactly as prometheus_client writes them.
+_LE = tuple(floatToGoString(b) for b in _BOUNDS)  # type: ignore[no-untyped-call]  # unannotated helper
+
+
+class _Count:
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0
+        self.created = time.time()
+
+
+class _Histogram:
+    __slots__ = ("counts", "created", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(_BOUNDS)  # per bucket, not cumulative
+        self.sum = 0.0
+        self.created = time.time()
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out = []
+        total = 0
+        for le, count in zip(_LE, self.counts, strict=True):
+            total += count
+            out.append((le, float(total)))
+        return out
+
+
+class _HotMetrics(Collector):
+    """Requests, latency, time to first token, in-flight attempts and routing decisions, in
+    the same shape prometheus_client's Counter, Histogram and Gauge would expose them."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int], _Count] = {}
+        self.latency: dict[str, _Histogram] = {}
+        self.ttft: dict[str, _Histogram] = {}
+        self.inflight: dict[str, int] = {}
+        self.decisions: dict[str, _Count] = {}
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(empty=True)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(empty=False)
+
+    def _families(self, *, empty: bool) -> list[Metric]:
+        requests = CounterMetricFamily(
+            "corral_edge_requests",
+            "Requests answered, by model, backend and HTTP status.",
+            labels=["model", "backend", "status"],
+        )
+        latency = HistogramMetricFamily(
+            "corral_edge_request_duration_seconds",
+            "Time from request to the last byte of the answer.",
+            labels=["endpoint"],
+        )
+        ttft = HistogramMetricFamily(
+            "corral_edge_time_to_first_token_seconds",
+            "Time from request to the first streamed chunk.",
+            labels=["model"],
+        )
+        inflight = GaugeMetricFamily(
+            "corral_edge_backend_inflight",
+            "Requests this edge has in flight to each backend.",
+            labels=["backend"],
+        )
+        decisions = CounterMetricFamily(
+            "corral_edge_routing_decisions",
+            "Routing decisions by route (sticky, spill, least-connections, retry).",
+            labels=["route"],
+        )
+        families: list[Metric] = [requests, latency, ttft, inflight, decisions]
+        if empty:
+            return families
+        for (model, backend, status), count in list(self.requests.items()):
+            requests.add_metric(
+                [model, backend, str(status)], float(count.value), created=count.created
+            )
+        for family, hists in ((latency, self.latency), (ttft, self.ttft)):
+            for label, hist in list(hists.items()):
+                family.add_metric([label], hist.buckets(), hist.sum)
+                family.samples.append(
+                    Sample(family.name + "_created", {family._labelnames[0]: label}, hist.created)
+                )
+        for backend, value in list(self.inflight.items()):
+            inflight.add_metric([backend], float(value))
+        for route, count in list(self.decisions.items()):
+            decisions.add_metric([route], float(count.value), created=count.created)
+        return families
 
 
 class EdgeMetrics:
-    """Counters, gauges and histograms; label children are cached off the hot path."""
+    """Counters, gauges and histograms; the per-request ones cost a dict lookup and an add."""
 
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "corral_edge_requests",
-            "Requests answered, by model, backend and HTTP status.",
-            ["model", "backend", "status"],
-            registry=r,
-        )
-        self.latency = Histogram(
-            "corral_edge_request_duration_seconds",
-            "Time from request to the last byte of the answer.",
-            ["endpoint"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.ttft = Histogram(
-            "corral_edge_time_to_first_token_seconds",
-            "Time from request to the first streamed chunk.",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.inflight = Gauge(
-            "corral_edge_backend_inflight",
-            "Requests this edge has in flight to each backend.",
-            ["backend"],
-            registry=r,
-        )
+        # The per-request metrics are plain numbers (no lock, no label lookup per request),
+        # turned into Prometheus samples when scraped.
+        self._hot = _HotMetrics()
+        r.register(self._hot)
         self.retries = Counter(
             "corral_edge_retries",
             "Attempts retried on another backend, by the backend that failed and why.",
@@ -57,12 +137,6 @@ class EdgeMetrics:
             "corral_edge_ejections",
             "Backends ejected by passive health checks.",
             ["backend"],
-            registry=r,
-        )
-        self.decisions = Counter(
-            "corral_edge_routing_decisions",
-            "Routing decisions by route (sticky, spill, least-connections, retry).",
-            ["route"],
             registry=r,
         )
         self.queued = Gauge(
@@ -92,11 +166,6 @@ class EdgeMetrics:
             "1 while a snapshot stream to a control plane is open.",
             registry=r,
         )
-        self._requests: dict[tuple[str, str, int], Counter] = {}
-        self._latency: dict[str, Histogram] = {}
-        self._ttft: dict[str, Histogram] = {}
-        self._inflight: dict[str, Gauge] = {}
-        self._decisions: dict[str, Counter] = {}
 
     def bind_snapshot_age(self, created_ms: Callable[[], int]) -> None:
         def age() -> float:
@@ -106,33 +175,39 @@ class EdgeMetrics:
         self.snapshot_age.set_function(age)
 
     def request(self, model: str, backend: str, status: int, endpoint: str, seconds: float) -> None:
+        hot = self._hot
         key = (model, backend, status)
-        child = self._requests.get(key)
-        if child is None:
-            child = self._requests[key] = self.requests.labels(model, backend, str(status))
-        child.inc()
-        hist = self._latency.get(endpoint)
+        count = hot.requests.get(key)
+        if count is None:
+            count = hot.requests[key] = _Count()
+        count.value += 1
+        hist = hot.latency.get(endpoint)
         if hist is None:
-            hist = self._latency[endpoint] = self.latency.labels(endpoint)
-        hist.observe(seconds)
+            hist = hot.latency[endpoint] = _Histogram()
+        hist.counts[bisect_left(_BOUNDS, seconds)] += 1
+        hist.sum += seconds
 
     def first_token(self, model: str, seconds: float) -> None:
-        hist = self._ttft.get(model)
+        ttft = self._hot.ttft
+        hist = ttft.get(model)
         if hist is None:
-            hist = self._ttft[model] = self.ttft.labels(model)
-        hist.observe(seconds)
+            hist = ttft[model] = _Histogram()
+        hist.counts[bisect_left(_BOUNDS, seconds)] += 1
+        hist.sum += seconds
 
-    def inflight_gauge(self, backend: str) -> Gauge:
-        gauge = self._inflight.get(backend)
-        if gauge is None:
-            gauge = self._inflight[backend] = self.inflight.labels(backend)
-        return gauge
+    def attempt_started(self, backend: str) -> None:
+        inflight = self._hot.inflight
+        inflight[backend] = inflight.get(backend, 0) + 1
+
+    def attempt_ended(self, backend: str) -> None:
+        self._hot.inflight[backend] -= 1
 
     def decision(self, route: str) -> None:
-        child = self._decisions.get(route)
-        if child is None:
-            child = self._decisions[route] = self.decisions.labels(route)
-        child.inc()
+        decisions = self._hot.decisions
+        count = decisions.get(route)
+        if count is None:
+            count = decisions[route] = _Count()
+        count.value += 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

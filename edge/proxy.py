@@ -380,15 +380,14 @@ class Proxy:
                 metrics.decision(label)
                 path, payload = exchange.upstream(backend, route.rewrites.get(backend.name))
                 balancer.acquire(backend)
-                gauge = metrics.inflight_gauge(backend.name)
-                gauge.inc()
+                metrics.attempt_started(backend_name)
                 try:
                     result = await self._attempt(
                         request, exchange, backend, label, path, payload, started, model_label
                     )
                 finally:
                     balancer.release(backend)
-                    gauge.dec()
+                    metrics.attempt_ended(backend_name)
                 if isinstance(result, Failure):
                     failure = result
                     continue
@@ -429,7 +428,9 @@ class Proxy:
         upstream: aiohttp.ClientResponse | None = None
         relay: _RelayResponse | None = None  # set once bytes went to the client
         deadlines = self._deadlines
-        deadline = deadlines.start(self._first_byte)
+        task = asyncio.current_task()
+        assert task is not None  # aiohttp runs every handler in a task
+        deadline = deadlines.start(task, self._first_byte)
         clean = False
         try:
             try:

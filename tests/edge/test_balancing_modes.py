@@ -181,7 +181,9 @@ async def test_shared_deadlines_expire_in_order_and_only_their_task() -> None:
     started = {name: asyncio.Event() for name in ("short", "long", "closed", "pushed")}
 
     async def attempt(name: str, length: float, *, close: bool = False, push: bool = False) -> None:
-        deadline = deadlines.start(length)
+        task = asyncio.current_task()
+        assert task is not None
+        deadline = deadlines.start(task, length)
         try:
             try:
                 if close:
