@@ -255,6 +255,18 @@ class AgentHub:
         if session is not None:
             session.verify()
 
+    def on_lease_lost(self, lease: int) -> None:
+        """A refresh found a lease gone (expired, or revoked elsewhere): its backend has
+        left routing, so every session on it ends now and its agent registers afresh."""
+        for session in list(self._sessions.values()):
+            if session.lease == lease:
+                session.stop(
+                    SessionLostError(
+                        f"session lease {session_id_of(lease)} of {session.name!r} expired; "
+                        "register again"
+                    )
+                )
+
     def stop_all(self, error: ControlPlaneError) -> None:
         for session in list(self._sessions.values()):
             session.stop(error)

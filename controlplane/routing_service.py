@@ -1,8 +1,10 @@
 """corral.v1.RoutingService: routing snapshots streamed to edges.
 
-Each subscriber has its own coroutine that sends the view's newest snapshot whenever the
-version moves: latest-only, so a slow edge skips versions and never holds up the others.
-Snapshots are serialized once per version and sent as bytes to every subscriber.
+Each subscriber has its own coroutine that sends the view's newest snapshot when it joins,
+then the view's published snapshot whenever that moves on (routing changes at once, load-only
+changes paced: see RoutingView): latest-only, so a slow edge skips versions and never holds
+up the others. Snapshots are serialized once per version and sent as bytes to every
+subscriber.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ class RoutingService:
                 if replica.stopping.is_set():
                     raise ShuttingDownError("this control-plane replica is shutting down")
                 changed = view.version_event()
-                built = view.current()
+                built = view.published() if sent_cluster else view.current()
                 behind = built.cluster_id == floor_cluster and built.version < wanted
                 if not behind and (
                     built.cluster_id != sent_cluster or built.version > sent_version

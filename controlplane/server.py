@@ -275,6 +275,7 @@ async def serve(config: ControlPlaneConfig, *, ready: asyncio.Event | None = Non
                 ),
                 metrics,
             )
+            store.set_lease_lost_listener(hub.on_lease_lost)
             view = RoutingView(
                 store,
                 layout,
@@ -285,6 +286,7 @@ async def serve(config: ControlPlaneConfig, *, ready: asyncio.Event | None = Non
                 on_listing=metrics.relists.inc,
                 probe_interval=STORE_PROBE_SECONDS,
                 publish_interval=SNAPSHOT_PUBLISH_SECONDS,
+                load_publish_interval=config.snapshot_load_interval_seconds,
             )
             edges = EdgeBook(store, layout, ttl, metrics)
             replica.install(Parts(store, view, hub, edges))

@@ -25,6 +25,12 @@ learnt it:
 Version X always means "the store's routing content at revision X", so two replicas that
 give a version to a state agree on the content, and a replica can always catch up to a
 version an edge already has by listing the store again.
+
+Publishing: subscribers are woken for the newest snapshot at most every publish_interval
+when something that decides routing changed (membership, health, drain, aliases, models,
+capabilities), but at most every load_publish_interval when everything since the last
+published snapshot is load alone (running, waiting, KV-cache use). Versions are not touched:
+a paced snapshot carries the newest version, edges just get fewer of them.
 """
 
 from __future__ import annotations
@@ -100,6 +106,7 @@ class RoutingView:
         on_listing: Callable[[], None] | None = None,
         probe_interval: float = 2.0,
         publish_interval: float = 0.0,
+        load_publish_interval: float = 0.0,
     ) -> None:
         self._store = store
         self._layout = layout
@@ -127,8 +134,13 @@ class RoutingView:
         self.listings = 0
         self._version_event = asyncio.Event()
         self._publish_interval = publish_interval
+        self._load_publish_interval = max(publish_interval, load_publish_interval)
         self._publish_handle: asyncio.TimerHandle | None = None
         self._last_publish = -math.inf
+        # Something other than load changed since the last publish.
+        self._routing_changed = False
+        # The snapshot subscribers get (None: build the newest on next ask).
+        self._published: BuiltSnapshot | None = None
         self._progress_event = asyncio.Event()
         self._relist_lock = asyncio.Lock()
 
@@ -288,7 +300,7 @@ class RoutingView:
             # Older than what we have: never go back. Our content at self.revision equals
             # the content at self.version, so a catch-up may name it by the later revision.
             if self.version < at_least:
-                self._set_version(self.revision)
+                self._set_version(self.revision, routing=True)
             self._progress()
             return
         records = _empty_records()
@@ -309,7 +321,7 @@ class RoutingView:
         new_version = max(revision if version is None else version, self.version)
         if new_version < at_least:
             new_version = revision  # the edge's version names the content at `revision`
-        self._set_version(new_version)
+        self._set_version(new_version, routing=True)
         self._progress()
         if changed:
             self._notify_drains(old[RoutingKind.DRAIN], records[RoutingKind.DRAIN])
@@ -325,6 +337,7 @@ class RoutingView:
         drains_before: dict[str, bytes] | None = None
         removed: list[str] = []
         changed = False
+        routing = False  # a change that decides routing (not load alone)
         floor = self._applied  # events of one revision (a transaction) share it
         for event in batch.events:
             kv = event.kv
@@ -341,15 +354,20 @@ class RoutingView:
             if kind is RoutingKind.DRAIN and drains_before is None:
                 drains_before = dict(self._records[RoutingKind.DRAIN])
             value = kv.value if event.type is EventType.PUT else None
+            old = self._records[kind].get(name)
             if self._apply_record(kind, name, value):
                 changed = True
+                if not routing and not (kind is RoutingKind.STATUS and _load_only(old, value)):
+                    routing = True
                 if kind is RoutingKind.SPEC and value is None:
                     removed.append(name)
         self.revision = max(self.revision, reached, self._applied)
         if changed:
             self._built = None
         if last_event > self.version:
-            self._set_version(last_event)
+            self._set_version(last_event, routing=routing)
+        elif routing:
+            self._schedule_publish(routing=True)
         self._progress()
         if drains_before is not None:
             self._notify_drains(drains_before, self._records[RoutingKind.DRAIN])
@@ -383,31 +401,39 @@ class RoutingView:
             if (old is None) != (new is None):
                 self._on_drain(name, DrainFlag.decode(new) if new is not None else None)
 
-    def _set_version(self, version: int) -> None:
+    def _set_version(self, version: int, *, routing: bool) -> None:
         if version == self.version:
             return
         self.version = version
         self._built = None
-        self._schedule_publish()
+        self._schedule_publish(routing=routing)
         if self._on_version is not None:
             self._on_version(version)
 
-    def _schedule_publish(self) -> None:
-        """Wake subscribers now, or, after a recent wake, once the publish interval is up.
+    def _schedule_publish(self, *, routing: bool) -> None:
+        """Wake subscribers now, or, after a recent wake, once the publish interval is up
+        (the load publish interval when only load changed since the last wake).
 
         With a thousand agents, versions can change hundreds of times a second; each wake
         means one snapshot build and a send to every edge, so wakes are rate-limited and
         each one carries the newest version.
         """
-        if self._publish_handle is not None:
-            return
+        self._routing_changed |= routing
+        interval = self._publish_interval if self._routing_changed else self._load_publish_interval
         loop = asyncio.get_running_loop()
-        due = max(loop.time(), self._last_publish + self._publish_interval)
+        due = max(loop.time(), self._last_publish + interval)
+        handle = self._publish_handle
+        if handle is not None:
+            if handle.when() <= due:
+                return
+            handle.cancel()  # a routing change does not wait for a paced load change
         self._publish_handle = loop.call_at(due, self._publish)
 
     def _publish(self) -> None:
         self._publish_handle = None
         self._last_publish = asyncio.get_running_loop().time()
+        self._routing_changed = False
+        self._published = None
         self.wake()
 
     def _progress(self) -> None:
@@ -481,6 +507,14 @@ class RoutingView:
     def alias(self, name: str) -> types_pb2.ModelAlias | None:
         return next((a for a in self.aliases() if a.name == name), None)
 
+    def published(self) -> BuiltSnapshot:
+        """The snapshot subscribers get: the newest as of the last publish (built on the
+        first ask after it, so it may carry changes made since)."""
+        published = self._published
+        if published is None:
+            published = self._published = self.current()
+        return published
+
     def current(self) -> BuiltSnapshot:
         """The snapshot at the view's version, built once per version."""
         built = self._built
@@ -496,3 +530,17 @@ class RoutingView:
             built = BuiltSnapshot(snapshot=snapshot, payload=payload)
             self._built = built
         return built
+
+
+def _load_only(old: bytes | None, new: bytes | None) -> bool:
+    """Whether two stored statuses differ in load alone (running, waiting, KV-cache use)."""
+    if old is None or new is None:
+        return False
+    try:
+        a = types_pb2.BackendStatus.FromString(old)
+        b = types_pb2.BackendStatus.FromString(new)
+    except DecodeError:
+        return False
+    a.ClearField("load")
+    b.ClearField("load")
+    return a == b

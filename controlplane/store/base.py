@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -157,8 +157,14 @@ class Store(abc.ABC):
         Does not wait. Refreshes asked for together are coalesced (one per lease); the etcd
         store sends them on its one keepalive stream. A lease that is gone stays gone (no
         error). Used for agent sessions: refreshed once per message from the agent, so a
-        silent agent's lease runs out a TTL after its last message.
+        silent agent's lease runs out a TTL after its last message. A refresh that finds
+        the lease gone is reported to the lost-lease listener.
         """
+
+    @abc.abstractmethod
+    def set_lease_lost_listener(self, listener: Callable[[int], None] | None) -> None:
+        """listener(lease_id) is called (on the event loop, never inside the caller) when a
+        refresh finds the lease gone: it expired or was revoked, its keys are deleted."""
 
     @abc.abstractmethod
     def release_lease(self, lease_id: int) -> None:

@@ -268,6 +268,9 @@ class EtcdStore(Store):
         # TTL counts whole seconds down; 0 means "under a second left", still alive.
         return max(1, int(response.TTL))
 
+    def set_lease_lost_listener(self, listener: Callable[[int], None] | None) -> None:
+        self._leases.set_lost_listener(listener)
+
     def release_lease(self, lease_id: int) -> None:
         self._leases.release(lease_id)
 

@@ -6,6 +6,13 @@ one per message from the agent; several asked for one lease before the sender ge
 out as one). When the stream breaks (member down, leader lost), a new one is opened on the next
 endpoint; every kept lease is refreshed at once, and one-shot refreshes still unanswered are
 sent again.
+
+A stream that stops answering (a frozen member, an overloaded etcd, a write stuck behind
+flow control) is found by a watchdog that does not depend on the sender: any refresh asked
+for or sent and unanswered for the stall limit (stall_timeout, at most a third of the TTL)
+reopens the stream on the next endpoint. A refresh answered with TTL <= 0 (etcd no longer
+knows the lease: it expired or was revoked) is reported to the lost-lease listener, so the
+owner of the lease can end the session at once instead of writing into a dead lease.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ import asyncio
 import contextlib
 import logging
 from asyncio import FIRST_COMPLETED
+from collections.abc import Callable
 from dataclasses import dataclass
+from math import inf
 from typing import Any
 
 import grpc
@@ -53,8 +62,8 @@ class LeaseKeeper:
         self._connect_timeout = connect_timeout
         self._stall_timeout = stall_timeout
         self._leases: dict[int, _Kept] = {}
-        # One-shot refreshes: asked for and not yet sent (an ordered set) ...
-        self._oneshot: dict[int, None] = {}
+        # One-shot refreshes: asked for and not yet sent (loop time first asked) ...
+        self._oneshot: dict[int, float] = {}
         # ... and sent, not yet answered (loop time sent).
         self._oneshot_sent: dict[int, float] = {}
         # The smallest TTL seen in answers to one-shot refreshes (bounds the stall limit).
@@ -64,6 +73,13 @@ class LeaseKeeper:
         # Refreshes answered by etcd since start (tests and metrics watch it move).
         self.refreshes = 0
         self.streams_opened = 0
+        # Leases etcd answered as gone (tests and metrics watch it move).
+        self.lost = 0
+        self._on_lost: Callable[[int], None] | None = None
+
+    def set_lost_listener(self, listener: Callable[[int], None] | None) -> None:
+        """listener(lease_id) is called when a refresh finds the lease gone."""
+        self._on_lost = listener
 
     def start(self) -> None:
         if self._task is None:
@@ -92,7 +108,7 @@ class LeaseKeeper:
         """Send one keepalive for the lease soon (coalesced); kept leases need none."""
         if lease_id in self._leases or lease_id in self._oneshot:
             return
-        self._oneshot[lease_id] = None
+        self._oneshot[lease_id] = asyncio.get_running_loop().time()
         self._changed.set()
 
     def forget(self, lease_id: int) -> None:
@@ -120,16 +136,23 @@ class LeaseKeeper:
             for kept in self._leases.values():
                 kept.due = now  # TTLs may have reset on another member: refresh at once
                 kept.waiting_since = None
-            # One-shot refreshes lost with the old stream go out again on this one.
+            # One-shot refreshes lost with the old stream go out again on this one; the
+            # stall clock restarts for everything (this stream has not been asked yet).
             for lease_id in self._oneshot_sent:
-                self._oneshot[lease_id] = None
+                self._oneshot[lease_id] = now
             self._oneshot_sent.clear()
+            for lease_id in self._oneshot:
+                self._oneshot[lease_id] = now
             receiver = asyncio.create_task(self._receive(call, backoff), name="etcd-keepalive-recv")
             sender = asyncio.create_task(self._send(call), name="etcd-keepalive-send")
+            watchdog = asyncio.create_task(self._watchdog(), name="etcd-keepalive-watchdog")
             try:
-                done, _ = await asyncio.wait({receiver, sender}, return_when=FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {receiver, sender, watchdog}, return_when=FIRST_COMPLETED
+                )
             finally:
                 call.cancel()
+                await cancel_and_wait(watchdog)
                 await cancel_and_wait(sender)
                 await cancel_and_wait(receiver)
             for task in done:
@@ -149,20 +172,26 @@ class LeaseKeeper:
         return "ended by etcd"
 
     def _answered(self, response: rpc.LeaseKeepAliveResponse) -> None:
-        if self._oneshot_sent.pop(response.ID, None) is not None and response.TTL > 0:
+        oneshot = self._oneshot_sent.pop(response.ID, None) is not None
+        if oneshot and response.TTL > 0:
             self.refreshes += 1
             self._oneshot_ttl = min(self._oneshot_ttl, float(response.TTL))
         kept = self._leases.get(response.ID)
-        if kept is None:
-            return
-        kept.waiting_since = None
-        if response.TTL <= 0:
+        if kept is not None:
+            kept.waiting_since = None
+            if response.TTL > 0:
+                self.refreshes += 1
+                kept.ttl = int(response.TTL)
+                return
             # etcd no longer knows the lease: it expired or was revoked elsewhere.
             log.warning("etcd lease %x is gone; no longer keeping it", response.ID)
             del self._leases[response.ID]
+        elif not oneshot or response.TTL > 0:
             return
-        self.refreshes += 1
-        kept.ttl = int(response.TTL)
+        self._oneshot.pop(response.ID, None)  # no use refreshing it again
+        self.lost += 1
+        if self._on_lost is not None:
+            self._on_lost(response.ID)
 
     def _stall_limit(self, kept: _Kept) -> float:
         # Notice an unanswered refresh while the lease still has most of its TTL left.
@@ -180,29 +209,18 @@ class LeaseKeeper:
                 self._changed.clear()
                 now = loop.time()
                 for kept in list(self._leases.values()):
-                    if kept.waiting_since is not None:
-                        if now - kept.waiting_since > self._stall_limit(kept):
-                            waited = now - kept.waiting_since
-                            return f"no answer for lease {kept.id:x} in {waited:.1f}s"
-                    elif kept.due <= now:
+                    if kept.waiting_since is None and kept.due <= now:
                         kept.due = now + max(_MIN_INTERVAL, kept.ttl / 3)
                         kept.waiting_since = now
                         await call.write(rpc.LeaseKeepAliveRequest(ID=kept.id))
-                oneshot_limit = self._stall_limit_for(self._oneshot_ttl)
-                for lease_id, sent in self._oneshot_sent.items():
-                    if now - sent > oneshot_limit:
-                        return f"no answer for lease {lease_id:x} in {now - sent:.1f}s"
                 while self._oneshot:
-                    lease_id = next(iter(self._oneshot))
+                    lease_id, asked = next(iter(self._oneshot.items()))
                     del self._oneshot[lease_id]
-                    self._oneshot_sent[lease_id] = now
+                    # The stall clock runs from the ask: a write stuck behind flow control
+                    # counts as no answer.
+                    self._oneshot_sent.setdefault(lease_id, asked)
                     await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
-                wake = [
-                    k.waiting_since + self._stall_limit(k) if k.waiting_since is not None else k.due
-                    for k in self._leases.values()
-                ]
-                if self._oneshot_sent:
-                    wake.append(min(self._oneshot_sent.values()) + oneshot_limit)
+                wake = [k.due for k in self._leases.values() if k.waiting_since is None]
                 if not wake:
                     await self._changed.wait()
                     continue
@@ -211,3 +229,29 @@ class LeaseKeeper:
                         await self._changed.wait()
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
             return f"write failed ({exc})"
+
+    async def _watchdog(self) -> str:
+        """Return when a refresh has been waiting for an answer longer than the stall limit
+        (asked for, or sent, and unanswered), whatever the sender is doing."""
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            deadlines: list[tuple[float, int, float]] = [
+                (k.waiting_since + self._stall_limit(k), k.id, k.waiting_since)
+                for k in self._leases.values()
+                if k.waiting_since is not None
+            ]
+            oneshot_limit = self._stall_limit_for(self._oneshot_ttl)
+            for waiting in (self._oneshot_sent, self._oneshot):
+                if waiting:
+                    lease_id, since = min(waiting.items(), key=lambda item: item[1])
+                    deadlines.append((since + oneshot_limit, lease_id, since))
+            # Anything asked for after this look has a deadline at least this far away.
+            shortest = min((self._stall_limit(k) for k in self._leases.values()), default=inf)
+            wait = min(shortest, oneshot_limit)
+            if deadlines:
+                due, lease_id, since = min(deadlines)
+                if due <= now:
+                    return f"no answer for lease {lease_id:x} in {now - since:.1f}s"
+                wait = min(wait, due - now)
+            await asyncio.sleep(wait)  # a deadline, not synchronisation

@@ -12,7 +12,7 @@ import bisect
 import math
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from controlplane.store.base import (
@@ -61,6 +61,7 @@ class MemoryStore(Store):
         self._compact_revision = 1
         self._changed = asyncio.Event()
         self._closed = False
+        self._on_lease_lost: Callable[[int], None] | None = None
 
     @property
     def cluster_id(self) -> str:
@@ -174,6 +175,8 @@ class MemoryStore(Store):
 
     def refresh_lease(self, lease_id: int) -> None:
         lease = self._leases.get(lease_id)
+        if lease is None and not self._closed and self._on_lease_lost is not None:
+            asyncio.get_running_loop().call_soon(self._on_lease_lost, lease_id)
         if lease is None or lease.deadline is None or self._closed:
             return  # gone, or kept alive anyway
         if lease.timer is not None:
@@ -181,6 +184,9 @@ class MemoryStore(Store):
         loop = asyncio.get_running_loop()
         lease.deadline = loop.time() + lease.ttl
         lease.timer = loop.call_at(lease.deadline, self._expire, lease_id)
+
+    def set_lease_lost_listener(self, listener: Callable[[int], None] | None) -> None:
+        self._on_lease_lost = listener
 
     def lease_deadline(self, lease_id: int) -> float | None:
         """Loop time at which the lease runs out; None while kept alive (tests)."""

@@ -378,3 +378,44 @@ async def test_max_connection_age_moves_streams_without_losing_the_backend() -> 
         assert seen and all(h.has("b")(s) for s in seen)
         await again.goodbye()
         await watcher.close()
+
+
+async def test_health_changes_reach_edges_at_once_and_load_only_changes_are_paced() -> None:
+    """With a long snapshot load interval, a load-only change is held back from subscribers
+    (the view has it) while a health change is pushed at once, carrying the newest load."""
+    cfg = h.config(snapshot_load_interval_seconds=3600.0, load_write_interval_seconds=0.0)
+    async with h.running(cfg) as address:
+        watcher = h.SnapshotWatcher(address)
+        agent = h.AgentClient(address)
+        await agent.connect(h.register("b", first_status=h.status(running=0)))
+        await watcher.until(h.has("b"))
+        await agent.report(h.status(running=7))
+        async with h.admin(address) as admin:
+
+            async def view_has_load() -> bool:
+                got = await admin.GetSnapshot(admin_pb2.GetSnapshotRequest())
+                return any(b.status.load.running == 7 for b in got.snapshot.backends)
+
+            await eventually(view_has_load)
+            # Any routing write (an alias) is pushed at once, with everything before it.
+            await _barrier(address)
+        await watcher.until(lambda s: any(a.name == "barrier" for a in s.aliases))
+        await agent.report(h.status(running=8))
+        await agent.report(h.status(running=8, health=types_pb2.HEALTH_STATE_UNHEALTHY))
+        down = await watcher.until(
+            lambda s: (
+                bool(s.backends) and s.backends[0].status.health != types_pb2.HEALTH_STATE_HEALTHY
+            )
+        )
+        assert down.backends[0].status.load.running == 8
+        # No snapshot ever carried a load-only change on its own.
+        for snapshot in watcher.snapshots:
+            if (
+                snapshot.backends
+                and snapshot.backends[0].status.health == types_pb2.HEALTH_STATE_HEALTHY
+            ):
+                assert snapshot.backends[0].status.load.running in (0, 7)
+                if snapshot.backends[0].status.load.running == 7:
+                    assert any(a.name == "barrier" for a in snapshot.aliases)
+        await agent.close()
+        await watcher.close()

@@ -427,3 +427,54 @@ async def test_a_session_whose_lease_vanishes_is_ended_at_once(etcd: EtcdCluster
         await watcher.until(h.has("b"))
         await again.close()
         await watcher.close()
+
+
+async def test_the_real_agent_registers_again_when_its_lease_is_revoked(
+    etcd: EtcdCluster,
+) -> None:
+    """Session lease revoked under a live agent stream: the replica ends the stream, the agent
+    registers afresh, and its backend is back in snapshots under a new session."""
+    import agent
+    from corral.config import AgentConfig
+    from tests.fakes import FakeServer
+
+    fake = FakeServer(kind="vllm", models=[h.MODEL], name="vllm-a")
+    await fake.start()
+    # A TTL far longer than the test: only the revoke can end the session.
+    cfg = h.etcd_config(etcd.endpoints, lease_ttl_seconds=30.0)
+    async with h.running(cfg) as address, h.admin(address) as admin:
+        watcher = h.SnapshotWatcher(address)
+        agent_config = AgentConfig(
+            controlplane=(address,),
+            backend=fake.url,
+            name="b",
+            probe_interval_seconds=0.2,
+            probe_timeout_seconds=1.0,
+            shutdown_grace_seconds=2.0,
+        )
+        ready = asyncio.Event()
+        task = asyncio.create_task(agent.serve(agent_config, ready=ready))
+
+        async def session() -> str | None:
+            listed = await admin.ListAgents(admin_pb2.ListAgentsRequest())
+            return next((a.session_id for a in listed.agents if a.backend_name == "b"), None)
+
+        try:
+            await watcher.until(h.has("b"))
+            first = await eventually(session)
+            await asyncio.to_thread(etcd.etcdctl, "lease", "revoke", first)
+
+            async def replaced() -> str | None:
+                current = await session()
+                return current if current not in (None, first) else None
+
+            second = await eventually(replaced, within=15)
+            assert int(second, 16) != int(first, 16)
+            await watcher.until(h.has("b"))
+            backend = (await admin.GetBackend(admin_pb2.GetBackendRequest(name="b"))).backend
+            assert backend.spec.url == fake.url
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await watcher.close()
+            await fake.stop()

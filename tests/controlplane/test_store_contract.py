@@ -386,3 +386,17 @@ async def test_last_event_revision_sees_deletes_and_ignores_other_prefixes(
     await harness.compact(outside)
     with pytest.raises(CompactedError):
         await store.last_event_revision(b"/e/", first, later)
+
+
+async def test_a_refresh_that_finds_the_lease_gone_is_reported(store: Store) -> None:
+    """refresh_lease on a revoked lease calls the lost-lease listener with its id."""
+    lost: asyncio.Queue[int] = asyncio.Queue()
+    store.set_lease_lost_listener(lost.put_nowait)
+    alive = await store.grant_lease(30, keep=False)
+    gone = await store.grant_lease(30, keep=False)
+    await store.revoke_lease(gone)
+    store.refresh_lease(alive)
+    store.refresh_lease(gone)
+    assert await asyncio.wait_for(lost.get(), 10) == gone
+    assert await store.check_lease(alive) >= 1
+    assert lost.empty()

@@ -200,6 +200,52 @@ async def test_keeper_drops_a_lease_revoked_elsewhere(etcd: EtcdCluster) -> None
         assert mine.lease_keeper.streams_opened == 1
 
 
+async def test_a_refresh_of_a_lease_revoked_elsewhere_is_reported(etcd: EtcdCluster) -> None:
+    """A one-shot refresh answered TTL 0 (revoked by another replica) reaches the listener."""
+    async with EtcdStore(etcd.endpoints) as mine, EtcdStore(etcd.endpoints) as other:
+        lost: asyncio.Queue[int] = asyncio.Queue()
+        mine.set_lease_lost_listener(lost.put_nowait)
+        lease = await mine.grant_lease(30, keep=False)
+        await other.revoke_lease(lease)
+        mine.refresh_lease(lease)
+        assert await asyncio.wait_for(lost.get(), 10) == lease
+        assert mine.lease_keeper.lost == 1
+
+
+async def test_one_shot_refreshes_move_off_a_frozen_member(etcd3: EtcdCluster) -> None:
+    """Refreshes left unanswered by a frozen member reopen the keepalive stream elsewhere,
+    within the stall limit, so a session lease refreshed by its agent's messages survives."""
+    async with EtcdStore(leader_first(etcd3), stall_timeout=0.5) as store:
+        session = await store.grant_lease(2, keep=False)
+        start = await store.put(b"/s/session", b"1", lease=session)
+        store.refresh_lease(session)
+        await eventually(lambda: store.lease_keeper.refreshes >= 1)
+        frozen = member_for(etcd3, store)
+        opened = store.lease_keeper.streams_opened
+        frozen.pause()
+        try:
+
+            async def speak() -> None:
+                while True:
+                    store.refresh_lease(session)
+                    await asyncio.sleep(0.3)  # an agent's pace, not synchronisation
+
+            agent = asyncio.create_task(speak())
+            try:
+                await eventually(lambda: store.lease_keeper.streams_opened > opened, within=10)
+                answered = store.lease_keeper.refreshes
+                await eventually(lambda: store.lease_keeper.refreshes > answered + 3, within=10)
+                # Alive well past its 2 s TTL from before the freeze.
+                assert await store.check_lease(session) >= 1
+                async with watching(store, b"/s/", start + 1) as watcher:
+                    assert not deleted(b"/s/session")(watcher.events)
+            finally:
+                agent.cancel()
+                await asyncio.gather(agent, return_exceptions=True)
+        finally:
+            frozen.resume()
+
+
 async def test_frozen_member_is_left_behind(etcd3: EtcdCluster) -> None:
     """A member that freezes (SIGSTOP: connections open, no answers) is abandoned by calls,
     the watch and the keepalive stream; the kept lease survives and no event is lost."""

@@ -252,3 +252,61 @@ async def test_removed_backends_are_reported_from_events_and_listings() -> None:
     assert removed == ["a"]
     view.apply_listing(9, [], "c")  # b went while the view was re-listing
     assert removed == ["a", "b"]
+
+
+def _status_value(health: int, running: int) -> bytes:
+    return types_pb2.BackendStatus(
+        health=health,  # type: ignore[arg-type]  # the enum's int value
+        models=[types_pb2.ModelInfo(id="m", loaded=True)],
+        load=types_pb2.BackendLoad(running=running),
+    ).SerializeToString()
+
+
+async def test_load_only_changes_are_paced_and_routing_changes_are_not() -> None:
+    """A load-only change waits for the load interval; a health change is published at once."""
+    view = RoutingView(MemoryStore(), LAYOUT, load_publish_interval=3600.0)
+    healthy = types_pb2.HEALTH_STATE_HEALTHY
+    spec = KeyValue(LAYOUT.spec("a"), _spec_value("a"), 2, 2)
+    status = KeyValue(LAYOUT.status("a"), _status_value(healthy, 0), 2, 2)
+    view.apply_listing(2, [spec, status], "c")
+    first = view.version_event()
+    await first.wait()  # the listing is published at once
+    assert view.published().version == 2
+
+    loaded = view.version_event()
+    load = KeyValue(LAYOUT.status("a"), _status_value(healthy, 5), 3, 3)
+    view.apply_batch(WatchBatch([WatchEvent(EventType.PUT, load)], 3))
+    assert view.version == 3  # the version moves at once ...
+    assert view.current().snapshot.backends[0].status.load.running == 5
+    await asyncio.sleep(0)  # (a publish due now would run here)
+    assert not loaded.is_set()  # ... but subscribers are not woken for load alone
+    assert view.published().version == 2
+
+    down = KeyValue(LAYOUT.status("a"), _status_value(types_pb2.HEALTH_STATE_UNHEALTHY, 5), 4, 4)
+    view.apply_batch(WatchBatch([WatchEvent(EventType.PUT, down)], 4))
+    await loaded.wait()  # the health change does not wait for the load interval
+    published = view.published()
+    assert published.version == 4
+    [backend] = published.snapshot.backends
+    assert (backend.status.health, backend.status.load.running) == (
+        types_pb2.HEALTH_STATE_UNHEALTHY,
+        5,
+    )
+
+
+async def test_paced_load_changes_are_published_once_the_interval_is_up() -> None:
+    """Load-only changes are not lost: the newest is published when the interval is up."""
+    view = RoutingView(MemoryStore(), LAYOUT, load_publish_interval=0.2)
+    healthy = types_pb2.HEALTH_STATE_HEALTHY
+    spec = KeyValue(LAYOUT.spec("a"), _spec_value("a"), 2, 2)
+    view.apply_listing(
+        2, [spec, KeyValue(LAYOUT.status("a"), _status_value(healthy, 0), 2, 2)], "c"
+    )
+    await view.version_event().wait()
+    assert view.published().version == 2
+    for revision, running in ((3, 1), (4, 2), (5, 3)):
+        kv = KeyValue(LAYOUT.status("a"), _status_value(healthy, running), revision, revision)
+        view.apply_batch(WatchBatch([WatchEvent(EventType.PUT, kv)], revision))
+    assert view.published().version == 2
+    await eventually(lambda: view.published().version == 5)
+    assert view.published().snapshot.backends[0].status.load.running == 3
