@@ -523,7 +523,8 @@ Command: `./dev bench controlplane --agents {args.agents} --subscribers {args.su
 Machine: {info["machine"]}. Load: {info["load"]}.
 
 Setup: the control plane (`corral controlplane --store etcd`, defaults: lease TTL 10 s,
-heartbeat 3 s, load written at most every 2 s per backend) and one etcd 3.5 member on CPU 0
+heartbeat 3 s, load written at most every 2 s per backend, snapshots whose only change is
+load pushed at most every 1 s) and one etcd 3.5 member on CPU 0
 (CPU is measured per process); the load generators on CPU 1. {args.agents} simulated agents (gRPC
 AgentService/Connect streams over 20 channels from one process), each a backend with
 {MODELS} models, reporting every heartbeat with a changed load in 30% of reports;

@@ -8,7 +8,11 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from controlplane.errors import ControlPlaneError
+from controlplane.agents import AgentHub, SessionSettings
+from controlplane.errors import ControlPlaneError, SessionLostError
+from controlplane.keys import KeyLayout
+from controlplane.metrics import Metrics
+from controlplane.store.memory import MemoryStore
 from corral.v1 import admin_pb2, agent_pb2, types_pb2
 from tests.controlplane import harness as h
 from tests.support.net import eventually
@@ -419,3 +423,30 @@ async def test_health_changes_reach_edges_at_once_and_load_only_changes_are_pace
                     assert any(a.name == "barrier" for a in snapshot.aliases)
         await agent.close()
         await watcher.close()
+
+
+async def test_a_refresh_that_finds_the_session_lease_gone_ends_the_session() -> None:
+    """The refresh path alone (no routing view): an agent message whose lease refresh finds
+    the lease gone stops that session with SessionLostError (ABORTED), and no other."""
+    store = MemoryStore()
+    hub = AgentHub(
+        store,
+        KeyLayout.from_prefix("/corral/"),
+        SessionSettings(
+            replica_id="r", lease_ttl=30, heartbeat_interval=1.0, load_write_interval=0.0
+        ),
+        Metrics(),
+    )
+    store.set_lease_lost_listener(hub.on_lease_lost)
+    doomed, other = hub.session("peer-a"), hub.session("peer-b")
+    await doomed.register(h.register("a"))
+    await other.register(h.register("b"))
+    await store.revoke_lease(doomed.lease)
+    doomed.touch()  # the agent's next message
+    other.touch()
+    await asyncio.wait_for(doomed.stopped.wait(), 10)
+    assert isinstance(doomed.stop_error, SessionLostError)
+    assert doomed.stop_error.code == grpc.StatusCode.ABORTED
+    assert "register again" in str(doomed.stop_error)
+    assert not other.stopped.is_set()
+    await store.close()
