@@ -10,12 +10,11 @@ and sticky with bounded load (eps = 0.25), each behind 1 and 3 edges.
 Two parts:
 - **simulation**: a discrete-event run of the same cache and cost model, routing through the
   edge's own code (``edge.balancer.Balancer`` with ``edge.routing.chat_key``; one Balancer per
-  edge, snapshots with the backends' reported load every second as agents would send them).
-  Round-robin is a counter per edge (the edge has no such mode).
-- **real**: HTTP through real processes: Corral edges (``corral edge``, fed by
-  bench/snapshot_server.py polling the backends' vLLM-style /metrics) for the sticky modes,
-  and nginx (round robin, ``least_conn``) as the baselines for the others, because the edge
-  has no knob to turn sticky routing off.
+  edge, snapshots with the backends' reported load every second as agents would send them),
+  each policy being the edge's own ``balancing`` mode (round-robin, least-connections,
+  sticky with eps 1e9 or 0.25).
+- **real**: HTTP through real processes: Corral edges (``corral edge --balancing MODE``, fed by
+  bench/snapshot_server.py polling the backends' vLLM-style /metrics) for every policy.
 """
 
 from __future__ import annotations
@@ -44,6 +43,8 @@ from bench.kvcache import (
 
 MODEL = "bench-model"
 POLICIES = ("round-robin", "least-connections", "sticky", "sticky-bounded")
+# The edge's `balancing` mode behind each policy (the sticky ones differ by epsilon).
+MODES = {"round-robin": "round-robin", "least-connections": "least-connections"}
 EPS = {"sticky": 1e9, "sticky-bounded": 0.25, "sticky eps=0.5": 0.5, "sticky eps=1.0": 1.0}
 # Simulation only: how the bound's factor trades cache hits against balance.
 EPS_SWEEP = ("sticky eps=0.5", "sticky eps=1.0")
@@ -168,13 +169,15 @@ def simulate(
     by_name = {b.name: b for b in sims}
     eps = EPS.get(policy, 0.25)
     balancers = [
-        Balancer(EdgeConfig(bounded_load_epsilon=eps), rng=random.Random(seed * 31 + e))
+        Balancer(
+            EdgeConfig(bounded_load_epsilon=eps, balancing=MODES.get(policy, "sticky")),
+            rng=random.Random(seed * 31 + e),
+        )
         for e in range(edges)
     ]
     version = 1
     for bal in balancers:
         bal.apply(_snapshot(sims, version))
-    rr = list(range(edges))  # a round-robin counter per edge
     stats = RunStats(policy, edges)
     ideal = IdealCache()
     convs = workload.all()
@@ -215,18 +218,13 @@ def simulate(
             hashes = block_hashes(tokens)
             e = rng.randrange(edges)
             bal = balancers[e]
-            state = None
-            if policy == "round-robin":
-                rr[e] = (rr[e] + 1) % backends
-                name = sims[rr[e]].name
-            else:
-                route = bal.route_for(MODEL)
-                key = chat_key(MODEL, messages) if policy.startswith("sticky") else None
-                found = bal.pick(route, key, set())
-                assert found is not None and not isinstance(found, Full)
-                state = found[0]
-                bal.acquire(state)
-                name = state.name
+            route = bal.route_for(MODEL)
+            # The balancing mode decides whether the key matters, as in the edge's handler.
+            found = bal.pick(route, chat_key(MODEL, messages), set())
+            assert found is not None and not isinstance(found, Full)
+            state = found[0]
+            bal.acquire(state)
+            name = state.name
             req = {
                 "conv": conv,
                 "turn": turn,
@@ -335,7 +333,6 @@ async def _drive(
 
 
 def real_run(policy: str, edges: int, workload: Workload, cost: CostModel, seed: int) -> RunStats:
-    from bench import nginx
     from bench.common import (
         LOAD_CPU,
         PROXY_CPU,
@@ -360,43 +357,27 @@ def real_run(policy: str, edges: int, workload: Workload, cost: CostModel, seed:
         for p in ports:
             wait_http(f"http://127.0.0.1:{p}/health", backend)
         urls: list[str] = []
-        if policy in ("round-robin", "least-connections"):
-            balance = "least_conn;" if policy == "least-connections" else ""
-            for e in range(edges):
-                port = free_port()
-                proc = nginx.start(
-                    procs,
-                    f"nginx{e}",
-                    lambda d, port=port: nginx.proxy_conf(  # type: ignore[misc]
-                        d, port, [f"127.0.0.1:{p}" for p in ports], balance=balance
-                    ),
-                    PROXY_CPU,
-                    None,
-                )
-                wait_http(f"http://127.0.0.1:{port}/health", proc)
-                urls.append(f"http://127.0.0.1:{port}/v1/chat/completions")
-        else:
-            sport = free_port()
-            procs.start(
-                "snapshots",
-                [PYTHON, "-m", "bench.snapshot_server", "--listen", f"127.0.0.1:{sport}",
-                 "--model", MODEL, "--poll-metrics", "1.0"]
-                + [a for i, p in enumerate(ports)
-                   for a in ("--backend", f"kv{i}=http://127.0.0.1:{p}")],
-                cpus=LOAD_CPU,
+        sport = free_port()
+        procs.start(
+            "snapshots",
+            [PYTHON, "-m", "bench.snapshot_server", "--listen", f"127.0.0.1:{sport}",
+             "--model", MODEL, "--poll-metrics", "1.0"]
+            + [a for i, p in enumerate(ports)
+               for a in ("--backend", f"kv{i}=http://127.0.0.1:{p}")],
+            cpus=LOAD_CPU,
+        )  # fmt: skip
+        for e in range(edges):
+            port = free_port()
+            proc = procs.start(
+                f"edge{e}",
+                [PYTHON, "-m", "corral.cli", "edge", "--listen", f"127.0.0.1:{port}",
+                 "--controlplane", f"127.0.0.1:{sport}", "--edge-id", f"bench-edge-{e}",
+                 "--balancing", MODES.get(policy, "sticky"), "--log-level", "WARNING"],
+                cpus=PROXY_CPU,
+                env={"CORRAL_EDGE_BOUNDED_LOAD_EPSILON": str(EPS.get(policy, 0.25))},
             )  # fmt: skip
-            for e in range(edges):
-                port = free_port()
-                proc = procs.start(
-                    f"edge{e}",
-                    [PYTHON, "-m", "corral.cli", "edge", "--listen", f"127.0.0.1:{port}",
-                     "--controlplane", f"127.0.0.1:{sport}", "--edge-id", f"bench-edge-{e}",
-                     "--log-level", "WARNING"],
-                    cpus=PROXY_CPU,
-                    env={"CORRAL_EDGE_BOUNDED_LOAD_EPSILON": str(EPS[policy])},
-                )  # fmt: skip
-                wait_http(f"http://127.0.0.1:{port}/readyz", proc, timeout=60)
-                urls.append(f"http://127.0.0.1:{port}/v1/chat/completions")
+            wait_http(f"http://127.0.0.1:{port}/readyz", proc, timeout=60)
+            urls.append(f"http://127.0.0.1:{port}/v1/chat/completions")
         t0 = time.monotonic()
         asyncio.run(_drive(urls, workload, stats, seed, start_spread=1.0))
         stats.wall_seconds = time.monotonic() - t0
@@ -536,9 +517,8 @@ def main(argv: list[str]) -> int:
     real_cost = sized_cost(real_w, base)
     real_runs: list[RunStats] = []
     if not args.skip_real:
-        from bench.common import LOAD_CPU, edge_available, ensure_tools
+        from bench.common import LOAD_CPU, edge_available
 
-        ensure_tools("nginx")
         pin_self(LOAD_CPU)
         with contextlib.suppress(ImportError):
             import uvloop
@@ -546,14 +526,13 @@ def main(argv: list[str]) -> int:
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         for edges in (1, 3):
             for policy in POLICIES:
-                if policy.startswith("sticky") and not edge_available():
+                if not edge_available():
                     continue
                 s = real_run(policy, edges, real_w, real_cost, seed=args.seed)
                 real_runs.append(s)
                 print(f"  real {policy:18} edges={edges}: " + " | ".join(_row(s)[2:]), flush=True)
         sections.append(
-            "### Real processes over HTTP (Corral edges for the sticky modes; nginx round robin "
-            "and least_conn as the other policies)\n\n"
+            "### Real processes over HTTP (Corral edges, `--balancing` per policy)\n\n"
             f"{_describe(real_w, real_cost)} Requests stream; TTFT is measured by the client "
             "(first SSE chunk), so it includes the proxy, the queue and the prefill.\n\n"
             f"{md_table(HEADERS, [_row(s) for s in real_runs])}\n\n"

@@ -5,16 +5,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import multiprocessing
 import os
 import signal
 import threading
 import time
-from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from corral.config import EdgeConfig
 from corral.runtime import configure_logging, run_until_signal
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
 
 log = logging.getLogger("corral.edge")
 
@@ -56,6 +58,8 @@ def _worker(config: EdgeConfig, index: int, log_level: int) -> None:
 def _supervise(config: EdgeConfig) -> int:
     """Start `workers` processes sharing the port (SO_REUSEPORT); restart any that dies;
     forward SIGTERM and wait for them within the grace period."""
+    import multiprocessing  # only a supervisor needs it
+
     ctx = multiprocessing.get_context("spawn")
     stopping = threading.Event()
     level = logging.getLogger().getEffectiveLevel()

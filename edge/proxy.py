@@ -20,7 +20,7 @@ from typing import Any, Final
 import aiohttp
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from corral.config import EdgeConfig
 from edge.balancer import RETRY, Balancer, Full
@@ -35,7 +35,10 @@ log = logging.getLogger("corral.edge.proxy")
 
 BACKEND_HEADER: Final = "X-Corral-Backend"
 ROUTE_HEADER: Final = "X-Corral-Route"
-_UPSTREAM_HEADERS: Final = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+# A (read-only) multidict already, so aiohttp does not convert it on every request.
+_UPSTREAM_HEADERS: Final = CIMultiDictProxy(
+    CIMultiDict({"Content-Type": "application/json", "Accept-Encoding": "identity"})
+)
 _UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError)
 # Tried elsewhere but not held against the backend: overloaded (429), or it no longer has
 # the model or endpoint the snapshot says it has (404, a stale snapshot).
