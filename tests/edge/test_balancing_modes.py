@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from corral.cli import build_parser, config_from_args
 from corral.config import ConfigError, EdgeConfig, build
 from edge.balancer import Balancer
 from edge.proxy import ModelRenamer
@@ -108,6 +109,8 @@ def test_balancing_choices_are_checked() -> None:
         assert build(EdgeConfig, "edge", flags={"balancing": mode}).balancing == mode
     with pytest.raises(ConfigError):
         build(EdgeConfig, "edge", flags={"balancing": "random"})
+    args = build_parser().parse_args(["edge", "--balancing", "least-connections"])
+    assert config_from_args(args, {}).edge.balancing == "least-connections"
 
 
 ALIAS = {"friendly": ["upstream/name-7b"]}
