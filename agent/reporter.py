@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 import grpc.aio
 
-from agent.backoff import Backoff
 from agent.errors import (
     AgentConfigError,
     ControlPlaneError,
@@ -29,6 +28,7 @@ from agent.errors import (
     ControlPlaneUnavailableError,
 )
 from agent.metrics import AgentMetrics
+from corral.backoff import Backoff
 from corral.config import AgentConfig
 from corral.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 

@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 import aiohttp
 from google.protobuf import json_format
 
-from agent.backoff import jittered
 from agent.detect import Detection, detect
 from agent.errors import AgentConfigError
 from agent.health import HealthTracker
@@ -32,6 +31,7 @@ from agent.reporter import Reporter
 from agent.servers import PROBES, ServerProbe
 from agent.web import start_web
 from corral import __version__
+from corral.backoff import jittered
 from corral.config import AgentConfig
 from corral.v1 import types_pb2
 

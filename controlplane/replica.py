@@ -12,12 +12,12 @@ import logging
 from dataclasses import dataclass
 
 from controlplane.agents import AgentHub
-from controlplane.backoff import Backoff
 from controlplane.errors import NotSyncedError, ShuttingDownError
 from controlplane.keys import KeyLayout
 from controlplane.metrics import Metrics
 from controlplane.state import RoutingView
 from controlplane.store.base import LeaseNotFoundError, Store, StoreError
+from corral.backoff import Backoff
 from corral.v1 import admin_pb2
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class EdgeBook:
 
     async def run(self) -> None:
         """Write queued records until cancelled."""
-        backoff = Backoff(cap=5.0)
+        backoff = Backoff(base=0.1, cap=5.0)
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -60,7 +60,7 @@ class EdgeBook:
                 await self._flush()
                 backoff.reset()
             except StoreError as exc:
-                delay = backoff.next_delay()
+                delay = backoff.next()
                 log.warning("could not record edge presence (%s); retry in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 self._wake.set()

@@ -35,7 +35,6 @@ from controlplane.agents import (
     lease_ttl,
 )
 from controlplane.auth import TokenAuthInterceptor
-from controlplane.backoff import Backoff
 from controlplane.decoding import DecodeGuardInterceptor
 from controlplane.errors import ControlPlaneError, ShuttingDownError
 from controlplane.keys import KeyLayout
@@ -44,6 +43,7 @@ from controlplane.replica import EdgeBook, Parts, Replica
 from controlplane.routing_service import RoutingService
 from controlplane.state import RoutingView
 from controlplane.store.base import Store, StoreError, StoreUnavailableError
+from corral.backoff import Backoff
 from corral.config import ControlPlaneConfig, ModelAliasConfig
 from corral.v1 import types_pb2
 
@@ -166,7 +166,7 @@ def _make_store(config: ControlPlaneConfig) -> Store:
 
 async def _open_store(config: ControlPlaneConfig) -> Store:
     """The started store; waits (with backoff) while no endpoint answers."""
-    backoff = Backoff(cap=5.0)
+    backoff = Backoff(base=0.1, cap=5.0)
     while True:
         store = _make_store(config)
         try:
@@ -174,7 +174,7 @@ async def _open_store(config: ControlPlaneConfig) -> Store:
         except StoreUnavailableError as exc:
             with contextlib.suppress(StoreError):
                 await store.close()
-            delay = backoff.next_delay()
+            delay = backoff.next()
             log.warning("store not reachable (%s); retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)
             continue
@@ -191,7 +191,7 @@ async def seed_aliases(
     Idempotent: an alias already as configured is not rewritten, so restarting a replica
     does not change the snapshot version. Aliases set only through AdminService stay.
     """
-    backoff = Backoff(cap=5.0)
+    backoff = Backoff(base=0.1, cap=5.0)
     for alias in aliases:
         message = types_pb2.ModelAlias(name=alias.name, targets=list(alias.targets))
         value = message.SerializeToString()
@@ -203,7 +203,7 @@ async def seed_aliases(
                     log.info("alias %s -> %s (from configuration)", alias.name, alias.targets)
                 break
             except StoreUnavailableError as exc:
-                delay = backoff.next_delay()
+                delay = backoff.next()
                 log.warning("store unavailable seeding aliases (%s); retry in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
 

@@ -44,7 +44,6 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from controlplane.backoff import Backoff
 from controlplane.keys import DrainFlag, KeyLayout, RoutingKind
 from controlplane.store.base import (
     CompactedError,
@@ -55,6 +54,7 @@ from controlplane.store.base import (
     StoreError,
     WatchBatch,
 )
+from corral.backoff import Backoff
 from corral.v1 import routing_pb2, types_pb2
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class RoutingView:
 
     async def _follow(self) -> None:
         """List then watch, forever; re-list on compaction, retry while the store is down."""
-        backoff = Backoff()
+        backoff = Backoff(base=0.1, cap=2.0)
         while True:
             try:
                 revision, kvs = await self._store.get_prefix(self._layout.routing)
@@ -181,7 +181,7 @@ class RoutingView:
                 # Unavailable, or something odd the store could not classify: either way,
                 # keep serving the last view and try again rather than end the replica.
                 await self._set_watching(False)
-                delay = backoff.next_delay()
+                delay = backoff.next()
                 log.warning("routing watch failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
 

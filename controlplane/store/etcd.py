@@ -32,7 +32,6 @@ from controlplane.store.base import (
 from controlplane.store.etcd_conn import (
     REQUIRE_LEADER,
     RETRYABLE_CODES,
-    Backoff,
     Endpoint,
     EndpointPool,
     Stubs,
@@ -40,6 +39,7 @@ from controlplane.store.etcd_conn import (
     translate,
 )
 from controlplane.store.etcd_lease import LeaseKeeper
+from corral.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -285,14 +285,15 @@ class EtcdStore(Store):
     async def watch_prefix(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
         create = rpc.WatchCreateRequest(key=prefix or b"\0", range_end=prefix_end(prefix))
         next_revision = start_revision
-        backoff = Backoff()
+        # The first retry at once: most breaks are one member going away.
+        backoff = Backoff(first=0.05, cap=5.0)
         while True:
             index = self._pool.current
             url = self._pool.endpoints[index].url
             stubs = await self._pool.ready(index, self._connect_timeout)
             if stubs is None:
                 self._pool.rotate(index)
-                await asyncio.sleep(backoff.next_delay())
+                await asyncio.sleep(backoff.next())
                 continue
             create.start_revision = next_revision
             call = stubs.watch.Watch(metadata=REQUIRE_LEADER)
@@ -355,7 +356,7 @@ class EtcdStore(Store):
                 raise StoreClosedError("etcd store closed")
             log.info("resuming the watch on %s at revision %d", prefix, next_revision)
             self._pool.rotate(index)
-            await asyncio.sleep(backoff.next_delay())
+            await asyncio.sleep(backoff.next())
 
     async def last_event_revision(self, prefix: bytes, start_revision: int, revision: int) -> int:
         # A watch from start_revision over the prefix and the one key just past it (the

@@ -8,7 +8,6 @@ gRPC errors are translated into StoreError subclasses here and nowhere else.
 from __future__ import annotations
 
 import asyncio
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,26 +65,6 @@ def prefix_end(prefix: bytes) -> bytes:
         end.pop()
     # Empty prefix (or all 0xff): "\0" as range_end means every key >= key.
     return b"\0"
-
-
-class Backoff:
-    """Reconnect delays: the first retry at once, then 1 s x 1.6 per try, capped, +-20 %."""
-
-    def __init__(self, *, first: float = 0.05, base: float = 1.0, cap: float = 5.0) -> None:
-        self._first = first
-        self._base = base
-        self._cap = cap
-        self._tries = 0
-
-    def reset(self) -> None:
-        self._tries = 0
-
-    def next_delay(self) -> float:
-        self._tries += 1
-        if self._tries == 1:
-            return self._first
-        delay = min(self._cap, self._base * 1.6 ** (self._tries - 2))
-        return delay * random.uniform(0.8, 1.2)  # jitter, not cryptography
 
 
 async def cancel_and_wait(task: asyncio.Task[object]) -> None:

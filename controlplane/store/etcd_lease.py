@@ -29,7 +29,8 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
-from controlplane.store.etcd_conn import REQUIRE_LEADER, Backoff, EndpointPool, cancel_and_wait
+from controlplane.store.etcd_conn import REQUIRE_LEADER, EndpointPool, cancel_and_wait
+from corral.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ class LeaseKeeper:
         self._oneshot_sent.pop(lease_id, None)
 
     async def _run(self) -> None:
-        backoff = Backoff()
+        # The first retry at once: most breaks are one member going away.
+        backoff = Backoff(first=0.05, cap=5.0)
         while True:
             while not self._leases and not self._oneshot:
                 self._changed.clear()
@@ -128,7 +130,7 @@ class LeaseKeeper:
             stubs = await self._pool.ready(index, self._connect_timeout)
             if stubs is None:
                 self._pool.rotate(index)
-                await asyncio.sleep(backoff.next_delay())
+                await asyncio.sleep(backoff.next())
                 continue
             call = stubs.lease.LeaseKeepAlive(metadata=REQUIRE_LEADER)
             self.streams_opened += 1
@@ -159,7 +161,7 @@ class LeaseKeeper:
                 reason = task.result()  # a bug in our code surfaces here
                 log.warning("etcd keepalive stream on %s: %s; reconnecting", url, reason)
             self._pool.rotate(index)
-            await asyncio.sleep(backoff.next_delay())
+            await asyncio.sleep(backoff.next())
 
     async def _receive(self, call: grpc.aio.StreamStreamCall[Any, Any], backoff: Backoff) -> str:
         """Apply answers until the stream ends; say why it did."""

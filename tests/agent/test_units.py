@@ -7,7 +7,6 @@ import random
 import pytest
 
 from agent import promtext
-from agent.backoff import Backoff, jittered
 from agent.errors import AgentConfigError
 from agent.health import HealthTracker
 from agent.servers import (
@@ -18,6 +17,7 @@ from agent.servers import (
     parse_openai_models,
 )
 from agent.service import default_name, resolve
+from corral.backoff import Backoff, jittered
 from corral.config import AgentConfig
 from corral.v1 import types_pb2
 
