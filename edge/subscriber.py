@@ -11,16 +11,12 @@ from pathlib import Path
 import grpc
 from grpc import aio
 
+from corral.backoff import Backoff
 from corral.config import EdgeConfig
 from corral.v1 import routing_pb2, routing_pb2_grpc, types_pb2
 from edge.errors import EdgeError
 
 log = logging.getLogger("corral.edge.subscriber")
-
-BACKOFF_BASE = 1.0
-BACKOFF_FACTOR = 1.6
-BACKOFF_JITTER = 0.2
-BACKOFF_CAP = 10.0
 
 _CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 20_000),
@@ -31,19 +27,6 @@ _CHANNEL_OPTIONS = (
     # We rotate between addresses ourselves.
     ("grpc.enable_retries", 0),
 )
-
-
-def backoff_delays(rng: random.Random) -> Callable[[], float]:
-    """1 s, x1.6 each time, +-20 % jitter, capped; reset by creating a new one."""
-    delay = BACKOFF_BASE
-
-    def next_delay() -> float:
-        nonlocal delay
-        value = delay * (1 + rng.uniform(-BACKOFF_JITTER, BACKOFF_JITTER))
-        delay = min(delay * BACKOFF_FACTOR, BACKOFF_CAP)
-        return value
-
-    return next_delay
 
 
 class SnapshotSubscriber:
@@ -77,7 +60,8 @@ class SnapshotSubscriber:
             log.warning("no control-plane address configured; serving the persisted snapshot only")
             return
         index = self._rng.randrange(len(addresses))
-        next_delay = backoff_delays(self._rng)
+        # 1 s, x1.6 each time, +-20 % jitter, capped (gRPC's reconnect rules).
+        backoff = Backoff(rng=self._rng)
         while True:
             address = addresses[index % len(addresses)]
             received = await self._follow(address)
@@ -85,9 +69,9 @@ class SnapshotSubscriber:
             if received:
                 # The stream worked (it may have ended for max connection age): reconnect at
                 # once, to the next address; failures from there on back off.
-                next_delay = backoff_delays(self._rng)
+                backoff.reset()
                 continue
-            await asyncio.sleep(next_delay())
+            await asyncio.sleep(backoff.next())
 
     async def _follow(self, address: str) -> bool:
         """Stream from one address until it fails; True when it delivered anything."""
