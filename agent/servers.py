@@ -172,6 +172,27 @@ class ServerProbe(abc.ABC):
 
     # Helpers for subclasses.
 
+    def metrics_load(
+        self, judge: _Judge, resp: ProbeResponse, running: str, waiting: str, *kv_cache: str
+    ) -> types_pb2.BackendLoad | None:
+        """Load from the server's Prometheus page: running, waiting and KV-cache series
+        (KV-cache names newest spelling first). Unreadable pages degrade, never fail."""
+        judge.slow(resp)
+        if not resp.ok:
+            judge.add(DEGRADED, resp.describe())
+            return None
+        try:
+            samples = promtext.read_samples(resp.text(), (running, waiting, *kv_cache))
+        except ParseError as exc:
+            self.client.parse_failed(resp.path)
+            judge.add(DEGRADED, f"{resp.method} {resp.path}: {exc}")
+            return None
+        return _load(
+            promtext.total(samples, running),
+            promtext.total(samples, waiting),
+            promtext.highest(samples, *kv_cache) if kv_cache else None,
+        )
+
     def health(self, judge: _Judge, resp: ProbeResponse) -> bool:
         """Judge the server's main health answer; True when it is fine."""
         judge.slow(resp)
@@ -376,12 +397,6 @@ class VllmProbe(ServerProbe):
     kind = "vllm"
     backend_type = types_pb2.BACKEND_TYPE_VLLM
     static_capabilities = (types_pb2.CAPABILITY_COMPLETIONS,)
-    METRICS = (
-        "vllm:num_requests_running",
-        "vllm:num_requests_waiting",
-        "vllm:kv_cache_usage_perc",
-        "vllm:gpu_cache_usage_perc",
-    )
 
     async def info(self) -> None:
         resp = await self.client.get("/version", expected=_NOT_ENABLED)
@@ -400,26 +415,16 @@ class VllmProbe(ServerProbe):
         parsed = self.parsed(judge, models, parse_openai_models)
         if parsed is not None:
             self.models = parsed
-        load = self.parsed_metrics(judge, metrics)
+        load = self.metrics_load(
+            judge,
+            metrics,
+            "vllm:num_requests_running",
+            "vllm:num_requests_waiting",
+            "vllm:kv_cache_usage_perc",
+            "vllm:gpu_cache_usage_perc",  # the older name
+        )
         if load is not None:
             self.load = load
-
-    def parsed_metrics(self, judge: _Judge, resp: ProbeResponse) -> types_pb2.BackendLoad | None:
-        judge.slow(resp)
-        if not resp.ok:
-            judge.add(DEGRADED, resp.describe())
-            return None
-        try:
-            samples = promtext.read_samples(resp.text(), self.METRICS)
-        except ParseError as exc:
-            self.client.parse_failed(resp.path)
-            judge.add(DEGRADED, f"{resp.method} {resp.path}: {exc}")
-            return None
-        return _load(
-            promtext.total(samples, "vllm:num_requests_running"),
-            promtext.total(samples, "vllm:num_requests_waiting"),
-            promtext.highest(samples, "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
-        )
 
 
 # SGLang
@@ -428,7 +433,6 @@ class VllmProbe(ServerProbe):
 class SglangProbe(ServerProbe):
     kind = "sglang"
     backend_type = types_pb2.BACKEND_TYPE_SGLANG
-    METRICS = ("sglang:num_running_reqs", "sglang:num_queue_reqs", "sglang:token_usage")
 
     def __init__(self, client: BackendClient, *, slow_seconds: float) -> None:
         super().__init__(client, slow_seconds=slow_seconds)
@@ -470,21 +474,11 @@ class SglangProbe(ServerProbe):
             self.models = [types_pb2.ModelInfo(id=self.model_path, loaded=True)]
         if metrics is None or not self.note_enabled(metrics):
             return
-        judge.slow(metrics)
-        if not metrics.ok:
-            judge.add(DEGRADED, metrics.describe())
-            return
-        try:
-            samples = promtext.read_samples(metrics.text(), self.METRICS)
-        except ParseError as exc:
-            self.client.parse_failed(metrics.path)
-            judge.add(DEGRADED, f"{metrics.method} {metrics.path}: {exc}")
-            return
-        self.load = _load(
-            promtext.total(samples, "sglang:num_running_reqs"),
-            promtext.total(samples, "sglang:num_queue_reqs"),
-            promtext.highest(samples, "sglang:token_usage"),
+        load = self.metrics_load(
+            judge, metrics, "sglang:num_running_reqs", "sglang:num_queue_reqs", "sglang:token_usage"
         )
+        if load is not None:
+            self.load = load
 
 
 # llama.cpp
@@ -544,11 +538,6 @@ class LlamaCppProbe(ServerProbe):
     kind = "llamacpp"
     backend_type = types_pb2.BACKEND_TYPE_LLAMACPP
     static_capabilities = (types_pb2.CAPABILITY_COMPLETIONS,)
-    METRICS = (
-        "llamacpp:requests_processing",
-        "llamacpp:requests_deferred",
-        "llamacpp:kv_cache_usage_ratio",
-    )
 
     def classify_failure(self, resp: ProbeResponse) -> tuple[HealthState, str]:
         if resp.status == 503:
@@ -586,26 +575,15 @@ class LlamaCppProbe(ServerProbe):
         if load_resp.path == "/slots":
             load = self.parsed(judge, load_resp, parse_llamacpp_slots)
         else:
-            load = self._metrics_load(judge, load_resp)
+            load = self.metrics_load(
+                judge,
+                load_resp,
+                "llamacpp:requests_processing",
+                "llamacpp:requests_deferred",
+                "llamacpp:kv_cache_usage_ratio",
+            )
         if load is not None:
             self.load = load
-
-    def _metrics_load(self, judge: _Judge, resp: ProbeResponse) -> types_pb2.BackendLoad | None:
-        judge.slow(resp)
-        if not resp.ok:
-            judge.add(DEGRADED, resp.describe())
-            return None
-        try:
-            samples = promtext.read_samples(resp.text(), self.METRICS)
-        except ParseError as exc:
-            self.client.parse_failed(resp.path)
-            judge.add(DEGRADED, f"{resp.method} {resp.path}: {exc}")
-            return None
-        return _load(
-            promtext.total(samples, "llamacpp:requests_processing"),
-            promtext.total(samples, "llamacpp:requests_deferred"),
-            promtext.highest(samples, "llamacpp:kv_cache_usage_ratio"),
-        )
 
 
 async def _none() -> None:
