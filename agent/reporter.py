@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
@@ -30,6 +29,7 @@ from agent.errors import (
 from agent.metrics import AgentMetrics
 from corral.backoff import Backoff
 from corral.config import AgentConfig
+from corral.tls import TLSFileError, channel_credentials
 from corral.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 log = logging.getLogger(__name__)
@@ -393,19 +393,11 @@ async def _translate(call: _Call, exc: BaseException | None) -> ControlPlaneErro
 
 
 def _credentials(config: AgentConfig) -> grpc.ChannelCredentials | None:
-    if not (config.controlplane_ca_file or config.controlplane_cert_file):
-        return None
-
-    def read(path: str | None) -> bytes | None:
-        if not path:
-            return None
-        try:
-            return Path(path).read_bytes()
-        except OSError as exc:
-            raise AgentConfigError(f"cannot read {path}: {exc.strerror}") from None
-
-    return grpc.ssl_channel_credentials(
-        root_certificates=read(config.controlplane_ca_file),
-        private_key=read(config.controlplane_key_file),
-        certificate_chain=read(config.controlplane_cert_file),
-    )
+    try:
+        return channel_credentials(
+            ca_file=config.controlplane_ca_file,
+            cert_file=config.controlplane_cert_file,
+            key_file=config.controlplane_key_file,
+        )
+    except TLSFileError as exc:
+        raise AgentConfigError(str(exc)) from None

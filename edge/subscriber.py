@@ -6,13 +6,13 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import grpc
 from grpc import aio
 
 from corral.backoff import Backoff
 from corral.config import EdgeConfig
+from corral.tls import TLSFileError, channel_credentials
 from corral.v1 import routing_pb2, routing_pb2_grpc, types_pb2
 from edge.errors import EdgeError
 
@@ -112,22 +112,11 @@ class SnapshotSubscriber:
 
 
 def _credentials(config: EdgeConfig) -> grpc.ChannelCredentials | None:
-    """TLS when a CA or a client certificate is configured (no CA: the system's roots)."""
-    if not (config.controlplane_ca_file or config.controlplane_cert_file):
-        return None
-    if bool(config.controlplane_cert_file) != bool(config.controlplane_key_file):
-        raise EdgeError("controlplane_cert_file and controlplane_key_file go together")
-
-    def read(path: str | None) -> bytes | None:
-        if not path:
-            return None
-        try:
-            return Path(path).read_bytes()
-        except OSError as exc:
-            raise EdgeError(f"cannot read {path}: {exc.strerror}") from None
-
-    return grpc.ssl_channel_credentials(
-        root_certificates=read(config.controlplane_ca_file),
-        private_key=read(config.controlplane_key_file),
-        certificate_chain=read(config.controlplane_cert_file),
-    )
+    try:
+        return channel_credentials(
+            ca_file=config.controlplane_ca_file,
+            cert_file=config.controlplane_cert_file,
+            key_file=config.controlplane_key_file,
+        )
+    except TLSFileError as exc:
+        raise EdgeError(str(exc)) from None
