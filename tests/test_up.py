@@ -1,20 +1,34 @@
-"""`corral up --demo`: the newcomer's first command, run as a real process."""
+"""`corral up`: the newcomer's first command, run as a real process."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import openai
 
+from tests.fakes import FakeServer
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CORRAL = str(Path(sys.executable).with_name("corral"))
+
+
+@dataclass
+class Up:
+    process: asyncio.subprocess.Process
+    banner: bytes
+    edge_url: str
+
+    def client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{self.edge_url}/v1", api_key="x")
 
 
 async def _read_until(stream: asyncio.StreamReader, marker: bytes, within: float) -> bytes:
@@ -28,11 +42,12 @@ async def _read_until(stream: asyncio.StreamReader, marker: bytes, within: float
     return seen
 
 
-async def test_up_demo_serves_chat_and_streams_then_stops_cleanly() -> None:
-    """`corral up --demo` prints its banner, answers chat (plain and streamed), exits on SIGTERM."""
+@contextlib.asynccontextmanager
+async def corral_up(*args: str) -> AsyncIterator[Up]:
+    """Run `corral up ARGS` on free ports until its banner is out; kill it if still running."""
     edge_port, cp_port = free_port(), free_port()
     proc = await asyncio.create_subprocess_exec(
-        CORRAL, "up", "--demo", "--no-discover",
+        CORRAL, "up", "--no-discover", *args,
         "--listen", f"127.0.0.1:{edge_port}",
         "--controlplane-listen", f"127.0.0.1:{cp_port}",
         stdout=asyncio.subprocess.PIPE,
@@ -43,11 +58,20 @@ async def test_up_demo_serves_chat_and_streams_then_stops_cleanly() -> None:
     assert proc.stdout is not None
     try:
         banner = await _read_until(proc.stdout, b"Stop with Ctrl-C.", within=60)
-        assert b"corral-demo-echo" in banner
-        assert f"http://127.0.0.1:{edge_port}/v1/chat/completions".encode() in banner
+        yield Up(proc, banner, f"http://127.0.0.1:{edge_port}")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
-        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{edge_port}/v1", api_key="x")
-        async with client:
+
+async def test_up_demo_serves_chat_and_streams_then_stops_cleanly() -> None:
+    """`corral up --demo` prints its banner, answers chat (plain and streamed), exits on SIGTERM."""
+    async with corral_up("--demo") as up:
+        assert b"corral-demo-echo" in up.banner
+        assert f"{up.edge_url}/v1/chat/completions".encode() in up.banner
+
+        async with up.client() as client:
             reply = await client.chat.completions.create(
                 model="corral-demo-echo",
                 messages=[{"role": "user", "content": "Hello, Corral!"}],
@@ -67,41 +91,20 @@ async def test_up_demo_serves_chat_and_streams_then_stops_cleanly() -> None:
             assert len(pieces) > 1, "the answer should arrive in several chunks"
             assert "".join(pieces).endswith("you said: stream me")
 
-        proc.send_signal(signal.SIGTERM)
+        up.process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
-            assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+            assert await up.process.wait() == 0
 
 
 async def test_up_routes_to_a_backend_given_by_url() -> None:
     """`corral up --backend URL` detects the server type and serves its models and chat."""
-    from tests.fakes import FakeServer
-
-    edge_port, cp_port = free_port(), free_port()
-    async with FakeServer(kind="ollama", models=["llama3.2:1b"], name="ollama-local") as fake:
-        proc = await asyncio.create_subprocess_exec(
-            CORRAL, "up", "--no-discover", "--backend", fake.url,
-            "--listen", f"127.0.0.1:{edge_port}",
-            "--controlplane-listen", f"127.0.0.1:{cp_port}",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**os.environ, "CORRAL_LOG_LEVEL": "WARNING"},
-        )  # fmt: skip
-        assert proc.stdout is not None
-        try:
-            banner = await _read_until(proc.stdout, b"Stop with Ctrl-C.", within=60)
-            assert b"llama3.2:1b" in banner
-            client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{edge_port}/v1", api_key="x")
-            async with client:
-                reply = await client.chat.completions.create(
-                    model="llama3.2:1b", messages=[{"role": "user", "content": "hi"}]
-                )
-            assert reply.choices[0].message.content == "[ollama-local] hi"
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(30):
-                await proc.wait()
+    async with (
+        FakeServer(kind="ollama", models=["llama3.2:1b"], name="ollama-local") as fake,
+        corral_up("--backend", fake.url) as up,
+    ):
+        assert b"llama3.2:1b" in up.banner
+        async with up.client() as client:
+            reply = await client.chat.completions.create(
+                model="llama3.2:1b", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert reply.choices[0].message.content == "[ollama-local] hi"
