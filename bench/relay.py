@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+
+from bench.aioserve import serve_until_signal
 
 UPSTREAM = web.AppKey("upstream", str)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
@@ -72,19 +73,7 @@ def build_app(upstream: str) -> web.Application:
 
 
 async def serve(listen: str, upstream: str) -> None:
-    host, port = listen.rsplit(":", 1)
-    runner = web.AppRunner(build_app(upstream), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, int(port), backlog=1024, reuse_port=True)
-    await site.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await serve_until_signal(build_app(upstream), listen, reuse_port=True)
 
 
 def main() -> None:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import time
 
 import orjson
 from aiohttp import web
+
+from bench.aioserve import serve_until_signal
 
 CHUNKS = web.AppKey("chunks", int)
 GAP = web.AppKey("gap", float)
@@ -72,18 +73,7 @@ async def serve(listen: str, chunks: int, gap: float) -> None:
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
-    host, port = listen.rsplit(":", 1)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, host, int(port), backlog=1024).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await serve_until_signal(app, listen)
 
 
 def main() -> None:
