@@ -32,6 +32,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.procs import log_tail
+
 IP = "/usr/sbin/ip"
 SUBNET = "10.213.0"
 PREFIX_LEN = 24
@@ -96,11 +98,7 @@ class Process:
             return self.popen.returncode
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
 
 @dataclass

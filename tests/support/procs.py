@@ -13,6 +13,15 @@ CORRAL = str(Path(sys.executable).with_name("corral"))
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
+def log_tail(path: Path, lines: int) -> str:
+    """The last lines of a process's log, for failure messages."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
 @dataclass
 class CorralProcess:
     """One `corral` subcommand in its own process group, its output in a log file."""
@@ -58,11 +67,7 @@ class CorralProcess:
         return self.process.returncode
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
 
 @dataclass
