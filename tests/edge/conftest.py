@@ -13,9 +13,11 @@ import aiohttp
 import pytest
 from openai import AsyncOpenAI
 
+import agent
 import edge
-from corral.config import EdgeConfig
+from corral.config import AgentConfig, EdgeConfig
 from tests.edge.snapshot_server import SnapshotServer
+from tests.fakes import FakeServer
 from tests.support.net import eventually, free_port
 
 
@@ -125,3 +127,30 @@ async def start_edge(tmp_path: Path, http: aiohttp.ClientSession) -> AsyncIterat
     finally:
         for running_edge in reversed(running):
             await running_edge.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_agents(controlplane: str, fakes: Any) -> AsyncIterator[None]:
+    """A real agent (agent.serve) beside each fake, reporting to one control plane; all are
+    cancelled (and say goodbye) on exit."""
+    servers: list[FakeServer] = list(fakes)
+    tasks = [
+        asyncio.create_task(
+            agent.serve(
+                AgentConfig(
+                    controlplane=(controlplane,),
+                    backend=fake.url,
+                    name=fake.name,
+                    probe_interval_seconds=0.2,
+                    shutdown_grace_seconds=1.0,
+                )
+            )
+        )
+        for fake in servers
+    ]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

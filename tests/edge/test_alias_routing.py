@@ -7,11 +7,9 @@ import asyncio
 
 import aiohttp
 
-import agent
-from corral.config import AgentConfig
 from corral.v1 import admin_pb2, types_pb2
 from tests.controlplane import harness as h
-from tests.edge.conftest import StartEdge
+from tests.edge.conftest import StartEdge, running_agents
 from tests.edge.snapshot_server import SnapshotServer, snapshot
 from tests.edge.test_messages_route import typed
 from tests.fakes import FakeServer, running_fakes
@@ -107,53 +105,36 @@ async def test_alias_set_through_the_real_control_plane(
     edge's /v1/models and routes to the backends' own names."""
     # Agents report every second; a lease outlives three missed reports.
     cfg = h.etcd_config(etcd.endpoints, lease_ttl_seconds=6.0, heartbeat_interval_seconds=1.0)
-    async with running_fakes(*_fakes()) as fakes, h.running(cfg) as address:
-        agents = [
-            asyncio.create_task(
-                agent.serve(
-                    AgentConfig(
-                        controlplane=(address,),
-                        backend=fake.url,
-                        name=fake.name,
-                        probe_interval_seconds=0.2,
-                        shutdown_grace_seconds=1.0,
-                    )
+    async with (
+        running_fakes(*_fakes()) as fakes,
+        h.running(cfg) as address,
+        running_agents(address, fakes),
+    ):
+        running = await start_edge(None, controlplane=(address,))
+
+        async def models() -> set[str]:
+            async with http.get(f"{running.url}/v1/models") as resp:
+                return {m["id"] for m in (await resp.json())["data"]}
+
+        await eventually(lambda: _has(models, {OLLAMA_NAME, VLLM_NAME}))
+        async with h.admin(address) as admin:
+            await admin.SetAlias(
+                admin_pb2.SetAliasRequest(
+                    alias=types_pb2.ModelAlias(name="gemma", targets=ALIAS["gemma"])
                 )
             )
-            for fake in fakes
-        ]
-        try:
-            running = await start_edge(None, controlplane=(address,))
-
-            async def models() -> set[str]:
-                async with http.get(f"{running.url}/v1/models") as resp:
-                    return {m["id"] for m in (await resp.json())["data"]}
-
-            await eventually(lambda: _has(models, {OLLAMA_NAME, VLLM_NAME}))
-            async with h.admin(address) as admin:
-                await admin.SetAlias(
-                    admin_pb2.SetAliasRequest(
-                        alias=types_pb2.ModelAlias(name="gemma", targets=ALIAS["gemma"])
-                    )
-                )
-            await eventually(lambda: _has(models, {"gemma"}))
-            client = running.client()
-            served = set()
-            for i in range(12):
-                raw = await client.chat.completions.with_raw_response.create(
-                    model="gemma", messages=[{"role": "user", "content": f"q {i}"}]
-                )
-                raw.parse()
-                served.add(raw.headers["x-corral-backend"])
-            assert served == {"ollama-a", "vllm-b"}
-            sent = {
-                r.body_json["model"] for f in fakes for r in f.requests_to("/v1/chat/completions")
-            }
-            assert sent == {OLLAMA_NAME, VLLM_NAME}
-        finally:
-            for task in agents:
-                task.cancel()
-            await asyncio.gather(*agents, return_exceptions=True)
+        await eventually(lambda: _has(models, {"gemma"}))
+        client = running.client()
+        served = set()
+        for i in range(12):
+            raw = await client.chat.completions.with_raw_response.create(
+                model="gemma", messages=[{"role": "user", "content": f"q {i}"}]
+            )
+            raw.parse()
+            served.add(raw.headers["x-corral-backend"])
+        assert served == {"ollama-a", "vllm-b"}
+        sent = {r.body_json["model"] for f in fakes for r in f.requests_to("/v1/chat/completions")}
+        assert sent == {OLLAMA_NAME, VLLM_NAME}
 
 
 async def _has(models: object, wanted: set[str]) -> bool:

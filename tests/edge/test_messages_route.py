@@ -3,7 +3,6 @@ fakes that speak it natively and fakes that need the translation to OpenAI chat.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,11 +11,10 @@ import aiohttp
 import anthropic
 import pytest
 
-import agent
-from corral.config import AgentConfig, Secret
+from corral.config import Secret
 from corral.v1 import types_pb2
 from tests.controlplane import harness as h
-from tests.edge.conftest import RunningEdge, StartEdge
+from tests.edge.conftest import RunningEdge, StartEdge, running_agents
 from tests.edge.snapshot_server import SnapshotServer, from_fake, snapshot
 from tests.fakes import FakeServer, running_fakes
 from tests.support.etcd import EtcdCluster
@@ -324,50 +322,32 @@ async def test_agents_learn_who_speaks_messages(etcd: EtcdCluster, start_edge: S
             FakeServer("vllm", ["openai-m"], "vllm-t"),
         ) as fakes,
         h.running(cfg) as address,
+        running_agents(address, fakes),
     ):
-        agents = [
-            asyncio.create_task(
-                agent.serve(
-                    AgentConfig(
-                        controlplane=(address,),
-                        backend=fake.url,
-                        name=fake.name,
-                        probe_interval_seconds=0.2,
-                        shutdown_grace_seconds=1.0,
-                    )
-                )
-            )
-            for fake in fakes
-        ]
+        running = await start_edge(None, controlplane=(address,))
+        watcher = h.SnapshotWatcher(address)
         try:
-            running = await start_edge(None, controlplane=(address,))
-            watcher = h.SnapshotWatcher(address)
-            try:
-                learnt = await watcher.until(_native_learnt)
-            finally:
-                await watcher.close()
-            await running.wait_version(learnt.version)
-            native, translated = fakes
-            async with sdk(running) as client:
-                for fake, model in ((native, "native-m"), (translated, "openai-m")):
-                    message = await client.messages.create(
-                        model=model,
-                        max_tokens=50,
-                        messages=[{"role": "user", "content": "through the agents"}],
-                    )
-                    assert message.content[0].text == f"[{fake.name}] through the agents"  # type: ignore[union-attr]
-
-            def asked(fake: FakeServer, path: str) -> int:
-                return sum("through the agents" in str(r.body_json) for r in fake.requests_to(path))
-
-            assert asked(native, "/v1/messages") == 1
-            assert asked(native, "/v1/chat/completions") == 0
-            assert asked(translated, "/v1/chat/completions") == 1
-            assert asked(translated, "/v1/messages") == 0
+            learnt = await watcher.until(_native_learnt)
         finally:
-            for task in agents:
-                task.cancel()
-            await asyncio.gather(*agents, return_exceptions=True)
+            await watcher.close()
+        await running.wait_version(learnt.version)
+        native, translated = fakes
+        async with sdk(running) as client:
+            for fake, model in ((native, "native-m"), (translated, "openai-m")):
+                message = await client.messages.create(
+                    model=model,
+                    max_tokens=50,
+                    messages=[{"role": "user", "content": "through the agents"}],
+                )
+                assert message.content[0].text == f"[{fake.name}] through the agents"  # type: ignore[union-attr]
+
+        def asked(fake: FakeServer, path: str) -> int:
+            return sum("through the agents" in str(r.body_json) for r in fake.requests_to(path))
+
+        assert asked(native, "/v1/messages") == 1
+        assert asked(native, "/v1/chat/completions") == 0
+        assert asked(translated, "/v1/chat/completions") == 1
+        assert asked(translated, "/v1/messages") == 0
 
 
 @pytest.mark.parametrize("native", [False, True])
