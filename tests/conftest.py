@@ -1,4 +1,4 @@
-"""Shared fixtures: real etcd on free loopback ports."""
+"""Shared fixtures: real etcd and Valkey/Redis on free loopback ports."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.etcd import EtcdCluster
+from tests.support.valkey import ValkeyServer, running_valkey
 
 
 @pytest.fixture
@@ -27,3 +28,10 @@ def etcd3() -> Iterator[EtcdCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def valkey() -> Iterator[ValkeyServer]:
+    """A fresh Valkey/Redis server on a free loopback port, removed after the test."""
+    with running_valkey() as server:
+        yield server

@@ -1,0 +1,1 @@
+"""The gateway layer: keys and teams, usage, limits and budgets, cache and guardrails."""
