@@ -4,7 +4,7 @@ A request is validated once, then goes through the same attempt loop as every Op
 (Proxy.run: sticky or least-connections, retries, ejection, streaming relay). Per attempt, a
 backend that speaks Messages itself (its agent reports CAPABILITY_ANTHROPIC_MESSAGES) gets the
 body as it is (with its own name for an aliased model); any other backend gets the
-translation to `/v1/chat/completions`, and its answer is translated back (edge/anthropic.py).
+translation to `/v1/chat/completions`, and its answer is translated back (edge/anthropic/).
 Every error, the edge's own included, is answered in Anthropic's shape.
 """
 

@@ -1,4 +1,4 @@
-"""Anthropic Messages <-> OpenAI chat translation (edge/anthropic.py).
+"""Anthropic Messages <-> OpenAI chat translation (edge/anthropic/).
 
 Pure translation checks, then the official `anthropic` SDK against a small translating server
 on loopback: the SDK's own parser and stream accumulator are the judges of the events we write.
