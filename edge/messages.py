@@ -20,7 +20,8 @@ from corral.v1 import types_pb2
 from edge import anthropic
 from edge.anthropic import AnthropicError, StreamTranslator
 from edge.errors import ApiError
-from edge.proxy import Admission, Exchange, Failure, Proxy
+from edge.exchange import Admission, Exchange, Failure
+from edge.proxy import Proxy
 from edge.routing import chat_key, session_header_key
 from edge.table import BackendState, ModelRoute
 

@@ -26,7 +26,8 @@ from corral.v1 import types_pb2
 from edge import ollama_native as ollama
 from edge.balancer import no_backend
 from edge.errors import ApiError
-from edge.proxy import Admission, Exchange, Failure, Proxy, stream_error
+from edge.exchange import Admission, Exchange, Failure, stream_error
+from edge.proxy import Proxy
 from edge.routing import chat_key, session_header_key
 from edge.table import BackendState, ModelRoute, of_kind
 

@@ -15,26 +15,55 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
-import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from corral.config import EdgeConfig
 from edge.balancer import RETRY, Balancer, Full
 from edge.deadlines import Deadlines
-from edge.errors import ApiError, EdgeError, error_body
+from edge.errors import ApiError
+from edge.exchange import (
+    Admission,
+    Exchange,
+    Failure,
+    ModelRenamer,
+    OpenAIExchange,
+    stream_error,
+)
 from edge.inbound import CHAT, Endpoint, parse
 from edge.metrics import EdgeMetrics
+from edge.relay import (
+    BACKEND_HEADER,
+    ROUTE_HEADER,
+    ClientGone,
+    RelayResponse,
+    relay_headers,
+    to_client,
+)
 from edge.routing import chat_key, completion_key, session_header_key
-from edge.table import BackendState, ModelRoute
+from edge.table import BackendState
+
+# Re-exported: the routes and tests that import them from here.
+__all__ = [
+    "BACKEND_HEADER",
+    "ROUTE_HEADER",
+    "Admission",
+    "Attempt",
+    "ClientGone",
+    "Exchange",
+    "Failure",
+    "ModelRenamer",
+    "OpenAIExchange",
+    "Proxy",
+    "stream_error",
+    "too_large",
+]
 
 log = logging.getLogger("corral.edge.proxy")
 
-BACKEND_HEADER: Final = "X-Corral-Backend"
-ROUTE_HEADER: Final = "X-Corral-Route"
 # A (read-only) multidict already, so aiohttp does not convert it on every request.
 _UPSTREAM_HEADERS: Final = CIMultiDictProxy(
     CIMultiDict({"Content-Type": "application/json", "Accept-Encoding": "identity"})
@@ -43,207 +72,20 @@ _UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError)
 # Tried elsewhere but not held against the backend: overloaded (429), or it no longer has
 # the model or endpoint the snapshot says it has (404, a stale snapshot).
 _RETRYABLE: Final = frozenset((404, 429))
-# Set by aiohttp for our own response, or meaningless past this hop.
-_DROPPED_HEADERS: Final = frozenset(
-    (
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "content-length",
-        "date",
-        "server",
-        "proxy-connection",
-        "upgrade",
-        "trailer",
-        "te",
-    )
-)
-
-
-class _RelayResponse(web.StreamResponse):
-    # Keep the headers buffered until the first chunk, so both leave in one segment
-    # (a lone header segment can wait for a delayed ACK before the first chunk follows).
-    _send_headers_immediately = False
-
-
-class Failure:
-    """One attempt that failed before anything reached the client; retryable elsewhere."""
-
-    __slots__ = ("body", "content_type", "reason", "status")
-
-    def __init__(
-        self, reason: str, status: int = 0, body: bytes = b"", content_type: str = ""
-    ) -> None:
-        self.reason = reason
-        self.status = status
-        self.body = body
-        self.content_type = content_type
-
-
-class Exchange:
-    """How one request goes upstream and how its answer comes back: as it is (OpenAI).
-
-    Subclasses change the dialect: the upstream path and body per backend, which answers
-    stream, how bytes are translated on the way back, and the shape of errors.
-    """
-
-    method = "POST"
-
-    __slots__ = ("body", "path", "raw", "stream")
-
-    def __init__(self, path: str, raw: bytes | None, body: dict[str, Any], stream: bool) -> None:
-        self.path = path
-        self.raw = raw
-        self.body = body
-        self.stream = stream
-
-    def upstream(self, backend: BackendState, rewrite: str | None) -> tuple[str, bytes | None]:
-        """The path and body to send this backend (`rewrite`: its own name for the model)."""
-        if rewrite is None:
-            return self.path, self.raw
-        return self.path, orjson.dumps({**self.body, "model": rewrite})
-
-    def streams(self, status: int, content_type: str) -> bool:
-        """Whether the answer is relayed chunk by chunk (else read whole, retryable)."""
-        return self.stream and status == 200 and content_type.startswith("text/event-stream")
-
-    def whole(
-        self, status: int, data: bytes, headers: CIMultiDict[str], backend: BackendState
-    ) -> web.StreamResponse:
-        return web.Response(status=status, body=data, headers=headers)
-
-    def first(self, chunk: bytes, backend: BackendState) -> bytes:
-        return chunk
-
-    def chunk(self, chunk: bytes) -> bytes:
-        return chunk
-
-    def end(self) -> bytes:
-        return b""
-
-    def cut(self, exc: BaseException) -> bytes:
-        """What ends a stream the backend broke mid-way."""
-        return stream_error(exc)
-
-    def give_up(self, model: str, failure: Failure | None) -> web.Response:
-        """The answer when every attempt failed (None: no backend could be tried)."""
-        if failure is None:
-            raise ApiError(
-                503,
-                f"No backend can serve the model `{model}` right now.",
-                kind="service_unavailable",
-                param="model",
-                code="no_backend_available",
-                headers={"Retry-After": "1"},
-            )
-        if failure.status:
-            headers = {"Content-Type": failure.content_type or "application/json"}
-            if failure.status in (429, 503):
-                headers["Retry-After"] = "1"
-            return web.Response(status=failure.status, body=failure.body, headers=headers)
-        if failure.reason == "timeout":
-            status, message = 504, "The backend did not answer in time."
-        else:
-            status, message = 502, "Could not reach a backend for this model."
-        return web.Response(
-            status=status,
-            body=error_body(message, "upstream_error", None, f"backend_{failure.reason}"),
-            content_type="application/json",
-            headers={"Retry-After": "1"},
-        )
-
-
-class OpenAIExchange(Exchange):
-    """An OpenAI request: as it is, except that an answer from a backend that was sent its
-    own name for an aliased model names the model the client asked for."""
-
-    __slots__ = ("renamer",)
-
-    def __init__(self, path: str, raw: bytes | None, body: dict[str, Any], stream: bool) -> None:
-        super().__init__(path, raw, body, stream)
-        self.renamer: ModelRenamer | None = None
-
-    def upstream(self, backend: BackendState, rewrite: str | None) -> tuple[str, bytes | None]:
-        if rewrite is None:
-            self.renamer = None
-            return self.path, self.raw
-        self.renamer = ModelRenamer(self.body["model"])
-        return self.path, orjson.dumps({**self.body, "model": rewrite})
-
-    def whole(
-        self, status: int, data: bytes, headers: CIMultiDict[str], backend: BackendState
-    ) -> web.StreamResponse:
-        renamer = self.renamer
-        if renamer is not None and status == 200:
-            data = renamer.json(data)
-        return web.Response(status=status, body=data, headers=headers)
-
-    def first(self, chunk: bytes, backend: BackendState) -> bytes:
-        renamer = self.renamer
-        return chunk if renamer is None else renamer.feed(chunk)
-
-    def chunk(self, chunk: bytes) -> bytes:
-        renamer = self.renamer
-        return chunk if renamer is None else renamer.feed(chunk)
-
-    def end(self) -> bytes:
-        renamer = self.renamer
-        return b"" if renamer is None else renamer.flush()
-
-
-class ModelRenamer:
-    """Puts the client's model name back into answers (a JSON object, or SSE events)."""
-
-    __slots__ = ("asked", "pending")
-
-    def __init__(self, asked: str) -> None:
-        self.asked = asked
-        self.pending = b""  # the start of an SSE line whose end has not arrived yet
-
-    def json(self, data: bytes) -> bytes:
-        """A JSON object's "model" field renamed; anything else as it is."""
-        try:
-            answer = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return data
-        if not isinstance(answer, dict) or "model" not in answer:
-            return data
-        answer["model"] = self.asked
-        return orjson.dumps(answer)
-
-    def feed(self, chunk: bytes) -> bytes:
-        """Whole SSE lines renamed; an incomplete last line is held until it ends."""
-        data = self.pending + chunk if self.pending else chunk
-        cut = data.rfind(b"\n") + 1
-        self.pending = data[cut:]
-        if not cut:
-            return b""
-        return b"\n".join([self._line(line) for line in data[:cut].split(b"\n")])
-
-    def flush(self) -> bytes:
-        tail, self.pending = self.pending, b""
-        return self._line(tail) if tail else b""
-
-    def _line(self, line: bytes) -> bytes:
-        if not line.startswith(b"data:"):
-            return line
-        cr = line.endswith(b"\r")
-        payload = line[5:-1] if cr else line[5:]
-        if not payload.lstrip().startswith(b"{"):
-            return line  # [DONE], or not JSON
-        renamed = self.json(payload)
-        if renamed is payload:
-            return line
-        return b"data: " + renamed + (b"\r" if cr else b"")
 
 
 @dataclass(frozen=True, slots=True)
-class Admission:
-    """An admitted request: how to exchange it, how to (re)look up its route, its sticky key."""
+class Attempt:
+    """One try of one request on one backend: what `Proxy._attempt` needs to make it."""
 
+    request: web.Request
     exchange: Exchange
-    route: Callable[[], ModelRoute]
-    key: bytes | None
+    backend: BackendState
+    label: str  # the routing decision (sticky, least-connections, retry...)
+    path: str
+    payload: bytes | None
+    started: float  # when the request arrived (monotonic), for time to first token
+    model: str  # the metrics label of the model
 
 
 class Proxy:
@@ -386,7 +228,9 @@ class Proxy:
                 metrics.attempt_started(backend_name)
                 try:
                     result = await self._attempt(
-                        request, exchange, backend, label, path, payload, started, model_label
+                        Attempt(
+                            request, exchange, backend, label, path, payload, started, model_label
+                        )
                     )
                 finally:
                     balancer.release(backend)
@@ -415,21 +259,13 @@ class Proxy:
                 model_label, backend_name, status, endpoint_name, time.monotonic() - started
             )
 
-    async def _attempt(
-        self,
-        request: web.Request,
-        exchange: Exchange,
-        backend: BackendState,
-        label: str,
-        path: str,
-        payload: bytes | None,
-        started: float,
-        model: str,
-    ) -> web.StreamResponse | Failure:
+    async def _attempt(self, attempt: Attempt) -> web.StreamResponse | Failure:
         """One try on one backend, under one deadline: time to first byte until the answer
         starts, then the idle limit, pushed forward by every chunk."""
+        request, exchange, backend = attempt.request, attempt.exchange, attempt.backend
+        label, path, payload = attempt.label, attempt.path, attempt.payload
         upstream: aiohttp.ClientResponse | None = None
-        relay: _RelayResponse | None = None  # set once bytes went to the client
+        relay: RelayResponse | None = None  # set once bytes went to the client
         deadlines = self._deadlines
         task = asyncio.current_task()
         assert task is not None  # aiohttp runs every handler in a task
@@ -458,7 +294,7 @@ class Proxy:
                         return Failure(f"status_{status}", status, data, content_type)
                     self.balancer.succeeded(backend)
                     return exchange.whole(
-                        status, data, _relay_headers(upstream, backend, label), backend
+                        status, data, relay_headers(upstream, backend, label), backend
                     )
                 content = upstream.content
                 first = await content.readany()
@@ -466,11 +302,11 @@ class Proxy:
                 if not first:
                     self._failed(backend)
                     return Failure("empty")
-                headers = _relay_headers(upstream, backend, label)
+                headers = relay_headers(upstream, backend, label)
                 headers.setdefault("Cache-Control", "no-cache")
-                relay = _RelayResponse(status=200, headers=headers)
-                await _to_client(relay, exchange.first(first, backend), request)
-                self.metrics.first_token(model, time.monotonic() - started)
+                relay = RelayResponse(status=200, headers=headers)
+                await to_client(relay, exchange.first(first, backend), request)
+                self.metrics.first_token(attempt.model, time.monotonic() - attempt.started)
                 idle = self._idle
                 chunk_of = exchange.chunk
                 while True:
@@ -480,14 +316,14 @@ class Proxy:
                         break
                     out = chunk_of(chunk)
                     if out:
-                        await _to_client(relay, out)
+                        await to_client(relay, out)
                 clean = True
                 self.balancer.succeeded(backend)
                 deadlines.push(deadline, idle)
                 tail = exchange.end()
                 if tail:
-                    await _to_client(relay, tail)
-                await _to_client(relay, None)
+                    await to_client(relay, tail)
+                await to_client(relay, None)
                 return relay
             except asyncio.CancelledError:
                 if deadline.timed_out():
@@ -513,8 +349,8 @@ class Proxy:
             log.warning("stream from backend %s cut mid-way: %r", backend.name, exc)
             with contextlib.suppress(TimeoutError, ClientGone):
                 async with asyncio.timeout(self._idle):
-                    await _to_client(relay, exchange.cut(exc))
-                    await _to_client(relay, None)
+                    await to_client(relay, exchange.cut(exc))
+                    await to_client(relay, None)
             return relay
         finally:
             deadline.close()
@@ -532,54 +368,9 @@ class Proxy:
             log.warning("backend %s ejected after repeated failures", backend.name)
 
 
-def _relay_headers(
-    upstream: aiohttp.ClientResponse, backend: BackendState, label: str
-) -> CIMultiDict[str]:
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.headers.items():
-        if name.lower() not in _DROPPED_HEADERS:
-            headers.add(name, value)
-    headers[BACKEND_HEADER] = backend.name
-    headers[ROUTE_HEADER] = label
-    return headers
-
-
 def too_large(limit: int) -> ApiError:
     return ApiError(
         413,
         f"The request body is larger than the limit of {limit} bytes.",
         code="request_too_large",
     )
-
-
-class ClientGone(EdgeError):
-    """The client hung up while we wrote to it."""
-
-
-async def _to_client(
-    relay: _RelayResponse, data: bytes | None, request: web.Request | None = None
-) -> None:
-    """Write to the client (prepare first when given the request; None ends the stream);
-    a dead client connection becomes ClientGone, never mistaken for a backend failure."""
-    try:
-        if request is not None:
-            await relay.prepare(request)
-        if data is None:
-            await relay.write_eof()
-        else:
-            await relay.write(data)
-    except ConnectionResetError:
-        raise ClientGone from None
-
-
-def stream_error(exc: BaseException) -> bytes:
-    kind = "timeout" if isinstance(exc, TimeoutError) else "disconnected"
-    payload: dict[str, Any] = {
-        "error": {
-            "message": f"The backend stream was interrupted ({kind}); the answer is incomplete.",
-            "type": "upstream_error",
-            "param": None,
-            "code": "stream_interrupted",
-        }
-    }
-    return b"data: " + orjson.dumps(payload) + b"\n\n"

@@ -11,7 +11,7 @@ import pytest
 from corral.cli import build_parser, config_from_args
 from corral.config import ConfigError, EdgeConfig, build
 from edge.balancer import Balancer
-from edge.proxy import ModelRenamer
+from edge.exchange import ModelRenamer
 from tests.edge.conftest import StartEdge
 from tests.edge.snapshot_server import SnapshotServer, backend, from_fake, snapshot
 from tests.edge.test_balancing import chat, three

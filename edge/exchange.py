@@ -1,0 +1,213 @@
+"""The Exchange family: how one request goes upstream and how its answer comes back.
+
+`Exchange` relays OpenAI requests as they are; `OpenAIExchange` renames an aliased model back
+(`ModelRenamer`); the Messages and native routes subclass it (edge/messages.py,
+edge/passthrough.py). `Failure` is one attempt that failed before the client saw a byte,
+`Admission` an admitted request handed to `Proxy.run` (edge/proxy.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from edge.errors import ApiError, error_body
+from edge.table import BackendState, ModelRoute
+
+
+class Failure:
+    """One attempt that failed before anything reached the client; retryable elsewhere."""
+
+    __slots__ = ("body", "content_type", "reason", "status")
+
+    def __init__(
+        self, reason: str, status: int = 0, body: bytes = b"", content_type: str = ""
+    ) -> None:
+        self.reason = reason
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+
+
+class Exchange:
+    """How one request goes upstream and how its answer comes back: as it is (OpenAI).
+
+    Subclasses change the dialect: the upstream path and body per backend, which answers
+    stream, how bytes are translated on the way back, and the shape of errors.
+    """
+
+    method = "POST"
+
+    __slots__ = ("body", "path", "raw", "stream")
+
+    def __init__(self, path: str, raw: bytes | None, body: dict[str, Any], stream: bool) -> None:
+        self.path = path
+        self.raw = raw
+        self.body = body
+        self.stream = stream
+
+    def upstream(self, backend: BackendState, rewrite: str | None) -> tuple[str, bytes | None]:
+        """The path and body to send this backend (`rewrite`: its own name for the model)."""
+        if rewrite is None:
+            return self.path, self.raw
+        return self.path, orjson.dumps({**self.body, "model": rewrite})
+
+    def streams(self, status: int, content_type: str) -> bool:
+        """Whether the answer is relayed chunk by chunk (else read whole, retryable)."""
+        return self.stream and status == 200 and content_type.startswith("text/event-stream")
+
+    def whole(
+        self, status: int, data: bytes, headers: CIMultiDict[str], backend: BackendState
+    ) -> web.StreamResponse:
+        return web.Response(status=status, body=data, headers=headers)
+
+    def first(self, chunk: bytes, backend: BackendState) -> bytes:
+        return chunk
+
+    def chunk(self, chunk: bytes) -> bytes:
+        return chunk
+
+    def end(self) -> bytes:
+        return b""
+
+    def cut(self, exc: BaseException) -> bytes:
+        """What ends a stream the backend broke mid-way."""
+        return stream_error(exc)
+
+    def give_up(self, model: str, failure: Failure | None) -> web.Response:
+        """The answer when every attempt failed (None: no backend could be tried)."""
+        if failure is None:
+            raise ApiError(
+                503,
+                f"No backend can serve the model `{model}` right now.",
+                kind="service_unavailable",
+                param="model",
+                code="no_backend_available",
+                headers={"Retry-After": "1"},
+            )
+        if failure.status:
+            headers = {"Content-Type": failure.content_type or "application/json"}
+            if failure.status in (429, 503):
+                headers["Retry-After"] = "1"
+            return web.Response(status=failure.status, body=failure.body, headers=headers)
+        if failure.reason == "timeout":
+            status, message = 504, "The backend did not answer in time."
+        else:
+            status, message = 502, "Could not reach a backend for this model."
+        return web.Response(
+            status=status,
+            body=error_body(message, "upstream_error", None, f"backend_{failure.reason}"),
+            content_type="application/json",
+            headers={"Retry-After": "1"},
+        )
+
+
+class OpenAIExchange(Exchange):
+    """An OpenAI request: as it is, except that an answer from a backend that was sent its
+    own name for an aliased model names the model the client asked for."""
+
+    __slots__ = ("renamer",)
+
+    def __init__(self, path: str, raw: bytes | None, body: dict[str, Any], stream: bool) -> None:
+        super().__init__(path, raw, body, stream)
+        self.renamer: ModelRenamer | None = None
+
+    def upstream(self, backend: BackendState, rewrite: str | None) -> tuple[str, bytes | None]:
+        if rewrite is None:
+            self.renamer = None
+            return self.path, self.raw
+        self.renamer = ModelRenamer(self.body["model"])
+        return self.path, orjson.dumps({**self.body, "model": rewrite})
+
+    def whole(
+        self, status: int, data: bytes, headers: CIMultiDict[str], backend: BackendState
+    ) -> web.StreamResponse:
+        renamer = self.renamer
+        if renamer is not None and status == 200:
+            data = renamer.json(data)
+        return web.Response(status=status, body=data, headers=headers)
+
+    def first(self, chunk: bytes, backend: BackendState) -> bytes:
+        renamer = self.renamer
+        return chunk if renamer is None else renamer.feed(chunk)
+
+    def chunk(self, chunk: bytes) -> bytes:
+        renamer = self.renamer
+        return chunk if renamer is None else renamer.feed(chunk)
+
+    def end(self) -> bytes:
+        renamer = self.renamer
+        return b"" if renamer is None else renamer.flush()
+
+
+class ModelRenamer:
+    """Puts the client's model name back into answers (a JSON object, or SSE events)."""
+
+    __slots__ = ("asked", "pending")
+
+    def __init__(self, asked: str) -> None:
+        self.asked = asked
+        self.pending = b""  # the start of an SSE line whose end has not arrived yet
+
+    def json(self, data: bytes) -> bytes:
+        """A JSON object's "model" field renamed; anything else as it is."""
+        try:
+            answer = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return data
+        if not isinstance(answer, dict) or "model" not in answer:
+            return data
+        answer["model"] = self.asked
+        return orjson.dumps(answer)
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Whole SSE lines renamed; an incomplete last line is held until it ends."""
+        data = self.pending + chunk if self.pending else chunk
+        cut = data.rfind(b"\n") + 1
+        self.pending = data[cut:]
+        if not cut:
+            return b""
+        return b"\n".join([self._line(line) for line in data[:cut].split(b"\n")])
+
+    def flush(self) -> bytes:
+        tail, self.pending = self.pending, b""
+        return self._line(tail) if tail else b""
+
+    def _line(self, line: bytes) -> bytes:
+        if not line.startswith(b"data:"):
+            return line
+        cr = line.endswith(b"\r")
+        payload = line[5:-1] if cr else line[5:]
+        if not payload.lstrip().startswith(b"{"):
+            return line  # [DONE], or not JSON
+        renamed = self.json(payload)
+        if renamed is payload:
+            return line
+        return b"data: " + renamed + (b"\r" if cr else b"")
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """An admitted request: how to exchange it, how to (re)look up its route, its sticky key."""
+
+    exchange: Exchange
+    route: Callable[[], ModelRoute]
+    key: bytes | None
+
+
+def stream_error(exc: BaseException) -> bytes:
+    kind = "timeout" if isinstance(exc, TimeoutError) else "disconnected"
+    payload: dict[str, Any] = {
+        "error": {
+            "message": f"The backend stream was interrupted ({kind}); the answer is incomplete.",
+            "type": "upstream_error",
+            "param": None,
+            "code": "stream_interrupted",
+        }
+    }
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
