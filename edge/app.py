@@ -19,6 +19,7 @@ from corral.config import EdgeConfig
 from corral.v1 import types_pb2
 from edge.balancer import Balancer
 from edge.errors import ApiError, EdgeError, SnapshotError, error_body
+from edge.gateway.call import tag_response
 from edge.inbound import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
 from edge.metrics import EdgeMetrics
 from edge.proxy import Proxy
@@ -362,6 +363,7 @@ def build_app(config: EdgeConfig) -> web.Application:
     app.router.add_route("*", "/{tail:.*}", fallback)
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_snapshots)
+    app.on_response_prepare.append(tag_response)
     return app
 
 

@@ -25,6 +25,8 @@ from corral.config import EdgeConfig
 from edge.balancer import RETRY, Balancer, Full
 from edge.deadlines import Deadlines
 from edge.errors import ApiError
+from edge.gateway import call as calls
+from edge.gateway.call import Call
 from edge.exchange import (
     Admission,
     Exchange,
@@ -58,6 +60,7 @@ __all__ = [
     "ModelRenamer",
     "OpenAIExchange",
     "Proxy",
+    "Recorder",
     "stream_error",
     "too_large",
 ]
@@ -84,8 +87,20 @@ class Attempt:
     label: str  # the routing decision (sticky, least-connections, retry...)
     path: str
     payload: bytes | None
-    started: float  # when the request arrived (monotonic), for time to first token
+    call: Call  # the request's record (call.started: arrival, for time to first token)
     model: str  # the metrics label of the model
+
+
+class Recorder:
+    """Takes each finished Call (edge/gateway/usage.py); this one keeps nothing."""
+
+    __slots__ = ()
+
+    def record(self, call: Call) -> None:
+        """Called once per request, on the hot path: must not block or raise."""
+
+
+DISCARD: Final = Recorder()
 
 
 class Proxy:
@@ -110,6 +125,8 @@ class Proxy:
         self._idle = config.idle_timeout_seconds
         self._session_headers = config.session_headers
         self._deadlines = Deadlines()
+        # Where finished Calls go (edge/gateway/usage.py); replaced by the app's recorder.
+        self.recorder: Recorder = DISCARD
 
     # -- admission -------------------------------------------------------------------------
 
@@ -187,7 +204,8 @@ class Proxy:
     ) -> web.StreamResponse:
         """The attempt loop every endpoint shares: admit (auth, body, route), then pick a
         backend, try it, and on a retryable failure pick another, up to max_attempts."""
-        started = time.monotonic()
+        call = calls.begin(request, endpoint_name)
+        started = call.started
         metrics = self.metrics
         model_label = "-"  # a model name only once it routes: unknown names are unbounded
         backend_name = "-"
@@ -195,6 +213,9 @@ class Proxy:
         try:
             admission = await admit()
             exchange = admission.exchange
+            asked = exchange.body.get("model")
+            call.model = asked if isinstance(asked, str) else ""
+            call.stream = exchange.stream
             lookup = admission.route
             key = admission.key
             route = lookup()
@@ -223,14 +244,16 @@ class Proxy:
                 excluded.add(backend.name)
                 backend_name = backend.name
                 metrics.decision(label)
-                path, payload = exchange.upstream(backend, route.rewrites.get(backend.name))
+                rewrite = route.rewrites.get(backend.name)
+                path, payload = exchange.upstream(backend, rewrite)
+                call.backend = backend_name
+                call.route = label
+                call.served = rewrite or call.model
                 balancer.acquire(backend)
                 metrics.attempt_started(backend_name)
                 try:
                     result = await self._attempt(
-                        Attempt(
-                            request, exchange, backend, label, path, payload, started, model_label
-                        )
+                        Attempt(request, exchange, backend, label, path, payload, call, model_label)
                     )
                 finally:
                     balancer.release(backend)
@@ -242,9 +265,12 @@ class Proxy:
                 return result
             response = exchange.give_up(route.name or endpoint_name, failure)
             status = response.status
+            if failure is not None:
+                call.error = failure.reason
             return response
         except ApiError as exc:
             status = exc.status
+            call.error = exc.code or exc.kind
             raise
         except asyncio.CancelledError:
             status = 499  # the client went away (aiohttp cancels its handler)
@@ -255,9 +281,11 @@ class Proxy:
             status = 499
             return web.Response(status=499)
         finally:
-            metrics.request(
-                model_label, backend_name, status, endpoint_name, time.monotonic() - started
-            )
+            duration = time.monotonic() - started
+            metrics.request(model_label, backend_name, status, endpoint_name, duration)
+            call.status = status or 500  # 0: an unexpected exception, answered with a 500
+            call.duration = duration
+            self.recorder.record(call)
 
     async def _attempt(self, attempt: Attempt) -> web.StreamResponse | Failure:
         """One try on one backend, under one deadline: time to first byte until the answer
@@ -306,7 +334,9 @@ class Proxy:
                 headers.setdefault("Cache-Control", "no-cache")
                 relay = RelayResponse(status=200, headers=headers)
                 await to_client(relay, exchange.first(first, backend), request)
-                self.metrics.first_token(attempt.model, time.monotonic() - attempt.started)
+                call = attempt.call
+                call.ttft = ttft = time.monotonic() - call.started
+                self.metrics.first_token(attempt.model, ttft)
                 idle = self._idle
                 chunk_of = exchange.chunk
                 while True:
