@@ -25,8 +25,6 @@ from corral.config import EdgeConfig
 from edge.balancer import RETRY, Balancer, Full
 from edge.deadlines import Deadlines
 from edge.errors import ApiError
-from edge.gateway import call as calls
-from edge.gateway.call import Call
 from edge.exchange import (
     Admission,
     Exchange,
@@ -35,6 +33,8 @@ from edge.exchange import (
     OpenAIExchange,
     stream_error,
 )
+from edge.gateway import call as calls
+from edge.gateway.call import Call
 from edge.inbound import CHAT, Endpoint, parse
 from edge.metrics import EdgeMetrics
 from edge.relay import (
