@@ -32,7 +32,8 @@ from agent.servers import PROBES, ServerProbe
 from agent.web import start_web
 from corral import __version__
 from corral.backoff import jittered
-from corral.config import AgentConfig
+from corral.config import AgentConfig, Secret
+from corral.credentials import Credentials, MissingCredential
 from corral.v1 import types_pb2
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class Agent:
                 config.backend,
                 session,
                 timeout=config.probe_timeout_seconds,
-                api_key=config.backend_api_key,
+                api_key=probe_key(config),
                 metrics=self.metrics,
             )
             if config.metrics_listen:
@@ -163,6 +164,7 @@ class Agent:
             weight=config.weight,
             labels=dict(config.labels),
             max_concurrency=config.max_concurrency,
+            credential=config.credential,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -225,3 +227,15 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 def default_name(host: str, port: int) -> str:
     """A backend name from host and port: `10.0.0.5:8000` -> `10.0.0.5-8000`."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{host}-{port}").strip("-.").lower() or "backend"
+
+
+def probe_key(config: AgentConfig) -> Secret | None:
+    """The key the agent probes with: backend_api_key, else its credential reference
+    resolved here (a reference that does not resolve stops the agent with a clear error)."""
+    if config.backend_api_key is not None or not config.credential:
+        return config.backend_api_key
+    credentials = Credentials(config.credentials, config.credentials_dir)
+    try:
+        return credentials.resolve(config.credential)
+    except MissingCredential as exc:
+        raise AgentConfigError(f"backend {config.backend}: {exc}") from None

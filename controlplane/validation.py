@@ -11,6 +11,7 @@ import re
 from urllib.parse import urlsplit
 
 from controlplane.errors import InvalidArgumentError
+from corral.credentials import valid_reference
 from corral.v1 import agent_pb2, types_pb2
 
 MAX_NAME = 128
@@ -114,6 +115,13 @@ def check_spec(spec: types_pb2.BackendSpec) -> None:
             f"backend {spec.name!r}: max_concurrency {spec.max_concurrency} is above "
             f"{MAX_CONCURRENCY}"
         )
+    if spec.credential and not valid_reference(spec.credential):
+        raise InvalidArgumentError(
+            f"backend {spec.name!r}: credential reference {spec.credential!r} must be a name "
+            "(letters, digits, . _ -), never the secret itself"
+        )
+    if spec.provider:
+        raise InvalidArgumentError(f"backend {spec.name!r}: agents cannot register providers")
     if len(spec.labels) > MAX_LABELS:
         raise InvalidArgumentError(f"backend {spec.name!r}: more than {MAX_LABELS} labels")
     for key, value in spec.labels.items():

@@ -63,6 +63,8 @@ def _edge_flags(p: argparse.ArgumentParser) -> None:
         help="how a backend is chosen (default sticky)",
     )
     p.add_argument("--edge-id")
+    p.add_argument("--credentials-dir", help="files named by credential reference")
+    p.add_argument("--extra-ca-file", help="CA bundle also trusted for outbound TLS")
 
 
 def _agent_flags(p: argparse.ArgumentParser) -> None:
@@ -78,6 +80,8 @@ def _agent_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrency", type=int)
     p.add_argument("--label", dest="labels", action="append", metavar="KEY=VALUE")
     p.add_argument("--backend-api-key-file")
+    p.add_argument("--credential", help="credential reference for the backend (edges send it)")
+    p.add_argument("--credentials-dir", help="files named by credential reference")
     p.add_argument("--controlplane-token-file")
     p.add_argument("--controlplane-ca-file")
     p.add_argument("--controlplane-cert-file", help="client certificate for mutual TLS")

@@ -58,6 +58,41 @@ class ModelAliasConfig:
 
 
 @dataclass(frozen=True)
+class ProviderConfig:
+    """A hosted provider declared in the control plane's config (docs/PROVIDERS.md)."""
+
+    name: str
+    # openai, anthropic, gemini, azure or openai-compatible.
+    type: str
+    credential: str
+    # Empty means the provider type's public endpoint (not for azure/openai-compatible).
+    base_url: str = ""
+    models: tuple[str, ...] = ()
+    # Model id -> context window in tokens, where known.
+    context: tuple[tuple[str, str], ...] = ()
+    api_version: str = ""
+    priority: int = -100
+    max_concurrency: int = 0
+
+
+@dataclass(frozen=True)
+class FallbackConfig:
+    model: str
+    targets: tuple[str, ...]
+    # Failures that move on; empty: connect, timeout, 5xx, 429.
+    on: tuple[str, ...] = ()
+    queue_wait_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class HostedConfig:
+    """The edge's fallback-chain defaults (issue 14)."""
+
+    # A request for a model with a chain waits this long for a full target before the next.
+    fallback_queue_wait_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
 class ControlPlaneConfig:
     listen: str = "127.0.0.1:7701"
     # "etcd" for a cluster, "memory" for one process.
@@ -89,6 +124,8 @@ class ControlPlaneConfig:
     max_connection_age_grace_seconds: float = 30.0
     shutdown_grace_seconds: float = 5.0
     aliases: tuple[ModelAliasConfig, ...] = ()
+    providers: tuple[ProviderConfig, ...] = ()
+    fallbacks: tuple[FallbackConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,6 +164,14 @@ class EdgeConfig:
     # Empty means hostname:pid.
     edge_id: str = ""
     shutdown_grace_seconds: float = 10.0
+    # Credentials to backends (corral/credentials.py): files named by reference here, and
+    # CORRAL_CREDENTIAL_<REF> variables gathered at the entry point into `credentials`.
+    credentials_dir: str | None = None
+    credentials: tuple[tuple[str, Secret], ...] = ()
+    # Extra CA bundle trusted for outbound TLS to backends and hosted providers (on top of
+    # the system's; certificates are always verified).
+    extra_ca_file: str | None = None
+    hosted: HostedConfig = field(default_factory=HostedConfig)
 
 
 @dataclass(frozen=True)
@@ -152,6 +197,10 @@ class AgentConfig:
     # Empty means hostname:pid.
     agent_id: str = ""
     shutdown_grace_seconds: float = 5.0
+    # A credential reference for the backend (sent by edges too; corral/credentials.py).
+    credential: str = ""
+    credentials_dir: str | None = None
+    credentials: tuple[tuple[str, Secret], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -293,7 +342,17 @@ def load(
         )
         for name, cls in SECTIONS.items()
     }
+    credentials = _credentials_from(environ)
+    for name in ("edge", "agent"):
+        if credentials and not built[name].credentials:
+            built[name] = dataclasses.replace(built[name], credentials=credentials)
     return CorralConfig(**built)
+
+
+def _credentials_from(environ: Mapping[str, str]) -> tuple[tuple[str, Secret], ...]:
+    from corral.credentials import from_environ  # it imports Secret from here
+
+    return from_environ(environ)
 
 
 def _is_secret_type(hint: Any) -> bool:
@@ -380,6 +439,9 @@ def _convert(hint: Any, raw: Any, where: str, from_text: bool) -> Any:
 
 def _convert_tuple(args: tuple[Any, ...], raw: Any, where: str, from_text: bool) -> Any:
     item = args[0]
+    if item == tuple[str, Secret]:  # credentials: a mapping of reference to secret
+        pairs = _convert_tuple((tuple[str, str],), raw, where, from_text)
+        return tuple((key, Secret(value)) for key, value in pairs if value)
     if item == tuple[str, str]:
         # Labels: "k=v,k2=v2" in text, a mapping in YAML, a list of "k=v" from flags.
         pairs: list[tuple[str, str]] = []

@@ -22,6 +22,7 @@ from edge.errors import ApiError, EdgeError, SnapshotError, error_body
 from edge.gateway.call import tag_response
 from edge.inbound import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
 from edge.metrics import EdgeMetrics
+from edge.providers.upstream import tls_context
 from edge.proxy import Proxy
 from edge.state import load_snapshot, save_snapshot
 from edge.subscriber import SnapshotSubscriber
@@ -241,6 +242,7 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         limit_per_host=0,
         ttl_dns_cache=300,
         keepalive_timeout=60,
+        ssl=tls_context(config),  # verified, plus extra_ca_file (hosted providers)
     )
     session = aiohttp.ClientSession(
         connector=connector,

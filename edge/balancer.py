@@ -14,6 +14,7 @@ from typing import Final
 from corral.config import EdgeConfig
 from corral.v1 import types_pb2
 from edge.errors import ApiError
+from edge.providers.upstream import UpstreamAuth
 from edge.routing import least_loaded, sticky_choice
 from edge.table import BackendState, ModelRoute, RoutingTable, build_table
 
@@ -50,12 +51,13 @@ class Balancer:
         self._turns: dict[str, int] = {}  # round robin: the next turn per model
         self._waiters: deque[_Waiter] = deque()
         self._tickets = 0
+        self.upstream = UpstreamAuth(config)  # each backend's credential, resolved here
 
     # -- snapshots -------------------------------------------------------------------------
 
     def apply(self, snapshot: types_pb2.Snapshot) -> RoutingTable:
         """Make snapshot the table in force, in one assignment; wake every queued request."""
-        table = build_table(snapshot, self.states)
+        table = build_table(snapshot, self.states, self.upstream.headers)
         self.table = table
         for state in self.states.values():
             if not state.alive and state.awaiting:

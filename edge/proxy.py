@@ -307,7 +307,7 @@ class Proxy:
                     exchange.method,
                     backend.url(path),
                     data=payload,
-                    headers=_UPSTREAM_HEADERS,
+                    headers=backend.headers or _UPSTREAM_HEADERS,
                 )
                 status = upstream.status
                 content_type = upstream.headers.get("Content-Type", "")

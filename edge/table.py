@@ -7,11 +7,12 @@ of requests already in flight.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import orjson
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from corral.v1 import types_pb2
@@ -31,12 +32,14 @@ class BackendState:
 
     __slots__ = (
         "alive",
+        "api_version",
         "awaiting",
         "base_url",
         "contexts",
         "ejected_until",
         "ejections",
         "failures",
+        "headers",
         "health",
         "inflight",
         "kind",
@@ -45,6 +48,7 @@ class BackendState:
         "name_bytes",
         "native_messages",
         "priority",
+        "provider",
         "reported",
         "urls",
         "weight",
@@ -76,6 +80,11 @@ class BackendState:
         # Deadlines of attempts still waiting for the first byte from this backend: expired
         # at once when the backend goes down, so they are retried elsewhere.
         self.awaiting: set[Deadline] = set()
+        # What it is sent (its credential resolved on this edge); None: missing here.
+        self.headers: CIMultiDictProxy[str] | None = None
+        # A hosted provider's type (providers_pb2.ProviderType), 0 for a local server.
+        self.provider = 0
+        self.api_version = ""
 
     def update(self, backend: types_pb2.Backend) -> None:
         spec = backend.spec
@@ -89,6 +98,8 @@ class BackendState:
         self.priority = spec.priority
         self.max_concurrency = spec.max_concurrency
         self.kind = spec.type
+        self.provider = spec.provider
+        self.api_version = spec.api_version
         self.native_messages = CAPABILITY_ANTHROPIC_MESSAGES in backend.status.capabilities
         self.contexts = {m.id: m.context_length for m in backend.status.models if m.context_length}
         self.health = backend.status.health
@@ -149,8 +160,18 @@ def _routable(backend: types_pb2.Backend) -> bool:
     return not backend.drained and backend.status.health in (HEALTHY, DEGRADED)
 
 
-def build_table(snapshot: types_pb2.Snapshot, states: dict[str, BackendState]) -> RoutingTable:
-    """Update states from the snapshot (creating new ones) and precompute every route."""
+HeadersFor = Callable[[types_pb2.BackendSpec], "CIMultiDictProxy[str] | None"]
+
+
+def build_table(
+    snapshot: types_pb2.Snapshot,
+    states: dict[str, BackendState],
+    headers_for: HeadersFor | None = None,
+) -> RoutingTable:
+    """Update states from the snapshot (creating new ones) and precompute every route.
+
+    `headers_for` gives each backend's upstream headers (its credential); a backend it
+    gives None for is not routable from this edge."""
     seen: set[str] = set()
     kinds: dict[int, list[tuple[BackendState, str]]] = {}
     # model id -> [(backend state, upstream model id)]
@@ -165,9 +186,11 @@ def build_table(snapshot: types_pb2.Snapshot, states: dict[str, BackendState]) -
         if state is None:
             state = states[name] = BackendState(name)
         state.update(backend)
+        if headers_for is not None:
+            state.headers = headers_for(backend.spec)
         ids = [m.id for m in backend.status.models if m.id]
         known.update(ids)
-        if _routable(backend):
+        if _routable(backend) and (headers_for is None or state.headers is not None):
             kinds.setdefault(state.kind, []).append((state, ""))
             for model_id in dict.fromkeys(ids):
                 serving.setdefault(model_id, []).append((state, model_id))

@@ -5,6 +5,7 @@ import grpc
 import warnings
 
 from corral.v1 import admin_pb2 as corral_dot_v1_dot_admin__pb2
+from corral.v1 import providers_pb2 as corral_dot_v1_dot_providers__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -90,6 +91,36 @@ class AdminServiceStub:
                 request_serializer=corral_dot_v1_dot_admin__pb2.DeleteAliasRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_admin__pb2.DeleteAliasResponse.FromString,
                 _registered_method=True)
+        self.ListProviders = channel.unary_unary(
+                '/corral.v1.AdminService/ListProviders',
+                request_serializer=corral_dot_v1_dot_providers__pb2.ListProvidersRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_providers__pb2.ListProvidersResponse.FromString,
+                _registered_method=True)
+        self.SetProvider = channel.unary_unary(
+                '/corral.v1.AdminService/SetProvider',
+                request_serializer=corral_dot_v1_dot_providers__pb2.SetProviderRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_providers__pb2.SetProviderResponse.FromString,
+                _registered_method=True)
+        self.RemoveProvider = channel.unary_unary(
+                '/corral.v1.AdminService/RemoveProvider',
+                request_serializer=corral_dot_v1_dot_providers__pb2.RemoveProviderRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_providers__pb2.RemoveProviderResponse.FromString,
+                _registered_method=True)
+        self.ListFallbacks = channel.unary_unary(
+                '/corral.v1.AdminService/ListFallbacks',
+                request_serializer=corral_dot_v1_dot_providers__pb2.ListFallbacksRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_providers__pb2.ListFallbacksResponse.FromString,
+                _registered_method=True)
+        self.SetFallbacks = channel.unary_unary(
+                '/corral.v1.AdminService/SetFallbacks',
+                request_serializer=corral_dot_v1_dot_providers__pb2.SetFallbacksRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_providers__pb2.SetFallbacksResponse.FromString,
+                _registered_method=True)
+        self.DeleteFallbacks = channel.unary_unary(
+                '/corral.v1.AdminService/DeleteFallbacks',
+                request_serializer=corral_dot_v1_dot_providers__pb2.DeleteFallbacksRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_providers__pb2.DeleteFallbacksResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -162,6 +193,43 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListProviders(self, request, context):
+        """Hosted providers and fallback chains (issue 14; messages in providers.proto).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetProvider(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveProvider(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFallbacks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetFallbacks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteFallbacks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +287,36 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DeleteAlias,
                     request_deserializer=corral_dot_v1_dot_admin__pb2.DeleteAliasRequest.FromString,
                     response_serializer=corral_dot_v1_dot_admin__pb2.DeleteAliasResponse.SerializeToString,
+            ),
+            'ListProviders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProviders,
+                    request_deserializer=corral_dot_v1_dot_providers__pb2.ListProvidersRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_providers__pb2.ListProvidersResponse.SerializeToString,
+            ),
+            'SetProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetProvider,
+                    request_deserializer=corral_dot_v1_dot_providers__pb2.SetProviderRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_providers__pb2.SetProviderResponse.SerializeToString,
+            ),
+            'RemoveProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveProvider,
+                    request_deserializer=corral_dot_v1_dot_providers__pb2.RemoveProviderRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_providers__pb2.RemoveProviderResponse.SerializeToString,
+            ),
+            'ListFallbacks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFallbacks,
+                    request_deserializer=corral_dot_v1_dot_providers__pb2.ListFallbacksRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_providers__pb2.ListFallbacksResponse.SerializeToString,
+            ),
+            'SetFallbacks': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetFallbacks,
+                    request_deserializer=corral_dot_v1_dot_providers__pb2.SetFallbacksRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_providers__pb2.SetFallbacksResponse.SerializeToString,
+            ),
+            'DeleteFallbacks': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteFallbacks,
+                    request_deserializer=corral_dot_v1_dot_providers__pb2.DeleteFallbacksRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_providers__pb2.DeleteFallbacksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -518,6 +616,168 @@ class AdminService:
             '/corral.v1.AdminService/DeleteAlias',
             corral_dot_v1_dot_admin__pb2.DeleteAliasRequest.SerializeToString,
             corral_dot_v1_dot_admin__pb2.DeleteAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProviders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/ListProviders',
+            corral_dot_v1_dot_providers__pb2.ListProvidersRequest.SerializeToString,
+            corral_dot_v1_dot_providers__pb2.ListProvidersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/SetProvider',
+            corral_dot_v1_dot_providers__pb2.SetProviderRequest.SerializeToString,
+            corral_dot_v1_dot_providers__pb2.SetProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/RemoveProvider',
+            corral_dot_v1_dot_providers__pb2.RemoveProviderRequest.SerializeToString,
+            corral_dot_v1_dot_providers__pb2.RemoveProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFallbacks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/ListFallbacks',
+            corral_dot_v1_dot_providers__pb2.ListFallbacksRequest.SerializeToString,
+            corral_dot_v1_dot_providers__pb2.ListFallbacksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetFallbacks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/SetFallbacks',
+            corral_dot_v1_dot_providers__pb2.SetFallbacksRequest.SerializeToString,
+            corral_dot_v1_dot_providers__pb2.SetFallbacksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteFallbacks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/DeleteFallbacks',
+            corral_dot_v1_dot_providers__pb2.DeleteFallbacksRequest.SerializeToString,
+            corral_dot_v1_dot_providers__pb2.DeleteFallbacksResponse.FromString,
             options,
             channel_credentials,
             insecure,

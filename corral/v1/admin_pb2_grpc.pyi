@@ -6,6 +6,7 @@ Operator calls; grpcurl-friendly."""
 
 from collections import abc as _abc
 from corral.v1 import admin_pb2 as _admin_pb2
+from corral.v1 import providers_pb2 as _providers_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -44,6 +45,13 @@ class AdminServiceStub:
     ListAliases: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAliasesRequest, _admin_pb2.ListAliasesResponse]
     SetAlias: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetAliasRequest, _admin_pb2.SetAliasResponse]
     DeleteAlias: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteAliasRequest, _admin_pb2.DeleteAliasResponse]
+    ListProviders: _grpc.UnaryUnaryMultiCallable[_providers_pb2.ListProvidersRequest, _providers_pb2.ListProvidersResponse]
+    """Hosted providers and fallback chains (issue 14; messages in providers.proto)."""
+    SetProvider: _grpc.UnaryUnaryMultiCallable[_providers_pb2.SetProviderRequest, _providers_pb2.SetProviderResponse]
+    RemoveProvider: _grpc.UnaryUnaryMultiCallable[_providers_pb2.RemoveProviderRequest, _providers_pb2.RemoveProviderResponse]
+    ListFallbacks: _grpc.UnaryUnaryMultiCallable[_providers_pb2.ListFallbacksRequest, _providers_pb2.ListFallbacksResponse]
+    SetFallbacks: _grpc.UnaryUnaryMultiCallable[_providers_pb2.SetFallbacksRequest, _providers_pb2.SetFallbacksResponse]
+    DeleteFallbacks: _grpc.UnaryUnaryMultiCallable[_providers_pb2.DeleteFallbacksRequest, _providers_pb2.DeleteFallbacksResponse]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -60,6 +68,13 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListAliases: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAliasesRequest, _admin_pb2.ListAliasesResponse]  # type: ignore[assignment]
     SetAlias: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetAliasRequest, _admin_pb2.SetAliasResponse]  # type: ignore[assignment]
     DeleteAlias: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteAliasRequest, _admin_pb2.DeleteAliasResponse]  # type: ignore[assignment]
+    ListProviders: _aio.UnaryUnaryMultiCallable[_providers_pb2.ListProvidersRequest, _providers_pb2.ListProvidersResponse]  # type: ignore[assignment]
+    """Hosted providers and fallback chains (issue 14; messages in providers.proto)."""
+    SetProvider: _aio.UnaryUnaryMultiCallable[_providers_pb2.SetProviderRequest, _providers_pb2.SetProviderResponse]  # type: ignore[assignment]
+    RemoveProvider: _aio.UnaryUnaryMultiCallable[_providers_pb2.RemoveProviderRequest, _providers_pb2.RemoveProviderResponse]  # type: ignore[assignment]
+    ListFallbacks: _aio.UnaryUnaryMultiCallable[_providers_pb2.ListFallbacksRequest, _providers_pb2.ListFallbacksResponse]  # type: ignore[assignment]
+    SetFallbacks: _aio.UnaryUnaryMultiCallable[_providers_pb2.SetFallbacksRequest, _providers_pb2.SetFallbacksResponse]  # type: ignore[assignment]
+    DeleteFallbacks: _aio.UnaryUnaryMultiCallable[_providers_pb2.DeleteFallbacksRequest, _providers_pb2.DeleteFallbacksResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -139,5 +154,48 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.DeleteAliasRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.DeleteAliasResponse, _abc.Awaitable[_admin_pb2.DeleteAliasResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListProviders(
+        self,
+        request: _providers_pb2.ListProvidersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_providers_pb2.ListProvidersResponse, _abc.Awaitable[_providers_pb2.ListProvidersResponse]]:
+        """Hosted providers and fallback chains (issue 14; messages in providers.proto)."""
+
+    @_abc_1.abstractmethod
+    def SetProvider(
+        self,
+        request: _providers_pb2.SetProviderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_providers_pb2.SetProviderResponse, _abc.Awaitable[_providers_pb2.SetProviderResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveProvider(
+        self,
+        request: _providers_pb2.RemoveProviderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_providers_pb2.RemoveProviderResponse, _abc.Awaitable[_providers_pb2.RemoveProviderResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListFallbacks(
+        self,
+        request: _providers_pb2.ListFallbacksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_providers_pb2.ListFallbacksResponse, _abc.Awaitable[_providers_pb2.ListFallbacksResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetFallbacks(
+        self,
+        request: _providers_pb2.SetFallbacksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_providers_pb2.SetFallbacksResponse, _abc.Awaitable[_providers_pb2.SetFallbacksResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteFallbacks(
+        self,
+        request: _providers_pb2.DeleteFallbacksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_providers_pb2.DeleteFallbacksResponse, _abc.Awaitable[_providers_pb2.DeleteFallbacksResponse]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,9 +23,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from corral.v1 import providers_pb2 as corral_dot_v1_dot_providers__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63orral/v1/types.proto\x12\tcorral.v1\"\xec\x01\n\x0b\x42\x61\x63kendSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12$\n\x04type\x18\x03 \x01(\x0e\x32\x16.corral.v1.BackendType\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x0e\n\x06weight\x18\x05 \x01(\x01\x12\x32\n\x06labels\x18\x06 \x03(\x0b\x32\".corral.v1.BackendSpec.LabelsEntry\x12\x17\n\x0fmax_concurrency\x18\x07 \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xce\x01\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x12\n\nvram_bytes\x18\x05 \x01(\x04\x12\x34\n\x08metadata\x18\x06 \x03(\x0b\x32\".corral.v1.ModelInfo.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"_\n\x0b\x42\x61\x63kendLoad\x12\x0f\n\x07running\x18\x01 \x01(\r\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x1b\n\x0ekv_cache_usage\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x11\n\x0f_kv_cache_usage\"\xd8\x01\n\rBackendStatus\x12&\n\x06health\x18\x01 \x01(\x0e\x32\x16.corral.v1.HealthState\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12$\n\x06models\x18\x03 \x03(\x0b\x32\x14.corral.v1.ModelInfo\x12$\n\x04load\x18\x04 \x01(\x0b\x32\x16.corral.v1.BackendLoad\x12+\n\x0c\x63\x61pabilities\x18\x05 \x03(\x0e\x32\x15.corral.v1.Capability\x12\x16\n\x0eserver_version\x18\x06 \x01(\t\"|\n\x07\x42\x61\x63kend\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.corral.v1.BackendSpec\x12(\n\x06status\x18\x02 \x01(\x0b\x32\x18.corral.v1.BackendStatus\x12\x0f\n\x07\x64rained\x18\x03 \x01(\x08\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\"+\n\nModelAlias\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07targets\x18\x02 \x03(\t\"\x96\x01\n\x08Snapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x12\n\ncluster_id\x18\x02 \x01(\t\x12$\n\x08\x62\x61\x63kends\x18\x03 \x03(\x0b\x32\x12.corral.v1.Backend\x12&\n\x07\x61liases\x18\x04 \x03(\x0b\x32\x15.corral.v1.ModelAlias\x12\x17\n\x0f\x63reated_unix_ms\x18\x05 \x01(\x03*\xc3\x01\n\x0b\x42\x61\x63kendType\x12\x1c\n\x18\x42\x41\x43KEND_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42\x41\x43KEND_TYPE_OLLAMA\x10\x01\x12\x15\n\x11\x42\x41\x43KEND_TYPE_VLLM\x10\x02\x12\x17\n\x13\x42\x41\x43KEND_TYPE_SGLANG\x10\x03\x12\x19\n\x15\x42\x41\x43KEND_TYPE_LLAMACPP\x10\x04\x12\x19\n\x15\x42\x41\x43KEND_TYPE_LMSTUDIO\x10\x05\x12\x17\n\x13\x42\x41\x43KEND_TYPE_OPENAI\x10\x06*\x96\x01\n\x0bHealthState\x12\x1c\n\x18HEALTH_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14HEALTH_STATE_HEALTHY\x10\x01\x12\x18\n\x14HEALTH_STATE_LOADING\x10\x02\x12\x19\n\x15HEALTH_STATE_DEGRADED\x10\x03\x12\x1a\n\x16HEALTH_STATE_UNHEALTHY\x10\x04*\x82\x01\n\nCapability\x12\x1a\n\x16\x43\x41PABILITY_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43\x41PABILITY_COMPLETIONS\x10\x01\x12\x19\n\x15\x43\x41PABILITY_EMBEDDINGS\x10\x02\x12!\n\x1d\x43\x41PABILITY_ANTHROPIC_MESSAGES\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63orral/v1/types.proto\x12\tcorral.v1\x1a\x19\x63orral/v1/providers.proto\"\xc0\x02\n\x0b\x42\x61\x63kendSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12$\n\x04type\x18\x03 \x01(\x0e\x32\x16.corral.v1.BackendType\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x0e\n\x06weight\x18\x05 \x01(\x01\x12\x32\n\x06labels\x18\x06 \x03(\x0b\x32\".corral.v1.BackendSpec.LabelsEntry\x12\x17\n\x0fmax_concurrency\x18\x07 \x01(\r\x12\x12\n\ncredential\x18\x08 \x01(\t\x12)\n\x08provider\x18\t \x01(\x0e\x32\x17.corral.v1.ProviderType\x12\x13\n\x0b\x61pi_version\x18\n \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xce\x01\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x12\n\nvram_bytes\x18\x05 \x01(\x04\x12\x34\n\x08metadata\x18\x06 \x03(\x0b\x32\".corral.v1.ModelInfo.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"_\n\x0b\x42\x61\x63kendLoad\x12\x0f\n\x07running\x18\x01 \x01(\r\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x1b\n\x0ekv_cache_usage\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x11\n\x0f_kv_cache_usage\"\xd8\x01\n\rBackendStatus\x12&\n\x06health\x18\x01 \x01(\x0e\x32\x16.corral.v1.HealthState\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12$\n\x06models\x18\x03 \x03(\x0b\x32\x14.corral.v1.ModelInfo\x12$\n\x04load\x18\x04 \x01(\x0b\x32\x16.corral.v1.BackendLoad\x12+\n\x0c\x63\x61pabilities\x18\x05 \x03(\x0e\x32\x15.corral.v1.Capability\x12\x16\n\x0eserver_version\x18\x06 \x01(\t\"|\n\x07\x42\x61\x63kend\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.corral.v1.BackendSpec\x12(\n\x06status\x18\x02 \x01(\x0b\x32\x18.corral.v1.BackendStatus\x12\x0f\n\x07\x64rained\x18\x03 \x01(\x08\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\"+\n\nModelAlias\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07targets\x18\x02 \x03(\t\"\xc3\x01\n\x08Snapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x12\n\ncluster_id\x18\x02 \x01(\t\x12$\n\x08\x62\x61\x63kends\x18\x03 \x03(\x0b\x32\x12.corral.v1.Backend\x12&\n\x07\x61liases\x18\x04 \x03(\x0b\x32\x15.corral.v1.ModelAlias\x12\x17\n\x0f\x63reated_unix_ms\x18\x05 \x01(\x03\x12+\n\tfallbacks\x18\x06 \x03(\x0b\x32\x18.corral.v1.FallbackChain*\xc3\x01\n\x0b\x42\x61\x63kendType\x12\x1c\n\x18\x42\x41\x43KEND_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42\x41\x43KEND_TYPE_OLLAMA\x10\x01\x12\x15\n\x11\x42\x41\x43KEND_TYPE_VLLM\x10\x02\x12\x17\n\x13\x42\x41\x43KEND_TYPE_SGLANG\x10\x03\x12\x19\n\x15\x42\x41\x43KEND_TYPE_LLAMACPP\x10\x04\x12\x19\n\x15\x42\x41\x43KEND_TYPE_LMSTUDIO\x10\x05\x12\x17\n\x13\x42\x41\x43KEND_TYPE_OPENAI\x10\x06*\x96\x01\n\x0bHealthState\x12\x1c\n\x18HEALTH_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14HEALTH_STATE_HEALTHY\x10\x01\x12\x18\n\x14HEALTH_STATE_LOADING\x10\x02\x12\x19\n\x15HEALTH_STATE_DEGRADED\x10\x03\x12\x1a\n\x16HEALTH_STATE_UNHEALTHY\x10\x04*\x82\x01\n\nCapability\x12\x1a\n\x16\x43\x41PABILITY_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43\x41PABILITY_COMPLETIONS\x10\x01\x12\x19\n\x15\x43\x41PABILITY_EMBEDDINGS\x10\x02\x12!\n\x1d\x43\x41PABILITY_ANTHROPIC_MESSAGES\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,28 +37,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BACKENDSPEC_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_MODELINFO_METADATAENTRY']._loaded_options = None
   _globals['_MODELINFO_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_BACKENDTYPE']._serialized_start=1125
-  _globals['_BACKENDTYPE']._serialized_end=1320
-  _globals['_HEALTHSTATE']._serialized_start=1323
-  _globals['_HEALTHSTATE']._serialized_end=1473
-  _globals['_CAPABILITY']._serialized_start=1476
-  _globals['_CAPABILITY']._serialized_end=1606
-  _globals['_BACKENDSPEC']._serialized_start=37
-  _globals['_BACKENDSPEC']._serialized_end=273
-  _globals['_BACKENDSPEC_LABELSENTRY']._serialized_start=228
-  _globals['_BACKENDSPEC_LABELSENTRY']._serialized_end=273
-  _globals['_MODELINFO']._serialized_start=276
-  _globals['_MODELINFO']._serialized_end=482
-  _globals['_MODELINFO_METADATAENTRY']._serialized_start=435
-  _globals['_MODELINFO_METADATAENTRY']._serialized_end=482
-  _globals['_BACKENDLOAD']._serialized_start=484
-  _globals['_BACKENDLOAD']._serialized_end=579
-  _globals['_BACKENDSTATUS']._serialized_start=582
-  _globals['_BACKENDSTATUS']._serialized_end=798
-  _globals['_BACKEND']._serialized_start=800
-  _globals['_BACKEND']._serialized_end=924
-  _globals['_MODELALIAS']._serialized_start=926
-  _globals['_MODELALIAS']._serialized_end=969
-  _globals['_SNAPSHOT']._serialized_start=972
-  _globals['_SNAPSHOT']._serialized_end=1122
+  _globals['_BACKENDTYPE']._serialized_start=1281
+  _globals['_BACKENDTYPE']._serialized_end=1476
+  _globals['_HEALTHSTATE']._serialized_start=1479
+  _globals['_HEALTHSTATE']._serialized_end=1629
+  _globals['_CAPABILITY']._serialized_start=1632
+  _globals['_CAPABILITY']._serialized_end=1762
+  _globals['_BACKENDSPEC']._serialized_start=64
+  _globals['_BACKENDSPEC']._serialized_end=384
+  _globals['_BACKENDSPEC_LABELSENTRY']._serialized_start=339
+  _globals['_BACKENDSPEC_LABELSENTRY']._serialized_end=384
+  _globals['_MODELINFO']._serialized_start=387
+  _globals['_MODELINFO']._serialized_end=593
+  _globals['_MODELINFO_METADATAENTRY']._serialized_start=546
+  _globals['_MODELINFO_METADATAENTRY']._serialized_end=593
+  _globals['_BACKENDLOAD']._serialized_start=595
+  _globals['_BACKENDLOAD']._serialized_end=690
+  _globals['_BACKENDSTATUS']._serialized_start=693
+  _globals['_BACKENDSTATUS']._serialized_end=909
+  _globals['_BACKEND']._serialized_start=911
+  _globals['_BACKEND']._serialized_end=1035
+  _globals['_MODELALIAS']._serialized_start=1037
+  _globals['_MODELALIAS']._serialized_end=1080
+  _globals['_SNAPSHOT']._serialized_start=1083
+  _globals['_SNAPSHOT']._serialized_end=1278
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ isort:skip_file
 Messages shared by every corral.v1 service."""
 
 from collections import abc as _abc
+from corral.v1 import providers_pb2 as _providers_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
@@ -133,6 +134,9 @@ class BackendSpec(_message.Message):
     WEIGHT_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENCY_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    API_VERSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique across the cluster; the routing identity of the backend."""
     url: _builtins.str
@@ -144,6 +148,14 @@ class BackendSpec(_message.Message):
     """Relative capacity; 0 means the default of 1."""
     max_concurrency: _builtins.int
     """Most requests the backend takes at once; 0 means unlimited."""
+    credential: _builtins.str
+    """A credential REFERENCE (never the secret): each edge and agent resolves it locally
+    from CORRAL_CREDENTIAL_<REF> or <credentials_dir>/<REF>; empty: no credential.
+    """
+    provider: _providers_pb2.ProviderType.ValueType
+    """Set for a hosted provider (no agent): how the edge speaks to it."""
+    api_version: _builtins.str
+    """Azure OpenAI's api-version."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -156,10 +168,13 @@ class BackendSpec(_message.Message):
         weight: _builtins.float = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         max_concurrency: _builtins.int = ...,
+        credential: _builtins.str = ...,
+        provider: _providers_pb2.ProviderType.ValueType = ...,
+        api_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "max_concurrency", b"max_concurrency", "name", b"name", "priority", b"priority", "type", b"type", "url", b"url", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "credential", b"credential", "labels", b"labels", "max_concurrency", b"max_concurrency", "name", b"name", "priority", b"priority", "provider", b"provider", "type", b"type", "url", b"url", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -371,6 +386,7 @@ class Snapshot(_message.Message):
     BACKENDS_FIELD_NUMBER: _builtins.int
     ALIASES_FIELD_NUMBER: _builtins.int
     CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    FALLBACKS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """Derived from the store revision, so every replica gives the same state the same version."""
     cluster_id: _builtins.str
@@ -383,6 +399,10 @@ class Snapshot(_message.Message):
 
     @_builtins.property
     def aliases(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelAlias]: ...
+    @_builtins.property
+    def fallbacks(self) -> _containers.RepeatedCompositeFieldContainer[_providers_pb2.FallbackChain]:
+        """Fallback chains per model or alias (docs/PROVIDERS.md)."""
+
     def __init__(
         self,
         *,
@@ -391,10 +411,11 @@ class Snapshot(_message.Message):
         backends: _abc.Iterable[Global___Backend] | None = ...,
         aliases: _abc.Iterable[Global___ModelAlias] | None = ...,
         created_unix_ms: _builtins.int = ...,
+        fallbacks: _abc.Iterable[_providers_pb2.FallbackChain] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "backends", b"backends", "cluster_id", b"cluster_id", "created_unix_ms", b"created_unix_ms", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "backends", b"backends", "cluster_id", b"cluster_id", "created_unix_ms", b"created_unix_ms", "fallbacks", b"fallbacks", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -87,6 +87,9 @@ async def fake_middleware(request: web.Request, handler: Handler) -> web.StreamR
     fake._record(request, body)
     fake._notify()
 
+    refused = _refuse_without_key(fake, request)
+    if refused is not None:
+        return refused
     if fake.mode == "hang":
         await fake._hang()
     mode = fake.mode
@@ -111,6 +114,32 @@ async def fake_middleware(request: web.Request, handler: Handler) -> web.StreamR
             return await handler(request)
     except RequestRejected as exc:
         return error_response(request, exc.status, exc.message, code=exc.code)
+
+
+# llama-server answers these without a key (tools/server/server.cpp, public_endpoints).
+_LLAMACPP_PUBLIC = frozenset(("/health", "/v1/health", "/models", "/v1/models", "/api/tags"))
+
+
+def _refuse_without_key(fake: FakeServer, request: web.Request) -> web.Response | None:
+    """The 401 a server started with --api-key gives a request without that key: vLLM
+    checks every /v1 path (Authorization: Bearer) and answers {"error": "Unauthorized"};
+    llama-server checks all but its public endpoints (Bearer or X-Api-Key)."""
+    key = fake.api_key
+    if key is None:
+        return None
+    auth = request.headers.get("Authorization", "")
+    given = auth[7:] if auth[:7].lower() == "bearer " else ""
+    if fake.kind == "llamacpp":
+        if request.path in _LLAMACPP_PUBLIC:
+            return None
+        given = given or request.headers.get("X-Api-Key", "")
+        if given == key:
+            return None
+        error = {"code": 401, "message": "Invalid API Key", "type": "authentication_error"}
+        return fake.json({"error": error}, status=401)
+    if not request.path.startswith("/v1") or given == key:
+        return None
+    return fake.json({"error": "Unauthorized"}, status=401)
 
 
 async def _add_backend_header(request: web.Request, response: web.StreamResponse) -> None:

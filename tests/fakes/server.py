@@ -83,6 +83,7 @@ class FakeServer:
         total_slots: int = 4,
         metrics_enabled: bool = True,
         version: str | None = None,
+        api_key: str | None = None,
     ) -> None:
         if kind not in KINDS:
             raise FakeServerError(f"unknown fake kind {kind!r}; expected one of {KINDS}")
@@ -95,6 +96,8 @@ class FakeServer:
         self.total_slots = total_slots
         self.metrics_enabled = metrics_enabled
         self.version = version or _DEFAULT_VERSIONS[kind]
+        # Like `vllm serve --api-key` / `llama-server --api-key`: refuse requests without it.
+        self.api_key = api_key
         self.stream_chunks = 5
         self.chunk_delay = 0.0
         self.response_delay = 0.0

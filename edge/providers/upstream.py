@@ -1,0 +1,64 @@
+"""The headers each backend is sent, built once per snapshot apply from its credential.
+
+A backend whose credential reference does not resolve on this edge gets None: it is left
+out of routing here, and the edge logs (once per backend and reference) where it looked.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Final
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from corral.config import EdgeConfig
+from corral.credentials import Credentials, MissingCredential
+from corral.v1 import providers_pb2, types_pb2
+
+log = logging.getLogger("corral.edge.credentials")
+
+ANTHROPIC_VERSION: Final = "2023-06-01"
+BASE: Final = CIMultiDictProxy(
+    CIMultiDict({"Content-Type": "application/json", "Accept-Encoding": "identity"})
+)
+
+
+class UpstreamAuth:
+    """Resolves each backend's credential into the headers it is sent."""
+
+    def __init__(self, config: EdgeConfig) -> None:
+        self._credentials = Credentials(config.credentials, config.credentials_dir)
+        self._reported: dict[str, str] = {}  # backend -> reference already logged missing
+
+    def headers(self, spec: types_pb2.BackendSpec) -> CIMultiDictProxy[str] | None:
+        """The headers for this backend; None when its credential is missing here."""
+        ref = spec.credential
+        if not ref:
+            return BASE
+        try:
+            secret = self._credentials.resolve(ref).reveal()
+        except MissingCredential as exc:
+            if self._reported.get(spec.name) != ref:
+                self._reported[spec.name] = ref
+                log.error("backend %s is not routable from this edge: %s", spec.name, exc)
+            return None
+        if self._reported.pop(spec.name, None) is not None:
+            log.info("backend %s: credential %r found; routable again", spec.name, ref)
+        headers = CIMultiDict(BASE)
+        if spec.provider == providers_pb2.PROVIDER_TYPE_ANTHROPIC:
+            headers["x-api-key"] = secret
+            headers["anthropic-version"] = ANTHROPIC_VERSION
+        elif spec.provider == providers_pb2.PROVIDER_TYPE_AZURE:
+            headers["api-key"] = secret
+        else:
+            headers["Authorization"] = f"Bearer {secret}"
+        return CIMultiDictProxy(headers)
+
+
+def tls_context(config: EdgeConfig) -> ssl.SSLContext:
+    """Outbound TLS: the system's trust store plus extra_ca_file; always verified."""
+    context = ssl.create_default_context()
+    if config.extra_ca_file:
+        context.load_verify_locations(cafile=config.extra_ca_file)
+    return context
