@@ -440,8 +440,8 @@ def _convert(hint: Any, raw: Any, where: str, from_text: bool) -> Any:
 def _convert_tuple(args: tuple[Any, ...], raw: Any, where: str, from_text: bool) -> Any:
     item = args[0]
     if item == tuple[str, Secret]:  # credentials: a mapping of reference to secret
-        pairs = _convert_tuple((tuple[str, str],), raw, where, from_text)
-        return tuple((key, Secret(value)) for key, value in pairs if value)
+        texts = _convert_tuple((tuple[str, str],), raw, where, from_text)
+        return tuple((key, Secret(value)) for key, value in texts if value)
     if item == tuple[str, str]:
         # Labels: "k=v,k2=v2" in text, a mapping in YAML, a list of "k=v" from flags.
         pairs: list[tuple[str, str]] = []
