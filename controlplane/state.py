@@ -4,40 +4,15 @@ The view lists the routing prefix at revision R and watches from R + 1. It never
 in time: events at or below the view's revision are ignored, and a listing older than the
 view is dropped. On compaction it re-lists.
 
-Snapshot versions come from the store, never from a local counter, so an edge can move
-between replicas. The version is the revision of the last event under the routing prefix
-(any write or delete there, even a rewrite of identical bytes), so it is a function of the
-store's history alone and every replica gives the same state the same version, however it
-learnt it:
-
-- a watched event sets the version to its revision;
-- a listing at revision R learns the last routing event at or below R: the listed keys'
-  largest mod_revision M, unless something under the prefix happened in (M, R] (a delete,
-  or a write to a key since deleted). Those events are read with a watch from M + 1 up to
-  R; they only tell the version, never change the listed content. Writes outside routing
-  (presence) therefore never change the version, on a replica that watched them go by or
-  on one that just started;
-- when (M, R] was compacted away, the last routing event in what is left decides; when
-  nothing under the prefix is left there either, the version falls back to R (the same
-  content, named by a later revision; it never goes back in time). Replicas agree again at
-  the next routing event.
-
-Version X always means "the store's routing content at revision X", so two replicas that
-give a version to a state agree on the content, and a replica can always catch up to a
-version an edge already has by listing the store again.
-
-Publishing: subscribers are woken for the newest snapshot at most every publish_interval
-when something that decides routing changed (membership, health, drain, aliases, models,
-capabilities), but at most every load_publish_interval when everything since the last
-published snapshot is load alone (running, waiting, KV-cache use). Versions are not touched:
-a paced snapshot carries the newest version, edges just get fewer of them.
+Snapshot versions come from the store, never from a local counter (controlplane/versions.py
+says how a listing is named); subscribers are woken at a paced rate
+(controlplane/pacing.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +20,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from controlplane.keys import DrainFlag, KeyLayout, RoutingKind
+from controlplane.pacing import PublishPacer, load_only
 from controlplane.store.base import (
     CompactedError,
     EventType,
@@ -54,14 +30,11 @@ from controlplane.store.base import (
     StoreError,
     WatchBatch,
 )
+from controlplane.versions import last_event_revision
 from corral.backoff import Backoff
 from corral.v1 import routing_pb2, types_pb2
 
 log = logging.getLogger(__name__)
-
-# How long a listing may spend reading the routing events between its keys' last write and
-# its revision before it settles for naming the content by the listing's revision.
-REPLAY_TIMEOUT_SECONDS = 10.0
 
 DrainListener = Callable[[str, DrainFlag | None], None]
 RemovalListener = Callable[[str], None]
@@ -133,12 +106,11 @@ class RoutingView:
         self._store_ok = True
         self.listings = 0
         self._version_event = asyncio.Event()
-        self._publish_interval = publish_interval
-        self._load_publish_interval = max(publish_interval, load_publish_interval)
-        self._publish_handle: asyncio.TimerHandle | None = None
-        self._last_publish = -math.inf
-        # Something other than load changed since the last publish.
-        self._routing_changed = False
+        self._pacer = PublishPacer(
+            self._publish,
+            publish_interval=publish_interval,
+            load_publish_interval=load_publish_interval,
+        )
         # The snapshot subscribers get (None: build the newest on next ask).
         self._published: BuiltSnapshot | None = None
         self._progress_event = asyncio.Event()
@@ -222,44 +194,8 @@ class RoutingView:
             )
 
     async def last_event_revision(self, revision: int, kvs: Sequence[KeyValue]) -> int:
-        """The revision of the last event under the routing prefix at or below `revision`,
-        for a listing at `revision` that found `kvs` (see the module docstring)."""
-        floor = max((kv.mod_revision for kv in kvs), default=0)
-        if floor >= revision:
-            return revision
-        try:
-            found = await self._replay(floor + 1, revision)
-            return max(found, floor, 1)  # 1: nothing under the prefix, ever
-        except CompactedError as exc:
-            oldest = exc.compact_revision
-        if oldest <= revision:
-            try:
-                found = await self._replay(oldest, revision)
-            except CompactedError:
-                found = 0
-            if found > floor:
-                return found
-        log.info(
-            "routing history before revision %d is compacted; naming the listed content by "
-            "the listing's revision %d",
-            oldest,
-            revision,
-        )
-        return revision
-
-    async def _replay(self, start: int, revision: int) -> int:
-        """The last routing event in [start, revision], or 0."""
-        try:
-            async with asyncio.timeout(REPLAY_TIMEOUT_SECONDS):
-                return await self._store.last_event_revision(self._layout.routing, start, revision)
-        except TimeoutError:
-            log.warning(
-                "reading routing events up to revision %d took over %gs; naming the listed "
-                "content by that revision",
-                revision,
-                REPLAY_TIMEOUT_SECONDS,
-            )
-            return revision
+        """The version of a listing at `revision` that found `kvs` (controlplane/versions.py)."""
+        return await last_event_revision(self._store, self._layout.routing, revision, kvs)
 
     async def _update_synced(self) -> None:
         synced = self._watching and self._store_ok
@@ -357,7 +293,7 @@ class RoutingView:
             old = self._records[kind].get(name)
             if self._apply_record(kind, name, value):
                 changed = True
-                if not routing and not (kind is RoutingKind.STATUS and _load_only(old, value)):
+                if not routing and not (kind is RoutingKind.STATUS and load_only(old, value)):
                     routing = True
                 if kind is RoutingKind.SPEC and value is None:
                     removed.append(name)
@@ -411,28 +347,9 @@ class RoutingView:
             self._on_version(version)
 
     def _schedule_publish(self, *, routing: bool) -> None:
-        """Wake subscribers now, or, after a recent wake, once the publish interval is up
-        (the load publish interval when only load changed since the last wake).
-
-        With a thousand agents, versions can change hundreds of times a second; each wake
-        means one snapshot build and a send to every edge, so wakes are rate-limited and
-        each one carries the newest version.
-        """
-        self._routing_changed |= routing
-        interval = self._publish_interval if self._routing_changed else self._load_publish_interval
-        loop = asyncio.get_running_loop()
-        due = max(loop.time(), self._last_publish + interval)
-        handle = self._publish_handle
-        if handle is not None:
-            if handle.when() <= due:
-                return
-            handle.cancel()  # a routing change does not wait for a paced load change
-        self._publish_handle = loop.call_at(due, self._publish)
+        self._pacer.schedule(routing=routing)
 
     def _publish(self) -> None:
-        self._publish_handle = None
-        self._last_publish = asyncio.get_running_loop().time()
-        self._routing_changed = False
         self._published = None
         self.wake()
 
@@ -530,17 +447,3 @@ class RoutingView:
             built = BuiltSnapshot(snapshot=snapshot, payload=payload)
             self._built = built
         return built
-
-
-def _load_only(old: bytes | None, new: bytes | None) -> bool:
-    """Whether two stored statuses differ in load alone (running, waiting, KV-cache use)."""
-    if old is None or new is None:
-        return False
-    try:
-        a = types_pb2.BackendStatus.FromString(old)
-        b = types_pb2.BackendStatus.FromString(new)
-    except DecodeError:
-        return False
-    a.ClearField("load")
-    b.ClearField("load")
-    return a == b

@@ -1,0 +1,82 @@
+"""Snapshot versions: the revision of the last event under the routing prefix.
+
+Snapshot versions come from the store, never from a local counter, so an edge can move
+between replicas. The version is the revision of the last event under the routing prefix
+(any write or delete there, even a rewrite of identical bytes), so it is a function of the
+store's history alone and every replica gives the same state the same version, however it
+learnt it:
+
+- a watched event sets the version to its revision;
+- a listing at revision R learns the last routing event at or below R: the listed keys'
+  largest mod_revision M, unless something under the prefix happened in (M, R] (a delete,
+  or a write to a key since deleted). Those events are read with a watch from M + 1 up to
+  R; they only tell the version, never change the listed content. Writes outside routing
+  (presence) therefore never change the version, on a replica that watched them go by or
+  on one that just started;
+- when (M, R] was compacted away, the last routing event in what is left decides; when
+  nothing under the prefix is left there either, the version falls back to R (the same
+  content, named by a later revision; it never goes back in time). Replicas agree again at
+  the next routing event.
+
+Version X always means "the store's routing content at revision X", so two replicas that
+give a version to a state agree on the content, and a replica can always catch up to a
+version an edge already has by listing the store again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from controlplane.store.base import CompactedError, KeyValue, Store
+
+log = logging.getLogger(__name__)
+
+# How long a listing may spend reading the routing events between its keys' last write and
+# its revision before it settles for naming the content by the listing's revision.
+REPLAY_TIMEOUT_SECONDS = 10.0
+
+
+async def last_event_revision(
+    store: Store, prefix: bytes, revision: int, kvs: Sequence[KeyValue]
+) -> int:
+    """The revision of the last event under `prefix` at or below `revision`, for a listing
+    at `revision` that found `kvs` (see the module docstring)."""
+    floor = max((kv.mod_revision for kv in kvs), default=0)
+    if floor >= revision:
+        return revision
+    try:
+        found = await _replay(store, prefix, floor + 1, revision)
+        return max(found, floor, 1)  # 1: nothing under the prefix, ever
+    except CompactedError as exc:
+        oldest = exc.compact_revision
+    if oldest <= revision:
+        try:
+            found = await _replay(store, prefix, oldest, revision)
+        except CompactedError:
+            found = 0
+        if found > floor:
+            return found
+    log.info(
+        "routing history before revision %d is compacted; naming the listed content by "
+        "the listing's revision %d",
+        oldest,
+        revision,
+    )
+    return revision
+
+
+async def _replay(store: Store, prefix: bytes, start: int, revision: int) -> int:
+    """The last event under `prefix` in [start, revision], or 0."""
+    try:
+        async with asyncio.timeout(REPLAY_TIMEOUT_SECONDS):
+            return await store.last_event_revision(prefix, start, revision)
+    except TimeoutError:
+        log.warning(
+            "reading routing events up to revision %d took over %gs; naming the listed "
+            "content by that revision",
+            revision,
+            REPLAY_TIMEOUT_SECONDS,
+        )
+        return revision
