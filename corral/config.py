@@ -143,6 +143,10 @@ class EdgeConfig:
     session_headers: tuple[str, ...] = ("X-Corral-Session",)
     # Bounded-load factor for sticky routing: skip backends above (1 + e) x average load.
     bounded_load_epsilon: float = 0.25
+    # Reported load: how far back an agent's sample may lie (this edge's own requests in
+    # flight then are in it already), and the half-life of the rest after it arrives.
+    reported_load_window_seconds: float = 5.0
+    reported_load_half_life_seconds: float = 2.0
     # sticky (by session/conversation key, else least-connections), least-connections or
     # round-robin (per model).
     balancing: str = "sticky"

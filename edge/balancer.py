@@ -16,7 +16,7 @@ from corral.v1 import types_pb2
 from edge.errors import ApiError
 from edge.providers.upstream import UpstreamAuth
 from edge.routing import least_loaded, sticky_choice
-from edge.table import BackendState, ModelRoute, RoutingTable, build_table
+from edge.table import BackendState, ModelRoute, ReportAging, RoutingTable, build_table
 
 STICKY: Final = "sticky"
 SPILL: Final = "spill"
@@ -45,6 +45,10 @@ class Balancer:
         self.table: RoutingTable | None = None
         self.rng = rng or random.Random()
         self._eps = config.bounded_load_epsilon
+        self._aging = ReportAging(
+            window=config.reported_load_window_seconds,
+            half_life=config.reported_load_half_life_seconds,
+        )
         # "sticky" (by key when the request has one), "least-connections" or "round-robin".
         self._sticky = config.balancing == STICKY
         self._round_robin = config.balancing == ROUND_ROBIN
@@ -57,7 +61,7 @@ class Balancer:
 
     def apply(self, snapshot: types_pb2.Snapshot) -> RoutingTable:
         """Make snapshot the table in force, in one assignment; wake every queued request."""
-        table = build_table(snapshot, self.states, self.upstream.headers)
+        table = build_table(snapshot, self.states, self.upstream.headers, self._aging)
         self.table = table
         for state in self.states.values():
             if not state.alive and state.awaiting:
@@ -227,10 +231,10 @@ class Balancer:
     # -- accounting ------------------------------------------------------------------------
 
     def acquire(self, backend: BackendState) -> None:
-        backend.inflight += 1
+        backend.started()
 
     def release(self, backend: BackendState) -> None:
-        backend.inflight -= 1
+        backend.finished()
         if self._waiters:
             name = backend.name
             for entry in self._waiters:

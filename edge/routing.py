@@ -3,6 +3,11 @@
 Every edge with the same snapshot computes the same sticky choice for the same key, because
 the choice depends only on the key, the backend names and their weights (and, for the
 bounded-load spill, on load).
+
+When a conversation may leave its home: never while the home has a free slot (a request
+there starts at once, and a move recomputes the whole prompt elsewhere); past that, only when
+the home is above (1 + eps) x its share of all load. So with no concurrency every turn goes
+home, and under overload no backend runs far above the average.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ class Candidate(Protocol):
     def name_bytes(self) -> bytes: ...
     @property
     def weight(self) -> float: ...
-    def load(self) -> int: ...
+    def load(self) -> float: ...
     def has_capacity(self) -> bool: ...
+    def free_slot(self) -> bool: ...
 
 
 C = TypeVar("C", bound=Candidate)
@@ -121,7 +127,7 @@ def _score_and_name(item: tuple[float, bytes, object]) -> tuple[float, bytes]:
     return item[0], item[1]
 
 
-def within_bound(candidate: Candidate, total_load: int, total_weight: float, eps: float) -> bool:
+def within_bound(candidate: Candidate, total_load: float, total_weight: float, eps: float) -> bool:
     """Bounded load: may the candidate take one more request?
 
     Its share of (all load + this request) is capped at ceil((1 + eps) x its weighted share),
@@ -131,10 +137,17 @@ def within_bound(candidate: Candidate, total_load: int, total_weight: float, eps
     return candidate.load() + 1 <= cap
 
 
+def may_take(candidate: Candidate, total_load: float, total_weight: float, eps: float) -> bool:
+    """Sticky admission: capacity left, and a free slot or within the load bound."""
+    return candidate.has_capacity() and (
+        candidate.free_slot() or within_bound(candidate, total_load, total_weight, eps)
+    )
+
+
 def sticky_choice(
     key: bytes, ranked: Sequence[C], usable: Sequence[C], eps: float
 ) -> tuple[C, int] | None:
-    """The first backend in rendezvous order that is usable, has capacity and is in bound.
+    """The first backend in rendezvous order that is usable and may take the request.
 
     ranked: every routable backend of the tier (so the order does not change when one is
     briefly unusable); usable: the subset that may take traffic now. Returns the choice and
@@ -146,25 +159,21 @@ def sticky_choice(
     if len(ranked) == 1:
         # One backend: it is the rendezvous home whatever the key; nothing to hash.
         only = ranked[0]
-        if (
-            only in usable
-            and only.has_capacity()
-            and within_bound(only, only.load(), 1.0 * only.weight, eps)
-        ):
+        if only in usable and may_take(only, only.load(), 1.0 * only.weight, eps):
             return only, 0
         return None
-    total_load = 0
+    total_load = 0.0
     total_weight = 0.0
     for c in usable:
         total_load += c.load()
         total_weight += c.weight
     scored = _scored(key, ranked)
     home = max(scored, key=_score_and_name)[2]
-    if home in usable and home.has_capacity() and within_bound(home, total_load, total_weight, eps):
+    if home in usable and may_take(home, total_load, total_weight, eps):
         return home, 0  # the common case: no sort needed
     scored.sort(key=_score_and_name, reverse=True)
     for position, (_, _, c) in enumerate(scored):
-        if c in usable and c.has_capacity() and within_bound(c, total_load, total_weight, eps):
+        if c in usable and may_take(c, total_load, total_weight, eps):
             return c, position
     return None
 

@@ -7,6 +7,7 @@ of requests already in flight.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -25,12 +26,29 @@ DEGRADED = types_pb2.HEALTH_STATE_DEGRADED
 CAPABILITY_ANTHROPIC_MESSAGES = types_pb2.CAPABILITY_ANTHROPIC_MESSAGES
 _MAX_WEIGHT = 1e6
 _MAX_CACHED_URLS = 64
+# A KV cache this full leaves no room for another conversation's prefix without evicting one.
+KV_NEARLY_FULL = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class ReportAging:
+    """How this edge reads the load a backend reports (sampled seconds before it arrives).
+
+    window: how far back a report's sample may lie; this edge's own requests that were in
+    flight then are already in it, so they are not counted twice (nor after they finished).
+    half_life: the rest (other edges' requests) counts half as much every half_life seconds
+    after the report arrived, so a stale sample fades instead of pinning a backend as busy.
+    """
+
+    window: float = 5.0
+    half_life: float = 2.0
 
 
 class BackendState:
     """One backend as this edge sees it: spec and reported status plus local counters."""
 
     __slots__ = (
+        "aging",
         "alive",
         "api_version",
         "awaiting",
@@ -43,13 +61,18 @@ class BackendState:
         "health",
         "inflight",
         "kind",
+        "kv_usage",
+        "last_at_level",
         "max_concurrency",
         "name",
         "name_bytes",
         "native_messages",
         "priority",
         "provider",
+        "raw_reported",
         "reported",
+        "reported_at",
+        "slots",
         "urls",
         "weight",
     )
@@ -69,8 +92,19 @@ class BackendState:
         self.native_messages = False
         # Model id -> context window in tokens, where the backend reports one.
         self.contexts: dict[str, int] = {}
-        # running + waiting as the backend itself reports them.
-        self.reported = 0
+        # Other edges' requests (running + waiting as the backend reports them, less what this
+        # edge had in flight around the sample), counted from reported_at on, fading by aging.
+        self.reported = 0.0
+        self.reported_at = 0.0
+        self.aging: ReportAging | None = None
+        # The raw running + waiting of the last report, to notice a new one.
+        self.raw_reported = -1
+        # last_at_level[k]: when this edge last had more than k requests in flight here.
+        self.last_at_level: list[float] = []
+        # Requests the server runs at once (llama.cpp slots, else max_concurrency; 0 unknown),
+        # and the fraction of its KV cache in use (-1 unknown).
+        self.slots = 0
+        self.kv_usage = -1.0
         self.inflight = 0
         self.failures = 0
         self.ejections = 0
@@ -86,7 +120,7 @@ class BackendState:
         self.provider = 0
         self.api_version = ""
 
-    def update(self, backend: types_pb2.Backend) -> None:
+    def update(self, backend: types_pb2.Backend, aging: ReportAging | None = None) -> None:
         spec = backend.spec
         base_url = spec.url.rstrip("/")
         if base_url != self.base_url:
@@ -105,10 +139,53 @@ class BackendState:
         self.health = backend.status.health
         self.alive = self.health in (HEALTHY, DEGRADED)
         load = backend.status.load
-        self.reported = load.running + load.waiting
+        self.kv_usage = load.kv_cache_usage if load.HasField("kv_cache_usage") else -1.0
+        self.slots = _slots(backend) or self.max_concurrency
+        raw = load.running + load.waiting
+        if raw != self.raw_reported:
+            self.raw_reported = raw
+            self.aging = aging
+            self.reported_at = now = time.monotonic()
+            mine = self.peak_inflight(now - aging.window) if aging is not None else 0
+            self.reported = float(max(0, raw - mine))
 
-    def load(self) -> int:
-        return self.inflight + self.reported
+    def started(self) -> None:
+        self.inflight += 1
+
+    def finished(self) -> None:
+        """One of this edge's requests here ended: remember when it was this busy."""
+        level = self.inflight - 1
+        if level >= 0:
+            marks = self.last_at_level
+            if len(marks) <= level:
+                marks.extend([0.0] * (level + 1 - len(marks)))
+            marks[level] = time.monotonic()
+        self.inflight = level
+
+    def peak_inflight(self, since: float) -> int:
+        """The most requests this edge had in flight here at any moment since `since`."""
+        peak = self.inflight
+        marks = self.last_at_level
+        for level in range(len(marks) - 1, peak - 1, -1):
+            if marks[level] >= since:
+                return level + 1
+        return peak
+
+    def others(self) -> float:
+        """Other edges' requests here as last reported, faded with the report's age."""
+        reported = self.reported
+        aging = self.aging
+        if not reported or aging is None:
+            return reported
+        age = time.monotonic() - self.reported_at
+        return reported * 0.5 ** (age / aging.half_life) if aging.half_life > 0 else reported
+
+    def load(self) -> float:
+        return self.inflight + self.others()
+
+    def free_slot(self) -> bool:
+        """A request sent now starts at once: a slot is free and the KV cache has room."""
+        return self.slots > 0 and self.load() < self.slots and self.kv_usage < KV_NEARLY_FULL
 
     def url(self, path: str) -> URL:
         """The backend's URL for a path, parsed once (native pass-through paths vary, so
@@ -156,6 +233,15 @@ class RoutingTable:
     by_kind: dict[int, ModelRoute] = field(default_factory=dict)
 
 
+def _slots(backend: types_pb2.Backend) -> int:
+    """The parallel slots a llama.cpp server reports (/props total_slots), else 0."""
+    for model in backend.status.models:
+        value = model.metadata.get("total_slots", "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 def _routable(backend: types_pb2.Backend) -> bool:
     return not backend.drained and backend.status.health in (HEALTHY, DEGRADED)
 
@@ -167,6 +253,7 @@ def build_table(
     snapshot: types_pb2.Snapshot,
     states: dict[str, BackendState],
     headers_for: HeadersFor | None = None,
+    aging: ReportAging | None = None,
 ) -> RoutingTable:
     """Update states from the snapshot (creating new ones) and precompute every route.
 
@@ -185,7 +272,7 @@ def build_table(
         state = states.get(name)
         if state is None:
             state = states[name] = BackendState(name)
-        state.update(backend)
+        state.update(backend, aging)
         if headers_for is not None:
             state.headers = headers_for(backend.spec)
         ids = [m.id for m in backend.status.models if m.id]

@@ -1,0 +1,171 @@
+"""How reported load and local in-flight combine and age, and when sticky routing spills."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from corral.config import EdgeConfig
+from corral.v1 import types_pb2
+from edge.balancer import SPILL, STICKY, Balancer
+from edge.routing import chat_key, may_take, rendezvous_order, sticky_choice, within_bound
+from edge.table import BackendState, ReportAging
+from tests.edge.snapshot_server import backend, snapshot
+
+MODEL = "tiny"
+AGING = ReportAging(window=5.0, half_life=2.0)
+
+
+def llamacpp(name: str, running: int = 0, slots: int = 2, kv: float | None = None):  # type: ignore[no-untyped-def]
+    """A llama.cpp backend as its agent reports it: slots in the model metadata."""
+    message = backend(name, f"http://127.0.0.1/{name}", [MODEL], running=running)
+    message.spec.type = types_pb2.BACKEND_TYPE_LLAMACPP
+    message.status.models[0].metadata["total_slots"] = str(slots)
+    if kv is not None:
+        message.status.load.kv_cache_usage = kv
+    return message
+
+
+def state(name: str, *, slots: int = 0, reported: float = 0.0, inflight: int = 0) -> BackendState:
+    s = BackendState(name)
+    s.slots, s.reported, s.inflight = slots, reported, inflight
+    return s
+
+
+def test_own_finished_request_is_not_load() -> None:
+    """A report sampled while this edge's request ran does not count once it finished."""
+    s = BackendState("a")
+    s.started()
+    s.finished()
+    s.update(llamacpp("a", running=1), AGING)
+    assert s.load() == 0 and s.free_slot()
+
+
+def test_own_running_request_is_counted_once() -> None:
+    """This edge's request in flight is in the report too: counted once, not twice."""
+    s = BackendState("a")
+    s.started()
+    s.update(llamacpp("a", running=1), AGING)
+    assert s.load() == 1
+
+
+def test_other_edges_load_counts_and_fades() -> None:
+    """Load from other edges counts when it arrives and halves every half-life."""
+    s = BackendState("a")
+    s.update(llamacpp("a", running=4), AGING)
+    assert math.isclose(s.load(), 4.0, rel_tol=1e-3)
+    s.reported_at -= 2 * AGING.half_life
+    assert math.isclose(s.load(), 1.0, rel_tol=1e-3)
+    # The same report again is not new: its age keeps running.
+    s.update(llamacpp("a", running=4), AGING)
+    assert s.load() < 1.01
+
+
+def test_old_local_requests_leave_the_window() -> None:
+    """Only this edge's requests inside the report window are taken out of a report."""
+    s = BackendState("a")
+    for _ in range(3):
+        s.started()
+    for _ in range(3):
+        s.finished()
+    assert s.peak_inflight(0.0) == 3
+    s.last_at_level = [t - 10.0 for t in s.last_at_level]
+    s.update(llamacpp("a", running=2), AGING)
+    assert math.isclose(s.load(), 2.0, rel_tol=1e-3)
+
+
+@settings(max_examples=200)
+@given(
+    key=st.binary(min_size=16, max_size=16),
+    loads=st.lists(st.integers(0, 3), min_size=2, max_size=6),
+    slots=st.integers(4, 8),
+)
+def test_free_slot_at_home_means_no_spill(key: bytes, loads: list[int], slots: int) -> None:
+    """While the home has a free slot the request goes home, whatever the others' load."""
+    states = [state(f"b{i}", slots=slots, reported=load) for i, load in enumerate(loads)]
+    found = sticky_choice(key, states, states, 0.0)
+    assert found is not None and found[1] == 0
+    assert found[0] is rendezvous_order(key, states)[0]
+
+
+@settings(max_examples=300)
+@given(
+    key=st.binary(min_size=16, max_size=16),
+    loads=st.lists(st.integers(0, 20), min_size=2, max_size=6),
+    slots=st.lists(st.integers(0, 4), min_size=6, max_size=6),
+    eps=st.sampled_from([0.0, 0.25, 1.0]),
+)
+def test_spill_only_past_free_slots_and_bound(
+    key: bytes, loads: list[int], slots: list[int], eps: float
+) -> None:
+    """A spill skips only backends with no free slot and above the bound; the choice may take."""
+    states = [state(f"b{i}", slots=slots[i], reported=v) for i, v in enumerate(loads)]
+    found = sticky_choice(key, states, states, eps)
+    assert found is not None
+    chosen, position = found
+    total = float(sum(loads))
+    order = rendezvous_order(key, states)
+    assert order[position] is chosen and may_take(chosen, total, len(states), eps)
+    for skipped in order[:position]:
+        assert not skipped.free_slot() and not within_bound(skipped, total, len(states), eps)
+
+
+def test_nearly_full_kv_cache_is_no_free_slot() -> None:
+    """A backend whose KV cache is nearly full is loaded: only the bound can keep it home."""
+    s = BackendState("a")
+    s.update(llamacpp("a", slots=4, kv=0.95), AGING)
+    assert s.load() == 0 and not s.free_slot()
+    s.update(llamacpp("a", slots=4, kv=0.5), AGING)
+    assert s.free_slot()
+
+
+def test_sequential_conversations_stay_home_with_stale_reports() -> None:
+    """The issue's trial: one request at a time, reports sampled mid-turn arrive late; no spill."""
+    balancer = Balancer(EdgeConfig())
+    names = ("a", "b", "c")
+    version = 1
+    balancer.apply(snapshot(version, [llamacpp(n) for n in names]))
+    homes: dict[int, set[str]] = {}
+    routes = []
+    previous: str | None = None
+    for turn in range(5):
+        for conversation in range(9):
+            messages = [{"role": "system", "content": "be brief"}]
+            messages += [{"role": "user", "content": f"conversation {conversation} turn {t}"}
+                         for t in range(turn + 1)]  # fmt: skip
+            key = chat_key(MODEL, messages)
+            found = balancer.pick(balancer.route_for(MODEL), key, set())
+            assert isinstance(found, tuple)
+            chosen, route = found
+            routes.append(route)
+            homes.setdefault(conversation, set()).add(chosen.name)
+            balancer.acquire(chosen)
+            balancer.release(chosen)
+            # The agent sampled while that turn ran; the report lands after it finished,
+            # and the previous backend's report is still the old, busy one.
+            version += 1
+            busy = {chosen.name, previous}
+            balancer.apply(snapshot(version, [llamacpp(n, running=int(n in busy)) for n in names]))
+            previous = chosen.name
+    assert routes.count(SPILL) == 0 and routes.count(STICKY) == 45
+    assert all(len(served) == 1 for served in homes.values())
+
+
+def test_overload_still_spills_within_bound() -> None:
+    """With every slot taken, a hot home past (1 + eps) x average sends work on."""
+    balancer = Balancer(EdgeConfig(bounded_load_epsilon=0.25))
+    balancer.apply(snapshot(1, [llamacpp(n) for n in ("a", "b", "c")]))
+    route = balancer.route_for(MODEL)
+    key = b"k" * 16
+    picks = []
+    for _ in range(12):
+        found = balancer.pick(route, key, set())
+        assert isinstance(found, tuple)
+        balancer.acquire(found[0])
+        picks.append(found)
+    per_backend = {n: sum(1 for b, _ in picks if b.name == n) for n in ("a", "b", "c")}
+    assert max(per_backend.values()) <= math.ceil(1.25 * 12 / 3)
+    assert picks[0][1] == STICKY and picks[1][1] == STICKY  # both slots at home first
+    assert any(route == SPILL for _, route in picks)
