@@ -23,6 +23,7 @@ from controlplane.errors import (
     NotFoundError,
     translate_store_error,
 )
+from controlplane.hosted_admin import HostedAdmin
 from controlplane.keys import DrainFlag
 from controlplane.replica import Parts, Replica
 from controlplane.store.base import StoreError
@@ -58,6 +59,7 @@ class AdminService:
             "ListAliases": (self.list_aliases, admin_pb2.ListAliasesRequest),
             "SetAlias": (self.set_alias, admin_pb2.SetAliasRequest),
             "DeleteAlias": (self.delete_alias, admin_pb2.DeleteAliasRequest),
+            **HostedAdmin(self).methods(),
         }
         return grpc.method_handlers_generic_handler(
             SERVICE,

@@ -6,6 +6,8 @@ Under the configured prefix (default ``/corral/``)::
     routing/backends/<name>/status  BackendStatus             leased to the agent's session
     routing/drain/<name>            JSON {reason, since_unix_ms}   persistent
     routing/aliases/<name>          ModelAlias                persistent
+    routing/providers/<name>        Provider (a credential REFERENCE only)   persistent
+    routing/fallbacks/<model>       FallbackChain             persistent
     presence/agents/<name>          AgentInfo                 leased to the agent's session
     presence/edges/<edge>/<stream>  EdgeInfo                  leased to the replica
 
@@ -32,6 +34,8 @@ class RoutingKind(enum.Enum):
     STATUS = "status"
     DRAIN = "drain"
     ALIAS = "alias"
+    PROVIDER = "provider"
+    FALLBACK = "fallback"
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,20 @@ class KeyLayout:
     @property
     def aliases(self) -> bytes:
         return self.routing + b"aliases/"
+
+    @property
+    def providers(self) -> bytes:
+        return self.routing + b"providers/"
+
+    @property
+    def fallbacks(self) -> bytes:
+        return self.routing + b"fallbacks/"
+
+    def provider(self, name: str) -> bytes:
+        return self.providers + _component(name)
+
+    def fallback(self, model: str) -> bytes:
+        return self.fallbacks + _component(model)
 
     @property
     def presence(self) -> bytes:
@@ -105,6 +123,10 @@ class KeyLayout:
             return RoutingKind.DRAIN, unquote(key[len(self.drains) :].decode())
         if key.startswith(self.aliases):
             return RoutingKind.ALIAS, unquote(key[len(self.aliases) :].decode())
+        if key.startswith(self.providers):
+            return RoutingKind.PROVIDER, unquote(key[len(self.providers) :].decode())
+        if key.startswith(self.fallbacks):
+            return RoutingKind.FALLBACK, unquote(key[len(self.fallbacks) :].decode())
         return None
 
 

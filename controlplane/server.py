@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from controlplane import admin_service, agent_service, routing_service
+from controlplane import admin_service, agent_service, hosted, routing_service
 from controlplane.admin_service import AdminService
 from controlplane.agent_service import AgentService
 from controlplane.agents import (
@@ -253,6 +253,7 @@ async def serve(config: ControlPlaneConfig, *, ready: asyncio.Event | None = Non
         async with _maybe_metrics(metrics, config.metrics_listen):
             store = await _open_store(config)
             await seed_aliases(store, layout, config.aliases)
+            await hosted.seed(store, layout, config.providers, config.fallbacks)
             synced_once = asyncio.Event()
 
             async def on_sync(synced: bool) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
+from controlplane import hosted
 from controlplane.keys import DrainFlag, KeyLayout, RoutingKind
 from controlplane.pacing import PublishPacer, load_only
 from controlplane.store.base import (
@@ -325,7 +326,7 @@ class RoutingView:
             if old == value:
                 return False
             table[name] = value
-        if kind is not RoutingKind.ALIAS:
+        if kind is not RoutingKind.ALIAS and kind is not RoutingKind.FALLBACK:
             self._backend_cache.pop(name, None)
         return True
 
@@ -380,6 +381,10 @@ class RoutingView:
             return self._backend_cache[name]
         raw_spec = self._records[RoutingKind.SPEC].get(name)
         backend: types_pb2.Backend | None = None
+        if raw_spec is None and name in self._records[RoutingKind.PROVIDER]:
+            backend = hosted.backend_of(name, self._records[RoutingKind.PROVIDER][name])
+            self._backend_cache[name] = backend
+            return backend
         if raw_spec is not None:
             backend = types_pb2.Backend()
             try:
@@ -398,11 +403,16 @@ class RoutingView:
         return backend
 
     def backend_names(self) -> list[str]:
-        return sorted(self._records[RoutingKind.SPEC])
+        """Agents' backends and hosted providers (an agent's backend wins a name clash)."""
+        return sorted(self._records[RoutingKind.SPEC].keys() | self._records[RoutingKind.PROVIDER])
 
     def backends(self) -> list[types_pb2.Backend]:
         found = (self.backend(name) for name in self.backend_names())
         return [b for b in found if b is not None]
+
+    def records(self, kind: RoutingKind) -> dict[str, bytes]:
+        """The raw stored records of one kind, by name (providers, fallback chains)."""
+        return dict(self._records[kind])
 
     def drain_flag(self, name: str) -> DrainFlag | None:
         raw = self._records[RoutingKind.DRAIN].get(name)
@@ -442,6 +452,7 @@ class RoutingView:
                 backends=self.backends(),
                 aliases=self.aliases(),
                 created_unix_ms=int(time.time() * 1000),
+                fallbacks=hosted.decode_all(self._records[RoutingKind.FALLBACK]),
             )
             payload = routing_pb2.WatchSnapshotsResponse(snapshot=snapshot).SerializeToString()
             built = BuiltSnapshot(snapshot=snapshot, payload=payload)

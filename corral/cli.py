@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from corral import __version__
+from corral import __version__, providers_cli
 from corral.config import ConfigError, CorralConfig, load
 from corral.runtime import configure_logging, run_until_signal
 
@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--ca-file", help="speak TLS, trusting this CA bundle")
     status.add_argument("--cert-file", help="client certificate for mutual TLS")
     status.add_argument("--key-file", help="client key for mutual TLS")
+    providers_cli.register(sub)
     return parser
 
 
@@ -141,6 +142,8 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Corra
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in providers_cli.COMMANDS:
+        return providers_cli.run(args)
     if args.command == "status":
         from corral.status import run_status
 

@@ -33,9 +33,14 @@ def env_name(ref: str) -> str:
     return ENV_PREFIX + re.sub(r"[^A-Z0-9]", "_", ref.upper())
 
 
+# How the keys of well-known providers start: a "reference" like this is a pasted secret.
+_KEY_PREFIXES: Final = ("sk-", "sk_", "AIza", "gsk_", "xai-", "pplx-")
+
+
 def valid_reference(ref: str) -> bool:
-    """A reference that is also a safe file name (no path, no dot-files)."""
-    return _SAFE_REF.fullmatch(ref) is not None
+    """A reference that is also a safe file name (no path, no dot-files), and does not look
+    like a pasted API key."""
+    return _SAFE_REF.fullmatch(ref) is not None and not ref.startswith(_KEY_PREFIXES)
 
 
 def from_environ(environ: Mapping[str, str]) -> tuple[tuple[str, Secret], ...]:

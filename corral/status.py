@@ -152,6 +152,11 @@ def _type(value: types_pb2.BackendType.ValueType) -> str:
         return str(value)
 
 
+def _hosted(spec: types_pb2.BackendSpec) -> str:
+    """A hosted provider's type (its credential is a reference, shown by --json only)."""
+    return "hosted:" + spec.labels.get("provider", "?")
+
+
 def _models(status: types_pb2.BackendStatus) -> str:
     # A trailing * marks a model resident in memory now, where the server tells.
     ids = [m.id + ("*" if m.loaded else "") for m in status.models]
@@ -203,7 +208,7 @@ def render_text(status: ClusterStatus, *, now: float | None = None) -> str:
     backend_rows = [
         (
             b.spec.name,
-            _type(b.spec.type),
+            _type(b.spec.type) if not b.spec.provider else _hosted(b.spec),
             _health(b.status.health),
             _models(b.status),
             _load(b.status.load),
