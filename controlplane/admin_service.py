@@ -27,8 +27,9 @@ from controlplane.hosted_admin import HostedAdmin
 from controlplane.keys import DrainFlag
 from controlplane.replica import Parts, Replica
 from controlplane.store.base import StoreError
+from controlplane.traffic.admin import get_traffic
 from controlplane.validation import check_alias, check_name, check_text
-from corral.v1 import admin_pb2, types_pb2
+from corral.v1 import admin_pb2, traffic_pb2, types_pb2
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class AdminService:
             "SetAlias": (self.set_alias, admin_pb2.SetAliasRequest),
             "DeleteAlias": (self.delete_alias, admin_pb2.DeleteAliasRequest),
             **HostedAdmin(self).methods(),
+            "GetTraffic": (get_traffic, traffic_pb2.GetTrafficRequest),
         }
         return grpc.method_handlers_generic_handler(
             SERVICE,

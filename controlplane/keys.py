@@ -10,6 +10,7 @@ Under the configured prefix (default ``/corral/``)::
     routing/fallbacks/<model>       FallbackChain             persistent
     presence/agents/<name>          AgentInfo                 leased to the agent's session
     presence/edges/<edge>/<stream>  EdgeInfo                  leased to the replica
+    traffic/<res>/<edge>/<start ms> TrafficRecord             leased per time bucket
 
 Everything a snapshot is built from sits under ``routing/``, which every replica watches;
 presence changes often and is read only on request, so it lives apart and never bumps the
@@ -88,6 +89,20 @@ class KeyLayout:
     @property
     def edges(self) -> bytes:
         return self.presence + b"edges/"
+
+    @property
+    def traffic(self) -> bytes:
+        return self.prefix + b"traffic/"
+
+    def traffic_record(self, resolution: str, edge_id: str, start_unix_ms: int) -> bytes:
+        return (
+            self.traffic
+            + resolution.encode()
+            + b"/"
+            + _component(edge_id)
+            + b"/"
+            + str(start_unix_ms).encode()
+        )
 
     def spec(self, name: str) -> bytes:
         return self.backends + _component(name) + b"/spec"

@@ -59,6 +59,11 @@ class Metrics:
             "Snapshots sent to edges.",
             registry=r,
         )
+        self.traffic_reports = Counter(
+            "corral_controlplane_traffic_reports",
+            "Traffic reports from edges stored.",
+            registry=r,
+        )
         self.relists = Counter(
             "corral_controlplane_store_listings",
             "Listings of the routing prefix (start, compaction, catch-up, store outage).",

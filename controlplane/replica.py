@@ -17,6 +17,8 @@ from controlplane.keys import KeyLayout
 from controlplane.metrics import Metrics
 from controlplane.state import RoutingView
 from controlplane.store.base import LeaseNotFoundError, Store, StoreError
+from controlplane.traffic.book import TrafficBook
+from controlplane.traffic.view import TrafficView
 from corral.backoff import Backoff
 from corral.v1 import admin_pb2
 
@@ -103,6 +105,8 @@ class Parts:
     view: RoutingView
     hub: AgentHub
     edges: EdgeBook
+    traffic_book: TrafficBook
+    traffic: TrafficView
 
 
 class Replica:

@@ -17,11 +17,12 @@ from typing import Any
 
 import grpc
 
-from controlplane.errors import ControlPlaneError, ShuttingDownError
+from controlplane.errors import ControlPlaneError, ShuttingDownError, translate_store_error
 from controlplane.replica import Replica
 from controlplane.store.base import StoreError
+from controlplane.traffic.intake import check_report
 from controlplane.validation import MAX_AGENT_ID, check_text
-from corral.v1 import admin_pb2, routing_pb2
+from corral.v1 import admin_pb2, routing_pb2, traffic_pb2
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,34 @@ class RoutingService:
                     self.watch_snapshots,
                     request_deserializer=routing_pb2.WatchSnapshotsRequest.FromString,
                     response_serializer=_identity,
-                )
+                ),
+                "ReportTraffic": grpc.unary_unary_rpc_method_handler(
+                    self.report_traffic,
+                    request_deserializer=traffic_pb2.ReportTrafficRequest.FromString,
+                    response_serializer=traffic_pb2.ReportTrafficResponse.SerializeToString,
+                ),
             },
         )
+
+    async def report_traffic(
+        self,
+        request: traffic_pb2.ReportTrafficRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> traffic_pb2.ReportTrafficResponse:
+        """Store an edge's traffic slices; acknowledge what the store now holds."""
+        replica = self._replica
+        try:
+            parts = replica.parts()
+            acked = check_report(request)
+            await parts.traffic_book.report(request)
+        except ControlPlaneError as exc:
+            replica.metrics.rejections.labels(exc.reason).inc()
+            await context.abort(exc.code, str(exc))
+        except StoreError as exc:
+            error = translate_store_error(exc, "traffic report")
+            await context.abort(error.code, str(error))
+        replica.metrics.traffic_reports.inc()
+        return traffic_pb2.ReportTrafficResponse(acked_seq=acked)
 
     async def watch_snapshots(
         self, request: routing_pb2.WatchSnapshotsRequest, context: Context

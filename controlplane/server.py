@@ -43,6 +43,8 @@ from controlplane.replica import EdgeBook, Parts, Replica
 from controlplane.routing_service import RoutingService
 from controlplane.state import RoutingView
 from controlplane.store.base import Store, StoreError, StoreUnavailableError
+from controlplane.traffic.book import TrafficBook
+from controlplane.traffic.view import TrafficView
 from corral.backoff import Backoff
 from corral.config import ControlPlaneConfig, ModelAliasConfig
 from corral.v1 import types_pb2
@@ -290,10 +292,14 @@ async def serve(config: ControlPlaneConfig, *, ready: asyncio.Event | None = Non
                 load_publish_interval=config.snapshot_load_interval_seconds,
             )
             edges = EdgeBook(store, layout, ttl, metrics)
-            replica.install(Parts(store, view, hub, edges))
+            traffic = TrafficView(store, layout)
+            replica.install(
+                Parts(store, view, hub, edges, TrafficBook(store, layout, metrics), traffic)
+            )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(view.run(), name="routing view")
                 tasks.create_task(edges.run(), name="edge presence")
+                tasks.create_task(traffic.run(), name="traffic view")
                 await synced_once.wait()
                 if ready is not None:
                     ready.set()

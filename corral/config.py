@@ -93,6 +93,25 @@ class HostedConfig:
 
 
 @dataclass(frozen=True)
+class EdgeObservabilityConfig:
+    """Traffic reports and tracing (docs/OBSERVABILITY.md)."""
+
+    # How often the edge sends its traffic summary to the control plane; 0 turns it off.
+    traffic_interval_seconds: float = 5.0
+    # OTLP/HTTP JSON traces endpoint (e.g. http://127.0.0.1:4318/v1/traces); None: no spans.
+    otlp_endpoint: str | None = None
+    otlp_service_name: str = "corral-edge"
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """The control plane's web dashboard and traffic view (docs/OBSERVABILITY.md)."""
+
+    # Serve /dashboard on metrics_listen.
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class ControlPlaneConfig:
     listen: str = "127.0.0.1:7701"
     # "etcd" for a cluster, "memory" for one process.
@@ -126,6 +145,7 @@ class ControlPlaneConfig:
     aliases: tuple[ModelAliasConfig, ...] = ()
     providers: tuple[ProviderConfig, ...] = ()
     fallbacks: tuple[FallbackConfig, ...] = ()
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
 
 @dataclass(frozen=True)
@@ -176,6 +196,7 @@ class EdgeConfig:
     # the system's; certificates are always verified).
     extra_ca_file: str | None = None
     hosted: HostedConfig = field(default_factory=HostedConfig)
+    observability: EdgeObservabilityConfig = field(default_factory=EdgeObservabilityConfig)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from edge.providers.upstream import tls_context
 from edge.proxy import Proxy
 from edge.state import load_snapshot, save_snapshot
 from edge.subscriber import SnapshotSubscriber
+from edge.traffic_reporter import traffic_reports
 
 log = logging.getLogger("corral.edge")
 
@@ -366,6 +367,7 @@ def build_app(config: EdgeConfig) -> web.Application:
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_snapshots)
     app.on_response_prepare.append(tag_response)
+    app.cleanup_ctx.append(traffic_reports)
     return app
 
 

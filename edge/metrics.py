@@ -19,6 +19,9 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+from corral.v1 import traffic_pb2
+from edge.traffic import TrafficRecorder
+
 _LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 )  # fmt: skip
@@ -127,6 +130,8 @@ class EdgeMetrics:
         # turned into Prometheus samples when scraped.
         self._hot = _HotMetrics()
         r.register(self._hot)
+        # The same requests, per (backend, model) and cut into slices for the control plane.
+        self.traffic = TrafficRecorder()
         self.retries = Counter(
             "corral_edge_retries",
             "Attempts retried on another backend, by the backend that failed and why.",
@@ -186,14 +191,16 @@ class EdgeMetrics:
             hist = hot.latency[endpoint] = _Histogram()
         hist.counts[bisect_left(_BOUNDS, seconds)] += 1
         hist.sum += seconds
+        self.traffic.request(backend, model, seconds)
 
-    def first_token(self, model: str, seconds: float) -> None:
+    def first_token(self, model: str, seconds: float, backend: str = "-") -> None:
         ttft = self._hot.ttft
         hist = ttft.get(model)
         if hist is None:
             hist = ttft[model] = _Histogram()
         hist.counts[bisect_left(_BOUNDS, seconds)] += 1
         hist.sum += seconds
+        self.traffic.first_token(backend, model, seconds)
 
     def attempt_started(self, backend: str) -> None:
         inflight = self._hot.inflight
@@ -208,6 +215,19 @@ class EdgeMetrics:
         if count is None:
             count = decisions[route] = _Count()
         count.value += 1
+
+    def cut_traffic(self) -> traffic_pb2.TrafficSlice | None:
+        """Close the current traffic slice (see TrafficRecorder.cut)."""
+        hot = self._hot
+        statuses = {key: count.value for key, count in list(hot.requests.items())}
+        decisions = {route: count.value for route, count in list(hot.decisions.items())}
+        retries = [
+            (sample.labels["backend"], sample.value)
+            for family in self.retries.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        ]
+        return self.traffic.cut(statuses, decisions, retries, dict(hot.inflight))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

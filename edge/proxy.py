@@ -336,7 +336,7 @@ class Proxy:
                 await to_client(relay, exchange.first(first, backend), request)
                 call = attempt.call
                 call.ttft = ttft = time.monotonic() - call.started
-                self.metrics.first_token(attempt.model, ttft)
+                self.metrics.first_token(attempt.model, ttft, backend.name)
                 idle = self._idle
                 chunk_of = exchange.chunk
                 while True:

@@ -6,6 +6,7 @@ import warnings
 
 from corral.v1 import admin_pb2 as corral_dot_v1_dot_admin__pb2
 from corral.v1 import providers_pb2 as corral_dot_v1_dot_providers__pb2
+from corral.v1 import traffic_pb2 as corral_dot_v1_dot_traffic__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -121,6 +122,11 @@ class AdminServiceStub:
                 request_serializer=corral_dot_v1_dot_providers__pb2.DeleteFallbacksRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_providers__pb2.DeleteFallbacksResponse.FromString,
                 _registered_method=True)
+        self.GetTraffic = channel.unary_unary(
+                '/corral.v1.AdminService/GetTraffic',
+                request_serializer=corral_dot_v1_dot_traffic__pb2.GetTrafficRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_traffic__pb2.GetTrafficResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -230,6 +236,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTraffic(self, request, context):
+        """Traffic (issue 15): the cluster-wide view merged from every edge's reports.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -317,6 +330,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DeleteFallbacks,
                     request_deserializer=corral_dot_v1_dot_providers__pb2.DeleteFallbacksRequest.FromString,
                     response_serializer=corral_dot_v1_dot_providers__pb2.DeleteFallbacksResponse.SerializeToString,
+            ),
+            'GetTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTraffic,
+                    request_deserializer=corral_dot_v1_dot_traffic__pb2.GetTrafficRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_traffic__pb2.GetTrafficResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -778,6 +796,33 @@ class AdminService:
             '/corral.v1.AdminService/DeleteFallbacks',
             corral_dot_v1_dot_providers__pb2.DeleteFallbacksRequest.SerializeToString,
             corral_dot_v1_dot_providers__pb2.DeleteFallbacksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/GetTraffic',
+            corral_dot_v1_dot_traffic__pb2.GetTrafficRequest.SerializeToString,
+            corral_dot_v1_dot_traffic__pb2.GetTrafficResponse.FromString,
             options,
             channel_credentials,
             insecure,

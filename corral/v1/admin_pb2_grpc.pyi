@@ -7,6 +7,7 @@ Operator calls; grpcurl-friendly."""
 from collections import abc as _abc
 from corral.v1 import admin_pb2 as _admin_pb2
 from corral.v1 import providers_pb2 as _providers_pb2
+from corral.v1 import traffic_pb2 as _traffic_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -52,6 +53,8 @@ class AdminServiceStub:
     ListFallbacks: _grpc.UnaryUnaryMultiCallable[_providers_pb2.ListFallbacksRequest, _providers_pb2.ListFallbacksResponse]
     SetFallbacks: _grpc.UnaryUnaryMultiCallable[_providers_pb2.SetFallbacksRequest, _providers_pb2.SetFallbacksResponse]
     DeleteFallbacks: _grpc.UnaryUnaryMultiCallable[_providers_pb2.DeleteFallbacksRequest, _providers_pb2.DeleteFallbacksResponse]
+    GetTraffic: _grpc.UnaryUnaryMultiCallable[_traffic_pb2.GetTrafficRequest, _traffic_pb2.GetTrafficResponse]
+    """Traffic (issue 15): the cluster-wide view merged from every edge's reports."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -75,6 +78,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListFallbacks: _aio.UnaryUnaryMultiCallable[_providers_pb2.ListFallbacksRequest, _providers_pb2.ListFallbacksResponse]  # type: ignore[assignment]
     SetFallbacks: _aio.UnaryUnaryMultiCallable[_providers_pb2.SetFallbacksRequest, _providers_pb2.SetFallbacksResponse]  # type: ignore[assignment]
     DeleteFallbacks: _aio.UnaryUnaryMultiCallable[_providers_pb2.DeleteFallbacksRequest, _providers_pb2.DeleteFallbacksResponse]  # type: ignore[assignment]
+    GetTraffic: _aio.UnaryUnaryMultiCallable[_traffic_pb2.GetTrafficRequest, _traffic_pb2.GetTrafficResponse]  # type: ignore[assignment]
+    """Traffic (issue 15): the cluster-wide view merged from every edge's reports."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -197,5 +202,13 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _providers_pb2.DeleteFallbacksRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_providers_pb2.DeleteFallbacksResponse, _abc.Awaitable[_providers_pb2.DeleteFallbacksResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetTraffic(
+        self,
+        request: _traffic_pb2.GetTrafficRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_traffic_pb2.GetTrafficResponse, _abc.Awaitable[_traffic_pb2.GetTrafficResponse]]:
+        """Traffic (issue 15): the cluster-wide view merged from every edge's reports."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,20 +23,21 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from corral.v1 import traffic_pb2 as corral_dot_v1_dot_traffic__pb2
 from corral.v1 import types_pb2 as corral_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63orral/v1/routing.proto\x12\tcorral.v1\x1a\x15\x63orral/v1/types.proto\"r\n\x15WatchSnapshotsRequest\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\x1c\n\x14last_applied_version\x18\x02 \x01(\x04\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12\x16\n\x0elisten_address\x18\x04 \x01(\t\"?\n\x16WatchSnapshotsResponse\x12%\n\x08snapshot\x18\x01 \x01(\x0b\x32\x13.corral.v1.Snapshot2i\n\x0eRoutingService\x12W\n\x0eWatchSnapshots\x12 .corral.v1.WatchSnapshotsRequest\x1a!.corral.v1.WatchSnapshotsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63orral/v1/routing.proto\x12\tcorral.v1\x1a\x17\x63orral/v1/traffic.proto\x1a\x15\x63orral/v1/types.proto\"r\n\x15WatchSnapshotsRequest\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\x1c\n\x14last_applied_version\x18\x02 \x01(\x04\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12\x16\n\x0elisten_address\x18\x04 \x01(\t\"?\n\x16WatchSnapshotsResponse\x12%\n\x08snapshot\x18\x01 \x01(\x0b\x32\x13.corral.v1.Snapshot2\xbd\x01\n\x0eRoutingService\x12W\n\x0eWatchSnapshots\x12 .corral.v1.WatchSnapshotsRequest\x1a!.corral.v1.WatchSnapshotsResponse0\x01\x12R\n\rReportTraffic\x12\x1f.corral.v1.ReportTrafficRequest\x1a .corral.v1.ReportTrafficResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'corral.v1.routing_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WATCHSNAPSHOTSREQUEST']._serialized_start=61
-  _globals['_WATCHSNAPSHOTSREQUEST']._serialized_end=175
-  _globals['_WATCHSNAPSHOTSRESPONSE']._serialized_start=177
-  _globals['_WATCHSNAPSHOTSRESPONSE']._serialized_end=240
-  _globals['_ROUTINGSERVICE']._serialized_start=242
-  _globals['_ROUTINGSERVICE']._serialized_end=347
+  _globals['_WATCHSNAPSHOTSREQUEST']._serialized_start=86
+  _globals['_WATCHSNAPSHOTSREQUEST']._serialized_end=200
+  _globals['_WATCHSNAPSHOTSRESPONSE']._serialized_start=202
+  _globals['_WATCHSNAPSHOTSRESPONSE']._serialized_end=265
+  _globals['_ROUTINGSERVICE']._serialized_start=268
+  _globals['_ROUTINGSERVICE']._serialized_end=457
 # @@protoc_insertion_point(module_scope)

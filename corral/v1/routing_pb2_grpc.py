@@ -5,6 +5,7 @@ import grpc
 import warnings
 
 from corral.v1 import routing_pb2 as corral_dot_v1_dot_routing__pb2
+from corral.v1 import traffic_pb2 as corral_dot_v1_dot_traffic__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -40,6 +41,11 @@ class RoutingServiceStub:
                 request_serializer=corral_dot_v1_dot_routing__pb2.WatchSnapshotsRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_routing__pb2.WatchSnapshotsResponse.FromString,
                 _registered_method=True)
+        self.ReportTraffic = channel.unary_unary(
+                '/corral.v1.RoutingService/ReportTraffic',
+                request_serializer=corral_dot_v1_dot_traffic__pb2.ReportTrafficRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_traffic__pb2.ReportTrafficResponse.FromString,
+                _registered_method=True)
 
 
 class RoutingServiceServicer:
@@ -54,6 +60,13 @@ class RoutingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportTraffic(self, request, context):
+        """Traffic (issue 15): an edge's summaries since its last acknowledged report.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RoutingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +74,11 @@ def add_RoutingServiceServicer_to_server(servicer, server):
                     servicer.WatchSnapshots,
                     request_deserializer=corral_dot_v1_dot_routing__pb2.WatchSnapshotsRequest.FromString,
                     response_serializer=corral_dot_v1_dot_routing__pb2.WatchSnapshotsResponse.SerializeToString,
+            ),
+            'ReportTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportTraffic,
+                    request_deserializer=corral_dot_v1_dot_traffic__pb2.ReportTrafficRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_traffic__pb2.ReportTrafficResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +108,33 @@ class RoutingService:
             '/corral.v1.RoutingService/WatchSnapshots',
             corral_dot_v1_dot_routing__pb2.WatchSnapshotsRequest.SerializeToString,
             corral_dot_v1_dot_routing__pb2.WatchSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.RoutingService/ReportTraffic',
+            corral_dot_v1_dot_traffic__pb2.ReportTrafficRequest.SerializeToString,
+            corral_dot_v1_dot_traffic__pb2.ReportTrafficResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ Routing snapshots streamed from the control plane to edges."""
 
 from collections import abc as _abc
 from corral.v1 import routing_pb2 as _routing_pb2
+from corral.v1 import traffic_pb2 as _traffic_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -37,6 +38,8 @@ class RoutingServiceStub:
     versions may be skipped). Never sends a version older than last_applied_version
     of the same cluster: a replica that lags waits until it has caught up.
     """
+    ReportTraffic: _grpc.UnaryUnaryMultiCallable[_traffic_pb2.ReportTrafficRequest, _traffic_pb2.ReportTrafficResponse]
+    """Traffic (issue 15): an edge's summaries since its last acknowledged report."""
 
 @_typing.type_check_only
 class RoutingServiceAsyncStub(RoutingServiceStub):
@@ -46,6 +49,8 @@ class RoutingServiceAsyncStub(RoutingServiceStub):
     versions may be skipped). Never sends a version older than last_applied_version
     of the same cluster: a replica that lags waits until it has caught up.
     """
+    ReportTraffic: _aio.UnaryUnaryMultiCallable[_traffic_pb2.ReportTrafficRequest, _traffic_pb2.ReportTrafficResponse]  # type: ignore[assignment]
+    """Traffic (issue 15): an edge's summaries since its last acknowledged report."""
 
 class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -58,5 +63,13 @@ class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
         versions may be skipped). Never sends a version older than last_applied_version
         of the same cluster: a replica that lags waits until it has caught up.
         """
+
+    @_abc_1.abstractmethod
+    def ReportTraffic(
+        self,
+        request: _traffic_pb2.ReportTrafficRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_traffic_pb2.ReportTrafficResponse, _abc.Awaitable[_traffic_pb2.ReportTrafficResponse]]:
+        """Traffic (issue 15): an edge's summaries since its last acknowledged report."""
 
 def add_RoutingServiceServicer_to_server(servicer: RoutingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

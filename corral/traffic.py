@@ -1,0 +1,49 @@
+"""Traffic summaries' shared arithmetic: fixed histogram buckets, merging and quantiles.
+
+Edges count request latency and time to first token into the same fixed buckets, so a
+summary from any edge, any time slice, merges with any other by adding counts. Buckets grow
+by a factor of sqrt(2) from 1 ms to 262 s (37 bounds, plus one bucket above): a quantile
+read from merged counts is within one bucket, i.e. within a factor of 1.41, of the truth.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, MutableSequence, Sequence
+
+BOUNDS: tuple[float, ...] = tuple(0.001 * 2 ** (i / 2) for i in range(37))
+# Counts per bucket: one per bound, plus the overflow bucket.
+SIZE = len(BOUNDS) + 1
+
+
+def empty() -> list[int]:
+    return [0] * SIZE
+
+
+def add_into(total: MutableSequence[int], counts: Iterable[int]) -> None:
+    """Add counts bucket by bucket (shorter inputs add to the first buckets)."""
+    for i, value in enumerate(counts):
+        if i < SIZE and value:
+            total[i] += value
+
+
+def quantile(counts: Sequence[int], q: float) -> float:
+    """The q-quantile in seconds, as the upper bound of the bucket that holds it (an
+    overflow answer is the last bound); 0 when empty."""
+    total = sum(counts)
+    if total == 0:
+        return 0.0
+    rank = math.ceil(q * total)
+    seen = 0
+    for i, value in enumerate(counts):
+        seen += value
+        if seen >= rank and value:
+            return BOUNDS[min(i, len(BOUNDS) - 1)]
+    return BOUNDS[-1]
+
+
+def bucket_of(seconds: float) -> int:
+    """The bucket index a duration falls in (the same rule as bisect_left on BOUNDS)."""
+    from bisect import bisect_left
+
+    return bisect_left(BOUNDS, seconds)

@@ -1,0 +1,189 @@
+"""The edge's traffic summary: per (backend, model) cells cut into slices of a few seconds.
+
+The hot path (EdgeMetrics.request / first_token) adds to a cell: one dict lookup, a bisect
+and two additions. Statuses, routing decisions and retries are not counted again: a slice
+takes the difference of the Prometheus counters EdgeMetrics already keeps. Slices wait in a
+bounded queue until the control plane acknowledges them, so an edge that cannot reach it
+keeps serving and catches up later; past the bound the oldest are dropped (and counted).
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Iterable, Mapping
+
+from corral import traffic as hist
+from corral.v1 import traffic_pb2
+
+# The most distinct (backend, model) cells one slice holds; the rest merge into "other".
+MAX_CELLS = 1000
+OTHER = "other"
+# Slices kept while the control plane cannot be reached (1 h at 5 s).
+MAX_PENDING = 720
+
+_BOUNDS = hist.BOUNDS
+
+
+class Cell:
+    __slots__ = (
+        "cache_hits",
+        "completion_tokens",
+        "latency",
+        "latency_sum",
+        "limit_refusals",
+        "prompt_tokens",
+        "requests",
+        "ttft",
+        "ttft_sum",
+    )
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.latency = hist.empty()
+        self.latency_sum = 0.0
+        self.ttft = hist.empty()
+        self.ttft_sum = 0.0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cache_hits = 0
+        self.limit_refusals = 0
+
+
+class TrafficRecorder:
+    """Counts into the current slice; `cut` closes it and queues it for reporting."""
+
+    def __init__(self, *, max_pending: int = MAX_PENDING) -> None:
+        self.cells: dict[tuple[str, str], Cell] = {}
+        self.pending: deque[traffic_pb2.TrafficSlice] = deque()
+        self.max_pending = max_pending
+        self.dropped = 0
+        self._seq = 0
+        self._start_ms = int(time.time() * 1000)
+        self._last_statuses: dict[tuple[str, str, int], int] = {}
+        self._last_decisions: dict[str, int] = {}
+        self._last_retries: dict[str, float] = {}
+
+    def cell(self, backend: str, model: str) -> Cell:
+        key = (backend, model)
+        cell = self.cells.get(key)
+        if cell is None:
+            if len(self.cells) >= MAX_CELLS:
+                key = (OTHER, OTHER)
+                cell = self.cells.get(key)
+                if cell is not None:
+                    return cell
+            cell = self.cells[key] = Cell()
+        return cell
+
+    # -- the hot path ------------------------------------------------------------------
+
+    def request(self, backend: str, model: str, seconds: float) -> None:
+        cell = self.cell(backend, model)
+        cell.requests += 1
+        cell.latency[bisect_left(_BOUNDS, seconds)] += 1
+        cell.latency_sum += seconds
+
+    def first_token(self, backend: str, model: str, seconds: float) -> None:
+        cell = self.cell(backend, model)
+        cell.ttft[bisect_left(_BOUNDS, seconds)] += 1
+        cell.ttft_sum += seconds
+
+    def tokens(self, backend: str, model: str, prompt: int, completion: int) -> None:
+        cell = self.cell(backend, model)
+        cell.prompt_tokens += prompt
+        cell.completion_tokens += completion
+
+    def cache_hit(self, model: str) -> None:
+        self.cell("-", model).cache_hits += 1
+
+    def limit_refused(self, model: str) -> None:
+        self.cell("-", model).limit_refusals += 1
+
+    # -- once per slice ------------------------------------------------------------------
+
+    def cut(
+        self,
+        statuses: Mapping[tuple[str, str, int], int],
+        decisions: Mapping[str, int],
+        retries: Iterable[tuple[str, float]],
+        inflight: Mapping[str, int],
+        now_ms: int | None = None,
+    ) -> traffic_pb2.TrafficSlice | None:
+        """Close the current slice (given the cumulative counters statuses[(model, backend,
+        status)], decisions[route], retries (backend, total)) and queue it; None when
+        nothing happened in it."""
+        cells, self.cells = self.cells, {}
+        end_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        start_ms, self._start_ms = self._start_ms, end_ms
+        status_delta: dict[tuple[str, str], dict[int, int]] = {}
+        for (model, backend, status), total in list(statuses.items()):
+            key = (model, backend, status)
+            delta = total - self._last_statuses.get(key, 0)
+            if delta:
+                self._last_statuses[key] = total
+                status_delta.setdefault((backend, model), {})[status] = delta
+        decision_delta: dict[str, int] = {}
+        for route, total in list(decisions.items()):
+            delta = total - self._last_decisions.get(route, 0)
+            if delta:
+                self._last_decisions[route] = total
+                decision_delta[route] = delta
+        retry_delta: dict[str, int] = {}
+        totals: dict[str, float] = {}
+        for backend, value in retries:
+            totals[backend] = totals.get(backend, 0.0) + value
+        for backend, so_far in totals.items():
+            grown = int(so_far - self._last_retries.get(backend, 0.0))
+            if grown:
+                self._last_retries[backend] = so_far
+                retry_delta[backend] = grown
+        if not cells and not status_delta and not decision_delta and not retry_delta:
+            live = {b: n for b, n in inflight.items() if n}
+            if not live:
+                return None
+        out = traffic_pb2.TrafficSlice(start_unix_ms=start_ms, end_unix_ms=end_ms)
+        keys = set(cells) | set(status_delta) | {(b, "-") for b in retry_delta}
+        for backend, model in sorted(keys):
+            cell = cells.get((backend, model))
+            pb = out.cells.add(backend=backend, model=model)
+            for status, count in status_delta.get((backend, model), {}).items():
+                pb.statuses[status] = count
+            if model == "-":  # retries are counted per backend only
+                pb.retries = retry_delta.get(backend, 0)
+            if cell is None:
+                continue
+            pb.requests = cell.requests
+            if cell.requests:
+                pb.latency.extend(_trim(cell.latency))
+                pb.latency_sum = cell.latency_sum
+            if any(cell.ttft):
+                pb.ttft.extend(_trim(cell.ttft))
+                pb.ttft_sum = cell.ttft_sum
+            pb.prompt_tokens = cell.prompt_tokens
+            pb.completion_tokens = cell.completion_tokens
+            pb.cache_hits = cell.cache_hits
+            pb.limit_refusals = cell.limit_refusals
+        out.decisions.update(decision_delta)
+        out.inflight.update({b: n for b, n in inflight.items() if n > 0})
+        self._seq += 1
+        out.seq = self._seq
+        self.pending.append(out)
+        while len(self.pending) > self.max_pending:
+            self.pending.popleft()
+            self.dropped += 1
+        return out
+
+    def acknowledge(self, seq: int) -> None:
+        """The control plane holds every slice up to seq: forget them."""
+        while self.pending and self.pending[0].seq <= seq:
+            self.pending.popleft()
+
+
+def _trim(counts: list[int]) -> list[int]:
+    """Counts without trailing empty buckets (they merge as zeros)."""
+    end = len(counts)
+    while end and not counts[end - 1]:
+        end -= 1
+    return counts[:end]

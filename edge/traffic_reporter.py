@@ -1,0 +1,141 @@
+"""Sending the edge's traffic slices to the control plane (RoutingService.ReportTraffic).
+
+Every interval the current slice is cut and everything not yet acknowledged is sent, oldest
+first, in one small unary call to one control-plane address (rotating on failure). Nothing
+here is on the request path: a control plane that is slow or gone only makes the queue of
+unsent slices longer (bounded, see edge/traffic.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+
+import grpc
+from aiohttp import web
+from grpc import aio
+
+from corral.config import EdgeConfig
+from corral.v1 import traffic_pb2
+from edge.metrics import EdgeMetrics
+
+log = logging.getLogger("corral.edge.traffic")
+
+# Slices per call: a catching-up edge sends its backlog in several calls.
+BATCH = 60
+CALL_TIMEOUT_SECONDS = 5.0
+REPORT_METHOD = "/corral.v1.RoutingService/ReportTraffic"
+
+
+class TrafficReporter:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        edge_id: str,
+        metrics: EdgeMetrics,
+        credentials: grpc.ChannelCredentials | None,
+        metadata: tuple[tuple[str, str], ...],
+    ) -> None:
+        self._addresses = [a for a in config.controlplane if a]
+        self._interval = config.observability.traffic_interval_seconds
+        self._listen = config.listen
+        self._edge_id = edge_id
+        self._metrics = metrics
+        self._credentials = credentials
+        self._metadata = metadata or None
+        self._incarnation = secrets.token_hex(8)
+        self._index = 0
+        self._channel: aio.Channel | None = None
+        self.sent = 0
+
+    async def run(self) -> None:
+        if not self._addresses or self._interval <= 0:
+            return
+        self._index = hash(self._edge_id) % len(self._addresses)
+        try:
+            while True:
+                await asyncio.sleep(self._interval)
+                self._metrics.cut_traffic()
+                await self.flush()
+        finally:
+            if self._channel is not None:
+                await self._channel.close(grace=None)
+
+    async def flush(self) -> bool:
+        """Send what is pending; False when the control plane could not be reached."""
+        recorder = self._metrics.traffic
+        while recorder.pending:
+            batch = list(recorder.pending)[:BATCH]
+            request = traffic_pb2.ReportTrafficRequest(
+                edge_id=self._edge_id,
+                incarnation=self._incarnation,
+                slices=batch,
+                dropped=recorder.dropped,
+                listen_address=self._listen,
+            )
+            try:
+                response = await self._call()(
+                    request, timeout=CALL_TIMEOUT_SECONDS, metadata=self._metadata
+                )
+            except aio.AioRpcError as exc:
+                log.info(
+                    "traffic report to %s failed (%s); %d slices kept",
+                    self._address(),
+                    exc.code().name,
+                    len(recorder.pending),
+                )
+                await self._rotate()
+                return False
+            recorder.acknowledge(response.acked_seq)
+            self.sent += len(batch)
+            if response.acked_seq < batch[-1].seq:
+                return False  # the control plane took less than sent: try next interval
+        return True
+
+    def _address(self) -> str:
+        return self._addresses[self._index % len(self._addresses)]
+
+    def _call(
+        self,
+    ) -> aio.UnaryUnaryMultiCallable[
+        traffic_pb2.ReportTrafficRequest, traffic_pb2.ReportTrafficResponse
+    ]:
+        if self._channel is None:
+            address = self._address()
+            if self._credentials is None:
+                self._channel = aio.insecure_channel(address)
+            else:
+                self._channel = aio.secure_channel(address, self._credentials)
+        return self._channel.unary_unary(
+            REPORT_METHOD,
+            request_serializer=traffic_pb2.ReportTrafficRequest.SerializeToString,
+            response_deserializer=traffic_pb2.ReportTrafficResponse.FromString,
+        )
+
+    async def _rotate(self) -> None:
+        self._index += 1
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            await channel.close(grace=None)
+
+
+async def traffic_reports(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: report traffic while the edge serves."""
+    from edge.app import CONFIG, EDGE_ID, METRICS
+    from edge.subscriber import _credentials
+
+    config = app[CONFIG]
+    metadata: tuple[tuple[str, str], ...] = ()
+    if config.controlplane_token is not None:
+        metadata = (("authorization", f"Bearer {config.controlplane_token.reveal()}"),)
+    reporter = TrafficReporter(config, app[EDGE_ID], app[METRICS], _credentials(config), metadata)
+    task = asyncio.create_task(reporter.run(), name="edge-traffic-reporter")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
