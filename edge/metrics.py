@@ -191,16 +191,14 @@ class EdgeMetrics:
             hist = hot.latency[endpoint] = _Histogram()
         hist.counts[bisect_left(_BOUNDS, seconds)] += 1
         hist.sum += seconds
-        self.traffic.request(backend, model, seconds)
 
-    def first_token(self, model: str, seconds: float, backend: str = "-") -> None:
+    def first_token(self, model: str, seconds: float) -> None:
         ttft = self._hot.ttft
         hist = ttft.get(model)
         if hist is None:
             hist = ttft[model] = _Histogram()
         hist.counts[bisect_left(_BOUNDS, seconds)] += 1
         hist.sum += seconds
-        self.traffic.first_token(backend, model, seconds)
 
     def attempt_started(self, backend: str) -> None:
         inflight = self._hot.inflight
@@ -219,7 +217,6 @@ class EdgeMetrics:
     def cut_traffic(self) -> traffic_pb2.TrafficSlice | None:
         """Close the current traffic slice (see TrafficRecorder.cut)."""
         hot = self._hot
-        statuses = {key: count.value for key, count in list(hot.requests.items())}
         decisions = {route: count.value for route, count in list(hot.decisions.items())}
         retries = [
             (sample.labels["backend"], sample.value)
@@ -227,7 +224,7 @@ class EdgeMetrics:
             for sample in family.samples
             if sample.name.endswith("_total")
         ]
-        return self.traffic.cut(statuses, decisions, retries, dict(hot.inflight))
+        return self.traffic.cut(decisions, retries, dict(hot.inflight))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -283,6 +283,7 @@ class Proxy:
         finally:
             duration = time.monotonic() - started
             metrics.request(model_label, backend_name, status, endpoint_name, duration)
+            metrics.traffic.finished(call, model_label, backend_name, status, duration)
             call.status = status or 500  # 0: an unexpected exception, answered with a 500
             call.duration = duration
             self.recorder.record(call)
@@ -336,7 +337,7 @@ class Proxy:
                 await to_client(relay, exchange.first(first, backend), request)
                 call = attempt.call
                 call.ttft = ttft = time.monotonic() - call.started
-                self.metrics.first_token(attempt.model, ttft, backend.name)
+                self.metrics.first_token(attempt.model, ttft)
                 idle = self._idle
                 chunk_of = exchange.chunk
                 while True:

@@ -1,8 +1,9 @@
 """The edge's traffic summary: per (backend, model) cells cut into slices of a few seconds.
 
-The hot path (EdgeMetrics.request / first_token) adds to a cell: one dict lookup, a bisect
-and two additions. Statuses, routing decisions and retries are not counted again: a slice
-takes the difference of the Prometheus counters EdgeMetrics already keeps. Slices wait in a
+The hot path (`finished`, once per request from Proxy.run, reading the request's Call) adds
+to a cell keyed (backend, model, team): one dict lookup, one or two bisects and a few
+additions. Routing decisions and retries are not counted again: a slice takes the
+difference of the Prometheus counters EdgeMetrics already keeps. Slices wait in a
 bounded queue until the control plane acknowledges them, so an edge that cannot reach it
 keeps serving and catches up later; past the bound the oldest are dropped (and counted).
 """
@@ -16,6 +17,7 @@ from collections.abc import Iterable, Mapping
 
 from corral import traffic as hist
 from corral.v1 import traffic_pb2
+from edge.gateway.call import Call
 
 # The most distinct (backend, model) cells one slice holds; the rest merge into "other".
 MAX_CELLS = 1000
@@ -35,12 +37,14 @@ class Cell:
         "limit_refusals",
         "prompt_tokens",
         "requests",
+        "statuses",
         "ttft",
         "ttft_sum",
     )
 
     def __init__(self) -> None:
         self.requests = 0
+        self.statuses: dict[int, int] = {}
         self.latency = hist.empty()
         self.latency_sum = 0.0
         self.ttft = hist.empty()
@@ -51,79 +55,71 @@ class Cell:
         self.limit_refusals = 0
 
 
+CellKey = tuple[str, str, str]
+
+
 class TrafficRecorder:
     """Counts into the current slice; `cut` closes it and queues it for reporting."""
 
     def __init__(self, *, max_pending: int = MAX_PENDING) -> None:
-        self.cells: dict[tuple[str, str], Cell] = {}
+        self.cells: dict[CellKey, Cell] = {}
         self.pending: deque[traffic_pb2.TrafficSlice] = deque()
         self.max_pending = max_pending
         self.dropped = 0
         self._seq = 0
         self._start_ms = int(time.time() * 1000)
-        self._last_statuses: dict[tuple[str, str, int], int] = {}
         self._last_decisions: dict[str, int] = {}
         self._last_retries: dict[str, float] = {}
 
-    def cell(self, backend: str, model: str) -> Cell:
-        key = (backend, model)
+    def cell(self, backend: str, model: str, team: str) -> Cell:
+        key = (backend, model, team)
         cell = self.cells.get(key)
         if cell is None:
             if len(self.cells) >= MAX_CELLS:
-                key = (OTHER, OTHER)
+                key = (OTHER, OTHER, OTHER)
                 cell = self.cells.get(key)
                 if cell is not None:
                     return cell
             cell = self.cells[key] = Cell()
         return cell
 
-    # -- the hot path ------------------------------------------------------------------
+    # -- the hot path: once per request --------------------------------------------------
 
-    def request(self, backend: str, model: str, seconds: float) -> None:
-        cell = self.cell(backend, model)
+    def finished(self, call: Call, model: str, backend: str, status: int, seconds: float) -> None:
+        """Count a finished request (model and backend as the metrics label them)."""
+        cell = self.cell(backend, model, call.team)
         cell.requests += 1
+        statuses = cell.statuses
+        statuses[status] = statuses.get(status, 0) + 1
         cell.latency[bisect_left(_BOUNDS, seconds)] += 1
         cell.latency_sum += seconds
-
-    def first_token(self, backend: str, model: str, seconds: float) -> None:
-        cell = self.cell(backend, model)
-        cell.ttft[bisect_left(_BOUNDS, seconds)] += 1
-        cell.ttft_sum += seconds
-
-    def tokens(self, backend: str, model: str, prompt: int, completion: int) -> None:
-        cell = self.cell(backend, model)
-        cell.prompt_tokens += prompt
-        cell.completion_tokens += completion
-
-    def cache_hit(self, model: str) -> None:
-        self.cell("-", model).cache_hits += 1
-
-    def limit_refused(self, model: str) -> None:
-        self.cell("-", model).limit_refusals += 1
+        ttft = call.ttft
+        if ttft is not None:
+            cell.ttft[bisect_left(_BOUNDS, ttft)] += 1
+            cell.ttft_sum += ttft
+        if call.prompt_tokens or call.completion_tokens:
+            cell.prompt_tokens += call.prompt_tokens
+            cell.completion_tokens += call.completion_tokens
+        if call.cache == "hit":
+            cell.cache_hits += 1
+        if call.limit and call.limit != "allowed":
+            cell.limit_refusals += 1
 
     # -- once per slice ------------------------------------------------------------------
 
     def cut(
         self,
-        statuses: Mapping[tuple[str, str, int], int],
         decisions: Mapping[str, int],
         retries: Iterable[tuple[str, float]],
         inflight: Mapping[str, int],
         now_ms: int | None = None,
     ) -> traffic_pb2.TrafficSlice | None:
-        """Close the current slice (given the cumulative counters statuses[(model, backend,
-        status)], decisions[route], retries (backend, total)) and queue it; None when
-        nothing happened in it."""
+        """Close the current slice (given the cumulative counters decisions[route] and
+        retries (backend, total) the metrics keep) and queue it; None when nothing happened
+        in it."""
         cells, self.cells = self.cells, {}
         end_ms = now_ms if now_ms is not None else int(time.time() * 1000)
         start_ms, self._start_ms = self._start_ms, end_ms
-        status_delta: dict[tuple[str, str], dict[int, int]] = {}
-        for (model, backend, status), total in list(statuses.items()):
-            key = (model, backend, status)
-            delta = total - self._last_statuses.get(key, 0)
-            if delta:
-                self._last_statuses[key] = total
-                status_delta.setdefault((backend, model), {})[status] = delta
         decision_delta: dict[str, int] = {}
         for route, total in list(decisions.items()):
             delta = total - self._last_decisions.get(route, 0)
@@ -139,34 +135,29 @@ class TrafficRecorder:
             if grown:
                 self._last_retries[backend] = so_far
                 retry_delta[backend] = grown
-        if not cells and not status_delta and not decision_delta and not retry_delta:
-            live = {b: n for b, n in inflight.items() if n}
-            if not live:
-                return None
+        live = {b: n for b, n in inflight.items() if n > 0}
+        if not cells and not decision_delta and not retry_delta and not live:
+            return None
         out = traffic_pb2.TrafficSlice(start_unix_ms=start_ms, end_unix_ms=end_ms)
-        keys = set(cells) | set(status_delta) | {(b, "-") for b in retry_delta}
-        for backend, model in sorted(keys):
-            cell = cells.get((backend, model))
-            pb = out.cells.add(backend=backend, model=model)
-            for status, count in status_delta.get((backend, model), {}).items():
+        for (backend, model, team), cell in sorted(cells.items()):
+            pb = out.cells.add(backend=backend, model=model, team=team, requests=cell.requests)
+            for status, count in cell.statuses.items():
                 pb.statuses[status] = count
-            if model == "-":  # retries are counted per backend only
-                pb.retries = retry_delta.get(backend, 0)
-            if cell is None:
-                continue
-            pb.requests = cell.requests
             if cell.requests:
                 pb.latency.extend(_trim(cell.latency))
                 pb.latency_sum = cell.latency_sum
-            if any(cell.ttft):
+            if cell.ttft_sum or any(cell.ttft):
                 pb.ttft.extend(_trim(cell.ttft))
                 pb.ttft_sum = cell.ttft_sum
             pb.prompt_tokens = cell.prompt_tokens
             pb.completion_tokens = cell.completion_tokens
             pb.cache_hits = cell.cache_hits
             pb.limit_refusals = cell.limit_refusals
+        for backend, count in sorted(retry_delta.items()):
+            # Retries are counted per backend only (the model is not known there).
+            out.cells.add(backend=backend, model="-", retries=count)
         out.decisions.update(decision_delta)
-        out.inflight.update({b: n for b, n in inflight.items() if n > 0})
+        out.inflight.update(live)
         self._seq += 1
         out.seq = self._seq
         self.pending.append(out)
