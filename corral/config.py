@@ -148,6 +148,111 @@ class ControlPlaneConfig:
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
 
+# -- the response cache and guardrails (edge/gateway/cache, edge/gateway/guard) --------------
+
+PII_ACTIONS = ("off", "log", "redact", "block")
+
+
+@dataclass(frozen=True)
+class CacheRuleConfig:
+    """Caching for requests matching team, key id and model (empty: any; `*` globs in model).
+    The most specific matching rule wins (key over team over model)."""
+
+    team: str = ""
+    key: str = ""
+    model: str = ""
+    # Seconds an answer stays servable; 0 turns the cache off for what matches.
+    ttl_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    # Off by default: a TTL here (or in a rule, or on a team or key) turns it on.
+    ttl_seconds: float = 0.0
+    rules: tuple[CacheRuleConfig, ...] = ()
+    # The in-process tier: least recently used answers dropped beyond this many bytes.
+    max_bytes: int = 64 * 1024 * 1024
+    # Answers larger than this are not cached.
+    max_entry_bytes: int = 1024 * 1024
+    # The shared tier (Valkey/Redis), e.g. redis://127.0.0.1:6379/0; None: in-process only.
+    valkey_url: str | None = None
+    valkey_timeout_seconds: float = 0.25
+    # Identical requests arriving while the first is upstream wait for it this long at most.
+    coalesce_wait_seconds: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 0 or self.max_entry_bytes < 0 or self.ttl_seconds < 0:
+            raise ConfigError("edge.cache: sizes and ttl_seconds must not be negative")
+
+
+@dataclass(frozen=True)
+class GuardRuleConfig:
+    """The PII action for requests matching team, key id and model (like CacheRuleConfig)."""
+
+    team: str = ""
+    key: str = ""
+    model: str = ""
+    pii: str = ""  # "" keeps the default
+    restore: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.pii and self.pii not in PII_ACTIONS:
+            raise ConfigError(f"edge.guard.rules: pii must be one of {', '.join(PII_ACTIONS)}")
+
+
+@dataclass(frozen=True)
+class GuardDenyConfig:
+    """A prompt matching `pattern` (a Python regular expression) is refused with `message`."""
+
+    pattern: str
+    name: str = ""
+    message: str = "The request was refused by a content rule."
+    ignore_case: bool = True
+
+
+@dataclass(frozen=True)
+class GuardHookConfig:
+    """A site's own check: `python` (module:function or an entry point name) or `url`."""
+
+    name: str = ""
+    python: str = ""
+    url: str = ""
+    # verdict (Corral's JSON) or presidio (a Presidio analyzer's /analyze).
+    format: str = "verdict"
+    timeout_seconds: float = 1.0
+    # open: a failing hook lets requests through; closed: it refuses them (503).
+    fail: str = "open"
+    language: str = "en"
+    score_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if bool(self.python) == bool(self.url):
+            raise ConfigError("edge.guard.hooks: give exactly one of python and url")
+        if self.format not in ("verdict", "presidio"):
+            raise ConfigError("edge.guard.hooks: format must be verdict or presidio")
+        if self.fail not in ("open", "closed"):
+            raise ConfigError("edge.guard.hooks: fail must be open or closed")
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    # What PII findings do: off, log (flag only), redact (placeholders) or block (400).
+    pii: str = "off"
+    # After redact: put the originals back into the answer for the client that sent them.
+    restore: bool = False
+    # Detector names (edge/gateway/guard/detectors.py); empty: all of them.
+    detectors: tuple[str, ...] = ()
+    rules: tuple[GuardRuleConfig, ...] = ()
+    deny: tuple[GuardDenyConfig, ...] = ()
+    hooks: tuple[GuardHookConfig, ...] = ()
+    # Bodies with more text than this are scanned in a worker thread, off the event loop.
+    thread_above_bytes: int = 32 * 1024
+
+    def __post_init__(self) -> None:
+        if self.pii not in PII_ACTIONS:
+            raise ConfigError(f"edge.guard.pii must be one of {', '.join(PII_ACTIONS)}")
+
+
 @dataclass(frozen=True)
 class EdgeConfig:
     listen: str = "127.0.0.1:7700"
@@ -177,6 +282,9 @@ class EdgeConfig:
     first_byte_timeout_seconds: float = 300.0
     idle_timeout_seconds: float = 120.0
     max_body_bytes: int = 16 * 1024 * 1024
+    # The response cache and the guardrails (edge/gateway/cache, edge/gateway/guard).
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     # A client must send a request's headers, and then its body, within this; an idle
     # keep-alive connection is closed after it (slow or idle clients cannot pin sockets).
     # Longer than nginx's upstream keep-alive (60 s), so a proxy in front closes first.

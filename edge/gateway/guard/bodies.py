@@ -1,0 +1,95 @@
+"""The strings of a request body that can carry user data, and writing them back redacted.
+
+One walk serves OpenAI, Anthropic and native bodies alike: every string value in the JSON,
+except under keys that hold names, identifiers, enums, schemas or encoded media (a model
+name, a role, a tool's JSON schema, base64 image data), which carry no prompt text and would
+only cost time or raise false alarms.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+# Keys whose values are never user text (or are binary data encoded as text).
+SKIPPED_KEYS: Final = frozenset(
+    (
+        "model",
+        "role",
+        "type",
+        "id",
+        "tool_call_id",
+        "tool_use_id",
+        "media_type",
+        "encoding_format",
+        "format",
+        "images",
+        "image_url",
+        "input_audio",
+        "data",
+        "signature",
+        "tools",
+        "functions",
+        "tool_choice",
+        "response_format",
+        "stop",
+        "stop_sequences",
+        "keep_alive",
+        "options",
+        "logit_bias",
+        "cache_control",
+        "stream_options",
+        "thinking",
+    )
+)
+
+Slot = tuple[Any, Any]  # (the dict or list holding the string, its key or index)
+
+
+class Texts:
+    """The user-text strings of one body, in document order, and where each one lives."""
+
+    __slots__ = ("slots", "values")
+
+    def __init__(self) -> None:
+        self.slots: list[Slot] = []
+        self.values: list[str] = []
+
+    @property
+    def size(self) -> int:
+        return sum(len(v) for v in self.values)
+
+    def write(self, index: int, value: str) -> None:
+        holder, key = self.slots[index]
+        holder[key] = value
+
+
+def collect(body: Any) -> Texts:
+    """Every user-text string of the parsed body (a dict or list), with its slot."""
+    texts = Texts()
+    stack: list[Any] = [body]
+    slots = texts.slots
+    values = texts.values
+    # Depth-first, children pushed in reverse so strings come out in document order.
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            items = [(k, v) for k, v in node.items() if k not in SKIPPED_KEYS]
+            for key, value in reversed(items):
+                if isinstance(value, str):
+                    stack.append((node, key))
+                elif isinstance(value, (dict, list)):
+                    stack.append(value)
+        elif isinstance(node, list):
+            for i in range(len(node) - 1, -1, -1):
+                value = node[i]
+                if isinstance(value, str):
+                    stack.append((node, i))
+                elif isinstance(value, (dict, list)):
+                    stack.append(value)
+        else:  # a slot
+            holder, key = node
+            value = holder[key]
+            if value and not value.startswith("data:"):
+                slots.append(node)
+                values.append(value)
+    return texts

@@ -1,0 +1,238 @@
+"""The guardrails of one edge: deny rules, PII detectors and site hooks, applied to a body.
+
+`Guard.inspect` runs before a request leaves the edge (after its body was parsed, before it
+is translated or routed): deny rules first (a match refuses the request with the operator's
+message), then the built-in detectors, then the hooks. What was found is handled by the
+action in force for the request's team, key and model: `block` refuses it (400, naming the
+kinds of data, never the data), `redact` rewrites the body with typed placeholders, `log`
+only records. Findings (kinds and counts) go to metrics and the request's `Call`; values go
+nowhere but the placeholders' map, which lives as long as the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiohttp
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter as PromCounter
+
+from corral.config import GuardConfig
+from edge.errors import ApiError
+from edge.gateway.guard import detectors
+from edge.gateway.guard.bodies import Texts, collect
+from edge.gateway.guard.detectors import Detector, Finding
+from edge.gateway.guard.hooks import Hook, HookFailed
+from edge.gateway.guard.redact import Redaction
+from edge.gateway.scoped import most_specific
+
+_LABELS: Final = {
+    "email": "e-mail address",
+    "credit_card": "credit card number",
+    "phone": "phone number",
+    "ip_address": "IP address",
+    "ssn": "US social security number",
+    "iban": "IBAN",
+    "api_key": "API key",
+    "private_key": "private key",
+    "jwt": "JSON Web Token",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    pii: str  # off, log, redact, block
+    restore: bool
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the guard did to one request."""
+
+    findings: dict[str, int]  # kind -> count
+    action: str
+    redaction: Redaction | None = None  # set when originals go back into the answer
+    changed: bool = False  # the body was rewritten
+    hook_failed: bool = False
+
+
+class GuardMetrics:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.findings = PromCounter(
+            "corral_edge_guard_findings",
+            "Sensitive data found in prompts, by kind and the action taken (never values).",
+            ["kind", "action"],
+            registry=registry,
+        )
+        self.refused = PromCounter(
+            "corral_edge_guard_refused",
+            "Requests refused by the guardrails, by reason (pii, deny rule, hook).",
+            ["reason"],
+            registry=registry,
+        )
+        self.hook_failures = PromCounter(
+            "corral_edge_guard_hook_failures",
+            "Hook calls that failed or timed out, by hook.",
+            ["hook"],
+            registry=registry,
+        )
+
+
+class Guard:
+    """Deny rules, detectors and hooks configured once; `inspect` per request."""
+
+    def __init__(
+        self,
+        config: GuardConfig,
+        *,
+        registry: CollectorRegistry | None = None,
+        session: Callable[[], aiohttp.ClientSession] | None = None,
+        policy: Callable[[str, str], Settings | None] | None = None,
+    ) -> None:
+        self.config = config
+        self.detectors: tuple[Detector, ...] = (
+            detectors.select(config.detectors) if config.detectors else detectors.DETECTORS
+        )
+        self.deny = tuple(
+            (
+                rule.name or f"rule {i + 1}",
+                re.compile(rule.pattern, re.IGNORECASE if rule.ignore_case else 0),
+                rule.message,
+            )
+            for i, rule in enumerate(config.deny)
+        )
+        self.hooks = tuple(Hook(h, session or _no_session) for h in config.hooks)
+        self.metrics = GuardMetrics(registry)
+        # Per team/key settings from the policy the control plane sends (None: not set).
+        self._policy = policy
+        self._default = Settings(config.pii, config.restore)
+        self._thread_above = config.thread_above_bytes
+
+    @property
+    def active(self) -> bool:
+        """False when nothing can ever be checked (no cost per request then)."""
+        return bool(
+            self.deny
+            or self.hooks
+            or self.config.pii != "off"
+            or any(r.pii not in ("", "off") for r in self.config.rules)
+            or self._policy is not None
+        )
+
+    def settings(self, team: str, key: str, model: str) -> Settings:
+        """The action for this request: the policy's team or key setting, else the most
+        specific config rule, else the default."""
+        if self._policy is not None:
+            found = self._policy(team, key)
+            if found is not None:
+                return found
+        rule = most_specific(self.config.rules, team, key, model)
+        if rule is None:
+            return self._default
+        return Settings(
+            rule.pii or self._default.pii,
+            self._default.restore if rule.restore is None else rule.restore,
+        )
+
+    async def inspect(
+        self, body: Any, *, team: str = "", key: str = "", model: str = "", endpoint: str = ""
+    ) -> Outcome | None:
+        """Check (and maybe rewrite in place) a parsed body; raises ApiError to refuse it.
+        None: nothing found, nothing to do."""
+        settings = self.settings(team, key, model)
+        if settings.pii == "off" and not self.deny and not self.hooks:
+            return None
+        texts = collect(body)
+        if not texts.values:
+            return None
+        scan_pii = settings.pii != "off"
+        if texts.size > self._thread_above:
+            denied, found = await asyncio.to_thread(self._scan, texts, scan_pii)
+        else:
+            denied, found = self._scan(texts, scan_pii)
+        if denied is not None:
+            _name, message = denied
+            self.metrics.refused.labels("deny").inc()
+            raise ApiError(400, message, code="content_denied")
+        hook_failed = False
+        if self.hooks:
+            context = {"team": team, "key": key, "model": model, "endpoint": endpoint}
+            hook_failed = await self._run_hooks(texts, found, context)
+        if not any(found):
+            return Outcome({}, settings.pii, hook_failed=hook_failed) if hook_failed else None
+        counts = Counter(f.kind for per_text in found for f in per_text)
+        action = settings.pii if settings.pii != "off" else "log"
+        for kind, n in counts.items():
+            self.metrics.findings.labels(kind, action).inc(n)
+        outcome = Outcome(dict(counts), action, hook_failed=hook_failed)
+        if action == "block":
+            self.metrics.refused.labels("pii").inc()
+            listed = ", ".join(
+                f"{_LABELS.get(k, k.replace('_', ' '))} ({n})" for k, n in sorted(counts.items())
+            )
+            raise ApiError(
+                400,
+                f"The request contains sensitive data this gateway does not let through: "
+                f"{listed}. Remove it and try again.",
+                code="sensitive_data",
+            )
+        if action == "redact":
+            redaction = Redaction()
+            for index, per_text in enumerate(found):
+                if per_text:
+                    texts.write(index, redaction.redact(texts.values[index], per_text))
+            outcome.changed = True
+            if settings.restore:
+                outcome.redaction = redaction
+        return outcome
+
+    def _scan(
+        self, texts: Texts, scan_pii: bool
+    ) -> tuple[tuple[str, str] | None, list[list[Finding]]]:
+        for name, pattern, message in self.deny:
+            for value in texts.values:
+                if pattern.search(value) is not None:
+                    return (name, message), []
+        if not scan_pii:
+            return None, [[] for _ in texts.values]
+        found = self.detectors
+        return None, [detectors.scan(value, found) for value in texts.values]
+
+    async def _run_hooks(
+        self, texts: Texts, found: list[list[Finding]], context: dict[str, str]
+    ) -> bool:
+        failed = False
+        for hook in self.hooks:
+            try:
+                verdict = await hook.check(texts.values, context)
+            except HookFailed:
+                self.metrics.hook_failures.labels(hook.name).inc()
+                if hook.fail_open:
+                    failed = True
+                    continue
+                self.metrics.refused.labels("hook").inc()
+                raise ApiError(
+                    503,
+                    "A content check this gateway requires is unavailable; try again later.",
+                    kind="service_unavailable",
+                    code="guardrail_unavailable",
+                    headers={"Retry-After": "1"},
+                ) from None
+            if verdict.block is not None:
+                self.metrics.refused.labels("hook").inc()
+                raise ApiError(400, verdict.block, code="content_denied")
+            for f in verdict.findings:
+                per_text = found[f.index]
+                if not any(f.start < t.end and t.start < f.end for t in per_text):
+                    per_text.append(Finding(f.kind, f.start, f.end))
+                    per_text.sort(key=lambda x: x.start)
+        return failed
+
+
+def _no_session() -> aiohttp.ClientSession:
+    raise HookFailed("no HTTP session for hooks")
