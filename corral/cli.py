@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--ca-file", help="speak TLS, trusting this CA bundle")
     status.add_argument("--cert-file", help="client certificate for mutual TLS")
     status.add_argument("--key-file", help="client key for mutual TLS")
+    status.add_argument(
+        "--window", choices=("1m", "5m", "1h"), default="5m", help="traffic over this window"
+    )
     providers_cli.register(sub)
     return parser
 

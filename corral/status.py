@@ -18,7 +18,8 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from corral.v1 import admin_pb2, admin_pb2_grpc, types_pb2
+from corral import status_traffic
+from corral.v1 import admin_pb2, admin_pb2_grpc, traffic_pb2, types_pb2
 
 # Long enough for a busy replica, short enough that a person is not left waiting.
 CALL_TIMEOUT_SECONDS = 5.0
@@ -41,6 +42,9 @@ class ClusterStatus:
     version: int
     backends: tuple[types_pb2.Backend, ...]
     edges: tuple[admin_pb2.EdgeInfo, ...]
+    # By backend and by model (status_traffic.GROUPS); None from an older control plane.
+    traffic: tuple[traffic_pb2.GetTrafficResponse, ...] | None = None
+    window: str = "5m"
 
 
 def read_token(path: str) -> str:
@@ -88,6 +92,7 @@ def fetch(
     *,
     tls: Tls | None = None,
     timeout: float = CALL_TIMEOUT_SECONDS,
+    window: str = "5m",
 ) -> ClusterStatus:
     """Ask the control plane at target (HOST:PORT) for its backends and edges."""
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
@@ -103,12 +108,15 @@ def fetch(
                 admin_pb2.ListBackendsRequest(), timeout=timeout, metadata=metadata
             )
             edges = stub.ListEdges(admin_pb2.ListEdgesRequest(), timeout=timeout, metadata=metadata)
+            traffic = status_traffic.fetch_traffic(channel, window, metadata, timeout)
     except grpc.RpcError as exc:
         raise _translate(exc, target) from None
     return ClusterStatus(
         version=backends.version,
         backends=tuple(sorted(backends.backends, key=lambda b: b.spec.name)),
         edges=tuple(sorted(edges.edges, key=lambda e: e.edge_id)),
+        traffic=traffic,
+        window=window,
     )
 
 
@@ -270,7 +278,27 @@ def render_text(status: ClusterStatus, *, now: float | None = None) -> str:
         )
     else:
         out.append("  (no edges connected)")
+    out.extend(_traffic_text(status))
     return "\n".join(out)
+
+
+def _traffic_text(status: ClusterStatus) -> list[str]:
+    if status.traffic is None:
+        return []
+    out: list[str] = []
+    for (name, _), response in zip(status_traffic.GROUPS, status.traffic, strict=True):
+        out.append("")
+        out.append(
+            f"TRAFFIC BY {name} (last {status.window}: {response.requests} requests, "
+            f"{response.requests_per_second:.1f} req/s, {len(response.edges)} edges reporting)"
+        )
+        found = status_traffic.rows(response)
+        if found:
+            header = (name, *status_traffic.HEADER[1:])
+            out.append(table(header, found))
+        else:
+            out.append("  (no traffic)")
+    return out
 
 
 def render_json(status: ClusterStatus) -> str:
@@ -280,6 +308,11 @@ def render_json(status: ClusterStatus) -> str:
         "backends": [json_format.MessageToDict(b) for b in status.backends],
         "edges": [json_format.MessageToDict(e) for e in status.edges],
     }
+    if status.traffic is not None:
+        doc["traffic"] = {
+            name.lower(): json_format.MessageToDict(response)
+            for (name, _), response in zip(status_traffic.GROUPS, status.traffic, strict=True)
+        }
     return json.dumps(doc, indent=2, sort_keys=True)
 
 
@@ -293,7 +326,7 @@ def run_status(args: argparse.Namespace) -> int:
             raise StatusError("--cert-file and --key-file need --ca-file", 2)
         tls = Tls(ca_file, cert_file, key_file) if ca_file else None
         token = read_token(args.admin_token_file) if args.admin_token_file else None
-        status = fetch(args.controlplane, token, tls=tls)
+        status = fetch(args.controlplane, token, tls=tls, window=getattr(args, "window", "5m"))
     except StatusError as exc:
         print(f"corral status: {exc}", file=sys.stderr)
         return exc.exit_code

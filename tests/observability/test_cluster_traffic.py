@@ -12,6 +12,7 @@ from grpc import aio
 
 from corral import traffic as hist
 from corral.config import EdgeObservabilityConfig
+from corral.status import fetch, render_text
 from corral.v1 import traffic_pb2
 from tests.controlplane.harness import etcd_config, running
 from tests.edge.conftest import StartEdge, running_agents
@@ -124,6 +125,18 @@ async def test_two_replicas_report_the_same_shares(
             by_edge = await get_traffic(address, group=traffic_pb2.TRAFFIC_GROUP_EDGE)
             assert sum(r.requests for r in by_edge.rows) == REQUESTS
             assert len(by_edge.rows) == 3
+
+        # `corral status` shows the same shares in its traffic table.
+        status = await asyncio.to_thread(fetch, cp2, None, window="1m")
+        text = render_text(status)
+        section = text.split("TRAFFIC BY BACKEND", 1)[1].split("TRAFFIC BY MODEL", 1)[0]
+        for backend, count in served.items():
+            line = next(x for x in section.splitlines() if x.startswith(backend + " "))
+            share = float(line.split()[1].rstrip("%"))
+            assert abs(share - 100 * count / REQUESTS) <= 2.0, line
+        model_section = text.split("TRAFFIC BY MODEL", 1)[1]
+        assert f"(last 1m: {REQUESTS} requests" in model_section.splitlines()[0]
+        assert any(x.split()[:2] == [MODEL, "100.0%"] for x in model_section.splitlines())
 
 
 async def test_bad_windows_are_refused(etcd: EtcdCluster) -> None:
