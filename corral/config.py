@@ -254,6 +254,46 @@ class GuardConfig:
 
 
 @dataclass(frozen=True)
+class PriceConfig:
+    """A model's price, USD per million tokens (cached_input: prompt-cache reads)."""
+
+    model: str
+    input: float = 0.0
+    output: float = 0.0
+    # None: the input price.
+    cached_input: float | None = None
+
+
+@dataclass(frozen=True)
+class UsageConfig:
+    """Usage records (edge/gateway/usage.py): where they go and what they keep."""
+
+    # sqlite (a file), postgres (a cluster's edges share one database), jsonl (a file, or
+    # "-" for stdout), or off.
+    sink: str = "sqlite"
+    # The SQLite or JSON-lines file. Empty: <state_dir>/usage.db; `corral edge` and
+    # `corral up` without a state_dir use ~/.local/state/corral/usage.db.
+    path: str = ""
+    # postgresql://user:password@host:port/db (or postgres_dsn_file).
+    postgres_dsn: Secret | None = None
+    # Records go out in batches of up to this many, at least every flush interval: a crash
+    # loses at most the records of one interval (plus requests still in flight).
+    batch_size: int = 1000
+    flush_interval_seconds: float = 0.5
+    # A write slower than this is abandoned and its batch spooled to disk for a retry.
+    write_timeout_seconds: float = 5.0
+    # Records waiting in memory at most; beyond it they are counted as dropped.
+    max_pending: int = 100_000
+    # Where batches that could not be written wait (JSON lines). Empty: beside the SQLite
+    # file, else <state_dir>, else no spool (counted as dropped).
+    spool_dir: str = ""
+    # Teams whose prompts and completions are stored with their records.
+    body_logging_teams: tuple[str, ...] = ()
+    # Prices over the shipped table (edge/gateway/data/prices.json).
+    prices: tuple[PriceConfig, ...] = ()
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     listen: str = "127.0.0.1:7700"
     controlplane: tuple[str, ...] = ("127.0.0.1:7701",)
@@ -305,6 +345,7 @@ class EdgeConfig:
     extra_ca_file: str | None = None
     hosted: HostedConfig = field(default_factory=HostedConfig)
     observability: EdgeObservabilityConfig = field(default_factory=EdgeObservabilityConfig)
+    usage: UsageConfig = field(default_factory=UsageConfig)
 
 
 @dataclass(frozen=True)

@@ -260,6 +260,14 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         await session.close()
 
 
+async def _usage(app: web.Application) -> AsyncIterator[None]:
+    from edge.gateway.usage import recording  # the recorder, its sink and writer task
+
+    async with recording(app[CONFIG], app[EDGE_ID], app[METRICS].registry) as recorder:
+        app[PROXY].recorder = recorder
+        yield
+
+
 def apply_snapshot(app: web.Application, snapshot: types_pb2.Snapshot, source: str) -> bool:
     """Apply unless it is older than (or the same as) the snapshot in force, same cluster."""
     balancer = app[BALANCER]
@@ -365,6 +373,7 @@ def build_app(config: EdgeConfig) -> web.Application:
     app.router.add_get("/metrics", guarded(metrics_handler))
     app.router.add_route("*", "/{tail:.*}", fallback)
     app.cleanup_ctx.append(_client_session)
+    app.cleanup_ctx.append(_usage)
     app.cleanup_ctx.append(_snapshots)
     app.on_response_prepare.append(tag_response)
     app.cleanup_ctx.append(traffic_reports)

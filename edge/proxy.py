@@ -34,8 +34,9 @@ from edge.exchange import (
     stream_error,
 )
 from edge.gateway import call as calls
-from edge.gateway.call import Call
-from edge.inbound import CHAT, Endpoint, parse
+from edge.gateway.call import CALL, Call
+from edge.gateway.tokens import Meter, ask_usage, read_whole
+from edge.inbound import CHAT, EMBEDDINGS, Endpoint, parse
 from edge.metrics import EdgeMetrics
 from edge.relay import (
     BACKEND_HEADER,
@@ -95,6 +96,7 @@ class Recorder:
     """Takes each finished Call (edge/gateway/usage.py); this one keeps nothing."""
 
     __slots__ = ()
+    body_teams: frozenset[str] = frozenset()  # teams whose prompts and answers are kept
 
     def record(self, call: Call) -> None:
         """Called once per request, on the hot path: must not block or raise."""
@@ -178,6 +180,7 @@ class Proxy:
         """An OpenAI request: parsed, routed by its model, relayed as the backend answers."""
 
         async def admit() -> Admission:
+            call = request[CALL]
             self.check_auth(request)
             raw = await self.read_body(request)
             body = parse(raw, endpoint)
@@ -191,6 +194,11 @@ class Proxy:
                     else:
                         key = completion_key(model, body["prompt"])
             stream = endpoint.streams and body.get("stream") is True
+            if stream and endpoint is not EMBEDDINGS:
+                asked = ask_usage(raw, body)  # tokens for the usage record
+                if asked is not None:
+                    raw = asked
+                    call.usage_hidden = True
             exchange = OpenAIExchange(endpoint.path, raw, body, stream)
             return Admission(exchange, lambda: self.balancer.route_for(model), key)
 
@@ -216,6 +224,8 @@ class Proxy:
             asked = exchange.body.get("model")
             call.model = asked if isinstance(asked, str) else ""
             call.stream = exchange.stream
+            if call.team in self.recorder.body_teams:
+                call.prompt = exchange.raw or b""
             lookup = admission.route
             key = admission.key
             route = lookup()
@@ -295,6 +305,7 @@ class Proxy:
         label, path, payload = attempt.label, attempt.path, attempt.payload
         upstream: aiohttp.ClientResponse | None = None
         relay: RelayResponse | None = None  # set once bytes went to the client
+        meter: Meter | None = None  # set once a stream started
         deadlines = self._deadlines
         task = asyncio.current_task()
         assert task is not None  # aiohttp runs every handler in a task
@@ -322,6 +333,10 @@ class Proxy:
                             self._failed(backend)
                         return Failure(f"status_{status}", status, data, content_type)
                     self.balancer.succeeded(backend)
+                    if status < 300:
+                        read_whole(attempt.call, len(payload or b""), data)
+                        if attempt.call.prompt is not None:
+                            attempt.call.completion = data
                     return exchange.whole(
                         status, data, relay_headers(upstream, backend, label), backend
                     )
@@ -334,24 +349,27 @@ class Proxy:
                 headers = relay_headers(upstream, backend, label)
                 headers.setdefault("Cache-Control", "no-cache")
                 relay = RelayResponse(status=200, headers=headers)
-                await to_client(relay, exchange.first(first, backend), request)
                 call = attempt.call
+                meter = Meter(call, len(payload or b""), call.usage_hidden)
+                await to_client(relay, exchange.first(meter.start(first), backend), request)
                 call.ttft = ttft = time.monotonic() - call.started
                 self.metrics.first_token(attempt.model, ttft)
                 idle = self._idle
                 chunk_of = exchange.chunk
+                tap = meter.chunk
                 while True:
                     deadlines.push(deadline, idle)
                     chunk = await content.readany()
                     if not chunk:
                         break
-                    out = chunk_of(chunk)
+                    out = chunk_of(tap(chunk))
                     if out:
                         await to_client(relay, out)
                 clean = True
                 self.balancer.succeeded(backend)
                 deadlines.push(deadline, idle)
-                tail = exchange.end()
+                held = meter.flush()
+                tail = (chunk_of(held) if held else b"") + exchange.end()
                 if tail:
                     await to_client(relay, tail)
                 await to_client(relay, None)
@@ -384,6 +402,8 @@ class Proxy:
                     await to_client(relay, None)
             return relay
         finally:
+            if meter is not None:
+                meter.end()  # finished, cut or cancelled: tokens as far as they went
             deadline.close()
             backend.awaiting.discard(deadline)
             if upstream is not None:

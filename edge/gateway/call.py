@@ -71,6 +71,7 @@ class Call:
     status: int = 0  # what the client was answered; 499 when it went away
     error: str = ""  # why it failed, when it did (an error code or a failure reason)
     stream: bool = False
+    usage_hidden: bool = False  # the edge asked for stream usage the client did not want
     prompt_tokens: int = 0  # cached tokens included
     cached_tokens: int = 0
     completion_tokens: int = 0

@@ -1,0 +1,125 @@
+"""Usage records in PostgreSQL: several edges write to one database.
+
+The schema is Corral's: created and migrated at start (under an advisory lock, so edges
+starting together migrate once), versioned in `corral_schema`. A batch is one multi-row
+`INSERT ... SELECT FROM unnest(arrays) ON CONFLICT (id) DO NOTHING`: one round trip, and a
+retried batch (after a timeout whose write did land, or a crash) adds nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Final
+
+from edge.gateway.records import COLUMNS, INDEXES, NAMES, TABLE, Row
+from edge.gateway.sinks import SinkError
+
+if TYPE_CHECKING:
+    import asyncpg
+
+SCHEMA_VERSION: Final = 1
+_LOCK: Final = 0x636F7272616C  # pg_advisory_xact_lock key: "corral"
+
+# Each migration brings the schema from version N-1 to N.
+_MIGRATIONS: Final = (
+    "\n".join(
+        [
+            f"CREATE TABLE IF NOT EXISTS {TABLE} ("
+            + ", ".join(f"{name} {kind}" for name, _, kind in COLUMNS)
+            + ");",
+            *(f"CREATE INDEX IF NOT EXISTS {i} ON {TABLE} ({cols});" for i, cols in INDEXES),
+        ]
+    ),
+)
+assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+_ARRAY_TYPES: Final = {
+    "text PRIMARY KEY": "text[]",
+    "text NOT NULL": "text[]",
+    "text": "text[]",
+    "timestamptz NOT NULL": "float8[]",
+    "integer NOT NULL": "int4[]",
+    "boolean NOT NULL": "bool[]",
+    "double precision NOT NULL": "float8[]",
+    "double precision": "float8[]",
+}
+_INSERT: Final = (
+    f"INSERT INTO {TABLE} ({', '.join(NAMES)}) SELECT "
+    + ", ".join("to_timestamp(ts)" if name == "ts" else name for name in NAMES)
+    + " FROM unnest("
+    + ", ".join(f"${i + 1}::{_ARRAY_TYPES[kind]}" for i, (_, _, kind) in enumerate(COLUMNS))
+    + f") AS u({', '.join(NAMES)}) ON CONFLICT (id) DO NOTHING"
+)
+
+
+async def migrate(conn: asyncpg.Connection) -> int:
+    """Bring the schema to SCHEMA_VERSION; returns the version found before."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
+        await conn.execute("CREATE TABLE IF NOT EXISTS corral_schema (version integer NOT NULL)")
+        found: int = await conn.fetchval("SELECT coalesce(max(version), 0) FROM corral_schema")
+        if found > SCHEMA_VERSION:
+            raise SinkError(
+                f"the usage database has schema {found}, newer than this Corral's {SCHEMA_VERSION}"
+            )
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            await conn.execute(_MIGRATIONS[version - 1])
+            await conn.execute("INSERT INTO corral_schema (version) VALUES ($1)", version)
+        return found
+
+
+class PostgresSink:
+    """A small asyncpg pool; one statement per batch."""
+
+    name = "postgres"
+
+    def __init__(self, dsn: str, *, timeout: float = 5.0) -> None:
+        self._dsn = dsn
+        self._timeout = timeout
+        self._pool: asyncpg.Pool | None = None
+
+    async def _connect(self) -> asyncpg.Pool:
+        try:
+            import asyncpg
+        except ImportError:  # pragma: no cover - an install without the postgres extra
+            raise SinkError(
+                "the postgres sink needs asyncpg: pip install 'corral[postgres]'"
+            ) from None
+        try:
+            pool = await asyncpg.create_pool(
+                self._dsn, min_size=1, max_size=2, timeout=self._timeout, command_timeout=30
+            )
+            async with pool.acquire() as conn:
+                await migrate(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise SinkError(f"cannot open the usage database: {_safe(exc)}") from None
+        return pool
+
+    async def open(self) -> None:
+        self._pool = await self._connect()
+
+    async def write(self, rows: list[Row]) -> None:
+        import asyncpg
+
+        pool = self._pool
+        if pool is None:  # the database was down at start: connect now
+            pool = self._pool = await self._connect()
+        columns: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)]
+        try:
+            await pool.execute(_INSERT, *columns)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise SinkError(f"writing usage records: {_safe(exc)}") from None
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                async with asyncio.timeout(5.0):
+                    await pool.close()
+            except TimeoutError:
+                pool.terminate()
+
+
+def _safe(exc: BaseException) -> str:
+    """An error's text without the DSN (it may hold a password)."""
+    return f"{type(exc).__name__}: {exc}".split("postgresql://")[0].strip()

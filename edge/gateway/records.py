@@ -1,0 +1,96 @@
+"""The usage record's columns, one row per Call, shared by every sink and by the reports."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+
+from edge.gateway.call import Call
+
+# (name, SQLite type, PostgreSQL type), in row order.
+COLUMNS: Final = (
+    ("id", "TEXT PRIMARY KEY", "text PRIMARY KEY"),
+    ("request_id", "TEXT NOT NULL", "text NOT NULL"),
+    ("ts", "REAL NOT NULL", "timestamptz NOT NULL"),  # arrival; Unix seconds in rows
+    ("edge", "TEXT NOT NULL", "text NOT NULL"),
+    ("key_id", "TEXT NOT NULL", "text NOT NULL"),
+    ("team", "TEXT NOT NULL", "text NOT NULL"),
+    ("endpoint", "TEXT NOT NULL", "text NOT NULL"),
+    ("model", "TEXT NOT NULL", "text NOT NULL"),
+    ("served_model", "TEXT NOT NULL", "text NOT NULL"),
+    ("backend", "TEXT NOT NULL", "text NOT NULL"),
+    ("route", "TEXT NOT NULL", "text NOT NULL"),
+    ("status", "INTEGER NOT NULL", "integer NOT NULL"),
+    ("error", "TEXT NOT NULL", "text NOT NULL"),
+    ("stream", "INTEGER NOT NULL", "boolean NOT NULL"),
+    ("prompt_tokens", "INTEGER NOT NULL", "integer NOT NULL"),
+    ("cached_tokens", "INTEGER NOT NULL", "integer NOT NULL"),
+    ("completion_tokens", "INTEGER NOT NULL", "integer NOT NULL"),
+    ("estimated", "INTEGER NOT NULL", "boolean NOT NULL"),
+    ("cost_usd", "REAL NOT NULL", "double precision NOT NULL"),
+    ("ttft_ms", "REAL", "double precision"),
+    ("duration_ms", "REAL NOT NULL", "double precision NOT NULL"),
+    ("cache", "TEXT NOT NULL", "text NOT NULL"),
+    ("guard", "TEXT", "text"),  # JSON: finding kind -> count
+    ("limit_outcome", "TEXT NOT NULL", "text NOT NULL"),
+    ("prompt", "TEXT", "text"),  # only with body logging on for the team
+    ("completion", "TEXT", "text"),
+)
+NAMES: Final = tuple(c[0] for c in COLUMNS)
+# Indexes the reports use (time ranges, per team / key / model / backend).
+INDEXES: Final = (
+    ("usage_ts", "ts"),
+    ("usage_team_ts", "team, ts"),
+    ("usage_key_ts", "key_id, ts"),
+    ("usage_model_ts", "model, ts"),
+    ("usage_backend_ts", "backend, ts"),
+)
+TABLE: Final = "corral_usage"
+
+Row = tuple[Any, ...]
+
+
+def _text(data: bytes | None) -> str | None:
+    return None if data is None else data.decode("utf-8", "replace")
+
+
+def row(call: Call, edge: str, cost: float) -> Row:
+    """The Call as a row of COLUMNS."""
+    ttft = call.ttft
+    return (
+        call.id,
+        call.request_id,
+        call.time,
+        edge,
+        call.key_id,
+        call.team,
+        call.endpoint,
+        call.model,
+        call.served,
+        call.backend,
+        call.route,
+        call.status,
+        call.error,
+        call.stream,
+        call.prompt_tokens,
+        call.cached_tokens,
+        call.completion_tokens,
+        call.estimated,
+        cost,
+        None if ttft is None else round(ttft * 1000.0, 3),
+        round(call.duration * 1000.0, 3),
+        call.cache,
+        None if call.guard is None else orjson.dumps(call.guard).decode(),
+        call.limit,
+        _text(call.prompt),
+        _text(call.completion),
+    )
+
+
+def as_dict(values: Row) -> dict[str, Any]:
+    return dict(zip(NAMES, values, strict=True))
+
+
+def from_dict(data: dict[str, Any]) -> Row:
+    return tuple(data.get(name) for name in NAMES)

@@ -1,0 +1,185 @@
+"""Where usage records go: a SQLite file, a JSON-lines file (or stdout), PostgreSQL.
+
+A sink takes batches of rows (records.COLUMNS) from the recorder's writer task, never from a
+request. SQLite and file writes run in one thread of the sink's own, so the event loop never
+waits on a disk. Writes are idempotent (a record's id is its primary key; `INSERT OR IGNORE`),
+so a batch retried after a failure or a crash mid-write is never counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Protocol
+
+import orjson
+
+from edge.errors import EdgeError
+from edge.gateway.records import COLUMNS, INDEXES, NAMES, TABLE, Row, as_dict
+
+
+class SinkError(EdgeError):
+    """A sink could not be opened or written."""
+
+
+class Sink(Protocol):
+    name: str
+
+    async def open(self) -> None: ...
+
+    async def write(self, rows: list[Row]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class _Threaded:
+    """One worker thread per sink: its blocking calls in order, off the event loop."""
+
+    def __init__(self, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"usage-{name}")
+
+    async def _run(self, fn: object, *args: object) -> object:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, *args)  # type: ignore[arg-type]
+
+    def _shutdown(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+# -- SQLite ---------------------------------------------------------------------------------
+
+SQLITE_SCHEMA_VERSION = 1
+
+
+def sqlite_connect(path: str, *, create: bool) -> sqlite3.Connection:
+    """A connection to the usage database (schema created or migrated when `create`)."""
+    if create:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    elif not Path(path).exists():
+        raise SinkError(f"no usage database at {path}")
+    db = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA busy_timeout = 10000")
+    if create:
+        db.execute("PRAGMA journal_mode = WAL")  # readers (corral usage) never block writers
+        db.execute("PRAGMA synchronous = NORMAL")
+        _sqlite_migrate(db)
+    return db
+
+
+def _sqlite_migrate(db: sqlite3.Connection) -> None:
+    db.execute("BEGIN IMMEDIATE")  # one migrator at a time (several workers share a file)
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS corral_schema (version INTEGER NOT NULL)")
+        found = db.execute("SELECT max(version) FROM corral_schema").fetchone()[0] or 0
+        if found < 1:
+            columns = ", ".join(f"{name} {kind}" for name, kind, _ in COLUMNS)
+            db.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ({columns})")
+            for index, cols in INDEXES:
+                db.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {TABLE} ({cols})")
+            db.execute("INSERT INTO corral_schema (version) VALUES (1)")
+        elif found > SQLITE_SCHEMA_VERSION:
+            raise SinkError(
+                f"the usage database has schema {found}, newer than this Corral's "
+                f"{SQLITE_SCHEMA_VERSION}"
+            )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+_SQLITE_INSERT = (
+    f"INSERT OR IGNORE INTO {TABLE} ({', '.join(NAMES)}) VALUES ({', '.join('?' * len(NAMES))})"
+)
+
+
+class SQLiteSink(_Threaded):
+    """A SQLite file in WAL mode; each batch one transaction."""
+
+    name = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        super().__init__("sqlite")
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        try:
+            self._db = await self._run(self._connect)  # type: ignore[assignment]
+        except (sqlite3.Error, OSError) as exc:
+            raise SinkError(f"cannot open the usage database {self.path}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite_connect(self.path, create=True)
+
+    def _write(self, rows: list[Row]) -> None:
+        db = self._db
+        if db is None:
+            db = self._db = self._connect()
+        db.execute("BEGIN")
+        try:
+            db.executemany(_SQLITE_INSERT, rows)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def write(self, rows: list[Row]) -> None:
+        try:
+            await self._run(self._write, rows)
+        except (sqlite3.Error, OSError) as exc:
+            raise SinkError(f"writing to {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            await self._run(db.close)
+        self._shutdown()
+
+
+# -- JSON lines -----------------------------------------------------------------------------
+
+
+class JsonLinesSink(_Threaded):
+    """One JSON object per record and line, appended to a file, or to stdout for "-"."""
+
+    name = "jsonl"
+
+    def __init__(self, path: str) -> None:
+        super().__init__("jsonl")
+        self.path = path
+        self._out: IO[bytes] | None = None
+
+    def _open(self) -> IO[bytes]:
+        if self.path == "-":
+            return sys.stdout.buffer
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        return Path(self.path).open("ab")
+
+    async def open(self) -> None:
+        try:
+            self._out = await self._run(self._open)  # type: ignore[assignment]
+        except OSError as exc:
+            raise SinkError(f"cannot open {self.path}: {exc}") from exc
+
+    def _write(self, rows: list[Row]) -> None:
+        out = self._out
+        if out is None:
+            out = self._out = self._open()
+        out.write(b"".join(orjson.dumps(as_dict(r)) + b"\n" for r in rows))
+        out.flush()
+
+    async def write(self, rows: list[Row]) -> None:
+        try:
+            await self._run(self._write, rows)
+        except OSError as exc:
+            raise SinkError(f"writing to {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        out, self._out = self._out, None
+        if out is not None and self.path != "-":
+            await self._run(out.close)
+        self._shutdown()

@@ -1,0 +1,222 @@
+"""Token counts from what backends send back, cheaply: no full parse of any answer.
+
+A `usage` object (OpenAI: prompt/completion/cached; Anthropic: input/output/cache reads and
+writes) or Ollama's counters are found by searching bytes from the end, and only that small
+object is read. Streams are tapped: the first chunk (Anthropic's message_start carries the
+input side) and the last two chunks (the final usage chunk, message_delta, Ollama's done line)
+are kept by reference and read once the stream ends. Where nothing is found, tokens are
+estimated (about 4 bytes a token) and the Call is marked estimated.
+
+For OpenAI streams whose client did not ask for usage, the edge asks the backend for it
+(`stream_options.include_usage`) and removes the usage-only chunk (`"choices": []`) from what
+the client sees, as OpenAI itself would not send it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+import orjson
+
+from edge.gateway.call import Call
+
+_USAGE_OBJECT: Final = re.compile(rb'"usage"\s*:\s*\{')
+_FIELD: Final = re.compile(
+    rb'"(prompt_tokens|completion_tokens|cached_tokens|input_tokens|output_tokens'
+    rb'|cache_read_input_tokens|cache_creation_input_tokens)"\s*:\s*(\d+)'
+)
+_OLLAMA: Final = re.compile(rb'"(prompt_eval_count|eval_count)"\s*:\s*(\d+)')
+_USAGE_ONLY: Final = (b'"choices":[]', b'"choices": []')
+_KEEP_CHUNKS: Final = 50_000
+_ASK_USAGE: Final = b',"stream_options":{"include_usage":true}'
+
+
+def ask_usage(raw: bytes, body: dict[str, Any]) -> bytes | None:
+    """The request bytes asking for stream usage, or None when the client asked itself.
+
+    `body` is updated too (an alias rewrite re-serialises it)."""
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return None
+    if options is None and "stream_options" not in body:
+        body["stream_options"] = {"include_usage": True}
+        end = raw.rfind(b"}")
+        return raw[:end] + _ASK_USAGE + raw[end:]  # a non-empty object: it has a model
+    body["stream_options"] = {
+        **(options if isinstance(options, dict) else {}),
+        "include_usage": True,
+    }
+    return orjson.dumps(body)
+
+
+def _object_end(data: bytes, start: int) -> int:
+    """The index just past the JSON object opening at `start` (-1: it does not end here)."""
+    depth = 0
+    at = start
+    while True:
+        close = data.find(b"}", at)
+        if close < 0:
+            return -1
+        opened = data.find(b"{", at, close)
+        if opened >= 0:
+            depth += 1
+            at = opened + 1
+            continue
+        depth -= 1
+        at = close + 1
+        if depth == 0:
+            return at
+
+
+def usage_fields(data: bytes) -> dict[bytes, int]:
+    """The counters of the last `usage` object in `data` (or Ollama's), by field name."""
+    at = len(data)
+    while True:
+        at = data.rfind(b'"usage"', 0, at)
+        if at < 0:
+            break
+        found = _USAGE_OBJECT.match(data, at)
+        if found is None:
+            continue  # "usage": null, or the word inside a string
+        fields = _fields(data, found.end() - 1)
+        if fields is not None:
+            return fields
+    if b"eval_count" in data:
+        return {m[1]: int(m[2]) for m in _OLLAMA.finditer(data)}
+    return {}
+
+
+def first_usage_fields(data: bytes) -> dict[bytes, int]:
+    """The counters of the first `usage` object in `data` (Anthropic's message_start)."""
+    for found in _USAGE_OBJECT.finditer(data):
+        fields = _fields(data, found.end() - 1)
+        if fields is not None:
+            return fields
+    return {}
+
+
+def _fields(data: bytes, start: int) -> dict[bytes, int] | None:
+    end = _object_end(data, start)
+    if end < 0:
+        return None
+    return {m[1]: int(m[2]) for m in _FIELD.finditer(data, start, end)}
+
+
+def apply(call: Call, fields: dict[bytes, int]) -> bool:
+    """Tokens from usage fields (OpenAI, Anthropic or Ollama names); False when none."""
+    get = fields.get
+    if b"prompt_tokens" in fields or b"completion_tokens" in fields:
+        call.prompt_tokens = get(b"prompt_tokens", 0)
+        call.completion_tokens = get(b"completion_tokens", 0)
+        call.cached_tokens = get(b"cached_tokens", 0)
+    elif b"input_tokens" in fields or b"output_tokens" in fields:
+        read = get(b"cache_read_input_tokens", 0)
+        call.prompt_tokens = get(b"input_tokens", 0) + read + get(b"cache_creation_input_tokens", 0)
+        call.completion_tokens = get(b"output_tokens", 0)
+        call.cached_tokens = read
+    elif b"prompt_eval_count" in fields or b"eval_count" in fields:
+        call.prompt_tokens = get(b"prompt_eval_count", 0)
+        call.completion_tokens = get(b"eval_count", 0)
+    else:
+        return False
+    call.estimated = False
+    return True
+
+
+def estimate(call: Call, request_bytes: int, completion_tokens: int) -> None:
+    call.prompt_tokens = max(1, request_bytes // 4) if request_bytes else 0
+    call.completion_tokens = completion_tokens
+    call.cached_tokens = 0
+    call.estimated = True
+
+
+def read_whole(call: Call, request_bytes: int, data: bytes) -> None:
+    """Tokens of a whole (non-streamed) answer."""
+    if not apply(call, usage_fields(data)):
+        estimate(call, request_bytes, len(data) // 4)
+
+
+class Meter:
+    """Taps one streamed answer: keeps the first and last chunks by reference, counts lines
+    (the estimate's basis), and hides the usage-only chunk the client did not ask for."""
+
+    __slots__ = (
+        "call",
+        "first",
+        "hide",
+        "kept",
+        "last",
+        "lines",
+        "pending",
+        "prev",
+        "request_bytes",
+    )
+
+    def __init__(self, call: Call, request_bytes: int, hide: bool) -> None:
+        self.call = call
+        self.request_bytes = request_bytes
+        self.hide = hide
+        self.first = b""
+        self.prev = b""
+        self.last = b""
+        self.lines = 0
+        self.pending = b""  # hiding: the start of a line whose end has not come yet
+        # Body logging: the answer as streamed (up to _KEEP bytes).
+        self.kept: list[bytes] | None = [] if call.prompt is not None else None
+
+    def start(self, chunk: bytes) -> bytes:
+        self.first = chunk
+        return self.chunk(chunk)
+
+    def chunk(self, chunk: bytes) -> bytes:
+        self.prev = self.last
+        self.last = chunk
+        self.lines += chunk.count(b"\n")
+        if self.kept is not None:
+            self.kept.append(chunk)
+            if len(self.kept) > _KEEP_CHUNKS:
+                self.kept = None
+        if not self.hide:
+            return chunk
+        data = self.pending + chunk if self.pending else chunk
+        if data.endswith(b"\n"):
+            self.pending = b""
+        else:
+            cut = data.rfind(b"\n") + 1
+            self.pending = data[cut:]
+            data = data[:cut]
+        for marker in _USAGE_ONLY:
+            at = data.find(marker)
+            if at >= 0:
+                begin = data.rfind(b"\n", 0, at) + 1
+                end = data.find(b"\n", at) + 1
+                # The blank line that ended the event goes too.
+                if data.startswith(b"\r\n", end):
+                    end += 2
+                elif data.startswith(b"\n", end):
+                    end += 1
+                return data[:begin] + data[end:]
+        return data
+
+    def flush(self) -> bytes:
+        """What was held back (a last line without its end)."""
+        tail, self.pending = self.pending, b""
+        return tail
+
+    def end(self) -> None:
+        """The stream is over: tokens from its usage, else an estimate."""
+        call = self.call
+        if self.request_bytes < 0:
+            return  # ended already
+        fields = usage_fields(self.prev + self.last)
+        if b"input_tokens" in fields or b"output_tokens" in fields:
+            # Anthropic: input tokens in message_start, output tokens in message_delta.
+            start = first_usage_fields(self.first)
+            start.update(fields)
+            fields = start
+        request_bytes, self.request_bytes = self.request_bytes, -1
+        if self.kept is not None:
+            call.completion = b"".join(self.kept)
+        if not apply(call, fields):
+            estimate(call, request_bytes, max(0, self.lines // 2 - 1))

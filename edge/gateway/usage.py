@@ -1,0 +1,344 @@
+"""The usage recorder: every finished Call becomes one record, written in batches off the
+hot path to the configured sink.
+
+`record()` (on the hot path) appends the Call to a list and, at a full batch, wakes the
+writer: nothing else. The writer task turns Calls into rows (cost from the price table) every
+flush interval (or full batch) and writes them. A write that fails or takes longer than
+`write_timeout_seconds` never reaches a request: its batch is appended to a spool file (JSON
+lines) and replayed, oldest first, once the sink takes writes again; writes are idempotent
+(the record id is the key), so a replay adds nothing twice.
+
+Bounds: at most `max_pending` Calls wait in memory (beyond: counted as dropped); a crash or
+SIGKILL loses at most the records still waiting (one flush interval's worth, or the batch
+being written) and those of requests still in flight. A clean stop writes what is pending
+within the shutdown grace, and spools what it cannot write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Final
+
+import orjson
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from corral.config import EdgeConfig, UsageConfig
+from edge.gateway.call import Call
+from edge.gateway.prices import Price, PriceTable
+from edge.gateway.records import Row, as_dict, from_dict, row
+from edge.gateway.sinks import JsonLinesSink, Sink, SinkError, SQLiteSink
+from edge.proxy import Recorder
+
+log = logging.getLogger("corral.edge.usage")
+
+SINKS: Final = ("sqlite", "postgres", "jsonl", "off")
+_REPLAY_ROWS: Final = 20_000  # spooled rows replayed per pass
+_REPLAY_EVERY: Final = 2.0  # seconds between replay passes while the spool is not empty
+_WARN_EVERY: Final = 30.0
+
+
+def sqlite_path(config: EdgeConfig) -> str:
+    """The SQLite (or JSON-lines) file: as configured, else <state_dir>/usage.db, else ""."""
+    usage = config.usage
+    if usage.path:
+        return usage.path
+    if config.state_dir:
+        return str(Path(config.state_dir) / "usage.db")
+    return ""
+
+
+def open_sink(config: EdgeConfig) -> Sink | None:
+    """The configured sink (not yet opened); None when records are kept nowhere."""
+    usage = config.usage
+    if usage.sink not in SINKS:
+        raise SinkError(f"edge.usage.sink must be one of {', '.join(SINKS)}, got {usage.sink!r}")
+    if usage.sink == "off":
+        return None
+    if usage.sink == "postgres":
+        if usage.postgres_dsn is None:
+            raise SinkError("edge.usage.sink is postgres but edge.usage.postgres_dsn is not set")
+        from edge.gateway.postgres import PostgresSink
+
+        return PostgresSink(usage.postgres_dsn.reveal(), timeout=usage.write_timeout_seconds)
+    path = sqlite_path(config)
+    if not path:
+        return None
+    return SQLiteSink(path) if usage.sink == "sqlite" else JsonLinesSink(path)
+
+
+def price_table(usage: UsageConfig) -> PriceTable:
+    """The shipped prices with the config file's on top."""
+    return PriceTable.default(
+        (p.model, Price(p.input, p.input if p.cached_input is None else p.cached_input, p.output))
+        for p in usage.prices
+    )
+
+
+def spool_file(config: EdgeConfig, edge_id: str) -> Path | None:
+    usage = config.usage
+    folder = usage.spool_dir or config.state_dir
+    if not folder and usage.sink == "sqlite" and sqlite_path(config):
+        folder = str(Path(sqlite_path(config)).parent)
+    if not folder:
+        return None
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", edge_id)
+    return Path(folder) / f"usage-spool-{safe}.jsonl"
+
+
+class UsageRecorder(Recorder):
+    """Calls in, batched rows out to one sink; counted, spooled when the sink fails."""
+
+    __slots__ = (
+        "_batch",
+        "_closing",
+        "_edge",
+        "_interval",
+        "_last_replay",
+        "_last_warning",
+        "_max",
+        "_pending",
+        "_spool",
+        "_timeout",
+        "_wake",
+        "body_teams",
+        "counts",
+        "prices",
+        "sink",
+    )
+
+    def __init__(
+        self,
+        sink: Sink | None,
+        usage: UsageConfig,
+        edge_id: str,
+        spool: Path | None,
+        prices: PriceTable | None = None,
+    ) -> None:
+        self.sink = sink
+        self.prices = prices or price_table(usage)  # replaced whole when prices change
+        self.body_teams = frozenset(usage.body_logging_teams)
+        self.counts = {"written": 0, "spooled": 0, "replayed": 0, "dropped": 0}
+        self._edge = edge_id
+        self._spool = spool
+        self._batch = max(1, usage.batch_size)
+        self._max = max(self._batch, usage.max_pending)
+        self._interval = usage.flush_interval_seconds
+        self._timeout = usage.write_timeout_seconds
+        self._pending: list[Call] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._last_replay = 0.0
+        self._last_warning = 0.0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def record(self, call: Call) -> None:
+        pending = self._pending
+        if len(pending) >= self._max:
+            self.counts["dropped"] += 1
+            return
+        pending.append(call)
+        if len(pending) >= self._batch:
+            self._wake.set()
+
+    # -- the writer --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Flush every interval (or full batch) until stop()."""
+        wake = self._wake
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await wake.wait()
+            wake.clear()
+            try:
+                await self.flush()
+            except Exception:  # the writer outlives any one bad batch
+                log.exception("usage writer failed; continuing")
+
+    def stop(self) -> None:
+        """Ask run() to end after the flush under way (nothing is cut mid-write)."""
+        self._closing = True
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Write what is pending now; spool what cannot be written; replay the spool."""
+        ok = True
+        while self._pending:
+            calls = self._pending[: self._batch]
+            del self._pending[: self._batch]
+            rows = self._rows(calls)
+            if ok:
+                ok = await self._write(rows)
+                if ok:
+                    self.counts["written"] += len(rows)
+                    continue
+            await self._to_spool(rows)
+        if ok and self._spool is not None and not self._closing:
+            now = time.monotonic()
+            if now - self._last_replay >= _REPLAY_EVERY:
+                self._last_replay = now
+                await self._replay()
+
+    def _rows(self, calls: list[Call]) -> list[Row]:
+        prices, edge = self.prices, self._edge
+        out = []
+        for call in calls:
+            call.cost = cost = prices.cost(call)
+            out.append(row(call, edge, cost))
+        return out
+
+    async def _write(self, rows: list[Row]) -> bool:
+        sink = self.sink
+        if sink is None:
+            return True
+        try:
+            async with asyncio.timeout(self._timeout):
+                await sink.write(rows)
+            return True
+        except (SinkError, TimeoutError) as exc:
+            now = time.monotonic()
+            if now - self._last_warning >= _WARN_EVERY:
+                self._last_warning = now
+                log.warning(
+                    "usage records not written to %s (spooled for a retry): %s",
+                    sink.name,
+                    exc or "timed out",
+                )
+            return False
+
+    async def _to_spool(self, rows: list[Row]) -> None:
+        spool = self._spool
+        if spool is None:
+            self.counts["dropped"] += len(rows)
+            return
+        data = b"".join(orjson.dumps(as_dict(r)) + b"\n" for r in rows)
+        try:
+            await asyncio.to_thread(_append, spool, data)
+            self.counts["spooled"] += len(rows)
+        except OSError as exc:
+            self.counts["dropped"] += len(rows)
+            log.warning("usage records dropped: cannot spool to %s: %s", spool, exc)
+
+    async def _replay(self) -> None:
+        spool = self._spool
+        assert spool is not None
+        try:
+            rows, rest = await asyncio.to_thread(_read_spool, spool, _REPLAY_ROWS)
+        except OSError as exc:
+            log.warning("cannot read the usage spool %s: %s", spool, exc)
+            return
+        if not rows:
+            return
+        for start in range(0, len(rows), self._batch):
+            if not await self._write(rows[start : start + self._batch]):
+                return  # kept whole; what did land is ignored on the next replay
+        try:
+            await asyncio.to_thread(_rewrite, spool, rest)
+        except OSError as exc:
+            log.warning("cannot rewrite the usage spool %s: %s", spool, exc)
+            return
+        self.counts["replayed"] += len(rows)
+        log.info("replayed %d spooled usage records", len(rows))
+
+    async def close(self, grace: float) -> None:
+        """Write what is pending (within `grace`), spool the rest."""
+        self.stop()
+        try:
+            async with asyncio.timeout(grace):
+                await self.flush()
+        except TimeoutError:
+            pass
+        if self._pending:
+            calls, self._pending = self._pending, []
+            await self._to_spool(self._rows(calls))
+
+
+def _append(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as out:
+        out.write(data)
+
+
+def _read_spool(path: Path, limit: int) -> tuple[list[Row], bytes]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [], b""
+    lines = data.splitlines(keepends=True)
+    rows: list[Row] = []
+    for line in lines[:limit]:
+        with contextlib.suppress(orjson.JSONDecodeError):  # a line cut by a crash
+            rows.append(from_dict(orjson.loads(line)))
+    return rows, b"".join(lines[limit:])
+
+
+def _rewrite(path: Path, rest: bytes) -> None:
+    if not rest:
+        path.unlink(missing_ok=True)
+        return
+    temp = path.with_suffix(".tmp")
+    temp.write_bytes(rest)
+    temp.replace(path)
+
+
+class _UsageMetrics(Collector):
+    def __init__(self, recorder: UsageRecorder) -> None:
+        self.recorder = recorder
+
+    def collect(self) -> Iterable[Metric]:
+        records = CounterMetricFamily(
+            "corral_edge_usage_records",
+            "Usage records by outcome: written to the sink, spooled to disk after a failed "
+            "write, replayed from the spool, dropped (no room in memory or on disk).",
+            labels=["outcome"],
+        )
+        for outcome, count in self.recorder.counts.items():
+            records.add_metric([outcome], count)
+        yield records
+        yield GaugeMetricFamily(
+            "corral_edge_usage_pending",
+            "Usage records waiting in memory.",
+            value=self.recorder.pending,
+        )
+
+
+@contextlib.asynccontextmanager
+async def recording(
+    config: EdgeConfig, edge_id: str, registry: CollectorRegistry
+) -> AsyncIterator[UsageRecorder]:
+    """The edge's recorder with its writer task, for the app's lifetime."""
+    sink = open_sink(config)
+    recorder = UsageRecorder(sink, config.usage, edge_id, spool_file(config, edge_id))
+    registry.register(_UsageMetrics(recorder))
+    if sink is None:
+        log.info("usage records are kept nowhere (edge.usage.sink is off, or no file)")
+    else:
+        try:
+            await sink.open()
+        except SinkError as exc:  # a dead sink never stops the edge: spool and retry
+            log.warning("usage sink %s unavailable at start (records spooled): %s", sink.name, exc)
+    task = asyncio.create_task(recorder.run(), name="usage-writer")
+    grace = config.shutdown_grace_seconds
+    try:
+        yield recorder
+    finally:
+        recorder.stop()
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.shield(task)
+        except TimeoutError:
+            task.cancel()
+        await recorder.close(grace)
+        if sink is not None:
+            await sink.close()
