@@ -23,6 +23,8 @@ from controlplane.errors import (
     NotFoundError,
     translate_store_error,
 )
+from controlplane.gateway.admin import GatewayAdmin
+from controlplane.gateway.audit import CALLER, AuditLog, caller_of
 from controlplane.hosted_admin import HostedAdmin
 from controlplane.keys import DrainFlag
 from controlplane.replica import Parts, Replica
@@ -42,10 +44,14 @@ Handler = Callable[[Req, Parts], Awaitable[Resp]]
 
 
 class AdminService:
-    def __init__(self, replica: Replica, *, write_wait: float) -> None:
+    def __init__(self, replica: Replica, *, write_wait: float, audit_limit: int = 1000) -> None:
         self._replica = replica
         # How long a write waits for this replica's view to show it.
         self._write_wait = write_wait
+        self._gateway = GatewayAdmin(
+            replica.layout, AuditLog(replica.layout, audit_limit), write_wait=write_wait
+        )
+        self._audit = self._gateway.audit
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         methods: dict[str, tuple[Handler[Any, Any], type[Message]]] = {
@@ -62,6 +68,7 @@ class AdminService:
             "DeleteAlias": (self.delete_alias, admin_pb2.DeleteAliasRequest),
             **HostedAdmin(self).methods(),
             "GetTraffic": (get_traffic, traffic_pb2.GetTrafficRequest),
+            **self._gateway.methods(),
         }
         return grpc.method_handlers_generic_handler(
             SERVICE,
@@ -81,6 +88,7 @@ class AdminService:
         """Run one call; turn our errors into gRPC statuses with their messages."""
 
         async def call(request: Req, context: Context) -> Resp:
+            CALLER.set(caller_of(context))  # for the audit log; this call's own context
             try:
                 try:
                     return await fn(request, self._replica.parts())
@@ -159,6 +167,7 @@ class AdminService:
         if await parts.store.get(layout.spec(request.name)) is None:
             raise NotFoundError(f"no backend named {request.name!r} is registered")
         if await parts.store.get(layout.drain(request.name)) is None:
+            await self._audit.record(parts.store, "backend.drain", request.name, request.reason)
             flag = DrainFlag(reason=request.reason, since_unix_ms=int(time.time() * 1000))
             revision = await parts.store.put(layout.drain(request.name), flag.encode())
             self._replica.metrics.store_writes.labels("drain").inc()
@@ -176,6 +185,7 @@ class AdminService:
         if flag is None and await parts.store.get(layout.spec(request.name)) is None:
             raise NotFoundError(f"no backend named {request.name!r} is registered or drained")
         if flag is not None:
+            await self._audit.record(parts.store, "backend.undrain", request.name)
             revision = await parts.store.delete(layout.drain(request.name))
             self._replica.metrics.store_writes.labels("drain").inc()
             log.info("backend %s undrained", request.name)
@@ -223,6 +233,7 @@ class AdminService:
     ) -> admin_pb2.SetAliasResponse:
         alias = request.alias
         check_alias(alias)
+        await self._audit.record(parts.store, "alias.set", alias.name, ", ".join(alias.targets))
         revision = await parts.store.put(
             self._replica.layout.alias(alias.name), alias.SerializeToString()
         )
@@ -239,6 +250,7 @@ class AdminService:
         key = self._replica.layout.alias(request.name)
         if await parts.store.get(key) is None:
             raise NotFoundError(f"no alias named {request.name!r}")
+        await self._audit.record(parts.store, "alias.delete", request.name)
         revision = await parts.store.delete(key)
         self._replica.metrics.store_writes.labels("alias").inc()
         log.info("alias %s deleted", request.name)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from controlplane.agents import AgentHub
 from controlplane.errors import NotSyncedError, ShuttingDownError
@@ -21,6 +22,9 @@ from controlplane.traffic.book import TrafficBook
 from controlplane.traffic.view import TrafficView
 from corral.backoff import Backoff
 from corral.v1 import admin_pb2
+
+if TYPE_CHECKING:
+    from controlplane.gateway.policy_view import PolicyView
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +111,8 @@ class Parts:
     edges: EdgeBook
     traffic_book: TrafficBook
     traffic: TrafficView
+    # The gateway policy (teams, keys, prices) this replica streams to edges.
+    policy: PolicyView | None = None
 
 
 class Replica:

@@ -37,6 +37,10 @@ from controlplane.agents import (
 from controlplane.auth import TokenAuthInterceptor
 from controlplane.decoding import DecodeGuardInterceptor
 from controlplane.errors import ControlPlaneError, ShuttingDownError
+from controlplane.gateway import policy_service
+from controlplane.gateway.policy_service import PolicyService
+from controlplane.gateway.policy_view import PolicyView
+from controlplane.gateway.seed import seed_prices
 from controlplane.keys import KeyLayout
 from controlplane.metrics import Metrics, serve_metrics
 from controlplane.replica import EdgeBook, Parts, Replica
@@ -51,7 +55,12 @@ from corral.v1 import types_pb2
 
 log = logging.getLogger(__name__)
 
-SERVICES = (agent_service.SERVICE, routing_service.SERVICE, admin_service.SERVICE)
+SERVICES = (
+    agent_service.SERVICE,
+    routing_service.SERVICE,
+    admin_service.SERVICE,
+    policy_service.SERVICE,
+)
 MAX_RECEIVE_BYTES = 4 * 1024 * 1024
 # How often a replica checks that its store answers (health goes NOT_SERVING when not).
 STORE_PROBE_SECONDS = 1.0
@@ -111,6 +120,7 @@ def _build_server(
             agent_service.SERVICE: config.agent_token,
             routing_service.SERVICE: config.edge_token,
             admin_service.SERVICE: config.admin_token,
+            policy_service.SERVICE: config.edge_token,
         },
         on_reject=lambda reason: metrics.rejections.labels(reason).inc(),
     )
@@ -124,7 +134,12 @@ def _build_server(
         (
             AgentService(replica, silence_timeout=silence).handler(),
             RoutingService(replica, presence_interval=config.load_write_interval_seconds).handler(),
-            AdminService(replica, write_wait=ADMIN_WRITE_WAIT_SECONDS).handler(),
+            AdminService(
+                replica,
+                write_wait=ADMIN_WRITE_WAIT_SECONDS,
+                audit_limit=config.gateway.audit_limit,
+            ).handler(),
+            PolicyService(replica).handler(),
         )
     )
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -256,6 +271,7 @@ async def serve(config: ControlPlaneConfig, *, ready: asyncio.Event | None = Non
             store = await _open_store(config)
             await seed_aliases(store, layout, config.aliases)
             await hosted.seed(store, layout, config.providers, config.fallbacks)
+            await seed_prices(store, layout, config.gateway.prices)
             synced_once = asyncio.Event()
 
             async def on_sync(synced: bool) -> None:
@@ -293,14 +309,17 @@ async def serve(config: ControlPlaneConfig, *, ready: asyncio.Event | None = Non
             )
             edges = EdgeBook(store, layout, ttl, metrics)
             traffic = TrafficView(store, layout)
+            policy = PolicyView(store, layout)
             replica.install(
-                Parts(store, view, hub, edges, TrafficBook(store, layout, metrics), traffic)
+                Parts(store, view, hub, edges, TrafficBook(store, layout, metrics), traffic, policy)
             )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(view.run(), name="routing view")
                 tasks.create_task(edges.run(), name="edge presence")
                 tasks.create_task(traffic.run(), name="traffic view")
+                tasks.create_task(policy.run(), name="policy view")
                 await synced_once.wait()
+                await policy.listed.wait()
                 if ready is not None:
                     ready.set()
                 await asyncio.Event().wait()  # serve until cancelled
@@ -323,6 +342,8 @@ async def _shutdown(
     if parts is not None:
         parts.hub.stop_all(ShuttingDownError("control plane shutting down; reconnect elsewhere"))
         parts.view.wake()
+        if parts.policy is not None:
+            parts.policy.wake()
     await server.stop(grace)
     if parts is not None:
         with contextlib.suppress(TimeoutError):

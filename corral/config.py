@@ -112,6 +112,26 @@ class DashboardConfig:
 
 
 @dataclass(frozen=True)
+class GatewayConfig:
+    """The control plane's gateway settings (controlplane.gateway)."""
+
+    # Written to the store at start-up where it lacks them or holds other values (like
+    # aliases); prices set only through AdminService stay.
+    prices: tuple[PriceConfig, ...] = ()
+    # Audit entries kept in the store (the oldest go first).
+    audit_limit: int = 1000
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """The edge's key checking (edge.gateway)."""
+
+    # Refuse requests without a valid key even while no key exists (else: keys are required
+    # as soon as one exists, in the policy or in api_keys).
+    require_keys: bool = False
+
+
+@dataclass(frozen=True)
 class ControlPlaneConfig:
     listen: str = "127.0.0.1:7701"
     # "etcd" for a cluster, "memory" for one process.
@@ -146,6 +166,7 @@ class ControlPlaneConfig:
     providers: tuple[ProviderConfig, ...] = ()
     fallbacks: tuple[FallbackConfig, ...] = ()
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
 
 
 # -- the response cache and guardrails (edge/gateway/cache, edge/gateway/guard) --------------
@@ -346,6 +367,7 @@ class EdgeConfig:
     hosted: HostedConfig = field(default_factory=HostedConfig)
     observability: EdgeObservabilityConfig = field(default_factory=EdgeObservabilityConfig)
     usage: UsageConfig = field(default_factory=UsageConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from corral.v1 import types_pb2
 from edge.balancer import Balancer
 from edge.errors import ApiError, EdgeError, SnapshotError, error_body
 from edge.gateway.call import tag_response
+from edge.gateway.policy import follow_policy
 from edge.inbound import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
 from edge.metrics import EdgeMetrics
 from edge.providers.upstream import tls_context
@@ -203,6 +204,7 @@ async def readyz(request: web.Request) -> web.Response:
         "ready": table is not None,
         "edge_id": app[EDGE_ID],
         "controlplane_connected": status.connected,
+        "policy_version": app[PROXY].keys.policy_version,
     }
     if table is not None:
         info.update(
@@ -377,6 +379,7 @@ def build_app(config: EdgeConfig) -> web.Application:
     app.cleanup_ctx.append(_snapshots)
     app.on_response_prepare.append(tag_response)
     app.cleanup_ctx.append(traffic_reports)
+    app.cleanup_ctx.append(follow_policy)
     return app
 
 

@@ -251,10 +251,12 @@ async def handle_messages(proxy: Proxy, request: web.Request) -> web.StreamRespo
     """POST /v1/messages."""
 
     async def admit() -> Admission:
-        proxy.check_auth(request)
+        identity = proxy.check_auth(request)
         raw = await proxy.read_body(request)
         body = parse_messages(raw)
         model: str = body["model"]
+        if identity is not None:
+            identity.check_model(model)
         route = proxy.balancer.route_for(model)
         openai = None if _all_native(route) else translate(body)
         key = session_header_key(request.headers, proxy.config.session_headers)

@@ -179,7 +179,7 @@ async def handle(proxy: Proxy, request: web.Request) -> web.StreamResponse:
     path = request.match_info["tail"] or "/"
     method = request.method
     try:
-        proxy.check_auth(request)
+        identity = proxy.check_auth(request)
         if kind == OLLAMA:
             served = ollama.classify(path)
             if served == "refused":
@@ -213,6 +213,9 @@ async def handle(proxy: Proxy, request: web.Request) -> web.StreamResponse:
             if isinstance(parsed, dict):
                 body = parsed
         model = ollama.requested_model(body) if kind == OLLAMA else body.get("model")
+        if identity is not None and identity.models is not None and method not in _READS:
+            # A key limited to some models must name one (a backend's default is none).
+            identity.check_model(model if isinstance(model, str) else "")
         key: bytes | None = None
         if isinstance(model, str) and model:
             requested = model

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -35,6 +34,7 @@ from edge.exchange import (
 )
 from edge.gateway import call as calls
 from edge.gateway.call import CALL, Call
+from edge.gateway.identity import Identity, KeyTable
 from edge.gateway.tokens import Meter, ask_usage, read_whole
 from edge.inbound import CHAT, EMBEDDINGS, Endpoint, parse
 from edge.metrics import EdgeMetrics
@@ -119,7 +119,7 @@ class Proxy:
         self.balancer = balancer
         self.metrics = metrics
         self.session = session
-        self._keys = tuple(k.reveal().encode() for k in config.api_keys)
+        self.keys = KeyTable(config)
         self._max_body = config.max_body_bytes
         self._client_timeout = config.client_timeout_seconds
         self._attempts = max(1, config.max_attempts)
@@ -132,27 +132,16 @@ class Proxy:
 
     # -- admission -------------------------------------------------------------------------
 
-    def check_auth(self, request: web.Request) -> None:
-        if not self._keys:
-            return
-        token = ""
-        auth = request.headers.get("Authorization")
-        if auth and auth[:7].lower() == "bearer ":
-            token = auth[7:].strip()
-        if not token:
-            token = request.headers.get("x-api-key", "").strip()
-        if not token:
-            raise ApiError(
-                401,
-                "You didn't provide an API key (Authorization: Bearer KEY or x-api-key).",
-                code="missing_api_key",
-            )
-        given = token.encode("utf-8", "surrogateescape")
-        ok = False
-        for key in self._keys:  # compare with every key: no early exit to time
-            ok |= hmac.compare_digest(given, key)
-        if not ok:
-            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+    def check_auth(self, request: web.Request) -> Identity | None:
+        """The client's identity (None: keys not enforced), also put on the request's Call;
+        401 when its key is refused."""
+        identity = self.keys.check(request.headers)
+        if identity is not None:
+            call = request.get(CALL)
+            if call is not None:
+                call.key_id = identity.key_id
+                call.team = identity.team
+        return identity
 
     async def read_body(self, request: web.Request) -> bytes:
         length = request.content_length
@@ -181,10 +170,12 @@ class Proxy:
 
         async def admit() -> Admission:
             call = request[CALL]
-            self.check_auth(request)
+            identity = self.check_auth(request)
             raw = await self.read_body(request)
             body = parse(raw, endpoint)
             model: str = body["model"]
+            if identity is not None:
+                identity.check_model(model)
             key: bytes | None = None
             if endpoint.sticky:
                 key = session_header_key(request.headers, self._session_headers)

@@ -5,6 +5,7 @@ import grpc
 import warnings
 
 from corral.v1 import admin_pb2 as corral_dot_v1_dot_admin__pb2
+from corral.v1 import gateway_pb2 as corral_dot_v1_dot_gateway__pb2
 from corral.v1 import providers_pb2 as corral_dot_v1_dot_providers__pb2
 from corral.v1 import traffic_pb2 as corral_dot_v1_dot_traffic__pb2
 
@@ -127,6 +128,56 @@ class AdminServiceStub:
                 request_serializer=corral_dot_v1_dot_traffic__pb2.GetTrafficRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_traffic__pb2.GetTrafficResponse.FromString,
                 _registered_method=True)
+        self.CreateTeam = channel.unary_unary(
+                '/corral.v1.AdminService/CreateTeam',
+                request_serializer=corral_dot_v1_dot_gateway__pb2.CreateTeamRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_gateway__pb2.CreateTeamResponse.FromString,
+                _registered_method=True)
+        self.ListTeams = channel.unary_unary(
+                '/corral.v1.AdminService/ListTeams',
+                request_serializer=corral_dot_v1_dot_gateway__pb2.ListTeamsRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_gateway__pb2.ListTeamsResponse.FromString,
+                _registered_method=True)
+        self.CreateKey = channel.unary_unary(
+                '/corral.v1.AdminService/CreateKey',
+                request_serializer=corral_dot_v1_dot_gateway__pb2.CreateKeyRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_gateway__pb2.CreateKeyResponse.FromString,
+                _registered_method=True)
+        self.ListKeys = channel.unary_unary(
+                '/corral.v1.AdminService/ListKeys',
+                request_serializer=corral_dot_v1_dot_gateway__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_gateway__pb2.ListKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeKey = channel.unary_unary(
+                '/corral.v1.AdminService/RevokeKey',
+                request_serializer=corral_dot_v1_dot_gateway__pb2.RevokeKeyRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_gateway__pb2.RevokeKeyResponse.FromString,
+                _registered_method=True)
+        self.SetKeyDisabled = channel.unary_unary(
+                '/corral.v1.AdminService/SetKeyDisabled',
+                request_serializer=corral_dot_v1_dot_gateway__pb2.SetKeyDisabledRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_gateway__pb2.SetKeyDisabledResponse.FromString,
+                _registered_method=True)
+        self.SetPrice = channel.unary_unary(
+                '/corral.v1.AdminService/SetPrice',
+                request_serializer=corral_dot_v1_dot_gateway__pb2.SetPriceRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_gateway__pb2.SetPriceResponse.FromString,
+                _registered_method=True)
+        self.ListPrices = channel.unary_unary(
+                '/corral.v1.AdminService/ListPrices',
+                request_serializer=corral_dot_v1_dot_gateway__pb2.ListPricesRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_gateway__pb2.ListPricesResponse.FromString,
+                _registered_method=True)
+        self.DeletePrice = channel.unary_unary(
+                '/corral.v1.AdminService/DeletePrice',
+                request_serializer=corral_dot_v1_dot_gateway__pb2.DeletePriceRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_gateway__pb2.DeletePriceResponse.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/corral.v1.AdminService/ListAudit',
+                request_serializer=corral_dot_v1_dot_gateway__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_gateway__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -243,6 +294,69 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateTeam(self, request, context):
+        """Gateway: teams, virtual keys, prices and the audit log (messages in gateway.proto).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTeams(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateKey(self, request, context):
+        """The secret is in the answer, once; only its SHA-256 is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeKey(self, request, context):
+        """For ever; every edge refuses the key within a second.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetKeyDisabled(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPrice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPrices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePrice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -335,6 +449,56 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetTraffic,
                     request_deserializer=corral_dot_v1_dot_traffic__pb2.GetTrafficRequest.FromString,
                     response_serializer=corral_dot_v1_dot_traffic__pb2.GetTrafficResponse.SerializeToString,
+            ),
+            'CreateTeam': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTeam,
+                    request_deserializer=corral_dot_v1_dot_gateway__pb2.CreateTeamRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_gateway__pb2.CreateTeamResponse.SerializeToString,
+            ),
+            'ListTeams': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTeams,
+                    request_deserializer=corral_dot_v1_dot_gateway__pb2.ListTeamsRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_gateway__pb2.ListTeamsResponse.SerializeToString,
+            ),
+            'CreateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateKey,
+                    request_deserializer=corral_dot_v1_dot_gateway__pb2.CreateKeyRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_gateway__pb2.CreateKeyResponse.SerializeToString,
+            ),
+            'ListKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeys,
+                    request_deserializer=corral_dot_v1_dot_gateway__pb2.ListKeysRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_gateway__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'RevokeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeKey,
+                    request_deserializer=corral_dot_v1_dot_gateway__pb2.RevokeKeyRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_gateway__pb2.RevokeKeyResponse.SerializeToString,
+            ),
+            'SetKeyDisabled': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetKeyDisabled,
+                    request_deserializer=corral_dot_v1_dot_gateway__pb2.SetKeyDisabledRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_gateway__pb2.SetKeyDisabledResponse.SerializeToString,
+            ),
+            'SetPrice': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPrice,
+                    request_deserializer=corral_dot_v1_dot_gateway__pb2.SetPriceRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_gateway__pb2.SetPriceResponse.SerializeToString,
+            ),
+            'ListPrices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPrices,
+                    request_deserializer=corral_dot_v1_dot_gateway__pb2.ListPricesRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_gateway__pb2.ListPricesResponse.SerializeToString,
+            ),
+            'DeletePrice': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePrice,
+                    request_deserializer=corral_dot_v1_dot_gateway__pb2.DeletePriceRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_gateway__pb2.DeletePriceResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=corral_dot_v1_dot_gateway__pb2.ListAuditRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_gateway__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -823,6 +987,276 @@ class AdminService:
             '/corral.v1.AdminService/GetTraffic',
             corral_dot_v1_dot_traffic__pb2.GetTrafficRequest.SerializeToString,
             corral_dot_v1_dot_traffic__pb2.GetTrafficResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTeam(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/CreateTeam',
+            corral_dot_v1_dot_gateway__pb2.CreateTeamRequest.SerializeToString,
+            corral_dot_v1_dot_gateway__pb2.CreateTeamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTeams(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/ListTeams',
+            corral_dot_v1_dot_gateway__pb2.ListTeamsRequest.SerializeToString,
+            corral_dot_v1_dot_gateway__pb2.ListTeamsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/CreateKey',
+            corral_dot_v1_dot_gateway__pb2.CreateKeyRequest.SerializeToString,
+            corral_dot_v1_dot_gateway__pb2.CreateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/ListKeys',
+            corral_dot_v1_dot_gateway__pb2.ListKeysRequest.SerializeToString,
+            corral_dot_v1_dot_gateway__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/RevokeKey',
+            corral_dot_v1_dot_gateway__pb2.RevokeKeyRequest.SerializeToString,
+            corral_dot_v1_dot_gateway__pb2.RevokeKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetKeyDisabled(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/SetKeyDisabled',
+            corral_dot_v1_dot_gateway__pb2.SetKeyDisabledRequest.SerializeToString,
+            corral_dot_v1_dot_gateway__pb2.SetKeyDisabledResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPrice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/SetPrice',
+            corral_dot_v1_dot_gateway__pb2.SetPriceRequest.SerializeToString,
+            corral_dot_v1_dot_gateway__pb2.SetPriceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPrices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/ListPrices',
+            corral_dot_v1_dot_gateway__pb2.ListPricesRequest.SerializeToString,
+            corral_dot_v1_dot_gateway__pb2.ListPricesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePrice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/DeletePrice',
+            corral_dot_v1_dot_gateway__pb2.DeletePriceRequest.SerializeToString,
+            corral_dot_v1_dot_gateway__pb2.DeletePriceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/ListAudit',
+            corral_dot_v1_dot_gateway__pb2.ListAuditRequest.SerializeToString,
+            corral_dot_v1_dot_gateway__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ Operator calls; grpcurl-friendly."""
 
 from collections import abc as _abc
 from corral.v1 import admin_pb2 as _admin_pb2
+from corral.v1 import gateway_pb2 as _gateway_pb2
 from corral.v1 import providers_pb2 as _providers_pb2
 from corral.v1 import traffic_pb2 as _traffic_pb2
 from grpc import aio as _aio
@@ -55,6 +56,19 @@ class AdminServiceStub:
     DeleteFallbacks: _grpc.UnaryUnaryMultiCallable[_providers_pb2.DeleteFallbacksRequest, _providers_pb2.DeleteFallbacksResponse]
     GetTraffic: _grpc.UnaryUnaryMultiCallable[_traffic_pb2.GetTrafficRequest, _traffic_pb2.GetTrafficResponse]
     """Traffic (issue 15): the cluster-wide view merged from every edge's reports."""
+    CreateTeam: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CreateTeamRequest, _gateway_pb2.CreateTeamResponse]
+    """Gateway: teams, virtual keys, prices and the audit log (messages in gateway.proto)."""
+    ListTeams: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListTeamsRequest, _gateway_pb2.ListTeamsResponse]
+    CreateKey: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CreateKeyRequest, _gateway_pb2.CreateKeyResponse]
+    """The secret is in the answer, once; only its SHA-256 is stored."""
+    ListKeys: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListKeysRequest, _gateway_pb2.ListKeysResponse]
+    RevokeKey: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RevokeKeyRequest, _gateway_pb2.RevokeKeyResponse]
+    """For ever; every edge refuses the key within a second."""
+    SetKeyDisabled: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SetKeyDisabledRequest, _gateway_pb2.SetKeyDisabledResponse]
+    SetPrice: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SetPriceRequest, _gateway_pb2.SetPriceResponse]
+    ListPrices: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListPricesRequest, _gateway_pb2.ListPricesResponse]
+    DeletePrice: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.DeletePriceRequest, _gateway_pb2.DeletePriceResponse]
+    ListAudit: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListAuditRequest, _gateway_pb2.ListAuditResponse]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -80,6 +94,19 @@ class AdminServiceAsyncStub(AdminServiceStub):
     DeleteFallbacks: _aio.UnaryUnaryMultiCallable[_providers_pb2.DeleteFallbacksRequest, _providers_pb2.DeleteFallbacksResponse]  # type: ignore[assignment]
     GetTraffic: _aio.UnaryUnaryMultiCallable[_traffic_pb2.GetTrafficRequest, _traffic_pb2.GetTrafficResponse]  # type: ignore[assignment]
     """Traffic (issue 15): the cluster-wide view merged from every edge's reports."""
+    CreateTeam: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CreateTeamRequest, _gateway_pb2.CreateTeamResponse]  # type: ignore[assignment]
+    """Gateway: teams, virtual keys, prices and the audit log (messages in gateway.proto)."""
+    ListTeams: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListTeamsRequest, _gateway_pb2.ListTeamsResponse]  # type: ignore[assignment]
+    CreateKey: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CreateKeyRequest, _gateway_pb2.CreateKeyResponse]  # type: ignore[assignment]
+    """The secret is in the answer, once; only its SHA-256 is stored."""
+    ListKeys: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListKeysRequest, _gateway_pb2.ListKeysResponse]  # type: ignore[assignment]
+    RevokeKey: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RevokeKeyRequest, _gateway_pb2.RevokeKeyResponse]  # type: ignore[assignment]
+    """For ever; every edge refuses the key within a second."""
+    SetKeyDisabled: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SetKeyDisabledRequest, _gateway_pb2.SetKeyDisabledResponse]  # type: ignore[assignment]
+    SetPrice: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SetPriceRequest, _gateway_pb2.SetPriceResponse]  # type: ignore[assignment]
+    ListPrices: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListPricesRequest, _gateway_pb2.ListPricesResponse]  # type: ignore[assignment]
+    DeletePrice: _aio.UnaryUnaryMultiCallable[_gateway_pb2.DeletePriceRequest, _gateway_pb2.DeletePriceResponse]  # type: ignore[assignment]
+    ListAudit: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListAuditRequest, _gateway_pb2.ListAuditResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -210,5 +237,78 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_traffic_pb2.GetTrafficResponse, _abc.Awaitable[_traffic_pb2.GetTrafficResponse]]:
         """Traffic (issue 15): the cluster-wide view merged from every edge's reports."""
+
+    @_abc_1.abstractmethod
+    def CreateTeam(
+        self,
+        request: _gateway_pb2.CreateTeamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CreateTeamResponse, _abc.Awaitable[_gateway_pb2.CreateTeamResponse]]:
+        """Gateway: teams, virtual keys, prices and the audit log (messages in gateway.proto)."""
+
+    @_abc_1.abstractmethod
+    def ListTeams(
+        self,
+        request: _gateway_pb2.ListTeamsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListTeamsResponse, _abc.Awaitable[_gateway_pb2.ListTeamsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateKey(
+        self,
+        request: _gateway_pb2.CreateKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CreateKeyResponse, _abc.Awaitable[_gateway_pb2.CreateKeyResponse]]:
+        """The secret is in the answer, once; only its SHA-256 is stored."""
+
+    @_abc_1.abstractmethod
+    def ListKeys(
+        self,
+        request: _gateway_pb2.ListKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListKeysResponse, _abc.Awaitable[_gateway_pb2.ListKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeKey(
+        self,
+        request: _gateway_pb2.RevokeKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.RevokeKeyResponse, _abc.Awaitable[_gateway_pb2.RevokeKeyResponse]]:
+        """For ever; every edge refuses the key within a second."""
+
+    @_abc_1.abstractmethod
+    def SetKeyDisabled(
+        self,
+        request: _gateway_pb2.SetKeyDisabledRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.SetKeyDisabledResponse, _abc.Awaitable[_gateway_pb2.SetKeyDisabledResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetPrice(
+        self,
+        request: _gateway_pb2.SetPriceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.SetPriceResponse, _abc.Awaitable[_gateway_pb2.SetPriceResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListPrices(
+        self,
+        request: _gateway_pb2.ListPricesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListPricesResponse, _abc.Awaitable[_gateway_pb2.ListPricesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeletePrice(
+        self,
+        request: _gateway_pb2.DeletePriceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.DeletePriceResponse, _abc.Awaitable[_gateway_pb2.DeletePriceResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAudit(
+        self,
+        request: _gateway_pb2.ListAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListAuditResponse, _abc.Awaitable[_gateway_pb2.ListAuditResponse]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

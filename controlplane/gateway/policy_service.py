@@ -1,0 +1,84 @@
+"""corral.v1.PolicyService: the gateway policy streamed to edges (edge token, like routing).
+
+Each subscriber gets the view's policy when it joins, then again whenever the view's version
+moves on: latest only, serialized once per version, sent as bytes. Nothing is paced: the
+policy changes only when an operator changes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+
+from controlplane.errors import ControlPlaneError, NotSyncedError, ShuttingDownError
+from controlplane.replica import Replica
+from controlplane.store.base import StoreError
+from controlplane.validation import MAX_AGENT_ID, check_text
+from corral.v1 import gateway_pb2
+
+log = logging.getLogger(__name__)
+
+SERVICE = "corral.v1.PolicyService"
+
+Context = grpc.aio.ServicerContext[gateway_pb2.WatchPolicyRequest, bytes]
+
+
+def _identity(payload: bytes) -> bytes:
+    return payload
+
+
+class PolicyService:
+    def __init__(self, replica: Replica) -> None:
+        self._replica = replica
+
+    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "WatchPolicy": grpc.unary_stream_rpc_method_handler(
+                    self.watch_policy,
+                    request_deserializer=gateway_pb2.WatchPolicyRequest.FromString,
+                    response_serializer=_identity,
+                )
+            },
+        )
+
+    async def watch_policy(self, request: gateway_pb2.WatchPolicyRequest, context: Context) -> None:
+        replica = self._replica
+        try:
+            parts = replica.parts()
+            view = parts.policy
+            if view is None or view.listings == 0:
+                raise NotSyncedError("this replica has not read the policy yet; retry")
+            check_text(request.edge_id, "edge_id", MAX_AGENT_ID)
+            check_text(request.cluster_id, "cluster_id", MAX_AGENT_ID)
+        except ControlPlaneError as exc:
+            replica.metrics.rejections.labels(exc.reason).inc()
+            await context.abort(exc.code, str(exc))
+            return
+        wanted = request.last_applied_version
+        floor_cluster = request.cluster_id if wanted > 0 else ""
+        if floor_cluster == view.cluster_id and view.version < wanted:
+            try:
+                await view.catch_up(wanted)
+            except StoreError as exc:
+                log.info("policy catch-up failed (%s); waiting for the watch instead", exc)
+        sent_cluster, sent_version = "", 0
+        try:
+            while True:
+                if replica.stopping.is_set():
+                    raise ShuttingDownError("this control-plane replica is shutting down")
+                changed = view.changed()
+                built = view.current()
+                behind = built.cluster_id == floor_cluster and built.version < wanted
+                if not behind and (
+                    built.cluster_id != sent_cluster or built.version > sent_version
+                ):
+                    await context.write(built.payload)
+                    sent_cluster, sent_version = built.cluster_id, built.version
+                    continue  # the view may have moved while we wrote
+                await changed.wait()
+        except ControlPlaneError as exc:
+            await context.abort(exc.code, str(exc))

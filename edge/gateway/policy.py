@@ -1,0 +1,184 @@
+"""Following the gateway policy (teams, keys, prices) from the control plane.
+
+One PolicyService.WatchPolicy stream at a time, rotating over the control-plane addresses on
+failure, like the snapshot subscriber. Every policy received replaces the key table whole
+(one assignment: requests never see half a policy) and is persisted beside the snapshot, so
+a restarted edge enforces the keys it knew even with every control plane gone. An edge that
+has a control plane to ask but no policy yet refuses unknown keys with 503 rather than serve
+open; a control plane too old to have PolicyService means no keys from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+from google.protobuf.message import DecodeError
+from grpc import aio
+
+from corral.backoff import Backoff
+from corral.config import EdgeConfig
+from corral.v1 import gateway_pb2, gateway_pb2_grpc
+from edge.subscriber import _CHANNEL_OPTIONS, _credentials
+
+log = logging.getLogger("corral.edge.policy")
+
+FILE_NAME = "policy.pb"
+# How long a starting edge with no persisted policy waits for the control plane's before it
+# serves (refusing unknown keys with 503 until the policy comes).
+FIRST_POLICY_WAIT_SECONDS = 5.0
+
+PolicyListener = Callable[[gateway_pb2.Policy], Awaitable[None]]
+
+
+def save_policy(state_dir: str, policy: gateway_pb2.Policy) -> None:
+    """Atomically (temporary file, fsync, rename), readable by this user only: it holds key
+    digests, not secrets, but nobody else needs them."""
+    path = Path(state_dir) / FILE_NAME
+    tmp = path.with_name(f"{FILE_NAME}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(policy.SerializeToString())
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        log.warning("cannot persist the policy to %s: %s", path, exc.strerror)
+
+
+def load_policy(state_dir: str) -> gateway_pb2.Policy | None:
+    """The persisted policy; None when there is none or it is unreadable (said in the log)."""
+    path = Path(state_dir) / FILE_NAME
+    try:
+        return gateway_pb2.Policy.FromString(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, DecodeError) as exc:
+        log.warning("ignoring the persisted policy %s: %s", path, exc)
+        return None
+
+
+class PolicySubscriber:
+    """Feeds every policy from the control plane to on_policy, forever."""
+
+    def __init__(
+        self,
+        config: EdgeConfig,
+        edge_id: str,
+        *,
+        current: Callable[[], tuple[int, str]],
+        on_policy: PolicyListener,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._edge_id = edge_id
+        self._current = current
+        self._on_policy = on_policy
+        self._rng = rng or random.Random()
+        self._credentials = _credentials(config)
+        token = config.controlplane_token
+        self._metadata = (("authorization", f"Bearer {token.reveal()}"),) if token else None
+
+    async def run(self) -> None:
+        addresses = [a for a in self._config.controlplane if a]
+        if not addresses:
+            return
+        index = self._rng.randrange(len(addresses))
+        backoff = Backoff(rng=self._rng)
+        while True:
+            received = await self._follow(addresses[index % len(addresses)])
+            index += 1
+            if received:
+                backoff.reset()
+                continue
+            await asyncio.sleep(backoff.next())
+
+    async def _follow(self, address: str) -> bool:
+        """Stream from one address until it fails; True when it delivered anything."""
+        received = False
+        if self._credentials is None:
+            channel = aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        else:
+            channel = aio.secure_channel(address, self._credentials, options=_CHANNEL_OPTIONS)
+        try:
+            stub = gateway_pb2_grpc.PolicyServiceStub(channel)
+            version, cluster_id = self._current()
+            request = gateway_pb2.WatchPolicyRequest(
+                edge_id=self._edge_id, last_applied_version=version, cluster_id=cluster_id
+            )
+            async for response in stub.WatchPolicy(request, metadata=self._metadata):
+                received = True
+                await self._on_policy(response.policy)
+        except aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+                # A control plane from before policies: it has no keys to give.
+                await self._on_policy(gateway_pb2.Policy())
+            log.warning(
+                "policy stream from %s failed: %s %s",
+                address,
+                exc.code().name,
+                exc.details() or "",
+            )
+        finally:
+            await channel.close(grace=None)
+        return received
+
+
+async def follow_policy(app: web.Application) -> AsyncIterator[None]:
+    """The edge's cleanup context keeping its key table in step with the policy."""
+    from edge.app import CONFIG, EDGE_ID, PROXY  # edge.app registers this context
+
+    config = app[CONFIG]
+    keys = app[PROXY].keys
+    state_dir = config.state_dir
+    persisted = await asyncio.to_thread(load_policy, state_dir) if state_dir else None
+    if persisted is not None:
+        keys.apply(persisted)
+        log.info("applied the persisted policy %d (%d keys)", persisted.version, len(keys))
+    elif any(config.controlplane):
+        keys.wait_for_policy()
+    applied = (persisted.version, persisted.cluster_id) if persisted else (0, "")
+    first = asyncio.Event()
+
+    async def on_policy(policy: gateway_pb2.Policy) -> None:
+        nonlocal applied
+        if policy.cluster_id == applied[1] and 0 < policy.version < applied[0]:
+            log.warning("refused policy %d: older than %d", policy.version, applied[0])
+            return
+        keys.apply(policy)
+        first.set()
+        applied = (policy.version, policy.cluster_id)
+        log.info("applied policy %d (%d keys)", policy.version, len(keys))
+        if state_dir:
+            await asyncio.to_thread(save_policy, state_dir, policy)
+
+    subscriber = PolicySubscriber(
+        config, app[EDGE_ID], current=lambda: applied, on_policy=on_policy
+    )
+    task = asyncio.create_task(subscriber.run(), name="edge-policy-subscriber")
+    try:
+        if keys.pending:
+            try:
+                async with asyncio.timeout(FIRST_POLICY_WAIT_SECONDS):
+                    await first.wait()
+            except TimeoutError:
+                log.warning(
+                    "no policy from the control plane within %gs; serving, but only the "
+                    "static api_keys until it comes (other keys get 503)",
+                    FIRST_POLICY_WAIT_SECONDS,
+                )
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

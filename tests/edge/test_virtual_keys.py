@@ -1,0 +1,227 @@
+"""Virtual keys end to end: created through AdminService, checked at the edge with the
+official openai and anthropic SDKs (streaming included), refused in each API's error shape."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import anthropic
+import grpc
+import openai
+import pytest
+
+import controlplane
+from corral.config import ControlPlaneConfig, Secret
+from corral.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.controlplane import harness as h
+from tests.edge.conftest import RunningEdge, StartEdge, running_agents
+from tests.fakes import FakeServer, running_fakes
+from tests.support.net import eventually, free_port
+
+MODEL = "m-allowed"
+OTHER = "m-other"
+USER = [{"role": "user", "content": "hello"}]
+
+
+@dataclass
+class Cluster:
+    address: str
+    edge: RunningEdge
+    fake: FakeServer
+
+    async def admin(self, method: str, request: Any) -> Any:
+        async with h.admin(self.address) as stub:
+            return await getattr(stub, method)(request)
+
+    async def key(self, team: str = "search", **fields: Any) -> gateway_pb2.CreateKeyResponse:
+        with contextlib.suppress(Exception):  # the team may exist already
+            await self.admin("CreateTeam", gateway_pb2.CreateTeamRequest(name=team))
+        created: gateway_pb2.CreateKeyResponse = await self.admin(
+            "CreateKey", gateway_pb2.CreateKeyRequest(team=team, **fields)
+        )
+        await self.applied()
+        return created
+
+    async def applied(self) -> None:
+        """Wait until the edge has the control plane's newest policy."""
+        await _policy_has(self.edge, await policy_version(self.address))
+
+
+@pytest.fixture
+async def cluster(start_edge: StartEdge) -> AsyncIterator[Cluster]:
+    """A control plane (memory store), an agent beside a fake serving two models, an edge."""
+    address = f"127.0.0.1:{free_port()}"
+    ready = asyncio.Event()
+    task = asyncio.create_task(
+        controlplane.serve(ControlPlaneConfig(listen=address, store="memory"), ready=ready)
+    )
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        async with (
+            running_fakes(FakeServer("vllm", [MODEL, OTHER], "vllm-a")) as (fake,),
+            running_agents(address, [fake]),
+        ):
+            running = await start_edge(None, controlplane=(address,))
+
+            async def routable() -> bool:
+                return bool((await running.readyz()).get("models") == 2)
+
+            await eventually(routable)
+            yield Cluster(address, running, fake)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def policy_version(address: str) -> int:
+    """The version of the policy the control plane at address streams now."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = gateway_pb2_grpc.PolicyServiceStub(channel).WatchPolicy(
+            gateway_pb2.WatchPolicyRequest(edge_id="test")
+        )
+        async for response in call:
+            call.cancel()
+            return int(response.policy.version)
+    raise AssertionError("the policy stream ended without a policy")
+
+
+async def _policy_has(running: RunningEdge, version_at_least: int) -> None:
+    async def check() -> bool:
+        return bool((await running.readyz())["policy_version"] >= version_at_least)
+
+    await eventually(check)
+
+
+async def test_open_until_a_key_exists_then_sdks_need_it(cluster: Cluster) -> None:
+    """No key: the edge is open. After the first key: the openai SDK works with it (plain and
+    streamed), gets 401 without it or with a wrong one, 403 for a model it may not use."""
+    edge = cluster.edge
+    answer = await edge.client("anything").chat.completions.create(model=MODEL, messages=USER)
+    assert answer.choices[0].message.content
+
+    created = await cluster.key(models=[MODEL])
+    assert created.secret.startswith("sk-corral-")
+    assert created.key.id.startswith("ck_") and created.key.team == "search"
+    assert not created.key.secret_sha256  # never shown
+    await _policy_has(edge, 1)
+
+    client = edge.client(created.secret)
+    answer = await client.chat.completions.create(model=MODEL, messages=USER)
+    assert answer.choices[0].message.content
+    chunks = [
+        c
+        async for c in await client.chat.completions.create(model=MODEL, messages=USER, stream=True)
+    ]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    with pytest.raises(openai.AuthenticationError) as wrong:
+        await edge.client("sk-corral-wrong").chat.completions.create(model=MODEL, messages=USER)
+    assert wrong.value.status_code == 401
+    assert wrong.value.body["code"] == "invalid_api_key"  # type: ignore[index]
+
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        await client.chat.completions.create(model=OTHER, messages=USER)
+    body: Any = denied.value.body
+    assert body["code"] == "model_not_allowed" and body["param"] == "model"
+    assert body["type"] == "permission_error" and created.key.id in body["message"]
+
+
+async def test_anthropic_sdk_with_a_virtual_key(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """The anthropic SDK sends the key as x-api-key: plain and streamed messages work; a wrong
+    key is an authentication_error, a model the key may not use a permission_error."""
+    created = await cluster.key(models=[MODEL])
+    url = cluster.edge.url
+    async with anthropic.AsyncAnthropic(
+        base_url=url, api_key=created.secret, max_retries=0
+    ) as client:
+        message = await client.messages.create(model=MODEL, max_tokens=20, messages=USER)  # type: ignore[arg-type]
+        assert message.content[0].type == "text"
+        async with client.messages.stream(
+            model=MODEL,
+            max_tokens=20,
+            messages=USER,  # type: ignore[arg-type]
+        ) as stream:
+            text = "".join([t async for t in stream.text_stream])
+        assert "hello" in text
+        with pytest.raises(anthropic.PermissionDeniedError) as denied:
+            await client.messages.create(model=OTHER, max_tokens=20, messages=USER)  # type: ignore[arg-type]
+        assert denied.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
+    async with anthropic.AsyncAnthropic(base_url=url, api_key="nope", max_retries=0) as client:
+        with pytest.raises(anthropic.AuthenticationError) as refused:
+            await client.messages.create(model=MODEL, max_tokens=20, messages=USER)  # type: ignore[arg-type]
+        body: Any = refused.value.body
+        assert body["type"] == "error" and body["error"]["type"] == "authentication_error"
+    # Bearer works on the Anthropic path too; a missing key is a 401 in its shape.
+    request = {"model": MODEL, "max_tokens": 5, "messages": USER}
+    bearer = {"Authorization": f"Bearer {created.secret}"}
+    async with http.post(f"{url}/v1/messages", json=request, headers=bearer) as resp:
+        assert resp.status == 200
+    async with http.post(f"{url}/v1/messages", json=request) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["error"]["type"] == "authentication_error"
+
+
+async def test_revoked_and_disabled_keys_are_refused(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """Disabling refuses a key until it is enabled again; revoking refuses it for ever, and
+    revoking every key does not open the edge."""
+    created = await cluster.key()
+    client = cluster.edge.client(created.secret)
+    await client.models.list()
+
+    await cluster.admin(
+        "SetKeyDisabled", gateway_pb2.SetKeyDisabledRequest(id=created.key.id, disabled=True)
+    )
+    await cluster.applied()
+    with pytest.raises(openai.AuthenticationError, match="disabled"):
+        await client.chat.completions.create(model=MODEL, messages=USER)
+    await cluster.admin(
+        "SetKeyDisabled", gateway_pb2.SetKeyDisabledRequest(id=created.key.id, disabled=False)
+    )
+    await cluster.applied()
+    await client.chat.completions.create(model=MODEL, messages=USER)
+
+    revoked = await cluster.admin("RevokeKey", gateway_pb2.RevokeKeyRequest(id=created.key.id))
+    assert revoked.key.revoked_unix_ms > 0
+    await cluster.applied()
+    with pytest.raises(openai.AuthenticationError, match="revoked"):
+        await client.chat.completions.create(model=MODEL, messages=USER)
+    request = {"model": MODEL, "messages": USER}
+    async with http.post(f"{cluster.edge.url}/v1/chat/completions", json=request) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["error"]["code"] == "missing_api_key"
+
+
+async def test_static_keys_are_a_default_team(start_edge: StartEdge) -> None:
+    """api_keys work next to a control plane that has virtual keys of its own."""
+    address = f"127.0.0.1:{free_port()}"
+    ready = asyncio.Event()
+    task = asyncio.create_task(
+        controlplane.serve(ControlPlaneConfig(listen=address, store="memory"), ready=ready)
+    )
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        async with h.admin(address) as stub:
+            await stub.CreateTeam(gateway_pb2.CreateTeamRequest(name="t"))
+            created = await stub.CreateKey(gateway_pb2.CreateKeyRequest(team="t"))
+        running = await start_edge(
+            None, controlplane=(address,), api_keys=(Secret("sk-static-one"),)
+        )
+        await _policy_has(running, await policy_version(address))
+        await running.client("sk-static-one").models.list()
+        await running.client(created.secret).models.list()
+        with pytest.raises(openai.AuthenticationError):
+            await running.client("sk-static-two").models.list()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
