@@ -255,10 +255,11 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
     )
-    app[PROXY] = Proxy(config, app[BALANCER], app[METRICS], session)
+    app[PROXY] = proxy = Proxy(config, app[BALANCER], app[METRICS], session)
     try:
         yield
     finally:
+        await proxy.pools.close()
         await session.close()
 
 
@@ -289,6 +290,8 @@ def apply_snapshot(app: web.Application, snapshot: types_pb2.Snapshot, source: s
             app[STATUS].source = source  # confirmed by the control plane: same content
             return False
     balancer.apply(snapshot)
+    if PROXY in app:
+        app[PROXY].fallbacks.apply(snapshot)
     status = app[STATUS]
     status.source = source
     status.applied_monotonic = time.monotonic()

@@ -79,6 +79,10 @@ class Exchange:
         """What ends a stream the backend broke mid-way."""
         return stream_error(exc)
 
+    def error(self, status: int, data: bytes) -> bytes:
+        """A failed attempt's body as give_up expects it (hosted providers rewrite theirs)."""
+        return data
+
     def give_up(self, model: str, failure: Failure | None) -> web.Response:
         """The answer when every attempt failed (None: no backend could be tried)."""
         if failure is None:

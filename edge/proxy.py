@@ -21,7 +21,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from corral.config import EdgeConfig
-from edge.balancer import RETRY, Balancer, Full
+from edge.balancer import RETRY, Balancer, Full, too_busy
 from edge.deadlines import Deadlines
 from edge.errors import ApiError
 from edge.exchange import (
@@ -38,6 +38,8 @@ from edge.gateway.identity import Identity, KeyTable
 from edge.gateway.tokens import Meter, ask_usage, read_whole
 from edge.inbound import CHAT, EMBEDDINGS, Endpoint, parse
 from edge.metrics import EdgeMetrics
+from edge.providers.fallbacks import FALLBACK, Fallbacks, Stage, moves_on, too_small
+from edge.providers.hosted import Pools, adapt, honour_retry_after
 from edge.relay import (
     BACKEND_HEADER,
     ROUTE_HEADER,
@@ -47,7 +49,7 @@ from edge.relay import (
     to_client,
 )
 from edge.routing import chat_key, completion_key, session_header_key
-from edge.table import BackendState
+from edge.table import BackendState, ModelRoute
 
 # Re-exported: the routes and tests that import them from here.
 __all__ = [
@@ -127,6 +129,8 @@ class Proxy:
         self._idle = config.idle_timeout_seconds
         self._session_headers = config.session_headers
         self._deadlines = Deadlines()
+        self.pools = Pools(config)  # one connection pool per hosted provider
+        self.fallbacks = Fallbacks(config, balancer)  # chains from the snapshot in force
         # Where finished Calls go (edge/gateway/usage.py); replaced by the app's recorder.
         self.recorder: Recorder = DISCARD
 
@@ -207,7 +211,6 @@ class Proxy:
         started = call.started
         metrics = self.metrics
         model_label = "-"  # a model name only once it routes: unknown names are unbounded
-        backend_name = "-"
         status = 0
         try:
             admission = await admit()
@@ -219,52 +222,27 @@ class Proxy:
                 call.prompt = exchange.raw or b""
             lookup = admission.route
             key = admission.key
-            route = lookup()
-            model_label = route.name or endpoint_name
-            balancer = self.balancer
-            excluded: set[str] = set()
+            stages = self.fallbacks.stages(call.model, lookup)
             failure: Failure | None = None
-            for _ in range(self._attempts):
-                if failure is not None:
-                    try:  # the table may have changed since (a backend went down)
-                        route = lookup()
-                    except ApiError:
-                        break
-                found = balancer.pick(route, key, excluded)
-                if isinstance(found, Full):
-                    found = await balancer.wait_pick(route, key, excluded, lookup)
-                    if found is not None:
-                        with contextlib.suppress(ApiError):
-                            route = lookup()  # the table may have changed while we waited
-                if found is None:
-                    break
-                backend, label = found
-                if failure is not None:
-                    label = RETRY
-                    metrics.retries.labels(backend_name, failure.reason).inc()
-                excluded.add(backend.name)
-                backend_name = backend.name
-                metrics.decision(label)
-                rewrite = route.rewrites.get(backend.name)
-                path, payload = exchange.upstream(backend, rewrite)
-                call.backend = backend_name
-                call.route = label
-                call.served = rewrite or call.model
-                balancer.acquire(backend)
-                metrics.attempt_started(backend_name)
-                try:
-                    result = await self._attempt(
-                        Attempt(request, exchange, backend, label, path, payload, call, model_label)
-                    )
-                finally:
-                    balancer.release(backend)
-                    metrics.attempt_ended(backend_name)
-                if isinstance(result, Failure):
-                    failure = result
-                    continue
-                status = result.status
-                return result
-            response = exchange.give_up(route.name or endpoint_name, failure)
+            if stages is None:
+                route = lookup()
+                model_label = route.name or endpoint_name
+                outcome = await self._stage(request, exchange, lookup, route, key, call, None)
+                if not isinstance(outcome, Failure) and outcome is not None:
+                    status = outcome.status
+                    return outcome
+                failure = outcome
+                given_up = route.name or endpoint_name
+            else:
+                model_label = given_up = call.model  # a configured chain: a bounded label
+                outcome = await self._chain(request, exchange, stages, key, call)
+                if not isinstance(outcome, Failure) and outcome is not None:
+                    status = outcome.status
+                    return outcome
+                failure = outcome
+            if failure is not None and failure.reason == "full":
+                raise too_busy(given_up)
+            response = exchange.give_up(given_up, failure)
             status = response.status
             if failure is not None:
                 call.error = failure.reason
@@ -283,11 +261,126 @@ class Proxy:
             return web.Response(status=499)
         finally:
             duration = time.monotonic() - started
+            backend_name = call.backend or "-"
             metrics.request(model_label, backend_name, status, endpoint_name, duration)
             metrics.traffic.finished(call, model_label, backend_name, status, duration)
             call.status = status or 500  # 0: an unexpected exception, answered with a 500
             call.duration = duration
             self.recorder.record(call)
+
+    async def _chain(
+        self,
+        request: web.Request,
+        exchange: Exchange,
+        stages: list[Stage],
+        key: bytes | None,
+        call: Call,
+    ) -> web.StreamResponse | Failure | None:
+        """A model with a fallback chain: each stage in turn while the last one could not
+        serve for a reason the chain moves on for (edge/providers/fallbacks.py)."""
+        failure: Failure | None = None
+        refused: ApiError | None = None  # why the first stage had no route
+        skipped = 0
+        for stage in stages:
+            try:
+                route = stage.lookup()
+            except ApiError as exc:
+                refused = refused or exc
+                if "unhealthy" in stage.on:
+                    continue
+                break
+            if too_small(route, exchange):
+                skipped += 1
+                continue
+            outcome = await self._stage(request, exchange, stage.lookup, route, key, call, stage)
+            if outcome is None:
+                if "unhealthy" in stage.on:
+                    continue
+                break
+            if not isinstance(outcome, Failure):
+                return outcome
+            failure = outcome
+            if not moves_on(stage, failure):
+                break
+        if failure is None and skipped:
+            raise ApiError(
+                400,
+                "The request is longer than the context window of every model it may go to.",
+                code="context_length_exceeded",
+            )
+        if failure is None and refused is not None and refused.status == 404:
+            raise refused
+        return failure
+
+    async def _stage(
+        self,
+        request: web.Request,
+        exchange: Exchange,
+        lookup: Callable[[], ModelRoute],
+        route: ModelRoute,
+        key: bytes | None,
+        call: Call,
+        stage: Stage | None,
+    ) -> web.StreamResponse | Failure | None:
+        """The attempt loop on one route: pick a backend, try it, and on a retryable failure
+        pick another, up to max_attempts. The answer, the last failure, or None when no
+        backend could be tried."""
+        balancer = self.balancer
+        metrics = self.metrics
+        model_label = call.model if stage is not None else route.name or call.endpoint
+        excluded: set[str] = set()
+        failure: Failure | None = None
+        for _ in range(self._attempts):
+            if failure is not None:
+                try:  # the table may have changed since (a backend went down)
+                    route = lookup()
+                except ApiError:
+                    break
+            found = balancer.pick(route, key, excluded)
+            if isinstance(found, Full):
+                if stage is not None and stage.wait is not None:
+                    try:  # a chain moves on after its own (shorter) wait
+                        async with asyncio.timeout(stage.wait):
+                            found = await balancer.wait_pick(route, key, excluded, lookup)
+                    except (TimeoutError, ApiError):
+                        return Failure("full")
+                else:
+                    found = await balancer.wait_pick(route, key, excluded, lookup)
+                if found is not None:
+                    with contextlib.suppress(ApiError):
+                        route = lookup()  # the table may have changed while we waited
+            if found is None:
+                break
+            backend, label = found
+            if failure is not None:
+                label = RETRY
+                metrics.retries.labels(call.backend, failure.reason).inc()
+            rewrite = route.rewrites.get(backend.name)
+            if stage is not None and stage.fallback:
+                label = FALLBACK
+                if rewrite is None and route.name != call.model:
+                    rewrite = route.name  # the target's own name; the answer names the asked
+            excluded.add(backend.name)
+            metrics.decision(label)
+            attempted = adapt(exchange, backend) if backend.provider else exchange
+            path, payload = attempted.upstream(backend, rewrite)
+            call.backend = backend.name
+            call.route = label
+            call.served = rewrite or call.model
+            balancer.acquire(backend)
+            metrics.attempt_started(backend.name)
+            try:
+                result = await self._attempt(
+                    Attempt(request, attempted, backend, label, path, payload, call, model_label)
+                )
+            finally:
+                balancer.release(backend)
+                metrics.attempt_ended(backend.name)
+            if isinstance(result, Failure):
+                failure = result
+                continue
+            return result
+        return failure
 
     async def _attempt(self, attempt: Attempt) -> web.StreamResponse | Failure:
         """One try on one backend, under one deadline: time to first byte until the answer
@@ -306,7 +399,8 @@ class Proxy:
             try:
                 awaiting = backend.awaiting
                 awaiting.add(deadline)
-                upstream = await self.session.request(
+                session = self.session if not backend.provider else self.pools.session(backend)
+                upstream = await session.request(
                     exchange.method,
                     backend.url(path),
                     data=payload,
@@ -320,9 +414,12 @@ class Proxy:
                     awaiting.discard(deadline)
                     clean = True
                     if status in _RETRYABLE or status >= 500:
+                        if status in (429, 503):
+                            honour_retry_after(backend, upstream.headers)
                         if status >= 500:
                             self._failed(backend)
-                        return Failure(f"status_{status}", status, data, content_type)
+                        body = exchange.error(status, data)
+                        return Failure(f"status_{status}", status, body, content_type)
                     self.balancer.succeeded(backend)
                     if status < 300:
                         read_whole(attempt.call, len(payload or b""), data)
