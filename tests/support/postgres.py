@@ -8,7 +8,6 @@ for it). Trust authentication on 127.0.0.1 only; fsync off: a test database, not
 
 from __future__ import annotations
 
-import glob
 import os
 import pwd
 import shutil
@@ -30,12 +29,12 @@ USER = "corral"
 def postgres_bin() -> Path:
     """The newest installed PostgreSQL's bin directory; a RuntimeError when none is."""
     found = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/postgres"),
-        key=lambda p: int(Path(p).parent.parent.name.split(".")[0]),
+        Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+        key=lambda p: int(p.parent.parent.name.split(".")[0]),
     )
     if not found:
         raise RuntimeError("PostgreSQL is not installed: run ./dev test to install it")
-    return Path(found[-1]).parent
+    return found[-1].parent
 
 
 def _owner() -> tuple[int, int] | None:
