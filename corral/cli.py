@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from corral import __version__, providers_cli
+from corral import __version__, gateway_cli, providers_cli
 from corral.config import ConfigError, CorralConfig, load
 from corral.runtime import configure_logging, run_until_signal
 
@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--window", choices=("1m", "5m", "1h"), default="5m", help="traffic over this window"
     )
     providers_cli.register(sub)
+    gateway_cli.register(sub)
     return parser
 
 
@@ -147,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in providers_cli.COMMANDS:
         return providers_cli.run(args)
+    if args.command in gateway_cli.COMMANDS:
+        return gateway_cli.run(args)
     if args.command == "status":
         from corral.status import run_status
 

@@ -134,16 +134,41 @@ class PolicySubscriber:
         return received
 
 
+def apply_prices(config: EdgeConfig, recorder: object, policy: gateway_pb2.Policy) -> None:
+    """The policy's prices over the shipped table and edge.usage.prices, into the usage
+    recorder (replaced whole; an edge without usage records has nothing to price)."""
+    if not hasattr(recorder, "prices"):
+        return
+    from edge.gateway.prices import Price
+    from edge.gateway.usage import price_table
+
+    recorder.prices = price_table(config.usage).with_prices(
+        (
+            p.model,
+            Price(
+                p.input_per_mtok,
+                p.cached_input_per_mtok
+                if p.HasField("cached_input_per_mtok")
+                else p.input_per_mtok,
+                p.output_per_mtok,
+            ),
+        )
+        for p in policy.prices
+    )
+
+
 async def follow_policy(app: web.Application) -> AsyncIterator[None]:
-    """The edge's cleanup context keeping its key table in step with the policy."""
+    """The edge's cleanup context keeping its key table and prices in step with the policy."""
     from edge.app import CONFIG, EDGE_ID, PROXY  # edge.app registers this context
 
     config = app[CONFIG]
-    keys = app[PROXY].keys
+    proxy = app[PROXY]
+    keys = proxy.keys
     state_dir = config.state_dir
     persisted = await asyncio.to_thread(load_policy, state_dir) if state_dir else None
     if persisted is not None:
         keys.apply(persisted)
+        apply_prices(config, proxy.recorder, persisted)
         log.info("applied the persisted policy %d (%d keys)", persisted.version, len(keys))
     elif any(config.controlplane):
         keys.wait_for_policy()
@@ -157,6 +182,7 @@ async def follow_policy(app: web.Application) -> AsyncIterator[None]:
             return
         keys.apply(policy)
         first.set()
+        apply_prices(config, proxy.recorder, policy)
         applied = (policy.version, policy.cluster_id)
         log.info("applied policy %d (%d keys)", policy.version, len(keys))
         if state_dir:
