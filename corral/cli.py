@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from corral import __version__, gateway_cli, providers_cli
+from corral import __version__, gateway_cli, providers_cli, usage_cli
 from corral.config import ConfigError, CorralConfig, load
 from corral.runtime import configure_logging, run_until_signal
 
@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--ca-file", help="speak TLS, trusting this CA bundle")
     status.add_argument("--cert-file", help="client certificate for mutual TLS")
     status.add_argument("--key-file", help="client key for mutual TLS")
+    usage_cli.add_parser(sub)
     status.add_argument(
         "--window", choices=("1m", "5m", "1h"), default="5m", help="traffic over this window"
     )
@@ -154,8 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from corral.status import run_status
 
         return run_status(args)
+    if args.command == "usage":
+        return usage_cli.run(args, os.environ)
     try:
-        config = config_from_args(args, dict(os.environ))
+        config = usage_cli.with_default_usage_path(
+            config_from_args(args, dict(os.environ)), os.environ
+        )
     except ConfigError as exc:
         print(f"corral {args.command}: configuration error: {exc}", file=sys.stderr)
         return 2
