@@ -1,0 +1,159 @@
+"""AdminService's gateway calls against a real replica: validation, what is stored (digests
+only), the policy stream, seeded prices and the bounded audit log."""
+
+from __future__ import annotations
+
+import hashlib
+
+import grpc
+import pytest
+
+from controlplane.gateway import records
+from controlplane.keys import KeyLayout
+from controlplane.store.etcd import EtcdStore
+from corral.config import GatewayConfig, ModelAliasConfig, PriceConfig, Secret
+from corral.v1 import admin_pb2, gateway_pb2, gateway_pb2_grpc, types_pb2
+from tests.controlplane import harness as h
+from tests.support.etcd import EtcdCluster
+
+
+async def _first_policy(address: str, **request: object) -> gateway_pb2.Policy:
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = gateway_pb2_grpc.PolicyServiceStub(channel).WatchPolicy(
+            gateway_pb2.WatchPolicyRequest(edge_id="t", **request)  # type: ignore[arg-type]
+        )
+        async for response in call:
+            call.cancel()
+            return response.policy
+    raise AssertionError("no policy")
+
+
+async def _code(call: object) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call  # type: ignore[misc]
+    return caught.value.code()
+
+
+async def test_bad_requests_are_refused_with_a_reason() -> None:
+    """Bad names, unknown teams, negative expiry or prices and unknown ids are refused, each
+    with the gRPC code that says what to fix."""
+    async with h.running(h.config()) as address, h.admin(address) as admin:
+        invalid = grpc.StatusCode.INVALID_ARGUMENT
+        assert await _code(admin.CreateTeam(gateway_pb2.CreateTeamRequest(name="a b"))) == invalid
+        assert await _code(admin.CreateTeam(gateway_pb2.CreateTeamRequest())) == invalid
+        await admin.CreateTeam(gateway_pb2.CreateTeamRequest(name="t"))
+        taken = admin.CreateTeam(gateway_pb2.CreateTeamRequest(name="t"))
+        assert await _code(taken) == grpc.StatusCode.ALREADY_EXISTS
+        unknown = admin.CreateKey(gateway_pb2.CreateKeyRequest(team="nope"))
+        assert await _code(unknown) == grpc.StatusCode.NOT_FOUND
+        negative = admin.CreateKey(gateway_pb2.CreateKeyRequest(team="t", expires_in_seconds=-1))
+        assert await _code(negative) == invalid
+        empty_model = admin.CreateKey(gateway_pb2.CreateKeyRequest(team="t", models=[""]))
+        assert await _code(empty_model) == invalid
+        no_key = admin.RevokeKey(gateway_pb2.RevokeKeyRequest(id="ck_000000000000"))
+        assert await _code(no_key) == grpc.StatusCode.NOT_FOUND
+        price = gateway_pb2.ModelPrice(model="m", input_per_mtok=-1.0)
+        assert await _code(admin.SetPrice(gateway_pb2.SetPriceRequest(price=price))) == invalid
+        gone = admin.DeletePrice(gateway_pb2.DeletePriceRequest(model="m"))
+        assert await _code(gone) == grpc.StatusCode.NOT_FOUND
+
+
+async def test_only_the_digest_is_stored_and_streamed(etcd: EtcdCluster) -> None:
+    """etcd holds the secret's SHA-256, never the secret; the policy stream carries the same
+    digest, the key's team, models and expiry; lists never show the digest."""
+    cfg = h.etcd_config(etcd.endpoints)
+    async with h.running(cfg) as address, h.admin(address) as admin:
+        await admin.CreateTeam(gateway_pb2.CreateTeamRequest(name="search"))
+        created = await admin.CreateKey(
+            gateway_pb2.CreateKeyRequest(team="search", models=["b", "a"], expires_in_seconds=60)
+        )
+        other = await admin.CreateKey(gateway_pb2.CreateKeyRequest(team="search"))
+        secret = created.secret
+        assert len(secret) > 40 and created.key.prefix == secret[: records.SHOWN_PREFIX]
+        assert created.key.expires_unix_ms - created.key.created_unix_ms == 60_000
+
+        store = EtcdStore(list(etcd.endpoints))
+        await store.start()
+        try:
+            layout = KeyLayout.from_prefix(cfg.etcd_prefix)
+            kv = await store.get(records.key_key(layout, created.key.id))
+            _, everything = await store.get_prefix(b"")
+        finally:
+            await store.close()
+        for written in everything:  # keys, audit entries, whatever else: no secret anywhere
+            for plain in (secret, other.secret):
+                assert plain.encode() not in written.value and plain.encode() not in written.key
+        assert kv is not None
+        stored = gateway_pb2.VirtualKey.FromString(kv.value)
+        assert stored.secret_sha256 == hashlib.sha256(secret.encode()).digest()
+
+        policy = await _first_policy(address)
+        [streamed] = [k for k in policy.keys if k.id == created.key.id]
+        assert streamed.secret_sha256 == stored.secret_sha256
+        assert list(streamed.models) == ["a", "b"] and streamed.team == "search"
+        assert [t.name for t in policy.teams] == ["search"]
+
+        listed = await admin.ListKeys(gateway_pb2.ListKeysRequest(team="search"))
+        assert {k.id for k in listed.keys} == {created.key.id, other.key.id}
+        assert not any(k.secret_sha256 for k in listed.keys)
+        assert not (await admin.ListKeys(gateway_pb2.ListKeysRequest(team="x"))).keys
+
+
+async def test_policy_versions_move_on_and_routing_does_not() -> None:
+    """A policy change gives a newer policy version and leaves the routing snapshot's version
+    alone; a replica asked for a version it has not reached answers once it has it."""
+    async with h.running(h.config()) as address, h.admin(address) as admin:
+        before = await _first_policy(address)
+        routing = (await admin.ListBackends(admin_pb2.ListBackendsRequest())).version
+        await admin.CreateTeam(gateway_pb2.CreateTeamRequest(name="t"))
+        after = await _first_policy(address, last_applied_version=before.version)
+        assert after.version > before.version and after.cluster_id == before.cluster_id
+        assert (await admin.ListBackends(admin_pb2.ListBackendsRequest())).version == routing
+
+
+async def test_configured_prices_are_seeded_and_streamed() -> None:
+    """Prices from the config file are in the store at start-up, listed and streamed; an
+    unset cached-input price stays unset (the edge takes the input price)."""
+    gateway = GatewayConfig(
+        prices=(
+            PriceConfig(model="llama-70b", input=0.5, output=1.5),
+            PriceConfig(model="qwen", input=0.2, output=0.4, cached_input=0.1),
+        )
+    )
+    async with h.running(h.config(gateway=gateway)) as address, h.admin(address) as admin:
+        listed = await admin.ListPrices(gateway_pb2.ListPricesRequest())
+        by_model = {p.model: p for p in listed.prices}
+        assert not by_model["llama-70b"].HasField("cached_input_per_mtok")
+        assert by_model["qwen"].cached_input_per_mtok == 0.1
+        policy = await _first_policy(address)
+        assert {p.model for p in policy.prices} == {"llama-70b", "qwen"}
+
+
+async def test_audit_names_who_and_keeps_the_newest() -> None:
+    """Aliases, drains, keys and prices are audited with the caller's token identity (a hash,
+    never the token); only the newest audit_limit entries are kept."""
+    cfg = h.config(
+        admin_token=Secret("admin-s3cret"),
+        gateway=GatewayConfig(audit_limit=4),
+        aliases=(ModelAliasConfig("seeded", ("x",)),),
+    )
+    async with h.running(cfg) as address, h.admin(address, "admin-s3cret") as admin:
+        alias = types_pb2.ModelAlias(name="fast", targets=["m1"])
+        await admin.SetAlias(admin_pb2.SetAliasRequest(alias=alias))
+        await admin.DeleteAlias(admin_pb2.DeleteAliasRequest(name="fast"))
+        await admin.CreateTeam(gateway_pb2.CreateTeamRequest(name="t"))
+        created = await admin.CreateKey(gateway_pb2.CreateKeyRequest(team="t"))
+        await admin.RevokeKey(gateway_pb2.RevokeKeyRequest(id=created.key.id))
+        await admin.RevokeKey(gateway_pb2.RevokeKeyRequest(id=created.key.id))  # no change
+        entries = (await admin.ListAudit(gateway_pb2.ListAuditRequest())).entries
+        assert [(e.action, e.target) for e in entries] == [
+            ("alias.delete", "fast"),
+            ("team.create", "t"),
+            ("key.create", created.key.id),
+            ("key.revoke", created.key.id),
+        ]
+        tag = hashlib.sha256(b"admin-s3cret").hexdigest()[:8]
+        assert {e.actor for e in entries} == {f"admin-token:{tag}"}
+        assert all(e.peer and e.unix_ms for e in entries)
+        newest = (await admin.ListAudit(gateway_pb2.ListAuditRequest(limit=1))).entries
+        assert [e.action for e in newest] == ["key.revoke"]

@@ -1,0 +1,154 @@
+"""The edge's key table (edge/gateway/identity.py) and its persisted policy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from pathlib import Path
+
+import openai
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
+import controlplane
+from corral.config import ControlPlaneConfig, EdgeConfig, IdentityConfig, Secret
+from corral.v1 import gateway_pb2
+from edge.errors import ApiError
+from edge.gateway.identity import KeyTable
+from tests.controlplane import harness as h
+from tests.edge.conftest import StartEdge
+from tests.edge.test_virtual_keys import policy_version
+from tests.support.net import eventually, free_port
+
+
+def _headers(**values: str) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict({k.replace("_", "-"): v for k, v in values.items()}))
+
+
+def _bearer(secret: str) -> CIMultiDictProxy[str]:
+    return _headers(Authorization=f"Bearer {secret}")
+
+
+def _key(secret: str, key_id: str, **fields: object) -> gateway_pb2.VirtualKey:
+    return gateway_pb2.VirtualKey(
+        id=key_id,
+        team="t",
+        secret_sha256=hashlib.sha256(secret.encode()).digest(),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def _refusal(table: KeyTable, headers: CIMultiDictProxy[str]) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        table.check(headers)
+    return caught.value
+
+
+def test_open_until_a_key_exists() -> None:
+    """No key anywhere: no identity and no refusal; require_keys refuses even then."""
+    assert KeyTable(EdgeConfig()).check(_headers()) is None
+    strict = KeyTable(EdgeConfig(identity=IdentityConfig(require_keys=True)))
+    assert _refusal(strict, _headers()).status == 401
+
+
+def test_each_refusal_says_why() -> None:
+    """Unknown, revoked, disabled and expired keys are 401s with their own messages; a good
+    key gives its identity, by Bearer or x-api-key."""
+    table = KeyTable(EdgeConfig())
+    past = int((time.time() - 5) * 1000)
+    future = int((time.time() + 3600) * 1000)
+    table.apply(
+        gateway_pb2.Policy(
+            version=7,
+            keys=[
+                _key("good", "ck_good", models=["m"], expires_unix_ms=future),
+                _key("gone", "ck_gone", revoked_unix_ms=1),
+                _key("off", "ck_off", disabled=True),
+                _key("old", "ck_old", expires_unix_ms=past),
+            ],
+        )
+    )
+    identity = table.check(_bearer("good"))
+    assert identity is not None and identity.key_id == "ck_good" and identity.team == "t"
+    assert table.check(_headers(x_api_key="good")) is identity
+    identity.check_model("m")
+    with pytest.raises(ApiError) as denied:
+        identity.check_model("other")
+    assert denied.value.status == 403 and denied.value.code == "model_not_allowed"
+    for secret, words in (
+        ("nope", "Incorrect"),
+        ("gone", "revoked"),
+        ("off", "disabled"),
+        ("old", "expired"),
+    ):
+        refusal = _refusal(table, _bearer(secret))
+        assert refusal.status == 401 and words in refusal.message
+        assert refusal.code == "invalid_api_key" and secret not in refusal.message
+    assert _refusal(table, _headers()).code == "missing_api_key"
+    assert table.policy_version == 7
+
+
+def test_revoking_every_key_keeps_keys_required() -> None:
+    """A policy whose only key is revoked still requires keys (the edge never reopens)."""
+    table = KeyTable(EdgeConfig())
+    table.apply(gateway_pb2.Policy(keys=[_key("gone", "ck_gone", revoked_unix_ms=1)]))
+    assert _refusal(table, _headers()).status == 401
+
+
+def test_static_keys_and_a_pending_policy() -> None:
+    """Static api_keys are the default team's; until the policy comes, other keys get 503
+    (not let in), static ones work."""
+    table = KeyTable(EdgeConfig(api_keys=(Secret("sk-static"),)))
+    table.wait_for_policy()
+    identity = table.check(_bearer("sk-static"))
+    assert identity is not None and identity.team == "default"
+    assert identity.key_id.startswith("static-") and "sk-static" not in identity.key_id
+    pending = _refusal(table, _bearer("sk-virtual"))
+    assert pending.status == 503 and pending.code == "policy_not_loaded"
+    table.apply(gateway_pb2.Policy(keys=[_key("sk-virtual", "ck_v")]))
+    assert table.check(_bearer("sk-virtual")) is not None
+    assert table.check(_bearer("sk-static")) is not None
+
+
+async def test_a_restarted_edge_enforces_the_persisted_policy(
+    start_edge: StartEdge, tmp_path: Path
+) -> None:
+    """With its control plane gone, a restarted edge still knows the keys it had: the good one
+    works, none and revoked ones are refused; the file holds digests, not secrets."""
+    address = f"127.0.0.1:{free_port()}"
+    ready = asyncio.Event()
+    task = asyncio.create_task(
+        controlplane.serve(ControlPlaneConfig(listen=address, store="memory"), ready=ready)
+    )
+    state = str(tmp_path / "state")
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        async with h.admin(address) as admin:
+            await admin.CreateTeam(gateway_pb2.CreateTeamRequest(name="t"))
+            kept = await admin.CreateKey(gateway_pb2.CreateKeyRequest(team="t"))
+            dropped = await admin.CreateKey(gateway_pb2.CreateKeyRequest(team="t"))
+            await admin.RevokeKey(gateway_pb2.RevokeKeyRequest(id=dropped.key.id))
+        first = await start_edge(None, controlplane=(address,), state_dir=state)
+        version = await policy_version(address)
+
+        async def applied() -> bool:
+            return bool((await first.readyz())["policy_version"] >= version)
+
+        await eventually(applied)
+        await first.stop()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    saved = (Path(state) / "policy.pb").read_bytes()
+    assert kept.secret.encode() not in saved
+    assert (Path(state) / "policy.pb").stat().st_mode & 0o077 == 0
+    again = await start_edge(None, controlplane=(address,), state_dir=state)
+    assert (await again.readyz())["policy_version"] == version
+    await again.client(kept.secret).models.list()
+    with pytest.raises(openai.AuthenticationError, match="revoked"):
+        await again.client(dropped.secret).models.list()
+    with pytest.raises(openai.AuthenticationError):
+        await again.client("sk-corral-unknown").models.list()
