@@ -38,7 +38,14 @@ from edge.gateway.identity import Identity, KeyTable
 from edge.gateway.tokens import Meter, ask_usage, read_whole
 from edge.inbound import CHAT, EMBEDDINGS, Endpoint, parse
 from edge.metrics import EdgeMetrics
-from edge.providers.fallbacks import FALLBACK, Fallbacks, Stage, moves_on, too_small
+from edge.providers.fallbacks import (
+    FALLBACK,
+    Fallbacks,
+    Stage,
+    moves_on,
+    resting,
+    too_small,
+)
 from edge.providers.hosted import Pools, adapt, honour_retry_after
 from edge.relay import (
     BACKEND_HEADER,
@@ -336,6 +343,8 @@ class Proxy:
                     route = lookup()
                 except ApiError:
                     break
+            if stage is not None and stage.wait is not None and resting(route):
+                break  # a chain with more stages does not wake an ejected backend
             found = balancer.pick(route, key, excluded)
             if isinstance(found, Full):
                 if stage is not None and stage.wait is not None:

@@ -12,6 +12,7 @@ max_attempts (retries inside a stage, as without chains).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -95,6 +96,13 @@ def moves_on(stage: Stage, failure: Failure) -> bool:
     else:
         kind = {"backend_down": "connect"}.get(failure.reason, failure.reason)
     return kind in stage.on
+
+
+def resting(route: ModelRoute) -> bool:
+    """Every backend of the route is ejected (failures, or a Retry-After it sent): a chain
+    goes on rather than try one anyway, as the balancer does for a lone route."""
+    now = time.monotonic()
+    return all(b.ejected_until > now for group in (*route.tiers, route.degraded) for b in group)
 
 
 def too_small(route: ModelRoute, exchange: Exchange) -> bool:

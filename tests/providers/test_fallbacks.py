@@ -1,0 +1,191 @@
+"""Fallback chains: local tiers first, hosted providers when they are down, full, failing
+before the first byte, rate limited, or too small for the request."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from corral.v1 import providers_pb2, types_pb2
+from tests.edge.conftest import RunningEdge, StartEdge
+from tests.edge.snapshot_server import SnapshotServer, from_fake, snapshot
+from tests.fakes import FakeServer, running_fakes
+from tests.fakes.hosted import HostedFake
+from tests.fakes.tls import CertAuthority, make_ca
+from tests.providers.helpers import KEYS, edge_settings, provider_backend
+
+LOCAL = "llama-70b"
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
+    return make_ca(Path(tmp_path_factory.mktemp("ca")))
+
+
+@pytest.fixture
+async def gpt(ca: CertAuthority) -> AsyncIterator[HostedFake]:
+    fake = await HostedFake("openai", key=KEYS["openai"], models=["gpt-4.1-mini"], ca=ca).start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def claude(ca: CertAuthority) -> AsyncIterator[HostedFake]:
+    models = ["claude-sonnet-4-5"]
+    fake = await HostedFake("anthropic", key=KEYS["anthropic"], models=models, ca=ca).start()
+    yield fake
+    await fake.stop()
+
+
+def chain(model: str, *targets: str, **fields: object) -> providers_pb2.FallbackChain:
+    return providers_pb2.FallbackChain(model=model, targets=targets, **fields)  # type: ignore[arg-type]
+
+
+def with_chains(
+    version: int, backends: list[types_pb2.Backend], *chains: providers_pb2.FallbackChain
+) -> types_pb2.Snapshot:
+    built = snapshot(version, backends)
+    built.fallbacks.extend(chains)
+    return built
+
+
+async def ask(running: RunningEdge, model: str, text: str, stream: bool = False) -> tuple[str, str]:
+    """(backend, route) of one answer, checked to echo `text` and to name `model`."""
+    client = running.client()
+    messages = [{"role": "user", "content": text}]
+    if stream:
+        raw_stream = await client.chat.completions.with_raw_response.create(
+            model=model,
+            messages=messages,
+            stream=True,  # type: ignore[arg-type]
+        )
+        chunks = [c async for c in raw_stream.parse()]
+        assert {c.model for c in chunks} == {model}
+        content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        headers = raw_stream.headers
+    else:
+        raw = await client.chat.completions.with_raw_response.create(model=model, messages=messages)  # type: ignore[arg-type]
+        answer = raw.parse()
+        assert answer.model == model
+        content = answer.choices[0].message.content or ""
+        headers = raw.headers
+    backend = headers["x-corral-backend"]
+    assert content.endswith(f"] {text}")
+    return backend, headers["x-corral-route"]
+
+
+async def test_killed_local_backend_under_load_moves_to_the_provider(
+    gpt: HostedFake, ca: CertAuthority, snapshots: SnapshotServer, start_edge: StartEdge
+) -> None:
+    """A local backend killed under load: the rest goes to the hosted fake, 0 failed requests."""
+    async with running_fakes(FakeServer("vllm", [LOCAL], "local")) as (local,):
+        snapshots.publish(
+            with_chains(
+                1,
+                [from_fake(local), provider_backend(gpt)],
+                chain(LOCAL, f"{gpt.name}/gpt-4.1-mini"),
+            )
+        )
+        running = await start_edge(snapshots, **edge_settings(ca.ca_file, "openai"))
+        await running.wait_version(1)
+        routes: list[tuple[str, str]] = []
+        failures: list[BaseException] = []
+        killed = asyncio.Event()
+
+        async def worker(w: int) -> None:
+            for i in range(15):
+                try:
+                    routes.append(await ask(running, LOCAL, f"w{w} r{i}", stream=i % 2 == 1))
+                except openai.OpenAIError as exc:
+                    failures.append(exc)
+                if w == 0 and i == 4:
+                    local.hold()
+                    await local.wait_inflight(1)
+                    await local.stop()  # with requests in flight on it
+                    killed.set()
+
+        await asyncio.gather(*(worker(w) for w in range(6)))
+        assert killed.is_set()
+        assert failures == []
+        assert len(routes) == 90
+        assert ("local", "least-connections") in routes or ("local", "sticky") in routes
+        assert routes[-10:] == [(gpt.name, "fallback")] * 10
+        assert all(r.body_json["model"] == "gpt-4.1-mini" for r in gpt.requests)
+
+
+async def test_rate_limited_provider_moves_on_and_rests_for_retry_after(
+    gpt: HostedFake,
+    claude: HostedFake,
+    ca: CertAuthority,
+    snapshots: SnapshotServer,
+    start_edge: StartEdge,
+) -> None:
+    """429 with Retry-After: the next target answers, and the limited provider is left alone."""
+    gpt.mode = "ratelimit"
+    gpt.retry_after = 30
+    snapshots.publish(
+        with_chains(
+            1,
+            [provider_backend(gpt), provider_backend(claude)],
+            chain("gpt-4.1-mini", f"{claude.name}/claude-sonnet-4-5"),
+        )
+    )
+    running = await start_edge(snapshots, **edge_settings(ca.ca_file, "openai", "anthropic"))
+    await running.wait_version(1)
+    assert await ask(running, "gpt-4.1-mini", "first") == (claude.name, "fallback")
+    assert len(gpt.requests) == 1
+    assert await ask(running, "gpt-4.1-mini", "second", stream=True) == (claude.name, "fallback")
+    assert len(gpt.requests) == 1  # resting for its Retry-After
+    assert claude.requests[-1].body_json["model"] == "claude-sonnet-4-5"
+
+
+async def test_full_target_moves_on_after_the_chain_wait(
+    gpt: HostedFake, ca: CertAuthority, snapshots: SnapshotServer, start_edge: StartEdge
+) -> None:
+    """Every local slot taken past the chain's queue wait: the provider takes the request."""
+    async with running_fakes(FakeServer("vllm", [LOCAL], "local")) as (local,):
+        entry = from_fake(local, max_concurrency=1)
+        snapshots.publish(
+            with_chains(
+                1,
+                [entry, provider_backend(gpt)],
+                chain(LOCAL, f"{gpt.name}/gpt-4.1-mini", queue_wait_seconds=0.2),
+            )
+        )
+        running = await start_edge(snapshots, **edge_settings(ca.ca_file, "openai"))
+        await running.wait_version(1)
+        local.hold()
+        held = asyncio.create_task(ask(running, LOCAL, "held"))
+        await local.wait_inflight(1)
+        assert await ask(running, LOCAL, "overflow") == (gpt.name, "fallback")
+        local.release()
+        assert (await held)[0] == "local"
+
+
+async def test_too_small_context_is_skipped(
+    gpt: HostedFake, ca: CertAuthority, snapshots: SnapshotServer, start_edge: StartEdge
+) -> None:
+    """A request longer than the local model's known context goes to the next target."""
+    async with running_fakes(FakeServer("vllm", [LOCAL], "local")) as (local,):
+        entry = from_fake(local)
+        entry.status.models[0].context_length = 64
+        snapshots.publish(
+            with_chains(
+                1,
+                [entry, provider_backend(gpt, context=128000)],
+                chain(LOCAL, f"{gpt.name}/gpt-4.1-mini"),
+            )
+        )
+        running = await start_edge(snapshots, **edge_settings(ca.ca_file, "openai"))
+        await running.wait_version(1)
+        assert await ask(running, LOCAL, "short") == ("local", "sticky")
+        long = "word " * 200
+        assert await ask(running, LOCAL, long.strip()) == (gpt.name, "fallback")
+        assert (
+            local.requests_to("/v1/chat/completions")[-1].body_json["messages"][0]["content"]
+            == "short"
+        )

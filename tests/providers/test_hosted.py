@@ -1,0 +1,175 @@
+"""Hosted providers as backends, over TLS with a test CA, driven by the official SDKs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+
+from tests.edge.conftest import StartEdge
+from tests.edge.snapshot_server import SnapshotServer, snapshot
+from tests.fakes.hosted import HostedFake, HostedKind
+from tests.fakes.tls import CertAuthority, make_ca
+from tests.providers.helpers import KEYS, edge_settings, provider_backend
+
+MODEL = {"openai": "gpt-4.1", "anthropic": "claude-sonnet-4-5", "gemini": "gemini-2.5-flash",
+         "azure": "gpt-4o-deploy"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
+    return make_ca(Path(tmp_path_factory.mktemp("ca")))
+
+
+@pytest.fixture
+async def fakes(ca: CertAuthority) -> AsyncIterator[dict[str, HostedFake]]:
+    started = {
+        kind: await HostedFake(kind, key=KEYS[kind], models=[MODEL[kind]], ca=ca).start()
+        for kind in ("openai", "anthropic", "gemini", "azure")
+    }
+    try:
+        yield started
+    finally:
+        for fake in started.values():
+            await fake.stop()
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini", "azure"])
+async def test_each_provider_answers_the_openai_sdk(
+    kind: HostedKind,
+    fakes: dict[str, HostedFake],
+    ca: CertAuthority,
+    snapshots: SnapshotServer,
+    start_edge: StartEdge,
+) -> None:
+    """Chat completions, whole and streamed, through each provider's own API and auth."""
+    fake = fakes[kind]
+    snapshots.publish(snapshot(1, [provider_backend(fake)]))
+    running = await start_edge(snapshots, **edge_settings(ca.ca_file, kind))
+    await running.wait_version(1)
+    client = running.client()
+    raw = await client.chat.completions.with_raw_response.create(
+        model=MODEL[kind],
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hello there"},
+        ],
+    )
+    answer = raw.parse()
+    assert answer.choices[0].message.content == f"[{fake.name}] hello there"
+    assert raw.headers["x-corral-backend"] == fake.name
+    assert answer.usage is not None and answer.usage.completion_tokens == 3
+    stream = await client.chat.completions.create(
+        model=MODEL[kind],
+        messages=[{"role": "user", "content": "stream it"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    parts = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+    assert "".join(parts) == f"[{fake.name}] stream it"
+    sent = fake.requests[-1]
+    if kind == "anthropic":
+        assert sent.headers["x-api-key"] == KEYS[kind]
+        assert sent.headers["anthropic-version"] == "2023-06-01"
+        assert sent.path == "/v1/messages"
+        first = fake.requests[0].body_json
+        assert first["system"] == "Be brief."
+        assert first["max_tokens"] == 4096
+        assert [m["role"] for m in first["messages"]] == ["user"]
+    elif kind == "azure":
+        assert sent.headers["api-key"] == KEYS[kind]
+        assert "Authorization" not in sent.headers
+        assert sent.path == f"/openai/deployments/{MODEL[kind]}/chat/completions"
+        assert sent.query == {"api-version": "2024-10-21"}
+    else:
+        assert sent.headers["Authorization"] == f"Bearer {KEYS[kind]}"
+        assert sent.path.endswith("/chat/completions")
+
+
+async def test_anthropic_sdk_reaches_anthropic_natively_and_openai_translated(
+    fakes: dict[str, HostedFake],
+    ca: CertAuthority,
+    snapshots: SnapshotServer,
+    start_edge: StartEdge,
+) -> None:
+    """/v1/messages goes as it is to Anthropic and translated to an OpenAI provider."""
+    claude, gpt = fakes["anthropic"], fakes["openai"]
+    snapshots.publish(snapshot(1, [provider_backend(claude), provider_backend(gpt)]))
+    running = await start_edge(snapshots, **edge_settings(ca.ca_file, "anthropic", "openai"))
+    await running.wait_version(1)
+    async with anthropic.AsyncAnthropic(
+        base_url=running.url, api_key="unused", max_retries=0
+    ) as client:
+        for model, fake in ((MODEL["anthropic"], claude), (MODEL["openai"], gpt)):
+            message = await client.messages.create(
+                model=model, max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+            )
+            assert message.content[0].text == f"[{fake.name}] hi"  # type: ignore[union-attr]
+            assert message.model == model
+            async with client.messages.stream(
+                model=model, max_tokens=64, messages=[{"role": "user", "content": "go"}]
+            ) as stream:
+                text = await stream.get_final_text()
+            assert text == f"[{fake.name}] go"
+    assert claude.requests[-1].body_json["max_tokens"] == 64
+    assert gpt.requests[-1].path == "/v1/chat/completions"
+
+
+async def test_certificates_are_verified(
+    fakes: dict[str, HostedFake], snapshots: SnapshotServer, start_edge: StartEdge
+) -> None:
+    """Without the test CA trusted, the edge refuses the fake's certificate: 502, no request."""
+    fake = fakes["openai"]
+    snapshots.publish(snapshot(1, [provider_backend(fake)]))
+    running = await start_edge(snapshots, **edge_settings(None, "openai"))
+    await running.wait_version(1)
+    with pytest.raises(openai.APIStatusError) as failed:
+        await running.client().chat.completions.create(
+            model=MODEL["openai"], messages=[{"role": "user", "content": "hi"}]
+        )
+    assert failed.value.status_code == 502
+    assert fake.requests == []
+
+
+async def test_provider_errors_reach_clients_in_their_dialect(
+    fakes: dict[str, HostedFake],
+    ca: CertAuthority,
+    snapshots: SnapshotServer,
+    start_edge: StartEdge,
+) -> None:
+    """A wrong key, an unknown deployment, Anthropic overloaded: OpenAI-shaped, right status."""
+    backends = [provider_backend(f) for f in fakes.values()]
+    azure_missing = provider_backend(fakes["azure"])
+    azure_missing.spec.name = "azure-other"
+    azure_missing.status.models[0].id = "no-such-deployment"
+    snapshots.publish(snapshot(1, [*backends, azure_missing]))
+    settings = edge_settings(ca.ca_file, "openai", "anthropic", "gemini", "azure")
+    wrong = tuple((ref, type(secret)("wrong-key")) for ref, secret in settings["credentials"])
+    running = await start_edge(
+        snapshots, extra_ca_file=ca.ca_file, credentials=wrong[:3] + settings["credentials"][3:]
+    )
+    await running.wait_version(1)
+    client = running.client()
+    hi = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.AuthenticationError) as auth:
+        await client.chat.completions.create(model=MODEL["anthropic"], messages=hi)  # type: ignore[arg-type]
+    assert auth.value.body == {  # type: ignore[comparison-overlap]
+        "message": "invalid x-api-key", "type": "authentication_error",
+        "param": None, "code": "invalid_api_key",
+    }  # fmt: skip
+    with pytest.raises(openai.BadRequestError) as gemini:
+        await client.chat.completions.create(model=MODEL["gemini"], messages=hi)  # type: ignore[arg-type]
+    assert "API key not valid" in gemini.value.message
+    assert gemini.value.code == "invalid_argument"
+    with pytest.raises(openai.AuthenticationError):
+        await client.chat.completions.create(model=MODEL["openai"], messages=hi)  # type: ignore[arg-type]
+    with pytest.raises(openai.NotFoundError) as missing:
+        await client.chat.completions.create(model="no-such-deployment", messages=hi)  # type: ignore[arg-type]
+    assert missing.value.code == "DeploymentNotFound"
+    fakes["azure"].mode = "error"
+    with pytest.raises(openai.InternalServerError) as broken:
+        await client.chat.completions.create(model=MODEL["azure"], messages=hi)  # type: ignore[arg-type]
+    assert broken.value.status_code == 500
