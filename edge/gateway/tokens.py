@@ -15,6 +15,7 @@ the client sees, as OpenAI itself would not send it.
 from __future__ import annotations
 
 import re
+from collections import deque
 from typing import Any, Final
 
 import orjson
@@ -29,6 +30,7 @@ _FIELD: Final = re.compile(
 _OLLAMA: Final = re.compile(rb'"(prompt_eval_count|eval_count)"\s*:\s*(\d+)')
 _USAGE_ONLY: Final = (b'"choices":[]', b'"choices": []')
 _KEEP_CHUNKS: Final = 50_000
+_TAIL: Final = 4096
 _ASK_USAGE: Final = b',"stream_options":{"include_usage":true}'
 
 
@@ -144,13 +146,14 @@ class Meter:
     __slots__ = (
         "call",
         "first",
+        "found",
         "hide",
         "kept",
-        "last",
         "lines",
         "pending",
-        "prev",
         "request_bytes",
+        "tail",
+        "tail_bytes",
     )
 
     def __init__(self, call: Call, request_bytes: int, hide: bool) -> None:
@@ -158,8 +161,10 @@ class Meter:
         self.request_bytes = request_bytes
         self.hide = hide
         self.first = b""
-        self.prev = b""
-        self.last = b""
+        # The last chunks, at least _TAIL bytes of them when there are that many.
+        self.tail: deque[bytes] = deque()
+        self.tail_bytes = 0
+        self.found: dict[bytes, int] = {}  # from the usage chunk hidden from the client
         self.lines = 0
         self.pending = b""  # hiding: the start of a line whose end has not come yet
         # Body logging: the answer as streamed (up to _KEEP bytes).
@@ -170,8 +175,11 @@ class Meter:
         return self.chunk(chunk)
 
     def chunk(self, chunk: bytes) -> bytes:
-        self.prev = self.last
-        self.last = chunk
+        tail = self.tail
+        tail.append(chunk)
+        self.tail_bytes += len(chunk)
+        while self.tail_bytes - len(tail[0]) >= _TAIL:
+            self.tail_bytes -= len(tail.popleft())
         self.lines += chunk.count(b"\n")
         if self.kept is not None:
             self.kept.append(chunk)
@@ -191,6 +199,7 @@ class Meter:
             if at >= 0:
                 begin = data.rfind(b"\n", 0, at) + 1
                 end = data.find(b"\n", at) + 1
+                self.found = usage_fields(data[begin:end])
                 # The blank line that ended the event goes too.
                 if data.startswith(b"\r\n", end):
                     end += 2
@@ -209,7 +218,7 @@ class Meter:
         call = self.call
         if self.request_bytes < 0:
             return  # ended already
-        fields = usage_fields(self.prev + self.last)
+        fields = self.found or usage_fields(b"".join(self.tail))
         if b"input_tokens" in fields or b"output_tokens" in fields:
             # Anthropic: input tokens in message_start, output tokens in message_delta.
             start = first_usage_fields(self.first)
