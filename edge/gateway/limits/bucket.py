@@ -1,0 +1,130 @@
+"""One counter in one window as this edge sees it: its local lease and what it owes the store.
+
+Invariant (the store side of the overshoot bound): what the store counts for this edge is
+`contributed`, which equals everything granted to it plus debts sent minus returns; the
+edge admits only from `lease`, which is part of what it was granted. `pending` is the signed
+adjustment not yet sent (debts +, returns -).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+
+class Bucket:
+    __slots__ = (
+        "contributed",
+        "durable",
+        "epoch",
+        "fallback_granted",
+        "fallback_seeded",
+        "gauge",
+        "key",
+        "last_grant",
+        "last_used",
+        "lease",
+        "limit",
+        "owner",
+        "pending",
+        "rate",
+        "rate_count",
+        "rate_start",
+        "reason",
+        "refill",
+        "resets",
+        "short_need",
+        "short_times",
+        "short_until",
+        "ttl_ms",
+        "used",
+    )
+
+    def __init__(
+        self,
+        key: str,
+        owner: tuple[str, str, str],
+        reason: str,
+        limit: int,
+        resets: float,
+        ttl_ms: int,
+        now: float,
+        *,
+        gauge: bool = False,
+        durable: bool = False,
+    ) -> None:
+        self.key = key
+        self.owner = owner  # (subject kind, subject name, reason): its slot in the limiter
+        self.reason = reason  # rpm, tpm, parallel or budget
+        self.limit = limit
+        self.resets = resets  # Unix s when the window ends (0: never, a gauge)
+        self.ttl_ms = ttl_ms
+        self.gauge = gauge
+        self.durable = durable
+        self.lease = 0  # admissible here without asking the store
+        self.contributed = 0  # what the store counts from this edge
+        self.pending = 0  # signed adjustment to send with the next call
+        self.epoch = ""
+        self.used = 0  # store-wide total at the last answer
+        self.last_grant = 0
+        self.refill: asyncio.Future[None] | None = None
+        # Fail-open: grants from the in-process fallback, owed to the store once it is back.
+        self.fallback_granted = 0
+        self.fallback_seeded = False
+        # The store had less than `short_need` left: refuse such needs locally until then.
+        self.short_need = 0
+        self.short_until = 0.0
+        self.short_times = 0  # successive "not enough" answers: the wait doubles each time
+        # Demand estimate (units per second) sizes leases: enough for `horizon`, not more.
+        self.rate = 0.0
+        self.rate_count = 0
+        self.rate_start = now
+        self.last_used = now
+
+    def take(self, amount: int, now: float) -> None:
+        self.lease -= amount
+        self.last_used = now
+        self.rate_count += amount
+        elapsed = now - self.rate_start
+        if elapsed >= 1.0:
+            sample = self.rate_count / elapsed
+            self.rate = sample if self.rate == 0 else 0.5 * self.rate + 0.5 * sample
+            self.rate_count = 0
+            self.rate_start = now
+
+    def want(self, need: int, now: float, horizon: float) -> int:
+        """How much to ask for: the demand of the next `horizon` seconds (but what the
+        window has left of time), at least `need`. With no estimate yet: 8 x need."""
+        if self.gauge:
+            return need
+        if self.rate <= 0:
+            return max(need, 1) * 8
+        seconds = horizon
+        if self.resets:
+            seconds = min(horizon, max(0.0, self.resets - now))
+        return max(need, math.ceil(self.rate * seconds))
+
+    def short(self, need: int, now: float, first: float, cap: float) -> None:
+        """The store had less than `need` left: refuse such needs here for a while."""
+        self.short_need = need
+        self.short_until = now + min(cap, first * 2**self.short_times)
+        self.short_times += 1
+
+    def give_back(self) -> int:
+        """Return the whole unused lease (queued as a negative adjustment)."""
+        spare = self.lease
+        if spare > 0:
+            self.lease = 0
+            self.pending -= spare
+        return spare
+
+    def charge(self, amount: int) -> None:
+        """Take `amount` more than was reserved: from the lease, the rest as a debt."""
+        taken = min(max(self.lease, 0), amount)
+        self.lease -= taken
+        if amount > taken:
+            self.pending += amount - taken
+
+    def remaining(self) -> int:
+        """What this edge may still admit by its last view of the store (approximate)."""
+        return max(0, self.limit - self.used + max(self.lease, 0))

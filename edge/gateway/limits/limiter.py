@@ -1,0 +1,436 @@
+"""The limiter: admits a request from local leases, settles it after, refills in few calls.
+
+Per request, on the hot path: find each limited counter's bucket (rpm, tpm, parallel,
+budget; for the key, its team, or the client address), and if every lease holds the amount
+this request needs, take it: no await, no store call. Only an empty lease makes a request
+wait for one store call (bounded by the store's short deadline), shared by every request
+waiting on the same counters; leases running low are refilled in the background.
+
+After the answer, `settle` trues the reservation up to what was used: unused tokens or
+spend go back to the local lease, an excess is taken from it or owed to the store.
+
+The overshoot bound (docs/GATEWAY.md): while the store answers, the requests admitted in a
+window never exceed the limit (every admission comes out of a grant the store made within
+it); tokens and spend exceed it by at most the sum, over the requests of the window, of
+their use beyond their reservation (0 when the answer stays within max_tokens or the cap and
+the prompt estimate is not below the real count).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from edge.gateway.limits.bucket import Bucket
+from edge.gateway.limits.policy import (
+    BUDGET,
+    PARALLEL,
+    RPM,
+    STORE,
+    TOKENS,
+    TPM,
+    Limits,
+    budget_window,
+    rate_window,
+)
+from edge.gateway.limits.shared import PREFIX
+from edge.gateway.limits.stats import LimitStats
+from edge.gateway.limits.store import Ask, Counters, LocalCounters
+from edge.gateway.valkey import StoreError
+
+log = logging.getLogger("corral.edge.limits")
+
+_GAUGE_TTL_MS = 24 * 3600 * 1000
+# After the store said "not enough left", needs as large are refused here without a store
+# call, for 0.25 s, then twice as long each time, up to 2 s (others' returns may make room).
+_SHORT_FIRST = 0.25
+_SHORT_CAP = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Who a request counts against: ("key", id), ("team", name) or ("ip", address)."""
+
+    kind: str
+    name: str
+    limits: Limits
+
+
+class Refused(Exception):
+    """The request is over a limit (429) or cannot be counted (503, fail closed)."""
+
+    def __init__(
+        self, reason: str, subject: Subject, retry_after: float, status: int = 429
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.subject = subject
+        self.retry_after = max(1.0, retry_after)
+        self.status = status
+
+
+class StoreDown(Exception):
+    """The counter store is down and the policy is fail closed."""
+
+
+@dataclass(slots=True)
+class Ticket:
+    """An admitted request's reservations, given back or trued up by settle()."""
+
+    takes: list[tuple[Bucket, int]]
+    subjects: Sequence[Subject]
+    tokens: int
+    cost: int
+    warned: bool = False
+    settled: bool = False
+
+
+class Limiter:
+    """Admits and settles against one counter store, failing open or closed when it is down."""
+
+    def __init__(
+        self,
+        counters: Counters,
+        *,
+        edge_id: str = "",
+        window_seconds: float = 60.0,
+        horizon: float = 2.0,
+        fail_open: bool = True,
+        idle_return: float = 3.0,
+        liveness: float = 10.0,
+        clock: Callable[[], float] = time.time,
+        stats: LimitStats | None = None,
+    ) -> None:
+        self.counters = counters
+        # Unique per process: gauges keep each edge's holding apart.
+        self.edge_id = f"{edge_id or 'edge'}:{os.getpid()}:{os.urandom(3).hex()}"
+        self.window = window_seconds
+        self.horizon = horizon
+        self.fail_open = fail_open
+        self.idle_return = idle_return
+        self.liveness = liveness
+        self.clock = clock
+        self.stats = stats or LimitStats()
+        self.edges = 1  # active edges, as the store last said
+        self.fallback = LocalCounters(share=1.0, clock=clock)
+        self._buckets: dict[tuple[str, str, str], Bucket] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._contact = 0.0  # monotonic time of the last store answer
+
+    # -- admission ---------------------------------------------------------------------
+
+    def _bucket(self, subject: Subject, reason: str, now: float) -> Bucket:
+        limits = subject.limits
+        owner = (subject.kind, subject.name, reason)
+        bucket = self._buckets.get(owner)
+        if reason == RPM:
+            limit = limits.rpm
+        elif reason == TPM:
+            limit = limits.tpm
+        elif reason == PARALLEL:
+            limit = limits.parallel
+        else:
+            assert limits.budget is not None
+            limit = limits.budget.units
+        if bucket is not None and (bucket.gauge or bucket.resets > now):
+            bucket.limit = limit  # policy changes apply to the window under way
+            return bucket
+        base = f"{PREFIX}{subject.kind}:{subject.name}:"
+        if reason == PARALLEL:
+            bucket = Bucket(base + "par", owner, reason, limit, 0.0, _GAUGE_TTL_MS, now, gauge=True)
+        else:
+            if reason == BUDGET:
+                assert limits.budget is not None
+                period, resets = budget_window(limits.budget, now)
+                key = f"{base}b:{limits.budget.unit}:{period}"
+            else:
+                index, resets = rate_window(now, self.window)
+                key = f"{base}{reason}:{self.window:g}:{index}"
+            ttl_ms = int((resets - now + self.window) * 1000)
+            bucket = Bucket(
+                key, owner, reason, limit, resets, ttl_ms, now, durable=reason == BUDGET
+            )
+        self._buckets[owner] = bucket
+        return bucket
+
+    def demands(self, subjects: Sequence[Subject], tokens: int, cost: int) -> Ticket:
+        """What a request needs from which bucket (nothing taken yet)."""
+        now = self.clock()
+        takes: list[tuple[Bucket, int]] = []
+        for subject in subjects:
+            limits = subject.limits
+            if limits.rpm:
+                takes.append((self._bucket(subject, RPM, now), 1))
+            if limits.tpm:
+                takes.append((self._bucket(subject, TPM, now), tokens))
+            if limits.parallel:
+                takes.append((self._bucket(subject, PARALLEL, now), 1))
+            if limits.budget is not None:
+                amount = tokens if limits.budget.unit == TOKENS else cost
+                takes.append((self._bucket(subject, BUDGET, now), amount))
+        return Ticket(takes, subjects, tokens, cost)
+
+    async def admit(self, subjects: Sequence[Subject], *, tokens: int = 0, cost: int = 0) -> Ticket:
+        """Reserve one request, `tokens` (prompt estimate + max_tokens) and `cost` (units);
+        raises Refused naming the first limit it is over."""
+        ticket = self.demands(subjects, tokens, cost)
+        for _ in range(3):
+            now = self.clock()
+            short = [(b, n) for b, n in ticket.takes if b.lease < n]
+            if not short:
+                for bucket, amount in ticket.takes:
+                    bucket.take(amount, now)
+                self._prefetch(ticket, now)
+                self.stats.admitted(subjects)
+                return ticket
+            over = next((b for b, n in short if b.short_until > now and n >= b.short_need), None)
+            if over is not None:
+                break
+            try:
+                await self._refill(short)
+            except StoreDown:
+                self.stats.refused(subjects, STORE)
+                raise Refused(STORE, subjects[0], 1.0, status=503) from None
+        now = self.clock()
+        bucket = next((b for b, n in ticket.takes if b.lease < n), ticket.takes[0][0])
+        subject = self._subject_of(ticket, bucket)
+        self.stats.refused(subjects, bucket.reason)
+        retry = 1.0 if bucket.gauge else bucket.resets - now
+        raise Refused(bucket.reason, subject, retry)
+
+    def settle(self, ticket: Ticket, *, tokens: int | None = None, cost: int | None = None) -> None:
+        """True up after the answer: actual tokens and cost (None: as reserved); frees the
+        parallel slot. Called once per admitted ticket, on success and failure alike."""
+        if ticket.settled:
+            return
+        ticket.settled = True
+        now = self.clock()
+        used_tokens = ticket.tokens if tokens is None else tokens
+        used_cost = ticket.cost if cost is None else cost
+        for bucket, amount in ticket.takes:
+            if bucket.reason == PARALLEL:
+                bucket.lease += amount  # a spare slot here until idle
+                bucket.last_used = now
+                continue
+            if bucket.reason == TPM:
+                actual = used_tokens
+            elif bucket.reason == BUDGET:
+                budget = self._subject_of(ticket, bucket).limits.budget
+                actual = used_tokens if budget is not None and budget.unit == TOKENS else used_cost
+            else:
+                continue
+            delta = actual - amount
+            if delta < 0:
+                if self._buckets.get(bucket.owner) is bucket:
+                    bucket.lease -= delta  # unused reservation: admissible again here
+            elif delta > 0:
+                bucket.charge(delta)
+        for subject in ticket.subjects:
+            budget = subject.limits.budget
+            if budget is None or not budget.soft:
+                continue
+            spent = self._buckets.get((subject.kind, subject.name, BUDGET))
+            if spent is not None and spent.used - max(spent.lease, 0) >= budget.soft * spent.limit:
+                ticket.warned = True
+                self.stats.warn(subject, spent.key)
+
+    # -- leases --------------------------------------------------------------------------
+
+    async def _refill(self, short: list[tuple[Bucket, int]]) -> None:
+        """Lease for every short bucket in one call, joining calls already under way."""
+        waiting = [b.refill for b, _ in short if b.refill is not None]
+        todo = [(b, n) for b, n in short if b.refill is None]
+        if todo:
+            await self._lease(todo)
+        for fut in waiting:
+            if fut is not None:
+                await asyncio.shield(fut)
+
+    async def _lease(self, todo: list[tuple[Bucket, int]]) -> None:
+        """One store call for these buckets; fail open or closed (StoreDown) when it fails."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for bucket, _ in todo:
+            bucket.refill = fut
+        now = self.clock()
+        asks = [
+            Ask(
+                bucket.key,
+                bucket.limit,
+                bucket.want(need, now, self.horizon) if need or bucket.rate else 0,
+                need,
+                # Fallback grants become a debt to the store once it answers again.
+                adjust=bucket.pending + bucket.fallback_granted,
+                restore=bucket.contributed,
+                ttl_ms=bucket.ttl_ms,
+                epoch=bucket.epoch,
+                gauge=bucket.gauge,
+                durable=bucket.durable,
+            )
+            for bucket, need in todo
+        ]
+        fallbacks = [bucket.fallback_granted for bucket, _ in todo]
+        try:
+            self.stats.round_trip()
+            try:
+                leased = await self.counters.lease(self.edge_id, asks)
+            except StoreError as exc:
+                self.stats.store_error()
+                self._degraded(todo, exc)
+                return
+            self._contact = time.monotonic()
+            self.edges = max(1, leased.edges)
+            for (bucket, need), ask, answer, sent_fallback in zip(
+                todo, asks, leased.answers, fallbacks, strict=True
+            ):
+                if sent_fallback or bucket.fallback_seeded:
+                    self.fallback.forget("fb:" + bucket.key)
+                    bucket.fallback_granted = 0
+                    bucket.fallback_seeded = False
+                bucket.pending -= ask.adjust - sent_fallback
+                bucket.contributed += ask.adjust + answer.grant
+                bucket.lease += answer.grant
+                bucket.used = answer.used
+                bucket.epoch = leased.epoch
+                if answer.grant:
+                    bucket.last_grant = answer.grant
+                    bucket.short_times = 0
+                elif need:
+                    bucket.short(need, now, _SHORT_FIRST, _SHORT_CAP)
+        finally:
+            for bucket, _ in todo:
+                if bucket.refill is fut:
+                    bucket.refill = None
+            fut.set_result(None)
+
+    def _degraded(self, todo: list[tuple[Bucket, int]], exc: Exception) -> None:
+        """The store failed: grant from this edge's share of each limit (fail open), counted
+        in-process from what the edge had contributed; or raise StoreDown (fail closed)."""
+        if not self.fail_open:
+            raise StoreDown(str(exc))
+        now = self.clock()
+        asks = [
+            Ask(
+                "fb:" + bucket.key,
+                -(-bucket.limit // self.edges),  # ceil: this edge's share
+                bucket.want(need, now, self.horizon) if need else 0,
+                need,
+                adjust=0 if bucket.fallback_seeded else bucket.contributed,
+                ttl_ms=bucket.ttl_ms,
+                gauge=bucket.gauge,
+            )
+            for bucket, need in todo
+        ]
+        leased = self.fallback.lease_now(asks)
+        for (bucket, _), answer in zip(todo, leased.answers, strict=True):
+            bucket.fallback_seeded = True
+            bucket.fallback_granted += answer.grant
+            bucket.lease += answer.grant
+            bucket.used = answer.used
+
+    def _prefetch(self, ticket: Ticket, now: float) -> None:
+        """Refill in the background any lease under a quarter of its last grant."""
+        low = [
+            (b, 0)
+            for b, n in ticket.takes
+            if b.refill is None
+            and not b.gauge
+            and b.rate > 0
+            and b.lease < max(n, b.last_grant // 4)
+            and b.short_until <= now
+        ]
+        if low:
+            self._spawn(self._quietly(self._lease(low)))
+
+    async def _quietly(self, work: Coroutine[Any, Any, None]) -> None:
+        with contextlib.suppress(StoreDown):
+            await work
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def quiesce(self) -> None:
+        """Wait for background refills under way (tests on a controllable clock)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- upkeep --------------------------------------------------------------------------
+
+    async def sweep(self) -> None:
+        """Give back leases idle for `idle_return`, drop windows that ended, and keep this
+        edge alive in the store while it holds parallel slots."""
+        now = self.clock()
+        todo: list[tuple[Bucket, int]] = []
+        for owner, bucket in list(self._buckets.items()):
+            if bucket.resets and bucket.resets <= now:
+                del self._buckets[owner]
+                continue
+            if bucket.refill is not None:
+                continue
+            if now - bucket.last_used >= self.idle_return and bucket.lease > 0:
+                bucket.give_back()
+            if bucket.pending or bucket.fallback_granted:
+                todo.append((bucket, 0))
+        if not todo and time.monotonic() - self._contact > self.liveness / 3:
+            todo = [(b, 0) for b in self._buckets.values() if b.gauge and b.contributed]
+        if todo:
+            with contextlib.suppress(StoreDown):
+                await self._lease(todo)
+
+    async def run(self, interval: float = 0.5) -> None:
+        """Sweep until cancelled (the edge's cleanup context owns this task)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+            except Exception:  # one failed sweep must not end the upkeep
+                log.exception("limit upkeep failed")
+
+    async def close(self) -> None:
+        """Give back every unused lease (best effort) and stop background refills."""
+        for task in list(self._tasks):
+            task.cancel()
+        for bucket in self._buckets.values():
+            bucket.last_used = float("-inf")
+        with contextlib.suppress(Exception):
+            await self.sweep()
+        await self.counters.close()
+
+    def _subject_of(self, ticket: Ticket, bucket: Bucket) -> Subject:
+        kind, name, _ = bucket.owner
+        for subject in ticket.subjects:
+            if subject.kind == kind and subject.name == name:
+                return subject
+        return ticket.subjects[0]
+
+    def headers(self, ticket: Ticket) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* headers from the first rpm and tpm counters."""
+        now = self.clock()
+        out: dict[str, str] = {}
+        for bucket, _ in ticket.takes:
+            kind = {RPM: "requests", TPM: "tokens"}.get(bucket.reason)
+            if kind is None or f"x-ratelimit-limit-{kind}" in out:
+                continue
+            out[f"x-ratelimit-limit-{kind}"] = str(bucket.limit)
+            out[f"x-ratelimit-remaining-{kind}"] = str(bucket.remaining())
+            out[f"x-ratelimit-reset-{kind}"] = duration(bucket.resets - now)
+        return out
+
+
+def duration(seconds: float) -> str:
+    """A reset time as OpenAI writes it: 20ms, 1.5s, 6m0s, 1h2m3s."""
+    seconds = max(0.0, seconds)
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes}m{secs}s" if hours else f"{minutes}m{secs}s"

@@ -1,0 +1,102 @@
+"""The limiter's metrics: admitted and refused requests by key, team and reason; lease round
+trips; store errors; soft-limit warnings. Plain numbers per request, samples when scraped."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from edge.gateway.limits.limiter import Subject
+
+log = logging.getLogger("corral.edge.limits")
+
+
+def _labels(subjects: Sequence[Subject]) -> tuple[str, str]:
+    key = team = "-"
+    for subject in subjects:
+        if subject.kind == "key":
+            key = subject.name
+        elif subject.kind == "team":
+            team = subject.name
+        elif subject.kind == "ip" and key == "-":
+            key = "ip"  # client addresses are unbounded: one label for all of them
+    return key, team
+
+
+class LimitStats(Collector):
+    def __init__(self) -> None:
+        self.decisions: dict[tuple[str, str, str], int] = {}
+        self.round_trips = 0
+        self.store_errors = 0
+        self.warnings: dict[tuple[str, str], int] = {}
+        self._warned: set[str] = set()
+
+    def admitted(self, subjects: Sequence[Subject]) -> None:
+        label = (*_labels(subjects), "admitted")
+        self.decisions[label] = self.decisions.get(label, 0) + 1
+
+    def refused(self, subjects: Sequence[Subject], reason: str) -> None:
+        label = (*_labels(subjects), reason)
+        self.decisions[label] = self.decisions.get(label, 0) + 1
+
+    def round_trip(self) -> None:
+        self.round_trips += 1
+
+    def store_error(self) -> None:
+        self.store_errors += 1
+
+    def warn(self, subject: Subject, counter: str) -> None:
+        """Past a soft threshold: counted every time, logged once per budget period."""
+        label = (subject.kind, subject.name)
+        self.warnings[label] = self.warnings.get(label, 0) + 1
+        if counter not in self._warned:
+            self._warned.add(counter)
+            log.warning("%s %s is past the soft threshold of its budget", *label)
+
+    def count(self, outcome: str) -> int:
+        """Decisions with this outcome (admitted, or a reason), over every key and team."""
+        return sum(v for (_, _, o), v in self.decisions.items() if o == outcome)
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(empty=True)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(empty=False)
+
+    def _families(self, *, empty: bool) -> list[Metric]:
+        decisions = CounterMetricFamily(
+            "corral_edge_limit_decisions",
+            "Requests admitted or refused by the limiter, by key, team and outcome "
+            "(admitted, rpm, tpm, parallel, budget, store).",
+            labels=["key", "team", "outcome"],
+        )
+        trips = CounterMetricFamily(
+            "corral_edge_limit_store_round_trips", "Lease calls to the counter store."
+        )
+        errors = CounterMetricFamily(
+            "corral_edge_limit_store_errors", "Lease calls the counter store failed."
+        )
+        warnings = CounterMetricFamily(
+            "corral_edge_limit_soft_warnings",
+            "Requests settled past a budget's soft threshold, by subject.",
+            labels=["kind", "name"],
+        )
+        families: list[Metric] = [decisions, trips, errors, warnings]
+        if empty:
+            return families
+        for (key, team, outcome), value in list(self.decisions.items()):
+            decisions.add_metric([key, team, outcome], float(value))
+        trips.add_metric([], float(self.round_trips))
+        errors.add_metric([], float(self.store_errors))
+        for (kind, name), value in list(self.warnings.items()):
+            warnings.add_metric([kind, name], float(value))
+        return families
+
+    def register(self, registry: CollectorRegistry) -> None:
+        registry.register(self)
