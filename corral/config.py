@@ -123,6 +123,70 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True)
+class LimitConfig:
+    """One subject's limits (edge/gateway/limits); 0 means not limited. `name`: the key id,
+    team name or client address it is for (unused in defaults)."""
+
+    name: str = ""
+    rpm: int = 0
+    tpm: int = 0
+    max_parallel: int = 0
+    # A spend budget: USD, or tokens, per period (hour, day, week, month, or fixed: a window
+    # of budget_window_seconds starting at Unix time budget_reset_at, then again and again).
+    budget_usd: float = 0.0
+    budget_tokens: int = 0
+    budget_period: str = "day"
+    budget_window_seconds: float = 0.0
+    budget_reset_at: float = 0.0
+    # A fraction (0.8): past it the edge warns (metric, log, flag on the usage record).
+    budget_soft: float = 0.0
+
+    def __post_init__(self) -> None:
+        if min(self.rpm, self.tpm, self.max_parallel, self.budget_tokens) < 0:
+            raise ConfigError(f"edge.limits {self.name!r}: limits must not be negative")
+        if self.budget_usd < 0 or not 0 <= self.budget_soft < 1:
+            raise ConfigError(f"edge.limits {self.name!r}: bad budget or soft fraction")
+        if self.budget_period not in ("hour", "day", "week", "month", "fixed"):
+            raise ConfigError(
+                f"edge.limits {self.name!r}: budget_period must be hour, day, week, month "
+                f"or fixed, got {self.budget_period!r}"
+            )
+        if self.budget_period == "fixed" and self.budget_window_seconds <= 0:
+            raise ConfigError(f"edge.limits {self.name!r}: a fixed period needs a window")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Rate limits and budgets (edge/gateway/limits, docs/GATEWAY.md "Limits")."""
+
+    # Counters shared by every edge, e.g. redis://127.0.0.1:6379/0; None: this edge's own
+    # (in-process, budgets kept in the usage SQLite file).
+    valkey_url: str | None = None
+    valkey_timeout_seconds: float = 0.25
+    # When the counter store is unreachable: "open" (count locally, this edge's share of each
+    # limit) or "closed" (503 once the leases in hand are used up).
+    fail: str = "open"
+    # Rates count in fixed windows of this length (the "minute" of rpm and tpm).
+    window_seconds: float = 60.0
+    # Tokens reserved for the answer of a request that sets no max_tokens.
+    completion_cap: int = 2048
+    # Per key id, per team; default_key applies to every key without an entry of its own.
+    keys: tuple[LimitConfig, ...] = ()
+    teams: tuple[LimitConfig, ...] = ()
+    default_key: LimitConfig = field(default_factory=LimitConfig)
+    # Per client address, for requests without a key (an open edge).
+    client_ip: LimitConfig = field(default_factory=LimitConfig)
+    # Proxies whose X-Forwarded-For is believed (CIDRs), to find the client's address.
+    trusted_proxies: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.fail not in ("open", "closed"):
+            raise ConfigError(f"edge.limits.fail must be open or closed, got {self.fail!r}")
+        if self.window_seconds <= 0 or self.completion_cap < 0:
+            raise ConfigError("edge.limits: window_seconds > 0 and completion_cap >= 0")
+
+
+@dataclass(frozen=True)
 class IdentityConfig:
     """The edge's key checking (edge.gateway)."""
 
@@ -368,6 +432,7 @@ class EdgeConfig:
     observability: EdgeObservabilityConfig = field(default_factory=EdgeObservabilityConfig)
     usage: UsageConfig = field(default_factory=UsageConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from corral.v1 import types_pb2
 from edge.balancer import Balancer
 from edge.errors import ApiError, EdgeError, SnapshotError, error_body
 from edge.gateway.call import tag_response
+from edge.gateway.limits.gate import limit_headers, limiting
 from edge.gateway.policy import follow_policy
 from edge.inbound import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
 from edge.metrics import EdgeMetrics
@@ -379,6 +380,8 @@ def build_app(config: EdgeConfig) -> web.Application:
     app.router.add_route("*", "/{tail:.*}", fallback)
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_usage)
+    app.cleanup_ctx.append(limiting)
+    app.on_response_prepare.append(limit_headers)
     app.cleanup_ctx.append(_snapshots)
     app.on_response_prepare.append(tag_response)
     app.cleanup_ctx.append(traffic_reports)

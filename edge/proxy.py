@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 from aiohttp import web
@@ -57,6 +57,9 @@ from edge.relay import (
 )
 from edge.routing import chat_key, completion_key, session_header_key
 from edge.table import BackendState, ModelRoute
+
+if TYPE_CHECKING:
+    from edge.gateway.limits.gate import Gate
 
 # Re-exported: the routes and tests that import them from here.
 __all__ = [
@@ -140,6 +143,8 @@ class Proxy:
         self.fallbacks = Fallbacks(config, balancer)  # chains from the snapshot in force
         # Where finished Calls go (edge/gateway/usage.py); replaced by the app's recorder.
         self.recorder: Recorder = DISCARD
+        # Rate limits and budgets (edge/gateway/limits/gate.py); None: nothing is limited.
+        self.limits: Gate | None = None
 
     # -- admission -------------------------------------------------------------------------
 
@@ -225,6 +230,8 @@ class Proxy:
             asked = exchange.body.get("model")
             call.model = asked if isinstance(asked, str) else ""
             call.stream = exchange.stream
+            if self.limits is not None:
+                await self.limits.admit(request, call, exchange.body, len(exchange.raw or b""))
             if call.team in self.recorder.body_teams:
                 call.prompt = exchange.raw or b""
             lookup = admission.route
@@ -273,6 +280,8 @@ class Proxy:
             metrics.traffic.finished(call, model_label, backend_name, status, duration)
             call.status = status or 500  # 0: an unexpected exception, answered with a 500
             call.duration = duration
+            if self.limits is not None:
+                self.limits.settle(request, call)
             self.recorder.record(call)
 
     async def _chain(

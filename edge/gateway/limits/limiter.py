@@ -24,7 +24,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from edge.gateway.limits.bucket import Bucket
@@ -35,13 +34,13 @@ from edge.gateway.limits.policy import (
     STORE,
     TOKENS,
     TPM,
-    Limits,
     budget_window,
     rate_window,
 )
 from edge.gateway.limits.shared import PREFIX
 from edge.gateway.limits.stats import LimitStats
 from edge.gateway.limits.store import Ask, Counters, LocalCounters
+from edge.gateway.limits.ticket import Refused, StoreDown, Subject, Ticket
 from edge.gateway.valkey import StoreError
 
 log = logging.getLogger("corral.edge.limits")
@@ -51,44 +50,7 @@ _GAUGE_TTL_MS = 24 * 3600 * 1000
 # call, for 0.25 s, then twice as long each time, up to 2 s (others' returns may make room).
 _SHORT_FIRST = 0.25
 _SHORT_CAP = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class Subject:
-    """Who a request counts against: ("key", id), ("team", name) or ("ip", address)."""
-
-    kind: str
-    name: str
-    limits: Limits
-
-
-class Refused(Exception):
-    """The request is over a limit (429) or cannot be counted (503, fail closed)."""
-
-    def __init__(
-        self, reason: str, subject: Subject, retry_after: float, status: int = 429
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.subject = subject
-        self.retry_after = max(1.0, retry_after)
-        self.status = status
-
-
-class StoreDown(Exception):
-    """The counter store is down and the policy is fail closed."""
-
-
-@dataclass(slots=True)
-class Ticket:
-    """An admitted request's reservations, given back or trued up by settle()."""
-
-    takes: list[tuple[Bucket, int]]
-    subjects: Sequence[Subject]
-    tokens: int
-    cost: int
-    warned: bool = False
-    settled: bool = False
+_TRIES = 32
 
 
 class Limiter:
@@ -122,6 +84,9 @@ class Limiter:
         self._buckets: dict[tuple[str, str, str], Bucket] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._contact = 0.0  # monotonic time of the last store answer
+        # Set when the store failed or changed epoch: the next sweep sends every counter, so
+        # a restarted store gets back what this edge had counted at once.
+        self._resync = False
 
     # -- admission ---------------------------------------------------------------------
 
@@ -180,9 +145,12 @@ class Limiter:
         """Reserve one request, `tokens` (prompt estimate + max_tokens) and `cost` (units);
         raises Refused naming the first limit it is over."""
         ticket = self.demands(subjects, tokens, cost)
-        for _ in range(3):
+        # Until the store says there is not enough left (or for a bounded number of tries
+        # while concurrent requests here take what each lease brought).
+        for _ in range(_TRIES):
             now = self.clock()
-            short = [(b, n) for b, n in ticket.takes if b.lease < n]
+            # Ask only for what the local lease lacks: lease and store together may suffice.
+            short = [(b, n - max(b.lease, 0)) for b, n in ticket.takes if b.lease < n]
             if not short:
                 for bucket, amount in ticket.takes:
                     bucket.take(amount, now)
@@ -252,8 +220,9 @@ class Limiter:
             if fut is not None:
                 await asyncio.shield(fut)
 
-    async def _lease(self, todo: list[tuple[Bucket, int]]) -> None:
-        """One store call for these buckets; fail open or closed (StoreDown) when it fails."""
+    async def _lease(self, todo: list[tuple[Bucket, int]], *, grow: bool = True) -> None:
+        """One store call for these buckets (`grow`: asking for quota, else only sending
+        returns and debts); fail open, or closed (StoreDown), when the store fails."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for bucket, _ in todo:
             bucket.refill = fut
@@ -262,7 +231,7 @@ class Limiter:
             Ask(
                 bucket.key,
                 bucket.limit,
-                bucket.want(need, now, self.horizon) if need or bucket.rate else 0,
+                bucket.want(need, now, self.horizon) if grow else 0,
                 need,
                 # Fallback grants become a debt to the store once it answers again.
                 adjust=bucket.pending + bucket.fallback_granted,
@@ -281,10 +250,14 @@ class Limiter:
                 leased = await self.counters.lease(self.edge_id, asks)
             except StoreError as exc:
                 self.stats.store_error()
-                self._degraded(todo, exc)
+                self._resync = True
+                self._degraded(todo, exc, grow)
                 return
             self._contact = time.monotonic()
-            self.edges = max(1, leased.edges)
+            # While a wiped store settles, its edge set is rebuilding: keep the larger count.
+            self.edges = max(self.edges if leased.settling else 1, leased.edges)
+            if any(b.epoch and b.epoch != leased.epoch for b, _ in todo):
+                self._resync = True
             for (bucket, need), ask, answer, sent_fallback in zip(
                 todo, asks, leased.answers, fallbacks, strict=True
             ):
@@ -300,15 +273,18 @@ class Limiter:
                 if answer.grant:
                     bucket.last_grant = answer.grant
                     bucket.short_times = 0
-                elif need:
+                elif need and not leased.settling:
                     bucket.short(need, now, _SHORT_FIRST, _SHORT_CAP)
+            if leased.settling and grow:
+                self._resync = True
+                self._degraded(todo, StoreError("the counter store is settling"), grow)
         finally:
             for bucket, _ in todo:
                 if bucket.refill is fut:
                     bucket.refill = None
             fut.set_result(None)
 
-    def _degraded(self, todo: list[tuple[Bucket, int]], exc: Exception) -> None:
+    def _degraded(self, todo: list[tuple[Bucket, int]], exc: Exception, grow: bool) -> None:
         """The store failed: grant from this edge's share of each limit (fail open), counted
         in-process from what the edge had contributed; or raise StoreDown (fail closed)."""
         if not self.fail_open:
@@ -318,7 +294,7 @@ class Limiter:
             Ask(
                 "fb:" + bucket.key,
                 -(-bucket.limit // self.edges),  # ceil: this edge's share
-                bucket.want(need, now, self.horizon) if need else 0,
+                bucket.want(need, now, self.horizon) if grow else 0,
                 need,
                 adjust=0 if bucket.fallback_seeded else bucket.contributed,
                 ttl_ms=bucket.ttl_ms,
@@ -356,6 +332,10 @@ class Limiter:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def counters_healthy(self) -> bool:
+        store = getattr(self.counters, "store", None)
+        return bool(getattr(store, "healthy", True))
+
     async def quiesce(self) -> None:
         """Wait for background refills under way (tests on a controllable clock)."""
         while self._tasks:
@@ -376,22 +356,16 @@ class Limiter:
                 continue
             if now - bucket.last_used >= self.idle_return and bucket.lease > 0:
                 bucket.give_back()
-            if bucket.pending or bucket.fallback_granted:
+            if bucket.pending or bucket.fallback_granted or (self._resync and bucket.contributed):
                 todo.append((bucket, 0))
         if not todo and time.monotonic() - self._contact > self.liveness / 3:
             todo = [(b, 0) for b in self._buckets.values() if b.gauge and b.contributed]
         if todo:
+            resync, self._resync = self._resync, False
             with contextlib.suppress(StoreDown):
-                await self._lease(todo)
-
-    async def run(self, interval: float = 0.5) -> None:
-        """Sweep until cancelled (the edge's cleanup context owns this task)."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.sweep()
-            except Exception:  # one failed sweep must not end the upkeep
-                log.exception("limit upkeep failed")
+                await self._lease(todo, grow=False)
+            if resync and not self.counters_healthy():
+                self._resync = True
 
     async def close(self) -> None:
         """Give back every unused lease (best effort) and stop background refills."""
@@ -409,28 +383,3 @@ class Limiter:
             if subject.kind == kind and subject.name == name:
                 return subject
         return ticket.subjects[0]
-
-    def headers(self, ticket: Ticket) -> dict[str, str]:
-        """OpenAI's x-ratelimit-* headers from the first rpm and tpm counters."""
-        now = self.clock()
-        out: dict[str, str] = {}
-        for bucket, _ in ticket.takes:
-            kind = {RPM: "requests", TPM: "tokens"}.get(bucket.reason)
-            if kind is None or f"x-ratelimit-limit-{kind}" in out:
-                continue
-            out[f"x-ratelimit-limit-{kind}"] = str(bucket.limit)
-            out[f"x-ratelimit-remaining-{kind}"] = str(bucket.remaining())
-            out[f"x-ratelimit-reset-{kind}"] = duration(bucket.resets - now)
-        return out
-
-
-def duration(seconds: float) -> str:
-    """A reset time as OpenAI writes it: 20ms, 1.5s, 6m0s, 1h2m3s."""
-    seconds = max(0.0, seconds)
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    if seconds < 60:
-        return f"{seconds:.3g}s"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes}m{secs}s" if hours else f"{minutes}m{secs}s"

@@ -17,10 +17,14 @@ from edge.gateway.valkey import Valkey
 PREFIX = "{corral}:lim:"
 EPOCH_KEY = PREFIX + "epoch"
 EDGES_KEY = PREFIX + "edges"
+WIPED_KEY = PREFIX + "wiped"
 
-# KEYS: epoch, edges, then one per counter.
-# ARGV: edge id, epoch candidate, liveness seconds, share, then 8 per counter:
+# KEYS: epoch, edges, wiped, then one per counter.
+# ARGV: edge id, epoch candidate, liveness seconds, share, settle ms, then 8 per counter:
 #   gauge (1/0), limit, want, need, adjust, restore, ttl ms, epoch known.
+# Returns: epoch, active edges, settling (1/0), then grant and used per counter.
+# Settling: for `settle ms` after the first edge found the store wiped, nothing is granted
+# (edges count locally, as when it is down) while every edge puts back what it had counted.
 LEASE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -37,9 +41,16 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - live)
 redis.call('PEXPIRE', KEYS[2], math.floor(live * 2000))
 local alive = redis.call('ZRANGE', KEYS[2], 0, -1)
 local edges = #alive
-local out = {epoch, edges}
-for i = 3, #KEYS do
-  local a = 4 + (i - 3) * 8
+for i = 4, #KEYS do
+  local known = ARGV[5 + (i - 4) * 8 + 8]
+  if known ~= '' and known ~= epoch then
+    redis.call('SET', KEYS[3], '1', 'PX', ARGV[5], 'NX')
+  end
+end
+local settling = redis.call('EXISTS', KEYS[3])
+local out = {epoch, edges, settling}
+for i = 4, #KEYS do
+  local a = 5 + (i - 4) * 8
   local gauge = ARGV[a + 1] == '1'
   local limit = tonumber(ARGV[a + 2])
   local want = tonumber(ARGV[a + 3])
@@ -78,7 +89,7 @@ for i = 3, #KEYS do
   end
   local grant = 0
   local remaining = limit - used
-  if want > 0 and remaining > 0 and remaining >= need then
+  if settling == 0 and want > 0 and remaining > 0 and remaining >= need then
     local part = math.floor(remaining / (share * math.max(1, edges)))
     grant = math.min(math.max(need, math.min(want, part)), remaining)
     if grant > 0 then
@@ -103,17 +114,26 @@ class SharedCounters:
 
     shared = True
 
-    def __init__(self, store: Valkey, *, share: float = 4.0, liveness: float = 10.0) -> None:
+    def __init__(
+        self, store: Valkey, *, share: float = 4.0, liveness: float = 10.0, settle: float = 1.5
+    ) -> None:
         self.store = store
         self.share = share
         self.liveness = liveness
+        self.settle = settle
         self._script = store.script(LEASE)
-        # Set as the epoch when this edge is the first to use an empty store.
-        self._candidate = os.urandom(8).hex()
 
     async def lease(self, edge: str, asks: Sequence[Ask]) -> Leased:
-        keys = [EPOCH_KEY, EDGES_KEY]
-        args: list[object] = [edge, self._candidate, self.liveness, self.share]
+        keys = [EPOCH_KEY, EDGES_KEY, WIPED_KEY]
+        # A fresh epoch candidate each call: set as the epoch when the store is empty (new,
+        # or restarted without its keys), so it always differs from the one before.
+        args: list[object] = [
+            edge,
+            os.urandom(8).hex(),
+            self.liveness,
+            self.share,
+            int(self.settle * 1000),
+        ]
         for ask in asks:
             keys.append(ask.key)
             args += [
@@ -128,8 +148,8 @@ class SharedCounters:
             ]
         out = await self._script(keys, args)
         epoch = out[0].decode() if isinstance(out[0], bytes) else str(out[0])
-        answers = [Answer(int(out[i]), int(out[i + 1])) for i in range(2, len(out), 2)]
-        return Leased(epoch, int(out[1]), answers)
+        answers = [Answer(int(out[i]), int(out[i + 1])) for i in range(3, len(out), 2)]
+        return Leased(epoch, int(out[1]), answers, settling=bool(out[2]))
 
     async def close(self) -> None:
         await self.store.close()

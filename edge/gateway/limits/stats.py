@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from edge.gateway.limits.limiter import Subject
+    from edge.gateway.limits.ticket import Subject
 
 log = logging.getLogger("corral.edge.limits")
 

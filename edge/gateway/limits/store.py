@@ -55,6 +55,7 @@ class Leased:
     epoch: str
     edges: int  # edges active in the last liveness interval, this one included
     answers: list[Answer]
+    settling: bool = False  # the store was wiped just now: nothing granted, count locally
 
 
 class Counters(Protocol):
@@ -133,13 +134,17 @@ class LocalCounters:
     def used(self, key: str) -> int:
         return self._values.get(key, 0)
 
-    def flush(self) -> int:
-        """Write changed budget counters to the spend file; how many were written."""
-        if self.spend is None or not self._dirty:
-            return 0
+    def dirty_rows(self) -> list[tuple[str, int, float]]:
+        """Budget counters changed since the last call: (key, value, expiry) rows to save."""
         rows = [(k, self._values.get(k, 0), self._expires.get(k, 0.0)) for k in self._dirty]
         self._dirty.clear()
-        self.spend.save(rows)
+        return rows
+
+    def flush(self) -> int:
+        """Write changed budget counters to the spend file now; how many were written."""
+        rows = self.dirty_rows()
+        if self.spend is not None and rows:
+            self.spend.save(rows)
         return len(rows)
 
     async def close(self) -> None:

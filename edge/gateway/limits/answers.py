@@ -1,0 +1,87 @@
+"""What clients see: OpenAI's x-ratelimit-* headers and 429/503 answers in its shape (the
+Messages handler re-dresses them in Anthropic's), with Retry-After."""
+
+from __future__ import annotations
+
+import math
+
+from edge.errors import ApiError
+from edge.gateway.limits.policy import BUDGET, PARALLEL, RPM, STORE, TPM, USD
+from edge.gateway.limits.ticket import Refused, Ticket
+
+
+def headers(ticket: Ticket, now: float) -> dict[str, str]:
+    """x-ratelimit-{limit,remaining,reset}-{requests,tokens} from the first rpm and tpm
+    counters of the request (the key's before its team's)."""
+    out: dict[str, str] = {}
+    for bucket, _ in ticket.takes:
+        kind = "requests" if bucket.reason == RPM else "tokens" if bucket.reason == TPM else ""
+        if not kind or f"x-ratelimit-limit-{kind}" in out:
+            continue
+        out[f"x-ratelimit-limit-{kind}"] = str(bucket.limit)
+        out[f"x-ratelimit-remaining-{kind}"] = str(bucket.remaining())
+        out[f"x-ratelimit-reset-{kind}"] = duration(bucket.resets - now)
+    return out
+
+
+def duration(seconds: float) -> str:
+    """A reset time as OpenAI writes it: 20ms, 1.5s, 6m0s, 1h2m3s."""
+    seconds = max(0.0, seconds)
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes}m{secs}s" if hours else f"{minutes}m{secs}s"
+
+
+_WHAT = {
+    RPM: "requests per minute",
+    TPM: "tokens per minute",
+    PARALLEL: "concurrent requests",
+}
+
+
+def refusal(exc: Refused, extra: dict[str, str]) -> ApiError:
+    """The answer to a refused request: 429 (rate_limit_exceeded, or insufficient_quota for
+    a budget) or 503 when the counter store is down and the policy is fail closed."""
+    subject = exc.subject
+    who = {"key": "API key", "team": "team", "ip": "client address"}.get(subject.kind, "")
+    retry = str(math.ceil(exc.retry_after))
+    headers = {"Retry-After": retry, **extra}
+    if exc.reason == STORE:
+        return ApiError(
+            503,
+            "Rate limits cannot be checked right now (the counter store is unreachable); "
+            "retry shortly.",
+            kind="service_unavailable",
+            code="rate_limit_store_unavailable",
+            headers=headers,
+        )
+    if exc.reason == BUDGET:
+        budget = subject.limits.budget
+        amount = ""
+        if budget is not None:
+            unit = f"${budget.amount:g}" if budget.unit == USD else f"{budget.amount:g} tokens"
+            period = "fixed window" if budget.period == "fixed" else budget.period
+            amount = f" of {unit} per {period}"
+        return ApiError(
+            429,
+            f"The {who} {subject.name} has used its budget{amount}; it resets in "
+            f"{duration(exc.retry_after)}.",
+            kind="insufficient_quota",
+            code="insufficient_quota",
+            headers=headers,
+        )
+    limit = getattr(subject.limits, "rpm" if exc.reason == RPM else "tpm", 0)
+    if exc.reason == PARALLEL:
+        limit = subject.limits.parallel
+    return ApiError(
+        429,
+        f"Rate limit reached for the {who} {subject.name}: {limit} {_WHAT[exc.reason]}. "
+        f"Retry after {retry}s.",
+        kind="tokens" if exc.reason == TPM else "requests",
+        code="rate_limit_exceeded",
+        headers=headers,
+    )

@@ -1,0 +1,203 @@
+"""The limits as the edge applies them: who a request counts against, what it reserves,
+what it used; the headers and the refusals; and the edge's cleanup context.
+
+Proxy.run calls `admit` once the request is authenticated and parsed, and `settle` when it
+is over (whatever happened); responses get the x-ratelimit-* headers as they are prepared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Final
+
+from aiohttp import web
+
+from corral.config import LimitConfig, LimitsConfig
+from edge.gateway.call import Call
+from edge.gateway.limits.answers import headers, refusal
+from edge.gateway.limits.clientip import client_address, networks
+from edge.gateway.limits.limiter import Limiter
+from edge.gateway.limits.policy import MICROS_PER_USD, TOKENS, USD, Limits, parse_budget
+from edge.gateway.limits.ticket import Refused, Subject, Ticket
+from edge.gateway.prices import PriceTable
+
+log = logging.getLogger("corral.edge.limits")
+
+TICKET: Final = web.RequestKey("corral_limit_ticket", Ticket)
+_BYTES_PER_TOKEN: Final = 4
+
+
+def to_limits(entry: LimitConfig) -> Limits:
+    """A config entry (or a policy's fields, in the same shape) as Limits."""
+    budget = None
+    if entry.budget_usd > 0 or entry.budget_tokens > 0:
+        budget = parse_budget(
+            entry.budget_usd if entry.budget_usd > 0 else float(entry.budget_tokens),
+            unit=USD if entry.budget_usd > 0 else TOKENS,
+            period=entry.budget_period,
+            window_seconds=entry.budget_window_seconds,
+            anchor=entry.budget_reset_at,
+            soft=entry.budget_soft,
+        )
+    return Limits(entry.rpm, entry.tpm, entry.max_parallel, budget)
+
+
+class Gate:
+    """Per-request limits for one edge."""
+
+    def __init__(
+        self, config: LimitsConfig, limiter: Limiter, prices: Callable[[], PriceTable]
+    ) -> None:
+        self.limiter = limiter
+        self.prices = prices  # the usage recorder's table, replaced whole when prices change
+        self.cap = config.completion_cap
+        self.default_key = to_limits(config.default_key)
+        self.client_ip = to_limits(config.client_ip)
+        self.trusted = networks(config.trusted_proxies)
+        self._config_keys = {e.name: to_limits(e) for e in config.keys if e.name}
+        self._config_teams = {e.name: to_limits(e) for e in config.teams if e.name}
+        self.keys: Mapping[str, Limits] = self._config_keys
+        self.teams: Mapping[str, Limits] = self._config_teams
+
+    def apply(self, keys: Mapping[str, Limits], teams: Mapping[str, Limits]) -> None:
+        """Limits from the control plane's policy, over the config file's."""
+        self.keys = {**self._config_keys, **{k: v for k, v in keys.items() if not v.empty}}
+        self.teams = {**self._config_teams, **{k: v for k, v in teams.items() if not v.empty}}
+
+    def subjects(self, request: web.Request, call: Call) -> list[Subject]:
+        out = []
+        if call.key_id:
+            limits = self.keys.get(call.key_id, self.default_key)
+            if not limits.empty:
+                out.append(Subject("key", call.key_id, limits))
+            team = self.teams.get(call.team)
+            if team is not None and not team.empty:
+                out.append(Subject("team", call.team, team))
+        elif not self.client_ip.empty:
+            address = client_address(
+                request.remote, request.headers.get("X-Forwarded-For"), self.trusted
+            )
+            out.append(Subject("ip", address, self.client_ip))
+        return out
+
+    async def admit(
+        self, request: web.Request, call: Call, body: Mapping[str, Any], size: int
+    ) -> None:
+        """Reserve the request (prompt estimate + max_tokens or the cap) or raise the 429/503
+        ApiError; the ticket goes on the request for settle() and the headers."""
+        subjects = self.subjects(request, call)
+        if not subjects:
+            return
+        tokens = self.reserve(call, body, size)
+        cost = 0
+        price = self.prices().lookup(call.model) if call.model else None
+        if price is not None and tokens:
+            cost = math.ceil(price.cost(size // _BYTES_PER_TOKEN + 1, 0, tokens) * MICROS_PER_USD)
+        try:
+            ticket = await self.limiter.admit(subjects, tokens=tokens, cost=cost)
+        except Refused as exc:
+            call.limit = exc.reason
+            partial = self.limiter.demands(subjects, 0, 0)
+            raise refusal(exc, headers(partial, self.limiter.clock())) from None
+        call.limit = "allowed"
+        request[TICKET] = ticket
+
+    def reserve(self, call: Call, body: Mapping[str, Any], size: int) -> int:
+        prompt = size // _BYTES_PER_TOKEN + 1
+        if call.endpoint == "embeddings":
+            return prompt
+        asked = body.get("max_completion_tokens") or body.get("max_tokens")
+        if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+            return prompt + asked
+        return prompt + self.cap
+
+    def settle(self, request: web.Request, call: Call) -> None:
+        ticket = request.get(TICKET)
+        if ticket is None or ticket.settled:
+            return
+        tokens = call.prompt_tokens + call.completion_tokens
+        cost = math.ceil(self.prices().cost(call) * MICROS_PER_USD) if tokens else 0
+        self.limiter.settle(ticket, tokens=tokens, cost=cost)
+        if ticket.warned:
+            call.limit = "soft_budget"
+
+
+async def limit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: the x-ratelimit-* headers on every answer to a limited request."""
+    ticket = request.get(TICKET)
+    if ticket is not None:
+        response.headers.update(headers(ticket, time.time()))
+
+
+def _any(config: LimitsConfig) -> bool:
+    return bool(
+        config.keys
+        or config.teams
+        or not to_limits(config.default_key).empty
+        or not to_limits(config.client_ip).empty
+        or config.valkey_url
+    )
+
+
+async def limiting(app: web.Application) -> AsyncIterator[None]:
+    """The edge's cleanup context: the counter store, the limiter and its upkeep task."""
+    from edge.app import CONFIG, EDGE_ID, METRICS, PROXY  # edge.app registers this context
+    from edge.gateway.limits.shared import SharedCounters
+    from edge.gateway.limits.spend import SpendFile
+    from edge.gateway.limits.store import Counters, LocalCounters
+    from edge.gateway.usage import sqlite_path
+    from edge.gateway.valkey import Valkey
+
+    config = app[CONFIG]
+    limits = config.limits
+    counters: Counters
+    if limits.valkey_url:
+        counters = SharedCounters(Valkey(limits.valkey_url, timeout=limits.valkey_timeout_seconds))
+    else:
+        path = sqlite_path(config)
+        spend = await asyncio.to_thread(SpendFile, path) if path else None
+        counters = LocalCounters(spend=spend)
+    limiter = Limiter(
+        counters,
+        edge_id=app[EDGE_ID],
+        window_seconds=limits.window_seconds,
+        fail_open=limits.fail == "open",
+    )
+    limiter.stats.register(app[METRICS].registry)
+    proxy = app[PROXY]
+    empty = PriceTable({})
+    gate = Gate(limits, limiter, lambda: getattr(proxy.recorder, "prices", empty))
+    proxy.limits = gate if _any(limits) else None
+    task = asyncio.create_task(_upkeep(limiter, counters), name="edge-limits-upkeep")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        proxy.limits = None
+        await limiter.close()
+
+
+async def _upkeep(limiter: Limiter, counters: object) -> None:
+    """Sweep leases; flush the embedded store's budgets to SQLite every second."""
+    from edge.gateway.limits.store import LocalCounters
+
+    local = counters if isinstance(counters, LocalCounters) else None
+    ticks = 0
+    while True:
+        await asyncio.sleep(0.5)
+        try:
+            await limiter.sweep()
+            ticks += 1
+            if local is not None and local.spend is not None and ticks % 2 == 0:
+                rows = local.dirty_rows()
+                if rows:
+                    await asyncio.to_thread(local.spend.save, rows)
+        except Exception:  # one failed round must not end the upkeep
+            log.exception("limit upkeep failed")

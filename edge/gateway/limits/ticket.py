@@ -1,0 +1,47 @@
+"""What the limiter hands out: who a request counts against, its reservations, refusals."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from edge.gateway.limits.bucket import Bucket
+from edge.gateway.limits.policy import Limits
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Who a request counts against: ("key", id), ("team", name) or ("ip", address)."""
+
+    kind: str
+    name: str
+    limits: Limits
+
+
+class Refused(Exception):
+    """The request is over a limit (429) or cannot be counted (503, fail closed)."""
+
+    def __init__(
+        self, reason: str, subject: Subject, retry_after: float, status: int = 429
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.subject = subject
+        self.retry_after = max(1.0, retry_after)
+        self.status = status
+
+
+class StoreDown(Exception):
+    """The counter store is down and the policy is fail closed."""
+
+
+@dataclass(slots=True)
+class Ticket:
+    """An admitted request's reservations, given back or trued up by settle()."""
+
+    takes: list[tuple[Bucket, int]]
+    subjects: Sequence[Subject]
+    tokens: int
+    cost: int
+    warned: bool = False
+    settled: bool = False

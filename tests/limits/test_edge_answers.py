@@ -1,0 +1,144 @@
+"""Limits through a real edge: 429s in OpenAI's and Anthropic's shapes, Retry-After and the
+x-ratelimit-* headers, client addresses behind trusted proxies, budgets kept across a restart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from corral.config import LimitConfig, LimitsConfig
+from tests.edge.conftest import StartEdge
+from tests.edge.snapshot_server import SnapshotServer, from_fake, snapshot
+from tests.fakes import FakeServer, running_fakes
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
+
+
+async def _post(
+    http: aiohttp.ClientSession, url: str, body: dict[str, Any], **headers: str
+) -> tuple[int, dict[str, Any], Any]:
+    async with http.post(url, json=body, headers=headers) as resp:
+        return resp.status, dict(resp.headers), await resp.json()
+
+
+async def test_rate_limit_answers(
+    snapshots: SnapshotServer, start_edge: StartEdge, http: aiohttp.ClientSession
+) -> None:
+    """Per client address: allowed answers carry the x-ratelimit-* headers; the one over
+    the limit is a 429 rate_limit_exceeded with Retry-After (Anthropic's shape on
+    /v1/messages), and the official client raises RateLimitError."""
+    limits = LimitsConfig(client_ip=LimitConfig(rpm=3, tpm=100_000))
+    async with running_fakes(FakeServer("vllm", [MODEL], "vllm-a")) as (fake,):
+        snapshots.publish(snapshot(1, [from_fake(fake)]))
+        edge = await start_edge(snapshots, limits=limits)
+        await edge.wait_version(1)
+        url = f"{edge.url}/v1/chat/completions"
+        status, headers, _ = await _post(http, url, CHAT)
+        assert status == 200
+        assert headers["x-ratelimit-limit-requests"] == "3"
+        assert headers["x-ratelimit-remaining-requests"] == "2"
+        assert headers["x-ratelimit-limit-tokens"] == "100000"
+        assert headers["x-ratelimit-reset-requests"].endswith("s")
+        stream = {**CHAT, "stream": True}
+        async with http.post(url, json=stream) as resp:
+            assert resp.status == 200
+            assert resp.headers["x-ratelimit-remaining-requests"] == "1"
+            await resp.read()
+        assert (await _post(http, url, CHAT))[0] == 200
+        status, headers, body = await _post(http, url, CHAT)
+        assert status == 429
+        assert body["error"]["code"] == "rate_limit_exceeded"
+        assert body["error"]["type"] == "requests"
+        assert "3 requests per minute" in body["error"]["message"]
+        assert 1 <= int(headers["Retry-After"]) <= 60
+        assert headers["x-ratelimit-remaining-requests"] == "0"
+        with pytest.raises(openai.RateLimitError):
+            await edge.client().chat.completions.create(**CHAT)
+        messages = {
+            "model": MODEL,
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": "x"}],
+        }
+        status, headers, body = await _post(http, f"{edge.url}/v1/messages", messages)
+        assert status == 429
+        assert body["type"] == "error"
+        assert body["error"]["type"] == "rate_limit_error"
+        assert "Retry-After" in headers
+        assert len(fake.requests) == 3
+        metrics = await edge.metrics()
+        assert 'corral_edge_limit_decisions_total{key="ip",outcome="admitted",team="-"} 3.0' in (
+            metrics
+        )
+        assert 'outcome="rpm"' in metrics
+
+
+async def test_forwarded_for_only_through_trusted_proxies(
+    snapshots: SnapshotServer, start_edge: StartEdge, http: aiohttp.ClientSession
+) -> None:
+    """Behind a trusted proxy each X-Forwarded-For address has its own quota; from an
+    untrusted peer the header is ignored (a client cannot pick its address)."""
+    async with running_fakes(FakeServer("vllm", [MODEL], "vllm-a")) as (fake,):
+        snapshots.publish(snapshot(1, [from_fake(fake)]))
+        trusted = await start_edge(
+            snapshots,
+            limits=LimitsConfig(client_ip=LimitConfig(rpm=1), trusted_proxies=("127.0.0.0/8",)),
+        )
+        untrusted = await start_edge(snapshots, limits=LimitsConfig(client_ip=LimitConfig(rpm=1)))
+        for edge in (trusted, untrusted):
+            await edge.wait_version(1)
+        url = f"{trusted.url}/v1/chat/completions"
+        for client in ("203.0.113.7", "203.0.113.8"):
+            xff = f"{client}, 127.0.0.5"
+            assert (await _post(http, url, CHAT, **{"X-Forwarded-For": xff}))[0] == 200
+        xff = "203.0.113.7, 127.0.0.5"
+        assert (await _post(http, url, CHAT, **{"X-Forwarded-For": xff}))[0] == 429
+        url = f"{untrusted.url}/v1/chat/completions"
+        assert (await _post(http, url, CHAT, **{"X-Forwarded-For": "198.51.100.1"}))[0] == 200
+        assert (await _post(http, url, CHAT, **{"X-Forwarded-For": "198.51.100.2"}))[0] == 429
+
+
+async def test_budget_survives_a_restart_of_an_embedded_edge(
+    snapshots: SnapshotServer, start_edge: StartEdge, http: aiohttp.ClientSession, tmp_path: Any
+) -> None:
+    """A token budget on an edge without Valkey is kept in the usage SQLite file: after a
+    restart it is still spent (429 insufficient_quota), and only after its reset it passes."""
+    limits = LimitsConfig(
+        default_key=LimitConfig(budget_tokens=60, budget_period="day"), completion_cap=50
+    )
+    async with running_fakes(FakeServer("vllm", [MODEL], "vllm-a")) as (fake,):
+        snapshots.publish(snapshot(1, [from_fake(fake)]))
+        state = str(tmp_path / "edge-state")
+        options: dict[str, Any] = {
+            "limits": limits,
+            "state_dir": state,
+            "api_keys": (_secret("sk-test-1"),),
+        }
+        edge = await start_edge(snapshots, **options)
+        await edge.wait_version(1)
+        url = f"{edge.url}/v1/chat/completions"
+        auth = {"Authorization": "Bearer sk-test-1"}
+        passed = 0
+        for _ in range(30):
+            status, _, body = await _post(http, url, CHAT, **auth)
+            if status != 200:
+                assert status == 429
+                assert body["error"]["code"] == "insufficient_quota"
+                break
+            passed += 1
+        assert 1 <= passed < 30
+        await edge.stop()
+        again = await start_edge(snapshots, **{**options, "listen": edge.config.listen})
+        await again.wait_version(1)
+        status, _, body = await _post(http, url, CHAT, **auth)
+        assert status == 429, body
+        assert body["error"]["code"] == "insufficient_quota"
+
+
+def _secret(value: str) -> Any:
+    from corral.config import Secret
+
+    return Secret(value)

@@ -1,0 +1,109 @@
+"""The counter store killed and restarted mid-run: nothing hangs, the policy holds, and
+counting resumes (what edges had counted is restored into the empty store)."""
+
+from __future__ import annotations
+
+import time
+
+from edge.gateway.limits import Limiter, Limits, Refused, SharedCounters, Subject
+from edge.gateway.valkey import Valkey
+from tests.limits.drive import Clock
+from tests.support.net import eventually
+from tests.support.valkey import ValkeyServer
+
+KEY = Subject("key", "ck_fault", Limits(rpm=600))
+
+
+def _limiters(valkey: ValkeyServer, clock: Clock, *, fail_open: bool) -> list[Limiter]:
+    return [
+        Limiter(
+            SharedCounters(Valkey(valkey.url, timeout=0.2, retry_base=0.05, retry_cap=0.2)),
+            edge_id=f"e{i}",
+            clock=clock,
+            fail_open=fail_open,
+        )
+        for i in range(3)
+    ]
+
+
+async def _offer(limiters: list[Limiter], clock: Clock, count: int) -> tuple[int, list[int]]:
+    """`count` requests, 60/30/10 over the edges, 10 ms apart: (admitted, refusal statuses);
+    no single admission may take longer than a second."""
+    admitted, statuses = 0, []
+    for i in range(count):
+        limiter = limiters[0 if i % 10 < 6 else 1 if i % 10 < 9 else 2]
+        started = time.monotonic()
+        try:
+            await limiter.admit([KEY])
+            admitted += 1
+        except Refused as exc:
+            statuses.append(exc.status)
+        assert time.monotonic() - started < 1.0
+        clock.now += 0.01
+        if i % 50 == 49:  # every edge's upkeep runs every 0.5 s
+            for each in limiters:
+                await each.sweep()
+    return admitted, statuses
+
+
+async def _store_count(valkey: ValkeyServer) -> int:
+    keys = [k for k in valkey.command("KEYS", "*ck_fault:rpm*").split(b"\r\n") if b"{" in k]
+    if not keys:
+        return 0
+    return int(valkey.command("GET", keys[0].decode()).split(b"\r\n")[1])
+
+
+async def test_fail_open_counts_local_shares_then_resumes(valkey: ValkeyServer) -> None:
+    """Fail open: while the store is down each edge admits from its share of the limit;
+    after a restart the edges put back what they counted and the window's limit holds."""
+    clock = Clock(now=60.0 * 40_000_000)
+    limiters = _limiters(valkey, clock, fail_open=True)
+    try:
+        before, _ = await _offer(limiters, clock, 200)
+        assert before == 200
+        valkey.kill()
+        during, statuses = await _offer(limiters, clock, 1000)
+        assert set(statuses) <= {429}
+        # Within the window: at most the limit overall (each edge stops at its third).
+        assert before + during <= 600 + 3
+        assert sum(lim.stats.store_errors for lim in limiters) >= 1
+        valkey.start()
+        for limiter in limiters:  # the store comes back by itself for the next call
+            await eventually(limiter.counters.store.ping, within=10)  # type: ignore[attr-defined]
+        after, _ = await _offer(limiters, clock, 300)
+        for limiter in limiters:
+            await limiter.quiesce()
+        total = before + during + after
+        assert total <= 600 + 3, (before, during, after)
+        # The restored count (contributions, fallback grants and new leases) is in the store.
+        assert await _store_count(valkey) >= total
+    finally:
+        for limiter in limiters:
+            await limiter.close()
+
+
+async def test_fail_closed_refuses_with_503_and_recovers(valkey: ValkeyServer) -> None:
+    """Fail closed: once local leases are used up, requests get 503 at once (never a hang);
+    after a restart they pass again."""
+    clock = Clock(now=60.0 * 40_000_000 + 60)
+    limiters = _limiters(valkey, clock, fail_open=False)
+    try:
+        assert (await _offer(limiters, clock, 50))[0] == 50
+        valkey.kill()
+        admitted, statuses = await _offer(limiters, clock, 200)
+        assert statuses and set(statuses) == {503}
+        assert admitted < 200
+        valkey.start()
+
+        async def passes() -> bool:
+            clock.now += 0.01
+            try:
+                await limiters[0].admit([KEY])
+            except Refused:
+                return False
+            return True
+
+        await eventually(passes, within=10)
+    finally:
+        for limiter in limiters:
+            await limiter.close()
