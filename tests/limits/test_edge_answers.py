@@ -15,6 +15,7 @@ from tests.edge.snapshot_server import SnapshotServer, from_fake, snapshot
 from tests.fakes import FakeServer, running_fakes
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+ASK = [{"role": "user", "content": "x"}]
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
 
 
