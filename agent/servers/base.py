@@ -132,6 +132,10 @@ class ServerProbe(abc.ABC):
     async def _probe_anthropic(self) -> bool | None:
         """True/False when the server told us, None when it could not (down, 5xx)."""
         resp = await self.client.post_json("/v1/messages", {}, expected=range(400, 600))
+        return self.speaks_messages(resp)
+
+    def speaks_messages(self, resp: ProbeResponse) -> bool | None:
+        """Read the answer to POST /v1/messages with `{}`: True/False, or None (it did not tell)."""
         if resp.status in (400, 422) or (resp.status is not None and 200 <= resp.status < 300):
             # Servers that answer unknown routes with 200 and an error body (older LM Studio).
             return b"unexpected endpoint" not in resp.body.lower()

@@ -90,6 +90,13 @@ class LlamaCppProbe(ServerProbe):
                 return DEGRADED, f"overloaded: {resp.describe()} (no slot available)"
         return super().classify_failure(resp)
 
+    def speaks_messages(self, resp: ProbeResponse) -> bool | None:
+        # llama-server rejects the empty body with 500 "'messages' is required" (a server
+        # without the route answers 404): the route is there.
+        if resp.status == 500 and b"is required" in resp.body:
+            return True
+        return super().speaks_messages(resp)
+
     async def cycle(self, judge: Judge) -> None:
         load_path = next((p for p in ("/metrics", "/slots") if self.enabled(p)), None)
         health, models, props, load_resp = await asyncio.gather(

@@ -26,6 +26,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
     model = require_model(fake, body)
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
+        if fake.kind == "llamacpp":  # what llama-server answers (checked against the real one)
+            raise RequestRejected(500, "'messages' is required")
         raise RequestRejected(400, "messages: field required")
     if not isinstance(body.get("max_tokens"), int):
         raise RequestRejected(400, "max_tokens: field required")

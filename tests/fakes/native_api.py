@@ -160,8 +160,6 @@ def _generation_settings(model: FakeModel) -> dict[str, Any]:
     return {
         "n_ctx": model.context_length,
         "params": {"n_predict": -1, "temperature": 0.8, "top_k": 40, "top_p": 0.95, "seed": -1},
-        "speculative": False,
-        "is_processing": False,
     }
 
 
@@ -188,18 +186,16 @@ async def llamacpp_slots(request: web.Request) -> web.StreamResponse:
     busy = min(fake.running_requests, fake.total_slots)
     if request.query.get("fail_on_no_slot") in ("1", "true") and busy >= fake.total_slots:
         raise RequestRejected(503, "no slot available")
-    slots = []
-    for slot_id in range(fake.total_slots):
-        slot = _generation_settings(model)
-        slot.update(
-            {
-                "id": slot_id,
-                "id_task": slot_id if slot_id < busy else -1,
-                "is_processing": slot_id < busy,
-                "next_token": {"has_next_token": slot_id < busy, "n_remain": -1, "n_decoded": 0},
-            }
-        )
-        slots.append(slot)
+    # The fields a current llama-server gives per slot (checked against the real one).
+    slots = [
+        {
+            "id": slot_id,
+            "n_ctx": model.context_length,
+            "speculative": False,
+            "is_processing": slot_id < busy,
+        }
+        for slot_id in range(fake.total_slots)
+    ]
     return fake.json(slots)
 
 

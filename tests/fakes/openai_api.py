@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.fakes import llamacpp_api
 from tests.fakes.models import (
     EMBEDDING_DIM,
     FakeModel,
@@ -123,6 +124,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     arguments = orjson.dumps(reply.tool_arguments).decode() if reply.tool_name else ""
     completion_tokens = count_tokens(text or arguments)
     usage = _usage(prompt_tokens, completion_tokens)
+    llamacpp = fake.kind == "llamacpp"
+    cached = llamacpp_api.cached_tokens(fake, messages) if llamacpp else 0
     completion_id = f"chatcmpl-{secrets.token_hex(12)}"
     created = int(time.time())
     model_name = body.get("model") or model.id
@@ -152,6 +155,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         }
         if request.path.startswith("/api/v0/"):
             payload.update(_lmstudio_extras(fake, model, completion_tokens))
+        if llamacpp:
+            llamacpp_api.shape_completion(fake, payload, cached)
         return fake.json(payload)
 
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -168,6 +173,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         }
         if include_usage:
             payload["usage"] = None
+        if llamacpp:
+            llamacpp_api.shape_chunk(fake, payload, usage, cached)
         return sse(payload)
 
     def chunks() -> Iterator[bytes]:
@@ -192,16 +199,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 yield chunk({"content": piece})
         yield chunk({}, finish)
         if include_usage:
-            yield sse(
-                {
-                    "id": completion_id,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model_name,
-                    "choices": [],
-                    "usage": usage,
-                }
-            )
+            last: dict[str, Any] = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model_name,
+                "choices": [],
+                "usage": usage,
+            }
+            if llamacpp:
+                llamacpp_api.shape_chunk(fake, last, usage, cached)
+            yield sse(last)
         yield DONE
 
     return await fake.stream(request, chunks())
@@ -371,14 +379,17 @@ def model_entry(fake: FakeServer, model: FakeModel) -> dict[str, Any]:
             }
         ]
     if fake.kind == "llamacpp":
-        entry["architecture"] = {"input_modalities": ["text"], "output_modalities": ["text"]}
+        entry["aliases"] = [model.id]
+        entry["tags"] = []
         entry["meta"] = {
             "vocab_type": 2,
             "n_vocab": 128256,
+            "n_ctx": model.context_length,
             "n_ctx_train": model.context_length,
             "n_embd": 4096,
             "n_params": 8030261248,
             "size": model.size,
+            "ftype": "Q4_K - Medium",
         }
     return entry
 

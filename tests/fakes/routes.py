@@ -45,7 +45,7 @@ def error_response(
     payload: dict[str, Any]
     if fake.kind == "ollama" and path.startswith("/api/"):
         payload = {"error": message}
-    elif path == "/v1/messages":
+    elif path == "/v1/messages" and fake.kind != "llamacpp":  # llama.cpp: its own shape
         payload = {
             "type": "error",
             "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message},
