@@ -10,6 +10,7 @@ Under the configured prefix (default ``/corral/``)::
     routing/fallbacks/<model>       FallbackChain             persistent
     presence/agents/<name>          AgentInfo                 leased to the agent's session
     presence/edges/<edge>/<stream>  EdgeInfo                  leased to the replica
+    presence/controlplanes/<id>     JSON {replica_id, started_unix_ms, http}  leased to it
     traffic/<res>/<edge>/<start ms> TrafficRecord             leased per time bucket
 
 Everything a snapshot is built from sits under ``routing/``, which every replica watches;
@@ -118,6 +119,13 @@ class KeyLayout:
 
     def agent(self, backend_name: str) -> bytes:
         return self.agents + _component(backend_name)
+
+    @property
+    def controlplanes(self) -> bytes:
+        return self.presence + b"controlplanes/"
+
+    def controlplane(self, replica_id: str) -> bytes:
+        return self.controlplanes + _component(replica_id)
 
     def edge(self, edge_id: str, stream: str) -> bytes:
         return self.edges + _component(edge_id) + b"/" + _component(stream)

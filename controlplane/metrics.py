@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -82,10 +82,14 @@ async def _metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def metrics_app(metrics: Metrics) -> web.Application:
+def metrics_app(
+    metrics: Metrics, extra: Callable[[web.Application], None] | None = None
+) -> web.Application:
     app = web.Application()
     app[METRICS_KEY] = metrics
     app.router.add_get("/metrics", _metrics_handler)
+    if extra is not None:
+        extra(app)
     return app
 
 
@@ -97,10 +101,13 @@ def split_host_port(address: str) -> tuple[str, int]:
 
 
 @contextlib.asynccontextmanager
-async def serve_metrics(metrics: Metrics, address: str) -> AsyncIterator[None]:
-    """Serve /metrics on address until the block exits."""
+async def serve_metrics(
+    metrics: Metrics, address: str, extra: Callable[[web.Application], None] | None = None
+) -> AsyncIterator[None]:
+    """Serve /metrics (and what `extra` adds: the dashboard) on address until the block
+    exits."""
     host, port = split_host_port(address)
-    runner = web.AppRunner(metrics_app(metrics), access_log=None)
+    runner = web.AppRunner(metrics_app(metrics, extra), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

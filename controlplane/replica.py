@@ -52,6 +52,11 @@ class EdgeBook:
         self._pending[key] = info.SerializeToString()
         self._wake.set()
 
+    def announce(self, key: bytes, value: bytes) -> None:
+        """Write another presence record under the same replica lease (the replica's own)."""
+        self._pending[key] = value
+        self._wake.set()
+
     def forget(self, key: bytes) -> None:
         self._pending[key] = None
         self._wake.set()

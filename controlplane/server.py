@@ -15,11 +15,13 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import orjson
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -35,6 +37,7 @@ from controlplane.agents import (
     lease_ttl,
 )
 from controlplane.auth import TokenAuthInterceptor
+from controlplane.dashboard.web import Dashboard
 from controlplane.decoding import DecodeGuardInterceptor
 from controlplane.errors import ControlPlaneError, ShuttingDownError
 from controlplane.gateway import policy_service
@@ -42,7 +45,7 @@ from controlplane.gateway.policy_service import PolicyService
 from controlplane.gateway.policy_view import PolicyView
 from controlplane.gateway.seed import seed_prices
 from controlplane.keys import KeyLayout
-from controlplane.metrics import Metrics, serve_metrics
+from controlplane.metrics import Metrics, serve_metrics, split_host_port
 from controlplane.replica import EdgeBook, Parts, Replica
 from controlplane.routing_service import RoutingService
 from controlplane.state import RoutingView
@@ -236,12 +239,16 @@ async def _set_health(health: HealthServicer, serving: bool) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _maybe_metrics(metrics: Metrics, address: str | None) -> AsyncIterator[None]:
+async def _maybe_metrics(
+    metrics: Metrics, address: str | None, dashboard: Dashboard | None
+) -> AsyncIterator[None]:
     if address is None:
         yield
         return
     try:
-        context = serve_metrics(metrics, address)
+        context = serve_metrics(
+            metrics, address, dashboard.mount if dashboard is not None else None
+        )
         await context.__aenter__()
     except (OSError, ValueError) as exc:
         raise ControlPlaneError(f"cannot serve metrics on {address}: {exc}") from None
@@ -251,13 +258,25 @@ async def _maybe_metrics(metrics: Metrics, address: str | None) -> AsyncIterator
         await context.__aexit__(None, None, None)
 
 
-async def serve(config: ControlPlaneConfig, *, ready: asyncio.Event | None = None) -> None:
-    """Run one control-plane replica until cancelled; set `ready` once it serves."""
+async def serve(
+    config: ControlPlaneConfig,
+    *,
+    ready: asyncio.Event | None = None,
+    dashboard: Dashboard | None = None,
+) -> None:
+    """Run one control-plane replica until cancelled; set `ready` once it serves.
+
+    The dashboard is served on metrics_listen when enabled; a caller that serves it
+    elsewhere (`corral up`, on the edge's address) passes its own to be attached."""
     check_timing(config.lease_ttl_seconds, config.heartbeat_interval_seconds)
     replica_id = config.replica_id or f"{socket.gethostname()}:{os.getpid()}"
     layout = KeyLayout.from_prefix(config.etcd_prefix)
     metrics = Metrics()
     replica = Replica(replica_id, layout, metrics)
+    if dashboard is None and config.dashboard.enabled and config.metrics_listen:
+        dashboard = Dashboard(config.admin_token, split_host_port(config.metrics_listen)[0])
+    if dashboard is not None:
+        dashboard.attach(replica)
     health = HealthServicer()
     await _set_health(health, serving=False)
     server = _build_server(config, replica, health)
@@ -267,7 +286,7 @@ async def serve(config: ControlPlaneConfig, *, ready: asyncio.Event | None = Non
     )
     store: Store | None = None
     try:
-        async with _maybe_metrics(metrics, config.metrics_listen):
+        async with _maybe_metrics(metrics, config.metrics_listen, dashboard):
             store = await _open_store(config)
             await seed_aliases(store, layout, config.aliases)
             await hosted.seed(store, layout, config.providers, config.fallbacks)
@@ -310,6 +329,17 @@ async def serve(config: ControlPlaneConfig, *, ready: asyncio.Event | None = Non
             edges = EdgeBook(store, layout, ttl, metrics)
             traffic = TrafficView(store, layout)
             policy = PolicyView(store, layout)
+            edges.announce(
+                layout.controlplane(replica_id),
+                orjson.dumps(
+                    {
+                        "replica_id": replica_id,
+                        "listen": config.listen,
+                        "http": config.metrics_listen or "",
+                        "started_unix_ms": int(time.time() * 1000),
+                    }
+                ),
+            )
             replica.install(
                 Parts(store, view, hub, edges, TrafficBook(store, layout, metrics), traffic, policy)
             )
@@ -318,6 +348,8 @@ async def serve(config: ControlPlaneConfig, *, ready: asyncio.Event | None = Non
                 tasks.create_task(edges.run(), name="edge presence")
                 tasks.create_task(traffic.run(), name="traffic view")
                 tasks.create_task(policy.run(), name="policy view")
+                if dashboard is not None:
+                    tasks.create_task(dashboard.follow(view), name="dashboard timeline")
                 await synced_once.wait()
                 await policy.listed.wait()
                 if ready is not None:

@@ -17,6 +17,7 @@ import aiohttp
 import agent
 import controlplane
 import edge
+from controlplane.dashboard.web import Dashboard
 from corral.config import AgentConfig, CorralConfig
 from corral.demo import DEMO_MODEL, DemoBackend
 
@@ -84,6 +85,7 @@ def _banner(edge_url: str, cp_address: str, backends: dict[str, str], models: li
         "Corral is up.",
         f"  edge (OpenAI-compatible API): {edge_url}/v1",
         f"  control plane (gRPC):         {cp_address}",
+        f"  dashboard:                    {edge_url}/dashboard/",
     ]
     if backends:
         lines.append("  backends:")
@@ -134,7 +136,12 @@ async def serve(config: CorralConfig) -> None:
 
         async with asyncio.TaskGroup() as tasks:
             cp_ready = asyncio.Event()
-            tasks.create_task(controlplane.serve(cp_config, ready=cp_ready), name="controlplane")
+            # The dashboard is served on the edge's address, by the control plane's code.
+            dashboard = Dashboard(cp_config.admin_token, up.listen.rsplit(":", 1)[0])
+            tasks.create_task(
+                controlplane.serve(cp_config, ready=cp_ready, dashboard=dashboard),
+                name="controlplane",
+            )
             await cp_ready.wait()
             for name, url in backends.items():
                 agent_config: AgentConfig = dataclasses.replace(
@@ -150,7 +157,9 @@ async def serve(config: CorralConfig) -> None:
                 )
                 tasks.create_task(agent.serve(agent_config), name=f"agent {name}")
             edge_ready = asyncio.Event()
-            tasks.create_task(edge.serve(edge_config, ready=edge_ready), name="edge")
+            tasks.create_task(
+                edge.serve(edge_config, ready=edge_ready, extra=dashboard.mount), name="edge"
+            )
             await edge_ready.wait()
             edge_url = f"http://{up.listen}"
             models = await _wait_for_models(edge_url, expected=len(backends))

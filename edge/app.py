@@ -354,7 +354,9 @@ def default_edge_id(config: EdgeConfig) -> str:
     return config.edge_id or f"{socket.gethostname()}:{os.getpid()}"
 
 
-def build_app(config: EdgeConfig) -> web.Application:
+def build_app(
+    config: EdgeConfig, extra: Callable[[web.Application], None] | None = None
+) -> web.Application:
     app = web.Application(client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[EDGE_ID] = default_edge_id(config)
@@ -377,6 +379,8 @@ def build_app(config: EdgeConfig) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", guarded(readyz))
     app.router.add_get("/metrics", guarded(metrics_handler))
+    if extra is not None:
+        extra(app)  # more routes (corral up: the dashboard), before the catch-all
     app.router.add_route("*", "/{tail:.*}", fallback)
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_usage)
@@ -396,10 +400,15 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-async def serve(config: EdgeConfig, *, ready: asyncio.Event | None = None) -> None:
+async def serve(
+    config: EdgeConfig,
+    *,
+    ready: asyncio.Event | None = None,
+    extra: Callable[[web.Application], None] | None = None,
+) -> None:
     """Serve until cancelled; then stop accepting, let requests finish within the grace."""
     host, port = split_listen(config.listen)
-    app = build_app(config)
+    app = build_app(config, extra)
     runner = web.AppRunner(
         app,
         handler_cancellation=True,  # a client that hangs up cancels its upstream request

@@ -20,7 +20,7 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from corral.v1 import traffic_pb2
-from edge.traffic import TrafficRecorder
+from edge.traffic import EdgeState, TrafficRecorder
 
 _LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -214,7 +214,7 @@ class EdgeMetrics:
             count = decisions[route] = _Count()
         count.value += 1
 
-    def cut_traffic(self) -> traffic_pb2.TrafficSlice | None:
+    def cut_traffic(self, edge_state: EdgeState | None = None) -> traffic_pb2.TrafficSlice | None:
         """Close the current traffic slice (see TrafficRecorder.cut)."""
         hot = self._hot
         decisions = {route: count.value for route, count in list(hot.decisions.items())}
@@ -224,7 +224,7 @@ class EdgeMetrics:
             for sample in family.samples
             if sample.name.endswith("_total")
         ]
-        return self.traffic.cut(decisions, retries, dict(hot.inflight))
+        return self.traffic.cut(decisions, retries, dict(hot.inflight), edge_state=edge_state)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

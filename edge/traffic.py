@@ -25,7 +25,13 @@ OTHER = "other"
 # Slices kept while the control plane cannot be reached (1 h at 5 s).
 MAX_PENDING = 720
 
+# Quiet slices not sent between two that are (a heartbeat with the edge's state).
+QUIET_SLICES_SKIPPED = 1
+
 _BOUNDS = hist.BOUNDS
+
+# (snapshot version, snapshot created unix ms, ejected backends)
+EdgeState = tuple[int, int, list[str]]
 
 
 class Cell:
@@ -70,6 +76,7 @@ class TrafficRecorder:
         self._start_ms = int(time.time() * 1000)
         self._last_decisions: dict[str, int] = {}
         self._last_retries: dict[str, float] = {}
+        self._quiet = 0
 
     def cell(self, backend: str, model: str, team: str) -> Cell:
         key = (backend, model, team)
@@ -113,6 +120,7 @@ class TrafficRecorder:
         retries: Iterable[tuple[str, float]],
         inflight: Mapping[str, int],
         now_ms: int | None = None,
+        edge_state: EdgeState | None = None,
     ) -> traffic_pb2.TrafficSlice | None:
         """Close the current slice (given the cumulative counters decisions[route] and
         retries (backend, total) the metrics keep) and queue it; None when nothing happened
@@ -136,8 +144,13 @@ class TrafficRecorder:
                 self._last_retries[backend] = so_far
                 retry_delta[backend] = grown
         live = {b: n for b, n in inflight.items() if n > 0}
-        if not cells and not decision_delta and not retry_delta and not live:
+        # A quiet slice is still sent now and then: it tells the control plane this edge's
+        # snapshot version and ejections.
+        quiet = not cells and not decision_delta and not retry_delta and not live
+        if quiet and self._quiet < QUIET_SLICES_SKIPPED:
+            self._quiet += 1
             return None
+        self._quiet = 0
         out = traffic_pb2.TrafficSlice(start_unix_ms=start_ms, end_unix_ms=end_ms)
         for (backend, model, team), cell in sorted(cells.items()):
             pb = out.cells.add(backend=backend, model=model, team=team, requests=cell.requests)
@@ -158,6 +171,9 @@ class TrafficRecorder:
             out.cells.add(backend=backend, model="-", retries=count)
         out.decisions.update(decision_delta)
         out.inflight.update(live)
+        if edge_state is not None:
+            out.snapshot_version, out.snapshot_created_unix_ms, ejected = edge_state
+            out.ejected.extend(ejected)
         self._seq += 1
         out.seq = self._seq
         self.pending.append(out)

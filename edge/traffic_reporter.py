@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from aiohttp import web
@@ -21,6 +22,7 @@ from grpc import aio
 from corral.config import EdgeConfig
 from corral.v1 import traffic_pb2
 from edge.metrics import EdgeMetrics
+from edge.traffic import EdgeState
 
 log = logging.getLogger("corral.edge.traffic")
 
@@ -38,7 +40,9 @@ class TrafficReporter:
         metrics: EdgeMetrics,
         credentials: grpc.ChannelCredentials | None,
         metadata: tuple[tuple[str, str], ...],
+        edge_state: Callable[[], EdgeState] | None = None,
     ) -> None:
+        self._edge_state = edge_state
         self._addresses = [a for a in config.controlplane if a]
         self._interval = config.observability.traffic_interval_seconds
         self._listen = config.listen
@@ -58,7 +62,8 @@ class TrafficReporter:
         try:
             while True:
                 await asyncio.sleep(self._interval)
-                self._metrics.cut_traffic()
+                state = self._edge_state() if self._edge_state is not None else None
+                self._metrics.cut_traffic(state)
                 await self.flush()
         finally:
             if self._channel is not None:
@@ -124,14 +129,26 @@ class TrafficReporter:
 
 async def traffic_reports(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: report traffic while the edge serves."""
-    from edge.app import CONFIG, EDGE_ID, METRICS
+    from edge.app import BALANCER, CONFIG, EDGE_ID, METRICS
     from edge.subscriber import _credentials
 
     config = app[CONFIG]
     metadata: tuple[tuple[str, str], ...] = ()
     if config.controlplane_token is not None:
         metadata = (("authorization", f"Bearer {config.controlplane_token.reveal()}"),)
-    reporter = TrafficReporter(config, app[EDGE_ID], app[METRICS], _credentials(config), metadata)
+    balancer = app[BALANCER]
+
+    def edge_state() -> EdgeState:
+        table = balancer.table
+        now = time.monotonic()
+        ejected = sorted(n for n, s in balancer.states.items() if s.ejected_until > now)
+        if table is None:
+            return 0, 0, ejected
+        return table.version, table.created_unix_ms, ejected
+
+    reporter = TrafficReporter(
+        config, app[EDGE_ID], app[METRICS], _credentials(config), metadata, edge_state
+    )
     task = asyncio.create_task(reporter.run(), name="edge-traffic-reporter")
     try:
         yield

@@ -62,6 +62,7 @@ class TrafficBook:
                 record.ParseFromString(current.value)
             else:
                 record.edge_id = request.edge_id
+            record.listen_address = request.listen_address
             changed = False
             for piece in pieces:
                 changed |= merge_slice(record, request.incarnation, piece)

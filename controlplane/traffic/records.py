@@ -85,9 +85,13 @@ def merge_slice(
         merge_cell(into, cell)
     for route, count in piece.decisions.items():
         record.decisions[route] += count
-    # In-flight is a level, not a count: the latest slice's value stands.
+    # Levels, not counts: the latest slice's values stand.
     record.ClearField("inflight")
     record.inflight.update(piece.inflight)
+    record.snapshot_version = piece.snapshot_version
+    record.snapshot_created_unix_ms = piece.snapshot_created_unix_ms
+    del record.ejected[:]
+    record.ejected.extend(piece.ejected)
     return True
 
 

@@ -41,6 +41,7 @@ class TrafficView:
     def __init__(self, store: Store, layout: KeyLayout) -> None:
         self._store = store
         self._layout = layout
+        self.layout = layout
         self._prefixes = {
             res.name: layout.traffic + res.name.encode() + b"/" for res in (FINE, COARSE)
         }
@@ -94,6 +95,10 @@ class TrafficView:
             log.warning("ignoring an undecodable traffic record at %r", key)
             return
         self.records[key] = record
+
+    def records_of(self, resolution: Resolution) -> list[traffic_pb2.TrafficRecord]:
+        prefix = self._prefixes[resolution.name]
+        return [r for key, r in self.records.items() if key.startswith(prefix)]
 
     def query(
         self, request: traffic_pb2.GetTrafficRequest, now_ms: int | None = None

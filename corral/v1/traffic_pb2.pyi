@@ -216,10 +216,16 @@ class TrafficSlice(_message.Message):
     CELLS_FIELD_NUMBER: _builtins.int
     DECISIONS_FIELD_NUMBER: _builtins.int
     INFLIGHT_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    EJECTED_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Per edge process, increasing by one per slice: the control plane counts a slice once."""
     start_unix_ms: _builtins.int
     end_unix_ms: _builtins.int
+    snapshot_version: _builtins.int
+    """The edge's routing snapshot in force at the end of the slice."""
+    snapshot_created_unix_ms: _builtins.int
     @_builtins.property
     def cells(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrafficCell]: ...
     @_builtins.property
@@ -230,6 +236,10 @@ class TrafficSlice(_message.Message):
     def inflight(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Requests in flight from this edge to each backend at the end of the slice."""
 
+    @_builtins.property
+    def ejected(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Backends this edge has ejected (passive health) at the end of the slice."""
+
     def __init__(
         self,
         *,
@@ -239,10 +249,13 @@ class TrafficSlice(_message.Message):
         cells: _abc.Iterable[Global___TrafficCell] | None = ...,
         decisions: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         inflight: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        snapshot_version: _builtins.int = ...,
+        snapshot_created_unix_ms: _builtins.int = ...,
+        ejected: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "decisions", b"decisions", "end_unix_ms", b"end_unix_ms", "inflight", b"inflight", "seq", b"seq", "start_unix_ms", b"start_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "decisions", b"decisions", "ejected", b"ejected", "end_unix_ms", b"end_unix_ms", "inflight", b"inflight", "seq", b"seq", "snapshot_created_unix_ms", b"snapshot_created_unix_ms", "snapshot_version", b"snapshot_version", "start_unix_ms", b"start_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -359,6 +372,10 @@ class TrafficRecord(_message.Message):
     DECISIONS_FIELD_NUMBER: _builtins.int
     INFLIGHT_FIELD_NUMBER: _builtins.int
     UPDATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    EJECTED_FIELD_NUMBER: _builtins.int
+    LISTEN_ADDRESS_FIELD_NUMBER: _builtins.int
     edge_id: _builtins.str
     incarnation: _builtins.str
     start_unix_ms: _builtins.int
@@ -366,12 +383,18 @@ class TrafficRecord(_message.Message):
     seq: _builtins.int
     """Highest slice seq merged in (per incarnation), so a resent slice counts once."""
     updated_unix_ms: _builtins.int
+    snapshot_version: _builtins.int
+    """As of the latest slice merged in."""
+    snapshot_created_unix_ms: _builtins.int
+    listen_address: _builtins.str
     @_builtins.property
     def cells(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrafficCell]: ...
     @_builtins.property
     def decisions(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
     def inflight(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def ejected(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -384,10 +407,14 @@ class TrafficRecord(_message.Message):
         decisions: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         inflight: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         updated_unix_ms: _builtins.int = ...,
+        snapshot_version: _builtins.int = ...,
+        snapshot_created_unix_ms: _builtins.int = ...,
+        ejected: _abc.Iterable[_builtins.str] | None = ...,
+        listen_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "decisions", b"decisions", "edge_id", b"edge_id", "end_unix_ms", b"end_unix_ms", "incarnation", b"incarnation", "inflight", b"inflight", "seq", b"seq", "start_unix_ms", b"start_unix_ms", "updated_unix_ms", b"updated_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "decisions", b"decisions", "edge_id", b"edge_id", "ejected", b"ejected", "end_unix_ms", b"end_unix_ms", "incarnation", b"incarnation", "inflight", b"inflight", "listen_address", b"listen_address", "seq", b"seq", "snapshot_created_unix_ms", b"snapshot_created_unix_ms", "snapshot_version", b"snapshot_version", "start_unix_ms", b"start_unix_ms", "updated_unix_ms", b"updated_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

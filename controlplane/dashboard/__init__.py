@@ -1,0 +1,1 @@
+"""The control plane's read-only web dashboard (docs/OBSERVABILITY.md)."""

@@ -1,0 +1,253 @@
+"""The dashboard's one data document: cluster, backends, models, timeline, as plain JSON.
+
+Built from what this replica already holds (the routing view, the watched traffic records,
+its timeline) plus one store read of presence; everything a browser needs in one answer.
+Secrets never appear: snapshots carry credential references only, and nothing here reads
+them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from google.protobuf.message import DecodeError
+
+from controlplane.dashboard.timeline import Timeline
+from controlplane.replica import Parts
+from controlplane.traffic.records import FINE, is_error
+from corral.v1 import admin_pb2, traffic_pb2, types_pb2
+
+# Timeline entries for errors are drawn from this far back.
+ERRORS_WINDOW_MS = 5 * 60 * 1000
+MAX_ERRORS = 50
+# An edge whose last traffic report is older than this shows as not reporting.
+REPORT_FRESH_MS = 30_000
+
+
+def _word(enum: Any, value: int, prefix: str) -> str:
+    try:
+        return str(enum.Name(value)).removeprefix(prefix).lower()
+    except ValueError:
+        return str(value)
+
+
+def _rows(response: traffic_pb2.GetTrafficResponse) -> dict[str, traffic_pb2.TrafficRow]:
+    return {row.key: row for row in response.rows}
+
+
+def _traffic(row: traffic_pb2.TrafficRow | None) -> dict[str, Any]:
+    if row is None:
+        return {"requests": 0, "share": 0.0, "rps": 0.0, "error_rate": 0.0, "p50": 0.0,
+                "p95": 0.0, "p99": 0.0, "ttft_p50": 0.0, "ttft_p95": 0.0, "errors": {},
+                "spark": [], "spark_p95": [], "tokens": 0}  # fmt: skip
+    return {
+        "requests": row.requests,
+        "share": row.share,
+        "rps": row.requests_per_second,
+        "error_rate": row.error_rate,
+        "errors": dict(row.errors),
+        "p50": row.latency_p50_seconds,
+        "p95": row.latency_p95_seconds,
+        "p99": row.latency_p99_seconds,
+        "ttft_p50": row.ttft_p50_seconds,
+        "ttft_p95": row.ttft_p95_seconds,
+        "tokens": row.prompt_tokens + row.completion_tokens,
+        "spark": [p.requests for p in row.series],
+        "spark_p95": [p.p95_latency_seconds for p in row.series],
+    }
+
+
+async def state(parts: Parts, replica_id: str, timeline: Timeline) -> dict[str, Any]:
+    """Everything the page shows, as of now."""
+    now = int(time.time() * 1000)
+    view = parts.view
+    traffic = parts.traffic
+    by_backend = traffic.query(
+        traffic_pb2.GetTrafficRequest(
+            window=traffic_pb2.TRAFFIC_WINDOW_5M,
+            group_by=traffic_pb2.TRAFFIC_GROUP_BACKEND,
+            series=True,
+        )
+    )
+    by_model = traffic.query(
+        traffic_pb2.GetTrafficRequest(
+            window=traffic_pb2.TRAFFIC_WINDOW_5M, group_by=traffic_pb2.TRAFFIC_GROUP_MODEL
+        )
+    )
+    fine = traffic.records_of(FINE)
+    edge_states = _edge_states(fine)
+    ejected_by: dict[str, list[str]] = {}
+    for edge_id, info in edge_states.items():
+        if now - info["reported_unix_ms"] < REPORT_FRESH_MS:
+            for name in info["ejected"]:
+                ejected_by.setdefault(name, []).append(edge_id)
+    backend_rows = _rows(by_backend)
+    backends = []
+    serving: dict[str, list[str]] = {}
+    for backend in view.backends():
+        spec, status = backend.spec, backend.status
+        for model in status.models:
+            serving.setdefault(model.id, []).append(spec.name)
+        flag = view.drain_flag(spec.name) if backend.drained else None
+        load = status.load
+        row = backend_rows.get(spec.name)
+        backends.append(
+            {
+                "name": spec.name,
+                "type": (
+                    spec.labels.get("provider", "") and "hosted:" + spec.labels.get("provider", "")
+                )
+                or _word(types_pb2.BackendType, spec.type, "BACKEND_TYPE_"),
+                "health": _word(types_pb2.HealthState, status.health, "HEALTH_STATE_"),
+                "reason": status.reason,
+                "models": [m.id for m in status.models],
+                "running": load.running,
+                "waiting": load.waiting,
+                "kv_cache": load.kv_cache_usage if load.HasField("kv_cache_usage") else None,
+                "inflight": row.inflight if row is not None else 0,
+                "drained": backend.drained,
+                "drain_reason": flag.reason if flag is not None else "",
+                "ejected_by": sorted(ejected_by.get(spec.name, [])),
+                "priority": spec.priority,
+                "weight": spec.weight or 1.0,
+                **_traffic(row),
+            }
+        )
+    model_rows = _rows(by_model)
+    aliases = {a.name: list(a.targets) for a in view.aliases()}
+    model_ids = sorted(set(serving) | set(aliases))
+    models = []
+    for model_id in model_ids:
+        names = set(serving.get(model_id, []))
+        for target in aliases.get(model_id, []):
+            names |= set(serving.get(target, []))
+        models.append(
+            {
+                "id": model_id,
+                "backends": sorted(names),
+                "alias_targets": aliases.get(model_id, []),
+                **_traffic(model_rows.get(model_id)),
+            }
+        )
+    snapshot = view.current().snapshot
+    return {
+        "now_unix_ms": now,
+        "replica": replica_id,
+        "cluster": {
+            "version": snapshot.version,
+            "snapshot_age_seconds": max(0.0, (now - snapshot.created_unix_ms) / 1000.0)
+            if snapshot.created_unix_ms
+            else None,
+            "replicas": await _replicas(parts),
+            "edges": await _edges(parts, edge_states, now),
+        },
+        "totals": {
+            "requests": by_backend.requests,
+            "rps": by_backend.requests_per_second,
+            "edges_reporting": len(by_backend.edges),
+            "decisions": dict(by_backend.decisions),
+        },
+        "backends": backends,
+        "models": models,
+        "timeline": _timeline(timeline, fine, now),
+    }
+
+
+def _edge_states(records: list[traffic_pb2.TrafficRecord]) -> dict[str, dict[str, Any]]:
+    """Each edge's latest report."""
+    latest: dict[str, traffic_pb2.TrafficRecord] = {}
+    for record in records:
+        held = latest.get(record.edge_id)
+        if held is None or record.updated_unix_ms > held.updated_unix_ms:
+            latest[record.edge_id] = record
+    return {
+        edge_id: {
+            "reported_unix_ms": r.updated_unix_ms,
+            "snapshot_version": r.snapshot_version,
+            "snapshot_created_unix_ms": r.snapshot_created_unix_ms,
+            "ejected": list(r.ejected),
+            "listen_address": r.listen_address,
+        }
+        for edge_id, r in latest.items()
+    }
+
+
+async def _replicas(parts: Parts) -> list[dict[str, Any]]:
+    _, kvs = await parts.store.get_prefix(parts.traffic.layout.controlplanes)
+    out = []
+    for kv in kvs:
+        try:
+            doc = orjson.loads(kv.value)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(doc, dict):
+            out.append(doc)
+    return sorted(out, key=lambda d: str(d.get("replica_id", "")))
+
+
+async def _edges(parts: Parts, states: dict[str, dict[str, Any]], now: int) -> list[dict[str, Any]]:
+    _, kvs = await parts.store.get_prefix(parts.traffic.layout.edges)
+    connected: dict[str, admin_pb2.EdgeInfo] = {}
+    for kv in kvs:
+        parsed = admin_pb2.EdgeInfo()
+        try:
+            parsed.ParseFromString(kv.value)
+        except DecodeError:  # a foreign value under our prefix: skip it
+            continue
+        connected[parsed.edge_id] = parsed
+    out = []
+    for edge_id in sorted(set(connected) | set(states)):
+        info = connected.get(edge_id)
+        st = states.get(edge_id, {})
+        created = st.get("snapshot_created_unix_ms", 0)
+        reported = st.get("reported_unix_ms", 0)
+        out.append(
+            {
+                "edge_id": edge_id,
+                "address": (info.listen_address if info else "") or st.get("listen_address", ""),
+                "replica": info.controlplane_id if info else "",
+                "subscribed": info is not None,
+                "applied_version": info.applied_version if info else 0,
+                "snapshot_version": st.get("snapshot_version", 0)
+                or (info.applied_version if info else 0),
+                "snapshot_age_seconds": (now - created) / 1000.0 if created else None,
+                "reported_seconds_ago": (now - reported) / 1000.0 if reported else None,
+                "ejected": st.get("ejected", []),
+            }
+        )
+    return out
+
+
+def _timeline(
+    timeline: Timeline, records: list[traffic_pb2.TrafficRecord], now: int
+) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = [
+        {"unix_ms": e.unix_ms, "kind": e.kind, "backend": e.backend, "text": e.text}
+        for e in timeline.events
+    ]
+    errors: dict[tuple[int, str, str, int], list[Any]] = {}
+    for record in records:
+        if now - record.end_unix_ms > ERRORS_WINDOW_MS:
+            continue
+        for cell in record.cells:
+            for status, count in cell.statuses.items():
+                if is_error(status):
+                    key = (record.end_unix_ms // 1000, cell.backend, cell.model, status)
+                    entry = errors.setdefault(key, [0, set()])
+                    entry[0] += count
+                    entry[1].add(record.edge_id)
+    newest = sorted(errors.items(), key=lambda kv: kv[0][0], reverse=True)[:MAX_ERRORS]
+    for (second, backend, model, status), (count, edges) in newest:
+        via = ", ".join(sorted(edges))
+        events.append(
+            {
+                "unix_ms": second * 1000,
+                "kind": "error",
+                "backend": backend,
+                "text": f"{count} \u00d7 HTTP {status} for {model} (via {via})",
+            }
+        )
+    events.sort(key=lambda e: e["unix_ms"], reverse=True)
+    return events[: MAX_ERRORS * 2]
