@@ -7,16 +7,18 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import anthropic
 import grpc
 import openai
+import orjson
 import pytest
 
 import controlplane
-from corral.config import ControlPlaneConfig, Secret
+from corral.config import ControlPlaneConfig, Secret, UsageConfig
 from corral.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.controlplane import harness as h
 from tests.edge.conftest import RunningEdge, StartEdge, running_agents
@@ -225,3 +227,46 @@ async def test_static_keys_are_a_default_team(start_edge: StartEdge) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_usage_records_carry_the_key_and_the_admin_price(
+    cluster: Cluster, start_edge: StartEdge, tmp_path: Path
+) -> None:
+    """A request with a virtual key is recorded with the key's id and team, and priced with
+    the price set through AdminService (over the shipped table); a refused one too."""
+    created = await cluster.key(team="billing")
+    price = gateway_pb2.ModelPrice(model=MODEL, input_per_mtok=2.0, output_per_mtok=10.0)
+    await cluster.admin("SetPrice", gateway_pb2.SetPriceRequest(price=price))
+    records = tmp_path / "usage.jsonl"
+    running = await start_edge(
+        None,
+        controlplane=(cluster.address,),
+        usage=UsageConfig(sink="jsonl", path=str(records), flush_interval_seconds=0.05),
+    )
+    await _policy_has(running, await policy_version(cluster.address))
+
+    async def routable() -> bool:
+        return bool((await running.readyz()).get("models") == 2)
+
+    await eventually(routable)
+    answer = await running.client(created.secret).chat.completions.create(
+        model=MODEL, messages=USER
+    )
+    assert answer.usage is not None
+    with pytest.raises(openai.AuthenticationError):
+        await running.client("sk-corral-nope").chat.completions.create(model=MODEL, messages=USER)
+
+    def written() -> list[dict[str, Any]]:
+        if not records.exists():
+            return []
+        rows = [orjson.loads(line) for line in records.read_bytes().splitlines()]
+        return rows if len(rows) >= 2 else []
+
+    rows = await eventually(written)
+    ok = next(r for r in rows if r["status"] == 200)
+    assert ok["key_id"] == created.key.id and ok["team"] == "billing"
+    assert ok["prompt_tokens"] == answer.usage.prompt_tokens
+    expected = (answer.usage.prompt_tokens * 2.0 + answer.usage.completion_tokens * 10.0) / 1e6
+    assert ok["cost_usd"] == pytest.approx(expected)
+    refused = next(r for r in rows if r["status"] == 401)
+    assert refused["key_id"] == "" and refused["cost_usd"] == 0
