@@ -234,7 +234,7 @@ class GatewayAdmin:
         cached = (
             f"{price.cached_input_per_mtok:g}"
             if price.HasField("cached_input_per_mtok")
-            else "=input"
+            else "input"
         )
         detail = (
             f"input={price.input_per_mtok:g} cached_input={cached} "
