@@ -77,7 +77,8 @@ async def test_credentials_resolve_locally_and_never_travel(
                 ["edge", *debug, "--listen", f"127.0.0.1:{edge_port}", "--controlplane", cp,
                  "--state-dir", str(tmp_path / "edge-state"), "--extra-ca-file", ca.ca_file],
                 tmp_path / "edge.log",
-                env={"CORRAL_CREDENTIAL_OPENAI_KEY": OPENAI_KEY, "CORRAL_CREDENTIAL_LOCAL_VLLM": VLLM_KEY},
+                env={"CORRAL_CREDENTIAL_OPENAI_KEY": OPENAI_KEY,
+                     "CORRAL_CREDENTIAL_LOCAL_VLLM": VLLM_KEY},
             )  # fmt: skip
             procs.processes.append(edge.start())
             procs.start(
