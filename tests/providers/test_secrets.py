@@ -7,6 +7,7 @@ etcd, an edge's persisted snapshot or `corral status` (text and JSON)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import subprocess
 from pathlib import Path
@@ -139,7 +140,8 @@ async def test_credentials_resolve_locally_and_never_travel(
                 async with http.get(url) as resp:
                     texts[name] = await resp.text()
             for flags in ((), ("--json",)):
-                status = subprocess.run(
+                status = await asyncio.to_thread(
+                    subprocess.run,
                     [CORRAL, "status", "--controlplane", cp, *flags],
                     capture_output=True, text=True, cwd=ROOT, timeout=30, check=True,
                 )  # fmt: skip
