@@ -37,6 +37,7 @@ from controlplane.agents import (
     lease_ttl,
 )
 from controlplane.auth import TokenAuthInterceptor
+from controlplane.backend_metrics import BackendCollector
 from controlplane.dashboard.web import Dashboard
 from controlplane.decoding import DecodeGuardInterceptor
 from controlplane.errors import ControlPlaneError, ShuttingDownError
@@ -273,6 +274,7 @@ async def serve(
     layout = KeyLayout.from_prefix(config.etcd_prefix)
     metrics = Metrics()
     replica = Replica(replica_id, layout, metrics)
+    metrics.registry.register(BackendCollector(lambda: _backends(replica)))
     if dashboard is None and config.dashboard.enabled and config.metrics_listen:
         dashboard = Dashboard(config.admin_token, split_host_port(config.metrics_listen)[0])
     if dashboard is not None:
@@ -357,6 +359,11 @@ async def serve(
                 await asyncio.Event().wait()  # serve until cancelled
     finally:
         await _shutdown(config, server, health, replica, store)
+
+
+def _backends(replica: Replica) -> list[types_pb2.Backend] | None:
+    parts = replica.installed()
+    return parts.view.backends() if parts is not None else None
 
 
 async def _shutdown(
