@@ -21,6 +21,8 @@ from edge.balancer import Balancer
 from edge.errors import ApiError, EdgeError, SnapshotError, error_body
 from edge.gateway.call import tag_response
 from edge.gateway.limits.gate import limit_headers, limiting
+from edge.gateway.pipeline import add_cache_header
+from edge.gateway.pipeline import running as gateway_running
 from edge.gateway.policy import follow_policy
 from edge.inbound import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
 from edge.metrics import EdgeMetrics
@@ -308,6 +310,14 @@ def apply_snapshot(app: web.Application, snapshot: types_pb2.Snapshot, source: s
     return True
 
 
+async def _gateway(app: web.Application) -> AsyncIterator[None]:
+    """Guardrails and the response cache (edge/gateway/pipeline.py), when configured."""
+    proxy = app[PROXY]
+    async with gateway_running(app[CONFIG], app[METRICS].registry, lambda: proxy.session) as gw:
+        proxy.gateway = gw
+        yield
+
+
 async def _snapshots(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     state_dir = config.state_dir
@@ -386,6 +396,8 @@ def build_app(
     app.cleanup_ctx.append(_usage)
     app.cleanup_ctx.append(limiting)
     app.on_response_prepare.append(limit_headers)
+    app.cleanup_ctx.append(_gateway)
+    app.on_response_prepare.append(add_cache_header)
     app.cleanup_ctx.append(_snapshots)
     app.on_response_prepare.append(tag_response)
     app.cleanup_ctx.append(traffic_reports)

@@ -57,6 +57,10 @@ class Exchange:
             return self.path, self.raw
         return self.path, orjson.dumps({**self.body, "model": rewrite})
 
+    def body_changed(self) -> None:
+        """`body` was rewritten in place (guardrails redacted it): the bytes follow."""
+        self.raw = orjson.dumps(self.body)
+
     def streams(self, status: int, content_type: str) -> bool:
         """Whether the answer is relayed chunk by chunk (else read whole, retryable)."""
         return self.stream and status == 200 and content_type.startswith("text/event-stream")

@@ -108,6 +108,11 @@ class MessagesExchange(Exchange):
         # that model, and the client is told the name it asked for.
         self.rewritten: bytes | None = None
 
+    def body_changed(self) -> None:
+        super().body_changed()
+        if self.openai is not None:
+            self.openai = translate(self.body)
+
     def _estimate(self) -> int:
         if self.input_tokens < 0:
             self.input_tokens = anthropic.count_tokens(self.body)

@@ -35,6 +35,7 @@ from edge.exchange import (
 from edge.gateway import call as calls
 from edge.gateway.call import CALL, Call
 from edge.gateway.identity import Identity, KeyTable
+from edge.gateway.pipeline import Gateway
 from edge.gateway.tokens import Meter, ask_usage, read_whole
 from edge.inbound import CHAT, EMBEDDINGS, Endpoint, parse
 from edge.metrics import EdgeMetrics
@@ -145,6 +146,8 @@ class Proxy:
         self.recorder: Recorder = DISCARD
         # Rate limits and budgets (edge/gateway/limits/gate.py); None: nothing is limited.
         self.limits: Gate | None = None
+        # Guardrails and the response cache (edge/gateway/pipeline.py), when configured.
+        self.gateway: Gateway | None = None
 
     # -- admission -------------------------------------------------------------------------
 
@@ -232,6 +235,14 @@ class Proxy:
             call.stream = exchange.stream
             if self.limits is not None:
                 await self.limits.admit(request, call, exchange.body, len(exchange.raw or b""))
+            if self.gateway is not None:  # guardrails and the response cache
+                entered = await self.gateway.enter(
+                    request, call, exchange, admission.route, endpoint_name
+                )
+                if isinstance(entered, web.StreamResponse):  # a cache hit
+                    model_label, status = call.model, entered.status
+                    return entered
+                exchange = entered
             if call.team in self.recorder.body_teams:
                 call.prompt = exchange.raw or b""
             lookup = admission.route
@@ -282,6 +293,8 @@ class Proxy:
             call.duration = duration
             if self.limits is not None:
                 self.limits.settle(request, call)
+            if self.gateway is not None:
+                self.gateway.leave(request, call)
             self.recorder.record(call)
 
     async def _chain(

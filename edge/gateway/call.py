@@ -80,6 +80,7 @@ class Call:
     ttft: float | None = None  # time to the first byte of the answer sent to the client
     duration: float = 0.0
     cache: str = ""  # CACHE_HIT, CACHE_MISS, CACHE_BYPASS or "" (no cache)
+    saved_tokens: int = 0  # a cache hit: what the stored answer had cost upstream
     guard: dict[str, int] | None = None  # guardrail findings: kind -> count
     limit: str = ""  # the limit outcome ("" none applied, else e.g. "allowed", "rpm")
     prompt: bytes | None = None  # the request body, only when body logging is on

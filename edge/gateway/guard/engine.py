@@ -44,6 +44,14 @@ _LABELS: Final = {
 }
 
 
+class Refused(ApiError):
+    """A request the guard refuses; `findings` (kind -> count) for the usage record."""
+
+    def __init__(self, status: int, message: str, findings: dict[str, int], **kw: Any) -> None:
+        super().__init__(status, message, **kw)
+        self.findings = findings
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     pii: str  # off, log, redact, block
@@ -158,7 +166,7 @@ class Guard:
         if denied is not None:
             _name, message = denied
             self.metrics.refused.labels("deny").inc()
-            raise ApiError(400, message, code="content_denied")
+            raise Refused(400, message, {"deny_rule": 1}, code="content_denied")
         hook_failed = False
         if self.hooks:
             context = {"team": team, "key": key, "model": model, "endpoint": endpoint}
@@ -175,10 +183,11 @@ class Guard:
             listed = ", ".join(
                 f"{_LABELS.get(k, k.replace('_', ' '))} ({n})" for k, n in sorted(counts.items())
             )
-            raise ApiError(
+            raise Refused(
                 400,
                 f"The request contains sensitive data this gateway does not let through: "
                 f"{listed}. Remove it and try again.",
+                dict(counts),
                 code="sensitive_data",
             )
         if action == "redact":
@@ -216,16 +225,17 @@ class Guard:
                     failed = True
                     continue
                 self.metrics.refused.labels("hook").inc()
-                raise ApiError(
+                raise Refused(
                     503,
                     "A content check this gateway requires is unavailable; try again later.",
+                    {"hook_failed": 1},
                     kind="service_unavailable",
                     code="guardrail_unavailable",
                     headers={"Retry-After": "1"},
                 ) from None
             if verdict.block is not None:
                 self.metrics.refused.labels("hook").inc()
-                raise ApiError(400, verdict.block, code="content_denied")
+                raise Refused(400, verdict.block, {"hook_block": 1}, code="content_denied")
             for f in verdict.findings:
                 per_text = found[f.index]
                 if not any(f.start < t.end and t.start < f.end for t in per_text):

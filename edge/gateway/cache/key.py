@@ -1,0 +1,36 @@
+"""The cache key: everything that changes an answer, in a canonical form, scoped to a team.
+
+Two requests share an answer only when they are the same request: same endpoint, same model
+as the client asked for it (and, for an alias, the same target models: re-pointing an alias
+never serves the old model's answers), same body once the fields that cannot change the
+answer are left out, and the same team. The body is canonical JSON (keys sorted), so the order
+in which a client writes its fields does not matter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any, Final
+
+import orjson
+
+# Fields that change how an answer is delivered or who is billed, never what it says.
+# (A streamed and a whole answer share an entry: the cache replays either form.)
+IGNORED: Final = frozenset(("stream", "stream_options", "user", "metadata", "model"))
+VERSION: Final = b"corral-cache-1"
+
+
+def cache_key(
+    team: str, endpoint: str, model: str, targets: Iterable[str], body: dict[str, Any]
+) -> str:
+    """A hex digest naming one answer; equal for equal requests of one team, and only then."""
+    canonical = {k: v for k, v in body.items() if k not in IGNORED}
+    digest = hashlib.sha256(VERSION)
+    for part in (team, endpoint, model, "\x1f".join(sorted(set(targets)))):
+        encoded = part.encode()
+        # Length-prefixed: no two different tuples of parts hash the same bytes.
+        digest.update(len(encoded).to_bytes(4, "big"))
+        digest.update(encoded)
+    digest.update(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS))
+    return digest.hexdigest()

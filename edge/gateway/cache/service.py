@@ -1,0 +1,188 @@
+"""The response cache's policy: which requests it serves, for how long, and one miss at a time.
+
+A request can be served from the cache when its endpoint is cacheable (chat completions,
+completions, embeddings, Anthropic Messages) and a TTL is in force for its team, key and
+model (the policy's key or team setting, else the most specific config rule, else the
+config's default; 0 is off). The client steers it per request with Cache-Control:
+`no-cache` (or `max-age=0`) skips the lookup but stores the fresh answer, `no-store` keeps the
+answer out of the cache, `max-age=N` accepts only entries at most N seconds old.
+
+Identical misses that arrive while the first one is upstream wait for it (coalescing, per
+edge) and are answered from its entry; if it fails, the next one goes upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from corral.config import CacheConfig
+from edge.gateway.cache.store import Entry, MemoryTier, SharedTier
+from edge.gateway.scoped import most_specific
+from edge.gateway.valkey import Valkey
+
+# Endpoint name (Proxy.run's) -> the dialect its answers are stored and replayed in.
+DIALECTS: Final = {
+    "chat": "openai",
+    "completions": "openai",
+    "embeddings": "openai",
+    "messages": "anthropic",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Directives:
+    """What a request's Cache-Control asks of the cache."""
+
+    read: bool = True
+    store: bool = True
+    max_age: float | None = None
+
+
+_DEFAULT: Final = Directives()
+
+
+def directives(header: str | None) -> Directives:
+    if not header:
+        return _DEFAULT
+    read, store, max_age = True, True, None
+    for part in header.lower().split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "no-cache":
+            read = False
+        elif name == "no-store":
+            store = False
+        elif name == "max-age":
+            try:
+                max_age = max(0.0, float(value.strip().strip('"')))
+            except ValueError:
+                continue
+            if max_age == 0:
+                read = False
+    return Directives(read, store, max_age)
+
+
+class CacheMetrics:
+    def __init__(self, registry: CollectorRegistry | None, memory: MemoryTier) -> None:
+        self.lookups = Counter(
+            "corral_edge_cache_lookups",
+            "Cacheable requests by outcome (hit, miss, bypass) and tier of a hit.",
+            ["result", "tier"],
+            registry=registry,
+        )
+        self.stored = Counter(
+            "corral_edge_cache_stores", "Answers stored in the cache.", registry=registry
+        )
+        self.coalesced = Counter(
+            "corral_edge_cache_coalesced",
+            "Requests that waited for an identical request upstream instead of going there.",
+            registry=registry,
+        )
+        self.saved_tokens = Counter(
+            "corral_edge_cache_saved_tokens",
+            "Tokens the answers served from the cache had cost upstream.",
+            registry=registry,
+        )
+        entries = Gauge(
+            "corral_edge_cache_entries", "Answers in the in-process tier.", registry=registry
+        )
+        entries.set_function(lambda: float(len(memory)))
+        size = Gauge(
+            "corral_edge_cache_bytes", "Bytes held by the in-process tier.", registry=registry
+        )
+        size.set_function(lambda: float(memory.bytes))
+        self.hit_memory = self.lookups.labels("hit", "memory")
+        self.hit_shared = self.lookups.labels("hit", "shared")
+        self.miss = self.lookups.labels("miss", "")
+        self.bypass = self.lookups.labels("bypass", "")
+
+
+class Cache:
+    """Both tiers, the TTL rules and the misses in flight."""
+
+    def __init__(
+        self,
+        config: CacheConfig,
+        *,
+        shared: Valkey | None = None,
+        registry: CollectorRegistry | None = None,
+        policy: Callable[[str, str], float | None] | None = None,
+    ) -> None:
+        self.config = config
+        self.memory = MemoryTier(config.max_bytes)
+        self.shared = SharedTier(shared) if shared is not None else None
+        self.max_entry = config.max_entry_bytes
+        self.wait = config.coalesce_wait_seconds
+        self.metrics = CacheMetrics(registry, self.memory)
+        self.inflight: dict[str, asyncio.Future[Entry | None]] = {}
+        # Per team/key TTLs from the policy the control plane sends (None: not set there).
+        self._policy = policy
+
+    @property
+    def active(self) -> bool:
+        """False when no request can ever be cached (no cost per request then)."""
+        return bool(
+            self.config.ttl_seconds > 0
+            or any(r.ttl_seconds > 0 for r in self.config.rules)
+            or self._policy is not None
+        )
+
+    def ttl(self, team: str, key: str, model: str) -> float:
+        if self._policy is not None:
+            found = self._policy(team, key)
+            if found is not None:
+                return found
+        rule = most_specific(self.config.rules, team, key, model)
+        return rule.ttl_seconds if rule is not None else self.config.ttl_seconds
+
+    async def get(self, key: str, max_age: float | None) -> tuple[Entry, str] | None:
+        """The entry and the tier it came from (memory, shared), if fresh enough."""
+        now = time.time()
+        entry = self.memory.get(key)
+        tier = "memory"
+        if entry is None and self.shared is not None:
+            entry = await self.shared.get(key)
+            tier = "shared"
+        if entry is None or (max_age is not None and entry.age(now) > max_age):
+            return None
+        return entry, tier
+
+    def put(self, key: str, entry: Entry, ttl: float, tier: str = "") -> None:
+        """Into the in-process tier, and the shared one unless it came from there."""
+        if len(entry.body) > self.max_entry:
+            return
+        remaining = ttl - entry.age(time.time())
+        if remaining <= 0:
+            return
+        self.memory.put(key, entry, remaining)
+        if self.shared is not None and tier != "shared":
+            self.shared.put(key, entry, remaining)
+            self.metrics.stored.inc()
+        elif tier != "shared":
+            self.metrics.stored.inc()
+
+    def lead(self, key: str) -> asyncio.Future[Entry | None] | None:
+        """None: this request goes upstream for `key` (others will wait for it); else the
+        future of the request already upstream."""
+        waiting = self.inflight.get(key)
+        if waiting is not None:
+            return waiting
+        self.inflight[key] = asyncio.get_running_loop().create_future()
+        return None
+
+    def finish(self, key: str, entry: Entry | None) -> None:
+        """The leader for `key` is done: its waiters get the entry (None: try themselves)."""
+        future = self.inflight.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(entry)
+
+    async def close(self) -> None:
+        for key in list(self.inflight):
+            self.finish(key, None)
+        if self.shared is not None:
+            await self.shared.drain()

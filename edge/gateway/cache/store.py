@@ -1,0 +1,120 @@
+"""Where answers are kept: an in-process LRU bounded in bytes, and an optional shared tier.
+
+An `Entry` is one complete, successful answer exactly as the client received it (in its
+dialect, model named as asked), with when it was stored and the tokens it cost (the usage
+record of a hit reports them as saved). Entries are written to both tiers and read from the
+in-process one first; a shared hit is copied into the in-process tier. The shared tier is a
+Valkey/Redis (edge/gateway/valkey.py): any failure there is a miss or a skipped write, never
+a failed request, and a down server is not asked again until its retry time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Final
+
+from edge.gateway.valkey import StoreError, Valkey
+
+log = logging.getLogger("corral.edge.cache")
+
+_HEADER: Final = struct.Struct(">dII")  # stored unix time, prompt tokens, completion tokens
+_OVERHEAD: Final = 200  # bytes per in-process entry beyond its body (key, object, links)
+PREFIX: Final = "corral:cache:"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    body: bytes
+    stored: float  # Unix time
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def age(self, now: float) -> float:
+        return max(0.0, now - self.stored)
+
+    def pack(self) -> bytes:
+        return _HEADER.pack(self.stored, self.prompt_tokens, self.completion_tokens) + self.body
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Entry | None:
+        if len(data) < _HEADER.size:
+            return None
+        stored, prompt, completion = _HEADER.unpack_from(data)
+        return cls(data[_HEADER.size :], stored, prompt, completion)
+
+
+class MemoryTier:
+    """Least recently used entries dropped once their bytes exceed `max_bytes`."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[str, tuple[Entry, float]] = OrderedDict()  # (entry, expiry)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> Entry | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        entry, expires = found
+        if time.monotonic() >= expires:
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: str, entry: Entry, ttl: float) -> None:
+        size = len(entry.body) + _OVERHEAD
+        if size > self.max_bytes:
+            return
+        if key in self._entries:
+            self._drop(key)
+        self._entries[key] = (entry, time.monotonic() + ttl)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            oldest = next(iter(self._entries))
+            self._drop(oldest)
+
+    def _drop(self, key: str) -> None:
+        entry, _ = self._entries.pop(key)
+        self.bytes -= len(entry.body) + _OVERHEAD
+
+
+class SharedTier:
+    """Entries in Valkey/Redis under `corral:cache:<key>`, expiring by the server's clock."""
+
+    def __init__(self, store: Valkey) -> None:
+        self.store = store
+        self._writes: set[asyncio.Task[None]] = set()
+
+    async def get(self, key: str) -> Entry | None:
+        try:
+            data = await self.store.call(lambda r: r.get(PREFIX + key))
+        except StoreError as exc:
+            log.debug("shared cache read skipped: %s", exc)
+            return None
+        return Entry.unpack(data) if isinstance(data, bytes) else None
+
+    def put(self, key: str, entry: Entry, ttl: float) -> None:
+        """Written in the background: the answer does not wait for the shared tier."""
+        task = asyncio.create_task(self._put(key, entry.pack(), max(1, int(ttl * 1000))))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _put(self, key: str, data: bytes, ttl_ms: int) -> None:
+        try:
+            await self.store.call(lambda r: r.set(PREFIX + key, data, px=ttl_ms))
+        except StoreError as exc:
+            log.debug("shared cache write skipped: %s", exc)
+
+    async def drain(self) -> None:
+        """Waits for writes under way (shutdown, tests)."""
+        while self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
