@@ -97,7 +97,7 @@ class Agent:
             self.kind = await self._detect(client)
         probe = PROBES[self.kind](client, slow_seconds=config.probe_timeout_seconds * SLOW_FRACTION)
         self.probe = probe
-        self.reporter.set_backend(self.spec(probe.backend_type))
+        self.reporter.set_backend(self.spec(probe.backend_type, probe.base_path))
         while True:
             started = time.monotonic()
             observation = await probe.probe()
@@ -154,11 +154,15 @@ class Agent:
             self.tracker.reason,
         )
 
-    def spec(self, backend_type: types_pb2.BackendType.ValueType) -> types_pb2.BackendSpec:
+    def spec(
+        self, backend_type: types_pb2.BackendType.ValueType, base_path: str = ""
+    ) -> types_pb2.BackendSpec:
+        """What the edge is told; `base_path` is where the server's OpenAI API lives
+        (Docker Model Runner's /engines, Lemonade's /api), so edges send /v1/... under it."""
         config = self.config
         return types_pb2.BackendSpec(
             name=config.name,
-            url=config.backend.rstrip("/"),
+            url=config.backend.rstrip("/") + base_path,
             type=backend_type,
             priority=config.priority,
             weight=config.weight,

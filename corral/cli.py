@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from corral import __version__, gateway_cli, providers_cli, usage_cli
-from corral.config import ConfigError, CorralConfig, load
+from corral.config import BACKEND_TYPES, ConfigError, CorralConfig, load
 from corral.runtime import configure_logging, run_until_signal
 
 
@@ -72,7 +72,7 @@ def _agent_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", help="the inference server's base URL")
     p.add_argument(
         "--type",
-        choices=["auto", "ollama", "vllm", "sglang", "llamacpp", "lmstudio", "openai"],
+        choices=BACKEND_TYPES,
     )
     p.add_argument("--name")
     p.add_argument("--priority", type=int)

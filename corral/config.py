@@ -435,11 +435,31 @@ class EdgeConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
+# The server types an agent knows (agent/servers/, one module each); "auto" detects.
+BACKEND_TYPES: tuple[str, ...] = (
+    "auto",
+    "ollama",
+    "vllm",
+    "sglang",
+    "llamacpp",
+    "lmstudio",
+    "openai",
+    "litellm",
+    "lmdeploy",
+    "docker-model-runner",
+    "lemonade",
+    "vllm-mlx",
+    "tgi",
+    "nim",
+    "triton",
+)
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     controlplane: tuple[str, ...] = ("127.0.0.1:7701",)
     backend: str = ""
-    # auto, ollama, vllm, sglang, llamacpp, lmstudio or openai.
+    # One of BACKEND_TYPES.
     type: str = "auto"
     # Empty means derived from the backend URL's host and port.
     name: str = ""
@@ -499,7 +519,7 @@ SECTIONS: dict[str, type[Any]] = {
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("controlplane", "store"): ("etcd", "memory"),
     ("edge", "balancing"): ("sticky", "least-connections", "round-robin"),
-    ("agent", "type"): ("auto", "ollama", "vllm", "sglang", "llamacpp", "lmstudio", "openai"),
+    ("agent", "type"): BACKEND_TYPES,
 }
 
 

@@ -21,6 +21,9 @@ Endpoints, per the servers' own documentation:
   /slots (is_processing per slot).
 - LM Studio: /v1/models (health), /api/v0/models (state loaded / not-loaded, context lengths).
 - Any OpenAI-compatible server: /v1/models.
+- LiteLLM proxy, LMDeploy, Docker Model Runner, Lemonade, vLLM-MLX, Hugging Face TGI, NVIDIA NIM
+  and Triton's OpenAI frontend: see each module's docstring. Docker Model Runner and Lemonade
+  keep their OpenAI API below the root (`base_path`), which the registered URL includes.
 
 Capabilities. COMPLETIONS and EMBEDDINGS come from what each server type documents.
 ANTHROPIC_MESSAGES (recent Ollama, vLLM, llama.cpp and LM Studio serve /v1/messages natively)
@@ -34,27 +37,58 @@ agent starts, after the server comes back, and every few minutes.
 from __future__ import annotations
 
 from agent.servers.base import Observation, ServerProbe, parse_openai_models
+from agent.servers.docker_model_runner import DockerModelRunnerProbe
+from agent.servers.lemonade import LemonadeProbe
+from agent.servers.litellm import LiteLLMProbe
 from agent.servers.llamacpp import LlamaCppProbe, parse_llamacpp_models, parse_llamacpp_slots
+from agent.servers.lmdeploy import LMDeployProbe
 from agent.servers.lmstudio import LmStudioProbe, parse_lmstudio_models
+from agent.servers.nim import NimProbe
 from agent.servers.ollama import OllamaProbe, parse_ollama_models
 from agent.servers.openai import OpenAIProbe
 from agent.servers.sglang import SglangProbe
+from agent.servers.tgi import TgiProbe
+from agent.servers.triton import TritonProbe
 from agent.servers.vllm import VllmProbe
+from agent.servers.vllm_mlx import VllmMlxProbe
 
 PROBES: dict[str, type[ServerProbe]] = {
     cls.kind: cls
-    for cls in (OllamaProbe, VllmProbe, SglangProbe, LlamaCppProbe, LmStudioProbe, OpenAIProbe)
+    for cls in (
+        OllamaProbe,
+        VllmProbe,
+        SglangProbe,
+        LlamaCppProbe,
+        LmStudioProbe,
+        OpenAIProbe,
+        LiteLLMProbe,
+        LMDeployProbe,
+        DockerModelRunnerProbe,
+        LemonadeProbe,
+        VllmMlxProbe,
+        TgiProbe,
+        NimProbe,
+        TritonProbe,
+    )
 }
 
 __all__ = [
     "PROBES",
+    "DockerModelRunnerProbe",
+    "LMDeployProbe",
+    "LemonadeProbe",
+    "LiteLLMProbe",
     "LlamaCppProbe",
     "LmStudioProbe",
+    "NimProbe",
     "Observation",
     "OllamaProbe",
     "OpenAIProbe",
     "ServerProbe",
     "SglangProbe",
+    "TgiProbe",
+    "TritonProbe",
+    "VllmMlxProbe",
     "VllmProbe",
     "parse_llamacpp_models",
     "parse_llamacpp_slots",

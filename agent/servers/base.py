@@ -71,6 +71,8 @@ class ServerProbe(abc.ABC):
     kind: ClassVar[str]
     backend_type: ClassVar[types_pb2.BackendType.ValueType]
     static_capabilities: ClassVar[tuple[Capability, ...]] = ()
+    # Where the server's OpenAI API lives below its root ("" for /v1/... at the root).
+    base_path: ClassVar[str] = ""
 
     def __init__(self, client: BackendClient, *, slow_seconds: float) -> None:
         self.client = client
@@ -131,7 +133,9 @@ class ServerProbe(abc.ABC):
 
     async def _probe_anthropic(self) -> bool | None:
         """True/False when the server told us, None when it could not (down, 5xx)."""
-        resp = await self.client.post_json("/v1/messages", {}, expected=range(400, 600))
+        resp = await self.client.post_json(
+            self.base_path + "/v1/messages", {}, expected=range(400, 600)
+        )
         return self.speaks_messages(resp)
 
     def speaks_messages(self, resp: ProbeResponse) -> bool | None:

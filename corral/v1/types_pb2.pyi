@@ -35,6 +35,20 @@ class _BackendTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BackendTy
     BACKEND_TYPE_LMSTUDIO: _BackendType.ValueType  # 5
     BACKEND_TYPE_OPENAI: _BackendType.ValueType  # 6
     """Any other server that speaks the OpenAI HTTP API."""
+    BACKEND_TYPE_LITELLM: _BackendType.ValueType  # 7
+    """LiteLLM's proxy, as an upstream."""
+    BACKEND_TYPE_LMDEPLOY: _BackendType.ValueType  # 8
+    BACKEND_TYPE_DOCKER_MODEL_RUNNER: _BackendType.ValueType  # 9
+    """Docker Model Runner (its OpenAI API under /engines)."""
+    BACKEND_TYPE_LEMONADE: _BackendType.ValueType  # 10
+    """Lemonade Server (its OpenAI API under /api)."""
+    BACKEND_TYPE_VLLM_MLX: _BackendType.ValueType  # 11
+    BACKEND_TYPE_TGI: _BackendType.ValueType  # 12
+    """Hugging Face Text Generation Inference."""
+    BACKEND_TYPE_NIM: _BackendType.ValueType  # 13
+    """NVIDIA NIM for LLMs."""
+    BACKEND_TYPE_TRITON: _BackendType.ValueType  # 14
+    """Triton Inference Server's OpenAI-compatible frontend."""
 
 class BackendType(_BackendType, metaclass=_BackendTypeEnumTypeWrapper):
     """The kind of inference server behind a backend."""
@@ -47,6 +61,20 @@ BACKEND_TYPE_LLAMACPP: BackendType.ValueType  # 4
 BACKEND_TYPE_LMSTUDIO: BackendType.ValueType  # 5
 BACKEND_TYPE_OPENAI: BackendType.ValueType  # 6
 """Any other server that speaks the OpenAI HTTP API."""
+BACKEND_TYPE_LITELLM: BackendType.ValueType  # 7
+"""LiteLLM's proxy, as an upstream."""
+BACKEND_TYPE_LMDEPLOY: BackendType.ValueType  # 8
+BACKEND_TYPE_DOCKER_MODEL_RUNNER: BackendType.ValueType  # 9
+"""Docker Model Runner (its OpenAI API under /engines)."""
+BACKEND_TYPE_LEMONADE: BackendType.ValueType  # 10
+"""Lemonade Server (its OpenAI API under /api)."""
+BACKEND_TYPE_VLLM_MLX: BackendType.ValueType  # 11
+BACKEND_TYPE_TGI: BackendType.ValueType  # 12
+"""Hugging Face Text Generation Inference."""
+BACKEND_TYPE_NIM: BackendType.ValueType  # 13
+"""NVIDIA NIM for LLMs."""
+BACKEND_TYPE_TRITON: BackendType.ValueType  # 14
+"""Triton Inference Server's OpenAI-compatible frontend."""
 Global___BackendType: _TypeAlias = BackendType  # noqa: Y015
 
 class _HealthState:

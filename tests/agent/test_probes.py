@@ -17,6 +17,13 @@ D = types_pb2.HEALTH_STATE_DEGRADED
 L = types_pb2.HEALTH_STATE_LOADING
 U = types_pb2.HEALTH_STATE_UNHEALTHY
 
+# What each kind's own API tells beyond its model list.
+NO_CONTEXT = ("openai", "lmdeploy", "docker-model-runner", "lemonade", "vllm-mlx", "triton")
+RUNNING_WAITING = ("vllm", "sglang", "llamacpp", "lmdeploy", "tgi", "nim")
+KV_CACHE = ("vllm", "sglang", "lmdeploy", "nim")
+MESSAGES_NATIVE = ("vllm", "ollama", "vllm-mlx")
+VERSIONED = ("ollama", "vllm", "sglang", "llamacpp", "litellm", "lemonade", "tgi", "nim")
+
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_detects_every_kind(kind, fake_server, backend_client: ClientFactory) -> None:
@@ -52,7 +59,7 @@ async def test_probe_reads_models_and_load(
 ) -> None:
     """Each type's probes yield healthy, the served models with context length, and load."""
     models = [FakeModel(id="org/model-a", context_length=16384)]
-    fake = await fake_server(kind, models=models, anthropic_native=kind in ("vllm", "ollama"))
+    fake = await fake_server(kind, models=models, anthropic_native=kind in MESSAGES_NATIVE)
     fake.set_load(running=2, waiting=1, kv_cache_usage=0.4)
     probe = PROBES[kind](backend_client(fake.url), slow_seconds=0.5)
     obs = await probe.probe()
@@ -62,19 +69,21 @@ async def test_probe_reads_models_and_load(
     assert ids == [fake.models[0].id]
     model = obs.models[0]
     assert model.loaded
-    if kind != "openai":
+    if kind not in NO_CONTEXT:
         assert model.context_length == 16384
     if kind == "ollama":
         assert model.vram_bytes > 0 and model.size_bytes > 0
     assert obs.load is not None
-    if kind in ("vllm", "sglang", "llamacpp"):
+    if kind in RUNNING_WAITING:
         assert (obs.load.running, obs.load.waiting) == (2, 1)
-    if kind in ("vllm", "sglang"):
+    if kind == "triton":
+        assert obs.load.waiting == 1  # Triton's metrics count what waits, not what runs
+    if kind in KV_CACHE:
         assert obs.load.kv_cache_usage == pytest.approx(0.4)
     caps = probe.capabilities
-    assert (types_pb2.CAPABILITY_ANTHROPIC_MESSAGES in caps) == (kind in ("vllm", "ollama"))
-    if kind in ("ollama", "vllm", "sglang", "llamacpp"):
-        assert probe.server_version
+    assert (types_pb2.CAPABILITY_ANTHROPIC_MESSAGES in caps) == (kind in MESSAGES_NATIVE)
+    if kind in VERSIONED:
+        assert probe.server_version.startswith(fake.version)
 
 
 async def test_llamacpp_falls_back_to_slots(fake_server, backend_client: ClientFactory) -> None:

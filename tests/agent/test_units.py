@@ -171,7 +171,7 @@ def test_config_is_checked_and_defaults_derived() -> None:
     with pytest.raises(AgentConfigError, match="http"):
         resolve(AgentConfig(backend="ftp://x"))
     with pytest.raises(AgentConfigError, match="unknown backend type"):
-        resolve(AgentConfig(backend="http://x:1", type="triton"))
+        resolve(AgentConfig(backend="http://x:1", type="mystery-server"))
 
 
 def test_status_is_bounded_for_the_control_plane() -> None:

@@ -10,8 +10,38 @@ from typing import Any, Literal
 
 from multidict import CIMultiDict
 
-FakeKind = Literal["ollama", "vllm", "sglang", "llamacpp", "lmstudio", "openai"]
-KINDS: tuple[FakeKind, ...] = ("ollama", "vllm", "sglang", "llamacpp", "lmstudio", "openai")
+FakeKind = Literal[
+    "ollama",
+    "vllm",
+    "sglang",
+    "llamacpp",
+    "lmstudio",
+    "openai",
+    "litellm",
+    "lmdeploy",
+    "docker-model-runner",
+    "lemonade",
+    "vllm-mlx",
+    "tgi",
+    "nim",
+    "triton",
+]
+KINDS: tuple[FakeKind, ...] = (
+    "ollama",
+    "vllm",
+    "sglang",
+    "llamacpp",
+    "lmstudio",
+    "openai",
+    "litellm",
+    "lmdeploy",
+    "docker-model-runner",
+    "lemonade",
+    "vllm-mlx",
+    "tgi",
+    "nim",
+    "triton",
+)
 
 FakeMode = Literal["ok", "error", "hang", "loading", "overloaded"]
 MODES: tuple[FakeMode, ...] = ("ok", "error", "hang", "loading", "overloaded")

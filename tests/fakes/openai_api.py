@@ -34,6 +34,14 @@ _OWNED_BY = {
     "ollama": "library",
     "lmstudio": "organization_owner",
     "openai": "openai",
+    "litellm": "openai",
+    "lmdeploy": "lmdeploy",
+    "docker-model-runner": "docker",
+    "lemonade": "lemonade",
+    "vllm-mlx": "vllm-mlx",
+    "tgi": "tgi",
+    "nim": "system",
+    "triton": "Triton Inference Server",
 }
 
 
@@ -53,6 +61,8 @@ def require_model(fake: FakeServer, body: dict[str, Any]) -> FakeModel:
     name = body.get("model")
     if name is None and fake.kind == "llamacpp" and fake.models:
         return fake.models[0]  # llama.cpp serves its one model whatever the name
+    if fake.kind == "tgi" and fake.models:
+        return fake.models[0]  # TGI ignores the model field ("tgi" in its own examples)
     if not isinstance(name, str) or not name:
         raise RequestRejected(400, "you must provide a model parameter")
     model = fake.model(name)
@@ -62,8 +72,8 @@ def require_model(fake: FakeServer, body: dict[str, Any]) -> FakeModel:
         else:
             message = f"The model `{name}` does not exist."
         raise RequestRejected(404, message, code="model_not_found")
-    if fake.kind in ("ollama", "lmstudio"):
-        model.loaded = True  # both load a model on demand
+    if fake.kind in ("ollama", "lmstudio", "lemonade", "docker-model-runner"):
+        model.loaded = True  # these load a model on demand
     return model
 
 
@@ -359,8 +369,20 @@ def model_entry(fake: FakeServer, model: FakeModel) -> dict[str, Any]:
         "created": int(fake.started_at),
         "owned_by": _OWNED_BY[fake.kind],
     }
-    if fake.kind in ("vllm", "sglang"):
+    if fake.kind in ("vllm", "sglang", "nim"):
         entry.update({"root": model.id, "parent": None, "max_model_len": model.context_length})
+    if fake.kind == "lmdeploy":
+        entry.update({"root": model.id, "parent": None, "permission": []})
+    if fake.kind == "lemonade":
+        entry.update(
+            {
+                "checkpoint": f"unsloth/{model.id}-GGUF",
+                "recipe": "llamacpp",
+                "downloaded": True,
+                "suggested": True,
+                "labels": ["embeddings"] if model.embedding else ["reasoning"],
+            }
+        )
     if fake.kind == "vllm":
         entry["permission"] = [
             {
@@ -437,16 +459,22 @@ async def retrieve_model(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application, fake: FakeServer) -> None:
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_post("/v1/embeddings", embeddings)
-    app.router.add_get("/v1/models", list_models)
+    from tests.fakes.engines_api import OPENAI_PREFIX
+
+    prefixes = [OPENAI_PREFIX.get(fake.kind, "")]
+    if fake.kind == "docker-model-runner":
+        prefixes.append("/engines/llama.cpp")  # the engine named explicitly
+    for prefix in prefixes:
+        app.router.add_post(f"{prefix}/v1/chat/completions", chat_completions)
+        app.router.add_post(f"{prefix}/v1/completions", completions)
+        app.router.add_post(f"{prefix}/v1/embeddings", embeddings)
+        app.router.add_get(f"{prefix}/v1/models", list_models)
+        app.router.add_get(f"{prefix}/v1/models/{{model:.+}}", retrieve_model)
     if fake.kind == "llamacpp":
         # llama.cpp also serves these two without /v1 (its /completions and /embeddings
         # without /v1 are its own non-OpenAI formats, which the fake does not serve).
         app.router.add_post("/chat/completions", chat_completions)
         app.router.add_get("/models", list_models)
-    app.router.add_get("/v1/models/{model:.+}", retrieve_model)
     if fake.kind == "lmstudio":
         app.router.add_post("/api/v0/chat/completions", chat_completions)
         app.router.add_post("/api/v0/completions", completions)

@@ -51,6 +51,14 @@ INFERENCE_PATHS = frozenset(
         "/api/v0/chat/completions",
         "/api/v0/completions",
         "/api/v0/embeddings",
+        # Servers whose OpenAI API lives below the root (Docker Model Runner, Lemonade).
+        *(
+            f"{prefix}/v1/{endpoint}"
+            for prefix in ("/engines", "/engines/llama.cpp", "/api")
+            for endpoint in ("chat/completions", "completions", "embeddings")
+        ),
+        "/generate",
+        "/v1/encode",
     }
 )
 
@@ -121,6 +129,13 @@ class FakeServer:
         self.started_at = time.time()
 
     # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def openai_url(self) -> str:
+        """Where an OpenAI client points: the root, or the kind's own prefix, then /v1."""
+        from tests.fakes.engines_api import OPENAI_PREFIX
+
+        return f"{self.url}{OPENAI_PREFIX.get(self.kind, '')}/v1"
 
     @property
     def url(self) -> str:
@@ -379,4 +394,12 @@ _DEFAULT_VERSIONS: dict[FakeKind, str] = {
     "llamacpp": "b6600",
     "lmstudio": "0.3.27",
     "openai": "1.0.0",
+    "litellm": "1.77.5",
+    "lmdeploy": "0.10.1",
+    "docker-model-runner": "0.1.42",
+    "lemonade": "8.1.12",
+    "vllm-mlx": "0.2.1",
+    "tgi": "3.3.6",
+    "nim": "1.14.0",
+    "triton": "2.61.0",
 }
