@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -23,23 +23,32 @@ from corral.demo import DEMO_MODEL, DemoBackend
 
 log = logging.getLogger("corral.up")
 
-# The ports inference servers listen on by default.
+# The ports inference servers listen on by default (their own documentation's).
 USUAL_PORTS = {
     11434: "Ollama",
     1234: "LM Studio",
-    8000: "vLLM",
-    8080: "llama.cpp",
+    8000: "vLLM / NIM / vLLM-MLX",
+    8080: "llama.cpp / TGI",
     30000: "SGLang",
+    4000: "LiteLLM",
+    23333: "LMDeploy",
+    12434: "Docker Model Runner",
+    13305: "Lemonade",
+    9000: "Triton",
 }
+# Where a server's OpenAI model list answers: the root, or below it (Docker Model Runner's
+# /engines, Lemonade's /api; the agent finds the base again when it detects the type).
+_MODEL_LISTS = ("/v1/models", "/engines/v1/models", "/api/v1/models")
 DEMO_BACKENDS = 2
 
 
 async def _looks_like_inference_server(session: aiohttp.ClientSession, url: str) -> bool:
     """A cheap check that a port holds an inference server, not some other web app."""
-    with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
-        async with session.get(f"{url}/v1/models") as resp:
-            if resp.status == 200 and "data" in await resp.json(content_type=None):
-                return True
+    for path in _MODEL_LISTS:
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, TypeError):
+            async with session.get(f"{url}{path}") as resp:
+                if resp.status == 200 and "data" in await resp.json(content_type=None):
+                    return True
     with contextlib.suppress(aiohttp.ClientError, TimeoutError):
         async with session.get(f"{url}/") as resp:
             if "Ollama is running" in await resp.text():
@@ -47,11 +56,13 @@ async def _looks_like_inference_server(session: aiohttp.ClientSession, url: str)
     return False
 
 
-async def discover(host: str = "127.0.0.1", skip: Sequence[int] = ()) -> list[str]:
+async def discover(
+    host: str = "127.0.0.1", skip: Sequence[int] = (), ports: Iterable[int] = USUAL_PORTS
+) -> list[str]:
     """Base URLs of inference servers answering on this machine's usual ports."""
     timeout = aiohttp.ClientTimeout(total=1.0)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        candidates = [f"http://{host}:{port}" for port in USUAL_PORTS if port not in skip]
+        candidates = [f"http://{host}:{port}" for port in ports if port not in skip]
         found = await asyncio.gather(
             *(_looks_like_inference_server(session, url) for url in candidates)
         )

@@ -24,7 +24,21 @@ from edge.gateway.limits.gate import limit_headers, limiting
 from edge.gateway.pipeline import add_cache_header
 from edge.gateway.pipeline import running as gateway_running
 from edge.gateway.policy import follow_policy
-from edge.inbound import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
+from edge.inbound import (
+    ANY_PATH,
+    CHAT,
+    COMPLETIONS,
+    COUNT_TOKENS_PATH,
+    EMBEDDINGS,
+    HEALTHZ_PATH,
+    MESSAGES_PATH,
+    METRICS_PATH,
+    MODEL_PATH,
+    MODELS_PATH,
+    NATIVE_ROUTE,
+    READYZ_PATH,
+    Endpoint,
+)
 from edge.metrics import EdgeMetrics
 from edge.providers.upstream import tls_context
 from edge.proxy import Proxy
@@ -52,11 +66,7 @@ STATUS = web.AppKey("snapshot_status", SnapshotStatus)
 PROXY = web.AppKey("proxy", Proxy)
 
 _JSON = "application/json"
-# edge.messages (and the Anthropic translation behind it) loads on the first Messages request.
-MESSAGES_PATH = "/v1/messages"
-COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
-# The native pass-through's prefixes (edge.passthrough.KINDS), also loaded on first use.
-NATIVE_ROUTE = "/{prefix:ollama|vllm|llamacpp|lmstudio|sglang}{tail:(?:/.*)?}"
+# edge.messages (the Anthropic translation behind it) and edge.passthrough load on first use.
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -384,14 +394,14 @@ def build_app(
     app.router.add_post(MESSAGES_PATH, guarded(_with_proxy(_handle_messages)))
     app.router.add_post(COUNT_TOKENS_PATH, guarded(_with_proxy(_handle_count_tokens)))
     app.router.add_route("*", NATIVE_ROUTE, guarded(_with_proxy(_handle_native)))
-    app.router.add_get("/v1/models", guarded(list_models))
-    app.router.add_get("/v1/models/{model:.+}", guarded(get_model))
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", guarded(readyz))
-    app.router.add_get("/metrics", guarded(metrics_handler))
+    app.router.add_get(MODELS_PATH, guarded(list_models))
+    app.router.add_get(MODEL_PATH, guarded(get_model))
+    app.router.add_get(HEALTHZ_PATH, healthz)
+    app.router.add_get(READYZ_PATH, guarded(readyz))
+    app.router.add_get(METRICS_PATH, guarded(metrics_handler))
     if extra is not None:
         extra(app)  # more routes (corral up: the dashboard), before the catch-all
-    app.router.add_route("*", "/{tail:.*}", fallback)
+    app.router.add_route("*", ANY_PATH, fallback)
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_usage)
     app.cleanup_ctx.append(limiting)

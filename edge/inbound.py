@@ -1,14 +1,43 @@
-"""Parsing and checking request bodies: once, with orjson, and only what routing needs."""
+"""The edge's endpoint paths, and parsing and checking request bodies: once, with orjson, and
+only what routing needs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
+from corral.v1 import types_pb2
 from edge.errors import ApiError, bad_request
+
+# -- paths (every path the edge serves is named here) ---------------------------------------
+
+MODELS_PATH: Final = "/v1/models"
+MODEL_PATH: Final = "/v1/models/{model:.+}"
+MESSAGES_PATH: Final = "/v1/messages"
+COUNT_TOKENS_PATH: Final = "/v1/messages/count_tokens"
+HEALTHZ_PATH: Final = "/healthz"
+READYZ_PATH: Final = "/readyz"
+METRICS_PATH: Final = "/metrics"
+ANY_PATH: Final = "/{tail:.*}"
+
+# Native pass-through (edge/passthrough.py): /<prefix>/... goes to a backend of that type.
+NATIVE_PREFIXES: Final[Mapping[str, int]] = {
+    "ollama": types_pb2.BACKEND_TYPE_OLLAMA,
+    "vllm": types_pb2.BACKEND_TYPE_VLLM,
+    "llamacpp": types_pb2.BACKEND_TYPE_LLAMACPP,
+    "lmstudio": types_pb2.BACKEND_TYPE_LMSTUDIO,
+    "sglang": types_pb2.BACKEND_TYPE_SGLANG,
+    "lmdeploy": types_pb2.BACKEND_TYPE_LMDEPLOY,
+    "tgi": types_pb2.BACKEND_TYPE_TGI,
+    "docker-model-runner": types_pb2.BACKEND_TYPE_DOCKER_MODEL_RUNNER,
+    "lemonade": types_pb2.BACKEND_TYPE_LEMONADE,
+    "nim": types_pb2.BACKEND_TYPE_NIM,
+}
+NATIVE_ROUTE: Final = "/{prefix:" + "|".join(map(re.escape, NATIVE_PREFIXES)) + "}{tail:(?:/.*)?}"
 
 Check = Callable[[Any], bool]
 

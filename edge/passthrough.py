@@ -1,10 +1,15 @@
-"""Native pass-through: `/ollama/...`, `/vllm/...`, `/llamacpp/...`, `/lmstudio/...`, `/sglang/...`.
+"""Native pass-through: `/<type>/...` for the types in edge.inbound.NATIVE_PREFIXES (ollama,
+vllm, llamacpp, lmstudio, sglang, lmdeploy, tgi, docker-model-runner, lemonade, nim).
 
 The prefix picks the server type; the rest of the path (and the query) goes to a backend of
-that type as it is. A body that names a model is routed by it (aliases rewritten for the
-chosen backend, sticky by the conversation for chats); anything else goes to any routable
-backend of the type. Answers are relayed as they come, streams (SSE, Ollama's NDJSON) chunk by
-chunk, through the same attempt loop as every other request (Proxy.run).
+that type as it is, below the URL its agent registered (Docker Model Runner's /engines,
+Lemonade's /api: `/docker-model-runner/llama.cpp/v1/chat/completions` reaches
+`/engines/llama.cpp/v1/chat/completions`).
+
+A body that names a model is routed by it (aliases rewritten for the chosen backend, sticky by
+the conversation for chats); anything else goes to any routable backend of the type. Answers are
+relayed as they come, streams (SSE, Ollama's NDJSON) chunk by chunk, through the same attempt
+loop as every other request (Proxy.run).
 
 Ollama's model lists (`/api/tags`, `/api/ps`) are merged across every Ollama backend, and its
 model management (pull, push, create, copy, delete, blobs) is refused with a 403 in Ollama's
@@ -16,6 +21,7 @@ which is done on that server, not through the edge.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any, Final
 
 import aiohttp
@@ -27,19 +33,13 @@ from edge import ollama_native as ollama
 from edge.balancer import no_backend
 from edge.errors import ApiError
 from edge.exchange import Admission, Exchange, Failure, stream_error
+from edge.inbound import NATIVE_PREFIXES
 from edge.proxy import Proxy
 from edge.routing import chat_key, session_header_key
 from edge.table import BackendState, ModelRoute, of_kind
 
 OLLAMA: Final = types_pb2.BACKEND_TYPE_OLLAMA
-KINDS: Final = {
-    "ollama": OLLAMA,
-    "vllm": types_pb2.BACKEND_TYPE_VLLM,
-    "llamacpp": types_pb2.BACKEND_TYPE_LLAMACPP,
-    "lmstudio": types_pb2.BACKEND_TYPE_LMSTUDIO,
-    "sglang": types_pb2.BACKEND_TYPE_SGLANG,
-}
-ROUTE_PATTERN: Final = "/{prefix:" + "|".join(KINDS) + "}{tail:(?:/.*)?}"
+DOCKER_MODEL_RUNNER: Final = types_pb2.BACKEND_TYPE_DOCKER_MODEL_RUNNER
 
 # Writes the OpenAI-style servers (and Ollama's OpenAI API) take through the edge: inference only.
 INFERENCE_WRITES: Final = frozenset(
@@ -78,8 +78,15 @@ INFERENCE_WRITES: Final = frozenset(
         "/api/v0/chat/completions",
         "/api/v0/completions",
         "/api/v0/embeddings",
+        # LMDeploy
+        "/v1/encode",
+        "/v1/chat/interactive",
+        # Hugging Face TGI (and /generate, /tokenize above)
+        "/generate_stream",
     }
 )
+# Docker Model Runner names the engine first: /<engine>/v1/... (llama.cpp, vllm, mlx...).
+_ENGINE_PATH: Final = re.compile(r"/[^/]+(/v1/.*)")
 _READS: Final = frozenset(("GET", "HEAD"))
 _STREAM_TYPES: Final = ("text/event-stream", "application/x-ndjson")
 _MERGE_TIMEOUT_SECONDS: Final = 10.0
@@ -129,6 +136,13 @@ class NativeExchange(Exchange):
         return _ollama(502, ollama.error_body("could not reach a backend"), retry)
 
 
+def _api_path(kind: int, path: str) -> str:
+    """The path as the server's API names it (Docker Model Runner's engine dropped)."""
+    if kind == DOCKER_MODEL_RUNNER and (engine := _ENGINE_PATH.fullmatch(path)):
+        return engine.group(1)
+    return path
+
+
 def _ollama(status: int, body: bytes, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
@@ -175,7 +189,7 @@ def _model_route(proxy: Proxy, kind: int, model: str) -> ModelRoute:
 async def handle(proxy: Proxy, request: web.Request) -> web.StreamResponse:
     """Any method on /<type>/...: forward, merge, or refuse."""
     prefix = request.match_info["prefix"]
-    kind = KINDS[prefix]
+    kind = NATIVE_PREFIXES[prefix]
     path = request.match_info["tail"] or "/"
     method = request.method
     try:
@@ -188,7 +202,7 @@ async def handle(proxy: Proxy, request: web.Request) -> web.StreamResponse:
                 return await _merged(proxy, path)
             if served == "unknown" and method not in _READS and path not in INFERENCE_WRITES:
                 return _ollama(404, ollama.error_body(f"unknown path {path}"))
-        elif method not in _READS and path not in INFERENCE_WRITES:
+        elif method not in _READS and _api_path(kind, path) not in INFERENCE_WRITES:
             raise ApiError(
                 403,
                 f"{method} {path} manages one server; call that {prefix} backend directly, "

@@ -244,7 +244,7 @@ def test_bad_aliases_are_named(tmp_path: Path, aliases: str, expect: str) -> Non
         ("edge:\n  controlplane: 5\n", "edge.controlplane: expected a list, got 5"),
         ("up:\n  demo: maybe\n", "up.demo: expected true or false, got 'maybe'"),
         ("agent:\n  labels: 5\n", "agent.labels: expected key=value pairs, got 5"),
-        ("agent:\n  type: tgi\n", "agent.type: expected one of auto, ollama"),
+        ("agent:\n  type: mystery-server\n", "agent.type: expected one of auto, ollama"),
         ("controlplane:\n  store: redis\n", "controlplane.store: expected one of etcd, memory"),
         ("edge: [listen]\n", "section 'edge' must be a mapping"),
         ("- edge\n", "the top level must be a mapping"),

@@ -17,7 +17,7 @@ GENERIC = "openai"
 def test_every_probe_type_has_a_detector_and_a_config_choice() -> None:
     """agent/servers, the detectors and the configuration's choices name the same types."""
     assert {kind for kind, _ in DETECTORS} == set(PROBES)
-    assert BACKEND_TYPES == ("auto", *PROBES)
+    assert ("auto", *PROBES) == BACKEND_TYPES
     assert set(KINDS) == set(PROBES)
 
 

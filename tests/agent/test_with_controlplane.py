@@ -41,9 +41,19 @@ TYPES = {
     "llamacpp": types_pb2.BACKEND_TYPE_LLAMACPP,
     "lmstudio": types_pb2.BACKEND_TYPE_LMSTUDIO,
     "openai": types_pb2.BACKEND_TYPE_OPENAI,
+    "litellm": types_pb2.BACKEND_TYPE_LITELLM,
+    "lmdeploy": types_pb2.BACKEND_TYPE_LMDEPLOY,
+    "docker-model-runner": types_pb2.BACKEND_TYPE_DOCKER_MODEL_RUNNER,
+    "lemonade": types_pb2.BACKEND_TYPE_LEMONADE,
+    "vllm-mlx": types_pb2.BACKEND_TYPE_VLLM_MLX,
+    "tgi": types_pb2.BACKEND_TYPE_TGI,
+    "nim": types_pb2.BACKEND_TYPE_NIM,
+    "triton": types_pb2.BACKEND_TYPE_TRITON,
 }
-# Server types whose load the agent can read (the others expose none).
-WITH_LOAD = ("vllm", "sglang", "llamacpp")
+# Server types whose load the agent can read (the others expose none, or waiting only).
+WITH_LOAD = ("vllm", "sglang", "llamacpp", "lmdeploy", "tgi", "nim")
+KV_CACHE = ("vllm", "sglang", "lmdeploy", "nim")
+NO_CONTEXT = ("openai", "lmdeploy", "docker-model-runner", "lemonade", "vllm-mlx", "triton")
 
 
 @dataclass
@@ -166,15 +176,16 @@ async def test_every_kind_detected_with_models_load_and_down_up(
 
         backend = await eventually(registered, within=15)
         assert backend.spec.type == TYPES[kind], kind
-        assert backend.spec.url == fake.url
+        # Docker Model Runner and Lemonade register where their OpenAI API lives.
+        assert backend.spec.url == fake.openai_url.removesuffix("/v1"), kind
         assert [m.id for m in backend.status.models] == [fake.models[0].id], kind
         model = backend.status.models[0]
         assert model.loaded, kind
-        if kind != "openai":
+        if kind not in NO_CONTEXT:
             assert model.context_length == 4096, kind
         if kind in WITH_LOAD:
             assert backend.status.load.waiting == 2, kind
-        if kind in ("vllm", "sglang"):
+        if kind in KV_CACHE:
             assert backend.status.load.kv_cache_usage == pytest.approx(0.25), kind
         caps = set(backend.status.capabilities)
         assert (types_pb2.CAPABILITY_ANTHROPIC_MESSAGES in caps) == (kind == "vllm"), kind
