@@ -9,6 +9,7 @@ passive, judged by each edge (errors, 429 with Retry-After, timeouts: ejection w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Final
@@ -50,8 +51,9 @@ MAX_TARGETS: Final = 32
 _HOSTED_REASON: Final = "hosted provider: health judged passively by each edge"
 
 
-def backend_of(name: str, raw: bytes) -> types_pb2.Backend | None:
-    """The Backend a stored provider stands for in snapshots (None: undecodable)."""
+def backend_of(name: str, raw: bytes, probed: bytes | None = None) -> types_pb2.Backend | None:
+    """The Backend a stored provider stands for in snapshots (None: undecodable); `probed`:
+    the optional probe's verdict (a BackendStatus with health and reason)."""
     provider = providers_pb2.Provider()
     try:
         provider.ParseFromString(raw)
@@ -61,6 +63,12 @@ def backend_of(name: str, raw: bytes) -> types_pb2.Backend | None:
     capabilities = [types_pb2.CAPABILITY_COMPLETIONS, types_pb2.CAPABILITY_EMBEDDINGS]
     if provider.type == providers_pb2.PROVIDER_TYPE_ANTHROPIC:
         capabilities = [types_pb2.CAPABILITY_ANTHROPIC_MESSAGES]
+    health, reason = types_pb2.HEALTH_STATE_HEALTHY, _HOSTED_REASON
+    if probed is not None:
+        with contextlib.suppress(DecodeError):
+            verdict = types_pb2.BackendStatus.FromString(probed)
+            if verdict.health:
+                health, reason = verdict.health, verdict.reason
     return types_pb2.Backend(
         spec=types_pb2.BackendSpec(
             name=name,
@@ -74,8 +82,8 @@ def backend_of(name: str, raw: bytes) -> types_pb2.Backend | None:
             labels={"provider": TYPE_NAMES.get(provider.type, "unknown")},
         ),
         status=types_pb2.BackendStatus(
-            health=types_pb2.HEALTH_STATE_HEALTHY,
-            reason=_HOSTED_REASON,
+            health=health,
+            reason=reason,
             models=[
                 types_pb2.ModelInfo(id=m.id, loaded=True, context_length=m.context_length)
                 for m in provider.models

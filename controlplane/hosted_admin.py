@@ -71,6 +71,9 @@ class HostedAdmin:
         if not request.name or await parts.store.get(key) is None:
             raise NotFoundError(f"no provider named {request.name!r}")
         await self._write(parts, key, None, "provider")
+        layout = self._service._replica.layout
+        if await parts.store.get(layout.provider_health(request.name)) is not None:
+            await self._write(parts, layout.provider_health(request.name), None, "provider")
         log.info("provider %s removed", request.name)
         return providers_pb2.RemoveProviderResponse()
 

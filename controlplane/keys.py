@@ -8,6 +8,7 @@ Under the configured prefix (default ``/corral/``)::
     routing/aliases/<name>          ModelAlias                persistent
     routing/providers/<name>        Provider (a credential REFERENCE only)   persistent
     routing/fallbacks/<model>       FallbackChain             persistent
+    routing/provider-health/<name>  BackendStatus (health, reason) of the optional probe
     presence/agents/<name>          AgentInfo                 leased to the agent's session
     presence/edges/<edge>/<stream>  EdgeInfo                  leased to the replica
     presence/controlplanes/<id>     JSON {replica_id, started_unix_ms, http}  leased to it
@@ -38,6 +39,7 @@ class RoutingKind(enum.Enum):
     ALIAS = "alias"
     PROVIDER = "provider"
     FALLBACK = "fallback"
+    PROVIDER_HEALTH = "provider-health"
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,13 @@ class KeyLayout:
     @property
     def fallbacks(self) -> bytes:
         return self.routing + b"fallbacks/"
+
+    @property
+    def provider_healths(self) -> bytes:
+        return self.routing + b"provider-health/"
+
+    def provider_health(self, name: str) -> bytes:
+        return self.provider_healths + _component(name)
 
     def provider(self, name: str) -> bytes:
         return self.providers + _component(name)
@@ -148,6 +157,9 @@ class KeyLayout:
             return RoutingKind.ALIAS, unquote(key[len(self.aliases) :].decode())
         if key.startswith(self.providers):
             return RoutingKind.PROVIDER, unquote(key[len(self.providers) :].decode())
+        if key.startswith(self.provider_healths):
+            probed = unquote(key[len(self.provider_healths) :].decode())
+            return RoutingKind.PROVIDER_HEALTH, probed
         if key.startswith(self.fallbacks):
             return RoutingKind.FALLBACK, unquote(key[len(self.fallbacks) :].decode())
         return None

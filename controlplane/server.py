@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from controlplane import admin_service, agent_service, hosted, routing_service
+from controlplane import admin_service, agent_service, hosted, hosted_probe, routing_service
 from controlplane.admin_service import AdminService
 from controlplane.agent_service import AgentService
 from controlplane.agents import (
@@ -350,6 +350,10 @@ async def serve(
                 tasks.create_task(edges.run(), name="edge presence")
                 tasks.create_task(traffic.run(), name="traffic view")
                 tasks.create_task(policy.run(), name="policy view")
+                tasks.create_task(
+                    hosted_probe.run(config.provider_probe, view, store, layout),
+                    name="provider probe",
+                )
                 if dashboard is not None:
                     tasks.create_task(dashboard.follow(view), name="dashboard timeline")
                 await synced_once.wait()

@@ -382,7 +382,11 @@ class RoutingView:
         raw_spec = self._records[RoutingKind.SPEC].get(name)
         backend: types_pb2.Backend | None = None
         if raw_spec is None and name in self._records[RoutingKind.PROVIDER]:
-            backend = hosted.backend_of(name, self._records[RoutingKind.PROVIDER][name])
+            backend = hosted.backend_of(
+                name,
+                self._records[RoutingKind.PROVIDER][name],
+                self._records[RoutingKind.PROVIDER_HEALTH].get(name),
+            )
             self._backend_cache[name] = backend
             return backend
         if raw_spec is not None:

@@ -85,6 +85,19 @@ class FallbackConfig:
 
 
 @dataclass(frozen=True)
+class ProviderProbeConfig:
+    """The control plane's optional light probe of hosted providers (docs/PROVIDERS.md)."""
+
+    # 0 turns it off (health is then passive, on each edge, only). Turn it on only where the
+    # control plane reaches the providers as the edges do: an unreachable provider is
+    # marked unhealthy for every edge.
+    interval_seconds: float = 0.0
+    timeout_seconds: float = 5.0
+    # An extra CA bundle trusted for the probe (certificates are always verified).
+    extra_ca_file: str | None = None
+
+
+@dataclass(frozen=True)
 class HostedConfig:
     """The edge's fallback-chain defaults (issue 14)."""
 
@@ -229,6 +242,7 @@ class ControlPlaneConfig:
     aliases: tuple[ModelAliasConfig, ...] = ()
     providers: tuple[ProviderConfig, ...] = ()
     fallbacks: tuple[FallbackConfig, ...] = ()
+    provider_probe: ProviderProbeConfig = field(default_factory=ProviderProbeConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
 

@@ -251,7 +251,8 @@ def render_text(status: ClusterStatus, *, now: float | None = None) -> str:
     reasons = [
         (b.spec.name, b.status.reason)
         for b in status.backends
-        if b.status.health != types_pb2.HEALTH_STATE_HEALTHY and b.status.reason
+        if (b.status.health != types_pb2.HEALTH_STATE_HEALTHY or b.spec.provider)
+        and b.status.reason
     ]
     if reasons:
         out.append("")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from corral import cli
-from corral.config import FallbackConfig, ProviderConfig
+from corral.config import FallbackConfig, ProviderConfig, ProviderProbeConfig
 from corral.v1 import providers_pb2, types_pb2
 from tests.controlplane import harness as h
+from tests.fakes.hosted import HostedFake
+from tests.fakes.tls import make_ca
 
 
 @pytest.fixture
@@ -116,3 +119,34 @@ async def test_bad_declarations_are_refused_clearly(cp: str) -> None:
     assert code == 1 and "unknown condition 'sometimes'" in err
     code, _, err = await corral("providers", "remove", "nope", "--controlplane", cp)
     assert code == 1 and "NOT_FOUND" in err
+
+
+async def test_the_optional_probe_shows_provider_health(tmp_path: Path) -> None:
+    """With the probe on, a reachable provider is healthy, a stopped one unhealthy, in
+    snapshots and `corral status`; with it off health stays passive."""
+    ca = make_ca(tmp_path / "ca")
+    fake = await HostedFake("openai", key="sk-k", models=["gpt-4.1"], ca=ca).start()
+    probe = ProviderProbeConfig(interval_seconds=0.1, timeout_seconds=2, extra_ca_file=ca.ca_file)
+    declared = ProviderConfig(
+        name="openai", type="openai", credential="k", base_url=fake.base_url, models=("gpt-4.1",)
+    )
+    cfg = h.config(providers=(declared,), provider_probe=probe)
+    try:
+        async with h.running(cfg) as address:
+            watcher = h.SnapshotWatcher(address)
+
+            def health(s: types_pb2.Snapshot) -> tuple[int, str]:
+                (backend,) = s.backends
+                return backend.status.health, backend.status.reason
+
+            snap = await watcher.until(lambda s: "reachable (HTTP 401)" in health(s)[1])
+            assert health(snap)[0] == types_pb2.HEALTH_STATE_HEALTHY
+            assert fake.requests[-1].path == "/v1/models"
+            assert "Authorization" not in fake.requests[-1].headers
+            await fake.stop()
+            snap = await watcher.until(lambda s: health(s)[0] == types_pb2.HEALTH_STATE_UNHEALTHY)
+            _, out, _ = await corral("status", "--controlplane", address)
+            assert "unhealthy" in out and f"openai: probe {fake.base_url}/models" in out
+            await watcher.close()
+    finally:
+        await fake.stop()
