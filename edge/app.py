@@ -44,6 +44,7 @@ from edge.providers.upstream import tls_context
 from edge.proxy import Proxy
 from edge.state import load_snapshot, save_snapshot
 from edge.subscriber import SnapshotSubscriber
+from edge.tracing import tracing
 from edge.traffic_reporter import traffic_reports
 
 log = logging.getLogger("corral.edge")
@@ -411,6 +412,7 @@ def build_app(
     app.cleanup_ctx.append(_snapshots)
     app.on_response_prepare.append(tag_response)
     app.cleanup_ctx.append(traffic_reports)
+    app.cleanup_ctx.append(tracing)
     app.cleanup_ctx.append(follow_policy)
     return app
 

@@ -61,6 +61,7 @@ from edge.table import BackendState, ModelRoute
 
 if TYPE_CHECKING:
     from edge.gateway.limits.gate import Gate
+    from edge.tracing import Tracer
 
 # Re-exported: the routes and tests that import them from here.
 __all__ = [
@@ -148,6 +149,8 @@ class Proxy:
         self.limits: Gate | None = None
         # Guardrails and the response cache (edge/gateway/pipeline.py), when configured.
         self.gateway: Gateway | None = None
+        # OpenTelemetry spans (edge/tracing.py); None unless an OTLP endpoint is configured.
+        self.tracer: Tracer | None = None
 
     # -- admission -------------------------------------------------------------------------
 
@@ -223,6 +226,9 @@ class Proxy:
         """The attempt loop every endpoint shares: admit (auth, body, route), then pick a
         backend, try it, and on a retryable failure pick another, up to max_attempts."""
         call = calls.begin(request, endpoint_name)
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.begin(request)
         started = call.started
         metrics = self.metrics
         model_label = "-"  # a model name only once it routes: unknown names are unbounded
@@ -296,6 +302,8 @@ class Proxy:
             if self.gateway is not None:
                 self.gateway.leave(request, call)
             self.recorder.record(call)
+            if tracer is not None:
+                tracer.finish(request, call, call.status)
 
     async def _chain(
         self,
@@ -400,6 +408,9 @@ class Proxy:
             call.served = rewrite or call.model
             balancer.acquire(backend)
             metrics.attempt_started(backend.name)
+            tracer = self.tracer
+            if tracer is not None:
+                tracer.attempt(request, backend.name, str(backend.url(path)), label)
             try:
                 result = await self._attempt(
                     Attempt(request, attempted, backend, label, path, payload, call, model_label)
@@ -407,6 +418,8 @@ class Proxy:
             finally:
                 balancer.release(backend)
                 metrics.attempt_ended(backend.name)
+            if tracer is not None:
+                tracer.attempt_done(request, result)
             if isinstance(result, Failure):
                 failure = result
                 continue
