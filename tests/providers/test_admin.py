@@ -150,3 +150,29 @@ async def test_the_optional_probe_shows_provider_health(tmp_path: Path) -> None:
             await watcher.close()
     finally:
         await fake.stop()
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "gemini"])
+async def test_models_are_discovered_with_the_credential(
+    kind: str, cp: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`providers add` without --models lists them with the key resolved in the CLI's env."""
+    ca = make_ca(tmp_path / "ca")
+    models = ["model-a", "model-b"]
+    async with HostedFake(kind, key="k-123", models=models, ca=ca) as fake:  # type: ignore[arg-type]
+        monkeypatch.setenv("CORRAL_CREDENTIAL_DISCOVERY", "k-123")
+        code, out, err = await corral(
+            "providers", "add", "found", "--type", kind, "--base-url", fake.base_url,
+            "--credential", "discovery", "--extra-ca-file", ca.ca_file, "--controlplane", cp,
+        )  # fmt: skip
+        assert code == 0, err
+        assert '"id": "model-a"' in out and '"id": "model-b"' in out
+        assert "k-123" not in out
+        seen = fake.requests[-1].headers
+        assert seen.get("x-api-key", seen.get("Authorization", "")).endswith("k-123")
+        monkeypatch.setenv("CORRAL_CREDENTIAL_DISCOVERY", "wrong")
+        code, _, err = await corral(
+            "providers", "add", "found", "--type", kind, "--base-url", fake.base_url,
+            "--credential", "discovery", "--extra-ca-file", ca.ca_file, "--controlplane", cp,
+        )  # fmt: skip
+        assert code == 1 and "listing models" in err and "wrong" not in err
