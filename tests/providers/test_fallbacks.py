@@ -10,9 +10,11 @@ from pathlib import Path
 import openai
 import pytest
 
+from corral.config import PriceConfig, UsageConfig
 from corral.v1 import providers_pb2, types_pb2
 from tests.edge.conftest import RunningEdge, StartEdge
 from tests.edge.snapshot_server import SnapshotServer, from_fake, snapshot
+from tests.edge.test_usage_sdk import rows
 from tests.fakes import FakeServer, running_fakes
 from tests.fakes.hosted import HostedFake
 from tests.fakes.tls import CertAuthority, make_ca
@@ -189,3 +191,53 @@ async def test_too_small_context_is_skipped(
             local.requests_to("/v1/chat/completions")[-1].body_json["messages"][0]["content"]
             == "short"
         )
+
+
+async def test_usage_records_name_the_provider_and_use_its_prices(
+    gpt: HostedFake,
+    claude: HostedFake,
+    ca: CertAuthority,
+    snapshots: SnapshotServer,
+    start_edge: StartEdge,
+) -> None:
+    """A fallback's usage row: the asked model, the provider's model, backend and price; the
+    Anthropic translation keeps Anthropic's own token counts."""
+    prices = (
+        PriceConfig(model="gpt-4.1-mini", input=0.4, output=1.6),
+        PriceConfig(model="claude-sonnet-4-5", input=3.0, output=15.0),
+    )
+    snapshots.publish(
+        with_chains(
+            1,
+            [provider_backend(gpt), provider_backend(claude)],
+            chain(LOCAL, f"{gpt.name}/gpt-4.1-mini"),
+        )
+    )
+    running = await start_edge(
+        snapshots,
+        usage=UsageConfig(flush_interval_seconds=0.05, prices=prices),
+        **edge_settings(ca.ca_file, "openai", "anthropic"),
+    )
+    await running.wait_version(1)
+    client = running.client()
+    hi = [{"role": "user", "content": "count these tokens"}]
+    fallen = await client.chat.completions.create(model=LOCAL, messages=hi)  # type: ignore[arg-type]
+    direct = await client.chat.completions.create(model="claude-sonnet-4-5", messages=hi)  # type: ignore[arg-type]
+    first, second = await rows(running, 2)
+    assert (first["model"], first["served_model"], first["backend"], first["route"]) == (
+        LOCAL, "gpt-4.1-mini", gpt.name, "fallback",
+    )  # fmt: skip
+    assert fallen.usage is not None and direct.usage is not None
+    assert (first["prompt_tokens"], first["completion_tokens"]) == (
+        fallen.usage.prompt_tokens, fallen.usage.completion_tokens,
+    )  # fmt: skip
+    assert first["cost_usd"] == pytest.approx(
+        (fallen.usage.prompt_tokens * 0.4 + fallen.usage.completion_tokens * 1.6) / 1e6
+    )
+    assert (second["backend"], second["estimated"]) == (claude.name, 0)
+    assert (second["prompt_tokens"], second["completion_tokens"]) == (
+        direct.usage.prompt_tokens, direct.usage.completion_tokens,
+    )  # fmt: skip
+    assert second["cost_usd"] == pytest.approx(
+        (direct.usage.prompt_tokens * 3.0 + direct.usage.completion_tokens * 15.0) / 1e6
+    )
