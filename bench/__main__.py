@@ -10,6 +10,7 @@ BENCHMARKS = {
     "streaming": "bench.streaming",
     "controlplane": "bench.controlplane",
     "routing": "bench.routing",
+    "keys": "bench.keys",
 }
 
 
