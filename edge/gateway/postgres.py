@@ -17,7 +17,7 @@ from edge.gateway.sinks import SinkError
 if TYPE_CHECKING:
     import asyncpg
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 _LOCK: Final = 0x636F7272616C  # pg_advisory_xact_lock key: "corral"
 
 # Each migration brings the schema from version N-1 to N.
@@ -30,6 +30,7 @@ _MIGRATIONS: Final = (
             *(f"CREATE INDEX IF NOT EXISTS {i} ON {TABLE} ({cols});" for i, cols in INDEXES),
         ]
     ),
+    f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS saved_tokens integer NOT NULL DEFAULT 0;",
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -39,6 +40,7 @@ _ARRAY_TYPES: Final = {
     "text": "text[]",
     "timestamptz NOT NULL": "float8[]",
     "integer NOT NULL": "int4[]",
+    "integer NOT NULL DEFAULT 0": "int4[]",
     "boolean NOT NULL": "bool[]",
     "double precision NOT NULL": "float8[]",
     "double precision": "float8[]",

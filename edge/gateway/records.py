@@ -36,6 +36,8 @@ COLUMNS: Final = (
     ("limit_outcome", "TEXT NOT NULL", "text NOT NULL"),
     ("prompt", "TEXT", "text"),  # only with body logging on for the team
     ("completion", "TEXT", "text"),
+    # A cache hit's tokens: what the stored answer cost upstream (schema 2).
+    ("saved_tokens", "INTEGER NOT NULL DEFAULT 0", "integer NOT NULL DEFAULT 0"),
 )
 NAMES: Final = tuple(c[0] for c in COLUMNS)
 # Indexes the reports use (time ranges, per team / key / model / backend).
@@ -85,6 +87,7 @@ def row(call: Call, edge: str, cost: float) -> Row:
         call.limit,
         _text(call.prompt),
         _text(call.completion),
+        call.saved_tokens,
     )
 
 

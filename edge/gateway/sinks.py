@@ -51,7 +51,7 @@ class _Threaded:
 
 # -- SQLite ---------------------------------------------------------------------------------
 
-SQLITE_SCHEMA_VERSION = 1
+SQLITE_SCHEMA_VERSION = 2
 
 
 def sqlite_connect(path: str, *, create: bool) -> sqlite3.Connection:
@@ -80,6 +80,14 @@ def _sqlite_migrate(db: sqlite3.Connection) -> None:
             for index, cols in INDEXES:
                 db.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {TABLE} ({cols})")
             db.execute("INSERT INTO corral_schema (version) VALUES (1)")
+            found = 1
+        if found < 2:  # saved_tokens (cache hits); present already in a table created now
+            have = {row[1] for row in db.execute(f"PRAGMA table_info({TABLE})")}
+            if "saved_tokens" not in have:
+                db.execute(
+                    f"ALTER TABLE {TABLE} ADD COLUMN saved_tokens INTEGER NOT NULL DEFAULT 0"
+                )
+            db.execute("INSERT INTO corral_schema (version) VALUES (2)")
         elif found > SQLITE_SCHEMA_VERSION:
             raise SinkError(
                 f"the usage database has schema {found}, newer than this Corral's "

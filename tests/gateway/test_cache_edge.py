@@ -4,7 +4,10 @@ streamed hits read by the official SDKs, coalescing, and the shared Valkey tier.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,6 +16,7 @@ import orjson
 import pytest
 
 from corral.config import CacheConfig, CacheRuleConfig
+from edge.gateway.records import TABLE
 from tests.edge.conftest import RunningEdge, StartEdge
 from tests.edge.snapshot_server import SnapshotServer, from_fake, snapshot
 from tests.fakes import FakeServer, running_fakes
@@ -255,3 +259,29 @@ async def test_cache_header_rides_on_streamed_misses(
         assert r.headers["X-Corral-Cache"] == "miss"
         assert r.headers["Content-Type"].startswith("text/event-stream")
         await r.read()
+
+
+async def test_usage_rows_mark_hits(
+    snapshots: SnapshotServer, start_edge: StartEdge, fake: FakeServer
+) -> None:
+    """A hit's usage row: cache=hit, no backend, 0 tokens and cost, the tokens it saved."""
+    edge = await cached_edge(start_edge, snapshots, fake)
+    await post(edge, CHAT)
+    await post(edge, CHAT)
+    db = Path(str(edge.config.state_dir)) / "usage.db"
+
+    def rows() -> list[sqlite3.Row]:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            conn.row_factory = sqlite3.Row
+            return conn.execute(f"SELECT * FROM {TABLE} ORDER BY ts").fetchall()
+
+    async def written() -> list[sqlite3.Row] | None:
+        found = rows() if db.exists() else []
+        return found if len(found) == 2 else None
+
+    miss, hit = await eventually(written)
+    assert (miss["cache"], hit["cache"]) == ("miss", "hit")
+    assert miss["prompt_tokens"] > 0 and miss["backend"] == "vllm-a"
+    assert hit["prompt_tokens"] == hit["completion_tokens"] == 0 and hit["cost_usd"] == 0
+    assert hit["backend"] == "" and hit["route"] == "cache" and hit["status"] == 200
+    assert hit["saved_tokens"] == miss["prompt_tokens"] + miss["completion_tokens"]
