@@ -43,9 +43,8 @@ from edge.providers.fallbacks import (
     FALLBACK,
     Fallbacks,
     Stage,
-    moves_on,
     resting,
-    too_small,
+    run_chain,
 )
 from edge.providers.hosted import Pools, adapt, honour_retry_after
 from edge.relay import (
@@ -266,7 +265,13 @@ class Proxy:
                 given_up = route.name or endpoint_name
             else:
                 model_label = given_up = call.model  # a configured chain: a bounded label
-                outcome = await self._chain(request, exchange, stages, key, call)
+                outcome = await run_chain(
+                    stages,
+                    exchange,
+                    lambda stage, route: self._stage(
+                        request, exchange, stage.lookup, route, key, call, stage
+                    ),
+                )
                 if not isinstance(outcome, Failure) and outcome is not None:
                     status = outcome.status
                     return outcome
@@ -304,50 +309,6 @@ class Proxy:
             self.recorder.record(call)
             if tracer is not None:
                 tracer.finish(request, call, call.status)
-
-    async def _chain(
-        self,
-        request: web.Request,
-        exchange: Exchange,
-        stages: list[Stage],
-        key: bytes | None,
-        call: Call,
-    ) -> web.StreamResponse | Failure | None:
-        """A model with a fallback chain: each stage in turn while the last one could not
-        serve for a reason the chain moves on for (edge/providers/fallbacks.py)."""
-        failure: Failure | None = None
-        refused: ApiError | None = None  # why the first stage had no route
-        skipped = 0
-        for stage in stages:
-            try:
-                route = stage.lookup()
-            except ApiError as exc:
-                refused = refused or exc
-                if "unhealthy" in stage.on:
-                    continue
-                break
-            if too_small(route, exchange):
-                skipped += 1
-                continue
-            outcome = await self._stage(request, exchange, stage.lookup, route, key, call, stage)
-            if outcome is None:
-                if "unhealthy" in stage.on:
-                    continue
-                break
-            if not isinstance(outcome, Failure):
-                return outcome
-            failure = outcome
-            if not moves_on(stage, failure):
-                break
-        if failure is None and skipped:
-            raise ApiError(
-                400,
-                "The request is longer than the context window of every model it may go to.",
-                code="context_length_exceeded",
-            )
-        if failure is None and refused is not None and refused.status == 404:
-            raise refused
-        return failure
 
     async def _stage(
         self,

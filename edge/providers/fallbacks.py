@@ -13,15 +13,19 @@ max_attempts (retries inside a stage, as without chains).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final, Union
 
 from corral.config import EdgeConfig
 from corral.v1 import providers_pb2, types_pb2
 from edge.balancer import Balancer, no_backend
+from edge.errors import ApiError
 from edge.exchange import Exchange, Failure
 from edge.table import ModelRoute
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 FALLBACK: Final = "fallback"
 DEFAULT_ON: Final = frozenset(
@@ -86,6 +90,52 @@ class Fallbacks:
         if state is None or routable is None or provider not in routable.names:
             raise no_backend(f"{provider}/{model}")
         return ModelRoute(model, ((state,),), (), {provider: model}, frozenset((provider,)))
+
+
+Outcome = Union["web.StreamResponse", Failure, None]
+
+
+async def run_chain(
+    stages: list[Stage],
+    exchange: Exchange,
+    attempt: Callable[[Stage, ModelRoute], Awaitable[Outcome]],
+) -> Outcome:
+    """Each stage in turn (`attempt` runs the attempt loop on its route) while the last one
+    could not serve for a reason the chain moves on for: the answer, the last failure, or
+    None when nothing could be tried."""
+    failure: Failure | None = None
+    refused: ApiError | None = None  # why a stage had no route
+    skipped = 0
+    for stage in stages:
+        try:
+            route = stage.lookup()
+        except ApiError as exc:
+            refused = refused or exc
+            if "unhealthy" in stage.on:
+                continue
+            break
+        if too_small(route, exchange):
+            skipped += 1
+            continue
+        outcome = await attempt(stage, route)
+        if outcome is None:
+            if "unhealthy" in stage.on:
+                continue
+            break
+        if not isinstance(outcome, Failure):
+            return outcome
+        failure = outcome
+        if not moves_on(stage, failure):
+            break
+    if failure is None and skipped:
+        raise ApiError(
+            400,
+            "The request is longer than the context window of every model it may go to.",
+            code="context_length_exceeded",
+        )
+    if failure is None and refused is not None and refused.status == 404:
+        raise refused
+    return failure
 
 
 def moves_on(stage: Stage, failure: Failure) -> bool:
