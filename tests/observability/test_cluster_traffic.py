@@ -17,6 +17,7 @@ from corral.v1 import traffic_pb2
 from tests.controlplane.harness import etcd_config, running
 from tests.edge.conftest import StartEdge, running_agents
 from tests.fakes import FakeServer, running_fakes
+from tests.observability.waits import serving
 from tests.support.etcd import EtcdCluster
 from tests.support.net import eventually
 
@@ -70,10 +71,7 @@ async def test_two_replicas_report_the_same_shares(
         async with aiohttp.ClientSession() as http:
 
             async def routable() -> bool:
-                for running_edge in edges:
-                    if (await running_edge.readyz()).get("backends") != 3:
-                        return False
-                return True
+                return all([await serving(e, MODEL, 3) for e in edges])
 
             await eventually(routable, within=30)
             served: Counter[str] = Counter()

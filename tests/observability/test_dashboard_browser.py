@@ -12,6 +12,7 @@ from tests.controlplane.harness import running
 from tests.edge.conftest import StartEdge, running_agents
 from tests.fakes import FakeServer, running_fakes
 from tests.observability.browser import ARTIFACTS, browser
+from tests.observability.waits import serving
 from tests.support.net import eventually, free_port
 
 MODEL = "m"
@@ -35,7 +36,7 @@ async def test_backend_down_and_back_seen_live(start_edge: StartEdge) -> None:
             edge_id="edge-0",
             observability=EdgeObservabilityConfig(traffic_interval_seconds=0.3),
         )
-        await eventually(lambda: _backends(edge), within=30)
+        await eventually(lambda: serving(edge, MODEL, 2), within=30)
         async with aiohttp.ClientSession() as http:
             for i in range(30):
                 async with http.post(
@@ -91,8 +92,3 @@ async def test_backend_down_and_back_seen_live(start_edge: StartEdge) -> None:
             assert await page.locator('tr[data-edge="edge-0"]').count() == 1
             await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         assert problems == []
-
-
-async def _backends(edge: object) -> bool:
-    info = await edge.readyz()  # type: ignore[attr-defined]
-    return bool(info.get("backends") == 2)

@@ -14,6 +14,7 @@ from tests.controlplane.harness import config as cp_config
 from tests.controlplane.harness import running
 from tests.edge.conftest import StartEdge, running_agents
 from tests.fakes import FakeServer, running_fakes
+from tests.observability.waits import serving
 from tests.support.net import eventually, free_port
 
 MODEL = "m"
@@ -79,7 +80,7 @@ async def test_spans_continue_the_callers_trace(start_edge: StartEdge) -> None:
                     otlp_service_name="corral-edge-test",
                 ),
             )
-            await eventually(lambda: _routable(edge), within=30)
+            await eventually(lambda: serving(edge, MODEL, 2), within=30)
             parent_span = os.urandom(8).hex()
             retried: str | None = None
             async with aiohttp.ClientSession() as http:
@@ -138,8 +139,3 @@ async def test_spans_continue_the_callers_trace(start_edge: StartEdge) -> None:
             assert service["service.name"] == {"stringValue": "corral-edge-test"}
     finally:
         await runner.cleanup()
-
-
-async def _routable(edge: Any) -> bool:
-    info = await edge.readyz()
-    return bool(info.get("backends") == 2)

@@ -1,0 +1,84 @@
+"""Storing traffic reports: exactly once per slice, however often and wherever it is sent."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from controlplane.keys import KeyLayout
+from controlplane.metrics import Metrics
+from controlplane.store.memory import MemoryStore
+from controlplane.traffic.book import TrafficBook
+from controlplane.traffic.intake import check_report
+from controlplane.traffic.view import TrafficView
+from corral import traffic as hist
+from corral.v1 import traffic_pb2
+from tests.support.net import eventually
+
+LAYOUT = KeyLayout.from_prefix("/corral/")
+
+
+def report(
+    edge: str, incarnation: str, seqs: range, now_ms: int
+) -> traffic_pb2.ReportTrafficRequest:
+    request = traffic_pb2.ReportTrafficRequest(edge_id=edge, incarnation=incarnation)
+    for seq in seqs:
+        piece = request.slices.add(
+            seq=seq, start_unix_ms=now_ms - 5000 + seq, end_unix_ms=now_ms - 4000 + seq
+        )
+        cell = piece.cells.add(backend="gpu-a", model="m", team="t", requests=2)
+        cell.statuses[200] = 1
+        cell.statuses[502] = 1
+        latency = hist.empty()
+        latency[hist.bucket_of(0.3)] = 2
+        cell.latency.extend(latency)
+        cell.prompt_tokens = 10
+    return request
+
+
+async def test_resent_and_concurrent_reports_count_once() -> None:
+    """The same slices sent twice, and two replicas writing one record at once, count once."""
+    async with MemoryStore() as store:
+        view = TrafficView(store, LAYOUT)
+        follow = asyncio.create_task(view.run())
+        try:
+            now = int(time.time() * 1000)
+            one, two = TrafficBook(store, LAYOUT, Metrics()), TrafficBook(store, LAYOUT, Metrics())
+            first = report("edge-1", "inc-1", range(1, 4), now)
+            await one.report(first)
+            await one.report(first)  # the answer was lost: the edge sends again
+            await two.report(report("edge-1", "inc-1", range(2, 6), now))  # overlap, elsewhere
+            # Two edges through two replicas at once (conditional writes, retried).
+            await asyncio.gather(
+                one.report(report("edge-2", "a", range(1, 30), now)),
+                two.report(report("edge-3", "b", range(1, 30), now)),
+            )
+
+            def settled() -> traffic_pb2.GetTrafficResponse | None:
+                got = view.query(traffic_pb2.GetTrafficRequest(), now_ms=now)
+                return got if got.requests == 2 * (5 + 29 + 29) else None
+
+            answer = await eventually(settled)
+            [row] = answer.rows
+            assert row.key == "gpu-a"
+            assert row.error_rate == 0.5 and dict(row.errors) == {"5xx": 63}
+            assert row.prompt_tokens == 630
+            assert hist.bucket_of(row.latency_p95_seconds) == hist.bucket_of(0.3)
+            by_team = view.query(
+                traffic_pb2.GetTrafficRequest(group_by=traffic_pb2.TRAFFIC_GROUP_TEAM), now_ms=now
+            )
+            assert [(r.key, r.requests) for r in by_team.rows] == [("t", 126)]
+            hour = view.query(
+                traffic_pb2.GetTrafficRequest(window=traffic_pb2.TRAFFIC_WINDOW_1H), now_ms=now
+            )
+            assert hour.requests == 126  # the 60 s records hold the same counts
+        finally:
+            follow.cancel()
+
+
+def test_reports_too_old_for_any_window_are_acknowledged_but_dropped() -> None:
+    """A backlog older than an hour is acknowledged (the edge can drop it) but not stored."""
+    now = int(time.time() * 1000)
+    request = report("edge-1", "x", range(1, 3), now - 2 * 3600 * 1000)
+    assert check_report(request, now_ms=now) == 2
+    assert len(request.slices) == 0
