@@ -11,6 +11,7 @@ BENCHMARKS = {
     "controlplane": "bench.controlplane",
     "routing": "bench.routing",
     "keys": "bench.keys",
+    "providers": "bench.providers",
 }
 
 

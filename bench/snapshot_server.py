@@ -1,7 +1,7 @@
 """A tiny RoutingService that feeds edges a fixed set of backends (no control plane, no etcd).
 
 ``python -m bench.snapshot_server --listen 127.0.0.1:PORT --model M --backend NAME=URL ...``
-``[--poll-metrics SECONDS]``
+``[--poll-metrics SECONDS] [--credential REF] [--fallback MODEL=TARGET ...]``
 
 With --poll-metrics it reads each backend's vLLM-style /metrics (``vllm:num_requests_running``,
 ``vllm:num_requests_waiting``) and publishes the load in new snapshots, as agents would.
@@ -26,9 +26,17 @@ CLUSTER_ID = "bench"
 
 
 class Snapshots(routing_pb2_grpc.RoutingServiceServicer):
-    def __init__(self, backends: list[tuple[str, str]], models: list[str]) -> None:
+    def __init__(
+        self,
+        backends: list[tuple[str, str]],
+        models: list[str],
+        credential: str = "",
+        chains: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self.backends = backends
         self.models = models
+        self.credential = credential  # a reference every backend names (bench/providers.py)
+        self.chains = chains
         self.load: dict[str, tuple[int, int]] = {name: (0, 0) for name, _ in backends}
         self.version = 1
         self.changed = asyncio.Condition()
@@ -43,7 +51,11 @@ class Snapshots(routing_pb2_grpc.RoutingServiceServicer):
             snap.backends.append(
                 types_pb2.Backend(
                     spec=types_pb2.BackendSpec(
-                        name=name, url=url, type=types_pb2.BACKEND_TYPE_VLLM, weight=1.0
+                        name=name,
+                        url=url,
+                        type=types_pb2.BACKEND_TYPE_VLLM,
+                        weight=1.0,
+                        credential=self.credential,
                     ),
                     status=types_pb2.BackendStatus(
                         health=types_pb2.HEALTH_STATE_HEALTHY,
@@ -54,6 +66,8 @@ class Snapshots(routing_pb2_grpc.RoutingServiceServicer):
                     agent_id=f"bench-{name}",
                 )
             )
+        for model, target in self.chains:
+            snap.fallbacks.add(model=model, targets=[target])
         return snap
 
     async def publish_load(self, load: dict[str, tuple[int, int]]) -> None:
@@ -100,9 +114,14 @@ async def _poll(snaps: Snapshots, interval: float) -> None:
 
 
 async def serve(
-    listen: str, backends: list[tuple[str, str]], models: list[str], poll: float
+    listen: str,
+    backends: list[tuple[str, str]],
+    models: list[str],
+    poll: float,
+    credential: str = "",
+    chains: tuple[tuple[str, str], ...] = (),
 ) -> None:
-    snaps = Snapshots(backends, models)
+    snaps = Snapshots(backends, models, credential, chains)
     server = grpc.aio.server()
     routing_pb2_grpc.add_RoutingServiceServicer_to_server(snaps, server)
     server.add_insecure_port(listen)
@@ -128,9 +147,14 @@ def main() -> None:
     parser.add_argument("--model", action="append", required=True)
     parser.add_argument("--backend", action="append", required=True, metavar="NAME=URL")
     parser.add_argument("--poll-metrics", type=float, default=0.0)
+    parser.add_argument("--credential", default="", help="a reference every backend names")
+    parser.add_argument("--fallback", action="append", default=[], metavar="MODEL=TARGET")
     args = parser.parse_args()
     backends = [(b.split("=", 1)[0], b.split("=", 1)[1]) for b in args.backend]
-    asyncio.run(serve(args.listen, backends, args.model, args.poll_metrics))
+    chains = tuple((f.split("=", 1)[0], f.split("=", 1)[1]) for f in args.fallback)
+    asyncio.run(
+        serve(args.listen, backends, args.model, args.poll_metrics, args.credential, chains)
+    )
 
 
 if __name__ == "__main__":
