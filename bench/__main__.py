@@ -12,6 +12,7 @@ BENCHMARKS = {
     "routing": "bench.routing",
     "keys": "bench.keys",
     "providers": "bench.providers",
+    "usage": "bench.usage",
 }
 
 

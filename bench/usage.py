@@ -1,0 +1,227 @@
+"""Usage records: the edge with records and the SQLite sink on vs off, and records/s into
+PostgreSQL from 3 writers, in one run.
+
+``./dev bench usage [--seconds 5] [--rounds 3] [--no-write]``
+
+Part 1: nginx answers a fixed chat.completion (with usage) on CPU 1; two edges on CPU 0, one
+with `edge.usage.sink: off`, one with the SQLite sink; wrk (CPU 1) loads them in turn, paired
+rounds at 32 connections (req/s ratio), then one connection (p50). RSS of the edge with
+records at rest and after every round (growth). The rows in SQLite are counted against the
+requests wrk saw answered.
+Part 2: a throwaway PostgreSQL (tests/support/postgres.py), 3 writer processes (the real
+recorder and sink, as 3 edges) recording at a paced rate; rows committed per second, spooled
+or dropped records, and the rows found against those sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sqlite3
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import nginx, wrk
+from bench.common import (
+    LOAD_CPU,
+    PROXY_CPU,
+    PYTHON,
+    Proc,
+    Procs,
+    free_port,
+    load_note,
+    machine,
+    md_table,
+    now_utc,
+    pin_self,
+    wait_http,
+    workspace,
+    write_section,
+)
+from bench.overhead import CHAT_REQUEST, c1_seconds
+
+WRITERS = 3
+
+
+def start_edge(procs: Procs, tmp: Path, name: str, snap_port: int, sink: str) -> tuple[Proc, str]:
+    config = tmp / f"{name}.yaml"
+    config.write_text(
+        f"edge:\n  usage:\n    sink: {sink}\n    path: {tmp / (name + '.db')}\n"
+        f"    spool_dir: {tmp}\n"
+    )
+    port = free_port()
+    argv = [
+        PYTHON, "-m", "corral.cli", "edge", "--config", str(config),
+        "--listen", f"127.0.0.1:{port}", "--controlplane", f"127.0.0.1:{snap_port}",
+        "--log-level", "WARNING",
+    ]  # fmt: skip
+    proc = procs.start(name, argv, cpus=PROXY_CPU)
+    wait_http(f"http://127.0.0.1:{port}/readyz", proc, timeout=60)
+    return proc, f"http://127.0.0.1:{port}/v1/chat/completions"
+
+
+@dataclass
+class EdgeResult:
+    pairs: list[tuple[float, float, float, float]]  # off rps, on rps, off p50, on p50
+    c1_off: float
+    c1_on: float
+    rss: list[float]
+    rows: int
+    answered: int
+
+    @property
+    def ratio(self) -> float:
+        return sorted(b / a for a, b, _, _ in self.pairs)[len(self.pairs) // 2]
+
+
+@dataclass
+class PgResult:
+    writers: list[dict[str, Any]]
+    rows: int
+    sent: int
+    elapsed: float
+
+
+def edges(tmp: Path, procs: Procs, seconds: float, rounds: int) -> EdgeResult:
+    script = wrk.post_script(tmp / "post.lua", CHAT_REQUEST)
+    backend_port = free_port()
+    backend = f"http://127.0.0.1:{backend_port}"
+    nginx.start(
+        procs, "backend", lambda d: nginx.backend_conf(d, backend_port), LOAD_CPU,
+        f"{backend}/health",
+    )  # fmt: skip
+    snap_port = free_port()
+    argv = [PYTHON, "-m", "bench.snapshot_server", "--listen", f"127.0.0.1:{snap_port}",
+            "--model", nginx.MODEL, "--backend", f"nginx={backend}"]  # fmt: skip
+    snap = procs.start("snapshots", argv, cpus=LOAD_CPU)
+    time.sleep(0.5)
+    snap.check_alive()
+    _, off_url = start_edge(procs, tmp, "edge-off", snap_port, "off")
+    on, on_url = start_edge(procs, tmp, "edge-sqlite", snap_port, "sqlite")
+    wrk.run(off_url, script, connections=32, seconds=2, cpus=LOAD_CPU)
+    answered = wrk.run(on_url, script, connections=32, seconds=2, cpus=LOAD_CPU).requests
+    rss = [on.rss_mib()]
+    pairs = []
+    for _ in range(rounds):
+        a = wrk.run(off_url, script, connections=32, seconds=seconds, cpus=LOAD_CPU)
+        b = wrk.run(on_url, script, connections=32, seconds=seconds, cpus=LOAD_CPU)
+        answered += b.requests
+        pairs.append((a.rps, b.rps, a.p50, b.p50))
+        rss.append(on.rss_mib())
+        print(f"  round: off {a.rps:,.0f} req/s, sqlite {b.rps:,.0f} req/s "
+              f"({b.rps / a.rps:.2f}), rss {rss[-1]:.1f} MiB", flush=True)  # fmt: skip
+    c1 = c1_seconds(seconds)
+    c1_off = wrk.run(off_url, script, connections=1, seconds=c1, cpus=LOAD_CPU)
+    c1_on = wrk.run(on_url, script, connections=1, seconds=c1, cpus=LOAD_CPU)
+    answered += c1_on.requests
+    procs.stop(on)  # a clean stop: every pending record written
+    db = sqlite3.connect(tmp / "edge-sqlite.db")
+    rows = int(db.execute("SELECT count(*) FROM corral_usage").fetchone()[0])
+    db.close()
+    return EdgeResult(pairs, c1_off.p50, c1_on.p50, rss, rows, answered)
+
+
+def postgres(tmp: Path, seconds: float, rate: float) -> PgResult:
+    from tests.support.postgres import PostgresServer
+
+    server = PostgresServer(base_dir=tmp / "pg").start()
+    try:
+        writers = []
+        for i in range(WRITERS):
+            argv = [PYTHON, "-m", "bench.usage_writer", "--dsn", server.dsn, "--edge", f"edge-{i}",
+                    "--rate", str(rate), "--seconds", str(seconds)]  # fmt: skip
+            writers.append(subprocess.Popen(argv, stdout=subprocess.PIPE))
+        results = []
+        for w in writers:
+            out, _ = w.communicate(timeout=seconds + 120)
+            results.append(json.loads(out.decode().strip().splitlines()[-1]))
+
+        async def count() -> int:
+            import asyncpg
+
+            conn = await asyncpg.connect(server.dsn)
+            try:
+                return int(await conn.fetchval("SELECT count(*) FROM corral_usage"))
+            finally:
+                await conn.close()
+
+        rows = asyncio.run(count())
+    finally:
+        server.remove()
+    sent = sum(int(r["sent"]) for r in results)
+    elapsed = max(float(r["elapsed"]) for r in results)
+    return PgResult(results, rows, sent, elapsed)
+
+
+def report(info: dict[str, str], e: EdgeResult, pg: PgResult, cmd: str) -> str:
+    rows = [
+        [f"round {i + 1}", f"{a:,.0f}", f"{b:,.0f}", f"{b / a:.2f}", f"{pa * 1e3:.2f}",
+         f"{pb * 1e3:.2f}"]
+        for i, (a, b, pa, pb) in enumerate(e.pairs)
+    ]  # fmt: skip
+    pg_rows = [
+        [str(r["edge"]), f"{r['sent']:,}", f"{r['written']:,}", str(r["spooled"]),
+         str(r["dropped"]), f"{float(r['elapsed']):.1f}"]
+        for r in pg.writers
+    ]  # fmt: skip
+    added = (e.c1_on - e.c1_off) * 1e3
+    after = ", ".join(f"{x:.1f}" for x in e.rss[1:])
+    growth = max(e.rss) - e.rss[0]
+    rate = pg.sent / pg.elapsed
+    return f"""## Usage records (`./dev bench usage`)
+
+`{cmd}` at `{info["commit"]}`, {info["date"]}. {info["machine"]}. {info["load"]}
+The machine was shared with other engineers' test runs during this one: compare the ratios
+(edges loaded in turn, neighbours in time), not absolute numbers.
+
+Edge with usage records and the SQLite sink vs the same edge with `usage.sink: off`
+(nginx backend, wrk at 32 connections, {len(e.pairs)} paired rounds):
+
+{md_table(["", "off req/s", "sqlite req/s", "ratio", "off p50 ms", "sqlite p50 ms"], rows)}
+
+- Throughput ratio (median of rounds): **{e.ratio:.2f}** (target ≥ 0.90).
+- One connection p50: off {e.c1_off * 1e3:.3f} ms, sqlite {e.c1_on * 1e3:.3f} ms: added
+  **{added:+.3f} ms** (target ≤ 0.1 ms).
+- RSS of the edge with records: {e.rss[0]:.1f} MiB after warm-up, then {after} MiB after
+  each round: growth **{growth:+.1f} MiB** (target ≤ 10 MiB).
+- Rows in SQLite after a clean stop: {e.rows:,} for {e.answered:,} requests wrk saw
+  answered (every request through it, warm-up included).
+
+PostgreSQL (local, fsync off), {WRITERS} writer processes (the real recorder and sink, as 3
+edges) each recording at a paced rate:
+
+{md_table(["writer", "sent", "written", "spooled", "dropped", "seconds"], pg_rows)}
+
+- **{rate:,.0f} records/s** sustained in total ({pg.sent:,} sent in {pg.elapsed:.1f} s); rows
+  found: {pg.rows:,} (target 20,000/s, no loss).
+"""
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="./dev bench usage", description=__doc__)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--pg-seconds", type=float, default=5.0)
+    p.add_argument("--pg-rate", type=float, default=7000.0, help="records/s per writer")
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args(argv)
+    pin_self(LOAD_CPU)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    info = {"machine": machine(), "load": load_note(), "date": now_utc(), "commit": commit}
+    print(f"{info['machine']}\n{info['load']}", flush=True)
+    with workspace("usage") as (tmp, procs):
+        e = edges(tmp, procs, args.seconds, args.rounds)
+        procs.stop_all()
+        pg = postgres(tmp, args.pg_seconds, args.pg_rate)
+    cmd = "./dev bench usage" + "".join(f" {a}" for a in argv if a != "--no-write")
+    body = report(info, e, pg, cmd)
+    print(body)
+    if not args.no_write:
+        write_section("usage", body)
+    return 0
