@@ -50,7 +50,7 @@ WRITERS = 3
 def start_edge(procs: Procs, tmp: Path, name: str, snap_port: int, sink: str) -> tuple[Proc, str]:
     config = tmp / f"{name}.yaml"
     config.write_text(
-        f"edge:\n  usage:\n    sink: {sink}\n    path: {tmp / (name + '.db')}\n"
+        f"edge:\n  usage:\n    sink: '{sink}'\n    path: {tmp / (name + '.db')}\n"
         f"    spool_dir: {tmp}\n"
     )
     port = free_port()
@@ -125,10 +125,10 @@ def edges(tmp: Path, procs: Procs, seconds: float, rounds: int) -> EdgeResult:
     return EdgeResult(pairs, c1_off.p50, c1_on.p50, rss, rows, answered)
 
 
-def postgres(tmp: Path, seconds: float, rate: float) -> PgResult:
+def postgres(seconds: float, rate: float) -> PgResult:
     from tests.support.postgres import PostgresServer
 
-    server = PostgresServer(base_dir=tmp / "pg").start()
+    server = PostgresServer().start()  # its own temp dir: PostgreSQL runs as nobody
     try:
         writers = []
         for i in range(WRITERS):
@@ -218,7 +218,7 @@ def main(argv: list[str]) -> int:
     with workspace("usage") as (tmp, procs):
         e = edges(tmp, procs, args.seconds, args.rounds)
         procs.stop_all()
-        pg = postgres(tmp, args.pg_seconds, args.pg_rate)
+        pg = postgres(args.pg_seconds, args.pg_rate)
     cmd = "./dev bench usage" + "".join(f" {a}" for a in argv if a != "--no-write")
     body = report(info, e, pg, cmd)
     print(body)

@@ -94,12 +94,15 @@ def _source(
     if args.postgres_dsn_file:
         return "postgres", Path(args.postgres_dsn_file).read_text().strip()
     config = with_default_usage_path(load(config_file=args.config, environ=dict(environ)), environ)
+    from edge.gateway.usage import sink_kind
+
     usage = config.edge.usage
-    if usage.sink == "postgres":
+    kind = sink_kind(usage)
+    if kind == "postgres":
         if usage.postgres_dsn is None:
             raise ConfigError("edge.usage.sink is postgres but no postgres_dsn is set")
         return "postgres", usage.postgres_dsn.reveal()
-    if usage.sink == "off":
+    if kind == "off":
         raise ConfigError("edge.usage.sink is off: there are no records to report")
     path = sqlite_path(config.edge)  # type: ignore[operator]
-    return usage.sink, str(path)
+    return kind, str(path)

@@ -55,14 +55,21 @@ def sqlite_path(config: EdgeConfig) -> str:
     return ""
 
 
+def sink_kind(usage: UsageConfig) -> str:
+    """The sink's name; YAML reads a bare `off` as false, which means off too."""
+    kind = usage.sink.lower()
+    return "off" if kind in ("false", "no", "none", "") else kind
+
+
 def open_sink(config: EdgeConfig) -> Sink | None:
     """The configured sink (not yet opened); None when records are kept nowhere."""
     usage = config.usage
-    if usage.sink not in SINKS:
+    kind = sink_kind(usage)
+    if kind not in SINKS:
         raise SinkError(f"edge.usage.sink must be one of {', '.join(SINKS)}, got {usage.sink!r}")
-    if usage.sink == "off":
+    if kind == "off":
         return None
-    if usage.sink == "postgres":
+    if kind == "postgres":
         if usage.postgres_dsn is None:
             raise SinkError("edge.usage.sink is postgres but edge.usage.postgres_dsn is not set")
         from edge.gateway.postgres import PostgresSink
@@ -71,7 +78,7 @@ def open_sink(config: EdgeConfig) -> Sink | None:
     path = sqlite_path(config)
     if not path:
         return None
-    return SQLiteSink(path) if usage.sink == "sqlite" else JsonLinesSink(path)
+    return SQLiteSink(path) if kind == "sqlite" else JsonLinesSink(path)
 
 
 def price_table(usage: UsageConfig) -> PriceTable:
