@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates the secrets docker-compose.yml mounts: three bearer tokens (agents, operators, edges
-# towards the control plane) and one client API key for the edges. Existing files are kept.
+# towards the control plane) and one client API key for the edges; for postgres.yml, the
+# PostgreSQL password and the edges' DSN. Existing files are kept.
 #
 # The files are world-readable (0644) because compose bind-mounts them into containers that
 # run as uid 10001; the directory itself is 0700, so other users of this host cannot reach them.
@@ -19,4 +20,15 @@ for name in agent-token admin-token edge-token api-keys; do
   fi
   chmod 0644 "$file"
 done
+# PostgreSQL for usage records (postgres.yml): its password, and the DSN the edges use.
+if [ ! -s secrets/postgres-password ]; then
+  head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >secrets/postgres-password
+  echo "created secrets/postgres-password"
+fi
+if [ ! -s secrets/usage-dsn ]; then
+  printf 'postgresql://corral:%s@postgres:5432/corral\n' "$(cat secrets/postgres-password)" \
+    >secrets/usage-dsn
+  echo "created secrets/usage-dsn"
+fi
+chmod 0644 secrets/postgres-password secrets/usage-dsn
 echo "client API key: $(head -n1 secrets/api-keys)"
