@@ -160,16 +160,19 @@ class Hook:
 
 def load_python(spec: str) -> Callable[..., Any]:
     """`module:attribute`, or an entry point's name in the corral.guardrails group."""
-    if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        target: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
-    else:
-        found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec]
-        if not found:
-            raise EdgeError(f"no entry point {spec!r} in the {ENTRY_POINT_GROUP} group")
-        target = found[0].load()
+    try:
+        if ":" in spec:
+            module_name, _, attr = spec.partition(":")
+            target: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                target = getattr(target, part)
+        else:
+            found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec]
+            if not found:
+                raise EdgeError(f"no entry point {spec!r} in the {ENTRY_POINT_GROUP} group")
+            target = found[0].load()
+    except (ImportError, AttributeError) as exc:
+        raise EdgeError(f"guardrail hook {spec!r} cannot be loaded: {exc}") from None
     if not callable(target):
         raise EdgeError(f"guardrail hook {spec!r} is not callable")
     return target  # type: ignore[no-any-return]
