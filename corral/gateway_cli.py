@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from corral import limits_cli
 from corral.status import StatusError, Tls, _translate, read_token, table
 from corral.v1 import admin_pb2_grpc, gateway_pb2
 
@@ -56,6 +57,8 @@ def register(sub: Any) -> None:
     create.add_argument("--models", type=_csv, default=[], help="m1,m2 (default: any)")
     create.add_argument("--expires-in", type=duration, default=0, help="e.g. 30d, 12h")
     create.add_argument("--description", default="")
+    limits_cli.add_flags(create)
+    limits_cli.add_update(verbs, "id", "key")
     listing = verbs.add_parser("list", help="list keys (never their secrets)")
     listing.add_argument("--team", default="")
     for verb, text in (
@@ -69,6 +72,8 @@ def register(sub: Any) -> None:
     tcreate = tverbs.add_parser("create", help="create a team")
     tcreate.add_argument("name")
     tcreate.add_argument("--description", default="")
+    limits_cli.add_flags(tcreate)
+    limits_cli.add_update(tverbs, "name", "team")
     tverbs.add_parser("list", help="list teams")
     prices = sub.add_parser("prices", help="model prices (USD per million tokens)")
     pverbs = prices.add_subparsers(dest="verb", required=True)
@@ -92,6 +97,8 @@ def register(sub: Any) -> None:
 
 def _request(args: argparse.Namespace) -> tuple[str, Any]:
     command, verb = args.command, getattr(args, "verb", "")
+    if verb == "update":
+        return limits_cli.update_request(args)
     if command == "keys":
         if verb == "create":
             return "CreateKey", gateway_pb2.CreateKeyRequest(
@@ -99,6 +106,7 @@ def _request(args: argparse.Namespace) -> tuple[str, Any]:
                 models=args.models,
                 expires_in_seconds=args.expires_in,
                 description=args.description,
+                limits=limits_cli.limits_from(args),
             )
         if verb == "list":
             return "ListKeys", gateway_pb2.ListKeysRequest(team=args.team)
@@ -110,7 +118,7 @@ def _request(args: argparse.Namespace) -> tuple[str, Any]:
     if command == "teams":
         if verb == "create":
             return "CreateTeam", gateway_pb2.CreateTeamRequest(
-                name=args.name, description=args.description
+                name=args.name, description=args.description, limits=limits_cli.limits_from(args)
             )
         return "ListTeams", gateway_pb2.ListTeamsRequest()
     if command == "prices":
@@ -185,6 +193,8 @@ def _json(message: Any) -> Any:
 def render(args: argparse.Namespace, answer: Any) -> str:
     command, verb = args.command, getattr(args, "verb", "")
     now_ms = int(time.time() * 1000)
+    if verb == "update":
+        return limits_cli.render_update(args, answer)
     if command == "keys" and verb == "create":
         key = answer.key
         if args.json:

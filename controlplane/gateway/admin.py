@@ -106,6 +106,8 @@ class GatewayAdmin:
             description=request.description,
             created_unix_ms=int(time.time() * 1000),
         )
+        if request.HasField("limits"):
+            _limits(team.limits, request.limits)
         await self.audit.record(parts.store, "team.create", team.name, team.description)
         if not await parts.store.put_if(key, team.SerializeToString(), expect_mod_revision=0):
             raise NameTakenError(f"a team named {request.name!r} exists already")
@@ -152,6 +154,8 @@ class GatewayAdmin:
                 created_unix_ms=now,
                 description=request.description,
             )
+            if request.HasField("limits"):
+                _limits(key.limits, request.limits)
             where = records.key_key(self._layout, key_id)
             detail = f"team={key.team} models={','.join(key.models) or '*'}"
             if key.expires_unix_ms:
@@ -274,6 +278,14 @@ class GatewayAdmin:
     ) -> gateway_pb2.ListAuditResponse:
         entries = await self.audit.entries(parts.store, request.limit)
         return gateway_pb2.ListAuditResponse(entries=entries)
+
+
+def _limits(stored: Any, given: Any) -> None:
+    """Limits given with CreateKey/CreateTeam (controlplane/gateway/limits.py checks them)."""
+    from controlplane.gateway.limits import check_limits, merge
+
+    check_limits(given)
+    merge(stored, given)
 
 
 def check_price(price: gateway_pb2.ModelPrice) -> None:

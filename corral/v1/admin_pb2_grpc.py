@@ -6,6 +6,7 @@ import warnings
 
 from corral.v1 import admin_pb2 as corral_dot_v1_dot_admin__pb2
 from corral.v1 import gateway_pb2 as corral_dot_v1_dot_gateway__pb2
+from corral.v1 import limits_pb2 as corral_dot_v1_dot_limits__pb2
 from corral.v1 import providers_pb2 as corral_dot_v1_dot_providers__pb2
 from corral.v1 import traffic_pb2 as corral_dot_v1_dot_traffic__pb2
 
@@ -177,6 +178,16 @@ class AdminServiceStub:
                 '/corral.v1.AdminService/ListAudit',
                 request_serializer=corral_dot_v1_dot_gateway__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_gateway__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
+        self.SetKeyLimits = channel.unary_unary(
+                '/corral.v1.AdminService/SetKeyLimits',
+                request_serializer=corral_dot_v1_dot_limits__pb2.SetKeyLimitsRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_limits__pb2.SetKeyLimitsResponse.FromString,
+                _registered_method=True)
+        self.SetTeamLimits = channel.unary_unary(
+                '/corral.v1.AdminService/SetTeamLimits',
+                request_serializer=corral_dot_v1_dot_limits__pb2.SetTeamLimitsRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_limits__pb2.SetTeamLimitsResponse.FromString,
                 _registered_method=True)
 
 
@@ -357,6 +368,20 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetKeyLimits(self, request, context):
+        """Rate limits and budgets (issue 12; messages in limits.proto): only the fields given
+        change; every edge applies them within a second.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTeamLimits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -499,6 +524,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=corral_dot_v1_dot_gateway__pb2.ListAuditRequest.FromString,
                     response_serializer=corral_dot_v1_dot_gateway__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'SetKeyLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetKeyLimits,
+                    request_deserializer=corral_dot_v1_dot_limits__pb2.SetKeyLimitsRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_limits__pb2.SetKeyLimitsResponse.SerializeToString,
+            ),
+            'SetTeamLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTeamLimits,
+                    request_deserializer=corral_dot_v1_dot_limits__pb2.SetTeamLimitsRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_limits__pb2.SetTeamLimitsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1257,6 +1292,60 @@ class AdminService:
             '/corral.v1.AdminService/ListAudit',
             corral_dot_v1_dot_gateway__pb2.ListAuditRequest.SerializeToString,
             corral_dot_v1_dot_gateway__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetKeyLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/SetKeyLimits',
+            corral_dot_v1_dot_limits__pb2.SetKeyLimitsRequest.SerializeToString,
+            corral_dot_v1_dot_limits__pb2.SetKeyLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTeamLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/SetTeamLimits',
+            corral_dot_v1_dot_limits__pb2.SetTeamLimitsRequest.SerializeToString,
+            corral_dot_v1_dot_limits__pb2.SetTeamLimitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,6 +7,7 @@ Operator calls; grpcurl-friendly."""
 from collections import abc as _abc
 from corral.v1 import admin_pb2 as _admin_pb2
 from corral.v1 import gateway_pb2 as _gateway_pb2
+from corral.v1 import limits_pb2 as _limits_pb2
 from corral.v1 import providers_pb2 as _providers_pb2
 from corral.v1 import traffic_pb2 as _traffic_pb2
 from grpc import aio as _aio
@@ -69,6 +70,11 @@ class AdminServiceStub:
     ListPrices: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListPricesRequest, _gateway_pb2.ListPricesResponse]
     DeletePrice: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.DeletePriceRequest, _gateway_pb2.DeletePriceResponse]
     ListAudit: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListAuditRequest, _gateway_pb2.ListAuditResponse]
+    SetKeyLimits: _grpc.UnaryUnaryMultiCallable[_limits_pb2.SetKeyLimitsRequest, _limits_pb2.SetKeyLimitsResponse]
+    """Rate limits and budgets (issue 12; messages in limits.proto): only the fields given
+    change; every edge applies them within a second.
+    """
+    SetTeamLimits: _grpc.UnaryUnaryMultiCallable[_limits_pb2.SetTeamLimitsRequest, _limits_pb2.SetTeamLimitsResponse]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -107,6 +113,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListPrices: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListPricesRequest, _gateway_pb2.ListPricesResponse]  # type: ignore[assignment]
     DeletePrice: _aio.UnaryUnaryMultiCallable[_gateway_pb2.DeletePriceRequest, _gateway_pb2.DeletePriceResponse]  # type: ignore[assignment]
     ListAudit: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListAuditRequest, _gateway_pb2.ListAuditResponse]  # type: ignore[assignment]
+    SetKeyLimits: _aio.UnaryUnaryMultiCallable[_limits_pb2.SetKeyLimitsRequest, _limits_pb2.SetKeyLimitsResponse]  # type: ignore[assignment]
+    """Rate limits and budgets (issue 12; messages in limits.proto): only the fields given
+    change; every edge applies them within a second.
+    """
+    SetTeamLimits: _aio.UnaryUnaryMultiCallable[_limits_pb2.SetTeamLimitsRequest, _limits_pb2.SetTeamLimitsResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -310,5 +321,22 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.ListAuditRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.ListAuditResponse, _abc.Awaitable[_gateway_pb2.ListAuditResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetKeyLimits(
+        self,
+        request: _limits_pb2.SetKeyLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_limits_pb2.SetKeyLimitsResponse, _abc.Awaitable[_limits_pb2.SetKeyLimitsResponse]]:
+        """Rate limits and budgets (issue 12; messages in limits.proto): only the fields given
+        change; every edge applies them within a second.
+        """
+
+    @_abc_1.abstractmethod
+    def SetTeamLimits(
+        self,
+        request: _limits_pb2.SetTeamLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_limits_pb2.SetTeamLimitsResponse, _abc.Awaitable[_limits_pb2.SetTeamLimitsResponse]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -11,6 +11,7 @@ cache, PII): add fields; an edge that does not know a field ignores it.
 """
 
 from collections import abc as _abc
+from corral.v1 import limits_pb2 as _limits_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
@@ -32,21 +33,26 @@ class Team(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Letters, digits and . _ - : @ (like backend names)."""
     description: _builtins.str
     created_unix_ms: _builtins.int
-    """Fields 16 and up: per-team settings of later issues (limits, budgets, cache, PII)."""
+    @_builtins.property
+    def limits(self) -> _limits_pb2.Limits:
+        """Fields 16 and up: per-team settings of later issues (limits, budgets, cache, PII)."""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         description: _builtins.str = ...,
         created_unix_ms: _builtins.int = ...,
+        limits: _limits_pb2.Limits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix_ms", b"created_unix_ms", "description", b"description", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix_ms", b"created_unix_ms", "description", b"description", "limits", b"limits", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -66,6 +72,7 @@ class VirtualKey(_message.Message):
     REVOKED_UNIX_MS_FIELD_NUMBER: _builtins.int
     CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Public and stable: shown in lists, usage records and the audit log ("ck_" + 12 hex)."""
     team: _builtins.str
@@ -80,10 +87,13 @@ class VirtualKey(_message.Message):
     revoked_unix_ms: _builtins.int
     created_unix_ms: _builtins.int
     description: _builtins.str
-    """Fields 16 and up: per-key settings of later issues."""
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Model ids or alias names the key may ask for, as the client names them; empty: any."""
+
+    @_builtins.property
+    def limits(self) -> _limits_pb2.Limits:
+        """Fields 16 and up: per-key settings of later issues."""
 
     def __init__(
         self,
@@ -98,10 +108,11 @@ class VirtualKey(_message.Message):
         revoked_unix_ms: _builtins.int = ...,
         created_unix_ms: _builtins.int = ...,
         description: _builtins.str = ...,
+        limits: _limits_pb2.Limits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix_ms", b"created_unix_ms", "description", b"description", "disabled", b"disabled", "expires_unix_ms", b"expires_unix_ms", "id", b"id", "models", b"models", "prefix", b"prefix", "revoked_unix_ms", b"revoked_unix_ms", "secret_sha256", b"secret_sha256", "team", b"team"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix_ms", b"created_unix_ms", "description", b"description", "disabled", b"disabled", "expires_unix_ms", b"expires_unix_ms", "id", b"id", "limits", b"limits", "models", b"models", "prefix", b"prefix", "revoked_unix_ms", b"revoked_unix_ms", "secret_sha256", b"secret_sha256", "team", b"team"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -281,17 +292,21 @@ class CreateTeamRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     description: _builtins.str
+    @_builtins.property
+    def limits(self) -> _limits_pb2.Limits: ...
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         description: _builtins.str = ...,
+        limits: _limits_pb2.Limits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "limits", b"limits", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -360,12 +375,15 @@ class CreateKeyRequest(_message.Message):
     MODELS_FIELD_NUMBER: _builtins.int
     EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     team: _builtins.str
     expires_in_seconds: _builtins.int
     """0: never expires."""
     description: _builtins.str
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def limits(self) -> _limits_pb2.Limits: ...
     def __init__(
         self,
         *,
@@ -373,10 +391,11 @@ class CreateKeyRequest(_message.Message):
         models: _abc.Iterable[_builtins.str] | None = ...,
         expires_in_seconds: _builtins.int = ...,
         description: _builtins.str = ...,
+        limits: _limits_pb2.Limits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "expires_in_seconds", b"expires_in_seconds", "models", b"models", "team", b"team"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "expires_in_seconds", b"expires_in_seconds", "limits", b"limits", "models", b"models", "team", b"team"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

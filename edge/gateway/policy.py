@@ -160,6 +160,7 @@ def apply_prices(config: EdgeConfig, recorder: object, policy: gateway_pb2.Polic
 async def follow_policy(app: web.Application) -> AsyncIterator[None]:
     """The edge's cleanup context keeping its key table and prices in step with the policy."""
     from edge.app import CONFIG, EDGE_ID, PROXY  # edge.app registers this context
+    from edge.gateway.limits.gate import apply_policy
 
     config = app[CONFIG]
     proxy = app[PROXY]
@@ -168,6 +169,7 @@ async def follow_policy(app: web.Application) -> AsyncIterator[None]:
     persisted = await asyncio.to_thread(load_policy, state_dir) if state_dir else None
     if persisted is not None:
         keys.apply(persisted)
+        apply_policy(app, persisted)
         apply_prices(config, proxy.recorder, persisted)
         log.info("applied the persisted policy %d (%d keys)", persisted.version, len(keys))
     elif any(config.controlplane):
@@ -181,6 +183,7 @@ async def follow_policy(app: web.Application) -> AsyncIterator[None]:
             log.warning("refused policy %d: older than %d", policy.version, applied[0])
             return
         keys.apply(policy)
+        apply_policy(app, policy)
         first.set()
         apply_prices(config, proxy.recorder, policy)
         applied = (policy.version, policy.cluster_id)

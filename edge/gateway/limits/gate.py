@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -17,7 +18,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from corral.config import LimitConfig, LimitsConfig
+from corral.config import ConfigError, LimitConfig, LimitsConfig
+from corral.v1 import gateway_pb2, limits_pb2
 from edge.gateway.call import Call
 from edge.gateway.limits.answers import headers, refusal
 from edge.gateway.limits.clientip import client_address, networks
@@ -47,6 +49,28 @@ def to_limits(entry: LimitConfig) -> Limits:
     return Limits(entry.rpm, entry.tpm, entry.max_parallel, budget)
 
 
+def from_proto(limits: limits_pb2.Limits) -> Limits:
+    """A policy's Limits message as Limits (ill-formed budgets are left out, logged)."""
+    entry = LimitConfig(
+        rpm=max(0, limits.rpm),
+        tpm=max(0, limits.tpm),
+        max_parallel=max(0, limits.max_parallel),
+        budget_period=limits.budget_period or "day",
+        budget_window_seconds=limits.budget_window_seconds,
+        budget_reset_at=limits.budget_reset_unix,
+        budget_soft=limits.budget_soft,
+    )
+    try:
+        return to_limits(
+            dataclasses.replace(
+                entry, budget_usd=limits.budget_usd, budget_tokens=limits.budget_tokens
+            )
+        )
+    except (ConfigError, ValueError) as exc:
+        log.warning("a budget in the policy is ill-formed, left out: %s", exc)
+        return to_limits(entry)
+
+
 class Gate:
     """Per-request limits for one edge."""
 
@@ -64,10 +88,24 @@ class Gate:
         self.keys: Mapping[str, Limits] = self._config_keys
         self.teams: Mapping[str, Limits] = self._config_teams
 
+    @property
+    def active(self) -> bool:
+        """Whether any request can be limited (else the proxy skips the gate)."""
+        return bool(
+            self.keys or self.teams or not self.default_key.empty or not self.client_ip.empty
+        )
+
     def apply(self, keys: Mapping[str, Limits], teams: Mapping[str, Limits]) -> None:
         """Limits from the control plane's policy, over the config file's."""
         self.keys = {**self._config_keys, **{k: v for k, v in keys.items() if not v.empty}}
         self.teams = {**self._config_teams, **{k: v for k, v in teams.items() if not v.empty}}
+
+    def apply_policy(self, policy: gateway_pb2.Policy) -> None:
+        """The limits on the policy's keys and teams (they reach every edge with it)."""
+        self.apply(
+            {k.id: from_proto(k.limits) for k in policy.keys if k.HasField("limits")},
+            {t.name: from_proto(t.limits) for t in policy.teams if t.HasField("limits")},
+        )
 
     def subjects(self, request: web.Request, call: Call) -> list[Subject]:
         out = []
@@ -134,14 +172,17 @@ async def limit_headers(request: web.Request, response: web.StreamResponse) -> N
         response.headers.update(headers(ticket, time.time()))
 
 
-def _any(config: LimitsConfig) -> bool:
-    return bool(
-        config.keys
-        or config.teams
-        or not to_limits(config.default_key).empty
-        or not to_limits(config.client_ip).empty
-        or config.valkey_url
-    )
+LIMITS: Final = web.AppKey("limits", Gate)
+
+
+def apply_policy(app: web.Application, policy: gateway_pb2.Policy) -> None:
+    """The policy's limits on this edge at once (edge/gateway/policy.py calls this)."""
+    from edge.app import PROXY
+
+    gate = app.get(LIMITS)
+    if gate is not None:
+        gate.apply_policy(policy)
+        app[PROXY].limits = gate if gate.active else None
 
 
 async def limiting(app: web.Application) -> AsyncIterator[None]:
@@ -172,7 +213,8 @@ async def limiting(app: web.Application) -> AsyncIterator[None]:
     proxy = app[PROXY]
     empty = PriceTable({})
     gate = Gate(limits, limiter, lambda: getattr(proxy.recorder, "prices", empty))
-    proxy.limits = gate if _any(limits) else None
+    app[LIMITS] = gate
+    proxy.limits = gate if gate.active else None
     task = asyncio.create_task(_upkeep(limiter, counters), name="edge-limits-upkeep")
     try:
         yield
