@@ -262,8 +262,10 @@ async def handle_messages(proxy: Proxy, request: web.Request) -> web.StreamRespo
         model: str = body["model"]
         if identity is not None:
             identity.check_model(model)
-        route = proxy.balancer.route_for(model)
-        openai = None if _all_native(route) else translate(body)
+        if proxy.fallbacks.known(model):  # a chain's targets may speak either dialect
+            openai: dict[str, Any] | None = translate(body)
+        else:
+            openai = None if _all_native(proxy.balancer.route_for(model)) else translate(body)
         key = session_header_key(request.headers, proxy.config.session_headers)
         if key is None:
             key = chat_key(model, anthropic.conversation_head(body))

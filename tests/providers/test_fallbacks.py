@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anthropic
 import openai
 import pytest
 
@@ -241,3 +242,71 @@ async def test_usage_records_name_the_provider_and_use_its_prices(
     assert second["cost_usd"] == pytest.approx(
         (direct.usage.prompt_tokens * 3.0 + direct.usage.completion_tokens * 15.0) / 1e6
     )
+
+
+async def test_anthropic_sdk_follows_chains_too(
+    gpt: HostedFake,
+    claude: HostedFake,
+    ca: CertAuthority,
+    snapshots: SnapshotServer,
+    start_edge: StartEdge,
+) -> None:
+    """Messages clients: a local model's chain to Anthropic (native) after the local server
+    dies, and a chain-only name whose first target is rate limited."""
+    async with running_fakes(FakeServer("vllm", [LOCAL], "local")) as (local,):
+        snapshots.publish(
+            with_chains(
+                1,
+                [from_fake(local), provider_backend(gpt), provider_backend(claude)],
+                chain(LOCAL, f"{claude.name}/claude-sonnet-4-5"),
+                chain("smart", f"{gpt.name}/gpt-4.1-mini", f"{claude.name}/claude-sonnet-4-5"),
+            )
+        )
+        running = await start_edge(snapshots, **edge_settings(ca.ca_file, "openai", "anthropic"))
+        await running.wait_version(1)
+        async with anthropic.AsyncAnthropic(
+            base_url=running.url, api_key="unused", max_retries=0
+        ) as client:
+
+            async def ask_messages(model: str, text: str) -> tuple[str, str]:
+                raw = await client.messages.with_raw_response.create(
+                    model=model, max_tokens=32, messages=[{"role": "user", "content": text}]
+                )
+                message = await raw.parse()
+                assert message.model == model
+                assert message.content[0].text.endswith(f"] {text}")  # type: ignore[union-attr]
+                return raw.headers["x-corral-backend"], raw.headers["x-corral-route"]
+
+            assert (await ask_messages(LOCAL, "before"))[0] == "local"
+            await local.stop()
+            assert await ask_messages(LOCAL, "after") == (claude.name, "fallback")
+            assert claude.requests[-1].body_json["model"] == "claude-sonnet-4-5"
+            assert await ask_messages("smart", "one") == (gpt.name, "fallback")
+            gpt.mode = "ratelimit"
+            assert await ask_messages("smart", "two") == (claude.name, "fallback")
+
+
+async def test_conditions_decide_whether_a_chain_moves_on(
+    gpt: HostedFake,
+    claude: HostedFake,
+    ca: CertAuthority,
+    snapshots: SnapshotServer,
+    start_edge: StartEdge,
+) -> None:
+    """A chain that moves on only for connection errors answers a 429 as it is."""
+    gpt.mode = "ratelimit"
+    snapshots.publish(
+        with_chains(
+            1,
+            [provider_backend(gpt), provider_backend(claude)],
+            chain("gpt-4.1-mini", f"{claude.name}/claude-sonnet-4-5", on=["connect"]),
+        )
+    )
+    running = await start_edge(snapshots, **edge_settings(ca.ca_file, "openai", "anthropic"))
+    await running.wait_version(1)
+    with pytest.raises(openai.RateLimitError) as limited:
+        await running.client().chat.completions.create(
+            model="gpt-4.1-mini", messages=[{"role": "user", "content": "x"}]
+        )
+    assert limited.value.code == "rate_limit_exceeded"
+    assert claude.requests == []

@@ -9,6 +9,7 @@ import anthropic
 import openai
 import pytest
 
+from controlplane import hosted
 from tests.edge.conftest import StartEdge
 from tests.edge.snapshot_server import SnapshotServer, snapshot
 from tests.fakes.hosted import HostedFake, HostedKind
@@ -173,3 +174,26 @@ async def test_provider_errors_reach_clients_in_their_dialect(
     with pytest.raises(openai.InternalServerError) as broken:
         await client.chat.completions.create(model=MODEL["azure"], messages=hi)  # type: ignore[arg-type]
     assert broken.value.status_code == 500
+
+
+async def test_any_openai_compatible_api_by_base_url(
+    fakes: dict[str, HostedFake],
+    ca: CertAuthority,
+    snapshots: SnapshotServer,
+    start_edge: StartEdge,
+) -> None:
+    """type openai-compatible: the base URL as given, Bearer auth, OpenAI's shapes."""
+    fake = fakes["openai"]
+    entry = provider_backend(fake)
+    entry.spec.provider = hosted.TYPES["openai-compatible"]
+    entry.spec.name = "together"
+    snapshots.publish(snapshot(1, [entry]))
+    running = await start_edge(snapshots, **edge_settings(ca.ca_file, "openai"))
+    await running.wait_version(1)
+    raw = await running.client().chat.completions.with_raw_response.create(
+        model=MODEL["openai"], messages=[{"role": "user", "content": "compatible"}]
+    )
+    assert raw.parse().choices[0].message.content == f"[{fake.name}] compatible"
+    assert raw.headers["x-corral-backend"] == "together"
+    assert fake.requests[-1].headers["Authorization"] == f"Bearer {KEYS['openai']}"
+    assert fake.requests[-1].path == "/v1/chat/completions"
