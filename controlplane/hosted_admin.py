@@ -52,6 +52,8 @@ class HostedAdmin:
         layout = self._service._replica.layout
         if await parts.store.get(layout.spec(provider.name)) is not None:
             raise NameTakenError(f"an agent's backend is already named {provider.name!r}")
+        audit = f"{hosted.TYPE_NAMES[provider.type]} {provider.base_url} {provider.credential}"
+        await self._service._audit.record(parts.store, "provider.set", provider.name, audit)
         await self._write(
             parts, layout.provider(provider.name), provider.SerializeToString(), "provider"
         )
@@ -70,6 +72,7 @@ class HostedAdmin:
         key = self._service._replica.layout.provider(request.name)
         if not request.name or await parts.store.get(key) is None:
             raise NotFoundError(f"no provider named {request.name!r}")
+        await self._service._audit.record(parts.store, "provider.remove", request.name)
         await self._write(parts, key, None, "provider")
         layout = self._service._replica.layout
         if await parts.store.get(layout.provider_health(request.name)) is not None:
@@ -89,6 +92,8 @@ class HostedAdmin:
         chain = request.chain
         hosted.check_chain(chain)
         key = self._service._replica.layout.fallback(chain.model)
+        targets = ", ".join(chain.targets)
+        await self._service._audit.record(parts.store, "fallbacks.set", chain.model, targets)
         await self._write(parts, key, chain.SerializeToString(), "fallback")
         log.info("fallback chain %s -> %s", chain.model, ", ".join(chain.targets))
         return providers_pb2.SetFallbacksResponse(chain=chain)
@@ -99,6 +104,7 @@ class HostedAdmin:
         key = self._service._replica.layout.fallback(request.model)
         if not request.model or await parts.store.get(key) is None:
             raise NotFoundError(f"no fallback chain for {request.model!r}")
+        await self._service._audit.record(parts.store, "fallbacks.delete", request.model)
         await self._write(parts, key, None, "fallback")
         log.info("fallback chain %s deleted", request.model)
         return providers_pb2.DeleteFallbacksResponse()

@@ -185,17 +185,21 @@ async def _handle_native(proxy: Proxy, request: web.Request) -> web.StreamRespon
 
 
 async def list_models(request: web.Request) -> web.Response:
-    request.app[PROXY].check_auth(request)
+    identity = request.app[PROXY].check_auth(request)
     table = request.app[BALANCER].table
     body = table.models_body if table is not None else b'{"object":"list","data":[]}'
+    if identity is not None and identity.models is not None:
+        body = identity.visible(body)  # a key limited to some models sees only those
     return web.Response(body=body, content_type=_JSON)
 
 
 async def get_model(request: web.Request) -> web.Response:
-    request.app[PROXY].check_auth(request)
+    identity = request.app[PROXY].check_auth(request)
     model = request.match_info["model"]
     table = request.app[BALANCER].table
     body = table.model_bodies.get(model) if table is not None else None
+    if identity is not None and identity.models is not None and model not in identity.models:
+        body = None
     if body is None:
         raise ApiError(
             404,

@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 
 from controlplane.gateway import records
 from controlplane.keys import KeyLayout
-from controlplane.store.base import Store
+from controlplane.store.base import KeyValue, Store
 from corral.v1 import gateway_pb2
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,20 @@ class AuditLog:
         log.info("audit: %s %s %s by %s", action, target, detail, caller.actor)
         await self._trim(store)
 
-    async def _trim(self, store: Store) -> None:
+    async def _in_order(self, store: Store) -> list[KeyValue]:
+        """Every entry, oldest first: in the store's write order (clocks of replicas and
+        entries of one millisecond would not tell)."""
         _, kvs = await store.get_prefix(self._prefix)
+        return sorted(kvs, key=lambda kv: kv.create_revision)
+
+    async def _trim(self, store: Store) -> None:
+        kvs = await self._in_order(store)
         for kv in kvs[: max(0, len(kvs) - self._limit)]:
             await store.delete(kv.key)
 
     async def entries(self, store: Store, limit: int = 0) -> list[gateway_pb2.AuditEntry]:
         """Oldest first; the newest `limit` (0: all kept)."""
-        _, kvs = await store.get_prefix(self._prefix)
+        kvs = await self._in_order(store)
         if limit:
             kvs = kvs[-limit:]
         out: list[gateway_pb2.AuditEntry] = []

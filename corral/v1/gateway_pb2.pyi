@@ -259,7 +259,8 @@ class AuditEntry(_message.Message):
     """
     action: _builtins.str
     """key.create, key.revoke, key.disable, key.enable, team.create, price.set, price.delete,
-    alias.set, alias.delete, backend.drain, backend.undrain.
+    alias.set, alias.delete, backend.drain, backend.undrain, provider.set, provider.remove,
+    fallbacks.set, fallbacks.delete (and what later features add).
     """
     target: _builtins.str
     """What it acted on: a key id, team, model, alias or backend name."""

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Final
 
+import orjson
 from multidict import CIMultiDictProxy
 
 from corral.config import EdgeConfig, Secret
@@ -65,6 +66,14 @@ class Identity:
                 param="model",
                 code="model_not_allowed",
             )
+
+    def visible(self, models_body: bytes) -> bytes:
+        """A /v1/models answer with only the models this key may use."""
+        listing = orjson.loads(models_body)
+        allowed = self.models
+        if allowed is not None and isinstance(listing.get("data"), list):
+            listing["data"] = [m for m in listing["data"] if m.get("id") in allowed]
+        return orjson.dumps(listing)
 
     def __repr__(self) -> str:
         return f"Identity({self.key_id!r}, team={self.team!r})"

@@ -12,7 +12,7 @@ from controlplane.gateway import records
 from controlplane.keys import KeyLayout
 from controlplane.store.etcd import EtcdStore
 from corral.config import GatewayConfig, ModelAliasConfig, PriceConfig, Secret
-from corral.v1 import admin_pb2, gateway_pb2, gateway_pb2_grpc, types_pb2
+from corral.v1 import admin_pb2, gateway_pb2, gateway_pb2_grpc, providers_pb2, types_pb2
 from tests.controlplane import harness as h
 from tests.support.etcd import EtcdCluster
 
@@ -157,3 +157,24 @@ async def test_audit_names_who_and_keeps_the_newest() -> None:
         assert all(e.peer and e.unix_ms for e in entries)
         newest = (await admin.ListAudit(gateway_pb2.ListAuditRequest(limit=1))).entries
         assert [e.action for e in newest] == ["key.revoke"]
+
+
+async def test_hosted_provider_changes_are_audited() -> None:
+    """Providers and fallback chains set and removed through AdminService are audited too."""
+    async with h.running(h.config()) as address, h.admin(address) as admin:
+        provider = providers_pb2.Provider(
+            name="openai", type=providers_pb2.PROVIDER_TYPE_OPENAI, credential="openai-prod"
+        )
+        await admin.SetProvider(providers_pb2.SetProviderRequest(provider=provider))
+        chain = providers_pb2.FallbackChain(model="m", targets=["openai/gpt-4o-mini"])
+        await admin.SetFallbacks(providers_pb2.SetFallbacksRequest(chain=chain))
+        await admin.DeleteFallbacks(providers_pb2.DeleteFallbacksRequest(model="m"))
+        await admin.RemoveProvider(providers_pb2.RemoveProviderRequest(name="openai"))
+        entries = (await admin.ListAudit(gateway_pb2.ListAuditRequest())).entries
+        assert [(e.action, e.target) for e in entries] == [
+            ("provider.set", "openai"),
+            ("fallbacks.set", "m"),
+            ("fallbacks.delete", "m"),
+            ("provider.remove", "openai"),
+        ]
+        assert entries[0].actor == "open" and "openai-prod" in entries[0].detail

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,6 @@ import aiohttp
 import anthropic
 import grpc
 import openai
-import orjson
 import pytest
 
 import controlplane
@@ -127,6 +127,10 @@ async def test_open_until_a_key_exists_then_sdks_need_it(cluster: Cluster) -> No
     assert wrong.value.status_code == 401
     assert wrong.value.body["code"] == "invalid_api_key"  # type: ignore[index]
 
+    assert [m.id async for m in client.models.list()] == [MODEL]  # only what it may use
+    await client.models.retrieve(MODEL)
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve(OTHER)
     with pytest.raises(openai.PermissionDeniedError) as denied:
         await client.chat.completions.create(model=OTHER, messages=USER)
     body: Any = denied.value.body
@@ -237,11 +241,11 @@ async def test_usage_records_carry_the_key_and_the_admin_price(
     created = await cluster.key(team="billing")
     price = gateway_pb2.ModelPrice(model=MODEL, input_per_mtok=2.0, output_per_mtok=10.0)
     await cluster.admin("SetPrice", gateway_pb2.SetPriceRequest(price=price))
-    records = tmp_path / "usage.jsonl"
+    records = tmp_path / "usage.db"
     running = await start_edge(
         None,
         controlplane=(cluster.address,),
-        usage=UsageConfig(sink="jsonl", path=str(records), flush_interval_seconds=0.05),
+        usage=UsageConfig(sink="sqlite", path=str(records), flush_interval_seconds=0.05),
     )
     await _policy_has(running, await policy_version(cluster.address))
 
@@ -259,7 +263,12 @@ async def test_usage_records_carry_the_key_and_the_admin_price(
     def written() -> list[dict[str, Any]]:
         if not records.exists():
             return []
-        rows = [orjson.loads(line) for line in records.read_bytes().splitlines()]
+        with contextlib.closing(sqlite3.connect(records)) as db:
+            db.row_factory = sqlite3.Row
+            try:
+                rows = [dict(r) for r in db.execute("SELECT * FROM corral_usage")]
+            except sqlite3.OperationalError:  # the table is not there yet
+                return []
         return rows if len(rows) >= 2 else []
 
     rows = await eventually(written)
