@@ -104,13 +104,11 @@ async def run_chain(
     could not serve for a reason the chain moves on for: the answer, the last failure, or
     None when nothing could be tried."""
     failure: Failure | None = None
-    refused: ApiError | None = None  # why a stage had no route
     skipped = 0
     for stage in stages:
         try:
             route = stage.lookup()
-        except ApiError as exc:
-            refused = refused or exc
+        except ApiError:  # no route: an unknown name, or nothing routable
             if "unhealthy" in stage.on:
                 continue
             break
@@ -133,9 +131,7 @@ async def run_chain(
             "The request is longer than the context window of every model it may go to.",
             code="context_length_exceeded",
         )
-    if failure is None and refused is not None and refused.status == 404:
-        raise refused
-    return failure
+    return failure  # None: nothing could be tried (503, as for a model with no backend)
 
 
 def moves_on(stage: Stage, failure: Failure) -> bool:

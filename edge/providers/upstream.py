@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from typing import Final
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -19,6 +20,8 @@ from corral.v1 import providers_pb2, types_pb2
 log = logging.getLogger("corral.edge.credentials")
 
 ANTHROPIC_VERSION: Final = "2023-06-01"
+# A credential file is read again at most this often (a rotated key is used from then on).
+REREAD_SECONDS: Final = 5.0
 BASE: Final = CIMultiDictProxy(
     CIMultiDict({"Content-Type": "application/json", "Accept-Encoding": "identity"})
 )
@@ -30,12 +33,28 @@ class UpstreamAuth:
     def __init__(self, config: EdgeConfig) -> None:
         self._credentials = Credentials(config.credentials, config.credentials_dir)
         self._reported: dict[str, str] = {}  # backend -> reference already logged missing
+        # Resolved headers per (backend, reference, provider type), with when: snapshots come
+        # up to every second (load), files are re-read at most every REREAD_SECONDS.
+        self._cache: dict[tuple[str, str, int], tuple[float, CIMultiDictProxy[str]]] = {}
 
     def headers(self, spec: types_pb2.BackendSpec) -> CIMultiDictProxy[str] | None:
         """The headers for this backend; None when its credential is missing here."""
         ref = spec.credential
         if not ref:
             return BASE
+        key = (spec.name, ref, spec.provider)
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        if cached is not None and now - cached[0] < REREAD_SECONDS:
+            return cached[1]
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        headers = self._resolve(spec, ref)
+        if headers is not None:  # a missing one is looked for again at every snapshot
+            self._cache[key] = (now, headers)
+        return headers
+
+    def _resolve(self, spec: types_pb2.BackendSpec, ref: str) -> CIMultiDictProxy[str] | None:
         try:
             secret = self._credentials.resolve(ref).reveal()
         except MissingCredential as exc:
