@@ -133,10 +133,14 @@ async def test_a_restarted_edge_enforces_the_persisted_policy(
         first = await start_edge(None, controlplane=(address,), state_dir=state)
         version = await policy_version(address)
 
-        async def applied() -> bool:
-            return bool((await first.readyz())["policy_version"] >= version)
+        def persisted() -> bool:  # applied first, then written to disk
+            path = Path(state) / "policy.pb"
+            return (
+                path.exists()
+                and gateway_pb2.Policy.FromString(path.read_bytes()).version >= version
+            )
 
-        await eventually(applied)
+        await eventually(persisted)
         await first.stop()
     finally:
         task.cancel()
