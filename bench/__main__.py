@@ -13,6 +13,7 @@ BENCHMARKS = {
     "keys": "bench.keys",
     "providers": "bench.providers",
     "usage": "bench.usage",
+    "cacheguard": "bench.cacheguard",
 }
 
 

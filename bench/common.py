@@ -320,7 +320,16 @@ Each section is rewritten by its benchmark; the baselines are measured in the sa
 compare ratios more than absolute numbers (the machine may be shared).
 """
 
-ORDER = ["overhead", "streaming", "controlplane", "routing", "keys", "providers", "usage"]
+ORDER = [
+    "overhead",
+    "streaming",
+    "controlplane",
+    "routing",
+    "keys",
+    "providers",
+    "usage",
+    "cacheguard",
+]
 
 
 def write_section(name: str, body: str) -> None:

@@ -186,14 +186,55 @@ def _ipv6s(text: str, pos: int = 0, endpos: int = sys.maxsize) -> list[Span]:
             out.append((start, end))
 
 
+_KEY_NEEDLES: Final = (
+    "sk-", "sk_", "rk_", "AKIA", "ASIA", "ABIA", "ACCA", "gh", "github_pat_", "AIza", "xox",
+    "hf_", "glpat-",
+)  # fmt: skip
+# Where a provider's key may start (a fast search), then the whole key matched from there.
+_KEY_SEED: Final = re.compile(
+    r"sk-|sk_|rk_|AKIA|ASIA|ABIA|ACCA|gh[pousr]_|github_pat_|AIza|xox[abposr]-|hf_|glpat-"
+)
+_KEY: Final = re.compile(
+    r"(?:"
+    r"sk-(?:ant-(?:api|admin)\d\d-|proj-|svcacct-|admin-|or-v1-|corral-)?[A-Za-z0-9_-]{20,}"
+    r"|[sr]k_(?:live|test)_[A-Za-z0-9]{16,}"
+    r"|(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}"
+    r"|gh[pousr]_[A-Za-z0-9]{36,255}"
+    r"|github_pat_[A-Za-z0-9_]{60,}"
+    r"|AIza[0-9A-Za-z_-]{35}"
+    r"|xox[abposr]-[A-Za-z0-9-]{10,}"
+    r"|hf_[A-Za-z0-9]{30,}"
+    r"|glpat-[A-Za-z0-9_-]{20,}"
+    r")(?![\w-])"
+)
+
+
+def _api_keys(text: str, pos: int = 0, endpos: int = sys.maxsize) -> list[Span]:
+    out: list[Span] = []
+    while True:
+        seed = _KEY_SEED.search(text, pos, endpos)
+        if seed is None:
+            return out
+        start = seed.start()
+        found = _KEY.match(text, start, endpos)
+        if found is not None and _left_ok(text, start, "-"):
+            out.append((start, found.end()))
+            pos = found.end()
+        else:
+            pos = start + 1
+
+
 @dataclass(frozen=True, slots=True)
 class Detector:
     name: str  # the switch in the config
     kind: str  # what findings report, and the placeholder's type (upper-cased)
     needles: tuple[str, ...]  # the text must contain one of them (empty: any text)
     find: Finder
-    # Looks only inside runs of digits and separators (found once for every such detector).
-    in_digit_runs: bool = False
+    # Looks only inside runs of digits and separators (found once for every such detector)
+    # with at least this many digits (0: looks at the whole text instead) ...
+    run_digits: int = 0
+    # ... and holding this character ("" any).
+    run_needs: str = ""
 
 
 # Seven or more digits and separators, starting and ending with a digit: every card, phone,
@@ -222,45 +263,28 @@ DETECTORS: Final[tuple[Detector, ...]] = (
         ("eyJ",),
         _regex(rf"eyJ{_B64URL}{{6,}}\.eyJ{_B64URL}{{6,}}\.{_B64URL}*(?![\w-])", "-"),
     ),
-    Detector(
-        "api_key",
-        "api_key",
-        ("sk-", "sk_", "rk_", "AKIA", "ASIA", "gh", "github_pat_", "AIza", "xox", "hf_", "glpat-"),
-        _regex(
-            r"(?:"
-            r"sk-(?:ant-(?:api|admin)\d\d-|proj-|svcacct-|admin-|or-v1-|corral-)?[A-Za-z0-9_-]{20,}"
-            r"|[sr]k_(?:live|test)_[A-Za-z0-9]{16,}"
-            r"|(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}"
-            r"|gh[pousr]_[A-Za-z0-9]{36,255}"
-            r"|github_pat_[A-Za-z0-9_]{60,}"
-            r"|AIza[0-9A-Za-z_-]{35}"
-            r"|xox[abposr]-[A-Za-z0-9-]{10,}"
-            r"|hf_[A-Za-z0-9]{30,}"
-            r"|glpat-[A-Za-z0-9_-]{20,}"
-            r")(?![\w-])",
-            "-",
-        ),
-    ),
+    Detector("api_key", "api_key", _KEY_NEEDLES, _api_keys),
     Detector("email", "email", ("@",), _emails),
     Detector(
         "iban",
         "iban",
         _DIGITS,
-        _regex(r"[A-Z]{2}\d\d(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?!\w)", "", iban_ok),
+        _regex(r"[A-Z][A-Z]\d\d(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?!\w)", "", iban_ok),
     ),
     Detector(
         "credit_card",
         "credit_card",
         (),
         _regex(r"\d\d[ -]?\d(?:[ -]?\d){10,16}(?![\w]|[.,-]\d)", ".,-", _card),
-        in_digit_runs=True,
+        run_digits=13,
     ),
     Detector(
         "ssn",
         "ssn",
         (),
         _regex(r"\d\d\d-\d\d-\d{4}(?![\w]|[.-]\d)", ".-", _ssn),
-        in_digit_runs=True,
+        run_digits=9,
+        run_needs="-",
     ),
     Detector(
         "phone",
@@ -273,7 +297,7 @@ DETECTORS: Final[tuple[Detector, ...]] = (
             ".+-",
             _phone,
         ),
-        in_digit_runs=True,
+        run_digits=8,
     ),
     Detector("ipv6", "ip_address", (":",), _ipv6s),
     Detector(
@@ -281,7 +305,8 @@ DETECTORS: Final[tuple[Detector, ...]] = (
         "ip_address",
         (),
         _regex(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\w]|\.\d)", ".", _ipv4),
-        in_digit_runs=True,
+        run_digits=4,
+        run_needs=".",
     ),
 )
 NAMES: Final = tuple(d.name for d in DETECTORS)
@@ -297,21 +322,33 @@ def select(names: Iterable[str]) -> tuple[Detector, ...]:
     return tuple(d for d in DETECTORS if d.name in wanted)
 
 
+def _digit_runs(text: str) -> list[tuple[int, int, int, str]]:
+    """Each run: where it is, how many digits it has, its text."""
+    out = []
+    for m in _DIGIT_RUN.finditer(text):
+        run = m.group()
+        digits = len(run) - sum(run.count(ch) for ch in " .()+-")
+        out.append((m.start(), m.end(), digits, run))
+    return out
+
+
 def scan(text: str, detectors: Iterable[Detector] = DETECTORS) -> list[Finding]:
     """Every finding in the text, sorted, overlaps resolved in favour of the earlier detector."""
     taken: list[Finding] = []
-    runs: list[Span] | None = None
+    runs: list[tuple[int, int, int, str]] | None = None
     size = len(text)
     for detector in detectors:
         if detector.needles and not any(n in text for n in detector.needles):
             continue
-        if detector.in_digit_runs:
+        if detector.run_digits:
             if runs is None:
-                runs = [m.span() for m in _DIGIT_RUN.finditer(text)]
+                runs = _digit_runs(text)
+            least, needs = detector.run_digits, detector.run_needs
             spans: list[Span] = []
-            for start, end in runs:
-                # One character before (a "+" or "("), two after (what may not follow).
-                spans.extend(detector.find(text, max(0, start - 1), min(size, end + 2)))
+            for start, end, digits, run in runs:
+                if digits >= least and (not needs or needs in run):
+                    # One character before (a "+" or "("), two after (what may not follow).
+                    spans.extend(detector.find(text, max(0, start - 1), min(size, end + 2)))
         else:
             spans = detector.find(text)
         kind = detector.kind

@@ -1,0 +1,299 @@
+"""The response cache and the guardrails: hit latency, PII scan cost, throughput with both on.
+
+``./dev bench cacheguard [--seconds 4] [--rounds 3] [--no-write]``
+
+nginx answers a fixed chat.completion (CPU 1); edges on CPU 0, all with usage records off:
+`plain` (no cache, no guard), `memory` (cache on: every request after the first a hit in
+process), `valkey` (cache on, in-process tier of 0 bytes: every hit read from Valkey/Redis on
+CPU 1), `both` (cache and guard on: pii redact with restore, every detector). wrk (CPU 1):
+one connection on a fixed body for hit p50s; then paired rounds at 32 connections where every
+request has a body of its own (~1 KiB of prompt, no PII: each one a miss, scanned in full)
+against `plain` and `both`. The scan cost per KiB is measured in this process (CPU 1) on a
+corpus of prose, code and logs, and through Guard.inspect on chat bodies of 1 KiB to 256 KiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench import nginx, wrk
+from bench.common import (
+    LOAD_CPU,
+    PROXY_CPU,
+    PYTHON,
+    Proc,
+    Procs,
+    free_port,
+    load_note,
+    machine,
+    md_table,
+    now_utc,
+    pin_self,
+    wait_http,
+    workspace,
+    write_section,
+)
+
+PROMPT = (
+    "We are migrating the billing service from the monolith to its own deployment. The "
+    "old code reads invoices in batches of 500, computes tax per line with the rules of "
+    "2019, and writes a summary at 03:15 UTC every night (see job 48213, build 20240301, "
+    "version 3.12.4). Please review this snippet and tell me what breaks when the batch "
+    "size changes:\n\n    for (int i = 0; i < batch.size(); i++) {\n        total += "
+    "batch[i].amount * rates.at(batch[i].region);\n        if (total > 1e6) flush(total);"
+    "\n    }\n\nThe request id 7f3e2c1a-9b8d-4e6f-a1b2-c3d4e5f60718 failed twice with "
+    "code 137 after 30.5 s; the pod restarted at 2024-03-01T12:34:56Z on node ip-10-0-3-"
+    "17. What should the new service do differently, and which metrics should we watch in "
+    "the first week? Keep the answer short: three bullet points and one sentence of "
+    "summary. Thanks a lot for the help with this, it has been a long week for the team."
+)
+MARK = "@@N@@"
+
+
+def body(prompt: str) -> bytes:
+    return orjson.dumps(
+        {"model": nginx.MODEL, "max_tokens": 32, "messages": [{"role": "user", "content": prompt}]}
+    )
+
+
+def unique_script(path: Path) -> Path:
+    """wrk Lua: each request's prompt starts with a run-unique number (every one a miss)."""
+    template = body(f"{MARK} {PROMPT}").decode()
+    head, tail = template.split(MARK)
+
+    def lua(s: str) -> str:
+        return "'" + s.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+    path.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        "math.randomseed(os.time())\n"
+        "local run = tostring(math.random(1, 1000000000))\n"
+        "local n = 0\n"
+        f"local head, tail = {lua(head)}, {lua(tail)}\n"
+        "request = function()\n"
+        "  n = n + 1\n"
+        '  return wrk.format(nil, nil, nil, head .. run .. "-" .. n .. tail)\n'
+        "end\n"
+    )
+    return path
+
+
+def start_edge(
+    procs: Procs, tmp: Path, name: str, snap_port: int, extra: dict[str, Any]
+) -> tuple[Proc, str]:
+    config = tmp / f"{name}.yaml"
+    config.write_text(orjson.dumps({"edge": {"usage": {"sink": "off"}, **extra}}).decode())
+    port = free_port()
+    argv = [
+        PYTHON, "-m", "corral.cli", "edge", "--config", str(config),
+        "--listen", f"127.0.0.1:{port}", "--controlplane", f"127.0.0.1:{snap_port}",
+        "--log-level", "WARNING",
+    ]  # fmt: skip
+    proc = procs.start(name, argv, cpus=PROXY_CPU)
+    wait_http(f"http://127.0.0.1:{port}/readyz", proc, timeout=60)
+    return proc, f"http://127.0.0.1:{port}/v1/chat/completions"
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def scan_costs() -> tuple[float, list[tuple[str, float]]]:
+    """µs per KiB: the detectors on a mixed corpus; Guard.inspect on chat bodies by size."""
+    from corral.config import GuardConfig
+    from edge.gateway.guard.detectors import scan
+    from edge.gateway.guard.engine import Guard
+    from tests.gateway.corpus import negatives, positives
+
+    corpus = [PROMPT] * 8 + negatives(400) + [t for _, _, t in positives(4)]
+    text = "\n".join(corpus)
+    chunks = [text[i : i + 4096] for i in range(0, len(text), 4096)]
+    kib = sum(len(c) for c in chunks) / 1024
+    runs = []
+    for _ in range(7):
+        started = time.process_time()  # CPU time: other processes on the CPU do not count
+        for chunk in chunks:
+            scan(chunk)
+        runs.append((time.process_time() - started) * 1e6 / kib)
+    per_kib = median(runs)
+
+    guard = Guard(GuardConfig(pii="redact", restore=True))
+
+    async def inspect_costs() -> list[tuple[str, float]]:
+        sizes = []
+        for size_kib in (1, 16, 256):
+            content = (PROMPT * (size_kib * 1024 // len(PROMPT) + 1))[: size_kib * 1024]
+            raw = body(content)
+            times = []
+            for _ in range(max(5, 400 // size_kib)):
+                parsed = orjson.loads(raw)
+                started = time.process_time()
+                await guard.inspect(parsed)
+                times.append((time.process_time() - started) * 1e6 / size_kib)
+            sizes.append((f"{size_kib} KiB", median(times)))
+        return sizes
+
+    sizes = asyncio.run(inspect_costs())
+    return per_kib, sizes
+
+
+def measure(tmp: Path, procs: Procs, seconds: float, rounds: int) -> dict[str, Any]:
+    from tests.support.valkey import running_valkey
+
+    backend_port = free_port()
+    backend = f"http://127.0.0.1:{backend_port}"
+    nginx.start(
+        procs, "backend", lambda d: nginx.backend_conf(d, backend_port), LOAD_CPU,
+        f"{backend}/health",
+    )  # fmt: skip
+    snap_port = free_port()
+    argv = [PYTHON, "-m", "bench.snapshot_server", "--listen", f"127.0.0.1:{snap_port}",
+            "--model", nginx.MODEL, "--backend", f"nginx={backend}"]  # fmt: skip
+    snap = procs.start("snapshots", argv, cpus=LOAD_CPU)
+    time.sleep(0.5)
+    snap.check_alive()
+    out: dict[str, Any] = {}
+    with running_valkey() as valkey:
+        cache = {"ttl_seconds": 600}
+        edges = {
+            "plain": start_edge(procs, tmp, "plain", snap_port, {}),
+            "memory": start_edge(procs, tmp, "memory", snap_port, {"cache": cache}),
+            "valkey": start_edge(
+                procs,
+                tmp,
+                "valkey",
+                snap_port,
+                {"cache": {**cache, "max_bytes": 0, "valkey_url": valkey.url}},
+            ),
+            "both": start_edge(
+                procs,
+                tmp,
+                "both",
+                snap_port,
+                {"cache": cache, "guard": {"pii": "redact", "restore": True}},
+            ),
+        }
+        fixed = wrk.post_script(tmp / "fixed.lua", body(PROMPT))
+        unique = unique_script(tmp / "unique.lua")
+        for _, url in edges.values():  # warm-up; stores the fixed answer where cached
+            wrk.run(url, fixed, connections=4, seconds=1, cpus=LOAD_CPU)
+        c1 = max(3, round(seconds * 0.75))
+        out["c1"] = {}
+        for name in ("plain", "memory", "valkey"):
+            result = wrk.run(edges[name][1], fixed, connections=1, seconds=c1, cpus=LOAD_CPU)
+            out["c1"][name] = (result.p50, result.p99, result.rps, result.errors)
+            print(f"  c1 {name}: p50 {result.p50 * 1e3:.3f} ms", flush=True)
+        pairs = []
+        plain_proc, plain_url = edges["plain"]
+        both_proc, both_url = edges["both"]
+        for _ in range(rounds):
+            cpu = plain_proc.cpu_seconds()
+            a = wrk.run(plain_url, unique, connections=32, seconds=seconds, cpus=LOAD_CPU)
+            cpu_a = (plain_proc.cpu_seconds() - cpu) / max(1, a.requests)
+            cpu = both_proc.cpu_seconds()
+            b = wrk.run(both_url, unique, connections=32, seconds=seconds, cpus=LOAD_CPU)
+            cpu_b = (both_proc.cpu_seconds() - cpu) / max(1, b.requests)
+            pairs.append((a.rps, b.rps, cpu_a, cpu_b, a.errors + b.errors))
+            print(f"  round: plain {a.rps:,.0f} req/s {cpu_a * 1e6:.0f} us/req, both "
+                  f"{b.rps:,.0f} req/s {cpu_b * 1e6:.0f} us/req", flush=True)  # fmt: skip
+        out["pairs"] = pairs
+        procs.stop_all()
+    return out
+
+
+def report(info: dict[str, str], m: dict[str, Any], scan: Any, cmd: str) -> str:
+    per_kib, sizes = scan
+    c1 = m["c1"]
+    c1_rows = [
+        [name, f"{p50 * 1e3:.3f}", f"{p99 * 1e3:.3f}", f"{rps:,.0f}", str(err)]
+        for name, (p50, p99, rps, err) in c1.items()
+    ]
+    rows = [
+        [f"round {i + 1}", f"{a:,.0f}", f"{b:,.0f}", f"{b / a:.2f}", f"{ca * 1e6:.0f}",
+         f"{cb * 1e6:.0f}", f"{ca / cb:.2f}", str(err)]
+        for i, (a, b, ca, cb, err) in enumerate(m["pairs"])
+    ]  # fmt: skip
+    ratio = median([b / a for a, b, _, _, _ in m["pairs"]])
+    cpu_ratio = median([ca / cb for _, _, ca, cb, _ in m["pairs"]])
+    size_rows = [[label, f"{us:.1f}"] for label, us in sizes]
+    return f"""## Response cache and guardrails (`./dev bench cacheguard`)
+
+`{cmd}` at `{info["commit"]}`, {info["date"]}. {info["machine"]}. {info["load"]}
+The machine was shared with other engineers' test runs during this one (load above): compare
+edges measured side by side, not absolute numbers.
+
+Hits at one connection, the same ~1 KiB chat request again and again (wrk → edge; `plain`
+relays every request to nginx; `memory` answers from the in-process tier; `valkey` from
+Valkey/Redis on loopback, its in-process tier 0 bytes):
+
+{md_table(["edge", "p50 ms", "p99 ms", "req/s", "errors"], c1_rows)}
+
+- In-process hit p50 at the edge: **{c1["memory"][0] * 1e3:.3f} ms** end to end (target
+  ≤ 0.3 ms); Valkey hit p50: **{c1["valkey"][0] * 1e3:.3f} ms** (target ≤ 1 ms).
+
+Throughput with cache and guardrails on and no hits (`both`: cache on, guard `pii: redact`
+with restore and every detector; every request a body of its own, ~1 KiB of prompt with
+numbers, times and ids but no PII, so each is scanned in full, missed and stored) against
+`plain`, paired rounds at 32 connections:
+
+{
+        md_table(
+            [
+                "",
+                "plain req/s",
+                "both req/s",
+                "ratio",
+                "plain CPU µs/req",
+                "both CPU µs/req",
+                "req/CPU-s ratio",
+                "errors",
+            ],
+            rows,
+        )
+    }
+
+- Throughput ratio, median of rounds: **{ratio:.2f}** by wall-clock req/s, **{cpu_ratio:.2f}**
+  by requests per CPU second of the edge process (target ≥ 0.85).
+
+PII scan cost (this process, CPU 1, in CPU time): the detectors over {
+        len(sizes) and "a corpus of"
+    } prose,
+code, logs, ids and synthetic PII in 4 KiB pieces: **{per_kib:.1f} µs per KiB** (target
+≤ 100 µs). Guard.inspect on a chat body (parse excluded; redact, all detectors; bodies over
+32 KiB scanned in a worker thread):
+
+{md_table(["prompt", "µs per KiB"], size_rows)}
+"""
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="./dev bench cacheguard", description=__doc__)
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args(argv)
+    pin_self(LOAD_CPU)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    info = {"machine": machine(), "load": load_note(), "date": now_utc(), "commit": commit}
+    print(f"{info['machine']}\n{info['load']}", flush=True)
+    scan = scan_costs()
+    print(f"  scan: {scan[0]:.1f} us/KiB; {scan[1]}", flush=True)
+    with workspace("cacheguard") as (tmp, procs):
+        m = measure(tmp, procs, args.seconds, args.rounds)
+    cmd = "./dev bench cacheguard" + "".join(f" {a}" for a in argv if a != "--no-write")
+    body_text = report(info, m, scan, cmd)
+    print(body_text)
+    if not args.no_write:
+        write_section("cacheguard", body_text)
+    return 0
