@@ -178,3 +178,20 @@ async def test_hosted_provider_changes_are_audited() -> None:
             ("provider.remove", "openai"),
         ]
         assert entries[0].actor == "open" and "openai-prod" in entries[0].detail
+
+
+async def test_the_policy_stream_needs_the_edge_token() -> None:
+    """PolicyService is behind the edge token, like RoutingService: none or the admin token
+    is refused; the edge token gets the policy."""
+    cfg = h.config(edge_token=Secret("edge-s3cret"), admin_token=Secret("admin-s3cret"))
+    async with h.running(cfg) as address, grpc.aio.insecure_channel(address) as channel:
+        stub = gateway_pb2_grpc.PolicyServiceStub(channel)
+        for metadata in ((), h.bearer("admin-s3cret")):
+            call = stub.WatchPolicy(gateway_pb2.WatchPolicyRequest(), metadata=metadata)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call.read()
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        call = stub.WatchPolicy(gateway_pb2.WatchPolicyRequest(), metadata=h.bearer("edge-s3cret"))
+        first = await call.read()
+        assert first.policy.version > 0
+        call.cancel()
