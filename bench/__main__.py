@@ -14,6 +14,7 @@ BENCHMARKS = {
     "providers": "bench.providers",
     "usage": "bench.usage",
     "cacheguard": "bench.cacheguard",
+    "routing-real": "bench.routing_real",
 }
 
 

@@ -325,6 +325,7 @@ ORDER = [
     "streaming",
     "controlplane",
     "routing",
+    "routing-real",
     "keys",
     "providers",
     "usage",

@@ -120,7 +120,7 @@ class _SimBackend:
     def __init__(self, name: str, cost: CostModel) -> None:
         self.name = name
         self.cache = PrefixCache(cost.capacity_blocks)
-        self.free = cost.slots
+        self.slots = self.free = cost.slots
         self.queue: list[Any] = []
         self.running = 0
 
@@ -141,7 +141,13 @@ def _snapshot(backends: list[_SimBackend], version: int) -> Any:
                 ),
                 status=types_pb2.BackendStatus(
                     health=types_pb2.HEALTH_STATE_HEALTHY,
-                    models=[types_pb2.ModelInfo(id=MODEL, loaded=True)],
+                    # Slots reported as llama.cpp's agent does (the edge keeps a conversation
+                    # home while one is free).
+                    models=[
+                        types_pb2.ModelInfo(
+                            id=MODEL, loaded=True, metadata={"total_slots": str(b.slots)}
+                        )
+                    ],
                     load=types_pb2.BackendLoad(running=b.running, waiting=b.waiting),
                 ),
             )
@@ -166,12 +172,14 @@ def simulate(
 
     rng = random.Random(seed)
     sims = [_SimBackend(f"kv{i}", cost) for i in range(backends)]
+    clock = [0.0]  # virtual seconds, for the edges' view of report ages
     by_name = {b.name: b for b in sims}
     eps = EPS.get(policy, 0.25)
     balancers = [
         Balancer(
             EdgeConfig(bounded_load_epsilon=eps, balancing=MODES.get(policy, "sticky")),
             rng=random.Random(seed * 31 + e),
+            clock=lambda: clock[0],
         )
         for e in range(edges)
     ]
@@ -204,6 +212,7 @@ def simulate(
 
     while events:
         now, _, kind, payload = heapq.heappop(events)
+        clock[0] = now
         if kind == "report":
             if pending == 0:
                 continue

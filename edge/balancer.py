@@ -39,15 +39,22 @@ _Waiter = tuple[int, frozenset[str], "asyncio.Future[None]"]
 class Balancer:
     """The routing table in force plus each backend's local counters."""
 
-    def __init__(self, config: EdgeConfig, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.states: dict[str, BackendState] = {}
         self.table: RoutingTable | None = None
         self.rng = rng or random.Random()
         self._eps = config.bounded_load_epsilon
+        self._busy_eps = config.busy_bound_epsilon
         self._aging = ReportAging(
             window=config.reported_load_window_seconds,
             half_life=config.reported_load_half_life_seconds,
+            clock=clock,
         )
         # "sticky" (by key when the request has one), "least-connections" or "round-robin".
         self._sticky = config.balancing == STICKY
@@ -144,7 +151,7 @@ class Balancer:
         first_tier: bool,
     ) -> Pick | None:
         if key is not None:
-            found = sticky_choice(key, ranked, usable, self._eps)
+            found = sticky_choice(key, ranked, usable, self._eps, self._busy_eps)
             if found is None:
                 return None
             backend, position = found

@@ -4,10 +4,14 @@ Every edge with the same snapshot computes the same sticky choice for the same k
 the choice depends only on the key, the backend names and their weights (and, for the
 bounded-load spill, on load).
 
-When a conversation may leave its home: never while the home has a free slot (a request
-there starts at once, and a move recomputes the whole prompt elsewhere); past that, only when
-the home is above (1 + eps) x its share of all load. So with no concurrency every turn goes
-home, and under overload no backend runs far above the average.
+When a conversation may leave its home (a move recomputes its whole prompt elsewhere):
+- never while the home has a free slot: a request there starts at once;
+- when the home is busy and reports its slots (llama.cpp), only above (1 + busy_eps) x its
+  share of all load: waiting a little at home beats recomputing the prompt while queueing
+  elsewhere;
+- for servers that do not report slots, above (1 + eps) x its share (classic bounded load).
+So with no concurrency every turn goes home, and under overload no backend runs far above
+the average.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ class Candidate(Protocol):
     def name_bytes(self) -> bytes: ...
     @property
     def weight(self) -> float: ...
+    @property
+    def slots(self) -> int: ...
     def load(self) -> float: ...
     def has_capacity(self) -> bool: ...
     def free_slot(self) -> bool: ...
@@ -145,14 +151,18 @@ def may_take(candidate: Candidate, total_load: float, total_weight: float, eps: 
 
 
 def sticky_choice(
-    key: bytes, ranked: Sequence[C], usable: Sequence[C], eps: float
+    key: bytes,
+    ranked: Sequence[C],
+    usable: Sequence[C],
+    eps: float,
+    busy_eps: float | None = None,
 ) -> tuple[C, int] | None:
     """The first backend in rendezvous order that is usable and may take the request.
 
     ranked: every routable backend of the tier (so the order does not change when one is
     briefly unusable); usable: the subset that may take traffic now. Returns the choice and
     its position in rendezvous order (0: the sticky home; more: a spill), or None when all
-    usable backends are full.
+    usable backends are full. busy_eps: the home's bound when it reports slots (None: eps).
     """
     if not usable:
         return None
@@ -169,7 +179,8 @@ def sticky_choice(
         total_weight += c.weight
     scored = _scored(key, ranked)
     home = max(scored, key=_score_and_name)[2]
-    if home in usable and may_take(home, total_load, total_weight, eps):
+    home_eps = busy_eps if busy_eps is not None and home.slots > 0 else eps
+    if home in usable and may_take(home, total_load, total_weight, home_eps):
         return home, 0  # the common case: no sort needed
     scored.sort(key=_score_and_name, reverse=True)
     for position, (_, _, c) in enumerate(scored):

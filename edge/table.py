@@ -42,6 +42,8 @@ class ReportAging:
 
     window: float = 5.0
     half_life: float = 2.0
+    # Seconds, monotonic (a simulation passes its virtual clock).
+    clock: Callable[[], float] = time.monotonic
 
 
 class BackendState:
@@ -145,9 +147,13 @@ class BackendState:
         if raw != self.raw_reported:
             self.raw_reported = raw
             self.aging = aging
-            self.reported_at = now = time.monotonic()
+            self.reported_at = now = self.now()
             mine = self.peak_inflight(now - aging.window) if aging is not None else 0
             self.reported = float(max(0, raw - mine))
+
+    def now(self) -> float:
+        aging = self.aging
+        return aging.clock() if aging is not None else time.monotonic()
 
     def started(self) -> None:
         self.inflight += 1
@@ -159,7 +165,7 @@ class BackendState:
             marks = self.last_at_level
             if len(marks) <= level:
                 marks.extend([0.0] * (level + 1 - len(marks)))
-            marks[level] = time.monotonic()
+            marks[level] = self.now()
         self.inflight = level
 
     def peak_inflight(self, since: float) -> int:
@@ -177,7 +183,7 @@ class BackendState:
         aging = self.aging
         if not reported or aging is None:
             return reported
-        age = time.monotonic() - self.reported_at
+        age = aging.clock() - self.reported_at
         return reported * 0.5 ** (age / aging.half_life) if aging.half_life > 0 else reported
 
     def load(self) -> float:

@@ -154,8 +154,8 @@ def test_sequential_conversations_stay_home_with_stale_reports() -> None:
 
 
 def test_overload_still_spills_within_bound() -> None:
-    """With every slot taken, a hot home past (1 + eps) x average sends work on."""
-    balancer = Balancer(EdgeConfig(bounded_load_epsilon=0.25))
+    """With its slots taken, a hot home past (1 + busy_eps) x average sends work on."""
+    balancer = Balancer(EdgeConfig(bounded_load_epsilon=0.25, busy_bound_epsilon=1.0))
     balancer.apply(snapshot(1, [llamacpp(n) for n in ("a", "b", "c")]))
     route = balancer.route_for(MODEL)
     key = b"k" * 16
@@ -166,6 +166,31 @@ def test_overload_still_spills_within_bound() -> None:
         balancer.acquire(found[0])
         picks.append(found)
     per_backend = {n: sum(1 for b, _ in picks if b.name == n) for n in ("a", "b", "c")}
-    assert max(per_backend.values()) <= math.ceil(1.25 * 12 / 3)
+    assert max(per_backend.values()) <= math.ceil(2.0 * 12 / 3)
     assert picks[0][1] == STICKY and picks[1][1] == STICKY  # both slots at home first
     assert any(route == SPILL for _, route in picks)
+
+
+@settings(max_examples=300)
+@given(
+    key=st.binary(min_size=16, max_size=16),
+    loads=st.lists(st.integers(0, 30), min_size=2, max_size=6),
+    slots=st.integers(0, 3),
+    busy_eps=st.sampled_from([0.5, 1.0, 2.0]),
+)
+def test_a_busy_home_with_slots_keeps_up_to_the_busy_bound(
+    key: bytes, loads: list[int], slots: int, busy_eps: float
+) -> None:
+    """A home reporting slots keeps the request up to (1 + busy_eps) x average; one that does
+    not, up to (1 + eps); a spill goes to a backend with a free slot or within (1 + eps)."""
+    states = [state(f"b{i}", slots=slots, reported=v) for i, v in enumerate(loads)]
+    found = sticky_choice(key, states, states, 0.25, busy_eps)
+    assert found is not None
+    home = rendezvous_order(key, states)[0]
+    total, weight = float(sum(loads)), float(len(loads))
+    bound = busy_eps if slots else 0.25
+    if home.free_slot() or within_bound(home, total, weight, bound):
+        assert found == (home, 0)
+    else:
+        assert found[1] > 0
+        assert found[0].free_slot() or within_bound(found[0], total, weight, 0.25)
