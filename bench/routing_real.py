@@ -24,8 +24,10 @@ import argparse
 import asyncio
 import json
 import random
+import signal
 import statistics
 import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -223,6 +225,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
+    # A SIGTERM unwinds like Ctrl-C, so every server and process started here is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from tests.support.llamacpp import llama_servers
 
@@ -351,6 +355,4 @@ def report(runs: list[Run], levels: list[int], turns: int, started: str, note: s
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main(sys.argv[1:]))
