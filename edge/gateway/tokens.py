@@ -23,9 +23,16 @@ import orjson
 from edge.gateway.call import Call
 
 _USAGE_OBJECT: Final = re.compile(rb'"usage"\s*:\s*\{')
-_FIELD: Final = re.compile(
-    rb'"(prompt_tokens|completion_tokens|cached_tokens|input_tokens|output_tokens'
-    rb'|cache_read_input_tokens|cache_creation_input_tokens)"\s*:\s*(\d+)'
+_COUNTERS: Final = tuple(
+    (name, name.encode())
+    for name in (
+        "prompt_tokens",
+        "completion_tokens",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+    )
 )
 _OLLAMA: Final = re.compile(rb'"(prompt_eval_count|eval_count)"\s*:\s*(\d+)')
 _USAGE_ONLY: Final = (b'"choices":[]', b'"choices": []')
@@ -50,25 +57,6 @@ def ask_usage(raw: bytes, body: dict[str, Any]) -> bytes | None:
         "include_usage": True,
     }
     return orjson.dumps(body)
-
-
-def _object_end(data: bytes, start: int) -> int:
-    """The index just past the JSON object opening at `start` (-1: it does not end here)."""
-    depth = 0
-    at = start
-    while True:
-        close = data.find(b"}", at)
-        if close < 0:
-            return -1
-        opened = data.find(b"{", at, close)
-        if opened >= 0:
-            depth += 1
-            at = opened + 1
-            continue
-        depth -= 1
-        at = close + 1
-        if depth == 0:
-            return at
 
 
 def usage_fields(data: bytes) -> dict[bytes, int]:
@@ -99,10 +87,29 @@ def first_usage_fields(data: bytes) -> dict[bytes, int]:
 
 
 def _fields(data: bytes, start: int) -> dict[bytes, int] | None:
-    end = _object_end(data, start)
-    if end < 0:
+    """The counters of the usage object opening at `start` (None: not a whole object)."""
+    # Up to the brace that closes it: as many closing as opening braces (usage holds numbers
+    # and objects, never strings with braces).
+    end = data.find(b"}", start) + 1
+    while end and data.count(b"{", start, end) > data.count(b"}", start, end):
+        end = data.find(b"}", end) + 1
+    if not end:
         return None
-    return {m[1]: int(m[2]) for m in _FIELD.finditer(data, start, end)}
+    try:
+        usage = orjson.loads(data[start:end])
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(usage, dict):
+        return None
+    out = {}
+    for name, key in _COUNTERS:
+        value = usage.get(name)
+        if type(value) is int:
+            out[key] = value
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict) and type(details.get("cached_tokens")) is int:
+        out[b"cached_tokens"] = details["cached_tokens"]
+    return out
 
 
 def apply(call: Call, fields: dict[bytes, int]) -> bool:
