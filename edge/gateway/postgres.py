@@ -112,6 +112,13 @@ class PostgresSink:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             raise SinkError(f"writing usage records: {_safe(exc)}") from None
 
+    def abandon(self) -> None:
+        """Close every connection at once (no goodbye to a server that does not answer); the
+        next write connects afresh."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.terminate()
+
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:

@@ -32,6 +32,9 @@ class Sink(Protocol):
 
     async def write(self, rows: list[Row]) -> None: ...
 
+    def abandon(self) -> None:
+        """A write did not finish in time: drop what it may hang on (connections)."""
+
     async def close(self) -> None: ...
 
 
@@ -47,6 +50,10 @@ class _Threaded:
 
     def _shutdown(self) -> None:
         self._pool.shutdown(wait=False)
+
+    def abandon(self) -> None:
+        """A file write cannot be cut short: later batches wait behind it, time out and are
+        spooled too."""
 
 
 # -- SQLite ---------------------------------------------------------------------------------

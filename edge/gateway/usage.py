@@ -209,9 +209,17 @@ class UsageRecorder(Recorder):
         sink = self.sink
         if sink is None:
             return True
+        # The write runs as a task of its own: a sink that hangs (a frozen database whose
+        # client would wait in its own cleanup) is left behind, not waited for.
+        write = asyncio.ensure_future(sink.write(rows))
+        done, _ = await asyncio.wait((write,), timeout=self._timeout)
         try:
-            async with asyncio.timeout(self._timeout):
-                await sink.write(rows)
+            if not done:
+                write.cancel()
+                write.add_done_callback(_quiet)
+                sink.abandon()  # the next write starts afresh (a new connection)
+                raise TimeoutError(f"no answer within {self._timeout:g}s")
+            write.result()
             return True
         except (SinkError, TimeoutError) as exc:
             now = time.monotonic()
@@ -269,6 +277,12 @@ class UsageRecorder(Recorder):
         if self._pending:
             calls, self._pending = self._pending, []
             await self._to_spool(self._rows(calls))
+
+
+def _quiet(task: asyncio.Future[None]) -> None:
+    """Collects an abandoned write's outcome, so nothing is logged as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _append(path: Path, data: bytes) -> None:

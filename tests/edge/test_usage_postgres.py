@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import orjson
@@ -18,7 +20,13 @@ from edge.gateway.postgres import SCHEMA_VERSION, PostgresSink
 from edge.gateway.records import TABLE, row
 from edge.gateway.sinks import JsonLinesSink, SQLiteSink
 from edge.gateway.usage import UsageRecorder, open_sink
+from tests.edge.conftest import StartEdge
+from tests.edge.snapshot_server import SnapshotServer, from_fake, snapshot
+from tests.fakes import FakeServer, running_fakes
+from tests.support.net import eventually
 from tests.support.postgres import PostgresServer, running_postgres
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +140,69 @@ async def test_sqlite_and_jsonl(tmp_path: Path) -> None:
     parsed = [orjson.loads(x) for x in (tmp_path / "u.jsonl").read_bytes().splitlines()]
     assert [p["request_id"] for p in parsed] == [f"r{i}" for i in range(10)]
     assert parsed[0]["edge"] == "edge-a" and parsed[0]["prompt"] is None
+
+
+async def test_hung_database_never_slows_requests(
+    postgres: PostgresServer, snapshots: SnapshotServer, start_edge: StartEdge
+) -> None:
+    """With PostgreSQL frozen, requests are answered as usual and records are spooled; once
+    it is back each record lands exactly once. Body logging keeps the team's prompts."""
+    dsn = await fresh(postgres, "hung")
+    usage = UsageConfig(
+        sink="postgres",
+        postgres_dsn=Secret(dsn),
+        flush_interval_seconds=0.1,
+        write_timeout_seconds=0.5,
+        body_logging_teams=("default",),
+    )
+    async with running_fakes(FakeServer("vllm", [MODEL], "vllm-a")) as (fake,):
+        snapshots.publish(snapshot(1, [from_fake(fake)]))
+        edge = await start_edge(snapshots, usage=usage)
+        await edge.wait_version(1)
+        client = edge.client()
+        messages: Any = [{"role": "user", "content": "remember me"}]
+
+        async def ask(count: int) -> list[float]:
+            took = []
+            for _ in range(count):
+                started = time.monotonic()
+                await client.chat.completions.create(model=MODEL, messages=messages)
+                took.append(time.monotonic() - started)
+            return took
+
+        await ask(5)
+        await eventually(lambda: _rows_are(dsn, 5))
+        postgres.pause()
+        try:
+            took = await ask(20)
+
+            async def spooled() -> bool:
+                return _metric(await edge.metrics(), "spooled") > 0
+
+            await eventually(spooled)
+        finally:
+            postgres.resume()
+        # Nothing the request did waited on the database (the writer's timeout is 0.5 s).
+        assert max(took) < 2.0, took
+        await eventually(lambda: _rows_are(dsn, 25), within=20)
+        assert _metric(await edge.metrics(), "replayed") >= 1
+    conn = await asyncpg.connect(dsn)
+    try:
+        row_ = await conn.fetchrow(f"SELECT prompt, completion, team FROM {TABLE} LIMIT 1")
+        distinct = await conn.fetchval(f"SELECT count(DISTINCT id) FROM {TABLE}")
+    finally:
+        await conn.close()
+    assert distinct == 25
+    assert row_["team"] == "default" and "remember me" in row_["prompt"]
+    assert "remember me" in row_["completion"]  # the fake echoes the prompt
+
+
+async def _rows_are(dsn: str, count: int) -> bool:
+    return await count_rows(dsn) == count
+
+
+def _metric(text: str, outcome: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(f'corral_edge_usage_records_total{{outcome="{outcome}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

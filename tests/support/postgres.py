@@ -8,6 +8,7 @@ for it). Trust authentication on 127.0.0.1 only; fsync off: a test database, not
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -116,7 +117,11 @@ class PostgresServer:
         if _owner() is not None:
             os.chown(self.log_path, *_owner())  # type: ignore[misc]
         self.process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, cwd=self.base_dir, **self._run_as()
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.base_dir,
+            **self._run_as(),
         )
         log.close()
         self.wait_ready(timeout)
@@ -147,6 +152,31 @@ class PostgresServer:
                 self.process.wait(20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def _processes(self) -> list[int]:
+        """The postmaster and its children (each backend is a session of its own, so no
+        process group holds them all)."""
+        assert self.process is not None
+        found = [self.process.pid]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[1]) == self.process.pid:
+                found.append(int(stat.parent.name))
+        return found
+
+    def pause(self) -> None:
+        """SIGSTOP the whole server: connections stay open, nothing answers (a hung database)."""
+        for pid in self._processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in self._processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     def kill(self) -> None:
         if self.alive:
