@@ -310,7 +310,10 @@ def build_table(
     for model, entries in by_model.items():
         if entries:
             routes[model] = _route(model, entries)
-    listed = sorted(routes)
+    # A fallback chain's name is a model clients may ask for even with no backend of its own.
+    chained = {c.model for c in snapshot.fallbacks if c.model and c.targets}
+    known |= chained
+    listed = sorted(routes.keys() | chained)
     objects = {m: _model_object(m, snapshot.created_unix_ms) for m in listed}
     return RoutingTable(
         version=snapshot.version,

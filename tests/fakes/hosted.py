@@ -24,7 +24,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from tests.fakes import hosted_api as api
-from tests.fakes.models import RecordedRequest
+from tests.fakes.models import RecordedRequest, embedding_vector
 from tests.fakes.tls import CertAuthority
 
 HostedKind = Literal["openai", "anthropic", "gemini", "azure"]
@@ -67,8 +67,10 @@ class HostedFake:
             app.router.add_get("/v1/models", self._models)
         elif self.kind == "azure":
             app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
+            app.router.add_post("/openai/deployments/{deployment}/embeddings", self._embed)
         else:
             app.router.add_post(prefix + "/chat/completions", self._chat)
+            app.router.add_post(prefix + "/embeddings", self._embed)
             app.router.add_get(prefix + "/models", self._models)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
@@ -276,6 +278,31 @@ class HostedFake:
                 request, api.chat_stream(self.kind, answered, text, prompt, usage)
             )
         return self._json(api.chat_completion(self.kind, answered, text, prompt))
+
+    async def _embed(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        refused = self._auth_error(request) or await self._refusal(request)
+        if refused is not None:
+            return refused
+        model = request.match_info.get("deployment") or str(body.get("model", ""))
+        if model.removeprefix("models/") not in self.models:
+            error = api.openai_error(
+                404,
+                f"The model `{model}` does not exist.",
+                "invalid_request_error",
+                "model_not_found",
+            )
+            return self._json(error, 404)
+        self.served += 1
+        inputs = body.get("input")
+        items = inputs if isinstance(inputs, list) else [inputs]
+        data = [
+            {"object": "embedding", "index": i, "embedding": embedding_vector(item)}
+            for i, item in enumerate(items)
+        ]
+        tokens = sum(len(str(item).split()) for item in items)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return self._json({"object": "list", "data": data, "model": model, "usage": usage})
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)

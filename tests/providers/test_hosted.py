@@ -197,3 +197,34 @@ async def test_any_openai_compatible_api_by_base_url(
     assert raw.headers["x-corral-backend"] == "together"
     assert fake.requests[-1].headers["Authorization"] == f"Bearer {KEYS['openai']}"
     assert fake.requests[-1].path == "/v1/chat/completions"
+
+
+@pytest.mark.parametrize("kind", ["openai", "gemini", "azure"])
+async def test_embeddings_and_chain_names_through_providers(
+    kind: HostedKind,
+    fakes: dict[str, HostedFake],
+    ca: CertAuthority,
+    snapshots: SnapshotServer,
+    start_edge: StartEdge,
+) -> None:
+    """Embeddings reach each OpenAI-style provider at its own path; a chain's name is listed."""
+    fake = fakes[kind]
+    built = snapshot(1, [provider_backend(fake)])
+    built.fallbacks.add(model="embed-anything", targets=[f"{fake.name}/{MODEL[kind]}"])
+    snapshots.publish(built)
+    running = await start_edge(snapshots, **edge_settings(ca.ca_file, kind))
+    await running.wait_version(1)
+    client = running.client()
+    listed = {m.id async for m in client.models.list()}
+    assert listed == {MODEL[kind], "embed-anything"}
+    for model in (MODEL[kind], "embed-anything"):
+        answer = await client.embeddings.create(model=model, input=["one two", "three"])
+        assert [len(d.embedding) for d in answer.data] == [8, 8]
+        assert answer.model == model
+    sent = fake.requests[-1]
+    expected = {
+        "openai": "/v1/embeddings",
+        "gemini": "/v1beta/openai/embeddings",
+        "azure": f"/openai/deployments/{MODEL[kind]}/embeddings",
+    }[kind]
+    assert sent.path == expected

@@ -99,9 +99,12 @@ async def test_credentials_resolve_locally_and_never_travel(
             async def routable(url: str) -> bool:
                 for proc in procs.processes:
                     assert proc.alive, f"{proc.log_path.name} exited:\n{proc.log_tail()}"
+                # Served by the local server itself (the chain's name is listed before the
+                # agent has registered it, and would be answered by the provider).
+                body = {"model": LOCAL, "messages": [{"role": "user", "content": "ready?"}]}
                 with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"{url}/v1/models") as resp:
-                        return LOCAL in await resp.text()
+                    async with http.post(f"{url}/v1/chat/completions", json=body) as resp:
+                        return resp.headers.get("X-Corral-Backend") == "local"
                 return False
 
             await eventually(lambda: routable(edge_url), within=45)
