@@ -15,6 +15,7 @@ BENCHMARKS = {
     "usage": "bench.usage",
     "cacheguard": "bench.cacheguard",
     "routing-real": "bench.routing_real",
+    "limits": "bench.limits",
 }
 
 

@@ -330,6 +330,7 @@ ORDER = [
     "providers",
     "usage",
     "cacheguard",
+    "limits",
 ]
 
 

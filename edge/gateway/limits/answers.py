@@ -9,18 +9,29 @@ from edge.errors import ApiError
 from edge.gateway.limits.policy import BUDGET, PARALLEL, RPM, STORE, TPM, USD
 from edge.gateway.limits.ticket import Refused, Ticket
 
+_NAMES = {
+    RPM: (
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ),
+    TPM: ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+}
+
 
 def headers(ticket: Ticket, now: float) -> dict[str, str]:
     """x-ratelimit-{limit,remaining,reset}-{requests,tokens} from the first rpm and tpm
     counters of the request (the key's before its team's)."""
     out: dict[str, str] = {}
     for bucket, _ in ticket.takes:
-        kind = "requests" if bucket.reason == RPM else "tokens" if bucket.reason == TPM else ""
-        if not kind or f"x-ratelimit-limit-{kind}" in out:
+        names = _NAMES.get(bucket.reason)
+        if names is None or names[0] in out:
             continue
-        out[f"x-ratelimit-limit-{kind}"] = str(bucket.limit)
-        out[f"x-ratelimit-remaining-{kind}"] = str(bucket.remaining())
-        out[f"x-ratelimit-reset-{kind}"] = duration(bucket.resets - now)
+        limit, remaining, reset = names
+        out[limit] = str(bucket.limit)
+        out[remaining] = str(bucket.remaining())
+        left = bucket.resets - now
+        out[reset] = f"{int(left)}s" if 1 <= left < 60 else duration(left)
     return out
 
 

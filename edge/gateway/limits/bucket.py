@@ -27,6 +27,7 @@ class Bucket:
         "limit",
         "owner",
         "pending",
+        "queued",
         "rate",
         "rate_count",
         "rate_start",
@@ -64,6 +65,7 @@ class Bucket:
         self.lease = 0  # admissible here without asking the store
         self.contributed = 0  # what the store counts from this edge
         self.pending = 0  # signed adjustment to send with the next call
+        self.queued = 0  # what requests waiting on the lease call under way still lack
         self.epoch = ""
         self.used = 0  # store-wide total at the last answer
         self.last_grant = 0
@@ -86,7 +88,7 @@ class Bucket:
         self.last_used = now
         self.rate_count += amount
         elapsed = now - self.rate_start
-        if elapsed >= 1.0:
+        if elapsed >= 0.5:
             sample = self.rate_count / elapsed
             self.rate = sample if self.rate == 0 else 0.5 * self.rate + 0.5 * sample
             self.rate_count = 0
@@ -94,7 +96,9 @@ class Bucket:
 
     def want(self, need: int, now: float, horizon: float) -> int:
         """How much to ask for: the demand of the next `horizon` seconds (but what the
-        window has left of time), at least `need`. With no estimate yet: 8 x need."""
+        window has left of time), at least `need` and what waiting requests lack. With no
+        estimate yet: 8 x need."""
+        need += self.queued
         if self.gauge:
             return need
         if self.rate <= 0:

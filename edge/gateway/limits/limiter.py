@@ -189,8 +189,7 @@ class Limiter:
             if bucket.reason == TPM:
                 actual = used_tokens
             elif bucket.reason == BUDGET:
-                budget = self._subject_of(ticket, bucket).limits.budget
-                actual = used_tokens if budget is not None and budget.unit == TOKENS else used_cost
+                actual = used_tokens if bucket.key.find(":b:tokens:") > 0 else used_cost
             else:
                 continue
             delta = actual - amount
@@ -212,20 +211,38 @@ class Limiter:
 
     async def _refill(self, short: list[tuple[Bucket, int]]) -> None:
         """Lease for every short bucket in one call, joining calls already under way."""
-        waiting = [b.refill for b, _ in short if b.refill is not None]
+        waiting = [(b, n) for b, n in short if b.refill is not None]
         todo = [(b, n) for b, n in short if b.refill is None]
-        if todo:
-            await self._lease(todo)
-        for fut in waiting:
-            if fut is not None:
-                await asyncio.shield(fut)
+        for bucket, need in waiting:
+            bucket.queued += need  # the next lease call asks for this too
+        try:
+            if todo:
+                await self._lease(todo)
+            for bucket, _ in waiting:
+                if bucket.refill is not None:
+                    await asyncio.shield(bucket.refill)
+        finally:
+            for bucket, need in waiting:
+                bucket.queued -= need
 
-    async def _lease(self, todo: list[tuple[Bucket, int]], *, grow: bool = True) -> None:
-        """One store call for these buckets (`grow`: asking for quota, else only sending
-        returns and debts); fail open, or closed (StoreDown), when the store fails."""
+    def _claim(self, todo: list[tuple[Bucket, int]]) -> asyncio.Future[None]:
+        """Mark these buckets as being refilled (before any await: one call at a time)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for bucket, _ in todo:
             bucket.refill = fut
+        return fut
+
+    async def _lease(
+        self,
+        todo: list[tuple[Bucket, int]],
+        *,
+        grow: bool = True,
+        fut: asyncio.Future[None] | None = None,
+    ) -> None:
+        """One store call for these buckets (`grow`: asking for quota, else only sending
+        returns and debts); fail open, or closed (StoreDown), when the store fails."""
+        if fut is None:
+            fut = self._claim(todo)
         now = self.clock()
         asks = [
             Ask(
@@ -321,7 +338,7 @@ class Limiter:
             and b.short_until <= now
         ]
         if low:
-            self._spawn(self._quietly(self._lease(low)))
+            self._spawn(self._quietly(self._lease(low, fut=self._claim(low))))
 
     async def _quietly(self, work: Coroutine[Any, Any, None]) -> None:
         with contextlib.suppress(StoreDown):

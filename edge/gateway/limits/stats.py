@@ -36,10 +36,17 @@ class LimitStats(Collector):
         self.store_errors = 0
         self.warnings: dict[tuple[str, str], int] = {}
         self._warned: set[str] = set()
+        self._admitted: dict[tuple[str, str] | None, tuple[str, str, str]] = {}
 
     def admitted(self, subjects: Sequence[Subject]) -> None:
-        label = (*_labels(subjects), "admitted")
-        self.decisions[label] = self.decisions.get(label, 0) + 1
+        first = subjects[0]
+        label = (first.kind, first.name) if len(subjects) == 1 else None
+        cached = self._admitted.get(label) if label is not None else None
+        if cached is None:
+            cached = (*_labels(subjects), "admitted")
+            if label is not None and len(self._admitted) < 10_000:
+                self._admitted[label] = cached
+        self.decisions[cached] = self.decisions.get(cached, 0) + 1
 
     def refused(self, subjects: Sequence[Subject], reason: str) -> None:
         label = (*_labels(subjects), reason)

@@ -1,0 +1,221 @@
+"""Rate limits and a budget on the hot path: the same edge with and without them, one run.
+
+``./dev bench limits [--seconds 5] [--rounds 3] [--no-write]``
+
+nginx answers a fixed chat.completion on CPU 1 (wrk and a redis-server too); two `corral
+edge` processes sit on CPU 0, fed by one bench/snapshot_server.py, both checking the same
+static API key, usage records off: **plain** (no limits) and **limits** (the key limited by
+RPM, TPM and a daily token budget, all counted in the shared Valkey/Redis, limits high enough
+that nothing is refused: what is measured is the cost of counting). They are loaded in turn
+(paired rounds at 32 connections, then one connection each for the p50). The limits edge's
+/metrics give the counter-store round trips per admitted request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import urllib.request
+from pathlib import Path
+
+from bench import nginx, wrk
+from bench.common import (
+    LOAD_CPU,
+    PROXY_CPU,
+    PYTHON,
+    BenchError,
+    Proc,
+    Procs,
+    free_port,
+    load_note,
+    machine,
+    md_table,
+    now_utc,
+    pin_self,
+    wait_http,
+    workspace,
+    write_section,
+)
+from bench.overhead import CHAT_REQUEST
+
+KEY = "sk-bench-limits-not-real"
+PLAIN = 'edge:\n  usage:\n    sink: "off"\n'
+LIMITS = """edge:
+  usage:
+    sink: "off"
+  limits:
+    valkey_url: redis://127.0.0.1:{port}/0
+    default_key:
+      rpm: 1000000000
+      tpm: 1000000000000
+      budget_tokens: 1000000000000
+      budget_period: day
+"""
+
+
+def _valkey(procs: Procs) -> int:
+    binary = shutil.which("valkey-server") or shutil.which("redis-server")
+    if binary is None:
+        raise BenchError("neither valkey-server nor redis-server is installed (./dev test)")
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no"]  # fmt: skip
+    procs.start("valkey", argv, cpus=LOAD_CPU).check_alive()
+    return port
+
+
+def _edge(procs: Procs, name: str, cp_port: int, config: Path, keys: Path) -> tuple[Proc, str]:
+    port = free_port()
+    argv = [PYTHON, "-m", "corral.cli", "edge", "--config", str(config),
+            "--listen", f"127.0.0.1:{port}", "--controlplane", f"127.0.0.1:{cp_port}",
+            "--api-key-file", str(keys), "--log-level", "WARNING"]  # fmt: skip
+    proc = procs.start(name, argv, cpus=PROXY_CPU)
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/readyz", proc, timeout=60)
+    return proc, base
+
+
+def _counters(base: str) -> tuple[float, float]:
+    """(lease round trips, admitted requests) from the edge's /metrics."""
+    text = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
+    trips = re.search(r"^corral_edge_limit_store_round_trips_total (\S+)$", text, re.M)
+    admitted = re.findall(
+        r'^corral_edge_limit_decisions_total\{[^}]*outcome="admitted"[^}]*\} (\S+)$', text, re.M
+    )
+    if trips is None or not admitted:
+        raise BenchError(f"{base}/metrics lacks the limiter's counters")
+    return float(trips.group(1)), sum(float(a) for a in admitted)
+
+
+def run(seconds: float, rounds: int) -> dict[str, object]:
+    from bench.common import ensure_tools
+
+    ensure_tools("nginx", "wrk")
+    pin_self(LOAD_CPU)
+    info: dict[str, object] = {"machine": machine(), "load": load_note(), "date": now_utc()}
+    print(f"{info['machine']}\n{info['load']}", flush=True)
+    with workspace("limits") as (tmp, procs):
+        backend_port = free_port()
+        nginx.start(procs, "backend", lambda d: nginx.backend_conf(d, backend_port), LOAD_CPU,
+                    f"http://127.0.0.1:{backend_port}/health")  # fmt: skip
+        valkey_port = _valkey(procs)
+        cp_port = free_port()
+        backend = f"nginx=http://127.0.0.1:{backend_port}"
+        argv = [PYTHON, "-m", "bench.snapshot_server", "--listen", f"127.0.0.1:{cp_port}",
+                "--model", nginx.MODEL, "--backend", backend]  # fmt: skip
+        procs.start("snapshots", argv, cpus=LOAD_CPU).check_alive()
+        keys = tmp / "keys"
+        keys.write_text(KEY + "\n")
+        plain_cfg, limits_cfg = tmp / "plain.yaml", tmp / "limits.yaml"
+        plain_cfg.write_text(PLAIN)
+        limits_cfg.write_text(LIMITS.format(port=valkey_port))
+        targets = {
+            "plain": _edge(procs, "edge-plain", cp_port, plain_cfg, keys),
+            "limits": _edge(procs, "edge-limits", cp_port, limits_cfg, keys),
+        }
+        chat = "/v1/chat/completions"
+        script = wrk.post_script(tmp / "chat.lua", CHAT_REQUEST, {"Authorization": f"Bearer {KEY}"})
+        for _, url in targets.values():
+            warm = wrk.run(url + chat, script, connections=32, seconds=2, cpus=LOAD_CPU)
+            if warm.errors:
+                raise BenchError(f"{url}: {warm.errors} errors in the warm-up")
+        limits_url = targets["limits"][1]
+        trips0, admitted0 = _counters(limits_url)
+        pairs: list[dict[str, tuple[float, float]]] = []
+        for _ in range(rounds):
+            one: dict[str, tuple[float, float]] = {}
+            for name, (proc, url) in targets.items():
+                cpu0 = proc.cpu_seconds()
+                result = wrk.run(url + chat, script, connections=32, seconds=seconds, cpus=LOAD_CPU)
+                if result.errors:
+                    raise BenchError(f"{name}: {result.errors} errors")
+                one[name] = (result.rps, (proc.cpu_seconds() - cpu0) / result.requests)
+            pairs.append(one)
+            print(f"  round: plain {one['plain'][0]:,.0f} req/s, limits "
+                  f"{one['limits'][0]:,.0f}", flush=True)  # fmt: skip
+        trips1, admitted1 = _counters(limits_url)
+        latency: dict[str, list[float]] = {"plain": [], "limits": []}
+        for _ in range(rounds):
+            for name, (_, url) in targets.items():
+                result = wrk.run(url + chat, script, connections=1, seconds=3, cpus=LOAD_CPU)
+                latency[name].append(result.p50)
+    info.update(
+        pairs=pairs,
+        latency=latency,
+        seconds=seconds,
+        trips=trips1 - trips0,
+        admitted=admitted1 - admitted0,
+    )
+    return info
+
+
+def report(info: dict[str, object], commit: str) -> str:
+    pairs: list[dict[str, tuple[float, float]]] = info["pairs"]  # type: ignore[assignment]
+    latency: dict[str, list[float]] = info["latency"]  # type: ignore[assignment]
+    trips: float = info["trips"]  # type: ignore[assignment]
+    admitted: float = info["admitted"]  # type: ignore[assignment]
+    rows = []
+    for i, pair in enumerate(pairs, 1):
+        (a_rps, a_cpu), (b_rps, b_cpu) = pair["plain"], pair["limits"]
+        rows.append([
+            str(i), f"{a_rps:,.0f}", f"{b_rps:,.0f}", f"{b_rps / a_rps * 100:.1f}%",
+            f"{a_cpu * 1e6:.0f}", f"{b_cpu * 1e6:.0f}", f"{(b_cpu - a_cpu) * 1e6:+.1f}",
+        ])  # fmt: skip
+    ratio = statistics.median(p["limits"][0] / p["plain"][0] for p in pairs)
+    cpu_added = statistics.median((p["limits"][1] - p["plain"][1]) * 1e6 for p in pairs)
+    p50_a = statistics.median(latency["plain"])
+    p50_b = statistics.median(latency["limits"])
+    per = admitted / trips if trips else float("inf")
+    table = md_table(
+        [
+            "round", "plain req/s c32", "limits req/s c32", "limits / plain",
+            "plain CPU µs/req", "limits CPU µs/req", "added µs/req",
+        ],
+        rows,
+    )  # fmt: skip
+    return f"""## Rate limits and budgets (issue 12)
+
+Command: `./dev bench limits --seconds {info["seconds"]:g} --rounds {len(pairs)}` —
+{info["date"]}, commit `{commit}`
+
+Machine: {info["machine"]}. Load: {info["load"]}. (Shared with 7 other sessions' work today:
+absolute numbers are low and noisy; the paired ratio is what to read.)
+
+Setup: nginx backend, redis-server 7 (Valkey's protocol) and `wrk -t1` on CPU 1; two `corral
+edge` processes on CPU 0, both checking one static API key, usage records off: **plain** (no
+limits) and **limits** (the key limited by RPM, TPM and a daily token budget, counted in the
+shared redis-server; limits high enough that nothing is refused). Loaded in turn,
+{info["seconds"]:g} s at 32 connections per round; then one connection, 3 s each,
+{len(pairs)} times, for the p50.
+
+{table}
+
+- Throughput with limits: **{ratio * 100:.1f}%** of the plain edge (median of rounds).
+- CPU per request added: **{cpu_added:+.1f} µs** (median of rounds).
+- p50 at one connection: plain {p50_a * 1e3:.3f} ms, limits {p50_b * 1e3:.3f} ms (added
+  **{(p50_b - p50_a) * 1e3:+.3f} ms**).
+- Counter-store round trips during the 32-connection rounds: {trips:,.0f} for {admitted:,.0f}
+  admitted requests: **one per {per:,.0f} requests** (each round trip is one Lua call
+  carrying all three counters).
+"""
+
+
+def main(argv: list[str]) -> int:
+    import subprocess
+
+    parser = argparse.ArgumentParser(prog="./dev bench limits", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per round (default 5)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    info = run(args.seconds, max(1, args.rounds))
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    text = report(info, commit or "unknown")
+    print(text)
+    if not args.no_write:
+        write_section("limits", text)
+    return 0
