@@ -16,6 +16,7 @@ BENCHMARKS = {
     "cacheguard": "bench.cacheguard",
     "routing-real": "bench.routing_real",
     "limits": "bench.limits",
+    "traffic": "bench.traffic",
 }
 
 

@@ -331,6 +331,7 @@ ORDER = [
     "usage",
     "cacheguard",
     "limits",
+    "traffic",
 ]
 
 

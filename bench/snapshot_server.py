@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import grpc
 
-from corral.v1 import routing_pb2, routing_pb2_grpc, types_pb2
+from corral.v1 import routing_pb2, routing_pb2_grpc, traffic_pb2, types_pb2
 
 CLUSTER_ID = "bench"
 
@@ -39,6 +39,7 @@ class Snapshots(routing_pb2_grpc.RoutingServiceServicer):
         self.chains = chains
         self.load: dict[str, tuple[int, int]] = {name: (0, 0) for name, _ in backends}
         self.version = 1
+        self.traffic_slices = 0
         self.changed = asyncio.Condition()
         self.current = self._build()
 
@@ -91,6 +92,17 @@ class Snapshots(routing_pb2_grpc.RoutingServiceServicer):
                 snap = self.current
             sent[0] = snap.version
             yield routing_pb2.WatchSnapshotsResponse(snapshot=snap)
+
+    async def ReportTraffic(
+        self,
+        request: traffic_pb2.ReportTrafficRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> traffic_pb2.ReportTrafficResponse:
+        """Acknowledge an edge's traffic slices (counted, not stored)."""
+        self.traffic_slices += len(request.slices)
+        return traffic_pb2.ReportTrafficResponse(
+            acked_seq=max((s.seq for s in request.slices), default=0)
+        )
 
 
 async def _poll(snaps: Snapshots, interval: float) -> None:

@@ -71,6 +71,8 @@ class TrafficRecorder:
         self.cells: dict[CellKey, Cell] = {}
         self.pending: deque[traffic_pb2.TrafficSlice] = deque()
         self.max_pending = max_pending
+        # Off when the edge reports to no control plane: nothing is counted.
+        self.enabled = True
         self.dropped = 0
         self._seq = 0
         self._start_ms = int(time.time() * 1000)
@@ -94,6 +96,8 @@ class TrafficRecorder:
 
     def finished(self, call: Call, model: str, backend: str, status: int, seconds: float) -> None:
         """Count a finished request (model and backend as the metrics label them)."""
+        if not self.enabled:
+            return
         cell = self.cell(backend, model, call.team)
         cell.requests += 1
         statuses = cell.statuses

@@ -133,6 +133,13 @@ async def traffic_reports(app: web.Application) -> AsyncIterator[None]:
     from edge.subscriber import _credentials
 
     config = app[CONFIG]
+    if (
+        not [a for a in config.controlplane if a]
+        or config.observability.traffic_interval_seconds <= 0
+    ):
+        app[METRICS].traffic.enabled = False
+        yield
+        return
     metadata: tuple[tuple[str, str], ...] = ()
     if config.controlplane_token is not None:
         metadata = (("authorization", f"Bearer {config.controlplane_token.reveal()}"),)

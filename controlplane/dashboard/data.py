@@ -16,7 +16,9 @@ from google.protobuf.message import DecodeError
 
 from controlplane.dashboard.timeline import Timeline
 from controlplane.replica import Parts
-from controlplane.traffic.records import FINE, is_error
+from controlplane.traffic.digest import Digest
+from controlplane.traffic.query import Result, Row
+from controlplane.traffic.records import FINE, errors_by_class
 from corral.v1 import admin_pb2, traffic_pb2, types_pb2
 
 # Timeline entries for errors are drawn from this far back.
@@ -33,29 +35,28 @@ def _word(enum: Any, value: int, prefix: str) -> str:
         return str(value)
 
 
-def _rows(response: traffic_pb2.GetTrafficResponse) -> dict[str, traffic_pb2.TrafficRow]:
-    return {row.key: row for row in response.rows}
-
-
-def _traffic(row: traffic_pb2.TrafficRow | None) -> dict[str, Any]:
+def _traffic(row: Row | None, result: Result) -> dict[str, Any]:
     if row is None:
+        zeros = [0] * len(result.buckets)
         return {"requests": 0, "share": 0.0, "rps": 0.0, "error_rate": 0.0, "p50": 0.0,
                 "p95": 0.0, "p99": 0.0, "ttft_p50": 0.0, "ttft_p95": 0.0, "errors": {},
-                "spark": [], "spark_p95": [], "tokens": 0}  # fmt: skip
+                "spark": zeros, "spark_p95": zeros, "tokens": 0}  # fmt: skip
+    cell = row.cell
+    quantiles = row.quantiles
     return {
-        "requests": row.requests,
+        "requests": cell.requests,
         "share": row.share,
-        "rps": row.requests_per_second,
-        "error_rate": row.error_rate,
-        "errors": dict(row.errors),
-        "p50": row.latency_p50_seconds,
-        "p95": row.latency_p95_seconds,
-        "p99": row.latency_p99_seconds,
-        "ttft_p50": row.ttft_p50_seconds,
-        "ttft_p95": row.ttft_p95_seconds,
-        "tokens": row.prompt_tokens + row.completion_tokens,
-        "spark": [p.requests for p in row.series],
-        "spark_p95": [p.p95_latency_seconds for p in row.series],
+        "rps": cell.requests / result.span,
+        "error_rate": cell.errors / cell.requests if cell.requests else 0.0,
+        "errors": errors_by_class(cell.statuses),
+        "p50": quantiles[0],
+        "p95": quantiles[1],
+        "p99": quantiles[2],
+        "ttft_p50": quantiles[3],
+        "ttft_p95": quantiles[4],
+        "tokens": cell.prompt_tokens + cell.completion_tokens,
+        "spark": [p[0] for p in row.series],
+        "spark_p95": [p[2] for p in row.series],
     }
 
 
@@ -64,26 +65,17 @@ async def state(parts: Parts, replica_id: str, timeline: Timeline) -> dict[str, 
     now = int(time.time() * 1000)
     view = parts.view
     traffic = parts.traffic
-    by_backend = traffic.query(
-        traffic_pb2.GetTrafficRequest(
-            window=traffic_pb2.TRAFFIC_WINDOW_5M,
-            group_by=traffic_pb2.TRAFFIC_GROUP_BACKEND,
-            series=True,
-        )
-    )
-    by_model = traffic.query(
-        traffic_pb2.GetTrafficRequest(
-            window=traffic_pb2.TRAFFIC_WINDOW_5M, group_by=traffic_pb2.TRAFFIC_GROUP_MODEL
-        )
-    )
-    fine = traffic.records_of(FINE)
+    five = traffic_pb2.TRAFFIC_WINDOW_5M
+    by_backend = traffic.result(five, traffic_pb2.TRAFFIC_GROUP_BACKEND, series=True)
+    by_model = traffic.result(five, traffic_pb2.TRAFFIC_GROUP_MODEL, series=False)
+    fine = traffic.digests_of(FINE, since_ms=now - ERRORS_WINDOW_MS)
     edge_states = _edge_states(fine)
     ejected_by: dict[str, list[str]] = {}
     for edge_id, info in edge_states.items():
         if now - info["reported_unix_ms"] < REPORT_FRESH_MS:
             for name in info["ejected"]:
                 ejected_by.setdefault(name, []).append(edge_id)
-    backend_rows = _rows(by_backend)
+    backend_rows = {row.key: row for row in by_backend.rows}
     backends = []
     serving: dict[str, list[str]] = {}
     for backend in view.backends():
@@ -112,10 +104,10 @@ async def state(parts: Parts, replica_id: str, timeline: Timeline) -> dict[str, 
                 "ejected_by": sorted(ejected_by.get(spec.name, [])),
                 "priority": spec.priority,
                 "weight": spec.weight or 1.0,
-                **_traffic(row),
+                **_traffic(row, by_backend),
             }
         )
-    model_rows = _rows(by_model)
+    model_rows = {row.key: row for row in by_model.rows}
     aliases = {a.name: list(a.targets) for a in view.aliases()}
     model_ids = sorted(set(serving) | set(aliases))
     models = []
@@ -128,7 +120,7 @@ async def state(parts: Parts, replica_id: str, timeline: Timeline) -> dict[str, 
                 "id": model_id,
                 "backends": sorted(names),
                 "alias_targets": aliases.get(model_id, []),
-                **_traffic(model_rows.get(model_id)),
+                **_traffic(model_rows.get(model_id), by_model),
             }
         )
     snapshot = view.current().snapshot
@@ -145,7 +137,7 @@ async def state(parts: Parts, replica_id: str, timeline: Timeline) -> dict[str, 
         },
         "totals": {
             "requests": by_backend.requests,
-            "rps": by_backend.requests_per_second,
+            "rps": by_backend.requests / by_backend.span,
             "edges_reporting": len(by_backend.edges),
             "decisions": dict(by_backend.decisions),
         },
@@ -155,9 +147,9 @@ async def state(parts: Parts, replica_id: str, timeline: Timeline) -> dict[str, 
     }
 
 
-def _edge_states(records: list[traffic_pb2.TrafficRecord]) -> dict[str, dict[str, Any]]:
+def _edge_states(records: list[Digest]) -> dict[str, dict[str, Any]]:
     """Each edge's latest report."""
-    latest: dict[str, traffic_pb2.TrafficRecord] = {}
+    latest: dict[str, Digest] = {}
     for record in records:
         held = latest.get(record.edge_id)
         if held is None or record.updated_unix_ms > held.updated_unix_ms:
@@ -220,24 +212,22 @@ async def _edges(parts: Parts, states: dict[str, dict[str, Any]], now: int) -> l
     return out
 
 
-def _timeline(
-    timeline: Timeline, records: list[traffic_pb2.TrafficRecord], now: int
-) -> list[dict[str, Any]]:
+def _timeline(timeline: Timeline, records: list[Digest], now: int) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = [
         {"unix_ms": e.unix_ms, "kind": e.kind, "backend": e.backend, "text": e.text}
         for e in timeline.events
     ]
     errors: dict[tuple[int, str, str, int], list[Any]] = {}
-    for record in records:
-        if now - record.end_unix_ms > ERRORS_WINDOW_MS:
-            continue
-        for cell in record.cells:
-            for status, count in cell.statuses.items():
-                if is_error(status):
-                    key = (record.end_unix_ms // 1000, cell.backend, cell.model, status)
-                    entry = errors.setdefault(key, [0, set()])
-                    entry[0] += count
-                    entry[1].add(record.edge_id)
+    # Newest records first; stop once enough entries are found (a record can hold an error
+    # per backend: reading every record of 5 minutes at 1,000 backends would be slow).
+    for record in sorted(records, key=lambda r: r.end_unix_ms, reverse=True):
+        if len(errors) >= MAX_ERRORS or now - record.end_unix_ms > ERRORS_WINDOW_MS:
+            break
+        second = record.end_unix_ms // 1000
+        for backend, model, status, count in record.errors:
+            entry = errors.setdefault((second, backend, model, status), [0, set()])
+            entry[0] += count
+            entry[1].add(record.edge_id)
     newest = sorted(errors.items(), key=lambda kv: kv[0][0], reverse=True)[:MAX_ERRORS]
     for (second, backend, model, status), (count, edges) in newest:
         via = ", ".join(sorted(edges))

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable, MutableSequence
 from dataclasses import dataclass
 
-from corral import traffic as hist
 from corral.v1 import traffic_pb2
 
 
@@ -110,12 +109,3 @@ def errors_by_class(statuses: dict[int, int]) -> dict[str, int]:
             continue
         out[name] = out.get(name, 0) + count
     return out
-
-
-def is_error(status: int) -> bool:
-    """Errors the operator should see: the backend or the cluster failed the client."""
-    return status == 429 or status >= 500
-
-
-def quantiles(counts: list[int]) -> tuple[float, float, float]:
-    return hist.quantile(counts, 0.5), hist.quantile(counts, 0.95), hist.quantile(counts, 0.99)

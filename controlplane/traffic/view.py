@@ -1,7 +1,9 @@
 """Each replica's copy of the stored traffic records (list, then watch), and the queries.
 
 Every replica follows the same prefix of the same store, so every replica answers
-GetTraffic (and the dashboard) alike, whichever replica the edges report through.
+GetTraffic (and the dashboard) alike, whichever replica the edges report through. Records
+are decoded once when they arrive (controlplane/traffic/digest.py); sums per time bucket and
+per window are cached and rebuilt only when a record under them changes.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from controlplane.store.base import (
     StoreClosedError,
     StoreError,
 )
-from controlplane.traffic.query import answer
-from controlplane.traffic.records import COARSE, FINE, Resolution
+from controlplane.traffic.digest import Digest
+from controlplane.traffic.query import Point, Result, Sums, add_all, compute, sums_of, to_proto
+from controlplane.traffic.records import COARSE, FINE, RESOLUTIONS, Resolution
 from corral.backoff import Backoff
 from corral.v1 import traffic_pb2
 
@@ -33,47 +36,46 @@ WINDOWS: dict[int, tuple[int, Resolution]] = {
     traffic_pb2.TRAFFIC_WINDOW_UNSPECIFIED: (300, FINE),
     traffic_pb2.TRAFFIC_WINDOW_1H: (3600, COARSE),
 }
+_BY_NAME = {res.name: res for res in RESOLUTIONS}
 # Answers are reused this long (a dashboard polled by many browsers costs one merge).
 CACHE_SECONDS = 1.0
+Bucket = tuple[str, int]  # (resolution name, bucket start unix ms)
 
 
 class TrafficView:
     def __init__(self, store: Store, layout: KeyLayout) -> None:
         self._store = store
-        self._layout = layout
         self.layout = layout
-        self._prefixes = {
-            res.name: layout.traffic + res.name.encode() + b"/" for res in (FINE, COARSE)
-        }
-        self.records: dict[bytes, traffic_pb2.TrafficRecord] = {}
-        self._revision = 0
-        self._cache: dict[tuple[int, int, bool], tuple[float, traffic_pb2.GetTrafficResponse]] = {}
-        self.changed = asyncio.Event()
+        self._prefix = layout.traffic
+        self._buckets: dict[Bucket, dict[bytes, Digest]] = {}
+        self._versions: dict[Bucket, int] = {}
+        self._changes = 0
+        # (bucket, group) -> (bucket version, sums per group, sparkline points)
+        self._sums: dict[tuple[Bucket, int], tuple[int, Sums, dict[str, Point]]] = {}
+        # (resolution, group, first bucket) -> (versions of its complete buckets, their sum)
+        self._windows: dict[tuple[str, int, int], tuple[tuple[int, ...], Sums]] = {}
+        self._answers: dict[tuple[int, int, bool], tuple[float, Result]] = {}
 
     async def run(self) -> None:
         """List then watch, forever; re-list on compaction, retry while the store is down."""
         backoff = Backoff(base=0.1, cap=5.0)
-        prefix = self._layout.traffic
         while True:
             try:
-                revision, kvs = await self._store.get_prefix(prefix)
-                self.records = {}
+                revision, kvs = await self._store.get_prefix(self._prefix)
+                self._buckets.clear()
+                self._sums.clear()
+                self._windows.clear()
                 for kv in kvs:
                     self._put(kv.key, kv.value)
-                self._revision = revision
                 backoff.reset()
-                stream = self._store.watch_prefix(prefix, revision + 1)
+                stream = self._store.watch_prefix(self._prefix, revision + 1)
                 try:
                     async for batch in stream:
                         for event in batch.events:
                             if event.type is EventType.DELETE:
-                                self.records.pop(event.kv.key, None)
+                                self._delete(event.kv.key)
                             else:
                                 self._put(event.kv.key, event.kv.value)
-                        self._revision = batch.revision
-                        self._cache.clear()
-                        self.changed.set()
-                        self.changed = asyncio.Event()
                 finally:
                     aclose = getattr(stream, "aclose", None)
                     if aclose is not None:
@@ -87,38 +89,113 @@ class TrafficView:
                 log.info("traffic watch failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
 
+    def _bucket_of(self, key: bytes) -> Bucket | None:
+        """traffic/<resolution>/<edge>/<start ms> -> (resolution, start)."""
+        rest = key[len(self._prefix) :]
+        name, _, tail = rest.partition(b"/")
+        start = tail.rpartition(b"/")[2]
+        if name.decode(errors="replace") not in _BY_NAME or not start.isdigit():
+            return None
+        return name.decode(), int(start)
+
+    def _touch(self, bucket: Bucket) -> None:
+        self._changes += 1
+        self._versions[bucket] = self._changes
+
     def _put(self, key: bytes, value: bytes) -> None:
+        bucket = self._bucket_of(key)
+        if bucket is None:
+            return
         record = traffic_pb2.TrafficRecord()
         try:
             record.ParseFromString(value)
         except DecodeError:
             log.warning("ignoring an undecodable traffic record at %r", key)
             return
-        self.records[key] = record
+        self._buckets.setdefault(bucket, {})[key] = Digest.of(record)
+        self._touch(bucket)
 
-    def records_of(self, resolution: Resolution) -> list[traffic_pb2.TrafficRecord]:
-        prefix = self._prefixes[resolution.name]
-        return [r for key, r in self.records.items() if key.startswith(prefix)]
+    def _delete(self, key: bytes) -> None:
+        bucket = self._bucket_of(key)
+        if bucket is None:
+            return
+        held = self._buckets.get(bucket)
+        if held is not None and held.pop(key, None) is not None:
+            self._touch(bucket)
+            if not held:
+                del self._buckets[bucket]
+                for group_key in [k for k in self._sums if k[0] == bucket]:
+                    del self._sums[group_key]
+
+    # -- reading --------------------------------------------------------------------------
+
+    def digests_of(self, resolution: Resolution, since_ms: int = 0) -> list[Digest]:
+        """Every record at a resolution (ending after since_ms)."""
+        return [
+            digest
+            for (name, _), held in self._buckets.items()
+            if name == resolution.name
+            for digest in held.values()
+            if digest.end_unix_ms > since_ms
+        ]
+
+    def _bucket_sums(self, bucket: Bucket, group: int) -> tuple[Sums, dict[str, Point]]:
+        version = self._versions.get(bucket, 0)
+        cached = self._sums.get((bucket, group))
+        if cached is not None and cached[0] == version:
+            return cached[1], cached[2]
+        sums, points = sums_of(self._buckets.get(bucket, {}).values(), group)
+        self._sums[(bucket, group)] = (version, sums, points)
+        return sums, points
 
     def query(
         self, request: traffic_pb2.GetTrafficRequest, now_ms: int | None = None
     ) -> traffic_pb2.GetTrafficResponse:
-        window, resolution = WINDOWS.get(request.window, WINDOWS[0])
-        cache_key = (request.window, request.group_by, request.series)
+        """GetTraffic's answer."""
+        return to_proto(self.result(request.window, request.group_by, request.series, now_ms))
+
+    def result(self, window_id: int, group: int, series: bool, now_ms: int | None = None) -> Result:
+        """A window's figures per group; reused for CACHE_SECONDS (one merge per second
+        however many browsers poll), unless a time is given."""
+        cache_key = (window_id, group, series)
         mono = time.monotonic()
         if now_ms is None:
-            hit = self._cache.get(cache_key)
+            hit = self._answers.get(cache_key)
             if hit is not None and mono - hit[0] < CACHE_SECONDS:
                 return hit[1]
-        now = now_ms if now_ms is not None else int(time.time() * 1000)
-        prefix = self._prefixes[resolution.name]
-        start = now - window * 1000
-        chosen = [
-            record
-            for key, record in self.records.items()
-            if key.startswith(prefix) and record.end_unix_ms > start
-        ]
-        response = answer(chosen, request, resolution, start, now)
+        result = self._compute(window_id, group, series, now_ms)
         if now_ms is None:
-            self._cache[cache_key] = (mono, response)
-        return response
+            self._answers[cache_key] = (mono, result)
+        return result
+
+    def _compute(self, window_id: int, group: int, series: bool, now_ms: int | None) -> Result:
+        window, resolution = WINDOWS.get(window_id, WINDOWS[0])
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        start = now - window * 1000
+        step = resolution.seconds * 1000
+        first, current = resolution.bucket(start), resolution.bucket(now)
+        starts = range(first, current + 1, step)
+        name = resolution.name
+        complete = [(name, b) for b in starts if b < current and (name, b) in self._buckets]
+        signature = tuple(self._versions.get(b, 0) for b in complete)
+        window_key = (name, group, first)
+        cached = self._windows.get(window_key)
+        if cached is not None and cached[0] == signature:
+            base = cached[1]
+        else:
+            base = add_all(self._bucket_sums(b, group)[0] for b in complete)
+            for old in [k for k in self._windows if k[:2] == (name, group)]:
+                del self._windows[old]
+            self._windows[window_key] = (signature, base)
+        now_sums, _ = self._bucket_sums((name, current), group)
+        total = add_all((base, now_sums))
+        digests = [
+            d
+            for b in starts
+            for d in self._buckets.get((name, b), {}).values()
+            if d.end_unix_ms > first
+        ]
+        points = None
+        if series:
+            points = [(b, self._bucket_sums((name, b), group)[1]) for b in starts]
+        return compute(total, digests, points, group, start, now, resolution)
