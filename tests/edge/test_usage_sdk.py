@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import ollama
 import pytest
 
 from corral.config import PriceConfig, UsageConfig
@@ -117,3 +118,24 @@ async def test_anthropic_sdk(running: RunningEdge) -> None:
     assert [r["endpoint"] for r in found] == ["messages"] * 4
     assert not any(r["estimated"] for r in found)
     assert found[0]["cost_usd"] > 0 and found[2]["cost_usd"] == 0  # unpriced: self-hosted
+
+
+async def test_ollama_native(snapshots: SnapshotServer, start_edge: StartEdge) -> None:
+    """The native pass-through (official ollama client): Ollama's own counters, both ways."""
+    async with running_fakes(FakeServer("ollama", ["qwen3:8b"], "ollama-a")) as (fake,):
+        snapshots.publish(snapshot(1, [typed(fake)]))
+        edge = await start_edge(snapshots, usage=UsageConfig(flush_interval_seconds=0.05))
+        await edge.wait_version(1)
+        client = ollama.AsyncClient(host=f"{edge.url}/ollama")
+        messages: Any = [{"role": "user", "content": "count these words for me"}]
+        plain = await client.chat(model="qwen3:8b", messages=messages)
+        parts = [
+            p async for p in await client.chat(model="qwen3:8b", messages=messages, stream=True)
+        ]
+        found = await rows(edge, 2)
+    last = parts[-1]
+    assert last.done and plain.prompt_eval_count and plain.eval_count
+    assert tokens(found[0]) == (plain.prompt_eval_count, plain.eval_count)
+    assert tokens(found[1]) == (last.prompt_eval_count, last.eval_count)
+    assert [r["endpoint"] for r in found] == ["ollama", "ollama"]
+    assert not any(r["estimated"] for r in found)
