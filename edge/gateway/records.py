@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any, Final
 
 import orjson
@@ -57,36 +58,30 @@ def _text(data: bytes | None) -> str | None:
     return None if data is None else data.decode("utf-8", "replace")
 
 
+# The Call's fields in column order, read in C (a row per record is the writer's main cost).
+_HEAD: Final = attrgetter("id", "request_id", "time")
+_BODY: Final = attrgetter(
+    "key_id", "team", "endpoint", "model", "served", "backend", "route", "status", "error",
+    "stream", "prompt_tokens", "cached_tokens", "completion_tokens", "estimated",
+)  # fmt: skip
+
+
 def row(call: Call, edge: str, cost: float) -> Row:
     """The Call as a row of COLUMNS."""
     ttft = call.ttft
+    guard, prompt = call.guard, call.prompt
     return (
-        call.id,
-        call.request_id,
-        call.time,
+        *_HEAD(call),
         edge,
-        call.key_id,
-        call.team,
-        call.endpoint,
-        call.model,
-        call.served,
-        call.backend,
-        call.route,
-        call.status,
-        call.error,
-        call.stream,
-        call.prompt_tokens,
-        call.cached_tokens,
-        call.completion_tokens,
-        call.estimated,
+        *_BODY(call),
         cost,
-        None if ttft is None else round(ttft * 1000.0, 3),
-        round(call.duration * 1000.0, 3),
+        None if ttft is None else ttft * 1000.0,  # round() would cost more than the rest
+        call.duration * 1000.0,
         call.cache,
-        None if call.guard is None else orjson.dumps(call.guard).decode(),
+        None if guard is None else orjson.dumps(guard).decode(),
         call.limit,
-        _text(call.prompt),
-        _text(call.completion),
+        None if prompt is None else _text(prompt),
+        None if prompt is None else _text(call.completion),
         call.saved_tokens,
     )
 
