@@ -25,6 +25,7 @@ from controlplane.errors import (
 )
 from controlplane.gateway.admin import GatewayAdmin
 from controlplane.gateway.audit import CALLER, AuditLog, caller_of
+from controlplane.gateway.content import ContentAdmin
 from controlplane.gateway.limits import LimitsAdmin
 from controlplane.hosted_admin import HostedAdmin
 from controlplane.keys import DrainFlag
@@ -71,6 +72,7 @@ class AdminService:
             "GetTraffic": (get_traffic, traffic_pb2.GetTrafficRequest),
             **self._gateway.methods(),
             **LimitsAdmin(self._gateway).methods(),
+            **ContentAdmin(self._gateway).methods(),
         }
         return grpc.method_handlers_generic_handler(
             SERVICE,

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from corral import limits_cli
+from corral import content_cli, limits_cli
 from corral.status import StatusError, Tls, _translate, read_token, table
 from corral.v1 import admin_pb2_grpc, gateway_pb2
 
@@ -58,7 +58,8 @@ def register(sub: Any) -> None:
     create.add_argument("--expires-in", type=duration, default=0, help="e.g. 30d, 12h")
     create.add_argument("--description", default="")
     limits_cli.add_flags(create)
-    limits_cli.add_update(verbs, "id", "key")
+    content_cli.add_flags(create)
+    content_cli.add_flags(limits_cli.add_update(verbs, "id", "key"))
     listing = verbs.add_parser("list", help="list keys (never their secrets)")
     listing.add_argument("--team", default="")
     for verb, text in (
@@ -73,7 +74,8 @@ def register(sub: Any) -> None:
     tcreate.add_argument("name")
     tcreate.add_argument("--description", default="")
     limits_cli.add_flags(tcreate)
-    limits_cli.add_update(tverbs, "name", "team")
+    content_cli.add_flags(tcreate)
+    content_cli.add_flags(limits_cli.add_update(tverbs, "name", "team"))
     tverbs.add_parser("list", help="list teams")
     prices = sub.add_parser("prices", help="model prices (USD per million tokens)")
     pverbs = prices.add_subparsers(dest="verb", required=True)
@@ -98,7 +100,8 @@ def register(sub: Any) -> None:
 def _request(args: argparse.Namespace) -> tuple[str, Any]:
     command, verb = args.command, getattr(args, "verb", "")
     if verb == "update":
-        return limits_cli.update_request(args)
+        given = limits_cli.limits_from(args) is not None
+        return content_cli.update_request(args, given) or limits_cli.update_request(args)
     if command == "keys":
         if verb == "create":
             return "CreateKey", gateway_pb2.CreateKeyRequest(
@@ -107,6 +110,7 @@ def _request(args: argparse.Namespace) -> tuple[str, Any]:
                 expires_in_seconds=args.expires_in,
                 description=args.description,
                 limits=limits_cli.limits_from(args),
+                content=content_cli.content_from(args),
             )
         if verb == "list":
             return "ListKeys", gateway_pb2.ListKeysRequest(team=args.team)
@@ -118,7 +122,10 @@ def _request(args: argparse.Namespace) -> tuple[str, Any]:
     if command == "teams":
         if verb == "create":
             return "CreateTeam", gateway_pb2.CreateTeamRequest(
-                name=args.name, description=args.description, limits=limits_cli.limits_from(args)
+                name=args.name,
+                description=args.description,
+                limits=limits_cli.limits_from(args),
+                content=content_cli.content_from(args),
             )
         return "ListTeams", gateway_pb2.ListTeamsRequest()
     if command == "prices":
@@ -194,6 +201,8 @@ def render(args: argparse.Namespace, answer: Any) -> str:
     command, verb = args.command, getattr(args, "verb", "")
     now_ms = int(time.time() * 1000)
     if verb == "update":
+        if content_cli.is_answer(answer):
+            return content_cli.render_update(args, answer)
         return limits_cli.render_update(args, answer)
     if command == "keys" and verb == "create":
         key = answer.key

@@ -21,7 +21,7 @@ from edge.balancer import Balancer
 from edge.errors import ApiError, EdgeError, SnapshotError, error_body
 from edge.gateway.call import tag_response
 from edge.gateway.limits.gate import limit_headers, limiting
-from edge.gateway.pipeline import add_cache_header
+from edge.gateway.pipeline import GATEWAY, add_cache_header
 from edge.gateway.pipeline import running as gateway_running
 from edge.gateway.policy import follow_policy
 from edge.inbound import (
@@ -329,7 +329,8 @@ async def _gateway(app: web.Application) -> AsyncIterator[None]:
     """Guardrails and the response cache (edge/gateway/pipeline.py), when configured."""
     proxy = app[PROXY]
     async with gateway_running(app[CONFIG], app[METRICS].registry, lambda: proxy.session) as gw:
-        proxy.gateway = gw
+        app[GATEWAY] = gw
+        proxy.gateway = gw if gw.active else None
         yield
 
 

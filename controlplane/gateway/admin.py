@@ -108,6 +108,8 @@ class GatewayAdmin:
         )
         if request.HasField("limits"):
             _limits(team.limits, request.limits)
+        if request.HasField("content"):
+            _content(team.content, request.content)
         await self.audit.record(parts.store, "team.create", team.name, team.description)
         if not await parts.store.put_if(key, team.SerializeToString(), expect_mod_revision=0):
             raise NameTakenError(f"a team named {request.name!r} exists already")
@@ -156,6 +158,8 @@ class GatewayAdmin:
             )
             if request.HasField("limits"):
                 _limits(key.limits, request.limits)
+            if request.HasField("content"):
+                _content(key.content, request.content)
             where = records.key_key(self._layout, key_id)
             detail = f"team={key.team} models={','.join(key.models) or '*'}"
             if key.expires_unix_ms:
@@ -278,6 +282,14 @@ class GatewayAdmin:
     ) -> gateway_pb2.ListAuditResponse:
         entries = await self.audit.entries(parts.store, request.limit)
         return gateway_pb2.ListAuditResponse(entries=entries)
+
+
+def _content(stored: Any, given: Any) -> None:
+    """Cache and guardrail settings given with CreateKey/CreateTeam (gateway/content.py)."""
+    from controlplane.gateway.content import check_content
+
+    check_content(given)
+    stored.MergeFrom(given)
 
 
 def _limits(stored: Any, given: Any) -> None:

@@ -25,68 +25,69 @@ _sym_db = _symbol_database.Default()
 
 from corral.v1 import providers_pb2 as corral_dot_v1_dot_providers__pb2
 from corral.v1 import traffic_pb2 as corral_dot_v1_dot_traffic__pb2
+from corral.v1 import content_pb2 as corral_dot_v1_dot_content__pb2
 from corral.v1 import gateway_pb2 as corral_dot_v1_dot_gateway__pb2
 from corral.v1 import limits_pb2 as corral_dot_v1_dot_limits__pb2
 from corral.v1 import types_pb2 as corral_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63orral/v1/admin.proto\x12\tcorral.v1\x1a\x19\x63orral/v1/providers.proto\x1a\x17\x63orral/v1/traffic.proto\x1a\x17\x63orral/v1/gateway.proto\x1a\x16\x63orral/v1/limits.proto\x1a\x15\x63orral/v1/types.proto\"\x15\n\x13ListBackendsRequest\"M\n\x14ListBackendsResponse\x12$\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x12.corral.v1.Backend\x12\x0f\n\x07version\x18\x02 \x01(\x04\"!\n\x11GetBackendRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x12GetBackendResponse\x12#\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x12.corral.v1.Backend\"\x13\n\x11ListModelsRequest\"<\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x02 \x03(\t\x12\x15\n\ralias_targets\x18\x03 \x03(\t\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.corral.v1.Model\"\x14\n\x12GetSnapshotRequest\"<\n\x13GetSnapshotResponse\x12%\n\x08snapshot\x18\x01 \x01(\x0b\x32\x13.corral.v1.Snapshot\"3\n\x13\x44rainBackendRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\";\n\x14\x44rainBackendResponse\x12#\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x12.corral.v1.Backend\"%\n\x15UndrainBackendRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x16UndrainBackendResponse\x12#\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x12.corral.v1.Backend\"\x13\n\x11ListAgentsRequest\"\xa0\x01\n\tAgentInfo\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61\x63kend_name\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x17\n\x0f\x63ontrolplane_id\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x19\n\x11\x63onnected_unix_ms\x18\x06 \x01(\x03\x12\x15\n\ragent_version\x18\x07 \x01(\t\":\n\x12ListAgentsResponse\x12$\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x14.corral.v1.AgentInfo\"\x12\n\x10ListEdgesRequest\"\x8e\x01\n\x08\x45\x64geInfo\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\x16\n\x0elisten_address\x18\x02 \x01(\t\x12\x17\n\x0f\x63ontrolplane_id\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x17\n\x0f\x61pplied_version\x18\x05 \x01(\x04\x12\x19\n\x11\x63onnected_unix_ms\x18\x06 \x01(\x03\"7\n\x11ListEdgesResponse\x12\"\n\x05\x65\x64ges\x18\x01 \x03(\x0b\x32\x13.corral.v1.EdgeInfo\"\x14\n\x12ListAliasesRequest\"=\n\x13ListAliasesResponse\x12&\n\x07\x61liases\x18\x01 \x03(\x0b\x32\x15.corral.v1.ModelAlias\"7\n\x0fSetAliasRequest\x12$\n\x05\x61lias\x18\x01 \x01(\x0b\x32\x15.corral.v1.ModelAlias\"8\n\x10SetAliasResponse\x12$\n\x05\x61lias\x18\x01 \x01(\x0b\x32\x15.corral.v1.ModelAlias\"\"\n\x12\x44\x65leteAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteAliasResponse2\xac\x12\n\x0c\x41\x64minService\x12O\n\x0cListBackends\x12\x1e.corral.v1.ListBackendsRequest\x1a\x1f.corral.v1.ListBackendsResponse\x12I\n\nGetBackend\x12\x1c.corral.v1.GetBackendRequest\x1a\x1d.corral.v1.GetBackendResponse\x12I\n\nListModels\x12\x1c.corral.v1.ListModelsRequest\x1a\x1d.corral.v1.ListModelsResponse\x12L\n\x0bGetSnapshot\x12\x1d.corral.v1.GetSnapshotRequest\x1a\x1e.corral.v1.GetSnapshotResponse\x12O\n\x0c\x44rainBackend\x12\x1e.corral.v1.DrainBackendRequest\x1a\x1f.corral.v1.DrainBackendResponse\x12U\n\x0eUndrainBackend\x12 .corral.v1.UndrainBackendRequest\x1a!.corral.v1.UndrainBackendResponse\x12I\n\nListAgents\x12\x1c.corral.v1.ListAgentsRequest\x1a\x1d.corral.v1.ListAgentsResponse\x12\x46\n\tListEdges\x12\x1b.corral.v1.ListEdgesRequest\x1a\x1c.corral.v1.ListEdgesResponse\x12L\n\x0bListAliases\x12\x1d.corral.v1.ListAliasesRequest\x1a\x1e.corral.v1.ListAliasesResponse\x12\x43\n\x08SetAlias\x12\x1a.corral.v1.SetAliasRequest\x1a\x1b.corral.v1.SetAliasResponse\x12L\n\x0b\x44\x65leteAlias\x12\x1d.corral.v1.DeleteAliasRequest\x1a\x1e.corral.v1.DeleteAliasResponse\x12R\n\rListProviders\x12\x1f.corral.v1.ListProvidersRequest\x1a .corral.v1.ListProvidersResponse\x12L\n\x0bSetProvider\x12\x1d.corral.v1.SetProviderRequest\x1a\x1e.corral.v1.SetProviderResponse\x12U\n\x0eRemoveProvider\x12 .corral.v1.RemoveProviderRequest\x1a!.corral.v1.RemoveProviderResponse\x12R\n\rListFallbacks\x12\x1f.corral.v1.ListFallbacksRequest\x1a .corral.v1.ListFallbacksResponse\x12O\n\x0cSetFallbacks\x12\x1e.corral.v1.SetFallbacksRequest\x1a\x1f.corral.v1.SetFallbacksResponse\x12X\n\x0f\x44\x65leteFallbacks\x12!.corral.v1.DeleteFallbacksRequest\x1a\".corral.v1.DeleteFallbacksResponse\x12I\n\nGetTraffic\x12\x1c.corral.v1.GetTrafficRequest\x1a\x1d.corral.v1.GetTrafficResponse\x12I\n\nCreateTeam\x12\x1c.corral.v1.CreateTeamRequest\x1a\x1d.corral.v1.CreateTeamResponse\x12\x46\n\tListTeams\x12\x1b.corral.v1.ListTeamsRequest\x1a\x1c.corral.v1.ListTeamsResponse\x12\x46\n\tCreateKey\x12\x1b.corral.v1.CreateKeyRequest\x1a\x1c.corral.v1.CreateKeyResponse\x12\x43\n\x08ListKeys\x12\x1a.corral.v1.ListKeysRequest\x1a\x1b.corral.v1.ListKeysResponse\x12\x46\n\tRevokeKey\x12\x1b.corral.v1.RevokeKeyRequest\x1a\x1c.corral.v1.RevokeKeyResponse\x12U\n\x0eSetKeyDisabled\x12 .corral.v1.SetKeyDisabledRequest\x1a!.corral.v1.SetKeyDisabledResponse\x12\x43\n\x08SetPrice\x12\x1a.corral.v1.SetPriceRequest\x1a\x1b.corral.v1.SetPriceResponse\x12I\n\nListPrices\x12\x1c.corral.v1.ListPricesRequest\x1a\x1d.corral.v1.ListPricesResponse\x12L\n\x0b\x44\x65letePrice\x12\x1d.corral.v1.DeletePriceRequest\x1a\x1e.corral.v1.DeletePriceResponse\x12\x46\n\tListAudit\x12\x1b.corral.v1.ListAuditRequest\x1a\x1c.corral.v1.ListAuditResponse\x12O\n\x0cSetKeyLimits\x12\x1e.corral.v1.SetKeyLimitsRequest\x1a\x1f.corral.v1.SetKeyLimitsResponse\x12R\n\rSetTeamLimits\x12\x1f.corral.v1.SetTeamLimitsRequest\x1a .corral.v1.SetTeamLimitsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63orral/v1/admin.proto\x12\tcorral.v1\x1a\x19\x63orral/v1/providers.proto\x1a\x17\x63orral/v1/traffic.proto\x1a\x17\x63orral/v1/content.proto\x1a\x17\x63orral/v1/gateway.proto\x1a\x16\x63orral/v1/limits.proto\x1a\x15\x63orral/v1/types.proto\"\x15\n\x13ListBackendsRequest\"M\n\x14ListBackendsResponse\x12$\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x12.corral.v1.Backend\x12\x0f\n\x07version\x18\x02 \x01(\x04\"!\n\x11GetBackendRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x12GetBackendResponse\x12#\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x12.corral.v1.Backend\"\x13\n\x11ListModelsRequest\"<\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x02 \x03(\t\x12\x15\n\ralias_targets\x18\x03 \x03(\t\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.corral.v1.Model\"\x14\n\x12GetSnapshotRequest\"<\n\x13GetSnapshotResponse\x12%\n\x08snapshot\x18\x01 \x01(\x0b\x32\x13.corral.v1.Snapshot\"3\n\x13\x44rainBackendRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\";\n\x14\x44rainBackendResponse\x12#\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x12.corral.v1.Backend\"%\n\x15UndrainBackendRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x16UndrainBackendResponse\x12#\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x12.corral.v1.Backend\"\x13\n\x11ListAgentsRequest\"\xa0\x01\n\tAgentInfo\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61\x63kend_name\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x17\n\x0f\x63ontrolplane_id\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x19\n\x11\x63onnected_unix_ms\x18\x06 \x01(\x03\x12\x15\n\ragent_version\x18\x07 \x01(\t\":\n\x12ListAgentsResponse\x12$\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x14.corral.v1.AgentInfo\"\x12\n\x10ListEdgesRequest\"\x8e\x01\n\x08\x45\x64geInfo\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\x16\n\x0elisten_address\x18\x02 \x01(\t\x12\x17\n\x0f\x63ontrolplane_id\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x17\n\x0f\x61pplied_version\x18\x05 \x01(\x04\x12\x19\n\x11\x63onnected_unix_ms\x18\x06 \x01(\x03\"7\n\x11ListEdgesResponse\x12\"\n\x05\x65\x64ges\x18\x01 \x03(\x0b\x32\x13.corral.v1.EdgeInfo\"\x14\n\x12ListAliasesRequest\"=\n\x13ListAliasesResponse\x12&\n\x07\x61liases\x18\x01 \x03(\x0b\x32\x15.corral.v1.ModelAlias\"7\n\x0fSetAliasRequest\x12$\n\x05\x61lias\x18\x01 \x01(\x0b\x32\x15.corral.v1.ModelAlias\"8\n\x10SetAliasResponse\x12$\n\x05\x61lias\x18\x01 \x01(\x0b\x32\x15.corral.v1.ModelAlias\"\"\n\x12\x44\x65leteAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteAliasResponse2\xd7\x13\n\x0c\x41\x64minService\x12O\n\x0cListBackends\x12\x1e.corral.v1.ListBackendsRequest\x1a\x1f.corral.v1.ListBackendsResponse\x12I\n\nGetBackend\x12\x1c.corral.v1.GetBackendRequest\x1a\x1d.corral.v1.GetBackendResponse\x12I\n\nListModels\x12\x1c.corral.v1.ListModelsRequest\x1a\x1d.corral.v1.ListModelsResponse\x12L\n\x0bGetSnapshot\x12\x1d.corral.v1.GetSnapshotRequest\x1a\x1e.corral.v1.GetSnapshotResponse\x12O\n\x0c\x44rainBackend\x12\x1e.corral.v1.DrainBackendRequest\x1a\x1f.corral.v1.DrainBackendResponse\x12U\n\x0eUndrainBackend\x12 .corral.v1.UndrainBackendRequest\x1a!.corral.v1.UndrainBackendResponse\x12I\n\nListAgents\x12\x1c.corral.v1.ListAgentsRequest\x1a\x1d.corral.v1.ListAgentsResponse\x12\x46\n\tListEdges\x12\x1b.corral.v1.ListEdgesRequest\x1a\x1c.corral.v1.ListEdgesResponse\x12L\n\x0bListAliases\x12\x1d.corral.v1.ListAliasesRequest\x1a\x1e.corral.v1.ListAliasesResponse\x12\x43\n\x08SetAlias\x12\x1a.corral.v1.SetAliasRequest\x1a\x1b.corral.v1.SetAliasResponse\x12L\n\x0b\x44\x65leteAlias\x12\x1d.corral.v1.DeleteAliasRequest\x1a\x1e.corral.v1.DeleteAliasResponse\x12R\n\rListProviders\x12\x1f.corral.v1.ListProvidersRequest\x1a .corral.v1.ListProvidersResponse\x12L\n\x0bSetProvider\x12\x1d.corral.v1.SetProviderRequest\x1a\x1e.corral.v1.SetProviderResponse\x12U\n\x0eRemoveProvider\x12 .corral.v1.RemoveProviderRequest\x1a!.corral.v1.RemoveProviderResponse\x12R\n\rListFallbacks\x12\x1f.corral.v1.ListFallbacksRequest\x1a .corral.v1.ListFallbacksResponse\x12O\n\x0cSetFallbacks\x12\x1e.corral.v1.SetFallbacksRequest\x1a\x1f.corral.v1.SetFallbacksResponse\x12X\n\x0f\x44\x65leteFallbacks\x12!.corral.v1.DeleteFallbacksRequest\x1a\".corral.v1.DeleteFallbacksResponse\x12I\n\nGetTraffic\x12\x1c.corral.v1.GetTrafficRequest\x1a\x1d.corral.v1.GetTrafficResponse\x12I\n\nCreateTeam\x12\x1c.corral.v1.CreateTeamRequest\x1a\x1d.corral.v1.CreateTeamResponse\x12\x46\n\tListTeams\x12\x1b.corral.v1.ListTeamsRequest\x1a\x1c.corral.v1.ListTeamsResponse\x12\x46\n\tCreateKey\x12\x1b.corral.v1.CreateKeyRequest\x1a\x1c.corral.v1.CreateKeyResponse\x12\x43\n\x08ListKeys\x12\x1a.corral.v1.ListKeysRequest\x1a\x1b.corral.v1.ListKeysResponse\x12\x46\n\tRevokeKey\x12\x1b.corral.v1.RevokeKeyRequest\x1a\x1c.corral.v1.RevokeKeyResponse\x12U\n\x0eSetKeyDisabled\x12 .corral.v1.SetKeyDisabledRequest\x1a!.corral.v1.SetKeyDisabledResponse\x12\x43\n\x08SetPrice\x12\x1a.corral.v1.SetPriceRequest\x1a\x1b.corral.v1.SetPriceResponse\x12I\n\nListPrices\x12\x1c.corral.v1.ListPricesRequest\x1a\x1d.corral.v1.ListPricesResponse\x12L\n\x0b\x44\x65letePrice\x12\x1d.corral.v1.DeletePriceRequest\x1a\x1e.corral.v1.DeletePriceResponse\x12\x46\n\tListAudit\x12\x1b.corral.v1.ListAuditRequest\x1a\x1c.corral.v1.ListAuditResponse\x12O\n\x0cSetKeyLimits\x12\x1e.corral.v1.SetKeyLimitsRequest\x1a\x1f.corral.v1.SetKeyLimitsResponse\x12R\n\rSetTeamLimits\x12\x1f.corral.v1.SetTeamLimitsRequest\x1a .corral.v1.SetTeamLimitsResponse\x12R\n\rSetKeyContent\x12\x1f.corral.v1.SetKeyContentRequest\x1a .corral.v1.SetKeyContentResponse\x12U\n\x0eSetTeamContent\x12 .corral.v1.SetTeamContentRequest\x1a!.corral.v1.SetTeamContentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'corral.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTBACKENDSREQUEST']._serialized_start=160
-  _globals['_LISTBACKENDSREQUEST']._serialized_end=181
-  _globals['_LISTBACKENDSRESPONSE']._serialized_start=183
-  _globals['_LISTBACKENDSRESPONSE']._serialized_end=260
-  _globals['_GETBACKENDREQUEST']._serialized_start=262
-  _globals['_GETBACKENDREQUEST']._serialized_end=295
-  _globals['_GETBACKENDRESPONSE']._serialized_start=297
-  _globals['_GETBACKENDRESPONSE']._serialized_end=354
-  _globals['_LISTMODELSREQUEST']._serialized_start=356
-  _globals['_LISTMODELSREQUEST']._serialized_end=375
-  _globals['_MODEL']._serialized_start=377
-  _globals['_MODEL']._serialized_end=437
-  _globals['_LISTMODELSRESPONSE']._serialized_start=439
-  _globals['_LISTMODELSRESPONSE']._serialized_end=493
-  _globals['_GETSNAPSHOTREQUEST']._serialized_start=495
-  _globals['_GETSNAPSHOTREQUEST']._serialized_end=515
-  _globals['_GETSNAPSHOTRESPONSE']._serialized_start=517
-  _globals['_GETSNAPSHOTRESPONSE']._serialized_end=577
-  _globals['_DRAINBACKENDREQUEST']._serialized_start=579
-  _globals['_DRAINBACKENDREQUEST']._serialized_end=630
-  _globals['_DRAINBACKENDRESPONSE']._serialized_start=632
-  _globals['_DRAINBACKENDRESPONSE']._serialized_end=691
-  _globals['_UNDRAINBACKENDREQUEST']._serialized_start=693
-  _globals['_UNDRAINBACKENDREQUEST']._serialized_end=730
-  _globals['_UNDRAINBACKENDRESPONSE']._serialized_start=732
-  _globals['_UNDRAINBACKENDRESPONSE']._serialized_end=793
-  _globals['_LISTAGENTSREQUEST']._serialized_start=795
-  _globals['_LISTAGENTSREQUEST']._serialized_end=814
-  _globals['_AGENTINFO']._serialized_start=817
-  _globals['_AGENTINFO']._serialized_end=977
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=979
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=1037
-  _globals['_LISTEDGESREQUEST']._serialized_start=1039
-  _globals['_LISTEDGESREQUEST']._serialized_end=1057
-  _globals['_EDGEINFO']._serialized_start=1060
-  _globals['_EDGEINFO']._serialized_end=1202
-  _globals['_LISTEDGESRESPONSE']._serialized_start=1204
-  _globals['_LISTEDGESRESPONSE']._serialized_end=1259
-  _globals['_LISTALIASESREQUEST']._serialized_start=1261
-  _globals['_LISTALIASESREQUEST']._serialized_end=1281
-  _globals['_LISTALIASESRESPONSE']._serialized_start=1283
-  _globals['_LISTALIASESRESPONSE']._serialized_end=1344
-  _globals['_SETALIASREQUEST']._serialized_start=1346
-  _globals['_SETALIASREQUEST']._serialized_end=1401
-  _globals['_SETALIASRESPONSE']._serialized_start=1403
-  _globals['_SETALIASRESPONSE']._serialized_end=1459
-  _globals['_DELETEALIASREQUEST']._serialized_start=1461
-  _globals['_DELETEALIASREQUEST']._serialized_end=1495
-  _globals['_DELETEALIASRESPONSE']._serialized_start=1497
-  _globals['_DELETEALIASRESPONSE']._serialized_end=1518
-  _globals['_ADMINSERVICE']._serialized_start=1521
-  _globals['_ADMINSERVICE']._serialized_end=3869
+  _globals['_LISTBACKENDSREQUEST']._serialized_start=185
+  _globals['_LISTBACKENDSREQUEST']._serialized_end=206
+  _globals['_LISTBACKENDSRESPONSE']._serialized_start=208
+  _globals['_LISTBACKENDSRESPONSE']._serialized_end=285
+  _globals['_GETBACKENDREQUEST']._serialized_start=287
+  _globals['_GETBACKENDREQUEST']._serialized_end=320
+  _globals['_GETBACKENDRESPONSE']._serialized_start=322
+  _globals['_GETBACKENDRESPONSE']._serialized_end=379
+  _globals['_LISTMODELSREQUEST']._serialized_start=381
+  _globals['_LISTMODELSREQUEST']._serialized_end=400
+  _globals['_MODEL']._serialized_start=402
+  _globals['_MODEL']._serialized_end=462
+  _globals['_LISTMODELSRESPONSE']._serialized_start=464
+  _globals['_LISTMODELSRESPONSE']._serialized_end=518
+  _globals['_GETSNAPSHOTREQUEST']._serialized_start=520
+  _globals['_GETSNAPSHOTREQUEST']._serialized_end=540
+  _globals['_GETSNAPSHOTRESPONSE']._serialized_start=542
+  _globals['_GETSNAPSHOTRESPONSE']._serialized_end=602
+  _globals['_DRAINBACKENDREQUEST']._serialized_start=604
+  _globals['_DRAINBACKENDREQUEST']._serialized_end=655
+  _globals['_DRAINBACKENDRESPONSE']._serialized_start=657
+  _globals['_DRAINBACKENDRESPONSE']._serialized_end=716
+  _globals['_UNDRAINBACKENDREQUEST']._serialized_start=718
+  _globals['_UNDRAINBACKENDREQUEST']._serialized_end=755
+  _globals['_UNDRAINBACKENDRESPONSE']._serialized_start=757
+  _globals['_UNDRAINBACKENDRESPONSE']._serialized_end=818
+  _globals['_LISTAGENTSREQUEST']._serialized_start=820
+  _globals['_LISTAGENTSREQUEST']._serialized_end=839
+  _globals['_AGENTINFO']._serialized_start=842
+  _globals['_AGENTINFO']._serialized_end=1002
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=1004
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1062
+  _globals['_LISTEDGESREQUEST']._serialized_start=1064
+  _globals['_LISTEDGESREQUEST']._serialized_end=1082
+  _globals['_EDGEINFO']._serialized_start=1085
+  _globals['_EDGEINFO']._serialized_end=1227
+  _globals['_LISTEDGESRESPONSE']._serialized_start=1229
+  _globals['_LISTEDGESRESPONSE']._serialized_end=1284
+  _globals['_LISTALIASESREQUEST']._serialized_start=1286
+  _globals['_LISTALIASESREQUEST']._serialized_end=1306
+  _globals['_LISTALIASESRESPONSE']._serialized_start=1308
+  _globals['_LISTALIASESRESPONSE']._serialized_end=1369
+  _globals['_SETALIASREQUEST']._serialized_start=1371
+  _globals['_SETALIASREQUEST']._serialized_end=1426
+  _globals['_SETALIASRESPONSE']._serialized_start=1428
+  _globals['_SETALIASRESPONSE']._serialized_end=1484
+  _globals['_DELETEALIASREQUEST']._serialized_start=1486
+  _globals['_DELETEALIASREQUEST']._serialized_end=1520
+  _globals['_DELETEALIASRESPONSE']._serialized_start=1522
+  _globals['_DELETEALIASRESPONSE']._serialized_end=1543
+  _globals['_ADMINSERVICE']._serialized_start=1546
+  _globals['_ADMINSERVICE']._serialized_end=4065
 # @@protoc_insertion_point(module_scope)

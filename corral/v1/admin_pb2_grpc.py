@@ -5,6 +5,7 @@ import grpc
 import warnings
 
 from corral.v1 import admin_pb2 as corral_dot_v1_dot_admin__pb2
+from corral.v1 import content_pb2 as corral_dot_v1_dot_content__pb2
 from corral.v1 import gateway_pb2 as corral_dot_v1_dot_gateway__pb2
 from corral.v1 import limits_pb2 as corral_dot_v1_dot_limits__pb2
 from corral.v1 import providers_pb2 as corral_dot_v1_dot_providers__pb2
@@ -188,6 +189,16 @@ class AdminServiceStub:
                 '/corral.v1.AdminService/SetTeamLimits',
                 request_serializer=corral_dot_v1_dot_limits__pb2.SetTeamLimitsRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_limits__pb2.SetTeamLimitsResponse.FromString,
+                _registered_method=True)
+        self.SetKeyContent = channel.unary_unary(
+                '/corral.v1.AdminService/SetKeyContent',
+                request_serializer=corral_dot_v1_dot_content__pb2.SetKeyContentRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_content__pb2.SetKeyContentResponse.FromString,
+                _registered_method=True)
+        self.SetTeamContent = channel.unary_unary(
+                '/corral.v1.AdminService/SetTeamContent',
+                request_serializer=corral_dot_v1_dot_content__pb2.SetTeamContentRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_content__pb2.SetTeamContentResponse.FromString,
                 _registered_method=True)
 
 
@@ -382,6 +393,19 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetKeyContent(self, request, context):
+        """Response cache and guardrail settings of a key or team (content.proto).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTeamContent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -534,6 +558,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.SetTeamLimits,
                     request_deserializer=corral_dot_v1_dot_limits__pb2.SetTeamLimitsRequest.FromString,
                     response_serializer=corral_dot_v1_dot_limits__pb2.SetTeamLimitsResponse.SerializeToString,
+            ),
+            'SetKeyContent': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetKeyContent,
+                    request_deserializer=corral_dot_v1_dot_content__pb2.SetKeyContentRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_content__pb2.SetKeyContentResponse.SerializeToString,
+            ),
+            'SetTeamContent': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTeamContent,
+                    request_deserializer=corral_dot_v1_dot_content__pb2.SetTeamContentRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_content__pb2.SetTeamContentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1346,6 +1380,60 @@ class AdminService:
             '/corral.v1.AdminService/SetTeamLimits',
             corral_dot_v1_dot_limits__pb2.SetTeamLimitsRequest.SerializeToString,
             corral_dot_v1_dot_limits__pb2.SetTeamLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetKeyContent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/SetKeyContent',
+            corral_dot_v1_dot_content__pb2.SetKeyContentRequest.SerializeToString,
+            corral_dot_v1_dot_content__pb2.SetKeyContentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTeamContent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/SetTeamContent',
+            corral_dot_v1_dot_content__pb2.SetTeamContentRequest.SerializeToString,
+            corral_dot_v1_dot_content__pb2.SetTeamContentResponse.FromString,
             options,
             channel_credentials,
             insecure,

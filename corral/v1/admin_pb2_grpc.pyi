@@ -6,6 +6,7 @@ Operator calls; grpcurl-friendly."""
 
 from collections import abc as _abc
 from corral.v1 import admin_pb2 as _admin_pb2
+from corral.v1 import content_pb2 as _content_pb2
 from corral.v1 import gateway_pb2 as _gateway_pb2
 from corral.v1 import limits_pb2 as _limits_pb2
 from corral.v1 import providers_pb2 as _providers_pb2
@@ -75,6 +76,9 @@ class AdminServiceStub:
     change; every edge applies them within a second.
     """
     SetTeamLimits: _grpc.UnaryUnaryMultiCallable[_limits_pb2.SetTeamLimitsRequest, _limits_pb2.SetTeamLimitsResponse]
+    SetKeyContent: _grpc.UnaryUnaryMultiCallable[_content_pb2.SetKeyContentRequest, _content_pb2.SetKeyContentResponse]
+    """Response cache and guardrail settings of a key or team (content.proto)."""
+    SetTeamContent: _grpc.UnaryUnaryMultiCallable[_content_pb2.SetTeamContentRequest, _content_pb2.SetTeamContentResponse]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -118,6 +122,9 @@ class AdminServiceAsyncStub(AdminServiceStub):
     change; every edge applies them within a second.
     """
     SetTeamLimits: _aio.UnaryUnaryMultiCallable[_limits_pb2.SetTeamLimitsRequest, _limits_pb2.SetTeamLimitsResponse]  # type: ignore[assignment]
+    SetKeyContent: _aio.UnaryUnaryMultiCallable[_content_pb2.SetKeyContentRequest, _content_pb2.SetKeyContentResponse]  # type: ignore[assignment]
+    """Response cache and guardrail settings of a key or team (content.proto)."""
+    SetTeamContent: _aio.UnaryUnaryMultiCallable[_content_pb2.SetTeamContentRequest, _content_pb2.SetTeamContentResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -338,5 +345,20 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _limits_pb2.SetTeamLimitsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_limits_pb2.SetTeamLimitsResponse, _abc.Awaitable[_limits_pb2.SetTeamLimitsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetKeyContent(
+        self,
+        request: _content_pb2.SetKeyContentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_content_pb2.SetKeyContentResponse, _abc.Awaitable[_content_pb2.SetKeyContentResponse]]:
+        """Response cache and guardrail settings of a key or team (content.proto)."""
+
+    @_abc_1.abstractmethod
+    def SetTeamContent(
+        self,
+        request: _content_pb2.SetTeamContentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_content_pb2.SetTeamContentResponse, _abc.Awaitable[_content_pb2.SetTeamContentResponse]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -11,6 +11,7 @@ cache, PII): add fields; an edge that does not know a field ignores it.
 """
 
 from collections import abc as _abc
+from corral.v1 import content_pb2 as _content_pb2
 from corral.v1 import limits_pb2 as _limits_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -34,6 +35,7 @@ class Team(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Letters, digits and . _ - : @ (like backend names)."""
     description: _builtins.str
@@ -42,6 +44,8 @@ class Team(_message.Message):
     def limits(self) -> _limits_pb2.Limits:
         """Fields 16 and up: per-team settings of later issues (limits, budgets, cache, PII)."""
 
+    @_builtins.property
+    def content(self) -> _content_pb2.ContentPolicy: ...
     def __init__(
         self,
         *,
@@ -49,10 +53,11 @@ class Team(_message.Message):
         description: _builtins.str = ...,
         created_unix_ms: _builtins.int = ...,
         limits: _limits_pb2.Limits | None = ...,
+        content: _content_pb2.ContentPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix_ms", b"created_unix_ms", "description", b"description", "limits", b"limits", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_unix_ms", b"created_unix_ms", "description", b"description", "limits", b"limits", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -73,6 +78,7 @@ class VirtualKey(_message.Message):
     CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Public and stable: shown in lists, usage records and the audit log ("ck_" + 12 hex)."""
     team: _builtins.str
@@ -95,6 +101,8 @@ class VirtualKey(_message.Message):
     def limits(self) -> _limits_pb2.Limits:
         """Fields 16 and up: per-key settings of later issues."""
 
+    @_builtins.property
+    def content(self) -> _content_pb2.ContentPolicy: ...
     def __init__(
         self,
         *,
@@ -109,10 +117,11 @@ class VirtualKey(_message.Message):
         created_unix_ms: _builtins.int = ...,
         description: _builtins.str = ...,
         limits: _limits_pb2.Limits | None = ...,
+        content: _content_pb2.ContentPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix_ms", b"created_unix_ms", "description", b"description", "disabled", b"disabled", "expires_unix_ms", b"expires_unix_ms", "id", b"id", "limits", b"limits", "models", b"models", "prefix", b"prefix", "revoked_unix_ms", b"revoked_unix_ms", "secret_sha256", b"secret_sha256", "team", b"team"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_unix_ms", b"created_unix_ms", "description", b"description", "disabled", b"disabled", "expires_unix_ms", b"expires_unix_ms", "id", b"id", "limits", b"limits", "models", b"models", "prefix", b"prefix", "revoked_unix_ms", b"revoked_unix_ms", "secret_sha256", b"secret_sha256", "team", b"team"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -294,20 +303,24 @@ class CreateTeamRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     description: _builtins.str
     @_builtins.property
     def limits(self) -> _limits_pb2.Limits: ...
+    @_builtins.property
+    def content(self) -> _content_pb2.ContentPolicy: ...
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         description: _builtins.str = ...,
         limits: _limits_pb2.Limits | None = ...,
+        content: _content_pb2.ContentPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "limits", b"limits", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "description", b"description", "limits", b"limits", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -377,6 +390,7 @@ class CreateKeyRequest(_message.Message):
     EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
     team: _builtins.str
     expires_in_seconds: _builtins.int
     """0: never expires."""
@@ -385,6 +399,8 @@ class CreateKeyRequest(_message.Message):
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def limits(self) -> _limits_pb2.Limits: ...
+    @_builtins.property
+    def content(self) -> _content_pb2.ContentPolicy: ...
     def __init__(
         self,
         *,
@@ -393,10 +409,11 @@ class CreateKeyRequest(_message.Message):
         expires_in_seconds: _builtins.int = ...,
         description: _builtins.str = ...,
         limits: _limits_pb2.Limits | None = ...,
+        content: _content_pb2.ContentPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "expires_in_seconds", b"expires_in_seconds", "limits", b"limits", "models", b"models", "team", b"team"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "description", b"description", "expires_in_seconds", b"expires_in_seconds", "limits", b"limits", "models", b"models", "team", b"team"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -23,6 +23,7 @@ from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 
 from corral.config import EdgeConfig
+from corral.v1 import content_pb2, gateway_pb2
 from edge.errors import ApiError
 from edge.exchange import Exchange, Failure
 from edge.gateway.cache.assemble import Assembler
@@ -31,7 +32,7 @@ from edge.gateway.cache.replay import anthropic_stream, openai_stream
 from edge.gateway.cache.service import DIALECTS, Cache, directives
 from edge.gateway.cache.store import Entry
 from edge.gateway.call import CACHE_BYPASS, CACHE_HIT, CACHE_MISS, CALL, Call
-from edge.gateway.guard.engine import Guard, Refused
+from edge.gateway.guard.engine import Guard, Refused, Settings
 from edge.gateway.guard.redact import Redaction, StreamRestorer
 from edge.gateway.valkey import Valkey
 from edge.table import BackendState, ModelRoute
@@ -130,12 +131,67 @@ class Tap(Exchange):
 TAP: Final = web.RequestKey("corral_gateway_tap", Tap)
 
 
-class Gateway:
-    """The edge's guard and cache (either may be None)."""
+class ContentSettings:
+    """Cache and PII settings per key and team, from the control plane's policy."""
 
-    def __init__(self, guard: Guard | None, cache: Cache | None) -> None:
-        self.guard = guard if guard is not None and guard.active else None
-        self.cache = cache if cache is not None and cache.active else None
+    def __init__(self, default_restore: bool) -> None:
+        self.default_restore = default_restore
+        self.keys: dict[str, content_pb2.ContentPolicy] = {}
+        self.teams: dict[str, content_pb2.ContentPolicy] = {}
+
+    def apply(self, policy: gateway_pb2.Policy) -> None:
+        self.keys = {k.id: k.content for k in policy.keys if k.HasField("content")}
+        self.teams = {t.name: t.content for t in policy.teams if t.HasField("content")}
+
+    def _records(self, team: str, key: str) -> list[content_pb2.ContentPolicy]:
+        found = [self.keys.get(key) if key else None, self.teams.get(team)]
+        return [c for c in found if c is not None]
+
+    def pii(self, team: str, key: str) -> Settings | None:
+        """The key's PII action, else its team's (None: neither sets one)."""
+        records = self._records(team, key)
+        action = next((c.pii for c in records if c.HasField("pii")), None)
+        if action is None:
+            return None
+        restore = next(
+            (c.pii_restore for c in records if c.HasField("pii_restore")), self.default_restore
+        )
+        return Settings(action, restore)
+
+    def ttl(self, team: str, key: str) -> float | None:
+        """The key's cache TTL, else its team's (None: neither sets one)."""
+        for c in self._records(team, key):
+            if c.HasField("cache_ttl_seconds"):
+                return c.cache_ttl_seconds
+        return None
+
+    @property
+    def has_pii(self) -> bool:
+        return any(c.HasField("pii") for c in (*self.keys.values(), *self.teams.values()))
+
+    @property
+    def has_ttl(self) -> bool:
+        return any(
+            c.HasField("cache_ttl_seconds") for c in (*self.keys.values(), *self.teams.values())
+        )
+
+
+class Gateway:
+    """The edge's guard and cache; each in use when its config or the policy asks for it."""
+
+    def __init__(self, guard: Guard, cache: Cache, content: ContentSettings) -> None:
+        self._guard = guard
+        self._cache = cache
+        self.content = content
+        self.guard: Guard | None = None
+        self.cache: Cache | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """After the config or the policy changed: which of the two are in use."""
+        content = self.content
+        self.guard = self._guard if self._guard.active or content.has_pii else None
+        self.cache = self._cache if self._cache.active or content.has_ttl else None
 
     @property
     def active(self) -> bool:
@@ -327,26 +383,39 @@ async def add_cache_header(request: web.Request, response: web.StreamResponse) -
         response.headers[CACHE_HEADER] = call.cache
 
 
+GATEWAY: Final = web.AppKey("gateway", Gateway)
+
+
 @contextlib.asynccontextmanager
 async def running(
     config: EdgeConfig,
     registry: CollectorRegistry | None,
     session: Callable[[], aiohttp.ClientSession],
-) -> AsyncIterator[Gateway | None]:
-    """The edge's gateway for its lifetime (None when neither feature is configured); the
-    shared cache tier's client closed at the end."""
-    guard = Guard(config.guard, registry=registry, session=session)
+) -> AsyncIterator[Gateway]:
+    """The edge's gateway for its lifetime; the shared cache tier's client closed at the end."""
+    content = ContentSettings(config.guard.restore)
+    guard = Guard(config.guard, registry=registry, session=session, policy=content.pii)
     cache_config = config.cache
     valkey = (
         Valkey(cache_config.valkey_url, timeout=cache_config.valkey_timeout_seconds)
         if cache_config.valkey_url
         else None
     )
-    cache = Cache(cache_config, shared=valkey, registry=registry)
-    gateway = Gateway(guard, cache)
+    cache = Cache(cache_config, shared=valkey, registry=registry, policy=content.ttl)
     try:
-        yield gateway if gateway.active else None
+        yield Gateway(guard, cache, content)
     finally:
         await cache.close()
         if valkey is not None:
             await valkey.close()
+
+
+def apply_policy(app: web.Application, policy: gateway_pb2.Policy) -> None:
+    """The policy's cache and PII settings on this edge at once (edge/gateway/policy.py)."""
+    from edge.app import PROXY
+
+    gateway = app.get(GATEWAY)
+    if gateway is not None:
+        gateway.content.apply(policy)
+        gateway.refresh()
+        app[PROXY].gateway = gateway if gateway.active else None

@@ -161,6 +161,7 @@ async def follow_policy(app: web.Application) -> AsyncIterator[None]:
     """The edge's cleanup context keeping its key table and prices in step with the policy."""
     from edge.app import CONFIG, EDGE_ID, PROXY  # edge.app registers this context
     from edge.gateway.limits.gate import apply_policy
+    from edge.gateway.pipeline import apply_policy as apply_content
 
     config = app[CONFIG]
     proxy = app[PROXY]
@@ -170,6 +171,7 @@ async def follow_policy(app: web.Application) -> AsyncIterator[None]:
     if persisted is not None:
         keys.apply(persisted)
         apply_policy(app, persisted)
+        apply_content(app, persisted)
         apply_prices(config, proxy.recorder, persisted)
         log.info("applied the persisted policy %d (%d keys)", persisted.version, len(keys))
     elif any(config.controlplane):
@@ -184,6 +186,7 @@ async def follow_policy(app: web.Application) -> AsyncIterator[None]:
             return
         keys.apply(policy)
         apply_policy(app, policy)
+        apply_content(app, policy)
         first.set()
         apply_prices(config, proxy.recorder, policy)
         applied = (policy.version, policy.cluster_id)

@@ -125,11 +125,9 @@ class Cache:
 
     @property
     def active(self) -> bool:
-        """False when no request can ever be cached (no cost per request then)."""
+        """False when the config file caches nothing (the policy may, per key or team)."""
         return bool(
-            self.config.ttl_seconds > 0
-            or any(r.ttl_seconds > 0 for r in self.config.rules)
-            or self._policy is not None
+            self.config.ttl_seconds > 0 or any(r.ttl_seconds > 0 for r in self.config.rules)
         )
 
     def ttl(self, team: str, key: str, model: str) -> float:

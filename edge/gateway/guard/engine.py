@@ -123,13 +123,12 @@ class Guard:
 
     @property
     def active(self) -> bool:
-        """False when nothing can ever be checked (no cost per request then)."""
+        """False when the config file asks for no check (the policy may, per key or team)."""
         return bool(
             self.deny
             or self.hooks
             or self.config.pii != "off"
             or any(r.pii not in ("", "off") for r in self.config.rules)
-            or self._policy is not None
         )
 
     def settings(self, team: str, key: str, model: str) -> Settings:

@@ -1,0 +1,86 @@
+"""AdminService's cache and guardrail calls: SetKeyContent and SetTeamContent (and the checks
+CreateKey and CreateTeam apply to settings given with them).
+
+The settings live on the key and team records, so the policy carries them to every edge;
+only the fields a request sets change (proto3 optional fields).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from google.protobuf.message import Message
+
+from controlplane.errors import InvalidArgumentError, NotFoundError
+from controlplane.gateway import records
+from controlplane.gateway.admin import WRITE_TRIES, GatewayAdmin, Handler, _decode
+from controlplane.replica import Parts
+from controlplane.validation import check_name
+from corral.v1 import content_pb2, gateway_pb2
+
+PII_ACTIONS = ("off", "log", "redact", "block")
+
+
+def check_content(content: content_pb2.ContentPolicy) -> None:
+    """InvalidArgument naming the first bad field."""
+    if content.HasField("cache_ttl_seconds"):
+        ttl = content.cache_ttl_seconds
+        if not math.isfinite(ttl) or ttl < 0:
+            raise InvalidArgumentError("content.cache_ttl_seconds must be a finite number >= 0")
+    if content.HasField("pii") and content.pii not in PII_ACTIONS:
+        raise InvalidArgumentError(
+            f"content.pii must be one of {', '.join(PII_ACTIONS)}, got {content.pii!r}"
+        )
+
+
+def describe(content: content_pb2.ContentPolicy) -> str:
+    """For the audit log: the fields set, as name=value."""
+    return " ".join(f"{f.name}={v}" for f, v in content.ListFields()) or "(none)"
+
+
+class ContentAdmin:
+    def __init__(self, gateway: GatewayAdmin) -> None:
+        self._gateway = gateway
+
+    def methods(self) -> dict[str, tuple[Handler, type[Message]]]:
+        return {
+            "SetKeyContent": (self.set_key_content, content_pb2.SetKeyContentRequest),
+            "SetTeamContent": (self.set_team_content, content_pb2.SetTeamContentRequest),
+        }
+
+    async def set_key_content(
+        self, request: content_pb2.SetKeyContentRequest, parts: Parts
+    ) -> content_pb2.SetKeyContentResponse:
+        check_content(request.content)
+
+        def change(key: gateway_pb2.VirtualKey) -> bool:
+            key.content.MergeFrom(request.content)
+            return True
+
+        key = await self._gateway._change_key(parts, request.id, "key.content", change)
+        return content_pb2.SetKeyContentResponse(id=key.id, content=key.content)
+
+    async def set_team_content(
+        self, request: content_pb2.SetTeamContentRequest, parts: Parts
+    ) -> content_pb2.SetTeamContentResponse:
+        check_name(request.name, "team name")
+        check_content(request.content)
+        gateway = self._gateway
+        where = records.team_key(gateway._layout, request.name)
+        for _ in range(WRITE_TRIES):
+            kv = await parts.store.get(where)
+            team: Any = _decode(gateway_pb2.Team, kv.value) if kv is not None else None
+            if kv is None or team is None:
+                raise NotFoundError(f"no team named {request.name!r}")
+            team.content.MergeFrom(request.content)
+            await gateway.audit.record(
+                parts.store, "team.content", team.name, describe(request.content)
+            )
+            if await parts.store.put_if(
+                where, team.SerializeToString(), expect_mod_revision=kv.mod_revision
+            ):
+                stored = await parts.store.get(where)
+                await gateway._settle(parts, stored.mod_revision if stored is not None else 0)
+                return content_pb2.SetTeamContentResponse(name=team.name, content=team.content)
+        raise InvalidArgumentError(f"team {request.name!r} kept changing under us; try again")
