@@ -143,3 +143,33 @@ def _secret(value: str) -> Any:
     from corral.config import Secret
 
     return Secret(value)
+
+
+async def test_soft_threshold_flags_the_usage_record(
+    snapshots: SnapshotServer, start_edge: StartEdge, http: aiohttp.ClientSession, tmp_path: Any
+) -> None:
+    """Past a budget's soft threshold requests still pass, and their usage records say
+    soft_budget (the others: allowed); the warning is counted in /metrics."""
+    import sqlite3
+
+    from edge.gateway.records import TABLE
+    from tests.support.net import eventually
+
+    limits = LimitsConfig(
+        client_ip=LimitConfig(budget_tokens=1000, budget_soft=0.01), completion_cap=50
+    )
+    async with running_fakes(FakeServer("vllm", [MODEL], "vllm-a")) as (fake,):
+        snapshots.publish(snapshot(1, [from_fake(fake)]))
+        state = tmp_path / "soft"
+        edge = await start_edge(snapshots, limits=limits, state_dir=str(state))
+        await edge.wait_version(1)
+        for _ in range(6):
+            assert (await _post(http, f"{edge.url}/v1/chat/completions", CHAT))[0] == 200
+
+        def outcomes() -> list[str]:
+            with sqlite3.connect(state / "usage.db") as db:
+                return [r[0] for r in db.execute(f"SELECT limit_outcome FROM {TABLE}")]
+
+        found = await eventually(lambda: len(outcomes()) == 6 and outcomes())
+        assert "soft_budget" in found and set(found) <= {"allowed", "soft_budget"}
+        assert "corral_edge_limit_soft_warnings_total" in await edge.metrics()

@@ -1,0 +1,86 @@
+"""Concurrent-request limits across edges, and the grant rule the Lua script shares with the
+in-process store."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.gateway.limits import Limiter, Limits, Refused, SharedCounters, Subject
+from edge.gateway.limits.shared import PREFIX
+from edge.gateway.limits.store import Ask, slice_of
+from edge.gateway.valkey import Valkey
+from tests.support.net import eventually
+from tests.support.valkey import ValkeyServer
+
+KEY = Subject("key", "ck_par", Limits(parallel=4))
+
+
+def _edges(valkey: ValkeyServer, count: int = 3) -> list[Limiter]:
+    return [
+        Limiter(SharedCounters(Valkey(valkey.url), liveness=1.0), edge_id=f"e{i}", liveness=1.0)
+        for i in range(count)
+    ]
+
+
+async def test_parallel_limit_across_edges_and_a_crashed_edge(valkey: ValkeyServer) -> None:
+    """Four in flight at most over three edges; a finished request frees its slot for any
+    edge once given back; the slots of an edge that stops talking come back by themselves."""
+    edges = _edges(valkey)
+    try:
+        held = [await edges[i % 3].admit([KEY]) for i in range(4)]
+        for edge in edges:
+            with pytest.raises(Refused) as refused:
+                await edge.admit([KEY])
+            assert refused.value.reason == "parallel"
+        # Edge 0's request ends; its slot is a spare there at once, and given back when idle.
+        edges[0].settle(held[0])
+        await edges[0].admit([KEY])
+        # Edge 1 "crashes" holding its slot: it never settles nor talks to the store again.
+        crashed = edges.pop(1)
+        for edge in edges:
+            edge.idle_return = 0.0
+            await edge.sweep()
+
+        async def slot_back() -> bool:
+            try:
+                await edges[1].admit([KEY])
+            except Refused:
+                return False
+            return True
+
+        await eventually(slot_back, within=10)
+        await crashed.counters.close()
+    finally:
+        for edge in edges:
+            await edge.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    limit=st.integers(0, 10_000),
+    used=st.integers(0, 10_000),
+    want=st.integers(0, 5_000),
+    need=st.integers(0, 500),
+)
+def test_lua_and_python_grant_alike(
+    valkey_once: ValkeyServer, limit: int, used: int, want: int, need: int
+) -> None:
+    """The script's grant equals slice_of() for any limit, use, want and need (one edge)."""
+    import asyncio
+
+    async def grant() -> int:
+        store = Valkey(valkey_once.url)
+        counters = SharedCounters(store, share=4.0)
+        key = f"{PREFIX}prop:{limit}:{used}:{want}:{need}"
+        try:
+            await store.call(lambda r: r.delete(key))
+            await store.call(lambda r: r.set(key, used))
+            await store.call(lambda r: r.delete(PREFIX + "edges"))
+            leased = await counters.lease("prop", [Ask(key, limit, want, need)])
+            return leased.answers[0].grant
+        finally:
+            await store.close()
+
+    assert asyncio.run(grant()) == slice_of(limit, used, want, need, 4.0, 1)
