@@ -281,9 +281,11 @@ async def handle_messages(proxy: Proxy, request: web.Request) -> web.StreamRespo
 async def handle_count_tokens(proxy: Proxy, request: web.Request) -> web.StreamResponse:
     """POST /v1/messages/count_tokens, answered by the edge (an estimate, no backend)."""
     try:
-        proxy.check_auth(request)
+        identity = proxy.check_auth(request)
         raw = await proxy.read_body(request)
         body = anthropic.validate_count_tokens_request(_load(raw))
+        if identity is not None:
+            identity.check_model(str(body.get("model", "")))
     except ApiError as exc:
         return from_api_error(exc)
     except AnthropicError as exc:

@@ -160,6 +160,10 @@ async def test_anthropic_sdk_with_a_virtual_key(
         with pytest.raises(anthropic.PermissionDeniedError) as denied:
             await client.messages.create(model=OTHER, max_tokens=20, messages=USER)  # type: ignore[arg-type]
         assert denied.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
+        counted = await client.messages.count_tokens(model=MODEL, messages=USER)  # type: ignore[arg-type]
+        assert counted.input_tokens > 0
+        with pytest.raises(anthropic.PermissionDeniedError):
+            await client.messages.count_tokens(model=OTHER, messages=USER)  # type: ignore[arg-type]
     async with anthropic.AsyncAnthropic(base_url=url, api_key="nope", max_retries=0) as client:
         with pytest.raises(anthropic.AuthenticationError) as refused:
             await client.messages.create(model=MODEL, max_tokens=20, messages=USER)  # type: ignore[arg-type]
