@@ -182,7 +182,8 @@ def apply_policy(app: web.Application, policy: gateway_pb2.Policy) -> None:
     gate = app.get(LIMITS)
     if gate is not None:
         gate.apply_policy(policy)
-        app[PROXY].limits = gate if gate.active else None
+        if gate.active:  # never unset: requests admitted before must still be settled
+            app[PROXY].limits = gate
 
 
 async def limiting(app: web.Application) -> AsyncIterator[None]:
