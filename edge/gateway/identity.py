@@ -59,9 +59,14 @@ class Identity:
         """403 unless the key may ask for this model (as the client names it)."""
         models = self.models
         if models is not None and model not in models:
+            message = (
+                f"This API key ({self.key_id}) may not use the model `{model}`."
+                if model
+                else f"This API key ({self.key_id}) is limited to some models: name one."
+            )
             raise ApiError(
                 403,
-                f"This API key ({self.key_id}) may not use the model `{model}`.",
+                message,
                 kind="permission_error",
                 param="model",
                 code="model_not_allowed",

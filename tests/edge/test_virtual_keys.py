@@ -283,3 +283,24 @@ async def test_usage_records_carry_the_key_and_the_admin_price(
     assert ok["cost_usd"] == pytest.approx(expected)
     refused = next(r for r in rows if r["status"] == 401)
     assert refused["key_id"] == "" and refused["cost_usd"] == 0
+
+
+async def test_native_pass_through_with_a_limited_key(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """On /vllm/... a key limited to some models passes for them, gets 403 for others and
+    for a request naming no model (the backend's default is none of its models)."""
+    created = await cluster.key(models=[MODEL])
+    url = f"{cluster.edge.url}/vllm/v1/chat/completions"
+    auth = {"Authorization": f"Bearer {created.secret}"}
+    for body, status in (
+        ({"model": MODEL, "messages": USER}, 200),
+        ({"model": OTHER, "messages": USER}, 403),
+        ({"messages": USER}, 403),
+    ):
+        async with http.post(url, json=body, headers=auth) as resp:
+            assert resp.status == status, await resp.text()
+            if status == 403:
+                assert (await resp.json())["error"]["code"] == "model_not_allowed"
+    async with http.post(url, json={"model": MODEL, "messages": USER}) as resp:
+        assert resp.status == 401
