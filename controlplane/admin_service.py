@@ -168,7 +168,10 @@ class AdminService:
         check_name(request.name)
         check_text(request.reason, "reason", 1024)
         layout = self._replica.layout
-        if await parts.store.get(layout.spec(request.name)) is None:
+        if (
+            await parts.store.get(layout.spec(request.name)) is None
+            and await parts.store.get(layout.provider(request.name)) is None
+        ):
             raise NotFoundError(f"no backend named {request.name!r} is registered")
         if await parts.store.get(layout.drain(request.name)) is None:
             await self._audit.record(parts.store, "backend.drain", request.name, request.reason)

@@ -387,6 +387,8 @@ class RoutingView:
                 self._records[RoutingKind.PROVIDER][name],
                 self._records[RoutingKind.PROVIDER_HEALTH].get(name),
             )
+            if backend is not None:
+                backend.drained = name in self._records[RoutingKind.DRAIN]
             self._backend_cache[name] = backend
             return backend
         if raw_spec is not None:

@@ -10,7 +10,7 @@ import pytest
 
 from corral import cli
 from corral.config import FallbackConfig, ProviderConfig, ProviderProbeConfig
-from corral.v1 import providers_pb2, types_pb2
+from corral.v1 import admin_pb2, providers_pb2, types_pb2
 from tests.controlplane import harness as h
 from tests.fakes.hosted import HostedFake
 from tests.fakes.tls import make_ca
@@ -176,3 +176,14 @@ async def test_models_are_discovered_with_the_credential(
             "--credential", "discovery", "--extra-ca-file", ca.ca_file, "--controlplane", cp,
         )  # fmt: skip
         assert code == 1 and "listing models" in err and "wrong" not in err
+
+
+async def test_a_provider_can_be_drained_like_any_backend(cp: str) -> None:
+    """DrainBackend on a provider: drained in snapshots until undrained."""
+    watcher = h.SnapshotWatcher(cp)
+    async with h.admin(cp) as admin:
+        await admin.DrainBackend(admin_pb2.DrainBackendRequest(name="openai", reason="budget"))
+        await watcher.until(lambda s: all(b.drained for b in s.backends if b.spec.provider))
+        await admin.UndrainBackend(admin_pb2.UndrainBackendRequest(name="openai"))
+        await watcher.until(lambda s: any(not b.drained for b in s.backends if b.spec.provider))
+    await watcher.close()
