@@ -26,8 +26,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from corral.config import EdgeConfig
 from corral.v1 import providers_pb2
 from edge.errors import ApiError, error_body
-from edge.exchange import Exchange, Failure, stream_error
-from edge.providers import anthropic_out
+from edge.exchange import Exchange, Failure
 from edge.providers.upstream import tls_context
 from edge.table import BackendState
 
@@ -53,6 +52,8 @@ def adapt(exchange: Exchange, backend: BackendState) -> Exchange:
                 f"Messages, not {exchange.path}.",
                 code="unsupported_endpoint",
             )
+        from edge.providers.anthropic_chat import AnthropicChat  # loaded on first use
+
         return AnthropicChat(exchange)
     return Hosted(exchange)
 
@@ -122,56 +123,6 @@ class NativeAnthropic(Hosted):
         return self.inner.whole(status, data, headers, backend)
 
 
-class AnthropicChat(Hosted):
-    """OpenAI chat completions served by Anthropic's Messages API, translated both ways."""
-
-    __slots__ = ("asked", "translator")
-
-    def __init__(self, inner: Exchange) -> None:
-        super().__init__(inner)
-        self.asked = str(inner.body.get("model", ""))
-        self.translator: anthropic_out.ChatStream | None = None
-
-    def upstream(self, backend: BackendState, rewrite: str | None) -> tuple[str, bytes | None]:
-        body = anthropic_out.to_messages(self.body, rewrite or self.asked)
-        return "/v1/messages", orjson.dumps(body)
-
-    def whole(
-        self, status: int, data: bytes, headers: CIMultiDict[str], backend: BackendState
-    ) -> web.StreamResponse:
-        headers["Content-Type"] = "application/json"
-        if status != 200:
-            status, data = anthropic_out.error(status, data)
-            return web.Response(status=status, body=data, headers=headers)
-        try:
-            message = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            message = None
-        if not isinstance(message, dict):
-            body = error_body("The provider sent a malformed answer.", "upstream_error", None, None)
-            return web.Response(status=502, body=body, headers=headers)
-        completion = anthropic_out.to_completion(message, self.asked)
-        return web.Response(status=200, body=orjson.dumps(completion), headers=headers)
-
-    def first(self, chunk: bytes, backend: BackendState) -> bytes:
-        options = self.body.get("stream_options")
-        include = isinstance(options, dict) and options.get("include_usage") is True
-        self.translator = anthropic_out.ChatStream(self.asked, include)
-        return self.translator.feed(chunk)
-
-    def chunk(self, chunk: bytes) -> bytes:
-        return self.translator.feed(chunk) if self.translator is not None else chunk
-
-    def end(self) -> bytes:
-        return self.translator.end() if self.translator is not None else b""
-
-    def cut(self, exc: BaseException) -> bytes:
-        return stream_error(exc)
-
-    def error(self, status: int, data: bytes) -> bytes:
-        return anthropic_out.error(status, data)[1]
-
-
 def openai_error(status: int, data: bytes) -> tuple[int, bytes]:
     """A provider's error in OpenAI's shape: Google's (a list, or {"error": {"code",
     "status", "message"}}) and Anthropic's are rewritten; OpenAI's pass as they are."""
@@ -194,6 +145,8 @@ def openai_error(status: int, data: bytes) -> tuple[int, bytes]:
         code = str(inner.get("status", "")).lower() or None
         return status, error_body(str(inner.get("message", "")), kind, None, code)
     if isinstance(doc, dict) and doc.get("type") == "error":
+        from edge.providers import anthropic_out
+
         return anthropic_out.error(status, data)
     return status, data
 

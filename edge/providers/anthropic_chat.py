@@ -1,0 +1,64 @@
+"""OpenAI chat completions served by an Anthropic provider: the exchange for one attempt
+(loaded on the first such request; the translation itself is in anthropic_out.py)."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from edge.errors import error_body
+from edge.exchange import Exchange, stream_error
+from edge.providers import anthropic_out
+from edge.providers.hosted import Hosted
+from edge.table import BackendState
+
+
+class AnthropicChat(Hosted):
+    """OpenAI chat completions served by Anthropic's Messages API, translated both ways."""
+
+    __slots__ = ("asked", "translator")
+
+    def __init__(self, inner: Exchange) -> None:
+        super().__init__(inner)
+        self.asked = str(inner.body.get("model", ""))
+        self.translator: anthropic_out.ChatStream | None = None
+
+    def upstream(self, backend: BackendState, rewrite: str | None) -> tuple[str, bytes | None]:
+        body = anthropic_out.to_messages(self.body, rewrite or self.asked)
+        return "/v1/messages", orjson.dumps(body)
+
+    def whole(
+        self, status: int, data: bytes, headers: CIMultiDict[str], backend: BackendState
+    ) -> web.StreamResponse:
+        headers["Content-Type"] = "application/json"
+        if status != 200:
+            status, data = anthropic_out.error(status, data)
+            return web.Response(status=status, body=data, headers=headers)
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            message = None
+        if not isinstance(message, dict):
+            body = error_body("The provider sent a malformed answer.", "upstream_error", None, None)
+            return web.Response(status=502, body=body, headers=headers)
+        completion = anthropic_out.to_completion(message, self.asked)
+        return web.Response(status=200, body=orjson.dumps(completion), headers=headers)
+
+    def first(self, chunk: bytes, backend: BackendState) -> bytes:
+        options = self.body.get("stream_options")
+        include = isinstance(options, dict) and options.get("include_usage") is True
+        self.translator = anthropic_out.ChatStream(self.asked, include)
+        return self.translator.feed(chunk)
+
+    def chunk(self, chunk: bytes) -> bytes:
+        return self.translator.feed(chunk) if self.translator is not None else chunk
+
+    def end(self) -> bytes:
+        return self.translator.end() if self.translator is not None else b""
+
+    def cut(self, exc: BaseException) -> bytes:
+        return stream_error(exc)
+
+    def error(self, status: int, data: bytes) -> bytes:
+        return anthropic_out.error(status, data)[1]
