@@ -63,6 +63,13 @@ def _edge_flags(p: argparse.ArgumentParser) -> None:
         help="how a backend is chosen (default sticky)",
     )
     p.add_argument("--edge-id")
+    p.add_argument(
+        "--require-keys",
+        dest="identity",
+        action="store_const",
+        const={"require_keys": True},
+        help="refuse requests without a valid key even while no virtual key exists",
+    )
     p.add_argument("--credentials-dir", help="files named by credential reference")
     p.add_argument("--extra-ca-file", help="CA bundle also trusted for outbound TLS")
 

@@ -156,3 +156,17 @@ async def test_a_restarted_edge_enforces_the_persisted_policy(
         await again.client(dropped.secret).models.list()
     with pytest.raises(openai.AuthenticationError):
         await again.client("sk-corral-unknown").models.list()
+
+
+def test_require_keys_from_flag_and_file(tmp_path: Path) -> None:
+    """`corral edge --require-keys` and `edge.identity.require_keys` in the file set it."""
+    from corral.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["edge", "--require-keys"])
+    assert config_from_args(args, {}).edge.identity.require_keys
+    path = tmp_path / "c.yaml"
+    path.write_text("edge:\n  identity:\n    require_keys: true\n")
+    args = build_parser().parse_args(["edge", "--config", str(path)])
+    assert config_from_args(args, {}).edge.identity.require_keys
+    args = build_parser().parse_args(["edge"])
+    assert not config_from_args(args, {}).edge.identity.require_keys
