@@ -3,6 +3,8 @@ x-ratelimit-* headers, client addresses behind trusted proxies, budgets kept acr
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 import aiohttp
@@ -173,3 +175,37 @@ async def test_soft_threshold_flags_the_usage_record(
         found = await eventually(lambda: len(outcomes()) == 6 and outcomes())
         assert "soft_budget" in found and set(found) <= {"allowed", "soft_budget"}
         assert "corral_edge_limit_soft_warnings_total" in await edge.metrics()
+
+
+async def test_usd_budget_counts_real_cost(
+    snapshots: SnapshotServer, start_edge: StartEdge, http: aiohttp.ClientSession
+) -> None:
+    """A USD budget on every key, with a price for the model: requests pass until the spend
+    (the Call's tokens at that price) reaches it, then 429 insufficient_quota naming it."""
+    from corral.config import PriceConfig, UsageConfig
+
+    limits = LimitsConfig(default_key=LimitConfig(budget_usd=0.02, budget_period="hour"))
+    usage = UsageConfig(sink="off", prices=(PriceConfig(MODEL, input=100.0, output=400.0),))
+    async with running_fakes(FakeServer("vllm", [MODEL], "vllm-a")) as (fake,):
+        snapshots.publish(snapshot(1, [from_fake(fake)]))
+        edge = await start_edge(
+            snapshots, limits=limits, usage=usage, api_keys=(_secret("sk-usd"),)
+        )
+        await edge.wait_version(1)
+        auth = {"Authorization": "Bearer sk-usd"}
+        statuses = []
+        for _ in range(40):
+            status, _, body = await _post(http, f"{edge.url}/v1/chat/completions", CHAT, **auth)
+            statuses.append(status)
+            if status == 429:
+                assert body["error"]["code"] == "insufficient_quota"
+                assert "$0.02 per hour" in body["error"]["message"]
+                break
+        # Each answer costs its real tokens (the fake: 1 prompt + 2 completion): $0.0009. A
+        # request is admitted only while its reservation fits: (body bytes / 4 + 1) prompt
+        # tokens at $100/M plus 16 max_tokens at $400/M, about $0.0092.
+        size = len(json.dumps(CHAT).encode())
+        reservation = math.ceil(((size // 4 + 1) * 100 + 16 * 400) / 1e6 * 1e6)
+        fits = (20_000 - reservation) // 900 + 1
+        assert statuses.count(200) == fits, (statuses, fits)
+        assert statuses[-1] == 429

@@ -152,9 +152,9 @@ async def test_limits_across_edge_processes(cluster: Cluster, valkey: ValkeyServ
         assert admitted <= 3 * 40 + 1, admitted
         assert admitted >= 0.9 * 3 * 40, admitted
 
-        # An update reaches the three edges within a second.
-        since = time.monotonic()
+        # An update reaches the three edges within a second of the admin call's answer.
         out = await cluster.corral("keys", "update", key_id, "--rpm", "600")
+        since = time.monotonic()
         assert f"key {key_id}: rpm=600" in out
         for edge in cluster.edges:
 
@@ -163,7 +163,7 @@ async def test_limits_across_edge_processes(cluster: Cluster, valkey: ValkeyServ
                 return headers.get("x-ratelimit-limit-requests") == "600"
 
             await eventually(updated, within=5, interval=0.01)
-        assert time.monotonic() - since < 1.0 + 0.5  # the CLI process itself takes ~0.3 s
+        assert time.monotonic() - since < 1.0
 
         # Valkey killed under load, then restarted: every answer comes (200 or 429), fast.
         load = asyncio.create_task(_load(http, cluster.edges, key, 50, 4))

@@ -135,7 +135,8 @@ class Gate:
         cost = 0
         price = self.prices().lookup(call.model) if call.model else None
         if price is not None and tokens:
-            cost = math.ceil(price.cost(size // _BYTES_PER_TOKEN + 1, 0, tokens) * MICROS_PER_USD)
+            prompt = size // _BYTES_PER_TOKEN + 1
+            cost = math.ceil(price.cost(prompt, 0, tokens - prompt) * MICROS_PER_USD)
         try:
             ticket = await self.limiter.admit(subjects, tokens=tokens, cost=cost)
         except Refused as exc:
