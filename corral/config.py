@@ -409,7 +409,7 @@ class EdgeConfig:
     bounded_load_epsilon: float = 0.25
     # The home's bound when its server reports slots (llama.cpp): a conversation leaves a busy
     # home only above (1 + this) x the average, since a move recomputes its whole prompt.
-    busy_bound_epsilon: float = 1.0
+    busy_bound_epsilon: float = 2.0
     # Reported load: how far back an agent's sample may lie (this edge's own requests in
     # flight then are in it already), and the half-life of the rest after it arrives.
     reported_load_window_seconds: float = 5.0
