@@ -6,7 +6,7 @@ Three real ``llama-server`` processes (built from source once, tests/support/lla
 the tiny random-weight model; ``--parallel 2 --metrics --slots``), a control plane, an agent
 beside each server (default settings: probes every 2 s), and three Corral edges per policy
 (``corral edge --balancing sticky|least-connections|round-robin``). Multi-turn conversations
-(a ~1,500-token opening, short later turns, 16-token streamed answers), no session header;
+(a ~4,000-token opening, short later turns, 16-token streamed answers), no session header;
 each turn goes to the next edge, as DNS round robin would send it. Closed loop: `c` workers,
 each running one conversation turn by turn, then the next one.
 
@@ -52,7 +52,7 @@ from bench.common import (
 
 POLICIES = ("sticky", "least-connections", "round-robin")
 MODEL = "tiny-llama"
-OPENING_BYTES = 1500
+OPENING_BYTES = 4000
 REPLY_TOKENS = 16
 EDGES = 3
 SERVERS = 3
@@ -286,8 +286,16 @@ def summary(run: Run) -> str:
         f"  {run.policy:18s} c={run.concurrency:<3d} cached {run.cached_fraction:6.1%}  "
         f"home {run.kept_home:5.0%}  spills {run.routes.get('spill', 0):3d}  "
         f"ttft mean {statistics.mean(run.ttft) * 1000:6.1f} ms  "
-        f"imbalance {run.imbalance:.2f}  requests {len(run.ttft)}  failed {run.failed}"
+        f"imbalance {run.imbalance:.2f}  requests {len(run.ttft)}  failed {run.failed}  "
+        f"routes {dict(run.routes)}"
     )
+
+
+def commit() -> str:
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() or "unknown"
 
 
 def report(runs: list[Run], levels: list[int], turns: int, started: str, note: str) -> str:
@@ -301,7 +309,7 @@ def report(runs: list[Run], levels: list[int], turns: int, started: str, note: s
             [
                 r.policy, r.concurrency, len(r.ttft), r.failed,
                 f"{r.cached_fraction:.1%}", f"{r.cached_fraction / bound:.0%}",
-                f"{r.kept_home:.0%}", r.routes.get("spill", 0),
+                f"{r.kept_home:.0%}", r.routes.get("spill", 0), r.routes.get("retry", 0),
                 f"{statistics.mean(ms):.1f}", f"{percentile(ms, 50):.1f}",
                 f"{percentile(ms, 95):.1f}",
                 "-" if r.policy == "direct" else f"{r.imbalance:.2f}",
@@ -309,7 +317,7 @@ def report(runs: list[Run], levels: list[int], turns: int, started: str, note: s
         )  # fmt: skip
     table = md_table(
         ["policy", "c", "requests", "failed", "cached tokens", "of direct bound",
-         "conversations on one backend", "spills", "TTFT mean ms", "p50", "p95",
+         "conversations on one backend", "spills", "retries", "TTFT mean ms", "p50", "p95",
          "imbalance max/mean"],
         rows,
     )  # fmt: skip
@@ -335,13 +343,13 @@ def report(runs: list[Run], levels: list[int], turns: int, started: str, note: s
         [
             "## Routing on real llama.cpp servers",
             "",
-            f"Command: `./dev bench routing-real` — {started}",
+            f"Command: `./dev bench routing-real` — {started}, commit {commit()}",
             "",
             f"Machine: {machine()}. Load: {note}.",
             "",
             f"Three real `llama-server` ({SERVERS} x `--parallel 2 --metrics --slots --threads 1`, "
             "the tiny random-weight model), a control plane, one agent per server (defaults), "
-            f"{EDGES} edges per policy; {turns} turns per conversation, a ~1,500-token opening, "
+            f"{EDGES} edges per policy; {turns} turns per conversation, a ~4,000-token opening, "
             f"{REPLY_TOKENS}-token streamed answers, no session header, each turn to the next "
             "edge; `c` closed-loop workers, max(9, 2c) conversations. Cached tokens are the "
             "servers' own count (usage.prompt_tokens_details.cached_tokens = timings.cache_n); "
