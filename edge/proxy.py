@@ -21,6 +21,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from corral.config import EdgeConfig
+from edge import resend
 from edge.balancer import RETRY, Balancer, Full, too_busy
 from edge.deadlines import Deadlines
 from edge.errors import ApiError
@@ -405,11 +406,12 @@ class Proxy:
                 awaiting = backend.awaiting
                 awaiting.add(deadline)
                 session = self.session if not backend.provider else self.pools.session(backend)
-                upstream = await session.request(
+                upstream = await resend.request(
+                    session,
                     exchange.method,
                     backend.url(path),
-                    data=payload,
-                    headers=backend.headers or _UPSTREAM_HEADERS,
+                    payload,
+                    backend.headers or _UPSTREAM_HEADERS,
                 )
                 status = upstream.status
                 content_type = upstream.headers.get("Content-Type", "")
