@@ -177,7 +177,43 @@ def postgres(seconds: float, rate: float) -> PgResult:
     return PgResult(results, rows, sent, elapsed)
 
 
-def report(info: dict[str, str], e: EdgeResult, pg: PgResult, cmd: str) -> str:
+def micro() -> dict[str, float]:
+    """µs per request of the record's parts, in this process (both edges above create the
+    Call and read tokens; only the one with a sink turns Calls into rows and writes them)."""
+    import timeit
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from edge.gateway import call as calls
+    from edge.gateway.prices import PriceTable
+    from edge.gateway.records import row
+    from edge.gateway.tokens import read_whole
+
+    request = make_mocked_request("POST", "/v1/chat/completions")
+    answer = (
+        b'{"id":"x","object":"chat.completion","model":"bench-model","choices":[{"index":0,'
+        b'"message":{"role":"assistant","content":"Hello there."},"finish_reason":"stop"}],'
+        b'"usage":{"prompt_tokens":24,"completion_tokens":20,"total_tokens":44}}'
+    )
+    call = calls.begin(request, "chat")
+    call.model = "bench-model"
+    prices = PriceTable.default()
+    n = 50_000
+
+    def each(fn: Any) -> float:
+        return min(timeit.repeat(fn, number=n, repeat=3)) / n * 1e6
+
+    return {
+        "Call created (id, times, request key)": each(lambda: calls.begin(request, "chat")),
+        "tokens read from a whole answer": each(lambda: read_whole(call, 200, answer)),
+        "cost from the price table": each(lambda: prices.cost(call)),
+        "row for the sink": each(lambda: row(call, "edge", 0.0)),
+    }
+
+
+def report(
+    info: dict[str, str], e: EdgeResult, pg: PgResult, cmd: str, parts: dict[str, float]
+) -> str:
     rows = [
         [f"round {i + 1}", f"{a:,.0f}", f"{b:,.0f}", f"{b / a:.2f}", f"{ca * 1e6:.0f}",
          f"{cb * 1e6:.0f}", f"{ca / cb:.2f}", f"{p0 * 1e3:.3f}", f"{p1 * 1e3:.3f}"]
@@ -217,6 +253,11 @@ each; {len(e.pairs)} rounds):
   as answered (warm-up included; wrk does not count the requests still in flight when a run
   ends, which the edge answered and recorded: rows ≥ answered).
 
+Per-request cost of the record's parts (µs, best of 3 runs of 50,000 in the benchmark's own
+process on the busy CPU 1; the sink's own write is in the CPU figures above):
+
+{md_table(["part", "µs"], [[k, f"{v:.2f}"] for k, v in parts.items()])}
+
 PostgreSQL (local, fsync off), {WRITERS} writer processes (the real recorder and sink, as 3
 edges) each recording at a paced rate:
 
@@ -246,7 +287,7 @@ def main(argv: list[str]) -> int:
         procs.stop_all()
         pg = postgres(args.pg_seconds, args.pg_rate)
     cmd = "./dev bench usage" + "".join(f" {a}" for a in argv if a != "--no-write")
-    body = report(info, e, pg, cmd)
+    body = report(info, e, pg, cmd, micro())
     print(body)
     if not args.no_write:
         write_section("usage", body)
