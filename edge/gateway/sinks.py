@@ -17,6 +17,7 @@ from typing import IO, Protocol
 
 import orjson
 
+from corral.config import EdgeConfig
 from edge.errors import EdgeError
 from edge.gateway.records import COLUMNS, INDEXES, NAMES, TABLE, Row, as_dict
 
@@ -59,6 +60,17 @@ class _Threaded:
 
 
 # -- SQLite ---------------------------------------------------------------------------------
+
+
+def sqlite_path(config: EdgeConfig) -> str:
+    """The SQLite (or JSON-lines) file: as configured, else <state_dir>/usage.db, else ""."""
+    usage = config.usage
+    if usage.path:
+        return usage.path
+    if config.state_dir:
+        return str(Path(config.state_dir) / "usage.db")
+    return ""
+
 
 SQLITE_SCHEMA_VERSION = 2
 

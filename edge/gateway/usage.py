@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -31,11 +30,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from corral.config import EdgeConfig, UsageConfig
+from edge.gateway import spool as spool_io
 from edge.gateway.call import Call
 from edge.gateway.prices import Price, PriceTable
-from edge.gateway.records import Row, as_dict, from_dict, row
-from edge.gateway.sinks import JsonLinesSink, Sink, SinkError, SQLiteSink
+from edge.gateway.records import Row, as_dict, row
+from edge.gateway.sinks import JsonLinesSink, Sink, SinkError, SQLiteSink, sqlite_path
 from edge.proxy import Recorder
+
+__all__ = ["SINKS", "UsageRecorder", "open_sink", "recording", "sink_kind", "sqlite_path"]
 
 log = logging.getLogger("corral.edge.usage")
 
@@ -43,16 +45,6 @@ SINKS: Final = ("sqlite", "postgres", "jsonl", "off")
 _REPLAY_ROWS: Final = 20_000  # spooled rows replayed per pass
 _REPLAY_EVERY: Final = 2.0  # seconds between replay passes while the spool is not empty
 _WARN_EVERY: Final = 30.0
-
-
-def sqlite_path(config: EdgeConfig) -> str:
-    """The SQLite (or JSON-lines) file: as configured, else <state_dir>/usage.db, else ""."""
-    usage = config.usage
-    if usage.path:
-        return usage.path
-    if config.state_dir:
-        return str(Path(config.state_dir) / "usage.db")
-    return ""
 
 
 def sink_kind(usage: UsageConfig) -> str:
@@ -87,17 +79,6 @@ def price_table(usage: UsageConfig) -> PriceTable:
         (p.model, Price(p.input, p.input if p.cached_input is None else p.cached_input, p.output))
         for p in usage.prices
     )
-
-
-def spool_file(config: EdgeConfig, edge_id: str) -> Path | None:
-    usage = config.usage
-    folder = usage.spool_dir or config.state_dir
-    if not folder and usage.sink == "sqlite" and sqlite_path(config):
-        folder = str(Path(sqlite_path(config)).parent)
-    if not folder:
-        return None
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", edge_id)
-    return Path(folder) / f"usage-spool-{safe}.jsonl"
 
 
 class UsageRecorder(Recorder):
@@ -239,7 +220,7 @@ class UsageRecorder(Recorder):
             return
         data = b"".join(orjson.dumps(as_dict(r)) + b"\n" for r in rows)
         try:
-            await asyncio.to_thread(_append, spool, data)
+            await asyncio.to_thread(spool_io.append, spool, data)
             self.counts["spooled"] += len(rows)
         except OSError as exc:
             self.counts["dropped"] += len(rows)
@@ -249,7 +230,7 @@ class UsageRecorder(Recorder):
         spool = self._spool
         assert spool is not None
         try:
-            rows, rest = await asyncio.to_thread(_read_spool, spool, _REPLAY_ROWS)
+            rows, rest = await asyncio.to_thread(spool_io.read, spool, _REPLAY_ROWS)
         except OSError as exc:
             log.warning("cannot read the usage spool %s: %s", spool, exc)
             return
@@ -259,7 +240,7 @@ class UsageRecorder(Recorder):
             if not await self._write(rows[start : start + self._batch]):
                 return  # kept whole; what did land is ignored on the next replay
         try:
-            await asyncio.to_thread(_rewrite, spool, rest)
+            await asyncio.to_thread(spool_io.rewrite, spool, rest)
         except OSError as exc:
             log.warning("cannot rewrite the usage spool %s: %s", spool, exc)
             return
@@ -283,34 +264,6 @@ def _quiet(task: asyncio.Future[None]) -> None:
     """Collects an abandoned write's outcome, so nothing is logged as never retrieved."""
     if not task.cancelled():
         task.exception()
-
-
-def _append(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab") as out:
-        out.write(data)
-
-
-def _read_spool(path: Path, limit: int) -> tuple[list[Row], bytes]:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return [], b""
-    lines = data.splitlines(keepends=True)
-    rows: list[Row] = []
-    for line in lines[:limit]:
-        with contextlib.suppress(orjson.JSONDecodeError):  # a line cut by a crash
-            rows.append(from_dict(orjson.loads(line)))
-    return rows, b"".join(lines[limit:])
-
-
-def _rewrite(path: Path, rest: bytes) -> None:
-    if not rest:
-        path.unlink(missing_ok=True)
-        return
-    temp = path.with_suffix(".tmp")
-    temp.write_bytes(rest)
-    temp.replace(path)
 
 
 class _UsageMetrics(Collector):
@@ -340,8 +293,17 @@ async def recording(
 ) -> AsyncIterator[UsageRecorder]:
     """The edge's recorder with its writer task, for the app's lifetime."""
     sink = open_sink(config)
-    recorder = UsageRecorder(sink, config.usage, edge_id, spool_file(config, edge_id))
+    spool = spool_io.spool_file(config, edge_id)
+    recorder = UsageRecorder(sink, config.usage, edge_id, spool)
     registry.register(_UsageMetrics(recorder))
+    if spool is not None and spool.parent.is_dir():
+        try:
+            adopted = await asyncio.to_thread(spool_io.adopt_orphans, spool)
+        except OSError as exc:
+            log.warning("cannot adopt earlier usage spools in %s: %s", spool.parent, exc)
+        else:
+            if adopted:
+                log.info("%d spooled usage records of an earlier process to replay", adopted)
     if sink is None:
         log.info("usage records are kept nowhere (edge.usage.sink is off, or no file)")
     else:

@@ -4,6 +4,7 @@ replayed exactly once, and the SQLite and JSON-lines sinks beside it."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -13,13 +14,15 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
 from corral.config import EdgeConfig, Secret, UsageConfig
 from edge.gateway.call import Call, new_id
 from edge.gateway.postgres import SCHEMA_VERSION, PostgresSink
-from edge.gateway.records import TABLE, row
+from edge.gateway.records import TABLE, as_dict, row
 from edge.gateway.sinks import JsonLinesSink, SQLiteSink
-from edge.gateway.usage import UsageRecorder, open_sink
+from edge.gateway.spool import spool_file
+from edge.gateway.usage import UsageRecorder, open_sink, recording
 from tests.edge.conftest import StartEdge
 from tests.edge.snapshot_server import SnapshotServer, from_fake, snapshot
 from tests.fakes import FakeServer, running_fakes
@@ -206,3 +209,24 @@ def _metric(text: str, outcome: str) -> float:
         if line.startswith(f'corral_edge_usage_records_total{{outcome="{outcome}"}}'):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+async def test_spool_of_a_dead_process_is_adopted(tmp_path: Path) -> None:
+    """A process that starts after a crash replays the spool the dead one left behind."""
+    gone = await asyncio.create_subprocess_exec("true")  # a pid that no longer runs
+    await gone.wait()
+    config = EdgeConfig(state_dir=str(tmp_path), usage=UsageConfig(flush_interval_seconds=0.05))
+    orphan = spool_file(config, "edge-a", gone.pid)
+    assert orphan is not None
+    rows = [row(c, "edge-a", 0.0) for c in calls(7)]
+    orphan.write_bytes(b"".join(orjson.dumps(as_dict(r)) + b"\n" for r in rows) + b'{"cut')
+    async with recording(config, "edge-a", CollectorRegistry()) as recorder:
+        recorder._last_replay = 0.0
+        await recorder.flush()
+        assert recorder.counts["replayed"] == 7
+    assert not orphan.exists() and not any(
+        p.name.startswith("usage-spool") for p in os.scandir(tmp_path)
+    )
+    db = sqlite3.connect(tmp_path / "usage.db")
+    assert db.execute(f"SELECT count(*) FROM {TABLE}").fetchone() == (7,)
+    db.close()

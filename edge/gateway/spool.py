@@ -1,0 +1,94 @@
+"""The usage spool: batches a sink could not take, kept on disk (JSON lines) until replayed.
+
+One file per process (`usage-spool-<edge id>-<pid>.jsonl`): the workers of one edge never
+write one file, and a process that starts after a crash adopts the spools of dead ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+
+import orjson
+
+from corral.config import EdgeConfig
+from edge.gateway.records import Row, from_dict
+from edge.gateway.sinks import sqlite_path
+
+
+def spool_file(config: EdgeConfig, edge_id: str, pid: int | None = None) -> Path | None:
+    """This process's spool: one per process (workers of one edge share an edge id), named
+    with its pid so a later process can tell a dead one's spool and adopt it."""
+    usage = config.usage
+    folder = usage.spool_dir or config.state_dir
+    if not folder and usage.sink == "sqlite" and sqlite_path(config):
+        folder = str(Path(sqlite_path(config)).parent)
+    if not folder:
+        return None
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", edge_id)
+    return Path(folder) / f"usage-spool-{safe}-{os.getpid() if pid is None else pid}.jsonl"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def adopt_orphans(spool: Path) -> int:
+    """Move the spools of processes that are gone (a crash, a restart) into ours, to be
+    replayed with it; returns how many lines came. Each orphan is claimed by an atomic
+    rename, so two processes starting together never both take one."""
+    adopted = 0
+    for other in sorted(spool.parent.glob("usage-spool-*.jsonl")):
+        if other == spool:
+            continue
+        pid = other.stem.rsplit("-", 1)[-1]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        claimed = spool.with_name(f"{spool.stem}.adopting")
+        try:
+            other.rename(claimed)
+        except FileNotFoundError:
+            continue  # another process claimed it first
+        data = claimed.read_bytes()
+        if data and not data.endswith(b"\n"):
+            data += b"\n"  # a line cut by the crash stays a (skipped) line of its own
+        append(spool, data)
+        claimed.unlink()
+        adopted += data.count(b"\n")
+    return adopted
+
+
+def append(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as out:
+        out.write(data)
+
+
+def read(path: Path, limit: int) -> tuple[list[Row], bytes]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [], b""
+    lines = data.splitlines(keepends=True)
+    rows: list[Row] = []
+    for line in lines[:limit]:
+        with contextlib.suppress(orjson.JSONDecodeError):  # a line cut by a crash
+            rows.append(from_dict(orjson.loads(line)))
+    return rows, b"".join(lines[limit:])
+
+
+def rewrite(path: Path, rest: bytes) -> None:
+    if not rest:
+        path.unlink(missing_ok=True)
+        return
+    temp = path.with_suffix(".tmp")
+    temp.write_bytes(rest)
+    temp.replace(path)
