@@ -17,6 +17,7 @@ BENCHMARKS = {
     "routing-real": "bench.routing_real",
     "limits": "bench.limits",
     "traffic": "bench.traffic",
+    "headers": "bench.headers",
 }
 
 

@@ -87,6 +87,25 @@ def now_utc() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def commit() -> str:
+    """The short commit the run measured (`git rev-parse --short HEAD`), "+dirty" when the
+    tree has uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (rev or "unknown") + ("+dirty" if dirty else "")
+
+
 # ---------------------------------------------------------------- processes
 
 
@@ -332,6 +351,7 @@ ORDER = [
     "cacheguard",
     "limits",
     "traffic",
+    "headers",
 ]
 
 
@@ -345,7 +365,12 @@ def write_section(name: str, body: str) -> None:
             i, j = text.index(start), text.index(end)
             sections[other] = text[i + len(start) : j].strip("\n")
             text = text[:i] + text[j + len(end) :]
-    sections[name] = body.strip("\n")
+    body = body.strip("\n")
+    if "commit `" not in body:
+        # Every section names what it measured and when (a figure without them flatters).
+        head, _, rest = body.partition("\n")
+        body = f"{head}\n\nRecorded {now_utc()} at commit `{commit()}`.\n{rest}"
+    sections[name] = body
     parts = [text.rstrip("\n") + "\n"]
     for other in ORDER:
         if other in sections:

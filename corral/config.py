@@ -116,6 +116,83 @@ class EdgeObservabilityConfig:
     otlp_service_name: str = "corral-edge"
 
 
+# Never forwarded to a backend, whatever the configuration says: hop-by-hop headers (RFC 9110
+# 7.6.1, and the ones proxies use), the ones aiohttp sets itself, and the client's own
+# credentials (a backend gets its own, edge/providers).
+NEVER_FORWARDED: frozenset[str] = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "content-type",
+        "accept-encoding",
+        "authorization",
+        "x-api-key",
+        "api-key",
+        "cookie",
+    }
+)
+
+
+@dataclass(frozen=True)
+class HeadersConfig:
+    """What the edge forwards to backends (edge/forward.py; docs/GATEWAY.md "Headers")."""
+
+    # Request headers passed to backends as the client sent them; User-Agent gets Corral's
+    # product token appended. Anything in NEVER_FORWARDED is refused here.
+    forward: tuple[str, ...] = (
+        "traceparent",
+        "tracestate",
+        "X-Request-Id",
+        "OpenAI-Organization",
+        "OpenAI-Project",
+        "anthropic-version",
+        "anthropic-beta",
+        "User-Agent",
+    )
+
+    def __post_init__(self) -> None:
+        refused = sorted({h.lower() for h in self.forward} & NEVER_FORWARDED)
+        if refused:
+            raise ConfigError(
+                f"edge.headers.forward: {', '.join(refused)} is never forwarded "
+                "(hop-by-hop, set by the edge, or the client's credential)"
+            )
+
+
+@dataclass(frozen=True)
+class CorsConfig:
+    """CORS for browser clients (edge/cors.py); off while allow_origins is empty."""
+
+    # Exact origins ("https://app.example.com"), or "*" for any.
+    allow_origins: tuple[str, ...] = ()
+    # Request headers a browser may send (preflight Access-Control-Allow-Headers).
+    allow_headers: tuple[str, ...] = (
+        "Authorization",
+        "Content-Type",
+        "X-Api-Key",
+        "X-Corral-Session",
+        "OpenAI-Organization",
+        "OpenAI-Project",
+        "anthropic-version",
+        "anthropic-beta",
+        "X-Request-Id",
+        "traceparent",
+        "tracestate",
+    )
+    # How long a browser may cache a preflight answer.
+    max_age_seconds: int = 600
+    allow_credentials: bool = False
+
+
 @dataclass(frozen=True)
 class DashboardConfig:
     """The control plane's web dashboard and traffic view (docs/OBSERVABILITY.md)."""
@@ -450,6 +527,8 @@ class EdgeConfig:
     usage: UsageConfig = field(default_factory=UsageConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    headers: HeadersConfig = field(default_factory=HeadersConfig)
+    cors: CorsConfig = field(default_factory=CorsConfig)
 
 
 # The server types an agent knows (agent/servers/, one module each); "auto" detects.

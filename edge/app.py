@@ -18,6 +18,7 @@ from aiohttp import web
 from corral.config import EdgeConfig
 from corral.v1 import types_pb2
 from edge.balancer import Balancer
+from edge.cors import install as install_cors
 from edge.errors import ApiError, EdgeError, SnapshotError, error_body
 from edge.gateway.call import tag_response
 from edge.gateway.limits.gate import limit_headers, limiting
@@ -395,6 +396,7 @@ def build_app(
         return table.created_unix_ms if table is not None else 0
 
     metrics.bind_snapshot_age(created_ms)
+    cors = install_cors(app, config.cors)  # its preflight route first
     for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS):
         app.router.add_post(endpoint.path, guarded(_post(endpoint)))
     app.router.add_post(MESSAGES_PATH, guarded(_with_proxy(_handle_messages)))
@@ -419,6 +421,8 @@ def build_app(
     app.cleanup_ctx.append(traffic_reports)
     app.cleanup_ctx.append(tracing)
     app.cleanup_ctx.append(follow_policy)
+    if cors is not None:
+        app.on_response_prepare.append(cors.on_prepare)  # last: sees every header
     return app
 
 

@@ -33,6 +33,7 @@ from edge.exchange import (
     OpenAIExchange,
     stream_error,
 )
+from edge.forward import Forwarding
 from edge.gateway import call as calls
 from edge.gateway.call import CALL, Call
 from edge.gateway.identity import Identity, KeyTable
@@ -141,6 +142,7 @@ class Proxy:
         self._idle = config.idle_timeout_seconds
         self._session_headers = config.session_headers
         self._deadlines = Deadlines()
+        self._forward = Forwarding(config.headers)
         self.pools = Pools(config)  # one connection pool per hosted provider
         self.fallbacks = Fallbacks(config, balancer)  # chains from the snapshot in force
         # Where finished Calls go (edge/gateway/usage.py); replaced by the app's recorder.
@@ -411,7 +413,7 @@ class Proxy:
                     exchange.method,
                     backend.url(path),
                     payload,
-                    backend.headers or _UPSTREAM_HEADERS,
+                    self._forward.headers(request.headers, backend.headers or _UPSTREAM_HEADERS),
                 )
                 status = upstream.status
                 content_type = upstream.headers.get("Content-Type", "")

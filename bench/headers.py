@@ -1,0 +1,144 @@
+"""Cost of forwarding request headers to backends: the same edge with the default allow-list
+and with an empty one, loaded in turn, in one run.
+
+``./dev bench headers [--seconds 5] [--rounds 3] [--no-write]``
+
+nginx answers a fixed chat.completion on CPU 1; wrk (POST, with traceparent, tracestate,
+X-Request-Id and User-Agent, as an instrumented client sends them) also on CPU 1; both edges
+(1 worker each) on CPU 0. Each round loads one edge, then the other, at 32 connections; CPU
+time per request is read from the edge processes, so other load on the machine moves it less
+than req/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from bench import nginx, wrk
+from bench.common import (
+    LOAD_CPU,
+    PROXY_CPU,
+    PYTHON,
+    Proc,
+    Procs,
+    commit,
+    ensure_tools,
+    free_port,
+    load_note,
+    machine,
+    md_table,
+    now_utc,
+    pin_self,
+    wait_http,
+    workspace,
+    write_section,
+)
+from bench.overhead import CHAT_REQUEST
+
+CLIENT_HEADERS = {
+    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "tracestate": "congo=t61rcWkgMzE",
+    "X-Request-Id": "bench-request-0001",
+    "User-Agent": "AsyncOpenAI/Python 1.99.0",
+}
+
+
+def _edge(procs: Procs, tmp: Path, name: str, snap_port: int, forward: bool) -> tuple[Proc, str]:
+    config = tmp / f"{name}.yaml"
+    config.write_text("edge:\n  headers:\n    forward: []\n" if not forward else "edge: {}\n")
+    port = free_port()
+    argv = [
+        PYTHON, "-m", "corral.cli", "--config", str(config), "edge",
+        "--listen", f"127.0.0.1:{port}", "--controlplane", f"127.0.0.1:{snap_port}",
+        "--log-level", "WARNING",
+    ]  # fmt: skip
+    proc = procs.start(name, argv, cpus=PROXY_CPU)
+    wait_http(f"http://127.0.0.1:{port}/readyz", proc, timeout=60)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def run(seconds: float, rounds: int) -> str:
+    ensure_tools("nginx", "wrk")
+    pin_self(LOAD_CPU)
+    info = {"machine": machine(), "load": load_note(), "date": now_utc(), "commit": commit()}
+    print(f"{info['machine']}\n{info['load']}", flush=True)
+    rows: list[list[str]] = []
+    samples: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}
+    with workspace("headers") as (tmp, procs):
+        script = wrk.post_script(tmp / "post.lua", CHAT_REQUEST, CLIENT_HEADERS)
+        backend_port = free_port()
+        nginx.start(
+            procs,
+            "backend",
+            lambda d: nginx.backend_conf(d, backend_port),
+            LOAD_CPU,
+            f"http://127.0.0.1:{backend_port}/health",
+        )
+        snap_port = free_port()
+        snap = procs.start(
+            "snapshots",
+            [PYTHON, "-m", "bench.snapshot_server", "--listen", f"127.0.0.1:{snap_port}",
+             "--model", nginx.MODEL, "--backend", f"nginx=http://127.0.0.1:{backend_port}"],
+            cpus=LOAD_CPU,
+        )  # fmt: skip
+        time.sleep(0.5)
+        snap.check_alive()
+        started = {
+            "on": _edge(procs, tmp, "edge-forwarding", snap_port, True),
+            "off": _edge(procs, tmp, "edge-not-forwarding", snap_port, False),
+        }
+        edges = {key: proc for key, (proc, _) in started.items()}
+        urls = {key: url for key, (_, url) in started.items()}
+        chat = "/v1/chat/completions"
+        for url in urls.values():
+            wrk.run(url + chat, script, connections=32, seconds=2, cpus=LOAD_CPU)
+        for i in range(rounds):
+            for key in ("off", "on") if i % 2 else ("on", "off"):
+                c0 = edges[key].cpu_seconds()
+                result = wrk.run(urls[key] + chat, script, connections=32, seconds=seconds,
+                                 cpus=LOAD_CPU)  # fmt: skip
+                cpu = edges[key].cpu_seconds() - c0
+                samples[key].append((result.rps, cpu / max(1, result.requests) * 1e6))
+                print(f"  round {i + 1} {key}: {result.rps:,.0f} req/s", flush=True)
+    for key, label in (("off", "forward: [] (nothing forwarded)"), ("on", "default allow-list")):
+        rps = sorted(r for r, _ in samples[key])
+        us = sorted(u for _, u in samples[key])
+        rows.append([label, f"{rps[len(rps) // 2]:,.0f}", f"{us[len(us) // 2]:.0f}",
+                     ", ".join(f"{u:.0f}" for _, u in samples[key])])  # fmt: skip
+    off = sorted(u for _, u in samples["off"])[rounds // 2]
+    on = sorted(u for _, u in samples["on"])[rounds // 2]
+    table = md_table(["edge", "req/s c32 (median)", "CPU µs/req (median)", "CPU µs/req per round"],
+                     rows)  # fmt: skip
+    return f"""## Header forwarding
+
+Command: `./dev bench headers --seconds {seconds:g} --rounds {rounds}` — {info["date"]},
+commit `{info["commit"]}`
+
+Machine: {info["machine"]}. Load: {info["load"]}. The machine is shared with other work
+today: read the CPU per request more than req/s.
+
+Setup: nginx answers a fixed chat.completion on CPU 1; `wrk -t1 -c32` on CPU 1 sends the chat
+body with {", ".join(CLIENT_HEADERS)}; two edges (1 worker each) on CPU 0, one with the
+default allow-list (`edge.headers.forward`), one with `forward: []`; {rounds} rounds, each
+loading both in turn for {seconds:g} s.
+
+{table}
+
+Forwarding costs {on - off:+.0f} µs of edge CPU per request (median of rounds), on
+{off:.0f} µs without it.
+"""
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="./dev bench headers", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per edge per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    text = run(args.seconds, args.rounds)
+    print(text)
+    if not args.no_write:
+        write_section("headers", text)
+    return 0
