@@ -50,7 +50,7 @@ def _edge(procs: Procs, tmp: Path, name: str, snap_port: int, forward: bool) -> 
     config.write_text("edge:\n  headers:\n    forward: []\n" if not forward else "edge: {}\n")
     port = free_port()
     argv = [
-        PYTHON, "-m", "corral.cli", "--config", str(config), "edge",
+        PYTHON, "-m", "corral.cli", "edge", "--config", str(config),
         "--listen", f"127.0.0.1:{port}", "--controlplane", f"127.0.0.1:{snap_port}",
         "--log-level", "WARNING",
     ]  # fmt: skip
