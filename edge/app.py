@@ -25,6 +25,7 @@ from edge.gateway.limits.gate import limit_headers, limiting
 from edge.gateway.pipeline import GATEWAY, add_cache_header
 from edge.gateway.pipeline import running as gateway_running
 from edge.gateway.policy import follow_policy
+from edge.http_errors import EdgeRunner
 from edge.inbound import (
     ANY_PATH,
     CHAT,
@@ -442,7 +443,7 @@ async def serve(
     """Serve until cancelled; then stop accepting, let requests finish within the grace."""
     host, port = split_listen(config.listen)
     app = build_app(config, extra)
-    runner = web.AppRunner(
+    runner = EdgeRunner(
         app,
         handler_cancellation=True,  # a client that hangs up cancels its upstream request
         # aiohttp closes a connection whose request headers are not complete by then (its

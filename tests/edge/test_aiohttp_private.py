@@ -1,0 +1,57 @@
+"""The private aiohttp behaviour the edge relies on, so an aiohttp upgrade that changes it
+fails here first (pyproject.toml bounds aiohttp until this passes on the new version)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from edge.http_errors import EdgeRunner
+from edge.relay import RelayResponse
+from tests.support.net import free_port
+
+
+def test_private_names_still_exist() -> None:
+    """StreamResponse._send_headers_immediately, AppRunner._make_server, Server._kwargs/_loop."""
+    assert isinstance(web.StreamResponse._send_headers_immediately, bool)
+    assert RelayResponse._send_headers_immediately is False
+    assert callable(web.AppRunner._make_server)
+
+
+async def test_relay_headers_leave_with_the_first_chunk() -> None:
+    """A prepared RelayResponse sends nothing until its first write: headers and the first
+    chunk leave together (one segment, no delayed-ACK wait between them)."""
+    prepared, go = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = RelayResponse(status=200, headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        prepared.set()
+        await go.wait()
+        await response.write(b"data: first\n\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = EdgeRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        await writer.drain()
+        await prepared.wait()
+        # Headers prepared but not sent: nothing is readable while the handler waits.
+        early = asyncio.ensure_future(reader.read(65536))
+        done, _ = await asyncio.wait({early}, timeout=0.3)
+        assert not done, early.result() if done else b""
+        go.set()
+        first = await asyncio.wait_for(early, 10)
+        assert first.startswith(b"HTTP/1.1 200")
+        assert b"data: first" in first  # in the same read as the status line and headers
+        writer.close()
+    finally:
+        await runner.cleanup()
