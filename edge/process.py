@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -9,6 +10,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -17,14 +19,15 @@ from corral.runtime import configure_logging, run_until_signal
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
+    from multiprocessing.synchronize import Event as EventType
 
 log = logging.getLogger("corral.edge")
 
 # A worker that dies is restarted, but not faster than this.
 _RESTART_BACKOFF_SECONDS = 1.0
-# A worker dying this soon after its start, this many times in a row, stops the edge.
-_QUICK_DEATH_SECONDS = 5.0
-_MAX_QUICK_DEATHS = 3
+# A worker dying before it ever served, this many times in a row, stops the edge. Readiness,
+# not time: on a loaded machine a fresh interpreter can take seconds just to import.
+_MAX_STARTUP_DEATHS = 3
 
 
 def main(config: EdgeConfig) -> int:
@@ -34,25 +37,42 @@ def main(config: EdgeConfig) -> int:
     return _supervise(config)
 
 
-def _serve_here(config: EdgeConfig) -> int:
+def _serve_here(config: EdgeConfig, served: Callable[[], None] | None = None) -> int:
+    """Serve in this process; `served` is called once the port is open."""
     from edge.app import serve
     from edge.errors import EdgeError
 
+    async def serving() -> None:
+        ready = asyncio.Event()
+        watcher = None
+        if served is not None:
+
+            async def tell() -> None:
+                await ready.wait()
+                served()
+
+            watcher = asyncio.create_task(tell(), name="edge-ready-signal")
+        try:
+            await serve(config, ready=ready)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
     try:
-        return run_until_signal(lambda: serve(config))
+        return run_until_signal(serving)
     except (OSError, EdgeError) as exc:
         log.error("edge cannot serve on %s: %s", config.listen, exc)
         return 1
 
 
-def _worker(config: EdgeConfig, index: int, log_level: int) -> None:
+def _worker(config: EdgeConfig, index: int, log_level: int, served: EventType) -> None:
     """Entry point of one worker process (spawned: a fresh interpreter)."""
     configure_logging(logging.getLevelName(log_level))
     base = config.edge_id or None
     worker_config = (
         config if base is None else dataclasses.replace(config, edge_id=f"{base}/{index}")
     )
-    raise SystemExit(_serve_here(worker_config))
+    raise SystemExit(_serve_here(worker_config, served.set))
 
 
 def _supervise(config: EdgeConfig) -> int:
@@ -64,9 +84,15 @@ def _supervise(config: EdgeConfig) -> int:
     stopping = threading.Event()
     level = logging.getLogger().getEffectiveLevel()
 
+    served: dict[int, EventType] = {}
+
     def start(index: int) -> BaseProcess:
+        served[index] = ctx.Event()
         proc = ctx.Process(
-            target=_worker, args=(config, index, level), name=f"corral-edge-{index}", daemon=False
+            target=_worker,
+            args=(config, index, level, served[index]),
+            name=f"corral-edge-{index}",
+            daemon=False,
         )
         proc.start()
         return proc
@@ -76,8 +102,7 @@ def _supervise(config: EdgeConfig) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     workers = {i: start(i) for i in range(config.workers)}
-    started = dict.fromkeys(workers, time.monotonic())
-    quick_deaths = dict.fromkeys(workers, 0)
+    startup_deaths = dict.fromkeys(workers, 0)
     exit_code = 0
     log.info("edge supervising %d workers on %s", config.workers, config.listen)
     try:
@@ -85,9 +110,9 @@ def _supervise(config: EdgeConfig) -> int:
             for index, proc in list(workers.items()):
                 if proc.is_alive():
                     continue
-                lived = time.monotonic() - started[index]
-                quick_deaths[index] = quick_deaths[index] + 1 if lived < _QUICK_DEATH_SECONDS else 0
-                if quick_deaths[index] >= _MAX_QUICK_DEATHS:
+                ever_served = served[index].is_set()
+                startup_deaths[index] = 0 if ever_served else startup_deaths[index] + 1
+                if startup_deaths[index] >= _MAX_STARTUP_DEATHS:
                     # A crash loop (port taken, bad config): restarting will not help.
                     log.error(
                         "edge worker %d keeps exiting (code %s); stopping", index, proc.exitcode
@@ -98,7 +123,6 @@ def _supervise(config: EdgeConfig) -> int:
                 if stopping.wait(_RESTART_BACKOFF_SECONDS):
                     break
                 workers[index] = start(index)
-                started[index] = time.monotonic()
     finally:
         for proc in workers.values():
             if proc.is_alive() and proc.pid is not None:
