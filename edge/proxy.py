@@ -36,7 +36,7 @@ from edge.exchange import (
 from edge.forward import Forwarding
 from edge.gateway import call as calls
 from edge.gateway.call import CALL, Call
-from edge.gateway.identity import Identity, KeyTable
+from edge.gateway.identity import Identity, KeyRefused, KeyTable
 from edge.gateway.pipeline import Gateway
 from edge.gateway.tokens import Meter, ask_usage, read_whole
 from edge.inbound import CHAT, EMBEDDINGS, Endpoint, parse
@@ -159,12 +159,13 @@ class Proxy:
     def check_auth(self, request: web.Request) -> Identity | None:
         """The client's identity (None: keys not enforced), also put on the request's Call;
         401 when its key is refused."""
-        identity = self.keys.check(request.headers)
+        try:
+            identity = self.keys.check(request.headers)
+        except KeyRefused as exc:  # a known key: its refusals are recorded under it
+            _tag(request, exc.identity)
+            raise
         if identity is not None:
-            call = request.get(CALL)
-            if call is not None:
-                call.key_id = identity.key_id
-                call.team = identity.team
+            _tag(request, identity)
         return identity
 
     async def read_body(self, request: web.Request) -> bytes:
@@ -514,6 +515,14 @@ class Proxy:
         if self.balancer.failed(backend):
             self.metrics.ejections.labels(backend.name).inc()
             log.warning("backend %s ejected after repeated failures", backend.name)
+
+
+def _tag(request: web.Request, identity: Identity) -> None:
+    """The request's Call names the key and team (when the request has a Call)."""
+    call = request.get(CALL)
+    if call is not None:
+        call.key_id = identity.key_id
+        call.team = identity.team
 
 
 def too_large(limit: int) -> ApiError:

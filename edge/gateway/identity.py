@@ -120,6 +120,15 @@ def _invalid(message: str = "Incorrect API key provided.") -> ApiError:
     return ApiError(401, message, code="invalid_api_key")
 
 
+class KeyRefused(ApiError):
+    """A known key refused (revoked, disabled, expired): 401, and whose key it was, so the
+    request's record can name it."""
+
+    def __init__(self, identity: Identity, message: str) -> None:
+        super().__init__(401, message, code="invalid_api_key")
+        self.identity = identity
+
+
 def _not_ready() -> ApiError:
     return ApiError(
         503,
@@ -188,9 +197,9 @@ class KeyTable:
                 raise _not_ready()
             raise _invalid()
         if identity.revoked:
-            raise _invalid("This API key has been revoked.")
+            raise KeyRefused(identity, "This API key has been revoked.")
         if identity.disabled:
-            raise _invalid("This API key is disabled.")
+            raise KeyRefused(identity, "This API key is disabled.")
         if identity.expires < time.time():
-            raise _invalid("This API key has expired.")
+            raise KeyRefused(identity, "This API key has expired.")
         return identity

@@ -273,7 +273,7 @@ async def test_usage_records_carry_the_key_and_the_admin_price(
                 rows = [dict(r) for r in db.execute("SELECT * FROM corral_usage")]
             except sqlite3.OperationalError:  # the table is not there yet
                 return []
-        return rows if len(rows) >= 2 else []
+        return rows if len(rows) >= 2 else []  # the answered one and the refused one
 
     rows = await eventually(written)
     ok = next(r for r in rows if r["status"] == 200)
@@ -283,6 +283,16 @@ async def test_usage_records_carry_the_key_and_the_admin_price(
     assert ok["cost_usd"] == pytest.approx(expected)
     refused = next(r for r in rows if r["status"] == 401)
     assert refused["key_id"] == "" and refused["cost_usd"] == 0
+    await cluster.admin("RevokeKey", gateway_pb2.RevokeKeyRequest(id=created.key.id))
+    await _policy_has(running, await policy_version(cluster.address))
+    with pytest.raises(openai.AuthenticationError):
+        await running.client(created.secret).chat.completions.create(model=MODEL, messages=USER)
+
+    def revoked_row() -> list[dict[str, Any]]:
+        return [r for r in written() if r["status"] == 401 and r["key_id"] == created.key.id]
+
+    [row] = await eventually(revoked_row)  # refused, but recorded under its key
+    assert row["team"] == "billing"
 
 
 async def test_native_pass_through_with_a_limited_key(
