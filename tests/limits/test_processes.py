@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -32,6 +33,7 @@ class Cluster:
     edges: list[str]
     token_file: Path
     group: ProcessGroup
+    state: Path
 
     async def corral(self, *argv: str) -> str:
         proc = await asyncio.create_subprocess_exec(
@@ -81,7 +83,7 @@ async def cluster(tmp_path: Path, valkey: ValkeyServer) -> AsyncIterator[Cluster
                             "--listen", listen, "--state-dir", str(tmp_path / f"e{i}"),
                             "--edge-id", f"edge{i}")  # fmt: skip
                 edges.append(f"http://{listen}")
-            yield Cluster(cp, edges, token_file, group)
+            yield Cluster(cp, edges, token_file, group, tmp_path)
     except BaseException:
         print(group.logs())
         raise
@@ -180,3 +182,89 @@ async def test_limits_across_edge_processes(cluster: Cluster, valkey: ValkeyServ
         assert admitted > 0
         keys = valkey.command("KEYS", "*:rpm:*")
         assert b"{corral}:lim:key:" + key_id.encode() in keys, (before, keys)
+
+
+WORDS = " ".join(f"w{i:02d}" for i in range(40))
+STREAM = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": WORDS}],
+    "max_tokens": 48,
+    "stream": True,
+}
+
+
+async def _stream(http: aiohttp.ClientSession, url: str, key: str) -> int:
+    headers = {"Authorization": f"Bearer {key}"}
+    async with http.post(f"{url}/v1/chat/completions", json=STREAM, headers=headers) as resp:
+        await resp.read()
+        return resp.status
+
+
+def _tokens_per_window(state: Path, *, since: int | None = None) -> Any:
+    """Prompt + completion tokens of the answered requests, by the rate window they came in,
+    from the three edges' usage records (since: how many records there are from that window
+    on)."""
+    import sqlite3
+
+    from edge.gateway.records import TABLE
+
+    out: dict[int, int] = {}
+    records = 0
+    for i in range(3):
+        with sqlite3.connect(state / f"e{i}" / "usage.db") as db:
+            query = f"SELECT ts, prompt_tokens + completion_tokens FROM {TABLE} WHERE status = 200"
+            for ts, tokens in db.execute(query):
+                window = int(ts // WINDOW)
+                out[window] = out.get(window, 0) + tokens
+                records += since is not None and window >= since
+    return records if since is not None else out
+
+
+async def test_tpm_with_streaming_across_edge_processes(cluster: Cluster) -> None:
+    """A team's tokens-per-minute limit, streaming requests 60/30/10 over three edge
+    processes at 2x the limit: the real tokens (usage records) per window stay within +1 %."""
+    tpm = 2400  # per 2 s window; a request is ~80 real tokens and reserves ~115
+    await cluster.corral("teams", "create", "stream", "--tpm", str(tpm))
+    created = json.loads(await cluster.corral("keys", "create", "--team", "stream", "--json"))
+    key = created["key"]
+    async with aiohttp.ClientSession() as http:
+
+        async def served() -> bool:
+            try:
+                return all([await _stream(http, e, key) == 200 for e in cluster.edges])
+            except aiohttp.ClientConnectionError:
+                return False
+
+        await eventually(served, within=30)
+        await _next_window()
+        first = int(time.time() // WINDOW)
+        rate = 2 * tpm / WINDOW / 80
+        statuses: list[int] = []
+        tasks = []
+        start = time.monotonic()
+        for i in range(int(rate * 3 * WINDOW - 2)):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)  # pacing the offered load
+            if (time.time() % WINDOW) > WINDOW - 0.06:
+                continue  # not across a boundary: the record's time decides its window
+
+            async def one(
+                edge: str = cluster.edges[0 if i % 10 < 6 else 1 if i % 10 < 9 else 2],
+            ) -> None:
+                async with asyncio.timeout(5.0):
+                    statuses.append(await _stream(http, edge, key))
+
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+    assert set(statuses) <= {200, 429} and 429 in statuses
+
+    # The edges write usage records in batches every 0.5 s: wait until all are there.
+    answered = statuses.count(200)
+    await eventually(lambda: _tokens_per_window(cluster.state, since=first) == answered)
+    per = _tokens_per_window(cluster.state)
+    windows = [per.get(first + n, 0) for n in range(3)]
+    print(f"real tokens per {WINDOW:g} s window, limit {tpm}: {windows}")
+    for tokens in windows:
+        assert tokens <= tpm * 1.01, windows
+        assert tokens >= tpm * 0.8, windows  # reservations are coarse at this small a limit
