@@ -170,3 +170,15 @@ def test_require_keys_from_flag_and_file(tmp_path: Path) -> None:
     assert config_from_args(args, {}).edge.identity.require_keys
     args = build_parser().parse_args(["edge"])
     assert not config_from_args(args, {}).edge.identity.require_keys
+
+
+def test_the_bench_policy_is_one_the_edge_accepts() -> None:
+    """bench/policy_server.py's keys are accepted by their secrets (bench keys measures a real
+    lookup), and nothing else is."""
+    from bench.policy_server import policy, secret
+
+    table = KeyTable(EdgeConfig())
+    table.apply(policy(50))
+    found = table.check(_bearer(secret(25)))
+    assert found is not None and found.key_id == f"ck_{25:012x}" and found.team == "bench"
+    assert _refusal(table, _bearer(secret(50))).status == 401
