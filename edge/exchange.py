@@ -23,15 +23,22 @@ from edge.table import BackendState, ModelRoute
 class Failure:
     """One attempt that failed before anything reached the client; retryable elsewhere."""
 
-    __slots__ = ("body", "content_type", "reason", "status")
+    __slots__ = ("body", "content_type", "reason", "retry_after", "status")
 
     def __init__(
-        self, reason: str, status: int = 0, body: bytes = b"", content_type: str = ""
+        self,
+        reason: str,
+        status: int = 0,
+        body: bytes = b"",
+        content_type: str = "",
+        retry_after: str = "",
     ) -> None:
         self.reason = reason
         self.status = status
         self.body = body
         self.content_type = content_type
+        # The backend's own Retry-After (a provider's rate limit), passed on to the client.
+        self.retry_after = retry_after
 
 
 class Exchange:
@@ -101,7 +108,7 @@ class Exchange:
         if failure.status:
             headers = {"Content-Type": failure.content_type or "application/json"}
             if failure.status in (429, 503):
-                headers["Retry-After"] = "1"
+                headers["Retry-After"] = failure.retry_after or "1"
             return web.Response(status=failure.status, body=failure.body, headers=headers)
         if failure.reason == "timeout":
             status, message = 504, "The backend did not answer in time."

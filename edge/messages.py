@@ -232,7 +232,7 @@ class MessagesExchange(Exchange):
         return error.sse()
 
     def give_up(self, model: str, failure: Failure | None) -> web.Response:
-        retry = {"Retry-After": "1"}
+        retry = {"Retry-After": (failure.retry_after if failure else "") or "1"}
         if failure is None:
             error = anthropic.overloaded_error(
                 f"No backend can serve the model `{model}` right now.", 503

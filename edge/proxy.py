@@ -429,7 +429,8 @@ class Proxy:
                         if status >= 500:
                             self._failed(backend)
                         body = exchange.error(status, data)
-                        return Failure(f"status_{status}", status, body, content_type)
+                        wait = upstream.headers.get("Retry-After", "")
+                        return Failure(f"status_{status}", status, body, content_type, wait)
                     self.balancer.succeeded(backend)
                     if status < 300:
                         read_whole(attempt.call, len(payload or b""), data)

@@ -309,4 +309,5 @@ async def test_conditions_decide_whether_a_chain_moves_on(
             model="gpt-4.1-mini", messages=[{"role": "user", "content": "x"}]
         )
     assert limited.value.code == "rate_limit_exceeded"
+    assert limited.value.response.headers["retry-after"] == "30"  # the provider's own
     assert claude.requests == []
