@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -154,3 +155,68 @@ async def test_one_row_per_answer_with_an_edge_killed(
     by_killed = [rid for rid, (edge, _) in answered.items() if edge == 0]
     print(f"killed edge answered {len(by_killed)}, lost {len(lost)}")
     assert len(by_killed) > len(lost)  # the killed edge did write before it died
+
+
+def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+
+
+async def test_workers_share_one_sqlite_file(tmp_path: Path) -> None:
+    """`--workers 2` write one SQLite file together; a clean stop leaves every record."""
+    server = SnapshotServer()
+    await server.start()
+    config = tmp_path / "edge.yaml"
+    config.write_text("edge:\n  usage:\n    flush_interval_seconds: 0.1\n")
+    port = free_port()
+    args = [
+        CORRAL, "edge", "--config", str(config), "--controlplane", server.address,
+        "--listen", f"127.0.0.1:{port}", "--state-dir", str(tmp_path / "state"),
+        "--edge-id", "multi", "--workers", "2",
+    ]  # fmt: skip
+    log = tmp_path / "edge.log"
+    proc = spawn(args, log)
+    try:
+        async with running_fakes(FakeServer("vllm", ["m"], "vllm-a")) as (fake,):
+            server.publish(snapshot(1, [from_fake(fake)]))
+            await eventually(lambda: server.watchers >= 2 and server.delivered >= 2, within=30)
+
+            async def ready() -> bool:
+                try:
+                    async with (
+                        aiohttp.ClientSession() as own,
+                        own.get(f"http://127.0.0.1:{port}/readyz") as resp,
+                    ):
+                        return resp.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await eventually(ready, within=30)
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+            async def one() -> int:
+                # A fresh connection each: the kernel spreads them over the workers.
+                async with (
+                    aiohttp.ClientSession() as own,
+                    own.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body) as resp,
+                ):
+                    await resp.read()
+                    return resp.status
+
+            statuses = await asyncio.gather(*(one() for _ in range(40)))
+            assert statuses == [200] * 40, log_tail(log, 30)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 20) == 0, log_tail(log, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        await server.stop()
+    db = sqlite3.connect(tmp_path / "state" / "usage.db")
+    try:
+        found = db.execute(f"SELECT count(DISTINCT id), count(*) FROM {TABLE}").fetchone()
+        edges = {e for (e,) in db.execute(f"SELECT DISTINCT edge FROM {TABLE}")}
+    finally:
+        db.close()
+    assert found == (40, 40)
+    assert edges <= {"multi/0", "multi/1"}
