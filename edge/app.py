@@ -225,6 +225,7 @@ async def readyz(request: web.Request) -> web.Response:
         "edge_id": app[EDGE_ID],
         "controlplane_connected": status.connected,
         "policy_version": app[PROXY].keys.policy_version,
+        "keys": len(app[PROXY].keys),  # virtual (revoked included) and static
     }
     if table is not None:
         info.update(

@@ -150,7 +150,8 @@ async def test_a_restarted_edge_enforces_the_persisted_policy(
     assert kept.secret.encode() not in saved
     assert (Path(state) / "policy.pb").stat().st_mode & 0o077 == 0
     again = await start_edge(None, controlplane=(address,), state_dir=state)
-    assert (await again.readyz())["policy_version"] == version
+    info = await again.readyz()
+    assert info["policy_version"] == version and info["keys"] == 2
     await again.client(kept.secret).models.list()
     with pytest.raises(openai.AuthenticationError, match="revoked"):
         await again.client(dropped.secret).models.list()
