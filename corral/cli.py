@@ -104,6 +104,12 @@ def _up_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", dest="backends", action="append", metavar="URL")
     p.add_argument("--no-discover", dest="discover", action="store_const", const=False)
     p.add_argument("--demo", action="store_const", const=True, help="start demo backends too")
+    p.add_argument(
+        "--register-timeout",
+        dest="register_timeout_seconds",
+        type=float,
+        help="open the port after this long even if a backend has not registered (default 30)",
+    )
 
 
 SECTION_FLAGS = {

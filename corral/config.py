@@ -591,6 +591,9 @@ class UpConfig:
     discover: bool = True
     demo: bool = False
     demo_listen_host: str = "127.0.0.1"
+    # The edge's port opens once every backend found or given has registered, or after this
+    # long (then `corral up` says which have not, and why).
+    register_timeout_seconds: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-import agent
 import controlplane
 import edge
+from agent.service import Agent
 from controlplane.dashboard.web import Dashboard
 from corral.config import AgentConfig, CorralConfig
 from corral.demo import DEMO_MODEL, DemoBackend
@@ -90,6 +90,24 @@ async def _wait_for_models(edge_url: str, expected: int, within: float = 15.0) -
     return models
 
 
+def _problems(agents: dict[str, Agent]) -> dict[str, str]:
+    """Why each backend that is not serving yet is not: from its agent's own state."""
+    out: dict[str, str] = {}
+    for name, one in agents.items():
+        state = one.describe()
+        cp = state["controlplane"]
+        if state["health"] == "healthy":
+            continue
+        if one.kind is None:
+            why = f"not detected yet: {state['detection'] or 'no answer so far'}"
+        elif not cp["session_id"]:
+            why = f"not registered with the control plane: {cp['last_error'] or 'connecting'}"
+        else:
+            why = f"registered but {state['health']}: {state['reason']}"
+        out[name] = why
+    return out
+
+
 def _banner(edge_url: str, cp_address: str, backends: dict[str, str], models: list[str]) -> str:
     lines = [
         "",
@@ -154,6 +172,7 @@ async def serve(config: CorralConfig) -> None:
                 name="controlplane",
             )
             await cp_ready.wait()
+            agents: dict[str, Agent] = {}
             for name, url in backends.items():
                 agent_config: AgentConfig = dataclasses.replace(
                     config.agent,
@@ -166,14 +185,25 @@ async def serve(config: CorralConfig) -> None:
                     # Only agents serve their own HTTP; in one process they share ours.
                     metrics_listen=None,
                 )
-                tasks.create_task(agent.serve(agent_config), name=f"agent {name}")
+                agents[name] = Agent(agent_config)
+                tasks.create_task(agents[name].run(), name=f"agent {name}")
             edge_ready = asyncio.Event()
+            # The port opens once every backend is in the edge's table (or the timeout).
             tasks.create_task(
-                edge.serve(edge_config, ready=edge_ready, extra=dashboard.mount), name="edge"
+                edge.serve(
+                    edge_config,
+                    ready=edge_ready,
+                    extra=dashboard.mount,
+                    expect_backends=list(backends),
+                    expect_within=up.register_timeout_seconds,
+                ),
+                name="edge",
             )
             await edge_ready.wait()
             edge_url = f"http://{up.listen}"
             models = await _wait_for_models(edge_url, expected=len(backends))
+            for name, problem in _problems(agents).items():
+                print(f"backend {name} ({backends[name]}): {problem}", flush=True)
             print(_banner(edge_url, up.controlplane_listen, backends, models), flush=True)
     finally:
         for demo in demos:

@@ -8,8 +8,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
@@ -44,6 +44,7 @@ from edge.inbound import (
 from edge.metrics import EdgeMetrics
 from edge.providers.upstream import tls_context
 from edge.proxy import Proxy
+from edge.startup import EXPECTED_BACKENDS, missing, wait_for_backends
 from edge.state import load_snapshot, save_snapshot
 from edge.subscriber import SnapshotSubscriber
 from edge.tracing import tracing
@@ -59,6 +60,8 @@ class SnapshotStatus:
     source: str = ""
     applied_monotonic: float = 0.0
     connected: bool = False
+    # Set (then replaced) each time a snapshot is applied; edge/startup.py waits on it.
+    applied: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 CONFIG = web.AppKey("config", EdgeConfig)
@@ -220,8 +223,9 @@ async def readyz(request: web.Request) -> web.Response:
     app = request.app
     table = app[BALANCER].table
     status = app[STATUS]
+    waiting_for = missing(app, app[BALANCER])
     info: dict[str, object] = {
-        "ready": table is not None,
+        "ready": table is not None and not waiting_for,
         "edge_id": app[EDGE_ID],
         "controlplane_connected": status.connected,
         "policy_version": app[PROXY].keys.policy_version,
@@ -237,8 +241,10 @@ async def readyz(request: web.Request) -> web.Response:
             models=len(table.routes),
             backends=len(app[BALANCER].states),
         )
+    if waiting_for:
+        info["missing_backends"] = waiting_for  # expected (corral up) and not registered yet
     return web.Response(
-        status=200 if table is not None else 503, body=orjson.dumps(info), content_type=_JSON
+        status=200 if info["ready"] else 503, body=orjson.dumps(info), content_type=_JSON
     )
 
 
@@ -316,6 +322,8 @@ def apply_snapshot(app: web.Application, snapshot: types_pb2.Snapshot, source: s
     status = app[STATUS]
     status.source = source
     status.applied_monotonic = time.monotonic()
+    status.applied.set()
+    status.applied = asyncio.Event()
     metrics.snapshot_version.set(snapshot.version)
     metrics.snapshots_applied.labels(source).inc()
     log.info(
@@ -440,10 +448,16 @@ async def serve(
     *,
     ready: asyncio.Event | None = None,
     extra: Callable[[web.Application], None] | None = None,
+    expect_backends: Collection[str] = (),
+    expect_within: float = 30.0,
 ) -> None:
-    """Serve until cancelled; then stop accepting, let requests finish within the grace."""
+    """Serve until cancelled; then stop accepting, let requests finish within the grace.
+
+    With `expect_backends` (corral up), the port opens once they are all in the routing
+    table, or after `expect_within` seconds (the missing ones are logged)."""
     host, port = split_listen(config.listen)
     app = build_app(config, extra)
+    app[EXPECTED_BACKENDS] = frozenset(expect_backends)
     runner = EdgeRunner(
         app,
         handler_cancellation=True,  # a client that hangs up cancels its upstream request
@@ -455,6 +469,10 @@ async def serve(
     )
     await runner.setup()
     try:
+        if expect_backends:
+            waiting = await wait_for_backends(app, app[BALANCER], app[STATUS], expect_within)
+            if waiting:
+                log.warning("opening after %gs without backends %s", expect_within, waiting)
         site = web.TCPSite(runner, host, port, reuse_port=config.workers > 1, backlog=2048)
         await site.start()
         log.info("edge %s serving on %s", app[EDGE_ID], config.listen)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import openai
 
 from tests.fakes import FakeServer
@@ -108,3 +109,56 @@ async def test_up_routes_to_a_backend_given_by_url() -> None:
                 model="llama3.2:1b", messages=[{"role": "user", "content": "hi"}]
             )
         assert reply.choices[0].message.content == "[ollama-local] hi"
+
+
+async def test_up_opens_when_every_backend_registered_and_says_why_one_did_not() -> None:
+    """The port opens with every answering backend already routable (the first request sees
+    its model), and a backend that never answers is named with the reason, after the
+    registration timeout; /readyz says which one is missing."""
+    silent = f"http://127.0.0.1:{free_port()}"
+    async with (
+        FakeServer(kind="vllm", models=["org/model"], name="vllm-local") as fake,
+        corral_up("--backend", fake.url, "--backend", silent, "--register-timeout", "3") as up,
+    ):
+        assert b"org/model" in up.banner
+        assert f"({silent}): not detected yet".encode() in up.banner, up.banner
+        assert b"connection refused" in up.banner.lower()
+        async with up.client() as client:
+            models = [m.id async for m in client.models.list()]
+            assert models == ["org/model"]
+        async with aiohttp.ClientSession() as http, http.get(f"{up.edge_url}/readyz") as r:
+            body = await r.json()
+            assert r.status == 503 and body["missing_backends"] == [silent_name(silent)]
+
+
+def silent_name(url: str) -> str:
+    return url.removeprefix("http://").replace(".", "-").replace(":", "-")
+
+
+async def test_no_request_ever_sees_an_empty_model_list() -> None:
+    """A client knocking from the first moment gets connection refused until the port opens,
+    and from then on a model list that holds the backend's model (never an empty one), even
+    when the backend is slow to answer its first probes."""
+    edge_port, cp_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{edge_port}/v1/models"
+    answers: list[list[str]] = []
+    async with FakeServer(kind="llamacpp", models=["m.gguf"], name="llama-local") as fake:
+        fake.mode = "hang"  # detection waits out a probe timeout, then tries again
+        proc = await asyncio.create_subprocess_exec(
+            CORRAL, "up", "--no-discover", "--backend", fake.url,
+            "--listen", f"127.0.0.1:{edge_port}", "--controlplane-listen", f"127.0.0.1:{cp_port}",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, cwd=ROOT,
+        )  # fmt: skip
+        try:
+            async with aiohttp.ClientSession() as http, asyncio.timeout(60):
+                await fake.wait_requests(1)
+                fake.mode = "ok"
+                while len(answers) < 5:
+                    with contextlib.suppress(aiohttp.ClientConnectionError):
+                        async with http.get(url) as resp:
+                            answers.append([m["id"] for m in (await resp.json())["data"]])
+                    await asyncio.sleep(0.02)  # knocking as a newcomer would
+        finally:
+            proc.kill()
+            await proc.wait()
+    assert all(ids == ["m.gguf"] for ids in answers), answers
