@@ -49,12 +49,16 @@ class Entry:
 
 
 class MemoryTier:
-    """Least recently used entries dropped once their bytes exceed `max_bytes`."""
+    """Least recently used entries dropped once their bytes exceed `max_bytes`.
+
+    Each entry is kept as a tuple of plain values, which the garbage collector stops
+    tracking: tens of thousands of entries do not make every collection slower."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._entries: OrderedDict[str, tuple[Entry, float]] = OrderedDict()  # (entry, expiry)
+        # key -> (body, stored, prompt tokens, completion tokens, monotonic expiry)
+        self._entries: OrderedDict[str, tuple[bytes, float, int, int, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -63,12 +67,12 @@ class MemoryTier:
         found = self._entries.get(key)
         if found is None:
             return None
-        entry, expires = found
+        body, stored, prompt, completion, expires = found
         if time.monotonic() >= expires:
             self._drop(key)
             return None
         self._entries.move_to_end(key)
-        return entry
+        return Entry(body, stored, prompt, completion)
 
     def put(self, key: str, entry: Entry, ttl: float) -> None:
         size = len(entry.body) + _OVERHEAD
@@ -76,15 +80,20 @@ class MemoryTier:
             return
         if key in self._entries:
             self._drop(key)
-        self._entries[key] = (entry, time.monotonic() + ttl)
+        self._entries[key] = (
+            entry.body,
+            entry.stored,
+            entry.prompt_tokens,
+            entry.completion_tokens,
+            time.monotonic() + ttl,
+        )
         self.bytes += size
         while self.bytes > self.max_bytes:
-            oldest = next(iter(self._entries))
-            self._drop(oldest)
+            self._drop(next(iter(self._entries)))
 
     def _drop(self, key: str) -> None:
-        entry, _ = self._entries.pop(key)
-        self.bytes -= len(entry.body) + _OVERHEAD
+        body = self._entries.pop(key)[0]
+        self.bytes -= len(body) + _OVERHEAD
 
 
 class SharedTier:

@@ -186,10 +186,6 @@ def _ipv6s(text: str, pos: int = 0, endpos: int = sys.maxsize) -> list[Span]:
             out.append((start, end))
 
 
-_KEY_NEEDLES: Final = (
-    "sk-", "sk_", "rk_", "AKIA", "ASIA", "ABIA", "ACCA", "gh", "github_pat_", "AIza", "xox",
-    "hf_", "glpat-",
-)  # fmt: skip
 # Where a provider's key may start (a fast search), then the whole key matched from there.
 _KEY_SEED: Final = re.compile(
     r"sk-|sk_|rk_|AKIA|ASIA|ABIA|ACCA|gh[pousr]_|github_pat_|AIza|xox[abposr]-|hf_|glpat-"
@@ -228,7 +224,7 @@ def _api_keys(text: str, pos: int = 0, endpos: int = sys.maxsize) -> list[Span]:
 class Detector:
     name: str  # the switch in the config
     kind: str  # what findings report, and the placeholder's type (upper-cased)
-    needles: tuple[str, ...]  # the text must contain one of them (empty: any text)
+    needle: str  # the text must contain it ("": any text)
     find: Finder
     # Looks only inside runs of digits and separators (found once for every such detector)
     # with at least this many digits (0: looks at the whole text instead) ...
@@ -242,7 +238,6 @@ class Detector:
 # these runs (and a character or two around them), not the whole text.
 _DIGIT_RUN: Final = re.compile(r"\d[\d .()+-]{5,}\d")
 
-_DIGITS: Final = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
 _B64URL: Final = r"[A-Za-z0-9_-]"
 
 # Order matters: where matches overlap, the earlier detector wins (a card number inside a
@@ -251,7 +246,7 @@ DETECTORS: Final[tuple[Detector, ...]] = (
     Detector(
         "private_key",
         "private_key",
-        ("-----BEGIN",),
+        "-----BEGIN",
         _regex(
             r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
             r"[\s\S]*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|\Z)"
@@ -260,28 +255,28 @@ DETECTORS: Final[tuple[Detector, ...]] = (
     Detector(
         "jwt",
         "jwt",
-        ("eyJ",),
+        "eyJ",
         _regex(rf"eyJ{_B64URL}{{6,}}\.eyJ{_B64URL}{{6,}}\.{_B64URL}*(?![\w-])", "-"),
     ),
-    Detector("api_key", "api_key", _KEY_NEEDLES, _api_keys),
-    Detector("email", "email", ("@",), _emails),
+    Detector("api_key", "api_key", "", _api_keys),
+    Detector("email", "email", "@", _emails),
     Detector(
         "iban",
         "iban",
-        _DIGITS,
+        "",
         _regex(r"[A-Z][A-Z]\d\d(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?!\w)", "", iban_ok),
     ),
     Detector(
         "credit_card",
         "credit_card",
-        (),
+        "",
         _regex(r"\d\d[ -]?\d(?:[ -]?\d){10,16}(?![\w]|[.,-]\d)", ".,-", _card),
         run_digits=13,
     ),
     Detector(
         "ssn",
         "ssn",
-        (),
+        "",
         _regex(r"\d\d\d-\d\d-\d{4}(?![\w]|[.-]\d)", ".-", _ssn),
         run_digits=9,
         run_needs="-",
@@ -289,7 +284,7 @@ DETECTORS: Final[tuple[Detector, ...]] = (
     Detector(
         "phone",
         "phone",
-        (),
+        "",
         _regex(
             # International: +CC then groups; North American: (NXX) NXX-XXXX with separators.
             r"\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){1,2}(?:[ .-]?\d{2,4}){1,4}(?![\w]|[.-]\d)"
@@ -299,11 +294,11 @@ DETECTORS: Final[tuple[Detector, ...]] = (
         ),
         run_digits=8,
     ),
-    Detector("ipv6", "ip_address", (":",), _ipv6s),
+    Detector("ipv6", "ip_address", ":", _ipv6s),
     Detector(
         "ipv4",
         "ip_address",
-        (),
+        "",
         _regex(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\w]|\.\d)", ".", _ipv4),
         run_digits=4,
         run_needs=".",
@@ -327,7 +322,14 @@ def _digit_runs(text: str) -> list[tuple[int, int, int, str]]:
     out = []
     for m in _DIGIT_RUN.finditer(text):
         run = m.group()
-        digits = len(run) - sum(run.count(ch) for ch in " .()+-")
+        digits = len(run) - (
+            run.count(" ")
+            + run.count(".")
+            + run.count("-")
+            + run.count("(")
+            + run.count(")")
+            + run.count("+")
+        )
         out.append((m.start(), m.end(), digits, run))
     return out
 
@@ -338,7 +340,8 @@ def scan(text: str, detectors: Iterable[Detector] = DETECTORS) -> list[Finding]:
     runs: list[tuple[int, int, int, str]] | None = None
     size = len(text)
     for detector in detectors:
-        if detector.needles and not any(n in text for n in detector.needles):
+        needle = detector.needle
+        if needle and needle not in text:
             continue
         if detector.run_digits:
             if runs is None:
@@ -351,9 +354,11 @@ def scan(text: str, detectors: Iterable[Detector] = DETECTORS) -> list[Finding]:
                     spans.extend(detector.find(text, max(0, start - 1), min(size, end + 2)))
         else:
             spans = detector.find(text)
+        if not spans:
+            continue
         kind = detector.kind
         for start, end in spans:
-            if not any(start < t.end and t.start < end for t in taken):
+            if not taken or not any(start < t.end and t.start < end for t in taken):
                 taken.append(Finding(kind, start, end))
     taken.sort(key=lambda f: f.start)
     return taken
