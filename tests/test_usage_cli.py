@@ -88,6 +88,10 @@ async def test_postgres_and_jsonl(tmp_path: Path) -> None:
         dsn = tmp_path / "dsn"
         dsn.write_text(pg.dsn)
         from_pg = report("--postgres-dsn-file", str(dsn), "--by", "team", "--since", "5h")
+        config = tmp_path / "corral.yaml"
+        config.write_text(f"edge:\n  usage:\n    sink: postgres\n    postgres_dsn_file: {dsn}\n")
+        by_config = report("--config", str(config), "--by", "team", "--since", "5h")
+        assert by_config["groups"] == from_pg["groups"]  # the same database, found by config
     from_file = report("--jsonl", str(tmp_path / "u.jsonl"), "--by", "team", "--since", "5h")
     for result in (from_pg, from_file):
         assert result["total"]["requests"] == 5  # 0h..4h ago, within 5h
