@@ -202,6 +202,12 @@ async def limiting(app: web.Application) -> AsyncIterator[None]:
     if limits.valkey_url:
         counters = SharedCounters(Valkey(limits.valkey_url, timeout=limits.valkey_timeout_seconds))
     else:
+        if config.workers > 1:
+            log.warning(
+                "edge.limits without valkey_url: each of the %d worker processes counts "
+                "limits alone; give the edge a Valkey to count them together",
+                config.workers,
+            )
         path = sqlite_path(config)
         spend = await asyncio.to_thread(SpendFile, path) if path else None
         counters = LocalCounters(spend=spend)
