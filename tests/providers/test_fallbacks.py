@@ -143,6 +143,7 @@ async def test_rate_limited_provider_moves_on_and_rests_for_retry_after(
     assert len(gpt.requests) == 1
     assert await ask(running, "gpt-4.1-mini", "second", stream=True) == (claude.name, "fallback")
     assert len(gpt.requests) == 1  # resting for its Retry-After
+    assert 'corral_edge_routing_decisions_total{route="fallback"} 2.0' in await running.metrics()
     assert claude.requests[-1].body_json["model"] == "claude-sonnet-4-5"
 
 
