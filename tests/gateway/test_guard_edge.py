@@ -10,7 +10,7 @@ import anthropic
 import openai
 import pytest
 
-from corral.config import GuardConfig, GuardDenyConfig
+from corral.config import CacheConfig, GuardConfig, GuardDenyConfig
 from tests.edge.conftest import RunningEdge, StartEdge
 from tests.edge.snapshot_server import SnapshotServer, from_fake, snapshot
 from tests.fakes import FakeServer, running_fakes
@@ -144,3 +144,30 @@ async def test_redact_without_restore_and_deny_rules(
         "code": "content_denied",
     }
     assert len(vllm.requests) == calls
+
+
+async def test_cached_placeholder_answer_restored_per_client(
+    snapshots: SnapshotServer, start_edge: StartEdge, fakes: tuple[FakeServer, FakeServer]
+) -> None:
+    """With redact + restore and the cache on, two clients whose prompts differ only in
+    their e-mail share one upstream answer, each reading back its own address."""
+    vllm, _ = fakes
+    snapshots.publish(snapshot(1, [from_fake(f) for f in fakes]))
+    edge = await start_edge(
+        snapshots,
+        guard=GuardConfig(pii="redact", restore=True),
+        cache=CacheConfig(ttl_seconds=60),
+    )
+    await edge.wait_version(1)
+    client = edge.client()
+    answers = []
+    for mail in ("ann@example.com", "bob@example.org"):
+        raw = await client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": f"reply to {mail}"}]
+        )
+        answers.append((raw.headers["x-corral-cache"], raw.parse().choices[0].message.content))
+    assert answers == [
+        ("miss", "[vllm-a] reply to ann@example.com"),
+        ("hit", "[vllm-a] reply to bob@example.org"),
+    ]
+    assert len([r for r in vllm.requests if r.path == "/v1/chat/completions"]) == 1
