@@ -116,6 +116,9 @@ class AgentService:
             finally:
                 for task in tasks:
                     task.cancel()
+                # Owned to the end: they have finished (their finally blocks ran) before the
+                # stream's handler returns.
+                await asyncio.gather(*tasks, return_exceptions=True)
         if failure is not None:
             log.info("agent stream for %s ended: %s", session.name, failure)
             metrics.rejections.labels(failure.reason).inc()

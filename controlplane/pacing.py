@@ -55,6 +55,17 @@ class PublishPacer:
             handle.cancel()  # a routing change does not wait for a paced load change
         self._handle = loop.call_at(due, self._fire)
 
+    @property
+    def pending(self) -> bool:
+        """A publish is scheduled and has not fired."""
+        return self._handle is not None
+
+    def cancel(self) -> None:
+        """Drop a scheduled publish (the view stopped)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
     def _fire(self) -> None:
         self._handle = None
         self._last = asyncio.get_running_loop().time()

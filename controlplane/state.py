@@ -121,9 +121,12 @@ class RoutingView:
 
     async def run(self) -> None:
         """Keep the view in sync with the store (and say whether it is), until cancelled."""
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._follow(), name="routing watch")
-            tasks.create_task(self._probe(), name="store probe")
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._follow(), name="routing watch")
+                tasks.create_task(self._probe(), name="store probe")
+        finally:
+            self._pacer.cancel()  # no publish fires after the view stopped
 
     async def _follow(self) -> None:
         """List then watch, forever; re-list on compaction, retry while the store is down."""
@@ -346,6 +349,11 @@ class RoutingView:
         self._schedule_publish(routing=routing)
         if self._on_version is not None:
             self._on_version(version)
+
+    @property
+    def publish_pending(self) -> bool:
+        """A paced publish is scheduled and has not fired."""
+        return self._pacer.pending
 
     def _schedule_publish(self, *, routing: bool) -> None:
         self._pacer.schedule(routing=routing)

@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from corral.backoff import Backoff
 from corral.config import EdgeConfig
 from corral.v1 import types_pb2
 from edge.balancer import Balancer
@@ -372,10 +373,19 @@ async def _snapshots(app: web.Application) -> AsyncIterator[None]:
         app[STATUS].connected = connected
         app[METRICS].controlplane_connected.set(1 if connected else 0)
 
+    failures = app[METRICS].snapshot_failures
     subscriber = SnapshotSubscriber(
-        config, app[EDGE_ID], current=current, on_snapshot=on_snapshot, on_connected=on_connected
+        config,
+        app[EDGE_ID],
+        current=current,
+        on_snapshot=on_snapshot,
+        on_connected=on_connected,
+        on_failed_snapshot=failures.labels("apply").inc,
     )
-    task = asyncio.create_task(subscriber.run(), name="edge-snapshot-subscriber")
+    task = asyncio.create_task(
+        supervise(subscriber.run, "snapshot subscriber", failures.labels("subscriber").inc),
+        name="edge-snapshot-subscriber",
+    )
     try:
         yield
     finally:
@@ -385,6 +395,25 @@ async def _snapshots(app: web.Application) -> AsyncIterator[None]:
 
 
 # -- the application ------------------------------------------------------------------------
+
+
+async def supervise(
+    run: Callable[[], Awaitable[None]], what: str, on_crash: Callable[[], None]
+) -> None:
+    """Run `run` for good: an exception is logged and counted, and it starts again after a
+    growing pause; cancellation ends it."""
+    backoff = Backoff(base=0.5, cap=10.0)
+    while True:
+        started = time.monotonic()
+        try:
+            await run()
+            return  # it ended by itself (nothing to follow)
+        except Exception:
+            on_crash()
+            log.exception("%s failed; restarting it", what)
+        if time.monotonic() - started > 60:
+            backoff.reset()  # it had been running fine for a while
+        await asyncio.sleep(backoff.next())
 
 
 def default_edge_id(config: EdgeConfig) -> str:

@@ -166,6 +166,13 @@ class EdgeMetrics:
             "Snapshots refused as older than the one in force.",
             registry=r,
         )
+        self.snapshot_failures = Counter(
+            "corral_edge_snapshot_failures",
+            "Failures while following snapshots: a snapshot that could not be applied "
+            "(apply), or the subscriber itself failing and being restarted (subscriber).",
+            ["stage"],
+            registry=r,
+        )
         self.controlplane_connected = Gauge(
             "corral_edge_controlplane_connected",
             "1 while a snapshot stream to a control plane is open.",

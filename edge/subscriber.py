@@ -40,6 +40,7 @@ class SnapshotSubscriber:
         current: Callable[[], tuple[int, str]],
         on_snapshot: Callable[[types_pb2.Snapshot], Awaitable[None]],
         on_connected: Callable[[bool], None],
+        on_failed_snapshot: Callable[[], None] = lambda: None,
         rng: random.Random | None = None,
     ) -> None:
         self._config = config
@@ -47,6 +48,7 @@ class SnapshotSubscriber:
         self._current = current
         self._on_snapshot = on_snapshot
         self._on_connected = on_connected
+        self._on_failed_snapshot = on_failed_snapshot
         self._rng = rng or random.Random()
         self._credentials = _credentials(config)
         metadata: list[tuple[str, str]] = []
@@ -95,7 +97,7 @@ class SnapshotSubscriber:
                     received = True
                     self._on_connected(True)
                     log.info("following snapshots from %s", address)
-                await self._on_snapshot(response.snapshot)
+                await self._apply(response.snapshot)
             log.info("snapshot stream from %s ended", address)
         except aio.AioRpcError as exc:
             log.warning(
@@ -109,6 +111,15 @@ class SnapshotSubscriber:
                 self._on_connected(False)
             await channel.close(grace=None)
         return received
+
+    async def _apply(self, snapshot: types_pb2.Snapshot) -> None:
+        """One snapshot to on_snapshot; a failure to apply it is logged and counted, and the
+        stream goes on (the next snapshot carries the whole state again)."""
+        try:
+            await self._on_snapshot(snapshot)
+        except Exception:
+            self._on_failed_snapshot()
+            log.exception("could not apply snapshot %d; waiting for the next", snapshot.version)
 
 
 def _credentials(config: EdgeConfig) -> grpc.ChannelCredentials | None:

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import pytest
+
 from controlplane.keys import DrainFlag, KeyLayout
 from controlplane.state import RoutingView
 from controlplane.store.base import EventType, KeyValue, WatchBatch, WatchEvent
@@ -310,3 +312,21 @@ async def test_paced_load_changes_are_published_once_the_interval_is_up() -> Non
     assert view.published().version == 2
     await eventually(lambda: view.published().version == 5)
     assert view.published().snapshot.backends[0].status.load.running == 3
+
+
+async def test_stopping_the_view_cancels_a_paced_publish() -> None:
+    """A load-only publish waiting for its interval is dropped when RoutingView.run ends."""
+    view = RoutingView(MemoryStore(), LAYOUT, load_publish_interval=3600.0)
+    task = asyncio.create_task(view.run())
+    healthy = types_pb2.HEALTH_STATE_HEALTHY
+    await eventually(lambda: view.listings >= 1)
+    spec = KeyValue(LAYOUT.spec("a"), _spec_value("a"), 100, 100)
+    view.apply_batch(WatchBatch([WatchEvent(EventType.PUT, spec)], 100))
+    await view.version_event().wait()  # a routing change: published at once
+    load = KeyValue(LAYOUT.status("a"), _status_value(healthy, 5), 101, 101)
+    view.apply_batch(WatchBatch([WatchEvent(EventType.PUT, load)], 101))
+    assert view.publish_pending  # load alone waits for the (hour-long) interval
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not view.publish_pending
