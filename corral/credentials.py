@@ -87,10 +87,3 @@ class Credentials:
         else:
             where += " (no credentials_dir configured)"
         raise MissingCredential(f"credential {ref!r} not found: set {where}")
-
-    def find(self, ref: str) -> Secret | None:
-        """The secret for `ref`, or None (MissingCredential's message via `why`)."""
-        try:
-            return self.resolve(ref)
-        except MissingCredential:
-            return None
