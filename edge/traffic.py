@@ -98,7 +98,9 @@ class TrafficRecorder:
         """Count a finished request (model and backend as the metrics label them)."""
         if not self.enabled:
             return
-        cell = self.cell(backend, model, call.team)
+        cell = self.cells.get((backend, model, call.team))
+        if cell is None:
+            cell = self.cell(backend, model, call.team)
         cell.requests += 1
         statuses = cell.statuses
         statuses[status] = statuses.get(status, 0) + 1

@@ -92,6 +92,26 @@ class CellSum:
         self.limit_refusals += other.limit_refusals
         self.retries += other.retries
 
+    def sub(self, other: CellSum) -> None:
+        """Take back what add(other) added (a record replaced by a newer version)."""
+        self.requests -= other.requests
+        self.errors -= other.errors
+        if other.statuses:
+            mine = self.statuses
+            for status, count in other.statuses.items():
+                left = mine.get(status, 0) - count
+                if left:
+                    mine[status] = left
+                else:
+                    mine.pop(status, None)
+        self.latency -= other.latency
+        self.ttft -= other.ttft
+        self.prompt_tokens -= other.prompt_tokens
+        self.completion_tokens -= other.completion_tokens
+        self.cache_hits -= other.cache_hits
+        self.limit_refusals -= other.limit_refusals
+        self.retries -= other.retries
+
 
 @dataclass(slots=True)
 class Digest:

@@ -35,22 +35,34 @@ def group_key(group: int, edge: str, backend: str, model: str, team: str) -> str
     return backend
 
 
-def sums_of(digests: Iterable[Digest], group: int) -> tuple[Sums, dict[str, Point]]:
-    """One bucket's records summed per group, and each group's sparkline point."""
+def sums_of(digests: Iterable[Digest], group: int) -> Sums:
+    """One bucket's records summed per group."""
     out: Sums = {}
     for digest in digests:
-        edge = digest.edge_id
-        for backend, model, team, cell in digest.cells:
-            key = group_key(group, edge, backend, model, team)
-            into = out.get(key)
-            if into is None:
-                into = out[key] = CellSum()
+        apply(out, digest, group, add=True)
+    return out
+
+
+def apply(sums: Sums, digest: Digest, group: int, *, add: bool) -> None:
+    """Add a record's cells to (or take them from) a bucket's sums."""
+    edge = digest.edge_id
+    for backend, model, team, cell in digest.cells:
+        key = group_key(group, edge, backend, model, team)
+        into = sums.get(key)
+        if into is None:
+            into = sums[key] = CellSum()
+        if add:
             into.add(cell)
-    points = {
+        else:
+            into.sub(cell)
+
+
+def points_of(sums: Sums) -> dict[str, Point]:
+    """Each group's sparkline point for one bucket."""
+    return {
         key: (s.requests, s.errors, hist.quantile(unpack(s.latency), 0.95) if s.latency else 0.0)
-        for key, s in out.items()
+        for key, s in sums.items()
     }  # fmt: skip
-    return out, points
 
 
 def add_all(parts: Iterable[Sums]) -> Sums:
@@ -133,7 +145,10 @@ def compute(
                 inflight[backend] = inflight.get(backend, 0) + level
     first = resolution.bucket(start_ms)
     out.start_unix_ms, out.now_unix_ms = first, now_ms
-    out.span = max((now_ms - first) / 1000.0, 1.0)
+    # Rates over the time the window has data for: a cluster up for one minute shows its
+    # real rate in the 5-minute window, not a fifth of it.
+    earliest = min((resolution.bucket(d.start_unix_ms) for d in digests), default=first)
+    out.span = max((now_ms - max(first, earliest)) / 1000.0, 1.0)
     out.requests = requests = sum(cell.requests for cell in total.values())
     out.edges = sorted({d.edge_id for d in digests})
     if points is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
@@ -23,7 +24,17 @@ from controlplane.store.base import (
     StoreError,
 )
 from controlplane.traffic.digest import Digest
-from controlplane.traffic.query import Point, Result, Sums, add_all, compute, sums_of, to_proto
+from controlplane.traffic.query import (
+    Point,
+    Result,
+    Sums,
+    add_all,
+    apply,
+    compute,
+    points_of,
+    sums_of,
+    to_proto,
+)
 from controlplane.traffic.records import COARSE, FINE, RESOLUTIONS, Resolution
 from corral.backoff import Backoff
 from corral.v1 import traffic_pb2
@@ -50,8 +61,8 @@ class TrafficView:
         self._buckets: dict[Bucket, dict[bytes, Digest]] = {}
         self._versions: dict[Bucket, int] = {}
         self._changes = 0
-        # (bucket, group) -> (bucket version, sums per group, sparkline points)
-        self._sums: dict[tuple[Bucket, int], tuple[int, Sums, dict[str, Point]]] = {}
+        # (bucket, group) -> [bucket version, sums per group, sparkline points or None]
+        self._sums: dict[tuple[Bucket, int], list[Any]] = {}
         # (resolution, group, first bucket) -> (versions of its complete buckets, their sum)
         self._windows: dict[tuple[str, int, int], tuple[tuple[int, ...], Sums]] = {}
         self._answers: dict[tuple[int, int, bool], tuple[float, Result]] = {}
@@ -112,16 +123,34 @@ class TrafficView:
         except DecodeError:
             log.warning("ignoring an undecodable traffic record at %r", key)
             return
-        self._buckets.setdefault(bucket, {})[key] = Digest.of(record)
+        digest = Digest.of(record)
+        held = self._buckets.setdefault(bucket, {})
+        old = held.get(key)
+        held[key] = digest
         self._touch(bucket)
+        # Sums already built for the bucket follow the change (the current bucket changes
+        # at every report: rebuilding it would read every edge's record each time).
+        for (cached_bucket, group), entry in self._sums.items():
+            if cached_bucket == bucket:
+                if old is not None:
+                    apply(entry[1], old, group, add=False)
+                apply(entry[1], digest, group, add=True)
+                entry[0] = self._versions[bucket]
+                entry[2] = None
 
     def _delete(self, key: bytes) -> None:
         bucket = self._bucket_of(key)
         if bucket is None:
             return
         held = self._buckets.get(bucket)
-        if held is not None and held.pop(key, None) is not None:
+        old = held.pop(key, None) if held is not None else None
+        if held is not None and old is not None:
             self._touch(bucket)
+            for (cached_bucket, group), entry in self._sums.items():
+                if cached_bucket == bucket:
+                    apply(entry[1], old, group, add=False)
+                    entry[0] = self._versions[bucket]
+                    entry[2] = None
             if not held:
                 del self._buckets[bucket]
                 for group_key in [k for k in self._sums if k[0] == bucket]:
@@ -139,14 +168,23 @@ class TrafficView:
             if digest.end_unix_ms > since_ms
         ]
 
-    def _bucket_sums(self, bucket: Bucket, group: int) -> tuple[Sums, dict[str, Point]]:
+    def _bucket_sums(self, bucket: Bucket, group: int) -> Sums:
         version = self._versions.get(bucket, 0)
         cached = self._sums.get((bucket, group))
         if cached is not None and cached[0] == version:
-            return cached[1], cached[2]
-        sums, points = sums_of(self._buckets.get(bucket, {}).values(), group)
-        self._sums[(bucket, group)] = (version, sums, points)
-        return sums, points
+            sums: Sums = cached[1]
+            return sums
+        sums = sums_of(self._buckets.get(bucket, {}).values(), group)
+        self._sums[(bucket, group)] = [version, sums, None]
+        return sums
+
+    def _bucket_points(self, bucket: Bucket, group: int) -> dict[str, Point]:
+        self._bucket_sums(bucket, group)
+        entry = self._sums[(bucket, group)]
+        if entry[2] is None:
+            entry[2] = points_of(entry[1])
+        points: dict[str, Point] = entry[2]
+        return points
 
     def query(
         self, request: traffic_pb2.GetTrafficRequest, now_ms: int | None = None
@@ -183,12 +221,12 @@ class TrafficView:
         if cached is not None and cached[0] == signature:
             base = cached[1]
         else:
-            base = add_all(self._bucket_sums(b, group)[0] for b in complete)
+            base = add_all(self._bucket_sums(b, group) for b in complete)
             for old in [k for k in self._windows if k[:2] == (name, group)]:
                 del self._windows[old]
             self._windows[window_key] = (signature, base)
-        now_sums, _ = self._bucket_sums((name, current), group)
-        total = add_all((base, now_sums))
+        now_sums = self._bucket_sums((name, current), group)
+        total = add_all((base, now_sums)) if now_sums else base
         digests = [
             d
             for b in starts
@@ -197,5 +235,5 @@ class TrafficView:
         ]
         points = None
         if series:
-            points = [(b, self._bucket_sums((name, b), group)[1]) for b in starts]
+            points = [(b, self._bucket_points((name, b), group)) for b in starts]
         return compute(total, digests, points, group, start, now, resolution)

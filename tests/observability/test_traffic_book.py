@@ -82,3 +82,43 @@ def test_reports_too_old_for_any_window_are_acknowledged_but_dropped() -> None:
     request = report("edge-1", "x", range(1, 3), now - 2 * 3600 * 1000)
     assert check_report(request, now_ms=now) == 2
     assert len(request.slices) == 0
+
+
+def test_cached_window_sums_follow_every_change() -> None:
+    """Sliding 1 m and 5 m windows over records rewritten every second (and some deleted)
+    always equal a sum computed from scratch, with the view's caches in play."""
+    from controlplane.traffic.records import FINE
+
+    view = TrafficView(MemoryStore(), LAYOUT)
+    t0 = FINE.bucket(int(time.time() * 1000)) - 400_000
+    counts: dict[tuple[str, int], int] = {}
+    for step in range(400):
+        now = t0 + step * 1000
+        start = FINE.bucket(now)
+        for edge in ("e1", "e2"):
+            counts[(edge, start)] = counts.get((edge, start), 0) + (3 if edge == "e1" else 1)
+            record = traffic_pb2.TrafficRecord(edge_id=edge, start_unix_ms=start, end_unix_ms=now)
+            record.cells.add(backend=f"b-{edge}", model="m", requests=counts[(edge, start)])
+            view._put(LAYOUT.traffic_record("fine", edge, start), record.SerializeToString())
+        if step % 97 == 50:  # an old record vanishes (its lease ran out)
+            gone = ("e2", start - 120_000)
+            view._delete(LAYOUT.traffic_record("fine", *gone))
+            counts.pop(gone, None)
+        for window, seconds in (
+            (traffic_pb2.TRAFFIC_WINDOW_5M, 300),
+            (traffic_pb2.TRAFFIC_WINDOW_1M, 60),
+        ):
+            got = view.query(
+                traffic_pb2.GetTrafficRequest(window=window, series=True), now_ms=now + 1
+            )
+            first = FINE.bucket(now + 1 - seconds * 1000)
+            want = {
+                backend: sum(
+                    n for (e, b), n in counts.items() if b >= first and f"b-{e}" == backend
+                )
+                for backend in ("b-e1", "b-e2")
+            }
+            assert {row.key: row.requests for row in got.rows} == {
+                k: v for k, v in want.items() if v
+            }, (step, window)
+            assert sum(p.requests for row in got.rows for p in row.series) == got.requests
