@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,24 @@ from pathlib import Path
 from typing import Any
 
 COMMAND = "sudo CORRAL_WRITE_RELIABILITY=1 .venv/bin/pytest -m netns tests/faults/test_faults.py"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def commit() -> str:
+    """The short commit measured, "+dirty" when the tree had uncommitted changes."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (rev or "unknown") + ("+dirty" if dirty else "")
 
 
 @dataclass
@@ -126,12 +145,16 @@ def render(items: list[ScenarioResult]) -> str:
         "checked is that a cut-off agent's backend leaves routing within the lease TTL (plus",
         "1 s for etcd's expiry check and propagation).",
         "",
-        f"Produced on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"{platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}, with:",
+        f"Produced on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at commit "
+        f"`{commit()}`, {platform.machine()}, {os.cpu_count()} CPUs, Linux "
+        f"{platform.release()}, with:",
         "",
         "```",
         COMMAND,
         "```",
+        "",
+        "Every scenario that ran has a row, failed ones included (their figures are recorded",
+        "before the checks are asserted).",
         "",
         "| scenario | requests sent | failed | streams | time until traffic moved | checks |",
         "|---|---|---|---|---|---|",

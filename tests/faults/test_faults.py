@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.faults.conftest import failed
-from tests.faults.report import Results, ScenarioResult, last_touch, summarize
+from tests.faults.conftest import OUTCOME, failed
+from tests.faults.report import LoadSummary, Results, ScenarioResult, last_touch, summarize
 from tests.faults.topology import Cluster, LoadRun, until
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(240)]
@@ -60,12 +60,35 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def c(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    """The cluster repaired and settled before the scenario; logs printed if it fails."""
+def c(cluster: Cluster, results: Results, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """The cluster repaired and settled before the scenario; logs printed if it fails, and a
+    row in the report for a scenario that failed before it could record its own."""
+    before = len(results.items)
     repair(cluster)
     yield cluster
     if failed(request.node):
         print(cluster.explain())
+        if len(results.items) == before:
+            results.add(unfinished(request.node))
+
+
+def unfinished(item: pytest.Item) -> ScenarioResult:
+    """The row of a scenario that stopped before recording its figures (a wait ran out, a
+    check failed mid-way): its name and the reason, so it cannot vanish from the report."""
+    reports = item.stash.get(OUTCOME, {})
+    reason = next((r.longreprtext for r in reports.values() if r.failed), "failed")
+    last = [line for line in reason.splitlines() if line.startswith("E ")][-1:] or [reason[:300]]
+    function = getattr(item, "function", None)
+    doc = ((function.__doc__ if function else None) or item.name).strip().splitlines()[0]
+    return ScenarioResult(
+        key=item.name.removeprefix("test_").replace("_", "-"),
+        title=doc,
+        checks="The scenario stopped before it could record its figures.",
+        load=LoadSummary(0, 0, 0, {}, [], []),
+        moved_seconds=None,
+        moved_meaning="not measured",
+        violations=[f"did not finish: {last[0].removeprefix('E ').strip()}"],
+    )
 
 
 def repair(cluster: Cluster) -> None:
@@ -127,19 +150,33 @@ def streams_through(records: list[dict[str, Any]], backend: str, t: float) -> li
     ]
 
 
-def assert_clients_unharmed(records: list[dict[str, Any]]) -> None:
+# Checks return what they found wrong (empty: all held). A scenario records its row with
+# every violation first and asserts after, so a failing scenario still shows in the report.
+
+
+def clients_harmed(records: list[dict[str, Any]]) -> list[str]:
     load = summarize(records)
-    assert load.sent > 0
-    assert load.failed == 0, f"{load.failed} of {load.sent} requests failed: {load.failures}"
-    assert not load.broken_streams, f"streams broken without an SSE error: {load.broken_streams}"
+    found = []
+    if load.sent == 0:
+        found.append("no request was sent")
+    if load.failed:
+        found.append(f"{load.failed} of {load.sent} requests failed: {load.failures[:3]}")
+    if load.broken_streams:
+        found.append(f"streams broken without an SSE error: {load.broken_streams[:3]}")
+    return found
 
 
-def assert_traffic_moved(records: list[dict[str, Any]], backend: str, last: int = 20) -> None:
+def traffic_not_moved(records: list[dict[str, Any]], backend: str, last: int = 20) -> list[str]:
     """The last requests went straight to other backends: none retried, none to backend."""
     tail = sorted((r for r in records if r["ev"] == "req"), key=lambda r: r["t0"])[-last:]
-    assert len(tail) == last
+    if len(tail) < last:
+        return [f"only {len(tail)} requests at the end, fewer than {last}"]
     touched = [r for r in tail if r.get("backend") == backend or r.get("route") == "retry"]
-    assert not touched, f"traffic still touches {backend}: {touched}"
+    return [f"traffic still touches {backend}: {touched[:3]}"] if touched else []
+
+
+def check(condition: bool, problem: str) -> list[str]:
+    return [] if condition else [problem]
 
 
 class Load:
@@ -183,12 +220,14 @@ def backend_fault(
         load.wait_requests_after(time.time(), 60)
         records = load.stop()
 
-    assert_clients_unharmed(records)
+    violations = clients_harmed(records)
     cut = streams_through(records, backend, t_fault)
     if streams_cut:
-        assert cut, f"no stream was open on {backend} when it failed"
-        assert all(r["outcome"] == "sse_error" for r in cut), cut
-    assert_traffic_moved(records, backend)
+        violations += check(bool(cut), f"no stream was open on {backend} when it failed")
+        violations += check(
+            all(r["outcome"] == "sse_error" for r in cut), f"streams cut uncleanly: {cut[:3]}"
+        )
+    violations += traffic_not_moved(records, backend)
     load_summary = summarize(records)
     results.add(
         ScenarioResult(
@@ -214,8 +253,10 @@ def backend_fault(
                     1 for r in records if r["ev"] == "req" and r.get("route") == "retry"
                 ),
             },
+            violations=violations,
         )
     )
+    assert not violations, violations
 
 
 def test_backend_killed(c: Cluster, results: Results) -> None:
@@ -300,10 +341,12 @@ def test_controlplane_replica_killed(c: Cluster, results: Results) -> None:
     c.cps[victim].start()
     c.wait_cp_serving(victim)
     t_restart = time.time()
-    violations = []
+    violations: list[str] = []
+    not_converged = False
     try:
         until(lambda: c.snapshot(victim) == c.snapshot(survivor), WITHIN, "identical snapshots")
     except TimeoutError:
+        not_converged = True
         mine, theirs = c.snapshot(victim), c.snapshot(survivor)
         same = "the same" if mine["backends"] == theirs["backends"] else "a different"
         violations.append(
@@ -312,16 +355,16 @@ def test_controlplane_replica_killed(c: Cluster, results: Results) -> None:
         )
     converged = round(time.time() - t_restart, 3)
 
-    assert_clients_unharmed(records)
+    violations += clients_harmed(records)
     streams = summarize(records).stream_outcomes
-    assert set(streams) <= {"complete"}, f"clients saw stream errors: {streams}"
+    violations += check(set(streams) <= {"complete"}, f"clients saw stream errors: {streams}")
     flaps = [
         (s["version"], name)
         for s in watched
         for name in c.backends
         if s["backends"].get(name, {}).get("health") != "HEALTH_STATE_HEALTHY"
     ]
-    assert not flaps, f"backends flapped in {survivor}'s snapshots: {flaps}"
+    violations += check(not flaps, f"backends flapped in {survivor}'s snapshots: {flaps[:5]}")
     results.add(
         ScenarioResult(
             key="controlplane-killed",
@@ -341,7 +384,7 @@ def test_controlplane_replica_killed(c: Cluster, results: Results) -> None:
                 f"snapshots watched on {survivor}": len(watched),
                 "backends that flapped": len({n for _, n in flaps}),
                 f"restarted {victim} serving the same snapshot as {survivor} after": (
-                    None if violations else converged
+                    None if not_converged else converged
                 ),
             },
             violations=violations,
@@ -402,13 +445,19 @@ def test_etcd_leader_killed_and_minority_partitioned(c: Cluster, results: Result
         load.wait_requests_after(time.time(), 40)
         records = load.stop()
 
+    violations: list[str] = []
     for replica in c.cps:
         backend = c.admin(replica, "GetBackend", {"name": "be3"})["backend"]
-        assert backend.get("drained") is True, f"{replica} lost the drain flag: {backend}"
-        assert c.snapshot(replica)["backends"]["be3"]["drained"]
+        violations += check(
+            backend.get("drained") is True, f"{replica} lost the drain flag: {backend}"
+        )
+        violations += check(
+            bool(c.snapshot(replica)["backends"]["be3"]["drained"]),
+            f"{replica}'s snapshot lost the drain flag",
+        )
     served_be3 = [r for r in records if r["ev"] in ("req", "stream") and r.get("backend") == "be3"]
-    assert not served_be3, f"a drained backend got traffic: {served_be3[:3]}"
-    assert_clients_unharmed(records)
+    violations += check(not served_be3, f"a drained backend got traffic: {served_be3[:3]}")
+    violations += clients_harmed(records)
     results.add(
         ScenarioResult(
             key="etcd",
@@ -428,10 +477,12 @@ def test_etcd_leader_killed_and_minority_partitioned(c: Cluster, results: Result
                 "cut-off member lost its leader after": noticed,
                 "member cut off for (writes went on through the majority)": cut_seconds,
                 "cut-off member caught up after its cable returned": caught_up,
-                "drain flag kept on both replicas": "yes",
+                "drain flag kept on both replicas": "no" if violations else "yes",
             },
+            violations=violations,
         )
     )
+    assert not violations, violations
 
 
 # ------------------------------------------------------------------------------ edge faults
@@ -471,7 +522,10 @@ def test_edge_cut_off_from_every_controlplane(c: Cluster, results: Results) -> N
             within=WITHIN + 30,
         )
         stale = int(c.readyz("edge1")["snapshot_version"])
-        assert before <= stale < drained_version, (before, stale, drained_version)
+        violations = check(
+            before <= stale < drained_version,
+            f"edge1 cut off served version {stale}, expected [{before}, {drained_version})",
+        )
         t_heal = time.time()
         c.net.heal([edge1], cps)
         caught_up = timed(
@@ -483,10 +537,13 @@ def test_edge_cut_off_from_every_controlplane(c: Cluster, results: Results) -> N
         load.wait_requests_after(time.time(), 40)
         records = load.stop()
 
-    assert_clients_unharmed(records)
+    violations += clients_harmed(records)
     via_edge1 = [r for r in records if r["ev"] == "req" and r["edge"] == edge1_url]
     cut_window = [r for r in via_edge1 if t_cut <= r["t0"] < t_heal]
-    assert cut_window and all(r["ok"] for r in cut_window)
+    violations += check(
+        bool(cut_window) and all(r["ok"] for r in cut_window),
+        "edge1 did not answer every request while cut off",
+    )
     stale_routes = sum(1 for r in cut_window if r["t0"] >= t_drained and r.get("backend") == "be2")
     results.add(
         ScenarioResult(
@@ -509,8 +566,10 @@ def test_edge_cut_off_from_every_controlplane(c: Cluster, results: Results) -> N
                 "edge1 noticed it had lost the control plane after": noticed,
                 "cut off for": round(t_heal - t_cut, 3),
             },
+            violations=violations,
         )
     )
+    assert not violations, violations
 
 
 def test_edge_restarted_while_cut_off(c: Cluster, results: Results) -> None:
@@ -545,7 +604,7 @@ def test_edge_restarted_while_cut_off(c: Cluster, results: Results) -> None:
         load.wait_requests_after(time.time(), 20)
         records = load.stop()
 
-    assert_clients_unharmed(records)
+    violations = clients_harmed(records)
     results.add(
         ScenarioResult(
             key="edge-restarted-cut-off",
@@ -560,8 +619,10 @@ def test_edge_restarted_while_cut_off(c: Cluster, results: Results) -> None:
             moved_seconds=ready,
             moved_meaning="from the restart until the edge was ready, with no control plane",
             measures={"reconnected after the partition healed": reconnected},
+            violations=violations,
         )
     )
+    assert not violations, violations
 
 
 # ----------------------------------------------------------------------------- agent faults
@@ -590,15 +651,16 @@ def test_agent_host_cut_off(c: Cluster, results: Results) -> None:
         served_again = round(time.time() - t_up, 3)
         records = load.stop()
 
-    assert_clients_unharmed(records)
+    violations = clients_harmed(records)
     cut = streams_through(records, "be3", t_cut)
-    assert all(r["outcome"] == "sse_error" for r in cut), cut
+    violations += check(
+        all(r["outcome"] == "sse_error" for r in cut), f"streams cut uncleanly: {cut[:3]}"
+    )
     # "Leaves routing within the lease TTL", checked after the figures are recorded. The slack
     # covers etcd's expiry check (every 500 ms), the snapshot reaching the replica and the poll.
     # A replica that keeps the lease alive until it declares the stream silent (here after
     # max(2 x heartbeat, TTL) = 3 s) and only then lets it expire takes silence + TTL: at
     # least 4 s and typically 5-6 s after the cut.
-    violations = []
     if left > c.lease_ttl + LEAVE_SLACK:
         violations.append(
             f"be3 left routing {left:.2f} s after its host was cut off; the lease TTL is "
