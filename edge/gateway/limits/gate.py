@@ -191,9 +191,8 @@ async def limiting(app: web.Application) -> AsyncIterator[None]:
     """The edge's cleanup context: the counter store, the limiter and its upkeep task."""
     from edge.app import CONFIG, EDGE_ID, METRICS, PROXY  # edge.app registers this context
     from edge.gateway.limits.shared import SharedCounters
-    from edge.gateway.limits.spend import SpendFile
+    from edge.gateway.limits.spend import SpendFile, spend_path
     from edge.gateway.limits.store import Counters, LocalCounters
-    from edge.gateway.usage import sqlite_path
     from edge.gateway.valkey import Valkey
 
     config = app[CONFIG]
@@ -208,7 +207,7 @@ async def limiting(app: web.Application) -> AsyncIterator[None]:
                 "limits alone; give the edge a Valkey to count them together",
                 config.workers,
             )
-        path = sqlite_path(config)
+        path = spend_path(config)
         spend = await asyncio.to_thread(SpendFile, path) if path else None
         counters = LocalCounters(spend=spend)
     limiter = Limiter(

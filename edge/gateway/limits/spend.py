@@ -11,6 +11,8 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from corral.config import EdgeConfig
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS corral_limit_counters (
     key TEXT PRIMARY KEY,
@@ -18,6 +20,21 @@ CREATE TABLE IF NOT EXISTS corral_limit_counters (
     expires REAL NOT NULL
 )
 """
+
+
+def spend_path(config: EdgeConfig) -> str:
+    """Where budgets persist: the usage file when records go to SQLite, else spend.db in the
+    state dir (or beside the usage file); "" when there is nowhere (kept in memory only)."""
+    from edge.gateway.usage import sink_kind, sqlite_path  # usage imports the sinks: lazily
+
+    if sink_kind(config.usage) == "sqlite":
+        return sqlite_path(config)
+    if config.state_dir:
+        return str(Path(config.state_dir) / "spend.db")
+    usage_file = config.usage.path
+    if usage_file and usage_file != "-":
+        return str(Path(usage_file).parent / "spend.db")
+    return ""
 
 
 class SpendFile:
