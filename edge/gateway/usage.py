@@ -131,6 +131,8 @@ class UsageRecorder(Recorder):
         return len(self._pending)
 
     def record(self, call: Call) -> None:
+        if self.sink is None:
+            return  # kept nowhere: nothing to batch (the prices still serve the limits)
         pending = self._pending
         if len(pending) >= self._max:
             self.counts["dropped"] += 1
