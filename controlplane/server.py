@@ -343,7 +343,15 @@ async def serve(
                 ),
             )
             replica.install(
-                Parts(store, view, hub, edges, TrafficBook(store, layout, metrics), traffic, policy)
+                Parts(
+                    store,
+                    view,
+                    hub,
+                    edges,
+                    TrafficBook(store, layout, metrics, traffic.stored),
+                    traffic,
+                    policy,
+                )
             )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(view.run(), name="routing view")

@@ -16,7 +16,7 @@ import aiohttp
 import openai
 
 from tests.fakes import FakeServer
-from tests.support.net import free_port
+from tests.support.net import eventually, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CORRAL = str(Path(sys.executable).with_name("corral"))
@@ -91,6 +91,17 @@ async def test_up_demo_serves_chat_and_streams_then_stops_cleanly() -> None:
                     pieces.append(chunk.choices[0].delta.content)
             assert len(pieces) > 1, "the answer should arrive in several chunks"
             assert "".join(pieces).endswith("you said: stream me")
+
+        # The dashboard is on the edge's address, in the banner, and shows the traffic above.
+        assert f"{up.edge_url}/dashboard/".encode() in up.banner
+        async with aiohttp.ClientSession() as http:
+
+            async def shown() -> bool:
+                async with http.get(f"{up.edge_url}/dashboard/api/state") as resp:
+                    doc = await resp.json()
+                return bool(resp.status == 200 and doc["totals"]["requests"] >= 2)
+
+            await eventually(shown, within=30)
 
         up.process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):

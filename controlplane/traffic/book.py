@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -30,8 +31,16 @@ CAS_ATTEMPTS = 8
 
 
 class TrafficBook:
-    def __init__(self, store: Store, layout: KeyLayout, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        layout: KeyLayout,
+        metrics: Metrics,
+        known: Callable[[bytes], tuple[bytes, int] | None] | None = None,
+    ) -> None:
         self._store = store
+        # The watched copy of a record (value, mod revision), tried before reading the store.
+        self._known = known
         self._layout = layout
         self._metrics = metrics
         # (resolution name, period) -> lease id
@@ -55,11 +64,15 @@ class TrafficBook:
         request: traffic_pb2.ReportTrafficRequest,
         pieces: list[traffic_pb2.TrafficSlice],
     ) -> None:
-        for _ in range(CAS_ATTEMPTS):
-            current = await self._store.get(key)
+        for attempt in range(CAS_ATTEMPTS):
+            if attempt == 0 and self._known is not None:
+                seen = self._known(key)  # usually current: this edge's last write was 5 s ago
+            else:
+                kv = await self._store.get(key)
+                seen = (kv.value, kv.mod_revision) if kv is not None else None
             record = traffic_pb2.TrafficRecord()
-            if current is not None:
-                record.ParseFromString(current.value)
+            if seen is not None:
+                record.ParseFromString(seen[0])
             else:
                 record.edge_id = request.edge_id
             record.listen_address = request.listen_address
@@ -69,7 +82,7 @@ class TrafficBook:
             if not changed:
                 return
             record.updated_unix_ms = int(time.time() * 1000)
-            revision = current.mod_revision if current is not None else 0
+            revision = seen[1] if seen is not None else 0
             lease = await self._lease(resolution)
             try:
                 written = await self._store.put_if(

@@ -66,6 +66,7 @@ class TrafficView:
         # (resolution, group, first bucket) -> (versions of its complete buckets, their sum)
         self._windows: dict[tuple[str, int, int], tuple[tuple[int, ...], Sums]] = {}
         self._answers: dict[tuple[int, int, bool], tuple[float, Result]] = {}
+        self._raw: dict[bytes, tuple[bytes, int]] = {}
 
     async def run(self) -> None:
         """List then watch, forever; re-list on compaction, retry while the store is down."""
@@ -76,8 +77,9 @@ class TrafficView:
                 self._buckets.clear()
                 self._sums.clear()
                 self._windows.clear()
+                self._raw.clear()
                 for kv in kvs:
-                    self._put(kv.key, kv.value)
+                    self._put(kv.key, kv.value, kv.mod_revision)
                 backoff.reset()
                 stream = self._store.watch_prefix(self._prefix, revision + 1)
                 try:
@@ -86,7 +88,8 @@ class TrafficView:
                             if event.type is EventType.DELETE:
                                 self._delete(event.kv.key)
                             else:
-                                self._put(event.kv.key, event.kv.value)
+                                kv = event.kv
+                                self._put(kv.key, kv.value, kv.mod_revision)
                 finally:
                     aclose = getattr(stream, "aclose", None)
                     if aclose is not None:
@@ -113,10 +116,16 @@ class TrafficView:
         self._changes += 1
         self._versions[bucket] = self._changes
 
-    def _put(self, key: bytes, value: bytes) -> None:
+    def stored(self, key: bytes) -> tuple[bytes, int] | None:
+        """The record under key as this replica last saw it (value, mod revision): the
+        writer's first guess, so a report needs no read when the watch is current."""
+        return self._raw.get(key)
+
+    def _put(self, key: bytes, value: bytes, mod_revision: int = 0) -> None:
         bucket = self._bucket_of(key)
         if bucket is None:
             return
+        self._raw[key] = (value, mod_revision)
         record = traffic_pb2.TrafficRecord()
         try:
             record.ParseFromString(value)
@@ -139,6 +148,7 @@ class TrafficView:
                 entry[2] = None
 
     def _delete(self, key: bytes) -> None:
+        self._raw.pop(key, None)
         bucket = self._bucket_of(key)
         if bucket is None:
             return

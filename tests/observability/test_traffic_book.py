@@ -43,7 +43,9 @@ async def test_resent_and_concurrent_reports_count_once() -> None:
         follow = asyncio.create_task(view.run())
         try:
             now = int(time.time() * 1000)
-            one, two = TrafficBook(store, LAYOUT, Metrics()), TrafficBook(store, LAYOUT, Metrics())
+            # One replica guesses from its watched copy (stale or not), one reads the store.
+            one = TrafficBook(store, LAYOUT, Metrics(), view.stored)
+            two = TrafficBook(store, LAYOUT, Metrics())
             first = report("edge-1", "inc-1", range(1, 4), now)
             await one.report(first)
             await one.report(first)  # the answer was lost: the edge sends again
