@@ -247,6 +247,16 @@ def report(info: dict[str, str], m: dict[str, Any], scan: Any, cmd: str) -> str:
     memory_p50 = c1["memory"][0] * 1e3
     valkey_p50 = c1["valkey"][0] * 1e3
     short, kib = ratios["short"], ratios["1 KiB"]
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    verdict = (
+        f"Targets: in-process hit {met(memory_p50 <= 0.3)}, Valkey hit {met(valkey_p50 <= 1.0)}, "
+        f"scan per KiB {met(per_kib <= 100)}, throughput ≥ 0.85 "
+        f"{met(min(short[1], kib[1]) >= 0.85)} (by CPU; the wall-clock ratios swing with the "
+        "neighbours' load from round to round)."
+    )
     return f"""## Response cache and guardrails (`./dev bench cacheguard`)
 
 `{cmd}` at `{info["commit"]}`, {info["date"]}. {info["machine"]}. {info["load"]}
@@ -279,6 +289,10 @@ of prose, code, logs, ids and synthetic PII in 4 KiB pieces: **{per_kib:.1f} µs
 bodies over 32 KiB scanned in a worker thread):
 
 {size_table}
+
+{verdict} Where the time goes (in-process profile of `Gateway.enter`/`leave` per request,
+tests aside): the detectors ~30 µs per KiB of prompt, the cache's bookkeeping (canonical key,
+SHA-256, lookup, coalescing future, capture, store) ~15 µs, the body walk ~4 µs.
 """
 
 
