@@ -181,11 +181,19 @@ def run(
         rport = free_port()
         relay = procs.start(
             "relay",
-            [PYTHON, "-m", "bench.relay", "--listen", f"127.0.0.1:{rport}", "--upstream", backend],
+            [
+                PYTHON,
+                "-m",
+                "bench.lean_relay",
+                "--listen",
+                f"127.0.0.1:{rport}",
+                "--upstream",
+                backend,
+            ],
             cpus=PROXY_CPU,
         )
         wait_http(f"http://127.0.0.1:{rport}/health", relay)
-        measure("bare aiohttp relay", f"http://127.0.0.1:{rport}")
+        measure("lean aiohttp relay", f"http://127.0.0.1:{rport}")
         procs.stop(relay)
 
         if edge_available():

@@ -288,6 +288,8 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await proxy.pools.close()
+        if proxy.fast is not None:
+            await proxy.fast.close()
         await session.close()
 
 

@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from corral.config import EdgeConfig
+from corral.config import ConfigError, EdgeConfig
 from edge import resend
 from edge.balancer import RETRY, Balancer, Full, too_busy
 from edge.deadlines import Deadlines
@@ -39,6 +39,7 @@ from edge.gateway.call import CALL, Call
 from edge.gateway.identity import Identity, KeyRefused, KeyTable
 from edge.gateway.pipeline import Gateway
 from edge.gateway.tokens import Meter, ask_usage, read_whole
+from edge.h1pool import Answer, Pool
 from edge.inbound import CHAT, EMBEDDINGS, Endpoint, parse
 from edge.metrics import EdgeMetrics
 from edge.providers.fallbacks import (
@@ -144,6 +145,12 @@ class Proxy:
         self._deadlines = Deadlines()
         self._forward = Forwarding(config.headers)
         self.pools = Pools(config)  # one connection pool per hosted provider
+        # The lean HTTP/1.1 client for plain-http backends (edge/h1pool.py), if chosen.
+        self.fast: Pool | None = None
+        if config.upstream_client == "fast":
+            self.fast = Pool(connect_timeout=config.connect_timeout_seconds)
+        elif config.upstream_client != "aiohttp":
+            raise ConfigError("edge.upstream_client must be aiohttp or fast")
         self.fallbacks = Fallbacks(config, balancer)  # chains from the snapshot in force
         # Where finished Calls go (edge/gateway/usage.py); replaced by the app's recorder.
         self.recorder: Recorder = DISCARD
@@ -396,7 +403,7 @@ class Proxy:
         starts, then the idle limit, pushed forward by every chunk."""
         request, exchange, backend = attempt.request, attempt.exchange, attempt.backend
         label, path, payload = attempt.label, attempt.path, attempt.payload
-        upstream: aiohttp.ClientResponse | None = None
+        upstream: aiohttp.ClientResponse | Answer | None = None
         relay: RelayResponse | None = None  # set once bytes went to the client
         meter: Meter | None = None  # set once a stream started
         deadlines = self._deadlines
@@ -408,14 +415,14 @@ class Proxy:
             try:
                 awaiting = backend.awaiting
                 awaiting.add(deadline)
-                session = self.session if not backend.provider else self.pools.session(backend)
-                upstream = await resend.request(
-                    session,
-                    exchange.method,
-                    backend.url(path),
-                    payload,
-                    self._forward.headers(request.headers, backend.headers or _UPSTREAM_HEADERS),
-                )
+                url = backend.url(path)
+                sent = self._forward.headers(request.headers, backend.headers or _UPSTREAM_HEADERS)
+                fast = self.fast
+                if fast is not None and url.scheme == "http" and not backend.provider:
+                    upstream = await fast.request(exchange.method, url, payload, sent)
+                else:
+                    session = self.session if not backend.provider else self.pools.session(backend)
+                    upstream = await resend.request(session, exchange.method, url, payload, sent)
                 status = upstream.status
                 content_type = upstream.headers.get("Content-Type", "")
                 if not exchange.streams(status, content_type):

@@ -10,6 +10,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from edge.errors import EdgeError
+from edge.h1pool import Answer
 from edge.table import BackendState
 
 BACKEND_HEADER: Final = "X-Corral-Backend"
@@ -38,7 +39,7 @@ class RelayResponse(web.StreamResponse):
 
 
 def relay_headers(
-    upstream: aiohttp.ClientResponse, backend: BackendState, label: str
+    upstream: aiohttp.ClientResponse | Answer, backend: BackendState, label: str
 ) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.headers.items():

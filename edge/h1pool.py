@@ -1,0 +1,378 @@
+"""A lean HTTP/1.1 client for plain-http backends: pooled keep-alive connections on
+asyncio.Protocol, responses parsed by llhttp (httptools, as uvicorn uses it).
+
+Chosen by `edge.upstream_client: fast` (corral.config): edge/proxy.py then sends requests
+to plain-http backends here instead of through aiohttp's ClientSession; TLS backends (hosted
+providers) stay on aiohttp. Per request it does less than aiohttp's general client: the
+request head is serialised once per (host, path, headers) and reused, the body goes out in
+the same write as the head when it is small, and the parser's body chunks (SSE events,
+JSON) are handed to the caller as they are, without joining or copying.
+
+The answer object has the few parts of aiohttp.ClientResponse the proxy uses (status,
+headers, read(), content.readany(), release(), close()). Failures are the exceptions the
+attempt loop already sorts: an OSError (ConnectionError) before or after the headers,
+TimeoutError for a connect that takes longer than connect_timeout_seconds; time to first
+byte and idle limits stay the proxy's own (edge/deadlines.py cancels the task).
+
+A kept-alive connection the server closed while it sat idle is noticed when the close
+arrives (connection_lost: the connection leaves the pool) or, in a race, when the request
+on it fails before any byte of an answer: the request then goes once more on a fresh
+connection (as edge/resend.py does for aiohttp).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Final
+
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+_HIGH_WATER: Final = 256 * 1024  # buffered body bytes before the socket stops being read
+_SMALL_BODY: Final = 64 * 1024  # bodies up to this go out in one write with the head
+_HEADS_MAX: Final = 1024  # cached request heads
+
+
+class UpstreamClosed(ConnectionError):
+    """The backend closed the connection (or sent bytes that are not HTTP) mid-answer."""
+
+
+class _Conn(asyncio.Protocol):
+    """One connection to one backend, carrying one request at a time."""
+
+    __slots__ = (
+        "_answer",
+        "_closed",
+        "_parser",
+        "_paused",
+        "_waiter",
+        "idle_since",
+        "key",
+        "transport",
+    )
+
+    def __init__(self, key: tuple[str, int]) -> None:
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._answer: Answer | None = None
+        self._closed = False
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self.idle_since = 0.0
+
+    # -- asyncio.Protocol --
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._answer is None:  # bytes nobody asked for: the connection is unusable
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamClosed(f"bad HTTP from the backend: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        answer = self._answer
+        if answer is not None and not answer.done:
+            if answer.status and answer.until_close:
+                answer.finish(reusable=False)  # a body delimited by the close itself
+            else:
+                why = "closed the connection" if exc is None else f"connection broke: {exc}"
+                self._fail(UpstreamClosed(f"the backend {why}"))
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # -- httptools callbacks --
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        answer = self._answer
+        if answer is not None:
+            answer.raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        answer = self._answer
+        if answer is None:
+            return
+        status = self._parser.get_status_code()
+        if status < 200:  # an interim answer (100 Continue): the real one follows
+            answer.raw_headers.clear()
+            return
+        answer.status = status
+        headers: CIMultiDict[str] = CIMultiDict()
+        framed = False
+        for name, value in answer.raw_headers:
+            key = name.decode("latin-1")
+            headers.add(key, value.decode("latin-1"))
+            lower = key.lower()
+            if lower == "content-length" or lower == "transfer-encoding":
+                framed = True
+        answer.raw_headers.clear()
+        answer.headers = CIMultiDictProxy(headers)
+        answer.until_close = not framed
+        answer.keep_alive = self._parser.should_keep_alive()
+        answer.wake()
+
+    def on_body(self, body: bytes) -> None:
+        answer = self._answer
+        if answer is not None:
+            answer.chunks.append(body)
+            answer.buffered += len(body)
+            if answer.buffered > _HIGH_WATER and not self._paused and self.transport:
+                self._paused = True
+                self.transport.pause_reading()
+            answer.wake()
+
+    def on_message_complete(self) -> None:
+        answer = self._answer
+        if answer is not None and answer.status:
+            answer.finish(reusable=answer.keep_alive)
+
+    # -- used by the pool and the answer --
+
+    @property
+    def usable(self) -> bool:
+        return not self._closed and self.transport is not None and not self.transport.is_closing()
+
+    def send(self, answer: Answer, head: bytes, body: bytes | None) -> None:
+        self._answer = answer
+        self._parser = httptools.HttpResponseParser(self)
+        transport = self.transport
+        assert transport is not None
+        if body is None or len(body) <= _SMALL_BODY:
+            transport.write(head + body if body else head)
+        else:
+            transport.write(head)
+            transport.write(body)
+
+    def drained(self, buffered: int) -> None:
+        if self._paused and buffered <= _HIGH_WATER // 2 and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def _fail(self, exc: Exception) -> None:
+        answer = self._answer
+        if answer is not None and not answer.done:
+            answer.error = exc
+            answer.done = True
+            answer.wake()
+
+    def detach(self) -> None:
+        self._answer = None
+
+    def close(self) -> None:
+        self._closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Answer:
+    """A backend's answer: status and headers once they arrived, then the body in chunks."""
+
+    __slots__ = (
+        "_conn",
+        "_pool",
+        "buffered",
+        "chunks",
+        "done",
+        "error",
+        "headers",
+        "keep_alive",
+        "raw_headers",
+        "reusable",
+        "status",
+        "until_close",
+        "waiter",
+    )
+
+    def __init__(self, pool: Pool, conn: _Conn) -> None:
+        self._pool = pool
+        self._conn: _Conn | None = conn
+        self.status = 0
+        self.headers: CIMultiDictProxy[str] = _NO_HEADERS
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.done = False
+        self.reusable = False
+        self.keep_alive = False
+        self.until_close = False
+        self.error: Exception | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    # The parts of aiohttp.ClientResponse the proxy reads.
+
+    @property
+    def content(self) -> Answer:
+        return self
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("Content-Length")
+        return int(value) if value is not None and value.isdigit() else None
+
+    async def readany(self) -> bytes:
+        """The next chunk of the body as the parser gave it; b"" at its end."""
+        while not self.chunks:
+            if self.done:
+                if self.error is not None:
+                    raise self.error
+                return b""
+            await self._wait()
+        chunk = self.chunks.popleft()
+        self.buffered -= len(chunk)
+        if self._conn is not None:
+            self._conn.drained(self.buffered)
+        return chunk
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        while not self.done:
+            await self._wait()
+        if self.error is not None:
+            raise self.error
+        data = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
+        self.chunks.clear()
+        self.buffered = 0
+        return data
+
+    def release(self) -> None:
+        """Done with the answer: its connection goes back to the pool if it can be reused."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.detach()
+            if self.done and self.reusable and self.error is None and not self.chunks:
+                self._pool.put(conn)
+            else:
+                conn.close()
+
+    def close(self) -> None:
+        """Drop the connection (cancelled or broken mid-way: the backend stops)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.detach()
+            conn.close()
+
+    # Called by the connection.
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def finish(self, *, reusable: bool) -> None:
+        self.done = True
+        self.reusable = reusable
+        self.wake()
+
+    async def _wait(self) -> None:
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+
+_NO_HEADERS: Final[CIMultiDictProxy[str]] = CIMultiDictProxy(CIMultiDict())
+
+
+class Pool:
+    """Keep-alive connections per (host, port), most recently used first."""
+
+    def __init__(self, *, connect_timeout: float, keepalive: float = 60.0) -> None:
+        self._idle: dict[tuple[str, int], list[_Conn]] = {}
+        self._heads: dict[tuple[str, str, str, tuple[tuple[str, str], ...]], bytes] = {}
+        self._connect_timeout = connect_timeout
+        self._keepalive = keepalive
+        self._closed = False
+
+    def put(self, conn: _Conn) -> None:
+        if self._closed or not conn.usable:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        self._idle.setdefault(conn.key, []).append(conn)
+
+    async def _connect(self, key: tuple[str, int]) -> _Conn:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._connect_timeout):
+            _, conn = await loop.create_connection(lambda: _Conn(key), key[0], key[1])
+        return conn
+
+    def _pooled(self, key: tuple[str, int]) -> _Conn | None:
+        idle = self._idle.get(key)
+        oldest = time.monotonic() - self._keepalive
+        while idle:
+            conn = idle.pop()
+            if conn.usable and conn.idle_since > oldest:
+                return conn
+            conn.close()
+        return None
+
+    def head(self, method: str, url: URL, headers: CIMultiDictProxy[str]) -> bytes:
+        """The request line and headers (without Content-Length), serialised once per
+        distinct (method, host, target, headers)."""
+        target = url.raw_path_qs
+        host = url.raw_authority
+        cache_key = (method, host, target, tuple(headers.items()))
+        head = self._heads.get(cache_key)
+        if head is None:
+            lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+            lines += [f"{name}: {value}" for name, value in headers.items()]
+            head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+            if len(self._heads) >= _HEADS_MAX:
+                self._heads.clear()
+            self._heads[cache_key] = head
+        return head
+
+    async def request(
+        self, method: str, url: URL, body: bytes | None, headers: CIMultiDictProxy[str]
+    ) -> Answer:
+        """Send one request and wait for the answer's status and headers."""
+        head = self.head(method, url, headers)
+        if body is not None or method in ("POST", "PUT", "PATCH"):
+            head += b"Content-Length: %d\r\n\r\n" % len(body or b"")
+        else:
+            head += b"\r\n"
+        key = (url.raw_host or "", url.port or 80)
+        conn = self._pooled(key)
+        if conn is not None:
+            try:
+                return await self._exchange(conn, head, body)
+            except UpstreamClosed:
+                pass  # a kept-alive connection the server had closed: once more, fresh
+        return await self._exchange(await self._connect(key), head, body)
+
+    async def _exchange(self, conn: _Conn, head: bytes, body: bytes | None) -> Answer:
+        answer = Answer(self, conn)
+        try:
+            conn.send(answer, head, body)
+            while not answer.status:
+                if answer.done:
+                    assert answer.error is not None
+                    raise answer.error
+                await answer._wait()
+        except BaseException:
+            answer.close()
+            raise
+        return answer
+
+    async def close(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()

@@ -1,0 +1,263 @@
+"""edge/h1pool.py against real sockets: keep-alive, framing, cuts, hangs and big bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from edge.h1pool import Pool, UpstreamClosed
+from tests.support.net import free_port
+
+HEADERS = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class Server:
+    """A raw TCP server running `handler` per connection; counts connections."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.port = free_port()
+        self.closed = asyncio.Event()  # set when a connection's reader saw EOF
+        self.server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    def url(self, path: str = "/v1/chat/completions") -> URL:
+        return URL(f"http://127.0.0.1:{self.port}{path}")
+
+
+@contextlib.asynccontextmanager
+async def serving(handler: Handler) -> AsyncIterator[Server]:
+    server = Server(handler)
+    server.server = await asyncio.start_server(server._serve, "127.0.0.1", server.port)
+    try:
+        yield server
+    finally:
+        server.server.close()
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes | None:
+    """One request's body (Content-Length framed); None at end of stream."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return await reader.readexactly(length)
+
+
+def answer(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+async def echo_forever(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while (body := await read_request(reader)) is not None:
+        writer.write(answer(body))
+        await writer.drain()
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[Pool]:
+    p = Pool(connect_timeout=2.0)
+    yield p
+    await p.close()
+
+
+async def test_keep_alive_reuses_one_connection(pool: Pool) -> None:
+    """Three requests in turn travel on one connection, each answered with its own body."""
+    async with serving(echo_forever) as server:
+        for i in range(3):
+            up = await pool.request("POST", server.url(), b'{"n":%d}' % i, HEADERS)
+            assert up.status == 200
+            assert await up.read() == b'{"n":%d}' % i
+            up.release()
+        assert server.connections == 1
+
+
+async def test_server_closing_idle_connection_is_noticed(pool: Pool) -> None:
+    """A server that closes after each answer costs a new connection, never a failed request."""
+
+    async def once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        body = await read_request(reader)
+        assert body is not None
+        writer.write(answer(body))  # keep-alive implied (HTTP/1.1), then closed anyway
+        await writer.drain()
+
+    async with serving(once) as server:
+        for i in range(3):
+            up = await pool.request("POST", server.url(), b"x%d" % i, HEADERS)
+            assert await up.read() == b"x%d" % i
+            up.release()
+            await asyncio.sleep(0.05)  # the close reaches the client, or does not: both work
+        assert server.connections == 3
+
+
+async def test_stale_connection_race_is_sent_again(pool: Pool) -> None:
+    """A pooled connection closed as the next request is sent: resent once on a fresh one."""
+
+    async def answer_then_drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        body = await read_request(reader)
+        assert body is not None
+        writer.write(answer(body, b"Keep-Alive: timeout=5\r\n"))
+        await writer.drain()
+        await read_request(reader)  # the second request: closed unanswered
+
+    async with serving(answer_then_drop) as server:
+        up = await pool.request("POST", server.url(), b"a", HEADERS)
+        assert await up.read() == b"a"
+        up.release()
+        up = await pool.request("POST", server.url(), b"b", HEADERS)
+        assert await up.read() == b"b"
+        up.release()
+        assert server.connections == 2
+
+
+async def test_chunked_answer_arrives_chunk_by_chunk(pool: Pool) -> None:
+    """An SSE answer in chunked encoding is handed over event by event as it arrives."""
+    gate = asyncio.Event()
+
+    async def sse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        for event in (b"data: 1\n\n", b"data: 2\n\n"):
+            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+            await writer.drain()
+            await gate.wait()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await echo_forever(reader, writer)
+
+    async with serving(sse) as server:
+        up = await pool.request("POST", server.url(), b"{}", HEADERS)
+        assert up.headers["Content-Type"] == "text/event-stream"
+        assert await up.content.readany() == b"data: 1\n\n"
+        gate.set()
+        assert await up.content.readany() == b"data: 2\n\n"
+        assert await up.content.readany() == b""
+        up.release()
+        again = await pool.request("POST", server.url(), b"{}", HEADERS)
+        assert await again.read() == b"{}"
+        again.release()
+        assert server.connections == 1  # the chunked answer ended cleanly: kept alive
+
+
+async def test_answer_delimited_by_close(pool: Pool) -> None:
+    """An answer without length or chunking ends where the server closes; not reused."""
+
+    async def until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
+        await writer.drain()
+
+    async with serving(until_close) as server:
+        up = await pool.request("GET", server.url("/v1/models"), None, HEADERS)
+        assert await up.read() == b"all of it"
+        up.release()
+
+
+async def test_cut_mid_body_fails_the_read(pool: Pool) -> None:
+    """A Content-Length body cut short is an OSError on read, never a short answer."""
+
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+        await writer.drain()
+
+    async with serving(cut) as server:
+        up = await pool.request("POST", server.url(), b"{}", HEADERS)
+        assert up.status == 200
+        with pytest.raises(UpstreamClosed):
+            await up.read()
+        up.close()
+
+
+async def test_close_before_answer_is_a_connection_error(pool: Pool) -> None:
+    """A fresh connection closed without an answer fails the request (not resent)."""
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+
+    async with serving(drop) as server:
+        with pytest.raises(OSError):
+            await pool.request("POST", server.url(), b"{}", HEADERS)
+        assert server.connections == 1
+
+
+async def test_refused_connection_is_an_oserror(pool: Pool) -> None:
+    """Nobody listening: the connect fails with an OSError at once."""
+    with pytest.raises(OSError):
+        await pool.request("POST", URL(f"http://127.0.0.1:{free_port()}/x"), b"{}", HEADERS)
+
+
+async def test_hang_is_cut_by_the_callers_timeout(pool: Pool) -> None:
+    """A backend that never answers: the caller's timeout ends the wait and the connection."""
+    seen_eof = asyncio.Event()
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await reader.read()  # until the client closes
+        seen_eof.set()
+
+    async with serving(hang) as server:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await pool.request("POST", server.url(), b"{}", HEADERS)
+        async with asyncio.timeout(5):
+            await seen_eof.wait()  # the abandoned connection was closed, not pooled
+
+
+async def test_big_bodies_both_ways(pool: Pool) -> None:
+    """8 MiB up and back down through the parser's chunks and the read pause, byte exact."""
+    body = bytes(range(256)) * (8 * 4096)
+    async with serving(echo_forever) as server:
+        up = await pool.request("POST", server.url(), body, HEADERS)
+        assert up.content_length == len(body)
+        received = bytearray()
+        while chunk := await up.content.readany():
+            received += chunk
+        assert received == body
+        up.release()
+        up = await pool.request("POST", server.url(), b"small", HEADERS)
+        assert await up.read() == b"small"
+        up.release()
+        assert server.connections == 1
+
+
+async def test_request_head_is_exact(pool: Pool) -> None:
+    """The request line, Host, the given headers and Content-Length, nothing else."""
+    heads: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        await reader.readexactly(2)
+        writer.write(answer(b"ok"))
+        await writer.drain()
+
+    async with serving(record) as server:
+        up = await pool.request("POST", server.url("/v1/x?a=1"), b"{}", HEADERS)
+        await up.read()
+        up.release()
+    assert heads == [
+        b"POST /v1/x?a=1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2\r\n\r\n" % server.port
+    ]
