@@ -23,17 +23,22 @@ connection (as edge/resend.py does for aiohttp).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from collections import deque
-from typing import Final
+from typing import Any, Final
 
-import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 _HIGH_WATER: Final = 256 * 1024  # buffered body bytes before the socket stops being read
 _SMALL_BODY: Final = 64 * 1024  # bodies up to this go out in one write with the head
 _HEADS_MAX: Final = 1024  # cached request heads
+
+
+# httptools is loaded by the first Pool (the edge's RSS, and venvs built before it was a
+# dependency, pay nothing while upstream_client is aiohttp).
+_httptools: Any = None
 
 
 class UpstreamClosed(ConnectionError):
@@ -57,7 +62,7 @@ class _Conn(asyncio.Protocol):
     def __init__(self, key: tuple[str, int]) -> None:
         self.key = key
         self.transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser = _httptools.HttpResponseParser(self)
         self._answer: Answer | None = None
         self._closed = False
         self._paused = False
@@ -76,7 +81,7 @@ class _Conn(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except _httptools.HttpParserError as exc:
             self._fail(UpstreamClosed(f"bad HTTP from the backend: {exc}"))
             self.close()
 
@@ -149,7 +154,7 @@ class _Conn(asyncio.Protocol):
 
     def send(self, answer: Answer, head: bytes, body: bytes | None) -> None:
         self._answer = answer
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser = _httptools.HttpResponseParser(self)
         transport = self.transport
         assert transport is not None
         if body is None or len(body) <= _SMALL_BODY:
@@ -293,6 +298,9 @@ class Pool:
     """Keep-alive connections per (host, port), most recently used first."""
 
     def __init__(self, *, connect_timeout: float, keepalive: float = 60.0) -> None:
+        global _httptools
+        if _httptools is None:
+            _httptools = importlib.import_module("httptools")
         self._idle: dict[tuple[str, int], list[_Conn]] = {}
         self._heads: dict[tuple[str, str, str, tuple[tuple[str, str], ...]], bytes] = {}
         self._connect_timeout = connect_timeout
