@@ -51,29 +51,41 @@ def test_own_running_request_is_counted_once() -> None:
     assert s.load() == 1
 
 
+def clocked() -> tuple[BackendState, list[float], ReportAging]:
+    """A backend state on a clock the test moves (seconds in now[0])."""
+    now = [100.0]
+    aging = ReportAging(window=5.0, half_life=2.0, clock=lambda: now[0])
+    s = BackendState("a")
+    s.aging = aging
+    return s, now, aging
+
+
 def test_other_edges_load_counts_and_fades() -> None:
     """Load from other edges counts when it arrives and halves every half-life."""
-    s = BackendState("a")
-    s.update(llamacpp("a", running=4), AGING)
-    assert math.isclose(s.load(), 4.0, rel_tol=1e-3)
-    s.reported_at -= 2 * AGING.half_life
-    assert math.isclose(s.load(), 1.0, rel_tol=1e-3)
+    s, now, aging = clocked()
+    s.update(llamacpp("a", running=4), aging)
+    assert s.load() == 4.0
+    now[0] += 2 * aging.half_life
+    assert math.isclose(s.load(), 1.0)
     # The same report again is not new: its age keeps running.
-    s.update(llamacpp("a", running=4), AGING)
-    assert s.load() < 1.01
+    s.update(llamacpp("a", running=4), aging)
+    assert math.isclose(s.load(), 1.0)
 
 
 def test_old_local_requests_leave_the_window() -> None:
     """Only this edge's requests inside the report window are taken out of a report."""
-    s = BackendState("a")
+    s, now, aging = clocked()
     for _ in range(3):
         s.started()
     for _ in range(3):
         s.finished()
-    assert s.peak_inflight(0.0) == 3
-    s.last_at_level = [t - 10.0 for t in s.last_at_level]
-    s.update(llamacpp("a", running=2), AGING)
-    assert math.isclose(s.load(), 2.0, rel_tol=1e-3)
+    assert s.peak_inflight(now[0] - aging.window) == 3
+    now[0] += 4.0
+    s.update(llamacpp("a", running=3), aging)
+    assert s.load() == 0.0  # all three may be in the sample
+    now[0] += 2.0
+    s.update(llamacpp("a", running=2), aging)
+    assert s.load() == 2.0  # they finished 6 s ago: the sample cannot hold them
 
 
 @settings(max_examples=200)
