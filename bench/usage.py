@@ -177,6 +177,38 @@ def postgres(seconds: float, rate: float) -> PgResult:
     return PgResult(results, rows, sent, elapsed)
 
 
+def writer_cpu(count: int = 50_000) -> float:
+    """CPU µs per record of the recorder's writer into a SQLite file (process time: the
+    event loop's row building and the sink thread's inserts)."""
+    import tempfile
+
+    from corral.config import UsageConfig
+    from edge.gateway.call import Call, new_id
+    from edge.gateway.sinks import SQLiteSink
+    from edge.gateway.usage import UsageRecorder
+
+    async def run() -> float:
+        folder = tempfile.mkdtemp(prefix="corral-bench-writer-")
+        sink = SQLiteSink(str(Path(folder) / "usage.db"))
+        await sink.open()
+        recorder = UsageRecorder(sink, UsageConfig(max_pending=count), "edge", None)
+        batch = []
+        for _ in range(count):
+            call = Call(new_id(), "", 0.0, time.time(), "chat", model=nginx.MODEL)
+            call.status, call.prompt_tokens, call.completion_tokens = 200, 24, 20
+            call.backend, call.route, call.duration = "nginx", "sticky", 0.002
+            batch.append(call)
+        started = time.process_time()
+        for call in batch:
+            recorder.record(call)
+        await recorder.flush()
+        spent = time.process_time() - started
+        await sink.close()
+        return spent / count * 1e6
+
+    return asyncio.run(run())
+
+
 def micro() -> dict[str, float]:
     """µs per request of the record's parts, in this process (both edges above create the
     Call and read tokens; only the one with a sink turns Calls into rows and writes them)."""
@@ -204,6 +236,7 @@ def micro() -> dict[str, float]:
         return min(timeit.repeat(fn, number=n, repeat=3)) / n * 1e6
 
     return {
+        "writer, per record: row, cost and SQLite insert (CPU, all threads)": writer_cpu(),
         "Call created (id, times, request key)": each(lambda: calls.begin(request, "chat")),
         "tokens read from a whole answer": each(lambda: read_whole(call, 200, answer)),
         "cost from the price table": each(lambda: prices.cost(call)),
