@@ -76,6 +76,20 @@ def add_all(parts: Iterable[Sums]) -> Sums:
     return out
 
 
+class Points:
+    """Sparkline points of a window: the bucket starts, every group's points over the
+    complete buckets, and the current bucket's."""
+
+    __slots__ = ("buckets", "current", "past")
+
+    def __init__(
+        self, buckets: list[int], past: dict[str, list[Point]], current: dict[str, Point]
+    ) -> None:
+        self.buckets = buckets
+        self.past = past
+        self.current = current
+
+
 class Row:
     """One group's figures over a window (plain Python: the dashboard reads these directly)."""
 
@@ -123,7 +137,7 @@ _QS = (0.5, 0.95, 0.99)
 def compute(
     total: Sums,
     digests: Sequence[Digest],
-    points: Sequence[tuple[int, dict[str, Point]]] | None,
+    points: Points | None,
     group: int,
     start_ms: int,
     now_ms: int,
@@ -151,8 +165,10 @@ def compute(
     out.span = max((now_ms - max(first, earliest)) / 1000.0, 1.0)
     out.requests = requests = sum(cell.requests for cell in total.values())
     out.edges = sorted({d.edge_id for d in digests})
+    empty_past: list[Point] = []
     if points is not None:
-        out.buckets = [bucket for bucket, _ in points]
+        out.buckets = points.buckets
+        empty_past = [NO_POINT] * (len(points.buckets) - 1)
     for key in sorted(total, key=lambda k: (-total[k].requests, k)):
         cell = total[key]
         row = Row(key, cell)
@@ -163,13 +179,13 @@ def compute(
         out.ttfts[key] = ttft
         row.quantiles = hist.quantiles(latency, _QS) + hist.quantiles(ttft, _QS)
         if points is not None:
-            row.series = [by_key.get(key, _NO_POINT) for _, by_key in points]
+            row.series = [*points.past.get(key, empty_past), points.current.get(key, NO_POINT)]
         out.rows.append(row)
     return out
 
 
 _EMPTY: tuple[int, ...] = (0,) * hist.SIZE
-_NO_POINT: Point = (0, 0, 0.0)
+NO_POINT: Point = (0, 0, 0.0)
 
 
 def to_proto(result: Result) -> traffic_pb2.GetTrafficResponse:

@@ -25,7 +25,9 @@ from controlplane.store.base import (
 )
 from controlplane.traffic.digest import Digest
 from controlplane.traffic.query import (
+    NO_POINT,
     Point,
+    Points,
     Result,
     Sums,
     add_all,
@@ -51,6 +53,7 @@ _BY_NAME = {res.name: res for res in RESOLUTIONS}
 # Answers are reused this long (a dashboard polled by many browsers costs one merge).
 CACHE_SECONDS = 1.0
 Bucket = tuple[str, int]  # (resolution name, bucket start unix ms)
+Series = dict[str, list[Point]]  # group -> its points over a window's complete buckets
 
 
 class TrafficView:
@@ -67,6 +70,9 @@ class TrafficView:
         self._windows: dict[tuple[str, int, int], tuple[tuple[int, ...], Sums]] = {}
         self._answers: dict[tuple[int, int, bool], tuple[float, Result]] = {}
         self._raw: dict[bytes, tuple[bytes, int]] = {}
+        self._series: dict[
+            tuple[str, int, int], tuple[tuple[int, ...], dict[str, list[Point]]]
+        ] = {}
 
     async def run(self) -> None:
         """List then watch, forever; re-list on compaction, retry while the store is down."""
@@ -245,5 +251,28 @@ class TrafficView:
         ]
         points = None
         if series:
-            points = [(b, self._bucket_points((name, b), group)) for b in starts]
+            past = self._past_points(name, group, first, current, step, signature)
+            points = Points(list(starts), past, self._bucket_points((name, current), group))
         return compute(total, digests, points, group, start, now, resolution)
+
+    def _past_points(
+        self, name: str, group: int, first: int, current: int, step: int, signature: tuple[int, ...]
+    ) -> Series:
+        """Each group's sparkline points over the window's complete buckets (cached like the
+        window's sums: rebuilt only when one of those buckets changed)."""
+        key = (name, group, first)
+        cached = self._series.get(key)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        per_bucket = [
+            self._bucket_points((name, b), group) if (name, b) in self._buckets else {}
+            for b in range(first, current, step)
+        ]
+        groups: set[str] = set()
+        for points in per_bucket:
+            groups.update(points)
+        past = {g: [points.get(g, NO_POINT) for points in per_bucket] for g in groups}
+        for old in [k for k in self._series if k[:2] == (name, group)]:
+            del self._series[old]
+        self._series[key] = (signature, past)
+        return past
