@@ -297,9 +297,12 @@ bodies over 32 KiB scanned in a worker thread):
 
 {size_table}
 
-{verdict} Where the time goes (in-process profile of `Gateway.enter`/`leave` per request,
-tests aside): the detectors ~30 µs per KiB of prompt, the cache's bookkeeping (canonical key,
-SHA-256, lookup, coalescing future, capture, store) ~15 µs, the body walk ~4 µs.
+{verdict} Reading these figures: on this shared machine the same edge measured alone
+varies by about ±15 % in CPU per request from one 3 s run to the next, so single rounds
+swing both ways; the medians are what to compare. Where the time goes (in-process profile
+of `Gateway.enter`/`leave` per request): the detectors ~30 µs per KiB of prompt, the
+cache's bookkeeping (canonical key, SHA-256, lookup, coalescing future, capture, store)
+~15 µs, the body walk ~4 µs.
 """
 
 

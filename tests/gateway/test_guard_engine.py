@@ -164,8 +164,21 @@ async def presidio() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
             results.append({"entity_type": "LOCATION", "start": at, "end": at + 6, "score": 0.3})
         return web.json_response(results)
 
+    async def verdict(request: web.Request) -> web.Response:
+        body = await request.json()
+        seen.append(body)
+        if any("launch codes" in t for t in body["texts"]):
+            return web.json_response({"block": "Launch codes stay home."})
+        findings = [
+            {"index": i, "start": t.find("Hal"), "end": t.find("Hal") + 3, "kind": "robot"}
+            for i, t in enumerate(body["texts"])
+            if "Hal" in t
+        ]
+        return web.json_response({"block": None, "findings": findings})
+
     app = web.Application()
     app.router.add_post("/analyze", analyze)
+    app.router.add_post("/verdict", verdict)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -188,6 +201,16 @@ async def test_presidio_hook_over_http(presidio: tuple[str, list[dict[str, Any]]
         assert outcome is not None and outcome.findings == {"person": 1}
         assert body["messages"][0]["content"] == "<PERSON_1> lives in London"
         assert seen[-1] == {"text": "Ada Lovelace lives in London", "language": "en"}
+        own = GuardHookConfig(url=f"{url}/verdict")  # Corral's own verdict format
+        guard = Guard(GuardConfig(pii="redact", hooks=(own,)), session=lambda: session)
+        body = chat("Hal opens the doors")
+        outcome = await guard.inspect(body, team="t", model="m")
+        assert outcome is not None and outcome.findings == {"robot": 1}
+        assert body["messages"][0]["content"] == "<ROBOT_1> opens the doors"
+        assert seen[-1]["context"] == {"team": "t", "key": "", "model": "m", "endpoint": ""}
+        with pytest.raises(ApiError) as blocked:
+            await guard.inspect(chat("the launch codes"))
+        assert blocked.value.message == "Launch codes stay home."
         down = GuardHookConfig(url="http://127.0.0.1:9/", format="presidio", fail="closed")
         with pytest.raises(ApiError):
             await Guard(GuardConfig(hooks=(down,)), session=lambda: session).inspect(chat("x"))
