@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         # The process boundary: a component that cannot run (a port in use, a bad
         # certificate, a store that never answers) is reported in one line, not a traceback.
-        logging.getLogger("corral").debug("%s failed", args.command, exc_info=True)
+        logging.getLogger(__name__).debug("%s failed", args.command, exc_info=True)
         print(f"corral {args.command}: error: {_describe(exc)}", file=sys.stderr)
         return 1
 

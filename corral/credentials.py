@@ -22,7 +22,7 @@ from typing import Final
 
 from corral.config import Secret
 
-log = logging.getLogger("corral.credentials")
+log = logging.getLogger(__name__)
 
 ENV_PREFIX: Final = "CORRAL_CREDENTIAL_"
 _SAFE_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

@@ -21,7 +21,7 @@ from controlplane.dashboard.web import Dashboard
 from corral.config import AgentConfig, CorralConfig
 from corral.demo import DEMO_MODEL, DemoBackend
 
-log = logging.getLogger("corral.up")
+log = logging.getLogger(__name__)
 
 # The ports inference servers listen on by default (their own documentation's).
 USUAL_PORTS = {

@@ -51,7 +51,7 @@ from edge.subscriber import SnapshotSubscriber
 from edge.tracing import tracing
 from edge.traffic_reporter import traffic_reports
 
-log = logging.getLogger("corral.edge")
+log = logging.getLogger(__name__)
 
 
 @dataclass

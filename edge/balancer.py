@@ -91,7 +91,7 @@ class Balancer:
             raise ApiError(
                 503,
                 "the edge has no routing snapshot yet",
-                kind="service_unavailable",
+                error_type="service_unavailable",
                 code="no_snapshot",
                 headers={"Retry-After": "1"},
             )
@@ -273,7 +273,7 @@ def no_backend(model: str) -> ApiError:
     return ApiError(
         503,
         f"No backend can serve the model `{model}` right now.",
-        kind="service_unavailable",
+        error_type="service_unavailable",
         param="model",
         code="no_backend_available",
         headers={"Retry-After": "1"},
@@ -284,7 +284,7 @@ def too_busy(model: str) -> ApiError:
     return ApiError(
         429,
         f"Every backend serving `{model}` is busy; retry shortly.",
-        kind="rate_limit_error",
+        error_type="rate_limit_error",
         code="backends_busy",
         headers={"Retry-After": "1"},
     )

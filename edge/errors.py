@@ -18,7 +18,7 @@ class ApiError(EdgeError):
         status: int,
         message: str,
         *,
-        kind: str = "invalid_request_error",
+        error_type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
@@ -26,13 +26,13 @@ class ApiError(EdgeError):
         super().__init__(message)
         self.status = status
         self.message = message
-        self.kind = kind
+        self.error_type = error_type
         self.param = param
         self.code = code
         self.headers = headers
 
     def body(self) -> bytes:
-        return error_body(self.message, self.kind, self.param, self.code)
+        return error_body(self.message, self.error_type, self.param, self.code)
 
     def response(self) -> web.Response:
         return web.Response(

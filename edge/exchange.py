@@ -16,7 +16,8 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from edge.errors import ApiError, error_body
+from edge.balancer import no_backend
+from edge.errors import error_body
 from edge.table import BackendState, ModelRoute
 
 
@@ -97,14 +98,7 @@ class Exchange:
     def give_up(self, model: str, failure: Failure | None) -> web.Response:
         """The answer when every attempt failed (None: no backend could be tried)."""
         if failure is None:
-            raise ApiError(
-                503,
-                f"No backend can serve the model `{model}` right now.",
-                kind="service_unavailable",
-                param="model",
-                code="no_backend_available",
-                headers={"Retry-After": "1"},
-            )
+            raise no_backend(model)
         if failure.status:
             headers = {"Content-Type": failure.content_type or "application/json"}
             if failure.status in (429, 503):

@@ -37,7 +37,7 @@ class Refused(ApiError):
     """A request refused with an Anthropic error (validation, untranslatable content)."""
 
     def __init__(self, error: AnthropicError) -> None:
-        super().__init__(error.status, error.message, kind=error.error_type)
+        super().__init__(error.status, error.message, error_type=error.error_type)
         self.error = error
 
 
@@ -143,7 +143,7 @@ class MessagesExchange(Exchange):
         payload["model"] = model
         if capped is not None:
             payload["max_tokens"] = capped
-        if backend.kind in _NO_TOP_K:
+        if backend.backend_type in _NO_TOP_K:
             payload.pop("top_k", None)
         return _CHAT_PATH, orjson.dumps(payload)
 

@@ -36,7 +36,7 @@ from edge.exchange import Admission, Exchange, Failure, stream_error
 from edge.inbound import NATIVE_PREFIXES
 from edge.proxy import Proxy
 from edge.routing import chat_key, session_header_key
-from edge.table import BackendState, ModelRoute, of_kind
+from edge.table import BackendState, ModelRoute, of_type
 
 OLLAMA: Final = types_pb2.BACKEND_TYPE_OLLAMA
 DOCKER_MODEL_RUNNER: Final = types_pb2.BACKEND_TYPE_DOCKER_MODEL_RUNNER
@@ -95,19 +95,19 @@ _MERGE_TIMEOUT_SECONDS: Final = 10.0
 class NativeExchange(Exchange):
     """A native request relayed as it is; Ollama's errors in Ollama's shape."""
 
-    __slots__ = ("kind", "method")
+    __slots__ = ("backend_type", "method")
 
     def __init__(
-        self, method: str, path: str, raw: bytes | None, body: dict[str, Any], kind: int
+        self, method: str, path: str, raw: bytes | None, body: dict[str, Any], backend_type: int
     ) -> None:
         super().__init__(path, raw, body, True)
         self.method = method  # per request here; a class constant in Exchange
-        self.kind = kind
+        self.backend_type = backend_type
 
     def upstream(self, backend: BackendState, rewrite: str | None) -> tuple[str, bytes | None]:
         if rewrite is None:
             return self.path, self.raw
-        if self.kind == OLLAMA:
+        if self.backend_type == OLLAMA:
             return self.path, orjson.dumps(ollama.with_model(self.body, rewrite))
         return self.path, orjson.dumps({**self.body, "model": rewrite})
 
@@ -115,15 +115,15 @@ class NativeExchange(Exchange):
         return status == 200 and content_type.startswith(_STREAM_TYPES)
 
     def cut(self, exc: BaseException) -> bytes:
-        if self.kind != OLLAMA:
+        if self.backend_type != OLLAMA:
             return stream_error(exc)
-        kind = "timeout" if isinstance(exc, TimeoutError) else "disconnected"
+        why = "timeout" if isinstance(exc, TimeoutError) else "disconnected"
         return ollama.stream_error_line(
-            f"the backend stream was interrupted ({kind}); the answer is incomplete"
+            f"the backend stream was interrupted ({why}); the answer is incomplete"
         )
 
     def give_up(self, model: str, failure: Failure | None) -> web.Response:
-        if self.kind != OLLAMA:
+        if self.backend_type != OLLAMA:
             return super().give_up(model, failure)
         retry = {"Retry-After": "1"}
         if failure is None:
@@ -136,9 +136,9 @@ class NativeExchange(Exchange):
         return _ollama(502, ollama.error_body("could not reach a backend"), retry)
 
 
-def _api_path(kind: int, path: str) -> str:
+def _api_path(backend_type: int, path: str) -> str:
     """The path as the server's API names it (Docker Model Runner's engine dropped)."""
-    if kind == DOCKER_MODEL_RUNNER and (engine := _ENGINE_PATH.fullmatch(path)):
+    if backend_type == DOCKER_MODEL_RUNNER and (engine := _ENGINE_PATH.fullmatch(path)):
         return engine.group(1)
     return path
 
@@ -147,28 +147,28 @@ def _ollama(status: int, body: bytes, headers: dict[str, str] | None = None) -> 
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
-def _error(kind: int, exc: ApiError) -> web.Response:
-    if kind != OLLAMA:
+def _error(backend_type: int, exc: ApiError) -> web.Response:
+    if backend_type != OLLAMA:
         return exc.response()
     return _ollama(exc.status, ollama.error_from_openai(exc.status, exc.body()), exc.headers)
 
 
-def _kind_route(proxy: Proxy, kind: int, name: str) -> ModelRoute:
+def _type_route(proxy: Proxy, backend_type: int, name: str) -> ModelRoute:
     table = proxy.balancer.table
-    route = table.by_kind.get(kind) if table is not None else None
+    route = table.by_type.get(backend_type) if table is not None else None
     if route is None:
         raise no_backend(name)
     return route
 
 
-def _model_route(proxy: Proxy, kind: int, model: str) -> ModelRoute:
+def _model_route(proxy: Proxy, backend_type: int, model: str) -> ModelRoute:
     """The route for a model, restricted to backends of the type; Ollama names are also
     looked up with their implicit `:latest` tag."""
-    names = ollama.lookup_names(model) if kind == OLLAMA else (model,)
+    names = ollama.lookup_names(model) if backend_type == OLLAMA else (model,)
     found: ApiError | None = None
     for name in names:
         try:
-            route = of_kind(proxy.balancer.route_for(name), kind)
+            route = of_type(proxy.balancer.route_for(name), backend_type)
         except ApiError as exc:
             found = found if found is not None and found.status == 503 else exc
             continue
@@ -176,7 +176,7 @@ def _model_route(proxy: Proxy, kind: int, model: str) -> ModelRoute:
             return route
     if found is not None and found.status == 503:
         raise found
-    if kind == OLLAMA:
+    if backend_type == OLLAMA:
         raise ApiError(404, f'model "{model}" not found, try pulling it first', param="model")
     raise ApiError(
         404,
@@ -189,12 +189,12 @@ def _model_route(proxy: Proxy, kind: int, model: str) -> ModelRoute:
 async def handle(proxy: Proxy, request: web.Request) -> web.StreamResponse:
     """Any method on /<type>/...: forward, merge, or refuse."""
     prefix = request.match_info["prefix"]
-    kind = NATIVE_PREFIXES[prefix]
+    backend_type = NATIVE_PREFIXES[prefix]
     path = request.match_info["tail"] or "/"
     method = request.method
     try:
         identity = proxy.check_auth(request)
-        if kind == OLLAMA:
+        if backend_type == OLLAMA:
             served = ollama.classify(path)
             if served == "refused":
                 return _ollama(403, ollama.refused(path))
@@ -202,16 +202,16 @@ async def handle(proxy: Proxy, request: web.Request) -> web.StreamResponse:
                 return await _merged(proxy, path)
             if served == "unknown" and method not in _READS and path not in INFERENCE_WRITES:
                 return _ollama(404, ollama.error_body(f"unknown path {path}"))
-        elif method not in _READS and _api_path(kind, path) not in INFERENCE_WRITES:
+        elif method not in _READS and _api_path(backend_type, path) not in INFERENCE_WRITES:
             raise ApiError(
                 403,
                 f"{method} {path} manages one server; call that {prefix} backend directly, "
                 "not through Corral.",
-                kind="permission_error",
+                error_type="permission_error",
                 code="not_forwarded",
             )
     except ApiError as exc:
-        return _error(kind, exc)
+        return _error(backend_type, exc)
 
     async def admit() -> Admission:
         raw: bytes | None = None
@@ -226,7 +226,7 @@ async def handle(proxy: Proxy, request: web.Request) -> web.StreamResponse:
                     parsed = None
             if isinstance(parsed, dict):
                 body = parsed
-        model = ollama.requested_model(body) if kind == OLLAMA else body.get("model")
+        model = ollama.requested_model(body) if backend_type == OLLAMA else body.get("model")
         if identity is not None and identity.models is not None and method not in _READS:
             # A key limited to some models must name one (a backend's default is none).
             identity.check_model(model if isinstance(model, str) else "")
@@ -239,27 +239,27 @@ async def handle(proxy: Proxy, request: web.Request) -> web.StreamResponse:
                 key = chat_key(requested, messages)
 
             def lookup() -> ModelRoute:
-                return _model_route(proxy, kind, requested)
+                return _model_route(proxy, backend_type, requested)
 
         else:
 
             def lookup() -> ModelRoute:
-                return _kind_route(proxy, kind, prefix)
+                return _type_route(proxy, backend_type, prefix)
 
         query = request.query_string
         target = f"{path}?{query}" if query else path
-        return Admission(NativeExchange(method, target, raw, body, kind), lookup, key)
+        return Admission(NativeExchange(method, target, raw, body, backend_type), lookup, key)
 
     try:
         return await proxy.run(request, prefix, admit)
     except ApiError as exc:
-        return _error(kind, exc)
+        return _error(backend_type, exc)
 
 
 async def _merged(proxy: Proxy, path: str) -> web.Response:
     """`/api/tags` or `/api/ps` from every routable Ollama backend, merged."""
     table = proxy.balancer.table
-    route = table.by_kind.get(OLLAMA) if table is not None else None
+    route = table.by_type.get(OLLAMA) if table is not None else None
     backends = [b for group in (*route.tiers, route.degraded) for b in group] if route else []
 
     async def one(backend: BackendState) -> object:
@@ -289,7 +289,7 @@ def _with_aliases(
     for name, route in routes.items():
         if ollama.canonical_name(name) in by_name:
             continue
-        for target in of_kind(route, OLLAMA).rewrites.values():
+        for target in of_type(route, OLLAMA).rewrites.values():
             entry = by_name.get(ollama.canonical_name(target))
             if entry is not None:
                 out.append({**entry, "name": name, "model": name})

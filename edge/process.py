@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
     from multiprocessing.synchronize import Event as EventType
 
-log = logging.getLogger("corral.edge")
+log = logging.getLogger(__name__)
 
 # A worker that dies is restarted, but not faster than this.
 _RESTART_BACKOFF_SECONDS = 1.0

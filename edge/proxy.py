@@ -82,7 +82,7 @@ __all__ = [
     "too_large",
 ]
 
-log = logging.getLogger("corral.edge.proxy")
+log = logging.getLogger(__name__)
 
 # A (read-only) multidict already, so aiohttp does not convert it on every request.
 _UPSTREAM_HEADERS: Final = CIMultiDictProxy(
@@ -296,7 +296,7 @@ class Proxy:
             return response
         except ApiError as exc:
             status = exc.status
-            call.error = exc.code or exc.kind
+            call.error = exc.code or exc.error_type
             raise
         except asyncio.CancelledError:
             status = 499  # the client went away (aiohttp cancels its handler)

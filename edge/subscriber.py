@@ -16,7 +16,7 @@ from corral.tls import TLSFileError, channel_credentials
 from corral.v1 import routing_pb2, routing_pb2_grpc, types_pb2
 from edge.errors import EdgeError
 
-log = logging.getLogger("corral.edge.subscriber")
+log = logging.getLogger(__name__)
 
 _CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 20_000),

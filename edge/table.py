@@ -54,6 +54,7 @@ class BackendState:
         "alive",
         "api_version",
         "awaiting",
+        "backend_type",
         "base_url",
         "contexts",
         "ejected_until",
@@ -62,7 +63,6 @@ class BackendState:
         "headers",
         "health",
         "inflight",
-        "kind",
         "kv_usage",
         "last_at_level",
         "max_concurrency",
@@ -90,7 +90,7 @@ class BackendState:
         self.max_concurrency = 0
         self.health = types_pb2.HEALTH_STATE_UNSPECIFIED
         # The server type (types_pb2.BackendType), and whether it answers /v1/messages itself.
-        self.kind = types_pb2.BACKEND_TYPE_UNSPECIFIED
+        self.backend_type = types_pb2.BACKEND_TYPE_UNSPECIFIED
         self.native_messages = False
         # Model id -> context window in tokens, where the backend reports one.
         self.contexts: dict[str, int] = {}
@@ -133,7 +133,7 @@ class BackendState:
         self.weight = min(weight, _MAX_WEIGHT) if weight > 0 else 1.0
         self.priority = spec.priority
         self.max_concurrency = spec.max_concurrency
-        self.kind = spec.type
+        self.backend_type = spec.type
         self.provider = spec.provider
         self.api_version = spec.api_version
         self.native_messages = CAPABILITY_ANTHROPIC_MESSAGES in backend.status.capabilities
@@ -236,7 +236,7 @@ class RoutingTable:
     models_body: bytes
     model_bodies: dict[str, bytes]
     # Server type -> every routable backend of that type (native pass-through without a model).
-    by_kind: dict[int, ModelRoute] = field(default_factory=dict)
+    by_type: dict[int, ModelRoute] = field(default_factory=dict)
 
 
 def _slots(backend: types_pb2.Backend) -> int:
@@ -266,7 +266,7 @@ def build_table(
     `headers_for` gives each backend's upstream headers (its credential); a backend it
     gives None for is not routable from this edge."""
     seen: set[str] = set()
-    kinds: dict[int, list[tuple[BackendState, str]]] = {}
+    by_type: dict[int, list[tuple[BackendState, str]]] = {}
     # model id -> [(backend state, upstream model id)]
     serving: dict[str, list[tuple[BackendState, str]]] = {}
     known: set[str] = set()
@@ -284,7 +284,7 @@ def build_table(
         ids = [m.id for m in backend.status.models if m.id]
         known.update(ids)
         if _routable(backend) and (headers_for is None or state.headers is not None):
-            kinds.setdefault(state.kind, []).append((state, ""))
+            by_type.setdefault(state.backend_type, []).append((state, ""))
             for model_id in dict.fromkeys(ids):
                 serving.setdefault(model_id, []).append((state, model_id))
     # Forget backends that left, unless requests to them are still in flight.
@@ -323,16 +323,18 @@ def build_table(
         known=frozenset(known),
         models_body=orjson.dumps({"object": "list", "data": [objects[m] for m in listed]}),
         model_bodies={m: orjson.dumps(o) for m, o in objects.items()},
-        by_kind={kind: _route("", entries) for kind, entries in kinds.items()},
+        by_type={t: _route("", entries) for t, entries in by_type.items()},
     )
 
 
-def of_kind(route: ModelRoute, kind: int) -> ModelRoute:
+def of_type(route: ModelRoute, backend_type: int) -> ModelRoute:
     """The route restricted to backends of one server type (native pass-through)."""
     tiers = tuple(
-        t for t in (tuple(b for b in tier if b.kind == kind) for tier in route.tiers) if t
+        t
+        for t in (tuple(b for b in tier if b.backend_type == backend_type) for tier in route.tiers)
+        if t
     )
-    degraded = tuple(b for b in route.degraded if b.kind == kind)
+    degraded = tuple(b for b in route.degraded if b.backend_type == backend_type)
     names = frozenset(b.name for tier in (*tiers, degraded) for b in tier)
     rewrites = {n: m for n, m in route.rewrites.items() if n in names}
     return ModelRoute(route.name, tiers, degraded, rewrites, names)

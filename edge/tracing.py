@@ -32,7 +32,7 @@ from aiohttp import web
 from edge.exchange import Failure
 from edge.gateway.call import Call
 
-log = logging.getLogger("corral.edge.tracing")
+log = logging.getLogger(__name__)
 
 SERVER, CLIENT, INTERNAL = 2, 3, 1
 STATUS_ERROR = 2

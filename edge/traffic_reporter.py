@@ -24,7 +24,7 @@ from corral.v1 import traffic_pb2
 from edge.metrics import EdgeMetrics
 from edge.traffic import EdgeState
 
-log = logging.getLogger("corral.edge.traffic")
+log = logging.getLogger(__name__)
 
 # Slices per call: a catching-up edge sends its backlog in several calls.
 BATCH = 60

@@ -236,7 +236,7 @@ async def test_edge_without_its_token_gets_no_snapshot(
             }
             good = await start_edge(None, controlplane_token=Secret(door.edge_token), **common)
             await eventually(lambda: _ready(good), within=30)
-            caplog.set_level(logging.WARNING, logger="corral.edge")
+            caplog.set_level(logging.WARNING, logger="edge")
             bad = await start_edge(None, controlplane_token=Secret(door.agent_token), **common)
 
             def refused() -> bool:

@@ -67,7 +67,7 @@ class Identity:
             raise ApiError(
                 403,
                 message,
-                kind="permission_error",
+                error_type="permission_error",
                 param="model",
                 code="model_not_allowed",
             )
@@ -133,7 +133,7 @@ def _not_ready() -> ApiError:
     return ApiError(
         503,
         "This edge has not received its key policy from the control plane yet; retry.",
-        kind="service_unavailable",
+        error_type="service_unavailable",
         code="policy_not_loaded",
         headers={"Retry-After": "1"},
     )

@@ -28,7 +28,7 @@ from corral.config import EdgeConfig
 from corral.v1 import gateway_pb2, gateway_pb2_grpc
 from edge.subscriber import _CHANNEL_OPTIONS, _credentials
 
-log = logging.getLogger("corral.edge.policy")
+log = logging.getLogger(__name__)
 
 FILE_NAME = "policy.pb"
 # How long a starting edge with no persisted policy waits for the control plane's before it

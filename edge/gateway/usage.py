@@ -39,7 +39,7 @@ from edge.proxy import Recorder
 
 __all__ = ["SINKS", "UsageRecorder", "open_sink", "recording", "sink_kind", "sqlite_path"]
 
-log = logging.getLogger("corral.edge.usage")
+log = logging.getLogger(__name__)
 
 SINKS: Final = ("sqlite", "postgres", "jsonl", "off")
 _REPLAY_ROWS: Final = 20_000  # spooled rows replayed per pass

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError, ResponseError
 from corral.backoff import Backoff
 from edge.errors import EdgeError
 
-log = logging.getLogger("corral.edge.valkey")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 # Everything a command can raise short of cancellation.

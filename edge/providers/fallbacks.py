@@ -86,7 +86,7 @@ class Fallbacks:
         """PROVIDER/MODEL: that provider alone, sent MODEL, when it is routable here."""
         table = self._balancer.table
         state = self._balancer.states.get(provider)
-        routable = table.by_kind.get(types_pb2.BACKEND_TYPE_OPENAI) if table else None
+        routable = table.by_type.get(types_pb2.BACKEND_TYPE_OPENAI) if table else None
         if state is None or routable is None or provider not in routable.names:
             raise no_backend(f"{provider}/{model}")
         return ModelRoute(model, ((state,),), (), {provider: model}, frozenset((provider,)))

@@ -17,7 +17,7 @@ from corral.config import EdgeConfig
 from corral.credentials import Credentials, MissingCredential
 from corral.v1 import providers_pb2, types_pb2
 
-log = logging.getLogger("corral.edge.credentials")
+log = logging.getLogger(__name__)
 
 ANTHROPIC_VERSION: Final = "2023-06-01"
 # A credential file is read again at most this often (a rotated key is used from then on).

@@ -20,7 +20,7 @@ from typing import Final
 
 from edge.gateway.valkey import StoreError, Valkey
 
-log = logging.getLogger("corral.edge.cache")
+log = logging.getLogger(__name__)
 
 _HEADER: Final = struct.Struct(">dII")  # stored unix time, prompt tokens, completion tokens
 _OVERHEAD: Final = 200  # bytes per in-process entry beyond its body (key, object, links)

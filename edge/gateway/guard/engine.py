@@ -228,7 +228,7 @@ class Guard:
                     503,
                     "A content check this gateway requires is unavailable; try again later.",
                     {"hook_failed": 1},
-                    kind="service_unavailable",
+                    error_type="service_unavailable",
                     code="guardrail_unavailable",
                     headers={"Retry-After": "1"},
                 ) from None

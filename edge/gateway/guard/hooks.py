@@ -31,7 +31,7 @@ import aiohttp
 from corral.config import GuardHookConfig
 from edge.errors import EdgeError
 
-log = logging.getLogger("corral.edge.guard")
+log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP: Final = "corral.guardrails"
 

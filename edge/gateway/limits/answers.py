@@ -66,7 +66,7 @@ def refusal(exc: Refused, extra: dict[str, str]) -> ApiError:
             503,
             "Rate limits cannot be checked right now (the counter store is unreachable); "
             "retry shortly.",
-            kind="service_unavailable",
+            error_type="service_unavailable",
             code="rate_limit_store_unavailable",
             headers=headers,
         )
@@ -81,7 +81,7 @@ def refusal(exc: Refused, extra: dict[str, str]) -> ApiError:
             429,
             f"The {who} {subject.name} has used its budget{amount}; it resets in "
             f"{duration(exc.retry_after)}.",
-            kind="insufficient_quota",
+            error_type="insufficient_quota",
             code="insufficient_quota",
             headers=headers,
         )
@@ -92,7 +92,7 @@ def refusal(exc: Refused, extra: dict[str, str]) -> ApiError:
         429,
         f"Rate limit reached for the {who} {subject.name}: {limit} {_WHAT[exc.reason]}. "
         f"Retry after {retry}s.",
-        kind="tokens" if exc.reason == TPM else "requests",
+        error_type="tokens" if exc.reason == TPM else "requests",
         code="rate_limit_exceeded",
         headers=headers,
     )

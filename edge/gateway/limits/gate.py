@@ -28,7 +28,7 @@ from edge.gateway.limits.policy import MICROS_PER_USD, TOKENS, USD, Limits, pars
 from edge.gateway.limits.ticket import Refused, Subject, Ticket
 from edge.gateway.prices import PriceTable
 
-log = logging.getLogger("corral.edge.limits")
+log = logging.getLogger(__name__)
 
 TICKET: Final = web.RequestKey("corral_limit_ticket", Ticket)
 _BYTES_PER_TOKEN: Final = 4

@@ -43,7 +43,7 @@ from edge.gateway.limits.store import Ask, Counters, LocalCounters
 from edge.gateway.limits.ticket import Refused, StoreDown, Subject, Ticket
 from edge.gateway.valkey import StoreError
 
-log = logging.getLogger("corral.edge.limits")
+log = logging.getLogger(__name__)
 
 _GAUGE_TTL_MS = 24 * 3600 * 1000
 # After the store said "not enough left", needs as large are refused here without a store

@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from edge.gateway.limits.ticket import Subject
 
-log = logging.getLogger("corral.edge.limits")
+log = logging.getLogger(__name__)
 
 
 def _labels(subjects: Sequence[Subject]) -> tuple[str, str]:
