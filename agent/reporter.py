@@ -27,6 +27,7 @@ from agent.errors import (
     ControlPlaneUnavailableError,
 )
 from agent.metrics import AgentMetrics
+from corral import channels
 from corral.backoff import Backoff
 from corral.config import AgentConfig
 from corral.tls import TLSFileError, channel_credentials
@@ -143,10 +144,12 @@ class Reporter:
         the call must survive the cancellation to carry our Goodbye. Reads happen in a reader
         task; writes are shielded.
         """
-        if self._credentials is not None:
-            channel = grpc.aio.secure_channel(address, self._credentials, options=_OPTIONS)
-        else:
-            channel = grpc.aio.insecure_channel(address, options=_OPTIONS)
+        channel = channels.aio_channel(
+            address,
+            self._credentials,
+            keepalive_ms=KEEPALIVE_MS,
+            keepalive_timeout_ms=KEEPALIVE_TIMEOUT_MS,
+        )
         try:
             call = _connect(channel)(None, metadata=self._metadata)
             first: asyncio.Future[agent_pb2.ConnectResponse] = (
@@ -282,7 +285,7 @@ class Reporter:
     async def _read(self, call: _Call, first: asyncio.Future[agent_pb2.ConnectResponse]) -> None:
         while True:
             response = await call.read()
-            if response is _EOF:
+            if response is channels.EOF:
                 return
             assert isinstance(response, agent_pb2.ConnectResponse)
             self._last_heard = time.monotonic()
@@ -359,17 +362,6 @@ if TYPE_CHECKING:
 
 def _connect(channel: grpc.aio.Channel) -> _Connect:
     return agent_pb2_grpc.AgentServiceStub(channel).Connect
-
-
-_EOF: object = getattr(grpc.aio, "EOF")  # noqa: B009  # missing from grpc-stubs
-
-_OPTIONS = (
-    ("grpc.keepalive_time_ms", KEEPALIVE_MS),
-    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-    ("grpc.http2.max_pings_without_data", 0),
-    # We reconnect ourselves, across replicas; no transparent retries inside one channel.
-    ("grpc.enable_retries", 0),
-)
 
 
 async def _translate(call: _Call, exc: BaseException | None) -> ControlPlaneError:

@@ -19,6 +19,7 @@ import grpc
 from google.protobuf import json_format
 
 from corral import status_traffic
+from corral.channels import sync_channel
 from corral.v1 import admin_pb2, admin_pb2_grpc, traffic_pb2, types_pb2
 
 # Long enough for a busy replica, short enough that a person is not left waiting.
@@ -96,11 +97,7 @@ def fetch(
 ) -> ClusterStatus:
     """Ask the control plane at target (HOST:PORT) for its backends and edges."""
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
-    channel = (
-        grpc.secure_channel(target, tls.credentials())
-        if tls is not None
-        else grpc.insecure_channel(target)
-    )
+    channel = sync_channel(target, tls.credentials() if tls is not None else None)
     try:
         with channel:
             stub = admin_pb2_grpc.AdminServiceStub(channel)

@@ -11,22 +11,13 @@ import grpc
 from grpc import aio
 
 from corral.backoff import Backoff
+from corral.channels import aio_channel
 from corral.config import EdgeConfig
 from corral.tls import TLSFileError, channel_credentials
 from corral.v1 import routing_pb2, routing_pb2_grpc, types_pb2
 from edge.errors import EdgeError
 
 log = logging.getLogger(__name__)
-
-_CHANNEL_OPTIONS = (
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    # We rotate between addresses ourselves.
-    ("grpc.enable_retries", 0),
-)
 
 
 class SnapshotSubscriber:
@@ -50,7 +41,7 @@ class SnapshotSubscriber:
         self._on_connected = on_connected
         self._on_failed_snapshot = on_failed_snapshot
         self._rng = rng or random.Random()
-        self._credentials = _credentials(config)
+        self._credentials = credentials(config)
         metadata: list[tuple[str, str]] = []
         if config.controlplane_token is not None:
             metadata.append(("authorization", f"Bearer {config.controlplane_token.reveal()}"))
@@ -78,10 +69,7 @@ class SnapshotSubscriber:
     async def _follow(self, address: str) -> bool:
         """Stream from one address until it fails; True when it delivered anything."""
         received = False
-        if self._credentials is None:
-            channel = aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
-        else:
-            channel = aio.secure_channel(address, self._credentials, options=_CHANNEL_OPTIONS)
+        channel = aio_channel(address, self._credentials)
         try:
             stub = routing_pb2_grpc.RoutingServiceStub(channel)
             version, cluster_id = self._current()
@@ -122,7 +110,7 @@ class SnapshotSubscriber:
             log.exception("could not apply snapshot %d; waiting for the next", snapshot.version)
 
 
-def _credentials(config: EdgeConfig) -> grpc.ChannelCredentials | None:
+def credentials(config: EdgeConfig) -> grpc.ChannelCredentials | None:
     try:
         return channel_credentials(
             ca_file=config.controlplane_ca_file,

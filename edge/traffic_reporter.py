@@ -19,6 +19,7 @@ import grpc
 from aiohttp import web
 from grpc import aio
 
+from corral.channels import aio_channel
 from corral.config import EdgeConfig
 from corral.v1 import traffic_pb2
 from edge.metrics import EdgeMetrics
@@ -110,10 +111,7 @@ class TrafficReporter:
     ]:
         if self._channel is None:
             address = self._address()
-            if self._credentials is None:
-                self._channel = aio.insecure_channel(address)
-            else:
-                self._channel = aio.secure_channel(address, self._credentials)
+            self._channel = aio_channel(address, self._credentials)
         return self._channel.unary_unary(
             REPORT_METHOD,
             request_serializer=traffic_pb2.ReportTrafficRequest.SerializeToString,
@@ -130,7 +128,7 @@ class TrafficReporter:
 async def traffic_reports(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: report traffic while the edge serves."""
     from edge.app import BALANCER, CONFIG, EDGE_ID, METRICS
-    from edge.subscriber import _credentials
+    from edge.subscriber import credentials
 
     config = app[CONFIG]
     if (
@@ -154,7 +152,7 @@ async def traffic_reports(app: web.Application) -> AsyncIterator[None]:
         return table.version, table.created_unix_ms, ejected
 
     reporter = TrafficReporter(
-        config, app[EDGE_ID], app[METRICS], _credentials(config), metadata, edge_state
+        config, app[EDGE_ID], app[METRICS], credentials(config), metadata, edge_state
     )
     task = asyncio.create_task(reporter.run(), name="edge-traffic-reporter")
     try:

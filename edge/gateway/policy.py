@@ -24,9 +24,10 @@ from google.protobuf.message import DecodeError
 from grpc import aio
 
 from corral.backoff import Backoff
+from corral.channels import aio_channel
 from corral.config import EdgeConfig
 from corral.v1 import gateway_pb2, gateway_pb2_grpc
-from edge.subscriber import _CHANNEL_OPTIONS, _credentials
+from edge.subscriber import credentials
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class PolicySubscriber:
         self._current = current
         self._on_policy = on_policy
         self._rng = rng or random.Random()
-        self._credentials = _credentials(config)
+        self._credentials = credentials(config)
         token = config.controlplane_token
         self._metadata = (("authorization", f"Bearer {token.reveal()}"),) if token else None
 
@@ -106,10 +107,7 @@ class PolicySubscriber:
     async def _follow(self, address: str) -> bool:
         """Stream from one address until it fails; True when it delivered anything."""
         received = False
-        if self._credentials is None:
-            channel = aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
-        else:
-            channel = aio.secure_channel(address, self._credentials, options=_CHANNEL_OPTIONS)
+        channel = aio_channel(address, self._credentials)
         try:
             stub = gateway_pb2_grpc.PolicyServiceStub(channel)
             version, cluster_id = self._current()

@@ -68,7 +68,9 @@ def email(rng: random.Random) -> str:
 
 
 def phone(rng: random.Random) -> str:
-    d = lambda n: "".join(rng.choice(string.digits) for _ in range(n))  # noqa: E731
+    def d(n: int) -> str:
+        return "".join(rng.choice(string.digits) for _ in range(n))
+
     return rng.choice(
         [
             f"+1 {rng.randint(200, 999)} {rng.randint(200, 999)} {d(4)}",

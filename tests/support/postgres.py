@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.support.net import free_port
 from tests.support.procs import log_tail
@@ -70,7 +71,7 @@ class PostgresServer:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def _run_as(self) -> dict[str, int]:
+    def _run_as(self) -> dict[str, Any]:
         owner = _owner()
         return {} if owner is None else {"user": owner[0], "group": owner[1]}
 
