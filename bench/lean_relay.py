@@ -24,7 +24,7 @@ from aiohttp import web
 from bench.aioserve import serve_until_signal
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
-NEXT = web.AppKey("next", Iterator[str])
+NEXT: web.AppKey[Iterator[str]] = web.AppKey("next")
 _SENT = {"Content-Type": "application/json"}
 
 
