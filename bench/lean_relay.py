@@ -37,7 +37,8 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
 
 async def forward(request: web.Request) -> web.StreamResponse:
     body = await request.read()
-    url = next(request.app[NEXT]) + request.path
+    backends: Iterator[str] = request.app[NEXT]
+    url = next(backends) + request.path
     async with request.app[SESSION].post(url, data=body, headers=_SENT) as upstream:
         kind = upstream.headers.get("Content-Type", "")
         if "event-stream" not in kind:
