@@ -29,6 +29,8 @@ MAX_PENDING = 720
 QUIET_SLICES_SKIPPED = 1
 
 _BOUNDS = hist.BOUNDS
+# Limit outcomes (Call.limit) that let the request through; any other names the refusal.
+_NOT_REFUSED = frozenset(("allowed", "soft_budget"))
 
 # (snapshot version, snapshot created unix ms, ejected backends)
 EdgeState = tuple[int, int, list[str]]
@@ -115,7 +117,7 @@ class TrafficRecorder:
             cell.completion_tokens += call.completion_tokens
         if call.cache == "hit":
             cell.cache_hits += 1
-        if call.limit and call.limit != "allowed":
+        if call.limit and call.limit not in _NOT_REFUSED:
             cell.limit_refusals += 1
 
     # -- once per slice ------------------------------------------------------------------
