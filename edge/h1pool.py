@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import socket
 import time
 from collections import deque
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -72,8 +73,11 @@ class _Conn(asyncio.Protocol):
     # -- asyncio.Protocol --
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # small requests leave at once (no Nagle wait for an ACK)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
         if self._answer is None:  # bytes nobody asked for: the connection is unusable

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import uvloop
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -261,3 +262,20 @@ async def test_request_head_is_exact(pool: Pool) -> None:
         b"POST /v1/x?a=1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
         b"Content-Length: 2\r\n\r\n" % server.port
     ]
+
+
+def test_on_uvloop() -> None:
+    """The edge's loop (uvloop, whose transports differ): reuse, chunked, a big body, a cut."""
+
+    async def scenarios() -> None:
+        pool = Pool(connect_timeout=2.0)
+        try:
+            await test_keep_alive_reuses_one_connection(pool)
+            await test_chunked_answer_arrives_chunk_by_chunk(pool)
+            await test_big_bodies_both_ways(pool)
+            await test_cut_mid_body_fails_the_read(pool)
+            await test_hang_is_cut_by_the_callers_timeout(pool)
+        finally:
+            await pool.close()
+
+    uvloop.run(scenarios())
