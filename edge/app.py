@@ -126,7 +126,7 @@ _POST_PATHS = frozenset(
         COUNT_TOKENS_PATH,
     )
 )
-_GET_PATHS = frozenset(("/v1/models", "/healthz", "/readyz", "/metrics"))
+_GET_PATHS = frozenset((MODELS_PATH, HEALTHZ_PATH, READYZ_PATH, METRICS_PATH))
 
 
 async def fallback(request: web.Request) -> web.Response:
@@ -134,7 +134,7 @@ async def fallback(request: web.Request) -> web.Response:
     path = request.path
     if path in _POST_PATHS:
         allow = "POST"
-    elif path in _GET_PATHS or path.startswith("/v1/models/"):
+    elif path in _GET_PATHS or path.startswith(MODELS_PATH + "/"):
         allow = "GET, HEAD"
     else:
         return web.Response(

@@ -21,13 +21,12 @@ from edge import anthropic
 from edge.anthropic import AnthropicError, StreamTranslator
 from edge.errors import ApiError
 from edge.exchange import Admission, Exchange, Failure
+from edge.inbound import CHAT, MESSAGES_PATH
 from edge.proxy import Proxy
 from edge.routing import chat_key, session_header_key
 from edge.table import BackendState, ModelRoute
 
-MESSAGES_PATH: Final = "/v1/messages"
-COUNT_TOKENS_PATH: Final = "/v1/messages/count_tokens"
-_CHAT_PATH: Final = "/v1/chat/completions"
+_CHAT_PATH: Final = CHAT.path
 _JSON: Final = "application/json"
 # Strict OpenAI-compatible servers refuse `top_k`; the local servers accept it as an extra.
 _NO_TOP_K: Final = frozenset((types_pb2.BACKEND_TYPE_OPENAI,))

@@ -27,13 +27,14 @@ from corral.config import EdgeConfig
 from corral.v1 import providers_pb2
 from edge.errors import ApiError, error_body
 from edge.exchange import Exchange, Failure
+from edge.inbound import CHAT, MESSAGES_PATH
 from edge.providers.upstream import tls_context
 from edge.table import BackendState
 
 ANTHROPIC: Final = providers_pb2.PROVIDER_TYPE_ANTHROPIC
 AZURE: Final = providers_pb2.PROVIDER_TYPE_AZURE
 GEMINI: Final = providers_pb2.PROVIDER_TYPE_GEMINI
-_CHAT: Final = "/v1/chat/completions"
+_CHAT: Final = CHAT.path
 # Longest a Retry-After may keep a provider out (a bogus header must not exile it).
 MAX_RETRY_AFTER: Final = 300.0
 
@@ -43,7 +44,7 @@ def adapt(exchange: Exchange, backend: BackendState) -> Exchange:
     if not backend.provider:
         return exchange
     if backend.provider == ANTHROPIC:
-        if exchange.path == "/v1/messages":
+        if exchange.path == MESSAGES_PATH:
             return NativeAnthropic(exchange)
         if exchange.path != _CHAT:
             raise ApiError(
