@@ -18,21 +18,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
-
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from corral.backoff import Backoff
 from edge.errors import EdgeError
 
+if TYPE_CHECKING:  # redis is imported by the first Valkey (~9 MiB an edge without one saves)
+    import redis.asyncio as aioredis
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# Everything a command can raise short of cancellation.
-_FOREIGN = (RedisError, OSError, TimeoutError, ValueError)
 
 
 class StoreError(EdgeError):
@@ -51,8 +47,16 @@ class Valkey:
         retry_cap: float = 2.0,
         max_connections: int = 64,
     ) -> None:
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import RedisError, ResponseError
+
         self.url = url
         self.timeout = timeout
+        self._refused = ResponseError
+        # Everything a command can raise short of cancellation.
+        self._foreign = (RedisError, OSError, TimeoutError, ValueError)
         self._client: aioredis.Redis = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout,
@@ -87,11 +91,11 @@ class Valkey:
         try:
             async with asyncio.timeout(self.timeout * 2):
                 result = await op(self._client)
-        except ResponseError as exc:
+        except self._refused as exc:
             # The server answered: reachable, so no change of health; the operation was bad.
             self.errors += 1
             raise StoreError(f"the counter store refused an operation: {_describe(exc)}") from None
-        except _FOREIGN as exc:
+        except self._foreign as exc:
             self._failed(exc)
             where = self._where()
             raise StoreError(f"the counter store {where} failed: {self.last_error}") from None
@@ -113,7 +117,7 @@ class Valkey:
             return False
 
     async def close(self) -> None:
-        with contextlib.suppress(*_FOREIGN):
+        with contextlib.suppress(*self._foreign):
             await self._client.aclose()
 
     def _failed(self, exc: BaseException) -> None:
