@@ -84,6 +84,13 @@ class Tap(Exchange):
     def give_up(self, model: str, failure: Failure | None) -> web.Response:
         return self.inner.give_up(model, failure)
 
+    def error(self, status: int, data: bytes) -> bytes:
+        return self.inner.error(status, data)
+
+    def body_changed(self) -> None:
+        self.inner.body_changed()
+        self.raw = self.inner.raw
+
     # -- the answer on its way out ---------------------------------------------------------
 
     def whole(

@@ -285,3 +285,12 @@ async def test_usage_rows_mark_hits(
     assert hit["prompt_tokens"] == hit["completion_tokens"] == 0 and hit["cost_usd"] == 0
     assert hit["backend"] == "" and hit["route"] == "cache" and hit["status"] == 200
     assert hit["saved_tokens"] == miss["prompt_tokens"] + miss["completion_tokens"]
+
+
+def test_the_tap_delegates_every_exchange_method() -> None:
+    """Every method an Exchange has is the Tap's own (none falls back to the base class's)."""
+    from edge.exchange import Exchange
+    from edge.gateway.pipeline import Tap
+
+    methods = {n for n, v in vars(Exchange).items() if callable(v) and not n.startswith("_")}
+    assert methods <= set(vars(Tap)), methods - set(vars(Tap))
