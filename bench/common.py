@@ -10,6 +10,7 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -291,6 +292,111 @@ def wait_port(port: int, proc: Proc | None = None, timeout: float = 30.0) -> Non
             return
         time.sleep(0.05)
     raise BenchError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def start_edge(
+    procs: Procs,
+    name: str,
+    cp_port: int,
+    config: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+) -> tuple[Proc, str]:
+    """A `corral edge` on the proxy CPU, following the control plane (or bench snapshot
+    server) at cp_port; its process and base URL once /readyz answers."""
+    port = free_port()
+    argv = [PYTHON, "-m", "corral.cli", "edge", "--config", str(config),
+            "--listen", f"127.0.0.1:{port}", "--controlplane", f"127.0.0.1:{cp_port}",
+            *extra, "--log-level", "WARNING"]  # fmt: skip
+    proc = procs.start(name, argv, cpus=PROXY_CPU, env=env)
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/readyz", proc, timeout=60)
+    return proc, base
+
+
+# ---------------------------------------------------------------- paired A/B runs
+
+
+# Per round, per target: (requests per second, the target's CPU seconds per request).
+Pair = dict[str, tuple[float, float]]
+
+
+def run_info() -> dict[str, object]:
+    """Machine, background load and date, printed, to start a benchmark's info."""
+    info: dict[str, object] = {"machine": machine(), "load": load_note(), "date": now_utc()}
+    print(f"{info['machine']}\n{info['load']}", flush=True)
+    return info
+
+
+Targets = dict[str, tuple[Proc, str, Path]]  # name: (process, URL, wrk POST script)
+
+
+def paired_rounds(
+    targets: Targets, *, seconds: float, rounds: int
+) -> tuple[list[Pair], dict[str, list[float]]]:
+    """Every target warmed up, then loaded in turn: rounds at 32 connections, then rounds at
+    one connection (the p50s), so load that comes and goes on the machine hits all alike."""
+    warm_up(targets)
+    pairs = load_rounds(targets, seconds=seconds, rounds=rounds)
+    return pairs, p50_rounds(targets, rounds=rounds)
+
+
+def warm_up(targets: Targets) -> None:
+    """2 s at 32 connections each; an error fails the run."""
+    from bench import wrk  # bench.wrk imports this module
+
+    for _, url, script in targets.values():
+        warm = wrk.run(url, script, connections=32, seconds=2, cpus=LOAD_CPU)
+        if warm.errors:
+            raise BenchError(f"{url}: {warm.errors} errors in the warm-up")
+
+
+def load_rounds(targets: Targets, *, seconds: float, rounds: int) -> list[Pair]:
+    """Per round, each target in turn at 32 connections: its req/s and CPU per request."""
+    from bench import wrk
+
+    pairs: list[Pair] = []
+    for _ in range(rounds):
+        one: Pair = {}
+        for name, (proc, url, script) in targets.items():
+            cpu0 = proc.cpu_seconds()
+            result = wrk.run(url, script, connections=32, seconds=seconds, cpus=LOAD_CPU)
+            if result.errors:
+                raise BenchError(f"{name}: {result.errors} errors")
+            one[name] = (result.rps, (proc.cpu_seconds() - cpu0) / result.requests)
+        pairs.append(one)
+        print("  round: " + ", ".join(f"{n} {v[0]:,.0f} req/s" for n, v in one.items()), flush=True)
+    return pairs
+
+
+def p50_rounds(targets: Targets, *, rounds: int) -> dict[str, list[float]]:
+    """Per round, each target in turn at one connection for 3 s: its p50 latency."""
+    from bench import wrk
+
+    latency: dict[str, list[float]] = {name: [] for name in targets}
+    for _ in range(rounds):
+        for name, (_, url, script) in targets.items():
+            latency[name].append(wrk.run(url, script, connections=1, seconds=3, cpus=LOAD_CPU).p50)
+    return latency
+
+
+def paired_rows(pairs: Sequence[Pair], base: str, other: str) -> list[list[str]]:
+    """One table row per round: round, both req/s, their ratio, both CPU µs/req, the added."""
+    rows = []
+    for i, pair in enumerate(pairs, 1):
+        (a_rps, a_cpu), (b_rps, b_cpu) = pair[base], pair[other]
+        rows.append([
+            str(i), f"{a_rps:,.0f}", f"{b_rps:,.0f}", f"{b_rps / a_rps * 100:.1f}%",
+            f"{a_cpu * 1e6:.0f}", f"{b_cpu * 1e6:.0f}", f"{(b_cpu - a_cpu) * 1e6:+.1f}",
+        ])  # fmt: skip
+    return rows
+
+
+def paired_medians(pairs: Sequence[Pair], base: str, other: str) -> tuple[float, float]:
+    """(median throughput ratio other/base, median CPU µs per request other adds)."""
+    ratio = statistics.median(p[other][0] / p[base][0] for p in pairs)
+    cpu_added = statistics.median((p[other][1] - p[base][1]) * 1e6 for p in pairs)
+    return ratio, cpu_added
 
 
 # ---------------------------------------------------------------- tools

@@ -15,23 +15,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-from pathlib import Path
 
 from bench import nginx, wrk
 from bench.common import (
     LOAD_CPU,
-    PROXY_CPU,
     PYTHON,
     BenchError,
-    Proc,
     Procs,
+    commit,
+    ensure_tools,
     free_port,
-    load_note,
-    machine,
     md_table,
-    now_utc,
+    paired_medians,
+    paired_rounds,
+    paired_rows,
     pin_self,
-    wait_http,
+    run_info,
+    start_edge,
     workspace,
     write_section,
 )
@@ -50,17 +50,6 @@ def _server(procs: Procs, module: str, backend: str, keys: int) -> int:
     proc = procs.start(module.rsplit(".", 1)[1], argv, cpus=LOAD_CPU)
     proc.check_alive()
     return port
-
-
-def _edge(procs: Procs, name: str, cp_port: int, config: Path) -> tuple[Proc, str]:
-    port = free_port()
-    argv = [PYTHON, "-m", "corral.cli", "edge", "--config", str(config),
-            "--listen", f"127.0.0.1:{port}", "--controlplane", f"127.0.0.1:{cp_port}",
-            "--log-level", "WARNING"]  # fmt: skip
-    proc = procs.start(name, argv, cpus=PROXY_CPU)
-    base = f"http://127.0.0.1:{port}"
-    wait_http(base + "/readyz", proc, timeout=60)
-    return proc, base
 
 
 def check_cost(keys: int, calls: int = 50_000) -> dict[str, float]:
@@ -97,12 +86,9 @@ def check_cost(keys: int, calls: int = 50_000) -> dict[str, float]:
 
 
 def run(seconds: float, rounds: int, keys: int) -> dict[str, object]:
-    from bench.common import ensure_tools
-
     ensure_tools("nginx", "wrk")
     pin_self(LOAD_CPU)
-    info: dict[str, object] = {"machine": machine(), "load": load_note(), "date": now_utc()}
-    print(f"{info['machine']}\n{info['load']}", flush=True)
+    info = run_info()
     with workspace("keys") as (tmp, procs):
         backend_port = free_port()
         nginx.start(
@@ -117,8 +103,8 @@ def run(seconds: float, rounds: int, keys: int) -> dict[str, object]:
         config.write_text(CONFIG)
         open_port = _server(procs, "bench.snapshot_server", backend, 0)
         keyed_port = _server(procs, "bench.policy_server", backend, keys)
-        open_edge, open_base = _edge(procs, "edge-open", open_port, config)
-        keyed_edge, keyed_base = _edge(procs, "edge-keys", keyed_port, config)
+        open_edge, open_base = start_edge(procs, "edge-open", open_port, config)
+        keyed_edge, keyed_base = start_edge(procs, "edge-keys", keyed_port, config)
         chat = "/v1/chat/completions"
         open_script = wrk.post_script(tmp / "open.lua", CHAT_REQUEST)
         key = secret(keys // 2)
@@ -134,26 +120,7 @@ def run(seconds: float, rounds: int, keys: int) -> dict[str, object]:
             "open": (open_edge, open_base + chat, open_script),
             "keys": (keyed_edge, keyed_base + chat, keyed_script),
         }
-        for _, url, script in targets.values():
-            warm = wrk.run(url, script, connections=32, seconds=2, cpus=LOAD_CPU)
-            if warm.errors:
-                raise BenchError(f"{url}: {warm.errors} errors in the warm-up")
-        pairs: list[dict[str, tuple[float, float]]] = []
-        for _ in range(rounds):
-            one: dict[str, tuple[float, float]] = {}
-            for name, (proc, url, script) in targets.items():
-                cpu0 = proc.cpu_seconds()
-                result = wrk.run(url, script, connections=32, seconds=seconds, cpus=LOAD_CPU)
-                if result.errors:
-                    raise BenchError(f"{name}: {result.errors} errors")
-                one[name] = (result.rps, (proc.cpu_seconds() - cpu0) / result.requests)
-            pairs.append(one)
-            print(f"  round: open {one['open'][0]:,.0f} req/s, keys {one['keys'][0]:,.0f}")
-        latency: dict[str, list[float]] = {"open": [], "keys": []}
-        for _ in range(rounds):
-            for name, (_, url, script) in targets.items():
-                result = wrk.run(url, script, connections=1, seconds=3, cpus=LOAD_CPU)
-                latency[name].append(result.p50)
+        pairs, latency = paired_rounds(targets, seconds=seconds, rounds=rounds)
         rss = {name: proc.rss_mib() for name, (proc, _, _) in targets.items()}
     info.update(pairs=pairs, latency=latency, rss=rss, keys=keys, seconds=seconds)
     info["micro"] = check_cost(keys)
@@ -165,16 +132,9 @@ def report(info: dict[str, object], commit: str) -> str:
     latency: dict[str, list[float]] = info["latency"]  # type: ignore[assignment]
     rss: dict[str, float] = info["rss"]  # type: ignore[assignment]
     micro: dict[str, float] = info["micro"]  # type: ignore[assignment]
-    rows = []
-    for i, pair in enumerate(pairs, 1):
-        (o_rps, o_cpu), (k_rps, k_cpu) = pair["open"], pair["keys"]
-        rows.append([
-            str(i), f"{o_rps:,.0f}", f"{k_rps:,.0f}", f"{k_rps / o_rps * 100:.1f}%",
-            f"{o_cpu * 1e6:.0f}", f"{k_cpu * 1e6:.0f}", f"{(k_cpu - o_cpu) * 1e6:+.1f}",
-        ])  # fmt: skip
+    rows = paired_rows(pairs, "open", "keys")
     open_cpu = statistics.median(p["open"][1] for p in pairs) * 1e6
-    ratio = statistics.median(p["keys"][0] / p["open"][0] for p in pairs)
-    cpu_added = statistics.median((p["keys"][1] - p["open"][1]) * 1e6 for p in pairs)
+    ratio, cpu_added = paired_medians(pairs, "open", "keys")
     p50_open = statistics.median(latency["open"])
     p50_keys = statistics.median(latency["keys"])
     table = md_table(
@@ -217,8 +177,6 @@ round; then one connection, 3 s each, {len(pairs)} times, for the p50.
 
 
 def main(argv: list[str]) -> int:
-    import subprocess
-
     parser = argparse.ArgumentParser(prog="./dev bench keys", description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="per round (default 5)")
     parser.add_argument("--rounds", type=int, default=3)
@@ -226,10 +184,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args(argv)
     info = run(args.seconds, max(1, args.rounds), args.keys)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    text = report(info, commit or "unknown")
+    text = report(info, commit())
     print(text)
     if not args.no_write:
         write_section("keys", text)

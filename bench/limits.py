@@ -18,23 +18,25 @@ import re
 import shutil
 import statistics
 import urllib.request
-from pathlib import Path
 
 from bench import nginx, wrk
 from bench.common import (
     LOAD_CPU,
-    PROXY_CPU,
     PYTHON,
     BenchError,
-    Proc,
     Procs,
+    commit,
+    ensure_tools,
     free_port,
-    load_note,
-    machine,
+    load_rounds,
     md_table,
-    now_utc,
+    p50_rounds,
+    paired_medians,
+    paired_rows,
     pin_self,
-    wait_http,
+    run_info,
+    start_edge,
+    warm_up,
     workspace,
     write_section,
 )
@@ -64,17 +66,6 @@ def _valkey(procs: Procs) -> int:
             "--appendonly", "no"]  # fmt: skip
     procs.start("valkey", argv, cpus=LOAD_CPU).check_alive()
     return port
-
-
-def _edge(procs: Procs, name: str, cp_port: int, config: Path, keys: Path) -> tuple[Proc, str]:
-    port = free_port()
-    argv = [PYTHON, "-m", "corral.cli", "edge", "--config", str(config),
-            "--listen", f"127.0.0.1:{port}", "--controlplane", f"127.0.0.1:{cp_port}",
-            "--api-key-file", str(keys), "--log-level", "WARNING"]  # fmt: skip
-    proc = procs.start(name, argv, cpus=PROXY_CPU)
-    base = f"http://127.0.0.1:{port}"
-    wait_http(base + "/readyz", proc, timeout=60)
-    return proc, base
 
 
 def _counters(base: str) -> tuple[float, float]:
@@ -124,12 +115,9 @@ def _in_process(valkey_port: int, repeats: int = 5, count: int = 20_000) -> list
 
 
 def run(seconds: float, rounds: int) -> dict[str, object]:
-    from bench.common import ensure_tools
-
     ensure_tools("nginx", "wrk")
     pin_self(LOAD_CPU)
-    info: dict[str, object] = {"machine": machine(), "load": load_note(), "date": now_utc()}
-    print(f"{info['machine']}\n{info['load']}", flush=True)
+    info = run_info()
     with workspace("limits") as (tmp, procs):
         backend_port = free_port()
         nginx.start(procs, "backend", lambda d: nginx.backend_conf(d, backend_port), LOAD_CPU,
@@ -145,36 +133,20 @@ def run(seconds: float, rounds: int) -> dict[str, object]:
         plain_cfg, limits_cfg = tmp / "plain.yaml", tmp / "limits.yaml"
         plain_cfg.write_text(PLAIN)
         limits_cfg.write_text(LIMITS.format(port=valkey_port))
-        targets = {
-            "plain": _edge(procs, "edge-plain", cp_port, plain_cfg, keys),
-            "limits": _edge(procs, "edge-limits", cp_port, limits_cfg, keys),
-        }
+        key_file = ("--api-key-file", str(keys))
+        plain = start_edge(procs, "edge-plain", cp_port, plain_cfg, *key_file)
+        limited = start_edge(procs, "edge-limits", cp_port, limits_cfg, *key_file)
         chat = "/v1/chat/completions"
         script = wrk.post_script(tmp / "chat.lua", CHAT_REQUEST, {"Authorization": f"Bearer {KEY}"})
-        for _, url in targets.values():
-            warm = wrk.run(url + chat, script, connections=32, seconds=2, cpus=LOAD_CPU)
-            if warm.errors:
-                raise BenchError(f"{url}: {warm.errors} errors in the warm-up")
-        limits_url = targets["limits"][1]
-        trips0, admitted0 = _counters(limits_url)
-        pairs: list[dict[str, tuple[float, float]]] = []
-        for _ in range(rounds):
-            one: dict[str, tuple[float, float]] = {}
-            for name, (proc, url) in targets.items():
-                cpu0 = proc.cpu_seconds()
-                result = wrk.run(url + chat, script, connections=32, seconds=seconds, cpus=LOAD_CPU)
-                if result.errors:
-                    raise BenchError(f"{name}: {result.errors} errors")
-                one[name] = (result.rps, (proc.cpu_seconds() - cpu0) / result.requests)
-            pairs.append(one)
-            print(f"  round: plain {one['plain'][0]:,.0f} req/s, limits "
-                  f"{one['limits'][0]:,.0f}", flush=True)  # fmt: skip
-        trips1, admitted1 = _counters(limits_url)
-        latency: dict[str, list[float]] = {"plain": [], "limits": []}
-        for _ in range(rounds):
-            for name, (_, url) in targets.items():
-                result = wrk.run(url + chat, script, connections=1, seconds=3, cpus=LOAD_CPU)
-                latency[name].append(result.p50)
+        targets = {
+            "plain": (plain[0], plain[1] + chat, script),
+            "limits": (limited[0], limited[1] + chat, script),
+        }
+        warm_up(targets)
+        trips0, admitted0 = _counters(limited[1])
+        pairs = load_rounds(targets, seconds=seconds, rounds=rounds)
+        trips1, admitted1 = _counters(limited[1])
+        latency = p50_rounds(targets, rounds=rounds)
         path_us = _in_process(valkey_port)
     info.update(
         path_us=path_us,
@@ -192,15 +164,8 @@ def report(info: dict[str, object], commit: str) -> str:
     latency: dict[str, list[float]] = info["latency"]  # type: ignore[assignment]
     trips: float = info["trips"]  # type: ignore[assignment]
     admitted: float = info["admitted"]  # type: ignore[assignment]
-    rows = []
-    for i, pair in enumerate(pairs, 1):
-        (a_rps, a_cpu), (b_rps, b_cpu) = pair["plain"], pair["limits"]
-        rows.append([
-            str(i), f"{a_rps:,.0f}", f"{b_rps:,.0f}", f"{b_rps / a_rps * 100:.1f}%",
-            f"{a_cpu * 1e6:.0f}", f"{b_cpu * 1e6:.0f}", f"{(b_cpu - a_cpu) * 1e6:+.1f}",
-        ])  # fmt: skip
-    ratio = statistics.median(p["limits"][0] / p["plain"][0] for p in pairs)
-    cpu_added = statistics.median((p["limits"][1] - p["plain"][1]) * 1e6 for p in pairs)
+    rows = paired_rows(pairs, "plain", "limits")
+    ratio, cpu_added = paired_medians(pairs, "plain", "limits")
     p50_a = statistics.median(latency["plain"])
     p50_b = statistics.median(latency["limits"])
     per = admitted / trips if trips else float("inf")
@@ -246,18 +211,13 @@ shared redis-server; limits high enough that nothing is refused). Loaded in turn
 
 
 def main(argv: list[str]) -> int:
-    import subprocess
-
     parser = argparse.ArgumentParser(prog="./dev bench limits", description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="per round (default 5)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args(argv)
     info = run(args.seconds, max(1, args.rounds))
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    text = report(info, commit or "unknown")
+    text = report(info, commit())
     print(text)
     if not args.no_write:
         write_section("limits", text)

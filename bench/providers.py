@@ -16,23 +16,22 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from pathlib import Path
 
 from bench import nginx, wrk
 from bench.common import (
     LOAD_CPU,
-    PROXY_CPU,
     PYTHON,
-    BenchError,
-    Proc,
     Procs,
+    commit,
+    ensure_tools,
     free_port,
-    load_note,
-    machine,
     md_table,
-    now_utc,
+    paired_medians,
+    paired_rounds,
+    paired_rows,
     pin_self,
-    wait_http,
+    run_info,
+    start_edge,
     workspace,
     write_section,
 )
@@ -51,26 +50,10 @@ def _server(procs: Procs, name: str, backend: str, extra: list[str]) -> int:
     return port
 
 
-def _edge(
-    procs: Procs, name: str, cp_port: int, config: Path, env: dict[str, str]
-) -> tuple[Proc, str]:
-    port = free_port()
-    argv = [PYTHON, "-m", "corral.cli", "edge", "--config", str(config),
-            "--listen", f"127.0.0.1:{port}", "--controlplane", f"127.0.0.1:{cp_port}",
-            "--log-level", "WARNING"]  # fmt: skip
-    proc = procs.start(name, argv, cpus=PROXY_CPU, env=env)
-    base = f"http://127.0.0.1:{port}"
-    wait_http(base + "/readyz", proc, timeout=60)
-    return proc, base
-
-
 def run(seconds: float, rounds: int) -> dict[str, object]:
-    from bench.common import ensure_tools
-
     ensure_tools("nginx", "wrk")
     pin_self(LOAD_CPU)
-    info: dict[str, object] = {"machine": machine(), "load": load_note(), "date": now_utc()}
-    print(f"{info['machine']}\n{info['load']}", flush=True)
+    info = run_info()
     with workspace("providers") as (tmp, procs):
         backend_port = free_port()
         nginx.start(
@@ -86,34 +69,18 @@ def run(seconds: float, rounds: int) -> dict[str, object]:
         plain_port = _server(procs, "snapshots-plain", backend, [])
         chained = ["--credential", "bench-key", "--fallback", f"{nginx.MODEL}=bench-fallback"]
         providers_port = _server(procs, "snapshots-providers", backend, chained)
-        plain = _edge(procs, "edge-plain", plain_port, config, {})
-        providers = _edge(
-            procs, "edge-providers", providers_port, config, {"CORRAL_CREDENTIAL_BENCH_KEY": KEY}
-        )
+        plain, plain_url = start_edge(procs, "edge-plain", plain_port, config)
+        providers, providers_url = start_edge(
+            procs, "edge-providers", providers_port, config,
+            env={"CORRAL_CREDENTIAL_BENCH_KEY": KEY},
+        )  # fmt: skip
         chat = "/v1/chat/completions"
         script = wrk.post_script(tmp / "chat.lua", CHAT_REQUEST)
-        targets = {"plain": plain, "providers": providers}
-        for _, url in targets.values():
-            warm = wrk.run(url + chat, script, connections=32, seconds=2, cpus=LOAD_CPU)
-            if warm.errors:
-                raise BenchError(f"{url}: {warm.errors} errors in the warm-up")
-        pairs: list[dict[str, tuple[float, float]]] = []
-        for _ in range(rounds):
-            one: dict[str, tuple[float, float]] = {}
-            for name, (proc, url) in targets.items():
-                cpu0 = proc.cpu_seconds()
-                result = wrk.run(url + chat, script, connections=32, seconds=seconds, cpus=LOAD_CPU)
-                if result.errors:
-                    raise BenchError(f"{name}: {result.errors} errors")
-                one[name] = (result.rps, (proc.cpu_seconds() - cpu0) / result.requests)
-            pairs.append(one)
-            print(f"  round: plain {one['plain'][0]:,.0f} req/s, providers "
-                  f"{one['providers'][0]:,.0f}")  # fmt: skip
-        latency: dict[str, list[float]] = {"plain": [], "providers": []}
-        for _ in range(rounds):
-            for name, (_, url) in targets.items():
-                result = wrk.run(url + chat, script, connections=1, seconds=3, cpus=LOAD_CPU)
-                latency[name].append(result.p50)
+        targets = {
+            "plain": (plain, plain_url + chat, script),
+            "providers": (providers, providers_url + chat, script),
+        }
+        pairs, latency = paired_rounds(targets, seconds=seconds, rounds=rounds)
     info.update(pairs=pairs, latency=latency, seconds=seconds)
     return info
 
@@ -121,15 +88,8 @@ def run(seconds: float, rounds: int) -> dict[str, object]:
 def report(info: dict[str, object], commit: str) -> str:
     pairs: list[dict[str, tuple[float, float]]] = info["pairs"]  # type: ignore[assignment]
     latency: dict[str, list[float]] = info["latency"]  # type: ignore[assignment]
-    rows = []
-    for i, pair in enumerate(pairs, 1):
-        (a_rps, a_cpu), (b_rps, b_cpu) = pair["plain"], pair["providers"]
-        rows.append([
-            str(i), f"{a_rps:,.0f}", f"{b_rps:,.0f}", f"{b_rps / a_rps * 100:.1f}%",
-            f"{a_cpu * 1e6:.0f}", f"{b_cpu * 1e6:.0f}", f"{(b_cpu - a_cpu) * 1e6:+.1f}",
-        ])  # fmt: skip
-    ratio = statistics.median(p["providers"][0] / p["plain"][0] for p in pairs)
-    cpu_added = statistics.median((p["providers"][1] - p["plain"][1]) * 1e6 for p in pairs)
+    rows = paired_rows(pairs, "plain", "providers")
+    ratio, cpu_added = paired_medians(pairs, "plain", "providers")
     p50_a = statistics.median(latency["plain"])
     p50_b = statistics.median(latency["providers"])
     table = md_table(
@@ -163,18 +123,13 @@ round; then one connection, 3 s each, {len(pairs)} times, for the p50.
 
 
 def main(argv: list[str]) -> int:
-    import subprocess
-
     parser = argparse.ArgumentParser(prog="./dev bench providers", description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="per round (default 5)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args(argv)
     info = run(args.seconds, max(1, args.rounds))
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    text = report(info, commit or "unknown")
+    text = report(info, commit())
     print(text)
     if not args.no_write:
         write_section("providers", text)
