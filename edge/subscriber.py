@@ -42,29 +42,13 @@ class SnapshotSubscriber:
         self._on_failed_snapshot = on_failed_snapshot
         self._rng = rng or random.Random()
         self._credentials = credentials(config)
-        metadata: list[tuple[str, str]] = []
-        if config.controlplane_token is not None:
-            metadata.append(("authorization", f"Bearer {config.controlplane_token.reveal()}"))
-        self._metadata = tuple(metadata)
+        self._metadata = auth_metadata(config)
 
     async def run(self) -> None:
-        addresses = [a for a in self._config.controlplane if a]
-        if not addresses:
+        if not any(self._config.controlplane):
             log.warning("no control-plane address configured; serving the persisted snapshot only")
             return
-        index = self._rng.randrange(len(addresses))
-        # 1 s, x1.6 each time, +-20 % jitter, capped (gRPC's reconnect rules).
-        backoff = Backoff(rng=self._rng)
-        while True:
-            address = addresses[index % len(addresses)]
-            received = await self._follow(address)
-            index += 1
-            if received:
-                # The stream worked (it may have ended for max connection age): reconnect at
-                # once, to the next address; failures from there on back off.
-                backoff.reset()
-                continue
-            await asyncio.sleep(backoff.next())
+        await rotate(self._config, self._follow, self._rng)
 
     async def _follow(self, address: str) -> bool:
         """Stream from one address until it fails; True when it delivered anything."""
@@ -108,6 +92,34 @@ class SnapshotSubscriber:
         except Exception:
             self._on_failed_snapshot()
             log.exception("could not apply snapshot %d; waiting for the next", snapshot.version)
+
+
+async def rotate(
+    config: EdgeConfig, follow: Callable[[str], Awaitable[bool]], rng: random.Random
+) -> None:
+    """Follows one control-plane address at a time, forever, starting at a random one:
+    follow(address) streams until the stream ends and says whether it delivered anything."""
+    addresses = [a for a in config.controlplane if a]
+    if not addresses:
+        return
+    index = rng.randrange(len(addresses))
+    # 1 s, x1.6 each time, +-20 % jitter, capped (gRPC's reconnect rules).
+    backoff = Backoff(rng=rng)
+    while True:
+        received = await follow(addresses[index % len(addresses)])
+        index += 1
+        if received:
+            # The stream worked (it may have ended for max connection age): reconnect at
+            # once, to the next address; failures from there on back off.
+            backoff.reset()
+            continue
+        await asyncio.sleep(backoff.next())
+
+
+def auth_metadata(config: EdgeConfig) -> tuple[tuple[str, str], ...]:
+    """The bearer token every call to the control plane carries, when one is configured."""
+    token = config.controlplane_token
+    return (("authorization", f"Bearer {token.reveal()}"),) if token is not None else ()
 
 
 def credentials(config: EdgeConfig) -> grpc.ChannelCredentials | None:

@@ -23,11 +23,10 @@ from aiohttp import web
 from google.protobuf.message import DecodeError
 from grpc import aio
 
-from corral.backoff import Backoff
 from corral.channels import aio_channel
 from corral.config import EdgeConfig
 from corral.v1 import gateway_pb2, gateway_pb2_grpc
-from edge.subscriber import credentials
+from edge.subscriber import auth_metadata, credentials, rotate
 
 log = logging.getLogger(__name__)
 
@@ -87,22 +86,10 @@ class PolicySubscriber:
         self._on_policy = on_policy
         self._rng = rng or random.Random()
         self._credentials = credentials(config)
-        token = config.controlplane_token
-        self._metadata = (("authorization", f"Bearer {token.reveal()}"),) if token else None
+        self._metadata = auth_metadata(config)
 
     async def run(self) -> None:
-        addresses = [a for a in self._config.controlplane if a]
-        if not addresses:
-            return
-        index = self._rng.randrange(len(addresses))
-        backoff = Backoff(rng=self._rng)
-        while True:
-            received = await self._follow(addresses[index % len(addresses)])
-            index += 1
-            if received:
-                backoff.reset()
-                continue
-            await asyncio.sleep(backoff.next())
+        await rotate(self._config, self._follow, self._rng)
 
     async def _follow(self, address: str) -> bool:
         """Stream from one address until it fails; True when it delivered anything."""
@@ -114,7 +101,7 @@ class PolicySubscriber:
             request = gateway_pb2.WatchPolicyRequest(
                 edge_id=self._edge_id, last_applied_version=version, cluster_id=cluster_id
             )
-            async for response in stub.WatchPolicy(request, metadata=self._metadata):
+            async for response in stub.WatchPolicy(request, metadata=self._metadata or None):
                 received = True
                 await self._on_policy(response.policy)
         except aio.AioRpcError as exc:
