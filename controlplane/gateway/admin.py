@@ -179,7 +179,7 @@ class GatewayAdmin:
             keys=[_public(k) for k in keys if not request.team or k.team == request.team]
         )
 
-    async def _change_key(
+    async def change_key(
         self,
         parts: Parts,
         key_id: str,
@@ -207,6 +207,27 @@ class GatewayAdmin:
                 return _public(key)
         raise InvalidArgumentError(f"key {key_id!r} kept changing under us; try again")
 
+    async def change_team(
+        self, parts: Parts, name: str, action: str, change: Callable[[gateway_pb2.Team], str]
+    ) -> gateway_pb2.Team:
+        """Apply change (it returns the audit detail) to a stored team, atomically; audited.
+        The caller has checked the name."""
+        where = records.team_key(self._layout, name)
+        for _ in range(WRITE_TRIES):
+            kv = await parts.store.get(where)
+            team = _decode(gateway_pb2.Team, kv.value) if kv is not None else None
+            if kv is None or team is None:
+                raise NotFoundError(f"no team named {name!r}")
+            detail = change(team)
+            await self.audit.record(parts.store, action, team.name, detail)
+            if await parts.store.put_if(
+                where, team.SerializeToString(), expect_mod_revision=kv.mod_revision
+            ):
+                stored = await parts.store.get(where)
+                await self._settle(parts, stored.mod_revision if stored is not None else 0)
+                return team
+        raise InvalidArgumentError(f"team {name!r} kept changing under us; try again")
+
     async def revoke_key(
         self, request: gateway_pb2.RevokeKeyRequest, parts: Parts
     ) -> gateway_pb2.RevokeKeyResponse:
@@ -216,7 +237,7 @@ class GatewayAdmin:
             key.revoked_unix_ms = int(time.time() * 1000)
             return True
 
-        key = await self._change_key(parts, request.id, "key.revoke", revoke)
+        key = await self.change_key(parts, request.id, "key.revoke", revoke)
         return gateway_pb2.RevokeKeyResponse(key=key)
 
     async def set_key_disabled(
@@ -229,7 +250,7 @@ class GatewayAdmin:
             return True
 
         action = "key.disable" if request.disabled else "key.enable"
-        key = await self._change_key(parts, request.id, action, toggle)
+        key = await self.change_key(parts, request.id, action, toggle)
         return gateway_pb2.SetKeyDisabledResponse(key=key)
 
     # Prices -----------------------------------------------------------------------------

@@ -8,13 +8,11 @@ only the fields a request sets change (proto3 optional fields).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from google.protobuf.message import Message
 
-from controlplane.errors import InvalidArgumentError, NotFoundError
-from controlplane.gateway import records
-from controlplane.gateway.admin import WRITE_TRIES, GatewayAdmin, Handler, _decode
+from controlplane.errors import InvalidArgumentError
+from controlplane.gateway.admin import GatewayAdmin, Handler
 from controlplane.replica import Parts
 from controlplane.validation import check_name
 from corral.v1 import content_pb2, gateway_pb2
@@ -58,7 +56,7 @@ class ContentAdmin:
             key.content.MergeFrom(request.content)
             return True
 
-        key = await self._gateway._change_key(parts, request.id, "key.content", change)
+        key = await self._gateway.change_key(parts, request.id, "key.content", change)
         return content_pb2.SetKeyContentResponse(id=key.id, content=key.content)
 
     async def set_team_content(
@@ -66,21 +64,10 @@ class ContentAdmin:
     ) -> content_pb2.SetTeamContentResponse:
         check_name(request.name, "team name")
         check_content(request.content)
-        gateway = self._gateway
-        where = records.team_key(gateway._layout, request.name)
-        for _ in range(WRITE_TRIES):
-            kv = await parts.store.get(where)
-            team: Any = _decode(gateway_pb2.Team, kv.value) if kv is not None else None
-            if kv is None or team is None:
-                raise NotFoundError(f"no team named {request.name!r}")
+
+        def change(team: gateway_pb2.Team) -> str:
             team.content.MergeFrom(request.content)
-            await gateway.audit.record(
-                parts.store, "team.content", team.name, describe(request.content)
-            )
-            if await parts.store.put_if(
-                where, team.SerializeToString(), expect_mod_revision=kv.mod_revision
-            ):
-                stored = await parts.store.get(where)
-                await gateway._settle(parts, stored.mod_revision if stored is not None else 0)
-                return content_pb2.SetTeamContentResponse(name=team.name, content=team.content)
-        raise InvalidArgumentError(f"team {request.name!r} kept changing under us; try again")
+            return describe(request.content)
+
+        team = await self._gateway.change_team(parts, request.name, "team.content", change)
+        return content_pb2.SetTeamContentResponse(name=team.name, content=team.content)

@@ -8,13 +8,11 @@ carries them too; only the fields a request sets change (proto3 optional fields)
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from google.protobuf.message import Message
 
-from controlplane.errors import InvalidArgumentError, NotFoundError
-from controlplane.gateway import records
-from controlplane.gateway.admin import WRITE_TRIES, GatewayAdmin, Handler, _decode
+from controlplane.errors import InvalidArgumentError
+from controlplane.gateway.admin import GatewayAdmin, Handler
 from controlplane.replica import Parts
 from controlplane.validation import check_name
 from corral.v1 import gateway_pb2, limits_pb2
@@ -75,7 +73,7 @@ class LimitsAdmin:
             merge(key.limits, request.limits)
             return True
 
-        key = await self._gateway._change_key(parts, request.id, "key.limits", change)
+        key = await self._gateway.change_key(parts, request.id, "key.limits", change)
         return limits_pb2.SetKeyLimitsResponse(id=key.id, limits=key.limits)
 
     async def set_team_limits(
@@ -83,21 +81,10 @@ class LimitsAdmin:
     ) -> limits_pb2.SetTeamLimitsResponse:
         check_name(request.name, "team name")
         check_limits(request.limits)
-        gateway = self._gateway
-        where = records.team_key(gateway._layout, request.name)
-        for _ in range(WRITE_TRIES):
-            kv = await parts.store.get(where)
-            team: Any = _decode(gateway_pb2.Team, kv.value) if kv is not None else None
-            if kv is None or team is None:
-                raise NotFoundError(f"no team named {request.name!r}")
+
+        def change(team: gateway_pb2.Team) -> str:
             merge(team.limits, request.limits)
-            await gateway.audit.record(
-                parts.store, "team.limits", team.name, describe(request.limits)
-            )
-            if await parts.store.put_if(
-                where, team.SerializeToString(), expect_mod_revision=kv.mod_revision
-            ):
-                stored = await parts.store.get(where)
-                await gateway._settle(parts, stored.mod_revision if stored is not None else 0)
-                return limits_pb2.SetTeamLimitsResponse(name=team.name, limits=team.limits)
-        raise InvalidArgumentError(f"team {request.name!r} kept changing under us; try again")
+            return describe(request.limits)
+
+        team = await self._gateway.change_team(parts, request.name, "team.limits", change)
+        return limits_pb2.SetTeamLimitsResponse(name=team.name, limits=team.limits)
