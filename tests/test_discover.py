@@ -35,7 +35,7 @@ def test_every_types_usual_port_is_scanned() -> None:
 async def test_discovery_finds_every_type_and_skips_other_web_apps() -> None:
     """Each fake (its model list at the root, /engines or /api) is found; a web app that
     answers 200 HTML everywhere is not."""
-    fakes = [FakeServer(kind, ["m"]) for kind in KINDS]  # type: ignore[arg-type]
+    fakes = [FakeServer(kind, ["m"]) for kind in KINDS]
 
     async def page(request: web.Request) -> web.Response:
         return web.Response(text="<html>hello</html>", content_type="text/html")

@@ -103,7 +103,7 @@ async def test_keys_teams_prices_and_audit_from_the_command_line(site: Site) -> 
 
     assert (await site.corral("teams", "create", "search")).code == 0
     teams = await site.corral("teams", "list", "--json")
-    assert [t["name"] for t in teams.json()] == ["search"]  # type: ignore[union-attr]
+    assert [t["name"] for t in teams.json()] == ["search"]
 
     created = await site.corral(
         "keys", "create", "--team", "search", "--models", "m1,m2", "--expires-in", "30d", "--json"

@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _generator():  # type: ignore[no-untyped-def]
+def _generator():
     spec = importlib.util.spec_from_file_location(
         "corral_proto_generate", ROOT / "proto/generate.py"
     )
@@ -32,7 +32,7 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
         )
 
 
-def test_etcd_test_server_starts(etcd) -> None:  # type: ignore[no-untyped-def]
+def test_etcd_test_server_starts(etcd) -> None:
     """The tests' real etcd stores and returns a key (so etcd is installed and running)."""
     etcd.etcdctl("put", "/corral-selftest/k", "v")
     assert etcd.etcdctl("get", "--print-value-only", "/corral-selftest/k").strip() == "v"

@@ -262,10 +262,10 @@ async def test_corrupt_unary_requests_are_invalid_argument(
         kwargs = {"request_serializer": lambda b: b, "response_deserializer": lambda b: b}
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             if "Watch" in method:
-                async for _ in channel.unary_stream(method, **kwargs)(b"\xff\xff\x0f", timeout=10):  # type: ignore[arg-type]
+                async for _ in channel.unary_stream(method, **kwargs)(b"\xff\xff\x0f", timeout=10):
                     pass
             else:
-                await channel.unary_unary(method, **kwargs)(b"\xff\xff\x0f", timeout=10)  # type: ignore[arg-type]
+                await channel.unary_unary(method, **kwargs)(b"\xff\xff\x0f", timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a valid protobuf message" in (caught.value.details() or "")
     await still_fine(good, watcher, running=4)

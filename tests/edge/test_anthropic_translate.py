@@ -1144,7 +1144,7 @@ async def test_sdk_sees_anthropic_errors(sdk: SdkFixture) -> None:
         await client.messages.create(
             model=MODEL,
             max_tokens=50,
-            messages=[{"role": "system", "content": "x"}],  # type: ignore[list-item]
+            messages=[{"role": "system", "content": "x"}],
         )
     assert caught.value.status_code == 400
     assert caught.value.body == {

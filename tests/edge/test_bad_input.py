@@ -123,7 +123,7 @@ async def test_oversized_bodies_are_413(http: aiohttp.ClientSession, running: Ru
         for _ in range(10):
             yield b"x" * 1000
 
-    status, data, _ = await post(http, running, CHAT, chunks())  # type: ignore[arg-type]
+    status, data, _ = await post(http, running, CHAT, chunks())
     assert status == 413
     assert_error_shape(data)
 

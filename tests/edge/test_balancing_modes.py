@@ -133,7 +133,7 @@ async def test_alias_answers_name_the_requested_model(
         assert answer.choices[0].message.content == "[v] hello there friend"
         stream = await client.chat.completions.create(
             model="friendly",
-            messages=messages,  # type: ignore[arg-type]
+            messages=messages,
             stream=True,
             stream_options={"include_usage": True},
         )

@@ -18,7 +18,7 @@ MODEL = "tiny"
 AGING = ReportAging(window=5.0, half_life=2.0)
 
 
-def llamacpp(name: str, running: int = 0, slots: int = 2, kv: float | None = None):  # type: ignore[no-untyped-def]
+def llamacpp(name: str, running: int = 0, slots: int = 2, kv: float | None = None):
     """A llama.cpp backend as its agent reports it: slots in the model metadata."""
     message = backend(name, f"http://127.0.0.1/{name}", [MODEL], running=running)
     message.spec.type = types_pb2.BACKEND_TYPE_LLAMACPP

@@ -35,7 +35,7 @@ names = st.lists(
 )
 
 
-def make(name: str, weight: float = 1.0, inflight: int = 0, reported: int = 0, cap: int = 0):  # type: ignore[no-untyped-def]
+def make(name: str, weight: float = 1.0, inflight: int = 0, reported: int = 0, cap: int = 0):
     state = BackendState(name)
     state.weight, state.inflight, state.reported, state.max_concurrency = (
         weight,

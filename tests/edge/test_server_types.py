@@ -43,7 +43,7 @@ async def _served(http: aiohttp.ClientSession, edge: RunningEdge) -> set[str]:
 
 
 @pytest.fixture
-async def edge_over_every_type(start_edge: StartEdge, http: aiohttp.ClientSession):  # type: ignore[no-untyped-def]
+async def edge_over_every_type(start_edge: StartEdge, http: aiohttp.ClientSession):
     async with (
         running_fakes(*_fakes()) as fakes,
         h.running(h.config()) as address,
@@ -59,7 +59,7 @@ async def edge_over_every_type(start_edge: StartEdge, http: aiohttp.ClientSessio
         yield edge, {f.kind: f for f in fakes}
 
 
-async def test_every_type_answers_the_openai_sdk_through_the_edge(edge_over_every_type) -> None:  # type: ignore[no-untyped-def]
+async def test_every_type_answers_the_openai_sdk_through_the_edge(edge_over_every_type) -> None:
     """Chat (whole and streamed) for each type's model reaches that server, at the path
     its API lives under (Docker Model Runner's /engines, Lemonade's /api)."""
     edge, fakes = edge_over_every_type
@@ -80,7 +80,7 @@ async def test_every_type_answers_the_openai_sdk_through_the_edge(edge_over_ever
         assert len(fake.requests_to(path)) == 2, (kind, path)
 
 
-async def test_native_prefixes_reach_each_types_own_api(  # type: ignore[no-untyped-def]
+async def test_native_prefixes_reach_each_types_own_api(
     edge_over_every_type, http: aiohttp.ClientSession
 ) -> None:
     """/lmdeploy/generate, /tgi/generate, /docker-model-runner/<engine>/v1/...,

@@ -86,7 +86,7 @@ async def test_older_snapshots_are_refused(
         assert await ask(running) == "a"
 
 
-def _refused(running: RunningEdge):  # type: ignore[no-untyped-def]
+def _refused(running: RunningEdge):
     async def check() -> str | None:
         text = await running.metrics()
         return text if "corral_edge_snapshots_refused_total 1.0" in text else None
@@ -94,7 +94,7 @@ def _refused(running: RunningEdge):  # type: ignore[no-untyped-def]
     return check
 
 
-def _cluster(running: RunningEdge, cluster: str):  # type: ignore[no-untyped-def]
+def _cluster(running: RunningEdge, cluster: str):
     async def check() -> dict[str, object] | None:
         info = await running.readyz()
         return info if info.get("cluster_id") == cluster else None

@@ -52,7 +52,7 @@ def until(check: Callable[[], T], within: float, what: str, interval: float = 0.
         try:
             result = check()
         except (AssertionError, FaultSuiteError, OSError) as exc:
-            result, last = None, exc  # type: ignore[assignment]
+            result, last = None, exc
         else:
             if result:
                 return result

@@ -109,7 +109,7 @@ async def test_redact_and_restore_whole_and_streamed(
             message = await stream.get_final_message()
     finally:
         await claude.close()
-    assert message.content[0].text == f"[vllm-a] {PROMPT}"  # type: ignore[union-attr]
+    assert message.content[0].text == f"[vllm-a] {PROMPT}"
     assert CARD not in sent_to(vllm)
 
 

@@ -46,7 +46,7 @@ async def test_get_traffic_through_grpcurl() -> None:
             return doc if doc.get("rows") else None
 
         doc = await eventually(traffic)
-        [row] = doc["rows"]  # type: ignore[misc]
+        [row] = doc["rows"]
         assert row["key"] == "llama" and row["requests"] == "40"
         assert row["errors"] == {"5xx": "2"} and abs(row["error_rate"] - 0.05) < 1e-9
         assert row["share"] == 1

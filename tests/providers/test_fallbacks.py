@@ -64,7 +64,7 @@ async def ask(running: RunningEdge, model: str, text: str, stream: bool = False)
         raw_stream = await client.chat.completions.with_raw_response.create(
             model=model,
             messages=messages,
-            stream=True,  # type: ignore[arg-type]
+            stream=True,
         )
         chunks = [c async for c in raw_stream.parse()]
         assert {c.model for c in chunks} == {model}

@@ -157,7 +157,7 @@ async def test_provider_errors_reach_clients_in_their_dialect(
     hi = [{"role": "user", "content": "hi"}]
     with pytest.raises(openai.AuthenticationError) as auth:
         await client.chat.completions.create(model=MODEL["anthropic"], messages=hi)  # type: ignore[arg-type]
-    assert auth.value.body == {  # type: ignore[comparison-overlap]
+    assert auth.value.body == {
         "message": "invalid x-api-key", "type": "authentication_error",
         "param": None, "code": "invalid_api_key",
     }  # fmt: skip

@@ -33,7 +33,7 @@ VLLM_KEY = "vllm-secret-local-key-9e8d7c6b"
 @pytest.fixture
 def etcd() -> EtcdCluster:
     cluster = EtcdCluster.create(1).start()
-    yield cluster  # type: ignore[misc]
+    yield cluster
     cluster.stop()
 
 
