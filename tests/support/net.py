@@ -27,7 +27,7 @@ def wait_for_port(host: str, port: int, timeout: float = 30.0) -> None:
             time.sleep(0.02)
 
 
-async def eventually(check, within: float = 15.0, interval: float = 0.02):
+async def eventually(check, within: float = 15.0, interval: float = 0.02):  # type: ignore[no-untyped-def]
     """Poll an (async or sync) check until it returns a truthy value; return that value.
 
     For conditions that have no event to wait on (state in another process). The interval is
