@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 from controlplane.dashboard.timeline import Timeline
 from controlplane.replica import Parts
 from controlplane.traffic.digest import Digest
+from controlplane.traffic.query import NO_POINT as _NO_POINT
 from controlplane.traffic.query import Result, Row
 from controlplane.traffic.records import FINE, errors_by_class
 from corral.v1 import admin_pb2, traffic_pb2, types_pb2
@@ -37,10 +38,9 @@ def _word(enum: Any, value: int, prefix: str) -> str:
 
 def _traffic(row: Row | None, result: Result) -> dict[str, Any]:
     if row is None:
-        zeros = [0] * len(result.buckets)
         return {"requests": 0, "share": 0.0, "rps": 0.0, "error_rate": 0.0, "p50": 0.0,
                 "p95": 0.0, "p99": 0.0, "ttft_p50": 0.0, "ttft_p95": 0.0, "errors": {},
-                "spark": zeros, "spark_p95": zeros, "tokens": 0}  # fmt: skip
+                "series": [_NO_POINT] * len(result.buckets), "tokens": 0}  # fmt: skip
     cell = row.cell
     quantiles = row.quantiles
     return {
@@ -55,8 +55,8 @@ def _traffic(row: Row | None, result: Result) -> dict[str, Any]:
         "ttft_p50": quantiles[3],
         "ttft_p95": quantiles[4],
         "tokens": cell.prompt_tokens + cell.completion_tokens,
-        "spark": [p[0] for p in row.series],
-        "spark_p95": [p[2] for p in row.series],
+        # [requests, errors, p95 latency] per 10 s bucket, oldest first (sparklines)
+        "series": row.series,
     }
 
 

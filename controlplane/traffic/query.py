@@ -76,6 +76,20 @@ def add_all(parts: Iterable[Sums]) -> Sums:
     return out
 
 
+def add_two(base: Sums, more: Sums) -> Sums:
+    """base + more as a new mapping; groups in only one of them share its (read-only) sum."""
+    out = dict(base)
+    for key, cell in more.items():
+        held = out.get(key)
+        if held is None:
+            out[key] = cell
+        else:
+            merged = out[key] = CellSum()
+            merged.add(held)
+            merged.add(cell)
+    return out
+
+
 class Points:
     """Sparkline points of a window: the bucket starts, every group's points over the
     complete buckets, and the current bucket's."""
@@ -177,7 +191,8 @@ def compute(
         row.latency = latency = unpack(cell.latency) if cell.latency else _EMPTY
         ttft = unpack(cell.ttft) if cell.ttft else _EMPTY
         out.ttfts[key] = ttft
-        row.quantiles = hist.quantiles(latency, _QS) + hist.quantiles(ttft, _QS)
+        ttft_q = hist.quantiles(ttft, _QS) if cell.ttft else _NO_QUANTILES
+        row.quantiles = hist.quantiles(latency, _QS) + ttft_q
         if points is not None:
             row.series = [*points.past.get(key, empty_past), points.current.get(key, NO_POINT)]
         out.rows.append(row)
@@ -186,6 +201,7 @@ def compute(
 
 _EMPTY: tuple[int, ...] = (0,) * hist.SIZE
 NO_POINT: Point = (0, 0, 0.0)
+_NO_QUANTILES = [0.0, 0.0, 0.0]
 
 
 def to_proto(result: Result) -> traffic_pb2.GetTrafficResponse:

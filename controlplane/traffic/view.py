@@ -31,6 +31,7 @@ from controlplane.traffic.query import (
     Result,
     Sums,
     add_all,
+    add_two,
     apply,
     compute,
     points_of,
@@ -242,7 +243,7 @@ class TrafficView:
                 del self._windows[old]
             self._windows[window_key] = (signature, base)
         now_sums = self._bucket_sums((name, current), group)
-        total = add_all((base, now_sums)) if now_sums else base
+        total = add_two(base, now_sums) if now_sums else base
         digests = [
             d
             for b in starts

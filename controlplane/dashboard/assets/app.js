@@ -129,8 +129,8 @@ function renderBackends(doc) {
       el("td", { class: "num" }, `${ms(b.p50)} / ${ms(b.p95)}`),
       el("td", { class: "num" }, `${ms(b.ttft_p50)} / ${ms(b.ttft_p95)}`),
       flags,
-      el("td", {}, spark(b.spark, "#58a6ff", `requests of ${b.name}`)),
-      el("td", {}, spark(b.spark_p95, "#d29922", `p95 latency of ${b.name}`)),
+      el("td", {}, spark(b.series.map((p) => p[0]), "#58a6ff", `requests of ${b.name}`)),
+      el("td", {}, spark(b.series.map((p) => p[2]), "#d29922", `p95 latency of ${b.name}`)),
     );
   });
   if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 14, class: "muted" }, "No backends registered.")));
