@@ -103,11 +103,11 @@ class PolicySubscriber:
             )
             async for response in stub.WatchPolicy(request, metadata=self._metadata or None):
                 received = True
-                await self._on_policy(response.policy)
+                await self._apply(response.policy)
         except aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
                 # A control plane from before policies: it has no keys to give.
-                await self._on_policy(gateway_pb2.Policy())
+                await self._apply(gateway_pb2.Policy())
             log.warning(
                 "policy stream from %s failed: %s %s",
                 address,
@@ -117,6 +117,15 @@ class PolicySubscriber:
         finally:
             await channel.close(grace=None)
         return received
+
+    async def _apply(self, policy: gateway_pb2.Policy) -> None:
+        """One policy to on_policy; a failure to apply it is logged and the stream goes on
+        (the next policy carries the whole state again), as the snapshot subscriber does,
+        rather than ending the subscriber unseen."""
+        try:
+            await self._on_policy(policy)
+        except Exception:
+            log.exception("could not apply policy %d; waiting for the next", policy.version)
 
 
 def apply_prices(config: EdgeConfig, recorder: object, policy: gateway_pb2.Policy) -> None:
@@ -153,11 +162,15 @@ async def follow_policy(app: web.Application) -> AsyncIterator[None]:
     keys = proxy.keys
     state_dir = config.state_dir
     persisted = await asyncio.to_thread(load_policy, state_dir) if state_dir else None
+
+    def apply(policy: gateway_pb2.Policy) -> None:
+        keys.apply(policy)
+        apply_policy(app, policy)
+        apply_content(app, policy)
+        apply_prices(config, proxy.recorder, policy)
+
     if persisted is not None:
-        keys.apply(persisted)
-        apply_policy(app, persisted)
-        apply_content(app, persisted)
-        apply_prices(config, proxy.recorder, persisted)
+        apply(persisted)
         log.info("applied the persisted policy %d (%d keys)", persisted.version, len(keys))
     elif any(config.controlplane):
         keys.wait_for_policy()
@@ -169,11 +182,8 @@ async def follow_policy(app: web.Application) -> AsyncIterator[None]:
         if policy.cluster_id == applied[1] and 0 < policy.version < applied[0]:
             log.warning("refused policy %d: older than %d", policy.version, applied[0])
             return
-        keys.apply(policy)
-        apply_policy(app, policy)
-        apply_content(app, policy)
+        apply(policy)
         first.set()
-        apply_prices(config, proxy.recorder, policy)
         applied = (policy.version, policy.cluster_id)
         log.info("applied policy %d (%d keys)", policy.version, len(keys))
         if state_dir:
