@@ -57,10 +57,10 @@ Detector = Callable[[Answers], str | None]
 
 @dataclass(frozen=True)
 class Detection:
-    """The server kind found (None when nothing matched) and why."""
+    """The server type found (None when nothing matched) and why."""
 
-    kind: str | None
-    # Why this kind: the answers that told it.
+    server_type: str | None
+    # Why this type: the answers that told it.
     evidence: str
     # Every probe's outcome, for the log when nothing matched.
     outcomes: tuple[str, ...]
@@ -74,8 +74,8 @@ async def detect(client: BackendClient) -> Detection:
     """Ask the server's identifying endpoints at once and decide what it is."""
     answers = await ask(client)
     outcomes = tuple(r.describe() for r in answers.values())
-    kind, evidence = decide(answers)
-    return Detection(kind, evidence, outcomes)
+    server_type, evidence = decide(answers)
+    return Detection(server_type, evidence, outcomes)
 
 
 async def ask(client: BackendClient) -> Answers:
@@ -232,11 +232,11 @@ DETECTORS: tuple[tuple[str, Detector], ...] = (
 
 
 def decide(r: Answers) -> tuple[str | None, str]:
-    """The server kind these answers tell, and why (None and why not, when none does)."""
-    for kind, detector in DETECTORS:
+    """The server type these answers tell, and why (None and why not, when none does)."""
+    for server_type, detector in DETECTORS:
         evidence = detector(r)
         if evidence is not None:
-            return kind, evidence
+            return server_type, evidence
     if not any(resp.answered for resp in r.values()):
         first = r["/"]
         return None, f"no answer from the server ({first.detail})"

@@ -57,7 +57,7 @@ class Agent:
         self.metrics = AgentMetrics()
         self.tracker = HealthTracker()
         self.reporter = Reporter(self.config, self.metrics, __version__)
-        self.kind: str | None = None if self.config.type == "auto" else self.config.type
+        self.server_type: str | None = None if self.config.type == "auto" else self.config.type
         self.detection: Detection | None = None
         self.probe: ServerProbe | None = None
         self.status: types_pb2.BackendStatus | None = None
@@ -93,9 +93,10 @@ class Agent:
 
     async def _probe_loop(self, client: BackendClient) -> None:
         config = self.config
-        if self.kind is None:
-            self.kind = await self._detect(client)
-        probe = PROBES[self.kind](client, slow_seconds=config.probe_timeout_seconds * SLOW_FRACTION)
+        if self.server_type is None:
+            self.server_type = await self._detect(client)
+        slow = config.probe_timeout_seconds * SLOW_FRACTION
+        probe = PROBES[self.server_type](client, slow_seconds=slow)
         self.probe = probe
         self.reporter.set_backend(self.spec(probe.backend_type, probe.base_path))
         while True:
@@ -126,9 +127,11 @@ class Agent:
         while True:
             found = await detect(client)
             self.detection = found
-            if found.kind is not None:
-                log.info("detected %s at %s: %s", found.kind, client.base_url, found.evidence)
-                return found.kind
+            if found.server_type is not None:
+                log.info(
+                    "detected %s at %s: %s", found.server_type, client.base_url, found.evidence
+                )
+                return found.server_type
             summary = (found.evidence, *found.outcomes)
             if summary != said:
                 said = summary
@@ -183,7 +186,11 @@ class Agent:
             )
         return {
             "agent_id": self.config.agent_id,
-            "backend": {"name": self.config.name, "url": self.config.backend, "type": self.kind},
+            "backend": {
+                "name": self.config.name,
+                "url": self.config.backend,
+                "type": self.server_type,
+            },
             "detection": self.detection.evidence if self.detection else None,
             "health": state_name(self.tracker.state) if self.status else "detecting",
             "reason": self.tracker.reason,

@@ -98,7 +98,7 @@ def _problems(agents: dict[str, Agent]) -> dict[str, str]:
         cp = state["controlplane"]
         if state["health"] == "healthy":
             continue
-        if one.kind is None:
+        if one.server_type is None:
             why = f"not detected yet: {state['detection'] or 'no answer so far'}"
         elif not cp["session_id"]:
             why = f"not registered with the control plane: {cp['last_error'] or 'connecting'}"

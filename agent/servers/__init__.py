@@ -53,7 +53,7 @@ from agent.servers.vllm import VllmProbe
 from agent.servers.vllm_mlx import VllmMlxProbe
 
 PROBES: dict[str, type[ServerProbe]] = {
-    cls.kind: cls
+    cls.server_type: cls
     for cls in (
         OllamaProbe,
         VllmProbe,

@@ -68,7 +68,7 @@ class Judge:
 class ServerProbe(abc.ABC):
     """Probes one server of one type; keeps what it last learnt."""
 
-    kind: ClassVar[str]
+    server_type: ClassVar[str]  # the name `--type` takes (ollama, vllm, ...)
     backend_type: ClassVar[types_pb2.BackendType.ValueType]
     static_capabilities: ClassVar[tuple[Capability, ...]] = ()
     # Where the server's OpenAI API lives below its root ("" for /v1/... at the root).

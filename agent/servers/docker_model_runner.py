@@ -9,7 +9,7 @@ from corral.v1 import types_pb2
 
 
 class DockerModelRunnerProbe(ServerProbe):
-    kind = "docker-model-runner"
+    server_type = "docker-model-runner"
     backend_type = types_pb2.BACKEND_TYPE_DOCKER_MODEL_RUNNER
     static_capabilities = (types_pb2.CAPABILITY_COMPLETIONS, types_pb2.CAPABILITY_EMBEDDINGS)
     base_path = "/engines"

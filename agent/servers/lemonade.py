@@ -23,7 +23,7 @@ def loaded_names(health: Any) -> set[str]:
 
 
 class LemonadeProbe(ServerProbe):
-    kind = "lemonade"
+    server_type = "lemonade"
     backend_type = types_pb2.BACKEND_TYPE_LEMONADE
     static_capabilities = (types_pb2.CAPABILITY_COMPLETIONS, types_pb2.CAPABILITY_EMBEDDINGS)
     base_path = "/api"

@@ -26,7 +26,7 @@ def context_lengths(data: Any) -> dict[str, int]:
 
 
 class LiteLLMProbe(ServerProbe):
-    kind = "litellm"
+    server_type = "litellm"
     backend_type = types_pb2.BACKEND_TYPE_LITELLM
     static_capabilities = (types_pb2.CAPABILITY_COMPLETIONS, types_pb2.CAPABILITY_EMBEDDINGS)
 

@@ -74,7 +74,7 @@ def parse_llamacpp_slots(data: Any) -> types_pb2.BackendLoad:
 
 
 class LlamaCppProbe(ServerProbe):
-    kind = "llamacpp"
+    server_type = "llamacpp"
     backend_type = types_pb2.BACKEND_TYPE_LLAMACPP
     static_capabilities = (types_pb2.CAPABILITY_COMPLETIONS,)
 

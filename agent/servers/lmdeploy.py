@@ -11,7 +11,7 @@ from corral.v1 import types_pb2
 
 
 class LMDeployProbe(ServerProbe):
-    kind = "lmdeploy"
+    server_type = "lmdeploy"
     backend_type = types_pb2.BACKEND_TYPE_LMDEPLOY
     static_capabilities = (types_pb2.CAPABILITY_COMPLETIONS,)
 

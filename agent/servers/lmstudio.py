@@ -44,7 +44,7 @@ def parse_lmstudio_models(data: Any) -> list[types_pb2.ModelInfo]:
 
 
 class LmStudioProbe(ServerProbe):
-    kind = "lmstudio"
+    server_type = "lmstudio"
     backend_type = types_pb2.BACKEND_TYPE_LMSTUDIO
     static_capabilities = (types_pb2.CAPABILITY_COMPLETIONS, types_pb2.CAPABILITY_EMBEDDINGS)
 

@@ -19,7 +19,7 @@ from corral.v1 import types_pb2
 
 
 class NimProbe(ServerProbe):
-    kind = "nim"
+    server_type = "nim"
     backend_type = types_pb2.BACKEND_TYPE_NIM
     static_capabilities = (types_pb2.CAPABILITY_COMPLETIONS,)
 

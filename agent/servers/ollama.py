@@ -72,7 +72,7 @@ def parse_ollama_models(
 
 
 class OllamaProbe(ServerProbe):
-    kind = "ollama"
+    server_type = "ollama"
     backend_type = types_pb2.BACKEND_TYPE_OLLAMA
     static_capabilities = (types_pb2.CAPABILITY_COMPLETIONS, types_pb2.CAPABILITY_EMBEDDINGS)
 

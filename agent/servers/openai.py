@@ -11,7 +11,7 @@ from corral.v1 import types_pb2
 
 
 class OpenAIProbe(ServerProbe):
-    kind = "openai"
+    server_type = "openai"
     backend_type = types_pb2.BACKEND_TYPE_OPENAI
     static_capabilities = (types_pb2.CAPABILITY_COMPLETIONS,)
 

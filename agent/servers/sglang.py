@@ -19,7 +19,7 @@ from corral.v1 import types_pb2
 
 
 class SglangProbe(ServerProbe):
-    kind = "sglang"
+    server_type = "sglang"
     backend_type = types_pb2.BACKEND_TYPE_SGLANG
 
     def __init__(self, client: BackendClient, *, slow_seconds: float) -> None:

@@ -31,7 +31,7 @@ def parse_tgi_info(data: Any) -> list[types_pb2.ModelInfo]:
 
 
 class TgiProbe(ServerProbe):
-    kind = "tgi"
+    server_type = "tgi"
     backend_type = types_pb2.BACKEND_TYPE_TGI
     static_capabilities = (types_pb2.CAPABILITY_COMPLETIONS,)
 

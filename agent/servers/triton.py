@@ -15,7 +15,7 @@ PENDING = "nv_inference_pending_request_count"
 
 
 class TritonProbe(ServerProbe):
-    kind = "triton"
+    server_type = "triton"
     backend_type = types_pb2.BACKEND_TYPE_TRITON
     static_capabilities = (types_pb2.CAPABILITY_COMPLETIONS,)
 

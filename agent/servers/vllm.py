@@ -17,7 +17,7 @@ from corral.v1 import types_pb2
 
 
 class VllmProbe(ServerProbe):
-    kind = "vllm"
+    server_type = "vllm"
     backend_type = types_pb2.BACKEND_TYPE_VLLM
     static_capabilities = (types_pb2.CAPABILITY_COMPLETIONS,)
 

@@ -10,7 +10,7 @@ from corral.v1 import types_pb2
 
 
 class VllmMlxProbe(ServerProbe):
-    kind = "vllm-mlx"
+    server_type = "vllm-mlx"
     backend_type = types_pb2.BACKEND_TYPE_VLLM_MLX
     static_capabilities = (types_pb2.CAPABILITY_COMPLETIONS,)
 

@@ -30,7 +30,7 @@ async def test_detects_every_kind(kind, fake_server, backend_client: ClientFacto
     """--type auto tells each server type apart from its own endpoints."""
     fake = await fake_server(kind, models=["some/model"])
     found = await detect(backend_client(fake.url))
-    assert found.kind == kind, found
+    assert found.server_type == kind, found
     assert found.evidence
 
 
@@ -39,7 +39,7 @@ async def test_detects_llamacpp_while_loading(fake_server, backend_client: Clien
     fake = await fake_server("llamacpp", models=["m.gguf"])
     fake.mode = "loading"
     found = await detect(backend_client(fake.url))
-    assert found.kind == "llamacpp"
+    assert found.server_type == "llamacpp"
     assert "loading" in found.evidence.lower()
 
 
@@ -48,7 +48,7 @@ async def test_detection_explains_failure(backend_client: ClientFactory) -> None
     from tests.support.net import free_port
 
     found = await detect(backend_client(f"http://127.0.0.1:{free_port()}"))
-    assert found.kind is None
+    assert found.server_type is None
     assert "connection refused" in found.evidence
     assert any(o.startswith("GET /v1/models") for o in found.outcomes)
 

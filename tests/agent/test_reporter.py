@@ -146,7 +146,7 @@ async def test_waits_for_detection_while_backend_is_down(
     port = free_port()
     agent = await start_agent(controlplane=(recorder.address,), backend=f"http://127.0.0.1:{port}")
     await eventually(lambda: "no inference server type detected" in caplog.text)
-    assert not recorder.streams and agent.kind is None
+    assert not recorder.streams and agent.server_type is None
     fake = FakeServer("llamacpp", models=["m.gguf"], port=port)
     await fake.start()
     try:

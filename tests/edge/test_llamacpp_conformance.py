@@ -84,7 +84,7 @@ async def test_detection_and_probes_agree(urls: dict[str, str]) -> None:
         for side, url in urls.items():
             http = BackendClient(url, session, timeout=5.0, api_key=None, metrics=AgentMetrics())
             found = await detect(http)
-            assert found.kind == "llamacpp", (side, found)
+            assert found.server_type == "llamacpp", (side, found)
             probe = PROBES["llamacpp"](http, slow_seconds=2.0)
             obs = await probe.probe()
             assert obs.health == types_pb2.HEALTH_STATE_HEALTHY, (side, obs.reason)
