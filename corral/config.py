@@ -512,9 +512,9 @@ class EdgeConfig:
     eject_base_seconds: float = 5.0
     eject_max_seconds: float = 60.0
     workers: int = 1
-    # The client for plain-http backends: "aiohttp" (its ClientSession) or "fast" (the lean
-    # HTTP/1.1 pool of edge/h1pool.py). TLS backends (hosted providers) always use aiohttp.
-    upstream_client: str = "aiohttp"
+    # The client for plain-http backends: "fast" (the lean HTTP/1.1 pool of edge/h1pool.py)
+    # or "aiohttp" (its ClientSession). TLS backends (hosted providers) always use aiohttp.
+    upstream_client: str = "fast"
     # Empty means hostname:pid.
     edge_id: str = ""
     shutdown_grace_seconds: float = 10.0
