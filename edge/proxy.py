@@ -148,7 +148,10 @@ class Proxy:
         # The lean HTTP/1.1 client for plain-http backends (edge/h1pool.py), if chosen.
         self.fast: Pool | None = None
         if config.upstream_client == "fast":
-            self.fast = Pool(connect_timeout=config.connect_timeout_seconds)
+            try:
+                self.fast = Pool(connect_timeout=config.connect_timeout_seconds)
+            except ImportError:  # an install from before httptools was a dependency
+                log.warning("httptools is not installed: upstream_client aiohttp instead of fast")
         elif config.upstream_client != "aiohttp":
             raise ConfigError("edge.upstream_client must be aiohttp or fast")
         self.fallbacks = Fallbacks(config, balancer)  # chains from the snapshot in force
