@@ -72,6 +72,8 @@ STORE_PROBE_SECONDS = 1.0
 SNAPSHOT_PUBLISH_SECONDS = 0.1
 # How long an admin write waits for this replica's view to show it.
 ADMIN_WRITE_WAIT_SECONDS = 5.0
+# The replica's own presence record is rewritten this often.
+PRESENCE_SECONDS = 60.0
 
 
 def server_options(config: ControlPlaneConfig) -> list[tuple[str, Any]]:
@@ -331,16 +333,13 @@ async def serve(
             edges = EdgeBook(store, layout, ttl, metrics)
             traffic = TrafficView(store, layout)
             policy = PolicyView(store, layout)
-            edges.announce(
-                layout.controlplane(replica_id),
-                orjson.dumps(
-                    {
-                        "replica_id": replica_id,
-                        "listen": config.listen,
-                        "http": config.metrics_listen or "",
-                        "started_unix_ms": int(time.time() * 1000),
-                    }
-                ),
+            presence = orjson.dumps(
+                {
+                    "replica_id": replica_id,
+                    "listen": config.listen,
+                    "http": config.metrics_listen or "",
+                    "started_unix_ms": int(time.time() * 1000),
+                }
             )
             replica.install(
                 Parts(
@@ -357,6 +356,10 @@ async def serve(
                 tasks.create_task(view.run(), name="routing view")
                 tasks.create_task(edges.run(), name="edge presence")
                 tasks.create_task(traffic.run(), name="traffic view")
+                tasks.create_task(
+                    _announce(edges, layout.controlplane(replica_id), presence),
+                    name="replica presence",
+                )
                 tasks.create_task(policy.run(), name="policy view")
                 tasks.create_task(
                     hosted_probe.run(config.provider_probe, view, store, layout),
@@ -371,6 +374,14 @@ async def serve(
                 await asyncio.Event().wait()  # serve until cancelled
     finally:
         await _shutdown(config, server, health, replica, store)
+
+
+async def _announce(edges: EdgeBook, key: bytes, value: bytes) -> None:
+    """Keep this replica's presence record (the dashboard lists replicas from it); written
+    again now and then, so it comes back after a store outage outlived the replica lease."""
+    while True:
+        edges.announce(key, value)
+        await asyncio.sleep(PRESENCE_SECONDS)
 
 
 def _backends(replica: Replica) -> list[types_pb2.Backend] | None:
