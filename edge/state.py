@@ -17,19 +17,29 @@ def snapshot_path(state_dir: str) -> Path:
     return Path(state_dir) / FILE_NAME
 
 
-def save_snapshot(state_dir: str, snapshot: types_pb2.Snapshot) -> None:
-    """Write atomically: a temporary file in the same directory, fsync, then rename."""
-    path = snapshot_path(state_dir)
-    tmp = path.with_name(f"{FILE_NAME}.{os.getpid()}.tmp")
+def write_atomically(path: Path, data: bytes, *, mode: int = 0o666) -> None:
+    """A temporary file in the same directory, fsync, then rename, so a reader finds the old
+    file or the new one whole; OSError when that fails (the temporary file removed)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("wb") as f:
-            f.write(snapshot.SerializeToString())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
-    except OSError as exc:
+    except OSError:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_snapshot(state_dir: str, snapshot: types_pb2.Snapshot) -> None:
+    """Write atomically (write_atomically)."""
+    path = snapshot_path(state_dir)
+    try:
+        write_atomically(path, snapshot.SerializeToString())
+    except OSError as exc:
         raise SnapshotError(f"cannot persist the snapshot to {path}: {exc.strerror}") from exc
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from grpc import aio
 from corral.channels import aio_channel
 from corral.config import EdgeConfig
 from corral.v1 import gateway_pb2, gateway_pb2_grpc
+from edge.state import write_atomically
 from edge.subscriber import auth_metadata, credentials, rotate
 
 log = logging.getLogger(__name__)
@@ -42,17 +42,9 @@ def save_policy(state_dir: str, policy: gateway_pb2.Policy) -> None:
     """Atomically (temporary file, fsync, rename), readable by this user only: it holds key
     digests, not secrets, but nobody else needs them."""
     path = Path(state_dir) / FILE_NAME
-    tmp = path.with_name(f"{FILE_NAME}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(policy.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
+        write_atomically(path, policy.SerializeToString(), mode=0o600)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         log.warning("cannot persist the policy to %s: %s", path, exc.strerror)
 
 
