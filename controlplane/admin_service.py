@@ -16,8 +16,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
+from controlplane.decoding import decode_stored as _decode
 from controlplane.errors import (
     ControlPlaneError,
     NotFoundError,
@@ -263,19 +264,6 @@ class AdminService:
         log.info("alias %s deleted", request.name)
         await self._settle(parts, revision)
         return admin_pb2.DeleteAliasResponse()
-
-
-M = TypeVar("M", bound=Message)
-
-
-def _decode(cls: type[M], raw: bytes) -> M | None:
-    message = cls()
-    try:
-        message.ParseFromString(raw)
-    except DecodeError:
-        log.warning("undecodable %s record in the store; left out", cls.__name__)
-        return None
-    return message
 
 
 def _serialize(message: Message) -> bytes:

@@ -3,17 +3,22 @@
 grpc answers a request its deserializer cannot parse with UNKNOWN and the parser's exception
 text. This interceptor gives every unary-request method (routing, admin, health, reflection)
 a lenient deserializer and refuses undecodable bytes itself; the agent stream does the same
-per message (agent_service).
+per message (agent_service). decode_stored reads a record from the store the same lenient way.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
 
 if TYPE_CHECKING:
     _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
@@ -66,3 +71,14 @@ class DecodeGuardInterceptor(_Interceptor):
             request_deserializer=lenient,
             response_serializer=handler.response_serializer,
         )
+
+
+def decode_stored(cls: type[M], raw: bytes) -> M | None:
+    """A record read from the store; None (and a warning) when it is not a valid `cls`."""
+    message = cls()
+    try:
+        message.ParseFromString(raw)
+    except DecodeError:
+        log.warning("undecodable %s record in the store; left out", cls.__name__)
+        return None
+    return message

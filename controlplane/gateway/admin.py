@@ -15,8 +15,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
+from controlplane.decoding import decode_stored as _decode
 from controlplane.errors import InvalidArgumentError, NameTakenError, NotFoundError
 from controlplane.gateway import records
 from controlplane.gateway.audit import AuditLog
@@ -40,16 +41,6 @@ def check_model(model: str, what: str = "model") -> None:
     if not model:
         raise InvalidArgumentError(f"{what} is empty")
     check_text(model, what, MAX_MODEL_ID)
-
-
-def _decode(cls: type[M], raw: bytes) -> M | None:
-    message = cls()
-    try:
-        message.ParseFromString(raw)
-    except DecodeError:
-        log.warning("undecodable %s record in the store; left out", cls.__name__)
-        return None
-    return message
 
 
 def _public(key: gateway_pb2.VirtualKey) -> gateway_pb2.VirtualKey:
