@@ -14,15 +14,13 @@ import sys
 import time
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 
-from corral import content_cli, limits_cli
-from corral.status import StatusError, Tls, _translate, read_token, table
-from corral.v1 import admin_pb2_grpc, gateway_pb2
+from corral import admin_client, content_cli, limits_cli
+from corral.status import StatusError, Tls, read_token, table
+from corral.v1 import gateway_pb2
 
 COMMANDS = ("keys", "teams", "prices", "audit")
-CALL_TIMEOUT_SECONDS = 10.0
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
 
@@ -40,11 +38,7 @@ def _csv(text: str) -> list[str]:
 
 
 def _connection(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--controlplane", default="127.0.0.1:7701", help="HOST:PORT")
-    p.add_argument("--admin-token-file")
-    p.add_argument("--ca-file", help="speak TLS, trusting this CA bundle")
-    p.add_argument("--cert-file", help="client certificate for mutual TLS")
-    p.add_argument("--key-file", help="client key for mutual TLS")
+    admin_client.connection_flags(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -151,21 +145,8 @@ def run(args: argparse.Namespace) -> int:
             raise StatusError("--cert-file and --key-file need --ca-file", 2)
         tls = Tls(args.ca_file, args.cert_file, args.key_file) if args.ca_file else None
         token = read_token(args.admin_token_file) if args.admin_token_file else None
-        metadata = (("authorization", f"Bearer {token}"),) if token else ()
         method, request = _request(args)
-        channel = (
-            grpc.secure_channel(args.controlplane, tls.credentials())
-            if tls is not None
-            else grpc.insecure_channel(args.controlplane)
-        )
-        try:
-            with channel:
-                stub = admin_pb2_grpc.AdminServiceStub(channel)
-                answer = getattr(stub, method)(
-                    request, timeout=CALL_TIMEOUT_SECONDS, metadata=metadata
-                )
-        except grpc.RpcError as exc:
-            raise _translate(exc, args.controlplane) from None
+        answer = admin_client.call(args.controlplane, token, tls, method, request)
     except StatusError as exc:
         print(f"corral {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code

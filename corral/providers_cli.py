@@ -16,12 +16,12 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 
+from corral import admin_client
 from corral.credentials import Credentials, MissingCredential, from_environ
-from corral.status import StatusError, Tls, _translate, read_token
-from corral.v1 import admin_pb2_grpc, providers_pb2
+from corral.status import StatusError, Tls, read_token
+from corral.v1 import providers_pb2
 
 TYPES = ("openai", "anthropic", "gemini", "azure", "openai-compatible")
 _ENUM = {
@@ -35,14 +35,6 @@ _DEFAULT_BASE = {
     "gemini": "https://generativelanguage.googleapis.com/v1beta/openai",
 }
 COMMANDS = ("providers", "fallbacks")
-
-
-def _connection(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--controlplane", default="127.0.0.1:7701")
-    p.add_argument("--admin-token-file")
-    p.add_argument("--ca-file", help="speak TLS, trusting this CA bundle")
-    p.add_argument("--cert-file", help="client certificate for mutual TLS")
-    p.add_argument("--key-file", help="client key for mutual TLS")
 
 
 def register(sub: Any) -> None:
@@ -76,27 +68,15 @@ def register(sub: Any) -> None:
     fdel.add_argument("model")
     for p in (add, *verbs.choices.values(), fset, *fverbs.choices.values()):
         if "--controlplane" not in p._option_string_actions:
-            _connection(p)
+            admin_client.connection_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         tls = Tls(args.ca_file, args.cert_file, args.key_file) if args.ca_file else None
         token = read_token(args.admin_token_file) if args.admin_token_file else None
-        metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        request = _request(args)
-        channel = (
-            grpc.secure_channel(args.controlplane, tls.credentials())
-            if tls is not None
-            else grpc.insecure_channel(args.controlplane)
-        )
-        try:
-            with channel:
-                stub = admin_pb2_grpc.AdminServiceStub(channel)
-                method = getattr(stub, request[0])
-                answer = method(request[1], timeout=10.0, metadata=metadata)
-        except grpc.RpcError as exc:
-            raise _translate(exc, args.controlplane) from None
+        method, request = _request(args)
+        answer = admin_client.call(args.controlplane, token, tls, method, request)
     except StatusError as exc:
         print(f"corral {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
