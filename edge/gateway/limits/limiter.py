@@ -341,8 +341,14 @@ class Limiter:
             self._spawn(self._quietly(self._lease(low, fut=self._claim(low))))
 
     async def _quietly(self, work: Coroutine[Any, Any, None]) -> None:
-        with contextlib.suppress(StoreDown):
+        """A background refill: the store being down is handled already; anything else is
+        logged here, not left for the garbage collector to report."""
+        try:
             await work
+        except StoreDown:
+            pass
+        except Exception:
+            log.exception("background lease refill failed")
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -386,8 +392,11 @@ class Limiter:
 
     async def close(self) -> None:
         """Give back every unused lease (best effort) and stop background refills."""
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        # Once they end, the buckets they were refilling are free: the sweep returns those too.
+        await asyncio.gather(*tasks, return_exceptions=True)
         for bucket in self._buckets.values():
             bucket.last_used = float("-inf")
         with contextlib.suppress(Exception):
