@@ -10,6 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import TYPE_CHECKING
+
+from edge.gateway.limits.policy import BUDGET, PARALLEL, budget_window, rate_window
+from edge.gateway.limits.shared import PREFIX
+
+if TYPE_CHECKING:
+    from edge.gateway.limits.ticket import Subject  # ticket imports this module
+
+_GAUGE_TTL_MS = 24 * 3600 * 1000
 
 
 class Bucket:
@@ -132,3 +141,21 @@ class Bucket:
     def remaining(self) -> int:
         """What this edge may still admit by its last view of the store (approximate)."""
         return max(0, self.limit - self.used + max(self.lease, 0))
+
+
+def open_bucket(subject: Subject, reason: str, limit: int, now: float, window: float) -> Bucket:
+    """A new bucket for one of a subject's limits, its store key naming what it counts: a
+    gauge (parallel requests), a budget's calendar period, or a rate window."""
+    owner = (subject.kind, subject.name, reason)
+    base = f"{PREFIX}{subject.kind}:{subject.name}:"
+    if reason == PARALLEL:
+        return Bucket(base + "par", owner, reason, limit, 0.0, _GAUGE_TTL_MS, now, gauge=True)
+    if reason == BUDGET:
+        assert subject.limits.budget is not None
+        period, resets = budget_window(subject.limits.budget, now)
+        key = f"{base}b:{subject.limits.budget.unit}:{period}"
+    else:
+        index, resets = rate_window(now, window)
+        key = f"{base}{reason}:{window:g}:{index}"
+    ttl_ms = int((resets - now + window) * 1000)
+    return Bucket(key, owner, reason, limit, resets, ttl_ms, now, durable=reason == BUDGET)

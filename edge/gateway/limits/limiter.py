@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from edge.gateway.limits.bucket import Bucket
+from edge.gateway.limits.bucket import Bucket, open_bucket
 from edge.gateway.limits.policy import (
     BUDGET,
     PARALLEL,
@@ -34,10 +34,7 @@ from edge.gateway.limits.policy import (
     STORE,
     TOKENS,
     TPM,
-    budget_window,
-    rate_window,
 )
-from edge.gateway.limits.shared import PREFIX
 from edge.gateway.limits.stats import LimitStats
 from edge.gateway.limits.store import Ask, Counters, LocalCounters
 from edge.gateway.limits.ticket import Refused, StoreDown, Subject, Ticket
@@ -45,7 +42,6 @@ from edge.gateway.valkey import StoreError
 
 log = logging.getLogger(__name__)
 
-_GAUGE_TTL_MS = 24 * 3600 * 1000
 # After the store said "not enough left", needs as large are refused here without a store
 # call, for 0.25 s, then twice as long each time, up to 2 s (others' returns may make room).
 _SHORT_FIRST = 0.25
@@ -106,22 +102,7 @@ class Limiter:
         if bucket is not None and (bucket.gauge or bucket.resets > now):
             bucket.limit = limit  # policy changes apply to the window under way
             return bucket
-        base = f"{PREFIX}{subject.kind}:{subject.name}:"
-        if reason == PARALLEL:
-            bucket = Bucket(base + "par", owner, reason, limit, 0.0, _GAUGE_TTL_MS, now, gauge=True)
-        else:
-            if reason == BUDGET:
-                assert limits.budget is not None
-                period, resets = budget_window(limits.budget, now)
-                key = f"{base}b:{limits.budget.unit}:{period}"
-            else:
-                index, resets = rate_window(now, self.window)
-                key = f"{base}{reason}:{self.window:g}:{index}"
-            ttl_ms = int((resets - now + self.window) * 1000)
-            bucket = Bucket(
-                key, owner, reason, limit, resets, ttl_ms, now, durable=reason == BUDGET
-            )
-        self._buckets[owner] = bucket
+        bucket = self._buckets[owner] = open_bucket(subject, reason, limit, now, self.window)
         return bucket
 
     def demands(self, subjects: Sequence[Subject], tokens: int, cost: int) -> Ticket:
