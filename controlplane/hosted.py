@@ -8,7 +8,6 @@ passive, judged by each edge (errors, 429 with Retry-After, timeouts: ejection w
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
@@ -16,11 +15,11 @@ from typing import Final
 
 from google.protobuf.message import DecodeError
 
+from controlplane import seeding
 from controlplane.errors import InvalidArgumentError
 from controlplane.keys import KeyLayout
-from controlplane.store.base import Store, StoreUnavailableError
+from controlplane.store.base import Store
 from controlplane.validation import MAX_MODELS, check_name, check_text, check_url
-from corral.backoff import Backoff
 from corral.config import FallbackConfig, ProviderConfig
 from corral.credentials import valid_reference
 from corral.v1 import providers_pb2, types_pb2
@@ -235,16 +234,9 @@ async def seed(
     records += [
         (layout.fallback(f.model), chain_from_config(f).SerializeToString()) for f in fallbacks
     ]
-    backoff = Backoff(base=0.1, cap=5.0)
-    for key, value in records:
-        while True:
-            try:
-                current = await store.get(key)
-                if current is None or current.value != value:
-                    await store.put(key, value)
-                    log.info("%s set from configuration", key.decode(errors="replace"))
-                break
-            except StoreUnavailableError as exc:
-                delay = backoff.next()
-                log.warning("store unavailable seeding providers (%s); retry in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+    said = "{} set from configuration"
+    await seeding.seed(
+        store,
+        ((key, value, said.format(key.decode(errors="replace"))) for key, value in records),
+        "providers",
+    )

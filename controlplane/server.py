@@ -26,7 +26,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from controlplane import admin_service, agent_service, hosted, hosted_probe, routing_service
+from controlplane import (
+    admin_service,
+    agent_service,
+    hosted,
+    hosted_probe,
+    routing_service,
+    seeding,
+)
 from controlplane.admin_service import AdminService
 from controlplane.agent_service import AgentService
 from controlplane.agents import (
@@ -209,26 +216,14 @@ async def _open_store(config: ControlPlaneConfig) -> Store:
 async def seed_aliases(
     store: Store, layout: KeyLayout, aliases: tuple[ModelAliasConfig, ...]
 ) -> None:
-    """Write the configured aliases where the store lacks them or holds other targets.
-
-    Idempotent: an alias already as configured is not rewritten, so restarting a replica
-    does not change the snapshot version. Aliases set only through AdminService stay.
-    """
-    backoff = Backoff(base=0.1, cap=5.0)
+    """Write the configured aliases where the store lacks them or holds other targets
+    (controlplane/seeding.py)."""
+    records = []
     for alias in aliases:
         message = types_pb2.ModelAlias(name=alias.name, targets=list(alias.targets))
-        value = message.SerializeToString()
-        while True:
-            try:
-                current = await store.get(layout.alias(alias.name))
-                if current is None or current.value != value:
-                    await store.put(layout.alias(alias.name), value)
-                    log.info("alias %s -> %s (from configuration)", alias.name, alias.targets)
-                break
-            except StoreUnavailableError as exc:
-                delay = backoff.next()
-                log.warning("store unavailable seeding aliases (%s); retry in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+        said = f"alias {alias.name} -> {alias.targets} (from configuration)"
+        records.append((layout.alias(alias.name), message.SerializeToString(), said))
+    await seeding.seed(store, records, "aliases")
 
 
 async def _set_health(health: HealthServicer, serving: bool) -> None:
