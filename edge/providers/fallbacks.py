@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final, Union
 
 from corral.config import EdgeConfig
 from corral.v1 import providers_pb2, types_pb2
+from edge.anthropic.tokens import CHARS_PER_TOKEN
 from edge.balancer import Balancer, no_backend
 from edge.errors import ApiError
 from edge.exchange import Exchange, Failure
@@ -31,8 +32,6 @@ FALLBACK: Final = "fallback"
 DEFAULT_ON: Final = frozenset(
     ("unhealthy", "full", "connect", "timeout", "read", "empty", "5xx", "429")
 )
-# Characters per token for the context-window estimate (as edge/anthropic/tokens.py).
-_CHARS_PER_TOKEN: Final = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +152,7 @@ def resting(route: ModelRoute) -> bool:
 
 def too_small(route: ModelRoute, exchange: Exchange) -> bool:
     """Every backend of the route has a known context window smaller than the request."""
-    tokens = len(exchange.raw or b"") // _CHARS_PER_TOKEN
+    tokens = len(exchange.raw or b"") // CHARS_PER_TOKEN
     backends = [b for group in (*route.tiers, route.degraded) for b in group]
     if not backends:
         return False
