@@ -380,8 +380,9 @@ def p50_rounds(targets: Targets, *, rounds: int) -> dict[str, list[float]]:
     return latency
 
 
-def paired_rows(pairs: Sequence[Pair], base: str, other: str) -> list[list[str]]:
-    """One table row per round: round, both req/s, their ratio, both CPU µs/req, the added."""
+def paired_table(pairs: Sequence[Pair], base: str, other: str) -> str:
+    """A Markdown table, one row per round: both req/s, their ratio, both CPU µs/req and
+    what `other` adds."""
     rows = []
     for i, pair in enumerate(pairs, 1):
         (a_rps, a_cpu), (b_rps, b_cpu) = pair[base], pair[other]
@@ -389,7 +390,11 @@ def paired_rows(pairs: Sequence[Pair], base: str, other: str) -> list[list[str]]
             str(i), f"{a_rps:,.0f}", f"{b_rps:,.0f}", f"{b_rps / a_rps * 100:.1f}%",
             f"{a_cpu * 1e6:.0f}", f"{b_cpu * 1e6:.0f}", f"{(b_cpu - a_cpu) * 1e6:+.1f}",
         ])  # fmt: skip
-    return rows
+    headers = [
+        "round", f"{base} req/s c32", f"{other} req/s c32", f"{other} / {base}",
+        f"{base} CPU µs/req", f"{other} CPU µs/req", "added µs/req",
+    ]  # fmt: skip
+    return md_table(headers, rows)
 
 
 def paired_medians(pairs: Sequence[Pair], base: str, other: str) -> tuple[float, float]:

@@ -25,10 +25,9 @@ from bench.common import (
     commit,
     ensure_tools,
     free_port,
-    md_table,
     paired_medians,
     paired_rounds,
-    paired_rows,
+    paired_table,
     pin_self,
     run_info,
     start_edge,
@@ -132,18 +131,11 @@ def report(info: dict[str, object], commit: str) -> str:
     latency: dict[str, list[float]] = info["latency"]  # type: ignore[assignment]
     rss: dict[str, float] = info["rss"]  # type: ignore[assignment]
     micro: dict[str, float] = info["micro"]  # type: ignore[assignment]
-    rows = paired_rows(pairs, "open", "keys")
     open_cpu = statistics.median(p["open"][1] for p in pairs) * 1e6
     ratio, cpu_added = paired_medians(pairs, "open", "keys")
     p50_open = statistics.median(latency["open"])
     p50_keys = statistics.median(latency["keys"])
-    table = md_table(
-        [
-            "round", "open req/s c32", "keys req/s c32", "keys / open",
-            "open CPU µs/req", "keys CPU µs/req", "added µs/req",
-        ],
-        rows,
-    )  # fmt: skip
+    table = paired_table(pairs, "open", "keys")
     return f"""## Key checking (virtual keys on vs off)
 
 Command: `./dev bench keys --seconds {info["seconds"]:g} --rounds {len(pairs)} --keys \

@@ -29,10 +29,9 @@ from bench.common import (
     ensure_tools,
     free_port,
     load_rounds,
-    md_table,
     p50_rounds,
     paired_medians,
-    paired_rows,
+    paired_table,
     pin_self,
     run_info,
     start_edge,
@@ -164,7 +163,6 @@ def report(info: dict[str, object], commit: str) -> str:
     latency: dict[str, list[float]] = info["latency"]  # type: ignore[assignment]
     trips: float = info["trips"]  # type: ignore[assignment]
     admitted: float = info["admitted"]  # type: ignore[assignment]
-    rows = paired_rows(pairs, "plain", "limits")
     ratio, cpu_added = paired_medians(pairs, "plain", "limits")
     p50_a = statistics.median(latency["plain"])
     p50_b = statistics.median(latency["limits"])
@@ -172,13 +170,7 @@ def report(info: dict[str, object], commit: str) -> str:
     path_us: list[float] = info["path_us"]  # type: ignore[assignment]
     path = ", ".join(f"{v:.1f}" for v in path_us)
     path_median = statistics.median(path_us)
-    table = md_table(
-        [
-            "round", "plain req/s c32", "limits req/s c32", "limits / plain",
-            "plain CPU µs/req", "limits CPU µs/req", "added µs/req",
-        ],
-        rows,
-    )  # fmt: skip
+    table = paired_table(pairs, "plain", "limits")
     return f"""## Rate limits and budgets (issue 12)
 
 Command: `./dev bench limits --seconds {info["seconds"]:g} --rounds {len(pairs)}` —

@@ -25,10 +25,9 @@ from bench.common import (
     commit,
     ensure_tools,
     free_port,
-    md_table,
     paired_medians,
     paired_rounds,
-    paired_rows,
+    paired_table,
     pin_self,
     run_info,
     start_edge,
@@ -88,17 +87,10 @@ def run(seconds: float, rounds: int) -> dict[str, object]:
 def report(info: dict[str, object], commit: str) -> str:
     pairs: list[dict[str, tuple[float, float]]] = info["pairs"]  # type: ignore[assignment]
     latency: dict[str, list[float]] = info["latency"]  # type: ignore[assignment]
-    rows = paired_rows(pairs, "plain", "providers")
     ratio, cpu_added = paired_medians(pairs, "plain", "providers")
     p50_a = statistics.median(latency["plain"])
     p50_b = statistics.median(latency["providers"])
-    table = md_table(
-        [
-            "round", "plain req/s c32", "providers req/s c32", "providers / plain",
-            "plain CPU µs/req", "providers CPU µs/req", "added µs/req",
-        ],
-        rows,
-    )  # fmt: skip
+    table = paired_table(pairs, "plain", "providers")
     return f"""## Credentials and fallback chains (issue 14)
 
 Command: `./dev bench providers --seconds {info["seconds"]:g} --rounds {len(pairs)}` —
