@@ -45,6 +45,24 @@ CLIENT_HEADERS = {
 }
 
 
+def _script(path: Path) -> Path:
+    """wrk's POST script, with a new trace id and request id on every request (as real
+    instrumented clients send them, so no cache anywhere sees the same headers twice)."""
+    wrk.post_script(path, CHAT_REQUEST, CLIENT_HEADERS)
+    path.write_text(
+        path.read_text()
+        + """counter = 0
+request = function()
+  counter = counter + 1
+  wrk.headers["traceparent"] = string.format("00-%032x-00f067aa0ba902b7-01", counter)
+  wrk.headers["X-Request-Id"] = "bench-" .. counter
+  return wrk.format()
+end
+"""
+    )
+    return path
+
+
 def _edge(procs: Procs, tmp: Path, name: str, snap_port: int, forward: bool) -> tuple[Proc, str]:
     config = tmp / f"{name}.yaml"
     config.write_text("edge:\n  headers:\n    forward: []\n" if not forward else "edge: {}\n")
@@ -67,7 +85,7 @@ def run(seconds: float, rounds: int) -> str:
     rows: list[list[str]] = []
     samples: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}
     with workspace("headers") as (tmp, procs):
-        script = wrk.post_script(tmp / "post.lua", CHAT_REQUEST, CLIENT_HEADERS)
+        script = _script(tmp / "post.lua")
         backend_port = free_port()
         nginx.start(
             procs,
@@ -120,7 +138,8 @@ Machine: {info["machine"]}. Load: {info["load"]}. The machine is shared with oth
 today: read the CPU per request more than req/s.
 
 Setup: nginx answers a fixed chat.completion on CPU 1; `wrk -t1 -c32` on CPU 1 sends the chat
-body with {", ".join(CLIENT_HEADERS)}; two edges (1 worker each) on CPU 0, one with the
+body with {", ".join(CLIENT_HEADERS)} (a new trace id and request id on every request); two
+edges (1 worker each) on CPU 0, one with the
 default allow-list (`edge.headers.forward`), one with `forward: []`; {rounds} rounds, each
 loading both in turn for {seconds:g} s.
 
