@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import math
@@ -378,6 +379,23 @@ def p50_rounds(targets: Targets, *, rounds: int) -> dict[str, list[float]]:
         for name, (_, url, script) in targets.items():
             latency[name].append(wrk.run(url, script, connections=1, seconds=3, cpus=LOAD_CPU).p50)
     return latency
+
+
+def paired_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """`./dev bench NAME [--seconds 5] [--rounds 3] [--no-write]` for a paired A/B run."""
+    parser = argparse.ArgumentParser(prog=f"./dev bench {name}", description=doc)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per round (default 5)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    return parser
+
+
+def publish(name: str, text: str, *, write: bool) -> int:
+    """Print a benchmark's section, and write it to docs/BENCHMARKS.md unless told not to."""
+    print(text)
+    if write:
+        write_section(name, text)
+    return 0
 
 
 def paired_table(pairs: Sequence[Pair], base: str, other: str) -> str:

@@ -12,7 +12,6 @@ latency), so load that comes and goes on the machine hits both alike.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 
@@ -26,13 +25,14 @@ from bench.common import (
     ensure_tools,
     free_port,
     paired_medians,
+    paired_parser,
     paired_rounds,
     paired_table,
     pin_self,
+    publish,
     run_info,
     start_edge,
     workspace,
-    write_section,
 )
 from bench.overhead import CHAT_REQUEST
 from bench.policy_server import secret
@@ -169,15 +169,8 @@ round; then one connection, 3 s each, {len(pairs)} times, for the p50.
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="./dev bench keys", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=5.0, help="per round (default 5)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = paired_parser("keys", __doc__)
     parser.add_argument("--keys", type=int, default=10_000, help="keys in the policy")
-    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args(argv)
     info = run(args.seconds, max(1, args.rounds), args.keys)
-    text = report(info, commit())
-    print(text)
-    if not args.no_write:
-        write_section("keys", text)
-    return 0
+    return publish("keys", report(info, commit()), write=not args.no_write)

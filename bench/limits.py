@@ -13,7 +13,6 @@ that nothing is refused: what is measured is the cost of counting). They are loa
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import statistics
@@ -31,13 +30,14 @@ from bench.common import (
     load_rounds,
     p50_rounds,
     paired_medians,
+    paired_parser,
     paired_table,
     pin_self,
+    publish,
     run_info,
     start_edge,
     warm_up,
     workspace,
-    write_section,
 )
 from bench.overhead import CHAT_REQUEST
 
@@ -203,14 +203,7 @@ shared redis-server; limits high enough that nothing is refused). Loaded in turn
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="./dev bench limits", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=5.0, help="per round (default 5)")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    parser = paired_parser("limits", __doc__)
     args = parser.parse_args(argv)
     info = run(args.seconds, max(1, args.rounds))
-    text = report(info, commit())
-    print(text)
-    if not args.no_write:
-        write_section("limits", text)
-    return 0
+    return publish("limits", report(info, commit()), write=not args.no_write)

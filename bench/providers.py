@@ -14,7 +14,6 @@ taken is a second upstream attempt, not measured here.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 from bench import nginx, wrk
@@ -26,13 +25,14 @@ from bench.common import (
     ensure_tools,
     free_port,
     paired_medians,
+    paired_parser,
     paired_rounds,
     paired_table,
     pin_self,
+    publish,
     run_info,
     start_edge,
     workspace,
-    write_section,
 )
 from bench.overhead import CHAT_REQUEST
 
@@ -115,14 +115,7 @@ round; then one connection, 3 s each, {len(pairs)} times, for the p50.
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="./dev bench providers", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=5.0, help="per round (default 5)")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    parser = paired_parser("providers", __doc__)
     args = parser.parse_args(argv)
     info = run(args.seconds, max(1, args.rounds))
-    text = report(info, commit())
-    print(text)
-    if not args.no_write:
-        write_section("providers", text)
-    return 0
+    return publish("providers", report(info, commit()), write=not args.no_write)
