@@ -214,11 +214,11 @@ def lean(procs: Procs, backend: str, count: int, cpus: list[str]) -> tuple[list[
     return group, f"http://127.0.0.1:{port}"
 
 
-FAST = "  upstream_client: fast\n"
+AIOHTTP = "  upstream_client: aiohttp\n"
 LEAN = "lean aiohttp+uvloop relay"
 EDGE_OFF = "Corral edge, gateway off"
-EDGE_ON = "Corral edge, gateway on"
-EDGE_FAST = "Corral edge, gateway on, upstream_client: fast"
+EDGE_ON = "Corral edge, gateway on, upstream_client: aiohttp"
+EDGE_FAST = "Corral edge, gateway on"
 UP = "corral up (gateway on)"
 EDGE_ON2 = "Corral edge, gateway on, --workers 2 (CPUs 0-1)"
 LEAN2 = "2 lean relay processes (CPUs 0-1)"
@@ -243,8 +243,8 @@ def run(
         off.write_text(GATEWAY_OFF)
         on = tmp / "on.yaml"
         on.write_text(GATEWAY_ON.format(db=tmp / "usage.db"))
-        fast = tmp / "fast.yaml"
-        fast.write_text(GATEWAY_ON.format(db=tmp / "fast-usage.db") + FAST)
+        old = tmp / "aiohttp.yaml"
+        old.write_text(GATEWAY_ON.format(db=tmp / "aiohttp-usage.db") + AIOHTTP)
         up_config = tmp / "up.yaml"
         up_config.write_text(
             GATEWAY_ON.format(db=tmp / "up-usage.db").replace(
@@ -313,18 +313,18 @@ def run(
         )
         one(
             EDGE_ON,
-            lambda: start_edge(procs, "edge-on", snap_port, 1, PROXY_CPU, on, keys),
-            "key, local limits, SQLite usage, metrics",
+            lambda: start_edge(procs, "edge-aiohttp", snap_port, 1, PROXY_CPU, old, keys),
+            "the same, aiohttp's client upstream",
             keyed,
         )
         one(
             EDGE_FAST,
-            lambda: start_edge(procs, "edge-fast", snap_port, 1, PROXY_CPU, fast, keys),
-            "the same, edge/h1pool.py upstream",
+            lambda: start_edge(procs, "edge-on", snap_port, 1, PROXY_CPU, on, keys),
+            "key, local limits, SQLite usage, metrics; edge/h1pool.py upstream",
             keyed,
         )
         one(UP, lambda: start_up(procs, backend, up_config), "one process, CPU 0", keyed)
-        paired.extend(paired_rounds(procs, backend, snap_port, keyed, rounds, fast, keys))
+        paired.extend(paired_rounds(procs, backend, snap_port, keyed, rounds, on, keys))
         if scaling:
             one(
                 EDGE_ON2,
@@ -359,7 +359,7 @@ def paired_rounds(
     and goes on the machine."""
     if rounds <= 0:
         return []
-    print("  paired lean relay / edge (gateway on, fast) rounds at c32: ", end="", flush=True)
+    print("  paired lean relay / edge (gateway on) rounds at c32: ", end="", flush=True)
     group, relay_base = lean(procs, backend, 1, [PROXY_CPU])
     relay = group[0]
     edge, base = start_edge(procs, "edge-paired", snap_port, 1, PROXY_CPU, config, keys)
@@ -477,7 +477,7 @@ def _gaps(results: list[Measured], paired: list[tuple[float, float, float, float
     by = {r.name: r for r in results}
     return "\n".join(
         _gaps_of(by.get(name), by.get(LEAN), results[0], by, paired if name == EDGE_FAST else [])
-        for name in (EDGE_ON, EDGE_FAST)
+        for name in (EDGE_FAST, EDGE_ON)
     )
 
 
@@ -525,7 +525,7 @@ def _gaps_of(
                      f"{edge.rss_peak or 0:.0f} MiB (target ≤ 50 MiB at rest): "
                      f"{verdict(edge.rss_rest <= 50)}.")  # fmt: skip
     if (
-        edge.name == EDGE_ON
+        edge.name == EDGE_FAST
         and edge2
         and edge2.c32
         and relay2
