@@ -133,6 +133,10 @@ class _Conn(asyncio.Protocol):
         answer.headers = CIMultiDictProxy(headers)
         answer.until_close = not framed
         answer.keep_alive = self._parser.should_keep_alive()
+        if answer.head_only:
+            # An answer to HEAD has no body whatever its headers say; the parser does not
+            # know the method, so the connection is not reused after it.
+            answer.finish(reusable=False)
         answer.wake()
 
     def on_body(self, body: bytes) -> None:
@@ -198,6 +202,7 @@ class Answer:
         "chunks",
         "done",
         "error",
+        "head_only",
         "headers",
         "keep_alive",
         "raw_headers",
@@ -221,6 +226,7 @@ class Answer:
         self.until_close = False
         self.error: Exception | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self.head_only = False
 
     # The parts of aiohttp.ClientResponse the proxy reads.
 
@@ -363,13 +369,14 @@ class Pool:
         conn = self._pooled(key)
         if conn is not None:
             try:
-                return await self._exchange(conn, head, body)
+                return await self._exchange(conn, head, body, method)
             except UpstreamClosed:
                 pass  # a kept-alive connection the server had closed: once more, fresh
-        return await self._exchange(await self._connect(key), head, body)
+        return await self._exchange(await self._connect(key), head, body, method)
 
-    async def _exchange(self, conn: _Conn, head: bytes, body: bytes | None) -> Answer:
+    async def _exchange(self, conn: _Conn, head: bytes, body: bytes | None, method: str) -> Answer:
         answer = Answer(self, conn)
+        answer.head_only = method == "HEAD"
         try:
             conn.send(answer, head, body)
             while not answer.status:

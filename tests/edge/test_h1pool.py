@@ -176,6 +176,24 @@ async def test_answer_delimited_by_close(pool: Pool) -> None:
         up.release()
 
 
+async def test_head_answer_has_no_body(pool: Pool) -> None:
+    """An answer to HEAD ends at its headers although they announce a length."""
+
+    async def head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await read_request(reader) is not None:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n")
+            await writer.drain()
+
+    async with serving(head) as server:
+        for _ in range(2):
+            async with asyncio.timeout(5):
+                up = await pool.request("HEAD", server.url("/api/tags"), None, HEADERS)
+                assert up.content_length == 42
+                assert await up.read() == b""
+            up.release()
+        assert server.connections == 2  # not reused: the parser cannot know it was HEAD
+
+
 async def test_cut_mid_body_fails_the_read(pool: Pool) -> None:
     """A Content-Length body cut short is an OSError on read, never a short answer."""
 
