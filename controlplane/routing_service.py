@@ -22,6 +22,7 @@ from controlplane.replica import Replica
 from controlplane.store.base import StoreError
 from controlplane.traffic.intake import check_report
 from controlplane.validation import MAX_AGENT_ID, check_text
+from controlplane.versions import Stream
 from corral.v1 import admin_pb2, routing_pb2, traffic_pb2
 
 log = logging.getLogger(__name__)
@@ -94,13 +95,8 @@ class RoutingService:
             return
         view = parts.view
         wanted = request.last_applied_version
-        # Versions compare only within one cluster; another cluster (or none) gets ours.
-        floor_cluster = request.cluster_id if wanted > 0 else ""
-        if floor_cluster == view.cluster_id and view.version < wanted:
-            try:
-                await view.catch_up(wanted)
-            except StoreError as exc:
-                log.info("catch-up listing failed (%s); waiting for the watch instead", exc)
+        stream = Stream(request.cluster_id, wanted)
+        await stream.catch_up(view, "snapshot")
         peer = context.peer()
         edge_id = request.edge_id or peer
         key = replica.layout.edge(edge_id, f"{replica.replica_id}#{next(self._streams)}")
@@ -114,7 +110,6 @@ class RoutingService:
         )
         parts.edges.record(key, info)
         replica.metrics.edges_connected.inc()
-        sent_cluster, sent_version = "", 0
         recorded_version = wanted
         next_record = 0.0
         loop = asyncio.get_running_loop()
@@ -123,22 +118,19 @@ class RoutingService:
                 if replica.stopping.is_set():
                     raise ShuttingDownError("this control-plane replica is shutting down")
                 changed = view.version_event()
-                built = view.published() if sent_cluster else view.current()
-                behind = built.cluster_id == floor_cluster and built.version < wanted
-                if not behind and (
-                    built.cluster_id != sent_cluster or built.version > sent_version
-                ):
+                built = view.published() if stream.cluster_id else view.current()
+                if stream.due(built):
                     await context.write(built.payload)
                     replica.metrics.snapshots_sent.inc()
-                    sent_cluster, sent_version = built.cluster_id, built.version
+                    stream.sent(built)
                     continue  # the view may have moved while we wrote
                 timeout = None
-                if sent_version != recorded_version:
+                if stream.version != recorded_version:
                     wait = next_record - loop.time()
                     if wait <= 0:
-                        info.applied_version = sent_version
+                        info.applied_version = stream.version
                         parts.edges.record(key, info)
-                        recorded_version = sent_version
+                        recorded_version = stream.version
                         next_record = loop.time() + self._presence_interval
                     else:
                         timeout = wait

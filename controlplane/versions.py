@@ -28,8 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Protocol
 
-from controlplane.store.base import CompactedError, KeyValue, Store
+from controlplane.store.base import CompactedError, KeyValue, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +81,54 @@ async def _replay(store: Store, prefix: bytes, start: int, revision: int) -> int
             REPLAY_TIMEOUT_SECONDS,
         )
         return revision
+
+
+class Versioned(Protocol):
+    """A view's state as a stream sends it (BuiltSnapshot, BuiltPolicy)."""
+
+    @property
+    def cluster_id(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+
+
+class CatchingUp(Versioned, Protocol):
+    async def catch_up(self, at_least: int) -> None: ...
+
+
+class Stream:
+    """What one edge's stream (snapshots or policy) is owed: never a version older than the
+    one it applied before (versions compare only within one cluster; another cluster, or
+    none, gets ours), and each newer one once."""
+
+    __slots__ = ("applied", "cluster_id", "floor_cluster", "version")
+
+    def __init__(self, cluster_id: str, applied: int) -> None:
+        self.applied = applied
+        self.floor_cluster = cluster_id if applied > 0 else ""
+        # What this stream was sent last ("" and 0: nothing yet).
+        self.cluster_id = ""
+        self.version = 0
+
+    def behind(self, state: Versioned) -> bool:
+        """The state is older than what the edge applied before (it must not go back)."""
+        return state.cluster_id == self.floor_cluster and state.version < self.applied
+
+    def due(self, state: Versioned) -> bool:
+        """Send it: not behind, and another cluster or a newer version than the last sent."""
+        return not self.behind(state) and (
+            state.cluster_id != self.cluster_id or state.version > self.version
+        )
+
+    def sent(self, state: Versioned) -> None:
+        self.cluster_id, self.version = state.cluster_id, state.version
+
+    async def catch_up(self, view: CatchingUp, what: str) -> None:
+        """A view behind the edge lists again to reach its version (the edge came from a
+        replica ahead); a store failure leaves it to the watch."""
+        if not self.behind(view):
+            return
+        try:
+            await view.catch_up(self.applied)
+        except StoreError as exc:
+            log.info("%s catch-up failed (%s); waiting for the watch instead", what, exc)

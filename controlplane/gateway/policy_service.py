@@ -7,18 +7,15 @@ policy changes only when an operator changes it.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import grpc
 
 from controlplane.errors import ControlPlaneError, NotSyncedError, ShuttingDownError
 from controlplane.replica import Replica
-from controlplane.store.base import StoreError
 from controlplane.validation import MAX_AGENT_ID, check_text
+from controlplane.versions import Stream
 from corral.v1 import gateway_pb2
-
-log = logging.getLogger(__name__)
 
 SERVICE = "corral.v1.PolicyService"
 
@@ -58,26 +55,17 @@ class PolicyService:
             replica.metrics.rejections.labels(exc.reason).inc()
             await context.abort(exc.code, str(exc))
             return
-        wanted = request.last_applied_version
-        floor_cluster = request.cluster_id if wanted > 0 else ""
-        if floor_cluster == view.cluster_id and view.version < wanted:
-            try:
-                await view.catch_up(wanted)
-            except StoreError as exc:
-                log.info("policy catch-up failed (%s); waiting for the watch instead", exc)
-        sent_cluster, sent_version = "", 0
+        stream = Stream(request.cluster_id, request.last_applied_version)
+        await stream.catch_up(view, "policy")
         try:
             while True:
                 if replica.stopping.is_set():
                     raise ShuttingDownError("this control-plane replica is shutting down")
                 changed = view.changed()
                 built = view.current()
-                behind = built.cluster_id == floor_cluster and built.version < wanted
-                if not behind and (
-                    built.cluster_id != sent_cluster or built.version > sent_version
-                ):
+                if stream.due(built):
                     await context.write(built.payload)
-                    sent_cluster, sent_version = built.cluster_id, built.version
+                    stream.sent(built)
                     continue  # the view may have moved while we wrote
                 await changed.wait()
         except ControlPlaneError as exc:
