@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from controlplane.gateway import records
 from controlplane.keys import KeyLayout
@@ -52,6 +52,11 @@ def caller_of(context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
     for name in auth.get("x509_common_name", ()):
         parts.append("cn=" + (name.decode(errors="replace") if isinstance(name, bytes) else name))
     return Caller(actor=" ".join(parts) or "open", peer=context.peer() or "")
+
+
+def fields(message: Message) -> str:
+    """For an entry's detail: the fields a message sets, as name=value ("(none)" if none)."""
+    return " ".join(f"{f.name}={v}" for f, v in message.ListFields()) or "(none)"
 
 
 class AuditLog:

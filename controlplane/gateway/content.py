@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 
 from controlplane.errors import InvalidArgumentError
 from controlplane.gateway.admin import GatewayAdmin, Handler
+from controlplane.gateway.audit import fields
 from controlplane.replica import Parts
 from controlplane.validation import check_name
 from corral.v1 import content_pb2, gateway_pb2
@@ -30,11 +31,6 @@ def check_content(content: content_pb2.ContentPolicy) -> None:
         raise InvalidArgumentError(
             f"content.pii must be one of {', '.join(PII_ACTIONS)}, got {content.pii!r}"
         )
-
-
-def describe(content: content_pb2.ContentPolicy) -> str:
-    """For the audit log: the fields set, as name=value."""
-    return " ".join(f"{f.name}={v}" for f, v in content.ListFields()) or "(none)"
 
 
 class ContentAdmin:
@@ -67,7 +63,7 @@ class ContentAdmin:
 
         def change(team: gateway_pb2.Team) -> str:
             team.content.MergeFrom(request.content)
-            return describe(request.content)
+            return fields(request.content)
 
         team = await self._gateway.change_team(parts, request.name, "team.content", change)
         return content_pb2.SetTeamContentResponse(name=team.name, content=team.content)

@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 
 from controlplane.errors import InvalidArgumentError
 from controlplane.gateway.admin import GatewayAdmin, Handler
+from controlplane.gateway.audit import fields
 from controlplane.replica import Parts
 from controlplane.validation import check_name
 from corral.v1 import gateway_pb2, limits_pb2
@@ -49,11 +50,6 @@ def merge(stored: limits_pb2.Limits, given: limits_pb2.Limits) -> None:
         raise InvalidArgumentError("a budget is in USD or in tokens, not both")
 
 
-def describe(limits: limits_pb2.Limits) -> str:
-    """For the audit log: the fields set, as name=value."""
-    return " ".join(f"{f.name}={v}" for f, v in limits.ListFields()) or "(none)"
-
-
 class LimitsAdmin:
     def __init__(self, gateway: GatewayAdmin) -> None:
         self._gateway = gateway
@@ -84,7 +80,7 @@ class LimitsAdmin:
 
         def change(team: gateway_pb2.Team) -> str:
             merge(team.limits, request.limits)
-            return describe(request.limits)
+            return fields(request.limits)
 
         team = await self._gateway.change_team(parts, request.name, "team.limits", change)
         return limits_pb2.SetTeamLimitsResponse(name=team.name, limits=team.limits)
