@@ -21,6 +21,7 @@ from controlplane.keys import KeyLayout, RoutingKind
 from controlplane.state import RoutingView
 from controlplane.store.base import Store, StoreError
 from corral.config import ProviderProbeConfig
+from corral.tls import client_context
 from corral.v1 import providers_pb2, types_pb2
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,7 @@ async def run(
     """Probe every provider each interval, until cancelled (nothing when turned off)."""
     if config.interval_seconds <= 0:
         return
-    context = ssl.create_default_context()
-    if config.extra_ca_file:
-        context.load_verify_locations(cafile=config.extra_ca_file)
-    connector = aiohttp.TCPConnector(ssl=context, force_close=True)
+    connector = aiohttp.TCPConnector(ssl=client_context(config.extra_ca_file), force_close=True)
     async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
         while True:
             stored = view.records(RoutingKind.PROVIDER_HEALTH)

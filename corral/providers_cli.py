@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -21,6 +20,7 @@ from google.protobuf import json_format
 from corral import admin_client
 from corral.credentials import Credentials, MissingCredential, from_environ
 from corral.status import StatusError, Tls, read_token
+from corral.tls import client_context
 from corral.v1 import providers_pb2
 
 TYPES = ("openai", "anthropic", "gemini", "azure", "openai-compatible")
@@ -135,9 +135,7 @@ def discover(args: argparse.Namespace) -> list[str]:
     else:
         url = base + "/models"
         headers = {"Authorization": f"Bearer {secret}"}
-    context = ssl.create_default_context()
-    if args.extra_ca_file:
-        context.load_verify_locations(cafile=args.extra_ca_file)
+    context = client_context(args.extra_ca_file)
     try:
         request = urllib.request.Request(url, headers=headers)
         with urllib.request.urlopen(request, timeout=15, context=context) as resp:

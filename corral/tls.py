@@ -1,10 +1,20 @@
-"""TLS for gRPC clients of the control plane (agents, edges): credentials from PEM files."""
+"""TLS for gRPC clients of the control plane (agents, edges): credentials from PEM files;
+and the context outbound HTTPS (hosted providers) is verified with."""
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import grpc
+
+
+def client_context(extra_ca_file: str | None) -> ssl.SSLContext:
+    """Outbound TLS, always verified: the system's trust store plus extra_ca_file."""
+    context = ssl.create_default_context()
+    if extra_ca_file:
+        context.load_verify_locations(cafile=extra_ca_file)
+    return context
 
 
 class TLSFileError(Exception):

@@ -15,6 +15,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from corral.config import EdgeConfig
 from corral.credentials import Credentials, MissingCredential
+from corral.tls import client_context
 from corral.v1 import providers_pb2, types_pb2
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,4 @@ class UpstreamAuth:
 
 def tls_context(config: EdgeConfig) -> ssl.SSLContext:
     """Outbound TLS: the system's trust store plus extra_ca_file; always verified."""
-    context = ssl.create_default_context()
-    if config.extra_ca_file:
-        context.load_verify_locations(cafile=config.extra_ca_file)
-    return context
+    return client_context(config.extra_ca_file)
