@@ -204,15 +204,23 @@ def run(
                  "--model", "bench-model", "--backend", f"stream={backend}"],
                 cpus=LOAD_CPU,
             )  # fmt: skip
-            eport = free_port()
-            edge = procs.start(
-                "edge",
-                [PYTHON, "-m", "corral.cli", "edge", "--listen", f"127.0.0.1:{eport}",
-                 "--controlplane", f"127.0.0.1:{sport}", "--log-level", "WARNING"],
-                cpus=PROXY_CPU,
-            )  # fmt: skip
-            wait_http(f"http://127.0.0.1:{eport}/readyz", edge, timeout=60)
-            measure("Corral edge", f"http://127.0.0.1:{eport}")
+            aiohttp_client = _tmp / "aiohttp.yaml"
+            aiohttp_client.write_text("edge:\n  upstream_client: aiohttp\n")
+            for name, config in (
+                ("Corral edge", []),
+                ("Corral edge, upstream_client: aiohttp", ["--config", str(aiohttp_client)]),
+            ):
+                eport = free_port()
+                edge = procs.start(
+                    "edge",
+                    [PYTHON, "-m", "corral.cli", "edge", *config,
+                     "--listen", f"127.0.0.1:{eport}",
+                     "--controlplane", f"127.0.0.1:{sport}", "--log-level", "WARNING"],
+                    cpus=PROXY_CPU,
+                )  # fmt: skip
+                wait_http(f"http://127.0.0.1:{eport}/readyz", edge, timeout=60)
+                measure(name, f"http://127.0.0.1:{eport}")
+                procs.stop(edge)
         else:
             results.append(("Corral edge", "not in this tree yet"))
     return results, info
