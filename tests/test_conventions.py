@@ -1,5 +1,6 @@
 """Conventions the code base keeps, enforced: the three components never import each other,
-and every module logs under its own module name (one filter on a package sees all of it)."""
+every module logs under its own module name (one filter on a package sees all of it), and
+unchecked tests carry no type: ignore."""
 
 from __future__ import annotations
 
@@ -53,4 +54,19 @@ def test_every_logger_is_named_after_its_module() -> None:
                     and not (isinstance(node.args[0], ast.Name) and node.args[0].id == "__name__")
                 ):
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
+
+
+def test_unchecked_code_carries_no_type_ignores() -> None:
+    """Tests are not type-checked (only tests/support, which bench/ imports, is), so a
+    `type: ignore` in them is never verified: none allowed."""
+    marker = "# type: " + "ignore"  # split, so this file does not match itself
+    support = ROOT / "tests" / "support"
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in _modules("tests")
+        if support not in path.parents
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if marker in line
+    ]
     assert offenders == []

@@ -767,7 +767,7 @@ def exec_start_argv(path: Path) -> list[str]:
 def test_systemd_unit_is_ini_with_the_three_sections(path: Path) -> None:
     """Each unit reads as INI, with [Unit], [Service] and [Install] and their essentials."""
     parser = configparser.ConfigParser(strict=False, interpolation=None)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
+    parser.optionxform = str  # keys are case-sensitive
     parser.read_string(path.read_text())
     assert parser.sections() == ["Unit", "Service", "Install"]
     entries = unit_entries(path)

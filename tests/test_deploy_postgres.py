@@ -129,7 +129,7 @@ def test_k8s_overlay_is_valid_and_wired(tmp_path: Path) -> None:
     configmap = by_id[f"ConfigMap/{volumes[mounts[config_dir]]['configMap']['name']}"]
     usage_file = tmp_path / config_name
     usage_file.write_text(configmap["data"][config_name])
-    dsn_file = re.search(r"postgres_dsn_file: (\S+)", usage_file.read_text())[1]  # type: ignore[index]
+    dsn_file = re.search(r"postgres_dsn_file: (\S+)", usage_file.read_text())[1]
     dsn_dir, dsn_name = dsn_file.rsplit("/", 1)
     secret_volume = volumes[mounts[dsn_dir]]["secret"]
     secret = by_id[f"Secret/{secret_volume['secretName']}"]

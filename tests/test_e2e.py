@@ -267,7 +267,7 @@ async def test_whole_topology(tmp_path: Path) -> None:
 
 
 async def _has_all(models_coro: object, wanted: set[str]) -> set[str] | None:
-    models = await models_coro  # type: ignore[misc]
+    models = await models_coro
     return models if wanted <= models else None
 
 

@@ -34,7 +34,7 @@ def client(fake: FakeServer, **options: object) -> openai.AsyncOpenAI:
         base_url=fake.openai_url,
         api_key="unused",
         max_retries=0,
-        **options,  # type: ignore[arg-type]
+        **options,
     )
     _clients.append(api)
     return api

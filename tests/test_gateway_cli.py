@@ -114,7 +114,7 @@ async def test_keys_teams_prices_and_audit_from_the_command_line(site: Site) -> 
     assert doc["team"] == "search" and doc["key"].startswith("sk-corral-")
 
     listed = await site.corral("keys", "list", "--json")
-    [key] = listed.json()  # type: ignore[misc]
+    [key] = listed.json()
     assert key["id"] == doc["id"] and key["models"] == ["m1", "m2"]
     assert "secret_sha256" not in key and doc["key"] not in listed.out  # never again
     table = await site.corral("keys", "list")

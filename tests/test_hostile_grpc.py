@@ -77,7 +77,7 @@ async def raw_stream(address: str, frames: Iterable[bytes]) -> tuple[grpc.Status
 
 
 def register_bytes(name: str, **kwargs: object) -> bytes:
-    return agent_pb2.ConnectRequest(register=h.register(name, **kwargs)).SerializeToString()  # type: ignore[arg-type]
+    return agent_pb2.ConnectRequest(register=h.register(name, **kwargs)).SerializeToString()
 
 
 # Field 99 is not in ConnectRequest: a message from a future (or hostile) agent that sets
@@ -142,7 +142,7 @@ async def test_a_broken_stream_after_register_lets_its_backend_go(
     code, _ = await raw_stream(cp, [register_bytes("ghost"), b"\x0a\xff\xff"])
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     await watcher.until(h.lacks("ghost"))  # the lease is no longer kept alive: it expires
-    assert "good" in h.names(watcher.latest)  # type: ignore[arg-type]
+    assert "good" in h.names(watcher.latest)
     await still_fine(good, watcher, running=2)
 
 
@@ -215,7 +215,7 @@ async def test_big_registers_under_the_limit_are_invalid_argument(
     """Registers under 4 MiB that would bloat every snapshot (100,000 models, 1 MB strings)
     are refused by validation, not stored."""
     message = h.register("bloat")
-    mutate(message)  # type: ignore[operator]
+    mutate(message)
     assert message.ByteSize() < FOUR_MIB
     bad = h.AgentClient(cp)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -224,7 +224,7 @@ async def test_big_registers_under_the_limit_are_invalid_argument(
     assert details in (caught.value.details() or ""), caught.value.details()
     await bad.close()
     await still_fine(good, watcher, running=7)
-    assert "bloat" not in h.names(watcher.latest)  # type: ignore[arg-type]
+    assert "bloat" not in h.names(watcher.latest)
 
 
 async def test_a_crowd_of_bad_streams_at_once(
@@ -269,4 +269,4 @@ async def test_corrupt_unary_requests_are_invalid_argument(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a valid protobuf message" in (caught.value.details() or "")
     await still_fine(good, watcher, running=4)
-    assert not watcher.latest.backends[0].drained  # type: ignore[union-attr]
+    assert not watcher.latest.backends[0].drained

@@ -442,17 +442,17 @@ async def test_secret_checks_go_through_compare_digest(monkeypatch: pytest.Monke
     from corral.config import EdgeConfig
 
     keys = tuple(Secret(f"key-{i}") for i in range(5))
-    proxy = Proxy(EdgeConfig(api_keys=keys), None, None, None)  # type: ignore[arg-type]  # only check_auth is used
+    proxy = Proxy(EdgeConfig(api_keys=keys), None, None, None)  # only check_auth is used
 
     class _Request(dict[str, Any]):  # no Call stored on it
         def __init__(self, headers: dict[str, str]) -> None:
             super().__init__()
             self.headers = headers
 
-    identity = proxy.check_auth(_Request({"Authorization": "Bearer key-0"}))  # type: ignore[arg-type]
+    identity = proxy.check_auth(_Request({"Authorization": "Bearer key-0"}))
     assert identity is not None and identity.team == "default"
     with pytest.raises(Exception, match="Incorrect API key"):
-        proxy.check_auth(_Request({"x-api-key": "key-9"}))  # type: ignore[arg-type]
+        proxy.check_auth(_Request({"x-api-key": "key-9"}))
     held = repr(vars(proxy.keys)) if hasattr(proxy.keys, "__dict__") else ""
     held += repr([getattr(proxy.keys, name) for name in type(proxy.keys).__slots__])
     assert not any(f"key-{i}" in held for i in range(5))  # digests only, never the keys

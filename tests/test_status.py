@@ -271,7 +271,7 @@ async def _wait_registered(address: str) -> ClusterStatus:
         status = fetch(address, ADMIN_TOKEN)
         return status if status.backends and status.edges else None
 
-    return await eventually(lambda: asyncio.to_thread(check))  # type: ignore[no-any-return]  # eventually() is untyped
+    return await eventually(lambda: asyncio.to_thread(check))  # eventually() is untyped
 
 
 async def test_status_table_shows_backend_and_edge(

@@ -45,11 +45,11 @@ async def start_agent() -> AsyncIterator[AgentFactory]:
         settings.setdefault("probe_interval_seconds", 0.2)
         settings.setdefault("probe_timeout_seconds", 1.0)
         settings.setdefault("shutdown_grace_seconds", 3.0)
-        agent = Agent(AgentConfig(**settings))  # type: ignore[arg-type]
+        agent = Agent(AgentConfig(**settings))
         ready = asyncio.Event()
         task = asyncio.create_task(agent.run(ready))
         tasks.append(task)
-        agent.task = task  # type: ignore[attr-defined]
+        agent.task = task
         waiter = asyncio.ensure_future(ready.wait())
         await asyncio.wait({waiter, task}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
         if task.done():

@@ -70,7 +70,7 @@ class RecordingControlPlane(agent_pb2_grpc.AgentServiceServicer):
     async def Connect(  # the gRPC method name
         self,
         request_iterator: AsyncIterator[agent_pb2.ConnectRequest],
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[agent_pb2.ConnectResponse]:
         messages = aiter(request_iterator)
         first = await anext(messages)

@@ -141,7 +141,7 @@ async def test_secondary_failure_is_degraded(fake_server, backend_client: Client
     fake = await fake_server("vllm", models=["m"])
     fake.set_load(running=5)
     probe = PROBES["vllm"](backend_client(fake.url), slow_seconds=0.5)
-    assert (await probe.probe()).load.running == 5  # type: ignore[union-attr]
+    assert (await probe.probe()).load.running == 5
     fake.models.clear()  # the metrics page still answers; the model list goes empty
     obs = await probe.probe()
     assert obs.health == H and obs.models == []

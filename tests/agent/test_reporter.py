@@ -75,9 +75,9 @@ async def test_cancel_says_goodbye_and_half_closes(
     fake = await fake_server("ollama", models=["m"])
     agent = await start_agent(controlplane=(recorder.address,), backend=fake.url)
     await eventually(lambda: recorder.streams)
-    agent.task.cancel()  # type: ignore[attr-defined]
+    agent.task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await agent.task  # type: ignore[attr-defined]
+        await agent.task
     assert recorder.last.goodbye is not None
     await eventually(lambda: recorder.last.ended)
 
@@ -90,11 +90,11 @@ async def test_cancel_while_registering_still_says_goodbye(
     fake = await fake_server("vllm", models=["m"])
     agent = await start_agent(controlplane=(recorder.address,), backend=fake.url)
     await eventually(lambda: recorder.streams)
-    agent.task.cancel()  # type: ignore[attr-defined]
+    agent.task.cancel()
     # The cancellation is delivered before the replica answers (the task runs first).
     asyncio.get_running_loop().call_soon(recorder.hold_registered.set)
     with pytest.raises(asyncio.CancelledError):
-        await agent.task  # type: ignore[attr-defined]
+        await agent.task
     assert recorder.last.goodbye is not None
 
 

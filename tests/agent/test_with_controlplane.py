@@ -359,9 +359,9 @@ async def test_cancel_says_goodbye_and_backend_leaves_at_once(
     fake = await fake_server("openai", models=["gpt-x"], name="openai-g")
     agent = await start_agent(**agent_settings(cp, fake.url, "openai-g"))
     await eventually(lambda: _is_present(cp, "openai-g"))
-    agent.task.cancel()  # type: ignore[attr-defined]
+    agent.task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await agent.task  # type: ignore[attr-defined]
+        await agent.task
     # Well inside the 10 s lease TTL: the goodbye revoked the lease.
     await eventually(lambda: _is_absent(cp, "openai-g"), within=3)
 
@@ -413,7 +413,7 @@ async def _is_absent(cp: Replica, name: str) -> bool:
 
 
 def _probe_errors(agent: object, endpoint: str, kind: str) -> float:
-    counter = agent.metrics.probe_errors.labels(endpoint=endpoint, kind=kind)  # type: ignore[attr-defined]
+    counter = agent.metrics.probe_errors.labels(endpoint=endpoint, kind=kind)
     return float(counter._value.get())
 
 

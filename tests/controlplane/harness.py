@@ -96,7 +96,7 @@ def spec(
     return types_pb2.BackendSpec(
         name=name,
         url=f"http://127.0.0.1:{free_port()}" if url is None else url,
-        type=kind,  # type: ignore[arg-type]  # the enum's int value
+        type=kind,  # the enum's int value
         priority=priority,
         weight=weight,
     )
@@ -115,7 +115,7 @@ def status(
     if kv is not None:
         load.kv_cache_usage = kv
     return types_pb2.BackendStatus(
-        health=health,  # type: ignore[arg-type]  # the enum's int value
+        health=health,  # the enum's int value
         reason=reason,
         models=[types_pb2.ModelInfo(id=m, loaded=True) for m in models],
         load=load,

@@ -23,7 +23,7 @@ async def cp() -> AsyncIterator[str]:
 
 async def _status_code(call: object) -> grpc.StatusCode:
     try:
-        await call  # type: ignore[misc]
+        await call
     except grpc.aio.AioRpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK

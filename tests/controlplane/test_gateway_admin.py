@@ -20,7 +20,7 @@ from tests.support.etcd import EtcdCluster
 async def _first_policy(address: str, **request: object) -> gateway_pb2.Policy:
     async with grpc.aio.insecure_channel(address) as channel:
         call = gateway_pb2_grpc.PolicyServiceStub(channel).WatchPolicy(
-            gateway_pb2.WatchPolicyRequest(edge_id="t", **request)  # type: ignore[arg-type]
+            gateway_pb2.WatchPolicyRequest(edge_id="t", **request)
         )
         async for response in call:
             call.cancel()
@@ -30,7 +30,7 @@ async def _first_policy(address: str, **request: object) -> gateway_pb2.Policy:
 
 async def _code(call: object) -> grpc.StatusCode:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call  # type: ignore[misc]
+        await call
     return caught.value.code()
 
 

@@ -15,7 +15,7 @@ def _status(
     models: tuple[str, ...] = ("m",),
 ) -> types_pb2.BackendStatus:
     status = types_pb2.BackendStatus(
-        health=health,  # type: ignore[arg-type]  # the enum's int value
+        health=health,  # the enum's int value
         models=[types_pb2.ModelInfo(id=m) for m in models],
     )
     status.load.running = running

@@ -258,7 +258,7 @@ async def test_removed_backends_are_reported_from_events_and_listings() -> None:
 
 def _status_value(health: int, running: int) -> bytes:
     return types_pb2.BackendStatus(
-        health=health,  # type: ignore[arg-type]  # the enum's int value
+        health=health,  # the enum's int value
         models=[types_pb2.ModelInfo(id="m", loaded=True)],
         load=types_pb2.BackendLoad(running=running),
     ).SerializeToString()

@@ -28,7 +28,7 @@ class _Servicer(routing_pb2_grpc.RoutingServiceServicer):
     async def WatchSnapshots(
         self,
         request: routing_pb2.WatchSnapshotsRequest,
-        context: aio.ServicerContext,  # type: ignore[type-arg]
+        context: aio.ServicerContext,
     ) -> AsyncIterator[routing_pb2.WatchSnapshotsResponse]:
         owner = self.owner
         metadata = {str(k): str(v) for k, v in context.invocation_metadata() or ()}
@@ -121,13 +121,13 @@ def backend(
         spec=types_pb2.BackendSpec(
             name=name,
             url=url,
-            type=kind,  # type: ignore[arg-type]
+            type=kind,
             priority=priority,
             weight=weight,
             max_concurrency=max_concurrency,
         ),
         status=types_pb2.BackendStatus(
-            health=health,  # type: ignore[arg-type]
+            health=health,
             models=[types_pb2.ModelInfo(id=m, loaded=True) for m in models],
             load=types_pb2.BackendLoad(running=running, waiting=waiting),
         ),
@@ -138,8 +138,8 @@ def backend(
 
 def from_fake(fake: object, **kwargs: object) -> types_pb2.Backend:
     """A Backend for a started FakeServer: its name, URL and model ids."""
-    models = [m.id for m in fake.models]  # type: ignore[attr-defined]
-    return backend(fake.name, fake.url, models, **kwargs)  # type: ignore[attr-defined, arg-type]
+    models = [m.id for m in fake.models]
+    return backend(fake.name, fake.url, models, **kwargs)
 
 
 def snapshot(

@@ -138,5 +138,5 @@ async def test_alias_set_through_the_real_control_plane(
 
 
 async def _has(models: object, wanted: set[str]) -> bool:
-    listed: set[str] = await models()  # type: ignore[operator]
+    listed: set[str] = await models()
     return wanted <= listed

@@ -1014,7 +1014,7 @@ async def test_sdk_create_text(sdk: SdkFixture) -> None:
     assert message.model == MODEL
     assert message.role == "assistant" and message.type == "message"
     assert [b.type for b in message.content] == ["text"]
-    assert message.content[0].text == "Bonjour"  # type: ignore[union-attr]
+    assert message.content[0].text == "Bonjour"
     assert message.stop_reason == "end_turn"
     assert (message.usage.input_tokens, message.usage.output_tokens) == (21, 7)
     assert backend.requests[-1]["messages"] == [
@@ -1074,7 +1074,7 @@ async def test_sdk_create_tool_use_round_trip(sdk: SdkFixture) -> None:
             },
         ],
     )
-    assert second.content[0].text == "It is 3C."  # type: ignore[union-attr]
+    assert second.content[0].text == "It is 3C."
     sent = backend.requests[-1]["messages"]
     assert sent[1]["tool_calls"][0]["id"] == "call_w"
     assert json.loads(sent[1]["tool_calls"][0]["function"]["arguments"]) == {"city": "Oslo"}
@@ -1093,7 +1093,7 @@ async def test_sdk_stream_text(sdk: SdkFixture) -> None:
             pieces.append(text)
         final = await stream.get_final_message()
     assert pieces == ["Hello", ", wörld", "!"]
-    assert final.content[0].text == "Hello, wörld!"  # type: ignore[union-attr]
+    assert final.content[0].text == "Hello, wörld!"
     assert final.stop_reason == "end_turn"
     assert final.model == MODEL
     assert (final.usage.input_tokens, final.usage.output_tokens) == (12, 4)
@@ -1114,13 +1114,13 @@ async def test_sdk_stream_parallel_tool_calls(sdk: SdkFixture) -> None:
         final = await stream.get_final_message()
     assert [b.type for b in final.content] == ["text", "tool_use", "tool_use"]
     text, weather, clock = final.content
-    assert text.text == "Let me check."  # type: ignore[union-attr]
-    assert (weather.id, weather.name, weather.input) == (  # type: ignore[union-attr]
+    assert text.text == "Let me check."
+    assert (weather.id, weather.name, weather.input) == (
         "call_a",
         "get_weather",
         {"city": "Paris", "days": 2},
     )
-    assert (clock.name, clock.input) == ("get_time", {"tz": "CET"})  # type: ignore[union-attr]
+    assert (clock.name, clock.input) == ("get_time", {"tz": "CET"})
     assert final.stop_reason == "tool_use"
     assert (final.usage.input_tokens, final.usage.output_tokens) == (40, 25)
 
@@ -1232,7 +1232,7 @@ async def _compare_on_fake(fake: FakeServer, kind: str, model_id: str, stream: b
 
             def shape(message: Message) -> list[Any]:
                 return [
-                    (b.type, b.text) if b.type == "text" else (b.type, b.name, b.input)  # type: ignore[union-attr]
+                    (b.type, b.text) if b.type == "text" else (b.type, b.name, b.input)
                     for b in message.content
                 ]
 
@@ -1263,13 +1263,13 @@ async def _compare_on_fake(fake: FakeServer, kind: str, model_id: str, stream: b
                 {
                     "role": "user",
                     "content": [
-                        {"type": "tool_result", "tool_use_id": tool_use.id, "content": "3C"}  # type: ignore[union-attr]
+                        {"type": "tool_result", "tool_use_id": tool_use.id, "content": "3C"}
                     ],
                 },
             ],
         )
         assert answer.stop_reason == "end_turn"
-        assert answer.content[0].text == f"[{kind}-a] 3C"  # type: ignore[union-attr]
+        assert answer.content[0].text == f"[{kind}-a] 3C"
     finally:
         await translated_client.close()
         await native_client.close()

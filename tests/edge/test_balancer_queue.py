@@ -13,7 +13,7 @@ from tests.edge.snapshot_server import backend, snapshot
 
 
 def full_balancer(**overrides: object) -> Balancer:
-    config = EdgeConfig(**{"queue_depth": 8, "queue_wait_seconds": 5.0, **overrides})  # type: ignore[arg-type]
+    config = EdgeConfig(**{"queue_depth": 8, "queue_wait_seconds": 5.0, **overrides})
     balancer = Balancer(config)
     balancer.apply(snapshot(1, [backend("a", "http://127.0.0.1:1", ["m"], max_concurrency=1)]))
     return balancer

@@ -33,7 +33,7 @@ async def chat(
     headers = {"X-Corral-Session": session} if session else None
     raw = await running.client().chat.completions.with_raw_response.create(
         model=MODEL,
-        messages=messages,  # type: ignore[arg-type]
+        messages=messages,
         extra_headers=headers,
     )
     raw.parse()

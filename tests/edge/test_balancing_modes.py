@@ -128,7 +128,7 @@ async def test_alias_answers_name_the_requested_model(
         await running.wait_version(1)
         client = running.client()
         messages = [{"role": "user", "content": "hello there friend"}]
-        answer = await client.chat.completions.create(model="friendly", messages=messages)  # type: ignore[arg-type]
+        answer = await client.chat.completions.create(model="friendly", messages=messages)
         assert answer.model == "friendly"
         assert answer.choices[0].message.content == "[v] hello there friend"
         stream = await client.chat.completions.create(
@@ -143,7 +143,7 @@ async def test_alias_answers_name_the_requested_model(
         assert text == "[v] hello there friend"
         direct = await client.chat.completions.create(
             model="upstream/name-7b",
-            messages=messages,  # type: ignore[arg-type]
+            messages=messages,
         )
         assert direct.model == "upstream/name-7b"
         assert {r.body_json["model"] for r in fake.requests_to("/v1/chat/completions")} == {

@@ -36,7 +36,7 @@ def _key(secret: str, key_id: str, **fields: object) -> gateway_pb2.VirtualKey:
         id=key_id,
         team="t",
         secret_sha256=hashlib.sha256(secret.encode()).digest(),
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
 
 

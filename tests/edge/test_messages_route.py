@@ -176,8 +176,8 @@ async def test_errors_are_anthropic_shaped(
                 await client.messages.create(
                     model="nope", max_tokens=10, messages=[{"role": "user", "content": "x"}]
                 )
-            assert missing.value.body["type"] == "error"  # type: ignore[index]
-            assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+            assert missing.value.body["type"] == "error"
+            assert missing.value.body["error"]["type"] == "not_found_error"
 
             fake.mode = "error"
             with pytest.raises(anthropic.InternalServerError):
@@ -222,10 +222,10 @@ async def test_failover_when_a_backend_is_dead(
             for i in range(6):
                 ask = [{"role": "user", "content": f"conversation {i}"}]
                 message = await client.messages.create(model="m", max_tokens=50, messages=ask)
-                assert message.content[0].text == f"[llamacpp-b] conversation {i}"  # type: ignore[union-attr]
+                assert message.content[0].text == f"[llamacpp-b] conversation {i}"
                 async with client.messages.stream(model="m", max_tokens=50, messages=ask) as s:
                     final = await s.get_final_message()
-                assert final.content[0].text == f"[llamacpp-b] conversation {i}"  # type: ignore[union-attr]
+                assert final.content[0].text == f"[llamacpp-b] conversation {i}"
         assert len(live.requests_to("/v1/messages")) == 12
 
 
@@ -257,10 +257,10 @@ async def test_alias_across_native_and_translated(
                     assert served.setdefault(i, backend) == backend  # sticky
                     assert message.model == "gemma"  # the name asked for, from either
                     said = ask[-1]["content"]
-                    assert message.content[0].text == f"[{backend}] {said}"  # type: ignore[union-attr]
+                    assert message.content[0].text == f"[{backend}] {said}"
                     ask = [
                         *ask,
-                        {"role": "assistant", "content": message.content[0].text},  # type: ignore[union-attr]
+                        {"role": "assistant", "content": message.content[0].text},
                         {"role": "user", "content": "go on"},
                     ]
             streamed_by = set()
@@ -339,7 +339,7 @@ async def test_agents_learn_who_speaks_messages(etcd: EtcdCluster, start_edge: S
                     max_tokens=50,
                     messages=[{"role": "user", "content": "through the agents"}],
                 )
-                assert message.content[0].text == f"[{fake.name}] through the agents"  # type: ignore[union-attr]
+                assert message.content[0].text == f"[{fake.name}] through the agents"
 
         def asked(fake: FakeServer, path: str) -> int:
             return sum("through the agents" in str(r.body_json) for r in fake.requests_to(path))

@@ -28,7 +28,7 @@ NEW_KINDS = (
 def _fakes() -> list[FakeServer]:
     return [
         FakeServer(
-            kind,  # type: ignore[arg-type]
+            kind,
             [FakeModel(f"{kind}-model", context_length=4096)],
             f"{kind}-a",
             anthropic_native=kind == "vllm-mlx",
@@ -111,9 +111,9 @@ async def test_native_prefixes_reach_each_types_own_api(
     assert fakes["docker-model-runner"].requests_to("/engines/llama.cpp/v1/chat/completions")
 
     status, answer, backend = await call("GET", "/lemonade/v1/system-info")
-    assert (status, backend) == (200, "lemonade-a") and "Processor" in answer  # type: ignore[operator]
+    assert (status, backend) == (200, "lemonade-a") and "Processor" in answer
     status, answer, backend = await call("GET", "/nim/v1/metadata")
-    assert (status, backend) == (200, "nim-a") and "modelInfo" in answer  # type: ignore[operator]
+    assert (status, backend) == (200, "nim-a") and "modelInfo" in answer
 
     # Model management stays with the server: a write outside inference is refused.
     status, answer, _ = await call("POST", "/lemonade/v1/pull", {"model_name": "x"})

@@ -56,7 +56,7 @@ async def test_serves_from_persisted_snapshot(
         info = await second.wait_version(8)
         assert info["snapshot_source"] == "controlplane"
         assert info["controlplane_connected"] is True
-        await eventually(lambda: load_snapshot(state_dir).version == 8)  # type: ignore[union-attr]
+        await eventually(lambda: load_snapshot(state_dir).version == 8)
 
 
 async def test_older_snapshots_are_refused(

@@ -125,7 +125,7 @@ async def test_open_until_a_key_exists_then_sdks_need_it(cluster: Cluster) -> No
     with pytest.raises(openai.AuthenticationError) as wrong:
         await edge.client("sk-corral-wrong").chat.completions.create(model=MODEL, messages=USER)
     assert wrong.value.status_code == 401
-    assert wrong.value.body["code"] == "invalid_api_key"  # type: ignore[index]
+    assert wrong.value.body["code"] == "invalid_api_key"
 
     assert [m.id async for m in client.models.list()] == [MODEL]  # only what it may use
     await client.models.retrieve(MODEL)
@@ -148,25 +148,25 @@ async def test_anthropic_sdk_with_a_virtual_key(
     async with anthropic.AsyncAnthropic(
         base_url=url, api_key=created.secret, max_retries=0
     ) as client:
-        message = await client.messages.create(model=MODEL, max_tokens=20, messages=USER)  # type: ignore[arg-type]
+        message = await client.messages.create(model=MODEL, max_tokens=20, messages=USER)
         assert message.content[0].type == "text"
         async with client.messages.stream(
             model=MODEL,
             max_tokens=20,
-            messages=USER,  # type: ignore[arg-type]
+            messages=USER,
         ) as stream:
             text = "".join([t async for t in stream.text_stream])
         assert "hello" in text
         with pytest.raises(anthropic.PermissionDeniedError) as denied:
-            await client.messages.create(model=OTHER, max_tokens=20, messages=USER)  # type: ignore[arg-type]
-        assert denied.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
-        counted = await client.messages.count_tokens(model=MODEL, messages=USER)  # type: ignore[arg-type]
+            await client.messages.create(model=OTHER, max_tokens=20, messages=USER)
+        assert denied.value.body["error"]["type"] == "permission_error"
+        counted = await client.messages.count_tokens(model=MODEL, messages=USER)
         assert counted.input_tokens > 0
         with pytest.raises(anthropic.PermissionDeniedError):
-            await client.messages.count_tokens(model=OTHER, messages=USER)  # type: ignore[arg-type]
+            await client.messages.count_tokens(model=OTHER, messages=USER)
     async with anthropic.AsyncAnthropic(base_url=url, api_key="nope", max_retries=0) as client:
         with pytest.raises(anthropic.AuthenticationError) as refused:
-            await client.messages.create(model=MODEL, max_tokens=20, messages=USER)  # type: ignore[arg-type]
+            await client.messages.create(model=MODEL, max_tokens=20, messages=USER)
         body: Any = refused.value.body
         assert body["type"] == "error" and body["error"]["type"] == "authentication_error"
     # Bearer works on the Anthropic path too; a missing key is a 401 in its shape.

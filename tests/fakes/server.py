@@ -246,10 +246,10 @@ class FakeServer:
         self._released.set()
 
     def load_model(self, model: str) -> None:
-        self.model(model, required=True).loaded = True  # type: ignore[union-attr]
+        self.model(model, required=True).loaded = True
 
     def unload_model(self, model: str) -> None:
-        self.model(model, required=True).loaded = False  # type: ignore[union-attr]
+        self.model(model, required=True).loaded = False
 
     def add_model(self, model: str | FakeModel) -> FakeModel:
         spec = self._spec(model)
@@ -258,7 +258,7 @@ class FakeServer:
 
     def remove_model(self, model: str) -> None:
         spec = self.model(model, required=True)
-        self.models.remove(spec)  # type: ignore[arg-type]
+        self.models.remove(spec)
 
     def model(self, model: str, *, required: bool = False) -> FakeModel | None:
         """The served model called `model` (Ollama names match with or without `:latest`)."""

@@ -33,7 +33,7 @@ def test_last_touch_is_the_last_request_the_fault_still_reached() -> None:
         req(9.0, backend="be1"),  # before the fault: not counted
         req(10.5, backend="be1"),
         req(11.0, route="retry"),
-        req(12.0, ok=False, backend=None),  # type: ignore[arg-type]
+        req(12.0, ok=False, backend=None),
         req(13.0),
     ]
     assert last_touch(records, 10.0, "be1") == 2.0

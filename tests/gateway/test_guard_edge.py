@@ -63,8 +63,8 @@ async def test_block_in_every_dialect(
             )
     finally:
         await claude.close()
-    assert an.value.body["type"] == "error"  # type: ignore[index]
-    assert an.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert an.value.body["type"] == "error"
+    assert an.value.body["error"]["type"] == "invalid_request_error"
     assert MAIL not in str(an.value.body)
     async with edge.http.post(
         f"{edge.url}/ollama/api/chat",

@@ -102,7 +102,7 @@ async def test_no_sensitive_values_in_log_metrics_or_usage(
                 )
             claude = anthropic.AsyncAnthropic(base_url=url, api_key="x", max_retries=0)
             with pytest.raises(anthropic.BadRequestError):
-                await claude.messages.create(model="m-strict", max_tokens=8, messages=user)  # type: ignore[arg-type]
+                await claude.messages.create(model="m-strict", max_tokens=8, messages=user)
             await claude.close()
             await client.close()
             async with http.get(f"{url}/metrics") as resp:

@@ -71,7 +71,7 @@ async def drive(
                 await limiter.sweep()
             continue
         if kind == "settle":
-            limiter, ticket, actual = data  # type: ignore[misc]
+            limiter, ticket, actual = data
             limiter.settle(ticket, tokens=actual)
             continue
         out.offered += 1

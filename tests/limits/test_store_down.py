@@ -69,7 +69,7 @@ async def test_fail_open_counts_local_shares_then_resumes(valkey: ValkeyServer) 
         assert sum(lim.stats.store_errors for lim in limiters) >= 1
         valkey.start()
         for limiter in limiters:  # the store comes back by itself for the next call
-            await eventually(limiter.counters.store.ping, within=10)  # type: ignore[attr-defined]
+            await eventually(limiter.counters.store.ping, within=10)
         after, _ = await _offer(limiters, clock, 300)
         for limiter in limiters:
             await limiter.quiesce()

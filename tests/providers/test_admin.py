@@ -159,7 +159,7 @@ async def test_models_are_discovered_with_the_credential(
     """`providers add` without --models lists them with the key resolved in the CLI's env."""
     ca = make_ca(tmp_path / "ca")
     models = ["model-a", "model-b"]
-    async with HostedFake(kind, key="k-123", models=models, ca=ca) as fake:  # type: ignore[arg-type]
+    async with HostedFake(kind, key="k-123", models=models, ca=ca) as fake:
         monkeypatch.setenv("CORRAL_CREDENTIAL_DISCOVERY", "k-123")
         code, out, err = await corral(
             "providers", "add", "found", "--type", kind, "--base-url", fake.base_url,

@@ -56,7 +56,7 @@ async def test_edge_sends_the_backend_its_key(
     kind: str, snapshots: SnapshotServer, start_edge: StartEdge
 ) -> None:
     """A server started with --api-key gets it from the edge (OpenAI SDK through the edge)."""
-    async with running_fakes(FakeServer(kind, [MODEL], "keyed", api_key=SECRET)) as (fake,):  # type: ignore[arg-type]
+    async with running_fakes(FakeServer(kind, [MODEL], "keyed", api_key=SECRET)) as (fake,):
         entry = from_fake(fake)
         entry.spec.credential = "local-llm"
         snapshots.publish(snapshot(1, [entry]))

@@ -45,7 +45,7 @@ async def claude(ca: CertAuthority) -> AsyncIterator[HostedFake]:
 
 
 def chain(model: str, *targets: str, **fields: object) -> providers_pb2.FallbackChain:
-    return providers_pb2.FallbackChain(model=model, targets=targets, **fields)  # type: ignore[arg-type]
+    return providers_pb2.FallbackChain(model=model, targets=targets, **fields)
 
 
 def with_chains(
@@ -71,7 +71,7 @@ async def ask(running: RunningEdge, model: str, text: str, stream: bool = False)
         content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         headers = raw_stream.headers
     else:
-        raw = await client.chat.completions.with_raw_response.create(model=model, messages=messages)  # type: ignore[arg-type]
+        raw = await client.chat.completions.with_raw_response.create(model=model, messages=messages)
         answer = raw.parse()
         assert answer.model == model
         content = answer.choices[0].message.content or ""
@@ -223,8 +223,8 @@ async def test_usage_records_name_the_provider_and_use_its_prices(
     await running.wait_version(1)
     client = running.client()
     hi = [{"role": "user", "content": "count these tokens"}]
-    fallen = await client.chat.completions.create(model=LOCAL, messages=hi)  # type: ignore[arg-type]
-    direct = await client.chat.completions.create(model="claude-sonnet-4-5", messages=hi)  # type: ignore[arg-type]
+    fallen = await client.chat.completions.create(model=LOCAL, messages=hi)
+    direct = await client.chat.completions.create(model="claude-sonnet-4-5", messages=hi)
     first, second = await rows(running, 2)
     assert (first["model"], first["served_model"], first["backend"], first["route"]) == (
         LOCAL, "gpt-4.1-mini", gpt.name, "fallback",
@@ -275,7 +275,7 @@ async def test_anthropic_sdk_follows_chains_too(
                 )
                 message = await raw.parse()
                 assert message.model == model
-                assert message.content[0].text.endswith(f"] {text}")  # type: ignore[union-attr]
+                assert message.content[0].text.endswith(f"] {text}")
                 return raw.headers["x-corral-backend"], raw.headers["x-corral-route"]
 
             assert (await ask_messages(LOCAL, "before"))[0] == "local"

@@ -108,7 +108,7 @@ async def test_anthropic_sdk_reaches_anthropic_natively_and_openai_translated(
             message = await client.messages.create(
                 model=model, max_tokens=64, messages=[{"role": "user", "content": "hi"}]
             )
-            assert message.content[0].text == f"[{fake.name}] hi"  # type: ignore[union-attr]
+            assert message.content[0].text == f"[{fake.name}] hi"
             assert message.model == model
             async with client.messages.stream(
                 model=model, max_tokens=64, messages=[{"role": "user", "content": "go"}]
@@ -156,23 +156,23 @@ async def test_provider_errors_reach_clients_in_their_dialect(
     client = running.client()
     hi = [{"role": "user", "content": "hi"}]
     with pytest.raises(openai.AuthenticationError) as auth:
-        await client.chat.completions.create(model=MODEL["anthropic"], messages=hi)  # type: ignore[arg-type]
+        await client.chat.completions.create(model=MODEL["anthropic"], messages=hi)
     assert auth.value.body == {
         "message": "invalid x-api-key", "type": "authentication_error",
         "param": None, "code": "invalid_api_key",
     }  # fmt: skip
     with pytest.raises(openai.BadRequestError) as gemini:
-        await client.chat.completions.create(model=MODEL["gemini"], messages=hi)  # type: ignore[arg-type]
+        await client.chat.completions.create(model=MODEL["gemini"], messages=hi)
     assert "API key not valid" in gemini.value.message
     assert gemini.value.code == "invalid_argument"
     with pytest.raises(openai.AuthenticationError):
-        await client.chat.completions.create(model=MODEL["openai"], messages=hi)  # type: ignore[arg-type]
+        await client.chat.completions.create(model=MODEL["openai"], messages=hi)
     with pytest.raises(openai.NotFoundError) as missing:
-        await client.chat.completions.create(model="no-such-deployment", messages=hi)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="no-such-deployment", messages=hi)
     assert missing.value.code == "DeploymentNotFound"
     fakes["azure"].mode = "error"
     with pytest.raises(openai.InternalServerError) as broken:
-        await client.chat.completions.create(model=MODEL["azure"], messages=hi)  # type: ignore[arg-type]
+        await client.chat.completions.create(model=MODEL["azure"], messages=hi)
     assert broken.value.status_code == 500
 
 
