@@ -91,14 +91,16 @@ async def test_failover_when_member_in_use_is_killed(etcd3: EtcdCluster) -> None
 
 async def test_lease_kept_alive_across_member_kill(etcd3: EtcdCluster) -> None:
     """A kept lease outlives its TTL although the member (leader) carrying its keepalives died."""
+    # TTL 4 s, not 2: the keeper's failover waits out a leader election, and on a busy machine
+    # that took longer than a 2 s lease could wait (the kept lease ran out first, once).
     async with EtcdStore(leader_first(etcd3)) as store:
-        kept = await store.grant_lease(2)
+        kept = await store.grant_lease(4)
         await store.put(b"/l/kept", b"1", lease=kept)
         await eventually(lambda: store.lease_keeper.refreshes >= 1)
         streams_before = store.lease_keeper.streams_opened
         await asyncio.to_thread(member_for(etcd3, store).kill)
         # A lease with the same TTL granted after the kill, and not kept, runs out first.
-        doomed = await store.grant_lease(2)
+        doomed = await store.grant_lease(4)
         start = await store.put(b"/l/doomed", b"1", lease=doomed)
         async with watching(store, b"/l/", start + 1) as watcher:
             store.release_lease(doomed)
@@ -261,7 +263,7 @@ async def test_frozen_member_is_left_behind(etcd3: EtcdCluster) -> None:
                 await watcher.wait_for(lambda ev: any(e.kv.key == b"/z/after" for e in ev))
                 assert puts(watcher) == [(b"/z/kept", start), (b"/z/after", after)]
                 # A lease granted now, and not kept, runs out; the kept one does not.
-                doomed = await store.grant_lease(2)
+                doomed = await store.grant_lease(4)
                 await store.put(b"/z/doomed", b"1", lease=doomed)
                 store.release_lease(doomed)
                 await watcher.wait_for(deleted(b"/z/doomed"))
