@@ -263,7 +263,7 @@ async def test_frozen_member_is_left_behind(etcd3: EtcdCluster) -> None:
                 await watcher.wait_for(lambda ev: any(e.kv.key == b"/z/after" for e in ev))
                 assert puts(watcher) == [(b"/z/kept", start), (b"/z/after", after)]
                 # A lease granted now, and not kept, runs out; the kept one does not.
-                doomed = await store.grant_lease(4)
+                doomed = await store.grant_lease(2)
                 await store.put(b"/z/doomed", b"1", lease=doomed)
                 store.release_lease(doomed)
                 await watcher.wait_for(deleted(b"/z/doomed"))
