@@ -35,15 +35,26 @@ def test_bearer_matching() -> None:
     assert not bearer_matches(None, token)
 
 
+def _own_write_failed(exc: grpc.aio.AioRpcError) -> bool:
+    """The client's first message lost a race with the server closing the stream: grpc-aio
+    then reports its local write failure (INTERNAL), not the status the server sent."""
+    return exc.code() == grpc.StatusCode.INTERNAL and "SendMessageOperation" in (
+        exc.debug_error_string() or ""
+    )
+
+
 @pytest.mark.parametrize("token", [None, "wrong", EDGE])
 async def test_agent_stream_needs_the_agent_token(cp: str, token: str | None) -> None:
     """Connect without the agent token (missing, wrong, another door's) is UNAUTHENTICATED."""
-    agent = h.AgentClient(cp, token=token)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await agent.connect(h.register("b"))
+    for _ in range(5):  # only a lost write race (never the server's answer) asks again
+        agent = h.AgentClient(cp, token=token)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await agent.connect(h.register("b"))
+        await agent.close()
+        if not _own_write_failed(caught.value):
+            break
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "bearer token" in (caught.value.details() or "")
-    await agent.close()
 
 
 @pytest.mark.parametrize("token", [None, "wrong", ADMIN])
