@@ -182,6 +182,7 @@ class GatewayAdmin:
             raise InvalidArgumentError("key id is empty")
         check_text(key_id, "key id")
         where = records.key_key(self._layout, key_id)
+        audited = False  # once per call: a lost race retried is still one change
         for _ in range(WRITE_TRIES):
             kv = await parts.store.get(where)
             key = _decode(gateway_pb2.VirtualKey, kv.value) if kv is not None else None
@@ -189,7 +190,9 @@ class GatewayAdmin:
                 raise NotFoundError(f"no key with id {key_id!r}")
             if not change(key):
                 return _public(key)
-            await self.audit.record(parts.store, action, key_id, f"team={key.team}")
+            if not audited:
+                await self.audit.record(parts.store, action, key_id, f"team={key.team}")
+                audited = True
             if await parts.store.put_if(
                 where, key.SerializeToString(), expect_mod_revision=kv.mod_revision
             ):
@@ -204,13 +207,16 @@ class GatewayAdmin:
         """Apply change (it returns the audit detail) to a stored team, atomically; audited.
         The caller has checked the name."""
         where = records.team_key(self._layout, name)
+        audited = False  # once per call: a lost race retried is still one change
         for _ in range(WRITE_TRIES):
             kv = await parts.store.get(where)
             team = _decode(gateway_pb2.Team, kv.value) if kv is not None else None
             if kv is None or team is None:
                 raise NotFoundError(f"no team named {name!r}")
             detail = change(team)
-            await self.audit.record(parts.store, action, team.name, detail)
+            if not audited:
+                await self.audit.record(parts.store, action, team.name, detail)
+                audited = True
             if await parts.store.put_if(
                 where, team.SerializeToString(), expect_mod_revision=kv.mod_revision
             ):

@@ -4,13 +4,19 @@ only), the policy stream, seeded prices and the bounded audit log."""
 from __future__ import annotations
 
 import hashlib
+from types import SimpleNamespace
+from typing import cast
 
 import grpc
 import pytest
 
 from controlplane.gateway import records
+from controlplane.gateway.admin import GatewayAdmin
+from controlplane.gateway.audit import AuditLog
 from controlplane.keys import KeyLayout
+from controlplane.replica import Parts
 from controlplane.store.etcd import EtcdStore
+from controlplane.store.memory import MemoryStore
 from corral.config import GatewayConfig, ModelAliasConfig, PriceConfig, Secret
 from corral.v1 import admin_pb2, gateway_pb2, gateway_pb2_grpc, providers_pb2, types_pb2
 from tests.controlplane import harness as h
@@ -195,3 +201,52 @@ async def test_the_policy_stream_needs_the_edge_token() -> None:
         first = await call.read()
         assert first.policy.version > 0
         call.cancel()
+
+
+class _RacedStore(MemoryStore):
+    """A store where another writer changes a key between our read and our first
+    conditional write to it: the lost race a retry loop exists for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raced = False
+
+    async def put_if(
+        self,
+        key: bytes,
+        value: bytes,
+        *,
+        lease: int = 0,
+        expect_absent_or_lease: int | None = None,
+        expect_mod_revision: int | None = None,
+    ) -> bool:
+        if not self.raced and b"/keys/" in key and expect_mod_revision:
+            self.raced = True
+            current = await self.get(key)
+            assert current is not None
+            await self.put(key, current.value)  # the other writer: a new mod revision
+        return await super().put_if(
+            key,
+            value,
+            lease=lease,
+            expect_absent_or_lease=expect_absent_or_lease,
+            expect_mod_revision=expect_mod_revision,
+        )
+
+
+async def test_a_retried_change_is_audited_once() -> None:
+    """A key change that loses a write race and retries is one audit entry, not one per try."""
+    store = _RacedStore()
+    await store.start()
+    parts = cast(Parts, SimpleNamespace(store=store, policy=None))
+    layout = KeyLayout.from_prefix("/corral-test")
+    admin = GatewayAdmin(layout, AuditLog(layout, 100), write_wait=0.1)
+    await admin.create_team(gateway_pb2.CreateTeamRequest(name="t"), parts)
+    created = await admin.create_key(gateway_pb2.CreateKeyRequest(team="t"), parts)
+    await admin.revoke_key(gateway_pb2.RevokeKeyRequest(id=created.key.id), parts)
+    assert store.raced
+    actions = [e.action for e in await admin.audit.entries(store)]
+    assert actions == ["team.create", "key.create", "key.revoke"]
+    stored = await store.get(records.key_key(layout, created.key.id))
+    assert stored is not None and gateway_pb2.VirtualKey.FromString(stored.value).revoked_unix_ms
+    await store.close()
