@@ -3,7 +3,7 @@
 Our own grpc.aio channels with the generated stubs from `aetcd.rpc` (docs/DECISIONS.md,
 "etcd client"). Calls go to one endpoint at a time and fail over to the next when it stops
 answering; leases are kept alive over one stream (controlplane/store/etcd_lease.py); watches
-reconnect and resume after the last delivered revision.
+reconnect and resume after the last delivered revision (controlplane/store/etcd_watch.py).
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from typing import Any, TypeVar
 import grpc
 from aetcd import rpc
 
+from controlplane.store import etcd_watch
 from controlplane.store.base import (
-    CompactedError,
-    EventType,
     KeyValue,
     LeaseNotFoundError,
     Store,
@@ -27,19 +26,17 @@ from controlplane.store.base import (
     StoreError,
     StoreUnavailableError,
     WatchBatch,
-    WatchEvent,
 )
 from controlplane.store.etcd_conn import (
-    REQUIRE_LEADER,
     RETRYABLE_CODES,
     Endpoint,
     EndpointPool,
     Stubs,
+    key_value,
     prefix_end,
     translate,
 )
 from controlplane.store.etcd_lease import LeaseKeeper
-from corral.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -49,26 +46,6 @@ _EQUAL = rpc.Compare.CompareResult.Value("EQUAL")
 _MOD = rpc.Compare.CompareTarget.Value("MOD")
 _CREATE = rpc.Compare.CompareTarget.Value("CREATE")
 _LEASE = rpc.Compare.CompareTarget.Value("LEASE")
-_PUT = rpc.Event.EventType.Value("PUT")
-# What a stream's read() returns at the end (missing from the grpc type stubs).
-_EOF: object = getattr(grpc.aio, "EOF")  # noqa: B009 - the stubs lack it; getattr keeps mypy quiet
-_PROGRESS_REQUEST = rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a background read's outcome as seen (we act on it elsewhere, or not at all)."""
-    if not future.cancelled():
-        future.exception()
-
-
-def _kv(kv: Any) -> KeyValue:
-    return KeyValue(
-        key=kv.key,
-        value=kv.value,
-        mod_revision=kv.mod_revision,
-        create_revision=kv.create_revision,
-        lease=kv.lease,
-    )
 
 
 class EtcdStore(Store):
@@ -163,13 +140,13 @@ class EtcdStore(Store):
     async def get_prefix(self, prefix: bytes) -> tuple[int, list[KeyValue]]:
         request = rpc.RangeRequest(key=prefix or b"\0", range_end=prefix_end(prefix))
         response = await self._call("get_prefix", lambda s, t: s.kv.Range(request, timeout=t))
-        return response.header.revision, [_kv(kv) for kv in response.kvs]
+        return response.header.revision, [key_value(kv) for kv in response.kvs]
 
     async def get(self, key: bytes) -> KeyValue | None:
         response = await self._call(
             "get", lambda s, t: s.kv.Range(rpc.RangeRequest(key=key), timeout=t)
         )
-        return _kv(response.kvs[0]) if response.kvs else None
+        return key_value(response.kvs[0]) if response.kvs else None
 
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
         request = rpc.PutRequest(key=key, value=value, lease=lease)
@@ -280,130 +257,28 @@ class EtcdStore(Store):
         with contextlib.suppress(LeaseNotFoundError):
             await self._call("revoke_lease", lambda s, t: s.lease.LeaseRevoke(request, timeout=t))
 
-    # Watching ---------------------------------------------------------------------------
+    # Watching (controlplane/store/etcd_watch.py) -------------------------------------------
 
-    async def watch_prefix(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
-        create = rpc.WatchCreateRequest(key=prefix or b"\0", range_end=prefix_end(prefix))
-        next_revision = start_revision
-        # The first retry at once: most breaks are one member going away.
-        backoff = Backoff(first=0.05, cap=5.0)
-        while True:
-            index = self._pool.current
-            url = self._pool.endpoints[index].url
-            stubs = await self._pool.ready(index, self._connect_timeout)
-            if stubs is None:
-                self._pool.rotate(index)
-                await asyncio.sleep(backoff.next())
-                continue
-            create.start_revision = next_revision
-            call = stubs.watch.Watch(metadata=REQUIRE_LEADER)
-            reading: asyncio.Future[Any] | None = None
-            probing = False
-            try:
-                await call.write(rpc.WatchRequest(create_request=create))
-                while True:
-                    if reading is None:
-                        reading = asyncio.ensure_future(call.read())
-                        reading.add_done_callback(_retrieve)
-                    wait = self._stall_timeout if probing else self._probe_interval
-                    done, _ = await asyncio.wait({reading}, timeout=wait)
-                    if not done:
-                        if probing:
-                            log.warning("etcd watch on %s stopped answering", url)
-                            break
-                        # Quiet for a while: ask for a progress report to prove it is alive.
-                        await call.write(_PROGRESS_REQUEST)
-                        probing = True
-                        continue
-                    response, reading, probing = reading.result(), None, False
-                    if response is _EOF:
-                        log.warning("etcd ended the watch stream on %s", url)
-                        break
-                    if response.compact_revision > 0:
-                        raise CompactedError(response.compact_revision)
-                    if response.canceled:
-                        log.warning("etcd cancelled a watch: %s", response.cancel_reason)
-                        break
-                    if response.created:
-                        backoff.reset()
-                        if next_revision <= 0:
-                            # "From now on": pin "now", so a reconnect misses nothing.
-                            next_revision = int(response.header.revision) + 1
-                    if not response.events:
-                        continue
-                    events = [
-                        WatchEvent(EventType.PUT if e.type == _PUT else EventType.DELETE, _kv(e.kv))
-                        for e in response.events
-                    ]
-                    next_revision = events[-1].kv.mod_revision + 1
-                    yield WatchBatch(events=events, revision=int(response.header.revision))
-            except grpc.aio.AioRpcError as exc:
-                if self._pool.closed:
-                    raise StoreClosedError("etcd store closed") from None
-                if exc.code() not in RETRYABLE_CODES | {grpc.StatusCode.CANCELLED}:
-                    raise translate(exc, "watch") from None
-                log.warning("etcd watch on %s broke (%s %s)", url, exc.code().name, exc.details())
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if self._pool.closed and current is not None and not current.cancelling():
-                    raise StoreClosedError("etcd store closed") from None
-                raise
-            finally:
-                call.cancel()
-                if reading is not None:
-                    reading.cancel()
-            if self._pool.closed:
-                raise StoreClosedError("etcd store closed")
-            log.info("resuming the watch on %s at revision %d", prefix, next_revision)
-            self._pool.rotate(index)
-            await asyncio.sleep(backoff.next())
+    def watch_prefix(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
+        return etcd_watch.watch_prefix(
+            self._pool,
+            prefix,
+            start_revision,
+            connect_timeout=self._connect_timeout,
+            probe_interval=self._probe_interval,
+            stall_timeout=self._stall_timeout,
+        )
 
     async def last_event_revision(self, prefix: bytes, start_revision: int, revision: int) -> int:
-        # A watch from start_revision over the prefix and the one key just past it (the
-        # marker). Once the watch is created we write the marker: its event comes after
-        # every earlier one, so when it (or any event past `revision`) arrives, all events
-        # up to `revision` have. (etcd 3.5's progress notices cannot say that: before 3.5.8
-        # one may come before the history is delivered.)
-        if start_revision > revision:
-            return 0
-        marker = prefix_end(prefix)
-        create = rpc.WatchCreateRequest(
-            key=prefix or b"\0", range_end=marker + b"\0", start_revision=start_revision
+        return await etcd_watch.last_event_revision(
+            self._pool,
+            prefix,
+            start_revision,
+            revision,
+            connect_timeout=self._connect_timeout,
+            request_timeout=self._request_timeout,
+            put=self.put,
         )
-        index = self._pool.current
-        stubs = await self._pool.ready(index, self._connect_timeout)
-        if stubs is None:
-            self._pool.rotate(index)
-            raise StoreUnavailableError("last_event_revision: no etcd endpoint answered")
-        call = stubs.watch.Watch(metadata=REQUIRE_LEADER)
-        last = 0
-        try:
-            async with asyncio.timeout(self._request_timeout):
-                await call.write(rpc.WatchRequest(create_request=create))
-                while True:
-                    response = await call.read()
-                    if response is _EOF:
-                        raise StoreUnavailableError("last_event_revision: etcd ended the watch")
-                    if response.compact_revision > 0:
-                        raise CompactedError(response.compact_revision)
-                    if response.canceled:
-                        raise StoreError(f"last_event_revision: {response.cancel_reason}")
-                    if response.created:
-                        await self.put(marker, b"")
-                        continue
-                    for event in response.events:
-                        if event.kv.mod_revision > revision:
-                            return last
-                        if event.kv.key.startswith(prefix):
-                            last = max(last, int(event.kv.mod_revision))
-        except TimeoutError:
-            raise StoreUnavailableError("last_event_revision: etcd did not answer") from None
-        except grpc.aio.AioRpcError as exc:
-            if self._pool.closed:
-                raise StoreClosedError("etcd store closed") from None
-            raise translate(exc, "last_event_revision") from None
-        finally:
-            call.cancel()
 
     # Calls ------------------------------------------------------------------------------
 

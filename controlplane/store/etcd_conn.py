@@ -17,6 +17,7 @@ import grpc
 from aetcd import rpc
 
 from controlplane.store.base import (
+    KeyValue,
     LeaseNotFoundError,
     StoreClosedError,
     StoreError,
@@ -191,3 +192,14 @@ class EndpointPool:
     async def close(self) -> None:
         self.closed = True
         await self.close_channels()
+
+
+def key_value(kv: Any) -> KeyValue:
+    """A KeyValue from an etcd mvccpb.KeyValue."""
+    return KeyValue(
+        key=kv.key,
+        value=kv.value,
+        mod_revision=kv.mod_revision,
+        create_revision=kv.create_revision,
+        lease=kv.lease,
+    )
