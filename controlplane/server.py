@@ -17,200 +17,48 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import grpc
 import orjson
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from controlplane import (
-    admin_service,
-    agent_service,
     hosted,
     hosted_probe,
-    routing_service,
     seeding,
 )
-from controlplane.admin_service import AdminService
-from controlplane.agent_service import AgentService
 from controlplane.agents import (
     AgentHub,
     SessionSettings,
     check_timing,
-    heartbeat_seconds,
     lease_ttl,
 )
-from controlplane.auth import TokenAuthInterceptor
 from controlplane.backend_metrics import BackendCollector
 from controlplane.dashboard.web import Dashboard
-from controlplane.decoding import DecodeGuardInterceptor
 from controlplane.errors import ControlPlaneError, ShuttingDownError
-from controlplane.gateway import policy_service
-from controlplane.gateway.policy_service import PolicyService
 from controlplane.gateway.policy_view import PolicyView
 from controlplane.gateway.seed import seed_prices
+from controlplane.grpc_server import SERVICES, build_server
 from controlplane.keys import KeyLayout
 from controlplane.metrics import Metrics, serve_metrics, split_host_port
 from controlplane.replica import EdgeBook, Parts, Replica
-from controlplane.routing_service import RoutingService
 from controlplane.state import RoutingView
-from controlplane.store.base import Store, StoreError, StoreUnavailableError
+from controlplane.store.base import Store, StoreError
+from controlplane.store.opening import open_store
 from controlplane.traffic.book import TrafficBook
 from controlplane.traffic.view import TrafficView
-from corral.backoff import Backoff
 from corral.config import ControlPlaneConfig, ModelAliasConfig
 from corral.v1 import types_pb2
 
 log = logging.getLogger(__name__)
 
-SERVICES = (
-    agent_service.SERVICE,
-    routing_service.SERVICE,
-    admin_service.SERVICE,
-    policy_service.SERVICE,
-)
-MAX_RECEIVE_BYTES = 4 * 1024 * 1024
 # How often a replica checks that its store answers (health goes NOT_SERVING when not).
 STORE_PROBE_SECONDS = 1.0
 # Edges are woken for a new snapshot at most this often (each wake carries the newest).
 SNAPSHOT_PUBLISH_SECONDS = 0.1
-# How long an admin write waits for this replica's view to show it.
-ADMIN_WRITE_WAIT_SECONDS = 5.0
 # The replica's own presence record is rewritten this often.
 PRESENCE_SECONDS = 60.0
-
-
-def server_options(config: ControlPlaneConfig) -> list[tuple[str, Any]]:
-    """gRPC server settings for long-lived streams."""
-    return [
-        # Ping quiet connections to find peers that vanished without a FIN.
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        # Let clients ping every 10 s or more (agents and edges use ~20 s) without a GOAWAY.
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ("grpc.http2.max_ping_strikes", 0),
-        # Old connections are closed (after a grace for their streams) so long-lived
-        # streams spread over replicas that joined later.
-        ("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),
-        ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace_seconds * 1000)),
-        ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
-        # Two replicas must never share a port by accident.
-        ("grpc.so_reuseport", 0),
-    ]
-
-
-def _credentials(config: ControlPlaneConfig) -> grpc.ServerCredentials | None:
-    if not config.tls_cert_file and not config.tls_key_file:
-        if config.tls_client_ca_file:
-            raise ControlPlaneError("tls_client_ca_file needs tls_cert_file and tls_key_file")
-        return None
-    if not (config.tls_cert_file and config.tls_key_file):
-        raise ControlPlaneError("TLS needs both tls_cert_file and tls_key_file")
-    try:
-        cert = Path(config.tls_cert_file).read_bytes()
-        key = Path(config.tls_key_file).read_bytes()
-        client_ca = (
-            Path(config.tls_client_ca_file).read_bytes() if config.tls_client_ca_file else None
-        )
-    except OSError as exc:
-        raise ControlPlaneError(f"cannot read TLS file {exc.filename}: {exc.strerror}") from None
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
-    )
-
-
-def _build_server(
-    config: ControlPlaneConfig, replica: Replica, health: HealthServicer
-) -> grpc.aio.Server:
-    metrics = replica.metrics
-    interceptor = TokenAuthInterceptor(
-        {
-            agent_service.SERVICE: config.agent_token,
-            routing_service.SERVICE: config.edge_token,
-            admin_service.SERVICE: config.admin_token,
-            policy_service.SERVICE: config.edge_token,
-        },
-        on_reject=lambda reason: metrics.rejections.labels(reason).inc(),
-    )
-    server = grpc.aio.server(
-        interceptors=[interceptor, DecodeGuardInterceptor()], options=server_options(config)
-    )
-    # Two missed heartbeats end the stream (the lease has already been running out since
-    # the agent's last message; this only frees the stream).
-    silence = 2 * heartbeat_seconds(config.heartbeat_interval_seconds)
-    server.add_generic_rpc_handlers(
-        (
-            AgentService(replica, silence_timeout=silence).handler(),
-            RoutingService(replica, presence_interval=config.load_write_interval_seconds).handler(),
-            AdminService(
-                replica,
-                write_wait=ADMIN_WRITE_WAIT_SECONDS,
-                audit_limit=config.gateway.audit_limit,
-            ).handler(),
-            PolicyService(replica).handler(),
-        )
-    )
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (
-            *SERVICES,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
-    credentials = _credentials(config)
-    try:
-        if credentials is None:
-            port = server.add_insecure_port(config.listen)
-        else:
-            port = server.add_secure_port(config.listen, credentials)
-    except RuntimeError as exc:
-        raise ControlPlaneError(f"cannot listen on {config.listen}: {exc}") from None
-    if port == 0:
-        raise ControlPlaneError(f"cannot listen on {config.listen}")
-    return server
-
-
-def _make_store(config: ControlPlaneConfig) -> Store:
-    if config.store == "memory":
-        from controlplane.store.memory import MemoryStore
-
-        return MemoryStore()
-    if config.store == "etcd":
-        from controlplane.store.etcd import EtcdStore
-
-        return EtcdStore(
-            list(config.etcd_endpoints),
-            ca_file=config.etcd_ca_file,
-            cert_file=config.etcd_cert_file,
-            key_file=config.etcd_key_file,
-        )
-    raise ControlPlaneError(f"unknown store {config.store!r} (expected etcd or memory)")
-
-
-async def _open_store(config: ControlPlaneConfig) -> Store:
-    """The started store; waits (with backoff) while no endpoint answers."""
-    backoff = Backoff(base=0.1, cap=5.0)
-    while True:
-        store = _make_store(config)
-        try:
-            await store.start()
-        except StoreUnavailableError as exc:
-            with contextlib.suppress(StoreError):
-                await store.close()
-            delay = backoff.next()
-            log.warning("store not reachable (%s); retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            continue
-        except StoreError as exc:
-            raise ControlPlaneError(f"cannot use the {config.store} store: {exc}") from exc
-        return store
 
 
 async def seed_aliases(
@@ -278,7 +126,7 @@ async def serve(
         dashboard.attach(replica)
     health = HealthServicer()
     await _set_health(health, serving=False)
-    server = _build_server(config, replica, health)
+    server = build_server(config, replica, health)
     await server.start()
     log.info(
         "control plane %s listening on %s (store: %s)", replica_id, config.listen, config.store
@@ -286,7 +134,7 @@ async def serve(
     store: Store | None = None
     try:
         async with _maybe_metrics(metrics, config.metrics_listen, dashboard):
-            store = await _open_store(config)
+            store = await open_store(config)
             await seed_aliases(store, layout, config.aliases)
             await hosted.seed(store, layout, config.providers, config.fallbacks)
             await seed_prices(store, layout, config.gateway.prices)
