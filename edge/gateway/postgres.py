@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Final
 
-from edge.gateway.records import COLUMNS, INDEXES, NAMES, TABLE, Row
+from edge.gateway.records import COLUMNS, FLAGS, INDEXES, NAMES, NULLABLE, TABLE, Row
 from edge.gateway.sinks import SinkError
 
 if TYPE_CHECKING:
@@ -41,13 +41,25 @@ _ARRAY_TYPES: Final = {
     "timestamptz NOT NULL": "float8[]",
     "integer NOT NULL": "int4[]",
     "integer NOT NULL DEFAULT 0": "int4[]",
-    "boolean NOT NULL": "bool[]",
+    "boolean NOT NULL": "int4[]",  # rows hold flags as 0/1 (records.row)
     "double precision NOT NULL": "float8[]",
     "double precision": "float8[]",
 }
+
+
+def _value(name: str) -> str:
+    """A column's value from its array: the row's form (records.row) made the table's."""
+    if name == "ts":
+        return "to_timestamp(ts)"
+    if name in FLAGS:
+        return f"{name}::boolean"
+    absent = NULLABLE.get(name)
+    return name if absent is None else f"nullif({name}, {absent!r})"
+
+
 _INSERT: Final = (
     f"INSERT INTO {TABLE} ({', '.join(NAMES)}) SELECT "
-    + ", ".join("to_timestamp(ts)" if name == "ts" else name for name in NAMES)
+    + ", ".join(_value(name) for name in NAMES)
     + " FROM unnest("
     + ", ".join(f"${i + 1}::{_ARRAY_TYPES[kind]}" for i, (_, _, kind) in enumerate(COLUMNS))
     + f") AS u({', '.join(NAMES)}) ON CONFLICT (id) DO NOTHING"

@@ -54,40 +54,61 @@ TABLE: Final = "corral_usage"
 Row = tuple[Any, ...]
 
 
-def _text(data: bytes | None) -> str | None:
-    return None if data is None else data.decode("utf-8", "replace")
+def _text(data: bytes | None) -> str:
+    return NO_TEXT if data is None else data.decode("utf-8", "replace")
 
+
+# A row holds SQL parameters, bound as cheaply as the sqlite3 module can: it binds int,
+# float and str at once, but None and bool only after a failed adapter lookup each (an
+# AttributeError raised and cleared; CPython 3.11), which was a third of an insert. So flags
+# are 0/1 and absent values are these sentinels, turned back into NULL by the sinks'
+# statements (`nullif`); `as_dict` gives the JSON form (true/false, null). Rows from that
+# form (`from_dict`: replayed spools) hold None and bools, which every sink takes as well.
+NO_TTFT: Final = -1.0  # ttft_ms of an answer that never started (never a real time)
+NO_TEXT: Final = ""  # guard, prompt, completion: not kept (an empty body is kept as NULL too)
+FLAGS: Final = ("stream", "estimated")
+NULLABLE: Final = {"ttft_ms": NO_TTFT, "guard": NO_TEXT, "prompt": NO_TEXT, "completion": NO_TEXT}
 
 # The Call's fields in column order, read in C (a row per record is the writer's main cost).
 _HEAD: Final = attrgetter("id", "request_id", "time")
-_BODY: Final = attrgetter(
-    "key_id", "team", "endpoint", "model", "served", "backend", "route", "status", "error",
-    "stream", "prompt_tokens", "cached_tokens", "completion_tokens", "estimated",
-)  # fmt: skip
+_NAMES: Final = attrgetter(
+    "key_id", "team", "endpoint", "model", "served", "backend", "route", "status", "error"
+)
+_TOKENS: Final = attrgetter("prompt_tokens", "cached_tokens", "completion_tokens")
 
 
 def row(call: Call, edge: str, cost: float) -> Row:
-    """The Call as a row of COLUMNS."""
+    """The Call as a row of COLUMNS (SQL parameters: flags 0/1, absent values sentinels)."""
     ttft = call.ttft
     guard, prompt = call.guard, call.prompt
     return (
         *_HEAD(call),
         edge,
-        *_BODY(call),
+        *_NAMES(call),
+        1 if call.stream else 0,
+        *_TOKENS(call),
+        1 if call.estimated else 0,
         cost,
-        None if ttft is None else ttft * 1000.0,  # round() would cost more than the rest
+        NO_TTFT if ttft is None else ttft * 1000.0,  # round() would cost more than the rest
         call.duration * 1000.0,
         call.cache,
-        None if guard is None else orjson.dumps(guard).decode(),
+        NO_TEXT if guard is None else orjson.dumps(guard).decode(),
         call.limit,
-        None if prompt is None else _text(prompt),
-        None if prompt is None else _text(call.completion),
+        NO_TEXT if prompt is None else _text(prompt),
+        NO_TEXT if prompt is None else _text(call.completion),
         call.saved_tokens,
     )
 
 
 def as_dict(values: Row) -> dict[str, Any]:
-    return dict(zip(NAMES, values, strict=True))
+    """A row in its JSON form: flags true/false, absent values null."""
+    data = dict(zip(NAMES, values, strict=True))
+    for name in FLAGS:
+        data[name] = bool(data[name])
+    for name, absent in NULLABLE.items():
+        if data[name] == absent:
+            data[name] = None
+    return data
 
 
 def from_dict(data: dict[str, Any]) -> Row:

@@ -12,14 +12,15 @@ import asyncio
 import sqlite3
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Final, Protocol
 
 import orjson
 
 from corral.config import EdgeConfig
 from edge.errors import EdgeError
-from edge.gateway.records import COLUMNS, INDEXES, NAMES, TABLE, Row, as_dict
+from edge.gateway.records import COLUMNS, INDEXES, NAMES, NULLABLE, TABLE, Row, as_dict
 
 SQLITE_INDEXES = INDEXES[:1]  # usage_ts
 
@@ -122,9 +123,23 @@ def _sqlite_migrate(db: sqlite3.Connection) -> None:
         raise
 
 
-_SQLITE_INSERT = (
-    f"INSERT OR IGNORE INTO {TABLE} ({', '.join(NAMES)}) VALUES ({', '.join('?' * len(NAMES))})"
-)
+def _sqlite_insert(rows: int) -> str:
+    """One INSERT of `rows` rows; the sentinels of absent values become NULL."""
+    values = ", ".join(
+        f"nullif(?, {absent!r})" if (absent := NULLABLE.get(name)) is not None else "?"
+        for name in NAMES
+    )
+    return f"INSERT OR IGNORE INTO {TABLE} ({', '.join(NAMES)}) VALUES " + ", ".join(
+        [f"({values})"] * rows
+    )
+
+
+# Rows go in statements of _SQLITE_CHUNK rows each (the rest one by one): each statement is
+# one step, so the sqlite3 module binds and steps (releasing the GIL) once per chunk rather
+# than once per row. SQLite < 3.32 takes at most 999 parameters a statement.
+_SQLITE_CHUNK: Final = 999 // len(NAMES)
+_SQLITE_INSERT: Final = _sqlite_insert(1)
+_SQLITE_INSERT_CHUNK: Final = _sqlite_insert(_SQLITE_CHUNK)
 
 
 class SQLiteSink(_Threaded):
@@ -150,9 +165,16 @@ class SQLiteSink(_Threaded):
         db = self._db
         if db is None:
             db = self._db = self._connect()
+        chunk = _SQLITE_CHUNK
+        whole = len(rows) - len(rows) % chunk
         db.execute("BEGIN")
         try:
-            db.executemany(_SQLITE_INSERT, rows)
+            for start in range(0, whole, chunk):
+                db.execute(
+                    _SQLITE_INSERT_CHUNK, tuple(chain.from_iterable(rows[start : start + chunk]))
+                )
+            if whole < len(rows):
+                db.executemany(_SQLITE_INSERT, rows[whole:])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

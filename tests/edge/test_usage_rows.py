@@ -1,0 +1,158 @@
+"""Usage rows as stored: absent values NULL and flags true/false in every sink (rows carry
+them as sentinels and 0/1), batches across the SQLite sink's multi-row statements whole."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from edge.gateway.call import Call, new_id
+from edge.gateway.postgres import PostgresSink
+from edge.gateway.records import NAMES, TABLE, Row, as_dict, from_dict, row
+from edge.gateway.sinks import JsonLinesSink, SQLiteSink
+from tests.support.postgres import PostgresServer, running_postgres
+
+BARE_ID = "bare"
+FULL_ID = "full"
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    with running_postgres() as server:
+        yield server
+
+
+def bare() -> Call:
+    """A refused request: no answer, no tokens, nothing optional."""
+    return Call(BARE_ID, BARE_ID, 0.0, 1_700_000_000.0, "chat", status=401)
+
+
+def full() -> Call:
+    """A streamed, estimated, guarded, body-logged answer: every optional value set."""
+    call = Call(FULL_ID, "client-id", 0.0, 1_700_000_001.0, "chat", status=200, stream=True)
+    call.estimated, call.ttft, call.duration = True, 0.0125, 0.5
+    call.guard, call.prompt, call.completion = {"email": 2}, b'{"p":1}', b"answer"
+    return call
+
+
+def stored(found: dict[str, Any]) -> dict[str, Any]:
+    """The optional values and flags of a stored record, flags as booleans."""
+    return {
+        "ttft_ms": found["ttft_ms"],
+        "guard": found["guard"],
+        "prompt": found["prompt"],
+        "completion": found["completion"],
+        "stream": bool(found["stream"]),
+        "estimated": bool(found["estimated"]),
+    }
+
+
+EXPECTED: dict[str, dict[str, Any]] = {
+    BARE_ID: {
+        "ttft_ms": None,
+        "guard": None,
+        "prompt": None,
+        "completion": None,
+        "stream": False,
+        "estimated": False,
+    },
+    FULL_ID: {
+        "ttft_ms": 12.5,
+        "guard": '{"email":2}',
+        "prompt": '{"p":1}',
+        "completion": "answer",
+        "stream": True,
+        "estimated": True,
+    },
+}
+
+
+def sqlite_records(path: Path) -> dict[str, dict[str, Any]]:
+    db = sqlite3.connect(path)
+    db.row_factory = sqlite3.Row
+    try:
+        return {r["id"]: dict(r) for r in db.execute(f"SELECT * FROM {TABLE}")}
+    finally:
+        db.close()
+
+
+def both_forms() -> list[list[Row]]:
+    """The two rows as the recorder makes them, and as replayed from a spool (JSON form)."""
+    rows = [row(bare(), "edge-a", 0.0), row(full(), "edge-a", 0.25)]
+    replayed = [from_dict(orjson.loads(orjson.dumps(as_dict(r)))) for r in rows]
+    return [rows, replayed]
+
+
+@pytest.mark.parametrize("form", [0, 1], ids=["recorded", "replayed"])
+async def test_sqlite_stores_absent_values_as_null(tmp_path: Path, form: int) -> None:
+    """SQLite holds NULL for absent values and 0/1 flags, from fresh rows and spooled ones."""
+    sink = SQLiteSink(str(tmp_path / "u.db"))
+    await sink.open()
+    await sink.write(both_forms()[form])
+    await sink.close()
+    found = sqlite_records(tmp_path / "u.db")
+    assert {k: stored(v) for k, v in found.items()} == EXPECTED
+    assert found[FULL_ID]["stream"] == 1 and found[BARE_ID]["estimated"] == 0
+    assert found[FULL_ID]["cost_usd"] == 0.25 and found[FULL_ID]["request_id"] == "client-id"
+
+
+async def test_jsonl_holds_the_json_form(tmp_path: Path) -> None:
+    """JSON lines carry null and true/false, not the rows' sentinels."""
+    sink = JsonLinesSink(str(tmp_path / "u.jsonl"))
+    await sink.open()
+    await sink.write(both_forms()[0])
+    await sink.close()
+    lines = [orjson.loads(x) for x in (tmp_path / "u.jsonl").read_bytes().splitlines()]
+    assert {p["id"]: stored(p) for p in lines} == EXPECTED
+    assert lines[1]["stream"] is True and lines[0]["stream"] is False
+    assert list(lines[0]) == list(NAMES)
+
+
+async def test_postgres_stores_absent_values_as_null(postgres: PostgresServer) -> None:
+    """PostgreSQL holds NULL for absent values and booleans, from fresh and spooled rows."""
+    conn = await asyncpg.connect(postgres.dsn)
+    try:
+        await conn.execute("CREATE DATABASE rows")
+    finally:
+        await conn.close()
+    dsn = postgres.dsn.rsplit("/", 1)[0] + "/rows"
+    sink = PostgresSink(dsn)
+    await sink.open()
+    conn = await asyncpg.connect(dsn)
+    try:
+        for rows in both_forms():
+            await conn.execute(f"DELETE FROM {TABLE}")
+            await sink.write(rows)
+            found = {r["id"]: dict(r) for r in await conn.fetch(f"SELECT * FROM {TABLE}")}
+            assert {k: stored(v) for k, v in found.items()} == EXPECTED
+            assert found[FULL_ID]["stream"] is True and found[BARE_ID]["estimated"] is False
+    finally:
+        await conn.close()
+        await sink.close()
+
+
+async def test_sqlite_batches_across_statements_whole(tmp_path: Path) -> None:
+    """Batches of every size around the multi-row statement's land whole, each row once."""
+    sink = SQLiteSink(str(tmp_path / "u.db"))
+    await sink.open()
+    written: list[Row] = []
+    for size in (1, 36, 37, 38, 74, 100, 1000):
+        batch = []
+        for i in range(size):
+            call = Call(new_id(), f"{size}-{i}", 0.0, 1_700_000_000.0 + i, "chat", status=200)
+            call.prompt_tokens = size * 10_000 + i
+            batch.append(row(call, "edge-a", 0.0))
+        await sink.write(batch)
+        written += batch
+    await sink.write(written[:500])  # a batch retried: nothing twice
+    await sink.close()
+    found = sqlite_records(tmp_path / "u.db")
+    assert len(found) == len(written)
+    assert all(found[r[0]]["prompt_tokens"] == r[14] for r in written)
+    assert all(found[r[0]]["request_id"] == r[1] for r in written)
