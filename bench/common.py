@@ -308,7 +308,7 @@ def start_edge(
     port = free_port()
     argv = [PYTHON, "-m", "corral.cli", "edge", "--config", str(config),
             "--listen", f"127.0.0.1:{port}", "--controlplane", f"127.0.0.1:{cp_port}",
-            *extra, "--log-level", "WARNING"]  # fmt: skip
+            "--workers", "1", *extra, "--log-level", "WARNING"]  # fmt: skip
     proc = procs.start(name, argv, cpus=PROXY_CPU, env=env)
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/readyz", proc, timeout=60)

@@ -381,7 +381,8 @@ def real_run(policy: str, edges: int, workload: Workload, cost: CostModel, seed:
                 f"edge{e}",
                 [PYTHON, "-m", "corral.cli", "edge", "--listen", f"127.0.0.1:{port}",
                  "--controlplane", f"127.0.0.1:{sport}", "--edge-id", f"bench-edge-{e}",
-                 "--balancing", MODES.get(policy, "sticky"), "--log-level", "WARNING"],
+                 "--balancing", MODES.get(policy, "sticky"), "--workers", "1",
+                 "--log-level", "WARNING"],
                 cpus=PROXY_CPU,
                 env={"CORRAL_EDGE_BOUNDED_LOAD_EPSILON": str(EPS.get(policy, 0.25))},
             )  # fmt: skip

@@ -205,7 +205,8 @@ def start_edges(procs: Procs, cp: str, policy: str) -> list[Any]:
         proc = procs.start(
             f"edge-{policy}-{e}",
             [PYTHON, "-m", "corral.cli", "edge", "--listen", f"127.0.0.1:{port}",
-             "--controlplane", cp, "--balancing", policy, "--edge-id", f"bench-{policy}-{e}"],
+             "--controlplane", cp, "--balancing", policy, "--edge-id", f"bench-{policy}-{e}",
+             "--workers", "1"],
             cpus=None,
         )  # fmt: skip
         wait_http(f"http://127.0.0.1:{port}/v1/models", proc)

@@ -215,7 +215,8 @@ def run(
                     "edge",
                     [PYTHON, "-m", "corral.cli", "edge", *config,
                      "--listen", f"127.0.0.1:{eport}",
-                     "--controlplane", f"127.0.0.1:{sport}", "--log-level", "WARNING"],
+                     "--controlplane", f"127.0.0.1:{sport}", "--workers", "1",
+                     "--log-level", "WARNING"],
                     cpus=PROXY_CPU,
                 )  # fmt: skip
                 wait_http(f"http://127.0.0.1:{eport}/readyz", edge, timeout=60)

@@ -59,7 +59,7 @@ def _edge(procs: Procs, name: str, cp_port: int, config: Path) -> tuple[Proc, st
     port = free_port()
     argv = [PYTHON, "-m", "corral.cli", "edge", "--config", str(config),
             "--listen", f"127.0.0.1:{port}", "--controlplane", f"127.0.0.1:{cp_port}",
-            "--log-level", "WARNING"]  # fmt: skip
+            "--workers", "1", "--log-level", "WARNING"]  # fmt: skip
     proc = procs.start(name, argv, cpus=PROXY_CPU)
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/readyz", proc, timeout=60)

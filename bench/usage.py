@@ -57,7 +57,7 @@ def start_edge(procs: Procs, tmp: Path, name: str, snap_port: int, sink: str) ->
     argv = [
         PYTHON, "-m", "corral.cli", "edge", "--config", str(config),
         "--listen", f"127.0.0.1:{port}", "--controlplane", f"127.0.0.1:{snap_port}",
-        "--log-level", "WARNING",
+        "--workers", "1", "--log-level", "WARNING",
     ]  # fmt: skip
     proc = procs.start(name, argv, cpus=PROXY_CPU)
     wait_http(f"http://127.0.0.1:{port}/readyz", proc, timeout=60)

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from corral import __version__, gateway_cli, providers_cli, usage_cli
+from corral import __version__, usage_cli
 from corral.config import BACKEND_TYPES, ConfigError, CorralConfig, load
 from corral.runtime import configure_logging, run_until_signal
 
@@ -56,7 +56,9 @@ def _edge_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--controlplane-ca-file")
     p.add_argument("--controlplane-cert-file", help="client certificate for mutual TLS")
     p.add_argument("--controlplane-key-file", help="client key for mutual TLS")
-    p.add_argument("--workers", type=int, help="worker processes sharing the port")
+    p.add_argument(
+        "--workers", type=int, help="worker processes sharing the port (default: one per core)"
+    )
     p.add_argument(
         "--balancing",
         choices=["sticky", "least-connections", "round-robin"],
@@ -120,7 +122,10 @@ SECTION_FLAGS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, components_only: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; `components_only`: just the components' commands, all that
+    `corral edge ...` needs (the admin commands' modules load gRPC stubs and protobuf's JSON
+    support: memory every edge worker would carry for nothing)."""
     parser = argparse.ArgumentParser(prog="corral", description="A distributed LLM proxy.")
     parser.add_argument("--version", action="version", version=f"corral {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -134,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helps[name], description=helps[name])
         _common(p)
         add_flags(p)
+    if components_only:
+        return parser
+    from corral import gateway_cli, providers_cli
+
     status = sub.add_parser("status", help="show backends and edges from a control plane")
     status.add_argument("--controlplane", default="127.0.0.1:7701")
     status.add_argument("--admin-token-file")
@@ -159,17 +168,10 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Corra
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command in providers_cli.COMMANDS:
-        return providers_cli.run(args)
-    if args.command in gateway_cli.COMMANDS:
-        return gateway_cli.run(args)
-    if args.command == "status":
-        from corral.status import run_status
-
-        return run_status(args)
-    if args.command == "usage":
-        return usage_cli.run(args, os.environ)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(components_only=bool(argv) and argv[0] in SECTION_FLAGS).parse_args(argv)
+    if args.command not in SECTION_FLAGS:
+        return _run_admin(args)
     try:
         config = usage_cli.with_default_usage_path(
             config_from_args(args, dict(os.environ)), os.environ
@@ -186,6 +188,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(__name__).debug("%s failed", args.command, exc_info=True)
         print(f"corral {args.command}: error: {_describe(exc)}", file=sys.stderr)
         return 1
+
+
+def _run_admin(args: argparse.Namespace) -> int:
+    """The commands that talk to a running cluster or read usage records."""
+    from corral import gateway_cli, providers_cli
+
+    if args.command in providers_cli.COMMANDS:
+        return providers_cli.run(args)
+    if args.command in gateway_cli.COMMANDS:
+        return gateway_cli.run(args)
+    if args.command == "status":
+        from corral.status import run_status
+
+        return run_status(args)
+    return usage_cli.run(args, os.environ)
 
 
 def _describe(exc: BaseException) -> str:

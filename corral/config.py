@@ -511,7 +511,9 @@ class EdgeConfig:
     eject_after_failures: int = 3
     eject_base_seconds: float = 5.0
     eject_max_seconds: float = 60.0
-    workers: int = 1
+    # Worker processes sharing the listen port. 0 (not set): `corral edge` starts one per core
+    # it may run on (edge/process.py); `corral up` always serves in its one process.
+    workers: int = 0
     # The client for plain-http backends: "fast" (the lean HTTP/1.1 pool of edge/h1pool.py)
     # or "aiohttp" (its ClientSession). TLS backends (hosted providers) always use aiohttp.
     upstream_client: str = "fast"

@@ -101,6 +101,7 @@ async def topology(tmp_path: Path) -> AsyncIterator[Topology]:
                 "--listen", f"127.0.0.1:{port}",
                 "--state-dir", str(tmp_path / f"edge-{i}-state"),
                 "--edge-id", f"edge{i}",
+                "--workers", "1",
             )  # fmt: skip
         topo = Topology(
             etcd=etcd,

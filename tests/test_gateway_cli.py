@@ -75,8 +75,9 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
 
         await eventually(serving, within=30)
         group.start(
-            "edge", "edge", "--controlplane", cp, "--listen", edge, "--state-dir", str(tmp_path)
-        )
+            "edge", "edge", "--controlplane", cp, "--listen", edge, "--state-dir", str(tmp_path),
+            "--workers", "1",
+        )  # fmt: skip
         yield Site(cp, f"http://{edge}", token_file)
     except BaseException:
         print(group.logs())

@@ -299,7 +299,7 @@ async def test_secrets_never_appear_in_logs_or_metrics(tmp_path: Path) -> None:
                 "edge", "edge", *debug, "--listen", f"127.0.0.1:{edge_port}",
                 "--controlplane", cp, "--state-dir", str(tmp_path / "edge-state"),
                 "--controlplane-token-file", str(files / "edge"),
-                "--api-key-file", str(files / "api-keys"),
+                "--api-key-file", str(files / "api-keys"), "--workers", "1",
             )  # fmt: skip
             # The agent's control-plane token comes from the environment instead of a file.
             agent_proc = CorralProcess(

@@ -53,7 +53,9 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., EdgeProcess]]:
     """Start `corral edge` processes; all are stopped at the end."""
     started: list[EdgeProcess] = []
 
-    def start(server: SnapshotServer, *extra: str) -> EdgeProcess:
+    def start(server: SnapshotServer, *extra: str, affinity: set[int] | None = None) -> EdgeProcess:
+        """One edge; a single process unless `extra` names --workers (or is about the default,
+        when `affinity` restricts the CPUs it may run on)."""
         port = free_port()
         n = len(started)
         log = tmp_path / f"edge-{n}.log"
@@ -68,8 +70,15 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., EdgeProcess]]:
             str(tmp_path / f"state-{n}"),
             *extra,
         ]
+        if "--workers" not in extra and affinity is None:
+            args += ["--workers", "1"]
         with log.open("wb") as out:
-            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=None if affinity is None else lambda: os.sched_setaffinity(0, affinity),
+            )
         edge = EdgeProcess(proc, port, log)
         started.append(edge)
         return edge
@@ -190,6 +199,29 @@ async def test_supervisor_restarts_a_dead_worker(
             assert (
                 await backend_of(edge.client, messages=[{"role": "user", "content": f"{i}"}]) == "w"
             )
+        assert await edge.terminate() == 0
+
+
+async def test_workers_default_to_the_cores_it_may_run_on(
+    snapshots: SnapshotServer, spawn: Callable[..., EdgeProcess]
+) -> None:
+    """Without --workers, `corral edge` starts one worker per CPU of its affinity mask."""
+    cpus = set(sorted(os.sched_getaffinity(0))[:2])
+    async with (
+        running_fakes(FakeServer("vllm", [MODEL], "w")) as (fake,),
+        aiohttp.ClientSession() as http,
+    ):
+        snapshots.publish(snapshot(1, [from_fake(fake)]))
+        edge = spawn(snapshots, "--edge-id", "cores", affinity=cpus)
+        await edge.wait_version(http, 1)
+        if len(cpus) == 1:  # a one-CPU machine: the edge serves in its own process
+            assert _workers_of(edge.proc.pid) == set()
+        else:
+            await eventually(lambda: len(_workers_of(edge.proc.pid)) == len(cpus), within=30)
+            await eventually(lambda: snapshots.watchers >= len(cpus), within=30)
+            ids = {request.edge_id for request, _ in snapshots.requests}
+            assert ids == {f"cores/{i}" for i in range(len(cpus))}
+        assert await backend_of(edge.client, messages=[{"role": "user", "content": "hi"}]) == "w"
         assert await edge.terminate() == 0
 
 

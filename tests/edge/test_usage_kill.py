@@ -54,7 +54,7 @@ def start_edge(tmp: Path, n: int, cp: str, dsn: str) -> tuple[subprocess.Popen[b
     args = [
         CORRAL, "edge", "--config", str(config), "--controlplane", cp,
         "--listen", f"127.0.0.1:{port}", "--state-dir", str(tmp / f"state-{n}"),
-        "--edge-id", f"edge-{n}",
+        "--edge-id", f"edge-{n}", "--workers", "1",
     ]  # fmt: skip
     with (tmp / f"edge-{n}.log").open("wb") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

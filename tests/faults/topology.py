@@ -278,7 +278,7 @@ class Cluster:
             host, name,
             [PYTHON, "-m", "corral.cli", "edge", "--listen", f"{host.ip}:{EDGE_PORT}",
              "--controlplane", ",".join(self.cp_addrs[c] for c in cps),
-             "--state-dir", str(state_dir), "--edge-id", name],
+             "--state-dir", str(state_dir), "--edge-id", name, "--workers", "1"],
             env={
                 # Short timeouts so a dead or hanging backend is left within seconds.
                 "CORRAL_EDGE_CONNECT_TIMEOUT_SECONDS": "1",

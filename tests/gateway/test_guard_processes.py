@@ -71,7 +71,7 @@ async def test_no_sensitive_values_in_log_metrics_or_usage(
         proc = spawn(
             [CORRAL, "edge", "--config", str(config_file), "--log-level", "debug",
              "--controlplane", snapshots.address, "--listen", f"127.0.0.1:{port}",
-             "--state-dir", str(tmp_path / "state")],
+             "--state-dir", str(tmp_path / "state"), "--workers", "1"],
             log,
         )  # fmt: skip
         try:

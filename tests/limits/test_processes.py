@@ -81,7 +81,7 @@ async def cluster(tmp_path: Path, valkey: ValkeyServer) -> AsyncIterator[Cluster
                 listen = f"127.0.0.1:{free_port()}"
                 group.start(f"edge{i}", "edge", "--config", str(config), "--controlplane", cp,
                             "--listen", listen, "--state-dir", str(tmp_path / f"e{i}"),
-                            "--edge-id", f"edge{i}")  # fmt: skip
+                            "--edge-id", f"edge{i}", "--workers", "1")  # fmt: skip
                 edges.append(f"http://{listen}")
             yield Cluster(cp, edges, token_file, group, tmp_path)
     except BaseException:

@@ -76,7 +76,8 @@ async def test_credentials_resolve_locally_and_never_travel(
             )  # fmt: skip
             edge = CorralProcess(
                 ["edge", *debug, "--listen", f"127.0.0.1:{edge_port}", "--controlplane", cp,
-                 "--state-dir", str(tmp_path / "edge-state"), "--extra-ca-file", ca.ca_file],
+                 "--state-dir", str(tmp_path / "edge-state"), "--extra-ca-file", ca.ca_file,
+                 "--workers", "1"],
                 tmp_path / "edge.log",
                 env={"CORRAL_CREDENTIAL_OPENAI_KEY": OPENAI_KEY,
                      "CORRAL_CREDENTIAL_LOCAL_VLLM": VLLM_KEY},
@@ -86,6 +87,7 @@ async def test_credentials_resolve_locally_and_never_travel(
                 "edge2", "edge", *debug, "--listen", f"127.0.0.1:{edge2_port}",
                 "--controlplane", cp, "--credentials-dir", str(creds),
                 "--extra-ca-file", ca.ca_file, "--edge-id", "edge-without-openai",
+                "--workers", "1",
             )  # fmt: skip
             procs.start(
                 "agent", "agent", *debug, "--controlplane", cp, "--backend", local.url,
