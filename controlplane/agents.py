@@ -31,12 +31,10 @@ from controlplane.keys import DrainFlag, KeyLayout
 from controlplane.metrics import Metrics
 from controlplane.store.base import LeaseNotFoundError, Store, StoreError
 from controlplane.validation import check_register, check_status
+from corral.kv_pressure import kv_level
 from corral.v1 import admin_pb2, agent_pb2, types_pb2
 
 log = logging.getLogger(__name__)
-
-# A load change worth writing: the KV-cache fraction moved this much (queue changes always).
-KV_CACHE_STEP = 0.05
 
 
 def lease_ttl(config_ttl: float) -> int:
@@ -146,20 +144,21 @@ def _same_apart_from_load(a: types_pb2.BackendStatus, b: types_pb2.BackendStatus
 
 
 def load_moved(a: types_pb2.BackendLoad, b: types_pb2.BackendLoad) -> bool:
-    """Whether the load changed enough to tell every edge."""
+    """Whether the load changed enough to tell every edge: queue counts, or the KV-cache use
+    crossing a level routing reads (corral.kv_pressure.KV_LEVELS)."""
     if a.running != b.running or a.waiting != b.waiting:
         return True
     if a.HasField("kv_cache_usage") != b.HasField("kv_cache_usage"):
         return True
-    return abs(a.kv_cache_usage - b.kv_cache_usage) > KV_CACHE_STEP
+    return kv_level(a.kv_cache_usage) != kv_level(b.kv_cache_usage)
 
 
 class StatusThrottle:
     """Decides which reported statuses reach the store.
 
     Health, reason, models, capabilities and version changes are written at once. Load-only
-    changes are written when they matter (queue counts changed, KV-cache use moved by more
-    than KV_CACHE_STEP since the last write) and at most once per interval; a deferred one
+    changes are written when they matter (queue counts changed, KV-cache use crossed one of
+    the levels routing reads since the last write) and at most once per interval; a deferred one
     is kept (the latest wins) and written when the interval is up.
     """
 

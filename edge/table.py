@@ -16,6 +16,7 @@ import orjson
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from corral.kv_pressure import kv_load_factor
 from corral.v1 import types_pb2
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class BackendState:
         "headers",
         "health",
         "inflight",
+        "kv_factor",
         "kv_usage",
         "last_at_level",
         "max_concurrency",
@@ -107,6 +109,8 @@ class BackendState:
         # and the fraction of its KV cache in use (-1 unknown).
         self.slots = 0
         self.kv_usage = -1.0
+        # How many times its load counts: more than once when its KV cache is nearly full.
+        self.kv_factor = 1.0
         self.inflight = 0
         self.failures = 0
         self.ejections = 0
@@ -142,6 +146,7 @@ class BackendState:
         self.alive = self.health in (HEALTHY, DEGRADED)
         load = backend.status.load
         self.kv_usage = load.kv_cache_usage if load.HasField("kv_cache_usage") else -1.0
+        self.kv_factor = kv_load_factor(self.kv_usage)
         self.slots = _slots(backend) or self.max_concurrency
         raw = load.running + load.waiting
         if raw != self.raw_reported:
@@ -187,7 +192,9 @@ class BackendState:
         return reported * 0.5 ** (age / aging.half_life) if aging.half_life > 0 else reported
 
     def load(self) -> float:
-        return self.inflight + self.others()
+        """Requests here (this edge's and others'), counted more than once when the KV cache
+        is nearly full: a new one would wait for memory there and evict cached prefixes."""
+        return (self.inflight + self.others()) * self.kv_factor
 
     def free_slot(self) -> bool:
         """A request sent now starts at once: a slot is free and the KV cache has room."""

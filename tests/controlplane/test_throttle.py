@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from controlplane.agents import Action, StatusThrottle, lease_of, session_id_of
+from corral.kv_pressure import KV_LEVELS
 from corral.v1 import types_pb2
 
 
@@ -38,13 +39,26 @@ def test_first_status_and_non_load_changes_are_written_at_once() -> None:
     _written(throttle, _status(health=types_pb2.HEALTH_STATE_UNHEALTHY, models=("m", "n")), 0.2)
 
 
-def test_small_kv_moves_are_not_written() -> None:
-    """A KV-cache move of 0.05 or less with the same queue counts is not worth a write."""
+def test_kv_moves_within_a_level_are_not_written() -> None:
+    """A KV-cache move that crosses none of the levels routing reads is not worth a write."""
     throttle = StatusThrottle(interval=2.0)
-    _written(throttle, _status(kv=0.40), 0.0)
-    assert throttle.offer(_status(kv=0.44), 10.0) is Action.SKIP
-    assert throttle.offer(_status(kv=0.36), 10.0) is Action.SKIP
-    assert throttle.offer(_status(kv=0.46), 10.0) is Action.WRITE
+    _written(throttle, _status(kv=0.10), 0.0)
+    assert throttle.offer(_status(kv=0.70), 10.0) is Action.SKIP
+    assert throttle.offer(_status(kv=0.79), 10.0) is Action.SKIP
+    assert throttle.offer(_status(kv=0.81), 10.0) is Action.WRITE
+
+
+def test_kv_crossing_a_level_is_written_both_ways() -> None:
+    """Crossing each of KV_LEVELS, up or down, is written; moves between them are not."""
+    throttle = StatusThrottle(interval=0.0)
+    _written(throttle, _status(kv=0.5), 0.0)
+    now = 1.0
+    for level in KV_LEVELS:
+        assert throttle.offer(_status(kv=level - 0.001), now) is Action.SKIP
+        _written(throttle, _status(kv=level), now)
+        now += 1.0
+    assert throttle.offer(_status(kv=1.0), now) is Action.SKIP
+    _written(throttle, _status(kv=0.5), now)
 
 
 def test_meaningful_load_is_rate_limited_and_latest_wins() -> None:
