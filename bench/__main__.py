@@ -18,6 +18,7 @@ BENCHMARKS = {
     "limits": "bench.limits",
     "traffic": "bench.traffic",
     "headers": "bench.headers",
+    "profile": "bench.profile",
 }
 
 

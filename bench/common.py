@@ -481,6 +481,7 @@ ORDER = [
     "limits",
     "traffic",
     "headers",
+    "profile",
 ]
 
 

@@ -122,3 +122,28 @@ def test_snapshot_view_reads_what_protobuf_parses() -> None:
     assert view.count == 50
     assert view.created_unix_ms == 1763769600123
     assert list(view.backends()) == list(snap.backends)
+
+
+def test_profile_charges_each_sample_to_its_innermost_frame() -> None:
+    """py-spy's collapsed stacks are charged by leaf frame: the loop's C code, a part, a thread."""
+    from bench.profile import LOOP, summarize
+
+    raw = "\n".join(
+        [
+            "_run_module_as_main (<frozen runpy>:198);Runner.run (/py/asyncio/runners.py:118) 7",
+            "Proxy.run (/src/edge/proxy.py:233);"
+            "Gate.admit (/src/edge/gateway/limits/gate.py:141) 2",
+            "Thread._bootstrap (/py/threading.py:1002);SQLiteSink._write "
+            "(/src/edge/gateway/sinks.py:155) 1",
+            "not a sample line",
+        ]
+    )
+    profile = summarize(raw)
+    assert profile.samples == 10
+    assert profile.parts == {
+        LOOP: 7,
+        "limits (edge/gateway/limits)": 2,
+        "usage records (call, tokens, usage, sinks, prices)": 1,
+    }
+    assert profile.threads == {"event-loop thread": 9, "other threads": 1}
+    assert profile.leaves[0] == ("Runner.run (asyncio/runners.py)", 7)

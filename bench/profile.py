@@ -1,0 +1,213 @@
+"""Where the gateway-on edge's CPU goes: py-spy samples under load, grouped by part.
+
+``./dev bench profile [--seconds 10] [--rate 400] [--gateway on|off] [--no-write]``
+
+The edge of bench/overhead.py (gateway on: a key, limits counted in-process, usage records to
+SQLite, metrics) alone on CPU 0, nginx and `wrk -t1 -c32` on CPU 1. py-spy samples every
+thread of the edge for `--seconds` (`--nonblocking`: the edge is not paused, so a sample can
+tear, which only blurs the small rows). Each sample is charged to the part of the code its
+innermost frame is in (self time: under uvloop a coroutine's frames do not nest under the
+loop's, so inclusive time would not add up). "event loop" is uvloop's own C code and the
+system calls it makes (epoll, recv, send of the server side); "upstream" is edge/h1pool.py,
+whose send() and recv() are system calls too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import nginx, wrk
+from bench.common import (
+    LOAD_CPU,
+    PROXY_CPU,
+    PYTHON,
+    BenchError,
+    commit,
+    free_port,
+    load_note,
+    machine,
+    md_table,
+    now_utc,
+    pin_self,
+    workspace,
+    write_section,
+)
+from bench.overhead import CHAT_REQUEST, GATEWAY_OFF, GATEWAY_ON, KEY, start_edge
+
+# Parts of the code, first match wins: (name, pattern on "path/to/file.py" of the leaf frame).
+PARTS: list[tuple[str, str]] = [
+    ("lane server (edge/lane)", r"edge/lane/"),
+    ("upstream client (edge/h1pool.py)", r"edge/h1pool\.py"),
+    ("limits (edge/gateway/limits)", r"edge/gateway/limits/"),
+    ("cache and guardrails", r"edge/gateway/(cache|guard)/|edge/gateway/pipeline\.py"),
+    (
+        "usage records (call, tokens, usage, sinks, prices)",
+        r"edge/gateway/(call|tokens|usage|sinks|records|prices|spool|postgres)\.py|sqlite3/",
+    ),
+    ("keys (edge/gateway/identity.py)", r"edge/gateway/(identity|policy|scoped)\.py"),
+    ("metrics and traffic", r"edge/(metrics|traffic|tracing)\.py|prometheus_client/"),
+    ("routing (balancer, table, routing)", r"edge/(balancer|table|routing|deadlines)\.py"),
+    (
+        "request handling (proxy, exchange, inbound, relay, forward, app)",
+        r"edge/(proxy|exchange|inbound|relay|forward|app|errors|resend|messages)\.py",
+    ),
+    ("aiohttp server", r"aiohttp/|multidict/|yarl/|aiosignal/"),
+    ("threads' own machinery", r"concurrent/futures/|threading\.py|queue\.py"),
+    ("asyncio", r"asyncio/"),
+]
+LOOP = "event loop (uvloop C code, server-side system calls)"
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:()]*)(?::\d+)?\)$")
+
+
+@dataclass
+class Profile:
+    samples: int
+    parts: dict[str, int]
+    threads: dict[str, int]
+    leaves: list[tuple[str, int]]
+
+
+def _short(path: str) -> str:
+    """The last two path parts ("aiohttp/web_protocol.py"), enough to tell the code apart."""
+    return "/".join(path.split("/")[-3:]) if "/edge/" in path else "/".join(path.split("/")[-2:])
+
+
+def summarize(raw: str) -> Profile:
+    """Charge each py-spy raw (collapsed) sample to the part its innermost frame is in."""
+    parts: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
+    leaves: collections.Counter[str] = collections.Counter()
+    total = 0
+    compiled = [(name, re.compile(pattern)) for name, pattern in PARTS]
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        leaf = frames[-1]
+        match = _FRAME.match(leaf)
+        func, path = (match["func"], match["file"]) if match else (leaf, "")
+        where = _short(path)
+        if func == "Runner.run":  # uvloop's C code under the loop's only Python frame
+            name = LOOP
+        else:
+            name = next((name for name, rx in compiled if rx.search(path)), "other")
+        # The main thread's frames start at the module; a worker thread's at its bootstrap.
+        thread = "other threads" if "Thread._bootstrap" in stack else "event-loop thread"
+        parts[name] += n
+        threads[thread] += n
+        leaves[f"{func} ({where})"] += n
+    return Profile(total, dict(parts), dict(threads), leaves.most_common(20))
+
+
+def record(gateway: str, seconds: float, rate: int) -> tuple[Profile, float, str]:
+    """Run the edge under load, sample it; the profile, wrk's req/s while sampled, and the raw."""
+    with workspace("profile") as (tmp, procs):
+        keys = tmp / "keys.txt"
+        keys.write_text(KEY + "\n")
+        keys.chmod(0o600)
+        config = tmp / "edge.yaml"
+        on = gateway == "on"
+        config.write_text(GATEWAY_ON.format(db=tmp / "usage.db") if on else GATEWAY_OFF)
+        headers = {"Authorization": f"Bearer {KEY}"} if on else None
+        script = wrk.post_script(tmp / "post.lua", CHAT_REQUEST, headers)
+        backend_port = free_port()
+        nginx.start(
+            procs,
+            "backend",
+            lambda d: nginx.backend_conf(d, backend_port),
+            LOAD_CPU,
+            f"http://127.0.0.1:{backend_port}/health",
+        )
+        backend = f"http://127.0.0.1:{backend_port}"
+        snap_port = free_port()
+        snap = procs.start(
+            "snapshots",
+            [PYTHON, "-m", "bench.snapshot_server", "--listen", f"127.0.0.1:{snap_port}",
+             "--model", nginx.MODEL, "--backend", f"nginx={backend}"],
+            cpus=LOAD_CPU,
+        )  # fmt: skip
+        time.sleep(0.5)
+        snap.check_alive()
+        edge, base = start_edge(
+            procs, "edge", snap_port, 1, PROXY_CPU, config, keys if on else None
+        )
+        url = base + "/v1/chat/completions"
+        wrk.run(url, script, connections=32, seconds=3, cpus=LOAD_CPU)  # warm-up
+        out = tmp / "profile.txt"
+        spy = Path(PYTHON).with_name("py-spy")
+        sampler = subprocess.Popen(
+            [str(spy), "record", "--pid", str(edge.pid), "--duration", str(round(seconds)),
+             "--rate", str(rate), "--format", "raw", "--output", str(out), "--nonblocking"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        loaded = wrk.run(url, script, connections=32, seconds=seconds + 1, cpus=LOAD_CPU)
+        _, err = sampler.communicate(timeout=seconds + 30)
+        if sampler.returncode != 0 or not out.exists():
+            raise BenchError(f"py-spy failed ({sampler.returncode}): {err.decode()[-300:]}")
+        raw = out.read_text()
+        return summarize(raw), loaded.rps, raw
+
+
+def report(profile: Profile, rps: float, gateway: str, seconds: float, info: dict[str, str]) -> str:
+    total = max(1, profile.samples)
+    rows = [
+        [name, f"{n / total:.1%}"]
+        for name, n in sorted(profile.parts.items(), key=lambda item: -item[1])
+    ]
+    threads = ", ".join(f"{name} {n / total:.1%}" for name, n in sorted(profile.threads.items()))
+    leaves = [[func, f"{n / total:.1%}"] for func, n in profile.leaves]
+    feature = (
+        "gateway on (a key, limits counted in-process, usage records to SQLite, metrics)"
+        if gateway == "on"
+        else "gateway off"
+    )
+    return "\n".join(
+        [
+            "## Profile of the edge under load (`./dev bench profile`)",
+            "",
+            f"Command: `./dev bench profile --seconds {seconds:g} --gateway {gateway}` — "
+            f"{info['date']}, commit `{info['commit']}`.",
+            "",
+            f"Machine: {info['machine']}. Load: {info['load']}.",
+            "",
+            f"The edge with the {feature}, alone on CPU 0, under `wrk -t1 -c32` from CPU 1 "
+            f"({rps:,.0f} req/s while sampled); py-spy sampled every thread for {seconds:g} s "
+            f"({profile.samples:,} samples). Each sample is charged to the code its innermost "
+            "frame is in (self time; under uvloop coroutine frames do not nest under the loop, "
+            "so inclusive times do not add up). Threads: " + threads + ".",
+            "",
+            md_table(["part of the code", "share of samples"], rows),
+            "",
+            "The 20 functions with the most samples of their own:",
+            "",
+            md_table(["function (file)", "share of samples"], leaves),
+        ]
+    )
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="./dev bench profile", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0, help="sampled seconds")
+    parser.add_argument("--rate", type=int, default=400, help="samples per second")
+    parser.add_argument("--gateway", choices=("on", "off"), default="on")
+    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    pin_self(LOAD_CPU)
+    info = {"machine": machine(), "load": load_note(), "date": now_utc(), "commit": commit()}
+    print(f"{info['machine']}\n{info['load']}", flush=True)
+    profile, rps, _ = record(args.gateway, args.seconds, args.rate)
+    text = report(profile, rps, args.gateway, args.seconds, info)
+    print(text)
+    if not args.no_write:
+        write_section("profile", text)
+    return 0
