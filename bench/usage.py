@@ -1,13 +1,17 @@
-"""Usage records: the edge with records and the SQLite sink on vs off, and records/s into
-PostgreSQL from 3 writers, in one run.
+"""Usage records: the edge with keys, usage records and the SQLite sink on vs the same edge
+with all of them off, and records/s into PostgreSQL from 3 writers, in one run.
 
-``./dev bench usage [--seconds 5] [--rounds 3] [--no-write]``
+``./dev bench usage [--seconds 4] [--rounds 6] [--keys 10000] [--no-write]``
 
-Part 1: nginx answers a fixed chat.completion (with usage) on CPU 1; two edges on CPU 0, one
-with `edge.usage.sink: off`, one with the SQLite sink; wrk (CPU 1) loads them in turn, paired
-rounds at 32 connections (req/s ratio), then one connection (p50). RSS of the edge with
-records at rest and after every round (growth). The rows in SQLite are counted against the
-requests wrk saw answered.
+Part 1: nginx answers a fixed chat.completion (with usage) on CPU 1; two edges on CPU 0:
+"off" (no key policy: open; `edge.usage.sink: off`) and "on" (a policy of N virtual keys,
+every request checked; the SQLite sink). Every request carries the same `Authorization:
+Bearer` header (the open edge ignores it). wrk (CPU 1) loads them in turn, paired rounds at
+32 connections (req/s and edge CPU per request), the order alternating round by round (off
+first, then on first) so a neighbour's load that rises or falls during a round weighs on both
+alike; then one connection each (p50). RSS of the "on" edge at rest and after every round
+(growth). The rows in SQLite are counted against the requests wrk saw answered, and must all
+name the keys' team.
 Part 2: a throwaway PostgreSQL (tests/support/postgres.py), 3 writer processes (the real
 recorder and sink, as 3 edges) recording at a paced rate; rows committed per second, spooled
 or dropped records, and the rows found against those sent.
@@ -30,6 +34,7 @@ from bench.common import (
     LOAD_CPU,
     PROXY_CPU,
     PYTHON,
+    BenchError,
     Proc,
     Procs,
     free_port,
@@ -43,11 +48,12 @@ from bench.common import (
     write_section,
 )
 from bench.overhead import CHAT_REQUEST, c1_seconds
+from bench.policy_server import secret
 
 WRITERS = 3
 
 
-def start_edge(procs: Procs, tmp: Path, name: str, snap_port: int, sink: str) -> tuple[Proc, str]:
+def start_edge(procs: Procs, tmp: Path, name: str, server_port: int, sink: str) -> tuple[Proc, str]:
     config = tmp / f"{name}.yaml"
     config.write_text(
         f"edge:\n  usage:\n    sink: '{sink}'\n    path: {tmp / (name + '.db')}\n"
@@ -56,12 +62,27 @@ def start_edge(procs: Procs, tmp: Path, name: str, snap_port: int, sink: str) ->
     port = free_port()
     argv = [
         PYTHON, "-m", "corral.cli", "edge", "--config", str(config),
-        "--listen", f"127.0.0.1:{port}", "--controlplane", f"127.0.0.1:{snap_port}",
+        "--listen", f"127.0.0.1:{port}", "--controlplane", f"127.0.0.1:{server_port}",
         "--workers", "1", "--log-level", "WARNING",
     ]  # fmt: skip
     proc = procs.start(name, argv, cpus=PROXY_CPU)
     wait_http(f"http://127.0.0.1:{port}/readyz", proc, timeout=60)
     return proc, f"http://127.0.0.1:{port}/v1/chat/completions"
+
+
+def start_server(procs: Procs, backend: str, keys: int) -> int:
+    """The edges' snapshot source: the plain snapshot server, or with `keys` the policy
+    server (the same snapshot and a policy of that many keys)."""
+    module = "bench.policy_server" if keys else "bench.snapshot_server"
+    port = free_port()
+    argv = [PYTHON, "-m", module, "--listen", f"127.0.0.1:{port}", "--model", nginx.MODEL,
+            "--backend", f"nginx={backend}"]  # fmt: skip
+    if keys:
+        argv += ["--keys", str(keys)]
+    proc = procs.start(module.rsplit(".", 1)[1], argv, cpus=LOAD_CPU)
+    time.sleep(0.5)
+    proc.check_alive()
+    return port
 
 
 def median(values: list[float]) -> float:
@@ -76,6 +97,7 @@ class EdgeResult:
     rss: list[float]
     rows: int
     answered: int
+    keys: int
 
     @property
     def ratio(self) -> float:
@@ -85,6 +107,10 @@ class EdgeResult:
     def cpu_ratio(self) -> float:
         """Requests per CPU second, on / off: the throughput ratio on a machine to itself."""
         return median([ca / cb for _, _, ca, cb in self.pairs])
+
+    @property
+    def pooled_cpu_ratio(self) -> float:
+        return sum(ca for _, _, ca, _ in self.pairs) / sum(cb for _, _, _, cb in self.pairs)
 
     @property
     def added_p50(self) -> float:
@@ -99,50 +125,59 @@ class PgResult:
     elapsed: float
 
 
-def edges(tmp: Path, procs: Procs, seconds: float, rounds: int) -> EdgeResult:
-    script = wrk.post_script(tmp / "post.lua", CHAT_REQUEST)
+def edges(tmp: Path, procs: Procs, seconds: float, rounds: int, keys: int) -> EdgeResult:
+    header = {"Authorization": f"Bearer {secret(keys // 2)}"}
+    script = wrk.post_script(tmp / "post.lua", CHAT_REQUEST, header)
     backend_port = free_port()
     backend = f"http://127.0.0.1:{backend_port}"
     nginx.start(
         procs, "backend", lambda d: nginx.backend_conf(d, backend_port), LOAD_CPU,
         f"{backend}/health",
     )  # fmt: skip
-    snap_port = free_port()
-    argv = [PYTHON, "-m", "bench.snapshot_server", "--listen", f"127.0.0.1:{snap_port}",
-            "--model", nginx.MODEL, "--backend", f"nginx={backend}"]  # fmt: skip
-    snap = procs.start("snapshots", argv, cpus=LOAD_CPU)
-    time.sleep(0.5)
-    snap.check_alive()
-    off, off_url = start_edge(procs, tmp, "edge-off", snap_port, "off")
-    on, on_url = start_edge(procs, tmp, "edge-sqlite", snap_port, "sqlite")
+    off, off_url = start_edge(procs, tmp, "edge-off", start_server(procs, backend, 0), "off")
+    on, on_url = start_edge(procs, tmp, "edge-on", start_server(procs, backend, keys), "sqlite")
+    # The "on" edge must refuse a request without a key (else it is not checking).
+    check = wrk.run(on_url, wrk.post_script(tmp / "nokey.lua", CHAT_REQUEST), connections=1,
+                    seconds=1, cpus=LOAD_CPU)  # fmt: skip
+    if check.errors != check.requests:
+        raise BenchError("the edge with keys answered requests without a key")
     wrk.run(off_url, script, connections=32, seconds=2, cpus=LOAD_CPU)
     answered = wrk.run(on_url, script, connections=32, seconds=2, cpus=LOAD_CPU).requests
     rss = [on.rss_mib()]
     pairs = []
     c1s = []
-    for _ in range(rounds):
-        cpu = off.cpu_seconds()
-        a = wrk.run(off_url, script, connections=32, seconds=seconds, cpus=LOAD_CPU)
-        cpu_a = (off.cpu_seconds() - cpu) / max(1, a.requests)
-        cpu = on.cpu_seconds()
-        b = wrk.run(on_url, script, connections=32, seconds=seconds, cpus=LOAD_CPU)
-        cpu_b = (on.cpu_seconds() - cpu) / max(1, b.requests)
-        answered += b.requests
-        pairs.append((a.rps, b.rps, cpu_a, cpu_b))
+    for i in range(rounds):
+        measured: dict[str, tuple[float, float]] = {}
+        order = [(off, off_url, "off"), (on, on_url, "on")]
+        for proc, url, name in order if i % 2 == 0 else order[::-1]:
+            cpu = proc.cpu_seconds()
+            result = wrk.run(url, script, connections=32, seconds=seconds, cpus=LOAD_CPU)
+            if result.errors:
+                raise BenchError(f"{name}: {result.errors} errors")
+            measured[name] = (result.rps, (proc.cpu_seconds() - cpu) / max(1, result.requests))
+            if name == "on":
+                answered += result.requests
+        (a, cpu_a), (b, cpu_b) = measured["off"], measured["on"]
+        pairs.append((a, b, cpu_a, cpu_b))
         rss.append(on.rss_mib())
         c1 = c1_seconds(seconds)
         c1_off = wrk.run(off_url, script, connections=1, seconds=c1, cpus=LOAD_CPU)
         c1_on = wrk.run(on_url, script, connections=1, seconds=c1, cpus=LOAD_CPU)
         answered += c1_on.requests
         c1s.append((c1_off.p50, c1_on.p50))
-        print(f"  round: off {a.rps:,.0f} req/s {cpu_a * 1e6:.0f} us/req, sqlite {b.rps:,.0f} "
-              f"req/s {cpu_b * 1e6:.0f} us/req; c1 p50 {c1_off.p50 * 1e3:.3f} / "
+        first = "off" if i % 2 == 0 else "on"
+        print(f"  round ({first} first): off {a:,.0f} req/s {cpu_a * 1e6:.0f} us/req, on "
+              f"{b:,.0f} req/s {cpu_b * 1e6:.0f} us/req; c1 p50 {c1_off.p50 * 1e3:.3f} / "
               f"{c1_on.p50 * 1e3:.3f} ms; rss {rss[-1]:.1f} MiB", flush=True)  # fmt: skip
     procs.stop(on)  # a clean stop: every pending record written
-    db = sqlite3.connect(tmp / "edge-sqlite.db")
-    rows = int(db.execute("SELECT count(*) FROM corral_usage").fetchone()[0])
+    db = sqlite3.connect(tmp / "edge-on.db")
+    rows = int(db.execute("SELECT count(*) FROM corral_usage WHERE team = 'bench'").fetchone()[0])
+    other = db.execute("SELECT count(*) FROM corral_usage WHERE team != 'bench' AND status != 401")
+    stray = int(other.fetchone()[0])
     db.close()
-    return EdgeResult(pairs, c1s, rss, rows, answered)
+    if stray:
+        raise BenchError(f"{stray} rows neither of the keys' team nor refused without a key")
+    return EdgeResult(pairs, c1s, rss, rows, answered, keys)
 
 
 def postgres(seconds: float, rate: float) -> PgResult:
@@ -209,13 +244,14 @@ def writer_cpu(count: int = 50_000) -> float:
     return asyncio.run(run())
 
 
-def micro() -> dict[str, float]:
+def micro(keys: int) -> dict[str, float]:
     """µs per request of the record's parts, in this process (both edges above create the
-    Call and read tokens; only the one with a sink turns Calls into rows and writes them)."""
+    Call and read tokens; only "on" checks keys and turns Calls into rows and writes them)."""
     import timeit
 
     from aiohttp.test_utils import make_mocked_request
 
+    from bench.keys import check_cost
     from edge.gateway import call as calls
     from edge.gateway.prices import PriceTable
     from edge.gateway.records import row
@@ -241,6 +277,7 @@ def micro() -> dict[str, float]:
         "tokens read from a whole answer": each(lambda: read_whole(call, 200, answer)),
         "cost from the price table": each(lambda: prices.cost(call)),
         "row for the sink": each(lambda: row(call, "edge", 0.0)),
+        f"key checked (a good key among {keys:,})": check_cost(keys)["good key"] / 1000,
     }
 
 
@@ -248,12 +285,13 @@ def report(
     info: dict[str, str], e: EdgeResult, pg: PgResult, cmd: str, parts: dict[str, float]
 ) -> str:
     rows = [
-        [f"round {i + 1}", f"{a:,.0f}", f"{b:,.0f}", f"{b / a:.2f}", f"{ca * 1e6:.0f}",
-         f"{cb * 1e6:.0f}", f"{ca / cb:.2f}", f"{p0 * 1e3:.3f}", f"{p1 * 1e3:.3f}"]
+        [f"round {i + 1} ({'off' if i % 2 == 0 else 'on'} first)", f"{a:,.0f}", f"{b:,.0f}",
+         f"{b / a:.2f}", f"{ca * 1e6:.0f}", f"{cb * 1e6:.0f}", f"{ca / cb:.2f}",
+         f"{p0 * 1e3:.3f}", f"{p1 * 1e3:.3f}"]
         for i, ((a, b, ca, cb), (p0, p1)) in enumerate(zip(e.pairs, e.c1, strict=True))
     ]  # fmt: skip
-    headers = ["", "off req/s", "sqlite req/s", "ratio", "off CPU µs/req", "sqlite CPU µs/req",
-               "req/CPU-s ratio", "off c1 p50 ms", "sqlite c1 p50 ms"]  # fmt: skip
+    headers = ["", "off req/s", "on req/s", "ratio", "off CPU µs/req", "on CPU µs/req",
+               "req/CPU-s ratio", "off c1 p50 ms", "on c1 p50 ms"]  # fmt: skip
     pg_rows = [
         [str(r["edge"]), f"{r['sent']:,}", f"{r['written']:,}", str(r["spooled"]),
          str(r["dropped"]), f"{float(r['elapsed']):.1f}"]
@@ -269,25 +307,28 @@ def report(
 The machine was shared with other engineers' test runs during this one: compare the ratios
 (edges loaded in turn, neighbours in time), not absolute numbers.
 
-Edge with usage records and the SQLite sink vs the same edge with `usage.sink: off`
-(nginx backend; per round, wrk at 32 connections on each edge in turn, then one connection on
-each; {len(e.pairs)} rounds):
+Edge "on" (a policy of {e.keys:,} virtual keys, every request's key checked; usage records
+into the SQLite sink) vs the same edge "off" (open, `usage.sink: off`); nginx backend; per
+round, wrk at 32 connections on each edge in turn (the first alternating), then one
+connection on each; {len(e.pairs)} rounds:
 
 {md_table(headers, rows)}
 
 - Throughput ratio, median of rounds: **{e.ratio:.2f}** by wall-clock req/s; **{e.cpu_ratio:.2f}**
   by requests per CPU second of the edge process (its writer thread included), the figure
-  that holds on a busy machine (target ≥ 0.90).
+  that holds on a busy machine (target ≥ 0.90); all rounds pooled (mean CPU per request,
+  off / on): **{e.pooled_cpu_ratio:.2f}**.
 - Added p50 at one connection, median of the rounds' differences: **{added:+.3f} ms**
   (target ≤ 0.1 ms).
-- RSS of the edge with records: {e.rss[0]:.1f} MiB after warm-up, then {after} MiB after
+- RSS of the edge "on": {e.rss[0]:.1f} MiB after warm-up, then {after} MiB after
   each round: growth **{growth:+.1f} MiB** (target ≤ 10 MiB).
-- Rows in SQLite after a clean stop: {e.rows:,} for {e.answered:,} requests wrk counted
-  as answered (warm-up included; wrk does not count the requests still in flight when a run
-  ends, which the edge answered and recorded: rows ≥ answered).
+- Rows of the keys' team in SQLite after a clean stop: {e.rows:,} for {e.answered:,}
+  requests wrk counted as answered (warm-up included; wrk does not count the requests still
+  in flight when a run ends, which the edge answered and recorded: rows ≥ answered).
 
 Per-request cost of the record's parts (µs, best of 3 runs of 50,000 in the benchmark's own
-process on the busy CPU 1; the sink's own write is in the CPU figures above):
+process on the busy CPU 1; the sink's own write is in the CPU figures above; the Call and the
+tokens are in both edges, the rest only in "on"):
 
 {md_table(["part", "µs"], [[k, f"{v:.2f}"] for k, v in parts.items()])}
 
@@ -303,8 +344,9 @@ edges) each recording at a paced rate:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="./dev bench usage", description=__doc__)
-    p.add_argument("--seconds", type=float, default=5.0)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--rounds", type=int, default=6, help="even: as many rounds each first")
+    p.add_argument("--keys", type=int, default=10_000, help="virtual keys in the policy")
     p.add_argument("--pg-seconds", type=float, default=5.0)
     p.add_argument("--pg-rate", type=float, default=7000.0, help="records/s per writer")
     p.add_argument("--no-write", action="store_true")
@@ -316,11 +358,11 @@ def main(argv: list[str]) -> int:
     info = {"machine": machine(), "load": load_note(), "date": now_utc(), "commit": commit}
     print(f"{info['machine']}\n{info['load']}", flush=True)
     with workspace("usage") as (tmp, procs):
-        e = edges(tmp, procs, args.seconds, args.rounds)
+        e = edges(tmp, procs, args.seconds, args.rounds, args.keys)
         procs.stop_all()
         pg = postgres(args.pg_seconds, args.pg_rate)
     cmd = "./dev bench usage" + "".join(f" {a}" for a in argv if a != "--no-write")
-    body = report(info, e, pg, cmd, micro())
+    body = report(info, e, pg, cmd, micro(args.keys))
     print(body)
     if not args.no_write:
         write_section("usage", body)
