@@ -517,6 +517,10 @@ class EdgeConfig:
     # The client for plain-http backends: "fast" (the lean HTTP/1.1 pool of edge/h1pool.py)
     # or "aiohttp" (its ClientSession). TLS backends (hosted providers) always use aiohttp.
     upstream_client: str = "fast"
+    # The server on the edge's port: "lane" (edge/lane/: a lean HTTP/1.1 server for plain
+    # non-streaming POSTs to the OpenAI routes, handing every other connection to aiohttp)
+    # or "aiohttp" (aiohttp serves every connection).
+    server: str = "aiohttp"
     # Empty means hostname:pid.
     edge_id: str = ""
     shutdown_grace_seconds: float = 10.0
@@ -623,6 +627,7 @@ SECTIONS: dict[str, type[Any]] = {
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("controlplane", "store"): ("etcd", "memory"),
     ("edge", "balancing"): ("sticky", "least-connections", "round-robin"),
+    ("edge", "server"): ("lane", "aiohttp"),
     ("agent", "type"): BACKEND_TYPES,
 }
 

@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import aiohttp
 import orjson
@@ -19,6 +20,7 @@ from corral.backoff import Backoff
 from corral.config import EdgeConfig
 from corral.v1 import types_pb2
 from edge.balancer import Balancer
+from edge.client_request import ClientRequest
 from edge.cors import install as install_cors
 from edge.errors import ApiError, EdgeError, SnapshotError, error_body
 from edge.gateway.call import tag_response
@@ -42,6 +44,7 @@ from edge.inbound import (
     READYZ_PATH,
     Endpoint,
 )
+from edge.lane.server import Lane, Route
 from edge.metrics import EdgeMetrics
 from edge.providers.upstream import tls_context
 from edge.proxy import Proxy
@@ -81,12 +84,17 @@ _JSON = "application/json"
 # a catch-all route answers unknown paths (404) and wrong methods (405).
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The OpenAI routes run on aiohttp's request and on the lane's (edge/lane/) alike.
+ProxyHandler = Callable[[ClientRequest], Awaitable[web.StreamResponse]]
+AnyRequest = TypeVar("AnyRequest", bound=ClientRequest)
 
 
-def guarded(handler: Handler) -> Handler:
+def guarded(
+    handler: Callable[[AnyRequest], Awaitable[web.StreamResponse]],
+) -> Callable[[AnyRequest], Awaitable[web.StreamResponse]]:
     """Every failure answered in OpenAI's error shape; never a traceback."""
 
-    async def guard(request: web.Request) -> web.StreamResponse:
+    async def guard(request: AnyRequest) -> web.StreamResponse:
         try:
             return await handler(request)
         except ApiError as exc:
@@ -106,7 +114,7 @@ def guarded(handler: Handler) -> Handler:
     return guard
 
 
-def _http_error(request: web.Request, status: int, reason: str) -> web.Response:
+def _http_error(request: ClientRequest, status: int, reason: str) -> web.Response:
     if status == 413:
         message, code = "The request body is too large.", "request_too_large"
     else:
@@ -158,11 +166,13 @@ async def fallback(request: web.Request) -> web.Response:
 # -- handlers -------------------------------------------------------------------------------
 
 
-def _post(endpoint: Endpoint) -> Handler:
-    async def handler(request: web.Request) -> web.StreamResponse:
+def proxied(endpoint: Endpoint) -> ProxyHandler:
+    """The handler of an OpenAI route (guarded: every failure answered in OpenAI's shape)."""
+
+    async def handler(request: ClientRequest) -> web.StreamResponse:
         return await request.app[PROXY].handle(request, endpoint)
 
-    return handler
+    return guarded(handler)
 
 
 def _with_proxy(serve: Callable[[Proxy, web.Request], Awaitable[web.StreamResponse]]) -> Handler:
@@ -439,7 +449,7 @@ def build_app(
     metrics.bind_snapshot_age(created_ms)
     cors = install_cors(app, config.cors)  # its preflight route first
     for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS):
-        app.router.add_post(endpoint.path, guarded(_post(endpoint)))
+        app.router.add_post(endpoint.path, proxied(endpoint))
     app.router.add_post(MESSAGES_PATH, guarded(_with_proxy(_handle_messages)))
     app.router.add_post(COUNT_TOKENS_PATH, guarded(_with_proxy(_handle_count_tokens)))
     app.router.add_route("*", NATIVE_ROUTE, guarded(_with_proxy(_handle_native)))
@@ -499,18 +509,34 @@ async def serve(
         shutdown_timeout=config.shutdown_grace_seconds,
     )
     await runner.setup()
+    lane: Lane | None = None
+    listening: asyncio.Server | None = None
     try:
         if expect_backends:
             waiting = await wait_for_backends(app, app[BALANCER], app[STATUS], expect_within)
             if waiting:
                 log.warning("opening after %gs without backends %s", expect_within, waiting)
-        site = web.TCPSite(runner, host, port, reuse_port=config.workers > 1, backlog=2048)
-        await site.start()
+        if config.server == "lane":
+            lane = Lane(
+                runner,
+                [Route(e.path, proxied(e), e.streams) for e in (CHAT, COMPLETIONS, EMBEDDINGS)],
+                max_body=config.max_body_bytes,
+                client_timeout=config.client_timeout_seconds,
+                on_handover=app[METRICS].lane_handovers.inc,
+            )
+            listening = await lane.listen(host, port, reuse_port=config.workers > 1, backlog=2048)
+        else:
+            site = web.TCPSite(runner, host, port, reuse_port=config.workers > 1, backlog=2048)
+            await site.start()
         log.info("edge %s serving on %s", app[EDGE_ID], config.listen)
         if ready is not None:
             ready.set()
         await asyncio.Future()  # until cancelled
     finally:
+        grace = config.shutdown_grace_seconds
+        if listening is not None and lane is not None:
+            listening.close()  # no new connections; then the lane's own finish or close
+            await lane.shutdown(grace)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(config.shutdown_grace_seconds + 2):
+            async with asyncio.timeout(grace + 2):
                 await runner.cleanup()

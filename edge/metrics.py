@@ -144,6 +144,12 @@ class EdgeMetrics:
             ["backend"],
             registry=r,
         )
+        self.lane_handovers = Counter(
+            "corral_edge_lane_handovers",
+            "Connections the lane (edge.server: lane) handed to aiohttp: a request it does "
+            "not serve (another route, a stream, an unusual or incomplete message).",
+            registry=r,
+        )
         self.queued = Gauge(
             "corral_edge_queued_requests", "Requests waiting for a free backend.", registry=r
         )

@@ -23,6 +23,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from corral.config import ConfigError, EdgeConfig
 from edge import resend
 from edge.balancer import RETRY, Balancer, Full, too_busy
+from edge.client_request import ClientRequest
 from edge.deadlines import Deadlines
 from edge.errors import ApiError
 from edge.exchange import (
@@ -98,7 +99,7 @@ _RETRYABLE: Final = frozenset((404, 429))
 class Attempt:
     """One try of one request on one backend: what `Proxy._attempt` needs to make it."""
 
-    request: web.Request
+    request: ClientRequest
     exchange: Exchange
     backend: BackendState
     label: str  # the routing decision (sticky, least-connections, retry...)
@@ -166,7 +167,7 @@ class Proxy:
 
     # -- admission -------------------------------------------------------------------------
 
-    def check_auth(self, request: web.Request) -> Identity | None:
+    def check_auth(self, request: ClientRequest) -> Identity | None:
         """The client's identity (None: keys not enforced), also put on the request's Call;
         401 when its key is refused."""
         try:
@@ -178,7 +179,7 @@ class Proxy:
             _tag(request, identity)
         return identity
 
-    async def read_body(self, request: web.Request) -> bytes:
+    async def read_body(self, request: ClientRequest) -> bytes:
         length = request.content_length
         if length is not None and length > self._max_body:
             raise too_large(self._max_body)
@@ -200,7 +201,7 @@ class Proxy:
 
     # -- the request -----------------------------------------------------------------------
 
-    async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+    async def handle(self, request: ClientRequest, endpoint: Endpoint) -> web.StreamResponse:
         """An OpenAI request: parsed, routed by its model, relayed as the backend answers."""
 
         async def admit() -> Admission:
@@ -232,7 +233,7 @@ class Proxy:
 
     async def run(
         self,
-        request: web.Request,
+        request: ClientRequest,
         endpoint_name: str,
         admit: Callable[[], Awaitable[Admission]],
     ) -> web.StreamResponse:
@@ -326,7 +327,7 @@ class Proxy:
 
     async def _stage(
         self,
-        request: web.Request,
+        request: ClientRequest,
         exchange: Exchange,
         lookup: Callable[[], ModelRoute],
         route: ModelRoute,
@@ -528,7 +529,7 @@ class Proxy:
             log.warning("backend %s ejected after repeated failures", backend.name)
 
 
-def _tag(request: web.Request, identity: Identity) -> None:
+def _tag(request: ClientRequest, identity: Identity) -> None:
     """The request's Call names the key and team (when the request has a Call)."""
     call = request.get(CALL)
     if call is not None:

@@ -9,6 +9,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from edge.client_request import ClientRequest
 from edge.errors import EdgeError
 from edge.h1pool import Answer
 from edge.table import BackendState
@@ -55,12 +56,14 @@ class ClientGone(EdgeError):
 
 
 async def to_client(
-    relay: RelayResponse, data: bytes | None, request: web.Request | None = None
+    relay: RelayResponse, data: bytes | None, request: ClientRequest | None = None
 ) -> None:
     """Write to the client (prepare first when given the request; None ends the stream);
-    a dead client connection becomes ClientGone, never mistaken for a backend failure."""
+    a dead client connection becomes ClientGone, never mistaken for a backend failure.
+    Streams are aiohttp's alone: the lane (edge/lane/) hands streaming requests over."""
     try:
         if request is not None:
+            assert isinstance(request, web.BaseRequest), "a stream needs aiohttp's request"
             await relay.prepare(request)
         if data is None:
             await relay.write_eof()

@@ -29,6 +29,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from edge.client_request import ClientRequest
 from edge.exchange import Failure
 from edge.gateway.call import Call
 
@@ -117,7 +118,7 @@ class Tracer:
 
     # -- the request path ----------------------------------------------------------------
 
-    def begin(self, request: web.Request) -> Trace | None:
+    def begin(self, request: ClientRequest) -> Trace | None:
         """Start tracing a request (None: the caller's trace is not sampled)."""
         parent = parse_traceparent(request.headers.get("traceparent"))
         if parent is None:
@@ -130,12 +131,12 @@ class Tracer:
         request[TRACE] = trace
         return trace
 
-    def attempt(self, request: web.Request, backend: str, url: str, route: str) -> None:
+    def attempt(self, request: ClientRequest, backend: str, url: str, route: str) -> None:
         trace = request.get(TRACE)
         if trace is not None:
             trace.attempts.append(AttemptRecord(backend, url, route, time.time_ns()))
 
-    def attempt_done(self, request: web.Request, result: object) -> None:
+    def attempt_done(self, request: ClientRequest, result: object) -> None:
         """An attempt's outcome: a Failure (reason, status) or the answer (status)."""
         trace = request.get(TRACE)
         if trace is not None and trace.attempts:
@@ -144,7 +145,7 @@ class Tracer:
             last.error = result.reason if isinstance(result, Failure) else ""
             last.status = int(getattr(result, "status", 0))
 
-    def finish(self, request: web.Request, call: Call, status: int) -> None:
+    def finish(self, request: ClientRequest, call: Call, status: int) -> None:
         """The request ended: queue its spans."""
         trace = request.get(TRACE)
         if trace is None:

@@ -15,6 +15,8 @@ from typing import Final
 
 from aiohttp import web
 
+from edge.client_request import ClientRequest
+
 REQUEST_ID_HEADER: Final = "X-Request-Id"
 DEFAULT_TEAM: Final = "default"
 # Cache outcomes (issue 13 sets them); "" when no cache is configured.
@@ -94,7 +96,7 @@ class Call:
 CALL: Final = web.RequestKey("corral_call", Call)
 
 
-def begin(request: web.Request, endpoint: str) -> Call:
+def begin(request: ClientRequest, endpoint: str) -> Call:
     """The request's Call, created now and stored on the request (request[CALL])."""
     own = new_id()
     asked = client_request_id(request.headers.get(REQUEST_ID_HEADER))
@@ -103,12 +105,12 @@ def begin(request: web.Request, endpoint: str) -> Call:
     return call
 
 
-def call_of(request: web.Request) -> Call | None:
+def call_of(request: ClientRequest) -> Call | None:
     """The request's Call, if it has one (proxied requests do)."""
     return request.get(CALL)
 
 
-async def tag_response(request: web.Request, response: web.StreamResponse) -> None:
+async def tag_response(request: ClientRequest, response: web.StreamResponse) -> None:
     """on_response_prepare: every answer carries X-Request-Id (errors and streams too)."""
     call = request.get(CALL)
     if call is not None:

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from corral.config import EdgeConfig
 from corral.v1 import content_pb2, gateway_pb2
+from edge.client_request import ClientRequest
 from edge.errors import ApiError
 from edge.exchange import Exchange, Failure
 from edge.gateway.cache.assemble import Assembler
@@ -206,7 +207,7 @@ class Gateway:
 
     async def enter(
         self,
-        request: web.Request,
+        request: ClientRequest,
         call: Call,
         exchange: Exchange,
         lookup: Callable[[], ModelRoute],
@@ -286,7 +287,7 @@ class Gateway:
                 tap.assembler = Assembler(cache.max_entry)
         return tap
 
-    def leave(self, request: web.Request, call: Call) -> None:
+    def leave(self, request: ClientRequest, call: Call) -> None:
         """The request is over: store its complete answer, release identical requests."""
         tap = request.get(TAP)
         if tap is None or tap.cache is None:
@@ -355,7 +356,7 @@ def _targets(lookup: Callable[[], ModelRoute]) -> list[str]:
 
 
 def _wrapped(
-    request: web.Request, exchange: Exchange, redaction: Redaction | None, force: bool = False
+    request: ClientRequest, exchange: Exchange, redaction: Redaction | None, force: bool = False
 ) -> Exchange:
     if redaction is None and not force:
         return exchange
@@ -383,7 +384,7 @@ def _with_usage(data: bytes, call: Call) -> bytes:
     return orjson.dumps(answer)
 
 
-async def add_cache_header(request: web.Request, response: web.StreamResponse) -> None:
+async def add_cache_header(request: ClientRequest, response: web.StreamResponse) -> None:
     """on_response_prepare: X-Corral-Cache on misses and bypasses too (streams included)."""
     call = request.get(CALL)
     if call is not None and call.cache and CACHE_HEADER not in response.headers:

@@ -98,7 +98,7 @@ async def start_edge(tmp_path: Path, http: aiohttp.ClientSession) -> AsyncIterat
     """Start edges in-process: start_edge(snapshots, **EdgeConfig overrides)."""
     running: list[RunningEdge] = []
 
-    async def start(server: SnapshotServer | None = None, **overrides: Any) -> RunningEdge:
+    async def start(server: SnapshotServer | None = None, /, **overrides: Any) -> RunningEdge:
         values: dict[str, Any] = {
             "listen": f"127.0.0.1:{free_port()}",
             "controlplane": (server.address,) if server is not None else (),

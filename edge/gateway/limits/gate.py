@@ -20,6 +20,7 @@ from aiohttp import web
 
 from corral.config import ConfigError, LimitConfig, LimitsConfig
 from corral.v1 import gateway_pb2, limits_pb2
+from edge.client_request import ClientRequest
 from edge.gateway.call import Call
 from edge.gateway.limits.answers import headers, refusal
 from edge.gateway.limits.clientip import client_address, networks
@@ -107,7 +108,7 @@ class Gate:
             {t.name: from_proto(t.limits) for t in policy.teams if t.HasField("limits")},
         )
 
-    def subjects(self, request: web.Request, call: Call) -> list[Subject]:
+    def subjects(self, request: ClientRequest, call: Call) -> list[Subject]:
         out = []
         if call.key_id:
             limits = self.keys.get(call.key_id, self.default_key)
@@ -124,7 +125,7 @@ class Gate:
         return out
 
     async def admit(
-        self, request: web.Request, call: Call, body: Mapping[str, Any], size: int
+        self, request: ClientRequest, call: Call, body: Mapping[str, Any], size: int
     ) -> None:
         """Reserve the request (prompt estimate + max_tokens or the cap) or raise the 429/503
         ApiError; the ticket goes on the request for settle() and the headers."""
@@ -155,7 +156,7 @@ class Gate:
             return prompt + asked
         return prompt + self.cap
 
-    def settle(self, request: web.Request, call: Call) -> None:
+    def settle(self, request: ClientRequest, call: Call) -> None:
         ticket = request.get(TICKET)
         if ticket is None or ticket.settled:
             return
@@ -166,7 +167,7 @@ class Gate:
             call.limit = "soft_budget"
 
 
-async def limit_headers(request: web.Request, response: web.StreamResponse) -> None:
+async def limit_headers(request: ClientRequest, response: web.StreamResponse) -> None:
     """on_response_prepare: the x-ratelimit-* headers on every answer to a limited request."""
     ticket = request.get(TICKET)
     if ticket is not None:

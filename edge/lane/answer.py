@@ -1,0 +1,56 @@
+"""Writing a web.Response as aiohttp does: its headers, then Content-Length, Date, Server and
+Connection as aiohttp adds them, the response hooks' headers after, then the body."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE
+
+_EMPTY_STATUSES = frozenset((204, 304))
+
+
+def finish_headers(response: web.Response, keep_alive: bool) -> tuple[bytes, bool]:
+    """Complete the response's headers before the hooks run (as aiohttp's prepare does):
+    its body, and whether the connection stays open after it."""
+    body = response.body
+    if body is None:
+        body = b""
+    elif not isinstance(body, bytes):
+        raise TypeError(f"the lane writes bytes bodies only, not {type(body).__name__}")
+    headers = response.headers
+    status = response.status
+    if status < 200 or status in _EMPTY_STATUSES:  # no body, and no length, may follow
+        body = b""
+        if status != 304:
+            headers.popall("Content-Length", None)
+        headers.popall("Transfer-Encoding", None)
+    else:
+        if "Content-Length" not in headers:
+            headers["Content-Length"] = str(len(body))
+        if body:
+            headers.setdefault("Content-Type", "application/octet-stream")
+    if "Date" not in headers:
+        headers["Date"] = rfc822_formatted_time()
+    headers.setdefault("Server", SERVER_SOFTWARE)
+    if response.keep_alive is False:  # force_close()
+        keep_alive = False
+    connection = headers.get("Connection")
+    if connection is None:
+        if not keep_alive:
+            headers["Connection"] = "close"
+    elif connection.lower() == "close":
+        keep_alive = False
+    return body, keep_alive
+
+
+def head(response: web.StreamResponse) -> bytes:
+    """The status line and headers, refused (ValueError) if a value would break a line."""
+    lines = [f"HTTP/1.1 {response.status} {response.reason}"]
+    lines.extend([f"{name}: {value}" for name, value in response.headers.items()])
+    lines.append("\r\n")
+    text = "\r\n".join(lines)
+    breaks = len(lines)  # one CRLF after each line, and one more that ends the head
+    if text.count("\n") != breaks or text.count("\r") != breaks:
+        raise ValueError("a newline or carriage return in the status line or a header")
+    return text.encode()

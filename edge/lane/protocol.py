@@ -1,0 +1,292 @@
+"""One client connection of the lane: parse with httptools, serve the plain common case,
+hand everything else to aiohttp before handling it.
+
+The lane serves a message only when it is: a POST to one of the lane's routes (exact path, no
+query), HTTP/1.1, a single Content-Length within max_body_bytes, no Transfer-Encoding,
+Expect, Upgrade or Origin header, at most aiohttp's number of headers and none longer than
+its limit, the whole message arrived within HANDOVER_AFTER_SECONDS of its first byte, nothing
+after it in the same read, and a body that does not ask to stream. Anything else, or a parser
+error, hands the connection to aiohttp with every byte since the message began: aiohttp then
+answers exactly as it would have (its own errors, limits and timeouts included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, cast
+
+import httptools
+import orjson
+from aiohttp import web
+from aiohttp.tcp_helpers import tcp_keepalive
+
+from edge.errors import error_body
+from edge.lane.answer import finish_headers, head
+from edge.lane.request import LaneRequest, header_dict
+
+if TYPE_CHECKING:
+    from edge.lane.server import Lane, Route
+
+log = logging.getLogger(__name__)
+
+# aiohttp's own limits on a request head (web_protocol.RequestHandler's defaults).
+MAX_HEADERS: Final = 128
+MAX_FIELD: Final = 8190
+# A head still incomplete past this many bytes goes to aiohttp (nothing piles up here).
+MAX_HEAD: Final = 1 << 16
+# A message still incomplete this long after its first byte goes to aiohttp, which then
+# applies its own timeouts to the rest (a slow client costs the lane nothing).
+HANDOVER_AFTER_SECONDS: Final = 0.5
+# Bytes a client may send ahead while its request is served before reading pauses.
+_PENDING_LIMIT: Final = 1 << 16
+_REFUSED_HEADERS: Final = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"origin"))
+_STREAM_KEY: Final = b'"stream"'
+
+
+class _Unusual(Exception):
+    """The message is not the lane's: stop parsing, hand the connection over."""
+
+
+def asks_to_stream(body: bytes) -> bool:
+    """Whether the body's top-level "stream" is true (parsed only when it may be)."""
+    if _STREAM_KEY not in body and b"\\u" not in body:  # a key could be escaped
+        return False
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False  # the handler answers the 400
+    return isinstance(parsed, dict) and parsed.get("stream") is True
+
+
+class LaneProtocol(asyncio.Protocol):
+    """A connection served by the lane until it is handed over or closed."""
+
+    def __init__(self, lane: Lane) -> None:
+        self._lane = lane
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._remote: str | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._buffer = bytearray()  # every byte since the current message began
+        self._pending = bytearray()  # bytes that came while a request was served
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._route: Route | None = None
+        self._length = -1
+        self._complete = False
+        self._keep_alive = True
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._paused = False
+
+    # -- the connection --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self._transport = transport = cast(asyncio.Transport, transport)
+        tcp_keepalive(transport)  # as aiohttp does for every connection it accepts
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, (list, tuple)):
+            self._remote = str(peer[0])
+        elif peer is not None:
+            self._remote = str(peer)
+        self._lane.connections.add(self)
+        self._wait(self._lane.client_timeout, self._idle_expired)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lane.connections.discard(self)
+        self._stop_timer()
+        self._transport = None
+        task = self._task
+        if task is not None:
+            task.cancel()  # the client hung up: its upstream request stops too
+
+    def data_received(self, data: bytes) -> None:
+        if self._task is not None:  # a request is being served: keep these for after
+            self._pending += data
+            if len(self._pending) > _PENDING_LIMIT and not self._paused:
+                self._paused = True
+                if self._transport is not None:
+                    self._transport.pause_reading()
+            return
+        self._receive(data)
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The request being served, if one is."""
+        return self._task
+
+    @property
+    def idle(self) -> bool:
+        """No request in flight and none begun."""
+        return self._task is None and not self._buffer
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- parsing ---------------------------------------------------------------------------
+
+    def _receive(self, data: bytes) -> None:
+        if not self._buffer:  # a new message begins
+            self._wait(min(HANDOVER_AFTER_SECONDS, self._lane.client_timeout), self.hand_over)
+        self._buffer += data
+        try:
+            self._parser.feed_data(data)
+        except Exception:  # unusual, malformed or upgrading: aiohttp's to answer
+            self.hand_over()
+            return
+        if self._route is None and len(self._buffer) > MAX_HEAD:  # aiohttp's limits apply
+            self.hand_over()
+            return
+        if not self._complete:
+            return
+        route = self._route
+        assert route is not None
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        if route.streams and asks_to_stream(body):
+            self.hand_over()
+            return
+        self._stop_timer()
+        request = LaneRequest(
+            self._lane.app, route.path, header_dict(self._headers), body, self._remote
+        )
+        keep_alive = self._keep_alive
+        self._task = self._loop.create_task(self._serve(request, route, keep_alive))
+
+    def on_message_begin(self) -> None:
+        if self._complete:  # a second message in the same read: aiohttp serves both
+            raise _Unusual
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._lane.longest_path:
+            raise _Unusual
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        if len(headers) >= MAX_HEADERS or len(name) > MAX_FIELD or len(value) > MAX_FIELD:
+            raise _Unusual
+        lowered = name.lower()
+        if lowered in _REFUSED_HEADERS:
+            raise _Unusual
+        if lowered == b"content-length":
+            if self._length >= 0 or not value.isdigit():
+                raise _Unusual
+            self._length = int(value)
+        headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        route = self._lane.routes.get(self._url)
+        if (
+            route is None
+            or parser.get_method() != b"POST"
+            or parser.get_http_version() != "1.1"
+            or not 0 <= self._length <= self._lane.max_body
+        ):
+            raise _Unusual
+        self._route = route
+        self._keep_alive = parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+    # -- serving ---------------------------------------------------------------------------
+
+    async def _serve(self, request: LaneRequest, route: Route, keep_alive: bool) -> None:
+        try:
+            try:
+                response = await route.handler(request)
+            except Exception:  # the handler is guarded: this is a bug, answered like aiohttp
+                log.exception("unexpected error serving POST %s", request.path)
+                response = _internal_error()
+            transport = self._transport
+            if transport is None or transport.is_closing():
+                return  # the client went away meanwhile
+            keep_alive = keep_alive and not self._lane.closing
+            try:
+                if not isinstance(response, web.Response):
+                    raise TypeError(f"the lane cannot write a {type(response).__name__}")
+                body, keep_alive = finish_headers(response, keep_alive)
+                for hook in self._lane.hooks:
+                    await hook(request, response)
+                data = head(response)
+            except Exception:
+                log.exception("could not write the answer to POST %s", request.path)
+                keep_alive = False
+            else:
+                if len(body) < 65536:
+                    transport.write(data + body)
+                else:
+                    transport.writelines((data, body))
+            if not keep_alive:
+                transport.close()
+                return
+        except asyncio.CancelledError:
+            return  # the client went away (or the edge stopped): nothing to answer
+        finally:
+            self._task = None
+        self._next_message()
+
+    def _next_message(self) -> None:
+        self._buffer = bytearray()
+        self._url = b""
+        self._headers = []
+        self._body = []
+        self._route = None
+        self._length = -1
+        self._complete = False
+        self._wait(self._lane.client_timeout, self._idle_expired)
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        if self._pending:
+            pending, self._pending = bytes(self._pending), bytearray()
+            self._receive(pending)
+
+    # -- handing over and timers -----------------------------------------------------------
+
+    def hand_over(self) -> None:
+        """From now on the connection is aiohttp's, starting with the current message."""
+        self._stop_timer()
+        self._lane.connections.discard(self)
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        self._transport = None
+        handler = self._lane.aiohttp_handler()
+        transport.set_protocol(handler)
+        if self._paused:
+            transport.resume_reading()
+        handler.connection_made(transport)
+        data = bytes(self._buffer)
+        if data:
+            handler.data_received(data)
+
+    def _idle_expired(self) -> None:
+        self._timer = None
+        self.close()
+
+    def _wait(self, seconds: float, then: Callable[[], None]) -> None:
+        self._stop_timer()
+        self._timer = self._loop.call_later(seconds, then)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _internal_error() -> web.Response:
+    return web.Response(
+        status=500,
+        body=error_body("Internal error in the edge.", "server_error", None, "internal_error"),
+        content_type="application/json",
+    )
