@@ -1,9 +1,10 @@
 """Streaming: time to first chunk and per-chunk transit through each proxy versus direct.
 
-``./dev bench streaming [--chunks 50] [--gap-ms 10] [--no-write]``
+``./dev bench streaming [--chunks 50] [--gap-ms 10] [--first-ms 0] [--no-write]``
 
 An aiohttp backend (bench/stream_backend.py, CPU 1) streams 50 SSE chunks 10 ms apart,
-stamping each with the CLOCK_MONOTONIC time it was written. The client (this process, asyncio
+stamping each with the CLOCK_MONOTONIC time it was written (--first-ms: a prefill between the
+answer's head and its first chunk, as an engine has). The client (this process, asyncio
 + aiohttp, CPU 1) stamps arrival, so transit = arrival - written is measured per chunk, proxy
 included, with no clock skew (one machine, one monotonic clock). Proxies run alone on CPU 0.
 At 1 stream (sequential requests) and 64 concurrent streams.
@@ -123,7 +124,7 @@ async def measure_target(
 
 
 def run(
-    chunks: int, gap_ms: float, seq: int, conc: int, seconds: float
+    chunks: int, gap_ms: float, seq: int, conc: int, seconds: float, first_ms: float = 0.0
 ) -> tuple[list[tuple[str, dict[str, StreamStats] | str]], dict[str, str]]:
     ensure_tools("nginx")
     pin_self(LOAD_CPU)
@@ -140,7 +141,7 @@ def run(
         backend_proc = procs.start(
             "stream-backend",
             [PYTHON, "-m", "bench.stream_backend", "--listen", f"127.0.0.1:{bport}",
-             "--chunks", str(chunks), "--gap-ms", str(gap_ms)],
+             "--chunks", str(chunks), "--gap-ms", str(gap_ms), "--first-ms", str(first_ms)],
             cpus=LOAD_CPU,
         )  # fmt: skip
         backend = f"http://127.0.0.1:{bport}"
@@ -271,16 +272,22 @@ def report(
          "failed or cut"],
         rows,
     )  # fmt: skip
+    command = "./dev bench streaming"
+    prefill = ""
+    if args.first_ms:
+        command += f" --first-ms {args.first_ms:g}"
+        prefill = f" (the backend's prefill: {args.first_ms:g} ms between its head and first chunk)"
     return f"""## Streaming
 
-Command: `./dev bench streaming` — {info["date"]}
+Command: `{command}` — {info["date"]}
 
 Machine: {info["machine"]}. Load: {info["load"]}.
 
 Setup: an aiohttp SSE backend (`bench/stream_backend.py`, CPU 1) writes {args.chunks} chunks
 {args.gap_ms:g} ms apart, each stamped with its CLOCK_MONOTONIC write time; the asyncio/aiohttp
 client (CPU 1) stamps arrivals, so "transit" is the time each chunk spent between the
-backend's write and the client's read, proxy included. TTFC is request start to first chunk.
+backend's write and the client's read, proxy included. TTFC: request start to first
+chunk{prefill}.
 1 stream: {args.seq} sequential requests; {args.concurrency} streams: {args.concurrency}
 clients each streaming back to back for {args.seconds:g} s, started at spread-out moments (a
 steady {args.concurrency} open streams, after a warm-up that opened every connection).
@@ -298,12 +305,17 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="./dev bench streaming", description=__doc__)
     parser.add_argument("--chunks", type=int, default=50)
     parser.add_argument("--gap-ms", type=float, default=10.0)
+    parser.add_argument(
+        "--first-ms", type=float, default=0.0, help="backend prefill before the first chunk"
+    )
     parser.add_argument("--seq", type=int, default=20, help="sequential single streams")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=4.0, help="steady concurrent phase")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
-    results, info = run(args.chunks, args.gap_ms, args.seq, args.concurrency, args.seconds)
+    results, info = run(
+        args.chunks, args.gap_ms, args.seq, args.concurrency, args.seconds, args.first_ms
+    )
     text = report(results, info, args)
     print(text)
     if not args.no_write:

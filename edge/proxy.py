@@ -56,7 +56,10 @@ from edge.relay import (
     ROUTE_HEADER,
     ClientGone,
     RelayResponse,
+    abandon,
     relay_headers,
+    send,
+    stage,
     to_client,
 )
 from edge.routing import chat_key, completion_key, session_header_key
@@ -409,6 +412,7 @@ class Proxy:
         label, path, payload = attempt.label, attempt.path, attempt.payload
         upstream: aiohttp.ClientResponse | Answer | None = None
         relay: RelayResponse | None = None  # set once bytes went to the client
+        staged: RelayResponse | None = None  # a stream's response, prepared before its start
         meter: Meter | None = None  # set once a stream started
         deadlines = self._deadlines
         task = asyncio.current_task()
@@ -451,22 +455,22 @@ class Proxy:
                         status, data, relay_headers(upstream, backend, label), backend
                     )
                 content = upstream.content
+                staged, writer = await stage(request, upstream, backend, label)
                 first = await content.readany()
                 awaiting.discard(deadline)
                 if not first:
                     self._failed(backend)
                     return Failure("empty")
-                headers = relay_headers(upstream, backend, label)
-                headers.setdefault("Cache-Control", "no-cache")
-                relay = RelayResponse(status=200, headers=headers)
+                relay = staged
                 call = attempt.call
                 meter = Meter(call, len(payload or b""), call.usage_hidden)
-                await to_client(relay, exchange.first(meter.start(first), backend), request)
+                await send(writer, exchange.first(meter.start(first), backend))
                 call.ttft = ttft = time.monotonic() - call.started
                 self.metrics.first_token(attempt.model, ttft)
                 idle = self._idle
                 chunk_of = exchange.chunk
                 tap = meter.chunk
+                write = writer.write
                 while True:
                     deadlines.push(deadline, idle)
                     chunk = await content.readany()
@@ -474,7 +478,10 @@ class Proxy:
                         break
                     out = chunk_of(tap(chunk))
                     if out:
-                        await to_client(relay, out)
+                        try:
+                            await write(out)
+                        except ConnectionResetError:
+                            raise ClientGone from None
                 clean = True
                 self.balancer.succeeded(backend)
                 deadlines.push(deadline, idle)
@@ -512,6 +519,8 @@ class Proxy:
                     await to_client(relay, None)
             return relay
         finally:
+            if staged is not None and relay is None:
+                abandon(writer)  # the stream never started: another answer follows
             if meter is not None:
                 meter.end()  # finished, cut or cancelled: tokens as far as they went
             deadline.close()

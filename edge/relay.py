@@ -3,10 +3,12 @@ client from a failed backend."""
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, cast
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import StreamWriter
 from multidict import CIMultiDict
 
 from edge.client_request import ClientRequest
@@ -69,5 +71,39 @@ async def to_client(
             await relay.write_eof()
         else:
             await relay.write(data)
+    except ConnectionResetError:
+        raise ClientGone from None
+
+
+async def stage(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse | Answer,
+    backend: BackendState,
+    label: str,
+) -> tuple[RelayResponse, AbstractStreamWriter]:
+    """A stream's response made ready before its first chunk came: headers relayed and
+    prepared (the response hooks run, the head serialised and held back), nothing sent.
+    Done while the backend computes its first token, so that the first chunk then only has
+    to be written, together with the head."""
+    headers = relay_headers(upstream, backend, label)
+    headers.setdefault("Cache-Control", "no-cache")
+    relay = RelayResponse(status=200, headers=headers)
+    writer = await relay.prepare(request)
+    assert writer is not None  # None only for a response already finished
+    return relay, writer
+
+
+def abandon(writer: AbstractStreamWriter) -> None:
+    """A staged response that will never be sent (no first chunk came; the attempt failed):
+    the response that answers instead replaces the held-back head when it is prepared, and
+    must not have its body framed in chunks because the staged one was."""
+    cast(StreamWriter, writer).chunked = False
+
+
+async def send(writer: AbstractStreamWriter, data: bytes) -> None:
+    """The first chunk of a staged stream to the client, with the held-back head; a dead
+    client connection becomes ClientGone."""
+    try:
+        await writer.write(data)
     except ConnectionResetError:
         raise ClientGone from None
