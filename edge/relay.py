@@ -76,7 +76,7 @@ async def to_client(
 
 
 async def stage(
-    request: web.Request,
+    request: ClientRequest,
     upstream: aiohttp.ClientResponse | Answer,
     backend: BackendState,
     label: str,
@@ -84,7 +84,9 @@ async def stage(
     """A stream's response made ready before its first chunk came: headers relayed and
     prepared (the response hooks run, the head serialised and held back), nothing sent.
     Done while the backend computes its first token, so that the first chunk then only has
-    to be written, together with the head."""
+    to be written, together with the head. Streams are aiohttp's alone (the lane hands them
+    over)."""
+    assert isinstance(request, web.BaseRequest), "a stream needs aiohttp's request"
     headers = relay_headers(upstream, backend, label)
     headers.setdefault("Cache-Control", "no-cache")
     relay = RelayResponse(status=200, headers=headers)
