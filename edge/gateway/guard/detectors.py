@@ -231,6 +231,13 @@ class Detector:
     run_digits: int = 0
     # ... and holding this character ("" any).
     run_needs: str = ""
+    # For the fast path (sieve.py), in its class string (digits 0, upper-case letters A):
+    # what every match looks like inside its run of digits ...
+    run_shape: bytes = b""
+    # ... or where a match must start ...
+    seek: bytes = b""
+    # ... or: matches lie inside runs of the characters API keys are made of.
+    key_run: bool = False
 
 
 # Seven or more digits and separators, starting and ending with a digit: every card, phone,
@@ -258,13 +265,14 @@ DETECTORS: Final[tuple[Detector, ...]] = (
         "eyJ",
         _regex(rf"eyJ{_B64URL}{{6,}}\.eyJ{_B64URL}{{6,}}\.{_B64URL}*(?![\w-])", "-"),
     ),
-    Detector("api_key", "api_key", "", _api_keys),
+    Detector("api_key", "api_key", "", _api_keys, key_run=True),
     Detector("email", "email", "@", _emails),
     Detector(
         "iban",
         "iban",
         "",
         _regex(r"[A-Z][A-Z]\d\d(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?!\w)", "", iban_ok),
+        seek=b"AA00",  # two upper-case letters, two digits
     ),
     Detector(
         "credit_card",
@@ -272,6 +280,7 @@ DETECTORS: Final[tuple[Detector, ...]] = (
         "",
         _regex(r"\d\d[ -]?\d(?:[ -]?\d){10,16}(?![\w]|[.,-]\d)", ".,-", _card),
         run_digits=13,
+        run_shape=rb"00[ -]?0(?:[ -]?0){10,16}",
     ),
     Detector(
         "ssn",
@@ -280,6 +289,7 @@ DETECTORS: Final[tuple[Detector, ...]] = (
         _regex(r"\d\d\d-\d\d-\d{4}(?![\w]|[.-]\d)", ".-", _ssn),
         run_digits=9,
         run_needs="-",
+        run_shape=b"000-00-0000",
     ),
     Detector(
         "phone",
@@ -293,6 +303,7 @@ DETECTORS: Final[tuple[Detector, ...]] = (
             _phone,
         ),
         run_digits=8,
+        run_shape=rb"\+0|\(000\) ?000[.-]0000|000[.-]000[.-]0000",
     ),
     Detector("ipv6", "ip_address", ":", _ipv6s),
     Detector(
@@ -302,6 +313,7 @@ DETECTORS: Final[tuple[Detector, ...]] = (
         _regex(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\w]|\.\d)", ".", _ipv4),
         run_digits=4,
         run_needs=".",
+        run_shape=rb"0\.0(?:0?0)?\.0(?:0?0)?\.0",
     ),
 )
 NAMES: Final = tuple(d.name for d in DETECTORS)

@@ -24,7 +24,7 @@ from prometheus_client import Counter as PromCounter
 
 from corral.config import GuardConfig
 from edge.errors import ApiError
-from edge.gateway.guard import detectors
+from edge.gateway.guard import detectors, sieve
 from edge.gateway.guard.bodies import Texts, collect
 from edge.gateway.guard.detectors import Detector, Finding
 from edge.gateway.guard.hooks import Hook, HookFailed
@@ -209,7 +209,7 @@ class Guard:
         if not scan_pii:
             return None, [[] for _ in texts.values]
         found = self.detectors
-        return None, [detectors.scan(value, found) for value in texts.values]
+        return None, [sieve.scan(value, found) for value in texts.values]
 
     async def _run_hooks(
         self, texts: Texts, found: list[list[Finding]], context: dict[str, str]
