@@ -11,7 +11,7 @@ blocks present. Prefill time grows with the uncached tokens; decode time is fixe
 from __future__ import annotations
 
 import random
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from hashlib import blake2b
@@ -86,6 +86,55 @@ class PrefixCache:
                 self.blocks.popitem(last=False)
 
 
+class PagedKvCache:
+    """A KV cache in blocks as vLLM pages it: running sequences hold their blocks; the rest of
+    the memory keeps unreferenced blocks as a prefix cache (LRU), evicted to admit a sequence.
+
+    usage() is what vLLM reports as kv_cache_usage_perc: the fraction held by running
+    sequences (cached, unreferenced blocks count as free).
+    """
+
+    def __init__(self, capacity_blocks: int) -> None:
+        self.capacity = capacity_blocks
+        self.held: Counter[bytes] = Counter()  # block -> running sequences using it
+        self.cached: OrderedDict[bytes, None] = OrderedDict()  # unreferenced, LRU first
+        self.evicted = 0
+
+    def usage(self) -> float:
+        return len(self.held) / self.capacity
+
+    def lookup(self, hashes: Sequence[bytes]) -> int:
+        """Cached tokens: the leading blocks present, held or cached."""
+        n = 0
+        for h in hashes:
+            if h not in self.held and h not in self.cached:
+                break
+            n += 1
+        return n * BLOCK
+
+    def fits(self, hashes: Sequence[bytes]) -> bool:
+        """Whether a sequence of these blocks can run now (free or evictable memory)."""
+        new = sum(1 for h in dict.fromkeys(hashes) if h not in self.held)
+        return len(self.held) + new <= self.capacity
+
+    def admit(self, hashes: Sequence[bytes]) -> None:
+        for h in hashes:
+            self.cached.pop(h, None)
+            self.held[h] += 1
+        while self.cached and len(self.held) + len(self.cached) > self.capacity:
+            self.cached.popitem(last=False)
+            self.evicted += 1
+
+    def release(self, hashes: Sequence[bytes]) -> None:
+        """The sequence finished: its blocks stay as cached prefixes, newest last."""
+        for h in hashes:
+            self.held[h] -= 1
+            if self.held[h] <= 0:
+                del self.held[h]
+                self.cached[h] = None
+                self.cached.move_to_end(h)
+
+
 def reply_words(seed: str, n: int) -> str:
     """A deterministic answer, so every backend would give the same one (context stays equal)."""
     rng = random.Random(seed)
@@ -108,6 +157,9 @@ class Workload:
     user_tokens: int = 60
     think_ms: float = 50.0  # mean pause between a reply and the next turn
     seed: int = 7
+    # This share of conversations pastes a document long_factor times as long.
+    long_share: float = 0.0
+    long_factor: int = 5
 
     def system_prompts(self) -> list[str]:
         rng = random.Random(self.seed)
@@ -119,6 +171,11 @@ class Workload:
     def conversation(self, index: int, system_prompts: Sequence[str]) -> Conversation:
         rng = random.Random(f"{self.seed}-{index}")
         first = " ".join(f"u{rng.randrange(100_000)}" for _ in range(self.first_user_tokens))
+        if random.Random(f"{self.seed}-{index}-long").random() < self.long_share:
+            first += "".join(
+                f" d{rng.randrange(100_000)}"
+                for _ in range(self.first_user_tokens * (self.long_factor - 1))
+            )
         later = [
             " ".join(f"u{rng.randrange(100_000)}" for _ in range(self.user_tokens))
             for _ in range(self.turns - 1)
@@ -138,12 +195,9 @@ class Workload:
 
     def working_set_blocks(self) -> int:
         """Blocks all conversations occupy at the end (shared system prompts counted once)."""
-        per_conv = (
-            self.first_user_tokens
-            + (self.turns - 1) * self.user_tokens
-            + self.turns * (REPLY_TOKENS + 2)
-        )
-        return (self.groups * self.system_tokens + self.conversations * per_conv) // BLOCK
+        first = self.first_user_tokens * (1 + self.long_share * (self.long_factor - 1))
+        per_conv = first + (self.turns - 1) * self.user_tokens + self.turns * (REPLY_TOKENS + 2)
+        return int(self.groups * self.system_tokens + self.conversations * per_conv) // BLOCK
 
 
 @dataclass

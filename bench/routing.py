@@ -1,6 +1,6 @@
 """Routing quality: cache hit rate, time to first token and balance, per routing policy.
 
-``./dev bench routing [--skip-real] [--skip-sim] [--no-write]``
+``./dev bench routing [--skip-real] [--skip-sim] [--skip-kv] [--kv-seeds 10] [--no-write]``
 
 Three simulated prefix-KV-cache backends (bench/kvcache.py, bench/kvcache_backend.py), a
 workload of many concurrent multi-turn conversations with growing context, groups of them
@@ -12,7 +12,8 @@ Two parts:
   edge's own code (``edge.balancer.Balancer`` with ``edge.routing.chat_key``; one Balancer per
   edge, snapshots with the backends' reported load every second as agents would send them),
   each policy being the edge's own ``balancing`` mode (round-robin, least-connections,
-  sticky with eps 1e9 or 0.25).
+  sticky with eps 1e9 or 0.25). Then vLLM-like backends whose limit is KV memory, each
+  policy with and without the backends' KV-cache use in the snapshots (bench/routing_kv.py).
 - **real**: HTTP through real processes: Corral edges (``corral edge --balancing MODE``, fed by
   bench/snapshot_server.py polling the backends' vLLM-style /metrics) for every policy.
 """
@@ -476,6 +477,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--real-conversations", type=int, default=36)
     parser.add_argument("--real-turns", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--skip-kv", action="store_true", help="leave out the KV-memory runs")
+    parser.add_argument("--kv-seeds", type=int, default=10)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     info = {"machine": machine(), "load": load_note(), "date": now_utc()}
@@ -522,6 +525,10 @@ def main(argv: list[str]) -> int:
                 skew_rows,
             )
         )  # fmt: skip
+        if not args.skip_kv:
+            from bench.routing_kv import section
+
+            sections.append(section(seeds=args.kv_seeds)[0])
 
     real_w = Workload(conversations=args.real_conversations, turns=args.real_turns)
     real_cost = sized_cost(real_w, base)
