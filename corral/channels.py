@@ -7,13 +7,12 @@ from typing import Any, Final
 
 import grpc
 
+from corral.keepalive import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS
+
 # The end-of-stream marker of grpc.aio's call.read(); missing from grpc-stubs.
 EOF: Final[object] = getattr(grpc.aio, "EOF")  # noqa: B009
 
-# Keepalive pings find a dead connection (a pulled cable) within keepalive + timeout; pings
-# go on without calls in flight, since our streams are long and often quiet.
-KEEPALIVE_MS: Final = 20_000
-KEEPALIVE_TIMEOUT_MS: Final = 10_000
+__all__ = ["EOF", "KEEPALIVE_MS", "KEEPALIVE_TIMEOUT_MS", "aio_channel", "options", "sync_channel"]
 
 
 def options(

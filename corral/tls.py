@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import grpc
+if TYPE_CHECKING:  # loaded only where credentials are made: edges never load grpcio
+    import grpc
 
 
 def client_context(extra_ca_file: str | None) -> ssl.SSLContext:
@@ -37,6 +39,8 @@ def channel_credentials(
         return None
     if bool(cert_file) != bool(key_file):
         raise TLSFileError("a client certificate and its key go together (cert and key files)")
+    import grpc
+
     return grpc.ssl_channel_credentials(
         root_certificates=read_pem(ca_file) if ca_file else None,
         private_key=read_pem(key_file) if key_file else None,

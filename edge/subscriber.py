@@ -5,19 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 from collections.abc import Awaitable, Callable
 
-import grpc
-from grpc import aio
-
 from corral.backoff import Backoff
-from corral.channels import aio_channel
 from corral.config import EdgeConfig
-from corral.tls import TLSFileError, channel_credentials
-from corral.v1 import routing_pb2, routing_pb2_grpc, types_pb2
+from corral.tls import TLSFileError
+from corral.v1 import routing_pb2, types_pb2
+from edge.cp_calls import CallFailed, ControlPlaneChannel, tls_context
 from edge.errors import EdgeError
 
 log = logging.getLogger(__name__)
+
+WATCH_METHOD = "/corral.v1.RoutingService/WatchSnapshots"
 
 
 class SnapshotSubscriber:
@@ -53,9 +53,8 @@ class SnapshotSubscriber:
     async def _follow(self, address: str) -> bool:
         """Stream from one address until it fails; True when it delivered anything."""
         received = False
-        channel = aio_channel(address, self._credentials)
+        channel = ControlPlaneChannel(address, self._credentials)
         try:
-            stub = routing_pb2_grpc.RoutingServiceStub(channel)
             version, cluster_id = self._current()
             request = routing_pb2.WatchSnapshotsRequest(
                 edge_id=self._edge_id,
@@ -63,25 +62,22 @@ class SnapshotSubscriber:
                 cluster_id=cluster_id,
                 listen_address=self._config.listen,
             )
-            call = stub.WatchSnapshots(request, metadata=self._metadata or None)
-            async for response in call:
+            replies = channel.stream(
+                WATCH_METHOD, request, routing_pb2.WatchSnapshotsResponse, self._metadata
+            )
+            async for response in replies:
                 if not received:
                     received = True
                     self._on_connected(True)
                     log.info("following snapshots from %s", address)
                 await self._apply(response.snapshot)
             log.info("snapshot stream from %s ended", address)
-        except aio.AioRpcError as exc:
-            log.warning(
-                "snapshot stream from %s failed: %s %s",
-                address,
-                exc.code().name,
-                exc.details() or "",
-            )
+        except CallFailed as exc:
+            log.warning("snapshot stream from %s failed: %s %s", address, exc.code, exc.details)
         finally:
             if received:
                 self._on_connected(False)
-            await channel.close(grace=None)
+            channel.close()
         return received
 
     async def _apply(self, snapshot: types_pb2.Snapshot) -> None:
@@ -122,9 +118,10 @@ def auth_metadata(config: EdgeConfig) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token.reveal()}"),) if token is not None else ()
 
 
-def credentials(config: EdgeConfig) -> grpc.ChannelCredentials | None:
+def credentials(config: EdgeConfig) -> ssl.SSLContext | None:
+    """TLS to the control plane as configured (None: plaintext); a bad file is an EdgeError."""
     try:
-        return channel_credentials(
+        return tls_context(
             ca_file=config.controlplane_ca_file,
             cert_file=config.controlplane_cert_file,
             key_file=config.controlplane_key_file,

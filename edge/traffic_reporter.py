@@ -12,16 +12,15 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 
-import grpc
 from aiohttp import web
-from grpc import aio
 
-from corral.channels import aio_channel
 from corral.config import EdgeConfig
 from corral.v1 import traffic_pb2
+from edge.cp_calls import CallFailed, ControlPlaneChannel
 from edge.metrics import EdgeMetrics
 from edge.traffic import EdgeState
 
@@ -39,7 +38,7 @@ class TrafficReporter:
         config: EdgeConfig,
         edge_id: str,
         metrics: EdgeMetrics,
-        credentials: grpc.ChannelCredentials | None,
+        credentials: ssl.SSLContext | None,
         metadata: tuple[tuple[str, str], ...],
         edge_state: Callable[[], EdgeState] | None = None,
     ) -> None:
@@ -50,10 +49,10 @@ class TrafficReporter:
         self._edge_id = edge_id
         self._metrics = metrics
         self._credentials = credentials
-        self._metadata = metadata or None
+        self._metadata = metadata
         self._incarnation = secrets.token_hex(8)
         self._index = 0
-        self._channel: aio.Channel | None = None
+        self._channel: ControlPlaneChannel | None = None
         self.sent = 0
 
     async def run(self) -> None:
@@ -68,7 +67,7 @@ class TrafficReporter:
                 await self.flush()
         finally:
             if self._channel is not None:
-                await self._channel.close(grace=None)
+                self._channel.close()
 
     async def flush(self) -> bool:
         """Send what is pending; False when the control plane could not be reached."""
@@ -83,14 +82,18 @@ class TrafficReporter:
                 listen_address=self._listen,
             )
             try:
-                response = await self._call()(
-                    request, timeout=CALL_TIMEOUT_SECONDS, metadata=self._metadata
+                response = await self._connected().unary(
+                    REPORT_METHOD,
+                    request,
+                    traffic_pb2.ReportTrafficResponse,
+                    self._metadata,
+                    CALL_TIMEOUT_SECONDS,
                 )
-            except aio.AioRpcError as exc:
+            except CallFailed as exc:
                 log.info(
                     "traffic report to %s failed (%s); %d slices kept",
                     self._address(),
-                    exc.code().name,
+                    exc.code,
                     len(recorder.pending),
                 )
                 await self._rotate()
@@ -104,25 +107,16 @@ class TrafficReporter:
     def _address(self) -> str:
         return self._addresses[self._index % len(self._addresses)]
 
-    def _call(
-        self,
-    ) -> aio.UnaryUnaryMultiCallable[
-        traffic_pb2.ReportTrafficRequest, traffic_pb2.ReportTrafficResponse
-    ]:
+    def _connected(self) -> ControlPlaneChannel:
         if self._channel is None:
-            address = self._address()
-            self._channel = aio_channel(address, self._credentials)
-        return self._channel.unary_unary(
-            REPORT_METHOD,
-            request_serializer=traffic_pb2.ReportTrafficRequest.SerializeToString,
-            response_deserializer=traffic_pb2.ReportTrafficResponse.FromString,
-        )
+            self._channel = ControlPlaneChannel(self._address(), self._credentials)
+        return self._channel
 
     async def _rotate(self) -> None:
         self._index += 1
         if self._channel is not None:
             channel, self._channel = self._channel, None
-            await channel.close(grace=None)
+            channel.close()
 
 
 async def traffic_reports(app: web.Application) -> AsyncIterator[None]:

@@ -17,20 +17,19 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import grpc
 from aiohttp import web
 from google.protobuf.message import DecodeError
-from grpc import aio
 
-from corral.channels import aio_channel
 from corral.config import EdgeConfig
-from corral.v1 import gateway_pb2, gateway_pb2_grpc
+from corral.v1 import gateway_pb2
+from edge.cp_calls import CallFailed, ControlPlaneChannel
 from edge.state import write_atomically
 from edge.subscriber import auth_metadata, credentials, rotate
 
 log = logging.getLogger(__name__)
 
 FILE_NAME = "policy.pb"
+WATCH_METHOD = "/corral.v1.PolicyService/WatchPolicy"
 # How long a starting edge with no persisted policy waits for the control plane's before it
 # serves (refusing unknown keys with 503 until the policy comes).
 FIRST_POLICY_WAIT_SECONDS = 5.0
@@ -86,28 +85,25 @@ class PolicySubscriber:
     async def _follow(self, address: str) -> bool:
         """Stream from one address until it fails; True when it delivered anything."""
         received = False
-        channel = aio_channel(address, self._credentials)
+        channel = ControlPlaneChannel(address, self._credentials)
         try:
-            stub = gateway_pb2_grpc.PolicyServiceStub(channel)
             version, cluster_id = self._current()
             request = gateway_pb2.WatchPolicyRequest(
                 edge_id=self._edge_id, last_applied_version=version, cluster_id=cluster_id
             )
-            async for response in stub.WatchPolicy(request, metadata=self._metadata or None):
+            replies = channel.stream(
+                WATCH_METHOD, request, gateway_pb2.WatchPolicyResponse, self._metadata
+            )
+            async for response in replies:
                 received = True
                 await self._apply(response.policy)
-        except aio.AioRpcError as exc:
-            if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+        except CallFailed as exc:
+            if exc.code == "UNIMPLEMENTED":
                 # A control plane from before policies: it has no keys to give.
                 await self._apply(gateway_pb2.Policy())
-            log.warning(
-                "policy stream from %s failed: %s %s",
-                address,
-                exc.code().name,
-                exc.details() or "",
-            )
+            log.warning("policy stream from %s failed: %s %s", address, exc.code, exc.details)
         finally:
-            await channel.close(grace=None)
+            channel.close()
         return received
 
     async def _apply(self, policy: gateway_pb2.Policy) -> None:

@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 from typing import Any, Final
 
 from edge.gateway.call import Call
@@ -53,7 +53,9 @@ class ShippedPrices:
 @functools.cache
 def shipped() -> ShippedPrices:
     """The shipped price data file, read once."""
-    text = resources.files("edge.gateway").joinpath("data/prices.json").read_text()
+    # Beside this module (not importlib.resources: its readers load zipfile, memory an
+    # edge would keep for one read at startup).
+    text = (Path(__file__).parent / "data" / "prices.json").read_text()
     data: dict[str, Any] = json.loads(text)
     prices = {
         name.lower(): Price(float(p[0]), float(p[1]), float(p[2]))

@@ -23,7 +23,6 @@ import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, Final
 
 import aiohttp
@@ -167,6 +166,9 @@ def load_python(spec: str) -> Callable[..., Any]:
             for part in attr.split("."):
                 target = getattr(target, part)
         else:
+            # Only for a hook named by entry point: importlib.metadata is ~1.2 MiB resident.
+            from importlib.metadata import entry_points
+
             found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec]
             if not found:
                 raise EdgeError(f"no entry point {spec!r} in the {ENTRY_POINT_GROUP} group")

@@ -1,0 +1,189 @@
+"""The edge's gRPC calls to the control plane (edge/cp_calls.py, grpclib) against a real
+grpcio server: TLS and mutual TLS, tokens, error statuses, deadlines, dead connections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc import aio
+
+from corral.tls import TLSFileError
+from corral.v1 import routing_pb2, routing_pb2_grpc, traffic_pb2, types_pb2
+from edge.cp_calls import CallFailed, ControlPlaneChannel, tls_context
+from tests.support.etcd import TlsFiles, make_tls_files
+from tests.support.net import free_port
+
+WATCH = "/corral.v1.RoutingService/WatchSnapshots"
+REPORT = "/corral.v1.RoutingService/ReportTraffic"
+TOKEN = "edge-token-for-cp-calls"
+
+
+class Routing(routing_pb2_grpc.RoutingServiceServicer):
+    """Three snapshots to a caller with the token, then the stream ends; ReportTraffic
+    acknowledges what it is sent, or never answers while `hold` is set."""
+
+    def __init__(self) -> None:
+        self.metadata: list[dict[str, str]] = []
+        self.hold = False
+        self.released = asyncio.Event()
+
+    async def WatchSnapshots(
+        self, request: routing_pb2.WatchSnapshotsRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[routing_pb2.WatchSnapshotsResponse]:
+        metadata = {str(k): str(v) for k, v in context.invocation_metadata() or ()}
+        self.metadata.append(metadata)
+        if metadata.get("authorization") != f"Bearer {TOKEN}":
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad edge token")
+        for version in (1, 2, 3):
+            snapshot = types_pb2.Snapshot(version=version, cluster_id=request.edge_id)
+            yield routing_pb2.WatchSnapshotsResponse(snapshot=snapshot)
+
+    async def ReportTraffic(
+        self, request: traffic_pb2.ReportTrafficRequest, context: aio.ServicerContext
+    ) -> traffic_pb2.ReportTrafficResponse:
+        if self.hold:
+            await self.released.wait()
+        return traffic_pb2.ReportTrafficResponse(acked_seq=request.slices[-1].seq)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    tls: TlsFiles | None, *, mutual: bool = False
+) -> AsyncIterator[tuple[str, Routing]]:
+    """A grpcio server with RoutingService on a free port, plaintext or TLS."""
+    routing = Routing()
+    server = aio.server()
+    routing_pb2_grpc.add_RoutingServiceServicer_to_server(routing, server)
+    address = f"127.0.0.1:{free_port()}"
+    if tls is None:
+        server.add_insecure_port(address)
+    else:
+        credentials = grpc.ssl_server_credentials(
+            [(tls.server_key.read_bytes(), tls.server_cert.read_bytes())],
+            root_certificates=tls.ca.read_bytes() if mutual else None,
+            require_client_auth=mutual,
+        )
+        server.add_secure_port(address, credentials)
+    await server.start()
+    try:
+        yield address, routing
+    finally:
+        routing.released.set()
+        await server.stop(grace=None)
+
+
+async def watch(channel: ControlPlaneChannel, token: str = TOKEN) -> list[int]:
+    request = routing_pb2.WatchSnapshotsRequest(edge_id="e1")
+    metadata = [("authorization", f"Bearer {token}")]
+    try:
+        stream = channel.stream(WATCH, request, routing_pb2.WatchSnapshotsResponse, metadata)
+        return [reply.snapshot.version async for reply in stream]
+    finally:
+        channel.close()
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])
+async def test_stream_over_tls_carries_the_token(tmp_path: Path, mutual: bool) -> None:
+    """A server stream over TLS (mutual: with the client certificate) delivers every reply
+    in order, and the server sees the bearer token."""
+    tls = make_tls_files(tmp_path)
+    context = tls_context(
+        ca_file=str(tls.ca),
+        cert_file=str(tls.client_cert) if mutual else None,
+        key_file=str(tls.client_key) if mutual else None,
+    )
+    async with serving(tls, mutual=mutual) as (address, routing):
+        assert await watch(ControlPlaneChannel(address, context)) == [1, 2, 3]
+    assert routing.metadata[0]["authorization"] == f"Bearer {TOKEN}"
+
+
+async def test_tls_refusals_are_unavailable(tmp_path: Path) -> None:
+    """A server certificate from another CA, a missing client certificate under mutual
+    TLS and plaintext to a TLS port all fail as UNAVAILABLE, before any reply."""
+    tls = make_tls_files(tmp_path / "ours")
+    other = make_tls_files(tmp_path / "other")
+    async with serving(tls, mutual=True) as (address, routing):
+        for context in (
+            tls_context(
+                ca_file=str(other.ca), cert_file=str(tls.client_cert), key_file=str(tls.client_key)
+            ),
+            tls_context(ca_file=str(tls.ca), cert_file=None, key_file=None),
+            None,
+        ):
+            with pytest.raises(CallFailed) as caught:
+                await watch(ControlPlaneChannel(address, context))
+            assert caught.value.code == "UNAVAILABLE"
+        assert routing.metadata == []
+
+
+async def test_status_and_refused_connection() -> None:
+    """The server's status comes through by name; a closed port is UNAVAILABLE."""
+    async with serving(None) as (address, _):
+        with pytest.raises(CallFailed) as caught:
+            await watch(ControlPlaneChannel(address, None), token="wrong")
+        assert (caught.value.code, caught.value.details) == ("UNAUTHENTICATED", "bad edge token")
+    with pytest.raises(CallFailed) as refused:
+        await watch(ControlPlaneChannel(f"127.0.0.1:{free_port()}", None))
+    assert refused.value.code == "UNAVAILABLE"
+
+
+async def test_unary_answer_and_deadline() -> None:
+    """A unary call returns the server's reply; one the server does not answer within the
+    time given fails as DEADLINE_EXCEEDED, and the channel serves the next call."""
+    request = traffic_pb2.ReportTrafficRequest(
+        edge_id="e1", slices=[traffic_pb2.TrafficSlice(seq=7)]
+    )
+    async with serving(None) as (address, routing):
+        channel = ControlPlaneChannel(address, None)
+        try:
+            answer = await channel.unary(REPORT, request, traffic_pb2.ReportTrafficResponse, (), 10)
+            assert answer.acked_seq == 7
+            routing.hold = True
+            with pytest.raises(CallFailed) as caught:
+                await channel.unary(REPORT, request, traffic_pb2.ReportTrafficResponse, (), 0.3)
+            assert caught.value.code == "DEADLINE_EXCEEDED"
+            routing.hold = False
+            answer = await channel.unary(REPORT, request, traffic_pb2.ReportTrafficResponse, (), 10)
+            assert answer.acked_seq == 7
+        finally:
+            channel.close()
+
+
+async def test_keepalive_ends_a_stream_to_a_frozen_peer() -> None:
+    """A peer that accepts the connection and then says nothing (a frozen control plane)
+    fails the stream as UNAVAILABLE once a keepalive ping goes unanswered."""
+    accepted = asyncio.Event()
+
+    async def frozen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await reader.read(1 << 20)  # the preface and request, never an answer
+        await asyncio.Event().wait()
+
+    server = await asyncio.start_server(frozen, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    channel = ControlPlaneChannel(
+        f"127.0.0.1:{port}", None, keepalive_seconds=0.3, keepalive_timeout_seconds=0.3
+    )
+    try:
+        async with asyncio.timeout(20):
+            with pytest.raises(CallFailed) as caught:
+                await watch(channel)
+        assert caught.value.code == "UNAVAILABLE"
+        assert accepted.is_set()
+    finally:
+        server.close()
+
+
+def test_tls_files_are_checked() -> None:
+    """No CA and no certificate is plaintext; a certificate without its key, or a file that
+    cannot be read, is a TLSFileError naming the problem."""
+    assert tls_context(ca_file=None, cert_file=None, key_file=None) is None
+    with pytest.raises(TLSFileError, match="go together"):
+        tls_context(ca_file=None, cert_file="/nonexistent.crt", key_file=None)
+    with pytest.raises(TLSFileError, match=r"cannot read /nonexistent-ca\.pem"):
+        tls_context(ca_file="/nonexistent-ca.pem", cert_file=None, key_file=None)
