@@ -437,7 +437,8 @@ hot path adds **{per_call:.0f} ns per request, {per_call * 5000 / 1e7:.2f}% of a
 
 **Control plane, {cp["edges"]} edges reporting** (one etcd member and `corral controlplane
 --store etcd` on CPU 0; the edges simulated by this process on CPU 1, each reporting every
-5 s; every report is two conditional writes, a 10 s and a 60 s record):
+5 s; every report updates two records, a 10 s and a 60 s one, written with the other
+reports of the same 0.25 s in one conditional transaction):
 
 {cp_table}
 

@@ -13,6 +13,10 @@ import enum
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
+# Writes per put_all_if: etcd refuses transactions of more than 128 operations by default
+# (--max-txn-ops), and a failed one reads every key back.
+MAX_TXN_WRITES = 64
+
 
 class StoreError(Exception):
     """Root of every error a store raises; foreign errors are translated at the boundary."""
@@ -47,6 +51,27 @@ class KeyValue:
     create_revision: int
     # 0 when the key has no lease.
     lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One put of a put_all_if transaction, on the condition that the key's mod_revision
+    is expect_mod_revision (0: the key is absent)."""
+
+    key: bytes
+    value: bytes
+    expect_mod_revision: int
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """What put_all_if did: written at revision (every key's new mod_revision), or not
+    written and each key's current value (None: absent), read in the same transaction."""
+
+    written: bool
+    revision: int
+    current: dict[bytes, KeyValue | None]
 
 
 class EventType(enum.Enum):
@@ -124,6 +149,12 @@ class Store(abc.ABC):
           another agent's).
         Returns whether the write happened.
         """
+
+    @abc.abstractmethod
+    async def put_all_if(self, writes: Sequence[Write]) -> WriteOutcome:
+        """Write every key in one transaction (one revision, one watch batch) if every
+        key's condition holds; otherwise write nothing and return the keys' current values,
+        so a read-modify-write can retry without another read. At most MAX_TXN_WRITES."""
 
     @abc.abstractmethod
     async def delete(self, key: bytes) -> int:

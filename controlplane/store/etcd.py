@@ -19,6 +19,7 @@ from aetcd import rpc
 
 from controlplane.store import etcd_watch
 from controlplane.store.base import (
+    MAX_TXN_WRITES,
     KeyValue,
     LeaseNotFoundError,
     Store,
@@ -26,6 +27,8 @@ from controlplane.store.base import (
     StoreError,
     StoreUnavailableError,
     WatchBatch,
+    Write,
+    WriteOutcome,
 )
 from controlplane.store.etcd_conn import (
     RETRYABLE_CODES,
@@ -195,6 +198,34 @@ class EtcdStore(Store):
         if expect_absent_or_lease is not None and response.responses:
             return bool(response.responses[0].response_txn.succeeded)
         return False
+
+    async def put_all_if(self, writes: Sequence[Write]) -> WriteOutcome:
+        if len(writes) > MAX_TXN_WRITES:
+            raise StoreError(f"at most {MAX_TXN_WRITES} writes per transaction")
+        request = rpc.TxnRequest(
+            compare=[
+                rpc.Compare(
+                    key=w.key, target=_MOD, result=_EQUAL, mod_revision=w.expect_mod_revision
+                )
+                for w in writes
+            ],
+            success=[
+                rpc.RequestOp(request_put=rpc.PutRequest(key=w.key, value=w.value, lease=w.lease))
+                for w in writes
+            ],
+            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=w.key)) for w in writes],
+        )
+        # Not idempotent: a retry after a lost answer would fail on our own write.
+        response = await self._call(
+            "put_all_if", lambda s, t: s.kv.Txn(request, timeout=t), idempotent=False
+        )
+        if response.succeeded:
+            return WriteOutcome(True, int(response.header.revision), {})
+        current: dict[bytes, KeyValue | None] = {}
+        for write, answer in zip(writes, response.responses, strict=True):
+            kvs = answer.response_range.kvs
+            current[write.key] = key_value(kvs[0]) if kvs else None
+        return WriteOutcome(False, int(response.header.revision), current)
 
     async def delete(self, key: bytes) -> int:
         request = rpc.DeleteRangeRequest(key=key)

@@ -12,18 +12,22 @@ import bisect
 import math
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from controlplane.store.base import (
+    MAX_TXN_WRITES,
     CompactedError,
     EventType,
     KeyValue,
     LeaseNotFoundError,
     Store,
     StoreClosedError,
+    StoreError,
     WatchBatch,
     WatchEvent,
+    Write,
+    WriteOutcome,
 )
 
 # Revisions of history kept for watches that start in the past.
@@ -135,6 +139,22 @@ class MemoryStore(Store):
             return False
         self._put(key, value, lease)
         return True
+
+    async def put_all_if(self, writes: Sequence[Write]) -> WriteOutcome:
+        self._check_open()
+        if len(writes) > MAX_TXN_WRITES:
+            raise StoreError(f"at most {MAX_TXN_WRITES} writes per transaction")
+        data = self._data
+        if any(
+            (data[w.key].mod_revision if w.key in data else 0) != w.expect_mod_revision
+            for w in writes
+        ):
+            return WriteOutcome(False, self._revision, {w.key: data.get(w.key) for w in writes})
+        for write in writes:  # as etcd: a missing lease fails the whole transaction
+            if write.lease:
+                self._live_lease(write.lease)
+        self._commit([self._stored(w.key, w.value, w.lease) for w in writes])
+        return WriteOutcome(True, self._revision, {})
 
     async def delete(self, key: bytes) -> int:
         self._check_open()
@@ -267,6 +287,10 @@ class MemoryStore(Store):
         return lease
 
     def _put(self, key: bytes, value: bytes, lease_id: int) -> None:
+        self._commit([self._stored(key, value, lease_id)])
+
+    def _stored(self, key: bytes, value: bytes, lease_id: int) -> WatchEvent:
+        """Hold key at the next revision (the caller commits); its PUT event."""
         lease = self._live_lease(lease_id) if lease_id else None
         current = self._data.get(key)
         revision = self._revision + 1
@@ -286,7 +310,7 @@ class MemoryStore(Store):
         self._data[key] = kv
         if lease is not None:
             lease.keys.add(key)
-        self._commit([WatchEvent(EventType.PUT, kv)])
+        return WatchEvent(EventType.PUT, kv)
 
     def _remove(self, key: bytes) -> WatchEvent:
         """Drop key (it exists) and return its DELETE event at the next revision."""

@@ -19,8 +19,18 @@ _BYTES = _FIELDS.size
 _MAX = (1 << 63) - 1
 
 
+# Packers of n signed 64-bit fields: a count of 2**63 or more (never real) fails them.
+_PACKERS = [struct.Struct(f"<{n}q") for n in range(hist.SIZE + 1)]
+
+
 def pack(counts: Iterable[int]) -> int:
-    values = [min(c, _MAX) for c in counts][: hist.SIZE]
+    values = list(counts)
+    if len(values) <= hist.SIZE:
+        try:
+            return int.from_bytes(_PACKERS[len(values)].pack(*values), "little")
+        except struct.error:
+            pass
+    values = [min(c, _MAX) for c in values][: hist.SIZE]
     values += [0] * (hist.SIZE - len(values))
     return int.from_bytes(_FIELDS.pack(*values), "little")
 
@@ -68,8 +78,8 @@ class CellSum:
         out.requests = cell.requests
         out.statuses = dict(cell.statuses)
         out.errors = sum(n for s, n in out.statuses.items() if is_error(s))
-        out.latency = pack(cell.latency)
-        out.ttft = pack(cell.ttft)
+        out.latency = pack(cell.latency[:])  # a slice of a repeated field: one C copy
+        out.ttft = pack(cell.ttft[:])
         out.prompt_tokens = cell.prompt_tokens
         out.completion_tokens = cell.completion_tokens
         out.cache_hits = cell.cache_hits
