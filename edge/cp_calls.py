@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TypeVar
 
 import h2.exceptions
+import hpack.hpack
+import hpack.table
 from google.protobuf.message import Message
 from grpclib.client import Channel
 from grpclib.config import Configuration
@@ -28,7 +30,8 @@ from corral.keepalive import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS
 from corral.tls import TLSFileError, read_pem
 
 # hpack logs every header it encodes at DEBUG, the bearer token included: never that low.
-logging.getLogger("hpack").setLevel(logging.INFO)
+for _module in (hpack.hpack, hpack.table):
+    _module.log.setLevel(logging.INFO)
 
 Reply = TypeVar("Reply", bound=Message)
 Metadata = Sequence[tuple[str, str]]
