@@ -54,6 +54,7 @@ from edge.providers.hosted import Pools, adapt, honour_retry_after
 from edge.relay import (
     BACKEND_HEADER,
     ROUTE_HEADER,
+    ChunkSink,
     ClientGone,
     RelayResponse,
     abandon,
@@ -470,18 +471,16 @@ class Proxy:
                 idle = self._idle
                 chunk_of = exchange.chunk
                 tap = meter.chunk
-                write = writer.write
+                sink = ChunkSink(writer)
+                put = sink.put
                 while True:
                     deadlines.push(deadline, idle)
                     chunk = await content.readany()
                     if not chunk:
                         break
                     out = chunk_of(tap(chunk))
-                    if out:
-                        try:
-                            await write(out)
-                        except ConnectionResetError:
-                            raise ClientGone from None
+                    if out and put(out):
+                        await sink.drain()
                 clean = True
                 self.balancer.succeeded(backend)
                 deadlines.push(deadline, idle)

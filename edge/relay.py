@@ -102,6 +102,36 @@ def abandon(writer: AbstractStreamWriter) -> None:
     cast(StreamWriter, writer).chunked = False
 
 
+class ChunkSink:
+    """A started stream's chunks, framed here and written straight to the client's transport:
+    one plain call a chunk instead of aiohttp's write coroutines (the held-back head goes out
+    with the first chunk, through aiohttp's writer: `send`). The writer's byte counts do not
+    include these chunks; its end of the stream (write_eof) is still the writer's."""
+
+    __slots__ = ("_chunked", "_transport", "_writer")
+
+    def __init__(self, writer: AbstractStreamWriter) -> None:
+        stream = cast(StreamWriter, writer)
+        self._writer = stream
+        self._chunked = stream.chunked  # HTTP/1.0 clients: not chunked, the close ends it
+        self._transport = stream.transport
+
+    def put(self, data: bytes) -> bool:
+        """Write one chunk; True when the client is not keeping up (then await drain())."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ClientGone
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        return transport.get_write_buffer_size() > 0
+
+    async def drain(self) -> None:
+        """Until the client took enough of what waits for it (aiohttp's flow control)."""
+        try:
+            await self._writer.drain()
+        except ConnectionResetError:
+            raise ClientGone from None
+
+
 async def send(writer: AbstractStreamWriter, data: bytes) -> None:
     """The first chunk of a staged stream to the client, with the held-back head; a dead
     client connection becomes ClientGone."""
