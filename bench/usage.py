@@ -9,7 +9,9 @@ every request checked; the SQLite sink). Every request carries the same `Authori
 Bearer` header (the open edge ignores it). wrk (CPU 1) loads them in turn, paired rounds at
 32 connections (req/s and edge CPU per request), the order alternating round by round (off
 first, then on first) so a neighbour's load that rises or falls during a round weighs on both
-alike; then one connection each (p50). RSS of the "on" edge at rest and after every round
+alike; then both at once, each by its own wrk, sharing CPU 0 (the paired figure least moved
+by the machine's other work: it weighs on both at the same moments); then one connection each
+(p50). RSS of the "on" edge at rest and after every round
 (growth). The rows in SQLite are counted against the requests wrk saw answered, and must all
 name the keys' team.
 Part 2: a throwaway PostgreSQL (tests/support/postgres.py), 3 writer processes (the real
@@ -25,6 +27,7 @@ import json
 import sqlite3
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +96,7 @@ def median(values: list[float]) -> float:
 class EdgeResult:
     # per round: off rps, on rps, off CPU s/request, on CPU s/request
     pairs: list[tuple[float, float, float, float]]
+    together: list[tuple[float, float, float, float]]  # the same, both edges loaded at once
     c1: list[tuple[float, float]]  # per round: off p50, on p50 at one connection
     rss: list[float]
     rows: int
@@ -107,6 +111,11 @@ class EdgeResult:
     def cpu_ratio(self) -> float:
         """Requests per CPU second, on / off: the throughput ratio on a machine to itself."""
         return median([ca / cb for _, _, ca, cb in self.pairs])
+
+    @property
+    def together_ratio(self) -> float:
+        """Requests per CPU second, on / off, the two loaded at once (median of rounds)."""
+        return median([ca / cb for _, _, ca, cb in self.together])
 
     @property
     def pooled_cpu_ratio(self) -> float:
@@ -145,6 +154,7 @@ def edges(tmp: Path, procs: Procs, seconds: float, rounds: int, keys: int) -> Ed
     answered = wrk.run(on_url, script, connections=32, seconds=2, cpus=LOAD_CPU).requests
     rss = [on.rss_mib()]
     pairs = []
+    together: list[tuple[float, float, float, float]] = []
     c1s = []
     for i in range(rounds):
         measured: dict[str, tuple[float, float]] = {}
@@ -159,6 +169,11 @@ def edges(tmp: Path, procs: Procs, seconds: float, rounds: int, keys: int) -> Ed
                 answered += result.requests
         (a, cpu_a), (b, cpu_b) = measured["off"], measured["on"]
         pairs.append((a, b, cpu_a, cpu_b))
+        both = at_once({"off": (off, off_url), "on": (on, on_url)}, script, seconds)
+        (t_off, t_cpu_a), (t_on, t_cpu_b) = both["off"], both["on"]
+        t_a, t_b = t_off.rps, t_on.rps
+        together.append((t_a, t_b, t_cpu_a, t_cpu_b))
+        answered += t_on.requests
         rss.append(on.rss_mib())
         c1 = c1_seconds(seconds)
         c1_off = wrk.run(off_url, script, connections=1, seconds=c1, cpus=LOAD_CPU)
@@ -168,7 +183,9 @@ def edges(tmp: Path, procs: Procs, seconds: float, rounds: int, keys: int) -> Ed
         first = "off" if i % 2 == 0 else "on"
         print(f"  round ({first} first): off {a:,.0f} req/s {cpu_a * 1e6:.0f} us/req, on "
               f"{b:,.0f} req/s {cpu_b * 1e6:.0f} us/req; c1 p50 {c1_off.p50 * 1e3:.3f} / "
-              f"{c1_on.p50 * 1e3:.3f} ms; rss {rss[-1]:.1f} MiB", flush=True)  # fmt: skip
+              f"{c1_on.p50 * 1e3:.3f} ms; rss {rss[-1]:.1f} MiB; at once: off {t_a:,.0f} req/s "
+              f"{t_cpu_a * 1e6:.0f} us/req, on {t_b:,.0f} req/s {t_cpu_b * 1e6:.0f} us/req",
+              flush=True)  # fmt: skip
     procs.stop(on)  # a clean stop: every pending record written
     db = sqlite3.connect(tmp / "edge-on.db")
     rows = int(db.execute("SELECT count(*) FROM corral_usage WHERE team = 'bench'").fetchone()[0])
@@ -177,7 +194,29 @@ def edges(tmp: Path, procs: Procs, seconds: float, rounds: int, keys: int) -> Ed
     db.close()
     if stray:
         raise BenchError(f"{stray} rows neither of the keys' team nor refused without a key")
-    return EdgeResult(pairs, c1s, rss, rows, answered, keys)
+    return EdgeResult(pairs, together, c1s, rss, rows, answered, keys)
+
+
+def at_once(
+    edges: dict[str, tuple[Proc, str]], script: Path, seconds: float
+) -> dict[str, tuple[wrk.WrkResult, float]]:
+    """Every edge loaded at the same time, each by its own wrk at 32 connections: they share
+    CPU 0, and whatever else runs on the machine weighs on all alike, at the same moments.
+    Per edge: wrk's result and the edge's CPU seconds per request."""
+    with ThreadPoolExecutor(len(edges)) as pool:
+        cpu = {name: proc.cpu_seconds() for name, (proc, _) in edges.items()}
+        runs = {
+            name: pool.submit(wrk.run, url, script, connections=32, seconds=seconds, cpus=LOAD_CPU)
+            for name, (_, url) in edges.items()
+        }
+        results = {name: run.result() for name, run in runs.items()}
+        spent = {name: proc.cpu_seconds() - cpu[name] for name, (proc, _) in edges.items()}
+    out = {}
+    for name, result in results.items():
+        if result.errors:
+            raise BenchError(f"{name}: {result.errors} errors")
+        out[name] = (result, spent[name] / max(1, result.requests))
+    return out
 
 
 def postgres(seconds: float, rate: float) -> PgResult:
@@ -234,9 +273,10 @@ def writer_cpu(count: int = 50_000) -> float:
             call.backend, call.route, call.duration = "nginx", "sticky", 0.002
             batch.append(call)
         started = time.process_time()
-        for call in batch:
-            recorder.record(call)
-        await recorder.flush()
+        for start in range(0, count, 1000):  # as the edge does: a flush every batch
+            for call in batch[start : start + 1000]:
+                recorder.record(call)
+            await recorder.flush()
         spent = time.process_time() - started
         await sink.close()
         return spent / count * 1e6
@@ -290,6 +330,11 @@ def report(
          f"{p0 * 1e3:.3f}", f"{p1 * 1e3:.3f}"]
         for i, ((a, b, ca, cb), (p0, p1)) in enumerate(zip(e.pairs, e.c1, strict=True))
     ]  # fmt: skip
+    together = [
+        [f"round {i + 1}", f"{a:,.0f}", f"{b:,.0f}", f"{b / a:.2f}", f"{ca * 1e6:.0f}",
+         f"{cb * 1e6:.0f}", f"{ca / cb:.2f}"]
+        for i, (a, b, ca, cb) in enumerate(e.together)
+    ]  # fmt: skip
     headers = ["", "off req/s", "on req/s", "ratio", "off CPU µs/req", "on CPU µs/req",
                "req/CPU-s ratio", "off c1 p50 ms", "on c1 p50 ms"]  # fmt: skip
     pg_rows = [
@@ -314,10 +359,17 @@ connection on each; {len(e.pairs)} rounds:
 
 {md_table(headers, rows)}
 
-- Throughput ratio, median of rounds: **{e.ratio:.2f}** by wall-clock req/s; **{e.cpu_ratio:.2f}**
-  by requests per CPU second of the edge process (its writer thread included), the figure
-  that holds on a busy machine (target ≥ 0.90); all rounds pooled (mean CPU per request,
-  off / on): **{e.pooled_cpu_ratio:.2f}**.
+The same rounds' second half: both edges loaded at once, each by its own wrk at 32
+connections, sharing CPU 0 (so whatever else runs on the machine weighs on both alike, at the
+same moments; each gets about half the CPU):
+
+{md_table(headers[:7], together)}
+
+- Throughput ratio, loaded in turn, median of rounds: **{e.ratio:.2f}** by wall-clock req/s;
+  **{e.cpu_ratio:.2f}** by requests per CPU second of the edge process (its writer thread
+  included); all rounds pooled (mean CPU per request, off / on): **{e.pooled_cpu_ratio:.2f}**.
+- Loaded at once, median of rounds: **{e.together_ratio:.2f}** by requests per CPU second
+  (target ≥ 0.90), the figure least moved by the machine's other work.
 - Added p50 at one connection, median of the rounds' differences: **{added:+.3f} ms**
   (target ≤ 0.1 ms).
 - RSS of the edge "on": {e.rss[0]:.1f} MiB after warm-up, then {after} MiB after

@@ -9,6 +9,7 @@ so a batch retried after a failure or a crash mid-write is never counted twice.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -123,6 +124,7 @@ def _sqlite_migrate(db: sqlite3.Connection) -> None:
         raise
 
 
+@functools.cache
 def _sqlite_insert(rows: int) -> str:
     """One INSERT of `rows` rows; the sentinels of absent values become NULL."""
     values = ", ".join(
@@ -134,12 +136,26 @@ def _sqlite_insert(rows: int) -> str:
     )
 
 
-# Rows go in statements of _SQLITE_CHUNK rows each (the rest one by one): each statement is
-# one step, so the sqlite3 module binds and steps (releasing the GIL) once per chunk rather
-# than once per row. SQLite < 3.32 takes at most 999 parameters a statement.
-_SQLITE_CHUNK: Final = 999 // len(NAMES)
-_SQLITE_INSERT: Final = _sqlite_insert(1)
-_SQLITE_INSERT_CHUNK: Final = _sqlite_insert(_SQLITE_CHUNK)
+# Rows go in multi-row statements: the sqlite3 module releases the GIL around every step and
+# reset (a thread switch when the event loop is waiting for it), so once a statement, not once
+# a row. A statement holds at most _SQLITE_MAX_ROWS rows (about 0.1 ms of binding with the GIL
+# held) and SQLite's limit of parameters (999 before 3.32); the rest of a batch goes in
+# statements of a power of two rows, so a handful of distinct statements serve every batch
+# (the connection keeps them prepared).
+_SQLITE_MAX_ROWS: Final = 128
+
+
+def sqlite_chunks(count: int, most: int) -> list[int]:
+    """The sizes of the statements that insert `count` rows, `most` rows at most each."""
+    sizes = [most] * (count // most)
+    rest = count % most
+    size = 1 << max(0, rest.bit_length() - 1)
+    while rest:
+        if size <= rest:
+            sizes.append(size)
+            rest -= size
+        size >>= 1
+    return sizes
 
 
 class SQLiteSink(_Threaded):
@@ -151,6 +167,7 @@ class SQLiteSink(_Threaded):
         super().__init__("sqlite")
         self.path = path
         self._db: sqlite3.Connection | None = None
+        self._rows_per_statement = 1  # set by _connect() from SQLite's limit
 
     async def open(self) -> None:
         try:
@@ -159,22 +176,22 @@ class SQLiteSink(_Threaded):
             raise SinkError(f"cannot open the usage database {self.path}: {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite_connect(self.path, create=True)
+        db = sqlite_connect(self.path, create=True)
+        most = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(NAMES)
+        self._rows_per_statement = max(1, min(_SQLITE_MAX_ROWS, most))
+        return db
 
     def _write(self, rows: list[Row]) -> None:
         db = self._db
         if db is None:
             db = self._db = self._connect()
-        chunk = _SQLITE_CHUNK
-        whole = len(rows) - len(rows) % chunk
+        start = 0
         db.execute("BEGIN")
         try:
-            for start in range(0, whole, chunk):
-                db.execute(
-                    _SQLITE_INSERT_CHUNK, tuple(chain.from_iterable(rows[start : start + chunk]))
-                )
-            if whole < len(rows):
-                db.executemany(_SQLITE_INSERT, rows[whole:])
+            for size in sqlite_chunks(len(rows), self._rows_per_statement):
+                end = start + size
+                db.execute(_sqlite_insert(size), tuple(chain.from_iterable(rows[start:end])))
+                start = end
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

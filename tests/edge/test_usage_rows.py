@@ -142,7 +142,7 @@ async def test_sqlite_batches_across_statements_whole(tmp_path: Path) -> None:
     sink = SQLiteSink(str(tmp_path / "u.db"))
     await sink.open()
     written: list[Row] = []
-    for size in (1, 36, 37, 38, 74, 100, 1000):
+    for size in (1, 2, 37, 100, 127, 128, 129, 255, 1000):
         batch = []
         for i in range(size):
             call = Call(new_id(), f"{size}-{i}", 0.0, 1_700_000_000.0 + i, "chat", status=200)
