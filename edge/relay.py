@@ -42,9 +42,14 @@ class RelayResponse(web.StreamResponse):
 
 
 def relay_headers(
-    upstream: aiohttp.ClientResponse | Answer, backend: BackendState, label: str
+    upstream: aiohttp.ClientResponse | Answer,
+    backend: BackendState,
+    label: str,
+    into: CIMultiDict[str] | None = None,
 ) -> CIMultiDict[str]:
-    headers: CIMultiDict[str] = CIMultiDict()
+    """The backend's response headers the client gets (added to `into` when given: a
+    response's own headers, not copied once more by its constructor)."""
+    headers: CIMultiDict[str] = CIMultiDict() if into is None else into
     for name, value in upstream.headers.items():
         if name.lower() not in _DROPPED_HEADERS:
             headers.add(name, value)
@@ -87,9 +92,8 @@ async def stage(
     to be written, together with the head. Streams are aiohttp's alone (the lane hands them
     over)."""
     assert isinstance(request, web.BaseRequest), "a stream needs aiohttp's request"
-    headers = relay_headers(upstream, backend, label)
-    headers.setdefault("Cache-Control", "no-cache")
-    relay = RelayResponse(status=200, headers=headers)
+    relay = RelayResponse(status=200)
+    relay_headers(upstream, backend, label, relay.headers).setdefault("Cache-Control", "no-cache")
     writer = await relay.prepare(request)
     assert writer is not None  # None only for a response already finished
     return relay, writer
