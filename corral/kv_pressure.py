@@ -20,8 +20,11 @@ KV_PRESSURE_START = 0.8
 # Above it, load counts (1 - START) / (1 - usage) times, at most KV_MAX_FACTOR times:
 # x2 at 0.9, x4 at 0.95, x10 at 0.98.
 KV_MAX_FACTOR = 20.0
+# A KV cache this full leaves no room for another conversation's prefix without evicting
+# one: a server reporting slots has no free one (edge/table.py: BackendState.free_slot).
+KV_NEARLY_FULL = 0.9
 # The usages whose crossing is written to the store (each roughly doubles the factor).
-KV_LEVELS = (KV_PRESSURE_START, 0.9, 0.95, 0.98)
+KV_LEVELS = (KV_PRESSURE_START, KV_NEARLY_FULL, 0.95, 0.98)
 
 
 def kv_load_factor(usage: float) -> float:

@@ -16,7 +16,7 @@ import orjson
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from corral.kv_pressure import kv_load_factor
+from corral.kv_pressure import KV_NEARLY_FULL, kv_load_factor
 from corral.v1 import types_pb2
 
 if TYPE_CHECKING:
@@ -27,8 +27,6 @@ DEGRADED = types_pb2.HEALTH_STATE_DEGRADED
 CAPABILITY_ANTHROPIC_MESSAGES = types_pb2.CAPABILITY_ANTHROPIC_MESSAGES
 _MAX_WEIGHT = 1e6
 _MAX_CACHED_URLS = 64
-# A KV cache this full leaves no room for another conversation's prefix without evicting one.
-KV_NEARLY_FULL = 0.9
 
 
 @dataclass(frozen=True, slots=True)
