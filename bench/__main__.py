@@ -19,6 +19,7 @@ BENCHMARKS = {
     "traffic": "bench.traffic",
     "headers": "bench.headers",
     "profile": "bench.profile",
+    "lane": "bench.lane",
 }
 
 

@@ -520,7 +520,7 @@ class EdgeConfig:
     # The server on the edge's port: "lane" (edge/lane/: a lean HTTP/1.1 server for plain
     # non-streaming POSTs to the OpenAI routes, handing every other connection to aiohttp)
     # or "aiohttp" (aiohttp serves every connection).
-    server: str = "aiohttp"
+    server: str = "lane"
     # Empty means hostname:pid.
     edge_id: str = ""
     shutdown_grace_seconds: float = 10.0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
 import httptools
@@ -79,8 +78,14 @@ class LaneProtocol(asyncio.Protocol):
         self._complete = False
         self._keep_alive = True
         self._task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._paused = False
+        # No timer per request: the idle one is armed once per client_timeout at most and
+        # checks when the connection last went idle; the patience one only for a message
+        # that did not arrive in one read.
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
+        self._patience: asyncio.TimerHandle | None = None
+        self._paused = False  # the client sent too much ahead
+        self._unread = False  # the client does not read its answers
 
     # -- the connection --------------------------------------------------------------------
 
@@ -94,11 +99,14 @@ class LaneProtocol(asyncio.Protocol):
         elif peer is not None:
             self._remote = str(peer)
         self._lane.connections.add(self)
-        self._wait(self._lane.client_timeout, self._idle_expired)
+        self._idle_since = self._loop.time()
+        self._idle_timer = self._loop.call_at(
+            self._idle_since + self._lane.client_timeout, self._idle_check
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lane.connections.discard(self)
-        self._stop_timer()
+        self._stop_timers()
         self._transport = None
         task = self._task
         if task is not None:
@@ -108,11 +116,28 @@ class LaneProtocol(asyncio.Protocol):
         if self._task is not None:  # a request is being served: keep these for after
             self._pending += data
             if len(self._pending) > _PENDING_LIMIT and not self._paused:
-                self._paused = True
-                if self._transport is not None:
-                    self._transport.pause_reading()
+                self._pause(True)
             return
         self._receive(data)
+
+    def pause_writing(self) -> None:
+        """The client is not reading its answers: stop reading its requests meanwhile."""
+        self._unread = True
+        if not self._paused and self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._unread = False
+        if not self._paused and self._transport is not None:
+            self._transport.resume_reading()
+
+    def _pause(self, paused: bool) -> None:
+        self._paused = paused
+        if not self._unread and self._transport is not None:
+            if paused:
+                self._transport.pause_reading()
+            else:
+                self._transport.resume_reading()
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -131,8 +156,6 @@ class LaneProtocol(asyncio.Protocol):
     # -- parsing ---------------------------------------------------------------------------
 
     def _receive(self, data: bytes) -> None:
-        if not self._buffer:  # a new message begins
-            self._wait(min(HANDOVER_AFTER_SECONDS, self._lane.client_timeout), self.hand_over)
         self._buffer += data
         try:
             self._parser.feed_data(data)
@@ -143,14 +166,19 @@ class LaneProtocol(asyncio.Protocol):
             self.hand_over()
             return
         if not self._complete:
+            if self._patience is None:  # it did not come in one read: wait a little
+                wait = min(HANDOVER_AFTER_SECONDS, self._lane.client_timeout)
+                self._patience = self._loop.call_later(wait, self.hand_over)
             return
+        if self._patience is not None:
+            self._patience.cancel()
+            self._patience = None
         route = self._route
         assert route is not None
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         if route.streams and asks_to_stream(body):
             self.hand_over()
             return
-        self._stop_timer()
         request = LaneRequest(
             self._lane.app, route.path, header_dict(self._headers), body, self._remote
         )
@@ -211,9 +239,10 @@ class LaneProtocol(asyncio.Protocol):
             if transport is None or transport.is_closing():
                 return  # the client went away meanwhile
             keep_alive = keep_alive and not self._lane.closing
+            if not isinstance(response, web.Response):  # streams are handed over: a bug
+                log.error("the lane cannot write a %s", type(response).__name__)
+                response = _internal_error()
             try:
-                if not isinstance(response, web.Response):
-                    raise TypeError(f"the lane cannot write a {type(response).__name__}")
                 body, keep_alive = finish_headers(response, keep_alive)
                 for hook in self._lane.hooks:
                     await hook(request, response)
@@ -243,10 +272,9 @@ class LaneProtocol(asyncio.Protocol):
         self._route = None
         self._length = -1
         self._complete = False
-        self._wait(self._lane.client_timeout, self._idle_expired)
-        if self._paused and self._transport is not None:
-            self._paused = False
-            self._transport.resume_reading()
+        self._idle_since = self._loop.time()
+        if self._paused:
+            self._pause(False)
         if self._pending:
             pending, self._pending = bytes(self._pending), bytearray()
             self._receive(pending)
@@ -255,7 +283,7 @@ class LaneProtocol(asyncio.Protocol):
 
     def hand_over(self) -> None:
         """From now on the connection is aiohttp's, starting with the current message."""
-        self._stop_timer()
+        self._stop_timers()
         self._lane.connections.discard(self)
         transport = self._transport
         if transport is None or transport.is_closing():
@@ -263,25 +291,31 @@ class LaneProtocol(asyncio.Protocol):
         self._transport = None
         handler = self._lane.aiohttp_handler()
         transport.set_protocol(handler)
-        if self._paused:
+        if self._paused or self._unread:
             transport.resume_reading()
         handler.connection_made(transport)
         data = bytes(self._buffer)
         if data:
             handler.data_received(data)
 
-    def _idle_expired(self) -> None:
-        self._timer = None
-        self.close()
+    def _idle_check(self) -> None:
+        """Close the connection once idle for client_timeout; else look again later."""
+        now = self._loop.time()
+        if not self.idle:  # busy now: a request in flight or arriving (patience's job)
+            due = now + self._lane.client_timeout
+        elif now - self._idle_since >= self._lane.client_timeout:
+            self._idle_timer = None
+            self.close()
+            return
+        else:
+            due = self._idle_since + self._lane.client_timeout
+        self._idle_timer = self._loop.call_at(due, self._idle_check)
 
-    def _wait(self, seconds: float, then: Callable[[], None]) -> None:
-        self._stop_timer()
-        self._timer = self._loop.call_later(seconds, then)
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _stop_timers(self) -> None:
+        for timer in (self._idle_timer, self._patience):
+            if timer is not None:
+                timer.cancel()
+        self._idle_timer = self._patience = None
 
 
 def _internal_error() -> web.Response:
