@@ -4,35 +4,27 @@ Messages handler re-dresses them in Anthropic's), with Retry-After."""
 from __future__ import annotations
 
 import math
+from collections.abc import MutableMapping
+from typing import Final
 
 from edge.errors import ApiError
 from edge.gateway.limits.policy import BUDGET, PARALLEL, RPM, STORE, TPM, USD
 from edge.gateway.limits.ticket import Refused, Ticket
 
-_NAMES = {
-    RPM: (
-        "x-ratelimit-limit-requests",
-        "x-ratelimit-remaining-requests",
-        "x-ratelimit-reset-requests",
-    ),
-    TPM: ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
-}
+# A reset under a minute as OpenAI writes it, by whole seconds left: "1s" ... "59s".
+_SECONDS: Final = tuple(f"{n}s" for n in range(60))
 
 
-def headers(ticket: Ticket, now: float) -> dict[str, str]:
+def put_headers(target: MutableMapping[str, str], ticket: Ticket, now: float) -> None:
     """x-ratelimit-{limit,remaining,reset}-{requests,tokens} from the first rpm and tpm
-    counters of the request (the key's before its team's)."""
-    out: dict[str, str] = {}
-    for bucket, _ in ticket.takes:
-        names = _NAMES.get(bucket.reason)
-        if names is None or names[0] in out:
-            continue
-        limit, remaining, reset = names
-        out[limit] = str(bucket.limit)
-        out[remaining] = str(bucket.remaining())
+    counters of the request (the key's before its team's), set (not added) on `target`."""
+    buckets = ticket.buckets
+    for index, (limit, remaining, reset) in ticket.plan.header_slots:
+        bucket = buckets[index]
+        target[limit] = str(bucket.limit)
+        target[remaining] = str(bucket.remaining())
         left = bucket.resets - now
-        out[reset] = f"{int(left)}s" if 1 <= left < 60 else duration(left)
-    return out
+        target[reset] = _SECONDS[int(left)] if 1 <= left < 60 else duration(left)
 
 
 def duration(seconds: float) -> str:

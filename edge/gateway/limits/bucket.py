@@ -12,13 +12,19 @@ import asyncio
 import math
 from typing import TYPE_CHECKING
 
-from edge.gateway.limits.policy import BUDGET, PARALLEL, budget_window, rate_window
+from edge.gateway.limits.policy import BUDGET, PARALLEL, TPM, USD, budget_window, rate_window
 from edge.gateway.limits.shared import PREFIX
 
 if TYPE_CHECKING:
     from edge.gateway.limits.ticket import Subject  # ticket imports this module
 
 _GAUGE_TTL_MS = 24 * 3600 * 1000
+
+# What a bucket counts, as an index into a request's (1, tokens, cost): one per request (rpm,
+# parallel), its tokens (tpm, token budgets) or its cost in micro-dollars (USD budgets).
+PER_REQUEST = 0
+PER_TOKEN = 1
+PER_MICRO_USD = 2
 
 
 class Bucket:
@@ -34,6 +40,7 @@ class Bucket:
         "last_used",
         "lease",
         "limit",
+        "low",
         "owner",
         "pending",
         "queued",
@@ -43,10 +50,12 @@ class Bucket:
         "reason",
         "refill",
         "resets",
+        "retired",
         "short_need",
         "short_times",
         "short_until",
         "ttl_ms",
+        "unit",
         "used",
     )
 
@@ -62,6 +71,7 @@ class Bucket:
         *,
         gauge: bool = False,
         durable: bool = False,
+        unit: int = PER_REQUEST,
     ) -> None:
         self.key = key
         self.owner = owner  # (subject kind, subject name, reason): its slot in the limiter
@@ -71,6 +81,9 @@ class Bucket:
         self.ttl_ms = ttl_ms
         self.gauge = gauge
         self.durable = durable
+        self.unit = unit  # PER_REQUEST, PER_TOKEN or PER_MICRO_USD
+        # Replaced by the next window's bucket, or dropped: unused reservations stay unused.
+        self.retired = False
         self.lease = 0  # admissible here without asking the store
         self.contributed = 0  # what the store counts from this edge
         self.pending = 0  # signed adjustment to send with the next call
@@ -78,6 +91,7 @@ class Bucket:
         self.epoch = ""
         self.used = 0  # store-wide total at the last answer
         self.last_grant = 0
+        self.low = 0  # a quarter of the last grant: a lease under it is refilled early
         self.refill: asyncio.Future[None] | None = None
         # Fail-open: grants from the in-process fallback, owed to the store once it is back.
         self.fallback_granted = 0
@@ -96,12 +110,15 @@ class Bucket:
         self.lease -= amount
         self.last_used = now
         self.rate_count += amount
-        elapsed = now - self.rate_start
-        if elapsed >= 0.5:
-            sample = self.rate_count / elapsed
-            self.rate = sample if self.rate == 0 else 0.5 * self.rate + 0.5 * sample
-            self.rate_count = 0
-            self.rate_start = now
+        if now - self.rate_start >= 0.5:
+            self.sample_rate(now)
+
+    def sample_rate(self, now: float) -> None:
+        """Fold the units taken since the last sample into the demand estimate."""
+        sample = self.rate_count / (now - self.rate_start)
+        self.rate = sample if self.rate == 0 else 0.5 * self.rate + 0.5 * sample
+        self.rate_count = 0
+        self.rate_start = now
 
     def want(self, need: int, now: float, horizon: float) -> int:
         """How much to ask for: the demand of the next `horizon` seconds (but what the
@@ -150,12 +167,17 @@ def open_bucket(subject: Subject, reason: str, limit: int, now: float, window: f
     base = f"{PREFIX}{subject.kind}:{subject.name}:"
     if reason == PARALLEL:
         return Bucket(base + "par", owner, reason, limit, 0.0, _GAUGE_TTL_MS, now, gauge=True)
+    unit = PER_TOKEN if reason == TPM else PER_REQUEST
     if reason == BUDGET:
-        assert subject.limits.budget is not None
-        period, resets = budget_window(subject.limits.budget, now)
-        key = f"{base}b:{subject.limits.budget.unit}:{period}"
+        budget = subject.limits.budget
+        assert budget is not None
+        period, resets = budget_window(budget, now)
+        key = f"{base}b:{budget.unit}:{period}"
+        unit = PER_MICRO_USD if budget.unit == USD else PER_TOKEN
     else:
         index, resets = rate_window(now, window)
         key = f"{base}{reason}:{window:g}:{index}"
     ttl_ms = int((resets - now + window) * 1000)
-    return Bucket(key, owner, reason, limit, resets, ttl_ms, now, durable=reason == BUDGET)
+    return Bucket(
+        key, owner, reason, limit, resets, ttl_ms, now, durable=reason == BUDGET, unit=unit
+    )

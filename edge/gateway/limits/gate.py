@@ -22,9 +22,10 @@ from corral.config import ConfigError, LimitConfig, LimitsConfig
 from corral.v1 import gateway_pb2, limits_pb2
 from edge.client_request import ClientRequest
 from edge.gateway.call import Call
-from edge.gateway.limits.answers import headers, refusal
+from edge.gateway.limits.answers import put_headers, refusal
 from edge.gateway.limits.clientip import client_address, networks
 from edge.gateway.limits.limiter import Limiter
+from edge.gateway.limits.plan import NOTHING, Plan
 from edge.gateway.limits.policy import MICROS_PER_USD, TOKENS, USD, Limits, parse_budget
 from edge.gateway.limits.ticket import Refused, Subject, Ticket
 from edge.gateway.prices import PriceTable
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 TICKET: Final = web.RequestKey("corral_limit_ticket", Ticket)
 _BYTES_PER_TOKEN: Final = 4
+_PLANS_KEPT: Final = 100_000
 
 
 def to_limits(entry: LimitConfig) -> Limits:
@@ -88,6 +90,9 @@ class Gate:
         self._config_teams = {e.name: to_limits(e) for e in config.teams if e.name}
         self.keys: Mapping[str, Limits] = self._config_keys
         self.teams: Mapping[str, Limits] = self._config_teams
+        # Plans by key id and by client address, for the limits in force: apply() drops them.
+        self._plans: dict[str, Plan] = {}
+        self._addresses: dict[str, Plan] = {}
 
     @property
     def active(self) -> bool:
@@ -100,6 +105,8 @@ class Gate:
         """Limits from the control plane's policy, over the config file's."""
         self.keys = {**self._config_keys, **{k: v for k, v in keys.items() if not v.empty}}
         self.teams = {**self._config_teams, **{k: v for k, v in teams.items() if not v.empty}}
+        self._plans = {}
+        self._addresses = {}
 
     def apply_policy(self, policy: gateway_pb2.Policy) -> None:
         """The limits on the policy's keys and teams (they reach every edge with it)."""
@@ -108,47 +115,59 @@ class Gate:
             {t.name: from_proto(t.limits) for t in policy.teams if t.HasField("limits")},
         )
 
-    def subjects(self, request: ClientRequest, call: Call) -> list[Subject]:
-        out = []
+    def plan(self, request: ClientRequest, call: Call) -> Plan:
+        """What the request counts against: its key's plan (with its team), or its client
+        address's on an edge without keys; made once per policy version."""
         if call.key_id:
+            plan = self._plans.get(call.key_id)
+            if plan is not None and plan.team == call.team:
+                return plan
+            subjects = []
             limits = self.keys.get(call.key_id, self.default_key)
             if not limits.empty:
-                out.append(Subject("key", call.key_id, limits))
+                subjects.append(Subject("key", call.key_id, limits))
             team = self.teams.get(call.team)
             if team is not None and not team.empty:
-                out.append(Subject("team", call.team, team))
-        elif not self.client_ip.empty:
-            address = client_address(
-                request.remote, request.headers.get("X-Forwarded-For"), self.trusted
-            )
-            out.append(Subject("ip", address, self.client_ip))
-        return out
+                subjects.append(Subject("team", call.team, team))
+            return _remember(self._plans, call.key_id, Plan(subjects, call.team))
+        if self.client_ip.empty:
+            return NOTHING
+        address = client_address(
+            request.remote, request.headers.get("X-Forwarded-For"), self.trusted
+        )
+        plan = self._addresses.get(address)
+        if plan is None:
+            subject = Subject("ip", address, self.client_ip)
+            plan = _remember(self._addresses, address, Plan((subject,)))
+        return plan
 
     async def admit(
         self, request: ClientRequest, call: Call, body: Mapping[str, Any], size: int
     ) -> None:
         """Reserve the request (prompt estimate + max_tokens or the cap) or raise the 429/503
         ApiError; the ticket goes on the request for settle() and the headers."""
-        subjects = self.subjects(request, call)
-        if not subjects:
+        plan = self.plan(request, call)
+        if not plan.subjects:
             return
-        tokens = self.reserve(call, body, size)
+        prompt = size // _BYTES_PER_TOKEN + 1
+        tokens = self.reserve(call, body, prompt)
         cost = 0
-        price = self.prices().lookup(call.model) if call.model else None
-        if price is not None and tokens:
-            prompt = size // _BYTES_PER_TOKEN + 1
-            cost = math.ceil(price.cost(prompt, 0, tokens - prompt) * MICROS_PER_USD)
+        if plan.needs_cost and call.model:
+            price = self.prices().lookup(call.model)
+            if price is not None:
+                cost = math.ceil(price.cost(prompt, 0, tokens - prompt) * MICROS_PER_USD)
         try:
-            ticket = await self.limiter.admit(subjects, tokens=tokens, cost=cost)
+            ticket = await self.limiter.admit(plan, tokens=tokens, cost=cost)
         except Refused as exc:
             call.limit = exc.reason
-            partial = self.limiter.demands(subjects, 0, 0)
-            raise refusal(exc, headers(partial, self.limiter.clock())) from None
+            shown: dict[str, str] = {}
+            put_headers(shown, Ticket(plan, plan.buckets, 0, 0), self.limiter.clock())
+            raise refusal(exc, shown) from None
         call.limit = "allowed"
         request[TICKET] = ticket
 
-    def reserve(self, call: Call, body: Mapping[str, Any], size: int) -> int:
-        prompt = size // _BYTES_PER_TOKEN + 1
+    def reserve(self, call: Call, body: Mapping[str, Any], prompt: int) -> int:
+        """Tokens to reserve: the prompt estimate, plus max_tokens or the cap."""
         if call.endpoint == "embeddings":
             return prompt
         asked = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -161,17 +180,28 @@ class Gate:
         if ticket is None or ticket.settled:
             return
         tokens = call.prompt_tokens + call.completion_tokens
-        cost = math.ceil(self.prices().cost(call) * MICROS_PER_USD) if tokens else 0
+        cost = 0
+        if tokens and ticket.plan.needs_cost:
+            cost = math.ceil(self.prices().cost(call) * MICROS_PER_USD)
         self.limiter.settle(ticket, tokens=tokens, cost=cost)
         if ticket.warned:
             call.limit = "soft_budget"
+
+
+def _remember(plans: dict[str, Plan], name: str, plan: Plan) -> Plan:
+    """Keep a plan for its key or address (all of them forgotten once there are too many:
+    client addresses are unbounded)."""
+    if len(plans) >= _PLANS_KEPT:
+        plans.clear()
+    plans[name] = plan
+    return plan
 
 
 async def limit_headers(request: ClientRequest, response: web.StreamResponse) -> None:
     """on_response_prepare: the x-ratelimit-* headers on every answer to a limited request."""
     ticket = request.get(TICKET)
     if ticket is not None:
-        response.headers.update(headers(ticket, time.time()))
+        put_headers(response.headers, ticket, time.time())
 
 
 LIMITS: Final = web.AppKey("limits", Gate)

@@ -26,15 +26,9 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from edge.gateway.limits.bucket import Bucket, open_bucket
-from edge.gateway.limits.policy import (
-    BUDGET,
-    PARALLEL,
-    RPM,
-    STORE,
-    TOKENS,
-    TPM,
-)
+from edge.gateway.limits.bucket import PER_REQUEST, Bucket
+from edge.gateway.limits.plan import Plan
+from edge.gateway.limits.policy import BUDGET, STORE
 from edge.gateway.limits.stats import LimitStats
 from edge.gateway.limits.store import Ask, Counters, LocalCounters
 from edge.gateway.limits.ticket import Refused, StoreDown, Subject, Ticket
@@ -86,72 +80,70 @@ class Limiter:
 
     # -- admission ---------------------------------------------------------------------
 
-    def _bucket(self, subject: Subject, reason: str, now: float) -> Bucket:
-        limits = subject.limits
-        owner = (subject.kind, subject.name, reason)
-        bucket = self._buckets.get(owner)
-        if reason == RPM:
-            limit = limits.rpm
-        elif reason == TPM:
-            limit = limits.tpm
-        elif reason == PARALLEL:
-            limit = limits.parallel
-        else:
-            assert limits.budget is not None
-            limit = limits.budget.units
-        if bucket is not None and (bucket.gauge or bucket.resets > now):
-            bucket.limit = limit  # policy changes apply to the window under way
-            return bucket
-        bucket = self._buckets[owner] = open_bucket(subject, reason, limit, now, self.window)
-        return bucket
-
-    def demands(self, subjects: Sequence[Subject], tokens: int, cost: int) -> Ticket:
-        """What a request needs from which bucket (nothing taken yet)."""
+    async def admit(
+        self, who: Plan | Sequence[Subject], *, tokens: int = 0, cost: int = 0
+    ) -> Ticket:
+        """Reserve one request, `tokens` (prompt estimate + max_tokens) and `cost` (units)
+        for the plan's subjects (or these subjects); raises Refused naming the first limit
+        it is over."""
+        plan = who if isinstance(who, Plan) else Plan(who)
         now = self.clock()
-        takes: list[tuple[Bucket, int]] = []
-        for subject in subjects:
-            limits = subject.limits
-            if limits.rpm:
-                takes.append((self._bucket(subject, RPM, now), 1))
-            if limits.tpm:
-                takes.append((self._bucket(subject, TPM, now), tokens))
-            if limits.parallel:
-                takes.append((self._bucket(subject, PARALLEL, now), 1))
-            if limits.budget is not None:
-                amount = tokens if limits.budget.unit == TOKENS else cost
-                takes.append((self._bucket(subject, BUDGET, now), amount))
-        return Ticket(takes, subjects, tokens, cost)
+        buckets = plan.buckets
+        if now >= plan.until or plan.found_in is not self._buckets:
+            buckets = plan.resolve(self._buckets, now, self.window)  # new, or a window ended
+        amounts = (1, tokens, cost)  # indexed by a bucket's unit
+        for bucket in buckets:
+            if bucket.lease < amounts[bucket.unit]:
+                await self._wait_for_leases(plan, buckets, amounts)
+                break
+        else:
+            self._take(plan, buckets, amounts, now)
+        return Ticket(plan, buckets, tokens, cost)
 
-    async def admit(self, subjects: Sequence[Subject], *, tokens: int = 0, cost: int = 0) -> Ticket:
-        """Reserve one request, `tokens` (prompt estimate + max_tokens) and `cost` (units);
-        raises Refused naming the first limit it is over."""
-        ticket = self.demands(subjects, tokens, cost)
+    def _take(
+        self, plan: Plan, buckets: tuple[Bucket, ...], amounts: tuple[int, int, int], now: float
+    ) -> None:
+        """Take the request's amounts from leases that hold them; refill low ones early."""
+        low = False
+        for bucket in buckets:
+            amount = amounts[bucket.unit]
+            bucket.take(amount, now)
+            if bucket.lease < amount or bucket.lease < bucket.low:
+                low = True
+        if low:
+            self._prefetch(buckets, amounts, now)
+        decisions = self.stats.decisions
+        decisions[plan.label] = decisions.get(plan.label, 0) + 1
+
+    async def _wait_for_leases(
+        self, plan: Plan, buckets: tuple[Bucket, ...], amounts: tuple[int, int, int]
+    ) -> None:
+        """Some lease lacks what the request needs: ask the store (once per short bucket,
+        joining calls under way), then take; or raise Refused."""
         # Until the store says there is not enough left (or for a bounded number of tries
         # while concurrent requests here take what each lease brought).
         for _ in range(_TRIES):
             now = self.clock()
             # Ask only for what the local lease lacks: lease and store together may suffice.
-            short = [(b, n - max(b.lease, 0)) for b, n in ticket.takes if b.lease < n]
+            short = [
+                (b, amounts[b.unit] - max(b.lease, 0)) for b in buckets if b.lease < amounts[b.unit]
+            ]
             if not short:
-                for bucket, amount in ticket.takes:
-                    bucket.take(amount, now)
-                self._prefetch(ticket, now)
-                self.stats.admitted(subjects)
-                return ticket
+                self._take(plan, buckets, amounts, now)
+                return
             over = next((b for b, n in short if b.short_until > now and n >= b.short_need), None)
             if over is not None:
                 break
             try:
                 await self._refill(short)
             except StoreDown:
-                self.stats.refused(subjects, STORE)
-                raise Refused(STORE, subjects[0], 1.0, status=503) from None
+                self.stats.refused(plan.subjects, STORE)
+                raise Refused(STORE, plan.subjects[0], 1.0, status=503) from None
         now = self.clock()
-        bucket = next((b for b, n in ticket.takes if b.lease < n), ticket.takes[0][0])
-        subject = self._subject_of(ticket, bucket)
-        self.stats.refused(subjects, bucket.reason)
+        bucket = next((b for b in buckets if b.lease < amounts[b.unit]), buckets[0])
+        self.stats.refused(plan.subjects, bucket.reason)
         retry = 1.0 if bucket.gauge else bucket.resets - now
-        raise Refused(bucket.reason, subject, retry)
+        raise Refused(bucket.reason, plan.subject_of(bucket), retry)
 
     def settle(self, ticket: Ticket, *, tokens: int | None = None, cost: int | None = None) -> None:
         """True up after the answer: actual tokens and cost (None: as reserved); frees the
@@ -159,30 +151,28 @@ class Limiter:
         if ticket.settled:
             return
         ticket.settled = True
-        now = self.clock()
-        used_tokens = ticket.tokens if tokens is None else tokens
-        used_cost = ticket.cost if cost is None else cost
-        for bucket, amount in ticket.takes:
-            if bucket.reason == PARALLEL:
-                bucket.lease += amount  # a spare slot here until idle
-                bucket.last_used = now
+        reserved = (1, ticket.tokens, ticket.cost)
+        used = (
+            1,
+            ticket.tokens if tokens is None else tokens,
+            ticket.cost if cost is None else cost,
+        )
+        for bucket in ticket.buckets:
+            unit = bucket.unit
+            if unit == PER_REQUEST:
+                if bucket.gauge:
+                    bucket.lease += 1  # a spare slot here until idle
+                    bucket.last_used = self.clock()
                 continue
-            if bucket.reason == TPM:
-                actual = used_tokens
-            elif bucket.reason == BUDGET:
-                actual = used_tokens if bucket.key.find(":b:tokens:") > 0 else used_cost
-            else:
-                continue
-            delta = actual - amount
+            delta = used[unit] - reserved[unit]
             if delta < 0:
-                if self._buckets.get(bucket.owner) is bucket:
+                if not bucket.retired:
                     bucket.lease -= delta  # unused reservation: admissible again here
             elif delta > 0:
                 bucket.charge(delta)
-        for subject in ticket.subjects:
+        for subject in ticket.plan.soft:
             budget = subject.limits.budget
-            if budget is None or not budget.soft:
-                continue
+            assert budget is not None
             spent = self._buckets.get((subject.kind, subject.name, BUDGET))
             if spent is not None and spent.used - max(spent.lease, 0) >= budget.soft * spent.limit:
                 ticket.warned = True
@@ -270,6 +260,7 @@ class Limiter:
                 bucket.epoch = leased.epoch
                 if answer.grant:
                     bucket.last_grant = answer.grant
+                    bucket.low = answer.grant // 4
                     bucket.short_times = 0
                 elif need and not leased.settling:
                     bucket.short(need, now, _SHORT_FIRST, _SHORT_CAP)
@@ -307,15 +298,17 @@ class Limiter:
             bucket.lease += answer.grant
             bucket.used = answer.used
 
-    def _prefetch(self, ticket: Ticket, now: float) -> None:
+    def _prefetch(
+        self, buckets: tuple[Bucket, ...], amounts: tuple[int, int, int], now: float
+    ) -> None:
         """Refill in the background any lease under a quarter of its last grant."""
         low = [
             (b, 0)
-            for b, n in ticket.takes
+            for b in buckets
             if b.refill is None
             and not b.gauge
             and b.rate > 0
-            and b.lease < max(n, b.last_grant // 4)
+            and b.lease < max(amounts[b.unit], b.low)
             and b.short_until <= now
         ]
         if low:
@@ -355,6 +348,7 @@ class Limiter:
         for owner, bucket in list(self._buckets.items()):
             if bucket.resets and bucket.resets <= now:
                 del self._buckets[owner]
+                bucket.retired = True
                 continue
             if bucket.refill is not None:
                 continue
@@ -383,10 +377,3 @@ class Limiter:
         with contextlib.suppress(Exception):
             await self.sweep()
         await self.counters.close()
-
-    def _subject_of(self, ticket: Ticket, bucket: Bucket) -> Subject:
-        kind, name, _ = bucket.owner
-        for subject in ticket.subjects:
-            if subject.kind == kind and subject.name == name:
-                return subject
-        return ticket.subjects[0]

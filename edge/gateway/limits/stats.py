@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _labels(subjects: Sequence[Subject]) -> tuple[str, str]:
+def labels(subjects: Sequence[Subject]) -> tuple[str, str]:
     key = team = "-"
     for subject in subjects:
         if subject.kind == "key":
@@ -31,25 +31,15 @@ def _labels(subjects: Sequence[Subject]) -> tuple[str, str]:
 
 class LimitStats(Collector):
     def __init__(self) -> None:
+        # (key, team, outcome) -> requests; a Plan makes its "admitted" label once.
         self.decisions: dict[tuple[str, str, str], int] = {}
         self.round_trips = 0
         self.store_errors = 0
         self.warnings: dict[tuple[str, str], int] = {}
         self._warned: set[str] = set()
-        self._admitted: dict[tuple[str, str] | None, tuple[str, str, str]] = {}
-
-    def admitted(self, subjects: Sequence[Subject]) -> None:
-        first = subjects[0]
-        label = (first.kind, first.name) if len(subjects) == 1 else None
-        cached = self._admitted.get(label) if label is not None else None
-        if cached is None:
-            cached = (*_labels(subjects), "admitted")
-            if label is not None and len(self._admitted) < 10_000:
-                self._admitted[label] = cached
-        self.decisions[cached] = self.decisions.get(cached, 0) + 1
 
     def refused(self, subjects: Sequence[Subject], reason: str) -> None:
-        label = (*_labels(subjects), reason)
+        label = (*labels(subjects), reason)
         self.decisions[label] = self.decisions.get(label, 0) + 1
 
     def round_trip(self) -> None:

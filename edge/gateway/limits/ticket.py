@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from edge.gateway.limits.bucket import Bucket
 from edge.gateway.limits.policy import Limits
+
+if TYPE_CHECKING:
+    from edge.gateway.limits.plan import Plan  # plan imports this module
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +41,16 @@ class StoreDown(Exception):
 
 @dataclass(slots=True)
 class Ticket:
-    """An admitted request's reservations, given back or trued up by settle()."""
+    """An admitted request's reservations, given back or trued up by settle(): one request,
+    `tokens` and `cost` from each of the plan's buckets, in that bucket's unit."""
 
-    takes: list[tuple[Bucket, int]]
-    subjects: Sequence[Subject]
+    plan: Plan
+    buckets: tuple[Bucket, ...]  # the plan's, in the windows where the request was admitted
     tokens: int
     cost: int
     warned: bool = False
     settled: bool = False
+
+    @property
+    def subjects(self) -> Sequence[Subject]:
+        return self.plan.subjects
