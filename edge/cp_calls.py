@@ -146,7 +146,12 @@ class ControlPlaneChannel:
         try:
             async with asyncio.timeout(within):
                 async with self._channel.request(
-                    method, Cardinality.UNARY_UNARY, type(request), reply_type, metadata=metadata
+                    method,
+                    Cardinality.UNARY_UNARY,
+                    type(request),
+                    reply_type,
+                    timeout=within,  # the server sees the deadline too (grpc-timeout)
+                    metadata=metadata,
                 ) as call:
                     await call.send_message(request, end=True)
                     reply = await call.recv_message()
