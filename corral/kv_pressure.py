@@ -1,8 +1,9 @@
 """KV-cache pressure: when a backend's KV cache is full enough to count as load.
 
-vLLM, SGLang, LMDeploy and NVIDIA NIM (and llama.cpp builds that export
-`llamacpp:kv_cache_usage_ratio`) report the fraction of their KV cache that running requests
-hold, and no slots. A server whose KV cache is nearly full cannot admit another long
+vLLM, SGLang, LMDeploy and NVIDIA NIM report the fraction of their KV cache that running
+requests hold, and no slots (a llama.cpp server reports slots, each keeping its last prompt
+in its own part of the cache: there the slots tell). A server whose KV cache is nearly full
+cannot admit another long
 sequence: the new request waits for memory (or preempts a running one), and the blocks it
 needs are taken from cached prefixes, so the conversations homed there lose their cache.
 

@@ -107,7 +107,8 @@ class BackendState:
         # and the fraction of its KV cache in use (-1 unknown).
         self.slots = 0
         self.kv_usage = -1.0
-        # How many times its load counts: more than once when its KV cache is nearly full.
+        # How many times its load counts: more than once when its KV cache is nearly full
+        # (corral/kv_pressure.py).
         self.kv_factor = 1.0
         self.inflight = 0
         self.failures = 0
@@ -144,8 +145,11 @@ class BackendState:
         self.alive = self.health in (HEALTHY, DEGRADED)
         load = backend.status.load
         self.kv_usage = load.kv_cache_usage if load.HasField("kv_cache_usage") else -1.0
-        self.kv_factor = kv_load_factor(self.kv_usage)
-        self.slots = _slots(backend) or self.max_concurrency
+        server_slots = _slots(backend)
+        # KV memory limits a server that reports no slots (vLLM, SGLang, ...); llama.cpp's
+        # slots each keep their last prompt in their part of the cache: its slots tell.
+        self.kv_factor = 1.0 if server_slots else kv_load_factor(self.kv_usage)
+        self.slots = server_slots or self.max_concurrency
         raw = load.running + load.waiting
         if raw != self.raw_reported:
             self.raw_reported = raw

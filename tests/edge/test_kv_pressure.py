@@ -71,6 +71,17 @@ def test_backend_load_counts_the_factor(reported: int, inflight: int, value: flo
     assert state.load() == (reported + inflight) * kv_load_factor(value)
 
 
+def test_llamacpp_slots_not_kv_use_say_how_busy_it_is() -> None:
+    """A server reporting slots counts its load once whatever its KV use; a nearly full one
+    has no free slot."""
+    message = backend("a", "http://127.0.0.1/a", [MODEL], running=1)
+    message.status.models[0].metadata["total_slots"] = "4"
+    message.status.load.kv_cache_usage = 0.95
+    state = BackendState("a")
+    state.update(message, ReportAging(window=0.0, half_life=0.0))
+    assert state.load() == 1 and not state.free_slot()
+
+
 def vllm(name: str, running: int, kv: float | None) -> types_pb2.Backend:
     """A vLLM backend as its agent reports it: queue counts and KV use, no slots."""
     message = backend(name, f"http://127.0.0.1/{name}", [MODEL], running=running)
