@@ -518,8 +518,8 @@ class EdgeConfig:
     # or "aiohttp" (its ClientSession). TLS backends (hosted providers) always use aiohttp.
     upstream_client: str = "fast"
     # The server on the edge's port: "lane" (edge/lane/: a lean HTTP/1.1 server for plain
-    # non-streaming POSTs to the OpenAI routes, handing every other connection to aiohttp)
-    # or "aiohttp" (aiohttp serves every connection).
+    # non-streaming POSTs to the OpenAI and Messages routes, handing every other connection
+    # to aiohttp) or "aiohttp" (aiohttp serves every connection).
     server: str = "lane"
     # Empty means hostname:pid.
     edge_id: str = ""

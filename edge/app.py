@@ -175,23 +175,32 @@ def proxied(endpoint: Endpoint) -> ProxyHandler:
     return guarded(handler)
 
 
-def _with_proxy(serve: Callable[[Proxy, web.Request], Awaitable[web.StreamResponse]]) -> Handler:
-    async def handler(request: web.Request) -> web.StreamResponse:
+def _with_proxy(
+    serve: Callable[[Proxy, AnyRequest], Awaitable[web.StreamResponse]],
+) -> Callable[[AnyRequest], Awaitable[web.StreamResponse]]:
+    async def handler(request: AnyRequest) -> web.StreamResponse:
         return await serve(request.app[PROXY], request)
 
     return handler
 
 
-async def _handle_messages(proxy: Proxy, request: web.Request) -> web.StreamResponse:
+async def _handle_messages(proxy: Proxy, request: ClientRequest) -> web.StreamResponse:
     from edge import messages
 
     return await messages.handle_messages(proxy, request)
 
 
-async def _handle_count_tokens(proxy: Proxy, request: web.Request) -> web.StreamResponse:
+async def _handle_count_tokens(proxy: Proxy, request: ClientRequest) -> web.StreamResponse:
     from edge import messages
 
     return await messages.handle_count_tokens(proxy, request)
+
+
+# The Messages API's routes: path, guarded handler, whether a body may ask to stream.
+MESSAGES_ROUTES: tuple[tuple[str, ProxyHandler, bool], ...] = (
+    (MESSAGES_PATH, guarded(_with_proxy(_handle_messages)), True),
+    (COUNT_TOKENS_PATH, guarded(_with_proxy(_handle_count_tokens)), False),
+)
 
 
 async def _handle_native(proxy: Proxy, request: web.Request) -> web.StreamResponse:
@@ -450,8 +459,8 @@ def build_app(
     cors = install_cors(app, config.cors)  # its preflight route first
     for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS):
         app.router.add_post(endpoint.path, proxied(endpoint))
-    app.router.add_post(MESSAGES_PATH, guarded(_with_proxy(_handle_messages)))
-    app.router.add_post(COUNT_TOKENS_PATH, guarded(_with_proxy(_handle_count_tokens)))
+    for path, handler, _ in MESSAGES_ROUTES:
+        app.router.add_post(path, handler)
     app.router.add_route("*", NATIVE_ROUTE, guarded(_with_proxy(_handle_native)))
     app.router.add_get(MODELS_PATH, guarded(list_models))
     app.router.add_get(MODEL_PATH, guarded(get_model))
@@ -519,7 +528,8 @@ async def serve(
         if config.server == "lane":
             lane = Lane(
                 runner,
-                [Route(e.path, proxied(e), e.streams) for e in (CHAT, COMPLETIONS, EMBEDDINGS)],
+                [Route(e.path, proxied(e), e.streams) for e in (CHAT, COMPLETIONS, EMBEDDINGS)]
+                + [Route(*route) for route in MESSAGES_ROUTES],
                 max_body=config.max_body_bytes,
                 client_timeout=config.client_timeout_seconds,
                 on_handover=app[METRICS].lane_handovers.inc,

@@ -19,6 +19,7 @@ from multidict import CIMultiDict
 from corral.v1 import types_pb2
 from edge import anthropic
 from edge.anthropic import AnthropicError, StreamTranslator
+from edge.client_request import ClientRequest
 from edge.errors import ApiError
 from edge.exchange import Admission, Exchange, Failure
 from edge.inbound import CHAT, MESSAGES_PATH
@@ -251,7 +252,7 @@ def _all_native(route: ModelRoute) -> bool:
     return all(b.native_messages for group in (*route.tiers, route.degraded) for b in group)
 
 
-async def handle_messages(proxy: Proxy, request: web.Request) -> web.StreamResponse:
+async def handle_messages(proxy: Proxy, request: ClientRequest) -> web.StreamResponse:
     """POST /v1/messages."""
 
     async def admit() -> Admission:
@@ -277,7 +278,7 @@ async def handle_messages(proxy: Proxy, request: web.Request) -> web.StreamRespo
         return from_api_error(exc)
 
 
-async def handle_count_tokens(proxy: Proxy, request: web.Request) -> web.StreamResponse:
+async def handle_count_tokens(proxy: Proxy, request: ClientRequest) -> web.StreamResponse:
     """POST /v1/messages/count_tokens, answered by the edge (an estimate, no backend)."""
     try:
         identity = proxy.check_auth(request)

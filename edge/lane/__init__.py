@@ -1,4 +1,5 @@
-"""The lane: a lean HTTP/1.1 server (asyncio.Protocol + httptools) for the hot OpenAI routes.
+"""The lane: a lean HTTP/1.1 server (asyncio.Protocol + httptools) for the hot POST routes
+(OpenAI's and the Messages API's).
 
 It serves only the plain common case (edge/lane/protocol.py says which) and hands every other
 connection to aiohttp, bytes and all, before it starts handling a request: aiohttp keeps every

@@ -29,6 +29,9 @@ start_edge = edge_fixtures.start_edge
 MODEL = "m"
 ORIGIN = "https://app.example.com"
 CHAT_BODY = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hello"}]})
+MESSAGES_BODY = orjson.dumps(
+    {"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "hello"}]}
+)
 
 
 @pytest.fixture
@@ -186,6 +189,16 @@ async def test_completions_and_embeddings_are_served_by_the_lane(lane: RunningEd
     assert second.status == 200 and second.json()["object"] == "list"
 
 
+async def test_messages_api_is_served_by_the_lane(lane: RunningEdge) -> None:
+    """/v1/messages and /v1/messages/count_tokens are lane routes, answered in Anthropic's shape."""
+    message, count = await in_lane(
+        lane, post("/v1/messages", MESSAGES_BODY), post("/v1/messages/count_tokens", MESSAGES_BODY)
+    )
+    assert message.status == 200 and message.json()["type"] == "message"
+    assert message.json()["content"][0]["text"] == "[vllm-a] hello"
+    assert count.status == 200 and count.json()["input_tokens"] > 0
+
+
 async def test_body_split_over_segments_is_served_by_the_lane(lane: RunningEdge) -> None:
     """A head and a body written separately (as httpx does) are served by the lane."""
     data = post("/v1/chat/completions", CHAT_BODY)
@@ -272,6 +285,10 @@ ESCAPED_STREAM_BODY = (
             [post("/v1/chat/completions", CHAT_BODY, f"Origin: {ORIGIN}\r\n")], id="origin"
         ),
         pytest.param([post("/v1/chat/completions?x=1", CHAT_BODY)], id="query"),
+        pytest.param(
+            [post("/v1/messages", MESSAGES_BODY.replace(b'"model"', b'"stream":true,"model"'))],
+            id="messages-stream",
+        ),
     ],
 )
 async def test_unusual_chat_requests_are_handed_to_aiohttp(
@@ -280,9 +297,8 @@ async def test_unusual_chat_requests_are_handed_to_aiohttp(
     """Each unusual form of a chat request is answered by aiohttp, correctly."""
     (answer,) = await handed_over(lane, *parts)
     assert answer.status == 200, answer.body
-    if b"data: " in answer.body[:6]:  # a stream
-        assert answer.headers["content-type"].startswith("text/event-stream")
-        assert answer.body.rstrip().endswith(b"data: [DONE]")
+    if answer.headers["content-type"].startswith("text/event-stream"):
+        assert answer.body.rstrip().endswith((b"data: [DONE]", b'{"type":"message_stop"}'))
     else:
         assert answer.json()["choices"][0]["message"]["content"].startswith("[vllm-a] ")
 
@@ -360,6 +376,8 @@ _VARYING = frozenset(("date", "x-request-id"))
         pytest.param(post("/v1/chat/completions", b"[1, 2"), id="bad-json"),
         pytest.param(post("/v1/completions", b'{"model": "zz", "prompt": "x"}'), id="no-model"),
         pytest.param(post("/v1/chat/completions", CHAT_BODY, "Connection: close\r\n"), id="close"),
+        pytest.param(post("/v1/messages", MESSAGES_BODY), id="messages"),
+        pytest.param(post("/v1/messages", b'{"model": "m"}'), id="messages-invalid"),
     ],
 )
 async def test_answers_match_aiohttps(lane: RunningEdge, plain: RunningEdge, data: bytes) -> None:
