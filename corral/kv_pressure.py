@@ -3,9 +3,9 @@
 vLLM, SGLang, LMDeploy and NVIDIA NIM report the fraction of their KV cache that running
 requests hold, and no slots (a llama.cpp server reports slots, each keeping its last prompt
 in its own part of the cache: there the slots tell). A server whose KV cache is nearly full
-cannot admit another long
-sequence: the new request waits for memory (or preempts a running one), and the blocks it
-needs are taken from cached prefixes, so the conversations homed there lose their cache.
+cannot admit another long sequence: the new request waits for memory (or preempts a running
+one), and the blocks it needs are taken from cached prefixes, so the conversations homed
+there lose their cache.
 
 The edge therefore counts a backend's load `kv_load_factor(usage)` times (edge/table.py:
 `BackendState.load`), so least-connections and the sticky spill bound see a backend near a
