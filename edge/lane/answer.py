@@ -1,11 +1,14 @@
 """Writing a web.Response as aiohttp does: its headers, then Content-Length, Date, Server and
-Connection as aiohttp adds them, the response hooks' headers after, then the body."""
+Connection as aiohttp adds them, the response hooks' headers after, then the body.
+
+Uses aiohttp's private `http_writer._serialize_headers` (tests/edge/test_aiohttp_private.py)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http_writer import _serialize_headers as serialize_headers
 
 _EMPTY_STATUSES = frozenset((204, 304))
 
@@ -45,12 +48,6 @@ def finish_headers(response: web.Response, keep_alive: bool) -> tuple[bytes, boo
 
 
 def head(response: web.StreamResponse) -> bytes:
-    """The status line and headers, refused (ValueError) if a value would break a line."""
-    lines = [f"HTTP/1.1 {response.status} {response.reason}"]
-    lines.extend([f"{name}: {value}" for name, value in response.headers.items()])
-    lines.append("\r\n")
-    text = "\r\n".join(lines)
-    breaks = len(lines)  # one CRLF after each line, and one more that ends the head
-    if text.count("\n") != breaks or text.count("\r") != breaks:
-        raise ValueError("a newline or carriage return in the status line or a header")
-    return text.encode()
+    """The status line and headers as aiohttp serialises them (its C writer, which refuses a
+    newline or carriage return in a value with ValueError)."""
+    return serialize_headers(f"HTTP/1.1 {response.status} {response.reason}", response.headers)

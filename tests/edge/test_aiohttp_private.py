@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiohttp import web
+from aiohttp.http_writer import _serialize_headers
 
 from edge.http_errors import EdgeRunner
 from edge.relay import RelayResponse
@@ -13,8 +15,12 @@ from tests.support.net import free_port
 
 
 def test_private_names_still_exist() -> None:
-    """StreamResponse._send_headers_immediately, AppRunner._make_server, Server._kwargs/_loop."""
+    """StreamResponse._send_headers_immediately, AppRunner._make_server, Server._kwargs/_loop,
+    http_writer._serialize_headers (the lane's answers)."""
     assert isinstance(web.StreamResponse._send_headers_immediately, bool)
+    assert _serialize_headers("HTTP/1.1 200 OK", {"A": "b"}) == b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n"
+    with pytest.raises(ValueError):
+        _serialize_headers("HTTP/1.1 200 OK", {"A": "b\r\nInjected: yes"})
     assert RelayResponse._send_headers_immediately is False
     assert callable(web.AppRunner._make_server)
 
