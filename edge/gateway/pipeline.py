@@ -33,7 +33,7 @@ from edge.gateway.cache.replay import anthropic_stream, openai_stream
 from edge.gateway.cache.service import DIALECTS, Cache, directives
 from edge.gateway.cache.store import Entry
 from edge.gateway.call import CACHE_BYPASS, CACHE_HIT, CACHE_MISS, CALL, Call
-from edge.gateway.guard.engine import Guard, Refused, Settings
+from edge.gateway.guard.engine import Guard, Pending, Refused, Settings
 from edge.gateway.guard.redact import Redaction, StreamRestorer
 from edge.gateway.valkey import Valkey
 from edge.table import BackendState, ModelRoute
@@ -157,6 +157,8 @@ class ContentSettings:
 
     def pii(self, team: str, key: str) -> Settings | None:
         """The key's PII action, else its team's (None: neither sets one)."""
+        if not self.keys and not self.teams:
+            return None
         records = self._records(team, key)
         action = next((c.pii for c in records if c.HasField("pii")), None)
         if action is None:
@@ -168,6 +170,8 @@ class ContentSettings:
 
     def ttl(self, team: str, key: str) -> float | None:
         """The key's cache TTL, else its team's (None: neither sets one)."""
+        if not self.keys and not self.teams:
+            return None
         for c in self._records(team, key):
             if c.HasField("cache_ttl_seconds"):
                 return c.cache_ttl_seconds
@@ -218,13 +222,12 @@ class Gateway:
         guard = self.guard
         if guard is not None:
             try:
-                outcome = await guard.inspect(
-                    exchange.body,
-                    team=call.team,
-                    key=call.key_id,
-                    model=call.model,
-                    endpoint=endpoint,
-                )
+                team, key_id, model = call.team, call.key_id, call.model
+                outcome = guard.inspect_now(exchange.body, team=team, key=key_id, model=model)
+                if isinstance(outcome, Pending):  # hooks to ask, or a body for a thread
+                    outcome = await guard.finish(
+                        outcome, team=team, key=key_id, model=model, endpoint=endpoint
+                    )
             except Refused as exc:
                 call.guard = exc.findings
                 raise
@@ -248,7 +251,11 @@ class Gateway:
         leader = False
         if asked.read:
             while True:
-                found = await cache.get(key, asked.max_age)
+                if cache.shared is None:  # no wait for the in-process tier alone
+                    entry = cache.get_memory(key, asked.max_age)
+                    found = None if entry is None else (entry, "memory")
+                else:
+                    found = await cache.get(key, asked.max_age)
                 if found is not None:
                     entry, tier = found
                     cache.put(key, entry, ttl, tier)  # a shared hit kept in process too

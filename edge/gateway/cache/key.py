@@ -18,7 +18,7 @@ import orjson
 # Fields that change how an answer is delivered or who is billed, never what it says.
 # (A streamed and a whole answer share an entry: the cache replays either form.)
 IGNORED: Final = frozenset(("stream", "stream_options", "user", "metadata", "model"))
-VERSION: Final = b"corral-cache-1"
+VERSION: Final = "corral-cache-2"
 
 
 def cache_key(
@@ -26,11 +26,12 @@ def cache_key(
 ) -> str:
     """A hex digest naming one answer; equal for equal requests of one team, and only then."""
     canonical = {k: v for k, v in body.items() if k not in IGNORED}
-    digest = hashlib.sha256(VERSION)
-    for part in (team, endpoint, model, "\x1f".join(sorted(set(targets)))):
-        encoded = part.encode()
-        # Length-prefixed: no two different tuples of parts hash the same bytes.
-        digest.update(len(encoded).to_bytes(4, "big"))
-        digest.update(encoded)
-    digest.update(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS))
-    return digest.hexdigest()
+    aliased = "\x1f".join(sorted(set(targets)))
+    # Each part length-prefixed: no two different tuples of parts hash the same bytes.
+    head = (
+        f"{VERSION}{len(team)}:{team}{len(endpoint)}:{endpoint}{len(model)}:{model}"
+        f"{len(aliased)}:{aliased}"
+    )
+    return hashlib.sha256(
+        head.encode() + orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()

@@ -119,7 +119,9 @@ class Cache:
         self.max_entry = config.max_entry_bytes
         self.wait = config.coalesce_wait_seconds
         self.metrics = CacheMetrics(registry, self.memory)
-        self.inflight: dict[str, asyncio.Future[Entry | None]] = {}
+        # Keys of misses upstream: the future identical requests wait on, made when the
+        # first of them arrives (None until then: most misses have nobody waiting).
+        self.inflight: dict[str, asyncio.Future[Entry | None] | None] = {}
         # Per team/key TTLs from the policy the control plane sends (None: not set there).
         self._policy = policy
 
@@ -135,20 +137,28 @@ class Cache:
             found = self._policy(team, key)
             if found is not None:
                 return found
-        rule = most_specific(self.config.rules, team, key, model)
+        rules = self.config.rules
+        rule = most_specific(rules, team, key, model) if rules else None
         return rule.ttl_seconds if rule is not None else self.config.ttl_seconds
+
+    def get_memory(self, key: str, max_age: float | None) -> Entry | None:
+        """The in-process tier's entry, if fresh enough (no wait: the hot path's lookup)."""
+        entry = self.memory.get(key)
+        if entry is None or (max_age is not None and entry.age(time.time()) > max_age):
+            return None
+        return entry
 
     async def get(self, key: str, max_age: float | None) -> tuple[Entry, str] | None:
         """The entry and the tier it came from (memory, shared), if fresh enough."""
-        now = time.time()
-        entry = self.memory.get(key)
-        tier = "memory"
-        if entry is None and self.shared is not None:
-            entry = await self.shared.get(key)
-            tier = "shared"
-        if entry is None or (max_age is not None and entry.age(now) > max_age):
+        entry = self.get_memory(key, max_age)
+        if entry is not None:
+            return entry, "memory"
+        if self.shared is None:
             return None
-        return entry, tier
+        entry = await self.shared.get(key)
+        if entry is None or (max_age is not None and entry.age(time.time()) > max_age):
+            return None
+        return entry, "shared"
 
     def put(self, key: str, entry: Entry, ttl: float, tier: str = "") -> None:
         """Into the in-process tier, and the shared one unless it came from there."""
@@ -167,11 +177,14 @@ class Cache:
     def lead(self, key: str) -> asyncio.Future[Entry | None] | None:
         """None: this request goes upstream for `key` (others will wait for it); else the
         future of the request already upstream."""
-        waiting = self.inflight.get(key)
-        if waiting is not None:
-            return waiting
-        self.inflight[key] = asyncio.get_running_loop().create_future()
-        return None
+        inflight = self.inflight
+        if key not in inflight:
+            inflight[key] = None
+            return None
+        waiting = inflight[key]
+        if waiting is None:
+            waiting = inflight[key] = asyncio.get_running_loop().create_future()
+        return waiting
 
     def finish(self, key: str, entry: Entry | None) -> None:
         """The leader for `key` is done: its waiters get the entry (None: try themselves)."""

@@ -15,8 +15,7 @@ import logging
 import struct
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from edge.gateway.valkey import StoreError, Valkey
 
@@ -27,8 +26,9 @@ _OVERHEAD: Final = 200  # bytes per in-process entry beyond its body (key, objec
 PREFIX: Final = "corral:cache:"
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
+    """One stored answer (a named tuple: made once per stored answer, cheaply)."""
+
     body: bytes
     stored: float  # Unix time
     prompt_tokens: int = 0

@@ -56,19 +56,42 @@ class Texts:
 
     @property
     def size(self) -> int:
-        return sum(len(v) for v in self.values)
+        return sum(map(len, self.values))
 
     def write(self, index: int, value: str) -> None:
         holder, key = self.slots[index]
         holder[key] = value
 
 
+# Nesting beyond this is walked with a stack of its own, not by recursion (a body may nest
+# as deep as the JSON parser allows, deeper than Python's recursion limit).
+_RECURSE: Final = 32
+
+
 def collect(body: Any) -> Texts:
     """Every user-text string of the parsed body (a dict or list), with its slot."""
     texts = Texts()
+    _walk(body, texts.slots, texts.values, 0)
+    return texts
+
+
+def _walk(node: Any, slots: list[Slot], values: list[str], depth: int) -> None:
+    """Depth-first, in document order (the common shapes nest a few levels)."""
+    if depth > _RECURSE:
+        _walk_deep(node, slots, values)
+        return
+    pairs = node.items() if isinstance(node, dict) else enumerate(node)
+    for key, value in pairs:
+        if isinstance(value, str):
+            if value and key not in SKIPPED_KEYS and not value.startswith("data:"):
+                slots.append((node, key))
+                values.append(value)
+        elif isinstance(value, (dict, list)) and key not in SKIPPED_KEYS:
+            _walk(value, slots, values, depth + 1)
+
+
+def _walk_deep(body: Any, slots: list[Slot], values: list[str]) -> None:
     stack: list[Any] = [body]
-    slots = texts.slots
-    values = texts.values
     # Depth-first, children pushed in reverse so strings come out in document order.
     while stack:
         node = stack.pop()
@@ -92,4 +115,3 @@ def collect(body: Any) -> Texts:
             if value and not value.startswith("data:"):
                 slots.append(node)
                 values.append(value)
-    return texts

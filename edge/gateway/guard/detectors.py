@@ -96,6 +96,9 @@ def _ipv4(text: str) -> bool:
 
 
 def _ipv6(text: str) -> bool:
+    colons = text.count(":")
+    if colons < 7 and "::" not in text and not (colons == 6 and "." in text):
+        return False  # too few groups: ipaddress would refuse it, more slowly ("12:34:56")
     try:
         ipaddress.IPv6Address(text)
     except ValueError:

@@ -59,6 +59,14 @@ class Settings:
 
 
 @dataclass(slots=True)
+class Pending:
+    """A body whose check goes on in `Guard.finish` (a worker thread, or hooks)."""
+
+    settings: Settings
+    texts: Texts
+
+
+@dataclass(slots=True)
 class Outcome:
     """What the guard did to one request."""
 
@@ -138,7 +146,8 @@ class Guard:
             found = self._policy(team, key)
             if found is not None:
                 return found
-        rule = most_specific(self.config.rules, team, key, model)
+        rules = self.config.rules
+        rule = most_specific(rules, team, key, model) if rules else None
         if rule is None:
             return self._default
         return Settings(
@@ -146,30 +155,61 @@ class Guard:
             self._default.restore if rule.restore is None else rule.restore,
         )
 
-    async def inspect(
-        self, body: Any, *, team: str = "", key: str = "", model: str = "", endpoint: str = ""
-    ) -> Outcome | None:
-        """Check (and maybe rewrite in place) a parsed body; raises ApiError to refuse it.
-        None: nothing found, nothing to do."""
+    def inspect_now(
+        self, body: Any, *, team: str = "", key: str = "", model: str = ""
+    ) -> Outcome | Pending | None:
+        """`inspect` without a wait when it needs none (no hooks, a body scanned on the
+        loop): its outcome; else a Pending that `finish` completes."""
         settings = self.settings(team, key, model)
         if settings.pii == "off" and not self.deny and not self.hooks:
             return None
         texts = collect(body)
         if not texts.values:
             return None
-        scan_pii = settings.pii != "off"
+        if self.hooks or texts.size > self._thread_above:
+            return Pending(settings, texts)
+        denied, found = self._scan(texts, settings.pii != "off")
+        return self._conclude(settings, texts, denied, found, False)
+
+    async def inspect(
+        self, body: Any, *, team: str = "", key: str = "", model: str = "", endpoint: str = ""
+    ) -> Outcome | None:
+        """Check (and maybe rewrite in place) a parsed body; raises ApiError to refuse it.
+        None: nothing found, nothing to do."""
+        first = self.inspect_now(body, team=team, key=key, model=model)
+        if not isinstance(first, Pending):
+            return first
+        return await self.finish(first, team=team, key=key, model=model, endpoint=endpoint)
+
+    async def finish(
+        self, pending: Pending, *, team: str, key: str, model: str, endpoint: str
+    ) -> Outcome | None:
+        """The rest of `inspect` for a body that goes to a thread or to hooks."""
+        texts = pending.texts
+        scan_pii = pending.settings.pii != "off"
         if texts.size > self._thread_above:
             denied, found = await asyncio.to_thread(self._scan, texts, scan_pii)
         else:
             denied, found = self._scan(texts, scan_pii)
+        hook_failed = False
+        if self.hooks and denied is None:
+            context = {"team": team, "key": key, "model": model, "endpoint": endpoint}
+            hook_failed = await self._run_hooks(texts, found, context)
+        return self._conclude(pending.settings, texts, denied, found, hook_failed)
+
+    def _conclude(
+        self,
+        settings: Settings,
+        texts: Texts,
+        denied: tuple[str, str] | None,
+        found: list[list[Finding]],
+        hook_failed: bool,
+    ) -> Outcome | None:
+        """What the findings mean under the request's settings: refuse, rewrite or record."""
         if denied is not None:
             _name, message = denied
             self.metrics.refused.labels("deny").inc()
             raise Refused(400, message, {"deny_rule": 1}, code="content_denied")
-        hook_failed = False
-        if self.hooks:
-            context = {"team": team, "key": key, "model": model, "endpoint": endpoint}
-            hook_failed = await self._run_hooks(texts, found, context)
         if not any(found):
             return Outcome({}, settings.pii, hook_failed=hook_failed) if hook_failed else None
         counts = Counter(f.kind for per_text in found for f in per_text)

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Sequence
 from typing import Final
 
-from edge.gateway.guard.detectors import DETECTORS, Detector, Finding, Span
+from edge.gateway.guard.detectors import DETECTORS, Detector, Finder, Finding, Span
 
 # What the error handler writes for a character beyond Latin-1 (real control characters
 # with these codes are classed the same way: a few more places to look, never fewer).
@@ -80,93 +80,109 @@ KEY_CHARS: Final = _key_chars()
 # A run of digits and separators as detectors._DIGIT_RUN finds it, in the class string:
 # starting with a literal, so the engine jumps from digit to digit.
 _DIGIT_RUN: Final = re.compile(rb"0[0 .()+-]{5,}0")
-# The shortest API key any provider's pattern accepts (xox?- and ten characters); tests
-# check it against every alternative of detectors._KEY.
+# The shortest API key any provider's pattern accepts (xox?- and ten characters; a test
+# checks it against detectors._KEY).
 KEY_MIN_LENGTH: Final = 15
 _KEY_RUN: Final = b"w" * KEY_MIN_LENGTH
-# Needles of more than one character: a literal pattern finds them faster than `in`.
-_NEEDLES: Final = {d.needle: re.compile(re.escape(d.needle)).search for d in DETECTORS}
-_SHAPES: Final = {d.run_shape: re.compile(d.run_shape).search for d in DETECTORS}
+
+# What the fast path does for one detector (made once per tuple of detectors).
+_WHOLE, _RUNS, _SEEK, _KEYS = range(4)
+Needle = Callable[[str], object] | None  # None: no precondition; else truthy when present
+Step = tuple[int, str, Finder, Needle, int, bytes, Callable[..., object] | None]
 
 
-class Classed:
-    """One text and its class strings, made on first use."""
-
-    __slots__ = ("_runs", "_words", "classes", "text")
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.classes = text.encode("latin-1", _HANDLER).translate(CLASSES)
-        self._runs: list[tuple[int, int, int, bytes]] | None = None
-        self._words: bytes | None = None
-
-    def digit_runs(self) -> list[tuple[int, int, int, bytes]]:
-        """Each run of digits and separators: start, end, how many digits, its classes."""
-        if self._runs is None:
-            classes = self.classes
-            self._runs = [
-                (m.start(), m.end(), m.group().count(b"0"), m.group())
-                for m in _DIGIT_RUN.finditer(classes)
-            ]
-        return self._runs
-
-    def key_runs(self) -> Iterable[Span]:
-        """Each run of key characters long enough to hold an API key."""
-        if self._words is None:
-            self._words = self.classes.translate(KEY_CHARS)
-        words = self._words
-        start = words.find(_KEY_RUN)
-        while start >= 0:
-            end = words.find(b" ", start + KEY_MIN_LENGTH)
-            if end < 0:
-                end = len(words)
-            yield start, end
-            start = words.find(_KEY_RUN, end)
+def _has(needle: str) -> Needle:
+    if not needle:
+        return None
+    if len(needle) == 1:
+        return lambda text: needle in text  # memchr
+    return re.compile(re.escape(needle)).search  # a literal pattern beats `in` here
 
 
-def _spans(detector: Detector, classed: Classed) -> list[Span]:
-    """The detector's matches, looked for only where the class strings allow one."""
-    text = classed.text
-    needle = detector.needle
-    if needle and (needle not in text if len(needle) == 1 else _NEEDLES[needle](text) is None):
-        return []
-    size = len(text)
-    if detector.run_digits:
-        least, needs = detector.run_digits, detector.run_needs.encode()
-        shape = _SHAPES[detector.run_shape]
-        classes = classed.classes
-        spans: list[Span] = []
-        for start, end, digits, run in classed.digit_runs():
-            if digits >= least and (not needs or needs in run):
-                # One character before (a "+" or "("), two after (what may not follow).
-                start, end = max(0, start - 1), min(size, end + 2)
-                if shape(classes, start, end) is not None:
-                    spans.extend(detector.find(text, start, end))
-        return spans
-    if detector.seek:
-        first = classed.classes.find(detector.seek)
-        return [] if first < 0 else detector.find(text, first)
-    if detector.key_run:
-        spans = []
-        for start, end in classed.key_runs():
-            # One character after: the pattern looks at what follows a key.
-            spans.extend(detector.find(text, start, min(size, end + 1)))
-        return spans
-    return detector.find(text)
+def _step(d: Detector) -> Step:
+    has = _has(d.needle)
+    if d.run_digits:
+        shape = re.compile(d.run_shape).search if d.run_shape else None
+        return (_RUNS, d.kind, d.find, has, d.run_digits, d.run_needs.encode(), shape)
+    if d.seek:
+        return (_SEEK, d.kind, d.find, has, 0, d.seek, None)
+    return (_KEYS if d.key_run else _WHOLE, d.kind, d.find, has, 0, b"", None)
 
 
-def scan(text: str, detectors: Iterable[Detector] = DETECTORS) -> list[Finding]:
+_PLANS: dict[int, tuple[Sequence[Detector], list[Step]]] = {}
+
+
+def _plan(detectors: Sequence[Detector]) -> list[Step]:
+    found = _PLANS.get(id(detectors))
+    if found is not None and found[0] is detectors:
+        return found[1]
+    steps = [_step(d) for d in detectors]
+    if isinstance(detectors, tuple) and len(_PLANS) < 64:  # kept alive: its id stays its own
+        _PLANS[id(detectors)] = (detectors, steps)
+    return steps
+
+
+def _digit_runs(classes: bytes) -> list[tuple[int, int, int, bytes]]:
+    """Each run of digits and separators: start, end, how many digits, its classes."""
+    out = []
+    for m in _DIGIT_RUN.finditer(classes):
+        run = m.group()
+        out.append((m.start(), m.end(), run.count(b"0"), run))
+    return out
+
+
+def _key_runs(classes: bytes) -> list[Span]:
+    """Each run of key characters long enough to hold an API key."""
+    words = classes.translate(KEY_CHARS)
+    out = []
+    start = words.find(_KEY_RUN)
+    while start >= 0:
+        end = words.find(b" ", start + KEY_MIN_LENGTH)
+        if end < 0:
+            end = len(words)
+        out.append((start, end))
+        start = words.find(_KEY_RUN, end)
+    return out
+
+
+def classes_of(text: str) -> bytes:
+    """The class string: one byte per character of the text (see the module's doc)."""
+    return text.encode("latin-1", _HANDLER).translate(CLASSES)
+
+
+def scan(text: str, detectors: Sequence[Detector] = DETECTORS) -> list[Finding]:
     """detectors.scan's findings, the same ones, faster on text where few detectors can
     match."""
-    classed = Classed(text)
+    classes = text.encode("latin-1", _HANDLER).translate(CLASSES)
+    size = len(text)
+    runs: list[tuple[int, int, int, bytes]] | None = None
     taken: list[Finding] = []
-    for detector in detectors:
-        spans = _spans(detector, classed)
-        if not spans:
+    for how, kind, find, has, least, literal, shape in _plan(detectors):
+        if has is not None and not has(text):
             continue
-        kind = detector.kind
+        if how == _RUNS:
+            if runs is None:
+                runs = _digit_runs(classes)
+            spans: list[Span] = []
+            for start, end, digits, run in runs:
+                if digits >= least and (not literal or literal in run):
+                    # One character before (a "+" or "("), two after (what may not follow).
+                    start, end = max(0, start - 1), min(size, end + 2)
+                    if shape is None or shape(classes, start, end) is not None:
+                        spans.extend(find(text, start, end))
+        elif how == _SEEK:
+            first = classes.find(literal)
+            spans = [] if first < 0 else find(text, first)
+        elif how == _KEYS:
+            spans = []
+            for start, end in _key_runs(classes):
+                # One character after: the pattern looks at what follows a key.
+                spans.extend(find(text, start, min(size, end + 1)))
+        else:
+            spans = find(text)
         for start, end in spans:
             if not taken or not any(start < t.end and t.start < end for t in taken):
                 taken.append(Finding(kind, start, end))
-    taken.sort(key=lambda f: f.start)
+    if len(taken) > 1:
+        taken.sort(key=lambda f: f.start)
     return taken
