@@ -13,7 +13,9 @@ from bisect import bisect_left
 from collections.abc import Iterable, MutableSequence, Sequence
 from itertools import accumulate
 
-BOUNDS: tuple[float, ...] = tuple(0.001 * 2 ** (i / 2) for i in range(37))
+# Four significant digits (0.001414, not 0.0014142135623730952): the bounds are shown and
+# sent as the quantiles' values, and a short float is a short JSON number.
+BOUNDS: tuple[float, ...] = tuple(float(f"{0.001 * 2 ** (i / 2):.4g}") for i in range(37))
 # Counts per bucket: one per bound, plus the overflow bucket.
 SIZE = len(BOUNDS) + 1
 
@@ -44,6 +46,10 @@ def quantile(counts: Sequence[int], q: float) -> float:
     return BOUNDS[-1]
 
 
+# Answers by bucket index: an overflow answer (or a rank past SIZE buckets) is the last bound.
+_ANSWERS = (*BOUNDS, BOUNDS[-1], BOUNDS[-1])
+
+
 def quantiles(counts: Sequence[int], qs: Sequence[float]) -> list[float]:
     """Several quantiles in one pass (cumulative sums and bisection, both in C); 0 when
     empty. Same answers as quantile()."""
@@ -51,8 +57,8 @@ def quantiles(counts: Sequence[int], qs: Sequence[float]) -> list[float]:
     total = cumulative[-1] if cumulative else 0
     if total == 0:
         return [0.0] * len(qs)
-    last = len(BOUNDS) - 1
-    return [BOUNDS[min(bisect_left(cumulative, max(1, math.ceil(q * total))), last)] for q in qs]
+    del cumulative[SIZE:]  # longer inputs: what lies past SIZE buckets counts as overflow
+    return [_ANSWERS[bisect_left(cumulative, math.ceil(q * total) or 1)] for q in qs]
 
 
 def bucket_of(seconds: float) -> int:

@@ -14,13 +14,12 @@ from typing import Any
 import orjson
 from google.protobuf.message import DecodeError
 
+from controlplane.dashboard.backend_json import BackendJson, traffic_members
 from controlplane.dashboard.timeline import Timeline
 from controlplane.replica import Parts
 from controlplane.traffic.digest import Digest
-from controlplane.traffic.query import NO_POINT as _NO_POINT
-from controlplane.traffic.query import Result, Row
-from controlplane.traffic.records import FINE, errors_by_class
-from corral.v1 import admin_pb2, traffic_pb2, types_pb2
+from controlplane.traffic.records import FINE
+from corral.v1 import admin_pb2, traffic_pb2
 
 # Timeline entries for errors are drawn from this far back.
 ERRORS_WINDOW_MS = 5 * 60 * 1000
@@ -29,39 +28,12 @@ MAX_ERRORS = 50
 REPORT_FRESH_MS = 30_000
 
 
-def _word(enum: Any, value: int, prefix: str) -> str:
-    try:
-        return str(enum.Name(value)).removeprefix(prefix).lower()
-    except ValueError:
-        return str(value)
-
-
-def _traffic(row: Row | None, result: Result) -> dict[str, Any]:
-    if row is None:
-        return {"requests": 0, "share": 0.0, "rps": 0.0, "error_rate": 0.0, "p50": 0.0,
-                "p95": 0.0, "p99": 0.0, "ttft_p50": 0.0, "ttft_p95": 0.0, "errors": {},
-                "series": [_NO_POINT] * len(result.buckets), "tokens": 0}  # fmt: skip
-    cell = row.cell
-    quantiles = row.quantiles
-    return {
-        "requests": cell.requests,
-        "share": row.share,
-        "rps": cell.requests / result.span,
-        "error_rate": cell.errors / cell.requests if cell.requests else 0.0,
-        "errors": errors_by_class(cell.statuses),
-        "p50": quantiles[0],
-        "p95": quantiles[1],
-        "p99": quantiles[2],
-        "ttft_p50": quantiles[3],
-        "ttft_p95": quantiles[4],
-        "tokens": cell.prompt_tokens + cell.completion_tokens,
-        # [requests, errors, p95 latency] per 10 s bucket, oldest first (sparklines)
-        "series": row.series,
-    }
-
-
-async def state(parts: Parts, replica_id: str, timeline: Timeline) -> dict[str, Any]:
-    """Everything the page shows, as of now."""
+async def state(
+    parts: Parts, replica_id: str, timeline: Timeline, pieces: BackendJson | None = None
+) -> dict[str, Any]:
+    """Everything the page shows, as of now (backends as pre-serialized fragments, reused
+    from `pieces` while they hold)."""
+    pieces = pieces if pieces is not None else BackendJson()
     now = int(time.time() * 1000)
     view = parts.view
     traffic = parts.traffic
@@ -79,34 +51,20 @@ async def state(parts: Parts, replica_id: str, timeline: Timeline) -> dict[str, 
     backends = []
     serving: dict[str, list[str]] = {}
     for backend in view.backends():
-        spec, status = backend.spec, backend.status
-        for model in status.models:
-            serving.setdefault(model.id, []).append(spec.name)
-        flag = view.drain_flag(spec.name) if backend.drained else None
-        load = status.load
-        row = backend_rows.get(spec.name)
+        name = backend.spec.name
+        for model in backend.status.models:
+            serving.setdefault(model.id, []).append(name)
+        flag = view.drain_flag(name) if backend.drained else None
         backends.append(
-            {
-                "name": spec.name,
-                "type": (
-                    spec.labels.get("provider", "") and "hosted:" + spec.labels.get("provider", "")
-                )
-                or _word(types_pb2.BackendType, spec.type, "BACKEND_TYPE_"),
-                "health": _word(types_pb2.HealthState, status.health, "HEALTH_STATE_"),
-                "reason": status.reason,
-                "models": [m.id for m in status.models],
-                "running": load.running,
-                "waiting": load.waiting,
-                "kv_cache": load.kv_cache_usage if load.HasField("kv_cache_usage") else None,
-                "inflight": row.inflight if row is not None else 0,
-                "drained": backend.drained,
-                "drain_reason": flag.reason if flag is not None else "",
-                "ejected_by": sorted(ejected_by.get(spec.name, [])),
-                "priority": spec.priority,
-                "weight": spec.weight or 1.0,
-                **_traffic(row, by_backend),
-            }
+            pieces.backend(
+                backend,
+                flag.reason if flag is not None else "",
+                backend_rows.get(name),
+                by_backend,
+                ejected_by.get(name, []),
+            )
         )
+    pieces.keep_only({backend.spec.name for backend in view.backends()})
     model_rows = {row.key: row for row in by_model.rows}
     aliases = {a.name: list(a.targets) for a in view.aliases()}
     model_ids = sorted(set(serving) | set(aliases))
@@ -120,7 +78,7 @@ async def state(parts: Parts, replica_id: str, timeline: Timeline) -> dict[str, 
                 "id": model_id,
                 "backends": sorted(names),
                 "alias_targets": aliases.get(model_id, []),
-                **_traffic(model_rows.get(model_id), by_model),
+                **traffic_members(model_rows.get(model_id), by_model),
             }
         )
     snapshot = view.current().snapshot
@@ -225,7 +183,12 @@ def _timeline(timeline: Timeline, records: list[Digest], now: int) -> list[dict[
             break
         second = record.end_unix_ms // 1000
         for backend, model, status, count in record.errors:
-            entry = errors.setdefault((second, backend, model, status), [0, set()])
+            key = (second, backend, model, status)
+            entry = errors.get(key)
+            if entry is None:
+                if len(errors) >= MAX_ERRORS:
+                    continue  # older than the MAX_ERRORS kept (records come newest first)
+                entry = errors[key] = [0, set()]
             entry[0] += count
             entry[1].add(record.edge_id)
     newest = sorted(errors.items(), key=lambda kv: kv[0][0], reverse=True)[:MAX_ERRORS]

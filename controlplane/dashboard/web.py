@@ -15,18 +15,22 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import time
 from importlib import resources
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from controlplane.dashboard.answer import Answer, accepts_gzip
+from controlplane.dashboard.backend_json import BackendJson
 from controlplane.dashboard.data import state
 from controlplane.dashboard.timeline import Timeline
 from controlplane.errors import ControlPlaneError
 from controlplane.replica import Replica
 from controlplane.state import RoutingView
 from controlplane.store.base import StoreError
+from controlplane.traffic.view import CACHE_SECONDS
 from corral.config import Secret
 
 log = logging.getLogger(__name__)
@@ -71,6 +75,9 @@ class Dashboard:
         self._open = token is None and is_loopback(bind_host)
         self.replica: Replica | None = None
         self.timeline: Timeline | None = None
+        self._pieces = BackendJson()
+        # (monotonic time built, the data document): one build per CACHE_SECONDS
+        self._answer: Answer | None = None
         self._page = _asset("index.html")
         self._login = _asset("login.html")
         self._script = _asset("app.js")
@@ -187,21 +194,32 @@ class Dashboard:
         replica, timeline = self.replica, self.timeline
         if replica is None or timeline is None:
             return _json({"error": "the control plane is starting"}, 503)
-        try:
-            doc = await state(replica.parts(), replica.replica_id, timeline)
-        except ControlPlaneError as exc:
-            return _json({"error": str(exc)}, 503)
-        except StoreError as exc:
-            return _json({"error": f"the state store is unavailable: {exc}"}, 503)
-        return _json(doc, 200)
+        now = time.monotonic()
+        answer = self._answer
+        if answer is None or now - answer.built >= CACHE_SECONDS:
+            try:
+                doc = await state(replica.parts(), replica.replica_id, timeline, self._pieces)
+            except ControlPlaneError as exc:
+                return _json({"error": str(exc)}, 503)
+            except StoreError as exc:
+                return _json({"error": f"the state store is unavailable: {exc}"}, 503)
+            answer = self._answer = Answer(orjson.dumps(doc), now)
+        if accepts_gzip(request.headers.get("Accept-Encoding", "")):
+            response = _body(answer.gzipped(), 200)
+            response.headers["Content-Encoding"] = "gzip"
+        else:
+            response = _body(answer.body, 200)
+        response.headers["Vary"] = "Accept-Encoding"
+        return response
 
 
 def _json(doc: Any, status: int) -> web.Response:
+    return _body(orjson.dumps(doc), status)
+
+
+def _body(body: bytes, status: int) -> web.Response:
     return web.Response(
-        status=status,
-        body=orjson.dumps(doc),
-        content_type="application/json",
-        headers=_SECURITY_HEADERS,
+        status=status, body=body, content_type="application/json", headers=_SECURITY_HEADERS
     )
 
 

@@ -81,12 +81,7 @@ def add_two(base: Sums, more: Sums) -> Sums:
     out = dict(base)
     for key, cell in more.items():
         held = out.get(key)
-        if held is None:
-            out[key] = cell
-        else:
-            merged = out[key] = CellSum()
-            merged.add(held)
-            merged.add(cell)
+        out[key] = cell if held is None else CellSum.both(held, cell)
     return out
 
 

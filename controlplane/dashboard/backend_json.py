@@ -1,0 +1,130 @@
+"""The dashboard's backends, serialized in pieces that are reused while they hold.
+
+A backend's own members (spec, health, load, drain) are serialized once per change of its
+record: the routing view hands out the same Backend object until the record changes. Its
+traffic members are serialized once per traffic answer (one per second however many
+browsers poll). A backend's JSON object is the two pieces joined, handed to orjson as a
+Fragment, so a document of 1,000 backends costs a join per backend, not 30 dict members.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from controlplane.traffic.query import NO_POINT, Result, Row
+from controlplane.traffic.records import errors_by_class
+from corral.v1 import types_pb2
+
+
+def word(enum: Any, value: int, prefix: str) -> str:
+    """An enum value's name without its prefix, lower case (the number when unknown)."""
+    try:
+        return str(enum.Name(value)).removeprefix(prefix).lower()
+    except ValueError:
+        return str(value)
+
+
+def traffic_members(row: Row | None, result: Result) -> dict[str, Any]:
+    """A group's traffic over the answer's window, as the page reads it."""
+    if row is None:
+        return {"requests": 0, "share": 0.0, "rps": 0.0, "error_rate": 0.0, "p50": 0.0,
+                "p95": 0.0, "p99": 0.0, "ttft_p50": 0.0, "ttft_p95": 0.0, "errors": {},
+                "series": [NO_POINT] * len(result.buckets), "tokens": 0}  # fmt: skip
+    cell = row.cell
+    quantiles = row.quantiles
+    requests = cell.requests
+    return {
+        "requests": requests,
+        "share": round(row.share, 5),
+        "rps": round(requests / result.span, 3),
+        "error_rate": round(cell.errors / requests, 5) if requests else 0.0,
+        "errors": errors_by_class(cell.statuses),
+        "p50": quantiles[0],
+        "p95": quantiles[1],
+        "p99": quantiles[2],
+        "ttft_p50": quantiles[3],
+        "ttft_p95": quantiles[4],
+        "tokens": cell.prompt_tokens + cell.completion_tokens,
+        # [requests, errors, p95 latency] per 10 s bucket, oldest first (sparklines)
+        "series": row.series,
+    }
+
+
+def _own_members(backend: types_pb2.Backend, drain_reason: str) -> bytes:
+    spec, status = backend.spec, backend.status
+    load = status.load
+    provider = spec.labels.get("provider", "")
+    doc = {
+        "name": spec.name,
+        "type": "hosted:" + provider
+        if provider
+        else word(types_pb2.BackendType, spec.type, "BACKEND_TYPE_"),
+        "health": word(types_pb2.HealthState, status.health, "HEALTH_STATE_"),
+        "reason": status.reason,
+        "models": [m.id for m in status.models],
+        "running": load.running,
+        "waiting": load.waiting,
+        "kv_cache": load.kv_cache_usage if load.HasField("kv_cache_usage") else None,
+        "drained": backend.drained,
+        "drain_reason": drain_reason,
+        "priority": spec.priority,
+        "weight": spec.weight or 1.0,
+    }
+    return orjson.dumps(doc)[1:-1]
+
+
+class BackendJson:
+    """Every backend's JSON object, from its cached pieces."""
+
+    def __init__(self) -> None:
+        # name -> (the view's Backend object, drain reason, its serialized own members)
+        self._own: dict[str, tuple[types_pb2.Backend, str, bytes]] = {}
+        self._result: Result | None = None
+        self._traffic: dict[str, bytes] = {}
+        self._no_traffic = b""
+
+    def own(self, backend: types_pb2.Backend, drain_reason: str) -> bytes:
+        """The backend's own members (no braces), serialized once per change."""
+        name = backend.spec.name
+        held = self._own.get(name)
+        if held is not None and held[0] is backend and held[1] == drain_reason:
+            return held[2]
+        members = _own_members(backend, drain_reason)
+        self._own[name] = (backend, drain_reason, members)
+        return members
+
+    def traffic(self, name: str, row: Row | None, result: Result) -> bytes:
+        """The traffic members (no braces), serialized once per answer."""
+        if result is not self._result:
+            self._result = result
+            self._traffic = {}
+            self._no_traffic = orjson.dumps({"inflight": 0, **traffic_members(None, result)})[1:-1]
+        if row is None:
+            return self._no_traffic
+        members = self._traffic.get(name)
+        if members is None:
+            doc = {"inflight": row.inflight, **traffic_members(row, result)}
+            members = self._traffic[name] = orjson.dumps(doc)[1:-1]
+        return members
+
+    def backend(
+        self,
+        backend: types_pb2.Backend,
+        drain_reason: str,
+        row: Row | None,
+        result: Result,
+        ejected_by: list[str],
+    ) -> orjson.Fragment:
+        own = self.own(backend, drain_reason)
+        traffic = self.traffic(backend.spec.name, row, result)
+        ejected = orjson.dumps(sorted(ejected_by)) if ejected_by else b"[]"
+        return orjson.Fragment(
+            b"".join((b"{", own, b",", traffic, b',"ejected_by":', ejected, b"}"))
+        )
+
+    def keep_only(self, names: set[str]) -> None:
+        """Forget backends no longer in the view."""
+        for name in [n for n in self._own if n not in names]:
+            del self._own[name]

@@ -1,0 +1,93 @@
+"""The dashboard's data answer: gzipped for clients that ask, backends' JSON reused only
+while it holds."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+
+import aiohttp
+import orjson
+
+from controlplane.dashboard.answer import accepts_gzip
+from controlplane.dashboard.backend_json import BackendJson
+from controlplane.traffic.digest import CellSum
+from controlplane.traffic.query import Result, Row
+from corral.v1 import types_pb2
+from tests.controlplane import harness as h
+from tests.support.net import eventually, free_port
+
+
+def test_accept_encoding_is_read_as_browsers_send_it() -> None:
+    """gzip is used when listed (or `*`), not when refused with q=0 or absent."""
+    assert accepts_gzip("gzip, deflate, br, zstd")
+    assert accepts_gzip("br;q=1.0, GZIP;q=0.5")
+    assert accepts_gzip("*")
+    assert not accepts_gzip("gzip;q=0, deflate")
+    assert not accepts_gzip("br")
+    assert not accepts_gzip("")
+
+
+async def test_the_same_document_gzipped_or_plain() -> None:
+    """Asked with gzip, the answer is the plain document gzipped; without, it is plain."""
+    address = f"127.0.0.1:{free_port()}"
+    cfg = dataclasses.replace(h.config(), metrics_listen=address)
+    url = f"http://{address}/dashboard/api/state"
+    async with h.running(cfg) as cp, aiohttp.ClientSession(auto_decompress=False) as http:
+        agent = h.AgentClient(cp)
+        try:
+            await agent.connect(h.register("gpu-a"))
+
+            async def listed() -> dict[str, object] | None:
+                async with http.get(url, headers={"Accept-Encoding": "gzip"}) as resp:
+                    assert resp.status == 200
+                    assert resp.headers["Content-Encoding"] == "gzip"
+                    assert resp.headers["Vary"] == "Accept-Encoding"
+                    doc: dict[str, object] = orjson.loads(gzip.decompress(await resp.read()))
+                return doc if doc["backends"] else None
+
+            zipped = await eventually(listed)
+            async with http.get(url, headers={"Accept-Encoding": "identity"}) as resp:
+                assert "Content-Encoding" not in resp.headers
+                plain = orjson.loads(await resp.read())
+            assert plain["backends"] == zipped["backends"]
+            [backend] = plain["backends"]
+            assert backend["name"] == "gpu-a" and backend["health"] == "healthy"
+            assert backend["requests"] == 0 and backend["ejected_by"] == []
+        finally:
+            await agent.close()
+
+
+def _backend(health: int) -> types_pb2.Backend:
+    backend = types_pb2.Backend(spec=h.spec("gpu-a", url="http://127.0.0.1:1"))
+    backend.status.CopyFrom(h.status(health=health, running=3))
+    return backend
+
+
+def test_a_backends_json_follows_its_record_and_each_answer() -> None:
+    """Own members are reused for the same record object and rebuilt for a new one (or a
+    new drain reason); traffic members are rebuilt for each traffic answer."""
+    pieces = BackendJson()
+    healthy = _backend(types_pb2.HEALTH_STATE_HEALTHY)
+    first = pieces.own(healthy, "")
+    assert pieces.own(healthy, "") is first
+    assert b'"health":"healthy"' in first and b'"running":3' in first
+    down = pieces.own(_backend(types_pb2.HEALTH_STATE_UNHEALTHY), "")
+    assert b'"health":"unhealthy"' in down
+    assert b'"drain_reason":"upgrade"' in pieces.own(healthy, "upgrade")
+
+    def answer(requests: int) -> tuple[Result, Row]:
+        cell = CellSum()
+        cell.requests = requests
+        row = Row("gpu-a", cell)
+        row.share, row.quantiles, row.series = 1.0, [0.5] * 6, [(requests, 0, 0.5)]
+        result = Result()
+        result.rows, result.buckets, result.span = [row], [0], 10.0
+        return result, row
+
+    one, row_one = answer(10)
+    two, row_two = answer(20)
+    doc = orjson.loads(orjson.dumps([pieces.backend(healthy, "", row_one, one, ["e1"])]))[0]
+    assert (doc["requests"], doc["rps"], doc["ejected_by"]) == (10, 1.0, ["e1"])
+    doc = orjson.loads(orjson.dumps([pieces.backend(healthy, "", row_two, two, [])]))[0]
+    assert (doc["requests"], doc["series"], doc["health"]) == (20, [[20, 0, 0.5]], "healthy")
