@@ -83,5 +83,5 @@ def test_same_findings_on_keys_in_soup(rng: random.Random) -> None:
 
 def test_key_runs_are_never_shorter_than_a_key() -> None:
     """KEY_MIN_LENGTH is the shortest match any provider's key pattern has."""
-    shortest, _ = re._parser.parse(detectors._KEY.pattern).getwidth()  # type: ignore[attr-defined]
+    shortest, _ = re._parser.parse(detectors._KEY.pattern).getwidth()
     assert shortest == sieve.KEY_MIN_LENGTH
