@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from corral.config import EdgeConfig
 from corral.runtime import configure_logging, run_until_signal
+from edge.cores import usable_cores
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -32,20 +33,13 @@ _MAX_STARTUP_DEATHS = 3
 
 def main(config: EdgeConfig) -> int:
     """Run the edge until SIGINT/SIGTERM; exit code for the process. `workers` left at 0
-    (not set anywhere) means one worker process per core this process may run on."""
+    (not set anywhere) means one worker process per core this process may run on
+    (edge/cores.py)."""
     if config.workers <= 0:
         config = dataclasses.replace(config, workers=usable_cores())
     if config.workers <= 1:
         return _serve_here(config)
     return _supervise(config)
-
-
-def usable_cores() -> int:
-    """The CPUs this process may run on (its affinity mask: `taskset`, cpusets)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # no sched_getaffinity on this platform
-        return os.cpu_count() or 1
 
 
 def _serve_here(config: EdgeConfig, served: Callable[[], None] | None = None) -> int:
