@@ -20,6 +20,7 @@ BENCHMARKS = {
     "headers": "bench.headers",
     "profile": "bench.profile",
     "lane": "bench.lane",
+    "memory": "bench.memory",
 }
 
 

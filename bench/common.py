@@ -482,6 +482,7 @@ ORDER = [
     "traffic",
     "headers",
     "profile",
+    "memory",
 ]
 
 

@@ -1,0 +1,168 @@
+"""Where a gateway-on edge's resident memory goes, beside the lean relay's, one run.
+
+``./dev bench memory [--no-write]``
+
+1. Import steps, each in turn in one fresh interpreter: resident memory (VmRSS) after each,
+   split into anonymous memory (Python objects, C heaps) and file-backed pages (shared
+   libraries: resident, but shared with every process that maps them).
+2. The gateway-on edge of bench/overhead.py (a key file, limits counted in-process, SQLite
+   usage records, metrics) with one worker, and the lean relay, both loaded by wrk for 2 s
+   (32 connections) against nginx, then measured at rest: RSS, its anonymous / file-backed
+   split, threads. Then `--workers 2`: every process of the group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+from pathlib import Path
+
+from bench import nginx, wrk
+from bench.common import (
+    LOAD_CPU,
+    PROXY_CPU,
+    PYTHON,
+    Proc,
+    Procs,
+    commit,
+    ensure_tools,
+    free_port,
+    md_table,
+    publish,
+    run_info,
+    wait_port,
+    workspace,
+)
+from bench.overhead import CHAT_REQUEST, GATEWAY_ON, KEY, lean, start_edge
+
+# Each step adds these imports to the ones before it.
+STEPS = [
+    ("Python", ""),
+    ("asyncio, uvloop", "import asyncio, uvloop"),
+    ("aiohttp.web", "import aiohttp.web"),
+    (
+        "protobuf + corral.v1 messages",
+        "import corral.v1.types_pb2, corral.v1.routing_pb2, "
+        "corral.v1.gateway_pb2, corral.v1.traffic_pb2",
+    ),
+    ("grpclib (control-plane calls)", "import grpclib.client"),
+    ("prometheus_client", "import prometheus_client"),
+    ("sqlite3", "import sqlite3"),
+    ("yaml + corral.config", "import yaml, corral.config"),
+    ("the edge (edge.app, corral.cli)", "import edge.app, corral.cli"),
+]
+_PROBE = """
+import sys
+def mem():
+    d = {}
+    for line in open("/proc/self/smaps_rollup"):
+        p = line.split()
+        if p[0] in ("Rss:", "Anonymous:"):
+            d[p[0]] = int(p[1]) / 1024
+    return d["Rss:"], d["Anonymous:"]
+for code in sys.argv[1:]:
+    exec(code)
+    print(*mem(), flush=True)
+"""
+
+
+def import_steps() -> list[list[object]]:
+    out = subprocess.run(
+        [PYTHON, "-c", _PROBE, *(code for _, code in STEPS)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    rows: list[list[object]] = []
+    before = 0.0
+    for (name, _), line in zip(STEPS, out, strict=False):
+        rss, anon = (float(x) for x in line.split())
+        rows.append(
+            [name, f"{rss:.1f}", f"+{rss - before:.1f}", f"{anon:.1f}", f"{rss - anon:.1f}"]
+        )
+        before = rss
+    return rows
+
+
+def split(pid: int) -> tuple[float, float, float, int]:
+    """RSS, anonymous and file-backed MiB, threads."""
+    values: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        parts = line.split()
+        if parts[0] in ("Rss:", "Anonymous:"):
+            values[parts[0]] = int(parts[1]) / 1024
+    threads = len(list(Path(f"/proc/{pid}/task").iterdir()))
+    return values["Rss:"], values["Anonymous:"], values["Rss:"] - values["Anonymous:"], threads
+
+
+def at_rest(name: str, proc: Proc, url: str, script: Path) -> list[list[object]]:
+    wrk.run(url, script, connections=32, seconds=2, cpus=LOAD_CPU)
+    rows: list[list[object]] = []
+    for pid in sorted(proc.pids()):
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        role = "worker" if "spawn_main" in command else "resource tracker"
+        if pid == proc.pid:
+            role = "the process" if len(proc.pids()) == 1 else "supervisor"
+        rss, anon, file, threads = split(pid)
+        rows.append([name, role, f"{rss:.1f}", f"{anon:.1f}", f"{file:.1f}", threads])
+    return rows
+
+
+def run() -> str:
+    ensure_tools("nginx", "wrk")
+    info = run_info()
+    steps = import_steps()
+    rows: list[list[object]] = []
+    with workspace("memory") as (tmp, procs):
+        script = wrk.post_script(tmp / "post.lua", CHAT_REQUEST)
+        keyed = wrk.post_script(tmp / "keyed.lua", CHAT_REQUEST, {"Authorization": f"Bearer {KEY}"})
+        keys = tmp / "keys.txt"
+        keys.write_text(KEY + "\n")
+        keys.chmod(0o600)
+        config = tmp / "on.yaml"
+        config.write_text(GATEWAY_ON.format(db=tmp / "usage.db"))
+        backend_port = free_port()
+        nginx.start(procs, "backend", lambda d: nginx.backend_conf(d, backend_port), LOAD_CPU,
+                    f"http://127.0.0.1:{backend_port}/health")  # fmt: skip
+        backend = f"http://127.0.0.1:{backend_port}"
+        chat = "/v1/chat/completions"
+        group, base = lean(procs, backend, 1, [PROXY_CPU])
+        rows += at_rest("lean aiohttp relay", group[0], base + chat, script)
+        procs.stop(group[0])
+        snapshots = start_snapshots(procs, backend)
+        for workers, cpus in ((1, PROXY_CPU), (2, f"{PROXY_CPU},{LOAD_CPU}")):
+            edge, base = start_edge(procs, f"edge{workers}", snapshots, workers, cpus, config, keys)
+            rows += at_rest(f"edge, gateway on, --workers {workers}", edge, base + chat, keyed)
+            procs.stop(edge)
+    return "\n".join([
+        "## Edge memory",
+        f"Command: `./dev bench memory` — {info['date']}, commit `{commit()}`",
+        f"Machine: {info['machine']}. Load: {info['load']}.",
+        "",
+        "Import steps, in one fresh interpreter (MiB; file-backed = shared libraries' pages):",
+        "",
+        md_table(["step", "RSS", "added", "anonymous", "file-backed"], steps),
+        "",
+        "At rest after 2 s of wrk at 32 connections (MiB):",
+        "",
+        md_table(["process", "role", "RSS", "anonymous", "file-backed", "threads"], rows),
+    ])  # fmt: skip
+
+
+def start_snapshots(procs: Procs, backend: str) -> int:
+    port = free_port()
+    proc = procs.start(
+        "snapshots",
+        [PYTHON, "-m", "bench.snapshot_server", "--listen", f"127.0.0.1:{port}",
+         "--model", nginx.MODEL, "--backend", f"nginx={backend}"],
+        cpus=LOAD_CPU,
+    )  # fmt: skip
+    wait_port(port, proc)
+    return port
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="./dev bench memory", description=__doc__)
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+    return publish("memory", run(), write=not args.no_write)
