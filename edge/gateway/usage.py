@@ -98,6 +98,7 @@ class UsageRecorder(Recorder):
         "_max",
         "_pending",
         "_spool",
+        "_taken",
         "_timeout",
         "_wake",
         "body_teams",
@@ -125,6 +126,7 @@ class UsageRecorder(Recorder):
         self._interval = usage.flush_interval_seconds
         self._timeout = usage.write_timeout_seconds
         self._pending: list[Row] = []
+        self._taken = 0  # rows the flush under way took and has not written or spooled yet
         self._wake = asyncio.Event()
         self._closing = False
         self._last_replay = 0.0
@@ -132,13 +134,14 @@ class UsageRecorder(Recorder):
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Rows in memory: waiting, and taken by the flush under way."""
+        return len(self._pending) + self._taken
 
     def record(self, call: Call) -> None:
         if self.sink is None:
             return  # kept nowhere: nothing to batch (the prices still serve the limits)
         pending = self._pending
-        if len(pending) >= self._max:
+        if len(pending) + self._taken >= self._max:
             self.counts["dropped"] += 1
             return
         try:
@@ -172,17 +175,29 @@ class UsageRecorder(Recorder):
         self._wake.set()
 
     async def flush(self) -> None:
-        """Write what is pending now; spool what cannot be written; replay the spool."""
+        """Write what is pending now, in batches; spool what cannot be written; replay the
+        spool. Rows recorded meanwhile wait for the next flush (a full batch of them wakes
+        it at once): draining them as they came made a stream of small transactions, each
+        a thread hand-off and a commit, that cost more than the rows themselves."""
+        taken, self._pending = self._pending, []
+        self._taken = len(taken)
+        done = 0
         ok = True
-        while self._pending:
-            rows = self._pending[: self._batch]
-            del self._pending[: self._batch]
-            if ok:
-                ok = await self._write(rows)
+        try:
+            while done < len(taken):
+                rows = taken[done : done + self._batch]
                 if ok:
-                    self.counts["written"] += len(rows)
-                    continue
-            await self._to_spool(rows)
+                    ok = await self._write(rows)
+                    if ok:
+                        self.counts["written"] += len(rows)
+                if not ok:
+                    await self._to_spool(rows)
+                done += len(rows)
+                self._taken -= len(rows)
+        finally:
+            if done < len(taken):  # cancelled (a stop's grace ran out): kept for close()
+                self._pending[:0] = taken[done:]
+            self._taken = 0
         if ok and self._spool is not None and not self._closing:
             now = time.monotonic()
             if now - self._last_replay >= _REPLAY_EVERY:

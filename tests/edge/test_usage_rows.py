@@ -1,8 +1,10 @@
 """Usage rows as stored: absent values NULL and flags true/false in every sink (rows carry
-them as sentinels and 0/1), batches across the SQLite sink's multi-row statements whole."""
+them as sentinels and 0/1), batches across the SQLite sink's multi-row statements whole, and
+a flush that takes only what was pending when it began."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,10 +14,12 @@ import asyncpg
 import orjson
 import pytest
 
+from corral.config import UsageConfig
 from edge.gateway.call import Call, new_id
 from edge.gateway.postgres import PostgresSink
 from edge.gateway.records import NAMES, TABLE, Row, as_dict, from_dict, row
 from edge.gateway.sinks import JsonLinesSink, SQLiteSink
+from edge.gateway.usage import UsageRecorder
 from tests.support.postgres import PostgresServer, running_postgres
 
 BARE_ID = "bare"
@@ -156,3 +160,47 @@ async def test_sqlite_batches_across_statements_whole(tmp_path: Path) -> None:
     assert len(found) == len(written)
     assert all(found[r[0]]["prompt_tokens"] == r[14] for r in written)
     assert all(found[r[0]]["request_id"] == r[1] for r in written)
+
+
+class _HeldSink:
+    """A sink whose writes wait until released; it keeps the batches it was given."""
+
+    name = "held"
+
+    def __init__(self) -> None:
+        self.batches: list[list[Row]] = []
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def open(self) -> None:
+        """Nothing to open."""
+
+    async def write(self, rows: list[Row]) -> None:
+        self.batches.append(rows)
+        self.started.set()
+        await self.release.wait()
+
+    def abandon(self) -> None:
+        """Nothing to drop."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+
+async def test_flush_writes_only_what_was_pending() -> None:
+    """Rows recorded during a write wait for the next flush, and count as pending meanwhile."""
+    sink = _HeldSink()
+    recorder = UsageRecorder(sink, UsageConfig(max_pending=5, batch_size=3), "edge-a", None)
+    for _ in range(2):
+        recorder.record(bare())
+    flushing = asyncio.create_task(recorder.flush())
+    await sink.started.wait()
+    for _ in range(3):
+        recorder.record(bare())
+    recorder.record(bare())  # 2 taken + 3 waiting: the bound of 5 is reached
+    assert recorder.pending == 5 and recorder.counts["dropped"] == 1
+    sink.release.set()
+    await flushing
+    assert [len(b) for b in sink.batches] == [2] and recorder.pending == 3
+    await recorder.flush()
+    assert [len(b) for b in sink.batches] == [2, 3] and recorder.counts["written"] == 5
