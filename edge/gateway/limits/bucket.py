@@ -106,13 +106,6 @@ class Bucket:
         self.rate_start = now
         self.last_used = now
 
-    def take(self, amount: int, now: float) -> None:
-        self.lease -= amount
-        self.last_used = now
-        self.rate_count += amount
-        if now - self.rate_start >= 0.5:
-            self.sample_rate(now)
-
     def sample_rate(self, now: float) -> None:
         """Fold the units taken since the last sample into the demand estimate."""
         sample = self.rate_count / (now - self.rate_start)
@@ -157,7 +150,8 @@ class Bucket:
 
     def remaining(self) -> int:
         """What this edge may still admit by its last view of the store (approximate)."""
-        return max(0, self.limit - self.used + max(self.lease, 0))
+        left = self.limit - self.used + (self.lease if self.lease > 0 else 0)
+        return left if left > 0 else 0
 
 
 def open_bucket(subject: Subject, reason: str, limit: int, now: float, window: float) -> Bucket:

@@ -156,8 +156,10 @@ class Gate:
             price = self.prices().lookup(call.model)
             if price is not None:
                 cost = math.ceil(price.cost(prompt, 0, tokens - prompt) * MICROS_PER_USD)
+        ticket = self.limiter.admit_now(plan, tokens, cost)
         try:
-            ticket = await self.limiter.admit(plan, tokens=tokens, cost=cost)
+            if ticket is None:  # a lease is short: the store is asked
+                ticket = await self.limiter.admit(plan, tokens=tokens, cost=cost)
         except Refused as exc:
             call.limit = exc.reason
             shown: dict[str, str] = {}

@@ -87,6 +87,15 @@ class Limiter:
         for the plan's subjects (or these subjects); raises Refused naming the first limit
         it is over."""
         plan = who if isinstance(who, Plan) else Plan(who)
+        ticket = self.admit_now(plan, tokens, cost)
+        if ticket is None:
+            await self._wait_for_leases(plan, plan.buckets, (1, tokens, cost))
+            ticket = Ticket(plan, plan.buckets, tokens, cost)
+        return ticket
+
+    def admit_now(self, plan: Plan, tokens: int, cost: int) -> Ticket | None:
+        """The request's ticket when every lease holds what it needs (no store call, no
+        await: the steady state); None when one is short, and `admit` asks the store."""
         now = self.clock()
         buckets = plan.buckets
         if now >= plan.until or plan.found_in is not self._buckets:
@@ -94,10 +103,8 @@ class Limiter:
         amounts = (1, tokens, cost)  # indexed by a bucket's unit
         for bucket in buckets:
             if bucket.lease < amounts[bucket.unit]:
-                await self._wait_for_leases(plan, buckets, amounts)
-                break
-        else:
-            self._take(plan, buckets, amounts, now)
+                return None
+        self._take(plan, buckets, amounts, now)
         return Ticket(plan, buckets, tokens, cost)
 
     def _take(
@@ -105,10 +112,14 @@ class Limiter:
     ) -> None:
         """Take the request's amounts from leases that hold them; refill low ones early."""
         low = False
-        for bucket in buckets:
+        for bucket in buckets:  # Bucket.take, inlined: this loop runs for every request
             amount = amounts[bucket.unit]
-            bucket.take(amount, now)
-            if bucket.lease < amount or bucket.lease < bucket.low:
+            lease = bucket.lease = bucket.lease - amount
+            bucket.last_used = now
+            bucket.rate_count += amount
+            if now - bucket.rate_start >= 0.5:
+                bucket.sample_rate(now)
+            if lease < amount or lease < bucket.low:
                 low = True
         if low:
             self._prefetch(buckets, amounts, now)
