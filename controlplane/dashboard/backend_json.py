@@ -105,7 +105,24 @@ class BackendJson:
             return self._no_traffic
         members = self._traffic.get(name)
         if members is None:
-            doc = {"inflight": row.inflight, **traffic_members(row, result)}
+            cell = row.cell
+            quantiles = row.quantiles
+            requests = cell.requests
+            doc = {
+                "inflight": row.inflight,
+                "requests": requests,
+                "share": round(row.share, 5),
+                "rps": round(requests / result.span, 3),
+                "error_rate": round(cell.errors / requests, 5) if requests else 0.0,
+                "errors": errors_by_class(cell.statuses) if cell.statuses else {},
+                "p50": quantiles[0],
+                "p95": quantiles[1],
+                "p99": quantiles[2],
+                "ttft_p50": quantiles[3],
+                "ttft_p95": quantiles[4],
+                "tokens": cell.prompt_tokens + cell.completion_tokens,
+                "series": row.series,
+            }  # traffic_members(row, result) with in-flight, built in one go
             members = self._traffic[name] = orjson.dumps(doc)[1:-1]
         return members
 
