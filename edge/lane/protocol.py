@@ -42,6 +42,7 @@ HANDOVER_AFTER_SECONDS: Final = 0.5
 _PENDING_LIMIT: Final = 1 << 16
 _REFUSED_HEADERS: Final = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"origin"))
 _STREAM_KEY: Final = b'"stream"'
+_POST: Final = b"POST /v1/"  # how every message the lane may serve begins
 
 
 class _Unusual(Exception):
@@ -67,7 +68,7 @@ class LaneProtocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._remote: str | None = None
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser: httptools.HttpRequestParser | None = None  # made for the first POST
         self._buffer = bytearray()  # every byte since the current message began
         self._pending = bytearray()  # bytes that came while a request was served
         self._url = b""
@@ -92,12 +93,6 @@ class LaneProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self._transport = transport = cast(asyncio.Transport, transport)
-        tcp_keepalive(transport)  # as aiohttp does for every connection it accepts
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, (list, tuple)):
-            self._remote = str(peer[0])
-        elif peer is not None:
-            self._remote = str(peer)
         self._lane.connections.add(self)
         self._idle_since = self._loop.time()
         self._idle_timer = self._loop.call_at(
@@ -156,9 +151,16 @@ class LaneProtocol(asyncio.Protocol):
     # -- parsing ---------------------------------------------------------------------------
 
     def _receive(self, data: bytes) -> None:
-        self._buffer += data
+        buffer = self._buffer
+        if not buffer and not data.startswith(_POST) and not _POST.startswith(data):
+            self.hand_over(data)  # not a POST to /v1/: aiohttp's, without parsing it here
+            return
+        buffer += data
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = self._first_post()
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except Exception:  # unusual, malformed or upgrading: aiohttp's to answer
             self.hand_over()
             return
@@ -185,6 +187,18 @@ class LaneProtocol(asyncio.Protocol):
         keep_alive = self._keep_alive
         self._task = self._loop.create_task(self._serve(request, route, keep_alive))
 
+    def _first_post(self) -> httptools.HttpRequestParser:
+        """The parser, the client's address (aiohttp's request.remote), and TCP keepalive as
+        aiohttp sets on every connection it accepts (a connection handed over gets it there)."""
+        assert self._transport is not None
+        tcp_keepalive(self._transport)
+        peer = self._transport.get_extra_info("peername")
+        if isinstance(peer, (list, tuple)):
+            self._remote = str(peer[0])
+        elif peer is not None:
+            self._remote = str(peer)
+        return httptools.HttpRequestParser(self)
+
     def on_message_begin(self) -> None:
         if self._complete:  # a second message in the same read: aiohttp serves both
             raise _Unusual
@@ -209,6 +223,7 @@ class LaneProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
+        assert parser is not None
         route = self._lane.routes.get(self._url)
         if (
             route is None
@@ -281,8 +296,9 @@ class LaneProtocol(asyncio.Protocol):
 
     # -- handing over and timers -----------------------------------------------------------
 
-    def hand_over(self) -> None:
-        """From now on the connection is aiohttp's, starting with the current message."""
+    def hand_over(self, data: bytes | None = None) -> None:
+        """From now on the connection is aiohttp's, starting with the current message (or
+        `data`, when that is the first of it)."""
         self._stop_timers()
         self._lane.connections.discard(self)
         transport = self._transport
@@ -294,7 +310,8 @@ class LaneProtocol(asyncio.Protocol):
         if self._paused or self._unread:
             transport.resume_reading()
         handler.connection_made(transport)
-        data = bytes(self._buffer)
+        if data is None:
+            data = bytes(self._buffer)
         if data:
             handler.data_received(data)
 

@@ -325,6 +325,21 @@ async def test_other_routes_are_handed_to_aiohttp(lane: RunningEdge) -> None:
     assert wrong.status == 405 and wrong.headers["allow"] == "POST"
 
 
+async def test_a_get_after_a_lane_request_is_handed_over(lane: RunningEdge) -> None:
+    """On a kept-alive connection the lane served, a GET that follows goes to aiohttp."""
+    before = await handovers(lane)
+    async with connection(lane) as (reader, writer):
+        writer.write(post("/v1/chat/completions", CHAT_BODY))
+        async with asyncio.timeout(15):
+            assert_chat(await read_answer(reader))
+            writer.write(b"GET /v1/models HTTP/1.1\r\nHost: edge\r\n\r\n")
+            models = await read_answer(reader)
+            assert [m["id"] for m in models.json()["data"]] == [MODEL]
+            writer.write(post("/v1/chat/completions", CHAT_BODY))  # aiohttp's from now on
+            assert_chat(await read_answer(reader))
+    assert await handovers(lane) == before + 2
+
+
 async def test_pipelined_requests_are_answered_in_order(lane: RunningEdge) -> None:
     """Two requests in one write are handed to aiohttp, which answers both in order."""
     second = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "two"}]})
