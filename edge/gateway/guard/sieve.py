@@ -86,7 +86,7 @@ KEY_MIN_LENGTH: Final = 15
 _KEY_RUN: Final = b"w" * KEY_MIN_LENGTH
 
 # What the fast path does for one detector (made once per tuple of detectors).
-_WHOLE, _RUNS, _SEEK, _KEYS = range(4)
+_WHOLE, _RUNS, _SEEK, _LONG_RUNS = range(4)
 Needle = Callable[[str], object] | None  # None: no precondition; else truthy when present
 Step = tuple[int, str, Finder, Needle, int, bytes, Callable[..., object] | None]
 
@@ -106,7 +106,7 @@ def _step(d: Detector) -> Step:
         return (_RUNS, d.kind, d.find, has, d.run_digits, d.run_needs.encode(), shape)
     if d.seek:
         return (_SEEK, d.kind, d.find, has, 0, d.seek, None)
-    return (_KEYS if d.key_run else _WHOLE, d.kind, d.find, has, 0, b"", None)
+    return (_LONG_RUNS if d.key_run else _WHOLE, d.kind, d.find, has, 0, b"", None)
 
 
 _PLANS: dict[int, tuple[Sequence[Detector], list[Step]]] = {}
@@ -173,7 +173,7 @@ def scan(text: str, detectors: Sequence[Detector] = DETECTORS) -> list[Finding]:
         elif how == _SEEK:
             first = classes.find(literal)
             spans = [] if first < 0 else find(text, first)
-        elif how == _KEYS:
+        elif how == _LONG_RUNS:
             spans = []
             for start, end in _key_runs(classes):
                 # One character after: the pattern looks at what follows a key.
