@@ -110,6 +110,9 @@ class ControlPlaneChannel:
                 _keepalive_timeout=keepalive_timeout_seconds,
                 _keepalive_permit_without_calls=True,
                 _http2_max_pings_without_data=0,
+                # grpclib's default (300 s) sends one ping, then none for five minutes: a
+                # connection that dies after the first ping would stay "connected" that long.
+                _http2_min_sent_ping_interval_without_data=keepalive_seconds / 2,
             ),
         )
 

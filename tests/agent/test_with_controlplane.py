@@ -443,10 +443,13 @@ async def test_sigterm_to_the_agent_process_says_goodbye(
         assert fake.requests[-1].headers.get("Authorization") == "Bearer sk-backend"
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
-        await eventually(lambda: _is_absent(cp, "proc-1"), within=3)
         assert proc.stderr is not None
         log = (await proc.stderr.read()).decode()
-        assert "said goodbye" in log
+        assert "said goodbye" in log, log
+        try:
+            await eventually(lambda: _is_absent(cp, "proc-1"), within=3)
+        except TimeoutError:
+            raise AssertionError(f"proc-1 routed after its goodbye; agent log:\n{log}") from None
         assert "sk-backend" not in log
     finally:
         if proc.returncode is None:

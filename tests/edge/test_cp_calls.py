@@ -30,6 +30,7 @@ class Routing(routing_pb2_grpc.RoutingServiceServicer):
     def __init__(self) -> None:
         self.metadata: list[dict[str, str]] = []
         self.hold = False
+        self.keep_open = False
         self.released = asyncio.Event()
 
     async def WatchSnapshots(
@@ -42,6 +43,8 @@ class Routing(routing_pb2_grpc.RoutingServiceServicer):
         for version in (1, 2, 3):
             snapshot = types_pb2.Snapshot(version=version, cluster_id=request.edge_id)
             yield routing_pb2.WatchSnapshotsResponse(snapshot=snapshot)
+        if self.keep_open:
+            await self.released.wait()
 
     async def ReportTraffic(
         self, request: traffic_pb2.ReportTrafficRequest, context: aio.ServicerContext
@@ -53,11 +56,11 @@ class Routing(routing_pb2_grpc.RoutingServiceServicer):
 
 @contextlib.asynccontextmanager
 async def serving(
-    tls: TlsFiles | None, *, mutual: bool = False
+    tls: TlsFiles | None, *, mutual: bool = False, options: tuple[tuple[str, int], ...] = ()
 ) -> AsyncIterator[tuple[str, Routing]]:
     """A grpcio server with RoutingService on a free port, plaintext or TLS."""
     routing = Routing()
-    server = aio.server()
+    server = aio.server(options=options)
     routing_pb2_grpc.add_RoutingServiceServicer_to_server(routing, server)
     address = f"127.0.0.1:{free_port()}"
     if tls is None:
@@ -177,6 +180,94 @@ async def test_keepalive_ends_a_stream_to_a_frozen_peer() -> None:
         assert accepted.is_set()
     finally:
         server.close()
+
+
+class FreezableRelay:
+    """A TCP relay to `target` that counts the client's HTTP/2 PING frames and, once frozen,
+    forwards nothing more either way (a cable pulled without a FIN or RST)."""
+
+    PREFACE = len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.pings = 0
+        self.pinged = asyncio.Condition()
+        self.frozen = False
+        self._parsed = b""
+        self._skip = self.PREFACE
+
+    def _count_pings(self, data: bytes) -> None:
+        """Walks the client's frame headers (9 bytes: length, type, flags, stream id)."""
+        buffer = self._parsed + data
+        at = 0
+        while True:
+            if self._skip:
+                taken = min(self._skip, len(buffer) - at)
+                at += taken
+                self._skip -= taken
+                if self._skip:
+                    break
+            if len(buffer) - at < 9:
+                break
+            length = int.from_bytes(buffer[at : at + 3], "big")
+            if buffer[at + 3] == 0x6 and not buffer[at + 4] & 0x1:  # PING, not an ACK
+                self.pings += 1
+            at += 9
+            self._skip = length
+        self._parsed = buffer[at:]
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool
+    ) -> None:
+        while data := await reader.read(1 << 16):
+            if self.frozen:
+                continue
+            if upstream:
+                self._count_pings(data)
+                async with self.pinged:
+                    self.pinged.notify_all()
+            writer.write(data)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host, port = self.target.rsplit(":", 1)
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._pipe(reader, up_writer, upstream=True))
+                group.create_task(self._pipe(up_reader, writer, upstream=False))
+        finally:
+            up_writer.close()
+            writer.close()
+
+
+async def test_keepalive_keeps_pinging_after_the_first_ping() -> None:
+    """Pings go on at every keepalive interval, so a connection that dies long after it opened
+    (after several answered pings) still fails its stream as UNAVAILABLE."""
+    permissive = (
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 50),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_ping_strikes", 0),
+    )
+    async with serving(None, options=permissive) as (address, routing):
+        routing.keep_open = True
+        relay = FreezableRelay(address)
+        server = await asyncio.start_server(relay.handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        channel = ControlPlaneChannel(
+            f"127.0.0.1:{port}", None, keepalive_seconds=0.2, keepalive_timeout_seconds=0.5
+        )
+        try:
+            async with asyncio.timeout(20):
+                watching = asyncio.create_task(watch(channel))
+                async with relay.pinged:
+                    await relay.pinged.wait_for(lambda: relay.pings >= 4)
+                assert not watching.done()  # answered pings keep the stream alive
+                relay.frozen = True
+                with pytest.raises(CallFailed) as caught:
+                    await watching
+            assert caught.value.code == "UNAVAILABLE"
+        finally:
+            server.close()
 
 
 def test_tls_files_are_checked() -> None:
