@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edge.app import serve
     from edge.process import main
+    from edge.startup import serve
 
 __all__ = ["main", "serve"]
 
@@ -15,9 +15,9 @@ def __getattr__(name: str) -> Any:
     # Imported on first use: a `--workers` supervisor needs only edge.process, not aiohttp,
     # gRPC and the application its workers load.
     if name == "serve":
-        from edge import app
+        from edge import startup
 
-        return app.serve
+        return startup.serve
     if name == "main":
         from edge import process
 

@@ -1,34 +1,39 @@
-"""The edge's aiohttp application: routes, error answers, resources, and serve()."""
+"""The edge's aiohttp application: routes, error answers and build_app. Its keys are in
+edge/appstate.py (re-exported here), its resources and tasks in edge/resources.py, and
+opening its port (serve) in edge/startup.py."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import aiohttp
 import orjson
 from aiohttp import web
 
-from corral.backoff import Backoff
 from corral.config import EdgeConfig
-from corral.v1 import types_pb2
+from edge import resources
+from edge.appstate import (
+    BALANCER,
+    CONFIG,
+    EDGE_ID,
+    METRICS,
+    PROXY,
+    STATUS,
+    SnapshotStatus,
+    missing,
+)
 from edge.balancer import Balancer
 from edge.client_request import ClientRequest
 from edge.cors import install as install_cors
-from edge.errors import ApiError, EdgeError, SnapshotError, error_body
+from edge.errors import ApiError, error_body
 from edge.gateway.call import tag_response
 from edge.gateway.limits.gate import limit_headers, limiting
-from edge.gateway.pipeline import GATEWAY, add_cache_header
-from edge.gateway.pipeline import running as gateway_running
+from edge.gateway.pipeline import add_cache_header
 from edge.gateway.policy import follow_policy
-from edge.http_errors import EdgeRunner
 from edge.inbound import (
     ANY_PATH,
     CHAT,
@@ -44,36 +49,28 @@ from edge.inbound import (
     READYZ_PATH,
     Endpoint,
 )
-from edge.lane.server import Lane, Route
 from edge.metrics import EdgeMetrics
-from edge.providers.upstream import tls_context
 from edge.proxy import Proxy
-from edge.startup import EXPECTED_BACKENDS, missing, wait_for_backends
-from edge.state import load_snapshot, save_snapshot
-from edge.subscriber import SnapshotSubscriber
 from edge.tracing import tracing
 from edge.traffic_reporter import traffic_reports
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "BALANCER",
+    "CONFIG",
+    "EDGE_ID",
+    "MESSAGES_ROUTES",
+    "METRICS",
+    "PROXY",
+    "STATUS",
+    "SnapshotStatus",
+    "build_app",
+    "default_edge_id",
+    "guarded",
+    "proxied",
+]
 
-@dataclass
-class SnapshotStatus:
-    """Where the snapshot in force came from, and whether a control plane is streaming."""
-
-    source: str = ""
-    applied_monotonic: float = 0.0
-    connected: bool = False
-    # Set (then replaced) each time a snapshot is applied; edge/startup.py waits on it.
-    applied: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-CONFIG = web.AppKey("config", EdgeConfig)
-EDGE_ID = web.AppKey("edge_id", str)
-BALANCER = web.AppKey("balancer", Balancer)
-METRICS = web.AppKey("metrics", EdgeMetrics)
-STATUS = web.AppKey("snapshot_status", SnapshotStatus)
-PROXY = web.AppKey("proxy", Proxy)
 
 _JSON = "application/json"
 # edge.messages (the Anthropic translation behind it) and edge.passthrough load on first use.
@@ -280,161 +277,7 @@ def _age(created_unix_ms: int) -> float | None:
     return round(max(0.0, time.time() - created_unix_ms / 1000.0), 3)
 
 
-# -- resources ------------------------------------------------------------------------------
-
-
-async def _client_session(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
-    # aiohttp sets TCP_NODELAY on every connection it makes or accepts, so a small chunk
-    # never waits for a delayed ACK.
-    connector = aiohttp.TCPConnector(
-        limit=0,  # no small cap: backends decide their own concurrency
-        limit_per_host=0,
-        ttl_dns_cache=300,
-        keepalive_timeout=60,
-        ssl=tls_context(config),  # verified, plus extra_ca_file (hosted providers)
-    )
-    session = aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(
-            total=None, connect=None, sock_connect=config.connect_timeout_seconds
-        ),
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-    )
-    app[PROXY] = proxy = Proxy(config, app[BALANCER], app[METRICS], session)
-    try:
-        yield
-    finally:
-        await proxy.pools.close()
-        if proxy.fast is not None:
-            await proxy.fast.close()
-        await session.close()
-
-
-async def _usage(app: web.Application) -> AsyncIterator[None]:
-    from edge.gateway.usage import recording  # the recorder, its sink and writer task
-
-    async with recording(app[CONFIG], app[EDGE_ID], app[METRICS].registry) as recorder:
-        app[PROXY].recorder = recorder
-        yield
-
-
-def apply_snapshot(app: web.Application, snapshot: types_pb2.Snapshot, source: str) -> bool:
-    """Apply unless it is older than (or the same as) the snapshot in force, same cluster."""
-    balancer = app[BALANCER]
-    metrics = app[METRICS]
-    current = balancer.table
-    if current is not None and snapshot.cluster_id == current.cluster_id:
-        if snapshot.version < current.version:
-            metrics.snapshots_refused.inc()
-            log.warning(
-                "refused snapshot %d from %s: older than %d",
-                snapshot.version,
-                source,
-                current.version,
-            )
-            return False
-        if snapshot.version == current.version:
-            app[STATUS].source = source  # confirmed by the control plane: same content
-            return False
-    balancer.apply(snapshot)
-    if PROXY in app:
-        app[PROXY].fallbacks.apply(snapshot)
-    status = app[STATUS]
-    status.source = source
-    status.applied_monotonic = time.monotonic()
-    status.applied.set()
-    status.applied = asyncio.Event()
-    metrics.snapshot_version.set(snapshot.version)
-    metrics.snapshots_applied.labels(source).inc()
-    log.info(
-        "applied snapshot %d (cluster %s, %d backends) from %s",
-        snapshot.version,
-        snapshot.cluster_id or "-",
-        len(snapshot.backends),
-        source,
-    )
-    return True
-
-
-async def _gateway(app: web.Application) -> AsyncIterator[None]:
-    """Guardrails and the response cache (edge/gateway/pipeline.py), when configured."""
-    proxy = app[PROXY]
-    async with gateway_running(app[CONFIG], app[METRICS].registry, lambda: proxy.session) as gw:
-        app[GATEWAY] = gw
-        proxy.gateway = gw if gw.active else None
-        yield
-
-
-async def _snapshots(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
-    state_dir = config.state_dir
-    if state_dir:
-        try:
-            persisted = await asyncio.to_thread(load_snapshot, state_dir)
-        except SnapshotError as exc:
-            log.warning("ignoring the persisted snapshot: %s", exc)
-            persisted = None
-        if persisted is not None:
-            apply_snapshot(app, persisted, "state")
-
-    async def on_snapshot(snapshot: types_pb2.Snapshot) -> None:
-        if apply_snapshot(app, snapshot, "controlplane") and state_dir:
-            try:
-                await asyncio.to_thread(save_snapshot, state_dir, snapshot)
-            except SnapshotError as exc:
-                log.warning("%s", exc)
-
-    def current() -> tuple[int, str]:
-        table = app[BALANCER].table
-        return (0, "") if table is None else (table.version, table.cluster_id)
-
-    def on_connected(connected: bool) -> None:
-        app[STATUS].connected = connected
-        app[METRICS].controlplane_connected.set(1 if connected else 0)
-
-    failures = app[METRICS].snapshot_failures
-    subscriber = SnapshotSubscriber(
-        config,
-        app[EDGE_ID],
-        current=current,
-        on_snapshot=on_snapshot,
-        on_connected=on_connected,
-        on_failed_snapshot=failures.labels("apply").inc,
-    )
-    task = asyncio.create_task(
-        supervise(subscriber.run, "snapshot subscriber", failures.labels("subscriber").inc),
-        name="edge-snapshot-subscriber",
-    )
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 # -- the application ------------------------------------------------------------------------
-
-
-async def supervise(
-    run: Callable[[], Awaitable[None]], what: str, on_crash: Callable[[], None]
-) -> None:
-    """Run `run` for good: an exception is logged and counted, and it starts again after a
-    growing pause; cancellation ends it."""
-    backoff = Backoff(base=0.5, cap=10.0)
-    while True:
-        started = time.monotonic()
-        try:
-            await run()
-            return  # it ended by itself (nothing to follow)
-        except Exception:
-            on_crash()
-            log.exception("%s failed; restarting it", what)
-        if time.monotonic() - started > 60:
-            backoff.reset()  # it had been running fine for a while
-        await asyncio.sleep(backoff.next())
 
 
 def default_edge_id(config: EdgeConfig) -> str:
@@ -470,13 +313,13 @@ def build_app(
     if extra is not None:
         extra(app)  # more routes (corral up: the dashboard), before the catch-all
     app.router.add_route("*", ANY_PATH, fallback)
-    app.cleanup_ctx.append(_client_session)
-    app.cleanup_ctx.append(_usage)
+    app.cleanup_ctx.append(resources.client_session)
+    app.cleanup_ctx.append(resources.usage)
     app.cleanup_ctx.append(limiting)
     app.on_response_prepare.append(limit_headers)
-    app.cleanup_ctx.append(_gateway)
+    app.cleanup_ctx.append(resources.gateway)
     app.on_response_prepare.append(add_cache_header)
-    app.cleanup_ctx.append(_snapshots)
+    app.cleanup_ctx.append(resources.snapshots)
     app.on_response_prepare.append(tag_response)
     app.cleanup_ctx.append(traffic_reports)
     app.cleanup_ctx.append(tracing)
@@ -484,69 +327,3 @@ def build_app(
     if cors is not None:
         app.on_response_prepare.append(cors.on_prepare)  # last: sees every header
     return app
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise EdgeError(f"listen address must be HOST:PORT, got {listen!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-async def serve(
-    config: EdgeConfig,
-    *,
-    ready: asyncio.Event | None = None,
-    extra: Callable[[web.Application], None] | None = None,
-    expect_backends: Collection[str] = (),
-    expect_within: float = 30.0,
-) -> None:
-    """Serve until cancelled; then stop accepting, let requests finish within the grace.
-
-    With `expect_backends` (corral up), the port opens once they are all in the routing
-    table, or after `expect_within` seconds (the missing ones are logged)."""
-    host, port = split_listen(config.listen)
-    app = build_app(config, extra)
-    app[EXPECTED_BACKENDS] = frozenset(expect_backends)
-    runner = EdgeRunner(
-        app,
-        handler_cancellation=True,  # a client that hangs up cancels its upstream request
-        # aiohttp closes a connection whose request headers are not complete by then (its
-        # keep-alive timer also runs before the first request): a slowloris cannot wait it out.
-        keepalive_timeout=config.client_timeout_seconds,
-        access_log=None,
-        shutdown_timeout=config.shutdown_grace_seconds,
-    )
-    await runner.setup()
-    lane: Lane | None = None
-    listening: asyncio.Server | None = None
-    try:
-        if expect_backends:
-            waiting = await wait_for_backends(app, app[BALANCER], app[STATUS], expect_within)
-            if waiting:
-                log.warning("opening after %gs without backends %s", expect_within, waiting)
-        if config.server == "lane":
-            lane = Lane(
-                runner,
-                [Route(e.path, proxied(e), e.streams) for e in (CHAT, COMPLETIONS, EMBEDDINGS)]
-                + [Route(*route) for route in MESSAGES_ROUTES],
-                max_body=config.max_body_bytes,
-                client_timeout=config.client_timeout_seconds,
-                on_handover=app[METRICS].lane_handovers.inc,
-            )
-            listening = await lane.listen(host, port, reuse_port=config.workers > 1, backlog=2048)
-        else:
-            site = web.TCPSite(runner, host, port, reuse_port=config.workers > 1, backlog=2048)
-            await site.start()
-        log.info("edge %s serving on %s", app[EDGE_ID], config.listen)
-        if ready is not None:
-            ready.set()
-        await asyncio.Future()  # until cancelled
-    finally:
-        grace = config.shutdown_grace_seconds
-        if listening is not None and lane is not None:
-            listening.close()  # no new connections; then the lane's own finish or close
-            await lane.shutdown(grace)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace + 2):
-                await runner.cleanup()

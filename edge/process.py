@@ -44,8 +44,8 @@ def main(config: EdgeConfig) -> int:
 
 def _serve_here(config: EdgeConfig, served: Callable[[], None] | None = None) -> int:
     """Serve in this process; `served` is called once the port is open."""
-    from edge.app import serve
     from edge.errors import EdgeError
+    from edge.startup import serve
 
     async def serving() -> None:
         ready = asyncio.Event()

@@ -1,29 +1,33 @@
-"""Opening the edge's port only once the backends it was told to expect are in its table
+"""Opening the edge's port: the server on it (the lane, handing other connections to aiohttp,
+or aiohttp alone), opened only once the backends it was told to expect are in its table
 (`corral up`: every backend it found or was given), so the first request never meets an
 empty model list; /readyz says the same. An edge told to expect nothing is ready on its
-first snapshot, as before."""
+first snapshot, as before. Then serving until cancelled, and a graceful stop."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Final, Protocol
+import logging
+from collections.abc import Callable, Collection
+from typing import Protocol
 
 from aiohttp import web
 
+from corral.config import EdgeConfig
+from edge.app import MESSAGES_ROUTES, build_app, proxied
+from edge.appstate import BALANCER, EDGE_ID, EXPECTED_BACKENDS, METRICS, STATUS, missing
 from edge.balancer import Balancer
+from edge.errors import EdgeError
+from edge.http_errors import EdgeRunner
+from edge.inbound import CHAT, COMPLETIONS, EMBEDDINGS
+from edge.lane.server import Lane, Route
 
-EXPECTED_BACKENDS: Final = web.AppKey("expected_backends", frozenset)
-
-
-def missing(app: web.Application, balancer: Balancer) -> list[str]:
-    """The expected backends not in the routing table yet (sorted)."""
-    expected: frozenset[str] = app.get(EXPECTED_BACKENDS, frozenset())
-    return sorted(expected - balancer.states.keys()) if expected else []
+log = logging.getLogger(__name__)
 
 
 class Applied(Protocol):
-    # An Event set, then replaced, each time a snapshot is applied (edge.app.SnapshotStatus).
+    # An Event set, then replaced, each time a snapshot is applied (edge.appstate.SnapshotStatus).
     applied: asyncio.Event
 
 
@@ -37,3 +41,69 @@ async def wait_for_backends(
             while missing(app, balancer):
                 await status.applied.wait()
     return missing(app, balancer)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise EdgeError(f"listen address must be HOST:PORT, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def serve(
+    config: EdgeConfig,
+    *,
+    ready: asyncio.Event | None = None,
+    extra: Callable[[web.Application], None] | None = None,
+    expect_backends: Collection[str] = (),
+    expect_within: float = 30.0,
+) -> None:
+    """Serve until cancelled; then stop accepting, let requests finish within the grace.
+
+    With `expect_backends` (corral up), the port opens once they are all in the routing
+    table, or after `expect_within` seconds (the missing ones are logged)."""
+    host, port = split_listen(config.listen)
+    app = build_app(config, extra)
+    app[EXPECTED_BACKENDS] = frozenset(expect_backends)
+    runner = EdgeRunner(
+        app,
+        handler_cancellation=True,  # a client that hangs up cancels its upstream request
+        # aiohttp closes a connection whose request headers are not complete by then (its
+        # keep-alive timer also runs before the first request): a slowloris cannot wait it out.
+        keepalive_timeout=config.client_timeout_seconds,
+        access_log=None,
+        shutdown_timeout=config.shutdown_grace_seconds,
+    )
+    await runner.setup()
+    lane: Lane | None = None
+    listening: asyncio.Server | None = None
+    try:
+        if expect_backends:
+            waiting = await wait_for_backends(app, app[BALANCER], app[STATUS], expect_within)
+            if waiting:
+                log.warning("opening after %gs without backends %s", expect_within, waiting)
+        if config.server == "lane":
+            lane = Lane(
+                runner,
+                [Route(e.path, proxied(e), e.streams) for e in (CHAT, COMPLETIONS, EMBEDDINGS)]
+                + [Route(*route) for route in MESSAGES_ROUTES],
+                max_body=config.max_body_bytes,
+                client_timeout=config.client_timeout_seconds,
+                on_handover=app[METRICS].lane_handovers.inc,
+            )
+            listening = await lane.listen(host, port, reuse_port=config.workers > 1, backlog=2048)
+        else:
+            site = web.TCPSite(runner, host, port, reuse_port=config.workers > 1, backlog=2048)
+            await site.start()
+        log.info("edge %s serving on %s", app[EDGE_ID], config.listen)
+        if ready is not None:
+            ready.set()
+        await asyncio.Future()  # until cancelled
+    finally:
+        grace = config.shutdown_grace_seconds
+        if listening is not None and lane is not None:
+            listening.close()  # no new connections; then the lane's own finish or close
+            await lane.shutdown(grace)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace + 2):
+                await runner.cleanup()

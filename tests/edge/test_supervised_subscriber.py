@@ -9,7 +9,7 @@ import pytest
 
 from corral.config import EdgeConfig
 from corral.v1 import types_pb2
-from edge.app import supervise
+from edge.resources import supervise
 from edge.subscriber import SnapshotSubscriber
 from tests.edge.snapshot_server import SnapshotServer, backend, snapshot
 
