@@ -14,7 +14,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
+import sys
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from bench import nginx, wrk
@@ -84,6 +87,53 @@ def import_steps() -> list[list[object]]:
     return rows
 
 
+# What `corral edge` imports before serving (the rest loads on first use).
+EDGE_MODULES = ("edge.process", "edge.app", "corral.cli")
+_OWN = ("edge", "corral")  # our packages: costs grouped one level deeper
+
+
+def _group(module: str) -> str:
+    parts = module.split(".")
+    if parts[:2] == ["edge", "gateway"]:
+        return ".".join(parts[:3])
+    return ".".join(parts[: 1 + (parts[0] in _OWN)])
+
+
+def _kind(module: str) -> str:
+    top = module.split(".")[0]
+    if top in _OWN:
+        return "Corral"
+    return "stdlib" if top in sys.stdlib_module_names else "third-party"
+
+
+def import_costs(top: int = 20) -> tuple[str, list[list[object]]]:
+    """A heading line and the largest groups of modules by the RSS their own imports add."""
+    argv = [PYTHON, "-m", "bench.import_costs", *EDGE_MODULES]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    data = json.loads(out)
+    costs: dict[str, float] = data["modules"]
+    groups: dict[str, float] = defaultdict(float)
+    counts: Counter[str] = Counter()
+    for name, cost in costs.items():
+        groups[_group(name)] += cost
+        counts[_group(name)] += 1
+    ranked = sorted(groups, key=groups.__getitem__, reverse=True)
+    rows: list[list[object]] = [[f"`{g}`", counts[g], f"{groups[g]:.2f}"] for g in ranked[:top]]
+    rest = ranked[top:]
+    rows.append([f"{len(rest)} other groups", sum(counts[g] for g in rest),
+                 f"{sum(groups[g] for g in rest):.2f}"])  # fmt: skip
+    kinds: dict[str, float] = defaultdict(float)
+    for name, cost in costs.items():
+        kinds[_kind(name)] += cost
+    line = (
+        f"`import {', '.join(EDGE_MODULES)}`: {data['before']:.1f} -> {data['after']:.1f} MiB, "
+        f"{len(costs)} modules ({', '.join(f'{k} {v:.1f}' for k, v in kinds.items())}); each "
+        "module's own cost (RSS added while its body ran, less its nested imports), summed by "
+        "package (MiB):"
+    )
+    return line, rows
+
+
 def split(pid: int) -> tuple[float, float, float, int]:
     """RSS, anonymous and file-backed MiB, threads."""
     values: dict[str, float] = {}
@@ -112,6 +162,7 @@ def run() -> str:
     ensure_tools("nginx", "wrk")
     info = run_info()
     steps = import_steps()
+    costs_line, costs = import_costs()
     rows: list[list[object]] = []
     with workspace("memory") as (tmp, procs):
         script = wrk.post_script(tmp / "post.lua", CHAT_REQUEST)
@@ -142,6 +193,10 @@ def run() -> str:
         "Import steps, in one fresh interpreter (MiB; file-backed = shared libraries' pages):",
         "",
         md_table(["step", "RSS", "added", "anonymous", "file-backed"], steps),
+        "",
+        costs_line,
+        "",
+        md_table(["package", "modules", "MiB"], costs),
         "",
         "At rest after 2 s of wrk at 32 connections (MiB):",
         "",
