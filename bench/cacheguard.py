@@ -31,6 +31,7 @@ from bench.common import (
     PYTHON,
     Proc,
     Procs,
+    ensure_tools,
     free_port,
     load_note,
     machine,
@@ -315,6 +316,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
+    ensure_tools("nginx", "wrk")
     pin_self(LOAD_CPU)
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False

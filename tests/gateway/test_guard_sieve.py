@@ -85,3 +85,23 @@ def test_key_runs_are_never_shorter_than_a_key() -> None:
     """KEY_MIN_LENGTH is the shortest match any provider's key pattern has."""
     shortest, _ = re._parser.parse(detectors._KEY.pattern).getwidth()
     assert shortest == sieve.KEY_MIN_LENGTH
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("0123456789abcdefABCDEF:.:: gx")), max_size=60))
+def test_same_findings_on_hex_and_colon_soup(text: str) -> None:
+    """IPv6-like runs of hex digits, colons and dots look the same to both scans."""
+    _same(text)
+
+
+def test_ipv6_gate_passes_every_accepted_address() -> None:
+    """Full, compressed and IPv4-tailed addresses all pass the IPv6 gate and are found."""
+    for address in (
+        "2001:db8:0:0:1:0:0:1",
+        "fe80::1ff:fe23:4567:890a",
+        "::ffff:192.0.2.1",
+        "1:2:3:4:5:6:1.2.3.4",
+    ):
+        text = f"host {address} up"
+        assert [f.kind for f in sieve.scan(text)] == ["ip_address"], address
+        _same(text)

@@ -85,10 +85,24 @@ _DIGIT_RUN: Final = re.compile(rb"0[0 .()+-]{5,}0")
 KEY_MIN_LENGTH: Final = 15
 _KEY_RUN: Final = b"w" * KEY_MIN_LENGTH
 
+# Gates: per detector, a test of the text that holds wherever the detector can match (a
+# necessary condition, cheaper than its needle's search alone would make the detector).
+Gate = Callable[[str], object]
+# An IPv6 address that _ipv6 accepts has "::", or 7 colons (6 before a dotted quad) with 1
+# to 4 hex digits between each two: times ("12:34:56") and "key: value" lines have neither.
+_IPV6_GATE: Final = re.compile(r"::|:(?:[0-9A-Fa-f]{1,4}:){5}").search
+
+
+def _jwt_gate(text: str) -> bool:
+    return "J" in text and "eyJ" in text  # memchr for a rare letter first
+
+
+_GATES: Final[dict[str, Gate]] = {"ipv6": _IPV6_GATE, "jwt": _jwt_gate}
+
 # What the fast path does for one detector (made once per tuple of detectors).
 _WHOLE, _RUNS, _SEEK, _LONG_RUNS = range(4)
 Needle = Callable[[str], object] | None  # None: no precondition; else truthy when present
-Step = tuple[int, str, Finder, Needle, int, bytes, Callable[..., object] | None]
+Step = tuple[int, str, Finder, Needle, int, bytes, Callable[..., object] | None, Gate | None]
 
 
 def _has(needle: str) -> Needle:
@@ -101,12 +115,13 @@ def _has(needle: str) -> Needle:
 
 def _step(d: Detector) -> Step:
     has = _has(d.needle)
+    gate = _GATES.get(d.name)
     if d.run_digits:
         shape = re.compile(d.run_shape).search if d.run_shape else None
-        return (_RUNS, d.kind, d.find, has, d.run_digits, d.run_needs.encode(), shape)
+        return (_RUNS, d.kind, d.find, has, d.run_digits, d.run_needs.encode(), shape, gate)
     if d.seek:
-        return (_SEEK, d.kind, d.find, has, 0, d.seek, None)
-    return (_LONG_RUNS if d.key_run else _WHOLE, d.kind, d.find, has, 0, b"", None)
+        return (_SEEK, d.kind, d.find, has, 0, d.seek, None, gate)
+    return (_LONG_RUNS if d.key_run else _WHOLE, d.kind, d.find, has, 0, b"", None, gate)
 
 
 _PLANS: dict[int, tuple[Sequence[Detector], list[Step]]] = {}
@@ -157,8 +172,10 @@ def scan(text: str, detectors: Sequence[Detector] = DETECTORS) -> list[Finding]:
     size = len(text)
     runs: list[tuple[int, int, int, bytes]] | None = None
     taken: list[Finding] = []
-    for how, kind, find, has, least, literal, shape in _plan(detectors):
+    for how, kind, find, has, least, literal, shape, gate in _plan(detectors):
         if has is not None and not has(text):
+            continue
+        if gate is not None and not gate(text):
             continue
         if how == _RUNS:
             if runs is None:
