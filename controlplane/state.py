@@ -6,22 +6,18 @@ view is dropped. On compaction it re-lists.
 
 Snapshot versions come from the store, never from a local counter (controlplane/versions.py
 says how a listing is named); subscribers are woken at a paced rate
-(controlplane/pacing.py).
+(controlplane/pacing.py); the records are decoded and read in controlplane/routing_records.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
-
-from controlplane import hosted
 from controlplane.keys import DrainFlag, KeyLayout, RoutingKind
 from controlplane.pacing import PublishPacer, load_only
+from controlplane.routing_records import BuiltSnapshot, RoutingRecords, empty_records
 from controlplane.store.base import (
     CompactedError,
     EventType,
@@ -33,7 +29,6 @@ from controlplane.store.base import (
 )
 from controlplane.versions import last_event_revision
 from corral.backoff import Backoff
-from corral.v1 import routing_pb2, types_pb2
 
 log = logging.getLogger(__name__)
 
@@ -43,31 +38,10 @@ SyncListener = Callable[[bool], Awaitable[None]]
 VersionListener = Callable[[int], None]
 
 
-@dataclass(frozen=True)
-class BuiltSnapshot:
-    """One snapshot, built and serialized once, however many edges it goes to."""
+class RoutingView(RoutingRecords):
+    """The routing records (controlplane/routing_records.py: decoding and reading) kept in
+    sync with the store, and the snapshots built from them."""
 
-    snapshot: types_pb2.Snapshot
-    # A serialized WatchSnapshotsResponse carrying the snapshot.
-    payload: bytes
-
-    @property
-    def version(self) -> int:
-        return self.snapshot.version
-
-    @property
-    def cluster_id(self) -> str:
-        return self.snapshot.cluster_id
-
-
-Records = dict[RoutingKind, dict[str, bytes]]
-
-
-def _empty_records() -> Records:
-    return {kind: {} for kind in RoutingKind}
-
-
-class RoutingView:
     def __init__(
         self,
         store: Store,
@@ -90,8 +64,7 @@ class RoutingView:
         self._on_version = on_version
         self._on_listing = on_listing
         self._probe_interval = probe_interval
-        self._records = _empty_records()
-        self._backend_cache: dict[str, types_pb2.Backend | None] = {}
+        super().__init__()
         self._built: BuiltSnapshot | None = None
         self.cluster_id = ""
         # The store revision the view reflects; it only grows (within one cluster id).
@@ -243,7 +216,7 @@ class RoutingView:
                 self._set_version(self.revision, routing=True)
             self._progress()
             return
-        records = _empty_records()
+        records = empty_records()
         for kv in kvs:
             parsed = self._layout.parse_routing(kv.key)
             if parsed is not None:
@@ -318,21 +291,6 @@ class RoutingView:
             for name in names:
                 self._on_removed(name)
 
-    def _apply_record(self, kind: RoutingKind, name: str, value: bytes | None) -> bool:
-        table = self._records[kind]
-        old = table.get(name)
-        if value is None:
-            if old is None:
-                return False
-            del table[name]
-        else:
-            if old == value:
-                return False
-            table[name] = value
-        if kind is not RoutingKind.ALIAS and kind is not RoutingKind.FALLBACK:
-            self._backend_cache.pop(name, None)
-        return True
-
     def _notify_drains(self, before: dict[str, bytes], after: dict[str, bytes]) -> None:
         if self._on_drain is None:
             return
@@ -382,72 +340,6 @@ class RoutingView:
         while self.revision < revision:
             await self._progress_event.wait()
 
-    # Reading ----------------------------------------------------------------------------
-
-    def backend(self, name: str) -> types_pb2.Backend | None:
-        if name in self._backend_cache:
-            return self._backend_cache[name]
-        raw_spec = self._records[RoutingKind.SPEC].get(name)
-        backend: types_pb2.Backend | None = None
-        if raw_spec is None and name in self._records[RoutingKind.PROVIDER]:
-            backend = hosted.backend_of(
-                name,
-                self._records[RoutingKind.PROVIDER][name],
-                self._records[RoutingKind.PROVIDER_HEALTH].get(name),
-            )
-            if backend is not None:
-                backend.drained = name in self._records[RoutingKind.DRAIN]
-            self._backend_cache[name] = backend
-            return backend
-        if raw_spec is not None:
-            backend = types_pb2.Backend()
-            try:
-                backend.ParseFromString(raw_spec)
-                raw_status = self._records[RoutingKind.STATUS].get(name)
-                if raw_status is not None:
-                    backend.status.ParseFromString(raw_status)
-            except DecodeError:
-                log.warning("backend %r: undecodable record in the store; left out", name)
-                backend = None
-            else:
-                # The key is authoritative for the name.
-                backend.spec.name = name
-                backend.drained = name in self._records[RoutingKind.DRAIN]
-        self._backend_cache[name] = backend
-        return backend
-
-    def backend_names(self) -> list[str]:
-        """Agents' backends and hosted providers (an agent's backend wins a name clash)."""
-        return sorted(self._records[RoutingKind.SPEC].keys() | self._records[RoutingKind.PROVIDER])
-
-    def backends(self) -> list[types_pb2.Backend]:
-        found = (self.backend(name) for name in self.backend_names())
-        return [b for b in found if b is not None]
-
-    def records(self, kind: RoutingKind) -> dict[str, bytes]:
-        """The raw stored records of one kind, by name (providers, fallback chains)."""
-        return dict(self._records[kind])
-
-    def drain_flag(self, name: str) -> DrainFlag | None:
-        raw = self._records[RoutingKind.DRAIN].get(name)
-        return DrainFlag.decode(raw) if raw is not None else None
-
-    def aliases(self) -> list[types_pb2.ModelAlias]:
-        out: list[types_pb2.ModelAlias] = []
-        for name, raw in sorted(self._records[RoutingKind.ALIAS].items()):
-            alias = types_pb2.ModelAlias()
-            try:
-                alias.ParseFromString(raw)
-            except DecodeError:
-                log.warning("alias %r: undecodable record in the store; left out", name)
-                continue
-            alias.name = name
-            out.append(alias)
-        return out
-
-    def alias(self, name: str) -> types_pb2.ModelAlias | None:
-        return next((a for a in self.aliases() if a.name == name), None)
-
     def published(self) -> BuiltSnapshot:
         """The snapshot subscribers get: the newest as of the last publish (built on the
         first ask after it, so it may carry changes made since)."""
@@ -460,15 +352,5 @@ class RoutingView:
         """The snapshot at the view's version, built once per version."""
         built = self._built
         if built is None or built.version != self.version or built.cluster_id != self.cluster_id:
-            snapshot = types_pb2.Snapshot(
-                version=self.version,
-                cluster_id=self.cluster_id,
-                backends=self.backends(),
-                aliases=self.aliases(),
-                created_unix_ms=int(time.time() * 1000),
-                fallbacks=hosted.decode_all(self._records[RoutingKind.FALLBACK]),
-            )
-            payload = routing_pb2.WatchSnapshotsResponse(snapshot=snapshot).SerializeToString()
-            built = BuiltSnapshot(snapshot=snapshot, payload=payload)
-            self._built = built
+            built = self._built = self.build(self.version, self.cluster_id)
         return built
