@@ -45,7 +45,7 @@ class KvRunStats(RunStats):
     waits: list[float] = field(default_factory=list)
     evicted_blocks: int = 0
     # Reports, and those with a load change the control plane writes: by KV levels (today's
-    # rule, controlplane.agents.load_moved) and by any 0.05 KV move (the rule before).
+    # rule, controlplane.status_throttle.load_moved) and by any 0.05 KV move (the rule before).
     reports: int = 0
     level_writes: int = 0
     step_writes: int = 0
@@ -93,7 +93,7 @@ class _Writes:
         self.last: dict[tuple[str, str], Any] = {}
 
     def offer(self, name: str, load: Any) -> None:
-        from controlplane.agents import load_moved
+        from controlplane.status_throttle import load_moved
 
         self.stats.reports += 1
         for rule, moved in (("level", load_moved), ("step", _moved_by_step)):

@@ -8,14 +8,15 @@ agent's last message, whatever the replica does. A silent agent (host cut off, s
 therefore leaves routing within the TTL of its last word; a Goodbye revokes the lease (the
 backend leaves at once); an agent that resumes the session, here or on another replica,
 refreshes it with its Register and its backend never leaves.
+
+Leases and timing: controlplane/leases.py; which statuses reach the store:
+controlplane/status_throttle.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-import math
 import time
 from dataclasses import dataclass
 
@@ -28,168 +29,14 @@ from controlplane.errors import (
     translate_store_error,
 )
 from controlplane.keys import DrainFlag, KeyLayout
+from controlplane.leases import LeaseBook, heartbeat_seconds, session_id_of
 from controlplane.metrics import Metrics
-from controlplane.store.base import LeaseNotFoundError, Store, StoreError
+from controlplane.status_throttle import Action, StatusThrottle
+from controlplane.store.base import Store, StoreError
 from controlplane.validation import check_register, check_status
-from corral.kv_pressure import kv_level
 from corral.v1 import admin_pb2, agent_pb2, types_pb2
 
 log = logging.getLogger(__name__)
-
-
-def lease_ttl(config_ttl: float) -> int:
-    return max(1, math.ceil(config_ttl))
-
-
-def heartbeat_seconds(config_heartbeat: float) -> int:
-    """The heartbeat agents are told (whole seconds, as Registered carries it)."""
-    return max(1, math.ceil(config_heartbeat))
-
-
-# An agent's lease must outlive this many heartbeats, so one late report never expires it.
-HEARTBEATS_PER_TTL = 3
-
-
-def check_timing(config_ttl: float, config_heartbeat: float) -> None:
-    """Refuse a heartbeat too slow for the lease: sessions live on the agent's messages."""
-    ttl, heartbeat = lease_ttl(config_ttl), heartbeat_seconds(config_heartbeat)
-    if heartbeat * HEARTBEATS_PER_TTL > ttl:
-        raise ControlPlaneError(
-            f"heartbeat_interval_seconds ({config_heartbeat:g}, i.e. {heartbeat}s) must be at "
-            f"most a third of lease_ttl_seconds ({config_ttl:g}, i.e. {ttl}s): an agent's "
-            "session lives only as long as its messages keep coming; raise lease_ttl_seconds "
-            f"to at least {heartbeat * HEARTBEATS_PER_TTL} or lower the heartbeat"
-        )
-
-
-def session_id_of(lease: int) -> str:
-    return f"{lease:x}"
-
-
-def lease_of(session_id: str) -> int | None:
-    try:
-        lease = int(session_id, 16)
-    except ValueError:
-        return None
-    return lease if 0 < lease < 2**63 else None
-
-
-class LeaseBook:
-    """How many sessions on this replica use each lease; refreshes them as agents speak.
-
-    Session leases are granted without a keepalive: `touch` (once per agent message)
-    refreshes a lease once, over the store's one keepalive stream.
-    """
-
-    def __init__(self, store: Store, ttl: int) -> None:
-        self._store = store
-        self._ttl = ttl
-        self._users: dict[int, int] = {}
-
-    async def acquire(self, resume_session_id: str) -> tuple[int, bool]:
-        """A lease for a new session: the resumed one if it is alive, else a fresh one."""
-        lease = lease_of(resume_session_id) if resume_session_id else None
-        if lease is not None:
-            if lease in self._users:
-                self._users[lease] += 1
-                self.touch(lease)
-                return lease, True
-            try:
-                await self._store.check_lease(lease)
-            except LeaseNotFoundError:
-                log.info("session %s has expired; starting a new one", resume_session_id)
-            else:
-                self._users[lease] = 1
-                self.touch(lease)
-                return lease, True
-        lease = await self._store.grant_lease(self._ttl, keep=False)
-        self._users[lease] = self._users.get(lease, 0) + 1
-        return lease, False
-
-    def touch(self, lease: int) -> None:
-        """The agent spoke: its lease runs out a full TTL from now."""
-        self._store.refresh_lease(lease)
-
-    def release(self, lease: int) -> None:
-        """One session stops using the lease. Nothing keeps it alive: it runs out a TTL
-        after the agent's last message unless the agent resumes it."""
-        count = self._users.get(lease, 0) - 1
-        if count > 0:
-            self._users[lease] = count
-            return
-        self._users.pop(lease, None)
-
-    async def revoke(self, lease: int) -> None:
-        self._users.pop(lease, None)
-        await self._store.revoke_lease(lease)
-
-    def __len__(self) -> int:
-        return len(self._users)
-
-
-class Action(enum.Enum):
-    WRITE = "write"
-    DEFER = "defer"
-    SKIP = "skip"
-
-
-def _same_apart_from_load(a: types_pb2.BackendStatus, b: types_pb2.BackendStatus) -> bool:
-    return (
-        a.health == b.health
-        and a.reason == b.reason
-        and a.server_version == b.server_version
-        and list(a.capabilities) == list(b.capabilities)
-        and list(a.models) == list(b.models)
-    )
-
-
-def load_moved(a: types_pb2.BackendLoad, b: types_pb2.BackendLoad) -> bool:
-    """Whether the load changed enough to tell every edge: queue counts, or the KV-cache use
-    crossing a level routing reads (corral.kv_pressure.KV_LEVELS)."""
-    if a.running != b.running or a.waiting != b.waiting:
-        return True
-    if a.HasField("kv_cache_usage") != b.HasField("kv_cache_usage"):
-        return True
-    return kv_level(a.kv_cache_usage) != kv_level(b.kv_cache_usage)
-
-
-class StatusThrottle:
-    """Decides which reported statuses reach the store.
-
-    Health, reason, models, capabilities and version changes are written at once. Load-only
-    changes are written when they matter (queue counts changed, KV-cache use crossed one of
-    the levels routing reads since the last write) and at most once per interval; a deferred one
-    is kept (the latest wins) and written when the interval is up.
-    """
-
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-        self.written: types_pb2.BackendStatus | None = None
-        self._written_at = -math.inf
-        self.pending: types_pb2.BackendStatus | None = None
-
-    def offer(self, status: types_pb2.BackendStatus, now: float) -> Action:
-        last = self.written
-        if last is None or not _same_apart_from_load(status, last):
-            return Action.WRITE
-        if not load_moved(status.load, last.load):
-            self.pending = None  # back to what the store holds: nothing to flush
-            return Action.SKIP
-        if now - self._written_at >= self._interval:
-            return Action.WRITE
-        self.pending = status
-        return Action.DEFER
-
-    def mark_written(self, status: types_pb2.BackendStatus, now: float) -> None:
-        self.written = status
-        self._written_at = now
-        self.pending = None
-
-    def due_at(self) -> float | None:
-        """When the pending status may be written; None when nothing is pending."""
-        if self.pending is None:
-            return None
-        return self._written_at + self._interval
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from grpc_reflection.v1alpha import reflection
 from controlplane import admin_service, agent_service, routing_service
 from controlplane.admin_service import AdminService
 from controlplane.agent_service import AgentService
-from controlplane.agents import heartbeat_seconds
 from controlplane.auth import TokenAuthInterceptor
 from controlplane.decoding import DecodeGuardInterceptor
 from controlplane.errors import ControlPlaneError
 from controlplane.gateway import policy_service
 from controlplane.gateway.policy_service import PolicyService
+from controlplane.leases import heartbeat_seconds
 from controlplane.replica import Replica
 from controlplane.routing_service import RoutingService
 from corral.config import ControlPlaneConfig

@@ -28,12 +28,7 @@ from controlplane import (
     hosted_probe,
     seeding,
 )
-from controlplane.agents import (
-    AgentHub,
-    SessionSettings,
-    check_timing,
-    lease_ttl,
-)
+from controlplane.agents import AgentHub, SessionSettings
 from controlplane.backend_metrics import BackendCollector
 from controlplane.dashboard.web import Dashboard
 from controlplane.errors import ControlPlaneError, ShuttingDownError
@@ -41,6 +36,7 @@ from controlplane.gateway.policy_view import PolicyView
 from controlplane.gateway.seed import seed_prices
 from controlplane.grpc_server import SERVICES, build_server
 from controlplane.keys import KeyLayout
+from controlplane.leases import check_timing, lease_ttl
 from controlplane.metrics import Metrics, serve_metrics, split_host_port
 from controlplane.replica import EdgeBook, Parts, Replica
 from controlplane.state import RoutingView

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from controlplane.agents import Action, StatusThrottle, lease_of, session_id_of
+from controlplane.leases import lease_of, session_id_of
+from controlplane.status_throttle import Action, StatusThrottle
 from corral.kv_pressure import KV_LEVELS
 from corral.v1 import types_pb2
 
