@@ -248,6 +248,7 @@ class Gateway:
         asked = directives(request.headers.get("Cache-Control"))
         key = cache_key(call.team, endpoint, call.model, _targets(lookup), exchange.body)
         metrics = cache.metrics
+        hot = metrics.hot
         leader = False
         if asked.read:
             while True:
@@ -259,7 +260,10 @@ class Gateway:
                 if found is not None:
                     entry, tier = found
                     cache.put(key, entry, ttl, tier)  # a shared hit kept in process too
-                    (metrics.hit_memory if tier == "memory" else metrics.hit_shared).inc()
+                    if tier == "memory":
+                        hot.hit_memory += 1
+                    else:
+                        hot.hit_shared += 1
                     return self._hit(call, exchange, entry, dialect, redaction)
                 if not asked.store:
                     break
@@ -274,14 +278,14 @@ class Gateway:
                 except TimeoutError:
                     break
                 if awaited is not None:
-                    metrics.hit_memory.inc()
+                    hot.hit_memory += 1
                     return self._hit(call, exchange, awaited, dialect, redaction)
                 # The request upstream failed: look again (or go up ourselves).
             call.cache = CACHE_MISS
-            metrics.miss.inc()
+            hot.miss += 1
         else:
             call.cache = CACHE_BYPASS
-            metrics.bypass.inc()
+            hot.bypass += 1
         tap = _wrapped(request, exchange, redaction, force=True)
         assert isinstance(tap, Tap)
         if asked.store:

@@ -25,8 +25,13 @@ def cache_key(
     team: str, endpoint: str, model: str, targets: Iterable[str], body: dict[str, Any]
 ) -> str:
     """A hex digest naming one answer; equal for equal requests of one team, and only then."""
-    canonical = {k: v for k, v in body.items() if k not in IGNORED}
-    aliased = "\x1f".join(sorted(set(targets)))
+    present = IGNORED.intersection(body)  # "model" at least, mostly: a copy without them
+    canonical = body
+    if present:
+        canonical = body.copy()
+        for name in present:
+            del canonical[name]
+    aliased = "\x1f".join(sorted(set(targets))) if targets else ""
     # Each part length-prefixed: no two different tuples of parts hash the same bytes.
     head = (
         f"{VERSION}{len(team)}:{team}{len(endpoint)}:{endpoint}{len(model)}:{model}"

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from corral.config import CacheConfig
 from edge.gateway.cache.store import Entry, MemoryTier, SharedTier
@@ -67,17 +69,45 @@ def directives(header: str | None) -> Directives:
     return Directives(read, store, max_age)
 
 
-class CacheMetrics:
-    def __init__(self, registry: CollectorRegistry | None, memory: MemoryTier) -> None:
-        self.lookups = Counter(
+class _Hot(Collector):
+    """The per-request counts (lookups by outcome, stores): plain numbers, no lock or label
+    lookup per request, turned into the samples a prometheus_client Counter would give
+    when scraped."""
+
+    def __init__(self) -> None:
+        self.hit_memory = self.hit_shared = self.miss = self.bypass = self.stored = 0
+        self.created = time.time()
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(empty=True)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(empty=False)
+
+    def _families(self, *, empty: bool) -> list[Metric]:
+        lookups = CounterMetricFamily(
             "corral_edge_cache_lookups",
             "Cacheable requests by outcome (hit, miss, bypass) and tier of a hit.",
-            ["result", "tier"],
-            registry=registry,
+            labels=["result", "tier"],
         )
-        self.stored = Counter(
-            "corral_edge_cache_stores", "Answers stored in the cache.", registry=registry
-        )
+        stored = CounterMetricFamily("corral_edge_cache_stores", "Answers stored in the cache.")
+        if not empty:
+            for labels, value in (
+                (["hit", "memory"], self.hit_memory),
+                (["hit", "shared"], self.hit_shared),
+                (["miss", ""], self.miss),
+                (["bypass", ""], self.bypass),
+            ):
+                lookups.add_metric(labels, float(value), created=self.created)
+            stored.add_metric([], float(self.stored), created=self.created)
+        return [lookups, stored]
+
+
+class CacheMetrics:
+    def __init__(self, registry: CollectorRegistry | None, memory: MemoryTier) -> None:
+        self.hot = _Hot()
+        if registry is not None:
+            registry.register(self.hot)
         self.coalesced = Counter(
             "corral_edge_cache_coalesced",
             "Requests that waited for an identical request upstream instead of going there.",
@@ -96,10 +126,6 @@ class CacheMetrics:
             "corral_edge_cache_bytes", "Bytes held by the in-process tier.", registry=registry
         )
         size.set_function(lambda: float(memory.bytes))
-        self.hit_memory = self.lookups.labels("hit", "memory")
-        self.hit_shared = self.lookups.labels("hit", "shared")
-        self.miss = self.lookups.labels("miss", "")
-        self.bypass = self.lookups.labels("bypass", "")
 
 
 class Cache:
@@ -168,11 +194,10 @@ class Cache:
         if remaining <= 0:
             return
         self.memory.put(key, entry, remaining)
-        if self.shared is not None and tier != "shared":
-            self.shared.put(key, entry, remaining)
-            self.metrics.stored.inc()
-        elif tier != "shared":
-            self.metrics.stored.inc()
+        if tier != "shared":
+            if self.shared is not None:
+                self.shared.put(key, entry, remaining)
+            self.metrics.hot.stored += 1
 
     def lead(self, key: str) -> asyncio.Future[Entry | None] | None:
         """None: this request goes upstream for `key` (others will wait for it); else the
