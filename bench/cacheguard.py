@@ -153,18 +153,7 @@ def scan_costs() -> tuple[float, list[tuple[str, float]]]:
 def measure(tmp: Path, procs: Procs, seconds: float, rounds: int) -> dict[str, Any]:
     from tests.support.valkey import running_valkey
 
-    backend_port = free_port()
-    backend = f"http://127.0.0.1:{backend_port}"
-    nginx.start(
-        procs, "backend", lambda d: nginx.backend_conf(d, backend_port), LOAD_CPU,
-        f"{backend}/health",
-    )  # fmt: skip
-    snap_port = free_port()
-    argv = [PYTHON, "-m", "bench.snapshot_server", "--listen", f"127.0.0.1:{snap_port}",
-            "--model", nginx.MODEL, "--backend", f"nginx={backend}"]  # fmt: skip
-    snap = procs.start("snapshots", argv, cpus=LOAD_CPU)
-    time.sleep(0.5)
-    snap.check_alive()
+    _, snap_port = nginx.backend_with_snapshots(procs)
     out: dict[str, Any] = {}
     with running_valkey() as valkey:
         cache = {"ttl_seconds": 600}

@@ -13,7 +13,6 @@ than req/s.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from bench import nginx, wrk
@@ -86,23 +85,7 @@ def run(seconds: float, rounds: int) -> str:
     samples: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}
     with workspace("headers") as (tmp, procs):
         script = _script(tmp / "post.lua")
-        backend_port = free_port()
-        nginx.start(
-            procs,
-            "backend",
-            lambda d: nginx.backend_conf(d, backend_port),
-            LOAD_CPU,
-            f"http://127.0.0.1:{backend_port}/health",
-        )
-        snap_port = free_port()
-        snap = procs.start(
-            "snapshots",
-            [PYTHON, "-m", "bench.snapshot_server", "--listen", f"127.0.0.1:{snap_port}",
-             "--model", nginx.MODEL, "--backend", f"nginx=http://127.0.0.1:{backend_port}"],
-            cpus=LOAD_CPU,
-        )  # fmt: skip
-        time.sleep(0.5)
-        snap.check_alive()
+        _, snap_port = nginx.backend_with_snapshots(procs)
         started = {
             "on": _edge(procs, tmp, "edge-forwarding", snap_port, True),
             "off": _edge(procs, tmp, "edge-not-forwarding", snap_port, False),

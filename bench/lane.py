@@ -19,9 +19,7 @@ from bench import nginx, wrk
 from bench.common import (
     LOAD_CPU,
     PROXY_CPU,
-    PYTHON,
     ensure_tools,
-    free_port,
     load_note,
     machine,
     pin_self,
@@ -41,23 +39,7 @@ def run(seconds: float, rounds: int) -> None:
         keys = tmp / "keys.txt"
         keys.write_text(KEY + "\n")
         keys.chmod(0o600)
-        backend_port = free_port()
-        nginx.start(
-            procs,
-            "backend",
-            lambda d: nginx.backend_conf(d, backend_port),
-            LOAD_CPU,
-            f"http://127.0.0.1:{backend_port}/health",
-        )
-        backend = f"http://127.0.0.1:{backend_port}"
-        snap_port = free_port()
-        snap = procs.start(
-            "snapshots",
-            [PYTHON, "-m", "bench.snapshot_server", "--listen", f"127.0.0.1:{snap_port}",
-             "--model", nginx.MODEL, "--backend", f"nginx={backend}"],
-            cpus=LOAD_CPU,
-        )  # fmt: skip
-        snap.check_alive()
+        _, snap_port = nginx.backend_with_snapshots(procs)
         edges = {}
         for server in SERVERS:
             config = tmp / f"{server}.yaml"

@@ -21,7 +21,6 @@ import urllib.request
 from bench import nginx, wrk
 from bench.common import (
     LOAD_CPU,
-    PYTHON,
     BenchError,
     Procs,
     commit,
@@ -135,15 +134,8 @@ def run(seconds: float, rounds: int) -> dict[str, object]:
     pin_self(LOAD_CPU)
     info = run_info()
     with workspace("limits") as (tmp, procs):
-        backend_port = free_port()
-        nginx.start(procs, "backend", lambda d: nginx.backend_conf(d, backend_port), LOAD_CPU,
-                    f"http://127.0.0.1:{backend_port}/health")  # fmt: skip
+        _, cp_port = nginx.backend_with_snapshots(procs)
         valkey_port = _valkey(procs)
-        cp_port = free_port()
-        backend = f"nginx=http://127.0.0.1:{backend_port}"
-        argv = [PYTHON, "-m", "bench.snapshot_server", "--listen", f"127.0.0.1:{cp_port}",
-                "--model", nginx.MODEL, "--backend", backend]  # fmt: skip
-        procs.start("snapshots", argv, cpus=LOAD_CPU).check_alive()
         keys = tmp / "keys"
         keys.write_text(KEY + "\n")
         plain_cfg, limits_cfg = tmp / "plain.yaml", tmp / "limits.yaml"

@@ -26,14 +26,11 @@ from bench.common import (
     PROXY_CPU,
     PYTHON,
     Proc,
-    Procs,
     commit,
     ensure_tools,
-    free_port,
     md_table,
     publish,
     run_info,
-    wait_port,
     workspace,
 )
 from bench.overhead import CHAT_REQUEST, GATEWAY_ON, KEY, lean, start_edge
@@ -172,15 +169,12 @@ def run() -> str:
         keys.chmod(0o600)
         config = tmp / "on.yaml"
         config.write_text(GATEWAY_ON.format(db=tmp / "usage.db"))
-        backend_port = free_port()
-        nginx.start(procs, "backend", lambda d: nginx.backend_conf(d, backend_port), LOAD_CPU,
-                    f"http://127.0.0.1:{backend_port}/health")  # fmt: skip
-        backend = f"http://127.0.0.1:{backend_port}"
+        backend = nginx.start_backend(procs)
         chat = "/v1/chat/completions"
         group, base = lean(procs, backend, 1, [PROXY_CPU])
         rows += at_rest("lean aiohttp relay", group[0], base + chat, script)
         procs.stop(group[0])
-        snapshots = start_snapshots(procs, backend)
+        snapshots = nginx.start_snapshots(procs, backend)
         for workers, cpus in ((1, PROXY_CPU), (2, f"{PROXY_CPU},{LOAD_CPU}")):
             edge, base = start_edge(procs, f"edge{workers}", snapshots, workers, cpus, config, keys)
             rows += at_rest(f"edge, gateway on, --workers {workers}", edge, base + chat, keyed)
@@ -202,18 +196,6 @@ def run() -> str:
         "",
         md_table(["process", "role", "RSS", "anonymous", "file-backed", "threads"], rows),
     ])  # fmt: skip
-
-
-def start_snapshots(procs: Procs, backend: str) -> int:
-    port = free_port()
-    proc = procs.start(
-        "snapshots",
-        [PYTHON, "-m", "bench.snapshot_server", "--listen", f"127.0.0.1:{port}",
-         "--model", nginx.MODEL, "--backend", f"nginx={backend}"],
-        cpus=LOAD_CPU,
-    )  # fmt: skip
-    wait_port(port, proc)
-    return port
 
 
 def main(argv: list[str]) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.common import Proc, Procs, wait_http
+from bench.common import LOAD_CPU, PYTHON, Proc, Procs, free_port, wait_http, wait_port
 
 MODEL = "bench-model"
 
@@ -141,3 +141,34 @@ def start(
     if health_url is not None:
         wait_http(health_url, proc)
     return proc
+
+
+def start_backend(procs: Procs) -> str:
+    """The fixed-answer backend on the load CPU; its base URL once /health answers."""
+    port = free_port()
+    start(procs, "backend", lambda d: backend_conf(d, port), LOAD_CPU,
+          f"http://127.0.0.1:{port}/health")  # fmt: skip
+    return f"http://127.0.0.1:{port}"
+
+
+def start_snapshots(
+    procs: Procs, backend: str, *, model: str = MODEL, backend_name: str = "nginx"
+) -> int:
+    """bench/snapshot_server.py on the load CPU routing `model` to `backend`; its port once it
+    listens."""
+    port = free_port()
+    proc = procs.start(
+        "snapshots",
+        [PYTHON, "-m", "bench.snapshot_server", "--listen", f"127.0.0.1:{port}",
+         "--model", model, "--backend", f"{backend_name}={backend}"],
+        cpus=LOAD_CPU,
+    )  # fmt: skip
+    wait_port(port, proc)
+    return port
+
+
+def backend_with_snapshots(procs: Procs) -> tuple[str, int]:
+    """The fixed-answer backend and a snapshot server routing to it, both ready: the
+    backend's URL and the snapshot server's port (what `corral edge --controlplane` takes)."""
+    backend = start_backend(procs)
+    return backend, start_snapshots(procs, backend)

@@ -251,15 +251,7 @@ def run(
                 "edge:\n", f"edge:\n  api_keys_file: {keys}\n", 1
             )
         )
-        backend_port = free_port()
-        nginx.start(
-            procs,
-            "backend",
-            lambda d: nginx.backend_conf(d, backend_port),
-            LOAD_CPU,
-            f"http://127.0.0.1:{backend_port}/health",
-        )
-        backend = f"http://127.0.0.1:{backend_port}"
+        backend, snap_port = nginx.backend_with_snapshots(procs)
         chat = "/v1/chat/completions"
         results.append(measure("direct to nginx backend", backend + chat, None, script, seconds))
 
@@ -288,7 +280,7 @@ def run(
             proc = nginx.start(
                 procs,
                 "nginx-proxy",
-                lambda d: nginx.proxy_conf(d, port, [f"127.0.0.1:{backend_port}"]),
+                lambda d: nginx.proxy_conf(d, port, [backend.removeprefix("http://")]),
                 PROXY_CPU,
                 None,
             )
@@ -297,15 +289,6 @@ def run(
 
         one(LEAN, lambda: lean(procs, backend, 1, [PROXY_CPU]), "bench/lean_relay.py")
         one("nginx reverse proxy (1 worker)", nginx_proxy, "keepalive upstream")
-        snap_port = free_port()
-        snap = procs.start(
-            "snapshots",
-            [PYTHON, "-m", "bench.snapshot_server", "--listen", f"127.0.0.1:{snap_port}",
-             "--model", nginx.MODEL, "--backend", f"nginx={backend}"],
-            cpus=LOAD_CPU,
-        )  # fmt: skip
-        time.sleep(0.5)
-        snap.check_alive()
         one(
             EDGE_OFF,
             lambda: start_edge(procs, "edge-off", snap_port, 1, PROXY_CPU, off, None),

@@ -18,7 +18,6 @@ import argparse
 import collections
 import re
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from bench.common import (
     PYTHON,
     BenchError,
     commit,
-    free_port,
     load_note,
     machine,
     md_table,
@@ -119,24 +117,7 @@ def record(gateway: str, seconds: float, rate: int) -> tuple[Profile, float, str
         config.write_text(GATEWAY_ON.format(db=tmp / "usage.db") if on else GATEWAY_OFF)
         headers = {"Authorization": f"Bearer {KEY}"} if on else None
         script = wrk.post_script(tmp / "post.lua", CHAT_REQUEST, headers)
-        backend_port = free_port()
-        nginx.start(
-            procs,
-            "backend",
-            lambda d: nginx.backend_conf(d, backend_port),
-            LOAD_CPU,
-            f"http://127.0.0.1:{backend_port}/health",
-        )
-        backend = f"http://127.0.0.1:{backend_port}"
-        snap_port = free_port()
-        snap = procs.start(
-            "snapshots",
-            [PYTHON, "-m", "bench.snapshot_server", "--listen", f"127.0.0.1:{snap_port}",
-             "--model", nginx.MODEL, "--backend", f"nginx={backend}"],
-            cpus=LOAD_CPU,
-        )  # fmt: skip
-        time.sleep(0.5)
-        snap.check_alive()
+        _, snap_port = nginx.backend_with_snapshots(procs)
         edge, base = start_edge(
             procs, "edge", snap_port, 1, PROXY_CPU, config, keys if on else None
         )

@@ -54,15 +54,7 @@ def run(seconds: float, rounds: int) -> dict[str, object]:
     pin_self(LOAD_CPU)
     info = run_info()
     with workspace("providers") as (tmp, procs):
-        backend_port = free_port()
-        nginx.start(
-            procs,
-            "backend",
-            lambda d: nginx.backend_conf(d, backend_port),
-            LOAD_CPU,
-            f"http://127.0.0.1:{backend_port}/health",
-        )
-        backend = f"http://127.0.0.1:{backend_port}"
+        backend = nginx.start_backend(procs)
         config = tmp / "edge.yaml"
         config.write_text(CONFIG)
         plain_port = _server(procs, "snapshots-plain", backend, [])

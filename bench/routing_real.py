@@ -46,6 +46,7 @@ from bench.common import (
     now_utc,
     percentile,
     wait_http,
+    wait_port,
     workspace,
     write_section,
 )
@@ -242,8 +243,7 @@ def main(argv: list[str]) -> int:
             [PYTHON, "-m", "corral.cli", "controlplane", "--store", "memory", "--listen", cp],
             cpus=None,
         )
-        time.sleep(0.5)
-        cp_proc.check_alive()
+        wait_port(cp_port, cp_proc)
         for i, server in enumerate(servers):
             procs.start(
                 f"agent-{i}",

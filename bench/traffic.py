@@ -67,22 +67,7 @@ def _edge(procs: Procs, name: str, cp_port: int, config: Path) -> tuple[Proc, st
 
 
 def edge_cost(tmp: Path, procs: Procs, seconds: float, rounds: int) -> dict[str, Any]:
-    backend_port = free_port()
-    nginx.start(
-        procs,
-        "backend",
-        lambda d: nginx.backend_conf(d, backend_port),
-        LOAD_CPU,
-        f"http://127.0.0.1:{backend_port}/health",
-    )
-    snap_port = free_port()
-    snaps = procs.start(
-        "snapshot_server",
-        [PYTHON, "-m", "bench.snapshot_server", "--listen", f"127.0.0.1:{snap_port}",
-         "--model", nginx.MODEL, "--backend", f"nginx=http://127.0.0.1:{backend_port}"],
-        cpus=LOAD_CPU,
-    )  # fmt: skip
-    snaps.check_alive()
+    _, snap_port = nginx.backend_with_snapshots(procs)
     edges = {}
     for name, interval in (("off", 0.0), ("on", REPORT_SECONDS)):
         config = tmp / f"edge-{name}.yaml"

@@ -47,6 +47,7 @@ from bench.common import (
     now_utc,
     pin_self,
     wait_http,
+    wait_port,
     workspace,
     write_section,
 )
@@ -83,8 +84,7 @@ def start_server(procs: Procs, backend: str, keys: int) -> int:
     if keys:
         argv += ["--keys", str(keys)]
     proc = procs.start(module.rsplit(".", 1)[1], argv, cpus=LOAD_CPU)
-    time.sleep(0.5)
-    proc.check_alive()
+    wait_port(port, proc)
     return port
 
 
