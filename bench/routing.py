@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import heapq
 import math
 import random
 import time
@@ -34,19 +33,13 @@ from typing import Any
 from bench.kvcache import (
     REPLY_TOKENS,
     CostModel,
-    IdealCache,
     PrefixCache,
     Workload,
-    block_hashes,
-    reply_words,
     tokens_of,
 )
+from bench.routing_sim import EPS, MODEL, MODES, Request, Sim, simulate_with
 
-MODEL = "bench-model"
 POLICIES = ("round-robin", "least-connections", "sticky", "sticky-bounded")
-# The edge's `balancing` mode behind each policy (the sticky ones differ by epsilon).
-MODES = {"round-robin": "round-robin", "least-connections": "least-connections"}
-EPS = {"sticky": 1e9, "sticky-bounded": 0.25, "sticky eps=0.5": 0.5, "sticky eps=1.0": 1.0}
 # Simulation only: how the bound's factor trades cache hits against balance.
 EPS_SWEEP = ("sticky eps=0.5", "sticky eps=1.0")
 
@@ -117,43 +110,63 @@ def sized_cost(workload: Workload, base: CostModel, share: float = 0.45) -> Cost
 # ---------------------------------------------------------------- simulation
 
 
-class _SimBackend:
-    def __init__(self, name: str, cost: CostModel) -> None:
-        self.name = name
-        self.cache = PrefixCache(cost.capacity_blocks)
-        self.slots = self.free = cost.slots
-        self.queue: list[Any] = []
-        self.running = 0
+class _SlotBackends:
+    """Backends bound by slots: `slots` requests run at once, the rest wait (FIFO); each has
+    a prefix cache (LRU). They report running, waiting and their slots, as llama.cpp's agent
+    does (the edge keeps a conversation home while one is free)."""
 
-    @property
-    def waiting(self) -> int:
-        return len(self.queue)
+    def __init__(self, count: int, cost: CostModel) -> None:
+        self.names = [f"kv{i}" for i in range(count)]
+        self.slots = cost.slots
+        self.cache = {n: PrefixCache(cost.capacity_blocks) for n in self.names}
+        self.free = dict.fromkeys(self.names, cost.slots)
+        self.running = dict.fromkeys(self.names, 0)
+        self.queue: dict[str, list[Request]] = {n: [] for n in self.names}
 
+    def snapshot(self, version: int) -> Any:
+        from corral.v1 import types_pb2
 
-def _snapshot(backends: list[_SimBackend], version: int) -> Any:
-    from corral.v1 import types_pb2
-
-    snap = types_pb2.Snapshot(version=version, cluster_id="sim")
-    for b in backends:
-        snap.backends.append(
-            types_pb2.Backend(
-                spec=types_pb2.BackendSpec(
-                    name=b.name, url=f"http://{b.name}", type=types_pb2.BACKEND_TYPE_VLLM, weight=1
-                ),
-                status=types_pb2.BackendStatus(
-                    health=types_pb2.HEALTH_STATE_HEALTHY,
-                    # Slots reported as llama.cpp's agent does (the edge keeps a conversation
-                    # home while one is free).
-                    models=[
-                        types_pb2.ModelInfo(
-                            id=MODEL, loaded=True, metadata={"total_slots": str(b.slots)}
-                        )
-                    ],
-                    load=types_pb2.BackendLoad(running=b.running, waiting=b.waiting),
+        snap = types_pb2.Snapshot(version=version, cluster_id="sim")
+        for name in self.names:
+            status = types_pb2.BackendStatus(
+                health=types_pb2.HEALTH_STATE_HEALTHY,
+                models=[
+                    types_pb2.ModelInfo(
+                        id=MODEL, loaded=True, metadata={"total_slots": str(self.slots)}
+                    )
+                ],
+                load=types_pb2.BackendLoad(
+                    running=self.running[name], waiting=len(self.queue[name])
                 ),
             )
-        )
-    return snap
+            spec = types_pb2.BackendSpec(
+                name=name, url=f"http://{name}", type=types_pb2.BACKEND_TYPE_VLLM, weight=1
+            )
+            snap.backends.append(types_pb2.Backend(spec=spec, status=status))
+        return snap
+
+    def _start(self, sim: Sim, req: Request) -> None:
+        name = req["backend"]
+        self.free[name] -= 1
+        self.running[name] += 1
+        sim.begin(req, self.cache[name].lookup(req["hashes"]))
+
+    def arrive(self, sim: Sim, req: Request) -> None:
+        if self.free[req["backend"]] > 0:
+            self._start(sim, req)
+        else:
+            self.queue[req["backend"]].append(req)
+
+    def first_token(self, req: Request) -> None:
+        self.cache[req["backend"]].insert(req["hashes"])
+
+    def finish(self, sim: Sim, req: Request) -> None:
+        name = req["backend"]
+        self.cache[name].insert(req["blocks"])
+        self.free[name] += 1
+        self.running[name] -= 1
+        if self.queue[name]:
+            self._start(sim, self.queue[name].pop(0))
 
 
 def simulate(
@@ -167,123 +180,11 @@ def simulate(
     seed: int = 0,
 ) -> RunStats:
     """Run the workload through `edges` edges to `backends` simulated backends (virtual time)."""
-    from corral.config import EdgeConfig
-    from edge.balancer import Balancer, Full
-    from edge.routing import chat_key
-
-    rng = random.Random(seed)
-    sims = [_SimBackend(f"kv{i}", cost) for i in range(backends)]
-    clock = [0.0]  # virtual seconds, for the edges' view of report ages
-    by_name = {b.name: b for b in sims}
-    eps = EPS.get(policy, 0.25)
-    balancers = [
-        Balancer(
-            EdgeConfig(bounded_load_epsilon=eps, balancing=MODES.get(policy, "sticky")),
-            rng=random.Random(seed * 31 + e),
-            clock=lambda: clock[0],
-        )
-        for e in range(edges)
-    ]
-    version = 1
-    for bal in balancers:
-        bal.apply(_snapshot(sims, version))
     stats = RunStats(policy, edges)
-    ideal = IdealCache()
-    convs = workload.all()
-    events: list[tuple[float, int, str, Any]] = []
-    seq = 0
-
-    def push(t: float, kind: str, payload: Any) -> None:
-        nonlocal seq
-        seq += 1
-        heapq.heappush(events, (t, seq, kind, payload))
-
-    for conv in convs:
-        push(rng.uniform(0, 1.0), "send", (conv, 0))
-    push(report_interval, "report", None)
-    pending = len(convs)
-
-    def start(b: _SimBackend, now: float, req: dict[str, Any]) -> None:
-        b.free -= 1
-        b.running += 1
-        cached = min(b.cache.lookup(req["hashes"]), len(req["tokens"]))
-        req["cached"] = cached
-        req["ideal"] = min(ideal.cached(req["hashes"]), len(req["tokens"]))
-        push(now + cost.prefill_seconds(len(req["tokens"]), cached), "first", req)
-
-    while events:
-        now, _, kind, payload = heapq.heappop(events)
-        clock[0] = now
-        if kind == "report":
-            if pending == 0:
-                continue
-            version += 1
-            for bal in balancers:
-                bal.apply(_snapshot(sims, version))
-            push(now + report_interval, "report", None)
-        elif kind == "send":
-            conv, turn = payload
-            messages = conv.request_messages(turn)
-            tokens = tokens_of(messages)
-            hashes = block_hashes(tokens)
-            e = rng.randrange(edges)
-            bal = balancers[e]
-            route = bal.route_for(MODEL)
-            # The balancing mode decides whether the key matters, as in the edge's handler.
-            found = bal.pick(route, chat_key(MODEL, messages), set())
-            assert found is not None and not isinstance(found, Full)
-            state = found[0]
-            bal.acquire(state)
-            name = state.name
-            req = {
-                "conv": conv,
-                "turn": turn,
-                "tokens": tokens,
-                "hashes": hashes,
-                "sent": now,
-                "backend": name,
-                "bal": bal,
-                "state": state,
-            }
-            b = by_name[name]
-            if b.free > 0:
-                start(b, now, req)
-            else:
-                b.queue.append(req)
-        elif kind == "first":
-            req = payload
-            b = by_name[req["backend"]]
-            b.cache.insert(req["hashes"])
-            ideal.finished(req["hashes"])
-            stats.record(
-                req["conv"].cid,
-                b.name,
-                now - req["sent"],
-                len(req["tokens"]),
-                req["cached"],
-                req["ideal"],
-            )
-            push(now + cost.decode_ms / 1000, "done", req)
-        elif kind == "done":
-            req = payload
-            b = by_name[req["backend"]]
-            reply = reply_words(req["tokens"][-1] + str(len(req["tokens"])), REPLY_TOKENS)
-            full = block_hashes([*req["tokens"], "<assistant>", *reply.split()])
-            b.cache.insert(full)
-            ideal.finished(full)
-            b.free += 1
-            b.running -= 1
-            if b.queue:
-                start(b, now, b.queue.pop(0))
-            if req["state"] is not None:
-                req["bal"].release(req["state"])
-            conv, turn = req["conv"], req["turn"]
-            conv.add_reply(reply)
-            if turn + 1 < len(conv.user_turns):
-                push(now + conv.think[turn + 1], "send", (conv, turn + 1))
-            else:
-                pending -= 1
-        stats.wall_seconds = now
+    simulate_with(
+        _SlotBackends(backends, cost), policy, edges, workload, cost, stats,
+        report_interval=report_interval, seed=seed,
+    )  # fmt: skip
     return stats
 
 

@@ -16,23 +16,17 @@ as it was before KV pressure counted), over several workload seeds.
 
 from __future__ import annotations
 
-import heapq
 import math
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from bench.kvcache import (
-    REPLY_TOKENS,
     CostModel,
-    IdealCache,
     PagedKvCache,
     Workload,
-    block_hashes,
-    reply_words,
-    tokens_of,
 )
-from bench.routing import EPS, MODEL, MODES, RunStats
+from bench.routing import RunStats
+from bench.routing_sim import MODEL, Request, Sim, simulate_with
 
 POLICIES = ("least-connections", "sticky-bounded")
 # Sequences a backend runs at once (vLLM's max_num_seqs): high, so memory binds first.
@@ -76,14 +70,6 @@ def kv_cost(workload: Workload) -> CostModel:
     return CostModel(slots=MAX_SEQS, capacity_blocks=blocks, decode_ms=DECODE_MS)
 
 
-class _Backend:
-    def __init__(self, name: str, cost: CostModel) -> None:
-        self.name = name
-        self.kv = PagedKvCache(cost.capacity_blocks)
-        self.queue: list[dict[str, Any]] = []
-        self.running = 0
-
-
 class _Writes:
     """Counts the load reports the control plane would write, by the new and the old rule,
     and of those the KV-only ones (queue counts as last written)."""
@@ -120,29 +106,67 @@ def _moved_by_step(a: Any, b: Any) -> bool:
     ) > 0.05
 
 
-def _snapshot(backends: list[_Backend], version: int, with_kv: bool, writes: _Writes) -> Any:
-    from corral.v1 import types_pb2
+class _KvBackends:
+    """Backends bound by KV memory (bench/kvcache.py PagedKvCache): a request starts when
+    fewer than MAX_SEQS run and its blocks fit, else waits (FIFO). They report running,
+    waiting and KV-cache use (the last left out without KV), as the vLLM agent does."""
 
-    snap = types_pb2.Snapshot(version=version, cluster_id="sim-kv")
-    for b in backends:
-        load = types_pb2.BackendLoad(running=b.running, waiting=len(b.queue))
-        load.kv_cache_usage = b.kv.usage()
-        writes.offer(b.name, load)
-        if not with_kv:
-            load.ClearField("kv_cache_usage")
-        snap.backends.append(
-            types_pb2.Backend(
-                spec=types_pb2.BackendSpec(
-                    name=b.name, url=f"http://{b.name}", type=types_pb2.BACKEND_TYPE_VLLM, weight=1
-                ),
-                status=types_pb2.BackendStatus(
-                    health=types_pb2.HEALTH_STATE_HEALTHY,
-                    models=[types_pb2.ModelInfo(id=MODEL, loaded=True)],
-                    load=load,
-                ),
+    def __init__(self, count: int, cost: CostModel, with_kv: bool, stats: KvRunStats) -> None:
+        self.names = [f"kv{i}" for i in range(count)]
+        self.capacity = cost.capacity_blocks
+        self.kv = {n: PagedKvCache(cost.capacity_blocks) for n in self.names}
+        self.running = dict.fromkeys(self.names, 0)
+        self.queue: dict[str, list[Request]] = {n: [] for n in self.names}
+        self.with_kv = with_kv
+        self.stats = stats
+        self.writes = _Writes(stats)
+
+    def snapshot(self, version: int) -> Any:
+        from corral.v1 import types_pb2
+
+        snap = types_pb2.Snapshot(version=version, cluster_id="sim-kv")
+        for name in self.names:
+            load = types_pb2.BackendLoad(running=self.running[name], waiting=len(self.queue[name]))
+            load.kv_cache_usage = self.kv[name].usage()
+            self.writes.offer(name, load)
+            if not self.with_kv:
+                load.ClearField("kv_cache_usage")
+            spec = types_pb2.BackendSpec(
+                name=name, url=f"http://{name}", type=types_pb2.BACKEND_TYPE_VLLM, weight=1
             )
-        )
-    return snap
+            status = types_pb2.BackendStatus(
+                health=types_pb2.HEALTH_STATE_HEALTHY,
+                models=[types_pb2.ModelInfo(id=MODEL, loaded=True)],
+                load=load,
+            )
+            snap.backends.append(types_pb2.Backend(spec=spec, status=status))
+        return snap
+
+    def _start_queued(self, sim: Sim, name: str) -> None:
+        queue, kv = self.queue[name], self.kv[name]
+        while queue and self.running[name] < MAX_SEQS and kv.fits(queue[0]["blocks"]):
+            req = queue.pop(0)
+            self.running[name] += 1
+            cached = kv.lookup(req["hashes"])
+            self.stats.waits.append(sim.now - req["sent"])
+            kv.admit(req["blocks"])
+            sim.begin(req, cached)
+
+    def arrive(self, sim: Sim, req: Request) -> None:
+        full = req["blocks"]
+        if len(set(full)) > self.capacity:
+            raise ValueError(f"a {len(full)}-block sequence never fits {self.capacity}")
+        self.queue[req["backend"]].append(req)
+        self._start_queued(sim, req["backend"])
+
+    def first_token(self, req: Request) -> None:
+        pass  # the blocks were reserved when it started
+
+    def finish(self, sim: Sim, req: Request) -> None:
+        name = req["backend"]
+        self.kv[name].release(req["blocks"])
+        self.running[name] -= 1
+        self._start_queued(sim, name)
 
 
 def simulate_kv(
@@ -157,108 +181,12 @@ def simulate_kv(
     seed: int = 0,
 ) -> KvRunStats:
     """Run the workload through `edges` edges to KV-memory-bound backends (virtual time)."""
-    from corral.config import EdgeConfig
-    from edge.balancer import Balancer, Full
-    from edge.routing import chat_key
-
-    rng = random.Random(seed)
-    sims = [_Backend(f"kv{i}", cost) for i in range(backends)]
-    by_name = {b.name: b for b in sims}
-    clock = [0.0]
-    balancers = [
-        Balancer(
-            EdgeConfig(
-                bounded_load_epsilon=EPS.get(policy, 0.25), balancing=MODES.get(policy, "sticky")
-            ),
-            rng=random.Random(seed * 31 + e),
-            clock=lambda: clock[0],
-        )
-        for e in range(edges)
-    ]
     stats = KvRunStats(f"{policy}{' + KV' if with_kv else ''}", edges)
-    writes = _Writes(stats)
-    version = 1
-    snap = _snapshot(sims, version, with_kv, writes)
-    for bal in balancers:
-        bal.apply(snap)
-    ideal = IdealCache()
-    convs = workload.all()
-    events: list[tuple[float, int, str, Any]] = []
-    seq = 0
-
-    def push(t: float, kind: str, payload: Any) -> None:
-        nonlocal seq
-        seq += 1
-        heapq.heappush(events, (t, seq, kind, payload))
-
-    for conv in convs:
-        push(rng.uniform(0, 1.0), "send", (conv, 0))
-    push(report_interval, "report", None)
-    pending = len(convs)
-
-    def start_queued(b: _Backend, now: float) -> None:
-        while b.queue and b.running < MAX_SEQS and b.kv.fits(b.queue[0]["blocks"]):
-            req = b.queue.pop(0)
-            b.running += 1
-            req["cached"] = min(b.kv.lookup(req["hashes"]), len(req["tokens"]))
-            req["ideal"] = min(ideal.cached(req["hashes"]), len(req["tokens"]))
-            stats.waits.append(now - req["sent"])
-            b.kv.admit(req["blocks"])
-            push(now + cost.prefill_seconds(len(req["tokens"]), req["cached"]), "first", req)
-
-    while events:
-        now, _, kind, payload = heapq.heappop(events)
-        clock[0] = now
-        if kind == "report":
-            if pending == 0:
-                continue
-            version += 1
-            snap = _snapshot(sims, version, with_kv, writes)
-            for bal in balancers:
-                bal.apply(snap)
-            push(now + report_interval, "report", None)
-        elif kind == "send":
-            conv, turn = payload
-            messages = conv.request_messages(turn)
-            tokens = tokens_of(messages)
-            reply = reply_words(tokens[-1] + str(len(tokens)), REPLY_TOKENS)
-            bal = balancers[rng.randrange(edges)]
-            found = bal.pick(bal.route_for(MODEL), chat_key(MODEL, messages), set())
-            assert found is not None and not isinstance(found, Full)
-            state = found[0]
-            bal.acquire(state)
-            b = by_name[state.name]
-            full = block_hashes([*tokens, "<assistant>", *reply.split()])
-            if len(set(full)) > cost.capacity_blocks:
-                raise ValueError(f"a {len(full)}-block sequence never fits {cost.capacity_blocks}")
-            req = {"conv": conv, "turn": turn, "tokens": tokens, "hashes": block_hashes(tokens),
-                   "blocks": full, "reply": reply, "sent": now, "backend": b, "bal": bal,
-                   "state": state}  # fmt: skip
-            b.queue.append(req)
-            start_queued(b, now)
-        elif kind == "first":
-            req = payload
-            b = req["backend"]
-            ideal.finished(req["hashes"])
-            stats.record(req["conv"].cid, b.name, now - req["sent"], len(req["tokens"]),
-                         req["cached"], req["ideal"])  # fmt: skip
-            push(now + cost.decode_ms / 1000, "done", req)
-        elif kind == "done":
-            req = payload
-            b = req["backend"]
-            ideal.finished(req["blocks"])
-            b.kv.release(req["blocks"])
-            b.running -= 1
-            start_queued(b, now)
-            req["bal"].release(req["state"])
-            conv, turn = req["conv"], req["turn"]
-            conv.add_reply(req["reply"])
-            if turn + 1 < len(conv.user_turns):
-                push(now + conv.think[turn + 1], "send", (conv, turn + 1))
-            else:
-                pending -= 1
-        stats.wall_seconds = now
-    stats.evicted_blocks = sum(b.kv.evicted for b in sims)
+    sims = _KvBackends(backends, cost, with_kv, stats)
+    simulate_with(
+        sims, policy, edges, workload, cost, stats, report_interval=report_interval, seed=seed
+    )
+    stats.evicted_blocks = sum(kv.evicted for kv in sims.kv.values())
     return stats
 
 
