@@ -200,7 +200,9 @@ class ModelRenamer:
         return b"data: " + renamed + (b"\r" if cr else b"")
 
 
-@dataclass(frozen=True, slots=True)
+# Made per request: not frozen (a frozen dataclass sets each field through
+# object.__setattr__, about 5x the cost of a plain one).
+@dataclass(slots=True, eq=False)
 class Admission:
     """An admitted request: how to exchange it, how to (re)look up its route, its sticky key."""
 

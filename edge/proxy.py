@@ -99,7 +99,9 @@ _UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError)
 _RETRYABLE: Final = frozenset((404, 429))
 
 
-@dataclass(frozen=True, slots=True)
+# Made per request: not frozen (a frozen dataclass sets each field through
+# object.__setattr__, about 5x the cost of a plain one).
+@dataclass(slots=True, eq=False)
 class Attempt:
     """One try of one request on one backend: what `Proxy._attempt` needs to make it."""
 

@@ -20,10 +20,11 @@ import httptools
 import orjson
 from aiohttp import web
 from aiohttp.tcp_helpers import tcp_keepalive
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge.errors import error_body
 from edge.lane.answer import finish_headers, head
-from edge.lane.request import LaneRequest, header_dict
+from edge.lane.request import LaneRequest
 
 if TYPE_CHECKING:
     from edge.lane.server import Lane, Route
@@ -69,10 +70,13 @@ class LaneProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._remote: str | None = None
         self._parser: httptools.HttpRequestParser | None = None  # made for the first POST
-        self._buffer = bytearray()  # every byte since the current message began
+        # Every byte since the current message began: its first read as it came (most
+        # messages arrive in one), the reads after it joined in `_more` (no copy otherwise).
+        self._first = b""
+        self._more: bytearray | None = None
         self._pending = bytearray()  # bytes that came while a request was served
         self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[tuple[str, str]] = []  # decoded as aiohttp decodes them
         self._body: list[bytes] = []
         self._route: Route | None = None
         self._length = -1
@@ -142,7 +146,7 @@ class LaneProtocol(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         """No request in flight and none begun."""
-        return self._task is None and not self._buffer
+        return self._task is None and not self._first
 
     def close(self) -> None:
         if self._transport is not None:
@@ -151,11 +155,18 @@ class LaneProtocol(asyncio.Protocol):
     # -- parsing ---------------------------------------------------------------------------
 
     def _receive(self, data: bytes) -> None:
-        buffer = self._buffer
-        if not buffer and not data.startswith(_POST) and not _POST.startswith(data):
-            self.hand_over(data)  # not a POST to /v1/: aiohttp's, without parsing it here
-            return
-        buffer += data
+        if not self._first:
+            if not data.startswith(_POST) and not _POST.startswith(data):
+                self.hand_over(data)  # not a POST to /v1/: aiohttp's, without parsing it here
+                return
+            self._first = data
+            received = len(data)
+        else:
+            more = self._more
+            if more is None:
+                more = self._more = bytearray()
+            more += data
+            received = len(self._first) + len(more)
         parser = self._parser
         if parser is None:
             parser = self._parser = self._first_post()
@@ -164,7 +175,7 @@ class LaneProtocol(asyncio.Protocol):
         except Exception:  # unusual, malformed or upgrading: aiohttp's to answer
             self.hand_over()
             return
-        if self._route is None and len(self._buffer) > MAX_HEAD:  # aiohttp's limits apply
+        if self._route is None and received > MAX_HEAD:  # aiohttp's limits apply
             self.hand_over()
             return
         if not self._complete:
@@ -182,7 +193,11 @@ class LaneProtocol(asyncio.Protocol):
             self.hand_over()
             return
         request = LaneRequest(
-            self._lane.app, route.path, header_dict(self._headers), body, self._remote
+            self._lane.app,
+            route.path,
+            CIMultiDictProxy(CIMultiDict(self._headers)),
+            body,
+            self._remote,
         )
         keep_alive = self._keep_alive
         self._task = self._loop.create_task(self._serve(request, route, keep_alive))
@@ -219,7 +234,10 @@ class LaneProtocol(asyncio.Protocol):
             if self._length >= 0 or not value.isdigit():
                 raise _Unusual
             self._length = int(value)
-        headers.append((name, value))
+        # As aiohttp reads them: UTF-8, undecodable bytes kept as surrogates.
+        headers.append(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        )
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -280,7 +298,8 @@ class LaneProtocol(asyncio.Protocol):
         self._next_message()
 
     def _next_message(self) -> None:
-        self._buffer = bytearray()
+        self._first = b""
+        self._more = None
         self._url = b""
         self._headers = []
         self._body = []
@@ -311,7 +330,7 @@ class LaneProtocol(asyncio.Protocol):
             transport.resume_reading()
         handler.connection_made(transport)
         if data is None:
-            data = bytes(self._buffer)
+            data = self._first if self._more is None else self._first + self._more
         if data:
             handler.data_received(data)
 

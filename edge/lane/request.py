@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Final, TypeVar
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 T = TypeVar("T")
 
@@ -21,18 +21,6 @@ class _Whole:
 
 
 _WHOLE: Final = _Whole()
-
-
-def header_dict(raw: list[tuple[bytes, bytes]]) -> CIMultiDictProxy[str]:
-    """The headers as aiohttp reads them (UTF-8, undecodable bytes kept as surrogates)."""
-    return CIMultiDictProxy(
-        CIMultiDict(
-            [
-                (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-                for name, value in raw
-            ]
-        )
-    )
 
 
 class LaneRequest:
