@@ -91,7 +91,7 @@ def _in_process(valkey_port: int, repeats: int = 5, count: int = 20_000) -> list
     from aiohttp.test_utils import make_mocked_request
 
     from corral.config import LimitConfig, LimitsConfig
-    from edge.gateway.call import Call
+    from edge.gateway.call import CALL, Call
     from edge.gateway.limits import Limiter, SharedCounters
     from edge.gateway.limits.gate import Gate, limit_headers
     from edge.gateway.prices import PriceTable
@@ -110,15 +110,19 @@ def _in_process(valkey_port: int, repeats: int = 5, count: int = 20_000) -> list
         out = []
         try:
             for _ in range(repeats + 1):
-                calls = [Call("c", "c", 0.0, 0.0, "chat", key_id="kb", model="m")] * count
+                call = Call("c", "c", 0.0, 0.0, "chat", key_id="kb", model="m")
+                for request in requests:
+                    request[CALL] = call  # as Proxy.run's calls.begin does
                 response = web.Response()
                 started = time.process_time()
-                for i, call in enumerate(calls):
+                for i in range(count):
                     request = requests[i % 100]
-                    await gate.admit(request, call, body, 120)
+                    waiting = gate.admit(request, call, body, 120)
+                    if waiting is not None:
+                        await waiting
                     await limit_headers(request, response)
                     call.prompt_tokens, call.completion_tokens = 30, 14
-                    gate.settle(request, call)
+                    gate.settle(call)
                     if i % 100 == 0:
                         await asyncio.sleep(0)  # let background refills run, as between requests
                 out.append((time.process_time() - started) / count * 1e6)

@@ -259,8 +259,11 @@ class Proxy:
             asked = exchange.body.get("model")
             call.model = asked if isinstance(asked, str) else ""
             call.stream = exchange.stream
-            if self.limits is not None:
-                await self.limits.admit(request, call, exchange.body, len(exchange.raw or b""))
+            limits = self.limits
+            if limits is not None:
+                waiting = limits.admit(request, call, exchange.body, len(exchange.raw or b""))
+                if waiting is not None:  # a lease is short: the store is asked
+                    await waiting
             if self.gateway is not None:  # guardrails and the response cache
                 entered = await self.gateway.enter(
                     request, call, exchange, admission.route, endpoint_name
@@ -324,7 +327,7 @@ class Proxy:
             call.status = status or 500  # 0: an unexpected exception, answered with a 500
             call.duration = duration
             if self.limits is not None:
-                self.limits.settle(request, call)
+                self.limits.settle(call)
             if self.gateway is not None:
                 self.gateway.leave(request, call)
             self.recorder.record(call)

@@ -11,11 +11,14 @@ import itertools
 import os
 import time
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
 from edge.client_request import ClientRequest
+
+if TYPE_CHECKING:
+    from edge.gateway.limits.ticket import Ticket
 
 REQUEST_ID_HEADER: Final = "X-Request-Id"
 DEFAULT_TEAM: Final = "default"
@@ -85,6 +88,7 @@ class Call:
     saved_tokens: int = 0  # a cache hit: what the stored answer had cost upstream
     guard: dict[str, int] | None = None  # guardrail findings: kind -> count
     limit: str = ""  # the limit outcome ("" none applied, else e.g. "allowed", "rpm")
+    ticket: Ticket | None = None  # what the limits reserved for it, until settled
     prompt: bytes | None = None  # the request body, only when body logging is on
     completion: bytes | None = None  # the answer body, likewise
 

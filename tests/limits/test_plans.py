@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from corral.config import LimitConfig, LimitsConfig
-from edge.gateway.call import Call
+from edge.gateway.call import CALL, Call
 from edge.gateway.limits import Limiter, Limits, LocalCounters, Refused, Subject
 from edge.gateway.limits.gate import Gate, limit_headers
 from edge.gateway.limits.plan import Plan
@@ -29,6 +29,13 @@ async def limiter() -> AsyncIterator[Limiter]:
 
 def _call(key: str, team: str = "default") -> Call:
     return Call(key, key, 0.0, 0.0, "chat", key_id=key, team=team, model="m")
+
+
+async def _admit(gate: Gate, request: web.Request, call: Call) -> None:
+    request[CALL] = call  # where the headers hook finds the ticket
+    waiting = gate.admit(request, call, CHAT, 40)
+    if waiting is not None:
+        await waiting
 
 
 async def _admitted(limiter: Limiter, plan: Plan, tokens: int, tries: int) -> int:
@@ -75,10 +82,10 @@ async def test_policy_changes_and_team_moves_reach_kept_plans(limiter: Limiter) 
 
     async def limit_shown(call: Call) -> str:
         request = make_mocked_request("POST", "/v1/chat/completions")
-        await gate.admit(request, call, CHAT, 40)
+        await _admit(gate, request, call)
         response = web.Response()
         await limit_headers(request, response)
-        gate.settle(request, call)
+        gate.settle(call)
         return response.headers["x-ratelimit-limit-requests"]
 
     assert await limit_shown(_call("k1")) == "50"
@@ -97,7 +104,7 @@ async def test_headers_replace_the_upstream_ones(limiter: Limiter) -> None:
     config = LimitsConfig(default_key=LimitConfig(rpm=30, tpm=6000))
     gate = Gate(config, limiter, lambda: PriceTable({}))
     request = make_mocked_request("POST", "/v1/chat/completions")
-    await gate.admit(request, _call("k2"), CHAT, 40)
+    await _admit(gate, request, _call("k2"))
     response = web.Response(headers={"x-ratelimit-limit-requests": "1", "X-Other": "kept"})
     await limit_headers(request, response)
     assert response.headers.getall("x-ratelimit-limit-requests") == ["30"]
@@ -105,3 +112,24 @@ async def test_headers_replace_the_upstream_ones(limiter: Limiter) -> None:
     assert response.headers["x-ratelimit-limit-tokens"] == "6000"
     assert response.headers["x-ratelimit-reset-tokens"].endswith("s")
     assert response.headers["X-Other"] == "kept"
+
+
+async def test_admission_awaits_only_when_a_lease_is_short(limiter: Limiter) -> None:
+    """The first request waits for a lease; the next ones are admitted by a plain call."""
+    config = LimitsConfig(default_key=LimitConfig(rpm=100, tpm=100_000))
+    gate = Gate(config, limiter, lambda: PriceTable({}))
+    first = make_mocked_request("POST", "/v1/chat/completions")
+    first_call = _call("k3")
+    waiting = gate.admit(first, first_call, CHAT, 40)
+    assert waiting is not None
+    await waiting
+    assert first_call.ticket is not None
+    for _ in range(3):
+        request = make_mocked_request("POST", "/v1/chat/completions")
+        call = request[CALL] = _call("k3")
+        assert gate.admit(request, call, CHAT, 40) is None
+        assert call.limit == "allowed"
+        response = web.Response()
+        await limit_headers(request, response)
+        gate.settle(call)
+        assert int(response.headers["x-ratelimit-remaining-requests"]) < 100

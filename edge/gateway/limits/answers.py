@@ -19,12 +19,14 @@ def put_headers(target: MutableMapping[str, str], ticket: Ticket, now: float) ->
     """x-ratelimit-{limit,remaining,reset}-{requests,tokens} from the first rpm and tpm
     counters of the request (the key's before its team's), set (not added) on `target`."""
     buckets = ticket.buckets
-    for index, (limit, remaining, reset) in ticket.plan.header_slots:
+    for index, limit, shown, remaining, reset in ticket.plan.header_slots:
         bucket = buckets[index]
-        target[limit] = str(bucket.limit)
-        target[remaining] = str(bucket.remaining())
-        left = bucket.resets - now
-        target[reset] = _SECONDS[int(left)] if 1 <= left < 60 else duration(left)
+        target[limit] = shown
+        lease = bucket.lease  # Bucket.remaining, inlined: this runs for every answer
+        left = bucket.limit - bucket.used + (lease if lease > 0 else 0)
+        target[remaining] = str(left) if left > 0 else "0"
+        wait = bucket.resets - now
+        target[reset] = _SECONDS[int(wait)] if 1 <= wait < 60 else duration(wait)
 
 
 def duration(seconds: float) -> str:

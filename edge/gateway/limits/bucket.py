@@ -148,11 +148,6 @@ class Bucket:
         if amount > taken:
             self.pending += amount - taken
 
-    def remaining(self) -> int:
-        """What this edge may still admit by its last view of the store (approximate)."""
-        left = self.limit - self.used + (self.lease if self.lease > 0 else 0)
-        return left if left > 0 else 0
-
 
 def open_bucket(subject: Subject, reason: str, limit: int, now: float, window: float) -> Bucket:
     """A new bucket for one of a subject's limits, its store key naming what it counts: a

@@ -1,8 +1,9 @@
 """The limits as the edge applies them: who a request counts against, what it reserves,
 what it used; the headers and the refusals; and the edge's cleanup context.
 
-Proxy.run calls `admit` once the request is authenticated and parsed, and `settle` when it
-is over (whatever happened); responses get the x-ratelimit-* headers as they are prepared.
+Proxy.run calls `admit` once the request is authenticated and parsed (a plain call; it
+awaits only when a lease is short), and `settle` when it is over (whatever happened);
+responses get the x-ratelimit-* headers as they are prepared.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, Final
 
 from aiohttp import web
@@ -21,7 +22,7 @@ from aiohttp import web
 from corral.config import ConfigError, LimitConfig, LimitsConfig
 from corral.v1 import gateway_pb2, limits_pb2
 from edge.client_request import ClientRequest
-from edge.gateway.call import Call
+from edge.gateway.call import CALL, Call
 from edge.gateway.limits.answers import put_headers, refusal
 from edge.gateway.limits.clientip import client_address, networks
 from edge.gateway.limits.limiter import Limiter
@@ -32,7 +33,6 @@ from edge.gateway.prices import PriceTable
 
 log = logging.getLogger(__name__)
 
-TICKET: Final = web.RequestKey("corral_limit_ticket", Ticket)
 _BYTES_PER_TOKEN: Final = 4
 _PLANS_KEPT: Final = 100_000
 
@@ -141,14 +141,16 @@ class Gate:
             plan = _remember(self._addresses, address, Plan((subject,)))
         return plan
 
-    async def admit(
+    def admit(
         self, request: ClientRequest, call: Call, body: Mapping[str, Any], size: int
-    ) -> None:
-        """Reserve the request (prompt estimate + max_tokens or the cap) or raise the 429/503
-        ApiError; the ticket goes on the request for settle() and the headers."""
+    ) -> Coroutine[Any, Any, None] | None:
+        """Reserve the request (prompt estimate + max_tokens or the cap); the ticket goes on
+        its Call for settle() and the headers. A plain call in the steady state (None:
+        admitted, or nothing limits it); when a lease is short, the coroutine to await for
+        the store's answer, which raises the 429/503 ApiError if refused."""
         plan = self.plan(request, call)
         if not plan.subjects:
-            return
+            return None
         prompt = size // _BYTES_PER_TOKEN + 1
         tokens = self.reserve(call, body, prompt)
         cost = 0
@@ -157,16 +159,22 @@ class Gate:
             if price is not None:
                 cost = math.ceil(price.cost(prompt, 0, tokens - prompt) * MICROS_PER_USD)
         ticket = self.limiter.admit_now(plan, tokens, cost)
+        if ticket is None:  # a lease is short: the store is asked
+            return self._admit_later(call, plan, tokens, cost)
+        call.limit = "allowed"
+        call.ticket = ticket
+        return None
+
+    async def _admit_later(self, call: Call, plan: Plan, tokens: int, cost: int) -> None:
         try:
-            if ticket is None:  # a lease is short: the store is asked
-                ticket = await self.limiter.admit(plan, tokens=tokens, cost=cost)
+            ticket = await self.limiter.admit(plan, tokens=tokens, cost=cost)
         except Refused as exc:
             call.limit = exc.reason
             shown: dict[str, str] = {}
             put_headers(shown, Ticket(plan, plan.buckets, 0, 0), self.limiter.clock())
             raise refusal(exc, shown) from None
         call.limit = "allowed"
-        request[TICKET] = ticket
+        call.ticket = ticket
 
     def reserve(self, call: Call, body: Mapping[str, Any], prompt: int) -> int:
         """Tokens to reserve: the prompt estimate, plus max_tokens or the cap."""
@@ -177,8 +185,8 @@ class Gate:
             return prompt + asked
         return prompt + self.cap
 
-    def settle(self, request: ClientRequest, call: Call) -> None:
-        ticket = request.get(TICKET)
+    def settle(self, call: Call) -> None:
+        ticket = call.ticket
         if ticket is None or ticket.settled:
             return
         tokens = call.prompt_tokens + call.completion_tokens
@@ -201,9 +209,9 @@ def _remember(plans: dict[str, Plan], name: str, plan: Plan) -> Plan:
 
 async def limit_headers(request: ClientRequest, response: web.StreamResponse) -> None:
     """on_response_prepare: the x-ratelimit-* headers on every answer to a limited request."""
-    ticket = request.get(TICKET)
-    if ticket is not None:
-        put_headers(response.headers, ticket, time.time())
+    call = request.get(CALL)
+    if call is not None and call.ticket is not None:
+        put_headers(response.headers, call.ticket, time.time())
 
 
 LIMITS: Final = web.AppKey("limits", Gate)

@@ -102,10 +102,14 @@ class Plan:
                 if limited:
                     counters.append((subject, reason))
         self.counters = tuple(counters)
-        slots: dict[str, tuple[int, tuple[str, str, str]]] = {}
-        for index, (_, reason) in enumerate(counters):
+        # Per header trio: the counter's index, its limit as shown (fixed for the plan's
+        # subjects) and the three names.
+        slots: dict[str, tuple[int, str, str, str, str]] = {}
+        for index, (subject, reason) in enumerate(counters):
             if reason in HEADER_NAMES and reason not in slots:
-                slots[reason] = (index, HEADER_NAMES[reason])
+                limit, remaining, reset = HEADER_NAMES[reason]
+                shown = str(limit_of(subject.limits, reason))
+                slots[reason] = (index, limit, shown, remaining, reset)
         self.header_slots = tuple(slots.values())
         budgets = [s.limits.budget for s in self.subjects if s.limits.budget is not None]
         self.needs_cost = any(b.unit == USD for b in budgets)  # else a request's cost is moot
