@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Final, Union
 
 from corral.config import EdgeConfig
 from corral.v1 import providers_pb2, types_pb2
-from edge.anthropic.tokens import CHARS_PER_TOKEN
 from edge.balancer import Balancer, no_backend
 from edge.errors import ApiError
 from edge.exchange import Exchange, Failure
@@ -148,6 +147,11 @@ def resting(route: ModelRoute) -> bool:
     goes on rather than try one anyway, as the balancer does for a lone route."""
     now = time.monotonic()
     return all(b.ejected_until > now for group in (*route.tiers, route.degraded) for b in group)
+
+
+# edge.anthropic.tokens' estimate, here so that the edge does not load the Anthropic
+# translation (edge.anthropic, ~0.15 MiB) before a /v1/messages request needs it.
+CHARS_PER_TOKEN: Final = 4
 
 
 def too_small(route: ModelRoute, exchange: Exchange) -> bool:

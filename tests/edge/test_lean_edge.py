@@ -39,6 +39,17 @@ UNNEEDED = (
     "corral.status",
     "corral.admin_client",
     "google.protobuf.json_format",
+    "controlplane",
+    "agent",
+    "valkey",
+    "multiprocessing",  # only a supervisor of several workers (edge/process.py)
+    "ctypes",
+    # The Anthropic translation and the other dialects load on their first request.
+    "edge.anthropic",
+    "edge.messages",
+    "edge.passthrough",
+    "edge.ollama_native",
+    "edge.providers.anthropic_out",
 )
 
 
@@ -106,3 +117,11 @@ async def test_serving_edge_loads_nothing_it_does_not_use(tmp_path: Path) -> Non
         m for m in modules for unneeded in UNNEEDED if m == unneeded or m.startswith(unneeded + ".")
     )
     assert loaded == []
+
+
+def test_fallbacks_estimate_tokens_as_the_anthropic_count_does() -> None:
+    """edge.providers.fallbacks' copy of the bytes-per-token estimate matches the original."""
+    from edge.anthropic.tokens import CHARS_PER_TOKEN
+    from edge.providers.fallbacks import CHARS_PER_TOKEN as COPY
+
+    assert COPY == CHARS_PER_TOKEN
