@@ -462,21 +462,23 @@ class Proxy:
                     )
                 content = upstream.content
                 staged, writer = await stage(request, upstream, backend, label)
+                # Made while the backend computes its first token, not after it came.
+                call = attempt.call
+                metering = Meter(call, len(payload or b""), call.usage_hidden)
+                sink = ChunkSink(writer)
                 first = await content.readany()
                 awaiting.discard(deadline)
                 if not first:
                     self._failed(backend)
                     return Failure("empty")
                 relay = staged
-                call = attempt.call
-                meter = Meter(call, len(payload or b""), call.usage_hidden)
+                meter = metering
                 await send(writer, exchange.first(meter.start(first), backend))
                 call.ttft = ttft = time.monotonic() - call.started
                 self.metrics.first_token(attempt.model, ttft)
                 idle = self._idle
                 chunk_of = exchange.chunk
                 tap = meter.chunk
-                sink = ChunkSink(writer)
                 put = sink.put
                 while True:
                     deadlines.push(deadline, idle)
