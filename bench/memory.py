@@ -143,6 +143,9 @@ def split(pid: int) -> tuple[float, float, float, int]:
 
 
 def at_rest(name: str, proc: Proc, url: str, script: Path) -> list[list[object]]:
+    """Each process of the group: RSS once ready (before any traffic), then its RSS and the
+    split after 2 s of load."""
+    ready = {pid: split(pid)[0] for pid in proc.pids()}
     wrk.run(url, script, connections=32, seconds=2, cpus=LOAD_CPU)
     rows: list[list[object]] = []
     for pid in sorted(proc.pids()):
@@ -151,7 +154,8 @@ def at_rest(name: str, proc: Proc, url: str, script: Path) -> list[list[object]]
         if pid == proc.pid:
             role = "the process" if len(proc.pids()) == 1 else "supervisor"
         rss, anon, file, threads = split(pid)
-        rows.append([name, role, f"{rss:.1f}", f"{anon:.1f}", f"{file:.1f}", threads])
+        before = f"{ready[pid]:.1f}" if pid in ready else "-"
+        rows.append([name, role, before, f"{rss:.1f}", f"{anon:.1f}", f"{file:.1f}", threads])
     return rows
 
 
@@ -192,9 +196,11 @@ def run() -> str:
         "",
         md_table(["package", "modules", "MiB"], costs),
         "",
-        "At rest after 2 s of wrk at 32 connections (MiB):",
+        "At rest: once ready (/readyz answered, no traffic yet), then after 2 s of wrk at 32 "
+        "connections (MiB):",
         "",
-        md_table(["process", "role", "RSS", "anonymous", "file-backed", "threads"], rows),
+        md_table(["process", "role", "RSS ready", "RSS after load", "anonymous", "file-backed",
+                  "threads"], rows),
     ])  # fmt: skip
 
 
