@@ -188,6 +188,10 @@ def run() -> str:
         f"Command: `./dev bench memory` — {info['date']}, commit `{commit()}`",
         f"Machine: {info['machine']}. Load: {info['load']}.",
         "",
+        "What these figures add up to, what was tried and what reaching 50 MiB would take: "
+        "the issue-18 section above, *Memory*. Small per-module figures are page-granular "
+        "and depend on where the heap happened to grow; read the sums.",
+        "",
         "Import steps, in one fresh interpreter (MiB; file-backed = shared libraries' pages):",
         "",
         md_table(["step", "RSS", "added", "anonymous", "file-backed"], steps),
