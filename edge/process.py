@@ -44,6 +44,9 @@ def main(config: EdgeConfig) -> int:
 
 def _serve_here(config: EdgeConfig, served: Callable[[], None] | None = None) -> int:
     """Serve in this process; `served` is called once the port is open."""
+    from edge.lean_tls import import_aiohttp
+
+    import_aiohttp()  # before anything imports aiohttp: one copy of the CA roots, not two
     from edge.errors import EdgeError
     from edge.startup import serve
 
