@@ -3,6 +3,14 @@
 A histogram is packed into one integer, 64 bits per bucket, so adding two histograms is
 one integer addition instead of 38, and unpacking is one `struct.unpack`: merging thousands
 of cells per query stays in the tens of milliseconds. A bucket cannot overflow its field.
+
+A record's cells are kept as tuples of str, int and a tuple of ints (`Cell`), not objects:
+the cyclic garbage collector stops tracking such tuples in the young collections they
+survive (the inner one first, then the cell: both before the oldest generation), whereas
+an object (even with __slots__) or a dict holding one stays tracked for good, and every
+tracked object lengthens every full collection. At 1,000 backends and 20 edges the records of one
+hour hold millions of cells: as objects they made full collections of over 100 ms that
+stalled the dashboard's answers (bench/traffic.py reports the pauses).
 """
 
 from __future__ import annotations
@@ -39,6 +47,32 @@ def unpack(packed: int) -> tuple[int, ...]:
     return _FIELDS.unpack(packed.to_bytes(_BYTES, "little"))
 
 
+# backend, model, team, requests, errors, latency, ttft (packed histograms), prompt and
+# completion tokens, cache hits, limit refusals, retries, statuses (status, count, status,
+# count, ...): atomics and a tuple of atomics only, so the collector untracks it.
+Cell = tuple[str, str, str, int, int, int, int, int, int, int, int, int, tuple[int, ...]]
+
+
+def cell_of(cell: traffic_pb2.TrafficCell) -> Cell:
+    """A stored cell, decoded."""
+    statuses = cell.statuses
+    return (
+        cell.backend,
+        cell.model,
+        cell.team,
+        cell.requests,
+        sum(n for s, n in statuses.items() if is_error(s)),
+        pack(cell.latency[:]),  # a slice of a repeated field: one C copy
+        pack(cell.ttft[:]),
+        cell.prompt_tokens,
+        cell.completion_tokens,
+        cell.cache_hits,
+        cell.limit_refusals,
+        cell.retries,
+        tuple(x for item in sorted(statuses.items()) for x in item),
+    )
+
+
 def is_error(status: int) -> bool:
     """Errors the operator should see: the backend or the cluster failed the client."""
     return status == 429 or status >= 500
@@ -73,18 +107,9 @@ class CellSum:
         self.retries = 0
 
     @classmethod
-    def of(cls, cell: traffic_pb2.TrafficCell) -> CellSum:
+    def of(cls, cell: Cell) -> CellSum:
         out = cls()
-        out.requests = cell.requests
-        out.statuses = dict(cell.statuses)
-        out.errors = sum(n for s, n in out.statuses.items() if is_error(s))
-        out.latency = pack(cell.latency[:])  # a slice of a repeated field: one C copy
-        out.ttft = pack(cell.ttft[:])
-        out.prompt_tokens = cell.prompt_tokens
-        out.completion_tokens = cell.completion_tokens
-        out.cache_hits = cell.cache_hits
-        out.limit_refusals = cell.limit_refusals
-        out.retries = cell.retries
+        out.add_cell(cell)
         return out
 
     @classmethod
@@ -120,25 +145,47 @@ class CellSum:
         self.limit_refusals += other.limit_refusals
         self.retries += other.retries
 
-    def sub(self, other: CellSum) -> None:
-        """Take back what add(other) added (a record replaced by a newer version)."""
-        self.requests -= other.requests
-        self.errors -= other.errors
-        if other.statuses:
+    def add_cell(self, cell: Cell) -> None:
+        """Add a record's cell."""
+        (_, _, _, requests, errors, latency, ttft, prompt, completion, hits, refusals, retries,
+         statuses) = cell  # fmt: skip
+        self.requests += requests
+        self.errors += errors
+        if statuses:
             mine = self.statuses
-            for status, count in other.statuses.items():
-                left = mine.get(status, 0) - count
+            for i in range(0, len(statuses), 2):
+                status = statuses[i]
+                mine[status] = mine.get(status, 0) + statuses[i + 1]
+        self.latency += latency
+        self.ttft += ttft
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        self.cache_hits += hits
+        self.limit_refusals += refusals
+        self.retries += retries
+
+    def sub_cell(self, cell: Cell) -> None:
+        """Take back what add_cell(cell) added (a record replaced by a newer version)."""
+        (_, _, _, requests, errors, latency, ttft, prompt, completion, hits, refusals, retries,
+         statuses) = cell  # fmt: skip
+        self.requests -= requests
+        self.errors -= errors
+        if statuses:
+            mine = self.statuses
+            for i in range(0, len(statuses), 2):
+                status = statuses[i]
+                left = mine.get(status, 0) - statuses[i + 1]
                 if left:
                     mine[status] = left
                 else:
                     mine.pop(status, None)
-        self.latency -= other.latency
-        self.ttft -= other.ttft
-        self.prompt_tokens -= other.prompt_tokens
-        self.completion_tokens -= other.completion_tokens
-        self.cache_hits -= other.cache_hits
-        self.limit_refusals -= other.limit_refusals
-        self.retries -= other.retries
+        self.latency -= latency
+        self.ttft -= ttft
+        self.prompt_tokens -= prompt
+        self.completion_tokens -= completion
+        self.cache_hits -= hits
+        self.limit_refusals -= refusals
+        self.retries -= retries
 
 
 @dataclass(slots=True)
@@ -149,7 +196,7 @@ class Digest:
     start_unix_ms: int
     end_unix_ms: int
     updated_unix_ms: int
-    cells: list[tuple[str, str, str, CellSum]]
+    cells: list[Cell]
     decisions: dict[str, int]
     inflight: dict[str, int]
     snapshot_version: int = 0
@@ -161,16 +208,15 @@ class Digest:
 
     @classmethod
     def of(cls, record: traffic_pb2.TrafficRecord) -> Digest:
-        cells: list[tuple[str, str, str, CellSum]] = []
+        cells = [cell_of(cell) for cell in record.cells]
         errors: list[tuple[str, str, int, int]] = []
-        for cell in record.cells:
-            total = CellSum.of(cell)
-            cells.append((cell.backend, cell.model, cell.team, total))
-            if total.errors:
+        for cell in cells:
+            if cell[4]:
+                statuses = cell[12]
                 errors.extend(
-                    (cell.backend, cell.model, status, count)
-                    for status, count in total.statuses.items()
-                    if is_error(status)
+                    (cell[0], cell[1], statuses[i], statuses[i + 1])
+                    for i in range(0, len(statuses), 2)
+                    if is_error(statuses[i])
                 )
         return cls(
             edge_id=record.edge_id,

@@ -46,15 +46,15 @@ def sums_of(digests: Iterable[Digest], group: int) -> Sums:
 def apply(sums: Sums, digest: Digest, group: int, *, add: bool) -> None:
     """Add a record's cells to (or take them from) a bucket's sums."""
     edge = digest.edge_id
-    for backend, model, team, cell in digest.cells:
-        key = group_key(group, edge, backend, model, team)
+    for cell in digest.cells:
+        key = group_key(group, edge, cell[0], cell[1], cell[2])
         into = sums.get(key)
         if into is None:
             into = sums[key] = CellSum()
         if add:
-            into.add(cell)
+            into.add_cell(cell)
         else:
-            into.sub(cell)
+            into.sub_cell(cell)
 
 
 def points_of(sums: Sums) -> dict[str, Point]:
