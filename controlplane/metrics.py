@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,14 @@ class Metrics:
         self.relists = Counter(
             "corral_controlplane_store_listings",
             "Listings of the routing prefix (start, compaction, catch-up, store outage).",
+            registry=r,
+        )
+
+        self.gc_pauses = Histogram(
+            "corral_controlplane_gc_pause_seconds",
+            "Pauses of Python's cyclic garbage collector, by generation (2: full).",
+            ["generation"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=r,
         )
 

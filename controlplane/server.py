@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
 from controlplane import (
+    collector,
     hosted,
     hosted_probe,
     seeding,
@@ -105,11 +106,14 @@ async def serve(
     *,
     ready: asyncio.Event | None = None,
     dashboard: Dashboard | None = None,
+    settle: bool = False,
 ) -> None:
     """Run one control-plane replica until cancelled; set `ready` once it serves.
 
     The dashboard is served on metrics_listen when enabled; a caller that serves it
-    elsewhere (`corral up`, on the edge's address) passes its own to be attached."""
+    elsewhere (`corral up`, on the edge's address) passes its own to be attached. `settle`:
+    this replica owns its process, so what start-up built is frozen out of the garbage
+    collector's walks once it serves (controlplane/collector.py)."""
     check_timing(config.lease_ttl_seconds, config.heartbeat_interval_seconds)
     replica_id = config.replica_id or f"{socket.gethostname()}:{os.getpid()}"
     layout = KeyLayout.from_prefix(config.etcd_prefix)
@@ -129,88 +133,91 @@ async def serve(
     )
     store: Store | None = None
     try:
-        async with _maybe_metrics(metrics, config.metrics_listen, dashboard):
-            store = await open_store(config)
-            await seed_aliases(store, layout, config.aliases)
-            await hosted.seed(store, layout, config.providers, config.fallbacks)
-            await seed_prices(store, layout, config.gateway.prices)
-            synced_once = asyncio.Event()
+        with collector.timed(metrics.gc_pauses):
+            async with _maybe_metrics(metrics, config.metrics_listen, dashboard):
+                store = await open_store(config)
+                await seed_aliases(store, layout, config.aliases)
+                await hosted.seed(store, layout, config.providers, config.fallbacks)
+                await seed_prices(store, layout, config.gateway.prices)
+                synced_once = asyncio.Event()
 
-            async def on_sync(synced: bool) -> None:
-                metrics.store_synced.set(1 if synced else 0)
-                if not replica.stopping.is_set():
-                    await _set_health(health, serving=synced)
-                log.info("store %s", "synced: serving" if synced else "lost: not serving")
-                if synced:
-                    synced_once.set()
+                async def on_sync(synced: bool) -> None:
+                    metrics.store_synced.set(1 if synced else 0)
+                    if not replica.stopping.is_set():
+                        await _set_health(health, serving=synced)
+                    log.info("store %s", "synced: serving" if synced else "lost: not serving")
+                    if synced:
+                        synced_once.set()
 
-            ttl = lease_ttl(config.lease_ttl_seconds)
-            hub = AgentHub(
-                store,
-                layout,
-                SessionSettings(
-                    replica_id=replica_id,
-                    lease_ttl=ttl,
-                    heartbeat_interval=config.heartbeat_interval_seconds,
-                    load_write_interval=config.load_write_interval_seconds,
-                ),
-                metrics,
-            )
-            store.set_lease_lost_listener(hub.on_lease_lost)
-            view = RoutingView(
-                store,
-                layout,
-                on_sync=on_sync,
-                on_drain=hub.on_drain,
-                on_removed=hub.on_removed,
-                on_version=metrics.snapshot_version.set,
-                on_listing=metrics.relists.inc,
-                probe_interval=STORE_PROBE_SECONDS,
-                publish_interval=SNAPSHOT_PUBLISH_SECONDS,
-                load_publish_interval=config.snapshot_load_interval_seconds,
-            )
-            edges = EdgeBook(store, layout, ttl, metrics)
-            traffic = TrafficView(store, layout)
-            policy = PolicyView(store, layout)
-            presence = orjson.dumps(
-                {
-                    "replica_id": replica_id,
-                    "listen": config.listen,
-                    "http": config.metrics_listen or "",
-                    "started_unix_ms": int(time.time() * 1000),
-                }
-            )
-            replica.install(
-                Parts(
+                ttl = lease_ttl(config.lease_ttl_seconds)
+                hub = AgentHub(
                     store,
-                    view,
-                    hub,
-                    edges,
-                    TrafficBook(store, layout, metrics, traffic.stored),
-                    traffic,
-                    policy,
+                    layout,
+                    SessionSettings(
+                        replica_id=replica_id,
+                        lease_ttl=ttl,
+                        heartbeat_interval=config.heartbeat_interval_seconds,
+                        load_write_interval=config.load_write_interval_seconds,
+                    ),
+                    metrics,
                 )
-            )
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(view.run(), name="routing view")
-                tasks.create_task(edges.run(), name="edge presence")
-                tasks.create_task(traffic.run(), name="traffic view")
-                tasks.create_task(
-                    _announce(edges, layout.controlplane(replica_id), presence),
-                    name="replica presence",
+                store.set_lease_lost_listener(hub.on_lease_lost)
+                view = RoutingView(
+                    store,
+                    layout,
+                    on_sync=on_sync,
+                    on_drain=hub.on_drain,
+                    on_removed=hub.on_removed,
+                    on_version=metrics.snapshot_version.set,
+                    on_listing=metrics.relists.inc,
+                    probe_interval=STORE_PROBE_SECONDS,
+                    publish_interval=SNAPSHOT_PUBLISH_SECONDS,
+                    load_publish_interval=config.snapshot_load_interval_seconds,
                 )
-                tasks.create_task(policy.run(), name="policy view")
-                tasks.create_task(
-                    hosted_probe.run(config.provider_probe, view, store, layout),
-                    name="provider probe",
+                edges = EdgeBook(store, layout, ttl, metrics)
+                traffic = TrafficView(store, layout)
+                policy = PolicyView(store, layout)
+                presence = orjson.dumps(
+                    {
+                        "replica_id": replica_id,
+                        "listen": config.listen,
+                        "http": config.metrics_listen or "",
+                        "started_unix_ms": int(time.time() * 1000),
+                    }
                 )
-                if dashboard is not None:
-                    tasks.create_task(dashboard.follow(view), name="dashboard timeline")
-                await synced_once.wait()
-                await policy.listed.wait()
-                if ready is not None:
-                    ready.set()
-                await asyncio.Event().wait()  # serve until cancelled
+                replica.install(
+                    Parts(
+                        store,
+                        view,
+                        hub,
+                        edges,
+                        TrafficBook(store, layout, metrics, traffic.stored),
+                        traffic,
+                        policy,
+                    )
+                )
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(view.run(), name="routing view")
+                    tasks.create_task(edges.run(), name="edge presence")
+                    tasks.create_task(traffic.run(), name="traffic view")
+                    tasks.create_task(
+                        _announce(edges, layout.controlplane(replica_id), presence),
+                        name="replica presence",
+                    )
+                    tasks.create_task(policy.run(), name="policy view")
+                    tasks.create_task(
+                        hosted_probe.run(config.provider_probe, view, store, layout),
+                        name="provider probe",
+                    )
+                    if dashboard is not None:
+                        tasks.create_task(dashboard.follow(view), name="dashboard timeline")
+                    await synced_once.wait()
+                    await policy.listed.wait()
+                    if settle:
+                        collector.settle()
+                    if ready is not None:
+                        ready.set()
+                    await asyncio.Event().wait()  # serve until cancelled
     finally:
         await _shutdown(config, server, health, replica, store)
 

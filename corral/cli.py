@@ -215,7 +215,7 @@ def _run(command: str, config: CorralConfig) -> int:
     if command == "controlplane":
         import controlplane
 
-        return run_until_signal(lambda: controlplane.serve(config.controlplane))
+        return run_until_signal(lambda: controlplane.serve(config.controlplane, settle=True))
     if command == "edge":
         import edge
 
