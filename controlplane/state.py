@@ -15,11 +15,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
+from controlplane.following import follow
 from controlplane.keys import DrainFlag, KeyLayout, RoutingKind
 from controlplane.pacing import PublishPacer, load_only
 from controlplane.routing_records import BuiltSnapshot, RoutingRecords, empty_records
 from controlplane.store.base import (
-    CompactedError,
     EventType,
     KeyValue,
     Store,
@@ -28,7 +28,6 @@ from controlplane.store.base import (
     WatchBatch,
 )
 from controlplane.versions import last_event_revision
-from corral.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -103,36 +102,22 @@ class RoutingView(RoutingRecords):
 
     async def _follow(self) -> None:
         """List then watch, forever; re-list on compaction, retry while the store is down."""
-        backoff = Backoff(base=0.1, cap=2.0)
-        while True:
-            try:
-                revision, kvs = await self._store.get_prefix(self._layout.routing)
-                version = await self.last_event_revision(revision, kvs)
-                self.apply_listing(revision, kvs, self._store.cluster_id, version=version)
-                self._store_ok = True
-                await self._set_watching(True)
-                backoff.reset()
-                stream = self._store.watch_prefix(self._layout.routing, self._applied + 1)
-                try:
-                    async for batch in stream:
-                        self.apply_batch(batch)
-                finally:
-                    aclose = getattr(stream, "aclose", None)
-                    if aclose is not None:
-                        await aclose()
-                log.warning("the routing watch ended; listing again")
-            except CompactedError as exc:
-                log.info("routing watch compacted (%s); listing again", exc)
-            except StoreClosedError:
-                await self._set_watching(False)
-                raise
-            except StoreError as exc:
-                # Unavailable, or something odd the store could not classify: either way,
-                # keep serving the last view and try again rather than end the replica.
-                await self._set_watching(False)
-                delay = backoff.next()
-                log.warning("routing watch failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+
+        async def listed(revision: int, kvs: Sequence[KeyValue]) -> int:
+            version = await self.last_event_revision(revision, kvs)
+            self.apply_listing(revision, kvs, self._store.cluster_id, version=version)
+            self._store_ok = True
+            await self._set_watching(True)
+            return self._applied
+
+        await follow(
+            self._store,
+            self._layout.routing,
+            "routing",
+            listed,
+            self.apply_batch,
+            on_lost=lambda: self._set_watching(False),
+        )
 
     async def _probe(self) -> None:
         """Ask the store something small now and then: a watch that waits through an

@@ -19,18 +19,10 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
+from controlplane.following import follow
 from controlplane.gateway import records
 from controlplane.keys import KeyLayout
-from controlplane.store.base import (
-    CompactedError,
-    EventType,
-    KeyValue,
-    Store,
-    StoreClosedError,
-    StoreError,
-    WatchBatch,
-)
-from corral.backoff import Backoff
+from controlplane.store.base import EventType, KeyValue, Store, WatchBatch
 from corral.v1 import gateway_pb2
 
 log = logging.getLogger(__name__)
@@ -73,29 +65,11 @@ class PolicyView:
 
     async def run(self) -> None:
         """List then watch, forever; re-list on compaction, retry while the store is down."""
-        backoff = Backoff(base=0.1, cap=2.0)
-        while True:
-            try:
-                revision, kvs = await self._store.get_prefix(self._prefix)
-                self.apply_listing(revision, kvs, self._store.cluster_id)
-                backoff.reset()
-                stream = self._store.watch_prefix(self._prefix, self._applied + 1)
-                try:
-                    async for batch in stream:
-                        self.apply_batch(batch)
-                finally:
-                    aclose = getattr(stream, "aclose", None)
-                    if aclose is not None:
-                        await aclose()
-                log.warning("the policy watch ended; listing again")
-            except CompactedError as exc:
-                log.info("policy watch compacted (%s); listing again", exc)
-            except StoreClosedError:
-                raise
-            except StoreError as exc:
-                delay = backoff.next()
-                log.warning("policy watch failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+        await follow(self._store, self._prefix, "policy", self._listed, self.apply_batch)
+
+    async def _listed(self, revision: int, kvs: Sequence[KeyValue]) -> int:
+        self.apply_listing(revision, kvs, self._store.cluster_id)
+        return self._applied
 
     async def catch_up(self, at_least: int) -> None:
         """List again so the version reaches at_least (an edge came from a replica ahead)."""

@@ -8,21 +8,16 @@ per window are cached and rebuilt only when a record under them changes.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from controlplane.following import follow
 from controlplane.keys import KeyLayout
-from controlplane.store.base import (
-    CompactedError,
-    EventType,
-    Store,
-    StoreClosedError,
-    StoreError,
-)
+from controlplane.store.base import EventType, KeyValue, Store, WatchBatch
 from controlplane.traffic.digest import Digest
 from controlplane.traffic.query import (
     NO_POINT,
@@ -39,7 +34,6 @@ from controlplane.traffic.query import (
     to_proto,
 )
 from controlplane.traffic.records import COARSE, FINE, RESOLUTIONS, Resolution
-from corral.backoff import Backoff
 from corral.v1 import traffic_pb2
 
 log = logging.getLogger(__name__)
@@ -77,38 +71,24 @@ class TrafficView:
 
     async def run(self) -> None:
         """List then watch, forever; re-list on compaction, retry while the store is down."""
-        backoff = Backoff(base=0.1, cap=5.0)
-        while True:
-            try:
-                revision, kvs = await self._store.get_prefix(self._prefix)
-                self._buckets.clear()
-                self._sums.clear()
-                self._windows.clear()
-                self._raw.clear()
-                for kv in kvs:
-                    self._put(kv.key, kv.value, kv.mod_revision)
-                backoff.reset()
-                stream = self._store.watch_prefix(self._prefix, revision + 1)
-                try:
-                    async for batch in stream:
-                        for event in batch.events:
-                            if event.type is EventType.DELETE:
-                                self._delete(event.kv.key)
-                            else:
-                                kv = event.kv
-                                self._put(kv.key, kv.value, kv.mod_revision)
-                finally:
-                    aclose = getattr(stream, "aclose", None)
-                    if aclose is not None:
-                        await aclose()
-            except CompactedError as exc:
-                log.info("traffic watch compacted (%s); listing again", exc)
-            except StoreClosedError:
-                raise
-            except StoreError as exc:
-                delay = backoff.next()
-                log.info("traffic watch failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+        await follow(self._store, self._prefix, "traffic", self._listed, self._watched, cap=5.0)
+
+    async def _listed(self, revision: int, kvs: Sequence[KeyValue]) -> int:
+        self._buckets.clear()
+        self._sums.clear()
+        self._windows.clear()
+        self._raw.clear()
+        for kv in kvs:
+            self._put(kv.key, kv.value, kv.mod_revision)
+        return revision
+
+    def _watched(self, batch: WatchBatch) -> None:
+        for event in batch.events:
+            if event.type is EventType.DELETE:
+                self._delete(event.kv.key)
+            else:
+                kv = event.kv
+                self._put(kv.key, kv.value, kv.mod_revision)
 
     def _bucket_of(self, key: bytes) -> Bucket | None:
         """traffic/<resolution>/<edge>/<start ms> -> (resolution, start)."""
