@@ -100,6 +100,7 @@ class Limiter:
         buckets = plan.buckets
         if now >= plan.until or plan.found_in is not self._buckets:
             buckets = plan.resolve(self._buckets, now, self.window)  # new, or a window ended
+            plan.counted = self.stats.cell(plan.label)
         amounts = (1, tokens, cost)  # indexed by a bucket's unit
         for bucket in buckets:
             if bucket.lease < amounts[bucket.unit]:
@@ -123,8 +124,7 @@ class Limiter:
                 low = True
         if low:
             self._prefetch(buckets, amounts, now)
-        decisions = self.stats.decisions
-        decisions[plan.label] = decisions.get(plan.label, 0) + 1
+        plan.counted[0] += 1
 
     async def _wait_for_leases(
         self, plan: Plan, buckets: tuple[Bucket, ...], amounts: tuple[int, int, int]

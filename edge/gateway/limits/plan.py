@@ -76,6 +76,7 @@ class Plan:
 
     __slots__ = (
         "buckets",
+        "counted",
         "counters",
         "found_in",
         "header_slots",
@@ -115,6 +116,7 @@ class Plan:
         self.needs_cost = any(b.unit == USD for b in budgets)  # else a request's cost is moot
         self.soft = tuple(s for s in self.subjects if s.limits.budget and s.limits.budget.soft)
         self.label = (*labels(self.subjects), "admitted")
+        self.counted = [0]  # its admissions: the limiter's stats cell for the label, once resolved
         self.buckets: tuple[Bucket, ...] = ()
         self.until = -math.inf  # looked up at first use
         self.found_in: dict[tuple[str, str, str], Bucket] | None = None  # whose buckets

@@ -31,16 +31,23 @@ def labels(subjects: Sequence[Subject]) -> tuple[str, str]:
 
 class LimitStats(Collector):
     def __init__(self) -> None:
-        # (key, team, outcome) -> requests; a Plan makes its "admitted" label once.
-        self.decisions: dict[tuple[str, str, str], int] = {}
+        # (key, team, outcome) -> requests, in a one-item list: a Plan holds its "admitted"
+        # cell and adds to it with no hashing per request.
+        self.decisions: dict[tuple[str, str, str], list[int]] = {}
         self.round_trips = 0
         self.store_errors = 0
         self.warnings: dict[tuple[str, str], int] = {}
         self._warned: set[str] = set()
 
+    def cell(self, label: tuple[str, str, str]) -> list[int]:
+        """The counter of one (key, team, outcome), made at first use."""
+        found = self.decisions.get(label)
+        if found is None:
+            found = self.decisions[label] = [0]
+        return found
+
     def refused(self, subjects: Sequence[Subject], reason: str) -> None:
-        label = (*labels(subjects), reason)
-        self.decisions[label] = self.decisions.get(label, 0) + 1
+        self.cell((*labels(subjects), reason))[0] += 1
 
     def round_trip(self) -> None:
         self.round_trips += 1
@@ -58,7 +65,7 @@ class LimitStats(Collector):
 
     def count(self, outcome: str) -> int:
         """Decisions with this outcome (admitted, or a reason), over every key and team."""
-        return sum(v for (_, _, o), v in self.decisions.items() if o == outcome)
+        return sum(v[0] for (_, _, o), v in self.decisions.items() if o == outcome)
 
     def describe(self) -> Iterable[Metric]:
         return self._families(empty=True)
@@ -87,8 +94,8 @@ class LimitStats(Collector):
         families: list[Metric] = [decisions, trips, errors, warnings]
         if empty:
             return families
-        for (key, team, outcome), value in list(self.decisions.items()):
-            decisions.add_metric([key, team, outcome], float(value))
+        for (key, team, outcome), cell in list(self.decisions.items()):
+            decisions.add_metric([key, team, outcome], float(cell[0]))
         trips.add_metric([], float(self.round_trips))
         errors.add_metric([], float(self.store_errors))
         for (kind, name), value in list(self.warnings.items()):
