@@ -1,6 +1,7 @@
 """Resident memory each module's own import adds, in a fresh interpreter.
 
-``python -m bench.import_costs MODULE ...`` imports the modules in turn and prints one JSON
+``python -m bench.import_costs MODULE[:FUNCTION] ...`` imports the modules in turn (calling
+FUNCTION of one when named) and prints one JSON
 object: the interpreter's RSS before and after (MiB), and each module imported on the way
 with the RSS its own execution added (MiB: the growth while its body ran, minus the growth
 while the modules it imported ran). Page-granular and allocator-dependent, so single small
@@ -79,7 +80,10 @@ def measure(modules: Sequence[str]) -> dict[str, object]:
     before = rss()
     try:
         for name in modules:
-            importlib.import_module(name)
+            module, _, call = name.partition(":")
+            imported = importlib.import_module(module)
+            if call:
+                getattr(imported, call)()
     finally:
         sys.meta_path.remove(finder)
     return {"before": before, "after": rss(), "modules": finder.costs}
