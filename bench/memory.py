@@ -204,7 +204,8 @@ def run() -> str:
         "",
         md_table(["package", "modules", "MiB"], costs),
         "",
-        "At rest: once ready (/readyz answered, no traffic yet), then after 2 s of wrk at 32 "
+        "At rest: once ready (/readyz answered, no traffic yet; with `--workers 2` that is the "
+        "first worker to answer, the other may still be starting), then after 2 s of wrk at 32 "
         "connections (MiB):",
         "",
         md_table(["process", "role", "RSS ready", "RSS after load", "anonymous", "file-backed",
