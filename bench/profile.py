@@ -43,7 +43,7 @@ PARTS: list[tuple[str, str]] = [
     ("lane server (edge/lane)", r"edge/lane/"),
     ("upstream client (edge/h1pool.py)", r"edge/h1pool\.py"),
     ("limits (edge/gateway/limits)", r"edge/gateway/limits/"),
-    ("cache and guardrails", r"edge/gateway/(cache|guard)/|edge/gateway/pipeline\.py"),
+    ("cache and guardrails", r"edge/gateway/(cache|guard)/|edge/gateway/(pipeline|tap)\.py"),
     (
         "usage records (call, tokens, usage, sinks, prices)",
         r"edge/gateway/(call|tokens|usage|sinks|records|prices|spool|postgres)\.py|sqlite3/",

@@ -264,10 +264,11 @@ class Proxy:
                 waiting = limits.admit(request, call, exchange.body, len(exchange.raw or b""))
                 if waiting is not None:  # a lease is short: the store is asked
                     await waiting
-            if self.gateway is not None:  # guardrails and the response cache
-                entered = await self.gateway.enter(
-                    request, call, exchange, admission.route, endpoint_name
-                )
+            gateway = self.gateway
+            if gateway is not None:  # guardrails and the response cache
+                entered = gateway.enter(request, call, exchange, admission.route, endpoint_name)
+                if not isinstance(entered, (Exchange, web.StreamResponse)):
+                    entered = await entered  # guard hooks, the shared tier, a leader's answer
                 if isinstance(entered, web.StreamResponse):  # a cache hit
                     model_label, status = call.model, entered.status
                     return entered

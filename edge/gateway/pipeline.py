@@ -1,9 +1,10 @@
 """The guardrails and the response cache around Proxy.run's attempt loop.
 
-`Gateway.enter` runs once per request, after it was admitted and routed: the guard checks
-(and maybe redacts) the body, then the cache answers it (a hit, replayed as a stream when a
-stream was asked for), or lets it go upstream wrapped in a `Tap` that records the answer
-the client receives (to store it once complete) and puts redacted originals back into it.
+`Gateway.enter` runs once per request, after it was admitted and routed (a plain call, a
+coroutine only when something must be waited for): the guard checks (and maybe redacts) the
+body, then the cache answers it (a hit, replayed as a stream when a stream was asked for), or
+lets it go upstream wrapped in a `Tap` (edge/gateway/tap.py) that records the answer the
+client receives (to store it once complete) and puts redacted originals back into it.
 `Gateway.leave` runs when the request is over, whatever happened: a complete answer is
 stored and handed to identical requests waiting for it; anything else is not.
 """
@@ -13,179 +14,66 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 
 from corral.config import EdgeConfig
-from corral.v1 import content_pb2, gateway_pb2
+from corral.v1 import gateway_pb2
 from edge.client_request import ClientRequest
 from edge.errors import ApiError
-from edge.exchange import Exchange, Failure
+from edge.exchange import Exchange
 from edge.gateway.cache.assemble import Assembler
 from edge.gateway.cache.key import cache_key
 from edge.gateway.cache.replay import anthropic_stream, openai_stream
 from edge.gateway.cache.service import DIALECTS, Cache, directives
 from edge.gateway.cache.store import Entry
 from edge.gateway.call import CACHE_BYPASS, CACHE_HIT, CACHE_MISS, CALL, Call
-from edge.gateway.guard.engine import Guard, Pending, Refused, Settings
+from edge.gateway.content import ContentSettings
+from edge.gateway.guard.engine import Guard, Outcome, Pending, Refused
 from edge.gateway.guard.redact import Redaction, StreamRestorer
+from edge.gateway.tap import TAP, Tap, wrap
 from edge.gateway.valkey import Valkey
-from edge.table import BackendState, ModelRoute
+from edge.table import ModelRoute
 
 CACHE_HEADER: Final = "X-Corral-Cache"
 ROUTE_HEADER: Final = "X-Corral-Route"
 
 
-class Tap(Exchange):
-    """The request's own exchange, its answer recorded for the cache and restored for the
-    client on the way out (either or both)."""
-
-    __slots__ = (
-        "assembler",
-        "cache",
-        "captured",
-        "dialect",
-        "inner",
-        "key",
-        "leader",
-        "method",
-        "redaction",
-        "restorer",
-        "ttl",
-    )
-
-    def __init__(self, inner: Exchange) -> None:
-        super().__init__(inner.path, inner.raw, inner.body, inner.stream)
-        self.inner = inner
-        self.method = inner.method
-        self.cache: Cache | None = None
-        self.key = ""
-        self.ttl = 0.0
-        self.leader = False
-        self.dialect = "openai"
-        self.assembler: Assembler | None = None
-        self.captured: bytes | None = None  # a whole answer to store
-        self.redaction: Redaction | None = None
-        self.restorer: StreamRestorer | None = None
-
-    # -- delegated -------------------------------------------------------------------------
-
-    def upstream(self, backend: BackendState, rewrite: str | None) -> tuple[str, bytes | None]:
-        return self.inner.upstream(backend, rewrite)
-
-    def streams(self, status: int, content_type: str) -> bool:
-        return self.inner.streams(status, content_type)
-
-    def give_up(self, model: str, failure: Failure | None) -> web.Response:
-        return self.inner.give_up(model, failure)
-
-    def error(self, status: int, data: bytes) -> bytes:
-        return self.inner.error(status, data)
-
-    def body_changed(self) -> None:
-        self.inner.body_changed()
-        self.raw = self.inner.raw
-
-    # -- the answer on its way out ---------------------------------------------------------
-
-    def whole(
-        self, status: int, data: bytes, headers: CIMultiDict[str], backend: BackendState
-    ) -> web.StreamResponse:
-        response = self.inner.whole(status, data, headers, backend)
-        if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
-            return response
-        body = response.body
-        if self.cache is not None and status == 200 and body[:1] == b"{":
-            self.captured = body
-        if self.redaction is not None:
-            response.body = self.redaction.restore_json(body)
-        return response
-
-    def first(self, chunk: bytes, backend: BackendState) -> bytes:
-        return self._out(self.inner.first(chunk, backend))
-
-    def chunk(self, chunk: bytes) -> bytes:
-        return self._out(self.inner.chunk(chunk))
-
-    def end(self) -> bytes:
-        tail = self._out(self.inner.end())
-        if self.assembler is not None:
-            self.captured = self.assembler.result(self.dialect)
-        if self.restorer is not None:
-            tail += self.restorer.flush()
-        return tail
-
-    def cut(self, exc: BaseException) -> bytes:
-        self.assembler = None  # a cut answer is never stored
-        out = self.inner.cut(exc)
-        if self.restorer is not None:
-            out = self.restorer.flush() + out
-        return out
-
-    def _out(self, data: bytes) -> bytes:
-        if self.assembler is not None:
-            self.assembler.feed(data)
-        if self.restorer is not None and data:
-            return self.restorer.feed(data)
-        return data
+# What Gateway.enter gives: the exchange to run, the cache's answer, or a coroutine to await
+# for either (only when something must be waited for).
+Entered = Exchange | web.StreamResponse | Coroutine[Any, Any, Exchange | web.StreamResponse]
 
 
-TAP: Final = web.RequestKey("corral_gateway_tap", Tap)
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    """One request's cache lookup: where, under which key, and what to do with an answer."""
+
+    cache: Cache
+    key: str
+    ttl: float
+    dialect: str
+    max_age: float | None
+    store: bool  # the client lets its answer be stored
+    redaction: Redaction | None
 
 
-class ContentSettings:
-    """Cache and PII settings per key and team, from the control plane's policy."""
-
-    def __init__(self, default_restore: bool) -> None:
-        self.default_restore = default_restore
-        self.keys: dict[str, content_pb2.ContentPolicy] = {}
-        self.teams: dict[str, content_pb2.ContentPolicy] = {}
-
-    def apply(self, policy: gateway_pb2.Policy) -> None:
-        self.keys = {k.id: k.content for k in policy.keys if k.HasField("content")}
-        self.teams = {t.name: t.content for t in policy.teams if t.HasField("content")}
-
-    def _records(self, team: str, key: str) -> list[content_pb2.ContentPolicy]:
-        found = [self.keys.get(key) if key else None, self.teams.get(team)]
-        return [c for c in found if c is not None]
-
-    def pii(self, team: str, key: str) -> Settings | None:
-        """The key's PII action, else its team's (None: neither sets one)."""
-        if not self.keys and not self.teams:
-            return None
-        records = self._records(team, key)
-        action = next((c.pii for c in records if c.HasField("pii")), None)
-        if action is None:
-            return None
-        restore = next(
-            (c.pii_restore for c in records if c.HasField("pii_restore")), self.default_restore
-        )
-        return Settings(action, restore)
-
-    def ttl(self, team: str, key: str) -> float | None:
-        """The key's cache TTL, else its team's (None: neither sets one)."""
-        if not self.keys and not self.teams:
-            return None
-        for c in self._records(team, key):
-            if c.HasField("cache_ttl_seconds"):
-                return c.cache_ttl_seconds
+def _guarded(call: Call, exchange: Exchange, outcome: Outcome | None) -> Redaction | None:
+    """The guard's findings on the Call, its changes on the exchange; the redaction to undo
+    on the way out."""
+    if outcome is None:
         return None
-
-    @property
-    def has_pii(self) -> bool:
-        return any(c.HasField("pii") for c in (*self.keys.values(), *self.teams.values()))
-
-    @property
-    def has_ttl(self) -> bool:
-        return any(
-            c.HasField("cache_ttl_seconds") for c in (*self.keys.values(), *self.teams.values())
-        )
+    call.guard = dict(outcome.findings)
+    if outcome.hook_failed:
+        call.guard["hook_failed"] = 1
+    if outcome.changed:
+        exchange.body_changed()
+    return outcome.redaction
 
 
 class Gateway:
@@ -209,93 +97,158 @@ class Gateway:
     def active(self) -> bool:
         return self.guard is not None or self.cache is not None
 
-    async def enter(
+    def enter(
         self,
         request: ClientRequest,
         call: Call,
         exchange: Exchange,
         lookup: Callable[[], ModelRoute],
         endpoint: str,
-    ) -> Exchange | web.StreamResponse:
-        """The exchange to run (maybe wrapped), or the answer from the cache."""
+    ) -> Entered:
+        """The exchange to run (maybe wrapped), or the answer from the cache. A plain call
+        unless something must be waited for (guard hooks or a body for a thread, the shared
+        cache tier, an identical request already upstream): then the coroutine to await
+        for the same."""
         redaction: Redaction | None = None
         guard = self.guard
         if guard is not None:
             try:
-                team, key_id, model = call.team, call.key_id, call.model
-                outcome = guard.inspect_now(exchange.body, team=team, key=key_id, model=model)
-                if isinstance(outcome, Pending):  # hooks to ask, or a body for a thread
-                    outcome = await guard.finish(
-                        outcome, team=team, key=key_id, model=model, endpoint=endpoint
-                    )
+                outcome = guard.inspect_now(
+                    exchange.body, team=call.team, key=call.key_id, model=call.model
+                )
             except Refused as exc:
                 call.guard = exc.findings
                 raise
-            if outcome is not None:
-                call.guard = dict(outcome.findings)
-                if outcome.hook_failed:
-                    call.guard["hook_failed"] = 1
-                if outcome.changed:
-                    exchange.body_changed()
-                redaction = outcome.redaction
+            if isinstance(outcome, Pending):  # hooks to ask, or a body for a thread
+                return self._guard_later(request, call, exchange, lookup, endpoint, outcome)
+            redaction = _guarded(call, exchange, outcome)
+        return self._look_up(request, call, exchange, lookup, endpoint, redaction)
+
+    async def _guard_later(
+        self,
+        request: ClientRequest,
+        call: Call,
+        exchange: Exchange,
+        lookup: Callable[[], ModelRoute],
+        endpoint: str,
+        pending: Pending,
+    ) -> Exchange | web.StreamResponse:
+        guard = self.guard
+        assert guard is not None
+        try:
+            team, key_id, model = call.team, call.key_id, call.model
+            outcome = await guard.finish(
+                pending, team=team, key=key_id, model=model, endpoint=endpoint
+            )
+        except Refused as exc:
+            call.guard = exc.findings
+            raise
+        redaction = _guarded(call, exchange, outcome)
+        entered = self._look_up(request, call, exchange, lookup, endpoint, redaction)
+        if isinstance(entered, (Exchange, web.StreamResponse)):
+            return entered
+        return await entered
+
+    def _look_up(
+        self,
+        request: ClientRequest,
+        call: Call,
+        exchange: Exchange,
+        lookup: Callable[[], ModelRoute],
+        endpoint: str,
+        redaction: Redaction | None,
+    ) -> Entered:
+        """The cache's answer, or the exchange to run (a Tap to store its answer); with the
+        in-process tier alone and no identical request upstream, without an await."""
         cache = self.cache
         dialect = DIALECTS.get(endpoint)
         if cache is None or dialect is None:
-            return _wrapped(request, exchange, redaction)
+            return wrap(request, exchange, redaction)
         ttl = cache.ttl(call.team, call.key_id, call.model)
         if ttl <= 0:
-            return _wrapped(request, exchange, redaction)
+            return wrap(request, exchange, redaction)
         asked = directives(request.headers.get("Cache-Control"))
         key = cache_key(call.team, endpoint, call.model, _targets(lookup), exchange.body)
-        metrics = cache.metrics
-        hot = metrics.hot
-        leader = False
-        if asked.read:
-            while True:
-                if cache.shared is None:  # no wait for the in-process tier alone
-                    entry = cache.get_memory(key, asked.max_age)
-                    found = None if entry is None else (entry, "memory")
-                else:
-                    found = await cache.get(key, asked.max_age)
-                if found is not None:
-                    entry, tier = found
-                    cache.put(key, entry, ttl, tier)  # a shared hit kept in process too
-                    if tier == "memory":
-                        hot.hit_memory += 1
-                    else:
-                        hot.hit_shared += 1
-                    return self._hit(call, exchange, entry, dialect, redaction)
-                if not asked.store:
-                    break
-                waiting = cache.lead(key)
-                if waiting is None:
-                    leader = True
-                    break
-                metrics.coalesced.inc()
-                try:
-                    async with asyncio.timeout(cache.wait):
-                        awaited = await asyncio.shield(waiting)
-                except TimeoutError:
-                    break
-                if awaited is not None:
-                    hot.hit_memory += 1
-                    return self._hit(call, exchange, awaited, dialect, redaction)
-                # The request upstream failed: look again (or go up ourselves).
-            call.cache = CACHE_MISS
-            hot.miss += 1
-        else:
+        looked = _Lookup(cache, key, ttl, dialect, asked.max_age, asked.store, redaction)
+        if not asked.read:
             call.cache = CACHE_BYPASS
-            hot.bypass += 1
-        tap = _wrapped(request, exchange, redaction, force=True)
+            cache.metrics.hot.bypass += 1
+            return self._tap(request, exchange, looked, leader=False)
+        if cache.shared is None:  # no wait for the in-process tier alone
+            entry = cache.get_memory(key, asked.max_age)
+            if entry is not None:
+                return self._found(call, exchange, looked, entry, "memory")
+            if not asked.store:
+                return self._miss(request, call, exchange, looked, leader=False)
+            if cache.lead(key) is None:
+                return self._miss(request, call, exchange, looked, leader=True)
+        return self._look_up_later(request, call, exchange, looked)
+
+    async def _look_up_later(
+        self, request: ClientRequest, call: Call, exchange: Exchange, looked: _Lookup
+    ) -> Exchange | web.StreamResponse:
+        """The lookup that waits: the shared tier, or an identical request upstream."""
+        cache = looked.cache
+        key = looked.key
+        while True:
+            found = await cache.get(key, looked.max_age)
+            if found is not None:
+                return self._found(call, exchange, looked, *found)
+            if not looked.store:
+                return self._miss(request, call, exchange, looked, leader=False)
+            waiting = cache.lead(key)
+            if waiting is None:
+                return self._miss(request, call, exchange, looked, leader=True)
+            cache.metrics.coalesced.inc()
+            try:
+                async with asyncio.timeout(cache.wait):
+                    awaited = await asyncio.shield(waiting)
+            except TimeoutError:
+                return self._miss(request, call, exchange, looked, leader=False)
+            if awaited is not None:
+                cache.metrics.hot.hit_memory += 1
+                return self._hit(call, exchange, awaited, looked.dialect, looked.redaction)
+            # The request upstream failed: look again (or go up ourselves).
+
+    def _found(
+        self, call: Call, exchange: Exchange, looked: _Lookup, entry: Entry, tier: str
+    ) -> web.StreamResponse:
+        cache = looked.cache
+        cache.put(looked.key, entry, looked.ttl, tier)  # a shared hit kept in process too
+        if tier == "memory":
+            cache.metrics.hot.hit_memory += 1
+        else:
+            cache.metrics.hot.hit_shared += 1
+        return self._hit(call, exchange, entry, looked.dialect, looked.redaction)
+
+    def _miss(
+        self,
+        request: ClientRequest,
+        call: Call,
+        exchange: Exchange,
+        looked: _Lookup,
+        *,
+        leader: bool,
+    ) -> Exchange:
+        call.cache = CACHE_MISS
+        looked.cache.metrics.hot.miss += 1
+        return self._tap(request, exchange, looked, leader=leader)
+
+    @staticmethod
+    def _tap(
+        request: ClientRequest, exchange: Exchange, looked: _Lookup, *, leader: bool
+    ) -> Exchange:
+        """The exchange wrapped to store its answer (when the client allows it)."""
+        tap = wrap(request, exchange, looked.redaction, force=True)
         assert isinstance(tap, Tap)
-        if asked.store:
-            tap.cache = cache
-            tap.key = key
-            tap.ttl = ttl
+        if looked.store:
+            tap.cache = looked.cache
+            tap.key = looked.key
+            tap.ttl = looked.ttl
             tap.leader = leader
-            tap.dialect = dialect
+            tap.dialect = looked.dialect
             if exchange.stream:
-                tap.assembler = Assembler(cache.max_entry)
+                tap.assembler = Assembler(looked.cache.max_entry)
         return tap
 
     def leave(self, request: ClientRequest, call: Call) -> None:
@@ -364,20 +317,6 @@ def _targets(lookup: Callable[[], ModelRoute]) -> list[str]:
         return list(lookup().rewrites.values())
     except ApiError:
         return []
-
-
-def _wrapped(
-    request: ClientRequest, exchange: Exchange, redaction: Redaction | None, force: bool = False
-) -> Exchange:
-    if redaction is None and not force:
-        return exchange
-    tap = Tap(exchange)
-    if redaction is not None:
-        tap.redaction = redaction
-        if exchange.stream:
-            tap.restorer = StreamRestorer(redaction)
-    request[TAP] = tap
-    return tap
 
 
 def _with_usage(data: bytes, call: Call) -> bytes:

@@ -290,7 +290,7 @@ async def test_usage_rows_mark_hits(
 def test_the_tap_delegates_every_exchange_method() -> None:
     """Every method an Exchange has is the Tap's own (none falls back to the base class's)."""
     from edge.exchange import Exchange
-    from edge.gateway.pipeline import Tap
+    from edge.gateway.tap import Tap
 
     methods = {n for n, v in vars(Exchange).items() if callable(v) and not n.startswith("_")}
     assert methods <= set(vars(Tap)), methods - set(vars(Tap))

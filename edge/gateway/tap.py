@@ -1,0 +1,127 @@
+"""The request's own exchange wrapped for the gateway (edge/gateway/pipeline.py): its answer
+recorded for the cache and redacted originals put back into it on the way to the client."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from edge.client_request import ClientRequest
+from edge.exchange import Exchange, Failure
+from edge.gateway.cache.assemble import Assembler
+from edge.gateway.cache.service import Cache
+from edge.gateway.guard.redact import Redaction, StreamRestorer
+from edge.table import BackendState
+
+
+class Tap(Exchange):
+    """The request's own exchange, its answer recorded for the cache and restored for the
+    client on the way out (either or both)."""
+
+    __slots__ = (
+        "assembler",
+        "cache",
+        "captured",
+        "dialect",
+        "inner",
+        "key",
+        "leader",
+        "method",
+        "redaction",
+        "restorer",
+        "ttl",
+    )
+
+    def __init__(self, inner: Exchange) -> None:
+        super().__init__(inner.path, inner.raw, inner.body, inner.stream)
+        self.inner = inner
+        self.method = inner.method
+        self.cache: Cache | None = None
+        self.key = ""
+        self.ttl = 0.0
+        self.leader = False
+        self.dialect = "openai"
+        self.assembler: Assembler | None = None
+        self.captured: bytes | None = None  # a whole answer to store
+        self.redaction: Redaction | None = None
+        self.restorer: StreamRestorer | None = None
+
+    # -- delegated -------------------------------------------------------------------------
+
+    def upstream(self, backend: BackendState, rewrite: str | None) -> tuple[str, bytes | None]:
+        return self.inner.upstream(backend, rewrite)
+
+    def streams(self, status: int, content_type: str) -> bool:
+        return self.inner.streams(status, content_type)
+
+    def give_up(self, model: str, failure: Failure | None) -> web.Response:
+        return self.inner.give_up(model, failure)
+
+    def error(self, status: int, data: bytes) -> bytes:
+        return self.inner.error(status, data)
+
+    def body_changed(self) -> None:
+        self.inner.body_changed()
+        self.raw = self.inner.raw
+
+    # -- the answer on its way out ---------------------------------------------------------
+
+    def whole(
+        self, status: int, data: bytes, headers: CIMultiDict[str], backend: BackendState
+    ) -> web.StreamResponse:
+        response = self.inner.whole(status, data, headers, backend)
+        if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+            return response
+        body = response.body
+        if self.cache is not None and status == 200 and body[:1] == b"{":
+            self.captured = body
+        if self.redaction is not None:
+            response.body = self.redaction.restore_json(body)
+        return response
+
+    def first(self, chunk: bytes, backend: BackendState) -> bytes:
+        return self._out(self.inner.first(chunk, backend))
+
+    def chunk(self, chunk: bytes) -> bytes:
+        return self._out(self.inner.chunk(chunk))
+
+    def end(self) -> bytes:
+        tail = self._out(self.inner.end())
+        if self.assembler is not None:
+            self.captured = self.assembler.result(self.dialect)
+        if self.restorer is not None:
+            tail += self.restorer.flush()
+        return tail
+
+    def cut(self, exc: BaseException) -> bytes:
+        self.assembler = None  # a cut answer is never stored
+        out = self.inner.cut(exc)
+        if self.restorer is not None:
+            out = self.restorer.flush() + out
+        return out
+
+    def _out(self, data: bytes) -> bytes:
+        if self.assembler is not None:
+            self.assembler.feed(data)
+        if self.restorer is not None and data:
+            return self.restorer.feed(data)
+        return data
+
+
+TAP: Final = web.RequestKey("corral_gateway_tap", Tap)
+
+
+def wrap(
+    request: ClientRequest, exchange: Exchange, redaction: Redaction | None, force: bool = False
+) -> Exchange:
+    if redaction is None and not force:
+        return exchange
+    tap = Tap(exchange)
+    if redaction is not None:
+        tap.redaction = redaction
+        if exchange.stream:
+            tap.restorer = StreamRestorer(redaction)
+    request[TAP] = tap
+    return tap

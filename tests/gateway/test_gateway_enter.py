@@ -1,0 +1,55 @@
+"""Gateway.enter is a plain call unless something must be waited for."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Coroutine
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from prometheus_client import CollectorRegistry
+
+from corral.config import EdgeConfig
+from corral.config_gateway import CacheConfig
+from edge.errors import ApiError
+from edge.exchange import OpenAIExchange
+from edge.gateway.cache.store import Entry
+from edge.gateway.call import CACHE_HIT, CACHE_MISS, Call
+from edge.gateway.pipeline import Entered, running
+from edge.gateway.tap import Tap
+from edge.table import ModelRoute
+
+BODY = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+ANSWER = b'{"object":"chat.completion","choices":[]}'
+
+
+def _route() -> ModelRoute:
+    raise ApiError(404, "no route now")  # a plain model: no alias targets in the key
+
+
+async def test_a_memory_only_cache_answers_without_an_await() -> None:
+    """A miss leads and a stored answer hits without an await; an identical request waits."""
+    config = dataclasses.replace(EdgeConfig(), cache=CacheConfig(ttl_seconds=60))
+    async with (
+        aiohttp.ClientSession() as session,
+        running(config, CollectorRegistry(), lambda: session) as gateway,
+    ):
+        assert gateway.cache is not None
+
+        def enter() -> tuple[Call, Entered]:
+            request = make_mocked_request("POST", "/v1/chat/completions")
+            exchange = OpenAIExchange("/v1/chat/completions", BODY, {"model": "m"}, False)
+            call = Call("c", "c", 0.0, 0.0, "chat", model="m")
+            return call, gateway.enter(request, call, exchange, _route, "chat")
+
+        call, first = enter()
+        assert isinstance(first, Tap) and first.leader and call.cache == CACHE_MISS
+        _, second = enter()  # the first is still upstream: this one waits for it
+        assert isinstance(second, Coroutine)
+        second.close()  # a coroutine, not awaited here
+        gateway.cache.finish(first.key, None)
+        gateway.cache.put(first.key, Entry(ANSWER, time.time(), 1, 1), 60)
+        call, third = enter()
+        assert isinstance(third, web.Response) and call.cache == CACHE_HIT
