@@ -27,6 +27,7 @@ import importlib
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final, cast
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -99,12 +100,6 @@ class _Conn(asyncio.Protocol):
                 why = "closed the connection" if exc is None else f"connection broke: {exc}"
                 self._fail(UpstreamClosed(f"the backend {why}"))
 
-    def pause_writing(self) -> None:
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
     # -- httptools callbacks --
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -142,6 +137,17 @@ class _Conn(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         answer = self._answer
         if answer is not None:
+            pipe = answer.pipe
+            if pipe is not None and not answer.chunks:  # relayed here (edge/relay.py: piped)
+                try:
+                    if pipe(body):  # the client fell behind: its task drains it
+                        answer.pipe = None
+                        answer.wake()
+                except Exception as exc:  # the task raises it
+                    answer.pipe = None
+                    answer.pipe_error = exc
+                    answer.wake()
+                return
             answer.chunks.append(body)
             answer.buffered += len(body)
             if answer.buffered > _HIGH_WATER and not self._paused and self.transport:
@@ -205,6 +211,8 @@ class Answer:
         "head_only",
         "headers",
         "keep_alive",
+        "pipe",
+        "pipe_error",
         "raw_headers",
         "reusable",
         "status",
@@ -227,6 +235,9 @@ class Answer:
         self.error: Exception | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.head_only = False
+        # Set by edge/relay.py's piped: chunks go to it, not the queue; what it raised kept.
+        self.pipe: Callable[[bytes], bool] | None = None
+        self.pipe_error: Exception | None = None
 
     # The parts of aiohttp.ClientResponse the proxy reads.
 
@@ -246,7 +257,7 @@ class Answer:
                 if self.error is not None:
                     raise self.error
                 return b""
-            await self._wait()
+            await self.wait()
         chunk = self.chunks.popleft()
         self.buffered -= len(chunk)
         if self._conn is not None:
@@ -256,7 +267,7 @@ class Answer:
     async def read(self) -> bytes:
         """The whole body."""
         while not self.done:
-            await self._wait()
+            await self.wait()
         if self.error is not None:
             raise self.error
         data = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
@@ -293,7 +304,8 @@ class Answer:
         self.reusable = reusable
         self.wake()
 
-    async def _wait(self) -> None:
+    async def wait(self) -> None:
+        """Until the connection has news for the answer."""
         self.waiter = asyncio.get_running_loop().create_future()
         try:
             await self.waiter
@@ -383,7 +395,7 @@ class Pool:
                 if answer.done:
                     assert answer.error is not None
                     raise answer.error
-                await answer._wait()
+                await answer.wait()
         except BaseException:
             answer.close()
             raise

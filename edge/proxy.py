@@ -58,6 +58,7 @@ from edge.relay import (
     ClientGone,
     RelayResponse,
     abandon,
+    piped,
     relay_headers,
     send,
     stage,
@@ -481,14 +482,24 @@ class Proxy:
                 chunk_of = exchange.chunk
                 tap = meter.chunk
                 put = sink.put
-                while True:
+                if isinstance(upstream, Answer):  # relayed from its parser callback
+
+                    def relay_one(chunk: bytes) -> bool:
+                        deadlines.push(deadline, idle)
+                        out = chunk_of(tap(chunk))
+                        return bool(out) and put(out)
+
                     deadlines.push(deadline, idle)
-                    chunk = await content.readany()
-                    if not chunk:
-                        break
-                    out = chunk_of(tap(chunk))
-                    if out and put(out):
-                        await sink.drain()
+                    await piped(upstream, relay_one, sink.drain)
+                else:
+                    while True:
+                        deadlines.push(deadline, idle)
+                        chunk = await content.readany()
+                        if not chunk:
+                            break
+                        out = chunk_of(tap(chunk))
+                        if out and put(out):
+                            await sink.drain()
                 clean = True
                 self.balancer.succeeded(backend)
                 deadlines.push(deadline, idle)

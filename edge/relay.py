@@ -3,6 +3,7 @@ client from a failed backend."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Final, cast
 
 import aiohttp
@@ -143,3 +144,29 @@ async def send(writer: AbstractStreamWriter, data: bytes) -> None:
         await writer.write(data)
     except ConnectionResetError:
         raise ClientGone from None
+
+
+async def piped(
+    answer: Answer, relay: Callable[[bytes], bool], drain: Callable[[], Awaitable[None]]
+) -> None:
+    """A stream from the fast client relayed by the upstream connection's parser callback as
+    each chunk arrives (Answer.pipe): no future and no task wake-up per chunk. `relay` writes
+    one chunk (True: the client fell behind). The task waits only for the end, an error, or a
+    client that fell behind: then it drains it and relays what queued meanwhile, in order."""
+    while True:
+        while answer.chunks:
+            if relay(await answer.readany()):  # queued: returns at once
+                await drain()
+        if answer.done:
+            if answer.error is not None:
+                raise answer.error
+            return
+        answer.pipe = relay
+        try:
+            await answer.wait()
+        finally:
+            answer.pipe = None
+        failed, answer.pipe_error = answer.pipe_error, None
+        if failed is not None:
+            raise failed
+        await drain()
