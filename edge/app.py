@@ -116,9 +116,9 @@ def _http_error(request: ClientRequest, status: int, reason: str) -> web.Respons
         message, code = "The request body is too large.", "request_too_large"
     else:
         message, code = reason or "HTTP error", None
-    kind = "invalid_request_error" if status < 500 else "server_error"
+    error_type = "invalid_request_error" if status < 500 else "server_error"
     return web.Response(
-        status=status, body=error_body(message, kind, None, code), content_type=_JSON
+        status=status, body=error_body(message, error_type, None, code), content_type=_JSON
     )
 
 
