@@ -85,19 +85,67 @@ _DIGIT_RUN: Final = re.compile(rb"0[0 .()+-]{5,}0")
 KEY_MIN_LENGTH: Final = 15
 _KEY_RUN: Final = b"w" * KEY_MIN_LENGTH
 
-# Gates: per detector, a test of the text that holds wherever the detector can match (a
-# necessary condition, cheaper than its needle's search alone would make the detector).
-Gate = Callable[[str], object]
+# Gates: per detector, a test of the text and its class string that holds wherever the
+# detector can match (a necessary condition); a detector whose gate fails is not run. Each
+# is a memchr for a rare character or a search for a pattern that starts with a literal
+# (which the regex engine skips to fast): a prompt with numbers, times and ids in it, but
+# no PII, passes none of them and never computes its digit runs.
+Gate = Callable[[str, bytes], object]
+
+
+def _literal(pattern: bytes | str) -> Callable[..., object]:
+    return re.compile(pattern).search
+
+
 # An IPv6 address that _ipv6 accepts has "::", or 7 colons (6 before a dotted quad) with 1
 # to 4 hex digits between each two: times ("12:34:56") and "key: value" lines have neither.
-_IPV6_GATE: Final = re.compile(r"::|:(?:[0-9A-Fa-f]{1,4}:){5}").search
+_IPV6: Final = _literal(r"::|:(?:[0-9A-Fa-f]{1,4}:){5}")
+# A card's 13 to 19 digits, spaces and dashes between them made digits too: 13 in a row.
+_SEPARATORS_AS_DIGITS: Final = bytes.maketrans(b" -", b"00")
+_CARD: Final = _literal(b"0" * 13)
+_SSN: Final = _literal(rb"000-00-0000")
+_PHONE_PLUS: Final = _literal(rb"\+0")  # +CC
+_PHONE_PARENS: Final = _literal(rb"\(000\)")  # (NXX)
+_PHONE_PLAIN: Final = _literal(rb"000[.-]000[.-]0000")  # NXX-NXX-XXXX
+_IPV4: Final = _literal(rb"0\.0(?:0?0)?\.0(?:0?0)?\.0")  # from the first octet's last digit
 
 
-def _jwt_gate(text: str) -> bool:
+def _gate_ipv6(text: str, _classes: bytes) -> bool:
+    return ":" in text and _IPV6(text) is not None
+
+
+def _gate_jwt(text: str, _classes: bytes) -> bool:
     return "J" in text and "eyJ" in text  # memchr for a rare letter first
 
 
-_GATES: Final[dict[str, Gate]] = {"ipv6": _IPV6_GATE, "jwt": _jwt_gate}
+def _gate_card(_text: str, classes: bytes) -> bool:
+    return _CARD(classes.translate(_SEPARATORS_AS_DIGITS)) is not None
+
+
+def _gate_ssn(text: str, classes: bytes) -> bool:
+    return "-" in text and _SSN(classes) is not None
+
+
+def _gate_phone(text: str, classes: bytes) -> bool:
+    return (
+        ("+" in text and _PHONE_PLUS(classes) is not None)
+        or ("(" in text and _PHONE_PARENS(classes) is not None)
+        or _PHONE_PLAIN(classes) is not None
+    )
+
+
+def _gate_ipv4(text: str, classes: bytes) -> bool:
+    return "." in text and _IPV4(classes) is not None
+
+
+_GATES: Final[dict[str, Gate]] = {
+    "ipv6": _gate_ipv6,
+    "jwt": _gate_jwt,
+    "credit_card": _gate_card,
+    "ssn": _gate_ssn,
+    "phone": _gate_phone,
+    "ipv4": _gate_ipv4,
+}
 
 # What the fast path does for one detector (made once per tuple of detectors).
 _WHOLE, _RUNS, _SEEK, _LONG_RUNS = range(4)
@@ -175,7 +223,7 @@ def scan(text: str, detectors: Sequence[Detector] = DETECTORS) -> list[Finding]:
     for how, kind, find, has, least, literal, shape, gate in _plan(detectors):
         if has is not None and not has(text):
             continue
-        if gate is not None and not gate(text):
+        if gate is not None and not gate(text, classes):
             continue
         if how == _RUNS:
             if runs is None:
