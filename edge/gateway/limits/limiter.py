@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 _SHORT_FIRST = 0.25
 _SHORT_CAP = 2.0
 _TRIES = 32
+# A plan's buckets note their use and fold in their demand estimate this often, at most.
+_SAMPLE_EVERY = 0.5
 
 
 class Limiter:
@@ -113,15 +115,18 @@ class Limiter:
     ) -> None:
         """Take the request's amounts from leases that hold them; refill low ones early."""
         low = False
-        for bucket in buckets:  # Bucket.take, inlined: this loop runs for every request
+        for bucket in buckets:  # this loop runs for every request
             amount = amounts[bucket.unit]
             lease = bucket.lease = bucket.lease - amount
-            bucket.last_used = now
             bucket.rate_count += amount
-            if now - bucket.rate_start >= 0.5:
-                bucket.sample_rate(now)
             if lease < amount or lease < bucket.low:
                 low = True
+        if now - plan.sampled >= _SAMPLE_EVERY:  # not per request: twice a second at most
+            plan.sampled = now
+            for bucket in buckets:
+                bucket.last_used = now  # up to _SAMPLE_EVERY late: idle_return is seconds
+                if now - bucket.rate_start >= _SAMPLE_EVERY:
+                    bucket.sample_rate(now)
         if low:
             self._prefetch(buckets, amounts, now)
         plan.counted[0] += 1

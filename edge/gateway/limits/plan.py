@@ -82,6 +82,7 @@ class Plan:
         "header_slots",
         "label",
         "needs_cost",
+        "sampled",
         "soft",
         "subjects",
         "team",
@@ -116,6 +117,7 @@ class Plan:
         self.needs_cost = any(b.unit == USD for b in budgets)  # else a request's cost is moot
         self.soft = tuple(s for s in self.subjects if s.limits.budget and s.limits.budget.soft)
         self.label = (*labels(self.subjects), "admitted")
+        self.sampled = -math.inf  # when its buckets last noted their use (Limiter._take)
         self.counted = [0]  # its admissions: the limiter's stats cell for the label, once resolved
         self.buckets: tuple[Bucket, ...] = ()
         self.until = -math.inf  # looked up at first use
