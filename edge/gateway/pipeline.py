@@ -120,21 +120,29 @@ class Gateway:
                 call.guard = exc.findings
                 raise
             if isinstance(outcome, Pending):  # hooks to ask, or a body for a thread
-                return self._guard_later(request, call, exchange, lookup, endpoint, outcome)
+                return self._guard_later(
+                    guard,
+                    outcome,
+                    call,
+                    exchange,
+                    endpoint,
+                    lambda redaction: self._look_up(
+                        request, call, exchange, lookup, endpoint, redaction
+                    ),
+                )
             redaction = _guarded(call, exchange, outcome)
         return self._look_up(request, call, exchange, lookup, endpoint, redaction)
 
+    @staticmethod
     async def _guard_later(
-        self,
-        request: ClientRequest,
+        guard: Guard,
+        pending: Pending,
         call: Call,
         exchange: Exchange,
-        lookup: Callable[[], ModelRoute],
         endpoint: str,
-        pending: Pending,
+        look_up: Callable[[Redaction | None], Entered],
     ) -> Exchange | web.StreamResponse:
-        guard = self.guard
-        assert guard is not None
+        """The guard's hooks (or its thread) awaited, then the cache looked up."""
         try:
             team, key_id, model = call.team, call.key_id, call.model
             outcome = await guard.finish(
@@ -143,8 +151,7 @@ class Gateway:
         except Refused as exc:
             call.guard = exc.findings
             raise
-        redaction = _guarded(call, exchange, outcome)
-        entered = self._look_up(request, call, exchange, lookup, endpoint, redaction)
+        entered = look_up(_guarded(call, exchange, outcome))
         if isinstance(entered, (Exchange, web.StreamResponse)):
             return entered
         return await entered
