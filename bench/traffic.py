@@ -207,7 +207,9 @@ async def register_backends(etcd_url: str, count: int) -> Any:
     layout = KeyLayout.from_prefix("/corral/")
     store = EtcdStore([etcd_url])
     await store.start()
-    lease = await store.grant_lease(60)
+    # Long enough to outlive the samples even if a keep-alive is late (with a 60 s lease the
+    # backends were gone from the later samples of a 60-sample run).
+    lease = await store.grant_lease(3600)
     for i in range(count):
         name = f"gpu-{i:04d}"
         spec = types_pb2.Backend(
@@ -276,7 +278,7 @@ async def time_dashboard(url: str, metrics_url: str, samples: int, cpu: Any) -> 
     warm: list[float] = []
     cold_cpu: list[float] = []
     size = 0
-    backends = 0
+    listed = 1 << 30  # the fewest backends any answer listed
     async with aiohttp.ClientSession() as http:
         # Warm-up: the first answer also builds the per-bucket sums of every bucket.
         async with http.get(url, headers=headers) as resp:
@@ -296,13 +298,11 @@ async def time_dashboard(url: str, metrics_url: str, samples: int, cpu: Any) -> 
                 if into is cold:
                     cold_cpu.append(cpu() - before)
             size = len(body)
+            listed = min(listed, body.count(b'"name":"gpu-'))
         async with http.get(metrics_url) as resp:
             gc = gc_during(gc_before, gc_pauses(await resp.text()))
-    import orjson
-
-    backends = len(orjson.loads(body)["backends"])
     return {"cold": cold, "warm": warm, "cold_cpu": cold_cpu, "bytes": size,
-            "backends": backends, "gc": gc}  # fmt: skip
+            "backends": listed, "gc": gc}  # fmt: skip
 
 
 def controlplane_cost(tmp: Path, procs: Procs, args: argparse.Namespace) -> dict[str, Any]:
@@ -488,7 +488,7 @@ Target: ≤ 5 % of a core for 50 edges.
 
 **Dashboard data endpoint at 1,000 backends** (the same control plane, 1,000 backends
 registered in etcd, 20 edges reporting traffic for all of them; answer
-{dash["bytes"] / 1024:.0f} KiB, {dash["backends"]} backends):
+{dash["bytes"] / 1024:.0f} KiB, at least {dash["backends"]} backends in every answer):
 
 {dash_table}
 
