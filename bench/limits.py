@@ -189,8 +189,8 @@ def report(info: dict[str, object], commit: str) -> str:
 Command: `./dev bench limits --seconds {info["seconds"]:g} --rounds {len(pairs)}` —
 {info["date"]}, commit `{commit}`
 
-Machine: {info["machine"]}. Load: {info["load"]}. (Shared with 7 other sessions' work today:
-absolute numbers are low and noisy; the paired ratio is what to read.)
+Machine: {info["machine"]}. Load: {info["load"]}. (Other work on the machine moves absolute numbers;
+the paired ratio is what to read.)
 
 Setup: nginx backend, redis-server 7 (Valkey's protocol) and `wrk -t1` on CPU 1; two `corral
 edge` processes on CPU 0, both checking one static API key, usage records off: **plain** (no

@@ -88,8 +88,8 @@ def report(info: dict[str, object], commit: str) -> str:
 Command: `./dev bench providers --seconds {info["seconds"]:g} --rounds {len(pairs)}` —
 {info["date"]}, commit `{commit}`
 
-Machine: {info["machine"]}. Load: {info["load"]}. (Shared with 7 other sessions' work today:
-absolute numbers are low and noisy; the paired ratio is what to read.)
+Machine: {info["machine"]}. Load: {info["load"]}. (Other work on the machine moves absolute numbers;
+the paired ratio is what to read.)
 
 Setup: nginx backend and `wrk -t1` on CPU 1; two `corral edge` processes on CPU 0 with usage
 records off: **plain** (no credential, no chain) and **providers** (the backend names a

@@ -459,8 +459,8 @@ def report(info: dict[str, Any], commit: str) -> str:
 Command: `./dev bench traffic --seconds {args["seconds"]:g} --rounds {args["rounds"]} \
 --edges {args["edges"]} --cp-seconds {args["cp_seconds"]:g}` — {info["date"]}, commit `{commit}`
 
-Machine: {info["machine"]}. Load: {info["load"]}. (Shared with 7 other sessions' work today:
-absolute numbers are low and noisy; read the paired differences.)
+Machine: {info["machine"]}. Load: {info["load"]}. (Other work on the machine moves absolute numbers;
+read the paired differences.)
 
 **Edge, reporting off vs on** (nginx backend and `wrk -t1` on CPU 1; two `corral edge` on
 CPU 0 with usage records off, fed by bench/snapshot_server.py, which acknowledges reports;
