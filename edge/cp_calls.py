@@ -49,6 +49,13 @@ _TRANSPORT_ERRORS = (
 )
 
 
+def _closed_connection(exc: AttributeError) -> bool:
+    """grpclib's Connection.close (a keepalive timeout) drops its transport before the event
+    loop reports the connection lost; a call started in between fails with this
+    AttributeError instead of a transport error."""
+    return exc.name == "_transport"
+
+
 class CallFailed(Exception):
     """A call that did not complete: `code` is the gRPC status name (UNAVAILABLE for a
     connection that failed or broke, DEADLINE_EXCEEDED for a call out of time)."""
@@ -136,6 +143,10 @@ class ControlPlaneChannel:
             raise CallFailed("UNAVAILABLE", "no connection within the connect timeout") from None
         except _TRANSPORT_ERRORS as exc:
             raise CallFailed("UNAVAILABLE", str(exc) or type(exc).__name__) from None
+        except AttributeError as exc:
+            if not _closed_connection(exc):
+                raise
+            raise CallFailed("UNAVAILABLE", "the connection was closed") from None
 
     async def unary(
         self,
@@ -164,6 +175,10 @@ class ControlPlaneChannel:
             raise CallFailed("DEADLINE_EXCEEDED", f"no answer within {within:g} s") from None
         except _TRANSPORT_ERRORS as exc:
             raise CallFailed("UNAVAILABLE", str(exc) or type(exc).__name__) from None
+        except AttributeError as exc:
+            if not _closed_connection(exc):
+                raise
+            raise CallFailed("UNAVAILABLE", "the connection was closed") from None
         if reply is None:
             raise CallFailed("INTERNAL", "the call ended without a reply")
         return reply

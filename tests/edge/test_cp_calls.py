@@ -270,6 +270,35 @@ async def test_keepalive_keeps_pinging_after_the_first_ping() -> None:
             server.close()
 
 
+async def test_a_call_on_a_connection_just_closed_is_unavailable() -> None:
+    """A call started between grpclib closing a connection (keepalive timeout) and the loop
+    reporting it lost fails as UNAVAILABLE, for streams and unary calls alike."""
+    async with serving(None) as (address, _routing):
+        channel = ControlPlaneChannel(address, None)
+        request = traffic_pb2.ReportTrafficRequest(slices=[traffic_pb2.TrafficSlice(seq=1)])
+        try:
+            await channel.unary(REPORT, request, traffic_pb2.ReportTrafficResponse, (), 10)
+            protocol = channel._channel._protocol
+            assert protocol is not None
+            protocol.connection.close()  # what grpclib's keepalive timeout does
+            with pytest.raises(CallFailed) as caught:
+                await channel.unary(REPORT, request, traffic_pb2.ReportTrafficResponse, (), 10)
+            assert caught.value.code == "UNAVAILABLE"
+        finally:
+            channel.close()
+        channel = ControlPlaneChannel(address, None)
+        try:
+            await channel.unary(REPORT, request, traffic_pb2.ReportTrafficResponse, (), 10)
+            protocol = channel._channel._protocol
+            assert protocol is not None
+            protocol.connection.close()
+            with pytest.raises(CallFailed) as caught:
+                await watch(channel)
+            assert caught.value.code == "UNAVAILABLE"
+        finally:
+            channel.close()
+
+
 def test_tls_files_are_checked() -> None:
     """No CA and no certificate is plaintext; a certificate without its key, or a file that
     cannot be read, is a TLSFileError naming the problem."""
