@@ -179,6 +179,12 @@ class EdgeMetrics:
             ["stage"],
             registry=r,
         )
+        self.task_restarts = Counter(
+            "corral_edge_task_restarts",
+            "Background tasks (policy, traffic, limits, tracing) restarted after failing.",
+            ["task"],
+            registry=r,
+        )
         self.controlplane_connected = Gauge(
             "corral_edge_controlplane_connected",
             "1 while a snapshot stream to a control plane is open.",

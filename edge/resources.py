@@ -5,15 +5,13 @@ and the supervised snapshot subscriber that applies what the control plane sends
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
-from corral.backoff import Backoff
 from corral.v1 import types_pb2
 from edge.appstate import BALANCER, CONFIG, EDGE_ID, METRICS, PROXY, STATUS
 from edge.errors import SnapshotError
@@ -23,6 +21,7 @@ from edge.providers.upstream import tls_context
 from edge.proxy import Proxy
 from edge.state import load_snapshot, save_snapshot
 from edge.subscriber import SnapshotSubscriber
+from edge.tasks import owned, supervise
 
 log = logging.getLogger(__name__)
 
@@ -147,32 +146,6 @@ async def snapshots(app: web.Application) -> AsyncIterator[None]:
         on_connected=on_connected,
         on_failed_snapshot=failures.labels("apply").inc,
     )
-    task = asyncio.create_task(
-        supervise(subscriber.run, "snapshot subscriber", failures.labels("subscriber").inc),
-        name="edge-snapshot-subscriber",
-    )
-    try:
+    follow = supervise(subscriber.run, "snapshot subscriber", failures.labels("subscriber").inc)
+    async with owned(follow, "edge-snapshot-subscriber"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def supervise(
-    run: Callable[[], Awaitable[None]], what: str, on_crash: Callable[[], None]
-) -> None:
-    """Run `run` for good: an exception is logged and counted, and it starts again after a
-    growing pause; cancellation ends it."""
-    backoff = Backoff(base=0.5, cap=10.0)
-    while True:
-        started = time.monotonic()
-        try:
-            await run()
-            return  # it ended by itself (nothing to follow)
-        except Exception:
-            on_crash()
-            log.exception("%s failed; restarting it", what)
-        if time.monotonic() - started > 60:
-            backoff.reset()  # it had been running fine for a while
-        await asyncio.sleep(backoff.next())

@@ -32,6 +32,7 @@ from aiohttp import web
 from edge.client_request import ClientRequest
 from edge.exchange import Failure
 from edge.gateway.call import Call
+from edge.tasks import owned, supervise
 
 log = logging.getLogger(__name__)
 
@@ -299,13 +300,9 @@ async def exporting(tracer: Tracer) -> AsyncIterator[None]:
     """Run the exporter for the block."""
     timeout = aiohttp.ClientTimeout(total=5.0)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        task = asyncio.create_task(tracer.run(session), name="edge-otlp-exporter")
-        try:
+        export = supervise(lambda: tracer.run(session), "OTLP exporter", lambda: None)
+        async with owned(export, "edge-otlp-exporter"):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 async def tracing(app: web.Application) -> AsyncIterator[None]:

@@ -9,7 +9,6 @@ unsent slices longer (bounded, see edge/traffic.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import ssl
@@ -123,6 +122,7 @@ async def traffic_reports(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: report traffic while the edge serves."""
     from edge.app import BALANCER, CONFIG, EDGE_ID, METRICS
     from edge.subscriber import credentials
+    from edge.tasks import owned, supervise
 
     config = app[CONFIG]
     if (
@@ -148,10 +148,7 @@ async def traffic_reports(app: web.Application) -> AsyncIterator[None]:
     reporter = TrafficReporter(
         config, app[EDGE_ID], app[METRICS], credentials(config), metadata, edge_state
     )
-    task = asyncio.create_task(reporter.run(), name="edge-traffic-reporter")
-    try:
+    restarts = app[METRICS].task_restarts.labels("traffic").inc
+    report = supervise(reporter.run, "traffic reporter", restarts)
+    async with owned(report, "edge-traffic-reporter"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -11,7 +11,6 @@ open; a control plane too old to have PolicyService means no keys from it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -141,9 +140,10 @@ def apply_prices(config: EdgeConfig, recorder: object, policy: gateway_pb2.Polic
 
 async def follow_policy(app: web.Application) -> AsyncIterator[None]:
     """The edge's cleanup context keeping its key table and prices in step with the policy."""
-    from edge.app import CONFIG, EDGE_ID, PROXY  # edge.app registers this context
+    from edge.appstate import CONFIG, EDGE_ID, METRICS, PROXY
     from edge.gateway.limits.gate import apply_policy
     from edge.gateway.pipeline import apply_policy as apply_content
+    from edge.tasks import owned, supervise
 
     config = app[CONFIG]
     proxy = app[PROXY]
@@ -180,8 +180,9 @@ async def follow_policy(app: web.Application) -> AsyncIterator[None]:
     subscriber = PolicySubscriber(
         config, app[EDGE_ID], current=lambda: applied, on_policy=on_policy
     )
-    task = asyncio.create_task(subscriber.run(), name="edge-policy-subscriber")
-    try:
+    restarts = app[METRICS].task_restarts.labels("policy").inc
+    follow = supervise(subscriber.run, "policy subscriber", restarts)
+    async with owned(follow, "edge-policy-subscriber"):
         if keys.pending:
             try:
                 async with asyncio.timeout(FIRST_POLICY_WAIT_SECONDS):
@@ -193,7 +194,3 @@ async def follow_policy(app: web.Application) -> AsyncIterator[None]:
                     FIRST_POLICY_WAIT_SECONDS,
                 )
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

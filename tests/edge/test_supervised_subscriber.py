@@ -1,5 +1,6 @@
-"""The edge's snapshot subscriber is owned: a snapshot that fails to apply is logged and
-counted and the stream goes on; a subscriber that crashes is restarted."""
+"""The edge's background tasks are owned: a snapshot that fails to apply is logged and
+counted and the stream goes on; a subscriber (snapshot or policy follower) that crashes is
+restarted; leaving an owner's block ends its task."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ import asyncio
 
 import pytest
 
-from corral.config import EdgeConfig
-from corral.v1 import types_pb2
-from edge.resources import supervise
+import controlplane
+from corral.config import ControlPlaneConfig, EdgeConfig
+from corral.v1 import gateway_pb2, types_pb2
+from edge.gateway.policy import PolicySubscriber
 from edge.subscriber import SnapshotSubscriber
+from edge.tasks import owned, supervise
+from tests.controlplane import harness as h
+from tests.edge.conftest import StartEdge
 from tests.edge.snapshot_server import SnapshotServer, backend, snapshot
+from tests.support.net import eventually, free_port
 
 
 async def test_a_snapshot_that_fails_to_apply_once_does_not_end_the_subscription(
@@ -78,3 +84,100 @@ async def test_a_crashing_subscriber_is_restarted_and_counted(
         await task
     assert runs == 2 and len(crashes) == 1
     assert "test follower failed; restarting it" in caplog.text
+
+
+async def test_leaving_the_owner_cancels_and_awaits_the_task() -> None:
+    """owned(): the task runs inside the block and has ended (cancelled) once it is left."""
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async with owned(forever(), "test-forever") as task:
+        async with asyncio.timeout(5):
+            await started.wait()
+        assert not task.done()
+    assert task.cancelled()
+
+
+async def test_a_failed_task_is_logged_when_its_owner_leaves(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """owned(): a task that ended with an exception is not silent: its owner logs it."""
+
+    async def broken() -> None:
+        raise ValueError("broken upkeep")
+
+    async with owned(broken(), "test-broken") as task:
+        await asyncio.wait([task])
+    assert "task test-broken had failed" in caplog.text and "broken upkeep" in caplog.text
+
+
+async def test_the_owner_cancelled_while_waiting_is_not_swallowed() -> None:
+    """owned(): cancelling the owner while it waits for a slow-to-stop task raises in the
+    owner; the task's own ending is not mistaken for the owner's."""
+    stopping, release = asyncio.Event(), asyncio.Event()
+    inner: list[asyncio.Task[None]] = []
+
+    async def slow_to_stop() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            stopping.set()
+            await release.wait()  # a clean-up that takes its time
+            raise
+
+    async def owner() -> None:
+        async with owned(slow_to_stop(), "test-slow") as task:
+            inner.append(task)
+            await asyncio.sleep(0)  # let the task start
+
+    outer = asyncio.create_task(owner())
+    async with asyncio.timeout(5):
+        await stopping.wait()
+    outer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+    release.set()
+    await asyncio.wait(inner)
+    assert inner[0].cancelled()
+
+
+async def test_a_crashing_policy_follower_is_restarted(
+    start_edge: StartEdge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The edge's policy follower failing unexpectedly (not a failed call) is counted in
+    corral_edge_task_restarts_total and restarted: the control plane's keys still arrive."""
+    real_follow = PolicySubscriber._follow
+    crashed: list[str] = []
+
+    async def follow_once_broken(self: PolicySubscriber, address: str) -> bool:
+        if not crashed:
+            crashed.append(address)
+            raise RuntimeError("unexpected in the follower")
+        return await real_follow(self, address)
+
+    monkeypatch.setattr(PolicySubscriber, "_follow", follow_once_broken)
+    address = f"127.0.0.1:{free_port()}"
+    ready = asyncio.Event()
+    cp = asyncio.create_task(
+        controlplane.serve(ControlPlaneConfig(listen=address, store="memory"), ready=ready)
+    )
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        async with h.admin(address) as stub:
+            await stub.CreateTeam(gateway_pb2.CreateTeamRequest(name="search"))
+            await stub.CreateKey(gateway_pb2.CreateKeyRequest(team="search"))
+        running = await start_edge(None, controlplane=(address,))
+
+        async def has_policy() -> bool:
+            return bool((await running.readyz())["policy_version"] >= 1)
+
+        await eventually(has_policy)
+        async with running.http.get(f"{running.url}/metrics") as resp:
+            metrics = await resp.text()
+        assert crashed and 'corral_edge_task_restarts_total{task="policy"} 1.0' in metrics
+    finally:
+        cp.cancel()
+        await asyncio.gather(cp, return_exceptions=True)

@@ -9,7 +9,6 @@ responses get the x-ratelimit-* headers as they are prepared.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import math
@@ -235,6 +234,7 @@ async def limiting(app: web.Application) -> AsyncIterator[None]:
     from edge.gateway.limits.spend import SpendFile, spend_path
     from edge.gateway.limits.store import Counters, LocalCounters
     from edge.gateway.valkey import Valkey
+    from edge.tasks import owned, supervise
 
     config = app[CONFIG]
     limits = config.limits
@@ -263,13 +263,12 @@ async def limiting(app: web.Application) -> AsyncIterator[None]:
     gate = Gate(limits, limiter, lambda: getattr(proxy.recorder, "prices", empty))
     app[LIMITS] = gate
     proxy.limits = gate if gate.active else None
-    task = asyncio.create_task(_upkeep(limiter, counters), name="edge-limits-upkeep")
+    restarts = app[METRICS].task_restarts.labels("limits").inc
+    upkeep = supervise(lambda: _upkeep(limiter, counters), "limits upkeep", restarts)
     try:
-        yield
+        async with owned(upkeep, "edge-limits-upkeep"):
+            yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         proxy.limits = None
         await limiter.close()
 
