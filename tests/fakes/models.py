@@ -6,7 +6,7 @@ import base64
 import hashlib
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from multidict import CIMultiDict
 
@@ -26,22 +26,7 @@ FakeKind = Literal[
     "nim",
     "triton",
 ]
-KINDS: tuple[FakeKind, ...] = (
-    "ollama",
-    "vllm",
-    "sglang",
-    "llamacpp",
-    "lmstudio",
-    "openai",
-    "litellm",
-    "lmdeploy",
-    "docker-model-runner",
-    "lemonade",
-    "vllm-mlx",
-    "tgi",
-    "nim",
-    "triton",
-)
+KINDS: tuple[FakeKind, ...] = get_args(FakeKind)
 
 FakeMode = Literal["ok", "error", "hang", "loading", "overloaded"]
 MODES: tuple[FakeMode, ...] = ("ok", "error", "hang", "loading", "overloaded")

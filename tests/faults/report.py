@@ -10,32 +10,15 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.common import commit
+
 COMMAND = "sudo CORRAL_WRITE_RELIABILITY=1 .venv/bin/pytest -m netns tests/faults/test_faults.py"
-REPO = Path(__file__).resolve().parents[2]
-
-
-def commit() -> str:
-    """The short commit measured, "+dirty" when the tree had uncommitted changes."""
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
-    return (rev or "unknown") + ("+dirty" if dirty else "")
 
 
 @dataclass
