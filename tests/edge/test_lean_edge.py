@@ -44,6 +44,7 @@ UNNEEDED = (
     "valkey",
     "multiprocessing",  # only a supervisor of several workers (edge/process.py)
     "ctypes",
+    "hyperscan",  # the guardrails' prefilter: loaded at the first scan (edge/gateway/guard/)
     # The Anthropic translation and the other dialects load on their first request.
     "edge.anthropic",
     "edge.messages",

@@ -24,10 +24,11 @@ from prometheus_client import Counter as PromCounter
 
 from corral.config import GuardConfig
 from edge.errors import ApiError
-from edge.gateway.guard import detectors, sieve
+from edge.gateway.guard import detectors
 from edge.gateway.guard.bodies import Texts, collect
 from edge.gateway.guard.detectors import Detector, Finding
 from edge.gateway.guard.hooks import Hook, HookFailed
+from edge.gateway.guard.prefilter import Prefilter
 from edge.gateway.guard.redact import Redaction
 from edge.gateway.scoped import most_specific
 
@@ -114,6 +115,7 @@ class Guard:
         self.detectors: tuple[Detector, ...] = (
             detectors.select(config.detectors) if config.detectors else detectors.DETECTORS
         )
+        self.prefilter = Prefilter(self.detectors)
         self.deny = tuple(
             (
                 rule.name or f"rule {i + 1}",
@@ -248,8 +250,8 @@ class Guard:
                     return (name, message), []
         if not scan_pii:
             return None, [[] for _ in texts.values]
-        found = self.detectors
-        return None, [sieve.scan(value, found) for value in texts.values]
+        scan = self.prefilter.scan
+        return None, [scan(value) for value in texts.values]
 
     async def _run_hooks(
         self, texts: Texts, found: list[list[Finding]], context: dict[str, str]

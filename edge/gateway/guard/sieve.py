@@ -26,10 +26,10 @@ from edge.gateway.guard.detectors import DETECTORS, Detector, Finder, Finding, S
 
 # What the error handler writes for a character beyond Latin-1 (real control characters
 # with these codes are classed the same way: a few more places to look, never fewer).
-_DIGIT_MARK: Final = "\x02"
+DIGIT_MARK: Final = "\x02"
 _ALNUM_MARK: Final = "\x03"
 _OTHER_MARK: Final = "\x01"
-_HANDLER: Final = "corral-guard-class"
+HANDLER: Final = "corral-guard-class"
 
 
 def _mark(error: UnicodeError) -> tuple[str, int]:
@@ -37,13 +37,12 @@ def _mark(error: UnicodeError) -> tuple[str, int]:
         raise error
     run = error.object[error.start : error.end]
     marks = "".join(
-        _DIGIT_MARK if ch.isdecimal() else _ALNUM_MARK if ch.isalnum() else _OTHER_MARK
-        for ch in run
+        DIGIT_MARK if ch.isdecimal() else _ALNUM_MARK if ch.isalnum() else _OTHER_MARK for ch in run
     )
     return marks, error.end
 
 
-codecs.register_error(_HANDLER, _mark)
+codecs.register_error(HANDLER, _mark)
 
 
 def _classes() -> bytes:
@@ -61,7 +60,7 @@ def _classes() -> bytes:
                 table[code] = code
         elif ch.isalnum():  # Latin-1 letters (é, ß, ª): word characters, never \d
             table[code] = ord("u")
-    table[ord(_DIGIT_MARK)] = ord("0")
+    table[ord(DIGIT_MARK)] = ord("0")
     table[ord(_ALNUM_MARK)] = ord("u")
     return bytes(table)
 
@@ -208,19 +207,38 @@ def _key_runs(classes: bytes) -> list[Span]:
     return out
 
 
+def encode(text: str) -> bytes:
+    """One byte per character: Latin-1 as it is, beyond it a digit, letter or other mark."""
+    return text.encode("latin-1", HANDLER)
+
+
 def classes_of(text: str) -> bytes:
     """The class string: one byte per character of the text (see the module's doc)."""
-    return text.encode("latin-1", _HANDLER).translate(CLASSES)
+    return encode(text).translate(CLASSES)
 
 
 def scan(text: str, detectors: Sequence[Detector] = DETECTORS) -> list[Finding]:
     """detectors.scan's findings, the same ones, faster on text where few detectors can
     match."""
-    classes = text.encode("latin-1", _HANDLER).translate(CLASSES)
+    return run(text, _plan(detectors))
+
+
+def plan(detector: Detector) -> Step:
+    """What `run` does for one detector (made once: edge/gateway/guard/prefilter.py keeps
+    them per detector)."""
+    return _step(detector)
+
+
+def run(text: str, steps: Sequence[Step], latin: bytes | None = None) -> list[Finding]:
+    """The findings of these detectors' steps, in their order (as `scan`); `latin`: the
+    text already encoded as `encode` does."""
+    if latin is None:
+        latin = encode(text)
+    classes = latin.translate(CLASSES)
     size = len(text)
     runs: list[tuple[int, int, int, bytes]] | None = None
     taken: list[Finding] = []
-    for how, kind, find, has, least, literal, shape, gate in _plan(detectors):
+    for how, kind, find, has, least, literal, shape, gate in steps:
         if has is not None and not has(text):
             continue
         if gate is not None and not gate(text, classes):

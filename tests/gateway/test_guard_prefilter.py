@@ -1,0 +1,63 @@
+"""The native prefilter: in use, one pattern per detector, exact with or without Hyperscan."""
+
+from __future__ import annotations
+
+import threading
+
+from edge.gateway.guard import detectors, prefilter
+from tests.gateway.corpus import negatives, positives
+
+
+def test_hyperscan_is_in_use() -> None:
+    """The dependency is installed, so guards scan natively (not the fallback)."""
+    assert prefilter.NATIVE
+    scanner = prefilter.Prefilter()
+    assert scanner.native
+    assert scanner.scan("mail ana@example.org") == [detectors.Finding("email", 5, 20)]
+    assert scanner.native  # the database compiled on this CPU
+
+
+def test_every_detector_has_a_pattern() -> None:
+    """Each built-in detector has its necessary-condition pattern, and nothing else does."""
+    assert set(prefilter.PATTERNS) == set(detectors.NAMES)
+
+
+def test_each_positive_passes_its_own_pattern() -> None:
+    """A lone detector's prefilter finds every synthetic positive of its kind."""
+    for name in detectors.NAMES:
+        chosen = detectors.select([name])
+        scanner = prefilter.Prefilter(chosen)
+        kind = chosen[0].kind
+        for found_kind, value, text in positives(60):
+            if found_kind == kind and detectors.scan(text, chosen):
+                assert scanner.scan(text) == detectors.scan(text, chosen), (name, value)
+
+
+def test_fallback_without_the_native_module_is_exact() -> None:
+    """native=False (what a platform without Hyperscan gets) finds what the reference finds."""
+    scanner = prefilter.Prefilter(native=False)
+    assert not scanner.native
+    for _, _, text in positives(200):
+        assert scanner.scan(text) == detectors.scan(text), text
+    for text in negatives(1000):
+        assert scanner.scan(text) == detectors.scan(text), text
+
+
+def test_threads_scan_at_once() -> None:
+    """Scans in several threads at once (each its own scratch space) find the same things."""
+    scanner = prefilter.Prefilter()
+    texts = [t for _, _, t in positives(100)] + negatives(300)
+    expected = [detectors.scan(t) for t in texts]
+    start = threading.Barrier(4)
+    results: list[list[list[detectors.Finding]]] = []
+
+    def work() -> None:
+        start.wait()
+        results.append([scanner.scan(t) for t in texts])
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [expected] * 4
