@@ -47,24 +47,24 @@ def _serve_here(config: EdgeConfig, served: Callable[[], None] | None = None) ->
     from edge.lean_tls import import_aiohttp
 
     import_aiohttp()  # before anything imports aiohttp: one copy of the CA roots, not two
+    from edge import collector
     from edge.errors import EdgeError
     from edge.startup import serve
 
     async def serving() -> None:
         ready = asyncio.Event()
-        watcher = None
-        if served is not None:
 
-            async def tell() -> None:
-                await ready.wait()
+        async def tell() -> None:
+            await ready.wait()
+            collector.settle()  # start-up's objects out of the collector's walks
+            if served is not None:
                 served()
 
-            watcher = asyncio.create_task(tell(), name="edge-ready-signal")
+        watcher = asyncio.create_task(tell(), name="edge-ready-signal")
         try:
             await serve(config, ready=ready)
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            watcher.cancel()
 
     try:
         return run_until_signal(serving)
