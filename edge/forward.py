@@ -4,6 +4,12 @@ Tracing (traceparent, tracestate), request ids, OpenAI organization/project and 
 version/beta pass as the client sent them; User-Agent passes with Corral's product token
 appended (RFC 9110 10.1.5). Hop-by-hop headers and the client's credentials never pass: the
 configuration refuses them, and they are not looked at here.
+
+Two forms, one choice of headers (`pairs`): a multidict for aiohttp's client (`headers`),
+and header lines as bytes for the fast client (`lines`), appended to its request head that
+is serialised once per backend and path — per request only the few forwarded values are
+encoded, nothing is copied or looked up in a cache keyed by values that change every time
+(a trace id, a request id).
 """
 
 from __future__ import annotations
@@ -29,21 +35,37 @@ class Forwarding:
         self._user_agent = _USER_AGENT in names
         self._names = tuple(n for n in names if n != _USER_AGENT)
 
+    def pairs(
+        self, incoming: CIMultiDictProxy[str], base: CIMultiDictProxy[str]
+    ) -> list[tuple[str, str]]:
+        """What the client sent that the allow-list names and `base` does not set, in the
+        allow-list's order, User-Agent last (with the product token)."""
+        out = [
+            (name, value)
+            for name in self._names
+            if (value := incoming.get(name)) is not None and name not in base
+        ]
+        if self._user_agent:
+            client = incoming.get(_USER_AGENT)
+            out.append((_USER_AGENT, f"{client} {PRODUCT}" if client else PRODUCT))
+        return out
+
     def headers(
         self, incoming: CIMultiDictProxy[str], base: CIMultiDictProxy[str]
     ) -> CIMultiDictProxy[str]:
         """`base` (content type, the backend's credential) plus what the client sent that
         the allow-list names; `base` itself when there is nothing to add."""
-        out: CIMultiDict[str] | None = None
-        for name in self._names:
-            value = incoming.get(name)
-            if value is not None and name not in base:
-                if out is None:
-                    out = CIMultiDict(base)
-                out[name] = value
-        if self._user_agent:
-            if out is None:
-                out = CIMultiDict(base)
-            client = incoming.get(_USER_AGENT)
-            out[_USER_AGENT] = f"{client} {PRODUCT}" if client else PRODUCT
-        return base if out is None else CIMultiDictProxy(out)
+        pairs = self.pairs(incoming, base)
+        if not pairs:
+            return base
+        out = CIMultiDict(base)
+        for name, value in pairs:
+            out[name] = value
+        return CIMultiDictProxy(out)
+
+    def lines(self, incoming: CIMultiDictProxy[str], base: CIMultiDictProxy[str]) -> bytes:
+        """The same headers as `pairs`, as HTTP/1.1 header lines (each ending in CRLF), in
+        the bytes the client sent them as (aiohttp and the lane decode header values as
+        UTF-8 with surrogateescape)."""
+        text = "".join(f"{name}: {value}\r\n" for name, value in self.pairs(incoming, base))
+        return text.encode("utf-8", "surrogateescape")

@@ -369,14 +369,20 @@ class Pool:
         return head
 
     async def request(
-        self, method: str, url: URL, body: bytes | None, headers: CIMultiDictProxy[str]
+        self,
+        method: str,
+        url: URL,
+        body: bytes | None,
+        headers: CIMultiDictProxy[str],
+        lines: bytes = b"",
     ) -> Answer:
-        """Send one request and wait for the answer's status and headers."""
+        """Send one request and wait for the answer's status and headers. `lines`: header
+        lines of this request alone (each ending in CRLF), after the cached head's."""
         head = self.head(method, url, headers)
         if body is not None or method in ("POST", "PUT", "PATCH"):
-            head += b"Content-Length: %d\r\n\r\n" % len(body or b"")
+            head = b"%b%bContent-Length: %d\r\n\r\n" % (head, lines, len(body or b""))
         else:
-            head += b"\r\n"
+            head = b"%b%b\r\n" % (head, lines)
         key = (url.raw_host or "", url.port or 80)
         conn = self._pooled(key)
         if conn is not None:

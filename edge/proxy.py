@@ -1,9 +1,9 @@
 """The hot path: one OpenAI request in, one backend attempt (or a few) out, bytes relayed.
 
-Per request: read and parse the body once, pick a backend from precomputed candidate lists,
-send the original bytes, and relay the answer. Non-streaming answers are read whole (small;
-lets a backend that breaks mid-body be retried); streams go out chunk by chunk, with the
-response headers written together with the first chunk.
+Per request: read and parse the body once, admit it (keys, limits, the gateway), pick a
+backend from precomputed candidate lists, and try it; on a retryable failure pick another.
+One try on one backend — sending the original bytes and relaying the answer, whole or as a
+stream — is edge/attempt.py's.
 """
 
 from __future__ import annotations
@@ -13,18 +13,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from corral.config import ConfigError, EdgeConfig
-from edge import resend
+from edge.attempt import Attempt, Attempts
 from edge.balancer import RETRY, Balancer, Full, too_busy
 from edge.client_request import ClientRequest
-from edge.deadlines import Deadlines
 from edge.errors import ApiError
 from edge.exchange import (
     Admission,
@@ -39,8 +36,8 @@ from edge.gateway import call as calls
 from edge.gateway.call import CALL, Call
 from edge.gateway.identity import Identity, KeyRefused, KeyTable
 from edge.gateway.pipeline import Gateway
-from edge.gateway.tokens import Meter, ask_usage, read_whole
-from edge.h1pool import Answer, Pool
+from edge.gateway.tokens import ask_usage
+from edge.h1pool import Pool
 from edge.inbound import CHAT, EMBEDDINGS, Endpoint, parse
 from edge.metrics import EdgeMetrics
 from edge.providers.fallbacks import (
@@ -50,22 +47,14 @@ from edge.providers.fallbacks import (
     resting,
     run_chain,
 )
-from edge.providers.hosted import Pools, adapt, honour_retry_after
+from edge.providers.hosted import Pools, adapt
 from edge.relay import (
     BACKEND_HEADER,
     ROUTE_HEADER,
-    ChunkSink,
     ClientGone,
-    RelayResponse,
-    abandon,
-    piped,
-    relay_headers,
-    send,
-    stage,
-    to_client,
 )
 from edge.routing import chat_key, completion_key, session_header_key
-from edge.table import BackendState, ModelRoute
+from edge.table import ModelRoute
 
 if TYPE_CHECKING:
     from edge.gateway.limits.gate import Gate
@@ -89,31 +78,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# A (read-only) multidict already, so aiohttp does not convert it on every request.
-_UPSTREAM_HEADERS: Final = CIMultiDictProxy(
-    CIMultiDict({"Content-Type": "application/json", "Accept-Encoding": "identity"})
-)
-_UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError)
-# Tried elsewhere but not held against the backend: overloaded (429), or it no longer has
-# the model or endpoint the snapshot says it has (404, a stale snapshot).
-_RETRYABLE: Final = frozenset((404, 429))
-
-
-# Made per request: not frozen (a frozen dataclass sets each field through
-# object.__setattr__, about 5x the cost of a plain one).
-@dataclass(slots=True, eq=False)
-class Attempt:
-    """One try of one request on one backend: what `Proxy._attempt` needs to make it."""
-
-    request: ClientRequest
-    exchange: Exchange
-    backend: BackendState
-    label: str  # the routing decision (sticky, least-connections, retry...)
-    path: str
-    payload: bytes | None
-    call: Call  # the request's record (call.started: arrival, for time to first token)
-    model: str  # the metrics label of the model
 
 
 class Recorder:
@@ -147,11 +111,7 @@ class Proxy:
         self._max_body = config.max_body_bytes
         self._client_timeout = config.client_timeout_seconds
         self._attempts = max(1, config.max_attempts)
-        self._first_byte = config.first_byte_timeout_seconds
-        self._idle = config.idle_timeout_seconds
         self._session_headers = config.session_headers
-        self._deadlines = Deadlines()
-        self._forward = Forwarding(config.headers)
         self.pools = Pools(config)  # one connection pool per hosted provider
         # The lean HTTP/1.1 client for plain-http backends (edge/h1pool.py), if chosen.
         self.fast: Pool | None = None
@@ -162,6 +122,17 @@ class Proxy:
                 log.warning("httptools is not installed: upstream_client aiohttp instead of fast")
         elif config.upstream_client != "aiohttp":
             raise ConfigError("edge.upstream_client must be aiohttp or fast")
+        # One try on one backend (edge/attempt.py).
+        self._try = Attempts(
+            balancer,
+            metrics,
+            session,
+            self.pools,
+            self.fast,
+            Forwarding(config.headers),
+            first_byte=config.first_byte_timeout_seconds,
+            idle=config.idle_timeout_seconds,
+        )
         self.fallbacks = Fallbacks(config, balancer)  # chains from the snapshot in force
         # Where finished Calls go (edge/gateway/usage.py); replaced by the app's recorder.
         self.recorder: Recorder = DISCARD
@@ -399,7 +370,7 @@ class Proxy:
             if tracer is not None:
                 tracer.attempt(request, backend.name, str(backend.url(path)), label)
             try:
-                result = await self._attempt(
+                result = await self._try(
                     Attempt(request, attempted, backend, label, path, payload, call, model_label)
                 )
             finally:
@@ -412,148 +383,6 @@ class Proxy:
                 continue
             return result
         return failure
-
-    async def _attempt(self, attempt: Attempt) -> web.StreamResponse | Failure:
-        """One try on one backend, under one deadline: time to first byte until the answer
-        starts, then the idle limit, pushed forward by every chunk."""
-        request, exchange, backend = attempt.request, attempt.exchange, attempt.backend
-        label, path, payload = attempt.label, attempt.path, attempt.payload
-        upstream: aiohttp.ClientResponse | Answer | None = None
-        relay: RelayResponse | None = None  # set once bytes went to the client
-        staged: RelayResponse | None = None  # a stream's response, prepared before its start
-        meter: Meter | None = None  # set once a stream started
-        deadlines = self._deadlines
-        task = asyncio.current_task()
-        assert task is not None  # aiohttp runs every handler in a task
-        deadline = deadlines.start(task, self._first_byte)
-        clean = False
-        try:
-            try:
-                awaiting = backend.awaiting
-                awaiting.add(deadline)
-                url = backend.url(path)
-                sent = self._forward.headers(request.headers, backend.headers or _UPSTREAM_HEADERS)
-                fast = self.fast
-                if fast is not None and url.scheme == "http" and not backend.provider:
-                    upstream = await fast.request(exchange.method, url, payload, sent)
-                else:
-                    session = self.session if not backend.provider else self.pools.session(backend)
-                    upstream = await resend.request(session, exchange.method, url, payload, sent)
-                status = upstream.status
-                content_type = upstream.headers.get("Content-Type", "")
-                if not exchange.streams(status, content_type):
-                    deadlines.push(deadline, self._idle)
-                    data = await upstream.read()
-                    awaiting.discard(deadline)
-                    clean = True
-                    if status in _RETRYABLE or status >= 500:
-                        if status in (429, 503):
-                            honour_retry_after(backend, upstream.headers)
-                        if status >= 500:
-                            self._failed(backend)
-                        body = exchange.error(status, data)
-                        wait = upstream.headers.get("Retry-After", "")
-                        return Failure(f"status_{status}", status, body, content_type, wait)
-                    self.balancer.succeeded(backend)
-                    if status < 300:
-                        read_whole(attempt.call, len(payload or b""), data)
-                        if attempt.call.prompt is not None:
-                            attempt.call.completion = data
-                    return exchange.whole(
-                        status, data, relay_headers(upstream, backend, label), backend
-                    )
-                content = upstream.content
-                staged, writer = await stage(request, upstream, backend, label)
-                # Made while the backend computes its first token, not after it came.
-                call = attempt.call
-                metering = Meter(call, len(payload or b""), call.usage_hidden)
-                sink = ChunkSink(writer)
-                first = await content.readany()
-                awaiting.discard(deadline)
-                if not first:
-                    self._failed(backend)
-                    return Failure("empty")
-                relay = staged
-                meter = metering
-                await send(writer, exchange.first(meter.start(first), backend))
-                call.ttft = ttft = time.monotonic() - call.started
-                self.metrics.first_token(attempt.model, ttft)
-                idle = self._idle
-                chunk_of = exchange.chunk
-                tap = meter.chunk
-                put = sink.put
-                if isinstance(upstream, Answer):  # relayed from its parser callback
-
-                    def relay_one(chunk: bytes) -> bool:
-                        deadlines.push(deadline, idle)
-                        out = chunk_of(tap(chunk))
-                        return bool(out) and put(out)
-
-                    deadlines.push(deadline, idle)
-                    await piped(upstream, relay_one, sink.drain)
-                else:
-                    while True:
-                        deadlines.push(deadline, idle)
-                        chunk = await content.readany()
-                        if not chunk:
-                            break
-                        out = chunk_of(tap(chunk))
-                        if out and put(out):
-                            await sink.drain()
-                clean = True
-                self.balancer.succeeded(backend)
-                deadlines.push(deadline, idle)
-                held = meter.flush()
-                tail = (chunk_of(held) if held else b"") + exchange.end()
-                if tail:
-                    await to_client(relay, tail)
-                await to_client(relay, None)
-                return relay
-            except asyncio.CancelledError:
-                if deadline.timed_out():
-                    raise TimeoutError from None
-                raise
-        except _UPSTREAM_ERRORS as exc:
-            deadline.close()
-            if clean and relay is not None:
-                return relay  # the backend finished; only the client was too slow to take it
-            if relay is None and not backend.alive:
-                # Its agent reported it down while we waited: not a failure of its own
-                # to count, just a request to place elsewhere.
-                return Failure("backend_down")
-            self._failed(backend)
-            if relay is None:
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug("backend %s failed before answering: %r", backend.name, exc)
-                if upstream is None:
-                    return Failure("timeout" if isinstance(exc, TimeoutError) else "connect")
-                return Failure("timeout" if isinstance(exc, TimeoutError) else "read")
-            # The backend broke after bytes reached the client: no retry; end the stream
-            # cleanly with an error event the client can see.
-            log.warning("stream from backend %s cut mid-way: %r", backend.name, exc)
-            with contextlib.suppress(TimeoutError, ClientGone):
-                async with asyncio.timeout(self._idle):
-                    await to_client(relay, exchange.cut(exc))
-                    await to_client(relay, None)
-            return relay
-        finally:
-            if staged is not None and relay is None:
-                abandon(writer)  # the stream never started: another answer follows
-            if meter is not None:
-                meter.end()  # finished, cut or cancelled: tokens as far as they went
-            deadline.close()
-            backend.awaiting.discard(deadline)
-            if upstream is not None:
-                if clean:
-                    upstream.release()
-                else:
-                    # Cancelled or broken mid-way: drop the connection so the backend stops.
-                    upstream.close()
-
-    def _failed(self, backend: BackendState) -> None:
-        if self.balancer.failed(backend):
-            self.metrics.ejections.labels(backend.name).inc()
-            log.warning("backend %s ejected after repeated failures", backend.name)
 
 
 def _tag(request: ClientRequest, identity: Identity) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from corral.config import ConfigError, CorsConfig, HeadersConfig, Secret
-from edge.forward import PRODUCT
+from edge.forward import PRODUCT, Forwarding
 from tests.edge.conftest import StartEdge
 from tests.edge.snapshot_server import SnapshotServer, from_fake, snapshot
 from tests.fakes import FakeServer, running_fakes
@@ -79,6 +82,50 @@ async def test_the_list_is_configurable(
         assert got["X-Tenant"] == "blue"
         assert "traceparent" not in got
         assert PRODUCT not in got.get("User-Agent", "")
+
+
+async def test_forwarded_values_keep_the_clients_bytes(
+    snapshots: SnapshotServer, start_edge: StartEdge
+) -> None:
+    """A header value that is not ASCII (UTF-8, or not even that) reaches the backend as
+    the client's bytes, through the lane and the fast client."""
+    async with running_fakes(FakeServer("vllm", [MODEL], "b1")) as (fake,):
+        snapshots.publish(snapshot(1, [from_fake(fake)]))
+        running = await start_edge(snapshots)
+        await running.wait_version(1)
+        body = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+        host, port = running.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nX-Request-Id: r\xc3\xa9q-\xe2\x9c\x93\r\n"
+            b"User-Agent: bot\xff\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+        )
+        await writer.drain()
+        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+        writer.close()
+        got = fake.requests_to("/v1/chat/completions")[0].headers
+        assert got["X-Request-Id"] == "réq-✓"
+        ua = got["User-Agent"].encode("utf-8", "surrogateescape")
+        assert ua == b"bot\xff " + PRODUCT.encode()
+
+
+def test_forwarding_forms_agree() -> None:
+    """The multidict for aiohttp's client and the header lines for the fast client carry
+    the same headers; a header the backend's own set already has is not forwarded."""
+    forward = Forwarding(HeadersConfig())
+    incoming = CIMultiDictProxy(CIMultiDict(SENT))
+    base = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json", "tracestate": "x"}))
+    pairs = [(n, v) for n, v in forward.headers(incoming, base).items() if n not in base]
+    assert pairs == forward.pairs(incoming, base)
+    lines = forward.lines(incoming, base).decode()
+    assert lines == "".join(f"{n}: {v}\r\n" for n, v in pairs)
+    assert "tracestate" not in dict(pairs)
+    assert (
+        forward.lines(CIMultiDictProxy(CIMultiDict()), base)
+        == f"user-agent: {PRODUCT}\r\n".encode()
+    )
+    assert Forwarding(HeadersConfig(forward=())).lines(incoming, base) == b""
 
 
 @pytest.mark.parametrize("name", ["Authorization", "connection", "Keep-Alive", "Cookie", "TE"])
