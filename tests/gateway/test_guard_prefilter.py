@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import threading
 
-from edge.gateway.guard import detectors, prefilter
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.gateway.guard import detectors, prefilter, sieve
 from tests.gateway.corpus import negatives, positives
 
 
@@ -61,3 +64,12 @@ def test_threads_scan_at_once() -> None:
     for thread in threads:
         thread.join()
     assert results == [expected] * 4
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("0123456789 .()+-:ab_\u0663中")), max_size=80))
+def test_runs_at_every_digit_are_all_the_runs(text: str) -> None:
+    """The runs found around every digit are the runs the sieve finds in the whole text."""
+    classes = sieve.classes_of(text)
+    ends = [i + 1 for i, c in enumerate(classes) if c == ord("0")]
+    assert sieve.runs_at(classes, ends) == sieve._digit_runs(classes)

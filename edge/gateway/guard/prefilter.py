@@ -6,7 +6,9 @@ or two per detector to learn that (~10 µs on a short prompt, ~25 µs on 1 KiB).
 text in a single pass, ~1 µs for a short prompt and ~2.5 µs per KiB, and reports which
 detectors' patterns occur; only those detectors then run, through the sieve's exact steps
 (their own patterns, Luhn, mod-97, the address parsers). So the findings are the sieve's,
-which are `detectors.scan`'s (tests compare all three).
+which are `detectors.scan`'s (tests compare all three). The digit-run detectors (cards,
+SSNs, phones, IPv4) report the end of every match, and only the runs of digits around those
+ends are searched, not every run in the text (numbers, times and ids cost nothing then).
 
 Each pattern here is a necessary condition of its detector: a piece every match of the
 detector contains (a lookahead dropped, a repeat cut to its minimum), never more. The text
@@ -43,7 +45,15 @@ PATTERNS: Final[dict[str, bytes]] = {
     rb"|hf_|glpat-)" + _KEY + rb"{10}",
     "email": rb"@[A-Za-z0-9][A-Za-z0-9.-]*\.[A-Za-z]{2}",
     "iban": rb"[A-Z]{2}" + _D + rb"{2}(?: ?[A-Z0-9]{4}){2}",
-    "credit_card": _D + _D + rb"[ -]?" + _D + rb"(?:[ -]?" + _D + rb"){10}",
+    # Not after a word character or ".,-" (the detector's left boundary), an issuer's
+    # first digit (2 to 6), 13 digits.
+    "credit_card": rb"(?:^|[^0-9A-Za-z_.,-])[2-6]"
+    + _D
+    + rb"[ -]?"
+    + _D
+    + rb"(?:[ -]?"
+    + _D
+    + rb"){10}",
     "ssn": _D + rb"{3}-" + _D + rb"{2}-" + _D + rb"{4}",
     "phone": rb"\+"
     + _D
@@ -65,8 +75,9 @@ PATTERNS: Final[dict[str, bytes]] = {
 }
 
 
-def _collect(index: int, _start: int, _end: int, _flags: int, hits: list[int]) -> None:
+def _collect(index: int, _start: int, end: int, _flags: int, hits: list[int]) -> None:
     hits.append(index)
+    hits.append(end)
 
 
 class Prefilter:
@@ -76,6 +87,7 @@ class Prefilter:
     def __init__(self, detectors: Sequence[Detector] = DETECTORS, *, native: bool = True) -> None:
         self.detectors = tuple(detectors)
         self.steps = [sieve.plan(d) for d in self.detectors]
+        self.in_runs = frozenset(i for i, d in enumerate(self.detectors) if d.run_digits)
         self.native = native and NATIVE
         self._database: Any = None  # compiled at the first scan (~50 ms)
         self._lock = threading.Lock()
@@ -101,14 +113,16 @@ class Prefilter:
         if scratch is None:
             return sieve.run(text, self.steps)
         latin = sieve.encode(text)
-        hits: list[int] = []
+        hits: list[int] = []  # pattern id, end offset, pattern id, end offset, ...
         self._database.scan(latin, match_event_handler=_collect, context=hits, scratch=scratch)
         if not hits:
             return []
-        if len(hits) > 1:
-            hits.sort()
+        flagged = set(hits[::2])
         steps = self.steps
-        return sieve.run(text, [steps[i] for i in hits], latin)
+        # The digit-run detectors report every match's end: their runs alone are searched.
+        in_runs = self.in_runs
+        ends = [e for i, e in zip(hits[::2], hits[1::2], strict=True) if i in in_runs]
+        return sieve.run(text, [steps[i] for i in sorted(flagged)], latin, ends)
 
 
 def _compile(detectors: Sequence[Detector]) -> Any:
@@ -122,7 +136,8 @@ def _compile(detectors: Sequence[Detector]) -> Any:
             expressions=[PATTERNS[d.name] for d in detectors],
             ids=list(range(len(detectors))),
             elements=len(detectors),
-            flags=hyperscan.HS_FLAG_SINGLEMATCH,
+            # One report each, but every match's end for the digit-run detectors.
+            flags=[0 if d.run_digits else hyperscan.HS_FLAG_SINGLEMATCH for d in detectors],
         )
     except hyperscan.error:
         return False

@@ -229,14 +229,44 @@ def plan(detector: Detector) -> Step:
     return _step(detector)
 
 
-def run(text: str, steps: Sequence[Step], latin: bytes | None = None) -> list[Finding]:
+_IN_RUN: Final = frozenset(b"0 .()+-")
+
+
+def runs_at(classes: bytes, ends: list[int]) -> list[tuple[int, int, int, bytes]]:
+    """The digit runs (as `_digit_runs` finds them) that hold the digits before these
+    offsets: the maximal stretch of run characters around each, from its first digit to
+    its last (what the greedy `_DIGIT_RUN` takes from there)."""
+    out = []
+    reach = -1  # the end of the last stretch: offsets inside it are done
+    for end in sorted(ends):
+        if end <= reach:
+            continue
+        left = end - 1
+        while left > 0 and classes[left - 1] in _IN_RUN:
+            left -= 1
+        right = end
+        size = len(classes)
+        while right < size and classes[right] in _IN_RUN:
+            right += 1
+        reach = right
+        first, last = classes.find(b"0", left, right), classes.rfind(b"0", left, right) + 1
+        if last - first >= 7:
+            run = classes[first:last]
+            out.append((first, last, run.count(b"0"), run))
+    return out
+
+
+def run(
+    text: str, steps: Sequence[Step], latin: bytes | None = None, ends: list[int] | None = None
+) -> list[Finding]:
     """The findings of these detectors' steps, in their order (as `scan`); `latin`: the
-    text already encoded as `encode` does."""
+    text already encoded as `encode` does; `ends`: offsets just after a digit, where the
+    digit-run detectors among the steps could match (their runs alone are searched)."""
     if latin is None:
         latin = encode(text)
     classes = latin.translate(CLASSES)
     size = len(text)
-    runs: list[tuple[int, int, int, bytes]] | None = None
+    runs = None if ends is None else runs_at(classes, ends)
     taken: list[Finding] = []
     for how, kind, find, has, least, literal, shape, gate in steps:
         if has is not None and not has(text):
