@@ -38,6 +38,15 @@ _SMALL_BODY: Final = 64 * 1024  # bodies up to this go out in one write with the
 _HEADS_MAX: Final = 1024  # cached request heads
 
 
+# Response headers not relayed to the client: set by the edge's server for its own answer,
+# or meaningless past this hop (edge/relay.py).
+# fmt: off
+NOT_RELAYED: Final = frozenset((
+    "connection", "keep-alive", "transfer-encoding", "content-length", "date", "server",
+    "proxy-connection", "upgrade", "trailer", "te",
+))
+# fmt: on
+
 # httptools is loaded by the first Pool (the edge's RSS, and venvs built before it was a
 # dependency, pay nothing while upstream_client is aiohttp).
 _httptools: Any = None
@@ -117,12 +126,15 @@ class _Conn(asyncio.Protocol):
             return
         answer.status = status
         headers: CIMultiDict[str] = CIMultiDict()
+        relayed = answer.relayed
         framed = False
         for name, value in answer.raw_headers:
-            key = name.decode("latin-1")
-            headers.add(key, value.decode("latin-1"))
-            lower = key.lower()
-            if lower == "content-length" or lower == "transfer-encoding":
+            pair = (name.decode("latin-1"), value.decode("latin-1"))
+            headers.add(*pair)
+            lower = pair[0].lower()
+            if lower not in NOT_RELAYED:
+                relayed.append(pair)
+            elif lower == "content-length" or lower == "transfer-encoding":
                 framed = True
         answer.raw_headers.clear()
         answer.headers = CIMultiDictProxy(headers)
@@ -214,6 +226,7 @@ class Answer:
         "pipe",
         "pipe_error",
         "raw_headers",
+        "relayed",
         "reusable",
         "status",
         "until_close",
@@ -226,6 +239,8 @@ class Answer:
         self.status = 0
         self.headers: CIMultiDictProxy[str] = _NO_HEADERS
         self.raw_headers: list[tuple[bytes, bytes]] = []
+        # The headers a client gets relayed (all but NOT_RELAYED), in the backend's order.
+        self.relayed: list[tuple[str, str]] = []
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self.done = False

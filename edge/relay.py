@@ -14,26 +14,11 @@ from multidict import CIMultiDict
 
 from edge.client_request import ClientRequest
 from edge.errors import EdgeError
-from edge.h1pool import Answer
+from edge.h1pool import NOT_RELAYED, Answer
 from edge.table import BackendState
 
 BACKEND_HEADER: Final = "X-Corral-Backend"
 ROUTE_HEADER: Final = "X-Corral-Route"
-# Set by aiohttp for our own response, or meaningless past this hop.
-_DROPPED_HEADERS: Final = frozenset(
-    (
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "content-length",
-        "date",
-        "server",
-        "proxy-connection",
-        "upgrade",
-        "trailer",
-        "te",
-    )
-)
 
 
 class RelayResponse(web.StreamResponse):
@@ -51,9 +36,12 @@ def relay_headers(
     """The backend's response headers the client gets (added to `into` when given: a
     response's own headers, not copied once more by its constructor)."""
     headers: CIMultiDict[str] = CIMultiDict() if into is None else into
-    for name, value in upstream.headers.items():
-        if name.lower() not in _DROPPED_HEADERS:
-            headers.add(name, value)
+    if isinstance(upstream, Answer):  # chosen while its head was parsed
+        headers.extend(upstream.relayed)
+    else:
+        for name, value in upstream.headers.items():
+            if name.lower() not in NOT_RELAYED:
+                headers.add(name, value)
     headers[BACKEND_HEADER] = backend.name
     headers[ROUTE_HEADER] = label
     return headers

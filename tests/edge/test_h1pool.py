@@ -302,3 +302,28 @@ def test_on_uvloop() -> None:
             await pool.close()
 
     uvloop.run(scenarios())
+
+
+async def test_relayed_headers_leave_out_hop_by_hop(pool: Pool) -> None:
+    """The headers a client gets relayed: the backend's, in order, without the framing and
+    hop-by-hop ones the edge's server sets for its own answer."""
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nServer: nginx\r\nX-A: 1\r\nDate: today\r\n"
+            b"Content-Type: application/json\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive"
+            b"\r\nx-ratelimit-remaining: 9\r\nContent-Length: 2\r\n\r\n{}"
+        )
+        await writer.drain()
+
+    async with serving(reply) as server:
+        up = await pool.request("POST", server.url(), b"{}", HEADERS)
+        assert await up.read() == b"{}"
+        up.release()
+    assert up.relayed == [
+        ("X-A", "1"),
+        ("Content-Type", "application/json"),
+        ("x-ratelimit-remaining", "9"),
+    ]
+    assert up.headers["Date"] == "today"  # all of them still readable
