@@ -1,15 +1,19 @@
 """Usage records in PostgreSQL: several edges write to one database.
 
 The schema is Corral's: created and migrated at start (under an advisory lock, so edges
-starting together migrate once), versioned in `corral_schema`. A batch is one multi-row
-`INSERT ... SELECT FROM unnest(arrays) ON CONFLICT (id) DO NOTHING`: one round trip, and a
-retried batch (after a timeout whose write did land, or a crash) adds nothing twice.
+starting together migrate once), versioned in `corral_schema`. A batch is one transaction:
+a binary COPY (asyncpg's copy_records_to_table) into a session's temporary staging table
+(its rows emptied at commit), then `INSERT ... SELECT FROM` it `ON CONFLICT (id) DO NOTHING`,
+so a retried batch (after a timeout whose write did land, or a crash) adds nothing twice.
+COPY takes the rows as they are (row tuples, encoded in C); the earlier one-statement
+`INSERT ... FROM unnest(arrays)` spent ~16 µs of the writer's CPU per row building and
+encoding 27 arrays, against ~2 µs for the COPY (the server's work is about the same).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from edge.gateway.records import COLUMNS, FLAGS, INDEXES, NAMES, NULLABLE, TABLE, Row
 from edge.gateway.sinks import SinkError
@@ -34,21 +38,29 @@ _MIGRATIONS: Final = (
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
-_ARRAY_TYPES: Final = {
-    "text PRIMARY KEY": "text[]",
-    "text NOT NULL": "text[]",
-    "text": "text[]",
-    "timestamptz NOT NULL": "float8[]",
-    "integer NOT NULL": "int4[]",
-    "integer NOT NULL DEFAULT 0": "int4[]",
-    "boolean NOT NULL": "int4[]",  # rows hold flags as 0/1 (records.row)
-    "double precision NOT NULL": "float8[]",
-    "double precision": "float8[]",
+# The staging table's columns hold a row as records.row makes it (ts in Unix seconds, flags
+# 0/1, absent values as sentinels); the INSERT from it makes them the table's.
+_STAGE: Final = "corral_usage_in"
+_STAGE_TYPES: Final = {
+    "text PRIMARY KEY": "text",
+    "text NOT NULL": "text",
+    "text": "text",
+    "timestamptz NOT NULL": "float8",
+    "integer NOT NULL": "int4",
+    "integer NOT NULL DEFAULT 0": "int4",
+    "boolean NOT NULL": "int4",
+    "double precision NOT NULL": "float8",
+    "double precision": "float8",
 }
+_CREATE_STAGE: Final = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} ("
+    + ", ".join(f"{name} {_STAGE_TYPES[kind]}" for name, _, kind in COLUMNS)
+    + ") ON COMMIT DELETE ROWS"
+)
 
 
 def _value(name: str) -> str:
-    """A column's value from its array: the row's form (records.row) made the table's."""
+    """A column's value from the staging table: the row's form (records.row) made the table's."""
     if name == "ts":
         return "to_timestamp(ts)"
     if name in FLAGS:
@@ -57,13 +69,16 @@ def _value(name: str) -> str:
     return name if absent is None else f"nullif({name}, {absent!r})"
 
 
-_INSERT: Final = (
+_MOVE: Final = (
     f"INSERT INTO {TABLE} ({', '.join(NAMES)}) SELECT "
     + ", ".join(_value(name) for name in NAMES)
-    + " FROM unnest("
-    + ", ".join(f"${i + 1}::{_ARRAY_TYPES[kind]}" for i, (_, _, kind) in enumerate(COLUMNS))
-    + f") AS u({', '.join(NAMES)}) ON CONFLICT (id) DO NOTHING"
+    + f" FROM {_STAGE} ON CONFLICT (id) DO NOTHING"
 )
+
+
+async def _stage(conn: asyncpg.Connection) -> None:
+    """Every pooled connection's staging table (temporary: one per session)."""
+    await conn.execute(_CREATE_STAGE)
 
 
 async def migrate(conn: asyncpg.Connection) -> int:
@@ -83,7 +98,7 @@ async def migrate(conn: asyncpg.Connection) -> int:
 
 
 class PostgresSink:
-    """A small asyncpg pool; one statement per batch."""
+    """A small asyncpg pool; one transaction (COPY, then INSERT) per batch."""
 
     name = "postgres"
 
@@ -101,7 +116,12 @@ class PostgresSink:
             ) from None
         try:
             pool = await asyncpg.create_pool(
-                self._dsn, min_size=1, max_size=2, timeout=self._timeout, command_timeout=30
+                self._dsn,
+                min_size=1,
+                max_size=2,
+                timeout=self._timeout,
+                command_timeout=30,
+                init=_stage,
             )
             async with pool.acquire() as conn:
                 await migrate(conn)
@@ -118,9 +138,10 @@ class PostgresSink:
         pool = self._pool
         if pool is None:  # the database was down at start: connect now
             pool = self._pool = await self._connect()
-        columns: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)]
         try:
-            await pool.execute(_INSERT, *columns)
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.copy_records_to_table(_STAGE, records=rows, columns=NAMES)
+                await conn.execute(_MOVE)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             raise SinkError(f"writing usage records: {_safe(exc)}") from None
 
