@@ -239,9 +239,10 @@ class Proxy:
             gateway = self.gateway
             if gateway is not None:  # guardrails and the response cache
                 entered = gateway.enter(request, call, exchange, admission.route, endpoint_name)
+                # Exchange first: StreamResponse is an ABC (MutableMapping), slow to refuse.
                 if not isinstance(entered, (Exchange, web.StreamResponse)):
                     entered = await entered  # guard hooks, the shared tier, a leader's answer
-                if isinstance(entered, web.StreamResponse):  # a cache hit
+                if not isinstance(entered, Exchange):  # a cache hit
                     model_label, status = call.model, entered.status
                     return entered
                 exchange = entered

@@ -15,8 +15,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import aiohttp
 import orjson
@@ -50,9 +49,9 @@ ROUTE_HEADER: Final = "X-Corral-Route"
 Entered = Exchange | web.StreamResponse | Coroutine[Any, Any, Exchange | web.StreamResponse]
 
 
-@dataclass(frozen=True, slots=True)
-class _Lookup:
-    """One request's cache lookup: where, under which key, and what to do with an answer."""
+class _Lookup(NamedTuple):
+    """One request's cache lookup: where, under which key, and what to do with an answer
+    (a named tuple: made on every cacheable request, ~5x cheaper than a frozen dataclass)."""
 
     cache: Cache
     key: str
@@ -114,7 +113,11 @@ class Gateway:
         if guard is not None:
             try:
                 outcome = guard.inspect_now(
-                    exchange.body, team=call.team, key=call.key_id, model=call.model
+                    exchange.body,
+                    team=call.team,
+                    key=call.key_id,
+                    model=call.model,
+                    raw=exchange.raw,
                 )
             except Refused as exc:
                 call.guard = exc.findings

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -73,3 +75,45 @@ def test_runs_at_every_digit_are_all_the_runs(text: str) -> None:
     classes = sieve.classes_of(text)
     ends = [i + 1 for i, c in enumerate(classes) if c == ord("0")]
     assert sieve.runs_at(classes, ends) == sieve._digit_runs(classes)
+
+
+def _json_bodies(text: str) -> list[bytes]:
+    """The body a client may send for this prompt: compact or not, escaped or not."""
+    message = {"model": "m", "messages": [{"role": "user", "content": text}]}
+    return [orjson.dumps(message), json.dumps(message, ensure_ascii=False).encode()]
+
+
+def test_a_raw_body_with_something_to_find_is_never_clean() -> None:
+    """Every body whose prompt has a finding fails the raw-body pass, escapes before it too."""
+    scanner = prefilter.Prefilter()
+    texts = [t for _, _, t in positives(300)]
+    texts += [
+        f"{glue}{value}" for _, value, _ in positives(100) for glue in ("\n", '"', "\t", "\\")
+    ]
+    for text in texts:
+        if detectors.scan(text):
+            for raw in _json_bodies(text):
+                assert not scanner.clean(raw), raw
+
+
+def test_a_plain_prompt_body_is_clean() -> None:
+    """Numbers, times, ids and line breaks without PII: the body is clean in one pass."""
+    scanner = prefilter.Prefilter()
+    text = "Job 48213 ran at 03:15 UTC,\nbuild 20240301 (v3.12.4);\tid 123456789-4242, code 137."
+    assert detectors.scan(text) == []
+    assert all(scanner.clean(raw) for raw in _json_bodies(text))
+    assert not scanner.clean(b'{"content":"caf\\u00e9"}')  # a \u escape: strings one by one
+    assert not scanner.clean(json.dumps({"content": "café"}, ensure_ascii=False).encode())
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from([*'0123456789 .()+-:@_aAfZ\n\t"\\/', "é"]), max_size=60))
+def test_raw_body_pass_never_hides_a_finding(text: str) -> None:
+    """A body the raw pass calls clean has no finding in its prompt."""
+    scanner = _RAW_SCANNER
+    for raw in _json_bodies(text):
+        if scanner.clean(raw):
+            assert detectors.scan(text) == [], (text, raw)
+
+
+_RAW_SCANNER = prefilter.Prefilter()

@@ -158,13 +158,18 @@ class Guard:
         )
 
     def inspect_now(
-        self, body: Any, *, team: str = "", key: str = "", model: str = ""
+        self, body: Any, *, team: str = "", key: str = "", model: str = "", raw: bytes | None = None
     ) -> Outcome | Pending | None:
         """`inspect` without a wait when it needs none (no hooks, a body scanned on the
-        loop): its outcome; else a Pending that `finish` completes."""
+        loop): its outcome; else a Pending that `finish` completes. `raw`: the JSON the
+        body was parsed from, when the caller has it (one native pass over it may show
+        that no detector can match, and no string is looked at one by one)."""
         settings = self.settings(team, key, model)
-        if settings.pii == "off" and not self.deny and not self.hooks:
-            return None
+        if not self.deny and not self.hooks:
+            if settings.pii == "off":
+                return None
+            if raw is not None and self.prefilter.clean(raw):
+                return None
         texts = collect(body)
         if not texts.values:
             return None

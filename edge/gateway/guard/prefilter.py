@@ -33,8 +33,11 @@ from edge.gateway.guard.detectors import DETECTORS, Detector, Finding
 # platform without its wheel: the sieve alone then.
 NATIVE: Final = importlib.util.find_spec("hyperscan") is not None
 
-_D: Final = rb"[0-9\x02]"  # Python's \d, in the sieve's encoding
-_KEY: Final = rb"[A-Za-z0-9_\x02-]"
+
+def _digits(pattern: bytes) -> bytes:
+    """`\\d` as Python's `re` means it, in the sieve's encoding (a Unicode digit: 2)."""
+    return pattern.replace(rb"\d", rb"[0-9\x02]")
+
 
 # Per detector (by name): a pattern every one of its matches contains.
 PATTERNS: Final[dict[str, bytes]] = {
@@ -42,36 +45,25 @@ PATTERNS: Final[dict[str, bytes]] = {
     "jwt": rb"eyJ[A-Za-z0-9_-]{6}[A-Za-z0-9_-]*\.eyJ",
     # A provider's prefix and ten key characters (every provider's key has more).
     "api_key": rb"(?:sk-|sk_|rk_|AKIA|ASIA|ABIA|ACCA|gh[pousr]_|github_pat_|AIza|xox[abposr]-"
-    rb"|hf_|glpat-)" + _KEY + rb"{10}",
+    rb"|hf_|glpat-)[A-Za-z0-9_\x02-]{10}",
     "email": rb"@[A-Za-z0-9][A-Za-z0-9.-]*\.[A-Za-z]{2}",
-    "iban": rb"[A-Z]{2}" + _D + rb"{2}(?: ?[A-Z0-9]{4}){2}",
+    "iban": _digits(rb"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2}"),
     # Not after a word character or ".,-" (the detector's left boundary), an issuer's
     # first digit (2 to 6), 13 digits.
-    "credit_card": rb"(?:^|[^0-9A-Za-z_.,-])[2-6]"
-    + _D
-    + rb"[ -]?"
-    + _D
-    + rb"(?:[ -]?"
-    + _D
-    + rb"){10}",
-    "ssn": _D + rb"{3}-" + _D + rb"{2}-" + _D + rb"{4}",
-    "phone": rb"\+"
-    + _D
-    + rb"|\("
-    + _D
-    + rb"{3}\) ?"
-    + _D
-    + rb"{3}[.-]"
-    + _D
-    + rb"{4}|"
-    + _D
-    + rb"{3}[.-]"
-    + _D
-    + rb"{3}[.-]"
-    + _D
-    + rb"{4}",
+    "credit_card": _digits(rb"(?:^|[^0-9A-Za-z_.,-])[2-6]\d[ -]?\d(?:[ -]?\d){10}"),
+    "ssn": _digits(rb"\d{3}-\d{2}-\d{4}"),
+    "phone": _digits(rb"\+\d|\(\d{3}\) ?\d{3}[.-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4}"),
     "ipv6": rb"::|:(?:[0-9A-Fa-f]{1,4}:){5}",
-    "ipv4": _D + rb"\." + _D + rb"{1,3}\." + _D + rb"{1,3}\." + _D,
+    "ipv4": _digits(rb"\d\.\d{1,3}\.\d{1,3}\.\d"),
+}
+
+# The same over a raw JSON body that is ASCII and has no \u escape (Prefilter.clean): every
+# string in it is its own bytes but for two-character escapes (\n, \", \\, \/ ...), and no
+# pattern above holds a character written so, except the card's left boundary: there an
+# escaped control character leaves a letter (\n) before the digit.
+RAW_PATTERNS: Final[dict[str, bytes]] = {
+    **PATTERNS,
+    "credit_card": _digits(rb"(?:^|[^0-9A-Za-z_.,-]|\\[bfnrt])[2-6]\d[ -]?\d(?:[ -]?\d){10}"),
 }
 
 
@@ -88,33 +80,50 @@ class Prefilter:
         self.detectors = tuple(detectors)
         self.steps = [sieve.plan(d) for d in self.detectors]
         self.in_runs = frozenset(i for i, d in enumerate(self.detectors) if d.run_digits)
-        self.native = native and NATIVE
-        self._database: Any = None  # compiled at the first scan (~50 ms)
+        self.native = native and NATIVE and bool(self.detectors)
+        self._databases: Any = None  # (text, raw body), compiled at the first scan (~0.1 s)
         self._lock = threading.Lock()
-        self._local = threading.local()  # a scratch space per thread (scans free the GIL)
+        self._local = threading.local()  # scratch spaces per thread (scans free the GIL)
 
-    def _scratch(self) -> Any:
-        scratch = getattr(self._local, "scratch", None)
-        if scratch is None:
+    def _scratches(self) -> Any:
+        scratches = getattr(self._local, "scratches", None)
+        if scratches is None:
             with self._lock:
-                if self._database is None:
-                    self._database = _compile(self.detectors)
-            if self._database is False:  # this CPU cannot run it: the sieve alone
+                if self._databases is None:
+                    text = _compile(self.detectors, PATTERNS)
+                    raw = _compile(self.detectors, RAW_PATTERNS)
+                    self._databases = (text, raw) if text and raw else False
+            if self._databases is False:  # this CPU cannot run them: the sieve alone
                 self.native = False
                 return None
-            scratch = self._local.scratch = self._database.scratch.clone()
-        return scratch
+            scratches = tuple(d.scratch.clone() for d in self._databases)
+            self._local.scratches = scratches
+        return scratches
+
+    def clean(self, raw: bytes) -> bool:
+        """True when no detector can match in any string of this JSON body (its bytes as
+        the client sent them); False: scan its strings one by one."""
+        if not self.native or not raw.isascii() or b"\\u" in raw:
+            return False
+        scratches = self._scratches()
+        if scratches is None:
+            return False
+        hits: list[int] = []
+        self._databases[1].scan(
+            raw, match_event_handler=_collect, context=hits, scratch=scratches[1]
+        )
+        return not hits
 
     def scan(self, text: str) -> list[Finding]:
         """detectors.scan's findings for these detectors, the same ones."""
-        if not self.native or not self.detectors:
-            return sieve.run(text, self.steps)
-        scratch = self._scratch()
-        if scratch is None:
+        scratches = self._scratches() if self.native else None
+        if scratches is None:
             return sieve.run(text, self.steps)
         latin = sieve.encode(text)
         hits: list[int] = []  # pattern id, end offset, pattern id, end offset, ...
-        self._database.scan(latin, match_event_handler=_collect, context=hits, scratch=scratch)
+        self._databases[0].scan(
+            latin, match_event_handler=_collect, context=hits, scratch=scratches[0]
+        )
         if not hits:
             return []
         flagged = set(hits[::2])
@@ -125,20 +134,20 @@ class Prefilter:
         return sieve.run(text, [steps[i] for i in sorted(flagged)], latin, ends)
 
 
-def _compile(detectors: Sequence[Detector]) -> Any:
-    """The database of the detectors' patterns (ids: their indexes); False if Hyperscan
+def _compile(detectors: Sequence[Detector], patterns: dict[str, bytes]) -> Any:
+    """The database of the detectors' patterns (ids: their indexes); None if Hyperscan
     refuses (a CPU without the instructions it needs)."""
     import hyperscan
 
     database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     try:
         database.compile(
-            expressions=[PATTERNS[d.name] for d in detectors],
+            expressions=[patterns[d.name] for d in detectors],
             ids=list(range(len(detectors))),
             elements=len(detectors),
             # One report each, but every match's end for the digit-run detectors.
             flags=[0 if d.run_digits else hyperscan.HS_FLAG_SINGLEMATCH for d in detectors],
         )
     except hyperscan.error:
-        return False
+        return None
     return database
