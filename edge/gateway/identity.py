@@ -14,9 +14,10 @@ when identity.require_keys is set; with none, the edge is open and the check cos
 from __future__ import annotations
 
 import hashlib
+import importlib
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 import orjson
@@ -84,8 +85,24 @@ class Identity:
         return f"Identity({self.key_id!r}, team={self.team!r})"
 
 
+def _builtin_sha256() -> Callable[[bytes], hashlib._Hash]:
+    """CPython's own SHA-256 (module _sha256, _sha2 from 3.12): for a key's few dozen bytes
+    ~0.5 µs less per check than hashlib's OpenSSL one, which sets up an EVP context per
+    call; hashlib's when absent. The same digest either way."""
+    for module in ("_sha2", "_sha256"):
+        try:
+            found: Callable[[bytes], hashlib._Hash] = importlib.import_module(module).sha256
+        except (ImportError, AttributeError):
+            continue
+        return found
+    return hashlib.sha256
+
+
+_sha256: Final = _builtin_sha256()
+
+
 def digest(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
+    return _sha256(secret.encode("utf-8", "surrogateescape")).digest()
 
 
 def from_key(key: gateway_pb2.VirtualKey) -> Identity:
@@ -200,6 +217,7 @@ class KeyTable:
             raise KeyRefused(identity, "This API key has been revoked.")
         if identity.disabled:
             raise KeyRefused(identity, "This API key is disabled.")
-        if identity.expires < time.time():
+        expires = identity.expires
+        if expires != math.inf and expires < time.time():  # most keys never expire
             raise KeyRefused(identity, "This API key has expired.")
         return identity

@@ -16,7 +16,7 @@ import controlplane
 from corral.config import ControlPlaneConfig, EdgeConfig, IdentityConfig, Secret
 from corral.v1 import gateway_pb2
 from edge.errors import ApiError
-from edge.gateway.identity import KeyTable
+from edge.gateway.identity import KeyTable, digest
 from tests.controlplane import harness as h
 from tests.edge.conftest import StartEdge
 from tests.edge.test_virtual_keys import policy_version
@@ -88,6 +88,12 @@ def test_each_refusal_says_why() -> None:
         assert refusal.code == "invalid_api_key" and secret not in refusal.message
     assert _refusal(table, _headers()).code == "missing_api_key"
     assert table.policy_version == 7
+
+
+def test_digest_is_sha256_of_the_key() -> None:
+    """A key's digest is hashlib's SHA-256 of its UTF-8 (undecodable bytes kept as they came)."""
+    for secret in ("sk-corral-" + "x" * 40, "", "kéy", "bad\udcff", "k" * 1000):
+        assert digest(secret) == hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
 
 
 def test_revoking_every_key_keeps_keys_required() -> None:
