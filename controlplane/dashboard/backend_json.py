@@ -2,9 +2,11 @@
 
 A backend's own members (spec, health, load, drain) are serialized once per change of its
 record: the routing view hands out the same Backend object until the record changes. Its
-traffic members are serialized once per traffic answer (one per second however many
-browsers poll). A backend's JSON object is the two pieces joined, handed to orjson as a
-Fragment, so a document of 1,000 backends costs a join per backend, not 30 dict members.
+traffic counts and quantiles are serialized once per change of them and its sparkline once
+per change of its points (the traffic view hands out the same quantile list and past points
+while they hold); only its rates and in-flight level are serialized per traffic answer (one
+per second however many browsers poll). A backend's JSON object is the pieces joined,
+handed to orjson as a Fragment, so a document of 1,000 backends costs a join per backend.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from controlplane.traffic.query import NO_POINT, Result, Row
+from controlplane.traffic.query import NO_POINT, Point, Result, Row
 from controlplane.traffic.records import errors_by_class
 from corral.v1 import types_pb2
 
@@ -82,8 +84,11 @@ class BackendJson:
         # name -> (the view's Backend object, drain reason, its serialized own members)
         self._own: dict[str, tuple[types_pb2.Backend, str, bytes]] = {}
         self._result: Result | None = None
-        self._traffic: dict[str, bytes] = {}
         self._no_traffic = b""
+        # name -> (requests, errors, tokens, quantiles, statuses, their serialized members)
+        self._counts: dict[str, tuple[int, int, int, list[float], dict[int, int], bytes]] = {}
+        # name -> (the row's past points, its current point, the serialized series)
+        self._series: dict[str, tuple[list[Point], Point, bytes]] = {}
 
     def own(self, backend: types_pb2.Backend, drain_reason: str) -> bytes:
         """The backend's own members (no braces), serialized once per change."""
@@ -96,23 +101,28 @@ class BackendJson:
         return members
 
     def traffic(self, name: str, row: Row | None, result: Result) -> bytes:
-        """The traffic members (no braces), serialized once per answer."""
+        """The traffic members (no braces): the counts and quantiles serialized once per
+        change of them, the sparkline once per change of its points, the rates per answer."""
         if result is not self._result:
             self._result = result
-            self._traffic = {}
             self._no_traffic = orjson.dumps({"inflight": 0, **traffic_members(None, result)})[1:-1]
         if row is None:
             return self._no_traffic
-        members = self._traffic.get(name)
-        if members is None:
-            cell = row.cell
+        cell = row.cell
+        requests = cell.requests
+        tokens = cell.prompt_tokens + cell.completion_tokens
+        held = self._counts.get(name)
+        if (
+            held is None
+            or held[0] != requests
+            or held[1] != cell.errors
+            or held[2] != tokens
+            or held[3] is not row.quantiles
+            or held[4] != cell.statuses
+        ):
             quantiles = row.quantiles
-            requests = cell.requests
-            doc = {
-                "inflight": row.inflight,
+            counts = {
                 "requests": requests,
-                "share": round(row.share, 5),
-                "rps": round(requests / result.span, 3),
                 "error_rate": round(cell.errors / requests, 5) if requests else 0.0,
                 "errors": errors_by_class(cell.statuses) if cell.statuses else {},
                 "p50": quantiles[0],
@@ -120,11 +130,21 @@ class BackendJson:
                 "p99": quantiles[2],
                 "ttft_p50": quantiles[3],
                 "ttft_p95": quantiles[4],
-                "tokens": cell.prompt_tokens + cell.completion_tokens,
-                "series": row.series,
-            }  # traffic_members(row, result) with in-flight, built in one go
-            members = self._traffic[name] = orjson.dumps(doc)[1:-1]
-        return members
+                "tokens": tokens,
+            }
+            held = self._counts[name] = (
+                requests, cell.errors, tokens, quantiles, dict(cell.statuses),
+                orjson.dumps(counts)[1:-1],
+            )  # fmt: skip
+        line = self._series.get(name)
+        if line is None or line[0] is not row.past or line[1] != row.point:
+            # [requests, errors, p95 latency] per 10 s bucket, oldest first (sparklines)
+            line = self._series[name] = (row.past, row.point, orjson.dumps(row.series))
+        rates = orjson.dumps(
+            {"inflight": row.inflight, "share": round(row.share, 5),
+             "rps": round(requests / result.span, 3)}
+        )[1:-1]  # fmt: skip
+        return b"".join((held[5], b",", rates, b',"series":', line[2]))  # as traffic_members
 
     def backend(
         self,
@@ -143,5 +163,6 @@ class BackendJson:
 
     def keep_only(self, names: set[str]) -> None:
         """Forget backends no longer in the view."""
-        for name in [n for n in self._own if n not in names]:
-            del self._own[name]
+        for table in (self._own, self._counts, self._series):
+            for name in [n for n in table if n not in names]:
+                del table[name]

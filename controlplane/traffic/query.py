@@ -102,17 +102,21 @@ class Points:
 class Row:
     """One group's figures over a window (plain Python: the dashboard reads these directly)."""
 
-    __slots__ = ("cell", "inflight", "key", "latency", "quantiles", "series", "share")
+    __slots__ = ("cell", "inflight", "key", "past", "point", "quantiles", "series", "share")
 
     def __init__(self, key: str, cell: CellSum) -> None:
         self.key = key
         self.cell = cell
         self.share = 0.0
         self.inflight = 0
-        self.latency: tuple[int, ...] = ()
-        # latency p50, p95, p99, ttft p50, p95, p99
+        # latency p50, p95, p99, ttft p50, p95, p99 (one list shared by every answer and row
+        # with the same two histograms: read-only)
         self.quantiles: list[float] = []
         self.series: list[Point] = []
+        # series = past + [point]: the complete buckets' points (the view's cached list,
+        # the same object while those buckets are unchanged) and the current bucket's
+        self.past: list[Point] = []
+        self.point: Point = NO_POINT
 
 
 class Result:
@@ -125,7 +129,6 @@ class Result:
         "rows",
         "span",
         "start_unix_ms",
-        "ttfts",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -137,7 +140,6 @@ class Result:
         self.decisions: dict[str, int] = {}
         self.edges: list[str] = []
         self.buckets: list[int] = []
-        self.ttfts: dict[str, tuple[int, ...]] = {}
 
 
 def compute(
@@ -148,9 +150,12 @@ def compute(
     start_ms: int,
     now_ms: int,
     resolution: Resolution,
+    memo: Memo | None = None,
 ) -> Result:
     """A window's figures: `total` per group, the window's records (for edges, decisions
-    and in-flight), and per-bucket points when a series is asked."""
+    and in-flight), and per-bucket points when a series is asked. `memo` holds quantiles
+    by (latency, ttft) histograms from the previous answer; it is replaced by those of
+    this one (a group whose histograms did not change costs a lookup, not six quantiles)."""
     out = Result()
     inflight: dict[str, int] = {}
     per_backend = group in (
@@ -176,30 +181,38 @@ def compute(
         out.buckets = points.buckets
         empty_past = [NO_POINT] * (len(points.buckets) - 1)
     # The loop below runs once per group (1,000 backends): names bound once.
-    three, ttfts, rows, inflight_of = hist.p50_p95_p99, out.ttfts, out.rows, inflight.get
+    three, rows, inflight_of = hist.p50_p95_p99, out.rows, inflight.get
     past_of = points.past.get if points is not None else None
     current_of = points.current.get if points is not None else None
+    known: Memo = memo if memo is not None else {}
+    used: Memo = {}
     for key in sorted(total, key=lambda k: (-total[k].requests, k)):
         cell = total[key]
         row = Row(key, cell)
         row.share = cell.requests / requests if requests else 0.0
         row.inflight = inflight_of(key, 0)
-        row.latency = latency = unpack(cell.latency) if cell.latency else _EMPTY
-        if cell.ttft:
-            ttfts[key] = ttft = unpack(cell.ttft)
-            row.quantiles = three(latency) + three(ttft)
-        else:
-            ttfts[key] = _EMPTY
-            row.quantiles = three(latency) + _NO_QUANTILES
+        histograms = (cell.latency, cell.ttft)
+        quantiles = known.get(histograms)
+        if quantiles is None:
+            latency = three(unpack(cell.latency)) if cell.latency else _NO_QUANTILES
+            quantiles = latency + (three(unpack(cell.ttft)) if cell.ttft else _NO_QUANTILES)
+        row.quantiles = used[histograms] = quantiles
         if past_of is not None and current_of is not None:
-            row.series = [*past_of(key, empty_past), current_of(key, NO_POINT)]
+            row.past = past = past_of(key, empty_past)
+            row.point = point = current_of(key, NO_POINT)
+            row.series = [*past, point]
         rows.append(row)
+    if memo is not None:
+        memo.clear()
+        memo.update(used)
     return out
 
 
 _EMPTY: tuple[int, ...] = (0,) * hist.SIZE
 NO_POINT: Point = (0, 0, 0.0)
 _NO_QUANTILES = [0.0, 0.0, 0.0]
+# quantiles by (latency, ttft) packed histograms
+Memo = dict[tuple[int, int], list[float]]
 
 
 def to_proto(result: Result) -> traffic_pb2.GetTrafficResponse:
@@ -226,8 +239,8 @@ def to_proto(result: Result) -> traffic_pb2.GetTrafficResponse:
             pb.ttft_p95_seconds,
             pb.ttft_p99_seconds,
         ) = row.quantiles
-        pb.latency.extend(row.latency)
-        pb.ttft.extend(result.ttfts[row.key])
+        pb.latency.extend(unpack(cell.latency) if cell.latency else _EMPTY)
+        pb.ttft.extend(unpack(cell.ttft) if cell.ttft else _EMPTY)
         pb.prompt_tokens = cell.prompt_tokens
         pb.completion_tokens = cell.completion_tokens
         pb.cache_hits = cell.cache_hits

@@ -21,6 +21,7 @@ from controlplane.store.base import EventType, KeyValue, Store, WatchBatch
 from controlplane.traffic.digest import Digest
 from controlplane.traffic.query import (
     NO_POINT,
+    Memo,
     Point,
     Points,
     Result,
@@ -64,6 +65,8 @@ class TrafficView:
         # (resolution, group, first bucket) -> (versions of its complete buckets, their sum)
         self._windows: dict[tuple[str, int, int], tuple[tuple[int, ...], Sums]] = {}
         self._answers: dict[tuple[int, int, bool], tuple[float, Result]] = {}
+        # (window, group) -> quantiles of the last answer by histograms (query.compute)
+        self._memos: dict[tuple[int, int], Memo] = {}
         self._raw: dict[bytes, tuple[bytes, int]] = {}
         self._series: dict[
             tuple[str, int, int], tuple[tuple[int, ...], dict[str, list[Point]]]
@@ -234,7 +237,8 @@ class TrafficView:
         if series:
             past = self._past_points(name, group, first, current, step, signature)
             points = Points(list(starts), past, self._bucket_points((name, current), group))
-        return compute(total, digests, points, group, start, now, resolution)
+        memo = self._memos.setdefault((window, group), {})
+        return compute(total, digests, points, group, start, now, resolution, memo)
 
     def _past_points(
         self, name: str, group: int, first: int, current: int, step: int, signature: tuple[int, ...]

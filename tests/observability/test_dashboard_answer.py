@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+from typing import Any
 
 import aiohttp
 import orjson
 
 from controlplane.dashboard.answer import accepts_gzip
 from controlplane.dashboard.backend_json import BackendJson
-from controlplane.traffic.digest import CellSum
-from controlplane.traffic.query import Result, Row
-from corral.v1 import types_pb2
+from controlplane.traffic.digest import CellSum, pack
+from controlplane.traffic.query import Result, Row, compute
+from controlplane.traffic.records import FINE
+from corral.v1 import traffic_pb2, types_pb2
 from tests.controlplane import harness as h
 from tests.support.net import eventually, free_port
 
@@ -91,3 +93,59 @@ def test_a_backends_json_follows_its_record_and_each_answer() -> None:
     assert (doc["requests"], doc["rps"], doc["ejected_by"]) == (10, 1.0, ["e1"])
     doc = orjson.loads(orjson.dumps([pieces.backend(healthy, "", row_two, two, [])]))[0]
     assert (doc["requests"], doc["series"], doc["health"]) == (20, [[20, 0, 0.5]], "healthy")
+
+
+def test_quantiles_are_reused_only_for_the_same_histograms() -> None:
+    """A group whose histograms are unchanged gets the previous answer's quantile list; a
+    changed one gets new quantiles; the memo keeps only what the last answer used."""
+
+    def total(latency_a: list[int]) -> dict[str, CellSum]:
+        sums = {}
+        for key, latency in (("a", latency_a), ("b", [0, 4])):
+            cell = sums[key] = CellSum()
+            cell.requests, cell.latency = sum(latency), pack(latency)
+        return sums
+
+    memo: dict[tuple[int, int], list[float]] = {}
+
+    def rows(latency_a: list[int]) -> dict[str, Row]:
+        group = traffic_pb2.TRAFFIC_GROUP_BACKEND
+        result = compute(total(latency_a), [], None, group, 0, 10_000, FINE, memo)
+        return {row.key: row for row in result.rows}
+
+    first, again = rows([2]), rows([2])
+    assert again["a"].quantiles is first["a"].quantiles
+    assert again["b"].quantiles is first["b"].quantiles
+    moved = rows([0, 0, 9])
+    assert moved["a"].quantiles[:3] == [0.002, 0.002, 0.002] != first["a"].quantiles[:3]
+    assert moved["b"].quantiles is first["b"].quantiles and len(memo) == 2
+
+
+def test_a_backends_traffic_json_is_rebuilt_only_when_its_figures_change() -> None:
+    """Unchanged counts, quantiles and points give the same serialized pieces (rates still
+    follow the answer's span); a new count, status or point shows at once."""
+    pieces = BackendJson()
+    past: list[tuple[int, int, float]] = [(5, 0, 0.1)]
+
+    def answer(requests: int, statuses: dict[int, int], point: tuple[int, int, float]) -> Any:
+        cell = CellSum()
+        cell.requests, cell.statuses = requests, statuses
+        cell.errors = sum(n for s, n in statuses.items() if s >= 500)
+        row = Row("gpu-a", cell)
+        row.share, row.quantiles = 1.0, quantiles
+        row.past, row.point, row.series = past, point, [*past, point]
+        result = Result()
+        result.rows, result.buckets, result.span = [row], [0, 10_000], float(requests)
+        return orjson.loads(b"{" + pieces.traffic("gpu-a", row, result) + b"}")
+
+    quantiles = [0.5] * 6
+    one = answer(10, {200: 10}, (5, 0, 0.1))
+    assert (one["requests"], one["rps"], one["errors"]) == (10, 1.0, {})
+    assert one["series"] == [[5, 0, 0.1], [5, 0, 0.1]]
+    counts = pieces._counts["gpu-a"][5]
+    assert answer(10, {200: 10}, (5, 0, 0.1)) == one
+    assert pieces._counts["gpu-a"][5] is counts
+    two = answer(10, {200: 8, 502: 2}, (7, 2, 0.2))
+    assert (two["error_rate"], two["errors"], two["series"][-1]) == (0.2, {"5xx": 2}, [7, 2, 0.2])
+    quantiles = [1.0] * 6
+    assert answer(10, {200: 8, 502: 2}, (7, 2, 0.2))["p99"] == 1.0
