@@ -110,13 +110,13 @@ class BackendJson:
             return self._no_traffic
         cell = row.cell
         requests = cell.requests
-        tokens = cell.prompt_tokens + cell.completion_tokens
+        spent = cell.prompt_tokens + cell.completion_tokens  # tokens
         held = self._counts.get(name)
         if (
             held is None
             or held[0] != requests
             or held[1] != cell.errors
-            or held[2] != tokens
+            or held[2] != spent
             or held[3] is not row.quantiles
             or held[4] != cell.statuses
         ):
@@ -130,10 +130,10 @@ class BackendJson:
                 "p99": quantiles[2],
                 "ttft_p50": quantiles[3],
                 "ttft_p95": quantiles[4],
-                "tokens": tokens,
+                "tokens": spent,
             }
             held = self._counts[name] = (
-                requests, cell.errors, tokens, quantiles, dict(cell.statuses),
+                requests, cell.errors, spent, quantiles, dict(cell.statuses),
                 orjson.dumps(counts)[1:-1],
             )  # fmt: skip
         line = self._series.get(name)
