@@ -167,7 +167,15 @@ def parse(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
         raise _wrong_type(field, endpoint.input_check)
     if endpoint is CHAT:
         _check_messages(value)
-    for name, check in endpoint.optional.items():
+    optional = endpoint.optional
+    if len(body) < len(optional):  # the usual case: look up the body's few keys only
+        for name, v in body.items():
+            check = optional.get(name)
+            if check is not None and v is not None and not check(v):
+                break
+        else:
+            return body
+    for name, check in optional.items():  # the first wrong field in the list's order
         v = body.get(name)
         if v is not None and not check(v):
             raise _wrong_type(name, check)
