@@ -168,6 +168,10 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Corra
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] == ["edge"]:  # the process's own command line
+        from corral.lean_env import restart_lean
+
+        restart_lean()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(components_only=bool(argv) and argv[0] in SECTION_FLAGS).parse_args(argv)
     if args.command not in SECTION_FLAGS:

@@ -109,6 +109,11 @@ async def test_serving_edge_loads_nothing_it_does_not_use(tmp_path: Path) -> Non
                     return False
 
             await eventually(answered, within=60)
+            # corral/lean_env.py: the serving process runs under the lean settings
+            environ = (await asyncio.to_thread(Path(f"/proc/{proc.pid}/environ").read_bytes)).split(
+                b"\0"
+            )
+            assert b"MALLOC_ARENA_MAX=1" in environ and b"PYTHONNODEBUGRANGES=1" in environ
         finally:
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(proc.wait, 30) == 0
