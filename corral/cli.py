@@ -168,10 +168,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Corra
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if argv is None and sys.argv[1:2] == ["edge"]:  # the process's own command line
-        from corral.lean_env import restart_lean
-
-        restart_lean()
+    own_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(components_only=bool(argv) and argv[0] in SECTION_FLAGS).parse_args(argv)
     if args.command not in SECTION_FLAGS:
@@ -184,13 +181,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"corral {args.command}: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(args.log_level)
+    if args.command == "edge" and own_command_line:
+        from corral.lean_env import restart_lean
+
+        restart_lean(args.command, config, args.log_level)  # returns if nothing to change
+    return run_component(args.command, config)
+
+
+def run_component(command: str, config: CorralConfig) -> int:
+    """Run one component until it stops; its exit code."""
     try:
-        return _run(args.command, config)
+        return _run(command, config)
     except Exception as exc:
         # The process boundary: a component that cannot run (a port in use, a bad
         # certificate, a store that never answers) is reported in one line, not a traceback.
-        logging.getLogger(__name__).debug("%s failed", args.command, exc_info=True)
-        print(f"corral {args.command}: error: {_describe(exc)}", file=sys.stderr)
+        logging.getLogger(__name__).debug("%s failed", command, exc_info=True)
+        print(f"corral {command}: error: {_describe(exc)}", file=sys.stderr)
         return 1
 
 

@@ -1,48 +1,59 @@
-"""corral/lean_env.py: `corral edge` restarts itself once under the lean settings."""
+"""corral/lean_env.py: `corral edge` restarts itself once under the lean settings, with the
+configuration it built handed over."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
-from corral.lean_env import LEAN
+from corral.lean_env import LEAN, missing
 
-# Says its process id on stderr, restarts, then reports what the restarted process has.
-PROBE = """
-import os, sys
-print(os.getpid(), file=sys.stderr, flush=True)
-from corral.lean_env import restart_lean
-restart_lean()
-def f():
-    return 1
-columns = list(f.__code__.co_positions())[-1][2]
-print(os.environ.get("MALLOC_ARENA_MAX"), os.environ.get("PYTHONNODEBUGRANGES"), columns,
-      sys.flags.utf8_mode)
-"""
+HEADER = "import time: self [us]"  # -X importtime's first line, once per interpreter
 
 
-def probe(**set_before: str) -> tuple[list[str], str]:
+def edge_on_a_taken_port(**set_before: str) -> tuple[int, list[str]]:
+    """`corral edge` told to listen where something already listens: its exit code and its
+    stderr, one part per interpreter that ran."""
     environ = {k: v for k, v in os.environ.items() if k not in LEAN} | set_before
-    done = subprocess.run(
-        [sys.executable, "-X", "utf8", "-c", PROBE], env=environ, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stderr.split(), done.stdout.strip()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "corral.cli", "edge", "--workers", "1",
+             "--listen", f"127.0.0.1:{port}", "--controlplane", "127.0.0.1:1",
+             "--log-level", "ERROR"],
+            env=environ, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert f"edge cannot serve on 127.0.0.1:{port}" in done.stderr.split(HEADER)[-1]
+    return done.returncode, done.stderr.split(HEADER)[1:]
 
 
-def test_restarts_once_in_the_same_process_with_both_settings() -> None:
-    """Unset: one restart (same pid, interpreter options kept), then both settings hold."""
-    pids, out = probe()
-    assert len(pids) == 2 and pids[0] == pids[1]
-    assert out == "1 1 None 1"  # one arena; no column positions; -X utf8 kept
+def imports(part: str) -> set[str]:
+    return {line.rsplit("|", 1)[1].strip() for line in part.splitlines() if "|" in line}
 
 
-def test_settings_already_made_are_kept_and_need_no_restart() -> None:
-    """Both set (empty is set): no restart, nothing changed; one set: only the other added."""
-    pids, out = probe(MALLOC_ARENA_MAX="4", PYTHONNODEBUGRANGES="")
-    assert len(pids) == 1
-    assert out.split()[0] == "4" and out.split()[-2] != "None"  # columns kept
-    pids, out = probe(MALLOC_ARENA_MAX="4")
-    assert len(pids) == 2
-    assert out == "4 1 None 1"
+def test_missing_leaves_settings_already_made() -> None:
+    """A variable set to anything, empty included, is not added again."""
+    assert missing({}) == dict(LEAN)
+    assert missing({"MALLOC_ARENA_MAX": "4", "PYTHONNODEBUGRANGES": ""}) == {}
+    assert missing({"MALLOC_ARENA_MAX": "4"}) == {"PYTHONNODEBUGRANGES": "1"}
+
+
+def test_edge_restarts_once_with_its_configuration_and_options() -> None:
+    """Unset: a second interpreter (with -X importtime again) serves the configuration the
+    first built (its listen address), without loading the YAML parser."""
+    code, parts = edge_on_a_taken_port()
+    assert code == 1 and len(parts) == 2
+    served = imports(parts[1])
+    assert "edge.app" in served
+    assert not {m for m in served if m == "yaml" or m.startswith("yaml.")}
+
+
+def test_edge_with_the_settings_made_is_not_restarted() -> None:
+    """Both set: one interpreter builds the configuration and serves it."""
+    code, parts = edge_on_a_taken_port(MALLOC_ARENA_MAX="4", PYTHONNODEBUGRANGES="")
+    assert code == 1 and len(parts) == 1
+    assert "edge.app" in imports(parts[0])
