@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -34,7 +35,10 @@ from bench.common import (
     workspace,
 )
 from bench.overhead import CHAT_REQUEST, GATEWAY_ON, KEY, lean, start_edge
+from corral.lean_env import LEAN
 
+# The import probes run as `corral edge` serves: under corral/lean_env.py's settings.
+SERVING_ENV = {**os.environ, **LEAN}
 # Each step adds these imports to the ones before it.
 STEPS = [
     ("Python", ""),
@@ -51,7 +55,7 @@ STEPS = [
     ("grpclib (control-plane calls)", "import grpclib.client"),
     ("prometheus_client", "import prometheus_client"),
     ("sqlite3", "import sqlite3"),
-    ("yaml + corral.config", "import yaml, corral.config"),
+    ("corral.config (no yaml: corral/lean_env.py)", "import corral.config"),
     ("the edge (edge.app, corral.cli)", "import edge.app, corral.cli"),
 ]
 _PROBE = """
@@ -75,6 +79,7 @@ def import_steps() -> list[list[object]]:
         capture_output=True,
         text=True,
         check=True,
+        env=SERVING_ENV,
     ).stdout.split("\n")
     rows: list[list[object]] = []
     before = 0.0
@@ -109,7 +114,7 @@ def _kind(module: str) -> str:
 def import_costs(top: int = 20) -> tuple[str, list[list[object]]]:
     """A heading line and the largest groups of modules by the RSS their own imports add."""
     argv = [PYTHON, "-m", "bench.import_costs", *EDGE_MODULES]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, env=SERVING_ENV).stdout
     data = json.loads(out)
     costs: dict[str, float] = data["modules"]
     groups: dict[str, float] = defaultdict(float)
@@ -194,7 +199,10 @@ def run() -> str:
         "",
         "What these figures add up to, what was tried and what reaching 50 MiB would take: "
         "the issue-18 section above, *Memory*. Small per-module figures are page-granular "
-        "and depend on where the heap happened to grow; read the sums.",
+        "and depend on where the heap happened to grow; read the sums. `corral edge` restarts "
+        "itself once under MALLOC_ARENA_MAX=1 and PYTHONNODEBUGRANGES=1 with its configuration "
+        "handed over parsed (corral/lean_env.py; workers inherit both); the import probes below "
+        "run under the same settings, the lean relay under neither.",
         "",
         "Import steps, in one fresh interpreter (MiB; file-backed = shared libraries' pages):",
         "",
