@@ -8,10 +8,11 @@ interpreter's environment can make (each is read when the process starts):
 
 The configuration built from the command line, file and environment is handed over
 pickled in an anonymous file (memfd), as `--workers` hands it to its workers: the serving
-process never loads the YAML parser. `os.execv` keeps the process id and its open files;
-the interpreter's own options (-X ...) are passed on; worker processes inherit the
-environment. A variable already set (to anything, empty included) is left as it is, and
-the process is not restarted for it: setting both is how to opt out.
+process never loads the YAML parser. `os.execv` keeps the process id and its open files
+(`ps` shows `python -m corral.lean_env FD edge ...`: the original arguments after the
+descriptor); the interpreter's own options (-X ...) are passed on; worker processes
+inherit the environment. A variable already set (to anything, empty included) is left as
+it is, and the process is not restarted for it: setting both is how to opt out.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def restart_lean(command: str, config: CorralConfig, log_level: str) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     options: list[str] = getattr(subprocess, _OPTIONS)()
-    os.execv(sys.executable, [sys.executable, *options, "-m", __name__, str(fd)])
+    # The command line after the descriptor only shows in `ps` what this process runs.
+    shown = sys.argv[1:]
+    os.execv(sys.executable, [sys.executable, *options, "-m", __name__, str(fd), *shown])
 
 
 def main(fd: int) -> int:

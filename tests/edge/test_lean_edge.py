@@ -115,6 +115,8 @@ async def test_serving_edge_loads_nothing_it_does_not_use(tmp_path: Path) -> Non
                 b"\0"
             )
             assert b"MALLOC_ARENA_MAX=1" in environ and b"PYTHONNODEBUGRANGES=1" in environ
+            shown = await asyncio.to_thread(Path(f"/proc/{proc.pid}/cmdline").read_bytes)
+            assert b"\0edge\0--config\0" in shown  # its command line still says what it is
         finally:
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(proc.wait, 30) == 0
