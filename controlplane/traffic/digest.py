@@ -145,6 +145,34 @@ class CellSum:
         self.limit_refusals += other.limit_refusals
         self.retries += other.retries
 
+    def sub(self, other: CellSum) -> None:
+        """Take back what add(other) added."""
+        self.requests -= other.requests
+        self.errors -= other.errors
+        if other.statuses:
+            mine = self.statuses
+            for status, count in other.statuses.items():
+                left = mine.get(status, 0) - count
+                if left:
+                    mine[status] = left
+                else:
+                    mine.pop(status, None)
+        self.latency -= other.latency
+        self.ttft -= other.ttft
+        self.prompt_tokens -= other.prompt_tokens
+        self.completion_tokens -= other.completion_tokens
+        self.cache_hits -= other.cache_hits
+        self.limit_refusals -= other.limit_refusals
+        self.retries -= other.retries
+
+    def empty(self) -> bool:
+        """Nothing counted (all taken back)."""
+        return not (
+            self.requests or self.statuses or self.latency or self.ttft or self.prompt_tokens
+            or self.completion_tokens or self.cache_hits or self.limit_refusals or self.retries
+            or self.errors
+        )  # fmt: skip
+
     def add_cell(self, cell: Cell) -> None:
         """Add a record's cell."""
         (_, _, _, requests, errors, latency, ttft, prompt, completion, hits, refusals, retries,

@@ -57,22 +57,50 @@ def apply(sums: Sums, digest: Digest, group: int, *, add: bool) -> None:
             into.sub_cell(cell)
 
 
+def take(sums: Sums, digest: Digest, group: int) -> None:
+    """Take a record's cells from sums, dropping groups left with nothing."""
+    apply(sums, digest, group, add=False)
+    edge = digest.edge_id
+    for cell in digest.cells:
+        key = group_key(group, edge, cell[0], cell[1], cell[2])
+        held = sums.get(key)
+        if held is not None and held.empty():
+            del sums[key]
+
+
+def add_into(sums: Sums, part: Sums) -> None:
+    """sums += part (sums' own objects: part's are left alone)."""
+    for key, cell in part.items():
+        into = sums.get(key)
+        if into is None:
+            into = sums[key] = CellSum()
+        into.add(cell)
+
+
+def take_from(sums: Sums, part: Sums) -> None:
+    """sums -= part, dropping groups left with nothing."""
+    for key, cell in part.items():
+        into = sums.get(key)
+        if into is None:
+            continue  # never added (part's group was not in sums)
+        into.sub(cell)
+        if into.empty():
+            del sums[key]
+
+
 def points_of(sums: Sums) -> dict[str, Point]:
     """Each group's sparkline point for one bucket."""
+    p95 = hist.quantiles
     return {
-        key: (s.requests, s.errors, hist.quantile(unpack(s.latency), 0.95) if s.latency else 0.0)
+        key: (s.requests, s.errors, p95(unpack(s.latency), _P95)[0] if s.latency else 0.0)
         for key, s in sums.items()
-    }  # fmt: skip
+    }
 
 
 def add_all(parts: Iterable[Sums]) -> Sums:
     out: Sums = {}
     for part in parts:
-        for key, cell in part.items():
-            into = out.get(key)
-            if into is None:
-                into = out[key] = CellSum()
-            into.add(cell)
+        add_into(out, part)
     return out
 
 
@@ -209,6 +237,7 @@ def compute(
 
 
 _EMPTY: tuple[int, ...] = (0,) * hist.SIZE
+_P95 = (0.95,)
 NO_POINT: Point = (0, 0, 0.0)
 _NO_QUANTILES = [0.0, 0.0, 0.0]
 # quantiles by (latency, ttft) packed histograms

@@ -3,7 +3,9 @@
 Every replica follows the same prefix of the same store, so every replica answers
 GetTraffic (and the dashboard) alike, whichever replica the edges report through. Records
 are decoded once when they arrive (controlplane/traffic/digest.py); sums per time bucket and
-per window are cached and rebuilt only when a record under them changes.
+per window are kept up to date as records change (a changed record's old cells taken off,
+its new ones added), and a window's sums move along with time a bucket at a time, so a
+report landing in a complete bucket never makes a query re-add the whole window.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ from controlplane.traffic.query import (
     Result,
     Sums,
     add_all,
+    add_into,
     add_two,
     apply,
     compute,
     points_of,
     sums_of,
+    take,
+    take_from,
     to_proto,
 )
 from controlplane.traffic.records import COARSE, FINE, RESOLUTIONS, Resolution
@@ -52,6 +57,17 @@ Bucket = tuple[str, int]  # (resolution name, bucket start unix ms)
 Series = dict[str, list[Point]]  # group -> its points over a window's complete buckets
 
 
+class _Window:
+    """Sums of a window's complete buckets, [first, current) (bucket starts, unix ms)."""
+
+    __slots__ = ("current", "first", "sums")
+
+    def __init__(self, first: int, current: int, sums: Sums) -> None:
+        self.first = first
+        self.current = current
+        self.sums = sums
+
+
 class TrafficView:
     def __init__(self, store: Store, layout: KeyLayout) -> None:
         self._store = store
@@ -62,8 +78,9 @@ class TrafficView:
         self._changes = 0
         # (bucket, group) -> [bucket version, sums per group, sparkline points or None]
         self._sums: dict[tuple[Bucket, int], list[Any]] = {}
-        # (resolution, group, first bucket) -> (versions of its complete buckets, their sum)
-        self._windows: dict[tuple[str, int, int], tuple[tuple[int, ...], Sums]] = {}
+        # (resolution, group, window seconds) -> the sums of the window's complete buckets,
+        # kept up to date as records change and moved along as time passes
+        self._windows: dict[tuple[str, int, int], _Window] = {}
         self._answers: dict[tuple[int, int, bool], tuple[float, Result]] = {}
         # (window, group) -> quantiles of the last answer by histograms (query.compute)
         self._memos: dict[tuple[int, int], Memo] = {}
@@ -136,6 +153,17 @@ class TrafficView:
                 apply(entry[1], digest, group, add=True)
                 entry[0] = self._versions[bucket]
                 entry[2] = None
+        self._follow_windows(bucket, old, digest)
+
+    def _follow_windows(self, bucket: Bucket, old: Digest | None, new: Digest | None) -> None:
+        """Apply a record's change to the window sums whose complete buckets hold it."""
+        name, start = bucket
+        for (resolution, group, _), window in self._windows.items():
+            if resolution == name and window.first <= start < window.current:
+                if old is not None:
+                    take(window.sums, old, group)
+                if new is not None:
+                    apply(window.sums, new, group, add=True)
 
     def _delete(self, key: bytes) -> None:
         self._raw.pop(key, None)
@@ -151,6 +179,7 @@ class TrafficView:
                     apply(entry[1], old, group, add=False)
                     entry[0] = self._versions[bucket]
                     entry[2] = None
+            self._follow_windows(bucket, old, None)
             if not held:
                 del self._buckets[bucket]
                 for group_key in [k for k in self._sums if k[0] == bucket]:
@@ -216,15 +245,7 @@ class TrafficView:
         name = resolution.name
         complete = [(name, b) for b in starts if b < current and (name, b) in self._buckets]
         signature = tuple(self._versions.get(b, 0) for b in complete)
-        window_key = (name, group, first)
-        cached = self._windows.get(window_key)
-        if cached is not None and cached[0] == signature:
-            base = cached[1]
-        else:
-            base = add_all(self._bucket_sums(b, group) for b in complete)
-            for old in [k for k in self._windows if k[:2] == (name, group)]:
-                del self._windows[old]
-            self._windows[window_key] = (signature, base)
+        base = self._window_sums(name, group, window, first, current, step)
         now_sums = self._bucket_sums((name, current), group)
         total = add_two(base, now_sums) if now_sums else base
         digests = [
@@ -239,6 +260,35 @@ class TrafficView:
             points = Points(list(starts), past, self._bucket_points((name, current), group))
         memo = self._memos.setdefault((window, group), {})
         return compute(total, digests, points, group, start, now, resolution, memo)
+
+    def _window_sums(
+        self, name: str, group: int, window: int, first: int, current: int, step: int
+    ) -> Sums:
+        """The sums of the complete buckets [first, current): the held ones moved along (a
+        bucket's sums taken off as it leaves, added as it completes), else built anew."""
+        key = (name, group, window)
+        held = self._windows.get(key)
+        if (
+            held is None
+            or first < held.first
+            or current < held.current
+            or first - held.first > window * 1000 // 2
+        ):
+            complete = [
+                (name, b) for b in range(first, current, step) if (name, b) in self._buckets
+            ]
+            held = self._windows[key] = _Window(
+                first, current, add_all(self._bucket_sums(b, group) for b in complete)
+            )
+            return held.sums
+        for start in range(held.first, first, step):
+            if (name, start) in self._buckets:
+                take_from(held.sums, self._bucket_sums((name, start), group))
+        for start in range(held.current, current, step):
+            if (name, start) in self._buckets:
+                add_into(held.sums, self._bucket_sums((name, start), group))
+        held.first, held.current = first, current
+        return held.sums
 
     def _past_points(
         self, name: str, group: int, first: int, current: int, step: int, signature: tuple[int, ...]

@@ -87,8 +87,9 @@ def test_reports_too_old_for_any_window_are_acknowledged_but_dropped() -> None:
 
 
 def test_cached_window_sums_follow_every_change() -> None:
-    """Sliding 1 m and 5 m windows over records rewritten every second (and some deleted)
-    always equal a sum computed from scratch, with the view's caches in play."""
+    """Sliding 1 m and 5 m windows over records rewritten every second (late slices into
+    the previous, complete bucket too; and some deleted) always equal a sum computed from
+    scratch, with the view's caches in play."""
     from controlplane.traffic.records import FINE
 
     view = TrafficView(MemoryStore(), LAYOUT)
@@ -97,11 +98,14 @@ def test_cached_window_sums_follow_every_change() -> None:
     for step in range(400):
         now = t0 + step * 1000
         start = FINE.bucket(now)
-        for edge in ("e1", "e2"):
+        previous = ("e1", start - 10_000)
+        late = [previous] if step % 3 == 0 and previous in counts else []
+        for edge, start in [*late, ("e1", FINE.bucket(now)), ("e2", FINE.bucket(now))]:
             counts[(edge, start)] = counts.get((edge, start), 0) + (3 if edge == "e1" else 1)
             record = traffic_pb2.TrafficRecord(edge_id=edge, start_unix_ms=start, end_unix_ms=now)
             record.cells.add(backend=f"b-{edge}", model="m", requests=counts[(edge, start)])
             view._put(LAYOUT.traffic_record("fine", edge, start), record.SerializeToString())
+        start = FINE.bucket(now)
         if step % 97 == 50:  # an old record vanishes (its lease ran out)
             gone = ("e2", start - 120_000)
             view._delete(LAYOUT.traffic_record("fine", *gone))
