@@ -87,12 +87,23 @@ class BackendJson:
         self._no_traffic = b""
         # name -> (requests, errors, tokens, quantiles, statuses, their serialized members)
         self._counts: dict[str, tuple[int, int, int, list[float], dict[int, int], bytes]] = {}
+        # id of a Backend object -> (it, its name, its model ids)
+        self._facts: dict[int, tuple[types_pb2.Backend, str, tuple[str, ...]]] = {}
         # name -> (the row's past points, its current point, the serialized series)
         self._series: dict[str, tuple[list[Point], Point, bytes]] = {}
 
-    def own(self, backend: types_pb2.Backend, drain_reason: str) -> bytes:
+    def facts(self, backend: types_pb2.Backend) -> tuple[str, tuple[str, ...]]:
+        """The backend's name and model ids, read once per record (protobuf reads are slow)."""
+        held = self._facts.get(id(backend))
+        if held is not None and held[0] is backend:
+            return held[1], held[2]
+        name, models = backend.spec.name, tuple(m.id for m in backend.status.models)
+        self._facts[id(backend)] = (backend, name, models)
+        return name, models
+
+    def own(self, backend: types_pb2.Backend, drain_reason: str, name: str = "") -> bytes:
         """The backend's own members (no braces), serialized once per change."""
-        name = backend.spec.name
+        name = name or backend.spec.name
         held = self._own.get(name)
         if held is not None and held[0] is backend and held[1] == drain_reason:
             return held[2]
@@ -153,16 +164,20 @@ class BackendJson:
         row: Row | None,
         result: Result,
         ejected_by: list[str],
+        name: str = "",
     ) -> orjson.Fragment:
-        own = self.own(backend, drain_reason)
-        traffic = self.traffic(backend.spec.name, row, result)
+        name = name or backend.spec.name
+        own = self.own(backend, drain_reason, name)
+        traffic = self.traffic(name, row, result)
         ejected = orjson.dumps(sorted(ejected_by)) if ejected_by else b"[]"
         return orjson.Fragment(
             b"".join((b"{", own, b",", traffic, b',"ejected_by":', ejected, b"}"))
         )
 
-    def keep_only(self, names: set[str]) -> None:
-        """Forget backends no longer in the view."""
+    def keep_only(self, names: set[str], backends: list[types_pb2.Backend]) -> None:
+        """Forget backends no longer in the view (and records replaced since)."""
+        if len(self._facts) > len(backends):
+            self._facts = {id(b): held for b in backends if (held := self._facts.get(id(b)))}
         for table in (self._own, self._counts, self._series):
             for name in [n for n in table if n not in names]:
                 del table[name]

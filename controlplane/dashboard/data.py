@@ -50,10 +50,13 @@ async def state(
     backend_rows = {row.key: row for row in by_backend.rows}
     backends = []
     serving: dict[str, list[str]] = {}
-    for backend in view.backends():
-        name = backend.spec.name
-        for model in backend.status.models:
-            serving.setdefault(model.id, []).append(name)
+    current = view.backends()
+    names: set[str] = set()
+    for backend in current:
+        name, ids = pieces.facts(backend)
+        names.add(name)
+        for model_id in ids:
+            serving.setdefault(model_id, []).append(name)
         flag = view.drain_flag(name) if backend.drained else None
         backends.append(
             pieces.backend(
@@ -62,9 +65,10 @@ async def state(
                 backend_rows.get(name),
                 by_backend,
                 ejected_by.get(name, []),
+                name,
             )
         )
-    pieces.keep_only({backend.spec.name for backend in view.backends()})
+    pieces.keep_only(names, current)
     model_rows = {row.key: row for row in by_model.rows}
     aliases = {a.name: list(a.targets) for a in view.aliases()}
     model_ids = sorted(set(serving) | set(aliases))

@@ -77,6 +77,13 @@ def test_a_backends_json_follows_its_record_and_each_answer() -> None:
     down = pieces.own(_backend(types_pb2.HEALTH_STATE_UNHEALTHY), "")
     assert b'"health":"unhealthy"' in down
     assert b'"drain_reason":"upgrade"' in pieces.own(healthy, "upgrade")
+    models = tuple(m.id for m in healthy.status.models)
+    assert pieces.facts(healthy) == ("gpu-a", models)
+    renamed = _backend(types_pb2.HEALTH_STATE_HEALTHY)
+    renamed.spec.name = "gpu-b"
+    renamed.status.models.add(id="m1")
+    assert pieces.facts(renamed) == ("gpu-b", (*models, "m1"))
+    assert pieces.facts(healthy) == ("gpu-a", models)
 
     def answer(requests: int) -> tuple[Result, Row]:
         cell = CellSum()
