@@ -45,7 +45,10 @@ def restart_lean(command: str, config: CorralConfig, log_level: str) -> None:
         return
     import subprocess
 
-    fd = os.memfd_create("corral-config", 0)  # inherited across exec
+    try:
+        fd = os.memfd_create("corral-config", 0)  # inherited across exec
+    except OSError:  # a sandbox that forbids it: serve here, without the settings
+        return
     with open(fd, "wb", closefd=False) as handover:
         pickle.dump((command, config, log_level), handover)
     os.lseek(fd, 0, os.SEEK_SET)
