@@ -39,6 +39,15 @@ def _digits(pattern: bytes) -> bytes:
     return pattern.replace(rb"\d", rb"[0-9\x02]")
 
 
+# A card number after the detector's left boundary (not a word character nor ".,-", written
+# before this): an issuer's first two digits (detectors._CARD_PREFIX) and the fewest digits
+# any of its numbers has, 13 (Visa, 5[06-9] and 6x issuers), 14 (3x) or 16 (2x, 5[1-5]).
+_CARD: Final = (
+    rb"(?:(?:[46]\d|5[06-9])[ -]?\d(?:[ -]?\d){10}"
+    rb"|3\d[ -]?\d(?:[ -]?\d){11}"
+    rb"|(?:2\d|5[1-5])[ -]?\d(?:[ -]?\d){13})"
+)
+
 # Per detector (by name): a pattern every one of its matches contains.
 PATTERNS: Final[dict[str, bytes]] = {
     "private_key": rb"-----BEGIN ",
@@ -48,9 +57,7 @@ PATTERNS: Final[dict[str, bytes]] = {
     rb"|hf_|glpat-)[A-Za-z0-9_\x02-]{10}",
     "email": rb"@[A-Za-z0-9][A-Za-z0-9.-]*\.[A-Za-z]{2}",
     "iban": _digits(rb"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2}"),
-    # Not after a word character or ".,-" (the detector's left boundary), an issuer's
-    # first digit (2 to 6), 13 digits.
-    "credit_card": _digits(rb"(?:^|[^0-9A-Za-z_.,-])[2-6]\d[ -]?\d(?:[ -]?\d){10}"),
+    "credit_card": _digits(rb"(?:^|[^0-9A-Za-z_.,-])" + _CARD),
     "ssn": _digits(rb"\d{3}-\d{2}-\d{4}"),
     "phone": _digits(rb"\+\d|\(\d{3}\) ?\d{3}[.-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4}"),
     "ipv6": rb"::|:(?:[0-9A-Fa-f]{1,4}:){5}",
@@ -63,7 +70,7 @@ PATTERNS: Final[dict[str, bytes]] = {
 # escaped control character leaves a letter (\n) before the digit.
 RAW_PATTERNS: Final[dict[str, bytes]] = {
     **PATTERNS,
-    "credit_card": _digits(rb"(?:^|[^0-9A-Za-z_.,-]|\\[bfnrt])[2-6]\d[ -]?\d(?:[ -]?\d){10}"),
+    "credit_card": _digits(rb"(?:^|[^0-9A-Za-z_.,-]|\\[bfnrt])" + _CARD),
 }
 
 
