@@ -300,7 +300,9 @@ Where the time goes (2026-12-05, paired edges of `432bdaa` and of `18ea733`, loa
 the guard starts with one Hyperscan pass over the raw body (edge/gateway/guard/prefilter.py,
 ~1-3 µs in a tight loop); a body that is ASCII without `\\u` escapes and matches no
 detector's pattern is done then (no string collected or scanned). The id is card-shaped
-when its prefix starts with 2 to 6 (a card issuer's first digit, about 5 prefixes in 9):
+when its prefix starts as an issuer's numbers do and it has that issuer's fewest digits
+(led by 4, 50, 56-59 or 6 with 13 digits, by 3 with 14; 2x and 5[1-5] need 16, more than
+these ids have: about 3.5 prefixes in 9 make card-shaped ids, 5 in 9 before `7e28906`):
 then the strings are collected and scanned, and the card detector's pattern and checks run
 on the id's digits (and ~1 id in 10 whose digits pass an issuer's prefix and Luhn is a card
 to the detector: redacted, restored in the answer). Paired in one run (edges of both
