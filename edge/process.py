@@ -50,6 +50,7 @@ def _serve_here(config: EdgeConfig, served: Callable[[], None] | None = None) ->
     from edge import collector
     from edge.errors import EdgeError
     from edge.startup import serve
+    from edge.tasks import owned
 
     async def serving() -> None:
         ready = asyncio.Event()
@@ -60,11 +61,8 @@ def _serve_here(config: EdgeConfig, served: Callable[[], None] | None = None) ->
             if served is not None:
                 served()
 
-        watcher = asyncio.create_task(tell(), name="edge-ready-signal")
-        try:
+        async with owned(tell(), "edge-ready-signal"):
             await serve(config, ready=ready)
-        finally:
-            watcher.cancel()
 
     try:
         return run_until_signal(serving)

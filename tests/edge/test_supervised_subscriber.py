@@ -8,8 +8,7 @@ import asyncio
 
 import pytest
 
-import controlplane
-from corral.config import ControlPlaneConfig, EdgeConfig
+from corral.config import EdgeConfig
 from corral.v1 import gateway_pb2, types_pb2
 from edge.gateway.policy import PolicySubscriber
 from edge.subscriber import SnapshotSubscriber
@@ -17,7 +16,7 @@ from edge.tasks import owned, supervise
 from tests.controlplane import harness as h
 from tests.edge.conftest import StartEdge
 from tests.edge.snapshot_server import SnapshotServer, backend, snapshot
-from tests.support.net import eventually, free_port
+from tests.support.net import eventually
 
 
 async def test_a_snapshot_that_fails_to_apply_once_does_not_end_the_subscription(
@@ -159,13 +158,7 @@ async def test_a_crashing_policy_follower_is_restarted(
         return await real_follow(self, address)
 
     monkeypatch.setattr(PolicySubscriber, "_follow", follow_once_broken)
-    address = f"127.0.0.1:{free_port()}"
-    ready = asyncio.Event()
-    cp = asyncio.create_task(
-        controlplane.serve(ControlPlaneConfig(listen=address, store="memory"), ready=ready)
-    )
-    try:
-        await asyncio.wait_for(ready.wait(), 30)
+    async with h.running(h.config()) as address:
         async with h.admin(address) as stub:
             await stub.CreateTeam(gateway_pb2.CreateTeamRequest(name="search"))
             await stub.CreateKey(gateway_pb2.CreateKeyRequest(team="search"))
@@ -178,6 +171,3 @@ async def test_a_crashing_policy_follower_is_restarted(
         async with running.http.get(f"{running.url}/metrics") as resp:
             metrics = await resp.text()
         assert crashed and 'corral_edge_task_restarts_total{task="policy"} 1.0' in metrics
-    finally:
-        cp.cancel()
-        await asyncio.gather(cp, return_exceptions=True)

@@ -160,7 +160,9 @@ def _has(needle: str) -> Needle:
     return re.compile(re.escape(needle)).search  # a literal pattern beats `in` here
 
 
-def _step(d: Detector) -> Step:
+def plan(d: Detector) -> Step:
+    """What `run` does for one detector (made once: edge/gateway/guard/prefilter.py keeps
+    them per detector)."""
     has = _has(d.needle)
     gate = _GATES.get(d.name)
     if d.run_digits:
@@ -178,7 +180,7 @@ def _plan(detectors: Sequence[Detector]) -> list[Step]:
     found = _PLANS.get(id(detectors))
     if found is not None and found[0] is detectors:
         return found[1]
-    steps = [_step(d) for d in detectors]
+    steps = [plan(d) for d in detectors]
     if isinstance(detectors, tuple) and len(_PLANS) < 64:  # kept alive: its id stays its own
         _PLANS[id(detectors)] = (detectors, steps)
     return steps
@@ -223,12 +225,6 @@ def scan(text: str, detectors: Sequence[Detector] = DETECTORS) -> list[Finding]:
     return run(text, _plan(detectors))
 
 
-def plan(detector: Detector) -> Step:
-    """What `run` does for one detector (made once: edge/gateway/guard/prefilter.py keeps
-    them per detector)."""
-    return _step(detector)
-
-
 _IN_RUN: Final = frozenset(b"0 .()+-")
 
 
@@ -238,6 +234,7 @@ def runs_at(classes: bytes, ends: list[int]) -> list[tuple[int, int, int, bytes]
     its last (what the greedy `_DIGIT_RUN` takes from there)."""
     out = []
     reach = -1  # the end of the last stretch: offsets inside it are done
+    size = len(classes)
     for end in sorted(ends):
         if end <= reach:
             continue
@@ -245,7 +242,6 @@ def runs_at(classes: bytes, ends: list[int]) -> list[tuple[int, int, int, bytes]
         while left > 0 and classes[left - 1] in _IN_RUN:
             left -= 1
         right = end
-        size = len(classes)
         while right < size and classes[right] in _IN_RUN:
             right += 1
         reach = right
