@@ -123,7 +123,10 @@ class Attempts:
                     session = self.session if not backend.provider else self.pools.session(backend)
                     upstream = await resend.request(session, exchange.method, url, payload, sent)
                 status = upstream.status
-                content_type = upstream.headers.get("Content-Type", "")
+                if isinstance(upstream, Answer):  # read as its head was parsed
+                    content_type = upstream.content_type or ""
+                else:
+                    content_type = upstream.headers.get("Content-Type", "")
                 if not exchange.streams(status, content_type):
                     deadlines.push(deadline, self._idle)
                     data = await upstream.read()

@@ -61,6 +61,7 @@ class _Conn(asyncio.Protocol):
 
     __slots__ = (
         "_answer",
+        "_between",
         "_closed",
         "_parser",
         "_paused",
@@ -74,6 +75,9 @@ class _Conn(asyncio.Protocol):
         self.key = key
         self.transport: asyncio.Transport | None = None
         self._parser = _httptools.HttpResponseParser(self)
+        # The parser ended a message and has not begun another: it can parse the next
+        # answer as it is (llhttp resets itself), no new parser per request.
+        self._between = True
         self._answer: Answer | None = None
         self._closed = False
         self._paused = False
@@ -111,6 +115,9 @@ class _Conn(asyncio.Protocol):
 
     # -- httptools callbacks --
 
+    def on_message_begin(self) -> None:
+        self._between = False
+
     def on_header(self, name: bytes, value: bytes) -> None:
         answer = self._answer
         if answer is not None:
@@ -125,19 +132,22 @@ class _Conn(asyncio.Protocol):
             answer.raw_headers.clear()
             return
         answer.status = status
-        headers: CIMultiDict[str] = CIMultiDict()
+        # Decoded once; the full multidict only if someone reads `headers` (the proxy reads
+        # the relayed ones and the content type: those are sorted out here).
+        pairs = answer.pairs
         relayed = answer.relayed
         framed = False
         for name, value in answer.raw_headers:
             pair = (name.decode("latin-1"), value.decode("latin-1"))
-            headers.add(*pair)
+            pairs.append(pair)
             lower = pair[0].lower()
             if lower not in NOT_RELAYED:
                 relayed.append(pair)
+                if lower == "content-type" and answer.content_type is None:
+                    answer.content_type = pair[1]
             elif lower == "content-length" or lower == "transfer-encoding":
                 framed = True
         answer.raw_headers.clear()
-        answer.headers = CIMultiDictProxy(headers)
         answer.until_close = not framed
         answer.keep_alive = self._parser.should_keep_alive()
         if answer.head_only:
@@ -168,6 +178,7 @@ class _Conn(asyncio.Protocol):
             answer.wake()
 
     def on_message_complete(self) -> None:
+        self._between = True
         answer = self._answer
         if answer is not None and answer.status:
             answer.finish(reusable=answer.keep_alive)
@@ -180,7 +191,9 @@ class _Conn(asyncio.Protocol):
 
     def send(self, answer: Answer, head: bytes, body: bytes | None) -> None:
         self._answer = answer
-        self._parser = _httptools.HttpResponseParser(self)
+        if not self._between:  # bytes of another message came after the last answer
+            self._parser = _httptools.HttpResponseParser(self)
+            self._between = True
         transport = self.transport
         assert transport is not None
         if body is None or len(body) <= _SMALL_BODY:
@@ -215,14 +228,16 @@ class Answer:
 
     __slots__ = (
         "_conn",
+        "_headers",
         "_pool",
         "buffered",
         "chunks",
+        "content_type",
         "done",
         "error",
         "head_only",
-        "headers",
         "keep_alive",
+        "pairs",
         "pipe",
         "pipe_error",
         "raw_headers",
@@ -237,8 +252,10 @@ class Answer:
         self._pool = pool
         self._conn: _Conn | None = conn
         self.status = 0
-        self.headers: CIMultiDictProxy[str] = _NO_HEADERS
+        self._headers: CIMultiDictProxy[str] | None = None
         self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.pairs: list[tuple[str, str]] = []  # every header, decoded, in order
+        self.content_type: str | None = None  # the first Content-Type header's value
         # The headers a client gets relayed (all but NOT_RELAYED), in the backend's order.
         self.relayed: list[tuple[str, str]] = []
         self.chunks: deque[bytes] = deque()
@@ -255,6 +272,16 @@ class Answer:
         self.pipe_error: Exception | None = None
 
     # The parts of aiohttp.ClientResponse the proxy reads.
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        """Every header of the answer (none before they arrived), made at first use."""
+        headers = self._headers
+        if headers is None:
+            if not self.status:
+                return _NO_HEADERS
+            headers = self._headers = CIMultiDictProxy(CIMultiDict(self.pairs))
+        return headers
 
     @property
     def content(self) -> Answer:

@@ -327,3 +327,29 @@ async def test_relayed_headers_leave_out_hop_by_hop(pool: Pool) -> None:
         ("x-ratelimit-remaining", "9"),
     ]
     assert up.headers["Date"] == "today"  # all of them still readable
+    assert up.content_type == "application/json"
+
+
+async def test_extra_bytes_after_an_answer_do_not_reach_the_next(pool: Pool) -> None:
+    """A backend that sends the start of another answer after a whole one: the next request
+    on the connection is parsed from a clean start, not from those bytes."""
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer(b"one") + b"HTTP/1.1 500 Nope\r\nX-Half: ")
+        await writer.drain()
+        await read_request(reader)
+        writer.write(answer(b"two", b"Content-Type: text/plain\r\n"))
+        await writer.drain()
+        await reader.read()
+
+    async with serving(reply) as server:
+        first = await pool.request("POST", server.url(), b"{}", HEADERS)
+        assert await first.read() == b"one"
+        assert first.content_type is None and first.headers.get("Content-Type") is None
+        first.release()
+        second = await pool.request("POST", server.url(), b"{}", HEADERS)
+        assert (second.status, await second.read()) == (200, b"two")
+        assert second.content_type == "text/plain"
+        second.release()
+        assert server.connections == 1  # the same connection, its parser started afresh
