@@ -10,15 +10,16 @@ import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import StreamWriter
-from multidict import CIMultiDict
+from multidict import CIMultiDict, istr
 
 from edge.client_request import ClientRequest
 from edge.errors import EdgeError
 from edge.h1pool import NOT_RELAYED, Answer
 from edge.table import BackendState
 
-BACKEND_HEADER: Final = "X-Corral-Backend"
-ROUTE_HEADER: Final = "X-Corral-Route"
+# As istr: set on every answer, and multidict need not fold an istr's case.
+BACKEND_HEADER: Final = istr("X-Corral-Backend")
+ROUTE_HEADER: Final = istr("X-Corral-Route")
 
 
 class RelayResponse(web.StreamResponse):

@@ -5,7 +5,7 @@ Uses aiohttp's private `http_writer._serialize_headers` (tests/edge/test_aiohttp
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.http_writer import _serialize_headers as serialize_headers
@@ -21,27 +21,27 @@ def finish_headers(response: web.Response, keep_alive: bool) -> tuple[bytes, boo
         body = b""
     elif not isinstance(body, bytes):
         raise TypeError(f"the lane writes bytes bodies only, not {type(body).__name__}")
-    headers = response.headers
+    headers = response.headers  # names as istr (aiohttp.hdrs): multidict need not fold them
     status = response.status
     if status < 200 or status in _EMPTY_STATUSES:  # no body, and no length, may follow
         body = b""
         if status != 304:
-            headers.popall("Content-Length", None)
-        headers.popall("Transfer-Encoding", None)
+            headers.popall(hdrs.CONTENT_LENGTH, None)
+        headers.popall(hdrs.TRANSFER_ENCODING, None)
     else:
-        if "Content-Length" not in headers:
-            headers["Content-Length"] = str(len(body))
+        if hdrs.CONTENT_LENGTH not in headers:
+            headers[hdrs.CONTENT_LENGTH] = str(len(body))
         if body:
-            headers.setdefault("Content-Type", "application/octet-stream")
-    if "Date" not in headers:
-        headers["Date"] = rfc822_formatted_time()
-    headers.setdefault("Server", SERVER_SOFTWARE)
+            headers.setdefault(hdrs.CONTENT_TYPE, "application/octet-stream")
+    if hdrs.DATE not in headers:
+        headers[hdrs.DATE] = rfc822_formatted_time()
+    headers.setdefault(hdrs.SERVER, SERVER_SOFTWARE)
     if response.keep_alive is False:  # force_close()
         keep_alive = False
-    connection = headers.get("Connection")
+    connection = headers.get(hdrs.CONNECTION)
     if connection is None:
         if not keep_alive:
-            headers["Connection"] = "close"
+            headers[hdrs.CONNECTION] = "close"
     elif connection.lower() == "close":
         keep_alive = False
     return body, keep_alive
