@@ -12,7 +12,11 @@
    every 5 s: the control plane's and etcd's CPU and etcd's write rate.
 3. Dashboard: 1,000 backends registered in that etcd (as agents write them) and 20 edges
    reporting traffic for all of them; GET /dashboard/api/state timed just after the traffic
-   view's 1 s answer cache expired (cold) and right after another request (warm).
+   view's 1 s answer cache expired (cold) and right after another request (warm), once
+   with the edges stopped (static data) and once while they keep reporting (1,000 cells a
+   record, a record per edge every 5 s), with the control plane's event-loop lag.
+
+`--no-edge` skips part 1 (to compare control planes quickly).
 """
 
 from __future__ import annotations
@@ -267,6 +271,33 @@ def gc_during(before: dict[str, dict[str, float]], after: dict[str, dict[str, fl
     return rows
 
 
+LAG_METRIC = "corral_controlplane_loop_lag_seconds"
+
+
+def loop_lags(metrics_text: str) -> dict[float, float]:
+    """The control plane's loop-lag histogram so far: upper bound (s) -> cumulative count
+    (empty when it has no such metric)."""
+    out: dict[float, float] = {}
+    prefix = LAG_METRIC + '_bucket{le="'
+    for line in metrics_text.splitlines():
+        if line.startswith(prefix):
+            bound, _, value = line[len(prefix) :].partition('"} ')
+            out[float(bound)] = float(value)
+    return out
+
+
+def lags_during(before: dict[float, float], after: dict[float, float]) -> dict[str, float]:
+    """Ticks observed, those 25 ms and 50 ms late or more, and the bound of the latest
+    (the longest stall is at most that), between two readings."""
+    if not after:
+        return {}
+    diff = {bound: count - before.get(bound, 0.0) for bound, count in sorted(after.items())}
+    total = diff[float("inf")]
+    longest = next(bound for bound, count in diff.items() if count >= total)
+    return {"ticks": total, "over_25ms": total - diff.get(0.025, 0.0),
+            "over_50ms": total - diff.get(0.05, 0.0), "longest_le": longest}  # fmt: skip
+
+
 async def time_dashboard(url: str, metrics_url: str, samples: int, cpu: Any) -> dict[str, Any]:
     """Wall time of GET url (cold: past the 1 s answer cache; warm: right after), the
     control plane's CPU time per cold request (it does nothing else meanwhile) and its
@@ -284,7 +315,9 @@ async def time_dashboard(url: str, metrics_url: str, samples: int, cpu: Any) -> 
         async with http.get(url, headers=headers) as resp:
             await resp.read()
         async with http.get(metrics_url) as resp:
-            gc_before = gc_pauses(await resp.text())
+            text = await resp.text()
+            gc_before, lag_before = gc_pauses(text), loop_lags(text)
+        cpu0, wall0 = cpu(), time.monotonic()
         for _ in range(samples):
             await asyncio.sleep(1.05)  # past the traffic view's 1 s answer cache
             for into in (cold, warm):
@@ -299,10 +332,13 @@ async def time_dashboard(url: str, metrics_url: str, samples: int, cpu: Any) -> 
                     cold_cpu.append(cpu() - before)
             size = len(body)
             listed = min(listed, body.count(b'"name":"gpu-'))
+        busy = (cpu() - cpu0) / (time.monotonic() - wall0)
         async with http.get(metrics_url) as resp:
-            gc = gc_during(gc_before, gc_pauses(await resp.text()))
+            text = await resp.text()
+            gc = gc_during(gc_before, gc_pauses(text))
+            lag = lags_during(lag_before, loop_lags(text))
     return {"cold": cold, "warm": warm, "cold_cpu": cold_cpu, "bytes": size,
-            "backends": listed, "gc": gc}  # fmt: skip
+            "backends": listed, "gc": gc, "lag": lag, "busy": busy}  # fmt: skip
 
 
 def controlplane_cost(tmp: Path, procs: Procs, args: argparse.Namespace) -> dict[str, Any]:
@@ -357,12 +393,19 @@ def controlplane_cost(tmp: Path, procs: Procs, args: argparse.Namespace) -> dict
         try:
             names = [f"gpu-{i:04d}" for i in range(1000)]
             await simulate_edges(target, 20, names, ["model"], REPORT_SECONDS + 1)
-            return await time_dashboard(
-                f"http://127.0.0.1:{http_port}/dashboard/api/state",
-                f"http://127.0.0.1:{http_port}/metrics",
-                args.samples,
-                cp.cpu_seconds,
-            )
+            urls = (f"http://127.0.0.1:{http_port}/dashboard/api/state",
+                    f"http://127.0.0.1:{http_port}/metrics")  # fmt: skip
+            static = await time_dashboard(*urls, args.samples, cp.cpu_seconds)
+            # The same while the edges keep reporting: every answer competes with the
+            # intake of their records (1,000 cells each) for the control plane's loop.
+            edges = asyncio.create_task(simulate_edges(target, 20, names, ["model"], 1e9))
+            try:
+                await asyncio.sleep(REPORT_SECONDS + 1)  # every edge reporting again
+                static["live"] = await time_dashboard(*urls, args.samples, cp.cpu_seconds)
+            finally:
+                edges.cancel()
+                await asyncio.gather(edges, return_exceptions=True)
+            return static
         finally:
             await store.close()
 
@@ -378,12 +421,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pin_self(LOAD_CPU)
     info: dict[str, Any] = {"machine": machine(), "load": load_note(), "date": now_utc()}
     print(f"{info['machine']}\n{info['load']}", flush=True)
-    with workspace("traffic") as (tmp, procs):
-        info["edge"] = edge_cost(tmp, procs, args.seconds, args.rounds)
+    if not args.no_edge:
+        with workspace("traffic") as (tmp, procs):
+            info["edge"] = edge_cost(tmp, procs, args.seconds, args.rounds)
     with workspace("traffic-cp") as (tmp, procs):
         info["cp"] = controlplane_cost(tmp, procs, args)
     info["args"] = vars(args)
     return info
+
+
+def _spread(times: list[float]) -> list[str]:
+    picks = (statistics.median(times), percentile(times, 95), percentile(times, 99), max(times))
+    return [f"{x * 1000:.0f} ms" for x in picks]
+
+
+def dashboard_table(dash: dict[str, Any]) -> str:
+    """The answer times with the data static and with the edges still reporting."""
+    rows = []
+    for label, run in (("", dash), (", edges still reporting", dash.get("live"))):
+        if run is None:
+            continue
+        cold, warm, lag = run["cold"], run["warm"], run.get("lag") or {}
+        rows += [
+            [f"cold (cache expired){label}, {len(cold)} samples", *_spread(cold)],
+            [f"control-plane CPU per cold answer{label} (mean of {len(run['cold_cpu'])}; "
+             "/proc ticks of 10 ms)",
+             f"{statistics.mean(run['cold_cpu']) * 1000:.0f} ms", "", "", ""],
+            [f"warm (right after){label}, {len(warm)} samples", *_spread(warm)],
+            [f"control-plane CPU over the samples{label}", f"{run['busy'] * 100:.1f}% of a core",
+             "", "", ""],
+            [f"event-loop lag{label}: ticks ≥ 25 ms, ≥ 50 ms / of all; longest ≤",
+             f"{lag['over_25ms']:.0f}, {lag['over_50ms']:.0f} / {lag['ticks']:.0f}"
+             if lag else "-", f"{lag['longest_le'] * 1000:g} ms" if lag else "-", "", ""],
+        ]  # fmt: skip
+    return md_table(["GET /dashboard/api/state, 1,000 backends", "p50", "p95", "p99", "max"], rows)
 
 
 def report(info: dict[str, Any], commit: str) -> str:
@@ -408,7 +479,6 @@ def report(info: dict[str, Any], commit: str) -> str:
     per_call = micro["finished (on)"] - micro["finished (off)"]
     cp = info["cp"]
     dash = cp["dashboard"]
-    cold, warm = dash["cold"], dash["warm"]
     edge_table = md_table(
         ["round", "off req/s c32", "on req/s c32", "off CPU µs/req", "on CPU µs/req",
          "added µs/req"],
@@ -430,21 +500,7 @@ def report(info: dict[str, Any], commit: str) -> str:
         ],
     )
 
-    def spread(times: list[float]) -> list[str]:
-        picks = (statistics.median(times), percentile(times, 95), percentile(times, 99),
-                 max(times))  # fmt: skip
-        return [f"{x * 1000:.0f} ms" for x in picks]
-
-    dash_table = md_table(
-        ["GET /dashboard/api/state, 1,000 backends", "p50", "p95", "p99", "max"],
-        [
-            [f"cold (cache expired), {len(cold)} samples", *spread(cold)],
-            [f"control-plane CPU per cold answer (mean of {len(dash['cold_cpu'])}; "
-             "/proc ticks of 10 ms)",
-             f"{statistics.mean(dash['cold_cpu']) * 1000:.0f} ms", "", "", ""],
-            [f"warm (right after), {len(warm)} samples", *spread(warm)],
-        ],
-    )  # fmt: skip
+    dash_table = dashboard_table(dash)
     gc_table = md_table(
         ["collector generation", "collections", "total pause", "mean pause", "≥ 50 ms"],
         [
@@ -488,11 +544,16 @@ Target: ≤ 5 % of a core for 50 edges.
 
 **Dashboard data endpoint at 1,000 backends** (the same control plane, 1,000 backends
 registered in etcd, 20 edges reporting traffic for all of them; answer
-{dash["bytes"] / 1024:.0f} KiB, at least {dash["backends"]} backends in every answer):
+{dash["bytes"] / 1024:.0f} KiB, at least {dash["backends"]} backends in every answer). First
+with the edges stopped (static data), then while they keep reporting (a 1,000-cell record
+per edge every 5 s, merged, written and decoded by the control plane). While the page is
+read the control plane rebuilds the document every second off the request path, so a GET
+waits only for the loop; the event-loop lag is how late a timer due every 20 ms ran
+(`corral_controlplane_loop_lag_seconds`):
 
 {dash_table}
 
-The control plane's garbage-collector pauses over those samples (from its
+The control plane's garbage-collector pauses over the static samples (from its
 `corral_controlplane_gc_pause_seconds` histogram; generation 2 is a full collection, which
 stops the event loop for as long as it walks every tracked object):
 
@@ -511,9 +572,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cp-seconds", type=float, default=30.0)
     parser.add_argument("--samples", type=int, default=60)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--no-edge", action="store_true", help="skip the edge's part")
     args = parser.parse_args(argv)
     info = run(args)
     commit = os.popen("git rev-parse --short HEAD").read().strip() or "?"
+    if args.no_edge:  # a partial run: printed, never written
+        cp = info["cp"]
+        print(f"{info['load']}; control plane {cp['cp_cpu'] * 100:.1f}% of a core for "
+              f"{cp['edges']} edges\n{dashboard_table(cp['dashboard'])}")  # fmt: skip
+        return 0
     body = report(info, commit)
     print(body)
     if not args.no_write:

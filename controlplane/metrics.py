@@ -77,6 +77,12 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "corral_controlplane_loop_lag_seconds",
+            "How late the event loop ran a timer due every 20 ms (its stalls).",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

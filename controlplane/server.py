@@ -211,6 +211,7 @@ async def serve(
                     )
                     if dashboard is not None:
                         tasks.create_task(dashboard.follow(view), name="dashboard timeline")
+                    tasks.create_task(collector.watch_loop(metrics.loop_lag), name="loop lag")
                     await synced_once.wait()
                     await policy.listed.wait()
                     if settle:

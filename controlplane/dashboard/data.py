@@ -8,6 +8,7 @@ them.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -24,6 +25,8 @@ from corral.v1 import admin_pb2, traffic_pb2
 # Timeline entries for errors are drawn from this far back.
 ERRORS_WINDOW_MS = 5 * 60 * 1000
 MAX_ERRORS = 50
+# Backends serialized between two yields to the loop (a build holds it a few ms at a time).
+BACKENDS_PER_STEP = 200
 # An edge whose last traffic report is older than this shows as not reporting.
 REPORT_FRESH_MS = 30_000
 
@@ -39,7 +42,9 @@ async def state(
     traffic = parts.traffic
     five = traffic_pb2.TRAFFIC_WINDOW_5M
     by_backend = traffic.result(five, traffic_pb2.TRAFFIC_GROUP_BACKEND, series=True)
+    await asyncio.sleep(0)
     by_model = traffic.result(five, traffic_pb2.TRAFFIC_GROUP_MODEL, series=False)
+    await asyncio.sleep(0)
     fine = traffic.digests_of(FINE, since_ms=now - ERRORS_WINDOW_MS)
     edge_states = _edge_states(fine)
     ejected_by: dict[str, list[str]] = {}
@@ -52,7 +57,9 @@ async def state(
     serving: dict[str, list[str]] = {}
     current = view.backends()
     names: set[str] = set()
-    for backend in current:
+    for index, backend in enumerate(current):
+        if index and index % BACKENDS_PER_STEP == 0:
+            await asyncio.sleep(0)
         name, ids = pieces.facts(backend)
         names.add(name)
         for model_id in ids:

@@ -160,6 +160,8 @@ class TrafficBook:
                     records[key] = record
                     value = record.SerializeToString()
                     writes.append(Write(key, value, revision, leases[entry.resolution.name]))
+                    # A merge of 1,000 cells takes milliseconds: let the loop run between.
+                    await asyncio.sleep(0)
             retry: dict[bytes, KeyValue | None] = {}
             for group in _groups(writes):
                 try:

@@ -235,8 +235,10 @@ class Digest:
     errors: list[tuple[str, str, int, int]] = field(default_factory=list)
 
     @classmethod
-    def of(cls, record: traffic_pb2.TrafficRecord) -> Digest:
-        cells = [cell_of(cell) for cell in record.cells]
+    def of(cls, record: traffic_pb2.TrafficRecord, cells: list[Cell] | None = None) -> Digest:
+        """The record decoded (its cells given when already decoded, a slice at a time)."""
+        if cells is None:
+            cells = [cell_of(cell) for cell in record.cells]
         errors: list[tuple[str, str, int, int]] = []
         for cell in cells:
             if cell[4]:

@@ -2,7 +2,10 @@
 
 Every replica follows the same prefix of the same store, so every replica answers
 GetTraffic (and the dashboard) alike, whichever replica the edges report through. Records
-are decoded once when they arrive (controlplane/traffic/digest.py); sums per time bucket and
+are decoded once when they arrive (controlplane/traffic/digest.py), by a task of their own
+that yields to the loop between records and every INTAKE_CELLS cells: a watched batch of
+records with 1,000 cells each would otherwise hold the loop (and every answer) for tens of
+ms. Sums per time bucket and
 per window are kept up to date as records change (a changed record's old cells taken off,
 its new ones added), and a window's sums move along with time a bucket at a time, so a
 report landing in a complete bucket never makes a query re-add the whole window.
@@ -10,8 +13,10 @@ report landing in a complete bucket never makes a query re-add the whole window.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +25,7 @@ from google.protobuf.message import DecodeError
 from controlplane.following import follow
 from controlplane.keys import KeyLayout
 from controlplane.store.base import EventType, KeyValue, Store, WatchBatch
-from controlplane.traffic.digest import Digest
+from controlplane.traffic.digest import Cell, Digest, cell_of
 from controlplane.traffic.query import (
     NO_POINT,
     Memo,
@@ -53,6 +58,8 @@ WINDOWS: dict[int, tuple[int, Resolution]] = {
 _BY_NAME = {res.name: res for res in RESOLUTIONS}
 # Answers are reused this long (a dashboard polled by many browsers costs one merge).
 CACHE_SECONDS = 1.0
+# Cells decoded between two yields to the loop (about a millisecond's work).
+INTAKE_CELLS = 250
 Bucket = tuple[str, int]  # (resolution name, bucket start unix ms)
 Series = dict[str, list[Point]]  # group -> its points over a window's complete buckets
 
@@ -88,12 +95,20 @@ class TrafficView:
         self._series: dict[
             tuple[str, int, int], tuple[tuple[int, ...], dict[str, list[Point]]]
         ] = {}
+        # Watched changes not taken in yet, in order: (key, value; None: deleted).
+        self._intake: deque[tuple[bytes, bytes | None]] = deque()
+        self._arrived = asyncio.Event()
+        self._listings = 0  # bumped by each listing: what was queued before it is dropped
 
     async def run(self) -> None:
         """List then watch, forever; re-list on compaction, retry while the store is down."""
-        await follow(self._store, self._prefix, "traffic", self._listed, self._watched, cap=5.0)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._take_in(), name="traffic intake")
+            await follow(self._store, self._prefix, "traffic", self._listed, self._watched, cap=5.0)
 
     async def _listed(self, revision: int, kvs: Sequence[KeyValue]) -> int:
+        self._listings += 1
+        self._intake.clear()
         self._buckets.clear()
         self._sums.clear()
         self._windows.clear()
@@ -103,12 +118,46 @@ class TrafficView:
         return revision
 
     def _watched(self, batch: WatchBatch) -> None:
+        """Note the raw values now (the book's first guess); decode them in _take_in."""
         for event in batch.events:
+            kv = event.kv
             if event.type is EventType.DELETE:
-                self._delete(event.kv.key)
-            else:
-                kv = event.kv
-                self._put(kv.key, kv.value, kv.mod_revision)
+                self._raw.pop(kv.key, None)
+                self._intake.append((kv.key, None))
+            elif self._bucket_of(kv.key) is not None:
+                self._raw[kv.key] = (kv.value, kv.mod_revision)
+                self._intake.append((kv.key, kv.value))
+        if self._intake:
+            self._arrived.set()
+
+    async def _take_in(self) -> None:
+        """Apply watched changes in order, one record per step, yielding within records."""
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            while self._intake:
+                listing = self._listings
+                key, value = self._intake.popleft()
+                if value is None:
+                    self._forget(key)
+                else:
+                    digest = await self._decode_sliced(key, value)
+                    bucket = self._bucket_of(key)
+                    if digest is not None and bucket is not None and listing == self._listings:
+                        self._take(key, bucket, digest)
+                await asyncio.sleep(0)
+
+    async def _decode_sliced(self, key: bytes, value: bytes) -> Digest | None:
+        record = self._parse(key, value)
+        if record is None:
+            return None
+        cells: list[Cell] = []
+        stored = record.cells
+        for first in range(0, len(stored), INTAKE_CELLS):
+            if first:
+                await asyncio.sleep(0)
+            cells.extend(cell_of(cell) for cell in stored[first : first + INTAKE_CELLS])
+        return Digest.of(record, cells)
 
     def _bucket_of(self, key: bytes) -> Bucket | None:
         """traffic/<resolution>/<edge>/<start ms> -> (resolution, start)."""
@@ -133,13 +182,22 @@ class TrafficView:
         if bucket is None:
             return
         self._raw[key] = (value, mod_revision)
+        record = self._parse(key, value)
+        if record is not None:
+            self._take(key, bucket, Digest.of(record))
+
+    @staticmethod
+    def _parse(key: bytes, value: bytes) -> traffic_pb2.TrafficRecord | None:
         record = traffic_pb2.TrafficRecord()
         try:
             record.ParseFromString(value)
         except DecodeError:
             log.warning("ignoring an undecodable traffic record at %r", key)
-            return
-        digest = Digest.of(record)
+            return None
+        return record
+
+    def _take(self, key: bytes, bucket: Bucket, digest: Digest) -> None:
+        """Hold a record's new digest, its old one's counts replaced in every sum."""
         held = self._buckets.setdefault(bucket, {})
         old = held.get(key)
         held[key] = digest
@@ -167,6 +225,9 @@ class TrafficView:
 
     def _delete(self, key: bytes) -> None:
         self._raw.pop(key, None)
+        self._forget(key)
+
+    def _forget(self, key: bytes) -> None:
         bucket = self._bucket_of(key)
         if bucket is None:
             return
