@@ -28,7 +28,7 @@ from controlplane.errors import ControlPlaneError
 from controlplane.keys import KeyLayout
 from controlplane.metrics import Metrics
 from controlplane.store.base import MAX_TXN_WRITES, KeyValue, LeaseNotFoundError, Store, Write
-from controlplane.traffic.records import RESOLUTIONS, Resolution, merge_slice
+from controlplane.traffic.records import RESOLUTIONS, Resolution, merge_steps
 from corral.v1 import traffic_pb2
 
 log = logging.getLogger(__name__)
@@ -55,11 +55,19 @@ class _Pending:
     listen_address: str
     pieces: list[tuple[str, traffic_pb2.TrafficSlice]] = field(default_factory=list)
 
-    def merge_into(self, record: traffic_pb2.TrafficRecord, now_ms: int) -> bool:
-        """Merge every piece; False when the record already held them all."""
+    async def merge_into(self, record: traffic_pb2.TrafficRecord, now_ms: int) -> bool:
+        """Merge every piece, letting the loop run between steps (the record is this
+        writer's alone meanwhile); False when the record already held them all."""
         changed = False
         for incarnation, piece in self.pieces:
-            changed |= merge_slice(record, incarnation, piece)
+            steps = merge_steps(record, incarnation, piece)
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    changed |= bool(done.value)
+                    break
+                await asyncio.sleep(0)
         if changed:
             record.listen_address = self.listen_address
             record.updated_unix_ms = now_ms
@@ -156,7 +164,7 @@ class TrafficBook:
                 entry = batch[key]
                 if record is None:
                     record = traffic_pb2.TrafficRecord(edge_id=entry.edge_id)
-                if entry.merge_into(record, now_ms):
+                if await entry.merge_into(record, now_ms):
                     records[key] = record
                     value = record.SerializeToString()
                     writes.append(Write(key, value, revision, leases[entry.resolution.name]))

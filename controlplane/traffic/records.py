@@ -8,7 +8,7 @@ store however many replicas the edge reported through.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableSequence
+from collections.abc import Generator, Iterable, MutableSequence
 from dataclasses import dataclass
 
 from corral.v1 import traffic_pb2
@@ -60,12 +60,18 @@ def _add_repeated(into: MutableSequence[int], values: Iterable[int]) -> None:
             into.append(value)
 
 
-def merge_slice(
+# Cells merged between two pauses of merge_steps (a few milliseconds' work).
+CELLS_PER_STEP = 200
+
+
+def merge_steps(
     record: traffic_pb2.TrafficRecord,
     incarnation: str,
     piece: traffic_pb2.TrafficSlice,
-) -> bool:
-    """Merge one slice into a bucket's record; False when the record already holds it."""
+) -> Generator[None, None, bool]:
+    """Merge one slice into a bucket's record, pausing every CELLS_PER_STEP cells (a
+    writer on an event loop yields there: 1,000 cells take tens of ms); returns False
+    when the record already held the slice."""
     if record.incarnation == incarnation and piece.seq <= record.seq:
         return False
     record.incarnation = incarnation
@@ -74,7 +80,9 @@ def merge_slice(
         record.start_unix_ms = piece.start_unix_ms
     record.end_unix_ms = max(record.end_unix_ms, piece.end_unix_ms)
     cells = {(c.backend, c.model, c.team): c for c in record.cells}
-    for cell in piece.cells:
+    for index, cell in enumerate(piece.cells):
+        if index and index % CELLS_PER_STEP == 0:
+            yield
         key = (cell.backend, cell.model, cell.team)
         into = cells.get(key)
         if into is None:

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -144,7 +144,12 @@ class TrafficView:
                     digest = await self._decode_sliced(key, value)
                     bucket = self._bucket_of(key)
                     if digest is not None and bucket is not None and listing == self._listings:
-                        self._take(key, bucket, digest)
+                        steps = self._take_steps(key, bucket, digest)
+                        for _ in steps:
+                            await asyncio.sleep(0)
+                            if listing != self._listings:  # a listing replaced it all
+                                steps.close()
+                                break
                 await asyncio.sleep(0)
 
     async def _decode_sliced(self, key: bytes, value: bytes) -> Digest | None:
@@ -198,20 +203,49 @@ class TrafficView:
 
     def _take(self, key: bytes, bucket: Bucket, digest: Digest) -> None:
         """Hold a record's new digest, its old one's counts replaced in every sum."""
-        held = self._buckets.setdefault(bucket, {})
-        old = held.get(key)
-        held[key] = digest
-        self._touch(bucket)
+        for _ in self._take_steps(key, bucket, digest):
+            pass
+
+    def _take_steps(
+        self, key: bytes, bucket: Bucket, digest: Digest
+    ) -> Generator[None, None, None]:
+        """_take one sum at a time (1,000 cells in and out of a sum take milliseconds),
+        pausing between sums. Until the last step the bucket holds the old digest at its old
+        version: a sum built meanwhile is built from it and its version is stale after;
+        a window built or moved over the bucket meanwhile is dropped at the end."""
+        old = self._buckets.get(bucket, {}).get(key)
+        name, start = bucket
         # Sums already built for the bucket follow the change (the current bucket changes
         # at every report: rebuilding it would read every edge's record each time).
-        for (cached_bucket, group), entry in self._sums.items():
-            if cached_bucket == bucket:
-                if old is not None:
-                    apply(entry[1], old, group, add=False)
-                apply(entry[1], digest, group, add=True)
-                entry[0] = self._versions[bucket]
-                entry[2] = None
-        self._follow_windows(bucket, old, digest)
+        entries = [(group, entry) for (b, group), entry in self._sums.items() if b == bucket]
+        windows = [
+            (window_key, window, (window.first, window.current))
+            for window_key, window in self._windows.items()
+            if window_key[0] == name and window.first <= start < window.current
+        ]
+        for group, entry in entries:
+            if old is not None:
+                apply(entry[1], old, group, add=False)
+            apply(entry[1], digest, group, add=True)
+            entry[2] = None
+            yield
+        for (_, group, _), window, _ in windows:
+            if old is not None:
+                take(window.sums, old, group)
+            apply(window.sums, digest, group, add=True)
+            yield
+        self._buckets.setdefault(bucket, {})[key] = digest
+        self._touch(bucket)
+        for _, entry in entries:
+            entry[0] = self._versions[bucket]
+            entry[2] = None
+        kept = {id(window) for _, window, span in windows if span == (window.first, window.current)}
+        for window_key in [
+            k
+            for k, window in self._windows.items()
+            if k[0] == name and window.first <= start < window.current and id(window) not in kept
+        ]:
+            del self._windows[window_key]
 
     def _follow_windows(self, bucket: Bucket, old: Digest | None, new: Digest | None) -> None:
         """Apply a record's change to the window sums whose complete buckets hold it."""
