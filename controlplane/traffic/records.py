@@ -61,7 +61,7 @@ def _add_repeated(into: MutableSequence[int], values: Iterable[int]) -> None:
 
 
 # Cells merged between two pauses of merge_steps (a few milliseconds' work).
-CELLS_PER_STEP = 200
+CELLS_PER_STEP = 100
 
 
 def merge_steps(
