@@ -25,7 +25,8 @@ from edge.exchange import Exchange, Failure
 from edge.forward import Forwarding
 from edge.gateway.call import Call
 from edge.gateway.tokens import Meter, read_whole
-from edge.h1pool import Answer, Pool
+from edge.h1answer import Answer
+from edge.h1pool import Pool
 from edge.metrics import EdgeMetrics
 from edge.providers.hosted import Pools, honour_retry_after
 from edge.relay import (

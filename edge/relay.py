@@ -14,7 +14,7 @@ from multidict import CIMultiDict, istr
 
 from edge.client_request import ClientRequest
 from edge.errors import EdgeError
-from edge.h1pool import NOT_RELAYED, Answer
+from edge.h1answer import NOT_RELAYED, Answer
 from edge.table import BackendState
 
 # As istr: set on every answer, and multidict need not fold an istr's case.

@@ -1,0 +1,161 @@
+"""The answer of edge/h1pool.py: status and headers once they arrived, then the body in
+chunks, with the few parts of aiohttp.ClientResponse the proxy uses (status, headers, read(),
+content.readany(), release(), close()). Its connection fills it (edge/h1pool.py's _Conn) and
+the caller drains it; release() gives the connection back to the pool when it can be reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+if TYPE_CHECKING:
+    from edge.h1pool import Pool, _Conn
+
+# Response headers not relayed to the client: set by the edge's server for its own answer,
+# or meaningless past this hop (edge/relay.py).
+# fmt: off
+NOT_RELAYED: Final = frozenset((
+    "connection", "keep-alive", "transfer-encoding", "content-length", "date", "server",
+    "proxy-connection", "upgrade", "trailer", "te",
+))
+# fmt: on
+
+
+class Answer:
+    """A backend's answer: status and headers once they arrived, then the body in chunks."""
+
+    __slots__ = (
+        "_conn",
+        "_headers",
+        "_pool",
+        "buffered",
+        "chunks",
+        "content_type",
+        "done",
+        "error",
+        "head_only",
+        "keep_alive",
+        "pairs",
+        "pipe",
+        "pipe_error",
+        "raw_headers",
+        "relayed",
+        "reusable",
+        "status",
+        "until_close",
+        "waiter",
+    )
+
+    def __init__(self, pool: Pool, conn: _Conn) -> None:
+        self._pool = pool
+        self._conn: _Conn | None = conn
+        self.status = 0
+        self._headers: CIMultiDictProxy[str] | None = None
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.pairs: list[tuple[str, str]] = []  # every header, decoded, in order
+        self.content_type: str | None = None  # the first Content-Type header's value
+        # The headers a client gets relayed (all but NOT_RELAYED), in the backend's order.
+        self.relayed: list[tuple[str, str]] = []
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.done = False
+        self.reusable = False
+        self.keep_alive = False
+        self.until_close = False
+        self.error: Exception | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.head_only = False
+        # Set by edge/relay.py's piped: chunks go to it, not the queue; what it raised kept.
+        self.pipe: Callable[[bytes], bool] | None = None
+        self.pipe_error: Exception | None = None
+
+    # The parts of aiohttp.ClientResponse the proxy reads.
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        """Every header of the answer (none before they arrived), made at first use."""
+        headers = self._headers
+        if headers is None:
+            if not self.status:
+                return _NO_HEADERS
+            headers = self._headers = CIMultiDictProxy(CIMultiDict(self.pairs))
+        return headers
+
+    @property
+    def content(self) -> Answer:
+        return self
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("Content-Length")
+        return int(value) if value is not None and value.isdigit() else None
+
+    async def readany(self) -> bytes:
+        """The next chunk of the body as the parser gave it; b"" at its end."""
+        while not self.chunks:
+            if self.done:
+                if self.error is not None:
+                    raise self.error
+                return b""
+            await self.wait()
+        chunk = self.chunks.popleft()
+        self.buffered -= len(chunk)
+        if self._conn is not None:
+            self._conn.drained(self.buffered)
+        return chunk
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        while not self.done:
+            await self.wait()
+        if self.error is not None:
+            raise self.error
+        data = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
+        self.chunks.clear()
+        self.buffered = 0
+        return data
+
+    def release(self) -> None:
+        """Done with the answer: its connection goes back to the pool if it can be reused."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.detach()
+            if self.done and self.reusable and self.error is None and not self.chunks:
+                self._pool.put(conn)
+            else:
+                conn.close()
+
+    def close(self) -> None:
+        """Drop the connection (cancelled or broken mid-way: the backend stops)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.detach()
+            conn.close()
+
+    # Called by the connection.
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def finish(self, *, reusable: bool) -> None:
+        self.done = True
+        self.reusable = reusable
+        self.wake()
+
+    async def wait(self) -> None:
+        """Until the connection has news for the answer."""
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+
+_NO_HEADERS: Final[CIMultiDictProxy[str]] = CIMultiDictProxy(CIMultiDict())
