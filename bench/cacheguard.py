@@ -206,7 +206,7 @@ def measure(tmp: Path, procs: Procs, seconds: float, rounds: int) -> dict[str, A
         both_proc, both_url = edges["both"]
         for _ in range(rounds):
             for label, (prompt, lead) in prompts.items():
-                # A new id prefix per pair (both edges get the same bodies): 9 digits.
+                # A new id prefix per pair (both edges get the same bodies): 8 random digits.
                 run = f"{lead}{random.randrange(10_000_000, 100_000_000)}"
                 unique = unique_script(tmp / f"unique{run}.lua", prompt, run)
                 cpu = plain_proc.cpu_seconds()
