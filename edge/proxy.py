@@ -39,6 +39,7 @@ from edge.gateway.pipeline import Gateway
 from edge.gateway.tokens import ask_usage
 from edge.h1pool import Pool
 from edge.inbound import CHAT, EMBEDDINGS, Endpoint, parse
+from edge.lane.request import LaneRequest
 from edge.metrics import EdgeMetrics
 from edge.providers.fallbacks import (
     FALLBACK,
@@ -185,7 +186,10 @@ class Proxy:
         async def admit() -> Admission:
             call = request[CALL]
             identity = self.check_auth(request)
-            raw = await self.read_body(request)
+            if isinstance(request, LaneRequest):  # came whole, within max_body_bytes
+                raw = request.body
+            else:
+                raw = await self.read_body(request)
             body = parse(raw, endpoint)
             model: str = body["model"]
             if identity is not None:
@@ -222,7 +226,6 @@ class Proxy:
         if tracer is not None:
             tracer.begin(request)
         started = call.started
-        metrics = self.metrics
         model_label = "-"  # a model name only once it routes: unknown names are unbounded
         status = 0
         try:
@@ -295,18 +298,28 @@ class Proxy:
             return web.Response(status=499)
         finally:
             duration = time.monotonic() - started
-            backend_name = call.backend or "-"
-            metrics.request(model_label, backend_name, status, endpoint_name, duration)
-            metrics.traffic.finished(call, model_label, backend_name, status, duration)
             call.status = status or 500  # 0: an unexpected exception, answered with a 500
             call.duration = duration
-            if self.limits is not None:
+            if self.limits is not None:  # before the answer's x-ratelimit-* headers
                 self.limits.settle(call)
             if self.gateway is not None:
                 self.gateway.leave(request, call)
-            self.recorder.record(call)
+            # Counted and recorded just after the answer is written (the same loop turn
+            # writes it), not while the client waits; still before the loop reads anything
+            # more from any client.
+            asyncio.get_running_loop().call_soon(
+                self._account, call, model_label, status, endpoint_name
+            )
             if tracer is not None:
                 tracer.finish(request, call, call.status)
+
+    def _account(self, call: Call, model_label: str, status: int, endpoint_name: str) -> None:
+        """A finished request into the metrics, the traffic summary and the usage records."""
+        backend_name = call.backend or "-"
+        duration = call.duration
+        self.metrics.request(model_label, backend_name, status, endpoint_name, duration)
+        self.metrics.traffic.finished(call, model_label, backend_name, status, duration)
+        self.recorder.record(call)
 
     async def _stage(
         self,
