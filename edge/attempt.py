@@ -129,7 +129,8 @@ class Attempts:
                 else:
                     content_type = upstream.headers.get("Content-Type", "")
                 if not exchange.streams(status, content_type):
-                    deadlines.push(deadline, self._idle)
+                    if not (isinstance(upstream, Answer) and upstream.done):  # else no wait
+                        deadlines.push(deadline, self._idle)
                     data = await upstream.read()
                     awaiting.discard(deadline)
                     clean = True

@@ -24,6 +24,7 @@ NOT_RELAYED: Final = frozenset((
     "proxy-connection", "upgrade", "trailer", "te",
 ))
 # fmt: on
+NOT_RELAYED_RAW: Final = frozenset(name.encode() for name in NOT_RELAYED)
 
 
 class Answer:
@@ -40,7 +41,6 @@ class Answer:
         "error",
         "head_only",
         "keep_alive",
-        "pairs",
         "pipe",
         "pipe_error",
         "raw_headers",
@@ -56,8 +56,8 @@ class Answer:
         self._conn: _Conn | None = conn
         self.status = 0
         self._headers: CIMultiDictProxy[str] | None = None
+        # Every header as it came (an interim answer's dropped), decoded only for `headers`.
         self.raw_headers: list[tuple[bytes, bytes]] = []
-        self.pairs: list[tuple[str, str]] = []  # every header, decoded, in order
         self.content_type: str | None = None  # the first Content-Type header's value
         # The headers a client gets relayed (all but NOT_RELAYED), in the backend's order.
         self.relayed: list[tuple[str, str]] = []
@@ -83,7 +83,8 @@ class Answer:
         if headers is None:
             if not self.status:
                 return _NO_HEADERS
-            headers = self._headers = CIMultiDictProxy(CIMultiDict(self.pairs))
+            pairs = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.raw_headers]
+            headers = self._headers = CIMultiDictProxy(CIMultiDict(pairs))
         return headers
 
     @property

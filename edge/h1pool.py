@@ -31,7 +31,7 @@ from typing import Any, Final, cast
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from edge.h1answer import NOT_RELAYED, Answer
+from edge.h1answer import NOT_RELAYED_RAW, Answer
 
 _HIGH_WATER: Final = 256 * 1024  # buffered body bytes before the socket stops being read
 _SMALL_BODY: Final = 64 * 1024  # bodies up to this go out in one write with the head
@@ -111,7 +111,7 @@ class _Conn(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         answer = self._answer
-        if answer is not None:
+        if answer is not None and not answer.status:  # not a chunked body's trailers
             answer.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -123,22 +123,19 @@ class _Conn(asyncio.Protocol):
             answer.raw_headers.clear()
             return
         answer.status = status
-        # Decoded once; the full multidict only if someone reads `headers` (the proxy reads
-        # the relayed ones and the content type: those are sorted out here).
-        pairs = answer.pairs
+        # Only the relayed headers are decoded here (the proxy reads those and the content
+        # type); the full multidict is made from the raw pairs if someone reads `headers`.
         relayed = answer.relayed
         framed = False
         for name, value in answer.raw_headers:
-            pair = (name.decode("latin-1"), value.decode("latin-1"))
-            pairs.append(pair)
-            lower = pair[0].lower()
-            if lower not in NOT_RELAYED:
+            lower = name.lower()
+            if lower not in NOT_RELAYED_RAW:
+                pair = (name.decode("latin-1"), value.decode("latin-1"))
                 relayed.append(pair)
-                if lower == "content-type" and answer.content_type is None:
+                if lower == b"content-type" and answer.content_type is None:
                     answer.content_type = pair[1]
-            elif lower == "content-length" or lower == "transfer-encoding":
+            elif lower == b"content-length" or lower == b"transfer-encoding":
                 framed = True
-        answer.raw_headers.clear()
         answer.until_close = not framed
         answer.keep_alive = self._parser.should_keep_alive()
         if answer.head_only:
@@ -223,6 +220,9 @@ class Pool:
             _httptools = importlib.import_module("httptools")
         self._idle: dict[tuple[str, int], list[_Conn]] = {}
         self._heads: dict[tuple[str, str, str, tuple[tuple[str, str], ...]], bytes] = {}
+        # Per URL (a backend's URLs are made once, edge/table.py), for the method and headers
+        # object last sent to it: the head and the pool key without rebuilding the cache key.
+        self._targets: dict[URL, tuple[str, CIMultiDictProxy[str], bytes, tuple[str, int]]] = {}
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive
         self._closed = False
@@ -232,7 +232,10 @@ class Pool:
             conn.close()
             return
         conn.idle_since = time.monotonic()
-        self._idle.setdefault(conn.key, []).append(conn)
+        idle = self._idle.get(conn.key)
+        if idle is None:
+            idle = self._idle[conn.key] = []
+        idle.append(conn)
 
     async def _connect(self, key: tuple[str, int]) -> _Conn:
         loop = asyncio.get_running_loop()
@@ -276,34 +279,43 @@ class Pool:
     ) -> Answer:
         """Send one request and wait for the answer's status and headers. `lines`: header
         lines of this request alone (each ending in CRLF), after the cached head's."""
-        head = self.head(method, url, headers)
+        target = self._targets.get(url)
+        if target is not None and target[0] == method and target[1] is headers:
+            head, key = target[2], target[3]
+        else:
+            head, key = self.head(method, url, headers), (url.raw_host or "", url.port or 80)
+            if len(self._targets) >= _HEADS_MAX:
+                self._targets.clear()
+            self._targets[url] = (method, headers, head, key)
         if body is not None or method in ("POST", "PUT", "PATCH"):
             head = b"%b%bContent-Length: %d\r\n\r\n" % (head, lines, len(body or b""))
         else:
             head = b"%b%b\r\n" % (head, lines)
-        key = (url.raw_host or "", url.port or 80)
         conn = self._pooled(key)
-        if conn is not None:
+        fresh = conn is None
+        while True:
+            if conn is None:
+                conn = await self._connect(key)
+            answer = Answer(self, conn)
+            answer.head_only = method == "HEAD"
             try:
-                return await self._exchange(conn, head, body, method)
+                conn.send(answer, head, body)
+                while not answer.status:
+                    if answer.done:
+                        assert answer.error is not None
+                        raise answer.error
+                    await answer.wait()
             except UpstreamClosed:
-                pass  # a kept-alive connection the server had closed: once more, fresh
-        return await self._exchange(await self._connect(key), head, body, method)
-
-    async def _exchange(self, conn: _Conn, head: bytes, body: bytes | None, method: str) -> Answer:
-        answer = Answer(self, conn)
-        answer.head_only = method == "HEAD"
-        try:
-            conn.send(answer, head, body)
-            while not answer.status:
-                if answer.done:
-                    assert answer.error is not None
-                    raise answer.error
-                await answer.wait()
-        except BaseException:
-            answer.close()
-            raise
-        return answer
+                answer.close()
+                if fresh:
+                    raise
+                # A kept-alive connection the server had closed: once more, fresh.
+                conn, fresh = None, True
+                continue
+            except BaseException:
+                answer.close()
+                raise
+            return answer
 
     async def close(self) -> None:
         self._closed = True

@@ -128,6 +128,24 @@ def test_forwarding_forms_agree() -> None:
     assert Forwarding(HeadersConfig(forward=())).lines(incoming, base) == b""
 
 
+@pytest.mark.parametrize(
+    ("forwarded", "sent"),
+    [
+        (HeadersConfig().forward, {"User-Agent": "bot/1"}),  # only the client's agent
+        (HeadersConfig().forward, {"traceparent": "t", "user-agent": ""}),  # an empty agent
+        (("traceparent", "X-Request-Id"), {"X-Request-Id": "r", "User-Agent": "bot/1"}),
+        (("traceparent",), {"Host": "x"}),  # none of the names, no User-Agent listed
+    ],
+)
+def test_lines_agree_with_pairs(forwarded: tuple[str, ...], sent: dict[str, str]) -> None:
+    """The fast client's header lines are the pairs, whichever of them the client sent."""
+    forward = Forwarding(HeadersConfig(forward=forwarded))
+    incoming = CIMultiDictProxy(CIMultiDict(sent))
+    base = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
+    pairs = forward.pairs(incoming, base)
+    assert forward.lines(incoming, base).decode() == "".join(f"{n}: {v}\r\n" for n, v in pairs)
+
+
 @pytest.mark.parametrize("name", ["Authorization", "connection", "Keep-Alive", "Cookie", "TE"])
 def test_hop_by_hop_and_credentials_are_refused_in_config(name: str) -> None:
     """Listing a hop-by-hop header or a credential is a configuration error."""
