@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine
 from typing import Any, Final, NamedTuple
 
 import aiohttp
@@ -321,12 +321,13 @@ class Gateway:
         return web.Response(body=body, headers=headers)
 
 
-def _targets(lookup: Callable[[], ModelRoute]) -> list[str]:
+def _targets(lookup: Callable[[], ModelRoute]) -> Collection[str]:
     """The models an alias stands for (none for a plain model, or with no route now)."""
     try:
-        return list(lookup().rewrites.values())
+        rewrites = lookup().rewrites
     except ApiError:
-        return []
+        return ()
+    return rewrites.values() if rewrites else ()
 
 
 def _with_usage(data: bytes, call: Call) -> bytes:

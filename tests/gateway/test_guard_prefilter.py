@@ -145,3 +145,11 @@ def test_cards_of_every_issuer_and_length_pass_the_card_pattern() -> None:
                 body = orjson.dumps({"content": text})
                 assert not (expected and scanner.clean(body)), text
     assert found > 200  # most lengths are some issuer's
+
+
+def test_the_raw_pass_database_stays_small() -> None:
+    """The raw-body database (every request's one pass) stays well under the text one."""
+    scanner = prefilter.Prefilter()
+    assert scanner.clean(b'{"content":"hello"}')
+    text_db, raw_db = scanner._databases
+    assert raw_db.size() < 256 * 1024 < text_db.size()

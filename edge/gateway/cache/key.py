@@ -16,16 +16,18 @@ from typing import Any, Final
 import orjson
 
 # Fields that change how an answer is delivered or who is billed, never what it says.
-# (A streamed and a whole answer share an entry: the cache replays either form.)
-IGNORED: Final = frozenset(("stream", "stream_options", "user", "metadata", "model"))
-VERSION: Final = "corral-cache-2"
+# (A streamed and a whole answer share an entry: the cache replays either form.) "model"
+# stays in the body: it is the model as asked, in the head as well, and most bodies then
+# hold none of these and are not copied.
+IGNORED: Final = frozenset(("stream", "stream_options", "user", "metadata"))
+VERSION: Final = "corral-cache-3"
 
 
 def cache_key(
     team: str, endpoint: str, model: str, targets: Iterable[str], body: dict[str, Any]
 ) -> str:
     """A hex digest naming one answer; equal for equal requests of one team, and only then."""
-    present = IGNORED.intersection(body)  # "model" at least, mostly: a copy without them
+    present = IGNORED.intersection(body)
     canonical = body
     if present:
         canonical = body.copy()
@@ -37,6 +39,6 @@ def cache_key(
         f"{VERSION}{len(team)}:{team}{len(endpoint)}:{endpoint}{len(model)}:{model}"
         f"{len(aliased)}:{aliased}"
     )
-    return hashlib.sha256(
-        head.encode() + orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
-    ).hexdigest()
+    digest = hashlib.sha256(head.encode())
+    digest.update(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS))
+    return digest.hexdigest()
