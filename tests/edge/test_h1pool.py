@@ -353,3 +353,24 @@ async def test_extra_bytes_after_an_answer_do_not_reach_the_next(pool: Pool) -> 
         assert second.content_type == "text/plain"
         second.release()
         assert server.connections == 1  # the same connection, its parser started afresh
+
+
+async def test_trailers_are_not_headers(pool: Pool) -> None:
+    """A chunked answer's trailers neither join its headers nor its relayed ones, read
+    before or after them."""
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
+            b"Trailer: X-Checksum\r\n\r\n2\r\nok\r\n0\r\nX-Checksum: abc\r\n\r\n"
+        )
+        await writer.drain()
+
+    async with serving(reply) as server:
+        up = await pool.request("POST", server.url(), b"{}", HEADERS)
+        assert await up.read() == b"ok"
+        up.release()
+    assert "X-Checksum" not in up.headers
+    assert up.headers["Trailer"] == "X-Checksum"
+    assert ("X-Checksum", "abc") not in up.relayed
