@@ -312,9 +312,13 @@ varies by about ±15 % in CPU per request from one 3 s run to the next, so singl
 swing both ways; the medians are what to compare.
 
 Where the time goes (2026-12-05, paired edges of `432bdaa` and of `18ea733`, load ~3.5):
-the guard starts with one Hyperscan pass over the raw body (edge/gateway/guard/prefilter.py,
-~1-3 µs in a tight loop); a body that is ASCII without `\\u` escapes and matches no
-detector's pattern is done then (no string collected or scanned). The id is card-shaped
+the guard starts with one Hyperscan pass over the raw body (edge/gateway/guard/prefilter.py:
+1.1 µs short, 3.0 µs per ~1 KiB in a tight loop since `a8ca722`, which found the `\\u`
+escape in that pass and shrank its database from 1 MB to 166 KB; py-spy under load put
+the pass at ~18 µs per ~1 KiB request before, ~7 µs after); a body that is ASCII without
+`\\u` escapes and matches no detector's pattern is done then (no string collected or
+scanned; the raw pass's card pattern is the wider one: any id led by 2-6 with 13 digits
+fails it and has its strings scanned). The id is card-shaped
 when its prefix starts as an issuer's numbers do and it has that issuer's fewest digits
 (led by 4, 50, 56-59 or 6 with 13 digits, by 3 with 14; 2x and 5[1-5] need 16, more than
 these ids have: about 3.5 prefixes in 9 make card-shaped ids, 5 in 9 before `7e28906`):
@@ -325,7 +329,8 @@ commits, 3 rounds of 3 s, medians, CPU µs per request added to `plain`): ids le
 (clean), short prompt +98 -> +64, ~1 KiB +140 -> +66 (ratio 0.65 -> 0.73, 0.55 -> 0.73);
 ids led by 5 (card-shaped), +101 -> +107 and +134 -> +151 (no gain: the strings are
 scanned, and the redactions cost as before), so compare rows with like prefixes. The rest
-is the cache's miss path (key: the body without its ignored fields as sorted JSON, SHA-256;
+is the cache's miss path (key: the body without its ignored fields, model kept, as sorted
+JSON, SHA-256;
 lookup, the Tap that records the answer, the store): ~20 µs per request in a tight loop,
 about twice to three times that inside the edge under load, as for all of the gateway's
 Python.
