@@ -14,6 +14,7 @@ import sqlite3
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Final, Protocol
 
@@ -124,16 +125,46 @@ def _sqlite_migrate(db: sqlite3.Connection) -> None:
         raise
 
 
-@functools.cache
-def _sqlite_insert(rows: int) -> str:
-    """One INSERT of `rows` rows; the sentinels of absent values become NULL."""
-    values = ", ".join(
-        f"nullif(?, {absent!r})" if (absent := NULLABLE.get(name)) is not None else "?"
-        for name in NAMES
-    )
-    return f"INSERT OR IGNORE INTO {TABLE} ({', '.join(NAMES)}) VALUES " + ", ".join(
-        [f"({values})"] * rows
-    )
+# Text columns that usually hold one value for a whole statement: this edge's name, and
+# what is empty or absent in most records. When every row of a statement agrees, the value
+# is bound once for all of them (numbered parameters): the sqlite3 module binds each text as
+# a copy, a malloc and free under SQLite's memory mutex per value, which was most of an insert.
+SHAREABLE: Final = tuple(
+    NAMES.index(name)
+    for name in ("edge", "error", "cache", "guard", "limit_outcome", "prompt", "completion")
+)
+
+
+def _value(column: int, param: int) -> str:
+    """A column's parameter, the sentinel of an absent value made NULL."""
+    absent = NULLABLE.get(NAMES[column])
+    return f"?{param}" if absent is None else f"nullif(?{param}, {absent!r})"
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_insert(rows: int, shared: tuple[int, ...] = ()) -> str:
+    """One INSERT of `rows` rows: each row's own values first (row by row), then the
+    `shared` columns' values, one parameter each for every row."""
+    own = [column for column in range(len(NAMES)) if column not in shared]
+    first_shared = rows * len(own) + 1
+    params = {column: first_shared + k for k, column in enumerate(shared)}
+    groups = []
+    for r in range(rows):
+        params.update((column, r * len(own) + k + 1) for k, column in enumerate(own))
+        groups.append("(" + ", ".join(_value(c, params[c]) for c in range(len(NAMES))) + ")")
+    return f"INSERT OR IGNORE INTO {TABLE} ({', '.join(NAMES)}) VALUES " + ", ".join(groups)
+
+
+def sqlite_statement(chunk: list[Row]) -> tuple[str, tuple[object, ...]]:
+    """The INSERT of these rows and its parameters, values every row shares bound once."""
+    columns = list(zip(*chunk, strict=True))
+    size = len(chunk)
+    shared = tuple(c for c in SHAREABLE if columns[c].count(columns[c][0]) == size)
+    if not shared:
+        return _sqlite_insert(size), tuple(chain.from_iterable(chunk))
+    own = itemgetter(*(c for c in range(len(NAMES)) if c not in shared))
+    values = chain(chain.from_iterable(map(own, chunk)), (columns[c][0] for c in shared))
+    return _sqlite_insert(size, shared), tuple(values)
 
 
 # Rows go in multi-row statements: the sqlite3 module releases the GIL around every step and
@@ -141,8 +172,8 @@ def _sqlite_insert(rows: int) -> str:
 # a row. A statement holds at most _SQLITE_MAX_ROWS rows (about 0.05 ms of binding with the GIL
 # held) and SQLite's limit of parameters (999 before 3.32); the rest of a batch goes in
 # statements of a power of two rows, so a handful of distinct statements serve every batch
-# (the connection keeps them prepared: ~0.6 MiB resident for 1..64 rows; a 128-row one alone
-# would add ~0.55 MiB).
+# (the connection keeps them prepared: ~0.6 MiB resident for 1..64 rows, times the few sets of
+# shared columns seen; a 128-row one alone would add ~0.55 MiB).
 _SQLITE_MAX_ROWS: Final = 64
 _SQLITE_CACHE_KIB: Final = 256
 
@@ -196,7 +227,7 @@ class SQLiteSink(_Threaded):
         try:
             for size in sqlite_chunks(len(rows), self._rows_per_statement):
                 end = start + size
-                db.execute(_sqlite_insert(size), tuple(chain.from_iterable(rows[start:end])))
+                db.execute(*sqlite_statement(rows[start:end]))
                 start = end
             db.execute("COMMIT")
         except BaseException:

@@ -162,6 +162,33 @@ async def test_sqlite_batches_across_statements_whole(tmp_path: Path) -> None:
     assert all(found[r[0]]["request_id"] == r[1] for r in written)
 
 
+async def test_sqlite_shared_values_stored_per_row(tmp_path: Path) -> None:
+    """Statements whose rows agree on some text columns and differ in others store each
+    row's own values (shared ones bound once)."""
+    sink = SQLiteSink(str(tmp_path / "u.db"))
+    await sink.open()
+    batch: list[Row] = []
+    for i in range(70):  # a 64-row statement and a 4-row and a 2-row one
+        call = Call(new_id(), f"r{i}", 0.0, 1_700_000_000.0 + i, "chat", status=200)
+        call.error = "status_502" if i == 5 else ""  # one row differs: not shared there
+        call.cache = "miss" if i >= 64 else ""
+        call.guard = {"email": i} if i == 69 else None
+        batch.append(row(call, "edge-a" if i < 66 else "edge-b", 0.0))
+    batch += both_forms()[1]  # replayed rows: None and bools among sentinels
+    await sink.write(batch)
+    await sink.close()
+    found = sqlite_records(tmp_path / "u.db")
+    assert len(found) == len(batch)
+    for values in batch:
+        stored_row = found[values[0]]
+        expected = as_dict(values)
+        expected["stream"], expected["estimated"] = (
+            int(expected["stream"]),
+            int(expected["estimated"]),
+        )
+        assert stored_row == expected
+
+
 class _HeldSink:
     """A sink whose writes wait until released; it keeps the batches it was given."""
 
