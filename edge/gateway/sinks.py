@@ -22,9 +22,7 @@ import orjson
 
 from corral.config import EdgeConfig
 from edge.errors import EdgeError
-from edge.gateway.records import COLUMNS, INDEXES, NAMES, NULLABLE, TABLE, Row, as_dict
-
-SQLITE_INDEXES = INDEXES[:1]  # usage_ts
+from edge.gateway.records import COLUMNS, NAMES, NULLABLE, TABLE, Row, as_dict
 
 
 class SinkError(EdgeError):
@@ -75,7 +73,7 @@ def sqlite_path(config: EdgeConfig) -> str:
     return ""
 
 
-SQLITE_SCHEMA_VERSION = 2
+SQLITE_SCHEMA_VERSION = 3
 
 
 def sqlite_connect(path: str, *, create: bool) -> sqlite3.Connection:
@@ -98,13 +96,22 @@ def _sqlite_migrate(db: sqlite3.Connection) -> None:
     try:
         db.execute("CREATE TABLE IF NOT EXISTS corral_schema (version INTEGER NOT NULL)")
         found = db.execute("SELECT max(version) FROM corral_schema").fetchone()[0] or 0
+        if found > SQLITE_SCHEMA_VERSION:
+            raise SinkError(
+                f"the usage database has schema {found}, newer than this Corral's "
+                f"{SQLITE_SCHEMA_VERSION}"
+            )
         if found < 1:
-            columns = ", ".join(f"{name} {kind}" for name, kind, _ in COLUMNS)
-            # Clustered by id (no separate key index), and only the time index: reports
-            # read a time range. Every index more is one B-tree more per insert.
-            db.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ({columns}) WITHOUT ROWID")
-            for index, cols in SQLITE_INDEXES:
-                db.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {TABLE} ({cols})")
+            # Clustered by (ts, id), with no index: reports read a time range, and an insert
+            # is one B-tree (schema 3; an id key and a time index were two). A record keeps
+            # its id and time when spooled and replayed, so a replay still adds nothing.
+            columns = ", ".join(
+                f"{name} {'TEXT NOT NULL' if name == 'id' else kind}" for name, kind, _ in COLUMNS
+            )
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {TABLE} ({columns}, PRIMARY KEY (ts, id)) "
+                "WITHOUT ROWID"
+            )
             db.execute("INSERT INTO corral_schema (version) VALUES (1)")
             found = 1
         if found < 2:  # saved_tokens (cache hits); present already in a table created now
@@ -114,11 +121,10 @@ def _sqlite_migrate(db: sqlite3.Connection) -> None:
                     f"ALTER TABLE {TABLE} ADD COLUMN saved_tokens INTEGER NOT NULL DEFAULT 0"
                 )
             db.execute("INSERT INTO corral_schema (version) VALUES (2)")
-        elif found > SQLITE_SCHEMA_VERSION:
-            raise SinkError(
-                f"the usage database has schema {found}, newer than this Corral's "
-                f"{SQLITE_SCHEMA_VERSION}"
-            )
+        if found < 3:
+            # A file from before keeps its layout (clustered by id, a time index): rebuilding
+            # a large table would hold the edge's start up. Same columns, same reports.
+            db.execute("INSERT INTO corral_schema (version) VALUES (3)")
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
