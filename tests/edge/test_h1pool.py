@@ -68,6 +68,17 @@ def answer(body: bytes, extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
 
 
+def answering(raw: bytes) -> Handler:
+    """A backend that reads one request and writes `raw` back."""
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(raw)
+        await writer.drain()
+
+    return reply
+
+
 async def echo_forever(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     while (body := await read_request(reader)) is not None:
         writer.write(answer(body))
@@ -308,15 +319,11 @@ async def test_relayed_headers_leave_out_hop_by_hop(pool: Pool) -> None:
     """The headers a client gets relayed: the backend's, in order, without the framing and
     hop-by-hop ones the edge's server sets for its own answer."""
 
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nServer: nginx\r\nX-A: 1\r\nDate: today\r\n"
-            b"Content-Type: application/json\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive"
-            b"\r\nx-ratelimit-remaining: 9\r\nContent-Length: 2\r\n\r\n{}"
-        )
-        await writer.drain()
-
+    reply = answering(
+        b"HTTP/1.1 200 OK\r\nServer: nginx\r\nX-A: 1\r\nDate: today\r\n"
+        b"Content-Type: application/json\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive"
+        b"\r\nx-ratelimit-remaining: 9\r\nContent-Length: 2\r\n\r\n{}"
+    )
     async with serving(reply) as server:
         up = await pool.request("POST", server.url(), b"{}", HEADERS)
         assert await up.read() == b"{}"
@@ -359,14 +366,10 @@ async def test_trailers_are_not_headers(pool: Pool) -> None:
     """A chunked answer's trailers neither join its headers nor its relayed ones, read
     before or after them."""
 
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
-            b"Trailer: X-Checksum\r\n\r\n2\r\nok\r\n0\r\nX-Checksum: abc\r\n\r\n"
-        )
-        await writer.drain()
-
+    reply = answering(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
+        b"Trailer: X-Checksum\r\n\r\n2\r\nok\r\n0\r\nX-Checksum: abc\r\n\r\n"
+    )
     async with serving(reply) as server:
         up = await pool.request("POST", server.url(), b"{}", HEADERS)
         assert await up.read() == b"ok"
