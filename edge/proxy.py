@@ -315,11 +315,11 @@ class Proxy:
 
     def _account(self, call: Call, model_label: str, status: int, endpoint_name: str) -> None:
         """A finished request into the metrics, the traffic summary and the usage records."""
+        self.recorder.record(call)  # first: a failing metric must not cost the usage record
         backend_name = call.backend or "-"
         duration = call.duration
         self.metrics.request(model_label, backend_name, status, endpoint_name, duration)
         self.metrics.traffic.finished(call, model_label, backend_name, status, duration)
-        self.recorder.record(call)
 
     async def _stage(
         self,
