@@ -220,9 +220,9 @@ class Pool:
             _httptools = importlib.import_module("httptools")
         self._idle: dict[tuple[str, int], list[_Conn]] = {}
         self._heads: dict[tuple[str, str, str, tuple[tuple[str, str], ...]], bytes] = {}
-        # Per URL (a backend's URLs are made once, edge/table.py), for the method and headers
-        # object last sent to it: the head and the pool key without rebuilding the cache key.
-        self._targets: dict[URL, tuple[str, CIMultiDictProxy[str], bytes, tuple[str, int]]] = {}
+        # Per URL (a backend's URLs are made once, edge/table.py): the method and headers
+        # object last sent to it and their head, found without building `_heads`' key.
+        self._last: dict[URL, tuple[str, CIMultiDictProxy[str], bytes]] = {}
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive
         self._closed = False
@@ -256,6 +256,9 @@ class Pool:
     def head(self, method: str, url: URL, headers: CIMultiDictProxy[str]) -> bytes:
         """The request line and headers (without Content-Length), serialised once per
         distinct (method, host, target, headers)."""
+        last = self._last.get(url)
+        if last is not None and last[0] == method and last[1] is headers:
+            return last[2]
         target = url.raw_path_qs
         host = url.raw_authority
         cache_key = (method, host, target, tuple(headers.items()))
@@ -267,6 +270,9 @@ class Pool:
             if len(self._heads) >= _HEADS_MAX:
                 self._heads.clear()
             self._heads[cache_key] = head
+        if len(self._last) >= _HEADS_MAX:
+            self._last.clear()
+        self._last[url] = (method, headers, head)
         return head
 
     async def request(
@@ -279,14 +285,8 @@ class Pool:
     ) -> Answer:
         """Send one request and wait for the answer's status and headers. `lines`: header
         lines of this request alone (each ending in CRLF), after the cached head's."""
-        target = self._targets.get(url)
-        if target is not None and target[0] == method and target[1] is headers:
-            head, key = target[2], target[3]
-        else:
-            head, key = self.head(method, url, headers), (url.raw_host or "", url.port or 80)
-            if len(self._targets) >= _HEADS_MAX:
-                self._targets.clear()
-            self._targets[url] = (method, headers, head, key)
+        head = self.head(method, url, headers)
+        key = (url.raw_host or "", url.port or 80)
         if body is not None or method in ("POST", "PUT", "PATCH"):
             head = b"%b%bContent-Length: %d\r\n\r\n" % (head, lines, len(body or b""))
         else:
