@@ -11,6 +11,7 @@ import uvloop
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from edge.h1answer import Answer
 from edge.h1pool import Pool, UpstreamClosed
 from tests.support.net import free_port
 
@@ -77,6 +78,15 @@ def answering(raw: bytes) -> Handler:
         await writer.drain()
 
     return reply
+
+
+async def fetch_once(pool: Pool, raw: bytes) -> tuple[Answer, bytes]:
+    """One request to a backend answering `raw`: the answer (released) and its body."""
+    async with serving(answering(raw)) as server:
+        up = await pool.request("POST", server.url(), b"{}", HEADERS)
+        body = await up.read()
+        up.release()
+    return up, body
 
 
 async def echo_forever(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -319,15 +329,13 @@ async def test_relayed_headers_leave_out_hop_by_hop(pool: Pool) -> None:
     """The headers a client gets relayed: the backend's, in order, without the framing and
     hop-by-hop ones the edge's server sets for its own answer."""
 
-    reply = answering(
+    up, body = await fetch_once(
+        pool,
         b"HTTP/1.1 200 OK\r\nServer: nginx\r\nX-A: 1\r\nDate: today\r\n"
         b"Content-Type: application/json\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive"
-        b"\r\nx-ratelimit-remaining: 9\r\nContent-Length: 2\r\n\r\n{}"
+        b"\r\nx-ratelimit-remaining: 9\r\nContent-Length: 2\r\n\r\n{}",
     )
-    async with serving(reply) as server:
-        up = await pool.request("POST", server.url(), b"{}", HEADERS)
-        assert await up.read() == b"{}"
-        up.release()
+    assert body == b"{}"
     assert up.relayed == [
         ("X-A", "1"),
         ("Content-Type", "application/json"),
@@ -366,14 +374,12 @@ async def test_trailers_are_not_headers(pool: Pool) -> None:
     """A chunked answer's trailers neither join its headers nor its relayed ones, read
     before or after them."""
 
-    reply = answering(
+    up, body = await fetch_once(
+        pool,
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
-        b"Trailer: X-Checksum\r\n\r\n2\r\nok\r\n0\r\nX-Checksum: abc\r\n\r\n"
+        b"Trailer: X-Checksum\r\n\r\n2\r\nok\r\n0\r\nX-Checksum: abc\r\n\r\n",
     )
-    async with serving(reply) as server:
-        up = await pool.request("POST", server.url(), b"{}", HEADERS)
-        assert await up.read() == b"ok"
-        up.release()
+    assert body == b"ok"
     assert "X-Checksum" not in up.headers
     assert up.headers["Trailer"] == "X-Checksum"
     assert ("X-Checksum", "abc") not in up.relayed
