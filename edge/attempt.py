@@ -94,6 +94,9 @@ class Attempts:
         self._deadlines = Deadlines()
         self._first_byte = first_byte
         self._idle = idle
+        # The loop it serves on, from the first attempt: asyncio.current_task() without one
+        # costs a getpid() system call on Python 3.11 (a session is bound to one loop anyway).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __call__(self, attempt: Attempt) -> web.StreamResponse | Failure:
         """One try on one backend, under one deadline: time to first byte until the answer
@@ -105,7 +108,10 @@ class Attempts:
         staged: RelayResponse | None = None  # a stream's response, prepared before its start
         meter: Meter | None = None  # set once a stream started
         deadlines = self._deadlines
-        task = asyncio.current_task()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
         assert task is not None  # aiohttp runs every handler in a task
         deadline = deadlines.start(task, self._first_byte)
         clean = False

@@ -18,6 +18,7 @@ from multidict import CIMultiDict
 
 from edge.balancer import no_backend
 from edge.errors import error_body
+from edge.relay import whole_response
 from edge.table import BackendState, ModelRoute
 
 
@@ -76,7 +77,7 @@ class Exchange:
     def whole(
         self, status: int, data: bytes, headers: CIMultiDict[str], backend: BackendState
     ) -> web.StreamResponse:
-        return web.Response(status=status, body=data, headers=headers)
+        return whole_response(status, data, headers)
 
     def first(self, chunk: bytes, backend: BackendState) -> bytes:
         return chunk
@@ -139,7 +140,7 @@ class OpenAIExchange(Exchange):
         renamer = self.renamer
         if renamer is not None and status == 200:
             data = renamer.json(data)
-        return web.Response(status=status, body=data, headers=headers)
+        return whole_response(status, data, headers)
 
     def first(self, chunk: bytes, backend: BackendState) -> bytes:
         renamer = self.renamer

@@ -33,6 +33,7 @@ class Answer:
     __slots__ = (
         "_conn",
         "_headers",
+        "_loop",
         "_pool",
         "buffered",
         "chunks",
@@ -54,6 +55,7 @@ class Answer:
     def __init__(self, pool: Pool, conn: _Conn) -> None:
         self._pool = pool
         self._conn: _Conn | None = conn
+        self._loop = conn.loop
         self.status = 0
         self._headers: CIMultiDictProxy[str] | None = None
         # Every header as it came (an interim answer's dropped), decoded only for `headers`.
@@ -152,7 +154,7 @@ class Answer:
 
     async def wait(self) -> None:
         """Until the connection has news for the answer."""
-        self.waiter = asyncio.get_running_loop().create_future()
+        self.waiter = self._loop.create_future()
         try:
             await self.waiter
         finally:

@@ -59,11 +59,15 @@ class _Conn(asyncio.Protocol):
         "_waiter",
         "idle_since",
         "key",
+        "loop",
         "transport",
     )
 
     def __init__(self, key: tuple[str, int]) -> None:
         self.key = key
+        # Its answers' futures are made on it (asyncio.get_running_loop costs a getpid()
+        # system call per call on Python 3.11).
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self._parser = _httptools.HttpResponseParser(self)
         # The parser ended a message and has not begun another: it can parse the next

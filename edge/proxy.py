@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -49,6 +49,7 @@ from edge.providers.fallbacks import (
     run_chain,
 )
 from edge.providers.hosted import Pools, adapt
+from edge.recorder import DISCARD, Recorder
 from edge.relay import (
     BACKEND_HEADER,
     ROUTE_HEADER,
@@ -79,19 +80,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class Recorder:
-    """Takes each finished Call (edge/gateway/usage.py); this one keeps nothing."""
-
-    __slots__ = ()
-    body_teams: frozenset[str] = frozenset()  # teams whose prompts and answers are kept
-
-    def record(self, call: Call) -> None:
-        """Called once per request, on the hot path: must not block or raise."""
-
-
-DISCARD: Final = Recorder()
 
 
 class Proxy:
@@ -143,6 +131,9 @@ class Proxy:
         self.gateway: Gateway | None = None
         # OpenTelemetry spans (edge/tracing.py); None unless an OTLP endpoint is configured.
         self.tracer: Tracer | None = None
+        # The loop it serves on, from the first request (its session is bound to one loop):
+        # asyncio.get_running_loop() costs a getpid() system call per call on Python 3.11.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- admission -------------------------------------------------------------------------
 
@@ -307,9 +298,10 @@ class Proxy:
             # Counted and recorded just after the answer is written (the same loop turn
             # writes it), not while the client waits; still before the loop reads anything
             # more from any client.
-            asyncio.get_running_loop().call_soon(
-                self._account, call, model_label, status, endpoint_name
-            )
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self._account, call, model_label, status, endpoint_name)
             if tracer is not None:
                 tracer.finish(request, call, call.status)
 

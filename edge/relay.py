@@ -9,6 +9,7 @@ from typing import Final, cast
 import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.compression_utils import MAX_SYNC_CHUNK_SIZE
 from aiohttp.http import StreamWriter
 from multidict import CIMultiDict, istr
 
@@ -46,6 +47,23 @@ def relay_headers(
     headers[BACKEND_HEADER] = backend.name
     headers[ROUTE_HEADER] = label
     return headers
+
+
+def whole_response(status: int, body: bytes, headers: CIMultiDict[str]) -> web.Response:
+    """`web.Response(status=status, body=body, headers=headers)` made without copying the
+    headers: they become the response's own (the caller's fresh multidict, not used again).
+    What web.Response's constructor does for bytes and no content type, minus the copy and
+    its argument checks, ~0.8 µs less per answer (tests/edge/test_aiohttp_private.py)."""
+    response: web.Response = _new_response(web.Response)
+    _stream_init(response, status=status, _real_headers=headers)
+    response.body = body
+    response._zlib_executor_size = MAX_SYNC_CHUNK_SIZE
+    response._zlib_executor = None
+    return response
+
+
+_new_response: Final = web.Response.__new__
+_stream_init: Final = web.StreamResponse.__init__
 
 
 class ClientGone(EdgeError):

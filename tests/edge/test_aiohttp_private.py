@@ -8,9 +8,10 @@ import asyncio
 import pytest
 from aiohttp import web
 from aiohttp.http_writer import _serialize_headers
+from multidict import CIMultiDict
 
 from edge.http_errors import EdgeRunner
-from edge.relay import RelayResponse
+from edge.relay import RelayResponse, whole_response
 from tests.support.net import free_port
 
 
@@ -23,6 +24,28 @@ def test_private_names_still_exist() -> None:
         _serialize_headers("HTTP/1.1 200 OK", {"A": "b\r\nInjected: yes"})
     assert RelayResponse._send_headers_immediately is False
     assert callable(web.AppRunner._make_server)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers"),
+    [
+        (200, b'{"a":1}', {"Content-Type": "application/json", "X-Corral-Backend": "b"}),
+        (404, b"", {}),
+        (599, b"x" * 70000, {"X-A": "1", "x-a": "2"}),
+    ],
+)
+def test_whole_response_is_a_web_response(
+    status: int, body: bytes, headers: dict[str, str]
+) -> None:
+    """whole_response makes what web.Response(status, body, headers) makes, attribute for
+    attribute, and keeps the multidict it was given."""
+    given = CIMultiDict(headers)
+    ours = whole_response(status, body, given)
+    theirs = web.Response(status=status, body=body, headers=CIMultiDict(headers))
+    assert type(ours) is web.Response
+    assert ours.headers is given
+    assert vars(ours) == vars(theirs)
+    assert (ours.status, ours.reason, ours.body) == (theirs.status, theirs.reason, theirs.body)
 
 
 async def test_relay_headers_leave_with_the_first_chunk() -> None:
