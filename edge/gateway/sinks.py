@@ -14,7 +14,6 @@ import sqlite3
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
-from operator import itemgetter
 from pathlib import Path
 from typing import IO, Final, Protocol
 
@@ -149,15 +148,20 @@ def _value(column: int, param: int) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _sqlite_insert(rows: int, shared: tuple[int, ...] = ()) -> str:
-    """One INSERT of `rows` rows: each row's own values first (row by row), then the
-    `shared` columns' values, one parameter each for every row."""
+    """One INSERT of `rows` rows. Parameters go column by column (a column's values for
+    every row, in row order), the `shared` columns' one value each last: the rows arrive
+    as columns already (sqlite_statement transposes them to find shared values), so the
+    parameters are those columns chained, with no per-row Python work."""
     own = [column for column in range(len(NAMES)) if column not in shared]
-    first_shared = rows * len(own) + 1
-    params = {column: first_shared + k for k, column in enumerate(shared)}
+    first = {column: k * rows + 1 for k, column in enumerate(own)}
+    shared_param = {column: len(own) * rows + 1 + k for k, column in enumerate(shared)}
     groups = []
     for r in range(rows):
-        params.update((column, r * len(own) + k + 1) for k, column in enumerate(own))
-        groups.append("(" + ", ".join(_value(c, params[c]) for c in range(len(NAMES))) + ")")
+        values = (
+            _value(c, shared_param[c] if c in shared_param else first[c] + r)
+            for c in range(len(NAMES))
+        )
+        groups.append("(" + ", ".join(values) + ")")
     return f"INSERT OR IGNORE INTO {TABLE} ({', '.join(NAMES)}) VALUES " + ", ".join(groups)
 
 
@@ -166,10 +170,13 @@ def sqlite_statement(chunk: list[Row]) -> tuple[str, tuple[object, ...]]:
     columns = list(zip(*chunk, strict=True))
     size = len(chunk)
     shared = tuple(c for c in SHAREABLE if columns[c].count(columns[c][0]) == size)
-    if not shared:
-        return _sqlite_insert(size), tuple(chain.from_iterable(chunk))
-    own = itemgetter(*(c for c in range(len(NAMES)) if c not in shared))
-    values = chain(chain.from_iterable(map(own, chunk)), (columns[c][0] for c in shared))
+    if shared:
+        values = chain(
+            chain.from_iterable(columns[c] for c in range(len(NAMES)) if c not in shared),
+            (columns[c][0] for c in shared),
+        )
+    else:
+        values = chain.from_iterable(columns)
     return _sqlite_insert(size, shared), tuple(values)
 
 
