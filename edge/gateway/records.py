@@ -69,24 +69,53 @@ NO_TEXT: Final = ""  # guard, prompt, completion: not kept (an empty body is kep
 FLAGS: Final = ("stream", "estimated")
 NULLABLE: Final = {"ttft_ms": NO_TTFT, "guard": NO_TEXT, "prompt": NO_TEXT, "completion": NO_TEXT}
 
-# The Call's fields in column order, read in C (a row per record is the writer's main cost).
-_HEAD: Final = attrgetter("id", "request_id", "time")
-_NAMES: Final = attrgetter(
-    "key_id", "team", "endpoint", "model", "served", "backend", "route", "status", "error"
-)
+# The Call's fields in column order, read in C (a row per record is the recorder's main
+# cost on the event loop); unpacked into locals and built as one tuple display, which is
+# a quarter cheaper than splicing the getters' tuples in with `*`.
+_FIRST: Final = attrgetter(
+    "id", "request_id", "time", "key_id", "team", "endpoint", "model", "served", "backend",
+    "route", "status", "error",
+)  # fmt: skip
 _TOKENS: Final = attrgetter("prompt_tokens", "cached_tokens", "completion_tokens")
 
 
 def row(call: Call, edge: str, cost: float) -> Row:
     """The Call as a row of COLUMNS (SQL parameters: flags 0/1, absent values sentinels)."""
+    (
+        call_id,
+        request_id,
+        ts,
+        key_id,
+        team,
+        endpoint,
+        model,
+        served,
+        backend,
+        route,
+        status,
+        error,
+    ) = _FIRST(call)
+    prompt_tokens, cached_tokens, completion_tokens = _TOKENS(call)
     ttft = call.ttft
     guard, prompt = call.guard, call.prompt
     return (
-        *_HEAD(call),
+        call_id,
+        request_id,
+        ts,
         edge,
-        *_NAMES(call),
+        key_id,
+        team,
+        endpoint,
+        model,
+        served,
+        backend,
+        route,
+        status,
+        error,
         1 if call.stream else 0,
-        *_TOKENS(call),
+        prompt_tokens,
+        cached_tokens,
+        completion_tokens,
         1 if call.estimated else 0,
         cost,
         NO_TTFT if ttft is None else ttft * 1000.0,  # round() would cost more than the rest
