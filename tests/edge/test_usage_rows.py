@@ -18,7 +18,13 @@ from corral.config import UsageConfig
 from edge.gateway.call import Call, new_id
 from edge.gateway.postgres import PostgresSink
 from edge.gateway.records import NAMES, TABLE, Row, as_dict, from_dict, row
-from edge.gateway.sinks import JsonLinesSink, SQLiteSink
+from edge.gateway.sinks import (
+    SHAREABLE,
+    SHAREABLE_TOGETHER,
+    JsonLinesSink,
+    SQLiteSink,
+    sqlite_statement,
+)
 from edge.gateway.usage import UsageRecorder
 from tests.support.postgres import PostgresServer, running_postgres
 
@@ -187,6 +193,51 @@ async def test_sqlite_shared_values_stored_per_row(tmp_path: Path) -> None:
             int(expected["estimated"]),
         )
         assert stored_row == expected
+
+
+def test_sqlite_statement_binds_an_agreeing_group_once() -> None:
+    """A group of columns every row agrees on is bound once; one row apart unshares it."""
+    calls = [
+        Call(new_id(), f"r{i}", 0.0, 1_700_000_000.0 + i, "chat", status=200) for i in range(8)
+    ]
+    for call in calls:
+        call.key_id, call.team, call.model, call.served = "k1", "t1", "m", "m-served"
+        call.backend, call.route = "b1", "sticky"
+
+    def params_when_shared(columns: int) -> int:
+        return len(calls) * (len(NAMES) - columns) + columns
+
+    everything = len(SHAREABLE) + sum(len(group) for group in SHAREABLE_TOGETHER)
+    _, params = sqlite_statement([row(call, "edge-a", 0.0) for call in calls])
+    assert len(params) == params_when_shared(everything)
+    calls[3].route = "least"  # backend and route: bound per row again
+    _, params = sqlite_statement([row(call, "edge-a", 0.0) for call in calls])
+    assert len(params) == params_when_shared(everything - len(SHAREABLE_TOGETHER[1]))
+
+
+async def test_sqlite_groups_shared_or_not_stored_per_row(tmp_path: Path) -> None:
+    """Rows whose who/where columns agree in some statements and not in others store each
+    row's own values."""
+    sink = SQLiteSink(str(tmp_path / "u.db"))
+    await sink.open()
+    batch: list[Row] = []
+    for i in range(100):  # statements of 64, 32 and 4 rows
+        call = Call(new_id(), f"r{i}", 0.0, 1_700_000_000.0 + i, "chat", status=200)
+        call.key_id, call.team, call.model, call.served = "k1", "t1", "m", "m"
+        call.backend, call.route = "b1", "sticky"
+        if i == 70:
+            call.model = "other"  # the 32-row statement: who/what not shared
+        if i >= 96:
+            call.backend = f"b{i}"  # the 4-row statement: where not shared
+        batch.append(row(call, "edge-a", 0.0))
+    await sink.write(batch)
+    await sink.close()
+    found = sqlite_records(tmp_path / "u.db")
+    assert len(found) == len(batch)
+    for values in batch:
+        expected = as_dict(values)
+        expected["stream"], expected["estimated"] = 0, 0
+        assert found[values[0]] == expected
 
 
 class _HeldSink:
