@@ -12,6 +12,7 @@ import asyncio
 import functools
 import sqlite3
 import sys
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from pathlib import Path
@@ -130,14 +131,17 @@ def _sqlite_migrate(db: sqlite3.Connection) -> None:
         raise
 
 
-# Text columns that usually hold one value for a whole statement: this edge's name, and
-# what is empty or absent in most records. When every row of a statement agrees, the value
-# is bound once for all of them (numbered parameters): the sqlite3 module binds each text as
-# a copy, a malloc and free under SQLite's memory mutex per value, which was most of an insert.
+# Columns that usually hold one value for a whole statement: this edge's name, and what is
+# empty or absent in most records (ttft_ms: answers that were not streamed). When every row
+# of a statement agrees, the value is bound once for all of them (numbered parameters), or
+# written as NULL when it is the absent value: the sqlite3 module binds each text as a copy,
+# a malloc and free under SQLite's memory mutex per value, which was most of an insert.
 SHAREABLE: Final = tuple(
     NAMES.index(name)
-    for name in ("edge", "error", "cache", "guard", "limit_outcome", "prompt", "completion")
-)
+    for name in (
+        "edge", "error", "cache", "guard", "limit_outcome", "prompt", "completion", "ttft_ms",
+    )
+)  # fmt: skip
 # Text columns that agree across a statement when one team, model and backend carry the
 # traffic (a single-user `corral up`, a dedicated fleet): each group bound once when all its
 # columns agree. All or nothing per group, so they add at most 4 statement shapes to the
@@ -147,6 +151,10 @@ SHAREABLE_TOGETHER: Final = tuple(
     tuple(NAMES.index(name) for name in group)
     for group in (("endpoint", "key_id", "team", "model", "served_model"), ("backend", "route"))
 )
+_ID: Final = NAMES.index("id")
+_REQUEST_ID: Final = NAMES.index("request_id")
+# A column's absent value in rows as recorded (a sentinel) and as replayed (None).
+_ABSENT: Final = {NAMES.index(name): (absent, None) for name, absent in NULLABLE.items()}
 
 
 def _value(column: int, param: int) -> str:
@@ -156,20 +164,28 @@ def _value(column: int, param: int) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _sqlite_insert(rows: int, shared: tuple[int, ...] = ()) -> str:
+def _sqlite_insert(
+    rows: int, shared: tuple[int, ...] = (), null: tuple[int, ...] = (), ours: bool = False
+) -> str:
     """One INSERT of `rows` rows. Parameters go column by column (a column's values for
     every row, in row order), the `shared` columns' one value each last: the rows arrive
     as columns already (sqlite_statement transposes them to find shared values), so the
-    parameters are those columns chained, with no per-row Python work."""
-    own = [column for column in range(len(NAMES)) if column not in shared]
+    parameters are those columns chained, with no per-row Python work. The `null` columns
+    are NULL in every row (no parameter); with `ours`, every request id is the row's id."""
+    unbound = set(shared) | set(null) | ({_REQUEST_ID} if ours else set())
+    own = [column for column in range(len(NAMES)) if column not in unbound]
     first = {column: k * rows + 1 for k, column in enumerate(own)}
     shared_param = {column: len(own) * rows + 1 + k for k, column in enumerate(shared)}
     groups = []
     for r in range(rows):
-        values = (
-            _value(c, shared_param[c] if c in shared_param else first[c] + r)
-            for c in range(len(NAMES))
-        )
+        values = []
+        for c in range(len(NAMES)):
+            if c in null:
+                values.append("NULL")
+            elif c in shared_param:
+                values.append(_value(c, shared_param[c]))
+            else:
+                values.append(_value(c, first[_ID if ours and c == _REQUEST_ID else c] + r))
         groups.append("(" + ", ".join(values) + ")")
     return f"INSERT OR IGNORE INTO {TABLE} ({', '.join(NAMES)}) VALUES " + ", ".join(groups)
 
@@ -178,18 +194,22 @@ def sqlite_statement(chunk: list[Row]) -> tuple[str, tuple[object, ...]]:
     """The INSERT of these rows and its parameters, values every row shares bound once."""
     columns = list(zip(*chunk, strict=True))
     size = len(chunk)
-    shared = tuple(c for c in SHAREABLE if columns[c].count(columns[c][0]) == size)
+    agreed = tuple(c for c in SHAREABLE if columns[c].count(columns[c][0]) == size)
     for group in SHAREABLE_TOGETHER:
         if all(columns[c].count(columns[c][0]) == size for c in group):
-            shared += group
-    if shared:
-        values = chain(
-            chain.from_iterable(columns[c] for c in range(len(NAMES)) if c not in shared),
+            agreed += group
+    null = tuple(c for c in agreed if c in _ABSENT and columns[c][0] in _ABSENT[c])
+    shared = tuple(c for c in agreed if c not in null)
+    ours = columns[_REQUEST_ID] == columns[_ID]  # no client sent its own X-Request-Id
+    if shared or null or ours:
+        unbound = set(agreed) | ({_REQUEST_ID} if ours else set())
+        values: Iterable[object] = chain(
+            chain.from_iterable(columns[c] for c in range(len(NAMES)) if c not in unbound),
             (columns[c][0] for c in shared),
         )
     else:
         values = chain.from_iterable(columns)
-    return _sqlite_insert(size, shared), tuple(values)
+    return _sqlite_insert(size, shared, null, ours), tuple(values)
 
 
 # Rows go in multi-row statements: the sqlite3 module releases the GIL around every step and

@@ -17,9 +17,8 @@ import pytest
 from corral.config import UsageConfig
 from edge.gateway.call import Call, new_id
 from edge.gateway.postgres import PostgresSink
-from edge.gateway.records import NAMES, TABLE, Row, as_dict, from_dict, row
+from edge.gateway.records import NAMES, NO_TTFT, TABLE, Row, as_dict, from_dict, row
 from edge.gateway.sinks import (
-    SHAREABLE,
     SHAREABLE_TOGETHER,
     JsonLinesSink,
     SQLiteSink,
@@ -203,40 +202,54 @@ def test_sqlite_statement_binds_an_agreeing_group_once() -> None:
     for call in calls:
         call.key_id, call.team, call.model, call.served = "k1", "t1", "m", "m-served"
         call.backend, call.route = "b1", "sticky"
-
-    def params_when_shared(columns: int) -> int:
-        return len(calls) * (len(NAMES) - columns) + columns
-
-    everything = len(SHAREABLE) + sum(len(group) for group in SHAREABLE_TOGETHER)
-    _, params = sqlite_statement([row(call, "edge-a", 0.0) for call in calls])
-    assert len(params) == params_when_shared(everything)
+    _, agreeing = sqlite_statement([row(call, "edge-a", 0.0) for call in calls])
     calls[3].route = "least"  # backend and route: bound per row again
-    _, params = sqlite_statement([row(call, "edge-a", 0.0) for call in calls])
-    assert len(params) == params_when_shared(everything - len(SHAREABLE_TOGETHER[1]))
+    _, apart = sqlite_statement([row(call, "edge-a", 0.0) for call in calls])
+    assert len(apart) - len(agreeing) == (len(calls) - 1) * len(SHAREABLE_TOGETHER[1])
+
+
+def test_sqlite_statement_binds_nothing_for_absent_values_and_our_ids() -> None:
+    """Values absent in every row are NULL in the statement, and request ids that are the
+    rows' own ids are not bound a second time."""
+    ours = [Call(i, i, 0.0, 1_700_000_000.0, "chat", status=200) for i in ("a", "b", "c")]
+    sql, params = sqlite_statement([row(call, "edge-a", 0.0) for call in ours])
+    absent = ("guard", "prompt", "completion", "ttft_ms")
+    assert sql.count("NULL") == len(absent) * len(ours) and params.count("a") == 1
+    ours[1].request_id, ours[2].ttft = "client-id", 0.5
+    sql, params = sqlite_statement([row(call, "edge-a", 0.0) for call in ours])
+    assert sql.count("NULL") == (len(absent) - 1) * len(ours)
+    assert params.count("a") == 2 and "client-id" in params
+    assert 500.0 in params and params.count(NO_TTFT) == 2
 
 
 async def test_sqlite_groups_shared_or_not_stored_per_row(tmp_path: Path) -> None:
-    """Rows whose who/where columns agree in some statements and not in others store each
-    row's own values."""
+    """Rows whose who/where columns, request ids and times to first token agree in some
+    statements and not in others store each row's own values."""
     sink = SQLiteSink(str(tmp_path / "u.db"))
     await sink.open()
     batch: list[Row] = []
     for i in range(100):  # statements of 64, 32 and 4 rows
-        call = Call(new_id(), f"r{i}", 0.0, 1_700_000_000.0 + i, "chat", status=200)
+        own = new_id()
+        call = Call(own, own, 0.0, 1_700_000_000.0 + i, "chat", status=200)
         call.key_id, call.team, call.model, call.served = "k1", "t1", "m", "m"
         call.backend, call.route = "b1", "sticky"
         if i == 70:
             call.model = "other"  # the 32-row statement: who/what not shared
+            call.request_id = "client-id"  # nor the request ids
         if i >= 96:
             call.backend = f"b{i}"  # the 4-row statement: where not shared
+            call.ttft, call.stream = 0.001 * i, True
         batch.append(row(call, "edge-a", 0.0))
+    batch += both_forms()[1]  # replayed rows: None and bools among sentinels
     await sink.write(batch)
+    await sink.write(both_forms()[1])  # replayed rows alone: None agreed by every row
     await sink.close()
     found = sqlite_records(tmp_path / "u.db")
     assert len(found) == len(batch)
     for values in batch:
         expected = as_dict(values)
-        expected["stream"], expected["estimated"] = 0, 0
+        expected["stream"] = int(expected["stream"])
+        expected["estimated"] = int(expected["estimated"])
         assert found[values[0]] == expected
 
 
