@@ -269,7 +269,8 @@ def writer_cpu(count: int = 50_000) -> float:
         recorder = UsageRecorder(sink, UsageConfig(max_pending=count), "edge", None)
         batch = []
         for _ in range(count):
-            call = Call(new_id(), "", 0.0, time.time(), "chat", model=nginx.MODEL)
+            own = new_id()  # as calls.begin() makes them: no client X-Request-Id
+            call = Call(own, own, 0.0, time.time(), "chat", model=nginx.MODEL)
             call.status, call.prompt_tokens, call.completion_tokens = 200, 24, 20
             call.backend, call.route, call.duration = "nginx", "sticky", 0.002
             batch.append(call)
