@@ -21,6 +21,7 @@ from edge.gateway.records import NAMES, NO_TTFT, TABLE, Row, as_dict, from_dict,
 from edge.gateway.sinks import (
     SHAREABLE_TOGETHER,
     JsonLinesSink,
+    Shapes,
     SQLiteSink,
     sqlite_statement,
 )
@@ -202,9 +203,10 @@ def test_sqlite_statement_binds_an_agreeing_group_once() -> None:
     for call in calls:
         call.key_id, call.team, call.model, call.served = "k1", "t1", "m", "m-served"
         call.backend, call.route = "b1", "sticky"
-    _, agreeing = sqlite_statement([row(call, "edge-a", 0.0) for call in calls])
+    shapes: Shapes = {}
+    _, agreeing = sqlite_statement([row(call, "edge-a", 0.0) for call in calls], shapes)
     calls[3].route = "least"  # backend and route: bound per row again
-    _, apart = sqlite_statement([row(call, "edge-a", 0.0) for call in calls])
+    _, apart = sqlite_statement([row(call, "edge-a", 0.0) for call in calls], shapes)
     assert len(apart) - len(agreeing) == (len(calls) - 1) * len(SHAREABLE_TOGETHER[1])
 
 
@@ -212,14 +214,56 @@ def test_sqlite_statement_binds_nothing_for_absent_values_and_our_ids() -> None:
     """Values absent in every row are NULL in the statement, and request ids that are the
     rows' own ids are not bound a second time."""
     ours = [Call(i, i, 0.0, 1_700_000_000.0, "chat", status=200) for i in ("a", "b", "c")]
-    sql, params = sqlite_statement([row(call, "edge-a", 0.0) for call in ours])
+    shapes: Shapes = {}
+    sql, params = sqlite_statement([row(call, "edge-a", 0.0) for call in ours], shapes)
     absent = ("guard", "prompt", "completion", "ttft_ms")
     assert sql.count("NULL") == len(absent) * len(ours) and params.count("a") == 1
     ours[1].request_id, ours[2].ttft = "client-id", 0.5
-    sql, params = sqlite_statement([row(call, "edge-a", 0.0) for call in ours])
+    sql, params = sqlite_statement([row(call, "edge-a", 0.0) for call in ours], shapes)
     assert sql.count("NULL") == (len(absent) - 1) * len(ours)
     assert params.count("a") == 2 and "client-id" in params
     assert 500.0 in params and params.count(NO_TTFT) == 2
+
+
+def pair(differing: int) -> list[Row]:
+    """Two rows that differ in the shareable text columns set in the bits of `differing`."""
+    rows = []
+    for i in range(2):
+        call = Call(new_id(), f"r{i}", 0.0, 1_700_000_000.0, "chat", status=200)
+        call.error = f"e{i}" if differing & 1 else ""
+        call.cache = f"c{i}" if differing & 2 else ""
+        call.limit = f"l{i}" if differing & 4 else ""
+        rows.append(row(call, f"edge-{i}" if differing & 8 else "edge-a", 0.0))
+    return rows
+
+
+def test_sqlite_statement_shapes_per_size_bounded() -> None:
+    """Past the first few shapes of statement for a number of rows, chunks bind every value
+    (the connection keeps a bounded number of prepared statements)."""
+    shapes: Shapes = {}
+    counts = [len(sqlite_statement(pair(differing), shapes)[1]) for differing in range(16)]
+    assert len(set(counts[:6])) > 1  # shared values bound once while the shapes are new
+    assert counts[6:] == [2 * len(NAMES)] * 10  # then every value bound, fully
+    assert len(shapes[2]) == 6
+
+
+async def test_sqlite_rows_past_the_shapes_bound_stored_per_row(tmp_path: Path) -> None:
+    """Chunks past the bound of shapes store each row's own values, like the others."""
+    sink = SQLiteSink(str(tmp_path / "u.db"))
+    await sink.open()
+    batch: list[Row] = []
+    for differing in range(16):
+        rows = pair(differing)
+        await sink.write(rows)
+        batch += rows
+    await sink.close()
+    found = sqlite_records(tmp_path / "u.db")
+    assert len(found) == len(batch)
+    for values in batch:
+        expected = as_dict(values)
+        expected["stream"] = int(expected["stream"])
+        expected["estimated"] = int(expected["estimated"])
+        assert found[values[0]] == expected
 
 
 async def test_sqlite_groups_shared_or_not_stored_per_row(tmp_path: Path) -> None:
