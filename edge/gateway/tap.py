@@ -11,7 +11,7 @@ from multidict import CIMultiDict
 from edge.client_request import ClientRequest
 from edge.exchange import Exchange, Failure
 from edge.gateway.cache.assemble import Assembler
-from edge.gateway.cache.service import Cache
+from edge.gateway.cache.service import Lookup
 from edge.gateway.guard.redact import Redaction, StreamRestorer
 from edge.table import BackendState
 
@@ -22,31 +22,43 @@ class Tap(Exchange):
 
     __slots__ = (
         "assembler",
-        "cache",
         "captured",
-        "dialect",
         "inner",
-        "key",
         "leader",
+        "lookup",
         "method",
         "redaction",
         "restorer",
-        "ttl",
     )
 
-    def __init__(self, inner: Exchange) -> None:
+    def __init__(
+        self,
+        inner: Exchange,
+        redaction: Redaction | None,
+        lookup: Lookup | None = None,
+        leader: bool = False,
+    ) -> None:
         super().__init__(inner.path, inner.raw, inner.body, inner.stream)
         self.inner = inner
         self.method = inner.method
-        self.cache: Cache | None = None
-        self.key = ""
-        self.ttl = 0.0
-        self.leader = False
-        self.dialect = "openai"
-        self.assembler: Assembler | None = None
+        self.redaction = redaction
+        # Where its answer is stored (None: nowhere), and whether identical requests wait
+        # for it.
+        self.lookup = lookup
+        self.leader = leader
         self.captured: bytes | None = None  # a whole answer to store
-        self.redaction: Redaction | None = None
+        self.assembler: Assembler | None = None
         self.restorer: StreamRestorer | None = None
+        if inner.stream:
+            if lookup is not None:
+                self.assembler = Assembler(lookup.cache.max_entry)
+            if redaction is not None:
+                self.restorer = StreamRestorer(redaction)
+
+    @property
+    def key(self) -> str:
+        """The cache key its answer is stored under ("": none)."""
+        return self.lookup.key if self.lookup is not None else ""
 
     # -- delegated -------------------------------------------------------------------------
 
@@ -75,7 +87,7 @@ class Tap(Exchange):
         if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
             return response
         body = response.body
-        if self.cache is not None and status == 200 and body[:1] == b"{":
+        if self.lookup is not None and status == 200 and body[:1] == b"{":
             self.captured = body
         if self.redaction is not None:
             response.body = self.redaction.restore_json(body)
@@ -89,8 +101,8 @@ class Tap(Exchange):
 
     def end(self) -> bytes:
         tail = self._out(self.inner.end())
-        if self.assembler is not None:
-            self.captured = self.assembler.result(self.dialect)
+        if self.assembler is not None and self.lookup is not None:
+            self.captured = self.assembler.result(self.lookup.dialect)
         if self.restorer is not None:
             tail += self.restorer.flush()
         return tail
@@ -113,15 +125,9 @@ class Tap(Exchange):
 TAP: Final = web.RequestKey("corral_gateway_tap", Tap)
 
 
-def wrap(
-    request: ClientRequest, exchange: Exchange, redaction: Redaction | None, force: bool = False
-) -> Exchange:
-    if redaction is None and not force:
+def wrap(request: ClientRequest, exchange: Exchange, redaction: Redaction | None) -> Exchange:
+    """The exchange as it is when nothing is to be done to its answer, else in a Tap."""
+    if redaction is None:
         return exchange
-    tap = Tap(exchange)
-    if redaction is not None:
-        tap.redaction = redaction
-        if exchange.stream:
-            tap.restorer = StreamRestorer(redaction)
-    request[TAP] = tap
+    tap = request[TAP] = Tap(exchange, redaction)
     return tap

@@ -17,7 +17,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -27,6 +27,9 @@ from corral.config import CacheConfig
 from edge.gateway.cache.store import Entry, MemoryTier, SharedTier
 from edge.gateway.scoped import most_specific
 from edge.gateway.valkey import Valkey
+
+if TYPE_CHECKING:
+    from edge.gateway.guard.redact import Redaction
 
 # Endpoint name (Proxy.run's) -> the dialect its answers are stored and replayed in.
 DIALECTS: Final = {
@@ -67,6 +70,19 @@ def directives(header: str | None) -> Directives:
             if max_age == 0:
                 read = False
     return Directives(read, store, max_age)
+
+
+class Lookup(NamedTuple):
+    """One request's cache lookup: where, under which key, and what to do with an answer
+    (a named tuple: made on every cacheable request, ~5x cheaper than a frozen dataclass)."""
+
+    cache: Cache
+    key: str
+    ttl: float
+    dialect: str
+    max_age: float | None
+    store: bool  # the client lets its answer be stored
+    redaction: Redaction | None
 
 
 class _Hot(Collector):
@@ -198,6 +214,33 @@ class Cache:
             if self.shared is not None:
                 self.shared.put(key, entry, remaining)
             self.metrics.hot.stored += 1
+
+    def settle(
+        self,
+        key: str,
+        ttl: float,
+        leader: bool,
+        body: bytes | None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+    ) -> None:
+        """A request that went upstream for `key` is over: its complete answer (`body`;
+        None: there is none) stored for `ttl` seconds as `put` stores a fresh entry, and
+        if it led, handed to the requests waiting for it (an Entry made only for them or
+        the shared tier: the in-process tier keeps plain values)."""
+        entry = None
+        if body is not None:
+            stored = time.time()
+            if len(body) <= self.max_entry:
+                self.memory.add(key, body, stored, prompt_tokens, completion_tokens, ttl)
+                if self.shared is not None:
+                    entry = Entry(body, stored, prompt_tokens, completion_tokens)
+                    self.shared.put(key, entry, ttl)
+                self.metrics.hot.stored += 1
+            if leader and entry is None and self.inflight.get(key) is not None:
+                entry = Entry(body, stored, prompt_tokens, completion_tokens)
+        if leader:
+            self.finish(key, entry)
 
     def lead(self, key: str) -> asyncio.Future[Entry | None] | None:
         """None: this request goes upstream for `key` (others will wait for it); else the

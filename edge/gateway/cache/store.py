@@ -75,18 +75,19 @@ class MemoryTier:
         return Entry(body, stored, prompt, completion)
 
     def put(self, key: str, entry: Entry, ttl: float) -> None:
-        size = len(entry.body) + _OVERHEAD
+        self.add(key, entry.body, entry.stored, entry.prompt_tokens, entry.completion_tokens, ttl)
+
+    def add(
+        self, key: str, body: bytes, stored: float, prompt: int, completion: int, ttl: float
+    ) -> None:
+        """An entry's fields kept for `ttl` seconds (no Entry made for it)."""
+        size = len(body) + _OVERHEAD
         if size > self.max_bytes:
             return
-        if key in self._entries:
+        entries = self._entries
+        if key in entries:
             self._drop(key)
-        self._entries[key] = (
-            entry.body,
-            entry.stored,
-            entry.prompt_tokens,
-            entry.completion_tokens,
-            time.monotonic() + ttl,
-        )
+        entries[key] = (body, stored, prompt, completion, time.monotonic() + ttl)
         self.bytes += size
         while self.bytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
