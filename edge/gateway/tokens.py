@@ -34,6 +34,7 @@ _COUNTERS: Final = tuple(
         "cache_creation_input_tokens",
     )
 )
+_COUNTER_KEYS: Final = dict(_COUNTERS)
 _OLLAMA: Final = re.compile(rb'"(prompt_eval_count|eval_count)"\s*:\s*(\d+)')
 _USAGE_ONLY: Final = (b'"choices":[]', b'"choices": []')
 _KEEP_CHUNKS: Final = 50_000
@@ -66,10 +67,14 @@ def usage_fields(data: bytes) -> dict[bytes, int]:
         at = data.rfind(b'"usage"', 0, at)
         if at < 0:
             break
-        found = _USAGE_OBJECT.match(data, at)
-        if found is None:
-            continue  # "usage": null, or the word inside a string
-        fields = _fields(data, found.end() - 1)
+        if data.startswith(b":{", at + 7):  # "usage":{ as most backends write it
+            start = at + 8
+        else:
+            found = _USAGE_OBJECT.match(data, at)
+            if found is None:
+                continue  # "usage": null, or the word inside a string
+            start = found.end() - 1
+        fields = _fields(data, start)
         if fields is not None:
             return fields
     if b"eval_count" in data:
@@ -91,8 +96,9 @@ def _fields(data: bytes, start: int) -> dict[bytes, int] | None:
     # Up to the brace that closes it: as many closing as opening braces (usage holds numbers
     # and objects, never strings with braces).
     end = data.find(b"}", start) + 1
-    while end and data.count(b"{", start, end) > data.count(b"}", start, end):
-        end = data.find(b"}", end) + 1
+    if end and data.find(b"{", start + 1, end) >= 0:  # nested: count the braces
+        while end and data.count(b"{", start, end) > data.count(b"}", start, end):
+            end = data.find(b"}", end) + 1
     if not end:
         return None
     try:
@@ -102,9 +108,9 @@ def _fields(data: bytes, start: int) -> dict[bytes, int] | None:
     if not isinstance(usage, dict):
         return None
     out = {}
-    for name, key in _COUNTERS:
-        value = usage.get(name)
-        if type(value) is int:
+    for name, value in usage.items():  # a usage object has a few fields: one pass
+        key = _COUNTER_KEYS.get(name)
+        if key is not None and type(value) is int:
             out[key] = value
     details = usage.get("prompt_tokens_details")
     if isinstance(details, dict) and type(details.get("cached_tokens")) is int:
