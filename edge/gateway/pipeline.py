@@ -77,8 +77,11 @@ class Gateway:
     def refresh(self) -> None:
         """After the config or the policy changed: which of the two are in use."""
         content = self.content
-        self.guard = self._guard if self._guard.active or content.has_pii else None
-        self.cache = self._cache if self._cache.active or content.has_ttl else None
+        has_pii, has_ttl = content.has_pii, content.has_ttl
+        self._guard.consult_policy(has_pii)
+        self._cache.consult_policy(has_ttl)
+        self.guard = self._guard if self._guard.active or has_pii else None
+        self.cache = self._cache if self._cache.active or has_ttl else None
 
     @property
     def active(self) -> bool:
@@ -167,19 +170,24 @@ class Gateway:
             return wrap(request, exchange, redaction)
         asked = directives(request.headers.get(hdrs.CACHE_CONTROL))
         key = cache_key(call.team, endpoint, call.model, _targets(lookup), exchange.body)
+        if asked.read and cache.shared is None:  # no wait for the in-process tier alone
+            entry = cache.get_memory(key, asked.max_age)
+            if entry is not None:
+                looked = Lookup(cache, key, ttl, dialect, asked.max_age, asked.store, redaction)
+                return self._found(call, exchange, looked, entry, "memory")
+            if asked.store and cache.lead(key) is None:  # the usual miss, made at once
+                call.cache = CACHE_MISS
+                cache.metrics.hot.miss += 1
+                tap = request[TAP] = Tap(exchange, redaction, cache, key, ttl, dialect, True)
+                return tap
         looked = Lookup(cache, key, ttl, dialect, asked.max_age, asked.store, redaction)
         if not asked.read:
             call.cache = CACHE_BYPASS
             cache.metrics.hot.bypass += 1
             return _tap(request, exchange, looked, leader=False)
-        if cache.shared is None:  # no wait for the in-process tier alone
-            entry = cache.get_memory(key, asked.max_age)
-            if entry is not None:
-                return self._found(call, exchange, looked, entry, "memory")
-            if not asked.store:
-                return _miss(request, call, exchange, looked, leader=False)
-            if cache.lead(key) is None:
-                return _miss(request, call, exchange, looked, leader=True)
+        if cache.shared is None and not asked.store:  # not in process, and not to store
+            return _miss(request, call, exchange, looked, leader=False)
+        # The shared tier to ask, or an identical request upstream to wait for.
         return self._look_up_later(request, call, exchange, looked)
 
     async def _look_up_later(
@@ -224,19 +232,17 @@ class Gateway:
         tap = request.get(TAP)
         if tap is None:
             return
-        looked = tap.lookup
-        if looked is None:
+        cache = tap.cache
+        if cache is None:
             return
         data = tap.captured
         if data is None or not 200 <= call.status < 300:
             if tap.leader:
-                looked.cache.finish(looked.key, None)
+                cache.finish(tap.key, None)
             return
-        if tap.assembler is not None and looked.dialect == "openai":
+        if tap.assembler is not None and tap.dialect == "openai":
             data = _with_usage(data, call)
-        looked.cache.settle(
-            looked.key, looked.ttl, tap.leader, data, call.prompt_tokens, call.completion_tokens
-        )
+        cache.settle(tap.key, tap.ttl, tap.leader, data, call.prompt_tokens, call.completion_tokens)
 
     def _hit(
         self,
@@ -295,7 +301,8 @@ def _tap(request: ClientRequest, exchange: Exchange, looked: Lookup, *, leader: 
     there is nothing to store or restore."""
     if not looked.store:
         return wrap(request, exchange, looked.redaction)
-    tap = request[TAP] = Tap(exchange, looked.redaction, looked, leader)
+    cache, key, ttl, dialect = looked.cache, looked.key, looked.ttl, looked.dialect
+    tap = request[TAP] = Tap(exchange, looked.redaction, cache, key, ttl, dialect, leader)
     return tap
 
 

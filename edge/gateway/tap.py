@@ -11,7 +11,7 @@ from multidict import CIMultiDict
 from edge.client_request import ClientRequest
 from edge.exchange import Exchange, Failure
 from edge.gateway.cache.assemble import Assembler
-from edge.gateway.cache.service import Lookup
+from edge.gateway.cache.service import Cache
 from edge.gateway.guard.redact import Redaction, StreamRestorer
 from edge.table import BackendState
 
@@ -22,43 +22,51 @@ class Tap(Exchange):
 
     __slots__ = (
         "assembler",
+        "cache",
         "captured",
+        "dialect",
         "inner",
+        "key",
         "leader",
-        "lookup",
         "method",
         "redaction",
         "restorer",
+        "ttl",
     )
 
     def __init__(
         self,
         inner: Exchange,
         redaction: Redaction | None,
-        lookup: Lookup | None = None,
+        cache: Cache | None = None,
+        key: str = "",
+        ttl: float = 0.0,
+        dialect: str = "openai",
         leader: bool = False,
     ) -> None:
-        super().__init__(inner.path, inner.raw, inner.body, inner.stream)
+        # Exchange's fields set here, not through super().__init__: one call fewer per miss.
+        self.path = inner.path
+        self.raw = inner.raw
+        self.body = inner.body
+        self.stream = inner.stream
         self.inner = inner
         self.method = inner.method
         self.redaction = redaction
-        # Where its answer is stored (None: nowhere), and whether identical requests wait
-        # for it.
-        self.lookup = lookup
+        # Where its answer is stored (cache None: nowhere), and whether identical requests
+        # wait for it.
+        self.cache = cache
+        self.key = key
+        self.ttl = ttl
+        self.dialect = dialect
         self.leader = leader
         self.captured: bytes | None = None  # a whole answer to store
         self.assembler: Assembler | None = None
         self.restorer: StreamRestorer | None = None
         if inner.stream:
-            if lookup is not None:
-                self.assembler = Assembler(lookup.cache.max_entry)
+            if cache is not None:
+                self.assembler = Assembler(cache.max_entry)
             if redaction is not None:
                 self.restorer = StreamRestorer(redaction)
-
-    @property
-    def key(self) -> str:
-        """The cache key its answer is stored under ("": none)."""
-        return self.lookup.key if self.lookup is not None else ""
 
     # -- delegated -------------------------------------------------------------------------
 
@@ -87,7 +95,7 @@ class Tap(Exchange):
         if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
             return response
         body = response.body
-        if self.lookup is not None and status == 200 and body[:1] == b"{":
+        if self.cache is not None and status == 200 and body[:1] == b"{":
             self.captured = body
         if self.redaction is not None:
             response.body = self.redaction.restore_json(body)
@@ -101,8 +109,8 @@ class Tap(Exchange):
 
     def end(self) -> bytes:
         tail = self._out(self.inner.end())
-        if self.assembler is not None and self.lookup is not None:
-            self.captured = self.assembler.result(self.lookup.dialect)
+        if self.assembler is not None:
+            self.captured = self.assembler.result(self.dialect)
         if self.restorer is not None:
             tail += self.restorer.flush()
         return tail

@@ -164,8 +164,10 @@ class Cache:
         # Keys of misses upstream: the future identical requests wait on, made when the
         # first of them arrives (None until then: most misses have nobody waiting).
         self.inflight: dict[str, asyncio.Future[Entry | None] | None] = {}
-        # Per team/key TTLs from the policy the control plane sends (None: not set there).
+        # Per team/key TTLs from the policy the control plane sends (None: not set there),
+        # asked only while it sets any (consult_policy).
         self._policy = policy
+        self._asked = policy
 
     @property
     def active(self) -> bool:
@@ -174,9 +176,13 @@ class Cache:
             self.config.ttl_seconds > 0 or any(r.ttl_seconds > 0 for r in self.config.rules)
         )
 
+    def consult_policy(self, sets_any: bool) -> None:
+        """Whether the policy sets a TTL for any key or team now (else it is not asked)."""
+        self._asked = self._policy if sets_any else None
+
     def ttl(self, team: str, key: str, model: str) -> float:
-        if self._policy is not None:
-            found = self._policy(team, key)
+        if self._asked is not None:
+            found = self._asked(team, key)
             if found is not None:
                 return found
         rules = self.config.rules

@@ -126,8 +126,10 @@ class Guard:
         )
         self.hooks = tuple(Hook(h, session or _no_session) for h in config.hooks)
         self.metrics = GuardMetrics(registry)
-        # Per team/key settings from the policy the control plane sends (None: not set).
+        # Per team/key settings from the policy the control plane sends (None: not set),
+        # asked only while it sets any (consult_policy).
         self._policy = policy
+        self._asked = policy
         self._default = Settings(config.pii, config.restore)
         self._thread_above = config.thread_above_bytes
 
@@ -141,11 +143,16 @@ class Guard:
             or any(r.pii not in ("", "off") for r in self.config.rules)
         )
 
+    def consult_policy(self, sets_any: bool) -> None:
+        """Whether the policy sets a PII action for any key or team now (else it is not
+        asked)."""
+        self._asked = self._policy if sets_any else None
+
     def settings(self, team: str, key: str, model: str) -> Settings:
         """The action for this request: the policy's team or key setting, else the most
         specific config rule, else the default."""
-        if self._policy is not None:
-            found = self._policy(team, key)
+        if self._asked is not None:
+            found = self._asked(team, key)
             if found is not None:
                 return found
         rules = self.config.rules
