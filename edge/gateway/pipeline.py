@@ -30,7 +30,7 @@ from edge.errors import ApiError
 from edge.exchange import Exchange
 from edge.gateway.cache.key import cache_key
 from edge.gateway.cache.replay import anthropic_stream, openai_stream
-from edge.gateway.cache.service import DIALECTS, Cache, Lookup, directives
+from edge.gateway.cache.service import ASKED_NOTHING, DIALECTS, Cache, Lookup, directives
 from edge.gateway.cache.store import Entry
 from edge.gateway.call import CACHE_BYPASS, CACHE_HIT, CACHE_MISS, CALL, Call
 from edge.gateway.content import ContentSettings
@@ -124,7 +124,8 @@ class Gateway:
                         request, call, exchange, lookup, endpoint, redaction
                     ),
                 )
-            redaction = _guarded(call, exchange, outcome)
+            if outcome is not None:
+                redaction = _guarded(call, exchange, outcome)
         return self._look_up(request, call, exchange, lookup, endpoint, redaction)
 
     @staticmethod
@@ -168,10 +169,12 @@ class Gateway:
         ttl = cache.ttl(call.team, call.key_id, call.model)
         if ttl <= 0:
             return wrap(request, exchange, redaction)
-        asked = directives(request.headers.get(hdrs.CACHE_CONTROL))
+        control = request.headers.get(hdrs.CACHE_CONTROL)
+        asked = directives(control) if control else ASKED_NOTHING
         key = cache_key(call.team, endpoint, call.model, _targets(lookup), exchange.body)
         if asked.read and cache.shared is None:  # no wait for the in-process tier alone
-            entry = cache.get_memory(key, asked.max_age)
+            max_age = asked.max_age
+            entry = cache.memory.get(key) if max_age is None else cache.get_memory(key, max_age)
             if entry is not None:
                 looked = Lookup(cache, key, ttl, dialect, asked.max_age, asked.store, redaction)
                 return self._found(call, exchange, looked, entry, "memory")

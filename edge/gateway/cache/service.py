@@ -49,12 +49,13 @@ class Directives:
     max_age: float | None = None
 
 
-_DEFAULT: Final = Directives()
+# What a request without Cache-Control asks (the usual request).
+ASKED_NOTHING: Final = Directives()
 
 
 def directives(header: str | None) -> Directives:
     if not header:
-        return _DEFAULT
+        return ASKED_NOTHING
     read, store, max_age = True, True, None
     for part in header.lower().split(","):
         name, _, value = part.strip().partition("=")
@@ -226,27 +227,26 @@ class Cache:
         key: str,
         ttl: float,
         leader: bool,
-        body: bytes | None,
+        body: bytes,
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
     ) -> None:
-        """A request that went upstream for `key` is over: its complete answer (`body`;
-        None: there is none) stored for `ttl` seconds as `put` stores a fresh entry, and
-        if it led, handed to the requests waiting for it (an Entry made only for them or
-        the shared tier: the in-process tier keeps plain values)."""
+        """A request that went upstream for `key` got its complete answer: stored for `ttl`
+        seconds as `put` stores a fresh entry, and if it led, handed to the requests waiting
+        for it (an Entry made only for them or the shared tier: the in-process tier keeps
+        plain values)."""
+        stored = time.time()
         entry = None
-        if body is not None:
-            stored = time.time()
-            if len(body) <= self.max_entry:
-                self.memory.add(key, body, stored, prompt_tokens, completion_tokens, ttl)
-                if self.shared is not None:
-                    entry = Entry(body, stored, prompt_tokens, completion_tokens)
-                    self.shared.put(key, entry, ttl)
-                self.metrics.hot.stored += 1
-            if leader and entry is None and self.inflight.get(key) is not None:
+        if len(body) <= self.max_entry:
+            self.memory.add(key, body, stored, prompt_tokens, completion_tokens, ttl)
+            if self.shared is not None:
                 entry = Entry(body, stored, prompt_tokens, completion_tokens)
-        if leader:
-            self.finish(key, entry)
+                self.shared.put(key, entry, ttl)
+            self.metrics.hot.stored += 1
+        if leader:  # finish(), its entry made only when someone waits
+            future = self.inflight.pop(key, None)
+            if future is not None and not future.done():
+                future.set_result(entry or Entry(body, stored, prompt_tokens, completion_tokens))
 
     def lead(self, key: str) -> asyncio.Future[Entry | None] | None:
         """None: this request goes upstream for `key` (others will wait for it); else the

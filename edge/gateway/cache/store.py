@@ -82,15 +82,18 @@ class MemoryTier:
     ) -> None:
         """An entry's fields kept for `ttl` seconds (no Entry made for it)."""
         size = len(body) + _OVERHEAD
-        if size > self.max_bytes:
+        max_bytes = self.max_bytes
+        if size > max_bytes:
             return
         entries = self._entries
-        if key in entries:
-            self._drop(key)
+        replaced = entries.pop(key, None)
+        if replaced is not None:
+            self.bytes -= len(replaced[0]) + _OVERHEAD
         entries[key] = (body, stored, prompt, completion, time.monotonic() + ttl)
-        self.bytes += size
-        while self.bytes > self.max_bytes:
-            self._drop(next(iter(self._entries)))
+        held = self.bytes + size
+        while held > max_bytes:  # the least recently used first, each one lookup fewer
+            held -= len(entries.popitem(False)[1][0]) + _OVERHEAD
+        self.bytes = held
 
     def _drop(self, key: str) -> None:
         body = self._entries.pop(key)[0]
