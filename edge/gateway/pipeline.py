@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Final
 
 import aiohttp
@@ -166,12 +166,19 @@ class Gateway:
         dialect = DIALECTS.get(endpoint)
         if cache is None or dialect is None:
             return wrap(request, exchange, redaction)
-        ttl = cache.ttl(call.team, call.key_id, call.model)
+        ttl = cache.fixed_ttl
+        if ttl is None:
+            ttl = cache.ttl(call.team, call.key_id, call.model)
         if ttl <= 0:
             return wrap(request, exchange, redaction)
         control = request.headers.get(hdrs.CACHE_CONTROL)
         asked = directives(control) if control else ASKED_NOTHING
-        key = cache_key(call.team, endpoint, call.model, _targets(lookup), exchange.body)
+        try:  # the models an alias stands for (none for a plain model, or with no route now)
+            rewrites = lookup().rewrites
+        except ApiError:
+            rewrites = None
+        targets = rewrites.values() if rewrites else ()
+        key = cache_key(call.team, endpoint, call.model, targets, exchange.body)
         if asked.read and cache.shared is None:  # no wait for the in-process tier alone
             max_age = asked.max_age
             entry = cache.memory.get(key) if max_age is None else cache.get_memory(key, max_age)
@@ -309,15 +316,6 @@ def _tap(request: ClientRequest, exchange: Exchange, looked: Lookup, *, leader: 
     return tap
 
 
-def _targets(lookup: Callable[[], ModelRoute]) -> Collection[str]:
-    """The models an alias stands for (none for a plain model, or with no route now)."""
-    try:
-        rewrites = lookup().rewrites
-    except ApiError:
-        return ()
-    return rewrites.values() if rewrites else ()
-
-
 def _with_usage(data: bytes, call: Call) -> bytes:
     """An assembled OpenAI answer gets the usage the backend reported, when the client's
     stream hid it (a later non-streamed hit then carries usage like any answer)."""
@@ -336,8 +334,10 @@ def _with_usage(data: bytes, call: Call) -> bytes:
 async def add_cache_header(request: ClientRequest, response: web.StreamResponse) -> None:
     """on_response_prepare: X-Corral-Cache on misses and bypasses too (streams included)."""
     call = request.get(CALL)
-    if call is not None and call.cache and CACHE_HEADER not in response.headers:
-        response.headers[CACHE_HEADER] = call.cache
+    if call is not None and call.cache:
+        headers = response.headers
+        if CACHE_HEADER not in headers:
+            headers[CACHE_HEADER] = call.cache
 
 
 GATEWAY: Final = web.AppKey("gateway", Gateway)

@@ -92,9 +92,11 @@ class Tap(Exchange):
         self, status: int, data: bytes, headers: CIMultiDict[str], backend: BackendState
     ) -> web.StreamResponse:
         response = self.inner.whole(status, data, headers, backend)
-        if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+        if not isinstance(response, web.Response):
             return response
         body = response.body
+        if not isinstance(body, bytes):
+            return response
         if self.cache is not None and status == 200 and body[:1] == b"{":
             self.captured = body
         if self.redaction is not None:

@@ -169,6 +169,8 @@ class Cache:
         # asked only while it sets any (consult_policy).
         self._policy = policy
         self._asked = policy
+        self.fixed_ttl: float | None = None  # the TTL of every request, when it is one
+        self._fix_ttl()
 
     @property
     def active(self) -> bool:
@@ -180,6 +182,12 @@ class Cache:
     def consult_policy(self, sets_any: bool) -> None:
         """Whether the policy sets a TTL for any key or team now (else it is not asked)."""
         self._asked = self._policy if sets_any else None
+        self._fix_ttl()
+
+    def _fix_ttl(self) -> None:
+        """`ttl` without a call: the config's TTL when no rule or policy can change it."""
+        rules = self.config.rules
+        self.fixed_ttl = self.config.ttl_seconds if self._asked is None and not rules else None
 
     def ttl(self, team: str, key: str, model: str) -> float:
         if self._asked is not None:

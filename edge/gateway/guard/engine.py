@@ -131,6 +131,9 @@ class Guard:
         self._policy = policy
         self._asked = policy
         self._default = Settings(config.pii, config.restore)
+        # `settings` without a call: the default, when no rule or policy can change it.
+        self._fixed: Settings | None = None
+        self.consult_policy(policy is not None)
         self._thread_above = config.thread_above_bytes
 
     @property
@@ -147,6 +150,8 @@ class Guard:
         """Whether the policy sets a PII action for any key or team now (else it is not
         asked)."""
         self._asked = self._policy if sets_any else None
+        fixed = self._asked is None and not self.config.rules
+        self._fixed = self._default if fixed else None
 
     def settings(self, team: str, key: str, model: str) -> Settings:
         """The action for this request: the policy's team or key setting, else the most
@@ -171,7 +176,7 @@ class Guard:
         loop): its outcome; else a Pending that `finish` completes. `raw`: the JSON the
         body was parsed from, when the caller has it (one native pass over it may show
         that no detector can match, and no string is looked at one by one)."""
-        settings = self.settings(team, key, model)
+        settings = self._fixed or self.settings(team, key, model)
         if not self.deny and not self.hooks:
             if settings.pii == "off":
                 return None
