@@ -53,3 +53,31 @@ async def test_a_memory_only_cache_answers_without_an_await() -> None:
         gateway.cache.put(first.key, Entry(ANSWER, time.time(), 1, 1), 60)
         call, third = enter()
         assert isinstance(third, web.Response) and call.cache == CACHE_HIT
+
+
+async def test_the_policy_is_asked_only_while_it_sets_something() -> None:
+    """A team's policy TTL and PII action apply once set, and the config's again once gone."""
+    from corral.config_gateway import GuardConfig
+    from corral.v1 import content_pb2, gateway_pb2
+
+    config = dataclasses.replace(
+        EdgeConfig(), cache=CacheConfig(ttl_seconds=60), guard=GuardConfig(pii="log")
+    )
+    async with (
+        aiohttp.ClientSession() as session,
+        running(config, CollectorRegistry(), lambda: session) as gateway,
+    ):
+        cache, guard = gateway.cache, gateway.guard
+        assert cache is not None and guard is not None
+        assert cache.ttl("t", "", "m") == 60 and guard.settings("t", "", "m").pii == "log"
+        content = content_pb2.ContentPolicy(cache_ttl_seconds=5, pii="redact")
+        team = gateway_pb2.Team(name="t", content=content)
+        gateway.content.apply(gateway_pb2.Policy(teams=[team]))
+        gateway.refresh()
+        assert cache.fixed_ttl is None and cache.ttl("t", "", "m") == 5
+        assert cache.ttl("other", "", "m") == 60
+        assert guard.settings("t", "", "m").pii == "redact"
+        gateway.content.apply(gateway_pb2.Policy())
+        gateway.refresh()
+        assert cache.fixed_ttl == 60 and cache.ttl("t", "", "m") == 60
+        assert guard.settings("t", "", "m").pii == "log"
