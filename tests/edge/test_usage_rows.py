@@ -83,6 +83,17 @@ EXPECTED: dict[str, dict[str, Any]] = {
 }
 
 
+def assert_stored(path: Path, batch: list[Row]) -> None:
+    """Every row of `batch` is in the SQLite file once, with its own values (flags as 0/1)."""
+    found = sqlite_records(path)
+    assert len(found) == len(batch)
+    for values in batch:
+        expected = as_dict(values)
+        expected["stream"] = int(expected["stream"])
+        expected["estimated"] = int(expected["estimated"])
+        assert found[values[0]] == expected
+
+
 def sqlite_records(path: Path) -> dict[str, dict[str, Any]]:
     db = sqlite3.connect(path)
     db.row_factory = sqlite3.Row
@@ -257,13 +268,7 @@ async def test_sqlite_rows_past_the_shapes_bound_stored_per_row(tmp_path: Path) 
         await sink.write(rows)
         batch += rows
     await sink.close()
-    found = sqlite_records(tmp_path / "u.db")
-    assert len(found) == len(batch)
-    for values in batch:
-        expected = as_dict(values)
-        expected["stream"] = int(expected["stream"])
-        expected["estimated"] = int(expected["estimated"])
-        assert found[values[0]] == expected
+    assert_stored(tmp_path / "u.db", batch)
 
 
 async def test_sqlite_groups_shared_or_not_stored_per_row(tmp_path: Path) -> None:
@@ -288,13 +293,7 @@ async def test_sqlite_groups_shared_or_not_stored_per_row(tmp_path: Path) -> Non
     await sink.write(batch)
     await sink.write(both_forms()[1])  # replayed rows alone: None agreed by every row
     await sink.close()
-    found = sqlite_records(tmp_path / "u.db")
-    assert len(found) == len(batch)
-    for values in batch:
-        expected = as_dict(values)
-        expected["stream"] = int(expected["stream"])
-        expected["estimated"] = int(expected["estimated"])
-        assert found[values[0]] == expected
+    assert_stored(tmp_path / "u.db", batch)
 
 
 class _HeldSink:
