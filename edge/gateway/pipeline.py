@@ -179,24 +179,19 @@ class Gateway:
             rewrites = None
         targets = rewrites.values() if rewrites else ()
         key = cache_key(call.team, endpoint, call.model, targets, exchange.body)
-        if asked.read and cache.shared is None:  # no wait for the in-process tier alone
-            max_age = asked.max_age
-            entry = cache.memory.get(key) if max_age is None else cache.get_memory(key, max_age)
-            if entry is not None:
-                looked = Lookup(cache, key, ttl, dialect, asked.max_age, asked.store, redaction)
-                return self._found(call, exchange, looked, entry, "memory")
-            if asked.store and cache.lead(key) is None:  # the usual miss, made at once
-                call.cache = CACHE_MISS
-                cache.metrics.hot.miss += 1
-                tap = request[TAP] = Tap(exchange, redaction, cache, key, ttl, dialect, True)
-                return tap
         looked = Lookup(cache, key, ttl, dialect, asked.max_age, asked.store, redaction)
         if not asked.read:
             call.cache = CACHE_BYPASS
             cache.metrics.hot.bypass += 1
             return _tap(request, exchange, looked, leader=False)
-        if cache.shared is None and not asked.store:  # not in process, and not to store
-            return _miss(request, call, exchange, looked, leader=False)
+        if cache.shared is None:  # no wait for the in-process tier alone
+            entry = cache.get_memory(key, asked.max_age)
+            if entry is not None:
+                return self._found(call, exchange, looked, entry, "memory")
+            if not asked.store:
+                return _miss(request, call, exchange, looked, leader=False)
+            if cache.lead(key) is None:
+                return _miss(request, call, exchange, looked, leader=True)
         # The shared tier to ask, or an identical request upstream to wait for.
         return self._look_up_later(request, call, exchange, looked)
 

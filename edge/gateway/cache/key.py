@@ -54,6 +54,7 @@ def cache_key(
     aliased = "\x1f".join(sorted(set(targets))) if targets else ""
     # One SHA-256 call over the head and the body's sorted JSON (the same digest as two
     # updates, for fewer calls).
-    head = _HEADS.get((team, endpoint, model, aliased)) or _head(team, endpoint, model, aliased)
-    data = head + orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
+    data = _head(team, endpoint, model, aliased) + orjson.dumps(
+        canonical, option=orjson.OPT_SORT_KEYS
+    )
     return hashlib.sha256(data).hexdigest()

@@ -117,8 +117,7 @@ class Prefilter:
         the client sent them); False: scan its strings one by one."""
         if not self.native or not raw.isascii():
             return False
-        # The loop thread's scratch spaces without a call, once it has them.
-        scratches = getattr(self._local, "scratches", None) or self._scratches()
+        scratches = self._scratches()
         if scratches is None:
             return False
         hits: list[int] = []
