@@ -330,7 +330,7 @@ commits, 3 rounds of 3 s, medians, CPU µs per request added to `plain`): ids le
 ids led by 5 (card-shaped), +101 -> +107 and +134 -> +151 (no gain: the strings are
 scanned, and the redactions cost as before), so compare rows with like prefixes. The rest
 is the cache's miss path (key: the body without its ignored fields, model kept, as sorted
-JSON, SHA-256;
+JSON, BLAKE2b-256 (SHA-256 then);
 lookup, the Tap that records the answer, the store): ~20 µs per request in a tight loop,
 about twice to three times that inside the edge under load, as for all of the gateway's
 Python.
