@@ -68,6 +68,7 @@ NO_TEXT: Final = ""  # guard, prompt, completion: not kept (an empty body is kep
 FLAGS: Final = ("stream", "estimated")
 NULLABLE: Final = {"ttft_ms": NO_TTFT, "guard": NO_TEXT, "prompt": NO_TEXT, "completion": NO_TEXT}
 
+
 def row(call: Call, edge: str, cost: float) -> Row:
     """The Call as a row of COLUMNS (SQL parameters: flags 0/1, absent values sentinels)."""
     # One tuple display of plain attribute loads: the interpreter specialises each to a
