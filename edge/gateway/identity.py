@@ -18,6 +18,7 @@ import importlib
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Final
 
 import orjson
@@ -85,10 +86,26 @@ class Identity:
         return f"Identity({self.key_id!r}, team={self.team!r})"
 
 
-def _builtin_sha256() -> Callable[[bytes], hashlib._Hash]:
-    """CPython's own SHA-256 (module _sha256, _sha2 from 3.12): for a key's few dozen bytes
-    ~0.5 µs less per check than hashlib's OpenSSL one, which sets up an EVP context per
-    call; hashlib's when absent. The same digest either way."""
+def _cpu_has_sha() -> bool:
+    """Whether the CPU has SHA-256 instructions (x86 SHA-NI, Arm's SHA2), which OpenSSL
+    uses and CPython's own C code does not."""
+    try:
+        with Path("/proc/cpuinfo").open(encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith(("flags", "Features")):
+                    return bool({"sha_ni", "sha2"} & set(line.split()))
+    except OSError:
+        pass
+    return False
+
+
+def _fastest_sha256(has_sha: bool) -> Callable[[bytes], hashlib._Hash]:
+    """hashlib's OpenSSL SHA-256 on a CPU with SHA instructions (a key check ~0.1 µs
+    cheaper than CPython's own: 400 vs 500 ns for a 61-byte key, timeit); else CPython's
+    own (module _sha256, _sha2 from 3.12), which for a key's few dozen bytes saves the
+    EVP context OpenSSL sets up per call. The same digest either way."""
+    if has_sha:
+        return hashlib.sha256
     for module in ("_sha2", "_sha256"):
         try:
             found: Callable[[bytes], hashlib._Hash] = importlib.import_module(module).sha256
@@ -98,7 +115,7 @@ def _builtin_sha256() -> Callable[[bytes], hashlib._Hash]:
     return hashlib.sha256
 
 
-_sha256: Final = _builtin_sha256()
+_sha256: Final = _fastest_sha256(_cpu_has_sha())
 
 
 def digest(secret: str) -> bytes:

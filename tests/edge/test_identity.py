@@ -16,7 +16,7 @@ import controlplane
 from corral.config import ControlPlaneConfig, EdgeConfig, IdentityConfig, Secret
 from corral.v1 import gateway_pb2
 from edge.errors import ApiError
-from edge.gateway.identity import KeyTable, digest
+from edge.gateway.identity import KeyTable, _fastest_sha256, digest
 from tests.controlplane import harness as h
 from tests.edge.conftest import StartEdge
 from tests.edge.test_virtual_keys import policy_version
@@ -44,6 +44,18 @@ def _refusal(table: KeyTable, headers: CIMultiDictProxy[str]) -> ApiError:
     with pytest.raises(ApiError) as caught:
         table.check(headers)
     return caught.value
+
+
+def test_either_sha256_gives_the_policy_digest() -> None:
+    """Whichever SHA-256 the CPU makes the edge pick, a key hashes to what the control plane
+    stored (hashlib's), and digest() uses the one picked."""
+    secrets = ["sk-corral-" + "x" * 50, "k", "sk-\udcff-surrogate", "é" * 40]
+    for has_sha in (True, False):
+        sha256 = _fastest_sha256(has_sha)
+        for secret in secrets:
+            raw = secret.encode("utf-8", "surrogateescape")
+            assert sha256(raw).digest() == hashlib.sha256(raw).digest()
+    assert digest(secrets[0]) == hashlib.sha256(secrets[0].encode()).digest()
 
 
 def test_open_until_a_key_exists() -> None:
