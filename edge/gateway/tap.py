@@ -39,7 +39,7 @@ class Tap(Exchange):
         inner: Exchange,
         redaction: Redaction | None,
         cache: Cache | None = None,
-        key: str = "",
+        key: bytes = b"",
         ttl: float = 0.0,
         dialect: str = "openai",
         leader: bool = False,

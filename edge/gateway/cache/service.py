@@ -78,7 +78,7 @@ class Lookup(NamedTuple):
     (a named tuple: made on every cacheable request, ~5x cheaper than a frozen dataclass)."""
 
     cache: Cache
-    key: str
+    key: bytes
     ttl: float
     dialect: str
     max_age: float | None
@@ -164,7 +164,7 @@ class Cache:
         self.metrics = CacheMetrics(registry, self.memory)
         # Keys of misses upstream: the future identical requests wait on, made when the
         # first of them arrives (None until then: most misses have nobody waiting).
-        self.inflight: dict[str, asyncio.Future[Entry | None] | None] = {}
+        self.inflight: dict[bytes, asyncio.Future[Entry | None] | None] = {}
         # Per team/key TTLs from the policy the control plane sends (None: not set there),
         # asked only while it sets any (consult_policy).
         self._policy = policy
@@ -198,14 +198,14 @@ class Cache:
         rule = most_specific(rules, team, key, model) if rules else None
         return rule.ttl_seconds if rule is not None else self.config.ttl_seconds
 
-    def get_memory(self, key: str, max_age: float | None) -> Entry | None:
+    def get_memory(self, key: bytes, max_age: float | None) -> Entry | None:
         """The in-process tier's entry, if fresh enough (no wait: the hot path's lookup)."""
         entry = self.memory.get(key)
         if entry is None or (max_age is not None and entry.age(time.time()) > max_age):
             return None
         return entry
 
-    async def get(self, key: str, max_age: float | None) -> tuple[Entry, str] | None:
+    async def get(self, key: bytes, max_age: float | None) -> tuple[Entry, str] | None:
         """The entry and the tier it came from (memory, shared), if fresh enough."""
         entry = self.get_memory(key, max_age)
         if entry is not None:
@@ -217,7 +217,7 @@ class Cache:
             return None
         return entry, "shared"
 
-    def put(self, key: str, entry: Entry, ttl: float, tier: str = "") -> None:
+    def put(self, key: bytes, entry: Entry, ttl: float, tier: str = "") -> None:
         """Into the in-process tier, and the shared one unless it came from there."""
         if len(entry.body) > self.max_entry:
             return
@@ -232,7 +232,7 @@ class Cache:
 
     def settle(
         self,
-        key: str,
+        key: bytes,
         ttl: float,
         leader: bool,
         body: bytes,
@@ -256,7 +256,7 @@ class Cache:
             if future is not None and not future.done():
                 future.set_result(entry or Entry(body, stored, prompt_tokens, completion_tokens))
 
-    def lead(self, key: str) -> asyncio.Future[Entry | None] | None:
+    def lead(self, key: bytes) -> asyncio.Future[Entry | None] | None:
         """None: this request goes upstream for `key` (others will wait for it); else the
         future of the request already upstream."""
         inflight = self.inflight
@@ -268,7 +268,7 @@ class Cache:
             waiting = inflight[key] = asyncio.get_running_loop().create_future()
         return waiting
 
-    def finish(self, key: str, entry: Entry | None) -> None:
+    def finish(self, key: bytes, entry: Entry | None) -> None:
         """The leader for `key` is done: its waiters get the entry (None: try themselves)."""
         future = self.inflight.pop(key, None)
         if future is not None and not future.done():

@@ -58,12 +58,12 @@ class MemoryTier:
         self.max_bytes = max_bytes
         self.bytes = 0
         # key -> (body, stored, prompt tokens, completion tokens, monotonic expiry)
-        self._entries: OrderedDict[str, tuple[bytes, float, int, int, float]] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[bytes, float, int, int, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: str) -> Entry | None:
+    def get(self, key: bytes) -> Entry | None:
         found = self._entries.get(key)
         if found is None:
             return None
@@ -74,11 +74,11 @@ class MemoryTier:
         self._entries.move_to_end(key)
         return Entry(body, stored, prompt, completion)
 
-    def put(self, key: str, entry: Entry, ttl: float) -> None:
+    def put(self, key: bytes, entry: Entry, ttl: float) -> None:
         self.add(key, entry.body, entry.stored, entry.prompt_tokens, entry.completion_tokens, ttl)
 
     def add(
-        self, key: str, body: bytes, stored: float, prompt: int, completion: int, ttl: float
+        self, key: bytes, body: bytes, stored: float, prompt: int, completion: int, ttl: float
     ) -> None:
         """An entry's fields kept for `ttl` seconds (no Entry made for it)."""
         size = len(body) + _OVERHEAD
@@ -95,35 +95,35 @@ class MemoryTier:
             held -= len(entries.popitem(False)[1][0]) + _OVERHEAD
         self.bytes = held
 
-    def _drop(self, key: str) -> None:
+    def _drop(self, key: bytes) -> None:
         body = self._entries.pop(key)[0]
         self.bytes -= len(body) + _OVERHEAD
 
 
 class SharedTier:
-    """Entries in Valkey/Redis under `corral:cache:<key>`, expiring by the server's clock."""
+    """Entries in Valkey/Redis under `corral:cache:<key in hex>`, expiring by the server's clock."""
 
     def __init__(self, store: Valkey) -> None:
         self.store = store
         self._writes: set[asyncio.Task[None]] = set()
 
-    async def get(self, key: str) -> Entry | None:
+    async def get(self, key: bytes) -> Entry | None:
         try:
-            data = await self.store.call(lambda r: r.get(PREFIX + key))
+            data = await self.store.call(lambda r: r.get(PREFIX + key.hex()))
         except StoreError as exc:
             log.debug("shared cache read skipped: %s", exc)
             return None
         return Entry.unpack(data) if isinstance(data, bytes) else None
 
-    def put(self, key: str, entry: Entry, ttl: float) -> None:
+    def put(self, key: bytes, entry: Entry, ttl: float) -> None:
         """Written in the background: the answer does not wait for the shared tier."""
         task = asyncio.create_task(self._put(key, entry.pack(), max(1, int(ttl * 1000))))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    async def _put(self, key: str, data: bytes, ttl_ms: int) -> None:
+    async def _put(self, key: bytes, data: bytes, ttl_ms: int) -> None:
         try:
-            await self.store.call(lambda r: r.set(PREFIX + key, data, px=ttl_ms))
+            await self.store.call(lambda r: r.set(PREFIX + key.hex(), data, px=ttl_ms))
         except StoreError as exc:
             log.debug("shared cache write skipped: %s", exc)
 
