@@ -272,8 +272,8 @@ async def test_sqlite_rows_past_the_shapes_bound_stored_per_row(tmp_path: Path) 
 
 
 async def test_sqlite_groups_shared_or_not_stored_per_row(tmp_path: Path) -> None:
-    """Rows whose who/where columns, request ids and times to first token agree in some
-    statements and not in others store each row's own values."""
+    """Rows whose who/where columns, outcomes, cache counts, request ids and times to first
+    token agree in some statements and not in others store each row's own values."""
     sink = SQLiteSink(str(tmp_path / "u.db"))
     await sink.open()
     batch: list[Row] = []
@@ -282,12 +282,15 @@ async def test_sqlite_groups_shared_or_not_stored_per_row(tmp_path: Path) -> Non
         call = Call(own, own, 0.0, 1_700_000_000.0 + i, "chat", status=200)
         call.key_id, call.team, call.model, call.served = "k1", "t1", "m", "m"
         call.backend, call.route = "b1", "sticky"
+        call.prompt_tokens, call.completion_tokens = 24, 20
         if i == 70:
             call.model = "other"  # the 32-row statement: who/what not shared
             call.request_id = "client-id"  # nor the request ids
+            call.status, call.estimated = 502, True  # nor the outcome
         if i >= 96:
             call.backend = f"b{i}"  # the 4-row statement: where not shared
             call.ttft, call.stream = 0.001 * i, True
+            call.cached_tokens, call.saved_tokens = i - 96, 2 * i  # nor the cache counts
         batch.append(row(call, "edge-a", 0.0))
     batch += both_forms()[1]  # replayed rows: None and bools among sentinels
     await sink.write(batch)
