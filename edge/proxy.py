@@ -294,7 +294,7 @@ class Proxy:
             if self.limits is not None:  # before the answer's x-ratelimit-* headers
                 self.limits.settle(call)
             if self.gateway is not None:
-                self.gateway.leave(request, call)
+                self.gateway.leave(call)
             # Counted and recorded just after the answer is written (the same loop turn
             # writes it), not while the client waits; still before the loop reads anything
             # more from any client.

@@ -19,6 +19,7 @@ from edge.client_request import ClientRequest
 
 if TYPE_CHECKING:
     from edge.gateway.limits.ticket import Ticket
+    from edge.gateway.tap import Tap
 
 REQUEST_ID_HEADER: Final = "X-Request-Id"
 DEFAULT_TEAM: Final = "default"
@@ -89,6 +90,9 @@ class Call:
     guard: dict[str, int] | None = None  # guardrail findings: kind -> count
     limit: str = ""  # the limit outcome ("" none applied, else e.g. "allowed", "rpm")
     ticket: Ticket | None = None  # what the limits reserved for it, until settled
+    # The gateway's wrapper of its exchange (edge/gateway/tap.py), until the request is over:
+    # a slot, where a request key costs a Python call to set and one to read on the lane.
+    tap: Tap | None = None
     prompt: bytes | None = None  # the request body, only when body logging is on
     completion: bytes | None = None  # the answer body, likewise
 

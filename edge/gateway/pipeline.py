@@ -36,7 +36,7 @@ from edge.gateway.call import CACHE_BYPASS, CACHE_HIT, CACHE_MISS, CALL, Call
 from edge.gateway.content import ContentSettings
 from edge.gateway.guard.engine import Guard, Outcome, Pending, Refused
 from edge.gateway.guard.redact import Redaction, StreamRestorer
-from edge.gateway.tap import TAP, Tap, wrap
+from edge.gateway.tap import Tap, wrap
 from edge.gateway.valkey import Valkey
 from edge.table import ModelRoute
 
@@ -165,12 +165,12 @@ class Gateway:
         cache = self.cache
         dialect = DIALECTS.get(endpoint)
         if cache is None or dialect is None:
-            return wrap(request, exchange, redaction)
+            return wrap(call, exchange, redaction)
         ttl = cache.fixed_ttl
         if ttl is None:
             ttl = cache.ttl(call.team, call.key_id, call.model)
         if ttl <= 0:
-            return wrap(request, exchange, redaction)
+            return wrap(call, exchange, redaction)
         control = request.headers.get(hdrs.CACHE_CONTROL)
         asked = directives(control) if control else ASKED_NOTHING
         try:  # the models an alias stands for (none for a plain model, or with no route now)
@@ -183,15 +183,15 @@ class Gateway:
         if not asked.read:
             call.cache = CACHE_BYPASS
             cache.metrics.hot.bypass += 1
-            return _tap(request, exchange, looked, leader=False)
+            return _tap(call, exchange, looked, leader=False)
         if cache.shared is None:  # no wait for the in-process tier alone
             entry = cache.get_memory(key, asked.max_age)
             if entry is not None:
                 return self._found(call, exchange, looked, entry, "memory")
             if not asked.store:
-                return _miss(request, call, exchange, looked, leader=False)
+                return _miss(call, exchange, looked, leader=False)
             if cache.lead(key) is None:
-                return _miss(request, call, exchange, looked, leader=True)
+                return _miss(call, exchange, looked, leader=True)
         # The shared tier to ask, or an identical request upstream to wait for.
         return self._look_up_later(request, call, exchange, looked)
 
@@ -206,16 +206,16 @@ class Gateway:
             if found is not None:
                 return self._found(call, exchange, looked, *found)
             if not looked.store:
-                return _miss(request, call, exchange, looked, leader=False)
+                return _miss(call, exchange, looked, leader=False)
             waiting = cache.lead(key)
             if waiting is None:
-                return _miss(request, call, exchange, looked, leader=True)
+                return _miss(call, exchange, looked, leader=True)
             cache.metrics.coalesced.inc()
             try:
                 async with asyncio.timeout(cache.wait):
                     awaited = await asyncio.shield(waiting)
             except TimeoutError:
-                return _miss(request, call, exchange, looked, leader=False)
+                return _miss(call, exchange, looked, leader=False)
             if awaited is not None:
                 cache.metrics.hot.hit_memory += 1
                 return self._hit(call, exchange, awaited, looked.dialect, looked.redaction)
@@ -232,11 +232,12 @@ class Gateway:
             cache.metrics.hot.hit_shared += 1
         return self._hit(call, exchange, entry, looked.dialect, looked.redaction)
 
-    def leave(self, request: ClientRequest, call: Call) -> None:
+    def leave(self, call: Call) -> None:
         """The request is over: store its complete answer, release identical requests."""
-        tap = request.get(TAP)
+        tap = call.tap
         if tap is None:
             return
+        call.tap = None  # the Call may wait for the usage writer: not its exchange and answer
         cache = tap.cache
         if cache is None:
             return
@@ -293,21 +294,19 @@ class Gateway:
         return web.Response(body=body, headers=headers)
 
 
-def _miss(
-    request: ClientRequest, call: Call, exchange: Exchange, looked: Lookup, *, leader: bool
-) -> Exchange:
+def _miss(call: Call, exchange: Exchange, looked: Lookup, *, leader: bool) -> Exchange:
     call.cache = CACHE_MISS
     looked.cache.metrics.hot.miss += 1
-    return _tap(request, exchange, looked, leader=leader)
+    return _tap(call, exchange, looked, leader=leader)
 
 
-def _tap(request: ClientRequest, exchange: Exchange, looked: Lookup, *, leader: bool) -> Exchange:
+def _tap(call: Call, exchange: Exchange, looked: Lookup, *, leader: bool) -> Exchange:
     """The exchange wrapped to store its answer (when the client allows it); as it is when
     there is nothing to store or restore."""
     if not looked.store:
-        return wrap(request, exchange, looked.redaction)
+        return wrap(call, exchange, looked.redaction)
     cache, key, ttl, dialect = looked.cache, looked.key, looked.ttl, looked.dialect
-    tap = request[TAP] = Tap(exchange, looked.redaction, cache, key, ttl, dialect, leader)
+    tap = call.tap = Tap(exchange, looked.redaction, cache, key, ttl, dialect, leader)
     return tap
 
 

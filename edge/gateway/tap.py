@@ -3,15 +3,13 @@ recorded for the cache and redacted originals put back into it on the way to the
 
 from __future__ import annotations
 
-from typing import Final
-
 from aiohttp import web
 from multidict import CIMultiDict
 
-from edge.client_request import ClientRequest
 from edge.exchange import Exchange, Failure
 from edge.gateway.cache.assemble import Assembler
 from edge.gateway.cache.service import Cache
+from edge.gateway.call import Call
 from edge.gateway.guard.redact import Redaction, StreamRestorer
 from edge.table import BackendState
 
@@ -132,12 +130,10 @@ class Tap(Exchange):
         return data
 
 
-TAP: Final = web.RequestKey("corral_gateway_tap", Tap)
-
-
-def wrap(request: ClientRequest, exchange: Exchange, redaction: Redaction | None) -> Exchange:
-    """The exchange as it is when nothing is to be done to its answer, else in a Tap."""
+def wrap(call: Call, exchange: Exchange, redaction: Redaction | None) -> Exchange:
+    """The exchange as it is when nothing is to be done to its answer, else in a Tap (kept
+    on the request's Call until Gateway.leave)."""
     if redaction is None:
         return exchange
-    tap = request[TAP] = Tap(exchange, redaction)
+    tap = call.tap = Tap(exchange, redaction)
     return tap
