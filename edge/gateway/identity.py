@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Final
 
 import orjson
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDictProxy, istr
 
 from corral.config import EdgeConfig, Secret
 from corral.v1 import gateway_pb2
@@ -32,6 +32,10 @@ from edge.errors import ApiError
 DEFAULT_TEAM: Final = "default"
 STATIC_ID_PREFIX: Final = "static-"
 DIGEST_SIZE: Final = hashlib.sha256().digest_size
+# Header names as multidict's case-insensitive strings: a lookup skips lower-casing the
+# name (~40 ns a check).
+_AUTHORIZATION: Final = istr("Authorization")
+_X_API_KEY: Final = istr("x-api-key")
 
 
 class Identity:
@@ -119,7 +123,11 @@ _sha256: Final = _fastest_sha256(_cpu_has_sha())
 
 
 def digest(secret: str) -> bytes:
-    return _sha256(secret.encode("utf-8", "surrogateescape")).digest()
+    try:
+        raw = secret.encode()  # the same bytes, without an error handler to look up
+    except UnicodeEncodeError:  # lone surrogates: a header's undecodable bytes, as sent
+        raw = secret.encode("utf-8", "surrogateescape")
+    return _sha256(raw).digest()
 
 
 def from_key(key: gateway_pb2.VirtualKey) -> Identity:
@@ -216,11 +224,12 @@ class KeyTable:
         if not self.enforced:
             return None
         token = ""
-        auth = headers.get("Authorization")
-        if auth and auth[:7].lower() == "bearer ":
+        auth = headers.get(_AUTHORIZATION)
+        # The SDKs' spelling first: a prefix test, not a slice lowered (~30 ns a check).
+        if auth and (auth.startswith("Bearer ") or auth[:7].lower() == "bearer "):
             token = auth[7:].strip()
         if not token:
-            token = headers.get("x-api-key", "").strip()
+            token = headers.get(_X_API_KEY, "").strip()
         if not token:
             if self.pending:
                 raise _not_ready()

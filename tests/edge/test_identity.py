@@ -58,6 +58,35 @@ def test_either_sha256_gives_the_policy_digest() -> None:
     assert digest(secrets[0]) == hashlib.sha256(secrets[0].encode()).digest()
 
 
+def test_a_key_in_any_spelling_of_its_header() -> None:
+    """The Bearer scheme in any case and spacing, x-api-key in any case, and a key with
+    bytes that are not UTF-8 (hashed as they were sent) all find their key."""
+    odd = "sk-\udcff-odd"
+    table = KeyTable(EdgeConfig())
+    table.apply(
+        gateway_pb2.Policy(
+            version=1,
+            keys=[
+                _key("good", "ck_good"),
+                gateway_pb2.VirtualKey(
+                    id="ck_odd",
+                    team="t",
+                    secret_sha256=hashlib.sha256(odd.encode("utf-8", "surrogateescape")).digest(),
+                ),
+            ],
+        )
+    )
+    for auth in ("Bearer good", "bearer good", "BEARER  good ", "BeArEr good"):
+        found = table.check(_headers(Authorization=auth))
+        assert found is not None and found.key_id == "ck_good", auth
+    for name in ("x-api-key", "X-Api-Key", "X-API-KEY"):
+        found = table.check(CIMultiDictProxy(CIMultiDict({name: " good"})))
+        assert found is not None and found.key_id == "ck_good", name
+    found = table.check(_bearer(odd))
+    assert found is not None and found.key_id == "ck_odd"
+    assert _refusal(table, _headers(Authorization="Basic good")).status == 401
+
+
 def test_open_until_a_key_exists() -> None:
     """No key anywhere: no identity and no refusal; require_keys refuses even then."""
     assert KeyTable(EdgeConfig()).check(_headers()) is None
