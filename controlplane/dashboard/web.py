@@ -31,7 +31,7 @@ from controlplane.errors import ControlPlaneError
 from controlplane.replica import Replica
 from controlplane.state import RoutingView
 from controlplane.store.base import StoreError
-from controlplane.traffic.view import CACHE_SECONDS
+from controlplane.traffic.buckets import CACHE_SECONDS
 from corral.config import Secret
 
 log = logging.getLogger(__name__)
