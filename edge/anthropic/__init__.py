@@ -8,7 +8,8 @@ the bytes a `StreamTranslator` makes of the upstream SSE stream.
 
 Shapes follow Anthropic's Messages API reference and the official `anthropic` SDK's types
 (`Message`, `RawMessageStreamEvent`, `ErrorResponse`); the SDK's stream accumulator is the
-reference consumer (tests/edge/test_anthropic_translate.py drives it against these bytes).
+reference consumer (tests/edge/test_anthropic_streams.py and tests/edge/test_anthropic_sdk.py
+drive it against these bytes).
 
 What does not translate is answered with a 400 `invalid_request_error` naming the field, never
 silently dropped: server tools (web search, code execution...), PDF or file-id documents, and
