@@ -28,8 +28,6 @@ from edge.anthropic import (
 )
 
 MODEL = "claude-local"
-
-
 EVENTS = pydantic.TypeAdapter(RawMessageStreamEvent)
 
 
