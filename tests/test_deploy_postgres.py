@@ -15,7 +15,7 @@ import yaml
 
 from corral.cli import config_from_args
 from corral.config import load
-from tests.test_deploy import (
+from tests.support.deploy import (
     DEPLOY,
     K8S,
     K8S_VERSION,

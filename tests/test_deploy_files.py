@@ -1,0 +1,140 @@
+"""deploy/ as a whole, checked offline: the promised files exist, every YAML file parses, the
+Dockerfile and the example config, etcd's flags (against the real etcd binary) and the guide's
+`corral` commands.
+
+Schemas come from packages (kubernetes-validate's bundled Kubernetes schemas, the compose-spec
+schema vendored in check-jsonschema); everything that names a `corral` flag is parsed with the
+real CLI parser, so a renamed flag breaks these tests instead of a deployment.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.config import SECTIONS
+from tests.support.deploy import (
+    DEPLOY,
+    ROOT,
+    compose_services,
+    containers,
+    k8s_corral_containers,
+    k8s_id,
+    load_docs,
+    parse_corral,
+    pod_spec,
+    workloads,
+)
+from tests.support.etcd import etcd_binary
+
+
+def all_yaml_files() -> list[Path]:
+    return sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")])
+
+
+def test_deploy_has_the_promised_files() -> None:
+    """Compose, Kubernetes, systemd, Prometheus, Dockerfile and the guide are all there."""
+    for relative in (
+        "README.md",
+        "Dockerfile",
+        "corral.example.yaml",
+        "compose/docker-compose.yml",
+        "compose/nginx.conf",
+        "compose/make-secrets.sh",
+        "prometheus/prometheus.yml",
+        "prometheus/prometheus-kubernetes.yml",
+        "systemd/corral-agent@.service",
+        "systemd/corral-edge.service",
+        "systemd/corral-controlplane.service",
+        "k8s/kustomization.yaml",
+    ):
+        assert (DEPLOY / relative).is_file(), relative
+
+
+@pytest.mark.parametrize("path", all_yaml_files(), ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_every_yaml_file_parses(path: Path) -> None:
+    """Every YAML file under deploy/ parses (all documents of multi-document files)."""
+    for doc in load_docs(path):
+        assert isinstance(doc, dict), f"{path}: a document is not a mapping"
+
+
+# ---------------------------------------------------------------- the image
+
+
+def test_dockerfile_is_pinned_and_copies_what_exists() -> None:
+    """Pinned python:3.11 slim base, COPY sources exist, non-root user, corral entrypoint."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    bases = re.findall(r"(?m)^FROM\s+(\S+)", text)
+    assert bases
+    for base in bases:
+        if base == "build":
+            continue
+        assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", base), base
+    for line in re.findall(r"(?m)^COPY\s+(?!--from)(.+)$", text):
+        *sources, _dest = line.split()
+        for source in sources:
+            assert (ROOT / source).exists(), f"COPY {source}: no such path in the repository"
+    assert re.search(r"(?m)^USER\s+10001", text)
+    assert re.search(r'(?m)^ENTRYPOINT \["corral"\]', text)
+    exposed = {int(p) for p in re.findall(r"(?m)^EXPOSE\s+(.+)$", text)[0].split()}
+    assert {7700, 7701, 9701, 9702} <= exposed
+    # The Kubernetes pods run as the same uid the image creates.
+    for workload, container in k8s_corral_containers():
+        context = {
+            **pod_spec(workload).get("securityContext", {}),
+            **container.get("securityContext", {}),
+        }
+        assert context.get("runAsUser") == 10001, k8s_id(workload)
+        assert context.get("runAsNonRoot") is True
+
+
+def test_example_config_sections_are_the_real_ones() -> None:
+    """The documented example config names the same sections as corral.config."""
+    [doc] = load_docs(DEPLOY / "corral.example.yaml")
+    assert set(doc) == set(SECTIONS)
+
+
+# ---------------------------------------------------------------- etcd flags
+
+
+def etcd_command_lines() -> Iterator[tuple[str, list[str]]]:
+    for name, service in compose_services().items():
+        if service["image"].startswith("quay.io/coreos/etcd:"):
+            yield f"compose {name}", service["command"]
+    for workload in workloads():
+        for container in containers(workload):
+            if container["image"].startswith("quay.io/coreos/etcd:"):
+                yield k8s_id(workload), [*container["command"], *container["args"]]
+
+
+def test_etcd_flags_are_real_etcd_flags() -> None:
+    """Every flag given to etcd in deploy/ is one the real etcd 3.5 binary documents."""
+    result = subprocess.run(
+        [etcd_binary(), "--help"], capture_output=True, text=True, timeout=30, check=False
+    )
+    known = set(re.findall(r"(?m)^\s+(--[a-z0-9-]+)", result.stdout + result.stderr))
+    assert "--initial-cluster" in known  # the help text was read
+    lines = list(etcd_command_lines())
+    assert len(lines) == 4  # three compose members and the StatefulSet
+    for where, argv in lines:
+        assert argv[0] == "/usr/local/bin/etcd", where
+        for arg in argv[1:]:
+            flag = arg.split("=", 1)[0]
+            assert flag in known, f"{where}: etcd has no flag {flag}"
+
+
+def test_guide_corral_commands_parse() -> None:
+    """Every `corral ...` command in deploy/README.md's code blocks parses with the real CLI."""
+    commands = [
+        line.strip()
+        for line in (DEPLOY / "README.md").read_text().splitlines()
+        if line.startswith("    ") and line.strip().startswith("corral ")
+    ]
+    assert commands
+    for command in commands:
+        parse_corral(shlex.split(command)[1:], "deploy/README.md")
