@@ -1,10 +1,6 @@
 """deploy/compose/: the docker compose file, checked offline: the compose-spec schema, the
 whole topology, one etcd cluster, pinned and health-checked services, files it references,
 `corral` command lines, clients pointing at real listeners, edges behind one name.
-
-Schemas come from packages (kubernetes-validate's bundled Kubernetes schemas, the compose-spec
-schema vendored in check-jsonschema); everything that names a `corral` flag is parsed with the
-real CLI parser, so a renamed flag breaks these tests instead of a deployment.
 """
 
 from __future__ import annotations

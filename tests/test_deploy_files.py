@@ -1,10 +1,6 @@
 """deploy/ as a whole, checked offline: the promised files exist, every YAML file parses, the
 Dockerfile and the example config, etcd's flags (against the real etcd binary) and the guide's
 `corral` commands.
-
-Schemas come from packages (kubernetes-validate's bundled Kubernetes schemas, the compose-spec
-schema vendored in check-jsonschema); everything that names a `corral` flag is parsed with the
-real CLI parser, so a renamed flag breaks these tests instead of a deployment.
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
 """deploy/k8s/: the Kubernetes manifests, checked offline: schemas, identity, topology,
 selectors, pinned and probed containers, services, PDBs and HPAs, secrets and volumes,
 `corral` command lines, clients and agents' addresses, the kustomization.
-
-Schemas come from packages (kubernetes-validate's bundled Kubernetes schemas, the compose-spec
-schema vendored in check-jsonschema); everything that names a `corral` flag is parsed with the
-real CLI parser, so a renamed flag breaks these tests instead of a deployment.
 """
 
 from __future__ import annotations

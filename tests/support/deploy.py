@@ -1,6 +1,10 @@
 """What the deploy/ tests (tests/test_deploy_*.py) share: where deploy/'s files are, its
 YAML documents, Kubernetes workloads and their containers, the compose services, systemd
 units' entries and command lines, and `corral` command lines parsed with the real CLI.
+
+Schemas come from packages (kubernetes-validate's bundled Kubernetes schemas, the compose-spec
+schema vendored in check-jsonschema); everything that names a `corral` flag is parsed with the
+real CLI parser, so a renamed flag breaks these tests instead of a deployment.
 """
 
 from __future__ import annotations
