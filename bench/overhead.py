@@ -17,14 +17,11 @@ cores, shared with nginx and wrk: the trend only).
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from bench import nginx, wrk
 from bench.common import (
@@ -35,107 +32,36 @@ from bench.common import (
     Proc,
     Procs,
     commit,
-    cpu_times,
     ensure_tools,
     free_port,
     load_note,
     machine,
-    md_table,
     now_utc,
     pin_self,
     wait_http,
     workspace,
     write_section,
 )
+from bench.overhead_measure import (
+    EDGE_FAST,
+    EDGE_OFF,
+    EDGE_ON,
+    EDGE_ON2,
+    LEAN,
+    LEAN2,
+    UP,
+    Measured,
+    ProcessGroup,
+    Sampled,
+    measure,
+)
+from bench.overhead_measure import c1_seconds as c1_seconds  # bench/usage.py imports it from here
+from bench.overhead_report import report
 
 CHAT_REQUEST = (
     b'{"model":"bench-model","messages":[{"role":"system","content":"You are terse."},'
     b'{"role":"user","content":"Say hello in five words."}],"max_tokens":32}'
 )
-
-
-def c1_seconds(seconds: float) -> int:
-    """The one-connection run: shorter than the others, at least 3 s (wrk takes whole s)."""
-    return max(3, round(seconds * 0.6))
-
-
-class Sampled(Protocol):
-    """A process (or group of processes) whose memory and CPU time can be read."""
-
-    def rss_mib(self) -> float: ...
-    def cpu_seconds(self) -> float: ...
-
-
-@dataclass
-class Measured:
-    name: str
-    note: str = ""
-    c1: wrk.WrkResult | None = None
-    c32: wrk.WrkResult | None = None
-    c64: wrk.WrkResult | None = None
-    rss_rest: float | None = None
-    rss_peak: float | None = None
-    cpu_c32: float | None = None  # proxy CPU seconds per wall second during the 32-conn run
-    cpu0_busy: float | None = None  # CPU 0 busy fraction (all processes) during that run
-    error: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
-
-
-class RssSampler:
-    """Peak RSS of a process group while load runs (sampled every 200 ms)."""
-
-    def __init__(self, proc: Sampled | None) -> None:
-        self.proc = proc
-        self.peak = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            if self.proc is not None:
-                self.peak = max(self.peak, self.proc.rss_mib())
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def measure(
-    name: str,
-    url: str,
-    proc: Sampled | None,
-    script: Path,
-    seconds: float,
-    note: str = "",
-) -> Measured:
-    print(f"  {name}: ", end="", flush=True)
-    m = Measured(name, note)
-    try:
-        # Warm-up: connections, pools, caches.
-        wrk.run(url, script, connections=32, seconds=2, cpus=LOAD_CPU)
-        m.rss_rest = proc.rss_mib() if proc is not None else None
-        m.c1 = wrk.run(url, script, connections=1, seconds=c1_seconds(seconds), cpus=LOAD_CPU)
-        print(f"c1 p50 {m.c1.p50 * 1e3:.3f} ms; ", end="", flush=True)
-        with RssSampler(proc) as sampler:
-            cpu0 = proc.cpu_seconds() if proc is not None else 0.0
-            t0 = time.monotonic()
-            stat0 = cpu_times()[int(PROXY_CPU)]
-            m.c32 = wrk.run(url, script, connections=32, seconds=seconds, cpus=LOAD_CPU)
-            stat1 = cpu_times()[int(PROXY_CPU)]
-            m.cpu0_busy = 1 - (stat1[1] - stat0[1]) / max(1, stat1[0] - stat0[0])
-            if proc is not None:
-                m.cpu_c32 = (proc.cpu_seconds() - cpu0) / (time.monotonic() - t0)
-            m.c64 = wrk.run(url, script, connections=64, seconds=seconds, cpus=LOAD_CPU)
-        m.rss_peak = sampler.peak if proc is not None else None
-        print(f"c32 {m.c32.rps:,.0f} req/s; c64 {m.c64.rps:,.0f} req/s", flush=True)
-    except BenchError as exc:
-        m.error = str(exc).splitlines()[0][:200]
-        print(f"FAILED: {m.error}", flush=True)
-    return m
 
 
 KEY = "sk-bench-overhead-not-real"
@@ -215,13 +141,6 @@ def lean(procs: Procs, backend: str, count: int, cpus: list[str]) -> tuple[list[
 
 
 AIOHTTP = "  upstream_client: aiohttp\n"
-LEAN = "lean aiohttp+uvloop relay"
-EDGE_OFF = "Corral edge, gateway off"
-EDGE_ON = "Corral edge, gateway on, upstream_client: aiohttp"
-EDGE_FAST = "Corral edge, gateway on"
-UP = "corral up (gateway on)"
-EDGE_ON2 = "Corral edge, gateway on, --workers 2 (CPUs 0-1)"
-LEAN2 = "2 lean relay processes (CPUs 0-1)"
 
 
 def run(
@@ -268,7 +187,7 @@ def run(
                 print(f"  {name}: could not start: {exc}", flush=True)
                 return
             group = procs_or_one if isinstance(procs_or_one, list) else [procs_or_one]
-            proc: Sampled = group[0] if len(group) == 1 else _Group(group)
+            proc: Sampled = group[0] if len(group) == 1 else ProcessGroup(group)
             try:
                 results.append(measure(name, base + chat, proc, lua, seconds, note))
             finally:
@@ -368,167 +287,6 @@ def paired_rounds(
         procs.stop(relay)
     print(flush=True)
     return out
-
-
-class _Group:
-    """Several processes measured as one (RSS and CPU summed)."""
-
-    def __init__(self, procs: list[Proc]) -> None:
-        self.procs = procs
-
-    def rss_mib(self) -> float:
-        return sum(p.rss_mib() for p in self.procs)
-
-    def cpu_seconds(self) -> float:
-        return sum(p.cpu_seconds() for p in self.procs)
-
-
-def _ms(x: float | None) -> str:
-    return "n/a" if x is None else f"{x * 1e3:.2f}"
-
-
-def report(
-    results: list[Measured],
-    info: dict[str, str],
-    seconds: float,
-    paired: list[tuple[float, float, float, float]],
-    scaling: bool = False,
-) -> str:
-    direct = results[0]
-    relay = next((r for r in results if r.name == LEAN and r.c32), None)
-    rows = []
-    for r in results:
-        if r.error or r.c32 is None or r.c64 is None or r.c1 is None:
-            rows.append([r.name, f"failed: {r.error}", "", "", "", "", "", "", "", "", ""])
-            continue
-        added = (
-            "—" if r.name.startswith("direct") or direct.c1 is None
-            else f"{(r.c1.p50 - direct.c1.p50) * 1e3:+.3f}"
-        )  # fmt: skip
-        vs_relay = f"{r.c32.rps / relay.c32.rps:.2f}x" if relay and relay.c32 else "n/a"
-        vs_direct = f"{r.c32.rps / direct.c32.rps:.2f}x" if direct.c32 else "n/a"
-        rss = "—" if r.rss_rest is None else f"{r.rss_rest:.0f} / {r.rss_peak or 0:.0f}"
-        cpu = "—" if r.cpu_c32 is None else f"{r.cpu_c32 * 100:.0f}%"
-        if r.cpu0_busy is not None:
-            cpu += f" ({r.cpu0_busy * 100:.0f}%)"
-        per_req = "—" if r.cpu_c32 is None else f"{r.cpu_c32 / r.c32.rps * 1e6:.0f}"
-        errs = r.c1.errors + r.c32.errors + r.c64.errors
-        rows.append([
-            r.name, f"{r.c32.rps:,.0f}", f"{r.c64.rps:,.0f}",
-            f"{_ms(r.c32.p50)} / {_ms(r.c32.p99)}", f"{_ms(r.c64.p50)} / {_ms(r.c64.p99)}",
-            f"{_ms(r.c1.p50)} ({added})", rss, cpu, per_req, f"{vs_relay} / {vs_direct}",
-            str(errs),
-        ])  # fmt: skip
-    table = md_table(
-        [
-            "target", "req/s c32", "req/s c64", "p50 / p99 c32 (ms)", "p50 / p99 c64 (ms)",
-            "p50 c1 (added) ms", "RSS rest / peak MiB", "CPU c32 (cpu0 busy)", "CPU µs/req",
-            "c32 vs relay / direct", "errors",
-        ],
-        rows,
-    )  # fmt: skip
-    gaps = _gaps(results, paired)
-    scaling_flag = " --scaling" if scaling else ""
-    return f"""## Edge overhead
-
-Command: `./dev bench overhead --seconds {seconds:g} --rounds {len(paired)}{scaling_flag}` — \
-{info["date"]}, commit {info["commit"]}
-
-Machine: {info["machine"]}. Load: {info["load"]}.
-
-Setup: nginx (1 worker) answers a fixed {len(nginx.chat_completion_body())}-byte
-chat.completion on CPU 1; `wrk -t1` with a POST script (chat body) also on CPU 1; the proxy
-under test alone on CPU 0 (`taskset`). Each target: 2 s warm-up, then 1 connection
-({c1_seconds(seconds)} s), 32 and 64 connections ({seconds:g} s each). "Added" is p50 at
-one connection minus direct's. RSS is the whole process group (VmRSS), at rest after warm-up
-and peak under load. "CPU c32" is the proxy's CPU time per wall second at 32 connections
-(100% = its core is saturated, so req/s is the proxy's own limit); in brackets how busy CPU 0
-was in total (more than the proxy's share means other processes ran there too). "CPU µs/req"
-is the proxy's CPU time per request at 32 connections: the cost of one request, which other
-load on the machine changes far less than req/s. Direct is measured first and again last, to
-show drift during the run.
-
-{table}
-
-### Against the targets
-{gaps}
-"""
-
-
-def _gaps(results: list[Measured], paired: list[tuple[float, float, float, float]]) -> str:
-    """Issue 18's targets, for the edge with the gateway on against the lean relay."""
-    by = {r.name: r for r in results}
-    return "\n".join(
-        _gaps_of(by.get(name), by.get(LEAN), results[0], by, paired if name == EDGE_FAST else [])
-        for name in (EDGE_FAST, EDGE_ON)
-    )
-
-
-def _gaps_of(
-    edge: Measured | None,
-    relay: Measured | None,
-    direct: Measured,
-    by: dict[str, Measured],
-    paired: list[tuple[float, float, float, float]],
-) -> str:
-    if edge is None:
-        return ""
-    edge2, relay2 = by.get(EDGE_ON2), by.get(LEAN2)
-    if edge is None or edge.c32 is None or edge.c1 is None:
-        return f"- {edge.name}: not measured in this run (see the table)."
-    lines = [f"**{edge.name}**:"]
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "NOT met"
-
-    if relay and relay.c32 and relay.c1:
-        ratio = edge.c32.rps / relay.c32.rps
-        lines.append(f"- req/s at 32 connections: {ratio:.2f}x the lean relay (target ≥ 1.5x): "
-                     f"{verdict(ratio >= 1.5)} in the table (measured minutes apart: on a "
-                     "busy machine read the paired rounds).")  # fmt: skip
-        if relay.cpu_c32 and edge.cpu_c32:
-            per = (relay.cpu_c32 / relay.c32.rps) / (edge.cpu_c32 / edge.c32.rps)
-            lines.append(f"- CPU per request at 32 connections: the relay's is {per:.2f}x the "
-                         f"edge's (≥ 1.5x would match the req/s target): "
-                         f"{verdict(per >= 1.5)}.")  # fmt: skip
-        recip = relay.c1.p50 / edge.c1.p50
-        lines.append(f"- reciprocal latency at one connection (relay p50 / edge p50): "
-                     f"{recip:.2f}x (target ≥ 1.3x): {verdict(recip >= 1.3)}.")  # fmt: skip
-        lines.append(f"- p99 at 32 connections: edge {_ms(edge.c32.p99)} ms, lean relay "
-                     f"{_ms(relay.c32.p99)} ms (target ≤ the relay's): "
-                     f"{verdict(edge.c32.p99 <= relay.c32.p99)}.")  # fmt: skip
-    if paired:
-        ratios = sorted(e / r for r, e, _, _ in paired)
-        median = ratios[len(ratios) // 2]
-        pairs = ", ".join(f"{e:,.0f}/{r:,.0f}" for r, e, _, _ in paired)
-        cpu = ", ".join(f"{rc * 1e6:.0f}/{ec * 1e6:.0f} µs" for _, _, rc, ec in paired)
-        lines.append(f"- paired rounds (lean relay and gateway-on edge loaded in turn, 5 s each, "
-                     f"edge/relay req/s: {pairs}): median {median:.2f}x (target ≥ 1.5x): "
-                     f"{verdict(median >= 1.5)}; CPU per request relay/edge: {cpu}.")  # fmt: skip
-    if direct.c1:
-        added = (edge.c1.p50 - direct.c1.p50) * 1e3
-        lines.append(f"- added p50 at one connection: {added:.3f} ms (target ≤ 0.25 ms): "
-                     f"{verdict(added <= 0.25)}.")  # fmt: skip
-    if edge.rss_rest is not None:
-        lines.append(f"- RSS at rest after warm-up: {edge.rss_rest:.0f} MiB, peak "
-                     f"{edge.rss_peak or 0:.0f} MiB (target ≤ 50 MiB at rest): "
-                     f"{verdict(edge.rss_rest <= 50)}.")  # fmt: skip
-    if (
-        edge.name == EDGE_FAST
-        and edge2
-        and edge2.c32
-        and relay2
-        and relay2.c32
-        and relay
-        and relay.c32
-    ):
-        lines.append(
-            f"- scaling: --workers 2 gives {edge2.c32.rps / edge.c32.rps:.2f}x one worker; "
-            f"two lean relays give {relay2.c32.rps / relay.c32.rps:.2f}x one relay. Two cores "
-            "shared with nginx and wrk cannot show linear scaling; this shows whether the "
-            "workers share the port and the load."
-        )
-    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
