@@ -6,7 +6,7 @@ too long, else 400.
 aiohttp has no public hook for these answers; `RequestHandler.handle_error` builds them. The
 edge's runner makes its servers build handlers that override it. This leans on aiohttp's
 `AppRunner._make_server` and `Server._kwargs`/`_loop` (pinned below 4 in pyproject.toml;
-tests/test_hostile_http.py fails if they change).
+tests/hostile_http/ fails if they change).
 """
 
 from __future__ import annotations
