@@ -114,28 +114,22 @@ class Gateway:
                 call.guard = exc.findings
                 raise
             if isinstance(outcome, Pending):  # hooks to ask, or a body for a thread
-                return self._guard_later(
-                    guard,
-                    outcome,
-                    call,
-                    exchange,
-                    endpoint,
-                    lambda redaction: self._look_up(
-                        request, call, exchange, lookup, endpoint, redaction
-                    ),
-                )
+                # Arguments, not a closure: a closure would make enter's variables cells,
+                # allocated on every call.
+                return self._guard_later(guard, outcome, request, call, exchange, lookup, endpoint)
             if outcome is not None:
                 redaction = _guarded(call, exchange, outcome)
         return self._look_up(request, call, exchange, lookup, endpoint, redaction)
 
-    @staticmethod
     async def _guard_later(
+        self,
         guard: Guard,
         pending: Pending,
+        request: ClientRequest,
         call: Call,
         exchange: Exchange,
+        lookup: Callable[[], ModelRoute],
         endpoint: str,
-        look_up: Callable[[Redaction | None], Entered],
     ) -> Exchange | web.StreamResponse:
         """The guard's hooks (or its thread) awaited, then the cache looked up."""
         try:
@@ -146,7 +140,8 @@ class Gateway:
         except Refused as exc:
             call.guard = exc.findings
             raise
-        entered = look_up(_guarded(call, exchange, outcome))
+        redaction = _guarded(call, exchange, outcome)
+        entered = self._look_up(request, call, exchange, lookup, endpoint, redaction)
         if isinstance(entered, (Exchange, web.StreamResponse)):
             return entered
         return await entered
