@@ -1,4 +1,5 @@
-"""Fixtures for agent tests: HTTP clients to fakes, fakes of every kind."""
+"""Fixtures for agent tests: HTTP clients to fakes, fakes of every kind, agents run in the
+background, control-plane replicas over the test's etcd."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ import pytest_asyncio
 from agent import Agent
 from agent.http import BackendClient
 from agent.metrics import AgentMetrics
-from corral.config import AgentConfig, Secret
+from corral.config import AgentConfig, ControlPlaneConfig, Secret
+from tests.agent.controlplane_replicas import Replica, ReplicaFactory
 from tests.fakes.pytest_plugin import fake_server  # noqa: F401  # a fixture, used by name
+from tests.support.etcd import EtcdCluster
+from tests.support.net import free_port
 
 ClientFactory = Callable[..., BackendClient]
 
@@ -65,3 +69,31 @@ async def start_agent() -> AsyncIterator[AgentFactory]:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+@pytest_asyncio.fixture
+async def replicas(etcd: EtcdCluster) -> AsyncIterator[ReplicaFactory]:
+    """Start control-plane replicas (by id) over the test's etcd; stop them all afterwards."""
+    started: list[Replica] = []
+
+    async def start(replica_id: str) -> Replica:
+        config = ControlPlaneConfig(
+            listen=f"127.0.0.1:{free_port()}",
+            store="etcd",
+            etcd_endpoints=tuple(etcd.endpoints),
+            etcd_prefix="/corral-agent-test/",
+            lease_ttl_seconds=10.0,
+            heartbeat_interval_seconds=1.0,
+            load_write_interval_seconds=0.2,
+            replica_id=replica_id,
+            shutdown_grace_seconds=2.0,
+        )
+        replica = Replica(config)
+        started.append(replica)
+        return await replica.start()
+
+    try:
+        yield start
+    finally:
+        for replica in reversed(started):
+            await replica.close()
