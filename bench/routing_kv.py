@@ -25,7 +25,7 @@ from bench.kvcache import (
     PagedKvCache,
     Workload,
 )
-from bench.routing import RunStats
+from bench.routing_report import RunStats
 from bench.routing_sim import MODEL, Request, Sim, simulate_with
 
 POLICIES = ("least-connections", "sticky-bounded")

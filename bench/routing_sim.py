@@ -20,7 +20,7 @@ from bench.kvcache import (
 )
 
 if TYPE_CHECKING:
-    from bench.routing import RunStats
+    from bench.routing_report import RunStats
 
 MODEL = "bench-model"
 # The balancing mode and bounded-load epsilon each policy name stands for.
