@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes import anthropic_api, engines_api, native_api, openai_api
+from tests.fakes import anthropic_api, engines_api, native_api, ollama_api, openai_api
 from tests.fakes.server import (
     BODY_KEY,
     FAKE_KEY,
@@ -152,6 +152,7 @@ def build_app(fake: FakeServer) -> web.Application:
     app[FAKE_KEY] = fake
     app.on_response_prepare.append(_add_backend_header)
     openai_api.add_routes(app, fake)
+    ollama_api.add_routes(app, fake)
     native_api.add_routes(app, fake)
     engines_api.add_routes(app, fake)
     anthropic_api.add_routes(app, fake)

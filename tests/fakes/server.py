@@ -1,8 +1,8 @@
 """FakeServer: an aiohttp app on 127.0.0.1 that speaks one inference server's real HTTP API.
 
-Lifecycle and switches live here; the per-API handlers live in `openai_api`, `anthropic_api`
-and `native_api`. `stop()` behaves like a killed process: the listener closes and every open
-connection is aborted (RST), so a client mid-stream sees a broken connection.
+Lifecycle and switches live here; the handlers in `openai_api`, `anthropic_api`, `native_api`,
+`ollama_api` and `engines_api`. `stop()` behaves like a killed process: the listener closes and
+every open connection is aborted (RST), so a client mid-stream sees a broken connection.
 """
 
 from __future__ import annotations
