@@ -143,10 +143,10 @@ class Proxy:
         try:
             identity = self.keys.check(request.headers)
         except KeyRefused as exc:  # a known key: its refusals are recorded under it
-            _tag(request, exc.identity)
+            calls.tag_identity(request, exc.identity)
             raise
         if identity is not None:
-            _tag(request, identity)
+            calls.tag_identity(request, identity)
         return identity
 
     async def read_body(self, request: ClientRequest) -> bytes:
@@ -219,6 +219,7 @@ class Proxy:
         started = call.started
         model_label = "-"  # a model name only once it routes: unknown names are unbounded
         status = 0
+        outcome: web.StreamResponse | Failure | None = None  # what the attempts came to
         try:
             admission = await admit()
             exchange = admission.exchange
@@ -294,7 +295,7 @@ class Proxy:
             if self.limits is not None:  # before the answer's x-ratelimit-* headers
                 self.limits.settle(call)
             if self.gateway is not None:
-                self.gateway.leave(call)
+                self.gateway.leave(call, outcome)
             # Counted and recorded just after the answer is written (the same loop turn
             # writes it), not while the client waits; still before the loop reads anything
             # more from any client.
@@ -389,14 +390,6 @@ class Proxy:
                 continue
             return result
         return failure
-
-
-def _tag(request: ClientRequest, identity: Identity) -> None:
-    """The request's Call names the key and team (when the request has a Call)."""
-    call = request.get(CALL)
-    if call is not None:
-        call.key_id = identity.key_id
-        call.team = identity.team
 
 
 def too_large(limit: int) -> ApiError:

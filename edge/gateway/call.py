@@ -18,6 +18,8 @@ from aiohttp import web
 from edge.client_request import ClientRequest
 
 if TYPE_CHECKING:
+    from edge.gateway.cache.service import Lookup
+    from edge.gateway.identity import Identity
     from edge.gateway.limits.ticket import Ticket
     from edge.gateway.tap import Tap
 
@@ -93,6 +95,8 @@ class Call:
     # The gateway's wrapper of its exchange (edge/gateway/tap.py), until the request is over:
     # a slot, where a request key costs a Python call to set and one to read on the lane.
     tap: Tap | None = None
+    # Where its answer goes in the response cache (edge/gateway/pipeline.py), until then.
+    storing: Lookup | None = None
     prompt: bytes | None = None  # the request body, only when body logging is on
     completion: bytes | None = None  # the answer body, likewise
 
@@ -111,6 +115,14 @@ def begin(request: ClientRequest, endpoint: str) -> Call:
     call = Call(own, asked or own, time.monotonic(), time.time(), endpoint)
     request[CALL] = call
     return call
+
+
+def tag_identity(request: ClientRequest, identity: Identity) -> None:
+    """The request's Call names the key and team (when the request has a Call)."""
+    call = request.get(CALL)
+    if call is not None:
+        call.key_id = identity.key_id
+        call.team = identity.team
 
 
 def call_of(request: ClientRequest) -> Call | None:

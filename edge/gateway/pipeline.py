@@ -3,8 +3,9 @@
 `Gateway.enter` runs once per request, after it was admitted and routed (a plain call, a
 coroutine only when something must be waited for): the guard checks (and maybe redacts) the
 body, then the cache answers it (a hit, replayed as a stream when a stream was asked for), or
-lets it go upstream wrapped in a `Tap` (edge/gateway/tap.py) that records the answer the
-client receives (to store it once complete) and puts redacted originals back into it.
+lets it go upstream: as it is when its answer comes whole and nothing is to be restored,
+else wrapped in a `Tap` (edge/gateway/tap.py) that records the answer the client receives (a
+stream put together to store it once complete) and puts redacted originals back into it.
 `Gateway.leave` runs when the request is over, whatever happened: a complete answer is
 stored and handed to identical requests waiting for it; anything else is not.
 """
@@ -178,15 +179,15 @@ class Gateway:
         if not asked.read:
             call.cache = CACHE_BYPASS
             cache.metrics.hot.bypass += 1
-            return _tap(call, exchange, looked, leader=False)
+            return _storing(call, exchange, looked)
         if cache.shared is None:  # no wait for the in-process tier alone
             entry = cache.get_memory(key, asked.max_age)
             if entry is not None:
                 return self._found(call, exchange, looked, entry, "memory")
             if not asked.store:
-                return _miss(call, exchange, looked, leader=False)
+                return _miss(call, exchange, looked, False)
             if cache.lead(key) is None:
-                return _miss(call, exchange, looked, leader=True)
+                return _miss(call, exchange, looked, True)
         # The shared tier to ask, or an identical request upstream to wait for.
         return self._look_up_later(request, call, exchange, looked)
 
@@ -201,16 +202,16 @@ class Gateway:
             if found is not None:
                 return self._found(call, exchange, looked, *found)
             if not looked.store:
-                return _miss(call, exchange, looked, leader=False)
+                return _miss(call, exchange, looked, False)
             waiting = cache.lead(key)
             if waiting is None:
-                return _miss(call, exchange, looked, leader=True)
+                return _miss(call, exchange, looked, True)
             cache.metrics.coalesced.inc()
             try:
                 async with asyncio.timeout(cache.wait):
                     awaited = await asyncio.shield(waiting)
             except TimeoutError:
-                return _miss(call, exchange, looked, leader=False)
+                return _miss(call, exchange, looked, False)
             if awaited is not None:
                 cache.metrics.hot.hit_memory += 1
                 return self._hit(call, exchange, awaited, looked.dialect, looked.redaction)
@@ -227,23 +228,32 @@ class Gateway:
             cache.metrics.hot.hit_shared += 1
         return self._hit(call, exchange, entry, looked.dialect, looked.redaction)
 
-    def leave(self, call: Call) -> None:
-        """The request is over: store its complete answer, release identical requests."""
+    def leave(self, call: Call, outcome: object) -> None:
+        """The request is over: store its complete answer, release identical requests.
+        `outcome`: what its attempts came to (the answer; a Failure or None when none did)."""
         tap = call.tap
-        if tap is None:
+        if tap is not None:  # the Call may wait for the usage writer: not its exchange
+            call.tap = None
+        looked = call.storing
+        if looked is None:
             return
-        call.tap = None  # the Call may wait for the usage writer: not its exchange and answer
-        cache = tap.cache
-        if cache is None:
-            return
-        data = tap.captured
+        call.storing = None
+        if tap is None:  # a whole answer, as the client gets it
+            data = outcome.body if isinstance(outcome, web.Response) else None
+            if not (call.status == 200 and isinstance(data, bytes) and data[:1] == b"{"):
+                data = None
+        else:
+            data = tap.captured
+            if data is not None and tap.assembler is not None and looked.dialect == "openai":
+                data = _with_usage(data, call)
+        cache = looked.cache
         if data is None or not 200 <= call.status < 300:
-            if tap.leader:
-                cache.finish(tap.key, None)
+            if looked.leader:
+                cache.finish(looked.key, None)
             return
-        if tap.assembler is not None and tap.dialect == "openai":
-            data = _with_usage(data, call)
-        cache.settle(tap.key, tap.ttl, tap.leader, data, call.prompt_tokens, call.completion_tokens)
+        cache.settle(
+            looked.key, looked.ttl, looked.leader, data, call.prompt_tokens, call.completion_tokens
+        )
 
     def _hit(
         self,
@@ -289,19 +299,24 @@ class Gateway:
         return web.Response(body=body, headers=headers)
 
 
-def _miss(call: Call, exchange: Exchange, looked: Lookup, *, leader: bool) -> Exchange:
+def _miss(call: Call, exchange: Exchange, looked: Lookup, leader: bool) -> Exchange:
     call.cache = CACHE_MISS
     looked.cache.metrics.hot.miss += 1
-    return _tap(call, exchange, looked, leader=leader)
+    looked.leader = leader
+    return _storing(call, exchange, looked)
 
 
-def _tap(call: Call, exchange: Exchange, looked: Lookup, *, leader: bool) -> Exchange:
-    """The exchange wrapped to store its answer (when the client allows it); as it is when
-    there is nothing to store or restore."""
+def _storing(call: Call, exchange: Exchange, looked: Lookup) -> Exchange:
+    """The exchange to run for an answer the cache stores (when the client allows it): as it
+    is for a whole answer with nothing to restore (Gateway.leave takes it from the response),
+    else in a Tap."""
+    redaction = looked.redaction
     if not looked.store:
-        return wrap(call, exchange, looked.redaction)
-    cache, key, ttl, dialect = looked.cache, looked.key, looked.ttl, looked.dialect
-    tap = call.tap = Tap(exchange, looked.redaction, cache, key, ttl, dialect, leader)
+        return wrap(call, exchange, redaction)
+    call.storing = looked
+    if redaction is None and not exchange.stream:
+        return exchange
+    tap = call.tap = Tap(exchange, redaction, looked)
     return tap
 
 

@@ -1,5 +1,9 @@
 """The request's own exchange wrapped for the gateway (edge/gateway/pipeline.py): its answer
-recorded for the cache and redacted originals put back into it on the way to the client."""
+recorded for the cache and redacted originals put back into it on the way to the client.
+
+Only when there is something to do on the way: a stream to put together for the cache, or
+originals to restore. A whole answer with nothing to restore goes out as the exchange made it,
+and Gateway.leave takes it from the response for the cache (no wrapper, no delegated calls)."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from multidict import CIMultiDict
 
 from edge.exchange import Exchange, Failure
 from edge.gateway.cache.assemble import Assembler
-from edge.gateway.cache.service import Cache
+from edge.gateway.cache.service import Lookup
 from edge.gateway.call import Call
 from edge.gateway.guard.redact import Redaction, StreamRestorer
 from edge.table import BackendState
@@ -20,27 +24,17 @@ class Tap(Exchange):
 
     __slots__ = (
         "assembler",
-        "cache",
         "captured",
         "dialect",
         "inner",
-        "key",
-        "leader",
         "method",
         "redaction",
         "restorer",
-        "ttl",
+        "stores",
     )
 
     def __init__(
-        self,
-        inner: Exchange,
-        redaction: Redaction | None,
-        cache: Cache | None = None,
-        key: bytes = b"",
-        ttl: float = 0.0,
-        dialect: str = "openai",
-        leader: bool = False,
+        self, inner: Exchange, redaction: Redaction | None, looked: Lookup | None = None
     ) -> None:
         # Exchange's fields set here, not through super().__init__: one call fewer per miss.
         self.path = inner.path
@@ -50,19 +44,15 @@ class Tap(Exchange):
         self.inner = inner
         self.method = inner.method
         self.redaction = redaction
-        # Where its answer is stored (cache None: nowhere), and whether identical requests
-        # wait for it.
-        self.cache = cache
-        self.key = key
-        self.ttl = ttl
-        self.dialect = dialect
-        self.leader = leader
+        # Whether its answer is recorded for the cache (the lookup says where it goes).
+        self.stores = looked is not None
+        self.dialect = "openai" if looked is None else looked.dialect
         self.captured: bytes | None = None  # a whole answer to store
         self.assembler: Assembler | None = None
         self.restorer: StreamRestorer | None = None
         if inner.stream:
-            if cache is not None:
-                self.assembler = Assembler(cache.max_entry)
+            if looked is not None:
+                self.assembler = Assembler(looked.cache.max_entry)
             if redaction is not None:
                 self.restorer = StreamRestorer(redaction)
 
@@ -95,7 +85,7 @@ class Tap(Exchange):
         body = response.body
         if not isinstance(body, bytes):
             return response
-        if self.cache is not None and status == 200 and body[:1] == b"{":
+        if self.stores and status == 200 and body[:1] == b"{":
             self.captured = body
         if self.redaction is not None:
             response.body = self.redaction.restore_json(body)

@@ -45,12 +45,15 @@ async def test_a_memory_only_cache_answers_without_an_await() -> None:
             return call, gateway.enter(request, call, exchange, _route, "chat")
 
         call, first = enter()
-        assert isinstance(first, Tap) and first.leader and call.cache == CACHE_MISS
+        # Its answer comes whole: the exchange runs as it is, its answer stored at leave.
+        looked = call.storing
+        assert isinstance(first, OpenAIExchange) and not isinstance(first, Tap)
+        assert looked is not None and looked.leader and call.cache == CACHE_MISS
         _, second = enter()  # the first is still upstream: this one waits for it
         assert isinstance(second, Coroutine)
         second.close()  # a coroutine, not awaited here
-        gateway.cache.finish(first.key, None)
-        gateway.cache.put(first.key, Entry(ANSWER, time.time(), 1, 1), 60)
+        gateway.cache.finish(looked.key, None)
+        gateway.cache.put(looked.key, Entry(ANSWER, time.time(), 1, 1), 60)
         call, third = enter()
         assert isinstance(third, web.Response) and call.cache == CACHE_HIT
 

@@ -87,6 +87,7 @@ class Lookup:
     max_age: float | None
     store: bool  # the client lets its answer be stored
     redaction: Redaction | None
+    leader: bool = False  # identical requests wait for its answer (Cache.lead)
 
 
 class _Hot(Collector):
