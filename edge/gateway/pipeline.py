@@ -104,12 +104,9 @@ class Gateway:
         guard = self.guard
         if guard is not None:
             try:
+                # Positional: Python 3.11 does not specialise a call with keywords.
                 outcome = guard.inspect_now(
-                    exchange.body,
-                    team=call.team,
-                    key=call.key_id,
-                    model=call.model,
-                    raw=exchange.raw,
+                    exchange.body, call.team, call.key_id, call.model, exchange.raw
                 )
             except Refused as exc:
                 call.guard = exc.findings
@@ -181,13 +178,15 @@ class Gateway:
             cache.metrics.hot.bypass += 1
             return _storing(call, exchange, looked)
         if cache.shared is None:  # no wait for the in-process tier alone
-            entry = cache.get_memory(key, asked.max_age)
+            entry = cache.memory.get(key, asked.max_age)
             if entry is not None:
                 return self._found(call, exchange, looked, entry, "memory")
-            if not asked.store:
-                return _miss(call, exchange, looked, False)
-            if cache.lead(key) is None:
-                return _miss(call, exchange, looked, True)
+            # Upstream now unless an identical request is there (it leads when it stores).
+            if not asked.store or cache.lead(key) is None:
+                call.cache = CACHE_MISS  # _miss's steps, one call fewer on every miss
+                cache.metrics.hot.miss += 1
+                looked.leader = asked.store
+                return _storing(call, exchange, looked)
         # The shared tier to ask, or an identical request upstream to wait for.
         return self._look_up_later(request, call, exchange, looked)
 

@@ -202,16 +202,9 @@ class Cache:
         rule = most_specific(rules, team, key, model) if rules else None
         return rule.ttl_seconds if rule is not None else self.config.ttl_seconds
 
-    def get_memory(self, key: bytes, max_age: float | None) -> Entry | None:
-        """The in-process tier's entry, if fresh enough (no wait: the hot path's lookup)."""
-        entry = self.memory.get(key)
-        if entry is None or (max_age is not None and entry.age(time.time()) > max_age):
-            return None
-        return entry
-
     async def get(self, key: bytes, max_age: float | None) -> tuple[Entry, str] | None:
         """The entry and the tier it came from (memory, shared), if fresh enough."""
-        entry = self.get_memory(key, max_age)
+        entry = self.memory.get(key, max_age)
         if entry is not None:
             return entry, "memory"
         if self.shared is None:

@@ -63,7 +63,9 @@ class MemoryTier:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: bytes) -> Entry | None:
+    def get(self, key: bytes, max_age: float | None = None) -> Entry | None:
+        """The entry, if fresh enough (no wait: the hot path's lookup); `max_age`: the
+        oldest the request accepts, in seconds."""
         found = self._entries.get(key)
         if found is None:
             return None
@@ -72,6 +74,8 @@ class MemoryTier:
             self._drop(key)
             return None
         self._entries.move_to_end(key)
+        if max_age is not None and time.time() - stored > max_age:
+            return None
         return Entry(body, stored, prompt, completion)
 
     def put(self, key: bytes, entry: Entry, ttl: float) -> None:

@@ -170,7 +170,7 @@ class Guard:
         )
 
     def inspect_now(
-        self, body: Any, *, team: str = "", key: str = "", model: str = "", raw: bytes | None = None
+        self, body: Any, team: str = "", key: str = "", model: str = "", raw: bytes | None = None
     ) -> Outcome | Pending | None:
         """`inspect` without a wait when it needs none (no hooks, a body scanned on the
         loop): its outcome; else a Pending that `finish` completes. `raw`: the JSON the
