@@ -111,11 +111,13 @@ class Gateway:
             except Refused as exc:
                 call.guard = exc.findings
                 raise
-            if isinstance(outcome, Pending):  # hooks to ask, or a body for a thread
-                # Arguments, not a closure: a closure would make enter's variables cells,
-                # allocated on every call.
-                return self._guard_later(guard, outcome, request, call, exchange, lookup, endpoint)
-            if outcome is not None:
+            if outcome is not None:  # None (nothing found) the usual case: no more tests
+                if isinstance(outcome, Pending):  # hooks to ask, or a body for a thread
+                    # Arguments, not a closure: a closure would make enter's variables cells,
+                    # allocated on every call.
+                    return self._guard_later(
+                        guard, outcome, request, call, exchange, lookup, endpoint
+                    )
                 redaction = _guarded(call, exchange, outcome)
         return self._look_up(request, call, exchange, lookup, endpoint, redaction)
 
