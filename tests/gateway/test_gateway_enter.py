@@ -7,6 +7,8 @@ import time
 from collections.abc import Coroutine
 
 import aiohttp
+import orjson
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from prometheus_client import CollectorRegistry
@@ -84,3 +86,45 @@ async def test_the_policy_is_asked_only_while_it_sets_something() -> None:
         gateway.refresh()
         assert cache.fixed_ttl == 60 and cache.ttl("t", "", "m") == 60
         assert guard.settings("t", "", "m").pii == "log"
+
+
+async def test_the_clean_pass_stands_for_inspect_now_only_when_it_decides() -> None:
+    """Gateway.enter skips inspect_now for a clean raw body only when nothing but the PII
+    detectors could act on it: not with a deny rule, a hook, rules, a policy, or PII off."""
+    from corral.config_gateway import (
+        GuardConfig,
+        GuardDenyConfig,
+        GuardHookConfig,
+        GuardRuleConfig,
+    )
+    from edge.gateway.guard.engine import Guard, Refused
+
+    assert Guard(GuardConfig(pii="redact")).clean_pass is not None
+    assert Guard(GuardConfig(pii="log")).clean_pass is not None
+    hook = GuardHookConfig(python="tests.gateway.guard_hooks:names")
+    for config in (
+        GuardConfig(),
+        GuardConfig(pii="redact", deny=(GuardDenyConfig("drop table"),)),
+        GuardConfig(pii="redact", hooks=(hook,)),
+        GuardConfig(pii="redact", rules=(GuardRuleConfig(team="t", pii="block"),)),
+    ):
+        assert Guard(config).clean_pass is None, config
+    guard = Guard(GuardConfig(pii="redact"), policy=lambda team, key: None)
+    assert guard.clean_pass is None  # the policy may set a team's action
+    guard.consult_policy(False)
+    assert guard.clean_pass is not None
+    guard.consult_policy(True)
+    assert guard.clean_pass is None
+
+    config = dataclasses.replace(
+        EdgeConfig(), guard=GuardConfig(pii="redact", deny=(GuardDenyConfig("hi"),))
+    )
+    async with (
+        aiohttp.ClientSession() as session,
+        running(config, CollectorRegistry(), lambda: session) as gateway,
+    ):
+        request = make_mocked_request("POST", "/v1/chat/completions")
+        exchange = OpenAIExchange("/v1/chat/completions", BODY, orjson.loads(BODY), False)
+        call = Call("c", "c", 0.0, 0.0, "chat", model="m")
+        with pytest.raises(Refused):  # a clean body, and still its deny rule refuses it
+            gateway.enter(request, call, exchange, _route, "chat")

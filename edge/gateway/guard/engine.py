@@ -152,6 +152,11 @@ class Guard:
         self._asked = self._policy if sets_any else None
         fixed = self._asked is None and not self.config.rules
         self._fixed = self._default if fixed else None
+        # When its one native pass over the raw body decides (every request under the same
+        # settings, PII looked for, no deny rule nor hook): that pass, asked without a call
+        # to inspect_now for a clean body (most bodies).
+        decides = fixed and self._default.pii != "off" and not self.deny and not self.hooks
+        self.clean_pass = self.prefilter if decides else None
 
     def settings(self, team: str, key: str, model: str) -> Settings:
         """The action for this request: the policy's team or key setting, else the most
