@@ -32,19 +32,14 @@ from bench.common import (
     LOAD_CPU,
     PROXY_CPU,
     PYTHON,
-    Proc,
-    Procs,
     ensure_tools,
-    free_port,
     load_note,
     machine,
     md_table,
     now_utc,
-    pin_self,
-    wait_http,
-    workspace,
     write_section,
 )
+from bench.procs import Proc, Procs, free_port, pin_self, wait_http, workspace
 
 PROMPT = (
     "We are migrating the billing service from the monolith to its own deployment. The "

@@ -35,20 +35,16 @@ from bench.common import (
     PROXY_CPU,
     PYTHON,
     BenchError,
-    Proc,
     cpu_times,
-    free_port,
     load_note,
     machine,
     now_utc,
     percentile,
-    pin_self,
-    wait_port,
-    workspace,
     write_section,
 )
 from bench.cp_agents import AgentFleet
 from bench.cp_report import Result, report
+from bench.procs import Proc, free_port, pin_self, wait_port, workspace
 
 
 def etcd_revision(url: str) -> int:

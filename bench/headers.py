@@ -20,21 +20,16 @@ from bench.common import (
     LOAD_CPU,
     PROXY_CPU,
     PYTHON,
-    Proc,
-    Procs,
     commit,
     ensure_tools,
-    free_port,
     load_note,
     machine,
     md_table,
     now_utc,
-    pin_self,
-    wait_http,
-    workspace,
     write_section,
 )
 from bench.overhead import CHAT_REQUEST
+from bench.procs import Proc, Procs, free_port, pin_self, wait_http, workspace
 
 CLIENT_HEADERS = {
     "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",

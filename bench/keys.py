@@ -16,26 +16,11 @@ import contextlib
 import statistics
 
 from bench import nginx, wrk
-from bench.common import (
-    LOAD_CPU,
-    PYTHON,
-    BenchError,
-    Procs,
-    commit,
-    ensure_tools,
-    free_port,
-    paired_medians,
-    paired_parser,
-    paired_rounds,
-    paired_table,
-    pin_self,
-    publish,
-    run_info,
-    start_edge,
-    workspace,
-)
+from bench.common import LOAD_CPU, PYTHON, BenchError, commit, ensure_tools, publish
 from bench.overhead import CHAT_REQUEST
+from bench.paired import paired_medians, paired_parser, paired_rounds, paired_table, run_info
 from bench.policy_server import secret
+from bench.procs import Procs, free_port, pin_self, start_edge, workspace
 
 CONFIG = 'edge:\n  usage:\n    sink: "off"\n'
 

@@ -16,16 +16,9 @@ import argparse
 import statistics
 
 from bench import nginx, wrk
-from bench.common import (
-    LOAD_CPU,
-    PROXY_CPU,
-    ensure_tools,
-    load_note,
-    machine,
-    pin_self,
-    workspace,
-)
+from bench.common import LOAD_CPU, PROXY_CPU, ensure_tools, load_note, machine
 from bench.overhead import CHAT_REQUEST, GATEWAY_ON, KEY, start_edge
+from bench.procs import pin_self, workspace
 
 SERVERS = ("lane", "aiohttp")
 

@@ -19,26 +19,18 @@ import statistics
 import urllib.request
 
 from bench import nginx, wrk
-from bench.common import (
-    LOAD_CPU,
-    BenchError,
-    Procs,
-    commit,
-    ensure_tools,
-    free_port,
+from bench.common import LOAD_CPU, BenchError, commit, ensure_tools, publish
+from bench.overhead import CHAT_REQUEST
+from bench.paired import (
     load_rounds,
     p50_rounds,
     paired_medians,
     paired_parser,
     paired_table,
-    pin_self,
-    publish,
     run_info,
-    start_edge,
     warm_up,
-    workspace,
 )
-from bench.overhead import CHAT_REQUEST
+from bench.procs import Procs, free_port, pin_self, start_edge, workspace
 
 KEY = "sk-bench-limits-not-real"
 PLAIN = 'edge:\n  usage:\n    sink: "off"\n'

@@ -22,19 +22,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from bench import nginx, wrk
-from bench.common import (
-    LOAD_CPU,
-    PROXY_CPU,
-    PYTHON,
-    Proc,
-    commit,
-    ensure_tools,
-    md_table,
-    publish,
-    run_info,
-    workspace,
-)
+from bench.common import LOAD_CPU, PROXY_CPU, PYTHON, commit, ensure_tools, md_table, publish
 from bench.overhead import CHAT_REQUEST, GATEWAY_ON, KEY, lean, start_edge
+from bench.paired import run_info
+from bench.procs import Proc, workspace
 from corral.lean_env import LEAN
 
 # The import probes run as `corral edge` serves: under corral/lean_env.py's settings.

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import orjson
 
-from bench.common import LOAD_CPU, PYTHON, Proc, Procs, free_port, wait_http, wait_port
+from bench.common import LOAD_CPU, PYTHON
+from bench.procs import Proc, Procs, free_port, wait_http, wait_port
 
 MODEL = "bench-model"
 

@@ -29,17 +29,11 @@ from bench.common import (
     PROXY_CPU,
     PYTHON,
     BenchError,
-    Proc,
-    Procs,
     commit,
     ensure_tools,
-    free_port,
     load_note,
     machine,
     now_utc,
-    pin_self,
-    wait_http,
-    workspace,
     write_section,
 )
 from bench.overhead_measure import (
@@ -57,6 +51,7 @@ from bench.overhead_measure import (
 )
 from bench.overhead_measure import c1_seconds as c1_seconds  # bench/usage.py imports it from here
 from bench.overhead_report import report
+from bench.procs import Proc, Procs, free_port, pin_self, wait_http, workspace
 
 CHAT_REQUEST = (
     b'{"model":"bench-model","messages":[{"role":"system","content":"You are terse."},'

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Protocol
 
 from bench import wrk
-from bench.common import LOAD_CPU, PROXY_CPU, BenchError, Proc, cpu_times
+from bench.common import LOAD_CPU, PROXY_CPU, BenchError, cpu_times
+from bench.procs import Proc
 
 
 def c1_seconds(seconds: float) -> int:

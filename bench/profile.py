@@ -32,11 +32,10 @@ from bench.common import (
     machine,
     md_table,
     now_utc,
-    pin_self,
-    workspace,
     write_section,
 )
 from bench.overhead import CHAT_REQUEST, GATEWAY_OFF, GATEWAY_ON, KEY, start_edge
+from bench.procs import pin_self, workspace
 
 # Parts of the code, first match wins: (name, pattern on "path/to/file.py" of the leaf frame).
 PARTS: list[tuple[str, str]] = [

@@ -17,24 +17,10 @@ from __future__ import annotations
 import statistics
 
 from bench import nginx, wrk
-from bench.common import (
-    LOAD_CPU,
-    PYTHON,
-    Procs,
-    commit,
-    ensure_tools,
-    free_port,
-    paired_medians,
-    paired_parser,
-    paired_rounds,
-    paired_table,
-    pin_self,
-    publish,
-    run_info,
-    start_edge,
-    workspace,
-)
+from bench.common import LOAD_CPU, PYTHON, commit, ensure_tools, publish
 from bench.overhead import CHAT_REQUEST
+from bench.paired import paired_medians, paired_parser, paired_rounds, paired_table, run_info
+from bench.procs import Procs, free_port, pin_self, start_edge, workspace
 
 CONFIG = 'edge:\n  usage:\n    sink: "off"\n'
 KEY = "bench-secret-key-not-real"

@@ -136,7 +136,8 @@ def simulate(
 
 
 def main(argv: list[str]) -> int:
-    from bench.common import load_note, machine, md_table, now_utc, pin_self, write_section
+    from bench.common import load_note, machine, md_table, now_utc, write_section
+    from bench.procs import pin_self
 
     parser = argparse.ArgumentParser(prog="./dev bench routing", description=__doc__)
     parser.add_argument("--skip-sim", action="store_true")

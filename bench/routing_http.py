@@ -68,14 +68,8 @@ async def _drive(
 
 
 def real_run(policy: str, edges: int, workload: Workload, cost: CostModel, seed: int) -> RunStats:
-    from bench.common import (
-        LOAD_CPU,
-        PROXY_CPU,
-        PYTHON,
-        free_port,
-        wait_http,
-        workspace,
-    )
+    from bench.common import LOAD_CPU, PROXY_CPU, PYTHON
+    from bench.procs import free_port, wait_http, workspace
 
     stats = RunStats(policy, edges)
     with workspace(f"routing-{policy}-{edges}") as (_tmp, procs):

@@ -38,18 +38,14 @@ import aiohttp
 from bench.common import (
     PYTHON,
     BenchError,
-    Procs,
-    free_port,
     load_note,
     machine,
     md_table,
     now_utc,
     percentile,
-    wait_http,
-    wait_port,
-    workspace,
     write_section,
 )
+from bench.procs import Procs, free_port, wait_http, wait_port, workspace
 
 POLICIES = ("sticky", "least-connections", "round-robin")
 MODEL = "tiny-llama"

@@ -30,17 +30,14 @@ from bench.common import (
     BenchError,
     edge_available,
     ensure_tools,
-    free_port,
     load_note,
     machine,
     md_table,
     now_utc,
     percentile,
-    pin_self,
-    wait_http,
-    workspace,
     write_section,
 )
+from bench.procs import free_port, pin_self, wait_http, workspace
 
 REQUEST = orjson.dumps(
     {

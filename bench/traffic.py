@@ -35,19 +35,13 @@ from bench.common import (
     PROXY_CPU,
     PYTHON,
     BenchError,
-    Proc,
-    Procs,
-    free_port,
     load_note,
     machine,
     now_utc,
-    pin_self,
-    wait_http,
-    wait_port,
-    workspace,
     write_section,
 )
 from bench.overhead import CHAT_REQUEST
+from bench.procs import Proc, Procs, free_port, pin_self, wait_http, wait_port, workspace
 from bench.traffic_report import dashboard_table, report
 from bench.traffic_sim import (
     REPORT_SECONDS,

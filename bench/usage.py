@@ -38,21 +38,15 @@ from bench.common import (
     PROXY_CPU,
     PYTHON,
     BenchError,
-    Proc,
-    Procs,
-    free_port,
     load_note,
     machine,
     md_table,
     now_utc,
-    pin_self,
-    wait_http,
-    wait_port,
-    workspace,
     write_section,
 )
 from bench.overhead import CHAT_REQUEST, c1_seconds
 from bench.policy_server import secret
+from bench.procs import Proc, Procs, free_port, pin_self, wait_http, wait_port, workspace
 
 WRITERS = 3
 
