@@ -189,10 +189,7 @@ class Gateway:
                 return self._found(call, exchange, looked, entry, "memory")
             # Upstream now unless an identical request is there (it leads when it stores).
             if not asked.store or cache.lead(key) is None:
-                call.cache = CACHE_MISS  # _miss's steps, one call fewer on every miss
-                cache.metrics.hot.miss += 1
-                looked.leader = asked.store
-                return _storing(call, exchange, looked)
+                return _miss(call, exchange, looked, asked.store)
         # The shared tier to ask, or an identical request upstream to wait for.
         return self._look_up_later(request, call, exchange, looked)
 

@@ -117,12 +117,9 @@ class Prefilter:
         the client sent them); False: scan its strings one by one."""
         if not self.native or not raw.isascii():
             return False
-        try:  # this thread's scratch spaces, made at its first scan: no call for them then
-            scratches = self._local.scratches
-        except AttributeError:
-            scratches = self._scratches()
-            if scratches is None:
-                return False
+        scratches = self._scratches()
+        if scratches is None:
+            return False
         hits: list[int] = []
         # Positional arguments: the binding parses keywords at ~1 µs a call.
         self._databases[1].scan(raw, _collect, 0, hits, scratches[1])
