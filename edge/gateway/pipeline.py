@@ -223,10 +223,10 @@ class Gateway:
         self, call: Call, exchange: Exchange, looked: Lookup, entry: Entry, tier: str
     ) -> web.StreamResponse:
         cache = looked.cache
-        cache.put(looked.key, entry, looked.ttl, tier)  # a shared hit kept in process too
         if tier == "memory":
             cache.metrics.hot.hit_memory += 1
-        else:
+        else:  # a shared hit kept in process too (not written back, not counted as stored)
+            cache.put(looked.key, entry, looked.ttl, tier)
             cache.metrics.hot.hit_shared += 1
         return self._hit(call, exchange, entry, looked.dialect, looked.redaction)
 

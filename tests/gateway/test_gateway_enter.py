@@ -56,8 +56,10 @@ async def test_a_memory_only_cache_answers_without_an_await() -> None:
         second.close()  # a coroutine, not awaited here
         gateway.cache.finish(looked.key, None)
         gateway.cache.put(looked.key, Entry(ANSWER, time.time(), 1, 1), 60)
+        stored = gateway.cache.metrics.hot.stored
         call, third = enter()
         assert isinstance(third, web.Response) and call.cache == CACHE_HIT
+        assert gateway.cache.metrics.hot.stored == stored  # a hit is not stored again
 
 
 async def test_the_policy_is_asked_only_while_it_sets_something() -> None:
