@@ -23,8 +23,9 @@ import orjson
 from edge.gateway.call import Call
 
 _USAGE_OBJECT: Final = re.compile(rb'"usage"\s*:\s*\{')
-_COUNTERS: Final = tuple(
-    (name, name.encode())
+# The counters read from a usage object: field name -> its bytes (the record's key).
+_COUNTERS: Final = {
+    name: name.encode()
     for name in (
         "prompt_tokens",
         "completion_tokens",
@@ -33,8 +34,7 @@ _COUNTERS: Final = tuple(
         "cache_read_input_tokens",
         "cache_creation_input_tokens",
     )
-)
-_COUNTER_KEYS: Final = dict(_COUNTERS)
+}
 _OLLAMA: Final = re.compile(rb'"(prompt_eval_count|eval_count)"\s*:\s*(\d+)')
 _USAGE_ONLY: Final = (b'"choices":[]', b'"choices": []')
 _KEEP_CHUNKS: Final = 50_000
@@ -109,7 +109,7 @@ def _fields(data: bytes, start: int) -> dict[bytes, int] | None:
         return None
     out = {}
     for name, value in usage.items():  # a usage object has a few fields: one pass
-        key = _COUNTER_KEYS.get(name)
+        key = _COUNTERS.get(name)
         if key is not None and type(value) is int:
             out[key] = value
     details = usage.get("prompt_tokens_details")
