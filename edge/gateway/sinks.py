@@ -171,6 +171,14 @@ def _value(column: int, param: int) -> str:
 
 
 @functools.lru_cache(maxsize=64)
+def _own_columns(shared: tuple[int, ...], null: tuple[int, ...], ours: bool) -> tuple[int, ...]:
+    """The columns bound row by row, in order: neither shared, nor NULL, nor (with `ours`)
+    the request id that repeats the row's id."""
+    unbound = set(shared) | set(null) | ({_REQUEST_ID} if ours else set())
+    return tuple(column for column in range(len(NAMES)) if column not in unbound)
+
+
+@functools.lru_cache(maxsize=64)
 def _sqlite_insert(
     rows: int, shared: tuple[int, ...] = (), null: tuple[int, ...] = (), ours: bool = False
 ) -> str:
@@ -180,8 +188,7 @@ def _sqlite_insert(
     parameters are those columns one after another, with no per-row Python work. The `null`
     columns are NULL in every row (no parameter); with `ours`, every request id is the
     row's id."""
-    unbound = set(shared) | set(null) | ({_REQUEST_ID} if ours else set())
-    own = [column for column in range(len(NAMES)) if column not in unbound]
+    own = _own_columns(shared, null, ours)
     first = {column: k * rows + 1 for k, column in enumerate(own)}
     shared_param = {column: len(own) * rows + 1 + k for k, column in enumerate(shared)}
     groups = []
@@ -231,19 +238,13 @@ def sqlite_statement(chunk: list[Row], shapes: Shapes) -> tuple[str, list[object
     shared = tuple(c for c in agreed if c not in null)
     ours = columns[_REQUEST_ID] == columns[_ID]  # no client sent its own X-Request-Id
     if not _usual_shape(shapes, size, (shared, null, ours)):
-        agreed, shared, null, ours = (), (), (), False
+        shared, null, ours = (), (), False
     # A list grown column by column (each a copy of a tuple's slots): chaining iterators
     # into a tuple cost a call per value, a third of the writer's Python work.
     values: list[object] = []
-    if shared or null or ours:
-        unbound = set(agreed) | ({_REQUEST_ID} if ours else set())
-        for c, column in enumerate(columns):
-            if c not in unbound:
-                values += column
-        values += [columns[c][0] for c in shared]
-    else:
-        for column in columns:
-            values += column
+    for c in _own_columns(shared, null, ours):
+        values += columns[c]
+    values += [columns[c][0] for c in shared]
     return _sqlite_insert(size, shared, null, ours), values
 
 
