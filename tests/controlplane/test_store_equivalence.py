@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from controlplane.store import EtcdStore, KeyValue, LeaseNotFoundError, MemoryStore, Store
-from tests.controlplane.test_store_contract import watching
+from tests.controlplane.store_contract import watching
 from tests.support.etcd import EtcdCluster
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.store import EtcdStore, EventType, StoreError, StoreUnavailableError
-from tests.controlplane.test_store_contract import Watcher, deleted, watching
+from tests.controlplane.store_contract import Watcher, deleted, watching
 from tests.support.etcd import EtcdCluster, EtcdMember
 from tests.support.net import eventually
 

@@ -6,7 +6,7 @@ import pytest
 
 from controlplane.store import LeaseNotFoundError, Store
 from controlplane.store.base import Write
-from tests.controlplane.test_store_contract import harness, store, watching
+from tests.controlplane.store_contract import harness, store, watching
 
 __all__ = ["harness", "store"]  # the fixtures, shared with the contract tests
 
