@@ -31,6 +31,24 @@ KINDS: tuple[FakeKind, ...] = get_args(FakeKind)
 FakeMode = Literal["ok", "error", "hang", "loading", "overloaded"]
 MODES: tuple[FakeMode, ...] = ("ok", "error", "hang", "loading", "overloaded")
 
+# The version each kind reports when a test names none.
+DEFAULT_VERSIONS: dict[FakeKind, str] = {
+    "ollama": "0.12.3",
+    "vllm": "0.11.0",
+    "sglang": "0.5.3",
+    "llamacpp": "b6600",
+    "lmstudio": "0.3.27",
+    "openai": "1.0.0",
+    "litellm": "1.77.5",
+    "lmdeploy": "0.10.1",
+    "docker-model-runner": "0.1.42",
+    "lemonade": "8.1.12",
+    "vllm-mlx": "0.2.1",
+    "tgi": "3.3.6",
+    "nim": "1.14.0",
+    "triton": "2.61.0",
+}
+
 EMBEDDING_DIM = 8
 
 

@@ -2,21 +2,44 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from tests.fakes import anthropic_api, engines_api, native_api, ollama_api, openai_api
-from tests.fakes.server import (
-    BODY_KEY,
-    FAKE_KEY,
-    INFERENCE_PATHS,
-    OLLAMA_BUSY,
-    FakeServer,
-    Handler,
-    RequestRejected,
+from tests.fakes.server import BODY_KEY, FAKE_KEY, FakeServer, RequestRejected
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Inference endpoints: counted in `inflight`, refused when overloaded.
+INFERENCE_PATHS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/messages",
+        "/chat/completions",
+        "/api/chat",
+        "/api/generate",
+        "/api/embed",
+        "/api/embeddings",
+        "/api/v0/chat/completions",
+        "/api/v0/completions",
+        "/api/v0/embeddings",
+        # Servers whose OpenAI API lives below the root (Docker Model Runner, Lemonade).
+        *(
+            f"{prefix}/v1/{endpoint}"
+            for prefix in ("/engines", "/engines/llama.cpp", "/api")
+            for endpoint in ("chat/completions", "completions", "embeddings")
+        ),
+        "/generate",
+        "/v1/encode",
+    }
 )
+
+OLLAMA_BUSY = "server busy, please try again.  maximum pending requests exceeded"
 
 # OpenAI error `type` per status, and Anthropic's.
 _OPENAI_TYPES = {

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,6 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from tests.fakes.models import (
+    DEFAULT_VERSIONS,
     KINDS,
     MODES,
     FakeKind,
@@ -32,37 +33,7 @@ from tests.fakes.models import (
 BODY_KEY = web.RequestKey("fake_body", object)
 CUT_KEY = web.RequestKey("fake_cut", bool)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 _counter = itertools.count(1)
-
-# Inference endpoints: counted in `inflight`, refused when overloaded.
-INFERENCE_PATHS = frozenset(
-    {
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/embeddings",
-        "/v1/messages",
-        "/chat/completions",
-        "/api/chat",
-        "/api/generate",
-        "/api/embed",
-        "/api/embeddings",
-        "/api/v0/chat/completions",
-        "/api/v0/completions",
-        "/api/v0/embeddings",
-        # Servers whose OpenAI API lives below the root (Docker Model Runner, Lemonade).
-        *(
-            f"{prefix}/v1/{endpoint}"
-            for prefix in ("/engines", "/engines/llama.cpp", "/api")
-            for endpoint in ("chat/completions", "completions", "embeddings")
-        ),
-        "/generate",
-        "/v1/encode",
-    }
-)
-
-OLLAMA_BUSY = "server busy, please try again.  maximum pending requests exceeded"
 
 
 class FakeServerError(Exception):
@@ -103,7 +74,7 @@ class FakeServer:
         self.anthropic_native = anthropic_native
         self.total_slots = total_slots
         self.metrics_enabled = metrics_enabled
-        self.version = version or _DEFAULT_VERSIONS[kind]
+        self.version = version or DEFAULT_VERSIONS[kind]
         # Like `vllm serve --api-key` / `llama-server --api-key`: refuse requests without it.
         self.api_key = api_key
         self.stream_chunks = 5
@@ -386,20 +357,3 @@ class FakeServer:
 
 
 FAKE_KEY = web.AppKey("fake", FakeServer)
-
-_DEFAULT_VERSIONS: dict[FakeKind, str] = {
-    "ollama": "0.12.3",
-    "vllm": "0.11.0",
-    "sglang": "0.5.3",
-    "llamacpp": "b6600",
-    "lmstudio": "0.3.27",
-    "openai": "1.0.0",
-    "litellm": "1.77.5",
-    "lmdeploy": "0.10.1",
-    "docker-model-runner": "0.1.42",
-    "lemonade": "8.1.12",
-    "vllm-mlx": "0.2.1",
-    "tgi": "3.3.6",
-    "nim": "1.14.0",
-    "triton": "2.61.0",
-}

@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes import FakeServer
-from tests.fakes.server import INFERENCE_PATHS
+from tests.fakes.routes import INFERENCE_PATHS
 
 
 def control_app(fake: FakeServer) -> web.Application:
