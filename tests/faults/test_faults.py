@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 
 from tests.faults.conftest import OUTCOME, failed
+from tests.faults.load import LoadRun
 from tests.faults.report import LoadSummary, Results, ScenarioResult, last_touch, summarize
-from tests.faults.topology import Cluster, LoadRun, until
+from tests.faults.services import until
+from tests.faults.topology import Cluster
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(240)]
 

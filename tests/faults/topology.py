@@ -13,149 +13,30 @@ each fake through Unix sockets; it never needs a route into 10.213.0.0/24.
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
-import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from tests.faults.services import (
+    CP_PORT,
+    EDGE_PORT,
+    ETCD_CLIENT_PORT,
+    ETCD_PEER_PORT,
+    FAKE_PORT,
+    MODEL,
+    PYTHON,
+    Backend,
+    EtcdNode,
+    FaultSuiteError,
+    Service,
+    UnixHTTP,
+    until,
+)
 from tests.support.etcd import etcd_binary
-from tests.support.netns import Host, Netns, Process
+from tests.support.netns import Host, Netns
 
-REPO = Path(__file__).resolve().parents[2]
-PYTHON = sys.executable
-MODEL = "fault-model"
-CP_PORT = 7701
-EDGE_PORT = 7700
-FAKE_PORT = 8000
-ETCD_CLIENT_PORT = 2379
-ETCD_PEER_PORT = 2380
 LEASE_TTL = 3.0
 PROBE_INTERVAL = 0.5
-
-T = TypeVar("T")
-
-
-class FaultSuiteError(Exception):
-    """The topology could not be built or observed."""
-
-
-def until(check: Callable[[], T], within: float, what: str, interval: float = 0.05) -> T:
-    """Poll check until it returns something truthy (returned); fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    last: object = None
-    while True:
-        try:
-            result = check()
-        except (AssertionError, FaultSuiteError, OSError) as exc:
-            result, last = None, exc
-        else:
-            if result:
-                return result
-            last = result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {within}s: {what} (last: {last!r})")
-        time.sleep(interval)
-
-
-class UnixHTTP:
-    """Tiny JSON-over-HTTP client for a Unix socket (a fake's or the observer's)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def call(self, method: str, url: str, body: Any = None, timeout: float = 10.0) -> Any:
-        conn = http.client.HTTPConnection("localhost", timeout=timeout)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(str(self.path))
-        except OSError:
-            sock.close()
-            raise
-        conn.sock = sock
-        try:
-            data = None if body is None else json.dumps(body)
-            headers = {"Content-Type": "application/json"} if data is not None else {}
-            conn.request(method, url, body=data, headers=headers)
-            resp = conn.getresponse()
-            payload = resp.read()
-            if resp.status != 200:
-                raise FaultSuiteError(f"{method} {url} via {self.path}: {resp.status} {payload!r}")
-            return json.loads(payload)
-        finally:
-            conn.close()
-
-
-@dataclass
-class Service:
-    """A long-running process on a host that a test may kill and start again."""
-
-    host: Host
-    name: str
-    argv: list[str]
-    log: Path
-    env: dict[str, str] = field(default_factory=dict)
-    proc: Process | None = None
-
-    def start(self) -> Service:
-        if self.proc is not None and self.proc.alive():
-            raise FaultSuiteError(f"{self.name} is already running")
-        self.proc = self.host.spawn(
-            self.argv, self.log, env={"PYTHONPATH": str(REPO), **self.env}, cwd=REPO,
-            name=self.name,
-        )  # fmt: skip
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.alive()
-
-    def log_tail(self, lines: int = 25) -> str:
-        return self.proc.log_tail(lines) if self.proc is not None else "(never started)"
-
-
-@dataclass
-class Backend:
-    name: str
-    kind: str
-    host: Host
-    fake: Service
-    agent: Service
-    control: UnixHTTP
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host.ip}:{FAKE_PORT}"
-
-    def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.control.call("GET", "/stats")
-        return result
-
-    def set_mode(self, mode: str) -> None:
-        self.control.call("POST", "/mode", {"mode": mode})
-
-    def start_fake(self) -> None:
-        self.fake.start()
-        until(self.stats, 20, f"fake {self.name} answering on its control socket")
-
-
-@dataclass
-class EtcdNode:
-    name: str
-    host: Host
-    service: Service
-
-    @property
-    def client_url(self) -> str:
-        return f"http://{self.host.ip}:{ETCD_CLIENT_PORT}"
 
 
 class Cluster:
@@ -443,79 +324,3 @@ class Cluster:
 
     def stop(self) -> None:
         self.net.destroy()
-
-
-class LoadRun:
-    """One run of the load generator in the client host; its records as dicts."""
-
-    def __init__(
-        self,
-        cluster: Cluster,
-        name: str,
-        *,
-        edges: list[str] | None = None,
-        workers: int = 4,
-        streams: int = 3,
-        duration: float = 90.0,
-    ) -> None:
-        assert cluster.client is not None
-        self.cluster = cluster
-        self.out = cluster.base / f"load-{name}.jsonl"
-        self.stop_file = cluster.base / f"load-{name}.stop"
-        self.out.unlink(missing_ok=True)
-        self.stop_file.unlink(missing_ok=True)
-        argv = [PYTHON, "-m", "tests.faults.loadgen", "--model", MODEL, "--out", str(self.out),
-                "--stop-file", str(self.stop_file), "--duration", str(duration),
-                "--workers", str(workers), "--streams", str(streams)]  # fmt: skip
-        for edge in edges or list(cluster.edges):
-            argv += ["--edge", cluster.edge_url(edge)]
-        self.service = cluster._service(cluster.client, f"loadgen-{name}", argv).start()
-
-    def records(self) -> list[dict[str, Any]]:
-        try:
-            lines = self.out.read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in lines:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line being written
-        return out
-
-    def requests(self, since: float = 0.0) -> list[dict[str, Any]]:
-        return [r for r in self.records() if r["ev"] == "req" and r["t0"] >= since]
-
-    def wait_serving_all(self, backends: list[str], within: float = 30) -> None:
-        """Until each of backends has served at least one request of this run."""
-
-        def check() -> bool:
-            if not self.service.alive() and not self.done():
-                raise FaultSuiteError(f"load generator exited: {self.service.log_tail()}")
-            served = {r.get("backend") for r in self.requests() if r["ok"]}
-            return set(backends) <= served
-
-        until(check, within, f"load reaching {backends}")
-
-    def wait_requests_after(self, t: float, count: int, within: float = 30) -> None:
-        until(lambda: len(self.requests(since=t)) >= count, within, f"{count} requests after t")
-
-    def open_stream_on(self, backend: str) -> dict[str, Any] | None:
-        """A stream this run opened on backend that has not ended yet."""
-        records = self.records()
-        ended = {r["id"] for r in records if r["ev"] == "stream"}
-        for r in reversed(records):
-            if r["ev"] == "stream_open" and r["backend"] == backend and r["id"] not in ended:
-                return r
-        return None
-
-    def done(self) -> bool:
-        return any(r["ev"] == "done" for r in self.records())
-
-    def stop(self) -> list[dict[str, Any]]:
-        self.stop_file.touch()
-        until(self.done, 90, "the load generator finishing", interval=0.1)
-        assert self.service.proc is not None
-        self.service.proc.popen.wait(30)
-        return self.records()
