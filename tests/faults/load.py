@@ -84,3 +84,21 @@ class LoadRun:
         assert self.service.proc is not None
         self.service.proc.popen.wait(30)
         return self.records()
+
+
+class Load:
+    """A load run that is always stopped, even when the scenario fails."""
+
+    def __init__(self, c: Cluster, name: str, **kwargs: Any) -> None:
+        self.run = LoadRun(c, name, **kwargs)
+
+    def __enter__(self) -> LoadRun:
+        return self.run
+
+    def __exit__(self, *exc: object) -> None:
+        self.run.stop_file.touch()
+        if self.run.service.alive():
+            try:
+                until(self.run.done, 90, "the load generator finishing", interval=0.1)
+            finally:
+                self.run.service.kill()
