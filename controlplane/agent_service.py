@@ -148,6 +148,7 @@ class AgentService:
                     )
                 message = incoming.result()
                 if message is None:
+                    await session.settle()  # what the agent said before it left still counts
                     return "eof"
                 if message is _UNDECODABLE:
                     raise InvalidArgumentError(_UNDECODABLE_MESSAGE)
@@ -156,9 +157,9 @@ class AgentService:
                     # The agent is alive: its lease lasts a TTL from now (not from a timer
                     # of ours, so a cut-off agent leaves within the TTL of its last word).
                     session.touch()
-                    ack = await session.report(message.report)
-                    session.send(agent_pb2.ConnectResponse(ack=ack))
+                    await session.receive(message.report)
                 elif kind == "goodbye":
+                    await session.settle()
                     await session.goodbye(message.goodbye.reason)
                     return "goodbye"
                 elif kind == "register":

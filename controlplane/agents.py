@@ -9,6 +9,10 @@ therefore leaves routing within the TTL of its last word; a Goodbye revokes the 
 backend leaves at once); an agent that resumes the session, here or on another replica,
 refreshes it with its Register and its backend never leaves.
 
+Reports are applied in order by the session's own task, never by the stream's reader: a
+status write held up by the store (an etcd election can hold a Put for seconds) must not
+hold up reading the agent's next messages, whose arrival is what keeps the lease alive.
+
 Leases and timing: controlplane/leases.py; which statuses reach the store:
 controlplane/status_throttle.py.
 """
@@ -37,6 +41,10 @@ from controlplane.validation import check_register, check_status
 from corral.v1 import admin_pb2, agent_pb2, types_pb2
 
 log = logging.getLogger(__name__)
+
+# Reports read but not yet applied, per session. When the store is slower than an agent's
+# heartbeat they queue here; a full queue holds the reader (back-pressure on a flood).
+REPORTS_QUEUED = 64
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,7 @@ class AgentSession:
         self.agent_id = ""
         self.lease = 0
         self.outbound: asyncio.Queue[agent_pb2.ConnectResponse] = asyncio.Queue()
+        self._reports: asyncio.Queue[agent_pb2.Report] = asyncio.Queue(REPORTS_QUEUED)
         # Set when the replica ends the session (shutdown, superseded); `stop_error` says why.
         self.stopped = asyncio.Event()
         self.stop_error: ControlPlaneError | None = None
@@ -261,22 +270,43 @@ class AgentSession:
         if self.lease:
             self._hub.leases.touch(self.lease)
 
-    async def report(self, report: agent_pb2.Report) -> agent_pb2.ReportAck:
+    async def receive(self, report: agent_pb2.Report) -> None:
+        """A report read from the stream: checked now, applied (and acknowledged) in order
+        by `run`; waits only when REPORTS_QUEUED reports are already waiting."""
         check_status(report.status, self.name)
         self._hub.metrics.reports.inc()
-        async with self._write_lock:
-            action = self._throttle.offer(report.status, _now())
-            if action is Action.WRITE:
-                await self._write_status(report.status, self.lease)
-            elif action is Action.DEFER:
-                self._pending.set()
-        return agent_pb2.ReportAck(seq=report.seq)
+        await self._reports.put(report)
+
+    async def settle(self) -> None:
+        """Wait until every report received so far is applied, or the session stopped."""
+        applied = asyncio.ensure_future(self._reports.join())
+        stopped = asyncio.ensure_future(self.stopped.wait())
+        try:
+            await asyncio.wait({applied, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            applied.cancel()
+            stopped.cancel()
+
+    async def _apply_reports(self) -> None:
+        while True:
+            report = await self._reports.get()
+            async with self._write_lock:
+                action = self._throttle.offer(report.status, _now())
+                if action is Action.WRITE:
+                    await self._write_status(report.status, self.lease)
+                elif action is Action.DEFER:
+                    self._pending.set()
+            # Acknowledged once applied: an ack means the store has what the report said.
+            self.send(agent_pb2.ConnectResponse(ack=agent_pb2.ReportAck(seq=report.seq)))
+            self._reports.task_done()
 
     async def run(self) -> None:
-        """The session's background work, until cancelled: deferred load writes, and
-        checking that the session still holds its backend when asked to."""
+        """The session's background work, until cancelled: applying reports in order,
+        deferred load writes, and checking that the session still holds its backend when
+        asked to."""
         try:
             async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._apply_reports())
                 tasks.create_task(self._flush_forever())
                 tasks.create_task(self._verify_forever())
         except* ControlPlaneError as group:

@@ -1,0 +1,91 @@
+"""The agent protocol against one replica whose store holds status writes (as etcd holds a
+Put through a leader election): the agent's messages are still read, so its lease lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import controlplane.server
+from controlplane.leases import lease_of
+from controlplane.store.memory import MemoryStore
+from corral.config import ControlPlaneConfig
+from corral.v1 import types_pb2
+from tests.controlplane import harness as h
+
+
+class HeldStatusStore(MemoryStore):
+    """A memory store whose backend status writes wait while held; it counts lease refreshes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._released = asyncio.Event()
+        self._released.set()
+        self.holding = asyncio.Event()  # set once a status write waits
+        self.refreshes = 0
+        self._refreshed = asyncio.Event()
+
+    def hold(self) -> None:
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
+        if key.endswith(b"/status") and not self._released.is_set():
+            self.holding.set()
+            await self._released.wait()
+        return await super().put(key, value, lease=lease)
+
+    def refresh_lease(self, lease_id: int) -> None:
+        self.refreshes += 1
+        self._refreshed.set()
+        super().refresh_lease(lease_id)
+
+    async def refreshed(self, count: int) -> None:
+        """Return once `count` refreshes have arrived in all."""
+        while self.refreshes < count:
+            self._refreshed.clear()
+            await self._refreshed.wait()
+
+
+async def test_a_held_status_write_does_not_let_the_session_lapse(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A status write held for longer than the 3 s TTL: heartbeats keep refreshing the lease,
+    the backend never leaves routing, and the report is acknowledged once written."""
+    store = HeldStatusStore()
+
+    async def open_held(config: ControlPlaneConfig) -> MemoryStore:
+        await store.start()
+        return store
+
+    monkeypatch.setattr(controlplane.server, "open_store", open_held)
+    async with h.running(h.config()) as address:
+        watcher = h.SnapshotWatcher(address)
+        agent = h.AgentClient(address)
+        registered = await agent.connect(h.register("b"))
+        first = await watcher.until(h.has("b"))
+        lease = lease_of(registered.session_id)
+        assert lease is not None
+        store.hold()
+        degraded = h.status(health=types_pb2.HEALTH_STATE_DEGRADED)
+        acked = asyncio.ensure_future(agent.report(degraded))
+        await asyncio.wait_for(store.holding.wait(), 10)
+        # Four more heartbeats (1 s apart) span more than the TTL while the write waits.
+        async with asyncio.timeout(20):
+            await store.refreshed(store.refreshes + 4)
+        await store.check_lease(lease)  # raises LeaseNotFoundError had it lapsed
+        assert not acked.done()  # an ack means written: this one is not yet
+        store.release()
+        await asyncio.wait_for(acked, 10)
+        await watcher.until(
+            lambda s: (
+                bool(s.backends) and s.backends[0].status.health == types_pb2.HEALTH_STATE_DEGRADED
+            )
+        )
+        assert all(h.has("b")(s) for s in watcher.snapshots if s.version >= first.version)
+        await agent.close()
+        await watcher.close()
