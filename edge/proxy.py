@@ -137,16 +137,21 @@ class Proxy:
 
     # -- admission -------------------------------------------------------------------------
 
-    def check_auth(self, request: ClientRequest) -> Identity | None:
-        """The client's identity (None: keys not enforced), also put on the request's Call;
-        401 when its key is refused."""
+    def check_auth(self, request: ClientRequest, call: Call | None = None) -> Identity | None:
+        """The client's identity (None: keys not enforced), also put on the request's Call
+        (`call`, when the caller holds it: no lookup on the request); 401 when its key is
+        refused."""
         try:
             identity = self.keys.check(request.headers)
         except KeyRefused as exc:  # a known key: its refusals are recorded under it
             calls.tag_identity(request, exc.identity)
             raise
         if identity is not None:
-            calls.tag_identity(request, identity)
+            if call is None:
+                calls.tag_identity(request, identity)
+            else:
+                call.key_id = identity.key_id
+                call.team = identity.team
         return identity
 
     async def read_body(self, request: ClientRequest) -> bytes:
@@ -176,7 +181,7 @@ class Proxy:
 
         async def admit() -> Admission:
             call = request[CALL]
-            identity = self.check_auth(request)
+            identity = self.check_auth(request, call)
             if isinstance(request, LaneRequest):  # came whole, within max_body_bytes
                 raw = request.body
             else:

@@ -107,7 +107,9 @@ class PriceTable:
         """What the Call's tokens cost (0 without a price)."""
         if not (call.prompt_tokens or call.completion_tokens):
             return 0.0
-        price = self.lookup(call.served or call.model)
+        model = call.served or call.model
+        memo = self._memo  # the usual case without lookup()'s call
+        price = memo[model] if model in memo else self.lookup(model)
         if price is None and call.served and call.served != call.model:
             price = self.lookup(call.model)
         if price is None:
