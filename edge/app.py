@@ -166,8 +166,9 @@ async def fallback(request: web.Request) -> web.Response:
 def proxied(endpoint: Endpoint) -> ProxyHandler:
     """The handler of an OpenAI route (guarded: every failure answered in OpenAI's shape)."""
 
-    async def handler(request: ClientRequest) -> web.StreamResponse:
-        return await request.app[PROXY].handle(request, endpoint)
+    def handler(request: ClientRequest) -> Awaitable[web.StreamResponse]:
+        # The proxy's coroutine itself, awaited by the guard: no frame of its own.
+        return request.app[PROXY].handle(request, endpoint)
 
     return guarded(handler)
 

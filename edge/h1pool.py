@@ -308,7 +308,12 @@ class Pool:
                     if answer.done:
                         assert answer.error is not None
                         raise answer.error
-                    await answer.wait()
+                    # Answer.wait inlined: no coroutine frame of its own to resume.
+                    answer.waiter = waiter = conn.loop.create_future()
+                    try:
+                        await waiter
+                    finally:
+                        answer.waiter = None
             except UpstreamClosed:
                 answer.close()
                 if fresh:

@@ -176,8 +176,9 @@ class Proxy:
 
     # -- the request -----------------------------------------------------------------------
 
-    async def handle(self, request: ClientRequest, endpoint: Endpoint) -> web.StreamResponse:
-        """An OpenAI request: parsed, routed by its model, relayed as the backend answers."""
+    def handle(self, request: ClientRequest, endpoint: Endpoint) -> Awaitable[web.StreamResponse]:
+        """An OpenAI request: parsed, routed by its model, relayed as the backend answers
+        (run's coroutine, returned to be awaited: no frame of its own on every resume)."""
 
         async def admit() -> Admission:
             call = request[CALL]
@@ -207,7 +208,7 @@ class Proxy:
             exchange = OpenAIExchange(endpoint.path, raw, body, stream)
             return Admission(exchange, lambda: self.balancer.route_for(model), key)
 
-        return await self.run(request, endpoint.name, admit)
+        return self.run(request, endpoint.name, admit)
 
     async def run(
         self,
