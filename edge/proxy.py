@@ -150,8 +150,7 @@ class Proxy:
             if call is None:
                 calls.tag_identity(request, identity)
             else:
-                call.key_id = identity.key_id
-                call.team = identity.team
+                call.identify(identity)
         return identity
 
     async def read_body(self, request: ClientRequest) -> bytes:

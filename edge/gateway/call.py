@@ -104,6 +104,11 @@ class Call:
     def failed(self) -> bool:
         return self.status >= 400 or self.status == 0
 
+    def identify(self, identity: Identity) -> None:
+        """Name the key and team that sent it."""
+        self.key_id = identity.key_id
+        self.team = identity.team
+
 
 CALL: Final = web.RequestKey("corral_call", Call)
 
@@ -121,8 +126,7 @@ def tag_identity(request: ClientRequest, identity: Identity) -> None:
     """The request's Call names the key and team (when the request has a Call)."""
     call = request.get(CALL)
     if call is not None:
-        call.key_id = identity.key_id
-        call.team = identity.team
+        call.identify(identity)
 
 
 def call_of(request: ClientRequest) -> Call | None:
