@@ -297,6 +297,8 @@ class Reporter:
                 self.acked_seq = max(self.acked_seq, response.ack.seq)
             elif kind == "command":
                 self._command(response.command)
+            elif kind == "received":
+                pass  # heard, but the store is slow: a sign of life (_last_heard), no more
             else:
                 log.warning("unexpected %s from the control plane; ignored", kind)
 

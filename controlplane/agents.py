@@ -11,7 +11,10 @@ refreshes it with its Register and its backend never leaves.
 
 Reports are applied in order by the session's own task, never by the stream's reader: a
 status write held up by the store (an etcd election can hold a Put for seconds) must not
-hold up reading the agent's next messages, whose arrival is what keeps the lease alive.
+hold up reading the agent's next messages, whose arrival is what keeps the lease alive. A
+report read while earlier ones still wait is answered at once with ReportReceived (while the
+store confirms lease refreshes), so the agent, which takes a silent replica for dead, stays:
+moving to another replica in the middle of an election only risks the lease.
 
 Leases and timing: controlplane/leases.py; which statuses reach the store:
 controlplane/status_throttle.py.
@@ -135,6 +138,8 @@ class AgentSession:
         self.lease = 0
         self.outbound: asyncio.Queue[agent_pb2.ConnectResponse] = asyncio.Queue()
         self._reports: asyncio.Queue[agent_pb2.Report] = asyncio.Queue(REPORTS_QUEUED)
+        # Reports received and not yet applied (queued, or the one being written).
+        self._unapplied = 0
         # Set when the replica ends the session (shutdown, superseded); `stop_error` says why.
         self.stopped = asyncio.Event()
         self.stop_error: ControlPlaneError | None = None
@@ -272,9 +277,14 @@ class AgentSession:
 
     async def receive(self, report: agent_pb2.Report) -> None:
         """A report read from the stream: checked now, applied (and acknowledged) in order
-        by `run`; waits only when REPORTS_QUEUED reports are already waiting."""
+        by `run`, answered with ReportReceived at once if earlier ones still wait on the
+        store; waits only when REPORTS_QUEUED reports are already waiting."""
         check_status(report.status, self.name)
-        self._hub.metrics.reports.inc()
+        hub = self._hub
+        hub.metrics.reports.inc()
+        if self._unapplied and hub.store.lease_answer_age() < hub.settings.lease_ttl:
+            self.send(agent_pb2.ConnectResponse(received=agent_pb2.ReportReceived(seq=report.seq)))
+        self._unapplied += 1
         await self._reports.put(report)
 
     async def settle(self) -> None:
@@ -298,6 +308,7 @@ class AgentSession:
                     self._pending.set()
             # Acknowledged once applied: an ack means the store has what the report said.
             self.send(agent_pb2.ConnectResponse(ack=agent_pb2.ReportAck(seq=report.seq)))
+            self._unapplied -= 1
             self._reports.task_done()
 
     async def run(self) -> None:

@@ -193,6 +193,12 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    def lease_answer_age(self) -> float:
+        """Seconds since the store last confirmed a lease refresh (0 where a refresh needs
+        no round trip; infinite before the first). A lease refreshed and confirmed less
+        than its TTL ago is alive now."""
+
+    @abc.abstractmethod
     def set_lease_lost_listener(self, listener: Callable[[int], None] | None) -> None:
         """listener(lease_id) is called (on the event loop, never inside the caller) when a
         refresh finds the lease gone: it expired or was revoked, its keys are deleted."""

@@ -276,6 +276,9 @@ class EtcdStore(Store):
         # TTL counts whole seconds down; 0 means "under a second left", still alive.
         return max(1, int(response.TTL))
 
+    def lease_answer_age(self) -> float:
+        return self._leases.answer_age()
+
     def set_lease_lost_listener(self, listener: Callable[[int], None] | None) -> None:
         self._leases.set_lost_listener(listener)
 

@@ -76,6 +76,8 @@ class LeaseKeeper:
         self.streams_opened = 0
         # Leases etcd answered as gone (tests and metrics watch it move).
         self.lost = 0
+        # Loop time of the last answer with a live TTL (any lease): the keepalive path works.
+        self._answered_at = -inf
         self._on_lost: Callable[[int], None] | None = None
 
     def set_lost_listener(self, listener: Callable[[int], None] | None) -> None:
@@ -92,6 +94,10 @@ class LeaseKeeper:
         if task is None:
             return
         await cancel_and_wait(task)
+
+    def answer_age(self) -> float:
+        """Seconds since etcd last confirmed a refresh (inf before the first)."""
+        return asyncio.get_running_loop().time() - self._answered_at
 
     def kept(self) -> list[int]:
         return list(self._leases)
@@ -174,6 +180,8 @@ class LeaseKeeper:
         return "ended by etcd"
 
     def _answered(self, response: rpc.LeaseKeepAliveResponse) -> None:
+        if response.TTL > 0:
+            self._answered_at = asyncio.get_running_loop().time()
         oneshot = self._oneshot_sent.pop(response.ID, None) is not None
         if oneshot and response.TTL > 0:
             self.refreshes += 1

@@ -205,6 +205,9 @@ class MemoryStore(Store):
         lease.deadline = loop.time() + lease.ttl
         lease.timer = loop.call_at(lease.deadline, self._expire, lease_id)
 
+    def lease_answer_age(self) -> float:
+        return 0.0  # refreshed in place: always confirmed at once
+
     def set_lease_lost_listener(self, listener: Callable[[int], None] | None) -> None:
         self._on_lease_lost = listener
 

@@ -26,15 +26,15 @@ _sym_db = _symbol_database.Default()
 from corral.v1 import types_pb2 as corral_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63orral/v1/agent.proto\x12\tcorral.v1\x1a\x15\x63orral/v1/types.proto\"\x90\x01\n\x0e\x43onnectRequest\x12\'\n\x08register\x18\x01 \x01(\x0b\x32\x13.corral.v1.RegisterH\x00\x12#\n\x06report\x18\x02 \x01(\x0b\x32\x11.corral.v1.ReportH\x00\x12%\n\x07goodbye\x18\x03 \x01(\x0b\x32\x12.corral.v1.GoodbyeH\x00\x42\t\n\x07message\"\xa1\x01\n\x08Register\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\'\n\x07\x62\x61\x63kend\x18\x02 \x01(\x0b\x32\x16.corral.v1.BackendSpec\x12\x19\n\x11resume_session_id\x18\x03 \x01(\t\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12(\n\x06status\x18\x05 \x01(\x0b\x32\x18.corral.v1.BackendStatus\"?\n\x06Report\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12(\n\x06status\x18\x02 \x01(\x0b\x32\x18.corral.v1.BackendStatus\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x95\x01\n\x0f\x43onnectResponse\x12+\n\nregistered\x18\x01 \x01(\x0b\x32\x15.corral.v1.RegisteredH\x00\x12#\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x14.corral.v1.ReportAckH\x00\x12%\n\x07\x63ommand\x18\x03 \x01(\x0b\x32\x12.corral.v1.CommandH\x00\x42\t\n\x07message\"\x9a\x01\n\nRegistered\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x19\n\x11lease_ttl_seconds\x18\x02 \x01(\r\x12\"\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\r\x12\x17\n\x0f\x63ontrolplane_id\x18\x04 \x01(\t\x12\x0f\n\x07resumed\x18\x05 \x01(\x08\x12\x0f\n\x07\x64rained\x18\x06 \x01(\x08\"\x18\n\tReportAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"?\n\x07\x43ommand\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.corral.v1.CommandType\x12\x0e\n\x06reason\x18\x02 \x01(\t*]\n\x0b\x43ommandType\x12\x1c\n\x18\x43OMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43OMMAND_TYPE_DRAIN\x10\x01\x12\x18\n\x14\x43OMMAND_TYPE_UNDRAIN\x10\x02\x32T\n\x0c\x41gentService\x12\x44\n\x07\x43onnect\x12\x19.corral.v1.ConnectRequest\x1a\x1a.corral.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63orral/v1/agent.proto\x12\tcorral.v1\x1a\x15\x63orral/v1/types.proto\"\x90\x01\n\x0e\x43onnectRequest\x12\'\n\x08register\x18\x01 \x01(\x0b\x32\x13.corral.v1.RegisterH\x00\x12#\n\x06report\x18\x02 \x01(\x0b\x32\x11.corral.v1.ReportH\x00\x12%\n\x07goodbye\x18\x03 \x01(\x0b\x32\x12.corral.v1.GoodbyeH\x00\x42\t\n\x07message\"\xa1\x01\n\x08Register\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\'\n\x07\x62\x61\x63kend\x18\x02 \x01(\x0b\x32\x16.corral.v1.BackendSpec\x12\x19\n\x11resume_session_id\x18\x03 \x01(\t\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12(\n\x06status\x18\x05 \x01(\x0b\x32\x18.corral.v1.BackendStatus\"?\n\x06Report\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12(\n\x06status\x18\x02 \x01(\x0b\x32\x18.corral.v1.BackendStatus\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xc4\x01\n\x0f\x43onnectResponse\x12+\n\nregistered\x18\x01 \x01(\x0b\x32\x15.corral.v1.RegisteredH\x00\x12#\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x14.corral.v1.ReportAckH\x00\x12%\n\x07\x63ommand\x18\x03 \x01(\x0b\x32\x12.corral.v1.CommandH\x00\x12-\n\x08received\x18\x04 \x01(\x0b\x32\x19.corral.v1.ReportReceivedH\x00\x42\t\n\x07message\"\x9a\x01\n\nRegistered\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x19\n\x11lease_ttl_seconds\x18\x02 \x01(\r\x12\"\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\r\x12\x17\n\x0f\x63ontrolplane_id\x18\x04 \x01(\t\x12\x0f\n\x07resumed\x18\x05 \x01(\x08\x12\x0f\n\x07\x64rained\x18\x06 \x01(\x08\"\x18\n\tReportAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x1d\n\x0eReportReceived\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"?\n\x07\x43ommand\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.corral.v1.CommandType\x12\x0e\n\x06reason\x18\x02 \x01(\t*]\n\x0b\x43ommandType\x12\x1c\n\x18\x43OMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43OMMAND_TYPE_DRAIN\x10\x01\x12\x18\n\x14\x43OMMAND_TYPE_UNDRAIN\x10\x02\x32T\n\x0c\x41gentService\x12\x44\n\x07\x43onnect\x12\x19.corral.v1.ConnectRequest\x1a\x1a.corral.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'corral.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMMANDTYPE']._serialized_start=862
-  _globals['_COMMANDTYPE']._serialized_end=955
+  _globals['_COMMANDTYPE']._serialized_start=940
+  _globals['_COMMANDTYPE']._serialized_end=1033
   _globals['_CONNECTREQUEST']._serialized_start=60
   _globals['_CONNECTREQUEST']._serialized_end=204
   _globals['_REGISTER']._serialized_start=207
@@ -44,13 +44,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GOODBYE']._serialized_start=435
   _globals['_GOODBYE']._serialized_end=460
   _globals['_CONNECTRESPONSE']._serialized_start=463
-  _globals['_CONNECTRESPONSE']._serialized_end=612
-  _globals['_REGISTERED']._serialized_start=615
-  _globals['_REGISTERED']._serialized_end=769
-  _globals['_REPORTACK']._serialized_start=771
-  _globals['_REPORTACK']._serialized_end=795
-  _globals['_COMMAND']._serialized_start=797
-  _globals['_COMMAND']._serialized_end=860
-  _globals['_AGENTSERVICE']._serialized_start=957
-  _globals['_AGENTSERVICE']._serialized_end=1041
+  _globals['_CONNECTRESPONSE']._serialized_end=659
+  _globals['_REGISTERED']._serialized_start=662
+  _globals['_REGISTERED']._serialized_end=816
+  _globals['_REPORTACK']._serialized_start=818
+  _globals['_REPORTACK']._serialized_end=842
+  _globals['_REPORTRECEIVED']._serialized_start=844
+  _globals['_REPORTRECEIVED']._serialized_end=873
+  _globals['_COMMAND']._serialized_start=875
+  _globals['_COMMAND']._serialized_end=938
+  _globals['_AGENTSERVICE']._serialized_start=1035
+  _globals['_AGENTSERVICE']._serialized_end=1119
 # @@protoc_insertion_point(module_scope)

@@ -155,24 +155,28 @@ class ConnectResponse(_message.Message):
     REGISTERED_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
+    RECEIVED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___Registered: ...
     @_builtins.property
     def ack(self) -> Global___ReportAck: ...
     @_builtins.property
     def command(self) -> Global___Command: ...
+    @_builtins.property
+    def received(self) -> Global___ReportReceived: ...
     def __init__(
         self,
         *,
         registered: Global___Registered | None = ...,
         ack: Global___ReportAck | None = ...,
         command: Global___Command | None = ...,
+        received: Global___ReportReceived | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "command", b"command", "message", b"message", "registered", b"registered"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "command", b"command", "message", b"message", "received", b"received", "registered", b"registered"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "command", b"command", "message", b"message", "registered", b"registered"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "command", b"command", "message", b"message", "received", b"received", "registered", b"registered"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["registered", "ack", "command"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["registered", "ack", "command", "received"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -218,6 +222,8 @@ Global___Registered: _TypeAlias = Registered  # noqa: Y015
 
 @_typing.final
 class ReportAck(_message.Message):
+    """The report is written to the store: what it said is what the control plane holds."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQ_FIELD_NUMBER: _builtins.int
@@ -234,6 +240,31 @@ class ReportAck(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportAck: _TypeAlias = ReportAck  # noqa: Y015
+
+@_typing.final
+class ReportReceived(_message.Message):
+    """The report was read, but reports before it still wait on a slow store (an etcd election
+    can hold a write for seconds): the replica is alive and keeps the session's lease fresh, so
+    the agent stays. Sent instead of silence; the acks follow once the writes land. Agents
+    that predate it ignore it (any answer counts as a sign of life).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportReceived: _TypeAlias = ReportReceived  # noqa: Y015
 
 @_typing.final
 class Command(_message.Message):

@@ -32,9 +32,13 @@ class Stream:
 
 
 class RecordingControlPlane(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, name: str = "rec", heartbeat: int = 1) -> None:
+    def __init__(self, name: str = "rec", heartbeat: int = 1, lease_ttl: int = 10) -> None:
         self.name = name
         self.heartbeat = heartbeat
+        self.lease_ttl = lease_ttl
+        # How reports are answered: "ack" (written), "received" (read, the store is slow:
+        # ReportReceived only) or "silent" (nothing, as a frozen replica).
+        self.answer = "ack"
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.streams: list[Stream] = []
@@ -94,7 +98,7 @@ class RecordingControlPlane(agent_pb2_grpc.AgentServiceServicer):
         yield agent_pb2.ConnectResponse(
             registered=agent_pb2.Registered(
                 session_id=session_id,
-                lease_ttl_seconds=10,
+                lease_ttl_seconds=self.lease_ttl,
                 heartbeat_interval_seconds=self.heartbeat,
                 controlplane_id=self.name,
                 resumed=resumed,
@@ -105,7 +109,12 @@ class RecordingControlPlane(agent_pb2_grpc.AgentServiceServicer):
                 kind = message.WhichOneof("message")
                 if kind == "report":
                     stream.reports.append(message.report)
-                    yield agent_pb2.ConnectResponse(ack=agent_pb2.ReportAck(seq=message.report.seq))
+                    seq = message.report.seq
+                    if self.answer == "ack":
+                        yield agent_pb2.ConnectResponse(ack=agent_pb2.ReportAck(seq=seq))
+                    elif self.answer == "received":
+                        received = agent_pb2.ReportReceived(seq=seq)
+                        yield agent_pb2.ConnectResponse(received=received)
                 elif kind == "goodbye":
                     stream.goodbye = message.goodbye
                     self.known_sessions.discard(session_id)

@@ -122,6 +122,44 @@ async def test_reconnects_to_next_replica_and_resumes(
         await other.stop()
 
 
+async def test_a_replica_that_only_says_received_is_not_left(
+    fake_server, start_agent: AgentFactory
+) -> None:
+    """ReportReceived (the store is slow) counts as a sign of life: over twice the silence
+    limit (the 3 s TTL) of unacknowledged reports, the agent keeps its one stream."""
+    rec = await RecordingControlPlane("rec-slow", lease_ttl=3).start()
+    try:
+        fake = await fake_server("vllm", models=["m"])
+        await start_agent(controlplane=(rec.address,), backend=fake.url)
+        await eventually(lambda: rec.streams)
+        rec.answer = "received"
+        before = len(rec.last.reports)
+        await eventually(lambda: len(rec.last.reports) >= before + 7, within=20)
+        assert len(rec.streams) == 1 and not rec.last.ended
+    finally:
+        await rec.stop()
+
+
+async def test_a_silent_replica_is_left_for_the_next(
+    fake_server, recorder: RecordingControlPlane, start_agent: AgentFactory
+) -> None:
+    """A replica that answers nothing for the TTL (frozen) is left: the agent resumes its
+    session at the next replica."""
+    silent = await RecordingControlPlane("rec-silent", lease_ttl=3).start()
+    recorder.known_sessions = silent.known_sessions  # one shared store, as with etcd
+    try:
+        fake = await fake_server("vllm", models=["m"])
+        agent = await start_agent(controlplane=(silent.address, recorder.address), backend=fake.url)
+        await eventually(lambda: silent.streams)
+        session = silent.last.session_id
+        silent.answer = "silent"
+        await eventually(lambda: recorder.streams, within=20)
+        assert recorder.last.register.resume_session_id == session and recorder.last.resumed
+        await eventually(lambda: agent.reporter.controlplane_id == "rec-a")
+    finally:
+        await silent.stop()
+
+
 async def test_rejection_is_logged_and_retried(
     fake_server, recorder: RecordingControlPlane, start_agent: AgentFactory, caplog
 ) -> None:

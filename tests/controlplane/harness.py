@@ -169,6 +169,8 @@ class AgentClient:
         self._reader: asyncio.Task[None] | None = None
         self._registered: asyncio.Future[agent_pb2.Registered] | None = None
         self._acks: dict[int, asyncio.Future[agent_pb2.ReportAck]] = {}
+        # Seqs the replica answered with ReportReceived (read, not yet written).
+        self.received: list[int] = []
         self.commands: asyncio.Queue[agent_pb2.Command] = asyncio.Queue()
         self.ended: asyncio.Future[grpc.StatusCode] = asyncio.get_running_loop().create_future()
         self.error_details = ""
@@ -226,6 +228,8 @@ class AgentClient:
                         future.set_result(response.ack)
                 elif kind == "command":
                     self.commands.put_nowait(response.command)
+                elif kind == "received":
+                    self.received.append(response.received.seq)
             code = grpc.StatusCode.OK
         except grpc.aio.AioRpcError as exc:
             code = exc.code()

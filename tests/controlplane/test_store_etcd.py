@@ -140,6 +140,16 @@ async def test_one_shot_refreshes_share_the_one_keepalive_stream(etcd: EtcdClust
         assert store.lease_keeper.kept() == [kept]
 
 
+async def test_lease_answer_age_counts_from_the_last_confirmed_refresh(etcd: EtcdCluster) -> None:
+    """lease_answer_age is infinite before any refresh is confirmed, small just after one."""
+    async with EtcdStore(etcd.endpoints) as store:
+        assert store.lease_answer_age() == float("inf")
+        lease = await store.grant_lease(30, keep=False)
+        store.refresh_lease(lease)
+        await eventually(lambda: store.lease_keeper.refreshes >= 1)
+        assert store.lease_answer_age() < 10
+
+
 async def test_another_replica_takes_over_a_lease(etcd: EtcdCluster) -> None:
     """A second store keeps a lease the first one let go; both see the same cluster id."""
     async with EtcdStore(etcd.endpoints) as first, EtcdStore(etcd.endpoints) as second:

@@ -1,5 +1,6 @@
 """The agent protocol against one replica whose store holds status writes (as etcd holds a
-Put through a leader election): the agent's messages are still read, so its lease lives.
+Put through a leader election): the agent's messages are still read, so its lease lives, and
+answered with ReportReceived while the store confirms lease refreshes, so the agent stays.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class HeldStatusStore(MemoryStore):
         self.holding = asyncio.Event()  # set once a status write waits
         self.refreshes = 0
         self._refreshed = asyncio.Event()
+        self.confirming = True  # False: lease refreshes go unconfirmed (etcd out of reach)
 
     def hold(self) -> None:
         self._released.clear()
@@ -44,6 +46,9 @@ class HeldStatusStore(MemoryStore):
         self._refreshed.set()
         super().refresh_lease(lease_id)
 
+    def lease_answer_age(self) -> float:
+        return super().lease_answer_age() if self.confirming else float("inf")
+
     async def refreshed(self, count: int) -> None:
         """Return once `count` refreshes have arrived in all."""
         while self.refreshes < count:
@@ -54,8 +59,8 @@ class HeldStatusStore(MemoryStore):
 async def test_a_held_status_write_does_not_let_the_session_lapse(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A status write held for longer than the 3 s TTL: heartbeats keep refreshing the lease,
-    the backend never leaves routing, and the report is acknowledged once written."""
+    """A status write held for longer than the 3 s TTL: heartbeats keep refreshing the lease
+    and are answered ReportReceived, the backend stays, the report is acked once written."""
     store = HeldStatusStore()
 
     async def open_held(config: ControlPlaneConfig) -> MemoryStore:
@@ -79,6 +84,10 @@ async def test_a_held_status_write_does_not_let_the_session_lapse(
             await store.refreshed(store.refreshes + 4)
         await store.check_lease(lease)  # raises LeaseNotFoundError had it lapsed
         assert not acked.done()  # an ack means written: this one is not yet
+        # Each heartbeat read behind the held write was answered at once: the agent, which
+        # takes a silent replica for dead, hears from it at its own pace.
+        assert len(agent.received) >= 3, agent.received
+        assert all(seq > h.HEARTBEAT_SEQ for seq in agent.received), agent.received
         store.release()
         await asyncio.wait_for(acked, 10)
         await watcher.until(
@@ -89,3 +98,32 @@ async def test_a_held_status_write_does_not_let_the_session_lapse(
         assert all(h.has("b")(s) for s in watcher.snapshots if s.version >= first.version)
         await agent.close()
         await watcher.close()
+
+
+async def test_no_report_received_while_the_store_confirms_no_lease_refresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With refreshes unconfirmed (the replica cut off from etcd) a held write gets silence,
+    not ReportReceived: the agent should move to a replica that can keep its lease."""
+    store = HeldStatusStore()
+
+    async def open_held(config: ControlPlaneConfig) -> MemoryStore:
+        await store.start()
+        return store
+
+    monkeypatch.setattr(controlplane.server, "open_store", open_held)
+    async with h.running(h.config()) as address:
+        agent = h.AgentClient(address)
+        await agent.connect(h.register("b"))
+        store.confirming = False
+        store.hold()
+        acked = asyncio.ensure_future(
+            agent.report(h.status(health=types_pb2.HEALTH_STATE_DEGRADED))
+        )
+        await asyncio.wait_for(store.holding.wait(), 10)
+        async with asyncio.timeout(20):
+            await store.refreshed(store.refreshes + 3)
+        assert agent.received == []
+        store.release()
+        await asyncio.wait_for(acked, 10)
+        await agent.close()
