@@ -68,15 +68,26 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
-async def cancel_and_wait(task: asyncio.Task[object]) -> None:
-    """Cancel a task we own and wait for it; our own cancellation still propagates."""
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
+async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
+    """Cancel tasks we own and wait until every one has ended; a task's own error is raised.
+
+    Cancelled meanwhile (or already, as in a `finally` of a cancelled task), it still waits
+    for all of them, then lets the cancellation propagate: no task is left running unowned.
+    """
+    for task in tasks:
+        task.cancel()
+    pending: set[asyncio.Task[Any]] = set(tasks)
+    interrupted = False
+    while pending:
+        try:
+            _, pending = await asyncio.wait(pending)
+        except asyncio.CancelledError:
+            interrupted = True
+    for task in tasks:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            raise error
+    if interrupted:
+        raise asyncio.CancelledError
 
 
 @dataclass(frozen=True, slots=True)

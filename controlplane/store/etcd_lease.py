@@ -160,9 +160,7 @@ class LeaseKeeper:
                 )
             finally:
                 call.cancel()
-                await cancel_and_wait(watchdog)
-                await cancel_and_wait(sender)
-                await cancel_and_wait(receiver)
+                await cancel_and_wait(watchdog, sender, receiver)
             for task in done:
                 reason = task.result()  # a bug in our code surfaces here
                 log.warning("etcd keepalive stream on %s: %s; reconnecting", url, reason)

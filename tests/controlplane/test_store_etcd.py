@@ -120,6 +120,21 @@ async def test_one_keepalive_stream_for_all_leases(etcd: EtcdCluster) -> None:
         assert sorted(store.lease_keeper.kept()) == sorted(leases)
 
 
+async def test_closing_leaves_no_keepalive_task_behind(etcd: EtcdCluster) -> None:
+    """Closing the store ends the keeper and every task of its open stream (none orphaned)."""
+    async with EtcdStore(etcd.endpoints) as store:
+        await store.grant_lease(30)
+        await eventually(lambda: store.lease_keeper.refreshes >= 1)
+        assert keeper_tasks()
+    assert keeper_tasks() == []
+
+
+def keeper_tasks() -> list[str]:
+    return sorted(
+        t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("etcd-keepalive")
+    )
+
+
 async def test_one_shot_refreshes_share_the_one_keepalive_stream(etcd: EtcdCluster) -> None:
     """refresh_lease sends keepalives on the store's one stream; a burst is coalesced."""
     async with EtcdStore(etcd.endpoints) as store:
