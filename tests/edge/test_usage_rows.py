@@ -272,8 +272,8 @@ async def test_sqlite_rows_past_the_shapes_bound_stored_per_row(tmp_path: Path) 
 
 
 async def test_sqlite_groups_shared_or_not_stored_per_row(tmp_path: Path) -> None:
-    """Rows whose who/where columns, outcomes, cache counts, request ids and times to first
-    token agree in some statements and not in others store each row's own values."""
+    """Rows whose who/where columns, outcomes, cache counts, costs, request ids and times to
+    first token agree in some statements and not in others store each row's own values."""
     sink = SQLiteSink(str(tmp_path / "u.db"))
     await sink.open()
     batch: list[Row] = []
@@ -291,7 +291,7 @@ async def test_sqlite_groups_shared_or_not_stored_per_row(tmp_path: Path) -> Non
             call.backend = f"b{i}"  # the 4-row statement: where not shared
             call.ttft, call.stream = 0.001 * i, True
             call.cached_tokens, call.saved_tokens = i - 96, 2 * i  # nor the cache counts
-        batch.append(row(call, "edge-a", 0.0))
+        batch.append(row(call, "edge-a", 0.0 if i < 96 else 0.001 * i))  # nor the costs
     batch += both_forms()[1]  # replayed rows: None and bools among sentinels
     await sink.write(batch)
     await sink.write(both_forms()[1])  # replayed rows alone: None agreed by every row
