@@ -56,18 +56,22 @@ class HeldStatusStore(MemoryStore):
             await self._refreshed.wait()
 
 
-async def test_a_held_status_write_does_not_let_the_session_lapse(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A status write held for longer than the 3 s TTL: heartbeats keep refreshing the lease
-    and are answered ReportReceived, the backend stays, the report is acked once written."""
-    store = HeldStatusStore()
+@pytest.fixture
+def store(monkeypatch: pytest.MonkeyPatch) -> HeldStatusStore:
+    """The store the replicas started by the test open."""
+    held = HeldStatusStore()
 
     async def open_held(config: ControlPlaneConfig) -> MemoryStore:
-        await store.start()
-        return store
+        await held.start()
+        return held
 
     monkeypatch.setattr(controlplane.server, "open_store", open_held)
+    return held
+
+
+async def test_a_held_status_write_does_not_let_the_session_lapse(store: HeldStatusStore) -> None:
+    """A status write held for longer than the 3 s TTL: heartbeats keep refreshing the lease
+    and are answered ReportReceived, the backend stays, the report is acked once written."""
     async with h.running(h.config()) as address:
         watcher = h.SnapshotWatcher(address)
         agent = h.AgentClient(address)
@@ -101,17 +105,10 @@ async def test_a_held_status_write_does_not_let_the_session_lapse(
 
 
 async def test_no_report_received_while_the_store_confirms_no_lease_refresh(
-    monkeypatch: pytest.MonkeyPatch,
+    store: HeldStatusStore,
 ) -> None:
     """With refreshes unconfirmed (the replica cut off from etcd) a held write gets silence,
     not ReportReceived: the agent should move to a replica that can keep its lease."""
-    store = HeldStatusStore()
-
-    async def open_held(config: ControlPlaneConfig) -> MemoryStore:
-        await store.start()
-        return store
-
-    monkeypatch.setattr(controlplane.server, "open_store", open_held)
     async with h.running(h.config()) as address:
         agent = h.AgentClient(address)
         await agent.connect(h.register("b"))
