@@ -98,10 +98,13 @@ async def test_cancel_while_registering_still_says_goodbye(
     assert recorder.last.goodbye is not None
 
 
+@pytest.mark.parametrize("failure", ["dies", "falls silent"])
 async def test_reconnects_to_next_replica_and_resumes(
-    fake_server, recorder: RecordingControlPlane, start_agent: AgentFactory
+    fake_server, recorder: RecordingControlPlane, start_agent: AgentFactory, failure: str
 ) -> None:
-    """When its replica dies, the agent registers at the next one with resume_session_id."""
+    """When its replica dies, or answers nothing for the TTL (frozen), the agent registers at
+    the next one with resume_session_id."""
+    recorder.lease_ttl = 3  # the silence limit, which Registered sets
     other = await RecordingControlPlane("rec-b").start()
     other.known_sessions = recorder.known_sessions  # one shared store, as with etcd
     try:
@@ -109,8 +112,11 @@ async def test_reconnects_to_next_replica_and_resumes(
         agent = await start_agent(controlplane=(recorder.address, other.address), backend=fake.url)
         await eventually(lambda: recorder.streams)
         first_session = recorder.last.session_id
-        await recorder.stop()
-        await eventually(lambda: other.streams)
+        if failure == "dies":
+            await recorder.stop()
+        else:
+            recorder.answer = "silent"
+        await eventually(lambda: other.streams, within=20)
         assert other.last.register.resume_session_id == first_session
         assert other.last.resumed
         await eventually(lambda: agent.reporter.controlplane_id == "rec-b")
@@ -138,26 +144,6 @@ async def test_a_replica_that_only_says_received_is_not_left(
         assert len(rec.streams) == 1 and not rec.last.ended
     finally:
         await rec.stop()
-
-
-async def test_a_silent_replica_is_left_for_the_next(
-    fake_server, recorder: RecordingControlPlane, start_agent: AgentFactory
-) -> None:
-    """A replica that answers nothing for the TTL (frozen) is left: the agent resumes its
-    session at the next replica."""
-    silent = await RecordingControlPlane("rec-silent", lease_ttl=3).start()
-    recorder.known_sessions = silent.known_sessions  # one shared store, as with etcd
-    try:
-        fake = await fake_server("vllm", models=["m"])
-        agent = await start_agent(controlplane=(silent.address, recorder.address), backend=fake.url)
-        await eventually(lambda: silent.streams)
-        session = silent.last.session_id
-        silent.answer = "silent"
-        await eventually(lambda: recorder.streams, within=20)
-        assert recorder.last.register.resume_session_id == session and recorder.last.resumed
-        await eventually(lambda: agent.reporter.controlplane_id == "rec-a")
-    finally:
-        await silent.stop()
 
 
 async def test_rejection_is_logged_and_retried(
