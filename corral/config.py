@@ -41,6 +41,7 @@ from corral.config_gateway import (
     UsageConfig,
 )
 from corral.config_loader import ConfigError, Secret
+from corral.keepalive import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS
 
 __all__ = [
     "BACKEND_TYPES",
@@ -193,6 +194,11 @@ class EdgeConfig:
     controlplane_ca_file: str | None = None
     controlplane_cert_file: str | None = None
     controlplane_key_file: str | None = None
+    # Pings on each control-plane connection after this long without traffic; a connection
+    # whose ping goes unanswered for the timeout is given up (a pulled cable), and the edge
+    # moves to the next replica, serving its last snapshot meanwhile.
+    controlplane_keepalive_seconds: float = KEEPALIVE_MS / 1000
+    controlplane_keepalive_timeout_seconds: float = KEEPALIVE_TIMEOUT_MS / 1000
     # Where the last applied snapshot is persisted; None keeps it in memory only.
     state_dir: str | None = None
     # Client API keys; empty means no authentication.

@@ -26,6 +26,7 @@ from grpclib.config import Configuration
 from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
+from corral.config import EdgeConfig
 from corral.keepalive import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS
 from corral.tls import TLSFileError, read_pem
 
@@ -185,3 +186,15 @@ class ControlPlaneChannel:
 
     def close(self) -> None:
         self._channel.close()
+
+
+def open_channel(
+    address: str, tls: ssl.SSLContext | None, config: EdgeConfig
+) -> ControlPlaneChannel:
+    """A channel to one control-plane address, with the edge's keepalive settings."""
+    return ControlPlaneChannel(
+        address,
+        tls,
+        keepalive_seconds=config.controlplane_keepalive_seconds,
+        keepalive_timeout_seconds=config.controlplane_keepalive_timeout_seconds,
+    )

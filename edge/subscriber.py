@@ -12,7 +12,7 @@ from corral.backoff import Backoff
 from corral.config import EdgeConfig
 from corral.tls import TLSFileError
 from corral.v1 import routing_pb2, types_pb2
-from edge.cp_calls import CallFailed, ControlPlaneChannel, tls_context
+from edge.cp_calls import CallFailed, open_channel, tls_context
 from edge.errors import EdgeError
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class SnapshotSubscriber:
     async def _follow(self, address: str) -> bool:
         """Stream from one address until it fails; True when it delivered anything."""
         received = False
-        channel = ControlPlaneChannel(address, self._credentials)
+        channel = open_channel(address, self._credentials, self._config)
         try:
             version, cluster_id = self._current()
             request = routing_pb2.WatchSnapshotsRequest(

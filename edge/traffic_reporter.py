@@ -19,7 +19,7 @@ from aiohttp import web
 
 from corral.config import EdgeConfig
 from corral.v1 import traffic_pb2
-from edge.cp_calls import CallFailed, ControlPlaneChannel
+from edge.cp_calls import CallFailed, ControlPlaneChannel, open_channel
 from edge.metrics import EdgeMetrics
 from edge.traffic import EdgeState
 
@@ -42,6 +42,7 @@ class TrafficReporter:
         edge_state: Callable[[], EdgeState] | None = None,
     ) -> None:
         self._edge_state = edge_state
+        self._config = config
         self._addresses = [a for a in config.controlplane if a]
         self._interval = config.observability.traffic_interval_seconds
         self._listen = config.listen
@@ -108,7 +109,7 @@ class TrafficReporter:
 
     def _connected(self) -> ControlPlaneChannel:
         if self._channel is None:
-            self._channel = ControlPlaneChannel(self._address(), self._credentials)
+            self._channel = open_channel(self._address(), self._credentials, self._config)
         return self._channel
 
     async def _rotate(self) -> None:

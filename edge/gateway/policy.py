@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 
 from corral.config import EdgeConfig
 from corral.v1 import gateway_pb2
-from edge.cp_calls import CallFailed, ControlPlaneChannel
+from edge.cp_calls import CallFailed, open_channel
 from edge.state import write_atomically
 from edge.subscriber import auth_metadata, credentials, rotate
 
@@ -84,7 +84,7 @@ class PolicySubscriber:
     async def _follow(self, address: str) -> bool:
         """Stream from one address until it fails; True when it delivered anything."""
         received = False
-        channel = ControlPlaneChannel(address, self._credentials)
+        channel = open_channel(address, self._credentials, self._config)
         try:
             version, cluster_id = self._current()
             request = gateway_pb2.WatchPolicyRequest(

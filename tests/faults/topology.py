@@ -167,6 +167,9 @@ class Cluster:
                 "CORRAL_EDGE_IDLE_TIMEOUT_SECONDS": "2",
                 "CORRAL_EDGE_EJECT_BASE_SECONDS": "1",
                 "CORRAL_EDGE_EJECT_MAX_SECONDS": "5",
+                # A lost control plane noticed within seconds, not the default 20 + 10 s.
+                "CORRAL_EDGE_CONTROLPLANE_KEEPALIVE_SECONDS": "2",
+                "CORRAL_EDGE_CONTROLPLANE_KEEPALIVE_TIMEOUT_SECONDS": "2",
             },
         )  # fmt: skip
 
