@@ -124,10 +124,9 @@ def render(items: list[ScenarioResult]) -> str:
         "silently (neighbour entries pointing nowhere), like a cut cable.",
         "",
         "Settings: lease TTL 3 s, agent probes every 0.5 s, edge connect timeout 1 s, first byte",
-        "1.5 s, idle 2 s, edge keepalive to the control plane 2 s + 2 s. Times are measured",
-        "and depend on those settings; the only time",
-        "checked is that a cut-off agent's backend leaves routing within the lease TTL (plus",
-        "1 s for etcd's expiry check and propagation).",
+        "1.5 s, idle 2 s, edge keepalive to the control plane 2 s + 2 s. Times are measured and",
+        "depend on those settings; the only time checked is that a cut-off agent's backend leaves",
+        "routing within the lease TTL (plus 1 s for etcd's expiry check and propagation).",
         "",
         f"Produced on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at commit "
         f"`{commit()}`, {platform.machine()}, {os.cpu_count()} CPUs, Linux "
