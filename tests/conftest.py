@@ -35,3 +35,11 @@ def valkey() -> Iterator[ValkeyServer]:
     """A fresh Valkey/Redis server on a free loopback port, removed after the test."""
     with running_valkey() as server:
         yield server
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`-n`), the fault suite's tests share one worker: they build one
+    topology of network namespaces on fixed addresses, and a package-scoped cluster."""
+    for item in items:
+        if "tests/faults/" in item.nodeid:
+            item.add_marker(pytest.mark.xdist_group("netns"))

@@ -22,7 +22,8 @@ TEAM = Subject("team", "research", Limits(budget=BUDGET))
 async def edges(valkey: ValkeyServer) -> AsyncIterator[tuple[list[Limiter], Clock]]:
     clock = Clock(now=30.0 * 60_000_000)
     limiters = [
-        Limiter(SharedCounters(Valkey(valkey.url)), edge_id=f"e{i}", clock=clock) for i in range(3)
+        Limiter(SharedCounters(Valkey(valkey.url, timeout=5.0)), edge_id=f"e{i}", clock=clock)
+        for i in range(3)
     ]
     yield limiters, clock
     for limiter in limiters:

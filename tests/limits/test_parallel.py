@@ -19,7 +19,11 @@ KEY = Subject("key", "ck_par", Limits(parallel=4))
 
 def _edges(valkey: ValkeyServer, count: int = 3) -> list[Limiter]:
     return [
-        Limiter(SharedCounters(Valkey(valkey.url), liveness=1.0), edge_id=f"e{i}", liveness=1.0)
+        Limiter(
+            SharedCounters(Valkey(valkey.url, timeout=5.0), liveness=1.0),
+            edge_id=f"e{i}",
+            liveness=1.0,
+        )
         for i in range(count)
     ]
 
@@ -71,7 +75,7 @@ def test_lua_and_python_grant_alike(
     import asyncio
 
     async def grant() -> int:
-        store = Valkey(valkey_once.url)
+        store = Valkey(valkey_once.url, timeout=5.0)  # arithmetic, not timeouts
         counters = SharedCounters(store, share=4.0)
         key = f"{PREFIX}prop:{limit}:{used}:{want}:{need}"
         try:
