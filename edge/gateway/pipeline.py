@@ -184,12 +184,26 @@ class Gateway:
             cache.metrics.hot.bypass += 1
             return _storing(call, exchange, looked)
         if cache.shared is None:  # no wait for the in-process tier alone
-            entry = cache.memory.get(key, asked.max_age)
-            if entry is not None:
-                return self._found(call, exchange, looked, entry, "memory")
-            # Upstream now unless an identical request is there (it leads when it stores).
-            if not asked.store or cache.lead(key) is None:
-                return _miss(call, exchange, looked, asked.store)
+            memory = cache.memory
+            if key in memory:
+                entry = memory.get(key, asked.max_age)
+                if entry is not None:
+                    return self._found(call, exchange, looked, entry, "memory")
+            # Upstream now unless an identical request is there (it leads when it stores):
+            # Cache.lead's first case and _miss, written out (most requests are misses).
+            inflight = cache.inflight
+            if not asked.store or key not in inflight:
+                call.cache = CACHE_MISS
+                cache.metrics.hot.miss += 1
+                if not asked.store:
+                    return wrap(call, exchange, redaction)
+                inflight[key] = None
+                looked.leader = True
+                call.storing = looked
+                if redaction is None and not exchange.stream:
+                    return exchange
+                tap = call.tap = Tap(exchange, redaction, looked)
+                return tap
         # The shared tier to ask, or an identical request upstream to wait for.
         return self._look_up_later(request, call, exchange, looked)
 

@@ -63,6 +63,10 @@ class MemoryTier:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key: bytes) -> bool:
+        """Whether `key` is held, fresh or not (a miss without a call into Python)."""
+        return key in self._entries
+
     def get(self, key: bytes, max_age: float | None = None) -> Entry | None:
         """The entry, if fresh enough (no wait: the hot path's lookup); `max_age`: the
         oldest the request accepts, in seconds."""

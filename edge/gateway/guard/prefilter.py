@@ -117,7 +117,8 @@ class Prefilter:
         the client sent them); False: scan its strings one by one."""
         if not self.native or not raw.isascii():
             return False
-        scratches = self._scratches()
+        # This thread's scratches without a call (made at its first scan).
+        scratches = getattr(self._local, "scratches", None) or self._scratches()
         if scratches is None:
             return False
         hits: list[int] = []
