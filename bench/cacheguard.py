@@ -10,7 +10,8 @@ one connection on a fixed body for hit p50s; then paired rounds at 32 connection
 request has a body of its own (~1 KiB of prompt, no PII: each one a miss, scanned in full)
 against `plain` and `both` (no PII in them, nothing shaped like it: `req-` leads each id; and a
 row of ids led by 4 and of 13 digits and more, shaped like Visa numbers, ~1 in 10 passing Luhn
-and redacted). The scan cost per KiB is measured in this process (CPU 1) on a
+and redacted); then the short and ~1 KiB rounds again with `plain` and `both` loaded at once, each
+by its own wrk, sharing CPU 0. The scan cost per KiB is measured in this process (CPU 1) on a
 corpus of prose, code and logs, and through Guard.inspect on chat bodies of 1 KiB to 256 KiB.
 """
 
@@ -214,8 +215,46 @@ def measure(tmp: Path, procs: Procs, seconds: float, rounds: int) -> dict[str, A
                 print(f"  round {label}: plain {a.rps:,.0f} req/s {cpu_a * 1e6:.0f} us/req, "
                       f"both {b.rps:,.0f} req/s {cpu_b * 1e6:.0f} us/req", flush=True)  # fmt: skip
         out["pairs"] = pairs
+        # The same edges loaded at once, each by its own wrk, sharing CPU 0: whatever else
+        # the machine runs weighs on both alike, at the same moments (rounds in turn move
+        # with it by ±10 % on a shared machine).
+        together = []
+        for _ in range(rounds):
+            for label in ("short", "1 KiB"):
+                prompt, lead = prompts[label]
+                run = f"{lead}{random.randrange(10_000_000, 100_000_000)}"
+                unique = unique_script(tmp / f"once{run}.lua", prompt, run)
+                both_at_once = wrk.at_once(
+                    {"plain": edges["plain"], "both": edges["both"]}, unique, seconds, LOAD_CPU
+                )
+                (a, cpu_a), (b, cpu_b) = both_at_once["plain"], both_at_once["both"]
+                together.append((label, a.rps, b.rps, cpu_a, cpu_b, a.errors + b.errors, run))
+                print(f"  at once {label}: plain {a.rps:,.0f} req/s {cpu_a * 1e6:.0f} us/req, "
+                      f"both {b.rps:,.0f} req/s {cpu_b * 1e6:.0f} us/req", flush=True)  # fmt: skip
+        out["together"] = together
         procs.stop_all()
     return out
+
+
+def rounds_table(rounds: list[Any]) -> str:
+    return md_table(
+        ["prompt", "id prefix", "plain req/s", "both req/s", "ratio", "plain CPU µs/req",
+         "both CPU µs/req", "req/CPU-s ratio", "errors"],
+        [
+            [label, str(run), f"{a:,.0f}", f"{b:,.0f}", f"{b / a:.2f}", f"{ca * 1e6:.0f}",
+             f"{cb * 1e6:.0f}", f"{ca / cb:.2f}", str(err)]
+            for (label, a, b, ca, cb, err, run) in rounds
+        ],
+    )  # fmt: skip
+
+
+def round_ratios(rounds: list[Any], size: str) -> tuple[float, float]:
+    """Median both/plain ratios of one prompt's rounds: by req/s, by requests per CPU second."""
+    mine = [r for r in rounds if r[0] == size]
+    return (
+        median([b / a for _, a, b, _, _, _, _ in mine]),
+        median([ca / cb for _, _, _, ca, cb, _, _ in mine]),
+    )
 
 
 def report(info: dict[str, str], m: dict[str, Any], scan: Any, cmd: str) -> str:
@@ -229,22 +268,12 @@ def report(info: dict[str, str], m: dict[str, Any], scan: Any, cmd: str) -> str:
             for name, (p50, p99, rps, err, cpu) in c1.items()
         ],
     )  # fmt: skip
-    pairs_table = md_table(
-        ["prompt", "id prefix", "plain req/s", "both req/s", "ratio", "plain CPU µs/req",
-         "both CPU µs/req", "req/CPU-s ratio", "errors"],
-        [
-            [label, str(run), f"{a:,.0f}", f"{b:,.0f}", f"{b / a:.2f}", f"{ca * 1e6:.0f}",
-             f"{cb * 1e6:.0f}", f"{ca / cb:.2f}", str(err)]
-            for (label, a, b, ca, cb, err, run) in m["pairs"]
-        ],
-    )  # fmt: skip
-    ratios = {}
-    for size in ("short", "1 KiB", "1 KiB card-like"):
-        mine = [p for p in m["pairs"] if p[0] == size]
-        ratios[size] = (
-            median([b / a for _, a, b, _, _, _, _ in mine]),
-            median([ca / cb for _, _, _, ca, cb, _, _ in mine]),
-        )
+    pairs_table = rounds_table(m["pairs"])
+    together_table = rounds_table(m["together"])
+    ratios = {
+        size: round_ratios(m["pairs"], size) for size in ("short", "1 KiB", "1 KiB card-like")
+    }
+    once = {size: round_ratios(m["together"], size) for size in ("short", "1 KiB")}
     size_table = md_table(["prompt", "µs per KiB"], [[k, f"{us:.1f}"] for k, us in sizes])
     memory_p50 = c1["memory"][0] * 1e3
     valkey_p50 = c1["valkey"][0] * 1e3
@@ -255,9 +284,9 @@ def report(info: dict[str, str], m: dict[str, Any], scan: Any, cmd: str) -> str:
 
     verdict = (
         f"Targets: in-process hit {met(memory_p50 <= 0.3)}, Valkey hit {met(valkey_p50 <= 1.0)}, "
-        f"scan per KiB {met(per_kib <= 100)}, throughput ≥ 0.85 "
-        f"{met(min(short[1], kib[1]) >= 0.85)} (by CPU; the wall-clock ratios swing with the "
-        "neighbours' load from round to round)."
+        f"scan per KiB {met(per_kib <= 100)}, throughput ≥ 0.85 by CPU "
+        f"{met(min(once['short'][1], once['1 KiB'][1]) >= 0.85)} loaded at once, "
+        f"{met(min(short[1], kib[1]) >= 0.85)} loaded in turn."
     )
     return f"""## Response cache and guardrails (`./dev bench cacheguard`)
 
@@ -292,6 +321,16 @@ restored in the answer):
   edge process; ~1 KiB prompt **{kib[0]:.2f}** and **{kib[1]:.2f}**; ~1 KiB with card-like
   ids (not a target row: PII-shaped data scanned and sometimes redacted) **{cards[0]:.2f}**
   and **{cards[1]:.2f}**.
+
+The same two edges loaded at once, each by its own wrk at 32 connections with the same
+bodies, sharing CPU 0 (as Usage records does): whatever else runs on the machine weighs on
+both alike and at the same moments, where rounds in turn (above) move with it:
+
+{together_table}
+
+- Loaded at once, median of rounds (target ≥ 0.85): short prompt **{once["short"][0]:.2f}**
+  by req/s, **{once["short"][1]:.2f}** by requests per CPU second; ~1 KiB
+  **{once["1 KiB"][0]:.2f}** and **{once["1 KiB"][1]:.2f}**.
 
 PII scan cost (this process, CPU 1, in CPU time): the detectors as Guard.inspect runs them
 (edge/gateway/guard/prefilter.py: one Hyperscan pass, then the sieve's exact steps for the

@@ -28,7 +28,6 @@ import json
 import sqlite3
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +114,7 @@ def edges(tmp: Path, procs: Procs, seconds: float, rounds: int, keys: int) -> Ed
                 answered += result.requests
         (a, cpu_a), (b, cpu_b) = measured["off"], measured["on"]
         pairs.append((a, b, cpu_a, cpu_b))
-        both = at_once({"off": (off, off_url), "on": (on, on_url)}, script, seconds)
+        both = wrk.at_once({"off": (off, off_url), "on": (on, on_url)}, script, seconds, LOAD_CPU)
         (t_off, t_cpu_a), (t_on, t_cpu_b) = both["off"], both["on"]
         t_a, t_b = t_off.rps, t_on.rps
         together.append((t_a, t_b, t_cpu_a, t_cpu_b))
@@ -141,28 +140,6 @@ def edges(tmp: Path, procs: Procs, seconds: float, rounds: int, keys: int) -> Ed
     if stray:
         raise BenchError(f"{stray} rows neither of the keys' team nor refused without a key")
     return EdgeResult(pairs, together, c1s, rss, rows, answered, keys)
-
-
-def at_once(
-    edges: dict[str, tuple[Proc, str]], script: Path, seconds: float
-) -> dict[str, tuple[wrk.WrkResult, float]]:
-    """Every edge loaded at the same time, each by its own wrk at 32 connections: they share
-    CPU 0, and whatever else runs on the machine weighs on all alike, at the same moments.
-    Per edge: wrk's result and the edge's CPU seconds per request."""
-    with ThreadPoolExecutor(len(edges)) as pool:
-        cpu = {name: proc.cpu_seconds() for name, (proc, _) in edges.items()}
-        runs = {
-            name: pool.submit(wrk.run, url, script, connections=32, seconds=seconds, cpus=LOAD_CPU)
-            for name, (_, url) in edges.items()
-        }
-        results = {name: run.result() for name, run in runs.items()}
-        spent = {name: proc.cpu_seconds() - cpu[name] for name, (proc, _) in edges.items()}
-    out = {}
-    for name, result in results.items():
-        if result.errors:
-            raise BenchError(f"{name}: {result.errors} errors")
-        out[name] = (result, spent[name] / max(1, result.requests))
-    return out
 
 
 def postgres(seconds: float, rate: float) -> PgResult:

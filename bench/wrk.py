@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import re
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.common import BenchError
+
+if TYPE_CHECKING:
+    from bench.procs import Proc
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 
@@ -83,3 +88,25 @@ def run(
     if done.returncode != 0:
         raise BenchError(f"wrk failed ({done.returncode}): {done.stderr}{done.stdout}")
     return parse(done.stdout, connections)
+
+
+def at_once(
+    edges: dict[str, tuple[Proc, str]], script: Path, seconds: float, cpus: str
+) -> dict[str, tuple[WrkResult, float]]:
+    """Every edge loaded at the same time, each by its own wrk at 32 connections: they share
+    their CPU, and whatever else runs on the machine weighs on all alike, at the same moments.
+    Per edge: wrk's result and the edge's CPU seconds per request."""
+    with ThreadPoolExecutor(len(edges)) as pool:
+        cpu = {name: proc.cpu_seconds() for name, (proc, _) in edges.items()}
+        runs = {
+            name: pool.submit(run, url, script, connections=32, seconds=seconds, cpus=cpus)
+            for name, (_, url) in edges.items()
+        }
+        results = {name: job.result() for name, job in runs.items()}
+        spent = {name: proc.cpu_seconds() - cpu[name] for name, (proc, _) in edges.items()}
+    out = {}
+    for name, result in results.items():
+        if result.errors:
+            raise BenchError(f"{name}: {result.errors} errors")
+        out[name] = (result, spent[name] / max(1, result.requests))
+    return out
