@@ -31,7 +31,14 @@ from edge.errors import ApiError
 from edge.exchange import Exchange
 from edge.gateway.cache.key import cache_key
 from edge.gateway.cache.replay import anthropic_stream, openai_stream
-from edge.gateway.cache.service import ASKED_NOTHING, DIALECTS, Cache, Lookup, directives
+from edge.gateway.cache.service import (
+    ASKED_NOTHING,
+    DIALECTS,
+    Cache,
+    Lookup,
+    directives,
+    new_lookup,
+)
 from edge.gateway.cache.store import Entry
 from edge.gateway.call import CACHE_BYPASS, CACHE_HIT, CACHE_MISS, CALL, Call
 from edge.gateway.content import ContentSettings
@@ -178,14 +185,14 @@ class Gateway:
             rewrites = None
         targets = rewrites.values() if rewrites else ()
         key = cache_key(call.team, endpoint, call.model, targets, exchange.body)
-        looked = Lookup(cache, key, ttl, dialect, asked.max_age, asked.store, redaction)
+        looked = new_lookup(cache, key, ttl, dialect, asked.max_age, asked.store, redaction)
         if not asked.read:
             call.cache = CACHE_BYPASS
             cache.metrics.hot.bypass += 1
             return _storing(call, exchange, looked)
         if cache.shared is None:  # no wait for the in-process tier alone
             memory = cache.memory
-            if key in memory:
+            if memory.holds(key):
                 entry = memory.get(key, asked.max_age)
                 if entry is not None:
                     return self._found(call, exchange, looked, entry, "memory")

@@ -15,6 +15,7 @@ import logging
 import struct
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Final, NamedTuple
 
 from edge.gateway.valkey import StoreError, Valkey
@@ -59,13 +60,12 @@ class MemoryTier:
         self.bytes = 0
         # key -> (body, stored, prompt tokens, completion tokens, monotonic expiry)
         self._entries: OrderedDict[bytes, tuple[bytes, float, int, int, float]] = OrderedDict()
+        # Whether a key is held, fresh or not: the dict's own method, so that a miss costs
+        # no Python frame (a __contains__ written here costs ~1k instructions, callgrind).
+        self.holds: Callable[[bytes], bool] = self._entries.__contains__
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    def __contains__(self, key: bytes) -> bool:
-        """Whether `key` is held, fresh or not (a miss without a call into Python)."""
-        return key in self._entries
 
     def get(self, key: bytes, max_age: float | None = None) -> Entry | None:
         """The entry, if fresh enough (no wait: the hot path's lookup); `max_age`: the
