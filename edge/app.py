@@ -51,6 +51,7 @@ from edge.inbound import (
 )
 from edge.metrics import EdgeMetrics
 from edge.proxy import Proxy
+from edge.response_hook import response_hook
 from edge.tracing import tracing
 from edge.traffic_reporter import traffic_reports
 
@@ -326,5 +327,5 @@ def build_app(
     app.cleanup_ctx.append(tracing)
     app.cleanup_ctx.append(follow_policy)
     if cors is not None:
-        app.on_response_prepare.append(cors.on_prepare)  # last: sees every header
+        app.on_response_prepare.append(response_hook(cors.on_prepare))  # last: sees every header
     return app

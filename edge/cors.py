@@ -13,6 +13,7 @@ from typing import Final
 from aiohttp import web
 
 from corral.config import CorsConfig
+from edge.client_request import ClientRequest
 from edge.errors import error_body
 from edge.inbound import ANY_PATH
 
@@ -62,7 +63,8 @@ class Cors:
             headers["Access-Control-Allow-Credentials"] = "true"
         return web.Response(status=204, headers=headers)
 
-    async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+    def on_prepare(self, request: ClientRequest, response: web.StreamResponse) -> None:
+        """The allowed Origin's headers on an answer (the plain function of its response_hook)."""
         origin = request.headers.get("Origin")
         if origin is None or request.method == "OPTIONS" or not self.allowed(origin):
             return
@@ -82,7 +84,8 @@ class Cors:
 
 def install(app: web.Application, config: CorsConfig) -> Cors | None:
     """Register the preflight route (call before every other route); the caller appends
-    `on_prepare` last, so it sees the headers the other hooks add. None when off."""
+    response_hook(cors.on_prepare) last, so it sees the headers the other hooks add. None when
+    off."""
     if not config.allow_origins:
         return None
     cors = Cors(config)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final
 from aiohttp import web
 
 from edge.client_request import ClientRequest
+from edge.response_hook import response_hook
 
 if TYPE_CHECKING:
     from edge.gateway.cache.service import Lookup
@@ -134,11 +135,14 @@ def call_of(request: ClientRequest) -> Call | None:
     return request.get(CALL)
 
 
-async def tag_response(request: ClientRequest, response: web.StreamResponse) -> None:
-    """on_response_prepare: every answer carries X-Request-Id (errors and streams too)."""
+def put_request_id(request: ClientRequest, response: web.StreamResponse) -> None:
+    """Every answer carries X-Request-Id (errors and streams too)."""
     call = request.get(CALL)
     if call is not None:
         rid = call.request_id
     else:
         rid = client_request_id(request.headers.get(REQUEST_ID_HEADER)) or new_id()
     response.headers[REQUEST_ID_HEADER] = rid
+
+
+tag_response: Final = response_hook(put_request_id)  # on_response_prepare

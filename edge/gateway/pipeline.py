@@ -46,6 +46,7 @@ from edge.gateway.guard.engine import Guard, Outcome, Pending, Refused
 from edge.gateway.guard.redact import Redaction, StreamRestorer
 from edge.gateway.tap import Tap, wrap
 from edge.gateway.valkey import Valkey
+from edge.response_hook import response_hook
 from edge.table import ModelRoute
 
 # istr: multidict looks them up without folding their case each time.
@@ -358,14 +359,16 @@ def _with_usage(data: bytes, call: Call) -> bytes:
     return orjson.dumps(answer)
 
 
-async def add_cache_header(request: ClientRequest, response: web.StreamResponse) -> None:
-    """on_response_prepare: X-Corral-Cache on misses and bypasses too (streams included)."""
+def put_cache_header(request: ClientRequest, response: web.StreamResponse) -> None:
+    """X-Corral-Cache on misses and bypasses too (streams included)."""
     call = request.get(CALL)
     if call is not None and call.cache:
         headers = response.headers
         if CACHE_HEADER not in headers:
             headers[CACHE_HEADER] = call.cache
 
+
+add_cache_header: Final = response_hook(put_cache_header)  # on_response_prepare
 
 GATEWAY: Final = web.AppKey("gateway", Gateway)
 

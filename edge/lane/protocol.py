@@ -277,8 +277,11 @@ class LaneProtocol(asyncio.Protocol):
                 response = _internal_error()
             try:
                 body, keep_alive = finish_headers(response, keep_alive)
-                for hook in self._lane.hooks:
-                    await hook(request, response)
+                for plain, hook in self._lane.hooks:
+                    if plain is not None:
+                        plain(request, response)
+                    else:
+                        await hook(request, response)
                 data = head(response)
             except Exception:
                 log.exception("could not write the answer to POST %s", request.path)

@@ -16,8 +16,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from edge.client_request import ClientRequest
 from edge.lane.protocol import LaneProtocol
-
-Hook = Callable[[ClientRequest, web.StreamResponse], Awaitable[None]]
+from edge.response_hook import Hook, plain_form
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +47,12 @@ class Lane:
         self.routes = {route.path.encode(): route for route in routes}
         self.longest_path = max(map(len, self.routes), default=0)
         # aiohttp's on_response_prepare hooks, frozen by now; the edge's take any request.
-        self.hooks = tuple(cast(Iterable[Hook], runner.app.on_response_prepare))
+        # Each with its plain form, which the lane calls as it is (no coroutine per hook per
+        # answer: edge/response_hook.py); a hook without one (a site's own) is awaited.
+        self.hooks = tuple(
+            (plain_form(hook), hook)
+            for hook in cast(Iterable[Hook], runner.app.on_response_prepare)
+        )
         self.max_body = max_body
         self.client_timeout = client_timeout
         self.connections: set[LaneProtocol] = set()

@@ -29,6 +29,7 @@ from edge.gateway.limits.plan import NOTHING, Plan
 from edge.gateway.limits.policy import MICROS_PER_USD, TOKENS, USD, Limits, parse_budget
 from edge.gateway.limits.ticket import Refused, Subject, Ticket
 from edge.gateway.prices import PriceTable
+from edge.response_hook import response_hook
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +207,14 @@ def _remember(plans: dict[str, Plan], name: str, plan: Plan) -> Plan:
     return plan
 
 
-async def limit_headers(request: ClientRequest, response: web.StreamResponse) -> None:
-    """on_response_prepare: the x-ratelimit-* headers on every answer to a limited request."""
+def put_limit_headers(request: ClientRequest, response: web.StreamResponse) -> None:
+    """The x-ratelimit-* headers on every answer to a limited request."""
     call = request.get(CALL)
     if call is not None and call.ticket is not None:
         put_headers(response.headers, call.ticket, time.time())
 
+
+limit_headers: Final = response_hook(put_limit_headers)  # on_response_prepare
 
 LIMITS: Final = web.AppKey("limits", Gate)
 
