@@ -52,7 +52,9 @@ class _Unusual(Exception):
 
 def asks_to_stream(body: bytes) -> bool:
     """Whether the body's top-level "stream" is true (parsed only when it may be)."""
-    if _STREAM_KEY not in body and b"\\u" not in body:  # a key could be escaped
+    # find, not `in`: on Python 3.11 `bytes in bytes` first tries its operand as an integer
+    # and formats the TypeError that refuses it (~1.6k instructions a test, callgrind).
+    if body.find(_STREAM_KEY) < 0 and body.find(b"\\u") < 0:  # a key could be escaped
         return False
     try:
         parsed = orjson.loads(body)
