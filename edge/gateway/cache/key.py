@@ -20,12 +20,7 @@ import orjson
 # stays in the body: it is the model as asked, in the head as well, and most bodies then
 # hold none of these and are not copied.
 IGNORED: Final = frozenset(("stream", "stream_options", "user", "metadata"))
-VERSION: Final = "corral-cache-5"  # 5: small requests are their own key (4: all BLAKE2b-256)
-# Up to this many bytes of canonical request, the request is its own key: the in-process
-# tier's dict hashes it (SipHash) and compares it whole on a match, so it never confuses two
-# requests, and no digest is computed (BLAKE2b-256 costs ~15k instructions a KiB, callgrind).
-# Longer requests are keyed by their digest: their entries would hold their prompts.
-INLINE_MAX: Final = 2048
+VERSION: Final = "corral-cache-4"  # 4: BLAKE2b-256 (3 was SHA-256)
 
 # The encoded head per (team, endpoint, model, alias targets): a few per edge in practice,
 # bounded because the model is whatever the client wrote.
@@ -36,11 +31,10 @@ _MAX_HEADS: Final = 4096
 def cache_key(
     team: str, endpoint: str, model: str, targets: Collection[str], body: dict[str, Any]
 ) -> bytes:
-    """The bytes naming one answer; equal for equal requests of one team, and only then: the
-    canonical request itself up to INLINE_MAX bytes, else its BLAKE2b-256 (32 bytes; no
-    canonical request is that short). Bytes, not hex: the in-process tier's dict then keeps
-    each key's hash in its own slot, and a miss among ~10^5 entries compares hashes there
-    instead of reading every key it probes (each one a cache miss somewhere in the heap)."""
+    """A digest naming one answer; equal for equal requests of one team, and only then.
+    Bytes, not hex: the in-process tier's dict then keeps each key's hash in its own slot,
+    and a miss among ~10^5 entries compares hashes there instead of reading the str of every
+    key it probes (each one a cache miss somewhere in the heap)."""
     canonical = body
     if not IGNORED.isdisjoint(body):
         canonical = {name: value for name, value in body.items() if name not in IGNORED}
@@ -57,14 +51,8 @@ def cache_key(
         if len(_HEADS) >= _MAX_HEADS:
             _HEADS.clear()
         _HEADS[parts] = head
+    # One hash call over the head and the body's sorted JSON. BLAKE2b-256, CPython's own
+    # (its state inside the object): OpenSSL's SHA-256 makes and frees an EVP context per
+    # call, ~4 µs a miss inside the loaded edge against ~0.6 µs in a tight loop.
     data = head + orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
-    if len(data) <= INLINE_MAX:
-        return data
-    return digest(data)
-
-
-def digest(data: bytes) -> bytes:
-    """BLAKE2b-256, CPython's own (its state inside the object): OpenSSL's SHA-256 makes and
-    frees an EVP context per call, ~4 µs a miss inside the loaded edge against ~0.6 µs in a
-    tight loop (and 2-3 % more CPU per request than BLAKE2b there, paired edges)."""
     return hashlib.blake2b(data, digest_size=32).digest()

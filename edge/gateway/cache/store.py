@@ -18,13 +18,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
-from edge.gateway.cache.key import digest
 from edge.gateway.valkey import StoreError, Valkey
 
 log = logging.getLogger(__name__)
 
 _HEADER: Final = struct.Struct(">dII")  # stored unix time, prompt tokens, completion tokens
-_OVERHEAD: Final = 200  # bytes per in-process entry beyond its body and key (objects, links)
+_OVERHEAD: Final = 200  # bytes per in-process entry beyond its body (key, object, links)
 PREFIX: Final = "corral:cache:"
 
 
@@ -90,44 +89,35 @@ class MemoryTier:
         self, key: bytes, body: bytes, stored: float, prompt: int, completion: int, ttl: float
     ) -> None:
         """An entry's fields kept for `ttl` seconds (no Entry made for it)."""
-        size = len(body) + len(key) + _OVERHEAD
+        size = len(body) + _OVERHEAD
         max_bytes = self.max_bytes
         if size > max_bytes:
             return
         entries = self._entries
         replaced = entries.pop(key, None)
         if replaced is not None:
-            self.bytes -= len(replaced[0]) + len(key) + _OVERHEAD
+            self.bytes -= len(replaced[0]) + _OVERHEAD
         entries[key] = (body, stored, prompt, completion, time.monotonic() + ttl)
         held = self.bytes + size
         while held > max_bytes:  # the least recently used first, each one lookup fewer
-            dropped_key, dropped = entries.popitem(False)
-            held -= len(dropped[0]) + len(dropped_key) + _OVERHEAD
+            held -= len(entries.popitem(False)[1][0]) + _OVERHEAD
         self.bytes = held
 
     def _drop(self, key: bytes) -> None:
         body = self._entries.pop(key)[0]
-        self.bytes -= len(body) + len(key) + _OVERHEAD
-
-
-def shared_name(key: bytes) -> str:
-    """The shared tier's name for a key: its digest in hex, so that no prompt is a Valkey key
-    (an in-process key may be the request itself, edge/gateway/cache/key.py)."""
-    return PREFIX + digest(key).hex()
+        self.bytes -= len(body) + _OVERHEAD
 
 
 class SharedTier:
-    """Entries in Valkey/Redis under `corral:cache:<BLAKE2b-256 of the key in hex>`, expiring
-    by the server's clock."""
+    """Entries in Valkey/Redis under `corral:cache:<key in hex>`, expiring by the server's clock."""
 
     def __init__(self, store: Valkey) -> None:
         self.store = store
         self._writes: set[asyncio.Task[None]] = set()
 
     async def get(self, key: bytes) -> Entry | None:
-        name = shared_name(key)
         try:
-            data = await self.store.call(lambda r: r.get(name))
+            data = await self.store.call(lambda r: r.get(PREFIX + key.hex()))
         except StoreError as exc:
             log.debug("shared cache read skipped: %s", exc)
             return None
@@ -140,9 +130,8 @@ class SharedTier:
         task.add_done_callback(self._writes.discard)
 
     async def _put(self, key: bytes, data: bytes, ttl_ms: int) -> None:
-        name = shared_name(key)
         try:
-            await self.store.call(lambda r: r.set(name, data, px=ttl_ms))
+            await self.store.call(lambda r: r.set(PREFIX + key.hex(), data, px=ttl_ms))
         except StoreError as exc:
             log.debug("shared cache write skipped: %s", exc)
 
