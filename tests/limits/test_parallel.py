@@ -22,7 +22,6 @@ def _edges(valkey: ValkeyServer, count: int = 3) -> list[Limiter]:
         Limiter(
             SharedCounters(Valkey(valkey.url, timeout=5.0), liveness=1.0),
             edge_id=f"e{i}",
-            liveness=1.0,
         )
         for i in range(count)
     ]

@@ -62,8 +62,12 @@ async def test_fail_open_counts_local_shares_then_resumes(valkey: ValkeyServer) 
         before, _ = await _offer(limiters, clock, 200)
         assert before == 200
         valkey.kill()
+        trips = sum(lim.stats.round_trips for lim in limiters)
         during, statuses = await _offer(limiters, clock, 1000)
         assert set(statuses) <= {429}
+        # An edge whose share is used up refuses at once, without asking the store again
+        # for each request (once every 0.25 s per counter, and its upkeep).
+        assert sum(lim.stats.round_trips for lim in limiters) - trips < 1000 - during
         # Within the window: at most the limit overall (each edge stops at its third).
         assert before + during <= 600 + 3
         assert sum(lim.stats.store_errors for lim in limiters) >= 1
@@ -79,6 +83,34 @@ async def test_fail_open_counts_local_shares_then_resumes(valkey: ValkeyServer) 
         assert await _store_count(valkey) >= total
     finally:
         for limiter in limiters:
+            await limiter.close()
+
+
+async def test_an_edge_that_saw_no_failure_puts_its_count_back(valkey: ValkeyServer) -> None:
+    """A store restarted empty between an edge's calls: its next upkeep finds the new epoch
+    and puts back what it counted while grants are held off, so the count is whole."""
+    clock = Clock(now=60.0 * 40_000_000 + 120)
+    quiet, busy, _ = _limiters(valkey, clock, fail_open=True)
+    for limiter in (quiet, busy):
+        limiter.probe_every = 0.0  # the upkeep's probe at every sweep (1 s apart in service)
+    try:
+        for limiter in (quiet, busy):
+            for _ in range(100):
+                await limiter.admit([KEY])
+            await limiter.quiesce()
+            await limiter.sweep()
+        counted = sum(sum(b.contributed for b in lim._buckets.values()) for lim in (quiet, busy))
+        assert await _store_count(valkey) == counted
+        valkey.kill()
+        valkey.start()  # `quiet` makes no call in between: it sees no failure
+        await eventually(busy.counters.store.ping, within=10)
+        await busy.sweep()  # the first to notice: grants are held off from here on
+        assert busy.counters_healthy() and await _store_count(valkey) < counted
+        await quiet.sweep()
+        assert await _store_count(valkey) == counted
+        assert quiet.stats.store_errors == 0
+    finally:
+        for limiter in (quiet, busy):
             await limiter.close()
 
 

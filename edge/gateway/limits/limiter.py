@@ -57,7 +57,7 @@ class Limiter:
         horizon: float = 2.0,
         fail_open: bool = True,
         idle_return: float = 3.0,
-        liveness: float = 10.0,
+        probe_every: float = 1.0,
         clock: Callable[[], float] = time.time,
         stats: LimitStats | None = None,
     ) -> None:
@@ -68,14 +68,14 @@ class Limiter:
         self.horizon = horizon
         self.fail_open = fail_open
         self.idle_return = idle_return
-        self.liveness = liveness
+        self.probe_every = probe_every
         self.clock = clock
         self.stats = stats or LimitStats()
         self.edges = 1  # active edges, as the store last said
         self.fallback = LocalCounters(share=1.0, clock=clock)
         self._buckets: dict[tuple[str, str, str], Bucket] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._contact = 0.0  # monotonic time of the last store answer
+        self._heard = 0.0  # monotonic time of the last store answer
         # Set when the store failed or changed epoch: the next sweep sends every counter, so
         # a restarted store gets back what this edge had counted at once.
         self._resync = False
@@ -257,7 +257,7 @@ class Limiter:
                 self._resync = True
                 self._degraded(todo, exc, grow)
                 return
-            self._contact = time.monotonic()
+            self._heard = time.monotonic()
             # While a wiped store settles, its edge set is rebuilding: keep the larger count.
             self.edges = max(self.edges if leased.settling else 1, leased.edges)
             if any(b.epoch and b.epoch != leased.epoch for b, _ in todo):
@@ -308,11 +308,15 @@ class Limiter:
             for bucket, need in todo
         ]
         leased = self.fallback.lease_now(asks)
-        for (bucket, _), answer in zip(todo, leased.answers, strict=True):
+        for (bucket, need), answer in zip(todo, leased.answers, strict=True):
             bucket.fallback_seeded = True
             bucket.fallback_granted += answer.grant
             bucket.lease += answer.grant
             bucket.used = answer.used
+            if grow and need and not answer.grant:
+                # This edge's share is used up: refuse such needs here for a while rather
+                # than ask the failing store again for each request (it was ~30 calls each).
+                bucket.short(need, now, _SHORT_FIRST, _SHORT_FIRST)
 
     def _prefetch(
         self, buckets: tuple[Bucket, ...], amounts: tuple[int, int, int], now: float
@@ -357,8 +361,9 @@ class Limiter:
     # -- upkeep --------------------------------------------------------------------------
 
     async def sweep(self) -> None:
-        """Give back leases idle for `idle_return`, drop windows that ended, and keep this
-        edge alive in the store while it holds parallel slots."""
+        """Give back leases idle for `idle_return`, drop windows that ended, send what is
+        owed; and, when the store was not heard for `probe_every`, probe it (keeping this
+        edge alive there, and finding a store restarted empty in time)."""
         now = self.clock()
         todo: list[tuple[Bucket, int]] = []
         for owner, bucket in list(self._buckets.items()):
@@ -372,14 +377,29 @@ class Limiter:
                 bucket.give_back()
             if bucket.pending or bucket.fallback_granted or (self._resync and bucket.contributed):
                 todo.append((bucket, 0))
-        if not todo and time.monotonic() - self._contact > self.liveness / 3:
-            todo = [(b, 0) for b in self._buckets.values() if b.gauge and b.contributed]
+        if not todo and self.counters.shared and time.monotonic() - self._heard >= self.probe_every:
+            todo = self._probe()
         if todo:
-            resync, self._resync = self._resync, False
-            with contextlib.suppress(StoreDown):
-                await self._lease(todo, grow=False)
-            if resync and not self.counters_healthy():
-                self._resync = True
+            sent_all = self._resync
+            await self._send(todo)
+            if not sent_all and self._resync and self.counters_healthy():  # a new epoch
+                await self._send([(b, 0) for b in self._buckets.values() if _restorable(b)])
+
+    def _probe(self) -> list[tuple[Bucket, int]]:
+        """The gauges (this edge stays alive while it holds slots), else one counter: the
+        answer's epoch tells whether the store restarted empty and wants this edge's counts
+        back, which must reach it while grants are held off (SharedCounters.settle, 3 s:
+        at most `probe_every` + one sweep, 0.5 s, after the first edge noticed)."""
+        held = [b for b in self._buckets.values() if _restorable(b)]
+        return [(b, 0) for b in held if b.gauge] or [(b, 0) for b in held[:1]]
+
+    async def _send(self, todo: list[tuple[Bucket, int]]) -> None:
+        """Send returns, debts and (after a failure or a new epoch) every count; no quota."""
+        resync, self._resync = self._resync, False
+        with contextlib.suppress(StoreDown):
+            await self._lease(todo, grow=False)
+        if resync and not self.counters_healthy():
+            self._resync = True
 
     async def close(self) -> None:
         """Give back every unused lease (best effort) and stop background refills."""
@@ -393,3 +413,8 @@ class Limiter:
         with contextlib.suppress(Exception):
             await self.sweep()
         await self.counters.close()
+
+
+def _restorable(bucket: Bucket) -> bool:
+    """Counted in the store and not being refilled (a call under way carries it already)."""
+    return bucket.refill is None and bucket.contributed > 0

@@ -115,7 +115,7 @@ class SharedCounters:
     shared = True
 
     def __init__(
-        self, store: Valkey, *, share: float = 4.0, liveness: float = 10.0, settle: float = 1.5
+        self, store: Valkey, *, share: float = 4.0, liveness: float = 10.0, settle: float = 3.0
     ) -> None:
         self.store = store
         self.share = share
