@@ -27,6 +27,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from edge.gateway.limits.bucket import PER_REQUEST, Bucket
+from edge.gateway.limits.fallback import grant_locally
 from edge.gateway.limits.plan import Plan
 from edge.gateway.limits.policy import BUDGET, STORE
 from edge.gateway.limits.stats import LimitStats
@@ -290,33 +291,12 @@ class Limiter:
             fut.set_result(None)
 
     def _degraded(self, todo: list[tuple[Bucket, int]], exc: Exception, grow: bool) -> None:
-        """The store failed: grant from this edge's share of each limit (fail open), counted
-        in-process from what the edge had contributed; or raise StoreDown (fail closed)."""
+        """The store failed: grant from this edge's share (fail open), or raise StoreDown."""
         if not self.fail_open:
             raise StoreDown(str(exc))
-        now = self.clock()
-        asks = [
-            Ask(
-                "fb:" + bucket.key,
-                -(-bucket.limit // self.edges),  # ceil: this edge's share
-                bucket.want(need, now, self.horizon) if grow else 0,
-                need,
-                adjust=0 if bucket.fallback_seeded else bucket.contributed,
-                ttl_ms=bucket.ttl_ms,
-                gauge=bucket.gauge,
-            )
-            for bucket, need in todo
-        ]
-        leased = self.fallback.lease_now(asks)
-        for (bucket, need), answer in zip(todo, leased.answers, strict=True):
-            bucket.fallback_seeded = True
-            bucket.fallback_granted += answer.grant
-            bucket.lease += answer.grant
-            bucket.used = answer.used
-            if grow and need and not answer.grant:
-                # This edge's share is used up: refuse such needs here for a while rather
-                # than ask the failing store again for each request (it was ~30 calls each).
-                bucket.short(need, now, _SHORT_FIRST, _SHORT_FIRST)
+        grant_locally(
+            self.fallback, todo, edges=self.edges, now=self.clock(), horizon=self.horizon, grow=grow
+        )
 
     def _prefetch(
         self, buckets: tuple[Bucket, ...], amounts: tuple[int, int, int], now: float

@@ -1,0 +1,50 @@
+"""Failing open: while the counter store is down (or settling after an empty restart), an
+edge grants from its own share of each limit, counted in-process.
+
+The share is ⌈limit / edges⌉, edges as the store last said; the count starts from what the
+edge had already taken in the window (its `contributed`), so the bound of docs/GATEWAY.md
+holds: at most its share or what it had, whichever is more. What is granted here becomes a
+debt to the store once it answers again (`Bucket.fallback_granted`).
+"""
+
+from __future__ import annotations
+
+from edge.gateway.limits.bucket import Bucket
+from edge.gateway.limits.store import Ask, LocalCounters
+
+# An edge whose share is used up refuses needs as large for this long before it asks again:
+# not a call to the failing store for each request (it was ~30 per refused request).
+REFUSE_FOR = 0.25
+
+
+def grant_locally(
+    fallback: LocalCounters,
+    todo: list[tuple[Bucket, int]],
+    *,
+    edges: int,
+    now: float,
+    horizon: float,
+    grow: bool,
+) -> None:
+    """Lease each (bucket, need) from this edge's share (`grow`: asking for quota, else
+    only seeding the count)."""
+    asks = [
+        Ask(
+            "fb:" + bucket.key,
+            -(-bucket.limit // edges),  # ceil: this edge's share
+            bucket.want(need, now, horizon) if grow else 0,
+            need,
+            adjust=0 if bucket.fallback_seeded else bucket.contributed,
+            ttl_ms=bucket.ttl_ms,
+            gauge=bucket.gauge,
+        )
+        for bucket, need in todo
+    ]
+    leased = fallback.lease_now(asks)
+    for (bucket, need), answer in zip(todo, leased.answers, strict=True):
+        bucket.fallback_seeded = True
+        bucket.fallback_granted += answer.grant
+        bucket.lease += answer.grant
+        bucket.used = answer.used
+        if grow and need and not answer.grant:
+            bucket.short(need, now, REFUSE_FOR, REFUSE_FOR)
