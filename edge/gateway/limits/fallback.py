@@ -47,4 +47,7 @@ def grant_locally(
         bucket.lease += answer.grant
         bucket.used = answer.used
         if grow and need and not answer.grant:
-            bucket.short(need, now, REFUSE_FOR, REFUSE_FOR)
+            # Not Bucket.short: the store's own "not enough" answers double their wait each
+            # time, and an outage's refusals must not lengthen the first one after it.
+            bucket.short_need = need
+            bucket.short_until = now + REFUSE_FOR
