@@ -195,10 +195,10 @@ async def _handle_count_tokens(proxy: Proxy, request: ClientRequest) -> web.Stre
     return await messages.handle_count_tokens(proxy, request)
 
 
-# The Messages API's routes: path, guarded handler, whether a body may ask to stream.
-MESSAGES_ROUTES: tuple[tuple[str, ProxyHandler, bool], ...] = (
-    (MESSAGES_PATH, guarded(_with_proxy(_handle_messages)), True),
-    (COUNT_TOKENS_PATH, guarded(_with_proxy(_handle_count_tokens)), False),
+# The Messages API's routes: path, guarded handler.
+MESSAGES_ROUTES: tuple[tuple[str, ProxyHandler], ...] = (
+    (MESSAGES_PATH, guarded(_with_proxy(_handle_messages))),
+    (COUNT_TOKENS_PATH, guarded(_with_proxy(_handle_count_tokens))),
 )
 
 
@@ -304,7 +304,7 @@ def build_app(
     cors = install_cors(app, config.cors)  # its preflight route first
     for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS):
         app.router.add_post(endpoint.path, proxied(endpoint))
-    for path, handler, _ in MESSAGES_ROUTES:
+    for path, handler in MESSAGES_ROUTES:
         app.router.add_post(path, handler)
     app.router.add_route("*", NATIVE_ROUTE, guarded(_with_proxy(_handle_native)))
     app.router.add_get(MODELS_PATH, guarded(list_models))

@@ -147,7 +147,7 @@ class EdgeMetrics:
         self.lane_handovers = Counter(
             "corral_edge_lane_handovers",
             "Connections the lane (edge.server: lane) handed to aiohttp: a request it does "
-            "not serve (another route, a stream, an unusual or incomplete message).",
+            "not serve (another route, HTTP/1.0, an unusual or incomplete message).",
             registry=r,
         )
         self.queued = Gauge(

@@ -75,11 +75,11 @@ async def to_client(
 ) -> None:
     """Write to the client (prepare first when given the request; None ends the stream);
     a dead client connection becomes ClientGone, never mistaken for a backend failure.
-    Streams are aiohttp's alone: the lane (edge/lane/) hands streaming requests over."""
+    The request is aiohttp's or the lane's, which prepares a stream as aiohttp's does
+    (edge/lane/stream.py)."""
     try:
         if request is not None:
-            assert isinstance(request, web.BaseRequest), "a stream needs aiohttp's request"
-            await relay.prepare(request)
+            await relay.prepare(cast(web.BaseRequest, request))
         if data is None:
             await relay.write_eof()
         else:
@@ -97,12 +97,11 @@ async def stage(
     """A stream's response made ready before its first chunk came: headers relayed and
     prepared (the response hooks run, the head serialised and held back), nothing sent.
     Done while the backend computes its first token, so that the first chunk then only has
-    to be written, together with the head. Streams are aiohttp's alone (the lane hands them
-    over)."""
-    assert isinstance(request, web.BaseRequest), "a stream needs aiohttp's request"
+    to be written, together with the head. The request is aiohttp's or the lane's (as for
+    to_client)."""
     relay = RelayResponse(status=200)
     relay_headers(upstream, backend, label, relay.headers).setdefault("Cache-Control", "no-cache")
-    writer = await relay.prepare(request)
+    writer = await relay.prepare(cast(web.BaseRequest, request))
     assert writer is not None  # None only for a response already finished
     return relay, writer
 

@@ -85,7 +85,7 @@ async def serve(
         if config.server == "lane":
             lane = Lane(
                 runner,
-                [Route(e.path, proxied(e), e.streams) for e in (CHAT, COMPLETIONS, EMBEDDINGS)]
+                [Route(e.path, proxied(e)) for e in (CHAT, COMPLETIONS, EMBEDDINGS)]
                 + [Route(*route) for route in MESSAGES_ROUTES],
                 max_body=config.max_body_bytes,
                 client_timeout=config.client_timeout_seconds,

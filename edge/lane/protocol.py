@@ -4,10 +4,11 @@ hand everything else to aiohttp before handling it.
 The lane serves a message only when it is: a POST to one of the lane's routes (exact path, no
 query), HTTP/1.1, a single Content-Length within max_body_bytes, no Transfer-Encoding,
 Expect, Upgrade or Origin header, at most aiohttp's number of headers and none longer than
-its limit, the whole message arrived within HANDOVER_AFTER_SECONDS of its first byte, nothing
-after it in the same read, and a body that does not ask to stream. Anything else, or a parser
-error, hands the connection to aiohttp with every byte since the message began: aiohttp then
-answers exactly as it would have (its own errors, limits and timeouts included).
+its limit, the whole message arrived within HANDOVER_AFTER_SECONDS of its first byte, and
+nothing after it in the same read. Anything else, or a parser error, hands the connection to
+aiohttp with every byte since the message began: aiohttp then answers exactly as it would
+have (its own errors, limits and timeouts included). Streamed answers are written with
+aiohttp's own response and writer (edge/lane/stream.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import logging
 from typing import TYPE_CHECKING, Final, cast
 
 import httptools
-import orjson
 from aiohttp import web
 from aiohttp.tcp_helpers import tcp_keepalive
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -25,6 +25,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from edge.errors import error_body
 from edge.lane.answer import finish_headers, head
 from edge.lane.request import LaneRequest
+from edge.lane.stream import ended
 
 if TYPE_CHECKING:
     from edge.lane.server import Lane, Route
@@ -42,25 +43,11 @@ HANDOVER_AFTER_SECONDS: Final = 0.5
 # Bytes a client may send ahead while its request is served before reading pauses.
 _PENDING_LIMIT: Final = 1 << 16
 _REFUSED_HEADERS: Final = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"origin"))
-_STREAM_KEY: Final = b'"stream"'
 _POST: Final = b"POST /v1/"  # how every message the lane may serve begins
 
 
 class _Unusual(Exception):
     """The message is not the lane's: stop parsing, hand the connection over."""
-
-
-def asks_to_stream(body: bytes) -> bool:
-    """Whether the body's top-level "stream" is true (parsed only when it may be)."""
-    # find, not `in`: on Python 3.11 `bytes in bytes` first tries its operand as an integer
-    # and formats the TypeError that refuses it (~1.6k instructions a test, callgrind).
-    if body.find(_STREAM_KEY) < 0 and body.find(b"\\u") < 0:  # a key could be escaped
-        return False
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return False  # the handler answers the 400
-    return isinstance(parsed, dict) and parsed.get("stream") is True
 
 
 class LaneProtocol(asyncio.Protocol):
@@ -93,6 +80,7 @@ class LaneProtocol(asyncio.Protocol):
         self._patience: asyncio.TimerHandle | None = None
         self._paused = False  # the client sent too much ahead
         self._unread = False  # the client does not read its answers
+        self._writable: asyncio.Future[None] | None = None  # a stream waits for the client
 
     # -- the connection --------------------------------------------------------------------
 
@@ -109,6 +97,7 @@ class LaneProtocol(asyncio.Protocol):
         self._lane.connections.discard(self)
         self._stop_timers()
         self._transport = None
+        self._wake_writer()
         task = self._task
         if task is not None:
             task.cancel()  # the client hung up: its upstream request stops too
@@ -129,8 +118,40 @@ class LaneProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._unread = False
+        self._wake_writer()
         if not self._paused and self._transport is not None:
             self._transport.resume_reading()
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        """The connection's transport while it is the lane's and open."""
+        return self._transport
+
+    @property
+    def writing_paused(self) -> bool:
+        """The client is not taking what was written to it (a stream then waits)."""
+        return self._unread
+
+    async def writable(self) -> None:
+        """Until the client takes what waits for it, or the connection is gone."""
+        if not self._unread or self._transport is None:
+            return
+        if self._writable is None:
+            self._writable = self._loop.create_future()
+        await asyncio.shield(self._writable)
+
+    def _wake_writer(self) -> None:
+        waiter, self._writable = self._writable, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def run_hooks(self, request: LaneRequest, response: web.StreamResponse) -> None:
+        """The response hooks, each plain one called as it is (edge/response_hook.py)."""
+        for plain, hook in self._lane.hooks:
+            if plain is not None:
+                plain(request, response)
+            else:
+                await hook(request, response)
 
     def _pause(self, paused: bool) -> None:
         self._paused = paused
@@ -191,17 +212,16 @@ class LaneProtocol(asyncio.Protocol):
         route = self._route
         assert route is not None
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        if route.streams and asks_to_stream(body):
-            self.hand_over()
-            return
+        keep_alive = self._keep_alive
         request = LaneRequest(
             self._lane.app,
             route.path,
             CIMultiDictProxy(CIMultiDict(self._headers)),
             body,
             self._remote,
+            self,
+            keep_alive and not self._lane.closing,
         )
-        keep_alive = self._keep_alive
         self._task = self._loop.create_task(self._serve(request, route, keep_alive))
 
     def _first_post(self) -> httptools.HttpRequestParser:
@@ -274,25 +294,13 @@ class LaneProtocol(asyncio.Protocol):
             if transport is None or transport.is_closing():
                 return  # the client went away meanwhile
             keep_alive = keep_alive and not self._lane.closing
-            if not isinstance(response, web.Response):  # streams are handed over: a bug
-                log.error("the lane cannot write a %s", type(response).__name__)
-                response = _internal_error()
-            try:
-                body, keep_alive = finish_headers(response, keep_alive)
-                for plain, hook in self._lane.hooks:
-                    if plain is not None:
-                        plain(request, response)
-                    else:
-                        await hook(request, response)
-                data = head(response)
-            except Exception:
-                log.exception("could not write the answer to POST %s", request.path)
-                keep_alive = False
-            else:
-                if len(body) < 65536:
-                    transport.write(data + body)
-                else:
-                    transport.writelines((data, body))
+            if isinstance(response, web.Response):
+                keep_alive = await self._write(request, response, transport, keep_alive)
+            elif response.prepared:  # a stream, written as it went (edge/lane/stream.py)
+                keep_alive = keep_alive and bool(response.keep_alive) and ended(response)
+            else:  # a bug: the edge's handlers answer with one or the other
+                log.error("the lane cannot write an unprepared %s", type(response).__name__)
+                keep_alive = await self._write(request, _internal_error(), transport, False)
             if not keep_alive:
                 transport.close()
                 return
@@ -301,6 +309,31 @@ class LaneProtocol(asyncio.Protocol):
         finally:
             self._task = None
         self._next_message()
+
+    async def _write(
+        self,
+        request: LaneRequest,
+        response: web.Response,
+        transport: asyncio.Transport,
+        keep_alive: bool,
+    ) -> bool:
+        """Write a whole answer as aiohttp would; whether the connection stays open."""
+        try:
+            body, keep_alive = finish_headers(response, keep_alive)
+            for plain, hook in self._lane.hooks:
+                if plain is not None:
+                    plain(request, response)
+                else:
+                    await hook(request, response)
+            data = head(response)
+        except Exception:
+            log.exception("could not write the answer to POST %s", request.path)
+            return False
+        if len(body) < 65536:
+            transport.write(data + body)
+        else:
+            transport.writelines((data, body))
+        return keep_alive
 
     def _next_message(self) -> None:
         self._first = b""

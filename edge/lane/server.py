@@ -21,11 +21,10 @@ from edge.response_hook import Hook, plain_form
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A path the lane serves, its handler, and whether its bodies may ask to stream."""
+    """A path the lane serves and its handler."""
 
     path: str
     handler: Callable[[ClientRequest], Awaitable[web.StreamResponse]]
-    streams: bool
 
 
 class Lane:

@@ -84,3 +84,60 @@ async def test_relay_headers_leave_with_the_first_chunk() -> None:
         writer.close()
     finally:
         await runner.cleanup()
+
+
+async def test_a_stream_prepares_with_what_the_lanes_request_gives() -> None:
+    """StreamResponse.prepare reads of its request only method, version, keep_alive,
+    _payload_writer and _prepare_hook, its writer uses only the transport, _paused and
+    _drain_helper of its protocol (edge/lane/stream.py gives those), and write_eof sets
+    _eof_sent (edge/lane/stream.py `ended`)."""
+    from aiohttp.http_writer import HttpVersion11, StreamWriter
+
+    written: list[bytes] = []
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            written.append(bytes(data))
+
+        def writelines(self, data: list[bytes]) -> None:
+            written.extend(bytes(d) for d in data)
+
+        def is_closing(self) -> bool:
+            return False
+
+    class Protocol:
+        __slots__ = ("transport",)
+        _paused = False
+
+        def __init__(self) -> None:
+            self.transport = Transport()
+
+        async def _drain_helper(self) -> None:
+            return None
+
+    hooked: list[web.StreamResponse] = []
+
+    class Request:
+        __slots__ = ("_payload_writer",)
+        method = "POST"
+        version = HttpVersion11
+        keep_alive = True
+
+        def __init__(self) -> None:
+            self._payload_writer = StreamWriter(Protocol(), asyncio.get_running_loop())
+
+        async def _prepare_hook(self, response: web.StreamResponse) -> None:
+            hooked.append(response)
+
+    response = RelayResponse(headers={"Content-Type": "text/event-stream"})
+    writer = await response.prepare(Request())
+    assert writer is not None and hooked == [response] and not written  # the head held back
+    await writer.drain()
+    await response.write(b"data: 1\n\n")
+    assert not response._eof_sent
+    await response.write_eof()
+    assert response._eof_sent and response.keep_alive
+    data = b"".join(written)
+    assert data.startswith(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n")
+    assert b"Transfer-Encoding: chunked\r\n" in data
+    assert data.endswith(b"\r\n\r\n9\r\ndata: 1\n\n\r\n0\r\n\r\n")

@@ -1,6 +1,6 @@
 """The lane (edge/lane/): everything unusual handed to aiohttp with the bytes that came
 (unusual chat requests, CORS preflights, other routes, a GET after a lane request, malformed
-requests), and answers identical to aiohttp's.
+requests), and answers identical to aiohttp's, streamed ones included.
 """
 
 from __future__ import annotations
@@ -40,9 +40,8 @@ ESCAPED_STREAM_BODY = (
 @pytest.mark.parametrize(
     "parts",
     [
-        pytest.param([post("/v1/chat/completions", STREAM_BODY)], id="stream"),
-        pytest.param([post("/v1/chat/completions", ESCAPED_STREAM_BODY)], id="escaped-stream"),
         pytest.param([post("/v1/chat/completions", CHAT_BODY, version="1.0")], id="http-1.0"),
+        pytest.param([post("/v1/chat/completions", STREAM_BODY, version="1.0")], id="stream-1.0"),
         pytest.param(
             [
                 post("/v1/chat/completions", b"", "Expect: 100-continue\r\n").replace(
@@ -66,10 +65,6 @@ ESCAPED_STREAM_BODY = (
             [post("/v1/chat/completions", CHAT_BODY, f"Origin: {ORIGIN}\r\n")], id="origin"
         ),
         pytest.param([post("/v1/chat/completions?x=1", CHAT_BODY)], id="query"),
-        pytest.param(
-            [post("/v1/messages", MESSAGES_BODY.replace(b'"model"', b'"stream":true,"model"'))],
-            id="messages-stream",
-        ),
     ],
 )
 async def test_unusual_chat_requests_are_handed_to_aiohttp(
@@ -165,3 +160,55 @@ def _stable(body: bytes) -> Any:
         for field in ("id", "created"):
             data.pop(field, None)
     return data
+
+
+MESSAGES_STREAM_BODY = MESSAGES_BODY.replace(b'"model"', b'"stream":true,"model"')
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(post("/v1/chat/completions", STREAM_BODY), id="stream"),
+        pytest.param(post("/v1/chat/completions", ESCAPED_STREAM_BODY), id="escaped-stream"),
+        pytest.param(
+            post("/v1/chat/completions", STREAM_BODY, "Connection: close\r\n"), id="stream-close"
+        ),
+        pytest.param(post("/v1/messages", MESSAGES_STREAM_BODY), id="messages-stream"),
+    ],
+)
+async def test_streams_are_served_in_the_lane_as_aiohttp_serves_them(
+    lane: RunningEdge, plain: RunningEdge, data: bytes
+) -> None:
+    """A streamed answer from the lane: aiohttp's status line, headers (in order), chunked
+    framing and events; the connection then serves the next request in the lane."""
+    ours = await in_lane(lane, data, *([] if b"close" in data else [data]))
+    (theirs,) = await exchange(plain, data)
+    for answer in ours:
+        assert answer.head == theirs.head
+        assert answer.headers["transfer-encoding"] == "chunked"
+        assert [h for h in answer.headers if h not in _VARYING] == [
+            h for h in theirs.headers if h not in _VARYING
+        ]
+        for name, value in theirs.headers.items():
+            if name not in _VARYING:
+                assert answer.headers[name] == value, name
+        assert _events(answer.body) == _events(theirs.body)
+        assert _events(answer.body)[-1] in ("[DONE]", {"type": "message_stop"})
+
+
+def _events(body: bytes) -> list[Any]:
+    """A stream's events (data lines), without the fields that differ per answer."""
+    events: list[Any] = []
+    for line in body.split(b"\n"):
+        if line.startswith(b"data: "):
+            data = line[6:]
+            if data == b"[DONE]":
+                events.append("[DONE]")
+                continue
+            event = orjson.loads(data)
+            for field in ("id", "created"):
+                event.pop(field, None)
+            if isinstance(event.get("message"), dict):
+                event["message"].pop("id", None)
+            events.append(event)
+    return events

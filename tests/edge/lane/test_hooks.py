@@ -44,9 +44,7 @@ async def _lane() -> AsyncIterator[int]:
     app.on_response_prepare.append(response_hook(_last))
     runner = web.AppRunner(app)
     await runner.setup()
-    lane = Lane(
-        runner, [Route("/v1/chat/completions", _answer, False)], max_body=1024, client_timeout=5
-    )
+    lane = Lane(runner, [Route("/v1/chat/completions", _answer)], max_body=1024, client_timeout=5)
     server = await lane.listen("127.0.0.1", 0, reuse_port=False, backlog=8)
     try:
         yield server.sockets[0].getsockname()[1]
