@@ -21,6 +21,7 @@ BENCHMARKS = {
     "profile": "bench.profile",
     "lane": "bench.lane",
     "memory": "bench.memory",
+    "stream-load": "bench.stream_load",
 }
 
 

@@ -161,6 +161,7 @@ compare ratios more than absolute numbers (the machine may be shared).
 ORDER = [
     "overhead",
     "streaming",
+    "stream-load",
     "controlplane",
     "routing",
     "routing-real",
