@@ -147,3 +147,20 @@ def test_profile_charges_each_sample_to_its_innermost_frame() -> None:
     }
     assert profile.threads == {"event-loop thread": 9, "other threads": 1}
     assert profile.leaves[0] == ("Runner.run (asyncio/runners.py)", 7)
+
+
+def test_stream_load_backend_answers_a_well_formed_event_stream() -> None:
+    """bench/stream_load.py's nginx answer, once nginx unescapes it: five content chunks, a
+    usage chunk and [DONE], each a `data:` event."""
+    import orjson
+
+    from bench.stream_load import event_stream
+
+    events = event_stream().replace("\\n", "\n").split("\n\n")
+    assert events.pop() == ""
+    assert events.pop() == "data: [DONE]"
+    chunks = [orjson.loads(e.removeprefix("data: ")) for e in events]
+    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks[:5]) == (
+        "Hello there, nice to meet."
+    )
+    assert chunks[5]["choices"] == [] and chunks[5]["usage"]["completion_tokens"] == 5
