@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -216,3 +216,29 @@ def percentile(values: Sequence[float], q: float) -> float:
         raise ValueError("no values")
     rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
+
+
+def rounds_main(
+    argv: list[str],
+    name: str,
+    doc: str | None,
+    run: Callable[[float, int], str],
+    *,
+    seconds: float,
+    rounds: int,
+    per: str = "per round",
+) -> int:
+    """The command line of a benchmark made as `run(seconds, rounds)`, which returns its
+    section: printed, and written to docs/BENCHMARKS.md unless --no-write."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"./dev bench {name}", description=doc)
+    parser.add_argument("--seconds", type=float, default=seconds, help=per)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    text = run(args.seconds, args.rounds)
+    print(text)
+    if not args.no_write:
+        write_section(name, text)
+    return 0

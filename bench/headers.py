@@ -12,7 +12,6 @@ than req/s.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from bench import nginx, wrk
@@ -26,7 +25,7 @@ from bench.common import (
     machine,
     md_table,
     now_utc,
-    write_section,
+    rounds_main,
 )
 from bench.overhead import CHAT_REQUEST
 from bench.procs import Proc, Procs, free_port, pin_self, wait_http, workspace
@@ -129,13 +128,6 @@ Forwarding costs {on - off:+.0f} µs of edge CPU per request (median of rounds),
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="./dev bench headers", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=5.0, help="per edge per round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
-    args = parser.parse_args(argv)
-    text = run(args.seconds, args.rounds)
-    print(text)
-    if not args.no_write:
-        write_section("headers", text)
-    return 0
+    return rounds_main(
+        argv, "headers", __doc__, run, seconds=5.0, rounds=3, per="per edge per round"
+    )

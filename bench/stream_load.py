@@ -14,7 +14,6 @@ each one's CPU time per request comes from /proc. Both edges run issue 18's conf
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from bench.common import (
     machine,
     md_table,
     now_utc,
-    write_section,
+    rounds_main,
 )
 from bench.overhead import GATEWAY_ON, KEY, start_edge
 from bench.procs import Proc, Procs, free_port, pin_self, wait_http, workspace
@@ -172,13 +171,4 @@ the lean relay's req/s for whole answers; streams are not part of that target).
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="./dev bench stream-load", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=4.0, help="per round")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
-    args = parser.parse_args(argv)
-    text = run(args.seconds, args.rounds)
-    print(text)
-    if not args.no_write:
-        write_section("stream-load", text)
-    return 0
+    return rounds_main(argv, "stream-load", __doc__, run, seconds=4.0, rounds=5)
