@@ -294,13 +294,31 @@ class LaneProtocol(asyncio.Protocol):
             if transport is None or transport.is_closing():
                 return  # the client went away meanwhile
             keep_alive = keep_alive and not self._lane.closing
+            whole: web.Response | None = None
             if isinstance(response, web.Response):
-                keep_alive = await self._write(request, response, transport, keep_alive)
+                whole = response
             elif response.prepared:  # a stream, written as it went (edge/lane/stream.py)
                 keep_alive = keep_alive and bool(response.keep_alive) and ended(response)
             else:  # a bug: the edge's handlers answer with one or the other
                 log.error("the lane cannot write an unprepared %s", type(response).__name__)
-                keep_alive = await self._write(request, _internal_error(), transport, False)
+                whole = _internal_error()
+            if whole is not None:  # written here, without a coroutine of its own
+                try:
+                    body, keep_alive = finish_headers(whole, keep_alive)
+                    for plain, hook in self._lane.hooks:  # as run_hooks, inline
+                        if plain is not None:
+                            plain(request, whole)
+                        else:
+                            await hook(request, whole)
+                    data = head(whole)
+                except Exception:
+                    log.exception("could not write the answer to POST %s", request.path)
+                    keep_alive = False
+                else:
+                    if len(body) < 65536:
+                        transport.write(data + body)
+                    else:
+                        transport.writelines((data, body))
             if not keep_alive:
                 transport.close()
                 return
@@ -309,31 +327,6 @@ class LaneProtocol(asyncio.Protocol):
         finally:
             self._task = None
         self._next_message()
-
-    async def _write(
-        self,
-        request: LaneRequest,
-        response: web.Response,
-        transport: asyncio.Transport,
-        keep_alive: bool,
-    ) -> bool:
-        """Write a whole answer as aiohttp would; whether the connection stays open."""
-        try:
-            body, keep_alive = finish_headers(response, keep_alive)
-            for plain, hook in self._lane.hooks:
-                if plain is not None:
-                    plain(request, response)
-                else:
-                    await hook(request, response)
-            data = head(response)
-        except Exception:
-            log.exception("could not write the answer to POST %s", request.path)
-            return False
-        if len(body) < 65536:
-            transport.write(data + body)
-        else:
-            transport.writelines((data, body))
-        return keep_alive
 
     def _next_message(self) -> None:
         self._first = b""
