@@ -205,11 +205,16 @@ class ModelRenamer:
 # object.__setattr__, about 5x the cost of a plain one).
 @dataclass(slots=True, eq=False)
 class Admission:
-    """An admitted request: how to exchange it, how to (re)look up its route, its sticky key."""
+    """An admitted request: how to exchange it, how to (re)look up its route, and its sticky
+    key, worked out only when it goes to a backend (a cache hit never needs one)."""
 
     exchange: Exchange
     route: Callable[[], ModelRoute]
-    key: bytes | None
+    sticky: Callable[[], bytes | None]
+
+
+def no_sticky_key() -> None:
+    """The sticky key of a request that has none (embeddings, a body without a model)."""
 
 
 def stream_error(exc: BaseException) -> bytes:

@@ -266,11 +266,15 @@ async def handle_messages(proxy: Proxy, request: ClientRequest) -> web.StreamRes
             openai: dict[str, Any] | None = translate(body)
         else:
             openai = None if _all_native(proxy.balancer.route_for(model)) else translate(body)
-        key = session_header_key(request.headers, proxy.config.session_headers)
-        if key is None:
-            key = chat_key(model, anthropic.conversation_head(body))
+
+        def sticky() -> bytes | None:
+            key = session_header_key(request.headers, proxy.config.session_headers)
+            if key is None:
+                key = chat_key(model, anthropic.conversation_head(body))
+            return key
+
         exchange = MessagesExchange(raw, body, openai)
-        return Admission(exchange, lambda: proxy.balancer.route_for(model), key)
+        return Admission(exchange, lambda: proxy.balancer.route_for(model), sticky)
 
     try:
         return await proxy.run(request, "messages", admit)

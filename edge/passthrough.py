@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from typing import Any, Final
 
 import aiohttp
@@ -32,7 +33,7 @@ from corral.v1 import types_pb2
 from edge import ollama_native as ollama
 from edge.balancer import no_backend
 from edge.errors import ApiError
-from edge.exchange import Admission, Exchange, Failure, stream_error
+from edge.exchange import Admission, Exchange, Failure, no_sticky_key, stream_error
 from edge.inbound import NATIVE_PREFIXES
 from edge.proxy import Proxy
 from edge.routing import chat_key, session_header_key
@@ -230,13 +231,16 @@ async def handle(proxy: Proxy, request: web.Request) -> web.StreamResponse:
         if identity is not None and identity.models is not None and method not in _READS:
             # A key limited to some models must name one (a backend's default is none).
             identity.check_model(model if isinstance(model, str) else "")
-        key: bytes | None = None
+        sticky: Callable[[], bytes | None] = no_sticky_key
         if isinstance(model, str) and model:
             requested = model
-            key = session_header_key(request.headers, proxy.config.session_headers)
             messages = body.get("messages")
-            if key is None and isinstance(messages, list):
-                key = chat_key(requested, messages)
+
+            def sticky() -> bytes | None:
+                key = session_header_key(request.headers, proxy.config.session_headers)
+                if key is None and isinstance(messages, list):
+                    key = chat_key(requested, messages)
+                return key
 
             def lookup() -> ModelRoute:
                 return _model_route(proxy, backend_type, requested)
@@ -248,7 +252,7 @@ async def handle(proxy: Proxy, request: web.Request) -> web.StreamResponse:
 
         query = request.query_string
         target = f"{path}?{query}" if query else path
-        return Admission(NativeExchange(method, target, raw, body, backend_type), lookup, key)
+        return Admission(NativeExchange(method, target, raw, body, backend_type), lookup, sticky)
 
     try:
         return await proxy.run(request, prefix, admit)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -29,6 +29,7 @@ from edge.exchange import (
     Failure,
     ModelRenamer,
     OpenAIExchange,
+    no_sticky_key,
     stream_error,
 )
 from edge.forward import Forwarding
@@ -190,14 +191,6 @@ class Proxy:
             model: str = body["model"]
             if identity is not None:
                 identity.check_model(model)
-            key: bytes | None = None
-            if endpoint.sticky:
-                key = session_header_key(request.headers, self._session_headers)
-                if key is None:
-                    if endpoint is CHAT:
-                        key = chat_key(model, body["messages"])
-                    else:
-                        key = completion_key(model, body["prompt"])
             stream = endpoint.streams and body.get("stream") is True
             if stream and endpoint is not EMBEDDINGS:
                 asked = ask_usage(raw, body)  # tokens for the usage record
@@ -205,9 +198,26 @@ class Proxy:
                     raw = asked
                     call.usage_hidden = True
             exchange = OpenAIExchange(endpoint.path, raw, body, stream)
-            return Admission(exchange, lambda: self.balancer.route_for(model), key)
+            sticky = (
+                (lambda: self._sticky_key(request, endpoint, model, body))
+                if endpoint.sticky
+                else no_sticky_key
+            )
+            return Admission(exchange, lambda: self.balancer.route_for(model), sticky)
 
         return self.run(request, endpoint.name, admit)
+
+    def _sticky_key(
+        self, request: ClientRequest, endpoint: Endpoint, model: str, body: dict[str, Any]
+    ) -> bytes | None:
+        """The key that keeps a conversation on one backend: a session header's, else the
+        conversation's head (edge/routing.py)."""
+        key = session_header_key(request.headers, self._session_headers)
+        if key is not None:
+            return key
+        if endpoint is CHAT:
+            return chat_key(model, body["messages"])
+        return completion_key(model, body["prompt"])
 
     async def run(
         self,
@@ -249,7 +259,7 @@ class Proxy:
             if call.team in self.recorder.body_teams:
                 call.prompt = exchange.raw or b""
             lookup = admission.route
-            key = admission.key
+            key = admission.sticky()
             stages = self.fallbacks.stages(call.model, lookup)
             failure: Failure | None = None
             if stages is None:

@@ -295,7 +295,7 @@ class Gateway:
         saved = entry.prompt_tokens + entry.completion_tokens
         call.saved_tokens = saved
         if self.cache is not None:
-            self.cache.metrics.saved_tokens.inc(saved)
+            self.cache.metrics.hot.saved_tokens += saved
         headers = {
             CACHE_HEADER: CACHE_HIT,
             ROUTE_HEADER: "cache",

@@ -82,6 +82,9 @@ async def test_miss_then_hit_same_bytes_and_bypass(
     assert (await post(edge, {**CHAT, "model": "nope"}))[0] == 404
     metrics = await edge.metrics()
     assert 'corral_edge_cache_lookups_total{result="hit",tier="memory"} 2.0' in metrics
+    chat, embed = orjson.loads(first)["usage"], orjson.loads(e1)["usage"]
+    saved = chat["prompt_tokens"] + chat["completion_tokens"] + embed["prompt_tokens"]
+    assert f"corral_edge_cache_saved_tokens_total {float(saved)}" in metrics
 
 
 async def test_off_unless_a_ttl_applies(

@@ -115,12 +115,13 @@ def new_lookup(
 
 
 class _Hot(Collector):
-    """The per-request counts (lookups by outcome, stores): plain numbers, no lock or label
-    lookup per request, turned into the samples a prometheus_client Counter would give
-    when scraped."""
+    """The per-request counts (lookups by outcome, stores, tokens saved): plain numbers, no
+    lock or label lookup per request, turned into the samples a prometheus_client Counter
+    would give when scraped."""
 
     def __init__(self) -> None:
         self.hit_memory = self.hit_shared = self.miss = self.bypass = self.stored = 0
+        self.saved_tokens = 0
         self.created = time.time()
 
     def describe(self) -> Iterable[Metric]:
@@ -136,6 +137,10 @@ class _Hot(Collector):
             labels=["result", "tier"],
         )
         stored = CounterMetricFamily("corral_edge_cache_stores", "Answers stored in the cache.")
+        saved = CounterMetricFamily(
+            "corral_edge_cache_saved_tokens",
+            "Tokens the answers served from the cache had cost upstream.",
+        )
         if not empty:
             for labels, value in (
                 (["hit", "memory"], self.hit_memory),
@@ -145,7 +150,8 @@ class _Hot(Collector):
             ):
                 lookups.add_metric(labels, float(value), created=self.created)
             stored.add_metric([], float(self.stored), created=self.created)
-        return [lookups, stored]
+            saved.add_metric([], float(self.saved_tokens), created=self.created)
+        return [lookups, stored, saved]
 
 
 class CacheMetrics:
@@ -156,11 +162,6 @@ class CacheMetrics:
         self.coalesced = Counter(
             "corral_edge_cache_coalesced",
             "Requests that waited for an identical request upstream instead of going there.",
-            registry=registry,
-        )
-        self.saved_tokens = Counter(
-            "corral_edge_cache_saved_tokens",
-            "Tokens the answers served from the cache had cost upstream.",
             registry=registry,
         )
         entries = Gauge(
