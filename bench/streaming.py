@@ -7,7 +7,7 @@ stamping each with the CLOCK_MONOTONIC time it was written (--first-ms: a prefil
 answer's head and its first chunk, as an engine has). The client (this process, asyncio
 + aiohttp, CPU 1) stamps arrival, so transit = arrival - written is measured per chunk, proxy
 included, with no clock skew (one machine, one monotonic clock). Proxies run alone on CPU 0.
-At 1 stream (sequential requests) and 64 concurrent streams.
+At 1 stream (sequential requests, the targets taking turns) and 64 concurrent streams.
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ class StreamStats:
     gaps: list[float] = field(default_factory=list)  # seconds between arrivals
     incomplete: int = 0
     failed: int = 0
+    # Direct to the backend, measured just before this (concurrent streams): what "added"
+    # compares with, rather than a direct run minutes earlier.
+    baseline: StreamStats | None = None
 
 
 async def one_stream(
@@ -93,20 +96,39 @@ async def one_stream(
         st.incomplete += 1
 
 
-async def measure_target(
-    url: str, chunks: int, gap: float, seq: int, conc: int, seconds: float
-) -> dict[str, StreamStats]:
-    out = {"1": StreamStats(), str(conc): StreamStats()}
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        # Warm-up: open every connection (and the proxy's upstream pool) once.
+def _session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=120)
+    )
+
+
+async def single_streams(urls: dict[str, str], chunks: int, seq: int) -> dict[str, StreamStats]:
+    """One stream at a time, the targets taking turns: request i of every target before
+    request i + 1 of any (each round in a rotated order), so whatever else the machine runs
+    weighs on every target alike, where a block of requests per target would catch it on
+    one target only."""
+    out = {name: StreamStats() for name in urls}
+    async with _session() as session:
+        for url in urls.values():  # warm-up: the connection (and a proxy's upstream one)
+            await one_stream(session, url, chunks, StreamStats())
+        names = list(urls)
+        for i in range(seq):
+            shift = i % len(names)
+            for name in names[shift:] + names[:shift]:
+                await one_stream(session, urls[name], chunks, out[name])
+    return out
+
+
+async def concurrent_streams(
+    url: str, chunks: int, gap: float, conc: int, seconds: float
+) -> StreamStats:
+    """`conc` streams open at all times for `seconds`, started at spread-out moments, after
+    a warm-up that opened every connection."""
+    out = StreamStats()
+    async with _session() as session:
         await asyncio.gather(
             *(one_stream(session, url, chunks, StreamStats()) for _ in range(conc))
         )
-        for _ in range(seq):
-            await one_stream(session, url, chunks, out["1"])
-        # Steady state: conc streams open at all times, started at spread-out moments.
         rng = random.Random(1)
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds + chunks * gap
@@ -114,7 +136,7 @@ async def measure_target(
         async def worker(offset: float) -> None:
             await asyncio.sleep(offset)
             while loop.time() < end:
-                await one_stream(session, url, chunks, out[str(conc)])
+                await one_stream(session, url, chunks, out)
 
         await asyncio.gather(*(worker(rng.uniform(0, chunks * gap)) for _ in range(conc)))
     return out
@@ -131,7 +153,6 @@ def run(
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     info = {"machine": machine(), "load": load_note(), "date": now_utc()}
     print(f"{info['machine']}\n{info['load']}", flush=True)
-    results: list[tuple[str, dict[str, StreamStats] | str]] = []
     chat = "/v1/chat/completions"
     with workspace("streaming") as (_tmp, procs):
         bport = free_port()
@@ -143,27 +164,9 @@ def run(
         )  # fmt: skip
         backend = f"http://127.0.0.1:{bport}"
         wait_http(backend + "/health", backend_proc)
-
-        def measure(name: str, base: str) -> None:
-            print(f"  {name} ...", end="", flush=True)
-            try:
-                stats = asyncio.run(
-                    measure_target(base + chat, chunks, gap_ms / 1000, seq, conc, seconds)
-                )
-            except (BenchError, OSError) as exc:
-                results.append((name, f"failed: {exc}"))
-                print(" failed", flush=True)
-                return
-            results.append((name, stats))
-            s1 = stats["1"]
-            print(
-                f" ttfc p50 {percentile(s1.ttfc, 50) * 1e3:.2f} ms, "
-                f"transit p50 {percentile(s1.transit, 50) * 1e3:.2f} ms",
-                flush=True,
-            )
-
-        measure("direct", backend)
-
+        # Every proxy is up at once (on CPU 0, idle but for the one measured), so that the
+        # single streams can take turns.
+        bases: dict[str, str] = {"direct": backend}
         nport = free_port()
         ngx = nginx.start(
             procs,
@@ -173,27 +176,18 @@ def run(
             None,
         )
         wait_http(f"http://127.0.0.1:{nport}/health", ngx)
-        measure("nginx reverse proxy", f"http://127.0.0.1:{nport}")
-        procs.stop(ngx)
-
+        bases["nginx reverse proxy"] = f"http://127.0.0.1:{nport}"
         rport = free_port()
         relay = procs.start(
             "relay",
-            [
-                PYTHON,
-                "-m",
-                "bench.lean_relay",
-                "--listen",
-                f"127.0.0.1:{rport}",
-                "--upstream",
-                backend,
-            ],
+            [PYTHON, "-m", "bench.lean_relay", "--listen", f"127.0.0.1:{rport}",
+             "--upstream", backend],
             cpus=PROXY_CPU,
-        )
+        )  # fmt: skip
         wait_http(f"http://127.0.0.1:{rport}/health", relay)
-        measure("lean aiohttp relay", f"http://127.0.0.1:{rport}")
-        procs.stop(relay)
-
+        bases["lean aiohttp relay"] = f"http://127.0.0.1:{rport}"
+        Result = tuple[str, dict[str, StreamStats] | str]
+        missing: list[Result] = []
         if edge_available():
             sport = free_port()
             procs.start(
@@ -210,7 +204,7 @@ def run(
             ):
                 eport = free_port()
                 edge = procs.start(
-                    "edge",
+                    f"edge{len(bases)}",
                     [PYTHON, "-m", "corral.cli", "edge", *config,
                      "--listen", f"127.0.0.1:{eport}",
                      "--controlplane", f"127.0.0.1:{sport}", "--workers", "1",
@@ -218,11 +212,41 @@ def run(
                     cpus=PROXY_CPU,
                 )  # fmt: skip
                 wait_http(f"http://127.0.0.1:{eport}/readyz", edge, timeout=60)
-                measure(name, f"http://127.0.0.1:{eport}")
-                procs.stop(edge)
+                bases[name] = f"http://127.0.0.1:{eport}"
         else:
-            results.append(("Corral edge", "not in this tree yet"))
-    return results, info
+            missing.append(("Corral edge", "not in this tree yet"))
+        urls = {name: base + chat for name, base in bases.items()}
+        print(f"  1 stream, {len(urls)} targets taking turns ...", flush=True)
+        try:
+            single = asyncio.run(single_streams(urls, chunks, seq))
+        except (BenchError, OSError) as exc:
+            failed: list[Result] = [(name, f"failed: {exc}") for name in urls]
+            return failed + missing, info
+        results: list[Result] = []
+
+        def steady_state(url: str) -> StreamStats:
+            return asyncio.run(concurrent_streams(url, chunks, gap_ms / 1000, conc, seconds))
+
+        for name, url in urls.items():
+            print(f"  {name}, {conc} streams ...", end="", flush=True)
+            try:
+                # Each proxy right after a direct run of its own: the pair sees the same
+                # moment of the machine's other load.
+                baseline = steady_state(urls["direct"]) if name != "direct" else None
+                steady = steady_state(url)
+            except (BenchError, OSError) as exc:
+                results.append((name, f"failed: {exc}"))
+                print(" failed", flush=True)
+                continue
+            steady.baseline = baseline
+            results.append((name, {"1": single[name], str(conc): steady}))
+            s1 = single[name]
+            print(
+                f" 1 stream: ttfc p50 {percentile(s1.ttfc, 50) * 1e3:.2f} ms, "
+                f"transit p50 {percentile(s1.transit, 50) * 1e3:.2f} ms",
+                flush=True,
+            )
+    return results + missing, info
 
 
 def report(
@@ -246,7 +270,7 @@ def report(
             gap99 = percentile(st.gaps, 99) if st.gaps else 0.0
             added = ""
             if name != "direct" and isinstance(direct, dict) and direct[level].ttfc:
-                d = direct[level]
+                d = st.baseline or direct[level]
                 a_ttfc = ttfc50 - percentile(d.ttfc, 50)
                 a_tr = tr50 - percentile(d.transit, 50)
                 a_tr99 = tr99 - percentile(d.transit, 99)
@@ -286,11 +310,15 @@ Setup: an aiohttp SSE backend (`bench/stream_backend.py`, CPU 1) writes {args.ch
 client (CPU 1) stamps arrivals, so "transit" is the time each chunk spent between the
 backend's write and the client's read, proxy included. TTFC: request start to first
 chunk{prefill}.
-1 stream: {args.seq} sequential requests; {args.concurrency} streams: {args.concurrency}
-clients each streaming back to back for {args.seconds:g} s, started at spread-out moments (a
-steady {args.concurrency} open streams, after a warm-up that opened every connection).
-Proxies alone on CPU 0. "Arrival gap p99" near {args.gap_ms:g} ms means chunks arrive as
-they are produced (a buffering proxy would show gaps near 0 and huge transit).
+1 stream: {args.seq} sequential requests per target, every proxy up at once and the targets
+taking turns (request i of each before request i + 1 of any), so that the machine's other
+load weighs on all of them alike; {args.concurrency} streams: one target at a time,
+{args.concurrency} clients each streaming back to back for {args.seconds:g} s, started at
+spread-out moments (a steady {args.concurrency} open streams, after a warm-up that opened every
+connection), each proxy's run just after a direct run of its own, which its "added" figures
+compare with (the direct row shows the first). Proxies on CPU 0. "Arrival gap p99" near
+{args.gap_ms:g} ms means chunks arrive as they are produced (a buffering proxy would show gaps
+near 0 and huge transit).
 
 {table}
 
@@ -309,7 +337,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--first-ms", type=float, default=0.0, help="backend prefill before the first chunk"
     )
-    parser.add_argument("--seq", type=int, default=20, help="sequential single streams")
+    parser.add_argument("--seq", type=int, default=40, help="single streams per target")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=4.0, help="steady concurrent phase")
     parser.add_argument("--no-write", action="store_true")
