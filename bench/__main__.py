@@ -7,6 +7,7 @@ import sys
 
 BENCHMARKS = {
     "overhead": "bench.overhead",
+    "timeline": "bench.timeline",
     "streaming": "bench.streaming",
     "controlplane": "bench.controlplane",
     "routing": "bench.routing",

@@ -160,6 +160,7 @@ compare ratios more than absolute numbers (the machine may be shared).
 
 ORDER = [
     "overhead",
+    "timeline",
     "streaming",
     "stream-load",
     "controlplane",

@@ -164,3 +164,20 @@ def test_stream_load_backend_answers_a_well_formed_event_stream() -> None:
         "Hello there, nice to meet."
     )
     assert chunks[5]["choices"] == [] and chunks[5]["usage"]["completion_tokens"] == 5
+
+
+def test_timeline_keeps_a_request_only_when_it_passed_every_seam_in_order() -> None:
+    """A row of intervals for a request whose seams came in order; none when one is stale."""
+    from bench import timeline_edge
+
+    rows, stamps = timeline_edge._rows, timeline_edge._stamps
+    rows.clear()
+    written = timeline_edge._written(lambda: None)
+    for i, seam in enumerate(timeline_edge.SEAMS[:-1]):
+        stamps[seam] = 1_000 * (i + 1)
+    written()
+    assert len(rows) == 1 and rows[0][:5] == (1_000,) * 5 and rows[0][5] > 0
+    stamps["answered"] = 0  # from an earlier request: this one never went upstream
+    written()
+    assert len(rows) == 1
+    rows.clear()
