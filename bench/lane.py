@@ -17,7 +17,7 @@ import statistics
 
 from bench import nginx, wrk
 from bench.common import LOAD_CPU, PROXY_CPU, ensure_tools, load_note, machine
-from bench.overhead import CHAT_REQUEST, GATEWAY_ON, KEY, start_edge
+from bench.overhead import CHAT_REQUEST, GATEWAY_ON, KEY, key_file, start_edge
 from bench.procs import pin_self, workspace
 
 SERVERS = ("lane", "aiohttp")
@@ -29,9 +29,7 @@ def run(seconds: float, rounds: int) -> None:
     print(f"{machine()}\n{load_note()}", flush=True)
     with workspace("lane") as (tmp, procs):
         keyed = wrk.post_script(tmp / "keyed.lua", CHAT_REQUEST, {"Authorization": f"Bearer {KEY}"})
-        keys = tmp / "keys.txt"
-        keys.write_text(KEY + "\n")
-        keys.chmod(0o600)
+        keys = key_file(tmp)
         _, snap_port = nginx.backend_with_snapshots(procs)
         edges = {}
         for server in SERVERS:

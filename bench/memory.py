@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench import nginx, wrk
 from bench.common import LOAD_CPU, PROXY_CPU, PYTHON, commit, ensure_tools, md_table, publish
-from bench.overhead import CHAT_REQUEST, GATEWAY_ON, KEY, lean, start_edge
+from bench.overhead import CHAT_REQUEST, GATEWAY_ON, KEY, key_file, lean, start_edge
 from bench.paired import run_info
 from bench.procs import Proc, workspace
 from corral.lean_env import LEAN
@@ -168,9 +168,7 @@ def run() -> str:
     with workspace("memory") as (tmp, procs):
         script = wrk.post_script(tmp / "post.lua", CHAT_REQUEST)
         keyed = wrk.post_script(tmp / "keyed.lua", CHAT_REQUEST, {"Authorization": f"Bearer {KEY}"})
-        keys = tmp / "keys.txt"
-        keys.write_text(KEY + "\n")
-        keys.chmod(0o600)
+        keys = key_file(tmp)
         config = tmp / "on.yaml"
         config.write_text(GATEWAY_ON.format(db=tmp / "usage.db"))
         backend = nginx.start_backend(procs)

@@ -76,6 +76,14 @@ GATEWAY_ON = """edge:
 """
 
 
+def key_file(tmp: Path) -> Path:
+    """KEY in a file of its owner's alone, for the gateway-on edge's --api-key-file."""
+    keys = tmp / "keys.txt"
+    keys.write_text(KEY + "\n")
+    keys.chmod(0o600)
+    return keys
+
+
 def start_edge(
     procs: Procs, name: str, cp_port: int, workers: int, cpus: str, config: Path, keys: Path | None
 ) -> tuple[Proc, str]:
@@ -150,9 +158,7 @@ def run(
     with workspace("overhead") as (tmp, procs):
         script = wrk.post_script(tmp / "post.lua", CHAT_REQUEST)
         keyed = wrk.post_script(tmp / "keyed.lua", CHAT_REQUEST, {"Authorization": f"Bearer {KEY}"})
-        keys = tmp / "keys.txt"
-        keys.write_text(KEY + "\n")
-        keys.chmod(0o600)
+        keys = key_file(tmp)
         off = tmp / "off.yaml"
         off.write_text(GATEWAY_OFF)
         on = tmp / "on.yaml"

@@ -34,7 +34,7 @@ from bench.common import (
     now_utc,
     write_section,
 )
-from bench.overhead import CHAT_REQUEST, GATEWAY_OFF, GATEWAY_ON, KEY, start_edge
+from bench.overhead import CHAT_REQUEST, GATEWAY_OFF, GATEWAY_ON, KEY, key_file, start_edge
 from bench.procs import pin_self, workspace
 
 # Parts of the code, first match wins: (name, pattern on "path/to/file.py" of the leaf frame).
@@ -108,9 +108,7 @@ def summarize(raw: str) -> Profile:
 def record(gateway: str, seconds: float, rate: int) -> tuple[Profile, float, str]:
     """Run the edge under load, sample it; the profile, wrk's req/s while sampled, and the raw."""
     with workspace("profile") as (tmp, procs):
-        keys = tmp / "keys.txt"
-        keys.write_text(KEY + "\n")
-        keys.chmod(0o600)
+        keys = key_file(tmp)
         config = tmp / "edge.yaml"
         on = gateway == "on"
         config.write_text(GATEWAY_ON.format(db=tmp / "usage.db") if on else GATEWAY_OFF)

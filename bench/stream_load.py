@@ -32,7 +32,7 @@ from bench.common import (
     now_utc,
     rounds_main,
 )
-from bench.overhead import GATEWAY_ON, KEY, start_edge
+from bench.overhead import GATEWAY_ON, KEY, key_file, start_edge
 from bench.procs import Proc, Procs, free_port, pin_self, wait_http, workspace
 
 STREAM_REQUEST = orjson.dumps(
@@ -109,9 +109,7 @@ def run(seconds: float, rounds: int) -> str:
                     f"http://127.0.0.1:{bport}/health")  # fmt: skip
         backend = f"http://127.0.0.1:{bport}"
         snap_port = nginx.start_snapshots(procs, backend)
-        keys = tmp / "keys.txt"
-        keys.write_text(KEY + "\n")
-        keys.chmod(0o600)
+        keys = key_file(tmp)
         # The relay gets the key too, and ignores it (it sends only Content-Type upstream).
         keyed = wrk.post_script(
             tmp / "keyed.lua", STREAM_REQUEST, {"Authorization": f"Bearer {KEY}"}

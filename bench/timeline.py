@@ -34,7 +34,7 @@ from bench.common import (
     now_utc,
     write_section,
 )
-from bench.overhead import CHAT_REQUEST, GATEWAY_OFF, GATEWAY_ON, KEY
+from bench.overhead import CHAT_REQUEST, GATEWAY_OFF, GATEWAY_ON, KEY, key_file
 from bench.procs import Proc, Procs, free_port, pin_self, wait_http, workspace
 from bench.timeline_edge import SEAMS
 
@@ -85,9 +85,7 @@ def run(seconds: float, rounds: int) -> dict[str, object]:
     with workspace("timeline") as (tmp, procs):
         plain = wrk.post_script(tmp / "post.lua", CHAT_REQUEST)
         keyed = wrk.post_script(tmp / "keyed.lua", CHAT_REQUEST, {"Authorization": f"Bearer {KEY}"})
-        keys = tmp / "keys.txt"
-        keys.write_text(KEY + "\n")
-        keys.chmod(0o600)
+        keys = key_file(tmp)
         off, on = tmp / "off.yaml", tmp / "on.yaml"
         off.write_text(GATEWAY_OFF)
         on.write_text(GATEWAY_ON.format(db=tmp / "usage.db"))
@@ -118,7 +116,7 @@ def run(seconds: float, rounds: int) -> dict[str, object]:
             "on": tmp / "on.json",
             f"on{_SHARED}": tmp / "on-shared.json",
         }
-        for label, config, key_file, script, stamped, cpus in (
+        for label, config, key_path, script, stamped, cpus in (
             ("off", off, None, plain, None, PROXY_CPU),
             ("on", on, keys, keyed, None, PROXY_CPU),
             ("off", off, None, plain, stamps["off"], PROXY_CPU),
@@ -127,7 +125,7 @@ def run(seconds: float, rounds: int) -> dict[str, object]:
         ):
             name = f"edge, gateway {label}" + (", stamped" if stamped else "")
             tag = name.replace(" ", "-").replace(",", "")
-            proc, url = _edge(procs, tag, snap_port, config, key_file, stamped, cpus)
+            proc, url = _edge(procs, tag, snap_port, config, key_path, stamped, cpus)
             targets[name] = (url, script, proc)
         for url, script, _ in targets.values():  # warm-up: connections, pools, code paths
             wrk.run(url, script, connections=4, seconds=1, cpus=LOAD_CPU)
