@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from bench.common import PROXY_CPU, PYTHON, REPO, BenchError
+from tests.support.net import free_port as free_port  # one port never given twice
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -170,12 +171,6 @@ def pin_self(cpus: str) -> None:
 
 
 # ---------------------------------------------------------------- network
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_http(url: str, proc: Proc | None = None, timeout: float = 30.0) -> None:

@@ -6,12 +6,22 @@ import asyncio
 import socket
 import time
 
+# Every port free_port gave this process: the kernel may give a port it just gave again
+# once its probe socket is closed (an etcd member's client and peer ports once came out the
+# same, and etcd could not bind the second), so none is given twice.
+_given: set[int] = set()
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on host now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that is free on host now (the kernel picks it), never one this process
+    was given before."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _given:
+            _given.add(port)
+            return port
 
 
 def wait_for_port(host: str, port: int, timeout: float = 30.0) -> None:
