@@ -49,13 +49,18 @@ async def test_least_connections_ignores_sessions(
         calls = [asyncio.create_task(chat(running, "q", session="one")) for _ in range(6)]
         try:
             await eventually(lambda: sum(f.inflight for f in fakes) == 6)
-            assert all(f.inflight >= 1 for f in fakes)
+            # The lower load of two backends drawn at random (Envoy's least-request): the
+            # second request always goes to another backend than the first, but a third
+            # backend may be drawn in no pair (~1 run in 80: 3, 0, 3), so two at least.
+            # Sticky would hold all six on one.
+            held = sorted(f.inflight for f in fakes)
+            assert held[1] >= 1 and held[2] <= 4, held
         finally:
             for fake in fakes:
                 fake.release()
         served = await asyncio.gather(*calls)
         assert {route for _, route in served} == {"least-connections"}
-        assert len({name for name, _ in served}) == 3
+        assert len({name for name, _ in served}) >= 2
 
 
 async def test_sticky_is_the_default(snapshots: SnapshotServer, start_edge: StartEdge) -> None:
