@@ -20,8 +20,9 @@ import argparse
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Final
 
 from bench import nginx, wrk
 from bench.common import (
@@ -84,12 +85,27 @@ def key_file(tmp: Path) -> Path:
     return keys
 
 
+# How a bench runs `corral edge` unless told otherwise.
+CLI: Final = ("-m", "corral.cli")
+
+
 def start_edge(
-    procs: Procs, name: str, cp_port: int, workers: int, cpus: str, config: Path, keys: Path | None
+    procs: Procs,
+    name: str,
+    cp_port: int,
+    workers: int,
+    cpus: str,
+    config: Path,
+    keys: Path | None,
+    *,
+    runner: Sequence[str] = CLI,
+    env: dict[str, str] | None = None,
 ) -> tuple[Proc, str]:
+    """`corral edge` (through `runner`, the interpreter's arguments before `edge`), ready:
+    its process and base URL."""
     port = free_port()
     argv = [
-        PYTHON, "-m", "corral.cli", "edge", "--config", str(config),
+        PYTHON, *runner, "edge", "--config", str(config),
         "--listen", f"127.0.0.1:{port}",
         "--controlplane", f"127.0.0.1:{cp_port}",
         "--workers", str(workers),
@@ -97,7 +113,7 @@ def start_edge(
     ]  # fmt: skip
     if keys is not None:
         argv += ["--api-key-file", str(keys)]
-    proc = procs.start(name, argv, cpus=cpus)
+    proc = procs.start(name, argv, cpus=cpus, env=env)
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/readyz", proc, timeout=60)
     return proc, base

@@ -25,7 +25,6 @@ from bench import nginx, wrk
 from bench.common import (
     LOAD_CPU,
     PROXY_CPU,
-    PYTHON,
     commit,
     ensure_tools,
     load_note,
@@ -34,8 +33,8 @@ from bench.common import (
     now_utc,
     write_section,
 )
-from bench.overhead import CHAT_REQUEST, GATEWAY_OFF, GATEWAY_ON, KEY, key_file
-from bench.procs import Proc, Procs, free_port, pin_self, wait_http, workspace
+from bench.overhead import CHAT_REQUEST, CLI, GATEWAY_OFF, GATEWAY_ON, KEY, key_file, start_edge
+from bench.procs import Proc, free_port, pin_self, wait_http, workspace
 from bench.timeline_edge import SEAMS
 
 # Lean settings set here, as corral.lean_env would: the edge then does not restart itself
@@ -51,30 +50,6 @@ INTERVALS = (
     "answer read → answer head (relay, response, accounting, hooks)",
     "answer head → written (the send call)",
 )
-
-
-def _edge(
-    procs: Procs,
-    name: str,
-    snap_port: int,
-    config: Path,
-    keys: Path | None,
-    stamps: Path | None,
-    cpus: str = PROXY_CPU,
-) -> tuple[Proc, str]:
-    port = free_port()
-    runner = ["-m", "bench.timeline_edge", str(stamps)] if stamps else ["-m", "corral.cli"]
-    argv = [
-        PYTHON, *runner, "edge", "--config", str(config),
-        "--listen", f"127.0.0.1:{port}", "--controlplane", f"127.0.0.1:{snap_port}",
-        "--workers", "1", "--log-level", "WARNING",
-    ]  # fmt: skip
-    if keys is not None:
-        argv += ["--api-key-file", str(keys)]
-    proc = procs.start(name, argv, cpus=cpus, env=_LEAN_ENV)
-    base = f"http://127.0.0.1:{port}"
-    wait_http(base + "/readyz", proc, timeout=60)
-    return proc, base + "/v1/chat/completions"
 
 
 def run(seconds: float, rounds: int) -> dict[str, object]:
@@ -95,9 +70,7 @@ def run(seconds: float, rounds: int) -> dict[str, object]:
         on_shared.write_text(GATEWAY_ON.format(db=tmp / "usage-shared.db"))
         backend, snap_port = nginx.backend_with_snapshots(procs)
         chat = "/v1/chat/completions"
-        targets: dict[str, tuple[str, Path, Proc | None]] = {
-            "direct to nginx": (backend + chat, plain, None)
-        }
+        targets: dict[str, tuple[str, Path]] = {"direct to nginx": (backend + chat, plain)}
         upstreams = [backend.removeprefix("http://")]
         proxies = (("nginx reverse proxy", PROXY_CPU), (f"nginx reverse proxy{_SHARED}", LOAD_CPU))
         for name, cpus in proxies:
@@ -110,12 +83,13 @@ def run(seconds: float, rounds: int) -> dict[str, object]:
                 None,
             )
             wait_http(f"http://127.0.0.1:{port}/health", ngx)
-            targets[name] = (f"http://127.0.0.1:{port}{chat}", plain, None)
+            targets[name] = (f"http://127.0.0.1:{port}{chat}", plain)
         stamps = {
             "off": tmp / "off.json",
             "on": tmp / "on.json",
             f"on{_SHARED}": tmp / "on-shared.json",
         }
+        stamped_edges: list[Proc] = []
         for label, config, key_path, script, stamped, cpus in (
             ("off", off, None, plain, None, PROXY_CPU),
             ("on", on, keys, keyed, None, PROXY_CPU),
@@ -125,21 +99,25 @@ def run(seconds: float, rounds: int) -> dict[str, object]:
         ):
             name = f"edge, gateway {label}" + (", stamped" if stamped else "")
             tag = name.replace(" ", "-").replace(",", "")
-            proc, url = _edge(procs, tag, snap_port, config, key_path, stamped, cpus)
-            targets[name] = (url, script, proc)
-        for url, script, _ in targets.values():  # warm-up: connections, pools, code paths
+            runner = ("-m", "bench.timeline_edge", str(stamped)) if stamped else CLI
+            proc, base = start_edge(
+                procs, tag, snap_port, 1, cpus, config, key_path, runner=runner, env=_LEAN_ENV
+            )
+            if stamped:
+                stamped_edges.append(proc)
+            targets[name] = (base + chat, script)
+        for url, script in targets.values():  # warm-up: connections, pools, code paths
             wrk.run(url, script, connections=4, seconds=1, cpus=LOAD_CPU)
         p50s: dict[str, list[float]] = {name: [] for name in targets}
         for round_ in range(rounds):
-            for name, (url, script, _) in targets.items():
+            for name, (url, script) in targets.items():
                 result = wrk.run(url, script, connections=1, seconds=seconds, cpus=LOAD_CPU)
                 p50s[name].append(result.p50 * 1e3)
             print(f"  round {round_ + 1}: " + ", ".join(
                 f"{name} {values[-1]:.3f}" for name, values in p50s.items()
             ), flush=True)  # fmt: skip
-        for name, (_, _, owner) in targets.items():  # stamps are written as the edges exit
-            if owner is not None and "stamped" in name:
-                procs.stop(owner)
+        for proc in stamped_edges:  # stamps are written as the edges exit
+            procs.stop(proc)
         seams = {label: orjson.loads(path.read_bytes()) for label, path in stamps.items()}
         procs.stop_all()
     return {"info": info, "p50s": p50s, "seams": seams}
