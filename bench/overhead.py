@@ -1,17 +1,21 @@
 """Edge overhead: Corral's edge beside direct calls, nginx and the lean Python relay, one run.
 
-``./dev bench overhead [--seconds 6] [--rounds 3] [--scaling] [--no-write]``
+``./dev bench overhead [--seconds 4] [--rounds 3] [--scaling] [--no-write]``
 
 nginx answers a fixed ~400-byte chat.completion on CPU 1; wrk (one thread, POST script) also
-runs on CPU 1; each proxy under test runs alone on CPU 0. Targets, in turn: the backend
-directly, the lean aiohttp relay (bench/lean_relay.py, the floor issue 18 measures against),
-nginx as a reverse proxy, the edge with the gateway off, the edge with the gateway on (a key,
-limits counted in-process, usage records to SQLite, metrics), `corral up` with the same
-gateway, then paired lean/edge rounds. For every target: req/s and p50/p99 at 32 and 64
-connections, p50 at one connection (added latency = minus direct's), RSS at rest and the
-peak under load, and the proxy's CPU use during the 32-connection run. `--scaling` adds the
-gateway-on edge with --workers 2 and two relay processes over CPUs 0-1 (this machine has two
-cores, shared with nginx and wrk: the trend only).
+runs on CPU 1; each proxy under test runs on CPU 0, where only one of them is loaded at a
+time. Targets: the backend directly, the lean aiohttp relay (bench/lean_relay.py, the floor
+issue 18 measures against), nginx as a reverse proxy, the edge with the gateway off, the
+edge with the gateway on (a key, limits counted in-process, usage records to SQLite,
+metrics), the same with aiohttp's client upstream, and `corral up` with the same gateway.
+All are started first and warmed up; then, round by round, each has its turn: one
+connection, 32, 64 (bench/overhead_measure.py). Each figure is the median of a target's
+rounds, and a ratio between two targets the median of their ratios round by round (their
+runs are minutes apart at most, never a whole run apart). For every target: req/s and
+p50/p99 at 32 and 64 connections, p50 at one connection (added latency = minus direct's),
+RSS at rest and the peak under load, and the proxy's CPU per request at 32 connections.
+`--scaling` adds the gateway-on edge with --workers 2 and two relay processes over CPUs 0-1
+(this machine has two cores, shared with nginx and wrk: the trend only).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from bench.common import (
     write_section,
 )
 from bench.overhead_measure import (
+    DIRECT,
     EDGE_FAST,
     EDGE_OFF,
     EDGE_ON,
@@ -48,7 +53,8 @@ from bench.overhead_measure import (
     Measured,
     ProcessGroup,
     Sampled,
-    measure,
+    Target,
+    take_turns,
 )
 from bench.overhead_measure import c1_seconds as c1_seconds  # bench/usage.py imports it from here
 from bench.overhead_report import report
@@ -162,15 +168,12 @@ def lean(procs: Procs, backend: str, count: int, cpus: list[str]) -> tuple[list[
 AIOHTTP = "  upstream_client: aiohttp\n"
 
 
-def run(
-    seconds: float, rounds: int, scaling: bool
-) -> tuple[list[Measured], dict[str, str], list[tuple[float, float, float, float]]]:
+def run(seconds: float, rounds: int, scaling: bool) -> tuple[list[Measured], dict[str, str]]:
     ensure_tools("nginx", "wrk")
     pin_self(LOAD_CPU)
     info = {"machine": machine(), "load": load_note(), "date": now_utc(), "commit": commit()}
     print(f"{info['machine']}\n{info['load']}", flush=True)
-    results: list[Measured] = []
-    paired: list[tuple[float, float, float, float]] = []
+    targets: list[Target] = []
     with workspace("overhead") as (tmp, procs):
         script = wrk.post_script(tmp / "post.lua", CHAT_REQUEST)
         keyed = wrk.post_script(tmp / "keyed.lua", CHAT_REQUEST, {"Authorization": f"Bearer {KEY}"})
@@ -181,6 +184,8 @@ def run(
         on.write_text(GATEWAY_ON.format(db=tmp / "usage.db"))
         old = tmp / "aiohttp.yaml"
         old.write_text(GATEWAY_ON.format(db=tmp / "aiohttp-usage.db") + AIOHTTP)
+        on2 = tmp / "on2.yaml"
+        on2.write_text(GATEWAY_ON.format(db=tmp / "usage2.db"))
         up_config = tmp / "up.yaml"
         up_config.write_text(
             GATEWAY_ON.format(db=tmp / "up-usage.db").replace(
@@ -189,7 +194,7 @@ def run(
         )
         backend, snap_port = nginx.backend_with_snapshots(procs)
         chat = "/v1/chat/completions"
-        results.append(measure("direct to nginx backend", backend + chat, None, script, seconds))
+        targets.append(Target(Measured(DIRECT), backend + chat, script, None))
 
         def one(
             name: str,
@@ -197,19 +202,17 @@ def run(
             note: str,
             lua: Path = script,
         ) -> None:
+            """A target started now, to take its turns with the others."""
             try:
                 procs_or_one, base = starter()
             except BenchError as exc:
-                results.append(Measured(name, note, error=str(exc).splitlines()[0][:200]))
+                failed = Measured(name, note, error=str(exc).splitlines()[0][:200])
+                targets.append(Target(failed, "", lua, None))
                 print(f"  {name}: could not start: {exc}", flush=True)
                 return
             group = procs_or_one if isinstance(procs_or_one, list) else [procs_or_one]
             proc: Sampled = group[0] if len(group) == 1 else ProcessGroup(group)
-            try:
-                results.append(measure(name, base + chat, proc, lua, seconds, note))
-            finally:
-                for p in group:
-                    procs.stop(p)
+            targets.append(Target(Measured(name, note), base + chat, lua, proc))
 
         def nginx_proxy() -> tuple[Proc, str]:
             port = free_port()
@@ -243,12 +246,11 @@ def run(
             keyed,
         )
         one(UP, lambda: start_up(procs, backend, up_config), "one process, CPU 0", keyed)
-        paired.extend(paired_rounds(procs, backend, snap_port, keyed, rounds, on, keys))
         if scaling:
             one(
                 EDGE_ON2,
                 lambda: start_edge(
-                    procs, "edge2", snap_port, 2, f"{PROXY_CPU},{LOAD_CPU}", on, keys
+                    procs, "edge2", snap_port, 2, f"{PROXY_CPU},{LOAD_CPU}", on2, keys
                 ),
                 "shares CPU 1 with nginx and wrk",
                 keyed,
@@ -258,63 +260,19 @@ def run(
                 lambda: lean(procs, backend, 2, [PROXY_CPU, LOAD_CPU]),
                 "shares CPU 1 with nginx and wrk",
             )
-        results.append(
-            measure("direct to nginx backend (again)", backend + chat, None, script, seconds)
-        )
-    return results, info, paired
-
-
-def paired_rounds(
-    procs: Procs,
-    backend: str,
-    snap_port: int,
-    script: Path,
-    rounds: int,
-    config: Path,
-    keys: Path,
-) -> list[tuple[float, float, float, float]]:
-    """The lean relay and the gateway-on edge both up on CPU 0, loaded in turn at 32
-    connections, `rounds` times: the ratio of neighbours in time is robust to load that comes
-    and goes on the machine."""
-    if rounds <= 0:
-        return []
-    print("  paired lean relay / edge (gateway on) rounds at c32: ", end="", flush=True)
-    group, relay_base = lean(procs, backend, 1, [PROXY_CPU])
-    relay = group[0]
-    edge, base = start_edge(procs, "edge-paired", snap_port, 1, PROXY_CPU, config, keys)
-    chat = "/v1/chat/completions"
-    relay_url, edge_url = relay_base + chat, base + chat
-    out = []
-    try:
-        for url in (relay_url, edge_url):
-            wrk.run(url, script, connections=32, seconds=2, cpus=LOAD_CPU)
-        for _ in range(rounds):
-            c0 = relay.cpu_seconds()
-            r = wrk.run(relay_url, script, connections=32, seconds=5, cpus=LOAD_CPU)
-            relay_cpu = relay.cpu_seconds() - c0
-            c0 = edge.cpu_seconds()
-            e = wrk.run(edge_url, script, connections=32, seconds=5, cpus=LOAD_CPU)
-            edge_cpu = edge.cpu_seconds() - c0
-            out.append((r.rps, e.rps, relay_cpu / r.requests, edge_cpu / e.requests))
-            print(f"{e.rps / r.rps:.2f} ", end="", flush=True)
-    except BenchError as exc:
-        print(f"failed: {exc}", flush=True)
-    finally:
-        procs.stop(edge)
-        procs.stop(relay)
-    print(flush=True)
-    return out
+        take_turns(targets, seconds, rounds)
+    return [t.measured for t in targets], info
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="./dev bench overhead", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=6.0, help="per load level (default 6)")
-    parser.add_argument("--rounds", type=int, default=3, help="paired relay/edge rounds")
+    parser.add_argument("--seconds", type=float, default=4.0, help="per load level (default 4)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of turns (default 3)")
     parser.add_argument("--scaling", action="store_true", help="also --workers 2 and 2 relays")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args(argv)
-    results, info, paired = run(args.seconds, args.rounds, args.scaling)
-    text = report(results, info, args.seconds, paired, args.scaling)
+    results, info = run(args.seconds, args.rounds, args.scaling)
+    text = report(results, info, args.seconds, args.rounds, args.scaling)
     print(text)
     if not args.no_write:
         write_section("overhead", text)

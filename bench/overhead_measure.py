@@ -1,13 +1,16 @@
-"""How bench/overhead.py measures one target: wrk at 1, 32 and 64 connections after a
-warm-up, the proxy's RSS at rest and its peak under load (sampled every 200 ms), its CPU time
-during the 32-connection run and how busy CPU 0 was; the targets' names, as the report shows
-them.
+"""How bench/overhead.py measures its targets: all of them up at once, each warmed up, then
+loaded in turn, round by round (one connection, then 32, then 64), so that load which comes
+and goes on the machine weighs on every target alike; per target its RSS at rest and its peak
+under load (sampled every 200 ms), its CPU time during each 32-connection run and how busy
+CPU 0 was; the targets' names, as the report shows them.
 """
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -30,18 +33,51 @@ class Sampled(Protocol):
 
 
 @dataclass
+class Round:
+    """One target's runs in one round."""
+
+    c1: wrk.WrkResult
+    c32: wrk.WrkResult
+    c64: wrk.WrkResult
+    cpu_c32: float | None  # the proxy's CPU seconds per wall second during the 32-conn run
+    cpu0_busy: float  # CPU 0 busy fraction (all processes) during that run
+
+    @property
+    def cpu_per_request(self) -> float | None:
+        return None if self.cpu_c32 is None else self.cpu_c32 / self.c32.rps
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+@dataclass
 class Measured:
+    """A target: its rounds (in the run's order: round i of every target is neighbours in
+    time), its RSS, or why it could not be measured."""
+
     name: str
     note: str = ""
-    c1: wrk.WrkResult | None = None
-    c32: wrk.WrkResult | None = None
-    c64: wrk.WrkResult | None = None
+    rounds: list[Round] = field(default_factory=list)
     rss_rest: float | None = None
     rss_peak: float | None = None
-    cpu_c32: float | None = None  # proxy CPU seconds per wall second during the 32-conn run
-    cpu0_busy: float | None = None  # CPU 0 busy fraction (all processes) during that run
     error: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and bool(self.rounds)
+
+    def med(self, value: Callable[[Round], float]) -> float:
+        """The median over this target's rounds of `value`."""
+        return median([value(r) for r in self.rounds])
+
+    @property
+    def errors(self) -> int:
+        return sum(r.c1.errors + r.c32.errors + r.c64.errors for r in self.rounds)
+
+    def cpu_per_request(self) -> float | None:
+        per = [c for c in (r.cpu_per_request for r in self.rounds) if c is not None]
+        return median(per) if per else None
 
 
 class RssSampler:
@@ -80,41 +116,68 @@ class ProcessGroup:
         return sum(p.cpu_seconds() for p in self.procs)
 
 
-def measure(
-    name: str,
-    url: str,
-    proc: Sampled | None,
-    script: Path,
-    seconds: float,
-    note: str = "",
-) -> Measured:
-    print(f"  {name}: ", end="", flush=True)
-    m = Measured(name, note)
+@dataclass
+class Target:
+    """A target up and waiting for its turns: its URL, wrk script and process (None: the
+    backend itself)."""
+
+    measured: Measured
+    url: str
+    script: Path
+    proc: Sampled | None
+
+
+def warm_up(target: Target) -> None:
+    """2 s at 32 connections (connections, pools, caches), then its RSS at rest."""
+    m = target.measured
     try:
-        # Warm-up: connections, pools, caches.
-        wrk.run(url, script, connections=32, seconds=2, cpus=LOAD_CPU)
-        m.rss_rest = proc.rss_mib() if proc is not None else None
-        m.c1 = wrk.run(url, script, connections=1, seconds=c1_seconds(seconds), cpus=LOAD_CPU)
-        print(f"c1 p50 {m.c1.p50 * 1e3:.3f} ms; ", end="", flush=True)
+        wrk.run(target.url, target.script, connections=32, seconds=2, cpus=LOAD_CPU)
+        m.rss_rest = target.proc.rss_mib() if target.proc is not None else None
+    except BenchError as exc:
+        m.error = str(exc).splitlines()[0][:200]
+        print(f"  {m.name}: warm-up FAILED: {m.error}", flush=True)
+
+
+def one_round(target: Target, seconds: float) -> None:
+    """The target's turn in a round: 1, 32 and 64 connections; a failure ends its rounds."""
+    m, proc, url, script = target.measured, target.proc, target.url, target.script
+    if m.error:
+        return
+    try:
+        c1 = wrk.run(url, script, connections=1, seconds=c1_seconds(seconds), cpus=LOAD_CPU)
         with RssSampler(proc) as sampler:
             cpu0 = proc.cpu_seconds() if proc is not None else 0.0
             t0 = time.monotonic()
             stat0 = cpu_times()[int(PROXY_CPU)]
-            m.c32 = wrk.run(url, script, connections=32, seconds=seconds, cpus=LOAD_CPU)
+            c32 = wrk.run(url, script, connections=32, seconds=seconds, cpus=LOAD_CPU)
             stat1 = cpu_times()[int(PROXY_CPU)]
-            m.cpu0_busy = 1 - (stat1[1] - stat0[1]) / max(1, stat1[0] - stat0[0])
-            if proc is not None:
-                m.cpu_c32 = (proc.cpu_seconds() - cpu0) / (time.monotonic() - t0)
-            m.c64 = wrk.run(url, script, connections=64, seconds=seconds, cpus=LOAD_CPU)
-        m.rss_peak = sampler.peak if proc is not None else None
-        print(f"c32 {m.c32.rps:,.0f} req/s; c64 {m.c64.rps:,.0f} req/s", flush=True)
+            busy = 1 - (stat1[1] - stat0[1]) / max(1, stat1[0] - stat0[0])
+            cpu = (
+                (proc.cpu_seconds() - cpu0) / (time.monotonic() - t0) if proc is not None else None
+            )
+            c64 = wrk.run(url, script, connections=64, seconds=seconds, cpus=LOAD_CPU)
+        if proc is not None:
+            m.rss_peak = max(m.rss_peak or 0.0, sampler.peak)
+        m.rounds.append(Round(c1, c32, c64, cpu, busy))
+        print(f"  {m.name}: c1 p50 {c1.p50 * 1e3:.3f} ms; c32 {c32.rps:,.0f} req/s; "
+              f"c64 {c64.rps:,.0f} req/s", flush=True)  # fmt: skip
     except BenchError as exc:
         m.error = str(exc).splitlines()[0][:200]
-        print(f"FAILED: {m.error}", flush=True)
-    return m
+        print(f"  {m.name}: FAILED: {m.error}", flush=True)
+
+
+def take_turns(targets: Sequence[Target], seconds: float, rounds: int) -> None:
+    """Every target warmed up, then `rounds` rounds in which each has its turn."""
+    for target in targets:
+        warm_up(target)
+    for i in range(rounds):
+        print(f" round {i + 1} of {rounds}", flush=True)
+        for target in targets:
+            one_round(target, seconds)
 
 
 # The targets, by the names the report gives them.
+DIRECT = "direct to nginx backend"
 LEAN = "lean aiohttp+uvloop relay"
 EDGE_OFF = "Corral edge, gateway off"
 EDGE_ON = "Corral edge, gateway on, upstream_client: aiohttp"

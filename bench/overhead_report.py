@@ -1,80 +1,107 @@
 """The section bench/overhead.py writes to docs/BENCHMARKS.md: every target's req/s,
-latencies, RSS and CPU in one table, then the gateway-on edge against issue 18's targets (the
-lean relay's req/s, CPU per request and latency, added latency, RSS at rest, paired rounds,
-scaling).
+latencies, RSS and CPU in one table (medians of its rounds), then the gateway-on edge against
+issue 18's targets (the lean relay's req/s, CPU per request and latency, added latency, RSS
+at rest, scaling), each ratio the median of the two targets' ratios round by round.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bench import nginx
 from bench.common import md_table
-from bench.overhead_measure import EDGE_FAST, EDGE_ON, EDGE_ON2, LEAN, LEAN2, Measured, c1_seconds
+from bench.overhead_measure import (
+    EDGE_FAST,
+    EDGE_ON,
+    EDGE_ON2,
+    LEAN,
+    LEAN2,
+    Measured,
+    Round,
+    c1_seconds,
+    median,
+)
 
 
 def _ms(x: float | None) -> str:
     return "n/a" if x is None else f"{x * 1e3:.2f}"
 
 
+def paired(a: Measured, b: Measured, value: Callable[[Round, Round], float]) -> float:
+    """The median over the rounds both have of `value(a's round, b's round)`."""
+    return median([value(x, y) for x, y in zip(a.rounds, b.rounds, strict=False)])
+
+
+def _row(r: Measured, direct: Measured, relay: Measured | None) -> list[str]:
+    if not r.ok:
+        return [r.name, f"failed: {r.error}", *[""] * 10]
+    added = (
+        "—" if r is direct or not direct.ok
+        else f"{paired(direct, r, lambda d, x: x.c1.p50 - d.c1.p50) * 1e3:+.3f}"
+    )  # fmt: skip
+    vs_relay = (
+        f"{paired(relay, r, lambda a, b: b.c32.rps / a.c32.rps):.2f}x"
+        if relay is not None and relay.ok
+        else "n/a"
+    )
+    vs_direct = f"{paired(direct, r, lambda a, b: b.c32.rps / a.c32.rps):.2f}x"
+    rss = "—" if r.rss_rest is None else f"{r.rss_rest:.0f} / {r.rss_peak or 0:.0f}"
+    cpus = [x.cpu_c32 for x in r.rounds if x.cpu_c32 is not None]
+    cpu = "—" if not cpus else f"{median(cpus) * 100:.0f}%"
+    cpu += f" ({r.med(lambda x: x.cpu0_busy) * 100:.0f}%)"
+    per_req = r.cpu_per_request()
+    return [
+        r.name, f"{r.med(lambda x: x.c32.rps):,.0f}",
+        " / ".join(f"{x.c32.rps:,.0f}" for x in r.rounds),
+        f"{r.med(lambda x: x.c64.rps):,.0f}",
+        f"{_ms(r.med(lambda x: x.c32.p50))} / {_ms(r.med(lambda x: x.c32.p99))}",
+        f"{_ms(r.med(lambda x: x.c64.p50))} / {_ms(r.med(lambda x: x.c64.p99))}",
+        f"{_ms(r.med(lambda x: x.c1.p50))} ({added})", rss, cpu,
+        "—" if per_req is None else f"{per_req * 1e6:.0f}", f"{vs_relay} / {vs_direct}",
+        str(r.errors),
+    ]  # fmt: skip
+
+
 def report(
     results: list[Measured],
     info: dict[str, str],
     seconds: float,
-    paired: list[tuple[float, float, float, float]],
+    rounds: int,
     scaling: bool = False,
 ) -> str:
     direct = results[0]
-    relay = next((r for r in results if r.name == LEAN and r.c32), None)
-    rows = []
-    for r in results:
-        if r.error or r.c32 is None or r.c64 is None or r.c1 is None:
-            rows.append([r.name, f"failed: {r.error}", "", "", "", "", "", "", "", "", ""])
-            continue
-        added = (
-            "—" if r.name.startswith("direct") or direct.c1 is None
-            else f"{(r.c1.p50 - direct.c1.p50) * 1e3:+.3f}"
-        )  # fmt: skip
-        vs_relay = f"{r.c32.rps / relay.c32.rps:.2f}x" if relay and relay.c32 else "n/a"
-        vs_direct = f"{r.c32.rps / direct.c32.rps:.2f}x" if direct.c32 else "n/a"
-        rss = "—" if r.rss_rest is None else f"{r.rss_rest:.0f} / {r.rss_peak or 0:.0f}"
-        cpu = "—" if r.cpu_c32 is None else f"{r.cpu_c32 * 100:.0f}%"
-        if r.cpu0_busy is not None:
-            cpu += f" ({r.cpu0_busy * 100:.0f}%)"
-        per_req = "—" if r.cpu_c32 is None else f"{r.cpu_c32 / r.c32.rps * 1e6:.0f}"
-        errs = r.c1.errors + r.c32.errors + r.c64.errors
-        rows.append([
-            r.name, f"{r.c32.rps:,.0f}", f"{r.c64.rps:,.0f}",
-            f"{_ms(r.c32.p50)} / {_ms(r.c32.p99)}", f"{_ms(r.c64.p50)} / {_ms(r.c64.p99)}",
-            f"{_ms(r.c1.p50)} ({added})", rss, cpu, per_req, f"{vs_relay} / {vs_direct}",
-            str(errs),
-        ])  # fmt: skip
+    relay = next((r for r in results if r.name == LEAN and r.ok), None)
     table = md_table(
         [
-            "target", "req/s c32", "req/s c64", "p50 / p99 c32 (ms)", "p50 / p99 c64 (ms)",
-            "p50 c1 (added) ms", "RSS rest / peak MiB", "CPU c32 (cpu0 busy)", "CPU µs/req",
-            "c32 vs relay / direct", "errors",
+            "target", "req/s c32", "c32 by round", "req/s c64", "p50 / p99 c32 (ms)",
+            "p50 / p99 c64 (ms)", "p50 c1 (added) ms", "RSS rest / peak MiB",
+            "CPU c32 (cpu0 busy)", "CPU µs/req", "c32 vs relay / direct", "errors",
         ],
-        rows,
+        [_row(r, direct, relay) for r in results],
     )  # fmt: skip
-    gaps = _gaps(results, paired)
+    gaps = "\n".join(_gaps_of(name, results, direct, relay) for name in (EDGE_FAST, EDGE_ON))
     scaling_flag = " --scaling" if scaling else ""
     return f"""## Edge overhead
 
-Command: `./dev bench overhead --seconds {seconds:g} --rounds {len(paired)}{scaling_flag}` — \
+Command: `./dev bench overhead --seconds {seconds:g} --rounds {rounds}{scaling_flag}` — \
 {info["date"]}, commit {info["commit"]}
 
 Machine: {info["machine"]}. Load: {info["load"]}.
 
 Setup: nginx (1 worker) answers a fixed {len(nginx.chat_completion_body())}-byte
-chat.completion on CPU 1; `wrk -t1` with a POST script (chat body) also on CPU 1; the proxy
-under test alone on CPU 0 (`taskset`). Each target: 2 s warm-up, then 1 connection
-({c1_seconds(seconds)} s), 32 and 64 connections ({seconds:g} s each). "Added" is p50 at
-one connection minus direct's. RSS is the whole process group (VmRSS), at rest after warm-up
-and peak under load. "CPU c32" is the proxy's CPU time per wall second at 32 connections
-(100% = its core is saturated, so req/s is the proxy's own limit); in brackets how busy CPU 0
-was in total (more than the proxy's share means other processes ran there too). "CPU µs/req"
-is the proxy's CPU time per request at 32 connections: the cost of one request, which other
-load on the machine changes far less than req/s. Direct is measured first and again last, to
-show drift during the run.
+chat.completion on CPU 1; `wrk -t1` with a POST script (chat body) also on CPU 1; the proxies
+under test on CPU 0 (`taskset`), all started first and warmed up (2 s at 32 connections),
+then loaded one at a time, taking turns round by round: 1 connection
+({c1_seconds(seconds)} s), 32 and 64 connections ({seconds:g} s each), {rounds} rounds. Each
+figure is the median of the target's rounds; "c32 by round" shows them in order. "Added"
+is p50 at one connection minus direct's in the same round (median of the rounds). RSS is the
+whole process group (VmRSS), at rest after warm-up and the peak under load. "CPU c32" is
+the proxy's CPU time per wall second at 32 connections (100% = its core is saturated, so
+req/s is the proxy's own limit); in brackets how busy CPU 0 was in total (more than the
+proxy's share means other processes ran there too). "CPU µs/req" is the proxy's CPU time
+per request at 32 connections: the cost of one request, which other load on the machine
+changes far less than req/s. "vs relay / direct" is the median of the round-by-round
+ratios.
 
 {table}
 
@@ -83,77 +110,60 @@ show drift during the run.
 """
 
 
-def _gaps(results: list[Measured], paired: list[tuple[float, float, float, float]]) -> str:
-    """Issue 18's targets, for the edge with the gateway on against the lean relay."""
+def _gaps_of(name: str, results: list[Measured], direct: Measured, relay: Measured | None) -> str:
+    """Issue 18's targets for the edge named `name`, against the lean relay."""
     by = {r.name: r for r in results}
-    return "\n".join(
-        _gaps_of(by.get(name), by.get(LEAN), results[0], by, paired if name == EDGE_FAST else [])
-        for name in (EDGE_FAST, EDGE_ON)
-    )
-
-
-def _gaps_of(
-    edge: Measured | None,
-    relay: Measured | None,
-    direct: Measured,
-    by: dict[str, Measured],
-    paired: list[tuple[float, float, float, float]],
-) -> str:
+    edge = by.get(name)
     if edge is None:
         return ""
-    edge2, relay2 = by.get(EDGE_ON2), by.get(LEAN2)
-    if edge is None or edge.c32 is None or edge.c1 is None:
+    if not edge.ok:
         return f"- {edge.name}: not measured in this run (see the table)."
     lines = [f"**{edge.name}**:"]
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
-    if relay and relay.c32 and relay.c1:
-        ratio = edge.c32.rps / relay.c32.rps
-        lines.append(f"- req/s at 32 connections: {ratio:.2f}x the lean relay (target ≥ 1.5x): "
-                     f"{verdict(ratio >= 1.5)} in the table (measured minutes apart: on a "
-                     "busy machine read the paired rounds).")  # fmt: skip
-        if relay.cpu_c32 and edge.cpu_c32:
-            per = (relay.cpu_c32 / relay.c32.rps) / (edge.cpu_c32 / edge.c32.rps)
-            lines.append(f"- CPU per request at 32 connections: the relay's is {per:.2f}x the "
-                         f"edge's (≥ 1.5x would match the req/s target): "
-                         f"{verdict(per >= 1.5)}.")  # fmt: skip
-        recip = relay.c1.p50 / edge.c1.p50
+    if relay is not None:
+        ratio = paired(relay, edge, lambda r, e: e.c32.rps / r.c32.rps)
+        rounds = ", ".join(
+            f"{e.c32.rps:,.0f}/{r.c32.rps:,.0f}"
+            for r, e in zip(relay.rounds, edge.rounds, strict=False)
+        )
+        lines.append(f"- req/s at 32 connections: {ratio:.2f}x the lean relay, median of the "
+                     f"rounds (edge/relay {rounds}; target ≥ 1.5x): "
+                     f"{verdict(ratio >= 1.5)}.")  # fmt: skip
+        per = [
+            (r.cpu_per_request, e.cpu_per_request)
+            for r, e in zip(relay.rounds, edge.rounds, strict=False)
+        ]
+        if all(r is not None and e is not None for r, e in per):
+            cpu_ratio = median([r / e for r, e in per if r is not None and e is not None])
+            cpus = ", ".join(f"{(r or 0) * 1e6:.0f}/{(e or 0) * 1e6:.0f} µs" for r, e in per)
+            lines.append(f"- CPU per request at 32 connections: the relay's is "
+                         f"{cpu_ratio:.2f}x the edge's (relay/edge {cpus}; ≥ 1.5x would "
+                         f"match the req/s target): {verdict(cpu_ratio >= 1.5)}.")  # fmt: skip
+        recip = paired(relay, edge, lambda r, e: r.c1.p50 / e.c1.p50)
         lines.append(f"- reciprocal latency at one connection (relay p50 / edge p50): "
                      f"{recip:.2f}x (target ≥ 1.3x): {verdict(recip >= 1.3)}.")  # fmt: skip
-        lines.append(f"- p99 at 32 connections: edge {_ms(edge.c32.p99)} ms, lean relay "
-                     f"{_ms(relay.c32.p99)} ms (target ≤ the relay's): "
-                     f"{verdict(edge.c32.p99 <= relay.c32.p99)}.")  # fmt: skip
-    if paired:
-        ratios = sorted(e / r for r, e, _, _ in paired)
-        median = ratios[len(ratios) // 2]
-        pairs = ", ".join(f"{e:,.0f}/{r:,.0f}" for r, e, _, _ in paired)
-        cpu = ", ".join(f"{rc * 1e6:.0f}/{ec * 1e6:.0f} µs" for _, _, rc, ec in paired)
-        lines.append(f"- paired rounds (lean relay and gateway-on edge loaded in turn, 5 s each, "
-                     f"edge/relay req/s: {pairs}): median {median:.2f}x (target ≥ 1.5x): "
-                     f"{verdict(median >= 1.5)}; CPU per request relay/edge: {cpu}.")  # fmt: skip
-    if direct.c1:
-        added = (edge.c1.p50 - direct.c1.p50) * 1e3
+        p99, relay_p99 = edge.med(lambda x: x.c32.p99), relay.med(lambda x: x.c32.p99)
+        lines.append(f"- p99 at 32 connections: edge {_ms(p99)} ms, lean relay "
+                     f"{_ms(relay_p99)} ms (target ≤ the relay's): "
+                     f"{verdict(p99 <= relay_p99)}.")  # fmt: skip
+    if direct.ok:
+        added = paired(direct, edge, lambda d, e: e.c1.p50 - d.c1.p50) * 1e3
         lines.append(f"- added p50 at one connection: {added:.3f} ms (target ≤ 0.25 ms): "
                      f"{verdict(added <= 0.25)}.")  # fmt: skip
     if edge.rss_rest is not None:
         lines.append(f"- RSS at rest after warm-up: {edge.rss_rest:.0f} MiB, peak "
                      f"{edge.rss_peak or 0:.0f} MiB (target ≤ 50 MiB at rest): "
                      f"{verdict(edge.rss_rest <= 50)}.")  # fmt: skip
-    if (
-        edge.name == EDGE_FAST
-        and edge2
-        and edge2.c32
-        and relay2
-        and relay2.c32
-        and relay
-        and relay.c32
-    ):
+    edge2, relay2 = by.get(EDGE_ON2), by.get(LEAN2)
+    if name == EDGE_FAST and edge2 and edge2.ok and relay2 and relay2.ok and relay:
+        workers = paired(edge, edge2, lambda a, b: b.c32.rps / a.c32.rps)
+        relays = paired(relay, relay2, lambda a, b: b.c32.rps / a.c32.rps)
         lines.append(
-            f"- scaling: --workers 2 gives {edge2.c32.rps / edge.c32.rps:.2f}x one worker; "
-            f"two lean relays give {relay2.c32.rps / relay.c32.rps:.2f}x one relay. Two cores "
-            "shared with nginx and wrk cannot show linear scaling; this shows whether the "
-            "workers share the port and the load."
+            f"- scaling: --workers 2 gives {workers:.2f}x one worker; two lean relays give "
+            f"{relays:.2f}x one relay. Two cores shared with nginx and wrk cannot show linear "
+            "scaling; this shows whether the workers share the port and the load."
         )
     return "\n".join(lines)
