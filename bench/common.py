@@ -44,9 +44,12 @@ def machine() -> str:
     with contextlib.suppress(OSError, ValueError, IndexError):
         first = Path("/proc/meminfo").read_text().splitlines()[0]
         mem_gib = int(first.split()[1]) / 1024 / 1024
+    from bench import idle  # it imports BenchError from here
+
+    waits = idle.note()
     return (
         f"{os.cpu_count()} CPUs ({model}), {mem_gib:.1f} GiB RAM, Linux {platform.release()}, "
-        f"Python {platform.python_version()}"
+        f"Python {platform.python_version()}" + (f"; {waits}" if waits else "")
     )
 
 
@@ -161,6 +164,7 @@ compare ratios more than absolute numbers (the machine may be shared).
 ORDER = [
     "overhead",
     "timeline",
+    "timeline-polling",
     "streaming",
     "stream-load",
     "controlplane",

@@ -1,6 +1,6 @@
 """Where one request's time goes at one connection: the edge's seams, timed inside it.
 
-``./dev bench timeline [--seconds 4] [--rounds 3] [--no-write]``
+``./dev bench timeline [--seconds 4] [--rounds 3] [--halt-poll-ns NS] [--no-write]``
 
 nginx answers a fixed chat.completion (CPU 1, with wrk); the edge alone on CPU 0, gateway off
 and gateway on (bench/overhead.py's configurations). `wrk -c1` against each edge run under
@@ -9,19 +9,22 @@ write, upstream answer, answer head, answer written) and reports the medians of 
 and, in the same rounds (the targets taking turns), direct to nginx, nginx as a reverse proxy
 and the same edges without the stamps (their p50 is the edge's own; the difference is what the
 stamps cost). nginx as a proxy and a stamped gateway-on edge run on CPU 1 too, beside nginx
-and wrk: no wake-up then crosses CPUs, which shows what the crossings cost.
+and wrk: no wake-up then crosses CPUs, which shows what the crossings cost. With
+`--halt-poll-ns`, a diagnostic (root): the machine's idle CPUs poll that long before they halt,
+for the run only, and the section is written apart ("timeline-polling").
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import statistics
 from pathlib import Path
 
 import orjson
 
-from bench import nginx, wrk
+from bench import idle, nginx, wrk
 from bench.common import (
     LOAD_CPU,
     PROXY_CPU,
@@ -177,16 +180,43 @@ connections in Edge overhead, where the same work runs back to back.
 """
 
 
+# With --halt-poll-ns: what the same rounds show when idle CPUs poll before they halt.
+_POLLING = """
+A diagnostic run: for its duration the machine's idle CPUs poll {us:g} µs before they halt
+(`guest_halt_poll_ns`, the haltpoll cpuidle driver's; the kernel's default is 200 µs, this
+VM's kernel command line sets 0, and the setting was put back after the run). A process
+woken from another CPU then finds its CPU awake more often, with no exit to the hypervisor:
+compare "added to direct" with One request's time at one connection above, measured with
+the machine as it is.
+"""
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="./dev bench timeline", description=__doc__)
     p.add_argument("--seconds", type=float, default=4.0, help="per target per round")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--halt-poll-ns",
+        type=int,
+        default=None,
+        help="idle CPUs poll this long before halting, for this run (root; bench/idle.py); "
+        "written as its own section",
+    )
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
-    measured = run(args.seconds, args.rounds)
+    with contextlib.ExitStack() as stack:
+        if args.halt_poll_ns is not None:
+            stack.enter_context(idle.polling(args.halt_poll_ns))
+        measured = run(args.seconds, args.rounds)
     cmd = "./dev bench timeline" + "".join(f" {a}" for a in argv if a != "--no-write")
     text = report(measured, cmd)
+    section = "timeline"
+    if args.halt_poll_ns is not None:
+        section = "timeline-polling"
+        head, _, rest = text.partition("\n")
+        polling = _POLLING.format(us=args.halt_poll_ns / 1000)
+        text = f"{head.replace('(`', ', idle CPUs polling (`', 1)}\n{polling}{rest}"
     print(text)
     if not args.no_write:
-        write_section("timeline", text)
+        write_section(section, text)
     return 0
