@@ -215,7 +215,8 @@ def main(argv: list[str]) -> int:
         section = "timeline-polling"
         head, _, rest = text.partition("\n")
         polling = _POLLING.format(us=args.halt_poll_ns / 1000)
-        text = f"{head.replace('(`', ', idle CPUs polling (`', 1)}\n{polling}{rest}"
+        head = head.replace(" (`./dev bench timeline`)", f", idle CPUs polling (`{cmd}`)")
+        text = f"{head}\n{polling}{rest}"
     print(text)
     if not args.no_write:
         write_section(section, text)
