@@ -166,6 +166,7 @@ ORDER = [
     "timeline",
     "timeline-polling",
     "streaming",
+    "streaming-polling",
     "stream-load",
     "controlplane",
     "routing",

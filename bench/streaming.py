@@ -1,6 +1,7 @@
 """Streaming: time to first chunk and per-chunk transit through each proxy versus direct.
 
-``./dev bench streaming [--chunks 50] [--gap-ms 10] [--first-ms 0] [--no-write]``
+``./dev bench streaming [--chunks 50] [--gap-ms 10] [--first-ms 0] [--halt-poll-ns NS]
+[--no-write]``
 
 An aiohttp backend (bench/stream_backend.py, CPU 1) streams 50 SSE chunks 10 ms apart,
 stamping each with the CLOCK_MONOTONIC time it was written (--first-ms: a prefill between the
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
-from bench import nginx
+from bench import idle, nginx
 from bench.common import (
     LOAD_CPU,
     PROXY_CPU,
@@ -298,6 +299,8 @@ def report(
     prefill = ""
     if args.first_ms:
         command += f" --first-ms {args.first_ms:g}"
+    if args.halt_poll_ns is not None:
+        command += f" --halt-poll-ns {args.halt_poll_ns}"
         prefill = f" (the backend's prefill: {args.first_ms:g} ms between its head and first chunk)"
     return f"""## Streaming
 
@@ -340,13 +343,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seq", type=int, default=40, help="single streams per target")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=4.0, help="steady concurrent phase")
+    idle.add_option(parser)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
-    results, info = run(
-        args.chunks, args.gap_ms, args.seq, args.concurrency, args.seconds, args.first_ms
-    )
+    with idle.diagnostic(args.halt_poll_ns):
+        results, info = run(
+            args.chunks, args.gap_ms, args.seq, args.concurrency, args.seconds, args.first_ms
+        )
     text = report(results, info, args)
+    section = "streaming"
+    if args.halt_poll_ns is not None:
+        section = "streaming-polling"
+        command = " ".join(["./dev bench streaming", *(a for a in argv if a != "--no-write")])
+        text = idle.as_diagnostic(text, args.halt_poll_ns, command)
     print(text)
     if not args.no_write:
-        write_section("streaming", text)
+        write_section(section, text)
     return 0

@@ -17,7 +17,6 @@ for the run only, and the section is written apart ("timeline-polling").
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import statistics
 from pathlib import Path
@@ -180,43 +179,21 @@ connections in Edge overhead, where the same work runs back to back.
 """
 
 
-# With --halt-poll-ns: what the same rounds show when idle CPUs poll before they halt.
-_POLLING = """
-A diagnostic run: for its duration the machine's idle CPUs poll {us:g} µs before they halt
-(`guest_halt_poll_ns`, the haltpoll cpuidle driver's; the kernel's default is 200 µs, this
-VM's kernel command line sets 0, and the setting was put back after the run). A process
-woken from another CPU then finds its CPU awake more often, with no exit to the hypervisor:
-compare "added to direct" with One request's time at one connection above, measured with
-the machine as it is.
-"""
-
-
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="./dev bench timeline", description=__doc__)
     p.add_argument("--seconds", type=float, default=4.0, help="per target per round")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument(
-        "--halt-poll-ns",
-        type=int,
-        default=None,
-        help="idle CPUs poll this long before halting, for this run (root; bench/idle.py); "
-        "written as its own section",
-    )
+    idle.add_option(p)
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
-    with contextlib.ExitStack() as stack:
-        if args.halt_poll_ns is not None:
-            stack.enter_context(idle.polling(args.halt_poll_ns))
+    with idle.diagnostic(args.halt_poll_ns):
         measured = run(args.seconds, args.rounds)
     cmd = "./dev bench timeline" + "".join(f" {a}" for a in argv if a != "--no-write")
     text = report(measured, cmd)
     section = "timeline"
     if args.halt_poll_ns is not None:
         section = "timeline-polling"
-        head, _, rest = text.partition("\n")
-        polling = _POLLING.format(us=args.halt_poll_ns / 1000)
-        head = head.replace(" (`./dev bench timeline`)", f", idle CPUs polling (`{cmd}`)")
-        text = f"{head}\n{polling}{rest}"
+        text = idle.as_diagnostic(text, args.halt_poll_ns, cmd)
     print(text)
     if not args.no_write:
         write_section(section, text)

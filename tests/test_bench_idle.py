@@ -48,3 +48,17 @@ def test_polling_without_haltpoll_is_a_bench_error(
     monkeypatch.setattr(idle, "_POLL", tmp_path / "absent" / "guest_halt_poll_ns")
     with pytest.raises(BenchError, match="haltpoll absent, or not root"), idle.polling(1):
         pass
+
+
+def test_a_diagnostic_section_is_retitled_and_says_what_changed() -> None:
+    """The title keeps its name, gains the run's command; the setting is stated in µs."""
+    text = "## Streaming\n\nCommand: `./dev bench streaming`\n"
+    out = idle.as_diagnostic(text, 200_000, "./dev bench streaming --halt-poll-ns 200000")
+    head, _, rest = out.partition("\n")
+    assert head == "## Streaming, idle CPUs polling (`./dev bench streaming --halt-poll-ns 200000`)"
+    assert "poll 200 µs before they halt" in rest
+    assert rest.endswith("\nCommand: `./dev bench streaming`\n")
+    timeline = "## One request's time at one connection (`./dev bench timeline`)\nx"
+    assert idle.as_diagnostic(timeline, 1000, "c").startswith(
+        "## One request's time at one connection, idle CPUs polling (`c`)\n"
+    )
