@@ -130,6 +130,8 @@ class Target:
 def warm_up(target: Target) -> None:
     """2 s at 32 connections (connections, pools, caches), then its RSS at rest."""
     m = target.measured
+    if m.error:  # it did not start
+        return
     try:
         wrk.run(target.url, target.script, connections=32, seconds=2, cpus=LOAD_CPU)
         m.rss_rest = target.proc.rss_mib() if target.proc is not None else None
