@@ -7,7 +7,9 @@ runs on CPU 1; each proxy under test runs on CPU 0, where only one of them is lo
 time. Targets: the backend directly, the lean aiohttp relay (bench/lean_relay.py, the floor
 issue 18 measures against), nginx as a reverse proxy, the edge with the gateway off, the
 edge with the gateway on (a key, limits counted in-process, usage records to SQLite,
-metrics), the same with aiohttp's client upstream, and `corral up` with the same gateway.
+metrics), the same with aiohttp's client upstream, `corral up` with the same gateway, and the
+Rust routers vllm-router (round robin) and sglang-router (cache-aware), from PyPI
+(bench/rust_routers.py).
 All are started first and warmed up; then, round by round, each has its turn: one
 connection, 32, 64 (bench/overhead_measure.py). Each figure is the median of a target's
 rounds, and a ratio between two targets the median of their ratios round by round (their
@@ -21,6 +23,7 @@ RSS at rest and the peak under load, and the proxy's CPU per request at 32 conne
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
-from bench import nginx, wrk
+from bench import nginx, rust_routers, wrk
 from bench.common import (
     LOAD_CPU,
     PROXY_CPU,
@@ -49,7 +52,9 @@ from bench.overhead_measure import (
     EDGE_ON2,
     LEAN,
     LEAN2,
+    SGLANG,
     UP,
+    VLLM,
     Measured,
     ProcessGroup,
     Sampled,
@@ -246,6 +251,15 @@ def run(seconds: float, rounds: int, scaling: bool) -> tuple[list[Measured], dic
             keyed,
         )
         one(UP, lambda: start_up(procs, backend, up_config), "one process, CPU 0", keyed)
+        routers = (("vllm", VLLM, "round robin"), ("sglang", SGLANG, "cache-aware"))
+        for which, name, policy in routers:
+            one(
+                name,
+                functools.partial(
+                    rust_routers.start, procs, which, backend, PROXY_CPU, CHAT_REQUEST
+                ),
+                f"{policy}; Rust, from PyPI",
+            )
         if scaling:
             one(
                 EDGE_ON2,

@@ -1,7 +1,8 @@
 """The section bench/overhead.py writes to docs/BENCHMARKS.md: every target's req/s,
 latencies, RSS and CPU in one table (medians of its rounds), then the gateway-on edge against
 issue 18's targets (the lean relay's req/s, CPU per request and latency, added latency, RSS
-at rest, scaling), each ratio the median of the two targets' ratios round by round.
+at rest, scaling) and beside the Rust routers, each ratio the median of the two targets'
+ratios round by round.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from bench.overhead_measure import (
     EDGE_ON2,
     LEAN,
     LEAN2,
+    SGLANG,
+    VLLM,
     Measured,
     Round,
     c1_seconds,
@@ -157,6 +160,13 @@ def _gaps_of(name: str, results: list[Measured], direct: Measured, relay: Measur
         lines.append(f"- RSS at rest after warm-up: {edge.rss_rest:.0f} MiB, peak "
                      f"{edge.rss_peak or 0:.0f} MiB (target ≤ 50 MiB at rest): "
                      f"{verdict(edge.rss_rest <= 50)}.")  # fmt: skip
+    for router in (by.get(VLLM), by.get(SGLANG)) if name == EDGE_FAST else ():
+        if router is not None and router.ok and direct.ok:
+            share = paired(router, edge, lambda r, e: e.c32.rps / r.c32.rps)
+            router_added = paired(direct, router, lambda d, r: r.c1.p50 - d.c1.p50) * 1e3
+            lines.append(f"- against {router.name}: the edge does {share:.2f}x its req/s at 32 "
+                         f"connections (median of the rounds); it adds {router_added:.3f} ms "
+                         "at one connection.")  # fmt: skip
     edge2, relay2 = by.get(EDGE_ON2), by.get(LEAN2)
     if name == EDGE_FAST and edge2 and edge2.ok and relay2 and relay2.ok and relay:
         workers = paired(edge, edge2, lambda a, b: b.c32.rps / a.c32.rps)

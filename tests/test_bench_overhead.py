@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.overhead_measure import DIRECT, EDGE_FAST, LEAN, Measured, Round
+from bench.overhead_measure import DIRECT, EDGE_FAST, LEAN, SGLANG, VLLM, Measured, Round
 from bench.overhead_report import report
 from bench.wrk import WrkResult
 
@@ -43,3 +43,15 @@ def test_a_target_that_failed_is_a_row_saying_so() -> None:
     assert f"| {EDGE_FAST} | failed: edge did not start |" in text
     assert f"- {EDGE_FAST}: not measured in this run (see the table)." in text
     assert "| lean aiohttp+uvloop relay | 1,000 |" in text
+
+
+def test_the_rust_routers_are_compared_round_by_round() -> None:
+    """The edge's req/s as a share of each router's, and what each router adds at c1."""
+    direct = Measured(DIRECT, rounds=_rounds([40_000] * 3, [0.0001] * 3, None))
+    edge = Measured(EDGE_FAST, rounds=_rounds([2000, 2000, 2000], [0.0003] * 3, 0.9))
+    vllm = Measured(VLLM, rounds=_rounds([4000, 2000, 5000], [0.0002] * 3, 0.9))
+    sglang = Measured(SGLANG, error="cannot install")
+    text = report([direct, edge, vllm, sglang], INFO, 4, 3)
+    assert f"- against {VLLM}: the edge does 0.50x its req/s at 32 connections" in text
+    assert "it adds 0.100 ms at one connection." in text
+    assert f"against {SGLANG}" not in text

@@ -1,0 +1,90 @@
+"""The Rust routers issue 18 compares with, for bench/overhead.py: vllm-router and sglang-router.
+
+Both ship as Python wheels around a Rust binary (PyPI: `vllm-router`, `sglang-router`). They
+are installed once per machine into a venv of their own, outside the checkout, in
+${XDG_CACHE_HOME:-~/.cache}/corral/bench-routers-VERSIONS (as the llama-server build is,
+tests/support/llamacpp_build.py), never into the project's: their dependencies are theirs.
+Each is started with one worker URL (the nginx backend) and the policy ANCHORS.md measured it
+with (vllm-router round robin, sglang-router cache-aware), and is ready once it relays a chat
+completion.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Final
+
+from bench.common import BenchError
+from bench.procs import Proc, Procs, free_port
+
+VLLM: Final = "vllm-router==0.1.17"
+SGLANG: Final = "sglang-router==0.3.2"
+
+
+def venv() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    name = "bench-routers-" + "-".join(p.replace("==", "") for p in (VLLM, SGLANG))
+    return base / "corral" / name
+
+
+def ensure() -> Path:
+    """The routers' venv, made and filled once (pip, from PyPI); its python."""
+    root = venv()
+    python = root / "bin" / "python"
+    ready = root / ".installed"
+    if ready.exists():
+        return python
+    print(f"  installing {VLLM} and {SGLANG} into {root} (once) ...", flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", VLLM, SGLANG],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    except subprocess.CalledProcessError as exc:
+        raise BenchError(f"cannot install {VLLM} and {SGLANG}: {exc.stderr or exc}") from exc
+    ready.touch()
+    return python
+
+
+def start(procs: Procs, which: str, backend: str, cpus: str, probe: bytes) -> tuple[Proc, str]:
+    """`which` ("vllm" or "sglang") relaying to `backend`, ready (it relayed the chat body
+    `probe`): its process and base URL."""
+    python = ensure()
+    port = free_port()
+    if which == "vllm":
+        argv = [str(python.parent / "vllm-router"), "--policy", "round_robin",
+                "--log-level", "warning"]  # fmt: skip
+    else:
+        argv = [str(python), "-m", "sglang_router.launch_router", "--policy", "cache_aware",
+                "--log-level", "warn"]  # fmt: skip
+    argv += ["--worker-urls", backend, "--host", "127.0.0.1", "--port", str(port)]
+    proc = procs.start(f"{which}-router", argv, cpus=cpus)
+    base = f"http://127.0.0.1:{port}"
+    _wait_relaying(proc, base + "/v1/chat/completions", probe)
+    return proc, base
+
+
+def _wait_relaying(proc: Proc, url: str, probe: bytes, timeout: float = 60.0) -> None:
+    """Until a chat completion comes back through it (its health checks of the worker done)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc.check_alive()
+        request = urllib.request.Request(url, probe, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (OSError, urllib.error.HTTPError):
+            pass
+        if time.monotonic() > deadline:
+            raise BenchError(f"{url} did not relay a chat completion within {timeout:.0f} s")
+        time.sleep(0.2)
