@@ -1,8 +1,9 @@
 """How bench/overhead.py measures its targets: all of them up at once, each warmed up, then
-loaded in turn, round by round (one connection, then 32, then 64), so that load which comes
-and goes on the machine weighs on every target alike; per target its RSS at rest and its peak
-under load (sampled every 200 ms), its CPU time during each 32-connection run and how busy
-CPU 0 was; the targets' names, as the report shows them.
+loaded in turn, round by round (32 connections, then 64), then at one connection in twice as
+many shorter rounds (a p50 at one connection swings more from run to run than req/s does), so
+that load which comes and goes on the machine weighs on every target alike; per target its
+RSS at rest and its peak under load (sampled every 200 ms), its CPU time during each
+32-connection run and how busy CPU 0 was; the targets' names, as the report shows them.
 """
 
 from __future__ import annotations
@@ -34,9 +35,8 @@ class Sampled(Protocol):
 
 @dataclass
 class Round:
-    """One target's runs in one round."""
+    """One target's runs at 32 and 64 connections in one round."""
 
-    c1: wrk.WrkResult
     c32: wrk.WrkResult
     c64: wrk.WrkResult
     cpu_c32: float | None  # the proxy's CPU seconds per wall second during the 32-conn run
@@ -53,19 +53,20 @@ def median(values: Sequence[float]) -> float:
 
 @dataclass
 class Measured:
-    """A target: its rounds (in the run's order: round i of every target is neighbours in
-    time), its RSS, or why it could not be measured."""
+    """A target: its rounds under load and at one connection (in the run's order: round i of
+    every target is neighbours in time), its RSS, or why it could not be measured."""
 
     name: str
     note: str = ""
     rounds: list[Round] = field(default_factory=list)
+    c1: list[wrk.WrkResult] = field(default_factory=list)
     rss_rest: float | None = None
     rss_peak: float | None = None
     error: str = ""
 
     @property
     def ok(self) -> bool:
-        return not self.error and bool(self.rounds)
+        return not self.error and bool(self.rounds) and bool(self.c1)
 
     def med(self, value: Callable[[Round], float]) -> float:
         """The median over this target's rounds of `value`."""
@@ -73,7 +74,9 @@ class Measured:
 
     @property
     def errors(self) -> int:
-        return sum(r.c1.errors + r.c32.errors + r.c64.errors for r in self.rounds)
+        return sum(r.c32.errors + r.c64.errors for r in self.rounds) + sum(
+            r.errors for r in self.c1
+        )
 
     def cpu_per_request(self) -> float | None:
         per = [c for c in (r.cpu_per_request for r in self.rounds) if c is not None]
@@ -141,12 +144,12 @@ def warm_up(target: Target) -> None:
 
 
 def one_round(target: Target, seconds: float) -> None:
-    """The target's turn in a round: 1, 32 and 64 connections; a failure ends its rounds."""
+    """The target's turn in a round under load: 32 and 64 connections; a failure ends its
+    rounds."""
     m, proc, url, script = target.measured, target.proc, target.url, target.script
     if m.error:
         return
     try:
-        c1 = wrk.run(url, script, connections=1, seconds=c1_seconds(seconds), cpus=LOAD_CPU)
         with RssSampler(proc) as sampler:
             cpu0 = proc.cpu_seconds() if proc is not None else 0.0
             t0 = time.monotonic()
@@ -160,22 +163,46 @@ def one_round(target: Target, seconds: float) -> None:
             c64 = wrk.run(url, script, connections=64, seconds=seconds, cpus=LOAD_CPU)
         if proc is not None:
             m.rss_peak = max(m.rss_peak or 0.0, sampler.peak)
-        m.rounds.append(Round(c1, c32, c64, cpu, busy))
-        print(f"  {m.name}: c1 p50 {c1.p50 * 1e3:.3f} ms; c32 {c32.rps:,.0f} req/s; "
-              f"c64 {c64.rps:,.0f} req/s", flush=True)  # fmt: skip
+        m.rounds.append(Round(c32, c64, cpu, busy))
+        print(f"  {m.name}: c32 {c32.rps:,.0f} req/s; c64 {c64.rps:,.0f} req/s", flush=True)
     except BenchError as exc:
         m.error = str(exc).splitlines()[0][:200]
         print(f"  {m.name}: FAILED: {m.error}", flush=True)
 
 
+def one_connection(target: Target, seconds: int) -> None:
+    """The target's turn in a round at one connection: its p50."""
+    m = target.measured
+    if m.error:
+        return
+    try:
+        c1 = wrk.run(target.url, target.script, connections=1, seconds=seconds, cpus=LOAD_CPU)
+        m.c1.append(c1)
+    except BenchError as exc:
+        m.error = str(exc).splitlines()[0][:200]
+        print(f"  {m.name}: FAILED: {m.error}", flush=True)
+
+
+# Each turn at one connection: long enough for thousands of requests.
+C1_SECONDS = 2
+
+
 def take_turns(targets: Sequence[Target], seconds: float, rounds: int) -> None:
-    """Every target warmed up, then `rounds` rounds in which each has its turn."""
+    """Every target warmed up, then `rounds` rounds under load and twice as many at one
+    connection, in which each has its turn."""
     for target in targets:
         warm_up(target)
     for i in range(rounds):
-        print(f" round {i + 1} of {rounds}", flush=True)
+        print(f" round {i + 1} of {rounds} at 32 and 64 connections", flush=True)
         for target in targets:
             one_round(target, seconds)
+    for i in range(2 * rounds):
+        for target in targets:
+            one_connection(target, C1_SECONDS)
+        print(f" round {i + 1} of {2 * rounds} at one connection: " + ", ".join(
+            f"{t.measured.name} {t.measured.c1[-1].p50 * 1e3:.3f} ms"
+            for t in targets if t.measured.c1 and not t.measured.error
+        ), flush=True)  # fmt: skip
 
 
 # The targets, by the names the report gives them.

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from bench import nginx
 from bench.common import md_table
 from bench.overhead_measure import (
+    C1_SECONDS,
     EDGE_FAST,
     EDGE_ON,
     EDGE_ON2,
@@ -21,7 +22,6 @@ from bench.overhead_measure import (
     VLLM,
     Measured,
     Round,
-    c1_seconds,
     median,
 )
 
@@ -35,12 +35,17 @@ def paired(a: Measured, b: Measured, value: Callable[[Round, Round], float]) -> 
     return median([value(x, y) for x, y in zip(a.rounds, b.rounds, strict=False)])
 
 
+def paired_c1(a: Measured, b: Measured, value: Callable[[float, float], float]) -> float:
+    """The same over the rounds at one connection, of `value(a's p50, b's p50)`."""
+    return median([value(x.p50, y.p50) for x, y in zip(a.c1, b.c1, strict=False)])
+
+
 def _row(r: Measured, direct: Measured, relay: Measured | None) -> list[str]:
     if not r.ok:
-        return [r.name, f"failed: {r.error}", *[""] * 10]
+        return [r.name, f"failed: {r.error}", *[""] * 11]
     added = (
         "—" if r is direct or not direct.ok
-        else f"{paired(direct, r, lambda d, x: x.c1.p50 - d.c1.p50) * 1e3:+.3f}"
+        else f"{paired_c1(direct, r, lambda d, x: x - d) * 1e3:+.3f}"
     )  # fmt: skip
     vs_relay = (
         f"{paired(relay, r, lambda a, b: b.c32.rps / a.c32.rps):.2f}x"
@@ -59,7 +64,8 @@ def _row(r: Measured, direct: Measured, relay: Measured | None) -> list[str]:
         f"{r.med(lambda x: x.c64.rps):,.0f}",
         f"{_ms(r.med(lambda x: x.c32.p50))} / {_ms(r.med(lambda x: x.c32.p99))}",
         f"{_ms(r.med(lambda x: x.c64.p50))} / {_ms(r.med(lambda x: x.c64.p99))}",
-        f"{_ms(r.med(lambda x: x.c1.p50))} ({added})", rss, cpu,
+        f"{_ms(median([x.p50 for x in r.c1]))} ({added})",
+        " / ".join(f"{x.p50 * 1e3:.2f}" for x in r.c1), rss, cpu,
         "—" if per_req is None else f"{per_req * 1e6:.0f}", f"{vs_relay} / {vs_direct}",
         str(r.errors),
     ]  # fmt: skip
@@ -77,7 +83,7 @@ def report(
     table = md_table(
         [
             "target", "req/s c32", "c32 by round", "req/s c64", "p50 / p99 c32 (ms)",
-            "p50 / p99 c64 (ms)", "p50 c1 (added) ms", "RSS rest / peak MiB",
+            "p50 / p99 c64 (ms)", "p50 c1 (added) ms", "p50 c1 by round", "RSS rest / peak MiB",
             "CPU c32 (cpu0 busy)", "CPU µs/req", "c32 vs relay / direct", "errors",
         ],
         [_row(r, direct, relay) for r in results],
@@ -94,10 +100,11 @@ Machine: {info["machine"]}. Load: {info["load"]}.
 Setup: nginx (1 worker) answers a fixed {len(nginx.chat_completion_body())}-byte
 chat.completion on CPU 1; `wrk -t1` with a POST script (chat body) also on CPU 1; the proxies
 under test on CPU 0 (`taskset`), all started first and warmed up (2 s at 32 connections),
-then loaded one at a time, taking turns round by round: 1 connection
-({c1_seconds(seconds)} s), 32 and 64 connections ({seconds:g} s each), {rounds} rounds. Each
-figure is the median of the target's rounds; "c32 by round" shows them in order. "Added"
-is p50 at one connection minus direct's in the same round (median of the rounds). RSS is the
+then loaded one at a time, taking turns round by round: {rounds} rounds at 32 and 64
+connections ({seconds:g} s each), then {2 * rounds} rounds at one connection ({C1_SECONDS} s
+each). Each figure is the median of the target's rounds; "c32 by round" shows them in order.
+"Added" is p50 at one connection minus direct's in the same round (median of the rounds);
+"p50 c1 by round" shows the target's. RSS is the
 whole process group (VmRSS), at rest after warm-up and the peak under load. "CPU c32" is
 the proxy's CPU time per wall second at 32 connections (100% = its core is saturated, so
 req/s is the proxy's own limit); in brackets how busy CPU 0 was in total (more than the
@@ -145,7 +152,7 @@ def _gaps_of(name: str, results: list[Measured], direct: Measured, relay: Measur
             lines.append(f"- CPU per request at 32 connections: the relay's is "
                          f"{cpu_ratio:.2f}x the edge's (relay/edge {cpus}; ≥ 1.5x would "
                          f"match the req/s target): {verdict(cpu_ratio >= 1.5)}.")  # fmt: skip
-        recip = paired(relay, edge, lambda r, e: r.c1.p50 / e.c1.p50)
+        recip = paired_c1(relay, edge, lambda r, e: r / e)
         lines.append(f"- reciprocal latency at one connection (relay p50 / edge p50): "
                      f"{recip:.2f}x (target ≥ 1.3x): {verdict(recip >= 1.3)}.")  # fmt: skip
         p99, relay_p99 = edge.med(lambda x: x.c32.p99), relay.med(lambda x: x.c32.p99)
@@ -153,7 +160,7 @@ def _gaps_of(name: str, results: list[Measured], direct: Measured, relay: Measur
                      f"{_ms(relay_p99)} ms (target ≤ the relay's): "
                      f"{verdict(p99 <= relay_p99)}.")  # fmt: skip
     if direct.ok:
-        added = paired(direct, edge, lambda d, e: e.c1.p50 - d.c1.p50) * 1e3
+        added = paired_c1(direct, edge, lambda d, e: e - d) * 1e3
         lines.append(f"- added p50 at one connection: {added:.3f} ms (target ≤ 0.25 ms): "
                      f"{verdict(added <= 0.25)}.")  # fmt: skip
     if edge.rss_rest is not None:
@@ -163,7 +170,7 @@ def _gaps_of(name: str, results: list[Measured], direct: Measured, relay: Measur
     for router in (by.get(VLLM), by.get(SGLANG)) if name == EDGE_FAST else ():
         if router is not None and router.ok and direct.ok:
             share = paired(router, edge, lambda r, e: e.c32.rps / r.c32.rps)
-            router_added = paired(direct, router, lambda d, r: r.c1.p50 - d.c1.p50) * 1e3
+            router_added = paired_c1(direct, router, lambda d, r: r - d) * 1e3
             lines.append(f"- against {router.name}: the edge does {share:.2f}x its req/s at 32 "
                          f"connections (median of the rounds); it adds {router_added:.3f} ms "
                          "at one connection.")  # fmt: skip

@@ -66,7 +66,9 @@ def start(procs: Procs, which: str, backend: str, cpus: str, probe: bytes) -> tu
     else:
         argv = [str(python), "-m", "sglang_router.launch_router", "--policy", "cache_aware",
                 "--log-level", "warn"]  # fmt: skip
-    argv += ["--worker-urls", backend, "--host", "127.0.0.1", "--port", str(port)]
+    # Each its own metrics port: both default to 29000, and both are up at once.
+    argv += ["--worker-urls", backend, "--host", "127.0.0.1", "--port", str(port),
+             "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port())]  # fmt: skip
     proc = procs.start(f"{which}-router", argv, cpus=cpus)
     base = f"http://127.0.0.1:{port}"
     _wait_relaying(proc, base + "/v1/chat/completions", probe)

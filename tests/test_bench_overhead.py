@@ -13,18 +13,19 @@ def _run(rps: float, p50: float, p99: float = 0.01, connections: int = 32) -> Wr
     return WrkResult(connections, int(rps * 4), 4.0, rps, p50, p50, p50, p99, 0)
 
 
-def _rounds(rps: list[float], c1_p50: list[float], cpu: float | None) -> list[Round]:
-    return [
-        Round(_run(1 / p, p, connections=1), _run(r, 0.005), _run(r, 0.01), cpu, 0.99)
-        for r, p in zip(rps, c1_p50, strict=True)
-    ]
+def _measured(name: str, rps: list[float], c1_p50: list[float], cpu: float | None) -> Measured:
+    return Measured(
+        name,
+        rounds=[Round(_run(r, 0.005), _run(r, 0.01), cpu, 0.99) for r in rps],
+        c1=[_run(1 / p, p, connections=1) for p in c1_p50],
+    )
 
 
 def test_ratios_are_medians_of_round_by_round_ratios() -> None:
     """Edge/relay per round 1.2, 2.0, 1.6: the median is 1.60x, not the ratio of medians."""
-    direct = Measured(DIRECT, rounds=_rounds([40_000] * 3, [0.0001] * 3, None))
-    relay = Measured(LEAN, rounds=_rounds([1000, 1000, 2000], [0.0008] * 3, 0.9))
-    edge = Measured(EDGE_FAST, rounds=_rounds([1200, 2000, 3200], [0.0003] * 3, 0.9))
+    direct = _measured(DIRECT, [40_000] * 3, [0.0001] * 3, None)
+    relay = _measured(LEAN, [1000, 1000, 2000], [0.0008] * 3, 0.9)
+    edge = _measured(EDGE_FAST, [1200, 2000, 3200], [0.0003] * 3, 0.9)
     edge.rss_rest, edge.rss_peak = 49.0, 50.0
     text = report([direct, relay, edge], INFO, 4, 3)
     assert "- req/s at 32 connections: 1.60x the lean relay" in text
@@ -36,8 +37,8 @@ def test_ratios_are_medians_of_round_by_round_ratios() -> None:
 
 def test_a_target_that_failed_is_a_row_saying_so() -> None:
     """No rounds and an error: its row says why, and the others are still reported."""
-    direct = Measured(DIRECT, rounds=_rounds([40_000] * 2, [0.0001] * 2, None))
-    relay = Measured(LEAN, rounds=_rounds([1000, 1000], [0.0008] * 2, 0.9))
+    direct = _measured(DIRECT, [40_000] * 2, [0.0001] * 2, None)
+    relay = _measured(LEAN, [1000, 1000], [0.0008] * 2, 0.9)
     edge = Measured(EDGE_FAST, error="edge did not start")
     text = report([direct, relay, edge], INFO, 4, 2)
     assert f"| {EDGE_FAST} | failed: edge did not start |" in text
@@ -47,9 +48,9 @@ def test_a_target_that_failed_is_a_row_saying_so() -> None:
 
 def test_the_rust_routers_are_compared_round_by_round() -> None:
     """The edge's req/s as a share of each router's, and what each router adds at c1."""
-    direct = Measured(DIRECT, rounds=_rounds([40_000] * 3, [0.0001] * 3, None))
-    edge = Measured(EDGE_FAST, rounds=_rounds([2000, 2000, 2000], [0.0003] * 3, 0.9))
-    vllm = Measured(VLLM, rounds=_rounds([4000, 2000, 5000], [0.0002] * 3, 0.9))
+    direct = _measured(DIRECT, [40_000] * 3, [0.0001] * 3, None)
+    edge = _measured(EDGE_FAST, [2000, 2000, 2000], [0.0003] * 3, 0.9)
+    vllm = _measured(VLLM, [4000, 2000, 5000], [0.0002] * 3, 0.9)
     sglang = Measured(SGLANG, error="cannot install")
     text = report([direct, edge, vllm, sglang], INFO, 4, 3)
     assert f"- against {VLLM}: the edge does 0.50x its req/s at 32 connections" in text
