@@ -231,7 +231,15 @@ def run(seconds: float, rounds: int, scaling: bool) -> tuple[list[Measured], dic
             wait_http(f"http://127.0.0.1:{port}/health", proc)
             return proc, f"http://127.0.0.1:{port}"
 
+        # The relay and the gateway-on edge side by side in every round: issue 18's ratio is
+        # theirs, and neighbours in time share whatever the machine is doing.
         one(LEAN, lambda: lean(procs, backend, 1, [PROXY_CPU]), "bench/lean_relay.py")
+        one(
+            EDGE_FAST,
+            lambda: start_edge(procs, "edge-on", snap_port, 1, PROXY_CPU, on, keys),
+            "key, local limits, SQLite usage, metrics; edge/h1pool.py upstream",
+            keyed,
+        )
         one("nginx reverse proxy (1 worker)", nginx_proxy, "keepalive upstream")
         one(
             EDGE_OFF,
@@ -242,12 +250,6 @@ def run(seconds: float, rounds: int, scaling: bool) -> tuple[list[Measured], dic
             EDGE_ON,
             lambda: start_edge(procs, "edge-aiohttp", snap_port, 1, PROXY_CPU, old, keys),
             "the same, aiohttp's client upstream",
-            keyed,
-        )
-        one(
-            EDGE_FAST,
-            lambda: start_edge(procs, "edge-on", snap_port, 1, PROXY_CPU, on, keys),
-            "key, local limits, SQLite usage, metrics; edge/h1pool.py upstream",
             keyed,
         )
         one(UP, lambda: start_up(procs, backend, up_config), "one process, CPU 0", keyed)
