@@ -299,9 +299,9 @@ def report(
     prefill = ""
     if args.first_ms:
         command += f" --first-ms {args.first_ms:g}"
+        prefill = f" (the backend's prefill: {args.first_ms:g} ms between its head and first chunk)"
     if args.halt_poll_ns is not None:
         command += f" --halt-poll-ns {args.halt_poll_ns}"
-        prefill = f" (the backend's prefill: {args.first_ms:g} ms between its head and first chunk)"
     return f"""## Streaming
 
 Command: `{command}` — {info["date"]}
