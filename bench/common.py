@@ -84,6 +84,14 @@ def load_note() -> str:
     return f"background before the run: {per_cpu} busy; load average {load1}"
 
 
+def run_info() -> dict[str, str]:
+    """Machine, background load, date and commit, the first two printed: how a benchmark's
+    section says what it measured and when."""
+    info = {"machine": machine(), "load": load_note(), "date": now_utc(), "commit": commit()}
+    print(f"{info['machine']}\n{info['load']}", flush=True)
+    return info
+
+
 def now_utc() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 

@@ -19,13 +19,10 @@ from bench.common import (
     LOAD_CPU,
     PROXY_CPU,
     PYTHON,
-    commit,
     ensure_tools,
-    load_note,
-    machine,
     md_table,
-    now_utc,
     rounds_main,
+    run_info,
 )
 from bench.overhead import CHAT_REQUEST
 from bench.procs import Proc, Procs, free_port, pin_self, wait_http, workspace
@@ -73,8 +70,7 @@ def _edge(procs: Procs, tmp: Path, name: str, snap_port: int, forward: bool) -> 
 def run(seconds: float, rounds: int) -> str:
     ensure_tools("nginx", "wrk")
     pin_self(LOAD_CPU)
-    info = {"machine": machine(), "load": load_note(), "date": now_utc(), "commit": commit()}
-    print(f"{info['machine']}\n{info['load']}", flush=True)
+    info = run_info()
     rows: list[list[str]] = []
     samples: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}
     with workspace("headers") as (tmp, procs):

@@ -16,9 +16,9 @@ import contextlib
 import statistics
 
 from bench import nginx, wrk
-from bench.common import LOAD_CPU, PYTHON, BenchError, commit, ensure_tools, publish
+from bench.common import LOAD_CPU, PYTHON, BenchError, commit, ensure_tools, publish, run_info
 from bench.overhead import CHAT_REQUEST
-from bench.paired import paired_medians, paired_parser, paired_rounds, paired_table, run_info
+from bench.paired import paired_medians, paired_parser, paired_rounds, paired_table
 from bench.policy_server import secret
 from bench.procs import Procs, free_port, pin_self, start_edge, workspace
 
@@ -72,7 +72,7 @@ def check_cost(keys: int, calls: int = 50_000) -> dict[str, float]:
 def run(seconds: float, rounds: int, keys: int) -> dict[str, object]:
     ensure_tools("nginx", "wrk")
     pin_self(LOAD_CPU)
-    info = run_info()
+    info: dict[str, object] = dict(run_info())
     with workspace("keys") as (tmp, procs):
         backend = nginx.start_backend(procs)
         config = tmp / "edge.yaml"

@@ -19,7 +19,7 @@ import statistics
 import urllib.request
 
 from bench import nginx, wrk
-from bench.common import LOAD_CPU, BenchError, commit, ensure_tools, publish
+from bench.common import LOAD_CPU, BenchError, commit, ensure_tools, publish, run_info
 from bench.overhead import CHAT_REQUEST
 from bench.paired import (
     load_rounds,
@@ -27,7 +27,6 @@ from bench.paired import (
     paired_medians,
     paired_parser,
     paired_table,
-    run_info,
     warm_up,
 )
 from bench.procs import Procs, free_port, pin_self, start_edge, workspace
@@ -128,7 +127,7 @@ def _in_process(valkey_port: int, repeats: int = 5, count: int = 20_000) -> list
 def run(seconds: float, rounds: int) -> dict[str, object]:
     ensure_tools("nginx", "wrk")
     pin_self(LOAD_CPU)
-    info = run_info()
+    info: dict[str, object] = dict(run_info())
     with workspace("limits") as (tmp, procs):
         _, cp_port = nginx.backend_with_snapshots(procs)
         valkey_port = _valkey(procs)

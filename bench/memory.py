@@ -22,9 +22,17 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from bench import nginx, wrk
-from bench.common import LOAD_CPU, PROXY_CPU, PYTHON, commit, ensure_tools, md_table, publish
+from bench.common import (
+    LOAD_CPU,
+    PROXY_CPU,
+    PYTHON,
+    commit,
+    ensure_tools,
+    md_table,
+    publish,
+    run_info,
+)
 from bench.overhead import CHAT_REQUEST, GATEWAY_ON, KEY, key_file, lean, start_edge
-from bench.paired import run_info
 from bench.procs import Proc, workspace
 from corral.lean_env import LEAN
 

@@ -37,11 +37,8 @@ from bench.common import (
     PROXY_CPU,
     PYTHON,
     BenchError,
-    commit,
     ensure_tools,
-    load_note,
-    machine,
-    now_utc,
+    run_info,
     write_section,
 )
 from bench.overhead_measure import (
@@ -176,8 +173,7 @@ AIOHTTP = "  upstream_client: aiohttp\n"
 def run(seconds: float, rounds: int, scaling: bool) -> tuple[list[Measured], dict[str, str]]:
     ensure_tools("nginx", "wrk")
     pin_self(LOAD_CPU)
-    info = {"machine": machine(), "load": load_note(), "date": now_utc(), "commit": commit()}
-    print(f"{info['machine']}\n{info['load']}", flush=True)
+    info = run_info()
     targets: list[Target] = []
     with workspace("overhead") as (tmp, procs):
         script = wrk.post_script(tmp / "post.lua", CHAT_REQUEST)

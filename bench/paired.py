@@ -9,18 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import wrk
-from bench.common import LOAD_CPU, BenchError, load_note, machine, md_table, now_utc
+from bench.common import LOAD_CPU, BenchError, md_table
 from bench.procs import Proc
 
 # Per round, per target: (requests per second, the target's CPU seconds per request).
 Pair = dict[str, tuple[float, float]]
-
-
-def run_info() -> dict[str, object]:
-    """Machine, background load and date, printed, to start a benchmark's info."""
-    info: dict[str, object] = {"machine": machine(), "load": load_note(), "date": now_utc()}
-    print(f"{info['machine']}\n{info['load']}", flush=True)
-    return info
 
 
 Targets = dict[str, tuple[Proc, str, Path]]  # name: (process, URL, wrk POST script)

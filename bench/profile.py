@@ -27,11 +27,8 @@ from bench.common import (
     PROXY_CPU,
     PYTHON,
     BenchError,
-    commit,
-    load_note,
-    machine,
     md_table,
-    now_utc,
+    run_info,
     write_section,
 )
 from bench.overhead import CHAT_REQUEST, GATEWAY_OFF, GATEWAY_ON, KEY, key_file, start_edge
@@ -181,8 +178,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args(argv)
     pin_self(LOAD_CPU)
-    info = {"machine": machine(), "load": load_note(), "date": now_utc(), "commit": commit()}
-    print(f"{info['machine']}\n{info['load']}", flush=True)
+    info = run_info()
     profile, rps, _ = record(args.gateway, args.seconds, args.rate)
     text = report(profile, rps, args.gateway, args.seconds, info)
     print(text)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import statistics
 
 from bench import nginx, wrk
-from bench.common import LOAD_CPU, PYTHON, commit, ensure_tools, publish
+from bench.common import LOAD_CPU, PYTHON, commit, ensure_tools, publish, run_info
 from bench.overhead import CHAT_REQUEST
-from bench.paired import paired_medians, paired_parser, paired_rounds, paired_table, run_info
+from bench.paired import paired_medians, paired_parser, paired_rounds, paired_table
 from bench.procs import Procs, free_port, pin_self, start_edge, workspace
 
 CONFIG = 'edge:\n  usage:\n    sink: "off"\n'
@@ -38,7 +38,7 @@ def _server(procs: Procs, name: str, backend: str, extra: list[str]) -> int:
 def run(seconds: float, rounds: int) -> dict[str, object]:
     ensure_tools("nginx", "wrk")
     pin_self(LOAD_CPU)
-    info = run_info()
+    info: dict[str, object] = dict(run_info())
     with workspace("providers") as (tmp, procs):
         backend = nginx.start_backend(procs)
         config = tmp / "edge.yaml"

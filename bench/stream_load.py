@@ -24,13 +24,10 @@ from bench.common import (
     LOAD_CPU,
     PROXY_CPU,
     PYTHON,
-    commit,
     ensure_tools,
-    load_note,
-    machine,
     md_table,
-    now_utc,
     rounds_main,
+    run_info,
 )
 from bench.overhead import GATEWAY_ON, KEY, key_file, start_edge
 from bench.procs import Proc, Procs, free_port, pin_self, wait_http, workspace
@@ -99,8 +96,7 @@ def _relay(procs: Procs, backend: str) -> tuple[Proc, str]:
 def run(seconds: float, rounds: int) -> str:
     ensure_tools("nginx", "wrk")
     pin_self(LOAD_CPU)
-    info = {"machine": machine(), "load": load_note(), "date": now_utc(), "commit": commit()}
-    print(f"{info['machine']}\n{info['load']}", flush=True)
+    info = run_info()
     cpu: dict[str, list[float]] = {name: [] for name in NAMES}
     rps: dict[str, list[float]] = {name: [] for name in NAMES}
     with workspace("stream-load") as (tmp, procs):

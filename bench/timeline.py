@@ -27,12 +27,9 @@ from bench import idle, nginx, wrk
 from bench.common import (
     LOAD_CPU,
     PROXY_CPU,
-    commit,
     ensure_tools,
-    load_note,
-    machine,
     md_table,
-    now_utc,
+    run_info,
     write_section,
 )
 from bench.overhead import CHAT_REQUEST, CLI, GATEWAY_OFF, GATEWAY_ON, KEY, key_file, start_edge
@@ -57,8 +54,7 @@ INTERVALS = (
 def run(seconds: float, rounds: int) -> dict[str, object]:
     ensure_tools("nginx", "wrk")
     pin_self(LOAD_CPU)
-    info = {"machine": machine(), "load": load_note(), "date": now_utc(), "commit": commit()}
-    print(f"{info['machine']}\n{info['load']}", flush=True)
+    info = run_info()
     with workspace("timeline") as (tmp, procs):
         plain = wrk.post_script(tmp / "post.lua", CHAT_REQUEST)
         keyed = wrk.post_script(tmp / "keyed.lua", CHAT_REQUEST, {"Authorization": f"Bearer {KEY}"})
