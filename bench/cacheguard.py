@@ -25,12 +25,13 @@ import random
 import subprocess
 import time
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import orjson
 
 from bench import nginx, wrk
-from bench.cacheguard_report import median, report
+from bench.cacheguard_report import report
 from bench.common import (
     LOAD_CPU,
     PROXY_CPU,

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import statistics
+from statistics import median
 from typing import Any
 
 from bench.common import md_table
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def rounds_table(rounds: list[Any]) -> str:

@@ -8,12 +8,12 @@ RSS at rest and its peak under load (sampled every 200 ms), its CPU time during 
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 from typing import Protocol
 
 from bench import wrk
@@ -45,10 +45,6 @@ class Round:
     @property
     def cpu_per_request(self) -> float | None:
         return None if self.cpu_c32 is None else self.cpu_c32 / self.c32.rps
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
 
 
 @dataclass

@@ -8,6 +8,7 @@ ratios round by round.
 from __future__ import annotations
 
 from collections.abc import Callable
+from statistics import median
 
 from bench import nginx
 from bench.common import md_table
@@ -22,7 +23,6 @@ from bench.overhead_measure import (
     VLLM,
     Measured,
     Round,
-    median,
 )
 
 
