@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
@@ -136,23 +133,10 @@ def start_up(procs: Procs, backend: str, config: Path) -> tuple[Proc, str]:
             "--backend", backend, "--no-discover"]  # fmt: skip
     proc = procs.start("up", argv, cpus=PROXY_CPU)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        proc.check_alive()
-        try:
-            req = urllib.request.Request(
-                base + "/v1/chat/completions",
-                CHAT_REQUEST,
-                {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
-            )
-            with urllib.request.urlopen(req, timeout=2) as answer:
-                if answer.status == 200:
-                    return proc, base
-        except (OSError, urllib.error.HTTPError):
-            pass
-        if time.monotonic() > deadline:
-            raise BenchError("corral up did not serve the backend's model within 60 s")
-        time.sleep(0.3)
+    # Ready once the agent has reported the backend's model: a chat completion comes back.
+    json = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
+    wait_http(base + "/v1/chat/completions", proc, 60, body=CHAT_REQUEST, headers=json)
+    return proc, base
 
 
 def lean(procs: Procs, backend: str, count: int, cpus: list[str]) -> tuple[list[Proc], str]:

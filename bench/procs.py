@@ -173,15 +173,23 @@ def pin_self(cpus: str) -> None:
 # ---------------------------------------------------------------- network
 
 
-def wait_http(url: str, proc: Proc | None = None, timeout: float = 30.0) -> None:
-    """Until url answers 2xx (any HTTP answer when accept_any)."""
+def wait_http(
+    url: str,
+    proc: Proc | None = None,
+    timeout: float = 30.0,
+    *,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Until url answers 2xx: to a GET, or to a POST of `body` (with `headers`)."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         if proc is not None:
             proc.check_alive()
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            request = urllib.request.Request(url, body, headers or {})
+            with urllib.request.urlopen(request, timeout=2) as resp:
                 if 200 <= resp.status < 300:
                     return
         except OSError as exc:

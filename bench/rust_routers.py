@@ -14,14 +14,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Final
 
 from bench.common import BenchError
-from bench.procs import Proc, Procs, free_port
+from bench.procs import Proc, Procs, free_port, wait_http
 
 VLLM: Final = "vllm-router==0.1.17"
 SGLANG: Final = "sglang-router==0.3.2"
@@ -71,22 +68,7 @@ def start(procs: Procs, which: str, backend: str, cpus: str, probe: bytes) -> tu
              "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port())]  # fmt: skip
     proc = procs.start(f"{which}-router", argv, cpus=cpus)
     base = f"http://127.0.0.1:{port}"
-    _wait_relaying(proc, base + "/v1/chat/completions", probe)
+    # Ready once its checks of the worker are done: a chat completion comes back.
+    json = {"Content-Type": "application/json"}
+    wait_http(base + "/v1/chat/completions", proc, 60, body=probe, headers=json)
     return proc, base
-
-
-def _wait_relaying(proc: Proc, url: str, probe: bytes, timeout: float = 60.0) -> None:
-    """Until a chat completion comes back through it (its health checks of the worker done)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        proc.check_alive()
-        request = urllib.request.Request(url, probe, {"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except (OSError, urllib.error.HTTPError):
-            pass
-        if time.monotonic() > deadline:
-            raise BenchError(f"{url} did not relay a chat completion within {timeout:.0f} s")
-        time.sleep(0.2)

@@ -35,10 +35,11 @@ from bench.common import (
 from bench.overhead import CHAT_REQUEST, CLI, GATEWAY_OFF, GATEWAY_ON, KEY, key_file, start_edge
 from bench.procs import Proc, free_port, pin_self, wait_http, workspace
 from bench.timeline_edge import SEAMS
+from corral.lean_env import LEAN
 
-# Lean settings set here, as corral.lean_env would: the edge then does not restart itself
-# (a restart would drop the stamps' wrappers).
-_LEAN_ENV = {"MALLOC_ARENA_MAX": "1", "PYTHONNODEBUGRANGES": "1"}
+# corral.lean_env's settings given from the start: the edge then does not restart itself to
+# set them (a restart would drop the stamps' wrappers).
+_LEAN_ENV = dict(LEAN)
 # The label of a target run on CPU 1 with nginx and wrk: no wake-up crosses CPUs.
 _SHARED = ", on CPU 1"
 INTERVALS = (
