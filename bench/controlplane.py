@@ -36,10 +36,8 @@ from bench.common import (
     PYTHON,
     BenchError,
     cpu_times,
-    load_note,
-    machine,
-    now_utc,
     percentile,
+    run_info,
     write_section,
 )
 from bench.cp_agents import AgentFleet
@@ -198,8 +196,7 @@ def run(args: argparse.Namespace) -> tuple[Result, dict[str, str]]:
     from tests.support.etcd import etcd_binary
 
     pin_self(LOAD_CPU)
-    info = {"machine": machine(), "load": load_note(), "date": now_utc()}
-    print(f"{info['machine']}\n{info['load']}", flush=True)
+    info = run_info()
     with workspace("controlplane") as (tmp, procs):
         cport, pport = free_port(), free_port()
         etcd_url = f"http://127.0.0.1:{cport}"

@@ -136,7 +136,7 @@ def simulate(
 
 
 def main(argv: list[str]) -> int:
-    from bench.common import load_note, machine, md_table, now_utc, write_section
+    from bench.common import md_table, run_info, write_section
     from bench.procs import pin_self
 
     parser = argparse.ArgumentParser(prog="./dev bench routing", description=__doc__)
@@ -151,8 +151,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--kv-seeds", type=int, default=10)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
-    info = {"machine": machine(), "load": load_note(), "date": now_utc()}
-    print(f"{info['machine']}\n{info['load']}", flush=True)
+    info = run_info()
     sections = []
     base = CostModel()
 

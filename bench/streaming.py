@@ -31,11 +31,9 @@ from bench.common import (
     BenchError,
     edge_available,
     ensure_tools,
-    load_note,
-    machine,
     md_table,
-    now_utc,
     percentile,
+    run_info,
     write_section,
 )
 from bench.procs import free_port, pin_self, wait_http, workspace
@@ -152,8 +150,7 @@ def run(
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    info = {"machine": machine(), "load": load_note(), "date": now_utc()}
-    print(f"{info['machine']}\n{info['load']}", flush=True)
+    info = run_info()
     chat = "/v1/chat/completions"
     with workspace("streaming") as (_tmp, procs):
         bport = free_port()

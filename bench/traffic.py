@@ -35,9 +35,7 @@ from bench.common import (
     PROXY_CPU,
     PYTHON,
     BenchError,
-    load_note,
-    machine,
-    now_utc,
+    run_info,
     write_section,
 )
 from bench.overhead import CHAT_REQUEST
@@ -257,8 +255,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     ensure_tools("nginx", "wrk")
     pin_self(LOAD_CPU)
-    info: dict[str, Any] = {"machine": machine(), "load": load_note(), "date": now_utc()}
-    print(f"{info['machine']}\n{info['load']}", flush=True)
+    info: dict[str, Any] = dict(run_info())
     if not args.no_edge:
         with workspace("traffic") as (tmp, procs):
             info["edge"] = edge_cost(tmp, procs, args.seconds, args.rounds)
