@@ -165,7 +165,13 @@ async def test_oversized_messages_are_resource_exhausted(
     later = h.AgentClient(cp)
     await later.connect(h.register("later"))
     later.send(agent_pb2.ConnectRequest(report=agent_pb2.Report(seq=1, status=big)))
-    assert await asyncio.wait_for(later.ended, 20) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    ended = await asyncio.wait_for(later.ended, 20)
+    # gRPC's own limit ends the stream. A client still writing the oversized message may read
+    # the stream's reset (RST_STREAM: INTERNAL) before the trailers that carry
+    # RESOURCE_EXHAUSTED: for a later message of a client stream, which of the two arrives
+    # first is a race in the transport (grpc-java #11245 describes the same).
+    reset = ended == grpc.StatusCode.INTERNAL and "RST_STREAM" in later.error_details
+    assert ended == grpc.StatusCode.RESOURCE_EXHAUSTED or reset, (ended, later.error_details)
     await later.close()
     await watcher.until(h.lacks("later"))
     await still_fine(good, watcher, running=5)
