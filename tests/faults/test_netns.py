@@ -145,12 +145,15 @@ def test_cleanup_when_the_test_body_fails(tmp_path: Path) -> None:
 
 def test_sweep_removes_what_a_killed_run_left(tmp_path: Path) -> None:
     """Namespaces (and their processes) of a run whose test process died are swept away."""
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    left = Netns.create(prefix=f"crl{dead.pid}-0")
+    # The stand-in run lives while its namespaces are built: the other test workers sweep
+    # too (every Netns.create does), and would otherwise take them away half built.
+    run = subprocess.Popen(["sleep", "600"])
+    left = Netns.create(prefix=f"crl{run.pid}-0")
     orphan = left.add_host("a").spawn(
         [sys.executable, "-c", "import time; time.sleep(600)"], tmp_path / "a.log"
     )
+    run.kill()
+    run.wait()
     sweep_stale()
     assert not [n for n in namespaces() if n.startswith(left.prefix + "-")]
     orphan.popen.wait(10)

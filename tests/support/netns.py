@@ -48,6 +48,8 @@ class NetnsError(Exception):
 
 def _ip(*args: str) -> str:
     out = subprocess.run([IP, *args], capture_output=True, text=True, check=False)
+    if out.returncode < 0:  # e.g. a sweep killed what ran inside a namespace it deleted
+        raise NetnsError(f"ip {' '.join(args)}: killed by signal {-out.returncode}")
     if out.returncode != 0:
         raise NetnsError(f"ip {' '.join(args)}: {out.stderr.strip()}")
     return out.stdout
