@@ -64,7 +64,7 @@ def report(info: dict[str, str], m: dict[str, Any], scan: Any, cmd: str) -> str:
     return f"""## Response cache and guardrails (`./dev bench cacheguard`)
 
 `{cmd}` at `{info["commit"]}`, {info["date"]}. {info["machine"]}. {info["load"]}
-The machine was shared with other engineers' test runs during this one (load above): compare
+Whatever else ran on the machine (load above) weighed on the edges of a round alike: compare
 edges measured side by side, not absolute numbers.
 
 Hits at one connection, the same ~1 KiB chat request again and again (wrk → edge; `plain`

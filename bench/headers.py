@@ -107,8 +107,8 @@ def run(seconds: float, rounds: int) -> str:
 Command: `./dev bench headers --seconds {seconds:g} --rounds {rounds}` — {info["date"]},
 commit `{info["commit"]}`
 
-Machine: {info["machine"]}. Load: {info["load"]}. The machine is shared with other work
-today: read the CPU per request more than req/s.
+Machine: {info["machine"]}. Load: {info["load"]}. Other load on the machine changes
+req/s more than it changes CPU per request: read the latter first.
 
 Setup: nginx answers a fixed chat.completion on CPU 1; `wrk -t1 -c32` on CPU 1 sends the chat
 body with {", ".join(CLIENT_HEADERS)} (a new trace id and request id on every request); two

@@ -86,8 +86,8 @@ def report(
     return f"""## Usage records (`./dev bench usage`)
 
 `{cmd}` at `{info["commit"]}`, {info["date"]}. {info["machine"]}. {info["load"]}
-The machine was shared with other engineers' test runs during this one: compare the ratios
-(edges loaded in turn, neighbours in time), not absolute numbers.
+Whatever else ran on the machine (load above) weighed on edges neighbouring in time alike:
+compare the ratios (edges loaded in turn), not absolute numbers.
 
 Edge "on" (a policy of {e.keys:,} virtual keys, every request's key checked; usage records
 into the SQLite sink) vs the same edge "off" (open, `usage.sink: off`); nginx backend; per
