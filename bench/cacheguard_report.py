@@ -114,9 +114,9 @@ bodies over 32 KiB scanned in a worker thread):
 
 {size_table}
 
-{verdict} Reading these figures: on this shared machine the same edge measured alone
-varies by about ±15 % in CPU per request from one 3 s run to the next, so single rounds
-swing both ways; the medians are what to compare.
+{verdict} Reading these figures: single rounds swing both ways with
+whatever else runs on the machine (the rounds are in the tables); the medians are what to
+compare.
 
 Where the no-hit cost goes, in this run: the cache alone and the guard alone (every
 detector, redact with restore), each loaded at once with `plain` as `both` was above, on the
