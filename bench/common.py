@@ -175,6 +175,7 @@ ORDER = [
     "timeline-polling",
     "streaming",
     "streaming-polling",
+    "streaming-warm",
     "stream-load",
     "controlplane",
     "routing",
