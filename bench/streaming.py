@@ -226,6 +226,9 @@ def run(
             return asyncio.run(concurrent_streams(url, chunks, gap_ms / 1000, conc, seconds))
 
         for name, url in urls.items():
+            if not conc:  # single streams only
+                results.append((name, {"1": single[name]}))
+                continue
             print(f"  {name}, {conc} streams ...", end="", flush=True)
             try:
                 # Each proxy right after a direct run of its own: the pair sees the same
@@ -314,11 +317,7 @@ backend's write and the client's read, proxy included. TTFC: request start to fi
 chunk{prefill}.
 1 stream: {args.seq} sequential requests per target, every proxy up at once and the targets
 taking turns (request i of each before request i + 1 of any), so that the machine's other
-load weighs on all of them alike; {args.concurrency} streams: one target at a time,
-{args.concurrency} clients each streaming back to back for {args.seconds:g} s, started at
-spread-out moments (a steady {args.concurrency} open streams, after a warm-up that opened every
-connection), each proxy's run just after a direct run of its own, which its "added" figures
-compare with (the direct row shows the first). Proxies on CPU 0. "Arrival gap p99" near
+load weighs on all of them alike{_concurrent(args)}. Proxies on CPU 0. "Arrival gap p99" near
 {args.gap_ms:g} ms means chunks arrive as they are produced (a buffering proxy would show gaps
 near 0 and huge transit).
 
@@ -332,6 +331,18 @@ transit at 64 streams.
 """
 
 
+def _concurrent(args: argparse.Namespace) -> str:
+    """How the concurrent streams were run, for the setup paragraph (none: nothing)."""
+    conc = args.concurrency
+    if not conc:
+        return ""
+    return f"""; {conc} streams: one target at a time,
+{conc} clients each streaming back to back for {args.seconds:g} s, started at
+spread-out moments (a steady {conc} open streams, after a warm-up that opened every
+connection), each proxy's run just after a direct run of its own, which its "added" figures
+compare with (the direct row shows the first)"""
+
+
 _BACK_TO_BACK = """
 A diagnostic run: every stream is one chunk, so each single stream ends as soon as it has
 begun and the next target's follows at once: every proxy serves its next request within a
@@ -339,7 +350,8 @@ millisecond or so of its last, its code and data likely still in the CPU's cache
 Streaming section each stream is 50 chunks 10 ms apart: a proxy idles about half a second
 between two of its single streams (the other targets' streams run meanwhile), and its first
 chunk comes after that idle gap. The difference between the two sections' added time to
-first chunk is what the gap costs a proxy.
+first chunk is what the gap costs a proxy. Single streams only: 64 one-chunk streams back to
+back would measure how soon each proxy saturates its CPU, not its latency.
 """
 
 
@@ -358,7 +370,7 @@ def main(argv: list[str]) -> int:
         "--first-ms", type=float, default=0.0, help="backend prefill before the first chunk"
     )
     parser.add_argument("--seq", type=int, default=40, help="single streams per target")
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=64, help="0: single streams only")
     parser.add_argument("--seconds", type=float, default=4.0, help="steady concurrent phase")
     idle.add_option(parser)
     parser.add_argument(
@@ -373,6 +385,7 @@ def main(argv: list[str]) -> int:
         if args.halt_poll_ns is not None:
             parser.error("--back-to-back and --halt-poll-ns are diagnostics of their own")
         args.chunks = 1
+        args.concurrency = 0  # back-to-back streams at 64 at once measure saturation instead
     with idle.diagnostic(args.halt_poll_ns):
         results, info = run(
             args.chunks, args.gap_ms, args.seq, args.concurrency, args.seconds, args.first_ms
