@@ -362,7 +362,8 @@ def _as_back_to_back(text: str) -> str:
     return f"{title}\n{_BACK_TO_BACK}{rest}"
 
 
-def main(argv: list[str]) -> int:
+def options(argv: list[str]) -> argparse.Namespace:
+    """The command line, with what `--back-to-back` sets."""
     parser = argparse.ArgumentParser(prog="./dev bench streaming", description=__doc__)
     parser.add_argument("--chunks", type=int, default=50)
     parser.add_argument("--gap-ms", type=float, default=10.0)
@@ -386,6 +387,11 @@ def main(argv: list[str]) -> int:
             parser.error("--back-to-back and --halt-poll-ns are diagnostics of their own")
         args.chunks = 1
         args.concurrency = 0  # back-to-back streams at 64 at once measure saturation instead
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = options(argv)
     with idle.diagnostic(args.halt_poll_ns):
         results, info = run(
             args.chunks, args.gap_ms, args.seq, args.concurrency, args.seconds, args.first_ms

@@ -181,3 +181,38 @@ def test_timeline_keeps_a_request_only_when_it_passed_every_seam_in_order() -> N
     written()
     assert len(rows) == 1
     rows.clear()
+
+
+def test_streaming_back_to_back_is_single_one_chunk_streams_in_a_section_of_its_own() -> None:
+    """`--back-to-back`: one-chunk streams, no concurrent phase, a title of its own; no polling."""
+    from bench import streaming
+
+    args = streaming.options(["--back-to-back"])
+    assert (args.chunks, args.concurrency) == (1, 0)
+    with pytest.raises(SystemExit):
+        streaming.options(["--back-to-back", "--halt-poll-ns", "200000"])
+
+    def stats(ttfc_ms: float) -> streaming.StreamStats:
+        return streaming.StreamStats(ttfc=[ttfc_ms / 1e3] * 3, transit=[1e-4] * 3)
+
+    results: list[tuple[str, dict[str, streaming.StreamStats] | str]] = [
+        ("direct", {"1": stats(0.30)}),
+        ("Corral edge", {"1": stats(0.70)}),
+    ]
+    info = {"date": "now", "machine": "m", "load": "l"}
+    text = streaming._as_back_to_back(streaming.report(results, info, args))
+    title, _, rest = text.partition("\n")
+    assert title == "## Streaming, streams back to back (`./dev bench streaming --back-to-back`)"
+    assert "writes 1 chunks" in rest and "one target at a time" not in rest
+    assert "added time to first chunk +0.40 ms" in rest
+    assert "| Corral edge | 1 |" in rest
+
+
+def test_streaming_setup_names_the_concurrent_phase_when_there_is_one() -> None:
+    """The default run describes its 64 concurrent streams."""
+    from bench import streaming
+
+    args = streaming.options([])
+    text = streaming.report([("direct", {"1": streaming.StreamStats([0.001], [1e-4])})], {
+        "date": "now", "machine": "m", "load": "l"}, args)  # fmt: skip
+    assert "64 streams: one target at a time,\n64 clients each streaming" in text
