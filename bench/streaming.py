@@ -296,6 +296,7 @@ def report(
         rows,
     )  # fmt: skip
     command = "./dev bench streaming"
+    chunks = f"{args.chunks} chunk{'s' if args.chunks != 1 else ''}"
     prefill = ""
     if args.first_ms:
         command += f" --first-ms {args.first_ms:g}"
@@ -310,7 +311,7 @@ Command: `{command}` — {info["date"]}
 
 Machine: {info["machine"]}. Load: {info["load"]}.
 
-Setup: an aiohttp SSE backend (`bench/stream_backend.py`, CPU 1) writes {args.chunks} chunks
+Setup: an aiohttp SSE backend (`bench/stream_backend.py`, CPU 1) writes {chunks}
 {args.gap_ms:g} ms apart, each stamped with its CLOCK_MONOTONIC write time; the asyncio/aiohttp
 client (CPU 1) stamps arrivals, so "transit" is the time each chunk spent between the
 backend's write and the client's read, proxy included. TTFC: request start to first
@@ -351,7 +352,9 @@ Streaming section each stream is 50 chunks 10 ms apart: a proxy idles about half
 between two of its single streams (the other targets' streams run meanwhile), and its first
 chunk comes after that idle gap. The difference between the two sections' added time to
 first chunk is what the gap costs a proxy. Single streams only: 64 one-chunk streams back to
-back would measure how soon each proxy saturates its CPU, not its latency.
+back would measure how soon each proxy saturates its CPU, not its latency. A diagnostic, not
+a result: the verdicts below are this run's figures held against the targets, which the
+Streaming section measures.
 """
 
 

@@ -203,7 +203,7 @@ def test_streaming_back_to_back_is_single_one_chunk_streams_in_a_section_of_its_
     text = streaming._as_back_to_back(streaming.report(results, info, args))
     title, _, rest = text.partition("\n")
     assert title == "## Streaming, streams back to back (`./dev bench streaming --back-to-back`)"
-    assert "writes 1 chunks" in rest and "one target at a time" not in rest
+    assert "writes 1 chunk\n" in rest and "one target at a time" not in rest
     assert "added time to first chunk +0.40 ms" in rest
     assert "| Corral edge | 1 |" in rest
 
