@@ -148,12 +148,14 @@ def test_sweep_removes_what_a_killed_run_left(tmp_path: Path) -> None:
     # The stand-in run lives while its namespaces are built: the other test workers sweep
     # too (every Netns.create does), and would otherwise take them away half built.
     run = subprocess.Popen(["sleep", "600"])
-    left = Netns.create(prefix=f"crl{run.pid}-0")
-    orphan = left.add_host("a").spawn(
-        [sys.executable, "-c", "import time; time.sleep(600)"], tmp_path / "a.log"
-    )
-    run.kill()
-    run.wait()
+    try:
+        left = Netns.create(prefix=f"crl{run.pid}-0")
+        orphan = left.add_host("a").spawn(
+            [sys.executable, "-c", "import time; time.sleep(600)"], tmp_path / "a.log"
+        )
+    finally:  # the run dies before the sweep, and never outlives a failure to build
+        run.kill()
+        run.wait()
     sweep_stale()
     assert not [n for n in namespaces() if n.startswith(left.prefix + "-")]
     orphan.popen.wait(10)
