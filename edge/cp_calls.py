@@ -7,15 +7,22 @@ that memory for serving. The control plane, agents and the command line keep grp
 rules are the same as corral/channels.py's: keepalive pings find a dead connection within
 keepalive + timeout, also between calls; no transparent retries (the caller moves between
 control-plane replicas itself); TLS when a CA or a client certificate is configured.
+
+Every call runs in a task of its own, apart from its caller's. grpclib wakes a call whose
+connection is lost by cancelling the task inside the call, and then raises the loss in place
+of the CancelledError: a cancellation of the caller arriving at that moment (`corral up`
+stopping its control plane and its edge together) would become an UNAVAILABLE to retry, and
+the caller would go on. Apart, the caller's cancellation is always the caller's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Sequence
-from typing import TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
+from typing import Any, Final, TypeVar
 
 import h2.exceptions
 import hpack.hpack
@@ -55,6 +62,30 @@ def _closed_connection(exc: AttributeError) -> bool:
     loop reports the connection lost; a call started in between fails with this
     AttributeError instead of a transport error."""
     return exc.name == "_transport"
+
+
+async def _stopped(call: asyncio.Task[Any]) -> None:
+    """Cancel a call's task and wait until it has ended (its outcome no longer matters)."""
+    call.cancel()
+    await asyncio.wait([call])
+    if not call.cancelled():
+        call.exception()  # taken: a call that failed as it was stopped is not an error
+
+
+async def _apart(work: Coroutine[Any, Any, Reply]) -> Reply:
+    """`work` in a task of its own: its result or exception; the caller's cancellation stops
+    it and is raised as the caller's."""
+    call = asyncio.create_task(work)
+    try:
+        await asyncio.wait([call])
+    except asyncio.CancelledError:
+        await _stopped(call)
+        raise
+    return call.result()
+
+
+# A stream's task ended without saying how (grpclib cancelled it outside a call).
+_GONE: Final = object()
 
 
 class CallFailed(Exception):
@@ -129,6 +160,52 @@ class ControlPlaneChannel:
     ) -> AsyncIterator[Reply]:
         """A server-streaming call: each reply as it comes; raises CallFailed when the call
         ends with an error status or the connection fails."""
+        # The call's task hands over one reply at a time (it reads the next once this one is
+        # taken), then None for the end or the exception that ended it.
+        out: asyncio.Queue[object] = asyncio.Queue()
+        call = asyncio.create_task(self._pump(method, request, reply_type, metadata, out))
+        call.add_done_callback(lambda done: out.put_nowait(_GONE) if done.cancelled() else None)
+        try:
+            while True:
+                item = await out.get()
+                out.task_done()
+                if item is None:
+                    return
+                if item is _GONE:
+                    raise CallFailed("UNAVAILABLE", "the call was cancelled")
+                if isinstance(item, Exception):
+                    raise item
+                yield item  # type: ignore[misc]  # one of the call's replies
+        finally:
+            await _stopped(call)
+
+    async def _pump(
+        self,
+        method: str,
+        request: Message,
+        reply_type: type[Reply],
+        metadata: Metadata,
+        out: asyncio.Queue[object],
+    ) -> None:
+        """The stream's call, in its own task: each reply into `out` once the one before was
+        taken, then None, or the exception that ended the call."""
+        try:
+            # Closed here, stopped or not: the call's stream is ended in this task.
+            async with contextlib.aclosing(
+                self._replies(method, request, reply_type, metadata)
+            ) as replies:
+                async for reply in replies:
+                    out.put_nowait(reply)
+                    await out.join()
+        except Exception as exc:  # raised by the caller (stream), in its task
+            out.put_nowait(exc)
+        else:
+            out.put_nowait(None)
+
+    async def _replies(
+        self, method: str, request: Message, reply_type: type[Reply], metadata: Metadata
+    ) -> AsyncGenerator[Reply, None]:
+        """The stream's replies, with grpclib's errors made CallFailed."""
         try:
             async with self._channel.request(
                 method, Cardinality.UNARY_STREAM, type(request), reply_type, metadata=metadata
@@ -158,6 +235,17 @@ class ControlPlaneChannel:
         within: float,
     ) -> Reply:
         """A unary call answered within `within` seconds; raises CallFailed otherwise."""
+        return await _apart(self._unary(method, request, reply_type, metadata, within))
+
+    async def _unary(
+        self,
+        method: str,
+        request: Message,
+        reply_type: type[Reply],
+        metadata: Metadata,
+        within: float,
+    ) -> Reply:
+        """The unary call, in its own task, with grpclib's errors made CallFailed."""
         try:
             async with asyncio.timeout(within):
                 async with self._channel.request(

@@ -21,6 +21,7 @@ from tests.support.net import free_port
 WATCH = "/corral.v1.RoutingService/WatchSnapshots"
 REPORT = "/corral.v1.RoutingService/ReportTraffic"
 TOKEN = "edge-token-for-cp-calls"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
 
 
 class Routing(routing_pb2_grpc.RoutingServiceServicer):
@@ -32,6 +33,7 @@ class Routing(routing_pb2_grpc.RoutingServiceServicer):
         self.hold = False
         self.keep_open = False
         self.released = asyncio.Event()
+        self.holding = asyncio.Event()  # a ReportTraffic is being held
 
     async def WatchSnapshots(
         self, request: routing_pb2.WatchSnapshotsRequest, context: aio.ServicerContext
@@ -50,6 +52,7 @@ class Routing(routing_pb2_grpc.RoutingServiceServicer):
         self, request: traffic_pb2.ReportTrafficRequest, context: aio.ServicerContext
     ) -> traffic_pb2.ReportTrafficResponse:
         if self.hold:
+            self.holding.set()
             await self.released.wait()
         return traffic_pb2.ReportTrafficResponse(acked_seq=request.slices[-1].seq)
 
@@ -273,6 +276,9 @@ async def test_keepalive_keeps_pinging_after_the_first_ping() -> None:
 async def test_a_call_on_a_connection_just_closed_is_unavailable() -> None:
     """A call started between grpclib closing a connection (keepalive timeout) and the loop
     reporting it lost fails as UNAVAILABLE, for streams and unary calls alike."""
+    # The calls' own tasks (_unary, _replies) run here: the public methods start them a loop
+    # turn later, when the loss is reported already; a call task that was due to run when the
+    # keepalive closed the connection still meets this.
     async with serving(None) as (address, _routing):
         channel = ControlPlaneChannel(address, None)
         request = traffic_pb2.ReportTrafficRequest(slices=[traffic_pb2.TrafficSlice(seq=1)])
@@ -282,7 +288,7 @@ async def test_a_call_on_a_connection_just_closed_is_unavailable() -> None:
             assert protocol is not None
             protocol.connection.close()  # what grpclib's keepalive timeout does
             with pytest.raises(CallFailed) as caught:
-                await channel.unary(REPORT, request, traffic_pb2.ReportTrafficResponse, (), 10)
+                await channel._unary(REPORT, request, traffic_pb2.ReportTrafficResponse, (), 10)
             assert caught.value.code == "UNAVAILABLE"
         finally:
             channel.close()
@@ -292,8 +298,10 @@ async def test_a_call_on_a_connection_just_closed_is_unavailable() -> None:
             protocol = channel._channel._protocol
             assert protocol is not None
             protocol.connection.close()
+            watching = routing_pb2.WatchSnapshotsRequest(edge_id="e1")
+            replies = channel._replies(WATCH, watching, routing_pb2.WatchSnapshotsResponse, AUTH)
             with pytest.raises(CallFailed) as caught:
-                await watch(channel)
+                await anext(replies)
             assert caught.value.code == "UNAVAILABLE"
         finally:
             channel.close()
@@ -307,3 +315,49 @@ def test_tls_files_are_checked() -> None:
         tls_context(ca_file=None, cert_file="/nonexistent.crt", key_file=None)
     with pytest.raises(TLSFileError, match=r"cannot read /nonexistent-ca\.pem"):
         tls_context(ca_file="/nonexistent-ca.pem", cert_file=None, key_file=None)
+
+
+async def test_a_cancellation_that_comes_with_the_connections_loss_still_cancels() -> None:
+    """The caller's cancellation ends a call whose connection is lost at the same moment."""
+    # grpclib wakes a call on a lost connection by cancelling the task inside it, and then
+    # raises the loss in place of any cancellation: `corral up` stopping its control plane
+    # and its edge together left the edge's subscriber retrying for the whole shutdown grace.
+    request = traffic_pb2.ReportTrafficRequest(slices=[traffic_pb2.TrafficSlice(seq=1)])
+    async with serving(None) as (address, routing):
+        routing.keep_open = True
+        channel = ControlPlaneChannel(address, None)
+        three = asyncio.Event()
+
+        async def follow() -> None:
+            watching = routing_pb2.WatchSnapshotsRequest(edge_id="e1")
+            replies = channel.stream(WATCH, watching, routing_pb2.WatchSnapshotsResponse, AUTH)
+            async for reply in replies:
+                if reply.snapshot.version == 3:
+                    three.set()
+
+        try:
+            following = asyncio.create_task(follow())
+            await three.wait()  # the stream is open, waiting for a fourth snapshot
+            protocol = channel._channel._protocol
+            assert protocol is not None
+            protocol.connection_lost(None)  # the loss, as the loop reports it
+            following.cancel()  # and the caller's cancellation, before the call wakes up
+            await asyncio.wait([following])
+            assert following.cancelled()
+        finally:
+            channel.close()
+        routing.hold = True  # a unary call the server never answers: it waits for the loss
+        channel = ControlPlaneChannel(address, None)
+        try:
+            reporting = asyncio.create_task(
+                channel.unary(REPORT, request, traffic_pb2.ReportTrafficResponse, (), 30)
+            )
+            await routing.holding.wait()
+            protocol = channel._channel._protocol
+            assert protocol is not None
+            protocol.connection_lost(None)
+            reporting.cancel()
+            await asyncio.wait([reporting])
+            assert reporting.cancelled()
+        finally:
+            channel.close()
