@@ -36,6 +36,7 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from corral.config import EdgeConfig
 from corral.keepalive import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS
 from corral.tls import TLSFileError, read_pem
+from edge.tasks import stopped
 
 # hpack logs every header it encodes at DEBUG, the bearer token included: never that low.
 for _module in (hpack.hpack, hpack.table):
@@ -64,14 +65,6 @@ def _closed_connection(exc: AttributeError) -> bool:
     return exc.name == "_transport"
 
 
-async def _stopped(call: asyncio.Task[Any]) -> None:
-    """Cancel a call's task and wait until it has ended (its outcome no longer matters)."""
-    call.cancel()
-    await asyncio.wait([call])
-    if not call.cancelled():
-        call.exception()  # taken: a call that failed as it was stopped is not an error
-
-
 async def _apart(work: Coroutine[Any, Any, Reply]) -> Reply:
     """`work` in a task of its own: its result or exception; the caller's cancellation stops
     it and is raised as the caller's."""
@@ -79,7 +72,7 @@ async def _apart(work: Coroutine[Any, Any, Reply]) -> Reply:
     try:
         await asyncio.wait([call])
     except asyncio.CancelledError:
-        await _stopped(call)
+        await stopped(call)  # a call that failed as it was stopped is not an error
         raise
     return call.result()
 
@@ -177,7 +170,7 @@ class ControlPlaneChannel:
                     raise item
                 yield item  # type: ignore[misc]  # one of the call's replies
         finally:
-            await _stopped(call)
+            await stopped(call)
 
     async def _pump(
         self,

@@ -38,6 +38,16 @@ async def supervise(
         await asyncio.sleep(backoff.next())
 
 
+async def stopped(task: asyncio.Task[Any]) -> BaseException | None:
+    """Cancel `task` and wait until it has ended; the exception it failed with, if any
+    (taken: never reported as unretrieved). A cancellation of the caller while it waits is
+    not swallowed."""
+    task.cancel()
+    # asyncio.wait neither raises the task's CancelledError nor hides the caller's own.
+    await asyncio.wait([task])
+    return None if task.cancelled() else task.exception()
+
+
 @contextlib.asynccontextmanager
 async def owned(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterator[asyncio.Task[None]]:
     """Run `coro` as a task for the block; leaving the block cancels it and waits until it
@@ -46,8 +56,6 @@ async def owned(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterator[asy
     try:
         yield task
     finally:
-        task.cancel()
-        # asyncio.wait neither raises the task's CancelledError nor hides the owner's own.
-        await asyncio.wait([task])
-        if not task.cancelled() and task.exception() is not None:
-            log.error("task %s had failed", name, exc_info=task.exception())
+        failed = await stopped(task)
+        if failed is not None:
+            log.error("task %s had failed", name, exc_info=failed)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 
 import pytest
@@ -27,11 +26,7 @@ def test_free_port_passes_over_a_port_in_use_and_wraps_around(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A held port is passed over; after the slice's end the walk starts again."""
-    mine = net.port_slice(
-        os.environ.get("PYTEST_XDIST_WORKER", ""),
-        int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1),
-        net.ephemeral_range(),
-    )
+    mine = net.worker_slice()
     # Two free neighbours in this worker's own slice (nothing outside this test binds there).
     port = next(
         p for p in mine[:-1] if net._probe("127.0.0.1", p) and net._probe("127.0.0.1", p + 1)

@@ -47,6 +47,15 @@ def port_slice(worker: str, workers: int, ephemeral: tuple[int, int]) -> range:
     return range(start + index * size, start + (index + 1) * size)
 
 
+def worker_slice() -> range:
+    """This process's ports: its pytest-xdist worker's slice (the whole room outside xdist)."""
+    return port_slice(
+        os.environ.get("PYTEST_XDIST_WORKER", ""),
+        int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1),
+        ephemeral_range(),
+    )
+
+
 def _probe(host: str, port: int) -> int:
     """`port` if nothing holds it on host now, else 0 (port 0: the port the kernel picks)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -60,11 +69,7 @@ def _probe(host: str, port: int) -> int:
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on host now, from this process's slice below the ephemeral range."""
     if not _walk:
-        ports = port_slice(
-            os.environ.get("PYTEST_XDIST_WORKER", ""),
-            int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1),
-            ephemeral_range(),
-        )
+        ports = worker_slice()
         _walk[:] = [ports.start, ports.start, ports.stop]
     port, start, stop = _walk
     for _ in range(stop - start):
