@@ -12,7 +12,6 @@ max-connection-age rotation should cost nothing); only failed attempts wait.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -30,6 +29,7 @@ from agent.metrics import AgentMetrics
 from corral import channels
 from corral.backoff import Backoff
 from corral.config import AgentConfig
+from corral.tasks import stopped
 from corral.tls import TLSFileError, channel_credentials
 from corral.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
@@ -168,9 +168,9 @@ class Reporter:
                     await self._goodbye(call, reader)
                 raise
             finally:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
+                # The reader's own ending (cancelled, or its failure) is not news here; a
+                # cancellation of this task while it waits is, and is raised.
+                await stopped(reader)
                 if not call.done():
                     call.cancel()
         finally:

@@ -8,7 +8,6 @@ toggles the backend. All writes to the stream go through one writer task, in ord
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -23,6 +22,7 @@ from controlplane.errors import (
     SilentAgentError,
 )
 from controlplane.replica import Replica
+from corral.tasks import stopped
 from corral.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
@@ -127,20 +127,18 @@ class AgentService:
     async def _read_loop(
         self, messages: AsyncIterator[agent_pb2.ConnectRequest], session: AgentSession
     ) -> Ending:
-        stopped = asyncio.create_task(session.stopped.wait())
+        stopping = asyncio.create_task(session.stopped.wait())
         try:
             while True:
                 incoming = asyncio.ensure_future(anext(messages, None))
                 done, _ = await asyncio.wait(
-                    {incoming, stopped},
+                    {incoming, stopping},
                     timeout=self._silence,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 if incoming not in done:
-                    incoming.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await incoming
-                    if stopped in done and session.stop_error is not None:
+                    await stopped(incoming)
+                    if stopping in done and session.stop_error is not None:
                         raise session.stop_error
                     raise SilentAgentError(
                         f"no message from the agent for {self._silence:g}s; "
@@ -167,9 +165,7 @@ class AgentService:
                 else:
                     raise InvalidArgumentError("empty message (no register, report or goodbye)")
         finally:
-            stopped.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stopped
+            await stopped(stopping)
 
     @staticmethod
     async def _write_loop(

@@ -35,8 +35,8 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from corral.config import EdgeConfig
 from corral.keepalive import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS
+from corral.tasks import stopped
 from corral.tls import TLSFileError, read_pem
-from edge.tasks import stopped
 
 # hpack logs every header it encodes at DEBUG, the bearer token included: never that low.
 for _module in (hpack.hpack, hpack.table):

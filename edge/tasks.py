@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 from corral.backoff import Backoff
+from corral.tasks import stopped
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +37,6 @@ async def supervise(
         if time.monotonic() - started > HEALTHY_RUN_SECONDS:
             backoff.reset()
         await asyncio.sleep(backoff.next())
-
-
-async def stopped(task: asyncio.Task[Any]) -> BaseException | None:
-    """Cancel `task` and wait until it has ended; the exception it failed with, if any
-    (taken: never reported as unretrieved). A cancellation of the caller while it waits is
-    not swallowed."""
-    task.cancel()
-    # asyncio.wait neither raises the task's CancelledError nor hides the caller's own.
-    await asyncio.wait([task])
-    return None if task.cancelled() else task.exception()
 
 
 @contextlib.asynccontextmanager

@@ -1,6 +1,6 @@
 """Conventions the code base keeps, enforced: the three components never import each other,
-every module logs under its own module name (one filter on a package sees all of it), and
-unchecked tests carry no type: ignore."""
+every module logs under its own module name (one filter on a package sees all of it),
+unchecked tests carry no type: ignore, and no cancellation is suppressed."""
 
 from __future__ import annotations
 
@@ -68,5 +68,34 @@ def test_unchecked_code_carries_no_type_ignores() -> None:
         if support not in path.parents
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if marker in line
+    ]
+    assert offenders == []
+
+
+def _suppresses_cancellation(node: ast.AST) -> bool:
+    """`contextlib.suppress(...)` or `suppress(...)` with CancelledError among its types."""
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    if name != "suppress":
+        return False
+    for arg in node.args:
+        named = arg.attr if isinstance(arg, ast.Attribute) else getattr(arg, "id", "")
+        if named == "CancelledError":
+            return True
+    return False
+
+
+def test_no_cancellation_is_suppressed() -> None:
+    """No `suppress(CancelledError)` in the components or corral: around an `await` it takes
+    the waiter's own cancellation for the awaited task's (corral/tasks.py's `stopped` waits
+    for a cancelled task without that)."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for package in (*COMPONENTS, "corral")
+        for path in _modules(package)
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if _suppresses_cancellation(node)
     ]
     assert offenders == []

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import grpc
 import pytest
 import pytest_asyncio
 
+from agent.reporter import Reporter
 from corral.config import Secret
 from corral.v1 import types_pb2
 from tests.agent.conftest import AgentFactory
@@ -96,6 +98,42 @@ async def test_cancel_while_registering_still_says_goodbye(
     with pytest.raises(asyncio.CancelledError):
         await agent.task
     assert recorder.last.goodbye is not None
+
+
+async def test_cancelled_while_a_broken_streams_reader_ends_the_agent_stops(
+    fake_server,
+    recorder: RecordingControlPlane,
+    start_agent: AgentFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelled while the reader of a stream it left is still ending, the agent stops: the
+    cancellation is not taken for the reader's own."""
+    ending, release = asyncio.Event(), asyncio.Event()
+    read = Reporter._read
+
+    async def slow_to_end(self: Reporter, call: Any, first: Any) -> None:
+        try:
+            await read(self, call, first)
+        except asyncio.CancelledError:
+            ending.set()
+            await release.wait()  # grpc.aio tearing the call down takes its time
+            raise
+
+    monkeypatch.setattr(Reporter, "_read", slow_to_end)
+    recorder.lease_ttl = 3  # the silence limit, which Registered sets
+    fake = await fake_server("vllm", models=["m"])
+    agent = await start_agent(controlplane=(recorder.address,), backend=fake.url)
+    await eventually(lambda: recorder.streams)
+    recorder.answer = "silent"  # the agent leaves the stream and cancels its reader
+    async with asyncio.timeout(10):
+        await ending.wait()
+    agent.task.cancel()
+    try:
+        # Not `await agent.task`: before, it went on to reconnect, and would for good.
+        await asyncio.wait({agent.task}, timeout=10)
+        assert agent.task.cancelled()
+    finally:
+        release.set()
 
 
 @pytest.mark.parametrize("failure", ["dies", "falls silent"])
