@@ -7,7 +7,8 @@ runs on CPU 1; each proxy under test runs on CPU 0, where only one of them is lo
 time. Targets: the backend directly, the lean aiohttp relay (bench/lean_relay.py, the floor
 issue 18 measures against), nginx as a reverse proxy, the edge with the gateway off, the
 edge with the gateway on (a key, limits counted in-process, usage records to SQLite,
-metrics), the same with aiohttp's client upstream, `corral up` with the same gateway, and the
+metrics), the same with busy polling (`busy_poll_us: 200`, opt-in), the same with aiohttp's
+client upstream, `corral up` with the same gateway, and the
 Rust routers vllm-router (round robin) and sglang-router (cache-aware), from PyPI
 (bench/rust_routers.py).
 All are started first and warmed up; then, round by round, each has its turn: one
@@ -15,7 +16,8 @@ connection, 32, 64 (bench/overhead_measure.py). Each figure is the median of a t
 rounds, and a ratio between two targets the median of their ratios round by round (their
 runs are minutes apart at most, never a whole run apart). For every target: req/s and
 p50/p99 at 32 and 64 connections, p50 at one connection (added latency = minus direct's),
-RSS at rest and the peak under load, and the proxy's CPU per request at 32 connections.
+RSS at rest and the peak under load, the proxy's CPU per request at 32 connections, and how
+busy it keeps its CPU at one connection.
 `--scaling` adds the gateway-on edge with --workers 2 and two relay processes over CPUs 0-1
 (this machine has two cores, shared with nginx and wrk: the trend only).
 """
@@ -44,6 +46,7 @@ from bench.overhead_measure import (
     EDGE_OFF,
     EDGE_ON,
     EDGE_ON2,
+    EDGE_POLL,
     LEAN,
     LEAN2,
     SGLANG,
@@ -152,6 +155,8 @@ def lean(procs: Procs, backend: str, count: int, cpus: list[str]) -> tuple[list[
 
 
 AIOHTTP = "  upstream_client: aiohttp\n"
+# Opt-in: the kernel's haltpoll default window (this machine's kernel polls 0 µs).
+BUSY_POLL = "  busy_poll_us: 200\n"
 
 
 def run(seconds: float, rounds: int, scaling: bool) -> tuple[list[Measured], dict[str, str]]:
@@ -169,6 +174,8 @@ def run(seconds: float, rounds: int, scaling: bool) -> tuple[list[Measured], dic
         on.write_text(GATEWAY_ON.format(db=tmp / "usage.db"))
         old = tmp / "aiohttp.yaml"
         old.write_text(GATEWAY_ON.format(db=tmp / "aiohttp-usage.db") + AIOHTTP)
+        polling = tmp / "polling.yaml"
+        polling.write_text(GATEWAY_ON.format(db=tmp / "polling-usage.db") + BUSY_POLL)
         on2 = tmp / "on2.yaml"
         on2.write_text(GATEWAY_ON.format(db=tmp / "usage2.db"))
         up_config = tmp / "up.yaml"
@@ -218,6 +225,12 @@ def run(seconds: float, rounds: int, scaling: bool) -> tuple[list[Measured], dic
             EDGE_FAST,
             lambda: start_edge(procs, "edge-on", snap_port, 1, PROXY_CPU, on, keys),
             "key, local limits, SQLite usage, metrics; edge/h1pool.py upstream",
+            keyed,
+        )
+        one(
+            EDGE_POLL,
+            lambda: start_edge(procs, "edge-polling", snap_port, 1, PROXY_CPU, polling, keys),
+            "the same, its loop polling 200 µs after each read (edge/busypoll.py)",
             keyed,
         )
         one("nginx reverse proxy (1 worker)", nginx_proxy, "keepalive upstream")

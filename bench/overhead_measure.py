@@ -56,6 +56,7 @@ class Measured:
     note: str = ""
     rounds: list[Round] = field(default_factory=list)
     c1: list[wrk.WrkResult] = field(default_factory=list)
+    c1_cpu: list[float] = field(default_factory=list)  # CPU seconds per wall second at c1
     rss_rest: float | None = None
     rss_peak: float | None = None
     error: str = ""
@@ -167,12 +168,16 @@ def one_round(target: Target, seconds: float) -> None:
 
 
 def one_connection(target: Target, seconds: int) -> None:
-    """The target's turn in a round at one connection: its p50."""
+    """The target's turn in a round at one connection: its p50, and how busy it kept its CPU."""
     m = target.measured
     if m.error:
         return
+    proc = target.proc
     try:
+        cpu0, t0 = (proc.cpu_seconds() if proc is not None else 0.0), time.monotonic()
         c1 = wrk.run(target.url, target.script, connections=1, seconds=seconds, cpus=LOAD_CPU)
+        if proc is not None:
+            m.c1_cpu.append((proc.cpu_seconds() - cpu0) / (time.monotonic() - t0))
         m.c1.append(c1)
     except BenchError as exc:
         m.error = str(exc).splitlines()[0][:200]
@@ -207,6 +212,7 @@ LEAN = "lean aiohttp+uvloop relay"
 EDGE_OFF = "Corral edge, gateway off"
 EDGE_ON = "Corral edge, gateway on, upstream_client: aiohttp"
 EDGE_FAST = "Corral edge, gateway on"
+EDGE_POLL = "Corral edge, gateway on, busy_poll_us 200"
 UP = "corral up (gateway on)"
 VLLM = "vllm-router (Rust)"
 SGLANG = "sglang-router (Rust)"

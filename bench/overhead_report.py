@@ -17,6 +17,7 @@ from bench.overhead_measure import (
     EDGE_FAST,
     EDGE_ON,
     EDGE_ON2,
+    EDGE_POLL,
     LEAN,
     LEAN2,
     SGLANG,
@@ -42,7 +43,7 @@ def paired_c1(a: Measured, b: Measured, value: Callable[[float, float], float]) 
 
 def _row(r: Measured, direct: Measured, relay: Measured | None) -> list[str]:
     if not r.ok:
-        return [r.name, f"failed: {r.error}", *[""] * 11]
+        return [r.name, f"failed: {r.error}", *[""] * 12]
     added = (
         "—" if r is direct or not direct.ok
         else f"{paired_c1(direct, r, lambda d, x: x - d) * 1e3:+.3f}"
@@ -66,7 +67,8 @@ def _row(r: Measured, direct: Measured, relay: Measured | None) -> list[str]:
         f"{_ms(r.med(lambda x: x.c64.p50))} / {_ms(r.med(lambda x: x.c64.p99))}",
         f"{_ms(median([x.p50 for x in r.c1]))} ({added})",
         " / ".join(f"{x.p50 * 1e3:.2f}" for x in r.c1), rss, cpu,
-        "—" if per_req is None else f"{per_req * 1e6:.0f}", f"{vs_relay} / {vs_direct}",
+        "—" if per_req is None else f"{per_req * 1e6:.0f}",
+        f"{median(r.c1_cpu) * 100:.0f}%" if r.c1_cpu else "—", f"{vs_relay} / {vs_direct}",
         str(r.errors),
     ]  # fmt: skip
 
@@ -84,11 +86,12 @@ def report(
         [
             "target", "req/s c32", "c32 by round", "req/s c64", "p50 / p99 c32 (ms)",
             "p50 / p99 c64 (ms)", "p50 c1 (added) ms", "p50 c1 by round", "RSS rest / peak MiB",
-            "CPU c32 (cpu0 busy)", "CPU µs/req", "c32 vs relay / direct", "errors",
+            "CPU c32 (cpu0 busy)", "CPU µs/req", "CPU c1", "c32 vs relay / direct", "errors",
         ],
         [_row(r, direct, relay) for r in results],
     )  # fmt: skip
-    gaps = "\n".join(_gaps_of(name, results, direct, relay) for name in (EDGE_FAST, EDGE_ON))
+    edges = (EDGE_FAST, EDGE_POLL, EDGE_ON)
+    gaps = "\n".join(_gaps_of(name, results, direct, relay) for name in edges)
     scaling_flag = " --scaling" if scaling else ""
     return f"""## Edge overhead
 
@@ -110,8 +113,9 @@ the proxy's CPU time per wall second at 32 connections (100% = its core is satur
 req/s is the proxy's own limit); in brackets how busy CPU 0 was in total (more than the
 proxy's share means other processes ran there too). "CPU µs/req" is the proxy's CPU time
 per request at 32 connections: the cost of one request, which other load on the machine
-changes far less than req/s. "vs relay / direct" is the median of the round-by-round
-ratios.
+changes far less than req/s. "CPU c1" is the proxy's CPU time per wall second at one
+connection (busy polling keeps its core busy between requests). "vs relay / direct" is the
+median of the round-by-round ratios.
 
 {table}
 
@@ -163,6 +167,12 @@ def _gaps_of(name: str, results: list[Measured], direct: Measured, relay: Measur
         added = paired_c1(direct, edge, lambda d, e: e - d) * 1e3
         lines.append(f"- added p50 at one connection: {added:.3f} ms (target ≤ 0.25 ms): "
                      f"{verdict(added <= 0.25)}.")  # fmt: skip
+    plain = by.get(EDGE_FAST)
+    if name == EDGE_POLL and plain is not None and plain.c1_cpu and edge.c1_cpu:
+        lines.append(f"- what the polling costs: its CPU at one connection "
+                     f"{median(edge.c1_cpu) * 100:.0f}% of a core, against "
+                     f"{median(plain.c1_cpu) * 100:.0f}% without (opt-in, off by "
+                     "default).")  # fmt: skip
     if edge.rss_rest is not None:
         lines.append(f"- RSS at rest after warm-up: {edge.rss_rest:.0f} MiB, peak "
                      f"{edge.rss_peak or 0:.0f} MiB (target ≤ 50 MiB at rest): "

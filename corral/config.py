@@ -243,6 +243,10 @@ class EdgeConfig:
     # non-streaming POSTs to the OpenAI and Messages routes, handing every other connection
     # to aiohttp) or "aiohttp" (aiohttp serves every connection).
     server: str = "lane"
+    # Microseconds the worker's loop keeps polling, instead of sleeping, after each read on a
+    # lane or fast-client connection (edge/busypoll.py): lower latency at low concurrency on
+    # machines whose idle CPUs halt at once, for a busy core during the window. 0: off.
+    busy_poll_us: int = 0
     # Empty means hostname:pid.
     edge_id: str = ""
     shutdown_grace_seconds: float = 10.0

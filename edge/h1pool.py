@@ -26,6 +26,7 @@ import asyncio
 import importlib
 import socket
 import time
+from collections.abc import Callable
 from typing import Any, Final, cast
 
 from multidict import CIMultiDictProxy
@@ -60,11 +61,13 @@ class _Conn(asyncio.Protocol):
         "idle_since",
         "key",
         "loop",
+        "poll",
         "transport",
     )
 
-    def __init__(self, key: tuple[str, int]) -> None:
+    def __init__(self, key: tuple[str, int], poll: Callable[[], None] | None = None) -> None:
         self.key = key
+        self.poll = poll  # called on every read (edge/busypoll.py), when busy polling is on
         # Its answers' futures are made on it (asyncio.get_running_loop costs a getpid()
         # system call per call on Python 3.11).
         self.loop = asyncio.get_running_loop()
@@ -89,6 +92,9 @@ class _Conn(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        poll = self.poll
+        if poll is not None:
+            poll()
         if self._answer is None:  # bytes nobody asked for: the connection is unusable
             self.close()
             return
@@ -230,6 +236,8 @@ class Pool:
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive
         self._closed = False
+        # Given to every connection made from now on (edge/busypoll.py); None: off.
+        self.poll: Callable[[], None] | None = None
 
     def put(self, conn: _Conn) -> None:
         if self._closed or not conn.usable:
@@ -244,7 +252,8 @@ class Pool:
     async def _connect(self, key: tuple[str, int]) -> _Conn:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._connect_timeout):
-            _, conn = await loop.create_connection(lambda: _Conn(key), key[0], key[1])
+            poll = self.poll
+            _, conn = await loop.create_connection(lambda: _Conn(key, poll), key[0], key[1])
         return conn
 
     def _pooled(self, key: tuple[str, int]) -> _Conn | None:

@@ -16,8 +16,9 @@ from aiohttp import web
 
 from corral.config import EdgeConfig
 from edge.app import MESSAGES_ROUTES, build_app, proxied
-from edge.appstate import BALANCER, EDGE_ID, EXPECTED_BACKENDS, METRICS, STATUS, missing
+from edge.appstate import BALANCER, EDGE_ID, EXPECTED_BACKENDS, METRICS, PROXY, STATUS, missing
 from edge.balancer import Balancer
+from edge.busypoll import busy_poll
 from edge.errors import EdgeError
 from edge.http_errors import EdgeRunner
 from edge.inbound import CHAT, COMPLETIONS, EMBEDDINGS
@@ -74,10 +75,16 @@ async def serve(
         access_log=None,
         shutdown_timeout=config.shutdown_grace_seconds,
     )
+    poll = busy_poll(config.busy_poll_us)
     await runner.setup()
     lane: Lane | None = None
     listening: asyncio.Server | None = None
     try:
+        fast = app[PROXY].fast
+        if poll is not None:
+            if fast is not None:
+                fast.poll = poll.touch
+            log.info("busy polling for %d µs after each read", config.busy_poll_us)
         if expect_backends:
             waiting = await wait_for_backends(app, app[BALANCER], app[STATUS], expect_within)
             if waiting:
@@ -90,6 +97,7 @@ async def serve(
                 max_body=config.max_body_bytes,
                 client_timeout=config.client_timeout_seconds,
                 on_handover=app[METRICS].lane_handovers.inc,
+                poll=poll.touch if poll is not None else None,
             )
             listening = await lane.listen(host, port, reuse_port=config.workers > 1, backlog=2048)
         else:
@@ -100,6 +108,8 @@ async def serve(
             ready.set()
         await asyncio.Future()  # until cancelled
     finally:
+        if poll is not None:
+            poll.stop()
         grace = config.shutdown_grace_seconds
         if listening is not None and lane is not None:
             listening.close()  # no new connections; then the lane's own finish or close

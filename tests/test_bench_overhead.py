@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from bench.overhead_measure import DIRECT, EDGE_FAST, LEAN, SGLANG, VLLM, Measured, Round
+from bench.overhead_measure import (
+    DIRECT,
+    EDGE_FAST,
+    EDGE_POLL,
+    LEAN,
+    SGLANG,
+    VLLM,
+    Measured,
+    Round,
+)
 from bench.overhead_report import report
 from bench.wrk import WrkResult
 
@@ -56,3 +65,17 @@ def test_the_rust_routers_are_compared_round_by_round() -> None:
     assert f"- against {VLLM}: the edge does 0.50x its req/s at 32 connections" in text
     assert "it adds 0.100 ms at one connection." in text
     assert f"against {SGLANG}" not in text
+
+
+def test_the_polling_edge_is_held_to_the_targets_with_what_it_costs() -> None:
+    """The busy-polling edge gets its own verdicts, and its CPU at c1 beside the plain edge's."""
+    direct = _measured(DIRECT, [40_000] * 2, [0.0001] * 2, None)
+    relay = _measured(LEAN, [1000, 1000], [0.0008] * 2, 0.9)
+    edge = _measured(EDGE_FAST, [2000, 2000], [0.0004] * 2, 0.9)
+    polling = _measured(EDGE_POLL, [2000, 2000], [0.0003] * 2, 0.9)
+    edge.c1_cpu, polling.c1_cpu = [0.5, 0.7], [1.0, 0.98]
+    text = report([direct, relay, edge, polling], INFO, 4, 2)
+    assert f"**{EDGE_POLL}**:" in text
+    assert "- added p50 at one connection: 0.200 ms (target ≤ 0.25 ms): met." in text
+    assert "CPU at one connection 99% of a core, against 60% without" in text
+    assert "| 0.30 (+0.200) | 0.30 / 0.30 |" in text and "| 99% |" in text

@@ -103,6 +103,9 @@ class LaneProtocol(asyncio.Protocol):
             task.cancel()  # the client hung up: its upstream request stops too
 
     def data_received(self, data: bytes) -> None:
+        poll = self._lane.poll
+        if poll is not None:
+            poll()
         if self._task is not None:  # a request is being served: keep these for after
             self._pending += data
             if len(self._pending) > _PENDING_LIMIT and not self._paused:

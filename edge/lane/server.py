@@ -38,6 +38,7 @@ class Lane:
         max_body: int,
         client_timeout: float,
         on_handover: Callable[[], None] = lambda: None,
+        poll: Callable[[], None] | None = None,
     ) -> None:
         server = runner.server
         assert server is not None, "set the runner up first"
@@ -57,6 +58,8 @@ class Lane:
         self.connections: set[LaneProtocol] = set()
         self.closing = False
         self._on_handover = on_handover
+        # Called on every read of a client's bytes (edge/busypoll.py), when busy polling is on.
+        self.poll = poll
 
     def __call__(self) -> LaneProtocol:
         return LaneProtocol(self)
