@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from corral import config_loader
 from corral.config_gateway import (
@@ -45,6 +45,7 @@ from corral.keepalive import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS
 
 __all__ = [
     "BACKEND_TYPES",
+    "BUSY_POLL_MAX_US",
     "CHOICES",
     "NEVER_FORWARDED",
     "PII_ACTIONS",
@@ -186,6 +187,10 @@ class ControlPlaneConfig:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
 
 
+# Beyond this a busy-polling window is no longer a short poll but a core given away.
+BUSY_POLL_MAX_US: Final = 10_000
+
+
 @dataclass(frozen=True)
 class EdgeConfig:
     listen: str = "127.0.0.1:7700"
@@ -245,7 +250,8 @@ class EdgeConfig:
     server: str = "lane"
     # Microseconds the worker's loop keeps polling, instead of sleeping, after each read on a
     # lane or fast-client connection (edge/busypoll.py): lower latency at low concurrency on
-    # machines whose idle CPUs halt at once, for a busy core during the window. 0: off.
+    # machines whose idle CPUs halt at once, for a busy core during the window. 0: off; at
+    # most BUSY_POLL_MAX_US.
     busy_poll_us: int = 0
     # Empty means hostname:pid.
     edge_id: str = ""
@@ -264,6 +270,13 @@ class EdgeConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     headers: HeadersConfig = field(default_factory=HeadersConfig)
     cors: CorsConfig = field(default_factory=CorsConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.busy_poll_us <= BUSY_POLL_MAX_US:
+            raise ConfigError(
+                f"edge.busy_poll_us must be between 0 and {BUSY_POLL_MAX_US}, "
+                f"got {self.busy_poll_us}"
+            )
 
 
 # The server types an agent knows (agent/servers/, one module each); "auto" detects.
@@ -354,6 +367,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("controlplane", "store"): ("etcd", "memory"),
     ("edge", "balancing"): ("sticky", "least-connections", "round-robin"),
     ("edge", "server"): ("lane", "aiohttp"),
+    ("edge", "upstream_client"): ("fast", "aiohttp"),
     ("agent", "type"): BACKEND_TYPES,
 }
 

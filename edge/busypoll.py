@@ -21,11 +21,6 @@ import asyncio
 import time
 from typing import Final
 
-from corral.config import ConfigError
-
-# Beyond this a window is no longer a short poll but a core given away.
-MAX_US: Final = 10_000
-
 _monotonic: Final = time.monotonic
 
 
@@ -65,9 +60,8 @@ class BusyPoll:
 
 
 def busy_poll(window_us: int) -> BusyPoll | None:
-    """The running loop's poller for a window of `window_us` microseconds; None when 0."""
-    if not 0 <= window_us <= MAX_US:
-        raise ConfigError(f"edge.busy_poll_us must be between 0 and {MAX_US}, got {window_us}")
-    if window_us == 0:
+    """The running loop's poller for a window of `window_us` microseconds (EdgeConfig bounds
+    it); None when 0."""
+    if window_us <= 0:
         return None
     return BusyPoll(window_us / 1e6, asyncio.get_running_loop())

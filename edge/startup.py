@@ -80,8 +80,8 @@ async def serve(
     lane: Lane | None = None
     listening: asyncio.Server | None = None
     try:
-        fast = app[PROXY].fast
         if poll is not None:
+            fast = app[PROXY].fast
             if fast is not None:
                 fast.poll = poll.touch
             log.info("busy polling for %d µs after each read", config.busy_poll_us)

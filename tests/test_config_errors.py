@@ -32,6 +32,8 @@ from tests.support.config import write
         ("agent:\n  labels: 5\n", "agent.labels: expected key=value pairs, got 5"),
         ("agent:\n  type: mystery-server\n", "agent.type: expected one of auto, ollama"),
         ("controlplane:\n  store: redis\n", "controlplane.store: expected one of etcd, memory"),
+        ("edge:\n  upstream_client: curl\n", "edge.upstream_client: expected one of fast"),
+        ("edge:\n  busy_poll_us: -5\n", "edge.busy_poll_us must be between 0 and 10000"),
         ("edge: [listen]\n", "section 'edge' must be a mapping"),
         ("- edge\n", "the top level must be a mapping"),
         ("edge:\n  listen: [unclosed\n", "is not valid YAML"),

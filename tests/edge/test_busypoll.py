@@ -11,8 +11,8 @@ import aiohttp
 import orjson
 import pytest
 
-from corral.config import ConfigError
-from edge.busypoll import MAX_US, BusyPoll, busy_poll
+from corral.config import BUSY_POLL_MAX_US, ConfigError, EdgeConfig, load
+from edge.busypoll import BusyPoll, busy_poll
 from tests.edge.conftest import StartEdge
 from tests.edge.snapshot_server import SnapshotServer, from_fake, snapshot
 from tests.fakes import FakeServer, running_fakes
@@ -74,11 +74,15 @@ async def test_a_window_ends_by_itself_and_a_touch_opens_it_again() -> None:
 
 
 def test_off_by_default_and_bounded() -> None:
-    """0 is off (no poller); a negative window or one beyond MAX_US is a config error."""
-    assert busy_poll(0) is None
-    for wrong in (-1, MAX_US + 1):
+    """0 (the default) is off; a negative window or one beyond the bound is a config error,
+    from a file or variable as from code."""
+    assert EdgeConfig().busy_poll_us == 0 and busy_poll(0) is None
+    assert load(config_file=None, environ={"CORRAL_EDGE_BUSY_POLL_US": "200"}).edge.busy_poll_us
+    for wrong in (-1, BUSY_POLL_MAX_US + 1):
+        with pytest.raises(ConfigError, match="busy_poll_us must be between 0 and"):
+            EdgeConfig(busy_poll_us=wrong)
         with pytest.raises(ConfigError, match="busy_poll_us"):
-            busy_poll(wrong)
+            load(config_file=None, environ={"CORRAL_EDGE_BUSY_POLL_US": str(wrong)})
 
 
 @pytest.fixture
@@ -104,7 +108,7 @@ async def test_the_lane_and_the_fast_client_touch_on_every_read(
 
     monkeypatch.setattr(BusyPoll, "touch", counting)
     snapshots.publish(snapshot(1, [from_fake(fake)]))
-    edge = await start_edge(snapshots, server="lane", busy_poll_us=MAX_US)
+    edge = await start_edge(snapshots, server="lane", busy_poll_us=BUSY_POLL_MAX_US)
     await edge.wait_version(1)
     url = f"{edge.url}/v1/chat/completions"
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}]}
