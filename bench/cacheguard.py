@@ -14,7 +14,8 @@ and redacted); then the short and ~1 KiB rounds again with `plain` and `both` lo
 by its own wrk, sharing CPU 0; then `cache` alone and `guard` alone, each loaded at once with
 `plain` the same way (where the no-hit cost goes). The scan cost per KiB is measured in this
 process (CPU 1) on a corpus of prose, code and logs, and through Guard.inspect on chat bodies
-of 1 KiB to 256 KiB. The report is bench/cacheguard_report.py.
+of 1 KiB to 256 KiB; the no-hit path of cache and guard in a loop, with no edge around it,
+too (bench/cacheguard_loop.py). The report is bench/cacheguard_report.py.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 import orjson
 
 from bench import nginx, wrk
+from bench.cacheguard_loop import loop_costs
 from bench.cacheguard_report import report
 from bench.common import (
     LOAD_CPU,
@@ -275,10 +277,12 @@ def main(argv: list[str]) -> int:
     print(f"{info['machine']}\n{info['load']}", flush=True)
     scan = scan_costs()
     print(f"  scan: {scan[0]:.1f} us/KiB; {scan[1]}", flush=True)
+    loop = loop_costs({"short": SHORT, "1 KiB": PROMPT})
+    print(f"  in a loop: {loop}", flush=True)
     with workspace("cacheguard") as (tmp, procs):
         m = measure(tmp, procs, args.seconds, args.rounds)
     cmd = "./dev bench cacheguard" + "".join(f" {a}" for a in argv if a != "--no-write")
-    body_text = report(info, m, scan, cmd)
+    body_text = report(info, m, scan, loop, cmd)
     print(body_text)
     if not args.no_write:
         write_section("cacheguard", body_text)
