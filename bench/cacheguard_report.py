@@ -5,6 +5,7 @@ from __future__ import annotations
 from statistics import median
 from typing import Any
 
+from bench.cacheguard_loop import BASELINE
 from bench.common import md_table
 
 
@@ -39,7 +40,7 @@ def report(
     per_kib, sizes = scan
     loop_table = md_table(
         ["prompt", "configuration", "µs per request"],
-        [[label, name, f"{us:+.1f}" if "own" not in name else f"{us:.1f}"]
+        [[label, name, f"{us:.1f}" if name == BASELINE else f"{us:+.1f}"]
          for label, name, us in loop],
     )  # fmt: skip
     c1 = m["c1"]
