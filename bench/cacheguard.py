@@ -11,11 +11,13 @@ request has a body of its own (~1 KiB of prompt, no PII: each one a miss, scanne
 against `plain` and `both` (no PII in them, nothing shaped like it: `req-` leads each id; and a
 row of ids led by 4 and of 13 digits and more, shaped like Visa numbers, ~1 in 10 passing Luhn
 and redacted); then the short and ~1 KiB rounds again with `plain` and `both` loaded at once, each
-by its own wrk, sharing CPU 0; then `cache` alone and `guard` alone, each loaded at once with
-`plain` the same way (where the no-hit cost goes). The scan cost per KiB is measured in this
-process (CPU 1) on a corpus of prose, code and logs, and through Guard.inspect on chat bodies
-of 1 KiB to 256 KiB; the no-hit path of cache and guard in a loop, with no edge around it,
-too (bench/cacheguard_loop.py). The report is bench/cacheguard_report.py.
+by its own wrk, sharing CPU 0; then `cache` alone, `cache` keeping nothing (an in-process tier
+of 0 bytes: the key, the lookup and the bookkeeping without the store) and `guard` alone, each
+loaded at once with `plain` the same way (where the no-hit cost goes). The scan cost per KiB
+is measured in this process (CPU 1) on a corpus of prose, code and logs, and through
+Guard.inspect on chat bodies of 1 KiB to 256 KiB; the no-hit path of cache and guard in a
+loop, with no edge around it, too (bench/cacheguard_loop.py). The report is
+bench/cacheguard_report.py.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 import orjson
 
 from bench import nginx, wrk
-from bench.cacheguard_loop import loop_costs
+from bench.cacheguard_loop import NOTHING_KEPT, loop_costs
 from bench.cacheguard_report import report
 from bench.common import (
     LOAD_CPU,
@@ -240,6 +242,9 @@ def measure(tmp: Path, procs: Procs, seconds: float, rounds: int) -> dict[str, A
             procs.stop(edges[name][0])
         alone = {
             "cache": start_edge(procs, tmp, "cache", snap_port, {"cache": cache}),
+            NOTHING_KEPT: start_edge(
+                procs, tmp, "cache-0", snap_port, {"cache": {**cache, "max_bytes": 0}}
+            ),
             "guard": start_edge(procs, tmp, "guard", snap_port, {"guard": GUARD}),
         }
         for _, url in alone.values():  # warm-up (the guard compiles its patterns then)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from statistics import median
 from typing import Any
 
-from bench.cacheguard_loop import BASELINE
+from bench.cacheguard_loop import BASELINE, NOTHING_KEPT
 from bench.common import md_table
 
 
@@ -130,9 +130,11 @@ bodies over 32 KiB scanned in a worker thread):
 whatever else runs on the machine (the rounds are in the tables); the medians are what to
 compare.
 
-Where the no-hit cost goes, in this run: the cache alone and the guard alone (every
-detector, redact with restore), each loaded at once with `plain` as `both` was above, on the
-same kind of prompts; CPU µs per request, medians of the rounds:
+Where the no-hit cost goes, in this run: the cache alone, the cache keeping nothing (its
+in-process tier 0 bytes: key, lookup and bookkeeping, no store; what `cache` adds beyond it
+is the store, the 64 MiB tier's cold memory included) and the guard alone (every detector,
+redact with restore), each loaded at once with `plain` as `both` was above, on the same kind
+of prompts; CPU µs per request, medians of the rounds:
 
 {split_table}
 
@@ -160,10 +162,11 @@ JSON, BLAKE2b-256; lookup; the store).
 The same no-hit paths in a loop, in this process (CPU 1, CPU time), with no edge around them
 (bench/cacheguard_loop.py): per request the body parsed, a Call and an Exchange made,
 `Gateway.enter` (the guard, then the cache's lookup: a miss), the answer as a web.Response,
-`Gateway.leave` (the answer stored) and the cache-header hook; every body new, the 64 MiB
-in-process tier full before the timed runs. What each configuration adds to the loop without
-cache and guard (median of 5 runs of 20,000 requests); the edges above pay several times
-these, their Python running between sockets, wake-ups and other requests:
+`Gateway.leave` (the answer stored) and the cache-header hook; every body and every answer
+new bytes, the 64 MiB in-process tier full before the timed runs (`{NOTHING_KEPT}`: a 0-byte
+tier, nothing stored). What each configuration adds to the loop without cache and guard
+(median of 5 runs of 20,000 requests); the edges above pay several times these, their Python
+running between sockets, wake-ups and other requests:
 
 {loop_table}
 """
@@ -174,7 +177,7 @@ def alone_table(rows: list[tuple[str, str, float, float]]) -> str:
     ratio of requests per CPU second."""
     out = []
     for label in ("short", "1 KiB"):
-        for name in ("cache", "guard"):
+        for name in ("cache", NOTHING_KEPT, "guard"):
             mine = [(a, b) for size, feature, a, b in rows if size == label and feature == name]
             if not mine:
                 continue
