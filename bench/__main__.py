@@ -23,6 +23,7 @@ BENCHMARKS = {
     "lane": "bench.lane",
     "memory": "bench.memory",
     "stream-load": "bench.stream_load",
+    "compare": "bench.compare",
 }
 
 

@@ -74,9 +74,9 @@ def body(prompt: str) -> bytes:
 SHORT = "Say hello in five words."
 
 
-def unique_script(path: Path, prompt: str, run: str) -> Path:
+def unique_script(path: Path, prompt: str, run: str, headers: dict[str, str] | None = None) -> Path:
     """wrk Lua: each request's prompt starts with `run`, a dash and a counter (every one a
-    miss while `run` is new to the edge)."""
+    miss while `run` is new to the edge); `headers` sent with every request besides."""
     template = body(f"{MARK} {prompt}").decode()
     head, tail = template.split(MARK)
 
@@ -86,7 +86,8 @@ def unique_script(path: Path, prompt: str, run: str) -> Path:
     path.write_text(
         'wrk.method = "POST"\n'
         'wrk.headers["Content-Type"] = "application/json"\n'
-        f'local run = "{run}"\n'
+        + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in (headers or {}).items())
+        + f'local run = "{run}"\n'
         "local n = 0\n"
         f"local head, tail = {lua(head)}, {lua(tail)}\n"
         "request = function()\n"
