@@ -19,6 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from corral.config import ConfigError, EdgeConfig
+from edge.accounting import Accounting
 from edge.attempt import Attempt, Attempts
 from edge.balancer import RETRY, Balancer, Full, too_busy
 from edge.client_request import ClientRequest
@@ -132,9 +133,8 @@ class Proxy:
         self.gateway: Gateway | None = None
         # OpenTelemetry spans (edge/tracing.py); None unless an OTLP endpoint is configured.
         self.tracer: Tracer | None = None
-        # The loop it serves on, from the first request (its session is bound to one loop):
-        # asyncio.get_running_loop() costs a getpid() system call per call on Python 3.11.
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # Requests over, counted and recorded once the loop turn that answered them is done.
+        self.accounting = Accounting(self, metrics)
 
     # -- admission -------------------------------------------------------------------------
 
@@ -311,23 +311,9 @@ class Proxy:
                 self.limits.settle(call)
             if self.gateway is not None:
                 self.gateway.leave(call, outcome)
-            # Counted and recorded just after the answer is written (the same loop turn
-            # writes it), not while the client waits; still before the loop reads anything
-            # more from any client.
-            loop = self._loop
-            if loop is None:
-                loop = self._loop = asyncio.get_running_loop()
-            loop.call_soon(self._account, call, model_label, status, endpoint_name)
+            self.accounting.over(call, model_label, status, endpoint_name)
             if tracer is not None:
                 tracer.finish(request, call, call.status)
-
-    def _account(self, call: Call, model_label: str, status: int, endpoint_name: str) -> None:
-        """A finished request into the metrics, the traffic summary and the usage records."""
-        self.recorder.record(call)  # first: a failing metric must not cost the usage record
-        backend_name = call.backend or "-"
-        duration = call.duration
-        self.metrics.request(model_label, backend_name, status, endpoint_name, duration)
-        self.metrics.traffic.finished(call, model_label, backend_name, status, duration)
 
     async def _stage(
         self,
