@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from edge.accounting import Accounting
 from edge.gateway.call import Call
+from edge.metrics import EdgeMetrics
 from edge.recorder import Recorder
 
 
@@ -33,7 +34,7 @@ def _accounting() -> tuple[Accounting, _Recorder, list[tuple[Any, ...]]]:
         traffic=SimpleNamespace(finished=lambda *args: None),
     )
     owner = SimpleNamespace(recorder=recorder)
-    return Accounting(owner, metrics), recorder, counted  # type: ignore[arg-type]
+    return Accounting(owner, cast(EdgeMetrics, metrics)), recorder, counted
 
 
 def _over(accounting: Accounting, name: str) -> None:

@@ -21,6 +21,12 @@ from tests.support.net import eventually, free_port
 
 MODEL = "m"
 CORRAL = str(Path(sys.executable).with_name("corral"))
+# Pins itself to the CPUs in argv[1], then executes the command after them.
+_AFFINITY = (
+    "import os, sys; "
+    "os.sched_setaffinity(0, {int(c) for c in sys.argv[1].split(',')}); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
 
 
 class EdgeProcess:
@@ -72,13 +78,13 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., EdgeProcess]]:
         ]
         if "--workers" not in extra and affinity is None:
             args += ["--workers", "1"]
+        if affinity is not None:
+            # Set by a trampoline that then becomes the edge, not by preexec_fn: Python code
+            # run between fork and exec also runs the at-fork hooks, and gRPC's (this
+            # process serves snapshots over gRPC) broke the child while its threads were busy.
+            args = [sys.executable, "-c", _AFFINITY, ",".join(map(str, sorted(affinity))), *args]
         with log.open("wb") as out:
-            proc = subprocess.Popen(
-                args,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                preexec_fn=None if affinity is None else lambda: os.sched_setaffinity(0, affinity),
-            )
+            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         edge = EdgeProcess(proc, port, log)
         started.append(edge)
         return edge
