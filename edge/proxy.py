@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
-from corral.config import ConfigError, EdgeConfig
+from corral.config import EdgeConfig
 from edge.accounting import Accounting
 from edge.attempt import Attempt, Attempts
 from edge.balancer import RETRY, Balancer, Full, too_busy
@@ -104,15 +104,14 @@ class Proxy:
         self._attempts = max(1, config.max_attempts)
         self._session_headers = config.session_headers
         self.pools = Pools(config)  # one connection pool per hosted provider
-        # The lean HTTP/1.1 client for plain-http backends (edge/h1pool.py), if chosen.
+        # The lean HTTP/1.1 client for plain-http backends (edge/h1pool.py), if chosen (the
+        # configuration's loader refuses any value but fast and aiohttp, corral.config.CHOICES).
         self.fast: Pool | None = None
         if config.upstream_client == "fast":
             try:
                 self.fast = Pool(connect_timeout=config.connect_timeout_seconds)
             except ImportError:  # an install from before httptools was a dependency
                 log.warning("httptools is not installed: upstream_client aiohttp instead of fast")
-        elif config.upstream_client != "aiohttp":
-            raise ConfigError("edge.upstream_client must be aiohttp or fast")
         # One try on one backend (edge/attempt.py).
         self._try = Attempts(
             balancer,
