@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from edge import native
+
+# Before any module of the request path is imported: from here on they load compiled, when
+# a build for these sources exists (edge/native.py).
+native.install()
+
 if TYPE_CHECKING:
     from edge.process import main
     from edge.startup import serve

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
+from mypy_extensions import mypyc_attr
 
 from edge.balancer import no_backend
 from edge.errors import error_body
@@ -43,6 +44,8 @@ class Failure:
         self.retry_after = retry_after
 
 
+# Subclassed by modules that stay Python (edge/native.py): Messages, native, hosted, tap.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Exchange:
     """How one request goes upstream and how its answer comes back: as it is (OpenAI).
 
@@ -50,11 +53,12 @@ class Exchange:
     stream, how bytes are translated on the way back, and the shape of errors.
     """
 
-    method = "POST"
-
-    __slots__ = ("body", "path", "raw", "stream")
+    # An attribute, not a class constant a subclass may shadow: compiled code reads the
+    # attribute of this class (edge/native.py).
+    __slots__ = ("body", "method", "path", "raw", "stream")
 
     def __init__(self, path: str, raw: bytes | None, body: dict[str, Any], stream: bool) -> None:
+        self.method = "POST"
         self.path = path
         self.raw = raw
         self.body = body

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any, Final, cast
 
 from multidict import CIMultiDictProxy
+from mypy_extensions import mypyc_attr
 from yarl import URL
 
 from edge.h1answer import NOT_RELAYED_RAW, Answer
@@ -44,6 +45,8 @@ _HEADS_MAX: Final = 1024  # cached request heads
 _httptools: Any = None
 
 
+# A Python class when compiled (edge/native.py): mypyc's classes cannot derive from OSError.
+@mypyc_attr(native_class=False)
 class UpstreamClosed(ConnectionError):
     """The backend closed the connection (or sent bytes that are not HTTP) mid-answer."""
 

@@ -96,13 +96,13 @@ _MERGE_TIMEOUT_SECONDS: Final = 10.0
 class NativeExchange(Exchange):
     """A native request relayed as it is; Ollama's errors in Ollama's shape."""
 
-    __slots__ = ("backend_type", "method")
+    __slots__ = ("backend_type",)
 
     def __init__(
         self, method: str, path: str, raw: bytes | None, body: dict[str, Any], backend_type: int
     ) -> None:
         super().__init__(path, raw, body, True)
-        self.method = method  # per request here; a class constant in Exchange
+        self.method = method  # per request here; POST in Exchange
         self.backend_type = backend_type
 
     def upstream(self, backend: BackendState, rewrite: str | None) -> tuple[str, bytes | None]:

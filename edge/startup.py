@@ -15,6 +15,7 @@ from typing import Protocol
 from aiohttp import web
 
 from corral.config import EdgeConfig
+from edge import native
 from edge.app import MESSAGES_ROUTES, build_app, proxied
 from edge.appstate import BALANCER, EDGE_ID, EXPECTED_BACKENDS, METRICS, PROXY, STATUS, missing
 from edge.balancer import Balancer
@@ -103,7 +104,8 @@ async def serve(
         else:
             site = web.TCPSite(runner, host, port, reuse_port=config.workers > 1, backlog=2048)
             await site.start()
-        log.info("edge %s serving on %s", app[EDGE_ID], config.listen)
+        log.info("edge %s serving on %s; native modules: %s", app[EDGE_ID], config.listen,
+                 native.STATE.reason)  # fmt: skip
         if ready is not None:
             ready.set()
         await asyncio.Future()  # until cancelled

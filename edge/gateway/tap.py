@@ -27,7 +27,6 @@ class Tap(Exchange):
         "captured",
         "dialect",
         "inner",
-        "method",
         "redaction",
         "restorer",
         "stores",

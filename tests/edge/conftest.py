@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from openai import AsyncOpenAI
 
 import agent
@@ -34,6 +35,12 @@ class RunningEdge:
         return f"http://{self.config.listen}"
 
     clients: dict[str, AsyncOpenAI] = dataclasses.field(default_factory=dict)
+    apps: list[web.Application] = dataclasses.field(default_factory=list)
+
+    @property
+    def app(self) -> web.Application:
+        """The edge's application (its state: balancer, proxy, metrics)."""
+        return self.apps[0]
 
     def client(self, api_key: str = "unused") -> AsyncOpenAI:
         """The official OpenAI client pointed at this edge (no client-side retries); one per
@@ -111,14 +118,15 @@ async def start_edge(tmp_path: Path, http: aiohttp.ClientSession) -> AsyncIterat
         values.update(overrides)
         config = EdgeConfig(**values)
         ready = asyncio.Event()
-        task = asyncio.create_task(edge.serve(config, ready=ready))
+        apps: list[web.Application] = []
+        task = asyncio.create_task(edge.serve(config, ready=ready, extra=apps.append))
         waiter = asyncio.create_task(ready.wait())
         done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             waiter.cancel()
             task.result()
             raise RuntimeError("edge.serve returned before it was ready")
-        result = RunningEdge(config, task, http)
+        result = RunningEdge(config, task, http, apps=apps)
         running.append(result)
         return result
 

@@ -260,12 +260,20 @@ async def test_unexpected_errors_are_json_500(
     http: aiohttp.ClientSession, running: RunningEdge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug inside the edge is a logged 500 in OpenAI's shape, never a traceback."""
-    from edge.balancer import Balancer
+    from edge.appstate import PROXY
+    from edge.gateway.limits.gate import Gate
 
-    def broken(self: Balancer, model: str) -> None:
-        raise RuntimeError("a bug")
+    class Broken(Gate):
+        def __init__(self) -> None:
+            pass
 
-    monkeypatch.setattr(Balancer, "route_for", broken)
+        def admit(self, *args: Any) -> None:
+            raise RuntimeError("a bug")
+
+    # The limits' admission raises: Python code the proxy calls on every request once limits
+    # are on. (Not a patched method of the proxy's own: compiled classes, edge/native.py,
+    # call theirs directly.)
+    monkeypatch.setattr(running.app[PROXY], "limits", Broken())
     status, data, _ = await post(http, running, CHAT, orjson.dumps(GOOD_CHAT))
     assert status == 500
     assert_error_shape(data, code="internal_error")

@@ -259,3 +259,18 @@ def test_taken_port_is_a_clear_error(tmp_path: Path, workers: str) -> None:
     assert result.returncode == 1
     assert f"edge cannot serve on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_an_edge_process_serves_from_the_compiled_request_path(
+    snapshots: SnapshotServer, spawn: Callable[..., EdgeProcess]
+) -> None:
+    """`corral edge` loads its request path compiled (edge/native.py) and says so."""
+    fake = FakeServer("vllm", [MODEL], "a")
+    async with running_fakes(fake), aiohttp.ClientSession() as http:
+        snapshots.publish(snapshot(1, [from_fake(fake)]))
+        edge = spawn(snapshots)
+        await edge.wait_version(http, 1)
+        assert await backend_of(edge.client, messages=[{"role": "user", "content": "hi"}])
+        assert await edge.terminate() == 0
+    log = edge.log.read_text()
+    assert "native modules: on (" in log, log

@@ -1,0 +1,94 @@
+"""Builds the edge's native modules (edge/native.py) with mypyc: `python -m edge.native_build
+[--optional]`, which `./dev up`, `./dev test` and `./dev bench` run first.
+
+The sources of `edge/` and `corral/` are copied to a scratch directory, where mypyc compiles
+`MODULES` together (mypy reads what they import for the types) into one C library and a
+small module each; those land in the cache under the sources' digest, renamed into place
+whole, so an edge never sees half a build. A build found there is not made again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+from edge.native import MANIFEST, MODULES, ROOT, cache_dir, source_digest
+
+
+class NativeError(Exception):
+    """The native modules could not be built (no compiler, or mypyc refused the code)."""
+
+
+def build(root: Path = ROOT) -> Path:
+    """The build for `root`'s sources: found in the cache, or compiled into it (~1 minute)."""
+    target = cache_dir() / source_digest(root)
+    if (target / MANIFEST).exists():
+        return target
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        raise NativeError(f"no C compiler ({compiler}): install gcc (Debian: apt-get install gcc)")
+    include = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not include.exists():
+        raise NativeError(f"no Python headers ({include}): install python3-dev")
+    with tempfile.TemporaryDirectory(prefix="corral-native-") as tmp:
+        work = Path(tmp)
+        for package in ("edge", "corral"):
+            shutil.copytree(root / package, work / package,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.so"))  # fmt: skip
+        paths = [name.replace(".", "/") + ".py" for name in MODULES]
+        done = subprocess.run(
+            [sys.executable, "-m", "mypyc", *paths],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "CORRAL_NATIVE": "0"},
+        )
+        if done.returncode != 0:
+            out = (done.stdout + done.stderr).strip().splitlines()
+            raise NativeError("mypyc failed:\n" + "\n".join(out[-20:]))
+        suffix = sysconfig.get_config_var("EXT_SUFFIX")
+        files = {name: name.replace(".", "/") + suffix for name in MODULES}
+        files |= {lib.name.split(".")[0]: lib.name for lib in work.glob(f"*__mypyc{suffix}")}
+        staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=_made(target.parent)))
+        for file in files.values():
+            (staging / file).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(work / file, staging / file)
+    (staging / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
+    try:
+        staging.rename(target)
+    except OSError:  # another process built it first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _made(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def main(argv: list[str]) -> int:
+    """Build (or find) the native modules; `--optional`: a failure is reported and exits 0
+    (the edge then runs as pure Python)."""
+    if any(arg != "--optional" for arg in argv):
+        sys.stderr.write("usage: python -m edge.native_build [--optional]\n")
+        return 2
+    target = cache_dir() / source_digest()
+    if not (target / MANIFEST).exists():
+        sys.stderr.write("edge: compiling the request path with mypyc (~1 min, once per version)\n")
+        sys.stderr.flush()
+    try:
+        build()
+    except NativeError as exc:
+        sys.stderr.write(f"edge: native modules not built: {exc}\n")
+        return 0 if "--optional" in argv else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
