@@ -18,10 +18,11 @@ processes of the same code differ by up to ~3 µs per request for as long as the
 memory layout, their hash seed), so one pair cannot tell a change that small from that; the
 pairs' medians show how far it goes.
 
-Each tree is the edge's Python from its own directory (PYTHONPATH, with PYTHONSAFEPATH so
-that `python -m` does not put the working directory, this checkout, first); the installed
-dependencies are this checkout's. Prints only: figures of record come from the benchmarks
-that write docs/BENCHMARKS.md.
+Each tree's request path is compiled first, as `./dev bench` compiles the checkout's
+(edge/native.py; cached per version of the sources). Each tree is the edge's code from its
+own directory (PYTHONPATH, with PYTHONSAFEPATH so that `python -m` does not put the working
+directory, this checkout, first); the installed dependencies are this checkout's. Prints
+only: figures of record come from the benchmarks that write docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -37,7 +38,16 @@ from pathlib import Path
 
 from bench import nginx, wrk
 from bench.cacheguard import PROMPT, SHORT, unique_script
-from bench.common import LOAD_CPU, PROXY_CPU, REPO, BenchError, ensure_tools, load_note, machine
+from bench.common import (
+    LOAD_CPU,
+    PROXY_CPU,
+    PYTHON,
+    REPO,
+    BenchError,
+    ensure_tools,
+    load_note,
+    machine,
+)
 from bench.overhead import CHAT_REQUEST, GATEWAY_ON, KEY, key_file, start_edge
 from bench.procs import Proc, Procs, pin_self, workspace
 
@@ -72,6 +82,14 @@ def tree_env(tree: Path) -> dict[str, str]:
     return {"PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"}
 
 
+def build_native(tree: Path) -> None:
+    """The tree's request path compiled, as its edge runs it (edge/native.py; a tree from
+    before it runs as Python)."""
+    if (tree / "edge" / "native_build.py").exists():
+        subprocess.run([PYTHON, "-m", "edge.native_build"], env={**os.environ, **tree_env(tree)},
+                       cwd=tree, check=True)  # fmt: skip
+
+
 def script(tmp: Path, bodies: str, headers: dict[str, str]) -> Path:
     """A round's wrk script: the fixed request, or bodies of their own (a new id prefix per
     round, the same for both sides)."""
@@ -88,6 +106,8 @@ def run(base: str, change: str | None, config: Path | None, bodies: str, rounds:
     print(f"{machine()}\n{load_note()}", flush=True)
     with workspace("compare") as (tmp, procs):
         trees = {"base": export(base, tmp / "base"), "change": export(change, tmp / "change")}
+        for tree in trees.values():
+            build_native(tree)
         keys = key_file(tmp) if config is None else None
         headers = {"Authorization": f"Bearer {KEY}"} if keys is not None else {}
         _, snap_port = nginx.backend_with_snapshots(procs)

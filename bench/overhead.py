@@ -7,8 +7,9 @@ runs on CPU 1; each proxy under test runs on CPU 0, where only one of them is lo
 time. Targets: the backend directly, the lean aiohttp relay (bench/lean_relay.py, the floor
 issue 18 measures against), nginx as a reverse proxy, the edge with the gateway off, the
 edge with the gateway on (a key, limits counted in-process, usage records to SQLite,
-metrics), the same with busy polling (`busy_poll_us: 200`, opt-in), the same with aiohttp's
-client upstream, `corral up` with the same gateway, and the
+metrics; its request path compiled, edge/native.py), the same with busy polling
+(`busy_poll_us: 200`, opt-in), the same as Python (`CORRAL_NATIVE=0`), the same with
+aiohttp's client upstream, `corral up` with the same gateway, and the
 Rust routers vllm-router (round robin) and sglang-router (cache-aware), from PyPI
 (bench/rust_routers.py).
 All are started first and warmed up; then, round by round, each has its turn: one
@@ -47,6 +48,7 @@ from bench.overhead_measure import (
     EDGE_ON,
     EDGE_ON2,
     EDGE_POLL,
+    EDGE_PY,
     LEAN,
     LEAN2,
     SGLANG,
@@ -155,6 +157,7 @@ def lean(procs: Procs, backend: str, count: int, cpus: list[str]) -> tuple[list[
 
 
 AIOHTTP = "  upstream_client: aiohttp\n"
+AS_PYTHON: Final = {"CORRAL_NATIVE": "0"}  # the request path not compiled (edge/native.py)
 # Opt-in: the kernel's haltpoll default window (this machine's kernel polls 0 µs).
 BUSY_POLL = "  busy_poll_us: 200\n"
 
@@ -176,6 +179,8 @@ def run(seconds: float, rounds: int, scaling: bool) -> tuple[list[Measured], dic
         old.write_text(GATEWAY_ON.format(db=tmp / "aiohttp-usage.db") + AIOHTTP)
         polling = tmp / "polling.yaml"
         polling.write_text(GATEWAY_ON.format(db=tmp / "polling-usage.db") + BUSY_POLL)
+        python = tmp / "python.yaml"
+        python.write_text(GATEWAY_ON.format(db=tmp / "python-usage.db"))
         on2 = tmp / "on2.yaml"
         on2.write_text(GATEWAY_ON.format(db=tmp / "usage2.db"))
         up_config = tmp / "up.yaml"
@@ -231,6 +236,14 @@ def run(seconds: float, rounds: int, scaling: bool) -> tuple[list[Measured], dic
             EDGE_POLL,
             lambda: start_edge(procs, "edge-polling", snap_port, 1, PROXY_CPU, polling, keys),
             "the same, its loop polling 200 µs after each read (edge/busypoll.py)",
+            keyed,
+        )
+        one(
+            EDGE_PY,
+            lambda: start_edge(
+                procs, "edge-python", snap_port, 1, PROXY_CPU, python, keys, env=AS_PYTHON
+            ),
+            "the same, its request path not compiled (edge/native.py)",
             keyed,
         )
         one("nginx reverse proxy (1 worker)", nginx_proxy, "keepalive upstream")

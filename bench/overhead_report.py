@@ -18,6 +18,7 @@ from bench.overhead_measure import (
     EDGE_ON,
     EDGE_ON2,
     EDGE_POLL,
+    EDGE_PY,
     LEAN,
     LEAN2,
     SGLANG,
@@ -90,7 +91,7 @@ def report(
         ],
         [_row(r, direct, relay) for r in results],
     )  # fmt: skip
-    edges = (EDGE_FAST, EDGE_POLL, EDGE_ON)
+    edges = (EDGE_FAST, EDGE_POLL, EDGE_PY, EDGE_ON)
     gaps = "\n".join(_gaps_of(name, results, direct, relay) for name in edges)
     scaling_flag = " --scaling" if scaling else ""
     return f"""## Edge overhead
