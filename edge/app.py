@@ -31,7 +31,8 @@ from edge.client_request import ClientRequest
 from edge.cors import install as install_cors
 from edge.errors import ApiError, error_body
 from edge.gateway.call import tag_response
-from edge.gateway.limits.gate import limit_headers, limiting
+from edge.gateway.lifetimes import limiting
+from edge.gateway.limits.gate import limit_headers
 from edge.gateway.pipeline import add_cache_header
 from edge.gateway.policy import follow_policy
 from edge.inbound import (

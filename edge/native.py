@@ -1,11 +1,12 @@
 """The edge's request path compiled to C with mypyc, when a build for these sources exists.
 
 edge/native_build.py compiles `MODULES` (the lane server, the upstream client, request
-handling, routing, keys, usage rows, metrics) once per version of the sources into
-`~/.cache/corral/native/<digest>/` (`./dev up`, `./dev test` and `./dev bench` run it, or
-`python -m edge.native_build`). `install()`, run when the `edge` package is imported, puts a
-finder first on `sys.meta_path` that loads those modules from the build whose digest matches
-the sources beside it, so the same Python code runs, as C: a build never outlives an edit.
+handling, routing, keys, metrics, the gateway's guard, cache, limits and usage records) once
+per version of the sources into `~/.cache/corral/native/<digest>/` (`./dev up`, `./dev test`
+and `./dev bench` run it, or `python -m edge.native_build`). `install()`, run when the
+`edge` package is imported, puts a finder first on `sys.meta_path` that loads those modules
+from the build whose digest matches the sources beside it, so the same Python code runs, as
+C: a build never outlives an edit.
 No build for the sources, `CORRAL_NATIVE=0`, or no C compiler: the edge is the pure-Python
 one it always was, and says which it runs when it starts (edge/startup.py).
 
@@ -31,8 +32,8 @@ from types import ModuleType
 from typing import Final
 
 # The modules a request runs through, compiled together (one C library: calls between them
-# are C calls). A module with an async generator (mypyc has none) or in an import cycle
-# with interpreted modules (edge.gateway.limits: its package init) stays Python.
+# are C calls). mypyc compiles no async generators: those live elsewhere
+# (edge/gateway/lifetimes.py).
 MODULES: Final = (
     "edge.lane.protocol",
     "edge.lane.answer",
@@ -57,6 +58,29 @@ MODULES: Final = (
     "edge.gateway.tokens",
     "edge.gateway.records",
     "edge.gateway.identity",
+    "edge.gateway.usage",
+    "edge.gateway.prices",
+    "edge.gateway.pipeline",
+    "edge.gateway.tap",
+    "edge.gateway.content",
+    "edge.gateway.scoped",
+    "edge.gateway.cache.service",
+    "edge.gateway.cache.store",
+    "edge.gateway.cache.key",
+    "edge.gateway.cache.assemble",
+    "edge.gateway.cache.replay",
+    "edge.gateway.guard.engine",
+    "edge.gateway.guard.detectors",
+    "edge.gateway.guard.prefilter",
+    "edge.gateway.guard.sieve",
+    "edge.gateway.guard.redact",
+    "edge.gateway.guard.bodies",
+    "edge.gateway.limits.gate",
+    "edge.gateway.limits.limiter",
+    "edge.gateway.limits.answers",
+    "edge.gateway.limits.bucket",
+    "edge.gateway.limits.ticket",
+    "edge.gateway.limits.plan",
 )
 ROOT: Final = Path(__file__).resolve().parent.parent  # holds edge/ and corral/
 MANIFEST: Final = "manifest.json"

@@ -15,8 +15,8 @@ from aiohttp import web
 from corral.v1 import types_pb2
 from edge.appstate import BALANCER, CONFIG, EDGE_ID, METRICS, PROXY, STATUS
 from edge.errors import SnapshotError
+from edge.gateway.lifetimes import running as gateway_running
 from edge.gateway.pipeline import GATEWAY
-from edge.gateway.pipeline import running as gateway_running
 from edge.providers.upstream import tls_context
 from edge.proxy import Proxy
 from edge.state import load_snapshot, save_snapshot
@@ -56,7 +56,7 @@ async def client_session(app: web.Application) -> AsyncIterator[None]:
 
 
 async def usage(app: web.Application) -> AsyncIterator[None]:
-    from edge.gateway.usage import recording  # the recorder, its sink and writer task
+    from edge.gateway.lifetimes import recording  # the recorder, its sink and writer task
 
     async with recording(app[CONFIG], app[EDGE_ID], app[METRICS].registry) as recorder:
         app[PROXY].recorder = recorder

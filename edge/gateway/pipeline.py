@@ -13,18 +13,14 @@ stored and handed to identical requests waiting for it; anything else is not.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
-import aiohttp
 import orjson
 from aiohttp import hdrs, web
 from multidict import istr
-from prometheus_client import CollectorRegistry
 
-from corral.config import EdgeConfig
 from corral.v1 import gateway_pb2
 from edge.client_request import ClientRequest
 from edge.errors import ApiError
@@ -37,7 +33,6 @@ from edge.gateway.cache.service import (
     Cache,
     Lookup,
     directives,
-    new_lookup,
 )
 from edge.gateway.cache.store import Entry
 from edge.gateway.call import CACHE_BYPASS, CACHE_HIT, CACHE_MISS, CALL, Call
@@ -45,7 +40,6 @@ from edge.gateway.content import ContentSettings
 from edge.gateway.guard.engine import Guard, Outcome, Pending, Refused
 from edge.gateway.guard.redact import Redaction, StreamRestorer
 from edge.gateway.tap import Tap, wrap
-from edge.gateway.valkey import Valkey
 from edge.response_hook import response_hook
 from edge.table import ModelRoute
 
@@ -186,7 +180,7 @@ class Gateway:
             rewrites = None
         targets = rewrites.values() if rewrites else ()
         key = cache_key(call.team, endpoint, call.model, targets, exchange.body)
-        looked = new_lookup(cache, key, ttl, dialect, asked.max_age, asked.store, redaction)
+        looked = Lookup(cache, key, ttl, dialect, asked.max_age, asked.store, redaction)
         if not asked.read:
             call.cache = CACHE_BYPASS
             cache.metrics.hot.bypass += 1
@@ -371,30 +365,6 @@ def put_cache_header(request: ClientRequest, response: web.StreamResponse) -> No
 add_cache_header: Final = response_hook(put_cache_header)  # on_response_prepare
 
 GATEWAY: Final = web.AppKey("gateway", Gateway)
-
-
-@contextlib.asynccontextmanager
-async def running(
-    config: EdgeConfig,
-    registry: CollectorRegistry | None,
-    session: Callable[[], aiohttp.ClientSession],
-) -> AsyncIterator[Gateway]:
-    """The edge's gateway for its lifetime; the shared cache tier's client closed at the end."""
-    content = ContentSettings(config.guard.restore)
-    guard = Guard(config.guard, registry=registry, session=session, policy=content.pii)
-    cache_config = config.cache
-    valkey = (
-        Valkey(cache_config.valkey_url, timeout=cache_config.valkey_timeout_seconds)
-        if cache_config.valkey_url
-        else None
-    )
-    cache = Cache(cache_config, shared=valkey, registry=registry, policy=content.ttl)
-    try:
-        yield Gateway(guard, cache, content)
-    finally:
-        await cache.close()
-        if valkey is not None:
-            await valkey.close()
 
 
 def apply_policy(app: web.Application, policy: gateway_pb2.Policy) -> None:

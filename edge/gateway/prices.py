@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import edge.gateway
 from edge.gateway.call import Call
 
 _DATED: Final = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8})$")
@@ -53,9 +54,10 @@ class ShippedPrices:
 @functools.cache
 def shipped() -> ShippedPrices:
     """The shipped price data file, read once."""
-    # Beside this module (not importlib.resources: its readers load zipfile, memory an
-    # edge would keep for one read at startup).
-    text = (Path(__file__).parent / "data" / "prices.json").read_text()
+    # In this package's directory (not importlib.resources: its readers load zipfile, memory
+    # an edge would keep for one read at startup); the package's own file, not this
+    # module's, which is the native build's when compiled (edge/native.py).
+    text = (Path(edge.gateway.__file__).parent / "data" / "prices.json").read_text()
     data: dict[str, Any] = json.loads(text)
     prices = {
         name.lower(): Price(float(p[0]), float(p[1]), float(p[2]))

@@ -24,12 +24,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
 import orjson
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -41,7 +40,7 @@ from edge.gateway.records import Row, as_dict, row
 from edge.gateway.sinks import JsonLinesSink, Sink, SinkError, SQLiteSink, sqlite_path
 from edge.proxy import Recorder
 
-__all__ = ["SINKS", "UsageRecorder", "open_sink", "recording", "sink_kind", "sqlite_path"]
+__all__ = ["SINKS", "UsageMetrics", "UsageRecorder", "open_sink", "sink_kind", "sqlite_path"]
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +283,7 @@ def _quiet(task: asyncio.Future[None]) -> None:
         task.exception()
 
 
-class _UsageMetrics(Collector):
+class UsageMetrics(Collector):
     def __init__(self, recorder: UsageRecorder) -> None:
         self.recorder = recorder
 
@@ -303,43 +302,3 @@ class _UsageMetrics(Collector):
             "Usage records waiting in memory.",
             value=self.recorder.pending,
         )
-
-
-@contextlib.asynccontextmanager
-async def recording(
-    config: EdgeConfig, edge_id: str, registry: CollectorRegistry
-) -> AsyncIterator[UsageRecorder]:
-    """The edge's recorder with its writer task, for the app's lifetime."""
-    sink = open_sink(config)
-    spool = spool_io.spool_file(config, edge_id)
-    recorder = UsageRecorder(sink, config.usage, edge_id, spool)
-    registry.register(_UsageMetrics(recorder))
-    if spool is not None and spool.parent.is_dir():
-        try:
-            adopted = await asyncio.to_thread(spool_io.adopt_orphans, spool)
-        except OSError as exc:
-            log.warning("cannot adopt earlier usage spools in %s: %s", spool.parent, exc)
-        else:
-            if adopted:
-                log.info("%d spooled usage records of an earlier process to replay", adopted)
-    if sink is None:
-        log.info("usage records are kept nowhere (edge.usage.sink is off, or no file)")
-    else:
-        try:
-            await sink.open()
-        except SinkError as exc:  # a dead sink never stops the edge: spool and retry
-            log.warning("usage sink %s unavailable at start (records spooled): %s", sink.name, exc)
-    task = asyncio.create_task(recorder.run(), name="usage-writer")
-    grace = config.shutdown_grace_seconds
-    try:
-        yield recorder
-    finally:
-        recorder.stop()
-        try:
-            async with asyncio.timeout(grace):
-                await asyncio.shield(task)
-        except TimeoutError:
-            task.cancel()
-        await recorder.close(grace)
-        if sink is not None:
-            await sink.close()

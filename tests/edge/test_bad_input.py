@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -260,20 +261,22 @@ async def test_unexpected_errors_are_json_500(
     http: aiohttp.ClientSession, running: RunningEdge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug inside the edge is a logged 500 in OpenAI's shape, never a traceback."""
-    from edge.appstate import PROXY
-    from edge.gateway.limits.gate import Gate
+    from edge.appstate import BALANCER
 
-    class Broken(Gate):
-        def __init__(self) -> None:
-            pass
+    class Broken(str):
+        """A model name whose comparison fails."""
 
-        def admit(self, *args: Any) -> None:
+        __hash__ = str.__hash__
+
+        def __eq__(self, other: object) -> bool:
             raise RuntimeError("a bug")
 
-    # The limits' admission raises: Python code the proxy calls on every request once limits
-    # are on. (Not a patched method of the proxy's own: compiled classes, edge/native.py,
-    # call theirs directly.)
-    monkeypatch.setattr(running.app[PROXY], "limits", Broken())
+    # No route for the model, and looking it up among the known ones raises. (Not a patched
+    # method: compiled classes, edge/native.py, call their own methods directly.)
+    balancer = running.app[BALANCER]
+    assert balancer.table is not None
+    broken = replace(balancer.table, routes={}, known=frozenset({Broken(GOOD_CHAT["model"])}))
+    monkeypatch.setattr(balancer, "table", broken)
     status, data, _ = await post(http, running, CHAT, orjson.dumps(GOOD_CHAT))
     assert status == 500
     assert_error_shape(data, code="internal_error")

@@ -18,11 +18,12 @@ from prometheus_client import CollectorRegistry
 
 from corral.config import EdgeConfig, Secret, UsageConfig
 from edge.gateway.call import Call, new_id
+from edge.gateway.lifetimes import recording
 from edge.gateway.postgres import SCHEMA_VERSION, PostgresSink
 from edge.gateway.records import TABLE, as_dict, row
 from edge.gateway.sinks import JsonLinesSink, SQLiteSink
 from edge.gateway.spool import spool_file
-from edge.gateway.usage import UsageRecorder, open_sink, recording
+from edge.gateway.usage import UsageRecorder, open_sink
 from tests.edge.conftest import StartEdge
 from tests.edge.snapshot_server import SnapshotServer, from_fake, snapshot
 from tests.fakes import FakeServer, running_fakes

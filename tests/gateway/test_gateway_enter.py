@@ -19,7 +19,8 @@ from edge.errors import ApiError
 from edge.exchange import OpenAIExchange
 from edge.gateway.cache.store import Entry
 from edge.gateway.call import CACHE_HIT, CACHE_MISS, Call
-from edge.gateway.pipeline import Entered, running
+from edge.gateway.lifetimes import running
+from edge.gateway.pipeline import Entered
 from edge.gateway.tap import Tap
 from edge.table import ModelRoute
 

@@ -76,6 +76,7 @@ def directives(header: str | None) -> Directives:
 # Made on every cacheable request: not frozen (a frozen dataclass sets each field through
 # object.__setattr__), and not a named tuple, whose fields Python 3.11 reads through the
 # generic attribute lookup (~400 instructions each, callgrind) where a slot is one load.
+# Compiled (edge/native.py), making one is a C call.
 @dataclass(slots=True, eq=False)
 class Lookup:
     """One request's cache lookup: where, under which key, and what to do with an answer."""
@@ -88,30 +89,6 @@ class Lookup:
     store: bool  # the client lets its answer be stored
     redaction: Redaction | None
     leader: bool = False  # identical requests wait for its answer (Cache.lead)
-
-
-def new_lookup(
-    cache: Cache,
-    key: bytes,
-    ttl: float,
-    dialect: str,
-    max_age: float | None,
-    store: bool,
-    redaction: Redaction | None,
-) -> Lookup:
-    """`Lookup(...)` with its slots set here: calling a class whose __init__ is Python code
-    costs ~3k instructions in 3.11 (type_call, slot_tp_init, a frame; callgrind), and
-    every cacheable request makes one."""
-    looked = object.__new__(Lookup)
-    looked.cache = cache
-    looked.key = key
-    looked.ttl = ttl
-    looked.dialect = dialect
-    looked.max_age = max_age
-    looked.store = store
-    looked.redaction = redaction
-    looked.leader = False
-    return looked
 
 
 class _Hot(Collector):

@@ -8,12 +8,11 @@ responses get the x-ratelimit-* headers as they are prepared.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final
 
 from aiohttp import web
@@ -228,68 +227,3 @@ def apply_policy(app: web.Application, policy: gateway_pb2.Policy) -> None:
         gate.apply_policy(policy)
         if gate.active:  # never unset: requests admitted before must still be settled
             app[PROXY].limits = gate
-
-
-async def limiting(app: web.Application) -> AsyncIterator[None]:
-    """The edge's cleanup context: the counter store, the limiter and its upkeep task."""
-    from edge.app import CONFIG, EDGE_ID, METRICS, PROXY  # edge.app registers this context
-    from edge.gateway.limits.shared import SharedCounters
-    from edge.gateway.limits.spend import SpendFile, spend_path
-    from edge.gateway.limits.store import Counters, LocalCounters
-    from edge.gateway.valkey import Valkey
-    from edge.tasks import owned, supervise
-
-    config = app[CONFIG]
-    limits = config.limits
-    counters: Counters
-    if limits.valkey_url:
-        counters = SharedCounters(Valkey(limits.valkey_url, timeout=limits.valkey_timeout_seconds))
-    else:
-        if config.workers > 1:
-            log.warning(
-                "edge.limits without valkey_url: each of the %d worker processes counts "
-                "limits alone; give the edge a Valkey to count them together",
-                config.workers,
-            )
-        path = spend_path(config)
-        spend = await asyncio.to_thread(SpendFile, path) if path else None
-        counters = LocalCounters(spend=spend)
-    limiter = Limiter(
-        counters,
-        edge_id=app[EDGE_ID],
-        window_seconds=limits.window_seconds,
-        fail_open=limits.fail == "open",
-    )
-    limiter.stats.register(app[METRICS].registry)
-    proxy = app[PROXY]
-    empty = PriceTable({})
-    gate = Gate(limits, limiter, lambda: getattr(proxy.recorder, "prices", empty))
-    app[LIMITS] = gate
-    proxy.limits = gate if gate.active else None
-    restarts = app[METRICS].task_restarts.labels("limits").inc
-    upkeep = supervise(lambda: _upkeep(limiter, counters), "limits upkeep", restarts)
-    try:
-        async with owned(upkeep, "edge-limits-upkeep"):
-            yield
-    finally:
-        proxy.limits = None
-        await limiter.close()
-
-
-async def _upkeep(limiter: Limiter, counters: object) -> None:
-    """Sweep leases; flush the embedded store's budgets to SQLite every second."""
-    from edge.gateway.limits.store import LocalCounters
-
-    local = counters if isinstance(counters, LocalCounters) else None
-    ticks = 0
-    while True:
-        await asyncio.sleep(0.5)
-        try:
-            await limiter.sweep()
-            ticks += 1
-            if local is not None and local.spend is not None and ticks % 2 == 0:
-                rows = local.dirty_rows()
-                if rows:
-                    await asyncio.to_thread(local.spend.save, rows)
-        except Exception:  # one failed round must not end the upkeep
-            log.exception("limit upkeep failed")

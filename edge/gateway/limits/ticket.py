@@ -39,17 +39,29 @@ class StoreDown(Exception):
     """The counter store is down and the policy is fail closed."""
 
 
-@dataclass(slots=True)
 class Ticket:
     """An admitted request's reservations, given back or trued up by settle(): one request,
     `tokens` and `cost` from each of the plan's buckets, in that bucket's unit."""
 
-    plan: Plan
-    buckets: tuple[Bucket, ...]  # the plan's, in the windows where the request was admitted
-    tokens: int
-    cost: int
-    warned: bool = False
-    settled: bool = False
+    # Not a dataclass: compiled (edge/native.py), a dataclass's fields are read at import,
+    # and Plan (whose module imports this one) is not there yet.
+    __slots__ = ("buckets", "cost", "plan", "settled", "tokens", "warned")
+
+    def __init__(
+        self,
+        plan: Plan,
+        buckets: tuple[Bucket, ...],  # the plan's, in the windows where it was admitted
+        tokens: int,
+        cost: int,
+        warned: bool = False,
+        settled: bool = False,
+    ) -> None:
+        self.plan = plan
+        self.buckets = buckets
+        self.tokens = tokens
+        self.cost = cost
+        self.warned = warned
+        self.settled = settled
 
     @property
     def subjects(self) -> Sequence[Subject]:
