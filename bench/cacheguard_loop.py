@@ -28,7 +28,8 @@ from corral.config import EdgeConfig
 from corral.config_gateway import CacheConfig, GuardConfig
 from edge.exchange import OpenAIExchange
 from edge.gateway.call import CALL, Call
-from edge.gateway.pipeline import Gateway, put_cache_header, running
+from edge.gateway.lifetimes import running
+from edge.gateway.pipeline import Gateway, put_cache_header
 from edge.relay import whole_response
 
 MODEL = "bench-model"
