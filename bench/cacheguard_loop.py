@@ -18,7 +18,7 @@ import dataclasses
 import itertools
 import time
 from statistics import median
-from typing import Any, ClassVar
+from typing import Any
 
 import aiohttp
 import orjson
@@ -31,6 +31,7 @@ from edge.gateway.call import CALL, Call
 from edge.gateway.lifetimes import running
 from edge.gateway.pipeline import Gateway, put_cache_header
 from edge.relay import whole_response
+from edge.table import ModelRoute
 
 MODEL = "bench-model"
 ANSWER = orjson.dumps(
@@ -55,14 +56,12 @@ class _Request(dict[Any, Any]):
     headers = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
 
 
-class _Route:
-    rewrites: ClassVar[dict[str, str]] = {}  # no alias
+# A real route (no alias, no backends: the loop never goes upstream): compiled, the gateway
+# checks the types it is handed (edge/native.py).
+_ROUTE = ModelRoute(MODEL, (), ())
 
 
-_ROUTE = _Route()
-
-
-def _route() -> _Route:
+def _route() -> ModelRoute:
     return _ROUTE
 
 
