@@ -17,6 +17,7 @@ import sys
 import sysconfig
 import tempfile
 from pathlib import Path
+from typing import Final
 
 from edge.native import MANIFEST, MODULES, ROOT, cache_dir, source_digest
 
@@ -64,7 +65,23 @@ def build(root: Path = ROOT) -> Path:
         staging.rename(target)
     except OSError:  # another process built it first
         shutil.rmtree(staging, ignore_errors=True)
+    _prune(target)
     return target
+
+
+KEPT: Final = 4  # builds kept: the newest, and three older versions of the sources
+
+
+def _prune(newest: Path) -> None:
+    """Every edit makes a build (~7 MB): all but the `KEPT` most recent are removed."""
+    builds = sorted(
+        (path for path in newest.parent.iterdir() if (path / MANIFEST).exists()),
+        key=lambda path: path.stat().st_mtime,
+        reverse=True,
+    )
+    for old in builds[KEPT:]:
+        if old != newest:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _made(directory: Path) -> Path:

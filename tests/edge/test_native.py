@@ -75,3 +75,21 @@ def test_the_python_edge_passes_the_lane_pool_and_bad_input_tests() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
+
+
+def test_old_builds_are_pruned(tmp_path: Path) -> None:
+    """A new build keeps itself and the newest others, KEPT in all."""
+    from edge.native_build import KEPT, _prune
+
+    builds = []
+    for i in range(KEPT + 2):
+        build = tmp_path / f"build-{i}"
+        build.mkdir()
+        (build / native.MANIFEST).write_text("{}")
+        os.utime(build, (1_000_000 + i, 1_000_000 + i))
+        builds.append(build)
+    (tmp_path / "staging.tmp").mkdir()  # not a build: left alone
+    _prune(builds[-1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [b.name for b in builds[-KEPT:]] + ["staging.tmp"]
+    )
