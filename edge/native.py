@@ -22,10 +22,8 @@ import importlib.util
 import json
 import os
 import sys
-import sysconfig
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.abc import MetaPathFinder
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
@@ -89,11 +87,14 @@ OFF: Final = frozenset(("0", "off", "no", "false"))
 
 @dataclass
 class State:
-    """What this process runs: `active` when the finder is installed."""
+    """What this process runs: compiled modules from `build`, when it is set."""
 
-    active: bool = False
     reason: str = "not looked for"
     build: Path | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.build is not None
 
 
 STATE: Final = State()
@@ -110,7 +111,7 @@ def cache_dir() -> Path:
 def source_digest(root: Path = ROOT) -> str:
     """Names this version of the sources (and the interpreter it is compiled for)."""
     digest = hashlib.blake2b(digest_size=16)
-    abi = f"{sys.implementation.cache_tag} {sysconfig.get_config_var('EXT_SUFFIX')}\n"
+    abi = f"{sys.implementation.cache_tag} {importlib.machinery.EXTENSION_SUFFIXES[0]}\n"
     digest.update(abi.encode())
     digest.update("\n".join(MODULES).encode())
     for package in ("edge", "corral"):
@@ -120,8 +121,9 @@ def source_digest(root: Path = ROOT) -> str:
     return digest.hexdigest()
 
 
-class _Finder(MetaPathFinder):
-    """Finds the built modules (and their shared C library) in one build directory."""
+class _Finder:
+    """Finds the built modules (and their shared C library) in one build directory (a
+    meta path finder by its method: importlib.abc would load importlib.resources too)."""
 
     def __init__(self, files: dict[str, Path]) -> None:
         self.files = files
@@ -145,15 +147,10 @@ def install(root: Path = ROOT) -> bool:
     try:
         manifest = json.loads((build / MANIFEST).read_text())
     except (OSError, ValueError):
-        STATE.reason = (
-            "no build for these sources (./dev up builds it, or python -m edge.native build)"
-        )
+        STATE.reason = "no build for these sources (python -m edge.native_build; ./dev does)"
         return False
     files = {name: build / file for name, file in manifest["files"].items()}
-    early = [name for name in MODULES if name in sys.modules]
-    if early:  # imported before the finder: half compiled, half not, is never wanted
-        STATE.reason = f"not used: {', '.join(early)} imported before edge.native"
-        return False
+    # First on the path: the `edge` package runs this before any module of MODULES loads.
     sys.meta_path.insert(0, _Finder(files))
-    STATE.active, STATE.reason, STATE.build = True, f"on ({len(MODULES)} modules)", build
+    STATE.reason, STATE.build = f"on ({len(MODULES)} modules)", build
     return True

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -26,11 +27,13 @@ class NativeError(Exception):
     """The native modules could not be built (no compiler, or mypyc refused the code)."""
 
 
-def build(root: Path = ROOT) -> Path:
-    """The build for `root`'s sources: found in the cache, or compiled into it (~1 minute)."""
+def build(root: Path = ROOT, compiling: Callable[[], None] = lambda: None) -> Path:
+    """The build for `root`'s sources: found in the cache, or compiled into it (~1 minute,
+    `compiling` called first)."""
     target = cache_dir() / source_digest(root)
     if (target / MANIFEST).exists():
         return target
+    compiling()
     compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(compiler) is None:
         raise NativeError(f"no C compiler ({compiler}): install gcc (Debian: apt-get install gcc)")
@@ -56,7 +59,8 @@ def build(root: Path = ROOT) -> Path:
         suffix = sysconfig.get_config_var("EXT_SUFFIX")
         files = {name: name.replace(".", "/") + suffix for name in MODULES}
         files |= {lib.name.split(".")[0]: lib.name for lib in work.glob(f"*__mypyc{suffix}")}
-        staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=_made(target.parent)))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
         for file in files.values():
             (staging / file).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(work / file, staging / file)
@@ -84,27 +88,23 @@ def _prune(newest: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _made(directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
-
-
 def main(argv: list[str]) -> int:
     """Build (or find) the native modules; `--optional`: a failure is reported and exits 0
     (the edge then runs as pure Python)."""
     if any(arg != "--optional" for arg in argv):
         sys.stderr.write("usage: python -m edge.native_build [--optional]\n")
         return 2
-    target = cache_dir() / source_digest()
-    if not (target / MANIFEST).exists():
-        sys.stderr.write("edge: compiling the request path with mypyc (~1 min, once per version)\n")
-        sys.stderr.flush()
     try:
-        build()
+        build(compiling=_announce)
     except NativeError as exc:
         sys.stderr.write(f"edge: native modules not built: {exc}\n")
         return 0 if "--optional" in argv else 1
     return 0
+
+
+def _announce() -> None:
+    sys.stderr.write("edge: compiling the request path with mypyc (~1 min, once per version)\n")
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":

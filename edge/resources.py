@@ -15,6 +15,7 @@ from aiohttp import web
 from corral.v1 import types_pb2
 from edge.appstate import BALANCER, CONFIG, EDGE_ID, METRICS, PROXY, STATUS
 from edge.errors import SnapshotError
+from edge.gateway.lifetimes import recording
 from edge.gateway.lifetimes import running as gateway_running
 from edge.gateway.pipeline import GATEWAY
 from edge.providers.upstream import tls_context
@@ -56,8 +57,6 @@ async def client_session(app: web.Application) -> AsyncIterator[None]:
 
 
 async def usage(app: web.Application) -> AsyncIterator[None]:
-    from edge.gateway.lifetimes import recording  # the recorder, its sink and writer task
-
     async with recording(app[CONFIG], app[EDGE_ID], app[METRICS].registry) as recorder:
         app[PROXY].recorder = recorder
         yield

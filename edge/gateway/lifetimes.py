@@ -11,13 +11,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from corral.config import EdgeConfig
-from edge.gateway import spool as spool_io
 from edge.gateway.cache.service import Cache
 from edge.gateway.content import ContentSettings
 from edge.gateway.guard.engine import Guard
@@ -25,9 +25,10 @@ from edge.gateway.limits.gate import LIMITS, Gate
 from edge.gateway.limits.limiter import Limiter
 from edge.gateway.pipeline import Gateway
 from edge.gateway.prices import PriceTable
-from edge.gateway.sinks import SinkError
-from edge.gateway.usage import UsageMetrics, UsageRecorder, open_sink
 from edge.gateway.valkey import Valkey
+
+if TYPE_CHECKING:
+    from edge.gateway.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,12 @@ async def recording(
     config: EdgeConfig, edge_id: str, registry: CollectorRegistry
 ) -> AsyncIterator[UsageRecorder]:
     """The edge's recorder with its writer task, for the app's lifetime."""
+    # Here, as edge/resources.py imported them before: the recorder, its sinks and spool
+    # load when the app starts, not with edge.app.
+    from edge.gateway import spool as spool_io
+    from edge.gateway.sinks import SinkError
+    from edge.gateway.usage import UsageMetrics, UsageRecorder, open_sink
+
     sink = open_sink(config)
     spool = spool_io.spool_file(config, edge_id)
     recorder = UsageRecorder(sink, config.usage, edge_id, spool)
