@@ -7,27 +7,16 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
-
 from corral.v1 import traffic_pb2
+from edge.exposition import CONTENT_TYPE, Counter, Family, Gauge, Registry, go_float
 from edge.traffic import EdgeState, TrafficRecorder
 
 _LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 )  # fmt: skip
 _BOUNDS = (*_LATENCY_BUCKETS, math.inf)
-# The `le` labels exactly as prometheus_client writes them.
-_LE = tuple(floatToGoString(b) for b in _BOUNDS)  # type: ignore[no-untyped-call]  # unannotated helper
+# The `le` labels exactly as Prometheus writes them.
+_LE = tuple(go_float(b) for b in _BOUNDS)
 
 
 class _Count:
@@ -55,9 +44,9 @@ class _Histogram:
         return out
 
 
-class _HotMetrics(Collector):
+class _HotMetrics:
     """Requests, latency, time to first token, in-flight attempts and routing decisions, in
-    the same shape prometheus_client's Counter, Histogram and Gauge would expose them."""
+    the shape Prometheus client libraries' counters, histograms and gauges expose them."""
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, int], _Count] = {}
@@ -66,65 +55,56 @@ class _HotMetrics(Collector):
         self.inflight: dict[str, int] = {}
         self.decisions: dict[str, _Count] = {}
 
-    def describe(self) -> Iterable[Metric]:
-        return self._families(empty=True)
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families(empty=False)
-
-    def _families(self, *, empty: bool) -> list[Metric]:
-        requests = CounterMetricFamily(
+    def collect(self) -> Iterable[Family]:
+        requests = Family(
             "corral_edge_requests",
             "Requests answered, by model, backend and HTTP status.",
-            labels=["model", "backend", "status"],
+            "counter",
+            ["model", "backend", "status"],
         )
-        latency = HistogramMetricFamily(
+        latency = Family(
             "corral_edge_request_duration_seconds",
             "Time from request to the last byte of the answer.",
-            labels=["endpoint"],
+            "histogram",
+            ["endpoint"],
         )
-        ttft = HistogramMetricFamily(
+        ttft = Family(
             "corral_edge_time_to_first_token_seconds",
             "Time from request to the first streamed chunk.",
-            labels=["model"],
+            "histogram",
+            ["model"],
         )
-        inflight = GaugeMetricFamily(
+        inflight = Family(
             "corral_edge_backend_inflight",
             "Requests this edge has in flight to each backend.",
-            labels=["backend"],
+            "gauge",
+            ["backend"],
         )
-        decisions = CounterMetricFamily(
+        decisions = Family(
             "corral_edge_routing_decisions",
             "Routing decisions by route (sticky, spill, least-connections, retry).",
-            labels=["route"],
+            "counter",
+            ["route"],
         )
-        families: list[Metric] = [requests, latency, ttft, inflight, decisions]
-        if empty:
-            return families
         for (model, backend, status), count in list(self.requests.items()):
-            requests.add_metric(
-                [model, backend, str(status)], float(count.value), created=count.created
-            )
+            requests.add([model, backend, str(status)], float(count.value), count.created)
         for family, hists in ((latency, self.latency), (ttft, self.ttft)):
             for label, hist in list(hists.items()):
-                family.add_metric([label], hist.buckets(), hist.sum)
-                family.samples.append(
-                    Sample(family.name + "_created", {family._labelnames[0]: label}, hist.created)
-                )
+                family.add_histogram([label], hist.buckets(), hist.sum, hist.created)
         for backend, value in list(self.inflight.items()):
-            inflight.add_metric([backend], float(value))
+            inflight.add([backend], float(value))
         for route, count in list(self.decisions.items()):
-            decisions.add_metric([route], float(count.value), created=count.created)
-        return families
+            decisions.add([route], float(count.value), count.created)
+        return [requests, latency, ttft, inflight, decisions]
 
 
 class EdgeMetrics:
     """Counters, gauges and histograms; the per-request ones cost a dict lookup and an add."""
 
-    content_type = CONTENT_TYPE_LATEST
+    content_type = CONTENT_TYPE
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = Registry()
         r = self.registry
         # The per-request metrics are plain numbers (no lock, no label lookup per request),
         # turned into Prometheus samples when scraped.
@@ -237,13 +217,8 @@ class EdgeMetrics:
         """Close the current traffic slice (see TrafficRecorder.cut)."""
         hot = self._hot
         decisions = {route: count.value for route, count in list(hot.decisions.items())}
-        retries = [
-            (sample.labels["backend"], sample.value)
-            for family in self.retries.collect()
-            for sample in family.samples
-            if sample.name.endswith("_total")
-        ]
+        retries = [(backend, cell.value) for (backend, _), cell in list(self.retries.cells.items())]
         return self.traffic.cut(decisions, retries, dict(hot.inflight), edge_state=edge_state)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return self.registry.render()

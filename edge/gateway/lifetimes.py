@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from corral.config import EdgeConfig
+from edge.exposition import Registry
 from edge.gateway.cache.service import Cache
 from edge.gateway.content import ContentSettings
 from edge.gateway.guard.engine import Guard
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 @contextlib.asynccontextmanager
 async def running(
     config: EdgeConfig,
-    registry: CollectorRegistry | None,
+    registry: Registry | None,
     session: Callable[[], aiohttp.ClientSession],
 ) -> AsyncIterator[Gateway]:
     """The edge's gateway for its lifetime; the shared cache tier's client closed at the end."""
@@ -124,7 +124,7 @@ async def _upkeep(limiter: Limiter, counters: object) -> None:
 
 @contextlib.asynccontextmanager
 async def recording(
-    config: EdgeConfig, edge_id: str, registry: CollectorRegistry
+    config: EdgeConfig, edge_id: str, registry: Registry
 ) -> AsyncIterator[UsageRecorder]:
     """The edge's recorder with its writer task, for the app's lifetime."""
     # Here, as edge/resources.py imported them before: the recorder, its sinks and spool

@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Final
 
 import orjson
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from corral.config import EdgeConfig, UsageConfig
+from edge.exposition import Family
 from edge.gateway import spool as spool_io
 from edge.gateway.call import Call
 from edge.gateway.prices import Price, PriceTable
@@ -283,22 +282,20 @@ def _quiet(task: asyncio.Future[None]) -> None:
         task.exception()
 
 
-class UsageMetrics(Collector):
+class UsageMetrics:
     def __init__(self, recorder: UsageRecorder) -> None:
         self.recorder = recorder
 
-    def collect(self) -> Iterable[Metric]:
-        records = CounterMetricFamily(
+    def collect(self) -> Iterable[Family]:
+        records = Family(
             "corral_edge_usage_records",
             "Usage records by outcome: written to the sink, spooled to disk after a failed "
             "write, replayed from the spool, dropped (no room in memory or on disk).",
-            labels=["outcome"],
+            "counter",
+            ["outcome"],
         )
         for outcome, count in self.recorder.counts.items():
-            records.add_metric([outcome], count)
-        yield records
-        yield GaugeMetricFamily(
-            "corral_edge_usage_pending",
-            "Usage records waiting in memory.",
-            value=self.recorder.pending,
-        )
+            records.add([outcome], count)
+        pending = Family("corral_edge_usage_pending", "Usage records waiting in memory.", "gauge")
+        pending.add([], self.recorder.pending)
+        return [records, pending]

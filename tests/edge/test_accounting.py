@@ -34,7 +34,7 @@ def _accounting() -> tuple[Accounting, _Recorder, EdgeMetrics]:
 
 
 def _counted(metrics: EdgeMetrics) -> float:
-    value = metrics.registry.get_sample_value(
+    value = metrics.registry.value(
         "corral_edge_requests_total", {"model": "m", "backend": "-", "status": "200"}
     )
     return value or 0.0

@@ -14,9 +14,9 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from prometheus_client import CollectorRegistry
 
 from corral.config import EdgeConfig, Secret, UsageConfig
+from edge.exposition import Registry
 from edge.gateway.call import Call, new_id
 from edge.gateway.lifetimes import recording
 from edge.gateway.postgres import SCHEMA_VERSION, PostgresSink
@@ -227,7 +227,7 @@ async def test_spool_of_a_dead_process_is_adopted(tmp_path: Path) -> None:
     assert orphan is not None
     rows = [row(c, "edge-a", 0.0) for c in calls(7)]
     orphan.write_bytes(b"".join(orjson.dumps(as_dict(r)) + b"\n" for r in rows) + b'{"cut')
-    async with recording(config, "edge-a", CollectorRegistry()) as recorder:
+    async with recording(config, "edge-a", Registry()) as recorder:
         recorder._last_replay = 0.0
         await recorder.flush()
         assert recorder.counts["replayed"] == 7

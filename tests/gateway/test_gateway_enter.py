@@ -11,12 +11,12 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
-from prometheus_client import CollectorRegistry
 
 from corral.config import EdgeConfig
 from corral.config_gateway import CacheConfig
 from edge.errors import ApiError
 from edge.exchange import OpenAIExchange
+from edge.exposition import Registry
 from edge.gateway.cache.store import Entry
 from edge.gateway.call import CACHE_HIT, CACHE_MISS, Call
 from edge.gateway.lifetimes import running
@@ -37,7 +37,7 @@ async def test_a_memory_only_cache_answers_without_an_await() -> None:
     config = dataclasses.replace(EdgeConfig(), cache=CacheConfig(ttl_seconds=60))
     async with (
         aiohttp.ClientSession() as session,
-        running(config, CollectorRegistry(), lambda: session) as gateway,
+        running(config, Registry(), lambda: session) as gateway,
     ):
         assert gateway.cache is not None
 
@@ -73,7 +73,7 @@ async def test_the_policy_is_asked_only_while_it_sets_something() -> None:
     )
     async with (
         aiohttp.ClientSession() as session,
-        running(config, CollectorRegistry(), lambda: session) as gateway,
+        running(config, Registry(), lambda: session) as gateway,
     ):
         cache, guard = gateway.cache, gateway.guard
         assert cache is not None and guard is not None
@@ -124,7 +124,7 @@ async def test_the_clean_pass_stands_for_inspect_now_only_when_it_decides() -> N
     )
     async with (
         aiohttp.ClientSession() as session,
-        running(config, CollectorRegistry(), lambda: session) as gateway,
+        running(config, Registry(), lambda: session) as gateway,
     ):
         request = make_mocked_request("POST", "/v1/chat/completions")
         exchange = OpenAIExchange("/v1/chat/completions", BODY, orjson.loads(BODY), False)

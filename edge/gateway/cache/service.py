@@ -19,11 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.registry import Collector
-
 from corral.config import CacheConfig
+from edge.exposition import Counter, Family, Gauge, Registry
 from edge.gateway.cache.store import Entry, MemoryTier, SharedTier
 from edge.gateway.scoped import most_specific
 from edge.gateway.valkey import Valkey
@@ -91,48 +88,42 @@ class Lookup:
     leader: bool = False  # identical requests wait for its answer (Cache.lead)
 
 
-class _Hot(Collector):
+class _Hot:
     """The per-request counts (lookups by outcome, stores, tokens saved): plain numbers, no
-    lock or label lookup per request, turned into the samples a prometheus_client Counter
-    would give when scraped."""
+    lock or label lookup per request, turned into counters' samples when scraped."""
 
     def __init__(self) -> None:
         self.hit_memory = self.hit_shared = self.miss = self.bypass = self.stored = 0
         self.saved_tokens = 0
         self.created = time.time()
 
-    def describe(self) -> Iterable[Metric]:
-        return self._families(empty=True)
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families(empty=False)
-
-    def _families(self, *, empty: bool) -> list[Metric]:
-        lookups = CounterMetricFamily(
+    def collect(self) -> Iterable[Family]:
+        lookups = Family(
             "corral_edge_cache_lookups",
             "Cacheable requests by outcome (hit, miss, bypass) and tier of a hit.",
-            labels=["result", "tier"],
+            "counter",
+            ["result", "tier"],
         )
-        stored = CounterMetricFamily("corral_edge_cache_stores", "Answers stored in the cache.")
-        saved = CounterMetricFamily(
+        stored = Family("corral_edge_cache_stores", "Answers stored in the cache.", "counter")
+        saved = Family(
             "corral_edge_cache_saved_tokens",
             "Tokens the answers served from the cache had cost upstream.",
+            "counter",
         )
-        if not empty:
-            for labels, value in (
-                (["hit", "memory"], self.hit_memory),
-                (["hit", "shared"], self.hit_shared),
-                (["miss", ""], self.miss),
-                (["bypass", ""], self.bypass),
-            ):
-                lookups.add_metric(labels, float(value), created=self.created)
-            stored.add_metric([], float(self.stored), created=self.created)
-            saved.add_metric([], float(self.saved_tokens), created=self.created)
+        for labels, value in (
+            (["hit", "memory"], self.hit_memory),
+            (["hit", "shared"], self.hit_shared),
+            (["miss", ""], self.miss),
+            (["bypass", ""], self.bypass),
+        ):
+            lookups.add(labels, float(value), created=self.created)
+        stored.add([], float(self.stored), created=self.created)
+        saved.add([], float(self.saved_tokens), created=self.created)
         return [lookups, stored, saved]
 
 
 class CacheMetrics:
-    def __init__(self, registry: CollectorRegistry | None, memory: MemoryTier) -> None:
+    def __init__(self, registry: Registry | None, memory: MemoryTier) -> None:
         self.hot = _Hot()
         if registry is not None:
             registry.register(self.hot)
@@ -159,7 +150,7 @@ class Cache:
         config: CacheConfig,
         *,
         shared: Valkey | None = None,
-        registry: CollectorRegistry | None = None,
+        registry: Registry | None = None,
         policy: Callable[[str, str], float | None] | None = None,
     ) -> None:
         self.config = config

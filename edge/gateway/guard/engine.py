@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
-from prometheus_client import CollectorRegistry
-from prometheus_client import Counter as PromCounter
 
 from corral.config import GuardConfig
 from edge.errors import ApiError
+from edge.exposition import Counter as MetricCounter
+from edge.exposition import Registry
 from edge.gateway.guard import detectors
 from edge.gateway.guard.bodies import Texts, collect
 from edge.gateway.guard.detectors import Detector, Finding
@@ -79,20 +79,20 @@ class Outcome:
 
 
 class GuardMetrics:
-    def __init__(self, registry: CollectorRegistry | None) -> None:
-        self.findings = PromCounter(
+    def __init__(self, registry: Registry | None) -> None:
+        self.findings = MetricCounter(
             "corral_edge_guard_findings",
             "Sensitive data found in prompts, by kind and the action taken (never values).",
             ["kind", "action"],
             registry=registry,
         )
-        self.refused = PromCounter(
+        self.refused = MetricCounter(
             "corral_edge_guard_refused",
             "Requests refused by the guardrails, by reason (pii, deny rule, hook).",
             ["reason"],
             registry=registry,
         )
-        self.hook_failures = PromCounter(
+        self.hook_failures = MetricCounter(
             "corral_edge_guard_hook_failures",
             "Hook calls that failed or timed out, by hook.",
             ["hook"],
@@ -107,7 +107,7 @@ class Guard:
         self,
         config: GuardConfig,
         *,
-        registry: CollectorRegistry | None = None,
+        registry: Registry | None = None,
         session: Callable[[], aiohttp.ClientSession] | None = None,
         policy: Callable[[str, str], Settings | None] | None = None,
     ) -> None:

@@ -7,9 +7,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.registry import Collector
+from edge.exposition import Family, Registry
 
 if TYPE_CHECKING:
     from edge.gateway.limits.ticket import Subject
@@ -29,7 +27,7 @@ def labels(subjects: Sequence[Subject]) -> tuple[str, str]:
     return key, team
 
 
-class LimitStats(Collector):
+class LimitStats:
     def __init__(self) -> None:
         # (key, team, outcome) -> requests, in a one-item list: a Plan holds its "admitted"
         # cell and adds to it with no hashing per request.
@@ -67,40 +65,33 @@ class LimitStats(Collector):
         """Decisions with this outcome (admitted, or a reason), over every key and team."""
         return sum(v[0] for (_, _, o), v in self.decisions.items() if o == outcome)
 
-    def describe(self) -> Iterable[Metric]:
-        return self._families(empty=True)
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families(empty=False)
-
-    def _families(self, *, empty: bool) -> list[Metric]:
-        decisions = CounterMetricFamily(
+    def collect(self) -> Iterable[Family]:
+        decisions = Family(
             "corral_edge_limit_decisions",
             "Requests admitted or refused by the limiter, by key, team and outcome "
             "(admitted, rpm, tpm, parallel, budget, store).",
-            labels=["key", "team", "outcome"],
+            "counter",
+            ["key", "team", "outcome"],
         )
-        trips = CounterMetricFamily(
-            "corral_edge_limit_store_round_trips", "Lease calls to the counter store."
+        trips = Family(
+            "corral_edge_limit_store_round_trips", "Lease calls to the counter store.", "counter"
         )
-        errors = CounterMetricFamily(
-            "corral_edge_limit_store_errors", "Lease calls the counter store failed."
+        errors = Family(
+            "corral_edge_limit_store_errors", "Lease calls the counter store failed.", "counter"
         )
-        warnings = CounterMetricFamily(
+        warnings = Family(
             "corral_edge_limit_soft_warnings",
             "Requests settled past a budget's soft threshold, by subject.",
-            labels=["kind", "name"],
+            "counter",
+            ["kind", "name"],
         )
-        families: list[Metric] = [decisions, trips, errors, warnings]
-        if empty:
-            return families
         for (key, team, outcome), cell in list(self.decisions.items()):
-            decisions.add_metric([key, team, outcome], float(cell[0]))
-        trips.add_metric([], float(self.round_trips))
-        errors.add_metric([], float(self.store_errors))
+            decisions.add([key, team, outcome], float(cell[0]))
+        trips.add([], float(self.round_trips))
+        errors.add([], float(self.store_errors))
         for (kind, name), value in list(self.warnings.items()):
-            warnings.add_metric([kind, name], float(value))
-        return families
+            warnings.add([kind, name], float(value))
+        return [decisions, trips, errors, warnings]
 
-    def register(self, registry: CollectorRegistry) -> None:
+    def register(self, registry: Registry) -> None:
         registry.register(self)
