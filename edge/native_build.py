@@ -22,6 +22,14 @@ from typing import Final
 
 from edge.native import MANIFEST, MODULES, ROOT, cache_dir, source_digest
 
+# The libraries export their module's init function only, and pack their relative
+# relocations (DT_RELR, binutils 2.38 and glibc 2.36 on): ~3,500 exported symbols and ~12,000
+# relocation entries would otherwise be read at load, and stay resident (~0.45 MiB) in every
+# edge process. Calls between the library's functions become direct, not through the PLT.
+_EXPORTS: Final = "exports.map"
+_EXPORTED: Final = "{ global: PyInit_*; local: *; };\n"
+_LINKING: Final = "-Wl,--version-script={exports} -Wl,-z,pack-relative-relocs"
+
 
 class NativeError(Exception):
     """The native modules could not be built (no compiler, or mypyc refused the code)."""
@@ -46,12 +54,14 @@ def build(root: Path = ROOT, compiling: Callable[[], None] = lambda: None) -> Pa
             shutil.copytree(root / package, work / package,
                             ignore=shutil.ignore_patterns("__pycache__", "*.so"))  # fmt: skip
         paths = [name.replace(".", "/") + ".py" for name in MODULES]
+        (work / _EXPORTS).write_text(_EXPORTED)
+        flags = f"{os.environ.get('LDFLAGS', '')} {_LINKING.format(exports=work / _EXPORTS)}"
         done = subprocess.run(
             [sys.executable, "-m", "mypyc", *paths],
             cwd=work,
             capture_output=True,
             text=True,
-            env={**os.environ, "CORRAL_NATIVE": "0"},
+            env={**os.environ, "CORRAL_NATIVE": "0", "LDFLAGS": flags.strip()},
         )
         if done.returncode != 0:
             out = (done.stdout + done.stderr).strip().splitlines()

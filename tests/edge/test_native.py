@@ -27,6 +27,23 @@ def test_the_request_path_is_compiled_here() -> None:
         assert Path(module.__file__).is_relative_to(native.STATE.build)
 
 
+def test_libraries_export_only_their_init_and_pack_relocations() -> None:
+    """Each compiled library's dynamic symbols are its PyInit_ function alone, and its
+    relative relocations are packed (DT_RELR): what edge/native_build.py links them with."""
+    assert native.STATE.build is not None, native.STATE.reason
+    libraries = sorted(native.STATE.build.rglob(f"*{SUFFIX}"))
+    assert len(libraries) == len(native.MODULES) + 1  # one shared C library
+    for library in libraries:
+        exported = subprocess.run(
+            ["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True
+        ).stdout.split()[2::3]
+        assert exported and all(name.startswith("PyInit_") for name in exported), library
+        dynamic = subprocess.run(
+            ["readelf", "-d", str(library)], capture_output=True, text=True, check=True
+        ).stdout
+        assert "(RELR)" in dynamic, library
+
+
 def test_a_build_belongs_to_one_version_of_the_sources(tmp_path: Path) -> None:
     """The same sources name the same build; one edited byte, in edge/ or corral/, another."""
     for package in ("edge", "corral"):
