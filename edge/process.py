@@ -44,9 +44,11 @@ def main(config: EdgeConfig) -> int:
 
 def _serve_here(config: EdgeConfig, served: Callable[[], None] | None = None) -> int:
     """Serve in this process; `served` is called once the port is open."""
+    from edge import lean_hpack
     from edge.lean_tls import import_aiohttp
 
     import_aiohttp()  # before anything imports aiohttp: one copy of the CA roots, not two
+    lean_hpack.install()  # before grpclib imports hpack: no 4,096-tuple Huffman table
     from edge import collector
     from edge.errors import EdgeError
     from edge.startup import serve
