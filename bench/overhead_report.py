@@ -55,7 +55,7 @@ def _row(r: Measured, direct: Measured, relay: Measured | None) -> list[str]:
         else "n/a"
     )
     vs_direct = f"{paired(direct, r, lambda a, b: b.c32.rps / a.c32.rps):.2f}x"
-    rss = "—" if r.rss_rest is None else f"{r.rss_rest:.0f} / {r.rss_peak or 0:.0f}"
+    rss = "—" if r.rss_rest is None else f"{r.rss_rest:.1f} / {r.rss_peak or 0:.1f}"
     cpus = [x.cpu_c32 for x in r.rounds if x.cpu_c32 is not None]
     cpu = "—" if not cpus else f"{median(cpus) * 100:.0f}%"
     cpu += f" ({r.med(lambda x: x.cpu0_busy) * 100:.0f}%)"
@@ -175,8 +175,8 @@ def _gaps_of(name: str, results: list[Measured], direct: Measured, relay: Measur
                      f"{median(plain.c1_cpu) * 100:.0f}% without (opt-in, off by "
                      "default).")  # fmt: skip
     if edge.rss_rest is not None:
-        lines.append(f"- RSS at rest after warm-up: {edge.rss_rest:.0f} MiB, peak "
-                     f"{edge.rss_peak or 0:.0f} MiB (target ≤ 50 MiB at rest): "
+        lines.append(f"- RSS at rest after warm-up: {edge.rss_rest:.1f} MiB, peak "
+                     f"{edge.rss_peak or 0:.1f} MiB (target ≤ 50 MiB at rest): "
                      f"{verdict(edge.rss_rest <= 50)}.")  # fmt: skip
     for router in (by.get(VLLM), by.get(SGLANG)) if name == EDGE_FAST else ():
         if router is not None and router.ok and direct.ok:
