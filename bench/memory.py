@@ -51,8 +51,10 @@ STEPS = [
         "import corral.v1.types_pb2, corral.v1.routing_pb2, "
         "corral.v1.gateway_pb2, corral.v1.traffic_pb2",
     ),
-    ("grpclib (control-plane calls)", "import grpclib.client"),
-    ("prometheus_client", "import prometheus_client"),
+    (
+        "grpclib (control-plane calls; hpack's decoder: edge/lean_hpack.py)",
+        "import edge.lean_hpack; edge.lean_hpack.install(); import grpclib.client",
+    ),
     ("sqlite3", "import sqlite3"),
     ("corral.config (no yaml: corral/lean_env.py)", "import corral.config"),
     ("the edge (edge.app, corral.cli)", "import edge.app, corral.cli"),
@@ -92,7 +94,13 @@ def import_steps() -> list[list[object]]:
 
 
 # What `corral edge` imports before serving (the rest loads on first use).
-EDGE_MODULES = ("edge.lean_tls:import_aiohttp", "edge.process", "edge.app", "corral.cli")
+EDGE_MODULES = (
+    "edge.lean_tls:import_aiohttp",
+    "edge.lean_hpack:install",
+    "edge.process",
+    "edge.app",
+    "corral.cli",
+)
 _OWN = ("edge", "corral")  # our packages: costs grouped one level deeper
 
 
@@ -130,7 +138,8 @@ def import_costs(top: int = 20) -> tuple[str, list[list[object]]]:
     for name, cost in costs.items():
         kinds[_kind(name)] += cost
     line = (
-        f"`edge.lean_tls.import_aiohttp()`, then `import {', '.join(EDGE_MODULES[1:])}`: "
+        "`edge.lean_tls.import_aiohttp()`, `edge.lean_hpack.install()`, then "
+        f"`import {', '.join(EDGE_MODULES[2:])}`: "
         f"{data['before']:.1f} -> {data['after']:.1f} MiB, "
         f"{len(costs)} modules ({', '.join(f'{k} {v:.1f}' for k, v in kinds.items())}); each "
         "module's own cost (RSS added while its body ran, less its nested imports), summed by "
