@@ -1,15 +1,20 @@
-"""Where the gateway-on edge's CPU goes: py-spy samples under load, grouped by part.
+"""Where the gateway-on edge's CPU goes: samples under load, grouped by part.
 
-``./dev bench profile [--seconds 10] [--rate 400] [--gateway on|off] [--no-write]``
+``./dev bench profile [--seconds 10] [--rate 400] [--gateway on|off] [--sampler perf|py-spy]
+[--no-write]``
 
 The edge of bench/overhead.py (gateway on: a key, limits counted in-process, usage records to
-SQLite, metrics) alone on CPU 0, nginx and `wrk -t1 -c32` on CPU 1. py-spy samples every
-thread of the edge for `--seconds` (`--nonblocking`: the edge is not paused, so a sample can
-tear, which only blurs the small rows). Each sample is charged to the part of the code its
-innermost frame is in (self time: under uvloop a coroutine's frames do not nest under the
-loop's, so inclusive time would not add up). "event loop" is uvloop's own C code and the
-system calls it makes (epoll, recv, send of the server side); "upstream" is edge/h1pool.py,
-whose send() and recv() are system calls too.
+SQLite, metrics) alone on CPU 0, nginx and `wrk -t1 -c32` on CPU 1. Each sample is charged to
+the part of the code its innermost frame is in (self time).
+
+`--sampler perf` (the default): perf samples every thread of the edge, kernel and user space,
+and names the compiled request path's C functions (bench/profile_perf.py). `--sampler
+py-spy`: Python frames only, for an edge that runs as Python (`CORRAL_NATIVE=0`): py-spy
+samples every thread for `--seconds` (`--nonblocking`: the edge is not paused, so a sample
+can tear, which only blurs the small rows); under uvloop a coroutine's frames do not nest
+under the loop's, so inclusive time would not add up. "event loop" is uvloop's own C code
+and the system calls it makes (epoll, recv, send of the server side); "upstream" is
+edge/h1pool.py, whose send() and recv() are system calls too.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ from __future__ import annotations
 import argparse
 import collections
 import re
+import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import nginx, wrk
+from bench import nginx, profile_perf, wrk
 from bench.common import (
     LOAD_CPU,
     PROXY_CPU,
@@ -65,6 +71,7 @@ class Profile:
     parts: dict[str, int]
     threads: dict[str, int]
     leaves: list[tuple[str, int]]
+    causes: dict[str, int] = field(default_factory=dict)  # perf only: bench/profile_perf.py
 
 
 def _short(path: str) -> str:
@@ -102,8 +109,19 @@ def summarize(raw: str) -> Profile:
     return Profile(total, dict(parts), dict(threads), leaves.most_common(20))
 
 
-def record(gateway: str, seconds: float, rate: int) -> tuple[Profile, float, str]:
-    """Run the edge under load, sample it; the profile, wrk's req/s while sampled, and the raw."""
+def _compiled_library(pid: int) -> str:
+    """The file name of the edge's compiled library, "" when it runs as Python."""
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        if "__mypyc" in line:
+            return Path(line.split()[-1]).name
+    return ""
+
+
+def record(
+    gateway: str, seconds: float, rate: int, tool: str = "py-spy"
+) -> tuple[Profile, float, str]:
+    """Run the edge under load, sample it; the profile, wrk's req/s while sampled, and which
+    code it ran (compiled or as Python)."""
     with workspace("profile") as (tmp, procs):
         keys = key_file(tmp)
         config = tmp / "edge.yaml"
@@ -117,6 +135,17 @@ def record(gateway: str, seconds: float, rate: int) -> tuple[Profile, float, str
         )
         url = base + "/v1/chat/completions"
         wrk.run(url, script, connections=32, seconds=3, cpus=LOAD_CPU)  # warm-up
+        compiled = _compiled_library(edge.pid)
+        ran = "compiled (edge/native.py)" if compiled else "as Python"
+        if tool == "perf":
+            data = tmp / "perf.data"
+            perf = profile_perf.record(edge.pid, seconds, rate, data)
+            loaded = wrk.run(url, script, connections=32, seconds=seconds + 1, cpus=LOAD_CPU)
+            _, err = perf.communicate(timeout=seconds + 30)
+            if perf.returncode != 0 or not data.exists():
+                raise BenchError(f"perf record failed ({perf.returncode}): {err.decode()[-300:]}")
+            sampled = profile_perf.summarize(profile_perf.read(data), edge.pid, compiled)
+            return Profile(**vars(sampled)), loaded.rps, ran
         out = tmp / "profile.txt"
         spy = Path(PYTHON).with_name("py-spy")
         sampler = subprocess.Popen(
@@ -129,11 +158,18 @@ def record(gateway: str, seconds: float, rate: int) -> tuple[Profile, float, str
         _, err = sampler.communicate(timeout=seconds + 30)
         if sampler.returncode != 0 or not out.exists():
             raise BenchError(f"py-spy failed ({sampler.returncode}): {err.decode()[-300:]}")
-        raw = out.read_text()
-        return summarize(raw), loaded.rps, raw
+        return summarize(out.read_text()), loaded.rps, ran
 
 
-def report(profile: Profile, rps: float, gateway: str, seconds: float, info: dict[str, str]) -> str:
+def report(
+    profile: Profile,
+    rps: float,
+    gateway: str,
+    seconds: float,
+    info: dict[str, str],
+    sampler: str = "py-spy",
+    ran: str = "as Python",
+) -> str:
     total = max(1, profile.samples)
     rows = [
         [name, f"{n / total:.1%}"]
@@ -150,24 +186,54 @@ def report(profile: Profile, rps: float, gateway: str, seconds: float, info: dic
         [
             "## Profile of the edge under load (`./dev bench profile`)",
             "",
-            f"Command: `./dev bench profile --seconds {seconds:g} --gateway {gateway}` — "
-            f"{info['date']}, commit `{info['commit']}`.",
+            f"Command: `./dev bench profile --seconds {seconds:g} --gateway {gateway} "
+            f"--sampler {sampler}` — {info['date']}, commit `{info['commit']}`.",
             "",
             f"Machine: {info['machine']}. Load: {info['load']}.",
             "",
-            f"The edge with the {feature}, alone on CPU 0, under `wrk -t1 -c32` from CPU 1 "
-            f"({rps:,.0f} req/s while sampled); py-spy sampled every thread for {seconds:g} s "
-            f"({profile.samples:,} samples). Each sample is charged to the code its innermost "
-            "frame is in (self time; under uvloop coroutine frames do not nest under the loop, "
-            "so inclusive times do not add up). Threads: " + threads + ".",
+            f"The edge with the {feature}, its request path {ran}, alone on CPU 0, under "
+            f"`wrk -t1 -c32` from CPU 1 ({rps:,.0f} req/s while sampled); {sampler} sampled "
+            f"every thread for {seconds:g} s ({profile.samples:,} samples). Each sample is "
+            "charged to the code its innermost frame is in (self time"
+            + (
+                ": a compiled function by the module it was compiled from, the rest by "
+                "library; kernel time is the edge's system calls, TCP and wake-ups"
+                if sampler == "perf"
+                else "; under uvloop coroutine frames do not nest under the loop, so "
+                "inclusive times do not add up"
+            )
+            + "). Threads: "
+            + threads
+            + ".",
             "",
             md_table(["part of the code", "share of samples"], rows),
             "",
-            "The 20 functions with the most samples of their own:",
+            *_causes(profile),
+            f"The {len(profile.leaves)} functions with the most samples of their own:",
             "",
             md_table(["function (file)", "share of samples"], leaves),
         ]
     )
+
+
+def _causes(profile: Profile) -> list[str]:
+    """The table of what each part of the compiled code caused, when perf unwound stacks."""
+    if not profile.causes:
+        return []
+    total = max(1, sum(profile.causes.values()))
+    rows = [
+        [name, f"{n / total:.1%}"]
+        for name, n in sorted(profile.causes.items(), key=lambda item: -item[1])
+    ]
+    return [
+        "The same samples, each charged to the innermost compiled Corral function on its "
+        "stack: what that part of the request path costs with the CPython, libc and kernel "
+        "work it asked for (interpreted Python it calls included); a sample with no compiled "
+        "function on its stack keeps its own part:",
+        "",
+        md_table(["part of the compiled code, with what it called", "share of samples"], rows),
+        "",
+    ]
 
 
 def main(argv: list[str]) -> int:
@@ -175,12 +241,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="sampled seconds")
     parser.add_argument("--rate", type=int, default=400, help="samples per second")
     parser.add_argument("--gateway", choices=("on", "off"), default="on")
+    parser.add_argument("--sampler", choices=("perf", "py-spy"), default="perf")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args(argv)
     pin_self(LOAD_CPU)
     info = run_info()
-    profile, rps, _ = record(args.gateway, args.seconds, args.rate)
-    text = report(profile, rps, args.gateway, args.seconds, info)
+    if args.sampler == "perf" and shutil.which("perf") is None:
+        raise BenchError("no perf: install it (Debian: apt-get install linux-perf)")
+    profile, rps, ran = record(args.gateway, args.seconds, args.rate, args.sampler)
+    text = report(profile, rps, args.gateway, args.seconds, info, args.sampler, ran)
     print(text)
     if not args.no_write:
         write_section("profile", text)

@@ -216,3 +216,53 @@ def test_streaming_setup_names_the_concurrent_phase_when_there_is_one() -> None:
     text = streaming.report([("direct", {"1": streaming.StreamStats([0.001], [1e-4])})], {
         "date": "now", "machine": "m", "load": "l"}, args)  # fmt: skip
     assert "64 streams: one target at a time,\n64 clients each streaming" in text
+
+
+def test_perf_profile_charges_leaves_and_compiled_callers() -> None:
+    """perf's samples: self time by the leaf's part (a compiled function by its module), and
+    each sample's cost to the innermost compiled function on its stack."""
+    from bench.profile_perf import summarize
+
+    lib = "/cache/native/abc__mypyc.cpython-311-x86_64-linux-gnu.so"
+    script = "\n".join(
+        [
+            "100 ",  # the event loop's thread: malloc called by the proxy, called by the lane
+            "\t  1b9217 _PyObject_Malloc (/py/lib/libpython3.11.so.1.0)",
+            f"\t  22e8fe CPyDef_proxy___run_Proxy_gen_____mypyc_generator_helper__ ({lib})",
+            f"\t  22e900 CPyDunder_am_sendprotocol____serve_LaneProtocol_gen ({lib})",
+            "",
+            "100 ",  # the kernel sending, from the upstream client
+            "\t  ffffffff tcp_sendmsg_locked ([kernel.kallsyms])",
+            f"\t  23e8fe CPyDef_h1pool____Conn___send ({lib})",
+            "",
+            "101 ",  # the usage writer's thread: SQLite, no compiled caller
+            "\t  5a20 sqlite3VdbeExec (/usr/lib/x86_64-linux-gnu/libsqlite3.so.0.8.6)",
+            "\t  7f0d2c [unknown] ([unknown])",
+            "",
+            f"100  24e8fe CPyDef_key___cache_key ({lib})",  # a sample on one line
+        ]
+    )
+    profile = summarize(script, 100, "abc__mypyc.cpython-311-x86_64-linux-gnu.so")
+    assert profile.samples == 4
+    assert profile.parts == {
+        "CPython (objects, dicts, allocation, calls, the interpreter)": 1,
+        "kernel (system calls, TCP, wake-ups)": 1,
+        "SQLite (the usage writer's thread)": 1,
+        "cache and guardrails": 1,
+    }
+    assert profile.causes == {
+        "request handling (proxy, attempt, exchange, inbound, relay, forward, accounting)": 1,
+        "upstream client (h1pool, h1answer)": 1,
+        "no compiled caller: SQLite (the usage writer's thread)": 1,
+        "cache and guardrails": 1,
+    }
+    assert profile.threads == {"event-loop thread": 3, "other threads": 1}
+
+
+def test_perf_profile_knows_every_compiled_module() -> None:
+    """Every module edge/native.py compiles is charged to a part of its own, not to mypyc's
+    runtime."""
+    from bench.profile_perf import MODULE_PARTS
+    from edge.native import MODULES
+
+    assert {name.rsplit(".", 1)[-1] for name in MODULES} <= set(MODULE_PARTS)
