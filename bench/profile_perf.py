@@ -88,7 +88,8 @@ class Profile:
     threads: dict[str, int]  # "event-loop thread" (the process's own id) or "other threads"
     leaves: list[tuple[str, int]]
     # Each sample charged to the innermost compiled Corral function on its stack (what
-    # CPython, libc and the kernel did on its behalf), or, with none, to its own part.
+    # CPython, libc and the kernel did on its behalf; mypyc's helpers count as their caller),
+    # or, with none, to its own part.
     causes: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
@@ -129,9 +130,9 @@ def summarize(script: str, pid: int, compiled: str) -> Profile:
         symbol, library = frames[0]
         own = part_of(symbol, library, compiled)
         parts[own] += 1
-        cause = next(
-            (part_of(s, lib, compiled) for s, lib in frames if Path(lib).name == compiled), None
-        )
+        # A helper of mypyc's runtime is charged to the compiled function that called it.
+        ours = [part_of(s, lib, compiled) for s, lib in frames if Path(lib).name == compiled]
+        cause = next((p for p in ours if p != COMPILED_RUNTIME), ours[0] if ours else None)
         causes[cause if cause is not None else f"no compiled caller: {own}"] += 1
         threads["event-loop thread" if tid == str(pid) else "other threads"] += 1
         leaves[f"{symbol} ({Path(library).name})"] += 1

@@ -231,8 +231,9 @@ def test_perf_profile_charges_leaves_and_compiled_callers() -> None:
             f"\t  22e8fe CPyDef_proxy___run_Proxy_gen_____mypyc_generator_helper__ ({lib})",
             f"\t  22e900 CPyDunder_am_sendprotocol____serve_LaneProtocol_gen ({lib})",
             "",
-            "100 ",  # the kernel sending, from the upstream client
+            "100 ",  # the kernel sending, from the upstream client through a mypyc helper
             "\t  ffffffff tcp_sendmsg_locked ([kernel.kallsyms])",
+            f"\t  23e800 CPy_CallMethod ({lib})",
             f"\t  23e8fe CPyDef_h1pool____Conn___send ({lib})",
             "",
             "101 ",  # the usage writer's thread: SQLite, no compiled caller
