@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -40,32 +41,29 @@ class _HistogramCollector:
         return [family]
 
 
+def _counters_and_gauges(counter: Any, gauge: Any, registry: Any) -> None:
+    """The same counters and gauges, made with either library's classes (the same calls)."""
+    doc = "Requests.\nTwo lines."
+    labelled = counter("demo_requests", doc, ["zone", "code"], registry=registry)
+    labelled.labels(ODD, "200").inc()
+    labelled.labels("b", "500").inc(2.5)
+    counter("demo_unused", "Never counted.", ["reason"], registry=registry)
+    counter("demo_plain", "No labels.", registry=registry).inc(1234567.0)
+    gauge("demo_level", "Set.", registry=registry).set(-3)
+    gauge("demo_read", "Read when scraped.", registry=registry).set_function(lambda: 0.25)
+
+
 def test_page_is_prometheus_clients_line_for_line() -> None:
     """Counters with and without labels, gauges set and read from a function, and a histogram
     render exactly as prometheus_client renders them (creation times aside)."""
     observed = [0.001, 0.05, 0.05, 1.0, 7.0, 1000.0]
     theirs = CollectorRegistry()
-    labelled = PromCounter(
-        "demo_requests", "Requests.\nTwo lines.", ["zone", "code"], registry=theirs
-    )
-    labelled.labels(ODD, "200").inc()
-    labelled.labels("b", "500").inc(2.5)
-    PromCounter("demo_unused", "Never counted.", ["reason"], registry=theirs)
-    PromCounter("demo_plain", "No labels.", registry=theirs).inc(1234567.0)
-    PromGauge("demo_level", "Set.", registry=theirs).set(-3)
-    PromGauge("demo_read", "Read when scraped.", registry=theirs).set_function(lambda: 0.25)
+    _counters_and_gauges(PromCounter, PromGauge, theirs)
     hist = PromHistogram("demo_seconds", "Demo latency.", ["zone"], buckets=BOUNDS, registry=theirs)
     for value in observed:
         hist.labels("b").observe(value)
-
     ours = Registry()
-    mine = Counter("demo_requests", "Requests.\nTwo lines.", ["zone", "code"], registry=ours)
-    mine.labels(ODD, "200").inc()
-    mine.labels("b", "500").inc(2.5)
-    Counter("demo_unused", "Never counted.", ["reason"], registry=ours)
-    Counter("demo_plain", "No labels.", registry=ours).inc(1234567.0)
-    Gauge("demo_level", "Set.", registry=ours).set(-3)
-    Gauge("demo_read", "Read when scraped.", registry=ours).set_function(lambda: 0.25)
+    _counters_and_gauges(Counter, Gauge, ours)
     ours.register(_HistogramCollector(observed))
 
     assert _created_masked(ours.render()) == _created_masked(generate_latest(theirs))
