@@ -1,20 +1,21 @@
-"""The compiled edge's profile: perf samples (self time) grouped by part of the code.
+"""The compiled edge's profile: perf samples grouped by part of the code.
 
 py-spy (bench/profile.py) sees Python frames only: with the request path compiled
 (edge/native.py) most of the edge's time is in C functions it cannot name. perf samples the
 edge's threads at a fixed rate, kernel and user space, and each sample is charged to the
 function it was in and that function's library: a compiled Corral function by the module
 mypyc named it after (`CPyDef_proxy___...` is edge/proxy.py), the rest by library (CPython's
-own, uvloop, llhttp, the kernel's system calls and TCP, ...).
+own, uvloop, llhttp, the kernel's system calls and TCP, ...). With the call graphs perf
+unwinds, each sample is charged a second time, to the innermost compiled function on its
+stack: what each part of the request path costs with the work it asked of others.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import BenchError
@@ -90,7 +91,7 @@ class Profile:
     # Each sample charged to the innermost compiled Corral function on its stack (what
     # CPython, libc and the kernel did on its behalf; mypyc's helpers count as their caller),
     # or, with none, to its own part.
-    causes: dict[str, int] = dataclasses.field(default_factory=dict)
+    causes: dict[str, int] = field(default_factory=dict)
 
 
 def part_of(symbol: str, library: str, compiled: str) -> str:
