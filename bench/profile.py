@@ -24,7 +24,6 @@ import collections
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import nginx, profile_perf, wrk
@@ -39,6 +38,7 @@ from bench.common import (
 )
 from bench.overhead import CHAT_REQUEST, GATEWAY_OFF, GATEWAY_ON, KEY, key_file, start_edge
 from bench.procs import pin_self, workspace
+from bench.profile_perf import Profile
 
 # Parts of the code, first match wins: (name, pattern on "path/to/file.py" of the leaf frame).
 PARTS: list[tuple[str, str]] = [
@@ -63,15 +63,6 @@ PARTS: list[tuple[str, str]] = [
 ]
 LOOP = "event loop (uvloop C code, server-side system calls)"
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:()]*)(?::\d+)?\)$")
-
-
-@dataclass
-class Profile:
-    samples: int
-    parts: dict[str, int]
-    threads: dict[str, int]
-    leaves: list[tuple[str, int]]
-    causes: dict[str, int] = field(default_factory=dict)  # perf only: bench/profile_perf.py
 
 
 def _short(path: str) -> str:
@@ -145,7 +136,7 @@ def record(
             if perf.returncode != 0 or not data.exists():
                 raise BenchError(f"perf record failed ({perf.returncode}): {err.decode()[-300:]}")
             sampled = profile_perf.summarize(profile_perf.read(data), edge.pid, compiled)
-            return Profile(**vars(sampled)), loaded.rps, ran
+            return sampled, loaded.rps, ran
         out = tmp / "profile.txt"
         spy = Path(PYTHON).with_name("py-spy")
         sampler = subprocess.Popen(
@@ -171,10 +162,7 @@ def report(
     ran: str = "as Python",
 ) -> str:
     total = max(1, profile.samples)
-    rows = [
-        [name, f"{n / total:.1%}"]
-        for name, n in sorted(profile.parts.items(), key=lambda item: -item[1])
-    ]
+    rows = _shares(profile.parts, total)
     threads = ", ".join(f"{name} {n / total:.1%}" for name, n in sorted(profile.threads.items()))
     leaves = [[func, f"{n / total:.1%}"] for func, n in profile.leaves]
     feature = (
@@ -216,15 +204,16 @@ def report(
     )
 
 
+def _shares(counts: dict[str, int], total: int) -> list[list[str]]:
+    """Table rows, largest first: each name and its share of `total` samples."""
+    return [[name, f"{n / total:.1%}"] for name, n in sorted(counts.items(), key=lambda i: -i[1])]
+
+
 def _causes(profile: Profile) -> list[str]:
     """The table of what each part of the compiled code caused, when perf unwound stacks."""
     if not profile.causes:
         return []
-    total = max(1, sum(profile.causes.values()))
-    rows = [
-        [name, f"{n / total:.1%}"]
-        for name, n in sorted(profile.causes.items(), key=lambda item: -item[1])
-    ]
+    rows = _shares(profile.causes, max(1, sum(profile.causes.values())))
     return [
         "The same samples, each charged to the innermost compiled Corral function on its "
         "stack: what that part of the request path costs with the CPython, libc and kernel "

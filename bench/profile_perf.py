@@ -84,6 +84,8 @@ _FRAME = re.compile(r"^\s*(?:(?P<tid>\d+)\s+)?[0-9a-f]+\s+(?P<sym>.+?)\s+\((?P<d
 
 @dataclass
 class Profile:
+    """A profile from either sampler (py-spy's in bench/profile.py has no causes)."""
+
     samples: int
     parts: dict[str, int]  # self time: the part each sample's innermost frame is in
     threads: dict[str, int]  # "event-loop thread" (the process's own id) or "other threads"
