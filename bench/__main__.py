@@ -24,6 +24,7 @@ BENCHMARKS = {
     "memory": "bench.memory",
     "stream-load": "bench.stream_load",
     "compare": "bench.compare",
+    "cold": "bench.cold",
 }
 
 

@@ -176,6 +176,7 @@ ORDER = [
     "streaming",
     "streaming-polling",
     "streaming-warm",
+    "cold",
     "stream-load",
     "controlplane",
     "routing",

@@ -267,3 +267,26 @@ def test_perf_profile_knows_every_compiled_module() -> None:
     from edge.native import MODULES
 
     assert {name.rsplit(".", 1)[-1] for name in MODULES} <= set(MODULE_PARTS)
+
+
+def test_cold_times_each_gap_and_reports_the_multiple_of_back_to_back() -> None:
+    """bench cold: a median per gap from real runs; the report divides each by back to back."""
+    from bench import cold
+
+    calls: list[int] = []
+
+    def work() -> int:
+        calls.append(1)
+        return 0
+
+    medians = cold.after_gaps(work, [0.0, 1.0], reps=3)
+    assert set(medians) == {0.0, 1.0} and all(v > 0 for v in medians.values())
+    assert len(calls) == 3 * 3  # per rep: back to back a warm run and a timed one; one after a gap
+    assert cold.python_work() > 0 and cold.c_work() == 64
+
+    results = [("Python", "as it is", {0.0: 50.0, 1.0: 100.0, 500.0: 750.0})]
+    info = {"commit": "abc1234", "date": "now", "machine": "m", "load": "l"}
+    text = cold.report(results, [0.0, 1.0, 500.0], 3, info, "./dev bench cold")
+    assert text.startswith("## After an idle gap (`./dev bench cold`)")
+    assert "| Python | as it is | 50.0 | 100.0 (2.0x) | 750.0 (15.0x) |" in text
+    assert cold.options(["--gaps", "5"]).gaps == "5"
