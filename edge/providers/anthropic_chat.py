@@ -8,14 +8,18 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from edge.errors import error_body
-from edge.exchange import Exchange, stream_error
+from edge.exchange import Exchange
 from edge.providers import anthropic_out
 from edge.providers.hosted import Hosted
 from edge.table import BackendState
 
 
 class AnthropicChat(Hosted):
-    """OpenAI chat completions served by Anthropic's Messages API, translated both ways."""
+    """OpenAI chat completions served by Anthropic's Messages API, translated both ways.
+
+    The translated answer goes on through the request's own exchange (`inner`), as every
+    OpenAI answer does: when the gateway wrapped it (edge/gateway/tap.py) the answer is
+    recorded for the cache and redacted originals are put back."""
 
     __slots__ = ("asked", "translator")
 
@@ -43,22 +47,22 @@ class AnthropicChat(Hosted):
             body = error_body("The provider sent a malformed answer.", "upstream_error", None, None)
             return web.Response(status=502, body=body, headers=headers)
         completion = anthropic_out.to_completion(message, self.asked)
-        return web.Response(status=200, body=orjson.dumps(completion), headers=headers)
+        return self.inner.whole(200, orjson.dumps(completion), headers, backend)
 
     def first(self, chunk: bytes, backend: BackendState) -> bytes:
         options = self.body.get("stream_options")
         include = isinstance(options, dict) and options.get("include_usage") is True
         self.translator = anthropic_out.ChatStream(self.asked, include)
-        return self.translator.feed(chunk)
+        return self.inner.first(self.translator.feed(chunk), backend)
 
     def chunk(self, chunk: bytes) -> bytes:
-        return self.translator.feed(chunk) if self.translator is not None else chunk
+        translator = self.translator
+        return self.inner.chunk(translator.feed(chunk) if translator is not None else chunk)
 
     def end(self) -> bytes:
-        return self.translator.end() if self.translator is not None else b""
-
-    def cut(self, exc: BaseException) -> bytes:
-        return stream_error(exc)
+        # The translator's last events go through the inner exchange before it ends.
+        tail = self.translator.end() if self.translator is not None else b""
+        return (self.inner.chunk(tail) if tail else b"") + self.inner.end()
 
     def error(self, status: int, data: bytes) -> bytes:
         return anthropic_out.error(status, data)[1]

@@ -1,0 +1,71 @@
+"""The cache and the guardrails on chat completions that a hosted provider translates."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from corral.config_gateway import CacheConfig, GuardConfig
+from tests.edge.conftest import StartEdge
+from tests.edge.snapshot_server import SnapshotServer, snapshot
+from tests.fakes.hosted import HostedFake
+from tests.fakes.tls import CertAuthority, make_ca
+from tests.providers.helpers import KEYS, edge_settings, provider_backend
+
+MODEL = "claude-sonnet-4-5"
+MAIL = "jane.doe@example.com"
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
+    return make_ca(Path(tmp_path_factory.mktemp("ca")))
+
+
+@pytest.fixture
+async def claude(ca: CertAuthority) -> AsyncIterator[HostedFake]:
+    fake = await HostedFake("anthropic", key=KEYS["anthropic"], models=[MODEL], ca=ca).start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+async def test_anthropic_translated_chat_is_restored_and_cached_whole_and_streamed(
+    claude: HostedFake, ca: CertAuthority, snapshots: SnapshotServer, start_edge: StartEdge
+) -> None:
+    """OpenAI chat served by Anthropic: originals restored, answers stored, hits replayed."""
+    snapshots.publish(snapshot(1, [provider_backend(claude)]))
+    running = await start_edge(
+        snapshots,
+        **edge_settings(ca.ca_file, "anthropic"),
+        cache=CacheConfig(ttl_seconds=60.0),
+        guard=GuardConfig(pii="redact", restore=True),
+    )
+    await running.wait_version(1)
+    client = running.client()
+    messages = [{"role": "user", "content": f"write to {MAIL}"}]
+    for round_ in ("miss", "hit"):
+        raw = await client.chat.completions.with_raw_response.create(
+            model=MODEL,
+            messages=messages,  # type: ignore[arg-type]
+        )
+        assert raw.headers["x-corral-cache"] == round_
+        assert raw.parse().choices[0].message.content == f"[{claude.name}] write to {MAIL}"
+    assert len(claude.requests) == 1  # the hit never went upstream
+    assert MAIL not in str(claude.requests[0].body_json)  # redacted on the way out
+
+    streamed = [{"role": "user", "content": f"stream to {MAIL}"}]
+    for round_ in ("miss", "hit"):
+        response = await client.chat.completions.with_raw_response.create(
+            model=MODEL,
+            messages=streamed,  # type: ignore[arg-type]
+            stream=True,
+        )
+        assert response.headers["x-corral-cache"] == round_
+        stream = response.parse()
+        parts = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+        assert "".join(parts) == f"[{claude.name}] stream to {MAIL}"
+    assert len(claude.requests) == 2  # the streamed miss was stored once complete
+    assert MAIL not in str(claude.requests[1].body_json)
