@@ -10,8 +10,12 @@ from hypothesis import strategies as st
 
 from edge.gateway.guard.bodies import _walk_deep, collect
 
-KEYS = st.sampled_from(["content", "text", "model", "role", "data", "input", "x", "tools"])
-LEAVES = st.one_of(st.text(max_size=5), st.sampled_from(["data:x", ""]), st.integers())
+KEYS = st.sampled_from(["content", "text", "model", "role", "data", "input", "x", "tools", "type"])
+LEAVES = st.one_of(
+    st.text(max_size=5),
+    st.sampled_from(["data:x", "data:image/png;base64,AAAA", "text", ""]),
+    st.integers(),
+)
 JSON = st.recursive(
     LEAVES,
     lambda children: st.one_of(
@@ -41,3 +45,23 @@ def test_bodies_nested_deeper_than_recursion_allows() -> None:
     assert texts.values == ["deep text", "top"]
     texts.write(0, "changed")
     assert b'"changed"' in orjson.dumps(texts.slots[0][0])
+
+
+def test_text_that_starts_with_data_is_scanned_and_encoded_media_is_not() -> None:
+    """ "data: ..." pasted by a user and Anthropic text documents are text; base64 is not."""
+    csv = "data: name,email\nJane,jane.doe@example.com"
+    body = {
+        "messages": [
+            {"role": "user", "content": csv},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "document", "source": {"type": "text", "data": "plain text"}},
+                    {"type": "image", "source": {"type": "base64", "data": "iVBORw0KGgo="}},
+                    {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBE"}},
+                    {"type": "text", "text": "DATA:Image/PNG;BASE64,AAAA"},
+                ],
+            },
+        ]
+    }
+    assert collect(body).values == [csv, "plain text"]

@@ -3,11 +3,14 @@
 One walk serves OpenAI, Anthropic and native bodies alike: every string value in the JSON,
 except under keys that hold names, identifiers, enums, schemas or encoded media (a model
 name, a role, a tool's JSON schema, base64 image data), which carry no prompt text and would
-only cost time or raise false alarms.
+only cost time or raise false alarms. Encoded media is recognised by its form, not by a
+prefix alone: a base64 data URL (`data:image/png;base64,...`), and `data` beside any `type`
+but "text" (Anthropic's base64 and URL sources; its plain-text documents are scanned).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 # Keys whose values are never user text (or are binary data encoded as text).
@@ -25,7 +28,6 @@ SKIPPED_KEYS: Final = frozenset(
         "images",
         "image_url",
         "input_audio",
-        "data",
         "signature",
         "tools",
         "functions",
@@ -43,6 +45,17 @@ SKIPPED_KEYS: Final = frozenset(
 )
 
 Slot = tuple[Any, Any]  # (the dict or list holding the string, its key or index)
+
+# A data URL whose payload is base64 (RFC 2397): media, not text. Any other string that
+# starts with "data:" is text ("data: name,email" is a CSV a user pasted).
+_BASE64_URL: Final = re.compile(r"data:[^,;]*(?:;[^,;]*)*;base64,", re.IGNORECASE)
+
+
+def _text(holder: Any, key: Any, value: str) -> bool:
+    """Whether this non-empty string (not under a skipped key) is text to scan."""
+    if key == "data" and not (isinstance(holder, dict) and holder.get("type") == "text"):
+        return False  # Anthropic's base64 source, OpenAI's input audio, ...: encoded media
+    return not (value.startswith(("data:", "DATA:", "Data:")) and _BASE64_URL.match(value))
 
 
 class Texts:
@@ -83,10 +96,10 @@ def _walk(node: Any, slots: list[Slot], values: list[str], depth: int) -> None:
     pairs = node.items() if isinstance(node, dict) else enumerate(node)
     for key, value in pairs:
         if isinstance(value, str):
-            if value and key not in SKIPPED_KEYS and not value.startswith("data:"):
+            if value and key not in SKIPPED_KEYS and _text(node, key, value):
                 slots.append((node, key))
                 values.append(value)
-        elif isinstance(value, (dict, list)) and key not in SKIPPED_KEYS:
+        elif isinstance(value, (dict, list)) and key not in SKIPPED_KEYS and key != "data":
             _walk(value, slots, values, depth + 1)
 
 
@@ -100,7 +113,7 @@ def _walk_deep(body: Any, slots: list[Slot], values: list[str]) -> None:
             for key, value in reversed(items):
                 if isinstance(value, str):
                     stack.append((node, key))
-                elif isinstance(value, (dict, list)):
+                elif isinstance(value, (dict, list)) and key != "data":
                     stack.append(value)
         elif isinstance(node, list):
             for i in range(len(node) - 1, -1, -1):
@@ -112,6 +125,6 @@ def _walk_deep(body: Any, slots: list[Slot], values: list[str]) -> None:
         else:  # a slot
             holder, key = node
             value = holder[key]
-            if value and not value.startswith("data:"):
+            if value and _text(holder, key, value):
                 slots.append(node)
                 values.append(value)
