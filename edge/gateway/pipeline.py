@@ -25,7 +25,7 @@ from corral.v1 import gateway_pb2
 from edge.client_request import ClientRequest
 from edge.errors import ApiError
 from edge.exchange import Exchange
-from edge.gateway.cache.key import cache_key
+from edge.gateway.cache.key import cache_key, variant
 from edge.gateway.cache.replay import anthropic_stream, openai_stream
 from edge.gateway.cache.service import (
     ASKED_NOTHING,
@@ -40,6 +40,7 @@ from edge.gateway.content import ContentSettings
 from edge.gateway.guard.engine import Guard, Outcome, Pending, Refused
 from edge.gateway.guard.redact import Redaction, StreamRestorer
 from edge.gateway.tap import Tap, wrap
+from edge.providers.fallbacks import FALLBACK
 from edge.response_hook import response_hook
 from edge.table import ModelRoute
 
@@ -172,15 +173,24 @@ class Gateway:
             ttl = cache.ttl(call.team, call.key_id, call.model)
         if ttl <= 0:
             return wrap(call, exchange, redaction)
-        control = request.headers.get(hdrs.CACHE_CONTROL)
-        asked = directives(control) if control else ASKED_NOTHING
+        headers = request.headers
+        control = headers.get(hdrs.CACHE_CONTROL)
+        if control:  # repeated lines are one list (RFC 9110): `max-age=60` then `no-store`
+            lines = headers.getall(hdrs.CACHE_CONTROL)
+            asked = directives(control if len(lines) == 1 else ", ".join(lines))
+        else:
+            asked = ASKED_NOTHING
+        # No older than this request's own TTL, whoever stored the answer and for how long.
+        max_age = asked.max_age
+        if max_age is None or max_age > ttl:
+            max_age = ttl
         try:  # the models an alias stands for (none for a plain model, or with no route now)
             rewrites = lookup().rewrites
         except ApiError:
             rewrites = None
         targets = rewrites.values() if rewrites else ()
-        key = cache_key(call.team, endpoint, call.model, targets, exchange.body)
-        looked = Lookup(cache, key, ttl, dialect, asked.max_age, asked.store, redaction)
+        key = cache_key(call.team, endpoint, call.model, targets, exchange.body, variant(headers))
+        looked = Lookup(cache, key, ttl, dialect, max_age, asked.store, redaction)
         if not asked.read:
             call.cache = CACHE_BYPASS
             cache.metrics.hot.bypass += 1
@@ -188,7 +198,7 @@ class Gateway:
         if cache.shared is None:  # no wait for the in-process tier alone
             memory = cache.memory
             if memory.holds(key):
-                entry = memory.get(key, asked.max_age)
+                entry = memory.get(key, max_age)
                 if entry is not None:
                     return self._found(call, exchange, looked, entry, "memory")
             # Upstream now unless an identical request is there (it leads when it stores):
@@ -265,7 +275,8 @@ class Gateway:
             if data is not None and tap.assembler is not None and looked.dialect == "openai":
                 data = _with_usage(data, call)
         cache = looked.cache
-        if data is None or not 200 <= call.status < 300:
+        # A fallback's answer is another model's: never stored as the model asked for.
+        if data is None or not 200 <= call.status < 300 or call.route == FALLBACK:
             if looked.leader:
                 cache.finish(looked.key, None)
             return

@@ -50,3 +50,21 @@ def test_an_entry_larger_than_the_bound_is_not_kept() -> None:
     tier.add(b"s" * 32, b"s", 0.0, 0, 0, 60)
     tier.add(b"b" * 32, b"b" * 900, 0.0, 0, 0, 60)
     assert tier.holds(b"s" * 32) and not tier.holds(b"b" * 32)
+
+
+def test_anthropic_version_and_beta_features_are_part_of_the_key() -> None:
+    """Beta features and API versions change an answer; their order does not."""
+    from multidict import CIMultiDict
+
+    from edge.gateway.cache.key import variant
+
+    def key(**headers: str) -> bytes:
+        sent = CIMultiDict((k.replace("_", "-"), v) for k, v in headers.items())
+        return cache_key("a", "messages", MODEL, [], chat("hi"), variant(sent))
+
+    plain = key()
+    assert plain == key(x_request_id="1")  # a header that changes nothing
+    beta = key(anthropic_beta="output-128k-2025-02-19,interleaved-thinking-2025-05-14")
+    assert beta != plain and beta != key(anthropic_beta="output-128k-2025-02-19")
+    assert beta == key(anthropic_beta=" interleaved-thinking-2025-05-14, output-128k-2025-02-19")
+    assert key(anthropic_version="2023-06-01") != plain

@@ -131,3 +131,74 @@ async def test_the_clean_pass_stands_for_inspect_now_only_when_it_decides() -> N
         call = Call("c", "c", 0.0, 0.0, "chat", model="m")
         with pytest.raises(Refused):  # a clean body, and still its deny rule refuses it
             gateway.enter(request, call, exchange, _route, "chat")
+
+
+async def test_a_reader_gets_nothing_older_than_its_own_ttl() -> None:
+    """An entry stored for an hour is a miss for a request whose TTL is shorter than its age."""
+    from corral.config_gateway import CacheRuleConfig
+
+    rules = (CacheRuleConfig(team="brief", ttl_seconds=5),)
+    config = dataclasses.replace(EdgeConfig(), cache=CacheConfig(ttl_seconds=3600, rules=rules))
+    async with (
+        aiohttp.ClientSession() as session,
+        running(config, Registry(), lambda: session) as gateway,
+    ):
+        cache = gateway.cache
+        assert cache is not None
+
+        def enter(team: str) -> tuple[Call, Entered]:
+            request = make_mocked_request("POST", "/v1/chat/completions")
+            exchange = OpenAIExchange("/v1/chat/completions", BODY, {"model": "m"}, False)
+            call = Call("c", "c", 0.0, 0.0, "chat", model="m", team=team)
+            return call, gateway.enter(request, call, exchange, _route, "chat")
+
+        for team in ("brief", "patient"):
+            call, _ = enter(team)
+            looked = call.storing
+            assert looked is not None and call.cache == CACHE_MISS
+            cache.finish(looked.key, None)
+            cache.put(looked.key, Entry(ANSWER, time.time() - 100, 1, 1), 3600)
+            call, _ = enter(team)
+            assert call.cache == (CACHE_MISS if team == "brief" else CACHE_HIT), team
+            if call.storing is not None:
+                cache.finish(call.storing.key, None)
+
+
+async def test_repeated_cache_control_lines_are_one_list() -> None:
+    """`Cache-Control: max-age=60` then `Cache-Control: no-store`: nothing is stored."""
+    from multidict import CIMultiDict
+
+    config = dataclasses.replace(EdgeConfig(), cache=CacheConfig(ttl_seconds=60))
+    async with (
+        aiohttp.ClientSession() as session,
+        running(config, Registry(), lambda: session) as gateway,
+    ):
+        headers = CIMultiDict([("Cache-Control", "max-age=60"), ("Cache-Control", "no-store")])
+        request = make_mocked_request("POST", "/v1/chat/completions", headers=headers)
+        exchange = OpenAIExchange("/v1/chat/completions", BODY, {"model": "m"}, False)
+        call = Call("c", "c", 0.0, 0.0, "chat", model="m")
+        gateway.enter(request, call, exchange, _route, "chat")
+        assert call.cache == CACHE_MISS and call.storing is None
+
+
+async def test_an_answer_from_a_fallback_is_not_stored() -> None:
+    """A fallback model's answer is never kept as the answer of the model asked for."""
+    from edge.providers.fallbacks import FALLBACK
+
+    config = dataclasses.replace(EdgeConfig(), cache=CacheConfig(ttl_seconds=60))
+    async with (
+        aiohttp.ClientSession() as session,
+        running(config, Registry(), lambda: session) as gateway,
+    ):
+        cache = gateway.cache
+        assert cache is not None
+        for route, kept in ((FALLBACK, False), ("primary", True)):
+            request = make_mocked_request("POST", "/v1/chat/completions")
+            exchange = OpenAIExchange("/v1/chat/completions", BODY, {"model": "m"}, False)
+            call = Call("c", "c", 0.0, 0.0, "chat", model="m")
+            gateway.enter(request, call, exchange, _route, "chat")
+            looked = call.storing
+            assert looked is not None
+            call.route, call.status = route, 200
+            gateway.leave(call, web.Response(body=ANSWER))
+            assert cache.memory.holds(looked.key) is kept and looked.key not in cache.inflight

@@ -3,33 +3,53 @@
 Two requests share an answer only when they are the same request: same endpoint, same model
 as the client asked for it (and, for an alias, the same target models: re-pointing an alias
 never serves the old model's answers), same body once the fields that cannot change the
-answer are left out, and the same team. The body is canonical JSON (keys sorted), so the order
-in which a client writes its fields does not matter.
+answer are left out, the same headers that change the answer (`VARYING`: Anthropic's API
+version and beta features, forwarded to the backend with the body), and the same team. The
+body is canonical JSON (keys sorted), so the order in which a client writes its fields does
+not matter; so is the list of beta features.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any, Final
 
 import orjson
+from multidict import istr
 
 # Fields that change how an answer is delivered or who is billed, never what it says.
 # (A streamed and a whole answer share an entry: the cache replays either form.) "model"
 # stays in the body: it is the model as asked, in the head as well, and most bodies then
 # hold none of these and are not copied.
 IGNORED: Final = frozenset(("stream", "stream_options", "user", "metadata"))
-VERSION: Final = "corral-cache-4"  # 4: BLAKE2b-256 (3 was SHA-256)
+VERSION: Final = "corral-cache-5"  # 5: the varying headers; 4: BLAKE2b-256 (3 was SHA-256)
 
-# The encoded head per (team, endpoint, model, alias targets): a few per edge in practice,
-# bounded because the model is whatever the client wrote.
-_HEADS: dict[tuple[str, str, str, str], bytes] = {}
+# Request headers that change an answer (the backend reads them with the body).
+VARYING: Final = (istr("anthropic-version"), istr("anthropic-beta"))
+
+# The encoded head per (team, endpoint, model, alias targets, varying headers): a few per
+# edge in practice, bounded because the model is whatever the client wrote.
+_HEADS: dict[tuple[str, str, str, str, str], bytes] = {}
 _MAX_HEADS: Final = 4096
 
 
+def variant(headers: Mapping[str, str]) -> str:
+    """The varying headers' values in a canonical form ("" without them: most requests)."""
+    version, beta = VARYING
+    if version not in headers and beta not in headers:
+        return ""
+    features = sorted(f.strip() for f in headers.get(beta, "").split(",") if f.strip())
+    return f"{headers.get(version, '')}\x1f{','.join(features)}"
+
+
 def cache_key(
-    team: str, endpoint: str, model: str, targets: Collection[str], body: dict[str, Any]
+    team: str,
+    endpoint: str,
+    model: str,
+    targets: Collection[str],
+    body: dict[str, Any],
+    varies: str = "",
 ) -> bytes:
     """A digest naming one answer; equal for equal requests of one team, and only then.
     Bytes, not hex: the in-process tier's dict then keeps each key's hash in its own slot,
@@ -39,14 +59,14 @@ def cache_key(
     if not IGNORED.isdisjoint(body):
         canonical = {name: value for name, value in body.items() if name not in IGNORED}
     aliased = "\x1f".join(sorted(set(targets))) if targets else ""
-    parts = (team, endpoint, model, aliased)
+    parts = (team, endpoint, model, aliased, varies)
     head = _HEADS.get(parts)
     if head is None:
         # The parts before the body, each length-prefixed: no two different tuples of parts
         # hash the same bytes.
         head = (
             f"{VERSION}{len(team)}:{team}{len(endpoint)}:{endpoint}{len(model)}:{model}"
-            f"{len(aliased)}:{aliased}"
+            f"{len(aliased)}:{aliased}{len(varies)}:{varies}"
         ).encode()
         if len(_HEADS) >= _MAX_HEADS:
             _HEADS.clear()
