@@ -4,7 +4,8 @@ A streamed miss is stored in the same form as a non-streamed one (the JSON objec
 non-streaming API returns), so either kind of request can hit it later. The assembler is fed
 the bytes sent to the client and says at the end whether the answer is complete: every
 choice finished (OpenAI) or `message_stop` seen (Anthropic), and no error event. Anything
-else — an error event, a cut stream, an answer without its end — is never stored.
+else — an error event, a cut stream, an answer without its end — is never stored, nor is
+an answer with parts this does not put back together (log probabilities, citations).
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ def _openai(events: list[dict[str, Any]]) -> dict[str, Any] | None:
                         slot["function"]["arguments"] += function["arguments"]
             if part.get("finish_reason"):
                 choice["finish_reason"] = part["finish_reason"]
+            if part.get("logprobs") is not None:
+                return None  # per-token log probabilities are not put back together: not kept
             if "logprobs" in part:
                 choice.setdefault("logprobs", None)
     if not choices or any(c["finish_reason"] is None for c in choices.values()):
@@ -153,6 +156,8 @@ def _anthropic(events: list[dict[str, Any]]) -> dict[str, Any] | None:
                 block["thinking"] = block.get("thinking", "") + delta["thinking"]
             elif dtype == "signature_delta":
                 block["signature"] = delta["signature"]
+            else:
+                return None  # a delta not put back together here (citations, ...): not kept
         elif kind == "content_block_stop":
             index = event["index"]
             if index in partial:

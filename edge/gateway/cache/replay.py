@@ -38,19 +38,24 @@ def openai_stream(answer: dict[str, Any], include_usage: bool) -> bytes:
         finish = choice.get("finish_reason")
         if completion:
             part = {"index": index, "text": choice.get("text", ""), "logprobs": None}
-            out.append(_data({**base, "choices": [{**part, "finish_reason": None}]}))
+            first = {**part, "logprobs": choice.get("logprobs"), "finish_reason": None}
+            out.append(_data({**base, "choices": [first]}))
             out.append(_data({**base, "choices": [{**part, "text": "", "finish_reason": finish}]}))
             continue
         message = choice.get("message") or {}
 
-        def chunk(delta: dict[str, Any], finish_reason: Any = None, i: int = index) -> bytes:
-            part = {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            return _data({**base, "choices": [part]})
+        def chunk(
+            delta: dict[str, Any], finish_reason: Any = None, i: int = index, logprobs: Any = None
+        ) -> bytes:
+            part = {"index": i, "delta": delta, "logprobs": logprobs}
+            return _data({**base, "choices": [{**part, "finish_reason": finish_reason}]})
 
         out.append(chunk({"role": message.get("role", "assistant"), "content": ""}))
         for field in ("reasoning_content", "refusal", "content"):
             if message.get(field):
-                out.append(chunk({field: message[field]}))
+                # The answer's log probabilities ride with its text, as one chunk's would.
+                logprobs = choice.get("logprobs") if field == "content" else None
+                out.append(chunk({field: message[field]}, logprobs=logprobs))
         for position, call in enumerate(message.get("tool_calls") or ()):
             out.append(chunk({"tool_calls": [{"index": position, **call}]}))
         out.append(chunk({}, finish))
