@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 CALLS: list[dict[str, str]] = []
+# What holds `stuck` (set by the test that calls it, once it is done with it).
+RELEASE = threading.Event()
 
 
 def names(texts: list[str], context: dict[str, str]) -> dict[str, Any]:
@@ -32,3 +35,8 @@ async def slow(texts: list[str], context: dict[str, str]) -> None:
 
 def broken(texts: list[str], context: dict[str, str]) -> Any:
     raise RuntimeError("site bug")
+
+
+def stuck(texts: list[str], context: dict[str, str]) -> None:
+    """A plain function that blocks (a site's slow client library) until released."""
+    RELEASE.wait(30)

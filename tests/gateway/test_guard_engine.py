@@ -3,7 +3,9 @@ service), and placeholders restored in whole and streamed answers."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -133,17 +135,30 @@ async def test_python_hooks_find_block_and_fail_open_or_closed() -> None:
         await Guard(GuardConfig(hooks=(refuser,))).inspect(chat("About Project Orion"))
     assert caught.value.status == 400 and caught.value.message == "Project Orion is confidential."
 
-    for name in ("slow", "broken"):
-        spec = f"tests.gateway.guard_hooks:{name}"
-        open_ = Guard(GuardConfig(hooks=(GuardHookConfig(python=spec, timeout_seconds=0.2),)))
-        outcome = await open_.inspect(chat("hello"))
-        assert outcome is not None and outcome.hook_failed
-        closed = Guard(
-            GuardConfig(hooks=(GuardHookConfig(python=spec, timeout_seconds=0.2, fail="closed"),))
-        )
-        with pytest.raises(ApiError) as caught:
-            await closed.inspect(chat("hello"))
-        assert caught.value.status == 503 and caught.value.code == "guardrail_unavailable"
+    ticks = 0
+
+    async def ticking() -> None:  # the event loop serving on while a hook runs
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(ticking())
+    try:
+        for name in ("slow", "broken", "stuck"):  # stuck: a blocking plain function
+            spec = f"tests.gateway.guard_hooks:{name}"
+            hook = GuardHookConfig(python=spec, timeout_seconds=0.2)
+            open_ = Guard(GuardConfig(hooks=(hook,)))
+            outcome = await open_.inspect(chat("hello"))
+            assert outcome is not None and outcome.hook_failed, name
+            closed = Guard(GuardConfig(hooks=(dataclasses.replace(hook, fail="closed"),)))
+            with pytest.raises(ApiError) as caught:
+                await closed.inspect(chat("hello"))
+            assert caught.value.status == 503 and caught.value.code == "guardrail_unavailable"
+        assert ticks >= 10  # the stuck hooks' 0.4 s did not hold the loop
+    finally:
+        guard_hooks.RELEASE.set()
+        ticker.cancel()
 
 
 @pytest.fixture

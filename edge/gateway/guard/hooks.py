@@ -99,10 +99,16 @@ class Hook:
     async def check(self, texts: list[str], context: dict[str, str]) -> HookVerdict:
         try:
             async with asyncio.timeout(self.config.timeout_seconds):
-                if self._call is not None:
-                    answer = self._call(list(texts), dict(context))
-                    if inspect.isawaitable(answer):
-                        answer = await answer
+                call = self._call
+                if call is not None:
+                    if inspect.iscoroutinefunction(call):
+                        answer = await call(list(texts), dict(context))
+                    else:
+                        # A plain function runs in a worker thread: the timeout can end the
+                        # wait for it (not the function), and the loop serves on meanwhile.
+                        answer = await asyncio.to_thread(call, list(texts), dict(context))
+                        if inspect.isawaitable(answer):
+                            answer = await answer
                     return _verdict(answer, texts, f"hook {self.name}")
                 if self.config.format == "presidio":
                     return await self._presidio(texts)
