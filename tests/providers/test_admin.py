@@ -183,7 +183,18 @@ async def test_a_provider_can_be_drained_like_any_backend(cp: str) -> None:
     watcher = h.SnapshotWatcher(cp)
     async with h.admin(cp) as admin:
         await admin.DrainBackend(admin_pb2.DrainBackendRequest(name="openai", reason="budget"))
-        await watcher.until(lambda s: all(b.drained for b in s.backends if b.spec.provider))
+        # Listed as drained, not dropped (an empty list would pass an all() here).
+        await watcher.until(
+            lambda s: (
+                [(b.spec.name, b.drained) for b in s.backends if b.spec.provider]
+                == [("openai", True)]
+            )
+        )
         await admin.UndrainBackend(admin_pb2.UndrainBackendRequest(name="openai"))
-        await watcher.until(lambda s: any(not b.drained for b in s.backends if b.spec.provider))
+        await watcher.until(
+            lambda s: (
+                [(b.spec.name, b.drained) for b in s.backends if b.spec.provider]
+                == [("openai", False)]
+            )
+        )
     await watcher.close()
