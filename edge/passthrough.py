@@ -93,6 +93,16 @@ _STREAM_TYPES: Final = ("text/event-stream", "application/x-ndjson")
 _MERGE_TIMEOUT_SECONDS: Final = 10.0
 
 
+def _guarded(proxy: Proxy, request: web.Request) -> bool:
+    """Whether the guardrails look at this request's body: they are on, and it is JSON (or
+    says nothing of its type); a form or a file upload is not theirs to read."""
+    gateway = proxy.gateway
+    if gateway is None or gateway.guard is None:
+        return False
+    kind = request.headers.get("Content-Type", "")
+    return not kind or "json" in kind.lower() or kind.startswith("text/")
+
+
 class NativeExchange(Exchange):
     """A native request relayed as it is; Ollama's errors in Ollama's shape."""
 
@@ -227,6 +237,14 @@ async def handle(proxy: Proxy, request: web.Request) -> web.StreamResponse:
                     parsed = None
             if isinstance(parsed, dict):
                 body = parsed
+            elif raw.strip() and _guarded(proxy, request):
+                # Bytes the guardrails cannot read would leave as they are (a lenient server
+                # takes NaN or a lone surrogate that strict JSON refuses): refused instead.
+                raise ApiError(
+                    400,
+                    "The guardrails read JSON request bodies: this one is not a JSON object.",
+                    code="invalid_body",
+                )
         model = ollama.requested_model(body) if backend_type == OLLAMA else body.get("model")
         if identity is not None and identity.models is not None and method not in _READS:
             # A key limited to some models must name one (a backend's default is none).

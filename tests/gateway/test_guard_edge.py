@@ -171,3 +171,17 @@ async def test_cached_placeholder_answer_restored_per_client(
         ("hit", "[vllm-a] reply to bob@example.org"),
     ]
     assert len([r for r in vllm.requests if r.path == "/v1/chat/completions"]) == 1
+
+
+async def test_a_native_body_the_guard_cannot_read_is_refused(
+    snapshots: SnapshotServer, start_edge: StartEdge, fakes: tuple[FakeServer, FakeServer]
+) -> None:
+    """Lenient JSON (a NaN) on a native route with the guard on: Ollama's 400, nothing sent."""
+    _, ollama_fake = fakes
+    raw = b'{"model":"llama3:8b","prompt":"bill ' + CARD.encode() + b'","temperature":NaN}'
+    edge = await guarded_edge(start_edge, snapshots, fakes, pii="block")
+    headers = {"Content-Type": "application/json"}
+    async with edge.http.post(f"{edge.url}/ollama/api/generate", data=raw, headers=headers) as resp:
+        assert resp.status == 400
+        assert "not a JSON object" in (await resp.json())["error"]
+    assert not [r for r in ollama_fake.requests if r.method == "POST"]
