@@ -73,3 +73,24 @@ def test_same_value_same_placeholder() -> None:
     text = "a@x.org, b@x.org and a@x.org again"
     redaction = Redaction()
     assert redaction.redact(text, scan(text)) == "<EMAIL_1>, <EMAIL_2> and <EMAIL_1> again"
+
+
+def test_a_card_or_iban_followed_by_a_short_code_is_still_found() -> None:
+    """Expiry, CVV or currency after the number: the number alone is the finding."""
+    from edge.gateway.guard.prefilter import Prefilter
+
+    cases = {
+        "pay with 4111 1111 1111 1111 12/26 thanks": "4111 1111 1111 1111",
+        "card 4111111111111111 123": "4111111111111111",
+        "5555 5555 5555 4444 07/27": "5555 5555 5555 4444",
+        "amex 3782 822463 10005 1234": "3782 822463 10005",
+        "IBAN ES9121000418450200051332 EUR": "ES9121000418450200051332",
+        "to BE68 5390 0754 7034 EUR today": "BE68 5390 0754 7034",
+    }
+    prefilter = Prefilter()
+    for text, value in cases.items():
+        assert [text[f.start : f.end] for f in scan(text)] == [value], text
+        assert prefilter.scan(text) == scan(text), text
+    # Cut back at spaces only: a dash goes on to more digits, and no group passes.
+    assert scan("4111-1111-1111-1111-12") == []
+    assert scan("order 4000 1234 5678 9010 5555 shipped") == []

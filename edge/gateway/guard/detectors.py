@@ -124,21 +124,45 @@ def _left_ok(text: str, start: int, extra: str) -> bool:
     return not (ch.isalnum() or ch == "_" or ch in extra)
 
 
-def _regex(pattern: str, left: str = "", valid: Callable[[str], bool] | None = None) -> Finder:
+def _regex(
+    pattern: str,
+    left: str = "",
+    valid: Callable[[str], bool] | None = None,
+    shorter: bool = False,
+) -> Finder:
     """Matches of a pattern that starts with a literal or a character class (so the regex
     engine skips ahead fast; a leading lookbehind would cost a test at every position), the
-    left boundary checked per match instead."""
+    left boundary checked per match instead. `shorter`: a match that fails `valid` may be
+    cut back at a space to one that passes (a card number's expiry or CVV after it, an
+    IBAN's currency: the greedy pattern took them in)."""
     compiled = re.compile(pattern)
 
     def find(text: str, pos: int = 0, endpos: int = sys.maxsize) -> list[Span]:
         out = []
         for m in compiled.finditer(text, pos, endpos):
             start = m.start()
-            if _left_ok(text, start, left) and (valid is None or valid(m.group())):
+            if not _left_ok(text, start, left):
+                continue
+            if valid is None or valid(m.group()):
                 out.append((start, m.end()))
+            elif shorter and valid is not None:
+                cut = _cut_back(m.group(), valid)
+                if cut:
+                    out.append((start, start + cut))
         return out
 
     return find
+
+
+def _cut_back(matched: str, valid: Callable[[str], bool]) -> int:
+    """The length of the longest part of `matched` before one of its spaces that is valid
+    (0: none is)."""
+    end = matched.rfind(" ")
+    while end > 0:
+        if valid(matched[:end]):
+            return end
+        end = matched.rfind(" ", 0, end)
+    return 0
 
 
 _EMAIL_DOMAIN: Final = re.compile(
@@ -274,14 +298,16 @@ DETECTORS: Final[tuple[Detector, ...]] = (
         "iban",
         "iban",
         "",
-        _regex(r"[A-Z][A-Z]\d\d(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?!\w)", "", iban_ok),
+        _regex(
+            r"[A-Z][A-Z]\d\d(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?!\w)", "", iban_ok, True
+        ),
         seek=b"AA00",  # two upper-case letters, two digits
     ),
     Detector(
         "credit_card",
         "credit_card",
         "",
-        _regex(r"\d\d[ -]?\d(?:[ -]?\d){10,16}(?![\w]|[.,-]\d)", ".,-", _card),
+        _regex(r"\d\d[ -]?\d(?:[ -]?\d){10,16}(?![\w]|[.,-]\d)", ".,-", _card, True),
         run_digits=13,
         run_shape=rb"00[ -]?0(?:[ -]?0){10,16}",
     ),
