@@ -94,3 +94,23 @@ def test_a_card_or_iban_followed_by_a_short_code_is_still_found() -> None:
     # Cut back at spaces only: a dash goes on to more digits, and no group passes.
     assert scan("4111-1111-1111-1111-12") == []
     assert scan("order 4000 1234 5678 9010 5555 shipped") == []
+
+
+def test_a_north_american_number_with_its_country_code_is_a_phone() -> None:
+    """1-800-555-0199 and 1 (800) 555-0199 are found whole, as 800-555-0199 is."""
+    for number in ("1-800-555-0199", "1 (800) 555-0199", "800-555-0199"):
+        text = f"call {number} now"
+        assert [(f.kind, text[f.start : f.end]) for f in scan(text)] == [("phone", number)]
+
+
+def test_placeholders_of_kinds_with_digits_are_restored() -> None:
+    """A hook's kind may hold digits (ssn2): its placeholder comes back like any other."""
+    from edge.gateway.guard.detectors import Finding
+    from edge.gateway.guard.hooks import _kind
+
+    kind = _kind("SSN-2")
+    assert kind == "ssn_2" and _kind("Näme") == "n_me"
+    text = "id 12345 here"
+    redaction = Redaction()
+    redacted = redaction.redact(text, [Finding(kind, 3, 8)])
+    assert redacted == "id <SSN_2_1> here" and redaction.restore(redacted) == text

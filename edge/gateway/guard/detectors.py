@@ -325,9 +325,10 @@ DETECTORS: Final[tuple[Detector, ...]] = (
         "phone",
         "",
         _regex(
-            # International: +CC then groups; North American: (NXX) NXX-XXXX with separators.
+            # International: +CC then groups; North American: (NXX) NXX-XXXX with separators,
+            # maybe after its country code 1 (1-800-555-0199).
             r"\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){1,2}(?:[ .-]?\d{2,4}){1,4}(?![\w]|[.-]\d)"
-            r"|(?:\(\d{3}\) ?|\d{3}[.-])\d{3}[.-]\d{4}(?![\w]|[.-]\d)",
+            r"|(?:1[ .-]?)?(?:\(\d{3}\) ?|\d{3}[.-])\d{3}[.-]\d{4}(?![\w]|[.-]\d)",
             ".+-",
             _phone,
         ),

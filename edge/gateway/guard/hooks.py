@@ -76,7 +76,8 @@ def _verdict(answer: Any, texts: Sequence[str], where: str) -> HookVerdict:
 
 
 def _kind(raw: str) -> str:
-    kind = "".join(ch if ch.isalnum() else "_" for ch in raw.strip().lower())[:40]
+    """A hook's kind as placeholders can carry it: ASCII letters, digits and underscores."""
+    kind = "".join(ch if ch.isascii() and ch.isalnum() else "_" for ch in raw.strip().lower())[:40]
     if not kind or not kind[0].isalpha():
         raise ValueError(raw)
     return kind

@@ -19,9 +19,10 @@ import orjson
 
 from edge.gateway.guard.detectors import Finding
 
-PLACEHOLDER: Final = re.compile(r"<([A-Z][A-Z_]*)_(\d{1,6})>")
+# A kind is ASCII letters, digits and underscores, led by a letter (hooks name their own).
+PLACEHOLDER: Final = re.compile(r"<([A-Z][A-Z0-9_]*)_(\d{1,6})>")
 # The end of a text that may be the first part of a placeholder (held back in streams).
-_PARTIAL: Final = re.compile(r"<(?:[A-Z][A-Z_]*(?:_\d{0,6})?)?\Z")
+_PARTIAL: Final = re.compile(r"<(?:[A-Z][A-Z0-9_]*)?\Z")
 # Fields of streamed events that carry the answer's text (OpenAI, Anthropic, Ollama, native).
 TEXT_KEYS: Final = frozenset(
     ("content", "text", "reasoning_content", "reasoning", "thinking", "response")
