@@ -32,6 +32,7 @@ async def test_close_ends_watches_with_closed_error() -> None:
     stream = store.watch_prefix(b"/", store.revision + 1)
     waiting = asyncio.create_task(anext(stream))
     await asyncio.sleep(0)  # let the watch reach its wait
+    assert not waiting.done()  # waiting: what close() must end
     await store.close()
     with pytest.raises(StoreClosedError):
         await waiting

@@ -116,18 +116,24 @@ async def test_keep_alive_reuses_one_connection(pool: Pool) -> None:
 async def test_server_closing_idle_connection_is_noticed(pool: Pool) -> None:
     """A server that closes after each answer costs a new connection, never a failed request."""
 
+    closed = asyncio.Event()
+
     async def once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         body = await read_request(reader)
         assert body is not None
         writer.write(answer(body))  # keep-alive implied (HTTP/1.1), then closed anyway
         await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        closed.set()
 
     async with serving(once) as server:
         for i in range(3):
+            closed.clear()
             up = await pool.request("POST", server.url(), b"x%d" % i, HEADERS)
             assert await up.read() == b"x%d" % i
             up.release()
-            await asyncio.sleep(0.05)  # the close reaches the client, or does not: both work
+            await closed.wait()  # the server closed before the next request is sent
         assert server.connections == 3
 
 

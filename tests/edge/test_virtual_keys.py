@@ -41,8 +41,11 @@ class Cluster:
             return await getattr(stub, method)(request)
 
     async def key(self, team: str = "search", **fields: Any) -> gateway_pb2.CreateKeyResponse:
-        with contextlib.suppress(Exception):  # the team may exist already
+        try:
             await self.admin("CreateTeam", gateway_pb2.CreateTeamRequest(name=team))
+        except grpc.aio.AioRpcError as exc:  # the team may exist already; nothing else
+            if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
         created: gateway_pb2.CreateKeyResponse = await self.admin(
             "CreateKey", gateway_pb2.CreateKeyRequest(team=team, **fields)
         )
