@@ -49,7 +49,7 @@ async def test_anthropic_translated_chat_is_restored_and_cached_whole_and_stream
     for round_ in ("miss", "hit"):
         raw = await client.chat.completions.with_raw_response.create(
             model=MODEL,
-            messages=messages,  # type: ignore[arg-type]
+            messages=messages,
         )
         assert raw.headers["x-corral-cache"] == round_
         assert raw.parse().choices[0].message.content == f"[{claude.name}] write to {MAIL}"
@@ -60,7 +60,7 @@ async def test_anthropic_translated_chat_is_restored_and_cached_whole_and_stream
     for round_ in ("miss", "hit"):
         response = await client.chat.completions.with_raw_response.create(
             model=MODEL,
-            messages=streamed,  # type: ignore[arg-type]
+            messages=streamed,
             stream=True,
         )
         assert response.headers["x-corral-cache"] == round_
