@@ -56,9 +56,7 @@ async def _round(limiters: list[Limiter], rng: random.Random, over: int) -> tupl
 async def test_budget_holds_and_resets(
     edges: tuple[list[Limiter], Clock], valkey: ValkeyServer, over: int
 ) -> None:
-    """Spend stays within $1 plus the documented bound (requests' use beyond their
-    reservation), the store ends up counting exactly what was spent, and after the fixed
-    window resets requests pass again."""
+    """Spend stays within $1 plus the documented bound, counted exactly; after reset, all pass."""
     limiters, clock = edges
     rng = random.Random(over)
     spend = excess = admitted = 0
@@ -86,3 +84,24 @@ async def test_budget_holds_and_resets(
     clock.now += 30
     got, _, _ = await _round(limiters, rng, 0)
     assert got >= 17  # 20 reservations fit; each edge may hold a lease too small for one
+
+
+async def test_a_budget_moved_to_another_unit_counts_afresh() -> None:
+    """$50/day, then 1,000 tokens/day mid-day: the tokens are counted (and refused at 1,000)."""
+    from edge.gateway.limits.plan import Plan
+    from edge.gateway.limits.policy import TOKENS, USD
+    from edge.gateway.limits.store import LocalCounters
+
+    limiter = Limiter(LocalCounters())
+    try:
+        dollars = Subject("team", "research", Limits(budget=parse_budget(50, unit=USD)))
+        await limiter.admit(Plan([dollars]), tokens=100, cost=1000)
+        tokens = Plan([Subject("team", "research", Limits(budget=parse_budget(1000, unit=TOKENS)))])
+        admitted = 0
+        with pytest.raises(Refused):
+            for _ in range(50):
+                limiter.settle(await limiter.admit(tokens, tokens=400, cost=0), tokens=400)
+                admitted += 1
+        assert admitted == 2 and tokens.buckets[0].key.split(":")[-2] == TOKENS
+    finally:
+        await limiter.close()

@@ -149,6 +149,16 @@ class Bucket:
             self.pending += amount - taken
 
 
+def budget_key(subject: Subject, now: float) -> tuple[str, float]:
+    """The store key of the subject's budget in the period holding `now` (its unit and
+    period in it: a budget changed to another unit or period counts afresh), and when that
+    period ends."""
+    budget = subject.limits.budget
+    assert budget is not None
+    period, resets = budget_window(budget, now)
+    return f"{PREFIX}{subject.kind}:{subject.name}:b:{budget.unit}:{period}", resets
+
+
 def open_bucket(subject: Subject, reason: str, limit: int, now: float, window: float) -> Bucket:
     """A new bucket for one of a subject's limits, its store key naming what it counts: a
     gauge (parallel requests), a budget's calendar period, or a rate window."""
@@ -158,11 +168,9 @@ def open_bucket(subject: Subject, reason: str, limit: int, now: float, window: f
         return Bucket(base + "par", owner, reason, limit, 0.0, _GAUGE_TTL_MS, now, gauge=True)
     unit = PER_TOKEN if reason == TPM else PER_REQUEST
     if reason == BUDGET:
+        key, resets = budget_key(subject, now)
         budget = subject.limits.budget
-        assert budget is not None
-        period, resets = budget_window(budget, now)
-        key = f"{base}b:{budget.unit}:{period}"
-        unit = PER_MICRO_USD if budget.unit == USD else PER_TOKEN
+        unit = PER_MICRO_USD if budget is not None and budget.unit == USD else PER_TOKEN
     else:
         index, resets = rate_window(now, window)
         key = f"{base}{reason}:{window:g}:{index}"

@@ -16,7 +16,7 @@ from typing import Final
 
 from multidict import istr
 
-from edge.gateway.limits.bucket import Bucket, open_bucket
+from edge.gateway.limits.bucket import Bucket, budget_key, open_bucket
 from edge.gateway.limits.policy import BUDGET, PARALLEL, RPM, TPM, USD, Limits
 from edge.gateway.limits.stats import labels
 from edge.gateway.limits.ticket import Subject
@@ -62,7 +62,9 @@ def bucket_for(
     limit = limit_of(subject.limits, reason)
     bucket = buckets.get(owner)
     if bucket is not None:
-        if bucket.gauge or bucket.resets > now:
+        # A budget moved to another unit or period is another counter, not this one.
+        same = reason != BUDGET or bucket.key == budget_key(subject, now)[0]
+        if same and (bucket.gauge or bucket.resets > now):
             bucket.limit = limit  # policy changes apply to the window under way
             return bucket
         bucket.retired = True
