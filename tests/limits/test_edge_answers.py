@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from multidict import CIMultiDict
 
 from corral.config import LimitConfig, LimitsConfig
 from tests.edge.conftest import StartEdge
@@ -31,9 +32,8 @@ async def _post(
 async def test_rate_limit_answers(
     snapshots: SnapshotServer, start_edge: StartEdge, http: aiohttp.ClientSession
 ) -> None:
-    """Per client address: allowed answers carry the x-ratelimit-* headers; the one over
-    the limit is a 429 rate_limit_exceeded with Retry-After (Anthropic's shape on
-    /v1/messages), and the official client raises RateLimitError."""
+    """Per client address: x-ratelimit-* headers, then 429 rate_limit_exceeded with Retry-After."""
+    # In Anthropic's shape on /v1/messages; the official client raises RateLimitError.
     limits = LimitsConfig(client_ip=LimitConfig(rpm=3, tpm=100_000))
     async with running_fakes(FakeServer("vllm", [MODEL], "vllm-a")) as (fake,):
         snapshots.publish(snapshot(1, [from_fake(fake)]))
@@ -82,8 +82,7 @@ async def test_rate_limit_answers(
 async def test_forwarded_for_only_through_trusted_proxies(
     snapshots: SnapshotServer, start_edge: StartEdge, http: aiohttp.ClientSession
 ) -> None:
-    """Behind a trusted proxy each X-Forwarded-For address has its own quota; from an
-    untrusted peer the header is ignored (a client cannot pick its address)."""
+    """Via a trusted proxy each X-Forwarded-For address has its quota; from others it is ignored."""
     async with running_fakes(FakeServer("vllm", [MODEL], "vllm-a")) as (fake,):
         snapshots.publish(snapshot(1, [from_fake(fake)]))
         trusted = await start_edge(
@@ -99,6 +98,10 @@ async def test_forwarded_for_only_through_trusted_proxies(
             assert (await _post(http, url, CHAT, **{"X-Forwarded-For": xff}))[0] == 200
         xff = "203.0.113.7, 127.0.0.5"
         assert (await _post(http, url, CHAT, **{"X-Forwarded-For": xff}))[0] == 429
+        # A proxy that adds a line of its own: the client's line first cannot pick the address.
+        lines = CIMultiDict([("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-For", "203.0.113.8")])
+        async with http.post(url, json=CHAT, headers=lines) as resp:
+            assert resp.status == 429
         url = f"{untrusted.url}/v1/chat/completions"
         assert (await _post(http, url, CHAT, **{"X-Forwarded-For": "198.51.100.1"}))[0] == 200
         assert (await _post(http, url, CHAT, **{"X-Forwarded-For": "198.51.100.2"}))[0] == 429
@@ -107,8 +110,7 @@ async def test_forwarded_for_only_through_trusted_proxies(
 async def test_budget_survives_a_restart_of_an_embedded_edge(
     snapshots: SnapshotServer, start_edge: StartEdge, http: aiohttp.ClientSession, tmp_path: Any
 ) -> None:
-    """A token budget on an edge without Valkey is kept in the usage SQLite file: after a
-    restart it is still spent (429 insufficient_quota), and only after its reset it passes."""
+    """Without Valkey a token budget is kept in the usage SQLite file: spent across restarts."""
     limits = LimitsConfig(
         default_key=LimitConfig(budget_tokens=60, budget_period="day"), completion_cap=50
     )
@@ -150,8 +152,7 @@ def _secret(value: str) -> Any:
 async def test_soft_threshold_flags_the_usage_record(
     snapshots: SnapshotServer, start_edge: StartEdge, http: aiohttp.ClientSession, tmp_path: Any
 ) -> None:
-    """Past a budget's soft threshold requests still pass, and their usage records say
-    soft_budget (the others: allowed); the warning is counted in /metrics."""
+    """Past a soft threshold requests pass, recorded soft_budget (else allowed), in /metrics too."""
     import sqlite3
 
     from edge.gateway.records import TABLE
@@ -180,8 +181,7 @@ async def test_soft_threshold_flags_the_usage_record(
 async def test_usd_budget_counts_real_cost(
     snapshots: SnapshotServer, start_edge: StartEdge, http: aiohttp.ClientSession
 ) -> None:
-    """A USD budget on every key, with a price for the model: requests pass until the spend
-    (the Call's tokens at that price) reaches it, then 429 insufficient_quota naming it."""
+    """A USD budget passes requests till priced tokens reach it, then 429 insufficient_quota."""
     from corral.config import PriceConfig, UsageConfig
 
     limits = LimitsConfig(default_key=LimitConfig(budget_usd=0.02, budget_period="hour"))

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final
 
 from aiohttp import web
+from multidict import istr
 
 from corral.config import ConfigError, LimitConfig, LimitsConfig
 from corral.v1 import gateway_pb2, limits_pb2
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _BYTES_PER_TOKEN: Final = 4
 _PLANS_KEPT: Final = 100_000
+_XFF: Final = istr("X-Forwarded-For")
 
 
 def to_limits(entry: LimitConfig) -> Limits:
@@ -131,9 +133,10 @@ class Gate:
             return _remember(self._plans, call.key_id, Plan(subjects, call.team))
         if self.client_ip.empty:
             return NOTHING
-        address = client_address(
-            request.remote, request.headers.get("X-Forwarded-For"), self.trusted
-        )
+        # Every X-Forwarded-For line, in order: a proxy that adds a line of its own (HAProxy)
+        # puts the address it saw after the one the client wrote.
+        forwarded = request.headers.getall(_XFF, ()) if self.trusted else ()
+        address = client_address(request.remote, ", ".join(forwarded), self.trusted)
         plan = self._addresses.get(address)
         if plan is None:
             subject = Subject("ip", address, self.client_ip)
