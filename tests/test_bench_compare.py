@@ -22,8 +22,7 @@ def test_a_revision_is_exported_whole(tmp_path: Path) -> None:
 
 
 def test_the_tree_is_imported_before_the_checkout_it_runs_in(tmp_path: Path) -> None:
-    """From this checkout's directory (where bench processes start, and which `python -m`
-    or `-c` would put first on the path), the tree's modules are imported, not the checkout's."""
+    """Run from the checkout (first on sys.path), the tree's modules are imported, not its own."""
     tree = export("HEAD", tmp_path / "head")
     # As Python: compiled, the module would load from the build for the tree's sources.
     env = {**os.environ, **tree_env(tree), "CORRAL_NATIVE": "0"}
@@ -39,8 +38,7 @@ def test_the_tree_is_imported_before_the_checkout_it_runs_in(tmp_path: Path) -> 
 
 
 def test_the_working_tree_is_exported_with_its_changes(tmp_path: Path) -> None:
-    """Uncommitted and untracked files are in the export; the checkout's own index is not
-    touched."""
+    """Uncommitted and untracked files are in the export; the checkout's index is not touched."""
     repo = tmp_path / "repo"
     repo.mkdir()
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]

@@ -66,8 +66,7 @@ def test_every_request_is_served_once_with_and_without_kv() -> None:
 
 
 def test_kv_use_changes_routing_only_when_reported() -> None:
-    """With memory tight the edge routes differently once KV use is in the snapshots, and the
-    same way every time without it."""
+    """With memory tight, KV use in snapshots changes routing; without it routing is the same."""
     tight = dataclasses.replace(kv_cost(TINY), capacity_blocks=kv_cost(TINY).capacity_blocks // 2)
     plain = simulate_kv("least-connections", False, TINY, tight, seed=1)
     again = simulate_kv("least-connections", False, TINY, tight, seed=1)

@@ -150,8 +150,7 @@ def test_profile_charges_each_sample_to_its_innermost_frame() -> None:
 
 
 def test_stream_load_backend_answers_a_well_formed_event_stream() -> None:
-    """bench/stream_load.py's nginx answer, once nginx unescapes it: five content chunks, a
-    usage chunk and [DONE], each a `data:` event."""
+    """bench/stream_load.py's nginx answer: five chunks, a usage chunk and [DONE], as events."""
     import orjson
 
     from bench.stream_load import event_stream
@@ -219,8 +218,7 @@ def test_streaming_setup_names_the_concurrent_phase_when_there_is_one() -> None:
 
 
 def test_perf_profile_charges_leaves_and_compiled_callers() -> None:
-    """perf's samples: self time by the leaf's part (a compiled function by its module), and
-    each sample's cost to the innermost compiled function on its stack."""
+    """perf: self time by the leaf's part, each sample's cost to its innermost compiled function."""
     from bench.profile_perf import summarize
 
     lib = "/cache/native/abc__mypyc.cpython-311-x86_64-linux-gnu.so"
@@ -261,8 +259,7 @@ def test_perf_profile_charges_leaves_and_compiled_callers() -> None:
 
 
 def test_perf_profile_knows_every_compiled_module() -> None:
-    """Every module edge/native.py compiles is charged to a part of its own, not to mypyc's
-    runtime."""
+    """Every module edge/native.py compiles is charged to its own part, not to mypyc's runtime."""
     from bench.profile_perf import MODULE_PARTS
     from edge.native import MODULES
 

@@ -58,8 +58,7 @@ def test_every_logger_is_named_after_its_module() -> None:
 
 
 def test_unchecked_code_carries_no_type_ignores() -> None:
-    """Tests are not type-checked (only tests/support, which bench/ imports, is), so a
-    `type: ignore` in them is never verified: none allowed."""
+    """No `type: ignore` in tests: only tests/support is type-checked, so none would be verified."""
     marker = "# type: " + "ignore"  # split, so this file does not match itself
     support = ROOT / "tests" / "support"
     offenders = [
@@ -88,9 +87,8 @@ def _suppresses_cancellation(node: ast.AST) -> bool:
 
 
 def test_no_cancellation_is_suppressed() -> None:
-    """No `suppress(CancelledError)` in the components or corral: around an `await` it takes
-    the waiter's own cancellation for the awaited task's (corral/tasks.py's `stopped` waits
-    for a cancelled task without that)."""
+    """No `suppress(CancelledError)` in components or corral: it swallows a waiter's own cancel."""
+    # corral/tasks.py's `stopped` waits for a cancelled task without that.
     offenders = [
         f"{path.relative_to(ROOT)}:{node.lineno}"
         for package in (*COMPONENTS, "corral")

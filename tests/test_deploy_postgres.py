@@ -60,8 +60,7 @@ def usage_config(path: Path, dsn_file: str, tmp_path: Path) -> Any:
 
 
 def test_compose_override_is_valid_and_wired(tmp_path: Path) -> None:
-    """The merged file passes the compose schema; the edges' command and config point at
-    PostgreSQL through secrets that make-secrets.sh creates."""
+    """The merged compose file is valid; edges use PostgreSQL via secrets make-secrets.sh makes."""
     merged = merged_compose()
     schema_file = importlib.resources.files("check_jsonschema.builtin_schemas.vendor") / (
         "compose-spec.json"
@@ -107,8 +106,7 @@ def apply_json_patch(doc: dict[str, Any], patch: list[dict[str, Any]]) -> dict[s
 
 
 def test_k8s_overlay_is_valid_and_wired(tmp_path: Path) -> None:
-    """The overlay's manifests and the patched edge Deployment pass the Kubernetes schema;
-    the edge's new flag parses, and its config file and DSN are mounted."""
+    """The overlay and edge Deployment pass the schema; the flag parses, config and DSN mount."""
     [kustomization] = load_docs(OVERLAY / "kustomization.yaml")
     assert kustomization["resources"] == ["../", "postgres.yaml"]
     docs = load_docs(OVERLAY / "postgres.yaml")

@@ -33,8 +33,7 @@ def test_every_types_usual_port_is_scanned() -> None:
 
 
 async def test_discovery_finds_every_type_and_skips_other_web_apps() -> None:
-    """Each fake (its model list at the root, /engines or /api) is found; a web app that
-    answers 200 HTML everywhere is not."""
+    """Each fake is found (models at root, /engines or /api); a 200-HTML-everywhere app is not."""
     fakes = [FakeServer(kind, ["m"]) for kind in KINDS]
 
     async def page(request: web.Request) -> web.Response:

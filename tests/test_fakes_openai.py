@@ -94,8 +94,7 @@ async def test_openai_completions_embeddings_models(any_fake: FakeServer) -> Non
 
 
 async def test_unknown_model_is_404(any_fake: FakeServer) -> None:
-    """A model the backend does not serve gets 404 with an OpenAI error body (TGI, which
-    serves its one model whatever the name, answers with it)."""
+    """An unserved model is a 404 with an OpenAI error body (TGI answers with its one model)."""
     if any_fake.kind == "tgi":
         reply = await client(any_fake).chat.completions.create(
             model="nope", messages=[{"role": "user", "content": "hi"}]

@@ -96,8 +96,7 @@ async def _models_status(url: str, key: str | None) -> int:
 
 
 async def test_keys_teams_prices_and_audit_from_the_command_line(site: Site) -> None:
-    """Teams and keys created, listed and revoked with the CLI; the secret is printed once and
-    works at the edge until revoked; prices set and deleted; every change in `corral audit`."""
+    """CLI teams, keys (secret shown once, works until revoked), prices, each in `corral audit`."""
     missing = await site.corral("keys", "create", "--team", "search")
     assert missing.code == 1 and "corral teams create search" in missing.err
     assert "Traceback" not in missing.err

@@ -127,8 +127,7 @@ async def test_malformed_streams_are_invalid_argument(
     frames: list[bytes],
     details: str,
 ) -> None:
-    """Corrupt bytes, unknown fields and protocol-order errors: INVALID_ARGUMENT naming the
-    problem; the good agent is unharmed."""
+    """Corrupt bytes, unknown fields, order errors: INVALID_ARGUMENT saying why; good agent fine."""
     code, text = await raw_stream(cp, frames)
     assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, text)
     assert details in text
@@ -149,8 +148,7 @@ async def test_a_broken_stream_after_register_lets_its_backend_go(
 async def test_oversized_messages_are_resource_exhausted(
     cp: str, watcher: h.SnapshotWatcher, good: h.AgentClient
 ) -> None:
-    """Messages over the 4 MiB receive limit, as a Register or mid-stream as a Report, end
-    their stream with RESOURCE_EXHAUSTED."""
+    """Messages over 4 MiB (Register or mid-stream Report) end their stream RESOURCE_EXHAUSTED."""
     code, text = await raw_stream(cp, [b"\x0a" + b"\xff" * 8 + b"x" * (FOUR_MIB + 1)])
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, text
 
@@ -218,8 +216,7 @@ def _big_text() -> str:
 async def test_big_registers_under_the_limit_are_invalid_argument(
     cp: str, watcher: h.SnapshotWatcher, good: h.AgentClient, mutate: object, details: str
 ) -> None:
-    """Registers under 4 MiB that would bloat every snapshot (100,000 models, 1 MB strings)
-    are refused by validation, not stored."""
+    """Registers under 4 MiB bloating snapshots (100,000 models, 1 MB strings) are refused."""
     message = h.register("bloat")
     mutate(message)
     assert message.ByteSize() < FOUR_MIB
@@ -236,8 +233,7 @@ async def test_big_registers_under_the_limit_are_invalid_argument(
 async def test_a_crowd_of_bad_streams_at_once(
     cp: str, watcher: h.SnapshotWatcher, good: h.AgentClient
 ) -> None:
-    """Forty hostile streams at the same moment are all refused while the good agent's
-    reports keep being acked."""
+    """Forty hostile streams at once are all refused while the good agent's reports get acked."""
 
     def frames(i: int) -> list[bytes]:
         # Each double registration names its own backend: streams registering one name at

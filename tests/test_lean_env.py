@@ -43,8 +43,7 @@ def test_missing_leaves_settings_already_made() -> None:
 
 
 def test_edge_restarts_once_with_its_configuration_and_options() -> None:
-    """Unset: a second interpreter (with -X importtime again) serves the configuration the
-    first built (its listen address), without loading the YAML parser."""
+    """Settings unset: a second interpreter serves the first's configuration, without YAML."""
     code, parts = edge_on_a_taken_port()
     assert code == 1 and len(parts) == 2
     served = imports(parts[1])

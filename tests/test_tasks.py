@@ -33,8 +33,7 @@ async def test_a_task_cancelled_cleanly_gives_none() -> None:
 
 
 async def test_the_waiter_cancelled_meanwhile_is_cancelled() -> None:
-    """A cancellation of the waiter while the task takes its time to end is raised in the
-    waiter, not taken for the task's."""
+    """A waiter cancelled while the task takes time to end is cancelled, not taken as the task's."""
     ending, release = asyncio.Event(), asyncio.Event()
 
     async def slow_to_end() -> None:

@@ -128,9 +128,8 @@ async def test_up_routes_to_a_backend_given_by_url() -> None:
 
 
 async def test_up_opens_when_every_backend_registered_and_says_why_one_did_not() -> None:
-    """The port opens with every answering backend already routable (the first request sees
-    its model), and a backend that never answers is named with the reason, after the
-    registration timeout; /readyz says which one is missing."""
+    """The port opens with every answering backend routable; a silent one is named after timeout."""
+    # /readyz says which backend is missing.
     silent = f"http://127.0.0.1:{free_port()}"
     async with (
         FakeServer(kind="vllm", models=["org/model"], name="vllm-local") as fake,
@@ -152,9 +151,8 @@ def silent_name(url: str) -> str:
 
 
 async def test_no_request_ever_sees_an_empty_model_list() -> None:
-    """A client knocking from the first moment gets connection refused until the port opens,
-    and from then on a model list that holds the backend's model (never an empty one), even
-    when the backend is slow to answer its first probes."""
+    """Connection refused until the port opens, then never an empty model list for the client."""
+    # Even when the backend is slow to answer its first probes.
     edge_port, cp_port = free_port(), free_port()
     url = f"http://127.0.0.1:{edge_port}/v1/models"
     answers: list[list[str]] = []

@@ -106,8 +106,7 @@ async def test_cancelled_while_a_broken_streams_reader_ends_the_agent_stops(
     start_agent: AgentFactory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Cancelled while the reader of a stream it left is still ending, the agent stops: the
-    cancellation is not taken for the reader's own."""
+    """Cancelled while a left stream's reader ends, the agent stops: not taken for the reader's."""
     ending, release = asyncio.Event(), asyncio.Event()
     read = Reporter._read
 
@@ -140,8 +139,7 @@ async def test_cancelled_while_a_broken_streams_reader_ends_the_agent_stops(
 async def test_reconnects_to_next_replica_and_resumes(
     fake_server, recorder: RecordingControlPlane, start_agent: AgentFactory, failure: str
 ) -> None:
-    """When its replica dies, or answers nothing for the TTL (frozen), the agent registers at
-    the next one with resume_session_id."""
+    """If its replica dies or freezes, the agent registers at the next with resume_session_id."""
     recorder.lease_ttl = 3  # the silence limit, which Registered sets
     other = await RecordingControlPlane("rec-b").start()
     other.known_sessions = recorder.known_sessions  # one shared store, as with etcd
@@ -169,8 +167,7 @@ async def test_reconnects_to_next_replica_and_resumes(
 async def test_a_replica_that_only_says_received_is_not_left(
     fake_server, start_agent: AgentFactory
 ) -> None:
-    """ReportReceived (the store is slow) counts as a sign of life: through 5 heartbeats of
-    unacknowledged reports, past the 3 s silence limit, the agent keeps its one stream."""
+    """ReportReceived (slow store) is a sign of life: 5 unacked heartbeats keep the one stream."""
     rec = await RecordingControlPlane("rec-slow", lease_ttl=3).start()
     try:
         fake = await fake_server("vllm", models=["m"])

@@ -41,8 +41,7 @@ async def _code(call: object) -> grpc.StatusCode:
 
 
 async def test_bad_requests_are_refused_with_a_reason() -> None:
-    """Bad names, unknown teams, negative expiry or prices and unknown ids are refused, each
-    with the gRPC code that says what to fix."""
+    """Bad names, unknown teams or ids, negative expiry or prices: each a gRPC code saying why."""
     async with h.running(h.config()) as address, h.admin(address) as admin:
         invalid = grpc.StatusCode.INVALID_ARGUMENT
         assert await _code(admin.CreateTeam(gateway_pb2.CreateTeamRequest(name="a b"))) == invalid
@@ -65,8 +64,7 @@ async def test_bad_requests_are_refused_with_a_reason() -> None:
 
 
 async def test_only_the_digest_is_stored_and_streamed(etcd: EtcdCluster) -> None:
-    """etcd holds the secret's SHA-256, never the secret; the policy stream carries the same
-    digest, the key's team, models and expiry; lists never show the digest."""
+    """Only the SHA-256 is stored and streamed (with team, models, expiry); lists never show it."""
     cfg = h.etcd_config(etcd.endpoints)
     async with h.running(cfg) as address, h.admin(address) as admin:
         await admin.CreateTeam(gateway_pb2.CreateTeamRequest(name="search"))
@@ -106,8 +104,7 @@ async def test_only_the_digest_is_stored_and_streamed(etcd: EtcdCluster) -> None
 
 
 async def test_policy_versions_move_on_and_routing_does_not() -> None:
-    """A policy change gives a newer policy version and leaves the routing snapshot's version
-    alone; a replica asked for a version it has not reached answers once it has it."""
+    """Policy writes bump the policy version, not routing's; asking for a newer one waits for it."""
     async with h.running(h.config()) as address, h.admin(address) as admin:
         before = await _first_policy(address)
         routing = (await admin.ListBackends(admin_pb2.ListBackendsRequest())).version
@@ -118,8 +115,7 @@ async def test_policy_versions_move_on_and_routing_does_not() -> None:
 
 
 async def test_configured_prices_are_seeded_and_streamed() -> None:
-    """Prices from the config file are in the store at start-up, listed and streamed; an
-    unset cached-input price stays unset (the edge takes the input price)."""
+    """Config-file prices are seeded, listed, streamed; an unset cached-input price stays unset."""
     gateway = GatewayConfig(
         prices=(
             PriceConfig(model="llama-70b", input=0.5, output=1.5),
@@ -136,8 +132,7 @@ async def test_configured_prices_are_seeded_and_streamed() -> None:
 
 
 async def test_audit_names_who_and_keeps_the_newest() -> None:
-    """Aliases, drains, keys and prices are audited with the caller's token identity (a hash,
-    never the token); only the newest audit_limit entries are kept."""
+    """Alias, drain, key and price changes are audited by token hash; newest audit_limit kept."""
     cfg = h.config(
         admin_token=Secret("admin-s3cret"),
         gateway=GatewayConfig(audit_limit=4),
@@ -187,8 +182,7 @@ async def test_hosted_provider_changes_are_audited() -> None:
 
 
 async def test_the_policy_stream_needs_the_edge_token() -> None:
-    """PolicyService is behind the edge token, like RoutingService: none or the admin token
-    is refused; the edge token gets the policy."""
+    """PolicyService needs the edge token, like RoutingService: none or the admin token refused."""
     cfg = h.config(edge_token=Secret("edge-s3cret"), admin_token=Secret("admin-s3cret"))
     async with h.running(cfg) as address, grpc.aio.insecure_channel(address) as channel:
         stub = gateway_pb2_grpc.PolicyServiceStub(channel)

@@ -20,8 +20,7 @@ def _team(name: str) -> bytes:
 
 
 async def test_versions_follow_policy_writes_only() -> None:
-    """Each policy write gives a newer version holding it; writes elsewhere (routing, audit)
-    change nothing; an older listing never takes the view back."""
+    """Only policy writes make a newer version (holding them); older listings never roll it back."""
     async with MemoryStore() as store:
         view = PolicyView(store, LAYOUT)
         task = asyncio.create_task(view.run())

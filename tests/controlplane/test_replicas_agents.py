@@ -128,8 +128,7 @@ async def test_a_session_whose_lease_vanishes_is_ended_at_once(etcd: EtcdCluster
 async def test_the_real_agent_registers_again_when_its_lease_is_revoked(
     etcd: EtcdCluster,
 ) -> None:
-    """Session lease revoked under a live agent stream: the replica ends the stream, the agent
-    registers afresh, and its backend is back in snapshots under a new session."""
+    """A revoked session lease ends a live agent's stream; it re-registers, its backend returns."""
     import agent
     from corral.config import AgentConfig
     from tests.fakes import FakeServer

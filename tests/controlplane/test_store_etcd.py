@@ -240,8 +240,7 @@ async def test_a_refresh_of_a_lease_revoked_elsewhere_is_reported(etcd: EtcdClus
 
 
 async def test_one_shot_refreshes_move_off_a_frozen_member(etcd3: EtcdCluster) -> None:
-    """Refreshes left unanswered by a frozen member reopen the keepalive stream elsewhere,
-    within the stall limit, so a session lease refreshed by its agent's messages survives."""
+    """Unanswered refreshes move keepalive off a frozen member in the stall limit; leases live."""
     async with EtcdStore(leader_first(etcd3), stall_timeout=0.5) as store:
         session = await store.grant_lease(2, keep=False)
         start = await store.put(b"/s/session", b"1", lease=session)
@@ -274,8 +273,7 @@ async def test_one_shot_refreshes_move_off_a_frozen_member(etcd3: EtcdCluster) -
 
 
 async def test_frozen_member_is_left_behind(etcd3: EtcdCluster) -> None:
-    """A member that freezes (SIGSTOP: connections open, no answers) is abandoned by calls,
-    the watch and the keepalive stream; the kept lease survives and no event is lost."""
+    """A frozen (SIGSTOP) member is left by calls, watch, keepalive; lease kept, no event lost."""
     async with EtcdStore(leader_first(etcd3), probe_interval=0.5, stall_timeout=0.5) as store:
         kept = await store.grant_lease(2)
         start = await store.put(b"/z/kept", b"1", lease=kept)

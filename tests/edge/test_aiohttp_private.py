@@ -16,8 +16,7 @@ from tests.support.net import free_port
 
 
 def test_private_names_still_exist() -> None:
-    """StreamResponse._send_headers_immediately, AppRunner._make_server, Server._kwargs/_loop,
-    http_writer._serialize_headers (the lane's answers)."""
+    """The private aiohttp names the lane's answers use still exist."""
     assert isinstance(web.StreamResponse._send_headers_immediately, bool)
     assert _serialize_headers("HTTP/1.1 200 OK", {"A": "b"}) == b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n"
     with pytest.raises(ValueError):
@@ -38,8 +37,7 @@ def test_private_names_still_exist() -> None:
 def test_whole_response_is_a_web_response(
     status: int, body: bytes, headers: dict[str, str]
 ) -> None:
-    """whole_response makes what web.Response(status, body, headers) makes, attribute for
-    attribute, and keeps the multidict it was given."""
+    """whole_response makes what web.Response(status, body, headers) does, keeping its multidict."""
     given = CIMultiDict(headers)
     ours = whole_response(status, body, given)
     theirs = web.Response(status=status, body=body, headers=CIMultiDict(headers))
@@ -50,8 +48,7 @@ def test_whole_response_is_a_web_response(
 
 
 async def test_relay_headers_leave_with_the_first_chunk() -> None:
-    """A prepared RelayResponse sends nothing until its first write: headers and the first
-    chunk leave together (one segment, no delayed-ACK wait between them)."""
+    """A RelayResponse sends headers with its first chunk, in one segment (no delayed-ACK wait)."""
     prepared, go = asyncio.Event(), asyncio.Event()
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -88,10 +85,9 @@ async def test_relay_headers_leave_with_the_first_chunk() -> None:
 
 
 async def test_a_stream_prepares_with_what_the_lanes_request_gives() -> None:
-    """StreamResponse.prepare reads of its request only method, version, keep_alive,
-    _payload_writer and _prepare_hook, its writer uses only the transport, _paused and
-    _drain_helper of its protocol (edge/lane/stream.py gives those), and write_eof sets
-    _eof_sent (edge/lane/stream.py `ended`)."""
+    """StreamResponse.prepare, its writer and write_eof use only what edge/lane/stream.py gives."""
+    # Request: method, version, keep_alive, _payload_writer, _prepare_hook; protocol: transport,
+    # _paused, _drain_helper; write_eof sets _eof_sent (`ended`).
     from aiohttp.http_writer import HttpVersion11, StreamWriter
 
     written: list[bytes] = []

@@ -30,8 +30,7 @@ def _fakes() -> tuple[FakeServer, FakeServer]:
 async def test_sticky_per_conversation_across_the_alias(
     snapshots: SnapshotServer, start_edge: StartEdge
 ) -> None:
-    """Every turn of a conversation goes to the same backend, whichever type it is; the
-    conversations spread over both; each backend gets its own name for the model."""
+    """Conversations stick to one backend of either type, spread over both, each its model name."""
     async with running_fakes(*_fakes()) as (ollama_fake, vllm_fake):
         snapshots.publish(snapshot(1, [typed(ollama_fake), typed(vllm_fake)], aliases=ALIAS))
         running = await start_edge(snapshots)
@@ -67,8 +66,7 @@ async def test_sticky_per_conversation_across_the_alias(
 async def test_least_connections_spreads_across_the_alias(
     snapshots: SnapshotServer, start_edge: StartEdge
 ) -> None:
-    """Requests without a conversation (embeddings) held in flight split evenly between the
-    Ollama and the vLLM backend behind the alias."""
+    """Keyless requests held in flight split evenly between the alias's Ollama and vLLM backends."""
     async with running_fakes(*_fakes()) as (ollama_fake, vllm_fake):
         snapshots.publish(snapshot(1, [typed(ollama_fake), typed(vllm_fake)], aliases=ALIAS))
         running = await start_edge(snapshots)
@@ -101,8 +99,7 @@ async def test_least_connections_spreads_across_the_alias(
 async def test_alias_set_through_the_real_control_plane(
     etcd: EtcdCluster, start_edge: StartEdge, http: aiohttp.ClientSession
 ) -> None:
-    """An alias set with AdminService SetAlias (etcd store, real agents) shows up in the
-    edge's /v1/models and routes to the backends' own names."""
+    """An AdminService alias (etcd, real agents) is in /v1/models, routed to backends' own names."""
     # Agents report every second; a lease outlives three missed reports.
     cfg = h.etcd_config(etcd.endpoints, lease_ttl_seconds=6.0, heartbeat_interval_seconds=1.0)
     async with (

@@ -200,8 +200,7 @@ async def test_api_keys(
 async def test_full_backends_queue_then_429(
     http: aiohttp.ClientSession, snapshots: SnapshotServer, start_edge: StartEdge, fake: FakeServer
 ) -> None:
-    """At max concurrency a request waits in the queue and is served when a slot frees;
-    past the queue depth it is a 429 with Retry-After."""
+    """At max concurrency a request queues until a slot frees; past queue depth, 429 Retry-After."""
     snapshots.publish(snapshot(1, [from_fake(fake, max_concurrency=1)]))
     running = await start_edge(snapshots, queue_depth=1, queue_wait_seconds=30.0)
     await running.wait_version(1)

@@ -59,8 +59,7 @@ def three() -> tuple[FakeServer, FakeServer, FakeServer]:
 async def test_sticky_sessions_and_conversations(
     snapshots: SnapshotServer, start_edge: StartEdge
 ) -> None:
-    """A session header, or one conversation's turns, always reach the same backend;
-    many conversations spread over all backends."""
+    """A session or conversation always reaches one backend; many conversations spread over all."""
     async with running_fakes(*three()) as fakes:
         snapshots.publish(snapshot(1, [from_fake(f) for f in fakes]))
         running = await start_edge(snapshots)
@@ -138,8 +137,7 @@ async def test_sticky_spills_on_reported_load(
 async def test_least_connections_spreads_load(
     http: aiohttp.ClientSession, snapshots: SnapshotServer, start_edge: StartEdge
 ) -> None:
-    """Keyless requests (embeddings) go by power of two choices on load: never to the one
-    backend more loaded than all others."""
+    """Keyless requests go by power of two choices: never to the one backend busier than all."""
     async with running_fakes(*three()) as fakes:
         snapshots.publish(snapshot(1, [from_fake(f) for f in fakes]))
         running = await start_edge(snapshots)
@@ -163,8 +161,7 @@ async def test_least_connections_spreads_load(
 async def test_least_connections_counts_reported_load(
     http: aiohttp.ClientSession, snapshots: SnapshotServer, start_edge: StartEdge
 ) -> None:
-    """A backend whose agent reports a deep queue gets no keyless traffic while others are
-    lighter."""
+    """A backend reporting a deep queue gets no keyless traffic while the others are lighter."""
     async with running_fakes(*three(), FakeServer("vllm", [MODEL], "busy")) as fakes:
         *idle, busy = fakes
         snapshots.publish(

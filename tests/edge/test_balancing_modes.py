@@ -74,8 +74,7 @@ async def test_sticky_is_the_default(snapshots: SnapshotServer, start_edge: Star
 
 
 async def test_round_robin_respects_tiers_capacity_and_ejection() -> None:
-    """round-robin stays in the best tier, skips full and ejected backends, and rotates
-    per model."""
+    """round-robin stays in the best tier, skips full and ejected backends, rotates per model."""
     config = EdgeConfig(balancing="round-robin")
     balancer = Balancer(config)
     balancer.apply(
@@ -124,8 +123,7 @@ ALIAS = {"friendly": ["upstream/name-7b"]}
 async def test_alias_answers_name_the_requested_model(
     snapshots: SnapshotServer, start_edge: StartEdge
 ) -> None:
-    """Through an alias, non-streaming and streaming answers carry the model the client asked
-    for while the backend got its own name; direct requests are untouched."""
+    """Alias answers (whole, streamed) name the asked model, not the backend's; direct untouched."""
     async with running_fakes(FakeServer("vllm", ["upstream/name-7b"], "v")) as (fake,):
         fake.stream_chunks = 4
         snapshots.publish(snapshot(1, [from_fake(fake)], aliases=ALIAS))
@@ -179,9 +177,8 @@ def test_renamer_handles_events_split_anywhere() -> None:
 
 
 async def test_shared_deadlines_expire_in_order_and_only_their_task() -> None:
-    """Deadlines of two lengths share one timer: each expires its own task (as TimeoutError
-    through timed_out), a pushed deadline moves later, a closed one never fires, and a
-    client's cancellation stays a cancellation."""
+    """Deadlines of two lengths share one timer: each times out only its own task, in order."""
+    # A pushed deadline moves later, a closed one never fires, a cancellation stays one.
     from edge.deadlines import Deadlines
 
     deadlines = Deadlines()

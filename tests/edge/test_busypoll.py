@@ -74,8 +74,7 @@ async def test_a_window_ends_by_itself_and_a_touch_opens_it_again() -> None:
 
 
 def test_off_by_default_and_bounded() -> None:
-    """0 (the default) is off; a negative window or one beyond the bound is a config error,
-    from a file or variable as from code."""
+    """0 (default) is off; a negative or over-bound window is a config error, file, env or code."""
     assert EdgeConfig().busy_poll_us == 0 and busy_poll(0) is None
     assert load(config_file=None, environ={"CORRAL_EDGE_BUSY_POLL_US": "200"}).edge.busy_poll_us
     for wrong in (-1, BUSY_POLL_MAX_US + 1):
@@ -97,8 +96,7 @@ async def test_the_lane_and_the_fast_client_touch_on_every_read(
     fake: FakeServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A lane edge with busy polling answers whole and streamed requests, its poller touched
-    by the client's read and the backend's; it stops polling when the edge stops."""
+    """A busy-polling lane edge serves whole and streamed, polled on each read; stops with it."""
     touched: list[BusyPoll] = []
     original = BusyPoll.touch
 

@@ -95,8 +95,7 @@ async def watch(channel: ControlPlaneChannel, token: str = TOKEN) -> list[int]:
 
 @pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])
 async def test_stream_over_tls_carries_the_token(tmp_path: Path, mutual: bool) -> None:
-    """A server stream over TLS (mutual: with the client certificate) delivers every reply
-    in order, and the server sees the bearer token."""
+    """A server stream over mutual TLS delivers every reply in order; the server sees the token."""
     tls = make_tls_files(tmp_path)
     context = tls_context(
         ca_file=str(tls.ca),
@@ -109,8 +108,7 @@ async def test_stream_over_tls_carries_the_token(tmp_path: Path, mutual: bool) -
 
 
 async def test_tls_refusals_are_unavailable(tmp_path: Path) -> None:
-    """A server certificate from another CA, a missing client certificate under mutual
-    TLS and plaintext to a TLS port all fail as UNAVAILABLE, before any reply."""
+    """Foreign-CA server cert, no client cert in mTLS, plaintext to TLS: UNAVAILABLE, no reply."""
     tls = make_tls_files(tmp_path / "ours")
     other = make_tls_files(tmp_path / "other")
     async with serving(tls, mutual=True) as (address, routing):
@@ -139,8 +137,7 @@ async def test_status_and_refused_connection() -> None:
 
 
 async def test_unary_answer_and_deadline() -> None:
-    """A unary call returns the server's reply; one the server does not answer within the
-    time given fails as DEADLINE_EXCEEDED, and the channel serves the next call."""
+    """A unary call gets its reply; one unanswered is DEADLINE_EXCEEDED, the channel serves on."""
     request = traffic_pb2.ReportTrafficRequest(
         edge_id="e1", slices=[traffic_pb2.TrafficSlice(seq=7)]
     )
@@ -161,8 +158,7 @@ async def test_unary_answer_and_deadline() -> None:
 
 
 async def test_keepalive_ends_a_stream_to_a_frozen_peer() -> None:
-    """A peer that accepts the connection and then says nothing (a frozen control plane)
-    fails the stream as UNAVAILABLE once a keepalive ping goes unanswered."""
+    """A peer that accepts then goes silent fails the stream UNAVAILABLE on an unanswered ping."""
     accepted = asyncio.Event()
 
     async def frozen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -244,8 +240,7 @@ class FreezableRelay:
 
 
 async def test_keepalive_keeps_pinging_after_the_first_ping() -> None:
-    """Pings go on at every keepalive interval, so a connection that dies long after it opened
-    (after several answered pings) still fails its stream as UNAVAILABLE."""
+    """Pings go on every keepalive interval: a connection dying long after fails UNAVAILABLE."""
     permissive = (
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 50),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -274,8 +269,7 @@ async def test_keepalive_keeps_pinging_after_the_first_ping() -> None:
 
 
 async def test_a_call_on_a_connection_just_closed_is_unavailable() -> None:
-    """A call started between grpclib closing a connection (keepalive timeout) and the loop
-    reporting it lost fails as UNAVAILABLE, for streams and unary calls alike."""
+    """A call between grpclib closing a connection and its loss is UNAVAILABLE, stream or unary."""
     # The calls' own tasks (_unary, _replies) run here: the public methods start them a loop
     # turn later, when the loss is reported already; a call task that was due to run when the
     # keepalive closed the connection still meets this.
@@ -308,8 +302,7 @@ async def test_a_call_on_a_connection_just_closed_is_unavailable() -> None:
 
 
 def test_tls_files_are_checked() -> None:
-    """No CA and no certificate is plaintext; a certificate without its key, or a file that
-    cannot be read, is a TLSFileError naming the problem."""
+    """No CA and no cert is plaintext; a cert without key or unreadable file is a TLSFileError."""
     assert tls_context(ca_file=None, cert_file=None, key_file=None) is None
     with pytest.raises(TLSFileError, match="go together"):
         tls_context(ca_file=None, cert_file="/nonexistent.crt", key_file=None)

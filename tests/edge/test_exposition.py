@@ -54,8 +54,7 @@ def _counters_and_gauges(counter: Any, gauge: Any, registry: Any) -> None:
 
 
 def test_page_is_prometheus_clients_line_for_line() -> None:
-    """Counters with and without labels, gauges set and read from a function, and a histogram
-    render exactly as prometheus_client renders them (creation times aside)."""
+    """Counters, gauges, a histogram render as prometheus_client's line for line, _created aside."""
     observed = [0.001, 0.05, 0.05, 1.0, 7.0, 1000.0]
     theirs = CollectorRegistry()
     _counters_and_gauges(PromCounter, PromGauge, theirs)
@@ -81,8 +80,7 @@ def test_values_are_written_as_go_writes_them(value: float) -> None:
 
 
 def test_edge_metrics_page_parses_back() -> None:
-    """An EdgeMetrics page after a few requests reads back, through Prometheus' parser, as
-    the counts and histogram that were recorded."""
+    """An EdgeMetrics page reads back via Prometheus' parser as the counts and histogram it had."""
     metrics = EdgeMetrics()
     metrics.request("m", "b1", 200, "chat", 0.02)
     metrics.request("m", "b1", 200, "chat", 3.0)

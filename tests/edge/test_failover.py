@@ -76,8 +76,7 @@ async def test_killed_backend_under_load_loses_nothing(
 async def test_errors_are_retried_and_the_backend_ejected(
     snapshots: SnapshotServer, start_edge: StartEdge
 ) -> None:
-    """5xx before any byte is retried elsewhere (route 'retry'); after eject_after_failures
-    in a row the backend gets no traffic, and comes back after the ejection."""
+    """A 5xx before any byte is retried; eject_after_failures in a row ejects it for a while."""
     async with running_fakes(*three()) as fakes:
         bad = fakes[0]
         bad.mode = "error"
@@ -190,8 +189,7 @@ async def test_stream_cut_midway_ends_with_error_event(
 async def test_client_disconnect_cancels_upstream(
     http: aiohttp.ClientSession, snapshots: SnapshotServer, start_edge: StartEdge
 ) -> None:
-    """A client hanging up mid-stream, or while waiting for an answer, cancels the upstream
-    request so the backend stops working for nobody."""
+    """A client hanging up mid-stream or while waiting cancels the upstream request."""
     async with running_fakes(FakeServer("vllm", [MODEL], "a")) as (fake,):
         fake.stream_chunks = 50
         fake.chunk_delay = 0.05
@@ -221,8 +219,7 @@ async def test_client_disconnect_cancels_upstream(
 async def test_requests_waiting_on_a_backend_that_goes_down_move(
     snapshots: SnapshotServer, start_edge: StartEdge
 ) -> None:
-    """A request waiting for its first byte from a backend that its agent reports down is
-    retried elsewhere at once, not at the time-to-first-byte deadline."""
+    """A request awaiting a first byte moves once its backend is reported down, not at TTFB."""
     async with running_fakes(
         FakeServer("vllm", [MODEL], "a"), FakeServer("vllm", [MODEL], "b")
     ) as (
@@ -247,8 +244,7 @@ async def test_requests_waiting_on_a_backend_that_goes_down_move(
 async def test_backend_that_lost_the_model_is_skipped(
     snapshots: SnapshotServer, start_edge: StartEdge
 ) -> None:
-    """A backend answering 404 for a model the snapshot still lists (stale snapshot) is
-    skipped for one that has it."""
+    """A backend 404ing a model a stale snapshot still lists is skipped for one that has it."""
     async with running_fakes(
         FakeServer("vllm", [MODEL], "stale"), FakeServer("vllm", [MODEL], "fresh")
     ) as (stale, fresh):

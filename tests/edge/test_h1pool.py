@@ -332,8 +332,7 @@ def test_on_uvloop() -> None:
 
 
 async def test_relayed_headers_leave_out_hop_by_hop(pool: Pool) -> None:
-    """The headers a client gets relayed: the backend's, in order, without the framing and
-    hop-by-hop ones the edge's server sets for its own answer."""
+    """Relayed headers: the backend's, in order, minus framing and hop-by-hop ones the edge sets."""
 
     up, body = await fetch_once(
         pool,
@@ -352,8 +351,7 @@ async def test_relayed_headers_leave_out_hop_by_hop(pool: Pool) -> None:
 
 
 async def test_extra_bytes_after_an_answer_do_not_reach_the_next(pool: Pool) -> None:
-    """A backend that sends the start of another answer after a whole one: the next request
-    on the connection is parsed from a clean start, not from those bytes."""
+    """Bytes a backend sends after a whole answer are not parsed into the next request's answer."""
 
     async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
@@ -377,8 +375,7 @@ async def test_extra_bytes_after_an_answer_do_not_reach_the_next(pool: Pool) -> 
 
 
 async def test_trailers_are_not_headers(pool: Pool) -> None:
-    """A chunked answer's trailers neither join its headers nor its relayed ones, read
-    before or after them."""
+    """Trailers join neither an answer's headers nor its relayed ones, read before or after them."""
 
     up, body = await fetch_once(
         pool,

@@ -36,8 +36,8 @@ SENT = {
 async def test_allowed_headers_reach_the_backend_and_nothing_else(
     snapshots: SnapshotServer, start_edge: StartEdge, http: aiohttp.ClientSession
 ) -> None:
-    """Tracing, request id, OpenAI org/project and Anthropic version/beta pass as sent;
-    User-Agent gets Corral's token; the client's key, cookies and unlisted headers do not."""
+    """Allowed headers pass as sent, User-Agent gets Corral's token; key, cookies, others do not."""
+    # Allowed: tracing, request id, OpenAI org/project, Anthropic version/beta.
     async with running_fakes(FakeServer("vllm", [MODEL], "b1")) as (fake,):
         snapshots.publish(snapshot(1, [from_fake(fake)]))
         running = await start_edge(snapshots, api_keys=(Secret("client-key"),))
@@ -87,8 +87,7 @@ async def test_the_list_is_configurable(
 async def test_forwarded_values_keep_the_clients_bytes(
     snapshots: SnapshotServer, start_edge: StartEdge
 ) -> None:
-    """A header value that is not ASCII (UTF-8, or not even that) reaches the backend as
-    the client's bytes, through the lane and the fast client."""
+    """Non-ASCII header values reach the backend as the client's bytes, via lane and fast client."""
     async with running_fakes(FakeServer("vllm", [MODEL], "b1")) as (fake,):
         snapshots.publish(snapshot(1, [from_fake(fake)]))
         running = await start_edge(snapshots)
@@ -111,8 +110,7 @@ async def test_forwarded_values_keep_the_clients_bytes(
 
 
 def test_forwarding_forms_agree() -> None:
-    """The multidict for aiohttp's client and the header lines for the fast client carry
-    the same headers; a header the backend's own set already has is not forwarded."""
+    """aiohttp's multidict and fast client's lines agree; headers the backend sets aren't sent."""
     forward = Forwarding(HeadersConfig())
     incoming = CIMultiDictProxy(CIMultiDict(SENT))
     base = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json", "tracestate": "x"}))
@@ -159,8 +157,7 @@ ORIGIN = "https://app.example.com"
 async def test_cors_preflight_and_exposed_headers(
     snapshots: SnapshotServer, start_edge: StartEdge, http: aiohttp.ClientSession
 ) -> None:
-    """An allowed origin's preflight is answered at the edge (no key needed); its requests
-    get Allow-Origin and see X-Corral-*; another origin is refused."""
+    """Allowed origin: keyless preflight, Allow-Origin, X-Corral-* exposed; others refused."""
     async with running_fakes(FakeServer("vllm", [MODEL], "b1")) as (fake,):
         snapshots.publish(snapshot(1, [from_fake(fake)]))
         running = await start_edge(

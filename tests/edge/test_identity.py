@@ -47,8 +47,7 @@ def _refusal(table: KeyTable, headers: CIMultiDictProxy[str]) -> ApiError:
 
 
 def test_either_sha256_gives_the_policy_digest() -> None:
-    """Whichever SHA-256 the CPU makes the edge pick, a key hashes to what the control plane
-    stored (hashlib's), and digest() uses the one picked."""
+    """Whichever SHA-256 the CPU picks, a key hashes as hashlib does, and digest() uses that one."""
     secrets = ["sk-corral-" + "x" * 50, "k", "sk-\udcff-surrogate", "é" * 40]
     for has_sha in (True, False):
         sha256 = _fastest_sha256(has_sha)
@@ -59,8 +58,7 @@ def test_either_sha256_gives_the_policy_digest() -> None:
 
 
 def test_a_key_in_any_spelling_of_its_header() -> None:
-    """The Bearer scheme in any case and spacing, x-api-key in any case, and a key with
-    bytes that are not UTF-8 (hashed as they were sent) all find their key."""
+    """Bearer in any case or spacing, x-api-key in any case, non-UTF-8 keys: all find their key."""
     odd = "sk-\udcff-odd"
     table = KeyTable(EdgeConfig())
     table.apply(
@@ -95,8 +93,7 @@ def test_open_until_a_key_exists() -> None:
 
 
 def test_each_refusal_says_why() -> None:
-    """Unknown, revoked, disabled and expired keys are 401s with their own messages; a good
-    key gives its identity, by Bearer or x-api-key."""
+    """Unknown, revoked, disabled, expired keys: 401s saying why; a good key passes either way."""
     table = KeyTable(EdgeConfig())
     past = int((time.time() - 5) * 1000)
     future = int((time.time() + 3600) * 1000)
@@ -145,8 +142,7 @@ def test_revoking_every_key_keeps_keys_required() -> None:
 
 
 def test_static_keys_and_a_pending_policy() -> None:
-    """Static api_keys are the default team's; until the policy comes, other keys get 503
-    (not let in), static ones work."""
+    """Static api_keys are the default team's and work; other keys get 503 until policy comes."""
     table = KeyTable(EdgeConfig(api_keys=(Secret("sk-static"),)))
     table.wait_for_policy()
     identity = table.check(_bearer("sk-static"))
@@ -162,8 +158,7 @@ def test_static_keys_and_a_pending_policy() -> None:
 async def test_a_restarted_edge_enforces_the_persisted_policy(
     start_edge: StartEdge, tmp_path: Path
 ) -> None:
-    """With its control plane gone, a restarted edge still knows the keys it had: the good one
-    works, none and revoked ones are refused; the file holds digests, not secrets."""
+    """A restarted edge, control plane gone, enforces persisted keys; the file holds digests."""
     address = f"127.0.0.1:{free_port()}"
     ready = asyncio.Event()
     task = asyncio.create_task(
@@ -221,8 +216,7 @@ def test_require_keys_from_flag_and_file(tmp_path: Path) -> None:
 
 
 def test_the_bench_policy_is_one_the_edge_accepts() -> None:
-    """bench/policy_server.py's keys are accepted by their secrets (bench keys measures a real
-    lookup), and nothing else is."""
+    """bench/policy_server.py's keys pass by their secrets (real lookups for bench), no others."""
     from bench.policy_server import policy, secret
 
     table = KeyTable(EdgeConfig())

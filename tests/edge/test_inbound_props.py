@@ -86,8 +86,8 @@ def test_near_valid_bodies(endpoint: Endpoint, body: dict[str, Any]) -> None:
 
 @given(near_valid)
 def test_the_first_wrong_field_in_the_lists_order_is_named(body: dict[str, Any]) -> None:
-    """Whatever the body's key order, the 400 names the first wrong optional field in the
-    endpoint's list (the fast path over the body's own keys agrees with the full walk)."""
+    """Whatever the key order, the 400 names the first wrong optional field in the endpoint list."""
+    # The fast path over the body's own keys agrees with the full walk.
     body = {"model": "m", "messages": [{"role": "user"}], **body}
     body["model"], body["messages"] = "m", [{"role": "user"}]
     wrong = [n for n, c in CHAT.optional.items() if body.get(n) is not None and not c(body[n])]

@@ -37,8 +37,7 @@ async def _refused_after(
 async def test_revocation_reaches_three_edges_within_a_second(
     etcd: EtcdCluster, start_edge: StartEdge, http: aiohttp.ClientSession
 ) -> None:
-    """Keys revoked through one replica are refused by all three edges (following either
-    replica) within 1 s, every time; the slowest of all rounds is the bound checked."""
+    """Keys revoked via one replica are refused by all three edges within 1 s, in every round."""
     first = h.etcd_config(etcd.endpoints, replica_id="cp-a")
     second = h.etcd_config(etcd.endpoints, replica_id="cp-b")
     async with h.running(first) as cp_a, h.running(second) as cp_b:

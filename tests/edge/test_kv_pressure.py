@@ -48,8 +48,8 @@ def test_factor_doubles_halfway_to_full() -> None:
 
 @given(usage, usage)
 def test_same_level_means_factors_close(a: float, b: float) -> None:
-    """Two usages on one written level give factors within the level's span (writes skipped
-    between levels change the edge's factor at most that much)."""
+    """Two usages on one written level give factors within the level's span."""
+    # Writes skipped between levels change the edge's factor at most that much.
     if kv_level(a) != kv_level(b):
         return
     level = kv_level(a)
@@ -72,8 +72,7 @@ def test_backend_load_counts_the_factor(reported: int, inflight: int, value: flo
 
 
 def test_llamacpp_slots_not_kv_use_say_how_busy_it_is() -> None:
-    """A server reporting slots counts its load once whatever its KV use; a nearly full one
-    has no free slot."""
+    """A server reporting slots counts load once, whatever its KV use; nearly full, no free slot."""
     message = backend("a", "http://127.0.0.1/a", [MODEL], running=1)
     message.status.models[0].metadata["total_slots"] = "4"
     message.status.load.kv_cache_usage = 0.95
@@ -105,8 +104,8 @@ def new_conversations(balancing: str, full_kv: float | None) -> Counter[str]:
 
 
 def test_nearly_full_backend_gets_fewer_new_conversations() -> None:
-    """Sticky and least-connections send a backend with a 95 % full KV cache far fewer new
-    conversations than each peer (under half), and a third of them when it reports no KV use."""
+    """A 95 % KV-full backend gets under half a peer's new conversations (sticky and least-conn)."""
+    # Reporting no KV use, it gets a third of them.
     for balancing in ("sticky", "least-connections"):
         pressured = new_conversations(balancing, 0.95)
         assert 2 * pressured["a"] < min(pressured["b"], pressured["c"]), balancing

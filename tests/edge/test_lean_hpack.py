@@ -40,8 +40,8 @@ def _outcome(decode: Decoder, data: bytes) -> bytes | str:
 
 
 def test_same_answers_as_hpacks_table() -> None:
-    """Encoded random strings decode back; random and crafted bytes give the same bytes or
-    the same refusal (EOS inside, padding of 8 or more bits, padding not all ones)."""
+    """Strings round-trip; random and crafted bytes decode or are refused as hpack's table does."""
+    # Refusals: EOS inside, padding of 8 or more bits, padding not all ones.
     theirs = _hpack_own()
     encoder = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
     rng = random.Random(7)
@@ -58,8 +58,7 @@ def test_same_answers_as_hpacks_table() -> None:
 
 
 def test_installed_before_hpack_it_replaces_the_table() -> None:
-    """A fresh interpreter that installs it first: h2's decoder uses it, hpack's table module
-    never loads, and Huffman-coded headers still round-trip through h2's HPACK."""
+    """Installed first: h2 uses it, hpack's table module never loads, Huffman headers round-trip."""
     code = """
 import sys
 from edge import lean_hpack

@@ -45,9 +45,8 @@ SYSTEM_MIME = "import mimetypes; mimetypes.init(); print(len(mimetypes.types_map
 
 
 def test_roots_load_on_first_connection_and_mime_table_on_first_guess() -> None:
-    """In a fresh interpreter: aiohttp's verified context holds no roots until its first
-    https connection, then every system root, verifying; the unverified one (CERT_NONE)
-    never holds any; the system's MIME table is read on the first guess, not at import."""
+    """Fresh interpreter: TLS roots load on the first https connection, MIME on the first guess."""
+    # The unverified (CERT_NONE) context never holds any roots.
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     found = json.loads(out.stdout)

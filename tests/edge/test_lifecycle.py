@@ -56,8 +56,7 @@ async def test_shutdown_lets_inflight_requests_finish(
 async def test_shutdown_is_bounded_by_the_grace(
     http: aiohttp.ClientSession, snapshots: SnapshotServer, start_edge: StartEdge
 ) -> None:
-    """A request that never ends does not keep the edge alive past its grace period, and
-    the backend sees the request cancelled."""
+    """A never-ending request can't keep the edge past its grace; the backend sees it cancelled."""
     async with running_fakes(FakeServer("vllm", [MODEL], "a")) as (fake,):
         snapshots.publish(snapshot(1, [from_fake(fake)]))
         running = await start_edge(snapshots, shutdown_grace_seconds=0.3)

@@ -192,8 +192,7 @@ def stream_shape(items: list[Any]) -> list[Any]:
 async def test_chat_stream_and_usage_through_the_edge_agree(
     edges: dict[str, RunningEdge], client: aiohttp.ClientSession
 ) -> None:
-    """Chat, streams with and without usage, and cached-token counts look alike through an
-    edge, on one kept-alive upstream connection after streams."""
+    """Chat, streams with or without usage, cached tokens look alike via an edge, one connection."""
     seen: dict[str, list[Any]] = {}
     for side, running in edges.items():
         url = f"{running.url}/v1/chat/completions"

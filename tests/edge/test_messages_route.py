@@ -73,8 +73,7 @@ async def edge_for(
 async def test_native_and_translated_backends(
     snapshots: SnapshotServer, start_edge: StartEdge
 ) -> None:
-    """Plain and streamed messages: a native backend gets /v1/messages, another gets the
-    OpenAI translation, and the SDK reads both answers the same way."""
+    """Plain and streamed messages: native backends get /v1/messages, others OpenAI translation."""
     async with running_fakes(
         FakeServer("llamacpp", ["native-m"], "llamacpp-n", anthropic_native=True),
         FakeServer("vllm", ["openai-m"], "vllm-t"),
@@ -118,8 +117,7 @@ async def test_native_and_translated_backends(
 async def test_tool_use_round_trip(
     snapshots: SnapshotServer, start_edge: StartEdge, native: bool
 ) -> None:
-    """A tool call comes back as a tool_use block (plain and streamed), and the tool result
-    sent back gets the final text answer."""
+    """A tool call comes back as tool_use (plain, streamed); the tool result gets the final text."""
     async with running_fakes(FakeServer("vllm", ["m"], "vllm-a", anthropic_native=native)) as (
         fake,
     ):
@@ -165,8 +163,7 @@ async def test_tool_use_round_trip(
 async def test_errors_are_anthropic_shaped(
     snapshots: SnapshotServer, start_edge: StartEdge, http: aiohttp.ClientSession
 ) -> None:
-    """Unknown model, bad body, missing key and a backend error all come back in Anthropic's
-    error shape, which the SDK raises as its own exception types."""
+    """Unknown model, bad body, no key, backend errors: Anthropic-shaped, the SDK's exceptions."""
     async with running_fakes(FakeServer("vllm", ["m"], "vllm-a")) as (fake,):
         running = await edge_for(
             snapshots, start_edge, [typed(fake)], api_keys=(Secret("sk-edge"),)
@@ -210,8 +207,7 @@ async def test_errors_are_anthropic_shaped(
 async def test_failover_when_a_backend_is_dead(
     snapshots: SnapshotServer, start_edge: StartEdge
 ) -> None:
-    """With one of two backends dead, every message (plain and streamed, whichever backend
-    its conversation would stick to) is answered by the live one."""
+    """With one of two backends dead, the live one answers every message, plain and streamed."""
     async with running_fakes(
         FakeServer("vllm", ["m"], "vllm-a"),
         FakeServer("llamacpp", ["m"], "llamacpp-b", anthropic_native=True),
@@ -232,8 +228,7 @@ async def test_failover_when_a_backend_is_dead(
 async def test_alias_across_native_and_translated(
     snapshots: SnapshotServer, start_edge: StartEdge
 ) -> None:
-    """An alias spanning a native and a translating backend: each gets its own model name,
-    conversations stick to one backend, and both backends get conversations."""
+    """An alias over native and translating backends: own model names, sticky, both get some."""
     async with running_fakes(
         FakeServer("ollama", ["gemma3:4b"], "ollama-a", anthropic_native=True),
         FakeServer("vllm", ["google/gemma-3-4b-it"], "vllm-b"),
@@ -285,8 +280,7 @@ async def test_alias_across_native_and_translated(
 async def test_stream_cut_midway_ends_with_error_event(
     snapshots: SnapshotServer, start_edge: StartEdge, native: bool
 ) -> None:
-    """A backend dying mid-stream is not retried: the SDK gets an Anthropic `error` event
-    and raises, rather than taking a short answer for a whole one."""
+    """A backend dying mid-stream isn't retried: the SDK gets an Anthropic `error` event, raises."""
     async with running_fakes(
         FakeServer("vllm", ["m"], "a", anthropic_native=native),
         FakeServer("vllm", ["m"], "b", anthropic_native=native),
@@ -311,9 +305,7 @@ async def test_stream_cut_midway_ends_with_error_event(
 
 
 async def test_agents_learn_who_speaks_messages(etcd: EtcdCluster, start_edge: StartEdge) -> None:
-    """Through the real control plane (etcd) and real agents: the agent of a backend that
-    answers /v1/messages reports it, and the edge forwards Messages to it natively while it
-    translates for the other."""
+    """Agents report backends that speak Messages; the edge goes native to them, else translates."""
     # Agents report every second; a lease outlives three missed reports.
     cfg = h.etcd_config(etcd.endpoints, lease_ttl_seconds=6.0, heartbeat_interval_seconds=1.0)
     async with (
@@ -354,8 +346,8 @@ async def test_agents_learn_who_speaks_messages(etcd: EtcdCluster, start_edge: S
 async def test_max_tokens_capped_to_the_context(
     snapshots: SnapshotServer, start_edge: StartEdge, native: bool
 ) -> None:
-    """A client asking for more tokens than the backend's context leaves after the prompt
-    (Claude Code asks for 32,000) gets the rest of the context instead of a refusal."""
+    """Asking more tokens than the context leaves after the prompt gets the rest, not a refusal."""
+    # Claude Code asks for 32,000.
     async with running_fakes(FakeServer("vllm", ["small"], "vllm-a", anthropic_native=native)) as (
         fake,
     ):

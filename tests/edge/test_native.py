@@ -28,8 +28,7 @@ def test_the_request_path_is_compiled_here() -> None:
 
 
 def test_libraries_export_only_their_init_and_pack_relocations() -> None:
-    """Each compiled library's dynamic symbols are its PyInit_ function alone, and its
-    relative relocations are packed (DT_RELR): what edge/native_build.py links them with."""
+    """Each compiled library exports only its PyInit_ and packs relative relocations (DT_RELR)."""
     assert native.STATE.build is not None, native.STATE.reason
     libraries = sorted(native.STATE.build.rglob(f"*{SUFFIX}"))
     assert len(libraries) == len(native.MODULES) + 1  # one shared C library

@@ -16,8 +16,7 @@ from tests.fakes import FakeServer, running_fakes
 
 
 async def test_official_ollama_client(snapshots: SnapshotServer, start_edge: StartEdge) -> None:
-    """list and ps merged across Ollama backends; chat (plain, NDJSON stream, alias) routed by
-    model to Ollama backends only; show and version pass; unknown models 404; pull is 403."""
+    """Ollama SDK: list/ps merged, chat to Ollama only, show/version pass; unknown 404, pull 403."""
     async with running_fakes(
         FakeServer("ollama", ["gemma4:4b", "llama3:latest"], "ollama-a"),
         FakeServer("ollama", ["qwen3:8b", "gemma4:4b"], "ollama-b"),
@@ -94,8 +93,7 @@ async def test_official_ollama_client(snapshots: SnapshotServer, start_edge: Sta
 async def test_openai_style_servers(
     snapshots: SnapshotServer, start_edge: StartEdge, http: aiohttp.ClientSession
 ) -> None:
-    """/vllm, /sglang, /llamacpp, /lmstudio reach only backends of their type: inference by
-    model (streams included), reads of server-specific endpoints; admin writes are 403."""
+    """/vllm, /sglang, /llamacpp, /lmstudio reach only their type's backends; admin writes 403."""
     model = "Qwen/Qwen3-8B"
     async with running_fakes(
         FakeServer("vllm", [model], "vllm-a"),
@@ -156,8 +154,7 @@ async def test_openai_style_servers(
 async def test_no_backend_of_the_type(
     snapshots: SnapshotServer, start_edge: StartEdge, http: aiohttp.ClientSession
 ) -> None:
-    """A model served only by other server types is a 404 on a type's prefix, in its shape;
-    a request without a model, with no backend of the type at all, is a 503."""
+    """A model only on other types: 404 in the prefix's shape; no model and no such backend: 503."""
     async with running_fakes(FakeServer("vllm", ["m"], "vllm-a")) as (fake,):
         snapshots.publish(snapshot(1, [typed(fake)]))
         running = await start_edge(snapshots)
@@ -176,8 +173,7 @@ async def test_no_backend_of_the_type(
 
 
 async def test_ollama_stream_cut_midway(snapshots: SnapshotServer, start_edge: StartEdge) -> None:
-    """An Ollama backend dying mid-stream ends the NDJSON stream with an error line, which
-    the official client raises as ResponseError."""
+    """An Ollama backend dying mid-stream ends NDJSON with an error line: ResponseError raised."""
     async with running_fakes(FakeServer("ollama", ["gemma4:4b"], "ollama-a")) as (fake,):
         fake.stream_chunks = 20
         fake.chunk_delay = 0.05
@@ -218,8 +214,7 @@ async def test_admin_writes_never_reach_a_backend(
     method: str,
     path: str,
 ) -> None:
-    """Writes outside inference paths, dot segments and queries included, are refused at
-    the edge (403, or 404 for an unknown Ollama path) and never forwarded."""
+    """Non-inference writes (dot segments, queries too) get 403 or 404, and are never forwarded."""
     async with running_fakes(
         FakeServer("vllm", ["m"], "vllm-a"), FakeServer("ollama", ["g:1b"], "ollama-b")
     ) as fakes:

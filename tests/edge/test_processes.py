@@ -107,8 +107,7 @@ async def backend_of(client: AsyncOpenAI, **kwargs: Any) -> str:
 async def test_two_edges_agree_on_sticky_backends(
     snapshots: SnapshotServer, spawn: Callable[..., EdgeProcess]
 ) -> None:
-    """Two separate edge processes send each session and each conversation to the same
-    backend, without talking to each other."""
+    """Two edge processes send each session and conversation to one backend, without talking."""
     fakes = [FakeServer("vllm", [MODEL], name) for name in ("a", "b", "c", "d")]
     async with running_fakes(*fakes), aiohttp.ClientSession() as http:
         snapshots.publish(snapshot(1, [from_fake(f) for f in fakes]))
@@ -233,8 +232,7 @@ async def test_workers_default_to_the_cores_it_may_run_on(
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_taken_port_is_a_clear_error(tmp_path: Path, workers: str) -> None:
-    """An edge that cannot bind its port exits 1 with a clear message, also with workers
-    (the supervisor gives up on a crash loop instead of restarting forever)."""
+    """An edge that can't bind its port exits 1 with a clear message, with workers too (no loop)."""
     import socket
 
     with socket.socket() as taken:

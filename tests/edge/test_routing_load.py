@@ -193,8 +193,8 @@ def test_overload_still_spills_within_bound() -> None:
 def test_a_busy_home_with_slots_keeps_up_to_the_busy_bound(
     key: bytes, loads: list[int], slots: int, busy_eps: float
 ) -> None:
-    """A home reporting slots keeps the request up to (1 + busy_eps) x average; one that does
-    not, up to (1 + eps); a spill goes to a backend with a free slot or within (1 + eps)."""
+    """A home with slots keeps requests to (1 + busy_eps) x average, one without to (1 + eps)."""
+    # A spill goes to a backend with a free slot or within (1 + eps).
     states = [state(f"b{i}", slots=slots, reported=v) for i, v in enumerate(loads)]
     found = sticky_choice(key, states, states, 0.25, busy_eps)
     assert found is not None

@@ -60,8 +60,7 @@ async def edge_over_every_type(start_edge: StartEdge, http: aiohttp.ClientSessio
 
 
 async def test_every_type_answers_the_openai_sdk_through_the_edge(edge_over_every_type) -> None:
-    """Chat (whole and streamed) for each type's model reaches that server, at the path
-    its API lives under (Docker Model Runner's /engines, Lemonade's /api)."""
+    """Chat, whole and streamed, reaches each type's server at its API path (/engines, /api too)."""
     edge, fakes = edge_over_every_type
     client = edge.client()
     for kind, fake in fakes.items():
@@ -83,9 +82,7 @@ async def test_every_type_answers_the_openai_sdk_through_the_edge(edge_over_ever
 async def test_native_prefixes_reach_each_types_own_api(
     edge_over_every_type, http: aiohttp.ClientSession
 ) -> None:
-    """/lmdeploy/generate, /tgi/generate, /docker-model-runner/<engine>/v1/...,
-    /lemonade/v1/system-info and /nim/v1/metadata go to a backend of that type as they are;
-    vLLM-MLX gets /v1/messages natively."""
+    """Each type's native prefix reaches a backend of that type as is; vLLM-MLX gets Messages."""
     edge, fakes = edge_over_every_type
     url = edge.url
 

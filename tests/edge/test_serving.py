@@ -111,8 +111,7 @@ async def test_alias_rewrites_model(snapshots: SnapshotServer, start_edge: Start
 async def test_first_chunk_is_not_held_back(
     snapshots: SnapshotServer, start_edge: StartEdge
 ) -> None:
-    """The first streamed chunk reaches the client with the headers while the backend is
-    still streaming: nothing is buffered."""
+    """The first streamed chunk reaches the client with the headers while the backend streams on."""
     async with running_fakes(FakeServer("vllm", [MODEL], "vllm-a")) as (fake,):
         fake.stream_chunks = 3
         fake.chunk_delay = 1.0  # later chunks are far behind the first

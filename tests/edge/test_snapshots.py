@@ -26,8 +26,7 @@ async def ask(running: RunningEdge) -> str:
 async def test_serves_from_persisted_snapshot(
     tmp_path: Path, snapshots: SnapshotServer, start_edge: StartEdge
 ) -> None:
-    """With the control plane gone the edge keeps serving, and a restarted edge serves from
-    the snapshot it persisted in --state-dir."""
+    """With the control plane gone the edge serves on, restarted from its --state-dir snapshot."""
     state_dir = str(tmp_path / "state")
     async with running_fakes(FakeServer("vllm", [MODEL], "a")) as (fake,):
         snapshots.publish(snapshot(7, [from_fake(fake)]))
@@ -62,8 +61,7 @@ async def test_serves_from_persisted_snapshot(
 async def test_older_snapshots_are_refused(
     snapshots: SnapshotServer, start_edge: StartEdge
 ) -> None:
-    """An older version of the same cluster is refused; a newer one, or another cluster's,
-    is applied."""
+    """An older snapshot of the same cluster is refused; a newer or another cluster's applies."""
     async with running_fakes(
         FakeServer("vllm", [MODEL], "a"), FakeServer("vllm", [MODEL], "b")
     ) as (a, b):

@@ -62,8 +62,7 @@ async def test_a_stream_without_chunks_answers_a_whole_error(
     start_edge: StartEdge,
     serve: Callable[[Handler], Awaitable[str]],
 ) -> None:
-    """A backend's stream head with no chunk: the error answer has its own length-framed head
-    and body (not the staged chunked head), and the connection serves the next request."""
+    """A stream head with no chunk: a length-framed whole error answer; the connection serves on."""
     url = await serve(head_then_end)
     snapshots.publish(snapshot(1, [backend("empty", url, [MODEL])]))
     running = await start_edge(snapshots, upstream_client=client)
@@ -83,8 +82,7 @@ async def test_a_silent_stream_is_retried_with_a_fresh_head(
     start_edge: StartEdge,
     serve: Callable[[Handler], Awaitable[str]],
 ) -> None:
-    """A backend that sends a stream's head and no first chunk within the time to first byte
-    is retried elsewhere; the client sees only the second backend's stream and headers."""
+    """A stream head with no first chunk in the TTFB is retried; the client sees only the retry."""
     release = asyncio.Event()
 
     async def head_then_silence(request: web.Request) -> web.StreamResponse:

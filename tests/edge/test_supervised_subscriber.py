@@ -114,8 +114,7 @@ async def test_a_failed_task_is_logged_when_its_owner_leaves(
 
 
 async def test_the_owner_cancelled_while_waiting_is_not_swallowed() -> None:
-    """owned(): cancelling the owner while it waits for a slow-to-stop task raises in the
-    owner; the task's own ending is not mistaken for the owner's."""
+    """owned(): the owner cancelled while its task slowly stops raises, not taken as the task's."""
     stopping, release = asyncio.Event(), asyncio.Event()
     inner: list[asyncio.Task[None]] = []
 
@@ -146,8 +145,8 @@ async def test_the_owner_cancelled_while_waiting_is_not_swallowed() -> None:
 async def test_a_crashing_policy_follower_is_restarted(
     start_edge: StartEdge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The edge's policy follower failing unexpectedly (not a failed call) is counted in
-    corral_edge_task_restarts_total and restarted: the control plane's keys still arrive."""
+    """A policy follower crashing unexpectedly is counted and restarted: keys still arrive."""
+    # Counted in corral_edge_task_restarts_total; a failed call is not such a crash.
     real_follow = PolicySubscriber._follow
     crashed: list[str] = []
 

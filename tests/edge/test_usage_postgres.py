@@ -149,8 +149,8 @@ async def test_sqlite_and_jsonl(tmp_path: Path) -> None:
 async def test_hung_database_never_slows_requests(
     postgres: PostgresServer, snapshots: SnapshotServer, start_edge: StartEdge
 ) -> None:
-    """With PostgreSQL frozen, requests are answered as usual and records are spooled; once
-    it is back each record lands exactly once. Body logging keeps the team's prompts."""
+    """With PostgreSQL frozen, requests go on and records spool; once back, each lands once."""
+    # Body logging keeps the team's prompts.
     dsn = await fresh(postgres, "hung")
     usage = UsageConfig(
         sink="postgres",

@@ -180,8 +180,7 @@ async def test_sqlite_batches_across_statements_whole(tmp_path: Path) -> None:
 
 
 async def test_sqlite_shared_values_stored_per_row(tmp_path: Path) -> None:
-    """Statements whose rows agree on some text columns and differ in others store each
-    row's own values (shared ones bound once)."""
+    """Rows agreeing on some text columns, not others, store their own values; shared bound once."""
     sink = SQLiteSink(str(tmp_path / "u.db"))
     await sink.open()
     batch: list[Row] = []
@@ -222,8 +221,7 @@ def test_sqlite_statement_binds_an_agreeing_group_once() -> None:
 
 
 def test_sqlite_statement_binds_nothing_for_absent_values_and_our_ids() -> None:
-    """Values absent in every row are NULL in the statement, and request ids that are the
-    rows' own ids are not bound a second time."""
+    """Values absent in every row are NULL in the statement; ids equal to row ids aren't rebound."""
     ours = [Call(i, i, 0.0, 1_700_000_000.0, "chat", status=200) for i in ("a", "b", "c")]
     shapes: Shapes = {}
     sql, params = sqlite_statement([row(call, "edge-a", 0.0) for call in ours], shapes)
@@ -249,8 +247,7 @@ def pair(differing: int) -> list[Row]:
 
 
 def test_sqlite_statement_shapes_per_size_bounded() -> None:
-    """Past the first few shapes of statement for a number of rows, chunks bind every value
-    (the connection keeps a bounded number of prepared statements)."""
+    """Past a few statement shapes per row count, chunks bind every value (bounded statements)."""
     shapes: Shapes = {}
     counts = [len(sqlite_statement(pair(differing), shapes)[1]) for differing in range(16)]
     assert len(set(counts[:6])) > 1  # shared values bound once while the shapes are new
@@ -272,8 +269,8 @@ async def test_sqlite_rows_past_the_shapes_bound_stored_per_row(tmp_path: Path) 
 
 
 async def test_sqlite_groups_shared_or_not_stored_per_row(tmp_path: Path) -> None:
-    """Rows whose who/where columns, outcomes, cache counts, costs, request ids and times to
-    first token agree in some statements and not in others store each row's own values."""
+    """Rows whose columns agree in some statements and not others store each row's own values."""
+    # Columns: who/where, outcome, cache counts, cost, request id, time to first token.
     sink = SQLiteSink(str(tmp_path / "u.db"))
     await sink.open()
     batch: list[Row] = []

@@ -104,8 +104,7 @@ async def _policy_has(running: RunningEdge, version_at_least: int) -> None:
 
 
 async def test_open_until_a_key_exists_then_sdks_need_it(cluster: Cluster) -> None:
-    """No key: the edge is open. After the first key: the openai SDK works with it (plain and
-    streamed), gets 401 without it or with a wrong one, 403 for a model it may not use."""
+    """Open until a key exists; then the openai SDK needs it: 401 absent or wrong, 403 off-model."""
     edge = cluster.edge
     answer = await edge.client("anything").chat.completions.create(model=MODEL, messages=USER)
     assert answer.choices[0].message.content
@@ -144,8 +143,7 @@ async def test_open_until_a_key_exists_then_sdks_need_it(cluster: Cluster) -> No
 async def test_anthropic_sdk_with_a_virtual_key(
     cluster: Cluster, http: aiohttp.ClientSession
 ) -> None:
-    """The anthropic SDK sends the key as x-api-key: plain and streamed messages work; a wrong
-    key is an authentication_error, a model the key may not use a permission_error."""
+    """anthropic SDK: key works; bad key authentication_error, barred model permission_error."""
     created = await cluster.key(models=[MODEL])
     url = cluster.edge.url
     async with anthropic.AsyncAnthropic(
@@ -185,8 +183,7 @@ async def test_anthropic_sdk_with_a_virtual_key(
 async def test_revoked_and_disabled_keys_are_refused(
     cluster: Cluster, http: aiohttp.ClientSession
 ) -> None:
-    """Disabling refuses a key until it is enabled again; revoking refuses it for ever, and
-    revoking every key does not open the edge."""
+    """Disabled keys are refused till enabled, revoked ones forever; revoking all keeps it shut."""
     created = await cluster.key()
     client = cluster.edge.client(created.secret)
     await client.models.list()
@@ -243,8 +240,7 @@ async def test_static_keys_are_a_default_team(start_edge: StartEdge) -> None:
 async def test_usage_records_carry_the_key_and_the_admin_price(
     cluster: Cluster, start_edge: StartEdge, tmp_path: Path
 ) -> None:
-    """A request with a virtual key is recorded with the key's id and team, and priced with
-    the price set through AdminService (over the shipped table); a refused one too."""
+    """Usage records, refused ones too, carry the key's id and team and the AdminService price."""
     created = await cluster.key(team="billing")
     price = gateway_pb2.ModelPrice(model=MODEL, input_per_mtok=2.0, output_per_mtok=10.0)
     await cluster.admin("SetPrice", gateway_pb2.SetPriceRequest(price=price))
@@ -301,8 +297,7 @@ async def test_usage_records_carry_the_key_and_the_admin_price(
 async def test_native_pass_through_with_a_limited_key(
     cluster: Cluster, http: aiohttp.ClientSession
 ) -> None:
-    """On /vllm/... a key limited to some models passes for them, gets 403 for others and
-    for a request naming no model (the backend's default is none of its models)."""
+    """On /vllm/... a model-limited key passes for its models; other models or none get 403."""
     created = await cluster.key(models=[MODEL])
     url = f"{cluster.edge.url}/vllm/v1/chat/completions"
     auth = {"Authorization": f"Bearer {created.secret}"}

@@ -46,8 +46,7 @@ async def run() -> AsyncIterator[Callable[..., Awaitable[None]]]:
 async def test_routes_what_agents_report(
     run: Callable[..., Awaitable[None]], start_edge: StartEdge
 ) -> None:
-    """Backends registered by agents become routable at the edge; one going down leaves
-    routing and traffic moves to the other."""
+    """Agent-registered backends are routable at the edge; when one goes down traffic moves."""
     cp_address = f"127.0.0.1:{free_port()}"
     await run(controlplane.serve, ControlPlaneConfig(listen=cp_address, store="memory"))
     async with running_fakes(

@@ -111,8 +111,7 @@ async def test_off_unless_a_ttl_applies(
 async def test_streamed_hits_read_by_the_official_sdks(
     snapshots: SnapshotServer, start_edge: StartEdge, fake: FakeServer
 ) -> None:
-    """A whole answer replays as an OpenAI and an Anthropic stream the SDKs parse; a streamed
-    miss is stored once complete and served whole."""
+    """A whole answer replays as OpenAI and Anthropic streams; a streamed miss is stored whole."""
     fake.stream_chunks = 4
     edge = await cached_edge(start_edge, snapshots, fake)
     client = edge.client()
@@ -210,8 +209,7 @@ async def test_fifty_identical_requests_one_upstream_call(
 async def test_shared_valkey_tier_between_two_edges(
     snapshots: SnapshotServer, start_edge: StartEdge, fake: FakeServer, valkey: ValkeyServer
 ) -> None:
-    """An answer one edge stored is a hit at another edge; with Valkey down, both keep
-    answering (in-process tier only)."""
+    """One edge's stored answer hits at another; with Valkey down both answer (in-process tier)."""
     a = await cached_edge(start_edge, snapshots, fake, valkey_url=valkey.url)
     b = await cached_edge(start_edge, snapshots, fake, valkey_url=valkey.url)
     _, headers, first = await post(a, CHAT)

@@ -34,8 +34,7 @@ def upstream(cluster: Cluster) -> list[Any]:
 
 
 async def test_team_settings_cache_per_team_and_pii(cluster: Cluster) -> None:
-    """Two teams with a cache TTL never share entries (two keys of one team do); a team's
-    PII action set by `corral teams update` applies at the edge within its policy."""
+    """Teams with a cache TTL share no entries; a PII action from `corral teams update` applies."""
     ttl = content_pb2.ContentPolicy(cache_ttl_seconds=60)
     for team in ("alpha", "beta"):
         await cluster.admin("CreateTeam", gateway_pb2.CreateTeamRequest(name=team, content=ttl))

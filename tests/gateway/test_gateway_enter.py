@@ -92,8 +92,8 @@ async def test_the_policy_is_asked_only_while_it_sets_something() -> None:
 
 
 async def test_the_clean_pass_stands_for_inspect_now_only_when_it_decides() -> None:
-    """Gateway.enter skips inspect_now for a clean raw body only when nothing but the PII
-    detectors could act on it: not with a deny rule, a hook, rules, a policy, or PII off."""
+    """Gateway.enter skips inspect_now for a clean body only if just the PII detectors could act."""
+    # Not with a deny rule, a hook, rules, a policy, or PII off.
     from corral.config_gateway import (
         GuardConfig,
         GuardDenyConfig,

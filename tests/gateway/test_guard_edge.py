@@ -45,8 +45,7 @@ def sent_to(fake: FakeServer) -> str:
 async def test_block_in_every_dialect(
     snapshots: SnapshotServer, start_edge: StartEdge, fakes: tuple[FakeServer, FakeServer]
 ) -> None:
-    """block: OpenAI and Anthropic SDKs get a 400 in their shape, naming kinds, not data;
-    nothing reaches a backend."""
+    """block: both SDKs get a 400 in their shape naming kinds, not data; no backend is reached."""
     vllm, ollama_fake = fakes
     edge = await guarded_edge(start_edge, snapshots, fakes, pii="block")
     with pytest.raises(openai.BadRequestError) as oa:
@@ -81,8 +80,7 @@ async def test_block_in_every_dialect(
 async def test_redact_and_restore_whole_and_streamed(
     snapshots: SnapshotServer, start_edge: StartEdge, fakes: tuple[FakeServer, FakeServer]
 ) -> None:
-    """redact: the backend sees placeholders; with restore the client reads its own data
-    back, also when the placeholders arrive split over stream chunks."""
+    """redact: the backend sees placeholders; restore gives clients their data, even over chunks."""
     vllm, _ = fakes
     vllm.stream_chunks = 9
     edge = await guarded_edge(start_edge, snapshots, fakes, pii="redact", restore=True)
@@ -149,8 +147,7 @@ async def test_redact_without_restore_and_deny_rules(
 async def test_cached_placeholder_answer_restored_per_client(
     snapshots: SnapshotServer, start_edge: StartEdge, fakes: tuple[FakeServer, FakeServer]
 ) -> None:
-    """With redact + restore and the cache on, two clients whose prompts differ only in
-    their e-mail share one upstream answer, each reading back its own address."""
+    """redact + restore + cache: prompts differing only in e-mail share an answer, each restored."""
     vllm, _ = fakes
     snapshots.publish(snapshot(1, [from_fake(f) for f in fakes]))
     edge = await start_edge(

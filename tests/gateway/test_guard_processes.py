@@ -47,8 +47,7 @@ def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
 async def test_no_sensitive_values_in_log_metrics_or_usage(
     tmp_path: Path, snapshots: SnapshotServer, http: aiohttp.ClientSession
 ) -> None:
-    """Requests with PII through `corral edge` (log, block, deny, failing hook): the values
-    appear in none of the log, /metrics and the usage records; kinds and counts do."""
+    """PII via `corral edge` (any action) is in no log, /metrics or usage; kinds and counts are."""
     usage = tmp_path / "usage.db"
     config = {
         "edge": {

@@ -41,8 +41,7 @@ def _layout(path: Path) -> tuple[list[str], list[str]]:
 
 
 async def test_new_file_clustered_by_time_and_old_file_kept(tmp_path: Path) -> None:
-    """A new file is keyed by (ts, id) with no index; a schema-2 file keeps its id key and
-    time index; both take rows, and a batch written twice is stored once in either."""
+    """New files key by (ts, id), no index; schema-2 files keep theirs; both store batches once."""
     old = tmp_path / "old.db"
     with contextlib.closing(sqlite3.connect(old)) as db:
         db.execute("CREATE TABLE corral_schema (version INTEGER NOT NULL)")

@@ -32,8 +32,7 @@ from tests.hostile_http.support import assert_openai_error, exchange, good_reque
     ],
 )
 async def test_malformed_requests_get_400(edge_: RunningEdge, data: bytes) -> None:
-    """Broken request lines, headers and framing: a JSON 400 (never aiohttp's plain text),
-    and the edge serves on."""
+    """Broken request lines, headers, framing: JSON 400 (not aiohttp's text); the edge serves on."""
     answer = await exchange(edge_, data)
     assert_openai_error(answer, 400, "bad_http_request")
     await good_requests(edge_, 1)

@@ -84,8 +84,7 @@ async def test_slow_body_is_408(edge_: RunningEdge, fake: FakeServer) -> None:
 
 
 async def test_thousands_of_idle_connections(edge_: RunningEdge) -> None:
-    """2,000 connections opened and left silent: the edge keeps serving the official client,
-    then closes every idle one."""
+    """2,000 silent connections: the edge serves the official client, then closes every idle one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = 6000  # 2,000 client ends, 2,000 edge ends, and room to spare
     if soft < wanted:

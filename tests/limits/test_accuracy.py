@@ -53,8 +53,8 @@ def _usage(rng: random.Random) -> tuple[int, int]:
 
 @pytest.mark.parametrize("load", [1.05, 2.0, 20.0])
 async def test_tpm_holds_with_streaming(edges: tuple[list[Limiter], Clock], load: float) -> None:
-    """A 60k TPM key, requests reserving prompt + max_tokens and streaming for 2 s before they
-    settle: actual tokens per window at most the limit (+1 %), at 1.05x at least 97 %."""
+    """A 60k TPM key, 2 s streams: per window at most the limit (+1 %), at 1.05x at least 97 %."""
+    # Requests reserve prompt + max_tokens and settle after streaming.
     limiters, clock = edges
     subjects = [Subject("key", "ck_tpm", Limits(tpm=60_000))]
     mean_actual = 25 + 60

@@ -28,8 +28,7 @@ def _edges(valkey: ValkeyServer, count: int = 3) -> list[Limiter]:
 
 
 async def test_parallel_limit_across_edges_and_a_crashed_edge(valkey: ValkeyServer) -> None:
-    """Four in flight at most over three edges; a finished request frees its slot for any
-    edge once given back; the slots of an edge that stops talking come back by themselves."""
+    """Four in flight at most over three edges; freed slots go to any edge, a dead edge's return."""
     edges = _edges(valkey)
     try:
         held = [await edges[i % 3].admit([KEY]) for i in range(4)]

@@ -63,8 +63,7 @@ async def test_a_kept_plan_admits_the_limit_in_every_window(limiter: Limiter) ->
 async def test_a_reservation_of_an_ended_window_is_not_given_to_the_next(
     limiter: Limiter,
 ) -> None:
-    """A request admitted before its window ended and settled after gives its unused tokens
-    back to nobody: the new window admits its tpm limit, not more."""
+    """A reservation settled after its window ended gives nothing back: the next admits its tpm."""
     assert isinstance(limiter.clock, Clock)
     plan = Plan([Subject("key", "k", Limits(tpm=1000))])
     old = await limiter.admit(plan, tokens=500)

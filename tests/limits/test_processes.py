@@ -132,9 +132,8 @@ async def _next_window() -> None:
 
 
 async def test_limits_across_edge_processes(cluster: Cluster, valkey: ValkeyServer) -> None:
-    """A key's rpm set with the CLI holds across three edge processes (within +1 %, and
-    nearly all of it used at 2x); an update reaches every edge within a second; Valkey
-    killed and restarted under load: no request hangs, and counting goes on."""
+    """A CLI rpm limit holds across three edge processes, updates within 1 s, outlives Valkey."""
+    # Within +1 %, nearly all used at 2x; Valkey killed under load: no request hangs.
     await cluster.corral("teams", "create", "lab")
     created = json.loads(
         await cluster.corral("keys", "create", "--team", "lab", "--rpm", "40", "--json")
@@ -228,8 +227,7 @@ def _tokens_per_window(state: Path, *, since: int | None = None) -> Any:
 
 
 async def test_tpm_with_streaming_across_edge_processes(cluster: Cluster) -> None:
-    """A team's tokens-per-minute limit, streaming requests 60/30/10 over three edge
-    processes at 2x the limit: the real tokens (usage records) per window stay within +1 %."""
+    """Team TPM, streams 60/30/10 over three edges at 2x: real tokens per window within +1 %."""
     tpm = 2400  # per 2 s window; a request is ~80 real tokens and reserves ~115
     await cluster.corral("teams", "create", "stream", "--tpm", str(tpm))
     created = json.loads(await cluster.corral("keys", "create", "--team", "stream", "--json"))

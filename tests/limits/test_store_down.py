@@ -54,8 +54,7 @@ async def _store_count(valkey: ValkeyServer) -> int:
 
 
 async def test_fail_open_counts_local_shares_then_resumes(valkey: ValkeyServer) -> None:
-    """Fail open: while the store is down each edge admits from its share of the limit;
-    after a restart the edges put back what they counted and the window's limit holds."""
+    """Fail open: store down, edges admit their share; restarted, counts go back and limits hold."""
     clock = Clock(now=60.0 * 40_000_000)
     limiters = _limiters(valkey, clock, fail_open=True)
     try:
@@ -87,8 +86,7 @@ async def test_fail_open_counts_local_shares_then_resumes(valkey: ValkeyServer) 
 
 
 async def test_an_edge_that_saw_no_failure_puts_its_count_back(valkey: ValkeyServer) -> None:
-    """A store restarted empty between an edge's calls: its next upkeep finds the new epoch
-    and puts back what it counted while grants are held off, so the count is whole."""
+    """A store restarted empty between calls: next upkeep sees the new epoch, puts counts back."""
     clock = Clock(now=60.0 * 40_000_000 + 120)
     quiet, busy, _ = _limiters(valkey, clock, fail_open=True)
     for limiter in (quiet, busy):
@@ -115,8 +113,7 @@ async def test_an_edge_that_saw_no_failure_puts_its_count_back(valkey: ValkeySer
 
 
 async def test_fail_closed_refuses_with_503_and_recovers(valkey: ValkeyServer) -> None:
-    """Fail closed: once local leases are used up, requests get 503 at once (never a hang);
-    after a restart they pass again."""
+    """Fail closed: leases used up, requests get 503 at once (no hang); after restart they pass."""
     clock = Clock(now=60.0 * 40_000_000 + 60)
     limiters = _limiters(valkey, clock, fail_open=False)
     try:

@@ -67,8 +67,7 @@ def _backend(health: int) -> types_pb2.Backend:
 
 
 def test_a_backends_json_follows_its_record_and_each_answer() -> None:
-    """Own members are reused for the same record object and rebuilt for a new one (or a
-    new drain reason); traffic members are rebuilt for each traffic answer."""
+    """Own members are rebuilt only for a new record or drain reason; traffic ones every answer."""
     pieces = BackendJson()
     healthy = _backend(types_pb2.HEALTH_STATE_HEALTHY)
     first = pieces.own(healthy, "")
@@ -103,8 +102,7 @@ def test_a_backends_json_follows_its_record_and_each_answer() -> None:
 
 
 def test_quantiles_are_reused_only_for_the_same_histograms() -> None:
-    """A group whose histograms are unchanged gets the previous answer's quantile list; a
-    changed one gets new quantiles; the memo keeps only what the last answer used."""
+    """Unchanged histograms reuse the last quantiles, changed ones not; the memo keeps the last."""
 
     def total(latency_a: list[int]) -> dict[str, CellSum]:
         sums = {}
@@ -129,8 +127,7 @@ def test_quantiles_are_reused_only_for_the_same_histograms() -> None:
 
 
 def test_a_backends_traffic_json_is_rebuilt_only_when_its_figures_change() -> None:
-    """Unchanged counts, quantiles and points give the same serialized pieces (rates still
-    follow the answer's span); a new count, status or point shows at once."""
+    """Unchanged counts, quantiles and points reuse serialized pieces; any change shows at once."""
     pieces = BackendJson()
     past: list[tuple[int, int, float]] = [(5, 0, 0.1)]
 

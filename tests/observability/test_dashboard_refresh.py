@@ -23,8 +23,7 @@ LAYOUT = KeyLayout.from_prefix("/corral/")
 
 
 async def test_the_document_is_rebuilt_between_gets_and_served_as_built() -> None:
-    """After one GET the refresher rebuilds the document by itself; a GET then answers the
-    document it built, byte for byte."""
+    """After one GET the document rebuilds by itself; a GET serves it as built, byte for byte."""
     address = f"127.0.0.1:{free_port()}"
     config = ControlPlaneConfig(
         listen=f"127.0.0.1:{free_port()}", store="memory", metrics_listen=address
@@ -64,8 +63,7 @@ def _record(cells: int, requests: int) -> traffic_pb2.TrafficRecord:
 
 
 def test_a_record_is_decoded_a_slice_of_cells_at_a_time() -> None:
-    """Decoding 1,000 cells yields to the loop between slices of INTAKE_CELLS, and the
-    digest holds every cell."""
+    """Decoding 1,000 cells yields to the loop every INTAKE_CELLS, and the digest holds them all."""
     view = TrafficView(MemoryStore(), LAYOUT)
     steps = view._decode_sliced(b"k", _record(1000, 1).SerializeToString())
     yields = 0
@@ -80,8 +78,7 @@ def test_a_record_is_decoded_a_slice_of_cells_at_a_time() -> None:
 
 
 async def test_watched_records_reach_the_answers_in_order() -> None:
-    """Records rewritten and deleted through the watch are taken in in order: the answers
-    end with the last value, and the raw copy follows at once."""
+    """Watched rewrites and deletes go in order: answers end with the last value, raw copy too."""
     async with MemoryStore() as store:
         view = TrafficView(store, LAYOUT)
         follow = asyncio.create_task(view.run())
@@ -138,9 +135,7 @@ def _count(lags: Histogram) -> float:
 
 
 def test_queries_between_the_steps_of_a_change_leave_every_sum_right() -> None:
-    """Records replaced a sum at a time, with 1 m and 5 m queries (building and moving the
-    cached sums and windows) between the steps, end with the answers a view built from
-    scratch gives."""
+    """Sums replaced one at a time, 1 m/5 m queries between, end as a view built from scratch."""
     from controlplane.traffic.digest import Digest
     from controlplane.traffic.records import FINE
 

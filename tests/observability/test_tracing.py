@@ -52,8 +52,8 @@ def attrs(span: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_spans_continue_the_callers_trace(start_edge: StartEdge) -> None:
-    """A retried request: one SERVER span under the caller's parent, an attempt per backend,
-    a CLIENT span under each, with GenAI attributes and token usage."""
+    """A retried request: SERVER span under the caller's parent, attempt and CLIENT per backend."""
+    # Spans carry GenAI attributes and token usage.
     collector = Collector()
     app = web.Application()
     app.router.add_post("/v1/traces", collector.receive)

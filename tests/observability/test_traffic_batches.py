@@ -57,8 +57,8 @@ async def test_reports_of_several_edges_share_one_revision() -> None:
 
 @pytest.mark.parametrize("applied", [False, True], ids=["not-applied", "answer-lost"])
 async def test_a_failed_write_leaves_no_stale_copy_behind(applied: bool) -> None:
-    """A failed write (applied or not) fails the report; resent, it counts once, and the
-    reports after it still count (the book's parsed copy is not trusted after a failure)."""
+    """A failed write fails the report; resent it counts once, and later reports still count."""
+    # The book's parsed copy is not trusted after a failure.
     async with _FailingStore() as store:
         store.applied = applied
         view = TrafficView(store, LAYOUT)

@@ -87,9 +87,8 @@ def test_reports_too_old_for_any_window_are_acknowledged_but_dropped() -> None:
 
 
 def test_cached_window_sums_follow_every_change() -> None:
-    """Sliding 1 m and 5 m windows over records rewritten every second (late slices into
-    the previous, complete bucket too; and some deleted) always equal a sum computed from
-    scratch, with the view's caches in play."""
+    """Sliding 1 m and 5 m windows over changing records always equal sums computed from scratch."""
+    # Records rewritten every second, late slices into the previous bucket, some deleted.
     from controlplane.traffic.records import FINE
 
     view = TrafficView(MemoryStore(), LAYOUT)

@@ -29,8 +29,7 @@ def _record() -> traffic_pb2.TrafficRecord:
 
 
 def test_decoded_cells_are_left_untracked_and_add_up() -> None:
-    """After two collections (one per level of tuples, as two young collections do) no cell
-    or error entry of a decoded record is tracked; its cells add into sums and back out."""
+    """After two collections no cell or error entry of a decoded record is tracked; cells add up."""
     digest = Digest.of(_record())
     gc.collect()
     gc.collect()

@@ -122,8 +122,7 @@ async def test_bad_declarations_are_refused_clearly(cp: str) -> None:
 
 
 async def test_the_optional_probe_shows_provider_health(tmp_path: Path) -> None:
-    """With the probe on, a reachable provider is healthy, a stopped one unhealthy, in
-    snapshots and `corral status`; with it off health stays passive."""
+    """Probe on: a reachable provider is healthy, a stopped one not; off, health stays passive."""
     ca = make_ca(tmp_path / "ca")
     fake = await HostedFake("openai", key="sk-k", models=["gpt-4.1"], ca=ca).start()
     probe = ProviderProbeConfig(interval_seconds=0.1, timeout_seconds=2, extra_ca_file=ca.ca_file)

@@ -76,8 +76,7 @@ async def test_missing_credential_is_a_clear_error_and_not_routable(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """An edge without the credential logs where it looked and does not route there; a file
-    dropped into credentials_dir makes it routable with the next snapshot."""
+    """Lacking the credential an edge logs where it looked, won't route; a dropped file fixes it."""
     caplog.set_level(logging.INFO)
     async with running_fakes(FakeServer("vllm", [MODEL], "keyed", api_key=SECRET)) as (fake,):
         entry = from_fake(fake)

@@ -202,8 +202,7 @@ async def test_usage_records_name_the_provider_and_use_its_prices(
     snapshots: SnapshotServer,
     start_edge: StartEdge,
 ) -> None:
-    """A fallback's usage row: the asked model, the provider's model, backend and price; the
-    Anthropic translation keeps Anthropic's own token counts."""
+    """A fallback's usage row: asked and provider model, backend, price; Anthropic's own tokens."""
     prices = (
         PriceConfig(model="gpt-4.1-mini", input=0.4, output=1.6),
         PriceConfig(model="claude-sonnet-4-5", input=3.0, output=15.0),
@@ -252,8 +251,7 @@ async def test_anthropic_sdk_follows_chains_too(
     snapshots: SnapshotServer,
     start_edge: StartEdge,
 ) -> None:
-    """Messages clients: a local model's chain to Anthropic (native) after the local server
-    dies, and a chain-only name whose first target is rate limited."""
+    """Messages clients follow chains: local to Anthropic once it's down, past a limited first."""
     async with running_fakes(FakeServer("vllm", [LOCAL], "local")) as (local,):
         snapshots.publish(
             with_chains(

@@ -58,8 +58,7 @@ url_parts = st.text(alphabet="abc:/@?#[]%.-_ 1\\\t", max_size=12)
 @settings(max_examples=400)
 @given(scheme=st.sampled_from(["http", "https", "ftp", "", "HTTP"]), rest=url_parts)
 def test_any_accepted_url_is_plain_http(scheme: str, rest: str) -> None:
-    """Whatever string passes check_url is http(s) with a host and no userinfo, query or
-    fragment."""
+    """Any URL check_url passes is http(s) with a host and no userinfo, query or fragment."""
     from urllib.parse import urlsplit
 
     url = f"{scheme}://{rest}" if scheme else rest

@@ -56,8 +56,7 @@ def test_no_secret_is_compared_with_equality() -> None:
 
 
 async def test_secret_checks_go_through_compare_digest(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Bearer tokens and Secret equality are compared with hmac.compare_digest; client API
-    keys are never compared at all: only their SHA-256 is held and looked up."""
+    """Bearer tokens and Secrets use hmac.compare_digest; API keys are only hashed and looked up."""
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
 

@@ -26,9 +26,8 @@ async def _get(session: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[int
 
 
 async def test_secrets_never_appear_in_logs_or_metrics(tmp_path: Path) -> None:
-    """Real `corral controlplane|edge|agent` processes at DEBUG, given every kind of secret by
-    file and by environment, serving good and refused requests: no secret (nor a wrong key a
-    client tried) shows up in any log or /metrics output."""
+    """No secret (nor a tried wrong key) shows in real corral processes' DEBUG logs or /metrics."""
+    # Every kind of secret by file and env; good and refused requests are served.
     secrets = {
         name: secret(name)
         for name in ("agent", "edge", "admin", "client-a", "client-b", "backend", "wrong")

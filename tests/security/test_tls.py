@@ -33,8 +33,7 @@ from tests.support.net import eventually
 async def test_agent_edge_and_admin_over_tls(
     tmp_path: Path, start_edge: StartEdge, mutual: bool
 ) -> None:
-    """A real agent and a real edge reach a TLS (or mutual-TLS) control plane with their
-    tokens and certificates; a client with an API key is served through the edge."""
+    """A real agent and edge reach a (mutual-)TLS control plane; a keyed client is served."""
     api_key = secret("client-key")
     async with (
         tls_controlplane(tmp_path, mutual=mutual) as door,
@@ -93,9 +92,8 @@ async def test_agent_edge_and_admin_over_tls(
 
 
 async def test_mutual_tls_refuses_what_lacks_a_certificate_or_a_token(tmp_path: Path) -> None:
-    """Under mutual TLS: plaintext, TLS without a client certificate and a certificate from
-    another CA are refused at the handshake; a good certificate without the token is still
-    UNAUTHENTICATED (certificates and tokens are both required)."""
+    """Mutual TLS refuses plaintext, no client cert, another CA's; a cert without token too."""
+    # The last is UNAUTHENTICATED, the others fail at the handshake: both are required.
     other = make_tls_files(tmp_path / "other-ca")
     async with tls_controlplane(tmp_path, mutual=True) as door:
         tls = door.tls
@@ -124,8 +122,7 @@ async def test_mutual_tls_refuses_what_lacks_a_certificate_or_a_token(tmp_path: 
 async def test_edge_without_its_token_gets_no_snapshot(
     tmp_path: Path, start_edge: StartEdge, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An edge with a wrong edge token (over TLS) is refused its subscription and serves
-    nothing; the same edge with the right token gets the snapshot."""
+    """An edge with a wrong token (TLS) gets no snapshot, serves nothing; the right token does."""
     async with (
         tls_controlplane(tmp_path, mutual=False) as door,
         running_fakes(FakeServer("vllm", [MODEL], "vllm-a")) as (fake,),

@@ -48,8 +48,7 @@ async def test_deferred_load_is_flushed_after_the_interval(
 
 
 async def test_health_changes_reach_edges_at_once_and_load_only_changes_are_paced() -> None:
-    """With a long snapshot load interval, a load-only change is held back from subscribers
-    (the view has it) while a health change is pushed at once, carrying the newest load."""
+    """Load-only changes wait out a long load interval; health changes go at once, newest load."""
     cfg = h.config(snapshot_load_interval_seconds=3600.0, load_write_interval_seconds=0.0)
     async with h.running(cfg) as address:
         watcher = h.SnapshotWatcher(address)

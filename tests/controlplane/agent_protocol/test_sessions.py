@@ -159,8 +159,7 @@ async def test_max_connection_age_moves_streams_without_losing_the_backend() -> 
 
 
 async def test_a_refresh_that_finds_the_session_lease_gone_ends_the_session() -> None:
-    """The refresh path alone (no routing view): an agent message whose lease refresh finds
-    the lease gone stops that session with SessionLostError (ABORTED), and no other."""
+    """Refresh path only: a lease found gone ends that session alone, SessionLostError (ABORTED)."""
     store = MemoryStore()
     hub = AgentHub(
         store,

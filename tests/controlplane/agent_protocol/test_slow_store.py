@@ -70,8 +70,7 @@ def store(monkeypatch: pytest.MonkeyPatch) -> HeldStatusStore:
 
 
 async def test_a_held_status_write_does_not_let_the_session_lapse(store: HeldStatusStore) -> None:
-    """A status write held for longer than the 3 s TTL: heartbeats keep refreshing the lease
-    and are answered ReportReceived, the backend stays, the report is acked once written."""
+    """A write held past the 3 s TTL: lease kept, heartbeats get ReportReceived, acked once done."""
     async with h.running(h.config()) as address:
         watcher = h.SnapshotWatcher(address)
         agent = h.AgentClient(address)
@@ -107,8 +106,8 @@ async def test_a_held_status_write_does_not_let_the_session_lapse(store: HeldSta
 async def test_no_report_received_while_the_store_confirms_no_lease_refresh(
     store: HeldStatusStore,
 ) -> None:
-    """With refreshes unconfirmed (the replica cut off from etcd) a held write gets silence,
-    not ReportReceived: the agent should move to a replica that can keep its lease."""
+    """Refreshes unconfirmed (cut off from etcd): a held write gets silence, not ReportReceived."""
+    # So the agent moves to a replica that can keep its lease.
     async with h.running(h.config()) as address:
         agent = h.AgentClient(address)
         await agent.connect(h.register("b"))

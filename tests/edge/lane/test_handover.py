@@ -186,8 +186,7 @@ MESSAGES_STREAM_BODY = MESSAGES_BODY.replace(b'"model"', b'"stream":true,"model"
 async def test_streams_are_served_in_the_lane_as_aiohttp_serves_them(
     lane: RunningEdge, plain: RunningEdge, data: bytes
 ) -> None:
-    """A streamed answer from the lane: aiohttp's status line, headers (in order), chunked
-    framing and events; the connection then serves the next request in the lane."""
+    """A lane stream is aiohttp's (status, header order, chunks, events), then the next request."""
     ours = await in_lane(lane, data, *([] if b"close" in data else [data]))
     (theirs,) = await exchange(plain, data)
     for answer in ours:

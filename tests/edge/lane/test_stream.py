@@ -54,8 +54,7 @@ async def _lane(handler: Streamer) -> AsyncIterator[tuple[Lane, int]]:
 
 
 async def test_a_stream_waits_while_the_client_does_not_read() -> None:
-    """The lane stops writing a stream the client does not take (aiohttp's writer waits on
-    the lane's flow control), then the client gets every byte, chunked."""
+    """The lane stops writing a stream the client doesn't read, then it gets every byte, chunked."""
     streamer = Streamer()
     async with _lane(streamer) as (lane, port):
         sock = socket.socket()
@@ -77,8 +76,7 @@ async def test_a_stream_waits_while_the_client_does_not_read() -> None:
 
 
 async def test_a_stream_keeps_the_connection_for_the_next_request_unless_closed() -> None:
-    """After a stream the lane serves the next request on the connection; after one asked
-    with `Connection: close`, it closes it."""
+    """After a stream the lane serves the connection's next request, unless `Connection: close`."""
     async with _lane(Streamer()) as (_, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
         async with asyncio.timeout(30):
@@ -96,8 +94,7 @@ async def _connection(lane: Lane) -> list[LaneProtocol]:
 
 
 async def test_the_writer_waits_for_resume_or_the_connection_lost() -> None:
-    """writable() returns at once unless writing is paused; then on resume_writing, or
-    when the connection is lost."""
+    """writable() returns at once unless paused; then on resume_writing or the connection lost."""
 
     class Transport:
         def __init__(self) -> None:
