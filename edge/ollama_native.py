@@ -133,11 +133,16 @@ def model_not_found(model: str) -> bytes:
     return error_body(f'model "{model}" not found, try pulling it first')
 
 
-def refused(path: str) -> bytes:
-    return error_body(
+def refused_message(path: str) -> str:
+    """Why a path that manages one server's models is not forwarded."""
+    return (
         f"{path} manages models on one server; run it against an Ollama backend directly, "
         "not through Corral"
     )
+
+
+def refused(path: str) -> bytes:
+    return error_body(refused_message(path))
 
 
 def stream_error_line(message: str) -> bytes:

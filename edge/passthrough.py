@@ -203,16 +203,27 @@ async def handle(proxy: Proxy, request: web.Request) -> web.StreamResponse:
     backend_type = NATIVE_PREFIXES[prefix]
     path = request.match_info["tail"] or "/"
     method = request.method
-    try:
-        identity = proxy.check_auth(request)
+    if backend_type == OLLAMA and method in _READS and ollama.classify(path) == "merged":
+        try:  # the fleet's merged view, not a request to a backend: no usage record (as /v1/models)
+            proxy.check_auth(request)
+            return await _merged(proxy, path)
+        except ApiError as exc:
+            return _error(backend_type, exc)
+
+    def refuse() -> None:
+        """A path Corral does not forward: refused inside run, so that the refusal is
+        recorded, under the key that asked."""
         if backend_type == OLLAMA:
             served = ollama.classify(path)
             if served == "refused":
-                return _ollama(403, ollama.refused(path))
-            if served == "merged" and method in _READS:
-                return await _merged(proxy, path)
+                raise ApiError(
+                    403,
+                    ollama.refused_message(path),
+                    error_type="permission_error",
+                    code="not_forwarded",
+                )
             if served == "unknown" and method not in _READS and path not in INFERENCE_WRITES:
-                return _ollama(404, ollama.error_body(f"unknown path {path}"))
+                raise ApiError(404, f"unknown path {path}", code="unknown_path")
         elif method not in _READS and _api_path(backend_type, path) not in INFERENCE_WRITES:
             raise ApiError(
                 403,
@@ -221,10 +232,11 @@ async def handle(proxy: Proxy, request: web.Request) -> web.StreamResponse:
                 error_type="permission_error",
                 code="not_forwarded",
             )
-    except ApiError as exc:
-        return _error(backend_type, exc)
 
     async def admit() -> Admission:
+        # Here, not before run: the request's Call exists, and takes the key and team.
+        identity = proxy.check_auth(request)
+        refuse()
         raw: bytes | None = None
         body: dict[str, Any] = {}
         if request.body_exists:

@@ -274,8 +274,29 @@ async def test_usage_records_carry_the_key_and_the_admin_price(
                 return []
         return rows if len(rows) >= 2 else []  # the answered one and the refused one
 
+    # The native pass-through records the same: under the key, its refusals too.
+    native = f"{running.url}/vllm/v1/chat/completions"
+    auth = {"Authorization": f"Bearer {created.secret}"}
+    async with running.http.post(
+        native, json={"model": MODEL, "messages": USER}, headers=auth
+    ) as r:
+        assert r.status == 200
+    async with running.http.post(f"{running.url}/vllm/v1/load_lora_adapter", headers=auth) as r:
+        assert r.status == 403  # manages one server: not forwarded, but recorded
+
+    def native_rows() -> list[dict[str, Any]]:
+        return [r for r in written() if r["endpoint"] == "vllm"]
+
+    native_ok, native_refused = sorted(await eventually(native_rows), key=lambda r: r["status"])
+    assert (native_ok["status"], native_ok["key_id"], native_ok["team"]) == (
+        200,
+        created.key.id,
+        "billing",
+    )
+    assert (native_refused["status"], native_refused["key_id"]) == (403, created.key.id)
+
     rows = await eventually(written)
-    ok = next(r for r in rows if r["status"] == 200)
+    ok = next(r for r in rows if r["status"] == 200 and r["endpoint"] == "chat")
     assert ok["key_id"] == created.key.id and ok["team"] == "billing"
     assert ok["prompt_tokens"] == answer.usage.prompt_tokens
     expected = (answer.usage.prompt_tokens * 2.0 + answer.usage.completion_tokens * 10.0) / 1e6
