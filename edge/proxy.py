@@ -366,7 +366,9 @@ class Proxy:
                     rewrite = route.name  # the target's own name; the answer names the asked
             excluded.add(backend.name)
             metrics.decision(label)
-            attempted = adapt(exchange, backend) if backend.provider else exchange
+            attempted = (
+                adapt(exchange, backend, call.usage_hidden) if backend.provider else exchange
+            )
             path, payload = attempted.upstream(backend, rewrite)
             call.backend = backend.name
             call.route = label

@@ -21,12 +21,15 @@ class AnthropicChat(Hosted):
     OpenAI answer does: when the gateway wrapped it (edge/gateway/tap.py) the answer is
     recorded for the cache and redacted originals are put back."""
 
-    __slots__ = ("asked", "translator")
+    __slots__ = ("asked", "translator", "usage_hidden")
 
-    def __init__(self, inner: Exchange) -> None:
+    def __init__(self, inner: Exchange, usage_hidden: bool = False) -> None:
         super().__init__(inner)
         self.asked = str(inner.body.get("model", ""))
         self.translator: anthropic_out.ChatStream | None = None
+        # The body asks for usage because the edge did (edge/gateway/tokens.py): the
+        # tokens are read from Anthropic's own events, and the client gets no usage chunk.
+        self.usage_hidden = usage_hidden
 
     def upstream(self, backend: BackendState, rewrite: str | None) -> tuple[str, bytes | None]:
         body = anthropic_out.to_messages(self.body, rewrite or self.asked)
@@ -52,7 +55,7 @@ class AnthropicChat(Hosted):
     def first(self, chunk: bytes, backend: BackendState) -> bytes:
         options = self.body.get("stream_options")
         include = isinstance(options, dict) and options.get("include_usage") is True
-        self.translator = anthropic_out.ChatStream(self.asked, include)
+        self.translator = anthropic_out.ChatStream(self.asked, include and not self.usage_hidden)
         return self.inner.first(self.translator.feed(chunk), backend)
 
     def chunk(self, chunk: bytes) -> bytes:

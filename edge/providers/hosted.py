@@ -39,8 +39,9 @@ _CHAT: Final = CHAT.path
 MAX_RETRY_AFTER: Final = 300.0
 
 
-def adapt(exchange: Exchange, backend: BackendState) -> Exchange:
-    """The exchange for one attempt on `backend` (itself for a local server)."""
+def adapt(exchange: Exchange, backend: BackendState, usage_hidden: bool = False) -> Exchange:
+    """The exchange for one attempt on `backend` (itself for a local server). `usage_hidden`:
+    the edge, not the client, asked for a streamed usage chunk (the client gets none)."""
     if not backend.provider:
         return exchange
     if backend.provider == ANTHROPIC:
@@ -55,7 +56,7 @@ def adapt(exchange: Exchange, backend: BackendState) -> Exchange:
             )
         from edge.providers.anthropic_chat import AnthropicChat  # loaded on first use
 
-        return AnthropicChat(exchange)
+        return AnthropicChat(exchange, usage_hidden)
     return Hosted(exchange)
 
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from corral.config_gateway import CacheConfig, GuardConfig
+from corral.config_gateway import CacheConfig, GuardConfig, UsageConfig
 from tests.edge.conftest import StartEdge
 from tests.edge.snapshot_server import SnapshotServer, snapshot
 from tests.fakes.hosted import HostedFake
 from tests.fakes.tls import CertAuthority, make_ca
 from tests.providers.helpers import KEYS, edge_settings, provider_backend
+from tests.support.net import eventually
 
 MODEL = "claude-sonnet-4-5"
 MAIL = "jane.doe@example.com"
@@ -69,3 +72,39 @@ async def test_anthropic_translated_chat_is_restored_and_cached_whole_and_stream
         assert "".join(parts) == f"[{claude.name}] stream to {MAIL}"
     assert len(claude.requests) == 2  # the streamed miss was stored once complete
     assert MAIL not in str(claude.requests[1].body_json)
+
+
+async def test_anthropic_translated_stream_has_no_usage_chunk_unless_asked(
+    claude: HostedFake,
+    ca: CertAuthority,
+    snapshots: SnapshotServer,
+    start_edge: StartEdge,
+    tmp_path: Path,
+) -> None:
+    """A stream without stream_options gets no usage chunk; its tokens are still recorded."""
+    snapshots.publish(snapshot(1, [provider_backend(claude)]))
+    records = tmp_path / "usage.db"
+    running = await start_edge(
+        snapshots,
+        **edge_settings(ca.ca_file, "anthropic"),
+        usage=UsageConfig(sink="sqlite", path=str(records), flush_interval_seconds=0.05),
+    )
+    await running.wait_version(1)
+    messages = [{"role": "user", "content": "hi"}]
+    stream = await running.client().chat.completions.create(
+        model=MODEL, messages=messages, stream=True
+    )
+    chunks = [c async for c in stream]
+    assert chunks and all(c.choices for c in chunks)  # none with only usage in it
+
+    def recorded() -> list[tuple[int, int]]:
+        if not records.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(records)) as db:
+            try:
+                return list(db.execute("SELECT prompt_tokens, completion_tokens FROM corral_usage"))
+            except sqlite3.OperationalError:  # the table is not there yet
+                return []
+
+    [(prompt, completion)] = await eventually(recorded)
+    assert prompt > 0 and completion > 0
