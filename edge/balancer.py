@@ -263,7 +263,8 @@ class Balancer:
             self.config.eject_base_seconds * (2**backend.ejections),
             self.config.eject_max_seconds,
         )
-        backend.ejected_until = time.monotonic() + seconds
+        # Never sooner than a Retry-After the backend asked for (edge/providers/hosted.py).
+        backend.ejected_until = max(backend.ejected_until, time.monotonic() + seconds)
         backend.ejections += 1
         backend.failures = 0
         return True

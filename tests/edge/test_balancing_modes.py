@@ -223,3 +223,20 @@ async def test_shared_deadlines_expire_in_order_and_only_their_task() -> None:
         tasks[name].cancel()
     await asyncio.gather(tasks["closed"], tasks["pushed"], return_exceptions=True)
     assert outcomes["closed"] == outcomes["pushed"] == "cancelled"
+
+
+def test_an_ejection_never_shortens_a_retry_after() -> None:
+    """Failures that eject a backend keep it out at least as long as its Retry-After asked."""
+    import time
+
+    config = EdgeConfig(eject_after_failures=1, eject_base_seconds=5.0)
+    balancer = Balancer(config)
+    balancer.apply(snapshot(1, [backend("a", "http://127.0.0.1:1", [MODEL])]))
+    state = balancer.states["a"]
+    asked = time.monotonic() + 120  # Retry-After: 120
+    state.ejected_until = asked
+    assert balancer.failed(state)
+    assert state.ejected_until == asked
+    state.ejected_until = 0.0
+    assert balancer.failed(state)
+    assert 0 < state.ejected_until - time.monotonic() <= 10.0  # the backoff, doubled once
