@@ -223,8 +223,10 @@ class Attempts:
                     return Failure("timeout" if isinstance(exc, TimeoutError) else "connect")
                 return Failure("timeout" if isinstance(exc, TimeoutError) else "read")
             # The backend broke after bytes reached the client: no retry; end the stream
-            # cleanly with an error event the client can see.
+            # cleanly with an error event the client can see. Its record says so (a 200 cut
+            # short is an error in the reports).
             log.warning("stream from backend %s cut mid-way: %r", backend.name, exc)
+            attempt.call.error = "timeout" if isinstance(exc, TimeoutError) else "stream_interrupted"
             with contextlib.suppress(TimeoutError, ClientGone):
                 async with asyncio.timeout(self._idle):
                     await to_client(relay, exchange.cut(exc))

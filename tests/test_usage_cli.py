@@ -14,7 +14,7 @@ import pytest
 from edge.gateway.call import Call, new_id
 from edge.gateway.postgres import PostgresSink
 from edge.gateway.records import row
-from edge.gateway.sinks import JsonLinesSink
+from edge.gateway.sinks import JsonLinesSink, SQLiteSink
 from tests.support.net import eventually
 from tests.support.postgres import running_postgres
 from tests.test_up import CORRAL, corral_up
@@ -67,19 +67,26 @@ def records(count: int) -> list[Any]:
     for i in range(count):
         call = Call(new_id(), f"r{i}", 0.0, now - i * 3600, "chat", model="m", team=f"t{i % 2}")
         call.status = 500 if i == 0 else 200
+        if i == 1:  # a 200 whose stream was cut mid-way: an error too
+            call.error = "stream_interrupted"
         call.prompt_tokens, call.completion_tokens, call.duration = 10, 5, 0.01 * (i + 1)
         out.append(row(call, "edge-a", 0.001))
     return out
 
 
 async def test_postgres_and_jsonl(tmp_path: Path) -> None:
-    """Reports by team and by day from PostgreSQL and from a JSON-lines file agree."""
+    """Reports by team from PostgreSQL, a JSON-lines file and SQLite agree, errors included."""
     rows = records(10)
     lines = JsonLinesSink(str(tmp_path / "u.jsonl"))
     await lines.open()
     await lines.write(rows)
     await lines.write(rows[:3])  # a replayed batch: counted once
     await lines.close()
+    sqlite = SQLiteSink(str(tmp_path / "u.db"))
+    await sqlite.open()
+    await sqlite.write(rows)
+    await sqlite.close()
+    from_sqlite = report("--sqlite", str(tmp_path / "u.db"), "--by", "team", "--since", "5h")
     with running_postgres() as pg:
         sink = PostgresSink(pg.dsn)
         await sink.open()
@@ -93,9 +100,9 @@ async def test_postgres_and_jsonl(tmp_path: Path) -> None:
         by_config = report("--config", str(config), "--by", "team", "--since", "5h")
         assert by_config["groups"] == from_pg["groups"]  # the same database, found by config
     from_file = report("--jsonl", str(tmp_path / "u.jsonl"), "--by", "team", "--since", "5h")
-    for result in (from_pg, from_file):
+    for result in (from_pg, from_file, from_sqlite):
         assert result["total"]["requests"] == 5  # 0h..4h ago, within 5h
-        assert result["total"]["errors"] == 1
+        assert result["total"]["errors"] == 2  # the 500 and the 200 cut short
         assert result["total"]["prompt_tokens"] == 50
         assert result["total"]["cost_usd"] == pytest.approx(0.005)
         teams = {g["name"]: g["requests"] for g in result["groups"]}

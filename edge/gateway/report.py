@@ -50,10 +50,11 @@ class Group:
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
 
-    def add(self, status: int, prompt: int, cached: int, completion: int, estimated: bool,
+    def add(self, failed: bool, prompt: int, cached: int, completion: int, estimated: bool,
             cost: float, duration: float) -> None:  # fmt: skip
+        """One record; `failed`: answered with an error status, or cut short after a 200."""
         self.requests += 1
-        self.errors += status >= 400
+        self.errors += bool(failed)
         self.prompt_tokens += prompt
         self.cached_tokens += cached
         self.completion_tokens += completion
@@ -97,7 +98,7 @@ class Report:
         }
 
 
-_Record = tuple[str, int, int, int, int, bool, float, float]
+_Record = tuple[str, bool, int, int, int, bool, float, float]
 
 
 def _build(by: str, since: float, records: Iterable[_Record]) -> Report:
@@ -116,8 +117,10 @@ def _build(by: str, since: float, records: Iterable[_Record]) -> Report:
     return Report(by, since, ordered, total)
 
 
+# An error: its status, or the error a 200 ended with (a stream cut mid-way, timed out).
+_FAILED: Final = "(status >= 400 OR error <> '')"
 _FIELDS: Final = (
-    "status, prompt_tokens, cached_tokens, completion_tokens, estimated, cost_usd, duration_ms"
+    f"{_FAILED}, prompt_tokens, cached_tokens, completion_tokens, estimated, cost_usd, duration_ms"
 )
 
 
@@ -156,7 +159,8 @@ def from_jsonl(path: str, by: str, since: float) -> Report:
                 else:
                     name = r[_COLUMN[by]]
                 yield (
-                    name, r["status"], r["prompt_tokens"], r["cached_tokens"],
+                    name, r["status"] >= 400 or bool(r.get("error")), r["prompt_tokens"],
+                    r["cached_tokens"],
                     r["completion_tokens"], r["estimated"], r["cost_usd"], r["duration_ms"],
                 )  # fmt: skip
 
@@ -171,7 +175,7 @@ async def from_postgres(dsn: str, by: str, since: float) -> Report:
 
     key = "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD')" if by == "day" else _COLUMN[by]
     query = f"""
-        SELECT {key} AS name, count(*) AS requests, count(*) FILTER (WHERE status >= 400),
+        SELECT {key} AS name, count(*) AS requests, count(*) FILTER (WHERE {_FAILED}),
                sum(prompt_tokens), sum(cached_tokens), sum(completion_tokens),
                count(*) FILTER (WHERE estimated), sum(cost_usd),
                percentile_disc(0.5) WITHIN GROUP (ORDER BY duration_ms),
