@@ -226,7 +226,8 @@ class Attempts:
             # cleanly with an error event the client can see. Its record says so (a 200 cut
             # short is an error in the reports).
             log.warning("stream from backend %s cut mid-way: %r", backend.name, exc)
-            attempt.call.error = "timeout" if isinstance(exc, TimeoutError) else "stream_interrupted"
+            cut = "timeout" if isinstance(exc, TimeoutError) else "stream_interrupted"
+            attempt.call.error = cut
             with contextlib.suppress(TimeoutError, ClientGone):
                 async with asyncio.timeout(self._idle):
                     await to_client(relay, exchange.cut(exc))
