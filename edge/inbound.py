@@ -159,6 +159,8 @@ def parse(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
         raise bad_request("you must provide a model parameter", param="model")
     if not isinstance(model, str) or not model:
         raise bad_request("'model' must be a non-empty string.", param="model")
+    if not model.isprintable():  # a control character (a NUL) is no model's name
+        raise bad_request("'model' must not hold control characters.", param="model")
     field = endpoint.input_field
     value = body.get(field)
     if value is None:

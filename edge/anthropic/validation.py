@@ -73,6 +73,8 @@ def _validate_common(body: object) -> JSON:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise invalid_request("model: Field required (a non-empty string)")
+    if not model.isprintable():  # a control character (a NUL) is no model's name
+        raise invalid_request("model: must not hold control characters")
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise invalid_request("messages: Field required (a list of messages)")

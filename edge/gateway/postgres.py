@@ -97,6 +97,15 @@ async def migrate(conn: asyncpg.Connection) -> int:
         return found
 
 
+def _storable(row: Row) -> Row:
+    """The row as PostgreSQL text can hold it: a NUL (a prompt may carry \\u0000, and body
+    logging keeps prompts) becomes U+FFFD, where it would fail the whole batch, and every
+    replay of it, for good."""
+    if not any(isinstance(v, str) and "\x00" in v for v in row):
+        return row
+    return tuple(v.replace("\x00", "\ufffd") if isinstance(v, str) else v for v in row)
+
+
 class PostgresSink:
     """A small asyncpg pool; one transaction (COPY, then INSERT) per batch."""
 
@@ -140,7 +149,8 @@ class PostgresSink:
             pool = self._pool = await self._connect()
         try:
             async with pool.acquire() as conn, conn.transaction():
-                await conn.copy_records_to_table(_STAGE, records=rows, columns=NAMES)
+                records = [_storable(row) for row in rows]
+                await conn.copy_records_to_table(_STAGE, records=records, columns=NAMES)
                 await conn.execute(_MOVE)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             raise SinkError(f"writing usage records: {_safe(exc)}") from None

@@ -76,6 +76,7 @@ async def running(
         (CHAT, b'{"messages": [{"role": "user", "content": "x"}]}', "model"),
         (CHAT, b'{"model": 7, "messages": []}', "model"),
         (CHAT, b'{"model": "", "messages": [{"role": "user"}]}', "model"),
+        (CHAT, b'{"model": "m\\u0000", "messages": [{"role": "user"}]}', "model"),
         (CHAT, b'{"model": "m"}', "messages"),
         (CHAT, b'{"model": "m", "messages": "hello"}', "messages"),
         (CHAT, b'{"model": "m", "messages": []}', "messages"),

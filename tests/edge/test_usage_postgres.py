@@ -237,3 +237,21 @@ async def test_spool_of_a_dead_process_is_adopted(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "usage.db")
     assert db.execute(f"SELECT count(*) FROM {TABLE}").fetchone() == (7,)
     db.close()
+
+
+async def test_a_nul_in_a_text_field_does_not_fail_its_batch(postgres: PostgresServer) -> None:
+    """A NUL in a record's text (a logged prompt, a model) is stored as U+FFFD, with its batch."""
+    dsn = await fresh(postgres, "nul")
+    sink = PostgresSink(dsn)
+    await sink.open()
+    batch = calls(3)
+    batch[1].model = "evil\x00model"
+    await sink.write([row(c, "edge-a", 0.0) for c in batch])
+    await sink.close()
+    assert await count_rows(dsn) == 3
+    conn = await asyncpg.connect(dsn)
+    try:
+        stored = await conn.fetchval(f"SELECT model FROM {TABLE} WHERE request_id = 'r1'")
+    finally:
+        await conn.close()
+    assert stored == "evil\ufffdmodel"
