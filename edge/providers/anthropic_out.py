@@ -73,7 +73,8 @@ def to_messages(body: Mapping[str, Any], model: str) -> JSON:
                         "input": _arguments(function.get("arguments")),
                     }
                 )
-            _append(turns, "assistant", blocks or [{"type": "text", "text": ""}])
+            if blocks:  # an empty assistant turn says nothing (Anthropic refuses empty text)
+                _append(turns, "assistant", blocks)
         else:
             _append(turns, "user", _user_blocks(message.get("content")))
     out: JSON = {"model": model, "messages": turns}
@@ -126,12 +127,15 @@ def _text(content: Any) -> str:
 
 
 def _user_blocks(content: Any) -> list[JSON]:
+    """A user turn's blocks; empty text parts left out (Anthropic refuses them), but for a
+    turn with nothing else, which the provider then refuses in its own words."""
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     blocks: list[JSON] = []
     for part in content or ():
         if part.get("type") == "text":
-            blocks.append({"type": "text", "text": part.get("text", "")})
+            if part.get("text"):
+                blocks.append({"type": "text", "text": part["text"]})
         elif part.get("type") == "image_url":
             url = str((part.get("image_url") or {}).get("url", ""))
             if url.startswith("data:") and ";base64," in url:
@@ -176,11 +180,15 @@ def usage(anthropic: Mapping[str, Any]) -> JSON:
         for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
     )
     completion = int(anthropic.get("output_tokens") or 0)
-    return {
+    out: JSON = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+    cached = int(anthropic.get("cache_read_input_tokens") or 0)
+    if cached:  # as OpenAI reports its own prompt cache's reads
+        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    return out
 
 
 def to_completion(message: Mapping[str, Any], model: str) -> JSON:
