@@ -52,6 +52,8 @@ _UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError)
 # Tried elsewhere but not held against the backend: overloaded (429), or it no longer has
 # the model or endpoint the snapshot says it has (404, a stale snapshot).
 _RETRYABLE: Final = frozenset((404, 429))
+# Overloaded, come back later: a Retry-After is honoured (529: Anthropic's own).
+_OVERLOADED: Final = frozenset((429, 503, 529))
 
 
 # Made per request: not frozen (a frozen dataclass sets each field through
@@ -141,13 +143,14 @@ class Attempts:
                     awaiting.discard(deadline)
                     clean = True
                     if status in _RETRYABLE or status >= 500:
-                        if status in (429, 503):
+                        if status in _OVERLOADED:
                             honour_retry_after(backend, upstream.headers)
                         if status >= 500:
                             self.failed(backend)
                         body = exchange.error(status, data)
                         wait = upstream.headers.get("Retry-After", "")
-                        return Failure(f"status_{status}", status, body, content_type, wait)
+                        answered = exchange.error_status(status)
+                        return Failure(f"status_{status}", answered, body, content_type, wait)
                     self.balancer.succeeded(backend)
                     if status < 300:
                         read_whole(attempt.call, len(payload or b""), data)

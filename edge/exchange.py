@@ -100,6 +100,11 @@ class Exchange:
         """A failed attempt's body as give_up expects it (hosted providers rewrite theirs)."""
         return data
 
+    def error_status(self, status: int) -> int:
+        """A failed attempt's status as this client's API knows it (a translating exchange
+        maps a provider's own: Anthropic's 529 overloaded is OpenAI's 503)."""
+        return status
+
     def give_up(self, model: str, failure: Failure | None) -> web.Response:
         """The answer when every attempt failed (None: no backend could be tried)."""
         if failure is None:

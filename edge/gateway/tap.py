@@ -69,6 +69,9 @@ class Tap(Exchange):
     def error(self, status: int, data: bytes) -> bytes:
         return self.inner.error(status, data)
 
+    def error_status(self, status: int) -> int:
+        return self.inner.error_status(status)
+
     def body_changed(self) -> None:
         self.inner.body_changed()
         self.raw = self.inner.raw

@@ -69,3 +69,6 @@ class AnthropicChat(Hosted):
 
     def error(self, status: int, data: bytes) -> bytes:
         return anthropic_out.error(status, data)[1]
+
+    def error_status(self, status: int) -> int:
+        return anthropic_out.error(status, b"")[0]

@@ -109,6 +109,9 @@ class Hosted(Exchange):
     def error(self, status: int, data: bytes) -> bytes:
         return openai_error(status, data)[1]
 
+    def error_status(self, status: int) -> int:
+        return self.inner.error_status(status)
+
 
 class NativeAnthropic(Hosted):
     """A Messages request to Anthropic itself: as it is, errors too (normalised only for

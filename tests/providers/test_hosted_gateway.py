@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import openai
 import pytest
 
 from corral.config_gateway import CacheConfig, GuardConfig, UsageConfig
@@ -108,3 +109,20 @@ async def test_anthropic_translated_stream_has_no_usage_chunk_unless_asked(
 
     [(prompt, completion)] = await eventually(recorded)
     assert prompt > 0 and completion > 0
+
+
+async def test_anthropic_overloaded_reaches_openai_clients_as_503(
+    claude: HostedFake, ca: CertAuthority, snapshots: SnapshotServer, start_edge: StartEdge
+) -> None:
+    """Anthropic's 529 overloaded is an OpenAI client's 503, with a Retry-After."""
+    snapshots.publish(snapshot(1, [provider_backend(claude)]))
+    running = await start_edge(snapshots, **edge_settings(ca.ca_file, "anthropic"))
+    await running.wait_version(1)
+    claude.mode = "error"
+    client = running.client().with_options(max_retries=0)
+    with pytest.raises(openai.InternalServerError) as overloaded:
+        await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert overloaded.value.status_code == 503
+    assert overloaded.value.response.headers.get("retry-after")
