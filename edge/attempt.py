@@ -70,6 +70,9 @@ class Attempt:
     payload: bytes | None
     call: Call  # the request's record (call.started: arrival, for time to first token)
     model: str  # the metrics label of the model
+    # A fallback chain moves on after any 4xx here (its `on` says 4xx): a failure, not an
+    # answer to relay.
+    any_4xx_fails: bool = False
 
 
 class Attempts:
@@ -142,7 +145,11 @@ class Attempts:
                     data = await upstream.read()
                     awaiting.discard(deadline)
                     clean = True
-                    if status in _RETRYABLE or status >= 500:
+                    if (
+                        status in _RETRYABLE
+                        or status >= 500
+                        or (attempt.any_4xx_fails and status >= 400)
+                    ):
                         if status in _OVERLOADED:
                             honour_retry_after(backend, upstream.headers)
                         if status >= 500:

@@ -330,6 +330,7 @@ class Proxy:
         balancer = self.balancer
         metrics = self.metrics
         model_label = call.model if stage is not None else route.name or call.endpoint
+        any_4xx = stage is not None and "4xx" in stage.on
         excluded: set[str] = set()
         failure: Failure | None = None
         for _ in range(self._attempts):
@@ -380,7 +381,17 @@ class Proxy:
                 tracer.attempt(request, backend.name, str(backend.url(path)), label)
             try:
                 result = await self._try(
-                    Attempt(request, attempted, backend, label, path, payload, call, model_label)
+                    Attempt(
+                        request,
+                        attempted,
+                        backend,
+                        label,
+                        path,
+                        payload,
+                        call,
+                        model_label,
+                        any_4xx,
+                    )
                 )
             finally:
                 balancer.release(backend)

@@ -310,3 +310,33 @@ async def test_conditions_decide_whether_a_chain_moves_on(
     assert limited.value.code == "rate_limit_exceeded"
     assert limited.value.response.headers["retry-after"] == "30"  # the provider's own
     assert claude.requests == []
+
+
+async def test_a_chain_that_moves_on_for_4xx_does_after_a_401(
+    gpt: HostedFake,
+    claude: HostedFake,
+    ca: CertAuthority,
+    snapshots: SnapshotServer,
+    start_edge: StartEdge,
+) -> None:
+    """on: [4xx]: a provider refusing its credential (401) sends the request down the chain."""
+    snapshots.publish(
+        with_chains(
+            1,
+            [provider_backend(gpt), provider_backend(claude)],
+            chain("gpt-4.1-mini", f"{claude.name}/claude-sonnet-4-5", on=["4xx"]),
+        )
+    )
+    settings = edge_settings(ca.ca_file, "openai", "anthropic")
+    creds = tuple(
+        (ref, type(secret)("wrong-key") if ref.startswith("openai") else secret)
+        for ref, secret in settings["credentials"]
+    )
+    running = await start_edge(snapshots, extra_ca_file=ca.ca_file, credentials=creds)
+    await running.wait_version(1)
+    raw = await running.client().chat.completions.with_raw_response.create(
+        model="gpt-4.1-mini", messages=[{"role": "user", "content": "x"}]
+    )
+    assert raw.headers["x-corral-route"] == "fallback"
+    assert raw.parse().choices[0].message.content == f"[{claude.name}] x"
+    assert len(gpt.requests) >= 1 and len(claude.requests) == 1
