@@ -367,9 +367,14 @@ class Proxy:
                     rewrite = route.name  # the target's own name; the answer names the asked
             excluded.add(backend.name)
             metrics.decision(label)
-            attempted = (
-                adapt(exchange, backend, call.usage_hidden) if backend.provider else exchange
-            )
+            try:
+                attempted = (
+                    adapt(exchange, backend, call.usage_hidden) if backend.provider else exchange
+                )
+            except ApiError:  # a provider that does not serve this endpoint
+                if stage is None:
+                    raise
+                continue  # in a chain: another backend, or the next stage, may serve it
             path, payload = attempted.upstream(backend, rewrite)
             call.backend = backend.name
             call.route = label

@@ -340,3 +340,31 @@ async def test_a_chain_that_moves_on_for_4xx_does_after_a_401(
     assert raw.headers["x-corral-route"] == "fallback"
     assert raw.parse().choices[0].message.content == f"[{claude.name}] x"
     assert len(gpt.requests) >= 1 and len(claude.requests) == 1
+
+
+async def test_a_target_that_cannot_take_the_endpoint_is_passed_over(
+    gpt: HostedFake,
+    claude: HostedFake,
+    ca: CertAuthority,
+    snapshots: SnapshotServer,
+    start_edge: StartEdge,
+) -> None:
+    """Embeddings down a chain through Anthropic (chat only) reach the next target."""
+    snapshots.publish(
+        with_chains(
+            1,
+            [provider_backend(gpt), provider_backend(claude)],
+            chain(
+                "embed-any",
+                f"{claude.name}/claude-sonnet-4-5",
+                f"{gpt.name}/gpt-4.1-mini",
+            ),
+        )
+    )
+    running = await start_edge(snapshots, **edge_settings(ca.ca_file, "openai", "anthropic"))
+    await running.wait_version(1)
+    raw = await running.client().embeddings.with_raw_response.create(
+        model="embed-any", input="hello"
+    )
+    assert raw.headers["x-corral-backend"] == gpt.name
+    assert raw.parse().data and claude.requests == []
