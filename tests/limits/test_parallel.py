@@ -3,6 +3,9 @@ in-process store."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -86,3 +89,34 @@ def test_lua_and_python_grant_alike(
             await store.close()
 
     assert asyncio.run(grant()) == slice_of(limit, used, want, need, 4.0, 1)
+
+
+async def test_a_request_gone_during_its_lease_call_keeps_the_grant(valkey: ValkeyServer) -> None:
+    """A client leaving while the store answers: the slot granted comes back, none is lost."""
+    answered = asyncio.Event()
+    release = asyncio.Event()
+
+    class SlowAnswer(SharedCounters):
+        async def lease(self, edge: str, asks: list[Ask]) -> Any:
+            out = await super().lease(edge, asks)  # the store has granted
+            answered.set()
+            await release.wait()  # its answer still on its way
+            return out
+
+    one = Subject("key", "ck_gone", Limits(parallel=1))
+    limiter = Limiter(SlowAnswer(Valkey(valkey.url, timeout=5.0)), edge_id="e0", idle_return=0.0)
+    try:
+        request = asyncio.create_task(limiter.admit([one]))
+        await answered.wait()
+        request.cancel()  # the client went away
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        release.set()
+        await limiter.quiesce()  # the lease call ends on its own, its grant kept
+        await limiter.sweep()  # idle: given back to the store
+        for _ in range(3):  # one at a time: each gets the one slot
+            limiter.settle(await limiter.admit([one]))
+            await limiter.sweep()
+    finally:
+        release.set()
+        await limiter.close()

@@ -46,6 +46,13 @@ _TRIES = 32
 _SAMPLE_EVERY = 0.5
 
 
+def _settled(task: asyncio.Task[None]) -> None:
+    """A lease call's task is done: its failure (StoreDown) was the request's to see, which
+    may have gone; nothing is left to log."""
+    if not task.cancelled():
+        task.exception()
+
+
 class Limiter:
     """Admits and settles against one counter store, failing open or closed when it is down."""
 
@@ -205,7 +212,13 @@ class Limiter:
             bucket.queued += need  # the next lease call asks for this too
         try:
             if todo:
-                await self._lease(todo)
+                # Its own task, owned by the limiter: a request cancelled while the store
+                # answers (the client went away) must not drop the grant the store made.
+                call = asyncio.get_running_loop().create_task(self._lease(todo))
+                self._tasks.add(call)
+                call.add_done_callback(self._tasks.discard)
+                call.add_done_callback(_settled)
+                await asyncio.shield(call)
             for bucket, _ in waiting:
                 if bucket.refill is not None:
                     await asyncio.shield(bucket.refill)
