@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from edge.gateway.limits import Limiter, Limits, Refused, SharedCounters, Subject
 from edge.gateway.valkey import Valkey
 from tests.limits.drive import Clock
-from tests.support.net import eventually
+from tests.support.net import eventually, free_port
 from tests.support.valkey import ValkeyServer
 
 KEY = Subject("key", "ck_fault", Limits(rpm=600))
@@ -136,3 +138,22 @@ async def test_fail_closed_refuses_with_503_and_recovers(valkey: ValkeyServer) -
     finally:
         for limiter in limiters:
             await limiter.close()
+
+
+async def test_fail_open_gives_back_parallel_slots_while_the_store_is_down() -> None:
+    """Store down, max_parallel 2, one request at a time: freed slots come back here."""
+    two = Subject("key", "ck_fo", Limits(parallel=2))
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there: the store is down
+    limiter = Limiter(SharedCounters(Valkey(url, timeout=0.05)), edge_id="e0", idle_return=0.0)
+    try:
+        for _ in range(6):
+            limiter.settle(await limiter.admit([two]))
+            await limiter.sweep()  # idle: the slot is given back
+        held = [await limiter.admit([two]) for _ in range(2)]
+        with pytest.raises(Refused) as refused:  # two in flight: the limit holds
+            await limiter.admit([two])
+        assert refused.value.reason == "parallel"
+        for ticket in held:
+            limiter.settle(ticket)
+    finally:
+        await limiter.close()

@@ -32,6 +32,7 @@ class Bucket:
         "contributed",
         "durable",
         "epoch",
+        "fallback_applied",
         "fallback_granted",
         "fallback_seeded",
         "gauge",
@@ -96,6 +97,8 @@ class Bucket:
         # Fail-open: grants from the in-process fallback, owed to the store once it is back.
         self.fallback_granted = 0
         self.fallback_seeded = False
+        # A gauge's returns (its `pending`) already taken off the in-process count.
+        self.fallback_applied = 0
         # The store had less than `short_need` left: refuse such needs locally until then.
         self.short_need = 0
         self.short_until = 0.0

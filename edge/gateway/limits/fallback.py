@@ -34,7 +34,7 @@ def grant_locally(
             -(-bucket.limit // edges),  # ceil: this edge's share
             bucket.want(need, now, horizon) if grow else 0,
             need,
-            adjust=0 if bucket.fallback_seeded else bucket.contributed,
+            adjust=_adjust(bucket),
             ttl_ms=bucket.ttl_ms,
             gauge=bucket.gauge,
         )
@@ -43,6 +43,8 @@ def grant_locally(
     leased = fallback.lease_now(asks)
     for (bucket, need), answer in zip(todo, leased.answers, strict=True):
         bucket.fallback_seeded = True
+        if bucket.gauge:
+            bucket.fallback_applied = bucket.pending
         bucket.fallback_granted += answer.grant
         bucket.lease += answer.grant
         bucket.used = answer.used
@@ -51,3 +53,15 @@ def grant_locally(
             # time, and an outage's refusals must not lengthen the first one after it.
             bucket.short_need = need
             bucket.short_until = now + REFUSE_FOR
+
+
+def _adjust(bucket: Bucket) -> int:
+    """What changes the in-process count besides this call's grant: at first what the edge
+    already held; then, for a gauge (slots in use), the slots given back since the last call
+    (its `pending` returns, owed to the store too once it answers): a freed slot is free
+    here as well."""
+    if not bucket.fallback_seeded:
+        return bucket.contributed + (bucket.pending if bucket.gauge else 0)
+    if bucket.gauge:
+        return bucket.pending - bucket.fallback_applied
+    return 0

@@ -283,6 +283,7 @@ class Limiter:
                     self.fallback.forget("fb:" + bucket.key)
                     bucket.fallback_granted = 0
                     bucket.fallback_seeded = False
+                    bucket.fallback_applied = 0
                 bucket.pending -= ask.adjust - sent_fallback
                 bucket.contributed += ask.adjust + answer.grant
                 bucket.lease += answer.grant
