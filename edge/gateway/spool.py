@@ -9,13 +9,17 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 from pathlib import Path
+from typing import Final
 
 import orjson
 
 from corral.config import EdgeConfig
 from edge.gateway.records import Row, from_dict
 from edge.gateway.sinks import sqlite_path
+
+_COPY: Final = 1 << 20  # bytes a rewrite holds at a time
 
 
 def spool_file(config: EdgeConfig, edge_id: str, pid: int | None = None) -> Path | None:
@@ -72,23 +76,33 @@ def append(path: Path, data: bytes) -> None:
         out.write(data)
 
 
-def read(path: Path, limit: int) -> tuple[list[Row], bytes]:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return [], b""
-    lines = data.splitlines(keepends=True)
+def read(path: Path, limit: int) -> tuple[list[Row], int]:
+    """The first `limit` records of the spool and the byte offset after them, reading no
+    more of the file than that (a spool grows for as long as its sink is down)."""
     rows: list[Row] = []
-    for line in lines[:limit]:
-        with contextlib.suppress(orjson.JSONDecodeError):  # a line cut by a crash
-            rows.append(from_dict(orjson.loads(line)))
-    return rows, b"".join(lines[limit:])
+    try:
+        with path.open("rb") as spool:
+            for _ in range(limit):
+                line = spool.readline()
+                if not line:
+                    break
+                with contextlib.suppress(orjson.JSONDecodeError):  # a line cut by a crash
+                    rows.append(from_dict(orjson.loads(line)))
+            return rows, spool.tell()
+    except FileNotFoundError:
+        return [], 0
 
 
-def rewrite(path: Path, rest: bytes) -> None:
-    if not rest:
-        path.unlink(missing_ok=True)
-        return
+def rewrite(path: Path, offset: int) -> None:
+    """The spool without its first `offset` bytes (replayed), copied a MiB at a time."""
     temp = path.with_suffix(".tmp")
-    temp.write_bytes(rest)
+    with path.open("rb") as spool:
+        spool.seek(offset)
+        first = spool.read(_COPY)
+        if not first:
+            path.unlink(missing_ok=True)
+            return
+        with temp.open("wb") as out:
+            out.write(first)
+            shutil.copyfileobj(spool, out, _COPY)
     temp.replace(path)

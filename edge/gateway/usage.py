@@ -246,7 +246,7 @@ class UsageRecorder(Recorder):
         spool = self._spool
         assert spool is not None
         try:
-            rows, rest = await asyncio.to_thread(spool_io.read, spool, _REPLAY_ROWS)
+            rows, offset = await asyncio.to_thread(spool_io.read, spool, _REPLAY_ROWS)
         except OSError as exc:
             log.warning("cannot read the usage spool %s: %s", spool, exc)
             return
@@ -256,7 +256,7 @@ class UsageRecorder(Recorder):
             if not await self._write(rows[start : start + self._batch]):
                 return  # kept whole; what did land is ignored on the next replay
         try:
-            await asyncio.to_thread(spool_io.rewrite, spool, rest)
+            await asyncio.to_thread(spool_io.rewrite, spool, offset)
         except OSError as exc:
             log.warning("cannot rewrite the usage spool %s: %s", spool, exc)
             return
