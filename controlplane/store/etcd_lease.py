@@ -187,6 +187,9 @@ class LeaseKeeper:
         kept = self._leases.get(response.ID)
         if kept is not None:
             kept.waiting_since = None
+            # The sender may be waiting with no lease due (all were awaiting answers): this
+            # one has a due time again.
+            self._changed.set()
             if response.TTL > 0:
                 self.refreshes += 1
                 kept.ttl = int(response.TTL)

@@ -120,6 +120,14 @@ async def test_one_keepalive_stream_for_all_leases(etcd: EtcdCluster) -> None:
         assert sorted(store.lease_keeper.kept()) == sorted(leases)
 
 
+async def test_a_lone_kept_lease_is_refreshed_again_and_again(etcd: EtcdCluster) -> None:
+    """One kept lease and nothing else going on: refreshed every third of its TTL, for good."""
+    async with EtcdStore(etcd.endpoints) as store:
+        lease = await store.grant_lease(1)
+        await eventually(lambda: store.lease_keeper.refreshes >= 6)  # ~2 s: several TTLs
+        assert await store.check_lease(lease) > 0
+
+
 async def test_closing_leaves_no_keepalive_task_behind(etcd: EtcdCluster) -> None:
     """Closing the store ends the keeper and every task of its open stream (none orphaned)."""
     async with EtcdStore(etcd.endpoints) as store:
