@@ -6,6 +6,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any, ClassVar, TypeAlias
 
 from agent import promtext
 from agent.http import BackendClient, ParseError, ProbeResponse
+from agent.limits import MAX_QUEUE
 from corral.v1 import types_pb2
 
 log = logging.getLogger(__name__)
@@ -242,10 +244,18 @@ def _copy(load: types_pb2.BackendLoad) -> types_pb2.BackendLoad:
 def make_load(
     running: float | None, waiting: float | None, kv: float | None
 ) -> types_pb2.BackendLoad:
-    load = types_pb2.BackendLoad(running=int(running or 0), waiting=int(waiting or 0))
-    if kv is not None:
+    """A load the control plane accepts, whatever a server's metrics said: NaN or infinite
+    readings count as absent, counts are kept within 0..MAX_QUEUE, the KV share within 0..1."""
+    load = types_pb2.BackendLoad(running=_count(running), waiting=_count(waiting))
+    if kv is not None and math.isfinite(kv):
         load.kv_cache_usage = min(max(kv, 0.0), 1.0)
     return load
+
+
+def _count(value: float | None) -> int:
+    if value is None or not math.isfinite(value):
+        return 0
+    return min(max(int(value), 0), MAX_QUEUE)
 
 
 def uint(value: Any) -> int:

@@ -192,3 +192,23 @@ def test_status_is_bounded_for_the_control_plane() -> None:
     assert out.reason.isprintable() and len(out.reason) <= 1000
     assert [m.id for m in out.models] == ["a"]
     assert len(out.models[0].metadata["k"]) <= 1024 and out.models[0].metadata["k"].isprintable()
+
+
+def test_odd_metric_readings_make_a_load_the_control_plane_accepts() -> None:
+    """NaN, negative and huge readings: no error, counts within bounds, NaN KV left out."""
+    from agent.limits import MAX_QUEUE, bounded_status
+    from agent.servers.base import make_load
+    from controlplane.validation import check_status
+
+    for running, waiting, kv in (
+        (float("nan"), -1.0, float("nan")),
+        (2e7, float("inf"), -0.5),
+        (3.0, 1.0, 1.7),
+    ):
+        load = make_load(running, waiting, kv)
+        assert 0 <= load.running <= MAX_QUEUE and 0 <= load.waiting <= MAX_QUEUE
+        assert not load.HasField("kv_cache_usage") or 0.0 <= load.kv_cache_usage <= 1.0
+        check_status(bounded_status(types_pb2.BackendStatus(health=H, load=load)), "t")
+    wild = types_pb2.BackendLoad(running=2**31, kv_cache_usage=float("nan"))
+    bounded = bounded_status(types_pb2.BackendStatus(health=H, load=wild)).load
+    assert bounded.running == MAX_QUEUE and not bounded.HasField("kv_cache_usage")
