@@ -228,7 +228,9 @@ class Reporter:
         self._sent = status
         self._heartbeat = float(reg.heartbeat_interval_seconds or 3)
         ttl = float(reg.lease_ttl_seconds or 10)
-        self._silence_limit = max(ttl, 2 * self._heartbeat)
+        # Gone from a silent replica, and registered at the next, while the session's lease
+        # (a TTL from the last message the replica took) still runs: it can be resumed.
+        self._silence_limit = max(ttl / 2, 2 * self._heartbeat)
         self._register_timeout = min(
             REGISTER_TIMEOUT_SECONDS, max(MIN_REGISTER_TIMEOUT_SECONDS, ttl / 2)
         )
@@ -263,8 +265,9 @@ class Reporter:
                 continue
             self._changed.clear()
             changed = asyncio.ensure_future(self._changed.wait())
-            try:
-                await asyncio.wait({reader, changed}, timeout=due)
+            silence = self._last_heard + self._silence_limit - now
+            try:  # up to the next heartbeat, or the moment the silence is too long
+                await asyncio.wait({reader, changed}, timeout=max(0.0, min(due, silence)))
             finally:
                 changed.cancel()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -29,6 +30,10 @@ class Stream:
     reports: list[agent_pb2.Report] = field(default_factory=list)
     goodbye: agent_pb2.Goodbye | None = None
     ended: bool = False
+    # Monotonic times: when it registered, and when the agent last heard from it (the
+    # session's lease runs a TTL from there on a real replica).
+    opened_at: float = field(default_factory=time.monotonic)
+    answered_at: float = 0.0
 
 
 class RecordingControlPlane(agent_pb2_grpc.AgentServiceServicer):
@@ -95,6 +100,7 @@ class RecordingControlPlane(agent_pb2_grpc.AgentServiceServicer):
         self.streams.append(stream)
         if self.hold_registered is not None:
             await self.hold_registered.wait()
+        stream.answered_at = time.monotonic()
         yield agent_pb2.ConnectResponse(
             registered=agent_pb2.Registered(
                 session_id=session_id,
@@ -111,8 +117,10 @@ class RecordingControlPlane(agent_pb2_grpc.AgentServiceServicer):
                     stream.reports.append(message.report)
                     seq = message.report.seq
                     if self.answer == "ack":
+                        stream.answered_at = time.monotonic()
                         yield agent_pb2.ConnectResponse(ack=agent_pb2.ReportAck(seq=seq))
                     elif self.answer == "received":
+                        stream.answered_at = time.monotonic()
                         received = agent_pb2.ReportReceived(seq=seq)
                         yield agent_pb2.ConnectResponse(received=received)
                 elif kind == "goodbye":

@@ -155,6 +155,8 @@ async def test_reconnects_to_next_replica_and_resumes(
         await eventually(lambda: other.streams, within=20)
         assert other.last.register.resume_session_id == first_session
         assert other.last.resumed
+        if failure == "falls silent":  # moved while its session's lease still runs
+            assert other.last.opened_at - recorder.last.answered_at < recorder.lease_ttl
         await eventually(lambda: agent.reporter.controlplane_id == "rec-b")
         assert agent.reporter.session_id == first_session
         # Reports keep their sequence across the move.
