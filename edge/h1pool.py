@@ -121,6 +121,12 @@ class _Conn(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._between = False
+        answer = self._answer
+        if answer is not None and answer.done:
+            # A second message in the bytes after the answer ended: nobody asked for it, and
+            # none of it is the answer's (its headers and body were merged in). Ignored, as
+            # bytes after an answer are (the next send starts a fresh parser).
+            self._answer = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         answer = self._answer
@@ -147,8 +153,12 @@ class _Conn(asyncio.Protocol):
                 relayed.append(pair)
                 if lower == b"content-type" and answer.content_type is None:
                     answer.content_type = pair[1]
-            elif lower == b"content-length" or lower == b"transfer-encoding":
+            elif lower == b"content-length":
                 framed = True
+            elif lower == b"transfer-encoding":
+                # Framed only when chunked is the last coding (RFC 9112 §6.3): any other
+                # coding's body runs to the close.
+                framed = value.rstrip().lower().endswith(b"chunked")
         answer.until_close = not framed
         answer.keep_alive = self._parser.should_keep_alive()
         if answer.head_only:

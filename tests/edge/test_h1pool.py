@@ -386,3 +386,29 @@ async def test_trailers_are_not_headers(pool: Pool) -> None:
     assert "X-Checksum" not in up.headers
     assert up.headers["Trailer"] == "X-Checksum"
     assert ("X-Checksum", "abc") not in up.relayed
+
+
+async def test_a_message_after_the_answer_is_not_merged_into_it(pool: Pool) -> None:
+    """An answer followed by an unasked second one in the same bytes: the first alone."""
+    stray = answer(b"EVIL!", b"X-Evil: 1\r\n")
+    async with serving(answering(answer(b"{}", b"X-A: 1\r\n") + stray)) as server:
+        up = await pool.request("POST", server.url(), b"{}", HEADERS)
+        assert await up.read() == b"{}"
+        assert up.relayed == [("X-A", "1")]
+        up.release()
+
+
+async def test_a_body_in_another_coding_than_chunked_runs_to_the_close(pool: Pool) -> None:
+    """Transfer-Encoding: gzip with no length: the body is what came before the close."""
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\nabc"
+
+    async def once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(raw)
+        await writer.drain()
+        writer.close()
+
+    async with serving(once) as server:
+        up = await pool.request("POST", server.url(), b"{}", HEADERS)
+        assert await up.read() == b"abc"
+        up.release()
