@@ -360,9 +360,12 @@ class LaneProtocol(asyncio.Protocol):
         self._transport = None
         handler = self._lane.aiohttp_handler()
         transport.set_protocol(handler)
-        if self._paused or self._unread:
+        unread = self._unread
+        if self._paused or unread:
             transport.resume_reading()
         handler.connection_made(transport)
+        if unread:  # the transport will not say so again: aiohttp's writes must wait too
+            handler.pause_writing()
         if data is None:
             data = self._first if self._more is None else self._first + self._more
         if data:

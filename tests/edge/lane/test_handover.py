@@ -212,3 +212,60 @@ def _events(body: bytes) -> list[Any]:
                 event["message"].pop("id", None)
             events.append(event)
     return events
+
+
+async def test_a_client_not_reading_stays_paused_for_aiohttp_too() -> None:
+    """Handed over while its writes wait on the client: aiohttp's handler is told so."""
+    from aiohttp.web_protocol import RequestHandler
+
+    from edge.lane.protocol import LaneProtocol
+    from edge.lane.server import Lane as RealLane
+
+    class Handler(RequestHandler):
+        paused = False
+
+        def __init__(self) -> None:  # no server behind it: only told what the lane knew
+            pass
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            pass
+
+        def data_received(self, data: bytes) -> None:
+            pass
+
+        def pause_writing(self) -> None:
+            self.paused = True
+
+    class Transport(asyncio.Transport):
+        protocol: asyncio.BaseProtocol | None = None
+        reading = True
+
+        def is_closing(self) -> bool:
+            return False
+
+        def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+            self.protocol = protocol
+
+        def pause_reading(self) -> None:
+            self.reading = False
+
+        def resume_reading(self) -> None:
+            self.reading = True
+
+    class Lane(RealLane):
+        client_timeout = 60.0
+
+        def __init__(self) -> None:  # only what a connection asks of its lane
+            self.connections: set[LaneProtocol] = set()
+            self.handler = Handler()
+
+        def aiohttp_handler(self) -> Handler:
+            return self.handler
+
+    lane = Lane()
+    protocol = LaneProtocol(lane)
+    transport = Transport()
+    protocol.connection_made(transport)
+    protocol.pause_writing()  # the client stopped reading its answers
+    protocol.hand_over(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.protocol is lane.handler and lane.handler.paused
