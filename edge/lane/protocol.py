@@ -42,7 +42,24 @@ MAX_HEAD: Final = 1 << 16
 HANDOVER_AFTER_SECONDS: Final = 0.5
 # Bytes a client may send ahead while its request is served before reading pauses.
 _PENDING_LIMIT: Final = 1 << 16
-_REFUSED_HEADERS: Final = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"origin"))
+# Headers that make a message aiohttp's (it refuses Sec-WebSocket-Key1 outright: a 400).
+_REFUSED_HEADERS: Final = frozenset(
+    (b"transfer-encoding", b"expect", b"upgrade", b"origin", b"sec-websocket-key1")
+)
+# Headers a message may hold once (aiohttp's strict parser answers a repeat with a 400, so a
+# message with one goes to aiohttp); Content-Length is checked on its own.
+_SINGLETONS: Final = frozenset(
+    (
+        b"content-location",
+        b"content-range",
+        b"content-type",
+        b"etag",
+        b"host",
+        b"max-forwards",
+        b"server",
+        b"user-agent",
+    )
+)
 _POST: Final = b"POST /v1/"  # how every message the lane may serve begins
 
 
@@ -66,6 +83,7 @@ class LaneProtocol(asyncio.Protocol):
         self._pending = bytearray()  # bytes that came while a request was served
         self._url = b""
         self._headers: list[tuple[str, str]] = []  # decoded as aiohttp decodes them
+        self._singles: list[bytes] = []  # the singleton headers the message has
         self._body: list[bytes] = []
         self._route: Route | None = None
         self._length = -1
@@ -255,6 +273,13 @@ class LaneProtocol(asyncio.Protocol):
         lowered = name.lower()
         if lowered in _REFUSED_HEADERS:
             raise _Unusual
+        if lowered in _SINGLETONS:
+            seen = self._singles
+            if lowered in seen:
+                raise _Unusual
+            seen.append(lowered)
+        # Trailing whitespace is not the value's (llhttp keeps it; aiohttp's parser does not).
+        value = value.rstrip(b" \t")
         if lowered == b"content-length":
             if self._length >= 0 or not value.isdigit():
                 raise _Unusual
@@ -273,6 +298,7 @@ class LaneProtocol(asyncio.Protocol):
             or parser.get_method() != b"POST"
             or parser.get_http_version() != "1.1"
             or not 0 <= self._length <= self._lane.max_body
+            or b"host" not in self._singles  # HTTP/1.1 requires it: aiohttp answers 400
         ):
             raise _Unusual
         self._route = route
@@ -336,6 +362,7 @@ class LaneProtocol(asyncio.Protocol):
         self._more = None
         self._url = b""
         self._headers = []
+        self._singles = []
         self._body = []
         self._route = None
         self._length = -1

@@ -124,6 +124,35 @@ async def test_malformed_request_gets_aiohttps_json_refusal(lane: RunningEdge) -
     assert answer.json()["error"]["code"] == "bad_http_request"
 
 
+NO_HOST = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(CHAT_BODY), CHAT_BODY)
+)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(NO_HOST, id="no-host"),
+        pytest.param(post("/v1/chat/completions", CHAT_BODY, "Host: other\r\n"), id="two-hosts"),
+        pytest.param(
+            post("/v1/chat/completions", CHAT_BODY, "Content-Type: text/plain\r\n"),
+            id="two-content-types",
+        ),
+        pytest.param(
+            post("/v1/chat/completions", CHAT_BODY, "Sec-WebSocket-Key1: x\r\n"), id="ws-key1"
+        ),
+    ],
+)
+async def test_what_aiohttp_refuses_is_aiohttps_to_refuse(
+    lane: RunningEdge, plain: RunningEdge, data: bytes
+) -> None:
+    """No Host, a repeated singleton header, Sec-WebSocket-Key1: aiohttp's 400, not a 200."""
+    (ours,) = await handed_over(lane, data)
+    (theirs,) = await exchange(plain, data)
+    assert ours.head == theirs.head and " 400 " in ours.head
+
+
 # The headers that differ per answer, or per backend connection.
 _VARYING = frozenset(("date", "x-request-id"))
 
