@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-import sqlite3
-from pathlib import Path
 
 import aiohttp
 import openai
@@ -15,6 +12,7 @@ import pytest
 
 from tests.edge.conftest import RunningEdge, StartEdge
 from tests.edge.snapshot_server import SnapshotServer, from_fake, snapshot
+from tests.edge.test_usage_sdk import rows
 from tests.fakes import FakeServer, running_fakes
 from tests.support.net import eventually
 
@@ -177,17 +175,8 @@ async def test_stream_cut_midway_ends_with_error_event(
         assert len(a.requests) + len(b.requests) == 1  # nothing was retried
 
         # Its usage record: a 200 that ended in an error (reports count it as one).
-        def cut_records() -> list[tuple[int, str]]:
-            path = Path(running.config.state_dir) / "usage.db"
-            if not path.exists():
-                return []
-            with contextlib.closing(sqlite3.connect(path)) as db:
-                try:
-                    return list(db.execute("SELECT status, error FROM corral_usage"))
-                except sqlite3.OperationalError:  # the table is not there yet
-                    return []
-
-        assert await eventually(cut_records) == [(200, "stream_interrupted")]
+        [record] = await rows(running, 1)
+        assert (record["status"], record["error"]) == (200, "stream_interrupted")
 
         # The official client surfaces it as an error, not a silently short answer.
         other = b if backend is a else a

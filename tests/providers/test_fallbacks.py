@@ -4,8 +4,6 @@ before the first byte, rate limited, or too small for the request."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import anthropic
 import openai
@@ -18,30 +16,10 @@ from tests.edge.snapshot_server import SnapshotServer, from_fake, snapshot
 from tests.edge.test_usage_sdk import rows
 from tests.fakes import FakeServer, running_fakes
 from tests.fakes.hosted import HostedFake
-from tests.fakes.tls import CertAuthority, make_ca
-from tests.providers.helpers import KEYS, edge_settings, provider_backend
+from tests.fakes.tls import CertAuthority
+from tests.providers.helpers import edge_settings, provider_backend
 
 LOCAL = "llama-70b"
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
-    return make_ca(Path(tmp_path_factory.mktemp("ca")))
-
-
-@pytest.fixture
-async def gpt(ca: CertAuthority) -> AsyncIterator[HostedFake]:
-    fake = await HostedFake("openai", key=KEYS["openai"], models=["gpt-4.1-mini"], ca=ca).start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
-async def claude(ca: CertAuthority) -> AsyncIterator[HostedFake]:
-    models = ["claude-sonnet-4-5"]
-    fake = await HostedFake("anthropic", key=KEYS["anthropic"], models=models, ca=ca).start()
-    yield fake
-    await fake.stop()
 
 
 def chain(model: str, *targets: str, **fields: object) -> providers_pb2.FallbackChain:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import anthropic
 import openai
@@ -13,16 +12,11 @@ from controlplane import hosted
 from tests.edge.conftest import StartEdge
 from tests.edge.snapshot_server import SnapshotServer, snapshot
 from tests.fakes.hosted import HostedFake, HostedKind
-from tests.fakes.tls import CertAuthority, make_ca
+from tests.fakes.tls import CertAuthority
 from tests.providers.helpers import KEYS, edge_settings, provider_backend
 
 MODEL = {"openai": "gpt-4.1", "anthropic": "claude-sonnet-4-5", "gemini": "gemini-2.5-flash",
          "azure": "gpt-4o-deploy"}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
-    return make_ca(Path(tmp_path_factory.mktemp("ca")))
 
 
 @pytest.fixture

@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import openai
 import pytest
 
 from corral.config_gateway import CacheConfig, GuardConfig, UsageConfig
 from tests.edge.conftest import StartEdge
 from tests.edge.snapshot_server import SnapshotServer, snapshot
+from tests.edge.test_usage_sdk import rows
 from tests.fakes.hosted import HostedFake
-from tests.fakes.tls import CertAuthority, make_ca
-from tests.providers.helpers import KEYS, edge_settings, provider_backend
-from tests.support.net import eventually
+from tests.fakes.tls import CertAuthority
+from tests.providers.helpers import edge_settings, provider_backend
 
-MODEL = "claude-sonnet-4-5"
+MODEL = "claude-sonnet-4-5"  # what the `claude` fixture serves
 MAIL = "jane.doe@example.com"
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
-    return make_ca(Path(tmp_path_factory.mktemp("ca")))
-
-
-@pytest.fixture
-async def claude(ca: CertAuthority) -> AsyncIterator[HostedFake]:
-    fake = await HostedFake("anthropic", key=KEYS["anthropic"], models=[MODEL], ca=ca).start()
-    try:
-        yield fake
-    finally:
-        await fake.stop()
 
 
 async def test_anthropic_translated_chat_is_restored_and_cached_whole_and_streamed(
@@ -80,15 +61,13 @@ async def test_anthropic_translated_stream_has_no_usage_chunk_unless_asked(
     ca: CertAuthority,
     snapshots: SnapshotServer,
     start_edge: StartEdge,
-    tmp_path: Path,
 ) -> None:
     """A stream without stream_options gets no usage chunk; its tokens are still recorded."""
     snapshots.publish(snapshot(1, [provider_backend(claude)]))
-    records = tmp_path / "usage.db"
     running = await start_edge(
         snapshots,
         **edge_settings(ca.ca_file, "anthropic"),
-        usage=UsageConfig(sink="sqlite", path=str(records), flush_interval_seconds=0.05),
+        usage=UsageConfig(flush_interval_seconds=0.05),  # SQLite, in the edge's state dir
     )
     await running.wait_version(1)
     messages = [{"role": "user", "content": "hi"}]
@@ -98,16 +77,8 @@ async def test_anthropic_translated_stream_has_no_usage_chunk_unless_asked(
     chunks = [c async for c in stream]
     assert chunks and all(c.choices for c in chunks)  # none with only usage in it
 
-    def recorded() -> list[tuple[int, int]]:
-        if not records.exists():
-            return []
-        with contextlib.closing(sqlite3.connect(records)) as db:
-            try:
-                return list(db.execute("SELECT prompt_tokens, completion_tokens FROM corral_usage"))
-            except sqlite3.OperationalError:  # the table is not there yet
-                return []
-
-    [(prompt, completion)] = await eventually(recorded)
+    [record] = await rows(running, 1)
+    prompt, completion = record["prompt_tokens"], record["completion_tokens"]
     assert prompt > 0 and completion > 0
 
 
