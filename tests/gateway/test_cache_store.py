@@ -68,3 +68,10 @@ def test_anthropic_version_and_beta_features_are_part_of_the_key() -> None:
     assert beta != plain and beta != key(anthropic_beta="output-128k-2025-02-19")
     assert beta == key(anthropic_beta=" interleaved-thinking-2025-05-14, output-128k-2025-02-19")
     assert key(anthropic_version="2023-06-01") != plain
+    two_lines = CIMultiDict(
+        [
+            ("anthropic-beta", "output-128k-2025-02-19"),
+            ("anthropic-beta", "interleaved-thinking-2025-05-14"),
+        ]
+    )
+    assert cache_key("a", "messages", MODEL, [], chat("hi"), variant(two_lines)) == beta

@@ -12,11 +12,11 @@ not matter; so is the list of beta features.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from typing import Any, Final
 
 import orjson
-from multidict import istr
+from multidict import MultiMapping, istr
 
 # Fields that change how an answer is delivered or who is billed, never what it says.
 # (A streamed and a whole answer share an entry: the cache replays either form.) "model"
@@ -34,12 +34,14 @@ _HEADS: dict[tuple[str, str, str, str, str], bytes] = {}
 _MAX_HEADS: Final = 4096
 
 
-def variant(headers: Mapping[str, str]) -> str:
-    """The varying headers' values in a canonical form ("" without them: most requests)."""
+def variant(headers: MultiMapping[str]) -> str:
+    """The varying headers' values in a canonical form ("" without them: most requests);
+    beta features from every line of the header, sorted."""
     version, beta = VARYING
     if version not in headers and beta not in headers:
         return ""
-    features = sorted(f.strip() for f in headers.get(beta, "").split(",") if f.strip())
+    lines = headers.getall(beta, ())
+    features = sorted(f.strip() for line in lines for f in line.split(",") if f.strip())
     return f"{headers.get(version, '')}\x1f{','.join(features)}"
 
 
