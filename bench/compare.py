@@ -86,8 +86,11 @@ def build_native(tree: Path) -> None:
     """The tree's request path compiled, as its edge runs it (edge/native.py; a tree from
     before it runs as Python)."""
     if (tree / "edge" / "native_build.py").exists():
-        subprocess.run([PYTHON, "-m", "edge.native_build"], env={**os.environ, **tree_env(tree)},
-                       cwd=tree, check=True)  # fmt: skip
+        # From the tree's own directory (`python -m` puts it first on sys.path), with no
+        # PYTHONPATH: mypy, which the build runs, reads one on its own path as installed
+        # packages (and fails: "asyncpg: missing library stubs").
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
+        subprocess.run([PYTHON, "-m", "edge.native_build"], env=env, cwd=tree, check=True)
 
 
 def script(tmp: Path, bodies: str, headers: dict[str, str]) -> Path:

@@ -56,12 +56,16 @@ def build(root: Path = ROOT, compiling: Callable[[], None] = lambda: None) -> Pa
         paths = [name.replace(".", "/") + ".py" for name in MODULES]
         (work / _EXPORTS).write_text(_EXPORTED)
         flags = f"{os.environ.get('LDFLAGS', '')} {_LINKING.format(exports=work / _EXPORTS)}"
+        # The copy is compiled as it lies in `work`: a PYTHONPATH (bench/compare.py runs a
+        # tree of its own so) would put a second copy on mypy's path, which then analyses
+        # what the copy imports as installed packages (asyncpg: "missing library stubs").
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
         done = subprocess.run(
             [sys.executable, "-m", "mypyc", *paths],
             cwd=work,
             capture_output=True,
             text=True,
-            env={**os.environ, "CORRAL_NATIVE": "0", "LDFLAGS": flags.strip()},
+            env={**env, "CORRAL_NATIVE": "0", "LDFLAGS": flags.strip()},
         )
         if done.returncode != 0:
             out = (done.stdout + done.stderr).strip().splitlines()

@@ -3,6 +3,8 @@ the routing simulation on a tiny workload, routed through the edge's real Balanc
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.common import percentile
@@ -287,3 +289,26 @@ def test_cold_times_each_gap_and_reports_the_multiple_of_back_to_back() -> None:
     assert text.startswith("## After an idle gap (`./dev bench cold`)")
     assert "| Python | as it is | 50.0 | 100.0 (2.0x) | 750.0 (15.0x) |" in text
     assert cold.options(["--gaps", "5"]).gaps == "5"
+
+
+def test_compare_builds_each_tree_from_its_own_directory_without_pythonpath(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench compare compiles a tree in its directory, PYTHONPATH unset (mypy reads it)."""
+    import subprocess
+
+    from bench import compare
+
+    (tmp_path / "edge").mkdir()
+    (tmp_path / "edge" / "native_build.py").write_text("")
+    seen: list[tuple[list[str], dict[str, str], Path]] = []
+
+    def run(argv: list[str], *, env: dict[str, str], cwd: Path, check: bool) -> None:
+        seen.append((argv, env, cwd))
+
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    monkeypatch.setattr(subprocess, "run", run)
+    compare.build_native(tmp_path)
+    [(argv, env, cwd)] = seen
+    assert argv[1:] == ["-m", "edge.native_build"] and cwd == tmp_path
+    assert "PYTHONPATH" not in env and "PYTHONSAFEPATH" not in env
