@@ -31,6 +31,7 @@ from typing import Final
 import orjson
 
 from corral.config import EdgeConfig, UsageConfig
+from corral.tasks import retrieved
 from edge.exposition import Family
 from edge.gateway import spool as spool_io
 from edge.gateway.call import Call
@@ -213,7 +214,7 @@ class UsageRecorder(Recorder):
         try:
             if not done:
                 write.cancel()
-                write.add_done_callback(_quiet)
+                write.add_done_callback(retrieved)  # an abandoned write
                 sink.abandon()  # the next write starts afresh (a new connection)
                 raise TimeoutError(f"no answer within {self._timeout:g}s")
             write.result()
@@ -274,12 +275,6 @@ class UsageRecorder(Recorder):
         if self._pending:
             rows, self._pending = self._pending, []
             await self._to_spool(rows)
-
-
-def _quiet(task: asyncio.Future[None]) -> None:
-    """Collects an abandoned write's outcome, so nothing is logged as never retrieved."""
-    if not task.cancelled():
-        task.exception()
 
 
 class UsageMetrics:

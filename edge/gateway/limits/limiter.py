@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from corral.tasks import retrieved
 from edge.gateway.limits.bucket import PER_REQUEST, Bucket
 from edge.gateway.limits.fallback import grant_locally
 from edge.gateway.limits.plan import Plan
@@ -44,13 +45,6 @@ _SHORT_CAP = 2.0
 _TRIES = 32
 # A plan's buckets note their use and fold in their demand estimate this often, at most.
 _SAMPLE_EVERY = 0.5
-
-
-def _settled(task: asyncio.Task[None]) -> None:
-    """A lease call's task is done: its failure (StoreDown) was the request's to see, which
-    may have gone; nothing is left to log."""
-    if not task.cancelled():
-        task.exception()
 
 
 class Limiter:
@@ -214,10 +208,8 @@ class Limiter:
             if todo:
                 # Its own task, owned by the limiter: a request cancelled while the store
                 # answers (the client went away) must not drop the grant the store made.
-                call = asyncio.get_running_loop().create_task(self._lease(todo))
-                self._tasks.add(call)
-                call.add_done_callback(self._tasks.discard)
-                call.add_done_callback(_settled)
+                call = self._spawn(self._lease(todo))
+                call.add_done_callback(retrieved)  # its StoreDown was the request's to see
                 await asyncio.shield(call)
             for bucket, _ in waiting:
                 if bucket.refill is not None:
@@ -338,10 +330,11 @@ class Limiter:
         except Exception:
             log.exception("background lease refill failed")
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def counters_healthy(self) -> bool:
         store = getattr(self.counters, "store", None)
