@@ -174,12 +174,9 @@ class Gateway:
         if ttl <= 0:
             return wrap(call, exchange, redaction)
         headers = request.headers
-        control = headers.get(hdrs.CACHE_CONTROL)
-        if control:  # repeated lines are one list (RFC 9110): `max-age=60` then `no-store`
-            lines = headers.getall(hdrs.CACHE_CONTROL)
-            asked = directives(control if len(lines) == 1 else ", ".join(lines))
-        else:
-            asked = ASKED_NOTHING
+        # Repeated lines are one list (RFC 9110): `max-age=60` on one, `no-store` on another.
+        lines = headers.getall(hdrs.CACHE_CONTROL, ())
+        asked = directives(", ".join(lines)) if lines else ASKED_NOTHING
         # No older than this request's own TTL, whoever stored the answer and for how long.
         max_age = asked.max_age
         if max_age is None or max_age > ttl:

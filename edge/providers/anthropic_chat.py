@@ -71,4 +71,4 @@ class AnthropicChat(Hosted):
         return anthropic_out.error(status, data)[1]
 
     def error_status(self, status: int) -> int:
-        return anthropic_out.error(status, b"")[0]
+        return anthropic_out.openai_status(status)

@@ -241,7 +241,12 @@ def error(status: int, data: bytes) -> tuple[int, bytes]:
         inner = {"type": "api_error", "message": data[:512].decode("utf-8", "replace")}
     kind, code = _ERRORS.get(str(inner.get("type")), ("server_error", None))
     message = str(inner.get("message") or "The provider refused the request.")
-    return (503 if status == 529 else status), error_body(message, kind, None, code)
+    return openai_status(status), error_body(message, kind, None, code)
+
+
+def openai_status(status: int) -> int:
+    """An Anthropic status as an OpenAI client expects it: 529 overloaded is 503."""
+    return 503 if status == 529 else status
 
 
 class ChatStream:
