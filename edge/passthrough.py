@@ -203,28 +203,32 @@ async def handle(proxy: Proxy, request: web.Request) -> web.StreamResponse:
     backend_type = NATIVE_PREFIXES[prefix]
     path = request.match_info["tail"] or "/"
     method = request.method
-    if backend_type == OLLAMA and method in _READS and ollama.classify(path) == "merged":
+    served = ollama.classify(path) if backend_type == OLLAMA else ""
+    if served == "merged" and method in _READS:
         try:  # the fleet's merged view, not a request to a backend: no usage record (as /v1/models)
             proxy.check_auth(request)
             return await _merged(proxy, path)
         except ApiError as exc:
             return _error(backend_type, exc)
 
-    def refuse() -> None:
-        """A path Corral does not forward: refused inside run, so that the refusal is
-        recorded, under the key that asked."""
-        if backend_type == OLLAMA:
-            served = ollama.classify(path)
-            if served == "refused":
-                raise ApiError(
-                    403,
-                    ollama.refused_message(path),
-                    error_type="permission_error",
-                    code="not_forwarded",
-                )
-            if served == "unknown" and method not in _READS and path not in INFERENCE_WRITES:
-                raise ApiError(404, f"unknown path {path}", code="unknown_path")
-        elif method not in _READS and _api_path(backend_type, path) not in INFERENCE_WRITES:
+    async def admit() -> Admission:
+        # Here, not before run: the request's Call exists, and takes the key and team (and
+        # the refusal of a path Corral does not forward is recorded under it).
+        identity = proxy.check_auth(request)
+        if served == "refused":
+            raise ApiError(
+                403,
+                ollama.refused_message(path),
+                error_type="permission_error",
+                code="not_forwarded",
+            )
+        if served == "unknown" and method not in _READS and path not in INFERENCE_WRITES:
+            raise ApiError(404, f"unknown path {path}", code="unknown_path")
+        if (
+            backend_type != OLLAMA
+            and method not in _READS
+            and _api_path(backend_type, path) not in INFERENCE_WRITES
+        ):
             raise ApiError(
                 403,
                 f"{method} {path} manages one server; call that {prefix} backend directly, "
@@ -232,11 +236,6 @@ async def handle(proxy: Proxy, request: web.Request) -> web.StreamResponse:
                 error_type="permission_error",
                 code="not_forwarded",
             )
-
-    async def admit() -> Admission:
-        # Here, not before run: the request's Call exists, and takes the key and team.
-        identity = proxy.check_auth(request)
-        refuse()
         raw: bytes | None = None
         body: dict[str, Any] = {}
         if request.body_exists:
