@@ -34,6 +34,24 @@ def with_chains(
     return built
 
 
+async def chained(
+    snapshots: SnapshotServer,
+    start_edge: StartEdge,
+    ca: CertAuthority,
+    fakes: tuple[HostedFake, HostedFake],
+    the_chain: providers_pb2.FallbackChain,
+    **settings: object,
+) -> RunningEdge:
+    """An edge with the OpenAI and Anthropic fakes as providers (their keys unless
+    `settings` says otherwise) and one chain, once it holds the snapshot."""
+    snapshots.publish(with_chains(1, [provider_backend(f) for f in fakes], the_chain))
+    running = await start_edge(
+        snapshots, **{**edge_settings(ca.ca_file, "openai", "anthropic"), **settings}
+    )
+    await running.wait_version(1)
+    return running
+
+
 async def ask(running: RunningEdge, model: str, text: str, stream: bool = False) -> tuple[str, str]:
     """(backend, route) of one answer, checked to echo `text` and to name `model`."""
     client = running.client()
@@ -272,15 +290,8 @@ async def test_conditions_decide_whether_a_chain_moves_on(
 ) -> None:
     """A chain that moves on only for connection errors answers a 429 as it is."""
     gpt.mode = "ratelimit"
-    snapshots.publish(
-        with_chains(
-            1,
-            [provider_backend(gpt), provider_backend(claude)],
-            chain("gpt-4.1-mini", f"{claude.name}/claude-sonnet-4-5", on=["connect"]),
-        )
-    )
-    running = await start_edge(snapshots, **edge_settings(ca.ca_file, "openai", "anthropic"))
-    await running.wait_version(1)
+    the_chain = chain("gpt-4.1-mini", f"{claude.name}/claude-sonnet-4-5", on=["connect"])
+    running = await chained(snapshots, start_edge, ca, (gpt, claude), the_chain)
     with pytest.raises(openai.RateLimitError) as limited:
         await running.client().chat.completions.create(
             model="gpt-4.1-mini", messages=[{"role": "user", "content": "x"}]
@@ -298,20 +309,12 @@ async def test_a_chain_that_moves_on_for_4xx_does_after_a_401(
     start_edge: StartEdge,
 ) -> None:
     """on: [4xx]: a provider refusing its credential (401) sends the request down the chain."""
-    snapshots.publish(
-        with_chains(
-            1,
-            [provider_backend(gpt), provider_backend(claude)],
-            chain("gpt-4.1-mini", f"{claude.name}/claude-sonnet-4-5", on=["4xx"]),
-        )
-    )
-    settings = edge_settings(ca.ca_file, "openai", "anthropic")
     creds = tuple(
         (ref, type(secret)("wrong-key") if ref.startswith("openai") else secret)
-        for ref, secret in settings["credentials"]
+        for ref, secret in edge_settings(ca.ca_file, "openai", "anthropic")["credentials"]
     )
-    running = await start_edge(snapshots, extra_ca_file=ca.ca_file, credentials=creds)
-    await running.wait_version(1)
+    the_chain = chain("gpt-4.1-mini", f"{claude.name}/claude-sonnet-4-5", on=["4xx"])
+    running = await chained(snapshots, start_edge, ca, (gpt, claude), the_chain, credentials=creds)
     raw = await running.client().chat.completions.with_raw_response.create(
         model="gpt-4.1-mini", messages=[{"role": "user", "content": "x"}]
     )
@@ -328,19 +331,8 @@ async def test_a_target_that_cannot_take_the_endpoint_is_passed_over(
     start_edge: StartEdge,
 ) -> None:
     """Embeddings down a chain through Anthropic (chat only) reach the next target."""
-    snapshots.publish(
-        with_chains(
-            1,
-            [provider_backend(gpt), provider_backend(claude)],
-            chain(
-                "embed-any",
-                f"{claude.name}/claude-sonnet-4-5",
-                f"{gpt.name}/gpt-4.1-mini",
-            ),
-        )
-    )
-    running = await start_edge(snapshots, **edge_settings(ca.ca_file, "openai", "anthropic"))
-    await running.wait_version(1)
+    the_chain = chain("embed-any", f"{claude.name}/claude-sonnet-4-5", f"{gpt.name}/gpt-4.1-mini")
+    running = await chained(snapshots, start_edge, ca, (gpt, claude), the_chain)
     raw = await running.client().embeddings.with_raw_response.create(
         model="embed-any", input="hello"
     )
