@@ -37,6 +37,9 @@ GEMINI: Final = providers_pb2.PROVIDER_TYPE_GEMINI
 _CHAT: Final = CHAT.path
 # Longest a Retry-After may keep a provider out (a bogus header must not exile it).
 MAX_RETRY_AFTER: Final = 300.0
+# The provider refused the gateway's own credential: OpenAI's message then quotes part of
+# it ("Incorrect API key provided: sk-***abcd"), which is not the client's to see.
+REFUSED: Final = frozenset((401, 403))
 
 
 def adapt(exchange: Exchange, backend: BackendState, usage_hidden: bool = False) -> Exchange:
@@ -130,10 +133,13 @@ class NativeAnthropic(Hosted):
 
 def openai_error(status: int, data: bytes) -> tuple[int, bytes]:
     """A provider's error in OpenAI's shape: Google's (a list, or {"error": {"code",
-    "status", "message"}}) and Anthropic's are rewritten; OpenAI's pass as they are."""
+    "status", "message"}}) and Anthropic's are rewritten; OpenAI's pass as they are, but for
+    a refused credential's message."""
     try:
         doc: Any = orjson.loads(data)
     except orjson.JSONDecodeError:
+        if status in REFUSED:
+            return status, refusal(status, {})
         return status, error_body(
             data[:512].decode("utf-8", "replace") or f"The provider answered {status}.",
             "upstream_error",
@@ -153,7 +159,20 @@ def openai_error(status: int, data: bytes) -> tuple[int, bytes]:
         from edge.providers import anthropic_out
 
         return anthropic_out.error(status, data)
+    if status in REFUSED:
+        return status, refusal(status, inner if isinstance(inner, dict) else {})
     return status, data
+
+
+def refusal(status: int, inner: dict[str, Any]) -> bytes:
+    """A provider's 401/403 with its type and code kept and its message the edge's own."""
+    kind = str(inner.get("type") or "invalid_request_error")
+    code = inner.get("code")
+    message = (
+        f"The provider refused the gateway's credential for it (HTTP {status}); an operator "
+        "must correct the credential the gateway holds for this provider."
+    )
+    return error_body(message, kind, None, str(code) if code is not None else None)
 
 
 def retry_after(headers: CIMultiDictProxy[str]) -> float | None:

@@ -159,8 +159,12 @@ async def test_provider_errors_reach_clients_in_their_dialect(
         await client.chat.completions.create(model=MODEL["gemini"], messages=hi)
     assert "API key not valid" in gemini.value.message
     assert gemini.value.code == "invalid_argument"
-    with pytest.raises(openai.AuthenticationError):
+    with pytest.raises(openai.AuthenticationError) as refused:
         await client.chat.completions.create(model=MODEL["openai"], messages=hi)
+    # OpenAI quotes part of the key it refused ("wro***-key"): the gateway's, not the client's.
+    assert refused.value.code == "invalid_api_key"
+    assert "***" not in refused.value.message and "-key" not in refused.value.message
+    assert "refused the gateway's credential" in refused.value.message
     with pytest.raises(openai.NotFoundError) as missing:
         await client.chat.completions.create(model="no-such-deployment", messages=hi)
     assert missing.value.code == "DeploymentNotFound"
