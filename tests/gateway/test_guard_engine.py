@@ -301,3 +301,30 @@ def test_whole_answer_restore_handles_escaped_brackets() -> None:
     data = b'{"message":{"content":"hi \\u003cEMAIL_1\\u003e, not <EMAIL_9>"}}'
     restored = orjson.loads(_redaction().restore_json(data))
     assert restored["message"]["content"] == f"hi {MAIL}, not <EMAIL_9>"
+
+
+async def test_thinking_blocks_sent_back_are_redacted_as_the_model_wrote_them() -> None:
+    """A thinking block restored in an answer and sent back is redacted to its signed text."""
+    guard = Guard(GuardConfig(pii="redact"))
+    signed = "The user wrote <EMAIL_1>; reply there."
+    opaque = "EuYBCkQYAiJA" + MAIL  # encrypted: never text, even when it looks like some
+    body = {
+        "model": "m",
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": [
+            {"role": "user", "content": f"mail {MAIL}"},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": signed.replace("<EMAIL_1>", MAIL),
+                 "signature": "sig-" + MAIL},
+                {"type": "redacted_thinking", "data": opaque},
+                {"type": "text", "text": "ok"},
+            ]},
+            {"role": "user", "content": "again"},
+        ],
+    }  # fmt: skip
+    outcome = await guard.inspect(body)
+    assert outcome is not None and outcome.findings == {"email": 2}
+    blocks = body["messages"][1]["content"]
+    assert blocks[0] == {"type": "thinking", "thinking": signed, "signature": "sig-" + MAIL}
+    assert blocks[1]["data"] == opaque
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 1024}

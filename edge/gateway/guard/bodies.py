@@ -6,6 +6,11 @@ name, a role, a tool's JSON schema, base64 image data), which carry no prompt te
 only cost time or raise false alarms. Encoded media is recognised by its form, not by a
 prefix alone: a base64 data URL (`data:image/png;base64,...`), and `data` beside any `type`
 but "text" (Anthropic's base64 and URL sources; its plain-text documents are scanned).
+
+Anthropic thinking blocks a client sends back are scanned and redacted like any text: the
+answer they came in had its placeholders restored (edge/gateway/guard/redact.py), so the
+originals come back in them, and redacted again they are what the model wrote, as signed
+(`signature` and `redacted_thinking`'s `data` are never touched).
 """
 
 from __future__ import annotations
@@ -40,7 +45,6 @@ SKIPPED_KEYS: Final = frozenset(
         "logit_bias",
         "cache_control",
         "stream_options",
-        "thinking",
     )
 )
 
