@@ -132,7 +132,7 @@ compare.
 
 Where the no-hit cost goes, in this run: the cache alone, the cache keeping nothing (its
 in-process tier 0 bytes: key, lookup and bookkeeping, no store; what `cache` adds beyond it
-is the store, the 64 MiB tier's cold memory included) and the guard alone (every detector,
+is the store: each answer kept and the oldest evicted) and the guard alone (every detector,
 redact with restore), each loaded at once with `plain` as `both` was above, on the same kind
 of prompts; CPU µs per request, medians of the rounds:
 
