@@ -251,18 +251,20 @@ class UsageRecorder(Recorder):
         except OSError as exc:
             log.warning("cannot read the usage spool %s: %s", spool, exc)
             return
-        if not rows:
-            return
+        if not offset:
+            return  # no spool, or nothing in it
         for start in range(0, len(rows), self._batch):
             if not await self._write(rows[start : start + self._batch]):
-                return  # kept whole; what did land is ignored on the next replay
+                return  # the cursor stays; what did land is ignored on the next replay
         try:
-            await asyncio.to_thread(spool_io.rewrite, spool, offset)
+            # Also with no rows: the cursor passes lines cut by a crash, or the spool goes.
+            await asyncio.to_thread(spool_io.acknowledge, spool, offset)
         except OSError as exc:
-            log.warning("cannot rewrite the usage spool %s: %s", spool, exc)
+            log.warning("cannot move the replay cursor of the usage spool %s: %s", spool, exc)
             return
-        self.counts["replayed"] += len(rows)
-        log.info("replayed %d spooled usage records", len(rows))
+        if rows:
+            self.counts["replayed"] += len(rows)
+            log.info("replayed %d spooled usage records", len(rows))
 
     async def close(self, grace: float) -> None:
         """Write what is pending (within `grace`), spool the rest."""
