@@ -5,12 +5,14 @@ StatusError (corral/status.py says them in one line)."""
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
 from corral.channels import sync_channel
-from corral.status import Tls, _translate
+from corral.status import StatusError, Tls, _translate, read_token
 from corral.v1 import admin_pb2_grpc
 
 CALL_TIMEOUT_SECONDS = 10.0
@@ -35,3 +37,28 @@ def call(target: str, token: str | None, tls: Tls | None, method: str, request: 
             return getattr(stub, method)(request, timeout=CALL_TIMEOUT_SECONDS, metadata=metadata)
     except grpc.RpcError as exc:
         raise _translate(exc, target) from None
+
+
+def run(
+    args: argparse.Namespace,
+    request_of: Callable[[argparse.Namespace], tuple[str, Any]],
+    render: Callable[[argparse.Namespace, Any], str],
+) -> int:
+    """One command: its request made from the flags, sent, and the answer printed; 0, or 1/2
+    with a one-line message (2: the command line itself is wrong)."""
+    try:
+        if (args.cert_file or args.key_file) and not args.ca_file:
+            # Without a CA there is no TLS: the token would go in cleartext.
+            raise StatusError("--cert-file and --key-file need --ca-file", 2)
+        tls = Tls(args.ca_file, args.cert_file, args.key_file) if args.ca_file else None
+        token = read_token(args.admin_token_file) if args.admin_token_file else None
+        try:
+            method, request = request_of(args)
+        except ValueError as exc:  # protobuf refuses a number its field cannot hold
+            raise StatusError(f"{exc} (a flag's number is out of its range)", 2) from None
+        answer = call(args.controlplane, token, tls, method, request)
+    except StatusError as exc:
+        print(f"corral {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(render(args, answer))
+    return 0

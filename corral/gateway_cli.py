@@ -10,14 +10,13 @@ import argparse
 import datetime as dt
 import json
 import re
-import sys
 import time
 from typing import Any
 
 from google.protobuf import json_format
 
 from corral import admin_client, content_cli, limits_cli
-from corral.status import StatusError, Tls, read_token, table
+from corral.status import StatusError, table
 from corral.v1 import gateway_pb2
 
 COMMANDS = ("keys", "teams", "prices", "audit")
@@ -140,18 +139,7 @@ def _request(args: argparse.Namespace) -> tuple[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of the four commands: 0, or 1/2 with a one-line message."""
-    try:
-        if (args.cert_file or args.key_file) and not args.ca_file:
-            raise StatusError("--cert-file and --key-file need --ca-file", 2)
-        tls = Tls(args.ca_file, args.cert_file, args.key_file) if args.ca_file else None
-        token = read_token(args.admin_token_file) if args.admin_token_file else None
-        method, request = _request(args)
-        answer = admin_client.call(args.controlplane, token, tls, method, request)
-    except StatusError as exc:
-        print(f"corral {args.command}: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(render(args, answer))
-    return 0
+    return admin_client.run(args, _request, render)
 
 
 # ---------------------------------------------------------------------------- rendering

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import urllib.error
 import urllib.request
 from typing import Any
@@ -19,7 +18,7 @@ from google.protobuf import json_format
 
 from corral import admin_client
 from corral.credentials import Credentials, MissingCredential, from_environ
-from corral.status import StatusError, Tls, read_token
+from corral.status import StatusError
 from corral.tls import client_context
 from corral.v1 import providers_pb2
 
@@ -72,16 +71,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        tls = Tls(args.ca_file, args.cert_file, args.key_file) if args.ca_file else None
-        token = read_token(args.admin_token_file) if args.admin_token_file else None
-        method, request = _request(args)
-        answer = admin_client.call(args.controlplane, token, tls, method, request)
-    except StatusError as exc:
-        print(f"corral {args.command}: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(_render(args, answer))
-    return 0
+    return admin_client.run(args, _request, _render)
 
 
 def _request(args: argparse.Namespace) -> tuple[str, Any]:
