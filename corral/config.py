@@ -343,6 +343,13 @@ class UpConfig:
     # long (then `corral up` says which have not, and why).
     register_timeout_seconds: float = 30.0
 
+    def __post_init__(self) -> None:
+        for name in ("listen", "controlplane_listen"):
+            value = getattr(self, name)
+            _, sep, port = value.rpartition(":")
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"up.{name} must be HOST:PORT, got {value!r}")
+
 
 @dataclass(frozen=True)
 class CorralConfig:

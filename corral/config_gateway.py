@@ -103,6 +103,10 @@ class GatewayConfig:
     # Audit entries kept in the store (the oldest go first).
     audit_limit: int = 1000
 
+    def __post_init__(self) -> None:
+        if self.audit_limit < 1:
+            raise ConfigError("controlplane.gateway.audit_limit must be at least 1")
+
 
 @dataclass(frozen=True)
 class LimitConfig:
@@ -291,6 +295,12 @@ class PriceConfig:
     output: float = 0.0
     # None: the input price.
     cached_input: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("input", "output", "cached_input"):
+            value = getattr(self, name)
+            if value is not None and value < 0:  # non-finite numbers the loader refused
+                raise ConfigError(f"the price of {self.model!r}: {name} must be >= 0")
 
 
 @dataclass(frozen=True)

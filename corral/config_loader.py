@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import math
 import types
 import typing
 from collections.abc import Collection, Mapping
@@ -198,9 +199,12 @@ def _convert(hint: Any, raw: Any, where: str, from_text: bool) -> Any:
         if isinstance(raw, bool):
             raise ConfigError(f"{where}: expected a number, got {raw!r}")
         try:
-            return float(raw)
+            number = float(raw)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
+        if not math.isfinite(number):  # YAML's .nan and .inf, "nan" from a flag
+            raise ConfigError(f"{where}: expected a finite number, got {raw!r}")
+        return number
     if hint is str:
         if raw is None or isinstance(raw, (dict, list)):
             raise ConfigError(f"{where}: expected a string, got {raw!r}")
@@ -210,35 +214,43 @@ def _convert(hint: Any, raw: Any, where: str, from_text: bool) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
-        return build(typing.cast(type[Any], hint), where, file_values=raw)
+        # The nested section's path alone: build() puts the origin ("config file") before it.
+        return build(typing.cast(type[Any], hint), where.rsplit(" ", 1)[-1], file_values=raw)
     raise ConfigError(f"{where}: unsupported field type {hint!r}")  # pragma: no cover
 
 
 def _convert_tuple(args: tuple[Any, ...], raw: Any, where: str, from_text: bool) -> Any:
     item = args[0]
     if item == tuple[str, Secret]:  # credentials: a mapping of reference to secret
-        texts = _convert_tuple((tuple[str, str],), raw, where, from_text)
+        texts = _pairs(raw, where, secret=True)
         return tuple((key, Secret(value)) for key, value in texts if value)
     if item == tuple[str, str]:
-        # Labels: "k=v,k2=v2" in text, a mapping in YAML, a list of "k=v" from flags.
-        pairs: list[tuple[str, str]] = []
-        if isinstance(raw, Mapping):
-            pairs = [(str(k), str(v)) for k, v in raw.items()]
-        elif not isinstance(raw, (str, list, tuple)):
-            raise ConfigError(f"{where}: expected key=value pairs, got {raw!r}")
-        else:
-            items = raw.split(",") if isinstance(raw, str) else list(raw)
-            for entry in items:
-                if isinstance(entry, (tuple, list)) and len(entry) == 2:
-                    pairs.append((str(entry[0]), str(entry[1])))
-                    continue
-                key, sep, value = str(entry).partition("=")
-                if not sep or not key.strip():
-                    raise ConfigError(f"{where}: expected key=value, got {entry!r}")
-                pairs.append((key.strip(), value.strip()))
-        return tuple(pairs)
+        return _pairs(raw, where, secret=False)
     if isinstance(raw, str):
         raw = [part.strip() for part in raw.split(",") if part.strip()] if from_text else [raw]
     if not isinstance(raw, (list, tuple)):
         raise ConfigError(f"{where}: expected a list, got {raw!r}")
     return tuple(_convert(item, entry, where, from_text) for entry in raw)
+
+
+def _pairs(raw: Any, where: str, *, secret: bool) -> tuple[tuple[str, str], ...]:
+    """Key=value pairs: "k=v,k2=v2" in text, a mapping in YAML, a list of "k=v" from flags.
+    For `secret` values (credentials) an error names the entry, never what it holds."""
+    pairs: list[tuple[str, str]] = []
+    if isinstance(raw, Mapping):
+        return tuple((str(k), str(v)) for k, v in raw.items())
+    if not isinstance(raw, (str, list, tuple)):
+        shown = "a secret's value is not shown" if secret else f"got {raw!r}"
+        raise ConfigError(f"{where}: expected key=value pairs, {shown}")
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    for n, entry in enumerate(items, 1):
+        if isinstance(entry, (tuple, list)) and len(entry) == 2:
+            pairs.append((str(entry[0]), str(entry[1])))
+            continue
+        key, sep, value = str(entry).partition("=")
+        if not sep or not key.strip():
+            if secret:  # a secret's value (or, split at a comma, part of one) stays unsaid
+                raise ConfigError(f"{where}: entry {n} is not REF=SECRET (its value not shown)")
+            raise ConfigError(f"{where}: expected key=value, got {entry!r}")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)

@@ -37,6 +37,18 @@ from tests.support.config import write
         ("edge: [listen]\n", "section 'edge' must be a mapping"),
         ("- edge\n", "the top level must be a mapping"),
         ("edge:\n  listen: [unclosed\n", "is not valid YAML"),
+        ("edge:\n  queue_wait_seconds: .nan\n", "expected a finite number, got nan"),
+        ("controlplane:\n  lease_ttl_seconds: .inf\n", "expected a finite number, got inf"),
+        ("edge:\n  queue_wait_seconds: 1e400\n", "expected a finite number"),
+        ("edge:\n  usage:\n    prices: [{model: m, input: -5}]\n", "input must be >= 0"),
+        (
+            "edge:\n  usage:\n    prices: [{model: m, input: abc}]\n",
+            "config file edge.usage.prices.input: expected a number, got 'abc'",
+        ),
+        ("controlplane:\n  gateway:\n    audit_limit: -3\n", "audit_limit must be at least 1"),
+        ("up:\n  listen: '7700'\n", "up.listen must be HOST:PORT, got '7700'"),
+        ("up:\n  controlplane_listen: h:abc\n", "up.controlplane_listen must be HOST:PORT"),
+        ("edge:\n  credentials: [sk-live-SECRETVALUE123]\n", "entry 1 is not REF=SECRET"),
     ],
 )
 def test_bad_file_values_name_key_and_value(tmp_path: Path, text: str, expect: str) -> None:
@@ -45,6 +57,13 @@ def test_bad_file_values_name_key_and_value(tmp_path: Path, text: str, expect: s
     with pytest.raises(ConfigError) as info:
         load(config_file=config_file, environ={})
     assert expect in str(info.value)
+
+
+def test_a_malformed_credential_is_named_never_shown() -> None:
+    """A credentials entry without REF= is refused without its value, from a file or the env."""
+    with pytest.raises(ConfigError) as info:
+        load(config_file=None, environ={"CORRAL_EDGE_CREDENTIALS": "a=AAAA,BBBB"})
+    assert "entry 2 is not REF=SECRET" in str(info.value) and "BBBB" not in str(info.value)
 
 
 def test_unknown_environment_key_is_named() -> None:
