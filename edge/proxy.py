@@ -310,7 +310,7 @@ class Proxy:
                 self.limits.settle(call)
             if self.gateway is not None:
                 self.gateway.leave(call, outcome)
-            self.accounting.over(call, model_label, status, endpoint_name)
+            self.accounting.over(call, model_label, call.status, endpoint_name)
             if tracer is not None:
                 tracer.finish(request, call, call.status)
 

@@ -261,6 +261,7 @@ async def test_unexpected_errors_are_json_500(
     http: aiohttp.ClientSession, running: RunningEdge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug inside the edge is a logged 500 in OpenAI's shape, never a traceback."""
+    from edge.app import METRICS
     from edge.appstate import BALANCER
 
     class Broken(str):
@@ -281,3 +282,12 @@ async def test_unexpected_errors_are_json_500(
     assert status == 500
     assert_error_shape(data, code="internal_error")
     assert "a bug" not in data["error"]["message"]
+    # Counted as the 500 it was (it was status "0", which no error count includes).
+    registry = running.app[METRICS].registry
+    labels = {"model": "-", "backend": "-", "status": "500"}  # no route: no model label
+
+    async def counted() -> bool:
+        return registry.value("corral_edge_requests_total", labels) == 1.0
+
+    await eventually(counted)
+    assert registry.value("corral_edge_requests_total", {**labels, "status": "0"}) is None
