@@ -16,9 +16,11 @@ from aiohttp import web
 
 from corral.config import GuardConfig, GuardDenyConfig, GuardHookConfig, GuardRuleConfig
 from edge.errors import ApiError
+from edge.exposition import Registry
 from edge.gateway.guard.engine import Guard
 from edge.gateway.guard.redact import Redaction, StreamRestorer
 from tests.gateway import guard_hooks
+from tests.support.net import free_port
 
 CARD = "4111 1111 1111 1111"
 MAIL = "jane.doe@example.com"
@@ -328,3 +330,17 @@ async def test_thinking_blocks_sent_back_are_redacted_as_the_model_wrote_them() 
     assert blocks[0] == {"type": "thinking", "thinking": signed, "signature": "sig-" + MAIL}
     assert blocks[1]["data"] == opaque
     assert body["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+
+
+async def test_a_hook_url_s_credentials_stay_out_of_metrics_and_errors() -> None:
+    """A hook named by its URL is named without the URL's user, password or query."""
+    registry = Registry()
+    url = f"http://guard:s3cr3t@127.0.0.1:{free_port()}/check?api_key=AKIA-SECRET"
+    hook = GuardHookConfig(url=url, fail="closed", timeout_seconds=2)
+    async with aiohttp.ClientSession() as http:
+        guard = Guard(GuardConfig(hooks=(hook,)), registry=registry, session=lambda: http)
+        with pytest.raises(ApiError) as caught:
+            await guard.inspect(chat("hello"))
+    exposed = registry.render().decode() + caught.value.message
+    assert 'hook="http://127.0.0.1:' in exposed
+    assert "s3cr3t" not in exposed and "AKIA" not in exposed

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import aiohttp
+from yarl import URL
 
 from corral.config import GuardHookConfig
 from edge.errors import EdgeError
@@ -83,6 +84,13 @@ def _kind(raw: str) -> str:
     return kind
 
 
+def shown_url(url: str) -> str:
+    """A hook's URL as its name in metrics, logs and errors: without the credentials a URL
+    can carry (user:password@, a query's token)."""
+    parsed = URL(url)
+    return str(parsed.with_user(None).with_query(None).with_fragment(None))
+
+
 class Hook:
     """One configured hook; `check` raises HookFailed on any failure, timeout included."""
 
@@ -90,7 +98,7 @@ class Hook:
         self, config: GuardHookConfig, session: Callable[[], aiohttp.ClientSession]
     ) -> None:
         self.config = config
-        self.name = config.name or config.python or config.url
+        self.name = config.name or config.python or shown_url(config.url)
         self.fail_open = config.fail == "open"
         self._session = session
         self._call: Callable[..., Any] | None = (
