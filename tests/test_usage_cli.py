@@ -82,6 +82,8 @@ async def test_postgres_and_jsonl(tmp_path: Path) -> None:
     await lines.write(rows)
     await lines.write(rows[:3])  # a replayed batch: counted once
     await lines.close()
+    with (tmp_path / "u.jsonl").open("a") as foreign:  # other programs' lines: not records
+        foreign.write('[1, 2]\n{"ts": "today", "id": "x"}\n{"note": "hello"}\n')
     sqlite = SQLiteSink(str(tmp_path / "u.db"))
     await sqlite.open()
     await sqlite.write(rows)
@@ -112,3 +114,7 @@ async def test_postgres_and_jsonl(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "span" in bad.stderr
     missing = usage("--sqlite", str(tmp_path / "none.db"))
     assert missing.returncode == 1 and "no usage database" in missing.stderr
+    dsn.write_text("postgresql://u:pw-SECRET@127.0.0.1:notaport/db")
+    malformed = usage("--postgres-dsn-file", str(dsn))
+    assert malformed.returncode == 1 and malformed.stderr.count("\n") == 1
+    assert "Traceback" not in malformed.stderr and "pw-SECRET" not in malformed.stderr

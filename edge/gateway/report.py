@@ -149,20 +149,24 @@ def from_jsonl(path: str, by: str, since: float) -> Report:
             for line in lines:
                 try:
                     r = orjson.loads(line)
+                    if r["ts"] < since or r["id"] in seen:
+                        continue  # a replayed batch can repeat records in a file
+                    if by == "day":
+                        name = dt.datetime.fromtimestamp(r["ts"], dt.UTC).date().isoformat()
+                    else:
+                        name = r[_COLUMN[by]]
+                    record: _Record = (
+                        name, r["status"] >= 400 or bool(r.get("error")),
+                        int(r["prompt_tokens"]), int(r["cached_tokens"]),
+                        int(r["completion_tokens"]), bool(r["estimated"]),
+                        float(r["cost_usd"]), float(r["duration_ms"]),
+                    )  # fmt: skip
                 except orjson.JSONDecodeError:
                     continue  # a line cut by a crash
-                if r["ts"] < since or r["id"] in seen:
-                    continue  # a replayed batch can repeat records in a file
+                except (KeyError, TypeError, ValueError, OverflowError, OSError):
+                    continue  # not a usage record (another program's line in the file)
                 seen.add(r["id"])
-                if by == "day":
-                    name = dt.datetime.fromtimestamp(r["ts"], dt.UTC).date().isoformat()
-                else:
-                    name = r[_COLUMN[by]]
-                yield (
-                    name, r["status"] >= 400 or bool(r.get("error")), r["prompt_tokens"],
-                    r["cached_tokens"],
-                    r["completion_tokens"], r["estimated"], r["cost_usd"], r["duration_ms"],
-                )  # fmt: skip
+                yield record
 
     try:
         return _build(by, since, records())
@@ -183,7 +187,14 @@ async def from_postgres(dsn: str, by: str, since: float) -> Report:
         FROM {TABLE} WHERE ts >= to_timestamp($1) GROUP BY ROLLUP (1)"""
     try:
         conn = await asyncpg.connect(dsn, timeout=10)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+    # ValueError and InterfaceError: a malformed DSN (its text, a password in it, not shown).
+    except (
+        OSError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        TimeoutError,
+        ValueError,
+    ) as exc:
         raise SinkError(f"cannot reach the usage database: {type(exc).__name__}") from None
     try:
         rows = await conn.fetch(query, since)
