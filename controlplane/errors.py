@@ -38,6 +38,14 @@ class NameTakenError(ControlPlaneError):
     reason = "already_exists"
 
 
+class ContendedError(ControlPlaneError):
+    """Other writers kept changing a record while this call tried to change it: the call was
+    valid, and trying it again will most likely succeed."""
+
+    code = grpc.StatusCode.ABORTED
+    reason = "contended"
+
+
 class NotFoundError(ControlPlaneError):
     code = grpc.StatusCode.NOT_FOUND
     reason = "not_found"

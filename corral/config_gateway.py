@@ -5,6 +5,7 @@ dashboard settings. Re-exported by corral.config, where the sections that hold t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 from corral.config_loader import ConfigError, Secret
 
@@ -186,6 +187,16 @@ class IdentityConfig:
 PII_ACTIONS = ("off", "log", "redact", "block")
 
 
+# The longest a cached answer may be kept (a year): Valkey takes a TTL in int64 milliseconds,
+# and an answer older than this is not one anybody means to serve.
+MAX_CACHE_TTL_SECONDS: Final = 366 * 24 * 3600
+
+
+def check_ttl(ttl: float, what: str) -> None:
+    if not 0 <= ttl <= MAX_CACHE_TTL_SECONDS:
+        raise ConfigError(f"{what} must be between 0 and {MAX_CACHE_TTL_SECONDS} (a year)")
+
+
 @dataclass(frozen=True)
 class CacheRuleConfig:
     """Caching for requests matching team, key id and model (empty: any; `*` globs in model).
@@ -196,6 +207,9 @@ class CacheRuleConfig:
     model: str = ""
     # Seconds an answer stays servable; 0 turns the cache off for what matches.
     ttl_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_ttl(self.ttl_seconds, "edge.cache.rules: ttl_seconds")
 
 
 @dataclass(frozen=True)
@@ -214,8 +228,9 @@ class CacheConfig:
     coalesce_wait_seconds: float = 300.0
 
     def __post_init__(self) -> None:
-        if self.max_bytes < 0 or self.max_entry_bytes < 0 or self.ttl_seconds < 0:
-            raise ConfigError("edge.cache: sizes and ttl_seconds must not be negative")
+        if self.max_bytes < 0 or self.max_entry_bytes < 0:
+            raise ConfigError("edge.cache: sizes must not be negative")
+        check_ttl(self.ttl_seconds, "edge.cache.ttl_seconds")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -18,7 +19,12 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from controlplane.decoding import decode_stored as _decode
-from controlplane.errors import InvalidArgumentError, NameTakenError, NotFoundError
+from controlplane.errors import (
+    ContendedError,
+    InvalidArgumentError,
+    NameTakenError,
+    NotFoundError,
+)
 from controlplane.gateway import records
 from controlplane.gateway.audit import AuditLog
 from controlplane.keys import KeyLayout
@@ -30,8 +36,19 @@ log = logging.getLogger(__name__)
 
 MAX_KEY_MODELS = 256
 MAX_DESCRIPTION = 1024
-# Writes that lost a race with another writer of the same record are tried this often.
-WRITE_TRIES = 5
+# Writes that lost a race with another writer of the same record are tried this often,
+# after a jittered pause that doubles each time (5 ms to 320 ms, 0.6 s in all at most): the
+# writers of one record spread out instead of colliding again at once.
+WRITE_TRIES = 8
+_FIRST_PAUSE = 0.005
+# The furthest a key's expiry may lie (about a century): its milliseconds fit int64 easily.
+MAX_EXPIRES_IN_SECONDS = 100 * 366 * 24 * 3600
+
+
+async def _lost_race(attempt: int) -> None:
+    """The pause after attempt `attempt` (from 0) lost a write race."""
+    await asyncio.sleep(random.uniform(0.5, 1.0) * _FIRST_PAUSE * 2**attempt)
+
 
 M = TypeVar("M", bound=Message)
 Handler = Callable[[Any, Parts], Awaitable[Any]]
@@ -132,6 +149,10 @@ class GatewayAdmin:
                 f"no team named {request.team!r}; create it first "
                 f"(corral teams create {request.team})"
             )
+        if not 0 <= request.expires_in_seconds <= MAX_EXPIRES_IN_SECONDS:
+            raise InvalidArgumentError(
+                f"expires_in_seconds must be between 0 and {MAX_EXPIRES_IN_SECONDS} (a century)"
+            )
         now = int(time.time() * 1000)
         for _ in range(WRITE_TRIES):
             key_id, secret = records.new_secret()
@@ -183,7 +204,9 @@ class GatewayAdmin:
         check_text(key_id, "key id")
         where = records.key_key(self._layout, key_id)
         audited = False  # once per call: a lost race retried is still one change
-        for _ in range(WRITE_TRIES):
+        for attempt in range(WRITE_TRIES):
+            if attempt:
+                await _lost_race(attempt - 1)
             kv = await parts.store.get(where)
             key = _decode(gateway_pb2.VirtualKey, kv.value) if kv is not None else None
             if kv is None or key is None:
@@ -199,7 +222,7 @@ class GatewayAdmin:
                 stored = await parts.store.get(where)
                 await self._settle(parts, stored.mod_revision if stored is not None else 0)
                 return _public(key)
-        raise InvalidArgumentError(f"key {key_id!r} kept changing under us; try again")
+        raise ContendedError(f"key {key_id!r} kept changing under us; try again")
 
     async def change_team(
         self, parts: Parts, name: str, action: str, change: Callable[[gateway_pb2.Team], str]
@@ -208,7 +231,9 @@ class GatewayAdmin:
         The caller has checked the name."""
         where = records.team_key(self._layout, name)
         audited = False  # once per call: a lost race retried is still one change
-        for _ in range(WRITE_TRIES):
+        for attempt in range(WRITE_TRIES):
+            if attempt:
+                await _lost_race(attempt - 1)
             kv = await parts.store.get(where)
             team = _decode(gateway_pb2.Team, kv.value) if kv is not None else None
             if kv is None or team is None:
@@ -223,7 +248,7 @@ class GatewayAdmin:
                 stored = await parts.store.get(where)
                 await self._settle(parts, stored.mod_revision if stored is not None else 0)
                 return team
-        raise InvalidArgumentError(f"team {name!r} kept changing under us; try again")
+        raise ContendedError(f"team {name!r} kept changing under us; try again")
 
     async def revoke_key(
         self, request: gateway_pb2.RevokeKeyRequest, parts: Parts

@@ -16,6 +16,7 @@ from controlplane.gateway.admin import GatewayAdmin, Handler
 from controlplane.gateway.audit import fields
 from controlplane.replica import Parts
 from controlplane.validation import check_name
+from corral.config_gateway import MAX_CACHE_TTL_SECONDS
 from corral.v1 import content_pb2, gateway_pb2
 
 PII_ACTIONS = ("off", "log", "redact", "block")
@@ -25,8 +26,10 @@ def check_content(content: content_pb2.ContentPolicy) -> None:
     """InvalidArgument naming the first bad field."""
     if content.HasField("cache_ttl_seconds"):
         ttl = content.cache_ttl_seconds
-        if not math.isfinite(ttl) or ttl < 0:
-            raise InvalidArgumentError("content.cache_ttl_seconds must be a finite number >= 0")
+        if not math.isfinite(ttl) or not 0 <= ttl <= MAX_CACHE_TTL_SECONDS:
+            raise InvalidArgumentError(
+                f"content.cache_ttl_seconds must be between 0 and {MAX_CACHE_TTL_SECONDS} (a year)"
+            )
     if content.HasField("pii") and content.pii not in PII_ACTIONS:
         raise InvalidArgumentError(
             f"content.pii must be one of {', '.join(PII_ACTIONS)}, got {content.pii!r}"

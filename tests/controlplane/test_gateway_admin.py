@@ -10,15 +10,23 @@ from typing import cast
 import grpc
 import pytest
 
+from controlplane.errors import ContendedError
 from controlplane.gateway import records
-from controlplane.gateway.admin import GatewayAdmin
+from controlplane.gateway.admin import WRITE_TRIES, GatewayAdmin
 from controlplane.gateway.audit import AuditLog
 from controlplane.keys import KeyLayout
 from controlplane.replica import Parts
 from controlplane.store.etcd import EtcdStore
 from controlplane.store.memory import MemoryStore
 from corral.config import GatewayConfig, ModelAliasConfig, PriceConfig, Secret
-from corral.v1 import admin_pb2, gateway_pb2, gateway_pb2_grpc, providers_pb2, types_pb2
+from corral.v1 import (
+    admin_pb2,
+    content_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    providers_pb2,
+    types_pb2,
+)
 from tests.controlplane import harness as h
 from tests.support.etcd import EtcdCluster
 
@@ -53,6 +61,14 @@ async def test_bad_requests_are_refused_with_a_reason() -> None:
         assert await _code(unknown) == grpc.StatusCode.NOT_FOUND
         negative = admin.CreateKey(gateway_pb2.CreateKeyRequest(team="t", expires_in_seconds=-1))
         assert await _code(negative) == invalid
+        # Beyond a century: its milliseconds overflowed int64 (UNKNOWN and a traceback).
+        ages = admin.CreateKey(gateway_pb2.CreateKeyRequest(team="t", expires_in_seconds=2**62))
+        assert await _code(ages) == invalid
+        forever = content_pb2.ContentPolicy(cache_ttl_seconds=1e16)  # past Valkey's int64 ms
+        too_long = admin.SetTeamContent(
+            content_pb2.SetTeamContentRequest(name="t", content=forever)
+        )
+        assert await _code(too_long) == invalid
         empty_model = admin.CreateKey(gateway_pb2.CreateKeyRequest(team="t", models=[""]))
         assert await _code(empty_model) == invalid
         no_key = admin.RevokeKey(gateway_pb2.RevokeKeyRequest(id="ck_000000000000"))
@@ -198,12 +214,13 @@ async def test_the_policy_stream_needs_the_edge_token() -> None:
 
 
 class _RacedStore(MemoryStore):
-    """A store where another writer changes a key between our read and our first
-    conditional write to it: the lost race a retry loop exists for."""
+    """A store where another writer changes a key or team between our read and our first
+    `times` conditional writes to it: the lost races a retry loop exists for."""
 
-    def __init__(self) -> None:
+    def __init__(self, times: int = 1) -> None:
         super().__init__()
         self.raced = False
+        self.times = times
 
     async def put_if(
         self,
@@ -214,8 +231,9 @@ class _RacedStore(MemoryStore):
         expect_absent_or_lease: int | None = None,
         expect_mod_revision: int | None = None,
     ) -> bool:
-        if not self.raced and b"/keys/" in key and expect_mod_revision:
+        if self.times and (b"/keys/" in key or b"/teams/" in key) and expect_mod_revision:
             self.raced = True
+            self.times -= 1
             current = await self.get(key)
             assert current is not None
             await self.put(key, current.value)  # the other writer: a new mod revision
@@ -243,4 +261,27 @@ async def test_a_retried_change_is_audited_once() -> None:
     assert actions == ["team.create", "key.create", "key.revoke"]
     stored = await store.get(records.key_key(layout, created.key.id))
     assert stored is not None and gateway_pb2.VirtualKey.FromString(stored.value).revoked_unix_ms
+    await store.close()
+
+
+@pytest.mark.parametrize("races", [WRITE_TRIES - 1, WRITE_TRIES])
+async def test_a_change_that_keeps_losing_races_is_aborted_not_invalid(races: int) -> None:
+    """Losing a write race every try is ABORTED (retry it), never INVALID_ARGUMENT."""
+    store = _RacedStore(times=races)
+    await store.start()
+    parts = cast(Parts, SimpleNamespace(store=store, policy=None))
+    layout = KeyLayout.from_prefix("/corral-test")
+    admin = GatewayAdmin(layout, AuditLog(layout, 100), write_wait=0.1)
+    await admin.create_team(gateway_pb2.CreateTeamRequest(name="t"), parts)
+
+    def rename(team: gateway_pb2.Team) -> str:
+        team.limits.rpm = 7
+        return "rpm=7"
+
+    if races < WRITE_TRIES:  # each lost race waits a little longer; the last try wins
+        assert (await admin.change_team(parts, "t", "team.limits", rename)).limits.rpm == 7
+    else:
+        with pytest.raises(ContendedError) as caught:
+            await admin.change_team(parts, "t", "team.limits", rename)
+        assert caught.value.code == grpc.StatusCode.ABORTED
     await store.close()

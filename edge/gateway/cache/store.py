@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
+from corral.config_gateway import MAX_CACHE_TTL_SECONDS
 from edge.gateway.valkey import StoreError, Valkey
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,9 @@ class SharedTier:
 
     def put(self, key: bytes, entry: Entry, ttl: float) -> None:
         """Written in the background: the answer does not wait for the shared tier."""
-        task = asyncio.create_task(self._put(key, entry.pack(), max(1, int(ttl * 1000))))
+        # Bounded: a TTL stored before the control plane capped them could overflow Valkey's.
+        ttl_ms = max(1, int(min(ttl, MAX_CACHE_TTL_SECONDS) * 1000))
+        task = asyncio.create_task(self._put(key, entry.pack(), ttl_ms))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
