@@ -210,8 +210,11 @@ async def test_shared_valkey_tier_between_two_edges(
     snapshots: SnapshotServer, start_edge: StartEdge, fake: FakeServer, valkey: ValkeyServer
 ) -> None:
     """One edge's stored answer hits at another; with Valkey down both answer (in-process tier)."""
-    a = await cached_edge(start_edge, snapshots, fake, valkey_url=valkey.url)
-    b = await cached_edge(start_edge, snapshots, fake, valkey_url=valkey.url)
+    # A wide timeout: a lookup on a busy machine (its connection made first) may take longer
+    # than the default 0.25 s, and then misses. A dead Valkey refuses at once either way.
+    shared = {"valkey_url": valkey.url, "valkey_timeout_seconds": 5.0}
+    a = await cached_edge(start_edge, snapshots, fake, **shared)
+    b = await cached_edge(start_edge, snapshots, fake, **shared)
     _, headers, first = await post(a, CHAT)
     assert headers["X-Corral-Cache"] == "miss"
 
