@@ -75,7 +75,8 @@ async def limiting(app: web.Application) -> AsyncIterator[None]:
         if config.workers > 1:
             log.warning(
                 "edge.limits without valkey_url: each of the %d worker processes counts "
-                "limits alone; give the edge a Valkey to count them together",
+                "rpm, tpm and max_parallel alone (budgets are shared through the spend "
+                "file); give the edge a Valkey to count them together",
                 config.workers,
             )
         path = spend_path(config)
@@ -114,10 +115,8 @@ async def _upkeep(limiter: Limiter, counters: object) -> None:
         try:
             await limiter.sweep()
             ticks += 1
-            if local is not None and local.spend is not None and ticks % 2 == 0:
-                rows = local.dirty_rows()
-                if rows:
-                    await asyncio.to_thread(local.spend.save, rows)
+            if local is not None and ticks % 2 == 0:
+                await local.save_spend()
         except Exception:  # one failed round must not end the upkeep
             log.exception("limit upkeep failed")
 

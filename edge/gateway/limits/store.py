@@ -18,6 +18,8 @@ so a crashed edge's slots come back by themselves.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -78,7 +80,8 @@ def slice_of(limit: int, used: int, want: int, need: int, share: float, edges: i
 
 
 class LocalCounters:
-    """The embedded store: one process's counters; budgets persisted to SQLite if given."""
+    """The embedded store: one process's counters; budgets persisted to SQLite if given (and
+    summed there with the edge's other worker processes')."""
 
     shared = False
 
@@ -94,13 +97,13 @@ class LocalCounters:
         self._clock = clock
         self._values: dict[str, int] = {}
         self._expires: dict[str, float] = {}
-        self._dirty: set[str] = set()
+        # Budget counters (durable): what this process counted since its last save. The spend
+        # file holds the rest, summed over the edge's worker processes (docs/GATEWAY.md).
+        self._unsaved: dict[str, int] = {}
+        self._durable: set[str] = set()
         self.calls = 0
         if spend is not None:
-            now = clock()
-            for key, (value, expires) in spend.load(now).items():
-                self._values[key] = value
-                self._expires[key] = expires
+            self._fold(spend.load(clock()))
 
     async def lease(self, edge: str, asks: Sequence[Ask]) -> Leased:
         return self.lease_now(asks)
@@ -114,38 +117,67 @@ class LocalCounters:
             key = ask.key
             expires = self._expires.get(key)
             if expires is not None and expires <= now:
-                self._values.pop(key, None)
-                self._expires.pop(key, None)
+                self.forget(key)
             used = self._values.get(key, 0) + ask.adjust
             grant = slice_of(ask.limit, used, ask.want, ask.need, self.share, 1)
             used += grant
             self._values[key] = used
             if ask.ttl_ms:
                 self._expires[key] = now + ask.ttl_ms / 1000
-            if ask.durable and (grant or ask.adjust):
-                self._dirty.add(key)
+            if ask.durable:
+                self._durable.add(key)
+                if grant or ask.adjust:
+                    self._unsaved[key] = self._unsaved.get(key, 0) + ask.adjust + grant
             answers.append(Answer(grant, used))
         return Leased("local", 1, answers)
 
     def forget(self, key: str) -> None:
         self._values.pop(key, None)
         self._expires.pop(key, None)
+        self._unsaved.pop(key, None)
+        self._durable.discard(key)
 
     def used(self, key: str) -> int:
         return self._values.get(key, 0)
 
     def dirty_rows(self) -> list[tuple[str, int, float]]:
-        """Budget counters changed since the last call: (key, value, expiry) rows to save."""
-        rows = [(k, self._values.get(k, 0), self._expires.get(k, 0.0)) for k in self._dirty]
-        self._dirty.clear()
+        """Budget counters to save: (key, change since the last call, expiry) rows, the
+        changes to add to the spend file's counts; first takes in the totals the last save
+        read back (the upkeep saves every second, changes or not, to read them)."""
+        if self.spend is not None:
+            self._fold(self.spend.take_totals())
+        now = self._clock()
+        for key in [k for k in self._durable if self._expires.get(k, math.inf) <= now]:
+            self.forget(key)  # its period is over
+        rows = [(k, n, self._expires.get(k, 0.0)) for k, n in self._unsaved.items() if n]
+        self._unsaved.clear()
         return rows
 
+    async def save_spend(self) -> None:
+        """The upkeep's step (every second): changes saved and totals read back, off the loop;
+        saved even with no change, to read what the edge's other workers spent."""
+        if self.spend is not None:
+            await asyncio.to_thread(self.spend.save, self.dirty_rows())
+
     def flush(self) -> int:
-        """Write changed budget counters to the spend file now; how many were written."""
+        """Save changed budget counters to the spend file now and take in the totals read
+        back (every worker's spend); how many counters had changed."""
         rows = self.dirty_rows()
-        if self.spend is not None and rows:
-            self.spend.save(rows)
-        return len(rows)
+        if self.spend is None:
+            return len(rows)
+        totals = self.spend.save(rows, self._clock())
+        self.spend.take_totals()  # taken in here
+        self._fold(totals)
+        return sum(1 for _, change, _ in rows if change)
+
+    def _fold(self, totals: dict[str, tuple[int, float]]) -> None:
+        """The spend file's totals as this process's counts, plus what it has not saved yet."""
+        now = self._clock()
+        for key, (total, expires) in totals.items():
+            if expires > now:
+                self._values[key] = total + self._unsaved.get(key, 0)
+                self._expires[key] = expires
+                self._durable.add(key)
 
     async def close(self) -> None:
         self.flush()
