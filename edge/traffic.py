@@ -6,6 +6,8 @@ additions. Routing decisions and retries are not counted again: a slice takes th
 difference of the Prometheus counters EdgeMetrics already keeps. Slices wait in a
 bounded queue until the control plane acknowledges them, so an edge that cannot reach it
 keeps serving and catches up later; past the bound the oldest are dropped (and counted).
+A slice holds no more than the control plane takes (controlplane/traffic/intake.py): at
+most MAX_CELLS cells, retry cells and "other" included, and it never ends before it starts.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from corral import traffic as hist
 from corral.v1 import traffic_pb2
 from edge.gateway.call import Call
 
-# The most distinct (backend, model) cells one slice holds; the rest merge into "other".
+# The most cells one slice holds, "other" and the retry cells included (the control plane
+# refuses a slice of more: controlplane/traffic/intake.py); the rest merge into "other".
 MAX_CELLS = 1000
 OTHER = "other"
+_OTHER_KEY = (OTHER, OTHER, OTHER)
 # Slices kept while the control plane cannot be reached (1 h at 5 s).
 MAX_PENDING = 720
 
@@ -86,8 +90,8 @@ class TrafficRecorder:
         key = (backend, model, team)
         cell = self.cells.get(key)
         if cell is None:
-            if len(self.cells) >= MAX_CELLS:
-                key = (OTHER, OTHER, OTHER)
+            if len(self.cells) >= MAX_CELLS:  # bounds memory; `cut` keeps the slice's cap
+                key = _OTHER_KEY
                 cell = self.cells.get(key)
                 if cell is not None:
                     return cell
@@ -135,7 +139,9 @@ class TrafficRecorder:
         in it."""
         cells, self.cells = self.cells, {}
         end_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-        start_ms, self._start_ms = self._start_ms, end_ms
+        # The wall clock stepped back (NTP) since the last cut: the slice starts where it
+        # ends, on the clock now in force (the control plane refuses end < start).
+        start_ms, self._start_ms = min(self._start_ms, end_ms), end_ms
         decision_delta: dict[str, int] = {}
         for route, total in list(decisions.items()):
             delta = total - self._last_decisions.get(route, 0)
@@ -159,6 +165,9 @@ class TrafficRecorder:
             self._quiet += 1
             return None
         self._quiet = 0
+        other_retries = 0
+        if len(cells) + len(retry_delta) > MAX_CELLS:
+            other_retries = _fold(cells, retry_delta)
         out = traffic_pb2.TrafficSlice(start_unix_ms=start_ms, end_unix_ms=end_ms)
         for (backend, model, team), cell in sorted(cells.items()):
             pb = out.cells.add(backend=backend, model=model, team=team, requests=cell.requests)
@@ -174,6 +183,8 @@ class TrafficRecorder:
             pb.completion_tokens = cell.completion_tokens
             pb.cache_hits = cell.cache_hits
             pb.limit_refusals = cell.limit_refusals
+            if other_retries and (backend, model, team) == _OTHER_KEY:
+                pb.retries = other_retries
         for backend, count in sorted(retry_delta.items()):
             # Retries are counted per backend only (the model is not known there).
             out.cells.add(backend=backend, model="-", retries=count)
@@ -194,6 +205,53 @@ class TrafficRecorder:
         """The control plane holds every slice up to seq: forget them."""
         while self.pending and self.pending[0].seq <= seq:
             self.pending.popleft()
+
+    def refused(self, seq: int) -> int:
+        """The control plane refused every slice up to seq for good: drop them (counted
+        as dropped); return how many."""
+        count = 0
+        while self.pending and self.pending[0].seq <= seq:
+            self.pending.popleft()
+            count += 1
+        self.dropped += count
+        return count
+
+
+def _fold(cells: dict[CellKey, Cell], retries: dict[str, int]) -> int:
+    """Bring a slice's cells and per-backend retry cells within MAX_CELLS: the busiest
+    (by requests, by retries) keep their names, the rest merge into the "other" cell.
+    Changes both in place; returns the retries merged into "other"."""
+    other = cells.pop(_OTHER_KEY, None)
+    ranked: list[tuple[int, bool, CellKey]] = [
+        (cell.requests, False, key) for key, cell in cells.items()
+    ]
+    ranked.extend((count, True, (backend, "", "")) for backend, count in retries.items())
+    ranked.sort(key=lambda item: (-item[0], item[1], item[2]))
+    if other is None:
+        other = Cell()
+    other_retries = 0
+    for _, is_retry, key in ranked[MAX_CELLS - 1 :]:  # one place is left for "other"
+        if is_retry:
+            other_retries += retries.pop(key[0])
+        else:
+            _merge(other, cells.pop(key))
+    cells[_OTHER_KEY] = other
+    return other_retries
+
+
+def _merge(into: Cell, cell: Cell) -> None:
+    into.requests += cell.requests
+    statuses = into.statuses
+    for status, count in cell.statuses.items():
+        statuses[status] = statuses.get(status, 0) + count
+    hist.add_into(into.latency, cell.latency)
+    into.latency_sum += cell.latency_sum
+    hist.add_into(into.ttft, cell.ttft)
+    into.ttft_sum += cell.ttft_sum
+    into.prompt_tokens += cell.prompt_tokens
+    into.completion_tokens += cell.completion_tokens
+    into.cache_hits += cell.cache_hits
+    into.limit_refusals += cell.limit_refusals
 
 
 def _trim(counts: list[int]) -> list[int]:

@@ -3,12 +3,15 @@
 Every interval the current slice is cut and everything not yet acknowledged is sent, oldest
 first, in one small unary call to one control-plane address (rotating on failure). Nothing
 here is on the request path: a control plane that is slow or gone only makes the queue of
-unsent slices longer (bounded, see edge/traffic.py).
+unsent slices longer (bounded, see edge/traffic.py). A report the control plane refuses
+(INVALID_ARGUMENT: sent again, it would be refused again) is sent again a slice at a time,
+and the slices refused alone are dropped and counted: one bad slice never holds up the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import ssl
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 BATCH = 60
 CALL_TIMEOUT_SECONDS = 5.0
 REPORT_METHOD = "/corral.v1.RoutingService/ReportTraffic"
+# The status of a report the control plane refuses for what it holds, not for its own state.
+REFUSED = "INVALID_ARGUMENT"
 
 
 class TrafficReporter:
@@ -66,43 +71,64 @@ class TrafficReporter:
                 self._metrics.cut_traffic(state)
                 await self.flush()
         finally:
-            if self._channel is not None:
-                self._channel.close()
+            self.close()
+
+    def close(self) -> None:
+        """Close the connection to the control plane (the next report opens another)."""
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            channel.close()
 
     async def flush(self) -> bool:
         """Send what is pending; False when the control plane could not be reached."""
         recorder = self._metrics.traffic
-        while recorder.pending:
-            batch = list(recorder.pending)[:BATCH]
-            request = traffic_pb2.ReportTrafficRequest(
-                edge_id=self._edge_id,
-                incarnation=self._incarnation,
-                slices=batch,
-                dropped=recorder.dropped,
-                listen_address=self._listen,
-            )
-            try:
-                response = await self._connected().unary(
-                    REPORT_METHOD,
-                    request,
-                    traffic_pb2.ReportTrafficResponse,
-                    self._metadata,
-                    CALL_TIMEOUT_SECONDS,
+        single = 0  # slices of a refused report still to send one at a time
+        dropped = 0
+        refusal = ""  # the control plane that refused, and why
+        try:
+            while recorder.pending:
+                batch = list(itertools.islice(recorder.pending, 1 if single else BATCH))
+                request = traffic_pb2.ReportTrafficRequest(
+                    edge_id=self._edge_id,
+                    incarnation=self._incarnation,
+                    slices=batch,
+                    dropped=recorder.dropped,
+                    listen_address=self._listen,
                 )
-            except CallFailed as exc:
-                log.info(
-                    "traffic report to %s failed (%s); %d slices kept",
-                    self._address(),
-                    exc.code,
-                    len(recorder.pending),
-                )
-                await self._rotate()
-                return False
-            recorder.acknowledge(response.acked_seq)
-            self.sent += len(batch)
-            if response.acked_seq < batch[-1].seq:
-                return False  # the control plane took less than sent: try next interval
-        return True
+                try:
+                    response = await self._connected().unary(
+                        REPORT_METHOD,
+                        request,
+                        traffic_pb2.ReportTrafficResponse,
+                        self._metadata,
+                        CALL_TIMEOUT_SECONDS,
+                    )
+                except CallFailed as exc:
+                    if exc.code != REFUSED:
+                        log.info(
+                            "traffic report to %s failed (%s); %d slices kept",
+                            self._address(),
+                            exc.code,
+                            len(recorder.pending),
+                        )
+                        await self._rotate()
+                        return False
+                    if len(batch) > 1:
+                        single = len(batch)  # which of them is refused? each on its own
+                        continue
+                    dropped += recorder.refused(batch[0].seq)
+                    refusal = f"{self._address()}: {exc.details}"
+                    single = max(single - 1, 0)
+                    continue
+                single = max(single - 1, 0)
+                recorder.acknowledge(response.acked_seq)
+                self.sent += len(batch)
+                if response.acked_seq < batch[-1].seq:
+                    return False  # the control plane took less than sent: try next interval
+            return True
+        finally:
+            if dropped:
+                log.warning("traffic report refused (%s); %d slices dropped", refusal, dropped)
 
     def _address(self) -> str:
         return self._addresses[self._index % len(self._addresses)]
@@ -114,9 +140,7 @@ class TrafficReporter:
 
     async def _rotate(self) -> None:
         self._index += 1
-        if self._channel is not None:
-            channel, self._channel = self._channel, None
-            channel.close()
+        self.close()
 
 
 async def traffic_reports(app: web.Application) -> AsyncIterator[None]:

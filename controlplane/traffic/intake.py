@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from controlplane.errors import InvalidArgumentError
-from controlplane.validation import MAX_AGENT_ID, MAX_NAME, check_text
+from controlplane.validation import MAX_AGENT_ID, MAX_MODEL_ID, MAX_NAME, check_text
 from corral import traffic as hist
 from corral.v1 import traffic_pb2
 
@@ -32,7 +32,8 @@ def check_report(request: traffic_pb2.ReportTrafficRequest, now_ms: int | None =
             raise InvalidArgumentError(f"at most {MAX_CELLS} cells per slice")
         for cell in piece.cells:
             check_text(cell.backend, "backend", MAX_NAME)
-            check_text(cell.model, "model", MAX_AGENT_ID)
+            # Any model id registration takes (a label of the edge's routes).
+            check_text(cell.model, "model", MAX_MODEL_ID)
             check_text(cell.team, "team", MAX_NAME)
             if len(cell.latency) > hist.SIZE or len(cell.ttft) > hist.SIZE:
                 raise InvalidArgumentError(f"at most {hist.SIZE} histogram buckets")

@@ -15,7 +15,7 @@ from controlplane.traffic.records import Resolution, errors_by_class
 from corral import traffic as hist
 from corral.v1 import traffic_pb2
 
-# A record whose edge wrote nothing for this long no longer counts for in-flight.
+# An edge whose latest record ends this long ago no longer counts for in-flight.
 INFLIGHT_FRESH_MS = 15_000
 
 Sums = dict[str, CellSum]
@@ -190,10 +190,18 @@ def compute(
         traffic_pb2.TRAFFIC_GROUP_UNSPECIFIED,
         traffic_pb2.TRAFFIC_GROUP_BACKEND,
     )
+    # In-flight is a level, not a count: each edge's latest record says it (its earlier
+    # records, in earlier buckets, said it before), if that record is fresh.
+    latest: dict[str, Digest] = {}
     for digest in digests:
         for route, count in digest.decisions.items():
             out.decisions[route] = out.decisions.get(route, 0) + count
-        if per_backend and now_ms - digest.end_unix_ms < INFLIGHT_FRESH_MS:
+        if per_backend:
+            held = latest.get(digest.edge_id)
+            if held is None or _recency(digest) > _recency(held):
+                latest[digest.edge_id] = digest
+    for digest in latest.values():
+        if now_ms - digest.end_unix_ms < INFLIGHT_FRESH_MS:
             for backend, level in digest.inflight.items():
                 inflight[backend] = inflight.get(backend, 0) + level
     first = resolution.bucket(start_ms)
@@ -234,6 +242,11 @@ def compute(
         memo.clear()
         memo.update(used)
     return out
+
+
+def _recency(digest: Digest) -> tuple[int, int]:
+    """Orders an edge's records: the one ending last (then starting last) is its latest."""
+    return digest.end_unix_ms, digest.start_unix_ms
 
 
 _EMPTY: tuple[int, ...] = (0,) * hist.SIZE

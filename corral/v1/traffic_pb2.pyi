@@ -274,7 +274,9 @@ class ReportTrafficRequest(_message.Message):
     incarnation: _builtins.str
     """Distinguishes restarts of one edge id (its seq starts again at 1)."""
     dropped: _builtins.int
-    """Slices the edge dropped because it could not report for too long."""
+    """Slices the edge dropped: it could not report for too long, or the control plane
+    refused them (INVALID_ARGUMENT).
+    """
     listen_address: _builtins.str
     @_builtins.property
     def slices(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrafficSlice]:

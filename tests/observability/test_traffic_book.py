@@ -5,14 +5,20 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
+from controlplane.errors import InvalidArgumentError
 from controlplane.keys import KeyLayout
 from controlplane.metrics import Metrics
 from controlplane.store.memory import MemoryStore
 from controlplane.traffic.book import TrafficBook
 from controlplane.traffic.intake import check_report
+from controlplane.traffic.records import FINE
 from controlplane.traffic.view import TrafficView
+from controlplane.validation import MAX_MODEL_ID, check_status
 from corral import traffic as hist
-from corral.v1 import traffic_pb2
+from corral.v1 import traffic_pb2, types_pb2
+from edge.traffic import TrafficRecorder
 from tests.support.net import eventually
 
 LAYOUT = KeyLayout.from_prefix("/corral/")
@@ -84,6 +90,67 @@ def test_reports_too_old_for_any_window_are_acknowledged_but_dropped() -> None:
     request = report("edge-1", "x", range(1, 3), now - 2 * 3600 * 1000)
     assert check_report(request, now_ms=now) == 2
     assert len(request.slices) == 0
+
+
+def test_a_report_takes_every_model_id_registration_takes() -> None:
+    """A cell's model may be as long as a registered model id, and no longer."""
+    now = int(time.time() * 1000)
+    for model, taken in (
+        ("org/" + "x" * (MAX_MODEL_ID - 4), True),
+        ("x" * (MAX_MODEL_ID + 1), False),
+    ):
+        status = types_pb2.BackendStatus(health=types_pb2.HEALTH_STATE_HEALTHY)
+        status.models.add(id=model)
+        request = report("edge-1", "x", range(1, 2), now)
+        request.slices[0].cells[0].model = model
+        if taken:
+            check_status(status, "gpu-a")
+            assert check_report(request, now_ms=now) == 1
+        else:
+            with pytest.raises(InvalidArgumentError):
+                check_status(status, "gpu-a")
+            with pytest.raises(InvalidArgumentError):
+                check_report(request, now_ms=now)
+
+
+def edge_report(edge: str, start_ms: int, levels: list[int]) -> traffic_pb2.ReportTrafficRequest:
+    """An edge's 5 s slices from start_ms, a request each, with levels[i] in flight in the i-th."""
+    recorder = TrafficRecorder()
+    recorder.cut({}, [], {}, now_ms=start_ms)  # the first slice starts here
+    at = start_ms
+    for level in levels:
+        at += 5000
+        recorder.cell("gpu-a", "m", "t").requests += 1
+        recorder.cut({}, [], {"gpu-a": level}, now_ms=at)
+    return traffic_pb2.ReportTrafficRequest(
+        edge_id=edge, incarnation="i", slices=list(recorder.pending)
+    )
+
+
+async def test_inflight_is_each_edges_latest_level() -> None:
+    """In-flight sums each edge's latest fresh level, not every fresh record of it."""
+    async with MemoryStore() as store:
+        view = TrafficView(store, LAYOUT)
+        follow = asyncio.create_task(view.run())
+        try:
+            book = TrafficBook(store, LAYOUT, Metrics(), view.stored)
+            base = FINE.bucket(int(time.time() * 1000)) - 60_000
+            # Three in flight throughout, over two 10 s buckets both fresh at `now`.
+            await book.report(edge_report("edge-1", base, [3] * 6))
+            # Two in flight, none in its last slice.
+            await book.report(edge_report("edge-2", base, [2] * 5 + [0]))
+            # Four in flight, last heard of 20 s before `now`.
+            await book.report(edge_report("edge-3", base - 20_000, [4] * 6))
+            now = base + 30_500
+
+            def answered() -> traffic_pb2.GetTrafficResponse | None:
+                got = view.query(traffic_pb2.GetTrafficRequest(), now_ms=now)
+                return got if got.requests == 18 else None
+
+            answer = await eventually(answered)
+            assert [(row.key, row.inflight) for row in answer.rows] == [("gpu-a", 3)]
+        finally:
+            follow.cancel()
 
 
 def test_cached_window_sums_follow_every_change() -> None:
