@@ -22,7 +22,7 @@ from edge.anthropic import AnthropicError, StreamTranslator
 from edge.client_request import ClientRequest
 from edge.errors import ApiError
 from edge.exchange import Admission, Exchange, Failure
-from edge.inbound import CHAT, MESSAGES_PATH
+from edge.inbound import CHAT, ENCODE_DEPTH, MESSAGES_PATH, check_depth
 from edge.proxy import Proxy
 from edge.routing import chat_key, session_header_key
 from edge.table import BackendState, ModelRoute
@@ -31,6 +31,8 @@ _CHAT_PATH: Final = CHAT.path
 _JSON: Final = "application/json"
 # Strict OpenAI-compatible servers refuse `top_k`; the local servers accept it as an extra.
 _NO_TOP_K: Final = frozenset((types_pb2.BACKEND_TYPE_OPENAI,))
+# The least max_tokens the edge caps a request to (see MessagesExchange._max_tokens).
+_MIN_CAP: Final = 256
 
 
 class Refused(ApiError):
@@ -69,17 +71,48 @@ def translate(body: dict[str, Any]) -> dict[str, Any]:
         return anthropic.to_openai_request(body)
     except AnthropicError as exc:
         raise Refused(exc) from None
+    except orjson.JSONEncodeError as exc:  # tool inputs are written as JSON strings
+        raise _unwritable(exc) from None
+
+
+def _unwritable(exc: orjson.JSONEncodeError) -> Refused:
+    return Refused(anthropic.invalid_request(f"The request cannot be translated: {exc}."))
+
+
+def _dumps(payload: dict[str, Any]) -> bytes:
+    """The upstream body; the OpenAI one nests a level deeper (a tool's schema sits in
+    `function.parameters`), so what the client's body allowed may not be writable."""
+    try:
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError as exc:
+        raise _unwritable(exc) from None
+
+
+def parse_count_tokens(raw: bytes) -> dict[str, Any]:
+    """A `/v1/messages/count_tokens` body, validated; anything else is a Refused (400)."""
+    try:
+        return anthropic.validate_count_tokens_request(_load(raw))
+    except AnthropicError as exc:
+        raise Refused(exc) from None
 
 
 def _load(raw: bytes) -> Any:
     if not raw:
         raise Refused(anthropic.invalid_request("The request body is empty; expected JSON."))
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise Refused(
             anthropic.invalid_request(f"The request body is not valid JSON: {exc}")
         ) from None
+    # What the edge could not write again (orjson writes less nesting than it reads) is a 400
+    # now, as on the OpenAI routes (edge/inbound.py), not a 500 in the translation.
+    if isinstance(body, dict) and raw.count(b"[") + raw.count(b"{") >= ENCODE_DEPTH:
+        try:
+            check_depth(body)
+        except ApiError as exc:
+            raise Refused(anthropic.invalid_request(exc.message)) from None
+    return body
 
 
 class MessagesExchange(Exchange):
@@ -121,12 +154,17 @@ class MessagesExchange(Exchange):
     def _max_tokens(self, backend: BackendState, model: str) -> int | None:
         """max_tokens capped to what the backend's context leaves after the prompt (None:
         unchanged). Anthropic clients ask for far more than a small local context holds,
-        and servers refuse a prompt plus max_tokens over their context."""
+        and servers refuse a prompt plus max_tokens over their context.
+
+        The prompt's size is an estimate (a flat 1,500 tokens an image, however small), so
+        the cap never goes below an eighth of the context (and never below 256 tokens): a
+        rough estimate must not shrink an answer to nothing. A prompt that really leaves
+        less is the backend's to refuse, in its own words."""
         context = backend.contexts.get(model)
         asked: int = self.body["max_tokens"]
         if not context:
             return None
-        limit = max(1, context - self._estimate())
+        limit = max(context - self._estimate(), context // 8, _MIN_CAP)
         return limit if asked > limit else None
 
     def upstream(self, backend: BackendState, rewrite: str | None) -> tuple[str, bytes | None]:
@@ -137,7 +175,7 @@ class MessagesExchange(Exchange):
             self.rewritten = orjson.dumps(model) if model != self.model else None
             if capped is None:
                 return super().upstream(backend, rewrite)
-            return MESSAGES_PATH, orjson.dumps({**self.body, "model": model, "max_tokens": capped})
+            return MESSAGES_PATH, _dumps({**self.body, "model": model, "max_tokens": capped})
         self.translating = True
         payload = dict(self.openai)
         payload["model"] = model
@@ -145,7 +183,7 @@ class MessagesExchange(Exchange):
             payload["max_tokens"] = capped
         if backend.backend_type in _NO_TOP_K:
             payload.pop("top_k", None)
-        return _CHAT_PATH, orjson.dumps(payload)
+        return _CHAT_PATH, _dumps(payload)
 
     def whole(
         self, status: int, data: bytes, headers: CIMultiDict[str], backend: BackendState
@@ -287,13 +325,18 @@ async def handle_count_tokens(proxy: Proxy, request: ClientRequest) -> web.Strea
     try:
         identity = proxy.check_auth(request)
         raw = await proxy.read_body(request)
-        body = anthropic.validate_count_tokens_request(_load(raw))
+        body = parse_count_tokens(raw)
         if identity is not None:
             identity.check_model(str(body.get("model", "")))
+        answer = count_tokens_answer(body)
     except ApiError as exc:
         return from_api_error(exc)
-    except AnthropicError as exc:
-        return error_response(exc)
-    return web.Response(
-        body=orjson.dumps(anthropic.count_tokens_response(body)), content_type=_JSON
-    )
+    return web.Response(body=answer, content_type=_JSON)
+
+
+def count_tokens_answer(body: dict[str, Any]) -> bytes:
+    """The count_tokens answer for a parsed body (a Refused when it cannot be measured)."""
+    try:
+        return orjson.dumps(anthropic.count_tokens_response(body))
+    except orjson.JSONEncodeError as exc:  # tool inputs and schemas are measured as JSON
+        raise _unwritable(exc) from None

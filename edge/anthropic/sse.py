@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -15,6 +16,7 @@ def sse_event(event: str, data: Mapping[str, Any]) -> bytes:
 
 
 PING: Final = sse_event("ping", {"type": "ping"})
+_LINE_END: Final = re.compile(rb"\r\n|\r|\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,35 +33,43 @@ class SSEParser:
     Follows the WHATWG event-stream rules that matter here: lines end in LF, CRLF or CR; a
     blank line dispatches; `data` lines join with LF; comment lines (`:`) are skipped; one
     space after the colon is dropped. Bytes are split into lines before decoding, so a UTF-8
-    character cut by a read boundary is never garbled.
+    character cut by a read boundary is never garbled. Each read is scanned once and only the
+    unfinished line's bytes are kept: a large event read in many pieces costs linear time.
     """
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._pending = bytearray()  # the start of a line no read has ended yet
         self._event: str | None = None
         self._data: list[str] = []
-        self._pending_cr = False
+        self._pending_cr = False  # the last read ended in CR: an LF next is the same line end
 
     def feed(self, chunk: bytes) -> list[SSEMessage]:
-        if self._pending_cr and chunk.startswith(b"\n"):
-            chunk = chunk[1:]  # the LF of a CRLF split across two reads
+        if not chunk:
+            return []
+        start = 1 if self._pending_cr and chunk.startswith(b"\n") else 0
         self._pending_cr = False
-        data = self._buffer + chunk
-        lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        self._buffer = lines.pop()
-        if data.endswith(b"\r"):
-            self._pending_cr = True
         out: list[SSEMessage] = []
-        for line in lines:
-            self._line(line.decode("utf-8", "replace"), out)
+        for end in _LINE_END.finditer(chunk, start):
+            if self._pending:
+                self._pending += memoryview(chunk)[start : end.start()]
+                line = self._pending.decode("utf-8", "replace")
+                self._pending.clear()
+            else:
+                line = chunk[start : end.start()].decode("utf-8", "replace")
+            self._line(line, out)
+            start = end.end()
+        if start < len(chunk):
+            self._pending += memoryview(chunk)[start:]
+        elif chunk.endswith(b"\r"):
+            self._pending_cr = True
         return out
 
     def close(self) -> list[SSEMessage]:
         """The events a stream that ended without a final blank line still completes."""
         out: list[SSEMessage] = []
-        if self._buffer:
-            self._line(self._buffer.decode("utf-8", "replace"), out)
-            self._buffer = b""
+        if self._pending:
+            self._line(self._pending.decode("utf-8", "replace"), out)
+            self._pending.clear()
         self._line("", out)
         return out
 

@@ -26,6 +26,7 @@ from edge.anthropic.validation import _is_int
 class _Block:
     index: int
     kind: str  # "text" | "thinking" | "tool_use"
+    call_id: str | None = None  # a tool call's id as the backend sent it
 
 
 class StreamTranslator:
@@ -37,9 +38,11 @@ class StreamTranslator:
     content_block_stop (one block open at a time, indices 0, 1, 2...), then message_delta
     (stop_reason, usage) and message_stop. Text becomes `text_delta`s, each OpenAI tool call
     (keyed by its `index`) a tool_use block fed by `input_json_delta` fragments, and, when the
-    client asked for thinking, backend reasoning a thinking block. A late fragment of an earlier
-    tool call (from a backend interleaving parallel calls) still goes to that call's block index,
-    which the SDK's accumulator handles; no backend we know of does that.
+    client asked for thinking, backend reasoning a thinking block. A fragment for a known
+    index that names another call (a different id, or a name again without the same id) starts
+    a new block: Ollama sends each call whole, every one with index 0. A late fragment of an
+    earlier tool call (from a backend interleaving parallel calls) still goes to that call's
+    block index, which the SDK's accumulator handles; no backend we know of does that.
 
     The closing pair is sent at the upstream `[DONE]` (after the usage-only chunk that
     `stream_options.include_usage` makes backends send), or by `finish()` when the upstream
@@ -265,7 +268,9 @@ class StreamTranslator:
         self._output_chars += len(fragment)
         block = self._tools.get(key)
         if block is not None:
-            return self._delta(block.index, _json_delta(fragment)) if fragment else b""
+            if not _another_call(block, call_id, name):
+                return self._delta(block.index, _json_delta(fragment)) if fragment else b""
+            del self._tools[key]  # another call takes the key over
         if not (isinstance(name, str) and name):
             earlier_id, fragments = self._unnamed.get(key, (None, []))
             fragments.append(fragment)
@@ -286,6 +291,7 @@ class StreamTranslator:
             "input": {},
         }
         block, out = self._begin("tool_use", start)
+        block.call_id = call_id
         self._tools[key] = block
         joined = "".join(fragments)
         return out + self._delta(block.index, _json_delta(joined)) if joined else out
@@ -297,6 +303,14 @@ class StreamTranslator:
             del self._unnamed[key]
             out += self._start_tool(key, call_id, "", fragments)
         return bytes(out)
+
+
+def _another_call(block: _Block, call_id: str | None, name: object) -> bool:
+    """A fragment for a started call's key that is the start of another call: it carries a
+    different id, or a name without the call's own id (the name comes once per call)."""
+    if call_id is not None and block.call_id is not None:
+        return call_id != block.call_id
+    return isinstance(name, str) and bool(name)
 
 
 def _json_delta(fragment: str) -> JSON:

@@ -17,7 +17,7 @@ from typing import Any, Final
 import orjson
 
 from edge.anthropic.sse import SSEParser
-from edge.errors import error_body
+from edge.errors import ApiError, bad_request, error_body
 
 JSON = dict[str, Any]
 DEFAULT_MAX_TOKENS: Final = 4096
@@ -26,6 +26,7 @@ FINISH: Final = {
     "stop_sequence": "stop",
     "pause_turn": "stop",
     "max_tokens": "length",
+    "model_context_window_exceeded": "length",
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
@@ -43,7 +44,9 @@ _ERRORS: Final = {
 
 
 def to_messages(body: Mapping[str, Any], model: str) -> JSON:
-    """An OpenAI chat body as an Anthropic Messages body (already validated by the edge)."""
+    """An OpenAI chat body as an Anthropic Messages body (the edge checked its top-level
+    fields; the parts translated here are checked here: a wrong type is a 400 naming it)."""
+    _check_parts(body)
     system: list[str] = []
     turns: list[JSON] = []
     for message in body["messages"]:
@@ -108,6 +111,40 @@ def to_messages(body: Mapping[str, Any], model: str) -> JSON:
     if isinstance(body.get("user"), str):
         out["metadata"] = {"user_id": body["user"]}
     return out
+
+
+def _check_parts(body: Mapping[str, Any]) -> None:
+    """The types the translation relies on, below what edge/inbound.py checks."""
+    for i, message in enumerate(body["messages"]):
+        content = message.get("content")
+        if not isinstance(content, (str, list, type(None))):
+            raise _wrong(f"messages[{i}].content", "a string or an array")
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            _check_object(part, f"messages[{i}].content[{j}]")
+            if not isinstance(part.get("text", ""), str):
+                raise _wrong(f"messages[{i}].content[{j}].text", "a string")
+            _check_object(part.get("image_url") or {}, f"messages[{i}].content[{j}].image_url")
+        calls = message.get("tool_calls") or []
+        if not isinstance(calls, list):
+            raise _wrong(f"messages[{i}].tool_calls", "an array")
+        for j, call in enumerate(calls):
+            _check_object(call, f"messages[{i}].tool_calls[{j}]")
+            _check_object(call.get("function") or {}, f"messages[{i}].tool_calls[{j}].function")
+    for j, tool in enumerate(body.get("tools") or ()):
+        _check_object(tool, f"tools[{j}]")
+        _check_object(tool.get("function") or {}, f"tools[{j}].function")
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        _check_object(choice.get("function") or {}, "tool_choice.function")
+
+
+def _check_object(value: Any, field: str) -> None:
+    if not isinstance(value, dict):
+        raise _wrong(field, "an object")
+
+
+def _wrong(field: str, kind: str) -> ApiError:
+    return bad_request(f"'{field}' must be {kind}.", param=field)
 
 
 def _append(turns: list[JSON], role: str, blocks: list[JSON]) -> None:

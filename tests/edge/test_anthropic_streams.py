@@ -77,6 +77,19 @@ def test_sse_parser_close_dispatches_an_unterminated_event() -> None:
     assert parser.close() == [SSEMessage(None, "tail")]
 
 
+def test_sse_parser_reads_a_large_event_and_split_line_ends() -> None:
+    """A 16 MiB event in 64 KiB reads, and a CRLF cut by reads (an empty one between)."""
+    big = "é" * (8 * 1024 * 1024)  # two bytes a character: odd-sized reads cut characters
+    raw = b"event: big\r\ndata: " + big.encode() + b"\rdata: tail\n\n"
+    parser = SSEParser()
+    size = 64 * 1024 + 1
+    events = [e for at in range(0, len(raw), size) for e in parser.feed(raw[at : at + size])]
+    assert events == [SSEMessage("big", big + "\ntail")]
+    parser = SSEParser()
+    pieces = [b"data: a\r", b"", b"\ndata: b\r", b"\r"]
+    assert [e for piece in pieces for e in parser.feed(piece)] == [SSEMessage(None, "a\nb")]
+
+
 def test_text_stream_event_sequence() -> None:
     """Text chunks become message_start, one text block of deltas, message_delta, message_stop."""
     events = parse_events(translate_stream(TEXT_CHUNKS, input_tokens=9))
@@ -175,6 +188,47 @@ def test_stream_edge_cases() -> None:
     events = parse_events(translate_stream(stopped, stop_sequences=["END"]))
     assert events[-2][1]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
     assert events[-2][1]["usage"] == {"output_tokens": 4}
+
+
+def test_stream_calls_reusing_one_index_stay_apart() -> None:
+    """Whole calls that all say index 0 (Ollama) become separate tool_use blocks."""
+    from anthropic.lib.streaming._messages import accumulate_event  # the SDK's own accumulator
+
+    def whole(call_id: str | None, path: str) -> dict[str, Any]:
+        call: dict[str, Any] = {"index": 0, "type": "function"}
+        if call_id is not None:
+            call["id"] = call_id
+        arguments = json.dumps({"filePath": path})
+        return chunk(
+            {"tool_calls": [{**call, "function": {"name": "write", "arguments": arguments}}]}
+        )
+
+    for first, second in (("call_a", "call_b"), (None, None)):
+        chunks = [whole(first, "hello.py"), whole(second, "world.py"), chunk({}, "tool_calls")]
+        snapshot = None
+        json_bufs: dict[int, bytes] = {}
+        for _, payload in parse_events(translate_stream(chunks)):
+            event = EVENTS.validate_python(payload)
+            snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs=json_bufs)
+        assert snapshot is not None
+        assert [(b.type, getattr(b, "input", None)) for b in snapshot.content] == [
+            ("tool_use", {"filePath": "hello.py"}),
+            ("tool_use", {"filePath": "world.py"}),
+        ]
+        if first is not None:
+            assert [getattr(b, "id", None) for b in snapshot.content] == [first, second]
+    # The same id again, even with its name repeated, is still the one call.
+    repeated = [
+        chunk(
+            {"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{"}}]}
+        ),
+        chunk(
+            {"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "}"}}]}
+        ),
+        chunk({}, "tool_calls"),
+    ]
+    events = parse_events(translate_stream(repeated))
+    assert [n for n, _ in events].count("content_block_start") == 1
 
 
 def test_stream_failures() -> None:

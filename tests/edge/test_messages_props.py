@@ -6,12 +6,20 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from corral.v1 import types_pb2
 from edge import anthropic
-from edge.messages import MessagesExchange, Refused, parse_messages, translate
+from edge.messages import (
+    MessagesExchange,
+    Refused,
+    count_tokens_answer,
+    parse_count_tokens,
+    parse_messages,
+    translate,
+)
 from edge.routing import chat_key
 from edge.table import BackendState
 
@@ -213,3 +221,76 @@ def test_near_valid_bodies(body: dict[str, Any]) -> None:
 def test_valid_bodies_with_every_option(body: dict[str, Any]) -> None:
     """Valid bodies with any mix of options go upstream both ways (or are refused cleanly)."""
     check(orjson.dumps(body))
+
+
+def test_max_tokens_cap_never_shrinks_an_answer_to_nothing() -> None:
+    """Tiny images estimated large leave the asked max_tokens, or an eighth of the context."""
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "x"}}
+    content = [image] * 6 + [{"type": "text", "text": "compare these"}]
+    for asked, sent in ((1024, 1024), (32_000, 8192 // 8)):
+        body = {
+            "model": "m",
+            "max_tokens": asked,
+            "messages": [{"role": "user", "content": content}],
+        }
+        raw = orjson.dumps(body)
+        parsed = parse_messages(raw)
+        assert anthropic.count_tokens(parsed) > 8192  # the estimate overflows the context
+        for native in (True, False):
+            exchange = MessagesExchange(raw, parsed, translate(parsed))
+            _, payload = exchange.upstream(_backend(native, 8192), None)
+            assert orjson.loads(payload or b"")["max_tokens"] == sent
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    inner: dict[str, Any] = {}
+    for _ in range(depth):
+        inner = {"a": inner}
+    return inner
+
+
+def _nested_raw(depth: int) -> bytes:
+    """A JSON object `depth` levels deep, written by hand (orjson writes no more than 254)."""
+    return b'{"a":' * depth + b"{}" + b"}" * depth
+
+
+def _refused(error: Refused) -> str:
+    payload = orjson.loads(error.error.body())
+    assert error.status == 400 and payload["type"] == "error"
+    assert payload["error"]["type"] == "invalid_request_error"
+    return str(payload["error"]["message"])
+
+
+def test_bodies_too_deep_to_write_are_anthropic_400s() -> None:
+    """Nesting orjson can read but not write is a 400 in Anthropic's shape, never a 500."""
+    head = b'{"model":"m","max_tokens":10,"messages":[{"role":"user","content":"q"}'
+    tool_use = b'{"type":"tool_use","id":"t","name":"f","input":' + _nested_raw(300) + b"}"
+    raw = head + b',{"role":"assistant","content":[' + tool_use + b"]}]}"
+    for parse in (parse_messages, parse_count_tokens):
+        with pytest.raises(Refused) as refused:
+            parse(raw)
+        assert "nested too deeply" in _refused(refused.value)
+    # Just shallow enough to pass, a tool's schema is one level too deep once translated.
+    raw = head + b'],"tools":[{"name":"f","input_schema":' + _nested_raw(250) + b"}]}"
+    body = parse_messages(raw)
+    with pytest.raises(Refused) as refused:
+        MessagesExchange(raw, body, translate(body)).upstream(_backend(False, 0), None)
+    _refused(refused.value)
+    # A body built in code (no parser to refuse it): translating and counting refuse it too.
+    deep = {
+        "model": "m",
+        "max_tokens": 10,
+        "messages": [
+            {"role": "user", "content": "q"},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "t", "name": "f", "input": _nested(300)}],
+            },
+        ],
+    }
+    with pytest.raises(Refused) as refused:
+        translate(deep)
+    _refused(refused.value)
+    with pytest.raises(Refused) as refused:
+        count_tokens_answer(deep)
+    _refused(refused.value)

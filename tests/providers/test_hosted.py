@@ -135,7 +135,7 @@ async def test_provider_errors_reach_clients_in_their_dialect(
     snapshots: SnapshotServer,
     start_edge: StartEdge,
 ) -> None:
-    """A wrong key, an unknown deployment, Anthropic overloaded: OpenAI-shaped, right status."""
+    """Wrong key, unknown deployment, malformed body, Anthropic overloaded: OpenAI-shaped."""
     backends = [provider_backend(f) for f in fakes.values()]
     azure_missing = provider_backend(fakes["azure"])
     azure_missing.spec.name = "azure-other"
@@ -165,6 +165,14 @@ async def test_provider_errors_reach_clients_in_their_dialect(
     assert refused.value.code == "invalid_api_key"
     assert "***" not in refused.value.message and "-key" not in refused.value.message
     assert "refused the gateway's credential" in refused.value.message
+    with pytest.raises(openai.BadRequestError) as malformed:  # refused before it is sent
+        await client.chat.completions.create(
+            model=MODEL["anthropic"], messages=hi, extra_body={"tools": ["x"]}
+        )
+    assert malformed.value.body == {
+        "message": "'tools[0]' must be an object.", "type": "invalid_request_error",
+        "param": "tools[0]", "code": None,
+    }  # fmt: skip
     with pytest.raises(openai.NotFoundError) as missing:
         await client.chat.completions.create(model="no-such-deployment", messages=hi)
     assert missing.value.code == "DeploymentNotFound"
