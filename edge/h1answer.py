@@ -50,6 +50,7 @@ class Answer:
         "status",
         "until_close",
         "waiter",
+        "whole",
     )
 
     def __init__(self, pool: Pool, conn: _Conn) -> None:
@@ -72,6 +73,8 @@ class Answer:
         self.error: Exception | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.head_only = False
+        # Read whole (`read`): nobody takes chunks to drain it, so its socket is never paused.
+        self.whole = False
         # Set by edge/relay.py's piped: chunks go to it, not the queue; what it raised kept.
         self.pipe: Callable[[bytes], bool] | None = None
         self.pipe_error: Exception | None = None
@@ -114,6 +117,9 @@ class Answer:
 
     async def read(self) -> bytes:
         """The whole body."""
+        self.whole = True
+        if self._conn is not None:
+            self._conn.drained(0)  # paused while its first chunks waited: read on
         while not self.done:
             await self.wait()
         if self.error is not None:

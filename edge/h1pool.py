@@ -183,7 +183,12 @@ class _Conn(asyncio.Protocol):
                 return
             answer.chunks.append(body)
             answer.buffered += len(body)
-            if answer.buffered > _HIGH_WATER and not self._paused and self.transport:
+            if (
+                answer.buffered > _HIGH_WATER
+                and not answer.whole
+                and not self._paused
+                and self.transport
+            ):
                 self._paused = True
                 self.transport.pause_reading()
             answer.wake()

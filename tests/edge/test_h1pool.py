@@ -289,6 +289,16 @@ async def test_big_bodies_both_ways(pool: Pool) -> None:
         assert server.connections == 1
 
 
+async def test_a_big_answer_read_whole_is_not_left_paused(pool: Pool) -> None:
+    """read() of an answer past the read pause's mark gets all of it (it waited forever)."""
+    body = bytes(range(256)) * (4 * 4096)  # 4 MiB: paused once 256 KiB wait
+    async with serving(echo_forever) as server:
+        up = await pool.request("POST", server.url(), body, HEADERS)
+        async with asyncio.timeout(10):
+            assert await up.read() == body
+        up.release()
+
+
 async def test_request_head_is_exact(pool: Pool) -> None:
     """The request line, Host, the given headers and Content-Length, nothing else."""
     heads: list[bytes] = []
