@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ import pytest
 from edge.gateway.call import Call, new_id
 from edge.gateway.postgres import PostgresSink
 from edge.gateway.records import row
-from edge.gateway.sinks import JsonLinesSink, SQLiteSink
+from edge.gateway.report import from_postgres
+from edge.gateway.sinks import JsonLinesSink, SinkError, SQLiteSink
 from tests.support.net import eventually
 from tests.support.postgres import running_postgres
 from tests.test_up import CORRAL, corral_up
@@ -118,3 +120,10 @@ async def test_postgres_and_jsonl(tmp_path: Path) -> None:
     malformed = usage("--postgres-dsn-file", str(dsn))
     assert malformed.returncode == 1 and malformed.stderr.count("\n") == 1
     assert "Traceback" not in malformed.stderr and "pw-SECRET" not in malformed.stderr
+
+
+async def test_postgres_without_asyncpg_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the postgres extra, reading PostgreSQL says what to install (no traceback)."""
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # as if it were not installed
+    with pytest.raises(SinkError, match=r"pip install 'corral\[postgres\]'"):
+        await from_postgres("postgresql://127.0.0.1:1/db", "team", 0.0)

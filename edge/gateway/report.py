@@ -175,7 +175,11 @@ def from_jsonl(path: str, by: str, since: float) -> Report:
 
 
 async def from_postgres(dsn: str, by: str, since: float) -> Report:
-    import asyncpg
+    try:
+        import asyncpg
+    except ImportError:  # an optional dependency (the postgres extra)
+        needs = "reading PostgreSQL needs asyncpg: pip install 'corral[postgres]'"
+        raise SinkError(needs) from None
 
     key = "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD')" if by == "day" else _COLUMN[by]
     query = f"""
