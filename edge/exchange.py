@@ -55,7 +55,7 @@ class Exchange:
 
     # An attribute, not a class constant a subclass may shadow: compiled code reads the
     # attribute of this class (edge/native.py).
-    __slots__ = ("body", "method", "path", "raw", "stream")
+    __slots__ = ("body", "last", "method", "path", "raw", "stream")
 
     def __init__(self, path: str, raw: bytes | None, body: dict[str, Any], stream: bool) -> None:
         self.method = "POST"
@@ -63,6 +63,9 @@ class Exchange:
         self.raw = raw
         self.body = body
         self.stream = stream
+        # The last chunk relayed (b"": none, or one held back whole): a cut that falls
+        # mid-line ends that line before its error (stream_error).
+        self.last = b""
 
     def upstream(self, backend: BackendState, rewrite: str | None) -> tuple[str, bytes | None]:
         """The path and body to send this backend (`rewrite`: its own name for the model)."""
@@ -84,9 +87,11 @@ class Exchange:
         return whole_response(status, data, headers)
 
     def first(self, chunk: bytes, backend: BackendState) -> bytes:
+        self.last = chunk
         return chunk
 
     def chunk(self, chunk: bytes) -> bytes:
+        self.last = chunk
         return chunk
 
     def end(self) -> bytes:
@@ -94,7 +99,7 @@ class Exchange:
 
     def cut(self, exc: BaseException) -> bytes:
         """What ends a stream the backend broke mid-way."""
-        return stream_error(exc)
+        return stream_error(exc, self.last)
 
     def error(self, status: int, data: bytes) -> bytes:
         """A failed attempt's body as give_up expects it (hosted providers rewrite theirs)."""
@@ -152,12 +157,17 @@ class OpenAIExchange(Exchange):
         return whole_response(status, data, headers)
 
     def first(self, chunk: bytes, backend: BackendState) -> bytes:
-        renamer = self.renamer
-        return chunk if renamer is None else renamer.feed(chunk)
+        return self.chunk(chunk)
 
     def chunk(self, chunk: bytes) -> bytes:
         renamer = self.renamer
-        return chunk if renamer is None else renamer.feed(chunk)
+        if renamer is None:
+            self.last = chunk
+            return chunk
+        out = renamer.feed(chunk)
+        if out:  # whole lines: an incomplete last one is held, and dropped by a cut
+            self.last = out
+        return out
 
     def end(self) -> bytes:
         renamer = self.renamer
@@ -226,7 +236,10 @@ def no_sticky_key() -> None:
     """The sticky key of a request that has none (embeddings, a body without a model)."""
 
 
-def stream_error(exc: BaseException) -> bytes:
+def stream_error(exc: BaseException, last: bytes = b"") -> bytes:
+    """The SSE event that ends a broken stream; `last`, the last chunk relayed before it: an
+    event it leaves open (a line cut mid-way, or no blank line yet) is ended first, so the
+    error is an event of its own."""
     kind = "timeout" if isinstance(exc, TimeoutError) else "disconnected"
     payload: dict[str, Any] = {
         "error": {
@@ -236,4 +249,16 @@ def stream_error(exc: BaseException) -> bytes:
             "code": "stream_interrupted",
         }
     }
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
+    return sse_gap(last) + b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def sse_gap(last: bytes) -> bytes:
+    """What ends the SSE event `last` (the last bytes sent) leaves open: nothing after a
+    blank line, else a line end or two (an extra blank line dispatches nothing)."""
+    if not last or last.endswith((b"\n\n", b"\r\n\r\n", b"\r\r")):
+        return b""
+    if last.endswith(b"\n"):
+        return b"\n"
+    if last.endswith(b"\r"):
+        return b"\r\n"  # not "\n": a reader takes "\r\n" for one line end
+    return b"\n\n"

@@ -9,7 +9,10 @@ and then call `<host>/api/chat`, `/api/tags` and so on. The edge strips the pref
 - answers the model lists (`/api/tags`, `/api/ps`) by merging every Ollama backend's list;
 - sends `/` and `/api/version` to any Ollama backend;
 - refuses model management (pull, push, create, copy, delete, blobs) with a 403: behind a
-  proxy, "which of the servers" has no good answer, so it is done on the backend itself.
+  proxy, "which of the servers" has no good answer, so it is done on the backend itself;
+- refuses a body with a field Ollama would read as `model` (or `name`) spelled another way
+  (`MODEL`): Go's encoding/json matches field names in any case, the last one winning
+  (golang/go#43664), so the edge would check one model and Ollama serve another.
 
 Errors use Ollama's own shape, `{"error": "<message>"}`, which its clients raise as
 `ResponseError(message, status)`; a stream that breaks mid-way ends with one such line.
@@ -32,6 +35,7 @@ ROUTED_BY_MODEL: Final = frozenset(
 MERGED: Final = frozenset({"/api/tags", "/api/ps"})
 ANY_BACKEND: Final = frozenset({"/", "/api/version"})
 MANAGEMENT: Final = frozenset({"/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete"})
+MODEL_FIELDS: Final = frozenset({"model", "name"})
 
 
 def upstream_path(path: str) -> str:
@@ -62,6 +66,15 @@ def requested_model(body: object) -> str | None:
         value = body.get(key)
         if isinstance(value, str) and value:
             return value
+    return None
+
+
+def ambiguous_field(body: Mapping[str, object]) -> str | None:
+    """A field a server matching names in any case reads as `model` or `name`, spelled
+    otherwise (`MODEL`, `Name`); None when there is none."""
+    for key in body:
+        if key not in MODEL_FIELDS and key.casefold() in MODEL_FIELDS:
+            return key
     return None
 
 
@@ -106,6 +119,38 @@ def merge_model_lists(bodies: Iterable[object]) -> dict[str, Any]:
             if isinstance(name, str) and name:
                 seen.setdefault(canonical_name(name), entry)
     return {"models": [seen[name] for name in sorted(seen)]}
+
+
+def visible_names(models: Iterable[str]) -> frozenset[str]:
+    """The names a key limited to `models` sees models listed under, in full (a key for
+    `llama3` sees `llama3:latest`)."""
+    return frozenset(canonical_name(model) for model in models)
+
+
+def listed(entry: object, visible: frozenset[str]) -> bool:
+    """Whether a model list's entry names a model in `visible` (see visible_names): by its
+    id, name or model, or a tag (Docker Model Runner's)."""
+    if not isinstance(entry, Mapping):
+        return False
+    tags = entry.get("tags")
+    names = [entry.get("id"), entry.get("name"), entry.get("model")]
+    names += tags if isinstance(tags, list) else []
+    return any(isinstance(n, str) and canonical_name(n) in visible for n in names)
+
+
+def only_models(listing: object, visible: frozenset[str]) -> object:
+    """A model list with only the entries `listed` in `visible`: Ollama's (and llama.cpp's)
+    `models`, OpenAI's `data`, or a bare list (Docker Model Runner's)."""
+    if isinstance(listing, list):
+        return [entry for entry in listing if listed(entry, visible)]
+    if not isinstance(listing, dict):
+        return listing
+    out = dict(listing)
+    for key in ("models", "data"):
+        entries = out.get(key)
+        if isinstance(entries, list):
+            out[key] = [entry for entry in entries if listed(entry, visible)]
+    return out
 
 
 def error_body(message: str) -> bytes:

@@ -13,14 +13,17 @@ loop as every other request (Proxy.run).
 
 Ollama's model lists (`/api/tags`, `/api/ps`) are merged across every Ollama backend, and its
 model management (pull, push, create, copy, delete, blobs) is refused with a 403 in Ollama's
-error shape. For the other types, reads (GET) pass, and writes pass only on inference paths:
-their admin endpoints (LoRA loading, sleep, cache flushes, weight updates) manage one server,
-which is done on that server, not through the edge.
+error shape (errors below Ollama's `/v1`, its OpenAI-compatible API, in OpenAI's). For the
+other types, reads (GET) pass, and writes pass only on inference paths: their admin endpoints
+(LoRA loading, sleep, cache flushes, weight updates) manage one server, which is done on that
+server, not through the edge. A key limited to some models sees only those in the model lists,
+as in /v1/models.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Callable
 from typing import Any, Final
@@ -28,13 +31,14 @@ from typing import Any, Final
 import aiohttp
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
 from corral.v1 import types_pb2
 from edge import ollama_native as ollama
 from edge.balancer import no_backend
 from edge.errors import ApiError
-from edge.exchange import Admission, Exchange, Failure, no_sticky_key, stream_error
-from edge.inbound import NATIVE_PREFIXES
+from edge.exchange import Admission, Exchange, Failure, no_sticky_key
+from edge.inbound import ENCODE_DEPTH, NATIVE_PREFIXES, check_depth
 from edge.proxy import Proxy
 from edge.routing import chat_key, session_header_key
 from edge.table import BackendState, ModelRoute, of_type
@@ -91,29 +95,69 @@ _ENGINE_PATH: Final = re.compile(r"/[^/]+(/v1/.*)")
 _READS: Final = frozenset(("GET", "HEAD"))
 _STREAM_TYPES: Final = ("text/event-stream", "application/x-ndjson")
 _MERGE_TIMEOUT_SECONDS: Final = 10.0
+# Model lists (the API's path) and one model's entry: a key limited to some models sees those.
+_MODEL_LISTS: Final = frozenset(
+    ("/v1/models", "/models", "/api/tags", "/api/ps", "/api/v0/models", "/api/v1/models")
+)
+_ONE_MODEL: Final = re.compile(r"(?:/v1|/api/v[01])?/models/(.+)")
 
 
-def _guarded(proxy: Proxy, request: web.Request) -> bool:
-    """Whether the guardrails look at this request's body: they are on, and it is JSON (or
-    says nothing of its type); a form or a file upload is not theirs to read."""
-    gateway = proxy.gateway
-    if gateway is None or gateway.guard is None:
-        return False
-    kind = request.headers.get("Content-Type", "")
-    return not kind or "json" in kind.lower() or kind.startswith("text/")
+def _json_body(proxy: Proxy, raw: bytes) -> dict[str, Any]:
+    """The body as the JSON object it is; {} (sent as it is) when it is not one, unless the
+    guardrails are on: bytes they cannot read would leave unread (a lenient server takes NaN
+    or a lone surrogate that strict JSON refuses), whatever the Content-Type says."""
+    if not raw.strip():
+        return {}
+    try:
+        parsed: object = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        gateway = proxy.gateway
+        if gateway is not None and gateway.guard is not None:
+            raise ApiError(
+                400,
+                "The guardrails read JSON request bodies: this one is not a JSON object.",
+                code="invalid_body",
+            )
+        return {}
+    # What the edge could not write again (a sticky key, an alias, a redaction) is a 400
+    # now, as on the OpenAI routes (edge/inbound.py), not a 500 later.
+    if raw.count(b"[") + raw.count(b"{") >= ENCODE_DEPTH:
+        check_depth(parsed)
+    if (key := ollama.ambiguous_field(parsed)) is not None:  # any type: Docker Model Runner is Go
+        raise ApiError(
+            400,
+            f"Ambiguous field `{key}`: name the model with `{key.casefold()}`, in lower case, "
+            "once (some servers read field names in any case).",
+            param=key,
+            code="ambiguous_field",
+        )
+    return parsed
 
 
 class NativeExchange(Exchange):
-    """A native request relayed as it is; Ollama's errors in Ollama's shape."""
+    """A native request relayed as it is; errors in the dialect of the API called (Ollama's
+    own, or OpenAI's), and model lists cut down to the models a limited key may use."""
 
-    __slots__ = ("backend_type",)
+    __slots__ = ("backend_type", "ndjson", "ollama_shaped", "visible")
 
     def __init__(
-        self, method: str, path: str, raw: bytes | None, body: dict[str, Any], backend_type: int
+        self,
+        method: str,
+        path: str,
+        raw: bytes | None,
+        body: dict[str, Any],
+        backend_type: int,
+        ollama_shaped: bool,
+        visible: frozenset[str] | None = None,
     ) -> None:
         super().__init__(path, raw, body, True)
         self.method = method  # per request here; POST in Exchange
         self.backend_type = backend_type
+        self.ollama_shaped = ollama_shaped
+        self.visible = visible  # a model list for a limited key: the names it may see
+        self.ndjson = False  # the stream relayed is NDJSON (Ollama's), not SSE
 
     def upstream(self, backend: BackendState, rewrite: str | None) -> tuple[str, bytes | None]:
         if rewrite is None:
@@ -123,18 +167,31 @@ class NativeExchange(Exchange):
         return self.path, orjson.dumps({**self.body, "model": rewrite})
 
     def streams(self, status: int, content_type: str) -> bool:
-        return status == 200 and content_type.startswith(_STREAM_TYPES)
+        if status == 200 and content_type.startswith(_STREAM_TYPES):
+            self.ndjson = content_type.startswith("application/x-ndjson")
+            return True
+        return False
+
+    def whole(
+        self, status: int, data: bytes, headers: CIMultiDict[str], backend: BackendState
+    ) -> web.StreamResponse:
+        if self.visible is not None and status == 200:
+            with contextlib.suppress(orjson.JSONDecodeError):  # not JSON: no models named
+                data = orjson.dumps(ollama.only_models(orjson.loads(data), self.visible))
+        return super().whole(status, data, headers, backend)
 
     def cut(self, exc: BaseException) -> bytes:
-        if self.backend_type != OLLAMA:
-            return stream_error(exc)
+        if not self.ndjson:
+            return super().cut(exc)  # SSE
         why = "timeout" if isinstance(exc, TimeoutError) else "disconnected"
-        return ollama.stream_error_line(
+        line = ollama.stream_error_line(
             f"the backend stream was interrupted ({why}); the answer is incomplete"
         )
+        # On a line of its own: glued to a line cut mid-way, neither is JSON.
+        return b"\n" + line if self.last[-1:] not in (b"", b"\n") else line
 
     def give_up(self, model: str, failure: Failure | None) -> web.Response:
-        if self.backend_type != OLLAMA:
+        if not self.ollama_shaped:
             return super().give_up(model, failure)
         retry = {"Retry-After": "1"}
         if failure is None:
@@ -158,8 +215,8 @@ def _ollama(status: int, body: bytes, headers: dict[str, str] | None = None) -> 
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
-def _error(backend_type: int, exc: ApiError) -> web.Response:
-    if backend_type != OLLAMA:
+def _error(ollama_shaped: bool, exc: ApiError) -> web.Response:
+    if not ollama_shaped:
         return exc.response()
     return _ollama(exc.status, ollama.error_from_openai(exc.status, exc.body()), exc.headers)
 
@@ -204,12 +261,15 @@ async def handle(proxy: Proxy, request: web.Request) -> web.StreamResponse:
     path = request.match_info["tail"] or "/"
     method = request.method
     served = ollama.classify(path) if backend_type == OLLAMA else ""
+    # Ollama's own API answers in its own shape; below /v1, its OpenAI-compatible one, OpenAI's.
+    ollama_shaped = backend_type == OLLAMA and not path.startswith("/v1/")
     if served == "merged" and method in _READS:
         try:  # the fleet's merged view, not a request to a backend: no usage record (as /v1/models)
-            proxy.check_auth(request)
-            return await _merged(proxy, path)
+            identity = proxy.check_auth(request)
+            allowed = identity.models if identity is not None else None
+            return await _merged(proxy, path, allowed)
         except ApiError as exc:
-            return _error(backend_type, exc)
+            return _error(ollama_shaped, exc)
 
     async def admit() -> Admission:
         # Here, not before run: the request's Call exists, and takes the key and team (and
@@ -240,26 +300,15 @@ async def handle(proxy: Proxy, request: web.Request) -> web.StreamResponse:
         body: dict[str, Any] = {}
         if request.body_exists:
             raw = await proxy.read_body(request)
-            parsed: object = None
-            if raw.strip():
-                try:
-                    parsed = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    parsed = None
-            if isinstance(parsed, dict):
-                body = parsed
-            elif raw.strip() and _guarded(proxy, request):
-                # Bytes the guardrails cannot read would leave as they are (a lenient server
-                # takes NaN or a lone surrogate that strict JSON refuses): refused instead.
-                raise ApiError(
-                    400,
-                    "The guardrails read JSON request bodies: this one is not a JSON object.",
-                    code="invalid_body",
-                )
+            body = _json_body(proxy, raw)
         model = ollama.requested_model(body) if backend_type == OLLAMA else body.get("model")
-        if identity is not None and identity.models is not None and method not in _READS:
-            # A key limited to some models must name one (a backend's default is none).
-            identity.check_model(model if isinstance(model, str) else "")
+        visible: frozenset[str] | None = None
+        if identity is not None and identity.models is not None:
+            if method not in _READS:
+                # A key limited to some models must name one (a backend's default is none).
+                identity.check_model(model if isinstance(model, str) else "")
+            else:
+                visible = _visible_reads(_api_path(backend_type, path), identity.models)
         sticky: Callable[[], bytes | None] = no_sticky_key
         if isinstance(model, str) and model:
             requested = model
@@ -281,15 +330,33 @@ async def handle(proxy: Proxy, request: web.Request) -> web.StreamResponse:
 
         query = request.query_string
         target = f"{path}?{query}" if query else path
-        return Admission(NativeExchange(method, target, raw, body, backend_type), lookup, sticky)
+        exchange = NativeExchange(method, target, raw, body, backend_type, ollama_shaped, visible)
+        return Admission(exchange, lookup, sticky)
 
     try:
         return await proxy.run(request, prefix, admit)
     except ApiError as exc:
-        return _error(backend_type, exc)
+        return _error(ollama_shaped, exc)
 
 
-async def _merged(proxy: Proxy, path: str) -> web.Response:
+def _visible_reads(path: str, models: frozenset[str]) -> frozenset[str] | None:
+    """For a key limited to `models`, reading `path`: the names a model list may show it
+    (None: not a model list); one model's entry it may not use is a 404."""
+    visible = ollama.visible_names(models)
+    if path in _MODEL_LISTS:
+        return visible
+    one = _ONE_MODEL.fullmatch(path)
+    if one is not None and not ollama.listed({"id": one.group(1)}, visible):
+        raise ApiError(
+            404,
+            f"The model `{one.group(1)}` does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
+    return None
+
+
+async def _merged(proxy: Proxy, path: str, allowed: frozenset[str] | None) -> web.Response:
     """`/api/tags` or `/api/ps` from every routable Ollama backend, merged."""
     table = proxy.balancer.table
     route = table.by_type.get(OLLAMA) if table is not None else None
@@ -309,6 +376,9 @@ async def _merged(proxy: Proxy, path: str) -> web.Response:
     merged = ollama.merge_model_lists(answers)
     if path == "/api/tags" and table is not None:
         merged["models"] = _with_aliases(merged["models"], table.routes)
+    if allowed is not None:  # a key limited to some models sees only those
+        visible = ollama.visible_names(allowed)
+        merged["models"] = [m for m in merged["models"] if ollama.listed(m, visible)]
     return web.Response(body=orjson.dumps(merged), content_type="application/json")
 
 

@@ -75,6 +75,31 @@ def test_model_lists_merge_once_per_model_sorted() -> None:
     assert native.merge_model_lists([]) == {"models": []}
 
 
+def test_fields_spelled_in_another_case_are_found() -> None:
+    """`MODEL`, `Model`, `NAME` (read as model/name by Go servers) are found; the real ones not."""
+    assert native.ambiguous_field({"model": "a", "name": "b", "messages": []}) is None
+    assert native.ambiguous_field({"model": "a", "MODEL": "b"}) == "MODEL"
+    assert native.ambiguous_field({"Model": "b"}) == "Model"
+    assert native.ambiguous_field({"name": "a", "nAmE": "b"}) == "nAmE"
+    assert native.ambiguous_field({"models": "a", "mode": "b"}) is None
+
+
+def test_model_lists_keep_the_visible_models() -> None:
+    """A limited key's lists keep entries named (id, name, model, tag) in full by its models."""
+    visible = native.visible_names(["llama3", "gemma4:4b", "ai/smollm2:latest"])
+    assert visible == {"llama3:latest", "gemma4:4b", "ai/smollm2:latest"}
+    ollama_list = {"models": [{"name": "llama3:latest"}, {"model": "qwen3:8b"}, "junk"]}
+    assert native.only_models(ollama_list, visible) == {"models": [{"name": "llama3:latest"}]}
+    openai_list = {"object": "list", "data": [{"id": "gemma4:4b"}, {"id": "secret"}]}
+    assert native.only_models(openai_list, visible) == {
+        "object": "list",
+        "data": [{"id": "gemma4:4b"}],
+    }
+    runner_list = [{"id": "sha256:1", "tags": ["ai/smollm2"]}, {"id": "sha256:2", "tags": ["x"]}]
+    assert native.only_models(runner_list, visible) == [runner_list[0]]
+    assert native.only_models("not a list", visible) == "not a list"
+
+
 def test_errors_are_ollama_shaped() -> None:
     """Every error is {"error": message}, including the edge's own OpenAI-shaped ones."""
     assert json.loads(native.model_not_found("m")) == {
