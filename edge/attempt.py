@@ -27,6 +27,7 @@ from edge.gateway.call import Call
 from edge.gateway.tokens import Meter, read_whole
 from edge.h1answer import Answer
 from edge.h1pool import Pool
+from edge.inbound import NATIVE_PREFIXES
 from edge.metrics import EdgeMetrics
 from edge.providers.hosted import Pools, honour_retry_after
 from edge.relay import (
@@ -159,8 +160,12 @@ class Attempts:
                         answered = exchange.error_status(status)
                         return Failure(f"status_{status}", answered, body, content_type, wait)
                     self.balancer.succeeded(backend)
+                    if exchange.stream and attempt.call.endpoint in NATIVE_PREFIXES:
+                        # A native exchange streams whatever its answer does: this one is
+                        # whole (an OpenAI one keeps what its client asked for).
+                        attempt.call.stream = False
                     if status < 300:
-                        read_whole(attempt.call, len(payload or b""), data)
+                        read_whole(attempt.call, len(payload or b""), data, request)
                         if attempt.call.prompt is not None:
                             attempt.call.completion = data
                     return exchange.whole(

@@ -40,7 +40,7 @@ from edge.gateway.identity import Identity, KeyRefused, KeyTable
 from edge.gateway.pipeline import Gateway
 from edge.gateway.tokens import ask_usage
 from edge.h1pool import Pool
-from edge.inbound import CHAT, EMBEDDINGS, Endpoint, parse
+from edge.inbound import CHAT, EMBEDDINGS, NATIVE_PREFIXES, Endpoint, parse
 from edge.lane.request import LaneRequest
 from edge.metrics import EdgeMetrics
 from edge.providers.fallbacks import (
@@ -286,6 +286,8 @@ class Proxy:
             if failure is not None and failure.reason == "full":
                 raise too_busy(given_up)
             response = exchange.give_up(given_up, failure)
+            if endpoint_name in NATIVE_PREFIXES:
+                call.stream = False  # whatever its body asked, no answer streamed
             status = response.status
             if failure is not None:
                 call.error = failure.reason
@@ -293,6 +295,8 @@ class Proxy:
         except ApiError as exc:
             status = exc.status
             call.error = exc.code or exc.error_type
+            if endpoint_name in NATIVE_PREFIXES:
+                call.stream = False  # refused: nothing streamed (its exchange would stream)
             raise
         except asyncio.CancelledError:
             status = 499  # the client went away (aiohttp cancels its handler)

@@ -1,11 +1,13 @@
 """Token counts from what backends send back, cheaply: no full parse of any answer.
 
 A `usage` object (OpenAI: prompt/completion/cached; Anthropic: input/output/cache reads and
-writes) or Ollama's counters are found by searching bytes from the end, and only that small
-object is read. Streams are tapped: the first chunk (Anthropic's message_start carries the
-input side) and the last two chunks (the final usage chunk, message_delta, Ollama's done line)
-are kept by reference and read once the stream ends. Where nothing is found, tokens are
-estimated (about 4 bytes a token) and the Call is marked estimated.
+writes) or the native counters (Ollama's, llama.cpp's, SGLang's `meta_info`) are found by
+searching bytes from the end, and only that small object is read. Streams are tapped: the
+first chunk (Anthropic's message_start carries the input side) and the last two chunks (the
+final usage chunk, message_delta, Ollama's done line) are kept by reference and read once the
+stream ends. Where nothing is found, tokens are estimated (about 4 bytes a token) and the Call
+is marked estimated; a native answer that is not a generation (a model's details, a list,
+embeddings, tokens) is estimated for its prompt only.
 
 For OpenAI streams whose client did not ask for usage, the edge asks the backend for it
 (`stream_options.include_usage`) and removes the usage-only chunk (`"choices": []`) from what
@@ -20,7 +22,9 @@ from typing import Any, Final
 
 import orjson
 
+from edge.client_request import ClientRequest
 from edge.gateway.call import Call
+from edge.inbound import NATIVE_PREFIXES
 
 _USAGE_OBJECT: Final = re.compile(rb'"usage"\s*:\s*\{')
 # The counters read from a usage object: field name -> its bytes (the record's key).
@@ -35,7 +39,15 @@ _COUNTERS: Final = {
         "cache_creation_input_tokens",
     )
 }
+# Native counters, each stream event's running total (the last one read wins).
 _OLLAMA: Final = re.compile(rb'"(prompt_eval_count|eval_count)"\s*:\s*(\d+)')
+# llama.cpp's /completion (its `timings` too: prompt_n is what the prompt cache did not hold).
+_LLAMACPP: Final = re.compile(
+    rb'"(tokens_evaluated|tokens_predicted|tokens_cached|prompt_n|predicted_n|cache_n)"'
+    rb"\s*:\s*(\d+)"
+)
+# SGLang's /generate: in `meta_info`, with OpenAI's names.
+_SGLANG: Final = re.compile(rb'"(prompt_tokens|completion_tokens|cached_tokens)"\s*:\s*(\d+)')
 _USAGE_ONLY: Final = (b'"choices":[]', b'"choices": []')
 _KEEP_CHUNKS: Final = 50_000
 _TAIL: Final = 4096
@@ -61,7 +73,7 @@ def ask_usage(raw: bytes, body: dict[str, Any]) -> bytes | None:
 
 
 def usage_fields(data: bytes) -> dict[bytes, int]:
-    """The counters of the last `usage` object in `data` (or Ollama's), by field name."""
+    """The counters of the last `usage` object in `data` (or the native ones), by name."""
     at = len(data)
     while True:
         at = data.rfind(b'"usage"', 0, at)
@@ -79,6 +91,10 @@ def usage_fields(data: bytes) -> dict[bytes, int]:
             return fields
     if b"eval_count" in data:
         return {m[1]: int(m[2]) for m in _OLLAMA.finditer(data)}
+    if b'"tokens_predicted"' in data or b'"predicted_n"' in data:
+        return {m[1]: int(m[2]) for m in _LLAMACPP.finditer(data)}
+    if b'"meta_info"' in data:
+        return {m[1]: int(m[2]) for m in _SGLANG.finditer(data)}
     return {}
 
 
@@ -119,7 +135,8 @@ def _fields(data: bytes, start: int) -> dict[bytes, int] | None:
 
 
 def apply(call: Call, fields: dict[bytes, int]) -> bool:
-    """Tokens from usage fields (OpenAI, Anthropic or Ollama names); False when none."""
+    """Tokens from usage fields (OpenAI, Anthropic, Ollama or llama.cpp names); False when
+    none."""
     get = fields.get
     if b"prompt_tokens" in fields or b"completion_tokens" in fields:
         call.prompt_tokens = get(b"prompt_tokens", 0)
@@ -133,6 +150,15 @@ def apply(call: Call, fields: dict[bytes, int]) -> bool:
     elif b"prompt_eval_count" in fields or b"eval_count" in fields:
         call.prompt_tokens = get(b"prompt_eval_count", 0)
         call.completion_tokens = get(b"eval_count", 0)
+    elif b"tokens_evaluated" in fields or b"tokens_predicted" in fields:
+        call.prompt_tokens = get(b"tokens_evaluated", 0)
+        call.completion_tokens = get(b"tokens_predicted", 0)
+        call.cached_tokens = get(b"tokens_cached", 0)
+    elif b"prompt_n" in fields or b"predicted_n" in fields:
+        cached = get(b"cache_n", 0)
+        call.prompt_tokens = get(b"prompt_n", 0) + cached
+        call.completion_tokens = get(b"predicted_n", 0)
+        call.cached_tokens = cached
     else:
         return False
     call.estimated = False
@@ -146,10 +172,67 @@ def estimate(call: Call, request_bytes: int, completion_tokens: int) -> None:
     call.estimated = True
 
 
-def read_whole(call: Call, request_bytes: int, data: bytes) -> None:
-    """Tokens of a whole (non-streamed) answer."""
+def read_whole(
+    call: Call, request_bytes: int, data: bytes, request: ClientRequest | None = None
+) -> None:
+    """Tokens of a whole (non-streamed) answer (to `request`, for a native one)."""
     if not apply(call, usage_fields(data)):
-        estimate(call, request_bytes, len(data) // 4)
+        # No counts: estimated, the answer as completion tokens only if it is a generation.
+        if (
+            request is not None
+            and call.endpoint in NATIVE_PREFIXES
+            and not generates(call.endpoint, request.method, request.path)
+        ):
+            estimate(call, request_bytes, 0)
+        else:
+            estimate(call, request_bytes, len(data) // 4)
+
+
+# Native paths (below the prefix, or an engine's /v1/... for Docker Model Runner) that generate
+# nothing: their tokens are the prompt's (reserved and counted), whatever size the answer.
+_NOT_GENERATIONS: Final = frozenset(
+    {
+        # Ollama
+        "/api/show",
+        "/api/embed",
+        "/api/embeddings",
+        # OpenAI-compatible
+        "/v1/embeddings",
+        "/embeddings",
+        "/api/v0/embeddings",
+        "/v1/messages/count_tokens",
+        "/v1/rerank",
+        "/v2/rerank",
+        "/v1/score",
+        # vLLM
+        "/tokenize",
+        "/detokenize",
+        "/pooling",
+        "/classify",
+        "/score",
+        "/rerank",
+        # llama.cpp
+        "/embedding",
+        "/reranking",
+        "/apply-template",
+        # SGLang (embeddings), LMDeploy (tokens)
+        "/encode",
+        "/v1/encode",
+    }
+)
+
+
+def generates(endpoint: str, method: str, path: str) -> bool:
+    """Whether a native request (`endpoint`: its prefix, `path`: the edge's, prefix included)
+    asks for a generation: a POST to an inference path that is not embeddings, tokens, scores
+    or a model's details. Reads (GET: versions, model lists) never are."""
+    if method != "POST":
+        return False
+    tail = path[len(endpoint) + 1 :]
+    if tail in _NOT_GENERATIONS:
+        return False
+    engine = tail.find("/v1/")  # Docker Model Runner: /<engine>/v1/...
+    return engine <= 0 or tail[engine:] not in _NOT_GENERATIONS
 
 
 class Meter:

@@ -225,3 +225,37 @@ async def test_chat_stream_and_usage_through_the_edge_agree(
         seen[side] = got
     for case, (real, fake) in enumerate(zip(seen["real"], seen["fake"], strict=True)):
         assert fake == real, f"case {case} differs"
+
+
+async def test_native_completion_usage_is_the_server_s_own_count(
+    real_server: LlamaServer, start_edge: StartEdge, client: aiohttp.ClientSession
+) -> None:
+    """/llamacpp/completion, whole and streamed: the rows hold its tokens_* counts, exactly."""
+    from corral.config import UsageConfig
+    from tests.edge.test_usage_sdk import rows
+
+    server = SnapshotServer()
+    await server.start()
+    try:
+        llamacpp = types_pb2.BACKEND_TYPE_LLAMACPP
+        server.publish(snapshot(1, [backend("real", real_server.url, [ALIAS], kind=llamacpp)]))
+        running = await start_edge(server, usage=UsageConfig(flush_interval_seconds=0.05))
+        await running.wait_version(1)
+        url = f"{running.url}/llamacpp/completion"
+        ask = {"prompt": "Once upon a time", "n_predict": 5, "temperature": 0}
+        async with client.post(url, json=ask) as resp:
+            whole = await resp.json()
+        async with client.post(url, json={**ask, "stream": True}) as resp:
+            assert resp.content_type == "text/event-stream"
+            last = (await events(resp))[-1]
+        async with client.post(f"{running.url}/llamacpp/tokenize", json={"content": "hi"}) as r:
+            assert r.status == 200
+        found = await rows(running, 3)
+    finally:
+        await server.stop()
+    assert last["stop"] is True and whole["tokens_predicted"] > 0
+    for row, answer, streamed in [(found[0], whole, 0), (found[1], last, 1)]:
+        counts = (answer["tokens_evaluated"], answer["tokens_predicted"])
+        assert (row["prompt_tokens"], row["completion_tokens"]) == counts
+        assert (row["estimated"], row["stream"]) == (0, streamed)
+    assert found[2]["completion_tokens"] == 0

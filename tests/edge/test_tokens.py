@@ -6,16 +6,17 @@ import itertools
 
 import orjson
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from hypothesis import given
 from hypothesis import strategies as st
 
 from edge.gateway.call import Call
 from edge.gateway.prices import Price, PriceTable, shipped
-from edge.gateway.tokens import Meter, ask_usage, read_whole, usage_fields
+from edge.gateway.tokens import Meter, ask_usage, generates, read_whole, usage_fields
 
 
-def call(model: str = "m", served: str = "") -> Call:
-    return Call("id", "rid", 0.0, 0.0, "chat", model=model, served=served)
+def call(model: str = "m", served: str = "", endpoint: str = "chat") -> Call:
+    return Call("id", "rid", 0.0, 0.0, endpoint, model=model, served=served)
 
 
 def sse(*payloads: object) -> bytes:
@@ -43,6 +44,78 @@ def test_whole_answers() -> None:
     assert (c.prompt_tokens, c.completion_tokens) == (26, 290)
     read_whole(c, 400, b'{"choices":[{"message":{"content":"x"}}],"usage":null}' + b" " * 40)
     assert c.estimated and c.prompt_tokens == 100
+
+
+def test_native_counters_of_llamacpp_and_sglang() -> None:
+    """llama.cpp's tokens_* (else its timings) and SGLang's meta_info, whole and streamed."""
+    c = call(endpoint="llamacpp")
+    timings = {"cache_n": 2, "prompt_n": 4, "predicted_n": 3, "prompt_ms": 1.5}
+    whole = {
+        "content": "hi",
+        "stop": True,
+        "tokens_predicted": 3,
+        "tokens_evaluated": 6,
+        "tokens_cached": 2,
+        "generation_settings": {"n_predict": 8},
+        "timings": timings,
+    }
+    read_whole(c, 400, orjson.dumps(whole))
+    assert (c.prompt_tokens, c.cached_tokens, c.completion_tokens, c.estimated) == (6, 2, 3, False)
+    read_whole(c, 400, orjson.dumps({"content": "hi", "timings": timings}))
+    assert (c.prompt_tokens, c.cached_tokens, c.completion_tokens, c.estimated) == (6, 2, 3, False)
+    meter = Meter(c, 400, hide=False)
+    meter.start(sse({"content": "a", "stop": False, "tokens_predicted": 1, "tokens_evaluated": 6}))
+    for n in range(2, 30):
+        meter.chunk(sse({"content": "a", "stop": False, "tokens_predicted": n,
+                         "tokens_evaluated": 6}))  # fmt: skip
+    meter.chunk(sse({"content": "", "stop": True, "tokens_predicted": 30, "tokens_evaluated": 6,
+                     "tokens_cached": 5, "timings": timings}))  # fmt: skip
+    meter.end()
+    assert (c.prompt_tokens, c.cached_tokens, c.completion_tokens, c.estimated) == (6, 5, 30, False)
+    c = call(endpoint="sglang")
+    meta = {"id": "x", "prompt_tokens": 7, "completion_tokens": 4, "cached_tokens": 3,
+            "cached_tokens_details": {"device": 3}, "finish_reason": {"type": "stop"}}  # fmt: skip
+    read_whole(c, 400, orjson.dumps({"text": "hi", "meta_info": meta}))
+    assert (c.prompt_tokens, c.cached_tokens, c.completion_tokens, c.estimated) == (7, 3, 4, False)
+    meter = Meter(c, 400, hide=False)
+    meter.start(sse({"text": "a", "meta_info": {**meta, "completion_tokens": 1}}))
+    for n in range(2, 6):
+        meter.chunk(sse({"text": "a" * n, "meta_info": {**meta, "completion_tokens": n}}))
+    meter.end()
+    assert (c.prompt_tokens, c.cached_tokens, c.completion_tokens, c.estimated) == (7, 3, 5, False)
+
+
+def test_native_answers_that_generate_nothing_count_their_prompt_only() -> None:
+    """Model details, embeddings, reads: no counts, no completion estimated from their size."""
+    big = orjson.dumps({"model_info": {"tokenizer.ggml.tokens": [f"t{i}" for i in range(5000)]}})
+    cases = [
+        ("POST", "/ollama/api/show", "ollama"),
+        ("POST", "/ollama/api/embeddings", "ollama"),
+        ("GET", "/ollama/api/version", "ollama"),
+        ("POST", "/vllm/tokenize", "vllm"),
+        ("POST", "/docker-model-runner/llama.cpp/v1/embeddings", "docker-model-runner"),
+    ]
+    for method, path, prefix in cases:
+        c = call(endpoint=prefix)
+        read_whole(c, 40, big, make_mocked_request(method, path))
+        assert (c.prompt_tokens, c.completion_tokens, c.estimated) == (10, 0, True), path
+        assert not generates(prefix, method, path)
+    c = call(endpoint="ollama")
+    read_whole(c, 40, b'{"embeddings":[[0.5]],"prompt_eval_count":3}' + b" " * 400,
+               make_mocked_request("POST", "/ollama/api/embed"))  # fmt: skip
+    assert (c.prompt_tokens, c.completion_tokens, c.estimated) == (3, 0, False)
+    for method, path, prefix in [
+        ("POST", "/ollama/api/generate", "ollama"),
+        ("POST", "/llamacpp/completion", "llamacpp"),
+        ("POST", "/docker-model-runner/llama.cpp/v1/chat/completions", "docker-model-runner"),
+    ]:
+        c = call(endpoint=prefix)
+        read_whole(c, 40, big, make_mocked_request(method, path))
+        assert c.completion_tokens == len(big) // 4 and c.estimated, path
+        assert generates(prefix, method, path)
+    c = call()  # an OpenAI answer without usage: its size, as always
+    read_whole(c, 40, big, make_mocked_request("POST", "/v1/chat/completions"))
+    assert c.completion_tokens == len(big) // 4
 
 
 @given(st.lists(st.integers(min_value=1, max_value=len(STREAM) - 1), max_size=6))

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anthropic
 import ollama
 import pytest
@@ -139,3 +140,35 @@ async def test_ollama_native(snapshots: SnapshotServer, start_edge: StartEdge) -
     assert tokens(found[1]) == (last.prompt_eval_count, last.eval_count)
     assert [r["endpoint"] for r in found] == ["ollama", "ollama"]
     assert not any(r["estimated"] for r in found)
+
+
+async def test_ollama_native_rows_say_what_streamed_and_what_generated(
+    snapshots: SnapshotServer, start_edge: StartEdge
+) -> None:
+    """Native rows: stream as the answer came; no completion for details, embeddings or reads."""
+    fake_server = FakeServer("ollama", ["qwen3:8b", "nomic-embed-text:latest"], "ollama-a")
+    async with running_fakes(fake_server) as (fake,):
+        snapshots.publish(snapshot(1, [typed(fake)]))
+        edge = await start_edge(snapshots, usage=UsageConfig(flush_interval_seconds=0.05))
+        await edge.wait_version(1)
+        url = f"{edge.url}/ollama"
+        chat = {"model": "qwen3:8b", "messages": [{"role": "user", "content": "hi there"}]}
+        asked: list[tuple[str, str, Any]] = [
+            ("POST", "/api/chat", {**chat, "stream": False}),
+            ("POST", "/api/chat", chat),  # Ollama streams unless told not to
+            ("POST", "/api/show", {"model": "qwen3:8b"}),
+            ("POST", "/api/embeddings", {"model": "nomic-embed-text", "prompt": "hi there"}),
+            ("POST", "/api/embed", {"model": "nomic-embed-text", "input": "hi there"}),
+            ("GET", "/api/version", None),
+            ("POST", "/api/chat", {**chat, "model": "missing"}),  # refused: a 404
+        ]
+        async with aiohttp.ClientSession() as http:
+            for method, path, body in asked:
+                async with http.request(method, url + path, json=body) as resp:
+                    assert resp.status == (404 if body and body["model"] == "missing" else 200)
+                    await resp.read()
+        found = await rows(edge, len(asked))
+    assert [r["stream"] for r in found] == [0, 1, 0, 0, 0, 0, 0]
+    assert all(r["completion_tokens"] > 0 and not r["estimated"] for r in found[:2])
+    assert [r["completion_tokens"] for r in found[2:]] == [0, 0, 0, 0, 0]
+    assert found[4]["prompt_tokens"] > 0 and not found[4]["estimated"]  # its prompt_eval_count

@@ -298,6 +298,48 @@ def test_stream_restore_anthropic_events() -> None:
     assert out.rstrip().endswith(b'"type":"content_block_stop","index":0}')
 
 
+def _ndjson(*lines: dict[str, Any]) -> bytes:
+    return b"".join(orjson.dumps(line) + b"\n" for line in lines)
+
+
+def test_ollama_stream_restores_tool_arguments() -> None:
+    """An Ollama tool call's arguments (an object) come back restored in every string."""
+    call = {"function": {"name": "send_mail", "arguments": {
+        "to": "<EMAIL_1>", "body": "card <CREDIT_CARD_1> <", "cc": ["<EMAIL_1>"]}}}  # fmt: skip
+    raw = _ndjson(
+        {"model": "m", "message": {"role": "assistant", "content": "", "tool_calls": [call]},
+         "done": False},
+        {"model": "m", "message": {"role": "assistant", "content": ""}, "done": True},
+    )  # fmt: skip
+    restorer = StreamRestorer(_redaction())
+    out = restorer.feed(raw) + restorer.flush()
+    lines = [orjson.loads(line) for line in out.splitlines()]
+    assert len(lines) == 2 and lines[1]["done"] is True
+    arguments = lines[0]["message"]["tool_calls"][0]["function"]["arguments"]
+    assert arguments == {"to": MAIL, "body": f"card {CARD} <", "cc": [MAIL]}
+
+
+@pytest.mark.parametrize(
+    ("line", "held"),
+    [
+        ({"model": "m", "response": "Mail <EMAIL_1> or <", "done": False},
+         {"model": "m", "response": "<", "done": False}),
+        ({"model": "m", "message": {"role": "assistant", "content": "Mail <EMAIL_1> or <EM"},
+          "done": False},
+         {"model": "m", "message": {"role": "assistant", "content": "<EM"}, "done": False}),
+    ],
+)  # fmt: skip
+def test_ollama_stream_cut_with_held_text_ends_in_ndjson(
+    line: dict[str, Any], held: dict[str, Any]
+) -> None:
+    """Text held when an Ollama stream ends without done goes out as an Ollama line."""
+    restorer = StreamRestorer(_redaction())
+    out = restorer.feed(_ndjson(line)) + restorer.flush()
+    lines = [orjson.loads(one) for one in out.splitlines()]
+    assert MAIL in orjson.dumps(lines[0]).decode()
+    assert lines[1:] == [held] and out.endswith(b"\n")
+
+
 def test_whole_answer_restore_handles_escaped_brackets() -> None:
     """Go servers write < as \\u003c: placeholders are still found and restored."""
     data = b'{"message":{"content":"hi \\u003cEMAIL_1\\u003e, not <EMAIL_9>"}}'

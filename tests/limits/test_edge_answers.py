@@ -209,3 +209,30 @@ async def test_usd_budget_counts_real_cost(
         fits = (20_000 - reservation) // 900 + 1
         assert statuses.count(200) == fits, (statuses, fits)
         assert statuses[-1] == 429
+
+
+async def test_native_requests_under_a_small_tpm(
+    snapshots: SnapshotServer, start_edge: StartEdge, http: aiohttp.ClientSession
+) -> None:
+    """Below the completion cap's TPM, native reads, embeddings and capped generations pass."""
+    from tests.edge.test_messages_route import typed
+
+    limits = LimitsConfig(client_ip=LimitConfig(tpm=1500))
+    ollama_fake = FakeServer("ollama", ["llama3:8b", "nomic-embed-text:latest"], "ollama-a")
+    async with running_fakes(ollama_fake, FakeServer("vllm", ["e5"], "vllm-a")) as fakes:
+        snapshots.publish(snapshot(1, [typed(fake) for fake in fakes]))
+        edge = await start_edge(snapshots, limits=limits)
+        await edge.wait_version(1)
+        generate = {"model": "llama3:8b", "prompt": "hi", "stream": False}
+        asked: list[tuple[str, str, Any]] = [
+            ("GET", "/ollama/api/version", None),
+            ("POST", "/ollama/api/show", {"model": "llama3:8b"}),
+            ("POST", "/ollama/api/embed", {"model": "nomic-embed-text", "input": "hello"}),
+            ("POST", "/vllm/v1/embeddings", {"model": "e5", "input": "hello"}),
+            ("POST", "/ollama/api/generate", {**generate, "options": {"num_predict": 10}}),
+        ]
+        for method, path, body in asked:
+            async with http.request(method, edge.url + path, json=body) as resp:
+                assert resp.status == 200, (path, await resp.text())
+        async with http.post(f"{edge.url}/ollama/api/generate", json=generate) as resp:
+            assert resp.status == 429  # no num_predict: the 2048-token cap is more than 1500

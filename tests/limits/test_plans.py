@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -132,3 +133,30 @@ async def test_admission_awaits_only_when_a_lease_is_short(limiter: Limiter) -> 
         await limit_headers(request, response)
         gate.settle(call)
         assert int(response.headers["x-ratelimit-remaining-requests"]) < 100
+
+
+def test_native_requests_reserve_their_own_output_caps(limiter: Limiter) -> None:
+    """Native generations reserve their own caps; reads, details and embeddings their prompt."""
+    gate = Gate(LimitsConfig(completion_cap=2048), limiter, lambda: PriceTable({}))
+
+    def reserved(prefix: str, method: str, path: str, body: dict[str, Any]) -> int:
+        call = Call("id", "id", 0.0, 0.0, prefix)
+        return gate.reserve(call, body, 10, make_mocked_request(method, path))
+
+    assert reserved("ollama", "GET", "/ollama/api/version", {}) == 10
+    assert reserved("ollama", "POST", "/ollama/api/show", {"model": "m"}) == 10
+    assert reserved("ollama", "POST", "/ollama/api/embed", {"model": "m", "input": "x"}) == 10
+    assert reserved("vllm", "POST", "/vllm/v1/embeddings", {"model": "m", "input": "x"}) == 10
+    assert reserved("vllm", "POST", "/vllm/tokenize", {"prompt": "x"}) == 10
+    generate = {"model": "m", "prompt": "x", "options": {"num_predict": 64}}
+    assert reserved("ollama", "POST", "/ollama/api/generate", generate) == 74
+    assert reserved("ollama", "POST", "/ollama/api/chat", {"model": "m"}) == 2058
+    unbounded = {"options": {"num_predict": -1}}
+    assert reserved("ollama", "POST", "/ollama/api/chat", unbounded) == 2058
+    assert reserved("llamacpp", "POST", "/llamacpp/completion", {"n_predict": 5}) == 15
+    sglang = {"text": "x", "sampling_params": {"max_new_tokens": 7}}
+    assert reserved("sglang", "POST", "/sglang/generate", sglang) == 17
+    assert reserved("tgi", "POST", "/tgi/generate", {"parameters": {"max_new_tokens": 3}}) == 13
+    assert reserved("vllm", "POST", "/vllm/v1/chat/completions", {"max_tokens": 9}) == 19
+    openai = make_mocked_request("POST", "/v1/chat/completions")
+    assert gate.reserve(_call("k"), {"model": "m"}, 10, openai) == 2058

@@ -103,12 +103,16 @@ class Redaction:
 class StreamRestorer:
     """Restores placeholders in a streamed answer, event by event, across chunk borders."""
 
-    __slots__ = ("_held", "_pending", "redaction")
+    __slots__ = ("_held", "_model", "_ndjson", "_pending", "redaction")
 
     def __init__(self, redaction: Redaction) -> None:
         self.redaction = redaction
         self._pending = b""  # bytes of an event (or NDJSON line) not complete yet
         self._held: dict[tuple[Any, ...], str] = {}  # per text: a possible placeholder start
+        # An NDJSON stream (Ollama's) once a line of one is seen, and the model its lines name:
+        # held text it ends with goes out in a line of its shape.
+        self._ndjson = False
+        self._model: object = None
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._pending + chunk if self._pending else chunk
@@ -126,7 +130,10 @@ class StreamRestorer:
     def flush(self) -> bytes:
         tail, self._pending = self._pending, b""
         out = self._event(tail) if tail.strip() else tail
-        return out + self._release_all()
+        held = self._release_all()
+        if held and self._ndjson and out and not out.endswith(b"\n"):
+            out += b"\n"  # a last line without its end: the held text on a line of its own
+        return out + held
 
     # -- one event -----------------------------------------------------------------------
 
@@ -139,6 +146,7 @@ class StreamRestorer:
                 prefix = b"data: "
             elif stripped.startswith(b"{"):
                 payload, prefix = stripped, b""  # NDJSON (Ollama)
+                self._ndjson = True
             else:
                 continue
             if payload == b"[DONE]":
@@ -151,6 +159,10 @@ class StreamRestorer:
                 continue
             if not isinstance(obj, dict):
                 continue
+            if not prefix:
+                model = obj.get("model")
+                if model is not None:
+                    self._model = model
             before = self._closing(obj)
             self._walk(obj, (obj.get("index"),), "")
             cr = b"\r" if line.endswith(b"\r") else b""
@@ -165,7 +177,12 @@ class StreamRestorer:
                     if k in TEXT_KEYS or k in JSON_TEXT_KEYS:
                         node[k] = self._text((*channel, k), v, json_text=k in JSON_TEXT_KEYS)
                 elif isinstance(v, (dict, list)):
-                    self._walk(v, (*channel, k), k)
+                    if self._ndjson and k == "tool_calls":
+                        # Ollama's come whole in one line, arguments an object: every string
+                        # restored, as in restore_json (nothing held).
+                        node[k] = self.redaction._restore_value(v, k)
+                    else:
+                        self._walk(v, (*channel, k), k)
             self._finished(node, channel)
         elif isinstance(node, list):
             for pos, v in enumerate(node):
@@ -227,11 +244,36 @@ class StreamRestorer:
         """Text still held when the stream ends (it never became a placeholder): as it is."""
         if not self._held:
             return b""
+        if self._ndjson:
+            return self._release_line()
         held = "".join(self._held.values())
         self._held.clear()
         # No event to put it in: an OpenAI-style chunk carrying the rest of the text.
         chunk = {"choices": [{"index": 0, "delta": {"content": held}, "finish_reason": None}]}
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def _release_line(self) -> bytes:
+        """Held text as an Ollama line that is not the last (`done` false): a chat's in its
+        message (`content`, `thinking`), a generation's at the top (`response`, `thinking`)."""
+        line: dict[str, Any] = {} if self._model is None else {"model": self._model}
+        message: dict[str, Any] | None = None
+        for channel, held in self._held.items():
+            key = channel[-1]
+            if len(channel) == 3 and channel[1] == "message":
+                if message is None:
+                    message = {"role": "assistant", "content": ""}
+                target = message
+            else:
+                target = line
+            existing = target.get(key)
+            target[key] = (existing if isinstance(existing, str) else "") + held
+        self._held.clear()
+        if message is not None:
+            line["message"] = message
+        elif "response" not in line:
+            line["response"] = ""
+        line["done"] = False
+        return orjson.dumps(line) + b"\n"
 
 
 def _next_boundary(data: bytes, at: int) -> tuple[int, bytes]:

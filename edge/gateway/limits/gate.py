@@ -29,6 +29,8 @@ from edge.gateway.limits.plan import NOTHING, Plan
 from edge.gateway.limits.policy import MICROS_PER_USD, TOKENS, USD, Limits, parse_budget
 from edge.gateway.limits.ticket import Refused, Subject, Ticket
 from edge.gateway.prices import PriceTable
+from edge.gateway.tokens import generates
+from edge.inbound import NATIVE_PREFIXES
 from edge.response_hook import response_hook
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,12 @@ log = logging.getLogger(__name__)
 _BYTES_PER_TOKEN: Final = 4
 _PLANS_KEPT: Final = 100_000
 _XFF: Final = istr("X-Forwarded-For")
+# Native output caps nested in an object: (the object's field, the cap's).
+_NATIVE_CAPS: Final = (
+    ("options", "num_predict"),  # Ollama
+    ("sampling_params", "max_new_tokens"),  # SGLang
+    ("parameters", "max_new_tokens"),  # TGI
+)
 
 
 def to_limits(entry: LimitConfig) -> Limits:
@@ -154,7 +162,7 @@ class Gate:
         if not plan.subjects:
             return None
         prompt = size // _BYTES_PER_TOKEN + 1
-        tokens = self.reserve(call, body, prompt)
+        tokens = self.reserve(call, body, prompt, request)
         cost = 0
         if plan.needs_cost and call.model:
             price = self.prices().lookup(call.model)
@@ -178,14 +186,39 @@ class Gate:
         call.limit = "allowed"
         call.ticket = ticket
 
-    def reserve(self, call: Call, body: Mapping[str, Any], prompt: int) -> int:
-        """Tokens to reserve: the prompt estimate, plus max_tokens or the cap."""
+    def reserve(
+        self,
+        call: Call,
+        body: Mapping[str, Any],
+        prompt: int,
+        request: ClientRequest | None = None,
+    ) -> int:
+        """Tokens to reserve: the prompt estimate, plus max_tokens or the cap; for a native
+        request (`request`: its method and path), its own output cap, or nothing more when it
+        generates nothing."""
         if call.endpoint == "embeddings":
             return prompt
         asked = body.get("max_completion_tokens") or body.get("max_tokens")
         if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
             return prompt + asked
+        if request is not None and call.endpoint in NATIVE_PREFIXES:
+            if not generates(call.endpoint, request.method, request.path):
+                return prompt
+            return prompt + self._native_cap(body)
         return prompt + self.cap
+
+    def _native_cap(self, body: Mapping[str, Any]) -> int:
+        """A native generation's output cap: Ollama's options.num_predict, llama.cpp's
+        n_predict, SGLang's sampling_params (TGI's parameters) max_new_tokens; else the cap
+        (also for the servers' "no limit", -1)."""
+        asked = _tokens(body.get("n_predict"))
+        for field, name in _NATIVE_CAPS:
+            if asked:
+                break
+            inner = body.get(field)
+            if isinstance(inner, dict):
+                asked = _tokens(inner.get(name))
+        return asked or self.cap
 
     def settle(self, call: Call) -> None:
         ticket = call.ticket
@@ -198,6 +231,13 @@ class Gate:
         self.limiter.settle(ticket, tokens=tokens, cost=cost)
         if ticket.warned:
             call.limit = "soft_budget"
+
+
+def _tokens(value: object) -> int:
+    """A positive token count, else 0 (a bool, a server's -1 for "no limit", not a number)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return 0
 
 
 def _remember(plans: dict[str, Plan], name: str, plan: Plan) -> Plan:
