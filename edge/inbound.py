@@ -161,6 +161,7 @@ def parse(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
         raise bad_request("'model' must be a non-empty string.", param="model")
     if not model.isprintable():  # a control character (a NUL) is no model's name
         raise bad_request("'model' must not hold control characters.", param="model")
+    check_spelling(body)
     field = endpoint.input_field
     value = body.get(field)
     if value is None:
@@ -188,6 +189,18 @@ def parse(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
 # (sticky keys, model rewrites, translations): refuse what it could not write as a 400 now,
 # not a 500 later. Fewer brackets than this cannot nest that deep, so most bodies skip it.
 ENCODE_DEPTH = 255
+
+
+def check_spelling(body: dict[str, Any]) -> None:
+    """A 400 for a body naming its model under another spelling as well (`MODEL`): the body
+    goes on as it came, and Go servers (Ollama, Docker Model Runner) read keys in any case,
+    the last one winning: they would serve a model other than the one the edge checked
+    against the key, routed by and billed for."""
+    for name in body:
+        if len(name) == 5 and name != "model" and name.casefold() == "model":
+            raise bad_request(
+                f"The body names its model twice: `{name}` as well as `model`.", param=name
+            )
 
 
 def check_depth(body: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from edge.anthropic import AnthropicError, StreamTranslator
 from edge.client_request import ClientRequest
 from edge.errors import ApiError
 from edge.exchange import Admission, Exchange, Failure
-from edge.inbound import CHAT, ENCODE_DEPTH, MESSAGES_PATH, check_depth
+from edge.inbound import CHAT, ENCODE_DEPTH, MESSAGES_PATH, check_depth, check_spelling
 from edge.proxy import Proxy
 from edge.routing import chat_key, session_header_key
 from edge.table import BackendState, ModelRoute
@@ -105,13 +105,17 @@ def _load(raw: bytes) -> Any:
         raise Refused(
             anthropic.invalid_request(f"The request body is not valid JSON: {exc}")
         ) from None
-    # What the edge could not write again (orjson writes less nesting than it reads) is a 400
-    # now, as on the OpenAI routes (edge/inbound.py), not a 500 in the translation.
-    if isinstance(body, dict) and raw.count(b"[") + raw.count(b"{") >= ENCODE_DEPTH:
-        try:
+    if not isinstance(body, dict):
+        return body  # validate_* refuses it in its own words
+    try:
+        # What the edge could not write again (orjson writes less nesting than it reads) is
+        # a 400 now, as on the OpenAI routes (edge/inbound.py), not a 500 in the translation;
+        # so is a second spelling of `model`, which a native backend might read instead.
+        if raw.count(b"[") + raw.count(b"{") >= ENCODE_DEPTH:
             check_depth(body)
-        except ApiError as exc:
-            raise Refused(anthropic.invalid_request(exc.message)) from None
+        check_spelling(body)
+    except ApiError as exc:
+        raise Refused(anthropic.invalid_request(exc.message)) from None
     return body
 
 

@@ -77,6 +77,9 @@ async def running(
         (CHAT, b'{"model": 7, "messages": []}', "model"),
         (CHAT, b'{"model": "", "messages": [{"role": "user"}]}', "model"),
         (CHAT, b'{"model": "m\\u0000", "messages": [{"role": "user"}]}', "model"),
+        # A second spelling a Go server (Ollama) would read instead of the `model` checked.
+        (CHAT, b'{"model": "m", "MODEL": "other", "messages": [{"role": "user"}]}', "MODEL"),
+        ("/v1/embeddings", b'{"model": "m", "Model": "other", "input": "x"}', "Model"),
         (CHAT, b'{"model": "m"}', "messages"),
         (CHAT, b'{"model": "m", "messages": "hello"}', "messages"),
         (CHAT, b'{"model": "m", "messages": []}', "messages"),

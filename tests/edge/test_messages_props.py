@@ -261,6 +261,17 @@ def _refused(error: Refused) -> str:
     return str(payload["error"]["message"])
 
 
+def test_a_second_spelling_of_model_is_an_anthropic_400() -> None:
+    """`MODEL` beside `model` (a Go backend reads the last in any case) is refused as a 400."""
+    raw = (
+        b'{"model":"m","MODEL":"other","max_tokens":10,"messages":[{"role":"user","content":"q"}]}'
+    )
+    for parse in (parse_messages, parse_count_tokens):
+        with pytest.raises(Refused) as refused:
+            parse(raw)
+        assert "`MODEL`" in _refused(refused.value)
+
+
 def test_bodies_too_deep_to_write_are_anthropic_400s() -> None:
     """Nesting orjson can read but not write is a 400 in Anthropic's shape, never a 500."""
     head = b'{"model":"m","max_tokens":10,"messages":[{"role":"user","content":"q"}'
