@@ -21,7 +21,7 @@ from edge import anthropic
 from edge.anthropic import AnthropicError, StreamTranslator
 from edge.client_request import ClientRequest
 from edge.errors import ApiError
-from edge.exchange import Admission, Exchange, Failure
+from edge.exchange import Admission, Exchange, Failure, sse_gap
 from edge.inbound import CHAT, ENCODE_DEPTH, MESSAGES_PATH, check_depth, check_spelling
 from edge.proxy import Proxy
 from edge.routing import chat_key, session_header_key
@@ -238,6 +238,7 @@ class MessagesExchange(Exchange):
                     chunk = chunk.replace(
                         b'"model"' + sep + self.rewritten, b'"model"' + sep + asked, 1
                     )
+            self.last = chunk
             return chunk
         self.translator = translator = StreamTranslator(
             model=self.model,
@@ -250,6 +251,7 @@ class MessagesExchange(Exchange):
     def chunk(self, chunk: bytes) -> bytes:
         translator = self.translator
         if translator is None:
+            self.last = chunk
             return chunk
         return translator.feed_bytes(chunk)
 
@@ -271,7 +273,7 @@ class MessagesExchange(Exchange):
         )
         if self.translator is not None:
             return self.translator.error(error)
-        return error.sse()
+        return sse_gap(self.last) + error.sse()  # the backend's own events: one may be open
 
     def give_up(self, model: str, failure: Failure | None) -> web.Response:
         retry = {"Retry-After": (failure.retry_after if failure else "") or "1"}

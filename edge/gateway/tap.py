@@ -42,6 +42,7 @@ class Tap(Exchange):
         self.stream = inner.stream
         self.inner = inner
         self.method = inner.method
+        self.last = b""  # unused: the inner exchange keeps its own, and ends its cut stream
         self.redaction = redaction
         # Whether its answer is recorded for the cache (the lookup says where it goes).
         self.stores = looked is not None

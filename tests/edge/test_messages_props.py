@@ -305,3 +305,16 @@ def test_bodies_too_deep_to_write_are_anthropic_400s() -> None:
     with pytest.raises(Refused) as refused:
         count_tokens_answer(deep)
     _refused(refused.value)
+
+
+def test_a_native_stream_cut_mid_event_ends_that_event_first() -> None:
+    """The backend's own events relayed and cut mid-event: the error is an event of its own."""
+    raw = b'{"model":"m","max_tokens":10,"stream":true,"messages":[{"role":"user","content":"q"}]}'
+    body = parse_messages(raw)
+    backend = _backend(True, 0)
+    exchange = MessagesExchange(raw, body, translate(body))
+    exchange.upstream(backend, None)
+    exchange.first(b'event: message_start\ndata: {"type":"message_st', backend)
+    assert exchange.cut(TimeoutError()).startswith(b"\n\nevent: error\n")
+    exchange.chunk(b'art"}\n\n')
+    assert exchange.cut(TimeoutError()).startswith(b"event: error\n")
