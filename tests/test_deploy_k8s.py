@@ -1,6 +1,7 @@
 """deploy/k8s/: the Kubernetes manifests, checked offline: schemas, identity, topology,
 selectors, pinned and probed containers, services, PDBs and HPAs, secrets and volumes,
-`corral` command lines, clients and agents' addresses, the kustomization.
+`corral` command lines, clients and agents' addresses, the kustomizations (the base and its
+overlays, built by the real kubectl).
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from corral import __version__
 from tests.support.deploy import (
     CORRAL_IMAGE,
     K8S,
+    K8S_BASE,
+    K8S_OVERLAYS,
     K8S_VERSION,
+    WORKLOAD_KINDS,
     assert_pinned,
     check_config,
     containers,
@@ -28,6 +32,8 @@ from tests.support.deploy import (
     k8s_docs,
     k8s_files,
     k8s_id,
+    kustomizations,
+    kustomize_build,
     load_docs,
     parse_corral,
     pod_spec,
@@ -317,9 +323,55 @@ def test_k8s_agents_register_a_reachable_unique_address() -> None:
 
 
 def test_k8s_kustomization_lists_every_manifest() -> None:
-    """kustomization.yaml lists exactly the manifests in deploy/k8s/ and the Corral image."""
-    [kustomization] = load_docs(K8S / "kustomization.yaml")
+    """The base's kustomization lists exactly its manifests, and the Corral image."""
+    [kustomization] = load_docs(K8S_BASE / "kustomization.yaml")
     assert sorted(kustomization["resources"]) == sorted(p.name for p in k8s_files())
     assert kustomization["namespace"] == "corral"
     [image] = kustomization["images"]
     assert image["name"] == CORRAL_IMAGE and image["newTag"] == __version__
+
+
+def test_k8s_kustomizations_are_the_base_and_its_overlays() -> None:
+    """deploy/k8s/ holds the base and, beside it, the overlays on it (valkey, postgres)."""
+    assert kustomizations() == [
+        K8S_BASE,
+        K8S_OVERLAYS / "postgres",
+        K8S_OVERLAYS / "valkey",
+    ]
+    for overlay in kustomizations()[1:]:
+        [kustomization] = load_docs(overlay / "kustomization.yaml")
+        bases = [r for r in kustomization["resources"] if (overlay / r).is_dir()]
+        assert [(overlay / r).resolve() for r in bases] == [K8S_BASE], overlay
+
+
+@pytest.mark.parametrize("directory", kustomizations(), ids=lambda p: str(p.relative_to(K8S)))
+def test_k8s_kustomization_builds(directory: Path) -> None:
+    """`kubectl kustomize` renders each one (as `kubectl apply -k` would), strictly valid."""
+    rendered = kustomize_build(directory)
+    for doc in rendered:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        assert doc["metadata"].get("namespace", "corral") == "corral", k8s_id(doc)
+    ids = [k8s_id(d) for d in rendered]
+    assert len(ids) == len(set(ids)), ids
+    own = {
+        k8s_id(d)
+        for name in load_docs(directory / "kustomization.yaml")[0]["resources"]
+        if (directory / name).is_file()
+        for d in load_docs(directory / name)
+    }
+    base = {k8s_id(d) for d in k8s_docs()}
+    assert set(ids) == own | base, directory
+
+
+@pytest.mark.parametrize("directory", kustomizations(), ids=lambda p: str(p.relative_to(K8S)))
+def test_k8s_secrets_reach_containers_as_files(directory: Path) -> None:
+    """No container takes a Secret through its environment: Secrets are mounted files."""
+    for doc in kustomize_build(directory):
+        if doc["kind"] not in WORKLOAD_KINDS:
+            continue
+        for container in containers(doc):
+            where = f"{k8s_id(doc)} container {container['name']}"
+            for env in container.get("env", []):
+                assert "secretKeyRef" not in env.get("valueFrom", {}), f"{where}: {env['name']}"
+            for source in container.get("envFrom", []):
+                assert "secretRef" not in source, where

