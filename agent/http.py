@@ -36,7 +36,7 @@ class ProbeResponse:
     status: int | None
     body: bytes
     seconds: float
-    # None on a 2xx answer; else timeout, connect or http_status.
+    # None on a 2xx answer; else timeout, connect, http_status or config.
     error: str | None
     # For people: "timeout after 1.5s", "connection refused", "HTTP 500".
     detail: str
@@ -94,7 +94,7 @@ class BackendClient:
 
     def parse_failed(self, path: str) -> None:
         """Count a body that did not parse (the caller found out)."""
-        self._metrics.probe_error(path, m.PARSE)
+        self._metrics.probe_error(_endpoint(path), m.PARSE)
 
     async def _request(
         self, method: str, path: str, data: bytes | None, expected: Container[int]
@@ -120,8 +120,13 @@ class BackendClient:
             error, detail = m.CONNECT, _connect_detail(exc)
         except (aiohttp.ClientError, OSError) as exc:
             error, detail = m.CONNECT, f"{type(exc).__name__}: {exc}".rstrip(": ")
+        except ValueError as exc:
+            # aiohttp refuses some requests before sending them (a header it cannot combine
+            # with the URL, say): our configuration's fault, never the server's answer.
+            error, detail = m.CONFIG, f"configuration error: {exc}"
         seconds = time.monotonic() - started
-        self._metrics.observe_probe(path, seconds)
+        endpoint = _endpoint(path)
+        self._metrics.observe_probe(endpoint, seconds)
         if error is None:
             assert status is not None
             if 200 <= status < 300:
@@ -129,8 +134,14 @@ class BackendClient:
             else:
                 error, detail = m.HTTP_STATUS, f"HTTP {status}"
         if error is not None and (status is None or status not in expected):
-            self._metrics.probe_error(path, error)
+            self._metrics.probe_error(endpoint, error)
         return ProbeResponse(method, path, status, body, seconds, error, detail)
+
+
+def _endpoint(path: str) -> str:
+    """The metrics label of a request path: without its query (per-model ones in llama.cpp's
+    router mode would make a series per model)."""
+    return path.partition("?")[0]
 
 
 async def _read_body(resp: aiohttp.ClientResponse) -> bytes:

@@ -11,6 +11,8 @@ TIMEOUT = "timeout"
 CONNECT = "connect"
 HTTP_STATUS = "http_status"
 PARSE = "parse"
+# The request could not be made as configured (aiohttp refused it before sending).
+CONFIG = "config"
 
 
 class AgentMetrics:
@@ -25,7 +27,7 @@ class AgentMetrics:
         )
         self.probe_errors = Counter(
             "corral_agent_probe_errors",
-            "Failed probes by endpoint and kind (timeout, connect, http_status, parse).",
+            "Failed probes by endpoint and kind (timeout, connect, http_status, parse, config).",
             ["endpoint", "kind"],
             registry=self.registry,
         )

@@ -29,7 +29,7 @@ from agent.metrics import AgentMetrics
 from corral import channels
 from corral.backoff import Backoff
 from corral.config import AgentConfig
-from corral.tasks import stopped
+from corral.tasks import retrieved, stopped
 from corral.tls import TLSFileError, channel_credentials
 from corral.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
@@ -177,10 +177,15 @@ class Reporter:
             await channel.close(grace=None)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _write(self, call: _Call, request: agent_pb2.ConnectRequest) -> None:
+    def _start_write(self, call: _Call, request: agent_pb2.ConnectRequest) -> asyncio.Future[None]:
         write = asyncio.ensure_future(call.write(request))
+        # A write left behind by a session that ended fails with its call: nothing to report.
+        write.add_done_callback(retrieved)
         self._last_write = write
-        await asyncio.shield(write)
+        return write
+
+    async def _write(self, call: _Call, request: agent_pb2.ConnectRequest) -> None:
+        await asyncio.shield(self._start_write(call, request))
 
     async def _register(
         self,
@@ -266,8 +271,12 @@ class Reporter:
             self._changed.clear()
             changed = asyncio.ensure_future(self._changed.wait())
             silence = self._last_heard + self._silence_limit - now
-            try:  # up to the next heartbeat, or the moment the silence is too long
-                await asyncio.wait({reader, changed}, timeout=max(0.0, min(due, silence)))
+            try:  # until a change, the stream's end, the next heartbeat or too long a silence
+                await asyncio.wait(
+                    {reader, changed},
+                    timeout=max(0.0, min(due, silence)),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
             finally:
                 changed.cancel()
 
@@ -276,8 +285,24 @@ class Reporter:
         status = self._status
         self._seq += 1
         request = agent_pb2.ConnectRequest(report=agent_pb2.Report(seq=self._seq, status=status))
+        write = self._start_write(call, request)
+        # A replica that stopped reading leaves the write pending (flow control): wait no
+        # longer than the silence allows, as between reports. Waiting does not cancel it.
+        while not write.done():
+            silence = self._last_heard + self._silence_limit - time.monotonic()
+            if silence <= 0:
+                raise _SessionEnded(
+                    f"no answer from the control plane for {self._silence_limit:g}s "
+                    "(a report could not be sent)",
+                    registered_at,
+                )
+            await asyncio.wait(
+                {write, reader}, timeout=silence, return_when=asyncio.FIRST_COMPLETED
+            )
+            if reader.done() and not write.done():
+                await self._reader_ended(call, reader, registered_at)
         try:
-            await self._write(call, request)
+            write.result()
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
             if reader.done():
                 await self._reader_ended(call, reader, registered_at)

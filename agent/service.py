@@ -212,7 +212,18 @@ def resolve(config: AgentConfig) -> AgentConfig:
     url = config.backend.strip()
     if not url:
         raise AgentConfigError("no backend URL: give --backend http://HOST:PORT")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "http://[::1": named without the URL, which may hold a password
+        raise AgentConfigError("the backend URL (--backend) is malformed") from None
+    if "@" in parts.netloc:
+        # Named without the URL: what precedes the @ is a password. Kept in the URL it would
+        # be logged and shown on /healthz; aiohttp refuses it beside a key, and the control
+        # plane refuses it anyway.
+        raise AgentConfigError(
+            "the backend URL (--backend) must not carry credentials (user:password@); give "
+            "the backend's key with --backend-api-key-file or --credential instead"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise AgentConfigError(f"backend URL {url!r} must be http(s)://HOST[:PORT]")
     try:

@@ -16,10 +16,12 @@ Endpoints, per the servers' own documentation:
   sglang:token_usage; only with --enable-metrics); /get_model_info (model_path,
   is_generation) and /get_server_info (version) for server facts.
 - llama.cpp server: /health (503 "Loading model" while loading), /v1/models (meta.n_ctx_train,
-  meta.size), /props (total_slots, default_generation_settings.n_ctx, build_info), and for load
-  /metrics (--metrics: llamacpp:requests_processing, llamacpp:requests_deferred) or else
-  /slots (is_processing per slot).
-- LM Studio: /v1/models (health), /api/v0/models (state loaded / not-loaded, context lengths).
+  meta.size, aliases), /props (total_slots, default_generation_settings.n_ctx, build_info,
+  is_sleeping, role), and for load /metrics (--metrics: llamacpp:requests_processing,
+  llamacpp:requests_deferred) or else /slots (is_processing per slot; not while it sleeps). In
+  router mode, /metrics?model=ID of each loaded model.
+- LM Studio: /v1/models (health; what may be asked for: only the loaded models with JIT loading
+  off), /api/v0/models (state loaded / not-loaded, context lengths).
 - Any OpenAI-compatible server: /v1/models.
 - LiteLLM proxy, LMDeploy, Docker Model Runner, Lemonade, vLLM-MLX, Hugging Face TGI, NVIDIA NIM
   and Triton's OpenAI frontend: see each module's docstring. Docker Model Runner and Lemonade

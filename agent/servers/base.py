@@ -134,11 +134,18 @@ class ServerProbe(abc.ABC):
         return True
 
     async def _probe_anthropic(self) -> bool | None:
-        """True/False when the server told us, None when it could not (down, 5xx)."""
+        """True/False when the server told us, None when it could not (down, 5xx) or was
+        not asked (asked again on the next cycle)."""
+        if not await self.messages_probe_allowed():
+            return None
         resp = await self.client.post_json(
             self.base_path + "/v1/messages", {}, expected=range(400, 600)
         )
         return self.speaks_messages(resp)
+
+    async def messages_probe_allowed(self) -> bool:
+        """False while POST /v1/messages would disturb the server (wake it from sleep)."""
+        return True
 
     def speaks_messages(self, resp: ProbeResponse) -> bool | None:
         """Read the answer to POST /v1/messages with `{}`: True/False, or None (it did not tell)."""
@@ -268,7 +275,11 @@ def str_metadata(**values: Any) -> dict[str, str]:
     return {k: str(v) for k, v in values.items() if v not in (None, "", [], {})}
 
 
-def data_list(data: Any, key: str = "data") -> list[dict[str, Any]]:
+def data_list(data: Any, key: str = "data", *, null_is_empty: bool = False) -> list[dict[str, Any]]:
+    """The objects in data[key]; `null_is_empty`: a JSON null there means no items (servers
+    written in Go encode an empty slice that way)."""
+    if null_is_empty and isinstance(data, dict) and key in data and data[key] is None:
+        return []
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
         raise ParseError(f"expected an object with a {key!r} list")
     return [item for item in data[key] if isinstance(item, dict)]

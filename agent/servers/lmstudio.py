@@ -1,4 +1,5 @@
-"""LM Studio: /v1/models (health), /api/v0/models (state loaded / not-loaded, context lengths)."""
+"""LM Studio: /v1/models (health, and the models a request may name: only the loaded ones with
+JIT loading off), /api/v0/models (state loaded / not-loaded, context lengths)."""
 
 from __future__ import annotations
 
@@ -54,12 +55,18 @@ class LmStudioProbe(ServerProbe):
         )
         if not self.health(judge, v1):
             return
+        # /v1/models lists what a request may name: every downloaded model with JIT loading
+        # on, only the loaded ones with it off (a request for another then fails).
+        # /api/v0/models lists every downloaded model, with its state and context length.
+        offered = self.parsed(judge, v1, parse_openai_models)
+        if offered is None:
+            return
         detailed = self.parsed(judge, v0, parse_lmstudio_models)
-        if detailed is not None:
-            self.models = detailed
-        elif not self.models:
-            # Without the detailed list, the OpenAI one still says what can be asked for
-            # (LM Studio loads a listed model on demand).
-            basic = self.parsed(judge, v1, parse_openai_models)
-            if basic is not None:
-                self.models = basic
+        if detailed is None:
+            if not self.models:
+                self.models = offered
+            return
+        ids = {m.id for m in offered}
+        described = {m.id for m in detailed}
+        self.models = [m for m in detailed if m.id in ids]
+        self.models += [m for m in offered if m.id not in described]

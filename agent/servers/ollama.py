@@ -1,5 +1,5 @@
 """Ollama: GET / ("Ollama is running"), /api/version, /api/tags (available), /api/ps (loaded,
-with size_vram and context_length)."""
+with size_vram and context_length; since 0.1.38)."""
 
 from __future__ import annotations
 
@@ -23,17 +23,18 @@ from corral.v1 import types_pb2
 def parse_ollama_models(
     tags: Any, ps: Any | None, previous: Sequence[types_pb2.ModelInfo]
 ) -> list[types_pb2.ModelInfo]:
-    """/api/tags (available) joined with /api/ps (loaded; None when it failed this cycle)."""
+    """/api/tags (available) joined with /api/ps (loaded; None when it failed this cycle).
+    Before 0.1.38 Ollama answered {"models": null} when it had none."""
     running: dict[str, dict[str, Any]] = {}
     if ps is not None:
-        for item in data_list(ps, "models"):
+        for item in data_list(ps, "models", null_is_empty=True):
             for key in ("name", "model"):
                 if isinstance(item.get(key), str):
                     running[item[key]] = item
     was_loaded = {m.id for m in previous if m.loaded}
     out = []
     seen = set()
-    for item in data_list(tags, "models"):
+    for item in data_list(tags, "models", null_is_empty=True):
         name = item.get("name") or item.get("model")
         if not isinstance(name, str) or not name or name in seen:
             continue
@@ -87,14 +88,15 @@ class OllamaProbe(ServerProbe):
             self.client.get("/"),
             self.client.get("/api/version"),
             self.client.get("/api/tags"),
-            self.client.get("/api/ps"),
+            self.optional_get("/api/ps"),
         )
         if not self.health(judge, root):
             return
         ver = self.parsed(judge, version, lambda d: str(d["version"]))
         if ver:
             self.server_version = ver
-        ps_data = self.json_of(judge, ps)
+        # /api/ps came with 0.1.38: before, 404 (loaded flags are then kept as they were).
+        ps_data = self.json_of(judge, ps) if ps is not None and self.note_enabled(ps) else None
         models = self.parsed(judge, tags, parse_ollama_models, ps_data, self.models)
         if models is not None:
             self.models = models

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -42,8 +42,11 @@ class RecordingControlPlane(agent_pb2_grpc.AgentServiceServicer):
         self.heartbeat = heartbeat
         self.lease_ttl = lease_ttl
         # How reports are answered: "ack" (written), "received" (read, the store is slow:
-        # ReportReceived only) or "silent" (nothing, as a frozen replica).
+        # ReportReceived only), "silent" (nothing, as a frozen replica) or "frozen" (neither
+        # read nor answered once Registered: the agent's writes stall on flow control).
         self.answer = "ack"
+        # Notified on every Register, Report and stream end: wait_until waits on it.
+        self._news = asyncio.Condition()
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.streams: list[Stream] = []
@@ -76,6 +79,15 @@ class RecordingControlPlane(agent_pb2_grpc.AgentServiceServicer):
     def all_reports(self) -> list[agent_pb2.Report]:
         return [r for s in self.streams for r in s.reports]
 
+    async def wait_until(self, check: Callable[[], object], within: float) -> None:
+        """Until check() holds after what an agent sent; TimeoutError after `within` seconds."""
+        async with asyncio.timeout(within), self._news:
+            await self._news.wait_for(check)
+
+    async def _notify(self) -> None:
+        async with self._news:
+            self._news.notify_all()
+
     async def Connect(  # the gRPC method name
         self,
         request_iterator: AsyncIterator[agent_pb2.ConnectRequest],
@@ -98,6 +110,7 @@ class RecordingControlPlane(agent_pb2_grpc.AgentServiceServicer):
             resumed=resumed,
         )
         self.streams.append(stream)
+        await self._notify()
         if self.hold_registered is not None:
             await self.hold_registered.wait()
         stream.answered_at = time.monotonic()
@@ -111,10 +124,13 @@ class RecordingControlPlane(agent_pb2_grpc.AgentServiceServicer):
             )
         )
         try:
+            if self.answer == "frozen":
+                await asyncio.Event().wait()  # until the stream is cancelled
             async for message in messages:
                 kind = message.WhichOneof("message")
                 if kind == "report":
                     stream.reports.append(message.report)
+                    await self._notify()
                     seq = message.report.seq
                     if self.answer == "ack":
                         stream.answered_at = time.monotonic()
@@ -132,3 +148,4 @@ class RecordingControlPlane(agent_pb2_grpc.AgentServiceServicer):
                     return
         finally:
             stream.ended = True
+            await self._notify()

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
+from aiohttp import web
 
 from agent.detect import detect
 from agent.servers import PROBES
 from corral.v1 import types_pb2
 from tests.agent.conftest import ClientFactory
 from tests.fakes import KINDS, FakeModel
+from tests.support.net import free_port
 
 H = types_pb2.HEALTH_STATE_HEALTHY
 D = types_pb2.HEALTH_STATE_DEGRADED
@@ -228,5 +232,111 @@ async def test_slow_answers_are_degraded(backend_client: ClientFactory) -> None:
         obs = await probe.probe()
         assert obs.health == D and "slow" in obs.reason
         assert [m.id for m in obs.models or []] == ["m"]
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_request_aiohttp_refuses_is_a_configuration_error(
+    fake_server, backend_client: ClientFactory
+) -> None:
+    """A request aiohttp refuses (a key beside credentials in the URL) is answered, not raised."""
+    from corral.config import Secret
+
+    fake = await fake_server("vllm", models=["m"])
+    url = fake.url.replace("http://", "http://user:pw@")
+    probe = PROBES["vllm"](backend_client(url, api_key=Secret("sk-test")), slow_seconds=0.5)
+    obs = await probe.probe()
+    assert obs.health == U and "configuration error" in obs.reason
+    assert not fake.requests
+
+
+async def _serve(routes: dict[str, Any]) -> web.AppRunner:
+    """An aiohttp server on a free port answering GET path with routes[path] (JSON or text)."""
+
+    def answer(body: Any) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            if isinstance(body, str):
+                return web.Response(text=body)
+            return web.json_response(body)
+
+        return handle
+
+    app = web.Application()
+    for path, body in routes.items():
+        app.router.add_get(path, answer(body))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", free_port()).start()
+    return runner
+
+
+def _url(runner: web.AppRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    return f"http://{host}:{port}"
+
+
+async def test_ollama_before_0_1_38_is_healthy(backend_client: ClientFactory) -> None:
+    """Ollama 0.1.37 (null model list when empty, no /api/ps) is healthy with no models."""
+    runner = await _serve(
+        {
+            "/": "Ollama is running",
+            "/api/version": {"version": "0.1.37"},
+            "/api/tags": {"models": None},
+        }
+    )
+    try:
+        probe = PROBES["ollama"](backend_client(_url(runner)), slow_seconds=0.5)
+        for _ in range(2):
+            obs = await probe.probe()
+            assert (obs.health, obs.reason, obs.models) == (H, "ok", [])
+        assert probe.server_version == "0.1.37"
+    finally:
+        await runner.cleanup()
+
+
+def _lmstudio_model(model_id: str, state: str) -> dict[str, Any]:
+    """One /api/v0/models entry, as LM Studio's REST API documents it."""
+    entry: dict[str, Any] = {
+        "id": model_id,
+        "object": "model",
+        "type": "llm",
+        "publisher": "lmstudio-community",
+        "arch": "qwen3",
+        "compatibility_type": "gguf",
+        "quantization": "Q4_K_M",
+        "state": state,
+        "max_context_length": 32768,
+    }
+    if state == "loaded":
+        entry["loaded_context_length"] = 8192
+    return entry
+
+
+async def test_lmstudio_with_jit_loading_off_offers_only_loaded_models(
+    backend_client: ClientFactory,
+) -> None:
+    """JIT loading off: /v1/models lists the loaded models only, and only they are reported."""
+    runner = await _serve(
+        {
+            "/v1/models": {
+                "object": "list",
+                "data": [{"id": "qwen3-8b", "object": "model", "owned_by": "organization_owner"}],
+            },
+            "/api/v0/models": {
+                "object": "list",
+                "data": [
+                    _lmstudio_model("qwen3-8b", "loaded"),
+                    _lmstudio_model("llama-3.1-70b", "not-loaded"),
+                ],
+            },
+        }
+    )
+    try:
+        probe = PROBES["lmstudio"](backend_client(_url(runner)), slow_seconds=0.5)
+        obs = await probe.probe()
+        assert obs.health == H, obs.reason
+        assert [(m.id, m.loaded, m.context_length) for m in obs.models or []] == [
+            ("qwen3-8b", True, 8192)
+        ]
     finally:
         await runner.cleanup()

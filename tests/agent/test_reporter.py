@@ -4,8 +4,9 @@ goodbye, reconnect with resume across replicas, rejections, and its own /healthz
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -13,8 +14,9 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from agent.metrics import AgentMetrics
 from agent.reporter import Reporter
-from corral.config import Secret
+from corral.config import AgentConfig, Secret
 from corral.v1 import types_pb2
 from tests.agent.conftest import AgentFactory
 from tests.agent.recording_cp import RecordingControlPlane
@@ -256,3 +258,110 @@ async def test_healthz_and_metrics(
         return 'kind="connect"' in body
 
     await eventually(refused_counted)
+
+
+def _reporter(*controlplane: str) -> Reporter:
+    config = AgentConfig(
+        controlplane=controlplane,
+        backend="http://127.0.0.1:1",
+        name="b",
+        agent_id="agent-1",
+        shutdown_grace_seconds=1.0,
+    )
+    reporter = Reporter(config, AgentMetrics(), "test")
+    reporter.set_backend(types_pb2.BackendSpec(name="b", url="http://127.0.0.1:1"))
+    return reporter
+
+
+@pytest_asyncio.fixture
+async def run_reporter() -> AsyncIterator[Callable[[Reporter], None]]:
+    """Run reporters in the background; cancel them (goodbye included) after the test."""
+    tasks: list[asyncio.Task[None]] = []
+
+    def run(reporter: Reporter) -> None:
+        tasks.append(asyncio.create_task(reporter.run()))
+
+    try:
+        yield run
+    finally:
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+
+
+async def test_a_change_is_reported_at_once_not_at_the_next_heartbeat(
+    run_reporter: Callable[[Reporter], None],
+) -> None:
+    """With heartbeats 30 s apart, an UNHEALTHY status reaches the control plane within seconds."""
+    rec = await RecordingControlPlane("rec-slow-beat", heartbeat=30, lease_ttl=90).start()
+    try:
+        reporter = _reporter(rec.address)
+        reporter.update(types_pb2.BackendStatus(health=H, reason="ok"))
+        run_reporter(reporter)
+        # Registered: the reporter waits for its next heartbeat, or a change.
+        await eventually(lambda: reporter.connected_to == rec.address, within=10)
+        for reason in ("GET /health: connection refused", "GET /health: timeout after 1s"):
+            reporter.update(types_pb2.BackendStatus(health=U, reason=reason))
+            await rec.wait_until(
+                lambda reason=reason: any(r.status.reason == reason for r in rec.last.reports),
+                within=5,
+            )
+    finally:
+        await rec.stop()
+
+
+async def test_a_broken_stream_is_noticed_at_once_not_at_the_next_heartbeat(
+    run_reporter: Callable[[Reporter], None],
+) -> None:
+    """With heartbeats 30 s apart, a replica's death sends the agent to the next within seconds."""
+    rec = await RecordingControlPlane("rec-dies", heartbeat=30, lease_ttl=90).start()
+    other = await RecordingControlPlane("rec-next", heartbeat=30, lease_ttl=90).start()
+    other.known_sessions = rec.known_sessions  # one shared store, as with etcd
+    try:
+        reporter = _reporter(rec.address, other.address)
+        reporter.update(types_pb2.BackendStatus(health=H, reason="ok"))
+        run_reporter(reporter)
+        await eventually(lambda: reporter.connected_to == rec.address, within=10)
+        await rec.stop()
+        # At once, then one backoff step (about 1 s): far from the 30 s heartbeat.
+        await other.wait_until(lambda: other.streams, within=5)
+        assert other.last.resumed
+    finally:
+        await rec.stop()
+        await other.stop()
+
+
+def _big_status(i: int) -> types_pb2.BackendStatus:
+    """About 1.2 MB: a few reports fill the stream's flow-control window."""
+    metadata = {f"key{k}": "v" * 1000 for k in range(60)}
+    models = [types_pb2.ModelInfo(id=f"model-{i}-{n}", metadata=metadata) for n in range(20)]
+    return types_pb2.BackendStatus(health=H, reason=f"ok {i}", models=models)
+
+
+async def test_a_replica_that_stops_reading_is_left_though_a_report_is_stuck(
+    run_reporter: Callable[[Reporter], None],
+) -> None:
+    """A write stalled on a replica that reads no more waits only until its silence is too long."""
+    frozen = await RecordingControlPlane("rec-frozen", heartbeat=1, lease_ttl=4).start()
+    frozen.answer = "frozen"  # the silence limit (half the TTL): 2 s
+    other = await RecordingControlPlane("rec-next", heartbeat=1, lease_ttl=4).start()
+    reporter = _reporter(frozen.address, other.address)
+    reporter.update(_big_status(0))
+    run_reporter(reporter)
+
+    async def backend_changing() -> None:
+        """The backend's status changes at every probe (every 50 ms here)."""
+        for i in itertools.count(1):
+            reporter.update(_big_status(i))
+            await asyncio.sleep(0.05)
+
+    changing = asyncio.create_task(backend_changing())
+    try:
+        await frozen.wait_until(lambda: frozen.streams, within=10)
+        # Before, a stuck write held the reporter for 30 s and more, past the lease.
+        await other.wait_until(lambda: other.streams, within=8)
+    finally:
+        changing.cancel()
+        await frozen.stop()
+        await other.stop()

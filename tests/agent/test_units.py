@@ -212,3 +212,22 @@ def test_odd_metric_readings_make_a_load_the_control_plane_accepts() -> None:
     wild = types_pb2.BackendLoad(running=2**31, kv_cache_usage=float("nan"))
     bounded = bounded_status(types_pb2.BackendStatus(health=H, load=wild)).load
     assert bounded.running == MAX_QUEUE and not bounded.HasField("kv_cache_usage")
+
+
+def test_backend_url_with_credentials_is_refused_without_showing_them() -> None:
+    """user:password@ in --backend is refused with an error naming the flag, not the password."""
+    for url in (
+        "http://user:hunter2@127.0.0.1:8000",
+        "ftp://user:hunter2@box",
+        "http://u:hunter2@[::1",
+    ):
+        with pytest.raises(AgentConfigError, match="--backend") as refused:
+            resolve(AgentConfig(backend=url))
+        assert "hunter2" not in str(refused.value)
+
+
+def test_ollama_null_model_lists_mean_none() -> None:
+    """Ollama before 0.1.38 answers {"models": null} when it has none: no models, no error."""
+    assert parse_ollama_models({"models": None}, {"models": None}, []) == []
+    with pytest.raises(ValueError, match="expected"):
+        parse_ollama_models({}, None, [])
