@@ -97,8 +97,11 @@ class PolicySubscriber:
                 received = True
                 await self._apply(response.policy)
         except CallFailed as exc:
-            if exc.code == "UNIMPLEMENTED":
-                # A control plane from before policies: it has no keys to give.
+            if exc.code == "UNIMPLEMENTED" and self._current() == (0, ""):
+                # A control plane from before policies: it has no keys to give. Only for an
+                # edge that holds none: one replica of an upgrade under way (or anything
+                # answering 404, which grpclib reads as UNIMPLEMENTED) must not wipe the
+                # keys the edge holds and open it to everyone.
                 await self._apply(gateway_pb2.Policy())
             log.warning("policy stream from %s failed: %s %s", address, exc.code, exc.details)
         finally:

@@ -17,8 +17,10 @@ from corral.config import ControlPlaneConfig, EdgeConfig, IdentityConfig, Secret
 from corral.v1 import gateway_pb2
 from edge.errors import ApiError
 from edge.gateway.identity import KeyTable, _fastest_sha256, digest
+from edge.gateway.policy import load_policy, save_policy
 from tests.controlplane import harness as h
 from tests.edge.conftest import StartEdge
+from tests.edge.snapshot_server import SnapshotServer, snapshot
 from tests.edge.test_virtual_keys import policy_version
 from tests.support.net import eventually, free_port
 
@@ -224,3 +226,33 @@ def test_the_bench_policy_is_one_the_edge_accepts() -> None:
     found = table.check(_bearer(secret(25)))
     assert found is not None and found.key_id == f"ck_{25:012x}" and found.team == "bench"
     assert _refusal(table, _bearer(secret(50))).status == 401
+
+
+async def test_a_replica_without_policies_does_not_wipe_the_keys_held(
+    start_edge: StartEdge,
+    snapshots: SnapshotServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """UNIMPLEMENTED for the policy stream keeps a held policy: keys stay required, none saved."""
+    state = tmp_path / "state"
+    state.mkdir()
+    gone = _key("sk-gone", "ck_gone", revoked_unix_ms=1)
+    held = gateway_pb2.Policy(version=50, cluster_id="c", keys=[_key("sk-good", "ck_g"), gone])
+    save_policy(str(state), held)
+    snapshots.publish(snapshot(1, []))
+    # The snapshot server serves RoutingService only, as a replica from before policies.
+    edge = await start_edge(snapshots, state_dir=str(state))
+    await edge.wait_version(1)
+
+    async def refused() -> bool:
+        return "policy stream from" in caplog.text and "UNIMPLEMENTED" in caplog.text
+
+    await eventually(refused)
+    info = await edge.readyz()
+    assert info["policy_version"] == 50 and info["keys"] == 2
+    for key in ("sk-nobody", "sk-gone"):
+        with pytest.raises(openai.AuthenticationError):
+            await edge.client(key).models.list()
+    await edge.client("sk-good").models.list()
+    assert load_policy(str(state)) == held
