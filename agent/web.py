@@ -36,7 +36,7 @@ def build_app(agent: Agent) -> web.Application:
 async def start_web(stack: contextlib.AsyncExitStack, listen: str, agent: Agent) -> list[Any]:
     """Serve the app on listen (HOST:PORT); stopped when stack closes. Returns bound addresses."""
     host, sep, port_text = listen.rpartition(":")
-    if not sep or not port_text.isdigit():
+    if not sep or not (port_text.isascii() and port_text.isdigit()):
         raise AgentConfigError(f"metrics listen address {listen!r} must be HOST:PORT")
     runner = web.AppRunner(build_app(agent), access_log=None, shutdown_timeout=1.0)
     await runner.setup()

@@ -347,7 +347,7 @@ class UpConfig:
         for name in ("listen", "controlplane_listen"):
             value = getattr(self, name)
             _, sep, port = value.rpartition(":")
-            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
                 raise ConfigError(f"up.{name} must be HOST:PORT, got {value!r}")
 
 

@@ -79,7 +79,7 @@ class Credentials:
             path = self._dir / ref
             try:
                 text = path.read_text().strip()
-            except OSError:
+            except (OSError, UnicodeDecodeError):  # unreadable: as good as missing
                 text = ""
             if text:
                 return Secret(text)

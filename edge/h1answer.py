@@ -99,7 +99,7 @@ class Answer:
     @property
     def content_length(self) -> int | None:
         value = self.headers.get("Content-Length")
-        return int(value) if value is not None and value.isdigit() else None
+        return int(value) if value is not None and value.isascii() and value.isdigit() else None
 
     async def readany(self) -> bytes:
         """The next chunk of the body as the parser gave it; b"" at its end."""

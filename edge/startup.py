@@ -47,7 +47,7 @@ async def wait_for_backends(
 
 def split_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not (port.isascii() and port.isdigit()):
         raise EdgeError(f"listen address must be HOST:PORT, got {listen!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
 

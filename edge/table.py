@@ -7,6 +7,7 @@ of requests already in flight.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from yarl import URL
 
 from corral.kv_pressure import KV_NEARLY_FULL, kv_load_factor
 from corral.v1 import types_pb2
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from edge.deadlines import Deadline
@@ -252,7 +255,7 @@ def _slots(backend: types_pb2.Backend) -> int:
     """The parallel slots a llama.cpp server reports (/props total_slots), else 0."""
     for model in backend.status.models:
         value = model.metadata.get("total_slots", "")
-        if value.isdigit():
+        if value.isascii() and value.isdigit() and len(value) < 10:
             return int(value)
     return 0
 
@@ -287,9 +290,15 @@ def build_table(
         state = states.get(name)
         if state is None:
             state = states[name] = BackendState(name)
-        state.update(backend, aging)
-        if headers_for is not None:
-            state.headers = headers_for(backend.spec)
+        try:
+            state.update(backend, aging)
+            if headers_for is not None:
+                state.headers = headers_for(backend.spec)
+        except Exception:
+            # One record the edge cannot read must not cost it every later snapshot (each
+            # would fail the same way): that backend is left out, the rest routed.
+            log.exception("backend %s left out of the routing table", name)
+            continue
         ids = [m.id for m in backend.status.models if m.id]
         known.update(ids)
         if _routable(backend) and (headers_for is None or state.headers is not None):

@@ -47,6 +47,7 @@ from tests.support.config import write
         ),
         ("controlplane:\n  gateway:\n    audit_limit: -3\n", "audit_limit must be at least 1"),
         ("up:\n  listen: '7700'\n", "up.listen must be HOST:PORT, got '7700'"),
+        ("up:\n  listen: 'h:²'\n", "up.listen must be HOST:PORT"),  # a digit, not int()'s
         ("edge:\n  cache:\n    ttl_seconds: 1e16\n", "edge.cache.ttl_seconds must be between"),
         ("edge:\n  cache:\n    rules: [{team: t, ttl_seconds: -1}]\n", "must be between 0"),
         ("up:\n  controlplane_listen: h:abc\n", "up.controlplane_listen must be HOST:PORT"),

@@ -71,7 +71,7 @@ def adopt_orphans(spool: Path) -> int:
         if other.suffix not in (".jsonl", ".adopting") or other in (spool, claimed):
             continue
         pid = other.stem.rsplit("-", 1)[-1]
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isascii() and pid.isdigit() and _alive(int(pid)):
             continue
         try:
             other.rename(claimed)

@@ -6,12 +6,13 @@ import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from corral.config import EdgeConfig
 from corral.v1 import types_pb2
 from edge.balancer import SPILL, STICKY, Balancer
 from edge.routing import chat_key, may_take, rendezvous_order, sticky_choice, within_bound
-from edge.table import BackendState, ReportAging
+from edge.table import BackendState, ReportAging, build_table
 from tests.edge.snapshot_server import backend, snapshot
 
 MODEL = "tiny"
@@ -206,3 +207,20 @@ def test_a_busy_home_with_slots_keeps_up_to_the_busy_bound(
     else:
         assert found[1] > 0
         assert found[0].free_slot() or within_bound(found[0], total, weight, 0.25)
+
+
+def test_a_backend_record_the_edge_cannot_read_leaves_the_rest_routed() -> None:
+    """Slots written in other digits, or a credential that fails: that backend out, not all."""
+    odd = llamacpp("odd")
+    odd.status.models[0].metadata["total_slots"] = "²"  # isdigit, yet not int()'s
+    broken = llamacpp("broken")
+
+    def headers_for(spec: types_pb2.BackendSpec) -> CIMultiDictProxy[str]:
+        if spec.name == "broken":
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "an unreadable credential file")
+        return CIMultiDictProxy(CIMultiDict())
+
+    states: dict[str, BackendState] = {}
+    table = build_table(snapshot(1, [odd, broken, llamacpp("good")]), states, headers_for)
+    served = {b.name for tier in table.routes[MODEL].tiers for b in tier}
+    assert served == {"odd", "good"} and states["odd"].slots == 0

@@ -38,6 +38,9 @@ def test_references_resolve_from_environment_then_directory(tmp_path: Path) -> N
     with pytest.raises(MissingCredential):
         creds.resolve("../etc/passwd")
     assert "from-env" not in repr(config)
+    (tmp_path / "garbled").write_bytes(b"\xff\xfe not UTF-8")  # unreadable: as if missing
+    with pytest.raises(MissingCredential):
+        creds.resolve("garbled")
 
 
 def test_agent_probes_with_its_credential_or_stops_clearly() -> None:
