@@ -14,7 +14,9 @@ import argparse
 import contextlib
 import copy
 import functools
+import importlib.resources
 import io
+import json
 import re
 import shlex
 import shutil
@@ -25,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -231,6 +234,29 @@ def merged_compose(override: Path) -> dict[str, Any]:
             else:
                 target[key] = value
     return base
+
+
+def checked_override(override: Path, config: str) -> dict[str, Any]:
+    """An override merged onto docker-compose.yml, valid against the compose spec, whose edge
+    runs the base's command plus `--config <config>` (compose replaces `command`: nothing
+    may be lost) with that config mounted; the merged file."""
+    merged = merged_compose(override)
+    schema_file = importlib.resources.files("check_jsonschema.builtin_schemas.vendor") / (
+        "compose-spec.json"
+    )
+    schema = json.loads(schema_file.read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(merged)]
+    assert not errors, errors
+    edge = merged["services"]["edge"]
+    args = parse_corral(edge["command"], f"compose edge with {override.name}")
+    base_args = parse_corral(compose()["services"]["edge"]["command"], "compose edge")
+    assert args.config == config
+    [mounted] = edge["configs"]
+    assert mounted["target"] == args.config
+    base_args.config = args.config
+    assert vars(args) == vars(base_args)
+    return merged
 
 
 def compose_corral_args() -> dict[str, argparse.Namespace]:
