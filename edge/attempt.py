@@ -20,7 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from edge import resend
 from edge.balancer import Balancer
 from edge.client_request import ClientRequest
-from edge.deadlines import Deadlines
+from edge.deadlines import Deadline, Deadlines
 from edge.exchange import Exchange, Failure
 from edge.forward import Forwarding
 from edge.gateway.call import Call
@@ -35,6 +35,7 @@ from edge.relay import (
     ClientGone,
     RelayResponse,
     abandon,
+    drop,
     piped,
     relay_headers,
     send,
@@ -100,13 +101,17 @@ class Attempts:
         self._deadlines = Deadlines()
         self._first_byte = first_byte
         self._idle = idle
+        # How long a stream waits for its client to take bytes (the client timeout, the
+        # lane's too): that wait is the client's, not the backend's idleness.
+        self._client = balancer.config.client_timeout_seconds
         # The loop it serves on, from the first attempt: asyncio.current_task() without one
         # costs a getpid() system call on Python 3.11 (a session is bound to one loop anyway).
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __call__(self, attempt: Attempt) -> web.StreamResponse | Failure:
         """One try on one backend, under one deadline: time to first byte until the answer
-        starts, then the idle limit, pushed forward by every chunk."""
+        starts, then the idle limit, pushed forward by every chunk; while a stream waits for
+        its client to take bytes, the client timeout instead (expired: the client is gone)."""
         request, exchange, backend = attempt.request, attempt.exchange, attempt.backend
         label, path, payload = attempt.label, attempt.path, attempt.payload
         upstream: aiohttp.ClientResponse | Answer | None = None
@@ -141,9 +146,25 @@ class Attempts:
                 else:
                     content_type = upstream.headers.get("Content-Type", "")
                 if not exchange.streams(status, content_type):
-                    if not (isinstance(upstream, Answer) and upstream.done):  # else no wait
-                        deadlines.push(deadline, self._idle)
-                    data = await upstream.read()
+                    # Read whole, every piece of it pushing the idle limit (a body that is
+                    # all there already waits for nothing: no push).
+                    idle = self._idle
+                    if isinstance(upstream, Answer):
+                        while not upstream.done:
+                            deadlines.push(deadline, idle)
+                            await upstream.more()
+                        data = await upstream.read()
+                    else:
+                        reader = upstream.content
+                        pieces: list[bytes] = []
+                        while True:
+                            if not reader.is_eof():  # more to come
+                                deadlines.push(deadline, idle)
+                            piece = await reader.readany()
+                            if not piece:
+                                break
+                            pieces.append(piece)
+                        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
                     awaiting.discard(deadline)
                     clean = True
                     if (
@@ -199,7 +220,7 @@ class Attempts:
                         return bool(out) and put(out)
 
                     deadlines.push(deadline, idle)
-                    await piped(upstream, relay_one, sink.drain)
+                    await piped(upstream, relay_one, lambda: self._drain(sink, deadline))
                 else:
                     while True:
                         deadlines.push(deadline, idle)
@@ -208,10 +229,11 @@ class Attempts:
                             break
                         out = chunk_of(tap(chunk))
                         if out and put(out):
-                            await sink.drain()
+                            await self._drain(sink, deadline)
                 clean = True
                 self.balancer.succeeded(backend)
-                deadlines.push(deadline, idle)
+                deadline.client = True  # what is left waits on the client alone
+                deadlines.push(deadline, self._client)
                 held = meter.flush()
                 tail = (chunk_of(held) if held else b"") + exchange.end()
                 if tail:
@@ -220,6 +242,9 @@ class Attempts:
                 return relay
             except asyncio.CancelledError:
                 if deadline.timed_out():
+                    if deadline.client:  # it took nothing for the client timeout: gone
+                        drop(writer)
+                        raise ClientGone from None
                     raise TimeoutError from None
                 raise
         except _UPSTREAM_ERRORS as exc:
@@ -261,6 +286,17 @@ class Attempts:
                 else:
                     # Cancelled or broken mid-way: drop the connection so the backend stops.
                     upstream.close()
+
+    async def _drain(self, sink: ChunkSink, deadline: Deadline) -> None:
+        """Until the client took what waits for it: the client's time, under the client
+        timeout (edge/relay.py drop), not the backend's idleness (its chunks wait meanwhile);
+        the idle limit again after."""
+        deadlines = self._deadlines
+        deadline.client = True
+        deadlines.push(deadline, self._client)
+        await sink.drain()
+        deadline.client = False
+        deadlines.push(deadline, self._idle)
 
     def failed(self, backend: BackendState) -> None:
         """Count a failure of the backend's (ejected after repeated ones)."""

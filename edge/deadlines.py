@@ -23,7 +23,7 @@ _INF: Final = float("inf")
 class Deadline:
     """One attempt's deadline: in one queue at a time until it fires or is closed."""
 
-    __slots__ = ("_cancelling", "_queue", "_task", "fired", "when")
+    __slots__ = ("_cancelling", "_queue", "_task", "client", "fired", "when")
 
     def __init__(self, task: asyncio.Task[Any]) -> None:
         self._task = task
@@ -31,6 +31,9 @@ class Deadline:
         self._queue: _Queue | None = None
         self.when = _INF
         self.fired = False
+        # Set while the attempt waits for its client to take bytes (edge/attempt.py): an
+        # expiry then is the client's, not the backend's.
+        self.client = False
 
     def expired(self) -> bool:
         return self.fired

@@ -27,6 +27,16 @@ NOT_RELAYED: Final = frozenset((
 NOT_RELAYED_RAW: Final = frozenset(name.encode() for name in NOT_RELAYED)
 
 
+def text(raw: bytes) -> str:
+    """A header's name or value as aiohttp reads one (its client, and the lane): UTF-8, bytes
+    that are not UTF-8 kept as surrogates. Written back as UTF-8 (aiohttp's server, the lane),
+    the client gets the backend's bytes, not Latin-1 ones re-encoded (surrogates: dropped)."""
+    try:
+        return raw.decode()  # nearly always: no error handler to look up
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "surrogateescape")
+
+
 class Answer:
     """A backend's answer: status and headers once they arrived, then the body in chunks."""
 
@@ -88,7 +98,7 @@ class Answer:
         if headers is None:
             if not self.status:
                 return _NO_HEADERS
-            pairs = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.raw_headers]
+            pairs = [(text(n), text(v)) for n, v in self.raw_headers]
             headers = self._headers = CIMultiDictProxy(CIMultiDict(pairs))
         return headers
 
@@ -128,6 +138,15 @@ class Answer:
         self.chunks.clear()
         self.buffered = 0
         return data
+
+    async def more(self) -> None:
+        """Until more of a body read whole (`read`) came, or its end: the caller can tell the
+        backend is not idle. Its socket is not paused meanwhile."""
+        if not self.whole:
+            self.whole = True
+            if self._conn is not None:
+                self._conn.drained(0)  # paused while its first chunks waited: read on
+        await self.wait()
 
     def release(self) -> None:
         """Done with the answer: its connection goes back to the pool if it can be reused."""

@@ -33,7 +33,7 @@ from multidict import CIMultiDictProxy
 from mypy_extensions import mypyc_attr
 from yarl import URL
 
-from edge.h1answer import NOT_RELAYED_RAW, Answer
+from edge.h1answer import NOT_RELAYED_RAW, Answer, text
 
 _HIGH_WATER: Final = 256 * 1024  # buffered body bytes before the socket stops being read
 _SMALL_BODY: Final = 64 * 1024  # bodies up to this go out in one write with the head
@@ -149,7 +149,7 @@ class _Conn(asyncio.Protocol):
         for name, value in answer.raw_headers:
             lower = name.lower()
             if lower not in NOT_RELAYED_RAW:
-                pair = (name.decode("latin-1"), value.decode("latin-1"))
+                pair = (text(name), text(value))  # as aiohttp's client decodes them
                 relayed.append(pair)
                 if lower == b"content-type" and answer.content_type is None:
                     answer.content_type = pair[1]

@@ -10,7 +10,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.compression_utils import MAX_SYNC_CHUNK_SIZE
-from aiohttp.http import StreamWriter
+from aiohttp.http import HttpVersion11, StreamWriter
 from multidict import CIMultiDict, istr
 
 from edge.client_request import ClientRequest
@@ -79,7 +79,11 @@ async def to_client(
     (edge/lane/stream.py)."""
     try:
         if request is not None:
-            await relay.prepare(cast(web.BaseRequest, request))
+            prepared = cast(web.BaseRequest, request)
+            version = prepared.version
+            if version is not HttpVersion11 and version < HttpVersion11:
+                relay.force_close()  # as in stage
+            await relay.prepare(prepared)
         if data is None:
             await relay.write_eof()
         else:
@@ -101,7 +105,13 @@ async def stage(
     to_client)."""
     relay = RelayResponse(status=200)
     relay_headers(upstream, backend, label, relay.headers).setdefault("Cache-Control", "no-cache")
-    writer = await relay.prepare(cast(web.BaseRequest, request))
+    prepared = cast(web.BaseRequest, request)
+    version = prepared.version
+    if version is not HttpVersion11 and version < HttpVersion11:
+        # Unframed for HTTP/1.0 (no chunks): only the close ends it, also for a client that
+        # asked to keep the connection (aiohttp would keep it open: the client waits).
+        relay.force_close()
+    writer = await relay.prepare(prepared)
     assert writer is not None  # None only for a response already finished
     return relay, writer
 
@@ -111,6 +121,14 @@ def abandon(writer: AbstractStreamWriter) -> None:
     the response that answers instead replaces the held-back head when it is prepared, and
     must not have its body framed in chunks because the staged one was."""
     cast(StreamWriter, writer).chunked = False
+
+
+def drop(writer: AbstractStreamWriter) -> None:
+    """A started stream whose client took nothing for the client timeout: its connection is
+    dropped with what waits for it (a close would wait for the client to take that first)."""
+    transport = cast(StreamWriter, writer).transport
+    if transport is not None:
+        transport.abort()
 
 
 class ChunkSink:
@@ -158,7 +176,8 @@ async def piped(
     """A stream from the fast client relayed by the upstream connection's parser callback as
     each chunk arrives (Answer.pipe): no future and no task wake-up per chunk. `relay` writes
     one chunk (True: the client fell behind). The task waits only for the end, an error, or a
-    client that fell behind: then it drains it and relays what queued meanwhile, in order."""
+    client that fell behind: then it drains it (`drain`: the client's time, edge/attempt.py)
+    and relays what queued meanwhile, in order."""
     while True:
         while answer.chunks:
             if relay(await answer.readany()):  # queued: returns at once

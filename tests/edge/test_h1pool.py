@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import pytest
 import uvloop
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -422,3 +423,22 @@ async def test_a_body_in_another_coding_than_chunked_runs_to_the_close(pool: Poo
         up = await pool.request("POST", server.url(), b"{}", HEADERS)
         assert await up.read() == b"abc"
         up.release()
+
+
+async def test_header_bytes_are_decoded_as_aiohttps_client_decodes_them(pool: Pool) -> None:
+    """UTF-8 header values, and bytes that are not UTF-8, read as aiohttp's client reads them."""
+    raw = (
+        b"HTTP/1.1 200 OK\r\nX-A: caf\xc3\xa9\r\nX-B: caf\xe9\r\nContent-Type: text/plain; "
+        b"x=\xe2\x9c\x93\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    up, _ = await fetch_once(pool, raw)
+    async with (
+        serving(answering(raw)) as server,
+        aiohttp.ClientSession() as session,
+        session.post(server.url(), data=b"{}") as theirs,
+    ):
+        expected = list(theirs.headers.items())
+    assert list(up.headers.items()) == expected
+    assert up.relayed == [(n, v) for n, v in expected if n != "Content-Length"]
+    assert up.content_type == "text/plain; x=\u2713"
+    assert up.headers["X-A"] == "caf\u00e9"

@@ -1,17 +1,20 @@
-"""Request headers forwarded to backends (the allow-list), and CORS for browser clients."""
+"""Request headers forwarded to backends (the allow-list), response headers relayed as the
+backend's bytes, and CORS for browser clients."""
 
 from __future__ import annotations
 
 import asyncio
 
 import aiohttp
+import orjson
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from corral.config import ConfigError, CorsConfig, HeadersConfig, Secret
 from edge.forward import PRODUCT, Forwarding
 from tests.edge.conftest import StartEdge
-from tests.edge.snapshot_server import SnapshotServer, from_fake, snapshot
+from tests.edge.snapshot_server import SnapshotServer, backend, from_fake, snapshot
+from tests.edge.test_h1pool import read_request, serving
 from tests.fakes import FakeServer, running_fakes
 
 MODEL = "m"
@@ -107,6 +110,50 @@ async def test_forwarded_values_keep_the_clients_bytes(
         assert got["X-Request-Id"] == "réq-✓"
         ua = got["User-Agent"].encode("utf-8", "surrogateescape")
         assert ua == b"bot\xff " + PRODUCT.encode()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("client", ["fast", "aiohttp"])
+async def test_response_header_bytes_reach_the_client_as_sent(
+    client: str, stream: bool, snapshots: SnapshotServer, start_edge: StartEdge
+) -> None:
+    """A backend's UTF-8 response header reaches the client byte for byte, whole or streamed."""
+    event = b'data: {"model":"m","choices":[{"delta":{"content":"hi"}}]}\n\n'
+    whole = b'{"model":"m"}'
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await read_request(reader) is not None:
+            head = b"HTTP/1.1 200 OK\r\nX-Thing: caf\xc3\xa9 \xe2\x9c\x93\r\n"
+            if stream:
+                writer.write(
+                    head + b"Content-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+                    b"\r\n%x\r\n%b\r\n0\r\n\r\n" % (len(event), event)
+                )
+            else:
+                writer.write(
+                    head
+                    + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                    % (len(whole), whole)
+                )
+            await writer.drain()
+
+    async with serving(answer) as up:
+        snapshots.publish(snapshot(1, [backend("b", f"http://127.0.0.1:{up.port}", [MODEL])]))
+        running = await start_edge(snapshots, upstream_client=client)
+        await running.wait_version(1)
+        body = orjson.dumps({**CHAT, "stream": stream})
+        host, port = running.config.listen.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+        )
+        async with asyncio.timeout(10):
+            raw = await reader.read()
+        writer.close()
+    head = raw.partition(b"\r\n\r\n")[0].split(b"\r\n")
+    assert head[0].startswith(b"HTTP/1.1 200")
+    assert b"X-Thing: caf\xc3\xa9 \xe2\x9c\x93" in head
 
 
 def test_forwarding_forms_agree() -> None:

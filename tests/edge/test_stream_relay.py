@@ -1,5 +1,6 @@
 """A stream's chunks after the first go straight to the client's connection (edge/relay.py
-ChunkSink): chunked for HTTP/1.1, as they are for HTTP/1.0, held back for a slow client."""
+ChunkSink): chunked for HTTP/1.1, as they are for HTTP/1.0 (ended by the close, also when it
+asked to keep the connection), held back for a slow client."""
 
 from __future__ import annotations
 
@@ -112,3 +113,48 @@ async def test_an_http10_client_gets_the_stream_unframed_until_the_close(
     assert head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200"))
     assert b"Transfer-Encoding" not in head
     assert body == EXPECTED
+
+
+async def short_stream(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for i in range(3):
+        await response.write(b"data: %d\n\n" % i)
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+@pytest.mark.parametrize("client", ["fast", "aiohttp"])
+@pytest.mark.parametrize("server", ["lane", "aiohttp"])
+async def test_an_http10_client_keeping_its_connection_still_gets_the_closing_end(
+    server: str, client: str, snapshots: SnapshotServer, start_edge: StartEdge
+) -> None:
+    """HTTP/1.0 with Connection: keep-alive: the unframed stream still ends with the close."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", short_stream)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        snapshots.publish(snapshot(1, [backend("short", f"http://127.0.0.1:{port}", [MODEL])]))
+        running = await start_edge(snapshots, server=server, upstream_client=client)
+        await running.wait_version(1)
+        host, listen = running.config.listen.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(listen))
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.0\r\nHost: e\r\nConnection: keep-alive\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+            % (len(STREAM), STREAM)
+        )
+        async with asyncio.timeout(5):  # it waited for the client timeout (75 s)
+            raw = await reader.read()
+        writer.close()
+    finally:
+        await runner.cleanup()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].endswith(b" 200 OK")
+    assert b"keep-alive" not in head.lower()
+    assert body == b"data: 0\n\ndata: 1\n\ndata: 2\n\ndata: [DONE]\n\n"
