@@ -9,6 +9,7 @@ Under the configured prefix (default ``/corral/``)::
     routing/providers/<name>        Provider (a credential REFERENCE only)   persistent
     routing/fallbacks/<model>       FallbackChain             persistent
     routing/provider-health/<name>  BackendStatus (health, reason) of the optional probe
+    routing/epoch                   the routing history's epoch (controlplane/versions.py)
     presence/agents/<name>          AgentInfo                 leased to the agent's session
     presence/edges/<edge>/<stream>  EdgeInfo                  leased to the replica
     presence/controlplanes/<id>     JSON {replica_id, started_unix_ms, http}  leased to it
@@ -54,6 +55,12 @@ class KeyLayout:
     @property
     def routing(self) -> bytes:
         return self.prefix + b"routing/"
+
+    @property
+    def routing_epoch(self) -> bytes:
+        """The epoch of the store's routing history, written when that history went back
+        (controlplane/versions.py); no routing record."""
+        return self.routing + b"epoch"
 
     @property
     def backends(self) -> bytes:

@@ -1,7 +1,9 @@
 """What one replica serves from: its store, its routing view, its agent sessions, its edges.
 
 The gRPC server starts before the store is reachable (so health answers NOT_SERVING);
-`Replica.parts()` refuses calls until the store is up and listed once.
+`Replica.parts()` refuses calls until the store is up and listed once. A replica that has
+been out of sync with its store for longer than a short grace ends its edges' streams and
+refuses new ones (`check_streaming`), so edges move to a replica that still has the store.
 """
 
 from __future__ import annotations
@@ -121,12 +123,24 @@ class Parts:
 
 
 class Replica:
-    def __init__(self, replica_id: str, layout: KeyLayout, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        replica_id: str,
+        layout: KeyLayout,
+        metrics: Metrics,
+        *,
+        store_lost_grace: float,
+    ) -> None:
         self.replica_id = replica_id
         self.layout = layout
         self.metrics = metrics
         self._parts: Parts | None = None
         self.stopping = asyncio.Event()
+        # How long the replica out of sync with its store streams its last state to edges.
+        self._store_lost_grace = store_lost_grace
+        # Out of sync with the store for longer than the grace: no streams to edges.
+        self.store_lost = False
+        self._losing: asyncio.TimerHandle | None = None
 
     def install(self, parts: Parts) -> None:
         self._parts = parts
@@ -136,6 +150,52 @@ class Replica:
 
     def uninstall(self) -> None:
         self._parts = None
+        if self._losing is not None:
+            self._losing.cancel()
+            self._losing = None
+
+    def set_store_synced(self, synced: bool) -> None:
+        """The routing view's sync with the store changed (listed and watching, and the
+        store answers its probe). Out of sync for the grace, the store counts as lost."""
+        if synced:
+            if self._losing is not None:
+                self._losing.cancel()
+                self._losing = None
+            if self.store_lost:
+                self.store_lost = False
+                log.info("store synced again: streaming to edges again")
+            return
+        if self._losing is None and not self.store_lost:
+            loop = asyncio.get_running_loop()
+            self._losing = loop.call_later(self._store_lost_grace, self._lose_store)
+
+    def _lose_store(self) -> None:
+        self._losing = None
+        self.store_lost = True
+        log.warning(
+            "out of sync with the store for %gs: ending the edges' streams (they move to "
+            "another replica) and refusing new ones until it is back",
+            self._store_lost_grace,
+        )
+        parts = self._parts
+        if parts is not None:
+            parts.view.wake()
+            if parts.policy is not None:
+                parts.policy.wake()
+
+    def check_streaming(self, holding: bool = True) -> None:
+        """Raise unless this replica may stream state to edges: it is not shutting down and
+        has not lost its store (a replica that cannot hear of changes, a revoked key among
+        them, must not keep edges that another replica could serve). An edge `holding`
+        nothing yet still gets its last state first (static stability: a new edge starts
+        with what every replica may have lost touch with), and is then sent on."""
+        if self.stopping.is_set():
+            raise ShuttingDownError("this control-plane replica is shutting down; use another")
+        if self.store_lost and holding:
+            raise NotSyncedError(
+                "this control-plane replica has lost its store (out of sync for over "
+                f"{self._store_lost_grace:g}s); use another replica"
+            )
 
     def parts(self) -> Parts:
         if self.stopping.is_set():

@@ -4,7 +4,8 @@ Each subscriber has its own coroutine that sends the view's newest snapshot when
 then the view's published snapshot whenever that moves on (routing changes at once, load-only
 changes paced: see RoutingView): latest-only, so a slow edge skips versions and never holds
 up the others. Snapshots are serialized once per version and sent as bytes to every
-subscriber.
+subscriber. A replica that cannot catch up with an edge, or has lost its store
+(Replica.check_streaming), ends the stream with UNAVAILABLE: the edge moves to another.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from controlplane.errors import ControlPlaneError, ShuttingDownError, translate_store_error
+from controlplane.errors import ControlPlaneError, translate_store_error
 from controlplane.replica import Replica
 from controlplane.store.base import StoreError
 from controlplane.traffic.intake import check_report
@@ -84,19 +85,20 @@ class RoutingService:
         self, request: routing_pb2.WatchSnapshotsRequest, context: Context
     ) -> None:
         replica = self._replica
+        wanted = request.last_applied_version
+        stream = Stream(request.cluster_id, wanted)
         try:
             parts = replica.parts()
+            replica.check_streaming(holding=wanted > 0)
             check_text(request.edge_id, "edge_id", MAX_AGENT_ID)
             check_text(request.listen_address, "listen_address", MAX_AGENT_ID)
             check_text(request.cluster_id, "cluster_id", MAX_AGENT_ID)
+            await stream.catch_up(parts.view, "snapshot")
         except ControlPlaneError as exc:
             replica.metrics.rejections.labels(exc.reason).inc()
             await context.abort(exc.code, str(exc))
             return
         view = parts.view
-        wanted = request.last_applied_version
-        stream = Stream(request.cluster_id, wanted)
-        await stream.catch_up(view, "snapshot")
         peer = context.peer()
         edge_id = request.edge_id or peer
         key = replica.layout.edge(edge_id, f"{replica.replica_id}#{next(self._streams)}")
@@ -115,8 +117,7 @@ class RoutingService:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                if replica.stopping.is_set():
-                    raise ShuttingDownError("this control-plane replica is shutting down")
+                replica.check_streaming(holding=wanted > 0 or stream.version > 0)
                 changed = view.version_event()
                 built = view.published() if stream.cluster_id else view.current()
                 if stream.due(built):

@@ -5,7 +5,9 @@ until it answers), configured aliases are seeded, the routing view lists and wat
 only then is health SERVING and `ready` set. Shutdown (cancellation): health NOT_SERVING,
 long-lived streams told to move to another replica, the server stopped within the grace
 period, then the store closed. Agent leases are left to run out, not revoked, so agents that
-resume elsewhere within the TTL of their last message keep their backends in routing.
+resume elsewhere within the TTL of their last message keep their backends in routing. Out of
+sync with its store for STORE_LOST_GRACE_SECONDS, the replica sends its edges elsewhere
+(Replica.check_streaming).
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ log = logging.getLogger(__name__)
 
 # How often a replica checks that its store answers (health goes NOT_SERVING when not).
 STORE_PROBE_SECONDS = 1.0
+# How long a replica out of sync with its store keeps streaming its last state to edges: a
+# blip (a leader election) is ridden out; past it, edges are sent to another replica, since
+# this one cannot tell them about anything (a revoked key) written meanwhile.
+STORE_LOST_GRACE_SECONDS = 5.0
 # Edges are woken for a new snapshot at most this often (each wake carries the newest).
 SNAPSHOT_PUBLISH_SECONDS = 0.1
 # The replica's own presence record is rewritten this often.
@@ -118,7 +124,7 @@ async def serve(
     replica_id = config.replica_id or f"{socket.gethostname()}:{os.getpid()}"
     layout = KeyLayout.from_prefix(config.etcd_prefix)
     metrics = Metrics()
-    replica = Replica(replica_id, layout, metrics)
+    replica = Replica(replica_id, layout, metrics, store_lost_grace=STORE_LOST_GRACE_SECONDS)
     metrics.registry.register(BackendCollector(lambda: _backends(replica)))
     if dashboard is None and config.dashboard.enabled and config.metrics_listen:
         dashboard = Dashboard(config.admin_token, split_host_port(config.metrics_listen)[0])
@@ -143,6 +149,7 @@ async def serve(
 
                 async def on_sync(synced: bool) -> None:
                     metrics.store_synced.set(1 if synced else 0)
+                    replica.set_store_synced(synced)
                     if not replica.stopping.is_set():
                         await _set_health(health, serving=synced)
                     log.info("store %s", "synced: serving" if synced else "lost: not serving")

@@ -2,7 +2,9 @@
 
 The view lists the routing prefix at revision R and watches from R + 1. It never goes back
 in time: events at or below the view's revision are ignored, and a listing older than the
-view is dropped. On compaction it re-lists.
+view is dropped. On compaction it re-lists. Only when the store's history itself went back
+(etcd restored from a backup) does it take an older listing whole, and then names it by a new
+history epoch (controlplane/versions.py), so edges take it too.
 
 Snapshot versions come from the store, never from a local counter (controlplane/versions.py
 says how a listing is named); subscribers are woken at a paced rate
@@ -27,7 +29,7 @@ from controlplane.store.base import (
     StoreError,
     WatchBatch,
 )
-from controlplane.versions import last_event_revision
+from controlplane.versions import epoch_of, history_label, last_event_revision, new_epoch
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +67,15 @@ class RoutingView(RoutingRecords):
         self._probe_interval = probe_interval
         super().__init__()
         self._built: BuiltSnapshot | None = None
-        self.cluster_id = ""
-        # The store revision the view reflects; it only grows (within one cluster id).
+        # The store's cluster id, and the epoch of its routing history (routing/epoch: ""
+        # until that history first went back); snapshots carry both (`cluster_id`).
+        self.store_cluster = ""
+        self.epoch = ""
+        # The store's history went back: the next listing is taken whole (`_take_whole`),
+        # and the epoch held before (`_rewound_epoch`) is replaced once listed.
+        self._take_whole = False
+        self._rewound_epoch: str | None = None
+        # The store revision the view reflects; it only grows (within one history).
         self.revision = 0
         # The newest revision whose events are applied (a listing's, or an event's): events
         # at or below it are already in the view. Progress notices move `revision` only.
@@ -89,6 +98,11 @@ class RoutingView(RoutingRecords):
         self._progress_event = asyncio.Event()
         self._relist_lock = asyncio.Lock()
 
+    @property
+    def cluster_id(self) -> str:
+        """The cluster id snapshots carry: the store's, with its routing history's epoch."""
+        return history_label(self.store_cluster, self.epoch)
+
     # Running ----------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -106,6 +120,10 @@ class RoutingView(RoutingRecords):
         async def listed(revision: int, kvs: Sequence[KeyValue]) -> int:
             version = await self.last_event_revision(revision, kvs)
             self.apply_listing(revision, kvs, self._store.cluster_id, version=version)
+            if self._rewound_epoch is not None:
+                if self.epoch == self._rewound_epoch:
+                    await self.renew_epoch()  # its event reaches the view by the watch
+                self._rewound_epoch = None
             self._store_ok = True
             await self._set_watching(True)
             return self._applied
@@ -117,7 +135,22 @@ class RoutingView(RoutingRecords):
             listed,
             self.apply_batch,
             on_lost=lambda: self._set_watching(False),
+            on_rewound=self.rewound,
         )
+
+    def rewound(self) -> None:
+        """The store's history went back under the view (etcd restored from a backup): the
+        next listing is taken whole, and named by a new epoch unless the store has another
+        than the view's already (edges hold versions of the view's that the store is now
+        behind)."""
+        self._take_whole = True
+        if self._rewound_epoch is None:
+            self._rewound_epoch = self.epoch
+
+    async def renew_epoch(self) -> int:
+        """Name the store's routing content by a new epoch (its history went back past what
+        an edge applied); the revision at which the store has it, for the view to reach."""
+        return await new_epoch(self._store, self._layout.routing_epoch, self.epoch)
 
     async def _probe(self) -> None:
         """Ask the store something small now and then: a watch that waits through an
@@ -183,14 +216,15 @@ class RoutingView(RoutingRecords):
         self.listings += 1
         if self._on_listing is not None:
             self._on_listing()
-        if cluster_id != self.cluster_id:
-            if self.cluster_id:
+        if cluster_id != self.store_cluster or self._take_whole:
+            if cluster_id != self.store_cluster and self.store_cluster:
                 log.warning(
                     "store cluster id changed from %s to %s; starting over",
-                    self.cluster_id,
+                    self.store_cluster,
                     cluster_id,
                 )
-            self.cluster_id = cluster_id
+            self.store_cluster = cluster_id
+            self._take_whole = False
             self.revision = 0
             self._applied = 0
             self.version = 0
@@ -202,7 +236,11 @@ class RoutingView(RoutingRecords):
             self._progress()
             return
         records = empty_records()
+        epoch = ""
         for kv in kvs:
+            if kv.key == self._layout.routing_epoch:
+                epoch = epoch_of(kv.value)
+                continue
             parsed = self._layout.parse_routing(kv.key)
             if parsed is not None:
                 records[parsed[0]][parsed[1]] = kv.value
@@ -214,6 +252,10 @@ class RoutingView(RoutingRecords):
         if changed:
             self._backend_cache.clear()
             self._built = None
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._built = None
+            self._schedule_publish(routing=True)
         # Never back: a lower true version than ours means ours named this same content
         # by a later revision (a compacted listing).
         new_version = max(revision if version is None else version, self.version)
@@ -245,6 +287,12 @@ class RoutingView(RoutingRecords):
             self._applied = max(self._applied, kv.mod_revision)
             # Every event under the prefix names a version, as a listing would name it.
             last_event = kv.mod_revision
+            if kv.key == self._layout.routing_epoch:
+                epoch = epoch_of(kv.value if event.type is EventType.PUT else None)
+                if epoch != self.epoch:
+                    self.epoch = epoch
+                    changed = routing = True
+                continue
             parsed = self._layout.parse_routing(kv.key)
             if parsed is None:
                 continue

@@ -21,22 +21,81 @@ learnt it:
 Version X always means "the store's routing content at revision X", so two replicas that
 give a version to a state agree on the content, and a replica can always catch up to a
 version an edge already has by listing the store again.
+
+Unless the store's history went back: etcd restored from a backup keeps its cluster id but
+goes back to the backup's revision, and writes after the restore reuse revisions an edge
+already applied, naming other content. So versions are compared within one history: the
+cluster id streams carry is the store's, plus "/" and the history's epoch once it has one
+(`history_label`). The epoch is a value in the store (`routing/epoch`, `policy/epoch`), so
+every replica reads the same one; a replica that finds its store behind what an edge (or its
+own watch) applied writes a new one (`new_epoch`), once for all replicas, and edges take the
+store's content under it as another history.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import secrets
 from collections.abc import Sequence
 from typing import Protocol
 
-from controlplane.store.base import CompactedError, KeyValue, Store, StoreError
+from controlplane.errors import translate_store_error
+from controlplane.store.base import (
+    CompactedError,
+    KeyValue,
+    Store,
+    StoreError,
+    StoreUnavailableError,
+)
 
 log = logging.getLogger(__name__)
 
 # How long a listing may spend reading the routing events between its keys' last write and
 # its revision before it settles for naming the content by the listing's revision.
 REPLAY_TIMEOUT_SECONDS = 10.0
+# How long a stream waits for its view to see the epoch it wrote (its watch brings it).
+EPOCH_WAIT_SECONDS = 10.0
+# Epochs are short tokens; anything else found under an epoch key (written by hand) is named
+# by its digest, so the cluster ids edges send back stay short and printable.
+_MAX_EPOCH = 32
+
+
+def history_label(cluster_id: str, epoch: str) -> str:
+    """The cluster id a stream carries: the store's, plus its history's epoch once it has
+    one (none until the store's history first went back: the store's id alone)."""
+    return f"{cluster_id}/{epoch}" if epoch else cluster_id
+
+
+def epoch_of(value: bytes | None) -> str:
+    """The history epoch an epoch key's value names ("" when absent)."""
+    if not value:
+        return ""
+    if len(value) <= _MAX_EPOCH and value.isascii() and value.isalnum():
+        return value.decode()
+    return hashlib.sha256(value).hexdigest()[:16]
+
+
+async def new_epoch(store: Store, key: bytes, held: str) -> int:
+    """Name the store's history anew after it went back past `held`'s content: write a new
+    epoch under `key`, unless the store holds another than `held` already (another replica
+    wrote one first, or the restored store holds another). Returns the revision at which the
+    store holds the epoch it has now (0: none), for the caller's view to wait for."""
+    for attempt in range(4):
+        kv = await store.get(key)
+        if epoch_of(kv.value if kv is not None else None) != held:
+            return kv.mod_revision if kv is not None else 0
+        if attempt == 3:
+            break
+        expected = kv.mod_revision if kv is not None else 0
+        if await store.put_if(key, secrets.token_hex(4).encode(), expect_mod_revision=expected):
+            log.warning(
+                "the store's history went back (etcd restored from a backup?): naming its "
+                "content by a new epoch under %r, so edges take it",
+                key,
+            )
+    raise StoreError(f"the epoch under {key!r} kept changing")
 
 
 async def last_event_revision(
@@ -94,6 +153,8 @@ class Versioned(Protocol):
 
 class CatchingUp(Versioned, Protocol):
     async def catch_up(self, at_least: int) -> None: ...
+    async def renew_epoch(self) -> int: ...
+    async def wait_revision(self, revision: int) -> None: ...
 
 
 class Stream:
@@ -125,10 +186,31 @@ class Stream:
 
     async def catch_up(self, view: CatchingUp, what: str) -> None:
         """A view behind the edge lists again to reach its version (the edge came from a
-        replica ahead); a store failure leaves it to the watch."""
+        replica ahead). Still behind after that fresh listing, the store's history went
+        back (the store is behind what the edge applied from it): the view names the store's
+        content by a new epoch, which the edge takes. A store failure raises the
+        ControlPlaneError to end the stream with (UNAVAILABLE: the edge tries another
+        replica rather than wait here for a state this one cannot get)."""
         if not self.behind(view):
             return
         try:
             await view.catch_up(self.applied)
+            if self.behind(view):
+                log.warning(
+                    "an edge applied %s version %d of cluster %s, but the store is behind it: "
+                    "its history went back",
+                    what,
+                    self.applied,
+                    self.floor_cluster,
+                )
+                revision = await view.renew_epoch()
+                try:
+                    async with asyncio.timeout(EPOCH_WAIT_SECONDS):
+                        await view.wait_revision(revision)
+                except TimeoutError:
+                    raise StoreUnavailableError(
+                        f"the view did not reach the new epoch (revision {revision})"
+                    ) from None
         except StoreError as exc:
-            log.info("%s catch-up failed (%s); waiting for the watch instead", what, exc)
+            log.info("%s catch-up failed (%s); ending the stream", what, exc)
+            raise translate_store_error(exc, f"{what} catch-up") from None

@@ -149,18 +149,36 @@ class ControlPlaneChannel:
         )
 
     async def stream(
-        self, method: str, request: Message, reply_type: type[Reply], metadata: Metadata
+        self,
+        method: str,
+        request: Message,
+        reply_type: type[Reply],
+        metadata: Metadata,
+        *,
+        first_within: float | None = None,
     ) -> AsyncIterator[Reply]:
         """A server-streaming call: each reply as it comes; raises CallFailed when the call
-        ends with an error status or the connection fails."""
+        ends with an error status or the connection fails, or (DEADLINE_EXCEEDED) when
+        first_within seconds pass without its first reply (or its end)."""
         # The call's task hands over one reply at a time (it reads the next once this one is
         # taken), then None for the end or the exception that ended it.
         out: asyncio.Queue[object] = asyncio.Queue()
         call = asyncio.create_task(self._pump(method, request, reply_type, metadata, out))
         call.add_done_callback(lambda done: out.put_nowait(_GONE) if done.cancelled() else None)
         try:
+            within = first_within
             while True:
-                item = await out.get()
+                if within is None:
+                    item = await out.get()
+                else:
+                    try:
+                        async with asyncio.timeout(within):
+                            item = await out.get()
+                    except TimeoutError:
+                        raise CallFailed(
+                            "DEADLINE_EXCEEDED", f"nothing came within {within:g} s"
+                        ) from None
+                    within = None
                 out.task_done()
                 if item is None:
                     return

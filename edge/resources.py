@@ -63,7 +63,9 @@ async def usage(app: web.Application) -> AsyncIterator[None]:
 
 
 def apply_snapshot(app: web.Application, snapshot: types_pb2.Snapshot, source: str) -> bool:
-    """Apply unless it is older than (or the same as) the snapshot in force, same cluster."""
+    """Apply unless it is older than (or the same as) the snapshot in force, same cluster
+    (a cluster id names one history of the store: after an etcd restore the control plane
+    sends the restored state under another, controlplane/versions.py)."""
     balancer = app[BALANCER]
     metrics = app[METRICS]
     current = balancer.table

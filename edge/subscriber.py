@@ -1,4 +1,12 @@
-"""Following the control plane: one WatchSnapshots stream at a time, rotating on failure."""
+"""Following the control plane: one WatchSnapshots stream at a time, rotating on failure.
+
+A replica sends the state it has as soon as a stream opens (after catching up with the edge,
+or it ends the stream with UNAVAILABLE); later messages come only with changes, with no
+heartbeat between. So only the first one is waited for within a bound: a stream that brings
+nothing in FIRST_REPLY_SECONDS is from a replica that cannot serve it, and the next address is
+tried. A replica that loses its store later ends its streams itself, and keepalive pings
+find a dead connection.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +26,9 @@ from edge.errors import EdgeError
 log = logging.getLogger(__name__)
 
 WATCH_METHOD = "/corral.v1.RoutingService/WatchSnapshots"
+# How long a new stream (snapshots or policy) may bring nothing before the edge leaves it:
+# above what a replica takes to catch up with the edge from a store that answers.
+FIRST_REPLY_SECONDS = 20.0
 
 
 class SnapshotSubscriber:
@@ -33,6 +44,7 @@ class SnapshotSubscriber:
         on_connected: Callable[[bool], None],
         on_failed_snapshot: Callable[[], None] = lambda: None,
         rng: random.Random | None = None,
+        first_reply_within: float = FIRST_REPLY_SECONDS,
     ) -> None:
         self._config = config
         self._edge_id = edge_id
@@ -41,6 +53,7 @@ class SnapshotSubscriber:
         self._on_connected = on_connected
         self._on_failed_snapshot = on_failed_snapshot
         self._rng = rng or random.Random()
+        self._first_reply_within = first_reply_within
         self._credentials = credentials(config)
         self._metadata = auth_metadata(config)
 
@@ -63,7 +76,11 @@ class SnapshotSubscriber:
                 listen_address=self._config.listen,
             )
             replies = channel.stream(
-                WATCH_METHOD, request, routing_pb2.WatchSnapshotsResponse, self._metadata
+                WATCH_METHOD,
+                request,
+                routing_pb2.WatchSnapshotsResponse,
+                self._metadata,
+                first_within=self._first_reply_within,
             )
             async for response in replies:
                 if not received:

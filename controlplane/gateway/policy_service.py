@@ -2,7 +2,9 @@
 
 Each subscriber gets the view's policy when it joins, then again whenever the view's version
 moves on: latest only, serialized once per version, sent as bytes. Nothing is paced: the
-policy changes only when an operator changes it.
+policy changes only when an operator changes it. A replica that cannot catch up with an edge,
+or has lost its store (Replica.check_streaming), ends the stream with UNAVAILABLE: the edge
+moves to another, rather than miss a revocation here.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from controlplane.errors import ControlPlaneError, NotSyncedError, ShuttingDownError
+from controlplane.errors import ControlPlaneError, NotSyncedError
 from controlplane.replica import Replica
 from controlplane.validation import MAX_AGENT_ID, check_text
 from controlplane.versions import Stream
@@ -44,23 +46,25 @@ class PolicyService:
 
     async def watch_policy(self, request: gateway_pb2.WatchPolicyRequest, context: Context) -> None:
         replica = self._replica
+        stream = Stream(request.cluster_id, request.last_applied_version)
         try:
             parts = replica.parts()
             view = parts.policy
             if view is None or view.listings == 0:
                 raise NotSyncedError("this replica has not read the policy yet; retry")
+            replica.check_streaming(holding=request.last_applied_version > 0)
             check_text(request.edge_id, "edge_id", MAX_AGENT_ID)
             check_text(request.cluster_id, "cluster_id", MAX_AGENT_ID)
+            await stream.catch_up(view, "policy")
         except ControlPlaneError as exc:
             replica.metrics.rejections.labels(exc.reason).inc()
             await context.abort(exc.code, str(exc))
             return
-        stream = Stream(request.cluster_id, request.last_applied_version)
-        await stream.catch_up(view, "policy")
         try:
             while True:
-                if replica.stopping.is_set():
-                    raise ShuttingDownError("this control-plane replica is shutting down")
+                replica.check_streaming(
+                    holding=request.last_applied_version > 0 or stream.version > 0
+                )
                 changed = view.changed()
                 built = view.current()
                 if stream.due(built):

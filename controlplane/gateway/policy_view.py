@@ -6,7 +6,9 @@ a second, so nothing is paced). The version of what the view holds is the store 
 which it is known to be the store's content: a listing's revision, or a watched event's.
 Every version names real store content, so an edge moving between replicas never goes back:
 a replica behind an edge's version lists again (`catch_up`) and names the content by that
-listing's (later) revision.
+listing's (later) revision. When the store's history itself went back (etcd restored from a
+backup), the view takes a listing whole and the policy gets a new history epoch
+(`policy/epoch`, controlplane/versions.py), so edges take it too.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from controlplane.following import follow
 from controlplane.gateway import records
 from controlplane.keys import KeyLayout
 from controlplane.store.base import EventType, KeyValue, Store, WatchBatch
+from controlplane.versions import epoch_of, history_label, new_epoch
 from corral.v1 import gateway_pb2
 
 log = logging.getLogger(__name__)
@@ -50,9 +53,15 @@ class PolicyView:
         self._store = store
         self._layout = layout
         self._prefix = records.policy_prefix(layout)
+        self._epoch_key = records.policy_epoch(layout)
         self._records: dict[bytes, bytes] = {}
         self._built: BuiltPolicy | None = None
-        self.cluster_id = ""
+        # The store's cluster id; with the epoch (a record), the policies' cluster id.
+        self.store_cluster = ""
+        # The store's history went back: the next listing is taken whole, and the epoch held
+        # before is replaced once listed (see RoutingView.rewound).
+        self._take_whole = False
+        self._rewound_epoch: str | None = None
         self.version = 0
         # The newest revision whose events are in the view.
         self._applied = 0
@@ -63,13 +72,45 @@ class PolicyView:
         self._progress = asyncio.Event()
         self._relist_lock = asyncio.Lock()
 
+    @property
+    def epoch(self) -> str:
+        """The epoch of the store's policy history ("" until it first went back)."""
+        return epoch_of(self._records.get(self._epoch_key))
+
+    @property
+    def cluster_id(self) -> str:
+        """The cluster id policies carry: the store's, with its policy history's epoch."""
+        return history_label(self.store_cluster, self.epoch)
+
     async def run(self) -> None:
         """List then watch, forever; re-list on compaction, retry while the store is down."""
-        await follow(self._store, self._prefix, "policy", self._listed, self.apply_batch)
+        await follow(
+            self._store,
+            self._prefix,
+            "policy",
+            self._listed,
+            self.apply_batch,
+            on_rewound=self.rewound,
+        )
 
     async def _listed(self, revision: int, kvs: Sequence[KeyValue]) -> int:
         self.apply_listing(revision, kvs, self._store.cluster_id)
+        if self._rewound_epoch is not None:
+            if self.epoch == self._rewound_epoch:
+                await self.renew_epoch()  # its event reaches the view by the watch
+            self._rewound_epoch = None
         return self._applied
+
+    def rewound(self) -> None:
+        """The store's history went back under the view: take the next listing whole."""
+        self._take_whole = True
+        if self._rewound_epoch is None:
+            self._rewound_epoch = self.epoch
+
+    async def renew_epoch(self) -> int:
+        """Name the store's policy by a new epoch (its history went back past what an edge
+        applied); the revision at which the store has it, for the view to reach."""
+        return await new_epoch(self._store, self._epoch_key, self.epoch)
 
     async def catch_up(self, at_least: int) -> None:
         """List again so the version reaches at_least (an edge came from a replica ahead)."""
@@ -82,8 +123,9 @@ class PolicyView:
     def apply_listing(self, revision: int, kvs: Sequence[KeyValue], cluster_id: str) -> None:
         self.listings += 1
         self.listed.set()
-        if cluster_id != self.cluster_id:
-            self.cluster_id = cluster_id
+        if cluster_id != self.store_cluster or self._take_whole:
+            self.store_cluster = cluster_id
+            self._take_whole = False
             self.version = 0
             self._applied = 0
         elif revision <= self._applied:

@@ -5,6 +5,7 @@ Under the configured prefix::
     policy/teams/<name>     Team          persistent
     policy/keys/<id>        VirtualKey    persistent (revoked keys stay, marked)
     policy/prices/<model>   ModelPrice    persistent
+    policy/epoch            the policy history's epoch (controlplane/versions.py)
     audit/<unix_ms>-<rand>  AuditEntry    persistent, the newest N kept
 
 Everything an edge enforces sits under ``policy/``, which every replica watches apart from
@@ -34,6 +35,11 @@ def _component(name: str) -> bytes:
 
 def policy_prefix(layout: KeyLayout) -> bytes:
     return layout.prefix + b"policy/"
+
+
+def policy_epoch(layout: KeyLayout) -> bytes:
+    """The epoch of the store's policy history, written when that history went back."""
+    return policy_prefix(layout) + b"epoch"
 
 
 def teams_prefix(layout: KeyLayout) -> bytes:

@@ -38,6 +38,17 @@ class CompactedError(StoreError):
         self.compact_revision = compact_revision
 
 
+class HistoryRewoundError(StoreError):
+    """The store is at a revision below one it already delivered: its history went back
+    (etcd restored from a backup). What was learnt past it is gone; list again and take the
+    listing whole."""
+
+    def __init__(self, revision: int, seen: int) -> None:
+        super().__init__(f"store at revision {revision}, behind revision {seen} seen before")
+        self.revision = revision
+        self.seen = seen
+
+
 class LeaseNotFoundError(StoreError):
     """The lease expired or was revoked."""
 
@@ -220,7 +231,8 @@ class Store(abc.ABC):
         Raises CompactedError when start_revision (or a later resume point) was compacted:
         the caller re-lists with get_prefix and watches from that revision + 1. Reconnects to
         other endpoints internally, resuming from the last seen revision + 1, so callers never
-        see a gap or a repeat.
+        see a gap or a repeat. Raises HistoryRewoundError when the store turns out to be
+        behind start_revision - 1 (or a resume point - 1): its history went back.
         """
 
     @abc.abstractmethod

@@ -301,7 +301,14 @@ class EtcdStore(Store):
             connect_timeout=self._connect_timeout,
             probe_interval=self._probe_interval,
             stall_timeout=self._stall_timeout,
+            revision=self._revision,
         )
+
+    async def _revision(self) -> int:
+        """The cluster's revision now (a linearizable read of nothing)."""
+        request = rpc.RangeRequest(key=b"\0", count_only=True)
+        response = await self._call("revision", lambda s, t: s.kv.Range(request, timeout=t))
+        return int(response.header.revision)
 
     async def last_event_revision(self, prefix: bytes, start_revision: int, revision: int) -> int:
         return await etcd_watch.last_event_revision(

@@ -15,6 +15,7 @@ from aetcd import rpc
 from controlplane.store.base import (
     CompactedError,
     EventType,
+    HistoryRewoundError,
     StoreClosedError,
     StoreError,
     StoreUnavailableError,
@@ -57,10 +58,13 @@ async def watch_prefix(
     connect_timeout: float,
     probe_interval: float,
     stall_timeout: float,
+    revision: Callable[[], Awaitable[int]],
 ) -> AsyncIterator[WatchBatch]:
     """Watch batches under prefix from start_revision (0: from now on), across reconnects:
     a stream that breaks or goes quiet past a progress probe resumes on the next endpoint
-    after the last delivered revision."""
+    after the last delivered revision. A watch created on a member behind that point asks
+    `revision` (a linearizable read: the cluster's revision) whether the cluster is: then
+    its history went back (restored from a backup), and HistoryRewoundError is raised."""
     create = rpc.WatchCreateRequest(key=prefix or b"\0", range_end=prefix_end(prefix))
     next_revision = start_revision
     # The first retry at once: most breaks are one member going away.
@@ -107,6 +111,12 @@ async def watch_prefix(
                     if next_revision <= 0:
                         # "From now on": pin "now", so a reconnect misses nothing.
                         next_revision = int(response.header.revision) + 1
+                    elif response.header.revision < next_revision - 1:
+                        # This member is behind what we had: it may lag the leader, or the
+                        # cluster's history went back. Only the latter holds for the cluster.
+                        cluster_revision = await revision()
+                        if cluster_revision < next_revision - 1:
+                            raise HistoryRewoundError(cluster_revision, next_revision - 1)
                 if not response.events:
                     continue
                 events = [

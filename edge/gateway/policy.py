@@ -1,7 +1,8 @@
 """Following the gateway policy (teams, keys, prices) from the control plane.
 
 One PolicyService.WatchPolicy stream at a time, rotating over the control-plane addresses on
-failure, like the snapshot subscriber. Every policy received replaces the key table whole
+failure (a stream that brings nothing within FIRST_REPLY_SECONDS among them), like the
+snapshot subscriber. Every policy received replaces the key table whole
 (one assignment: requests never see half a policy) and is persisted beside the snapshot, so
 a restarted edge enforces the keys it knew even with every control plane gone. An edge that
 has a control plane to ask but no policy yet refuses unknown keys with 503 rather than serve
@@ -23,7 +24,7 @@ from corral.config import EdgeConfig
 from corral.v1 import gateway_pb2
 from edge.cp_calls import CallFailed, open_channel
 from edge.state import write_atomically
-from edge.subscriber import auth_metadata, credentials, rotate
+from edge.subscriber import FIRST_REPLY_SECONDS, auth_metadata, credentials, rotate
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,14 @@ class PolicySubscriber:
         current: Callable[[], tuple[int, str]],
         on_policy: PolicyListener,
         rng: random.Random | None = None,
+        first_reply_within: float = FIRST_REPLY_SECONDS,
     ) -> None:
         self._config = config
         self._edge_id = edge_id
         self._current = current
         self._on_policy = on_policy
         self._rng = rng or random.Random()
+        self._first_reply_within = first_reply_within
         self._credentials = credentials(config)
         self._metadata = auth_metadata(config)
 
@@ -91,7 +94,11 @@ class PolicySubscriber:
                 edge_id=self._edge_id, last_applied_version=version, cluster_id=cluster_id
             )
             replies = channel.stream(
-                WATCH_METHOD, request, gateway_pb2.WatchPolicyResponse, self._metadata
+                WATCH_METHOD,
+                request,
+                gateway_pb2.WatchPolicyResponse,
+                self._metadata,
+                first_within=self._first_reply_within,
             )
             async for response in replies:
                 received = True

@@ -19,6 +19,8 @@ from corral.v1 import (
     admin_pb2_grpc,
     agent_pb2,
     agent_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
     routing_pb2,
     routing_pb2_grpc,
     types_pb2,
@@ -341,6 +343,51 @@ class SnapshotWatcher:
     async def close(self) -> None:
         self._call.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
+        await self._channel.close()
+
+
+class PolicyWatcher:
+    """One raw PolicyService.WatchPolicy stream, read a policy at a time."""
+
+    def __init__(
+        self, address: str, *, last_applied_version: int = 0, cluster_id: str = ""
+    ) -> None:
+        self._channel = grpc.aio.insecure_channel(address)
+        self._call = gateway_pb2_grpc.PolicyServiceStub(self._channel).WatchPolicy(
+            gateway_pb2.WatchPolicyRequest(
+                edge_id="edge-test",
+                last_applied_version=last_applied_version,
+                cluster_id=cluster_id,
+            )
+        )
+
+    async def next(self, within: float = 10.0) -> gateway_pb2.Policy:
+        async with asyncio.timeout(within):
+            response = await self._call.read()
+        assert response is not grpc.aio.EOF
+        return response.policy
+
+    async def until(
+        self, predicate: Callable[[gateway_pb2.Policy], bool], within: float = 15.0
+    ) -> gateway_pb2.Policy:
+        """Read policies until one satisfies predicate."""
+        async with asyncio.timeout(within):
+            while not predicate(policy := await self.next(within)):
+                pass
+        return policy
+
+    async def ended(self, within: float = 10.0) -> grpc.aio.AioRpcError:
+        """The error that ends the stream (reading through whatever comes first)."""
+        async with asyncio.timeout(within):
+            while True:
+                try:
+                    response = await self._call.read()
+                except grpc.aio.AioRpcError as exc:
+                    return exc
+                assert response is not grpc.aio.EOF, "the stream ended without an error"
+
+    async def close(self) -> None:
+        self._call.cancel()
         await self._channel.close()
 
 

@@ -1,6 +1,6 @@
 """Control-plane replicas through etcd's failures: an etcd restart is survived, health is
-NOT_SERVING until etcd is up, a compaction is survived by re-listing, and an outage keeps
-snapshots flowing while writes are refused.
+NOT_SERVING until etcd is up, a compaction is survived by re-listing, and an outage refuses
+writes and, past a short grace, sends edges to another replica.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+import controlplane.server
 from controlplane.store import EtcdStore
 from corral.v1 import admin_pb2, types_pb2
 from tests.controlplane import harness as h
@@ -132,8 +133,11 @@ def _scrape(port: int) -> str:
         return resp.read().decode()
 
 
-async def test_etcd_outage_keeps_snapshots_flowing_and_refuses_writes(etcd: EtcdCluster) -> None:
-    """With etcd down: NOT_SERVING, writes UNAVAILABLE with a message, edges still served."""
+async def test_etcd_outage_refuses_writes_and_sends_edges_away_past_the_grace(
+    etcd: EtcdCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """etcd down: writes refused; edges sent on past the grace (a new one first given its state)."""
+    monkeypatch.setattr(controlplane.server, "STORE_LOST_GRACE_SECONDS", 0.5)
     async with h.running(h.etcd_config(etcd.endpoints, lease_ttl_seconds=30.0)) as address:
         agent = h.AgentClient(address)
         await agent.connect(h.register("b"))
@@ -150,16 +154,23 @@ async def test_etcd_outage_keeps_snapshots_flowing_and_refuses_writes(etcd: Etcd
                 # Reads are served from the replica's view.
                 snapshot = (await admin.GetSnapshot(admin_pb2.GetSnapshotRequest())).snapshot
                 assert snapshot.version == last.version
-            # A new edge still gets the last snapshot (static stability).
+            # Edges keep what they applied; this replica, which cannot hear of changes, sends
+            # them to another rather than keep them. A new edge still gets the last snapshot
+            # first (static stability), then is sent on too.
             late = h.SnapshotWatcher(address, edge_id="late")
-            assert h.names(await late.until(lambda s: True)) == ["b"]
-            await late.close()
+            for edge in (watcher, late):
+                with pytest.raises(AssertionError, match="snapshot stream ended"):
+                    await edge.until(lambda s: False, within=10)
+                assert edge.error is not None
+                assert edge.error.code() == grpc.StatusCode.UNAVAILABLE
+                await edge.close()
+            got = late.latest
+            assert got is not None and h.names(got) == ["b"] and got.version == last.version
         finally:
             await asyncio.to_thread(etcd.members[0].start)
         await eventually(lambda: _is(address, h.SERVING), within=30)
         await agent.report(h.status(health=types_pb2.HEALTH_STATE_DEGRADED))
-        await watcher.until(
-            lambda s: s.backends[0].status.health == types_pb2.HEALTH_STATE_DEGRADED
-        )
+        back = h.SnapshotWatcher(address, edge_id="back")
+        await back.until(lambda s: s.backends[0].status.health == types_pb2.HEALTH_STATE_DEGRADED)
         await agent.close()
-        await watcher.close()
+        await back.close()
