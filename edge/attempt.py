@@ -91,6 +91,7 @@ class Attempts:
         *,
         first_byte: float,
         idle: float,
+        client: float,
     ) -> None:
         self.balancer = balancer
         self.metrics = metrics
@@ -103,7 +104,7 @@ class Attempts:
         self._idle = idle
         # How long a stream waits for its client to take bytes (the client timeout, the
         # lane's too): that wait is the client's, not the backend's idleness.
-        self._client = balancer.config.client_timeout_seconds
+        self._client = client
         # The loop it serves on, from the first attempt: asyncio.current_task() without one
         # costs a getpid() system call on Python 3.11 (a session is bound to one loop anyway).
         self._loop: asyncio.AbstractEventLoop | None = None

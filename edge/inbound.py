@@ -152,8 +152,7 @@ def parse(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
         raise bad_request(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
-    if raw.count(b"[") + raw.count(b"{") >= ENCODE_DEPTH:
-        check_depth(body)
+    check_depth(raw, body)
     model = body.get("model")
     if model is None:
         raise bad_request("you must provide a model parameter", param="model")
@@ -188,7 +187,7 @@ def parse(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
 # orjson reads 1,024 levels of nesting but writes only 254, and the edge writes bodies again
 # (sticky keys, model rewrites, translations): refuse what it could not write as a 400 now,
 # not a 500 later. Fewer brackets than this cannot nest that deep, so most bodies skip it.
-ENCODE_DEPTH = 255
+_ENCODE_DEPTH = 255
 
 
 def check_spelling(body: dict[str, Any]) -> None:
@@ -203,7 +202,10 @@ def check_spelling(body: dict[str, Any]) -> None:
             )
 
 
-def check_depth(body: dict[str, Any]) -> None:
+def check_depth(raw: bytes, body: dict[str, Any]) -> None:
+    """A 400 for a body (parsed from `raw`) nested deeper than the edge can write again."""
+    if raw.count(b"[") + raw.count(b"{") < _ENCODE_DEPTH:
+        return
     try:
         orjson.dumps(body)
     except orjson.JSONEncodeError:

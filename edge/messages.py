@@ -22,7 +22,7 @@ from edge.anthropic import AnthropicError, StreamTranslator
 from edge.client_request import ClientRequest
 from edge.errors import ApiError
 from edge.exchange import Admission, Exchange, Failure, sse_gap
-from edge.inbound import CHAT, ENCODE_DEPTH, MESSAGES_PATH, check_depth, check_spelling
+from edge.inbound import CHAT, MESSAGES_PATH, check_depth, check_spelling
 from edge.proxy import Proxy
 from edge.routing import chat_key, session_header_key
 from edge.table import BackendState, ModelRoute
@@ -111,8 +111,7 @@ def _load(raw: bytes) -> Any:
         # What the edge could not write again (orjson writes less nesting than it reads) is
         # a 400 now, as on the OpenAI routes (edge/inbound.py), not a 500 in the translation;
         # so is a second spelling of `model`, which a native backend might read instead.
-        if raw.count(b"[") + raw.count(b"{") >= ENCODE_DEPTH:
-            check_depth(body)
+        check_depth(raw, body)
         check_spelling(body)
     except ApiError as exc:
         raise Refused(anthropic.invalid_request(exc.message)) from None

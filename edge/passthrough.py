@@ -38,7 +38,7 @@ from edge import ollama_native as ollama
 from edge.balancer import no_backend
 from edge.errors import ApiError
 from edge.exchange import Admission, Exchange, Failure, no_sticky_key
-from edge.inbound import ENCODE_DEPTH, NATIVE_PREFIXES, check_depth
+from edge.inbound import NATIVE_PREFIXES, check_depth
 from edge.proxy import Proxy
 from edge.routing import chat_key, session_header_key
 from edge.table import BackendState, ModelRoute, of_type
@@ -123,8 +123,7 @@ def _json_body(proxy: Proxy, raw: bytes) -> dict[str, Any]:
         return {}
     # What the edge could not write again (a sticky key, an alias, a redaction) is a 400
     # now, as on the OpenAI routes (edge/inbound.py), not a 500 later.
-    if raw.count(b"[") + raw.count(b"{") >= ENCODE_DEPTH:
-        check_depth(parsed)
+    check_depth(raw, parsed)
     if (key := ollama.ambiguous_field(parsed)) is not None:  # any type: Docker Model Runner is Go
         raise ApiError(
             400,

@@ -122,6 +122,7 @@ class Proxy:
             Forwarding(config.headers),
             first_byte=config.first_byte_timeout_seconds,
             idle=config.idle_timeout_seconds,
+            client=config.client_timeout_seconds,
         )
         self.fallbacks = Fallbacks(config, balancer)  # chains from the snapshot in force
         # Where finished Calls go (edge/gateway/usage.py); replaced by the app's recorder.
