@@ -127,9 +127,7 @@ class Answer:
 
     async def read(self) -> bytes:
         """The whole body."""
-        self.whole = True
-        if self._conn is not None:
-            self._conn.drained(0)  # paused while its first chunks waited: read on
+        self._whole()
         while not self.done:
             await self.wait()
         if self.error is not None:
@@ -142,11 +140,15 @@ class Answer:
     async def more(self) -> None:
         """Until more of a body read whole (`read`) came, or its end: the caller can tell the
         backend is not idle. Its socket is not paused meanwhile."""
+        self._whole()
+        await self.wait()
+
+    def _whole(self) -> None:
+        """Read whole from now on: nobody takes chunks to drain it, so its socket reads on."""
         if not self.whole:
             self.whole = True
             if self._conn is not None:
                 self._conn.drained(0)  # paused while its first chunks waited: read on
-        await self.wait()
 
     def release(self) -> None:
         """Done with the answer: its connection goes back to the pool if it can be reused."""
