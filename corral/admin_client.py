@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 
 from corral.channels import sync_channel
-from corral.status import StatusError, Tls, _translate, read_token
+from corral.status import StatusError, Tls, _translate, connection
 from corral.v1 import admin_pb2_grpc
 
 CALL_TIMEOUT_SECONDS = 10.0
@@ -47,11 +47,7 @@ def run(
     """One command: its request made from the flags, sent, and the answer printed; 0, or 1/2
     with a one-line message (2: the command line itself is wrong)."""
     try:
-        if (args.cert_file or args.key_file) and not args.ca_file:
-            # Without a CA there is no TLS: the token would go in cleartext.
-            raise StatusError("--cert-file and --key-file need --ca-file", 2)
-        tls = Tls(args.ca_file, args.cert_file, args.key_file) if args.ca_file else None
-        token = read_token(args.admin_token_file) if args.admin_token_file else None
+        tls, token = connection(args)
         try:
             method, request = request_of(args)
         except ValueError as exc:  # protobuf refuses a number its field cannot hold

@@ -48,6 +48,19 @@ class ClusterStatus:
     window: str = "5m"
 
 
+def connection(args: argparse.Namespace) -> tuple[Tls | None, str | None]:
+    """The TLS files and the admin token the command's connection flags name; a client pair
+    without --ca-file is a usage error (exit 2): without TLS the token would go in cleartext."""
+    ca_file = getattr(args, "ca_file", None)
+    cert_file = getattr(args, "cert_file", None)
+    key_file = getattr(args, "key_file", None)
+    if (cert_file or key_file) and not ca_file:
+        raise StatusError("--cert-file and --key-file need --ca-file", 2)
+    tls = Tls(ca_file, cert_file, key_file) if ca_file else None
+    token = read_token(args.admin_token_file) if args.admin_token_file else None
+    return tls, token
+
+
 def read_token(path: str) -> str:
     """The bearer token in a file (stripped); StatusError (exit 2) when unusable."""
     try:
@@ -316,14 +329,8 @@ def render_json(status: ClusterStatus) -> str:
 
 def run_status(args: argparse.Namespace) -> int:
     """Entry point of `corral status`: print the cluster's state; 0, or 1/2 with a message."""
-    ca_file = getattr(args, "ca_file", None)
-    cert_file = getattr(args, "cert_file", None)
-    key_file = getattr(args, "key_file", None)
     try:
-        if (cert_file or key_file) and not ca_file:
-            raise StatusError("--cert-file and --key-file need --ca-file", 2)
-        tls = Tls(ca_file, cert_file, key_file) if ca_file else None
-        token = read_token(args.admin_token_file) if args.admin_token_file else None
+        tls, token = connection(args)
         status = fetch(args.controlplane, token, tls=tls, window=getattr(args, "window", "5m"))
     except StatusError as exc:
         print(f"corral status: {exc}", file=sys.stderr)
